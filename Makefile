@@ -1,0 +1,85 @@
+# medusa-c build. `make` builds bin/medusa-*; `make test` runs the test suite; `make deps` installs
+# the system libraries (Debian) when they are missing.
+CC      ?= cc
+NVCC    ?= nvcc
+PKGS    := hdf5 libcjson openblas libpcre2-8
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -fopenmp
+
+BUILD   := build
+LIB_SRC := $(filter-out %/main_%.c, $(wildcard common/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB     := $(BUILD)/libmedusa.a
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# Each */main_NAME.c is the entry point of bin/medusa-NAME.
+MAINS   := $(wildcard */main_*.c)
+BINS    := $(foreach m,$(MAINS),bin/medusa-$(patsubst main_%.c,%,$(notdir $(m))))
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+
+.PHONY: all deps check-deps test test-asan fuzz bench clean format lint cuda-compile demo
+all: check-deps $(BINS)
+
+# One found/missing line per dependency, printed before every build.
+check-deps:
+	@for p in nvcc; do if command -v $$p >/dev/null 2>&1; then echo "found:   nvcc ($$(nvcc --version | tail -1))"; else echo "missing: nvcc (CUDA backend not compiled)"; fi; done
+	@if ls /usr/include/cudnn*.h /usr/local/cuda/include/cudnn*.h /usr/include/x86_64-linux-gnu/cudnn*.h >/dev/null 2>&1 || find / -maxdepth 6 -name 'cudnn.h' 2>/dev/null | grep -q .; then echo "found:   cuDNN"; else echo "missing: cuDNN (optional, GPU attention)"; fi
+	@pkg-config --exists hdf5 && echo "found:   HDF5 $$(pkg-config --modversion hdf5)" || echo "missing: HDF5 (run: make deps)"
+	@pkg-config --exists libcjson && echo "found:   cJSON $$(pkg-config --modversion libcjson)" || echo "missing: cJSON (run: make deps)"
+	@pkg-config --exists openblas && echo "found:   OpenBLAS $$(pkg-config --modversion openblas)" || echo "missing: OpenBLAS (run: make deps)"
+	@pkg-config --exists libpcre2-8 && echo "found:   PCRE2 $$(pkg-config --modversion libpcre2-8)" || echo "missing: PCRE2 (run: make deps)"
+	@echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo "found:   OpenMP" || echo "missing: OpenMP"
+
+DEB_PKGS := build-essential pkg-config libhdf5-dev libcjson-dev libopenblas-dev libpcre2-dev libomp-dev gnuplot-nox
+deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	else echo "deps: all present"; fi
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+define BIN_RULE
+bin/medusa-$(patsubst main_%.c,%,$(notdir $(1))): $(BUILD)/$(1:.c=.o) $(LIB)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $$@ $$^ $(LDLIBS)
+endef
+$(foreach m,$(MAINS),$(eval $(call BIN_RULE,$(m))))
+
+$(BUILD)/tests/%: tests/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS)
+
+test: all $(TESTS)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(TESTS)
+
+# Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
+test-asan:
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
+	  LDLIBS="$(LDLIBS) -fsanitize=address,undefined" $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
+	@ASAN_OPTIONS=detect_leaks=0 tests/run.sh $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
+
+cuda-compile:
+	@if command -v $(NVCC) >/dev/null 2>&1 && [ -n "$(CUDA_SRC)" ]; then \
+	  for f in $(CUDA_SRC); do $(NVCC) -c -o /dev/null -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $$f || exit 1; done; echo "cuda: compiled $(words $(CUDA_SRC)) file(s)"; \
+	else echo "cuda: nothing to compile"; fi
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
+
+lint:
+	cppcheck --quiet --enable=warning,performance,portability --inline-suppr --error-exitcode=1 \
+	  -I common $$(git ls-files '*.c')
+
+clean:
+	rm -rf build build-asan bin
+
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d)

@@ -1,0 +1,35 @@
+/* Tokenizers: byte-level BPE (GPT-2 / Llama-3 / Qwen2 / SmolLM2) and SentencePiece-style BPE with byte
+ * fallback (Llama-2 / Vicuna), loaded from tokenizer.json or from GGUF metadata. */
+#ifndef MEDUSA_TOKENIZER_H
+#define MEDUSA_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../model/gguf.h"
+
+typedef struct Tokenizer Tokenizer;
+
+typedef enum { TOKENIZER_BYTE_BPE = 1, TOKENIZER_SPM_BPE = 2 } TokenizerKind;
+
+Tokenizer *tokenizer_load_json(const char *path);         /* HF tokenizer.json; fatal on bad input */
+Tokenizer *tokenizer_load_gguf(const GGUFFile *g);         /* tokenizer.ggml.* metadata */
+void tokenizer_free(Tokenizer *t);
+
+TokenizerKind tokenizer_kind(const Tokenizer *t);
+int tokenizer_vocab_size(const Tokenizer *t);
+int tokenizer_bos_id(const Tokenizer *t); /* -1 when none */
+int tokenizer_eos_id(const Tokenizer *t);
+int tokenizer_token_id(const Tokenizer *t, const char *piece); /* -1 when absent */
+const char *tokenizer_piece(const Tokenizer *t, int id);      /* raw vocab string */
+
+/* Encode text (len bytes, UTF-8). Special tokens written in the text (e.g. "<|im_start|>") are matched
+ * when parse_special is set. add_bos prepends BOS when the tokenizer defines one and its post-processor
+ * would add it. Returns the number of ids; *ids_out is malloc'd. */
+int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse_special, int add_bos,
+                     int32_t **ids_out);
+
+/* Decode ids to UTF-8 (malloc'd, NUL-terminated); skip_special drops special tokens. */
+char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, size_t *len_out);
+
+#endif

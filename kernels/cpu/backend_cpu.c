@@ -1,0 +1,28 @@
+/* The CPU backend's op table: host memory, fp32 reference kernels. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../common/common.h"
+#include "cpu_ops.h"
+
+static void *cpu_alloc(size_t bytes) { return xmalloc(bytes); }
+static void cpu_free(void *ptr) { free(ptr); }
+static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+
+const Backend *backend_cpu(void) {
+    static const Backend cpu = {
+        .name = "cpu",
+        .alloc = cpu_alloc,
+        .free = cpu_free,
+        .upload = cpu_copy,
+        .download = cpu_copy,
+        .embedding = cpu_embedding_forward,
+        .rmsnorm = cpu_rmsnorm_forward,
+        .matmul = cpu_matmul_forward,
+        .rope = cpu_rope_forward,
+        .attention = cpu_attention_forward,
+        .swiglu = cpu_swiglu_forward,
+        .residual_add = cpu_residual_add,
+    };
+    return &cpu;
+}

@@ -1,0 +1,20 @@
+/* Embedding lookup, SwiGLU and residual add: memory-bound element-wise ops. */
+#include <string.h>
+
+#include "../math_common.h"
+#include "cpu_ops.h"
+
+void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
+#pragma omp parallel for
+    for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * (size_t)C);
+}
+
+void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = silu_f(gate[i]) * up[i];
+}
+
+void cpu_residual_add(float *x, const float *y, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}

@@ -1,0 +1,16 @@
+/* RMSNorm: x / sqrt(mean(x^2) + eps) * weight, accumulated in double for a stable reference. */
+#include <math.h>
+
+#include "cpu_ops.h"
+
+void cpu_rmsnorm_forward(float *out, const float *x, const float *weight, int T, int C, float eps) {
+#pragma omp parallel for
+    for (int t = 0; t < T; t++) {
+        const float *row = x + (size_t)t * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)row[c] * row[c];
+        float rstd = (float)(1.0 / sqrt(ss / C + eps));
+        float *o = out + (size_t)t * C;
+        for (int c = 0; c < C; c++) o[c] = row[c] * rstd * weight[c];
+    }
+}

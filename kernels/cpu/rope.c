@@ -1,0 +1,38 @@
+/* Rotary position embedding, Hugging Face layout: element j of a head pairs with element j + head_dim/2. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "../math_common.h"
+#include "cpu_ops.h"
+
+static void rotate_heads(float *x, int n_heads, int head_dim, const float *cos_t, const float *sin_t) {
+    int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int j = 0; j < half; j++) {
+            float a = v[j], b = v[j + half];
+            v[j] = a * cos_t[j] - b * sin_t[j];
+            v[j + half] = b * cos_t[j] + a * sin_t[j];
+        }
+    }
+}
+
+void cpu_rope_forward(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
+                      float theta) {
+    int half = head_dim / 2;
+#pragma omp parallel
+    {
+        float cos_t[512], sin_t[512]; /* head_dim <= 1024 */
+#pragma omp for
+        for (int t = 0; t < T; t++) {
+            for (int j = 0; j < half; j++) {
+                /* angle in fp32 as the reference computes it, cos/sin of that angle */
+                float angle = (float)pos[t] * rope_inv_freq(j, head_dim, theta);
+                cos_t[j] = cosf(angle);
+                sin_t[j] = sinf(angle);
+            }
+            rotate_heads(q + (size_t)t * n_heads * head_dim, n_heads, head_dim, cos_t, sin_t);
+            rotate_heads(k + (size_t)t * n_kv_heads * head_dim, n_kv_heads, head_dim, cos_t, sin_t);
+        }
+    }
+}

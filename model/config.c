@@ -1,0 +1,142 @@
+#include "config.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int known_architecture(const char *arch) {
+    return strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0 || strcmp(arch, "qwen2") == 0;
+}
+
+static const cJSON *field(const cJSON *root, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    return cJSON_IsNull(v) ? NULL : v;
+}
+
+static int json_int(const cJSON *root, const char *path, const char *key, int fallback, int required) {
+    const cJSON *v = field(root, key);
+    if (!v) {
+        if (required) fatal("%s: missing required field \"%s\"", path, key);
+        return fallback;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+        fatal("%s: field \"%s\" must be an integer", path, key);
+    return (int)v->valuedouble;
+}
+
+static double json_num(const cJSON *root, const char *path, const char *key, double fallback) {
+    const cJSON *v = field(root, key);
+    if (!v) return fallback;
+    if (!cJSON_IsNumber(v)) fatal("%s: field \"%s\" must be a number", path, key);
+    return v->valuedouble;
+}
+
+static int json_bool(const cJSON *root, const char *path, const char *key, int fallback) {
+    const cJSON *v = field(root, key);
+    if (!v) return fallback;
+    if (!cJSON_IsBool(v)) fatal("%s: field \"%s\" must be true or false", path, key);
+    return cJSON_IsTrue(v);
+}
+
+static void validate(const ModelConfig *c, const char *path) {
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
+        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
+        fatal("%s: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head_dim %d, vocab %d)",
+              path, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size);
+    if (c->n_heads % c->n_kv_heads != 0)
+        fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2 != 0) fatal("%s: head_dim %d must be even for rotary embeddings", path, c->head_dim);
+    if (!(c->rope_theta > 0) || !(c->rms_norm_eps > 0)) fatal("%s: rope_theta and rms_norm_eps must be positive", path);
+}
+
+void config_from_json(ModelConfig *c, const char *path) {
+    memset(c, 0, sizeof *c);
+    char *text = read_whole_file(path, NULL);
+    if (!text) fatal("%s: cannot read: %s", path, strerror(errno));
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root || !cJSON_IsObject(root)) fatal("%s: malformed JSON (expected an object)", path);
+    const cJSON *type = field(root, "model_type");
+    if (!cJSON_IsString(type)) fatal("%s: missing \"model_type\"", path);
+    if (!known_architecture(type->valuestring))
+        fatal("%s: unknown architecture \"%s\" (supported: llama, mistral, qwen2)", path, type->valuestring);
+    snprintf(c->architecture, sizeof c->architecture, "%s", type->valuestring);
+    c->hidden_size = json_int(root, path, "hidden_size", 0, 1);
+    c->intermediate_size = json_int(root, path, "intermediate_size", 0, 1);
+    c->n_layers = json_int(root, path, "num_hidden_layers", 0, 1);
+    c->n_heads = json_int(root, path, "num_attention_heads", 0, 1);
+    c->n_kv_heads = json_int(root, path, "num_key_value_heads", c->n_heads, 0);
+    c->head_dim = json_int(root, path, "head_dim", c->n_heads > 0 ? c->hidden_size / c->n_heads : 0, 0);
+    c->vocab_size = json_int(root, path, "vocab_size", 0, 1);
+    c->max_position = json_int(root, path, "max_position_embeddings", 2048, 0);
+    c->rms_norm_eps = (float)json_num(root, path, "rms_norm_eps", 1e-6);
+    c->tie_word_embeddings = json_bool(root, path, "tie_word_embeddings", 0);
+    int is_qwen2 = strcmp(c->architecture, "qwen2") == 0;
+    c->attention_bias = is_qwen2 ? 1 : json_bool(root, path, "attention_bias", 0);
+    /* rope: transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters */
+    c->rope_theta = (float)json_num(root, path, "rope_theta", 10000.0);
+    const cJSON *rope_params = field(root, "rope_parameters");
+    const cJSON *scaling = field(root, "rope_scaling");
+    if (rope_params) {
+        c->rope_theta = (float)json_num(rope_params, path, "rope_theta", c->rope_theta);
+        scaling = rope_params;
+    }
+    if (scaling) {
+        const cJSON *rt = field(scaling, "rope_type");
+        if (!rt) rt = field(scaling, "type");
+        if (rt && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0))
+            fatal("%s: rope scaling type \"%s\" is not supported (only default rotary embeddings)", path,
+                  cJSON_IsString(rt) ? rt->valuestring : "?");
+    }
+    c->bos_token_id = json_int(root, path, "bos_token_id", -1, 0);
+    const cJSON *eos = field(root, "eos_token_id");
+    if (cJSON_IsArray(eos)) /* several end tokens: the first is the one generation stops on by default */
+        c->eos_token_id = cJSON_GetArraySize(eos) > 0 ? (int)cJSON_GetArrayItem(eos, 0)->valuedouble : -1;
+    else
+        c->eos_token_id = json_int(root, path, "eos_token_id", -1, 0);
+    cJSON_Delete(root);
+    validate(c, path);
+}
+
+void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
+    memset(c, 0, sizeof *c);
+    const char *path = g->mf.path;
+    const char *arch = gguf_get_str(g, "general.architecture");
+    if (!arch) fatal("%s: GGUF has no general.architecture", path);
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0)
+        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2)", path, arch);
+    snprintf(c->architecture, sizeof c->architecture, "%s", arch);
+    char key[128];
+#define ARCH_INT(name, fallback) (snprintf(key, sizeof key, "%s." name, arch), (int)gguf_get_int(g, key, fallback))
+#define ARCH_FLOAT(name, fallback) (snprintf(key, sizeof key, "%s." name, arch), gguf_get_float(g, key, fallback))
+    c->hidden_size = ARCH_INT("embedding_length", 0);
+    c->intermediate_size = ARCH_INT("feed_forward_length", 0);
+    c->n_layers = ARCH_INT("block_count", 0);
+    c->n_heads = ARCH_INT("attention.head_count", 0);
+    c->n_kv_heads = ARCH_INT("attention.head_count_kv", c->n_heads);
+    c->head_dim = ARCH_INT("attention.key_length", c->n_heads > 0 ? c->hidden_size / c->n_heads : 0);
+    c->max_position = ARCH_INT("context_length", 2048);
+    c->rope_theta = (float)ARCH_FLOAT("rope.freq_base", 10000.0);
+    c->rms_norm_eps = (float)ARCH_FLOAT("attention.layer_norm_rms_epsilon", 1e-5);
+    c->vocab_size = ARCH_INT("vocab_size", 0);
+#undef ARCH_INT
+#undef ARCH_FLOAT
+    const GGUFTensor *embd = gguf_find_tensor(g, "token_embd.weight");
+    if (!embd) fatal("%s: GGUF has no token_embd.weight tensor", path);
+    if (c->vocab_size == 0) c->vocab_size = (int)embd->ne[1];
+    c->tie_word_embeddings = gguf_find_tensor(g, "output.weight") == NULL;
+    c->attention_bias = gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    c->bos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1);
+    c->eos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
+    validate(c, path);
+}
+
+void config_print(const ModelConfig *c, FILE *out) {
+    fprintf(out,
+            "model: %s, hidden %d, intermediate %d, layers %d, heads %d (kv %d, dim %d), vocab %d, rope_theta %g, "
+            "rms_eps %g%s%s\n",
+            c->architecture, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
+            c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps, c->tie_word_embeddings ? ", tied embeddings" : "",
+            c->attention_bias ? ", qkv bias" : "");
+}

@@ -1,0 +1,30 @@
+/* Llama-family model configuration (llama, mistral, qwen2), from config.json or GGUF metadata. */
+#ifndef MEDUSA_CONFIG_H
+#define MEDUSA_CONFIG_H
+
+#include "gguf.h"
+
+typedef struct {
+    char architecture[32]; /* "llama", "mistral", "qwen2" */
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int vocab_size;
+    int max_position;
+    float rope_theta;
+    float rms_norm_eps;
+    int tie_word_embeddings;
+    int attention_bias; /* q/k/v projections carry a bias (qwen2, or llama with attention_bias) */
+    int bos_token_id;   /* -1 when unknown */
+    int eos_token_id;
+} ModelConfig;
+
+/* Parses and validates a Hugging Face config.json; fatal with the path named on any problem. */
+void config_from_json(ModelConfig *c, const char *path);
+void config_from_gguf(ModelConfig *c, const GGUFFile *g);
+void config_print(const ModelConfig *c, FILE *out);
+
+#endif

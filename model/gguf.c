@@ -1,0 +1,282 @@
+#include "gguf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
+
+/* Bounds-checked cursor over the mapped file: every read is validated so a truncated or corrupt header
+ * produces a message, never an out-of-bounds access. */
+typedef struct {
+    const uint8_t *p;
+    size_t size, pos;
+    const char *path;
+} Cursor;
+
+static void need(Cursor *c, size_t n, const char *what) {
+    if (n > c->size - c->pos)
+        fatal("%s: truncated GGUF header (reading %s at byte %zu, file is %zu bytes)", c->path, what, c->pos,
+              c->size);
+}
+
+static uint64_t read_uint(Cursor *c, int bytes, const char *what) {
+    need(c, (size_t)bytes, what);
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v |= (uint64_t)c->p[c->pos + i] << (8 * i);
+    c->pos += (size_t)bytes;
+    return v;
+}
+
+static char *read_string(Cursor *c, size_t *len_out, const char *what) {
+    uint64_t len = read_uint(c, 8, what);
+    if (len > c->size - c->pos) fatal("%s: %s length %llu runs past the end of the file", c->path, what,
+                                      (unsigned long long)len);
+    char *s = xmalloc((size_t)len + 1);
+    memcpy(s, c->p + c->pos, (size_t)len);
+    s[len] = '\0';
+    c->pos += (size_t)len;
+    if (len_out) *len_out = (size_t)len;
+    return s;
+}
+
+static int scalar_size(GGUFType t) {
+    switch (t) {
+    case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
+    case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
+    case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
+    case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+static int64_t sign_extend(uint64_t v, int bytes) {
+    int shift = 64 - 8 * bytes;
+    return (int64_t)(v << shift) >> shift;
+}
+
+static void read_scalar(Cursor *c, GGUFKV *kv, GGUFType t) {
+    int n = scalar_size(t);
+    uint64_t raw = read_uint(c, n, kv->key);
+    if (t == GGUF_TYPE_FLOAT32) {
+        uint32_t b = (uint32_t)raw;
+        float f;
+        memcpy(&f, &b, 4);
+        kv->f = f;
+    } else if (t == GGUF_TYPE_FLOAT64) {
+        memcpy(&kv->f, &raw, 8);
+    } else if (t == GGUF_TYPE_INT8 || t == GGUF_TYPE_INT16 || t == GGUF_TYPE_INT32 || t == GGUF_TYPE_INT64) {
+        kv->i = sign_extend(raw, n);
+        kv->f = (double)kv->i;
+    } else {
+        kv->i = (int64_t)raw;
+        kv->f = (double)raw;
+    }
+}
+
+static void read_kv(Cursor *c, GGUFKV *kv) {
+    kv->key = read_string(c, NULL, "metadata key");
+    kv->type = (GGUFType)read_uint(c, 4, kv->key);
+    if (kv->type == GGUF_TYPE_STRING) {
+        kv->s = read_string(c, NULL, kv->key);
+    } else if (kv->type == GGUF_TYPE_ARRAY) {
+        kv->arr_type = (GGUFType)read_uint(c, 4, kv->key);
+        kv->arr_len = read_uint(c, 8, kv->key);
+        if (kv->arr_type == GGUF_TYPE_STRING) {
+            /* each string needs at least its 8-byte length, which bounds a corrupt count */
+            if (kv->arr_len > (c->size - c->pos) / 8)
+                fatal("%s: metadata array '%s' claims %llu strings, more than the file holds", c->path, kv->key,
+                      (unsigned long long)kv->arr_len);
+            kv->arr_str = xmalloc(sizeof(char *) * (size_t)(kv->arr_len ? kv->arr_len : 1));
+            kv->arr_str_len = xmalloc(sizeof(size_t) * (size_t)(kv->arr_len ? kv->arr_len : 1));
+            for (uint64_t i = 0; i < kv->arr_len; i++) kv->arr_str[i] = read_string(c, &kv->arr_str_len[i], kv->key);
+        } else {
+            int es = scalar_size(kv->arr_type);
+            if (es == 0) fatal("%s: metadata array '%s' has unsupported element type %d", c->path, kv->key, kv->arr_type);
+            if (kv->arr_len > (c->size - c->pos) / (uint64_t)es)
+                fatal("%s: metadata array '%s' (%llu elements) runs past the end of the file", c->path, kv->key,
+                      (unsigned long long)kv->arr_len);
+            size_t bytes = (size_t)kv->arr_len * (size_t)es;
+            kv->arr_data = xmalloc(bytes ? bytes : 1);
+            memcpy(kv->arr_data, c->p + c->pos, bytes);
+            c->pos += bytes;
+        }
+    } else if (scalar_size(kv->type) > 0) {
+        read_scalar(c, kv, kv->type);
+    } else {
+        fatal("%s: metadata '%s' has unknown value type %d", c->path, kv->key, kv->type);
+    }
+}
+
+/* Bytes per block and elements per block of each supported ggml type. */
+static int type_block(GGMLType t, size_t *block_bytes) {
+    switch (t) {
+    case GGML_F32: *block_bytes = 4; return 1;
+    case GGML_F16: *block_bytes = 2; return 1;
+    case GGML_BF16: *block_bytes = 2; return 1;
+    case GGML_Q8_0: *block_bytes = 34; return 32;
+    case GGML_Q4_0: *block_bytes = 18; return 32;
+    case GGML_Q4_1: *block_bytes = 20; return 32;
+    default: return 0;
+    }
+}
+
+const char *ggml_type_name(GGMLType type) {
+    switch (type) {
+    case GGML_F32: return "F32";
+    case GGML_F16: return "F16";
+    case GGML_BF16: return "BF16";
+    case GGML_Q8_0: return "Q8_0";
+    case GGML_Q4_0: return "Q4_0";
+    case GGML_Q4_1: return "Q4_1";
+    default: return "unsupported";
+    }
+}
+
+void gguf_open(GGUFFile *g, const char *path) {
+    memset(g, 0, sizeof *g);
+    mapped_file_open(&g->mf, path);
+    Cursor c = {g->mf.data, g->mf.size, 0, path};
+    if (g->mf.size < 4 || (uint32_t)read_uint(&c, 4, "magic") != GGUF_MAGIC)
+        fatal("%s: not a GGUF file (bad magic)", path);
+    g->version = (uint32_t)read_uint(&c, 4, "version");
+    if (g->version < 2 || g->version > 3) fatal("%s: unsupported GGUF version %u (need 2 or 3)", path, g->version);
+    g->n_tensors = read_uint(&c, 8, "tensor count");
+    g->n_kv = read_uint(&c, 8, "metadata count");
+    /* each entry needs well over 8 bytes, so counts beyond size/8 are corrupt */
+    if (g->n_tensors > g->mf.size / 8 || g->n_kv > g->mf.size / 8)
+        fatal("%s: corrupt GGUF header (%llu tensors, %llu metadata entries in a %zu-byte file)", path,
+              (unsigned long long)g->n_tensors, (unsigned long long)g->n_kv, g->mf.size);
+    g->kv = xcalloc((size_t)g->n_kv, sizeof(GGUFKV));
+    for (uint64_t i = 0; i < g->n_kv; i++) read_kv(&c, &g->kv[i]);
+    g->alignment = 32;
+    const GGUFKV *al = gguf_find(g, "general.alignment");
+    if (al) {
+        if (al->i <= 0 || (al->i & (al->i - 1)) != 0) fatal("%s: general.alignment %lld is not a power of two", path, (long long)al->i);
+        g->alignment = (uint64_t)al->i;
+    }
+    g->tensors = xcalloc((size_t)g->n_tensors, sizeof(GGUFTensor));
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        GGUFTensor *t = &g->tensors[i];
+        t->name = read_string(&c, NULL, "tensor name");
+        t->n_dims = (int)read_uint(&c, 4, t->name);
+        if (t->n_dims < 1 || t->n_dims > 4) fatal("%s: tensor '%s' has %d dimensions (1..4 supported)", path, t->name, t->n_dims);
+        uint64_t n = 1;
+        for (int d = 0; d < 4; d++) t->ne[d] = 1;
+        for (int d = 0; d < t->n_dims; d++) {
+            uint64_t ne = read_uint(&c, 8, t->name);
+            if (ne == 0 || ne > ((uint64_t)1 << 40) || n > (((uint64_t)1 << 48) / ne))
+                fatal("%s: tensor '%s' has an invalid dimension %llu", path, t->name, (unsigned long long)ne);
+            t->ne[d] = (int64_t)ne;
+            n *= ne;
+        }
+        t->type = (GGMLType)read_uint(&c, 4, t->name);
+        t->offset = read_uint(&c, 8, t->name);
+        size_t block_bytes;
+        int block = type_block(t->type, &block_bytes);
+        if (!block) fatal("%s: tensor '%s' has unsupported type %d (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1)", path, t->name, t->type);
+        if (t->ne[0] % block != 0) fatal("%s: tensor '%s' row length %lld is not a multiple of the %s block size %d", path, t->name, (long long)t->ne[0], ggml_type_name(t->type), block);
+        t->nbytes = (size_t)(n / (uint64_t)block) * block_bytes;
+    }
+    uint64_t data_start = (c.pos + g->alignment - 1) / g->alignment * g->alignment;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        GGUFTensor *t = &g->tensors[i];
+        if (t->offset % g->alignment != 0) fatal("%s: tensor '%s' offset %llu is not aligned to %llu", path, t->name, (unsigned long long)t->offset, (unsigned long long)g->alignment);
+        if (data_start > g->mf.size || t->offset > g->mf.size - data_start || t->nbytes > g->mf.size - data_start - t->offset)
+            fatal("%s: tensor '%s' data (offset %llu, %zu bytes) lies beyond the end of the file (%zu bytes): file truncated or corrupt",
+                  path, t->name, (unsigned long long)(data_start + t->offset), t->nbytes, g->mf.size);
+        t->data = g->mf.data + data_start + t->offset;
+    }
+}
+
+void gguf_close(GGUFFile *g) {
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        GGUFKV *kv = &g->kv[i];
+        free(kv->key);
+        free(kv->s);
+        if (kv->arr_str)
+            for (uint64_t j = 0; j < kv->arr_len; j++) free(kv->arr_str[j]);
+        free(kv->arr_str);
+        free(kv->arr_str_len);
+        free(kv->arr_data);
+    }
+    for (uint64_t i = 0; i < g->n_tensors; i++) free(g->tensors[i].name);
+    free(g->kv);
+    free(g->tensors);
+    mapped_file_close(&g->mf);
+}
+
+const GGUFKV *gguf_find(const GGUFFile *g, const char *key) {
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        if (strcmp(g->kv[i].key, key) == 0) return &g->kv[i];
+    return NULL;
+}
+
+int64_t gguf_get_int(const GGUFFile *g, const char *key, int64_t fallback) {
+    const GGUFKV *kv = gguf_find(g, key);
+    if (!kv) return fallback;
+    if (kv->type == GGUF_TYPE_STRING || kv->type == GGUF_TYPE_ARRAY || kv->type == GGUF_TYPE_FLOAT32 || kv->type == GGUF_TYPE_FLOAT64)
+        fatal("%s: metadata '%s' should be an integer", g->mf.path, key);
+    return kv->i;
+}
+
+double gguf_get_float(const GGUFFile *g, const char *key, double fallback) {
+    const GGUFKV *kv = gguf_find(g, key);
+    if (!kv) return fallback;
+    if (kv->type == GGUF_TYPE_STRING || kv->type == GGUF_TYPE_ARRAY) fatal("%s: metadata '%s' should be a number", g->mf.path, key);
+    return kv->f;
+}
+
+const char *gguf_get_str(const GGUFFile *g, const char *key) {
+    const GGUFKV *kv = gguf_find(g, key);
+    if (!kv) return NULL;
+    if (kv->type != GGUF_TYPE_STRING) fatal("%s: metadata '%s' should be a string", g->mf.path, key);
+    return kv->s;
+}
+
+const GGUFTensor *gguf_find_tensor(const GGUFFile *g, const char *name) {
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        if (strcmp(g->tensors[i].name, name) == 0) return &g->tensors[i];
+    return NULL;
+}
+
+static float read_f16(const uint8_t *p) { return half_to_float((uint16_t)(p[0] | (p[1] << 8))); }
+
+void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
+    switch (type) {
+    case GGML_F32: memcpy(out, src, (size_t)n * 4); break;
+    case GGML_F16:
+        for (int64_t i = 0; i < n; i++) out[i] = read_f16(src + 2 * i);
+        break;
+    case GGML_BF16:
+        for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
+        break;
+    case GGML_Q8_0: /* block: f16 scale, 32 x int8 */
+        for (int64_t b = 0; b < n / 32; b++) {
+            const uint8_t *blk = src + 34 * b;
+            float d = read_f16(blk);
+            for (int j = 0; j < 32; j++) out[32 * b + j] = d * (float)(int8_t)blk[2 + j];
+        }
+        break;
+    case GGML_Q4_0: /* block: f16 scale, 16 bytes; low nibbles are elements 0..15, high nibbles 16..31 */
+        for (int64_t b = 0; b < n / 32; b++) {
+            const uint8_t *blk = src + 18 * b;
+            float d = read_f16(blk);
+            for (int j = 0; j < 16; j++) {
+                out[32 * b + j] = d * (float)((blk[2 + j] & 0x0f) - 8);
+                out[32 * b + j + 16] = d * (float)((blk[2 + j] >> 4) - 8);
+            }
+        }
+        break;
+    case GGML_Q4_1: /* block: f16 scale, f16 min, 16 bytes of nibbles */
+        for (int64_t b = 0; b < n / 32; b++) {
+            const uint8_t *blk = src + 20 * b;
+            float d = read_f16(blk), m = read_f16(blk + 2);
+            for (int j = 0; j < 16; j++) {
+                out[32 * b + j] = d * (float)(blk[4 + j] & 0x0f) + m;
+                out[32 * b + j + 16] = d * (float)(blk[4 + j] >> 4) + m;
+            }
+        }
+        break;
+    default: fatal("cannot dequantise ggml type %d", type);
+    }
+}

@@ -1,0 +1,178 @@
+#include "llama.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Loads one tensor to the backend as fp32, checking its shape against the config. */
+static float *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
+    int64_t shape[2] = {d0, d1};
+    int n_dims = d1 > 0 ? 2 : 1;
+    float *host = weights_load_f32(&m->source, name, n_dims, shape, required);
+    if (!host) return NULL;
+    size_t bytes = sizeof(float) * (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    float *dev = m->be->alloc(bytes);
+    m->be->upload(dev, host, bytes);
+    free(host);
+    return dev;
+}
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+void model_load(Model *m, const char *path, const Backend *be) {
+    memset(m, 0, sizeof *m);
+    m->be = be;
+    ModelConfig *c = &m->config;
+    if (has_suffix(path, ".gguf")) {
+        GGUFFile probe;
+        gguf_open(&probe, path);
+        config_from_gguf(c, &probe);
+        gguf_close(&probe);
+        /* only llama.cpp's llama converter permutes Q/K rows for its rotary layout */
+        int permuted = strcmp(c->architecture, "llama") == 0;
+        weights_open_gguf(&m->source, path, permuted ? c->n_heads : 0, permuted ? c->n_kv_heads : 0);
+    } else if (dir_exists(path)) {
+        char *cfg = path_join(path, "config.json");
+        if (!file_exists(cfg)) fatal("%s: no config.json in the model directory", path);
+        config_from_json(c, cfg);
+        free(cfg);
+        weights_open_safetensors_dir(&m->source, path);
+    } else {
+        fatal("%s: not a model directory or .gguf file", path);
+    }
+    int H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    m->embed = load(m, "model.embed_tokens.weight", V, H, 1);
+    m->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *w = &m->layers[l];
+        char name[160];
+#define LAYER(field, suffix, d0, d1, req)                                                          \
+    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), w->field = load(m, name, d0, d1, req))
+        LAYER(attn_norm, "input_layernorm.weight", H, 0, 1);
+        LAYER(wq, "self_attn.q_proj.weight", q_dim, H, 1);
+        LAYER(wk, "self_attn.k_proj.weight", kv_dim, H, 1);
+        LAYER(wv, "self_attn.v_proj.weight", kv_dim, H, 1);
+        LAYER(bq, "self_attn.q_proj.bias", q_dim, 0, c->attention_bias);
+        LAYER(bk, "self_attn.k_proj.bias", kv_dim, 0, c->attention_bias);
+        LAYER(bv, "self_attn.v_proj.bias", kv_dim, 0, c->attention_bias);
+        LAYER(wo, "self_attn.o_proj.weight", H, q_dim, 1);
+        LAYER(mlp_norm, "post_attention_layernorm.weight", H, 0, 1);
+        LAYER(w_gate, "mlp.gate_proj.weight", I, H, 1);
+        LAYER(w_up, "mlp.up_proj.weight", I, H, 1);
+        LAYER(w_down, "mlp.down_proj.weight", H, I, 1);
+#undef LAYER
+    }
+    m->final_norm = load(m, "model.norm.weight", H, 0, 1);
+    m->lm_head = c->tie_word_embeddings ? m->embed : load(m, "lm_head.weight", V, H, 1);
+}
+
+void model_free(Model *m) {
+    const Backend *be = m->be;
+    for (int l = 0; l < m->config.n_layers; l++) {
+        float **fields = (float **)&m->layers[l];
+        for (size_t i = 0; i < sizeof(LayerWeights) / sizeof(float *); i++)
+            if (fields[i]) be->free(fields[i]);
+    }
+    free(m->layers);
+    if (m->lm_head != m->embed) be->free(m->lm_head);
+    be->free(m->embed);
+    be->free(m->final_norm);
+    weights_close(&m->source);
+    memset(m, 0, sizeof *m);
+}
+
+size_t model_param_count(const Model *m) {
+    const ModelConfig *c = &m->config;
+    size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
+    size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
+    size_t layer = 2 * H + H * q + 2 * H * kv + q * H + 3 * H * I + (c->attention_bias ? q + 2 * kv : 0);
+    return V * H * (c->tie_word_embeddings ? 1 : 2) + H + (size_t)c->n_layers * layer;
+}
+
+void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
+    const ModelConfig *c = &m->config;
+    const Backend *be = m->be;
+    size_t T = (size_t)max_tokens, H = (size_t)c->hidden_size;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    s->max_tokens = max_tokens;
+    s->x = be->alloc(sizeof(float) * T * H);
+    s->xn = be->alloc(sizeof(float) * T * H);
+    s->proj = be->alloc(sizeof(float) * T * H);
+    s->q = be->alloc(sizeof(float) * T * q_dim);
+    s->att = be->alloc(sizeof(float) * T * q_dim);
+    s->k = be->alloc(sizeof(float) * T * kv_dim);
+    s->v = be->alloc(sizeof(float) * T * kv_dim);
+    s->gate = be->alloc(sizeof(float) * T * (size_t)c->intermediate_size);
+    s->up = be->alloc(sizeof(float) * T * (size_t)c->intermediate_size);
+    s->pos = be->alloc(sizeof(int32_t) * T);
+    s->key_begin = be->alloc(sizeof(int32_t) * T);
+    s->key_end = be->alloc(sizeof(int32_t) * T);
+}
+
+void forward_state_free(ForwardState *s, const Model *m) {
+    void *bufs[] = {s->x, s->xn, s->proj, s->q, s->att, s->k, s->v, s->gate, s->up, s->pos, s->key_begin, s->key_end};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->be->free(bufs[i]);
+    memset(s, 0, sizeof *s);
+}
+
+/* Positions restart in every sequence; each token sees keys from its sequence's start up to itself. */
+static void packed_layout(const PackedBatch *b, int vocab, int32_t *pos, int32_t *key_begin, int32_t *key_end) {
+    int t = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        if (b->seq_lens[i] <= 0) fatal("packed batch: sequence %d has length %d", i, b->seq_lens[i]);
+        for (int p = 0; p < b->seq_lens[i]; p++, t++) {
+            if (t >= b->n_tokens) fatal("packed batch: sequence lengths add up to more than %d tokens", b->n_tokens);
+            pos[t] = p;
+            key_begin[t] = t - p;
+            key_end[t] = t + 1;
+        }
+    }
+    if (t != b->n_tokens) fatal("packed batch: sequence lengths add up to %d, not %d tokens", t, b->n_tokens);
+    for (t = 0; t < b->n_tokens; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= vocab)
+            fatal("packed batch: token id %d at position %d is outside the vocabulary (0..%d)", b->tokens[t], t, vocab - 1);
+}
+
+void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
+    const ModelConfig *c = &m->config;
+    const Backend *be = m->be;
+    int T = b->n_tokens, H = c->hidden_size, I = c->intermediate_size;
+    int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    if (T > s->max_tokens) fatal("packed batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
+
+    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)T);
+    packed_layout(b, c->vocab_size, layout, layout + T, layout + 2 * T);
+    be->upload(s->pos, layout, sizeof(int32_t) * (size_t)T);
+    be->upload(s->key_begin, layout + T, sizeof(int32_t) * (size_t)T);
+    be->upload(s->key_end, layout + 2 * T, sizeof(int32_t) * (size_t)T);
+    free(layout);
+    int32_t *tokens = be->alloc(sizeof(int32_t) * (size_t)T);
+    be->upload(tokens, b->tokens, sizeof(int32_t) * (size_t)T);
+
+    be->embedding(s->x, tokens, m->embed, T, H);
+    for (int l = 0; l < c->n_layers; l++) {
+        const LayerWeights *w = &m->layers[l];
+        /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
+        be->rmsnorm(s->xn, s->x, w->attn_norm, T, H, c->rms_norm_eps);
+        be->matmul(s->q, s->xn, w->wq, w->bq, T, H, q_dim);
+        be->matmul(s->k, s->xn, w->wk, w->bk, T, H, kv_dim);
+        be->matmul(s->v, s->xn, w->wv, w->bv, T, H, kv_dim);
+        be->rope(s->q, s->k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+        be->attention(s->att, s->q, s->k, s->v, s->key_begin, s->key_end, T, c->n_heads, c->n_kv_heads, c->head_dim);
+        be->matmul(s->proj, s->att, w->wo, NULL, T, q_dim, H);
+        be->residual_add(s->x, s->proj, (size_t)T * H);
+        /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
+        be->rmsnorm(s->xn, s->x, w->mlp_norm, T, H, c->rms_norm_eps);
+        be->matmul(s->gate, s->xn, w->w_gate, NULL, T, H, I);
+        be->matmul(s->up, s->xn, w->w_up, NULL, T, H, I);
+        be->swiglu(s->gate, s->gate, s->up, (size_t)T * I);
+        be->matmul(s->proj, s->gate, w->w_down, NULL, T, I, H);
+        be->residual_add(s->x, s->proj, (size_t)T * H);
+    }
+    be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
+    if (logits_out) be->matmul(logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);
+    be->free(tokens);
+}

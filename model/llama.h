@@ -1,0 +1,53 @@
+/* Llama-family base model (llama, mistral, qwen2): weights on a backend and the one forward pass used by
+ * training and inference. */
+#ifndef MEDUSA_LLAMA_H
+#define MEDUSA_LLAMA_H
+
+#include "../kernels/ops.h"
+#include "config.h"
+#include "weights.h"
+
+typedef struct {
+    float *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo;
+    float *mlp_norm, *w_gate, *w_up, *w_down;
+} LayerWeights;
+
+typedef struct {
+    ModelConfig config;
+    const Backend *be;
+    WeightSet source; /* kept open: GGUF metadata carries the tokenizer */
+    float *embed;     /* [V, H] */
+    LayerWeights *layers;
+    float *final_norm; /* [H] */
+    float *lm_head;    /* [V, H]; the embedding itself when tied */
+} Model;
+
+/* A packed batch: n_seqs sequences concatenated, positions restarting at 0 in each, no attention across. */
+typedef struct {
+    int n_tokens;
+    const int32_t *tokens;
+    int n_seqs;
+    const int32_t *seq_lens;
+} PackedBatch;
+
+/* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. */
+typedef struct {
+    int max_tokens;
+    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
+    int32_t *pos, *key_begin, *key_end; /* backend copies */
+} ForwardState;
+
+/* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. */
+void model_load(Model *m, const char *path, const Backend *be);
+void model_free(Model *m);
+size_t model_param_count(const Model *m);
+
+void forward_state_init(ForwardState *s, const Model *m, int max_tokens);
+void forward_state_free(ForwardState *s, const Model *m);
+
+/* Runs the base model on a packed batch. hidden_out [T, H] receives the hidden states after the final
+ * RMSNorm (what Medusa heads read); logits_out [T, V] the lm_head output when not NULL. Both are backend
+ * memory. Token ids are validated against the vocabulary. */
+void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out);
+
+#endif

@@ -1,0 +1,249 @@
+#include "weights.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *dtype_name(DType t) {
+    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1"};
+    return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
+}
+
+static int64_t numel(const WeightTensor *t) {
+    int64_t n = 1;
+    for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
+    return n;
+}
+
+static WeightTensor *add_tensor(WeightSet *w) {
+    w->tensors = xrealloc(w->tensors, sizeof(WeightTensor) * (size_t)(w->n_tensors + 1));
+    WeightTensor *t = &w->tensors[w->n_tensors++];
+    memset(t, 0, sizeof *t);
+    return t;
+}
+
+static MappedFile *add_file(WeightSet *w, const char *path) {
+    w->files = xrealloc(w->files, sizeof(MappedFile) * (size_t)(w->n_files + 1));
+    MappedFile *mf = &w->files[w->n_files++];
+    mapped_file_open(mf, path);
+    return mf;
+}
+
+/* safetensors: u64 header length, JSON header {name: {dtype, shape, data_offsets}}, then the data. */
+static void parse_safetensors(WeightSet *w, MappedFile *mf) {
+    const char *path = mf->path;
+    if (mf->size < 8) fatal("%s: truncated safetensors file (%zu bytes, no header)", path, mf->size);
+    uint64_t header_len = 0;
+    for (int i = 0; i < 8; i++) header_len |= (uint64_t)mf->data[i] << (8 * i);
+    if (header_len > mf->size - 8)
+        fatal("%s: safetensors header length %llu runs past the end of the file (%zu bytes): truncated or corrupt", path,
+              (unsigned long long)header_len, mf->size);
+    cJSON *header = cJSON_ParseWithLength((const char *)mf->data + 8, (size_t)header_len);
+    if (!header || !cJSON_IsObject(header)) fatal("%s: safetensors header is not valid JSON", path);
+    const uint8_t *data = mf->data + 8 + header_len;
+    size_t data_size = mf->size - 8 - (size_t)header_len;
+    for (cJSON *e = header->child; e; e = e->next) {
+        if (strcmp(e->string, "__metadata__") == 0) continue;
+        cJSON *dtype = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+        cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
+        cJSON *offsets = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+        if (!cJSON_IsString(dtype) || !cJSON_IsArray(shape) || !cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2)
+            fatal("%s: tensor '%s' has a malformed header entry (needs dtype, shape, data_offsets)", path, e->string);
+        WeightTensor *t = add_tensor(w);
+        t->name = xstrdup(e->string);
+        t->file = mf->path;
+        size_t elem;
+        if (strcmp(dtype->valuestring, "F32") == 0) t->dtype = DT_F32, elem = 4;
+        else if (strcmp(dtype->valuestring, "F16") == 0) t->dtype = DT_F16, elem = 2;
+        else if (strcmp(dtype->valuestring, "BF16") == 0) t->dtype = DT_BF16, elem = 2;
+        else if (strcmp(dtype->valuestring, "I32") == 0) t->dtype = DT_I32, elem = 4;
+        else fatal("%s: tensor '%s' has unsupported dtype %s (supported: F32, F16, BF16, I32)", path, t->name, dtype->valuestring);
+        t->n_dims = cJSON_GetArraySize(shape);
+        if (t->n_dims > 4) fatal("%s: tensor '%s' has %d dimensions (at most 4 supported)", path, t->name, t->n_dims);
+        int d = 0;
+        int64_t n = 1;
+        for (cJSON *s = shape->child; s; s = s->next, d++) {
+            if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > 1e12)
+                fatal("%s: tensor '%s' has an invalid shape", path, t->name);
+            t->shape[d] = (int64_t)s->valuedouble;
+            n *= t->shape[d];
+        }
+        double begin = cJSON_GetArrayItem(offsets, 0)->valuedouble, end = cJSON_GetArrayItem(offsets, 1)->valuedouble;
+        if (!(begin >= 0 && end >= begin && end <= (double)data_size))
+            fatal("%s: tensor '%s' data offsets [%.0f, %.0f) lie outside the data section (%zu bytes): truncated or corrupt",
+                  path, t->name, begin, end, data_size);
+        t->data = data + (size_t)begin;
+        t->nbytes = (size_t)(end - begin);
+        if (t->nbytes != (size_t)n * elem)
+            fatal("%s: tensor '%s' holds %zu bytes but its shape and dtype %s need %zu", path, t->name, t->nbytes,
+                  dtype->valuestring, (size_t)n * elem);
+    }
+    cJSON_Delete(header);
+}
+
+void weights_open_safetensors_file(WeightSet *w, const char *path) {
+    memset(w, 0, sizeof *w);
+    w->source = xstrdup(path);
+    parse_safetensors(w, add_file(w, path));
+}
+
+void weights_open_safetensors_dir(WeightSet *w, const char *dir) {
+    memset(w, 0, sizeof *w);
+    w->source = xstrdup(dir);
+    char *single = path_join(dir, "model.safetensors");
+    char *index = path_join(dir, "model.safetensors.index.json");
+    if (file_exists(single)) {
+        parse_safetensors(w, add_file(w, single));
+    } else if (file_exists(index)) {
+        char *text = read_whole_file(index, NULL);
+        if (!text) fatal("%s: cannot read: %s", index, strerror(errno));
+        cJSON *root = cJSON_Parse(text);
+        free(text);
+        cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+        if (!cJSON_IsObject(map)) fatal("%s: malformed index (expected an object with \"weight_map\")", index);
+        for (cJSON *e = map->child; e; e = e->next) {
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) fatal("%s: weight_map entry '%s' is not a file name", index, e->string);
+            char *shard = path_join(dir, e->valuestring);
+            int seen = 0;
+            for (int i = 0; i < w->n_files; i++) seen |= strcmp(w->files[i].path, shard) == 0;
+            if (!seen) {
+                if (!file_exists(shard)) fatal("%s: shard %s listed in the index does not exist", index, shard);
+                parse_safetensors(w, add_file(w, shard));
+            }
+            free(shard);
+        }
+        for (cJSON *e = map->child; e; e = e->next)
+            if (!weights_find(w, e->string)) fatal("%s: tensor '%s' is not in its shard %s", index, e->string, e->valuestring);
+        cJSON_Delete(root);
+    } else {
+        fatal("%s: no model.safetensors or model.safetensors.index.json", dir);
+    }
+    free(single);
+    free(index);
+}
+
+/* GGUF llama tensor names → Hugging Face names. */
+static char *hf_name_from_gguf(const char *name) {
+    static const char *global[][2] = {{"token_embd.weight", "model.embed_tokens.weight"},
+                                      {"output_norm.weight", "model.norm.weight"},
+                                      {"output.weight", "lm_head.weight"}};
+    static const char *layer[][2] = {
+        {"attn_norm.weight", "input_layernorm.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
+        {"attn_q.weight", "self_attn.q_proj.weight"},  {"attn_k.weight", "self_attn.k_proj.weight"},
+        {"attn_v.weight", "self_attn.v_proj.weight"},  {"attn_output.weight", "self_attn.o_proj.weight"},
+        {"attn_q.bias", "self_attn.q_proj.bias"},      {"attn_k.bias", "self_attn.k_proj.bias"},
+        {"attn_v.bias", "self_attn.v_proj.bias"},      {"ffn_gate.weight", "mlp.gate_proj.weight"},
+        {"ffn_up.weight", "mlp.up_proj.weight"},       {"ffn_down.weight", "mlp.down_proj.weight"}};
+    for (size_t i = 0; i < sizeof global / sizeof global[0]; i++)
+        if (strcmp(name, global[i][0]) == 0) return xstrdup(global[i][1]);
+    int block, consumed = 0;
+    if (sscanf(name, "blk.%d.%n", &block, &consumed) == 1 && consumed > 0) {
+        for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
+            if (strcmp(name + consumed, layer[i][0]) == 0) {
+                char buf[256];
+                snprintf(buf, sizeof buf, "model.layers.%d.%s", block, layer[i][1]);
+                return xstrdup(buf);
+            }
+        }
+    }
+    return xstrdup(name); /* unknown tensors keep their GGUF name (e.g. rope_freqs) */
+}
+
+void weights_open_gguf(WeightSet *w, const char *path, int n_heads, int n_kv_heads) {
+    memset(w, 0, sizeof *w);
+    w->source = xstrdup(path);
+    w->gguf = xmalloc(sizeof(GGUFFile));
+    gguf_open(w->gguf, path);
+    static const DType from_ggml[] = {[GGML_F32] = DT_F32, [GGML_F16] = DT_F16, [GGML_Q4_0] = DT_Q4_0,
+                                      [GGML_Q4_1] = DT_Q4_1, [GGML_Q8_0] = DT_Q8_0, [GGML_BF16] = DT_BF16};
+    for (uint64_t i = 0; i < w->gguf->n_tensors; i++) {
+        const GGUFTensor *g = &w->gguf->tensors[i];
+        WeightTensor *t = add_tensor(w);
+        t->name = hf_name_from_gguf(g->name);
+        t->dtype = from_ggml[g->type];
+        t->n_dims = g->n_dims;
+        for (int d = 0; d < g->n_dims; d++) t->shape[d] = g->ne[g->n_dims - 1 - d];
+        t->data = g->data;
+        t->nbytes = g->nbytes;
+        t->file = w->gguf->mf.path;
+        /* llama.cpp's converter interleaves the rotary halves of each Q/K head; undo it on load */
+        if (strstr(t->name, "self_attn.q_proj.weight")) t->unpermute_heads = n_heads;
+        if (strstr(t->name, "self_attn.k_proj.weight")) t->unpermute_heads = n_kv_heads;
+    }
+}
+
+void weights_close(WeightSet *w) {
+    for (int i = 0; i < w->n_tensors; i++) free(w->tensors[i].name);
+    free(w->tensors);
+    if (w->gguf) {
+        gguf_close(w->gguf);
+        free(w->gguf);
+    } else {
+        for (int i = 0; i < w->n_files; i++) mapped_file_close(&w->files[i]);
+    }
+    free(w->files);
+    free(w->source);
+    memset(w, 0, sizeof *w);
+}
+
+const WeightTensor *weights_find(const WeightSet *w, const char *name) {
+    for (int i = 0; i < w->n_tensors; i++)
+        if (strcmp(w->tensors[i].name, name) == 0) return &w->tensors[i];
+    return NULL;
+}
+
+static void shape_string(char *buf, size_t n, int n_dims, const int64_t *shape) {
+    size_t at = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < n_dims && at < n; d++) at += (size_t)snprintf(buf + at, n - at, d ? ", %lld" : "%lld", (long long)shape[d]);
+    if (at < n) snprintf(buf + at, n - at, "]");
+}
+
+/* Rows of head h are stored as (i, j) pairs interleaved; HF keeps the two rotary halves apart. */
+static void unpermute_rows(float *x, int64_t rows, int64_t cols, int heads, const char *file, const char *name) {
+    if (rows % heads != 0 || (rows / heads) % 2 != 0) fatal("%s: tensor '%s' has %lld rows, not divisible into %d rotary heads", file, name, (long long)rows, heads);
+    int64_t head_dim = rows / heads, half = head_dim / 2;
+    float *tmp = xmalloc(sizeof(float) * (size_t)(head_dim * cols));
+    for (int h = 0; h < heads; h++) {
+        float *base = x + (size_t)(h * head_dim * cols);
+        for (int64_t i = 0; i < half; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(tmp + (size_t)((j * half + i) * cols), base + (size_t)((2 * i + j) * cols), sizeof(float) * (size_t)cols);
+        memcpy(base, tmp, sizeof(float) * (size_t)(head_dim * cols));
+    }
+    free(tmp);
+}
+
+float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required) {
+    const WeightTensor *t = weights_find(w, name);
+    if (!t) {
+        if (required) fatal("%s: tensor '%s' is missing", w->source, name);
+        return NULL;
+    }
+    int match = t->n_dims == n_dims;
+    for (int d = 0; match && d < n_dims; d++) match = t->shape[d] == shape[d];
+    if (!match) {
+        char want[96], got[96];
+        shape_string(want, sizeof want, n_dims, shape);
+        shape_string(got, sizeof got, t->n_dims, t->shape);
+        fatal("%s: tensor '%s' has shape %s but the model config needs %s", t->file, name, got, want);
+    }
+    int64_t n = numel(t);
+    float *out = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
+    static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32, [DT_F16] = GGML_F16, [DT_BF16] = GGML_BF16,
+                                       [DT_Q8_0] = GGML_Q8_0, [DT_Q4_0] = GGML_Q4_0, [DT_Q4_1] = GGML_Q4_1};
+    if (t->dtype == DT_I32) fatal("%s: tensor '%s' is I32 where a float tensor is needed", t->file, name);
+    ggml_dequantize(to_ggml[t->dtype], t->data, out, n);
+    if (t->unpermute_heads > 0 && n_dims == 2) unpermute_rows(out, shape[0], shape[1], t->unpermute_heads, t->file, name);
+    return out;
+}
+
+int32_t *weights_load_i32(const WeightSet *w, const char *name, int64_t *n) {
+    const WeightTensor *t = weights_find(w, name);
+    if (!t) return NULL;
+    if (t->dtype != DT_I32) fatal("%s: tensor '%s' should be I32, is %s", t->file, name, dtype_name(t->dtype));
+    *n = numel(t);
+    int32_t *out = xmalloc(t->nbytes ? t->nbytes : 1);
+    memcpy(out, t->data, t->nbytes);
+    return out;
+}
