@@ -18,8 +18,8 @@ MAINS   := $(wildcard */main_*.c)
 BINS    := $(foreach m,$(MAINS),bin/medusa-$(patsubst main_%.c,%,$(notdir $(m))))
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 
-.PHONY: all deps check-deps test test-asan fuzz bench clean format lint cuda-compile demo
-all: check-deps $(BINS)
+.PHONY: venv all deps check-deps test test-asan fuzz bench clean format lint cuda-compile demo
+all: check-deps $(LIB) $(BINS)
 
 # One found/missing line per dependency, printed before every build.
 check-deps:
@@ -83,3 +83,30 @@ clean:
 	rm -rf build build-asan bin
 
 -include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d)
+
+# Reference tooling (tests/gen, bench): a git-ignored virtualenv with PyPI packages. Never needed by `make test`.
+VENV := .venv
+$(VENV)/.ready: tests/gen/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r tests/gen/requirements.txt
+	touch $@
+venv: $(VENV)/.ready
+
+SMOLLM2 ?= cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+$(SMOLLM2):
+	data/fetch_demo.sh
+
+$(BUILD)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS)
+
+# CPU forward throughput beside PyTorch on the same machine and thread count; appends to bench/.
+BENCH_THREADS ?= 2
+BENCH_OUT ?= bench/forward_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
+bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
+	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct Q4_1 dequantised to fp32"; \
+	  OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS_NUM_THREADS=$(BENCH_THREADS) $(BUILD)/bench/bench_forward --model $(SMOLLM2) --tokens 2048 --seq-len 512; \
+	  OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward_torch.py --model $(SMOLLM2) --tokens 2048 --seq-len 512 --threads $(BENCH_THREADS); \
+	} | tee $(BENCH_OUT).new
+	@awk '/medusa-c forward/{for(i=1;i<=NF;i++) if($$i=="tokens/s") {split($$(i-1),a,","); ours=$$(i-1)}} /pytorch forward/{for(i=1;i<=NF;i++) if($$i=="tokens/s,") theirs=$$(i-1)} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_OUT).new | tee -a $(BENCH_OUT).new
+	@mv $(BENCH_OUT).new $(BENCH_OUT)

@@ -119,7 +119,7 @@ void forward_state_free(ForwardState *s, const Model *m) {
 }
 
 /* Positions restart in every sequence; each token sees keys from its sequence's start up to itself. */
-static void packed_layout(const PackedBatch *b, int vocab, int32_t *pos, int32_t *key_begin, int32_t *key_end) {
+static void packed_layout(const PackedBatch *b, int32_t *pos, int32_t *key_begin, int32_t *key_end) {
     int t = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         if (b->seq_lens[i] <= 0) fatal("packed batch: sequence %d has length %d", i, b->seq_lens[i]);
@@ -131,37 +131,43 @@ static void packed_layout(const PackedBatch *b, int vocab, int32_t *pos, int32_t
         }
     }
     if (t != b->n_tokens) fatal("packed batch: sequence lengths add up to %d, not %d tokens", t, b->n_tokens);
-    for (t = 0; t < b->n_tokens; t++)
-        if (b->tokens[t] < 0 || b->tokens[t] >= vocab)
-            fatal("packed batch: token id %d at position %d is outside the vocabulary (0..%d)", b->tokens[t], t, vocab - 1);
 }
 
-void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
+static void check_tokens(const int32_t *tokens, int T, int vocab) {
+    for (int t = 0; t < T; t++)
+        if (tokens[t] < 0 || tokens[t] >= vocab)
+            fatal("token id %d at position %d is outside the vocabulary (0..%d)", tokens[t], t, vocab - 1);
+}
+
+/* The forward pass proper. Layout (pos, key ranges) is given on the host; keys and values of layer l are
+ * written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
+ * state's own buffers for a packed batch). */
+static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *tokens_host, const int32_t *layout,
+                           float *const *k_rows, float *const *v_rows, int row0, float *hidden_out, float *logits_out) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
-    int T = b->n_tokens, H = c->hidden_size, I = c->intermediate_size;
+    int H = c->hidden_size, I = c->intermediate_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    if (T > s->max_tokens) fatal("packed batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
-
-    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)T);
-    packed_layout(b, c->vocab_size, layout, layout + T, layout + 2 * T);
+    if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
+    check_tokens(tokens_host, T, c->vocab_size);
     be->upload(s->pos, layout, sizeof(int32_t) * (size_t)T);
     be->upload(s->key_begin, layout + T, sizeof(int32_t) * (size_t)T);
     be->upload(s->key_end, layout + 2 * T, sizeof(int32_t) * (size_t)T);
-    free(layout);
     int32_t *tokens = be->alloc(sizeof(int32_t) * (size_t)T);
-    be->upload(tokens, b->tokens, sizeof(int32_t) * (size_t)T);
+    be->upload(tokens, tokens_host, sizeof(int32_t) * (size_t)T);
 
     be->embedding(s->x, tokens, m->embed, T, H);
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
+        float *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
+        float *k = k_all + (size_t)row0 * kv_dim, *v = v_all + (size_t)row0 * kv_dim;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
         be->rmsnorm(s->xn, s->x, w->attn_norm, T, H, c->rms_norm_eps);
         be->matmul(s->q, s->xn, w->wq, w->bq, T, H, q_dim);
-        be->matmul(s->k, s->xn, w->wk, w->bk, T, H, kv_dim);
-        be->matmul(s->v, s->xn, w->wv, w->bv, T, H, kv_dim);
-        be->rope(s->q, s->k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-        be->attention(s->att, s->q, s->k, s->v, s->key_begin, s->key_end, T, c->n_heads, c->n_kv_heads, c->head_dim);
+        be->matmul(k, s->xn, w->wk, w->bk, T, H, kv_dim);
+        be->matmul(v, s->xn, w->wv, w->bv, T, H, kv_dim);
+        be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+        be->attention(s->att, s->q, k_all, v_all, s->key_begin, s->key_end, T, c->n_heads, c->n_kv_heads, c->head_dim);
         be->matmul(s->proj, s->att, w->wo, NULL, T, q_dim, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
@@ -175,4 +181,50 @@ void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float 
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
     if (logits_out) be->matmul(logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);
     be->free(tokens);
+}
+
+void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
+    int T = b->n_tokens;
+    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(T > 0 ? T : 1));
+    packed_layout(b, layout, layout + T, layout + 2 * T);
+    forward_tokens(m, s, T, b->tokens, layout, NULL, NULL, 0, hidden_out, logits_out);
+    free(layout);
+}
+
+void kv_cache_init(KVCache *cache, const Model *m, int max_len) {
+    const ModelConfig *c = &m->config;
+    size_t bytes = sizeof(float) * (size_t)max_len * (size_t)(c->n_kv_heads * c->head_dim);
+    cache->max_len = max_len;
+    cache->len = 0;
+    cache->k = xcalloc((size_t)c->n_layers, sizeof(float *));
+    cache->v = xcalloc((size_t)c->n_layers, sizeof(float *));
+    for (int l = 0; l < c->n_layers; l++) {
+        cache->k[l] = m->be->alloc(bytes);
+        cache->v[l] = m->be->alloc(bytes);
+    }
+}
+
+void kv_cache_free(KVCache *cache, const Model *m) {
+    for (int l = 0; l < m->config.n_layers; l++) {
+        m->be->free(cache->k[l]);
+        m->be->free(cache->v[l]);
+    }
+    free(cache->k);
+    free(cache->v);
+    memset(cache, 0, sizeof *cache);
+}
+
+void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const int32_t *tokens, int n,
+                          float *hidden_out, float *logits_out) {
+    if (cache->len + n > cache->max_len)
+        fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
+    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; i < n; i++) {
+        layout[i] = cache->len + i;         /* position */
+        layout[n + i] = 0;                  /* first key */
+        layout[2 * n + i] = cache->len + i + 1; /* one past the last key */
+    }
+    forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, hidden_out, logits_out);
+    cache->len += n;
+    free(layout);
 }

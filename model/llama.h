@@ -37,6 +37,12 @@ typedef struct {
     int32_t *pos, *key_begin, *key_end; /* backend copies */
 } ForwardState;
 
+/* Keys and values of every layer for incremental decoding: rows [0, len) hold positions 0..len-1. */
+typedef struct {
+    int max_len, len;
+    float **k, **v; /* per layer, backend memory [max_len, n_kv_heads*head_dim] */
+} KVCache;
+
 /* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. */
 void model_load(Model *m, const char *path, const Backend *be);
 void model_free(Model *m);
@@ -49,5 +55,13 @@ void forward_state_free(ForwardState *s, const Model *m);
  * RMSNorm (what Medusa heads read); logits_out [T, V] the lm_head output when not NULL. Both are backend
  * memory. Token ids are validated against the vocabulary. */
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out);
+
+void kv_cache_init(KVCache *cache, const Model *m, int max_len);
+void kv_cache_free(KVCache *cache, const Model *m);
+
+/* Appends n tokens to the cached sequence: positions len..len+n-1, each attending to the cache and the new
+ * tokens up to itself. Outputs as model_forward; the cache grows by n. */
+void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const int32_t *tokens, int n,
+                          float *hidden_out, float *logits_out);
 
 #endif
