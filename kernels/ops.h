@@ -35,6 +35,28 @@ struct Backend {
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */
     void (*residual_add)(float *x, const float *y, size_t n);
+
+    /* --- training (Medusa heads) --- */
+    void (*fill_zero)(void *ptr, size_t bytes);
+    /* backward of matmul: dinp[T,IC] += dout @ weight; dweight[OC,IC] += dout^T @ in; dbias[OC] += sum_t dout
+     * (each output skipped when NULL) */
+    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                            const float *weight, int T, int IC, int OC);
+    /* Medusa ResBlock tail: out = x + silu(z), z the Linear's output */
+    void (*resblock_forward)(float *out, const float *x, const float *z, size_t n);
+    /* dz = dout * silu'(z) */
+    void (*silu_backward)(float *dz, const float *dout, const float *z, size_t n);
+    /* Fused softmax cross-entropy over rows of logits [T,V], never storing probabilities: for a row with
+     * targets[t] >= 0, losses[t] = -log softmax(logits)[target], ranks[t] = number of logits strictly greater
+     * than the target's (so top-k hit <=> rank < k), and the row is overwritten with
+     * dscale * (softmax - onehot(target)). Rows with a negative target get loss 0, rank -1, zero gradient. */
+    void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
+                         float dscale);
+    /* AdamW (decoupled weight decay, bias correction; step counts from 1), on grad * grad_scale. */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                  float eps, float weight_decay, int step, float grad_scale);
+    /* sum of squares of x, as a host double (for the global gradient norm) */
+    double (*sum_squares)(const float *x, size_t n);
 };
 
 const Backend *backend_cpu(void);

@@ -23,6 +23,13 @@ const Backend *backend_cpu(void) {
         .attention = cpu_attention_forward,
         .swiglu = cpu_swiglu_forward,
         .residual_add = cpu_residual_add,
+        .fill_zero = cpu_fill_zero,
+        .matmul_backward = cpu_matmul_backward,
+        .resblock_forward = cpu_resblock_forward,
+        .silu_backward = cpu_silu_backward,
+        .softmax_xent = cpu_softmax_xent,
+        .adamw = cpu_adamw,
+        .sum_squares = cpu_sum_squares,
     };
     return &cpu;
 }

@@ -12,5 +12,14 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
                            const int32_t *key_end, int T, int n_heads, int n_kv_heads, int head_dim);
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_add(float *x, const float *y, size_t n);
+void cpu_fill_zero(void *ptr, size_t bytes);
+void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                         const float *weight, int T, int IC, int OC);
+void cpu_resblock_forward(float *out, const float *x, const float *z, size_t n);
+void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n);
+void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
+void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+               float eps, float weight_decay, int step, float grad_scale);
+double cpu_sum_squares(const float *x, size_t n);
 
 #endif

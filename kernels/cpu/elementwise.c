@@ -18,3 +18,15 @@ void cpu_residual_add(float *x, const float *y, size_t n) {
 #pragma omp parallel for
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
+
+void cpu_resblock_forward(float *out, const float *x, const float *z, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) out[i] = x[i] + silu_f(z[i]);
+}
+
+void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
+#pragma omp parallel for
+    for (size_t i = 0; i < n; i++) dz[i] = dout[i] * silu_grad_f(z[i]);
+}
+
+void cpu_fill_zero(void *ptr, size_t bytes) { memset(ptr, 0, bytes); }

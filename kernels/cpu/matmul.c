@@ -12,3 +12,17 @@ void cpu_matmul_forward(float *out, const float *in, const float *weight, const 
             for (int o = 0; o < OC; o++) out[(size_t)t * OC + o] += bias[o];
     }
 }
+
+void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                         const float *weight, int T, int IC, int OC) {
+    if (dinp) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+    if (dweight) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, T, 1.0f, dout, OC, in, IC, 1.0f, dweight, IC);
+    if (dbias) {
+#pragma omp parallel for
+        for (int o = 0; o < OC; o++) {
+            float sum = 0;
+            for (int t = 0; t < T; t++) sum += dout[(size_t)t * OC + o];
+            dbias[o] += sum;
+        }
+    }
+}

@@ -1,0 +1,33 @@
+/* Fused softmax cross-entropy: loss, target rank (for top-k accuracy) and dlogits in place, one row at a
+ * time, so probabilities for the whole vocabulary are never kept beside the logits. */
+#include <math.h>
+
+#include "cpu_ops.h"
+
+void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale) {
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *row = logits + (size_t)t * V;
+        int target = targets[t];
+        if (target < 0) {
+            for (int i = 0; i < V; i++) row[i] = 0.0f;
+            losses[t] = 0.0f;
+            ranks[t] = -1;
+            continue;
+        }
+        float maxv = -INFINITY, target_logit = row[target];
+        int rank = 0;
+        for (int i = 0; i < V; i++) {
+            if (row[i] > maxv) maxv = row[i];
+            rank += row[i] > target_logit;
+        }
+        double sum = 0;
+        for (int i = 0; i < V; i++) sum += exp((double)(row[i] - maxv));
+        float log_sum = (float)log(sum);
+        losses[t] = log_sum - (target_logit - maxv);
+        ranks[t] = rank;
+        float inv_sum = (float)(1.0 / sum);
+        for (int i = 0; i < V; i++) row[i] = dscale * (expf(row[i] - maxv) * inv_sum);
+        row[target] -= dscale;
+    }
+}

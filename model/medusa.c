@@ -1,0 +1,193 @@
+#include "medusa.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static size_t block_params(const MedusaShape *s) { return (size_t)s->hidden * s->hidden + (size_t)s->hidden; }
+static size_t head_params(const MedusaShape *s) {
+    return (size_t)s->n_layers * block_params(s) + (size_t)s->vocab * s->hidden;
+}
+
+float *medusa_linear_w(const MedusaHeads *m, float *base, int head, int layer) {
+    return base + (size_t)head * head_params(&m->shape) + (size_t)layer * block_params(&m->shape);
+}
+float *medusa_linear_b(const MedusaHeads *m, float *base, int head, int layer) {
+    return medusa_linear_w(m, base, head, layer) + (size_t)m->shape.hidden * m->shape.hidden;
+}
+float *medusa_lm_head(const MedusaHeads *m, float *base, int head) {
+    return base + (size_t)head * head_params(&m->shape) + (size_t)m->shape.n_layers * block_params(&m->shape);
+}
+
+void medusa_init(MedusaHeads *m, const Backend *be, MedusaShape shape) {
+    if (shape.n_heads < 1 || shape.n_heads > 64 || shape.n_layers < 0 || shape.n_layers > 16)
+        fatal("medusa: %d heads x %d layers is out of range (1..64 heads, 0..16 layers)", shape.n_heads, shape.n_layers);
+    memset(m, 0, sizeof *m);
+    m->shape = shape;
+    m->be = be;
+    m->n_params = (size_t)shape.n_heads * head_params(&shape);
+    m->params = be->alloc(sizeof(float) * m->n_params);
+    be->fill_zero(m->params, sizeof(float) * m->n_params);
+}
+
+void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng) {
+    const MedusaShape *s = &m->shape;
+    const Backend *be = m->be;
+    size_t H = (size_t)s->hidden;
+    float bound = 1.0f / sqrtf((float)s->hidden); /* PyTorch Linear's default bias init */
+    float *bias = xmalloc(sizeof(float) * H);
+    for (int h = 0; h < s->n_heads; h++) {
+        for (int l = 0; l < s->n_layers; l++) {
+            be->fill_zero(medusa_linear_w(m, m->params, h, l), sizeof(float) * H * H);
+            for (size_t i = 0; i < H; i++) bias[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
+            be->upload(medusa_linear_b(m, m->params, h, l), bias, sizeof(float) * H);
+        }
+        /* device-to-device copy through the host keeps the backend interface small */
+        size_t lm_bytes = sizeof(float) * (size_t)s->vocab * H;
+        float *lm = xmalloc(lm_bytes);
+        be->download(lm, base->lm_head, lm_bytes);
+        be->upload(medusa_lm_head(m, m->params, h), lm, lm_bytes);
+        free(lm);
+    }
+    free(bias);
+}
+
+void medusa_enable_grads(MedusaHeads *m) {
+    if (!m->grads) m->grads = m->be->alloc(sizeof(float) * m->n_params);
+    m->be->fill_zero(m->grads, sizeof(float) * m->n_params);
+}
+
+void medusa_free(MedusaHeads *m) {
+    m->be->free(m->params);
+    if (m->grads) m->be->free(m->grads);
+    memset(m, 0, sizeof *m);
+}
+
+void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int chunk_rows) {
+    const Backend *be = m->be;
+    const MedusaShape *s = &m->shape;
+    size_t TH = (size_t)max_tokens * s->hidden;
+    memset(w, 0, sizeof *w);
+    w->max_tokens = max_tokens;
+    w->chunk_rows = chunk_rows < max_tokens ? chunk_rows : max_tokens;
+    size_t blocks = (size_t)(s->n_layers > 0 ? s->n_layers : 1);
+    w->act = be->alloc(sizeof(float) * TH * blocks);
+    w->pre = be->alloc(sizeof(float) * TH * blocks);
+    w->dx = be->alloc(sizeof(float) * TH);
+    w->dz = be->alloc(sizeof(float) * TH);
+    w->logits = be->alloc(sizeof(float) * (size_t)w->chunk_rows * s->vocab);
+    w->losses = be->alloc(sizeof(float) * (size_t)w->chunk_rows);
+    w->ranks = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
+    w->targets = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
+    w->host_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens * s->n_heads);
+    w->host_losses = xmalloc(sizeof(float) * (size_t)w->chunk_rows);
+    w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)w->chunk_rows);
+}
+
+void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
+    const Backend *be = m->be;
+    void *dev[] = {w->act, w->pre, w->dx, w->dz, w->logits, w->losses, w->ranks, w->targets};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
+    free(w->host_targets);
+    free(w->host_losses);
+    free(w->host_ranks);
+    memset(w, 0, sizeof *w);
+}
+
+void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs,
+                    int T, int32_t *targets) {
+    int start = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        int end = start + seq_lens[s];
+        for (int t = start; t < end; t++) {
+            for (int h = 0; h < n_heads; h++) {
+                int j = t + 2 + h; /* the base lm_head predicts t+1, head h predicts t+2+h */
+                targets[(size_t)h * T + t] = j < end && loss_mask[j] ? tokens[j] : -1;
+            }
+        }
+        start = end;
+    }
+    ensure(start == T);
+}
+
+/* Runs head h's ResBlocks over all T rows: block l maps its input x to act[l] = x + silu(pre[l]),
+ * pre[l] = W x + b; the first block's input is the hidden state. */
+static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const float *hidden, int h, int T) {
+    const Backend *be = m->be;
+    int H = m->shape.hidden;
+    size_t TH = (size_t)T * H;
+    const float *x = hidden;
+    for (int l = 0; l < m->shape.n_layers; l++) {
+        float *z = w->pre + (size_t)l * TH, *out = w->act + (size_t)l * TH;
+        be->matmul(z, x, medusa_linear_w(m, m->params, h, l), medusa_linear_b(m, m->params, h, l), T, H, H);
+        be->resblock_forward(out, x, z, TH);
+        x = out;
+    }
+    return x;
+}
+
+void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
+                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
+                             float grad_scale, MedusaBatchStats *stats) {
+    const Backend *be = m->be;
+    const MedusaShape *s = &m->shape;
+    int H = s->hidden, V = s->vocab, L = s->n_layers;
+    size_t TH = (size_t)T * H;
+    if (T > w->max_tokens) fatal("medusa: batch of %d tokens exceeds the work buffers' %d", T, w->max_tokens);
+    int train = grad_scale > 0;
+    if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
+    memset(stats, 0, sizeof *stats);
+    medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
+
+    float weight = 1.0f;
+    for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
+        const int32_t *targets = w->host_targets + (size_t)h * T;
+        int64_t valid = 0;
+        for (int t = 0; t < T; t++) valid += targets[t] >= 0;
+        stats->valid[h] = valid;
+        if (valid == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
+        float dscale = train ? weight * grad_scale / (float)valid : 0.0f;
+        const float *x_last = blocks_forward(m, w, hidden, h, T);
+        const float *lm = medusa_lm_head(m, m->params, h);
+        if (train) be->fill_zero(w->dx, sizeof(float) * TH);
+        double loss_sum = 0;
+        for (int r0 = 0; r0 < T; r0 += w->chunk_rows) {
+            int rows = T - r0 < w->chunk_rows ? T - r0 : w->chunk_rows;
+            int any = 0;
+            for (int t = r0; t < r0 + rows; t++) any |= targets[t] >= 0;
+            if (!any) continue;
+            const float *x = x_last + (size_t)r0 * H;
+            be->matmul(w->logits, x, lm, NULL, rows, H, V);
+            be->upload(w->targets, targets + r0, sizeof(int32_t) * (size_t)rows);
+            be->softmax_xent(w->logits, w->losses, w->ranks, w->targets, rows, V, dscale);
+            be->download(w->host_losses, w->losses, sizeof(float) * (size_t)rows);
+            be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)rows);
+            for (int i = 0; i < rows; i++) {
+                if (w->host_ranks[i] < 0) continue;
+                loss_sum += w->host_losses[i];
+                for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
+            }
+            if (train) /* logits now hold dlogits: into dx and the lm_head gradient */
+                be->matmul_backward(w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm, rows, H, V);
+        }
+        stats->loss[h] = loss_sum / (double)valid;
+        stats->total_loss += (double)weight * stats->loss[h];
+        if (!train) continue;
+        for (int l = L - 1; l >= 0; l--) {
+            const float *x_in = l == 0 ? hidden : w->act + (size_t)(l - 1) * TH;
+            be->silu_backward(w->dz, w->dx, w->pre + (size_t)l * TH, TH);
+            /* dx already holds the residual path's gradient; add the branch's */
+            be->matmul_backward(w->dx, medusa_linear_w(m, m->grads, h, l), medusa_linear_b(m, m->grads, h, l), w->dz,
+                                x_in, medusa_linear_w(m, m->params, h, l), T, H, H);
+        }
+    }
+}
+
+void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int T, float *out) {
+    const MedusaShape *s = &m->shape;
+    if (T > w->max_tokens) fatal("medusa: %d rows exceed the work buffers' %d", T, w->max_tokens);
+    for (int h = 0; h < s->n_heads; h++) {
+        const float *x = blocks_forward(m, w, hidden, h, T);
+        m->be->matmul(out + (size_t)h * T * s->vocab, x, medusa_lm_head(m, m->params, h), NULL, T, s->hidden, s->vocab);
+    }
+}

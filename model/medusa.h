@@ -1,0 +1,75 @@
+/* Medusa heads: K heads, each L ResBlocks (x + SiLU(W x + b)) then its own lm_head, reading the base model's
+ * final-norm hidden states; head i predicts the token at t+2+i. Forward, fused loss and backward for
+ * training, and logits for decoding. All parameters live in one flat buffer so the optimizer, clipping and
+ * checkpoints treat them as one vector. */
+#ifndef MEDUSA_MEDUSA_H
+#define MEDUSA_MEDUSA_H
+
+#include "../common/rng.h"
+#include "llama.h"
+
+#define MEDUSA_TOPK 5
+
+typedef struct {
+    int n_heads, n_layers, hidden, vocab;
+} MedusaShape;
+
+typedef struct {
+    MedusaShape shape;
+    const Backend *be;
+    size_t n_params;
+    float *params; /* backend memory; per head: L x (W [H,H], b [H]) then lm_head [V,H] */
+    float *grads;  /* same layout, NULL until medusa_enable_grads */
+} MedusaHeads;
+
+/* Per-head result of one batch. */
+typedef struct {
+    double loss[64];              /* mean cross-entropy of head i over its valid positions */
+    int64_t valid[64];            /* positions with a trained target */
+    int64_t hits[64][MEDUSA_TOPK]; /* hits[i][k-1]: target within head i's top k */
+    double total_loss;            /* sum_i decay^i * loss[i] */
+} MedusaBatchStats;
+
+/* Scratch for batches up to max_tokens, logits computed chunk_rows rows at a time. */
+typedef struct {
+    int max_tokens, chunk_rows;
+    float *act;    /* [L][T,H]: block outputs */
+    float *pre;    /* [L][T,H]: Linear outputs before SiLU */
+    float *dx, *dz; /* [T,H] */
+    float *logits; /* [chunk_rows, V] */
+    float *losses; /* [chunk_rows] */
+    int32_t *ranks, *targets; /* [chunk_rows] on the backend */
+    int32_t *host_targets;    /* [K][T] */
+    float *host_losses;
+    int32_t *host_ranks;
+} MedusaWork;
+
+void medusa_init(MedusaHeads *m, const Backend *be, MedusaShape shape);
+/* Reference initialisation: W = 0, b ~ U(-1/sqrt(H), 1/sqrt(H)), lm_head = copy of the base lm_head. */
+void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng);
+void medusa_enable_grads(MedusaHeads *m);
+void medusa_free(MedusaHeads *m);
+
+/* Views into the flat buffer (works for params and grads alike). */
+float *medusa_linear_w(const MedusaHeads *m, float *base, int head, int layer);
+float *medusa_linear_b(const MedusaHeads *m, float *base, int head, int layer);
+float *medusa_lm_head(const MedusaHeads *m, float *base, int head);
+
+void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int chunk_rows);
+void medusa_work_free(MedusaWork *w, const MedusaHeads *m);
+
+/* Targets of head i at position t: tokens[t+2+i] when it lies in the same sequence and loss_mask is set;
+ * -1 (ignored) otherwise. targets is [K][T] on the host. */
+void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs,
+                    int T, int32_t *targets);
+
+/* Forward + loss on hidden [T,H] (backend memory). With grad_scale > 0 the gradients (scaled by
+ * grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by decay^i. */
+void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
+                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
+                             float grad_scale, MedusaBatchStats *stats);
+
+/* Decoding: logits of every head for rows of hidden [T,H] → out [K][T,V] (backend memory). */
+void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int T, float *out);
+
+#endif
