@@ -1,0 +1,18 @@
+/* Medusa head files: export to the Medusa v1 layout (config.json + medusa_lm_head.safetensors, keys
+ * {h}.{l}.linear.weight|bias and {h}.{L}.weight) or vLLM's (blocks.{h}.layers.{l}.weight|bias,
+ * lm_heads.{h}.weight), and import of either. */
+#ifndef MEDUSA_MEDUSA_IO_H
+#define MEDUSA_MEDUSA_IO_H
+
+#include "medusa.h"
+
+typedef enum { MEDUSA_FORMAT_V1, MEDUSA_FORMAT_VLLM } MedusaFormat;
+
+/* Writes dir/config.json and the weights file; dtype DT_F32 or DT_BF16. base_name goes into the config. */
+void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, DType dtype, const char *base_name);
+
+/* Reads heads exported in either format from dir, checks them against the base model's hidden size and
+ * vocabulary, and initialises m on backend be. */
+void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidden, int vocab);
+
+#endif

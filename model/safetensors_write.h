@@ -1,0 +1,22 @@
+/* Writes a safetensors file atomically (temp file, fsync, rename), from fp32 host arrays stored as F32 or
+ * BF16. */
+#ifndef MEDUSA_SAFETENSORS_WRITE_H
+#define MEDUSA_SAFETENSORS_WRITE_H
+
+#include <stdint.h>
+
+#include "weights.h"
+
+typedef struct {
+    const char *name;
+    int n_dims;
+    int64_t shape[4];
+    const float *data; /* host fp32 */
+} TensorToWrite;
+
+void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DType dtype);
+
+/* Writes `text` to `path` atomically. */
+void write_file_atomic(const char *path, const void *data, size_t size);
+
+#endif

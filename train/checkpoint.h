@@ -1,0 +1,25 @@
+/* Training checkpoints in HDF5 (ckpt-<step>.h5): head parameters, AdamW moments, optimizer step, RNG
+ * state, data cursor and the run configuration as JSON. Written to a temp file, fsynced, renamed, so an
+ * existing checkpoint is never damaged by a crash or a full disk. */
+#ifndef MEDUSA_CHECKPOINT_H
+#define MEDUSA_CHECKPOINT_H
+
+#include "optim.h"
+
+#define CHECKPOINT_CURSOR_WORDS 8
+
+typedef struct {
+    int64_t step;                             /* optimizer steps taken */
+    uint64_t rng[4];
+    int64_t cursor[CHECKPOINT_CURSOR_WORDS]; /* the batcher's position, opaque here */
+    double metrics[4];                        /* running values a resumed run needs (e.g. tokens seen) */
+    char *config_json;                        /* malloc'd on load */
+} CheckpointMeta;
+
+void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta);
+/* Loads into already-initialised heads/optimizer state of the same shape; fatal on any mismatch. */
+void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, CheckpointMeta *meta);
+/* Newest ckpt-<step>.h5 in dir (malloc'd path), or NULL. */
+char *checkpoint_latest(const char *dir);
+
+#endif
