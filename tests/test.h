@@ -56,7 +56,7 @@ static void test_fatal_hook(const char *message) {
         snprintf(what_, sizeof what_, __VA_ARGS__);                                                \
         test_fatal_msg[0] = '\0';                                                                  \
         set_fatal_hook(test_fatal_hook);                                                           \
-        int failed_ = 0;                                                                           \
+        volatile int failed_ = 0;                                                                  \
         if (setjmp(test_fatal_jmp) == 0) {                                                         \
             stmt;                                                                                  \
         } else {                                                                                   \

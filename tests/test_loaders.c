@@ -1,0 +1,179 @@
+/* Bad input to the model loaders: each case must stop with one clear message naming the file and the
+ * problem (checked through the fatal hook), never crash or read out of bounds. */
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../model/llama.h"
+#include "test.h"
+
+static char tmpdir[] = "/tmp/medusa-loaders-XXXXXX";
+
+static char *tmp_path(const char *name) { return path_join(tmpdir, name); }
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    ensure(f);
+    ensure(fwrite(data, 1, n, f) == n);
+    fclose(f);
+}
+
+static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+
+/* A safetensors file with the given JSON header and data_len zero bytes of data. */
+static void write_safetensors(const char *path, const char *header, size_t data_len, uint64_t claimed_header_len) {
+    size_t h = strlen(header);
+    size_t n = 8 + h + data_len;
+    uint8_t *buf = calloc(1, n);
+    uint64_t len = claimed_header_len ? claimed_header_len : h;
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(len >> (8 * i));
+    memcpy(buf + 8, header, h);
+    write_bytes(path, buf, n);
+    free(buf);
+}
+
+/* Minimal GGUF writer for the header cases. */
+typedef struct {
+    uint8_t buf[4096];
+    size_t n;
+} Bytes;
+static void put(Bytes *b, const void *p, size_t n) {
+    memcpy(b->buf + b->n, p, n);
+    b->n += n;
+}
+static void put_u32(Bytes *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(Bytes *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(Bytes *b, const char *s) {
+    put_u64(b, strlen(s));
+    put(b, s, strlen(s));
+}
+static void put_kv_u32(Bytes *b, const char *key, uint32_t v) {
+    put_str(b, key);
+    put_u32(b, 4);
+    put_u32(b, v);
+}
+static void put_kv_str(Bytes *b, const char *key, const char *v) {
+    put_str(b, key);
+    put_u32(b, 8);
+    put_str(b, v);
+}
+
+/* GGUF with one F32 tensor token_embd.weight [4 x 32]; tensor offset and data length adjustable. */
+static void write_gguf(const char *path, const char *arch, uint64_t tensor_offset, size_t data_len, uint32_t version) {
+    Bytes b = {.n = 0};
+    put_u32(&b, 0x46554747u);
+    put_u32(&b, version);
+    put_u64(&b, 1); /* tensors */
+    put_u64(&b, 7); /* kv */
+    put_kv_str(&b, "general.architecture", arch);
+    put_kv_u32(&b, "llama.embedding_length", 32);
+    put_kv_u32(&b, "llama.feed_forward_length", 64);
+    put_kv_u32(&b, "llama.block_count", 1);
+    put_kv_u32(&b, "llama.attention.head_count", 2);
+    put_kv_u32(&b, "llama.attention.head_count_kv", 2);
+    put_kv_u32(&b, "llama.vocab_size", 4);
+    put_str(&b, "token_embd.weight");
+    put_u32(&b, 2);
+    put_u64(&b, 32);
+    put_u64(&b, 4);
+    put_u32(&b, 0); /* F32 */
+    put_u64(&b, tensor_offset);
+    while (b.n % 32) b.buf[b.n++] = 0;
+    memset(b.buf + b.n, 0, data_len);
+    b.n += data_len;
+    write_bytes(path, b.buf, b.n);
+}
+
+static const char *tiny_config =
+    "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
+    " \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"vocab_size\": 4, \"rms_norm_eps\": 1e-5}";
+
+int main(void) {
+    ensure(mkdtemp(tmpdir));
+    WeightSet w;
+    ModelConfig c;
+    Model m;
+
+    char *st = tmp_path("bad.safetensors");
+    write_bytes(st, "\x01\x02\x03", 3);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "truncated safetensors", "safetensors: file shorter than its length field");
+    write_safetensors(st, "{}", 0, 1000);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "runs past the end", "safetensors: header length beyond the file");
+    write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", ", 0, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "not valid JSON", "safetensors: malformed JSON header");
+    write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 8, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "outside the data section", "safetensors: tensor offsets beyond the data");
+    write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 16]}}", 16, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "need 12", "safetensors: byte count not matching shape");
+    write_safetensors(st, "{\"a\": {\"dtype\": \"I8\", \"shape\": [4], \"data_offsets\": [0, 4]}}", 4, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "unsupported dtype I8", "safetensors: unsupported dtype");
+    CHECK(strstr(test_fatal_msg, st) != NULL, "error message names the file (%s)", test_fatal_msg);
+
+    char *cfg = tmp_path("config.json");
+    write_text(cfg, "{\"model_type\": \"llama\", \"hidden_size\": 8,");
+    EXPECT_FATAL(config_from_json(&c, cfg), "malformed JSON", "config.json: malformed JSON");
+    write_text(cfg, "{\"model_type\": \"gpt_neox\", \"hidden_size\": 8}");
+    EXPECT_FATAL(config_from_json(&c, cfg), "unknown architecture \"gpt_neox\"", "config.json: unknown architecture");
+    write_text(cfg, "{\"model_type\": \"llama\", \"hidden_size\": 8}");
+    EXPECT_FATAL(config_from_json(&c, cfg), "missing required field \"intermediate_size\"", "config.json: missing field");
+    write_text(cfg, "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
+                    " \"num_attention_heads\": 3, \"num_key_value_heads\": 2, \"vocab_size\": 4}");
+    EXPECT_FATAL(config_from_json(&c, cfg), "not a multiple", "config.json: heads not a multiple of kv heads");
+
+    /* shape that does not match config.json: embedding [4, 7] where hidden_size is 8 */
+    write_text(cfg, tiny_config);
+    char *model_st = tmp_path("model.safetensors");
+    write_safetensors(model_st, "{\"model.embed_tokens.weight\": {\"dtype\": \"F32\", \"shape\": [4, 7], \"data_offsets\": [0, 112]}}", 112, 0);
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "has shape [4, 7] but the model config needs [4, 8]", "model: tensor shape vs config.json");
+    write_safetensors(model_st, "{\"model.embed_tokens.weight\": {\"dtype\": \"BF16\", \"shape\": [4, 8], \"data_offsets\": [0, 64]}}", 64, 0);
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "tensor 'model.layers.0.input_layernorm.weight' is missing", "model: missing tensor");
+    unlink(model_st);
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "no model.safetensors", "model: directory without weights");
+    char *index = tmp_path("model.safetensors.index.json");
+    write_text(index, "{\"weight_map\": {\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\"}}");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "does not exist", "model: index names a missing shard");
+    write_text(index, "{\"weight_map\": 3}");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "malformed index", "model: malformed shard index");
+
+    char *gg = tmp_path("m.gguf");
+    GGUFFile g;
+    write_bytes(gg, "GGUF", 4);
+    EXPECT_FATAL(gguf_open(&g, gg), "truncated GGUF header", "gguf: truncated header");
+    write_bytes(gg, "GGML\x03\0\0\0", 8);
+    EXPECT_FATAL(gguf_open(&g, gg), "not a GGUF file", "gguf: bad magic");
+    write_gguf(gg, "llama", 0, 4 * 32 * 4, 1);
+    EXPECT_FATAL(gguf_open(&g, gg), "unsupported GGUF version 1", "gguf: unsupported version");
+    write_gguf(gg, "llama", 0, 100, 3);
+    EXPECT_FATAL(gguf_open(&g, gg), "lies beyond the end of the file", "gguf: truncated tensor data");
+    write_gguf(gg, "llama", 1u << 20, 4 * 32 * 4, 3);
+    EXPECT_FATAL(gguf_open(&g, gg), "lies beyond the end of the file", "gguf: tensor offset out of range");
+    write_gguf(gg, "falcon", 0, 4 * 32 * 4, 3);
+    EXPECT_FATAL(model_load(&m, gg, backend_cpu()), "unknown architecture \"falcon\"", "gguf: unknown architecture");
+    write_gguf(gg, "llama", 0, 4 * 32 * 4, 3);
+    gguf_open(&g, gg);
+    CHECK(g.n_tensors == 1 && g.tensors[0].ne[0] == 32 && g.tensors[0].ne[1] == 4, "gguf: well-formed header parses");
+    gguf_close(&g);
+    EXPECT_FATAL(model_load(&m, gg, backend_cpu()), "missing", "gguf: model with missing tensors");
+    {
+        /* A truncated copy of a well-formed file fails cleanly at every length. */
+        size_t size;
+        char *full = read_whole_file(gg, &size);
+        volatile int clean = 1;
+        for (volatile size_t len = 0; len < size; len += 7) {
+            write_bytes(gg, full, len);
+            test_fatal_msg[0] = '\0';
+            set_fatal_hook(test_fatal_hook);
+            if (setjmp(test_fatal_jmp) == 0) {
+                gguf_open(&g, gg);
+                gguf_close(&g);
+                clean = 0; /* a truncated file must not load */
+            }
+            set_fatal_hook(NULL);
+            if (!strstr(test_fatal_msg, gg)) clean = 0;
+        }
+        free(full);
+        CHECK(clean, "gguf: every truncation of a valid file is a named error");
+    }
+    EXPECT_FATAL(model_load(&m, "/nonexistent/model", backend_cpu()), "not a model directory", "model: missing path");
+    return test_summary();
+}
