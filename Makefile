@@ -18,7 +18,7 @@ MAINS   := $(wildcard */main_*.c)
 BINS    := $(foreach m,$(MAINS),bin/medusa-$(patsubst main_%.c,%,$(notdir $(m))))
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 
-.PHONY: venv all deps check-deps test test-asan fuzz bench clean format lint cuda-compile demo
+.PHONY: fuzz venv all deps check-deps test test-asan fuzz bench clean format lint cuda-compile demo
 all: check-deps $(LIB) $(BINS)
 
 # One found/missing line per dependency, printed before every build.
@@ -110,3 +110,13 @@ bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
 	} | tee $(BENCH_OUT).new
 	@awk '/medusa-c forward/{for(i=1;i<=NF;i++) if($$i=="tokens/s") {split($$(i-1),a,","); ours=$$(i-1)}} /pytorch forward/{for(i=1;i<=NF;i++) if($$i=="tokens/s,") theirs=$$(i-1)} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_OUT).new | tee -a $(BENCH_OUT).new
 	@mv $(BENCH_OUT).new $(BENCH_OUT)
+
+# Short mutation-fuzz run of the loaders under ASan/UBSan (leaks from aborted loads are expected and ignored).
+FUZZ_ITERS ?= 3000
+FUZZ_SEEDS = $(firstword $(wildcard tests/fixtures/models/*/*.gguf)) $(firstword $(wildcard tests/fixtures/models/*/model.safetensors))
+fuzz:
+	@mkdir -p build-asan
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -fopenmp \
+	  $(shell pkg-config --cflags $(PKGS)) tests/fuzz/fuzz_loaders.c common/common.c model/gguf.c model/weights.c \
+	  -o build-asan/fuzz_loaders $(shell pkg-config --libs $(PKGS)) -lm
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)

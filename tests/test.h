@@ -44,7 +44,7 @@ static inline void max_errors(const float *got, const float *want, size_t n, dou
     *rel_err = scale > 0 ? m / scale : m;
 }
 
-static void test_fatal_hook(const char *message) {
+static inline void test_fatal_hook(const char *message) {
     snprintf(test_fatal_msg, sizeof test_fatal_msg, "%s", message);
     longjmp(test_fatal_jmp, 1);
 }
