@@ -17,6 +17,7 @@ struct Backend {
     void (*free)(void *ptr);
     void (*upload)(void *dst, const void *host_src, size_t bytes);
     void (*download)(void *host_dst, const void *src, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes); /* within the backend's memory */
 
     /* out[t,:] = table[tokens[t],:]  (T x C) */
     void (*embedding)(float *out, const int32_t *tokens, const float *table, int T, int C);
@@ -28,9 +29,12 @@ struct Backend {
      * (Hugging Face layout: the two rotated halves are the first and second half of each head) */
     void (*rope)(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
     /* softmax(q k^T / sqrt(d)) v per head with grouped-query sharing; query t attends to keys
-     * key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T, n_heads*d]; k/v: [Tk, n_kv_heads*d]. */
+     * key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T, n_heads*d]; k/v: [Tk, n_kv_heads*d].
+     * With a tree mask [T, T] (tree decoding), a key j >= mask_start is attended only when
+     * mask[t*T + j - mask_start] is set: the T new tokens see only their ancestors. */
     void (*attention)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                      const int32_t *key_end, int T, int n_heads, int n_kv_heads, int head_dim);
+                      const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                      int n_kv_heads, int head_dim);
     /* out = silu(gate) * up, n elements */
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */

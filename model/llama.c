@@ -141,9 +141,10 @@ static void check_tokens(const int32_t *tokens, int T, int vocab) {
 
 /* The forward pass proper. Layout (pos, key ranges) is given on the host; keys and values of layer l are
  * written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
- * state's own buffers for a packed batch). */
+ * state's own buffers for a packed batch). mask (backend memory, or NULL) is the tree mask over the T new rows. */
 static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *tokens_host, const int32_t *layout,
-                           float *const *k_rows, float *const *v_rows, int row0, float *hidden_out, float *logits_out) {
+                           float *const *k_rows, float *const *v_rows, int row0, const uint8_t *mask,
+                           float *hidden_out, float *logits_out) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
     int H = c->hidden_size, I = c->intermediate_size;
@@ -167,7 +168,8 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         be->matmul(k, s->xn, w->wk, w->bk, T, H, kv_dim);
         be->matmul(v, s->xn, w->wv, w->bv, T, H, kv_dim);
         be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-        be->attention(s->att, s->q, k_all, v_all, s->key_begin, s->key_end, T, c->n_heads, c->n_kv_heads, c->head_dim);
+        be->attention(s->att, s->q, k_all, v_all, s->key_begin, s->key_end, mask, row0, T, c->n_heads, c->n_kv_heads,
+                      c->head_dim);
         be->matmul(s->proj, s->att, w->wo, NULL, T, q_dim, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
@@ -187,7 +189,7 @@ void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float 
     int T = b->n_tokens;
     int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(T > 0 ? T : 1));
     packed_layout(b, layout, layout + T, layout + 2 * T);
-    forward_tokens(m, s, T, b->tokens, layout, NULL, NULL, 0, hidden_out, logits_out);
+    forward_tokens(m, s, T, b->tokens, layout, NULL, NULL, 0, NULL, hidden_out, logits_out);
     free(layout);
 }
 
@@ -224,7 +226,38 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
         layout[n + i] = 0;                  /* first key */
         layout[2 * n + i] = cache->len + i + 1; /* one past the last key */
     }
-    forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, hidden_out, logits_out);
+    forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, NULL, hidden_out, logits_out);
     cache->len += n;
     free(layout);
+}
+
+void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const int32_t *tokens, const int32_t *depth,
+                        const uint8_t *mask, int n, float *hidden_out, float *logits_out) {
+    if (cache->len + n > cache->max_len)
+        fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
+    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; i < n; i++) {
+        layout[i] = cache->len + depth[i];
+        layout[n + i] = 0;
+        layout[2 * n + i] = cache->len + n; /* the mask narrows the new rows to each node's ancestors */
+    }
+    uint8_t *mask_dev = m->be->alloc((size_t)n * n);
+    m->be->upload(mask_dev, mask, (size_t)n * n);
+    forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, mask_dev, hidden_out, logits_out);
+    m->be->free(mask_dev);
+    free(layout);
+}
+
+void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n) {
+    size_t row_floats = (size_t)(m->config.n_kv_heads * m->config.head_dim);
+    for (int l = 0; l < m->config.n_layers; l++) {
+        for (int i = 0; i < n; i++) {
+            int src = cache->len + rows[i], dst = cache->len + i;
+            if (src == dst) continue;
+            ensure(src > dst); /* accepted rows are in increasing order, so copies never overwrite a source */
+            m->be->copy(cache->k[l] + (size_t)dst * row_floats, cache->k[l] + (size_t)src * row_floats, sizeof(float) * row_floats);
+            m->be->copy(cache->v[l] + (size_t)dst * row_floats, cache->v[l] + (size_t)src * row_floats, sizeof(float) * row_floats);
+        }
+    }
+    cache->len += n;
 }

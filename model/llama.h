@@ -64,4 +64,13 @@ void kv_cache_free(KVCache *cache, const Model *m);
 void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const int32_t *tokens, int n,
                           float *hidden_out, float *logits_out);
 
+/* Tree verification: n candidate tokens placed after the cache, node i at position len + depth[i], attending
+ * to the whole cache and to the nodes its row of mask [n, n] marks (itself and its ancestors). Keys and
+ * values are written after the cache but the cache does not grow: kv_cache_keep then keeps the accepted
+ * nodes. */
+void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const int32_t *tokens, const int32_t *depth,
+                        const uint8_t *mask, int n, float *hidden_out, float *logits_out);
+/* Moves the keys/values of tree rows len+rows[i] (increasing) to len+i and grows the cache by n. */
+void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n);
+
 #endif

@@ -42,12 +42,7 @@ void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng) {
             for (size_t i = 0; i < H; i++) bias[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
             be->upload(medusa_linear_b(m, m->params, h, l), bias, sizeof(float) * H);
         }
-        /* device-to-device copy through the host keeps the backend interface small */
-        size_t lm_bytes = sizeof(float) * (size_t)s->vocab * H;
-        float *lm = xmalloc(lm_bytes);
-        be->download(lm, base->lm_head, lm_bytes);
-        be->upload(medusa_lm_head(m, m->params, h), lm, lm_bytes);
-        free(lm);
+        be->copy(medusa_lm_head(m, m->params, h), base->lm_head, sizeof(float) * (size_t)s->vocab * H);
     }
     free(bias);
 }

@@ -6,7 +6,8 @@
 #include "cpu_ops.h"
 
 void cpu_attention_forward(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                           const int32_t *key_end, int T, int n_heads, int n_kv_heads, int head_dim) {
+                           const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                           int n_kv_heads, int head_dim) {
     int group = n_heads / n_kv_heads;
     size_t q_stride = (size_t)n_heads * head_dim, kv_stride = (size_t)n_kv_heads * head_dim;
     float scale = 1.0f / sqrtf((float)head_dim);
@@ -22,8 +23,13 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
                 const float *qv = q + t * q_stride + (size_t)h * head_dim;
                 int kvh = h / group;
                 int begin = key_begin[t], n = key_end[t] - begin;
+                const uint8_t *mask_row = mask ? mask + (size_t)t * T : NULL;
                 float maxs = -INFINITY;
                 for (int j = 0; j < n; j++) {
+                    if (mask_row && begin + j >= mask_start && !mask_row[begin + j - mask_start]) {
+                        scores[j] = -INFINITY; /* not an ancestor in the tree */
+                        continue;
+                    }
                     const float *kv = k + (size_t)(begin + j) * kv_stride + (size_t)kvh * head_dim;
                     float s = 0;
                     for (int d = 0; d < head_dim; d++) s += qv[d] * kv[d];
@@ -33,7 +39,7 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
                 }
                 float sum = 0;
                 for (int j = 0; j < n; j++) {
-                    scores[j] = expf(scores[j] - maxs);
+                    scores[j] = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - maxs);
                     sum += scores[j];
                 }
                 float *o = out + t * q_stride + (size_t)h * head_dim;
@@ -41,6 +47,7 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
                 for (int j = 0; j < n; j++) {
                     const float *vv = v + (size_t)(begin + j) * kv_stride + (size_t)kvh * head_dim;
                     float p = scores[j] / sum;
+                    if (p == 0.0f) continue;
                     for (int d = 0; d < head_dim; d++) o[d] += p * vv[d];
                 }
             }

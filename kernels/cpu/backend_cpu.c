@@ -16,6 +16,7 @@ const Backend *backend_cpu(void) {
         .free = cpu_free,
         .upload = cpu_copy,
         .download = cpu_copy,
+        .copy = cpu_copy,
         .embedding = cpu_embedding_forward,
         .rmsnorm = cpu_rmsnorm_forward,
         .matmul = cpu_matmul_forward,
