@@ -1,0 +1,53 @@
+/* Tree buffers (attention mask, tree indices, position ids, retrieve indices) against the reference
+ * generate_medusa_buffers (fixtures from tests/gen/gen_trees.py), and bad tree files. */
+#include <cJSON.h>
+#include <stdlib.h>
+
+#include "../infer/tree.h"
+#include "test.h"
+
+static int int_at(const cJSON *arr, int i) { return cJSON_GetArrayItem(arr, i)->valueint; }
+
+static void check_tree(const char *name) {
+    char tree_path[256], ref_path[256];
+    snprintf(tree_path, sizeof tree_path, "configs/trees/%s.json", name);
+    snprintf(ref_path, sizeof ref_path, "tests/fixtures/trees/%s.buffers.json", name);
+    char *text = read_whole_file(ref_path, NULL);
+    ensure(text);
+    cJSON *ref = cJSON_Parse(text);
+    free(text);
+    MedusaTree t;
+    tree_load(&t, tree_path);
+    const cJSON *mask = cJSON_GetObjectItem(ref, "mask"), *ti = cJSON_GetObjectItem(ref, "tree_indices");
+    const cJSON *pos = cJSON_GetObjectItem(ref, "position_ids"), *ret = cJSON_GetObjectItem(ref, "retrieve_indices");
+    int N = cJSON_GetArraySize(ti);
+    CHECK(t.n_nodes == N, "%s: %d nodes (reference %d)", name, t.n_nodes, N);
+    int mask_diff = 0, ti_diff = 0, pos_diff = 0, ret_diff = 0;
+    for (int i = 0; i < N && t.n_nodes == N; i++) {
+        for (int j = 0; j < N; j++) mask_diff += t.mask[i * N + j] != int_at(cJSON_GetArrayItem(mask, i), j);
+        ti_diff += t.tree_indices[i] != int_at(ti, i);
+        pos_diff += t.depth[i] != int_at(pos, i);
+    }
+    int rows = cJSON_GetArraySize(ret), cols = cJSON_GetArraySize(cJSON_GetArrayItem(ret, 0));
+    CHECK(t.n_leaves == rows && t.max_depth == cols, "%s: retrieve indices %dx%d (reference %dx%d)", name, t.n_leaves, t.max_depth, rows, cols);
+    for (int r = 0; r < rows && t.n_leaves == rows && t.max_depth == cols; r++)
+        for (int c = 0; c < cols; c++) ret_diff += t.retrieve[r * cols + c] != int_at(cJSON_GetArrayItem(ret, r), c);
+    CHECK(mask_diff == 0, "%s: tree attention mask identical (%d differences)", name, mask_diff);
+    CHECK(ti_diff == 0, "%s: tree indices identical (%d differences)", name, ti_diff);
+    CHECK(pos_diff == 0, "%s: position ids identical (%d differences)", name, pos_diff);
+    CHECK(ret_diff == 0, "%s: retrieve indices identical (%d differences)", name, ret_diff);
+    tree_free(&t);
+    cJSON_Delete(ref);
+}
+
+int main(void) {
+    const char *trees[] = {"mc_sim_7b_63", "vicuna_7b_stage2", "small_8", "chain_4"};
+    for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) check_tree(trees[i]);
+    MedusaTree t;
+    EXPECT_FATAL(tree_from_json(&t, "{\"a\": 1}", "bad.json"), "must be a JSON list", "tree: not a list");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [0, 1, 2]]", "bad.json"), "prefix of length 2 is not itself in the tree", "tree: missing ancestor");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [12]]", "bad.json"), "outside 0..9", "tree: choice beyond top-k");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [0]]", "bad.json"), "appears twice", "tree: duplicate path");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], ", "bad.json"), "bad.json", "tree: malformed JSON names the file");
+    return test_summary();
+}
