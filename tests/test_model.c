@@ -99,6 +99,13 @@ int main(void) {
         {"tiny_tied (tied embeddings)", "tiny_tied", "tiny_tied/ref.safetensors"},
         {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors"},
         {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors"},
+        {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors"},
+        {"tiny_llama GGUF F16", "tiny_llama/gguf/tiny_llama.F16.gguf", "tiny_llama/gguf/ref_F16.safetensors"},
+        {"tiny_llama GGUF BF16", "tiny_llama/gguf/tiny_llama.BF16.gguf", "tiny_llama/gguf/ref_BF16.safetensors"},
+        {"tiny_llama GGUF Q8_0", "tiny_llama/gguf/tiny_llama.Q8_0.gguf", "tiny_llama/gguf/ref_Q8_0.safetensors"},
+        {"tiny_llama GGUF Q4_0", "tiny_llama/gguf/tiny_llama.Q4_0.gguf", "tiny_llama/gguf/ref_Q4_0.safetensors"},
+        {"tiny_llama GGUF Q4_1", "tiny_llama/gguf/tiny_llama.Q4_1.gguf", "tiny_llama/gguf/ref_Q4_1.safetensors"},
+        {"tiny_tied GGUF F32", "tiny_tied/gguf/tiny_tied.F32.gguf", "tiny_tied/gguf/ref_F32.safetensors"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *model = path_join(dir, cases[i].model), *ref = path_join(dir, cases[i].ref);

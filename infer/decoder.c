@@ -1,0 +1,261 @@
+#include "decoder.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "acceptance.h"
+
+void decode_options_defaults(DecodeOptions *o) {
+    o->temperature = 0.0f;
+    o->top_p = 1.0f;
+    o->posterior_threshold = 0.09f;
+    o->posterior_alpha = 0.3f;
+    o->seed = 1234;
+}
+
+void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const MedusaTree *tree, int max_len) {
+    memset(d, 0, sizeof *d);
+    const Backend *be = base->be;
+    int H = base->config.hidden_size, V = base->config.vocab_size;
+    int rows = tree ? tree->n_nodes : 1;
+    d->base = base;
+    d->heads = heads;
+    d->tree = tree;
+    d->max_len = max_len;
+    /* the prompt is prefilled in one pass, so state buffers cover max_len rows */
+    forward_state_init(&d->state, base, max_len);
+    kv_cache_init(&d->cache, base, max_len + rows);
+    d->hidden = be->alloc(sizeof(float) * (size_t)max_len * H);
+    d->logits = be->alloc(sizeof(float) * (size_t)max_len * V);
+    d->host_logits = xmalloc(sizeof(float) * (size_t)rows * V);
+    d->probs = xmalloc(sizeof(float) * (size_t)V);
+    if (heads) {
+        int K = heads->shape.n_heads;
+        medusa_work_init(&d->work, heads, rows, rows);
+        d->head_logits = be->alloc(sizeof(float) * (size_t)K * rows * V);
+        d->host_head_logits = xmalloc(sizeof(float) * (size_t)K * V);
+    }
+}
+
+void decoder_free(Decoder *d) {
+    const Backend *be = d->base->be;
+    forward_state_free(&d->state, d->base);
+    kv_cache_free(&d->cache, d->base);
+    be->free(d->hidden);
+    be->free(d->logits);
+    free(d->host_logits);
+    free(d->probs);
+    if (d->heads) {
+        medusa_work_free(&d->work, d->heads);
+        be->free(d->head_logits);
+        free(d->host_head_logits);
+    }
+    memset(d, 0, sizeof *d);
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Samples from softmax(logits / temperature) restricted to the top-p nucleus (probs is scratch). */
+static int sample_top_p(const float *logits, int V, float temperature, float top_p, Rng *rng, float *probs) {
+    float maxv = -INFINITY;
+    for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += probs[i] = expf((logits[i] - maxv) / temperature);
+    /* nucleus: smallest probability cut that keeps mass >= top_p, found by bisection on the cut */
+    float cut = 0;
+    if (top_p < 1.0f) {
+        float lo = 0, hi = 1;
+        for (int it = 0; it < 30; it++) {
+            float mid = 0.5f * (lo + hi);
+            double mass = 0;
+            for (int i = 0; i < V; i++)
+                if (probs[i] / sum >= mid) mass += probs[i] / sum;
+            if (mass >= top_p) lo = mid; else hi = mid;
+        }
+        cut = lo;
+    }
+    double kept = 0;
+    for (int i = 0; i < V; i++)
+        if (probs[i] / sum >= cut) kept += probs[i];
+    double r = rng_uniform(rng) * kept, acc = 0;
+    int last = 0;
+    for (int i = 0; i < V; i++) {
+        if (probs[i] / sum < cut) continue;
+        acc += probs[i];
+        last = i;
+        if (acc > r) return i;
+    }
+    return last;
+}
+
+/* The reference's get_typical_one_token: drop tokens below the typical threshold, sample the rest. */
+static int sample_typical(const float *logits, int V, const DecodeOptions *o, Rng *rng, float *probs) {
+    float threshold = typical_threshold(logits, V, o->temperature, o->posterior_threshold, o->posterior_alpha, probs);
+    double kept = 0;
+    for (int i = 0; i < V; i++)
+        if (probs[i] >= threshold) kept += probs[i];
+    double r = rng_uniform(rng) * kept, acc = 0;
+    int last = argmax(logits, V);
+    for (int i = 0; i < V; i++) {
+        if (probs[i] < threshold) continue;
+        acc += probs[i];
+        last = i;
+        if (acc > r) return i;
+    }
+    return last;
+}
+
+static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, DecodeStats *stats) {
+    const ModelConfig *c = &d->base->config;
+    if (n_prompt < 1) fatal("generation needs a prompt of at least one token");
+    if (n_prompt >= d->max_len) fatal("prompt of %d tokens does not fit the context of %d", n_prompt, d->max_len);
+    double t0 = now_seconds();
+    d->cache.len = 0;
+    model_forward_cached(d->base, &d->state, &d->cache, prompt, n_prompt, d->hidden, d->logits);
+    d->base->be->download(d->host_logits, d->logits + (size_t)(n_prompt - 1) * c->vocab_size, sizeof(float) * c->vocab_size);
+    stats->prefill_seconds = now_seconds() - t0;
+}
+
+int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
+                 int32_t *out, TokenSink sink, void *user, DecodeStats *stats) {
+    const Backend *be = d->base->be;
+    int V = d->base->config.vocab_size;
+    memset(stats, 0, sizeof *stats);
+    Rng rng;
+    rng_seed(&rng, o->seed);
+    prefill(d, prompt, n_prompt, stats);
+    double t0 = now_seconds();
+    int n = 0;
+    while (n < max_new) {
+        int next = o->temperature > 0 ? sample_top_p(d->host_logits, V, o->temperature, o->top_p, &rng, d->probs)
+                                      : argmax(d->host_logits, V);
+        out[n++] = next;
+        if (sink) sink(&next, 1, user);
+        if (next == eos || n >= max_new || d->cache.len + 1 >= d->max_len) break;
+        model_forward_cached(d->base, &d->state, &d->cache, &next, 1, d->hidden, d->logits);
+        be->download(d->host_logits, d->logits, sizeof(float) * V);
+        stats->steps++;
+    }
+    stats->new_tokens = n;
+    stats->seconds = now_seconds() - t0;
+    return n;
+}
+
+/* Top-TREE_TOPK token ids of a row, largest first (ties to the lower id, as a stable sort would). */
+static void top_k(const float *x, int n, int32_t *idx) {
+    for (int k = 0; k < TREE_TOPK; k++) idx[k] = -1;
+    for (int i = 0; i < n; i++) {
+        int at = TREE_TOPK;
+        while (at > 0 && (idx[at - 1] < 0 || x[i] > x[idx[at - 1]])) at--;
+        if (at >= TREE_TOPK) continue;
+        memmove(idx + at + 1, idx + at, sizeof(int32_t) * (size_t)(TREE_TOPK - 1 - at));
+        idx[at] = i;
+    }
+}
+
+/* Base logits (host_logits) and head logits (host_head_logits) of the node whose hidden state is row `row`. */
+static void heads_at(Decoder *d, int row) {
+    const MedusaHeads *h = d->heads;
+    int K = h->shape.n_heads, V = h->shape.vocab, H = h->shape.hidden;
+    medusa_logits(h, &d->work, d->hidden + (size_t)row * H, 1, d->head_logits);
+    d->base->be->download(d->host_head_logits, d->head_logits, sizeof(float) * (size_t)K * V);
+}
+
+int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
+                  int32_t *out, TokenSink sink, void *user, DecodeStats *stats) {
+    const MedusaTree *t = d->tree;
+    const Backend *be = d->base->be;
+    int V = d->base->config.vocab_size, N = t->n_nodes, P = t->n_leaves, D = t->max_depth;
+    if (!d->heads || !t) fatal("Medusa decoding needs heads and a tree");
+    if (t->n_heads_used > d->heads->shape.n_heads)
+        fatal("the tree is %d levels deep but there are only %d Medusa heads", t->n_heads_used, d->heads->shape.n_heads);
+    memset(stats, 0, sizeof *stats);
+    Rng rng;
+    rng_seed(&rng, o->seed);
+    int typical = o->temperature > 0;
+    int32_t *candidates = xmalloc(sizeof(int32_t) * (size_t)(1 + TREE_TOPK * d->heads->shape.n_heads));
+    int32_t *tree_tokens = xmalloc(sizeof(int32_t) * (size_t)N);
+    int32_t *paths = xmalloc(sizeof(int32_t) * (size_t)P * D), *node_argmax = xmalloc(sizeof(int32_t) * (size_t)N);
+    int32_t *path_argmax = xmalloc(sizeof(int32_t) * (size_t)P * D), *keep = xmalloc(sizeof(int32_t) * (size_t)D);
+    uint8_t *valid = xmalloc((size_t)P * D);
+    float *node_threshold = xmalloc(sizeof(float) * (size_t)N), *cand_prob = xmalloc(sizeof(float) * (size_t)P * D);
+    float *path_threshold = xmalloc(sizeof(float) * (size_t)P * D);
+    float *all_logits = xmalloc(sizeof(float) * (size_t)N * V);
+    float *all_probs = typical ? xmalloc(sizeof(float) * (size_t)N * V) : NULL;
+
+    prefill(d, prompt, n_prompt, stats);
+    heads_at(d, n_prompt - 1);
+    double t0 = now_seconds();
+    int n = 0, done = 0;
+    while (!done && n < max_new && d->cache.len + N < d->max_len) {
+        /* candidates: the base model's next token, then each head's top-k */
+        candidates[0] = typical ? sample_typical(d->host_logits, V, o, &rng, d->probs) : argmax(d->host_logits, V);
+        for (int h = 0; h < t->n_heads_used; h++) top_k(d->host_head_logits + (size_t)h * V, V, candidates + 1 + h * TREE_TOPK);
+        for (int i = 0; i < N; i++) tree_tokens[i] = candidates[t->tree_indices[i]];
+        for (int p = 0; p < P * D; p++) {
+            valid[p] = t->retrieve[p] >= 0;
+            paths[p] = valid[p] ? tree_tokens[t->retrieve[p]] : 0;
+        }
+        /* one verification pass over the whole tree */
+        model_forward_tree(d->base, &d->state, &d->cache, tree_tokens, t->depth, t->mask, N, d->hidden, d->logits);
+        be->download(all_logits, d->logits, sizeof(float) * (size_t)N * V);
+        stats->steps++;
+        int best, accepted;
+        if (!typical) {
+            for (int i = 0; i < N; i++) node_argmax[i] = argmax(all_logits + (size_t)i * V, V);
+            for (int p = 0; p < P * D; p++) path_argmax[p] = valid[p] ? node_argmax[t->retrieve[p]] : -1;
+            accepted = accept_greedy(paths, valid, path_argmax, P, D, &best);
+        } else {
+            for (int i = 0; i < N; i++)
+                node_threshold[i] = typical_threshold(all_logits + (size_t)i * V, V, o->temperature, o->posterior_threshold,
+                                                      o->posterior_alpha, all_probs + (size_t)i * V);
+            for (int p = 0; p < P; p++) {
+                for (int j = 0; j + 1 < D; j++) {
+                    int node = t->retrieve[p * D + j];
+                    int ok = node >= 0 && valid[p * D + j + 1];
+                    cand_prob[p * D + j] = ok ? all_probs[(size_t)node * V + paths[p * D + j + 1]] : 0.0f;
+                    path_threshold[p * D + j] = ok ? node_threshold[node] : 1.0f;
+                }
+            }
+            accepted = accept_typical(cand_prob, path_threshold, valid, P, D, &best);
+        }
+        int take = accepted + 1;
+        for (int j = 0; j < take; j++) keep[j] = t->retrieve[best * D + j];
+        kv_cache_keep(&d->cache, d->base, keep, take);
+        int emitted = 0;
+        for (int j = 0; j < take && n < max_new; j++) {
+            out[n++] = paths[best * D + j];
+            emitted++;
+            if (paths[best * D + j] == eos) {
+                done = 1;
+                break;
+            }
+        }
+        if (sink) sink(out + n - emitted, emitted, user);
+        /* the last accepted node's outputs seed the next step */
+        int last = keep[take - 1];
+        memcpy(d->host_logits, all_logits + (size_t)last * V, sizeof(float) * V);
+        heads_at(d, last);
+    }
+    stats->new_tokens = n;
+    stats->seconds = now_seconds() - t0;
+    free(candidates);
+    free(tree_tokens);
+    free(paths);
+    free(node_argmax);
+    free(path_argmax);
+    free(keep);
+    free(valid);
+    free(node_threshold);
+    free(cand_prob);
+    free(path_threshold);
+    free(all_logits);
+    free(all_probs);
+    return n;
+}
