@@ -1,0 +1,99 @@
+#include "trainer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void step_metrics_clear(StepMetrics *m) { memset(m, 0, sizeof *m); }
+
+void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
+                  int max_tokens, int logits_chunk) {
+    memset(t, 0, sizeof *t);
+    t->base = base;
+    t->heads = heads;
+    t->optim = *optim;
+    t->head_decay = head_decay;
+    t->max_tokens = max_tokens;
+    forward_state_init(&t->state, base, max_tokens);
+    medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
+    t->hidden = base->be->alloc(sizeof(float) * (size_t)max_tokens * base->config.hidden_size);
+    medusa_enable_grads(heads);
+    adam_init(&t->adam, heads);
+}
+
+void trainer_free(Trainer *t) {
+    forward_state_free(&t->state, t->base);
+    medusa_work_free(&t->work, t->heads);
+    t->base->be->free(t->hidden);
+    adam_free(&t->adam, t->heads);
+    memset(t, 0, sizeof *t);
+}
+
+static void accumulate(StepMetrics *m, const MedusaBatchStats *s, int n_heads, int n_tokens) {
+    for (int h = 0; h < n_heads; h++) {
+        m->loss_sum[h] += s->loss[h];
+        m->valid[h] += s->valid[h];
+        for (int k = 0; k < MEDUSA_TOPK; k++) m->hits[h][k] += s->hits[h][k];
+    }
+    m->total_loss_sum += s->total_loss;
+    m->batches++;
+    m->tokens += n_tokens;
+}
+
+static void base_forward(Trainer *t, const TrainBatch *b, float *logits) {
+    PackedBatch pb = {b->n_tokens, b->tokens, b->n_seqs, b->seq_lens};
+    model_forward(t->base, &t->state, &pb, t->hidden, logits);
+}
+
+double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {
+    for (int i = 0; i < n; i++) {
+        base_forward(t, &micro[i], NULL);
+        MedusaBatchStats s;
+        medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
+                                micro[i].n_seqs, micro[i].n_tokens, t->head_decay, 1.0f / (float)n, &s);
+        if (!isfinite(s.total_loss))
+            fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is intact",
+                  s.total_loss, t->adam.step + 1);
+        accumulate(metrics, &s, t->heads->shape.n_heads, micro[i].n_tokens);
+    }
+    double norm = optim_step(t->heads, &t->adam, &t->optim);
+    if (!isfinite(norm))
+        fatal("training diverged: the gradient norm is %g at optimizer step %d (try a lower --lr); the last checkpoint is intact",
+              norm, t->adam.step + 1);
+    return norm;
+}
+
+void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
+    const Backend *be = t->base->be;
+    int V = t->base->config.vocab_size, T = b->n_tokens;
+    /* the base model's own top-1 on t+1, through the heads' fused classifier with one "head" */
+    float *logits = be->alloc(sizeof(float) * (size_t)T * V);
+    base_forward(t, b, logits);
+    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)T), *ranks = xmalloc(sizeof(int32_t) * (size_t)T);
+    int start = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int end = start + b->seq_lens[s];
+        for (int i = start; i < end; i++) targets[i] = i + 1 < end && b->loss_mask[i + 1] ? b->tokens[i + 1] : -1;
+        start = end;
+    }
+    int32_t *targets_dev = be->alloc(sizeof(int32_t) * (size_t)T), *ranks_dev = be->alloc(sizeof(int32_t) * (size_t)T);
+    float *losses_dev = be->alloc(sizeof(float) * (size_t)T);
+    be->upload(targets_dev, targets, sizeof(int32_t) * (size_t)T);
+    be->softmax_xent(logits, losses_dev, ranks_dev, targets_dev, T, V, 0.0f);
+    be->download(ranks, ranks_dev, sizeof(int32_t) * (size_t)T);
+    for (int i = 0; i < T; i++) {
+        metrics->base_valid += ranks[i] >= 0;
+        metrics->base_hits += ranks[i] == 0;
+    }
+    be->free(logits);
+    be->free(targets_dev);
+    be->free(ranks_dev);
+    be->free(losses_dev);
+    free(targets);
+    free(ranks);
+
+    MedusaBatchStats s;
+    medusa_forward_backward(t->heads, &t->work, t->hidden, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, T,
+                            t->head_decay, 0.0f, &s);
+    accumulate(metrics, &s, t->heads->shape.n_heads, T);
+}

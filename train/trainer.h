@@ -1,0 +1,54 @@
+/* One training or evaluation step of the Medusa heads on packed batches: the frozen base model's forward,
+ * the heads' fused loss and backward, gradient accumulation and the AdamW step. Used by medusa-train and
+ * medusa-eval alike. */
+#ifndef MEDUSA_TRAINER_H
+#define MEDUSA_TRAINER_H
+
+#include "optim.h"
+
+/* A packed batch with its loss mask (1 = the token is a trained target). */
+typedef struct {
+    int n_tokens;
+    const int32_t *tokens;
+    const uint8_t *loss_mask;
+    int n_seqs;
+    const int32_t *seq_lens;
+} TrainBatch;
+
+typedef struct {
+    const Model *base;
+    MedusaHeads *heads;
+    AdamState adam;
+    OptimConfig optim;
+    float head_decay;
+    int max_tokens;
+    ForwardState state;
+    MedusaWork work;
+    float *hidden; /* [max_tokens, H] backend */
+} Trainer;
+
+/* Sums of per-head statistics over batches, for logging and evaluation. */
+typedef struct {
+    double loss_sum[64]; /* sum over batches of head i's mean loss */
+    double total_loss_sum;
+    int64_t valid[64], hits[64][MEDUSA_TOPK];
+    int64_t base_valid, base_hits; /* the base model's own top-1 on t+1 (evaluation) */
+    int batches;
+    int64_t tokens;
+} StepMetrics;
+
+void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
+                  int max_tokens, int logits_chunk);
+void trainer_free(Trainer *t);
+
+/* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. Returns the
+ * gradient norm before clipping; a non-finite loss or gradient stops the run with a clear message
+ * (nothing is applied). */
+double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics);
+
+/* Forward only: head losses and top-k hits (and the base model's top-1) on a batch. */
+void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics);
+
+void step_metrics_clear(StepMetrics *m);
+
+#endif
