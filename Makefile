@@ -114,7 +114,7 @@ bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
 	  OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS_NUM_THREADS=$(BENCH_THREADS) $(BUILD)/bench/bench_forward --model $(SMOLLM2) --tokens 2048 --seq-len 512; \
 	  OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward_torch.py --model $(SMOLLM2) --tokens 2048 --seq-len 512 --threads $(BENCH_THREADS); \
 	} | tee $(BENCH_OUT).new
-	@awk '/medusa-c forward/{for(i=1;i<=NF;i++) if($$i=="tokens/s") {split($$(i-1),a,","); ours=$$(i-1)}} /pytorch forward/{for(i=1;i<=NF;i++) if($$i=="tokens/s,") theirs=$$(i-1)} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_OUT).new | tee -a $(BENCH_OUT).new
+	@awk '{for(i=2;i<=NF;i++) if($$i ~ /^tokens\/s/) v=$$(i-1)} /^medusa-c forward/{ours=v} /^pytorch forward/{theirs=v} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_OUT).new | tee -a $(BENCH_OUT).new
 	@mv $(BENCH_OUT).new $(BENCH_OUT)
 
 # Short mutation-fuzz run of the loaders under ASan/UBSan (leaks from aborted loads are expected and ignored).

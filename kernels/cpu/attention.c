@@ -1,57 +1,83 @@
-/* Scaled dot-product attention over an explicit key range per query (packed causal batches and KV-cache
- * decoding both reduce to this), with grouped-query heads sharing K/V. */
+/* Scaled dot-product attention over an explicit key range per query (packed causal batches, KV-cache
+ * decoding and tree verification all reduce to this), with grouped-query heads sharing K/V.
+ * Queries that share their first key (one sequence of a packed batch, or one decoding step) form a block
+ * whose scores are one GEMM per head: S = Q K^T, masked, softmax, O = S V. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 
 #include "cpu_ops.h"
 
+typedef struct {
+    int q0, nq;   /* queries [q0, q0+nq) */
+    int k0, nk;   /* keys [k0, k0+nk): the union of the block's ranges */
+} Block;
+
+static void attend_block(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
+                         const uint8_t *mask, int mask_start, int T, const Block *b, int h, int group, int head_dim,
+                         size_t q_stride, size_t kv_stride, float *scores) {
+    int kvh = h / group;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    const float *qb = q + (size_t)b->q0 * q_stride + (size_t)h * head_dim;
+    const float *kb = k + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
+    const float *vb = v + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->nq, b->nk, head_dim, scale, qb, (int)q_stride, kb,
+                (int)kv_stride, 0.0f, scores, b->nk);
+    for (int i = 0; i < b->nq; i++) {
+        int t = b->q0 + i;
+        float *row = scores + (size_t)i * b->nk;
+        int n = key_end[t] - b->k0; /* keys past this query's range are masked */
+        const uint8_t *mask_row = mask ? mask + (size_t)t * T : NULL;
+        float maxv = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            int key = b->k0 + j;
+            if (mask_row && key >= mask_start && !mask_row[key - mask_start]) row[j] = -INFINITY; /* not an ancestor */
+            if (row[j] > maxv) maxv = row[j];
+        }
+        float sum = 0;
+        for (int j = 0; j < n; j++) {
+            row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - maxv);
+            sum += row[j];
+        }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < n; j++) row[j] *= inv;
+        for (int j = n; j < b->nk; j++) row[j] = 0.0f;
+    }
+    float *ob = out + (size_t)b->q0 * q_stride + (size_t)h * head_dim;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b->nq, head_dim, b->nk, 1.0f, scores, b->nk, vb,
+                (int)kv_stride, 0.0f, ob, (int)q_stride);
+}
+
 void cpu_attention_forward(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                            const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                            int n_kv_heads, int head_dim) {
+    /* split the queries into blocks of equal key_begin, at most 256 queries each to bound the score buffer */
+    Block *blocks = malloc(sizeof(Block) * (size_t)(T > 0 ? T : 1));
+    int n_blocks = 0;
+    size_t max_scores = 1;
+    for (int t = 0; t < T;) {
+        Block b = {t, 0, key_begin[t], 0};
+        int end_max = 0;
+        while (t < T && key_begin[t] == b.k0 && b.nq < 256) {
+            if (key_end[t] > end_max) end_max = key_end[t];
+            t++;
+            b.nq++;
+        }
+        b.nk = end_max - b.k0;
+        if ((size_t)b.nq * (size_t)b.nk > max_scores) max_scores = (size_t)b.nq * (size_t)b.nk;
+        blocks[n_blocks++] = b;
+    }
     int group = n_heads / n_kv_heads;
     size_t q_stride = (size_t)n_heads * head_dim, kv_stride = (size_t)n_kv_heads * head_dim;
-    float scale = 1.0f / sqrtf((float)head_dim);
-    int max_keys = 0;
-    for (int t = 0; t < T; t++)
-        if (key_end[t] - key_begin[t] > max_keys) max_keys = key_end[t] - key_begin[t];
 #pragma omp parallel
     {
-        float *scores = malloc(sizeof(float) * (size_t)(max_keys > 0 ? max_keys : 1));
-#pragma omp for collapse(2) schedule(dynamic, 4)
-        for (int t = 0; t < T; t++) {
-            for (int h = 0; h < n_heads; h++) {
-                const float *qv = q + t * q_stride + (size_t)h * head_dim;
-                int kvh = h / group;
-                int begin = key_begin[t], n = key_end[t] - begin;
-                const uint8_t *mask_row = mask ? mask + (size_t)t * T : NULL;
-                float maxs = -INFINITY;
-                for (int j = 0; j < n; j++) {
-                    if (mask_row && begin + j >= mask_start && !mask_row[begin + j - mask_start]) {
-                        scores[j] = -INFINITY; /* not an ancestor in the tree */
-                        continue;
-                    }
-                    const float *kv = k + (size_t)(begin + j) * kv_stride + (size_t)kvh * head_dim;
-                    float s = 0;
-                    for (int d = 0; d < head_dim; d++) s += qv[d] * kv[d];
-                    s *= scale;
-                    scores[j] = s;
-                    if (s > maxs) maxs = s;
-                }
-                float sum = 0;
-                for (int j = 0; j < n; j++) {
-                    scores[j] = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - maxs);
-                    sum += scores[j];
-                }
-                float *o = out + t * q_stride + (size_t)h * head_dim;
-                for (int d = 0; d < head_dim; d++) o[d] = 0;
-                for (int j = 0; j < n; j++) {
-                    const float *vv = v + (size_t)(begin + j) * kv_stride + (size_t)kvh * head_dim;
-                    float p = scores[j] / sum;
-                    if (p == 0.0f) continue;
-                    for (int d = 0; d < head_dim; d++) o[d] += p * vv[d];
-                }
-            }
-        }
+        float *scores = malloc(sizeof(float) * max_scores);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int bi = 0; bi < n_blocks; bi++)
+            for (int h = 0; h < n_heads; h++)
+                attend_block(out, q, k, v, key_end, mask, mask_start, T, &blocks[bi], h, group, head_dim, q_stride,
+                             kv_stride, scores);
         free(scores);
     }
+    free(blocks);
 }
