@@ -1,0 +1,317 @@
+#include "chat_template.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const template_names[] = {"vicuna", "chatml", "llama-2", "llama-3", "mistral"};
+
+static const char VICUNA_SYSTEM[] = "A chat between a curious user and an artificial intelligence assistant. "
+                                    "The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+const char *chat_template_guess(const char *jinja) {
+    if (!jinja) return NULL;
+    if (strstr(jinja, "<|im_start|>")) return "chatml";
+    if (strstr(jinja, "<|start_header_id|>")) return "llama-3";
+    if (strstr(jinja, "[INST]")) return strstr(jinja, "<<SYS>>") ? "llama-2" : "mistral";
+    if (strstr(jinja, "USER:") && strstr(jinja, "ASSISTANT:")) return "vicuna";
+    return NULL;
+}
+
+/* The literal system prompt a chatml Jinja template writes when the conversation has none, e.g.
+ * SmolLM2's '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, ...<|im_end|>\n'. */
+static char *chatml_default_system(const char *jinja) {
+    static const char open[] = "<|im_start|>system";
+    for (const char *p = jinja ? strstr(jinja, open) : NULL; p; p = strstr(p + 1, open)) {
+        const char *q = p + strlen(open);
+        if (*q == '\n') q++;
+        else if (q[0] == '\\' && q[1] == 'n') q += 2;
+        else continue;
+        const char *end = strstr(q, "<|im_end|>");
+        if (!end || end == q) continue;
+        /* only a plain string literal will do: no Jinja expression, no quote ending the literal */
+        size_t n = (size_t)(end - q);
+        char *s = xmalloc(n + 1), *o = s;
+        int literal = 1;
+        for (const char *c = q; c < end && literal; c++) {
+            if (*c == '\'' || *c == '"' || *c == '{' || *c == '}') literal = 0;
+            else if (c[0] == '\\' && c + 1 < end) *o++ = *++c == 'n' ? '\n' : *c;
+            else *o++ = *c;
+        }
+        *o = '\0';
+        if (literal) return s;
+        free(s);
+    }
+    return NULL;
+}
+
+void chat_template_init(ChatTemplate *t, const char *name, const Tokenizer *tok, const char *model_jinja,
+                        const char *bos, const char *eos) {
+    memset(t, 0, sizeof *t);
+    int kind = -1;
+    for (int i = 0; i < (int)(sizeof template_names / sizeof *template_names); i++)
+        if (strcmp(name, template_names[i]) == 0) kind = i;
+    if (kind < 0) fatal("unknown chat template '%s' (known: %s)", name, CHAT_TEMPLATE_NAMES);
+    t->kind = (TemplateKind)kind;
+    t->name = template_names[kind];
+    int bos_id = tokenizer_bos_id(tok), eos_id = tokenizer_eos_id(tok);
+    t->bos = xstrdup(bos ? bos : bos_id >= 0 ? tokenizer_piece(tok, bos_id) : "");
+    t->eos = xstrdup(eos ? eos : eos_id >= 0 ? tokenizer_piece(tok, eos_id) : "");
+    if (t->kind == TEMPLATE_CHATML) t->default_system = chatml_default_system(model_jinja);
+    /* fastchat's vicuna prompt has no BOS in its text: the tokenizer adds it (add_special_tokens=True) */
+    t->add_bos = t->kind == TEMPLATE_VICUNA;
+    t->bos_id = bos_id;
+    for (int id = 0, v = tokenizer_vocab_size(tok); id < v; id++) {
+        size_t n = strlen(tokenizer_piece(tok, id));
+        if (n > t->max_piece) t->max_piece = n;
+    }
+}
+
+void chat_template_free(ChatTemplate *t) {
+    free(t->default_system);
+    free(t->bos);
+    free(t->eos);
+    memset(t, 0, sizeof *t);
+}
+
+static void put(Rendered *r, const char *s, size_t n, int trained) {
+    if (r->len + n + 1 > r->cap) {
+        r->cap = 2 * (r->len + n + 1);
+        r->text = xrealloc(r->text, r->cap);
+    }
+    memcpy(r->text + r->len, s, n);
+    if (trained && n > 0) {
+        if (r->n_spans > 0 && r->spans[2 * r->n_spans - 1] == r->len) {
+            r->spans[2 * r->n_spans - 1] += n; /* continues the previous trained segment */
+        } else {
+            if (r->n_spans == r->cap_spans) {
+                r->cap_spans = r->cap_spans ? 2 * r->cap_spans : 8;
+                r->spans = xrealloc(r->spans, 2 * (size_t)r->cap_spans * sizeof *r->spans);
+            }
+            r->spans[2 * r->n_spans] = r->len;
+            r->spans[2 * r->n_spans + 1] = r->len + n;
+            r->n_spans++;
+        }
+    }
+    r->len += n;
+    r->text[r->len] = '\0';
+}
+
+static void put_str(Rendered *r, const char *s, int trained) { put(r, s, strlen(s), trained); }
+
+static void put_stripped(Rendered *r, const Turn *turn, int trained) {
+    const char *s = turn->text;
+    size_t n = turn->len;
+    text_strip(&s, &n);
+    put(r, s, n, trained);
+}
+
+static const char *role_name(Role role) {
+    return role == ROLE_SYSTEM ? "system" : role == ROLE_USER ? "user" : "assistant";
+}
+
+/* Each case writes exactly what the reference writes: fastchat's vicuna_v1.1 Conversation, or the model's
+ * Jinja template through transformers' apply_chat_template (tests/gen/gen_chat.py holds those templates). */
+void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
+    r->len = 0;
+    r->n_spans = 0;
+    put(r, "", 0, 0);
+    const Turn *sys = c->turns[0].role == ROLE_SYSTEM ? &c->turns[0] : NULL;
+    int first = sys != NULL;
+    switch (t->kind) {
+    case TEMPLATE_VICUNA: /* "<system> USER: <u> ASSISTANT: <a></s>USER: ..." */
+        if (sys) put(r, sys->text, sys->len, 0);
+        else put_str(r, VICUNA_SYSTEM, 0);
+        put_str(r, " ", 0);
+        for (int i = first; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            if (u->role == ROLE_USER) {
+                put_str(r, "USER: ", 0);
+                put(r, u->text, u->len, 0);
+                put_str(r, " ", 0);
+            } else {
+                put_str(r, "ASSISTANT: ", 0);
+                put(r, u->text, u->len, 1);
+                put_str(r, "</s>", 1);
+            }
+        }
+        break;
+    case TEMPLATE_CHATML: /* "<|im_start|>role\n<text><|im_end|>\n" per turn */
+        if (!sys && t->default_system) {
+            put_str(r, "<|im_start|>system\n", 0);
+            put_str(r, t->default_system, 0);
+            put_str(r, "<|im_end|>\n", 0);
+        }
+        for (int i = 0; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            int trained = u->role == ROLE_ASSISTANT;
+            put_str(r, "<|im_start|>", 0);
+            put_str(r, role_name(u->role), 0);
+            put_str(r, "\n", 0);
+            put(r, u->text, u->len, trained);
+            put_str(r, "<|im_end|>", trained);
+            put_str(r, "\n", 0);
+        }
+        break;
+    case TEMPLATE_LLAMA2: /* "<s>[INST] <<SYS>>\n<s>\n<</SYS>>\n\n<u> [/INST] <a> </s><s>[INST] ..." */
+        for (int i = first; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            if (u->role == ROLE_USER) {
+                put_str(r, t->bos, 0);
+                put_str(r, "[INST] ", 0);
+                if (i == first && sys) {
+                    /* the template strips the system block + user text as one string: only the user
+                     * text's end is stripped */
+                    const char *s = u->text;
+                    size_t n = u->len;
+                    text_strip(&s, &n);
+                    put_str(r, "<<SYS>>\n", 0);
+                    put(r, sys->text, sys->len, 0);
+                    put_str(r, "\n<</SYS>>\n\n", 0);
+                    put(r, u->text, (size_t)(s + n - u->text), 0);
+                } else {
+                    put_stripped(r, u, 0);
+                }
+                put_str(r, " [/INST]", 0);
+            } else {
+                put_str(r, " ", 0);
+                put_stripped(r, u, 1);
+                put_str(r, " ", 1);
+                put_str(r, t->eos, 1);
+            }
+        }
+        break;
+    case TEMPLATE_LLAMA3: /* "<|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n<text><|eot_id|>" */
+        put_str(r, t->bos, 0);
+        for (int i = 0; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            int trained = u->role == ROLE_ASSISTANT;
+            put_str(r, "<|start_header_id|>", 0);
+            put_str(r, role_name(u->role), 0);
+            put_str(r, "<|end_header_id|>\n\n", 0);
+            put_stripped(r, u, trained);
+            put_str(r, "<|eot_id|>", trained);
+        }
+        break;
+    case TEMPLATE_MISTRAL: /* "<s>[INST] <u> [/INST]<a></s>[INST] ..."; a system turn opens the first user turn */
+        put_str(r, t->bos, 0);
+        for (int i = first; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            if (u->role == ROLE_USER) {
+                put_str(r, "[INST] ", 0);
+                if (i == first && sys) {
+                    put(r, sys->text, sys->len, 0);
+                    put_str(r, "\n\n", 0);
+                }
+                put(r, u->text, u->len, 0);
+                put_str(r, " [/INST]", 0);
+            } else {
+                put(r, u->text, u->len, 1);
+                put_str(r, t->eos, 1);
+            }
+        }
+        break;
+    }
+}
+
+void rendered_free(Rendered *r) {
+    free(r->text);
+    free(r->spans);
+    memset(r, 0, sizeof *r);
+}
+
+/* Byte of a GPT-2 byte-level BPE character (the inverse of bytes_to_unicode), -1 when cp is not one:
+ * printable Latin-1 stands for itself, the 68 other bytes were moved to U+0100..U+0143 in order. */
+static int byte_of_char(unsigned cp) {
+    if ((cp >= 0x21 && cp <= 0x7e) || (cp >= 0xa1 && cp <= 0xac) || (cp >= 0xae && cp <= 0xff)) return (int)cp;
+    if (cp >= 0x100 && cp < 0x100 + 33) return (int)(cp - 0x100);
+    if (cp >= 0x100 + 33 && cp < 0x100 + 67) return (int)(0x7f + cp - 0x100 - 33);
+    if (cp == 0x100 + 67) return 0xad;
+    return -1;
+}
+
+/* Advances *pos over byte b of the text. A space the text does not have was inserted by the tokenizer
+ * (SentencePiece's dummy prefix) and spells nothing. */
+static int match_byte(const char *text, size_t len, size_t *pos, int b) {
+    if (*pos < len && (unsigned char)text[*pos] == b) {
+        (*pos)++;
+        return 1;
+    }
+    return b == ' ';
+}
+
+/* Matches the bytes a token's piece spells against the text from *pos, advancing *pos past them; 0 on a
+ * mismatch. Byte-level BPE pieces map each character through the byte table; SentencePiece pieces write
+ * a space as U+2581 and a raw byte as <0xNN>; special tokens are their own text. */
+static int spell(const char *piece, TokenizerKind kind, const char *text, size_t len, size_t *pos) {
+    const unsigned char *p = (const unsigned char *)piece;
+    unsigned hex;
+    if (kind == TOKENIZER_SPM_BPE && strlen(piece) == 6 && sscanf(piece, "<0x%2X>", &hex) == 1)
+        return match_byte(text, len, pos, (int)hex);
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 1;
+        unsigned cp = n == 1 ? *p : *p & (0x7fu >> n);
+        for (int i = 1; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80) n = i; /* malformed: take what is there as raw bytes */
+            else cp = (cp << 6) | (p[i] & 0x3fu);
+        }
+        int b = -1;
+        if (kind == TOKENIZER_BYTE_BPE) b = byte_of_char(cp);
+        else if (cp == 0x2581) b = ' ';
+        if (b >= 0) {
+            if (!match_byte(text, len, pos, b)) return 0;
+        } else {
+            for (int i = 0; i < n; i++)
+                if (!match_byte(text, len, pos, p[i])) return 0;
+        }
+        p += n;
+    }
+    return 1;
+}
+
+int chat_encode(const ChatTemplate *t, const Tokenizer *tok, const Conversation *c, int max_len, Encoded *e) {
+    memset(e, 0, sizeof *e);
+    Rendered r = {0};
+    chat_render(t, c, &r);
+    /* Only the first max_len tokens are kept, and no token spells more than max_piece bytes, so text far
+     * beyond (max_len + 1) * max_piece cannot change them: a huge message is cut (at a character
+     * boundary) instead of tokenised whole. The factor 2 leaves room for BPE merges across the cut. */
+    size_t len = r.len, bound = 2 * ((size_t)max_len + 1) * (t->max_piece + 1);
+    if (len > bound) {
+        len = bound;
+        while (len > 0 && ((unsigned char)r.text[len] & 0xc0) == 0x80) len--;
+    }
+    int32_t *ids;
+    int n = tokenizer_encode(tok, r.text, len, 1, t->add_bos, &ids);
+    uint8_t *mask = xmalloc((size_t)n + 1);
+    TokenizerKind kind = tokenizer_kind(tok);
+    size_t pos = 0;
+    int span = 0, why = -1;
+    for (int k = 0; k < n; k++) {
+        size_t start = pos;
+        int added_bos = k == 0 && t->add_bos && ids[0] == t->bos_id; /* in no text */
+        if (!added_bos && !spell(tokenizer_piece(tok, ids[k]), kind, r.text, len, &pos)) {
+            why = SKIP_ALIGNMENT;
+            break;
+        }
+        while (span < r.n_spans && r.spans[2 * span + 1] <= start) span++;
+        mask[k] = span < r.n_spans && r.spans[2 * span] < pos && pos > start;
+    }
+    if (why < 0 && pos != len) why = SKIP_ALIGNMENT;
+    rendered_free(&r);
+    if (why < 0) {
+        e->truncated = n > max_len;
+        e->n = n > max_len ? max_len : n;
+        for (int k = 0; k < e->n; k++) e->n_trained += mask[k];
+        if (e->n_trained == 0) why = SKIP_NOTHING_TRAINED;
+    }
+    e->ids = ids;
+    e->mask = mask;
+    if (why >= 0) encoded_free(e);
+    return why;
+}
+
+void encoded_free(Encoded *e) {
+    free(e->ids);
+    free(e->mask);
+    memset(e, 0, sizeof *e);
+}
