@@ -8,6 +8,7 @@
 #define MEDUSA_HD __host__ __device__
 #else
 #define MEDUSA_HD
+#endif
 
 static inline MEDUSA_HD float silu_f(float x) { return x / (1.0f + expf(-x)); }
 
@@ -16,23 +17,35 @@ static inline MEDUSA_HD float rope_inv_freq(int j, int head_dim, float theta) {
     return 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
 }
 
-#endif
-
 /* d silu(z)/dz = s(z) * (1 + z * (1 - s(z))), s the logistic function */
 static inline MEDUSA_HD float silu_grad_f(float z) {
     float s = 1.0f / (1.0f + expf(-z));
     return s * (1.0f + z * (1.0f - s));
 }
 
-/* One AdamW update of a single parameter, as torch.optim.AdamW computes it. */
-static inline MEDUSA_HD void adamw_update(float *p, float g, float *m, float *v, float lr, float beta1, float beta2,
-                                          float eps, float weight_decay, float bias_correction1,
-                                          float bias_correction2_sqrt) {
-    *p -= lr * weight_decay * *p;
-    *m = beta1 * *m + (1.0f - beta1) * g;
-    *v = beta2 * *v + (1.0f - beta2) * g * g;
-    float denom = sqrtf(*v) / bias_correction2_sqrt + eps;
-    *p -= (lr / bias_correction1) * (*m / denom);
+/* Scalars of one AdamW step. torch.optim.AdamW holds its hyper-parameters as Python floats (double) and
+ * rounds each derived scalar to fp32 once; computing them the same way matters: 1 - (float)0.999 is 1.3e-5
+ * away from (float)(1 - 0.999), which shows in the second moment. */
+typedef struct {
+    float decay;                 /* 1 - lr * weight_decay */
+    float beta1_weight;          /* 1 - beta1 */
+    float beta2, beta2_weight;   /* beta2, 1 - beta2 */
+    float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
+    float step_size;             /* lr / (1 - beta1^t) */
+    float eps;
+    float grad_scale;            /* clipping coefficient applied to the gradient first */
+} AdamWStep;
+
+/* One AdamW update of a single parameter, in torch's operation order (single-tensor CPU path):
+ * p *= decay; m.lerp_(g, 1 - beta1); v = v * beta2 + (1 - beta2) * g * g;
+ * p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps). */
+static inline MEDUSA_HD void adamw_update(float *p, float g, float *m, float *v, const AdamWStep *s) {
+    g *= s->grad_scale;
+    *p *= s->decay;
+    *m += s->beta1_weight * (g - *m);
+    *v = *v * s->beta2 + s->beta2_weight * g * g;
+    float denom = sqrtf(*v) / s->bias_correction2_sqrt + s->eps;
+    *p -= s->step_size * *m / denom;
 }
 
 #endif

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "math_common.h"
+
 typedef struct Backend Backend;
 
 struct Backend {
@@ -56,9 +58,8 @@ struct Backend {
      * dscale * (softmax - onehot(target)). Rows with a negative target get loss 0, rank -1, zero gradient. */
     void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                          float dscale);
-    /* AdamW (decoupled weight decay, bias correction; step counts from 1), on grad * grad_scale. */
-    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float weight_decay, int step, float grad_scale);
+    /* AdamW (decoupled weight decay, bias correction) with the step's scalars (kernels/math_common.h). */
+    void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
     /* sum of squares of x, as a host double (for the global gradient norm) */
     double (*sum_squares)(const float *x, size_t n);
 };

@@ -58,6 +58,8 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
         cJSON_AddNumberToObject(cfg, "vocab_size", s->vocab);
     } else {
         cJSON_AddStringToObject(cfg, "model_type", "medusa");
+        const char *arch[] = {"MedusaModel"}; /* the model class vLLM instantiates */
+        cJSON_AddItemToObject(cfg, "architectures", cJSON_CreateStringArray(arch, 1));
         cJSON_AddNumberToObject(cfg, "num_heads", s->n_heads);
         cJSON_AddNumberToObject(cfg, "num_hidden_layers", s->n_layers);
         cJSON_AddNumberToObject(cfg, "hidden_size", s->hidden);

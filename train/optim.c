@@ -4,24 +4,24 @@
 #include <string.h>
 
 void optim_defaults(OptimConfig *c) {
-    c->lr = 1e-3f;
-    c->beta1 = 0.9f;
-    c->beta2 = 0.999f;
-    c->eps = 1e-8f;
-    c->weight_decay = 0.0f;
-    c->warmup_ratio = 0.1f;
-    c->max_grad_norm = 1.0f;
+    c->lr = 1e-3;
+    c->beta1 = 0.9;
+    c->beta2 = 0.999;
+    c->eps = 1e-8;
+    c->weight_decay = 0.0;
+    c->warmup_ratio = 0.1;
+    c->max_grad_norm = 1.0;
     c->total_steps = 1;
 }
 
 int warmup_steps(const OptimConfig *c) { return (int)ceil((double)c->warmup_ratio * c->total_steps); }
 
-float lr_at(const OptimConfig *c, int step) {
+double lr_at(const OptimConfig *c, int step) {
     int warmup = warmup_steps(c);
-    if (step < warmup) return c->lr * (float)step / (float)(warmup > 1 ? warmup : 1);
+    if (step < warmup) return c->lr * (double)step / (double)(warmup > 1 ? warmup : 1);
     double progress = (double)(step - warmup) / (double)(c->total_steps - warmup > 1 ? c->total_steps - warmup : 1);
     double factor = 0.5 * (1.0 + cos(M_PI * progress));
-    return c->lr * (float)(factor > 0 ? factor : 0);
+    return c->lr * (factor > 0 ? factor : 0);
 }
 
 void adam_init(AdamState *s, const MedusaHeads *m) {
@@ -39,19 +39,48 @@ void adam_free(AdamState *s, const MedusaHeads *m) {
     memset(s, 0, sizeof *s);
 }
 
-double optim_step(MedusaHeads *m, AdamState *s, const OptimConfig *c) {
-    const Backend *be = m->be;
-    double norm = sqrt(be->sum_squares(m->grads, m->n_params));
-    if (!isfinite(norm)) return norm;
-    /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1 */
+/* AdamW on the run p[0..n) of the flat parameter vector. */
+static void adamw_range(MedusaHeads *m, AdamState *s, float *p, size_t n, const AdamWStep *step) {
+    size_t off = (size_t)(p - m->params);
+    m->be->adamw(p, m->grads + off, s->m + off, s->v + off, n, step);
+}
+
+void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad_norm) {
+    const MedusaShape *sh = &m->shape;
+    size_t H = (size_t)sh->hidden;
+    /* torch.nn.utils.clip_grad_norm_ (in fp32): scale by max_norm / (norm + 1e-6) when that is below 1 */
     float scale = 1.0f;
     if (c->max_grad_norm > 0) {
-        float coef = c->max_grad_norm / (float)(norm + 1e-6);
+        float coef = (float)c->max_grad_norm / ((float)grad_norm + 1e-6f);
         if (coef < 1.0f) scale = coef;
     }
-    float lr = lr_at(c, s->step);
-    s->step++;
-    be->adamw(m->params, m->grads, s->m, s->v, m->n_params, lr, c->beta1, c->beta2, c->eps, c->weight_decay, s->step, scale);
-    be->fill_zero(m->grads, sizeof(float) * m->n_params);
+    double lr = lr_at(c, s->step);
+    int t = ++s->step;
+    double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
+    AdamWStep decayed = {
+        .decay = (float)(1.0 - lr * c->weight_decay),
+        .beta1_weight = (float)(1.0 - c->beta1),
+        .beta2 = (float)c->beta2,
+        .beta2_weight = (float)(1.0 - c->beta2),
+        .bias_correction2_sqrt = (float)sqrt(bc2),
+        .step_size = (float)(lr / bc1),
+        .eps = (float)c->eps,
+        .grad_scale = scale,
+    };
+    AdamWStep plain = decayed; /* biases: no weight decay */
+    plain.decay = 1.0f;
+    for (int h = 0; h < sh->n_heads; h++) {
+        for (int l = 0; l < sh->n_layers; l++) {
+            adamw_range(m, s, medusa_linear_w(m, m->params, h, l), H * H, &decayed);
+            adamw_range(m, s, medusa_linear_b(m, m->params, h, l), H, &plain);
+        }
+        adamw_range(m, s, medusa_lm_head(m, m->params, h), (size_t)sh->vocab * H, &decayed);
+    }
+    m->be->fill_zero(m->grads, sizeof(float) * m->n_params);
+}
+
+double optim_step(MedusaHeads *m, AdamState *s, const OptimConfig *c) {
+    double norm = sqrt(m->be->sum_squares(m->grads, m->n_params));
+    if (isfinite(norm)) optim_apply(m, s, c, norm);
     return norm;
 }

@@ -5,10 +5,12 @@
 
 #include "../model/medusa.h"
 
+/* Doubles, like the Python floats of the reference, so derived scalars round the same way (a float warm-up
+ * ratio of 0.1 times 10 steps would ceil to 2 warm-up steps). */
 typedef struct {
-    float lr, beta1, beta2, eps, weight_decay;
-    float warmup_ratio; /* warm-up steps = ceil(ratio * total_steps) */
-    float max_grad_norm; /* <= 0 disables clipping */
+    double lr, beta1, beta2, eps, weight_decay;
+    double warmup_ratio; /* warm-up steps = ceil(ratio * total_steps) */
+    double max_grad_norm; /* <= 0 disables clipping */
     int total_steps;
 } OptimConfig;
 
@@ -20,13 +22,16 @@ typedef struct {
 void optim_defaults(OptimConfig *c);
 int warmup_steps(const OptimConfig *c);
 /* learning rate used by optimizer step `step` (0-based) */
-float lr_at(const OptimConfig *c, int step);
+double lr_at(const OptimConfig *c, int step);
 
 void adam_init(AdamState *s, const MedusaHeads *m);
 void adam_free(AdamState *s, const MedusaHeads *m);
 /* Clips the accumulated gradients to max_grad_norm, applies one AdamW step and zeroes the gradients.
  * Returns the gradient norm before clipping (NaN/Inf when the gradients are not finite; then nothing is
- * changed). */
+ * changed). Weight decay applies to the weights only, never to the ResBlock biases (Hugging Face Trainer's
+ * parameter groups). */
 double optim_step(MedusaHeads *m, AdamState *s, const OptimConfig *c);
+/* The update part of optim_step given the gradients' global norm. */
+void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad_norm);
 
 #endif
