@@ -18,6 +18,7 @@ void args_print_help(const char *usage, const ArgSpec *specs, int n_specs) {
             break;
         case ARG_INT: snprintf(def, sizeof def, " (default: %d)", *(int *)s->value); break;
         case ARG_FLOAT: snprintf(def, sizeof def, " (default: %g)", (double)*(float *)s->value); break;
+        case ARG_DOUBLE: snprintf(def, sizeof def, " (default: %g)", *(double *)s->value); break;
         case ARG_FLAG: break;
         }
         const char *meta = s->type == ARG_FLAG ? "" : s->type == ARG_STR ? " TEXT" : " N";
@@ -68,6 +69,12 @@ int args_parse(int argc, char **argv, int first, const ArgSpec *specs, int n_spe
             float x = strtof(v, &end);
             if (*end || errno) fatal("option --%s needs a number, got '%s'", s->name, v);
             *(float *)s->value = x;
+            break;
+        }
+        case ARG_DOUBLE: {
+            double x = strtod(v, &end);
+            if (*end || errno) fatal("option --%s needs a number, got '%s'", s->name, v);
+            *(double *)s->value = x;
             break;
         }
         case ARG_FLAG: break;

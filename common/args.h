@@ -3,12 +3,12 @@
 #ifndef MEDUSA_ARGS_H
 #define MEDUSA_ARGS_H
 
-typedef enum { ARG_STR, ARG_INT, ARG_FLOAT, ARG_FLAG } ArgType;
+typedef enum { ARG_STR, ARG_INT, ARG_FLOAT, ARG_FLAG, ARG_DOUBLE } ArgType;
 
 typedef struct {
     const char *name; /* without the leading dashes */
     ArgType type;
-    void *value;      /* const char **, int *, float *, int * */
+    void *value;      /* const char **, int *, float *, int *, double * */
     const char *help;
 } ArgSpec;
 
