@@ -1,0 +1,1367 @@
+/* BPE tokenizers as Hugging Face `tokenizers` runs them: added tokens are cut out of the text first, each
+ * remaining segment is normalised, pre-tokenised into pieces (regex splits) and each piece is encoded by
+ * rank-ordered BPE merges (the same heap and tie-breaking as tokenizers' Word::merge_all). Byte-level
+ * models (GPT-2 / Llama-3 / Qwen2 / SmolLM2) start each piece from its bytes; SentencePiece-style models
+ * (Llama-2) start from its characters and fall back to <0xNN> byte tokens. */
+#include "tokenizer.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <pcre2.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SPACE_MARK "\xe2\x96\x81" /* U+2581, SentencePiece's visible space */
+
+static const char GPT2_PATTERN[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+static const char LLAMA3_PATTERN[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+static const char QWEN2_PATTERN[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+/* ---- hashing: vocab (bytes -> id), merges ((id, id) -> rank, id) ---- */
+
+static uint64_t hash_bytes(const void *data, size_t n) {
+    const unsigned char *p = data;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (n * 0xff51afd7ed558ccdull);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 31;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * 0x94d049bb133111ebull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t hash_pair(int32_t a, int32_t b) {
+    uint64_t h = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) * 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 32);
+}
+
+static size_t table_size(size_t n) {
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    return cap;
+}
+
+typedef struct {
+    int32_t rank, id;
+} MergeRule;
+
+typedef struct {
+    uint64_t *keys; /* a << 32 | b; UINT64_MAX = empty */
+    MergeRule *rules;
+    size_t mask;
+} PairMap;
+
+/* ---- the tokenizer ---- */
+
+typedef enum { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS } SplitBehavior;
+typedef enum { STEP_SPLIT, STEP_PREFIX_SPACE, STEP_METASPACE } StepKind;
+
+/* One pre-tokenizer step, applied to every piece the previous steps made. */
+typedef struct {
+    StepKind kind;
+    pcre2_code *re; /* STEP_SPLIT */
+    SplitBehavior behavior;
+    int invert;
+    int prepend; /* STEP_METASPACE: 0 never, 1 always, 2 only at the start of the text */
+    int split;   /* STEP_METASPACE: split before each U+2581 */
+} PreStep;
+
+typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP } NormKind;
+typedef struct {
+    NormKind kind;
+    char *a, *b; /* prepend: a; replace: a -> b */
+    int left, right;
+} NormStep;
+
+enum { ATTR_SPECIAL = 1, ATTR_ADDED = 2, ATTR_BYTE = 4, ATTR_NO_MERGE = 8 };
+
+typedef struct {
+    int id;
+    int lstrip, rstrip, single_word;
+} AddedToken;
+
+struct Tokenizer {
+    TokenizerKind kind;
+    int n_vocab;
+    char **pieces;
+    uint32_t *piece_len;
+    uint8_t *attr;
+    int32_t *vocab_slots; /* open addressing over pieces, -1 = empty */
+    size_t vocab_mask;
+    PairMap merges;
+    int byte_ids[256]; /* byte-level: id of the byte's character; SentencePiece: id of <0xNN> (-1 if none) */
+    int unk_id, bos_id, eos_id, add_bos;
+    int byte_fallback, fuse_unk, ignore_merges;
+    NormStep *norm;
+    int n_norm;
+    PreStep *steps;
+    int n_steps;
+    AddedToken *added;
+    int n_added;
+    int *added_first[256]; /* per first byte: indices into added, longest first, -1 terminated */
+    int strip_decoded_space; /* SentencePiece decoding drops the space the normaliser prepended */
+    uint64_t serial;         /* identifies this tokenizer to the per-thread word caches */
+};
+
+static uint64_t next_serial = 1;
+
+/* ---- GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the 68 others are
+ * moved to U+0100.. in byte order ---- */
+
+static unsigned byte_char(int b) {
+    if ((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff)) return (unsigned)b;
+    int n = 0;
+    for (int c = 0; c < b; c++)
+        if (!((c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || (c >= 0xae && c <= 0xff))) n++;
+    return 0x100u + (unsigned)n;
+}
+
+static int utf8_put(char *out, unsigned cp) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | cp >> 6);
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | cp >> 12);
+        out[1] = (char)(0x80 | (cp >> 6 & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | cp >> 18);
+    out[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+    out[2] = (char)(0x80 | (cp >> 6 & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Length of the UTF-8 character at p (1 for a byte that starts no valid character). */
+static int utf8_len(const unsigned char *p, size_t avail) {
+    int n = p[0] < 0x80 ? 1 : (p[0] & 0xe0) == 0xc0 ? 2 : (p[0] & 0xf0) == 0xe0 ? 3 : (p[0] & 0xf8) == 0xf0 ? 4 : 1;
+    if ((size_t)n > avail) return 1;
+    for (int i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80) return 1;
+    return n;
+}
+
+/* ---- vocab map ---- */
+
+static int vocab_find(const Tokenizer *t, const char *s, size_t n) {
+    for (size_t i = hash_bytes(s, n) & t->vocab_mask;; i = (i + 1) & t->vocab_mask) {
+        int id = t->vocab_slots[i];
+        if (id < 0) return -1;
+        if (t->piece_len[id] == n && memcmp(t->pieces[id], s, n) == 0) return id;
+    }
+}
+
+/* Indexes every piece; the first id of a piece wins, except that added tokens take over their text. */
+static void vocab_index(Tokenizer *t) {
+    t->vocab_mask = table_size((size_t)t->n_vocab) - 1;
+    t->vocab_slots = xmalloc((t->vocab_mask + 1) * sizeof *t->vocab_slots);
+    memset(t->vocab_slots, 0xff, (t->vocab_mask + 1) * sizeof *t->vocab_slots);
+    for (int pass = 0; pass < 2; pass++)
+        for (int id = 0; id < t->n_vocab; id++) {
+            if (t->piece_len[id] == 0 || !(t->attr[id] & ATTR_ADDED) != !pass) continue;
+            size_t i = hash_bytes(t->pieces[id], t->piece_len[id]) & t->vocab_mask;
+            for (; t->vocab_slots[i] >= 0; i = (i + 1) & t->vocab_mask) {
+                int other = t->vocab_slots[i];
+                if (t->piece_len[other] == t->piece_len[id] && memcmp(t->pieces[other], t->pieces[id], t->piece_len[id]) == 0)
+                    break;
+            }
+            if (t->vocab_slots[i] < 0 || pass == 1) t->vocab_slots[i] = id;
+        }
+}
+
+/* ---- merges map ---- */
+
+static void merges_init(PairMap *m, size_t n) {
+    m->mask = table_size(n) - 1;
+    m->keys = xmalloc((m->mask + 1) * sizeof *m->keys);
+    m->rules = xmalloc((m->mask + 1) * sizeof *m->rules);
+    memset(m->keys, 0xff, (m->mask + 1) * sizeof *m->keys);
+}
+
+/* Keeps the first (best) rule of a pair, as tokenizers does. */
+static void merges_add(PairMap *m, int32_t a, int32_t b, int32_t rank, int32_t id) {
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    size_t i = hash_pair(a, b) & m->mask;
+    while (m->keys[i] != UINT64_MAX && m->keys[i] != key) i = (i + 1) & m->mask;
+    if (m->keys[i] == key) return;
+    m->keys[i] = key;
+    m->rules[i] = (MergeRule){rank, id};
+}
+
+static const MergeRule *merges_find(const PairMap *m, int32_t a, int32_t b) {
+    uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+    for (size_t i = hash_pair(a, b) & m->mask;; i = (i + 1) & m->mask) {
+        if (m->keys[i] == key) return &m->rules[i];
+        if (m->keys[i] == UINT64_MAX) return NULL;
+    }
+}
+
+/* ---- building ---- */
+
+static Tokenizer *tokenizer_new(int n_vocab) {
+    Tokenizer *t = xcalloc(1, sizeof *t);
+    t->n_vocab = n_vocab;
+    t->pieces = xcalloc((size_t)n_vocab, sizeof *t->pieces);
+    t->piece_len = xcalloc((size_t)n_vocab, sizeof *t->piece_len);
+    t->attr = xcalloc((size_t)n_vocab, 1);
+    t->unk_id = t->bos_id = t->eos_id = -1;
+    t->serial = __atomic_fetch_add(&next_serial, 1, __ATOMIC_RELAXED);
+    return t;
+}
+
+static void set_piece(Tokenizer *t, int id, const char *s, size_t n) {
+    free(t->pieces[id]);
+    t->pieces[id] = xmalloc(n + 1);
+    memcpy(t->pieces[id], s, n);
+    t->pieces[id][n] = '\0';
+    t->piece_len[id] = (uint32_t)n;
+}
+
+static void add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word) {
+    t->attr[id] |= ATTR_ADDED | (special ? ATTR_SPECIAL : 0);
+    t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof *t->added);
+    t->added[t->n_added++] = (AddedToken){id, lstrip, rstrip, single_word};
+}
+
+static int cmp_added_len_desc(const void *a, const void *b, void *ctx) {
+    const Tokenizer *t = ctx;
+    int la = (int)t->piece_len[t->added[*(const int *)a].id], lb = (int)t->piece_len[t->added[*(const int *)b].id];
+    return lb != la ? lb - la : *(const int *)a - *(const int *)b;
+}
+
+/* Byte tables, vocab index, added-token index: everything derived from pieces and attributes. */
+static void finish(Tokenizer *t) {
+    vocab_index(t);
+    for (int b = 0; b < 256; b++) {
+        char buf[8];
+        int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char(b)) : snprintf(buf, sizeof buf, "<0x%02X>", b);
+        t->byte_ids[b] = vocab_find(t, buf, (size_t)n);
+        if (t->kind == TOKENIZER_SPM_BPE && t->byte_ids[b] >= 0) t->attr[t->byte_ids[b]] |= ATTR_BYTE;
+    }
+    for (int b = 0; b < 256; b++) {
+        int n = 0, *list = xmalloc(((size_t)t->n_added + 1) * sizeof *list);
+        for (int i = 0; i < t->n_added; i++) {
+            const char *s = t->pieces[t->added[i].id];
+            if (t->piece_len[t->added[i].id] > 0 && (unsigned char)s[0] == b) list[n++] = i;
+        }
+        qsort_r(list, (size_t)n, sizeof *list, cmp_added_len_desc, t);
+        list[n] = -1;
+        if (n == 0) {
+            free(list);
+            list = NULL;
+        }
+        t->added_first[b] = list;
+    }
+}
+
+/* ---- regex pre-tokenization ---- */
+
+/* tokenizers' regexes (Oniguruma) read \s as Unicode White_Space, which has U+0085 where PCRE2's \s
+ * (Unicode Z + ASCII space) does not: \s and \S are spelled out. */
+#define WHITE_SPACE "\\t-\\r \\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
+
+static pcre2_code *compile_regex(const char *pattern, int literal, const char *path) {
+    size_t n = strlen(pattern), cap = 8 * n + 64, o = 0;
+    char *re = xmalloc(cap);
+    int in_class = 0;
+    for (size_t i = 0; i < n && !literal; i++) {
+        char c = pattern[i];
+        if (c == '\\' && i + 1 < n) {
+            char d = pattern[++i];
+            if (d == 's' && in_class) o += (size_t)sprintf(re + o, "%s", WHITE_SPACE);
+            else if (d == 's') o += (size_t)sprintf(re + o, "[%s]", WHITE_SPACE);
+            else if (d == 'S' && !in_class) o += (size_t)sprintf(re + o, "[^%s]", WHITE_SPACE);
+            else {
+                re[o++] = c;
+                re[o++] = d;
+            }
+            continue;
+        }
+        if (c == '[' && !in_class) {
+            in_class = 1;
+            re[o++] = c;
+            if (i + 1 < n && pattern[i + 1] == '^') re[o++] = pattern[++i];
+            if (i + 1 < n && pattern[i + 1] == ']') re[o++] = pattern[++i]; /* a literal ] first */
+            continue;
+        }
+        if (c == ']' && in_class) in_class = 0;
+        re[o++] = c;
+    }
+    if (literal) {
+        memcpy(re, pattern, n);
+        o = n;
+    }
+    int err;
+    PCRE2_SIZE at;
+    uint32_t opts = literal ? PCRE2_LITERAL | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF
+                            : PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
+    pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, o, opts, &err, &at, NULL);
+    if (!code) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        fatal("%s: pre-tokenizer regex '%s' does not compile: %s at %zu", path, pattern, (char *)msg, (size_t)at);
+    }
+    pcre2_jit_compile(code, PCRE2_JIT_COMPLETE); /* falls back to the interpreter where JIT is unavailable */
+    free(re);
+    return code;
+}
+
+static PreStep *add_step(Tokenizer *t, StepKind kind) {
+    t->steps = xrealloc(t->steps, (size_t)(t->n_steps + 1) * sizeof *t->steps);
+    PreStep *s = &t->steps[t->n_steps++];
+    memset(s, 0, sizeof *s);
+    s->kind = kind;
+    return s;
+}
+
+static void add_split(Tokenizer *t, const char *pattern, int literal, SplitBehavior behavior, int invert,
+                      const char *path) {
+    PreStep *s = add_step(t, STEP_SPLIT);
+    s->re = compile_regex(pattern, literal, path);
+    s->behavior = behavior;
+    s->invert = invert;
+}
+
+/* ---- per-thread scratch: growable buffers, regex match data, word cache ---- */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    size_t *ends; /* piece i is buf[ends[i-1] .. ends[i]) */
+    int n, cap_n;
+} Pieces;
+
+typedef struct {
+    int32_t *v;
+    int n, cap;
+} IdVec;
+
+typedef struct {
+    uint64_t hash;
+    uint32_t key_off, ids_off;
+    uint16_t key_len, n_ids;
+} CacheEntry;
+
+#define CACHE_MAX_KEY 255
+#define CACHE_MAX_ENTRIES (1u << 20)
+
+typedef struct {
+    uint64_t serial; /* tokenizer the cache belongs to */
+    CacheEntry *slots;
+    size_t mask, used;
+    char *keys;
+    size_t keys_len, keys_cap;
+    int32_t *ids;
+    size_t ids_len, ids_cap;
+} WordCache;
+
+typedef struct {
+    Pieces a, b;
+    char *norm[2]; /* normaliser output, ping-pong */
+    size_t norm_cap[2];
+    pcre2_match_data *md;
+    pcre2_match_context *mctx;
+    pcre2_jit_stack *jit;
+    /* BPE word */
+    int32_t *sym, *prev, *next, *len;
+    int cap_sym;
+    struct HeapItem *heap;
+    int cap_heap;
+    char *word;
+    size_t cap_word;
+    WordCache cache;
+} Scratch;
+
+static _Thread_local Scratch *scratch;
+
+static void *grow(void *p, size_t need, size_t *cap, size_t elem) {
+    if (need <= *cap) return p;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    *cap = c;
+    return xrealloc(p, c * elem);
+}
+
+static void idvec_push(IdVec *v, int32_t id) {
+    if (v->n == v->cap) {
+        v->cap = v->cap ? 2 * v->cap : 64;
+        v->v = xrealloc(v->v, (size_t)v->cap * sizeof *v->v);
+    }
+    v->v[v->n++] = id;
+}
+
+static void pieces_clear(Pieces *p) {
+    p->len = 0;
+    p->n = 0;
+}
+
+static void pieces_add(Pieces *p, const char *s, size_t n) {
+    if (n == 0) return;
+    p->buf = grow(p->buf, p->len + n, &p->cap, 1);
+    memcpy(p->buf + p->len, s, n);
+    p->len += n;
+    if (p->n == p->cap_n) {
+        p->cap_n = p->cap_n ? 2 * p->cap_n : 64;
+        p->ends = xrealloc(p->ends, (size_t)p->cap_n * sizeof *p->ends);
+    }
+    p->ends[p->n++] = p->len;
+}
+
+/* Appends to the last piece (or starts one). */
+static void pieces_extend(Pieces *p, const char *s, size_t n) {
+    if (p->n == 0) {
+        pieces_add(p, s, n);
+        return;
+    }
+    p->buf = grow(p->buf, p->len + n, &p->cap, 1);
+    memcpy(p->buf + p->len, s, n);
+    p->len += n;
+    p->ends[p->n - 1] = p->len;
+}
+
+static Scratch *get_scratch(void) {
+    if (!scratch) {
+        scratch = xcalloc(1, sizeof *scratch);
+        scratch->md = pcre2_match_data_create(1, NULL);
+        scratch->mctx = pcre2_match_context_create(NULL);
+        scratch->jit = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
+        pcre2_jit_stack_assign(scratch->mctx, NULL, scratch->jit);
+    }
+    return scratch;
+}
+
+/* Splits piece s[0..n) by the step's regex, as tokenizers' Split pre-tokenizer with its behaviour. */
+static void split_piece(const PreStep *st, Scratch *sc, const char *s, size_t n, Pieces *out) {
+    size_t pos = 0, last = 0;
+    int prev_match = 0, first = 1; /* whether the previous emitted part was a match */
+    while (pos <= n) {
+        size_t ms = n, me = n;
+        int rc = pcre2_match(st->re, (PCRE2_SPTR)s, n, pos, 0, sc->md, sc->mctx);
+        if (rc >= 0) {
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(sc->md);
+            ms = ov[0];
+            me = ov[1];
+            if (me == ms) { /* empty match: nothing to cut, look further on */
+                pos = ms + (ms < n ? (size_t)utf8_len((const unsigned char *)s + ms, n - ms) : 1);
+                if (ms == n) break;
+                continue;
+            }
+        } else if (rc != PCRE2_ERROR_NOMATCH) {
+            fatal("tokenizer: regex match failed (PCRE2 error %d)", rc);
+        }
+        /* the parts: gap [last, ms) then match [ms, me) */
+        for (int part = 0; part < 2; part++) {
+            size_t a = part == 0 ? last : ms, b = part == 0 ? ms : me;
+            if (b <= a) continue;
+            int is_match = (part == 1) != (st->invert != 0);
+            switch (st->behavior) {
+            case SPLIT_REMOVED:
+                if (!is_match) pieces_add(out, s + a, b - a);
+                break;
+            case SPLIT_ISOLATED:
+                pieces_add(out, s + a, b - a);
+                break;
+            case SPLIT_MERGED_PREV:
+                if (is_match && !prev_match && !first) pieces_extend(out, s + a, b - a);
+                else pieces_add(out, s + a, b - a);
+                break;
+            case SPLIT_MERGED_NEXT: /* a match joins what follows it unless that is a match too */
+                if (!first && prev_match && !is_match) pieces_extend(out, s + a, b - a);
+                else pieces_add(out, s + a, b - a);
+                break;
+            case SPLIT_CONTIGUOUS:
+                if (!first && is_match == prev_match) pieces_extend(out, s + a, b - a);
+                else pieces_add(out, s + a, b - a);
+                break;
+            }
+            prev_match = is_match;
+            first = 0;
+        }
+        if (rc < 0) break;
+        last = pos = me;
+    }
+}
+
+/* ---- normalisation and the other per-piece steps ---- */
+
+/* Runs the normalisers over s[0..n); returns the result (s itself when there are none). */
+static const char *normalize(const Tokenizer *t, Scratch *sc, const char *s, size_t *n) {
+    int w = 0;
+    for (int k = 0; k < t->n_norm; k++) {
+        const NormStep *ns = &t->norm[k];
+        size_t len = *n, o = 0;
+        char *out = NULL;
+        switch (ns->kind) {
+        case NORM_PREPEND: {
+            if (len == 0) continue;
+            size_t la = strlen(ns->a);
+            out = sc->norm[w] = grow(sc->norm[w], la + len, &sc->norm_cap[w], 1);
+            memcpy(out, ns->a, la);
+            memcpy(out + la, s, len);
+            o = la + len;
+            break;
+        }
+        case NORM_REPLACE: {
+            size_t la = strlen(ns->a), lb = strlen(ns->b);
+            out = sc->norm[w] = grow(sc->norm[w], len * (lb > la ? lb : 1) + 1, &sc->norm_cap[w], 1);
+            for (size_t i = 0; i < len;) {
+                const char *hit = memmem(s + i, len - i, ns->a, la);
+                size_t j = hit ? (size_t)(hit - s) : len;
+                memcpy(out + o, s + i, j - i);
+                o += j - i;
+                if (!hit) break;
+                memcpy(out + o, ns->b, lb);
+                o += lb;
+                i = j + la;
+            }
+            break;
+        }
+        case NORM_STRIP: {
+            size_t a = 0, b = len;
+            while (ns->left && a < b && strchr(" \t\n\r\v\f", s[a])) a++;
+            while (ns->right && b > a && strchr(" \t\n\r\v\f", s[b - 1])) b--;
+            out = sc->norm[w] = grow(sc->norm[w], b - a + 1, &sc->norm_cap[w], 1);
+            memcpy(out, s + a, b - a);
+            o = b - a;
+            break;
+        }
+        }
+        s = out;
+        *n = o;
+        w ^= 1;
+    }
+    return s;
+}
+
+/* SentencePiece's Metaspace: spaces become U+2581, one is prepended, and the piece is cut before each. */
+static void metaspace_piece(const PreStep *st, Scratch *sc, const char *s, size_t n, int at_start, Pieces *out) {
+    size_t need = 3 * n + 3, o = 0;
+    char *buf = sc->norm[0] = grow(sc->norm[0], need, &sc->norm_cap[0], 1);
+    int starts_marked = n >= 3 && memcmp(s, SPACE_MARK, 3) == 0;
+    if (((st->prepend == 1) || (st->prepend == 2 && at_start)) && !starts_marked && !(n > 0 && s[0] == ' ')) {
+        memcpy(buf, SPACE_MARK, 3);
+        o = 3;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') {
+            memcpy(buf + o, SPACE_MARK, 3);
+            o += 3;
+        } else {
+            buf[o++] = s[i];
+        }
+    }
+    if (!st->split) {
+        pieces_add(out, buf, o);
+        return;
+    }
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= o; i++)
+        if (memcmp(buf + i, SPACE_MARK, 3) == 0) {
+            pieces_add(out, buf + start, i - start);
+            start = i;
+        }
+    pieces_add(out, buf + start, o - start);
+}
+
+/* ---- BPE on one piece ---- */
+
+struct HeapItem {
+    int32_t rank, pos, id;
+};
+
+static int heap_less(const struct HeapItem *a, const struct HeapItem *b) {
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
+
+static void heap_push(Scratch *sc, int *n, struct HeapItem it) {
+    if (*n == sc->cap_heap) {
+        sc->cap_heap = sc->cap_heap ? 2 * sc->cap_heap : 256;
+        sc->heap = xrealloc(sc->heap, (size_t)sc->cap_heap * sizeof *sc->heap);
+    }
+    struct HeapItem *h = sc->heap;
+    int i = (*n)++;
+    while (i > 0 && heap_less(&it, &h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = it;
+}
+
+static struct HeapItem heap_pop(Scratch *sc, int *n) {
+    struct HeapItem *h = sc->heap, top = h[0], last = h[--*n];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && heap_less(&h[c + 1], &h[c])) c++;
+        if (!heap_less(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n > 0) h[i] = last;
+    return top;
+}
+
+static void ensure_symbols(Scratch *sc, size_t n) {
+    if ((int)n <= sc->cap_sym) return;
+    size_t cap = sc->cap_sym ? (size_t)sc->cap_sym : 64;
+    while (cap < n) cap *= 2;
+    sc->cap_sym = (int)cap;
+    sc->sym = xrealloc(sc->sym, cap * sizeof *sc->sym);
+    sc->prev = xrealloc(sc->prev, cap * sizeof *sc->prev);
+    sc->next = xrealloc(sc->next, cap * sizeof *sc->next);
+    sc->len = xrealloc(sc->len, cap * sizeof *sc->len);
+}
+
+/* The piece's starting symbols: its bytes (byte-level) or characters, with byte fallback and unknowns
+ * as tokenizers' BPE::merge_word makes them. Returns the number of symbols. */
+static int initial_symbols(const Tokenizer *t, Scratch *sc, const char *s, size_t n) {
+    ensure_symbols(sc, n + 1);
+    int m = 0, unk_len = 0;
+    for (size_t i = 0; i < n;) {
+        size_t cl = t->kind == TOKENIZER_BYTE_BPE ? 1 : (size_t)utf8_len((const unsigned char *)s + i, n - i);
+        int id = cl == 1 && t->kind == TOKENIZER_BYTE_BPE ? t->byte_ids[(unsigned char)s[i]] : vocab_find(t, s + i, cl);
+        int fallback = 0;
+        if (id < 0 && t->byte_fallback && t->kind == TOKENIZER_SPM_BPE) {
+            fallback = 1;
+            for (size_t k = 0; k < cl; k++) fallback &= t->byte_ids[(unsigned char)s[i + k]] >= 0;
+        }
+        if (id >= 0 || fallback) {
+            if (unk_len) {
+                sc->sym[m] = t->unk_id;
+                sc->len[m++] = unk_len;
+                unk_len = 0;
+            }
+            if (id >= 0) {
+                sc->sym[m] = id;
+                sc->len[m++] = (int32_t)cl;
+            } else {
+                for (size_t k = 0; k < cl; k++) {
+                    sc->sym[m] = t->byte_ids[(unsigned char)s[i + k]];
+                    sc->len[m++] = 1;
+                }
+            }
+        } else if (t->unk_id >= 0) {
+            if (unk_len && !t->fuse_unk) {
+                sc->sym[m] = t->unk_id;
+                sc->len[m++] = unk_len;
+                unk_len = 0;
+            }
+            unk_len += (int)cl;
+        } /* no unknown token: the character is dropped, as tokenizers does */
+        i += cl;
+    }
+    if (unk_len) {
+        sc->sym[m] = t->unk_id;
+        sc->len[m++] = unk_len;
+    }
+    return m;
+}
+
+/* tokenizers' Word::merge_all: always apply the lowest-ranked merge, leftmost first. */
+static void bpe_piece(const Tokenizer *t, Scratch *sc, const char *s, size_t n, IdVec *out) {
+    if (t->ignore_merges) {
+        int id;
+        if (t->kind == TOKENIZER_BYTE_BPE) {
+            sc->word = grow(sc->word, 2 * n, &sc->cap_word, 1);
+            size_t o = 0;
+            for (size_t i = 0; i < n; i++) o += (size_t)utf8_put(sc->word + o, byte_char((unsigned char)s[i]));
+            id = vocab_find(t, sc->word, o);
+        } else {
+            id = vocab_find(t, s, n);
+        }
+        if (id >= 0) {
+            idvec_push(out, id);
+            return;
+        }
+    }
+    int m = initial_symbols(t, sc, s, n), nh = 0;
+    int32_t *sym = sc->sym, *prev = sc->prev, *next = sc->next, *len = sc->len;
+    for (int i = 0; i < m; i++) {
+        prev[i] = i - 1;
+        next[i] = i + 1 < m ? i + 1 : -1;
+    }
+    for (int i = 0; i + 1 < m; i++) {
+        const MergeRule *r = merges_find(&t->merges, sym[i], sym[i + 1]);
+        if (r) heap_push(sc, &nh, (struct HeapItem){r->rank, i, r->id});
+    }
+    while (nh > 0) {
+        struct HeapItem top = heap_pop(sc, &nh);
+        int p = top.pos, q = next[p];
+        if (len[p] == 0 || q < 0) continue;
+        const MergeRule *r = merges_find(&t->merges, sym[p], sym[q]);
+        if (!r || r->id != top.id) continue; /* stale */
+        sym[p] = top.id;
+        len[p] += len[q];
+        len[q] = 0;
+        next[p] = next[q];
+        if (next[q] >= 0) prev[next[q]] = p;
+        if (prev[p] >= 0 && (r = merges_find(&t->merges, sym[prev[p]], sym[p])))
+            heap_push(sc, &nh, (struct HeapItem){r->rank, prev[p], r->id});
+        if (next[p] >= 0 && (r = merges_find(&t->merges, sym[p], sym[next[p]])))
+            heap_push(sc, &nh, (struct HeapItem){r->rank, p, r->id});
+    }
+    for (int i = 0; i < m && i >= 0; i = next[i]) idvec_push(out, sym[i]);
+}
+
+/* ---- the per-thread word cache: piece bytes -> ids ---- */
+
+static void cache_reset(WordCache *c, uint64_t serial) {
+    c->serial = serial;
+    if (!c->slots) {
+        c->mask = (1u << 14) - 1;
+        c->slots = xmalloc((c->mask + 1) * sizeof *c->slots);
+    }
+    for (size_t i = 0; i <= c->mask; i++) c->slots[i].n_ids = 0;
+    c->used = c->keys_len = c->ids_len = 0;
+}
+
+static CacheEntry *cache_slot(WordCache *c, uint64_t h, const char *s, size_t n) {
+    for (size_t i = h & c->mask;; i = (i + 1) & c->mask) {
+        CacheEntry *e = &c->slots[i];
+        if (e->n_ids == 0 || (e->hash == h && e->key_len == n && memcmp(c->keys + e->key_off, s, n) == 0)) return e;
+    }
+}
+
+static void cache_grow(WordCache *c) {
+    CacheEntry *old = c->slots;
+    size_t old_n = c->mask + 1;
+    c->mask = 2 * old_n - 1;
+    c->slots = xcalloc(c->mask + 1, sizeof *c->slots);
+    for (size_t i = 0; i < old_n; i++)
+        if (old[i].n_ids) {
+            size_t j = old[i].hash & c->mask;
+            while (c->slots[j].n_ids) j = (j + 1) & c->mask;
+            c->slots[j] = old[i];
+        }
+    free(old);
+}
+
+static void encode_piece(const Tokenizer *t, Scratch *sc, const char *s, size_t n, IdVec *out) {
+    WordCache *c = &sc->cache;
+    if (n > CACHE_MAX_KEY) {
+        bpe_piece(t, sc, s, n, out);
+        return;
+    }
+    if (c->serial != t->serial) cache_reset(c, t->serial);
+    uint64_t h = hash_bytes(s, n);
+    CacheEntry *e = cache_slot(c, h, s, n);
+    if (e->n_ids) {
+        for (int i = 0; i < e->n_ids; i++) idvec_push(out, c->ids[e->ids_off + i]);
+        return;
+    }
+    int start = out->n;
+    bpe_piece(t, sc, s, n, out);
+    int k = out->n - start;
+    if (k == 0 || k > UINT16_MAX) return;
+    if (c->used >= CACHE_MAX_ENTRIES) {
+        cache_reset(c, t->serial);
+        e = cache_slot(c, h, s, n);
+    } else if (2 * (c->used + 1) > c->mask + 1) {
+        cache_grow(c);
+        e = cache_slot(c, h, s, n);
+    }
+    c->keys = grow(c->keys, c->keys_len + n, &c->keys_cap, 1);
+    c->ids = grow(c->ids, c->ids_len + (size_t)k, &c->ids_cap, sizeof *c->ids);
+    memcpy(c->keys + c->keys_len, s, n);
+    memcpy(c->ids + c->ids_len, out->v + start, (size_t)k * sizeof *c->ids);
+    *e = (CacheEntry){h, (uint32_t)c->keys_len, (uint32_t)c->ids_len, (uint16_t)n, (uint16_t)k};
+    c->keys_len += n;
+    c->ids_len += (size_t)k;
+    c->used++;
+}
+
+/* ---- encoding ---- */
+
+/* Normalises and pre-tokenises a segment of text with no added tokens in it, then encodes its pieces. */
+static void encode_segment(const Tokenizer *t, Scratch *sc, const char *s, size_t n, int at_start, IdVec *out) {
+    s = normalize(t, sc, s, &n);
+    if (n == 0) return;
+    Pieces *in = &sc->a, *next = &sc->b;
+    pieces_clear(in);
+    pieces_add(in, s, n);
+    for (int k = 0; k < t->n_steps; k++) {
+        const PreStep *st = &t->steps[k];
+        pieces_clear(next);
+        for (int i = 0; i < in->n; i++) {
+            size_t a = i ? in->ends[i - 1] : 0, len = in->ends[i] - a;
+            const char *p = in->buf + a;
+            switch (st->kind) {
+            case STEP_SPLIT:
+                split_piece(st, sc, p, len, next);
+                break;
+            case STEP_PREFIX_SPACE:
+                if (p[0] != ' ') pieces_add(next, " ", 1);
+                pieces_extend(next, p, len);
+                break;
+            case STEP_METASPACE:
+                metaspace_piece(st, sc, p, len, at_start && i == 0, next);
+                break;
+            }
+        }
+        Pieces tmp = *in;
+        *in = *next;
+        *next = tmp;
+    }
+    for (int i = 0; i < in->n; i++) {
+        size_t a = i ? in->ends[i - 1] : 0;
+        encode_piece(t, sc, in->buf + a, in->ends[i] - a, out);
+    }
+}
+
+static int is_word_byte(unsigned char c) {
+    return c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+
+static int is_space_byte(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+/* The leftmost-longest added token in text[from..len): its index in t->added and its span, widened over
+ * the whitespace it strips. -1 when none. */
+static int find_added(const Tokenizer *t, const char *text, size_t len, size_t from, int parse_special,
+                      size_t *start, size_t *end) {
+    for (size_t i = from; i < len; i++) {
+        const int *list = t->added_first[(unsigned char)text[i]];
+        if (!list) continue;
+        for (; *list >= 0; list++) {
+            const AddedToken *a = &t->added[*list];
+            size_t n = t->piece_len[a->id];
+            if (!parse_special && (t->attr[a->id] & ATTR_SPECIAL)) continue;
+            if (n > len - i || memcmp(text + i, t->pieces[a->id], n) != 0) continue;
+            if (a->single_word && ((i > 0 && is_word_byte((unsigned char)text[i - 1])) ||
+                                   (i + n < len && is_word_byte((unsigned char)text[i + n]))))
+                continue;
+            size_t s = i, e = i + n;
+            if (a->lstrip)
+                while (s > from && is_space_byte((unsigned char)text[s - 1])) s--;
+            if (a->rstrip)
+                while (e < len && is_space_byte((unsigned char)text[e])) e++;
+            *start = s;
+            *end = e;
+            return *list;
+        }
+    }
+    return -1;
+}
+
+int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse_special, int add_bos,
+                     int32_t **ids_out) {
+    Scratch *sc = get_scratch();
+    IdVec out = {0};
+    if (add_bos && t->add_bos && t->bos_id >= 0) idvec_push(&out, t->bos_id);
+    size_t pos = 0;
+    for (;;) {
+        size_t s = len, e = len;
+        int k = t->n_added ? find_added(t, text, len, pos, parse_special, &s, &e) : -1;
+        if (s > pos) encode_segment(t, sc, text + pos, s - pos, pos == 0, &out);
+        if (k < 0) break;
+        idvec_push(&out, t->added[k].id);
+        pos = e;
+    }
+    *ids_out = out.v ? out.v : xmalloc(sizeof(int32_t));
+    return out.n;
+}
+
+/* ---- decoding ---- */
+
+char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, size_t *len_out) {
+    static int char_byte[0x144]; /* bytes_to_unicode inverted */
+    static int ready;
+    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
+        for (int b = 0; b < 256; b++) char_byte[byte_char(b)] = b + 1; /* 0 = not a byte character */
+        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+    }
+    size_t cap = 64, o = 0;
+    char *out = xmalloc(cap);
+    for (int k = 0; k < n; k++) {
+        int id = ids[k];
+        if (id < 0 || id >= t->n_vocab) continue; /* e.g. a model's padded vocabulary */
+        if (skip_special && (t->attr[id] & ATTR_SPECIAL)) continue;
+        const unsigned char *p = (const unsigned char *)t->pieces[id];
+        size_t n_piece = t->piece_len[id];
+        out = grow(out, o + n_piece + 1, &cap, 1);
+        if (t->attr[id] & ATTR_BYTE) {
+            out[o++] = (char)strtol((const char *)p + 3, NULL, 16);
+        } else if (t->kind == TOKENIZER_BYTE_BPE) {
+            /* each character stands for one byte; a piece with any other character is written as is */
+            size_t o0 = o;
+            for (size_t i = 0; i < n_piece;) {
+                int cl = utf8_len(p + i, n_piece - i);
+                unsigned cp = cl == 1 ? p[i] : cl == 2 ? (p[i] & 0x1fu) << 6 | (p[i + 1] & 0x3fu) : 0x144;
+                if (cp >= 0x144 || !char_byte[cp]) {
+                    memcpy(out + o0, p, n_piece);
+                    o = o0 + n_piece;
+                    break;
+                }
+                out[o++] = (char)(char_byte[cp] - 1);
+                i += (size_t)cl;
+            }
+        } else {
+            for (size_t i = 0; i < n_piece; i++) {
+                if (i + 3 <= n_piece && memcmp(p + i, SPACE_MARK, 3) == 0) {
+                    out[o++] = ' ';
+                    i += 2;
+                } else {
+                    out[o++] = (char)p[i];
+                }
+            }
+        }
+    }
+    size_t skip = t->strip_decoded_space && o > 0 && out[0] == ' ';
+    memmove(out, out + skip, o - skip);
+    o -= skip;
+    out[o] = '\0';
+    if (len_out) *len_out = o;
+    return out;
+}
+
+/* ---- loading from tokenizer.json ---- */
+
+static const char *json_str(const cJSON *obj, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int json_bool(const cJSON *obj, const char *key, int fallback) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : fallback;
+}
+
+/* A normaliser, a pre-tokenizer, a decoder or a post-processor: {"type": ..., ...}, NULL for null. */
+static const char *json_type(const cJSON *obj, const char *path, const char *what) {
+    if (!obj || cJSON_IsNull(obj)) return NULL;
+    const char *type = json_str(obj, "type");
+    if (!cJSON_IsObject(obj) || !type) fatal("%s: %s has no \"type\"", path, what);
+    return type;
+}
+
+static void parse_normalizer(Tokenizer *t, const cJSON *n, const char *path) {
+    const char *type = json_type(n, path, "normalizer");
+    if (!type) return;
+    if (strcmp(type, "Sequence") == 0) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) parse_normalizer(t, c, path);
+        return;
+    }
+    if (strcmp(type, "NFC") == 0) {
+        log_warn("%s: NFC normalizer not applied (text is expected to be NFC already)", path);
+        return;
+    }
+    NormStep ns = {0};
+    if (strcmp(type, "Prepend") == 0) {
+        const char *a = json_str(n, "prepend");
+        if (!a) fatal("%s: Prepend normalizer has no \"prepend\"", path);
+        ns = (NormStep){NORM_PREPEND, xstrdup(a), NULL, 0, 0};
+    } else if (strcmp(type, "Replace") == 0) {
+        const char *a = json_str(cJSON_GetObjectItemCaseSensitive(n, "pattern"), "String"), *b = json_str(n, "content");
+        if (!a || !b || !*a) fatal("%s: Replace normalizer needs a String pattern and a content", path);
+        ns = (NormStep){NORM_REPLACE, xstrdup(a), xstrdup(b), 0, 0};
+    } else if (strcmp(type, "Strip") == 0) {
+        ns = (NormStep){NORM_STRIP, NULL, NULL, json_bool(n, "strip_left", 1), json_bool(n, "strip_right", 1)};
+    } else {
+        fatal("%s: unsupported normalizer '%s'", path, type);
+    }
+    t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
+    t->norm[t->n_norm++] = ns;
+}
+
+static void parse_pre_tokenizer(Tokenizer *t, const cJSON *p, const char *path) {
+    const char *type = json_type(p, path, "pre_tokenizer");
+    if (!type) return;
+    if (strcmp(type, "Sequence") == 0) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) parse_pre_tokenizer(t, c, path);
+    } else if (strcmp(type, "ByteLevel") == 0) {
+        t->kind = TOKENIZER_BYTE_BPE;
+        if (json_bool(p, "add_prefix_space", 0)) add_step(t, STEP_PREFIX_SPACE);
+        if (json_bool(p, "use_regex", 1)) add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
+    } else if (strcmp(type, "Split") == 0) {
+        static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
+        const char *re = json_str(pat, "Regex"), *lit = json_str(pat, "String"), *beh = json_str(p, "behavior");
+        int b = -1;
+        for (int i = 0; i < 5 && beh; i++)
+            if (strcmp(beh, names[i]) == 0) b = i;
+        if ((!re && !lit) || b < 0) fatal("%s: Split pre-tokenizer needs a pattern and a known behavior", path);
+        add_split(t, re ? re : lit, re == NULL, (SplitBehavior)b, json_bool(p, "invert", 0), path);
+    } else if (strcmp(type, "Digits") == 0) {
+        add_split(t, json_bool(p, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+", 0, SPLIT_ISOLATED, 0, path);
+    } else if (strcmp(type, "Whitespace") == 0) {
+        add_split(t, "\\w+|[^\\w\\s]+", 0, SPLIT_REMOVED, 1, path);
+    } else if (strcmp(type, "WhitespaceSplit") == 0) {
+        add_split(t, "\\s+", 0, SPLIT_REMOVED, 0, path);
+    } else if (strcmp(type, "Metaspace") == 0) {
+        const char *rep = json_str(p, "replacement"), *scheme = json_str(p, "prepend_scheme");
+        if (rep && strcmp(rep, SPACE_MARK) != 0) fatal("%s: Metaspace replacement other than U+2581", path);
+        PreStep *s = add_step(t, STEP_METASPACE);
+        s->prepend = scheme ? (strcmp(scheme, "always") == 0 ? 1 : strcmp(scheme, "first") == 0 ? 2 : 0)
+                            : json_bool(p, "add_prefix_space", 1);
+        s->split = json_bool(p, "split", 1);
+    } else {
+        fatal("%s: unsupported pre_tokenizer '%s'", path, type);
+    }
+}
+
+/* Decoders only tell how a piece maps back to text: byte-level, and whether a leading space goes. */
+static void parse_decoder(Tokenizer *t, const cJSON *d, const char *path) {
+    const char *type = json_type(d, path, "decoder");
+    if (!type) return;
+    if (strcmp(type, "Sequence") == 0) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(d, "decoders")) parse_decoder(t, c, path);
+    } else if (strcmp(type, "ByteLevel") == 0) {
+        t->kind = TOKENIZER_BYTE_BPE;
+    } else if (strcmp(type, "Strip") == 0) {
+        const char *c = json_str(d, "content");
+        const cJSON *start = cJSON_GetObjectItemCaseSensitive(d, "start");
+        if (c && strcmp(c, " ") == 0 && cJSON_IsNumber(start) && start->valueint > 0) t->strip_decoded_space = 1;
+    } else if (strcmp(type, "Metaspace") == 0) {
+        const char *scheme = json_str(d, "prepend_scheme");
+        t->strip_decoded_space = scheme ? strcmp(scheme, "never") != 0 : json_bool(d, "add_prefix_space", 1);
+    }
+}
+
+/* The token a TemplateProcessing puts before the text ("<s> $A"), NULL when none. */
+static const char *post_processor_bos(const cJSON *p) {
+    const char *type = json_str(p, "type");
+    if (!type) return NULL;
+    if (strcmp(type, "Sequence") == 0) {
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "processors")) {
+            const char *b = post_processor_bos(c);
+            if (b) return b;
+        }
+        return NULL;
+    }
+    if (strcmp(type, "TemplateProcessing") != 0) return NULL;
+    const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
+    const cJSON *first = cJSON_IsArray(single) ? cJSON_GetArrayItem(single, 0) : NULL;
+    return json_str(cJSON_GetObjectItemCaseSensitive(first, "SpecialToken"), "id");
+}
+
+/* bos_token / eos_token of tokenizer_config.json: a string or {"content": ...}. */
+static const char *config_token(const cJSON *cfg, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    return cJSON_IsString(v) ? v->valuestring : json_str(v, "content");
+}
+
+static int first_present(const Tokenizer *t, const char *const *names) {
+    for (; *names; names++) {
+        int id = vocab_find(t, *names, strlen(*names));
+        if (id >= 0) return id;
+    }
+    return -1;
+}
+
+/* BOS/EOS: tokenizer_config.json beside the file when there is one, else the post-processor's leading
+ * token and the usual names. */
+static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
+    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", NULL};
+    static const char *const eos_names[] = {"</s>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "<eos>", NULL};
+    const char *pp_bos = post_processor_bos(cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
+    t->bos_id = pp_bos ? vocab_find(t, pp_bos, strlen(pp_bos)) : first_present(t, bos_names);
+    t->add_bos = pp_bos && t->bos_id >= 0;
+    t->eos_id = first_present(t, eos_names);
+
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path)) : xstrdup(".");
+    char *cfg_path = path_join(dir, "tokenizer_config.json");
+    size_t size;
+    char *text = read_whole_file(cfg_path, &size);
+    cJSON *cfg = text ? cJSON_ParseWithLength(text, size) : NULL;
+    if (text && !cfg) fatal("%s: not valid JSON", cfg_path);
+    if (cfg) {
+        const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
+        if (bos) t->bos_id = vocab_find(t, bos, strlen(bos));
+        if (eos) t->eos_id = vocab_find(t, eos, strlen(eos));
+        t->add_bos = json_bool(cfg, "add_bos_token", t->add_bos) && t->bos_id >= 0;
+        cJSON_Delete(cfg);
+    }
+    free(text);
+    free(cfg_path);
+    free(dir);
+}
+
+static int json_id(const cJSON *v, const char *path) {
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= (1 << 30) || v->valuedouble != (int)v->valuedouble)
+        fatal("%s: token id %g is not a valid id", path, cJSON_IsNumber(v) ? v->valuedouble : -1.0);
+    return v->valueint;
+}
+
+Tokenizer *tokenizer_load_json(const char *path) {
+    size_t size;
+    char *text = read_whole_file(path, &size);
+    if (!text) fatal("%s: cannot read tokenizer (%s)", path, strerror(errno));
+    cJSON *root = cJSON_ParseWithLength(text, size);
+    if (!root) fatal("%s: not valid JSON (near byte %zu)", path, (size_t)(cJSON_GetErrorPtr() - text));
+    free(text);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsObject(model)) fatal("%s: no \"model\" object (not a tokenizer.json?)", path);
+    const char *type = json_str(model, "type");
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!type && cJSON_IsArray(merges)) type = "BPE";
+    if (!type || strcmp(type, "BPE") != 0)
+        fatal("%s: unsupported tokenizer model type '%s' (BPE is supported)", path, type ? type : "(none)");
+    if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) fatal("%s: BPE model without vocab and merges", path);
+    if (json_str(model, "continuing_subword_prefix") || json_str(model, "end_of_word_suffix"))
+        fatal("%s: BPE with subword prefixes/suffixes is not supported", path);
+
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *v;
+    int n_vocab = 0;
+    cJSON_ArrayForEach(v, vocab) if (json_id(v, path) + 1 > n_vocab) n_vocab = v->valueint + 1;
+    cJSON_ArrayForEach(v, added) {
+        int id = json_id(cJSON_GetObjectItemCaseSensitive(v, "id"), path);
+        if (!json_str(v, "content")) fatal("%s: added token %d has no content", path, id);
+        if (id + 1 > n_vocab) n_vocab = id + 1;
+    }
+    if (n_vocab == 0) fatal("%s: empty vocab", path);
+    Tokenizer *t = tokenizer_new(n_vocab);
+    t->kind = TOKENIZER_SPM_BPE;
+    cJSON_ArrayForEach(v, vocab) set_piece(t, v->valueint, v->string, strlen(v->string));
+    cJSON_ArrayForEach(v, added) {
+        int id = cJSON_GetObjectItemCaseSensitive(v, "id")->valueint;
+        const char *content = json_str(v, "content");
+        set_piece(t, id, content, strlen(content));
+        add_added(t, id, json_bool(v, "special", 0), json_bool(v, "lstrip", 0), json_bool(v, "rstrip", 0),
+                  json_bool(v, "single_word", 0));
+    }
+    t->byte_fallback = json_bool(model, "byte_fallback", 0);
+    t->fuse_unk = json_bool(model, "fuse_unk", 0);
+    t->ignore_merges = json_bool(model, "ignore_merges", 0);
+    parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path);
+    parse_pre_tokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path);
+    parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path);
+    finish(t);
+    const char *unk = json_str(model, "unk_token");
+    if (unk && (t->unk_id = vocab_find(t, unk, strlen(unk))) < 0) fatal("%s: unk_token '%s' is not in the vocab", path, unk);
+
+    merges_init(&t->merges, (size_t)cJSON_GetArraySize(merges));
+    int rank = 0;
+    cJSON_ArrayForEach(v, merges) {
+        const char *a = NULL, *b = NULL;
+        char *joined = NULL;
+        if (cJSON_IsString(v)) {
+            const char *sp = strchr(v->valuestring, ' ');
+            if (sp && !strchr(sp + 1, ' ')) {
+                joined = xstrdup(v->valuestring);
+                joined[sp - v->valuestring] = '\0';
+                a = joined;
+                b = joined + (sp - v->valuestring) + 1;
+            }
+        } else if (cJSON_GetArraySize(v) == 2) {
+            a = cJSON_GetArrayItem(v, 0)->valuestring;
+            b = cJSON_GetArrayItem(v, 1)->valuestring;
+        }
+        if (!a || !b) fatal("%s: merge %d is not a pair of tokens", path, rank);
+        size_t la = strlen(a), lb = strlen(b);
+        char *ab = xmalloc(la + lb + 1);
+        memcpy(ab, a, la);
+        memcpy(ab + la, b, lb + 1);
+        int ia = vocab_find(t, a, la), ib = vocab_find(t, b, lb), id = vocab_find(t, ab, la + lb);
+        if (ia < 0 || ib < 0 || id < 0) fatal("%s: merge %d ('%s' '%s') uses a token not in the vocab", path, rank, a, b);
+        merges_add(&t->merges, ia, ib, rank++, id);
+        free(ab);
+        free(joined);
+    }
+    find_bos_eos(t, root, path);
+    cJSON_Delete(root);
+    return t;
+}
+
+/* ---- loading from GGUF metadata ---- */
+
+/* llama.cpp's tokenizer.ggml.pre names and the regex splits they stand for. */
+static void gguf_pre_tokenizer(Tokenizer *t, const char *pre, const char *path) {
+    static const char *const gpt2[] = {"gpt2", "gpt-2", "default", "phi-2", "roberta-bpe", "olmo", "jina-v1-en", NULL};
+    static const char *const digits[] = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva", NULL};
+    static const char *const llama3[] = {"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", NULL};
+    static const char *const qwen2[] = {"qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", NULL};
+    const char *name = pre ? pre : "default";
+    for (const char *const *p = digits; *p; p++)
+        if (strcmp(name, *p) == 0) {
+            add_split(t, "\\p{N}", 0, SPLIT_ISOLATED, 0, path);
+            add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
+            return;
+        }
+    for (const char *const *p = llama3; *p; p++)
+        if (strcmp(name, *p) == 0) {
+            add_split(t, LLAMA3_PATTERN, 0, SPLIT_ISOLATED, 0, path);
+            return;
+        }
+    for (const char *const *p = qwen2; *p; p++)
+        if (strcmp(name, *p) == 0) {
+            add_split(t, QWEN2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
+            return;
+        }
+    int known = 0;
+    for (const char *const *p = gpt2; *p; p++) known |= strcmp(name, *p) == 0;
+    if (!known) log_warn("%s: unknown tokenizer.ggml.pre '%s', splitting words as GPT-2 does", path, name);
+    add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
+}
+
+static const GGUFKV *gguf_array(const GGUFFile *g, const char *key, GGUFType elem, uint64_t n, const char *path) {
+    const GGUFKV *kv = gguf_find(g, key);
+    if (!kv) return NULL;
+    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != elem || (n && kv->arr_len != n))
+        fatal("%s: %s is not an array of %llu elements of type %d", path, key, (unsigned long long)n, (int)elem);
+    return kv;
+}
+
+/* Descending score, then ascending id. */
+static int by_score(const void *a, const void *b, void *ctx) {
+    const float *s = ctx;
+    float x = s[*(const int *)a], y = s[*(const int *)b];
+    return x > y ? -1 : x < y ? 1 : *(const int *)a - *(const int *)b;
+}
+
+/* SentencePiece models in GGUF keep scores, not merges: a pair merges into the token that spells both,
+ * and the highest-scoring such token goes first (llama.cpp's llm_tokenizer_spm). Ranks are the tokens'
+ * places in score order, equal scores sharing a rank. */
+static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t *types) {
+    int n = t->n_vocab, *order = xmalloc((size_t)n * sizeof *order), n_merges = 0;
+    for (int i = 0; i < n; i++) order[i] = i;
+    float *key = xmalloc((size_t)n * sizeof *key);
+    for (int i = 0; i < n; i++) key[i] = isnan(scores[i]) ? -INFINITY : scores[i];
+    qsort_r(order, (size_t)n, sizeof *order, by_score, key);
+    int *rank = xmalloc((size_t)n * sizeof *rank);
+    for (int i = 0, r = 0; i < n; i++) {
+        if (i > 0 && key[order[i]] != key[order[i - 1]]) r = i;
+        rank[order[i]] = r;
+    }
+    for (int id = 0; id < n; id++) n_merges += (int)t->piece_len[id];
+    merges_init(&t->merges, (size_t)n_merges);
+    for (int k = 0; k < n; k++) {
+        int id = order[k];
+        if (types && types[id] != 1) continue; /* only normal pieces are merge results */
+        const char *s = t->pieces[id];
+        size_t len = t->piece_len[id];
+        for (size_t cut = (size_t)utf8_len((const unsigned char *)s, len); cut < len;
+             cut += (size_t)utf8_len((const unsigned char *)s + cut, len - cut)) {
+            int a = vocab_find(t, s, cut), b = vocab_find(t, s + cut, len - cut);
+            if (a >= 0 && b >= 0) merges_add(&t->merges, a, b, rank[id], id);
+        }
+    }
+    free(rank);
+    free(key);
+    free(order);
+}
+
+
+Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
+    const char *path = g->mf.path;
+    const char *model = gguf_get_str(g, "tokenizer.ggml.model");
+    if (!model) fatal("%s: no tokenizer (tokenizer.ggml.model missing)", path);
+    int byte_level = strcmp(model, "gpt2") == 0;
+    if (!byte_level && strcmp(model, "llama") != 0)
+        fatal("%s: unsupported tokenizer model '%s' (gpt2 and llama are supported)", path, model);
+    const GGUFKV *tokens = gguf_array(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, 0, path);
+    if (!tokens || tokens->arr_len == 0 || tokens->arr_len > (1u << 30)) fatal("%s: no tokenizer.ggml.tokens", path);
+    int n = (int)tokens->arr_len;
+    const GGUFKV *types = gguf_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n, path);
+    const int32_t *type = types ? types->arr_data : NULL;
+    Tokenizer *t = tokenizer_new(n);
+    t->kind = byte_level ? TOKENIZER_BYTE_BPE : TOKENIZER_SPM_BPE;
+    for (int id = 0; id < n; id++) {
+        set_piece(t, id, tokens->arr_str[id], tokens->arr_str_len[id]);
+        /* control tokens are special; user-defined ones are cut out of any text */
+        if (type && (type[id] == 3 || type[id] == 4)) add_added(t, id, type[id] == 3, 0, 0, 0);
+        if (type && type[id] == 2) t->unk_id = id;
+    }
+    if (byte_level) {
+        gguf_pre_tokenizer(t, gguf_get_str(g, "tokenizer.ggml.pre"), path);
+    } else {
+        int prefix = (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1);
+        if (prefix) {
+            t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
+            t->norm[t->n_norm++] = (NormStep){NORM_PREPEND, xstrdup(SPACE_MARK), NULL, 0, 0};
+        }
+        t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
+        t->norm[t->n_norm++] = (NormStep){NORM_REPLACE, xstrdup(" "), xstrdup(SPACE_MARK), 0, 0};
+        t->byte_fallback = 1;
+        t->strip_decoded_space = prefix;
+    }
+    finish(t);
+    if (byte_level) {
+        const GGUFKV *merges = gguf_array(g, "tokenizer.ggml.merges", GGUF_TYPE_STRING, 0, path);
+        if (!merges) fatal("%s: gpt2 tokenizer without tokenizer.ggml.merges", path);
+        merges_init(&t->merges, merges->arr_len);
+        for (uint64_t r = 0; r < merges->arr_len; r++) {
+            const char *m = merges->arr_str[r], *sp = strchr(m, ' ');
+            if (!sp) fatal("%s: merge %llu is not a pair of tokens", path, (unsigned long long)r);
+            size_t la = (size_t)(sp - m), lb = strlen(sp + 1);
+            char *ab = xmalloc(la + lb + 1);
+            memcpy(ab, m, la);
+            memcpy(ab + la, sp + 1, lb + 1);
+            int a = vocab_find(t, m, la), b = vocab_find(t, sp + 1, lb), id = vocab_find(t, ab, la + lb);
+            if (a < 0 || b < 0 || id < 0) fatal("%s: merge %llu ('%s') uses a token not in the vocab", path, (unsigned long long)r, m);
+            merges_add(&t->merges, a, b, (int32_t)r, id);
+            free(ab);
+        }
+    } else {
+        const GGUFKV *scores = gguf_array(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n, path);
+        if (!scores) fatal("%s: llama tokenizer without tokenizer.ggml.scores", path);
+        merges_from_scores(t, scores->arr_data, type);
+    }
+    int64_t bos = gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1), eos = gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
+    t->bos_id = bos >= 0 && bos < n ? (int)bos : -1;
+    t->eos_id = eos >= 0 && eos < n ? (int)eos : -1;
+    t->add_bos = (int)gguf_get_int(g, "tokenizer.ggml.add_bos_token", !byte_level) && t->bos_id >= 0;
+    int64_t unk = gguf_get_int(g, "tokenizer.ggml.unknown_token_id", -1);
+    if (unk >= 0 && unk < n && !byte_level) t->unk_id = (int)unk;
+    return t;
+}
+
+/* ---- accessors ---- */
+
+void tokenizer_free(Tokenizer *t) {
+    if (!t) return;
+    if (scratch && scratch->cache.serial == t->serial) scratch->cache.serial = 0;
+    for (int i = 0; i < t->n_vocab; i++) free(t->pieces[i]);
+    free(t->pieces);
+    free(t->piece_len);
+    free(t->attr);
+    free(t->vocab_slots);
+    free(t->merges.keys);
+    free(t->merges.rules);
+    for (int i = 0; i < t->n_norm; i++) {
+        free(t->norm[i].a);
+        free(t->norm[i].b);
+    }
+    free(t->norm);
+    for (int i = 0; i < t->n_steps; i++) pcre2_code_free(t->steps[i].re);
+    free(t->steps);
+    free(t->added);
+    for (int b = 0; b < 256; b++) free(t->added_first[b]);
+    free(t);
+}
+
+TokenizerKind tokenizer_kind(const Tokenizer *t) { return t->kind; }
+int tokenizer_vocab_size(const Tokenizer *t) { return t->n_vocab; }
+int tokenizer_bos_id(const Tokenizer *t) { return t->bos_id; }
+int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
+
+int tokenizer_token_id(const Tokenizer *t, const char *piece) { return vocab_find(t, piece, strlen(piece)); }
+
+const char *tokenizer_piece(const Tokenizer *t, int id) {
+    return id >= 0 && id < t->n_vocab && t->pieces[id] ? t->pieces[id] : "";
+}
