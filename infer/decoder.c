@@ -27,7 +27,7 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
     forward_state_init(&d->state, base, max_len);
     kv_cache_init(&d->cache, base, max_len + rows);
     d->hidden = be->alloc(sizeof(float) * (size_t)max_len * H);
-    d->logits = be->alloc(sizeof(float) * (size_t)max_len * V);
+    d->logits = be->alloc(sizeof(float) * (size_t)rows * V);
     d->host_logits = xmalloc(sizeof(float) * (size_t)rows * V);
     d->probs = xmalloc(sizeof(float) * (size_t)V);
     if (heads) {
@@ -117,8 +117,11 @@ static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, DecodeStats
     if (n_prompt >= d->max_len) fatal("prompt of %d tokens does not fit the context of %d", n_prompt, d->max_len);
     double t0 = now_seconds();
     d->cache.len = 0;
-    model_forward_cached(d->base, &d->state, &d->cache, prompt, n_prompt, d->hidden, d->logits);
-    d->base->be->download(d->host_logits, d->logits + (size_t)(n_prompt - 1) * c->vocab_size, sizeof(float) * c->vocab_size);
+    /* only the last prompt row's logits are needed: the lm_head is by far the largest matmul of a long prompt */
+    model_forward_cached(d->base, &d->state, &d->cache, prompt, n_prompt, d->hidden, NULL);
+    d->base->be->matmul(d->logits, d->hidden + (size_t)(n_prompt - 1) * c->hidden_size, d->base->lm_head, NULL, 1,
+                        c->hidden_size, c->vocab_size);
+    d->base->be->download(d->host_logits, d->logits, sizeof(float) * c->vocab_size);
     stats->prefill_seconds = now_seconds() - t0;
 }
 

@@ -54,7 +54,7 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
     /* split the queries into blocks of equal key_begin, at most 256 queries each to bound the score buffer */
     Block *blocks = malloc(sizeof(Block) * (size_t)(T > 0 ? T : 1));
     int n_blocks = 0;
-    size_t max_scores = 1;
+    size_t max_scores = 1, work = 0;
     for (int t = 0; t < T;) {
         Block b = {t, 0, key_begin[t], 0};
         int end_max = 0;
@@ -65,11 +65,13 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
         }
         b.nk = end_max - b.k0;
         if ((size_t)b.nq * (size_t)b.nk > max_scores) max_scores = (size_t)b.nq * (size_t)b.nk;
+        work += (size_t)b.nq * (size_t)b.nk;
         blocks[n_blocks++] = b;
     }
     int group = n_heads / n_kv_heads;
     size_t q_stride = (size_t)n_heads * head_dim, kv_stride = (size_t)n_kv_heads * head_dim;
-#pragma omp parallel
+    /* a decoding step over a short context is cheaper than waking the other threads */
+#pragma omp parallel if (work * q_stride > (1 << 20))
     {
         float *scores = malloc(sizeof(float) * max_scores);
 #pragma omp for collapse(2) schedule(dynamic, 1)

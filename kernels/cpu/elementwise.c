@@ -4,28 +4,31 @@
 #include "../math_common.h"
 #include "cpu_ops.h"
 
+/* Below this many elements a parallel region costs more than the loop (a decoding step has one row). */
+#define PAR_MIN 32768
+
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)T * C > PAR_MIN)
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * (size_t)C);
 }
 
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = silu_f(gate[i]) * up[i];
 }
 
 void cpu_residual_add(float *x, const float *y, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
 void cpu_resblock_forward(float *out, const float *x, const float *z, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = x[i] + silu_f(z[i]);
 }
 
 void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
-#pragma omp parallel for
+#pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) dz[i] = dout[i] * silu_grad_f(z[i]);
 }
 

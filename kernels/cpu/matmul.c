@@ -5,9 +5,13 @@
 #include "cpu_ops.h"
 
 void cpu_matmul_forward(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, IC, 1.0f, in, IC, weight, IC, 0.0f, out, OC);
+    /* one row (decoding): sgemm would repack the whole weight matrix on every call; gemv streams it once */
+    if (T == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, IC, 1.0f, weight, IC, in, 1, 0.0f, out, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, IC, 1.0f, in, IC, weight, IC, 0.0f, out, OC);
     if (bias) {
-#pragma omp parallel for
+#pragma omp parallel for if ((size_t)T * OC > 65536)
         for (int t = 0; t < T; t++)
             for (int o = 0; o < OC; o++) out[(size_t)t * OC + o] += bias[o];
     }

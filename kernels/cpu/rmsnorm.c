@@ -4,7 +4,8 @@
 #include "cpu_ops.h"
 
 void cpu_rmsnorm_forward(float *out, const float *x, const float *weight, int T, int C, float eps) {
-#pragma omp parallel for
+/* one row (decoding) is not worth a parallel region */
+#pragma omp parallel for if (T > 1)
     for (int t = 0; t < T; t++) {
         const float *row = x + (size_t)t * C;
         double ss = 0;
