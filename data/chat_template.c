@@ -44,6 +44,16 @@ static char *chatml_default_system(const char *jinja) {
     return NULL;
 }
 
+/* Byte of a GPT-2 byte-level BPE character (the inverse of bytes_to_unicode), -1 when cp is not one:
+ * printable Latin-1 stands for itself, the 68 other bytes were moved to U+0100..U+0143 in order. */
+static int byte_of_char(unsigned cp) {
+    if ((cp >= 0x21 && cp <= 0x7e) || (cp >= 0xa1 && cp <= 0xac) || (cp >= 0xae && cp <= 0xff)) return (int)cp;
+    if (cp >= 0x100 && cp < 0x100 + 33) return (int)(cp - 0x100);
+    if (cp >= 0x100 + 33 && cp < 0x100 + 67) return (int)(0x7f + cp - 0x100 - 33);
+    if (cp == 0x100 + 67) return 0xad;
+    return -1;
+}
+
 void chat_template_init(ChatTemplate *t, const char *name, const Tokenizer *tok, const char *model_jinja,
                         const char *bos, const char *eos) {
     memset(t, 0, sizeof *t);
@@ -64,6 +74,14 @@ void chat_template_init(ChatTemplate *t, const char *name, const Tokenizer *tok,
         size_t n = strlen(tokenizer_piece(tok, id));
         if (n > t->max_piece) t->max_piece = n;
     }
+    /* A byte-level BPE vocabulary may lack some bytes' characters (SmolLM2 has no token for most control
+     * bytes): the tokenizer drops those bytes, as HF tokenizers does without an unknown token. */
+    if (tokenizer_kind(tok) == TOKENIZER_BYTE_BPE)
+        for (unsigned cp = 0; cp < 0x100 + 68; cp++) {
+            int b = byte_of_char(cp);
+            char piece[3] = {(char)(cp < 0x80 ? cp : 0xc0 | (cp >> 6)), (char)(cp < 0x80 ? 0 : 0x80 | (cp & 0x3f)), 0};
+            if (b >= 0) t->dropped[b] = tokenizer_token_id(tok, piece) < 0;
+        }
 }
 
 void chat_template_free(ChatTemplate *t) {
@@ -219,19 +237,10 @@ void rendered_free(Rendered *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* Byte of a GPT-2 byte-level BPE character (the inverse of bytes_to_unicode), -1 when cp is not one:
- * printable Latin-1 stands for itself, the 68 other bytes were moved to U+0100..U+0143 in order. */
-static int byte_of_char(unsigned cp) {
-    if ((cp >= 0x21 && cp <= 0x7e) || (cp >= 0xa1 && cp <= 0xac) || (cp >= 0xae && cp <= 0xff)) return (int)cp;
-    if (cp >= 0x100 && cp < 0x100 + 33) return (int)(cp - 0x100);
-    if (cp >= 0x100 + 33 && cp < 0x100 + 67) return (int)(0x7f + cp - 0x100 - 33);
-    if (cp == 0x100 + 67) return 0xad;
-    return -1;
-}
-
-/* Advances *pos over byte b of the text. A space the text does not have was inserted by the tokenizer
- * (SentencePiece's dummy prefix) and spells nothing. */
-static int match_byte(const char *text, size_t len, size_t *pos, int b) {
+/* Advances *pos over byte b of the text, and over bytes before it that the tokenizer drops. A space the
+ * text does not have was inserted by the tokenizer (SentencePiece's dummy prefix) and spells nothing. */
+static int match_byte(const uint8_t *dropped, const char *text, size_t len, size_t *pos, int b) {
+    while (*pos < len && (unsigned char)text[*pos] != b && dropped[(unsigned char)text[*pos]]) (*pos)++;
     if (*pos < len && (unsigned char)text[*pos] == b) {
         (*pos)++;
         return 1;
@@ -242,11 +251,12 @@ static int match_byte(const char *text, size_t len, size_t *pos, int b) {
 /* Matches the bytes a token's piece spells against the text from *pos, advancing *pos past them; 0 on a
  * mismatch. Byte-level BPE pieces map each character through the byte table; SentencePiece pieces write
  * a space as U+2581 and a raw byte as <0xNN>; special tokens are their own text. */
-static int spell(const char *piece, TokenizerKind kind, const char *text, size_t len, size_t *pos) {
+static int spell(const char *piece, TokenizerKind kind, const uint8_t *dropped, const char *text, size_t len,
+                 size_t *pos) {
     const unsigned char *p = (const unsigned char *)piece;
     unsigned hex;
     if (kind == TOKENIZER_SPM_BPE && strlen(piece) == 6 && sscanf(piece, "<0x%2X>", &hex) == 1)
-        return match_byte(text, len, pos, (int)hex);
+        return match_byte(dropped, text, len, pos, (int)hex);
     while (*p) {
         int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 1;
         unsigned cp = n == 1 ? *p : *p & (0x7fu >> n);
@@ -258,10 +268,10 @@ static int spell(const char *piece, TokenizerKind kind, const char *text, size_t
         if (kind == TOKENIZER_BYTE_BPE) b = byte_of_char(cp);
         else if (cp == 0x2581) b = ' ';
         if (b >= 0) {
-            if (!match_byte(text, len, pos, b)) return 0;
+            if (!match_byte(dropped, text, len, pos, b)) return 0;
         } else {
             for (int i = 0; i < n; i++)
-                if (!match_byte(text, len, pos, p[i])) return 0;
+                if (!match_byte(dropped, text, len, pos, p[i])) return 0;
         }
         p += n;
     }
@@ -289,13 +299,14 @@ int chat_encode(const ChatTemplate *t, const Tokenizer *tok, const Conversation 
     for (int k = 0; k < n; k++) {
         size_t start = pos;
         int added_bos = k == 0 && t->add_bos && ids[0] == t->bos_id; /* in no text */
-        if (!added_bos && !spell(tokenizer_piece(tok, ids[k]), kind, r.text, len, &pos)) {
+        if (!added_bos && !spell(tokenizer_piece(tok, ids[k]), kind, t->dropped, r.text, len, &pos)) {
             why = SKIP_ALIGNMENT;
             break;
         }
         while (span < r.n_spans && r.spans[2 * span + 1] <= start) span++;
         mask[k] = span < r.n_spans && r.spans[2 * span] < pos && pos > start;
     }
+    while (pos < len && t->dropped[(unsigned char)r.text[pos]]) pos++;
     if (why < 0 && pos != len) why = SKIP_ALIGNMENT;
     rendered_free(&r);
     if (why < 0) {

@@ -20,6 +20,7 @@ typedef struct {
     int add_bos;          /* the tokenizer adds BOS (vicuna: fastchat's prompt has none in its text) */
     int bos_id;
     size_t max_piece;     /* longest token in bytes, to bound the text worth tokenising */
+    uint8_t dropped[256]; /* bytes the tokenizer has no token for and drops (skipped when aligning) */
 } ChatTemplate;
 
 /* The template a model's Jinja chat template is written for, recognised by its markers; NULL if unknown. */

@@ -3,6 +3,8 @@
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 static const char *const skip_keys[SKIP_COUNT] = {
     "invalid_json", "not_object", "no_turn_list", "empty", "malformed_turn", "unknown_role",
@@ -210,36 +212,68 @@ void sharegpt_open(ShareGPTReader *r, const char *path) {
 
 void sharegpt_close(ShareGPTReader *r) { mapped_file_close(&r->mf); }
 
-int sharegpt_next(ShareGPTReader *r, Conversation *c) {
+int sharegpt_next_text(ShareGPTReader *r, const char **text, size_t *len) {
     size_t b, e;
-    int found;
-    while ((found = next_span(r, &b, &e)) != 0) {
-        if (found < 0) {
-            r->skipped[SKIP_TRUNCATED_FILE]++;
-            break;
-        }
-        const char *text = (const char *)r->mf.data + b;
-        cJSON *json = cJSON_ParseWithLength(text, e - b);
-        if (!json) {
-            r->skipped[SKIP_INVALID_JSON]++;
-            continue;
-        }
-        r->parsed++;
-        int why = conversation_from_json(c, json);
-        c->raw = text;
-        c->raw_len = e - b;
-        if (why < 0) return 1;
-        r->skipped[why]++;
-        conversation_free(c);
-    }
+    int found = next_span(r, &b, &e);
+    if (found < 0) r->skipped[SKIP_TRUNCATED_FILE]++;
+    if (found <= 0) return 0;
+    *text = (const char *)r->mf.data + b;
+    *len = e - b;
+    return 1;
+}
+
+int conversation_parse(Conversation *c, const char *text, size_t len) {
+    memset(c, 0, sizeof *c);
+    cJSON *json = cJSON_ParseWithLength(text, len);
+    if (!json) return SKIP_INVALID_JSON;
+    int why = conversation_from_json(c, json);
+    c->raw = text;
+    c->raw_len = len;
+    if (why >= 0) conversation_free(c);
+    return why;
+}
+
+void sharegpt_tally(ShareGPTReader *r, int why) {
+    if (why != SKIP_INVALID_JSON) r->parsed++;
+    if (why >= 0) r->skipped[why]++;
+}
+
+void sharegpt_end(const ShareGPTReader *r) {
     if (r->parsed == 0 && r->skipped[SKIP_INVALID_JSON] > 0)
         fatal("%s: not valid JSON (none of its %lld top-level elements parses)", r->mf.path, (long long)r->elements);
+}
+
+int sharegpt_next(ShareGPTReader *r, Conversation *c) {
+    const char *text;
+    size_t len;
+    while (sharegpt_next_text(r, &text, &len)) {
+        int why = conversation_parse(c, text, len);
+        sharegpt_tally(r, why);
+        if (why < 0) return 1;
+    }
+    sharegpt_end(r);
     return 0;
+}
+
+/* Drops whole pages of [from, to) of the read-only mapping from the process: they stay in the page cache
+ * and fault back in from the file if read again. */
+static void drop_pages(const MappedFile *mf, size_t from, size_t to) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    from = (from + page - 1) / page * page;
+    to = to / page * page;
+    if (mf->size > 0 && to > from) madvise((void *)(mf->data + from), to - from, MADV_DONTNEED);
 }
 
 int64_t sharegpt_count(const ShareGPTReader *r) {
     ShareGPTReader scan = *r; /* shares the read-only mapping */
     size_t b, e;
-    while (next_span(&scan, &b, &e) > 0) {}
+    for (size_t dropped = 0; next_span(&scan, &b, &e) > 0;)
+        if (scan.pos - dropped > ((size_t)32 << 20)) {
+            drop_pages(&r->mf, dropped, scan.pos);
+            dropped = scan.pos;
+        }
+    drop_pages(&r->mf, 0, r->mf.size);
     return scan.elements;
 }
+
+void sharegpt_release(ShareGPTReader *r) { drop_pages(&r->mf, 0, r->pos); }

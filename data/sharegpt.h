@@ -78,7 +78,22 @@ void sharegpt_close(ShareGPTReader *r);
  * The caller frees the conversation with conversation_free. */
 int sharegpt_next(ShareGPTReader *r, Conversation *c);
 
+/* The same in two steps, so that parsing can run on many threads while one thread walks the file:
+ * sharegpt_next_text gives the next top-level element's JSON text (1; it points into the mapped file), or 0
+ * at the end of the file (an element cut off by the end is counted as SKIP_TRUNCATED_FILE). Thread-safe:
+ * conversation_parse parses and checks that text into c (-1: usable; else the SkipReason, and c is already
+ * freed). sharegpt_tally counts each parse's outcome; sharegpt_end, once every element is tallied, is fatal
+ * when not one element of the file was JSON. */
+int sharegpt_next_text(ShareGPTReader *r, const char **text, size_t *len);
+int conversation_parse(Conversation *c, const char *text, size_t len);
+void sharegpt_tally(ShareGPTReader *r, int why);
+void sharegpt_end(const ShareGPTReader *r);
+
 /* Number of elements in the file, from a quick scan without parsing (for progress and ETA). */
 int64_t sharegpt_count(const ShareGPTReader *r);
+
+/* Unmaps the pages of the file already read, so that the resident size stays bounded however large the
+ * file is. The caller must hold no element text from before the current position. */
+void sharegpt_release(ShareGPTReader *r);
 
 #endif

@@ -50,6 +50,7 @@ static hid_t create_growing(hid_t file, const char *name, hid_t type, const char
     hid_t space = H5Screate_simple(1, &zero, &unlimited);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_obj_track_times(dcpl, 0); /* no timestamps: the same input gives the same file, byte for byte */
     hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (ds < 0) fatal("%s: cannot create dataset '%s'", path, name);
     H5Pclose(dcpl);
@@ -93,7 +94,10 @@ void token_cache_writer_open(TokenCacheWriter *w, const char *path) {
             break;
         }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_obj_track_times(fcpl, 0);
+    w->file = H5Fcreate(w->tmp_path, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    H5Pclose(fcpl);
     if (w->file < 0) fatal("%s: cannot create", w->tmp_path);
     w->ds_tokens = create_growing(w->file, "tokens", H5T_STD_I32LE, w->tmp_path);
     w->ds_mask = create_growing(w->file, "loss_mask", H5T_STD_U8LE, w->tmp_path);
@@ -152,7 +156,10 @@ void token_cache_writer_close(TokenCacheWriter *w, const TokenCacheMeta *m) {
     flush(w);
     hsize_t n = (hsize_t)w->n_convs + 1;
     hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t ds = H5Dcreate2(w->file, "conv_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_obj_track_times(dcpl, 0);
+    hid_t ds = H5Dcreate2(w->file, "conv_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
     if (ds < 0 || H5Dwrite(ds, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, w->offsets) < 0)
         fatal("%s: cannot write conv_offsets", w->tmp_path);
     H5Dclose(ds);
