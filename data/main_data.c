@@ -264,7 +264,6 @@ static int run_tokenise(int argc, char **argv) {
     Progress progress;
     progress_start(&progress, "tokenising", total);
     double t0 = now_seconds();
-    int64_t done = 0;
     for (;;) {
         int n = 0;
         size_t bytes = 0;
@@ -287,15 +286,14 @@ static int run_tokenise(int argc, char **argv) {
             encoded_free(&it->enc);
         }
         sharegpt_release(&reader);
-        done += n;
         char extra[96], tps[16];
         human(tps, sizeof tps, (double)(splits[0].tokens + splits[1].tokens) / (now_seconds() - t0));
         snprintf(extra, sizeof extra, "%s tokens/s, kept %lld", tps, (long long)(splits[0].convs + splits[1].convs));
-        progress_update(&progress, done, extra);
+        progress_update(&progress, reader.elements, extra);
     }
     sharegpt_end(&reader);
     double seconds = now_seconds() - t0;
-    progress_finish(&progress, done, NULL);
+    progress_finish(&progress, reader.elements, NULL);
     free(items);
 
     int64_t skipped = 0;
@@ -309,11 +307,12 @@ static int run_tokenise(int argc, char **argv) {
 
     if (!quiet) {
         int64_t tokens = splits[0].tokens + splits[1].tokens, trained = splits[0].trained + splits[1].trained;
+        int64_t kept = splits[0].convs + splits[1].convs;
         char tps[16];
         human(tps, sizeof tps, (double)tokens / seconds);
-        printf("read %lld conversations from %s in %.1f s (%.0f conversations/s, %s tokens/s)\n", (long long)done, input,
-               seconds, (double)done / seconds, tps);
-        printf("kept %lld, skipped %lld\n", (long long)(done - skipped), (long long)skipped);
+        printf("read %lld conversations from %s in %.1f s (%.0f conversations/s, %s tokens/s)\n",
+               (long long)reader.elements, input, seconds, (double)reader.elements / seconds, tps);
+        printf("kept %lld, skipped %lld\n", (long long)kept, (long long)skipped);
         for (int r = 0; r < SKIP_COUNT; r++)
             if (reader.skipped[r]) printf("  skipped %8lld  %s\n", (long long)reader.skipped[r], skip_reason_text((SkipReason)r));
         for (int s = 0; s < 2; s++) {
@@ -324,7 +323,7 @@ static int run_tokenise(int argc, char **argv) {
                    sp->tokens ? 100.0 * (double)sp->trained / (double)sp->tokens : 0.0, (long long)sp->truncated, max_len,
                    out, sp->name);
         }
-        printf("total %8lld conversations, %11lld tokens, %11lld trained\n", (long long)(done - skipped), (long long)tokens,
+        printf("total %8lld conversations, %11lld tokens, %11lld trained\n", (long long)kept, (long long)tokens,
                (long long)trained);
         if (val_fraction > 0 && splits[1].convs == 0) log_warn("the validation split is empty (too few conversations)");
     }
