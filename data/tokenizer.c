@@ -86,7 +86,7 @@ typedef struct {
     int left, right;
 } NormStep;
 
-enum { ATTR_SPECIAL = 1, ATTR_ADDED = 2, ATTR_BYTE = 4, ATTR_NO_MERGE = 8 };
+enum { ATTR_SPECIAL = 1, ATTR_ADDED = 2, ATTR_BYTE = 4 };
 
 typedef struct {
     int id;
@@ -1123,7 +1123,8 @@ Tokenizer *tokenizer_load_json(const char *path) {
     if (!type || strcmp(type, "BPE") != 0)
         fatal("%s: unsupported tokenizer model type '%s' (BPE is supported)", path, type ? type : "(none)");
     if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) fatal("%s: BPE model without vocab and merges", path);
-    if (json_str(model, "continuing_subword_prefix") || json_str(model, "end_of_word_suffix"))
+    const char *prefix = json_str(model, "continuing_subword_prefix"), *suffix = json_str(model, "end_of_word_suffix");
+    if ((prefix && *prefix) || (suffix && *suffix))
         fatal("%s: BPE with subword prefixes/suffixes is not supported", path);
 
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *v;
@@ -1335,7 +1336,6 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
 
 void tokenizer_free(Tokenizer *t) {
     if (!t) return;
-    if (scratch && scratch->cache.serial == t->serial) scratch->cache.serial = 0;
     for (int i = 0; i < t->n_vocab; i++) free(t->pieces[i]);
     free(t->pieces);
     free(t->piece_len);

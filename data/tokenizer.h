@@ -25,7 +25,8 @@ const char *tokenizer_piece(const Tokenizer *t, int id);      /* raw vocab strin
 
 /* Encode text (len bytes, UTF-8). Special tokens written in the text (e.g. "<|im_start|>") are matched
  * when parse_special is set. add_bos prepends BOS when the tokenizer defines one and its post-processor
- * would add it. Returns the number of ids; *ids_out is malloc'd. */
+ * would add it. Returns the number of ids; *ids_out is malloc'd. Thread-safe: each thread keeps its own
+ * cache of encoded words. */
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse_special, int add_bos,
                      int32_t **ids_out);
 
