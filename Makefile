@@ -120,6 +120,14 @@ bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
 	@awk '{for(i=2;i<=NF;i++) if($$i ~ /^tokens\/s/) v=$$(i-1)} /^medusa-c forward/{ours=v} /^pytorch forward/{theirs=v} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_OUT).new | tee -a $(BENCH_OUT).new
 	@mv $(BENCH_OUT).new $(BENCH_OUT)
 
+# medusa-data beside Hugging Face tokenizers on the demo ShareGPT file: same tokenizer, texts and thread
+# count; writes bench/data_cpu_<host>.txt. BENCH_DATA_LIMIT=N takes the file's first N conversations.
+.PHONY: bench-data
+BENCH_DATA_LIMIT ?= 0
+bench-data: bin/medusa-data venv
+	data/fetch_demo.sh
+	OMP_WAIT_POLICY=passive $(VENV)/bin/python bench/bench_data.py --threads $(BENCH_THREADS) --limit $(BENCH_DATA_LIMIT)
+
 # Short mutation-fuzz run of the loaders under ASan/UBSan (leaks from aborted loads are expected and ignored).
 FUZZ_ITERS ?= 3000
 FUZZ_SEEDS = $(firstword $(wildcard tests/fixtures/models/*/*.gguf)) $(firstword $(wildcard tests/fixtures/models/*/model.safetensors))
