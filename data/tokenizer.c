@@ -1284,8 +1284,8 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
     t->kind = byte_level ? TOKENIZER_BYTE_BPE : TOKENIZER_SPM_BPE;
     for (int id = 0; id < n; id++) {
         set_piece(t, id, tokens->arr_str[id], tokens->arr_str_len[id]);
-        /* control tokens are special; user-defined ones are cut out of any text */
-        if (type && (type[id] == 3 || type[id] == 4)) add_added(t, id, type[id] == 3, 0, 0, 0);
+        /* unknown and control tokens are special; user-defined ones are cut out of any text (llama.cpp) */
+        if (type && type[id] >= 2 && type[id] <= 4) add_added(t, id, type[id] != 4, 0, 0, 0);
         if (type && type[id] == 2) t->unk_id = id;
     }
     if (byte_level) {

@@ -25,6 +25,7 @@ Outputs (tests/fixtures/tokenizer/):
                   smollm2_gguf only: "differs_from_conversion": indices whose ids differ from smollm2's}
 """
 import json
+import io
 import os
 import random
 import re
@@ -46,7 +47,7 @@ TOKENIZERS = [
     ("spm", "tests/fixtures/chat/spm_tokenizer.json"),
 ]
 
-SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<s>", "</s>", "<unk>", "<|begin_of_text|>",
+SPECIALS = ["<|user|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<s>", "</s>", "<unk>", "<|begin_of_text|>",
             "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>", "<repo_name>",
             "<file_sep>", "<|im_start", "im_end|>", "< s>", "<</s>>"]
 
@@ -248,6 +249,64 @@ def gguf_semantics(tok):
     return tok
 
 
+def make_spm_gguf(strings):
+    """A Llama-2-style SentencePiece BPE (byte fallback, one user-defined token) trained on the strings,
+    written as GGUF metadata the way llama.cpp's converter writes it (tokens, scores, token types), with
+    the references: sentencepiece's own encoding, segment by segment between the tokens llama.cpp cuts
+    out of the text (control and unknown ones when special tokens are parsed, user-defined ones always,
+    each following segment getting its own dummy-prefix space), and tokenizers' Llama-2 decoder."""
+    import gguf
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import decoders
+
+    corpus = [s for s in strings if s.strip() and "\x00" not in s]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=1200, model_type="bpe", byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+        split_digits=True, user_defined_symbols=["<|user|>"], num_threads=1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.getvalue())
+    path = os.path.join(OUT, "spm_llama.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece for p in proto.pieces])
+    w.add_token_scores([p.score for p in proto.pieces])
+    w.add_token_types([p.type for p in proto.pieces])
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    kinds = {p.piece: p.type for p in proto.pieces if p.type in (2, 3, 4)}  # unknown, control, user-defined
+    cut = {True: [p for p in kinds], False: [p for p, k in kinds.items() if k == 4]}
+    res = {flag: re.compile("(" + "|".join(map(re.escape, sorted(cut[flag], key=len, reverse=True))) + ")")
+           for flag in cut}
+
+    def encode(s, parse_special):
+        ids = []
+        for k, part in enumerate(res[parse_special].split(s)):
+            if k % 2:
+                ids.append(sp.piece_to_id(part))
+            elif part:
+                ids += sp.encode(part)
+        return ids
+
+    dec = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                             decoders.Strip(" ", 1, 0)])
+
+    def decode(ids, skip):
+        return dec.decode([sp.id_to_piece(i) for i in ids if not (skip and kinds.get(sp.id_to_piece(i)) in (2, 3))])
+
+    return sp, encode, decode, kinds
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     save_smollm2()
@@ -256,24 +315,41 @@ def main():
     with open(os.path.join(OUT, "strings.json"), "w") as f:
         json.dump({"hex": [s.encode("utf-8").hex() for s in strings]}, f, separators=(",", ":"))
     total = os.path.getsize(os.path.join(OUT, "strings.json"))
-    for name, rel in TOKENIZERS:
-        tok = Tokenizer.from_file(os.path.join(ROOT, rel))
-        if name == "smollm2_gguf":
-            tok = gguf_semantics(tok)
-        specials = [t for t in tok.get_added_tokens_decoder().values() if t.special]
-        ids = [tok.encode(s, add_special_tokens=False).ids for s in strings]
+    for name, rel in TOKENIZERS + [("spm_gguf", "tests/fixtures/tokenizer/spm_llama.gguf")]:
+        if name == "spm_gguf":
+            sp, encode, decode, kinds = make_spm_gguf(strings)
+            specials = [p for p, k in kinds.items() if k != 4]
+
+            def encode_bos(s):  # add_bos_token: llama.cpp puts BOS first
+                return [sp.bos_id()] + encode(s, True)
+        else:
+            tok = Tokenizer.from_file(os.path.join(ROOT, rel))
+            if name == "smollm2_gguf":
+                tok = gguf_semantics(tok)
+            specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
+            tok.encode_special_tokens = False
+
+            def encode(s, parse_special, tok=tok):
+                tok.encode_special_tokens = not parse_special
+                return tok.encode(s, add_special_tokens=False).ids
+
+            def decode(ids, skip, tok=tok):
+                return tok.decode(ids, skip_special_tokens=skip)
+
+            def encode_bos(s, tok=tok):
+                tok.encode_special_tokens = False
+                return tok.encode(s, add_special_tokens=True).ids
+        ids = [encode(s, True) for s in strings]
         plain, bos, decoded, decoded_skip = {}, {}, {}, {}
         for i, s in enumerate(strings):
-            if any(t.content in s for t in specials):
-                tok.encode_special_tokens = True
-                plain[i] = tok.encode(s, add_special_tokens=False).ids
-                tok.encode_special_tokens = False
+            if any(t in s for t in specials):
+                plain[i] = encode(s, False)
             if i < N_BOS:
-                bos[i] = tok.encode(s, add_special_tokens=True).ids
-            d = tok.decode(ids[i], skip_special_tokens=False)
+                bos[i] = encode_bos(s)
+            d = decode(ids[i], False)
             if d != s:
                 decoded[i] = d.encode("utf-8").hex()
-            ds = tok.decode(ids[i], skip_special_tokens=True)
+            ds = decode(ids[i], True)
             if ds != d:
                 decoded_skip[i] = ds.encode("utf-8").hex()
         out = {"tokenizer": rel, "ids": ids, "ids_plain": plain, "ids_bos": bos, "decoded": decoded,
