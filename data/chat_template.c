@@ -54,6 +54,34 @@ static int byte_of_char(unsigned cp) {
     return -1;
 }
 
+/* Appends the bytes a token's piece spells to out: byte-level BPE pieces map each character through the
+ * byte table; SentencePiece pieces write a space as U+2581 and a raw byte as <0xNN>; special tokens are
+ * their own text. */
+static size_t piece_bytes(const char *piece, TokenizerKind kind, char *out) {
+    const unsigned char *p = (const unsigned char *)piece;
+    unsigned hex;
+    size_t o = 0;
+    if (kind == TOKENIZER_SPM_BPE && strlen(piece) == 6 && sscanf(piece, "<0x%2X>", &hex) == 1) {
+        out[0] = (char)hex;
+        return 1;
+    }
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 1;
+        unsigned cp = n == 1 ? *p : *p & (0x7fu >> n);
+        for (int i = 1; i < n; i++) {
+            if ((p[i] & 0xc0) != 0x80) n = i; /* malformed: take what is there as raw bytes */
+            else cp = (cp << 6) | (p[i] & 0x3fu);
+        }
+        int b = -1;
+        if (kind == TOKENIZER_BYTE_BPE) b = byte_of_char(cp);
+        else if (cp == 0x2581) b = ' ';
+        if (b >= 0) out[o++] = (char)b;
+        else for (int i = 0; i < n; i++) out[o++] = (char)p[i];
+        p += n;
+    }
+    return o;
+}
+
 void chat_template_init(ChatTemplate *t, const char *name, const Tokenizer *tok, const char *model_jinja,
                         const char *bos, const char *eos) {
     memset(t, 0, sizeof *t);
@@ -70,13 +98,23 @@ void chat_template_init(ChatTemplate *t, const char *name, const Tokenizer *tok,
     /* fastchat's vicuna prompt has no BOS in its text: the tokenizer adds it (add_special_tokens=True) */
     t->add_bos = t->kind == TEMPLATE_VICUNA;
     t->bos_id = bos_id;
-    for (int id = 0, v = tokenizer_vocab_size(tok); id < v; id++) {
+    /* what each token spells, looked up once here rather than per token when aligning */
+    int v = tokenizer_vocab_size(tok);
+    TokenizerKind tok_kind = tokenizer_kind(tok);
+    size_t total = 0;
+    for (int id = 0; id < v; id++) {
         size_t n = strlen(tokenizer_piece(tok, id));
         if (n > t->max_piece) t->max_piece = n;
+        total += n;
     }
+    t->spelling = xmalloc(total + 1);
+    t->spelling_at = xmalloc(((size_t)v + 1) * sizeof *t->spelling_at);
+    t->spelling_at[0] = 0;
+    for (int id = 0; id < v; id++)
+        t->spelling_at[id + 1] = t->spelling_at[id] + piece_bytes(tokenizer_piece(tok, id), tok_kind, t->spelling + t->spelling_at[id]);
     /* A byte-level BPE vocabulary may lack some bytes' characters (SmolLM2 has no token for most control
      * bytes): the tokenizer drops those bytes, as HF tokenizers does without an unknown token. */
-    if (tokenizer_kind(tok) == TOKENIZER_BYTE_BPE)
+    if (tok_kind == TOKENIZER_BYTE_BPE)
         for (unsigned cp = 0; cp < 0x100 + 68; cp++) {
             int b = byte_of_char(cp);
             char piece[3] = {(char)(cp < 0x80 ? cp : 0xc0 | (cp >> 6)), (char)(cp < 0x80 ? 0 : 0x80 | (cp & 0x3f)), 0};
@@ -88,6 +126,8 @@ void chat_template_free(ChatTemplate *t) {
     free(t->default_system);
     free(t->bos);
     free(t->eos);
+    free(t->spelling);
+    free(t->spelling_at);
     memset(t, 0, sizeof *t);
 }
 
@@ -248,33 +288,16 @@ static int match_byte(const uint8_t *dropped, const char *text, size_t len, size
     return b == ' ';
 }
 
-/* Matches the bytes a token's piece spells against the text from *pos, advancing *pos past them; 0 on a
- * mismatch. Byte-level BPE pieces map each character through the byte table; SentencePiece pieces write
- * a space as U+2581 and a raw byte as <0xNN>; special tokens are their own text. */
-static int spell(const char *piece, TokenizerKind kind, const uint8_t *dropped, const char *text, size_t len,
-                 size_t *pos) {
-    const unsigned char *p = (const unsigned char *)piece;
-    unsigned hex;
-    if (kind == TOKENIZER_SPM_BPE && strlen(piece) == 6 && sscanf(piece, "<0x%2X>", &hex) == 1)
-        return match_byte(dropped, text, len, pos, (int)hex);
-    while (*p) {
-        int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 1;
-        unsigned cp = n == 1 ? *p : *p & (0x7fu >> n);
-        for (int i = 1; i < n; i++) {
-            if ((p[i] & 0xc0) != 0x80) n = i; /* malformed: take what is there as raw bytes */
-            else cp = (cp << 6) | (p[i] & 0x3fu);
-        }
-        int b = -1;
-        if (kind == TOKENIZER_BYTE_BPE) b = byte_of_char(cp);
-        else if (cp == 0x2581) b = ' ';
-        if (b >= 0) {
-            if (!match_byte(dropped, text, len, pos, b)) return 0;
-        } else {
-            for (int i = 0; i < n; i++)
-                if (!match_byte(dropped, text, len, pos, p[i])) return 0;
-        }
-        p += n;
+/* Matches the bytes token id spells against the text from *pos, advancing *pos past them; 0 on a mismatch. */
+static int spell(const ChatTemplate *t, int id, const char *text, size_t len, size_t *pos) {
+    const char *s = t->spelling + t->spelling_at[id];
+    size_t n = t->spelling_at[id + 1] - t->spelling_at[id];
+    if (n <= len - *pos && memcmp(text + *pos, s, n) == 0) {
+        *pos += n;
+        return 1;
     }
+    for (size_t i = 0; i < n; i++) /* dropped bytes or a dummy-prefix space in between */
+        if (!match_byte(t->dropped, text, len, pos, (unsigned char)s[i])) return 0;
     return 1;
 }
 
@@ -293,13 +316,12 @@ int chat_encode(const ChatTemplate *t, const Tokenizer *tok, const Conversation 
     int32_t *ids;
     int n = tokenizer_encode(tok, r.text, len, 1, t->add_bos, &ids);
     uint8_t *mask = xmalloc((size_t)n + 1);
-    TokenizerKind kind = tokenizer_kind(tok);
     size_t pos = 0;
     int span = 0, why = -1;
     for (int k = 0; k < n; k++) {
         size_t start = pos;
         int added_bos = k == 0 && t->add_bos && ids[0] == t->bos_id; /* in no text */
-        if (!added_bos && !spell(tokenizer_piece(tok, ids[k]), kind, t->dropped, r.text, len, &pos)) {
+        if (!added_bos && !spell(t, ids[k], r.text, len, &pos)) {
             why = SKIP_ALIGNMENT;
             break;
         }

@@ -21,6 +21,8 @@ typedef struct {
     int bos_id;
     size_t max_piece;     /* longest token in bytes, to bound the text worth tokenising */
     uint8_t dropped[256]; /* bytes the tokenizer has no token for and drops (skipped when aligning) */
+    char *spelling;       /* the bytes token id spells: spelling[spelling_at[id] .. spelling_at[id + 1]) */
+    size_t *spelling_at;
 } ChatTemplate;
 
 /* The template a model's Jinja chat template is written for, recognised by its markers; NULL if unknown. */
