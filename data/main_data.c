@@ -206,14 +206,14 @@ static void human(char *out, size_t cap, double v) {
 static int run_tokenise(int argc, char **argv) {
     const char *model = NULL, *input = NULL, *out = NULL, *template_name = NULL;
     int max_len = 2048, limit = 0, threads = 0, quiet = 0;
-    float val_fraction = 0.02f;
+    double val_fraction = 0.02;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "model directory (tokenizer.json [+ tokenizer_config.json]), tokenizer.json or .gguf"},
         {"input", ARG_STR, &input, "ShareGPT conversations: a JSON list (.json) or JSON lines (.jsonl)"},
         {"out", ARG_STR, &out, "output prefix: writes PREFIX.train.tokens.h5 and PREFIX.val.tokens.h5"},
         {"template", ARG_STR, &template_name, "chat template: " CHAT_TEMPLATE_NAMES " (default: the model's)"},
         {"max-len", ARG_INT, &max_len, "keep the first N tokens of each conversation"},
-        {"val-fraction", ARG_FLOAT, &val_fraction, "fraction of conversations held out for validation (by id)"},
+        {"val-fraction", ARG_DOUBLE, &val_fraction, "fraction of conversations held out for validation (by id)"},
         {"limit", ARG_INT, &limit, "read only the first N conversations of the file (0: all)"},
         {"threads", ARG_INT, &threads, "worker threads (0: OMP_NUM_THREADS or all cores)"},
         {"quiet", ARG_FLAG, &quiet, "no progress bar and no summary"},
@@ -222,7 +222,7 @@ static int run_tokenise(int argc, char **argv) {
     if (!model || !input || !out) fatal("--model, --input and --out are required (see --help)");
     if (max_len < 1) fatal("--max-len must be at least 1 (got %d)", max_len);
     if (limit < 0) fatal("--limit must be 0 (all) or more (got %d)", limit);
-    if (!(val_fraction >= 0 && val_fraction < 1)) fatal("--val-fraction must be in [0, 1) (got %g)", (double)val_fraction);
+    if (!(val_fraction >= 0 && val_fraction < 1)) fatal("--val-fraction must be in [0, 1) (got %g)", val_fraction);
     if (threads > 0) omp_set_num_threads(threads);
     if (quiet) log_verbosity = 0;
     check_out_dir(out);
