@@ -161,6 +161,34 @@ static int utf8_len(const unsigned char *p, size_t avail) {
     return n;
 }
 
+static unsigned utf8_decode(const unsigned char *p, int n) {
+    unsigned cp = n == 1 ? p[0] : p[0] & (0x7fu >> n);
+    for (int i = 1; i < n; i++) cp = cp << 6 | (p[i] & 0x3fu);
+    return cp;
+}
+
+/* Unicode White_Space, which tokenizers' Strip normaliser and added tokens' lstrip/rstrip test. */
+static int is_white_space(unsigned cp) {
+    return (cp >= 0x9 && cp <= 0xd) || cp == 0x20 || cp == 0x85 || cp == 0xa0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
+}
+
+/* Byte length of the white-space character at s[i] (0 if there is none); s[i..n) is the text after it. */
+static size_t space_at(const char *s, size_t i, size_t n) {
+    if (i >= n) return 0;
+    int cl = utf8_len((const unsigned char *)s + i, n - i);
+    return is_white_space(utf8_decode((const unsigned char *)s + i, cl)) ? (size_t)cl : 0;
+}
+
+/* Byte length of the white-space character that ends at s[i], within s[from..i) (0 if there is none). */
+static size_t space_before(const char *s, size_t from, size_t i) {
+    size_t start = i;
+    while (start > from && i - start < 4 && ((unsigned char)s[start - 1] & 0xc0) == 0x80) start--;
+    if (start > from) start--;
+    if (start == i || (size_t)utf8_len((const unsigned char *)s + start, i - start) != i - start) return 0;
+    return space_at(s, start, i);
+}
+
 /* ---- vocab map ---- */
 
 static int vocab_find(const Tokenizer *t, const char *s, size_t n) {
@@ -538,8 +566,8 @@ static const char *normalize(const Tokenizer *t, Scratch *sc, const char *s, siz
         }
         case NORM_STRIP: {
             size_t a = 0, b = len;
-            while (ns->left && a < b && strchr(" \t\n\r\v\f", s[a])) a++;
-            while (ns->right && b > a && strchr(" \t\n\r\v\f", s[b - 1])) b--;
+            for (size_t k; ns->left && (k = space_at(s, a, b)) > 0;) a += k;
+            for (size_t k; ns->right && (k = space_before(s, a, b)) > 0;) b -= k;
             out = sc->norm[w] = grow(sc->norm[w], b - a + 1, &sc->norm_cap[w], 1);
             memcpy(out, s + a, b - a);
             o = b - a;
@@ -811,8 +839,12 @@ static void encode_segment(const Tokenizer *t, Scratch *sc, const char *s, size_
                 split_piece(st, sc, p, len, next);
                 break;
             case STEP_PREFIX_SPACE:
-                if (p[0] != ' ') pieces_add(next, " ", 1);
-                pieces_extend(next, p, len);
+                if (p[0] == ' ') {
+                    pieces_add(next, p, len);
+                } else {
+                    pieces_add(next, " ", 1);
+                    pieces_extend(next, p, len);
+                }
                 break;
             case STEP_METASPACE:
                 metaspace_piece(st, sc, p, len, at_start && i == 0, next);
@@ -833,7 +865,6 @@ static int is_word_byte(unsigned char c) {
     return c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
 
-static int is_space_byte(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
 /* The leftmost-longest added token in text[from..len): its index in t->added and its span, widened over
  * the whitespace it strips. -1 when none. */
@@ -851,10 +882,8 @@ static int find_added(const Tokenizer *t, const char *text, size_t len, size_t f
                                    (i + n < len && is_word_byte((unsigned char)text[i + n]))))
                 continue;
             size_t s = i, e = i + n;
-            if (a->lstrip)
-                while (s > from && is_space_byte((unsigned char)text[s - 1])) s--;
-            if (a->rstrip)
-                while (e < len && is_space_byte((unsigned char)text[e])) e++;
+            for (size_t k; a->lstrip && (k = space_before(text, from, s)) > 0;) s -= k;
+            for (size_t k; a->rstrip && (k = space_at(text, e, len)) > 0;) e += k;
             *start = s;
             *end = e;
             return *list;
@@ -906,7 +935,7 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_s
             size_t o0 = o;
             for (size_t i = 0; i < n_piece;) {
                 int cl = utf8_len(p + i, n_piece - i);
-                unsigned cp = cl == 1 ? p[i] : cl == 2 ? (p[i] & 0x1fu) << 6 | (p[i + 1] & 0x3fu) : 0x144;
+                unsigned cp = utf8_decode(p + i, cl);
                 if (cp >= 0x144 || !char_byte[cp]) {
                     memcpy(out + o0, p, n_piece);
                     o = o0 + n_piece;

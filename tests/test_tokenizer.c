@@ -267,6 +267,51 @@ static void check_chat(const char *template_fixture) {
 }
 
 static char tmp_dir[64];
+static const char *write_tmp(const char *name, const char *text, size_t len);
+
+static void set_item(cJSON *obj, const char *key, const cJSON *value) {
+    cJSON *copy = cJSON_Duplicate(value, 1);
+    if (cJSON_HasObjectItem(obj, key)) cJSON_ReplaceItemInObjectCaseSensitive(obj, key, copy);
+    else cJSON_AddItemToObject(obj, key, copy);
+}
+
+/* The small tokenizers with other pre-tokenizers, normalisers and added-token options against HF. */
+static void check_variants(const Strings *st) {
+    cJSON *fx = load_json(FIXTURES "variants.json"), *v;
+    cJSON_ArrayForEach(v, fx) {
+        cJSON *spec = load_json(cJSON_GetObjectItem(v, "base")->valuestring), *o;
+        cJSON_ArrayForEach(o, cJSON_GetObjectItem(v, "override")) {
+            if (strncmp(o->string, "model.", 6) == 0) set_item(cJSON_GetObjectItem(spec, "model"), o->string + 6, o);
+            else set_item(spec, o->string, o);
+        }
+        char *text = cJSON_PrintUnformatted(spec);
+        Tokenizer *t = tokenizer_load_json(write_tmp("tokenizer.json", text, strlen(text)));
+        const cJSON *ids = cJSON_GetObjectItem(v, "ids"), *decoded = cJSON_GetObjectItem(v, "decoded");
+        int n = cJSON_GetArraySize(ids), same = 0, dec_ok = 0, shown = 0;
+        for (int i = 0; i < n; i++) {
+            int32_t *got;
+            int m = tokenizer_encode(t, st->s[i], st->len[i], 1, 0, &got);
+            if (same_ids(got, m, cJSON_GetArrayItem(ids, i))) same++;
+            else if (shown++ < 2) print_mismatch("ids differ", i, st, got, m, cJSON_GetArrayItem(ids, i));
+            char key[16], *want = NULL;
+            snprintf(key, sizeof key, "%d", i);
+            size_t dlen, want_len = st->len[i];
+            const cJSON *hx = cJSON_GetObjectItem(decoded, key);
+            if (hx) want = from_hex(hx->valuestring, &want_len);
+            char *d = tokenizer_decode(t, got, m, 0, &dlen);
+            dec_ok += dlen == want_len && memcmp(d, want ? want : st->s[i], dlen) == 0;
+            free(d);
+            free(want);
+            free(got);
+        }
+        CHECK(same == n && dec_ok == n, "variant %s: %d/%d identical to HF, decode %d/%d",
+              cJSON_GetObjectItem(v, "name")->valuestring, same, n, dec_ok, n);
+        tokenizer_free(t);
+        free(text);
+        cJSON_Delete(spec);
+    }
+    cJSON_Delete(fx);
+}
 
 static const char *write_tmp(const char *name, const char *text, size_t len) {
     static char path[128];
@@ -299,8 +344,6 @@ static const char *write_gguf(const char *key, const char *value) {
 }
 
 static void check_bad_input(void) {
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/medusa-tok-XXXXXX");
-    ensure(mkdtemp(tmp_dir));
     EXPECT_FATAL(tokenizer_load_json("/nonexistent/tokenizer.json"), "/nonexistent/tokenizer.json: cannot read",
                  "missing tokenizer.json is fatal, naming the file");
     const char *p = write_tmp("tokenizer.json", "{\"model\": {\"type\": \"BPE\", ", 26);
@@ -413,6 +456,9 @@ int main(void) {
     check_chat("tests/fixtures/chat/llama-2.json");
     check_chat("tests/fixtures/chat/mistral.json");
 
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/medusa-tok-XXXXXX");
+    ensure(mkdtemp(tmp_dir));
+    check_variants(&st);
     check_bad_input();
     for (int i = 0; i < st.n; i++) free(st.s[i]);
     free(st.s);

@@ -23,6 +23,11 @@ Outputs (tests/fixtures/tokenizer/):
                   "decoded_skip": {index: hex} HF decode(ids, skip_special_tokens=True) where it differs
                                   from "decoded",
                   smollm2_gguf only: "differs_from_conversion": indices whose ids differ from smollm2's}
+  spm_llama.gguf a Llama-2-style GGUF (tokenizer metadata only) made from a sentencepiece model trained here,
+                 with spm_gguf.json as above from sentencepiece itself
+  variants.json  [{"name", "base": tokenizer.json, "override": {key: value}, "ids", "decoded"}]: the
+                 llama3/spm tokenizers with other pre-tokenizers, normalisers and added-token options, on
+                 the first strings
 """
 import json
 import io
@@ -307,6 +312,76 @@ def make_spm_gguf(strings):
     return sp, encode, decode, kinds
 
 
+LLAMA3_JSON, SPM_JSON = "tests/fixtures/chat/llama3_tokenizer.json", "tests/fixtures/chat/spm_tokenizer.json"
+N_VARIANT = 300
+
+
+def byte_level(use_regex, prefix=False):
+    return {"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": True, "use_regex": use_regex}
+
+
+def split(pattern, behavior, invert=False, literal=False):
+    return {"type": "Split", "pattern": {"String" if literal else "Regex": pattern}, "behavior": behavior,
+            "invert": invert}
+
+
+def seq(*steps):
+    return {"type": "Sequence", "pretokenizers": list(steps)}
+
+
+def metaspace(scheme, do_split):
+    return {"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": do_split}
+
+
+def variants():
+    """The two small tokenizers with other normalisers, pre-tokenizers, decoders and added-token options:
+    (name, base tokenizer.json, {top-level key or "model.<key>": replacement})."""
+    added = json.load(open(os.path.join(ROOT, LLAMA3_JSON), encoding="utf-8"))["added_tokens"]
+    for a in added:
+        if a["content"] == "<|eot_id|>":
+            a.update(lstrip=True, rstrip=True)
+        if a["content"] == "<|start_header_id|>":
+            a.update(single_word=True)
+    added.append({"id": 3000, "content": "hello", "single_word": False, "lstrip": False, "rstrip": False,
+                  "normalized": False, "special": False})
+    return [
+        ("ByteLevel with prefix space", LLAMA3_JSON, {"pre_tokenizer": byte_level(True, prefix=True)}),
+        ("digit runs then GPT-2 regex", LLAMA3_JSON,
+         {"pre_tokenizer": seq({"type": "Digits", "individual_digits": False}, byte_level(True))}),
+        ("ignore_merges", LLAMA3_JSON, {"model.ignore_merges": True}),
+        ("Split MergedWithPrevious, Removed", LLAMA3_JSON,
+         {"pre_tokenizer": seq(split(r"\s+", "MergedWithPrevious"), split(r"\p{P}", "Removed"), byte_level(False))}),
+        ("Split MergedWithNext, Contiguous, inverted Isolated", LLAMA3_JSON,
+         {"pre_tokenizer": seq(split(" ", "MergedWithNext", literal=True), split(r"\p{N}", "Contiguous"),
+                               split("[aeiou]+", "Isolated", invert=True), byte_level(False))}),
+        ("Whitespace", LLAMA3_JSON, {"pre_tokenizer": seq({"type": "Whitespace"}, byte_level(False))}),
+        ("added tokens: lstrip/rstrip, single_word, non-special", LLAMA3_JSON, {"added_tokens": added}),
+        ("Metaspace always, split", SPM_JSON, {"normalizer": None, "pre_tokenizer": metaspace("always", True)}),
+        ("Metaspace first, no split", SPM_JSON, {"normalizer": None, "pre_tokenizer": metaspace("first", False)}),
+        ("Strip normalizer", SPM_JSON,
+         {"normalizer": {"type": "Sequence", "normalizers": [
+             {"type": "Strip", "strip_left": True, "strip_right": True}, {"type": "Prepend", "prepend": "▁"},
+             {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}}),
+    ]
+
+
+def variant_fixture(strings):
+    out = []
+    for name, base, override in variants():
+        spec = json.load(open(os.path.join(ROOT, base), encoding="utf-8"))
+        for key, value in override.items():
+            if key.startswith("model."):
+                spec["model"][key[len("model."):]] = value
+            else:
+                spec[key] = value
+        tok = Tokenizer.from_str(json.dumps(spec))
+        ids = [tok.encode(s, add_special_tokens=False).ids for s in strings[:N_VARIANT]]
+        decoded = {i: tok.decode(x, skip_special_tokens=False).encode("utf-8").hex() for i, x in enumerate(ids)}
+        out.append({"name": name, "base": base, "override": override, "ids": ids,
+                    "decoded": {i: d for i, d in decoded.items() if d != strings[i].encode("utf-8").hex()}})
+    return out
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     save_smollm2()
@@ -369,6 +444,11 @@ def main():
         n_tok = sum(map(len, ids))
         print(f"{name:8s} {len(strings)} strings, {n_tok} tokens, {len(plain)} with special-token text, "
               f"{len(decoded)} decode != string; {os.path.getsize(path) / 1e3:.0f} kB")
+    path = os.path.join(OUT, "variants.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(variant_fixture(strings), f, ensure_ascii=False, separators=(",", ":"))
+    total += os.path.getsize(path)
+    print(f"variants: {len(variants())} tokenizer variants x {N_VARIANT} strings; {os.path.getsize(path) / 1e3:.0f} kB")
     print(f"fixtures: {total / 1e6:.2f} MB (strings + ids)")
 
 
