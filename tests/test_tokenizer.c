@@ -436,6 +436,13 @@ int main(void) {
     check_tokenizer("Llama-3 style", l3, FIXTURES "llama3.json", &st);
     tokenizer_free(l3);
 
+    gguf_open(&g, FIXTURES "llama3_bpe.gguf");
+    l3 = tokenizer_load_gguf(&g);
+    gguf_close(&g);
+    CHECK(tokenizer_bos_id(l3) == 0 && tokenizer_eos_id(l3) == 4, "llama3_bpe.gguf: BOS <|begin_of_text|>, EOS <|eot_id|>");
+    check_tokenizer("Llama-3 style GGUF (pre llama-bpe)", l3, FIXTURES "llama3.json", &st);
+    tokenizer_free(l3);
+
     Tokenizer *spm = tokenizer_load_json("tests/fixtures/chat/spm_tokenizer.json");
     CHECK(tokenizer_kind(spm) == TOKENIZER_SPM_BPE && tokenizer_bos_id(spm) == 1 && tokenizer_eos_id(spm) == 2,
           "spm_tokenizer.json: SentencePiece-style BPE, BOS <s> = 1, EOS </s> = 2");

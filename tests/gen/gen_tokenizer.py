@@ -25,6 +25,7 @@ Outputs (tests/fixtures/tokenizer/):
                   smollm2_gguf only: "differs_from_conversion": indices whose ids differ from smollm2's}
   spm_llama.gguf a Llama-2-style GGUF (tokenizer metadata only) made from a sentencepiece model trained here,
                  with spm_gguf.json as above from sentencepiece itself
+  llama3_bpe.gguf  llama3_tokenizer.json as GGUF metadata (pre "llama-bpe"), checked against llama3.json
   variants.json  [{"name", "base": tokenizer.json, "override": {key: value}, "ids", "decoded"}]: the
                  llama3/spm tokenizers with other pre-tokenizers, normalisers and added-token options, on
                  the first strings
@@ -312,6 +313,33 @@ def make_spm_gguf(strings):
     return sp, encode, decode, kinds
 
 
+def make_llama3_gguf():
+    """llama3_tokenizer.json as llama.cpp's converter writes a Llama-3 tokenizer into GGUF metadata
+    (gpt2 model, tokenizer.ggml.pre = "llama-bpe", control token types, BOS added): the C tokenizer loaded
+    from it must give llama3.json's ids."""
+    import gguf
+
+    spec = json.load(open(os.path.join(ROOT, LLAMA3_JSON), encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for piece, i in vocab.items():
+        tokens[i] = piece
+    special = {a["id"] for a in spec["added_tokens"] if a["special"]}
+    w = gguf.GGUFWriter(os.path.join(OUT, "llama3_bpe.gguf"), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if i in special else 1 for i in range(len(tokens))])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in spec["model"]["merges"]])
+    w.add_bos_token_id(vocab["<|begin_of_text|>"])
+    w.add_eos_token_id(vocab["<|eot_id|>"])
+    w.add_add_bos_token(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 LLAMA3_JSON, SPM_JSON = "tests/fixtures/chat/llama3_tokenizer.json", "tests/fixtures/chat/spm_tokenizer.json"
 N_VARIANT = 300
 
@@ -444,6 +472,7 @@ def main():
         n_tok = sum(map(len, ids))
         print(f"{name:8s} {len(strings)} strings, {n_tok} tokens, {len(plain)} with special-token text, "
               f"{len(decoded)} decode != string; {os.path.getsize(path) / 1e3:.0f} kB")
+    make_llama3_gguf()
     path = os.path.join(OUT, "variants.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(variant_fixture(strings), f, ensure_ascii=False, separators=(",", ":"))
