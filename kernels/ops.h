@@ -65,5 +65,9 @@ struct Backend {
 };
 
 const Backend *backend_cpu(void);
+/* kernels/cuda (only in builds with nvcc, which define MEDUSA_CUDA) */
+const Backend *backend_cuda(void);
+/* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */
+const Backend *backend_by_name(const char *name);
 
 #endif

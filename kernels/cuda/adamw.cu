@@ -1,0 +1,36 @@
+/* AdamW (one thread per parameter, the update shared with the CPU in math_common.h) and the sum of
+ * squares for the global gradient norm (double per thread, block reduction, per-block partials summed on
+ * the host in a fixed order, so the result is deterministic). */
+#include "cuda_common.cuh"
+
+__global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n, AdamWStep step) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) adamw_update(&param[i], grad[i], &m[i], &v[i], &step);
+}
+
+void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step) {
+    if (n) LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, param, grad, m, v, n, *step);
+}
+
+static const unsigned kSumBlocks = 256, kSumThreads = 512;
+
+__global__ void sum_squares_kernel(double *partials, const float *x, size_t n) {
+    __shared__ double scratch[32];
+    double sum = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        sum += (double)x[i] * x[i];
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+double cuda_sum_squares(const float *x, size_t n) {
+    static double *partials;
+    if (!partials) CUDA_CHECK(cudaMalloc(&partials, sizeof(double) * kSumBlocks));
+    if (n == 0) return 0.0;
+    unsigned blocks = ceil_div(n, kSumThreads) < kSumBlocks ? ceil_div(n, kSumThreads) : kSumBlocks;
+    LAUNCH(sum_squares_kernel, blocks, kSumThreads, 0, partials, x, n);
+    double host[kSumBlocks], sum = 0.0;
+    CUDA_CHECK(cudaMemcpy(host, partials, sizeof(double) * blocks, cudaMemcpyDeviceToHost));
+    for (unsigned b = 0; b < blocks; b++) sum += host[b];
+    return sum;
+}

@@ -1,0 +1,71 @@
+/* Fused softmax cross-entropy (llm.c style): one block per row reads the logits twice and writes the
+ * gradient over them, so probabilities for the whole vocabulary are never stored.
+ * Pass 1: each thread keeps an online (max, sum of exp) over its strided logits and counts the logits
+ * above the target's; the block merges them. Pass 2: dlogits = dscale * (softmax - onehot). */
+#include "cuda_common.cuh"
+
+static const unsigned kThreads = 512;
+
+/* Merges online-softmax states: sum is relative to max. */
+__device__ __forceinline__ void softmax_merge(float *max, float *sum, float other_max, float other_sum) {
+    float m = fmaxf(*max, other_max);
+    if (m == -INFINITY) return; /* both empty */
+    *sum = *sum * expf(*max - m) + other_sum * expf(other_max - m);
+    *max = m;
+}
+
+__global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int V,
+                                    float dscale) {
+    __shared__ float max_scratch[32], sum_scratch[32];
+    __shared__ int rank_scratch[32];
+    int t = blockIdx.x, target = targets[t];
+    float *row = logits + (size_t)t * V;
+    if (target < 0) { /* uniform over the block: an ignored position */
+        for (int i = threadIdx.x; i < V; i += blockDim.x) row[i] = 0.0f;
+        if (threadIdx.x == 0) {
+            losses[t] = 0.0f;
+            ranks[t] = -1;
+        }
+        return;
+    }
+    float target_logit = row[target], max = -INFINITY, sum = 0.0f;
+    int rank = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float x = row[i];
+        if (x > max) {
+            sum *= expf(max - x);
+            max = x;
+        }
+        sum += expf(x - max);
+        rank += x > target_logit;
+    }
+    /* warp merge, then the warps' results through shared memory */
+    for (int offset = 16; offset > 0; offset /= 2) {
+        float other_max = __shfl_xor_sync(0xffffffffu, max, offset);
+        float other_sum = __shfl_xor_sync(0xffffffffu, sum, offset);
+        softmax_merge(&max, &sum, other_max, other_sum);
+    }
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    if (lane == 0) {
+        max_scratch[warp] = max;
+        sum_scratch[warp] = sum;
+    }
+    rank = block_sum(rank, rank_scratch); /* its barriers also publish max/sum_scratch */
+    max = -INFINITY;
+    sum = 0.0f;
+    for (int w = 0; w < n_warps; w++) softmax_merge(&max, &sum, max_scratch[w], sum_scratch[w]);
+    if (threadIdx.x == 0) {
+        losses[t] = logf(sum) - (target_logit - max);
+        ranks[t] = rank;
+    }
+    float scale = dscale / sum;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float g = expf(row[i] - max) * scale;
+        row[i] = i == target ? g - dscale : g;
+    }
+}
+
+void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
+                       float dscale) {
+    if (T > 0) LAUNCH(softmax_xent_kernel, T, kThreads, 0, logits, losses, ranks, targets, V, dscale);
+}

@@ -1,0 +1,93 @@
+/* Shared by every kernels/cuda .cu file: CUDA and cuBLAS headers (or the emulator's, force-included by the
+ * emulated build), error checks that report file:line through fatal(), the launch macro, block reductions,
+ * and the op functions the backend table points to. */
+#ifndef MEDUSA_CUDA_COMMON_CUH
+#define MEDUSA_CUDA_COMMON_CUH
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifndef MEDUSA_CUDA_EMU /* under emulation tests/cudaemu/cuda_emu.h provides these */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#endif
+
+#include "../math_common.h" /* first, as C++: ops.h includes it again */
+extern "C" {
+#include "../../common/common.h"
+#include "../ops.h"
+}
+
+#define CUDA_CHECK(call)                                                                           \
+    do {                                                                                           \
+        cudaError_t err_ = (call);                                                                 \
+        if (err_ != cudaSuccess) fatal_at(__FILE__, __LINE__, "cuda: %s: %s", #call, cudaGetErrorString(err_)); \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t st_ = (call);                                                               \
+        if (st_ != CUBLAS_STATUS_SUCCESS)                                                          \
+            fatal_at(__FILE__, __LINE__, "cublas: %s: %s", #call, cublasGetStatusString(st_));     \
+    } while (0)
+
+/* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
+ * emulator can run on the CPU; launch errors are checked at once. */
+#ifdef MEDUSA_CUDA_EMU
+#define LAUNCH(kernel, grid, block, shmem, ...)                                                    \
+    do {                                                                                           \
+        cuda_emu_launch(#kernel, grid, block, shmem, kernel, __VA_ARGS__);                         \
+        CUDA_CHECK(cudaGetLastError());                                                            \
+    } while (0)
+#else
+#define LAUNCH(kernel, grid, block, shmem, ...)                                                    \
+    do {                                                                                           \
+        kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                               \
+        CUDA_CHECK(cudaGetLastError());                                                            \
+    } while (0)
+#endif
+
+static inline unsigned ceil_div(size_t n, unsigned d) { return (unsigned)((n + d - 1) / d); }
+
+/* --- warp and block reductions (blockDim.x a multiple of 32, at most 1024; every thread must call) --- */
+template <class T> __device__ __forceinline__ T warp_sum(T v) {
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+/* The block's sum, returned to every thread. `scratch` is __shared__ [32] of the caller. */
+template <class T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads(); /* scratch may still be read by a previous reduction */
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : (T)0;
+    return warp_sum(v);
+}
+
+/* --- the ops (kernels/ops.h semantics), one .cu per family --- */
+cublasHandle_t cuda_cublas(void);
+void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C);
+void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps);
+void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC);
+void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                          const float *weight, int T, int IC, int OC);
+void cuda_rope(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
+void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                    const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                    int head_dim);
+void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
+void cuda_residual_add(float *x, const float *y, size_t n);
+void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
+void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
+void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
+void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
+double cuda_sum_squares(const float *x, size_t n);
+
+#endif

@@ -1,0 +1,48 @@
+/* Memory-bound element-wise ops: one thread per element (embedding: per element of the output rows). */
+#include "cuda_common.cuh"
+
+static const unsigned kThreads = 256;
+
+__global__ void embedding_kernel(float *out, const int32_t *tokens, const float *table, int T, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * C) return;
+    size_t t = i / C, c = i % C;
+    out[i] = table[(size_t)tokens[t] * C + c];
+}
+
+__global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = silu_f(gate[i]) * up[i];
+}
+
+__global__ void residual_add_kernel(float *x, const float *y, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+__global__ void resblock_forward_kernel(float *out, const float *x, const float *z, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i] + silu_f(z[i]);
+}
+
+__global__ void silu_backward_kernel(float *dz, const float *dout, const float *z, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dz[i] = dout[i] * silu_grad_f(z[i]);
+}
+
+void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C) {
+    size_t n = (size_t)T * C;
+    if (n) LAUNCH(embedding_kernel, ceil_div(n, kThreads), kThreads, 0, out, tokens, table, T, C);
+}
+void cuda_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    if (n) LAUNCH(swiglu_kernel, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
+}
+void cuda_residual_add(float *x, const float *y, size_t n) {
+    if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);
+}
+void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n) {
+    if (n) LAUNCH(resblock_forward_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, z, n);
+}
+void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
+    if (n) LAUNCH(silu_backward_kernel, ceil_div(n, kThreads), kThreads, 0, dz, dout, z, n);
+}

@@ -1,0 +1,263 @@
+/* The CUDA emulator's runtime: block scheduler (threads as ucontext fibers), cudart on host memory,
+ * cublasSgemm on OpenBLAS. See cuda_emu.h. */
+#include "cuda_emu.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <ucontext.h>
+
+#include <vector>
+
+dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace {
+
+enum FiberState { READY, AT_SYNCTHREADS, AT_SYNCWARP, DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    char *stack;
+    FiberState state;
+};
+
+const size_t kStackBytes = 256 << 10;
+
+std::vector<Fiber> fibers;            /* one per thread of the running block; stacks are reused */
+std::vector<unsigned> warp_generation; /* completed warp barriers, selects the shuffle buffer */
+std::vector<uint64_t> warp_slots;      /* [warp][2][32] double-buffered shuffle exchange */
+ucontext_t scheduler;
+unsigned current, n_threads;
+const char *running_kernel;
+const std::function<void()> *kernel_body;
+cudaError_t last_error = cudaSuccess;
+
+[[noreturn]] void emu_fail(const char *what) {
+    fprintf(stderr, "cuda_emu: kernel %s, block (%u,%u,%u): %s\n", running_kernel, blockIdx.x, blockIdx.y, blockIdx.z,
+            what);
+    abort();
+}
+
+void fiber_main() {
+    (*kernel_body)();
+    fibers[current].state = DONE; /* returning resumes the scheduler through uc_link */
+}
+
+void wait_as(FiberState state) {
+    if (!kernel_body) {
+        fprintf(stderr, "cuda_emu: barrier or shuffle called outside a kernel\n");
+        abort();
+    }
+    fibers[current].state = state;
+    swapcontext(&fibers[current].ctx, &scheduler);
+}
+
+void set_thread_index(unsigned tid) {
+    threadIdx.x = tid % blockDim.x;
+    threadIdx.y = tid / blockDim.x % blockDim.y;
+    threadIdx.z = tid / (blockDim.x * blockDim.y);
+}
+
+/* Releases every warp whose live lanes all wait at a warp barrier; true when one was released. */
+bool release_warps() {
+    bool released = false;
+    for (unsigned w = 0; w * 32 < n_threads; w++) {
+        unsigned end = (w + 1) * 32 < n_threads ? (w + 1) * 32 : n_threads, waiting = 0, done = 0;
+        for (unsigned t = w * 32; t < end; t++) {
+            waiting += fibers[t].state == AT_SYNCWARP;
+            done += fibers[t].state == DONE;
+        }
+        if (waiting == 0 || waiting + done < end - w * 32) continue;
+        if (done) emu_fail("warp shuffle or __syncwarp after some lanes of the warp exited");
+        for (unsigned t = w * 32; t < end; t++) fibers[t].state = READY;
+        warp_generation[w]++;
+        released = true;
+    }
+    return released;
+}
+
+void run_block() {
+    for (unsigned t = 0; t < n_threads; t++) {
+        Fiber &f = fibers[t];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = kStackBytes;
+        f.ctx.uc_link = &scheduler;
+        makecontext(&f.ctx, fiber_main, 0);
+        f.state = READY;
+    }
+    for (;;) {
+        for (unsigned t = 0; t < n_threads; t++) {
+            if (fibers[t].state != READY) continue;
+            current = t;
+            set_thread_index(t);
+            swapcontext(&scheduler, &fibers[t].ctx);
+        }
+        if (release_warps()) continue;
+        unsigned waiting = 0, done = 0;
+        for (unsigned t = 0; t < n_threads; t++) {
+            waiting += fibers[t].state == AT_SYNCTHREADS;
+            done += fibers[t].state == DONE;
+        }
+        if (done == n_threads) return;
+        if (waiting + done < n_threads) emu_fail("deadlock: threads wait at different barriers (divergent __syncthreads?)");
+        if (done) emu_fail("__syncthreads() not reached by every thread of the block (some exited)");
+        for (unsigned t = 0; t < n_threads; t++) fibers[t].state = READY;
+    }
+}
+
+} // namespace
+
+void cuda_emu_syncthreads(void) { wait_as(AT_SYNCTHREADS); }
+void cuda_emu_syncwarp(void) { wait_as(AT_SYNCWARP); }
+
+uint64_t *cuda_emu_shuffle_slots(int *lane) {
+    unsigned w = current / 32;
+    *lane = (int)(current % 32);
+    return &warp_slots[(w * 2 + (warp_generation[w] & 1)) * 32];
+}
+
+void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, const std::function<void()> &body) {
+    unsigned long threads = (unsigned long)block.x * block.y * block.z;
+    if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || shmem > 48 * 1024) {
+        fprintf(stderr, "cuda_emu: kernel %s: invalid launch configuration grid (%u,%u,%u) block (%u,%u,%u) shmem %zu\n",
+                kernel_name, grid.x, grid.y, grid.z, block.x, block.y, block.z, shmem);
+        last_error = cudaErrorInvalidConfiguration;
+        return;
+    }
+    if (shmem) {
+        fprintf(stderr, "cuda_emu: kernel %s: dynamic shared memory is not emulated\n", kernel_name);
+        abort();
+    }
+    while (fibers.size() < threads) {
+        void *stack = mmap(NULL, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (stack == MAP_FAILED) {
+            perror("cuda_emu: mmap fiber stack");
+            abort();
+        }
+        fibers.push_back(Fiber{});
+        fibers.back().stack = (char *)stack;
+    }
+    n_threads = (unsigned)threads;
+    unsigned n_warps = (n_threads + 31) / 32;
+    warp_generation.assign(n_warps, 0);
+    warp_slots.assign((size_t)n_warps * 64, 0);
+    gridDim = grid;
+    blockDim = block;
+    running_kernel = kernel_name;
+    kernel_body = &body;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                blockIdx = dim3(x, y, z);
+                run_block();
+            }
+    kernel_body = NULL;
+}
+
+/* --- cudart on host memory --- */
+cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+    *ptr = NULL;
+    if (posix_memalign(ptr, 256, bytes ? bytes : 1)) return last_error = cudaErrorMemoryAllocation;
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *ptr) {
+    free(ptr);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    if (bytes) memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
+    if (bytes) memset(ptr, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t) { return cudaMemset(ptr, value, bytes); }
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamCreate(cudaStream_t *stream) {
+    *stream = NULL;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+struct CUevent_st {
+    double seconds;
+};
+cudaError_t cudaEventCreate(cudaEvent_t *event) {
+    *event = new CUevent_st{0};
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+    delete event;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    event->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    *ms = (float)((end->seconds - start->seconds) * 1e3);
+    return cudaSuccess;
+}
+cudaError_t cudaGetLastError(void) {
+    cudaError_t err = last_error;
+    last_error = cudaSuccess;
+    return err;
+}
+cudaError_t cudaPeekAtLastError(void) { return last_error; }
+const char *cudaGetErrorString(cudaError_t err) {
+    switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    }
+    return "unknown error";
+}
+
+/* --- cuBLAS on OpenBLAS (both column-major BLAS) --- */
+struct cublasContext {
+    int unused;
+};
+cublasStatus_t cublasCreate(cublasHandle_t *handle) {
+    *handle = new cublasContext{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+    delete handle;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+const char *cublasGetStatusString(cublasStatus_t status) {
+    switch (status) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    }
+    return "unknown cuBLAS status";
+}
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                           int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc) {
+    /* cuBLAS's argument checks: leading dimensions must cover the stored rows */
+    int a_rows = transa == CUBLAS_OP_N ? m : k, b_rows = transb == CUBLAS_OP_N ? k : n;
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (m < 0 || n < 0 || k < 0 || lda < (a_rows > 1 ? a_rows : 1) || ldb < (b_rows > 1 ? b_rows : 1) ||
+        ldc < (m > 1 ? m : 1))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}

@@ -1,0 +1,182 @@
+/* CUDA emulation: compiles the real kernels/cuda .cu files as C++ on the CPU (g++ -x c++ -include cuda_emu.h).
+ * A launch runs the grid's blocks one after another; the threads of a block are fibers (ucontext) that
+ * switch only at __syncthreads, __syncwarp and warp shuffles, so `__shared__` (a function static here) is
+ * shared by exactly one block's threads. Atomics are plain read-modify-writes (one OS thread runs it all).
+ * The emulator is strict where hardware is undefined: a barrier not reached by every thread of the block,
+ * a shuffle with exited lanes, or a bad launch configuration is reported instead of silently passing.
+ * cudart calls map to host memory; cublasSgemm maps to OpenBLAS's column-major cblas_sgemm. */
+#ifndef MEDUSA_CUDA_EMU_H
+#define MEDUSA_CUDA_EMU_H
+
+#ifndef __cplusplus
+#error "cuda_emu.h emulates CUDA C++: compile the .cu files with g++ -x c++"
+#endif
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <functional>
+#include <tuple>
+#include <utility>
+
+#define MEDUSA_CUDA_EMU 1
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+/* set by the scheduler before it resumes a thread's fiber */
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+static const int warpSize = 32;
+
+/* --- synchronisation (the asm memory clobber keeps shared values from being cached across a switch) --- */
+void cuda_emu_syncthreads(void);
+void cuda_emu_syncwarp(void);
+#define __syncthreads()                                                                            \
+    do {                                                                                           \
+        cuda_emu_syncthreads();                                                                    \
+        __asm__ __volatile__("" ::: "memory");                                                     \
+    } while (0)
+#define __syncwarp(...)                                                                            \
+    do {                                                                                           \
+        cuda_emu_syncwarp();                                                                       \
+        __asm__ __volatile__("" ::: "memory");                                                     \
+    } while (0)
+
+/* This thread's lane and the warp's exchange buffer (32 slots of 8 bytes) for the next shuffle. */
+uint64_t *cuda_emu_shuffle_slots(int *lane);
+
+template <class T> static inline T cuda_emu_shuffle(T var, int src_lane, bool keep_own) {
+    static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+    int lane;
+    uint64_t *slots = cuda_emu_shuffle_slots(&lane);
+    memcpy(&slots[lane], &var, sizeof(T));
+    cuda_emu_syncwarp();
+    if (keep_own) return var;
+    T out;
+    memcpy(&out, &slots[src_lane], sizeof(T));
+    return out;
+}
+static inline int cuda_emu_lane(void) {
+    unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    return (int)(tid % 32u);
+}
+template <class T> static inline T __shfl_xor_sync(unsigned, T var, int lane_mask, int width = 32) {
+    int lane = cuda_emu_lane();
+    return cuda_emu_shuffle(var, (lane ^ lane_mask) % width + lane / width * width, false);
+}
+template <class T> static inline T __shfl_down_sync(unsigned, T var, unsigned delta, int width = 32) {
+    int lane = cuda_emu_lane();
+    int src = lane % width + (int)delta;
+    return cuda_emu_shuffle(var, lane + (int)delta, src >= width);
+}
+template <class T> static inline T __shfl_sync(unsigned, T var, int src_lane, int width = 32) {
+    int lane = cuda_emu_lane();
+    return cuda_emu_shuffle(var, src_lane % width + lane / width * width, false);
+}
+
+/* --- atomics: threads never run concurrently, so a plain update is atomic --- */
+template <class T> static inline T atomicAdd(T *address, T val) {
+    T old = *address;
+    *address = old + val;
+    return old;
+}
+template <class T> static inline T atomicMax(T *address, T val) {
+    T old = *address;
+    if (val > old) *address = val;
+    return old;
+}
+
+/* --- math: device code has integer min/max overloads --- */
+using std::max;
+using std::min;
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline float __fdividef(float a, float b) { return a / b; }
+static inline int __float_as_int(float x) {
+    int i;
+    memcpy(&i, &x, 4);
+    return i;
+}
+static inline float __int_as_float(int i) {
+    float x;
+    memcpy(&x, &i, 4);
+    return x;
+}
+
+/* --- cudart --- */
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+} cudaError_t;
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4,
+};
+typedef struct CUstream_st *cudaStream_t;
+typedef struct CUevent_st *cudaEvent_t;
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes);
+template <class T> static inline cudaError_t cudaMalloc(T **ptr, size_t bytes) { return cudaMalloc((void **)ptr, bytes); }
+cudaError_t cudaFree(void *ptr);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream = 0);
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes);
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream = 0);
+cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaStreamCreate(cudaStream_t *stream);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaEventCreate(cudaEvent_t *event);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = 0);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+const char *cudaGetErrorString(cudaError_t err);
+
+/* --- kernel launch: LAUNCH(kernel, grid, block, shmem, args...) expands to this under emulation --- */
+void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, const std::function<void()> &body);
+
+template <class... P, class... A>
+static inline void cuda_emu_launch(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, void (*kernel)(P...),
+                                   A &&...args) {
+    std::tuple<P...> params(std::forward<A>(args)...); /* converted once, as a real launch copies them */
+    cuda_emu_run(kernel_name, grid, block, shmem, [&] { std::apply(kernel, params); });
+}
+
+/* --- cuBLAS (the calls the backend uses) --- */
+typedef struct cublasContext *cublasHandle_t;
+typedef enum {
+    CUBLAS_STATUS_SUCCESS = 0,
+    CUBLAS_STATUS_NOT_INITIALIZED = 1,
+    CUBLAS_STATUS_INVALID_VALUE = 7,
+} cublasStatus_t;
+typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+
+cublasStatus_t cublasCreate(cublasHandle_t *handle);
+cublasStatus_t cublasDestroy(cublasHandle_t handle);
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
+const char *cublasGetStatusString(cublasStatus_t status);
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                           int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc);
+
+#endif

@@ -1,0 +1,287 @@
+/* Every op of the CUDA backend against the CPU reference backend on random inputs. `make test` links it
+ * with the CUDA sources compiled by the CPU emulator (tests/cudaemu); `make test-cuda` links the same
+ * file with the nvcc-built backend and runs it on a GPU. */
+#include <stdlib.h>
+
+#include "../common/rng.h"
+#include "../kernels/ops.h"
+#include "test.h"
+
+static const Backend *cpu, *gpu;
+static Rng rng;
+
+static float *random_floats(size_t n, float scale) {
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * rng_uniform(&rng) - 1.0f);
+    return x;
+}
+
+static void *to_gpu(const void *host, size_t bytes) {
+    void *dev = gpu->alloc(bytes ? bytes : 1);
+    if (bytes) gpu->upload(dev, host, bytes);
+    return dev;
+}
+
+static float *from_gpu(const void *dev, size_t n) {
+    float *host = xmalloc(sizeof(float) * (n ? n : 1));
+    if (n) gpu->download(host, dev, sizeof(float) * n);
+    return host;
+}
+
+/* Downloads `dev` and compares it with the CPU's `want`: the max error relative to the largest |want|. */
+static void expect_close(const char *what, const float *dev, const float *want, size_t n, double tol) {
+    float *got = from_gpu(dev, n);
+    double abs_err, rel_err;
+    max_errors(got, want, n, &abs_err, &rel_err);
+    CHECK(rel_err <= tol, "%s: max abs err %.3g, rel err %.3g (tol %.0e)", what, abs_err, rel_err, tol);
+    free(got);
+}
+
+static void test_memory(void) {
+    size_t n = 1000;
+    float *x = random_floats(n, 1.0f), *back = xmalloc(sizeof(float) * n);
+    float *a = to_gpu(x, sizeof(float) * n), *b = gpu->alloc(sizeof(float) * n);
+    gpu->copy(b, a, sizeof(float) * n);
+    gpu->download(back, b, sizeof(float) * n);
+    CHECK(!memcmp(back, x, sizeof(float) * n), "upload, copy, download round trip");
+    gpu->fill_zero(b, sizeof(float) * n);
+    gpu->download(back, b, sizeof(float) * n);
+    int zero = 1;
+    for (size_t i = 0; i < n; i++) zero &= back[i] == 0.0f;
+    CHECK(zero, "fill_zero");
+    gpu->free(a);
+    gpu->free(b);
+    free(x);
+    free(back);
+}
+
+static void test_embedding_rmsnorm(void) {
+    int V = 50, C = 300, T = 13;
+    float *table = random_floats((size_t)V * C, 1.0f), *w = random_floats(C, 1.0f);
+    int32_t tokens[13];
+    for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V);
+    float *want = xmalloc(sizeof(float) * T * C), *norm = xmalloc(sizeof(float) * T * C);
+    cpu->embedding(want, tokens, table, T, C);
+    cpu->rmsnorm(norm, want, w, T, C, 1e-5f);
+
+    float *d_table = to_gpu(table, sizeof(float) * V * C), *d_w = to_gpu(w, sizeof(float) * C);
+    int32_t *d_tokens = to_gpu(tokens, sizeof tokens);
+    float *d_out = gpu->alloc(sizeof(float) * T * C), *d_norm = gpu->alloc(sizeof(float) * T * C);
+    gpu->embedding(d_out, d_tokens, d_table, T, C);
+    expect_close("embedding (T=13, C=300)", d_out, want, (size_t)T * C, 0.0);
+    gpu->rmsnorm(d_norm, d_out, d_w, T, C, 1e-5f);
+    expect_close("rmsnorm (T=13, C=300)", d_norm, norm, (size_t)T * C, 1e-5);
+    gpu->free(d_table), gpu->free(d_w), gpu->free(d_tokens), gpu->free(d_out), gpu->free(d_norm);
+    free(table), free(w), free(want), free(norm);
+}
+
+static void test_matmul(int T, int IC, int OC, int with_bias) {
+    float *in = random_floats((size_t)T * IC, 1.0f), *w = random_floats((size_t)OC * IC, 0.5f);
+    float *bias = with_bias ? random_floats(OC, 1.0f) : NULL, *want = xmalloc(sizeof(float) * T * OC);
+    cpu->matmul(want, in, w, bias, T, IC, OC);
+    float *d_in = to_gpu(in, sizeof(float) * T * IC), *d_w = to_gpu(w, sizeof(float) * OC * IC);
+    float *d_bias = bias ? to_gpu(bias, sizeof(float) * OC) : NULL, *d_out = gpu->alloc(sizeof(float) * T * OC);
+    gpu->matmul(d_out, d_in, d_w, d_bias, T, IC, OC);
+    char what[96];
+    snprintf(what, sizeof what, "matmul T=%d IC=%d OC=%d %s", T, IC, OC, bias ? "+ bias" : "no bias");
+    expect_close(what, d_out, want, (size_t)T * OC, 1e-5);
+    gpu->free(d_in), gpu->free(d_w), gpu->free(d_out);
+    if (d_bias) gpu->free(d_bias);
+    free(in), free(w), free(bias), free(want);
+}
+
+/* Gradients accumulate onto non-zero buffers; `which` selects the outputs (1 dinp, 2 dweight, 4 dbias). */
+static void test_matmul_backward(int T, int IC, int OC, int which) {
+    size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
+    float *in = random_floats(n_in, 1.0f), *w = random_floats(n_w, 0.5f), *dout = random_floats((size_t)T * OC, 1.0f);
+    float *dinp = random_floats(n_in, 1.0f), *dw = random_floats(n_w, 1.0f), *db = random_floats(OC, 1.0f);
+    float *d_in = to_gpu(in, sizeof(float) * n_in), *d_w = to_gpu(w, sizeof(float) * n_w);
+    float *d_dout = to_gpu(dout, sizeof(float) * T * OC), *d_dinp = to_gpu(dinp, sizeof(float) * n_in);
+    float *d_dw = to_gpu(dw, sizeof(float) * n_w), *d_db = to_gpu(db, sizeof(float) * OC);
+    cpu->matmul_backward(which & 1 ? dinp : NULL, which & 2 ? dw : NULL, which & 4 ? db : NULL, dout, in, w, T, IC, OC);
+    gpu->matmul_backward(which & 1 ? d_dinp : NULL, which & 2 ? d_dw : NULL, which & 4 ? d_db : NULL, d_dout, d_in, d_w,
+                         T, IC, OC);
+    char what[96];
+    snprintf(what, sizeof what, "matmul_backward T=%d IC=%d OC=%d dinp", T, IC, OC);
+    expect_close(what, d_dinp, dinp, n_in, 1e-5);
+    snprintf(what, sizeof what, "matmul_backward T=%d IC=%d OC=%d dweight", T, IC, OC);
+    expect_close(what, d_dw, dw, n_w, 1e-5);
+    snprintf(what, sizeof what, "matmul_backward T=%d IC=%d OC=%d dbias", T, IC, OC);
+    expect_close(what, d_db, db, OC, 1e-5);
+    gpu->free(d_in), gpu->free(d_w), gpu->free(d_dout), gpu->free(d_dinp), gpu->free(d_dw), gpu->free(d_db);
+    free(in), free(w), free(dout), free(dinp), free(dw), free(db);
+}
+
+static void test_rope(void) {
+    int T = 6, nh = 4, nkv = 2, hd = 16;
+    size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
+    float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f);
+    int32_t pos[6] = {0, 1, 2, 37, 511, 2047};
+    float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk);
+    int32_t *d_pos = to_gpu(pos, sizeof pos);
+    cpu->rope(q, k, pos, T, nh, nkv, hd, 10000.0f);
+    gpu->rope(d_q, d_k, d_pos, T, nh, nkv, hd, 10000.0f);
+    expect_close("rope q (positions up to 2047)", d_q, q, nq, 1e-5);
+    expect_close("rope k (positions up to 2047)", d_k, k, nk, 1e-5);
+    gpu->free(d_q), gpu->free(d_k), gpu->free(d_pos);
+    free(q), free(k);
+}
+
+/* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask. */
+static void check_attention(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke, const uint8_t *mask,
+                            int mask_start, int nh, int nkv, int hd) {
+    size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
+    float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f), *v = random_floats(nk, 1.0f);
+    float *want = xmalloc(sizeof(float) * nq);
+    cpu->attention(want, q, k, v, kb, ke, mask, mask_start, T, nh, nkv, hd);
+    float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk), *d_v = to_gpu(v, sizeof(float) * nk);
+    int32_t *d_kb = to_gpu(kb, sizeof(int32_t) * T), *d_ke = to_gpu(ke, sizeof(int32_t) * T);
+    uint8_t *d_mask = mask ? to_gpu(mask, (size_t)T * T) : NULL;
+    float *d_out = gpu->alloc(sizeof(float) * nq);
+    gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
+    char label[160];
+    snprintf(label, sizeof label, "attention %s (T=%d Tk=%d heads %d/%d d=%d)", what, T, Tk, nh, nkv, hd);
+    expect_close(label, d_out, want, nq, 2e-5);
+    gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_kb), gpu->free(d_ke), gpu->free(d_out);
+    if (d_mask) gpu->free(d_mask);
+    free(q), free(k), free(v), free(want);
+}
+
+static void test_attention(void) {
+    /* packed causal batch: three sequences, each query sees its own sequence up to itself */
+    int lens[3] = {5, 11, 41}, T = 57;
+    int32_t kb[57], ke[57];
+    for (int s = 0, t = 0, start = 0; s < 3; start += lens[s++])
+        for (int i = 0; i < lens[s]; i++, t++) kb[t] = start, ke[t] = t + 1;
+    check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 4, 2, 16);
+    check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 6, 2, 64);
+    check_attention("packed causal, 3 sequences, MHA", T, T, kb, ke, NULL, 0, 2, 2, 40);
+    check_attention("packed causal, 3 sequences, MQA", T, T, kb, ke, NULL, 0, 2, 1, 128);
+    check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 2, 1, 200);
+
+    /* decoding with a KV cache: 3 new tokens after 70 cached ones */
+    int32_t dkb[3] = {0, 0, 0}, dke[3] = {71, 72, 73};
+    check_attention("KV-cache decode", 3, 73, dkb, dke, NULL, 0, 4, 2, 32);
+
+    /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
+    enum { P = 45, N = 6 };
+    int parent[N] = {-1, 0, 0, 1, 1, 2};
+    uint8_t mask[N * N] = {0};
+    int32_t tkb[N], tke[N];
+    for (int i = 0; i < N; i++) {
+        tkb[i] = 0, tke[i] = P + N;
+        for (int a = i; a >= 0; a = parent[a]) mask[i * N + a] = 1;
+    }
+    check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
+    check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
+}
+
+static void test_elementwise(void) {
+    size_t n = 1000;
+    float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
+    float *d_a = to_gpu(a, sizeof(float) * n), *d_b = to_gpu(b, sizeof(float) * n), *d_out = gpu->alloc(sizeof(float) * n);
+    cpu->swiglu(want, a, b, n);
+    gpu->swiglu(d_out, d_a, d_b, n);
+    expect_close("swiglu", d_out, want, n, 1e-6);
+    cpu->resblock_forward(want, b, a, n);
+    gpu->resblock_forward(d_out, d_b, d_a, n);
+    expect_close("resblock_forward", d_out, want, n, 1e-6);
+    cpu->silu_backward(want, b, a, n);
+    gpu->silu_backward(d_out, d_b, d_a, n);
+    expect_close("silu_backward", d_out, want, n, 1e-6);
+    memcpy(want, a, sizeof(float) * n);
+    cpu->residual_add(want, b, n);
+    gpu->residual_add(d_a, d_b, n);
+    expect_close("residual_add", d_a, want, n, 1e-7);
+    gpu->free(d_a), gpu->free(d_b), gpu->free(d_out);
+    free(a), free(b), free(want);
+}
+
+static void test_softmax_xent(void) {
+    int T = 9, V = 1000;
+    size_t n = (size_t)T * V;
+    float *logits = random_floats(n, 8.0f);
+    int32_t targets[9] = {3, -1, 999, 0, -1, 512, 77, 1, 998};
+    logits[(size_t)3 * V + 0] = 20.0f;  /* row 3: target is the max, rank 0 */
+    logits[(size_t)6 * V + 77] = -20.0f; /* row 6: target is the min, rank V-1 */
+    float dscale = 1.0f / 7.0f;          /* mean over the 7 rows with a target */
+    float *d_logits = to_gpu(logits, sizeof(float) * n), loss[9], *d_loss = gpu->alloc(sizeof loss);
+    int32_t rank[9], gpu_rank[9], *d_rank = gpu->alloc(sizeof rank), *d_targets = to_gpu(targets, sizeof targets);
+    cpu->softmax_xent(logits, loss, rank, targets, T, V, dscale);
+    gpu->softmax_xent(d_logits, d_loss, d_rank, d_targets, T, V, dscale);
+    expect_close("softmax_xent losses (2 ignored rows)", d_loss, loss, T, 1e-5);
+    expect_close("softmax_xent dlogits in place", d_logits, logits, n, 1e-5);
+    gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
+    int same = 1;
+    for (int t = 0; t < T; t++) same &= gpu_rank[t] == rank[t];
+    CHECK(same && rank[1] == -1 && rank[3] == 0 && rank[6] == V - 1,
+          "softmax_xent ranks equal (ignored -1, max 0, min V-1): gpu %d %d %d, cpu %d %d %d", gpu_rank[1], gpu_rank[3],
+          gpu_rank[6], rank[1], rank[3], rank[6]);
+    gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_targets);
+    free(logits);
+}
+
+static void test_adamw(void) {
+    size_t n = 3000;
+    float *p = random_floats(n, 1.0f), *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
+    float *d_p = to_gpu(p, sizeof(float) * n), *d_m = to_gpu(m, sizeof(float) * n), *d_v = to_gpu(v, sizeof(float) * n);
+    for (int t = 1; t <= 3; t++) {
+        float *g = random_floats(n, 0.1f), *d_g = to_gpu(g, sizeof(float) * n);
+        double lr = 1e-3, beta1 = 0.9, beta2 = 0.999;
+        AdamWStep step = {
+            .decay = (float)(1.0 - lr * 0.01),
+            .beta1_weight = (float)(1.0 - beta1),
+            .beta2 = (float)beta2,
+            .beta2_weight = (float)(1.0 - beta2),
+            .bias_correction2_sqrt = (float)sqrt(1.0 - pow(beta2, t)),
+            .step_size = (float)(lr / (1.0 - pow(beta1, t))),
+            .eps = 1e-8f,
+            .grad_scale = 0.5f,
+        };
+        cpu->adamw(p, g, m, v, n, &step);
+        gpu->adamw(d_p, d_g, d_m, d_v, n, &step);
+        gpu->free(d_g);
+        free(g);
+    }
+    expect_close("adamw 3 steps: params", d_p, p, n, 1e-6);
+    expect_close("adamw 3 steps: first moment", d_m, m, n, 1e-6);
+    expect_close("adamw 3 steps: second moment", d_v, v, n, 1e-6);
+    gpu->free(d_p), gpu->free(d_m), gpu->free(d_v);
+    free(p), free(m), free(v);
+}
+
+static void test_sum_squares(void) {
+    size_t sizes[3] = {1, 1000, 300007};
+    for (int i = 0; i < 3; i++) {
+        float *x = random_floats(sizes[i], 3.0f), *d_x = to_gpu(x, sizeof(float) * sizes[i]);
+        double want = cpu->sum_squares(x, sizes[i]), got = gpu->sum_squares(d_x, sizes[i]);
+        double rel = fabs(got - want) / want;
+        CHECK(rel <= 1e-12, "sum_squares n=%zu: %.17g vs %.17g, rel err %.3g (tol 1e-12)", sizes[i], got, want, rel);
+        gpu->free(d_x);
+        free(x);
+    }
+}
+
+int main(void) {
+    cpu = backend_cpu();
+    gpu = backend_cuda();
+    rng_seed(&rng, 1234);
+    printf("CUDA backend (%s) against the CPU backend\n", gpu->name);
+    CHECK(backend_by_name("cpu") == cpu, "backend_by_name(\"cpu\")");
+    EXPECT_FATAL(backend_by_name("tpu"), "unknown device", "backend_by_name rejects an unknown device");
+    test_memory();
+    test_embedding_rmsnorm();
+    test_matmul(9, 70, 33, 1);
+    test_matmul(9, 70, 33, 0);
+    test_matmul(1, 64, 48, 1);
+    test_matmul_backward(37, 20, 45, 7);
+    test_matmul_backward(5, 16, 8, 2);
+    test_matmul_backward(5, 16, 8, 5);
+    test_rope();
+    test_attention();
+    test_elementwise();
+    test_softmax_xent();
+    test_adamw();
+    test_sum_squares();
+    return test_summary();
+}
