@@ -121,12 +121,17 @@ static uint64_t next_serial = 1;
 /* ---- GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the 68 others are
  * moved to U+0100.. in byte order ---- */
 
-static unsigned byte_char(int b) {
-    if ((b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff)) return (unsigned)b;
-    int n = 0;
-    for (int c = 0; c < b; c++)
-        if (!((c >= 0x21 && c <= 0x7e) || (c >= 0xa1 && c <= 0xac) || (c >= 0xae && c <= 0xff))) n++;
-    return 0x100u + (unsigned)n;
+static int printable_byte(unsigned b) { return (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff); }
+
+static unsigned byte_char(unsigned b) {
+    if (printable_byte(b)) return b;
+    return b <= 0x20 ? 0x100 + b : b <= 0xa0 ? 0x121 + (b - 0x7f) : 0x143; /* 0x00-0x20, 0x7f-0xa0, 0xad */
+}
+
+/* The byte a character stands for, -1 when it stands for none. */
+static int char_byte(unsigned cp) {
+    if (cp < 0x100) return printable_byte(cp) ? (int)cp : -1;
+    return cp <= 0x120 ? (int)(cp - 0x100) : cp <= 0x142 ? (int)(0x7f + cp - 0x121) : cp == 0x143 ? 0xad : -1;
 }
 
 static int utf8_put(char *out, unsigned cp) {
@@ -282,7 +287,7 @@ static void finish(Tokenizer *t) {
     vocab_index(t);
     for (int b = 0; b < 256; b++) {
         char buf[8];
-        int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char(b)) : snprintf(buf, sizeof buf, "<0x%02X>", b);
+        int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char((unsigned)b)) : snprintf(buf, sizeof buf, "<0x%02X>", b);
         t->byte_ids[b] = vocab_find(t, buf, (size_t)n);
         if (t->kind == TOKENIZER_SPM_BPE && t->byte_ids[b] >= 0) t->attr[t->byte_ids[b]] |= ATTR_BYTE;
     }
@@ -913,12 +918,6 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse
 /* ---- decoding ---- */
 
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, size_t *len_out) {
-    static int char_byte[0x144]; /* bytes_to_unicode inverted */
-    static int ready;
-    if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) {
-        for (int b = 0; b < 256; b++) char_byte[byte_char(b)] = b + 1; /* 0 = not a byte character */
-        __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
-    }
     size_t cap = 64, o = 0;
     char *out = xmalloc(cap);
     for (int k = 0; k < n; k++) {
@@ -936,12 +935,13 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_s
             for (size_t i = 0; i < n_piece;) {
                 int cl = utf8_len(p + i, n_piece - i);
                 unsigned cp = utf8_decode(p + i, cl);
-                if (cp >= 0x144 || !char_byte[cp]) {
+                int b = char_byte(cp);
+                if (b < 0) {
                     memcpy(out + o0, p, n_piece);
                     o = o0 + n_piece;
                     break;
                 }
-                out[o++] = (char)(char_byte[cp] - 1);
+                out[o++] = (char)b;
                 i += (size_t)cl;
             }
         } else {

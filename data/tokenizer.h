@@ -12,8 +12,12 @@ typedef struct Tokenizer Tokenizer;
 
 typedef enum { TOKENIZER_BYTE_BPE = 1, TOKENIZER_SPM_BPE = 2 } TokenizerKind;
 
-Tokenizer *tokenizer_load_json(const char *path);         /* HF tokenizer.json; fatal on bad input */
-Tokenizer *tokenizer_load_gguf(const GGUFFile *g);         /* tokenizer.ggml.* metadata */
+/* HF tokenizer.json (BPE model; BOS/EOS from tokenizer_config.json beside it when there is one); fatal on
+ * bad input, naming the file. */
+Tokenizer *tokenizer_load_json(const char *path);
+/* tokenizer.ggml.* metadata: "gpt2" (byte-level, tokenizer.ggml.pre names the split regex as llama.cpp
+ * does, e.g. "smollm" splits digits one by one) or "llama" (SentencePiece scores, byte fallback). */
+Tokenizer *tokenizer_load_gguf(const GGUFFile *g);
 void tokenizer_free(Tokenizer *t);
 
 TokenizerKind tokenizer_kind(const Tokenizer *t);
@@ -30,7 +34,10 @@ const char *tokenizer_piece(const Tokenizer *t, int id);      /* raw vocab strin
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse_special, int add_bos,
                      int32_t **ids_out);
 
-/* Decode ids to UTF-8 (malloc'd, NUL-terminated); skip_special drops special tokens. */
+/* Decode ids to UTF-8 (malloc'd, NUL-terminated); skip_special drops special tokens. SentencePiece-style
+ * tokenizers drop the leading space their normaliser added, as HF does. Bytes come out as the tokens
+ * spell them: a multi-byte character cut between two calls is not replaced by U+FFFD. Ids out of range
+ * decode to nothing. */
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, size_t *len_out);
 
 #endif
