@@ -13,7 +13,9 @@ static void write_all(int fd, const void *data, size_t size, const char *path) {
         ssize_t n = write(fd, p, size);
         if (n < 0) {
             if (errno == EINTR) continue;
-            fatal("%s: write failed: %s", path, strerror(errno));
+            int e = errno;
+            unlink(path); /* never leave a partial temp file; the target is untouched */
+            fatal("%s: write failed: %s", path, strerror(e));
         }
         p += n;
         size -= (size_t)n;
@@ -32,8 +34,11 @@ static int open_temp(const char *path, char **tmp_out) {
 }
 
 static void commit_temp(int fd, char *tmp, const char *path) {
-    if (fsync(fd) != 0) fatal("%s: fsync failed: %s", tmp, strerror(errno));
-    if (close(fd) != 0) fatal("%s: close failed: %s", tmp, strerror(errno));
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        fatal("%s: cannot flush to disk: %s", tmp, strerror(e));
+    }
     if (rename(tmp, path) != 0) {
         int e = errno;
         unlink(tmp);

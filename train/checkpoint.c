@@ -1,21 +1,22 @@
 #include "checkpoint.h"
 
 #include <dirent.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <hdf5.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+
+#include "../model/safetensors_write.h"
 
 #define CHECKPOINT_VERSION 1
 
-static void write_dataset(hid_t file, const char *name, hid_t type, hsize_t n, const void *data, const char *path) {
+/* Writes a 1-D dataset; returns 0 on failure (the caller removes the temp file and reports). */
+static int write_dataset(hid_t file, const char *name, hid_t type, hsize_t n, const void *data) {
     hid_t space = H5Screate_simple(1, &n, NULL);
     hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    if (ds < 0 || H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fatal("%s: cannot write dataset %s", path, name);
-    H5Dclose(ds);
+    int ok = ds >= 0 && H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
+    if (ds >= 0) H5Dclose(ds);
     H5Sclose(space);
+    return ok;
 }
 
 /* Reads a 1-D dataset of exactly n elements. */
@@ -32,11 +33,12 @@ static void read_dataset(hid_t file, const char *name, hid_t type, hsize_t n, vo
     H5Dclose(ds);
 }
 
-static void write_backend_floats(hid_t file, const char *name, const Backend *be, const float *dev, size_t n, const char *path) {
+static int write_backend_floats(hid_t file, const char *name, const Backend *be, const float *dev, size_t n) {
     float *host = xmalloc(sizeof(float) * n);
     be->download(host, dev, sizeof(float) * n);
-    write_dataset(file, name, H5T_NATIVE_FLOAT, n, host, path);
+    int ok = write_dataset(file, name, H5T_NATIVE_FLOAT, n, host);
     free(host);
+    return ok;
 }
 
 static void read_backend_floats(hid_t file, const char *name, const Backend *be, float *dev, size_t n, const char *path) {
@@ -46,35 +48,35 @@ static void read_backend_floats(hid_t file, const char *name, const Backend *be,
     free(host);
 }
 
+/* The file is built in memory (HDF5 core driver) and written by write_file_atomic: HDF5 cannot recover from
+ * a failed write to disk (it crashes closing the file at exit), our own writer can. */
 void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta) {
-    size_t n = strlen(path) + 16;
-    char *tmp = xmalloc(n);
-    snprintf(tmp, n, "%s.tmp%d", path, (int)getpid());
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    hid_t file = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) fatal("%s: cannot create checkpoint file", tmp);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_fapl_core(fapl, 64 << 20, 0);
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (file < 0) fatal("%s: cannot create the checkpoint in memory", path);
     const MedusaShape *s = &m->shape;
     int32_t shape[5] = {CHECKPOINT_VERSION, s->n_heads, s->n_layers, s->hidden, s->vocab};
-    write_dataset(file, "format", H5T_NATIVE_INT32, 5, shape, tmp);
-    write_backend_floats(file, "params", m->be, m->params, m->n_params, tmp);
-    write_backend_floats(file, "adam_m", m->be, adam->m, m->n_params, tmp);
-    write_backend_floats(file, "adam_v", m->be, adam->v, m->n_params, tmp);
-    write_dataset(file, "step", H5T_NATIVE_INT64, 1, &meta->step, tmp);
-    write_dataset(file, "rng", H5T_NATIVE_UINT64, 4, meta->rng, tmp);
-    write_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor, tmp);
-    write_dataset(file, "metrics", H5T_NATIVE_DOUBLE, 4, meta->metrics, tmp);
     const char *cfg = meta->config_json ? meta->config_json : "{}";
-    write_dataset(file, "config_json", H5T_NATIVE_CHAR, strlen(cfg) + 1, cfg, tmp);
-    if (H5Fclose(file) < 0) fatal("%s: cannot finish checkpoint file", tmp);
-    int fd = open(tmp, O_RDONLY);
-    if (fd < 0 || fsync(fd) != 0) fatal("%s: fsync failed: %s", tmp, strerror(errno));
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        fatal("%s: cannot rename checkpoint into place: %s", path, strerror(e));
-    }
-    free(tmp);
+    int ok = write_dataset(file, "format", H5T_NATIVE_INT32, 5, shape) &&
+             write_backend_floats(file, "params", m->be, m->params, m->n_params) &&
+             write_backend_floats(file, "adam_m", m->be, adam->m, m->n_params) &&
+             write_backend_floats(file, "adam_v", m->be, adam->v, m->n_params) &&
+             write_dataset(file, "step", H5T_NATIVE_INT64, 1, &meta->step) &&
+             write_dataset(file, "rng", H5T_NATIVE_UINT64, 4, meta->rng) &&
+             write_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor) &&
+             write_dataset(file, "metrics", H5T_NATIVE_DOUBLE, 4, meta->metrics) &&
+             write_dataset(file, "config_json", H5T_NATIVE_CHAR, strlen(cfg) + 1, cfg) &&
+             H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0;
+    ssize_t size = ok ? H5Fget_file_image(file, NULL, 0) : -1;
+    void *image = size > 0 ? malloc((size_t)size) : NULL;
+    ok = image && H5Fget_file_image(file, image, (size_t)size) == size;
+    H5Fclose(file);
+    if (!ok) fatal("%s: cannot build the checkpoint in memory (out of memory?)", path);
+    write_file_atomic(path, image, (size_t)size); /* temp file, fsync, rename; the old file survives any failure */
+    free(image);
 }
 
 void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, CheckpointMeta *meta) {
@@ -90,8 +92,10 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
         fatal("%s: checkpoint holds %d heads x %d layers (hidden %d, vocab %d) but this run has %d x %d (hidden %d, vocab %d)",
               path, shape[1], shape[2], shape[3], shape[4], s->n_heads, s->n_layers, s->hidden, s->vocab);
     read_backend_floats(file, "params", m->be, m->params, m->n_params, path);
-    read_backend_floats(file, "adam_m", m->be, adam->m, m->n_params, path);
-    read_backend_floats(file, "adam_v", m->be, adam->v, m->n_params, path);
+    if (adam) {
+        read_backend_floats(file, "adam_m", m->be, adam->m, m->n_params, path);
+        read_backend_floats(file, "adam_v", m->be, adam->v, m->n_params, path);
+    }
     read_dataset(file, "step", H5T_NATIVE_INT64, 1, &meta->step, path);
     read_dataset(file, "rng", H5T_NATIVE_UINT64, 4, meta->rng, path);
     read_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor, path);
@@ -106,7 +110,19 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
     H5Sclose(space);
     H5Dclose(ds);
     H5Fclose(file);
-    adam->step = (int)meta->step;
+    if (adam) adam->step = (int)meta->step;
+}
+
+MedusaShape checkpoint_shape(const char *path) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    if (!file_exists(path)) fatal("%s: checkpoint not found", path);
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (file < 0) fatal("%s: not a readable HDF5 checkpoint (truncated or corrupt?)", path);
+    int32_t f[5];
+    read_dataset(file, "format", H5T_NATIVE_INT32, 5, f, path);
+    H5Fclose(file);
+    if (f[0] != CHECKPOINT_VERSION) fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
+    return (MedusaShape){f[1], f[2], f[3], f[4]};
 }
 
 char *checkpoint_latest(const char *dir) {

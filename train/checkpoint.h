@@ -17,8 +17,11 @@ typedef struct {
 } CheckpointMeta;
 
 void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta);
-/* Loads into already-initialised heads/optimizer state of the same shape; fatal on any mismatch. */
+/* Loads into already-initialised heads/optimizer state of the same shape; fatal on any mismatch. adam may be
+ * NULL (export, evaluation): the moments are then not read. */
 void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, CheckpointMeta *meta);
+/* The head shape a checkpoint holds. */
+MedusaShape checkpoint_shape(const char *path);
 /* Newest ckpt-<step>.h5 in dir (malloc'd path), or NULL. */
 char *checkpoint_latest(const char *dir);
 

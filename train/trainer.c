@@ -11,21 +11,23 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
     memset(t, 0, sizeof *t);
     t->base = base;
     t->heads = heads;
-    t->optim = *optim;
+    if (optim) t->optim = *optim;
     t->head_decay = head_decay;
     t->max_tokens = max_tokens;
     forward_state_init(&t->state, base, max_tokens);
     medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
     t->hidden = base->be->alloc(sizeof(float) * (size_t)max_tokens * base->config.hidden_size);
-    medusa_enable_grads(heads);
-    adam_init(&t->adam, heads);
+    if (optim) {
+        medusa_enable_grads(heads);
+        adam_init(&t->adam, heads);
+    }
 }
 
 void trainer_free(Trainer *t) {
     forward_state_free(&t->state, t->base);
     medusa_work_free(&t->work, t->heads);
     t->base->be->free(t->hidden);
-    adam_free(&t->adam, t->heads);
+    if (t->adam.m) adam_free(&t->adam, t->heads);
     memset(t, 0, sizeof *t);
 }
 

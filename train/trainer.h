@@ -37,6 +37,7 @@ typedef struct {
     int64_t tokens;
 } StepMetrics;
 
+/* optim NULL: evaluation only (no gradients, no optimizer state). */
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
                   int max_tokens, int logits_chunk);
 void trainer_free(Trainer *t);

@@ -1,0 +1,283 @@
+/* Training runs end to end on the tiny fixture model: a run stopped after N steps and resumed from its
+ * checkpoint in fresh state ends bit-identical (params, AdamW moments, data cursor, metrics) to a run of 2N
+ * steps; SIGTERM finishes the step and saves; a failed checkpoint write leaves the previous file intact and no
+ * temp file; resuming with other settings and a diverging loss fail with clear messages. */
+#include <cJSON.h>
+#include <dirent.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/rng.h"
+#include "../train/run.h"
+#include "test.h"
+
+#define BASE "tests/fixtures/medusa/base"
+enum { V = 384 };
+
+static char root[] = "/tmp/test_train_XXXXXX";
+
+/* Random conversations: BOS, a masked prompt, a trained reply. */
+static char *write_cache(const char *name, int n_convs, uint64_t seed) {
+    char *path = path_join(root, name);
+    TokenCacheWriter w;
+    token_cache_writer_open(&w, path);
+    Rng rng;
+    rng_seed(&rng, seed);
+    int32_t ids[80];
+    uint8_t mask[80];
+    for (int c = 0; c < n_convs; c++) {
+        int n = 12 + (int)rng_below(&rng, 60), prompt = 2 + (int)rng_below(&rng, (uint64_t)n / 2);
+        for (int i = 0; i < n; i++) {
+            ids[i] = i == 0 ? 1 : 2 + (int)rng_below(&rng, V - 2);
+            mask[i] = i >= prompt;
+        }
+        token_cache_writer_add(&w, ids, mask, n);
+    }
+    TokenCacheMeta meta = {0};
+    meta.vocab_size = V;
+    snprintf(meta.split, sizeof meta.split, "%s", name);
+    token_cache_writer_close(&w, &meta);
+    return path;
+}
+
+static TrainConfig config(const char *out, const char *data, const char *val) {
+    TrainConfig c;
+    train_config_defaults(&c);
+    c.model = BASE;
+    c.data = data;
+    c.val = val;
+    c.out = out;
+    c.heads = 3;
+    c.batch_tokens = 128;
+    c.grad_accum = 2;
+    c.max_steps = 8;
+    c.log_every = 2;
+    c.eval_every = 4;
+    c.eval_batches = 2;
+    c.save_every = 4;
+    c.lr = 1e-2;
+    c.weight_decay = 0.01;
+    return c;
+}
+
+typedef struct {
+    MedusaHeads heads;
+    AdamState adam;
+    CheckpointMeta meta;
+} Loaded;
+
+static void load_ckpt(Loaded *l, const char *path) {
+    medusa_init(&l->heads, backend_cpu(), checkpoint_shape(path));
+    adam_init(&l->adam, &l->heads);
+    memset(&l->meta, 0, sizeof l->meta);
+    checkpoint_load(path, &l->heads, &l->adam, &l->meta);
+}
+
+static void free_ckpt(Loaded *l) {
+    adam_free(&l->adam, &l->heads);
+    medusa_free(&l->heads);
+    free(l->meta.config_json);
+}
+
+/* metrics.jsonl without the wall-clock fields, one line per entry. */
+static char *metrics_without_timing(const char *dir) {
+    char *p = path_join(dir, "metrics.jsonl");
+    char *text = read_whole_file(p, NULL);
+    free(p);
+    if (!text) return xstrdup("");
+    size_t cap = strlen(text) + 1, n = 0;
+    char *out = xcalloc(cap, 1);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *j = cJSON_Parse(line);
+        cJSON_DeleteItemFromObject(j, "tokens_per_s");
+        cJSON_DeleteItemFromObject(j, "elapsed_s");
+        char *s = cJSON_PrintUnformatted(j);
+        n += (size_t)snprintf(out + n, cap - n, "%s\n", s);
+        free(s);
+        cJSON_Delete(j);
+    }
+    free(text);
+    return out;
+}
+
+static int count_lines(const char *s, const char *needle) {
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, needle)); p++) n++;
+    return n;
+}
+
+static int has_temp_files(const char *dir) {
+    DIR *d = opendir(dir);
+    int found = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) found |= strstr(e->d_name, ".tmp") != NULL;
+    if (d) closedir(d);
+    return found;
+}
+
+static char *read_file_or_empty(const char *dir, const char *name, size_t *size) {
+    char *p = path_join(dir, name);
+    char *t = read_whole_file(p, size);
+    free(p);
+    return t;
+}
+
+static void test_resume(const char *data, const char *val) {
+    printf("resume: 8 steps in one go vs 4 steps, stop, resume in fresh state, 4 steps\n");
+    char *a = path_join(root, "a"), *b = path_join(root, "b");
+    TrainConfig ca = config(a, data, val), cb = config(b, data, val);
+    CHECK(train_run(&ca) == TRAIN_DONE, "8-step run finishes");
+    cb.stop_after = 4;
+    CHECK(train_run(&cb) == TRAIN_STOPPED, "run stopped after step 4 (schedule of 8 steps kept)");
+    cb.stop_after = 0;
+    cb.resume = 1;
+    CHECK(train_run(&cb) == TRAIN_DONE, "resumed run finishes");
+
+    char *pa = path_join(a, "ckpt-8.h5"), *pb = path_join(b, "ckpt-8.h5");
+    Loaded la, lb;
+    load_ckpt(&la, pa);
+    load_ckpt(&lb, pb);
+    size_t n = la.heads.n_params;
+    int params = memcmp(la.heads.params, lb.heads.params, sizeof(float) * n) == 0;
+    int moments = memcmp(la.adam.m, lb.adam.m, sizeof(float) * n) == 0 && memcmp(la.adam.v, lb.adam.v, sizeof(float) * n) == 0;
+    int cursor = la.meta.step == 8 && lb.meta.step == 8 && memcmp(la.meta.cursor, lb.meta.cursor, sizeof la.meta.cursor) == 0 &&
+                 la.meta.metrics[0] == lb.meta.metrics[0];
+    double abs_err, rel_err;
+    max_errors(la.heads.params, lb.heads.params, n, &abs_err, &rel_err);
+    CHECK(params && moments && cursor,
+          "step 8: %zu params bitwise equal (max abs diff %.3g), AdamW moments equal, same data cursor (epoch %lld, "
+          "conversation %lld) and tokens seen", n, abs_err, (long long)la.meta.cursor[0], (long long)la.meta.cursor[1]);
+    Loaded l4;
+    char *p4 = path_join(a, "ckpt-4.h5");
+    load_ckpt(&l4, p4);
+    max_errors(l4.heads.params, la.heads.params, n, &abs_err, &rel_err);
+    CHECK(abs_err > 0, "training moved the params between steps 4 and 8 (max abs change %.3g)", abs_err);
+    free_ckpt(&l4);
+    free(p4);
+    free_ckpt(&la);
+    free_ckpt(&lb);
+
+    char *ma = metrics_without_timing(a), *mb = metrics_without_timing(b);
+    CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4 && count_lines(ma, "\"split\":\"eval\"") == 2,
+          "metrics.jsonl identical apart from timing: 4 train lines, 2 eval lines");
+    printf("       last line: %.200s\n", strrchr(ma, '{') ? strrchr(ma, '{') : "");
+    size_t sa, sb;
+    char *ea = read_file_or_empty(a, "medusa/medusa_lm_head.safetensors", &sa);
+    char *eb = read_file_or_empty(b, "medusa/medusa_lm_head.safetensors", &sb);
+    CHECK(ea && eb && sa == sb && memcmp(ea, eb, sa) == 0, "final exports byte-identical (%zu bytes)", sa);
+    free(ea);
+    free(eb);
+    free(ma);
+    free(mb);
+
+    /* settings that change the run cannot be resumed; an existing run is never overwritten silently */
+    TrainConfig bad = cb;
+    bad.lr = 2e-2;
+    EXPECT_FATAL(train_run(&bad), "lr is 0.02 in this run but 0.01 in the checkpoint", "resume with another --lr is fatal");
+    bad = cb;
+    bad.batch_tokens = 256;
+    EXPECT_FATAL(train_run(&bad), "batch-tokens", "resume with another --batch-tokens is fatal");
+    bad = cb;
+    bad.resume = 0;
+    EXPECT_FATAL(train_run(&bad), "already holds checkpoints", "a new run into a directory with checkpoints is fatal");
+
+    /* a failed save (file size limit) leaves the previous checkpoint byte-identical and no temp file */
+    size_t before_size, after_size;
+    char *before = read_file_or_empty(b, "ckpt-8.h5", &before_size);
+    Loaded l;
+    load_ckpt(&l, pb);
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 64 * 1024;
+    signal(SIGXFSZ, SIG_IGN);
+    setrlimit(RLIMIT_FSIZE, &lim);
+    EXPECT_FATAL(checkpoint_save(pb, &l.heads, &l.adam, &l.meta), "write failed: File too large",
+                 "checkpoint write past the file size limit fails");
+    setrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, SIG_DFL);
+    char *after = read_file_or_empty(b, "ckpt-8.h5", &after_size);
+    CHECK(before && after && before_size == after_size && memcmp(before, after, before_size) == 0 && !has_temp_files(b),
+          "after the failed save: ckpt-8.h5 unchanged (%zu bytes), no temp file left", before_size);
+    free_ckpt(&l);
+    free(before);
+    free(after);
+    free(pa);
+    free(pb);
+    free(a);
+    free(b);
+}
+
+static void test_diverge(const char *data) {
+    printf("divergence: a huge learning rate makes the loss non-finite\n");
+    char *dir = path_join(root, "nan");
+    TrainConfig c = config(dir, data, NULL);
+    c.lr = 1e30;
+    c.warmup_ratio = 0;
+    c.save_every = 1;
+    EXPECT_FATAL(train_run(&c), "training diverged", "non-finite loss stops the run with a clear message");
+    char *p = path_join(dir, "ckpt-1.h5");
+    Loaded l;
+    load_ckpt(&l, p);
+    CHECK(l.meta.step == 1 && !has_temp_files(dir), "the last checkpoint (step 1) is intact and loads");
+    free_ckpt(&l);
+    free(p);
+    free(dir);
+}
+
+/* SIGTERM in the middle of a long run: the step finishes, a checkpoint is written, exit status 130. */
+static void test_signal(const char *data) {
+    printf("signal: SIGTERM during training\n");
+    char *dir = path_join(root, "sig");
+    TrainConfig c = config(dir, data, NULL);
+    c.max_steps = 1000000;
+    c.log_every = 1;
+    c.save_every = 0;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        log_verbosity = 0;
+        _exit(train_run(&c));
+    }
+    char *metrics = path_join(dir, "metrics.jsonl");
+    for (int i = 0; i < 1000; i++) { /* wait until it is training */
+        size_t size = 0;
+        char *t = read_whole_file(metrics, &size);
+        free(t);
+        if (size > 0) break;
+        usleep(10000);
+    }
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    char *latest = checkpoint_latest(dir);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 130 && latest && !has_temp_files(dir),
+          "exit status %d, checkpoint %s written", WIFEXITED(status) ? WEXITSTATUS(status) : -1, latest ? latest : "(none)");
+    if (latest) {
+        Loaded l;
+        load_ckpt(&l, latest);
+        CHECK(l.meta.step > 0, "it holds step %lld", (long long)l.meta.step);
+        free_ckpt(&l);
+    }
+    free(latest);
+    free(metrics);
+    free(dir);
+}
+
+int main(void) {
+    log_verbosity = 0;
+    ensure(mkdtemp(root));
+    char *data = write_cache("train.tokens.h5", 48, 1), *val = write_cache("val.tokens.h5", 8, 2);
+    test_signal(data); /* first: libgomp's thread pool does not survive fork, so fork before OpenMP runs */
+    test_resume(data, val);
+    test_diverge(data);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    if (system(cmd) != 0) printf("       (could not remove %s)\n", root);
+    free(data);
+    free(val);
+    return test_summary();
+}

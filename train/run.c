@@ -1,0 +1,433 @@
+#include "run.h"
+
+#include <cblas.h>
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../data/batcher.h"
+#include "../model/medusa_io.h"
+#include "../model/memory_plan.h"
+
+void train_config_defaults(TrainConfig *c) {
+    memset(c, 0, sizeof *c);
+    c->device = "cpu";
+    c->export_dtype = "f32";
+    c->heads = 5;
+    c->layers = 1;
+    c->head_decay = 0.8;
+    c->lr = 1e-3;
+    c->weight_decay = 0.0;
+    c->warmup_ratio = 0.1;
+    c->max_grad_norm = 1.0;
+    c->epochs = 2;
+    c->batch_tokens = 2048;
+    c->grad_accum = 1;
+    c->seed = 42;
+    c->eval_every = 500;
+    c->eval_batches = 20;
+    c->save_every = 500;
+    c->log_every = 10;
+    c->keep_checkpoints = 2;
+    c->logits_chunk = 512;
+}
+
+const Backend *backend_for_device(const char *name) {
+    if (strcmp(name, "cpu") == 0) return backend_cpu();
+    if (strcmp(name, "cuda") == 0) fatal("--device cuda: this build has no CUDA backend; use --device cpu");
+    fatal("--device %s: unknown device (cpu or cuda)", name);
+}
+
+void set_threads(int threads) {
+    if (threads <= 0) return;
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+}
+
+void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {
+    char key[32];
+    cJSON_AddNumberToObject(obj, "loss", m->batches ? m->total_loss_sum / m->batches : NAN);
+    for (int i = 0; i < n_heads; i++) {
+        snprintf(key, sizeof key, "medusa%d_loss", i);
+        cJSON_AddNumberToObject(obj, key, m->batches ? m->loss_sum[i] / m->batches : NAN);
+        for (int k = 0; k < MEDUSA_TOPK; k++) {
+            snprintf(key, sizeof key, "medusa%d_top%d", i, k + 1);
+            cJSON_AddNumberToObject(obj, key, m->valid[i] ? (double)m->hits[i][k] / (double)m->valid[i] : 0.0);
+        }
+    }
+}
+
+void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_batches, StepMetrics *out) {
+    Batcher b;
+    batcher_init(&b, cache, batch_tokens, 0, 0);
+    int64_t n = batcher_epoch_batches(&b, 0);
+    if (max_batches > 0 && max_batches < n) n = max_batches;
+    step_metrics_clear(out);
+    for (int64_t i = 0; i < n; i++) {
+        Batch batch = batcher_next(&b);
+        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens};
+        trainer_eval_batch(t, &tb, out);
+    }
+    batcher_free(&b);
+}
+
+/* ---- run state ---- */
+
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+/* The settings a resumed run must share with the checkpoint, named as their flags. */
+static char *identity_json(const TrainConfig *c, const TokenCache *data) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "heads", c->heads);
+    cJSON_AddNumberToObject(j, "layers", c->layers);
+    cJSON_AddNumberToObject(j, "head-decay", c->head_decay);
+    cJSON_AddNumberToObject(j, "lr", c->lr);
+    cJSON_AddNumberToObject(j, "weight-decay", c->weight_decay);
+    cJSON_AddNumberToObject(j, "warmup-ratio", c->warmup_ratio);
+    cJSON_AddNumberToObject(j, "max-grad-norm", c->max_grad_norm);
+    cJSON_AddNumberToObject(j, "epochs", c->epochs);
+    cJSON_AddNumberToObject(j, "max-steps", c->max_steps);
+    cJSON_AddNumberToObject(j, "batch-tokens", c->batch_tokens);
+    cJSON_AddNumberToObject(j, "grad-accum", c->grad_accum);
+    cJSON_AddNumberToObject(j, "seed", c->seed);
+    cJSON_AddNumberToObject(j, "data tokens", (double)data->n_tokens);
+    cJSON_AddNumberToObject(j, "data conversations", (double)data->n_convs);
+    cJSON_AddStringToObject(j, "model", c->model);
+    char *s = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+/* Every setting except the model path (a moved model is fine: its shape is checked) must match. */
+static void check_resume_config(const char *ckpt, const char *saved, const char *now) {
+    cJSON *a = cJSON_Parse(saved), *b = cJSON_Parse(now);
+    if (!cJSON_IsObject(a)) fatal("%s: the checkpoint's run configuration is not valid JSON", ckpt);
+    for (cJSON *it = b->child; it; it = it->next) {
+        if (strcmp(it->string, "model") == 0) continue;
+        cJSON *old = cJSON_GetObjectItemCaseSensitive(a, it->string);
+        if (!old || !cJSON_Compare(old, it, 1)) {
+            char *ov = old ? cJSON_PrintUnformatted(old) : xstrdup("(absent)"), *nv = cJSON_PrintUnformatted(it);
+            fatal("%s: cannot resume: %s is %s in this run but %s in the checkpoint; resume with the same settings "
+                  "and data, or start a new run with another --out", ckpt, it->string, nv, ov);
+        }
+    }
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+static int64_t line_step(const char *line) {
+    cJSON *j = cJSON_Parse(line);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "step");
+    int64_t step = cJSON_IsNumber(s) ? (int64_t)s->valuedouble : INT64_MAX;
+    cJSON_Delete(j);
+    return step;
+}
+
+/* Opens metrics.jsonl for appending; on resume first drops the lines logged after the checkpoint's step
+ * (a run killed after its last checkpoint logged steps the resumed run will log again). */
+static FILE *open_metrics(const char *path, int64_t resume_step) {
+    if (resume_step >= 0) {
+        size_t size;
+        char *text = read_whole_file(path, &size);
+        if (text) {
+            FILE *f = fopen(path, "w");
+            if (!f) fatal("%s: cannot rewrite: %s", path, strerror(errno));
+            for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+                if (line_step(line) <= resume_step) fprintf(f, "%s\n", line);
+            fclose(f);
+            free(text);
+        }
+    }
+    FILE *f = fopen(path, resume_step >= 0 ? "a" : "w");
+    if (!f) fatal("%s: cannot open for writing: %s", path, strerror(errno));
+    return f;
+}
+
+static void write_metrics_line(FILE *f, cJSON *obj) {
+    char *s = cJSON_PrintUnformatted(obj);
+    fprintf(f, "%s\n", s);
+    fflush(f);
+    free(s);
+    cJSON_Delete(obj);
+}
+
+/* Deletes all but the newest `keep` checkpoints of the run directory. */
+static void prune_checkpoints(const char *dir, int keep) {
+    if (keep <= 0) return;
+    for (;;) {
+        DIR *d = opendir(dir);
+        if (!d) return;
+        long oldest = -1;
+        int count = 0;
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            long step;
+            char tail[8];
+            if (sscanf(e->d_name, "ckpt-%ld.%7s", &step, tail) == 2 && strcmp(tail, "h5") == 0) {
+                count++;
+                if (oldest < 0 || step < oldest) oldest = step;
+            }
+        }
+        closedir(d);
+        if (count <= keep) return;
+        char name[64];
+        snprintf(name, sizeof name, "ckpt-%ld.h5", oldest);
+        char *p = path_join(dir, name);
+        if (unlink(p) != 0) log_warn("%s: cannot remove old checkpoint: %s", p, strerror(errno));
+        free(p);
+    }
+}
+
+typedef struct {
+    const TrainConfig *c;
+    Trainer *t;
+    Batcher *batcher;
+    const char *config_json;
+    double tokens_seen, train_seconds;
+} RunState;
+
+static void save(RunState *r, int64_t step) {
+    CheckpointMeta meta = {0};
+    meta.step = step;
+    int64_t words[BATCHER_CURSOR_WORDS];
+    batcher_save_cursor(r->batcher, words);
+    memcpy(meta.cursor, words, sizeof words);
+    meta.metrics[0] = r->tokens_seen;
+    meta.metrics[1] = r->train_seconds;
+    meta.config_json = (char *)r->config_json;
+    char name[64];
+    snprintf(name, sizeof name, "ckpt-%lld.h5", (long long)step);
+    char *path = path_join(r->c->out, name);
+    checkpoint_save(path, r->t->heads, &r->t->adam, &meta);
+    log_info("saved %s", path);
+    free(path);
+    prune_checkpoints(r->c->out, r->c->keep_checkpoints);
+}
+
+static DType export_dtype(const char *name) {
+    if (strcmp(name, "f32") == 0) return DT_F32;
+    if (strcmp(name, "bf16") == 0) return DT_BF16;
+    fatal("--export-dtype %s: expected f32 or bf16", name);
+}
+
+static void validate(const TrainConfig *c) {
+    if (!c->model || !c->data || !c->out) fatal("--model, --data and --out are required (see --help)");
+    if (c->heads < 1 || c->heads > 64) fatal("--heads %d: expected 1..64", c->heads);
+    if (c->layers < 0 || c->layers > 16) fatal("--layers %d: expected 0..16", c->layers);
+    if (c->batch_tokens < 16) fatal("--batch-tokens %d: expected at least 16", c->batch_tokens);
+    if (c->grad_accum < 1) fatal("--grad-accum %d: expected at least 1", c->grad_accum);
+    if (c->epochs < 1 && c->max_steps < 1) fatal("--epochs %d: expected at least 1 (or --max-steps)", c->epochs);
+    if (!(c->lr > 0) || !(c->warmup_ratio >= 0 && c->warmup_ratio <= 1) || !(c->weight_decay >= 0))
+        fatal("--lr must be > 0, --warmup-ratio in [0, 1], --weight-decay >= 0");
+    if (c->log_every < 1) fatal("--log-every %d: expected at least 1", c->log_every);
+    export_dtype(c->export_dtype);
+}
+
+int train_run(const TrainConfig *c) {
+    validate(c);
+    double t_start = now_seconds();
+    const Backend *be = backend_for_device(c->device);
+    set_threads(c->threads);
+    if (mkdir(c->out, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create the run directory: %s", c->out, strerror(errno));
+    char *resume_path = checkpoint_latest(c->out);
+    if (c->resume && !resume_path) fatal("%s: --resume given but the directory holds no ckpt-<step>.h5", c->out);
+    if (!c->resume && resume_path)
+        fatal("%s: the run directory already holds checkpoints (%s); pass --resume to continue it or choose another --out",
+              c->out, resume_path);
+
+    Model base;
+    model_load(&base, c->model, be);
+    int H = base.config.hidden_size, V = base.config.vocab_size;
+    TokenCache data, val;
+    token_cache_load(&data, c->data, V);
+    if (c->val) token_cache_load(&val, c->val, V);
+
+    MemoryPlanInput mi = {4, 4, 0, c->heads, c->layers, c->batch_tokens, c->logits_chunk, 1};
+    MemoryPlan plan = memory_plan(&base.config, &mi);
+    if (log_verbosity >= 1) memory_plan_print(&plan, stderr, (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE));
+
+    Batcher batcher;
+    batcher_init(&batcher, &data, c->batch_tokens, (uint64_t)c->seed, 1);
+    int64_t micro_total = 0;
+    for (int e = 0; e < c->epochs; e++) micro_total += batcher_epoch_batches(&batcher, e);
+    int total_steps = c->max_steps > 0 ? c->max_steps : (int)(micro_total / c->grad_accum > 0 ? micro_total / c->grad_accum : 1);
+
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.lr = c->lr;
+    oc.weight_decay = c->weight_decay;
+    oc.warmup_ratio = c->warmup_ratio;
+    oc.max_grad_norm = c->max_grad_norm;
+    oc.total_steps = total_steps;
+
+    MedusaHeads heads;
+    medusa_init(&heads, be, (MedusaShape){c->heads, c->layers, H, V});
+    Rng rng;
+    rng_seed(&rng, (uint64_t)c->seed);
+    medusa_init_from_base(&heads, &base, &rng);
+    Trainer t;
+    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, c->logits_chunk);
+
+    char *config_json = identity_json(c, &data);
+    RunState r = {c, &t, &batcher, config_json, 0, 0};
+    int64_t step = 0;
+    if (resume_path) {
+        CheckpointMeta meta = {0};
+        checkpoint_load(resume_path, &heads, &t.adam, &meta);
+        check_resume_config(resume_path, meta.config_json, config_json);
+        int64_t words[BATCHER_CURSOR_WORDS];
+        memcpy(words, meta.cursor, sizeof words);
+        batcher_restore_cursor(&batcher, words);
+        memcpy(rng.s, meta.rng, sizeof rng.s);
+        step = meta.step;
+        r.tokens_seen = meta.metrics[0];
+        r.train_seconds = meta.metrics[1];
+        free(meta.config_json);
+        log_info("resumed from %s at step %lld of %d", resume_path, (long long)step, total_steps);
+    }
+    log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g",
+             c->heads, c->layers, (long long)data.n_convs, (long long)data.n_tokens, total_steps, c->grad_accum,
+             c->batch_tokens, c->lr);
+
+    char *metrics_path = path_join(c->out, "metrics.jsonl");
+    FILE *metrics = open_metrics(metrics_path, resume_path ? step : -1);
+
+    /* each micro-batch of a step keeps its own copy: the batcher reuses its storage */
+    int A = c->grad_accum, BT = c->batch_tokens;
+    int32_t *mtok = xmalloc(sizeof(int32_t) * (size_t)A * BT), *mlen = xmalloc(sizeof(int32_t) * (size_t)A * BT);
+    uint8_t *mmask = xmalloc((size_t)A * BT);
+    TrainBatch *micro = xmalloc(sizeof(TrainBatch) * (size_t)A);
+
+    stop_signal = 0;
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+
+    Progress prog;
+    progress_start(&prog, "train", total_steps - step);
+    StepMetrics window;
+    step_metrics_clear(&window);
+    double window_start = now_seconds(), last_step_seconds = 0;
+    int64_t start_step = step, last_eval = -1, last_save = resume_path ? step : -1;
+    int status = TRAIN_DONE;
+    char extra[256] = "";
+    while (step < total_steps) {
+        double t0 = now_seconds();
+        for (int a = 0; a < A; a++) {
+            Batch b = batcher_next(&batcher);
+            int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
+            uint8_t *mask = mmask + (size_t)a * BT;
+            memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
+            memcpy(mask, b.loss_mask, (size_t)b.n_tokens);
+            memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
+            micro[a] = (TrainBatch){b.n_tokens, tok, mask, b.n_seqs, len};
+        }
+        double lr = lr_at(&oc, (int)step);
+        int64_t tokens_before = window.tokens;
+        double norm = trainer_step(&t, micro, A, &window);
+        step++;
+        last_step_seconds = now_seconds() - t0;
+        r.train_seconds += last_step_seconds;
+        r.tokens_seen += (double)(window.tokens - tokens_before);
+        double epoch = (double)batcher.epoch + (double)batcher.position / (double)data.n_convs;
+
+        if (step % c->log_every == 0 || step == total_steps) {
+            double dt = now_seconds() - window_start;
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "split", "train");
+            cJSON_AddNumberToObject(o, "step", (double)step);
+            cJSON_AddNumberToObject(o, "epoch", epoch);
+            cJSON_AddNumberToObject(o, "lr", lr);
+            cJSON_AddNumberToObject(o, "grad_norm", norm);
+            metrics_to_json(&window, c->heads, o);
+            cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window.tokens / dt : 0);
+            cJSON_AddNumberToObject(o, "elapsed_s", r.train_seconds);
+            int n = snprintf(extra, sizeof extra, "loss %.3f top1", window.total_loss_sum / window.batches);
+            for (int i = 0; i < c->heads && n < (int)sizeof extra - 16; i++)
+                n += snprintf(extra + n, sizeof extra - (size_t)n, " %.2f",
+                              window.valid[i] ? (double)window.hits[i][0] / (double)window.valid[i] : 0.0);
+            snprintf(extra + n, sizeof extra - (size_t)n, " | %.0f tok/s", dt > 0 ? (double)window.tokens / dt : 0);
+            write_metrics_line(metrics, o);
+            step_metrics_clear(&window);
+            window_start = now_seconds();
+        }
+        progress_update(&prog, step - start_step, extra);
+
+        double aside = now_seconds(); /* evaluation and saving are not training throughput */
+        if (c->val && c->eval_every > 0 && step % c->eval_every == 0) {
+            StepMetrics em;
+            evaluate(&t, &val, c->batch_tokens, c->eval_batches, &em);
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "split", "eval");
+            cJSON_AddNumberToObject(o, "step", (double)step);
+            cJSON_AddNumberToObject(o, "epoch", epoch);
+            metrics_to_json(&em, c->heads, o);
+            cJSON_AddNumberToObject(o, "base_top1", em.base_valid ? (double)em.base_hits / (double)em.base_valid : 0);
+            write_metrics_line(metrics, o);
+            last_eval = step;
+        }
+        if (c->save_every > 0 && step % c->save_every == 0) {
+            save(&r, step);
+            last_save = step;
+        }
+        window_start += now_seconds() - aside;
+        if (stop_signal) {
+            status = TRAIN_INTERRUPTED;
+            break;
+        }
+        int over_budget = c->time_budget > 0 && now_seconds() - t_start + 1.5 * last_step_seconds > c->time_budget;
+        if ((c->stop_after > 0 && step >= c->stop_after) || (over_budget && step < total_steps)) {
+            status = TRAIN_STOPPED;
+            break;
+        }
+    }
+    progress_finish(&prog, step - start_step, extra);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+
+    if (status == TRAIN_DONE && c->val && last_eval != step) {
+        StepMetrics em;
+        evaluate(&t, &val, c->batch_tokens, c->eval_batches, &em);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "split", "eval");
+        cJSON_AddNumberToObject(o, "step", (double)step);
+        metrics_to_json(&em, c->heads, o);
+        cJSON_AddNumberToObject(o, "base_top1", em.base_valid ? (double)em.base_hits / (double)em.base_valid : 0);
+        write_metrics_line(metrics, o);
+    }
+    if (last_save != step) save(&r, step);
+    if (status == TRAIN_INTERRUPTED)
+        log_info("interrupted by signal %d after step %lld: checkpoint saved; continue with --resume", (int)stop_signal,
+                 (long long)step);
+    else {
+        char *dir = path_join(c->out, "medusa");
+        medusa_export(&heads, dir, MEDUSA_FORMAT_V1, export_dtype(c->export_dtype), c->model);
+        log_info("%s after step %lld of %d: heads exported to %s", status == TRAIN_DONE ? "finished" : "stopped",
+                 (long long)step, total_steps, dir);
+        free(dir);
+    }
+
+    fclose(metrics);
+    free(metrics_path);
+    free(mtok);
+    free(mlen);
+    free(mmask);
+    free(micro);
+    free(config_json);
+    free(resume_path);
+    trainer_free(&t);
+    medusa_free(&heads);
+    batcher_free(&batcher);
+    if (c->val) token_cache_free(&val);
+    token_cache_free(&data);
+    model_free(&base);
+    return status;
+}

@@ -1,0 +1,43 @@
+/* A whole training run of Medusa heads, as medusa-train drives it: load the base model and token caches,
+ * initialise or resume the heads, step through the epochs with logging (metrics.jsonl), periodic
+ * evaluation and atomic checkpoints, stop cleanly on a signal or a time budget, and export at the end.
+ * Also the evaluation loop and metric naming shared with medusa-eval. */
+#ifndef MEDUSA_RUN_H
+#define MEDUSA_RUN_H
+
+#include <cJSON.h>
+#include <signal.h>
+
+#include "../data/token_cache.h"
+#include "checkpoint.h"
+#include "trainer.h"
+
+typedef struct {
+    const char *model, *data, *val, *out, *device, *export_dtype;
+    int heads, layers;
+    double head_decay, lr, weight_decay, warmup_ratio, max_grad_norm;
+    int epochs, max_steps, batch_tokens, grad_accum, seed;
+    int eval_every, eval_batches, save_every, log_every, keep_checkpoints;
+    int resume, threads, logits_chunk;
+    int stop_after;     /* stop cleanly (checkpoint + export) after this many steps in total; 0: never */
+    double time_budget; /* seconds; stop cleanly when the next step would not fit; 0: none */
+} TrainConfig;
+
+void train_config_defaults(TrainConfig *c);
+
+enum { TRAIN_DONE = 0, TRAIN_STOPPED = 3, TRAIN_INTERRUPTED = 130 };
+/* Runs (or resumes) a training run; returns TRAIN_DONE, TRAIN_STOPPED (time budget / stop_after) or
+ * TRAIN_INTERRUPTED (SIGINT/SIGTERM: the current step finished and was saved). */
+int train_run(const TrainConfig *c);
+
+/* Evaluation over the first max_batches packed batches of a cache (all when <= 0), in file order. */
+void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_batches, StepMetrics *out);
+/* Adds loss, medusa{i}_loss and medusa{i}_top{k} (k = 1..5) of accumulated metrics to obj. */
+void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
+
+/* The backend named by --device ("cpu"; "cuda" when built with it); fatal otherwise. */
+const Backend *backend_for_device(const char *name);
+/* Applies --threads (> 0) to OpenMP and OpenBLAS. */
+void set_threads(int threads);
+
+#endif
