@@ -396,7 +396,8 @@ typedef struct {
 } CacheEntry;
 
 #define CACHE_MAX_KEY 255
-#define CACHE_MAX_ENTRIES (1u << 20)
+#define CACHE_MAX_ENTRIES (1u << 20) /* then the cache starts over */
+#define CACHE_MAX_BYTES (64u << 20)
 
 typedef struct {
     uint64_t serial; /* tokenizer the cache belongs to */
@@ -448,8 +449,8 @@ static void pieces_clear(Pieces *p) {
     p->n = 0;
 }
 
+/* A new piece; an empty one can be extended later and is skipped when the pieces are used. */
 static void pieces_add(Pieces *p, const char *s, size_t n) {
-    if (n == 0) return;
     p->buf = grow(p->buf, p->len + n, &p->cap, 1);
     memcpy(p->buf + p->len, s, n);
     p->len += n;
@@ -483,29 +484,29 @@ static Scratch *get_scratch(void) {
     return scratch;
 }
 
-/* Splits piece s[0..n) by the step's regex, as tokenizers' Split pre-tokenizer with its behaviour. */
+/* Splits piece s[0..n) by the step's regex, as tokenizers' Split pre-tokenizer does with its behaviour.
+ * Matches are found as tokenizers' Oniguruma iterator finds them: an empty match cuts the text too,
+ * unless it comes right at the end of the previous match. */
 static void split_piece(const PreStep *st, Scratch *sc, const char *s, size_t n, Pieces *out) {
-    size_t pos = 0, last = 0;
-    int prev_match = 0, first = 1; /* whether the previous emitted part was a match */
-    while (pos <= n) {
+    size_t pos = 0, last = 0, last_match = SIZE_MAX;
+    int prev_match = 0, first = 1; /* whether the previous part was a match; no part emitted yet */
+    for (;;) {
         size_t ms = n, me = n;
-        int rc = pcre2_match(st->re, (PCRE2_SPTR)s, n, pos, 0, sc->md, sc->mctx);
+        int rc = pos <= n ? pcre2_match(st->re, (PCRE2_SPTR)s, n, pos, 0, sc->md, sc->mctx) : PCRE2_ERROR_NOMATCH;
         if (rc >= 0) {
             PCRE2_SIZE *ov = pcre2_get_ovector_pointer(sc->md);
             ms = ov[0];
             me = ov[1];
-            if (me == ms) { /* empty match: nothing to cut, look further on */
-                pos = ms + (ms < n ? (size_t)utf8_len((const unsigned char *)s + ms, n - ms) : 1);
-                if (ms == n) break;
-                continue;
-            }
+            pos = ms < me ? me : me < n ? me + (size_t)utf8_len((const unsigned char *)s + me, n - me) : n + 1;
+            if (ms == me && me == last_match) continue;
+            last_match = me;
         } else if (rc != PCRE2_ERROR_NOMATCH) {
             fatal("tokenizer: regex match failed (PCRE2 error %d)", rc);
         }
-        /* the parts: gap [last, ms) then match [ms, me) */
-        for (int part = 0; part < 2; part++) {
+        /* the parts: the gap [last, ms), then the match [ms, me) (which may be empty) */
+        for (int part = 0; part < (rc >= 0 ? 2 : 1); part++) {
             size_t a = part == 0 ? last : ms, b = part == 0 ? ms : me;
-            if (b <= a) continue;
+            if (part == 0 && b == a) continue;
             int is_match = (part == 1) != (st->invert != 0);
             switch (st->behavior) {
             case SPLIT_REMOVED:
@@ -531,7 +532,7 @@ static void split_piece(const PreStep *st, Scratch *sc, const char *s, size_t n,
             first = 0;
         }
         if (rc < 0) break;
-        last = pos = me;
+        last = me;
     }
 }
 
@@ -807,7 +808,7 @@ static void encode_piece(const Tokenizer *t, Scratch *sc, const char *s, size_t 
     bpe_piece(t, sc, s, n, out);
     int k = out->n - start;
     if (k == 0 || k > UINT16_MAX) return;
-    if (c->used >= CACHE_MAX_ENTRIES) {
+    if (c->used >= CACHE_MAX_ENTRIES || c->keys_len + n > CACHE_MAX_BYTES) {
         cache_reset(c, t->serial);
         e = cache_slot(c, h, s, n);
     } else if (2 * (c->used + 1) > c->mask + 1) {
@@ -839,6 +840,7 @@ static void encode_segment(const Tokenizer *t, Scratch *sc, const char *s, size_
         for (int i = 0; i < in->n; i++) {
             size_t a = i ? in->ends[i - 1] : 0, len = in->ends[i] - a;
             const char *p = in->buf + a;
+            if (len == 0) continue;
             switch (st->kind) {
             case STEP_SPLIT:
                 split_piece(st, sc, p, len, next);
@@ -862,7 +864,7 @@ static void encode_segment(const Tokenizer *t, Scratch *sc, const char *s, size_
     }
     for (int i = 0; i < in->n; i++) {
         size_t a = i ? in->ends[i - 1] : 0;
-        encode_piece(t, sc, in->buf + a, in->ends[i] - a, out);
+        if (in->ends[i] > a) encode_piece(t, sc, in->buf + a, in->ends[i] - a, out);
     }
 }
 

@@ -382,6 +382,8 @@ def variants():
         ("Split MergedWithNext, Contiguous, inverted Isolated", LLAMA3_JSON,
          {"pre_tokenizer": seq(split(" ", "MergedWithNext", literal=True), split(r"\p{N}", "Contiguous"),
                                split("[aeiou]+", "Isolated", invert=True), byte_level(False))}),
+        ("Split by a regex that matches empty text", LLAMA3_JSON,
+         {"pre_tokenizer": seq(split(r"\p{N}*", "Isolated"), byte_level(False))}),
         ("Whitespace", LLAMA3_JSON, {"pre_tokenizer": seq({"type": "Whitespace"}, byte_level(False))}),
         ("added tokens: lstrip/rstrip, single_word, non-special", LLAMA3_JSON, {"added_tokens": added}),
         ("Metaspace always, split", SPM_JSON, {"normalizer": None, "pre_tokenizer": metaspace("always", True)}),
