@@ -204,13 +204,15 @@ static void test_softmax_xent(void) {
     int32_t targets[9] = {3, -1, 999, 0, -1, 512, 77, 1, 998};
     logits[(size_t)3 * V + 0] = 20.0f;  /* row 3: target is the max, rank 0 */
     logits[(size_t)6 * V + 77] = -20.0f; /* row 6: target is the min, rank V-1 */
+    logits[(size_t)8 * V + 5] = -INFINITY; /* row 8: masked-out logits get probability 0 */
+    logits[(size_t)8 * V + 600] = -INFINITY;
     float dscale = 1.0f / 7.0f;          /* mean over the 7 rows with a target */
     float *d_logits = to_gpu(logits, sizeof(float) * n), loss[9], *d_loss = gpu->alloc(sizeof loss);
     int32_t rank[9], gpu_rank[9], *d_rank = gpu->alloc(sizeof rank), *d_targets = to_gpu(targets, sizeof targets);
     cpu->softmax_xent(logits, loss, rank, targets, T, V, dscale);
     gpu->softmax_xent(d_logits, d_loss, d_rank, d_targets, T, V, dscale);
     expect_close("softmax_xent losses (2 ignored rows)", d_loss, loss, T, 1e-5);
-    expect_close("softmax_xent dlogits in place", d_logits, logits, n, 1e-5);
+    expect_close("softmax_xent dlogits in place (a row with -inf logits)", d_logits, logits, n, 1e-5);
     gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
     int same = 1;
     for (int t = 0; t < T; t++) same &= gpu_rank[t] == rank[t];

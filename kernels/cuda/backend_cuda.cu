@@ -28,6 +28,10 @@ static void cuda_fill_zero(void *ptr, size_t bytes) { CUDA_CHECK(cudaMemset(ptr,
 extern "C" const Backend *backend_cuda(void) {
     static Backend cuda;
     if (!cuda.name) {
+        int devices = 0;
+        cudaError_t err = cudaGetDeviceCount(&devices);
+        if (err != cudaSuccess || devices == 0)
+            fatal("--device cuda: no usable CUDA GPU (%s)", err != cudaSuccess ? cudaGetErrorString(err) : "none found");
         cuda.alloc = cuda_alloc;
         cuda.free = cuda_free;
         cuda.upload = cuda_upload;

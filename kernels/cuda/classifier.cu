@@ -32,12 +32,13 @@ __global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks
     int rank = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         float x = row[i];
+        rank += x > target_logit;
+        if (x == -INFINITY) continue; /* exp(-inf - -inf) would be NaN while max is still -inf */
         if (x > max) {
             sum *= expf(max - x);
             max = x;
         }
         sum += expf(x - max);
-        rank += x > target_logit;
     }
     /* warp merge, then the warps' results through shared memory */
     for (int offset = 16; offset > 0; offset /= 2) {

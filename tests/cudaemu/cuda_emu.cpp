@@ -181,6 +181,10 @@ cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
 }
 cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t) { return cudaMemset(ptr, value, bytes); }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaGetDeviceCount(int *count) {
+    *count = 1;
+    return cudaSuccess;
+}
 cudaError_t cudaStreamCreate(cudaStream_t *stream) {
     *stream = NULL;
     return cudaSuccess;
