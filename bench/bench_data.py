@@ -54,7 +54,11 @@ def say(s):
 data = load_sharegpt(a.input)
 if a.limit:
     data = data[: a.limit]
-cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+lscpu = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+             if ":" in line)
+cpu = (f"{lscpu.get('Model name', '?').strip()} (family {lscpu.get('CPU family', '?').strip()}, model "
+       f"{lscpu.get('Model', '?').strip()}, {os.cpu_count()} CPUs"
+       f"{', ' + lscpu['Hypervisor vendor'].strip() + ' VM' if 'Hypervisor vendor' in lscpu else ''})")
 say(f"# {time.strftime('%Y-%m-%d')} {cpu}, {a.threads} threads, {os.path.basename(a.input)} "
     f"({os.path.getsize(a.input) / 1e6:.0f} MB), {'first ' if a.limit else ''}{len(data)} complete conversations, SmolLM2-135M-Instruct tokenizer, chatml")
 
