@@ -5,6 +5,9 @@
 
 #include "../common/rng.h"
 #include "../kernels/ops.h"
+#include "../model/llama.h"
+#include "../model/medusa.h"
+#include "../train/optim.h"
 #include "test.h"
 
 static const Backend *cpu, *gpu;
@@ -264,6 +267,93 @@ static void test_sum_squares(void) {
     }
 }
 
+/* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
+ * heads' loss, gradients and three AdamW steps. The emulator makes device memory inaccessible to host code,
+ * so this also proves that model/ and train/ only touch backend memory through the backend. */
+static void test_end_to_end(void) {
+    const char *path = "tests/fixtures/models/tiny_qwen2"; /* attention biases, GQA */
+    Model mc, mg;
+    model_load(&mc, path, cpu);
+    model_load(&mg, path, gpu);
+    int H = mc.config.hidden_size, V = mc.config.vocab_size;
+    enum { T = 24 };
+    int32_t tokens[T], seq_lens[2] = {9, 15};
+    uint8_t loss_mask[T];
+    for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V), loss_mask[t] = t % 7 != 0;
+    PackedBatch batch = {T, tokens, 2, seq_lens};
+    ForwardState sc, sg;
+    forward_state_init(&sc, &mc, T);
+    forward_state_init(&sg, &mg, T);
+    float *hidden = xmalloc(sizeof(float) * T * H), *logits = xmalloc(sizeof(float) * T * V);
+    float *d_hidden = gpu->alloc(sizeof(float) * T * H), *d_logits = gpu->alloc(sizeof(float) * T * V);
+    model_forward(&mc, &sc, &batch, hidden, logits);
+    model_forward(&mg, &sg, &batch, d_hidden, d_logits);
+    expect_close("model_forward tiny_qwen2, 2 packed sequences: hidden", d_hidden, hidden, (size_t)T * H, 1e-4);
+    expect_close("model_forward tiny_qwen2, 2 packed sequences: logits", d_logits, logits, (size_t)T * V, 1e-4);
+
+    /* decoding: a 9-token prompt into the KV cache, then a 4-node tree after it, keeping nodes 0 and 2 */
+    KVCache cc, cg;
+    kv_cache_init(&cc, &mc, 32);
+    kv_cache_init(&cg, &mg, 32);
+    model_forward_cached(&mc, &sc, &cc, tokens, 9, hidden, logits);
+    model_forward_cached(&mg, &sg, &cg, tokens, 9, d_hidden, d_logits);
+    expect_close("model_forward_cached, 9-token prompt: logits", d_logits, logits, (size_t)9 * V, 1e-4);
+    int32_t depth[4] = {0, 1, 1, 2}, keep[2] = {0, 2};
+    uint8_t mask[16] = {1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 1};
+    model_forward_tree(&mc, &sc, &cc, tokens + 9, depth, mask, 4, hidden, logits);
+    model_forward_tree(&mg, &sg, &cg, tokens + 9, depth, mask, 4, d_hidden, d_logits);
+    expect_close("model_forward_tree, 4 nodes: logits", d_logits, logits, (size_t)4 * V, 1e-4);
+    kv_cache_keep(&cc, &mc, keep, 2);
+    kv_cache_keep(&cg, &mg, keep, 2);
+    model_forward_cached(&mc, &sc, &cc, tokens + 13, 1, hidden, logits);
+    model_forward_cached(&mg, &sg, &cg, tokens + 13, 1, d_hidden, d_logits);
+    expect_close("decoding after kv_cache_keep: logits", d_logits, logits, (size_t)V, 1e-4);
+
+    /* Medusa heads on the packed batch's hidden states */
+    model_forward(&mc, &sc, &batch, hidden, NULL);
+    model_forward(&mg, &sg, &batch, d_hidden, NULL);
+    MedusaShape shape = {3, 1, H, V};
+    MedusaHeads hc, hg;
+    MedusaWork wc, wg;
+    AdamState ac, ag;
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.total_steps = 10;
+    oc.weight_decay = 0.01;
+    Rng r1, r2;
+    rng_seed(&r1, 7), rng_seed(&r2, 7);
+    medusa_init(&hc, cpu, shape), medusa_init(&hg, gpu, shape);
+    medusa_init_from_base(&hc, &mc, &r1), medusa_init_from_base(&hg, &mg, &r2);
+    medusa_enable_grads(&hc), medusa_enable_grads(&hg);
+    medusa_work_init(&wc, &hc, T, 8), medusa_work_init(&wg, &hg, T, 8);
+    adam_init(&ac, &hc), adam_init(&ag, &hg);
+    for (int step = 1; step <= 3; step++) { /* step 1 has lr 0 (warm-up) */
+        MedusaBatchStats st_c, st_g;
+        memset(&st_c, 0, sizeof st_c), memset(&st_g, 0, sizeof st_g);
+        medusa_forward_backward(&hc, &wc, hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_c);
+        medusa_forward_backward(&hg, &wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_g);
+        double loss_err = fabs(st_g.total_loss - st_c.total_loss) / fabs(st_c.total_loss);
+        int hits_same = !memcmp(st_c.hits, st_g.hits, sizeof st_c.hits);
+        CHECK(loss_err <= 1e-5 && hits_same, "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k hits %s",
+              step, st_g.total_loss, st_c.total_loss, loss_err, hits_same ? "equal" : "differ");
+        char what[96];
+        snprintf(what, sizeof what, "medusa step %d: gradients of %zu parameters", step, hc.n_params);
+        expect_close(what, hg.grads, hc.grads, hc.n_params, 1e-4);
+        double norm_c = optim_step(&hc, &ac, &oc), norm_g = optim_step(&hg, &ag, &oc);
+        CHECK(fabs(norm_g - norm_c) <= 1e-5 * norm_c, "medusa step %d: gradient norm %.6f vs %.6f", step, norm_g, norm_c);
+        snprintf(what, sizeof what, "medusa step %d: parameters after AdamW", step);
+        expect_close(what, hg.params, hc.params, hc.n_params, 1e-4);
+    }
+    adam_free(&ac, &hc), adam_free(&ag, &hg);
+    medusa_work_free(&wc, &hc), medusa_work_free(&wg, &hg);
+    medusa_free(&hc), medusa_free(&hg);
+    kv_cache_free(&cc, &mc), kv_cache_free(&cg, &mg);
+    forward_state_free(&sc, &mc), forward_state_free(&sg, &mg);
+    model_free(&mc), model_free(&mg);
+    gpu->free(d_hidden), gpu->free(d_logits);
+    free(hidden), free(logits);
+}
+
 int main(void) {
     cpu = backend_cpu();
     gpu = backend_cuda();
@@ -285,5 +375,6 @@ int main(void) {
     test_softmax_xent();
     test_adamw();
     test_sum_squares();
+    test_end_to_end();
     return test_summary();
 }

@@ -1,14 +1,21 @@
 /* The CUDA emulator's runtime: block scheduler (threads as ucontext fibers), cudart on host memory,
- * cublasSgemm on OpenBLAS. See cuda_emu.h. */
+ * cublasSgemm on OpenBLAS. See cuda_emu.h.
+ * "Device" memory comes from one reserved arena that is inaccessible (PROT_NONE) except while a kernel,
+ * a cudaMemcpy/cudaMemset or a cuBLAS call runs, so host code that dereferences a device pointer crashes
+ * here as it would with a real GPU, with a message naming the cause. */
 #include "cuda_emu.h"
 
 #include <cblas.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <time.h>
 #include <ucontext.h>
 
+#include <map>
+#include <unordered_map>
 #include <vector>
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -108,6 +115,57 @@ void run_block() {
     }
 }
 
+/* --- device memory arena: bump allocation, freed blocks reused by size --- */
+const size_t kArenaBytes = (size_t)1 << 38; /* reserved address space, not memory */
+char *arena;
+size_t arena_used;
+std::unordered_map<char *, size_t> live_blocks;
+std::multimap<size_t, char *> free_blocks;
+int device_access_depth;
+
+void on_segv(int sig, siginfo_t *info, void *) {
+    char *addr = (char *)info->si_addr;
+    if (arena && addr >= arena && addr < arena + kArenaBytes) {
+        static const char msg[] = "cuda_emu: host code touched device memory (a device pointer used on the host: "
+                                  "use the backend's upload/download/copy)\n";
+        ssize_t ignored = write(2, msg, sizeof msg - 1);
+        (void)ignored;
+    }
+    signal(sig, SIG_DFL); /* re-raised on return: the default crash and core dump */
+}
+
+void arena_init() {
+    if (arena) return;
+    void *p = mmap(NULL, kArenaBytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("cuda_emu: reserving the device memory arena");
+        abort();
+    }
+    arena = (char *)p;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSEGV, &sa, NULL);
+}
+
+void set_device_access(bool on) {
+    if (arena_used && mprotect(arena, arena_used, on ? PROT_READ | PROT_WRITE : PROT_NONE)) {
+        perror("cuda_emu: mprotect");
+        abort();
+    }
+}
+
+/* Device memory is readable and writable for the lifetime of one of these (kernels, copies, GEMMs). */
+struct DeviceAccess {
+    DeviceAccess() {
+        if (device_access_depth++ == 0) set_device_access(true);
+    }
+    ~DeviceAccess() {
+        if (--device_access_depth == 0) set_device_access(false);
+    }
+};
+
 } // namespace
 
 void cuda_emu_syncthreads(void) { wait_as(AT_SYNCTHREADS); }
@@ -149,6 +207,7 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     blockDim = block;
     running_kernel = kernel_name;
     kernel_body = &body;
+    DeviceAccess access;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
@@ -160,15 +219,34 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
 
 /* --- cudart on host memory --- */
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
-    *ptr = NULL;
-    if (posix_memalign(ptr, 256, bytes ? bytes : 1)) return last_error = cudaErrorMemoryAllocation;
+    arena_init();
+    size_t size = (bytes + 255) & ~(size_t)255;
+    if (!size) size = 256;
+    auto reuse = free_blocks.lower_bound(size);
+    char *block;
+    if (reuse != free_blocks.end() && reuse->first <= 2 * size) {
+        block = reuse->second;
+        size = reuse->first;
+        free_blocks.erase(reuse);
+    } else {
+        if (arena_used + size > kArenaBytes) return last_error = cudaErrorMemoryAllocation;
+        block = arena + arena_used;
+        arena_used += size;
+    }
+    live_blocks[block] = size;
+    *ptr = block;
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *ptr) {
-    free(ptr);
+    if (!ptr) return cudaSuccess;
+    auto it = live_blocks.find((char *)ptr);
+    if (it == live_blocks.end()) return last_error = cudaErrorInvalidValue; /* not from cudaMalloc, or freed twice */
+    free_blocks.emplace(it->second, it->first);
+    live_blocks.erase(it);
     return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    DeviceAccess access;
     if (bytes) memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -176,6 +254,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     return cudaMemcpy(dst, src, bytes, kind);
 }
 cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
+    DeviceAccess access;
     if (bytes) memset(ptr, value, bytes);
     return cudaSuccess;
 }
@@ -261,6 +340,7 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
         ldc < (m > 1 ? m : 1))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    DeviceAccess access;
     cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                 transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;
