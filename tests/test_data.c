@@ -16,6 +16,7 @@
 #include "test.h"
 
 #define CHAT_FIXTURES "tests/fixtures/chat"
+#define SMOLLM2_GGUF "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 static char tmpdir[] = "/tmp/medusa-data-XXXXXX";
 
@@ -659,6 +660,89 @@ static void test_cli(void) {
     snprintf(cmd, sizeof cmd, "bin/medusa-data stats %s > %s.stats 2>&1 && grep -q 'conversations *%lld' %s.stats", train_path,
              out, (long long)train.n_convs, out);
     CHECK(run(cmd) == 0, "medusa-data stats: runs and counts the conversations");
+
+    /* no validation split: the cache holds exactly what chat_encode gives each conversation, in file order */
+    snprintf(cmd, sizeof cmd,
+             "bin/medusa-data --model %s --input " CHAT_FIXTURES "/conversations.json --out %s0 --val-fraction 0 "
+             "--max-len 300 --quiet",
+             model, out);
+    CHECK(run(cmd) == 0, "medusa-data --val-fraction 0: runs");
+    sprintf(train_path, "%s0.train.tokens.h5", out);
+    TokenCache all;
+    token_cache_load(&all, train_path, 0);
+    Tokenizer *tok = tokenizer_load_json(CHAT_FIXTURES "/llama3_tokenizer.json");
+    ChatTemplate t;
+    chat_template_init(&t, "llama-3", tok, NULL, "<|begin_of_text|>", "<|eot_id|>");
+    ShareGPTReader r;
+    sharegpt_open(&r, CHAT_FIXTURES "/conversations.json");
+    Conversation c;
+    int64_t conv = 0, kept = 0;
+    int same = 1;
+    while (sharegpt_next(&r, &c)) {
+        Encoded e;
+        if (chat_encode(&t, tok, &c, 300, &e) < 0) {
+            kept++;
+            const int64_t *off = all.conv_offsets;
+            same &= conv < all.n_convs && off[conv + 1] - off[conv] == e.n &&
+                    memcmp(all.tokens + off[conv], e.ids, (size_t)e.n * sizeof *e.ids) == 0 &&
+                    memcmp(all.loss_mask + off[conv], e.mask, (size_t)e.n) == 0;
+            conv++;
+        }
+        encoded_free(&e);
+        conversation_free(&c);
+    }
+    sharegpt_close(&r);
+    CHECK(same && conv == all.n_convs && all.meta.skipped[SKIP_NOTHING_TRAINED] == 64 - kept,
+          "medusa-data: the cache holds chat_encode's ids and masks for the %lld conversations kept at --max-len 300, "
+          "%lld counted as nothing trained",
+          (long long)all.n_convs, (long long)all.meta.skipped[SKIP_NOTHING_TRAINED]);
+    token_cache_free(&all);
+    chat_template_free(&t);
+    tokenizer_free(tok);
+
+    /* JSON lines and --limit */
+    char *lines = tmp_path("three.jsonl");
+    write_text(lines, "{\"conversations\": [{\"from\": \"human\", \"value\": \"q1\"}, {\"from\": \"gpt\", \"value\": \"a1\"}]}\n"
+                      "{\"messages\": [{\"role\": \"user\", \"content\": \"q2\"}, {\"role\": \"assistant\", \"content\": \"a2\"}]}\n"
+                      "{\"conversations\": [{\"from\": \"human\", \"value\": \"q3\"}, {\"from\": \"gpt\", \"value\": \"a3\"}]}\n");
+    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s3 --val-fraction 0 --limit 2 --quiet", model,
+             lines, out);
+    CHECK(run(cmd) == 0, "medusa-data .jsonl --limit 2: runs");
+    sprintf(train_path, "%s3.train.tokens.h5", out);
+    token_cache_load(&all, train_path, 0);
+    CHECK(all.n_convs == 2, "medusa-data .jsonl --limit 2: 2 conversations (got %lld)", (long long)all.n_convs);
+    token_cache_free(&all);
+    free(lines);
+
+    /* the chat template from a GGUF's metadata */
+    if (file_exists(SMOLLM2_GGUF)) {
+        snprintf(cmd, sizeof cmd,
+                 "bin/medusa-data --model " SMOLLM2_GGUF " --input " CHAT_FIXTURES "/conversations.json --out %s4 "
+                 "--val-fraction 0 --limit 10 --quiet",
+                 out);
+        CHECK(run(cmd) == 0, "medusa-data with a GGUF model: runs");
+        sprintf(train_path, "%s4.train.tokens.h5", out);
+        token_cache_load(&all, train_path, 0);
+        CHECK(all.n_convs == 10 && !strcmp(all.meta.template_name, "chatml") && all.meta.vocab_size == 49152,
+              "medusa-data with a GGUF model: chatml from its tokenizer.chat_template, 10 conversations (%s, %lld)",
+              all.meta.template_name, (long long)all.n_convs);
+        token_cache_free(&all);
+    } else {
+        CHECK(0, "%s is missing (data/fetch_demo.sh model)", SMOLLM2_GGUF);
+    }
+
+    /* tokenizer_config.json's list of named templates: "default" is the chat template */
+    write_text(cfg, "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"{{ tools }}\"},"
+                    " {\"name\": \"default\", \"template\": \"{{'<|im_start|>' + message['role']}}\"}]}");
+    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s5 --quiet", model, CHAT_FIXTURES "/conversations.json",
+             out);
+    CHECK(run(cmd) == 0, "medusa-data: chat_template as a list of named templates: runs");
+    sprintf(train_path, "%s5.train.tokens.h5", out);
+    token_cache_load(&all, train_path, 0);
+    CHECK(!strcmp(all.meta.template_name, "chatml"), "medusa-data: the \"default\" named template is used (%s)",
+          all.meta.template_name);
+    token_cache_free(&all);
+
     char *notes = tmp_path("notes.json");
     write_text(notes, "hello");
     snprintf(cmd, sizeof cmd,
