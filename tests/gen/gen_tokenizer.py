@@ -135,6 +135,8 @@ INVALID_LOOKING = [
     "\x00", "combining at start \u0301\u0302", "lone ZWJ \u200d and ZWNJ \u200c", "\u0080\u0081\u009f C1 controls",
     "backslash-u written out: \\u00e9 \\x41", "surrogate-like text \\ud83d\\ude00", "Ā Ġ Ċ ĉ (GPT-2 byte chars)",
     "▁ U+2581 written out ▁▁", "<0x41> <0xFF> byte token text", "mojibake: Ã©tÃ© â€™",
+    "rare controls \x04 \x06 \x13\x14 \x16 \x1d (SmolLM2's vocab has no token for these bytes)",
+    "planes 4 and 8: \U00040000 \U00080001 (lead bytes F1, F2)",
 ]
 
 LONG = [
