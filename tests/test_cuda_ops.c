@@ -53,7 +53,11 @@ static void test_memory(void) {
     for (size_t i = 0; i < n; i++) zero &= back[i] == 0.0f;
     CHECK(zero, "fill_zero");
     gpu->free(a);
+    void *again = gpu->alloc(sizeof(float) * n);
+    CHECK(again == a, "a freed block is cached and handed out again (no cudaFree/cudaMalloc per step)");
+    gpu->free(again);
     gpu->free(b);
+    EXPECT_FATAL(gpu->free(x), "did not allocate", "freeing a host pointer through the backend is an error");
     free(x);
     free(back);
 }

@@ -1,5 +1,8 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
  * Every op is asynchronous on the default stream; download() synchronises. */
+#include <map>
+#include <unordered_map>
+
 #include "cuda_common.cuh"
 
 cublasHandle_t cuda_cublas(void) {
@@ -8,12 +11,41 @@ cublasHandle_t cuda_cublas(void) {
     return handle;
 }
 
+/* Caching allocator: cudaFree synchronises the device and cudaMalloc is slow, while the model allocates
+ * the same small buffers on every decoding step; freed blocks are kept by size and handed out again.
+ * Reuse is safe because all work runs in order on the default stream. */
+static std::unordered_map<void *, size_t> live_blocks;
+static std::multimap<size_t, void *> cached_blocks;
+
+static void release_cached_blocks(void) {
+    for (auto &block : cached_blocks) CUDA_CHECK(cudaFree(block.second));
+    cached_blocks.clear();
+}
+
 static void *cuda_alloc(size_t bytes) {
+    size_t size = (bytes + 511) & ~(size_t)511;
+    if (!size) size = 512;
     void *ptr = NULL;
-    CUDA_CHECK(cudaMalloc(&ptr, bytes));
+    auto cached = cached_blocks.find(size);
+    if (cached != cached_blocks.end()) {
+        ptr = cached->second;
+        cached_blocks.erase(cached);
+    } else if (cudaMalloc(&ptr, size) != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory: give the cache back and retry once */
+        release_cached_blocks();
+        CUDA_CHECK(cudaMalloc(&ptr, size));
+    }
+    live_blocks[ptr] = size;
     return ptr;
 }
-static void cuda_free(void *ptr) { CUDA_CHECK(cudaFree(ptr)); }
+
+static void cuda_free(void *ptr) {
+    if (!ptr) return;
+    auto live = live_blocks.find(ptr);
+    if (live == live_blocks.end()) fatal("cuda backend: free of a pointer it did not allocate (or freed twice)");
+    cached_blocks.emplace(live->second, ptr);
+    live_blocks.erase(live);
+}
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
