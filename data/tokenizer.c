@@ -67,7 +67,7 @@ typedef struct {
 /* ---- the tokenizer ---- */
 
 typedef enum { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS } SplitBehavior;
-typedef enum { STEP_SPLIT, STEP_PREFIX_SPACE, STEP_METASPACE } StepKind;
+typedef enum { STEP_SPLIT, STEP_PREFIX_SPACE, STEP_METASPACE, STEP_WORDS } StepKind;
 
 /* One pre-tokenizer step, applied to every piece the previous steps made. */
 typedef struct {
@@ -282,9 +282,24 @@ static int cmp_added_len_desc(const void *a, const void *b, void *ctx) {
     return lb != la ? lb - la : *(const int *)a - *(const int *)b;
 }
 
-/* Byte tables, vocab index, added-token index: everything derived from pieces and attributes. */
+/* Whether some piece has U+2581 after another character: without one, no SentencePiece merge can join
+ * the text before a word's leading U+2581 to the word, so words can be encoded (and cached) one by one. */
+static int merges_cross_words(const Tokenizer *t) {
+    for (int id = 0; id < t->n_vocab; id++) {
+        const char *p = t->pieces[id], *end = p + t->piece_len[id];
+        for (const char *m = p; (m = memmem(m, (size_t)(end - m), SPACE_MARK, 3)) != NULL; m += 3)
+            if (m > p && (m - p < 3 || memcmp(m - 3, SPACE_MARK, 3) != 0)) return 1;
+    }
+    return 0;
+}
+
+static PreStep *add_step(Tokenizer *t, StepKind kind);
+
+/* Byte tables, vocab index, added-token index, word splitting: everything derived from pieces and
+ * attributes. */
 static void finish(Tokenizer *t) {
     vocab_index(t);
+    if (t->kind == TOKENIZER_SPM_BPE && !merges_cross_words(t)) add_step(t, STEP_WORDS);
     for (int b = 0; b < 256; b++) {
         char buf[8];
         int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char((unsigned)b)) : snprintf(buf, sizeof buf, "<0x%02X>", b);
@@ -617,6 +632,19 @@ static void metaspace_piece(const PreStep *st, Scratch *sc, const char *s, size_
     pieces_add(out, buf + start, o - start);
 }
 
+/* Cuts a piece before each U+2581 that follows another character (see merges_cross_words). */
+static void words_piece(const char *s, size_t n, Pieces *out) {
+    size_t start = 0;
+    for (const char *m = s; (m = memmem(m, n - (size_t)(m - s), SPACE_MARK, 3)) != NULL; m += 3) {
+        size_t i = (size_t)(m - s);
+        if (i > start && (i - start < 3 || memcmp(m - 3, SPACE_MARK, 3) != 0)) {
+            pieces_add(out, s + start, i - start);
+            start = i;
+        }
+    }
+    pieces_add(out, s + start, n - start);
+}
+
 /* ---- BPE on one piece ---- */
 
 struct HeapItem {
@@ -855,6 +883,9 @@ static void encode_segment(const Tokenizer *t, Scratch *sc, const char *s, size_
                 break;
             case STEP_METASPACE:
                 metaspace_piece(st, sc, p, len, at_start && i == 0, next);
+                break;
+            case STEP_WORDS:
+                words_piece(p, len, next);
                 break;
             }
         }
