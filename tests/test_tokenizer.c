@@ -412,7 +412,7 @@ static void check_bad_input(void) {
 }
 
 /* Encoder throughput on ShareGPT text, when the demo data is there. */
-static void bench_sharegpt(const Tokenizer *t) {
+static void bench_sharegpt(const char *label, const Tokenizer *t) {
     const char *path = "cache/data/ShareGPT_V3_unfiltered_cleaned_split.json";
     if (!file_exists(path)) {
         printf("       (no %s: ShareGPT throughput not measured)\n", path);
@@ -435,8 +435,8 @@ static void bench_sharegpt(const Tokenizer *t) {
     }
     sharegpt_close(&r);
     double s = now_seconds() - t0;
-    printf("       SmolLM2 encoder on ShareGPT: %.1f MB, %ld tokens in %.2f s: %.2f MB/s, %.0f tokens/s (1 thread, "
-           "incl. JSON parsing)\n", bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / s);
+    printf("       %s encoder on ShareGPT: %.1f MB, %ld tokens in %.2f s: %.2f MB/s, %.0f tokens/s (1 thread, "
+           "incl. JSON parsing)\n", label, bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / s);
 }
 
 int main(void) {
@@ -465,7 +465,7 @@ int main(void) {
     check_tokenizer("SmolLM2 (GGUF; HF with its \"smollm\" pre-tokenizer)", smol_gguf, FIXTURES "smollm2_gguf.json", &st);
     check_gguf_vs_conversion(smol_gguf, &st);
     check_specials(smol_gguf);
-    bench_sharegpt(smol);
+    bench_sharegpt("SmolLM2", smol);
     tokenizer_free(smol_gguf);
     tokenizer_free(smol);
 
@@ -485,6 +485,7 @@ int main(void) {
     CHECK(tokenizer_kind(spm) == TOKENIZER_SPM_BPE && tokenizer_bos_id(spm) == 1 && tokenizer_eos_id(spm) == 2,
           "spm_tokenizer.json: SentencePiece-style BPE, BOS <s> = 1, EOS </s> = 2");
     check_tokenizer("Llama-2 style (byte fallback)", spm, FIXTURES "spm.json", &st);
+    bench_sharegpt("Llama-2 style", spm);
     tokenizer_free(spm);
 
     gguf_open(&g, FIXTURES "spm_llama.gguf");
