@@ -1021,7 +1021,9 @@ static void parse_normalizer(Tokenizer *t, const cJSON *n, const char *path) {
     if (!type) return;
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) parse_normalizer(t, c, path);
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) {
+            parse_normalizer(t, c, path);
+        }
         return;
     }
     if (strcmp(type, "NFC") == 0) {
@@ -1051,7 +1053,9 @@ static void parse_pre_tokenizer(Tokenizer *t, const cJSON *p, const char *path) 
     if (!type) return;
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) parse_pre_tokenizer(t, c, path);
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) {
+            parse_pre_tokenizer(t, c, path);
+        }
     } else if (strcmp(type, "ByteLevel") == 0) {
         t->kind = TOKENIZER_BYTE_BPE;
         if (json_bool(p, "add_prefix_space", 0)) add_step(t, STEP_PREFIX_SPACE);
@@ -1089,7 +1093,9 @@ static void parse_decoder(Tokenizer *t, const cJSON *d, const char *path) {
     if (!type) return;
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(d, "decoders")) parse_decoder(t, c, path);
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(d, "decoders")) {
+            parse_decoder(t, c, path);
+        }
     } else if (strcmp(type, "ByteLevel") == 0) {
         t->kind = TOKENIZER_BYTE_BPE;
     } else if (strcmp(type, "Strip") == 0) {
@@ -1191,7 +1197,9 @@ Tokenizer *tokenizer_load_json(const char *path) {
 
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *v;
     int n_vocab = 0;
-    cJSON_ArrayForEach(v, vocab) if (json_id(v, path) + 1 > n_vocab) n_vocab = v->valueint + 1;
+    cJSON_ArrayForEach(v, vocab) {
+        if (json_id(v, path) + 1 > n_vocab) n_vocab = v->valueint + 1;
+    }
     cJSON_ArrayForEach(v, added) {
         int id = json_id(cJSON_GetObjectItemCaseSensitive(v, "id"), path);
         if (!json_str(v, "content")) fatal("%s: added token %d has no content", path, id);
@@ -1200,7 +1208,9 @@ Tokenizer *tokenizer_load_json(const char *path) {
     if (n_vocab == 0) fatal("%s: empty vocab", path);
     Tokenizer *t = tokenizer_new(n_vocab);
     t->kind = TOKENIZER_SPM_BPE;
-    cJSON_ArrayForEach(v, vocab) set_piece(t, v->valueint, v->string, strlen(v->string));
+    cJSON_ArrayForEach(v, vocab) {
+        set_piece(t, v->valueint, v->string, strlen(v->string));
+    }
     cJSON_ArrayForEach(v, added) {
         int id = cJSON_GetObjectItemCaseSensitive(v, "id")->valueint;
         const char *content = json_str(v, "content");

@@ -93,7 +93,9 @@ static int same_ids(const int32_t *a, int n, const cJSON *want) {
     if (n != cJSON_GetArraySize(want)) return 0;
     int k = 0;
     const cJSON *v;
-    cJSON_ArrayForEach(v, want) if (a[k++] != v->valueint) return 0;
+    cJSON_ArrayForEach(v, want) {
+        if (a[k++] != v->valueint) return 0;
+    }
     return 1;
 }
 
@@ -103,7 +105,9 @@ static void print_mismatch(const char *what, int i, const Strings *st, const int
     printf("%s\n         want", n > 24 ? " ..." : "");
     int k = 0;
     const cJSON *v;
-    cJSON_ArrayForEach(v, want) if (k++ < 24) printf(" %d", v->valueint);
+    cJSON_ArrayForEach(v, want) {
+        if (k++ < 24) printf(" %d", v->valueint);
+    }
     printf("%s\n", k > 24 ? " ..." : "");
 }
 
@@ -211,7 +215,9 @@ static void check_gguf_vs_conversion(const Tokenizer *t, const Strings *st) {
     cJSON *conv = load_json(FIXTURES "smollm2.json"), *fx = load_json(FIXTURES "smollm2_gguf.json"), *v;
     const cJSON *ids = cJSON_GetObjectItem(conv, "ids");
     char *expect_differ = xcalloc((size_t)st->n, 1);
-    cJSON_ArrayForEach(v, cJSON_GetObjectItem(fx, "differs_from_conversion")) expect_differ[v->valueint] = 1;
+    cJSON_ArrayForEach(v, cJSON_GetObjectItem(fx, "differs_from_conversion")) {
+        expect_differ[v->valueint] = 1;
+    }
     int same = 0, differ = 0, as_expected = 0;
     for (int i = 0; i < st->n; i++) {
         int32_t *got;
@@ -355,7 +361,7 @@ static const char *write_tmp(const char *name, const char *text, size_t len) {
     static char path[128];
     snprintf(path, sizeof path, "%s/%s", tmp_dir, name);
     FILE *f = fopen(path, "wb");
-    ensure(f && fwrite(text, 1, len, f) == len);
+    if (!f || fwrite(text, 1, len, f) != len) fatal("%s: cannot write", path);
     fclose(f);
     return path;
 }
