@@ -20,7 +20,15 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
     int H = base->config.hidden_size, V = base->config.vocab_size;
     int rows = tree ? tree->n_nodes : 1;
     d->base = base;
-    d->heads = heads;
+    if (heads) {
+        if (!tree) fatal("Medusa decoding needs a tree");
+        if (tree->n_heads_used > heads->shape.n_heads)
+            fatal("the tree is %d levels deep but there are only %d Medusa heads", tree->n_heads_used, heads->shape.n_heads);
+        /* each head's lm_head is as large as the base model's: reading unused ones would cost a lot per step */
+        d->heads_used = *heads;
+        d->heads_used.shape.n_heads = tree->n_heads_used;
+        heads = d->heads = &d->heads_used;
+    }
     d->tree = tree;
     d->max_len = max_len;
     /* the prompt is prefilled in one pass, so state buffers cover max_len rows */
@@ -176,8 +184,6 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     const Backend *be = d->base->be;
     int V = d->base->config.vocab_size, N = t->n_nodes, P = t->n_leaves, D = t->max_depth;
     if (!d->heads || !t) fatal("Medusa decoding needs heads and a tree");
-    if (t->n_heads_used > d->heads->shape.n_heads)
-        fatal("the tree is %d levels deep but there are only %d Medusa heads", t->n_heads_used, d->heads->shape.n_heads);
     memset(stats, 0, sizeof *stats);
     Rng rng;
     rng_seed(&rng, o->seed);

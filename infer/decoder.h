@@ -26,7 +26,8 @@ typedef void (*TokenSink)(const int32_t *tokens, int n, void *user);
 
 typedef struct {
     const Model *base;
-    const MedusaHeads *heads; /* NULL: plain decoding only */
+    const MedusaHeads *heads; /* NULL: plain decoding only; else heads_used */
+    MedusaHeads heads_used;   /* the first heads, as many as the tree is deep: the others are never read */
     const MedusaTree *tree;
     int max_len;
     ForwardState state;

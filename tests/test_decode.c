@@ -1,11 +1,13 @@
 /* Decoding: acceptance rules against the reference evaluate_posterior (fixture from
  * tests/gen/gen_acceptance.py), and losslessness: greedy Medusa decoding must reproduce plain greedy
- * decoding token for token (tiny test model, heads initialised from the base, several trees). */
+ * decoding token for token (tiny test models, 24 prompts, several trees, heads that never, sometimes and
+ * always agree with the base model), as must typical acceptance at a vanishing temperature. */
 #include <cJSON.h>
 #include <stdlib.h>
 
 #include "../infer/acceptance.h"
 #include "../infer/decoder.h"
+#include "../train/optim.h"
 #include "test.h"
 
 static void check_acceptance(void) {
@@ -65,50 +67,169 @@ static void check_acceptance(void) {
     free(valid);
 }
 
-static void check_lossless(const char *model_path, const char *tree_name) {
+/* Heads for the lossless checks: copies of the base lm_head (the reference initialisation), random heads
+ * with peaked outputs (confident and mostly wrong: acceptance only by chance), heads trained on the
+ * model's own greedy continuations of the test prompts (they agree with the base, so long paths are
+ * accepted and the KV-cache compaction after multi-token steps is exercised), and those heads with noise
+ * (paths accepted part of the way, often not the first path). */
+typedef enum { HEADS_FROM_BASE, HEADS_PEAKED, HEADS_AGREEING, HEADS_NOISY } HeadKind;
+static const char *const head_kind_names[] = {"from-base", "random-peaked", "trained-to-agree", "noisy-agreeing"};
+
+#define N_PROMPTS 24
+#define MAX_NEW 40
+
+typedef struct {
+    int32_t tokens[N_PROMPTS][16];
+    int n[N_PROMPTS];
+} Prompts;
+
+static void make_prompts(Prompts *p, int vocab, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int i = 0; i < N_PROMPTS; i++) {
+        p->n[i] = 3 + (int)rng_below(&rng, 10);
+        for (int j = 0; j < p->n[i]; j++) p->tokens[i][j] = (int32_t)rng_below(&rng, (uint64_t)vocab);
+    }
+}
+
+static void fill_uniform(float *x, size_t n, float scale, Rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * rng_uniform(rng) - 1.0f);
+}
+
+/* Trains the heads (AdamW on the Medusa loss) on each prompt followed by its plain greedy continuation. */
+static void train_to_agree(MedusaHeads *heads, const Model *m, const Prompts *p, Rng *rng) {
+    int T = 0, H = m->config.hidden_size;
+    int32_t tokens[N_PROMPTS * (16 + MAX_NEW)], seq_lens[N_PROMPTS];
+    Decoder d;
+    decoder_init(&d, m, NULL, NULL, 128);
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    for (int i = 0; i < N_PROMPTS; i++) {
+        memcpy(tokens + T, p->tokens[i], sizeof(int32_t) * (size_t)p->n[i]);
+        DecodeStats st;
+        int n = decode_plain(&d, p->tokens[i], p->n[i], MAX_NEW, -1, &o, tokens + T + p->n[i], NULL, NULL, &st);
+        seq_lens[i] = p->n[i] + n;
+        T += seq_lens[i];
+    }
+    decoder_free(&d);
+    uint8_t *mask = xmalloc((size_t)T);
+    memset(mask, 1, (size_t)T);
+    float *hidden = xmalloc(sizeof(float) * (size_t)T * H);
+    ForwardState s;
+    forward_state_init(&s, m, T);
+    PackedBatch b = {T, tokens, N_PROMPTS, seq_lens};
+    model_forward(m, &s, &b, hidden, NULL);
+    forward_state_free(&s, m);
+    medusa_init_from_base(heads, m, rng);
+    medusa_enable_grads(heads);
+    MedusaWork w;
+    medusa_work_init(&w, heads, T, T);
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.lr = 3e-2;
+    oc.warmup_ratio = 0;
+    oc.max_grad_norm = 0;
+    oc.total_steps = 1 << 20; /* a nearly constant learning rate */
+    AdamState adam;
+    adam_init(&adam, heads);
+    MedusaBatchStats st;
+    for (int step = 0; step < 60; step++) {
+        medusa_forward_backward(heads, &w, hidden, tokens, mask, seq_lens, N_PROMPTS, T, 1.0f, 1.0f, &st);
+        optim_step(heads, &adam, &oc);
+    }
+    adam_free(&adam, heads);
+    printf("  trained-to-agree heads: final loss %.3f, head 0 top-1 %.2f on the greedy continuations\n", st.total_loss,
+           (double)st.hits[0][0] / (double)st.valid[0]);
+    medusa_work_free(&w, heads);
+    free(hidden);
+    free(mask);
+}
+
+/* The heads of a kind; agreeing heads are trained once per tree and copied (trained: NULL the first time). */
+static void make_heads(MedusaHeads *heads, const Model *m, int n_heads, HeadKind kind, const Prompts *p,
+                       const MedusaHeads *trained) {
+    MedusaShape shape = {n_heads, 1, m->config.hidden_size, m->config.vocab_size};
+    medusa_init(heads, m->be, shape);
+    Rng rng;
+    rng_seed(&rng, 5);
+    if (kind == HEADS_FROM_BASE) medusa_init_from_base(heads, m, &rng);
+    if (kind == HEADS_PEAKED) fill_uniform(heads->params, heads->n_params, 1.0f, &rng); /* logits spread ~5 */
+    if (kind == HEADS_AGREEING || kind == HEADS_NOISY) {
+        if (trained) heads->be->copy(heads->params, trained->params, sizeof(float) * heads->n_params);
+        else train_to_agree(heads, m, p, &rng);
+    }
+    if (kind == HEADS_NOISY) {
+        float *noise = xmalloc(sizeof(float) * heads->n_params);
+        fill_uniform(noise, heads->n_params, 0.4f, &rng);
+        heads->be->residual_add(heads->params, noise, heads->n_params);
+        free(noise);
+    }
+}
+
+/* Greedy Medusa decoding == plain greedy decoding on every prompt; returns the tokens per step. Also
+ * checks that typical acceptance at a vanishing temperature (only the argmax is typical) is greedy too. */
+static double check_lossless(const Model *m, const char *model_path, const MedusaTree *tree, const char *tree_name,
+                             HeadKind kind, MedusaHeads *trained) {
+    Prompts p;
+    make_prompts(&p, m->config.vocab_size, 11);
+    MedusaHeads heads;
+    make_heads(&heads, m, tree->n_heads_used, kind, &p, trained->params ? trained : NULL);
+    Decoder plain, medusa;
+    decoder_init(&plain, m, NULL, NULL, 128);
+    decoder_init(&medusa, m, &heads, tree, 128);
+    DecodeOptions o, cold;
+    decode_options_defaults(&o);
+    cold = o;
+    cold.temperature = 1e-6f;
+    int same = 0, same_cold = 0, steps = 0, tokens = 0;
+    for (int i = 0; i < N_PROMPTS; i++) {
+        int32_t a[MAX_NEW + 16], b[MAX_NEW + 16], c[MAX_NEW + 16];
+        DecodeStats sa, sb, sc;
+        int na = decode_plain(&plain, p.tokens[i], p.n[i], MAX_NEW, -1, &o, a, NULL, NULL, &sa);
+        int nb = decode_medusa(&medusa, p.tokens[i], p.n[i], MAX_NEW, -1, &o, b, NULL, NULL, &sb);
+        int nc = decode_medusa(&medusa, p.tokens[i], p.n[i], MAX_NEW, -1, &cold, c, NULL, NULL, &sc);
+        same += na == nb && memcmp(a, b, sizeof(int32_t) * (size_t)na) == 0;
+        same_cold += na == nc && memcmp(a, c, sizeof(int32_t) * (size_t)na) == 0;
+        steps += sb.steps; /* each verification step emits the accepted tokens and the base model's next */
+        tokens += nb;
+    }
+    double per_step = (double)tokens / steps;
+    CHECK(same == N_PROMPTS, "%s, tree %s, %s heads: greedy Medusa == plain greedy on %d/%d prompts (%.2f tokens per step)",
+          model_path, tree_name, head_kind_names[kind], same, N_PROMPTS, per_step);
+    CHECK(same_cold == N_PROMPTS, "%s, tree %s, %s heads: typical acceptance at temperature 1e-6 == plain greedy on %d/%d prompts",
+          model_path, tree_name, head_kind_names[kind], same_cold, N_PROMPTS);
+    decoder_free(&plain);
+    decoder_free(&medusa);
+    if (kind == HEADS_AGREEING) *trained = heads;
+    else medusa_free(&heads);
+    return per_step;
+}
+
+static void check_model(const char *model_path, const char *tree_name) {
     Model m;
     model_load(&m, model_path, backend_cpu());
     char tree_path[128];
     snprintf(tree_path, sizeof tree_path, "configs/trees/%s.json", tree_name);
     MedusaTree tree;
     tree_load(&tree, tree_path);
-    MedusaHeads heads;
-    MedusaShape shape = {tree.n_heads_used, 1, m.config.hidden_size, m.config.vocab_size};
-    medusa_init(&heads, m.be, shape);
-    Rng rng;
-    rng_seed(&rng, 5);
-    medusa_init_from_base(&heads, &m, &rng);
-    Decoder plain, medusa;
-    decoder_init(&plain, &m, NULL, NULL, 256);
-    decoder_init(&medusa, &m, &heads, &tree, 256);
-    DecodeOptions o;
-    decode_options_defaults(&o);
-    int same = 0, prompts = 20, max_new = 40, steps = 0, tokens = 0;
-    for (int p = 0; p < prompts; p++) {
-        int32_t prompt[16], a[64], b[128];
-        int n_prompt = 3 + (int)rng_below(&rng, 10);
-        for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)rng_below(&rng, (uint64_t)m.config.vocab_size);
-        DecodeStats sa, sb;
-        int na = decode_plain(&plain, prompt, n_prompt, max_new, -1, &o, a, NULL, NULL, &sa);
-        int nb = decode_medusa(&medusa, prompt, n_prompt, max_new, -1, &o, b, NULL, NULL, &sb);
-        int equal = na == nb && memcmp(a, b, sizeof(int32_t) * (size_t)na) == 0;
-        same += equal;
-        steps += sb.steps + 1;
-        tokens += nb;
-    }
-    CHECK(same == prompts, "%s, tree %s: greedy Medusa == plain greedy on %d/%d prompts (%.2f tokens per step)", model_path,
-          tree_name, same, prompts, (double)tokens / steps);
-    decoder_free(&plain);
-    decoder_free(&medusa);
-    medusa_free(&heads);
+    MedusaHeads trained = {0};
+    check_lossless(&m, model_path, &tree, tree_name, HEADS_FROM_BASE, &trained);
+    double peaked = check_lossless(&m, model_path, &tree, tree_name, HEADS_PEAKED, &trained);
+    double agreeing = check_lossless(&m, model_path, &tree, tree_name, HEADS_AGREEING, &trained);
+    double noisy = check_lossless(&m, model_path, &tree, tree_name, HEADS_NOISY, &trained);
+    /* acceptance must actually happen, or the checks above would hold for a decoder that never accepts */
+    CHECK(agreeing > 3.0 && noisy > 1.2 && noisy < agreeing,
+          "%s, tree %s: tokens per step %.2f with random-peaked heads, %.2f with agreeing heads (> 3), %.2f with noisy ones (between)",
+          model_path, tree_name, peaked, agreeing, noisy);
+    medusa_free(&trained);
     tree_free(&tree);
     model_free(&m);
 }
 
 int main(void) {
     check_acceptance();
-    check_lossless("tests/fixtures/models/tiny_llama", "small_8");
-    check_lossless("tests/fixtures/models/tiny_llama", "mc_sim_7b_63");
-    check_lossless("tests/fixtures/models/tiny_qwen2", "chain_4");
+    check_model("tests/fixtures/models/tiny_llama", "small_8");
+    check_model("tests/fixtures/models/tiny_llama", "mc_sim_7b_63");
+    check_model("tests/fixtures/models/tiny_qwen2", "chain_4");
     return test_summary();
 }

@@ -1,0 +1,682 @@
+/* medusa-infer: generate or chat with a base model, plainly or with Medusa tree decoding; --bench compares
+ * plain greedy, Medusa greedy and Medusa typical decoding on a prompt set; `tune` builds trees from measured
+ * head accuracies and picks the one this machine runs fastest. */
+#include <cJSON.h>
+#include <cblas.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/args.h"
+#include "../data/chat_template.h"
+#include "../infer/decoder.h"
+#include "../infer/tune.h"
+#include "../model/medusa_io.h"
+
+#define DEFAULT_TREE "configs/trees/mc_sim_7b_63.json"
+#define DEFAULT_TREE_CPU "configs/trees/cpu_4.json"
+
+typedef struct {
+    const char *model, *medusa, *prompt, *prompt_ids, *tree, *mode, *device, *bench, *chat_template, *system;
+    int max_new, threads, raw, ctx, seed, quiet;
+    float temperature, top_p, posterior_threshold, posterior_alpha;
+} Options;
+
+typedef struct {
+    Options o;
+    Model model;
+    MedusaHeads heads;
+    MedusaTree tree;
+    int have_heads;
+    Tokenizer *tok;      /* NULL when the model has none (only --prompt-ids then) */
+    ChatTemplate tmpl;
+    int have_tmpl;
+    int stop_id;         /* end of the assistant's turn, or the tokenizer's EOS */
+    Decoder dec;
+} Engine;
+
+/* ---- setup ---- */
+
+static void set_threads(int threads) {
+    if (threads <= 0) return;
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+}
+
+static const Backend *device_backend(const char *name) {
+    if (strcmp(name, "cpu") == 0) return backend_cpu();
+    if (strcmp(name, "cuda") == 0) fatal("--device cuda: this build has no CUDA backend; use --device cpu");
+    fatal("--device %s: unknown device (cpu or cuda)", name);
+}
+
+/* The model's Jinja chat template (GGUF metadata or tokenizer_config.json), malloc'd; NULL when none. */
+static char *model_jinja(const Engine *e) {
+    if (e->model.source.gguf) {
+        const char *s = gguf_get_str(e->model.source.gguf, "tokenizer.chat_template");
+        return s ? xstrdup(s) : NULL;
+    }
+    char *path = path_join(e->o.model, "tokenizer_config.json");
+    char *text = read_whole_file(path, NULL), *jinja = NULL;
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    if (text && !root) fatal("%s: not valid JSON", path);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
+    if (cJSON_IsString(t)) jinja = xstrdup(t->valuestring);
+    if (cJSON_IsArray(t)) /* [{"name": "default", "template": ...}, ...] */
+        for (const cJSON *it = t->child; it && !jinja; it = it->next) {
+            const cJSON *tpl = cJSON_GetObjectItemCaseSensitive(it, "template");
+            if (cJSON_IsString(tpl)) jinja = xstrdup(tpl->valuestring);
+        }
+    cJSON_Delete(root);
+    free(text);
+    free(path);
+    return jinja;
+}
+
+static void load_text_side(Engine *e) {
+    if (e->model.source.gguf) {
+        e->tok = tokenizer_load_gguf(e->model.source.gguf);
+    } else {
+        char *path = path_join(e->o.model, "tokenizer.json");
+        if (file_exists(path)) e->tok = tokenizer_load_json(path);
+        free(path);
+    }
+    if (!e->tok) return;
+    e->stop_id = tokenizer_eos_id(e->tok);
+    if (e->o.raw) return;
+    char *jinja = model_jinja(e);
+    const char *name = e->o.chat_template ? e->o.chat_template : chat_template_guess(jinja);
+    if (name) {
+        chat_template_init(&e->tmpl, name, e->tok, jinja, NULL, NULL);
+        e->have_tmpl = 1;
+        /* a turn ends with the template's end-of-turn token, which need not be the tokenizer's EOS */
+        const char *end = e->tmpl.kind == TEMPLATE_CHATML ? "<|im_end|>" : e->tmpl.kind == TEMPLATE_LLAMA3 ? "<|eot_id|>" : NULL;
+        int id = end ? tokenizer_token_id(e->tok, end) : -1;
+        if (id >= 0) e->stop_id = id;
+    }
+    free(jinja);
+}
+
+static void engine_init(Engine *e, const Options *o) {
+    memset(e, 0, sizeof *e);
+    e->o = *o;
+    e->stop_id = -1;
+    const Backend *be = device_backend(o->device);
+    model_load(&e->model, o->model, be);
+    const ModelConfig *c = &e->model.config;
+    if (o->medusa) {
+        medusa_import(&e->heads, o->medusa, be, c->hidden_size, c->vocab_size);
+        e->have_heads = 1;
+        const char *tree = o->tree ? o->tree : strcmp(o->device, "cpu") == 0 ? DEFAULT_TREE_CPU : DEFAULT_TREE;
+        tree_load(&e->tree, tree);
+        if (e->tree.n_heads_used > e->heads.shape.n_heads)
+            fatal("%s: the tree is %d levels deep but %s has only %d heads", tree, e->tree.n_heads_used, o->medusa,
+                  e->heads.shape.n_heads);
+    } else if (strcmp(o->mode, "medusa") == 0 || o->bench) {
+        fatal("--mode medusa and --bench need --medusa DIR (exported heads)");
+    }
+    load_text_side(e);
+    int ctx = o->ctx;
+    if (c->max_position > 0 && ctx > c->max_position) ctx = c->max_position;
+    decoder_init(&e->dec, &e->model, e->have_heads ? &e->heads : NULL, e->have_heads ? &e->tree : NULL, ctx);
+}
+
+static void engine_free(Engine *e) {
+    decoder_free(&e->dec);
+    if (e->have_tmpl) chat_template_free(&e->tmpl);
+    if (e->tok) tokenizer_free(e->tok);
+    if (e->have_heads) {
+        medusa_free(&e->heads);
+        tree_free(&e->tree);
+    }
+    model_free(&e->model);
+}
+
+/* ---- prompts ---- */
+
+static int32_t *parse_ids(const char *s, int vocab, int *n) {
+    int cap = 16;
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)cap);
+    *n = 0;
+    for (const char *p = s; *p;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) fatal("--prompt-ids: expected comma-separated token ids, got '%s'", s);
+        if (v < 0 || v >= vocab) fatal("--prompt-ids: token id %ld is outside the vocabulary (0..%d)", v, vocab - 1);
+        if (*n == cap) ids = xrealloc(ids, sizeof(int32_t) * (size_t)(cap *= 2));
+        ids[(*n)++] = (int32_t)v;
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    if (*n == 0) fatal("--prompt-ids: no token ids");
+    return ids;
+}
+
+/* Tokens of a conversation (alternating user/assistant turns, ending with a user turn) followed by the
+ * assistant's header: the template renders the conversation with an empty reply, and the prompt is the
+ * text before that reply's first trained byte. */
+static int32_t *encode_chat(const Engine *e, const Turn *turns, int n_turns, int *n) {
+    int m = n_turns + 2;
+    Turn *all = xcalloc((size_t)m, sizeof(Turn));
+    int k = 0;
+    if (e->o.system) all[k++] = (Turn){ROLE_SYSTEM, e->o.system, strlen(e->o.system)};
+    for (int i = 0; i < n_turns; i++) all[k++] = turns[i];
+    all[k++] = (Turn){ROLE_ASSISTANT, "", 0};
+    Conversation c = {0};
+    c.turns = all;
+    c.n_turns = k;
+    Rendered r = {0};
+    chat_render(&e->tmpl, &c, &r);
+    size_t len = r.n_spans > 0 ? r.spans[2 * (r.n_spans - 1)] : r.len;
+    /* fastchat's vicuna prompt ends with "ASSISTANT:"; the space belongs to the reply */
+    if (e->tmpl.kind == TEMPLATE_VICUNA && len > 0 && r.text[len - 1] == ' ') len--;
+    int32_t *ids;
+    *n = tokenizer_encode(e->tok, r.text, len, 1, e->tmpl.add_bos, &ids);
+    rendered_free(&r);
+    free(all);
+    return ids;
+}
+
+/* A prompt's tokens: raw text, or one user turn in the chat template. */
+static int32_t *encode_prompt(const Engine *e, const char *text, int *n) {
+    if (!e->tok) fatal("%s: the model has no tokenizer; give --prompt-ids", e->o.model);
+    if (e->o.raw) {
+        int32_t *ids;
+        *n = tokenizer_encode(e->tok, text, strlen(text), 1, 1, &ids);
+        return ids;
+    }
+    if (!e->have_tmpl)
+        fatal("%s: no known chat template in the model; name one with --chat-template (%s) or give --raw", e->o.model,
+              CHAT_TEMPLATE_NAMES);
+    Turn t = {ROLE_USER, text, strlen(text)};
+    return encode_chat(e, &t, 1, n);
+}
+
+/* ---- streaming output ---- */
+
+typedef struct {
+    const Engine *e;
+    int32_t *ids;
+    int n, cap;
+    size_t printed; /* bytes of the decoded text already written */
+    int echo;
+} Stream;
+
+static void stream_reset(Stream *s, const Engine *e, int echo) {
+    s->e = e;
+    s->n = 0;
+    s->printed = 0;
+    s->echo = echo;
+}
+
+/* Appends generated tokens and writes the text they complete (a UTF-8 character split across tokens waits
+ * for its last byte). */
+static void stream_sink(const int32_t *tokens, int n, void *user) {
+    Stream *s = user;
+    if (s->n + n > s->cap) {
+        s->cap = 2 * (s->n + n);
+        s->ids = xrealloc(s->ids, sizeof(int32_t) * (size_t)s->cap);
+    }
+    memcpy(s->ids + s->n, tokens, sizeof(int32_t) * (size_t)n);
+    s->n += n;
+    if (!s->echo) return;
+    if (!s->e->tok) {
+        for (int i = 0; i < n; i++) printf("%d ", tokens[i]);
+        fflush(stdout);
+        return;
+    }
+    size_t len;
+    char *text = tokenizer_decode(s->e->tok, s->ids, s->n, 1, &len);
+    size_t end = len;
+    for (size_t back = 0; back < 4 && back < len; back++) {
+        unsigned char ch = (unsigned char)text[len - 1 - back];
+        if ((ch & 0xc0) == 0x80) continue; /* continuation byte */
+        int need = ch < 0x80 ? 1 : (ch & 0xe0) == 0xc0 ? 2 : (ch & 0xf0) == 0xe0 ? 3 : 4;
+        if ((size_t)need > back + 1) end = len - 1 - back;
+        break;
+    }
+    if (end > s->printed) {
+        fwrite(text + s->printed, 1, end - s->printed, stdout);
+        fflush(stdout);
+        s->printed = end;
+    }
+    free(text);
+}
+
+/* ---- generation ---- */
+
+static DecodeOptions decode_options(const Options *o, float temperature) {
+    DecodeOptions d;
+    decode_options_defaults(&d);
+    d.temperature = temperature;
+    d.top_p = o->top_p;
+    d.posterior_threshold = o->posterior_threshold;
+    d.posterior_alpha = o->posterior_alpha;
+    d.seed = (uint64_t)o->seed;
+    return d;
+}
+
+/* Decodes after prompt in the given mode (temperature 0: greedy; > 0: sampling, or typical acceptance with
+ * Medusa). out holds max_new + tree depth tokens. */
+static int generate(Engine *e, const int32_t *prompt, int n_prompt, int medusa, float temperature, int32_t *out,
+                    TokenSink sink, void *user, DecodeStats *st) {
+    DecodeOptions d = decode_options(&e->o, temperature);
+    int room = e->dec.max_len - n_prompt - 1 - (medusa ? e->tree.n_nodes : 0);
+    int max_new = e->o.max_new < room ? e->o.max_new : room;
+    if (max_new < 1) fatal("prompt of %d tokens leaves no room in the context of %d (--ctx)", n_prompt, e->dec.max_len);
+    return medusa ? decode_medusa(&e->dec, prompt, n_prompt, max_new, e->stop_id, &d, out, sink, user, st)
+                  : decode_plain(&e->dec, prompt, n_prompt, max_new, e->stop_id, &d, out, sink, user, st);
+}
+
+/* Decoding steps that emitted the tokens: plain decoding's first token comes from the prompt's forward
+ * pass; every Medusa verification pass emits its accepted tokens plus the base model's next. */
+static int decoding_steps(const DecodeStats *st, int medusa) {
+    int steps = medusa ? st->steps : st->steps + 1;
+    return steps > 0 ? steps : 1;
+}
+
+static void print_stats(const DecodeStats *st, int medusa) {
+    fprintf(stderr, "[%d tokens in %.2f s: %.1f tokens/s, %.2f tokens per step%s, prefill %.2f s]\n", st->new_tokens,
+            st->seconds, st->new_tokens / (st->seconds > 0 ? st->seconds : 1e-9),
+            (double)st->new_tokens / decoding_steps(st, medusa), medusa ? " (Medusa)" : "", st->prefill_seconds);
+}
+
+static int32_t *output_buffer(const Engine *e) {
+    return xmalloc(sizeof(int32_t) * (size_t)(e->o.max_new + 64));
+}
+
+static void run_once(Engine *e, const int32_t *prompt, int n_prompt) {
+    int medusa = strcmp(e->o.mode, "medusa") == 0;
+    int32_t *out = output_buffer(e);
+    Stream s = {0};
+    stream_reset(&s, e, 1);
+    DecodeStats st;
+    generate(e, prompt, n_prompt, medusa, e->o.temperature, out, stream_sink, &s, &st);
+    printf("\n");
+    if (!e->o.quiet) print_stats(&st, medusa);
+    free(s.ids);
+    free(out);
+}
+
+/* Multi-turn chat on stdin: each line is a user turn; the reply streams to stdout. */
+static void run_chat(Engine *e) {
+    if (!e->tok || !e->have_tmpl) fatal("%s: chat needs a tokenizer and a chat template (--chat-template)", e->o.model);
+    int medusa = strcmp(e->o.mode, "medusa") == 0, interactive = isatty(0);
+    Turn *turns = NULL;
+    int n_turns = 0;
+    char *line = NULL;
+    size_t cap = 0;
+    int32_t *out = output_buffer(e);
+    Stream s = {0};
+    if (interactive) fprintf(stderr, "chat with %s (%s decoding); empty line or Ctrl-D ends\n", e->o.model, e->o.mode);
+    for (;;) {
+        if (interactive) fprintf(stderr, "> ");
+        ssize_t got = getline(&line, &cap, stdin);
+        if (got <= 0) break;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+        if (got == 0) break;
+        turns = xrealloc(turns, sizeof(Turn) * (size_t)(n_turns + 2));
+        turns[n_turns++] = (Turn){ROLE_USER, xstrdup(line), (size_t)got};
+        int n_prompt, first = 0;
+        int32_t *prompt = encode_chat(e, turns, n_turns, &n_prompt);
+        /* a conversation too long for the context forgets its oldest exchanges */
+        while (n_prompt + e->o.max_new + 64 > e->dec.max_len && n_turns - first > 1) {
+            first += 2;
+            free(prompt);
+            prompt = encode_chat(e, turns + first, n_turns - first, &n_prompt);
+        }
+        stream_reset(&s, e, 1);
+        DecodeStats st;
+        int n = generate(e, prompt, n_prompt, medusa, e->o.temperature, out, stream_sink, &s, &st);
+        printf("\n");
+        fflush(stdout);
+        if (!e->o.quiet) print_stats(&st, medusa);
+        if (n > 0 && out[n - 1] == e->stop_id) n--;
+        size_t len;
+        char *reply = tokenizer_decode(e->tok, out, n, 1, &len);
+        turns[n_turns++] = (Turn){ROLE_ASSISTANT, reply, len};
+        free(prompt);
+    }
+    for (int i = 0; i < n_turns; i++) free((char *)turns[i].text);
+    free(turns);
+    free(line);
+    free(out);
+    free(s.ids);
+}
+
+/* ---- benchmark ---- */
+
+/* Prompts from a .txt file (one per line) or a JSON list of strings, of {"prompt": ...}, or of ShareGPT
+ * conversations (the first user turn). */
+static char **load_prompts(const char *path, int *n) {
+    size_t size;
+    char *text = read_whole_file(path, &size);
+    if (!text) fatal("%s: cannot read the prompt file", path);
+    char **prompts = NULL;
+    *n = 0;
+    size_t plen = strlen(path);
+    if (plen > 4 && strcmp(path + plen - 4, ".txt") == 0) {
+        for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+            if (!*line) continue;
+            prompts = xrealloc(prompts, sizeof(char *) * (size_t)(*n + 1));
+            prompts[(*n)++] = xstrdup(line);
+        }
+    } else {
+        cJSON *root = cJSON_Parse(text);
+        if (!cJSON_IsArray(root)) fatal("%s: expected a JSON list of prompts", path);
+        for (cJSON *it = root->child; it; it = it->next) {
+            const char *p = NULL;
+            if (cJSON_IsString(it)) p = it->valuestring;
+            else if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "prompt")))
+                p = cJSON_GetObjectItemCaseSensitive(it, "prompt")->valuestring;
+            Conversation c;
+            int conv = !p && conversation_from_json(&c, it) < 0;
+            size_t len = p ? strlen(p) : 0;
+            for (int i = 0; conv && i < c.n_turns && !p; i++)
+                if (c.turns[i].role == ROLE_USER) p = c.turns[i].text, len = c.turns[i].len;
+            if (!p) fatal("%s: element %d is neither a string, {\"prompt\"} nor a usable ShareGPT conversation", path, *n);
+            prompts = xrealloc(prompts, sizeof(char *) * (size_t)(*n + 1));
+            prompts[*n] = xmalloc(len + 1);
+            memcpy(prompts[*n], p, len);
+            prompts[(*n)++][len] = '\0';
+            if (conv) conversation_free(&c);
+        }
+        cJSON_Delete(root);
+    }
+    free(text);
+    if (*n == 0) fatal("%s: no prompts", path);
+    return prompts;
+}
+
+typedef struct {
+    const char *name;
+    int medusa;
+    float temperature;
+    int64_t tokens, steps;
+    double seconds;
+} BenchMode;
+
+static void run_bench(Engine *e) {
+    int n_prompts;
+    char **prompts = load_prompts(e->o.bench, &n_prompts);
+    float t_typical = e->o.temperature > 0 ? e->o.temperature : 0.7f;
+    BenchMode modes[3] = {{"plain greedy", 0, 0, 0, 0, 0}, {"medusa greedy", 1, 0, 0, 0, 0},
+                          {"medusa typical", 1, t_typical, 0, 0, 0}};
+    int32_t *out[3];
+    for (int m = 0; m < 3; m++) out[m] = output_buffer(e);
+    int lossless = 0, ran = 0;
+    printf("# medusa-infer --bench %s: %d prompts, model %s, heads %s, tree %s (%d nodes), max %d new tokens, "
+           "%d threads, typical temperature %.2f\n",
+           e->o.bench, n_prompts, e->o.model, e->o.medusa, e->o.tree ? e->o.tree : "default", e->tree.n_nodes,
+           e->o.max_new, omp_get_max_threads(), t_typical);
+    printf("%-6s %7s %9s %9s %9s %9s %9s %9s  %s\n", "prompt", "tokens", "plain/s", "greedy/s", "acc/step",
+           "typical/s", "acc/step", "speedup", "greedy == plain");
+    Progress bar;
+    progress_start(&bar, "bench", n_prompts);
+    for (int p = 0; p < n_prompts; p++) {
+        int n_prompt;
+        int32_t *prompt = encode_prompt(e, prompts[p], &n_prompt);
+        if (n_prompt + e->o.max_new + e->tree.n_nodes + 1 > e->dec.max_len) {
+            printf("%-6d skipped: %d prompt tokens leave no room for %d new ones in --ctx %d\n", p, n_prompt,
+                   e->o.max_new, e->dec.max_len);
+            free(prompt);
+            continue;
+        }
+        int n[3];
+        DecodeStats st[3];
+        for (int m = 0; m < 3; m++) {
+            n[m] = generate(e, prompt, n_prompt, modes[m].medusa, modes[m].temperature, out[m], NULL, NULL, &st[m]);
+            modes[m].tokens += st[m].new_tokens;
+            modes[m].steps += decoding_steps(&st[m], modes[m].medusa);
+            modes[m].seconds += st[m].seconds;
+        }
+        int same = n[0] == n[1] && memcmp(out[0], out[1], sizeof(int32_t) * (size_t)n[0]) == 0;
+        lossless += same;
+        ran++;
+        progress_update(&bar, p + 1, NULL);
+        printf("%-6d %7d %9.1f %9.1f %9.2f %9.1f %9.2f %8.2fx  %s\n", p, n[0], st[0].new_tokens / st[0].seconds,
+               st[1].new_tokens / st[1].seconds, (double)st[1].new_tokens / decoding_steps(&st[1], 1),
+               st[2].new_tokens / st[2].seconds, (double)st[2].new_tokens / decoding_steps(&st[2], 1),
+               (st[1].new_tokens / st[1].seconds) / (st[0].new_tokens / st[0].seconds), same ? "yes" : "NO");
+        fflush(stdout);
+        free(prompt);
+    }
+    progress_finish(&bar, n_prompts, NULL);
+    double plain_rate = modes[0].tokens / modes[0].seconds;
+    printf("\n%-16s %10s %10s %12s %22s %9s\n", "mode", "tokens", "tokens/s", "tokens/step", "(accepted/step beyond 1)",
+           "speedup");
+    for (int m = 0; m < 3; m++) {
+        double rate = modes[m].tokens / modes[m].seconds, per_step = (double)modes[m].tokens / (double)modes[m].steps;
+        printf("%-16s %10lld %10.2f %12.3f %22.3f %8.2fx\n", modes[m].name, (long long)modes[m].tokens, rate, per_step,
+               per_step - 1, rate / plain_rate);
+    }
+    printf("greedy Medusa output == plain greedy output on %d/%d prompts\n", lossless, ran);
+    for (int m = 0; m < 3; m++) free(out[m]);
+    for (int p = 0; p < n_prompts; p++) free(prompts[p]);
+    free(prompts);
+    if (lossless != ran) fatal("greedy Medusa output differs from plain greedy on %d prompts", ran - lossless);
+}
+
+/* ---- tree tuning ---- */
+
+/* The first object (depth-first) holding medusa0_top1, from medusa-eval --json or a metrics line. */
+static const cJSON *find_accuracies(const cJSON *j) {
+    if (cJSON_IsObject(j) && cJSON_GetObjectItemCaseSensitive(j, "medusa0_top1")) return j;
+    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        const cJSON *r = find_accuracies(c);
+        if (r) return r;
+    }
+    return NULL;
+}
+
+static int load_accuracies(const char *path, double *acc, int max_heads) {
+    char *text = read_whole_file(path, NULL);
+    if (!text) fatal("%s: cannot read the accuracies file", path);
+    cJSON *root = cJSON_Parse(text);
+    if (!root) fatal("%s: not valid JSON", path);
+    const cJSON *obj = find_accuracies(root);
+    if (!obj) fatal("%s: no medusa0_top1 accuracy (expected medusa-eval --json output)", path);
+    int n = 0;
+    for (; n < max_heads; n++) {
+        char key[32];
+        snprintf(key, sizeof key, "medusa%d_top1", n);
+        if (!cJSON_GetObjectItemCaseSensitive(obj, key)) break;
+        for (int k = 0; k < TUNE_MAX_RANK; k++) {
+            snprintf(key, sizeof key, "medusa%d_top%d", n, k + 1);
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1)
+                fatal("%s: %s missing or not a fraction in [0, 1]", path, key);
+            acc[n * TUNE_MAX_RANK + k] = v->valuedouble;
+        }
+    }
+    cJSON_Delete(root);
+    free(text);
+    return n;
+}
+
+static int parse_budgets(const char *s, int *out, int max) {
+    int n = 0;
+    for (const char *p = s; *p && n < max;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 255) fatal("--budgets: expected comma-separated node counts in 1..255, got '%s'", s);
+        out[n++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (n == 0) fatal("--budgets: no budgets");
+    return n;
+}
+
+/* Seconds per decoding step, from real decoding: plain (tree NULL) or Medusa with the given tree. */
+static double step_seconds(const Model *m, const MedusaHeads *heads, const MedusaTree *tree, const int32_t *prompt,
+                           int n_prompt, int steps) {
+    Decoder d;
+    decoder_init(&d, m, tree ? heads : NULL, tree, n_prompt + steps * (tree ? tree->max_depth : 1) + 2 * (tree ? tree->n_nodes : 1));
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    int32_t *out = xmalloc(sizeof(int32_t) * (size_t)(steps * 16 + 64));
+    DecodeStats st;
+    double best = 1e30;
+    for (int rep = 0; rep < 3; rep++) { /* the fastest of three: other processes only ever slow a run down */
+        if (tree) decode_medusa(&d, prompt, n_prompt, steps, -1, &o, out, NULL, NULL, &st);
+        else decode_plain(&d, prompt, n_prompt, steps, -1, &o, out, NULL, NULL, &st);
+        double s = st.seconds / (st.steps > 0 ? st.steps : 1);
+        if (s < best) best = s;
+    }
+    free(out);
+    decoder_free(&d);
+    return best;
+}
+
+static int run_tune(int argc, char **argv) {
+    const char *accuracies = NULL, *budgets_s = "8,16,32,64", *out = NULL, *model = NULL, *medusa = NULL,
+               *device = "cpu";
+    int threads = 0, context = 128, steps = 12;
+    ArgSpec specs[] = {
+        {"accuracies", ARG_STR, &accuracies, "head accuracies: medusa-eval --json output (medusa{i}_top{k})"},
+        {"budgets", ARG_STR, &budgets_s, "tree sizes to try, in nodes (comma-separated)"},
+        {"out", ARG_STR, &out, "where to write the chosen tree (JSON list of paths)"},
+        {"model", ARG_STR, &model, "base model (HF dir or .gguf) whose verification cost is measured"},
+        {"medusa", ARG_STR, &medusa, "exported heads (optional: heads of the right shape are made up for timing)"},
+        {"context", ARG_INT, &context, "tokens of context in the timed steps"},
+        {"steps", ARG_INT, &steps, "decoding steps timed per tree"},
+        {"threads", ARG_INT, &threads, "CPU threads (0: OpenMP default)"},
+        {"device", ARG_STR, &device, "cpu or cuda"},
+    };
+    const char *usage = "usage: medusa-infer tune --accuracies EVAL.json --model PATH [--budgets 8,16,32,64] --out tree.json\n"
+                        "Builds the tree of each node budget that maximises the expected accepted length for the\n"
+                        "measured head accuracies, times a decoding step with it on this machine, and writes the\n"
+                        "tree with the best expected speed (expected tokens per step / seconds per step).";
+    args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof *specs), usage, NULL, 0);
+    if (!accuracies || !out || !model) fatal("tune needs --accuracies, --model and --out (see --help)");
+    set_threads(threads);
+    double acc[16 * TUNE_MAX_RANK];
+    int n_heads = load_accuracies(accuracies, acc, 16);
+    int budgets[32];
+    int n_budgets = parse_budgets(budgets_s, budgets, 32);
+
+    Model m;
+    model_load(&m, model, device_backend(device));
+    MedusaHeads heads;
+    if (medusa) {
+        medusa_import(&heads, medusa, m.be, m.config.hidden_size, m.config.vocab_size);
+        if (heads.shape.n_heads < n_heads) n_heads = heads.shape.n_heads;
+    } else {
+        MedusaShape shape = {n_heads, 1, m.config.hidden_size, m.config.vocab_size};
+        medusa_init(&heads, m.be, shape);
+        Rng rng;
+        rng_seed(&rng, 1);
+        medusa_init_from_base(&heads, &m, &rng);
+    }
+    int32_t *prompt = xmalloc(sizeof(int32_t) * (size_t)context);
+    for (int i = 0; i < context; i++) prompt[i] = (int32_t)((i * 7919 + 13) % m.config.vocab_size);
+    double plain = step_seconds(&m, NULL, NULL, prompt, context, steps);
+    printf("%d heads from %s; plain decoding: %.2f ms per token\n", n_heads, accuracies, 1e3 * plain);
+    printf("%7s %7s %15s %13s %16s\n", "budget", "depth", "expected tok/step", "ms per step", "expected speedup");
+    double best_speed = 0;
+    char *best_json = NULL;
+    int best_budget = 0;
+    for (int b = 0; b < n_budgets; b++) {
+        TunedTree tt;
+        tune_tree(acc, n_heads, budgets[b], &tt);
+        char *json = tuned_tree_json(&tt);
+        MedusaTree tree;
+        tree_from_json(&tree, json, "tuned tree");
+        double cost = step_seconds(&m, &heads, &tree, prompt, context, steps);
+        double per_step = 1 + tt.expected_accept, speed = per_step / cost;
+        printf("%7d %7d %15.3f %13.2f %15.2fx\n", tt.n_nodes, tree.n_heads_used, per_step, 1e3 * cost, speed * plain);
+        if (speed > best_speed) {
+            best_speed = speed;
+            free(best_json);
+            best_json = json;
+            best_budget = tt.n_nodes;
+        } else {
+            free(json);
+        }
+        tree_free(&tree);
+    }
+    FILE *f = fopen(out, "w");
+    if (!f || fprintf(f, "%s\n", best_json) < 0 || fclose(f) != 0) fatal("%s: cannot write the tree", out);
+    printf("best: %d nodes (expected %.2fx over plain greedy) -> %s\n", best_budget, best_speed * plain, out);
+    free(best_json);
+    free(prompt);
+    medusa_free(&heads);
+    model_free(&m);
+    return 0;
+}
+
+/* ---- main ---- */
+
+/* OpenMP's default active waiting spins through whole time slices when the cores are shared, which made
+ * decoding 5-10x slower; libgomp reads the policy only at start-up, so set it and start again. */
+static void prefer_passive_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
+}
+
+int main(int argc, char **argv) {
+    prefer_passive_wait(argv);
+    if (argc > 1 && strcmp(argv[1], "tune") == 0) return run_tune(argc, argv);
+    Options o = {0};
+    o.mode = "plain";
+    o.device = "cpu";
+    o.max_new = 256;
+    o.ctx = 2048;
+    o.top_p = 1.0f;
+    o.posterior_threshold = 0.09f;
+    o.posterior_alpha = 0.3f;
+    o.seed = 1234;
+    const char *mode = NULL;
+    ArgSpec specs[] = {
+        {"model", ARG_STR, &o.model, "base model: Hugging Face directory or .gguf file"},
+        {"medusa", ARG_STR, &o.medusa, "exported Medusa heads directory (enables --mode medusa)"},
+        {"prompt", ARG_STR, &o.prompt, "generate for this prompt (a user turn in the chat template) and exit"},
+        {"prompt-ids", ARG_STR, &o.prompt_ids, "generate after these comma-separated token ids"},
+        {"raw", ARG_FLAG, &o.raw, "use --prompt as is, without the chat template"},
+        {"system", ARG_STR, &o.system, "system prompt for the chat template"},
+        {"chat-template", ARG_STR, &o.chat_template, "template name (" CHAT_TEMPLATE_NAMES "); default: the model's"},
+        {"mode", ARG_STR, &mode, "plain or medusa (default: medusa when --medusa is given)"},
+        {"max-new-tokens", ARG_INT, &o.max_new, "tokens to generate at most"},
+        {"temperature", ARG_FLOAT, &o.temperature, "0: greedy; > 0: sampling (plain) or typical acceptance (medusa)"},
+        {"top-p", ARG_FLOAT, &o.top_p, "nucleus sampling for plain decoding"},
+        {"posterior-threshold", ARG_FLOAT, &o.posterior_threshold, "typical acceptance epsilon"},
+        {"posterior-alpha", ARG_FLOAT, &o.posterior_alpha, "typical acceptance alpha"},
+        {"tree", ARG_STR, &o.tree, "Medusa tree (JSON list of paths); default " DEFAULT_TREE_CPU " on cpu, " DEFAULT_TREE " on cuda"},
+        {"ctx", ARG_INT, &o.ctx, "context length (KV cache) in tokens"},
+        {"seed", ARG_INT, &o.seed, "sampling seed"},
+        {"threads", ARG_INT, &o.threads, "CPU threads (0: OpenMP default)"},
+        {"device", ARG_STR, &o.device, "cpu or cuda"},
+        {"bench", ARG_STR, &o.bench, "prompt set (.txt lines or JSON list): tokens/s, accepted tokens per step and speedup of plain greedy, Medusa greedy and Medusa typical decoding"},
+        {"quiet", ARG_FLAG, &o.quiet, "no speed line after each reply"},
+    };
+    const char *usage =
+        "usage: medusa-infer --model PATH [--medusa DIR] [--prompt TEXT | --prompt-ids IDS | --bench PROMPTS]\n"
+        "       medusa-infer tune --accuracies EVAL.json --model PATH --budgets 8,16,32,64 --out tree.json\n"
+        "Generates with a Llama-family model, plainly or with Medusa heads (tree verification; greedy output is\n"
+        "identical to plain greedy decoding). Without --prompt, chats on stdin (one user turn per line).";
+    args_parse(argc, argv, 1, specs, (int)(sizeof specs / sizeof *specs), usage, NULL, 0);
+    if (!o.model) fatal("--model is required (see --help)");
+    o.mode = mode ? mode : o.medusa ? "medusa" : "plain";
+    if (strcmp(o.mode, "plain") != 0 && strcmp(o.mode, "medusa") != 0) fatal("--mode %s: expected plain or medusa", o.mode);
+    if (o.max_new < 1) fatal("--max-new-tokens must be at least 1");
+    if (o.ctx < 16) fatal("--ctx must be at least 16");
+    if (o.temperature < 0) fatal("--temperature must be >= 0");
+    if (!(o.top_p > 0 && o.top_p <= 1)) fatal("--top-p must be in (0, 1]");
+    set_threads(o.threads);
+
+    Engine e;
+    engine_init(&e, &o);
+    if (o.bench) {
+        run_bench(&e);
+    } else if (o.prompt_ids || o.prompt) {
+        int n;
+        int32_t *ids = o.prompt_ids ? parse_ids(o.prompt_ids, e.model.config.vocab_size, &n) : encode_prompt(&e, o.prompt, &n);
+        run_once(&e, ids, n);
+        free(ids);
+    } else {
+        run_chat(&e);
+    }
+    engine_free(&e);
+    return 0;
+}
