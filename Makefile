@@ -36,7 +36,8 @@ CFLAGS  += -DMEDUSA_CUDA
 LIB_OBJ += $(CUDA_OBJ)
 LDLIBS  += $(CUDA_LIBS)
 endif
-EMU_CXXFLAGS := -O2 -g -std=c++17 -Wall -Wextra -MMD -MP $(BLAS_CFLAGS)
+# (under test-asan the emulated kernels are sanitized too: out-of-bounds device accesses are reported)
+EMU_CXXFLAGS := -O2 -g -std=c++17 -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
 EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
 
 .PHONY: fuzz venv all deps check-deps test test-asan test-cuda fuzz bench clean format lint cuda-compile demo
