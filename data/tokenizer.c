@@ -1140,16 +1140,8 @@ static int first_present(const Tokenizer *t, const char *const *names) {
     return -1;
 }
 
-/* BOS/EOS: tokenizer_config.json beside the file when there is one, else the post-processor's leading
- * token and the usual names. */
-static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
-    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", NULL};
-    static const char *const eos_names[] = {"</s>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "<eos>", NULL};
-    const char *pp_bos = post_processor_bos(cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
-    t->bos_id = pp_bos ? vocab_find(t, pp_bos, strlen(pp_bos)) : first_present(t, bos_names);
-    t->add_bos = pp_bos && t->bos_id >= 0;
-    t->eos_id = first_present(t, eos_names);
-
+/* BOS, EOS and add_bos_token from the tokenizer_config.json beside the tokenizer file, if there is one. */
+static void config_bos_eos(Tokenizer *t, const char *path) {
     const char *slash = strrchr(path, '/');
     char *dir = slash ? strndup(path, (size_t)(slash - path)) : xstrdup(".");
     char *cfg_path = path_join(dir, "tokenizer_config.json");
@@ -1167,6 +1159,17 @@ static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
     free(text);
     free(cfg_path);
     free(dir);
+}
+
+/* BOS/EOS: the post-processor's leading token and the usual names, unless tokenizer_config.json says. */
+static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
+    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", NULL};
+    static const char *const eos_names[] = {"</s>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "<eos>", NULL};
+    const char *pp_bos = post_processor_bos(cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
+    t->bos_id = pp_bos ? vocab_find(t, pp_bos, strlen(pp_bos)) : first_present(t, bos_names);
+    t->add_bos = pp_bos && t->bos_id >= 0;
+    t->eos_id = first_present(t, eos_names);
+    config_bos_eos(t, path);
 }
 
 static int json_id(const cJSON *v, const char *path) {
@@ -1340,6 +1343,35 @@ static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t 
 }
 
 
+/* Pieces with llama.cpp / sentencepiece token types (1 normal, 2 unknown, 3 control, 4 user-defined,
+ * 5 unused, 6 byte): unknown and control tokens are special, user-defined ones are cut out of any text. */
+static Tokenizer *typed_vocab(int n, char *const *pieces, const size_t *lens, const int32_t *types) {
+    Tokenizer *t = tokenizer_new(n);
+    for (int id = 0; id < n; id++) {
+        set_piece(t, id, pieces[id], lens[id]);
+        if (types && types[id] >= 2 && types[id] <= 4) add_added(t, id, types[id] != 4, 0, 0, 0);
+        if (types && types[id] == 2) t->unk_id = id;
+    }
+    return t;
+}
+
+static void add_norm(Tokenizer *t, NormStep ns) {
+    t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
+    t->norm[t->n_norm++] = ns;
+}
+
+/* SentencePiece BPE from scores (GGUF "llama", tokenizer.model): spaces are U+2581, one is prepended to
+ * each segment of text when add_prefix, unknown characters fall back to bytes. */
+static void spm_from_scores(Tokenizer *t, const float *scores, const int32_t *types, int add_prefix) {
+    t->kind = TOKENIZER_SPM_BPE;
+    if (add_prefix) add_norm(t, (NormStep){NORM_PREPEND, xstrdup(SPACE_MARK), NULL, 0, 0});
+    add_norm(t, (NormStep){NORM_REPLACE, xstrdup(" "), xstrdup(SPACE_MARK), 0, 0});
+    t->byte_fallback = 1;
+    t->strip_decoded_space = add_prefix;
+    finish(t);
+    merges_from_scores(t, scores, types);
+}
+
 Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
     const char *path = g->mf.path;
     const char *model = gguf_get_str(g, "tokenizer.ggml.model");
@@ -1352,29 +1384,11 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
     int n = (int)tokens->arr_len;
     const GGUFKV *types = gguf_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n, path);
     const int32_t *type = types ? types->arr_data : NULL;
-    Tokenizer *t = tokenizer_new(n);
-    t->kind = byte_level ? TOKENIZER_BYTE_BPE : TOKENIZER_SPM_BPE;
-    for (int id = 0; id < n; id++) {
-        set_piece(t, id, tokens->arr_str[id], tokens->arr_str_len[id]);
-        /* unknown and control tokens are special; user-defined ones are cut out of any text (llama.cpp) */
-        if (type && type[id] >= 2 && type[id] <= 4) add_added(t, id, type[id] != 4, 0, 0, 0);
-        if (type && type[id] == 2) t->unk_id = id;
-    }
+    Tokenizer *t = typed_vocab(n, tokens->arr_str, tokens->arr_str_len, type);
     if (byte_level) {
+        t->kind = TOKENIZER_BYTE_BPE;
         gguf_pre_tokenizer(t, gguf_get_str(g, "tokenizer.ggml.pre"), path);
-    } else {
-        int prefix = (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1);
-        if (prefix) {
-            t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
-            t->norm[t->n_norm++] = (NormStep){NORM_PREPEND, xstrdup(SPACE_MARK), NULL, 0, 0};
-        }
-        t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
-        t->norm[t->n_norm++] = (NormStep){NORM_REPLACE, xstrdup(" "), xstrdup(SPACE_MARK), 0, 0};
-        t->byte_fallback = 1;
-        t->strip_decoded_space = prefix;
-    }
-    finish(t);
-    if (byte_level) {
+        finish(t);
         const GGUFKV *merges = gguf_array(g, "tokenizer.ggml.merges", GGUF_TYPE_STRING, 0, path);
         if (!merges) fatal("%s: gpt2 tokenizer without tokenizer.ggml.merges", path);
         merges_init(&t->merges, merges->arr_len);
@@ -1393,7 +1407,7 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
     } else {
         const GGUFKV *scores = gguf_array(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n, path);
         if (!scores) fatal("%s: llama tokenizer without tokenizer.ggml.scores", path);
-        merges_from_scores(t, scores->arr_data, type);
+        spm_from_scores(t, scores->arr_data, type, (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1));
     }
     int64_t bos = gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1), eos = gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
     t->bos_id = bos >= 0 && bos < n ? (int)bos : -1;
@@ -1401,6 +1415,142 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
     t->add_bos = (int)gguf_get_int(g, "tokenizer.ggml.add_bos_token", !byte_level) && t->bos_id >= 0;
     int64_t unk = gguf_get_int(g, "tokenizer.ggml.unknown_token_id", -1);
     if (unk >= 0 && unk < n && !byte_level) t->unk_id = (int)unk;
+    return t;
+}
+
+/* ---- loading a sentencepiece tokenizer.model (protobuf ModelProto) ---- */
+
+typedef struct {
+    const uint8_t *p, *end;
+    const char *path;
+} Proto;
+
+static uint64_t pb_varint(Proto *b) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (b->p >= b->end) fatal("%s: truncated sentencepiece model", b->path);
+        uint8_t c = *b->p++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) return v;
+    }
+    fatal("%s: not a sentencepiece model (bad varint)", b->path);
+}
+
+static Proto pb_bytes(Proto *b) {
+    uint64_t n = pb_varint(b);
+    if (n > (uint64_t)(b->end - b->p)) fatal("%s: truncated sentencepiece model", b->path);
+    Proto sub = {b->p, b->p + n, b->path};
+    b->p += n;
+    return sub;
+}
+
+static uint32_t pb_fixed32(Proto *b) {
+    if (b->end - b->p < 4) fatal("%s: truncated sentencepiece model", b->path);
+    uint32_t v;
+    memcpy(&v, b->p, 4);
+    b->p += 4;
+    return v;
+}
+
+/* The next field's number; *wire is its wire type, *value its varint or fixed32 value, *sub its bytes. */
+static int pb_next(Proto *b, int *wire, uint64_t *value, Proto *sub) {
+    uint64_t key = pb_varint(b);
+    *wire = (int)(key & 7);
+    switch (*wire) {
+    case 0: *value = pb_varint(b); break;
+    case 1:
+        if (b->end - b->p < 8) fatal("%s: truncated sentencepiece model", b->path);
+        b->p += 8;
+        break;
+    case 2: *sub = pb_bytes(b); break;
+    case 5: *value = pb_fixed32(b); break;
+    default: fatal("%s: not a sentencepiece model (wire type %d)", b->path, *wire);
+    }
+    return (int)(key >> 3);
+}
+
+Tokenizer *tokenizer_load_spm(const char *path) {
+    MappedFile mf;
+    mapped_file_open(&mf, path);
+    Proto b = {mf.data, mf.data + mf.size, path}, sub, f;
+    int n = 0, cap = 0, wire, model_type = 1, byte_fallback = 0, add_prefix = 1, extra_spaces = 1;
+    int64_t bos = 1, eos = 2;
+    char **pieces = NULL, *norm_name = NULL;
+    size_t *lens = NULL;
+    float *scores = NULL;
+    int32_t *types = NULL;
+    uint64_t v;
+    while (b.p < b.end) {
+        int field = pb_next(&b, &wire, &v, &sub);
+        if (field == 1 && wire == 2) { /* SentencePiece {piece = 1, score = 2, type = 3} */
+            if (n == cap) {
+                cap = cap ? 2 * cap : 1024;
+                pieces = xrealloc(pieces, (size_t)cap * sizeof *pieces);
+                lens = xrealloc(lens, (size_t)cap * sizeof *lens);
+                scores = xrealloc(scores, (size_t)cap * sizeof *scores);
+                types = xrealloc(types, (size_t)cap * sizeof *types);
+            }
+            pieces[n] = NULL;
+            lens[n] = 0;
+            scores[n] = 0;
+            types[n] = 1;
+            while (sub.p < sub.end) {
+                int k = pb_next(&sub, &wire, &v, &f);
+                if (k == 1 && wire == 2) {
+                    free(pieces[n]);
+                    pieces[n] = strndup((const char *)f.p, (size_t)(f.end - f.p));
+                    lens[n] = (size_t)(f.end - f.p);
+                } else if (k == 2 && wire == 5) {
+                    uint32_t u = (uint32_t)v;
+                    memcpy(&scores[n], &u, 4);
+                } else if (k == 3 && wire == 0) {
+                    types[n] = (int32_t)v;
+                }
+            }
+            if (!pieces[n]) fatal("%s: piece %d has no text", path, n);
+            n++;
+        } else if (field == 2 && wire == 2) { /* TrainerSpec */
+            while (sub.p < sub.end) {
+                int k = pb_next(&sub, &wire, &v, &f);
+                if (wire != 0) continue;
+                if (k == 3) model_type = (int)v;
+                else if (k == 35) byte_fallback = v != 0;
+                else if (k == 41) bos = (int32_t)v;
+                else if (k == 42) eos = (int32_t)v;
+            }
+        } else if (field == 3 && wire == 2) { /* NormalizerSpec */
+            while (sub.p < sub.end) {
+                int k = pb_next(&sub, &wire, &v, &f);
+                if (k == 1 && wire == 2) {
+                    free(norm_name);
+                    norm_name = strndup((const char *)f.p, (size_t)(f.end - f.p));
+                } else if (k == 3 && wire == 0) {
+                    add_prefix = v != 0;
+                } else if (k == 4 && wire == 0) {
+                    extra_spaces = v != 0;
+                }
+            }
+        }
+    }
+    if (n == 0) fatal("%s: not a sentencepiece model (no pieces)", path);
+    if (model_type != 2) fatal("%s: unsupported sentencepiece model type %d (BPE is supported)", path, model_type);
+    if (!byte_fallback) fatal("%s: sentencepiece BPE without byte fallback is not supported", path);
+    if ((norm_name && strcmp(norm_name, "identity") != 0) || extra_spaces)
+        fatal("%s: unsupported sentencepiece normalizer '%s'%s (identity is supported)", path,
+              norm_name ? norm_name : "nmt_nfkc", extra_spaces ? " removing extra spaces" : "");
+    Tokenizer *t = typed_vocab(n, pieces, lens, types);
+    spm_from_scores(t, scores, types, add_prefix);
+    t->bos_id = bos >= 0 && bos < n ? (int)bos : -1;
+    t->eos_id = eos >= 0 && eos < n ? (int)eos : -1;
+    t->add_bos = t->bos_id >= 0; /* LlamaTokenizer's default; tokenizer_config.json may say otherwise */
+    config_bos_eos(t, path);
+    for (int i = 0; i < n; i++) free(pieces[i]);
+    free(pieces);
+    free(lens);
+    free(scores);
+    free(types);
+    free(norm_name);
+    mapped_file_close(&mf);
     return t;
 }
 

@@ -1,5 +1,6 @@
 /* Tokenizers: byte-level BPE (GPT-2 / Llama-3 / Qwen2 / SmolLM2) and SentencePiece-style BPE with byte
- * fallback (Llama-2 / Vicuna), loaded from tokenizer.json or from GGUF metadata. */
+ * fallback (Llama-2 / Vicuna), loaded from tokenizer.json, from GGUF metadata or from a sentencepiece
+ * tokenizer.model. */
 #ifndef MEDUSA_TOKENIZER_H
 #define MEDUSA_TOKENIZER_H
 
@@ -18,6 +19,9 @@ Tokenizer *tokenizer_load_json(const char *path);
 /* tokenizer.ggml.* metadata: "gpt2" (byte-level, tokenizer.ggml.pre names the split regex as llama.cpp
  * does, e.g. "smollm" splits digits one by one) or "llama" (SentencePiece scores, byte fallback). */
 Tokenizer *tokenizer_load_gguf(const GGUFFile *g);
+/* A sentencepiece tokenizer.model (BPE with byte fallback and the identity normaliser, as Llama-2, Vicuna
+ * and Mistral ship it); BOS added unless tokenizer_config.json beside it says add_bos_token false. */
+Tokenizer *tokenizer_load_spm(const char *path);
 void tokenizer_free(Tokenizer *t);
 
 TokenizerKind tokenizer_kind(const Tokenizer *t);

@@ -113,7 +113,7 @@ static void print_mismatch(const char *what, int i, const Strings *st, const int
 
 /* Ids of every string against the fixture, with and without special-token parsing and with BOS; decode
  * against HF's decode; and decode(encode(s)) == s. */
-static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const Strings *st) {
+static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const char *ref, const Strings *st) {
     cJSON *fx = load_json(fixture);
     const cJSON *ids = cJSON_GetObjectItem(fx, "ids"), *plain = cJSON_GetObjectItem(fx, "ids_plain"),
                 *bos = cJSON_GetObjectItem(fx, "ids_bos"), *decoded = cJSON_GetObjectItem(fx, "decoded"),
@@ -188,13 +188,13 @@ static void check_tokenizer(const char *label, const Tokenizer *t, const char *f
         }
     }
     double secs = now_seconds() - t0;
-    CHECK(same == st->n, "%s: %d/%d identical to HF tokenizers", label, same, st->n);
+    CHECK(same == st->n, "%s: %d/%d identical to %s", label, same, st->n, ref);
     CHECK(same_plain == n_plain && n_plain > 50, "%s: %d/%d identical with special-token text read as text", label,
           same_plain, n_plain);
     CHECK(same_bos == n_bos && n_bos > 0, "%s: %d/%d identical with BOS added as the post-processor does", label,
           same_bos, n_bos);
-    CHECK(dec_ok == st->n, "%s: decode == HF decode for %d/%d (ill-formed UTF-8 replaced as HF does)", label, dec_ok,
-          st->n);
+    CHECK(dec_ok == st->n, "%s: decode == HF's decode for %d/%d (ill-formed UTF-8 replaced as HF does)", label,
+          dec_ok, st->n);
     CHECK(skip_ok == skip_n, "%s: decode skipping special tokens == HF for %d/%d", label, skip_ok, skip_n);
     CHECK(round_plain == st->n - n_mark, "%s: decode(encode(s)) == s for %d/%d (special-token text as text%s)", label,
           round_plain, st->n - n_mark,
@@ -405,6 +405,21 @@ static void check_bad_input(void) {
                            "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}";
     p = write_tmp("tokenizer.json", bad_pre, strlen(bad_pre));
     EXPECT_FATAL(tokenizer_load_json(p), "regex '(' does not compile", "a broken pre-tokenizer regex is fatal");
+    size_t size;
+    char *model = read_whole_file(FIXTURES "spm_llama.model", &size);
+    p = write_tmp("tokenizer.model", model, 100);
+    EXPECT_FATAL(tokenizer_load_spm(p), "tokenizer.model: truncated sentencepiece model", "truncated tokenizer.model is fatal");
+    free(model);
+    p = write_tmp("tokenizer.model", "{\"model\": 1}", 12);
+    EXPECT_FATAL(tokenizer_load_spm(p), "tokenizer.model: not a sentencepiece model", "a JSON file as tokenizer.model is fatal");
+    /* one piece "a", then trainer_spec {model_type: UNIGRAM} */
+    static const char unigram_pb[] = {0x0a, 0x05, 0x0a, 0x01, 'a', 0x18, 0x01, 0x12, 0x02, 0x18, 0x01};
+    p = write_tmp("tokenizer.model", unigram_pb, sizeof unigram_pb);
+    EXPECT_FATAL(tokenizer_load_spm(p), "unsupported sentencepiece model type 1", "a Unigram tokenizer.model is fatal");
+    EXPECT_FATAL(tokenizer_load_spm("/nonexistent/tokenizer.model"), "/nonexistent/tokenizer.model",
+                 "missing tokenizer.model is fatal, naming the file");
+    unlink(write_tmp("tokenizer.model", "", 0));
+
     GGUFFile g;
     gguf_open(&g, write_gguf("tokenizer.ggml.model", "bert"));
     EXPECT_FATAL(tokenizer_load_gguf(&g), "bad.gguf: unsupported tokenizer model 'bert'", "unknown GGUF tokenizer model is fatal");
@@ -455,7 +470,7 @@ int main(void) {
     printf("       SmolLM2 tokenizer.json loaded in %.2f s\n", now_seconds() - t0);
     CHECK(tokenizer_kind(smol) == TOKENIZER_BYTE_BPE && tokenizer_vocab_size(smol) == 49152,
           "SmolLM2 tokenizer.json: byte-level BPE, vocab %d", tokenizer_vocab_size(smol));
-    check_tokenizer("SmolLM2 (tokenizer.json)", smol, FIXTURES "smollm2.json", &st);
+    check_tokenizer("SmolLM2 (tokenizer.json)", smol, FIXTURES "smollm2.json", "HF tokenizers", &st);
     check_specials(smol);
 
     GGUFFile g;
@@ -468,7 +483,8 @@ int main(void) {
     for (int id = 0; same_vocab && id < tokenizer_vocab_size(smol); id++)
         same_vocab = strcmp(tokenizer_piece(smol, id), tokenizer_piece(smol_gguf, id)) == 0;
     CHECK(same_vocab, "SmolLM2 GGUF and tokenizer.json have the same vocab");
-    check_tokenizer("SmolLM2 (GGUF; HF with its \"smollm\" pre-tokenizer)", smol_gguf, FIXTURES "smollm2_gguf.json", &st);
+    check_tokenizer("SmolLM2 (GGUF)", smol_gguf, FIXTURES "smollm2_gguf.json",
+                    "HF tokenizers with the \"smollm\" pre-tokenizer the GGUF names", &st);
     check_gguf_vs_conversion(smol_gguf, &st);
     check_specials(smol_gguf);
     bench_sharegpt("SmolLM2", smol);
@@ -477,20 +493,20 @@ int main(void) {
 
     Tokenizer *l3 = tokenizer_load_json("tests/fixtures/chat/llama3_tokenizer.json");
     CHECK(tokenizer_kind(l3) == TOKENIZER_BYTE_BPE, "llama3_tokenizer.json is byte-level");
-    check_tokenizer("Llama-3 style", l3, FIXTURES "llama3.json", &st);
+    check_tokenizer("Llama-3 style", l3, FIXTURES "llama3.json", "HF tokenizers", &st);
     tokenizer_free(l3);
 
     gguf_open(&g, FIXTURES "llama3_bpe.gguf");
     l3 = tokenizer_load_gguf(&g);
     gguf_close(&g);
     CHECK(tokenizer_bos_id(l3) == 0 && tokenizer_eos_id(l3) == 4, "llama3_bpe.gguf: BOS <|begin_of_text|>, EOS <|eot_id|>");
-    check_tokenizer("Llama-3 style GGUF (pre llama-bpe)", l3, FIXTURES "llama3.json", &st);
+    check_tokenizer("Llama-3 style GGUF (pre llama-bpe)", l3, FIXTURES "llama3.json", "HF tokenizers", &st);
     tokenizer_free(l3);
 
     Tokenizer *spm = tokenizer_load_json("tests/fixtures/chat/spm_tokenizer.json");
     CHECK(tokenizer_kind(spm) == TOKENIZER_SPM_BPE && tokenizer_bos_id(spm) == 1 && tokenizer_eos_id(spm) == 2,
           "spm_tokenizer.json: SentencePiece-style BPE, BOS <s> = 1, EOS </s> = 2");
-    check_tokenizer("Llama-2 style (byte fallback)", spm, FIXTURES "spm.json", &st);
+    check_tokenizer("Llama-2 style (byte fallback)", spm, FIXTURES "spm.json", "HF tokenizers", &st);
     bench_sharegpt("Llama-2 style", spm);
     tokenizer_free(spm);
 
@@ -499,8 +515,13 @@ int main(void) {
     gguf_close(&g);
     CHECK(tokenizer_kind(spm_gguf) == TOKENIZER_SPM_BPE && tokenizer_token_id(spm_gguf, "<0x0A>") >= 0,
           "spm_llama.gguf: SentencePiece BPE with byte tokens, vocab %d", tokenizer_vocab_size(spm_gguf));
-    check_tokenizer("Llama-2 GGUF (sentencepiece scores, byte fallback)", spm_gguf, FIXTURES "spm_gguf.json", &st);
+    check_tokenizer("Llama-2 GGUF (sentencepiece scores, byte fallback)", spm_gguf, FIXTURES "spm_gguf.json",
+                    "sentencepiece", &st);
     tokenizer_free(spm_gguf);
+    Tokenizer *spm_model = tokenizer_load_spm(FIXTURES "spm_llama.model");
+    CHECK(tokenizer_bos_id(spm_model) == 1 && tokenizer_eos_id(spm_model) == 2, "spm_llama.model: BOS 1, EOS 2");
+    check_tokenizer("Llama-2 tokenizer.model", spm_model, FIXTURES "spm_gguf.json", "sentencepiece", &st);
+    tokenizer_free(spm_model);
 
     check_chat("tests/fixtures/chat/chatml.json");
     check_chat("tests/fixtures/chat/llama-3.json");

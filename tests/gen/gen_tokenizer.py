@@ -23,8 +23,8 @@ Outputs (tests/fixtures/tokenizer/):
                   "decoded_skip": {index: hex} HF decode(ids, skip_special_tokens=True) where it differs
                                   from "decoded",
                   smollm2_gguf only: "differs_from_conversion": indices whose ids differ from smollm2's}
-  spm_llama.gguf a Llama-2-style GGUF (tokenizer metadata only) made from a sentencepiece model trained here,
-                 with spm_gguf.json as above from sentencepiece itself
+  spm_llama.model, spm_llama.gguf  a Llama-2-style sentencepiece model trained here, and the same as GGUF
+                 tokenizer metadata, with spm_gguf.json as above from sentencepiece itself
   llama3_bpe.gguf  llama3_tokenizer.json as GGUF metadata (pre "llama-bpe"), checked against llama3.json
   variants.json  [{"name", "base": tokenizer.json, "override": {key: value}, "ids", "decoded"}]: the
                  llama3/spm tokenizers with other pre-tokenizers, normalisers and added-token options, on
@@ -277,6 +277,8 @@ def make_spm_gguf(strings):
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model.getvalue())
+    with open(os.path.join(OUT, "spm_llama.model"), "wb") as f:
+        f.write(model.getvalue())
     path = os.path.join(OUT, "spm_llama.gguf")
     w = gguf.GGUFWriter(path, "llama")
     w.add_tokenizer_model("llama")
