@@ -119,17 +119,20 @@ static void test_matmul_backward(int T, int IC, int OC, int which) {
     free(in), free(w), free(dout), free(dinp), free(dw), free(db);
 }
 
-static void test_rope(void) {
-    int T = 6, nh = 4, nkv = 2, hd = 16;
+static void test_rope(int hd, float theta) {
+    int T = 6, nh = 4, nkv = 2;
     size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
     float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f);
     int32_t pos[6] = {0, 1, 2, 37, 511, 2047};
     float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk);
     int32_t *d_pos = to_gpu(pos, sizeof pos);
-    cpu->rope(q, k, pos, T, nh, nkv, hd, 10000.0f);
-    gpu->rope(d_q, d_k, d_pos, T, nh, nkv, hd, 10000.0f);
-    expect_close("rope q (positions up to 2047)", d_q, q, nq, 1e-5);
-    expect_close("rope k (positions up to 2047)", d_k, k, nk, 1e-5);
+    cpu->rope(q, k, pos, T, nh, nkv, hd, theta);
+    gpu->rope(d_q, d_k, d_pos, T, nh, nkv, hd, theta);
+    char what[96];
+    snprintf(what, sizeof what, "rope q (d=%d, theta %g, positions up to 2047)", hd, theta);
+    expect_close(what, d_q, q, nq, 1e-5);
+    snprintf(what, sizeof what, "rope k (d=%d, theta %g, positions up to 2047)", hd, theta);
+    expect_close(what, d_k, k, nk, 1e-5);
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_pos);
     free(q), free(k);
 }
@@ -165,6 +168,10 @@ static void test_attention(void) {
     check_attention("packed causal, 3 sequences, MHA", T, T, kb, ke, NULL, 0, 2, 2, 40);
     check_attention("packed causal, 3 sequences, MQA", T, T, kb, ke, NULL, 0, 2, 1, 128);
     check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 2, 1, 200);
+    /* one long sequence: many key tiles, the online softmax rescaling many times */
+    int32_t lkb[300], lke[300];
+    for (int t = 0; t < 300; t++) lkb[t] = 0, lke[t] = t + 1;
+    check_attention("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 2, 1, 64);
 
     /* decoding with a KV cache: 3 new tokens after 70 cached ones */
     int32_t dkb[3] = {0, 0, 0}, dke[3] = {71, 72, 73};
@@ -204,28 +211,31 @@ static void test_elementwise(void) {
     free(a), free(b), free(want);
 }
 
-static void test_softmax_xent(void) {
-    int T = 9, V = 1000;
+static void test_softmax_xent(int V) {
+    int T = 9;
     size_t n = (size_t)T * V;
     float *logits = random_floats(n, 8.0f);
-    int32_t targets[9] = {3, -1, 999, 0, -1, 512, 77, 1, 998};
+    int32_t targets[9] = {3, -1, V - 1, 0, -1, V / 2, 77, 1, V - 2};
     logits[(size_t)3 * V + 0] = 20.0f;  /* row 3: target is the max, rank 0 */
     logits[(size_t)6 * V + 77] = -20.0f; /* row 6: target is the min, rank V-1 */
     logits[(size_t)8 * V + 5] = -INFINITY; /* row 8: masked-out logits get probability 0 */
-    logits[(size_t)8 * V + 600] = -INFINITY;
+    logits[(size_t)8 * V + V * 3 / 5] = -INFINITY;
     float dscale = 1.0f / 7.0f;          /* mean over the 7 rows with a target */
     float *d_logits = to_gpu(logits, sizeof(float) * n), loss[9], *d_loss = gpu->alloc(sizeof loss);
     int32_t rank[9], gpu_rank[9], *d_rank = gpu->alloc(sizeof rank), *d_targets = to_gpu(targets, sizeof targets);
     cpu->softmax_xent(logits, loss, rank, targets, T, V, dscale);
     gpu->softmax_xent(d_logits, d_loss, d_rank, d_targets, T, V, dscale);
-    expect_close("softmax_xent losses (2 ignored rows)", d_loss, loss, T, 1e-5);
-    expect_close("softmax_xent dlogits in place (a row with -inf logits)", d_logits, logits, n, 1e-5);
+    char what[96];
+    snprintf(what, sizeof what, "softmax_xent V=%d losses (2 ignored rows)", V);
+    expect_close(what, d_loss, loss, T, 1e-5);
+    snprintf(what, sizeof what, "softmax_xent V=%d dlogits in place (a row with -inf logits)", V);
+    expect_close(what, d_logits, logits, n, 1e-5);
     gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
     int same = 1;
     for (int t = 0; t < T; t++) same &= gpu_rank[t] == rank[t];
     CHECK(same && rank[1] == -1 && rank[3] == 0 && rank[6] == V - 1,
-          "softmax_xent ranks equal (ignored -1, max 0, min V-1): gpu %d %d %d, cpu %d %d %d", gpu_rank[1], gpu_rank[3],
-          gpu_rank[6], rank[1], rank[3], rank[6]);
+          "softmax_xent V=%d ranks equal (ignored -1, max 0, min V-1): gpu %d %d %d, cpu %d %d %d", V, gpu_rank[1],
+          gpu_rank[3], gpu_rank[6], rank[1], rank[3], rank[6]);
     gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_targets);
     free(logits);
 }
@@ -373,10 +383,12 @@ int main(void) {
     test_matmul_backward(37, 20, 45, 7);
     test_matmul_backward(5, 16, 8, 2);
     test_matmul_backward(5, 16, 8, 5);
-    test_rope();
+    test_rope(16, 10000.0f);
+    test_rope(128, 500000.0f);
     test_attention();
     test_elementwise();
-    test_softmax_xent();
+    test_softmax_xent(1000);
+    test_softmax_xent(32000);
     test_adamw();
     test_sum_squares();
     test_end_to_end();
