@@ -74,16 +74,22 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->losses = be->alloc(sizeof(float) * (size_t)w->chunk_rows);
     w->ranks = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
     w->targets = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
+    w->rows_hidden = be->alloc(sizeof(float) * TH);
+    w->rows = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens * s->n_heads);
+    w->host_rows = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->host_row_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_losses = xmalloc(sizeof(float) * (size_t)w->chunk_rows);
     w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)w->chunk_rows);
 }
 
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
     const Backend *be = m->be;
-    void *dev[] = {w->act, w->pre, w->dx, w->dz, w->logits, w->losses, w->ranks, w->targets};
+    void *dev[] = {w->act, w->pre, w->dx, w->dz, w->logits, w->losses, w->ranks, w->targets, w->rows_hidden, w->rows};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
     free(w->host_targets);
+    free(w->host_rows);
+    free(w->host_row_targets);
     free(w->host_losses);
     free(w->host_ranks);
     memset(w, 0, sizeof *w);
@@ -127,7 +133,6 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     const Backend *be = m->be;
     const MedusaShape *s = &m->shape;
     int H = s->hidden, V = s->vocab, L = s->n_layers;
-    size_t TH = (size_t)T * H;
     if (T > w->max_tokens) fatal("medusa: batch of %d tokens exceeds the work buffers' %d", T, w->max_tokens);
     int train = grad_scale > 0;
     if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
@@ -137,43 +142,47 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
         const int32_t *targets = w->host_targets + (size_t)h * T;
-        int64_t valid = 0;
-        for (int t = 0; t < T; t++) valid += targets[t] >= 0;
-        stats->valid[h] = valid;
-        if (valid == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
-        float dscale = train ? weight * grad_scale / (float)valid : 0.0f;
-        const float *x_last = blocks_forward(m, w, hidden, h, T);
+        int n = 0; /* rows with a target, gathered into rows_hidden */
+        for (int t = 0; t < T; t++) {
+            if (targets[t] < 0) continue;
+            w->host_rows[n] = t;
+            w->host_row_targets[n++] = targets[t];
+        }
+        stats->valid[h] = n;
+        if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
+        size_t nH = (size_t)n * H;
+        be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
+        be->embedding(w->rows_hidden, w->rows, hidden, n, H); /* a row gather */
+        float dscale = train ? weight * grad_scale / (float)n : 0.0f;
+        const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
         const float *lm = medusa_lm_head(m, m->params, h);
-        if (train) be->fill_zero(w->dx, sizeof(float) * TH);
+        if (train) be->fill_zero(w->dx, sizeof(float) * nH);
         double loss_sum = 0;
-        for (int r0 = 0; r0 < T; r0 += w->chunk_rows) {
-            int rows = T - r0 < w->chunk_rows ? T - r0 : w->chunk_rows;
-            int any = 0;
-            for (int t = r0; t < r0 + rows; t++) any |= targets[t] >= 0;
-            if (!any) continue;
+        for (int r0 = 0; r0 < n; r0 += w->chunk_rows) {
+            int rows = n - r0 < w->chunk_rows ? n - r0 : w->chunk_rows;
             const float *x = x_last + (size_t)r0 * H;
             be->matmul(w->logits, x, lm, NULL, rows, H, V);
-            be->upload(w->targets, targets + r0, sizeof(int32_t) * (size_t)rows);
+            be->upload(w->targets, w->host_row_targets + r0, sizeof(int32_t) * (size_t)rows);
             be->softmax_xent(w->logits, w->losses, w->ranks, w->targets, rows, V, dscale);
             be->download(w->host_losses, w->losses, sizeof(float) * (size_t)rows);
             be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)rows);
             for (int i = 0; i < rows; i++) {
-                if (w->host_ranks[i] < 0) continue;
                 loss_sum += w->host_losses[i];
                 for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
             }
             if (train) /* logits now hold dlogits: into dx and the lm_head gradient */
                 be->matmul_backward(w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm, rows, H, V);
         }
-        stats->loss[h] = loss_sum / (double)valid;
+        stats->loss[h] = loss_sum / (double)n;
         stats->total_loss += (double)weight * stats->loss[h];
         if (!train) continue;
         for (int l = L - 1; l >= 0; l--) {
-            const float *x_in = l == 0 ? hidden : w->act + (size_t)(l - 1) * TH;
-            be->silu_backward(w->dz, w->dx, w->pre + (size_t)l * TH, TH);
-            /* dx already holds the residual path's gradient; add the branch's */
-            be->matmul_backward(w->dx, medusa_linear_w(m, m->grads, h, l), medusa_linear_b(m, m->grads, h, l), w->dz,
-                                x_in, medusa_linear_w(m, m->params, h, l), T, H, H);
+            const float *x_in = l == 0 ? w->rows_hidden : w->act + (size_t)(l - 1) * nH;
+            be->silu_backward(w->dz, w->dx, w->pre + (size_t)l * nH, nH);
+            /* dx already holds the residual path's gradient; add the branch's (not needed below block 0: the
+             * base model is frozen) */
+            be->matmul_backward(l > 0 ? w->dx : NULL, medusa_linear_w(m, m->grads, h, l), medusa_linear_b(m, m->grads, h, l),
+                                w->dz, x_in, medusa_linear_w(m, m->params, h, l), n, H, H);
         }
     }
 }

@@ -39,7 +39,10 @@ typedef struct {
     float *logits; /* [chunk_rows, V] */
     float *losses; /* [chunk_rows] */
     int32_t *ranks, *targets; /* [chunk_rows] on the backend */
+    float *rows_hidden;       /* [T,H]: the hidden rows a head has targets for, gathered */
+    int32_t *rows;            /* [T] backend: their positions */
     int32_t *host_targets;    /* [K][T] */
+    int32_t *host_rows, *host_row_targets; /* [T] */
     float *host_losses;
     int32_t *host_ranks;
 } MedusaWork;
@@ -64,7 +67,9 @@ void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask
                     int T, int32_t *targets);
 
 /* Forward + loss on hidden [T,H] (backend memory). With grad_scale > 0 the gradients (scaled by
- * grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by decay^i. */
+ * grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by decay^i.
+ * Each head runs only on the rows it has a target for (gathered): an ignored position contributes nothing
+ * to the loss or the gradients, so skipping it is exact and saves the masked share of the work. */
 void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
                              const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
                              float grad_scale, MedusaBatchStats *stats);

@@ -1,0 +1,112 @@
+"""PyTorch CPU baseline for bench/bench_train.c: one Medusa training step as the reference Medusa code does it
+(ResBlock + lm_head heads, lm_heads copied from the base model, frozen base forward, loss of head i weighted
+by decay^i over the positions whose target t+2+i is a trained token of the same conversation, AdamW with
+clipping), fp32, on the same packed batches as bench_train (conversations in file order, packed greedily up to
+--batch-tokens). Each conversation runs through the base model on its own (no padding: the cheapest way in
+PyTorch); the heads run on all positions, as the reference computes them. Reports tokens/s after one warm-up
+step."""
+import argparse, math, os, time
+
+import h5py
+import numpy as np
+import torch
+import torch.nn as nn
+from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", required=True)
+p.add_argument("--data", required=True)
+p.add_argument("--heads", type=int, default=5)
+p.add_argument("--batch-tokens", type=int, default=2048)
+p.add_argument("--steps", type=int, default=3)
+p.add_argument("--decay", type=float, default=0.8)
+p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+
+
+class ResBlock(nn.Module):
+    """The reference Medusa ResBlock: x + SiLU(W x + b), W initialised to zero."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        torch.nn.init.zeros_(self.linear.weight)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return x + self.act(self.linear(x))
+
+
+def batches(path, batch_tokens):
+    """The same packing as data/batcher.c with shuffling off: whole conversations in file order, cut to
+    batch_tokens, packed greedily."""
+    with h5py.File(path, "r") as f:
+        tokens, mask, off = f["tokens"][:], f["loss_mask"][:], f["conv_offsets"][:]
+    cur = []
+    used = 0
+    for c in range(len(off) - 1):
+        n = min(int(off[c + 1] - off[c]), batch_tokens)
+        if cur and used + n > batch_tokens:
+            yield cur
+            cur, used = [], 0
+        cur.append((tokens[off[c]:off[c] + n].astype(np.int64), mask[off[c]:off[c] + n].astype(bool)))
+        used += n
+    if cur:
+        yield cur
+
+
+def targets(seqs, K):
+    """labels[i][t] = token t+2+i when it is in the same conversation and trained, else -100."""
+    out = []
+    for i in range(K):
+        parts = []
+        for tok, m in seqs:
+            lab = np.full(len(tok), -100, np.int64)
+            j = np.arange(len(tok)) + 2 + i
+            ok = j < len(tok)
+            ok[ok] &= m[j[ok]]
+            lab[ok] = tok[j[ok]]
+            parts.append(lab)
+        out.append(torch.from_numpy(np.concatenate(parts)))
+    return out
+
+
+d, f = os.path.split(os.path.abspath(a.model))
+base = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
+for prm in base.parameters():
+    prm.requires_grad_(False)
+H, V = base.config.hidden_size, base.config.vocab_size
+heads = nn.ModuleList([nn.Sequential(*([ResBlock(H)] * 1), nn.Linear(H, V, bias=False)) for _ in range(a.heads)])
+for h in heads:
+    h[-1].weight.data.copy_(base.get_output_embeddings().weight.data)
+opt = torch.optim.AdamW(heads.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+sched = get_cosine_schedule_with_warmup(opt, math.ceil(0.1 * (a.steps + 1)), a.steps + 1)  # as bench_train
+ce = nn.CrossEntropyLoss()
+
+total = 0.0
+n_tokens = 0
+it = batches(a.data, a.batch_tokens)
+for step in range(a.steps + 1):
+    seqs = next(it)
+    labels = targets(seqs, a.heads)
+    t0 = time.perf_counter()
+    with torch.no_grad():  # frozen base: last hidden state after the final norm, one conversation at a time
+        hidden = torch.cat([base.model(input_ids=torch.from_numpy(tok)[None]).last_hidden_state[0] for tok, _ in seqs])
+    loss = 0
+    for i, head in enumerate(heads):
+        logits = head(hidden)
+        loss = loss + a.decay ** i * ce(logits, labels[i])
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    T = sum(len(t) for t, _ in seqs)
+    print(f"step {step}: {T} tokens in {len(seqs)} sequences, {dt:.3f} s, loss {loss.item():.4f}", flush=True)
+    if step > 0:
+        total += dt
+        n_tokens += T
+print(f"pytorch train: {a.heads} heads, {n_tokens} tokens in {a.steps} steps, {total:.3f} s, "
+      f"{n_tokens / total:.1f} tokens/s (torch {torch.__version__}, {a.threads} threads)")

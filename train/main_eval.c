@@ -1,0 +1,104 @@
+/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}) and the base model's own top-1 on
+ * held-out conversations. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/args.h"
+#include "../model/medusa_io.h"
+#include "../model/safetensors_write.h"
+#include "run.h"
+
+static const char *USAGE =
+    "usage: medusa-eval --model PATH (--medusa DIR | --ckpt FILE|RUN_DIR) --data VAL.tokens.h5 [options]\n\n"
+    "Evaluates Medusa heads (an export in the v1 or vLLM layout, or a training checkpoint) on a token cache:\n"
+    "head i at position t predicts the token at t+2+i; only trained (assistant) targets count. Prints a table\n"
+    "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and writes them as JSON with --json.";
+
+int main(int argc, char **argv) {
+    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu";
+    int max_batches = 0, batch_tokens = 2048, threads = 0, logits_chunk = 512;
+    double head_decay = 0.8;
+    ArgSpec specs[] = {
+        {"model", ARG_STR, &model, "base model: Hugging Face directory or .gguf file"},
+        {"medusa", ARG_STR, &medusa, "exported heads (config.json + weights, v1 or vLLM layout)"},
+        {"ckpt", ARG_STR, &ckpt, "or a training checkpoint (file, or run directory: its latest)"},
+        {"data", ARG_STR, &data, "token cache to evaluate on (*.tokens.h5)"},
+        {"max-batches", ARG_INT, &max_batches, "evaluate at most N packed batches (0 = all)"},
+        {"batch-tokens", ARG_INT, &batch_tokens, "tokens per packed batch"},
+        {"head-decay", ARG_DOUBLE, &head_decay, "weight of head i in the reported total loss"},
+        {"json", ARG_STR, &json, "also write the metrics to this JSON file"},
+        {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
+        {"device", ARG_STR, &device, "cpu or cuda"},
+        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
+    };
+    args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
+    if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");
+    const Backend *be = backend_for_device(device);
+    set_threads(threads);
+
+    Model base;
+    model_load(&base, model, be);
+    int H = base.config.hidden_size, V = base.config.vocab_size;
+    MedusaHeads heads;
+    char *ckpt_path = NULL;
+    if (medusa) {
+        medusa_import(&heads, medusa, be, H, V);
+    } else {
+        ckpt_path = dir_exists(ckpt) ? checkpoint_latest(ckpt) : xstrdup(ckpt);
+        if (!ckpt_path) fatal("%s: no ckpt-<step>.h5 in this directory", ckpt);
+        MedusaShape s = checkpoint_shape(ckpt_path);
+        if (s.hidden != H || s.vocab != V)
+            fatal("%s: heads of hidden size %d and vocabulary %d do not fit the base model (%d, %d)", ckpt_path, s.hidden,
+                  s.vocab, H, V);
+        medusa_init(&heads, be, s);
+        CheckpointMeta meta = {0};
+        checkpoint_load(ckpt_path, &heads, NULL, &meta);
+        free(meta.config_json);
+    }
+    TokenCache cache;
+    token_cache_load(&cache, data, V);
+    Trainer t;
+    trainer_init(&t, &base, &heads, NULL, (float)head_decay, batch_tokens, logits_chunk);
+    double t0 = now_seconds();
+    StepMetrics m;
+    evaluate(&t, &cache, batch_tokens, max_batches, &m);
+    double seconds = now_seconds() - t0;
+
+    int K = heads.shape.n_heads;
+    printf("%-10s %7s %7s %7s %7s %7s %8s %8s\n", "head", "top1", "top2", "top3", "top4", "top5", "loss", "targets");
+    for (int i = 0; i < K; i++) {
+        printf("medusa%-4d", i);
+        for (int k = 0; k < MEDUSA_TOPK; k++)
+            printf(" %7.4f", m.valid[i] ? (double)m.hits[i][k] / (double)m.valid[i] : 0.0);
+        printf(" %8.4f %8lld\n", m.batches ? m.loss_sum[i] / m.batches : 0.0, (long long)m.valid[i]);
+    }
+    double base_top1 = m.base_valid ? (double)m.base_hits / (double)m.base_valid : 0;
+    printf("base model top-1 on t+1: %.4f (%lld targets)\n", base_top1, (long long)m.base_valid);
+    printf("%d batches, %lld tokens in %.1f s (%.0f tokens/s)\n", m.batches, (long long)m.tokens, seconds,
+           seconds > 0 ? (double)m.tokens / seconds : 0);
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", model);
+        cJSON_AddStringToObject(o, "heads", medusa ? medusa : ckpt_path);
+        cJSON_AddStringToObject(o, "data", data);
+        cJSON_AddNumberToObject(o, "batches", m.batches);
+        cJSON_AddNumberToObject(o, "tokens", (double)m.tokens);
+        metrics_to_json(&m, K, o);
+        cJSON_AddNumberToObject(o, "base_top1", base_top1);
+        char *text = cJSON_Print(o);
+        size_t n = strlen(text);
+        text = xrealloc(text, n + 2);
+        text[n] = '\n';
+        text[n + 1] = '\0';
+        write_file_atomic(json, text, n + 1);
+        free(text);
+        cJSON_Delete(o);
+    }
+    trainer_free(&t);
+    medusa_free(&heads);
+    token_cache_free(&cache);
+    model_free(&base);
+    free(ckpt_path);
+    return 0;
+}
