@@ -33,7 +33,7 @@ int main(int argc, char **argv) {
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
     if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");
-    const Backend *be = backend_for_device(device);
+    const Backend *be = backend_by_name(device);
     set_threads(threads);
 
     Model base;

@@ -37,12 +37,6 @@ void train_config_defaults(TrainConfig *c) {
     c->logits_chunk = 512;
 }
 
-const Backend *backend_for_device(const char *name) {
-    if (strcmp(name, "cpu") == 0) return backend_cpu();
-    if (strcmp(name, "cuda") == 0) fatal("--device cuda: this build has no CUDA backend; use --device cpu");
-    fatal("--device %s: unknown device (cpu or cuda)", name);
-}
-
 void set_threads(int threads) {
     if (threads <= 0) return;
     omp_set_num_threads(threads);
@@ -232,7 +226,7 @@ static void validate(const TrainConfig *c) {
 int train_run(const TrainConfig *c) {
     validate(c);
     double t_start = now_seconds();
-    const Backend *be = backend_for_device(c->device);
+    const Backend *be = backend_by_name(c->device);
     set_threads(c->threads);
     if (mkdir(c->out, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create the run directory: %s", c->out, strerror(errno));
     char *resume_path = checkpoint_latest(c->out);

@@ -35,8 +35,6 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
 /* Adds loss, medusa{i}_loss and medusa{i}_top{k} (k = 1..5) of accumulated metrics to obj. */
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
 
-/* The backend named by --device ("cpu"; "cuda" when built with it); fatal otherwise. */
-const Backend *backend_for_device(const char *name);
 /* Applies --threads (> 0) to OpenMP and OpenBLAS. */
 void set_threads(int threads);
 
