@@ -298,6 +298,8 @@ static PreStep *add_step(Tokenizer *t, StepKind kind);
 /* Byte tables, vocab index, added-token index, word splitting: everything derived from pieces and
  * attributes. */
 static void finish(Tokenizer *t) {
+    for (int id = 0; id < t->n_vocab; id++)
+        if (!t->pieces[id]) set_piece(t, id, "", 0); /* an id the vocab skips spells nothing */
     vocab_index(t);
     if (t->kind == TOKENIZER_SPM_BPE && !merges_cross_words(t)) add_step(t, STEP_WORDS);
     for (int b = 0; b < 256; b++) {
@@ -1208,7 +1210,9 @@ Tokenizer *tokenizer_load_json(const char *path) {
         if (!json_str(v, "content")) fatal("%s: added token %d has no content", path, id);
         if (id + 1 > n_vocab) n_vocab = id + 1;
     }
+    int n_entries = cJSON_GetArraySize(vocab) + cJSON_GetArraySize(added);
     if (n_vocab == 0) fatal("%s: empty vocab", path);
+    if (n_vocab > 2 * n_entries + 1024) fatal("%s: token ids up to %d for %d tokens", path, n_vocab - 1, n_entries);
     Tokenizer *t = tokenizer_new(n_vocab);
     t->kind = TOKENIZER_SPM_BPE;
     cJSON_ArrayForEach(v, vocab) {
@@ -1244,9 +1248,9 @@ Tokenizer *tokenizer_load_json(const char *path) {
                 a = joined;
                 b = joined + (sp - v->valuestring) + 1;
             }
-        } else if (cJSON_GetArraySize(v) == 2) {
-            a = cJSON_GetArrayItem(v, 0)->valuestring;
-            b = cJSON_GetArrayItem(v, 1)->valuestring;
+        } else if (cJSON_GetArraySize(v) == 2 && cJSON_IsString(v->child) && cJSON_IsString(v->child->next)) {
+            a = v->child->valuestring;
+            b = v->child->next->valuestring;
         }
         if (!a || !b) fatal("%s: merge %d is not a pair of tokens", path, rank);
         size_t la = strlen(a), lb = strlen(b);
@@ -1497,9 +1501,10 @@ Tokenizer *tokenizer_load_spm(const char *path) {
             while (sub.p < sub.end) {
                 int k = pb_next(&sub, &wire, &v, &f);
                 if (k == 1 && wire == 2) {
-                    free(pieces[n]);
-                    pieces[n] = strndup((const char *)f.p, (size_t)(f.end - f.p));
                     lens[n] = (size_t)(f.end - f.p);
+                    pieces[n] = xrealloc(pieces[n], lens[n] + 1);
+                    memcpy(pieces[n], f.p, lens[n]);
+                    pieces[n][lens[n]] = '\0';
                 } else if (k == 2 && wire == 5) {
                     uint32_t u = (uint32_t)v;
                     memcpy(&scores[n], &u, 4);
