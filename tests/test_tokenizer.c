@@ -503,6 +503,19 @@ int main(void) {
     check_tokenizer("Llama-3 style GGUF (pre llama-bpe)", l3, FIXTURES "llama3.json", "HF tokenizers", &st);
     tokenizer_free(l3);
 
+    gguf_open(&g, "tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf"); /* bytes only, no merges */
+    Tokenizer *bytes_only = tokenizer_load_gguf(&g);
+    gguf_close(&g);
+    int32_t *ids;
+    int n_ids = tokenizer_encode(bytes_only, st.s[2], st.len[2], 1, 0, &ids);
+    size_t dlen;
+    char *d = tokenizer_decode(bytes_only, ids, n_ids, 0, &dlen);
+    CHECK(n_ids == (int)st.len[2] && dlen == st.len[2] && memcmp(d, st.s[2], dlen) == 0,
+          "GGUF byte vocabulary without merges: one token per byte, decoded back (\"%s\")", st.s[2]);
+    free(d);
+    free(ids);
+    tokenizer_free(bytes_only);
+
     Tokenizer *spm = tokenizer_load_json("tests/fixtures/chat/spm_tokenizer.json");
     CHECK(tokenizer_kind(spm) == TOKENIZER_SPM_BPE && tokenizer_bos_id(spm) == 1 && tokenizer_eos_id(spm) == 2,
           "spm_tokenizer.json: SentencePiece-style BPE, BOS <s> = 1, EOS </s> = 2");
