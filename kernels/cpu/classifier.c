@@ -21,13 +21,17 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
             if (row[i] > maxv) maxv = row[i];
             rank += row[i] > target_logit;
         }
+        /* one exp per logit: the exponentials are kept in the row and scaled into the gradient */
         double sum = 0;
-        for (int i = 0; i < V; i++) sum += exp((double)(row[i] - maxv));
-        float log_sum = (float)log(sum);
-        losses[t] = log_sum - (target_logit - maxv);
+        for (int i = 0; i < V; i++) {
+            float e = expf(row[i] - maxv);
+            row[i] = e;
+            sum += e;
+        }
+        losses[t] = (float)log(sum) - (target_logit - maxv);
         ranks[t] = rank;
-        float inv_sum = (float)(1.0 / sum);
-        for (int i = 0; i < V; i++) row[i] = dscale * (expf(row[i] - maxv) * inv_sum);
+        float scale = (float)(dscale / sum);
+        for (int i = 0; i < V; i++) row[i] *= scale;
         row[target] -= dscale;
     }
 }
