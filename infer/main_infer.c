@@ -2,7 +2,6 @@
  * plain greedy, Medusa greedy and Medusa typical decoding on a prompt set; `tune` builds trees from measured
  * head accuracies and picks the one this machine runs fastest. */
 #include <cJSON.h>
-#include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include "../infer/decoder.h"
 #include "../infer/tune.h"
 #include "../model/medusa_io.h"
+#include "../train/run.h" /* set_threads */
 
 #define DEFAULT_TREE "configs/trees/mc_sim_7b_63.json"
 #define DEFAULT_TREE_CPU "configs/trees/cpu_4.json"
@@ -37,18 +37,6 @@ typedef struct {
 } Engine;
 
 /* ---- setup ---- */
-
-static void set_threads(int threads) {
-    if (threads <= 0) return;
-    omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
-}
-
-static const Backend *device_backend(const char *name) {
-    if (strcmp(name, "cpu") == 0) return backend_cpu();
-    if (strcmp(name, "cuda") == 0) fatal("--device cuda: this build has no CUDA backend; use --device cpu");
-    fatal("--device %s: unknown device (cpu or cuda)", name);
-}
 
 /* The model's Jinja chat template (GGUF metadata or tokenizer_config.json), malloc'd; NULL when none. */
 static char *model_jinja(const Engine *e) {
@@ -101,7 +89,7 @@ static void engine_init(Engine *e, const Options *o) {
     memset(e, 0, sizeof *e);
     e->o = *o;
     e->stop_id = -1;
-    const Backend *be = device_backend(o->device);
+    const Backend *be = backend_by_name(o->device);
     model_load(&e->model, o->model, be);
     const ModelConfig *c = &e->model.config;
     if (o->medusa) {
@@ -556,7 +544,7 @@ static int run_tune(int argc, char **argv) {
     int n_budgets = parse_budgets(budgets_s, budgets, 32);
 
     Model m;
-    model_load(&m, model, device_backend(device));
+    model_load(&m, model, backend_by_name(device));
     MedusaHeads heads;
     if (medusa) {
         medusa_import(&heads, medusa, m.be, m.config.hidden_size, m.config.vocab_size);
