@@ -177,6 +177,7 @@ BENCH_TRAIN_STEPS ?= 3
 BENCH_TRAIN_OUT ?= bench/train_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
 $(BENCH_TRAIN_DATA).train.tokens.h5: | bin/medusa-data $(SMOLLM2)
 	data/fetch_demo.sh
+	@mkdir -p $(dir $(BENCH_TRAIN_DATA))
 	bin/medusa-data --model $(SMOLLM2) --input cache/data/ShareGPT_V3_unfiltered_cleaned_split.json --out $(BENCH_TRAIN_DATA) --limit 2000 --quiet
 bench-train: $(BUILD)/bench/bench_train $(BENCH_TRAIN_DATA).train.tokens.h5 venv
 	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct Q4_1 dequantised to fp32, 5 heads x 1 layer, 2048-token batches, $(BENCH_TRAIN_STEPS) steps after 1 warm-up"; \

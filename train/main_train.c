@@ -14,7 +14,8 @@ static const char *USAGE_TRAIN =
     "head i weighted by head-decay^i. Batches pack whole conversations up to --batch-tokens tokens (the\n"
     "reference's max length 2048); a step is --grad-accum batches. Writes RUN_DIR/metrics.jsonl,\n"
     "RUN_DIR/ckpt-<step>.h5 (atomic; also on SIGINT/SIGTERM, exit 130) and RUN_DIR/medusa (Medusa v1 export).\n"
-    "--resume continues the latest checkpoint bit for bit.";
+    "--resume continues the latest checkpoint bit for bit. A non-finite loss or gradient stops the run with an\n"
+    "error and leaves the last checkpoint intact. `make plot RUN=RUN_DIR` draws the curves.";
 
 static int export_main(int argc, char **argv) {
     const char *ckpt = NULL, *out = NULL, *format = "v1", *dtype = "f32";
@@ -84,5 +85,6 @@ int main(int argc, char **argv) {
         {"logits-chunk", ARG_INT, &c.logits_chunk, "rows of head logits computed at once (memory vs speed)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE_TRAIN, NULL, 0);
-    return train_run(&c);
+    /* a stop at --time-budget or --stop-after is a clean end (exit 0); a signal exits 130 */
+    return train_run(&c) == TRAIN_INTERRUPTED ? 130 : 0;
 }
