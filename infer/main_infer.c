@@ -95,7 +95,7 @@ static void engine_init(Engine *e, const Options *o) {
     if (o->medusa) {
         medusa_import(&e->heads, o->medusa, be, c->hidden_size, c->vocab_size);
         e->have_heads = 1;
-        const char *tree = o->tree ? o->tree : strcmp(o->device, "cpu") == 0 ? DEFAULT_TREE_CPU : DEFAULT_TREE;
+        const char *tree = e->o.tree = o->tree ? o->tree : strcmp(o->device, "cpu") == 0 ? DEFAULT_TREE_CPU : DEFAULT_TREE;
         tree_load(&e->tree, tree);
         if (e->tree.n_heads_used > e->heads.shape.n_heads)
             fatal("%s: the tree is %d levels deep but %s has only %d heads", tree, e->tree.n_heads_used, o->medusa,
@@ -281,6 +281,7 @@ static void run_once(Engine *e, const int32_t *prompt, int n_prompt) {
     DecodeStats st;
     generate(e, prompt, n_prompt, medusa, e->o.temperature, out, stream_sink, &s, &st);
     printf("\n");
+    fflush(stdout);
     if (!e->o.quiet) print_stats(&st, medusa);
     free(s.ids);
     free(out);
@@ -393,9 +394,9 @@ static void run_bench(Engine *e) {
     int32_t *out[3];
     for (int m = 0; m < 3; m++) out[m] = output_buffer(e);
     int lossless = 0, ran = 0;
-    printf("# medusa-infer --bench %s: %d prompts, model %s, heads %s, tree %s (%d nodes), max %d new tokens, "
-           "%d threads, typical temperature %.2f\n",
-           e->o.bench, n_prompts, e->o.model, e->o.medusa, e->o.tree ? e->o.tree : "default", e->tree.n_nodes,
+    printf("# medusa-infer --bench %s: %d prompts, model %s, heads %s, tree %s (%d nodes + root), max %d new "
+           "tokens, %d threads, typical temperature %.2f\n",
+           e->o.bench, n_prompts, e->o.model, e->o.medusa, e->o.tree, e->tree.n_paths,
            e->o.max_new, omp_get_max_threads(), t_typical);
     printf("%-6s %7s %9s %9s %9s %9s %9s %9s  %s\n", "prompt", "tokens", "plain/s", "greedy/s", "acc/step",
            "typical/s", "acc/step", "speedup", "greedy == plain");
