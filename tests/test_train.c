@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/rng.h"
+#include "../model/medusa_io.h"
 #include "../train/run.h"
 #include "test.h"
 
@@ -125,6 +126,49 @@ static char *read_file_or_empty(const char *dir, const char *name, size_t *size)
     return t;
 }
 
+static double json_number(const char *line, const char *key) {
+    cJSON *j = cJSON_Parse(line);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    double x = cJSON_IsNumber(v) ? v->valuedouble : NAN;
+    cJSON_Delete(j);
+    return x;
+}
+
+static void check_export_eval(const char *run, const char *val_path, const char *metrics) {
+    Model base;
+    model_load(&base, BASE, backend_cpu());
+    MedusaHeads m;
+    char *dir = path_join(run, "medusa");
+    medusa_import(&m, dir, backend_cpu(), base.config.hidden_size, V);
+    TokenCache val;
+    token_cache_load(&val, val_path, V);
+    Trainer t;
+    trainer_init(&t, &base, &m, NULL, 0.8f, 128, 512);
+    StepMetrics em;
+    evaluate(&t, &val, 128, 2, &em);
+    cJSON *o = cJSON_CreateObject();
+    metrics_to_json(&em, m.shape.n_heads, o);
+    char *ours = cJSON_PrintUnformatted(o);
+    const char *last = strrchr(metrics, '{');
+    int same = 1;
+    for (int i = 0; i < m.shape.n_heads; i++)
+        for (int k = 1; k <= MEDUSA_TOPK; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "medusa%d_top%d", i, k);
+            same &= json_number(ours, key) == json_number(last, key);
+        }
+    same &= json_number(ours, "loss") == json_number(last, "loss");
+    CHECK(same && em.base_valid > 0, "exported heads re-imported and evaluated: loss %.6f and every medusa{i}_top{k} equal "
+          "the run's final eval line (medusa0_top5 %.4f)", json_number(ours, "loss"), json_number(ours, "medusa0_top5"));
+    free(ours);
+    cJSON_Delete(o);
+    trainer_free(&t);
+    medusa_free(&m);
+    token_cache_free(&val);
+    model_free(&base);
+    free(dir);
+}
+
 static void test_resume(const char *data, const char *val) {
     printf("resume: 8 steps in one go vs 4 steps, stop, resume in fresh state, 4 steps\n");
     char *a = path_join(root, "a"), *b = path_join(root, "b");
@@ -170,6 +214,8 @@ static void test_resume(const char *data, const char *val) {
     CHECK(ea && eb && sa == sb && memcmp(ea, eb, sa) == 0, "final exports byte-identical (%zu bytes)", sa);
     free(ea);
     free(eb);
+    /* medusa-eval's path: the exported heads, re-imported and evaluated, give the run's final eval line */
+    check_export_eval(a, val, ma);
     free(ma);
     free(mb);
 

@@ -44,7 +44,7 @@ void set_threads(int threads) {
 }
 
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {
-    char key[32];
+    char key[48];
     cJSON_AddNumberToObject(obj, "loss", m->batches ? m->total_loss_sum / m->batches : NAN);
     for (int i = 0; i < n_heads; i++) {
         snprintf(key, sizeof key, "medusa%d_loss", i);
