@@ -183,12 +183,14 @@ typedef struct {
     Trainer *t;
     Batcher *batcher;
     const char *config_json;
+    const Rng *rng;
     double tokens_seen, train_seconds;
 } RunState;
 
 static void save(RunState *r, int64_t step) {
     CheckpointMeta meta = {0};
     meta.step = step;
+    memcpy(meta.rng, r->rng->s, sizeof meta.rng);
     int64_t words[BATCHER_CURSOR_WORDS];
     batcher_save_cursor(r->batcher, words);
     memcpy(meta.cursor, words, sizeof words);
@@ -269,7 +271,7 @@ int train_run(const TrainConfig *c) {
     trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, c->logits_chunk);
 
     char *config_json = identity_json(c, &data);
-    RunState r = {c, &t, &batcher, config_json, 0, 0};
+    RunState r = {c, &t, &batcher, config_json, &rng, 0, 0};
     int64_t step = 0;
     if (resume_path) {
         CheckpointMeta meta = {0};
