@@ -181,9 +181,9 @@ static void heads_at(Decoder *d, int row) {
 int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
                   int32_t *out, TokenSink sink, void *user, DecodeStats *stats) {
     const MedusaTree *t = d->tree;
+    if (!d->heads || !t) fatal("Medusa decoding needs heads and a tree");
     const Backend *be = d->base->be;
     int V = d->base->config.vocab_size, N = t->n_nodes, P = t->n_leaves, D = t->max_depth;
-    if (!d->heads || !t) fatal("Medusa decoding needs heads and a tree");
     memset(stats, 0, sizeof *stats);
     Rng rng;
     rng_seed(&rng, o->seed);

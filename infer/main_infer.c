@@ -58,12 +58,17 @@ static char *model_jinja(const Engine *e) {
     cJSON_Delete(root);
     free(text);
     free(path);
+    if (!jinja) { /* newer transformers save it beside the config */
+        path = path_join(e->o.model, "chat_template.jinja");
+        jinja = read_whole_file(path, NULL);
+        free(path);
+    }
     return jinja;
 }
 
 static void load_text_side(Engine *e) {
     if (e->model.source.gguf) {
-        e->tok = tokenizer_load_gguf(e->model.source.gguf);
+        if (gguf_find(e->model.source.gguf, "tokenizer.ggml.model")) e->tok = tokenizer_load_gguf(e->model.source.gguf);
     } else {
         char *path = path_join(e->o.model, "tokenizer.json");
         if (file_exists(path)) e->tok = tokenizer_load_json(path);
