@@ -185,6 +185,7 @@ typedef struct {
     const char *config_json;
     const Rng *rng;
     double tokens_seen, train_seconds;
+    double save_seconds; /* duration of the last save */
 } RunState;
 
 static void save(RunState *r, int64_t step) {
@@ -200,7 +201,9 @@ static void save(RunState *r, int64_t step) {
     char name[64];
     snprintf(name, sizeof name, "ckpt-%lld.h5", (long long)step);
     char *path = path_join(r->c->out, name);
+    double t0 = now_seconds();
     checkpoint_save(path, r->t->heads, &r->t->adam, &meta);
+    r->save_seconds = now_seconds() - t0;
     log_info("saved %s", path);
     free(path);
     prune_checkpoints(r->c->out, r->c->keep_checkpoints);
@@ -271,7 +274,7 @@ int train_run(const TrainConfig *c) {
     trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, c->logits_chunk);
 
     char *config_json = identity_json(c, &data);
-    RunState r = {c, &t, &batcher, config_json, &rng, 0, 0};
+    RunState r = {c, &t, &batcher, config_json, &rng, 0, 0, 0};
     int64_t step = 0;
     if (resume_path) {
         CheckpointMeta meta = {0};
@@ -379,7 +382,10 @@ int train_run(const TrainConfig *c) {
             status = TRAIN_INTERRUPTED;
             break;
         }
-        int over_budget = c->time_budget > 0 && now_seconds() - t_start + 1.5 * last_step_seconds > c->time_budget;
+        /* stop when one more step plus the final save and export (timed at the last save, else guessed at
+         * 200 MB/s for the 3 x params checkpoint and the export) would not fit */
+        double finish = r.save_seconds > 0 ? 1.5 * r.save_seconds : 16.0 * (double)heads.n_params / 2e8;
+        int over_budget = c->time_budget > 0 && now_seconds() - t_start + 1.5 * last_step_seconds + finish > c->time_budget;
         if ((c->stop_after > 0 && step >= c->stop_after) || (over_budget && step < total_steps)) {
             status = TRAIN_STOPPED;
             break;
