@@ -16,8 +16,8 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     }
     /* frozen base: one layer's activations live at a time (x, xn, proj, q, att, k, v, gate, up) + final hidden */
     p.base_activations = T * (4 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes;
-    /* heads run one after another: block outputs and pre-activations of one head, dx, dz */
-    p.head_activations = T * H * (2.0 * (in->n_layers > 0 ? in->n_layers : 1) + 2) * 4;
+    /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows */
+    p.head_activations = T * H * (2.0 * (in->n_layers > 0 ? in->n_layers : 1) + 3) * 4;
     p.logits = (double)in->logits_chunk * V * 4;
     p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +
               p.head_activations + p.logits;
