@@ -171,7 +171,8 @@ bench-data: bin/medusa-data venv
 	OMP_WAIT_POLICY=passive $(VENV)/bin/python bench/bench_data.py --threads $(BENCH_THREADS) --limit $(BENCH_DATA_LIMIT)
 
 # Medusa head training throughput (5 heads, fp32) beside the reference's PyTorch training step on the same
-# packed ShareGPT batches and thread count; writes bench/train_cpu_<host>.txt with the ratio.
+# packed ShareGPT batches and thread count; writes bench/train_cpu_<host>.txt with the ratio. Both sides wait
+# passively at OpenMP barriers: on a shared machine a spinning thread steals the core its partner needs.
 .PHONY: bench-train plot
 BENCH_TRAIN_DATA ?= cache/bench/sharegpt_smollm2
 BENCH_TRAIN_STEPS ?= 3
@@ -181,9 +182,9 @@ $(BENCH_TRAIN_DATA).train.tokens.h5: | bin/medusa-data $(SMOLLM2)
 	@mkdir -p $(dir $(BENCH_TRAIN_DATA))
 	bin/medusa-data --model $(SMOLLM2) --input cache/data/ShareGPT_V3_unfiltered_cleaned_split.json --out $(BENCH_TRAIN_DATA) --limit 2000 --quiet
 bench-train: $(BUILD)/bench/bench_train $(BENCH_TRAIN_DATA).train.tokens.h5 venv
-	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct Q4_1 dequantised to fp32, 5 heads x 1 layer, 2048-token batches, $(BENCH_TRAIN_STEPS) steps after 1 warm-up"; \
-	  OMP_NUM_THREADS=$(BENCH_THREADS) $(BUILD)/bench/bench_train --model $(SMOLLM2) --data $(BENCH_TRAIN_DATA).train.tokens.h5 --steps $(BENCH_TRAIN_STEPS) --threads $(BENCH_THREADS); \
-	  OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_train_torch.py --model $(SMOLLM2) --data $(BENCH_TRAIN_DATA).train.tokens.h5 --steps $(BENCH_TRAIN_STEPS) --threads $(BENCH_THREADS) 2>&1 | grep -E '^(step|pytorch)'; \
+	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct Q4_1 dequantised to fp32, 5 heads x 1 layer, 2048-token batches, $(BENCH_TRAIN_STEPS) steps after 1 warm-up, $$(uptime | sed 's/.*load/load/') at start"; \
+	  OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) $(BUILD)/bench/bench_train --model $(SMOLLM2) --data $(BENCH_TRAIN_DATA).train.tokens.h5 --steps $(BENCH_TRAIN_STEPS) --threads $(BENCH_THREADS); \
+	  OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_train_torch.py --model $(SMOLLM2) --data $(BENCH_TRAIN_DATA).train.tokens.h5 --steps $(BENCH_TRAIN_STEPS) --threads $(BENCH_THREADS) 2>&1 | grep -E '^(step|pytorch)'; \
 	} | tee $(BENCH_TRAIN_OUT).new
 	@awk '{for(i=2;i<=NF;i++) if($$i ~ /^tokens\/s/) v=$$(i-1)} /^medusa-c train/{ours=v} /^pytorch train/{theirs=v} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_TRAIN_OUT).new | tee -a $(BENCH_TRAIN_OUT).new
 	@mv $(BENCH_TRAIN_OUT).new $(BENCH_TRAIN_OUT)

@@ -11,7 +11,7 @@
 
 int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL;
-    int heads = 5, batch_tokens = 2048, steps = 3, threads = 0;
+    int heads = 5, batch_tokens = 2048, steps = 3, threads = 0, logits_chunk = 512;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "base model (HF directory or .gguf)"},
         {"data", ARG_STR, &data, "token cache (*.tokens.h5)"},
@@ -19,6 +19,7 @@ int main(int argc, char **argv) {
         {"batch-tokens", ARG_INT, &batch_tokens, "tokens per packed batch"},
         {"steps", ARG_INT, &steps, "timed optimizer steps (after one warm-up step)"},
         {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
+        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0],
                "usage: bench_train --model PATH --data FILE.tokens.h5 [options]", NULL, 0);
@@ -37,7 +38,7 @@ int main(int argc, char **argv) {
     optim_defaults(&oc);
     oc.total_steps = steps + 1;
     Trainer t;
-    trainer_init(&t, &base, &m, &oc, 0.8f, batch_tokens, 512);
+    trainer_init(&t, &base, &m, &oc, 0.8f, batch_tokens, logits_chunk);
     Batcher b;
     batcher_init(&b, &cache, batch_tokens, 0, 0); /* file order: the torch script packs the same batches */
     double total = 0, base_s = 0;

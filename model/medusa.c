@@ -158,8 +158,10 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         const float *lm = medusa_lm_head(m, m->params, h);
         if (train) be->fill_zero(w->dx, sizeof(float) * nH);
         double loss_sum = 0;
-        for (int r0 = 0; r0 < n; r0 += w->chunk_rows) {
-            int rows = n - r0 < w->chunk_rows ? n - r0 : w->chunk_rows;
+        /* equal chunks: a short tail chunk would make a thin, slow GEMM */
+        int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
+        for (int r0 = 0; r0 < n; r0 += per) {
+            int rows = n - r0 < per ? n - r0 : per;
             const float *x = x_last + (size_t)r0 * H;
             be->matmul(w->logits, x, lm, NULL, rows, H, V);
             be->upload(w->targets, w->host_row_targets + r0, sizeof(int32_t) * (size_t)rows);
