@@ -15,7 +15,7 @@
 #include "../train/run.h" /* set_threads */
 
 #define DEFAULT_TREE "configs/trees/mc_sim_7b_63.json"
-#define DEFAULT_TREE_CPU "configs/trees/cpu_3.json"
+#define DEFAULT_TREE_CPU "configs/trees/cpu_1.json"
 
 typedef struct {
     const char *model, *medusa, *prompt, *prompt_ids, *tree, *mode, *device, *bench, *chat_template, *system;
