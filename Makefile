@@ -15,6 +15,8 @@ CFLAGS  += $(OPT) $(SANITIZE) -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(BLAS_LIBS) -lm -fopenmp $(SANITIZE)
 
 BUILD   := build
+# The demo model; test_smollm2 and test_data check it (defined before any rule names it as a prerequisite).
+SMOLLM2 ?= cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Each */main_NAME.c is the entry point of bin/medusa-NAME; everything else goes into the library.
 MAINS   := $(wildcard */main_*.c)
 LIB_SRC := $(filter-out $(MAINS), $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
@@ -143,7 +145,6 @@ $(VENV)/.ready: tests/gen/requirements.txt
 	touch $@
 venv: $(VENV)/.ready
 
-SMOLLM2 ?= cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 $(SMOLLM2):
 	data/fetch_demo.sh model
 
