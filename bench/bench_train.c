@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
     TokenCache cache;
     token_cache_load(&cache, data, base.config.vocab_size);
     MedusaHeads m;
-    medusa_init(&m, backend_cpu(), (MedusaShape){heads, 1, base.config.hidden_size, base.config.vocab_size});
+    medusa_init(&m, backend_cpu(), (MedusaShape){heads, 1, base.config.hidden_size, base.config.vocab_size, 0});
     Rng rng;
     rng_seed(&rng, 42);
     medusa_init_from_base(&m, &base, &rng);

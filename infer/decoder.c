@@ -173,7 +173,7 @@ static void top_k(const float *x, int n, int32_t *idx) {
 /* Base logits (host_logits) and head logits (host_head_logits) of the node whose hidden state is row `row`. */
 static void heads_at(Decoder *d, int row) {
     const MedusaHeads *h = d->heads;
-    int K = h->shape.n_heads, V = h->shape.vocab, H = h->shape.hidden;
+    int K = h->shape.n_heads, V = h->shape.head_vocab, H = h->shape.hidden;
     medusa_logits(h, &d->work, d->hidden + (size_t)row * H, 1, d->head_logits);
     d->base->be->download(d->host_head_logits, d->head_logits, sizeof(float) * (size_t)K * V);
 }
@@ -205,7 +205,13 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     while (!done && n < max_new && d->cache.len + N < d->max_len) {
         /* candidates: the base model's next token, then each head's top-k */
         candidates[0] = typical ? sample_typical(d->host_logits, V, o, &rng, d->probs) : argmax(d->host_logits, V);
-        for (int h = 0; h < t->n_heads_used; h++) top_k(d->host_head_logits + (size_t)h * V, V, candidates + 1 + h * TREE_TOPK);
+        int Vh = d->heads->shape.head_vocab;
+        for (int h = 0; h < t->n_heads_used; h++) {
+            int32_t *c = candidates + 1 + h * TREE_TOPK;
+            top_k(d->host_head_logits + (size_t)h * Vh, Vh, c);
+            for (int k = 0; k < TREE_TOPK; k++) /* truncated heads: lm_head rows to token ids */
+                if (c[k] >= 0) c[k] = medusa_row_token(d->heads, c[k]);
+        }
         for (int i = 0; i < N; i++) tree_tokens[i] = candidates[t->tree_indices[i]];
         for (int p = 0; p < P * D; p++) {
             valid[p] = t->retrieve[p] >= 0;

@@ -556,7 +556,7 @@ static int run_tune(int argc, char **argv) {
         medusa_import(&heads, medusa, m.be, m.config.hidden_size, m.config.vocab_size);
         if (heads.shape.n_heads < n_heads) n_heads = heads.shape.n_heads;
     } else {
-        MedusaShape shape = {n_heads, 1, m.config.hidden_size, m.config.vocab_size};
+        MedusaShape shape = {n_heads, 1, m.config.hidden_size, m.config.vocab_size, 0};
         medusa_init(&heads, m.be, shape);
         Rng rng;
         rng_seed(&rng, 1);

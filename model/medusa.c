@@ -6,7 +6,7 @@
 
 static size_t block_params(const MedusaShape *s) { return (size_t)s->hidden * s->hidden + (size_t)s->hidden; }
 static size_t head_params(const MedusaShape *s) {
-    return (size_t)s->n_layers * block_params(s) + (size_t)s->vocab * s->hidden;
+    return (size_t)s->n_layers * block_params(s) + (size_t)s->head_vocab * s->hidden;
 }
 
 float *medusa_linear_w(const MedusaHeads *m, float *base, int head, int layer) {
@@ -22,12 +22,32 @@ float *medusa_lm_head(const MedusaHeads *m, float *base, int head) {
 void medusa_init(MedusaHeads *m, const Backend *be, MedusaShape shape) {
     if (shape.n_heads < 1 || shape.n_heads > 64 || shape.n_layers < 0 || shape.n_layers > 16)
         fatal("medusa: %d heads x %d layers is out of range (1..64 heads, 0..16 layers)", shape.n_heads, shape.n_layers);
+    if (shape.head_vocab < 0 || shape.head_vocab > shape.vocab)
+        fatal("medusa: head vocabulary %d is out of range (0..%d)", shape.head_vocab, shape.vocab);
+    if (shape.head_vocab == 0) shape.head_vocab = shape.vocab;
     memset(m, 0, sizeof *m);
     m->shape = shape;
     m->be = be;
+    if (shape.head_vocab < shape.vocab) {
+        m->token_map = xmalloc(sizeof(int32_t) * (size_t)shape.head_vocab);
+        m->token_index = xmalloc(sizeof(int32_t) * (size_t)shape.vocab);
+        for (int r = 0; r < shape.head_vocab; r++) m->token_map[r] = r;
+        medusa_set_token_map(m, m->token_map);
+    }
     m->n_params = (size_t)shape.n_heads * head_params(&shape);
     m->params = be->alloc(sizeof(float) * m->n_params);
     be->fill_zero(m->params, sizeof(float) * m->n_params);
+}
+
+void medusa_set_token_map(MedusaHeads *m, const int32_t *map) {
+    const MedusaShape *s = &m->shape;
+    if (!m->token_map) fatal("medusa: a token map given to full-vocabulary heads");
+    for (int r = 0; r < s->head_vocab; r++)
+        if (map[r] < 0 || map[r] >= s->vocab || (r > 0 && map[r] <= map[r - 1]))
+            fatal("medusa: token map entry %d (%d) is out of range or out of order", r, map[r]);
+    memmove(m->token_map, map, sizeof(int32_t) * (size_t)s->head_vocab);
+    for (int v = 0; v < s->vocab; v++) m->token_index[v] = -1;
+    for (int r = 0; r < s->head_vocab; r++) m->token_index[map[r]] = r;
 }
 
 void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng) {
@@ -36,14 +56,23 @@ void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng) {
     size_t H = (size_t)s->hidden;
     float bound = 1.0f / sqrtf((float)s->hidden); /* PyTorch Linear's default bias init */
     float *bias = xmalloc(sizeof(float) * H);
+    int32_t *map = NULL; /* backend copy of the token map, for the row gather */
+    if (m->token_map) {
+        map = be->alloc(sizeof(int32_t) * (size_t)s->head_vocab);
+        be->upload(map, m->token_map, sizeof(int32_t) * (size_t)s->head_vocab);
+    }
     for (int h = 0; h < s->n_heads; h++) {
         for (int l = 0; l < s->n_layers; l++) {
             be->fill_zero(medusa_linear_w(m, m->params, h, l), sizeof(float) * H * H);
             for (size_t i = 0; i < H; i++) bias[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
             be->upload(medusa_linear_b(m, m->params, h, l), bias, sizeof(float) * H);
         }
-        be->copy(medusa_lm_head(m, m->params, h), base->lm_head, sizeof(float) * (size_t)s->vocab * H);
+        if (map)
+            be->embedding(medusa_lm_head(m, m->params, h), map, base->lm_head, s->head_vocab, s->hidden);
+        else
+            be->copy(medusa_lm_head(m, m->params, h), base->lm_head, sizeof(float) * (size_t)s->vocab * H);
     }
+    if (map) be->free(map);
     free(bias);
 }
 
@@ -55,6 +84,8 @@ void medusa_enable_grads(MedusaHeads *m) {
 void medusa_free(MedusaHeads *m) {
     m->be->free(m->params);
     if (m->grads) m->be->free(m->grads);
+    free(m->token_map);
+    free(m->token_index);
     memset(m, 0, sizeof *m);
 }
 
@@ -70,7 +101,7 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->pre = be->alloc(sizeof(float) * TH * blocks);
     w->dx = be->alloc(sizeof(float) * TH);
     w->dz = be->alloc(sizeof(float) * TH);
-    w->logits = be->alloc(sizeof(float) * (size_t)w->chunk_rows * s->vocab);
+    w->logits = be->alloc(sizeof(float) * (size_t)w->chunk_rows * s->head_vocab);
     w->losses = be->alloc(sizeof(float) * (size_t)w->chunk_rows);
     w->ranks = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
     w->targets = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
@@ -132,7 +163,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                              float grad_scale, MedusaBatchStats *stats) {
     const Backend *be = m->be;
     const MedusaShape *s = &m->shape;
-    int H = s->hidden, V = s->vocab, L = s->n_layers;
+    int H = s->hidden, V = s->head_vocab, L = s->n_layers;
     if (T > w->max_tokens) fatal("medusa: batch of %d tokens exceeds the work buffers' %d", T, w->max_tokens);
     int train = grad_scale > 0;
     if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
@@ -142,13 +173,18 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
         const int32_t *targets = w->host_targets + (size_t)h * T;
-        int n = 0; /* rows with a target, gathered into rows_hidden */
+        int n = 0, outside = 0; /* rows with a target (in the token map), gathered into rows_hidden */
         for (int t = 0; t < T; t++) {
             if (targets[t] < 0) continue;
+            int row = m->token_index ? m->token_index[targets[t]] : targets[t];
+            if (row < 0) { /* a truncated head cannot predict it: a miss, no loss */
+                outside++;
+                continue;
+            }
             w->host_rows[n] = t;
-            w->host_row_targets[n++] = targets[t];
+            w->host_row_targets[n++] = row;
         }
-        stats->valid[h] = n;
+        stats->valid[h] = n + outside;
         if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
@@ -194,6 +230,7 @@ void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int
     if (T > w->max_tokens) fatal("medusa: %d rows exceed the work buffers' %d", T, w->max_tokens);
     for (int h = 0; h < s->n_heads; h++) {
         const float *x = blocks_forward(m, w, hidden, h, T);
-        m->be->matmul(out + (size_t)h * T * s->vocab, x, medusa_lm_head(m, m->params, h), NULL, T, s->hidden, s->vocab);
+        m->be->matmul(out + (size_t)h * T * s->head_vocab, x, medusa_lm_head(m, m->params, h), NULL, T, s->hidden,
+                      s->head_vocab);
     }
 }

@@ -10,16 +10,20 @@
 
 #define MEDUSA_TOPK 5
 
+/* head_vocab: rows of each head's lm_head (vLLM's truncated_vocab_size); 0 means the full vocabulary.
+ * Truncated heads predict only the tokens of their token_map; medusa_init stores the effective value. */
 typedef struct {
-    int n_heads, n_layers, hidden, vocab;
+    int n_heads, n_layers, hidden, vocab, head_vocab;
 } MedusaShape;
 
 typedef struct {
     MedusaShape shape;
     const Backend *be;
     size_t n_params;
-    float *params; /* backend memory; per head: L x (W [H,H], b [H]) then lm_head [V,H] */
+    float *params; /* backend memory; per head: L x (W [H,H], b [H]) then lm_head [Vh,H] */
     float *grads;  /* same layout, NULL until medusa_enable_grads */
+    int32_t *token_map;   /* host [Vh]: lm_head row r predicts token token_map[r]; NULL for the full vocabulary */
+    int32_t *token_index; /* host [V]: the inverse, -1 for a token outside the map; NULL for the full vocabulary */
 } MedusaHeads;
 
 /* Per-head result of one batch. */
@@ -47,8 +51,14 @@ typedef struct {
     int32_t *host_ranks;
 } MedusaWork;
 
+/* Truncated heads (0 < head_vocab < vocab) start with the map 0..Vh-1; set the real one before use. */
 void medusa_init(MedusaHeads *m, const Backend *be, MedusaShape shape);
-/* Reference initialisation: W = 0, b ~ U(-1/sqrt(H), 1/sqrt(H)), lm_head = copy of the base lm_head. */
+/* map: Vh distinct token ids in increasing order. */
+void medusa_set_token_map(MedusaHeads *m, const int32_t *map);
+/* The token that lm_head row r predicts. */
+static inline int medusa_row_token(const MedusaHeads *m, int r) { return m->token_map ? m->token_map[r] : r; }
+/* Reference initialisation: W = 0, b ~ U(-1/sqrt(H), 1/sqrt(H)), lm_head = copy of the base lm_head
+ * (its rows token_map[r] for truncated heads). */
 void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng);
 void medusa_enable_grads(MedusaHeads *m);
 void medusa_free(MedusaHeads *m);
@@ -66,7 +76,8 @@ void medusa_work_free(MedusaWork *w, const MedusaHeads *m);
 void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs,
                     int T, int32_t *targets);
 
-/* Forward + loss on hidden [T,H] (backend memory). With grad_scale > 0 the gradients (scaled by
+/* Forward + loss on hidden [T,H] (backend memory). With truncated heads a target outside the token map is
+ * left out of the loss but still counts in valid[] as a miss, so top-k accuracy covers every target. With grad_scale > 0 the gradients (scaled by
  * grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by decay^i.
  * Each head runs only on the rows it has a target for (gathered): an ignored position contributes nothing
  * to the loss or the gradients, so skipping it is exact and saves the masked share of the work. */
@@ -74,7 +85,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                              const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
                              float grad_scale, MedusaBatchStats *stats);
 
-/* Decoding: logits of every head for rows of hidden [T,H] → out [K][T,V] (backend memory). */
+/* Decoding: logits of every head for rows of hidden [T,H] → out [K][T,Vh] (backend memory); row index r
+ * of a head's logits is token medusa_row_token(m, r). */
 void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int T, float *out);
 
 #endif

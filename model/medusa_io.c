@@ -29,22 +29,28 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create directory: %s", dir, strerror(errno));
     float *host = xmalloc(sizeof(float) * m->n_params);
     m->be->download(host, m->params, sizeof(float) * m->n_params);
-    int n = s->n_heads * (2 * s->n_layers + 1);
+    int n = s->n_heads * (2 * s->n_layers + 1) + (m->token_map != NULL);
     TensorToWrite *t = xcalloc((size_t)n, sizeof(TensorToWrite));
     char (*names)[64] = xcalloc((size_t)n, 64);
     int i = 0;
     for (int h = 0; h < s->n_heads; h++) {
         for (int l = 0; l < s->n_layers; l++) {
             key_linear(names[i], 64, format, h, l, "weight");
-            t[i] = (TensorToWrite){names[i], 2, {s->hidden, s->hidden}, medusa_linear_w(m, host, h, l)};
+            t[i] = (TensorToWrite){names[i], 2, {s->hidden, s->hidden}, medusa_linear_w(m, host, h, l), NULL};
             i++;
             key_linear(names[i], 64, format, h, l, "bias");
-            t[i] = (TensorToWrite){names[i], 1, {s->hidden}, medusa_linear_b(m, host, h, l)};
+            t[i] = (TensorToWrite){names[i], 1, {s->hidden}, medusa_linear_b(m, host, h, l), NULL};
             i++;
         }
         key_lm_head(names[i], 64, format, h, s->n_layers);
-        t[i] = (TensorToWrite){names[i], 2, {s->vocab, s->hidden}, medusa_lm_head(m, host, h)};
+        t[i] = (TensorToWrite){names[i], 2, {s->head_vocab, s->hidden}, medusa_lm_head(m, host, h), NULL};
         i++;
+    }
+    int64_t *map = NULL; /* vLLM's token_map: int64 [Vh] */
+    if (m->token_map) {
+        map = xmalloc(sizeof(int64_t) * (size_t)s->head_vocab);
+        for (int r = 0; r < s->head_vocab; r++) map[r] = m->token_map[r];
+        t[i++] = (TensorToWrite){"token_map", 1, {s->head_vocab}, NULL, map};
     }
     char *weights_path = path_join(dir, weights_file(format));
     safetensors_write(weights_path, t, n, dtype);
@@ -56,6 +62,8 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
         cJSON_AddStringToObject(cfg, "base_model_name_or_path", base_name ? base_name : "");
         cJSON_AddNumberToObject(cfg, "hidden_size", s->hidden);
         cJSON_AddNumberToObject(cfg, "vocab_size", s->vocab);
+        /* our extension: the reference Medusa code cannot load truncated heads */
+        if (m->token_map) cJSON_AddNumberToObject(cfg, "medusa_head_vocab", s->head_vocab);
     } else {
         cJSON_AddStringToObject(cfg, "model_type", "medusa");
         const char *arch[] = {"MedusaModel"}; /* the model class vLLM instantiates */
@@ -64,7 +72,7 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
         cJSON_AddNumberToObject(cfg, "num_hidden_layers", s->n_layers);
         cJSON_AddNumberToObject(cfg, "hidden_size", s->hidden);
         cJSON_AddNumberToObject(cfg, "vocab_size", s->vocab);
-        cJSON_AddNumberToObject(cfg, "truncated_vocab_size", s->vocab);
+        cJSON_AddNumberToObject(cfg, "truncated_vocab_size", s->head_vocab);
         cJSON_AddBoolToObject(cfg, "medusa_fc_bias", 1);
     }
     char *json = cJSON_Print(cfg);
@@ -75,6 +83,7 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
     free(cfg_path);
     free(weights_path);
     free(names);
+    free(map);
     free(t);
     free(host);
 }
@@ -114,6 +123,10 @@ void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidde
     }
     s.hidden = hidden;
     s.vocab = vocab;
+    const cJSON *hv = cJSON_GetObjectItemCaseSensitive(cfg, format == MEDUSA_FORMAT_V1 ? "medusa_head_vocab" : "truncated_vocab_size");
+    s.head_vocab = cJSON_IsNumber(hv) ? hv->valueint : vocab;
+    if (s.head_vocab < 1 || s.head_vocab > vocab)
+        fatal("%s: head vocabulary %d does not fit the base model's %d tokens", cfg_path, s.head_vocab, vocab);
     const cJSON *h = cJSON_GetObjectItemCaseSensitive(cfg, "hidden_size");
     if (cJSON_IsNumber(h) && h->valueint != hidden)
         fatal("%s: heads have hidden_size %d but the base model has %d", cfg_path, h->valueint, hidden);
@@ -133,7 +146,15 @@ void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidde
             load_into(&w, key, medusa_linear_b(m, host, i, l), 1, hidden, 0);
         }
         key_lm_head(key, sizeof key, format, i, s.n_layers);
-        load_into(&w, key, medusa_lm_head(m, host, i), 2, vocab, hidden);
+        load_into(&w, key, medusa_lm_head(m, host, i), 2, m->shape.head_vocab, hidden);
+    }
+    if (m->token_map) {
+        int64_t n = 0;
+        int32_t *map = weights_load_i32(&w, "token_map", &n);
+        if (!map || n != m->shape.head_vocab)
+            fatal("%s: truncated heads need a token_map of %d entries", weights_path, m->shape.head_vocab);
+        medusa_set_token_map(m, map);
+        free(map);
     }
     be->upload(m->params, host, sizeof(float) * m->n_params);
     free(host);

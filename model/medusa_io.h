@@ -1,6 +1,8 @@
 /* Medusa head files: export to the Medusa v1 layout (config.json + medusa_lm_head.safetensors, keys
  * {h}.{l}.linear.weight|bias and {h}.{L}.weight) or vLLM's (blocks.{h}.layers.{l}.weight|bias,
- * lm_heads.{h}.weight), and import of either. */
+ * lm_heads.{h}.weight), and import of either. Truncated heads also write token_map (I64 [Vh]) and the head
+ * vocabulary: vLLM's "truncated_vocab_size", or "medusa_head_vocab" in the v1 layout, which only medusa-c
+ * reads (the reference Medusa code loads full-vocabulary heads only). */
 #ifndef MEDUSA_MEDUSA_IO_H
 #define MEDUSA_MEDUSA_IO_H
 

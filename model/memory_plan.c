@@ -7,7 +7,8 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double layer = 2 * H + H * q + 2 * H * kv + q * H + 3 * H * I + (c->attention_bias ? q + 2 * kv : 0);
     double base = V * H * (c->tie_word_embeddings ? 1 : 2) + H + c->n_layers * layer;
     p.base_weights = base * in->weight_bytes;
-    double heads = in->n_heads * (in->n_layers * (H * H + H) + V * H);
+    double Vh = in->head_vocab > 0 ? in->head_vocab : V;
+    double heads = in->n_heads * (in->n_layers * (H * H + H) + Vh * H);
     p.head_params = heads * 4; /* fp32 master weights */
     p.head_copy = heads * in->head_copy_bytes;
     if (in->train) {
@@ -18,7 +19,7 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     p.base_activations = T * (4 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes;
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows */
     p.head_activations = T * H * (2.0 * (in->n_layers > 0 ? in->n_layers : 1) + 3) * 4;
-    p.logits = (double)in->logits_chunk * V * 4;
+    p.logits = (double)in->logits_chunk * Vh * 4;
     p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +
               p.head_activations + p.logits;
     return p;

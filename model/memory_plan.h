@@ -15,6 +15,7 @@ typedef struct {
     int batch_tokens;     /* tokens per packed batch */
     int logits_chunk;     /* rows of head logits materialised at once */
     int train;            /* grads + AdamW state */
+    int head_vocab;       /* rows of each head's lm_head; 0: the full vocabulary */
 } MemoryPlanInput;
 
 typedef struct {

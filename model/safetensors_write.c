@@ -61,16 +61,16 @@ void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DT
     size_t offset = 0;
     for (int i = 0; i < n; i++) {
         const TensorToWrite *t = &tensors[i];
-        size_t count = 1;
+        size_t count = 1, size = t->i64 ? 8 : elem;
         cJSON *entry = cJSON_CreateObject(), *shape = cJSON_CreateArray(), *offsets = cJSON_CreateArray();
-        cJSON_AddStringToObject(entry, "dtype", dtype_name(dtype));
+        cJSON_AddStringToObject(entry, "dtype", dtype_name(t->i64 ? DT_I64 : dtype));
         for (int d = 0; d < t->n_dims; d++) {
             cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
             count *= (size_t)t->shape[d];
         }
         cJSON_AddItemToObject(entry, "shape", shape);
         cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)offset));
-        offset += count * elem;
+        offset += count * size;
         cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)offset));
         cJSON_AddItemToObject(entry, "data_offsets", offsets);
         cJSON_AddItemToObject(header, t->name, entry);
@@ -90,7 +90,9 @@ void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DT
         const TensorToWrite *t = &tensors[i];
         size_t count = 1;
         for (int d = 0; d < t->n_dims; d++) count *= (size_t)t->shape[d];
-        if (dtype == DT_F32) {
+        if (t->i64) {
+            write_all(fd, t->i64, count * 8, tmp);
+        } else if (dtype == DT_F32) {
             write_all(fd, t->data, count * 4, tmp);
         } else {
             uint16_t *buf = xmalloc(count * 2);

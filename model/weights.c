@@ -6,7 +6,7 @@
 #include <string.h>
 
 const char *dtype_name(DType t) {
-    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1"};
+    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1", "I64"};
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
@@ -58,7 +58,8 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
         else if (strcmp(dtype->valuestring, "F16") == 0) t->dtype = DT_F16, elem = 2;
         else if (strcmp(dtype->valuestring, "BF16") == 0) t->dtype = DT_BF16, elem = 2;
         else if (strcmp(dtype->valuestring, "I32") == 0) t->dtype = DT_I32, elem = 4;
-        else fatal("%s: tensor '%s' has unsupported dtype %s (supported: F32, F16, BF16, I32)", path, t->name, dtype->valuestring);
+        else if (strcmp(dtype->valuestring, "I64") == 0) t->dtype = DT_I64, elem = 8;
+        else fatal("%s: tensor '%s' has unsupported dtype %s (supported: F32, F16, BF16, I32, I64)", path, t->name, dtype->valuestring);
         t->n_dims = cJSON_GetArraySize(shape);
         if (t->n_dims > 4) fatal("%s: tensor '%s' has %d dimensions (at most 4 supported)", path, t->name, t->n_dims);
         int d = 0;
@@ -232,7 +233,8 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
     float *out = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
     static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32, [DT_F16] = GGML_F16, [DT_BF16] = GGML_BF16,
                                        [DT_Q8_0] = GGML_Q8_0, [DT_Q4_0] = GGML_Q4_0, [DT_Q4_1] = GGML_Q4_1};
-    if (t->dtype == DT_I32) fatal("%s: tensor '%s' is I32 where a float tensor is needed", t->file, name);
+    if (t->dtype == DT_I32 || t->dtype == DT_I64)
+        fatal("%s: tensor '%s' is %s where a float tensor is needed", t->file, name, dtype_name(t->dtype));
     ggml_dequantize(to_ggml[t->dtype], t->data, out, n);
     if (t->unpermute_heads > 0 && n_dims == 2) unpermute_rows(out, shape[0], shape[1], t->unpermute_heads, t->file, name);
     return out;
@@ -241,9 +243,19 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
 int32_t *weights_load_i32(const WeightSet *w, const char *name, int64_t *n) {
     const WeightTensor *t = weights_find(w, name);
     if (!t) return NULL;
-    if (t->dtype != DT_I32) fatal("%s: tensor '%s' should be I32, is %s", t->file, name, dtype_name(t->dtype));
+    if (t->dtype != DT_I32 && t->dtype != DT_I64)
+        fatal("%s: tensor '%s' should be I32 or I64, is %s", t->file, name, dtype_name(t->dtype));
     *n = numel(t);
-    int32_t *out = xmalloc(t->nbytes ? t->nbytes : 1);
-    memcpy(out, t->data, t->nbytes);
+    int32_t *out = xmalloc(sizeof(int32_t) * (size_t)(*n ? *n : 1));
+    if (t->dtype == DT_I32) {
+        memcpy(out, t->data, t->nbytes);
+        return out;
+    }
+    for (int64_t i = 0; i < *n; i++) {
+        int64_t v;
+        memcpy(&v, t->data + 8 * i, 8);
+        if (v < INT32_MIN || v > INT32_MAX) fatal("%s: tensor '%s' holds %lld, out of int32 range", t->file, name, (long long)v);
+        out[i] = (int32_t)v;
+    }
     return out;
 }

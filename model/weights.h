@@ -6,7 +6,7 @@
 
 #include "gguf.h"
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1 } DType;
+typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_I64 } DType;
 
 typedef struct {
     char *name;       /* Hugging Face name */
@@ -41,7 +41,7 @@ const WeightTensor *weights_find(const WeightSet *w, const char *name); /* NULL 
  * mismatch, or if absent and required) and returns a malloc'd fp32 copy. NULL if absent and !required. */
 float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required);
 const char *dtype_name(DType t);
-/* Fixture helper: an I32 tensor as a malloc'd int32 copy (count in *n). NULL if absent. */
+/* An I32 (or I64, values checked to fit) tensor as a malloc'd int32 copy (count in *n). NULL if absent. */
 int32_t *weights_load_i32(const WeightSet *w, const char *name, int64_t *n);
 
 #endif

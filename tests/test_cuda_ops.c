@@ -326,7 +326,7 @@ static void test_end_to_end(void) {
     /* Medusa heads on the packed batch's hidden states */
     model_forward(&mc, &sc, &batch, hidden, NULL);
     model_forward(&mg, &sg, &batch, d_hidden, NULL);
-    MedusaShape shape = {3, 1, H, V};
+    MedusaShape shape = {3, 1, H, V, 0};
     MedusaHeads hc, hg;
     MedusaWork wc, wg;
     AdamState ac, ag;

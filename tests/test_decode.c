@@ -148,7 +148,7 @@ static void train_to_agree(MedusaHeads *heads, const Model *m, const Prompts *p,
 /* The heads of a kind; agreeing heads are trained once per tree and copied (trained: NULL the first time). */
 static void make_heads(MedusaHeads *heads, const Model *m, int n_heads, HeadKind kind, const Prompts *p,
                        const MedusaHeads *trained) {
-    MedusaShape shape = {n_heads, 1, m->config.hidden_size, m->config.vocab_size};
+    MedusaShape shape = {n_heads, 1, m->config.hidden_size, m->config.vocab_size, 0};
     medusa_init(heads, m->be, shape);
     Rng rng;
     rng_seed(&rng, 5);

@@ -151,7 +151,7 @@ static void test_case_a2(void) {
     MedusaHeads a;
     load_case_a_heads(&a);
     MedusaHeads m;
-    medusa_init(&m, backend_cpu(), (MedusaShape){K, 2, H, V});
+    medusa_init(&m, backend_cpu(), (MedusaShape){K, 2, H, V, 0});
     WeightSet w;
     weights_open_safetensors_file(&w, FIX "case_a2.safetensors");
     char key[64];
@@ -203,7 +203,7 @@ static OptimConfig fixture_optim(int total_steps, double warmup_ratio) {
 
 /* Reference init: W = 0, b = case B's init.*, lm_heads = the base model's lm_head. */
 static void reference_init(MedusaHeads *m, const Model *base, const WeightSet *b_fix) {
-    medusa_init(m, backend_cpu(), (MedusaShape){K, 1, H, V});
+    medusa_init(m, backend_cpu(), (MedusaShape){K, 1, H, V, 0});
     Rng rng;
     rng_seed(&rng, 1);
     medusa_init_from_base(m, base, &rng);

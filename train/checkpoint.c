@@ -48,6 +48,18 @@ static void read_backend_floats(hid_t file, const char *name, const Backend *be,
     free(host);
 }
 
+/* Truncated heads store their token map; its length is the head vocabulary. */
+static int file_head_vocab(hid_t file, int vocab) {
+    if (H5Lexists(file, "token_map", H5P_DEFAULT) <= 0) return vocab;
+    hid_t ds = H5Dopen2(file, "token_map", H5P_DEFAULT);
+    hid_t space = H5Dget_space(ds);
+    hsize_t n = 0;
+    H5Sget_simple_extent_dims(space, &n, NULL);
+    H5Sclose(space);
+    H5Dclose(ds);
+    return (int)n;
+}
+
 /* The file is built in memory (HDF5 core driver) and written by write_file_atomic: HDF5 cannot recover from
  * a failed write to disk (it crashes closing the file at exit), our own writer can. */
 void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta) {
@@ -69,6 +81,7 @@ void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *ad
              write_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor) &&
              write_dataset(file, "metrics", H5T_NATIVE_DOUBLE, 4, meta->metrics) &&
              write_dataset(file, "config_json", H5T_NATIVE_CHAR, strlen(cfg) + 1, cfg) &&
+             (!m->token_map || write_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)s->head_vocab, m->token_map)) &&
              H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0;
     ssize_t size = ok ? H5Fget_file_image(file, NULL, 0) : -1;
     void *image = size > 0 ? malloc((size_t)size) : NULL;
@@ -91,6 +104,15 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
     if (shape[1] != s->n_heads || shape[2] != s->n_layers || shape[3] != s->hidden || shape[4] != s->vocab)
         fatal("%s: checkpoint holds %d heads x %d layers (hidden %d, vocab %d) but this run has %d x %d (hidden %d, vocab %d)",
               path, shape[1], shape[2], shape[3], shape[4], s->n_heads, s->n_layers, s->hidden, s->vocab);
+    int head_vocab = file_head_vocab(file, shape[4]);
+    if (head_vocab != s->head_vocab)
+        fatal("%s: checkpoint heads predict %d tokens but this run's predict %d (--head-vocab)", path, head_vocab, s->head_vocab);
+    if (m->token_map) {
+        int32_t *map = xmalloc(sizeof(int32_t) * (size_t)head_vocab);
+        read_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)head_vocab, map, path);
+        medusa_set_token_map(m, map);
+        free(map);
+    }
     read_backend_floats(file, "params", m->be, m->params, m->n_params, path);
     if (adam) {
         read_backend_floats(file, "adam_m", m->be, adam->m, m->n_params, path);
@@ -120,9 +142,10 @@ MedusaShape checkpoint_shape(const char *path) {
     if (file < 0) fatal("%s: not a readable HDF5 checkpoint (truncated or corrupt?)", path);
     int32_t f[5];
     read_dataset(file, "format", H5T_NATIVE_INT32, 5, f, path);
+    int head_vocab = file_head_vocab(file, f[4]);
     H5Fclose(file);
     if (f[0] != CHECKPOINT_VERSION) fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
-    return (MedusaShape){f[1], f[2], f[3], f[4]};
+    return (MedusaShape){f[1], f[2], f[3], f[4], head_vocab};
 }
 
 char *checkpoint_latest(const char *dir) {

@@ -1,6 +1,6 @@
-/* Training checkpoints in HDF5 (ckpt-<step>.h5): head parameters, AdamW moments, optimizer step, RNG
- * state, data cursor and the run configuration as JSON. Written to a temp file, fsynced, renamed, so an
- * existing checkpoint is never damaged by a crash or a full disk. */
+/* Training checkpoints in HDF5 (ckpt-<step>.h5): head parameters (and truncated heads' token map), AdamW
+ * moments, optimizer step, RNG state, data cursor and the run configuration as JSON. Written to a temp
+ * file, fsynced, renamed, so an existing checkpoint is never damaged by a crash or a full disk. */
 #ifndef MEDUSA_CHECKPOINT_H
 #define MEDUSA_CHECKPOINT_H
 

@@ -83,6 +83,7 @@ int main(int argc, char **argv) {
         {"stop-after", ARG_INT, &c.stop_after, "stop cleanly after step N, keeping the schedule of the full run"},
         {"export-dtype", ARG_STR, &c.export_dtype, "dtype of the final export: f32 or bf16"},
         {"logits-chunk", ARG_INT, &c.logits_chunk, "rows of head logits computed at once (memory vs speed)"},
+        {"head-vocab", ARG_INT, &c.head_vocab, "heads predict only the N most frequent trained targets (0 = all)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE_TRAIN, NULL, 0);
     /* a stop at --time-budget or --stop-after is a clean end (exit 0); a signal exits 130 */

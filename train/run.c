@@ -92,6 +92,7 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON_AddNumberToObject(j, "seed", c->seed);
     cJSON_AddNumberToObject(j, "data tokens", (double)data->n_tokens);
     cJSON_AddNumberToObject(j, "data conversations", (double)data->n_convs);
+    if (c->head_vocab > 0) cJSON_AddNumberToObject(j, "head-vocab", c->head_vocab); /* absent: full, as before */
     cJSON_AddStringToObject(j, "model", c->model);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
@@ -215,6 +216,47 @@ static DType export_dtype(const char *name) {
     fatal("--export-dtype %s: expected f32 or bf16", name);
 }
 
+typedef struct {
+    int64_t count;
+    int32_t id;
+} TokenCount;
+
+static int by_count_desc(const void *a, const void *b) {
+    const TokenCount *x = a, *y = b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int by_id(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The n most frequent trained targets (loss_mask set) of the cache, ties to the smaller id, always with
+ * EOS, sorted by id into map; returns the share of trained targets the map covers. */
+static double frequent_targets(const TokenCache *data, int V, int eos, int n, int32_t *map) {
+    TokenCount *c = xcalloc((size_t)V, sizeof(TokenCount));
+    for (int v = 0; v < V; v++) c[v].id = v;
+    int64_t total = 0, covered = 0;
+    for (int64_t i = 0; i < data->n_tokens; i++)
+        if (data->loss_mask[i]) c[data->tokens[i]].count++, total++;
+    qsort(c, (size_t)V, sizeof(TokenCount), by_count_desc);
+    int has_eos = eos < 0 || eos >= V;
+    for (int i = 0; i < n; i++) {
+        map[i] = c[i].id;
+        covered += c[i].count;
+        has_eos |= c[i].id == eos;
+    }
+    if (!has_eos) { /* EOS takes the last place */
+        for (int i = 0; i < V; i++)
+            if (c[i].id == eos) covered += c[i].count - c[n - 1].count;
+        map[n - 1] = eos;
+    }
+    qsort(map, (size_t)n, sizeof(int32_t), by_id);
+    free(c);
+    return total ? (double)covered / (double)total : 1.0;
+}
+
 static void validate(const TrainConfig *c) {
     if (!c->model || !c->data || !c->out) fatal("--model, --data and --out are required (see --help)");
     if (c->heads < 1 || c->heads > 64) fatal("--heads %d: expected 1..64", c->heads);
@@ -225,6 +267,7 @@ static void validate(const TrainConfig *c) {
     if (!(c->lr > 0) || !(c->warmup_ratio >= 0 && c->warmup_ratio <= 1) || !(c->weight_decay >= 0))
         fatal("--lr must be > 0, --warmup-ratio in [0, 1], --weight-decay >= 0");
     if (c->log_every < 1) fatal("--log-every %d: expected at least 1", c->log_every);
+    if (c->head_vocab < 0) fatal("--head-vocab %d: expected 0 (full vocabulary) or a token count", c->head_vocab);
     export_dtype(c->export_dtype);
 }
 
@@ -247,7 +290,8 @@ int train_run(const TrainConfig *c) {
     token_cache_load(&data, c->data, V);
     if (c->val) token_cache_load(&val, c->val, V);
 
-    MemoryPlanInput mi = {4, 4, 0, c->heads, c->layers, c->batch_tokens, c->logits_chunk, 1};
+    int Vh = c->head_vocab > 0 && c->head_vocab < V ? c->head_vocab : V;
+    MemoryPlanInput mi = {4, 4, 0, c->heads, c->layers, c->batch_tokens, c->logits_chunk, 1, Vh};
     MemoryPlan plan = memory_plan(&base.config, &mi);
     if (log_verbosity >= 1) memory_plan_print(&plan, stderr, (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE));
 
@@ -266,7 +310,12 @@ int train_run(const TrainConfig *c) {
     oc.total_steps = total_steps;
 
     MedusaHeads heads;
-    medusa_init(&heads, be, (MedusaShape){c->heads, c->layers, H, V});
+    medusa_init(&heads, be, (MedusaShape){c->heads, c->layers, H, V, Vh});
+    if (heads.token_map) {
+        double coverage = frequent_targets(&data, V, base.config.eos_token_id, Vh, heads.token_map);
+        medusa_set_token_map(&heads, heads.token_map);
+        log_info("heads predict the %d most frequent target tokens: %.2f%% of the trained targets", Vh, 100 * coverage);
+    }
     Rng rng;
     rng_seed(&rng, (uint64_t)c->seed);
     medusa_init_from_base(&heads, &base, &rng);
