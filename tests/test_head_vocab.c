@@ -132,6 +132,24 @@ static void check_math(const Model *base) {
     CHECK(valid_ok && hits_ok, "accuracy counts every target (head 0: %lld valid as with full heads, %lld in the map), hits equal",
           (long long)st.valid[0], (long long)sr.valid[0]);
 
+    /* one AdamW step over the whole parameter vector, lm_head rows included */
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.total_steps = 10;
+    AdamState at, ar;
+    adam_init(&at, &tr);
+    adam_init(&ar, &restricted);
+    optim_step(&tr, &at, &oc);
+    optim_step(&restricted, &ar, &oc);
+    be->download(gt, tr.params, sizeof(float) * tr.n_params);
+    be->download(gr, restricted.params, sizeof(float) * tr.n_params);
+    be->download(q, medusa_lm_head(&tr, tr.grads, K - 1), sizeof(float) * (size_t)Vh * H);
+    double perr = max_diff(gt, gr, tr.n_params), gmax = 0;
+    for (size_t i = 0; i < (size_t)Vh * H; i++) gmax = fmax(gmax, fabs(q[i]));
+    CHECK(perr < 1e-6 && gmax == 0, "AdamW step == restricted problem's (max err %.2g, tol 1e-6), last lm_head's gradient cleared",
+          perr);
+    adam_free(&at, &tr);
+    adam_free(&ar, &restricted);
     medusa_work_free(&wt, &tr);
     medusa_work_free(&wf, &full);
     medusa_work_free(&wr, &restricted);

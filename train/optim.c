@@ -74,7 +74,7 @@ void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad
             adamw_range(m, s, medusa_linear_w(m, m->params, h, l), H * H, &decayed);
             adamw_range(m, s, medusa_linear_b(m, m->params, h, l), H, &plain);
         }
-        adamw_range(m, s, medusa_lm_head(m, m->params, h), (size_t)sh->vocab * H, &decayed);
+        adamw_range(m, s, medusa_lm_head(m, m->params, h), (size_t)sh->head_vocab * H, &decayed);
     }
     m->be->fill_zero(m->grads, sizeof(float) * m->n_params);
 }
