@@ -28,6 +28,8 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
             row[i] = e;
             sum += e;
         }
+        /* sum >= 1: the maximum contributes exp(0) */
+        // cppcheck-suppress invalidFunctionArg
         losses[t] = (float)log(sum) - (target_logit - maxv);
         ranks[t] = rank;
         float scale = (float)(dscale / sum);
