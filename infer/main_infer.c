@@ -9,6 +9,7 @@
 
 #include "../common/args.h"
 #include "../data/chat_template.h"
+#include "../data/model_tokenizer.h"
 #include "../infer/decoder.h"
 #include "../infer/tune.h"
 #include "../model/medusa_io.h"
@@ -29,7 +30,8 @@ typedef struct {
     MedusaHeads heads;
     MedusaTree tree;
     int have_heads;
-    Tokenizer *tok;      /* NULL when the model has none (only --prompt-ids then) */
+    ModelTokenizer text;
+    Tokenizer *tok;      /* text.tok: NULL when the model has none (only --prompt-ids then) */
     ChatTemplate tmpl;
     int have_tmpl;
     int stop_id;         /* end of the assistant's turn, or the tokenizer's EOS */
@@ -38,56 +40,21 @@ typedef struct {
 
 /* ---- setup ---- */
 
-/* The model's Jinja chat template (GGUF metadata or tokenizer_config.json), malloc'd; NULL when none. */
-static char *model_jinja(const Engine *e) {
-    if (e->model.source.gguf) {
-        const char *s = gguf_get_str(e->model.source.gguf, "tokenizer.chat_template");
-        return s ? xstrdup(s) : NULL;
-    }
-    char *path = path_join(e->o.model, "tokenizer_config.json");
-    char *text = read_whole_file(path, NULL), *jinja = NULL;
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
-    if (text && !root) fatal("%s: not valid JSON", path);
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template");
-    if (cJSON_IsString(t)) jinja = xstrdup(t->valuestring);
-    if (cJSON_IsArray(t)) /* [{"name": "default", "template": ...}, ...] */
-        for (const cJSON *it = t->child; it && !jinja; it = it->next) {
-            const cJSON *tpl = cJSON_GetObjectItemCaseSensitive(it, "template");
-            if (cJSON_IsString(tpl)) jinja = xstrdup(tpl->valuestring);
-        }
-    cJSON_Delete(root);
-    free(text);
-    free(path);
-    if (!jinja) { /* newer transformers save it beside the config */
-        path = path_join(e->o.model, "chat_template.jinja");
-        jinja = read_whole_file(path, NULL);
-        free(path);
-    }
-    return jinja;
-}
-
 static void load_text_side(Engine *e) {
-    if (e->model.source.gguf) {
-        if (gguf_find(e->model.source.gguf, "tokenizer.ggml.model")) e->tok = tokenizer_load_gguf(e->model.source.gguf);
-    } else {
-        char *path = path_join(e->o.model, "tokenizer.json");
-        if (file_exists(path)) e->tok = tokenizer_load_json(path);
-        free(path);
-    }
+    model_tokenizer_load(&e->text, e->o.model, 1);
+    e->tok = e->text.tok;
     if (!e->tok) return;
     e->stop_id = tokenizer_eos_id(e->tok);
     if (e->o.raw) return;
-    char *jinja = model_jinja(e);
-    const char *name = e->o.chat_template ? e->o.chat_template : chat_template_guess(jinja);
+    const char *name = e->o.chat_template ? e->o.chat_template : chat_template_guess(e->text.jinja);
     if (name) {
-        chat_template_init(&e->tmpl, name, e->tok, jinja, NULL, NULL);
+        chat_template_init(&e->tmpl, name, e->tok, e->text.jinja, e->text.bos, e->text.eos);
         e->have_tmpl = 1;
         /* a turn ends with the template's end-of-turn token, which need not be the tokenizer's EOS */
         const char *end = e->tmpl.kind == TEMPLATE_CHATML ? "<|im_end|>" : e->tmpl.kind == TEMPLATE_LLAMA3 ? "<|eot_id|>" : NULL;
         int id = end ? tokenizer_token_id(e->tok, end) : -1;
         if (id >= 0) e->stop_id = id;
     }
-    free(jinja);
 }
 
 static void engine_init(Engine *e, const Options *o) {
@@ -117,7 +84,7 @@ static void engine_init(Engine *e, const Options *o) {
 static void engine_free(Engine *e) {
     decoder_free(&e->dec);
     if (e->have_tmpl) chat_template_free(&e->tmpl);
-    if (e->tok) tokenizer_free(e->tok);
+    model_tokenizer_free(&e->text);
     if (e->have_heads) {
         medusa_free(&e->heads);
         tree_free(&e->tree);
