@@ -33,7 +33,7 @@ CUDA    ?= $(if $(NVCC_PATH),1,0)
 CUDA_HOME ?= $(if $(NVCC_PATH),$(patsubst %/bin/,%,$(dir $(realpath $(NVCC_PATH)))),/usr/local/cuda)
 NVCCFLAGS ?= -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 ifeq ($(CUDA),1)
 CFLAGS  += -DMEDUSA_CUDA
 LIB_OBJ += $(CUDA_OBJ)
@@ -117,6 +117,24 @@ $(BUILD)/cudaemu/cuda_emu.o: tests/cudaemu/cuda_emu.cpp
 $(BUILD)/tests/test_cuda_ops: tests/test_cuda_ops.c $(EMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++
+
+# Emulated binaries: bin/medusa-* linked with the emulator's build of kernels/cuda instead of nvcc's (and
+# backend.c with MEDUSA_CUDA even when CUDA=0), so that --device cuda runs the real kernels on the CPU:
+# tests/e2e_cuda.sh runs them in `make test`, and `make bench-gpu BENCH_BIN_DIR=$(BUILD)/emu` dry-runs the GPU bench.
+EMU_BINS := $(BINS:bin/%=$(BUILD)/emu/%)
+EMU_LIB_OBJ := $(filter-out $(CUDA_OBJ) $(BUILD)/kernels/backend.o,$(LIB_OBJ)) $(BUILD)/emu/kernels/backend.o
+EMU_LDLIBS := $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
+$(BUILD)/emu/kernels/backend.o: kernels/backend.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DMEDUSA_CUDA -c $< -o $@
+define EMU_BIN_RULE
+$(BUILD)/emu/medusa-$(patsubst main_%.c,%,$(notdir $(1))): $(BUILD)/$(1:.c=.o) $(EMU_LIB_OBJ) $(EMU_OBJ)
+	$(CC) $(CFLAGS) -o $$@ $$^ $(EMU_LDLIBS)
+endef
+$(foreach m,$(MAINS),$(eval $(call EMU_BIN_RULE,$(m))))
+.PHONY: emu
+emu: $(EMU_BINS)
+-include $(BUILD)/emu/kernels/backend.d
 
 # The same test on a real GPU, linked with the nvcc-built backend.
 $(BUILD)/tests/test_cuda_ops_gpu: tests/test_cuda_ops.c $(CUDA_OBJ) $(LIB)

@@ -1,4 +1,5 @@
 #include "common.h"
+#include "../kernels/math_common.h" /* the bf16 rounding every backend shares */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -211,20 +212,8 @@ uint16_t float_to_half(float f) {
     return (uint16_t)half;
 }
 
-float bf16_to_float(uint16_t b) {
-    uint32_t bits = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-uint16_t float_to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
-    x += 0x7fff + ((x >> 16) & 1);
-    return (uint16_t)(x >> 16);
-}
+float bf16_to_float(uint16_t b) { return bf16_to_f32(b); }
+uint16_t float_to_bf16(float f) { return f32_to_bf16(f); }
 
 static void format_duration(char *buf, size_t n, double s) {
     if (!(s >= 0) || s > 1e7) {

@@ -20,6 +20,11 @@ struct Backend {
     void (*upload)(void *dst, const void *host_src, size_t bytes);
     void (*download)(void *host_dst, const void *src, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes); /* within the backend's memory */
+    /* the run's planned peak (model/memory_plan.h): a backend with device memory takes it as one allocation
+     * up front and serves alloc() from it, so nothing is allocated from the device in the step loop */
+    void (*reserve)(size_t bytes);
+    /* the most bytes in use at once so far (to check the plan against); 0 where not tracked (the CPU) */
+    size_t (*peak_bytes)(void);
 
     /* out[t,:] = table[tokens[t],:]  (T x C) */
     void (*embedding)(float *out, const int32_t *tokens, const float *table, int T, int C);
@@ -62,6 +67,20 @@ struct Backend {
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
     /* sum of squares of x, as a host double (for the global gradient norm) */
     double (*sum_squares)(const float *x, size_t n);
+
+    /* --- bf16 weights (uint16_t bit patterns, kernels/math_common.h) with fp32 activations --- */
+    /* matmul with a bf16 weight: the input is rounded to bf16 first (what a tensor core takes), products are
+     * exact in fp32 and summed in fp32; bias and out stay fp32 */
+    void (*matmul_bf16)(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC,
+                        int OC);
+    /* matmul_backward with a bf16 weight: dout and in are rounded to bf16 for the products, which are summed
+     * into the fp32 dinp/dweight; dbias sums the fp32 dout */
+    void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                                 const uint16_t *weight, int T, int IC, int OC);
+    /* out[t,:] = table[tokens[t],:] widened to fp32 */
+    void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
+    /* out = bf16(x), n elements (the low-precision copy of trained weights) */
+    void (*to_bf16)(uint16_t *out, const float *x, size_t n);
 };
 
 const Backend *backend_cpu(void);

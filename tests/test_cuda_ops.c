@@ -119,6 +119,126 @@ static void test_matmul_backward(int T, int IC, int OC, int which) {
     free(in), free(w), free(dout), free(dinp), free(dw), free(db);
 }
 
+/* --- bf16 weights: the CUDA GEMMs (cuBLASLt) against the CPU's, which widen the same bf16 values to fp32,
+ * so only the order of the fp32 sums differs; and both against the fp32 op, which they must differ from by
+ * no more than bf16 rounding (and by something: the rounding must happen). --- */
+static uint16_t *random_bf16(size_t n, float scale) {
+    float *x = random_floats(n, scale);
+    uint16_t *b = xmalloc(sizeof(uint16_t) * (n ? n : 1));
+    cpu->to_bf16(b, x, n);
+    free(x);
+    return b;
+}
+static float *widened(const uint16_t *b, size_t n) {
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_float(b[i]);
+    return x;
+}
+/* relative error of a bf16 result against the fp32 op, which must be > 0 and within the rounding of the inputs */
+static void expect_bf16_rounding(const char *what, const float *got, const float *fp32, size_t n) {
+    double abs_err, rel_err;
+    max_errors(got, fp32, n, &abs_err, &rel_err);
+    CHECK(rel_err > 0 && rel_err <= 2e-2, "%s vs the fp32 op: rel err %.3g (bf16 inputs: 0 < err <= 2e-2)", what, rel_err);
+}
+
+static void test_to_bf16(void) {
+    /* round to nearest even, by hand: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 (0x3f80, 0x3f81) -> even
+     * 0x3f80; 1 + 3 * 2^-8 is halfway between 0x3f81 and 0x3f82 -> 0x3f82; NaN stays NaN, inf stays inf */
+    float x[6] = {1.00390625f, 1.01171875f, -2.0f, INFINITY, NAN, 3.0e38f};
+    uint16_t want[6] = {0x3f80, 0x3f82, 0xc000, 0x7f80, 0, 0x7f62}, got[6], cpu_got[6];
+    float *d_x = to_gpu(x, sizeof x);
+    uint16_t *d_b = gpu->alloc(sizeof got);
+    gpu->to_bf16(d_b, d_x, 6);
+    gpu->download(got, d_b, sizeof got);
+    cpu->to_bf16(cpu_got, x, 6);
+    int ok = 1;
+    for (int i = 0; i < 6; i++) ok &= i == 4 ? (got[i] & 0x7fff) > 0x7f80 : got[i] == want[i];
+    CHECK(ok && !memcmp(got, cpu_got, sizeof got), "to_bf16: ties to even, inf, NaN, 3e38 (%04x %04x %04x %04x %04x %04x)",
+          got[0], got[1], got[2], got[3], got[4], got[5]);
+    size_t n = 100003;
+    float *big = random_floats(n, 100.0f);
+    uint16_t *d_big = gpu->alloc(sizeof(uint16_t) * n), *c_big = xmalloc(sizeof(uint16_t) * n), *g_big = xmalloc(sizeof(uint16_t) * n);
+    float *d_src = to_gpu(big, sizeof(float) * n);
+    gpu->to_bf16(d_big, d_src, n);
+    gpu->download(g_big, d_big, sizeof(uint16_t) * n);
+    cpu->to_bf16(c_big, big, n);
+    CHECK(!memcmp(g_big, c_big, sizeof(uint16_t) * n), "to_bf16: %zu random values bit-identical to the CPU's", n);
+    gpu->free(d_x), gpu->free(d_b), gpu->free(d_big), gpu->free(d_src);
+    free(big), free(c_big), free(g_big);
+}
+
+static void test_embedding_bf16(void) {
+    int V = 40, C = 96, T = 11;
+    uint16_t *table = random_bf16((size_t)V * C, 1.0f);
+    int32_t tokens[11];
+    for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V);
+    float *want = xmalloc(sizeof(float) * T * C), *wide = widened(table, (size_t)V * C), *ref = xmalloc(sizeof(float) * T * C);
+    cpu->embedding_bf16(want, tokens, table, T, C);
+    cpu->embedding(ref, tokens, wide, T, C);
+    CHECK(!memcmp(want, ref, sizeof(float) * T * C), "embedding_bf16 (CPU) == embedding of the widened table");
+    uint16_t *d_table = to_gpu(table, sizeof(uint16_t) * V * C);
+    int32_t *d_tokens = to_gpu(tokens, sizeof tokens);
+    float *d_out = gpu->alloc(sizeof(float) * T * C);
+    gpu->embedding_bf16(d_out, d_tokens, d_table, T, C);
+    expect_close("embedding_bf16 (T=11, C=96)", d_out, want, (size_t)T * C, 0.0);
+    gpu->free(d_table), gpu->free(d_tokens), gpu->free(d_out);
+    free(table), free(want), free(wide), free(ref);
+}
+
+static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
+    float *in = random_floats((size_t)T * IC, 1.0f), *bias = with_bias ? random_floats(OC, 1.0f) : NULL;
+    uint16_t *w = random_bf16((size_t)OC * IC, 0.5f);
+    float *wide = widened(w, (size_t)OC * IC), *want = xmalloc(sizeof(float) * T * OC), *fp32 = xmalloc(sizeof(float) * T * OC);
+    cpu->matmul_bf16(want, in, w, bias, T, IC, OC);
+    cpu->matmul(fp32, in, wide, bias, T, IC, OC);
+    char what[96];
+    snprintf(what, sizeof what, "matmul_bf16 T=%d IC=%d OC=%d %s", T, IC, OC, bias ? "+ bias" : "no bias");
+    expect_bf16_rounding(what, want, fp32, (size_t)T * OC);
+    float *d_in = to_gpu(in, sizeof(float) * T * IC), *d_bias = bias ? to_gpu(bias, sizeof(float) * OC) : NULL;
+    uint16_t *d_w = to_gpu(w, sizeof(uint16_t) * OC * IC);
+    float *d_out = gpu->alloc(sizeof(float) * T * OC);
+    gpu->matmul_bf16(d_out, d_in, d_w, d_bias, T, IC, OC);
+    expect_close(what, d_out, want, (size_t)T * OC, 1e-5);
+    gpu->free(d_in), gpu->free(d_w), gpu->free(d_out);
+    if (d_bias) gpu->free(d_bias);
+    free(in), free(w), free(bias), free(wide), free(want), free(fp32);
+}
+
+/* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
+static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
+    size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
+    float *in = random_floats(n_in, 1.0f), *dout = random_floats((size_t)T * OC, 1.0f);
+    uint16_t *w = random_bf16(n_w, 0.5f);
+    float *wide = widened(w, n_w);
+    float *init[3] = {random_floats(n_in, 1.0f), random_floats(n_w, 1.0f), random_floats(OC, 1.0f)};
+    size_t sizes[3] = {n_in, n_w, (size_t)OC};
+    float *want[3], *fp32[3], *dev[3];
+    for (int i = 0; i < 3; i++) {
+        want[i] = xmalloc(sizeof(float) * sizes[i]), fp32[i] = xmalloc(sizeof(float) * sizes[i]);
+        memcpy(want[i], init[i], sizeof(float) * sizes[i]), memcpy(fp32[i], init[i], sizeof(float) * sizes[i]);
+        dev[i] = to_gpu(init[i], sizeof(float) * sizes[i]);
+    }
+#define PICK(arr, i) (which & (1 << (i)) ? (arr)[i] : NULL)
+    cpu->matmul_backward_bf16(PICK(want, 0), PICK(want, 1), PICK(want, 2), dout, in, w, T, IC, OC);
+    cpu->matmul_backward(PICK(fp32, 0), PICK(fp32, 1), PICK(fp32, 2), dout, in, wide, T, IC, OC);
+    float *d_in = to_gpu(in, sizeof(float) * n_in), *d_dout = to_gpu(dout, sizeof(float) * T * OC);
+    uint16_t *d_w = to_gpu(w, sizeof(uint16_t) * n_w);
+    gpu->matmul_backward_bf16(PICK(dev, 0), PICK(dev, 1), PICK(dev, 2), d_dout, d_in, d_w, T, IC, OC);
+#undef PICK
+    static const char *names[3] = {"dinp", "dweight", "dbias"};
+    for (int i = 0; i < 3; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "matmul_backward_bf16 T=%d IC=%d OC=%d %s", T, IC, OC, names[i]);
+        expect_close(what, dev[i], want[i], sizes[i], 1e-5);
+        /* dbias sums the fp32 dout, so it equals the fp32 op's */
+        if (which & (1 << i) && i < 2) expect_bf16_rounding(what, want[i], fp32[i], sizes[i]);
+        gpu->free(dev[i]);
+        free(init[i]), free(want[i]), free(fp32[i]);
+    }
+    gpu->free(d_in), gpu->free(d_dout), gpu->free(d_w);
+    free(in), free(dout), free(w), free(wide);
+}
+
 static void test_rope(int hd, float theta) {
     int T = 6, nh = 4, nkv = 2;
     size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
@@ -383,6 +503,14 @@ int main(void) {
     test_matmul_backward(37, 20, 45, 7);
     test_matmul_backward(5, 16, 8, 2);
     test_matmul_backward(5, 16, 8, 5);
+    test_to_bf16();
+    test_embedding_bf16();
+    test_matmul_bf16(9, 70, 33, 1);
+    test_matmul_bf16(1, 64, 48, 0);
+    test_matmul_bf16(40, 256, 300, 0);
+    test_matmul_backward_bf16(37, 20, 45, 7);
+    test_matmul_backward_bf16(5, 16, 8, 2);
+    test_matmul_backward_bf16(5, 16, 8, 5);
     test_rope(16, 10000.0f);
     test_rope(128, 500000.0f);
     test_attention();

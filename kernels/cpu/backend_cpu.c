@@ -8,6 +8,8 @@
 static void *cpu_alloc(size_t bytes) { return xmalloc(bytes); }
 static void cpu_free(void *ptr) { free(ptr); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static void cpu_reserve(size_t bytes) { (void)bytes; } /* malloc serves each tensor */
+static size_t cpu_peak_bytes(void) { return 0; }
 
 const Backend *backend_cpu(void) {
     static const Backend cpu = {
@@ -17,6 +19,8 @@ const Backend *backend_cpu(void) {
         .upload = cpu_copy,
         .download = cpu_copy,
         .copy = cpu_copy,
+        .reserve = cpu_reserve,
+        .peak_bytes = cpu_peak_bytes,
         .embedding = cpu_embedding_forward,
         .rmsnorm = cpu_rmsnorm_forward,
         .matmul = cpu_matmul_forward,
@@ -31,6 +35,10 @@ const Backend *backend_cpu(void) {
         .softmax_xent = cpu_softmax_xent,
         .adamw = cpu_adamw,
         .sum_squares = cpu_sum_squares,
+        .matmul_bf16 = cpu_matmul_bf16,
+        .matmul_backward_bf16 = cpu_matmul_backward_bf16,
+        .embedding_bf16 = cpu_embedding_bf16,
+        .to_bf16 = cpu_to_bf16,
     };
     return &cpu;
 }

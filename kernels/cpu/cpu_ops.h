@@ -1,8 +1,11 @@
-/* CPU reference implementations of kernels/ops.h (fp32, OpenMP, OpenBLAS). */
+/* CPU reference implementations of kernels/ops.h (fp32, and bf16 weights widened to fp32; OpenMP, OpenBLAS). */
 #ifndef MEDUSA_CPU_OPS_H
 #define MEDUSA_CPU_OPS_H
 
 #include "../ops.h"
+
+/* Below this many elements a parallel region costs more than the loop (a decoding step has one row). */
+#define PAR_MIN 32768
 
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C);
 void cpu_rmsnorm_forward(float *out, const float *x, const float *weight, int T, int C, float eps);
@@ -21,5 +24,10 @@ void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n);
 void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
 double cpu_sum_squares(const float *x, size_t n);
+void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);
+void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                              const uint16_t *weight, int T, int IC, int OC);
+void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
+void cpu_to_bf16(uint16_t *out, const float *x, size_t n);
 
 #endif

@@ -4,9 +4,6 @@
 #include "../math_common.h"
 #include "cpu_ops.h"
 
-/* Below this many elements a parallel region costs more than the loop (a decoding step has one row). */
-#define PAR_MIN 32768
-
 void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
 #pragma omp parallel for if ((size_t)T * C > PAR_MIN)
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * (size_t)C);

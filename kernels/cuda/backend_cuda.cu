@@ -1,7 +1,10 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
  * Every op is asynchronous on the default stream; download() synchronises. */
+#include <algorithm>
+#include <iterator>
 #include <map>
 #include <unordered_map>
+#include <vector>
 
 #include "cuda_common.cuh"
 
@@ -10,32 +13,107 @@ cublasHandle_t cuda_cublas(void) {
     if (!handle) CUBLAS_CHECK(cublasCreate(&handle));
     return handle;
 }
+cublasLtHandle_t cuda_cublaslt(void) {
+    static cublasLtHandle_t handle;
+    if (!handle) CUBLAS_CHECK(cublasLtCreate(&handle));
+    return handle;
+}
 
-/* Caching allocator: cudaFree synchronises the device and cudaMalloc is slow, while the model allocates
- * the same small buffers on every decoding step; freed blocks are kept by size and handed out again.
+/* Device memory: one arena of the run's planned peak (reserve: a single cudaMalloc at start-up) carved into
+ * 256-byte aligned blocks. cudaMalloc is slow and cudaFree synchronises the device, while the model allocates
+ * the same small buffers on every step; one allocation up front also makes a plan that cannot fit fail at
+ * once instead of hours in. Each chunk keeps its free blocks ordered by address: alloc takes the first that
+ * fits (deterministic: the same calls give the same addresses) and free merges a block with its free
+ * neighbours. When the plan was too small, or reserve was never called, more chunks come from cudaMalloc.
  * Reuse is safe because all work runs in order on the default stream. */
+struct Chunk {
+    char *base;
+    size_t size;
+    std::map<char *, size_t> free_blocks; /* address -> bytes */
+};
+static std::vector<Chunk> chunks; /* chunks[0] is the reserved arena when reserve was called first */
 static std::unordered_map<void *, size_t> live_blocks;
-static std::multimap<size_t, void *> cached_blocks;
+static size_t reserved_bytes, bytes_in_use, peak_in_use;
+static const size_t kAlign = 256, kMinChunk = (size_t)64 << 20;
 
-static void release_cached_blocks(void) {
-    for (auto &block : cached_blocks) CUDA_CHECK(cudaFree(block.second));
-    cached_blocks.clear();
+static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024 * 1024); }
+
+static void add_chunk(char *base, size_t size) {
+    chunks.push_back(Chunk{base, size, {}});
+    chunks.back().free_blocks[base] = size;
+}
+
+static void cuda_reserve(size_t bytes) {
+    if (reserved_bytes) fatal("cuda backend: device memory was already reserved (%.2f GiB)", gib(reserved_bytes));
+    size_t size = (bytes + kAlign - 1) / kAlign * kAlign;
+    void *base = NULL;
+    if (cudaMalloc(&base, size) != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_bytes = 0, total_bytes = 0;
+        CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        fatal("cuda backend: the memory plan needs %.2f GiB but the GPU has %.2f GiB free (of %.2f GiB): use a smaller "
+              "--batch-tokens or --logits-chunk, fewer heads, or a bigger GPU",
+              gib(size), gib(free_bytes), gib(total_bytes));
+    }
+    reserved_bytes = size;
+    add_chunk((char *)base, size);
+    if (chunks.size() > 1) std::rotate(chunks.begin(), chunks.end() - 1, chunks.end()); /* searched first */
+}
+
+/* A new chunk from cudaMalloc for a block of `size` the chunks cannot hold; one warning per run. */
+static Chunk &grow(size_t size) {
+    static bool warned;
+    if (!warned) {
+        warned = true;
+        if (reserved_bytes)
+            fprintf(stderr, "warning: cuda backend: the memory plan underestimated: %.3f GiB reserved, %.3f GiB more "
+                            "needed now; allocating further chunks with cudaMalloc\n",
+                    gib(reserved_bytes), gib(bytes_in_use + size - reserved_bytes));
+        else
+            fprintf(stderr, "warning: cuda backend: no memory plan reserved device memory; allocating chunks with "
+                            "cudaMalloc as needed\n");
+    }
+    size_t chunk = std::max(size, kMinChunk);
+    void *base = NULL;
+    if (cudaMalloc(&base, chunk) != cudaSuccess) { /* the minimum chunk may not fit where the block does */
+        (void)cudaGetLastError();
+        chunk = size;
+        if (cudaMalloc(&base, chunk) != cudaSuccess) {
+            (void)cudaGetLastError();
+            size_t free_bytes = 0, total_bytes = 0;
+            CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+            fatal("cuda backend: out of device memory allocating %.3f GiB (%.2f GiB in use, %.2f GiB free of %.2f GiB)",
+                  gib(size), gib(bytes_in_use), gib(free_bytes), gib(total_bytes));
+        }
+    }
+    add_chunk((char *)base, chunk);
+    return chunks.back();
 }
 
 static void *cuda_alloc(size_t bytes) {
-    size_t size = (bytes + 511) & ~(size_t)511;
-    if (!size) size = 512;
-    void *ptr = NULL;
-    auto cached = cached_blocks.find(size);
-    if (cached != cached_blocks.end()) {
-        ptr = cached->second;
-        cached_blocks.erase(cached);
-    } else if (cudaMalloc(&ptr, size) != cudaSuccess) {
-        (void)cudaGetLastError(); /* out of memory: give the cache back and retry once */
-        release_cached_blocks();
-        CUDA_CHECK(cudaMalloc(&ptr, size));
+    size_t size = bytes ? (bytes + kAlign - 1) / kAlign * kAlign : kAlign;
+    Chunk *from = NULL;
+    std::map<char *, size_t>::iterator fit;
+    for (Chunk &c : chunks) {
+        fit = std::find_if(c.free_blocks.begin(), c.free_blocks.end(), [&](const std::pair<char *const, size_t> &b) {
+            return b.second >= size;
+        });
+        if (fit != c.free_blocks.end()) {
+            from = &c;
+            break;
+        }
     }
+    if (!from) {
+        from = &grow(size);
+        fit = from->free_blocks.begin();
+    }
+    char *ptr = fit->first;
+    size_t rest = fit->second - size;
+    from->free_blocks.erase(fit);
+    if (rest) from->free_blocks[ptr + size] = rest;
     live_blocks[ptr] = size;
+    bytes_in_use += size;
+    peak_in_use = std::max(peak_in_use, bytes_in_use);
     return ptr;
 }
 
@@ -43,9 +121,29 @@ static void cuda_free(void *ptr) {
     if (!ptr) return;
     auto live = live_blocks.find(ptr);
     if (live == live_blocks.end()) fatal("cuda backend: free of a pointer it did not allocate (or freed twice)");
-    cached_blocks.emplace(live->second, ptr);
+    char *block = (char *)ptr;
+    size_t size = live->second;
     live_blocks.erase(live);
+    bytes_in_use -= size;
+    Chunk &c = *std::find_if(chunks.begin(), chunks.end(),
+                             [&](const Chunk &k) { return block >= k.base && block < k.base + k.size; });
+    auto next = c.free_blocks.lower_bound(block);
+    if (next != c.free_blocks.end() && block + size == next->first) { /* merge with the free block after */
+        size += next->second;
+        next = c.free_blocks.erase(next);
+    }
+    if (next != c.free_blocks.begin()) { /* and with the one before */
+        auto prev = std::prev(next);
+        if (prev->first + prev->second == block) {
+            prev->second += size;
+            return;
+        }
+    }
+    c.free_blocks[block] = size;
 }
+
+static size_t cuda_peak_bytes(void) { return peak_in_use; }
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
@@ -69,6 +167,8 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.upload = cuda_upload;
         cuda.download = cuda_download;
         cuda.copy = cuda_copy;
+        cuda.reserve = cuda_reserve;
+        cuda.peak_bytes = cuda_peak_bytes;
         cuda.embedding = cuda_embedding;
         cuda.rmsnorm = cuda_rmsnorm;
         cuda.matmul = cuda_matmul;
@@ -83,6 +183,10 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.softmax_xent = cuda_softmax_xent;
         cuda.adamw = cuda_adamw;
         cuda.sum_squares = cuda_sum_squares;
+        cuda.matmul_bf16 = cuda_matmul_bf16;
+        cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
+        cuda.embedding_bf16 = cuda_embedding_bf16;
+        cuda.to_bf16 = cuda_to_bf16;
         cuda.name = "cuda";
     }
     return &cuda;

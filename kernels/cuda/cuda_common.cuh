@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #ifndef MEDUSA_CUDA_EMU /* under emulation tests/cudaemu/cuda_emu.h provides these */
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #endif
@@ -73,6 +74,7 @@ template <class T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
 
 /* --- the ops (kernels/ops.h semantics), one .cu per family --- */
 cublasHandle_t cuda_cublas(void);
+cublasLtHandle_t cuda_cublaslt(void);
 void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C);
 void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps);
 void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC);
@@ -89,5 +91,10 @@ void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
 double cuda_sum_squares(const float *x, size_t n);
+void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);
+void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                               const uint16_t *weight, int T, int IC, int OC);
+void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
+void cuda_to_bf16(uint16_t *out, const float *x, size_t n);
 
 #endif

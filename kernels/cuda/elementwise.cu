@@ -10,6 +10,18 @@ __global__ void embedding_kernel(float *out, const int32_t *tokens, const float 
     out[i] = table[(size_t)tokens[t] * C + c];
 }
 
+__global__ void embedding_bf16_kernel(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)T * C) return;
+    size_t t = i / C, c = i % C;
+    out[i] = bf16_to_f32(table[(size_t)tokens[t] * C + c]);
+}
+
+__global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f32_to_bf16(x[i]);
+}
+
 __global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = silu_f(gate[i]) * up[i];
@@ -33,6 +45,13 @@ __global__ void silu_backward_kernel(float *dz, const float *dout, const float *
 void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C) {
     size_t n = (size_t)T * C;
     if (n) LAUNCH(embedding_kernel, ceil_div(n, kThreads), kThreads, 0, out, tokens, table, T, C);
+}
+void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
+    size_t n = (size_t)T * C;
+    if (n) LAUNCH(embedding_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, tokens, table, T, C);
+}
+void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
+    if (n) LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
 }
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n) {
     if (n) LAUNCH(swiglu_kernel, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);

@@ -1,5 +1,5 @@
-/* Linear layer on cuBLAS (fp32 sgemm). Row-major X[R,C] is column-major X^T, so out = in @ W^T is, in
- * cuBLAS's terms, out^T[OC,T] = W[IC,OC]^T * in^T[IC,T]. */
+/* Linear layer: fp32 weights on cuBLAS (sgemm), bf16 weights on cuBLASLt (below). Row-major X[R,C] is
+ * column-major X^T, so out = in @ W^T is, in cuBLAS's terms, out^T[OC,T] = W[IC,OC]^T * in^T[IC,T]. */
 #include "cuda_common.cuh"
 
 __global__ void add_bias_kernel(float *out, const float *bias, int T, int OC) {
@@ -42,5 +42,82 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
     if (dweight)
         CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, &one, in, IC, dout, OC, &one,
                                  dweight, IC));
+    if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
+}
+
+/* --- bf16 weights on the tensor cores: cuBLASLt, bf16 A/B, fp32 C/D, fp32 accumulation --- */
+
+/* fp32 activations are rounded into these before a GEMM; they only grow, so after the first step of a run
+ * no allocation happens here */
+struct Scratch {
+    uint16_t *ptr = NULL;
+    size_t elems = 0;
+};
+static uint16_t *rounded(Scratch *s, const float *x, size_t n) {
+    if (n > s->elems) {
+        backend_cuda()->free(s->ptr);
+        s->ptr = (uint16_t *)backend_cuda()->alloc(sizeof(uint16_t) * n);
+        s->elems = n;
+    }
+    cuda_to_bf16(s->ptr, x, n);
+    return s->ptr;
+}
+static Scratch input_scratch, grad_scratch;
+
+static const size_t kLtWorkspaceBytes = 32u << 20; /* what cuBLASLt's faster kernels ask for on sm_90 */
+
+/* Column-major C[m,n] = op(A)[m,k] op(B)[k,n] + beta C, as cublasSgemm's arguments; A and B bf16. */
+static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const uint16_t *A, int lda,
+                      const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    static void *workspace = NULL;
+    if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a_layout, b_layout, c_layout;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    /* a layout describes the matrix as stored, before op() */
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_layout, CUDA_R_16BF, op_a == CUBLAS_OP_N ? m : k,
+                                            op_a == CUBLAS_OP_N ? k : m, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_layout, CUDA_R_16BF, op_b == CUBLAS_OP_N ? k : n,
+                                            op_b == CUBLAS_OP_N ? n : k, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_layout, CUDA_R_32F, m, n, ldc));
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &kLtWorkspaceBytes, sizeof kLtWorkspaceBytes));
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int found = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), desc, a_layout, b_layout, c_layout, c_layout, pref, 1,
+                                                &heuristic, &found));
+    if (found == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), desc, &one, A, a_layout, B, b_layout, &beta, C, c_layout, C, c_layout,
+                                &heuristic.algo, workspace, kLtWorkspaceBytes, 0));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(c_layout));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(b_layout));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(a_layout));
+    CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
+}
+
+void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    const uint16_t *x = rounded(&input_scratch, in, (size_t)T * IC);
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, x, IC, 0.0f, out, OC);
+    if (bias) LAUNCH(add_bias_kernel, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
+}
+
+void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                               const uint16_t *weight, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    if (dinp || dweight) {
+        const uint16_t *g = rounded(&grad_scratch, dout, (size_t)T * OC);
+        if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, weight, IC, g, OC, 1.0f, dinp, IC);
+        if (dweight) {
+            const uint16_t *x = rounded(&input_scratch, in, (size_t)T * IC);
+            gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, x, IC, g, OC, 1.0f, dweight, IC);
+        }
+    }
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
 }

@@ -6,6 +6,8 @@
 #include "cuda_emu.h"
 
 #include <cblas.h>
+
+#include "../../kernels/math_common.h"
 #include <stdio.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -122,6 +124,7 @@ size_t arena_used;
 std::unordered_map<char *, size_t> live_blocks;
 std::multimap<size_t, char *> free_blocks;
 int device_access_depth;
+long malloc_calls;
 
 void on_segv(int sig, siginfo_t *info, void *) {
     char *addr = (char *)info->si_addr;
@@ -220,6 +223,7 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
 /* --- cudart on host memory --- */
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     arena_init();
+    malloc_calls++;
     size_t size = (bytes + 255) & ~(size_t)255;
     if (!size) size = 256;
     auto reuse = free_blocks.lower_bound(size);
@@ -245,6 +249,14 @@ cudaError_t cudaFree(void *ptr) {
     live_blocks.erase(it);
     return cudaSuccess;
 }
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    size_t live = 0;
+    for (auto &block : live_blocks) live += block.second;
+    *free_bytes = kArenaBytes - live;
+    *total_bytes = kArenaBytes;
+    return cudaSuccess;
+}
+long cuda_emu_malloc_calls(void) { return malloc_calls; }
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
     DeviceAccess access;
     if (bytes) memmove(dst, src, bytes);
@@ -327,6 +339,7 @@ const char *cublasGetStatusString(cublasStatus_t status) {
     case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
     case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
     case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
     }
     return "unknown cuBLAS status";
 }
@@ -343,5 +356,115 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
     DeviceAccess access;
     cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                 transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* --- cuBLASLt: descriptors are plain structs; the matmul widens bf16 operands and runs cblas_sgemm --- */
+struct cublasLtContext {
+    int unused;
+};
+struct cublasLtMatmulDescOpaque {
+    cublasComputeType_t compute;
+    cudaDataType scale;
+    cublasOperation_t op_a, op_b;
+};
+struct cublasLtMatrixLayoutOpaque {
+    cudaDataType type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct cublasLtMatmulPreferenceOpaque {
+    size_t max_workspace;
+};
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) {
+    *handle = new cublasLtContext{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *desc, cublasComputeType_t compute, cudaDataType scale) {
+    *desc = new cublasLtMatmulDescOpaque{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t size) {
+    if (size != sizeof(cublasOperation_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(attr == CUBLASLT_MATMUL_DESC_TRANSA ? &desc->op_a : &desc->op_b, buf, size);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
+    delete desc;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *layout, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld) {
+    /* cuBLASLt's check: a column-major layout's leading dimension covers its rows */
+    if (ld < (int64_t)(rows > 1 ? rows : 1)) return CUBLAS_STATUS_INVALID_VALUE;
+    *layout = new cublasLtMatrixLayoutOpaque{type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
+    delete layout;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) {
+    *pref = new cublasLtMatmulPreferenceOpaque{0};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
+                                                    cublasLtMatmulPreferenceAttributes_t, const void *buf,
+                                                    size_t size) {
+    if (size != sizeof(size_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(&pref->max_workspace, buf, size);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) {
+    delete pref;
+    return CUBLAS_STATUS_SUCCESS;
+}
+/* the one combination the emulator (and the backend) uses */
+static bool lt_supported(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                         cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d) {
+    return desc->compute == CUBLAS_COMPUTE_32F && desc->scale == CUDA_R_32F && a->type == CUDA_R_16BF &&
+           b->type == CUDA_R_16BF && c->type == CUDA_R_32F && d->type == CUDA_R_32F;
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
+                                              cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
+                                              cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
+                                              cublasLtMatmulPreference_t, int requested,
+                                              cublasLtMatmulHeuristicResult_t *results, int *returned) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
+    *returned = 0;
+    if (!lt_supported(desc, a, b, c, d)) return CUBLAS_STATUS_NOT_SUPPORTED;
+    memset(&results[0], 0, sizeof results[0]);
+    *returned = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+/* a stored bf16 matrix (column-major rows x cols, leading dimension ld) widened to a packed fp32 one */
+static std::vector<float> widen_bf16(const void *src, cublasLtMatrixLayout_t layout) {
+    std::vector<float> out(layout->rows * layout->cols);
+    const uint16_t *x = (const uint16_t *)src;
+    for (uint64_t j = 0; j < layout->cols; j++)
+        for (uint64_t i = 0; i < layout->rows; i++) out[j * layout->rows + i] = bf16_to_f32(x[j * layout->ld + i]);
+    return out;
+}
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
+                              const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t d,
+                              const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t) {
+    if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (!lt_supported(desc, a, b, c, d)) return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (C != D || c->rows != d->rows || c->cols != d->cols || c->ld != d->ld) return CUBLAS_STATUS_NOT_SUPPORTED;
+    uint64_t m = c->rows, n = c->cols;
+    uint64_t k = desc->op_a == CUBLAS_OP_N ? a->cols : a->rows;
+    /* op(A) must be m x k and op(B) k x n */
+    if ((desc->op_a == CUBLAS_OP_N ? a->rows : a->cols) != m || (desc->op_b == CUBLAS_OP_N ? b->rows : b->cols) != k ||
+        (desc->op_b == CUBLAS_OP_N ? b->cols : b->rows) != n)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    DeviceAccess access;
+    std::vector<float> wa = widen_bf16(A, a), wb = widen_bf16(B, b);
+    cblas_sgemm(CblasColMajor, desc->op_a == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                desc->op_b == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, (int)m, (int)n, (int)k, *(const float *)alpha,
+                wa.data(), (int)a->rows, wb.data(), (int)b->rows, *(const float *)beta, (float *)D, (int)d->ld);
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -1,0 +1,78 @@
+/* bf16-weight ops on the CPU: the reference for the tensor-core GEMMs. Operands are widened (or rounded and
+ * widened) to fp32, which is exact for bf16 values, so the only difference from a GPU is the order of the
+ * fp32 sums. Weights are widened a block of rows at a time to keep the scratch small. */
+#include <cblas.h>
+#include <stdlib.h>
+
+#include "../../common/common.h"
+#include "cpu_ops.h"
+
+static void widen(float *out, const uint16_t *x, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(x[i]);
+}
+
+/* x rounded to bf16 and widened back: the fp32 value a tensor core sees */
+static float *rounded_copy(const float *x, size_t n) {
+    float *out = xmalloc(sizeof(float) * (n ? n : 1));
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    return out;
+}
+
+void cpu_to_bf16(uint16_t *out, const float *x, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);
+}
+
+void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
+#pragma omp parallel for if ((size_t)T * C > PAR_MIN)
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) out[(size_t)t * C + c] = bf16_to_f32(table[(size_t)tokens[t] * C + c]);
+}
+
+/* weight rows widened per block: about 4 MB of fp32 scratch */
+static int block_rows(int IC) { return IC >= (1 << 20) ? 1 : (1 << 20) / IC; }
+
+void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    float *x = rounded_copy(in, (size_t)T * IC);
+    int rows = block_rows(IC);
+    float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
+    for (int o0 = 0; o0 < OC; o0 += rows) {
+        int n = OC - o0 < rows ? OC - o0 : rows;
+        widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
+        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, n, IC, 1.0f, w, IC, x, 1, 0.0f, out + o0, 1);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, 0.0f, out + o0, OC);
+    }
+    free(w);
+    free(x);
+    if (bias) {
+#pragma omp parallel for if ((size_t)T * OC > PAR_MIN)
+        for (int t = 0; t < T; t++)
+            for (int o = 0; o < OC; o++) out[(size_t)t * OC + o] += bias[o];
+    }
+}
+
+void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                              const uint16_t *weight, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    float *g = rounded_copy(dout, (size_t)T * OC);
+    if (dinp) {
+        int rows = block_rows(IC);
+        float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
+        for (int o0 = 0; o0 < OC; o0 += rows) { /* dinp += dout[:, block] @ W[block, :] */
+            int n = OC - o0 < rows ? OC - o0 : rows;
+            widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IC, n, 1.0f, g + o0, OC, w, IC, 1.0f, dinp, IC);
+        }
+        free(w);
+    }
+    if (dweight) {
+        float *x = rounded_copy(in, (size_t)T * IC);
+        cpu_matmul_backward(NULL, dweight, NULL, g, x, NULL, T, IC, OC);
+        free(x);
+    }
+    free(g);
+    if (dbias) cpu_matmul_backward(NULL, NULL, dbias, dout, NULL, NULL, T, IC, OC);
+}
