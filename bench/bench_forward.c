@@ -20,7 +20,7 @@ int main(int argc, char **argv) {
     }
     if (!model_path || T <= 0 || seq_len <= 0 || T % seq_len != 0) fatal("bench_forward: need --model and --tokens divisible by --seq-len");
     Model m;
-    model_load(&m, model_path, backend_cpu());
+    model_load(&m, model_path, backend_cpu(), DT_F32);
     ForwardState s;
     forward_state_init(&s, &m, T);
     int32_t *tokens = xmalloc(sizeof(int32_t) * (size_t)T);

@@ -26,7 +26,7 @@ int main(int argc, char **argv) {
     if (!model || !data) fatal("bench_train: need --model and --data");
     set_threads(threads);
     Model base;
-    model_load(&base, model, backend_cpu());
+    model_load(&base, model, backend_cpu(), DT_F32);
     TokenCache cache;
     token_cache_load(&cache, data, base.config.vocab_size);
     MedusaHeads m;

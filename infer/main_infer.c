@@ -19,7 +19,7 @@
 #define DEFAULT_TREE_CPU "configs/trees/cpu_1.json"
 
 typedef struct {
-    const char *model, *medusa, *prompt, *prompt_ids, *tree, *mode, *device, *bench, *chat_template, *system;
+    const char *model, *medusa, *prompt, *prompt_ids, *tree, *mode, *device, *precision, *bench, *chat_template, *system;
     int max_new, threads, raw, ctx, seed, quiet;
     float temperature, top_p, posterior_threshold, posterior_alpha;
 } Options;
@@ -62,7 +62,7 @@ static void engine_init(Engine *e, const Options *o) {
     e->o = *o;
     e->stop_id = -1;
     const Backend *be = backend_by_name(o->device);
-    model_load(&e->model, o->model, be);
+    model_load(&e->model, o->model, be, model_precision(o->precision, be));
     const ModelConfig *c = &e->model.config;
     if (o->medusa) {
         medusa_import(&e->heads, o->medusa, be, c->hidden_size, c->vocab_size);
@@ -491,7 +491,7 @@ static double step_seconds(const Model *m, const MedusaHeads *heads, const Medus
 
 static int run_tune(int argc, char **argv) {
     const char *accuracies = NULL, *budgets_s = "8,16,32,64", *out = NULL, *model = NULL, *medusa = NULL,
-               *device = "cpu";
+               *device = "cpu", *precision = "auto";
     int threads = 0, context = 128, steps = 12;
     ArgSpec specs[] = {
         {"accuracies", ARG_STR, &accuracies, "head accuracies: medusa-eval --json output (medusa{i}_top{k})"},
@@ -503,6 +503,7 @@ static int run_tune(int argc, char **argv) {
         {"steps", ARG_INT, &steps, "decoding steps timed per tree"},
         {"threads", ARG_INT, &threads, "CPU threads (0: OpenMP default)"},
         {"device", ARG_STR, &device, "cpu or cuda"},
+        {"precision", ARG_STR, &precision, "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
     };
     const char *usage = "usage: medusa-infer tune --accuracies EVAL.json --model PATH [--budgets 8,16,32,64] --out tree.json\n"
                         "Builds the tree of each node budget that maximises the expected accepted length for the\n"
@@ -517,7 +518,8 @@ static int run_tune(int argc, char **argv) {
     int n_budgets = parse_budgets(budgets_s, budgets, 32);
 
     Model m;
-    model_load(&m, model, backend_by_name(device));
+    const Backend *be = backend_by_name(device);
+    model_load(&m, model, be, model_precision(precision, be));
     MedusaHeads heads;
     if (medusa) {
         medusa_import(&heads, medusa, m.be, m.config.hidden_size, m.config.vocab_size);
@@ -582,6 +584,7 @@ int main(int argc, char **argv) {
     Options o = {0};
     o.mode = "plain";
     o.device = "cpu";
+    o.precision = "auto";
     o.max_new = 256;
     o.ctx = 2048;
     o.top_p = 1.0f;
@@ -608,6 +611,7 @@ int main(int argc, char **argv) {
         {"seed", ARG_INT, &o.seed, "sampling seed"},
         {"threads", ARG_INT, &o.threads, "CPU threads (0: OpenMP default)"},
         {"device", ARG_STR, &o.device, "cpu or cuda"},
+        {"precision", ARG_STR, &o.precision, "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"bench", ARG_STR, &o.bench, "prompt set (.txt lines or JSON list): tokens/s, accepted tokens per step and speedup of plain greedy, Medusa greedy and Medusa typical decoding"},
         {"quiet", ARG_FLAG, &o.quiet, "no speed line after each reply"},
     };

@@ -3,17 +3,45 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Loads one tensor to the backend as fp32, checking its shape against the config. */
-static float *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
+/* Loads one tensor to the backend, checking its shape against the config: vectors (d1 == 0) as fp32,
+ * matrices in the model's weight_dtype. */
+static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
     int64_t shape[2] = {d0, d1};
     int n_dims = d1 > 0 ? 2 : 1;
     float *host = weights_load_f32(&m->source, name, n_dims, shape, required);
     if (!host) return NULL;
-    size_t bytes = sizeof(float) * (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
-    float *dev = m->be->alloc(bytes);
-    m->be->upload(dev, host, bytes);
+    size_t n = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    void *dev;
+    if (n_dims == 2 && m->weight_dtype == DT_BF16) {
+        uint16_t *narrow = xmalloc(sizeof(uint16_t) * n);
+        for (size_t i = 0; i < n; i++) narrow[i] = float_to_bf16(host[i]);
+        dev = m->be->alloc(sizeof(uint16_t) * n);
+        m->be->upload(dev, narrow, sizeof(uint16_t) * n);
+        free(narrow);
+    } else {
+        dev = m->be->alloc(sizeof(float) * n);
+        m->be->upload(dev, host, sizeof(float) * n);
+    }
     free(host);
     return dev;
+}
+
+DType model_precision(const char *name, const Backend *be) {
+    if (strcmp(name, "auto") == 0) return strcmp(be->name, "cpu") == 0 ? DT_F32 : DT_BF16;
+    if (strcmp(name, "fp32") == 0) return DT_F32;
+    if (strcmp(name, "bf16") == 0) return DT_BF16;
+    fatal("--precision %s: expected auto, fp32 or bf16", name);
+}
+
+void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,
+                  int OC) {
+    if (m->weight_dtype == DT_BF16) m->be->matmul_bf16(out, in, weight, bias, T, IC, OC);
+    else m->be->matmul(out, in, weight, bias, T, IC, OC);
+}
+
+void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n) {
+    if (m->weight_dtype == DT_BF16) m->be->embedding_bf16(out, rows, m->lm_head, n, m->config.hidden_size);
+    else m->be->embedding(out, rows, m->lm_head, n, m->config.hidden_size);
 }
 
 static int has_suffix(const char *s, const char *suffix) {
@@ -21,9 +49,11 @@ static int has_suffix(const char *s, const char *suffix) {
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
-void model_load(Model *m, const char *path, const Backend *be) {
+void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
     memset(m, 0, sizeof *m);
     m->be = be;
+    if (weight_dtype != DT_F32 && weight_dtype != DT_BF16) fatal("model_load: weights are stored as fp32 or bf16");
+    m->weight_dtype = weight_dtype;
     ModelConfig *c = &m->config;
     if (has_suffix(path, ".gguf")) {
         GGUFFile probe;
@@ -72,8 +102,8 @@ void model_load(Model *m, const char *path, const Backend *be) {
 void model_free(Model *m) {
     const Backend *be = m->be;
     for (int l = 0; l < m->config.n_layers; l++) {
-        float **fields = (float **)&m->layers[l];
-        for (size_t i = 0; i < sizeof(LayerWeights) / sizeof(float *); i++)
+        void **fields = (void **)&m->layers[l];
+        for (size_t i = 0; i < sizeof(LayerWeights) / sizeof(void *); i++)
             if (fields[i]) be->free(fields[i]);
     }
     free(m->layers);
@@ -157,31 +187,32 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     int32_t *tokens = be->alloc(sizeof(int32_t) * (size_t)T);
     be->upload(tokens, tokens_host, sizeof(int32_t) * (size_t)T);
 
-    be->embedding(s->x, tokens, m->embed, T, H);
+    if (m->weight_dtype == DT_BF16) be->embedding_bf16(s->x, tokens, m->embed, T, H);
+    else be->embedding(s->x, tokens, m->embed, T, H);
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
         float *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
         float *k = k_all + (size_t)row0 * kv_dim, *v = v_all + (size_t)row0 * kv_dim;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
         be->rmsnorm(s->xn, s->x, w->attn_norm, T, H, c->rms_norm_eps);
-        be->matmul(s->q, s->xn, w->wq, w->bq, T, H, q_dim);
-        be->matmul(k, s->xn, w->wk, w->bk, T, H, kv_dim);
-        be->matmul(v, s->xn, w->wv, w->bv, T, H, kv_dim);
+        model_linear(m, s->q, s->xn, w->wq, w->bq, T, H, q_dim);
+        model_linear(m, k, s->xn, w->wk, w->bk, T, H, kv_dim);
+        model_linear(m, v, s->xn, w->wv, w->bv, T, H, kv_dim);
         be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
         be->attention(s->att, s->q, k_all, v_all, s->key_begin, s->key_end, mask, row0, T, c->n_heads, c->n_kv_heads,
                       c->head_dim);
-        be->matmul(s->proj, s->att, w->wo, NULL, T, q_dim, H);
+        model_linear(m, s->proj, s->att, w->wo, NULL, T, q_dim, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         be->rmsnorm(s->xn, s->x, w->mlp_norm, T, H, c->rms_norm_eps);
-        be->matmul(s->gate, s->xn, w->w_gate, NULL, T, H, I);
-        be->matmul(s->up, s->xn, w->w_up, NULL, T, H, I);
+        model_linear(m, s->gate, s->xn, w->w_gate, NULL, T, H, I);
+        model_linear(m, s->up, s->xn, w->w_up, NULL, T, H, I);
         be->swiglu(s->gate, s->gate, s->up, (size_t)T * I);
-        be->matmul(s->proj, s->gate, w->w_down, NULL, T, I, H);
+        model_linear(m, s->proj, s->gate, w->w_down, NULL, T, I, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
-    if (logits_out) be->matmul(logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);
+    if (logits_out) model_linear(m, logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);
     be->free(tokens);
 }
 

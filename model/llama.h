@@ -7,19 +7,22 @@
 #include "config.h"
 #include "weights.h"
 
+/* Weight matrices are stored in the model's weight_dtype (fp32 floats or bf16 bit patterns); norms and
+ * biases are always fp32. */
 typedef struct {
-    float *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo;
-    float *mlp_norm, *w_gate, *w_up, *w_down;
+    float *attn_norm, *bq, *bk, *bv, *mlp_norm;
+    void *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
 } LayerWeights;
 
 typedef struct {
     ModelConfig config;
     const Backend *be;
-    WeightSet source; /* kept open: GGUF metadata carries the tokenizer */
-    float *embed;     /* [V, H] */
+    WeightSet source;   /* kept open: GGUF metadata carries the tokenizer */
+    DType weight_dtype; /* DT_F32 or DT_BF16: the storage of the matrices below and in layers */
+    void *embed;        /* [V, H] */
     LayerWeights *layers;
     float *final_norm; /* [H] */
-    float *lm_head;    /* [V, H]; the embedding itself when tied */
+    void *lm_head;     /* [V, H]; the embedding itself when tied */
 } Model;
 
 /* A packed batch: n_seqs sequences concatenated, positions restarting at 0 in each, no attention across. */
@@ -43,10 +46,19 @@ typedef struct {
     float **k, **v; /* per layer, backend memory [max_len, n_kv_heads*head_dim] */
 } KVCache;
 
-/* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. */
-void model_load(Model *m, const char *path, const Backend *be);
+/* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. weight_dtype (DT_F32 or
+ * DT_BF16) is how the weight matrices are stored on the backend, whatever the file holds. */
+void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype);
+/* The --precision flag: "fp32", "bf16", or "auto" (bf16 on a GPU, fp32 on the CPU). */
+DType model_precision(const char *name, const Backend *be);
 void model_free(Model *m);
 size_t model_param_count(const Model *m);
+
+/* out[T,OC] = in[T,IC] @ weight^T (+ bias) for a weight matrix of this model, whatever its storage */
+void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,
+                  int OC);
+/* out[i,:] = lm_head[rows[i],:] in fp32 (rows and out in backend memory) */
+void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n);
 
 void forward_state_init(ForwardState *s, const Model *m, int max_tokens);
 void forward_state_free(ForwardState *s, const Model *m);

@@ -56,23 +56,21 @@ void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng) {
     size_t H = (size_t)s->hidden;
     float bound = 1.0f / sqrtf((float)s->hidden); /* PyTorch Linear's default bias init */
     float *bias = xmalloc(sizeof(float) * H);
-    int32_t *map = NULL; /* backend copy of the token map, for the row gather */
-    if (m->token_map) {
-        map = be->alloc(sizeof(int32_t) * (size_t)s->head_vocab);
-        be->upload(map, m->token_map, sizeof(int32_t) * (size_t)s->head_vocab);
-    }
+    /* each lm_head starts as the base's rows (token_map's, or all of them), widened to fp32 */
+    int32_t *rows = xmalloc(sizeof(int32_t) * (size_t)s->head_vocab);
+    for (int r = 0; r < s->head_vocab; r++) rows[r] = m->token_map ? m->token_map[r] : r;
+    int32_t *rows_dev = be->alloc(sizeof(int32_t) * (size_t)s->head_vocab);
+    be->upload(rows_dev, rows, sizeof(int32_t) * (size_t)s->head_vocab);
     for (int h = 0; h < s->n_heads; h++) {
         for (int l = 0; l < s->n_layers; l++) {
             be->fill_zero(medusa_linear_w(m, m->params, h, l), sizeof(float) * H * H);
             for (size_t i = 0; i < H; i++) bias[i] = (2.0f * rng_uniform(rng) - 1.0f) * bound;
             be->upload(medusa_linear_b(m, m->params, h, l), bias, sizeof(float) * H);
         }
-        if (map)
-            be->embedding(medusa_lm_head(m, m->params, h), map, base->lm_head, s->head_vocab, s->hidden);
-        else
-            be->copy(medusa_lm_head(m, m->params, h), base->lm_head, sizeof(float) * (size_t)s->vocab * H);
+        model_lm_head_rows(base, medusa_lm_head(m, m->params, h), rows_dev, s->head_vocab);
     }
-    if (map) be->free(map);
+    be->free(rows_dev);
+    free(rows);
     free(bias);
 }
 

@@ -404,11 +404,12 @@ static void test_sum_squares(void) {
 /* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
  * heads' loss, gradients and three AdamW steps. The emulator makes device memory inaccessible to host code,
  * so this also proves that model/ and train/ only touch backend memory through the backend. */
-static void test_end_to_end(void) {
+static void test_end_to_end(DType weights) {
     const char *path = "tests/fixtures/models/tiny_qwen2"; /* attention biases, GQA */
+    printf("end to end, %s weights:\n", weights == DT_BF16 ? "bf16" : "fp32");
     Model mc, mg;
-    model_load(&mc, path, cpu);
-    model_load(&mg, path, gpu);
+    model_load(&mc, path, cpu, weights);
+    model_load(&mg, path, gpu, weights);
     int H = mc.config.hidden_size, V = mc.config.vocab_size;
     enum { T = 24 };
     int32_t tokens[T], seq_lens[2] = {9, 15};
@@ -519,6 +520,7 @@ int main(void) {
     test_softmax_xent(32000);
     test_adamw();
     test_sum_squares();
-    test_end_to_end();
+    test_end_to_end(DT_F32);
+    test_end_to_end(DT_BF16);
     return test_summary();
 }

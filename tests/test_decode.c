@@ -207,7 +207,7 @@ static double check_lossless(const Model *m, const char *model_path, const Medus
 
 static void check_model(const char *model_path, const char *tree_name) {
     Model m;
-    model_load(&m, model_path, backend_cpu());
+    model_load(&m, model_path, backend_cpu(), DT_F32);
     char tree_path[128];
     snprintf(tree_path, sizeof tree_path, "configs/trees/%s.json", tree_name);
     MedusaTree tree;

@@ -261,7 +261,7 @@ static void check_decoding(const Model *base) {
 
 int main(void) {
     Model base;
-    model_load(&base, "tests/fixtures/models/tiny_llama", backend_cpu());
+    model_load(&base, "tests/fixtures/models/tiny_llama", backend_cpu(), DT_F32);
     check_math(&base);
     check_files(&base);
     check_decoding(&base);

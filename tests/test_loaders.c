@@ -124,16 +124,16 @@ int main(void) {
     write_text(cfg, tiny_config);
     char *model_st = tmp_path("model.safetensors");
     write_safetensors(model_st, "{\"model.embed_tokens.weight\": {\"dtype\": \"F32\", \"shape\": [4, 7], \"data_offsets\": [0, 112]}}", 112, 0);
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "has shape [4, 7] but the model config needs [4, 8]", "model: tensor shape vs config.json");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "has shape [4, 7] but the model config needs [4, 8]", "model: tensor shape vs config.json");
     write_safetensors(model_st, "{\"model.embed_tokens.weight\": {\"dtype\": \"BF16\", \"shape\": [4, 8], \"data_offsets\": [0, 64]}}", 64, 0);
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "tensor 'model.layers.0.input_layernorm.weight' is missing", "model: missing tensor");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "tensor 'model.layers.0.input_layernorm.weight' is missing", "model: missing tensor");
     unlink(model_st);
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "no model.safetensors", "model: directory without weights");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "no model.safetensors", "model: directory without weights");
     char *index = tmp_path("model.safetensors.index.json");
     write_text(index, "{\"weight_map\": {\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\"}}");
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "does not exist", "model: index names a missing shard");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "does not exist", "model: index names a missing shard");
     write_text(index, "{\"weight_map\": 3}");
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu()), "malformed index", "model: malformed shard index");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "malformed index", "model: malformed shard index");
 
     char *gg = tmp_path("m.gguf");
     GGUFFile g;
@@ -148,12 +148,12 @@ int main(void) {
     write_gguf(gg, "llama", 1u << 20, 4 * 32 * 4, 3);
     EXPECT_FATAL(gguf_open(&g, gg), "lies beyond the end of the file", "gguf: tensor offset out of range");
     write_gguf(gg, "falcon", 0, 4 * 32 * 4, 3);
-    EXPECT_FATAL(model_load(&m, gg, backend_cpu()), "unknown architecture \"falcon\"", "gguf: unknown architecture");
+    EXPECT_FATAL(model_load(&m, gg, backend_cpu(), DT_F32), "unknown architecture \"falcon\"", "gguf: unknown architecture");
     write_gguf(gg, "llama", 0, 4 * 32 * 4, 3);
     gguf_open(&g, gg);
     CHECK(g.n_tensors == 1 && g.tensors[0].ne[0] == 32 && g.tensors[0].ne[1] == 4, "gguf: well-formed header parses");
     gguf_close(&g);
-    EXPECT_FATAL(model_load(&m, gg, backend_cpu()), "missing", "gguf: model with missing tensors");
+    EXPECT_FATAL(model_load(&m, gg, backend_cpu(), DT_F32), "missing", "gguf: model with missing tensors");
     {
         /* A truncated copy of a well-formed file fails cleanly at every length. */
         size_t size;
@@ -174,6 +174,6 @@ int main(void) {
         free(full);
         CHECK(clean, "gguf: every truncation of a valid file is a named error");
     }
-    EXPECT_FATAL(model_load(&m, "/nonexistent/model", backend_cpu()), "not a model directory", "model: missing path");
+    EXPECT_FATAL(model_load(&m, "/nonexistent/model", backend_cpu(), DT_F32), "not a model directory", "model: missing path");
     return test_summary();
 }

@@ -478,7 +478,7 @@ static void test_export(void) {
 int main(void) {
     load_batches();
     Model base;
-    model_load(&base, FIX "base", backend_cpu());
+    model_load(&base, FIX "base", backend_cpu(), DT_F32);
     test_case_a();
     test_case_a2();
     test_case_b(&base);

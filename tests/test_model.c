@@ -40,7 +40,7 @@ static void check_model(const char *label, const char *model_path, const char *r
         return;
     }
     Model m;
-    model_load(&m, model_path, backend_cpu());
+    model_load(&m, model_path, backend_cpu(), DT_F32);
     int H = m.config.hidden_size, V = m.config.vocab_size;
     Reference r;
     load_reference(&r, ref_path, H, V);

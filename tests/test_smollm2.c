@@ -32,7 +32,7 @@ int main(void) {
     ensure(tokens && seq_lens && top1 && prompt && greedy && n_top1 == T);
 
     Model m;
-    model_load(&m, path, backend_cpu());
+    model_load(&m, path, backend_cpu(), DT_F32);
     int V = m.config.vocab_size, H = m.config.hidden_size;
     ForwardState s;
     forward_state_init(&s, &m, (int)T);
@@ -57,6 +57,32 @@ int main(void) {
     CHECK(T >= 256 && rate >= 0.99, "SmolLM2: top-1 agreement with transformers %.2f%% over %lld positions (>= 99%%)", 100 * rate, (long long)T);
     CHECK(max_logit_err < 1e-2, "SmolLM2: reference top-1 logit within 1e-2 (max err %.3g)", max_logit_err);
     forward_state_free(&s, &m);
+
+    /* bf16 weights (the GPU default) against the same fp32 reference: close, not equal */
+    Model mb;
+    model_load(&mb, path, backend_cpu(), DT_BF16);
+    ForwardState sb;
+    forward_state_init(&sb, &mb, (int)T);
+    float *logits_bf16 = xmalloc(sizeof(float) * (size_t)T * V);
+    model_forward(&mb, &sb, &b, hidden, logits_bf16);
+    int agree_bf16 = 0;
+    double bf16_err = 0;
+    for (int t = 0; t < T; t++) {
+        const float *row = logits_bf16 + (size_t)t * V;
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        agree_bf16 += best == top1[t];
+        double e = fabs(row[top1[t]] - top1_logit[t]);
+        if (e > bf16_err) bf16_err = e;
+    }
+    double rate_bf16 = (double)agree_bf16 / (double)T;
+    CHECK(rate_bf16 >= 0.95 && bf16_err > 0 && bf16_err < 1.0,
+          "SmolLM2 with bf16 weights: top-1 agreement %.2f%% (>= 95%%), reference top-1 logit err %.3g (0 < err < 1)",
+          100 * rate_bf16, bf16_err);
+    forward_state_free(&sb, &mb);
+    model_free(&mb);
+    free(logits_bf16);
 
     Decoder d;
     decoder_init(&d, &m, NULL, NULL, 512);

@@ -136,7 +136,7 @@ static double json_number(const char *line, const char *key) {
 
 static void check_export_eval(const char *run, const char *val_path, const char *metrics) {
     Model base;
-    model_load(&base, BASE, backend_cpu());
+    model_load(&base, BASE, backend_cpu(), DT_F32);
     MedusaHeads m;
     char *dir = path_join(run, "medusa");
     medusa_import(&m, dir, backend_cpu(), base.config.hidden_size, V);

@@ -15,7 +15,7 @@ static const char *USAGE =
     "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and writes them as JSON with --json.";
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu";
+    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu", *precision = "auto";
     int max_batches = 0, batch_tokens = 2048, threads = 0, logits_chunk = 512;
     double head_decay = 0.8;
     ArgSpec specs[] = {
@@ -29,6 +29,7 @@ int main(int argc, char **argv) {
         {"json", ARG_STR, &json, "also write the metrics to this JSON file"},
         {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &device, "cpu or cuda"},
+        {"precision", ARG_STR, &precision, "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
@@ -37,7 +38,7 @@ int main(int argc, char **argv) {
     set_threads(threads);
 
     Model base;
-    model_load(&base, model, be);
+    model_load(&base, model, be, model_precision(precision, be));
     int H = base.config.hidden_size, V = base.config.vocab_size;
     MedusaHeads heads;
     char *ckpt_path = NULL;

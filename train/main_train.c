@@ -79,6 +79,7 @@ int main(int argc, char **argv) {
         {"resume", ARG_FLAG, &c.resume, "continue from the latest checkpoint in --out"},
         {"threads", ARG_INT, &c.threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &c.device, "cpu or cuda"},
+        {"precision", ARG_STR, &c.precision, "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"time-budget", ARG_DOUBLE, &c.time_budget, "stop cleanly (checkpoint + export) before N seconds (0 = none)"},
         {"stop-after", ARG_INT, &c.stop_after, "stop cleanly after step N, keeping the schedule of the full run"},
         {"export-dtype", ARG_STR, &c.export_dtype, "dtype of the final export: f32 or bf16"},

@@ -17,6 +17,7 @@
 void train_config_defaults(TrainConfig *c) {
     memset(c, 0, sizeof *c);
     c->device = "cpu";
+    c->precision = "auto";
     c->export_dtype = "f32";
     c->heads = 5;
     c->layers = 1;
@@ -284,7 +285,7 @@ int train_run(const TrainConfig *c) {
               c->out, resume_path);
 
     Model base;
-    model_load(&base, c->model, be);
+    model_load(&base, c->model, be, model_precision(c->precision, be));
     int H = base.config.hidden_size, V = base.config.vocab_size;
     TokenCache data, val;
     token_cache_load(&data, c->data, V);

@@ -13,7 +13,7 @@
 #include "trainer.h"
 
 typedef struct {
-    const char *model, *data, *val, *out, *device, *export_dtype;
+    const char *model, *data, *val, *out, *device, *precision, *export_dtype;
     int heads, layers;
     double head_decay, lr, weight_decay, warmup_ratio, max_grad_norm;
     int epochs, max_steps, batch_tokens, grad_accum, seed;
