@@ -66,6 +66,7 @@ static void engine_init(Engine *e, const Options *o) {
     const ModelConfig *c = &e->model.config;
     if (o->medusa) {
         medusa_import(&e->heads, o->medusa, be, c->hidden_size, c->vocab_size);
+        if (e->model.weight_dtype == DT_BF16) medusa_use_bf16(&e->heads);
         e->have_heads = 1;
         const char *tree = e->o.tree = o->tree ? o->tree : strcmp(o->device, "cpu") == 0 ? DEFAULT_TREE_CPU : DEFAULT_TREE;
         tree_load(&e->tree, tree);
@@ -531,6 +532,7 @@ static int run_tune(int argc, char **argv) {
         rng_seed(&rng, 1);
         medusa_init_from_base(&heads, &m, &rng);
     }
+    if (m.weight_dtype == DT_BF16) medusa_use_bf16(&heads);
     int32_t *prompt = xmalloc(sizeof(int32_t) * (size_t)context);
     for (int i = 0; i < context; i++) prompt[i] = (int32_t)((i * 7919 + 13) % m.config.vocab_size);
     double plain = step_seconds(&m, NULL, NULL, prompt, context, steps);

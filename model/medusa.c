@@ -81,6 +81,7 @@ void medusa_enable_grads(MedusaHeads *m) {
 
 void medusa_free(MedusaHeads *m) {
     m->be->free(m->params);
+    if (m->params_bf16) m->be->free(m->params_bf16);
     if (m->grads) m->be->free(m->grads);
     free(m->token_map);
     free(m->token_index);
@@ -140,6 +141,24 @@ void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask
     ensure(start == T);
 }
 
+void medusa_use_bf16(MedusaHeads *m) {
+    if (!m->params_bf16) m->params_bf16 = m->be->alloc(sizeof(uint16_t) * m->n_params);
+    m->be->to_bf16(m->params_bf16, m->params, m->n_params);
+}
+
+/* out = in @ W^T (+ b) and its backward for a weight W inside params: through W's bf16 copy when there is one */
+static void head_matmul(const MedusaHeads *m, float *out, const float *in, const float *weight, const float *bias, int T,
+                        int IC, int OC) {
+    if (m->params_bf16) m->be->matmul_bf16(out, in, m->params_bf16 + (weight - m->params), bias, T, IC, OC);
+    else m->be->matmul(out, in, weight, bias, T, IC, OC);
+}
+static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweight, float *dbias, const float *dout,
+                                 const float *in, const float *weight, int T, int IC, int OC) {
+    if (m->params_bf16)
+        m->be->matmul_backward_bf16(dinp, dweight, dbias, dout, in, m->params_bf16 + (weight - m->params), T, IC, OC);
+    else m->be->matmul_backward(dinp, dweight, dbias, dout, in, weight, T, IC, OC);
+}
+
 /* Runs head h's ResBlocks over all T rows: block l maps its input x to act[l] = x + silu(pre[l]),
  * pre[l] = W x + b; the first block's input is the hidden state. */
 static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const float *hidden, int h, int T) {
@@ -149,7 +168,7 @@ static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const fl
     const float *x = hidden;
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *z = w->pre + (size_t)l * TH, *out = w->act + (size_t)l * TH;
-        be->matmul(z, x, medusa_linear_w(m, m->params, h, l), medusa_linear_b(m, m->params, h, l), T, H, H);
+        head_matmul(m, z, x, medusa_linear_w(m, m->params, h, l), medusa_linear_b(m, m->params, h, l), T, H, H);
         be->resblock_forward(out, x, z, TH);
         x = out;
     }
@@ -167,6 +186,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
     memset(stats, 0, sizeof *stats);
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
+    if (m->params_bf16) medusa_use_bf16(m);
 
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
@@ -197,7 +217,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         for (int r0 = 0; r0 < n; r0 += per) {
             int rows = n - r0 < per ? n - r0 : per;
             const float *x = x_last + (size_t)r0 * H;
-            be->matmul(w->logits, x, lm, NULL, rows, H, V);
+            head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
             be->upload(w->targets, w->host_row_targets + r0, sizeof(int32_t) * (size_t)rows);
             be->softmax_xent(w->logits, w->losses, w->ranks, w->targets, rows, V, dscale);
             be->download(w->host_losses, w->losses, sizeof(float) * (size_t)rows);
@@ -207,7 +227,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                 for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
             }
             if (train) /* logits now hold dlogits: into dx and the lm_head gradient */
-                be->matmul_backward(w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm, rows, H, V);
+                head_matmul_backward(m, w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm, rows,
+                                     H, V);
         }
         stats->loss[h] = loss_sum / (double)n;
         stats->total_loss += (double)weight * stats->loss[h];
@@ -217,8 +238,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             be->silu_backward(w->dz, w->dx, w->pre + (size_t)l * nH, nH);
             /* dx already holds the residual path's gradient; add the branch's (not needed below block 0: the
              * base model is frozen) */
-            be->matmul_backward(l > 0 ? w->dx : NULL, medusa_linear_w(m, m->grads, h, l), medusa_linear_b(m, m->grads, h, l),
-                                w->dz, x_in, medusa_linear_w(m, m->params, h, l), n, H, H);
+            head_matmul_backward(m, l > 0 ? w->dx : NULL, medusa_linear_w(m, m->grads, h, l),
+                                 medusa_linear_b(m, m->grads, h, l), w->dz, x_in, medusa_linear_w(m, m->params, h, l), n, H, H);
         }
     }
 }
@@ -228,7 +249,7 @@ void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int
     if (T > w->max_tokens) fatal("medusa: %d rows exceed the work buffers' %d", T, w->max_tokens);
     for (int h = 0; h < s->n_heads; h++) {
         const float *x = blocks_forward(m, w, hidden, h, T);
-        m->be->matmul(out + (size_t)h * T * s->head_vocab, x, medusa_lm_head(m, m->params, h), NULL, T, s->hidden,
-                      s->head_vocab);
+        head_matmul(m, out + (size_t)h * T * s->head_vocab, x, medusa_lm_head(m, m->params, h), NULL, T, s->hidden,
+                    s->head_vocab);
     }
 }

@@ -22,9 +22,15 @@ typedef struct {
     size_t n_params;
     float *params; /* backend memory; per head: L x (W [H,H], b [H]) then lm_head [Vh,H] */
     float *grads;  /* same layout, NULL until medusa_enable_grads */
+    uint16_t *params_bf16; /* backend memory, params rounded to bf16 for the GEMMs; NULL: fp32 GEMMs */
     int32_t *token_map;   /* host [Vh]: lm_head row r predicts token token_map[r]; NULL for the full vocabulary */
     int32_t *token_index; /* host [V]: the inverse, -1 for a token outside the map; NULL for the full vocabulary */
 } MedusaHeads;
+
+/* Makes the heads' GEMMs take bf16 operands (fp32 accumulation, fp32 master weights and gradients): a bf16
+ * copy of the parameters is kept, refreshed by medusa_forward_backward before every batch (the optimizer
+ * changes params in between) and here for decoding. Call again after changing params outside training. */
+void medusa_use_bf16(MedusaHeads *m);
 
 /* Per-head result of one batch. */
 typedef struct {

@@ -3,11 +3,15 @@
  * file with the nvcc-built backend and runs it on a GPU. */
 #include <stdlib.h>
 
+#include <unistd.h>
+
 #include "../common/rng.h"
 #include "../kernels/ops.h"
 #include "../model/llama.h"
+#include "../infer/decoder.h"
 #include "../model/medusa.h"
-#include "../train/optim.h"
+#include "../model/memory_plan.h"
+#include "../train/trainer.h"
 #include "test.h"
 
 static const Backend *cpu, *gpu;
@@ -459,6 +463,7 @@ static void test_end_to_end(DType weights) {
     rng_seed(&r1, 7), rng_seed(&r2, 7);
     medusa_init(&hc, cpu, shape), medusa_init(&hg, gpu, shape);
     medusa_init_from_base(&hc, &mc, &r1), medusa_init_from_base(&hg, &mg, &r2);
+    if (weights == DT_BF16) medusa_use_bf16(&hc), medusa_use_bf16(&hg);
     medusa_enable_grads(&hc), medusa_enable_grads(&hg);
     medusa_work_init(&wc, &hc, T, 8), medusa_work_init(&wg, &hg, T, 8);
     adam_init(&ac, &hc), adam_init(&ag, &hg);
@@ -489,6 +494,163 @@ static void test_end_to_end(DType weights) {
     free(hidden), free(logits);
 }
 
+/* --- device memory: one reserved arena carved up (kernels/cuda/backend_cuda.cu) --- */
+
+/* The emulator counts cudaMalloc calls (tests/cudaemu); on a GPU (make test-cuda) the counter is absent. */
+long cuda_emu_malloc_calls(void) __attribute__((weak));
+static long malloc_calls(void) { return cuda_emu_malloc_calls ? cuda_emu_malloc_calls() : -1; }
+
+/* What stmt writes to stderr, into buf. */
+#define CAPTURE_STDERR(buf, stmt)                                                                  \
+    do {                                                                                           \
+        FILE *tmp_ = tmpfile();                                                                    \
+        fflush(stderr);                                                                            \
+        int saved_ = dup(2);                                                                       \
+        dup2(fileno(tmp_), 2);                                                                     \
+        stmt;                                                                                      \
+        fflush(stderr);                                                                            \
+        dup2(saved_, 2);                                                                           \
+        close(saved_);                                                                             \
+        rewind(tmp_);                                                                              \
+        size_t n_ = fread(buf, 1, sizeof buf - 1, tmp_);                                           \
+        buf[n_] = '\0';                                                                            \
+        fclose(tmp_);                                                                              \
+    } while (0)
+
+static const char *TINY = "tests/fixtures/models/tiny_qwen2";
+enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, DECODE_LEN = 64 };
+
+static MemoryPlan training_plan(const ModelConfig *c) {
+    MemoryPlanInput in = {.weight_bytes = 4, .act_bytes = 4, .n_heads = TRAIN_HEADS, .n_layers = 1,
+                          .batch_tokens = TRAIN_TOKENS, .logits_chunk = TRAIN_CHUNK, .train = 1};
+    return memory_plan(c, &in);
+}
+
+/* The run's one reservation; more than the GPU has is refused with the sizes named. */
+static size_t test_reserve(void) {
+    ModelConfig c;
+    config_load(&c, TINY);
+    MemoryPlan plan = training_plan(&c);
+    size_t bytes = memory_plan_reserve_bytes(&plan);
+    long calls = malloc_calls();
+    EXPECT_FATAL(gpu->reserve((size_t)1 << 40), "GiB free", "reserving 1 TiB: the plan needs more than the GPU has");
+    gpu->reserve(bytes);
+    if (calls >= 0)
+        CHECK(malloc_calls() == calls + 2, "reserve: one cudaMalloc of %.1f MiB (after the refused one): %ld calls",
+              bytes / 1048576.0, malloc_calls() - calls);
+    EXPECT_FATAL(gpu->reserve(bytes), "already reserved", "a second reserve is an error");
+    return bytes;
+}
+
+/* Carving, reuse and coalescing on the empty arena, then exhaustion falling back to cudaMalloc. */
+static void test_arena(size_t reserved) {
+    long calls = malloc_calls();
+    char *a = gpu->alloc(1000), *b = gpu->alloc(5000), *c = gpu->alloc(1);
+    CHECK(b == a + 1024 && c == b + 5120 && (uintptr_t)a % 256 == 0,
+          "blocks are carved in order, 256-byte aligned: b - a = %td, c - b = %td", b - a, c - b);
+    gpu->free(b);
+    char *small = gpu->alloc(300), *b2 = gpu->alloc(4000);
+    CHECK(small == b && b2 == b + 512, "first fit: a 300-byte block takes the start of b's hole, 4000 bytes the rest");
+    gpu->free(small), gpu->free(b2);
+    b2 = gpu->alloc(5000);
+    CHECK(b2 == b, "the freed neighbours merged: a block of b's size reuses b's address");
+    gpu->free(a), gpu->free(c), gpu->free(b2);
+    char *all = gpu->alloc(reserved);
+    CHECK(all == a, "all freed: the arena is one free block again (the whole %.1f MiB from its start)",
+          reserved / 1048576.0);
+    gpu->free(all);
+    if (calls >= 0) CHECK(malloc_calls() == calls, "carving the arena made no cudaMalloc calls");
+
+    /* exhaustion: a block bigger than the arena comes from a new chunk, with one warning */
+    char warning[1024], second[1024];
+    float x[4] = {1, 2, 3, 4}, back[4] = {0};
+    float *big = NULL, *more = NULL;
+    CAPTURE_STDERR(warning, big = gpu->alloc(reserved + (1 << 20)));
+    if (calls >= 0) CHECK(malloc_calls() == calls + 1, "exhausted arena: a new chunk from one cudaMalloc");
+    gpu->upload(big + 1000, x, sizeof x);
+    gpu->download(back, big + 1000, sizeof back);
+    CHECK(!memcmp(x, back, sizeof x) && strstr(warning, "underestimated") && strstr(warning, "MiB over the plan"),
+          "exhausted arena: the block works, and the plan is reported short: %s", warning);
+    CAPTURE_STDERR(second, more = gpu->alloc(reserved + (2 << 20)));
+    CHECK(second[0] == '\0', "only one warning per run (a second overrun printed %zu bytes)", strlen(second));
+    gpu->free(big), gpu->free(more);
+    gpu->peak_bytes(); /* the next measurement starts here */
+}
+
+/* A training run as train/run.c makes it, on the reserved arena: the steps make no cudaMalloc call, and
+ * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding). */
+static void test_planned_training(void) {
+    Model m;
+    model_load(&m, TINY, gpu, DT_F32);
+    MemoryPlan plan = training_plan(&m.config);
+    int H = m.config.hidden_size, V = m.config.vocab_size;
+    MedusaHeads heads;
+    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
+    Rng r;
+    rng_seed(&r, 3);
+    medusa_init_from_base(&heads, &m, &r);
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.total_steps = 4;
+    Trainer t;
+    trainer_init(&t, &m, &heads, &oc, 0.8f, TRAIN_TOKENS, TRAIN_CHUNK);
+    int32_t tokens[TRAIN_TOKENS], seq_lens[3] = {30, 50, 16};
+    uint8_t mask[TRAIN_TOKENS];
+    for (int i = 0; i < TRAIN_TOKENS; i++) tokens[i] = (int32_t)rng_below(&rng, V), mask[i] = i % 5 != 0;
+    TrainBatch batch = {TRAIN_TOKENS, tokens, mask, 3, seq_lens};
+    StepMetrics metrics;
+    step_metrics_clear(&metrics);
+    for (int step = 1; step <= 2; step++) {
+        long calls = malloc_calls();
+        double norm = trainer_step(&t, &batch, 1, &metrics);
+        if (calls >= 0)
+            CHECK(malloc_calls() == calls && isfinite(norm),
+                  "training step %d (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls", step,
+                  malloc_calls() - calls);
+    }
+    double peak = (double)gpu->peak_bytes();
+    CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
+          "training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024,
+          plan.total / 1024, 100 * (peak / plan.total - 1));
+    trainer_free(&t);
+    medusa_free(&heads);
+    model_free(&m);
+}
+
+/* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
+static void test_planned_decoding(void) {
+    Model m;
+    model_load(&m, TINY, gpu, DT_F32);
+    int H = m.config.hidden_size, V = m.config.vocab_size;
+    MedusaHeads heads;
+    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
+    Rng r;
+    rng_seed(&r, 4);
+    medusa_init_from_base(&heads, &m, &r);
+    MedusaTree tree;
+    tree_from_json(&tree, "[[0], [1], [0, 0], [0, 1], [1, 0]]", "test tree");
+    MemoryPlanInput in = memory_plan_decoding(4, TRAIN_HEADS, 1, 0, DECODE_LEN, tree.n_nodes);
+    MemoryPlan plan = memory_plan(&m.config, &in);
+    long calls = malloc_calls();
+    Decoder d;
+    decoder_init(&d, &m, &heads, &tree, DECODE_LEN);
+    int32_t prompt[20], out[32];
+    for (int i = 0; i < 20; i++) prompt[i] = (int32_t)rng_below(&rng, V);
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    DecodeStats st;
+    int n = decode_medusa(&d, prompt, 20, 24, -1, &o, out, NULL, NULL, &st);
+    if (calls >= 0) CHECK(malloc_calls() == calls, "Medusa decoding of %d tokens: %ld cudaMalloc calls", n, malloc_calls() - calls);
+    double peak = (double)gpu->peak_bytes();
+    CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
+          "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024, plan.total / 1024,
+          100 * (peak / plan.total - 1));
+    decoder_free(&d);
+    tree_free(&tree);
+    medusa_free(&heads);
+    model_free(&m);
+}
+
 int main(void) {
     cpu = backend_cpu();
     gpu = backend_cuda();
@@ -496,6 +658,10 @@ int main(void) {
     printf("CUDA backend (%s) against the CPU backend\n", gpu->name);
     CHECK(backend_by_name("cpu") == cpu, "backend_by_name(\"cpu\")");
     EXPECT_FATAL(backend_by_name("tpu"), "unknown device", "backend_by_name rejects an unknown device");
+    size_t reserved = test_reserve(); /* before anything else is allocated */
+    test_arena(reserved);
+    test_planned_training();
+    test_planned_decoding();
     test_memory();
     test_embedding_rmsnorm();
     test_matmul(9, 70, 33, 1);

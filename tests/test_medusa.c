@@ -146,6 +146,42 @@ static void test_case_a(void) {
     medusa_free(&m);
 }
 
+/* Case A with bf16 GEMM operands (the GPU default) against the same fp32 PyTorch reference: within bf16
+ * rounding, and not equal to it (the rounding must happen). */
+static void test_case_a_bf16(void) {
+    printf("case A, bf16 GEMMs (fp32 accumulation and master weights)\n");
+    const double tol = 3e-2;
+    MedusaHeads m;
+    load_case_a_heads(&m);
+    medusa_use_bf16(&m);
+    medusa_enable_grads(&m);
+    FixtureBatch *b = &batches[0];
+    MedusaWork work;
+    medusa_work_init(&work, &m, b->T, 16);
+    WeightSet w;
+    weights_open_safetensors_file(&w, FIX "case_a.safetensors");
+    MedusaBatchStats s;
+    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f, &s);
+    double want = scalar(&w, "loss", 0, 1), e_total = fabs(s.total_loss - want) / fabs(want);
+    CHECK(e_total > 0 && e_total <= 1e-2, "case A bf16: weighted loss %.6f vs %.6f, rel err %.3g (0 < err <= 1e-2)",
+          s.total_loss, want, e_total);
+    char key[64];
+    double worst = 0;
+    for (int i = 0; i < K; i++) {
+        double e;
+        snprintf(key, sizeof key, "grad.%d.0.linear.weight", i);
+        e = compare(&w, key, medusa_linear_w(&m, m.grads, i, 0), 2, H, H, tol, "case A bf16");
+        worst = e > worst ? e : worst;
+        snprintf(key, sizeof key, "grad.%d.1.weight", i);
+        e = compare(&w, key, medusa_lm_head(&m, m.grads, i), 2, V, H, tol, "case A bf16");
+        worst = e > worst ? e : worst;
+    }
+    CHECK(worst > 1e-5, "case A bf16: gradients differ from fp32's (max rel err %.3g): the operands were rounded", worst);
+    weights_close(&w);
+    medusa_work_free(&work, &m);
+    medusa_free(&m);
+}
+
 static void test_case_a2(void) {
     printf("case A2: two independent ResBlocks per head\n");
     MedusaHeads a;
@@ -480,6 +516,7 @@ int main(void) {
     Model base;
     model_load(&base, FIX "base", backend_cpu(), DT_F32);
     test_case_a();
+    test_case_a_bf16();
     test_case_a2();
     test_case_b(&base);
     test_case_c(&base);

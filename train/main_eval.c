@@ -56,6 +56,7 @@ int main(int argc, char **argv) {
         checkpoint_load(ckpt_path, &heads, NULL, &meta);
         free(meta.config_json);
     }
+    if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads);
     TokenCache cache;
     token_cache_load(&cache, data, V);
     Trainer t;

@@ -320,6 +320,7 @@ int train_run(const TrainConfig *c) {
     Rng rng;
     rng_seed(&rng, (uint64_t)c->seed);
     medusa_init_from_base(&heads, &base, &rng);
+    if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads); /* the heads' GEMMs in the base's precision */
     Trainer t;
     trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, c->logits_chunk);
 
