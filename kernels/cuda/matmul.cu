@@ -1,5 +1,8 @@
 /* Linear layer: fp32 weights on cuBLAS (sgemm), bf16 weights on cuBLASLt (below). Row-major X[R,C] is
  * column-major X^T, so out = in @ W^T is, in cuBLAS's terms, out^T[OC,T] = W[IC,OC]^T * in^T[IC,T]. */
+#include <map>
+#include <tuple>
+
 #include "cuda_common.cuh"
 
 __global__ void add_bias_kernel(float *out, const float *bias, int T, int OC) {
@@ -66,39 +69,54 @@ static Scratch input_scratch, grad_scratch;
 
 static const size_t kLtWorkspaceBytes = 32u << 20; /* what cuBLASLt's faster kernels ask for on sm_90 */
 
-/* Column-major C[m,n] = op(A)[m,k] op(B)[k,n] + beta C, as cublasSgemm's arguments; A and B bf16. */
-static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const uint16_t *A, int lda,
-                      const uint16_t *B, int ldb, float beta, float *C, int ldc) {
-    static void *workspace = NULL;
-    if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
+/* A GEMM shape's cuBLASLt descriptors and chosen algorithm, made once: building them and asking the
+ * heuristic costs tens of microseconds, as much as a decoding step's small GEMMs themselves. */
+struct GemmPlan {
     cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t a_layout, b_layout, c_layout;
-    CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+typedef std::tuple<int, int, int, int, int, int, int, int> GemmKey; /* ops, m, n, k, lda, ldb, ldc */
+
+static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, int lda, int ldb,
+                                 int ldc) {
+    static std::map<GemmKey, GemmPlan> plans;
+    GemmKey key(op_a, op_b, m, n, k, lda, ldb, ldc);
+    auto found = plans.find(key);
+    if (found != plans.end()) return found->second;
+    GemmPlan p;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
     /* a layout describes the matrix as stored, before op() */
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a_layout, CUDA_R_16BF, op_a == CUBLAS_OP_N ? m : k,
-                                            op_a == CUBLAS_OP_N ? k : m, lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b_layout, CUDA_R_16BF, op_b == CUBLAS_OP_N ? k : n,
-                                            op_b == CUBLAS_OP_N ? n : k, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c_layout, CUDA_R_32F, m, n, ldc));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, op_a == CUBLAS_OP_N ? m : k, op_a == CUBLAS_OP_N ? k : m,
+                                            lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, op_b == CUBLAS_OP_N ? k : n, op_b == CUBLAS_OP_N ? n : k,
+                                            ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, m, n, ldc));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &kLtWorkspaceBytes, sizeof kLtWorkspaceBytes));
     cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), desc, a_layout, b_layout, c_layout, c_layout, pref, 1,
-                                                &heuristic, &found));
-    if (found == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
-    const float one = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), desc, &one, A, a_layout, B, b_layout, &beta, C, c_layout, C, c_layout,
-                                &heuristic.algo, workspace, kLtWorkspaceBytes, 0));
+    int found_algos = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), p.desc, p.a, p.b, p.c, p.c, pref, 1, &heuristic,
+                                                &found_algos));
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(c_layout));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(b_layout));
-    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(a_layout));
-    CUBLAS_CHECK(cublasLtMatmulDescDestroy(desc));
+    if (found_algos == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
+    p.algo = heuristic.algo;
+    return plans.emplace(key, p).first->second;
+}
+
+/* Column-major C[m,n] = op(A)[m,k] op(B)[k,n] + beta C, as cublasSgemm's arguments; A and B bf16. */
+static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const uint16_t *A, int lda,
+                      const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    static void *workspace = NULL;
+    if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
+    const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc);
+    const float one = 1.0f;
+    CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, workspace,
+                                kLtWorkspaceBytes, 0));
 }
 
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
