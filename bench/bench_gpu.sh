@@ -1,0 +1,92 @@
+#!/bin/bash
+# GPU benchmark (`make bench-gpu`): Medusa head training throughput and MFU (bench_train: frozen base forward
+# + heads forward/backward + AdamW) beside the PyTorch reference step on the same batches and GPU
+# (bench_train_torch.py --device cuda, bf16 autocast), then decoding speed of Medusa vs plain greedy
+# (medusa-infer --bench, which also checks greedy Medusa == plain greedy) with heads trained briefly on the GPU.
+# Writes OUT, by default bench/gpu_<GPU name>.txt with the name from nvidia-smi at the top.
+# Settings (environment; the Makefile passes its BENCH_GPU_* variables):
+#   MODEL          base model: .gguf or Hugging Face directory (default: the demo's SmolLM2-135M-Instruct)
+#   BIN_DIR        medusa-data/-train/-infer (default bin); BENCH_TRAIN: the bench_train binary
+#   DEVICE         --device of the C side (cuda); TORCH_DEVICE: of the PyTorch side (default: DEVICE)
+#   SHAREGPT, DATA, DATA_ARGS  ShareGPT source, token cache prefix made from it once, extra medusa-data flags
+#   STEPS, BATCH_TOKENS, HEADS  timed training steps, tokens per packed batch, Medusa heads
+#   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads, prompt set, new tokens,
+#                                             extra medusa-infer flags
+#   PYTHON         the reference tooling's interpreter (make venv)
+# A dry run on the CPU (no nvidia-smi) needs OUT set: it runs the emulated binaries (build/emu) and writes
+# no bench/gpu_*.txt, since its numbers did not come from a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+BIN_DIR=${BIN_DIR:-bin}
+BENCH_TRAIN=${BENCH_TRAIN:-build/bench/bench_train}
+DEVICE=${DEVICE:-cuda}
+TORCH_DEVICE=${TORCH_DEVICE:-$DEVICE}
+SHAREGPT=${SHAREGPT:-cache/data/ShareGPT_V3_unfiltered_cleaned_split.json}
+DATA=${DATA:-cache/bench/sharegpt_$(basename "$MODEL" .gguf)}
+DATA_ARGS=${DATA_ARGS:-}
+STEPS=${STEPS:-10}
+BATCH_TOKENS=${BATCH_TOKENS:-16384}
+HEADS=${HEADS:-5}
+HEAD_STEPS=${HEAD_STEPS:-300}
+PROMPTS=${PROMPTS:-bench/prompts_sharegpt_val.json}
+MAX_NEW=${MAX_NEW:-128}
+INFER_ARGS=${INFER_ARGS:-}
+PYTHON=${PYTHON:-.venv/bin/python}
+
+if GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1) && [ -n "$GPU" ]; then
+    OUT=${OUT:-bench/gpu_$(echo "$GPU" | tr -c 'A-Za-z0-9.\n-' '_').txt}
+    DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+else
+    GPU=""
+    [ -n "${OUT:-}" ] || { echo "bench_gpu.sh: nvidia-smi finds no GPU; set OUT=FILE for a dry run" >&2; exit 1; }
+fi
+# Peak dense bf16 tensor FLOP/s by GPU name (vendor data sheets, without sparsity); unknown: no MFU.
+case "$GPU" in
+    *A100*) PEAK=312e12 ;;
+    *H100*PCIe*) PEAK=756e12 ;;
+    *H100*) PEAK=989e12 ;; # SXM ("H100 80GB HBM3")
+    *H200*) PEAK=989e12 ;;
+    *" L4") PEAK=121e12 ;;
+    *) PEAK="" ;;
+esac
+
+if [ ! -s "$DATA.train.tokens.h5" ]; then
+    [ -s "$SHAREGPT" ] || data/fetch_demo.sh
+    mkdir -p "$(dirname "$DATA")"
+    # shellcheck disable=SC2086 # DATA_ARGS holds separate flags
+    "$BIN_DIR/medusa-data" --model "$MODEL" --input "$SHAREGPT" --out "$DATA" --limit 2000 --quiet $DATA_ARGS
+fi
+RUN=$(mktemp -d "${TMPDIR:-/tmp}/bench_gpu.XXXXXX")
+trap 'rm -rf "$RUN"' EXIT
+
+{
+    echo "# GPU: ${GPU:-none: a dry run of the scripts on the CPU (DEVICE=$DEVICE through $BIN_DIR), not a GPU measurement}"
+    echo "# $(date -u +%F)${DRIVER:+, driver $DRIVER}; model $MODEL; $HEADS heads x 1 layer, $BATCH_TOKENS-token batches from $DATA, $STEPS steps after 1 warm-up"
+    echo "## training step: frozen base forward + heads forward/backward + AdamW"
+    "$BENCH_TRAIN" --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$DEVICE" --heads "$HEADS" \
+        --batch-tokens "$BATCH_TOKENS" --steps "$STEPS"
+    "$PYTHON" bench/bench_train_torch.py --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$TORCH_DEVICE" \
+        --heads "$HEADS" --batch-tokens "$BATCH_TOKENS" --steps "$STEPS" 2>&1 | grep -E '^(step|pytorch)'
+} | tee "$OUT.new"
+awk -v peak="$PEAK" '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i - 1)}
+    /^medusa-c train/ {ours = v} /^pytorch train/ {theirs = v}
+    /^medusa-c flops/ {for (i = 1; i <= NF; i++) if ($i ~ /^FLOP\/s/) {if (!all) all = $(i - 1); else fwd = $(i - 1)}}
+    END {printf "ratio medusa-c / pytorch tokens/s: %.2fx (target >= 2x)\n", ours / theirs
+         if (peak) printf "MFU: %.1f%% of %.0f TFLOP/s bf16 dense (base forward alone: %.1f%%)\n", 100 * all / peak, peak / 1e12, 100 * fwd / peak
+         else print "MFU: n/a (no peak FLOP/s known for this GPU)"}' "$OUT.new" | tee -a "$OUT.new"
+
+{
+    echo "## decoding: heads trained $HEAD_STEPS steps on $DEVICE, then plain greedy vs Medusa ($PROMPTS, $MAX_NEW new tokens)"
+    "$BIN_DIR/medusa-train" --model "$MODEL" --data "$DATA.train.tokens.h5" --out "$RUN/heads" --device "$DEVICE" \
+        --heads "$HEADS" --max-steps "$HEAD_STEPS" --batch-tokens "$BATCH_TOKENS" --eval-every 0 --save-every 0 \
+        --log-every "$HEAD_STEPS" >"$RUN/train.log" 2>&1 || { tail "$RUN/train.log"; exit 1; }
+    echo "training top-1 at the last step: $(grep -o '"medusa[0-9]*_top1":[^,}]*' "$RUN/heads/metrics.jsonl" |
+        tail -"$HEADS" | sed 's/"medusa\([0-9]*\)_top1":\(.*\)/head \1 \2/' | paste -sd, | sed 's/,/, /g')"
+    # shellcheck disable=SC2086 # INFER_ARGS holds separate flags
+    "$BIN_DIR/medusa-infer" --model "$MODEL" --medusa "$RUN/heads/medusa" --device "$DEVICE" --bench "$PROMPTS" \
+        --max-new-tokens "$MAX_NEW" $INFER_ARGS >"$RUN/infer.txt" 2>"$RUN/infer.log" || { tail "$RUN/infer.log"; exit 1; }
+    sed -n '/^mode/,$p' "$RUN/infer.txt"
+} | tee -a "$OUT.new"
+mv "$OUT.new" "$OUT"
+echo "bench-gpu: wrote $OUT"

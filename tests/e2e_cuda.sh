@@ -1,0 +1,108 @@
+#!/bin/bash
+# End to end on --device cuda, through the binaries: medusa-data -> medusa-train -> medusa-eval ->
+# medusa-infer on a tiny model, each result compared with --device cpu, and greedy Medusa decoding checked
+# to give exactly the plain greedy output.
+#   tests/e2e_cuda.sh [BIN_DIR]     (default: $E2E_BIN_DIR, else bin)
+# `make test` runs it on build/emu/ (the binaries linked with kernels/cuda compiled for the CPU emulator,
+# tests/cudaemu), `make test-cuda` on bin/ with a GPU. Like the C tests, its last line is "N passed, N failed".
+# shellcheck disable=SC2016 # expect's conditions are single-quoted strings for eval
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-${E2E_BIN_DIR:-bin}}
+# tiny_tied's GGUF is the one tiny fixture model with a tokenizer (its 256 bytes, BOS 1, EOS 2), so
+# medusa-data can tokenise the ShareGPT fixture for it. The mistral template has no system prompt, which
+# leaves trained tokens within 96 bytes.
+MODEL=tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf
+CONVS=tests/fixtures/chat/conversations.json
+PROMPT="Why is the sky blue?"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e_cuda.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "  ok   $*"; }
+fail() { failed=$((failed + 1)); echo "  FAIL $*"; }
+# check WHAT CMD...: CMD's output goes to $TMP/log, shown (its tail) when CMD fails.
+check() {
+    local what=$1
+    shift
+    if "$@" >"$TMP/log" 2>&1; then ok "$what"; else
+        fail "$what (exit status $?)"
+        tail -5 "$TMP/log" | sed 's/^/       /'
+    fi
+}
+# expect COND WHAT: passes when the shell test COND (a string for eval, in single quotes) holds.
+expect() { if eval "$1"; then ok "$2"; else fail "$2"; fi; }
+
+for b in data train eval infer; do
+    [ -x "$BIN/medusa-$b" ] || { fail "$BIN/medusa-$b not built"; echo "$passed passed, $failed failed"; exit 1; }
+done
+
+# ---- data ----
+check "medusa-data: $CONVS tokenised for tiny_tied (mistral template, --max-len 96)" \
+    "$BIN/medusa-data" --model "$MODEL" --input "$CONVS" --out "$TMP/sg" --template mistral --max-len 96 \
+    --val-fraction 0.2 --quiet
+
+# ---- training: the same 4 steps on both devices ----
+# cuda runs with its default precision (auto: bf16 base weights, bf16 GEMM inputs), the cpu with the same
+# bf16-rounded weights (fp32 GEMMs). --warmup-ratio 0: the first step already learns.
+train() { # DEVICE PRECISION
+    check "medusa-train --device $1 --precision $2: 2 heads, 4 steps of 128 tokens, checkpoint and export" \
+        "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_$1_$2" --device "$1" \
+        --precision "$2" --heads 2 --max-steps 4 --batch-tokens 128 --lr 1e-2 --warmup-ratio 0 --log-every 1 \
+        --eval-every 0 --save-every 0 --seed 7
+    grep -o '"loss":[^,}]*' "$TMP/run_$1_$2/metrics.jsonl" 2>/dev/null | cut -d: -f2 >"$TMP/loss_$1_$2" || true
+}
+train cuda auto
+train cpu bf16
+HEADS=$TMP/run_cuda_auto/medusa
+expect '[ -s "$HEADS/config.json" ] && [ -s "$HEADS/medusa_lm_head.safetensors" ] && [ -s "$TMP/run_cuda_auto/ckpt-4.h5" ]' \
+    "cuda run: ckpt-4.h5 and the Medusa export (config.json, medusa_lm_head.safetensors) written"
+trend=$(awk 'NR == 1 {first = $1} {last = $1; if (!($1 + 0 == $1 + 0 && $1 + 0 < 1e30)) bad = 1}
+             END {if (NR != 4 || bad || !(last < first)) print "bad"; else printf "%.4f -> %.4f", first, last}' "$TMP/loss_cuda_auto")
+expect '[ "$trend" != bad ]' "cuda training loss: 4 finite values, falling (${trend/bad/$(tr '\n' ' ' <"$TMP/loss_cuda_auto")})"
+r=$(paste "$TMP/loss_cuda_auto" "$TMP/loss_cpu_bf16" | awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2)
+    if (!(r <= m)) m = r; n++} END {printf "%.1e", n == 4 ? m : 1}')
+expect "awk 'BEGIN{exit !($r <= 1e-3)}'" \
+    "training loss cuda (bf16 GEMM inputs) vs cpu (bf16 weights, fp32 GEMMs), 4 steps: max rel. error $r (tolerance 1e-3)"
+
+# ---- evaluation of the cuda-trained heads, fp32 on both devices: kernels against the reference ----
+for dev in cuda cpu; do
+    check "medusa-eval --device $dev --precision fp32 on the validation split" \
+        "$BIN/medusa-eval" --model "$MODEL" --medusa "$HEADS" --data "$TMP/sg.val.tokens.h5" --device "$dev" \
+        --precision fp32 --batch-tokens 128 --max-batches 1 --json "$TMP/eval_$dev.json"
+done
+metrics() { grep -E '"(loss|medusa[0-9]+_[a-z0-9]+|base_top1)":' "$TMP/eval_$1.json" 2>/dev/null | tr -d ' \t",' || true; }
+cmp_eval=$(paste -d: <(metrics cuda) <(metrics cpu) | awk -F: '
+    $1 != $3 {bad = 1} {d = $2 - $4; if (d < 0) d = -d}
+    $1 ~ /top/ {if (d > acc) acc = d; next} {s = $4 < 0 ? -$4 : $4; if (d / s > loss) loss = d / s} END {
+    if (NR < 11 || bad) print "bad"; else printf "%.1e %.4f", loss, acc}')
+expect '[ "$cmp_eval" != bad ] && awk -v l="${cmp_eval% *}" -v a="${cmp_eval#* }" "BEGIN{exit !(l <= 1e-4 && a <= 0.01)}"' \
+    "eval cuda vs cpu: losses max rel. error ${cmp_eval% *} (tolerance 1e-4), top-1..5 accuracies max difference ${cmp_eval#* } (tolerance 0.01, about one target)"
+
+# ---- decoding: greedy Medusa == plain greedy, and cuda == cpu ----
+echo '[[0], [1], [0, 0], [1, 0], [0, 1]]' >"$TMP/tree.json" # 5 candidates from the 2 heads
+infer() { # DEVICE PRECISION MODE
+    "$BIN/medusa-infer" --model "$MODEL" --medusa "$HEADS" --tree "$TMP/tree.json" --chat-template mistral \
+        --prompt "$PROMPT" --device "$1" --precision "$2" --mode "$3" --max-new-tokens 32 \
+        >"$TMP/out_$1_$2_$3" 2>"$TMP/err_$1_$2_$3" || echo "exit status $?" >>"$TMP/err_$1_$2_$3"
+}
+for mode in plain medusa; do
+    infer cuda auto $mode
+    infer cuda fp32 $mode
+    infer cpu fp32 $mode
+done
+per_step() { grep -o '[0-9.]* tokens per step' "$TMP/err_$1" | cut -d' ' -f1 || true; }
+same() { [ -s "$TMP/out_$1" ] && cmp -s "$TMP/out_$1" "$TMP/out_$2"; }
+expect 'same cuda_auto_plain cuda_auto_medusa' \
+    "medusa-infer --device cuda: greedy Medusa output == plain greedy output ($(wc -c <"$TMP/out_cuda_auto_plain") bytes, $(per_step cuda_auto_medusa) tokens per step)"
+expect 'same cuda_fp32_plain cpu_fp32_plain' "medusa-infer --precision fp32: plain greedy output cuda == cpu"
+expect 'same cuda_fp32_medusa cpu_fp32_medusa && [ "$(per_step cuda_fp32_medusa)" = "$(per_step cpu_fp32_medusa)" ]' \
+    "medusa-infer --precision fp32: greedy Medusa output and tokens per step cuda == cpu ($(per_step cpu_fp32_medusa))"
+printf '%s\n' "$PROMPT" "What were the flaws of Kodak's business model?" >"$TMP/prompts.txt"
+check "medusa-infer --bench --device cuda: greedy Medusa == plain greedy on 2/2 prompts" \
+    bash -c '"$1" --model "$2" --medusa "$3" --tree "$4" --chat-template mistral --device cuda --max-new-tokens 16 \
+        --bench "$5" | grep -q "greedy Medusa output == plain greedy output on 2/2 prompts"' _ \
+    "$BIN/medusa-infer" "$MODEL" "$HEADS" "$TMP/tree.json" "$TMP/prompts.txt"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
