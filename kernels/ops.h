@@ -23,7 +23,8 @@ struct Backend {
     /* the run's planned peak (model/memory_plan.h): a backend with device memory takes it as one allocation
      * up front and serves alloc() from it, so nothing is allocated from the device in the step loop */
     void (*reserve)(size_t bytes);
-    /* the most bytes in use at once so far (to check the plan against); 0 where not tracked (the CPU) */
+    /* the most bytes in use at once since the previous call (or start-up), to check the plan against; each
+     * call starts a new measurement from what is in use then. 0 where not tracked (the CPU). */
     size_t (*peak_bytes)(void);
 
     /* out[t,:] = table[tokens[t],:]  (T x C) */
@@ -79,6 +80,12 @@ struct Backend {
                                  const uint16_t *weight, int T, int IC, int OC);
     /* out[t,:] = table[tokens[t],:] widened to fp32 */
     void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
+    /* attention whose products may take bf16 operands (q, k, v and the probabilities rounded; softmax and
+     * sums in fp32): within bf16 rounding of attention's result. The CPU computes attention exactly; a GPU
+     * uses its tensor cores where they pay (large packed batches). */
+    void (*attention_bf16)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                           const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                           int n_kv_heads, int head_dim);
     /* out = bf16(x), n elements (the low-precision copy of trained weights) */
     void (*to_bf16)(uint16_t *out, const float *x, size_t n);
 };

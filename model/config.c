@@ -132,6 +132,23 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     validate(c, path);
 }
 
+void config_load(ModelConfig *c, const char *path) {
+    size_t n = strlen(path);
+    if (n >= 5 && strcmp(path + n - 5, ".gguf") == 0) {
+        GGUFFile g;
+        gguf_open(&g, path);
+        config_from_gguf(c, &g);
+        gguf_close(&g);
+    } else if (dir_exists(path)) {
+        char *cfg = path_join(path, "config.json");
+        if (!file_exists(cfg)) fatal("%s: no config.json in the model directory", path);
+        config_from_json(c, cfg);
+        free(cfg);
+    } else {
+        fatal("%s: not a model directory or .gguf file", path);
+    }
+}
+
 void config_print(const ModelConfig *c, FILE *out) {
     fprintf(out,
             "model: %s, hidden %d, intermediate %d, layers %d, heads %d (kv %d, dim %d), vocab %d, rope_theta %g, "

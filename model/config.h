@@ -25,6 +25,9 @@ typedef struct {
 /* Parses and validates a Hugging Face config.json; fatal with the path named on any problem. */
 void config_from_json(ModelConfig *c, const char *path);
 void config_from_gguf(ModelConfig *c, const GGUFFile *g);
+/* The config of a model path as model_load takes it (a Hugging Face directory or a .gguf file), without
+ * loading weights: the memory plan is made before anything is allocated. */
+void config_load(ModelConfig *c, const char *path);
 void config_print(const ModelConfig *c, FILE *out);
 
 #endif

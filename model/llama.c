@@ -199,8 +199,9 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         model_linear(m, k, s->xn, w->wk, w->bk, T, H, kv_dim);
         model_linear(m, v, s->xn, w->wv, w->bv, T, H, kv_dim);
         be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-        be->attention(s->att, s->q, k_all, v_all, s->key_begin, s->key_end, mask, row0, T, c->n_heads, c->n_kv_heads,
-                      c->head_dim);
+        (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(s->att, s->q, k_all, v_all, s->key_begin,
+                                                                           s->key_end, mask, row0, T, c->n_heads,
+                                                                           c->n_kv_heads, c->head_dim);
         model_linear(m, s->proj, s->att, w->wo, NULL, T, q_dim, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */

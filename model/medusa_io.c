@@ -101,21 +101,21 @@ static void load_into(const WeightSet *w, const char *key, float *dst_host, int 
     free(src);
 }
 
-void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidden, int vocab) {
+/* Reads dir/config.json: the heads' shape and the layout of the weights file. */
+static MedusaShape import_config(const char *dir, int hidden, int vocab, MedusaFormat *format) {
     char *cfg_path = path_join(dir, "config.json");
     char *text = read_whole_file(cfg_path, NULL);
     if (!text) fatal("%s: cannot read: %s", cfg_path, strerror(errno));
     cJSON *cfg = cJSON_Parse(text);
     free(text);
     if (!cJSON_IsObject(cfg)) fatal("%s: malformed JSON", cfg_path);
-    MedusaFormat format;
     MedusaShape s;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "medusa_num_heads")) {
-        format = MEDUSA_FORMAT_V1;
+        *format = MEDUSA_FORMAT_V1;
         s.n_heads = cfg_int(cfg, "medusa_num_heads", cfg_path);
         s.n_layers = cfg_int(cfg, "medusa_num_layers", cfg_path);
     } else if (cJSON_GetObjectItemCaseSensitive(cfg, "num_heads")) {
-        format = MEDUSA_FORMAT_VLLM;
+        *format = MEDUSA_FORMAT_VLLM;
         s.n_heads = cfg_int(cfg, "num_heads", cfg_path);
         s.n_layers = cfg_int(cfg, "num_hidden_layers", cfg_path);
     } else {
@@ -123,7 +123,7 @@ void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidde
     }
     s.hidden = hidden;
     s.vocab = vocab;
-    const cJSON *hv = cJSON_GetObjectItemCaseSensitive(cfg, format == MEDUSA_FORMAT_V1 ? "medusa_head_vocab" : "truncated_vocab_size");
+    const cJSON *hv = cJSON_GetObjectItemCaseSensitive(cfg, *format == MEDUSA_FORMAT_V1 ? "medusa_head_vocab" : "truncated_vocab_size");
     s.head_vocab = cJSON_IsNumber(hv) ? hv->valueint : vocab;
     if (s.head_vocab < 1 || s.head_vocab > vocab)
         fatal("%s: head vocabulary %d does not fit the base model's %d tokens", cfg_path, s.head_vocab, vocab);
@@ -131,7 +131,18 @@ void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidde
     if (cJSON_IsNumber(h) && h->valueint != hidden)
         fatal("%s: heads have hidden_size %d but the base model has %d", cfg_path, h->valueint, hidden);
     cJSON_Delete(cfg);
+    free(cfg_path);
+    return s;
+}
 
+MedusaShape medusa_import_shape(const char *dir, int hidden, int vocab) {
+    MedusaFormat format;
+    return import_config(dir, hidden, vocab, &format);
+}
+
+void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidden, int vocab) {
+    MedusaFormat format;
+    MedusaShape s = import_config(dir, hidden, vocab, &format);
     char *weights_path = path_join(dir, weights_file(format));
     WeightSet w;
     weights_open_safetensors_file(&w, weights_path);
@@ -160,5 +171,4 @@ void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidde
     free(host);
     weights_close(&w);
     free(weights_path);
-    free(cfg_path);
 }

@@ -16,5 +16,7 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
 /* Reads heads exported in either format from dir, checks them against the base model's hidden size and
  * vocabulary, and initialises m on backend be. */
 void medusa_import(MedusaHeads *m, const char *dir, const Backend *be, int hidden, int vocab);
+/* The shape of exported heads, from dir/config.json alone (checked as medusa_import checks it). */
+MedusaShape medusa_import_shape(const char *dir, int hidden, int vocab);
 
 #endif

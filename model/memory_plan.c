@@ -1,12 +1,14 @@
 #include "memory_plan.h"
 
+#include <math.h>
+
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     MemoryPlan p = {0};
     double H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, T = in->batch_tokens;
     double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    double layer = 2 * H + H * q + 2 * H * kv + q * H + 3 * H * I + (c->attention_bias ? q + 2 * kv : 0);
-    double base = V * H * (c->tie_word_embeddings ? 1 : 2) + H + c->n_layers * layer;
-    p.base_weights = base * in->weight_bytes;
+    double matrices = V * H * (c->tie_word_embeddings ? 1 : 2) + c->n_layers * (H * q + 2 * H * kv + q * H + 3 * H * I);
+    double vectors = H + c->n_layers * (2 * H + (c->attention_bias ? q + 2 * kv : 0)); /* norms, biases: fp32 */
+    p.base_weights = matrices * in->weight_bytes + vectors * 4;
     double Vh = in->head_vocab > 0 ? in->head_vocab : V;
     double heads = in->n_heads * (in->n_layers * (H * H + H) + Vh * H);
     p.head_params = heads * 4; /* fp32 master weights */
@@ -15,15 +17,44 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
     }
-    /* frozen base: one layer's activations live at a time (x, xn, proj, q, att, k, v, gate, up) + final hidden */
-    p.base_activations = T * (4 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes;
-    /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows */
-    p.head_activations = T * H * (2.0 * (in->n_layers > 0 ? in->n_layers : 1) + 3) * 4;
-    p.logits = (double)in->logits_chunk * Vh * 4;
+    /* frozen base: one layer's activations live at a time (x, xn, proj, q, att, k, v, gate, up) + final hidden,
+     * and the int32 tokens, positions and key ranges */
+    p.base_activations = T * (4 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes + T * 4 * 4;
+    p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
+    /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
+     * and their positions; per chunk row a loss, a rank and a target */
+    double Th = in->head_tokens > 0 ? in->head_tokens : T;
+    double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
+    double blocks = in->n_layers > 0 ? in->n_layers : 1;
+    if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 4 + chunk * 12;
+    p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) + (double)in->vocab_rows * V * 4;
+    if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {
+        double widest = fmax(H, fmax(q, I)), dout = in->train && in->n_heads > 0 ? fmax(chunk * Vh, Th * H) : 0;
+        p.bf16_operands = (T * widest + dout) * 2 + (32 << 20);
+    }
     p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +
-              p.head_activations + p.logits;
+              p.kv_cache + p.head_activations + p.logits + p.bf16_operands;
     return p;
 }
+
+MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers, int head_vocab, int max_len,
+                                     int tree_nodes) {
+    return (MemoryPlanInput){
+        .weight_bytes = weight_bytes,
+        .act_bytes = 4,
+        .head_copy_bytes = weight_bytes == 2 ? 2 : 0, /* bf16 heads' GEMMs over a bf16 base (medusa_use_bf16) */
+        .n_heads = n_heads,
+        .n_layers = n_layers,
+        .batch_tokens = max_len,
+        .logits_chunk = tree_nodes,
+        .head_vocab = head_vocab,
+        .head_tokens = tree_nodes,
+        .vocab_rows = tree_nodes * (1 + n_heads),
+        .kv_len = max_len + tree_nodes,
+    };
+}
+
+size_t memory_plan_reserve_bytes(const MemoryPlan *p) { return (size_t)(p->total * 1.05) + ((size_t)64 << 20); }
 
 static void line(FILE *out, const char *what, double bytes) { fprintf(out, "  %-34s %9.2f GiB\n", what, bytes / (1024.0 * 1024 * 1024)); }
 
@@ -35,8 +66,10 @@ void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes) {
     if (p->head_grads > 0) line(out, "head gradients (fp32)", p->head_grads);
     if (p->adam_state > 0) line(out, "AdamW moments (fp32)", p->adam_state);
     line(out, "base activations (one layer live)", p->base_activations);
+    if (p->kv_cache > 0) line(out, "KV cache (fp32)", p->kv_cache);
     line(out, "head activations", p->head_activations);
-    line(out, "logits chunk", p->logits);
+    line(out, "logits", p->logits);
+    if (p->bf16_operands > 0) line(out, "bf16 GEMM operands + workspace", p->bf16_operands);
     line(out, "total", p->total);
     if (budget_bytes > 0)
         fprintf(out, "  %-34s %9.2f GiB (%s)\n", "available", budget_bytes / (1024.0 * 1024 * 1024),

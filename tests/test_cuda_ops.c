@@ -2,13 +2,12 @@
  * with the CUDA sources compiled by the CPU emulator (tests/cudaemu); `make test-cuda` links the same
  * file with the nvcc-built backend and runs it on a GPU. */
 #include <stdlib.h>
-
 #include <unistd.h>
 
 #include "../common/rng.h"
+#include "../infer/decoder.h"
 #include "../kernels/ops.h"
 #include "../model/llama.h"
-#include "../infer/decoder.h"
 #include "../model/medusa.h"
 #include "../model/memory_plan.h"
 #include "../train/trainer.h"
@@ -261,24 +260,37 @@ static void test_rope(int hd, float theta) {
     free(q), free(k);
 }
 
-/* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask. */
-static void check_attention(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke, const uint8_t *mask,
-                            int mask_start, int nh, int nkv, int hd) {
+/* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
+ * bf16: the GPU's attention_bf16 against the CPU's attention on bf16-rounded q, k, v (what the tensor cores
+ * read); they then differ only by the rounding of the probabilities (and the order of the sums). */
+static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
+                               const uint8_t *mask, int mask_start, int nh, int nkv, int hd, int bf16) {
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
     float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f), *v = random_floats(nk, 1.0f);
     float *want = xmalloc(sizeof(float) * nq);
-    cpu->attention(want, q, k, v, kb, ke, mask, mask_start, T, nh, nkv, hd);
     float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk), *d_v = to_gpu(v, sizeof(float) * nk);
+    if (bf16) {
+        float *xs[3] = {q, k, v};
+        size_t ns[3] = {nq, nk, nk};
+        for (int i = 0; i < 3; i++)
+            for (size_t j = 0; j < ns[i]; j++) xs[i][j] = bf16_to_float(float_to_bf16(xs[i][j]));
+    }
+    cpu->attention(want, q, k, v, kb, ke, mask, mask_start, T, nh, nkv, hd);
     int32_t *d_kb = to_gpu(kb, sizeof(int32_t) * T), *d_ke = to_gpu(ke, sizeof(int32_t) * T);
     uint8_t *d_mask = mask ? to_gpu(mask, (size_t)T * T) : NULL;
     float *d_out = gpu->alloc(sizeof(float) * nq);
-    gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
+    (bf16 ? gpu->attention_bf16 : gpu->attention)(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
     char label[160];
-    snprintf(label, sizeof label, "attention %s (T=%d Tk=%d heads %d/%d d=%d)", what, T, Tk, nh, nkv, hd);
-    expect_close(label, d_out, want, nq, 2e-5);
+    snprintf(label, sizeof label, "attention%s %s (T=%d Tk=%d heads %d/%d d=%d)", bf16 ? "_bf16" : "", what, T, Tk, nh,
+             nkv, hd);
+    expect_close(label, d_out, want, nq, bf16 ? 1e-2 : 2e-5);
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_kb), gpu->free(d_ke), gpu->free(d_out);
     if (d_mask) gpu->free(d_mask);
     free(q), free(k), free(v), free(want);
+}
+static void check_attention(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke, const uint8_t *mask,
+                            int mask_start, int nh, int nkv, int hd) {
+    check_attention_as(what, T, Tk, kb, ke, mask, mask_start, nh, nkv, hd, 0);
 }
 
 static void test_attention(void) {
@@ -312,6 +324,20 @@ static void test_attention(void) {
     }
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
+
+    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 32-query
+     * tiles, GQA, one sequence longer than a key tile, a tail tile with padding rows */
+    int tc_lens[4] = {7, 40, 70, 3}, tc_T = 120;
+    int32_t tc_kb[120], tc_ke[120];
+    for (int s = 0, t = 0, start = 0; s < 4; start += tc_lens[s++])
+        for (int i = 0; i < tc_lens[s]; i++, t++) tc_kb[t] = start, tc_ke[t] = t + 1;
+    check_attention_as("packed causal, 4 sequences, GQA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 1);
+    check_attention_as("packed causal, 4 sequences, MHA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 2, 2, 128, 1);
+    check_attention_as("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 1, 1, 128, 1);
+    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
+    check_attention_as("tree mask (CUDA cores)", N, P + N, tkb, tke, mask, P, 4, 1, 64, 1);
+    check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 0, 4, 2, 64, 1);
+    check_attention_as("packed causal, d=40 (CUDA cores)", T, T, kb, ke, NULL, 0, 2, 2, 40, 1);
 }
 
 static void test_elementwise(void) {
@@ -520,9 +546,12 @@ static long malloc_calls(void) { return cuda_emu_malloc_calls ? cuda_emu_malloc_
 static const char *TINY = "tests/fixtures/models/tiny_qwen2";
 enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, DECODE_LEN = 64 };
 
-static MemoryPlan training_plan(const ModelConfig *c) {
-    MemoryPlanInput in = {.weight_bytes = 4, .act_bytes = 4, .n_heads = TRAIN_HEADS, .n_layers = 1,
-                          .batch_tokens = TRAIN_TOKENS, .logits_chunk = TRAIN_CHUNK, .train = 1};
+/* As train/run.c plans it: bf16 weights make the heads' GEMMs bf16 too. */
+static MemoryPlan training_plan(const ModelConfig *c, DType weights) {
+    int weight_bytes = weights == DT_BF16 ? 2 : 4;
+    MemoryPlanInput in = {.weight_bytes = weight_bytes, .act_bytes = 4, .head_copy_bytes = weight_bytes == 2 ? 2 : 0,
+                          .n_heads = TRAIN_HEADS, .n_layers = 1, .batch_tokens = TRAIN_TOKENS,
+                          .logits_chunk = TRAIN_CHUNK, .train = 1};
     return memory_plan(c, &in);
 }
 
@@ -530,7 +559,7 @@ static MemoryPlan training_plan(const ModelConfig *c) {
 static size_t test_reserve(void) {
     ModelConfig c;
     config_load(&c, TINY);
-    MemoryPlan plan = training_plan(&c);
+    MemoryPlan plan = training_plan(&c, DT_BF16); /* the larger: fp32 weights, but operands and workspace */
     size_t bytes = memory_plan_reserve_bytes(&plan);
     long calls = malloc_calls();
     EXPECT_FATAL(gpu->reserve((size_t)1 << 40), "GiB free", "reserving 1 TiB: the plan needs more than the GPU has");
@@ -570,7 +599,7 @@ static void test_arena(size_t reserved) {
     gpu->upload(big + 1000, x, sizeof x);
     gpu->download(back, big + 1000, sizeof back);
     CHECK(!memcmp(x, back, sizeof x) && strstr(warning, "underestimated") && strstr(warning, "MiB over the plan"),
-          "exhausted arena: the block works, and the plan is reported short: %s", warning);
+          "exhausted arena: the block works, and the plan is reported short: %.300s", warning);
     CAPTURE_STDERR(second, more = gpu->alloc(reserved + (2 << 20)));
     CHECK(second[0] == '\0', "only one warning per run (a second overrun printed %zu bytes)", strlen(second));
     gpu->free(big), gpu->free(more);
@@ -578,17 +607,20 @@ static void test_arena(size_t reserved) {
 }
 
 /* A training run as train/run.c makes it, on the reserved arena: the steps make no cudaMalloc call, and
- * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding). */
-static void test_planned_training(void) {
+ * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding and a few
+ * scalars). */
+static void test_planned_training(DType weights) {
+    gpu->peak_bytes(); /* a new measurement */
     Model m;
-    model_load(&m, TINY, gpu, DT_F32);
-    MemoryPlan plan = training_plan(&m.config);
+    model_load(&m, TINY, gpu, weights);
+    MemoryPlan plan = training_plan(&m.config, weights);
     int H = m.config.hidden_size, V = m.config.vocab_size;
     MedusaHeads heads;
     medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
     Rng r;
     rng_seed(&r, 3);
     medusa_init_from_base(&heads, &m, &r);
+    if (weights == DT_BF16) medusa_use_bf16(&heads);
     OptimConfig oc;
     optim_defaults(&oc);
     oc.total_steps = 4;
@@ -605,13 +637,15 @@ static void test_planned_training(void) {
         double norm = trainer_step(&t, &batch, 1, &metrics);
         if (calls >= 0)
             CHECK(malloc_calls() == calls && isfinite(norm),
-                  "training step %d (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls", step,
-                  malloc_calls() - calls);
+                  "%s training step %d (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls",
+                  dtype_name(weights), step, malloc_calls() - calls);
     }
-    double peak = (double)gpu->peak_bytes();
-    CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
-          "training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024,
-          plan.total / 1024, 100 * (peak / plan.total - 1));
+    /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
+    double workspace = weights == DT_BF16 ? 32 << 20 : 0, peak = (double)gpu->peak_bytes() - workspace;
+    double planned = plan.total - workspace;
+    CHECK(peak <= planned * 1.02 && peak >= planned * 0.95,
+          "%s training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", dtype_name(weights),
+          peak / 1024, planned / 1024, 100 * (peak / planned - 1));
     trainer_free(&t);
     medusa_free(&heads);
     model_free(&m);
@@ -619,6 +653,7 @@ static void test_planned_training(void) {
 
 /* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
 static void test_planned_decoding(void) {
+    gpu->peak_bytes(); /* a new measurement, the training run's blocks freed */
     Model m;
     model_load(&m, TINY, gpu, DT_F32);
     int H = m.config.hidden_size, V = m.config.vocab_size;
@@ -651,6 +686,54 @@ static void test_planned_decoding(void) {
     model_free(&m);
 }
 
+/* The demo model on the emulated GPU with bf16 weights, tensor-core attention included (head_dim 64; the
+ * fixture's second sequence, 140 tokens): top-1 agreement with transformers' fp32 logits
+ * (tests/gen/gen_models.py). Unguarded device memory: the guard's mprotect calls would take minutes here. */
+void cuda_emu_guard_device_memory(int on) __attribute__((weak));
+static void test_smollm2_bf16(void) {
+    const char *path = getenv("MEDUSA_SMOLLM2_GGUF") ? getenv("MEDUSA_SMOLLM2_GGUF")
+                                                      : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (!file_exists(path)) {
+        CHECK(0, "SmolLM2 GGUF present at %s (run data/fetch_demo.sh)", path);
+        return;
+    }
+    WeightSet ref;
+    weights_open_safetensors_file(&ref, "tests/fixtures/models/smollm2_ref.safetensors");
+    int64_t T, n_seqs, n_top1;
+    int32_t *tokens = weights_load_i32(&ref, "tokens", &T);
+    int32_t *seq_lens = weights_load_i32(&ref, "seq_lens", &n_seqs);
+    int32_t *top1 = weights_load_i32(&ref, "top1", &n_top1);
+    ensure(tokens && seq_lens && top1 && n_top1 == T);
+    if (cuda_emu_guard_device_memory) cuda_emu_guard_device_memory(0);
+    int32_t *seq = tokens + seq_lens[0];
+    T = seq_lens[1];
+    Model m;
+    model_load(&m, path, gpu, DT_BF16);
+    int V = m.config.vocab_size, H = m.config.hidden_size;
+    ForwardState s;
+    forward_state_init(&s, &m, (int)T);
+    float *d_hidden = gpu->alloc(sizeof(float) * (size_t)T * H), *d_logits = gpu->alloc(sizeof(float) * (size_t)T * V);
+    PackedBatch b = {(int)T, seq, 1, seq_lens + 1};
+    model_forward(&m, &s, &b, d_hidden, d_logits);
+    float *logits = from_gpu(d_logits, (size_t)T * V);
+    int agree = 0;
+    for (int t = 0; t < T; t++) {
+        const float *row = logits + (size_t)t * V;
+        int best = 0;
+        for (int i = 1; i < V; i++)
+            if (row[i] > row[best]) best = i;
+        agree += best == top1[seq_lens[0] + t];
+    }
+    CHECK(agree >= 0.95 * (double)T, "SmolLM2, bf16 weights, emulated GPU (head_dim %d): top-1 agreement with transformers %d/%lld (>= 95%%)",
+          m.config.head_dim, agree, (long long)T);
+    gpu->free(d_hidden), gpu->free(d_logits);
+    forward_state_free(&s, &m);
+    model_free(&m);
+    weights_close(&ref);
+    free(tokens), free(seq_lens), free(top1), free(logits);
+    if (cuda_emu_guard_device_memory) cuda_emu_guard_device_memory(1);
+}
+
 int main(void) {
     cpu = backend_cpu();
     gpu = backend_cuda();
@@ -660,8 +743,9 @@ int main(void) {
     EXPECT_FATAL(backend_by_name("tpu"), "unknown device", "backend_by_name rejects an unknown device");
     size_t reserved = test_reserve(); /* before anything else is allocated */
     test_arena(reserved);
-    test_planned_training();
+    test_planned_training(DT_F32);
     test_planned_decoding();
+    test_planned_training(DT_BF16); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
     test_embedding_rmsnorm();
     test_matmul(9, 70, 33, 1);
@@ -688,5 +772,6 @@ int main(void) {
     test_sum_squares();
     test_end_to_end(DT_F32);
     test_end_to_end(DT_BF16);
+    test_smollm2_bf16();
     return test_summary();
 }

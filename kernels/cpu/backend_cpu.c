@@ -38,6 +38,7 @@ const Backend *backend_cpu(void) {
         .matmul_bf16 = cpu_matmul_bf16,
         .matmul_backward_bf16 = cpu_matmul_backward_bf16,
         .embedding_bf16 = cpu_embedding_bf16,
+        .attention_bf16 = cpu_attention_forward,
         .to_bf16 = cpu_to_bf16,
     };
     return &cpu;

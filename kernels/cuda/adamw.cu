@@ -24,8 +24,8 @@ __global__ void sum_squares_kernel(double *partials, const float *x, size_t n) {
 }
 
 double cuda_sum_squares(const float *x, size_t n) {
-    static double *partials;
-    if (!partials) CUDA_CHECK(cudaMalloc(&partials, sizeof(double) * kSumBlocks));
+    static double *partials; /* from the backend's arena, like every buffer: no cudaMalloc in the step loop */
+    if (!partials) partials = (double *)backend_cuda()->alloc(sizeof(double) * kSumBlocks);
     if (n == 0) return 0.0;
     unsigned blocks = ceil_div(n, kSumThreads) < kSumBlocks ? ceil_div(n, kSumThreads) : kSumBlocks;
     LAUNCH(sum_squares_kernel, blocks, kSumThreads, 0, partials, x, n);

@@ -6,6 +6,11 @@
  * rows for its output elements c = lane, lane + 32, ... (V rows are read coalesced from global memory). */
 #include "cuda_common.cuh"
 
+#ifndef MEDUSA_CUDA_EMU /* tests/cudaemu/cuda_emu.h emulates wmma */
+#include <cuda_bf16.h>
+#include <mma.h>
+#endif
+
 static const int kQueries = 4, kTile = 32;
 
 template <int HD> /* head_dim <= HD, HD a multiple of 32 */
@@ -103,4 +108,140 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
                n_kv_heads, head_dim);
     else
         fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
+}
+
+/* --- tensor-core attention for large packed batches (--precision bf16) ---
+ * Block: kTcQueries consecutive queries of one head, 4 warps. Per tile of kTcKeys keys: S = Q K^T on the
+ * tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp), then one thread per query
+ * row updates the online softmax (running max, sum) and writes P = exp(S - max) rounded to bf16, every
+ * thread rescales the fp32 output rows held in shared memory, and O += P V runs on the tensor cores with the
+ * accumulator loaded from and stored back to shared memory (wmma fragments have no portable row layout, so
+ * the per-row rescaling happens in shared memory). Shared memory for head_dim 128: 46.6 KiB. */
+static const int kTcQueries = 32, kTcKeys = 32, kTcWarps = 4;
+
+/* *dst = bf16(x); returns the rounded value */
+__device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
+    uint16_t bits = f32_to_bf16(x);
+    memcpy(dst, &bits, sizeof bits);
+    return bf16_to_f32(bits);
+}
+
+template <int HD> /* head_dim == HD, a multiple of 16 */
+__global__ void attention_tc_kernel(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                                    const int32_t *key_end, int T, int n_heads, int n_kv_heads) {
+    using namespace nvcuda;
+    __shared__ __align__(32) __nv_bfloat16 q_tile[kTcQueries * HD];
+    __shared__ __align__(32) __nv_bfloat16 k_tile[kTcKeys * HD];
+    __shared__ __align__(32) __nv_bfloat16 v_tile[kTcKeys * HD];
+    __shared__ __align__(32) __nv_bfloat16 p_tile[kTcQueries * kTcKeys];
+    __shared__ __align__(32) float s_tile[kTcQueries * kTcKeys];
+    __shared__ __align__(32) float o_rows[kTcQueries * HD];
+    __shared__ float row_max[kTcQueries], row_sum[kTcQueries], row_scale[kTcQueries];
+    __shared__ int row_begin[kTcQueries], row_end[kTcQueries];
+    int warp = threadIdx.x / 32, t0 = blockIdx.x * kTcQueries, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    size_t q_stride = (size_t)n_heads * HD, kv_stride = (size_t)n_kv_heads * HD;
+    const float scale = 1.0f / sqrtf((float)HD);
+
+    for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
+        int r = e / HD, c = e % HD, t = t0 + r;
+        store_bf16(&q_tile[e], t < T ? q[t * q_stride + h * HD + c] : 0.0f);
+        o_rows[e] = 0.0f;
+    }
+    if (threadIdx.x < kTcQueries) {
+        int r = threadIdx.x, t = t0 + r;
+        row_begin[r] = t < T ? key_begin[t] : 0;
+        row_end[r] = t < T ? key_end[t] : 0; /* an empty range: the row stays zero */
+        row_max[r] = -INFINITY;
+        row_sum[r] = 0.0f;
+    }
+    __syncthreads();
+    int lo = 0x7fffffff, hi = 0; /* the union of the block's key ranges */
+    for (int r = 0; r < kTcQueries; r++)
+        if (row_begin[r] < row_end[r]) {
+            lo = min(lo, row_begin[r]);
+            hi = max(hi, row_end[r]);
+        }
+
+    for (int j0 = lo; j0 < hi; j0 += kTcKeys) {
+        __syncthreads(); /* the previous tile's K, V and P are no longer read */
+        for (int e = threadIdx.x; e < kTcKeys * HD; e += blockDim.x) {
+            int r = e / HD, c = e % HD, j = j0 + r;
+            size_t at = (size_t)j * kv_stride + kvh * HD + c;
+            store_bf16(&k_tile[e], j < hi ? k[at] : 0.0f);
+            store_bf16(&v_tile[e], j < hi ? v[at] : 0.0f);
+        }
+        __syncthreads();
+        { /* S = Q K^T: warp w computes the 16x16 tile (w / 2, w % 2) */
+            int tr = warp / 2, tc = warp % 2;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_acc;
+            wmma::fill_fragment(s_acc, 0.0f);
+            for (int d = 0; d < HD; d += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb; /* K^T */
+                wmma::load_matrix_sync(qa, q_tile + tr * 16 * HD + d, HD);
+                wmma::load_matrix_sync(kb, k_tile + tc * 16 * HD + d, HD);
+                wmma::mma_sync(s_acc, qa, kb, s_acc);
+            }
+            wmma::store_matrix_sync(s_tile + tr * 16 * kTcKeys + tc * 16, s_acc, kTcKeys, wmma::mem_row_major);
+        }
+        __syncthreads();
+        if (threadIdx.x < kTcQueries) { /* online softmax, one thread per query row */
+            int r = threadIdx.x;
+            float m_old = row_max[r], m_new = m_old;
+            for (int c = 0; c < kTcKeys; c++) {
+                int j = j0 + c;
+                if (j >= row_begin[r] && j < row_end[r]) m_new = fmaxf(m_new, s_tile[r * kTcKeys + c] * scale);
+            }
+            float sum = 0.0f;
+            for (int c = 0; c < kTcKeys; c++) {
+                int j = j0 + c;
+                bool visible = j >= row_begin[r] && j < row_end[r];
+                /* the sum of the rounded values the PV product uses */
+                sum += store_bf16(&p_tile[r * kTcKeys + c], visible ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
+            }
+            /* no visible key yet (m_new = -inf): nothing to rescale */
+            float correction = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+            row_scale[r] = correction;
+            row_sum[r] = row_sum[r] * correction + sum;
+            row_max[r] = m_new;
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] *= row_scale[e / HD];
+        __syncthreads();
+        /* O += P V: output tiles (row tile, column tile) dealt round-robin to the warps */
+        for (int tile = warp; tile < (kTcQueries / 16) * (HD / 16); tile += kTcWarps) {
+            int tr = tile / (HD / 16), tc = tile % (HD / 16);
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> o_acc;
+            wmma::load_matrix_sync(o_acc, o_rows + tr * 16 * HD + tc * 16, HD, wmma::mem_row_major);
+            for (int kk = 0; kk < kTcKeys; kk += 16) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vb;
+                wmma::load_matrix_sync(pa, p_tile + tr * 16 * kTcKeys + kk, kTcKeys);
+                wmma::load_matrix_sync(vb, v_tile + kk * HD + tc * 16, HD);
+                wmma::mma_sync(o_acc, pa, vb, o_acc);
+            }
+            wmma::store_matrix_sync(o_rows + tr * 16 * HD + tc * 16, o_acc, HD, wmma::mem_row_major);
+        }
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
+        int r = e / HD, c = e % HD, t = t0 + r;
+        if (t < T) out[t * q_stride + h * HD + c] = row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f;
+    }
+}
+
+/* Tensor cores for packed batches (prefill, training) of a head_dim they tile; the CUDA-core kernel above
+ * for decoding steps and tree verification, whose few queries would leave most of a tile empty. */
+void cuda_attention_bf16(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                         int head_dim) {
+    if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128)) {
+        cuda_attention(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
+        return;
+    }
+    dim3 grid(ceil_div(T, kTcQueries), n_heads), block(32 * kTcWarps);
+    if (head_dim == 64)
+        LAUNCH(attention_tc_kernel<64>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
+    else
+        LAUNCH(attention_tc_kernel<128>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
 }

@@ -65,13 +65,14 @@ static Chunk &grow(size_t size) {
     static bool warned;
     if (!warned) {
         warned = true;
-        if (reserved_bytes)
-            fprintf(stderr, "warning: cuda backend: the memory plan underestimated: %.3f GiB reserved, %.3f GiB more "
-                            "needed now; allocating further chunks with cudaMalloc\n",
-                    gib(reserved_bytes), gib(bytes_in_use + size - reserved_bytes));
-        else
-            fprintf(stderr, "warning: cuda backend: no memory plan reserved device memory; allocating chunks with "
-                            "cudaMalloc as needed\n");
+        if (reserved_bytes) {
+            size_t need = bytes_in_use + size, over = need > reserved_bytes ? need - reserved_bytes : 0;
+            log_warn("cuda backend: the memory plan underestimated: %.3f GiB reserved, %.3f GiB in use and a block of "
+                     "%.1f MiB does not fit (%.1f MiB over the plan); further chunks come from cudaMalloc",
+                     gib(reserved_bytes), gib(bytes_in_use), (double)size / (1 << 20), (double)over / (1 << 20));
+        } else {
+            log_warn("cuda backend: no memory plan reserved device memory; chunks come from cudaMalloc as needed");
+        }
     }
     size_t chunk = std::max(size, kMinChunk);
     void *base = NULL;
@@ -142,7 +143,11 @@ static void cuda_free(void *ptr) {
     c.free_blocks[block] = size;
 }
 
-static size_t cuda_peak_bytes(void) { return peak_in_use; }
+static size_t cuda_peak_bytes(void) {
+    size_t peak = peak_in_use;
+    peak_in_use = bytes_in_use;
+    return peak;
+}
 
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
@@ -186,6 +191,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.matmul_bf16 = cuda_matmul_bf16;
         cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
         cuda.embedding_bf16 = cuda_embedding_bf16;
+        cuda.attention_bf16 = cuda_attention_bf16;
         cuda.to_bf16 = cuda_to_bf16;
         cuda.name = "cuda";
     }

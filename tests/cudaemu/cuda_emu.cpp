@@ -26,8 +26,20 @@ namespace {
 
 enum FiberState { READY, AT_SYNCTHREADS, AT_SYNCWARP, DONE };
 
+/* Switching fibers: on x86-64 a few instructions (callee-saved registers, FP control words, the stack
+ * pointer); ucontext's swapcontext also saves the signal mask, a system call per switch, which made the
+ * emulator spend most of its time in the kernel. ucontext stays for other CPUs and under AddressSanitizer,
+ * which knows about swapcontext's stack changes. */
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define EMU_FAST_SWITCH 1
+#endif
+
 struct Fiber {
+#ifdef EMU_FAST_SWITCH
+    void *sp;
+#else
     ucontext_t ctx;
+#endif
     char *stack;
     FiberState state;
 };
@@ -37,7 +49,11 @@ const size_t kStackBytes = 256 << 10;
 std::vector<Fiber> fibers;            /* one per thread of the running block; stacks are reused */
 std::vector<unsigned> warp_generation; /* completed warp barriers, selects the shuffle buffer */
 std::vector<uint64_t> warp_slots;      /* [warp][2][32] double-buffered shuffle exchange */
+#ifdef EMU_FAST_SWITCH
+void *scheduler_sp;
+#else
 ucontext_t scheduler;
+#endif
 unsigned current, n_threads;
 const char *running_kernel;
 const std::function<void()> *kernel_body;
@@ -49,9 +65,63 @@ cudaError_t last_error = cudaSuccess;
     abort();
 }
 
+#ifdef EMU_FAST_SWITCH
+} // namespace
+/* Pushes the callee-saved registers and MXCSR / x87 control word, stores the stack pointer in *save, and
+ * continues on the stack `load` (which a previous switch saved, or fiber_start prepared). */
+extern "C" void cuda_emu_switch(void **save, void *load);
+__asm__(".text\n"
+        ".globl cuda_emu_switch\n"
+        ".type cuda_emu_switch,@function\n"
+        "cuda_emu_switch:\n"
+        "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+        "  subq $8, %rsp\n  stmxcsr (%rsp)\n  fnstcw 4(%rsp)\n"
+        "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+        "  ldmxcsr (%rsp)\n  fldcw 4(%rsp)\n  addq $8, %rsp\n"
+        "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+        "  ret\n"
+        ".size cuda_emu_switch, .-cuda_emu_switch\n");
+namespace {
+#endif
+
 void fiber_main() {
     (*kernel_body)();
-    fibers[current].state = DONE; /* returning resumes the scheduler through uc_link */
+    fibers[current].state = DONE;
+#ifdef EMU_FAST_SWITCH
+    void *unused;
+    cuda_emu_switch(&unused, scheduler_sp); /* never resumed */
+#endif /* else returning resumes the scheduler through uc_link */
+}
+
+/* Prepares fiber f to run fiber_main when it is first switched to. */
+void fiber_start(Fiber &f) {
+#ifdef EMU_FAST_SWITCH
+    /* what cuda_emu_switch pops: FP control words, six registers, then fiber_main as the return address,
+     * placed so that fiber_main starts with the stack aligned as after a call */
+    uintptr_t top = ((uintptr_t)f.stack + kStackBytes - 16) & ~(uintptr_t)15;
+    uint64_t *slot = (uint64_t *)top;
+    slot[0] = (uint64_t)(uintptr_t)&fiber_main;
+    slot[1] = 0;
+    slot -= 7;
+    memset(slot, 0, 7 * sizeof(uint64_t));
+    uint32_t control[2] = {0x1f80, 0x037f}; /* default MXCSR and x87 control word */
+    memcpy(slot, control, sizeof control);
+    f.sp = slot;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = &scheduler;
+    makecontext(&f.ctx, fiber_main, 0);
+#endif
+}
+
+void switch_to_fiber(unsigned t) {
+#ifdef EMU_FAST_SWITCH
+    cuda_emu_switch(&scheduler_sp, fibers[t].sp);
+#else
+    swapcontext(&scheduler, &fibers[t].ctx);
+#endif
 }
 
 void wait_as(FiberState state) {
@@ -60,7 +130,11 @@ void wait_as(FiberState state) {
         abort();
     }
     fibers[current].state = state;
+#ifdef EMU_FAST_SWITCH
+    cuda_emu_switch(&fibers[current].sp, scheduler_sp);
+#else
     swapcontext(&fibers[current].ctx, &scheduler);
+#endif
 }
 
 void set_thread_index(unsigned tid) {
@@ -89,20 +163,15 @@ bool release_warps() {
 
 void run_block() {
     for (unsigned t = 0; t < n_threads; t++) {
-        Fiber &f = fibers[t];
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = kStackBytes;
-        f.ctx.uc_link = &scheduler;
-        makecontext(&f.ctx, fiber_main, 0);
-        f.state = READY;
+        fiber_start(fibers[t]);
+        fibers[t].state = READY;
     }
     for (;;) {
         for (unsigned t = 0; t < n_threads; t++) {
             if (fibers[t].state != READY) continue;
             current = t;
             set_thread_index(t);
-            swapcontext(&scheduler, &fibers[t].ctx);
+            switch_to_fiber(t);
         }
         if (release_warps()) continue;
         unsigned waiting = 0, done = 0;
@@ -152,7 +221,19 @@ void arena_init() {
     sigaction(SIGSEGV, &sa, NULL);
 }
 
+bool guard_device_memory = true;
+size_t open_bytes; /* with the guard off: [arena, arena + open_bytes) is accessible */
+
 void set_device_access(bool on) {
+    if (!guard_device_memory) { /* open what was allocated since */
+        size_t start = open_bytes & ~(size_t)4095; /* mprotect takes whole pages */
+        if (arena_used > open_bytes && mprotect(arena + start, arena_used - start, PROT_READ | PROT_WRITE)) {
+            perror("cuda_emu: mprotect");
+            abort();
+        }
+        open_bytes = arena_used;
+        return;
+    }
     if (arena_used && mprotect(arena, arena_used, on ? PROT_READ | PROT_WRITE : PROT_NONE)) {
         perror("cuda_emu: mprotect");
         abort();
@@ -220,6 +301,14 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     kernel_body = NULL;
 }
 
+void cuda_emu_wmma_check(const void *ptr, unsigned ldm, size_t elem_bytes) {
+    if ((uintptr_t)ptr % 32 != 0 || (ldm * elem_bytes) % 16 != 0) {
+        fprintf(stderr, "cuda_emu: kernel %s: wmma pointer %p / ldm %u: pointers must be 256-bit aligned and ldm a "
+                        "multiple of 16 bytes\n", running_kernel ? running_kernel : "?", ptr, ldm);
+        abort();
+    }
+}
+
 /* --- cudart on host memory --- */
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     arena_init();
@@ -257,6 +346,11 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
     return cudaSuccess;
 }
 long cuda_emu_malloc_calls(void) { return malloc_calls; }
+void cuda_emu_guard_device_memory(int on) {
+    guard_device_memory = on != 0;
+    open_bytes = 0;
+    set_device_access(!on);
+}
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
     DeviceAccess access;
     if (bytes) memmove(dst, src, bytes);
