@@ -148,9 +148,11 @@ test-cuda: $(BUILD)/tests/test_cuda_ops_gpu $(BINS)
 	@E2E_BIN_DIR=bin tests/run.sh $< tests/e2e_cuda.sh
 
 format:
-	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp')
 
+# clang-format (style in .clang-format) and cppcheck must both be clean.
 lint:
+	clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp')
 	cppcheck --quiet --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -D__GNUC__ \
 	  -I common $$(git ls-files '*.c')
 

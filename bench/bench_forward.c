@@ -18,7 +18,8 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model_path || T <= 0 || seq_len <= 0 || T % seq_len != 0) fatal("bench_forward: need --model and --tokens divisible by --seq-len");
+    if (!model_path || T <= 0 || seq_len <= 0 || T % seq_len != 0)
+        fatal("bench_forward: need --model and --tokens divisible by --seq-len");
     Model m;
     model_load(&m, model_path, backend_cpu(), DT_F32);
     ForwardState s;
@@ -39,7 +40,8 @@ int main(int argc, char **argv) {
         double dt = now_seconds() - t0;
         if (dt < best) best = dt;
     }
-    printf("medusa-c forward: %d tokens (%d x %d), best of %d: %.3f s, %.1f tokens/s\n", T, n_seqs, seq_len, reps, best, T / best);
+    printf("medusa-c forward: %d tokens (%d x %d), best of %d: %.3f s, %.1f tokens/s\n", T, n_seqs, seq_len, reps, best,
+           T / best);
     free(tokens);
     free(lens);
     free(hidden);

@@ -88,12 +88,14 @@ int main(int argc, char **argv) {
         base_flops += fb;
         head_flops += fh;
     }
-    printf("medusa-c train: %d heads, %lld tokens in %d steps, %.3f s (base %.0f%%, heads %.0f%%), %.1f tokens/s\n", heads,
-           (long long)tokens, steps, total, 100 * base_s / total, 100 * (total - base_s) / total, (double)tokens / total);
-    printf("medusa-c flops: %.4g per token (base forward %.4g, heads %.4g), %.4g FLOP/s (base forward alone %.4g FLOP/s), "
-           "device %s, precision %s\n",
-           (base_flops + head_flops) / tokens, base_flops / tokens, head_flops / tokens, (base_flops + head_flops) / total,
-           base_flops / base_s, device, base.weight_dtype == DT_BF16 ? "bf16" : "fp32");
+    printf("medusa-c train: %d heads, %lld tokens in %d steps, %.3f s (base %.0f%%, heads %.0f%%), %.1f tokens/s\n",
+           heads, (long long)tokens, steps, total, 100 * base_s / total, 100 * (total - base_s) / total,
+           (double)tokens / total);
+    printf(
+        "medusa-c flops: %.4g per token (base forward %.4g, heads %.4g), %.4g FLOP/s (base forward alone %.4g FLOP/s), "
+        "device %s, precision %s\n",
+        (base_flops + head_flops) / tokens, base_flops / tokens, head_flops / tokens, (base_flops + head_flops) / total,
+        base_flops / base_s, device, base.weight_dtype == DT_BF16 ? "bf16" : "fp32");
     batcher_free(&b);
     trainer_free(&t);
     medusa_free(&m);

@@ -16,10 +16,17 @@ void args_print_help(const char *usage, const ArgSpec *specs, int n_specs) {
         case ARG_STR:
             if (*(const char **)s->value) snprintf(def, sizeof def, " (default: %s)", *(const char **)s->value);
             break;
-        case ARG_INT: snprintf(def, sizeof def, " (default: %d)", *(int *)s->value); break;
-        case ARG_FLOAT: snprintf(def, sizeof def, " (default: %g)", (double)*(float *)s->value); break;
-        case ARG_DOUBLE: snprintf(def, sizeof def, " (default: %g)", *(double *)s->value); break;
-        case ARG_FLAG: break;
+        case ARG_INT:
+            snprintf(def, sizeof def, " (default: %d)", *(int *)s->value);
+            break;
+        case ARG_FLOAT:
+            snprintf(def, sizeof def, " (default: %g)", (double)*(float *)s->value);
+            break;
+        case ARG_DOUBLE:
+            snprintf(def, sizeof def, " (default: %g)", *(double *)s->value);
+            break;
+        case ARG_FLAG:
+            break;
         }
         const char *meta = s->type == ARG_FLAG ? "" : s->type == ARG_STR ? " TEXT" : " N";
         char flag[64];
@@ -58,10 +65,13 @@ int args_parse(int argc, char **argv, int first, const ArgSpec *specs, int n_spe
         char *end;
         errno = 0;
         switch (s->type) {
-        case ARG_STR: *(const char **)s->value = v; break;
+        case ARG_STR:
+            *(const char **)s->value = v;
+            break;
         case ARG_INT: {
             long x = strtol(v, &end, 10);
-            if (*end || errno || x < -2147483647L || x > 2147483647L) fatal("option --%s needs an integer, got '%s'", s->name, v);
+            if (*end || errno || x < -2147483647L || x > 2147483647L)
+                fatal("option --%s needs an integer, got '%s'", s->name, v);
             *(int *)s->value = (int)x;
             break;
         }
@@ -77,7 +87,8 @@ int args_parse(int argc, char **argv, int first, const ArgSpec *specs, int n_spe
             *(double *)s->value = x;
             break;
         }
-        case ARG_FLAG: break;
+        case ARG_FLAG:
+            break;
         }
     }
     return n_pos;

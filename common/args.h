@@ -8,7 +8,7 @@ typedef enum { ARG_STR, ARG_INT, ARG_FLOAT, ARG_FLAG, ARG_DOUBLE } ArgType;
 typedef struct {
     const char *name; /* without the leading dashes */
     ArgType type;
-    void *value;      /* const char **, int *, float *, int *, double * */
+    void *value; /* const char **, int *, float *, int *, double * */
     const char *help;
 } ArgSpec;
 

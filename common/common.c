@@ -25,10 +25,8 @@ void fatal_at(const char *src_file, int src_line, const char *fmt, ...) {
     va_end(ap);
     if (fatal_hook) fatal_hook(message); /* tests: longjmp out, never returns */
     fflush(stdout);
-    if (getenv("MEDUSA_DEBUG"))
-        fprintf(stderr, "error: %s [%s:%d]\n", message, src_file, src_line);
-    else
-        fprintf(stderr, "error: %s\n", message);
+    if (getenv("MEDUSA_DEBUG")) fprintf(stderr, "error: %s [%s:%d]\n", message, src_file, src_line);
+    else fprintf(stderr, "error: %s\n", message);
     exit(1);
 }
 
@@ -221,10 +219,8 @@ static void format_duration(char *buf, size_t n, double s) {
         return;
     }
     long t = (long)(s + 0.5);
-    if (t >= 3600)
-        snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
-    else
-        snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else snprintf(buf, n, "%ld:%02ld", t / 60, t % 60);
 }
 
 void progress_start(Progress *p, const char *label, int64_t total) {
@@ -251,8 +247,8 @@ static void progress_draw(Progress *p, int64_t done, const char *extra, int fina
     bar[width] = '\0';
     int tty = isatty(2);
     fprintf(stderr, "%s%s [%s] %3d%% %lld/%lld %.1f/s %s ETA %s%s%s%s", tty ? "\r" : "", p->label, bar,
-            (int)(frac * 100), (long long)done, (long long)p->total, rate, el, final ? "0:00" : eta,
-            extra ? " | " : "", extra ? extra : "", tty ? "\033[K" : "");
+            (int)(frac * 100), (long long)done, (long long)p->total, rate, el, final ? "0:00" : eta, extra ? " | " : "",
+            extra ? extra : "", tty ? "\033[K" : "");
     if (!tty || final) fputc('\n', stderr);
     p->last_draw = t;
 }

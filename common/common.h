@@ -20,9 +20,9 @@ MEDUSA_NORETURN void fatal_at(const char *src_file, int src_line, const char *fm
 #define fatal(...) fatal_at(__FILE__, __LINE__, __VA_ARGS__)
 
 /* Internal invariant; a failure is a bug, reported with file:line. */
-#define ensure(cond)                                                                               \
-    do {                                                                                           \
-        if (!(cond)) fatal_at(__FILE__, __LINE__, "internal check failed: %s", #cond);              \
+#define ensure(cond)                                                                                                   \
+    do {                                                                                                               \
+        if (!(cond)) fatal_at(__FILE__, __LINE__, "internal check failed: %s", #cond);                                 \
     } while (0)
 
 /* Tests replace the exit in fatal() with a longjmp so that error paths can be checked in-process. */

@@ -5,8 +5,9 @@
 
 static const char *const template_names[] = {"vicuna", "chatml", "llama-2", "llama-3", "mistral"};
 
-static const char VICUNA_SYSTEM[] = "A chat between a curious user and an artificial intelligence assistant. "
-                                    "The assistant gives helpful, detailed, and polite answers to the user's questions.";
+static const char VICUNA_SYSTEM[] =
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
 const char *chat_template_guess(const char *jinja) {
     if (!jinja) return NULL;
@@ -76,7 +77,8 @@ static size_t piece_bytes(const char *piece, TokenizerKind kind, char *out) {
         if (kind == TOKENIZER_BYTE_BPE) b = byte_of_char(cp);
         else if (cp == 0x2581) b = ' ';
         if (b >= 0) out[o++] = (char)b;
-        else for (int i = 0; i < n; i++) out[o++] = (char)p[i];
+        else
+            for (int i = 0; i < n; i++) out[o++] = (char)p[i];
         p += n;
     }
     return o;
@@ -111,7 +113,8 @@ void chat_template_init(ChatTemplate *t, const char *name, const Tokenizer *tok,
     t->spelling_at = xmalloc(((size_t)v + 1) * sizeof *t->spelling_at);
     t->spelling_at[0] = 0;
     for (int id = 0; id < v; id++)
-        t->spelling_at[id + 1] = t->spelling_at[id] + piece_bytes(tokenizer_piece(tok, id), tok_kind, t->spelling + t->spelling_at[id]);
+        t->spelling_at[id + 1] =
+            t->spelling_at[id] + piece_bytes(tokenizer_piece(tok, id), tok_kind, t->spelling + t->spelling_at[id]);
     /* A byte-level BPE vocabulary may lack some bytes' characters (SmolLM2 has no token for most control
      * bytes): the tokenizer drops those bytes, as HF tokenizers does without an unknown token. */
     if (tok_kind == TOKENIZER_BYTE_BPE)

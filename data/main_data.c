@@ -118,7 +118,8 @@ static int run_tokenise(int argc, char **argv) {
     int max_len = 2048, limit = 0, threads = 0, quiet = 0;
     double val_fraction = 0.02;
     ArgSpec specs[] = {
-        {"model", ARG_STR, &model, "model directory (tokenizer.json [+ tokenizer_config.json]), tokenizer.json or .gguf"},
+        {"model", ARG_STR, &model,
+         "model directory (tokenizer.json [+ tokenizer_config.json]), tokenizer.json or .gguf"},
         {"input", ARG_STR, &input, "ShareGPT conversations: a JSON list (.json) or JSON lines (.jsonl)"},
         {"out", ARG_STR, &out, "output prefix: writes PREFIX.train.tokens.h5 and PREFIX.val.tokens.h5"},
         {"template", ARG_STR, &template_name, "chat template: " CHAT_TEMPLATE_NAMES " (default: the model's)"},
@@ -143,7 +144,8 @@ static int run_tokenise(int argc, char **argv) {
         template_name = chat_template_guess(m.jinja);
         if (!template_name)
             fatal("%s: %s; choose one with --template (%s)", model,
-                  m.jinja ? "its chat template is none of the known ones" : "no chat template found", CHAT_TEMPLATE_NAMES);
+                  m.jinja ? "its chat template is none of the known ones" : "no chat template found",
+                  CHAT_TEMPLATE_NAMES);
     }
     ChatTemplate tmpl;
     chat_template_init(&tmpl, template_name, m.tok, m.jinja, m.bos, m.eos);
@@ -224,14 +226,15 @@ static int run_tokenise(int argc, char **argv) {
                (long long)reader.elements, input, seconds, (double)reader.elements / seconds, tps);
         printf("kept %lld, skipped %lld\n", (long long)kept, (long long)skipped);
         for (int r = 0; r < SKIP_COUNT; r++)
-            if (reader.skipped[r]) printf("  skipped %8lld  %s\n", (long long)reader.skipped[r], skip_reason_text((SkipReason)r));
+            if (reader.skipped[r])
+                printf("  skipped %8lld  %s\n", (long long)reader.skipped[r], skip_reason_text((SkipReason)r));
         for (int s = 0; s < 2; s++) {
             const Split *sp = &splits[s];
             printf("%-5s %8lld conversations, %11lld tokens, %11lld trained (%.1f%%), %lld cut at --max-len %d -> "
                    "%s.%s.tokens.h5\n",
                    sp->name, (long long)sp->convs, (long long)sp->tokens, (long long)sp->trained,
-                   sp->tokens ? 100.0 * (double)sp->trained / (double)sp->tokens : 0.0, (long long)sp->truncated, max_len,
-                   out, sp->name);
+                   sp->tokens ? 100.0 * (double)sp->trained / (double)sp->tokens : 0.0, (long long)sp->truncated,
+                   max_len, out, sp->name);
         }
         printf("total %8lld conversations, %11lld tokens, %11lld trained\n", (long long)kept, (long long)tokens,
                (long long)trained);

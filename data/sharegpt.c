@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 static const char *const skip_keys[SKIP_COUNT] = {
-    "invalid_json", "not_object", "no_turn_list", "empty", "malformed_turn", "unknown_role",
-    "empty_turn",   "role_order", "no_reply",     "nothing_trained", "alignment", "truncated_file",
+    "invalid_json", "not_object", "no_turn_list", "empty",           "malformed_turn", "unknown_role",
+    "empty_turn",   "role_order", "no_reply",     "nothing_trained", "alignment",      "truncated_file",
 };
 static const char *const skip_texts[SKIP_COUNT] = {
     "not valid JSON",
@@ -46,8 +46,8 @@ static size_t space_at(const unsigned char *s, size_t n) {
     if (n >= 2 && s[0] == 0xc2 && (s[1] == 0x85 || s[1] == 0xa0)) return 2;
     if (n >= 3) {
         unsigned cp = ((s[0] & 0x0fu) << 12) | ((s[1] & 0x3fu) << 6) | (s[2] & 0x3fu);
-        if ((s[0] & 0xf0) == 0xe0 && (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 ||
-                                      cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000))
+        if ((s[0] & 0xf0) == 0xe0 && (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
+                                      cp == 0x202f || cp == 0x205f || cp == 0x3000))
             return 3;
     }
     return 0;

@@ -20,12 +20,12 @@ typedef struct {
 /* A conversation ready for a chat template: an optional system turn first, then user/assistant turns
  * strictly alternating, starting with a user turn and ending with an assistant turn. */
 typedef struct {
-    const char *id;      /* the "id" field, or NULL */
-    const char *raw;     /* the conversation's JSON text in the file (for a split key when there is no id) */
+    const char *id;  /* the "id" field, or NULL */
+    const char *raw; /* the conversation's JSON text in the file (for a split key when there is no id) */
     size_t raw_len;
     Turn *turns;
     int n_turns;
-    void *json;          /* the parsed element that owns the strings */
+    void *json; /* the parsed element that owns the strings */
 } Conversation;
 
 /* Why a conversation was skipped. The keys name HDF5 attributes (skipped_<key>), so keep them stable. */
@@ -36,12 +36,12 @@ typedef enum {
     SKIP_EMPTY,          /* the list has no turns */
     SKIP_MALFORMED_TURN, /* a turn is not an object with string role and text */
     SKIP_UNKNOWN_ROLE,
-    SKIP_EMPTY_TURN,     /* a turn's text is empty or only whitespace */
-    SKIP_ROLE_ORDER,     /* roles do not alternate user/assistant (after an optional system turn) */
-    SKIP_NO_REPLY,       /* no assistant reply to train on */
-    SKIP_NOTHING_TRAINED,/* after truncation at --max-len no trained token is left */
-    SKIP_ALIGNMENT,      /* the tokens do not spell the rendered text (tokenizer normalisation) */
-    SKIP_TRUNCATED_FILE, /* the file ends inside this conversation */
+    SKIP_EMPTY_TURN,      /* a turn's text is empty or only whitespace */
+    SKIP_ROLE_ORDER,      /* roles do not alternate user/assistant (after an optional system turn) */
+    SKIP_NO_REPLY,        /* no assistant reply to train on */
+    SKIP_NOTHING_TRAINED, /* after truncation at --max-len no trained token is left */
+    SKIP_ALIGNMENT,       /* the tokens do not spell the rendered text (tokenizer normalisation) */
+    SKIP_TRUNCATED_FILE,  /* the file ends inside this conversation */
     SKIP_COUNT
 } SkipReason;
 
@@ -61,9 +61,9 @@ void conversation_free(Conversation *c);
 
 typedef struct {
     MappedFile mf;
-    int is_list;   /* top level is one JSON list */
-    int is_lines;  /* .jsonl: one conversation per line (a broken line cannot swallow the next ones) */
-    size_t pos;    /* next byte to scan */
+    int is_list;  /* top level is one JSON list */
+    int is_lines; /* .jsonl: one conversation per line (a broken line cannot swallow the next ones) */
+    size_t pos;   /* next byte to scan */
     int done;
     int64_t elements, parsed; /* elements scanned; elements that were valid JSON */
     int64_t limit;            /* stop after this many elements (0: read the whole file) */

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHUNK ((hsize_t)1 << 16)      /* elements per HDF5 chunk */
+#define CHUNK ((hsize_t)1 << 16)        /* elements per HDF5 chunk */
 #define FLUSH_TOKENS ((int64_t)1 << 20) /* pending tokens written at once */
 
 uint64_t hash64(const void *data, size_t n, uint64_t h) {
@@ -275,8 +275,8 @@ void token_cache_load(TokenCache *c, const char *path, int64_t vocab_size) {
 
     c->n_tokens = read_array(file, "tokens", H5T_NATIVE_INT32, sizeof *c->tokens, (void **)&c->tokens, path);
     int64_t n_mask = read_array(file, "loss_mask", H5T_NATIVE_UINT8, 1, (void **)&c->loss_mask, path);
-    int64_t n_off = read_array(file, "conv_offsets", H5T_NATIVE_INT64, sizeof *c->conv_offsets,
-                               (void **)&c->conv_offsets, path);
+    int64_t n_off =
+        read_array(file, "conv_offsets", H5T_NATIVE_INT64, sizeof *c->conv_offsets, (void **)&c->conv_offsets, path);
     H5Fclose(file);
 
     if (n_mask != c->n_tokens)

@@ -15,8 +15,7 @@
 
 #define SPACE_MARK "\xe2\x96\x81" /* U+2581, SentencePiece's visible space */
 
-static const char GPT2_PATTERN[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+static const char GPT2_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 static const char LLAMA3_PATTERN[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
@@ -111,7 +110,7 @@ struct Tokenizer {
     int n_steps;
     AddedToken *added;
     int n_added;
-    int *added_first[256]; /* per first byte: indices into added, longest first, -1 terminated */
+    int *added_first[256];   /* per first byte: indices into added, longest first, -1 terminated */
     int strip_decoded_space; /* SentencePiece decoding drops the space the normaliser prepended */
     uint64_t serial;         /* identifies this tokenizer to the per-thread word caches */
 };
@@ -121,7 +120,9 @@ static uint64_t next_serial = 1;
 /* ---- GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the 68 others are
  * moved to U+0100.. in byte order ---- */
 
-static int printable_byte(unsigned b) { return (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff); }
+static int printable_byte(unsigned b) {
+    return (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+}
 
 static unsigned byte_char(unsigned b) {
     if (printable_byte(b)) return b;
@@ -175,7 +176,8 @@ static unsigned utf8_decode(const unsigned char *p, int n) {
 /* Unicode White_Space, which tokenizers' Strip normaliser and added tokens' lstrip/rstrip test. */
 static int is_white_space(unsigned cp) {
     return (cp >= 0x9 && cp <= 0xd) || cp == 0x20 || cp == 0x85 || cp == 0xa0 || cp == 0x1680 ||
-           (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
+           (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f || cp == 0x205f ||
+           cp == 0x3000;
 }
 
 /* Byte length of the white-space character at s[i] (0 if there is none); s[i..n) is the text after it. */
@@ -215,7 +217,8 @@ static void vocab_index(Tokenizer *t) {
             size_t i = hash_bytes(t->pieces[id], t->piece_len[id]) & t->vocab_mask;
             for (; t->vocab_slots[i] >= 0; i = (i + 1) & t->vocab_mask) {
                 int other = t->vocab_slots[i];
-                if (t->piece_len[other] == t->piece_len[id] && memcmp(t->pieces[other], t->pieces[id], t->piece_len[id]) == 0)
+                if (t->piece_len[other] == t->piece_len[id] &&
+                    memcmp(t->pieces[other], t->pieces[id], t->piece_len[id]) == 0)
                     break;
             }
             if (t->vocab_slots[i] < 0 || pass == 1) t->vocab_slots[i] = id;
@@ -304,7 +307,8 @@ static void finish(Tokenizer *t) {
     if (t->kind == TOKENIZER_SPM_BPE && !merges_cross_words(t)) add_step(t, STEP_WORDS);
     for (int b = 0; b < 256; b++) {
         char buf[8];
-        int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char((unsigned)b)) : snprintf(buf, sizeof buf, "<0x%02X>", b);
+        int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char((unsigned)b))
+                                              : snprintf(buf, sizeof buf, "<0x%02X>", b);
         t->byte_ids[b] = vocab_find(t, buf, (size_t)n);
         if (t->kind == TOKENIZER_SPM_BPE && t->byte_ids[b] >= 0) t->attr[t->byte_ids[b]] |= ATTR_BYTE;
     }
@@ -363,8 +367,8 @@ static pcre2_code *compile_regex(const char *pattern, int literal, const char *p
     }
     int err;
     PCRE2_SIZE at;
-    uint32_t opts = literal ? PCRE2_LITERAL | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF
-                            : PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
+    uint32_t opts =
+        literal ? PCRE2_LITERAL | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF : PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
     pcre2_code *code = pcre2_compile((PCRE2_SPTR)re, o, opts, &err, &at, NULL);
     if (!code) {
         PCRE2_UCHAR msg[256];
@@ -905,11 +909,10 @@ static int is_word_byte(unsigned char c) {
     return c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
 
-
 /* The leftmost-longest added token in text[from..len): its index in t->added and its span, widened over
  * the whitespace it strips. -1 when none. */
-static int find_added(const Tokenizer *t, const char *text, size_t len, size_t from, int parse_special,
-                      size_t *start, size_t *end) {
+static int find_added(const Tokenizer *t, const char *text, size_t len, size_t from, int parse_special, size_t *start,
+                      size_t *end) {
     for (size_t i = from; i < len; i++) {
         const int *list = t->added_first[(unsigned char)text[i]];
         if (!list) continue;
@@ -1023,9 +1026,7 @@ static void parse_normalizer(Tokenizer *t, const cJSON *n, const char *path) {
     if (!type) return;
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) {
-            parse_normalizer(t, c, path);
-        }
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) { parse_normalizer(t, c, path); }
         return;
     }
     if (strcmp(type, "NFC") == 0) {
@@ -1055,15 +1056,14 @@ static void parse_pre_tokenizer(Tokenizer *t, const cJSON *p, const char *path) 
     if (!type) return;
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) {
-            parse_pre_tokenizer(t, c, path);
-        }
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) { parse_pre_tokenizer(t, c, path); }
     } else if (strcmp(type, "ByteLevel") == 0) {
         t->kind = TOKENIZER_BYTE_BPE;
         if (json_bool(p, "add_prefix_space", 0)) add_step(t, STEP_PREFIX_SPACE);
         if (json_bool(p, "use_regex", 1)) add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
     } else if (strcmp(type, "Split") == 0) {
-        static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+        static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+                                            "Contiguous"};
         const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
         const char *re = json_str(pat, "Regex"), *lit = json_str(pat, "String"), *beh = json_str(p, "behavior");
         int b = -1;
@@ -1081,7 +1081,9 @@ static void parse_pre_tokenizer(Tokenizer *t, const cJSON *p, const char *path) 
         const char *rep = json_str(p, "replacement"), *scheme = json_str(p, "prepend_scheme");
         if (rep && strcmp(rep, SPACE_MARK) != 0) fatal("%s: Metaspace replacement other than U+2581", path);
         PreStep *s = add_step(t, STEP_METASPACE);
-        s->prepend = scheme ? (strcmp(scheme, "always") == 0 ? 1 : strcmp(scheme, "first") == 0 ? 2 : 0)
+        s->prepend = scheme ? (strcmp(scheme, "always") == 0  ? 1
+                               : strcmp(scheme, "first") == 0 ? 2
+                                                              : 0)
                             : json_bool(p, "add_prefix_space", 1);
         s->split = json_bool(p, "split", 1);
     } else {
@@ -1095,9 +1097,7 @@ static void parse_decoder(Tokenizer *t, const cJSON *d, const char *path) {
     if (!type) return;
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(d, "decoders")) {
-            parse_decoder(t, c, path);
-        }
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(d, "decoders")) { parse_decoder(t, c, path); }
     } else if (strcmp(type, "ByteLevel") == 0) {
         t->kind = TOKENIZER_BYTE_BPE;
     } else if (strcmp(type, "Strip") == 0) {
@@ -1166,7 +1166,8 @@ static void config_bos_eos(Tokenizer *t, const char *path) {
 /* BOS/EOS: the post-processor's leading token and the usual names, unless tokenizer_config.json says. */
 static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", NULL};
-    static const char *const eos_names[] = {"</s>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<|endoftext|>", "<eos>", NULL};
+    static const char *const eos_names[] = {"</s>",          "<|eot_id|>", "<|im_end|>", "<|end_of_text|>",
+                                            "<|endoftext|>", "<eos>",      NULL};
     const char *pp_bos = post_processor_bos(cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
     t->bos_id = pp_bos ? vocab_find(t, pp_bos, strlen(pp_bos)) : first_present(t, bos_names);
     t->add_bos = pp_bos && t->bos_id >= 0;
@@ -1175,7 +1176,8 @@ static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
 }
 
 static int json_id(const cJSON *v, const char *path) {
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= (1 << 30) || v->valuedouble != (int)v->valuedouble)
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= (1 << 30) ||
+        v->valuedouble != (int)v->valuedouble)
         fatal("%s: token id %g is not a valid id", path, cJSON_IsNumber(v) ? v->valuedouble : -1.0);
     return v->valueint;
 }
@@ -1215,9 +1217,7 @@ Tokenizer *tokenizer_load_json(const char *path) {
     if (n_vocab > 2 * n_entries + 1024) fatal("%s: token ids up to %d for %d tokens", path, n_vocab - 1, n_entries);
     Tokenizer *t = tokenizer_new(n_vocab);
     t->kind = TOKENIZER_SPM_BPE;
-    cJSON_ArrayForEach(v, vocab) {
-        set_piece(t, v->valueint, v->string, strlen(v->string));
-    }
+    cJSON_ArrayForEach(v, vocab) { set_piece(t, v->valueint, v->string, strlen(v->string)); }
     cJSON_ArrayForEach(v, added) {
         int id = cJSON_GetObjectItemCaseSensitive(v, "id")->valueint;
         const char *content = json_str(v, "content");
@@ -1233,7 +1233,8 @@ Tokenizer *tokenizer_load_json(const char *path) {
     parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path);
     finish(t);
     const char *unk = json_str(model, "unk_token");
-    if (unk && (t->unk_id = vocab_find(t, unk, strlen(unk))) < 0) fatal("%s: unk_token '%s' is not in the vocab", path, unk);
+    if (unk && (t->unk_id = vocab_find(t, unk, strlen(unk))) < 0)
+        fatal("%s: unk_token '%s' is not in the vocab", path, unk);
 
     merges_init(&t->merges, (size_t)cJSON_GetArraySize(merges));
     int rank = 0;
@@ -1258,7 +1259,8 @@ Tokenizer *tokenizer_load_json(const char *path) {
         memcpy(ab, a, la);
         memcpy(ab + la, b, lb + 1);
         int ia = vocab_find(t, a, la), ib = vocab_find(t, b, lb), id = vocab_find(t, ab, la + lb);
-        if (ia < 0 || ib < 0 || id < 0) fatal("%s: merge %d ('%s' '%s') uses a token not in the vocab", path, rank, a, b);
+        if (ia < 0 || ib < 0 || id < 0)
+            fatal("%s: merge %d ('%s' '%s') uses a token not in the vocab", path, rank, a, b);
         merges_add(&t->merges, ia, ib, rank++, id);
         free(ab);
         free(joined);
@@ -1273,7 +1275,8 @@ Tokenizer *tokenizer_load_json(const char *path) {
 /* llama.cpp's tokenizer.ggml.pre names and the regex splits they stand for. */
 static void gguf_pre_tokenizer(Tokenizer *t, const char *pre, const char *path) {
     static const char *const gpt2[] = {"gpt2", "gpt-2", "default", "phi-2", "roberta-bpe", "olmo", "jina-v1-en", NULL};
-    static const char *const digits[] = {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva", NULL};
+    static const char *const digits[] = {"smollm",    "starcoder", "refact",  "command-r",
+                                         "codeshell", "exaone",    "minerva", NULL};
     static const char *const llama3[] = {"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", NULL};
     static const char *const qwen2[] = {"qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", NULL};
     const char *name = pre ? pre : "default";
@@ -1346,7 +1349,6 @@ static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t 
     free(order);
 }
 
-
 /* Pieces with llama.cpp / sentencepiece token types (1 normal, 2 unknown, 3 control, 4 user-defined,
  * 5 unused, 6 byte): unknown and control tokens are special, user-defined ones are cut out of any text. */
 static Tokenizer *typed_vocab(int n, char *const *pieces, const size_t *lens, const int32_t *types) {
@@ -1404,7 +1406,8 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
             memcpy(ab, m, la);
             memcpy(ab + la, sp + 1, lb + 1);
             int a = vocab_find(t, m, la), b = vocab_find(t, sp + 1, lb), id = vocab_find(t, ab, la + lb);
-            if (a < 0 || b < 0 || id < 0) fatal("%s: merge %llu ('%s') uses a token not in the vocab", path, (unsigned long long)r, m);
+            if (a < 0 || b < 0 || id < 0)
+                fatal("%s: merge %llu ('%s') uses a token not in the vocab", path, (unsigned long long)r, m);
             merges_add(&t->merges, a, b, (int32_t)r, id);
             free(ab);
         }
@@ -1413,7 +1416,8 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
         if (!scores) fatal("%s: llama tokenizer without tokenizer.ggml.scores", path);
         spm_from_scores(t, scores->arr_data, type, (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1));
     }
-    int64_t bos = gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1), eos = gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
+    int64_t bos = gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1),
+            eos = gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
     t->bos_id = bos >= 0 && bos < n ? (int)bos : -1;
     t->eos_id = eos >= 0 && eos < n ? (int)eos : -1;
     t->add_bos = (int)gguf_get_int(g, "tokenizer.ggml.add_bos_token", !byte_level) && t->bos_id >= 0;
@@ -1461,14 +1465,21 @@ static int pb_next(Proto *b, int *wire, uint64_t *value, Proto *sub) {
     uint64_t key = pb_varint(b);
     *wire = (int)(key & 7);
     switch (*wire) {
-    case 0: *value = pb_varint(b); break;
+    case 0:
+        *value = pb_varint(b);
+        break;
     case 1:
         if (b->end - b->p < 8) fatal("%s: truncated sentencepiece model", b->path);
         b->p += 8;
         break;
-    case 2: *sub = pb_bytes(b); break;
-    case 5: *value = pb_fixed32(b); break;
-    default: fatal("%s: not a sentencepiece model (wire type %d)", b->path, *wire);
+    case 2:
+        *sub = pb_bytes(b);
+        break;
+    case 5:
+        *value = pb_fixed32(b);
+        break;
+    default:
+        fatal("%s: not a sentencepiece model (wire type %d)", b->path, *wire);
     }
     return (int)(key >> 3);
 }

@@ -29,7 +29,7 @@ int tokenizer_vocab_size(const Tokenizer *t);
 int tokenizer_bos_id(const Tokenizer *t); /* -1 when none */
 int tokenizer_eos_id(const Tokenizer *t);
 int tokenizer_token_id(const Tokenizer *t, const char *piece); /* -1 when absent */
-const char *tokenizer_piece(const Tokenizer *t, int id);      /* raw vocab string */
+const char *tokenizer_piece(const Tokenizer *t, int id);       /* raw vocab string */
 
 /* Encode text (len bytes, UTF-8). Special tokens written in the text (e.g. "<|im_start|>") are matched
  * when parse_special is set. add_bos prepends BOS when the tokenizer defines one and its post-processor

@@ -28,7 +28,8 @@ int accept_typical(const float *cand_prob, const float *threshold, const uint8_t
     for (int p = 0; p < n_paths; p++) {
         int len = 0;
         double likelihood = 0;
-        while (len + 1 < depth && path_valid[p * depth + len + 1] && cand_prob[p * depth + len] > threshold[p * depth + len]) {
+        while (len + 1 < depth && path_valid[p * depth + len + 1] &&
+               cand_prob[p * depth + len] > threshold[p * depth + len]) {
             likelihood += log(cand_prob[p * depth + len]);
             len++;
         }

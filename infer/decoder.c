@@ -23,7 +23,8 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
     if (heads) {
         if (!tree) fatal("Medusa decoding needs a tree");
         if (tree->n_heads_used > heads->shape.n_heads)
-            fatal("the tree is %d levels deep but there are only %d Medusa heads", tree->n_heads_used, heads->shape.n_heads);
+            fatal("the tree is %d levels deep but there are only %d Medusa heads", tree->n_heads_used,
+                  heads->shape.n_heads);
         /* each head's lm_head is as large as the base model's: reading unused ones would cost a lot per step */
         d->heads_used = *heads;
         d->heads_used.shape.n_heads = tree->n_heads_used;
@@ -84,7 +85,8 @@ static int sample_top_p(const float *logits, int V, float temperature, float top
             double mass = 0;
             for (int i = 0; i < V; i++)
                 if (probs[i] / sum >= mid) mass += probs[i] / sum;
-            if (mass >= top_p) lo = mid; else hi = mid;
+            if (mass >= top_p) lo = mid;
+            else hi = mid;
         }
         cut = lo;
     }
@@ -228,8 +230,9 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
             accepted = accept_greedy(paths, valid, path_argmax, P, D, &best);
         } else {
             for (int i = 0; i < N; i++)
-                node_threshold[i] = typical_threshold(all_logits + (size_t)i * V, V, o->temperature, o->posterior_threshold,
-                                                      o->posterior_alpha, all_probs + (size_t)i * V);
+                node_threshold[i] =
+                    typical_threshold(all_logits + (size_t)i * V, V, o->temperature, o->posterior_threshold,
+                                      o->posterior_alpha, all_probs + (size_t)i * V);
             for (int p = 0; p < P; p++) {
                 for (int j = 0; j + 1 < D; j++) {
                     int node = t->retrieve[p * D + j];

@@ -16,8 +16,8 @@ typedef struct {
 
 typedef struct {
     int new_tokens;
-    int steps;          /* forward passes after the prompt */
-    double seconds;     /* wall time after the prompt */
+    int steps;      /* forward passes after the prompt */
+    double seconds; /* wall time after the prompt */
     double prefill_seconds;
 } DecodeStats;
 

@@ -92,7 +92,8 @@ void tree_from_json(MedusaTree *t, const char *json, const char *source) {
     cJSON_Delete(root);
     /* sort by (length, path), as the reference does */
     for (int a = 1; a < n; a++) {
-        for (int b = a; b > 0 && compare_paths(t->paths[b - 1], t->path_len[b - 1], t->paths[b], t->path_len[b]) > 0; b--) {
+        for (int b = a; b > 0 && compare_paths(t->paths[b - 1], t->path_len[b - 1], t->paths[b], t->path_len[b]) > 0;
+             b--) {
             int *tp = t->paths[b];
             t->paths[b] = t->paths[b - 1];
             t->paths[b - 1] = tp;

@@ -8,17 +8,17 @@
 #define TREE_TOPK 10 /* candidates taken from each head (the reference's TOPK) */
 
 typedef struct {
-    int n_paths;      /* paths in medusa_choices */
-    int *path_len;    /* [n_paths] */
-    int **paths;      /* sorted by (length, lexicographic) */
-    int n_nodes;      /* n_paths + 1 (the root, the base model's own next token) */
-    uint8_t *mask;    /* [n_nodes, n_nodes]: node i sees the root, its ancestors and itself */
+    int n_paths;           /* paths in medusa_choices */
+    int *path_len;         /* [n_paths] */
+    int **paths;           /* sorted by (length, lexicographic) */
+    int n_nodes;           /* n_paths + 1 (the root, the base model's own next token) */
+    uint8_t *mask;         /* [n_nodes, n_nodes]: node i sees the root, its ancestors and itself */
     int32_t *tree_indices; /* [n_nodes]: index into [base top-1, head0 top-k..., head1 top-k...] */
-    int32_t *depth;   /* [n_nodes]: position offset of each node (its depth) */
-    int n_leaves;     /* rows of retrieve_indices */
-    int max_depth;    /* columns of retrieve_indices: longest path + 1 */
-    int32_t *retrieve; /* [n_leaves, max_depth]: node indices along each root-to-leaf path, -1 padded */
-    int n_heads_used; /* longest path length: heads the tree needs */
+    int32_t *depth;        /* [n_nodes]: position offset of each node (its depth) */
+    int n_leaves;          /* rows of retrieve_indices */
+    int max_depth;         /* columns of retrieve_indices: longest path + 1 */
+    int32_t *retrieve;     /* [n_leaves, max_depth]: node indices along each root-to-leaf path, -1 padded */
+    int n_heads_used;      /* longest path length: heads the tree needs */
 } MedusaTree;
 
 /* Parses a JSON list of paths like [[0],[0,0],[1],...] (from text; `source` names it in errors). */

@@ -59,7 +59,8 @@ char *tuned_tree_json(const TunedTree *t) {
     at += (size_t)snprintf(s + at, cap - at, "[");
     for (int i = 0; i < t->n_nodes; i++) {
         at += (size_t)snprintf(s + at, cap - at, "%s[", i ? ", " : "");
-        for (int d = 0; d < t->depth[i]; d++) at += (size_t)snprintf(s + at, cap - at, d ? ", %d" : "%d", t->path[i][d]);
+        for (int d = 0; d < t->depth[i]; d++)
+            at += (size_t)snprintf(s + at, cap - at, d ? ", %d" : "%d", t->path[i][d]);
         at += (size_t)snprintf(s + at, cap - at, "]");
     }
     snprintf(s + at, cap - at, "]\n");

@@ -10,8 +10,8 @@
 typedef struct {
     int n_nodes;
     int depth[256];
-    int path[256][16]; /* choices along each path */
-    double value[256]; /* probability that the path is accepted */
+    int path[256][16];      /* choices along each path */
+    double value[256];      /* probability that the path is accepted */
     double expected_accept; /* sum of values: expected accepted tokens beyond the base model's own */
 } TunedTree;
 

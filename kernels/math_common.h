@@ -51,7 +51,7 @@ typedef struct {
     float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
     float step_size;             /* lr / (1 - beta1^t) */
     float eps;
-    float grad_scale;            /* clipping coefficient applied to the gradient first */
+    float grad_scale; /* clipping coefficient applied to the gradient first */
 } AdamWStep;
 
 /* One AdamW update of a single parameter, in torch's operation order (single-tensor CPU path):

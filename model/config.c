@@ -40,12 +40,15 @@ static int json_bool(const cJSON *root, const char *path, const char *key, int f
 }
 
 static void validate(const ModelConfig *c, const char *path) {
-    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
-        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab_size <= 0)
-        fatal("%s: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head_dim %d, vocab %d)",
-              path, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size);
+    if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+        c->head_dim <= 0 || c->vocab_size <= 0)
+        fatal("%s: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, kv heads %d, head_dim %d, "
+              "vocab %d)",
+              path, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
+              c->vocab_size);
     if (c->n_heads % c->n_kv_heads != 0)
-        fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+        fatal("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads,
+              c->n_kv_heads);
     if (c->head_dim % 2 != 0) fatal("%s: head_dim %d must be even for rotary embeddings", path, c->head_dim);
     if (!(c->rope_theta > 0) || !(c->rms_norm_eps > 0)) fatal("%s: rope_theta and rms_norm_eps must be positive", path);
 }
@@ -93,8 +96,7 @@ void config_from_json(ModelConfig *c, const char *path) {
     const cJSON *eos = field(root, "eos_token_id");
     if (cJSON_IsArray(eos)) /* several end tokens: the first is the one generation stops on by default */
         c->eos_token_id = cJSON_GetArraySize(eos) > 0 ? (int)cJSON_GetArrayItem(eos, 0)->valuedouble : -1;
-    else
-        c->eos_token_id = json_int(root, path, "eos_token_id", -1, 0);
+    else c->eos_token_id = json_int(root, path, "eos_token_id", -1, 0);
     cJSON_Delete(root);
     validate(c, path);
 }
@@ -154,6 +156,6 @@ void config_print(const ModelConfig *c, FILE *out) {
             "model: %s, hidden %d, intermediate %d, layers %d, heads %d (kv %d, dim %d), vocab %d, rope_theta %g, "
             "rms_eps %g%s%s\n",
             c->architecture, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
-            c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps, c->tie_word_embeddings ? ", tied embeddings" : "",
-            c->attention_bias ? ", qkv bias" : "");
+            c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps,
+            c->tie_word_embeddings ? ", tied embeddings" : "", c->attention_bias ? ", qkv bias" : "");
 }

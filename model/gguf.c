@@ -15,8 +15,7 @@ typedef struct {
 
 static void need(Cursor *c, size_t n, const char *what) {
     if (n > c->size - c->pos)
-        fatal("%s: truncated GGUF header (reading %s at byte %zu, file is %zu bytes)", c->path, what, c->pos,
-              c->size);
+        fatal("%s: truncated GGUF header (reading %s at byte %zu, file is %zu bytes)", c->path, what, c->pos, c->size);
 }
 
 static uint64_t read_uint(Cursor *c, int bytes, const char *what) {
@@ -29,8 +28,8 @@ static uint64_t read_uint(Cursor *c, int bytes, const char *what) {
 
 static char *read_string(Cursor *c, size_t *len_out, const char *what) {
     uint64_t len = read_uint(c, 8, what);
-    if (len > c->size - c->pos) fatal("%s: %s length %llu runs past the end of the file", c->path, what,
-                                      (unsigned long long)len);
+    if (len > c->size - c->pos)
+        fatal("%s: %s length %llu runs past the end of the file", c->path, what, (unsigned long long)len);
     char *s = xmalloc((size_t)len + 1);
     memcpy(s, c->p + c->pos, (size_t)len);
     s[len] = '\0';
@@ -41,11 +40,23 @@ static char *read_string(Cursor *c, size_t *len_out, const char *what) {
 
 static int scalar_size(GGUFType t) {
     switch (t) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
-    case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
-    case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
-    case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
-    default: return 0;
+    case GGUF_TYPE_UINT8:
+    case GGUF_TYPE_INT8:
+    case GGUF_TYPE_BOOL:
+        return 1;
+    case GGUF_TYPE_UINT16:
+    case GGUF_TYPE_INT16:
+        return 2;
+    case GGUF_TYPE_UINT32:
+    case GGUF_TYPE_INT32:
+    case GGUF_TYPE_FLOAT32:
+        return 4;
+    case GGUF_TYPE_UINT64:
+    case GGUF_TYPE_INT64:
+    case GGUF_TYPE_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -91,7 +102,8 @@ static void read_kv(Cursor *c, GGUFKV *kv) {
             for (uint64_t i = 0; i < kv->arr_len; i++) kv->arr_str[i] = read_string(c, &kv->arr_str_len[i], kv->key);
         } else {
             int es = scalar_size(kv->arr_type);
-            if (es == 0) fatal("%s: metadata array '%s' has unsupported element type %d", c->path, kv->key, kv->arr_type);
+            if (es == 0)
+                fatal("%s: metadata array '%s' has unsupported element type %d", c->path, kv->key, kv->arr_type);
             if (kv->arr_len > (c->size - c->pos) / (uint64_t)es)
                 fatal("%s: metadata array '%s' (%llu elements) runs past the end of the file", c->path, kv->key,
                       (unsigned long long)kv->arr_len);
@@ -110,25 +122,45 @@ static void read_kv(Cursor *c, GGUFKV *kv) {
 /* Bytes per block and elements per block of each supported ggml type. */
 static int type_block(GGMLType t, size_t *block_bytes) {
     switch (t) {
-    case GGML_F32: *block_bytes = 4; return 1;
-    case GGML_F16: *block_bytes = 2; return 1;
-    case GGML_BF16: *block_bytes = 2; return 1;
-    case GGML_Q8_0: *block_bytes = 34; return 32;
-    case GGML_Q4_0: *block_bytes = 18; return 32;
-    case GGML_Q4_1: *block_bytes = 20; return 32;
-    default: return 0;
+    case GGML_F32:
+        *block_bytes = 4;
+        return 1;
+    case GGML_F16:
+        *block_bytes = 2;
+        return 1;
+    case GGML_BF16:
+        *block_bytes = 2;
+        return 1;
+    case GGML_Q8_0:
+        *block_bytes = 34;
+        return 32;
+    case GGML_Q4_0:
+        *block_bytes = 18;
+        return 32;
+    case GGML_Q4_1:
+        *block_bytes = 20;
+        return 32;
+    default:
+        return 0;
     }
 }
 
 const char *ggml_type_name(GGMLType type) {
     switch (type) {
-    case GGML_F32: return "F32";
-    case GGML_F16: return "F16";
-    case GGML_BF16: return "BF16";
-    case GGML_Q8_0: return "Q8_0";
-    case GGML_Q4_0: return "Q4_0";
-    case GGML_Q4_1: return "Q4_1";
-    default: return "unsupported";
+    case GGML_F32:
+        return "F32";
+    case GGML_F16:
+        return "F16";
+    case GGML_BF16:
+        return "BF16";
+    case GGML_Q8_0:
+        return "Q8_0";
+    case GGML_Q4_0:
+        return "Q4_0";
+    case GGML_Q4_1:
+        return "Q4_1";
+    default:
+        return "unsupported";
     }
 }
 
@@ -151,7 +183,8 @@ void gguf_open(GGUFFile *g, const char *path) {
     g->alignment = 32;
     const GGUFKV *al = gguf_find(g, "general.alignment");
     if (al) {
-        if (al->i <= 0 || (al->i & (al->i - 1)) != 0) fatal("%s: general.alignment %lld is not a power of two", path, (long long)al->i);
+        if (al->i <= 0 || (al->i & (al->i - 1)) != 0)
+            fatal("%s: general.alignment %lld is not a power of two", path, (long long)al->i);
         g->alignment = (uint64_t)al->i;
     }
     g->tensors = xcalloc((size_t)g->n_tensors, sizeof(GGUFTensor));
@@ -159,7 +192,8 @@ void gguf_open(GGUFFile *g, const char *path) {
         GGUFTensor *t = &g->tensors[i];
         t->name = read_string(&c, NULL, "tensor name");
         t->n_dims = (int)read_uint(&c, 4, t->name);
-        if (t->n_dims < 1 || t->n_dims > 4) fatal("%s: tensor '%s' has %d dimensions (1..4 supported)", path, t->name, t->n_dims);
+        if (t->n_dims < 1 || t->n_dims > 4)
+            fatal("%s: tensor '%s' has %d dimensions (1..4 supported)", path, t->name, t->n_dims);
         uint64_t n = 1;
         for (int d = 0; d < 4; d++) t->ne[d] = 1;
         for (int d = 0; d < t->n_dims; d++) {
@@ -173,16 +207,24 @@ void gguf_open(GGUFFile *g, const char *path) {
         t->offset = read_uint(&c, 8, t->name);
         size_t block_bytes;
         int block = type_block(t->type, &block_bytes);
-        if (!block) fatal("%s: tensor '%s' has unsupported type %d (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1)", path, t->name, t->type);
-        if (t->ne[0] % block != 0) fatal("%s: tensor '%s' row length %lld is not a multiple of the %s block size %d", path, t->name, (long long)t->ne[0], ggml_type_name(t->type), block);
+        if (!block)
+            fatal("%s: tensor '%s' has unsupported type %d (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1)", path, t->name,
+                  t->type);
+        if (t->ne[0] % block != 0)
+            fatal("%s: tensor '%s' row length %lld is not a multiple of the %s block size %d", path, t->name,
+                  (long long)t->ne[0], ggml_type_name(t->type), block);
         t->nbytes = (size_t)(n / (uint64_t)block) * block_bytes;
     }
     uint64_t data_start = (c.pos + g->alignment - 1) / g->alignment * g->alignment;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         GGUFTensor *t = &g->tensors[i];
-        if (t->offset % g->alignment != 0) fatal("%s: tensor '%s' offset %llu is not aligned to %llu", path, t->name, (unsigned long long)t->offset, (unsigned long long)g->alignment);
-        if (data_start > g->mf.size || t->offset > g->mf.size - data_start || t->nbytes > g->mf.size - data_start - t->offset)
-            fatal("%s: tensor '%s' data (offset %llu, %zu bytes) lies beyond the end of the file (%zu bytes): file truncated or corrupt",
+        if (t->offset % g->alignment != 0)
+            fatal("%s: tensor '%s' offset %llu is not aligned to %llu", path, t->name, (unsigned long long)t->offset,
+                  (unsigned long long)g->alignment);
+        if (data_start > g->mf.size || t->offset > g->mf.size - data_start ||
+            t->nbytes > g->mf.size - data_start - t->offset)
+            fatal("%s: tensor '%s' data (offset %llu, %zu bytes) lies beyond the end of the file (%zu bytes): file "
+                  "truncated or corrupt",
                   path, t->name, (unsigned long long)(data_start + t->offset), t->nbytes, g->mf.size);
         t->data = g->mf.data + data_start + t->offset;
     }
@@ -214,7 +256,8 @@ const GGUFKV *gguf_find(const GGUFFile *g, const char *key) {
 int64_t gguf_get_int(const GGUFFile *g, const char *key, int64_t fallback) {
     const GGUFKV *kv = gguf_find(g, key);
     if (!kv) return fallback;
-    if (kv->type == GGUF_TYPE_STRING || kv->type == GGUF_TYPE_ARRAY || kv->type == GGUF_TYPE_FLOAT32 || kv->type == GGUF_TYPE_FLOAT64)
+    if (kv->type == GGUF_TYPE_STRING || kv->type == GGUF_TYPE_ARRAY || kv->type == GGUF_TYPE_FLOAT32 ||
+        kv->type == GGUF_TYPE_FLOAT64)
         fatal("%s: metadata '%s' should be an integer", g->mf.path, key);
     return kv->i;
 }
@@ -222,7 +265,8 @@ int64_t gguf_get_int(const GGUFFile *g, const char *key, int64_t fallback) {
 double gguf_get_float(const GGUFFile *g, const char *key, double fallback) {
     const GGUFKV *kv = gguf_find(g, key);
     if (!kv) return fallback;
-    if (kv->type == GGUF_TYPE_STRING || kv->type == GGUF_TYPE_ARRAY) fatal("%s: metadata '%s' should be a number", g->mf.path, key);
+    if (kv->type == GGUF_TYPE_STRING || kv->type == GGUF_TYPE_ARRAY)
+        fatal("%s: metadata '%s' should be a number", g->mf.path, key);
     return kv->f;
 }
 
@@ -243,7 +287,9 @@ static float read_f16(const uint8_t *p) { return half_to_float((uint16_t)(p[0] |
 
 void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
     switch (type) {
-    case GGML_F32: memcpy(out, src, (size_t)n * 4); break;
+    case GGML_F32:
+        memcpy(out, src, (size_t)n * 4);
+        break;
     case GGML_F16:
         for (int64_t i = 0; i < n; i++) out[i] = read_f16(src + 2 * i);
         break;
@@ -277,6 +323,7 @@ void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
             }
         }
         break;
-    default: fatal("cannot dequantise ggml type %d", type);
+    default:
+        fatal("cannot dequantise ggml type %d", type);
     }
 }

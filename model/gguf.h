@@ -5,9 +5,18 @@
 #include "../common/common.h"
 
 typedef enum {
-    GGUF_TYPE_UINT8 = 0, GGUF_TYPE_INT8 = 1, GGUF_TYPE_UINT16 = 2, GGUF_TYPE_INT16 = 3,
-    GGUF_TYPE_UINT32 = 4, GGUF_TYPE_INT32 = 5, GGUF_TYPE_FLOAT32 = 6, GGUF_TYPE_BOOL = 7,
-    GGUF_TYPE_STRING = 8, GGUF_TYPE_ARRAY = 9, GGUF_TYPE_UINT64 = 10, GGUF_TYPE_INT64 = 11,
+    GGUF_TYPE_UINT8 = 0,
+    GGUF_TYPE_INT8 = 1,
+    GGUF_TYPE_UINT16 = 2,
+    GGUF_TYPE_INT16 = 3,
+    GGUF_TYPE_UINT32 = 4,
+    GGUF_TYPE_INT32 = 5,
+    GGUF_TYPE_FLOAT32 = 6,
+    GGUF_TYPE_BOOL = 7,
+    GGUF_TYPE_STRING = 8,
+    GGUF_TYPE_ARRAY = 9,
+    GGUF_TYPE_UINT64 = 10,
+    GGUF_TYPE_INT64 = 11,
     GGUF_TYPE_FLOAT64 = 12
 } GGUFType;
 
@@ -18,15 +27,15 @@ typedef struct {
     char *key;
     GGUFType type;
     /* scalars */
-    int64_t i;  /* all integer and bool types */
-    double f;   /* float32/float64 */
-    char *s;    /* string (NUL-terminated copy) */
+    int64_t i; /* all integer and bool types */
+    double f;  /* float32/float64 */
+    char *s;   /* string (NUL-terminated copy) */
     /* arrays */
     GGUFType arr_type;
     uint64_t arr_len;
-    char **arr_str;     /* string arrays: NUL-terminated copies */
+    char **arr_str;      /* string arrays: NUL-terminated copies */
     size_t *arr_str_len; /* byte lengths (strings may hold NUL bytes) */
-    void *arr_data;     /* numeric arrays: copy of the raw little-endian elements */
+    void *arr_data;      /* numeric arrays: copy of the raw little-endian elements */
 } GGUFKV;
 
 typedef struct {

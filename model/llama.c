@@ -79,7 +79,7 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *w = &m->layers[l];
         char name[160];
-#define LAYER(field, suffix, d0, d1, req)                                                          \
+#define LAYER(field, suffix, d0, d1, req)                                                                              \
     (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), w->field = load(m, name, d0, d1, req))
         LAYER(attn_norm, "input_layernorm.weight", H, 0, 1);
         LAYER(wq, "self_attn.q_proj.weight", q_dim, H, 1);
@@ -173,8 +173,8 @@ static void check_tokens(const int32_t *tokens, int T, int vocab) {
  * written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
  * state's own buffers for a packed batch). mask (backend memory, or NULL) is the tree mask over the T new rows. */
 static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *tokens_host, const int32_t *layout,
-                           float *const *k_rows, float *const *v_rows, int row0, const uint8_t *mask,
-                           float *hidden_out, float *logits_out) {
+                           float *const *k_rows, float *const *v_rows, int row0, const uint8_t *mask, float *hidden_out,
+                           float *logits_out) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
     int H = c->hidden_size, I = c->intermediate_size;
@@ -200,8 +200,8 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         model_linear(m, v, s->xn, w->wv, w->bv, T, H, kv_dim);
         be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
         (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(s->att, s->q, k_all, v_all, s->key_begin,
-                                                                           s->key_end, mask, row0, T, c->n_heads,
-                                                                           c->n_kv_heads, c->head_dim);
+                                                                          s->key_end, mask, row0, T, c->n_heads,
+                                                                          c->n_kv_heads, c->head_dim);
         model_linear(m, s->proj, s->att, w->wo, NULL, T, q_dim, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
@@ -254,8 +254,8 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
     int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(n > 0 ? n : 1));
     for (int i = 0; i < n; i++) {
-        layout[i] = cache->len + i;         /* position */
-        layout[n + i] = 0;                  /* first key */
+        layout[i] = cache->len + i;             /* position */
+        layout[n + i] = 0;                      /* first key */
         layout[2 * n + i] = cache->len + i + 1; /* one past the last key */
     }
     forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, NULL, hidden_out, logits_out);
@@ -287,8 +287,10 @@ void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n) {
             int src = cache->len + rows[i], dst = cache->len + i;
             if (src == dst) continue;
             ensure(src > dst); /* accepted rows are in increasing order, so copies never overwrite a source */
-            m->be->copy(cache->k[l] + (size_t)dst * row_floats, cache->k[l] + (size_t)src * row_floats, sizeof(float) * row_floats);
-            m->be->copy(cache->v[l] + (size_t)dst * row_floats, cache->v[l] + (size_t)src * row_floats, sizeof(float) * row_floats);
+            m->be->copy(cache->k[l] + (size_t)dst * row_floats, cache->k[l] + (size_t)src * row_floats,
+                        sizeof(float) * row_floats);
+            m->be->copy(cache->v[l] + (size_t)dst * row_floats, cache->v[l] + (size_t)src * row_floats,
+                        sizeof(float) * row_floats);
         }
     }
     cache->len += n;

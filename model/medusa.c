@@ -21,7 +21,8 @@ float *medusa_lm_head(const MedusaHeads *m, float *base, int head) {
 
 void medusa_init(MedusaHeads *m, const Backend *be, MedusaShape shape) {
     if (shape.n_heads < 1 || shape.n_heads > 64 || shape.n_layers < 0 || shape.n_layers > 16)
-        fatal("medusa: %d heads x %d layers is out of range (1..64 heads, 0..16 layers)", shape.n_heads, shape.n_layers);
+        fatal("medusa: %d heads x %d layers is out of range (1..64 heads, 0..16 layers)", shape.n_heads,
+              shape.n_layers);
     if (shape.head_vocab < 0 || shape.head_vocab > shape.vocab)
         fatal("medusa: head vocabulary %d is out of range (0..%d)", shape.head_vocab, shape.vocab);
     if (shape.head_vocab == 0) shape.head_vocab = shape.vocab;
@@ -147,8 +148,8 @@ void medusa_use_bf16(MedusaHeads *m) {
 }
 
 /* out = in @ W^T (+ b) and its backward for a weight W inside params: through W's bf16 copy when there is one */
-static void head_matmul(const MedusaHeads *m, float *out, const float *in, const float *weight, const float *bias, int T,
-                        int IC, int OC) {
+static void head_matmul(const MedusaHeads *m, float *out, const float *in, const float *weight, const float *bias,
+                        int T, int IC, int OC) {
     if (m->params_bf16) m->be->matmul_bf16(out, in, m->params_bf16 + (weight - m->params), bias, T, IC, OC);
     else m->be->matmul(out, in, weight, bias, T, IC, OC);
 }
@@ -227,8 +228,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                 for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
             }
             if (train) /* logits now hold dlogits: into dx and the lm_head gradient */
-                head_matmul_backward(m, w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm, rows,
-                                     H, V);
+                head_matmul_backward(m, w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm,
+                                     rows, H, V);
         }
         stats->loss[h] = loss_sum / (double)n;
         stats->total_loss += (double)weight * stats->loss[h];
@@ -239,7 +240,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             /* dx already holds the residual path's gradient; add the branch's (not needed below block 0: the
              * base model is frozen) */
             head_matmul_backward(m, l > 0 ? w->dx : NULL, medusa_linear_w(m, m->grads, h, l),
-                                 medusa_linear_b(m, m->grads, h, l), w->dz, x_in, medusa_linear_w(m, m->params, h, l), n, H, H);
+                                 medusa_linear_b(m, m->grads, h, l), w->dz, x_in, medusa_linear_w(m, m->params, h, l),
+                                 n, H, H);
         }
     }
 }

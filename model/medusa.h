@@ -20,11 +20,11 @@ typedef struct {
     MedusaShape shape;
     const Backend *be;
     size_t n_params;
-    float *params; /* backend memory; per head: L x (W [H,H], b [H]) then lm_head [Vh,H] */
-    float *grads;  /* same layout, NULL until medusa_enable_grads */
+    float *params;         /* backend memory; per head: L x (W [H,H], b [H]) then lm_head [Vh,H] */
+    float *grads;          /* same layout, NULL until medusa_enable_grads */
     uint16_t *params_bf16; /* backend memory, params rounded to bf16 for the GEMMs; NULL: fp32 GEMMs */
-    int32_t *token_map;   /* host [Vh]: lm_head row r predicts token token_map[r]; NULL for the full vocabulary */
-    int32_t *token_index; /* host [V]: the inverse, -1 for a token outside the map; NULL for the full vocabulary */
+    int32_t *token_map;    /* host [Vh]: lm_head row r predicts token token_map[r]; NULL for the full vocabulary */
+    int32_t *token_index;  /* host [V]: the inverse, -1 for a token outside the map; NULL for the full vocabulary */
 } MedusaHeads;
 
 /* Makes the heads' GEMMs take bf16 operands (fp32 accumulation, fp32 master weights and gradients): a bf16
@@ -34,24 +34,24 @@ void medusa_use_bf16(MedusaHeads *m);
 
 /* Per-head result of one batch. */
 typedef struct {
-    double loss[64];              /* mean cross-entropy of head i over its valid positions */
-    int64_t valid[64];            /* positions with a trained target */
+    double loss[64];               /* mean cross-entropy of head i over its valid positions */
+    int64_t valid[64];             /* positions with a trained target */
     int64_t hits[64][MEDUSA_TOPK]; /* hits[i][k-1]: target within head i's top k */
-    double total_loss;            /* sum_i decay^i * loss[i] */
+    double total_loss;             /* sum_i decay^i * loss[i] */
 } MedusaBatchStats;
 
 /* Scratch for batches up to max_tokens, logits computed chunk_rows rows at a time. */
 typedef struct {
     int max_tokens, chunk_rows;
-    float *act;    /* [L][T,H]: block outputs */
-    float *pre;    /* [L][T,H]: Linear outputs before SiLU */
-    float *dx, *dz; /* [T,H] */
-    float *logits; /* [chunk_rows, V] */
-    float *losses; /* [chunk_rows] */
-    int32_t *ranks, *targets; /* [chunk_rows] on the backend */
-    float *rows_hidden;       /* [T,H]: the hidden rows a head has targets for, gathered */
-    int32_t *rows;            /* [T] backend: their positions */
-    int32_t *host_targets;    /* [K][T] */
+    float *act;                            /* [L][T,H]: block outputs */
+    float *pre;                            /* [L][T,H]: Linear outputs before SiLU */
+    float *dx, *dz;                        /* [T,H] */
+    float *logits;                         /* [chunk_rows, V] */
+    float *losses;                         /* [chunk_rows] */
+    int32_t *ranks, *targets;              /* [chunk_rows] on the backend */
+    float *rows_hidden;                    /* [T,H]: the hidden rows a head has targets for, gathered */
+    int32_t *rows;                         /* [T] backend: their positions */
+    int32_t *host_targets;                 /* [K][T] */
     int32_t *host_rows, *host_row_targets; /* [T] */
     float *host_losses;
     int32_t *host_ranks;
@@ -83,10 +83,10 @@ void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask
                     int T, int32_t *targets);
 
 /* Forward + loss on hidden [T,H] (backend memory). With truncated heads a target outside the token map is
- * left out of the loss but still counts in valid[] as a miss, so top-k accuracy covers every target. With grad_scale > 0 the gradients (scaled by
- * grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by decay^i.
- * Each head runs only on the rows it has a target for (gathered): an ignored position contributes nothing
- * to the loss or the gradients, so skipping it is exact and saves the masked share of the work. */
+ * left out of the loss but still counts in valid[] as a miss, so top-k accuracy covers every target. With grad_scale >
+ * 0 the gradients (scaled by grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by
+ * decay^i. Each head runs only on the rows it has a target for (gathered): an ignored position contributes nothing to
+ * the loss or the gradients, so skipping it is exact and saves the masked share of the work. */
 void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
                              const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
                              float grad_scale, MedusaBatchStats *stats);

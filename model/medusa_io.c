@@ -8,20 +8,19 @@
 
 #include "safetensors_write.h"
 
-static const char *weights_file(MedusaFormat f) { return f == MEDUSA_FORMAT_V1 ? "medusa_lm_head.safetensors" : "model.safetensors"; }
+static const char *weights_file(MedusaFormat f) {
+    return f == MEDUSA_FORMAT_V1 ? "medusa_lm_head.safetensors" : "model.safetensors";
+}
 
 static void key_linear(char *buf, size_t n, MedusaFormat f, int h, int l, const char *part) {
-    if (f == MEDUSA_FORMAT_V1)
-        snprintf(buf, n, "%d.%d.linear.%s", h, l, part);
-    else
-        snprintf(buf, n, "blocks.%d.layers.%d.%s", h, l, part);
+    if (f == MEDUSA_FORMAT_V1) snprintf(buf, n, "%d.%d.linear.%s", h, l, part);
+    else snprintf(buf, n, "blocks.%d.layers.%d.%s", h, l, part);
 }
 
 static void key_lm_head(char *buf, size_t n, MedusaFormat f, int h, int n_layers) {
     if (f == MEDUSA_FORMAT_V1)
         snprintf(buf, n, "%d.%d.weight", h, n_layers); /* the lm_head follows the blocks in the Sequential */
-    else
-        snprintf(buf, n, "lm_heads.%d.weight", h);
+    else snprintf(buf, n, "lm_heads.%d.weight", h);
 }
 
 void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, DType dtype, const char *base_name) {
@@ -31,7 +30,7 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
     m->be->download(host, m->params, sizeof(float) * m->n_params);
     int n = s->n_heads * (2 * s->n_layers + 1) + (m->token_map != NULL);
     TensorToWrite *t = xcalloc((size_t)n, sizeof(TensorToWrite));
-    char (*names)[64] = xcalloc((size_t)n, 64);
+    char(*names)[64] = xcalloc((size_t)n, 64);
     int i = 0;
     for (int h = 0; h < s->n_heads; h++) {
         for (int l = 0; l < s->n_layers; l++) {
@@ -123,7 +122,8 @@ static MedusaShape import_config(const char *dir, int hidden, int vocab, MedusaF
     }
     s.hidden = hidden;
     s.vocab = vocab;
-    const cJSON *hv = cJSON_GetObjectItemCaseSensitive(cfg, *format == MEDUSA_FORMAT_V1 ? "medusa_head_vocab" : "truncated_vocab_size");
+    const cJSON *hv = cJSON_GetObjectItemCaseSensitive(cfg, *format == MEDUSA_FORMAT_V1 ? "medusa_head_vocab"
+                                                                                        : "truncated_vocab_size");
     s.head_vocab = cJSON_IsNumber(hv) ? hv->valueint : vocab;
     if (s.head_vocab < 1 || s.head_vocab > vocab)
         fatal("%s: head vocabulary %d does not fit the base model's %d tokens", cfg_path, s.head_vocab, vocab);

@@ -17,12 +17,14 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
     }
-    /* frozen base: one layer's activations live at a time (x, xn, proj, q, att, k, v, gate, up) + final hidden,
-     * and the int32 tokens, positions and key ranges */
+    /* frozen base: one layer's activations live at a time (x, xn, proj, q, att,
+     * k, v, gate, up) + final hidden, and the int32 tokens, positions and key
+     * ranges */
     p.base_activations = T * (4 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes + T * 4 * 4;
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
-    /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
-     * and their positions; per chunk row a loss, a rank and a target */
+    /* heads run one after another: block outputs and pre-activations of one head,
+     * dx, dz, the gathered rows and their positions; per chunk row a loss, a rank
+     * and a target */
     double Th = in->head_tokens > 0 ? in->head_tokens : T;
     double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
     double blocks = in->n_layers > 0 ? in->n_layers : 1;
@@ -35,6 +37,22 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +
               p.kv_cache + p.head_activations + p.logits + p.bf16_operands;
     return p;
+}
+
+MemoryPlanInput memory_plan_training(int weight_bytes, int n_heads, int n_layers, int head_vocab, int batch_tokens,
+                                     int logits_chunk, int train, int evaluate) {
+    return (MemoryPlanInput){
+        .weight_bytes = weight_bytes,
+        .act_bytes = 4,
+        .head_copy_bytes = weight_bytes == 2 ? 2 : 0,
+        .n_heads = n_heads,
+        .n_layers = n_layers,
+        .batch_tokens = batch_tokens,
+        .logits_chunk = logits_chunk,
+        .train = train,
+        .head_vocab = head_vocab,
+        .vocab_rows = evaluate ? batch_tokens : 0,
+    };
 }
 
 MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers, int head_vocab, int max_len,
@@ -56,22 +74,32 @@ MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers
 
 size_t memory_plan_reserve_bytes(const MemoryPlan *p) { return (size_t)(p->total * 1.05) + ((size_t)64 << 20); }
 
-static void line(FILE *out, const char *what, double bytes) { fprintf(out, "  %-34s %9.2f GiB\n", what, bytes / (1024.0 * 1024 * 1024)); }
+/* GiB for real models, MiB for small ones (a tiny test model would print only
+ * zeros) */
+static void line(FILE *out, const char *what, double bytes, double unit) {
+    fprintf(out, "  %-34s %9.2f %s\n", what, bytes / unit, unit >= 1 << 30 ? "GiB" : "MiB");
+}
 
 void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes) {
+    double unit = p->total >= 1 << 30 ? 1 << 30 : 1 << 20;
     fprintf(out, "memory plan:\n");
-    line(out, "base model weights (frozen)", p->base_weights);
-    line(out, "head parameters (fp32)", p->head_params);
-    if (p->head_copy > 0) line(out, "head weights, GEMM copy", p->head_copy);
-    if (p->head_grads > 0) line(out, "head gradients (fp32)", p->head_grads);
-    if (p->adam_state > 0) line(out, "AdamW moments (fp32)", p->adam_state);
-    line(out, "base activations (one layer live)", p->base_activations);
-    if (p->kv_cache > 0) line(out, "KV cache (fp32)", p->kv_cache);
-    line(out, "head activations", p->head_activations);
-    line(out, "logits", p->logits);
-    if (p->bf16_operands > 0) line(out, "bf16 GEMM operands + workspace", p->bf16_operands);
-    line(out, "total", p->total);
+    line(out, "base model weights (frozen)", p->base_weights, unit);
+    line(out, "head parameters (fp32)", p->head_params, unit);
+    if (p->head_copy > 0) line(out, "head weights, GEMM copy", p->head_copy, unit);
+    if (p->head_grads > 0) line(out, "head gradients (fp32)", p->head_grads, unit);
+    if (p->adam_state > 0) line(out, "AdamW moments (fp32)", p->adam_state, unit);
+    line(out, "base activations (one layer live)", p->base_activations, unit);
+    if (p->kv_cache > 0) line(out, "KV cache (fp32)", p->kv_cache, unit);
+    line(out, "head activations", p->head_activations, unit);
+    line(out, "logits", p->logits, unit);
+    if (p->bf16_operands > 0) line(out, "bf16 GEMM operands + workspace", p->bf16_operands, unit);
+    line(out, "total", p->total, unit);
     if (budget_bytes > 0)
         fprintf(out, "  %-34s %9.2f GiB (%s)\n", "available", budget_bytes / (1024.0 * 1024 * 1024),
                 p->total <= budget_bytes ? "fits" : "DOES NOT FIT");
+}
+
+void memory_plan_reserve(const MemoryPlan *p, const Backend *be, int print) {
+    if (print) memory_plan_print(p, stderr, (double)be->memory_available());
+    be->reserve(memory_plan_reserve_bytes(p));
 }

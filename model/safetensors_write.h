@@ -11,7 +11,7 @@ typedef struct {
     const char *name;
     int n_dims;
     int64_t shape[4];
-    const float *data; /* host fp32 */
+    const float *data;  /* host fp32 */
     const int64_t *i64; /* instead of data: an I64 tensor, written as is */
 } TensorToWrite;
 

@@ -37,8 +37,8 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
     uint64_t header_len = 0;
     for (int i = 0; i < 8; i++) header_len |= (uint64_t)mf->data[i] << (8 * i);
     if (header_len > mf->size - 8)
-        fatal("%s: safetensors header length %llu runs past the end of the file (%zu bytes): truncated or corrupt", path,
-              (unsigned long long)header_len, mf->size);
+        fatal("%s: safetensors header length %llu runs past the end of the file (%zu bytes): truncated or corrupt",
+              path, (unsigned long long)header_len, mf->size);
     cJSON *header = cJSON_ParseWithLength((const char *)mf->data + 8, (size_t)header_len);
     if (!header || !cJSON_IsObject(header)) fatal("%s: safetensors header is not valid JSON", path);
     const uint8_t *data = mf->data + 8 + header_len;
@@ -48,7 +48,8 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
         cJSON *dtype = cJSON_GetObjectItemCaseSensitive(e, "dtype");
         cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
         cJSON *offsets = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
-        if (!cJSON_IsString(dtype) || !cJSON_IsArray(shape) || !cJSON_IsArray(offsets) || cJSON_GetArraySize(offsets) != 2)
+        if (!cJSON_IsString(dtype) || !cJSON_IsArray(shape) || !cJSON_IsArray(offsets) ||
+            cJSON_GetArraySize(offsets) != 2)
             fatal("%s: tensor '%s' has a malformed header entry (needs dtype, shape, data_offsets)", path, e->string);
         WeightTensor *t = add_tensor(w);
         t->name = xstrdup(e->string);
@@ -59,7 +60,9 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
         else if (strcmp(dtype->valuestring, "BF16") == 0) t->dtype = DT_BF16, elem = 2;
         else if (strcmp(dtype->valuestring, "I32") == 0) t->dtype = DT_I32, elem = 4;
         else if (strcmp(dtype->valuestring, "I64") == 0) t->dtype = DT_I64, elem = 8;
-        else fatal("%s: tensor '%s' has unsupported dtype %s (supported: F32, F16, BF16, I32, I64)", path, t->name, dtype->valuestring);
+        else
+            fatal("%s: tensor '%s' has unsupported dtype %s (supported: F32, F16, BF16, I32, I64)", path, t->name,
+                  dtype->valuestring);
         t->n_dims = cJSON_GetArraySize(shape);
         if (t->n_dims > 4) fatal("%s: tensor '%s' has %d dimensions (at most 4 supported)", path, t->name, t->n_dims);
         int d = 0;
@@ -72,7 +75,8 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
         }
         double begin = cJSON_GetArrayItem(offsets, 0)->valuedouble, end = cJSON_GetArrayItem(offsets, 1)->valuedouble;
         if (!(begin >= 0 && end >= begin && end <= (double)data_size))
-            fatal("%s: tensor '%s' data offsets [%.0f, %.0f) lie outside the data section (%zu bytes): truncated or corrupt",
+            fatal("%s: tensor '%s' data offsets [%.0f, %.0f) lie outside the data section (%zu bytes): truncated or "
+                  "corrupt",
                   path, t->name, begin, end, data_size);
         t->data = data + (size_t)begin;
         t->nbytes = (size_t)(end - begin);
@@ -104,7 +108,8 @@ void weights_open_safetensors_dir(WeightSet *w, const char *dir) {
         cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
         if (!cJSON_IsObject(map)) fatal("%s: malformed index (expected an object with \"weight_map\")", index);
         for (cJSON *e = map->child; e; e = e->next) {
-            if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) fatal("%s: weight_map entry '%s' is not a file name", index, e->string);
+            if (!cJSON_IsString(e) || strchr(e->valuestring, '/'))
+                fatal("%s: weight_map entry '%s' is not a file name", index, e->string);
             char *shard = path_join(dir, e->valuestring);
             int seen = 0;
             for (int i = 0; i < w->n_files; i++) seen |= strcmp(w->files[i].path, shard) == 0;
@@ -115,7 +120,8 @@ void weights_open_safetensors_dir(WeightSet *w, const char *dir) {
             free(shard);
         }
         for (cJSON *e = map->child; e; e = e->next)
-            if (!weights_find(w, e->string)) fatal("%s: tensor '%s' is not in its shard %s", index, e->string, e->valuestring);
+            if (!weights_find(w, e->string))
+                fatal("%s: tensor '%s' is not in its shard %s", index, e->string, e->valuestring);
         cJSON_Delete(root);
     } else {
         fatal("%s: no model.safetensors or model.safetensors.index.json", dir);
@@ -131,11 +137,11 @@ static char *hf_name_from_gguf(const char *name) {
                                       {"output.weight", "lm_head.weight"}};
     static const char *layer[][2] = {
         {"attn_norm.weight", "input_layernorm.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
-        {"attn_q.weight", "self_attn.q_proj.weight"},  {"attn_k.weight", "self_attn.k_proj.weight"},
-        {"attn_v.weight", "self_attn.v_proj.weight"},  {"attn_output.weight", "self_attn.o_proj.weight"},
-        {"attn_q.bias", "self_attn.q_proj.bias"},      {"attn_k.bias", "self_attn.k_proj.bias"},
-        {"attn_v.bias", "self_attn.v_proj.bias"},      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-        {"ffn_up.weight", "mlp.up_proj.weight"},       {"ffn_down.weight", "mlp.down_proj.weight"}};
+        {"attn_q.weight", "self_attn.q_proj.weight"},   {"attn_k.weight", "self_attn.k_proj.weight"},
+        {"attn_v.weight", "self_attn.v_proj.weight"},   {"attn_output.weight", "self_attn.o_proj.weight"},
+        {"attn_q.bias", "self_attn.q_proj.bias"},       {"attn_k.bias", "self_attn.k_proj.bias"},
+        {"attn_v.bias", "self_attn.v_proj.bias"},       {"ffn_gate.weight", "mlp.gate_proj.weight"},
+        {"ffn_up.weight", "mlp.up_proj.weight"},        {"ffn_down.weight", "mlp.down_proj.weight"}};
     for (size_t i = 0; i < sizeof global / sizeof global[0]; i++)
         if (strcmp(name, global[i][0]) == 0) return xstrdup(global[i][1]);
     int block, consumed = 0;
@@ -156,7 +162,7 @@ void weights_open_gguf(WeightSet *w, const char *path, int n_heads, int n_kv_hea
     w->source = xstrdup(path);
     w->gguf = xmalloc(sizeof(GGUFFile));
     gguf_open(w->gguf, path);
-    static const DType from_ggml[] = {[GGML_F32] = DT_F32, [GGML_F16] = DT_F16, [GGML_Q4_0] = DT_Q4_0,
+    static const DType from_ggml[] = {[GGML_F32] = DT_F32,   [GGML_F16] = DT_F16,   [GGML_Q4_0] = DT_Q4_0,
                                       [GGML_Q4_1] = DT_Q4_1, [GGML_Q8_0] = DT_Q8_0, [GGML_BF16] = DT_BF16};
     for (uint64_t i = 0; i < w->gguf->n_tensors; i++) {
         const GGUFTensor *g = &w->gguf->tensors[i];
@@ -196,20 +202,23 @@ const WeightTensor *weights_find(const WeightSet *w, const char *name) {
 
 static void shape_string(char *buf, size_t n, int n_dims, const int64_t *shape) {
     size_t at = (size_t)snprintf(buf, n, "[");
-    for (int d = 0; d < n_dims && at < n; d++) at += (size_t)snprintf(buf + at, n - at, d ? ", %lld" : "%lld", (long long)shape[d]);
+    for (int d = 0; d < n_dims && at < n; d++)
+        at += (size_t)snprintf(buf + at, n - at, d ? ", %lld" : "%lld", (long long)shape[d]);
     if (at < n) snprintf(buf + at, n - at, "]");
 }
 
 /* Rows of head h are stored as (i, j) pairs interleaved; HF keeps the two rotary halves apart. */
 static void unpermute_rows(float *x, int64_t rows, int64_t cols, int heads, const char *file, const char *name) {
-    if (rows % heads != 0 || (rows / heads) % 2 != 0) fatal("%s: tensor '%s' has %lld rows, not divisible into %d rotary heads", file, name, (long long)rows, heads);
+    if (rows % heads != 0 || (rows / heads) % 2 != 0)
+        fatal("%s: tensor '%s' has %lld rows, not divisible into %d rotary heads", file, name, (long long)rows, heads);
     int64_t head_dim = rows / heads, half = head_dim / 2;
     float *tmp = xmalloc(sizeof(float) * (size_t)(head_dim * cols));
     for (int h = 0; h < heads; h++) {
         float *base = x + (size_t)(h * head_dim * cols);
         for (int64_t i = 0; i < half; i++)
             for (int j = 0; j < 2; j++)
-                memcpy(tmp + (size_t)((j * half + i) * cols), base + (size_t)((2 * i + j) * cols), sizeof(float) * (size_t)cols);
+                memcpy(tmp + (size_t)((j * half + i) * cols), base + (size_t)((2 * i + j) * cols),
+                       sizeof(float) * (size_t)cols);
         memcpy(base, tmp, sizeof(float) * (size_t)(head_dim * cols));
     }
     free(tmp);
@@ -231,12 +240,13 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
     }
     int64_t n = numel(t);
     float *out = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
-    static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32, [DT_F16] = GGML_F16, [DT_BF16] = GGML_BF16,
+    static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32,   [DT_F16] = GGML_F16,   [DT_BF16] = GGML_BF16,
                                        [DT_Q8_0] = GGML_Q8_0, [DT_Q4_0] = GGML_Q4_0, [DT_Q4_1] = GGML_Q4_1};
     if (t->dtype == DT_I32 || t->dtype == DT_I64)
         fatal("%s: tensor '%s' is %s where a float tensor is needed", t->file, name, dtype_name(t->dtype));
     ggml_dequantize(to_ggml[t->dtype], t->data, out, n);
-    if (t->unpermute_heads > 0 && n_dims == 2) unpermute_rows(out, shape[0], shape[1], t->unpermute_heads, t->file, name);
+    if (t->unpermute_heads > 0 && n_dims == 2)
+        unpermute_rows(out, shape[0], shape[1], t->unpermute_heads, t->file, name);
     return out;
 }
 
@@ -254,7 +264,8 @@ int32_t *weights_load_i32(const WeightSet *w, const char *name, int64_t *n) {
     for (int64_t i = 0; i < *n; i++) {
         int64_t v;
         memcpy(&v, t->data + 8 * i, 8);
-        if (v < INT32_MIN || v > INT32_MAX) fatal("%s: tensor '%s' holds %lld, out of int32 range", t->file, name, (long long)v);
+        if (v < INT32_MIN || v > INT32_MAX)
+            fatal("%s: tensor '%s' holds %lld, out of int32 range", t->file, name, (long long)v);
         out[i] = (int32_t)v;
     }
     return out;

@@ -9,13 +9,13 @@
 typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_I64 } DType;
 
 typedef struct {
-    char *name;       /* Hugging Face name */
+    char *name; /* Hugging Face name */
     DType dtype;
     int n_dims;
     int64_t shape[4]; /* row-major, outermost first (PyTorch order) */
     const uint8_t *data;
     size_t nbytes;
-    const char *file; /* which file it lives in, for messages */
+    const char *file;    /* which file it lives in, for messages */
     int unpermute_heads; /* >0: GGUF llama Q/K rows to un-permute, with this many heads */
 } WeightTensor;
 

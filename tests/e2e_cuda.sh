@@ -50,6 +50,7 @@ train() { # DEVICE PRECISION
         "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_$1_$2" --device "$1" \
         --precision "$2" --heads 2 --max-steps 4 --batch-tokens 128 --lr 1e-2 --warmup-ratio 0 --log-every 1 \
         --eval-every 0 --save-every 0 --seed 7
+    cp "$TMP/log" "$TMP/train_log_$1_$2"
     grep -o '"loss":[^,}]*' "$TMP/run_$1_$2/metrics.jsonl" 2>/dev/null | cut -d: -f2 >"$TMP/loss_$1_$2" || true
 }
 train cuda auto
@@ -70,6 +71,7 @@ for dev in cuda cpu; do
     check "medusa-eval --device $dev --precision fp32 on the validation split" \
         "$BIN/medusa-eval" --model "$MODEL" --medusa "$HEADS" --data "$TMP/sg.val.tokens.h5" --device "$dev" \
         --precision fp32 --batch-tokens 128 --max-batches 1 --json "$TMP/eval_$dev.json"
+    cp "$TMP/log" "$TMP/eval_log_$dev"
 done
 metrics() { grep -E '"(loss|medusa[0-9]+_[a-z0-9]+|base_top1)":' "$TMP/eval_$1.json" 2>/dev/null | tr -d ' \t",' || true; }
 cmp_eval=$(paste -d: <(metrics cuda) <(metrics cpu) | awk -F: '
@@ -98,6 +100,10 @@ expect 'same cuda_auto_plain cuda_auto_medusa' \
 expect 'same cuda_fp32_plain cpu_fp32_plain' "medusa-infer --precision fp32: plain greedy output cuda == cpu"
 expect 'same cuda_fp32_medusa cpu_fp32_medusa && [ "$(per_step cuda_fp32_medusa)" = "$(per_step cpu_fp32_medusa)" ]' \
     "medusa-infer --precision fp32: greedy Medusa output and tokens per step cuda == cpu ($(per_step cpu_fp32_medusa))"
+# ---- the memory plan: printed at start-up, reserved as one allocation, and enough for every run ----
+planned() { grep -q "memory plan:" "$TMP/$1" && grep -q "^  total " "$TMP/$1" && ! grep -q "underestimated\|no memory plan" "$TMP/$1"; }
+expect 'planned train_log_cuda_auto && planned eval_log_cuda && planned err_cuda_auto_medusa && planned err_cuda_fp32_plain' \
+    "--device cuda: medusa-train, medusa-eval and medusa-infer print the memory plan and stay within it (bf16 and fp32)"
 printf '%s\n' "$PROMPT" "What were the flaws of Kodak's business model?" >"$TMP/prompts.txt"
 check "medusa-infer --bench --device cuda: greedy Medusa == plain greedy on 2/2 prompts" \
     bash -c '"$1" --model "$2" --medusa "$3" --tree "$4" --chat-template mistral --device cuda --max-new-tokens 16 \

@@ -25,11 +25,11 @@ static inline void test_check(int ok, const char *what, const char *file, int li
     }
     fflush(stdout);
 }
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        char what_[512];                                                                           \
-        snprintf(what_, sizeof what_, __VA_ARGS__);                                                \
-        test_check((cond) ? 1 : 0, what_, __FILE__, __LINE__);                                     \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        char what_[512];                                                                                               \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                                    \
+        test_check((cond) ? 1 : 0, what_, __FILE__, __LINE__);                                                         \
     } while (0)
 
 /* Max absolute error and max error relative to the reference's largest magnitude. */
@@ -50,22 +50,22 @@ static inline void test_fatal_hook(const char *message) {
 }
 
 /* Runs stmt; passes when it calls fatal() with a message containing `needle`. */
-#define EXPECT_FATAL(stmt, needle, ...)                                                            \
-    do {                                                                                           \
-        char what_[512];                                                                           \
-        snprintf(what_, sizeof what_, __VA_ARGS__);                                                \
-        test_fatal_msg[0] = '\0';                                                                  \
-        set_fatal_hook(test_fatal_hook);                                                           \
-        volatile int failed_ = 0;                                                                  \
-        if (setjmp(test_fatal_jmp) == 0) {                                                         \
-            stmt;                                                                                  \
-        } else {                                                                                   \
-            failed_ = 1;                                                                           \
-        }                                                                                          \
-        set_fatal_hook(NULL);                                                                      \
-        int ok_ = failed_ && strstr(test_fatal_msg, (needle)) != NULL;                             \
-        if (failed_) printf("       error was: %s\n", test_fatal_msg);                             \
-        test_check(ok_, what_, __FILE__, __LINE__);                                                \
+#define EXPECT_FATAL(stmt, needle, ...)                                                                                \
+    do {                                                                                                               \
+        char what_[512];                                                                                               \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                                    \
+        test_fatal_msg[0] = '\0';                                                                                      \
+        set_fatal_hook(test_fatal_hook);                                                                               \
+        volatile int failed_ = 0;                                                                                      \
+        if (setjmp(test_fatal_jmp) == 0) {                                                                             \
+            stmt;                                                                                                      \
+        } else {                                                                                                       \
+            failed_ = 1;                                                                                               \
+        }                                                                                                              \
+        set_fatal_hook(NULL);                                                                                          \
+        int ok_ = failed_ && strstr(test_fatal_msg, (needle)) != NULL;                                                 \
+        if (failed_) printf("       error was: %s\n", test_fatal_msg);                                                 \
+        test_check(ok_, what_, __FILE__, __LINE__);                                                                    \
     } while (0)
 
 static inline int test_summary(void) {

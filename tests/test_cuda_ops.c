@@ -1,6 +1,7 @@
-/* Every op of the CUDA backend against the CPU reference backend on random inputs. `make test` links it
- * with the CUDA sources compiled by the CPU emulator (tests/cudaemu); `make test-cuda` links the same
- * file with the nvcc-built backend and runs it on a GPU. */
+/* Every op of the CUDA backend against the CPU reference backend on random
+ * inputs. `make test` links it with the CUDA sources compiled by the CPU
+ * emulator (tests/cudaemu); `make test-cuda` links the same file with the
+ * nvcc-built backend and runs it on a GPU. */
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -34,7 +35,8 @@ static float *from_gpu(const void *dev, size_t n) {
     return host;
 }
 
-/* Downloads `dev` and compares it with the CPU's `want`: the max error relative to the largest |want|. */
+/* Downloads `dev` and compares it with the CPU's `want`: the max error relative
+ * to the largest |want|. */
 static void expect_close(const char *what, const float *dev, const float *want, size_t n, double tol) {
     float *got = from_gpu(dev, n);
     double abs_err, rel_err;
@@ -57,7 +59,8 @@ static void test_memory(void) {
     CHECK(zero, "fill_zero");
     gpu->free(a);
     void *again = gpu->alloc(sizeof(float) * n);
-    CHECK(again == a, "a freed block is cached and handed out again (no cudaFree/cudaMalloc per step)");
+    CHECK(again == a, "a freed block is cached and handed out again (no "
+                      "cudaFree/cudaMalloc per step)");
     gpu->free(again);
     gpu->free(b);
     EXPECT_FATAL(gpu->free(x), "did not allocate", "freeing a host pointer through the backend is an error");
@@ -100,7 +103,8 @@ static void test_matmul(int T, int IC, int OC, int with_bias) {
     free(in), free(w), free(bias), free(want);
 }
 
-/* Gradients accumulate onto non-zero buffers; `which` selects the outputs (1 dinp, 2 dweight, 4 dbias). */
+/* Gradients accumulate onto non-zero buffers; `which` selects the outputs (1
+ * dinp, 2 dweight, 4 dbias). */
 static void test_matmul_backward(int T, int IC, int OC, int which) {
     size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
     float *in = random_floats(n_in, 1.0f), *w = random_floats(n_w, 0.5f), *dout = random_floats((size_t)T * OC, 1.0f);
@@ -122,9 +126,10 @@ static void test_matmul_backward(int T, int IC, int OC, int which) {
     free(in), free(w), free(dout), free(dinp), free(dw), free(db);
 }
 
-/* --- bf16 weights: the CUDA GEMMs (cuBLASLt) against the CPU's, which widen the same bf16 values to fp32,
- * so only the order of the fp32 sums differs; and both against the fp32 op, which they must differ from by
- * no more than bf16 rounding (and by something: the rounding must happen). --- */
+/* --- bf16 weights: the CUDA GEMMs (cuBLASLt) against the CPU's, which widen
+ * the same bf16 values to fp32, so only the order of the fp32 sums differs; and
+ * both against the fp32 op, which they must differ from by no more than bf16
+ * rounding (and by something: the rounding must happen). --- */
 static uint16_t *random_bf16(size_t n, float scale) {
     float *x = random_floats(n, scale);
     uint16_t *b = xmalloc(sizeof(uint16_t) * (n ? n : 1));
@@ -137,16 +142,19 @@ static float *widened(const uint16_t *b, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = bf16_to_float(b[i]);
     return x;
 }
-/* relative error of a bf16 result against the fp32 op, which must be > 0 and within the rounding of the inputs */
+/* relative error of a bf16 result against the fp32 op, which must be > 0 and
+ * within the rounding of the inputs */
 static void expect_bf16_rounding(const char *what, const float *got, const float *fp32, size_t n) {
     double abs_err, rel_err;
     max_errors(got, fp32, n, &abs_err, &rel_err);
-    CHECK(rel_err > 0 && rel_err <= 2e-2, "%s vs the fp32 op: rel err %.3g (bf16 inputs: 0 < err <= 2e-2)", what, rel_err);
+    CHECK(rel_err > 0 && rel_err <= 2e-2, "%s vs the fp32 op: rel err %.3g (bf16 inputs: 0 < err <= 2e-2)", what,
+          rel_err);
 }
 
 static void test_to_bf16(void) {
-    /* round to nearest even, by hand: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 (0x3f80, 0x3f81) -> even
-     * 0x3f80; 1 + 3 * 2^-8 is halfway between 0x3f81 and 0x3f82 -> 0x3f82; NaN stays NaN, inf stays inf */
+    /* round to nearest even, by hand: 1 + 2^-8 is halfway between 1 and 1 + 2^-7
+     * (0x3f80, 0x3f81) -> even 0x3f80; 1 + 3 * 2^-8 is halfway between 0x3f81 and
+     * 0x3f82 -> 0x3f82; NaN stays NaN, inf stays inf */
     float x[6] = {1.00390625f, 1.01171875f, -2.0f, INFINITY, NAN, 3.0e38f};
     uint16_t want[6] = {0x3f80, 0x3f82, 0xc000, 0x7f80, 0, 0x7f62}, got[6], cpu_got[6];
     float *d_x = to_gpu(x, sizeof x);
@@ -156,11 +164,13 @@ static void test_to_bf16(void) {
     cpu->to_bf16(cpu_got, x, 6);
     int ok = 1;
     for (int i = 0; i < 6; i++) ok &= i == 4 ? (got[i] & 0x7fff) > 0x7f80 : got[i] == want[i];
-    CHECK(ok && !memcmp(got, cpu_got, sizeof got), "to_bf16: ties to even, inf, NaN, 3e38 (%04x %04x %04x %04x %04x %04x)",
-          got[0], got[1], got[2], got[3], got[4], got[5]);
+    CHECK(ok && !memcmp(got, cpu_got, sizeof got),
+          "to_bf16: ties to even, inf, NaN, 3e38 (%04x %04x %04x %04x %04x %04x)", got[0], got[1], got[2], got[3],
+          got[4], got[5]);
     size_t n = 100003;
     float *big = random_floats(n, 100.0f);
-    uint16_t *d_big = gpu->alloc(sizeof(uint16_t) * n), *c_big = xmalloc(sizeof(uint16_t) * n), *g_big = xmalloc(sizeof(uint16_t) * n);
+    uint16_t *d_big = gpu->alloc(sizeof(uint16_t) * n), *c_big = xmalloc(sizeof(uint16_t) * n),
+             *g_big = xmalloc(sizeof(uint16_t) * n);
     float *d_src = to_gpu(big, sizeof(float) * n);
     gpu->to_bf16(d_big, d_src, n);
     gpu->download(g_big, d_big, sizeof(uint16_t) * n);
@@ -175,7 +185,8 @@ static void test_embedding_bf16(void) {
     uint16_t *table = random_bf16((size_t)V * C, 1.0f);
     int32_t tokens[11];
     for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V);
-    float *want = xmalloc(sizeof(float) * T * C), *wide = widened(table, (size_t)V * C), *ref = xmalloc(sizeof(float) * T * C);
+    float *want = xmalloc(sizeof(float) * T * C), *wide = widened(table, (size_t)V * C),
+          *ref = xmalloc(sizeof(float) * T * C);
     cpu->embedding_bf16(want, tokens, table, T, C);
     cpu->embedding(ref, tokens, wide, T, C);
     CHECK(!memcmp(want, ref, sizeof(float) * T * C), "embedding_bf16 (CPU) == embedding of the widened table");
@@ -191,7 +202,8 @@ static void test_embedding_bf16(void) {
 static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     float *in = random_floats((size_t)T * IC, 1.0f), *bias = with_bias ? random_floats(OC, 1.0f) : NULL;
     uint16_t *w = random_bf16((size_t)OC * IC, 0.5f);
-    float *wide = widened(w, (size_t)OC * IC), *want = xmalloc(sizeof(float) * T * OC), *fp32 = xmalloc(sizeof(float) * T * OC);
+    float *wide = widened(w, (size_t)OC * IC), *want = xmalloc(sizeof(float) * T * OC),
+          *fp32 = xmalloc(sizeof(float) * T * OC);
     cpu->matmul_bf16(want, in, w, bias, T, IC, OC);
     cpu->matmul(fp32, in, wide, bias, T, IC, OC);
     char what[96];
@@ -207,7 +219,8 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     free(in), free(w), free(bias), free(wide), free(want), free(fp32);
 }
 
-/* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
+/* `which` as in test_matmul_backward; gradients accumulate onto non-zero
+ * buffers */
 static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
     size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
     float *in = random_floats(n_in, 1.0f), *dout = random_floats((size_t)T * OC, 1.0f);
@@ -260,15 +273,18 @@ static void test_rope(int hd, float theta) {
     free(q), free(k);
 }
 
-/* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
- * bf16: the GPU's attention_bf16 against the CPU's attention on bf16-rounded q, k, v (what the tensor cores
- * read); they then differ only by the rounding of the probabilities (and the order of the sums). */
+/* One attention call on both backends: T queries over Tk keys with the given
+ * ranges and optional mask. bf16: the GPU's attention_bf16 against the CPU's
+ * attention on bf16-rounded q, k, v (what the tensor cores read); they then
+ * differ only by the rounding of the probabilities (and the order of the sums).
+ */
 static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
                                const uint8_t *mask, int mask_start, int nh, int nkv, int hd, int bf16) {
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
     float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f), *v = random_floats(nk, 1.0f);
     float *want = xmalloc(sizeof(float) * nq);
-    float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk), *d_v = to_gpu(v, sizeof(float) * nk);
+    float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk),
+          *d_v = to_gpu(v, sizeof(float) * nk);
     if (bf16) {
         float *xs[3] = {q, k, v};
         size_t ns[3] = {nq, nk, nk};
@@ -294,7 +310,8 @@ static void check_attention(const char *what, int T, int Tk, const int32_t *kb, 
 }
 
 static void test_attention(void) {
-    /* packed causal batch: three sequences, each query sees its own sequence up to itself */
+    /* packed causal batch: three sequences, each query sees its own sequence up
+     * to itself */
     int lens[3] = {5, 11, 41}, T = 57;
     int32_t kb[57], ke[57];
     for (int s = 0, t = 0, start = 0; s < 3; start += lens[s++])
@@ -304,7 +321,8 @@ static void test_attention(void) {
     check_attention("packed causal, 3 sequences, MHA", T, T, kb, ke, NULL, 0, 2, 2, 40);
     check_attention("packed causal, 3 sequences, MQA", T, T, kb, ke, NULL, 0, 2, 1, 128);
     check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 2, 1, 200);
-    /* one long sequence: many key tiles, the online softmax rescaling many times */
+    /* one long sequence: many key tiles, the online softmax rescaling many times
+     */
     int32_t lkb[300], lke[300];
     for (int t = 0; t < 300; t++) lkb[t] = 0, lke[t] = t + 1;
     check_attention("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 2, 1, 64);
@@ -313,7 +331,8 @@ static void test_attention(void) {
     int32_t dkb[3] = {0, 0, 0}, dke[3] = {71, 72, 73};
     check_attention("KV-cache decode", 3, 73, dkb, dke, NULL, 0, 4, 2, 32);
 
-    /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
+    /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache
+     * and its ancestors */
     enum { P = 45, N = 6 };
     int parent[N] = {-1, 0, 0, 1, 1, 2};
     uint8_t mask[N * N] = {0};
@@ -325,8 +344,9 @@ static void test_attention(void) {
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
 
-    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 32-query
-     * tiles, GQA, one sequence longer than a key tile, a tail tile with padding rows */
+    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged
+     * sequences across its 32-query tiles, GQA, one sequence longer than a key
+     * tile, a tail tile with padding rows */
     int tc_lens[4] = {7, 40, 70, 3}, tc_T = 120;
     int32_t tc_kb[120], tc_ke[120];
     for (int s = 0, t = 0, start = 0; s < 4; start += tc_lens[s++])
@@ -334,7 +354,8 @@ static void test_attention(void) {
     check_attention_as("packed causal, 4 sequences, GQA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 1);
     check_attention_as("packed causal, 4 sequences, MHA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 2, 2, 128, 1);
     check_attention_as("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 1, 1, 128, 1);
-    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
+    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step,
+     * head_dim 40 */
     check_attention_as("tree mask (CUDA cores)", N, P + N, tkb, tke, mask, P, 4, 1, 64, 1);
     check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 0, 4, 2, 64, 1);
     check_attention_as("packed causal, d=40 (CUDA cores)", T, T, kb, ke, NULL, 0, 2, 2, 40, 1);
@@ -343,7 +364,8 @@ static void test_attention(void) {
 static void test_elementwise(void) {
     size_t n = 1000;
     float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
-    float *d_a = to_gpu(a, sizeof(float) * n), *d_b = to_gpu(b, sizeof(float) * n), *d_out = gpu->alloc(sizeof(float) * n);
+    float *d_a = to_gpu(a, sizeof(float) * n), *d_b = to_gpu(b, sizeof(float) * n),
+          *d_out = gpu->alloc(sizeof(float) * n);
     cpu->swiglu(want, a, b, n);
     gpu->swiglu(d_out, d_a, d_b, n);
     expect_close("swiglu", d_out, want, n, 1e-6);
@@ -366,11 +388,11 @@ static void test_softmax_xent(int V) {
     size_t n = (size_t)T * V;
     float *logits = random_floats(n, 8.0f);
     int32_t targets[9] = {3, -1, V - 1, 0, -1, V / 2, 77, 1, V - 2};
-    logits[(size_t)3 * V + 0] = 20.0f;  /* row 3: target is the max, rank 0 */
-    logits[(size_t)6 * V + 77] = -20.0f; /* row 6: target is the min, rank V-1 */
+    logits[(size_t)3 * V + 0] = 20.0f;     /* row 3: target is the max, rank 0 */
+    logits[(size_t)6 * V + 77] = -20.0f;   /* row 6: target is the min, rank V-1 */
     logits[(size_t)8 * V + 5] = -INFINITY; /* row 8: masked-out logits get probability 0 */
     logits[(size_t)8 * V + V * 3 / 5] = -INFINITY;
-    float dscale = 1.0f / 7.0f;          /* mean over the 7 rows with a target */
+    float dscale = 1.0f / 7.0f; /* mean over the 7 rows with a target */
     float *d_logits = to_gpu(logits, sizeof(float) * n), loss[9], *d_loss = gpu->alloc(sizeof loss);
     int32_t rank[9], gpu_rank[9], *d_rank = gpu->alloc(sizeof rank), *d_targets = to_gpu(targets, sizeof targets);
     cpu->softmax_xent(logits, loss, rank, targets, T, V, dscale);
@@ -384,8 +406,9 @@ static void test_softmax_xent(int V) {
     int same = 1;
     for (int t = 0; t < T; t++) same &= gpu_rank[t] == rank[t];
     CHECK(same && rank[1] == -1 && rank[3] == 0 && rank[6] == V - 1,
-          "softmax_xent V=%d ranks equal (ignored -1, max 0, min V-1): gpu %d %d %d, cpu %d %d %d", V, gpu_rank[1],
-          gpu_rank[3], gpu_rank[6], rank[1], rank[3], rank[6]);
+          "softmax_xent V=%d ranks equal (ignored -1, max 0, min V-1): gpu %d %d "
+          "%d, cpu %d %d %d",
+          V, gpu_rank[1], gpu_rank[3], gpu_rank[6], rank[1], rank[3], rank[6]);
     gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_targets);
     free(logits);
 }
@@ -431,9 +454,10 @@ static void test_sum_squares(void) {
     }
 }
 
-/* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
- * heads' loss, gradients and three AdamW steps. The emulator makes device memory inaccessible to host code,
- * so this also proves that model/ and train/ only touch backend memory through the backend. */
+/* The whole model path on both backends: packed forward, cached decoding, tree
+ * verification, then Medusa heads' loss, gradients and three AdamW steps. The
+ * emulator makes device memory inaccessible to host code, so this also proves
+ * that model/ and train/ only touch backend memory through the backend. */
 static void test_end_to_end(DType weights) {
     const char *path = "tests/fixtures/models/tiny_qwen2"; /* attention biases, GQA */
     printf("end to end, %s weights:\n", weights == DT_BF16 ? "bf16" : "fp32");
@@ -456,7 +480,8 @@ static void test_end_to_end(DType weights) {
     expect_close("model_forward tiny_qwen2, 2 packed sequences: hidden", d_hidden, hidden, (size_t)T * H, 1e-4);
     expect_close("model_forward tiny_qwen2, 2 packed sequences: logits", d_logits, logits, (size_t)T * V, 1e-4);
 
-    /* decoding: a 9-token prompt into the KV cache, then a 4-node tree after it, keeping nodes 0 and 2 */
+    /* decoding: a 9-token prompt into the KV cache, then a 4-node tree after it,
+     * keeping nodes 0 and 2 */
     KVCache cc, cg;
     kv_cache_init(&cc, &mc, 32);
     kv_cache_init(&cg, &mg, 32);
@@ -500,13 +525,16 @@ static void test_end_to_end(DType weights) {
         medusa_forward_backward(&hg, &wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_g);
         double loss_err = fabs(st_g.total_loss - st_c.total_loss) / fabs(st_c.total_loss);
         int hits_same = !memcmp(st_c.hits, st_g.hits, sizeof st_c.hits);
-        CHECK(loss_err <= 1e-5 && hits_same, "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k hits %s",
+        CHECK(loss_err <= 1e-5 && hits_same,
+              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k "
+              "hits %s",
               step, st_g.total_loss, st_c.total_loss, loss_err, hits_same ? "equal" : "differ");
         char what[96];
         snprintf(what, sizeof what, "medusa step %d: gradients of %zu parameters", step, hc.n_params);
         expect_close(what, hg.grads, hc.grads, hc.n_params, 1e-4);
         double norm_c = optim_step(&hc, &ac, &oc), norm_g = optim_step(&hg, &ag, &oc);
-        CHECK(fabs(norm_g - norm_c) <= 1e-5 * norm_c, "medusa step %d: gradient norm %.6f vs %.6f", step, norm_g, norm_c);
+        CHECK(fabs(norm_g - norm_c) <= 1e-5 * norm_c, "medusa step %d: gradient norm %.6f vs %.6f", step, norm_g,
+              norm_c);
         snprintf(what, sizeof what, "medusa step %d: parameters after AdamW", step);
         expect_close(what, hg.params, hc.params, hc.n_params, 1e-4);
     }
@@ -520,27 +548,29 @@ static void test_end_to_end(DType weights) {
     free(hidden), free(logits);
 }
 
-/* --- device memory: one reserved arena carved up (kernels/cuda/backend_cuda.cu) --- */
+/* --- device memory: one reserved arena carved up
+ * (kernels/cuda/backend_cuda.cu) --- */
 
-/* The emulator counts cudaMalloc calls (tests/cudaemu); on a GPU (make test-cuda) the counter is absent. */
+/* The emulator counts cudaMalloc calls (tests/cudaemu); on a GPU (make
+ * test-cuda) the counter is absent. */
 long cuda_emu_malloc_calls(void) __attribute__((weak));
 static long malloc_calls(void) { return cuda_emu_malloc_calls ? cuda_emu_malloc_calls() : -1; }
 
 /* What stmt writes to stderr, into buf. */
-#define CAPTURE_STDERR(buf, stmt)                                                                  \
-    do {                                                                                           \
-        FILE *tmp_ = tmpfile();                                                                    \
-        fflush(stderr);                                                                            \
-        int saved_ = dup(2);                                                                       \
-        dup2(fileno(tmp_), 2);                                                                     \
-        stmt;                                                                                      \
-        fflush(stderr);                                                                            \
-        dup2(saved_, 2);                                                                           \
-        close(saved_);                                                                             \
-        rewind(tmp_);                                                                              \
-        size_t n_ = fread(buf, 1, sizeof buf - 1, tmp_);                                           \
-        buf[n_] = '\0';                                                                            \
-        fclose(tmp_);                                                                              \
+#define CAPTURE_STDERR(buf, stmt)                                                                                      \
+    do {                                                                                                               \
+        FILE *tmp_ = tmpfile();                                                                                        \
+        fflush(stderr);                                                                                                \
+        int saved_ = dup(2);                                                                                           \
+        dup2(fileno(tmp_), 2);                                                                                         \
+        stmt;                                                                                                          \
+        fflush(stderr);                                                                                                \
+        dup2(saved_, 2);                                                                                               \
+        close(saved_);                                                                                                 \
+        rewind(tmp_);                                                                                                  \
+        size_t n_ = fread(buf, 1, sizeof buf - 1, tmp_);                                                               \
+        buf[n_] = '\0';                                                                                                \
+        fclose(tmp_);                                                                                                  \
     } while (0)
 
 static const char *TINY = "tests/fixtures/models/tiny_qwen2";
@@ -548,14 +578,13 @@ enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, DECODE_LEN = 64 };
 
 /* As train/run.c plans it: bf16 weights make the heads' GEMMs bf16 too. */
 static MemoryPlan training_plan(const ModelConfig *c, DType weights) {
-    int weight_bytes = weights == DT_BF16 ? 2 : 4;
-    MemoryPlanInput in = {.weight_bytes = weight_bytes, .act_bytes = 4, .head_copy_bytes = weight_bytes == 2 ? 2 : 0,
-                          .n_heads = TRAIN_HEADS, .n_layers = 1, .batch_tokens = TRAIN_TOKENS,
-                          .logits_chunk = TRAIN_CHUNK, .train = 1};
+    MemoryPlanInput in =
+        memory_plan_training(weights == DT_BF16 ? 2 : 4, TRAIN_HEADS, 1, 0, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0);
     return memory_plan(c, &in);
 }
 
-/* The run's one reservation; more than the GPU has is refused with the sizes named. */
+/* The run's one reservation; more than the GPU has is refused with the sizes
+ * named. */
 static size_t test_reserve(void) {
     ModelConfig c;
     config_load(&c, TINY);
@@ -565,13 +594,16 @@ static size_t test_reserve(void) {
     EXPECT_FATAL(gpu->reserve((size_t)1 << 40), "GiB free", "reserving 1 TiB: the plan needs more than the GPU has");
     gpu->reserve(bytes);
     if (calls >= 0)
-        CHECK(malloc_calls() == calls + 2, "reserve: one cudaMalloc of %.1f MiB (after the refused one): %ld calls",
+        CHECK(malloc_calls() == calls + 2,
+              "reserve: one cudaMalloc of %.1f MiB (after the refused one): %ld "
+              "calls",
               bytes / 1048576.0, malloc_calls() - calls);
     EXPECT_FATAL(gpu->reserve(bytes), "already reserved", "a second reserve is an error");
     return bytes;
 }
 
-/* Carving, reuse and coalescing on the empty arena, then exhaustion falling back to cudaMalloc. */
+/* Carving, reuse and coalescing on the empty arena, then exhaustion falling
+ * back to cudaMalloc. */
 static void test_arena(size_t reserved) {
     long calls = malloc_calls();
     char *a = gpu->alloc(1000), *b = gpu->alloc(5000), *c = gpu->alloc(1);
@@ -579,18 +611,22 @@ static void test_arena(size_t reserved) {
           "blocks are carved in order, 256-byte aligned: b - a = %td, c - b = %td", b - a, c - b);
     gpu->free(b);
     char *small = gpu->alloc(300), *b2 = gpu->alloc(4000);
-    CHECK(small == b && b2 == b + 512, "first fit: a 300-byte block takes the start of b's hole, 4000 bytes the rest");
+    CHECK(small == b && b2 == b + 512, "first fit: a 300-byte block takes the "
+                                       "start of b's hole, 4000 bytes the rest");
     gpu->free(small), gpu->free(b2);
     b2 = gpu->alloc(5000);
     CHECK(b2 == b, "the freed neighbours merged: a block of b's size reuses b's address");
     gpu->free(a), gpu->free(c), gpu->free(b2);
     char *all = gpu->alloc(reserved);
-    CHECK(all == a, "all freed: the arena is one free block again (the whole %.1f MiB from its start)",
+    CHECK(all == a,
+          "all freed: the arena is one free block again (the whole %.1f MiB from "
+          "its start)",
           reserved / 1048576.0);
     gpu->free(all);
     if (calls >= 0) CHECK(malloc_calls() == calls, "carving the arena made no cudaMalloc calls");
 
-    /* exhaustion: a block bigger than the arena comes from a new chunk, with one warning */
+    /* exhaustion: a block bigger than the arena comes from a new chunk, with one
+     * warning */
     char warning[1024], second[1024];
     float x[4] = {1, 2, 3, 4}, back[4] = {0};
     float *big = NULL, *more = NULL;
@@ -599,16 +635,18 @@ static void test_arena(size_t reserved) {
     gpu->upload(big + 1000, x, sizeof x);
     gpu->download(back, big + 1000, sizeof back);
     CHECK(!memcmp(x, back, sizeof x) && strstr(warning, "underestimated") && strstr(warning, "MiB over the plan"),
-          "exhausted arena: the block works, and the plan is reported short: %.300s", warning);
+          "exhausted arena: the block works, and the plan is reported short: "
+          "%.300s",
+          warning);
     CAPTURE_STDERR(second, more = gpu->alloc(reserved + (2 << 20)));
     CHECK(second[0] == '\0', "only one warning per run (a second overrun printed %zu bytes)", strlen(second));
     gpu->free(big), gpu->free(more);
     gpu->peak_bytes(); /* the next measurement starts here */
 }
 
-/* A training run as train/run.c makes it, on the reserved arena: the steps make no cudaMalloc call, and
- * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding and a few
- * scalars). */
+/* A training run as train/run.c makes it, on the reserved arena: the steps make
+ * no cudaMalloc call, and the bytes in use at the peak are what the plan says
+ * (it leaves out only the 256-byte rounding and a few scalars). */
 static void test_planned_training(DType weights) {
     gpu->peak_bytes(); /* a new measurement */
     Model m;
@@ -637,21 +675,25 @@ static void test_planned_training(DType weights) {
         double norm = trainer_step(&t, &batch, 1, &metrics);
         if (calls >= 0)
             CHECK(malloc_calls() == calls && isfinite(norm),
-                  "%s training step %d (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls",
+                  "%s training step %d (forward, 3 heads' loss and backward, AdamW): "
+                  "%ld cudaMalloc calls",
                   dtype_name(weights), step, malloc_calls() - calls);
     }
-    /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
+    /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the
+     * comparison */
     double workspace = weights == DT_BF16 ? 32 << 20 : 0, peak = (double)gpu->peak_bytes() - workspace;
     double planned = plan.total - workspace;
     CHECK(peak <= planned * 1.02 && peak >= planned * 0.95,
-          "%s training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", dtype_name(weights),
-          peak / 1024, planned / 1024, 100 * (peak / planned - 1));
+          "%s training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance "
+          "-5%%..+2%%)",
+          dtype_name(weights), peak / 1024, planned / 1024, 100 * (peak / planned - 1));
     trainer_free(&t);
     medusa_free(&heads);
     model_free(&m);
 }
 
-/* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
+/* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is
+ * the decoding plan's. */
 static void test_planned_decoding(void) {
     gpu->peak_bytes(); /* a new measurement, the training run's blocks freed */
     Model m;
@@ -675,24 +717,27 @@ static void test_planned_decoding(void) {
     decode_options_defaults(&o);
     DecodeStats st;
     int n = decode_medusa(&d, prompt, 20, 24, -1, &o, out, NULL, NULL, &st);
-    if (calls >= 0) CHECK(malloc_calls() == calls, "Medusa decoding of %d tokens: %ld cudaMalloc calls", n, malloc_calls() - calls);
+    if (calls >= 0)
+        CHECK(malloc_calls() == calls, "Medusa decoding of %d tokens: %ld cudaMalloc calls", n, malloc_calls() - calls);
     double peak = (double)gpu->peak_bytes();
     CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
-          "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024, plan.total / 1024,
-          100 * (peak / plan.total - 1));
+          "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance "
+          "-5%%..+2%%)",
+          peak / 1024, plan.total / 1024, 100 * (peak / plan.total - 1));
     decoder_free(&d);
     tree_free(&tree);
     medusa_free(&heads);
     model_free(&m);
 }
 
-/* The demo model on the emulated GPU with bf16 weights, tensor-core attention included (head_dim 64; the
- * fixture's second sequence, 140 tokens): top-1 agreement with transformers' fp32 logits
- * (tests/gen/gen_models.py). Unguarded device memory: the guard's mprotect calls would take minutes here. */
+/* The demo model on the emulated GPU with bf16 weights, tensor-core attention
+ * included (head_dim 64; the fixture's second sequence, 140 tokens): top-1
+ * agreement with transformers' fp32 logits (tests/gen/gen_models.py). Unguarded
+ * device memory: the guard's mprotect calls would take minutes here. */
 void cuda_emu_guard_device_memory(int on) __attribute__((weak));
 static void test_smollm2_bf16(void) {
-    const char *path = getenv("MEDUSA_SMOLLM2_GGUF") ? getenv("MEDUSA_SMOLLM2_GGUF")
-                                                      : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *path =
+        getenv("MEDUSA_SMOLLM2_GGUF") ? getenv("MEDUSA_SMOLLM2_GGUF") : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
     if (!file_exists(path)) {
         CHECK(0, "SmolLM2 GGUF present at %s (run data/fetch_demo.sh)", path);
         return;
@@ -724,7 +769,9 @@ static void test_smollm2_bf16(void) {
             if (row[i] > row[best]) best = i;
         agree += best == top1[seq_lens[0] + t];
     }
-    CHECK(agree >= 0.95 * (double)T, "SmolLM2, bf16 weights, emulated GPU (head_dim %d): top-1 agreement with transformers %d/%lld (>= 95%%)",
+    CHECK(agree >= 0.95 * (double)T,
+          "SmolLM2, bf16 weights, emulated GPU (head_dim %d): top-1 agreement "
+          "with transformers %d/%lld (>= 95%%)",
           m.config.head_dim, agree, (long long)T);
     gpu->free(d_hidden), gpu->free(d_logits);
     forward_state_free(&s, &m);

@@ -110,8 +110,10 @@ static void test_template_fixture(const char *name, Conversation *convs, int n_c
         if ((!text_ok || !ids_ok || !mask_ok) && reported++ < 3) {
             printf("       %s conversation %d (%s): text %s, %s (%d tokens, want %d; first differing id at %d)\n", name,
                    i, json_str(c, "id"), text_ok ? "same" : "DIFFERS",
-                   why >= 0 ? skip_reason_text((SkipReason)why) : ids_ok ? "ids same" : "ids DIFFER", e.n, want_n,
-                   first_bad);
+                   why >= 0 ? skip_reason_text((SkipReason)why)
+                   : ids_ok ? "ids same"
+                            : "ids DIFFER",
+                   e.n, want_n, first_bad);
         }
         encoded_free(&e);
     }
@@ -140,7 +142,8 @@ static void test_templates(void) {
     sharegpt_close(&r);
 
     CHECK(strcmp(chat_template_guess("{{'<|im_start|>' + message['role']}}"), "chatml") == 0, "guess: chatml");
-    CHECK(strcmp(chat_template_guess("<|start_header_id|>{{ role }}<|end_header_id|>"), "llama-3") == 0, "guess: llama-3");
+    CHECK(strcmp(chat_template_guess("<|start_header_id|>{{ role }}<|end_header_id|>"), "llama-3") == 0,
+          "guess: llama-3");
     CHECK(strcmp(chat_template_guess("[INST] <<SYS>>\\n"), "llama-2") == 0, "guess: llama-2");
     CHECK(strcmp(chat_template_guess("{{ '[INST] ' + content + ' [/INST]' }}"), "mistral") == 0, "guess: mistral");
     CHECK(chat_template_guess("{{ messages }}") == NULL && chat_template_guess(NULL) == NULL, "guess: unknown -> NULL");
@@ -185,9 +188,11 @@ static void test_sharegpt(void) {
     char *p = tmp_path("classic.json");
     write_text(p, "\xef\xbb\xbf[\n"
                   " {\"id\": \"a_0\", \"conversations\": [{\"from\": \"system\", \"value\": \"Be nice.\"},\n"
-                  "   {\"from\": \"human\", \"value\": \"Hi \\\"there\\\" [x] {y}\"}, {\"from\": \"gpt\", \"value\": \"Hello!\"}]},\n"
+                  "   {\"from\": \"human\", \"value\": \"Hi \\\"there\\\" [x] {y}\"}, {\"from\": \"gpt\", \"value\": "
+                  "\"Hello!\"}]},\n"
                   " {\"id\": \"b_0\", \"conversations\": [{\"from\": \"gpt\", \"value\": \"(cut reply)\"},\n"
-                  "   {\"from\": \"human\", \"value\": \"Q\"}, {\"from\": \"gpt\", \"value\": \"A\"}, {\"from\": \"human\", \"value\": \"Q2\"}]}\n"
+                  "   {\"from\": \"human\", \"value\": \"Q\"}, {\"from\": \"gpt\", \"value\": \"A\"}, {\"from\": "
+                  "\"human\", \"value\": \"Q2\"}]}\n"
                   "]\n");
     ReadResult r = read_all(p, 0);
     CHECK(r.n == 2 && total_skipped(&r) == 0, "classic: 2 conversations read (got %d, %lld skipped)", r.n,
@@ -213,17 +218,20 @@ static void test_sharegpt(void) {
     free(p);
 
     p = tmp_path("messages.json");
-    write_text(p, "[{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}]");
+    write_text(p, "[{\"messages\": [{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", "
+                  "\"content\": \"4\"}]}]");
     r = read_all(p, 0);
     CHECK(r.n == 1 && r.first_turns == 2 && strcmp(r.first_text, "2+2?") == 0, "messages format: role/content");
     free(p);
 
     /* one conversation per line; a broken line is skipped without swallowing the next */
     p = tmp_path("lines.jsonl");
-    write_text(p, "{\"conversations\": [{\"from\": \"human\", \"value\": \"q1\"}, {\"from\": \"gpt\", \"value\": \"a1\"}]}\n"
-                  "{\"conversations\": [{\"from\": \"human\", \"value\": \"broken\"}, \n"
-                  "\n"
-                  "{\"messages\": [{\"role\": \"user\", \"content\": \"q3\"}, {\"role\": \"assistant\", \"content\": \"a3\"}]}\n");
+    write_text(
+        p, "{\"conversations\": [{\"from\": \"human\", \"value\": \"q1\"}, {\"from\": \"gpt\", \"value\": \"a1\"}]}\n"
+           "{\"conversations\": [{\"from\": \"human\", \"value\": \"broken\"}, \n"
+           "\n"
+           "{\"messages\": [{\"role\": \"user\", \"content\": \"q3\"}, {\"role\": \"assistant\", \"content\": "
+           "\"a3\"}]}\n");
     r = read_all(p, 0);
     CHECK(r.n == 2 && r.skipped[SKIP_INVALID_JSON] == 1 && total_skipped(&r) == 1,
           ".jsonl: 2 read, the broken line counted as invalid JSON (got %d, %lld)", r.n,
@@ -239,20 +247,33 @@ static void test_sharegpt(void) {
         {"{\"id\": \"x\"}", SKIP_NO_TURN_LIST},
         {"{\"conversations\": \"human: hi\"}", SKIP_NO_TURN_LIST},
         {"{\"conversations\": []}", SKIP_EMPTY},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": 7}, {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_MALFORMED_TURN},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": 7}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         SKIP_MALFORMED_TURN},
         {"{\"conversations\": [[\"human\", \"hi\"], {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_MALFORMED_TURN},
         {"{\"conversations\": [{\"from\": \"human\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_MALFORMED_TURN},
-        {"{\"conversations\": [{\"from\": \"alien\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_UNKNOWN_ROLE},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_EMPTY_TURN},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \" \\n\\t\\u3000\\u00a0 \"}]}", SKIP_EMPTY_TURN},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_ROLE_ORDER},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}, {\"from\": \"gpt\", \"value\": \"b\"}]}", SKIP_ROLE_ORDER},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"system\", \"value\": \"s\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_ROLE_ORDER},
+        {"{\"conversations\": [{\"from\": \"alien\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         SKIP_UNKNOWN_ROLE},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         SKIP_EMPTY_TURN},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \" "
+         "\\n\\t\\u3000\\u00a0 \"}]}",
+         SKIP_EMPTY_TURN},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"human\", \"value\": \"q\"}, "
+         "{\"from\": \"gpt\", \"value\": \"a\"}]}",
+         SKIP_ROLE_ORDER},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}, "
+         "{\"from\": \"gpt\", \"value\": \"b\"}]}",
+         SKIP_ROLE_ORDER},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"system\", \"value\": \"s\"}, "
+         "{\"from\": \"gpt\", \"value\": \"a\"}]}",
+         SKIP_ROLE_ORDER},
         {"{\"conversations\": [{\"from\": \"human\", \"value\": \"only a question\"}]}", SKIP_NO_REPLY},
         {"{\"conversations\": [{\"from\": \"gpt\", \"value\": \"only a reply\"}]}", SKIP_NO_REPLY},
-        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"} {\"from\": \"gpt\", \"value\": \"a\"}]}", SKIP_INVALID_JSON},
+        {"{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"} {\"from\": \"gpt\", \"value\": \"a\"}]}",
+         SKIP_INVALID_JSON},
     };
-    const char *good = "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}";
+    const char *good =
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]}";
     size_t n_bad = sizeof bad / sizeof *bad;
     char *all = xmalloc(16384);
     int at = sprintf(all, "[%s", good);
@@ -271,8 +292,8 @@ static void test_sharegpt(void) {
                    (long long)want[k]);
         }
     }
-    CHECK(r.n == 2 && counts_ok, "malformed conversations: %zu skipped and counted by reason, the 2 good ones read (got %d)",
-          n_bad, r.n);
+    CHECK(r.n == 2 && counts_ok,
+          "malformed conversations: %zu skipped and counted by reason, the 2 good ones read (got %d)", n_bad, r.n);
     for (size_t i = 0; i < n_bad; i++) {
         Conversation one;
         char *copy = xstrdup(bad[i].json);
@@ -285,10 +306,12 @@ static void test_sharegpt(void) {
 
     /* the file ends inside a conversation (as the demo file does) */
     p = tmp_path("cut.json");
-    write_text(p, "[{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]},\n"
-                  " {\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"val");
+    write_text(
+        p, "[{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"a\"}]},\n"
+           " {\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"val");
     r = read_all(p, 0);
-    CHECK(r.n == 1 && r.skipped[SKIP_TRUNCATED_FILE] == 1, "file cut inside a conversation: 1 read, 1 counted as cut off");
+    CHECK(r.n == 1 && r.skipped[SKIP_TRUNCATED_FILE] == 1,
+          "file cut inside a conversation: 1 read, 1 counted as cut off");
     free(p);
 
     p = tmp_path("notes.json");
@@ -307,19 +330,22 @@ static void test_sharegpt(void) {
     write_text(p, "[{\"conversations\": []} {\"conversations\": []}]");
     EXPECT_FATAL(read_all(p, 0), "broken_list.json: malformed JSON", "missing ',' between conversations: fatal");
     free(p);
-    EXPECT_FATAL(read_all("/nonexistent/sharegpt.json", 0), "/nonexistent/sharegpt.json", "missing file: fatal naming it");
+    EXPECT_FATAL(read_all("/nonexistent/sharegpt.json", 0), "/nonexistent/sharegpt.json",
+                 "missing file: fatal naming it");
 
     const char *s = " \t\xe3\x80\x80text\xc2\xa0 inside\xe2\x80\x83\n";
     size_t n = strlen(s);
     text_strip(&s, &n);
-    CHECK(n == 13 && memcmp(s, "text\xc2\xa0 inside", 13) == 0, "text_strip: Unicode spaces at both ends, as str.strip()");
+    CHECK(n == 13 && memcmp(s, "text\xc2\xa0 inside", 13) == 0,
+          "text_strip: Unicode spaces at both ends, as str.strip()");
 }
 
 /* A huge single message: read whole, and tokenised only as far as --max-len needs. */
 static void test_huge_message(const Tokenizer *tok) {
     size_t big = (size_t)64 << 20;
     char *json = xmalloc(big + 256);
-    int at = sprintf(json, "[{\"conversations\": [{\"from\": \"human\", \"value\": \"Repeat.\"}, {\"from\": \"gpt\", \"value\": \"");
+    int at = sprintf(
+        json, "[{\"conversations\": [{\"from\": \"human\", \"value\": \"Repeat.\"}, {\"from\": \"gpt\", \"value\": \"");
     for (size_t i = 0; i < big; i++) json[at + i] = "lorem ipsum dolor sit amet, "[i % 28];
     strcpy(json + at + big, "\"}]}]");
     char *p = tmp_path("huge.json");
@@ -385,9 +411,9 @@ static void test_token_cache(void) {
     CHECK(same, "cache round trip: %d conversations, %d tokens, masks and offsets identical", N_CONVS, total);
     const TokenCacheMeta *m = &c.meta;
     int meta_ok = m->vocab_size == 50000 && m->max_len == 3000 && m->val_fraction == 0.02 && m->truncated == 3 &&
-                  !strcmp(m->tokenizer_fingerprint, meta.tokenizer_fingerprint) && !strcmp(m->template_name, "chatml") &&
-                  !strcmp(m->source, meta.source) && !strcmp(m->source_checksum, meta.source_checksum) &&
-                  !strcmp(m->split, "train");
+                  !strcmp(m->tokenizer_fingerprint, meta.tokenizer_fingerprint) &&
+                  !strcmp(m->template_name, "chatml") && !strcmp(m->source, meta.source) &&
+                  !strcmp(m->source_checksum, meta.source_checksum) && !strcmp(m->split, "train");
     for (int k = 0; k < SKIP_COUNT; k++) meta_ok &= m->skipped[k] == 10 + k;
     CHECK(meta_ok, "cache round trip: every attribute identical");
     token_cache_free(&c);
@@ -401,7 +427,8 @@ static void test_token_cache(void) {
     write_bytes(cut, bytes, size / 2);
     EXPECT_FATAL(token_cache_load(&c, cut, 0), "cut.tokens.h5: cannot", "cache: truncated file -> fatal naming it");
     write_bytes(cut, bytes, 1000);
-    EXPECT_FATAL(token_cache_load(&c, cut, 0), "cut.tokens.h5: cannot", "cache: first 1000 bytes only -> fatal naming it");
+    EXPECT_FATAL(token_cache_load(&c, cut, 0), "cut.tokens.h5: cannot",
+                 "cache: first 1000 bytes only -> fatal naming it");
     write_text(cut, "not HDF5 at all");
     EXPECT_FATAL(token_cache_load(&c, cut, 0), "cut.tokens.h5: cannot open as HDF5", "cache: not HDF5 -> fatal");
     EXPECT_FATAL(token_cache_load(&c, "/nonexistent.tokens.h5", 0), "/nonexistent.tokens.h5: no such",
@@ -530,8 +557,9 @@ static void test_batcher(void) {
     CHECK(content_ok, "batcher: sequences are whole conversations with their masks (the long one cut to %d)", BT);
     CHECK(once, "batcher: an epoch has every conversation exactly once");
     CHECK(greedy_ok, "batcher: a batch ends only when the next conversation does not fit");
-    CHECK(batches == batcher_epoch_batches(&b, 0), "batcher: %d batches in epoch 0, as batcher_epoch_batches says (%lld)",
-          batches, (long long)batcher_epoch_batches(&b, 0));
+    CHECK(batches == batcher_epoch_batches(&b, 0),
+          "batcher: %d batches in epoch 0, as batcher_epoch_batches says (%lld)", batches,
+          (long long)batcher_epoch_batches(&b, 0));
     int in_order = 1;
     for (int i = 0; i < N; i++) in_order &= first_of_epoch[i] == i;
     CHECK(!in_order, "batcher: shuffled order differs from the file's");
@@ -584,7 +612,8 @@ static void test_batcher(void) {
     EXPECT_FATAL(batcher_restore_cursor(&other, words), "saved with seed 1234", "cursor from another seed -> fatal");
     batcher_free(&other);
     batcher_init(&other, &cache, 512, 1234, 1);
-    EXPECT_FATAL(batcher_restore_cursor(&other, words), "1024-token batches", "cursor from another batch size -> fatal");
+    EXPECT_FATAL(batcher_restore_cursor(&other, words), "1024-token batches",
+                 "cursor from another batch size -> fatal");
     batcher_free(&other);
     TokenCache smaller;
     make_cache(&smaller, lens, N - 1);
@@ -647,9 +676,11 @@ static void test_cli(void) {
     token_cache_load(&train, train_path, 0);
     token_cache_load(&val, val_path, 0);
     CHECK(train.n_convs + val.n_convs == 64 && val.n_convs > 4 && val.n_convs < 32,
-          "medusa-data: 64 conversations split %lld train / %lld val", (long long)train.n_convs, (long long)val.n_convs);
+          "medusa-data: 64 conversations split %lld train / %lld val", (long long)train.n_convs,
+          (long long)val.n_convs);
     CHECK(!strcmp(train.meta.template_name, "llama-3") && train.meta.max_len == 2048 && !strcmp(val.meta.split, "val"),
-          "medusa-data: template guessed from tokenizer_config.json (%s), attributes written", train.meta.template_name);
+          "medusa-data: template guessed from tokenizer_config.json (%s), attributes written",
+          train.meta.template_name);
     /* the same caches from one thread: the output does not depend on the thread count */
     snprintf(cmd, sizeof cmd,
              "bin/medusa-data --model %s --input " CHAT_FIXTURES "/conversations.json --out %s1 --val-fraction 0.25 "
@@ -657,8 +688,8 @@ static void test_cli(void) {
              "cmp -s %s.val.tokens.h5 %s1.val.tokens.h5",
              model, out, out, out, out, out);
     CHECK(run(cmd) == 0, "medusa-data: byte-identical caches from 1 and 2 threads");
-    snprintf(cmd, sizeof cmd, "bin/medusa-data stats %s > %s.stats 2>&1 && grep -q 'conversations *%lld' %s.stats", train_path,
-             out, (long long)train.n_convs, out);
+    snprintf(cmd, sizeof cmd, "bin/medusa-data stats %s > %s.stats 2>&1 && grep -q 'conversations *%lld' %s.stats",
+             train_path, out, (long long)train.n_convs, out);
     CHECK(run(cmd) == 0, "medusa-data stats: runs and counts the conversations");
 
     /* no validation split: the cache holds exactly what chat_encode gives each conversation, in file order */
@@ -702,11 +733,13 @@ static void test_cli(void) {
 
     /* JSON lines and --limit */
     char *lines = tmp_path("three.jsonl");
-    write_text(lines, "{\"conversations\": [{\"from\": \"human\", \"value\": \"q1\"}, {\"from\": \"gpt\", \"value\": \"a1\"}]}\n"
-                      "{\"messages\": [{\"role\": \"user\", \"content\": \"q2\"}, {\"role\": \"assistant\", \"content\": \"a2\"}]}\n"
-                      "{\"conversations\": [{\"from\": \"human\", \"value\": \"q3\"}, {\"from\": \"gpt\", \"value\": \"a3\"}]}\n");
-    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s3 --val-fraction 0 --limit 2 --quiet", model,
-             lines, out);
+    write_text(
+        lines,
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"q1\"}, {\"from\": \"gpt\", \"value\": \"a1\"}]}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"q2\"}, {\"role\": \"assistant\", \"content\": \"a2\"}]}\n"
+        "{\"conversations\": [{\"from\": \"human\", \"value\": \"q3\"}, {\"from\": \"gpt\", \"value\": \"a3\"}]}\n");
+    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s3 --val-fraction 0 --limit 2 --quiet",
+             model, lines, out);
     CHECK(run(cmd) == 0, "medusa-data .jsonl --limit 2: runs");
     sprintf(train_path, "%s3.train.tokens.h5", out);
     token_cache_load(&all, train_path, 0);
@@ -734,8 +767,8 @@ static void test_cli(void) {
     /* tokenizer_config.json's list of named templates: "default" is the chat template */
     write_text(cfg, "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"{{ tools }}\"},"
                     " {\"name\": \"default\", \"template\": \"{{'<|im_start|>' + message['role']}}\"}]}");
-    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s5 --quiet", model, CHAT_FIXTURES "/conversations.json",
-             out);
+    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s5 --quiet", model,
+             CHAT_FIXTURES "/conversations.json", out);
     CHECK(run(cmd) == 0, "medusa-data: chat_template as a list of named templates: runs");
     sprintf(train_path, "%s5.train.tokens.h5", out);
     token_cache_load(&all, train_path, 0);
@@ -746,7 +779,8 @@ static void test_cli(void) {
     char *notes = tmp_path("notes.json");
     write_text(notes, "hello");
     snprintf(cmd, sizeof cmd,
-             "bin/medusa-data --model %s --input %s --out %s2 > %s.err 2>&1; test $? -eq 1 && grep -q 'notes.json: not JSON' "
+             "bin/medusa-data --model %s --input %s --out %s2 > %s.err 2>&1; test $? -eq 1 && grep -q 'notes.json: not "
+             "JSON' "
              "%s.err && ! test -e %s2.train.tokens.h5 && ! test -e %s2.train.tokens.h5.tmp",
              model, notes, out, out, out, out, out);
     CHECK(run(cmd) == 0, "medusa-data: a non-JSON input is fatal, names the file and leaves no output");

@@ -17,7 +17,8 @@ static void check_acceptance(void) {
     free(text);
     int V = cJSON_GetObjectItem(root, "V")->valueint, P = cJSON_GetObjectItem(root, "paths")->valueint;
     int D = cJSON_GetObjectItem(root, "depth")->valueint;
-    float eps = (float)cJSON_GetObjectItem(root, "epsilon")->valuedouble, alpha = (float)cJSON_GetObjectItem(root, "alpha")->valuedouble;
+    float eps = (float)cJSON_GetObjectItem(root, "epsilon")->valuedouble,
+          alpha = (float)cJSON_GetObjectItem(root, "alpha")->valuedouble;
     float *logits = xmalloc(sizeof(float) * (size_t)P * D * V), *probs = xmalloc(sizeof(float) * (size_t)V);
     int32_t *cand = xmalloc(sizeof(int32_t) * (size_t)P * D), *amax = xmalloc(sizeof(int32_t) * (size_t)P * D);
     float *cand_prob = xmalloc(sizeof(float) * (size_t)P * D), *thr = xmalloc(sizeof(float) * (size_t)P * D);
@@ -31,7 +32,8 @@ static void check_acceptance(void) {
         i = 0;
         for (cJSON *row = cJSON_GetObjectItem(c, "candidates")->child; row; row = row->next)
             for (cJSON *x = row->child; x; x = x->next) cand[i++] = x->valueint;
-        int want_best = cJSON_GetObjectItem(c, "best")->valueint, want_len = cJSON_GetObjectItem(c, "accept_length")->valueint;
+        int want_best = cJSON_GetObjectItem(c, "best")->valueint,
+            want_len = cJSON_GetObjectItem(c, "accept_length")->valueint;
         int best, len;
         if (temperature == 0) {
             for (int r = 0; r < P * D; r++) {
@@ -47,7 +49,8 @@ static void check_acceptance(void) {
         } else {
             for (int p = 0; p < P; p++)
                 for (int j = 0; j + 1 < D; j++) {
-                    thr[p * D + j] = typical_threshold(logits + (size_t)(p * D + j) * V, V, temperature, eps, alpha, probs);
+                    thr[p * D + j] =
+                        typical_threshold(logits + (size_t)(p * D + j) * V, V, temperature, eps, alpha, probs);
                     cand_prob[p * D + j] = probs[cand[p * D + j + 1]];
                 }
             len = accept_typical(cand_prob, thr, valid, P, D, &best);
@@ -55,8 +58,10 @@ static void check_acceptance(void) {
             ok_typical += len == want_len && best == want_best;
         }
     }
-    CHECK(n_greedy > 0 && ok_greedy == n_greedy, "greedy acceptance: %d/%d cases match the reference (path and length)", ok_greedy, n_greedy);
-    CHECK(n_typical > 0 && ok_typical == n_typical, "typical acceptance: %d/%d cases match the reference (path and length)", ok_typical, n_typical);
+    CHECK(n_greedy > 0 && ok_greedy == n_greedy, "greedy acceptance: %d/%d cases match the reference (path and length)",
+          ok_greedy, n_greedy);
+    CHECK(n_typical > 0 && ok_typical == n_typical,
+          "typical acceptance: %d/%d cases match the reference (path and length)", ok_typical, n_typical);
     cJSON_Delete(root);
     free(logits);
     free(probs);
@@ -194,10 +199,12 @@ static double check_lossless(const Model *m, const char *model_path, const Medus
         tokens += nb;
     }
     double per_step = (double)tokens / steps;
-    CHECK(same == N_PROMPTS, "%s, tree %s, %s heads: greedy Medusa == plain greedy on %d/%d prompts (%.2f tokens per step)",
-          model_path, tree_name, head_kind_names[kind], same, N_PROMPTS, per_step);
-    CHECK(same_cold == N_PROMPTS, "%s, tree %s, %s heads: typical acceptance at temperature 1e-6 == plain greedy on %d/%d prompts",
-          model_path, tree_name, head_kind_names[kind], same_cold, N_PROMPTS);
+    CHECK(same == N_PROMPTS,
+          "%s, tree %s, %s heads: greedy Medusa == plain greedy on %d/%d prompts (%.2f tokens per step)", model_path,
+          tree_name, head_kind_names[kind], same, N_PROMPTS, per_step);
+    CHECK(same_cold == N_PROMPTS,
+          "%s, tree %s, %s heads: typical acceptance at temperature 1e-6 == plain greedy on %d/%d prompts", model_path,
+          tree_name, head_kind_names[kind], same_cold, N_PROMPTS);
     decoder_free(&plain);
     decoder_free(&medusa);
     if (kind == HEADS_AGREEING) *trained = heads;
@@ -219,7 +226,8 @@ static void check_model(const char *model_path, const char *tree_name) {
     double noisy = check_lossless(&m, model_path, &tree, tree_name, HEADS_NOISY, &trained);
     /* acceptance must actually happen, or the checks above would hold for a decoder that never accepts */
     CHECK(agreeing > 3.0 && noisy > 1.2 && noisy < agreeing,
-          "%s, tree %s: tokens per step %.2f with random-peaked heads, %.2f with agreeing heads (> 3), %.2f with noisy ones (between)",
+          "%s, tree %s: tokens per step %.2f with random-peaked heads, %.2f with agreeing heads (> 3), %.2f with noisy "
+          "ones (between)",
           model_path, tree_name, peaked, agreeing, noisy);
     medusa_free(&trained);
     tree_free(&tree);

@@ -55,7 +55,8 @@ static void check_math(const Model *base) {
     float *lm = xmalloc(sizeof(float) * (size_t)V * H), *row = xmalloc(sizeof(float) * (size_t)H);
     be->download(lm, base->lm_head, sizeof(float) * (size_t)V * H);
     be->download(row, medusa_lm_head(&tr, tr.params, 1) + (size_t)7 * H, sizeof(float) * (size_t)H);
-    CHECK(max_diff(row, lm + (size_t)map[7] * H, (size_t)H) == 0, "init: truncated lm_head row 7 is base row %d", map[7]);
+    CHECK(max_diff(row, lm + (size_t)map[7] * H, (size_t)H) == 0, "init: truncated lm_head row 7 is base row %d",
+          map[7]);
     randomise(&tr, &rng, 0.3f);
 
     medusa_init(&full, be, (MedusaShape){K, 1, H, V, 0});
@@ -89,11 +90,13 @@ static void check_math(const Model *base) {
     for (int h = 0; h < K; h++)
         for (int t = 0; t < T; t++)
             for (int r = 0; r < Vh; r++) {
-                double d = fabs(ht[((size_t)h * T + t) * Vh + r] - hf[((size_t)h * T + t) * V + medusa_row_token(&tr, r)]);
+                double d =
+                    fabs(ht[((size_t)h * T + t) * Vh + r] - hf[((size_t)h * T + t) * V + medusa_row_token(&tr, r)]);
                 if (d > err) err = d;
             }
-    CHECK(err < 1e-5, "truncated logits [%d,%d,%d] == the mapped columns of full-vocabulary logits (max err %.2g, tol 1e-5)",
-          K, T, Vh, err);
+    CHECK(err < 1e-5,
+          "truncated logits [%d,%d,%d] == the mapped columns of full-vocabulary logits (max err %.2g, tol 1e-5)", K, T,
+          Vh, err);
 
     /* loss and gradients: two sequences, tokens half inside the map, half outside */
     int32_t tokens[T], tokens_r[T], seq_lens[2] = {30, T - 30};
@@ -126,10 +129,12 @@ static void check_math(const Model *base) {
         valid_ok &= st.valid[h] == sf.valid[h] && st.valid[h] > sr.valid[h];
         for (int k = 0; k < MEDUSA_TOPK; k++) hits_ok &= st.hits[h][k] == sr.hits[h][k];
     }
-    CHECK(outside > 5 && lerr < 1e-5, "loss over in-map targets == restricted problem's (%.6f vs %.6f, err %.2g, tol 1e-5; %d targets outside)",
+    CHECK(outside > 5 && lerr < 1e-5,
+          "loss over in-map targets == restricted problem's (%.6f vs %.6f, err %.2g, tol 1e-5; %d targets outside)",
           st.total_loss, sr.total_loss, lerr, outside);
     CHECK(gerr < 1e-6, "gradients == restricted problem's (max err %.2g, tol 1e-6)", gerr);
-    CHECK(valid_ok && hits_ok, "accuracy counts every target (head 0: %lld valid as with full heads, %lld in the map), hits equal",
+    CHECK(valid_ok && hits_ok,
+          "accuracy counts every target (head 0: %lld valid as with full heads, %lld in the map), hits equal",
           (long long)st.valid[0], (long long)sr.valid[0]);
 
     /* one AdamW step over the whole parameter vector, lm_head rows included */
@@ -146,8 +151,8 @@ static void check_math(const Model *base) {
     be->download(q, medusa_lm_head(&tr, tr.grads, K - 1), sizeof(float) * (size_t)Vh * H);
     double perr = max_diff(gt, gr, tr.n_params), gmax = 0;
     for (size_t i = 0; i < (size_t)Vh * H; i++) gmax = fmax(gmax, fabs(q[i]));
-    CHECK(perr < 1e-6 && gmax == 0, "AdamW step == restricted problem's (max err %.2g, tol 1e-6), last lm_head's gradient cleared",
-          perr);
+    CHECK(perr < 1e-6 && gmax == 0,
+          "AdamW step == restricted problem's (max err %.2g, tol 1e-6), last lm_head's gradient cleared", perr);
     adam_free(&at, &tr);
     adam_free(&ar, &restricted);
     medusa_work_free(&wt, &tr);
@@ -192,7 +197,8 @@ static void check_files(const Model *base) {
         char *sub = path_join(dir, names[f]);
         medusa_export(&m, sub, f == 0 ? MEDUSA_FORMAT_V1 : MEDUSA_FORMAT_VLLM, DT_F32, "base");
         medusa_import(&r, sub, be, H, V);
-        CHECK(same_heads(&m, &r), "%s export/import: %d-token heads, token_map and weights round trip exactly", names[f], Vh);
+        CHECK(same_heads(&m, &r), "%s export/import: %d-token heads, token_map and weights round trip exactly",
+              names[f], Vh);
         medusa_free(&r);
         free(sub);
     }
@@ -206,7 +212,8 @@ static void check_files(const Model *base) {
     medusa_init(&r, be, s);
     CheckpointMeta back = {0};
     checkpoint_load(ckpt, &r, NULL, &back);
-    CHECK(s.head_vocab == Vh && same_heads(&m, &r), "checkpoint: head vocabulary %d, token_map and weights restored", s.head_vocab);
+    CHECK(s.head_vocab == Vh && same_heads(&m, &r), "checkpoint: head vocabulary %d, token_map and weights restored",
+          s.head_vocab);
     free(back.config_json);
     medusa_free(&r);
     medusa_init(&r, be, (MedusaShape){K, 1, H, V, 0});
@@ -250,8 +257,9 @@ static void check_decoding(const Model *base) {
         steps += sb.steps;
         tokens += nb;
     }
-    CHECK(same == n_prompts, "greedy Medusa with %d-token heads == plain greedy on %d/%d prompts (%.2f tokens per step)", Vh,
-          same, n_prompts, (double)tokens / steps);
+    CHECK(same == n_prompts,
+          "greedy Medusa with %d-token heads == plain greedy on %d/%d prompts (%.2f tokens per step)", Vh, same,
+          n_prompts, (double)tokens / steps);
     decoder_free(&plain);
     decoder_free(&medusa);
     medusa_free(&heads);

@@ -96,13 +96,16 @@ int main(void) {
 
     char *st = tmp_path("bad.safetensors");
     write_bytes(st, "\x01\x02\x03", 3);
-    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "truncated safetensors", "safetensors: file shorter than its length field");
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "truncated safetensors",
+                 "safetensors: file shorter than its length field");
     write_safetensors(st, "{}", 0, 1000);
-    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "runs past the end", "safetensors: header length beyond the file");
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "runs past the end",
+                 "safetensors: header length beyond the file");
     write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", ", 0, 0);
     EXPECT_FATAL(weights_open_safetensors_file(&w, st), "not valid JSON", "safetensors: malformed JSON header");
     write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}", 8, 0);
-    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "outside the data section", "safetensors: tensor offsets beyond the data");
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "outside the data section",
+                 "safetensors: tensor offsets beyond the data");
     write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 16]}}", 16, 0);
     EXPECT_FATAL(weights_open_safetensors_file(&w, st), "need 12", "safetensors: byte count not matching shape");
     write_safetensors(st, "{\"a\": {\"dtype\": \"I8\", \"shape\": [4], \"data_offsets\": [0, 4]}}", 4, 0);
@@ -115,20 +118,29 @@ int main(void) {
     write_text(cfg, "{\"model_type\": \"gpt_neox\", \"hidden_size\": 8}");
     EXPECT_FATAL(config_from_json(&c, cfg), "unknown architecture \"gpt_neox\"", "config.json: unknown architecture");
     write_text(cfg, "{\"model_type\": \"llama\", \"hidden_size\": 8}");
-    EXPECT_FATAL(config_from_json(&c, cfg), "missing required field \"intermediate_size\"", "config.json: missing field");
-    write_text(cfg, "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
-                    " \"num_attention_heads\": 3, \"num_key_value_heads\": 2, \"vocab_size\": 4}");
+    EXPECT_FATAL(config_from_json(&c, cfg), "missing required field \"intermediate_size\"",
+                 "config.json: missing field");
+    write_text(cfg,
+               "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
+               " \"num_attention_heads\": 3, \"num_key_value_heads\": 2, \"vocab_size\": 4}");
     EXPECT_FATAL(config_from_json(&c, cfg), "not a multiple", "config.json: heads not a multiple of kv heads");
 
     /* shape that does not match config.json: embedding [4, 7] where hidden_size is 8 */
     write_text(cfg, tiny_config);
     char *model_st = tmp_path("model.safetensors");
-    write_safetensors(model_st, "{\"model.embed_tokens.weight\": {\"dtype\": \"F32\", \"shape\": [4, 7], \"data_offsets\": [0, 112]}}", 112, 0);
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "has shape [4, 7] but the model config needs [4, 8]", "model: tensor shape vs config.json");
-    write_safetensors(model_st, "{\"model.embed_tokens.weight\": {\"dtype\": \"BF16\", \"shape\": [4, 8], \"data_offsets\": [0, 64]}}", 64, 0);
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "tensor 'model.layers.0.input_layernorm.weight' is missing", "model: missing tensor");
+    write_safetensors(
+        model_st,
+        "{\"model.embed_tokens.weight\": {\"dtype\": \"F32\", \"shape\": [4, 7], \"data_offsets\": [0, 112]}}", 112, 0);
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "has shape [4, 7] but the model config needs [4, 8]",
+                 "model: tensor shape vs config.json");
+    write_safetensors(
+        model_st,
+        "{\"model.embed_tokens.weight\": {\"dtype\": \"BF16\", \"shape\": [4, 8], \"data_offsets\": [0, 64]}}", 64, 0);
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32),
+                 "tensor 'model.layers.0.input_layernorm.weight' is missing", "model: missing tensor");
     unlink(model_st);
-    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "no model.safetensors", "model: directory without weights");
+    EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "no model.safetensors",
+                 "model: directory without weights");
     char *index = tmp_path("model.safetensors.index.json");
     write_text(index, "{\"weight_map\": {\"model.embed_tokens.weight\": \"model-00001-of-00002.safetensors\"}}");
     EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "does not exist", "model: index names a missing shard");
@@ -148,7 +160,8 @@ int main(void) {
     write_gguf(gg, "llama", 1u << 20, 4 * 32 * 4, 3);
     EXPECT_FATAL(gguf_open(&g, gg), "lies beyond the end of the file", "gguf: tensor offset out of range");
     write_gguf(gg, "falcon", 0, 4 * 32 * 4, 3);
-    EXPECT_FATAL(model_load(&m, gg, backend_cpu(), DT_F32), "unknown architecture \"falcon\"", "gguf: unknown architecture");
+    EXPECT_FATAL(model_load(&m, gg, backend_cpu(), DT_F32), "unknown architecture \"falcon\"",
+                 "gguf: unknown architecture");
     write_gguf(gg, "llama", 0, 4 * 32 * 4, 3);
     gguf_open(&g, gg);
     CHECK(g.n_tensors == 1 && g.tensors[0].ne[0] == 32 && g.tensors[0].ne[1] == 4, "gguf: well-formed header parses");
@@ -174,6 +187,7 @@ int main(void) {
         free(full);
         CHECK(clean, "gguf: every truncation of a valid file is a named error");
     }
-    EXPECT_FATAL(model_load(&m, "/nonexistent/model", backend_cpu(), DT_F32), "not a model directory", "model: missing path");
+    EXPECT_FATAL(model_load(&m, "/nonexistent/model", backend_cpu(), DT_F32), "not a model directory",
+                 "model: missing path");
     return test_summary();
 }

@@ -10,8 +10,8 @@
 #include "test.h"
 
 #define FIX "tests/fixtures/medusa/"
-#define TOL 1e-5        /* per tensor, relative to its largest magnitude */
-#define TOL_OPTIM 1e-6  /* clip + AdamW alone, from the reference gradients */
+#define TOL 1e-5           /* per tensor, relative to its largest magnitude */
+#define TOL_OPTIM 1e-6     /* clip + AdamW alone, from the reference gradients */
 #define TOL_W_TRAINED 1e-4 /* ResBlock W trained from zero: Adam amplifies fp32 noise (fixture README) */
 
 enum { K = 3, H = 64, V = 384, N_BATCHES = 3 };
@@ -80,8 +80,9 @@ static void check_stats(const WeightSet *w, const MedusaBatchStats *s, const cha
         if (e > worst) worst = e;
     }
     double want = scalar(w, "loss", 0, 1), e_total = fabs(s->total_loss - want) / fabs(want);
-    CHECK(worst <= TOL && e_total <= TOL, "%s: per-head losses rel err %.3g, weighted total %.6f rel err %.3g (tol %.0e)",
-          label, worst, s->total_loss, e_total, TOL);
+    CHECK(worst <= TOL && e_total <= TOL,
+          "%s: per-head losses rel err %.3g, weighted total %.6f rel err %.3g (tol %.0e)", label, worst, s->total_loss,
+          e_total, TOL);
 }
 
 /* The fixture's case-A heads (export_ref) loaded by our importer. */
@@ -176,7 +177,8 @@ static void test_case_a_bf16(void) {
         e = compare(&w, key, medusa_lm_head(&m, m.grads, i), 2, V, H, tol, "case A bf16");
         worst = e > worst ? e : worst;
     }
-    CHECK(worst > 1e-5, "case A bf16: gradients differ from fp32's (max rel err %.3g): the operands were rounded", worst);
+    CHECK(worst > 1e-5, "case A bf16: gradients differ from fp32's (max rel err %.3g): the operands were rounded",
+          worst);
     weights_close(&w);
     medusa_work_free(&work, &m);
     medusa_free(&m);
@@ -303,7 +305,8 @@ static void test_case_b(const Model *base) {
     for (int s = 0; s < 3; s++) {
         FixtureBatch *b = &batches[s];
         MedusaBatchStats st;
-        medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f, &st);
+        medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f,
+                                &st);
         snprintf(prefix, sizeof prefix, "gin%d", s);
         snprintf(label, sizeof label, "case B step %d", s);
         compare_gin(&w, &m, prefix, label);
@@ -500,7 +503,8 @@ static void test_export(void) {
     for (size_t i = 0; i < m.n_params; i++) rounded &= r.params[i] == bf16_to_float(float_to_bf16(m.params[i]));
     CHECK(rounded, "bf16 export re-imported: every value is the bf16 rounding of ours (max abs err %.3g)", abs_err);
     medusa_free(&r);
-    EXPECT_FATAL(medusa_import(&r, v1, backend_cpu(), 32, V), "hidden_size", "import into a base of another hidden size fails");
+    EXPECT_FATAL(medusa_import(&r, v1, backend_cpu(), 32, V), "hidden_size",
+                 "import into a base of another hidden size fails");
 
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

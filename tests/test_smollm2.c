@@ -52,9 +52,11 @@ int main(void) {
         if (e > max_logit_err) max_logit_err = e;
     }
     double rate = (double)agree / (double)T;
-    printf("  SmolLM2: top-1 agreement %d/%lld = %.2f%% (%d near-ties), max |logit - reference| at the reference top-1: %.3g\n",
+    printf("  SmolLM2: top-1 agreement %d/%lld = %.2f%% (%d near-ties), max |logit - reference| at the reference "
+           "top-1: %.3g\n",
            agree, (long long)T, 100 * rate, near_ties, max_logit_err);
-    CHECK(T >= 256 && rate >= 0.99, "SmolLM2: top-1 agreement with transformers %.2f%% over %lld positions (>= 99%%)", 100 * rate, (long long)T);
+    CHECK(T >= 256 && rate >= 0.99, "SmolLM2: top-1 agreement with transformers %.2f%% over %lld positions (>= 99%%)",
+          100 * rate, (long long)T);
     CHECK(max_logit_err < 1e-2, "SmolLM2: reference top-1 logit within 1e-2 (max err %.3g)", max_logit_err);
     forward_state_free(&s, &m);
 
@@ -99,7 +101,8 @@ int main(void) {
             first_diff = i;
             break;
         }
-    CHECK(same, "SmolLM2: %lld greedy tokens identical to transformers generate() (first difference at %d)", (long long)n_greedy, first_diff);
+    CHECK(same, "SmolLM2: %lld greedy tokens identical to transformers generate() (first difference at %d)",
+          (long long)n_greedy, first_diff);
     printf("  SmolLM2: greedy decoding %.1f tokens/s (CPU, KV cache)\n", st.new_tokens / st.seconds);
     decoder_free(&d);
     model_free(&m);

@@ -69,7 +69,11 @@ static char *utf8_lossy(const char *s, size_t n, size_t *out_len) {
     size_t o = 0;
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
-        int need = c < 0x80 ? 0 : c >= 0xc2 && c <= 0xdf ? 1 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xf0 && c <= 0xf4 ? 3 : -1;
+        int need = c < 0x80                 ? 0
+                   : c >= 0xc2 && c <= 0xdf ? 1
+                   : c >= 0xe0 && c <= 0xef ? 2
+                   : c >= 0xf0 && c <= 0xf4 ? 3
+                                            : -1;
         size_t k = 1;
         int ok = need >= 0;
         for (int j = 0; ok && j < need; j++, k++) {
@@ -113,7 +117,8 @@ static void print_mismatch(const char *what, int i, const Strings *st, const int
 
 /* Ids of every string against the fixture, with and without special-token parsing and with BOS; decode
  * against HF's decode; and decode(encode(s)) == s. */
-static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const char *ref, const Strings *st) {
+static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const char *ref,
+                            const Strings *st) {
     cJSON *fx = load_json(fixture);
     const cJSON *ids = cJSON_GetObjectItem(fx, "ids"), *plain = cJSON_GetObjectItem(fx, "ids_plain"),
                 *bos = cJSON_GetObjectItem(fx, "ids_bos"), *decoded = cJSON_GetObjectItem(fx, "decoded"),
@@ -193,13 +198,14 @@ static void check_tokenizer(const char *label, const Tokenizer *t, const char *f
           same_plain, n_plain);
     CHECK(same_bos == n_bos && n_bos > 0, "%s: %d/%d identical with BOS added as the post-processor does", label,
           same_bos, n_bos);
-    CHECK(dec_ok == st->n, "%s: decode == HF's decode for %d/%d (ill-formed UTF-8 replaced as HF does)", label,
-          dec_ok, st->n);
+    CHECK(dec_ok == st->n, "%s: decode == HF's decode for %d/%d (ill-formed UTF-8 replaced as HF does)", label, dec_ok,
+          st->n);
     CHECK(skip_ok == skip_n, "%s: decode skipping special tokens == HF for %d/%d", label, skip_ok, skip_n);
     CHECK(round_plain == st->n - n_mark, "%s: decode(encode(s)) == s for %d/%d (special-token text as text%s)", label,
           round_plain, st->n - n_mark,
-          !n_mark ? "" : tokenizer_kind(t) == TOKENIZER_SPM_BPE ? "; strings without U+2581 or a user-defined token"
-                                                                : "; strings whose bytes the vocab has");
+          !n_mark                                  ? ""
+          : tokenizer_kind(t) == TOKENIZER_SPM_BPE ? "; strings without U+2581 or a user-defined token"
+                                                   : "; strings whose bytes the vocab has");
     if (tokenizer_kind(t) == TOKENIZER_BYTE_BPE)
         CHECK(round == st->n - n_mark, "%s: decode(encode(s)) == s for %d/%d (special tokens parsed)", label, round,
               st->n - n_mark);
@@ -215,9 +221,7 @@ static void check_gguf_vs_conversion(const Tokenizer *t, const Strings *st) {
     cJSON *conv = load_json(FIXTURES "smollm2.json"), *fx = load_json(FIXTURES "smollm2_gguf.json"), *v;
     const cJSON *ids = cJSON_GetObjectItem(conv, "ids");
     char *expect_differ = xcalloc((size_t)st->n, 1);
-    cJSON_ArrayForEach(v, cJSON_GetObjectItem(fx, "differs_from_conversion")) {
-        expect_differ[v->valueint] = 1;
-    }
+    cJSON_ArrayForEach(v, cJSON_GetObjectItem(fx, "differs_from_conversion")) { expect_differ[v->valueint] = 1; }
     int same = 0, differ = 0, as_expected = 0;
     for (int i = 0; i < st->n; i++) {
         int32_t *got;
@@ -230,7 +234,8 @@ static void check_gguf_vs_conversion(const Tokenizer *t, const Strings *st) {
     }
     CHECK(as_expected == st->n && differ > 0,
           "SmolLM2 (GGUF): %d/%d identical to transformers' GGUF conversion; the %d others hold digits, which "
-          "the \"smollm\" pre-tokenizer splits", same, st->n, differ);
+          "the \"smollm\" pre-tokenizer splits",
+          same, st->n, differ);
     free(expect_differ);
     cJSON_Delete(conv);
     cJSON_Delete(fx);
@@ -302,8 +307,8 @@ static void check_chat(const char *template_fixture) {
         conversation_free(&c);
     }
     sharegpt_close(&r);
-    CHECK(k == n && same == n, "chat %s (%s): rendered text encodes to the fixture's ids for %d/%d conversations",
-          name, tok_path, same, n);
+    CHECK(k == n && same == n, "chat %s (%s): rendered text encodes to the fixture's ids for %d/%d conversations", name,
+          tok_path, same, n);
     CHECK(same_encoded == n, "chat %s: chat_encode ids and masks agree for %d/%d", name, same_encoded, n);
     chat_template_free(&tpl);
     tokenizer_free(tok);
@@ -401,17 +406,20 @@ static void check_bad_input(void) {
     p = write_tmp("tokenizer.json", bad_merge, strlen(bad_merge));
     EXPECT_FATAL(tokenizer_load_json(p), "merge 0 ('a' 'b') uses a token not in the vocab",
                  "merge into a token missing from the vocab is fatal");
-    const char bad_pre[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
-                           "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}";
+    const char bad_pre[] =
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+        "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(\"}, \"behavior\": \"Isolated\"}}";
     p = write_tmp("tokenizer.json", bad_pre, strlen(bad_pre));
     EXPECT_FATAL(tokenizer_load_json(p), "regex '(' does not compile", "a broken pre-tokenizer regex is fatal");
     size_t size;
     char *model = read_whole_file(FIXTURES "spm_llama.model", &size);
     p = write_tmp("tokenizer.model", model, 100);
-    EXPECT_FATAL(tokenizer_load_spm(p), "tokenizer.model: truncated sentencepiece model", "truncated tokenizer.model is fatal");
+    EXPECT_FATAL(tokenizer_load_spm(p), "tokenizer.model: truncated sentencepiece model",
+                 "truncated tokenizer.model is fatal");
     free(model);
     p = write_tmp("tokenizer.model", "{\"model\": 1}", 12);
-    EXPECT_FATAL(tokenizer_load_spm(p), "tokenizer.model: not a sentencepiece model", "a JSON file as tokenizer.model is fatal");
+    EXPECT_FATAL(tokenizer_load_spm(p), "tokenizer.model: not a sentencepiece model",
+                 "a JSON file as tokenizer.model is fatal");
     /* one piece "a", then trainer_spec {model_type: UNIGRAM} */
     static const char unigram_pb[] = {0x0a, 0x05, 0x0a, 0x01, 'a', 0x18, 0x01, 0x12, 0x02, 0x18, 0x01};
     p = write_tmp("tokenizer.model", unigram_pb, sizeof unigram_pb);
@@ -422,7 +430,8 @@ static void check_bad_input(void) {
 
     GGUFFile g;
     gguf_open(&g, write_gguf("tokenizer.ggml.model", "bert"));
-    EXPECT_FATAL(tokenizer_load_gguf(&g), "bad.gguf: unsupported tokenizer model 'bert'", "unknown GGUF tokenizer model is fatal");
+    EXPECT_FATAL(tokenizer_load_gguf(&g), "bad.gguf: unsupported tokenizer model 'bert'",
+                 "unknown GGUF tokenizer model is fatal");
     gguf_close(&g);
     gguf_open(&g, write_gguf("general.name", "x"));
     EXPECT_FATAL(tokenizer_load_gguf(&g), "bad.gguf: no tokenizer", "GGUF without a tokenizer is fatal");
@@ -457,7 +466,8 @@ static void bench_sharegpt(const char *label, const Tokenizer *t) {
     sharegpt_close(&r);
     double s = now_seconds() - t0;
     printf("       %s encoder on ShareGPT: %.1f MB, %ld tokens in %.2f s: %.2f MB/s, %.0f tokens/s (1 thread, "
-           "incl. JSON parsing)\n", label, bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / s);
+           "incl. JSON parsing)\n",
+           label, bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / s);
 }
 
 int main(void) {
@@ -499,7 +509,8 @@ int main(void) {
     gguf_open(&g, FIXTURES "llama3_bpe.gguf");
     l3 = tokenizer_load_gguf(&g);
     gguf_close(&g);
-    CHECK(tokenizer_bos_id(l3) == 0 && tokenizer_eos_id(l3) == 4, "llama3_bpe.gguf: BOS <|begin_of_text|>, EOS <|eot_id|>");
+    CHECK(tokenizer_bos_id(l3) == 0 && tokenizer_eos_id(l3) == 4,
+          "llama3_bpe.gguf: BOS <|begin_of_text|>, EOS <|eot_id|>");
     check_tokenizer("Llama-3 style GGUF (pre llama-bpe)", l3, FIXTURES "llama3.json", "HF tokenizers", &st);
     tokenizer_free(l3);
 

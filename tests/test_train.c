@@ -158,8 +158,10 @@ static void check_export_eval(const char *run, const char *val_path, const char 
             same &= json_number(ours, key) == json_number(last, key);
         }
     same &= json_number(ours, "loss") == json_number(last, "loss");
-    CHECK(same && em.base_valid > 0, "exported heads re-imported and evaluated: loss %.6f and every medusa{i}_top{k} equal "
-          "the run's final eval line (medusa0_top5 %.4f)", json_number(ours, "loss"), json_number(ours, "medusa0_top5"));
+    CHECK(same && em.base_valid > 0,
+          "exported heads re-imported and evaluated: loss %.6f and every medusa{i}_top{k} equal "
+          "the run's final eval line (medusa0_top5 %.4f)",
+          json_number(ours, "loss"), json_number(ours, "medusa0_top5"));
     free(ours);
     cJSON_Delete(o);
     trainer_free(&t);
@@ -186,14 +188,17 @@ static void test_resume(const char *data, const char *val) {
     load_ckpt(&lb, pb);
     size_t n = la.heads.n_params;
     int params = memcmp(la.heads.params, lb.heads.params, sizeof(float) * n) == 0;
-    int moments = memcmp(la.adam.m, lb.adam.m, sizeof(float) * n) == 0 && memcmp(la.adam.v, lb.adam.v, sizeof(float) * n) == 0;
-    int cursor = la.meta.step == 8 && lb.meta.step == 8 && memcmp(la.meta.cursor, lb.meta.cursor, sizeof la.meta.cursor) == 0 &&
+    int moments =
+        memcmp(la.adam.m, lb.adam.m, sizeof(float) * n) == 0 && memcmp(la.adam.v, lb.adam.v, sizeof(float) * n) == 0;
+    int cursor = la.meta.step == 8 && lb.meta.step == 8 &&
+                 memcmp(la.meta.cursor, lb.meta.cursor, sizeof la.meta.cursor) == 0 &&
                  la.meta.metrics[0] == lb.meta.metrics[0];
     double abs_err, rel_err;
     max_errors(la.heads.params, lb.heads.params, n, &abs_err, &rel_err);
     CHECK(params && moments && cursor,
           "step 8: %zu params bitwise equal (max abs diff %.3g), AdamW moments equal, same data cursor (epoch %lld, "
-          "conversation %lld) and tokens seen", n, abs_err, (long long)la.meta.cursor[0], (long long)la.meta.cursor[1]);
+          "conversation %lld) and tokens seen",
+          n, abs_err, (long long)la.meta.cursor[0], (long long)la.meta.cursor[1]);
     Loaded l4;
     char *p4 = path_join(a, "ckpt-4.h5");
     load_ckpt(&l4, p4);
@@ -205,7 +210,8 @@ static void test_resume(const char *data, const char *val) {
     free_ckpt(&lb);
 
     char *ma = metrics_without_timing(a), *mb = metrics_without_timing(b);
-    CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4 && count_lines(ma, "\"split\":\"eval\"") == 2,
+    CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4 &&
+              count_lines(ma, "\"split\":\"eval\"") == 2,
           "metrics.jsonl identical apart from timing: 4 train lines, 2 eval lines");
     printf("       last line: %.200s\n", strrchr(ma, '{') ? strrchr(ma, '{') : "");
     size_t sa, sb;
@@ -222,7 +228,8 @@ static void test_resume(const char *data, const char *val) {
     /* settings that change the run cannot be resumed; an existing run is never overwritten silently */
     TrainConfig bad = cb;
     bad.lr = 2e-2;
-    EXPECT_FATAL(train_run(&bad), "lr is 0.02 in this run but 0.01 in the checkpoint", "resume with another --lr is fatal");
+    EXPECT_FATAL(train_run(&bad), "lr is 0.02 in this run but 0.01 in the checkpoint",
+                 "resume with another --lr is fatal");
     bad = cb;
     bad.batch_tokens = 256;
     EXPECT_FATAL(train_run(&bad), "batch-tokens", "resume with another --batch-tokens is fatal");
@@ -301,7 +308,8 @@ static void test_signal(const char *data) {
     waitpid(pid, &status, 0);
     char *latest = checkpoint_latest(dir);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 130 && latest && !has_temp_files(dir),
-          "exit status %d, checkpoint %s written", WIFEXITED(status) ? WEXITSTATUS(status) : -1, latest ? latest : "(none)");
+          "exit status %d, checkpoint %s written", WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+          latest ? latest : "(none)");
     if (latest) {
         Loaded l;
         load_ckpt(&l, latest);

@@ -29,7 +29,8 @@ static void check_tree(const char *name) {
         pos_diff += t.depth[i] != int_at(pos, i);
     }
     int rows = cJSON_GetArraySize(ret), cols = cJSON_GetArraySize(cJSON_GetArrayItem(ret, 0));
-    CHECK(t.n_leaves == rows && t.max_depth == cols, "%s: retrieve indices %dx%d (reference %dx%d)", name, t.n_leaves, t.max_depth, rows, cols);
+    CHECK(t.n_leaves == rows && t.max_depth == cols, "%s: retrieve indices %dx%d (reference %dx%d)", name, t.n_leaves,
+          t.max_depth, rows, cols);
     for (int r = 0; r < rows && t.n_leaves == rows && t.max_depth == cols; r++)
         for (int c = 0; c < cols; c++) ret_diff += t.retrieve[r * cols + c] != int_at(cJSON_GetArrayItem(ret, r), c);
     CHECK(mask_diff == 0, "%s: tree attention mask identical (%d differences)", name, mask_diff);
@@ -45,7 +46,8 @@ int main(void) {
     for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) check_tree(trees[i]);
     MedusaTree t;
     EXPECT_FATAL(tree_from_json(&t, "{\"a\": 1}", "bad.json"), "must be a JSON list", "tree: not a list");
-    EXPECT_FATAL(tree_from_json(&t, "[[0], [0, 1, 2]]", "bad.json"), "prefix of length 2 is not itself in the tree", "tree: missing ancestor");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [0, 1, 2]]", "bad.json"), "prefix of length 2 is not itself in the tree",
+                 "tree: missing ancestor");
     EXPECT_FATAL(tree_from_json(&t, "[[0], [12]]", "bad.json"), "outside 0..9", "tree: choice beyond top-k");
     EXPECT_FATAL(tree_from_json(&t, "[[0], [0]]", "bad.json"), "appears twice", "tree: duplicate path");
     EXPECT_FATAL(tree_from_json(&t, "[[0], ", "bad.json"), "bad.json", "tree: malformed JSON names the file");

@@ -44,14 +44,17 @@ int main(void) {
             c[i]++;
             for (int j = i + 1; j < budget; j++) c[j] = c[j - 1] + 1;
         }
-        CHECK(fabs(t.expected_accept - best) < 1e-12, "budget %d: tuned tree expects %.4f accepted tokens, brute-force best %.4f", budget, t.expected_accept, best);
+        CHECK(fabs(t.expected_accept - best) < 1e-12,
+              "budget %d: tuned tree expects %.4f accepted tokens, brute-force best %.4f", budget, t.expected_accept,
+              best);
     }
     TunedTree t;
     tune_tree(acc, 2, 12, &t);
     char *json = tuned_tree_json(&t);
     MedusaTree tree;
     tree_from_json(&tree, json, "tuned");
-    CHECK(tree.n_nodes == 13 && tree.n_heads_used == 2, "a tuned 12-node tree loads as a tree (%d nodes, depth %d)", tree.n_nodes, tree.n_heads_used);
+    CHECK(tree.n_nodes == 13 && tree.n_heads_used == 2, "a tuned 12-node tree loads as a tree (%d nodes, depth %d)",
+          tree.n_nodes, tree.n_heads_used);
     printf("  tuned 12-node tree: %s", json);
     tree_free(&tree);
     free(json);

@@ -41,7 +41,8 @@ static int write_backend_floats(hid_t file, const char *name, const Backend *be,
     return ok;
 }
 
-static void read_backend_floats(hid_t file, const char *name, const Backend *be, float *dev, size_t n, const char *path) {
+static void read_backend_floats(hid_t file, const char *name, const Backend *be, float *dev, size_t n,
+                                const char *path) {
     float *host = xmalloc(sizeof(float) * n);
     read_dataset(file, name, H5T_NATIVE_FLOAT, n, host, path);
     be->upload(dev, host, sizeof(float) * n);
@@ -72,17 +73,18 @@ void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *ad
     const MedusaShape *s = &m->shape;
     int32_t shape[5] = {CHECKPOINT_VERSION, s->n_heads, s->n_layers, s->hidden, s->vocab};
     const char *cfg = meta->config_json ? meta->config_json : "{}";
-    int ok = write_dataset(file, "format", H5T_NATIVE_INT32, 5, shape) &&
-             write_backend_floats(file, "params", m->be, m->params, m->n_params) &&
-             write_backend_floats(file, "adam_m", m->be, adam->m, m->n_params) &&
-             write_backend_floats(file, "adam_v", m->be, adam->v, m->n_params) &&
-             write_dataset(file, "step", H5T_NATIVE_INT64, 1, &meta->step) &&
-             write_dataset(file, "rng", H5T_NATIVE_UINT64, 4, meta->rng) &&
-             write_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor) &&
-             write_dataset(file, "metrics", H5T_NATIVE_DOUBLE, 4, meta->metrics) &&
-             write_dataset(file, "config_json", H5T_NATIVE_CHAR, strlen(cfg) + 1, cfg) &&
-             (!m->token_map || write_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)s->head_vocab, m->token_map)) &&
-             H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0;
+    int ok =
+        write_dataset(file, "format", H5T_NATIVE_INT32, 5, shape) &&
+        write_backend_floats(file, "params", m->be, m->params, m->n_params) &&
+        write_backend_floats(file, "adam_m", m->be, adam->m, m->n_params) &&
+        write_backend_floats(file, "adam_v", m->be, adam->v, m->n_params) &&
+        write_dataset(file, "step", H5T_NATIVE_INT64, 1, &meta->step) &&
+        write_dataset(file, "rng", H5T_NATIVE_UINT64, 4, meta->rng) &&
+        write_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor) &&
+        write_dataset(file, "metrics", H5T_NATIVE_DOUBLE, 4, meta->metrics) &&
+        write_dataset(file, "config_json", H5T_NATIVE_CHAR, strlen(cfg) + 1, cfg) &&
+        (!m->token_map || write_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)s->head_vocab, m->token_map)) &&
+        H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0;
     ssize_t size = ok ? H5Fget_file_image(file, NULL, 0) : -1;
     void *image = size > 0 ? malloc((size_t)size) : NULL;
     ok = image && H5Fget_file_image(file, image, (size_t)size) == size;
@@ -100,13 +102,16 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
     int32_t shape[5];
     read_dataset(file, "format", H5T_NATIVE_INT32, 5, shape, path);
     const MedusaShape *s = &m->shape;
-    if (shape[0] != CHECKPOINT_VERSION) fatal("%s: checkpoint format %d, this build reads %d", path, shape[0], CHECKPOINT_VERSION);
+    if (shape[0] != CHECKPOINT_VERSION)
+        fatal("%s: checkpoint format %d, this build reads %d", path, shape[0], CHECKPOINT_VERSION);
     if (shape[1] != s->n_heads || shape[2] != s->n_layers || shape[3] != s->hidden || shape[4] != s->vocab)
-        fatal("%s: checkpoint holds %d heads x %d layers (hidden %d, vocab %d) but this run has %d x %d (hidden %d, vocab %d)",
+        fatal("%s: checkpoint holds %d heads x %d layers (hidden %d, vocab %d) but this run has %d x %d (hidden %d, "
+              "vocab %d)",
               path, shape[1], shape[2], shape[3], shape[4], s->n_heads, s->n_layers, s->hidden, s->vocab);
     int head_vocab = file_head_vocab(file, shape[4]);
     if (head_vocab != s->head_vocab)
-        fatal("%s: checkpoint heads predict %d tokens but this run's predict %d (--head-vocab)", path, head_vocab, s->head_vocab);
+        fatal("%s: checkpoint heads predict %d tokens but this run's predict %d (--head-vocab)", path, head_vocab,
+              s->head_vocab);
     if (m->token_map) {
         int32_t *map = xmalloc(sizeof(int32_t) * (size_t)head_vocab);
         read_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)head_vocab, map, path);
@@ -128,7 +133,8 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
     hsize_t len = 0;
     H5Sget_simple_extent_dims(space, &len, NULL);
     meta->config_json = xcalloc((size_t)len + 1, 1);
-    if (H5Dread(ds, H5T_NATIVE_CHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->config_json) < 0) fatal("%s: cannot read config_json", path);
+    if (H5Dread(ds, H5T_NATIVE_CHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->config_json) < 0)
+        fatal("%s: cannot read config_json", path);
     H5Sclose(space);
     H5Dclose(ds);
     H5Fclose(file);
@@ -144,7 +150,8 @@ MedusaShape checkpoint_shape(const char *path) {
     read_dataset(file, "format", H5T_NATIVE_INT32, 5, f, path);
     int head_vocab = file_head_vocab(file, f[4]);
     H5Fclose(file);
-    if (f[0] != CHECKPOINT_VERSION) fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
+    if (f[0] != CHECKPOINT_VERSION)
+        fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
     return (MedusaShape){f[1], f[2], f[3], f[4], head_vocab};
 }
 

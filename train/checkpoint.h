@@ -9,11 +9,11 @@
 #define CHECKPOINT_CURSOR_WORDS 8
 
 typedef struct {
-    int64_t step;                             /* optimizer steps taken */
+    int64_t step; /* optimizer steps taken */
     uint64_t rng[4];
     int64_t cursor[CHECKPOINT_CURSOR_WORDS]; /* the batcher's position, opaque here */
-    double metrics[4];                        /* running values a resumed run needs (e.g. tokens seen) */
-    char *config_json;                        /* malloc'd on load */
+    double metrics[4];                       /* running values a resumed run needs (e.g. tokens seen) */
+    char *config_json;                       /* malloc'd on load */
 } CheckpointMeta;
 
 void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta);

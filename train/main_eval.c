@@ -1,21 +1,26 @@
-/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}) and the base model's own top-1 on
- * held-out conversations. */
+/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}) and
+ * the base model's own top-1 on held-out conversations. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/args.h"
 #include "../model/medusa_io.h"
+#include "../model/memory_plan.h"
 #include "../model/safetensors_write.h"
 #include "run.h"
 
-static const char *USAGE =
-    "usage: medusa-eval --model PATH (--medusa DIR | --ckpt FILE|RUN_DIR) --data VAL.tokens.h5 [options]\n\n"
-    "Evaluates Medusa heads (an export in the v1 or vLLM layout, or a training checkpoint) on a token cache:\n"
-    "head i at position t predicts the token at t+2+i; only trained (assistant) targets count. Prints a table\n"
-    "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and writes them as JSON with --json.";
+static const char *USAGE = "usage: medusa-eval --model PATH (--medusa DIR | --ckpt FILE|RUN_DIR) "
+                           "--data VAL.tokens.h5 [options]\n\n"
+                           "Evaluates Medusa heads (an export in the v1 or vLLM layout, or a training "
+                           "checkpoint) on a token cache:\n"
+                           "head i at position t predicts the token at t+2+i; only trained "
+                           "(assistant) targets count. Prints a table\n"
+                           "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and "
+                           "writes them as JSON with --json.";
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu", *precision = "auto";
+    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu",
+               *precision = "auto";
     int max_batches = 0, batch_tokens = 2048, threads = 0, logits_chunk = 512;
     double head_decay = 0.8;
     ArgSpec specs[] = {
@@ -29,7 +34,9 @@ int main(int argc, char **argv) {
         {"json", ARG_STR, &json, "also write the metrics to this JSON file"},
         {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &device, "cpu or cuda"},
-        {"precision", ARG_STR, &precision, "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
+        {"precision", ARG_STR, &precision,
+         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or "
+         "bf16"},
         {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
@@ -37,21 +44,35 @@ int main(int argc, char **argv) {
     const Backend *be = backend_by_name(device);
     set_threads(threads);
 
-    Model base;
-    model_load(&base, model, be, model_precision(precision, be));
-    int H = base.config.hidden_size, V = base.config.vocab_size;
-    MedusaHeads heads;
+    ModelConfig mc;
+    config_load(&mc, model);
+    int H = mc.hidden_size, V = mc.vocab_size;
     char *ckpt_path = NULL;
+    MedusaShape shape;
     if (medusa) {
-        medusa_import(&heads, medusa, be, H, V);
+        shape = medusa_import_shape(medusa, H, V);
     } else {
         ckpt_path = dir_exists(ckpt) ? checkpoint_latest(ckpt) : xstrdup(ckpt);
         if (!ckpt_path) fatal("%s: no ckpt-<step>.h5 in this directory", ckpt);
-        MedusaShape s = checkpoint_shape(ckpt_path);
-        if (s.hidden != H || s.vocab != V)
-            fatal("%s: heads of hidden size %d and vocabulary %d do not fit the base model (%d, %d)", ckpt_path, s.hidden,
-                  s.vocab, H, V);
-        medusa_init(&heads, be, s);
+        shape = checkpoint_shape(ckpt_path);
+        if (shape.hidden != H || shape.vocab != V)
+            fatal("%s: heads of hidden size %d and vocabulary %d do not fit the base "
+                  "model (%d, %d)",
+                  ckpt_path, shape.hidden, shape.vocab, H, V);
+    }
+    DType dtype = model_precision(precision, be);
+    MemoryPlanInput mi = memory_plan_training(dtype == DT_BF16 ? 2 : 4, shape.n_heads, shape.n_layers, shape.head_vocab,
+                                              batch_tokens, logits_chunk, 0, 1);
+    MemoryPlan plan = memory_plan(&mc, &mi);
+    memory_plan_reserve(&plan, be, log_verbosity >= 1);
+
+    Model base;
+    model_load(&base, model, be, dtype);
+    MedusaHeads heads;
+    if (medusa) {
+        medusa_import(&heads, medusa, be, H, V);
+    } else {
+        medusa_init(&heads, be, shape);
         CheckpointMeta meta = {0};
         checkpoint_load(ckpt_path, &heads, NULL, &meta);
         free(meta.config_json);

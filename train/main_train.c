@@ -26,9 +26,12 @@ static int export_main(int argc, char **argv) {
         {"dtype", ARG_STR, &dtype, "f32 or bf16"},
     };
     args_parse(argc, argv, 2, specs, sizeof specs / sizeof specs[0],
-               "usage: medusa-train export --ckpt FILE|RUN_DIR --out DIR [--format v1|vllm] [--dtype f32|bf16]", NULL, 0);
+               "usage: medusa-train export --ckpt FILE|RUN_DIR --out DIR [--format v1|vllm] [--dtype f32|bf16]", NULL,
+               0);
     if (!ckpt || !out) fatal("export needs --ckpt and --out (see --help)");
-    MedusaFormat f = strcmp(format, "v1") == 0 ? MEDUSA_FORMAT_V1 : strcmp(format, "vllm") == 0 ? MEDUSA_FORMAT_VLLM : -1;
+    MedusaFormat f = strcmp(format, "v1") == 0     ? MEDUSA_FORMAT_V1
+                     : strcmp(format, "vllm") == 0 ? MEDUSA_FORMAT_VLLM
+                                                   : -1;
     if ((int)f < 0) fatal("--format %s: expected v1 or vllm", format);
     DType dt = strcmp(dtype, "f32") == 0 ? DT_F32 : strcmp(dtype, "bf16") == 0 ? DT_BF16 : DT_I32;
     if (dt == DT_I32) fatal("--dtype %s: expected f32 or bf16", dtype);
@@ -41,8 +44,8 @@ static int export_main(int argc, char **argv) {
     cJSON *cfg = cJSON_Parse(meta.config_json);
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(cfg, "model");
     medusa_export(&m, out, f, dt, cJSON_IsString(model) ? model->valuestring : "");
-    printf("exported %s (step %lld: %d heads x %d layers) to %s (%s, %s)\n", path, (long long)meta.step, m.shape.n_heads,
-           m.shape.n_layers, out, format, dtype);
+    printf("exported %s (step %lld: %d heads x %d layers) to %s (%s, %s)\n", path, (long long)meta.step,
+           m.shape.n_heads, m.shape.n_layers, out, format, dtype);
     cJSON_Delete(cfg);
     free(meta.config_json);
     free(path);
@@ -79,7 +82,8 @@ int main(int argc, char **argv) {
         {"resume", ARG_FLAG, &c.resume, "continue from the latest checkpoint in --out"},
         {"threads", ARG_INT, &c.threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &c.device, "cpu or cuda"},
-        {"precision", ARG_STR, &c.precision, "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
+        {"precision", ARG_STR, &c.precision,
+         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"time-budget", ARG_DOUBLE, &c.time_budget, "stop cleanly (checkpoint + export) before N seconds (0 = none)"},
         {"stop-after", ARG_INT, &c.stop_after, "stop cleanly after step N, keeping the schedule of the full run"},
         {"export-dtype", ARG_STR, &c.export_dtype, "dtype of the final export: f32 or bf16"},

@@ -9,7 +9,7 @@
  * ratio of 0.1 times 10 steps would ceil to 2 warm-up steps). */
 typedef struct {
     double lr, beta1, beta2, eps, weight_decay;
-    double warmup_ratio; /* warm-up steps = ceil(ratio * total_steps) */
+    double warmup_ratio;  /* warm-up steps = ceil(ratio * total_steps) */
     double max_grad_norm; /* <= 0 disables clipping */
     int total_steps;
 } OptimConfig;

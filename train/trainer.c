@@ -54,13 +54,15 @@ double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *met
         medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
                                 micro[i].n_seqs, micro[i].n_tokens, t->head_decay, 1.0f / (float)n, &s);
         if (!isfinite(s.total_loss))
-            fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is intact",
+            fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is "
+                  "intact",
                   s.total_loss, t->adam.step + 1);
         accumulate(metrics, &s, t->heads->shape.n_heads, micro[i].n_tokens);
     }
     double norm = optim_step(t->heads, &t->adam, &t->optim);
     if (!isfinite(norm))
-        fatal("training diverged: the gradient norm is %g at optimizer step %d (try a lower --lr); the last checkpoint is intact",
+        fatal("training diverged: the gradient norm is %g at optimizer step %d (try a lower --lr); the last checkpoint "
+              "is intact",
               norm, t->adam.step + 1);
     return norm;
 }

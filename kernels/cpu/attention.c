@@ -9,8 +9,8 @@
 #include "cpu_ops.h"
 
 typedef struct {
-    int q0, nq;   /* queries [q0, q0+nq) */
-    int k0, nk;   /* keys [k0, k0+nk): the union of the block's ranges */
+    int q0, nq; /* queries [q0, q0+nq) */
+    int k0, nk; /* keys [k0, k0+nk): the union of the block's ranges */
 } Block;
 
 static void attend_block(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,

@@ -1,6 +1,7 @@
 /* The CPU backend's op table: host memory, fp32 reference kernels. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../common/common.h"
 #include "cpu_ops.h"
@@ -10,6 +11,7 @@ static void cpu_free(void *ptr) { free(ptr); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
 static void cpu_reserve(size_t bytes) { (void)bytes; } /* malloc serves each tensor */
 static size_t cpu_peak_bytes(void) { return 0; }
+static size_t cpu_memory_available(void) { return (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE); }
 
 const Backend *backend_cpu(void) {
     static const Backend cpu = {
@@ -21,6 +23,7 @@ const Backend *backend_cpu(void) {
         .copy = cpu_copy,
         .reserve = cpu_reserve,
         .peak_bytes = cpu_peak_bytes,
+        .memory_available = cpu_memory_available,
         .embedding = cpu_embedding_forward,
         .rmsnorm = cpu_rmsnorm_forward,
         .matmul = cpu_matmul_forward,

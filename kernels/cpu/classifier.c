@@ -4,7 +4,8 @@
 
 #include "cpu_ops.h"
 
-void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale) {
+void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
+                      float dscale) {
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         float *row = logits + (size_t)t * V;

@@ -95,8 +95,10 @@ void cpu_matmul_forward(float *out, const float *in, const float *weight, const 
 
 void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                          const float *weight, int T, int IC, int OC) {
-    if (dinp) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
-    if (dweight) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, T, 1.0f, dout, OC, in, IC, 1.0f, dweight, IC);
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IC, OC, 1.0f, dout, OC, weight, IC, 1.0f, dinp, IC);
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, T, 1.0f, dout, OC, in, IC, 1.0f, dweight, IC);
     if (dbias) {
 #pragma omp parallel for
         for (int o = 0; o < OC; o++) {

@@ -27,7 +27,8 @@ __global__ void attention_kernel(float *out, const float *q, const float *k, con
     const float scale = 1.0f / sqrtf((float)head_dim);
     bool active = t < T;
     int begin = active ? key_begin[t] : 0, end = active ? key_end[t] : 0;
-    for (int c = lane; c < HD; c += 32) q_rows[warp][c] = active && c < head_dim ? q[t * q_stride + h * head_dim + c] : 0.0f;
+    for (int c = lane; c < HD; c += 32)
+        q_rows[warp][c] = active && c < head_dim ? q[t * q_stride + h * head_dim + c] : 0.0f;
     if (lane == 0) {
         ranges[warp][0] = begin;
         ranges[warp][1] = end;
@@ -106,8 +107,7 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
     else if (head_dim <= 256)
         LAUNCH(attention_kernel<256>, grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads,
                n_kv_heads, head_dim);
-    else
-        fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
+    else fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
 }
 
 /* --- tensor-core attention for large packed batches (--precision bf16) ---
@@ -127,8 +127,9 @@ __device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
 }
 
 template <int HD> /* head_dim == HD, a multiple of 16 */
-__global__ void attention_tc_kernel(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                                    const int32_t *key_end, int T, int n_heads, int n_kv_heads) {
+__global__ void attention_tc_kernel(float *out, const float *q, const float *k, const float *v,
+                                    const int32_t *key_begin, const int32_t *key_end, int T, int n_heads,
+                                    int n_kv_heads) {
     using namespace nvcuda;
     __shared__ __align__(32) __nv_bfloat16 q_tile[kTcQueries * HD];
     __shared__ __align__(32) __nv_bfloat16 k_tile[kTcKeys * HD];
@@ -197,7 +198,8 @@ __global__ void attention_tc_kernel(float *out, const float *q, const float *k, 
                 int j = j0 + c;
                 bool visible = j >= row_begin[r] && j < row_end[r];
                 /* the sum of the rounded values the PV product uses */
-                sum += store_bf16(&p_tile[r * kTcKeys + c], visible ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
+                sum += store_bf16(&p_tile[r * kTcKeys + c],
+                                  visible ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
             }
             /* no visible key yet (m_new = -inf): nothing to rescale */
             float correction = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
@@ -233,8 +235,8 @@ __global__ void attention_tc_kernel(float *out, const float *q, const float *k, 
 /* Tensor cores for packed batches (prefill, training) of a head_dim they tile; the CUDA-core kernel above
  * for decoding steps and tree verification, whose few queries would leave most of a tile empty. */
 void cuda_attention_bf16(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
-                         int head_dim) {
+                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                         int n_kv_heads, int head_dim) {
     if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128)) {
         cuda_attention(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
         return;
@@ -242,6 +244,5 @@ void cuda_attention_bf16(float *out, const float *q, const float *k, const float
     dim3 grid(ceil_div(T, kTcQueries), n_heads), block(32 * kTcWarps);
     if (head_dim == 64)
         LAUNCH(attention_tc_kernel<64>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
-    else
-        LAUNCH(attention_tc_kernel<128>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
+    else LAUNCH(attention_tc_kernel<128>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
 }

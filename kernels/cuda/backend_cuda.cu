@@ -96,9 +96,8 @@ static void *cuda_alloc(size_t bytes) {
     Chunk *from = NULL;
     std::map<char *, size_t>::iterator fit;
     for (Chunk &c : chunks) {
-        fit = std::find_if(c.free_blocks.begin(), c.free_blocks.end(), [&](const std::pair<char *const, size_t> &b) {
-            return b.second >= size;
-        });
+        fit = std::find_if(c.free_blocks.begin(), c.free_blocks.end(),
+                           [&](const std::pair<char *const, size_t> &b) { return b.second >= size; });
         if (fit != c.free_blocks.end()) {
             from = &c;
             break;
@@ -149,6 +148,12 @@ static size_t cuda_peak_bytes(void) {
     return peak;
 }
 
+static size_t cuda_memory_available(void) {
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return free_bytes;
+}
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
@@ -166,7 +171,8 @@ extern "C" const Backend *backend_cuda(void) {
         int devices = 0;
         cudaError_t err = cudaGetDeviceCount(&devices);
         if (err != cudaSuccess || devices == 0)
-            fatal("--device cuda: no usable CUDA GPU (%s)", err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+            fatal("--device cuda: no usable CUDA GPU (%s)",
+                  err != cudaSuccess ? cudaGetErrorString(err) : "none found");
         cuda.alloc = cuda_alloc;
         cuda.free = cuda_free;
         cuda.upload = cuda_upload;
@@ -174,6 +180,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.copy = cuda_copy;
         cuda.reserve = cuda_reserve;
         cuda.peak_bytes = cuda_peak_bytes;
+        cuda.memory_available = cuda_memory_available;
         cuda.embedding = cuda_embedding;
         cuda.rmsnorm = cuda_rmsnorm;
         cuda.matmul = cuda_matmul;

@@ -21,32 +21,32 @@ extern "C" {
 #include "../ops.h"
 }
 
-#define CUDA_CHECK(call)                                                                           \
-    do {                                                                                           \
-        cudaError_t err_ = (call);                                                                 \
-        if (err_ != cudaSuccess) fatal_at(__FILE__, __LINE__, "cuda: %s: %s", #call, cudaGetErrorString(err_)); \
+#define CUDA_CHECK(call)                                                                                               \
+    do {                                                                                                               \
+        cudaError_t err_ = (call);                                                                                     \
+        if (err_ != cudaSuccess) fatal_at(__FILE__, __LINE__, "cuda: %s: %s", #call, cudaGetErrorString(err_));        \
     } while (0)
 
-#define CUBLAS_CHECK(call)                                                                         \
-    do {                                                                                           \
-        cublasStatus_t st_ = (call);                                                               \
-        if (st_ != CUBLAS_STATUS_SUCCESS)                                                          \
-            fatal_at(__FILE__, __LINE__, "cublas: %s: %s", #call, cublasGetStatusString(st_));     \
+#define CUBLAS_CHECK(call)                                                                                             \
+    do {                                                                                                               \
+        cublasStatus_t st_ = (call);                                                                                   \
+        if (st_ != CUBLAS_STATUS_SUCCESS)                                                                              \
+            fatal_at(__FILE__, __LINE__, "cublas: %s: %s", #call, cublasGetStatusString(st_));                         \
     } while (0)
 
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. */
 #ifdef MEDUSA_CUDA_EMU
-#define LAUNCH(kernel, grid, block, shmem, ...)                                                    \
-    do {                                                                                           \
-        cuda_emu_launch(#kernel, grid, block, shmem, kernel, __VA_ARGS__);                         \
-        CUDA_CHECK(cudaGetLastError());                                                            \
+#define LAUNCH(kernel, grid, block, shmem, ...)                                                                        \
+    do {                                                                                                               \
+        cuda_emu_launch(#kernel, grid, block, shmem, kernel, __VA_ARGS__);                                             \
+        CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 #else
-#define LAUNCH(kernel, grid, block, shmem, ...)                                                    \
-    do {                                                                                           \
-        kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                               \
-        CUDA_CHECK(cudaGetLastError());                                                            \
+#define LAUNCH(kernel, grid, block, shmem, ...)                                                                        \
+    do {                                                                                                               \
+        kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                                                   \
+        CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 #endif
 
@@ -85,13 +85,14 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
                     const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
                     int head_dim);
 void cuda_attention_bf16(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
-                         int head_dim);
+                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                         int n_kv_heads, int head_dim);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_add(float *x, const float *y, size_t n);
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
 void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
-void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
+void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
+                       float dscale);
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
 double cuda_sum_squares(const float *x, size_t n);
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);

@@ -28,8 +28,8 @@ __global__ void bias_backward_kernel(float *dbias, const float *dout, int T, int
 void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (T == 0 || OC == 0) return;
-    CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, &one, weight, IC, in, IC, &zero, out,
-                             OC));
+    CUBLAS_CHECK(
+        cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, &one, weight, IC, in, IC, &zero, out, OC));
     if (bias) LAUNCH(add_bias_kernel, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
 }
 
@@ -43,8 +43,8 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
                                  dinp, IC));
     /* dweight^T[IC,OC] += in^T[IC,T] * dout[T,OC] */
     if (dweight)
-        CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, &one, in, IC, dout, OC, &one,
-                                 dweight, IC));
+        CUBLAS_CHECK(
+            cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, &one, in, IC, dout, OC, &one, dweight, IC));
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
 }
 
@@ -89,10 +89,10 @@ static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b,
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
     /* a layout describes the matrix as stored, before op() */
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, op_a == CUBLAS_OP_N ? m : k, op_a == CUBLAS_OP_N ? k : m,
-                                            lda));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, op_b == CUBLAS_OP_N ? k : n, op_b == CUBLAS_OP_N ? n : k,
-                                            ldb));
+    CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, op_a == CUBLAS_OP_N ? m : k, op_a == CUBLAS_OP_N ? k : m, lda));
+    CUBLAS_CHECK(
+        cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, op_b == CUBLAS_OP_N ? k : n, op_b == CUBLAS_OP_N ? n : k, ldb));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, m, n, ldc));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -100,8 +100,8 @@ static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b,
                                                       &kLtWorkspaceBytes, sizeof kLtWorkspaceBytes));
     cublasLtMatmulHeuristicResult_t heuristic;
     int found_algos = 0;
-    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), p.desc, p.a, p.b, p.c, p.c, pref, 1, &heuristic,
-                                                &found_algos));
+    CUBLAS_CHECK(
+        cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), p.desc, p.a, p.b, p.c, p.c, pref, 1, &heuristic, &found_algos));
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     if (found_algos == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
     p.algo = heuristic.algo;
@@ -115,8 +115,8 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
     if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
     const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc);
     const float one = 1.0f;
-    CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, workspace,
-                                kLtWorkspaceBytes, 0));
+    CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
+                                workspace, kLtWorkspaceBytes, 0));
 }
 
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {

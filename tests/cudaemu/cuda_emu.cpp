@@ -8,13 +8,13 @@
 #include <cblas.h>
 
 #include "../../kernels/math_common.h"
-#include <stdio.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
-#include <unistd.h>
 #include <time.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <map>
 #include <unordered_map>
@@ -46,7 +46,7 @@ struct Fiber {
 
 const size_t kStackBytes = 256 << 10;
 
-std::vector<Fiber> fibers;            /* one per thread of the running block; stacks are reused */
+std::vector<Fiber> fibers;             /* one per thread of the running block; stacks are reused */
 std::vector<unsigned> warp_generation; /* completed warp barriers, selects the shuffle buffer */
 std::vector<uint64_t> warp_slots;      /* [warp][2][32] double-buffered shuffle exchange */
 #ifdef EMU_FAST_SWITCH
@@ -90,7 +90,7 @@ void fiber_main() {
 #ifdef EMU_FAST_SWITCH
     void *unused;
     cuda_emu_switch(&unused, scheduler_sp); /* never resumed */
-#endif /* else returning resumes the scheduler through uc_link */
+#endif                                      /* else returning resumes the scheduler through uc_link */
 }
 
 /* Prepares fiber f to run fiber_main when it is first switched to. */
@@ -180,7 +180,8 @@ void run_block() {
             done += fibers[t].state == DONE;
         }
         if (done == n_threads) return;
-        if (waiting + done < n_threads) emu_fail("deadlock: threads wait at different barriers (divergent __syncthreads?)");
+        if (waiting + done < n_threads)
+            emu_fail("deadlock: threads wait at different barriers (divergent __syncthreads?)");
         if (done) emu_fail("__syncthreads() not reached by every thread of the block (some exited)");
         for (unsigned t = 0; t < n_threads; t++) fibers[t].state = READY;
     }
@@ -225,7 +226,7 @@ bool guard_device_memory = true;
 size_t open_bytes; /* with the guard off: [arena, arena + open_bytes) is accessible */
 
 void set_device_access(bool on) {
-    if (!guard_device_memory) { /* open what was allocated since */
+    if (!guard_device_memory) {                    /* open what was allocated since */
         size_t start = open_bytes & ~(size_t)4095; /* mprotect takes whole pages */
         if (arena_used > open_bytes && mprotect(arena + start, arena_used - start, PROT_READ | PROT_WRITE)) {
             perror("cuda_emu: mprotect");
@@ -265,7 +266,8 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     unsigned long threads = (unsigned long)block.x * block.y * block.z;
     if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
         grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || shmem > 48 * 1024) {
-        fprintf(stderr, "cuda_emu: kernel %s: invalid launch configuration grid (%u,%u,%u) block (%u,%u,%u) shmem %zu\n",
+        fprintf(stderr,
+                "cuda_emu: kernel %s: invalid launch configuration grid (%u,%u,%u) block (%u,%u,%u) shmem %zu\n",
                 kernel_name, grid.x, grid.y, grid.z, block.x, block.y, block.z, shmem);
         last_error = cudaErrorInvalidConfiguration;
         return;
@@ -275,7 +277,8 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
         abort();
     }
     while (fibers.size() < threads) {
-        void *stack = mmap(NULL, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        void *stack =
+            mmap(NULL, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (stack == MAP_FAILED) {
             perror("cuda_emu: mmap fiber stack");
             abort();
@@ -303,8 +306,10 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
 
 void cuda_emu_wmma_check(const void *ptr, unsigned ldm, size_t elem_bytes) {
     if ((uintptr_t)ptr % 32 != 0 || (ldm * elem_bytes) % 16 != 0) {
-        fprintf(stderr, "cuda_emu: kernel %s: wmma pointer %p / ldm %u: pointers must be 256-bit aligned and ldm a "
-                        "multiple of 16 bytes\n", running_kernel ? running_kernel : "?", ptr, ldm);
+        fprintf(stderr,
+                "cuda_emu: kernel %s: wmma pointer %p / ldm %u: pointers must be 256-bit aligned and ldm a "
+                "multiple of 16 bytes\n",
+                running_kernel ? running_kernel : "?", ptr, ldm);
         abort();
     }
 }
@@ -407,10 +412,14 @@ cudaError_t cudaGetLastError(void) {
 cudaError_t cudaPeekAtLastError(void) { return last_error; }
 const char *cudaGetErrorString(cudaError_t err) {
     switch (err) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaSuccess:
+        return "no error";
+    case cudaErrorInvalidValue:
+        return "invalid argument";
+    case cudaErrorMemoryAllocation:
+        return "out of memory";
+    case cudaErrorInvalidConfiguration:
+        return "invalid configuration argument";
     }
     return "unknown error";
 }
@@ -430,10 +439,14 @@ cublasStatus_t cublasDestroy(cublasHandle_t handle) {
 cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
 const char *cublasGetStatusString(cublasStatus_t status) {
     switch (status) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_SUCCESS:
+        return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+        return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+        return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+        return "CUBLAS_STATUS_NOT_SUPPORTED";
     }
     return "unknown cuBLAS status";
 }

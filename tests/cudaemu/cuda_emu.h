@@ -46,15 +46,15 @@ static const int warpSize = 32;
 /* --- synchronisation (the asm memory clobber keeps shared values from being cached across a switch) --- */
 void cuda_emu_syncthreads(void);
 void cuda_emu_syncwarp(void);
-#define __syncthreads()                                                                            \
-    do {                                                                                           \
-        cuda_emu_syncthreads();                                                                    \
-        __asm__ __volatile__("" ::: "memory");                                                     \
+#define __syncthreads()                                                                                                \
+    do {                                                                                                               \
+        cuda_emu_syncthreads();                                                                                        \
+        __asm__ __volatile__("" ::: "memory");                                                                         \
     } while (0)
-#define __syncwarp(...)                                                                            \
-    do {                                                                                           \
-        cuda_emu_syncwarp();                                                                       \
-        __asm__ __volatile__("" ::: "memory");                                                     \
+#define __syncwarp(...)                                                                                                \
+    do {                                                                                                               \
+        cuda_emu_syncwarp();                                                                                           \
+        __asm__ __volatile__("" ::: "memory");                                                                         \
     } while (0)
 
 /* This thread's lane and the warp's exchange buffer (32 slots of 8 bytes) for the next shuffle. */
@@ -208,7 +208,9 @@ typedef struct CUstream_st *cudaStream_t;
 typedef struct CUevent_st *cudaEvent_t;
 
 cudaError_t cudaMalloc(void **ptr, size_t bytes);
-template <class T> static inline cudaError_t cudaMalloc(T **ptr, size_t bytes) { return cudaMalloc((void **)ptr, bytes); }
+template <class T> static inline cudaError_t cudaMalloc(T **ptr, size_t bytes) {
+    return cudaMalloc((void **)ptr, bytes);
+}
 cudaError_t cudaFree(void *ptr);
 /* free: the reserved address space not handed out (the emulated "GPU" has 256 GiB); total: all of it */
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);

@@ -18,13 +18,19 @@ static void fatal_to_jump(const char *message) {
 
 static void mutate(uint8_t *buf, size_t *size, Rng *rng) {
     int edits = 1 + (int)rng_below(rng, 4);
-    for (int e = 0; e < edits && *size > 0; e++) {
+    for (int e = 0; e<edits && * size> 0; e++) {
         size_t at = (size_t)rng_below(rng, *size);
         switch (rng_below(rng, 4)) {
-        case 0: buf[at] ^= (uint8_t)(1u << rng_below(rng, 8)); break;
-        case 1: buf[at] = (uint8_t)rng_next(rng); break;
-        case 2: *size = at; break; /* truncate */
-        default: /* an extreme 8-byte little-endian value, as a length or offset would be */
+        case 0:
+            buf[at] ^= (uint8_t)(1u << rng_below(rng, 8));
+            break;
+        case 1:
+            buf[at] = (uint8_t)rng_next(rng);
+            break;
+        case 2:
+            *size = at;
+            break; /* truncate */
+        default:   /* an extreme 8-byte little-endian value, as a length or offset would be */
             if (at + 8 <= *size) {
                 uint64_t v = rng_below(rng, 2) ? ~0ull : (1ull << rng_below(rng, 63));
                 memcpy(buf + at, &v, 8);
@@ -64,10 +70,8 @@ int main(int argc, char **argv) {
             set_fatal_hook(fatal_to_jump);
             if (setjmp(on_fatal) == 0) {
                 WeightSet w;
-                if (is_gguf)
-                    weights_open_gguf(&w, path, 0, 0);
-                else
-                    weights_open_safetensors_file(&w, path);
+                if (is_gguf) weights_open_gguf(&w, path, 0, 0);
+                else weights_open_safetensors_file(&w, path);
                 /* touch every tensor's bytes through the dequantiser */
                 for (int t = 0; t < w.n_tensors; t++) {
                     const WeightTensor *wt = &w.tensors[t];
