@@ -10,8 +10,8 @@
 #   DEVICE         --device of the C side (cuda); TORCH_DEVICE: of the PyTorch side (default: DEVICE)
 #   SHAREGPT, DATA, DATA_ARGS  ShareGPT source, token cache prefix made from it once, extra medusa-data flags
 #   STEPS, BATCH_TOKENS, HEADS  timed training steps, tokens per packed batch, Medusa heads
-#   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads, prompt set, new tokens,
-#                                             extra medusa-infer flags
+#   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads (0: no decoding part),
+#                                             prompt set, new tokens, extra medusa-infer flags
 #   PYTHON         the reference tooling's interpreter (make venv)
 # A dry run on the CPU (no nvidia-smi) needs OUT set: it runs the emulated binaries (build/emu) and writes
 # no bench/gpu_*.txt, since its numbers did not come from a GPU.
@@ -76,6 +76,11 @@ awk -v peak="$PEAK" '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i -
          if (peak) printf "MFU: %.1f%% of %.0f TFLOP/s bf16 dense (base forward alone: %.1f%%)\n", 100 * all / peak, peak / 1e12, 100 * fwd / peak
          else print "MFU: n/a (no peak FLOP/s known for this GPU)"}' "$OUT.new" | tee -a "$OUT.new"
 
+[ "$HEAD_STEPS" -gt 0 ] || { # HEAD_STEPS=0: no decoding part (a model without a tokenizer)
+    mv "$OUT.new" "$OUT"
+    echo "bench-gpu: wrote $OUT (no decoding: HEAD_STEPS=0)"
+    exit 0
+}
 {
     echo "## decoding: heads trained $HEAD_STEPS steps on $DEVICE, then plain greedy vs Medusa ($PROMPTS, $MAX_NEW new tokens)"
     "$BIN_DIR/medusa-train" --model "$MODEL" --data "$DATA.train.tokens.h5" --out "$RUN/heads" --device "$DEVICE" \

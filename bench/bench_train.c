@@ -8,6 +8,7 @@
 
 #include "../common/args.h"
 #include "../data/batcher.h"
+#include "../model/memory_plan.h"
 #include "../train/run.h"
 
 /* FLOPs of one batch, counting a multiply-add as 2: the frozen base forward (2 x the non-embedding
@@ -42,8 +43,14 @@ int main(int argc, char **argv) {
     if (!model || !data) fatal("bench_train: need --model and --data");
     set_threads(threads);
     const Backend *be = backend_by_name(device);
+    ModelConfig mc; /* the memory plan reserved before loading, as medusa-train does */
+    config_load(&mc, model);
+    DType dtype = model_precision(precision, be);
+    MemoryPlanInput mi = memory_plan_training(dtype == DT_BF16 ? 2 : 4, heads, 1, 0, batch_tokens, logits_chunk, 1, 0);
+    MemoryPlan plan = memory_plan(&mc, &mi);
+    memory_plan_reserve(&plan, be, 1);
     Model base;
-    model_load(&base, model, be, model_precision(precision, be));
+    model_load(&base, model, be, dtype);
     TokenCache cache;
     token_cache_load(&cache, data, base.config.vocab_size);
     MedusaHeads m;

@@ -738,6 +738,10 @@ void cuda_emu_guard_device_memory(int on) __attribute__((weak));
 static void test_smollm2_bf16(void) {
     const char *path =
         getenv("MEDUSA_SMOLLM2_GGUF") ? getenv("MEDUSA_SMOLLM2_GGUF") : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (strcmp(path, "none") == 0) { /* said explicitly: a GPU machine the 94 MB model cannot reach */
+        printf("  skip SmolLM2 with bf16 weights (MEDUSA_SMOLLM2_GGUF=none)\n");
+        return;
+    }
     if (!file_exists(path)) {
         CHECK(0, "SmolLM2 GGUF present at %s (run data/fetch_demo.sh)", path);
         return;

@@ -1,0 +1,53 @@
+#!/bin/bash
+# Every GPU check in one command, for a GPU machine lent for a few minutes (carry .devpack, made by
+# tests/gpu/pack.sh): the CUDA op test and the end-to-end test (train, eval, greedy-lossless decoding, each
+# against the CPU) on the GPU, then the training benchmark (tokens/s, MFU) beside the PyTorch reference step
+# on a random-weight model of a real shape (bench/make_random_model.py: the machine reaches no network to
+# fetch a real one). Each part's output goes to $OUT/*.txt as well.
+#   SHAPE=llama-2-7b BATCH_TOKENS=16384 STEPS=5 tests/gpu/device_check.sh
+#   DRYRUN=1: the scripts on the CPU (tests/gpu/pack.sh --emu first; tiny model, PyTorch on the CPU)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/medusa-device-out}
+SHAPE=${SHAPE:-llama-2-7b}
+mkdir -p "$OUT"
+KIT=$(mktemp -d "${TMPDIR:-/tmp}/medusa-kit.XXXXXX")
+tar -C "$KIT" -xJf .devpack/kit.tar.xz || { echo "device_check.sh: no .devpack/kit.tar.xz (run tests/gpu/pack.sh)"; exit 1; }
+KIT=$KIT/kit
+CUDA_LIB=""
+if command -v nvcc >/dev/null; then CUDA_LIB=$(dirname "$(dirname "$(command -v nvcc)")")/lib64; fi
+# the kit's libraries for its binaries alone (wrappers in $KIT/bin): Python there keeps its own zlib and OpenSSL
+LIBS=$KIT/lib${CUDA_LIB:+:$CUDA_LIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+mkdir -p "$KIT/bin"
+for f in "$KIT"/real/*; do
+    printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$LIBS" "$f" >"$KIT/bin/${f##*/}"
+    chmod +x "$KIT/bin/${f##*/}"
+done
+export OMP_WAIT_POLICY=passive
+echo "kit built from commit $(cat "$KIT/commit" 2>/dev/null), checkout at $(git rev-parse HEAD 2>/dev/null)" | tee "$OUT/summary.txt"
+if [ -z "${DRYRUN:-}" ]; then
+    nvidia-smi | tee "$OUT/nvidia-smi.txt"
+    export MEDUSA_SMOLLM2_GGUF=${MEDUSA_SMOLLM2_GGUF:-none} # the demo model cannot travel (94 MB)
+fi
+status=0
+part() { # NAME CMD...: runs CMD, output to $OUT/NAME.txt, its last line to the summary
+    local name=$1
+    shift
+    local t0=$SECONDS
+    "$@" >"$OUT/$name.txt" 2>&1 || status=1
+    echo "$name ($((SECONDS - t0)) s): $(tail -1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
+}
+part test_cuda_ops "$KIT/bin/test_cuda_ops"
+part e2e_cuda tests/e2e_cuda.sh "$KIT/bin"
+grep -E "FAIL|max (abs|rel)" "$OUT/test_cuda_ops.txt" | grep FAIL | head -20
+
+MODEL_DIR=${MODEL_DIR:-/tmp/medusa-random-$SHAPE}
+if [ ! -s "$MODEL_DIR/model.safetensors" ]; then
+    part random_model python3 bench/make_random_model.py --shape "$SHAPE" --out "$MODEL_DIR" \
+        --tokens "${RANDOM_TOKENS:-400000}"
+fi
+if [ -n "${DRYRUN:-}" ]; then BENCH_ENV=(TORCH_DEVICE=cpu STEPS=2 BATCH_TOKENS=512); else BENCH_ENV=(); fi
+part bench_gpu env MODEL="$MODEL_DIR" DATA="$MODEL_DIR/bench" BIN_DIR="$KIT/bin" BENCH_TRAIN="$KIT/bin/bench_train" \
+    PYTHON=python3 HEAD_STEPS=0 OUT="$OUT/gpu_bench_$SHAPE.txt" "${BENCH_ENV[@]}" bench/bench_gpu.sh
+echo "device_check.sh: $( [ $status -eq 0 ] && echo all parts passed || echo SOME PARTS FAILED ); outputs in $OUT" | tee -a "$OUT/summary.txt"
+exit $status
