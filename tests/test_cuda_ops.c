@@ -583,8 +583,7 @@ static MemoryPlan training_plan(const ModelConfig *c, DType weights) {
     return memory_plan(c, &in);
 }
 
-/* The run's one reservation; more than the GPU has is refused with the sizes
- * named. */
+/* The run's one reservation; more than the GPU has is refused with the sizes named. */
 static size_t test_reserve(void) {
     ModelConfig c;
     config_load(&c, TINY);
@@ -592,11 +591,13 @@ static size_t test_reserve(void) {
     size_t bytes = memory_plan_reserve_bytes(&plan);
     long calls = malloc_calls();
     EXPECT_FATAL(gpu->reserve((size_t)1 << 40), "GiB free", "reserving 1 TiB: the plan needs more than the GPU has");
+    EXPECT_FATAL(gpu->reserve(gpu->memory_available() - ((size_t)100 << 20)), "kept free for cuBLAS",
+                 "a plan that would leave under 256 MiB free beside it is refused");
     gpu->reserve(bytes);
     if (calls >= 0)
-        CHECK(malloc_calls() == calls + 2,
-              "reserve: one cudaMalloc of %.1f MiB (after the refused one): %ld "
-              "calls",
+        CHECK(malloc_calls() == calls + 1,
+              "reserve: one cudaMalloc of %.1f MiB (the refused ones are checked against the free memory first): "
+              "%ld calls",
               bytes / 1048576.0, malloc_calls() - calls);
     EXPECT_FATAL(gpu->reserve(bytes), "already reserved", "a second reserve is an error");
     return bytes;

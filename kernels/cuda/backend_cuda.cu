@@ -1,5 +1,7 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
  * Every op is asynchronous on the default stream; download() synchronises. */
+#include <stdlib.h>
+
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -43,17 +45,21 @@ static void add_chunk(char *base, size_t size) {
     chunks.back().free_blocks[base] = size;
 }
 
+/* What must stay free beside the arena: cuBLAS's own workspaces and whatever the CUDA runtime allocates on
+ * first use. The handles and the kernels' modules are loaded before the arena is taken (backend_cuda). */
+static const size_t kHeadroom = (size_t)256 << 20;
+
 static void cuda_reserve(size_t bytes) {
     if (reserved_bytes) fatal("cuda backend: device memory was already reserved (%.2f GiB)", gib(reserved_bytes));
     size_t size = (bytes + kAlign - 1) / kAlign * kAlign;
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     void *base = NULL;
-    if (cudaMalloc(&base, size) != cudaSuccess) {
+    if (size + kHeadroom > free_bytes || cudaMalloc(&base, size) != cudaSuccess) {
         (void)cudaGetLastError();
-        size_t free_bytes = 0, total_bytes = 0;
-        CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-        fatal("cuda backend: the memory plan needs %.2f GiB but the GPU has %.2f GiB free (of %.2f GiB): use a smaller "
-              "--batch-tokens or --logits-chunk, fewer heads, or a bigger GPU",
-              gib(size), gib(free_bytes), gib(total_bytes));
+        fatal("cuda backend: the memory plan needs %.2f GiB (and %.2f GiB kept free for cuBLAS) but the GPU has %.2f "
+              "GiB free (of %.2f GiB): use a smaller --batch-tokens or --logits-chunk, fewer heads, or a bigger GPU",
+              gib(size), gib(kHeadroom), gib(free_bytes), gib(total_bytes));
     }
     reserved_bytes = size;
     add_chunk((char *)base, size);
@@ -168,6 +174,9 @@ static void cuda_fill_zero(void *ptr, size_t bytes) { CUDA_CHECK(cudaMemset(ptr,
 extern "C" const Backend *backend_cuda(void) {
     static Backend cuda;
     if (!cuda.name) {
+        /* every kernel's module loaded at start-up, not lazily inside the step loop where its memory would
+         * come from outside the reserved arena (read when the driver starts: before the first CUDA call) */
+        setenv("CUDA_MODULE_LOADING", "EAGER", 0);
         int devices = 0;
         cudaError_t err = cudaGetDeviceCount(&devices);
         if (err != cudaSuccess || devices == 0)
@@ -201,6 +210,8 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.attention_bf16 = cuda_attention_bf16;
         cuda.to_bf16 = cuda_to_bf16;
         cuda.name = "cuda";
+        cuda_cublas(); /* the handles' memory too is taken before reserve() */
+        cuda_cublaslt();
     }
     return &cuda;
 }

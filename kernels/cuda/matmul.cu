@@ -2,6 +2,7 @@
  * column-major X^T, so out = in @ W^T is, in cuBLAS's terms, out^T[OC,T] = W[IC,OC]^T * in^T[IC,T]. */
 #include <map>
 #include <tuple>
+#include <utility>
 
 #include "cuda_common.cuh"
 
@@ -76,12 +77,21 @@ struct GemmPlan {
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
 };
-typedef std::tuple<int, int, int, int, int, int, int, int> GemmKey; /* ops, m, n, k, lda, ldb, ldc */
+/* ops, m, n, k, lda, ldb, ldc, and the alignment of A, B and C (the algorithm is chosen for it) */
+typedef std::tuple<int, int, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t> GemmKey;
+
+/* the largest power of two up to 256 that divides the address: cuBLASLt assumes 256 unless told less, and an
+ * algorithm picked for 256-byte aligned operands fails on a pointer into the middle of a tensor */
+static uint32_t alignment(const void *ptr) {
+    uint32_t a = 256;
+    while (a > 1 && (uintptr_t)ptr % a != 0) a /= 2;
+    return a;
+}
 
 static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, int lda, int ldb,
-                                 int ldc) {
+                                 int ldc, uint32_t align_a, uint32_t align_b, uint32_t align_c) {
     static std::map<GemmKey, GemmPlan> plans;
-    GemmKey key(op_a, op_b, m, n, k, lda, ldb, ldc);
+    GemmKey key(op_a, op_b, m, n, k, lda, ldb, ldc, align_a, align_b, align_c);
     auto found = plans.find(key);
     if (found != plans.end()) return found->second;
     GemmPlan p;
@@ -98,6 +108,14 @@ static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b,
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &kLtWorkspaceBytes, sizeof kLtWorkspaceBytes));
+    const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}, /* D is C (in place) */
+    };
+    for (const auto &al : aligns)
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al.first, &al.second, sizeof al.second));
     cublasLtMatmulHeuristicResult_t heuristic;
     int found_algos = 0;
     CUBLAS_CHECK(
@@ -113,7 +131,7 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
                       const uint16_t *B, int ldb, float beta, float *C, int ldc) {
     static void *workspace = NULL;
     if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
-    const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc);
+    const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, alignment(A), alignment(B), alignment(C));
     const float one = 1.0f;
     CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                 workspace, kLtWorkspaceBytes, 0));

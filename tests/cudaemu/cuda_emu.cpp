@@ -482,6 +482,7 @@ struct cublasLtMatrixLayoutOpaque {
 };
 struct cublasLtMatmulPreferenceOpaque {
     size_t max_workspace;
+    uint32_t min_alignment[4]; /* A, B, C, D; cuBLASLt's default is 256 bytes */
 };
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) {
     *handle = new cublasLtContext{0};
@@ -513,15 +514,23 @@ cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) {
-    *pref = new cublasLtMatmulPreferenceOpaque{0};
+    *pref = new cublasLtMatmulPreferenceOpaque{0, {256, 256, 256, 256}};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
-                                                    cublasLtMatmulPreferenceAttributes_t, const void *buf,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
                                                     size_t size) {
-    if (size != sizeof(size_t)) return CUBLAS_STATUS_INVALID_VALUE;
-    memcpy(&pref->max_workspace, buf, size);
-    return CUBLAS_STATUS_SUCCESS;
+    if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
+        if (size != sizeof(size_t)) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&pref->max_workspace, buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    if (attr >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES && attr <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES) {
+        if (size != sizeof(uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&pref->min_alignment[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES], buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
 }
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) {
     delete pref;
@@ -536,13 +545,15 @@ static bool lt_supported(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cu
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
                                               cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                                               cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d,
-                                              cublasLtMatmulPreference_t, int requested,
+                                              cublasLtMatmulPreference_t pref, int requested,
                                               cublasLtMatmulHeuristicResult_t *results, int *returned) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
     *returned = 0;
     if (!lt_supported(desc, a, b, c, d)) return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(&results[0], 0, sizeof results[0]);
+    /* the algorithm remembers the alignments it was chosen for, which cublasLtMatmul then requires */
+    for (int i = 0; i < 4; i++) results[0].algo.data[i] = pref ? pref->min_alignment[i] : 256;
     *returned = 1;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -557,8 +568,20 @@ static std::vector<float> widen_bf16(const void *src, cublasLtMatrixLayout_t lay
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void *alpha, const void *A,
                               cublasLtMatrixLayout_t a, const void *B, cublasLtMatrixLayout_t b, const void *beta,
                               const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t d,
-                              const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t) {
+                              const cublasLtMatmulAlgo_t *algo, void *, size_t, cudaStream_t) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* as on a GPU, an algorithm chosen for more alignment than a pointer has fails (no algo: the default 256) */
+    const void *operands[4] = {A, B, C, D};
+    for (int i = 0; i < 4; i++) {
+        uint64_t need = algo ? algo->data[i] : 256;
+        if (need == 0 || (uintptr_t)operands[i] % need != 0) {
+            fprintf(stderr,
+                    "cuda_emu: cublasLtMatmul: operand %c at %p is not %llu-byte aligned as its algorithm "
+                    "requires (set CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_*)\n",
+                    "ABCD"[i], operands[i], (unsigned long long)need);
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
+    }
     if (!lt_supported(desc, a, b, c, d)) return CUBLAS_STATUS_NOT_SUPPORTED;
     if (C != D || c->rows != d->rows || c->cols != d->cols || c->ld != d->ld) return CUBLAS_STATUS_NOT_SUPPORTED;
     uint64_t m = c->rows, n = c->cols;
