@@ -1,7 +1,6 @@
-/* medusa-infer: generate or chat with a base model, plainly or with Medusa tree
- * decoding; --bench compares plain greedy, Medusa greedy and Medusa typical
- * decoding on a prompt set; `tune` builds trees from measured head accuracies
- * and picks the one this machine runs fastest. */
+/* medusa-infer: generate or chat with a base model, plainly or with Medusa tree decoding; --bench compares
+ * plain greedy, Medusa greedy and Medusa typical decoding on a prompt set; `tune` builds trees from measured
+ * head accuracies and picks the one this machine runs fastest. */
 #include <cJSON.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -53,8 +52,7 @@ static void load_text_side(Engine *e) {
     if (name) {
         chat_template_init(&e->tmpl, name, e->tok, e->text.jinja, e->text.bos, e->text.eos);
         e->have_tmpl = 1;
-        /* a turn ends with the template's end-of-turn token, which need not be the
-         * tokenizer's EOS */
+        /* a turn ends with the template's end-of-turn token, which need not be the tokenizer's EOS */
         const char *end = e->tmpl.kind == TEMPLATE_CHATML   ? "<|im_end|>"
                           : e->tmpl.kind == TEMPLATE_LLAMA3 ? "<|eot_id|>"
                                                             : NULL;
@@ -89,8 +87,7 @@ static void engine_init(Engine *e, const Options *o) {
     MemoryPlanInput mi = memory_plan_decoding(dtype == DT_BF16 ? 2 : 4, shape.n_heads, shape.n_layers, shape.head_vocab,
                                               ctx, o->medusa ? e->tree.n_nodes : 1);
     MemoryPlan plan = memory_plan(&c, &mi);
-    /* printed for a GPU only: on the CPU the host's memory is rarely in question
-     * and chat output stays clean */
+    /* printed for a GPU only: on the CPU the host's memory is rarely in question and chat output stays clean */
     memory_plan_reserve(&plan, be, be != backend_cpu() && !o->quiet);
 
     model_load(&e->model, o->model, be, dtype);
@@ -134,10 +131,9 @@ static int32_t *parse_ids(const char *s, int vocab, int *n) {
     return ids;
 }
 
-/* Tokens of a conversation (alternating user/assistant turns, ending with a
- * user turn) followed by the assistant's header: the template renders the
- * conversation with an empty reply, and the prompt is the text before that
- * reply's first trained byte. */
+/* Tokens of a conversation (alternating user/assistant turns, ending with a user turn) followed by the
+ * assistant's header: the template renders the conversation with an empty reply, and the prompt is the
+ * text before that reply's first trained byte. */
 static int32_t *encode_chat(const Engine *e, const Turn *turns, int n_turns, int *n) {
     int m = n_turns + 2;
     Turn *all = xcalloc((size_t)m, sizeof(Turn));
@@ -151,8 +147,7 @@ static int32_t *encode_chat(const Engine *e, const Turn *turns, int n_turns, int
     Rendered r = {0};
     chat_render(&e->tmpl, &c, &r);
     size_t len = r.n_spans > 0 ? r.spans[2 * (r.n_spans - 1)] : r.len;
-    /* fastchat's vicuna prompt ends with "ASSISTANT:"; the space belongs to the
-     * reply */
+    /* fastchat's vicuna prompt ends with "ASSISTANT:"; the space belongs to the reply */
     if (e->tmpl.kind == TEMPLATE_VICUNA && len > 0 && r.text[len - 1] == ' ') len--;
     int32_t *ids;
     *n = tokenizer_encode(e->tok, r.text, len, 1, e->tmpl.add_bos, &ids);
@@ -170,9 +165,8 @@ static int32_t *encode_prompt(const Engine *e, const char *text, int *n) {
         return ids;
     }
     if (!e->have_tmpl)
-        fatal("%s: no known chat template in the model; name one with "
-              "--chat-template (%s) or give --raw",
-              e->o.model, CHAT_TEMPLATE_NAMES);
+        fatal("%s: no known chat template in the model; name one with --chat-template (%s) or give --raw", e->o.model,
+              CHAT_TEMPLATE_NAMES);
     Turn t = {ROLE_USER, text, strlen(text)};
     return encode_chat(e, &t, 1, n);
 }
@@ -194,8 +188,8 @@ static void stream_reset(Stream *s, const Engine *e, int echo) {
     s->echo = echo;
 }
 
-/* Appends generated tokens and writes the text they complete (a UTF-8 character
- * split across tokens waits for its last byte). */
+/* Appends generated tokens and writes the text they complete (a UTF-8 character split across tokens waits
+ * for its last byte). */
 static void stream_sink(const int32_t *tokens, int n, void *user) {
     Stream *s = user;
     if (s->n + n > s->cap) {
@@ -241,8 +235,8 @@ static DecodeOptions decode_options(const Options *o, float temperature) {
     return d;
 }
 
-/* Decodes after prompt in the given mode (temperature 0: greedy; > 0: sampling,
- * or typical acceptance with Medusa). out holds max_new + tree depth tokens. */
+/* Decodes after prompt in the given mode (temperature 0: greedy; > 0: sampling, or typical acceptance with
+ * Medusa). out holds max_new + tree depth tokens. */
 static int generate(Engine *e, const int32_t *prompt, int n_prompt, int medusa, float temperature, int32_t *out,
                     TokenSink sink, void *user, DecodeStats *st) {
     DecodeOptions d = decode_options(&e->o, temperature);
@@ -253,19 +247,16 @@ static int generate(Engine *e, const int32_t *prompt, int n_prompt, int medusa, 
                   : decode_plain(&e->dec, prompt, n_prompt, max_new, e->stop_id, &d, out, sink, user, st);
 }
 
-/* Decoding steps that emitted the tokens: plain decoding's first token comes
- * from the prompt's forward pass; every Medusa verification pass emits its
- * accepted tokens plus the base model's next. */
+/* Decoding steps that emitted the tokens: plain decoding's first token comes from the prompt's forward
+ * pass; every Medusa verification pass emits its accepted tokens plus the base model's next. */
 static int decoding_steps(const DecodeStats *st, int medusa) {
     int steps = medusa ? st->steps : st->steps + 1;
     return steps > 0 ? steps : 1;
 }
 
 static void print_stats(const DecodeStats *st, int medusa) {
-    fprintf(stderr,
-            "[%d tokens in %.2f s: %.1f tokens/s, %.2f tokens per step%s, "
-            "prefill %.2f s]\n",
-            st->new_tokens, st->seconds, st->new_tokens / (st->seconds > 0 ? st->seconds : 1e-9),
+    fprintf(stderr, "[%d tokens in %.2f s: %.1f tokens/s, %.2f tokens per step%s, prefill %.2f s]\n", st->new_tokens,
+            st->seconds, st->new_tokens / (st->seconds > 0 ? st->seconds : 1e-9),
             (double)st->new_tokens / decoding_steps(st, medusa), medusa ? " (Medusa)" : "", st->prefill_seconds);
 }
 
@@ -285,8 +276,7 @@ static void run_once(Engine *e, const int32_t *prompt, int n_prompt) {
     free(out);
 }
 
-/* Multi-turn chat on stdin: each line is a user turn; the reply streams to
- * stdout. */
+/* Multi-turn chat on stdin: each line is a user turn; the reply streams to stdout. */
 static void run_chat(Engine *e) {
     if (!e->tok || !e->have_tmpl) fatal("%s: chat needs a tokenizer and a chat template (--chat-template)", e->o.model);
     int medusa = strcmp(e->o.mode, "medusa") == 0, interactive = isatty(0);
@@ -334,8 +324,8 @@ static void run_chat(Engine *e) {
 
 /* ---- benchmark ---- */
 
-/* Prompts from a .txt file (one per line) or a JSON list of strings, of
- * {"prompt": ...}, or of ShareGPT conversations (the first user turn). */
+/* Prompts from a .txt file (one per line) or a JSON list of strings, of {"prompt": ...}, or of ShareGPT
+ * conversations (the first user turn). */
 static char **load_prompts(const char *path, int *n) {
     size_t size;
     char *text = read_whole_file(path, &size);
@@ -363,9 +353,7 @@ static char **load_prompts(const char *path, int *n) {
             for (int i = 0; conv && i < c.n_turns && !p; i++)
                 if (c.turns[i].role == ROLE_USER) p = c.turns[i].text, len = c.turns[i].len;
             if (!p)
-                fatal("%s: element %d is neither a string, {\"prompt\"} nor a usable "
-                      "ShareGPT conversation",
-                      path, *n);
+                fatal("%s: element %d is neither a string, {\"prompt\"} nor a usable ShareGPT conversation", path, *n);
             prompts = xrealloc(prompts, sizeof(char *) * (size_t)(*n + 1));
             prompts[*n] = xmalloc(len + 1);
             memcpy(prompts[*n], p, len);
@@ -396,9 +384,8 @@ static void run_bench(Engine *e) {
     int32_t *out[3];
     for (int m = 0; m < 3; m++) out[m] = output_buffer(e);
     int lossless = 0, ran = 0;
-    printf("# medusa-infer --bench %s: %d prompts, model %s, heads %s, tree %s "
-           "(%d nodes + root), max %d new "
-           "tokens, %d threads, typical temperature %.2f\n",
+    printf("# medusa-infer --bench %s: %d prompts, model %s, heads %s, tree %s (%d nodes + root), max %d new tokens, "
+           "%d threads, typical temperature %.2f\n",
            e->o.bench, n_prompts, e->o.model, e->o.medusa, e->o.tree, e->tree.n_paths, e->o.max_new,
            omp_get_max_threads(), t_typical);
     printf("%-6s %7s %9s %9s %9s %9s %9s %9s  %s\n", "prompt", "tokens", "plain/s", "greedy/s", "acc/step", "typical/s",
@@ -409,9 +396,8 @@ static void run_bench(Engine *e) {
         int n_prompt;
         int32_t *prompt = encode_prompt(e, prompts[p], &n_prompt);
         if (n_prompt + e->o.max_new + e->tree.n_nodes + 1 > e->dec.max_len) {
-            printf("%-6d skipped: %d prompt tokens leave no room for %d new ones in "
-                   "--ctx %d\n",
-                   p, n_prompt, e->o.max_new, e->dec.max_len);
+            printf("%-6d skipped: %d prompt tokens leave no room for %d new ones in --ctx %d\n", p, n_prompt,
+                   e->o.max_new, e->dec.max_len);
             free(prompt);
             continue;
         }
@@ -452,8 +438,7 @@ static void run_bench(Engine *e) {
 
 /* ---- tree tuning ---- */
 
-/* The first object (depth-first) holding medusa0_top1, from medusa-eval --json
- * or a metrics line. */
+/* The first object (depth-first) holding medusa0_top1, from medusa-eval --json or a metrics line. */
 static const cJSON *find_accuracies(const cJSON *j) {
     if (cJSON_IsObject(j) && cJSON_GetObjectItemCaseSensitive(j, "medusa0_top1")) return j;
     for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
@@ -502,8 +487,7 @@ static int parse_budgets(const char *s, int *out, int max) {
     return n;
 }
 
-/* Seconds per decoding step, from real decoding: plain (tree NULL) or Medusa
- * with the given tree. */
+/* Seconds per decoding step, from real decoding: plain (tree NULL) or Medusa with the given tree. */
 static double step_seconds(const Model *m, const MedusaHeads *heads, const MedusaTree *tree, const int32_t *prompt,
                            int n_prompt, int steps) {
     Decoder d;
@@ -514,8 +498,7 @@ static double step_seconds(const Model *m, const MedusaHeads *heads, const Medus
     int32_t *out = xmalloc(sizeof(int32_t) * (size_t)(steps * 16 + 64));
     DecodeStats st;
     double best = 1e30;
-    for (int rep = 0; rep < 3; rep++) { /* the fastest of three: other processes
-                                           only ever slow a run down */
+    for (int rep = 0; rep < 3; rep++) { /* the fastest of three: other processes only ever slow a run down */
         if (tree) decode_medusa(&d, prompt, n_prompt, steps, -1, &o, out, NULL, NULL, &st);
         else decode_plain(&d, prompt, n_prompt, steps, -1, &o, out, NULL, NULL, &st);
         double s = st.seconds / (st.steps > 0 ? st.steps : 1);
@@ -535,25 +518,19 @@ static int run_tune(int argc, char **argv) {
         {"budgets", ARG_STR, &budgets_s, "tree sizes to try, in nodes (comma-separated)"},
         {"out", ARG_STR, &out, "where to write the chosen tree (JSON list of paths)"},
         {"model", ARG_STR, &model, "base model (HF dir or .gguf) whose verification cost is measured"},
-        {"medusa", ARG_STR, &medusa,
-         "exported heads (optional: heads of the right shape are made up for "
-         "timing)"},
+        {"medusa", ARG_STR, &medusa, "exported heads (optional: heads of the right shape are made up for timing)"},
         {"context", ARG_INT, &context, "tokens of context in the timed steps"},
         {"steps", ARG_INT, &steps, "decoding steps timed per tree"},
         {"threads", ARG_INT, &threads, "CPU threads (0: OpenMP default)"},
         {"device", ARG_STR, &device, "cpu or cuda"},
         {"precision", ARG_STR, &precision,
-         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or "
-         "bf16"},
+         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
     };
-    const char *usage = "usage: medusa-infer tune --accuracies EVAL.json --model "
-                        "PATH [--budgets 8,16,32,64] --out tree.json\n"
-                        "Builds the tree of each node budget that maximises the "
-                        "expected accepted length for the\n"
-                        "measured head accuracies, times a decoding step with it "
-                        "on this machine, and writes the\n"
-                        "tree with the best expected speed (expected tokens per "
-                        "step / seconds per step).";
+    const char *usage =
+        "usage: medusa-infer tune --accuracies EVAL.json --model PATH [--budgets 8,16,32,64] --out tree.json\n"
+        "Builds the tree of each node budget that maximises the expected accepted length for the\n"
+        "measured head accuracies, times a decoding step with it on this machine, and writes the\n"
+        "tree with the best expected speed (expected tokens per step / seconds per step).";
     args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof *specs), usage, NULL, 0);
     if (!accuracies || !out || !model) fatal("tune needs --accuracies, --model and --out (see --help)");
     set_threads(threads);
@@ -628,9 +605,8 @@ static int run_tune(int argc, char **argv) {
 
 /* ---- main ---- */
 
-/* OpenMP's default active waiting spins through whole time slices when the
- * cores are shared, which made decoding 5-10x slower; libgomp reads the policy
- * only at start-up, so set it and start again. */
+/* OpenMP's default active waiting spins through whole time slices when the cores are shared, which made
+ * decoding 5-10x slower; libgomp reads the policy only at start-up, so set it and start again. */
 static void prefer_passive_wait(char **argv) {
     if (getenv("OMP_WAIT_POLICY")) return;
     setenv("OMP_WAIT_POLICY", "passive", 1);
@@ -672,22 +648,17 @@ int main(int argc, char **argv) {
         {"threads", ARG_INT, &o.threads, "CPU threads (0: OpenMP default)"},
         {"device", ARG_STR, &o.device, "cpu or cuda"},
         {"precision", ARG_STR, &o.precision,
-         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or "
-         "bf16"},
+         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"bench", ARG_STR, &o.bench,
-         "prompt set (.txt lines or JSON list): tokens/s, accepted tokens per "
-         "step and speedup of plain greedy, Medusa greedy and Medusa typical "
-         "decoding"},
+         "prompt set (.txt lines or JSON list): tokens/s, accepted tokens per step and speedup of plain greedy, Medusa "
+         "greedy and Medusa typical decoding"},
         {"quiet", ARG_FLAG, &o.quiet, "no speed line after each reply"},
     };
-    const char *usage = "usage: medusa-infer --model PATH [--medusa DIR] "
-                        "[--prompt TEXT | --prompt-ids IDS | --bench PROMPTS]\n"
-                        "       medusa-infer tune --accuracies EVAL.json --model "
-                        "PATH --budgets 8,16,32,64 --out tree.json\n"
-                        "Generates with a Llama-family model, plainly or with "
-                        "Medusa heads (tree verification; greedy output is\n"
-                        "identical to plain greedy decoding). Without --prompt, "
-                        "chats on stdin (one user turn per line).";
+    const char *usage =
+        "usage: medusa-infer --model PATH [--medusa DIR] [--prompt TEXT | --prompt-ids IDS | --bench PROMPTS]\n"
+        "       medusa-infer tune --accuracies EVAL.json --model PATH --budgets 8,16,32,64 --out tree.json\n"
+        "Generates with a Llama-family model, plainly or with Medusa heads (tree verification; greedy output is\n"
+        "identical to plain greedy decoding). Without --prompt, chats on stdin (one user turn per line).";
     args_parse(argc, argv, 1, specs, (int)(sizeof specs / sizeof *specs), usage, NULL, 0);
     if (!o.model) fatal("--model is required (see --help)");
     o.mode = mode ? mode : o.medusa ? "medusa" : "plain";

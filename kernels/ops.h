@@ -1,7 +1,6 @@
-/* The one op interface: every op the model needs, independent of where it runs.
- * The CPU backend (kernels/cpu) is the reference; other backends implement the
- * same table and are tested against it. Tensors are row-major arrays in the
- * backend's memory; shapes are given per call. */
+/* The one op interface: every op the model needs, independent of where it runs. The CPU backend
+ * (kernels/cpu) is the reference; other backends implement the same table and are tested against it.
+ * Tensors are row-major arrays in the backend's memory; shapes are given per call. */
 #ifndef MEDUSA_OPS_H
 #define MEDUSA_OPS_H
 
@@ -21,34 +20,28 @@ struct Backend {
     void (*upload)(void *dst, const void *host_src, size_t bytes);
     void (*download)(void *host_dst, const void *src, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes); /* within the backend's memory */
-    /* the run's planned peak (model/memory_plan.h): a backend with device memory
-     * takes it as one allocation up front and serves alloc() from it, so nothing
-     * is allocated from the device in the step loop */
+    /* the run's planned peak (model/memory_plan.h): a backend with device memory takes it as one allocation
+     * up front and serves alloc() from it, so nothing is allocated from the device in the step loop */
     void (*reserve)(size_t bytes);
-    /* the most bytes in use at once since the previous call (or start-up), to
-     * check the plan against; each call starts a new measurement from what is in
-     * use then. 0 where not tracked (the CPU). */
+    /* the most bytes in use at once since the previous call (or start-up), to check the plan against; each
+     * call starts a new measurement from what is in use then. 0 where not tracked (the CPU). */
     size_t (*peak_bytes)(void);
-    /* bytes a run could still take: free device memory, or the host's physical
-     * memory on the CPU */
+    /* bytes a run could still take: free device memory, or the host's physical memory on the CPU */
     size_t (*memory_available)(void);
 
     /* out[t,:] = table[tokens[t],:]  (T x C) */
     void (*embedding)(float *out, const int32_t *tokens, const float *table, int T, int C);
     /* out = x / rms(x) * weight, per row of C */
     void (*rmsnorm)(float *out, const float *x, const float *weight, int T, int C, float eps);
-    /* out[T,OC] = in[T,IC] @ weight[OC,IC]^T (+ bias[OC] when not NULL): a
-     * PyTorch Linear */
+    /* out[T,OC] = in[T,IC] @ weight[OC,IC]^T (+ bias[OC] when not NULL): a PyTorch Linear */
     void (*matmul)(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC);
-    /* rotary embedding in place on q [T, n_heads*head_dim] and k [T,
-     * n_kv_heads*head_dim] at positions pos[T] (Hugging Face layout: the two
-     * rotated halves are the first and second half of each head) */
+    /* rotary embedding in place on q [T, n_heads*head_dim] and k [T, n_kv_heads*head_dim] at positions pos[T]
+     * (Hugging Face layout: the two rotated halves are the first and second half of each head) */
     void (*rope)(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
-    /* softmax(q k^T / sqrt(d)) v per head with grouped-query sharing; query t
-     * attends to keys key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T,
-     * n_heads*d]; k/v: [Tk, n_kv_heads*d]. With a tree mask [T, T] (tree
-     * decoding), a key j >= mask_start is attended only when mask[t*T + j -
-     * mask_start] is set: the T new tokens see only their ancestors. */
+    /* softmax(q k^T / sqrt(d)) v per head with grouped-query sharing; query t attends to keys
+     * key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T, n_heads*d]; k/v: [Tk, n_kv_heads*d].
+     * With a tree mask [T, T] (tree decoding), a key j >= mask_start is attended only when
+     * mask[t*T + j - mask_start] is set: the T new tokens see only their ancestors. */
     void (*attention)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                       const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
                       int head_dim);
@@ -59,45 +52,38 @@ struct Backend {
 
     /* --- training (Medusa heads) --- */
     void (*fill_zero)(void *ptr, size_t bytes);
-    /* backward of matmul: dinp[T,IC] += dout @ weight; dweight[OC,IC] += dout^T @
-     * in; dbias[OC] += sum_t dout (each output skipped when NULL) */
+    /* backward of matmul: dinp[T,IC] += dout @ weight; dweight[OC,IC] += dout^T @ in; dbias[OC] += sum_t dout
+     * (each output skipped when NULL) */
     void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                             const float *weight, int T, int IC, int OC);
     /* Medusa ResBlock tail: out = x + silu(z), z the Linear's output */
     void (*resblock_forward)(float *out, const float *x, const float *z, size_t n);
     /* dz = dout * silu'(z) */
     void (*silu_backward)(float *dz, const float *dout, const float *z, size_t n);
-    /* Fused softmax cross-entropy over rows of logits [T,V], never storing
-     * probabilities: for a row with targets[t] >= 0, losses[t] = -log
-     * softmax(logits)[target], ranks[t] = number of logits strictly greater than
-     * the target's (so top-k hit <=> rank < k), and the row is overwritten with
-     * dscale * (softmax - onehot(target)). Rows with a negative target get loss
-     * 0, rank -1, zero gradient. */
+    /* Fused softmax cross-entropy over rows of logits [T,V], never storing probabilities: for a row with
+     * targets[t] >= 0, losses[t] = -log softmax(logits)[target], ranks[t] = number of logits strictly greater
+     * than the target's (so top-k hit <=> rank < k), and the row is overwritten with
+     * dscale * (softmax - onehot(target)). Rows with a negative target get loss 0, rank -1, zero gradient. */
     void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                          float dscale);
-    /* AdamW (decoupled weight decay, bias correction) with the step's scalars
-     * (kernels/math_common.h). */
+    /* AdamW (decoupled weight decay, bias correction) with the step's scalars (kernels/math_common.h). */
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
     /* sum of squares of x, as a host double (for the global gradient norm) */
     double (*sum_squares)(const float *x, size_t n);
 
-    /* --- bf16 weights (uint16_t bit patterns, kernels/math_common.h) with fp32
-     * activations --- */
-    /* matmul with a bf16 weight: the input is rounded to bf16 first (what a
-     * tensor core takes), products are exact in fp32 and summed in fp32; bias and
-     * out stay fp32 */
+    /* --- bf16 weights (uint16_t bit patterns, kernels/math_common.h) with fp32 activations --- */
+    /* matmul with a bf16 weight: the input is rounded to bf16 first (what a tensor core takes), products are
+     * exact in fp32 and summed in fp32; bias and out stay fp32 */
     void (*matmul_bf16)(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);
-    /* matmul_backward with a bf16 weight: dout and in are rounded to bf16 for the
-     * products, which are summed into the fp32 dinp/dweight; dbias sums the fp32
-     * dout */
+    /* matmul_backward with a bf16 weight: dout and in are rounded to bf16 for the products, which are summed
+     * into the fp32 dinp/dweight; dbias sums the fp32 dout */
     void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                  const uint16_t *weight, int T, int IC, int OC);
     /* out[t,:] = table[tokens[t],:] widened to fp32 */
     void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
-    /* attention whose products may take bf16 operands (q, k, v and the
-     * probabilities rounded; softmax and sums in fp32): within bf16 rounding of
-     * attention's result. The CPU computes attention exactly; a GPU uses its
-     * tensor cores where they pay (large packed batches). */
+    /* attention whose products may take bf16 operands (q, k, v and the probabilities rounded; softmax and
+     * sums in fp32): within bf16 rounding of attention's result. The CPU computes attention exactly; a GPU
+     * uses its tensor cores where they pay (large packed batches). */
     void (*attention_bf16)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                            const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                            int n_kv_heads, int head_dim);
@@ -108,8 +94,7 @@ struct Backend {
 const Backend *backend_cpu(void);
 /* kernels/cuda (only in builds with nvcc, which define MEDUSA_CUDA) */
 const Backend *backend_cuda(void);
-/* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less
- * build */
+/* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */
 const Backend *backend_by_name(const char *name);
 
 #endif

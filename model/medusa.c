@@ -102,16 +102,18 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->dx = be->alloc(sizeof(float) * TH);
     w->dz = be->alloc(sizeof(float) * TH);
     w->logits = be->alloc(sizeof(float) * (size_t)w->chunk_rows * s->head_vocab);
-    w->losses = be->alloc(sizeof(float) * (size_t)w->chunk_rows);
-    w->ranks = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
-    w->targets = be->alloc(sizeof(int32_t) * (size_t)w->chunk_rows);
+    /* a head's targets, losses and ranks for all its rows: one upload and one download per head, not per
+     * chunk (each copy waits for the device's queue to drain) */
+    w->losses = be->alloc(sizeof(float) * (size_t)max_tokens);
+    w->ranks = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->targets = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->rows_hidden = be->alloc(sizeof(float) * TH);
     w->rows = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens * s->n_heads);
     w->host_rows = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_row_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
-    w->host_losses = xmalloc(sizeof(float) * (size_t)w->chunk_rows);
-    w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)w->chunk_rows);
+    w->host_losses = xmalloc(sizeof(float) * (size_t)max_tokens);
+    w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
 }
 
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
@@ -207,6 +209,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
+        be->upload(w->targets, w->host_row_targets, sizeof(int32_t) * (size_t)n);
         be->embedding(w->rows_hidden, w->rows, hidden, n, H); /* a row gather */
         float dscale = train ? weight * grad_scale / (float)n : 0.0f;
         const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
@@ -219,17 +222,16 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             int rows = n - r0 < per ? n - r0 : per;
             const float *x = x_last + (size_t)r0 * H;
             head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
-            be->upload(w->targets, w->host_row_targets + r0, sizeof(int32_t) * (size_t)rows);
-            be->softmax_xent(w->logits, w->losses, w->ranks, w->targets, rows, V, dscale);
-            be->download(w->host_losses, w->losses, sizeof(float) * (size_t)rows);
-            be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)rows);
-            for (int i = 0; i < rows; i++) {
-                loss_sum += w->host_losses[i];
-                for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
-            }
+            be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, rows, V, dscale);
             if (train) /* logits now hold dlogits: into dx and the lm_head gradient */
                 head_matmul_backward(m, w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm,
                                      rows, H, V);
+        }
+        be->download(w->host_losses, w->losses, sizeof(float) * (size_t)n);
+        be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            loss_sum += w->host_losses[i];
+            for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
         }
         stats->loss[h] = loss_sum / (double)n;
         stats->total_loss += (double)weight * stats->loss[h];

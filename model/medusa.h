@@ -47,8 +47,8 @@ typedef struct {
     float *pre;                            /* [L][T,H]: Linear outputs before SiLU */
     float *dx, *dz;                        /* [T,H] */
     float *logits;                         /* [chunk_rows, V] */
-    float *losses;                         /* [chunk_rows] */
-    int32_t *ranks, *targets;              /* [chunk_rows] on the backend */
+    float *losses;                         /* [T]: per row of the current head */
+    int32_t *ranks, *targets;              /* [T] on the backend */
     float *rows_hidden;                    /* [T,H]: the hidden rows a head has targets for, gathered */
     int32_t *rows;                         /* [T] backend: their positions */
     int32_t *host_targets;                 /* [K][T] */

@@ -17,14 +17,12 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
     }
-    /* frozen base: one layer's activations live at a time (x, xn, proj, q, att,
-     * k, v, gate, up) + final hidden, and the int32 tokens, positions and key
-     * ranges */
+    /* frozen base: one layer's activations live at a time (x, xn, proj, q, att, k, v, gate, up) + final hidden,
+     * and the int32 tokens, positions and key ranges */
     p.base_activations = T * (4 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes + T * 4 * 4;
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
-    /* heads run one after another: block outputs and pre-activations of one head,
-     * dx, dz, the gathered rows and their positions; per chunk row a loss, a rank
-     * and a target */
+    /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
+     * and their positions; per chunk row a loss, a rank and a target */
     double Th = in->head_tokens > 0 ? in->head_tokens : T;
     double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
     double blocks = in->n_layers > 0 ? in->n_layers : 1;
@@ -74,8 +72,7 @@ MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers
 
 size_t memory_plan_reserve_bytes(const MemoryPlan *p) { return (size_t)(p->total * 1.05) + ((size_t)64 << 20); }
 
-/* GiB for real models, MiB for small ones (a tiny test model would print only
- * zeros) */
+/* GiB for real models, MiB for small ones (a tiny test model would print only zeros) */
 static void line(FILE *out, const char *what, double bytes, double unit) {
     fprintf(out, "  %-34s %9.2f %s\n", what, bytes / unit, unit >= 1 << 30 ? "GiB" : "MiB");
 }

@@ -1,7 +1,6 @@
-/* The memory a training, evaluation or decoding run needs, computed from the
- * shapes before anything is allocated and printed at start-up, so a run that
- * cannot fit fails at once instead of hours in. A device backend reserves it as
- * one allocation (Backend.reserve) and serves every tensor from it. */
+/* The memory a training, evaluation or decoding run needs, computed from the shapes before anything is
+ * allocated and printed at start-up, so a run that cannot fit fails at once instead of hours in. A device
+ * backend reserves it as one allocation (Backend.reserve) and serves every tensor from it. */
 #ifndef MEDUSA_MEMORY_PLAN_H
 #define MEDUSA_MEMORY_PLAN_H
 
@@ -12,58 +11,47 @@
 #include "config.h"
 
 typedef struct {
-    int weight_bytes;    /* bytes per base weight element: 4 (fp32) or 2 (bf16
-                            storage) */
+    int weight_bytes;    /* bytes per base weight element: 4 (fp32) or 2 (bf16 storage) */
     int act_bytes;       /* bytes per activation element */
-    int head_copy_bytes; /* extra low-precision copy of the head weights for the
-                            GEMMs (0 if none) */
+    int head_copy_bytes; /* extra low-precision copy of the head weights for the GEMMs (0 if none) */
     int n_heads, n_layers;
-    int batch_tokens; /* tokens per base-model pass: a packed batch, or a decoding
-                         run's prompt */
+    int batch_tokens; /* tokens per base-model pass: a packed batch, or a decoding run's prompt */
     int logits_chunk; /* rows of head logits materialised at once */
     int train;        /* grads + AdamW state */
     int head_vocab;   /* rows of each head's lm_head; 0: the full vocabulary */
     int head_tokens;  /* rows the heads run on; 0: batch_tokens */
-    int vocab_rows;   /* rows of full-vocabulary logits besides the heads' chunk
-                       * (evaluation: the base   model's on every token; decoding: the
-                       * base model's and each head's per tree node) */
+    int vocab_rows;   /* rows of full-vocabulary logits besides the heads' chunk (evaluation: the base
+                       * model's on every token; decoding: the base model's and each head's per tree node) */
     int kv_len;       /* rows of the KV cache (decoding); 0: none */
 } MemoryPlanInput;
 
 typedef struct {
     double base_weights, head_params, head_grads, adam_state, head_copy;
     double base_activations, kv_cache, head_activations, logits;
-    double bf16_operands; /* bf16 GEMMs: activations rounded to bf16 (the largest
-                           * input and output gradient) and the cuBLASLt workspace
-                           * (kernels/cuda/matmul.cu) */
+    double bf16_operands; /* bf16 GEMMs: activations rounded to bf16 (the largest input and output gradient) and
+                           * the cuBLASLt workspace (kernels/cuda/matmul.cu) */
     double total;         /* bytes */
 } MemoryPlan;
 
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);
-/* The input for train/trainer.c: packed batches of batch_tokens through the
- * base model, the heads' logits in chunks of logits_chunk rows; train adds fp32
- * gradients and AdamW moments, evaluate the base model's logits over every
- * token of a batch (its own top-1). Heads over a bf16 base (weight_bytes 2) run
- * their GEMMs in bf16 too. */
+/* The input for train/trainer.c: packed batches of batch_tokens through the base model, the heads' logits in chunks of
+ * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate the base model's logits over every token of
+ * a batch (its own top-1). Heads over a bf16 base (weight_bytes 2) run their GEMMs in bf16 too. */
 MemoryPlanInput memory_plan_training(int weight_bytes, int n_heads, int n_layers, int head_vocab, int batch_tokens,
                                      int logits_chunk, int train, int evaluate);
-/* The input for infer/decoder.c: prompts of up to max_len tokens prefilled in
- * one pass, a KV cache of max_len + tree_nodes rows, then tree_nodes rows per
- * step through the base model and the heads (n_heads = 0 and tree_nodes = 1 for
- * plain decoding). Heads over a bf16 base (weight_bytes 2) run their GEMMs in
- * bf16 too. */
+/* The input for infer/decoder.c: prompts of up to max_len tokens prefilled in one pass, a KV cache of
+ * max_len + tree_nodes rows, then tree_nodes rows per step through the base model and the heads
+ * (n_heads = 0 and tree_nodes = 1 for plain decoding). Heads over a bf16 base (weight_bytes 2) run their
+ * GEMMs in bf16 too. */
 MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers, int head_vocab, int max_len,
                                      int tree_nodes);
-/* What a device reserves for a plan: the total plus 5% and 64 MiB for what the
- * plan leaves out, the 256-byte rounding of each tensor and the gaps between
- * blocks that short-lived buffers of other sizes leave. */
+/* What a device reserves for a plan: the total plus 5% and 64 MiB for what the plan leaves out, the 256-byte
+ * rounding of each tensor and the gaps between blocks that short-lived buffers of other sizes leave. */
 size_t memory_plan_reserve_bytes(const MemoryPlan *p);
 void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes);
-/* What every binary does before loading anything: prints the plan beside what
- * the backend has free (when print), then reserves it on the backend (one
- * device allocation that every tensor is carved from; nothing on the CPU). A
- * plan that cannot fit the GPU is a fatal error here, before any weight is
- * read. */
+/* What every binary does before loading anything: prints the plan beside what the backend has free (when print), then
+ * reserves it on the backend (one device allocation that every tensor is carved from; nothing on the CPU). A plan that
+ * cannot fit the GPU is a fatal error here, before any weight is read. */
 void memory_plan_reserve(const MemoryPlan *p, const Backend *be, int print);
 
 #endif

@@ -1,7 +1,6 @@
-/* Every op of the CUDA backend against the CPU reference backend on random
- * inputs. `make test` links it with the CUDA sources compiled by the CPU
- * emulator (tests/cudaemu); `make test-cuda` links the same file with the
- * nvcc-built backend and runs it on a GPU. */
+/* Every op of the CUDA backend against the CPU reference backend on random inputs. `make test` links it
+ * with the CUDA sources compiled by the CPU emulator (tests/cudaemu); `make test-cuda` links the same
+ * file with the nvcc-built backend and runs it on a GPU. */
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -35,8 +34,7 @@ static float *from_gpu(const void *dev, size_t n) {
     return host;
 }
 
-/* Downloads `dev` and compares it with the CPU's `want`: the max error relative
- * to the largest |want|. */
+/* Downloads `dev` and compares it with the CPU's `want`: the max error relative to the largest |want|. */
 static void expect_close(const char *what, const float *dev, const float *want, size_t n, double tol) {
     float *got = from_gpu(dev, n);
     double abs_err, rel_err;
@@ -59,8 +57,7 @@ static void test_memory(void) {
     CHECK(zero, "fill_zero");
     gpu->free(a);
     void *again = gpu->alloc(sizeof(float) * n);
-    CHECK(again == a, "a freed block is cached and handed out again (no "
-                      "cudaFree/cudaMalloc per step)");
+    CHECK(again == a, "a freed block is cached and handed out again (no cudaFree/cudaMalloc per step)");
     gpu->free(again);
     gpu->free(b);
     EXPECT_FATAL(gpu->free(x), "did not allocate", "freeing a host pointer through the backend is an error");
@@ -103,8 +100,7 @@ static void test_matmul(int T, int IC, int OC, int with_bias) {
     free(in), free(w), free(bias), free(want);
 }
 
-/* Gradients accumulate onto non-zero buffers; `which` selects the outputs (1
- * dinp, 2 dweight, 4 dbias). */
+/* Gradients accumulate onto non-zero buffers; `which` selects the outputs (1 dinp, 2 dweight, 4 dbias). */
 static void test_matmul_backward(int T, int IC, int OC, int which) {
     size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
     float *in = random_floats(n_in, 1.0f), *w = random_floats(n_w, 0.5f), *dout = random_floats((size_t)T * OC, 1.0f);
@@ -126,10 +122,9 @@ static void test_matmul_backward(int T, int IC, int OC, int which) {
     free(in), free(w), free(dout), free(dinp), free(dw), free(db);
 }
 
-/* --- bf16 weights: the CUDA GEMMs (cuBLASLt) against the CPU's, which widen
- * the same bf16 values to fp32, so only the order of the fp32 sums differs; and
- * both against the fp32 op, which they must differ from by no more than bf16
- * rounding (and by something: the rounding must happen). --- */
+/* --- bf16 weights: the CUDA GEMMs (cuBLASLt) against the CPU's, which widen the same bf16 values to fp32,
+ * so only the order of the fp32 sums differs; and both against the fp32 op, which they must differ from by
+ * no more than bf16 rounding (and by something: the rounding must happen). --- */
 static uint16_t *random_bf16(size_t n, float scale) {
     float *x = random_floats(n, scale);
     uint16_t *b = xmalloc(sizeof(uint16_t) * (n ? n : 1));
@@ -142,8 +137,7 @@ static float *widened(const uint16_t *b, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = bf16_to_float(b[i]);
     return x;
 }
-/* relative error of a bf16 result against the fp32 op, which must be > 0 and
- * within the rounding of the inputs */
+/* relative error of a bf16 result against the fp32 op, which must be > 0 and within the rounding of the inputs */
 static void expect_bf16_rounding(const char *what, const float *got, const float *fp32, size_t n) {
     double abs_err, rel_err;
     max_errors(got, fp32, n, &abs_err, &rel_err);
@@ -152,9 +146,8 @@ static void expect_bf16_rounding(const char *what, const float *got, const float
 }
 
 static void test_to_bf16(void) {
-    /* round to nearest even, by hand: 1 + 2^-8 is halfway between 1 and 1 + 2^-7
-     * (0x3f80, 0x3f81) -> even 0x3f80; 1 + 3 * 2^-8 is halfway between 0x3f81 and
-     * 0x3f82 -> 0x3f82; NaN stays NaN, inf stays inf */
+    /* round to nearest even, by hand: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 (0x3f80, 0x3f81) -> even
+     * 0x3f80; 1 + 3 * 2^-8 is halfway between 0x3f81 and 0x3f82 -> 0x3f82; NaN stays NaN, inf stays inf */
     float x[6] = {1.00390625f, 1.01171875f, -2.0f, INFINITY, NAN, 3.0e38f};
     uint16_t want[6] = {0x3f80, 0x3f82, 0xc000, 0x7f80, 0, 0x7f62}, got[6], cpu_got[6];
     float *d_x = to_gpu(x, sizeof x);
@@ -219,8 +212,7 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     free(in), free(w), free(bias), free(wide), free(want), free(fp32);
 }
 
-/* `which` as in test_matmul_backward; gradients accumulate onto non-zero
- * buffers */
+/* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
 static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
     size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
     float *in = random_floats(n_in, 1.0f), *dout = random_floats((size_t)T * OC, 1.0f);
@@ -273,11 +265,9 @@ static void test_rope(int hd, float theta) {
     free(q), free(k);
 }
 
-/* One attention call on both backends: T queries over Tk keys with the given
- * ranges and optional mask. bf16: the GPU's attention_bf16 against the CPU's
- * attention on bf16-rounded q, k, v (what the tensor cores read); they then
- * differ only by the rounding of the probabilities (and the order of the sums).
- */
+/* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
+ * bf16: the GPU's attention_bf16 against the CPU's attention on bf16-rounded q, k, v (what the tensor cores
+ * read); they then differ only by the rounding of the probabilities (and the order of the sums). */
 static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
                                const uint8_t *mask, int mask_start, int nh, int nkv, int hd, int bf16) {
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
@@ -310,8 +300,7 @@ static void check_attention(const char *what, int T, int Tk, const int32_t *kb, 
 }
 
 static void test_attention(void) {
-    /* packed causal batch: three sequences, each query sees its own sequence up
-     * to itself */
+    /* packed causal batch: three sequences, each query sees its own sequence up to itself */
     int lens[3] = {5, 11, 41}, T = 57;
     int32_t kb[57], ke[57];
     for (int s = 0, t = 0, start = 0; s < 3; start += lens[s++])
@@ -321,8 +310,7 @@ static void test_attention(void) {
     check_attention("packed causal, 3 sequences, MHA", T, T, kb, ke, NULL, 0, 2, 2, 40);
     check_attention("packed causal, 3 sequences, MQA", T, T, kb, ke, NULL, 0, 2, 1, 128);
     check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 2, 1, 200);
-    /* one long sequence: many key tiles, the online softmax rescaling many times
-     */
+    /* one long sequence: many key tiles, the online softmax rescaling many times */
     int32_t lkb[300], lke[300];
     for (int t = 0; t < 300; t++) lkb[t] = 0, lke[t] = t + 1;
     check_attention("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 2, 1, 64);
@@ -331,8 +319,7 @@ static void test_attention(void) {
     int32_t dkb[3] = {0, 0, 0}, dke[3] = {71, 72, 73};
     check_attention("KV-cache decode", 3, 73, dkb, dke, NULL, 0, 4, 2, 32);
 
-    /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache
-     * and its ancestors */
+    /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
     enum { P = 45, N = 6 };
     int parent[N] = {-1, 0, 0, 1, 1, 2};
     uint8_t mask[N * N] = {0};
@@ -344,9 +331,8 @@ static void test_attention(void) {
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
 
-    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged
-     * sequences across its 32-query tiles, GQA, one sequence longer than a key
-     * tile, a tail tile with padding rows */
+    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 32-query
+     * tiles, GQA, one sequence longer than a key tile, a tail tile with padding rows */
     int tc_lens[4] = {7, 40, 70, 3}, tc_T = 120;
     int32_t tc_kb[120], tc_ke[120];
     for (int s = 0, t = 0, start = 0; s < 4; start += tc_lens[s++])
@@ -354,8 +340,7 @@ static void test_attention(void) {
     check_attention_as("packed causal, 4 sequences, GQA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 1);
     check_attention_as("packed causal, 4 sequences, MHA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 2, 2, 128, 1);
     check_attention_as("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 1, 1, 128, 1);
-    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step,
-     * head_dim 40 */
+    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
     check_attention_as("tree mask (CUDA cores)", N, P + N, tkb, tke, mask, P, 4, 1, 64, 1);
     check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 0, 4, 2, 64, 1);
     check_attention_as("packed causal, d=40 (CUDA cores)", T, T, kb, ke, NULL, 0, 2, 2, 40, 1);
@@ -406,9 +391,8 @@ static void test_softmax_xent(int V) {
     int same = 1;
     for (int t = 0; t < T; t++) same &= gpu_rank[t] == rank[t];
     CHECK(same && rank[1] == -1 && rank[3] == 0 && rank[6] == V - 1,
-          "softmax_xent V=%d ranks equal (ignored -1, max 0, min V-1): gpu %d %d "
-          "%d, cpu %d %d %d",
-          V, gpu_rank[1], gpu_rank[3], gpu_rank[6], rank[1], rank[3], rank[6]);
+          "softmax_xent V=%d ranks equal (ignored -1, max 0, min V-1): gpu %d %d %d, cpu %d %d %d", V, gpu_rank[1],
+          gpu_rank[3], gpu_rank[6], rank[1], rank[3], rank[6]);
     gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_targets);
     free(logits);
 }
@@ -454,10 +438,9 @@ static void test_sum_squares(void) {
     }
 }
 
-/* The whole model path on both backends: packed forward, cached decoding, tree
- * verification, then Medusa heads' loss, gradients and three AdamW steps. The
- * emulator makes device memory inaccessible to host code, so this also proves
- * that model/ and train/ only touch backend memory through the backend. */
+/* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
+ * heads' loss, gradients and three AdamW steps. The emulator makes device memory inaccessible to host code,
+ * so this also proves that model/ and train/ only touch backend memory through the backend. */
 static void test_end_to_end(DType weights) {
     const char *path = "tests/fixtures/models/tiny_qwen2"; /* attention biases, GQA */
     printf("end to end, %s weights:\n", weights == DT_BF16 ? "bf16" : "fp32");
@@ -480,8 +463,7 @@ static void test_end_to_end(DType weights) {
     expect_close("model_forward tiny_qwen2, 2 packed sequences: hidden", d_hidden, hidden, (size_t)T * H, 1e-4);
     expect_close("model_forward tiny_qwen2, 2 packed sequences: logits", d_logits, logits, (size_t)T * V, 1e-4);
 
-    /* decoding: a 9-token prompt into the KV cache, then a 4-node tree after it,
-     * keeping nodes 0 and 2 */
+    /* decoding: a 9-token prompt into the KV cache, then a 4-node tree after it, keeping nodes 0 and 2 */
     KVCache cc, cg;
     kv_cache_init(&cc, &mc, 32);
     kv_cache_init(&cg, &mg, 32);
@@ -526,9 +508,8 @@ static void test_end_to_end(DType weights) {
         double loss_err = fabs(st_g.total_loss - st_c.total_loss) / fabs(st_c.total_loss);
         int hits_same = !memcmp(st_c.hits, st_g.hits, sizeof st_c.hits);
         CHECK(loss_err <= 1e-5 && hits_same,
-              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k "
-              "hits %s",
-              step, st_g.total_loss, st_c.total_loss, loss_err, hits_same ? "equal" : "differ");
+              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k hits %s", step, st_g.total_loss,
+              st_c.total_loss, loss_err, hits_same ? "equal" : "differ");
         char what[96];
         snprintf(what, sizeof what, "medusa step %d: gradients of %zu parameters", step, hc.n_params);
         expect_close(what, hg.grads, hc.grads, hc.n_params, 1e-4);
@@ -548,11 +529,9 @@ static void test_end_to_end(DType weights) {
     free(hidden), free(logits);
 }
 
-/* --- device memory: one reserved arena carved up
- * (kernels/cuda/backend_cuda.cu) --- */
+/* --- device memory: one reserved arena carved up (kernels/cuda/backend_cuda.cu) --- */
 
-/* The emulator counts cudaMalloc calls (tests/cudaemu); on a GPU (make
- * test-cuda) the counter is absent. */
+/* The emulator counts cudaMalloc calls (tests/cudaemu); on a GPU (make test-cuda) the counter is absent. */
 long cuda_emu_malloc_calls(void) __attribute__((weak));
 static long malloc_calls(void) { return cuda_emu_malloc_calls ? cuda_emu_malloc_calls() : -1; }
 
@@ -596,15 +575,14 @@ static size_t test_reserve(void) {
     gpu->reserve(bytes);
     if (calls >= 0)
         CHECK(malloc_calls() == calls + 1,
-              "reserve: one cudaMalloc of %.1f MiB (the refused ones are checked against the free memory first): "
-              "%ld calls",
+              "reserve: one cudaMalloc of %.1f MiB (the refused ones are checked against the free memory first): %ld "
+              "calls",
               bytes / 1048576.0, malloc_calls() - calls);
     EXPECT_FATAL(gpu->reserve(bytes), "already reserved", "a second reserve is an error");
     return bytes;
 }
 
-/* Carving, reuse and coalescing on the empty arena, then exhaustion falling
- * back to cudaMalloc. */
+/* Carving, reuse and coalescing on the empty arena, then exhaustion falling back to cudaMalloc. */
 static void test_arena(size_t reserved) {
     long calls = malloc_calls();
     char *a = gpu->alloc(1000), *b = gpu->alloc(5000), *c = gpu->alloc(1);
@@ -612,22 +590,18 @@ static void test_arena(size_t reserved) {
           "blocks are carved in order, 256-byte aligned: b - a = %td, c - b = %td", b - a, c - b);
     gpu->free(b);
     char *small = gpu->alloc(300), *b2 = gpu->alloc(4000);
-    CHECK(small == b && b2 == b + 512, "first fit: a 300-byte block takes the "
-                                       "start of b's hole, 4000 bytes the rest");
+    CHECK(small == b && b2 == b + 512, "first fit: a 300-byte block takes the start of b's hole, 4000 bytes the rest");
     gpu->free(small), gpu->free(b2);
     b2 = gpu->alloc(5000);
     CHECK(b2 == b, "the freed neighbours merged: a block of b's size reuses b's address");
     gpu->free(a), gpu->free(c), gpu->free(b2);
     char *all = gpu->alloc(reserved);
-    CHECK(all == a,
-          "all freed: the arena is one free block again (the whole %.1f MiB from "
-          "its start)",
+    CHECK(all == a, "all freed: the arena is one free block again (the whole %.1f MiB from its start)",
           reserved / 1048576.0);
     gpu->free(all);
     if (calls >= 0) CHECK(malloc_calls() == calls, "carving the arena made no cudaMalloc calls");
 
-    /* exhaustion: a block bigger than the arena comes from a new chunk, with one
-     * warning */
+    /* exhaustion: a block bigger than the arena comes from a new chunk, with one warning */
     char warning[1024], second[1024];
     float x[4] = {1, 2, 3, 4}, back[4] = {0};
     float *big = NULL, *more = NULL;
@@ -636,18 +610,16 @@ static void test_arena(size_t reserved) {
     gpu->upload(big + 1000, x, sizeof x);
     gpu->download(back, big + 1000, sizeof back);
     CHECK(!memcmp(x, back, sizeof x) && strstr(warning, "underestimated") && strstr(warning, "MiB over the plan"),
-          "exhausted arena: the block works, and the plan is reported short: "
-          "%.300s",
-          warning);
+          "exhausted arena: the block works, and the plan is reported short: %.300s", warning);
     CAPTURE_STDERR(second, more = gpu->alloc(reserved + (2 << 20)));
     CHECK(second[0] == '\0', "only one warning per run (a second overrun printed %zu bytes)", strlen(second));
     gpu->free(big), gpu->free(more);
     gpu->peak_bytes(); /* the next measurement starts here */
 }
 
-/* A training run as train/run.c makes it, on the reserved arena: the steps make
- * no cudaMalloc call, and the bytes in use at the peak are what the plan says
- * (it leaves out only the 256-byte rounding and a few scalars). */
+/* A training run as train/run.c makes it, on the reserved arena: the steps make no cudaMalloc call, and
+ * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding and a few
+ * scalars). */
 static void test_planned_training(DType weights) {
     gpu->peak_bytes(); /* a new measurement */
     Model m;
@@ -676,25 +648,21 @@ static void test_planned_training(DType weights) {
         double norm = trainer_step(&t, &batch, 1, &metrics);
         if (calls >= 0)
             CHECK(malloc_calls() == calls && isfinite(norm),
-                  "%s training step %d (forward, 3 heads' loss and backward, AdamW): "
-                  "%ld cudaMalloc calls",
+                  "%s training step %d (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls",
                   dtype_name(weights), step, malloc_calls() - calls);
     }
-    /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the
-     * comparison */
+    /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
     double workspace = weights == DT_BF16 ? 32 << 20 : 0, peak = (double)gpu->peak_bytes() - workspace;
     double planned = plan.total - workspace;
     CHECK(peak <= planned * 1.02 && peak >= planned * 0.95,
-          "%s training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance "
-          "-5%%..+2%%)",
-          dtype_name(weights), peak / 1024, planned / 1024, 100 * (peak / planned - 1));
+          "%s training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", dtype_name(weights),
+          peak / 1024, planned / 1024, 100 * (peak / planned - 1));
     trainer_free(&t);
     medusa_free(&heads);
     model_free(&m);
 }
 
-/* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is
- * the decoding plan's. */
+/* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
 static void test_planned_decoding(void) {
     gpu->peak_bytes(); /* a new measurement, the training run's blocks freed */
     Model m;
@@ -722,19 +690,17 @@ static void test_planned_decoding(void) {
         CHECK(malloc_calls() == calls, "Medusa decoding of %d tokens: %ld cudaMalloc calls", n, malloc_calls() - calls);
     double peak = (double)gpu->peak_bytes();
     CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
-          "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance "
-          "-5%%..+2%%)",
-          peak / 1024, plan.total / 1024, 100 * (peak / plan.total - 1));
+          "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024,
+          plan.total / 1024, 100 * (peak / plan.total - 1));
     decoder_free(&d);
     tree_free(&tree);
     medusa_free(&heads);
     model_free(&m);
 }
 
-/* The demo model on the emulated GPU with bf16 weights, tensor-core attention
- * included (head_dim 64; the fixture's second sequence, 140 tokens): top-1
- * agreement with transformers' fp32 logits (tests/gen/gen_models.py). Unguarded
- * device memory: the guard's mprotect calls would take minutes here. */
+/* The demo model on the emulated GPU with bf16 weights, tensor-core attention included (head_dim 64; the
+ * fixture's second sequence, 140 tokens): top-1 agreement with transformers' fp32 logits
+ * (tests/gen/gen_models.py). Unguarded device memory: the guard's mprotect calls would take minutes here. */
 void cuda_emu_guard_device_memory(int on) __attribute__((weak));
 static void test_smollm2_bf16(void) {
     const char *path =
@@ -775,8 +741,7 @@ static void test_smollm2_bf16(void) {
         agree += best == top1[seq_lens[0] + t];
     }
     CHECK(agree >= 0.95 * (double)T,
-          "SmolLM2, bf16 weights, emulated GPU (head_dim %d): top-1 agreement "
-          "with transformers %d/%lld (>= 95%%)",
+          "SmolLM2, bf16 weights, emulated GPU (head_dim %d): top-1 agreement with transformers %d/%lld (>= 95%%)",
           m.config.head_dim, agree, (long long)T);
     gpu->free(d_hidden), gpu->free(d_logits);
     forward_state_free(&s, &m);

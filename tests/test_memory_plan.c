@@ -1,8 +1,7 @@
-/* The memory plan: a 7B Llama in bf16 with 5 heads x 1 layer, AdamW state and a
- * 16k-token batch must fit one 80 GB GPU; the parameter count must match the
- * known size of Llama-2-7B; decoding adds a KV cache of 2 x layers x rows x
- * kv-width fp32 values. (tests/test_cuda_ops checks the plans against the bytes
- * a training step and a decoding run really allocate.) */
+/* The memory plan: a 7B Llama in bf16 with 5 heads x 1 layer, AdamW state and a 16k-token batch must fit
+ * one 80 GB GPU; the parameter count must match the known size of Llama-2-7B; decoding adds a KV cache of
+ * 2 x layers x rows x kv-width fp32 values. (tests/test_cuda_ops checks the plans against the bytes a
+ * training step and a decoding run really allocate.) */
 #include "../model/memory_plan.h"
 #include "test.h"
 
@@ -19,9 +18,9 @@ int main(void) {
                      .rope_theta = 10000,
                      .rms_norm_eps = 1e-5f};
     MemoryPlanInput in = {.weight_bytes = 4,
-                          .act_bytes = 4,
+                          .act_bytes = 4, /* activations are fp32 */
                           .head_copy_bytes = 2,
-                          /* activations are fp32 */ .n_heads = 5,
+                          .n_heads = 5,
                           .n_layers = 1,
                           .batch_tokens = 16384,
                           .logits_chunk = 4096,
@@ -40,14 +39,11 @@ int main(void) {
           "training: fp32 gradients, two AdamW moments, no KV cache");
     double operands = (16384.0 * 11008 + 4096.0 * 32000) * 2 + 32 * 1048576.0;
     CHECK(bf16.bf16_operands == operands,
-          "bf16 GEMM operands: the widest input (16k x 11008), the lm_head's "
-          "output gradient (4096 x 32000), the "
+          "bf16 GEMM operands: the widest input (16k x 11008), the lm_head's output gradient (4096 x 32000), the "
           "cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
     memory_plan_print(&bf16, stdout, 80e9);
-    CHECK(bf16.total < 80e9 * 0.9,
-          "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with "
-          "room)",
+    CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",
           bf16.total / 1e9);
     double reserve = (double)memory_plan_reserve_bytes(&bf16), margin = reserve - bf16.total;
     CHECK(fabs(margin - (0.05 * bf16.total + 64.0 * (1 << 20))) < 2,
@@ -57,8 +53,7 @@ int main(void) {
     MemoryPlanInput ei = memory_plan_training(2, 5, 1, 0, 16384, 4096, 0, 1);
     MemoryPlan e = memory_plan(&c, &ei);
     CHECK(e.head_grads == 0 && e.adam_state == 0 && e.logits == (4096.0 + 16384.0) * 32000 * 4,
-          "evaluation: no gradients or AdamW state; the base model's logits on "
-          "all 16k tokens beside the heads' chunk "
+          "evaluation: no gradients or AdamW state; the base model's logits on all 16k tokens beside the heads' chunk "
           "(%.2f GiB)",
           e.logits / (1 << 30));
     in.batch_tokens = 1 << 20; /* a million tokens cannot fit: the plan must say so */
@@ -69,22 +64,17 @@ int main(void) {
     MemoryPlanInput di = memory_plan_decoding(2, 5, 1, 0, 4096, 64);
     MemoryPlan d = memory_plan(&c, &di);
     double kv = 2.0 * 32 * (4096 + 64) * (32 * 128) * 4;
-    CHECK(d.kv_cache == kv,
-          "decoding KV cache: %.3f GiB == 2 x 32 layers x 4160 rows x 4096 x 4 "
-          "bytes",
+    CHECK(d.kv_cache == kv, "decoding KV cache: %.3f GiB == 2 x 32 layers x 4160 rows x 4096 x 4 bytes",
           d.kv_cache / (1 << 30));
     CHECK(d.head_grads == 0 && d.adam_state == 0 && d.head_params == bf16.head_params,
           "decoding: the heads' parameters, no gradients or AdamW state");
     double logits = 64.0 * 32000 * 4 * (1 + 1 + 5); /* heads' chunk, base logits and each head's per node */
-    CHECK(d.logits == logits,
-          "decoding logits: %.1f MiB for 64 nodes x (base + heads' chunk + 5 "
-          "heads) x 32000",
+    CHECK(d.logits == logits, "decoding logits: %.1f MiB for 64 nodes x (base + heads' chunk + 5 heads) x 32000",
           d.logits / (1 << 20));
     CHECK(d.base_activations > 4096.0 * 4096 * 4 && d.total < 24e9, "decoding plan %.2f GB fits a 24 GB GPU",
           d.total / 1e9);
     CHECK(d.head_copy == d.head_params / 2 && d.bf16_operands == 4096.0 * 11008 * 2 + 32 * 1048576.0,
-          "decoding on a bf16 base: bf16 head copy, operands for a 4096-token "
-          "prompt (no gradients)");
+          "decoding on a bf16 base: bf16 head copy, operands for a 4096-token prompt (no gradients)");
     MemoryPlanInput plain = memory_plan_decoding(2, 0, 0, 0, 4096, 1);
     d = memory_plan(&c, &plain);
     CHECK(d.head_params == 0 && d.head_activations == 0 && d.logits == 32000.0 * 4,

@@ -1,5 +1,5 @@
-/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}) and
- * the base model's own top-1 on held-out conversations. */
+/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}) and the base model's own top-1 on
+ * held-out conversations. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,14 +9,11 @@
 #include "../model/safetensors_write.h"
 #include "run.h"
 
-static const char *USAGE = "usage: medusa-eval --model PATH (--medusa DIR | --ckpt FILE|RUN_DIR) "
-                           "--data VAL.tokens.h5 [options]\n\n"
-                           "Evaluates Medusa heads (an export in the v1 or vLLM layout, or a training "
-                           "checkpoint) on a token cache:\n"
-                           "head i at position t predicts the token at t+2+i; only trained "
-                           "(assistant) targets count. Prints a table\n"
-                           "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and "
-                           "writes them as JSON with --json.";
+static const char *USAGE =
+    "usage: medusa-eval --model PATH (--medusa DIR | --ckpt FILE|RUN_DIR) --data VAL.tokens.h5 [options]\n\n"
+    "Evaluates Medusa heads (an export in the v1 or vLLM layout, or a training checkpoint) on a token cache:\n"
+    "head i at position t predicts the token at t+2+i; only trained (assistant) targets count. Prints a table\n"
+    "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and writes them as JSON with --json.";
 
 int main(int argc, char **argv) {
     const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu",
@@ -35,8 +32,7 @@ int main(int argc, char **argv) {
         {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &device, "cpu or cuda"},
         {"precision", ARG_STR, &precision,
-         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or "
-         "bf16"},
+         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
@@ -56,9 +52,8 @@ int main(int argc, char **argv) {
         if (!ckpt_path) fatal("%s: no ckpt-<step>.h5 in this directory", ckpt);
         shape = checkpoint_shape(ckpt_path);
         if (shape.hidden != H || shape.vocab != V)
-            fatal("%s: heads of hidden size %d and vocabulary %d do not fit the base "
-                  "model (%d, %d)",
-                  ckpt_path, shape.hidden, shape.vocab, H, V);
+            fatal("%s: heads of hidden size %d and vocabulary %d do not fit the base model (%d, %d)", ckpt_path,
+                  shape.hidden, shape.vocab, H, V);
     }
     DType dtype = model_precision(precision, be);
     MemoryPlanInput mi = memory_plan_training(dtype == DT_BF16 ? 2 : 4, shape.n_heads, shape.n_layers, shape.head_vocab,

@@ -76,8 +76,7 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
-/* The settings a resumed run must share with the checkpoint, named as their
- * flags. */
+/* The settings a resumed run must share with the checkpoint, named as their flags. */
 static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "heads", c->heads);
@@ -101,8 +100,7 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     return s;
 }
 
-/* Every setting except the model path (a moved model is fine: its shape is
- * checked) must match. */
+/* Every setting except the model path (a moved model is fine: its shape is checked) must match. */
 static void check_resume_config(const char *ckpt, const char *saved, const char *now) {
     cJSON *a = cJSON_Parse(saved), *b = cJSON_Parse(now);
     if (!cJSON_IsObject(a)) fatal("%s: the checkpoint's run configuration is not valid JSON", ckpt);
@@ -111,9 +109,8 @@ static void check_resume_config(const char *ckpt, const char *saved, const char 
         cJSON *old = cJSON_GetObjectItemCaseSensitive(a, it->string);
         if (!old || !cJSON_Compare(old, it, 1)) {
             char *ov = old ? cJSON_PrintUnformatted(old) : xstrdup("(absent)"), *nv = cJSON_PrintUnformatted(it);
-            fatal("%s: cannot resume: %s is %s in this run but %s in the checkpoint; "
-                  "resume with the same settings "
-                  "and data, or start a new run with another --out",
+            fatal("%s: cannot resume: %s is %s in this run but %s in the checkpoint; resume with the same settings and "
+                  "data, or start a new run with another --out",
                   ckpt, it->string, nv, ov);
         }
     }
@@ -129,9 +126,8 @@ static int64_t line_step(const char *line) {
     return step;
 }
 
-/* Opens metrics.jsonl for appending; on resume first drops the lines logged
- * after the checkpoint's step (a run killed after its last checkpoint logged
- * steps the resumed run will log again). */
+/* Opens metrics.jsonl for appending; on resume first drops the lines logged after the checkpoint's step
+ * (a run killed after its last checkpoint logged steps the resumed run will log again). */
 static FILE *open_metrics(const char *path, int64_t resume_step) {
     if (resume_step >= 0) {
         size_t size;
@@ -238,9 +234,8 @@ static int by_id(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* The n most frequent trained targets (loss_mask set) of the cache, ties to the
- * smaller id, always with EOS, sorted by id into map; returns the share of
- * trained targets the map covers. */
+/* The n most frequent trained targets (loss_mask set) of the cache, ties to the smaller id, always with
+ * EOS, sorted by id into map; returns the share of trained targets the map covers. */
 static double frequent_targets(const TokenCache *data, int V, int eos, int n, int32_t *map) {
     TokenCount *c = xcalloc((size_t)V, sizeof(TokenCount));
     for (int v = 0; v < V; v++) c[v].id = v;
@@ -288,8 +283,8 @@ int train_run(const TrainConfig *c) {
     char *resume_path = checkpoint_latest(c->out);
     if (c->resume && !resume_path) fatal("%s: --resume given but the directory holds no ckpt-<step>.h5", c->out);
     if (!c->resume && resume_path)
-        fatal("%s: the run directory already holds checkpoints (%s); pass --resume "
-              "to continue it or choose another --out",
+        fatal("%s: the run directory already holds checkpoints (%s); pass --resume to continue it or choose another "
+              "--out",
               c->out, resume_path);
 
     ModelConfig mc;
@@ -328,9 +323,7 @@ int train_run(const TrainConfig *c) {
     if (heads.token_map) {
         double coverage = frequent_targets(&data, V, base.config.eos_token_id, Vh, heads.token_map);
         medusa_set_token_map(&heads, heads.token_map);
-        log_info("heads predict the %d most frequent target tokens: %.2f%% of the "
-                 "trained targets",
-                 Vh, 100 * coverage);
+        log_info("heads predict the %d most frequent target tokens: %.2f%% of the trained targets", Vh, 100 * coverage);
     }
     Rng rng;
     rng_seed(&rng, (uint64_t)c->seed);
@@ -356,16 +349,14 @@ int train_run(const TrainConfig *c) {
         free(meta.config_json);
         log_info("resumed from %s at step %lld of %d", resume_path, (long long)step, total_steps);
     }
-    log_info("training %d heads x %d layers on %lld conversations (%lld tokens): "
-             "%d steps of %d x %d tokens, lr %g",
+    log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g",
              c->heads, c->layers, (long long)data.n_convs, (long long)data.n_tokens, total_steps, c->grad_accum,
              c->batch_tokens, c->lr);
 
     char *metrics_path = path_join(c->out, "metrics.jsonl");
     FILE *metrics = open_metrics(metrics_path, resume_path ? step : -1);
 
-    /* each micro-batch of a step keeps its own copy: the batcher reuses its
-     * storage */
+    /* each micro-batch of a step keeps its own copy: the batcher reuses its storage */
     int A = c->grad_accum, BT = c->batch_tokens;
     int32_t *mtok = xmalloc(sizeof(int32_t) * (size_t)A * BT), *mlen = xmalloc(sizeof(int32_t) * (size_t)A * BT);
     uint8_t *mmask = xmalloc((size_t)A * BT);
@@ -450,9 +441,8 @@ int train_run(const TrainConfig *c) {
             status = TRAIN_INTERRUPTED;
             break;
         }
-        /* stop when one more step plus the final save and export (timed at the last
-         * save, else guessed at 200 MB/s for the 3 x params checkpoint and the
-         * export) would not fit */
+        /* stop when one more step plus the final save and export (timed at the last save, else guessed at
+         * 200 MB/s for the 3 x params checkpoint and the export) would not fit */
         double finish = r.save_seconds > 0 ? 1.5 * r.save_seconds : 16.0 * (double)heads.n_params / 2e8;
         int over_budget =
             c->time_budget > 0 && now_seconds() - t_start + 1.5 * last_step_seconds + finish > c->time_budget;
@@ -477,9 +467,8 @@ int train_run(const TrainConfig *c) {
     }
     if (last_save != step) save(&r, step);
     if (status == TRAIN_INTERRUPTED)
-        log_info("interrupted by signal %d after step %lld: checkpoint saved; "
-                 "continue with --resume",
-                 (int)stop_signal, (long long)step);
+        log_info("interrupted by signal %d after step %lld: checkpoint saved; continue with --resume", (int)stop_signal,
+                 (long long)step);
     else {
         char *dir = path_join(c->out, "medusa");
         medusa_export(&heads, dir, MEDUSA_FORMAT_V1, export_dtype(c->export_dtype), c->model);
