@@ -1,6 +1,6 @@
 /* bf16-weight ops on the CPU: the reference for the tensor-core GEMMs. Operands are widened (or rounded and
- * widened) to fp32, which is exact for bf16 values, so the only difference from a GPU is the order of the
- * fp32 sums. Weights are widened a block of rows at a time to keep the scratch small. */
+ * widened) to fp32, which is exact for bf16 values, so what differs from a GPU is the order of the fp32 sums
+ * and their fusion into FMAs. Weights are widened a block of rows at a time to keep the scratch small. */
 #include <cblas.h>
 #include <stdlib.h>
 
