@@ -506,10 +506,17 @@ static void test_end_to_end(DType weights) {
         medusa_forward_backward(&hc, &wc, hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_c);
         medusa_forward_backward(&hg, &wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_g);
         double loss_err = fabs(st_g.total_loss - st_c.total_loss) / fabs(st_c.total_loss);
-        int hits_same = !memcmp(st_c.hits, st_g.hits, sizeof st_c.hits);
-        CHECK(loss_err <= 1e-5 && hits_same,
-              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k hits %s", step, st_g.total_loss,
-              st_c.total_loss, loss_err, hits_same ? "equal" : "differ");
+        /* a target within rounding of another logit may change rank when the GEMM sums in another order (a
+         * GPU's cuBLAS): one hit either way per head and k is allowed */
+        long hits_diff = 0;
+        for (int h = 0; h < (int)(sizeof st_c.hits / sizeof st_c.hits[0]); h++)
+            for (int k = 0; k < MEDUSA_TOPK; k++) {
+                long d = labs((long)st_c.hits[h][k] - (long)st_g.hits[h][k]);
+                if (d > hits_diff) hits_diff = d;
+            }
+        CHECK(loss_err <= 1e-5 && hits_diff <= 1,
+              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k hits differ by at most %ld (tol 1)",
+              step, st_g.total_loss, st_c.total_loss, loss_err, hits_diff);
         char what[96];
         snprintf(what, sizeof what, "medusa step %d: gradients of %zu parameters", step, hc.n_params);
         expect_close(what, hg.grads, hc.grads, hc.n_params, 1e-4);
