@@ -39,12 +39,15 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
     d->logits = be->alloc(sizeof(float) * (size_t)rows * V);
     d->host_logits = xmalloc(sizeof(float) * (size_t)rows * V);
     d->probs = xmalloc(sizeof(float) * (size_t)V);
+    int n_ids = rows;
     if (heads) {
         int K = heads->shape.n_heads;
         medusa_work_init(&d->work, heads, rows, rows);
         d->head_logits = be->alloc(sizeof(float) * (size_t)K * rows * V);
-        d->host_head_logits = xmalloc(sizeof(float) * (size_t)K * V);
+        if (K * TREE_TOPK > n_ids) n_ids = K * TREE_TOPK;
     }
+    d->ids = be->alloc(sizeof(int32_t) * (size_t)n_ids);
+    d->host_ids = xmalloc(sizeof(int32_t) * (size_t)n_ids);
 }
 
 void decoder_free(Decoder *d) {
@@ -53,12 +56,13 @@ void decoder_free(Decoder *d) {
     kv_cache_free(&d->cache, d->base);
     be->free(d->hidden);
     be->free(d->logits);
+    be->free(d->ids);
     free(d->host_logits);
+    free(d->host_ids);
     free(d->probs);
     if (d->heads) {
         medusa_work_free(&d->work, d->heads);
         be->free(d->head_logits);
-        free(d->host_head_logits);
     }
     memset(d, 0, sizeof *d);
 }
@@ -68,6 +72,15 @@ static int argmax(const float *x, int n) {
     for (int i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
     return best;
+}
+
+/* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. */
+static void argmax_rows(Decoder *d, const float *logits, int rows) {
+    const Backend *be = d->base->be;
+    be->top_k(d->ids, logits, rows, d->base->config.vocab_size, 1);
+    be->download(d->host_ids, d->ids, sizeof(int32_t) * (size_t)rows);
+    for (int i = 0; i < rows; i++)
+        if (d->host_ids[i] < 0) fatal("decoding: the model's logits are all NaN (a damaged model file?)");
 }
 
 /* Samples from softmax(logits / temperature) restricted to the top-p nucleus (probs is scratch). */
@@ -121,7 +134,9 @@ static int sample_typical(const float *logits, int V, const DecodeOptions *o, Rn
     return last;
 }
 
-static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, DecodeStats *stats) {
+/* The prompt through the model; the last row's logits stay in d->logits, and in d->host_logits when
+ * download (sampling needs the whole row, greedy decoding only its argmax). */
+static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, int download, DecodeStats *stats) {
     const ModelConfig *c = &d->base->config;
     if (n_prompt < 1) fatal("generation needs a prompt of at least one token");
     if (n_prompt >= d->max_len) fatal("prompt of %d tokens does not fit the context of %d", n_prompt, d->max_len);
@@ -131,7 +146,7 @@ static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, DecodeStats
     model_forward_cached(d->base, &d->state, &d->cache, prompt, n_prompt, d->hidden, NULL);
     model_linear(d->base, d->logits, d->hidden + (size_t)(n_prompt - 1) * c->hidden_size, d->base->lm_head, NULL, 1,
                  c->hidden_size, c->vocab_size);
-    d->base->be->download(d->host_logits, d->logits, sizeof(float) * c->vocab_size);
+    if (download) d->base->be->download(d->host_logits, d->logits, sizeof(float) * c->vocab_size);
     stats->prefill_seconds = now_seconds() - t0;
 }
 
@@ -142,17 +157,23 @@ int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, i
     memset(stats, 0, sizeof *stats);
     Rng rng;
     rng_seed(&rng, o->seed);
-    prefill(d, prompt, n_prompt, stats);
+    int greedy = o->temperature <= 0;
+    prefill(d, prompt, n_prompt, !greedy, stats);
     double t0 = now_seconds();
     int n = 0;
     while (n < max_new) {
-        int next = o->temperature > 0 ? sample_top_p(d->host_logits, V, o->temperature, o->top_p, &rng, d->probs)
-                                      : argmax(d->host_logits, V);
+        int next;
+        if (greedy) {
+            argmax_rows(d, d->logits, 1);
+            next = d->host_ids[0];
+        } else {
+            next = sample_top_p(d->host_logits, V, o->temperature, o->top_p, &rng, d->probs);
+        }
         out[n++] = next;
         if (sink) sink(&next, 1, user);
         if (next == eos || n >= max_new || d->cache.len + 1 >= d->max_len) break;
         model_forward_cached(d->base, &d->state, &d->cache, &next, 1, d->hidden, d->logits);
-        be->download(d->host_logits, d->logits, sizeof(float) * V);
+        if (!greedy) be->download(d->host_logits, d->logits, sizeof(float) * V);
         stats->steps++;
     }
     stats->new_tokens = n;
@@ -160,24 +181,16 @@ int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, i
     return n;
 }
 
-/* Top-TREE_TOPK token ids of a row, largest first (ties to the lower id, as a stable sort would). */
-static void top_k(const float *x, int n, int32_t *idx) {
-    for (int k = 0; k < TREE_TOPK; k++) idx[k] = -1;
-    for (int i = 0; i < n; i++) {
-        int at = TREE_TOPK;
-        while (at > 0 && (idx[at - 1] < 0 || x[i] > x[idx[at - 1]])) at--;
-        if (at >= TREE_TOPK) continue;
-        memmove(idx + at + 1, idx + at, sizeof(int32_t) * (size_t)(TREE_TOPK - 1 - at));
-        idx[at] = i;
-    }
-}
-
-/* Base logits (host_logits) and head logits (host_head_logits) of the node whose hidden state is row `row`. */
-static void heads_at(Decoder *d, int row) {
+/* Each head's top-TREE_TOPK token ids (largest first, ties to the lower id, as a stable sort would) for the
+ * node whose hidden state is row `row`, into candidates (K x TREE_TOPK; -1 where a head has fewer). */
+static void heads_at(Decoder *d, int row, int32_t *candidates) {
     const MedusaHeads *h = d->heads;
     int K = h->shape.n_heads, V = h->shape.head_vocab, H = h->shape.hidden;
     medusa_logits(h, &d->work, d->hidden + (size_t)row * H, 1, d->head_logits);
-    d->base->be->download(d->host_head_logits, d->head_logits, sizeof(float) * (size_t)K * V);
+    d->base->be->top_k(d->ids, d->head_logits, K, V, TREE_TOPK);
+    d->base->be->download(candidates, d->ids, sizeof(int32_t) * (size_t)K * TREE_TOPK);
+    for (int i = 0; i < K * TREE_TOPK; i++) /* truncated heads: lm_head rows to token ids */
+        if (candidates[i] >= 0) candidates[i] = medusa_row_token(h, candidates[i]);
 }
 
 int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
@@ -197,23 +210,21 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     uint8_t *valid = xmalloc((size_t)P * D);
     float *node_threshold = xmalloc(sizeof(float) * (size_t)N), *cand_prob = xmalloc(sizeof(float) * (size_t)P * D);
     float *path_threshold = xmalloc(sizeof(float) * (size_t)P * D);
-    float *all_logits = xmalloc(sizeof(float) * (size_t)N * V);
+    float *all_logits = typical ? xmalloc(sizeof(float) * (size_t)N * V) : NULL;
     float *all_probs = typical ? xmalloc(sizeof(float) * (size_t)N * V) : NULL;
 
-    prefill(d, prompt, n_prompt, stats);
-    heads_at(d, n_prompt - 1);
+    prefill(d, prompt, n_prompt, typical, stats);
+    int next_greedy = 0; /* greedy: the base model's argmax after the last accepted token */
+    if (!typical) {
+        argmax_rows(d, d->logits, 1);
+        next_greedy = d->host_ids[0];
+    }
+    heads_at(d, n_prompt - 1, candidates + 1);
     double t0 = now_seconds();
     int n = 0, done = 0;
     while (!done && n < max_new && d->cache.len + N < d->max_len) {
-        /* candidates: the base model's next token, then each head's top-k */
-        candidates[0] = typical ? sample_typical(d->host_logits, V, o, &rng, d->probs) : argmax(d->host_logits, V);
-        int Vh = d->heads->shape.head_vocab;
-        for (int h = 0; h < t->n_heads_used; h++) {
-            int32_t *c = candidates + 1 + h * TREE_TOPK;
-            top_k(d->host_head_logits + (size_t)h * Vh, Vh, c);
-            for (int k = 0; k < TREE_TOPK; k++) /* truncated heads: lm_head rows to token ids */
-                if (c[k] >= 0) c[k] = medusa_row_token(d->heads, c[k]);
-        }
+        /* candidates: the base model's next token, then each head's top-k (heads_at) */
+        candidates[0] = typical ? sample_typical(d->host_logits, V, o, &rng, d->probs) : next_greedy;
         for (int i = 0; i < N; i++) tree_tokens[i] = candidates[t->tree_indices[i]];
         for (int p = 0; p < P * D; p++) {
             valid[p] = t->retrieve[p] >= 0;
@@ -221,14 +232,15 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         }
         /* one verification pass over the whole tree */
         model_forward_tree(d->base, &d->state, &d->cache, tree_tokens, t->depth, t->mask, N, d->hidden, d->logits);
-        be->download(all_logits, d->logits, sizeof(float) * (size_t)N * V);
         stats->steps++;
         int best, accepted;
-        if (!typical) {
-            for (int i = 0; i < N; i++) node_argmax[i] = argmax(all_logits + (size_t)i * V, V);
+        if (!typical) { /* only each node's argmax leaves the device */
+            argmax_rows(d, d->logits, N);
+            memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
             for (int p = 0; p < P * D; p++) path_argmax[p] = valid[p] ? node_argmax[t->retrieve[p]] : -1;
             accepted = accept_greedy(paths, valid, path_argmax, P, D, &best);
         } else {
+            be->download(all_logits, d->logits, sizeof(float) * (size_t)N * V);
             for (int i = 0; i < N; i++)
                 node_threshold[i] =
                     typical_threshold(all_logits + (size_t)i * V, V, o->temperature, o->posterior_threshold,
@@ -258,8 +270,9 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         if (sink) sink(out + n - emitted, emitted, user);
         /* the last accepted node's outputs seed the next step */
         int last = keep[take - 1];
-        memcpy(d->host_logits, all_logits + (size_t)last * V, sizeof(float) * V);
-        heads_at(d, last);
+        if (typical) memcpy(d->host_logits, all_logits + (size_t)last * V, sizeof(float) * V);
+        else next_greedy = node_argmax[last];
+        heads_at(d, last, candidates + 1);
     }
     stats->new_tokens = n;
     stats->seconds = now_seconds() - t0;

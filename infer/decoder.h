@@ -34,7 +34,9 @@ typedef struct {
     KVCache cache;
     MedusaWork work;
     float *hidden, *logits, *head_logits; /* backend scratch */
-    float *host_logits, *host_head_logits, *probs;
+    int32_t *ids;                         /* backend: top-k ids of rows of logits (greedy, the heads' candidates) */
+    float *host_logits, *probs;           /* sampling and typical acceptance read whole rows */
+    int32_t *host_ids;
 } Decoder;
 
 void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const MedusaTree *tree, int max_len);

@@ -54,6 +54,10 @@ typedef struct {
     float grad_scale; /* clipping coefficient applied to the gradient first */
 } AdamWStep;
 
+/* Top-k order: larger first, equal values by the lower index. True when (v, i) comes strictly after (pv, pi);
+ * a NaN never does, so it is never taken. */
+static inline MEDUSA_HD int topk_after(float v, int i, float pv, int pi) { return v < pv || (v == pv && i > pi); }
+
 /* One AdamW update of a single parameter, in torch's operation order (single-tensor CPU path):
  * p *= decay; m.lerp_(g, 1 - beta1); v = v * beta2 + (1 - beta2) * g * g;
  * p -= step_size * m / (sqrt(v) / bias_correction2_sqrt + eps). */

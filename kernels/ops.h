@@ -87,6 +87,10 @@ struct Backend {
     void (*attention_bf16)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                            const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                            int n_kv_heads, int head_dim);
+    /* idx[r*k + j], j < k: the k largest entries of row r of x [rows, cols], largest first, equal values by the
+     * lower column (topk_after); NaN never taken, -1 where a row has fewer than k others. k <= 16: greedy
+     * decoding's argmax (k = 1) and the tree's candidates (k = 10) leave the device as ids, not logits. */
+    void (*top_k)(int32_t *idx, const float *x, int rows, int cols, int k);
     /* out = bf16(x), n elements (the low-precision copy of trained weights) */
     void (*to_bf16)(uint16_t *out, const float *x, size_t n);
 };

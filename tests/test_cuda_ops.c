@@ -368,6 +368,41 @@ static void test_elementwise(void) {
     free(a), free(b), free(want);
 }
 
+/* top_k on both backends against a brute-force reference (the order by value, then the lower column): rows
+ * with ties (values on a coarse grid), -inf, NaN, and fewer than k numbers. */
+static void test_top_k(int rows, int cols, int k) {
+    float *x = random_floats((size_t)rows * cols, 4.0f);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) x[i] = roundf(x[i] * 4) / 4; /* many ties */
+    x[3] = -INFINITY, x[5] = NAN, x[cols + 1] = INFINITY;
+    for (int c = 0; c < cols; c++) x[(size_t)(rows - 1) * cols + c] = c < k / 2 ? (float)c : NAN; /* few numbers */
+    int32_t *want = xmalloc(sizeof(int32_t) * (size_t)rows * k), *cpu_got = xmalloc(sizeof(int32_t) * (size_t)rows * k);
+    for (int r = 0; r < rows; r++) { /* reference: k passes, each the first entry after the previous pick */
+        const float *row = x + (size_t)r * cols;
+        int prev = -1;
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int c = 0; c < cols; c++) {
+                if (isnan(row[c]) || (prev >= 0 && !topk_after(row[c], c, row[prev], prev))) continue;
+                if (j > 0 && prev < 0) continue;
+                if (best < 0 || topk_after(row[best], best, row[c], c)) best = c;
+            }
+            want[(size_t)r * k + j] = prev = best;
+        }
+    }
+    cpu->top_k(cpu_got, x, rows, cols, k);
+    float *d_x = to_gpu(x, sizeof(float) * (size_t)rows * cols);
+    int32_t *d_idx = gpu->alloc(sizeof(int32_t) * (size_t)rows * k), *got = xmalloc(sizeof(int32_t) * (size_t)rows * k);
+    gpu->top_k(d_idx, d_x, rows, cols, k);
+    gpu->download(got, d_idx, sizeof(int32_t) * (size_t)rows * k);
+    size_t n = sizeof(int32_t) * (size_t)rows * k;
+    int last_row_ok = got[(size_t)(rows - 1) * k + k / 2] == -1 && (k < 2 || got[(size_t)(rows - 1) * k] == k / 2 - 1);
+    CHECK(!memcmp(cpu_got, want, n) && !memcmp(got, want, n) && last_row_ok,
+          "top_k %d x %d, k = %d: cpu and cuda ids identical to the brute-force order (ties, -inf, NaN, short rows)",
+          rows, cols, k);
+    gpu->free(d_x), gpu->free(d_idx);
+    free(x), free(want), free(cpu_got), free(got);
+}
+
 static void test_softmax_xent(int V) {
     int T = 9;
     size_t n = (size_t)T * V;
@@ -790,6 +825,9 @@ int main(void) {
     test_rope(128, 500000.0f);
     test_attention();
     test_elementwise();
+    test_top_k(7, 1000, 1);
+    test_top_k(6, 32000, 10);
+    test_top_k(3, 50, 16);
     test_softmax_xent(1000);
     test_softmax_xent(32000);
     test_adamw();

@@ -42,6 +42,7 @@ const Backend *backend_cpu(void) {
         .matmul_backward_bf16 = cpu_matmul_backward_bf16,
         .embedding_bf16 = cpu_embedding_bf16,
         .attention_bf16 = cpu_attention_forward,
+        .top_k = cpu_top_k,
         .to_bf16 = cpu_to_bf16,
     };
     return &cpu;

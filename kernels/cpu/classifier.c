@@ -38,3 +38,24 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
         row[target] -= dscale;
     }
 }
+
+/* One pass per row: each entry is inserted into the sorted list of the best k so far. */
+void cpu_top_k(int32_t *idx, const float *x, int rows, int cols, int k) {
+#pragma omp parallel for if ((size_t)rows * cols > PAR_MIN)
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * cols;
+        int32_t *best = idx + (size_t)r * k;
+        int n = 0;
+        for (int i = 0; i < cols; i++) {
+            if (isnan(row[i])) continue;
+            int at = n;
+            while (at > 0 && topk_after(row[best[at - 1]], best[at - 1], row[i], i)) at--;
+            if (at >= k) continue;
+            int last = n < k ? n : k - 1;
+            memmove(best + at + 1, best + at, sizeof(int32_t) * (size_t)(last - at));
+            best[at] = i;
+            if (n < k) n++;
+        }
+        for (int j = n; j < k; j++) best[j] = -1;
+    }
+}

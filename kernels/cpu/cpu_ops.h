@@ -22,6 +22,7 @@ void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float 
                          const float *weight, int T, int IC, int OC);
 void cpu_resblock_forward(float *out, const float *x, const float *z, size_t n);
 void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n);
+void cpu_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
 void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
 void cpu_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
 double cpu_sum_squares(const float *x, size_t n);

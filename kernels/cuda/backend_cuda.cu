@@ -208,6 +208,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
         cuda.embedding_bf16 = cuda_embedding_bf16;
         cuda.attention_bf16 = cuda_attention_bf16;
+        cuda.top_k = cuda_top_k;
         cuda.to_bf16 = cuda_to_bf16;
         cuda.name = "cuda";
         cuda_cublas(); /* the handles' memory too is taken before reserve() */

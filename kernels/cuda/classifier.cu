@@ -70,3 +70,61 @@ void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32
                        float dscale) {
     if (T > 0) LAUNCH(softmax_xent_kernel, T, kThreads, 0, logits, losses, ranks, targets, V, dscale);
 }
+
+/* --- top-k: one block per row, k rounds; round j takes the first entry (topk_after order) after the one
+ * round j-1 took, so nothing is stored but the previous pick. k <= 16 passes over a row of logits are a few
+ * microseconds, against downloading the row. --- */
+static const unsigned kTopkThreads = 256;
+
+/* (v, i) before (bv, bi) in top-k order; i < 0 is "none", after everything */
+__device__ __forceinline__ bool topk_before(float v, int i, float bv, int bi) {
+    return i >= 0 && (bi < 0 || topk_after(bv, bi, v, i));
+}
+
+__global__ void top_k_kernel(int32_t *idx, const float *x, int cols, int k) {
+    __shared__ float warp_v[32];
+    __shared__ int warp_i[32];
+    __shared__ float prev_v;
+    __shared__ int prev_i;
+    const float *row = x + (size_t)blockIdx.x * cols;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    for (int j = 0; j < k; j++) {
+        float pv = j ? prev_v : 0.0f;
+        int pi = j ? prev_i : -1;
+        float bv = 0.0f;
+        int bi = -1;
+        if (j == 0 || pi >= 0)
+            for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+                float v = row[c];
+                if ((j == 0 ? !isnan(v) : topk_after(v, c, pv, pi)) && topk_before(v, c, bv, bi)) bv = v, bi = c;
+            }
+        for (int offset = 16; offset > 0; offset /= 2) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
+            if (topk_before(ov, oi, bv, bi)) bv = ov, bi = oi;
+        }
+        __syncthreads(); /* the previous round's prev and scratch are read */
+        if (lane == 0) warp_v[warp] = bv, warp_i[warp] = bi;
+        __syncthreads();
+        if (warp == 0) {
+            bv = lane < n_warps ? warp_v[lane] : 0.0f;
+            bi = lane < n_warps ? warp_i[lane] : -1;
+            for (int offset = 16; offset > 0; offset /= 2) {
+                float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
+                int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
+                if (topk_before(ov, oi, bv, bi)) bv = ov, bi = oi;
+            }
+            if (lane == 0) {
+                idx[(size_t)blockIdx.x * k + j] = bi;
+                prev_v = bv, prev_i = bi;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k) {
+    if (rows == 0 || k == 0) return;
+    if (k > 16) fatal("cuda top_k: k = %d, at most 16", k);
+    LAUNCH(top_k_kernel, rows, kTopkThreads, 0, idx, x, cols, k);
+}

@@ -87,6 +87,7 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
 void cuda_attention_bf16(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                          const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                          int n_kv_heads, int head_dim);
+void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_add(float *x, const float *y, size_t n);
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
