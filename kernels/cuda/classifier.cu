@@ -81,6 +81,15 @@ __device__ __forceinline__ bool topk_before(float v, int i, float bv, int bi) {
     return i >= 0 && (bi < 0 || topk_after(bv, bi, v, i));
 }
 
+/* the warp's first (v, i) in top-k order, in every lane */
+__device__ __forceinline__ void warp_first(float *v, int *i) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        float ov = __shfl_xor_sync(0xffffffffu, *v, offset);
+        int oi = __shfl_xor_sync(0xffffffffu, *i, offset);
+        if (topk_before(ov, oi, *v, *i)) *v = ov, *i = oi;
+    }
+}
+
 __global__ void top_k_kernel(int32_t *idx, const float *x, int cols, int k) {
     __shared__ float warp_v[32];
     __shared__ int warp_i[32];
@@ -98,22 +107,14 @@ __global__ void top_k_kernel(int32_t *idx, const float *x, int cols, int k) {
                 float v = row[c];
                 if ((j == 0 ? !isnan(v) : topk_after(v, c, pv, pi)) && topk_before(v, c, bv, bi)) bv = v, bi = c;
             }
-        for (int offset = 16; offset > 0; offset /= 2) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
-            if (topk_before(ov, oi, bv, bi)) bv = ov, bi = oi;
-        }
+        warp_first(&bv, &bi);
         __syncthreads(); /* the previous round's prev and scratch are read */
         if (lane == 0) warp_v[warp] = bv, warp_i[warp] = bi;
         __syncthreads();
         if (warp == 0) {
             bv = lane < n_warps ? warp_v[lane] : 0.0f;
             bi = lane < n_warps ? warp_i[lane] : -1;
-            for (int offset = 16; offset > 0; offset /= 2) {
-                float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
-                int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
-                if (topk_before(ov, oi, bv, bi)) bv = ov, bi = oi;
-            }
+            warp_first(&bv, &bi);
             if (lane == 0) {
                 idx[(size_t)blockIdx.x * k + j] = bi;
                 prev_v = bv, prev_i = bi;
