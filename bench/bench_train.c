@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
     ModelConfig mc; /* the memory plan reserved before loading, as medusa-train does */
     config_load(&mc, model);
     DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi = memory_plan_training(dtype == DT_BF16 ? 2 : 4, heads, 1, 0, batch_tokens, logits_chunk, 1, 0);
+    MemoryPlanInput mi = memory_plan_training(dtype, heads, 1, 0, batch_tokens, logits_chunk, 1, 0);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, 1);
     Model base;

@@ -84,8 +84,8 @@ static void engine_init(Engine *e, const Options *o) {
     int ctx = o->ctx;
     if (c.max_position > 0 && ctx > c.max_position) ctx = c.max_position;
     DType dtype = model_precision(o->precision, be);
-    MemoryPlanInput mi = memory_plan_decoding(dtype == DT_BF16 ? 2 : 4, shape.n_heads, shape.n_layers, shape.head_vocab,
-                                              ctx, o->medusa ? e->tree.n_nodes : 1);
+    MemoryPlanInput mi = memory_plan_decoding(dtype, shape.n_heads, shape.n_layers, shape.head_vocab, ctx,
+                                              o->medusa ? e->tree.n_nodes : 1);
     MemoryPlan plan = memory_plan(&c, &mi);
     /* printed for a GPU only: on the CPU the host's memory is rarely in question and chat output stays clean */
     memory_plan_reserve(&plan, be, be != backend_cpu() && !o->quiet);
@@ -548,7 +548,7 @@ static int run_tune(int argc, char **argv) {
     for (int b = 0; b < n_budgets; b++)
         if (budgets[b] + 1 > max_nodes) max_nodes = budgets[b] + 1;
     DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi = memory_plan_decoding(dtype == DT_BF16 ? 2 : 4, shape.n_heads, shape.n_layers, shape.head_vocab,
+    MemoryPlanInput mi = memory_plan_decoding(dtype, shape.n_heads, shape.n_layers, shape.head_vocab,
                                               context + steps * shape.n_heads + 2 * max_nodes, max_nodes);
     MemoryPlan plan = memory_plan(&c, &mi);
     memory_plan_reserve(&plan, be, be != backend_cpu());

@@ -134,9 +134,13 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     validate(c, path);
 }
 
-void config_load(ModelConfig *c, const char *path) {
+int model_path_is_gguf(const char *path) {
     size_t n = strlen(path);
-    if (n >= 5 && strcmp(path + n - 5, ".gguf") == 0) {
+    return n >= 5 && strcmp(path + n - 5, ".gguf") == 0;
+}
+
+void config_load(ModelConfig *c, const char *path) {
+    if (model_path_is_gguf(path)) {
         GGUFFile g;
         gguf_open(&g, path);
         config_from_gguf(c, &g);

@@ -25,6 +25,8 @@ typedef struct {
 /* Parses and validates a Hugging Face config.json; fatal with the path named on any problem. */
 void config_from_json(ModelConfig *c, const char *path);
 void config_from_gguf(ModelConfig *c, const GGUFFile *g);
+/* A model path naming a GGUF file (else a Hugging Face directory). */
+int model_path_is_gguf(const char *path);
 /* The config of a model path as model_load takes it (a Hugging Face directory or a .gguf file), without
  * loading weights: the memory plan is made before anything is allocated. */
 void config_load(ModelConfig *c, const char *path);

@@ -44,33 +44,19 @@ void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n) 
     else m->be->embedding(out, rows, m->lm_head, n, m->config.hidden_size);
 }
 
-static int has_suffix(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
     memset(m, 0, sizeof *m);
     m->be = be;
     if (weight_dtype != DT_F32 && weight_dtype != DT_BF16) fatal("model_load: weights are stored as fp32 or bf16");
     m->weight_dtype = weight_dtype;
     ModelConfig *c = &m->config;
-    if (has_suffix(path, ".gguf")) {
-        GGUFFile probe;
-        gguf_open(&probe, path);
-        config_from_gguf(c, &probe);
-        gguf_close(&probe);
+    config_load(c, path); /* a .gguf file or a Hugging Face directory, else fatal */
+    if (model_path_is_gguf(path)) {
         /* only llama.cpp's llama converter permutes Q/K rows for its rotary layout */
         int permuted = strcmp(c->architecture, "llama") == 0;
         weights_open_gguf(&m->source, path, permuted ? c->n_heads : 0, permuted ? c->n_kv_heads : 0);
-    } else if (dir_exists(path)) {
-        char *cfg = path_join(path, "config.json");
-        if (!file_exists(cfg)) fatal("%s: no config.json in the model directory", path);
-        config_from_json(c, cfg);
-        free(cfg);
-        weights_open_safetensors_dir(&m->source, path);
     } else {
-        fatal("%s: not a model directory or .gguf file", path);
+        weights_open_safetensors_dir(&m->source, path);
     }
     int H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;

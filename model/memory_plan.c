@@ -37,12 +37,12 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     return p;
 }
 
-MemoryPlanInput memory_plan_training(int weight_bytes, int n_heads, int n_layers, int head_vocab, int batch_tokens,
+MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, int head_vocab, int batch_tokens,
                                      int logits_chunk, int train, int evaluate) {
     return (MemoryPlanInput){
-        .weight_bytes = weight_bytes,
+        .weight_bytes = weights == DT_BF16 ? 2 : 4,
         .act_bytes = 4,
-        .head_copy_bytes = weight_bytes == 2 ? 2 : 0,
+        .head_copy_bytes = weights == DT_BF16 ? 2 : 0,
         .n_heads = n_heads,
         .n_layers = n_layers,
         .batch_tokens = batch_tokens,
@@ -53,12 +53,12 @@ MemoryPlanInput memory_plan_training(int weight_bytes, int n_heads, int n_layers
     };
 }
 
-MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers, int head_vocab, int max_len,
+MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, int head_vocab, int max_len,
                                      int tree_nodes) {
     return (MemoryPlanInput){
-        .weight_bytes = weight_bytes,
+        .weight_bytes = weights == DT_BF16 ? 2 : 4,
         .act_bytes = 4,
-        .head_copy_bytes = weight_bytes == 2 ? 2 : 0, /* bf16 heads' GEMMs over a bf16 base (medusa_use_bf16) */
+        .head_copy_bytes = weights == DT_BF16 ? 2 : 0, /* bf16 heads' GEMMs over a bf16 base (medusa_use_bf16) */
         .n_heads = n_heads,
         .n_layers = n_layers,
         .batch_tokens = max_len,

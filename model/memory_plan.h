@@ -9,6 +9,7 @@
 
 #include "../kernels/ops.h"
 #include "config.h"
+#include "weights.h"
 
 typedef struct {
     int weight_bytes;    /* bytes per base weight element: 4 (fp32) or 2 (bf16 storage) */
@@ -36,14 +37,14 @@ typedef struct {
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);
 /* The input for train/trainer.c: packed batches of batch_tokens through the base model, the heads' logits in chunks of
  * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate the base model's logits over every token of
- * a batch (its own top-1). Heads over a bf16 base (weight_bytes 2) run their GEMMs in bf16 too. */
-MemoryPlanInput memory_plan_training(int weight_bytes, int n_heads, int n_layers, int head_vocab, int batch_tokens,
+ * a batch (its own top-1). Heads over a bf16 base (DT_BF16) run their GEMMs in bf16 too. */
+MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, int head_vocab, int batch_tokens,
                                      int logits_chunk, int train, int evaluate);
 /* The input for infer/decoder.c: prompts of up to max_len tokens prefilled in one pass, a KV cache of
  * max_len + tree_nodes rows, then tree_nodes rows per step through the base model and the heads
- * (n_heads = 0 and tree_nodes = 1 for plain decoding). Heads over a bf16 base (weight_bytes 2) run their
+ * (n_heads = 0 and tree_nodes = 1 for plain decoding). Heads over a bf16 base (weights DT_BF16) run their
  * GEMMs in bf16 too. */
-MemoryPlanInput memory_plan_decoding(int weight_bytes, int n_heads, int n_layers, int head_vocab, int max_len,
+MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, int head_vocab, int max_len,
                                      int tree_nodes);
 /* What a device reserves for a plan: the total plus 5% and 64 MiB for what the plan leaves out, the 256-byte
  * rounding of each tensor and the gaps between blocks that short-lived buffers of other sizes leave. */

@@ -599,8 +599,7 @@ enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, DECODE_LEN = 64 };
 
 /* As train/run.c plans it: bf16 weights make the heads' GEMMs bf16 too. */
 static MemoryPlan training_plan(const ModelConfig *c, DType weights) {
-    MemoryPlanInput in =
-        memory_plan_training(weights == DT_BF16 ? 2 : 4, TRAIN_HEADS, 1, 0, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0);
+    MemoryPlanInput in = memory_plan_training(weights, TRAIN_HEADS, 1, 0, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0);
     return memory_plan(c, &in);
 }
 
@@ -717,7 +716,7 @@ static void test_planned_decoding(void) {
     medusa_init_from_base(&heads, &m, &r);
     MedusaTree tree;
     tree_from_json(&tree, "[[0], [1], [0, 0], [0, 1], [1, 0]]", "test tree");
-    MemoryPlanInput in = memory_plan_decoding(4, TRAIN_HEADS, 1, 0, DECODE_LEN, tree.n_nodes);
+    MemoryPlanInput in = memory_plan_decoding(DT_F32, TRAIN_HEADS, 1, 0, DECODE_LEN, tree.n_nodes);
     MemoryPlan plan = memory_plan(&m.config, &in);
     long calls = malloc_calls();
     Decoder d;

@@ -48,9 +48,9 @@ int main(void) {
     double reserve = (double)memory_plan_reserve_bytes(&bf16), margin = reserve - bf16.total;
     CHECK(fabs(margin - (0.05 * bf16.total + 64.0 * (1 << 20))) < 2,
           "reserved: the plan + 5%% + 64 MiB (%.1f MiB more)", margin / (1 << 20));
-    MemoryPlanInput ti = memory_plan_training(2, 5, 1, 0, 16384, 4096, 1, 0);
+    MemoryPlanInput ti = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 1, 0);
     CHECK(memory_plan(&c, &ti).total == bf16.total, "memory_plan_training: the same plan as the fields set by hand");
-    MemoryPlanInput ei = memory_plan_training(2, 5, 1, 0, 16384, 4096, 0, 1);
+    MemoryPlanInput ei = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 0, 1);
     MemoryPlan e = memory_plan(&c, &ei);
     CHECK(e.head_grads == 0 && e.adam_state == 0 && e.logits == (4096.0 + 16384.0) * 32000 * 4,
           "evaluation: no gradients or AdamW state; the base model's logits on all 16k tokens beside the heads' chunk "
@@ -61,7 +61,7 @@ int main(void) {
     CHECK(p.total > 80e9, "a 1M-token batch is planned at %.0f GB, more than 80 GB", p.total / 1e9);
 
     /* decoding with a 64-node tree over 5 heads and a 4096-token context */
-    MemoryPlanInput di = memory_plan_decoding(2, 5, 1, 0, 4096, 64);
+    MemoryPlanInput di = memory_plan_decoding(DT_BF16, 5, 1, 0, 4096, 64);
     MemoryPlan d = memory_plan(&c, &di);
     double kv = 2.0 * 32 * (4096 + 64) * (32 * 128) * 4;
     CHECK(d.kv_cache == kv, "decoding KV cache: %.3f GiB == 2 x 32 layers x 4160 rows x 4096 x 4 bytes",
@@ -75,7 +75,7 @@ int main(void) {
           d.total / 1e9);
     CHECK(d.head_copy == d.head_params / 2 && d.bf16_operands == 4096.0 * 11008 * 2 + 32 * 1048576.0,
           "decoding on a bf16 base: bf16 head copy, operands for a 4096-token prompt (no gradients)");
-    MemoryPlanInput plain = memory_plan_decoding(2, 0, 0, 0, 4096, 1);
+    MemoryPlanInput plain = memory_plan_decoding(DT_BF16, 0, 0, 0, 4096, 1);
     d = memory_plan(&c, &plain);
     CHECK(d.head_params == 0 && d.head_activations == 0 && d.logits == 32000.0 * 4,
           "plain decoding: no heads, one row of logits");

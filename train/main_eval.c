@@ -56,8 +56,8 @@ int main(int argc, char **argv) {
                   shape.hidden, shape.vocab, H, V);
     }
     DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi = memory_plan_training(dtype == DT_BF16 ? 2 : 4, shape.n_heads, shape.n_layers, shape.head_vocab,
-                                              batch_tokens, logits_chunk, 0, 1);
+    MemoryPlanInput mi =
+        memory_plan_training(dtype, shape.n_heads, shape.n_layers, shape.head_vocab, batch_tokens, logits_chunk, 0, 1);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, log_verbosity >= 1);
 

@@ -291,8 +291,8 @@ int train_run(const TrainConfig *c) {
     config_load(&mc, c->model);
     DType precision = model_precision(c->precision, be);
     int Vh = c->head_vocab > 0 && c->head_vocab < mc.vocab_size ? c->head_vocab : mc.vocab_size;
-    MemoryPlanInput mi = memory_plan_training(precision == DT_BF16 ? 2 : 4, c->heads, c->layers, Vh, c->batch_tokens,
-                                              c->logits_chunk, 1, c->val != NULL);
+    MemoryPlanInput mi =
+        memory_plan_training(precision, c->heads, c->layers, Vh, c->batch_tokens, c->logits_chunk, 1, c->val != NULL);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, log_verbosity >= 1);
 
