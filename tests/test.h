@@ -44,6 +44,14 @@ static inline void max_errors(const float *got, const float *want, size_t n, dou
     *rel_err = scale > 0 ? m / scale : m;
 }
 
+/* Index of the largest of n values (the first on ties), as torch.argmax picks a reference's top-1. */
+static inline int row_argmax(const float *row, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (row[i] > row[best]) best = i;
+    return best;
+}
+
 static inline void test_fatal_hook(const char *message) {
     snprintf(test_fatal_msg, sizeof test_fatal_msg, "%s", message);
     longjmp(test_fatal_jmp, 1);

@@ -776,9 +776,7 @@ static void test_smollm2_bf16(void) {
     int agree = 0;
     for (int t = 0; t < T; t++) {
         const float *row = logits + (size_t)t * V;
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (row[i] > row[best]) best = i;
+        int best = row_argmax(row, V);
         agree += best == top1[seq_lens[0] + t];
     }
     CHECK(agree >= 0.95 * (double)T,

@@ -43,9 +43,7 @@ int main(void) {
     double max_logit_err = 0;
     for (int t = 0; t < T; t++) {
         const float *row = logits + (size_t)t * V;
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (row[i] > row[best]) best = i;
+        int best = row_argmax(row, V);
         agree += best == top1[t];
         near_ties += top1_logit[t] - top2_logit[t] < 1e-3f;
         double e = fabs(row[top1[t]] - top1_logit[t]);
@@ -71,9 +69,7 @@ int main(void) {
     double bf16_err = 0;
     for (int t = 0; t < T; t++) {
         const float *row = logits_bf16 + (size_t)t * V;
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (row[i] > row[best]) best = i;
+        int best = row_argmax(row, V);
         agree_bf16 += best == top1[t];
         double e = fabs(row[top1[t]] - top1_logit[t]);
         if (e > bf16_err) bf16_err = e;
