@@ -79,6 +79,13 @@ struct Backend {
      * into the fp32 dinp/dweight; dbias sums the fp32 dout */
     void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                  const uint16_t *weight, int T, int IC, int OC);
+    /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, swiglu_bf16): one
+     * rounding serves every GEMM that reads it (q, k, v; gate, up) */
+    void (*matmul_bf16_in)(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                           int OC);
+    /* rmsnorm and swiglu with their fp32 results rounded to bf16: the inputs of the bf16 GEMMs that follow */
+    void (*rmsnorm_bf16)(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
+    void (*swiglu_bf16)(uint16_t *out, const float *gate, const float *up, size_t n);
     /* out[t,:] = table[tokens[t],:] widened to fp32 */
     void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
     /* attention whose products may take bf16 operands (q, k, v and the probabilities rounded; softmax and

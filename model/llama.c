@@ -113,24 +113,29 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
     const Backend *be = m->be;
     size_t T = (size_t)max_tokens, H = (size_t)c->hidden_size;
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    memset(s, 0, sizeof *s);
     s->max_tokens = max_tokens;
+    size_t I = (size_t)c->intermediate_size;
     s->x = be->alloc(sizeof(float) * T * H);
-    s->xn = be->alloc(sizeof(float) * T * H);
+    if (m->weight_dtype == DT_BF16) s->act16 = be->alloc(sizeof(uint16_t) * T * (H > I ? H : I));
+    else s->xn = be->alloc(sizeof(float) * T * H);
     s->proj = be->alloc(sizeof(float) * T * H);
     s->q = be->alloc(sizeof(float) * T * q_dim);
     s->att = be->alloc(sizeof(float) * T * q_dim);
     s->k = be->alloc(sizeof(float) * T * kv_dim);
     s->v = be->alloc(sizeof(float) * T * kv_dim);
-    s->gate = be->alloc(sizeof(float) * T * (size_t)c->intermediate_size);
-    s->up = be->alloc(sizeof(float) * T * (size_t)c->intermediate_size);
+    s->gate = be->alloc(sizeof(float) * T * I);
+    s->up = be->alloc(sizeof(float) * T * I);
     s->pos = be->alloc(sizeof(int32_t) * T);
     s->key_begin = be->alloc(sizeof(int32_t) * T);
     s->key_end = be->alloc(sizeof(int32_t) * T);
 }
 
 void forward_state_free(ForwardState *s, const Model *m) {
-    void *bufs[] = {s->x, s->xn, s->proj, s->q, s->att, s->k, s->v, s->gate, s->up, s->pos, s->key_begin, s->key_end};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) m->be->free(bufs[i]);
+    void *bufs[] = {s->x, s->xn,   s->act16, s->proj, s->q,         s->att,    s->k,
+                    s->v, s->gate, s->up,    s->pos,  s->key_begin, s->key_end};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i]) m->be->free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
 
@@ -153,6 +158,40 @@ static void check_tokens(const int32_t *tokens, int T, int vocab) {
     for (int t = 0; t < T; t++)
         if (tokens[t] < 0 || tokens[t] >= vocab)
             fatal("token id %d at position %d is outside the vocabulary (0..%d)", tokens[t], t, vocab - 1);
+}
+
+/* A GEMM input: fp32 activations, or with bf16 weights the same values already rounded to bf16 by the op that
+ * made them, once for all the GEMMs that read them (q, k, v; gate, up). */
+typedef struct {
+    const float *f32;
+    const uint16_t *bf16;
+} GemmInput;
+
+static void linear(const Model *m, float *out, GemmInput in, const void *weight, const float *bias, int T, int IC,
+                   int OC) {
+    if (in.bf16) m->be->matmul_bf16_in(out, in.bf16, weight, bias, T, IC, OC);
+    else model_linear(m, out, in.f32, weight, bias, T, IC, OC);
+}
+
+static GemmInput normed(const Model *m, ForwardState *s, const float *weight, int T) {
+    const ModelConfig *c = &m->config;
+    if (s->act16) {
+        m->be->rmsnorm_bf16(s->act16, s->x, weight, T, c->hidden_size, c->rms_norm_eps);
+        return (GemmInput){NULL, s->act16};
+    }
+    m->be->rmsnorm(s->xn, s->x, weight, T, c->hidden_size, c->rms_norm_eps);
+    return (GemmInput){s->xn, NULL};
+}
+
+/* silu(gate) * up: the down projection's input */
+static GemmInput gated(const Model *m, ForwardState *s, int T) {
+    size_t n = (size_t)T * m->config.intermediate_size;
+    if (s->act16) {
+        m->be->swiglu_bf16(s->act16, s->gate, s->up, n);
+        return (GemmInput){NULL, s->act16};
+    }
+    m->be->swiglu(s->gate, s->gate, s->up, n);
+    return (GemmInput){s->gate, NULL};
 }
 
 /* The forward pass proper. Layout (pos, key ranges) is given on the host; keys and values of layer l are
@@ -180,10 +219,10 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         float *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
         float *k = k_all + (size_t)row0 * kv_dim, *v = v_all + (size_t)row0 * kv_dim;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
-        be->rmsnorm(s->xn, s->x, w->attn_norm, T, H, c->rms_norm_eps);
-        model_linear(m, s->q, s->xn, w->wq, w->bq, T, H, q_dim);
-        model_linear(m, k, s->xn, w->wk, w->bk, T, H, kv_dim);
-        model_linear(m, v, s->xn, w->wv, w->bv, T, H, kv_dim);
+        GemmInput xn = normed(m, s, w->attn_norm, T);
+        linear(m, s->q, xn, w->wq, w->bq, T, H, q_dim);
+        linear(m, k, xn, w->wk, w->bk, T, H, kv_dim);
+        linear(m, v, xn, w->wv, w->bv, T, H, kv_dim);
         be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
         (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(s->att, s->q, k_all, v_all, s->key_begin,
                                                                           s->key_end, mask, row0, T, c->n_heads,
@@ -191,11 +230,10 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         model_linear(m, s->proj, s->att, w->wo, NULL, T, q_dim, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
-        be->rmsnorm(s->xn, s->x, w->mlp_norm, T, H, c->rms_norm_eps);
-        model_linear(m, s->gate, s->xn, w->w_gate, NULL, T, H, I);
-        model_linear(m, s->up, s->xn, w->w_up, NULL, T, H, I);
-        be->swiglu(s->gate, s->gate, s->up, (size_t)T * I);
-        model_linear(m, s->proj, s->gate, w->w_down, NULL, T, I, H);
+        xn = normed(m, s, w->mlp_norm, T);
+        linear(m, s->gate, xn, w->w_gate, NULL, T, H, I);
+        linear(m, s->up, xn, w->w_up, NULL, T, H, I);
+        linear(m, s->proj, gated(m, s, T), w->w_down, NULL, T, I, H);
         be->residual_add(s->x, s->proj, (size_t)T * H);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);

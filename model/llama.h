@@ -33,10 +33,13 @@ typedef struct {
     const int32_t *seq_lens;
 } PackedBatch;
 
-/* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. */
+/* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. With bf16 weights
+ * the normed input and the SwiGLU output (what the GEMMs read) are made in bf16 into act16 [T, max(H, I)]
+ * and xn is not allocated; with fp32 weights act16 is NULL. */
 typedef struct {
     int max_tokens;
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
+    uint16_t *act16;
     int32_t *pos, *key_begin, *key_end; /* backend copies */
 } ForwardState;
 

@@ -29,7 +29,8 @@ typedef struct {
 typedef struct {
     double base_weights, head_params, head_grads, adam_state, head_copy;
     double base_activations, kv_cache, head_activations, logits;
-    double bf16_operands; /* bf16 GEMMs: activations rounded to bf16 (the largest input and output gradient) and
+    double bf16_operands; /* bf16 GEMMs: activations rounded to bf16 just before one (the largest input and output
+                           * gradient; the normed inputs and SwiGLU's are made in bf16 by the base's forward) and
                            * the cuBLASLt workspace (kernels/cuda/matmul.cu) */
     double total;         /* bytes */
 } MemoryPlan;

@@ -207,9 +207,59 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     float *d_out = gpu->alloc(sizeof(float) * T * OC);
     gpu->matmul_bf16(d_out, d_in, d_w, d_bias, T, IC, OC);
     expect_close(what, d_out, want, (size_t)T * OC, 1e-5);
-    gpu->free(d_in), gpu->free(d_w), gpu->free(d_out);
+    /* matmul_bf16_in on the input rounded beforehand: the CPU's result is matmul_bf16's, bit for bit */
+    uint16_t *in16 = xmalloc(sizeof(uint16_t) * T * IC);
+    cpu->to_bf16(in16, in, (size_t)T * IC);
+    float *from16 = xmalloc(sizeof(float) * T * OC);
+    cpu->matmul_bf16_in(from16, in16, w, bias, T, IC, OC);
+    CHECK(!memcmp(from16, want, sizeof(float) * T * OC), "%s: matmul_bf16_in (CPU) on the rounded input == matmul_bf16",
+          what);
+    uint16_t *d_in16 = to_gpu(in16, sizeof(uint16_t) * T * IC);
+    gpu->matmul_bf16_in(d_out, d_in16, d_w, d_bias, T, IC, OC);
+    snprintf(what, sizeof what, "matmul_bf16_in T=%d IC=%d OC=%d %s", T, IC, OC, bias ? "+ bias" : "no bias");
+    expect_close(what, d_out, want, (size_t)T * OC, 1e-5);
+    gpu->free(d_in), gpu->free(d_w), gpu->free(d_out), gpu->free(d_in16);
     if (d_bias) gpu->free(d_bias);
-    free(in), free(w), free(bias), free(wide), free(want), free(fp32);
+    free(in), free(w), free(bias), free(wide), free(want), free(fp32), free(in16), free(from16);
+}
+
+/* rmsnorm_bf16 and swiglu_bf16: on each backend, the fp32 op's result rounded, bit for bit (the same math, then
+ * to_bf16); the GPU's within one bf16 step of the CPU's, since their fp32 results differ by ~1e-6, which can move
+ * a value across a rounding boundary. */
+static void test_bf16_producers(void) {
+    int T = 13, C = 300;
+    size_t n = (size_t)T * C;
+    float *x = random_floats(n, 3.0f), *up = random_floats(n, 2.0f), *w = random_floats(C, 1.0f);
+    float *ref = xmalloc(sizeof(float) * n);
+    uint16_t *cpu16 = xmalloc(sizeof(uint16_t) * n), *rounded16 = xmalloc(sizeof(uint16_t) * n),
+             *gpu16 = xmalloc(sizeof(uint16_t) * n);
+    float *d_x = to_gpu(x, sizeof(float) * n), *d_up = to_gpu(up, sizeof(float) * n),
+          *d_w = to_gpu(w, sizeof(float) * C), *d_ref = gpu->alloc(sizeof(float) * n);
+    uint16_t *d16 = gpu->alloc(sizeof(uint16_t) * n), *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
+    for (int op = 0; op < 2; op++) {
+        const char *name = op ? "swiglu_bf16" : "rmsnorm_bf16";
+        if (op) {
+            cpu->swiglu(ref, x, up, n), cpu->swiglu_bf16(cpu16, x, up, n);
+            gpu->swiglu(d_ref, d_x, d_up, n), gpu->swiglu_bf16(d16, d_x, d_up, n);
+        } else {
+            cpu->rmsnorm(ref, x, w, T, C, 1e-5f), cpu->rmsnorm_bf16(cpu16, x, w, T, C, 1e-5f);
+            gpu->rmsnorm(d_ref, d_x, d_w, T, C, 1e-5f), gpu->rmsnorm_bf16(d16, d_x, d_w, T, C, 1e-5f);
+        }
+        cpu->to_bf16(rounded16, ref, n);
+        CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * n), "%s (CPU) == to_bf16 of the fp32 op", name);
+        gpu->to_bf16(d_rounded16, d_ref, n);
+        gpu->download(gpu16, d16, sizeof(uint16_t) * n);
+        gpu->download(rounded16, d_rounded16, sizeof(uint16_t) * n);
+        CHECK(!memcmp(gpu16, rounded16, sizeof(uint16_t) * n), "%s (CUDA) == to_bf16 of the fp32 op", name);
+        size_t apart = 0, far = 0;
+        for (size_t i = 0; i < n; i++) {
+            int steps = abs((int)gpu16[i] - (int)cpu16[i]); /* adjacent bf16 values of one sign differ by 1 */
+            apart += steps == 1, far += steps > 1;
+        }
+        CHECK(far == 0, "%s: CUDA within one bf16 step of the CPU (%zu of %zu values one step apart)", name, apart, n);
+    }
+    gpu->free(d_x), gpu->free(d_up), gpu->free(d_w), gpu->free(d_ref), gpu->free(d16), gpu->free(d_rounded16);
+    free(x), free(up), free(w), free(ref), free(cpu16), free(rounded16), free(gpu16);
 }
 
 /* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
@@ -815,6 +865,7 @@ int main(void) {
     test_matmul_bf16(9, 70, 33, 1);
     test_matmul_bf16(1, 64, 48, 0);
     test_matmul_bf16(40, 256, 300, 0);
+    test_bf16_producers();
     test_matmul_backward_bf16(37, 20, 45, 7);
     test_matmul_backward_bf16(5, 16, 8, 2);
     test_matmul_backward_bf16(5, 16, 8, 5);

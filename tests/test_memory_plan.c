@@ -37,11 +37,16 @@ int main(void) {
     CHECK(fabs(heads - 5.0 * (4096.0 * 4096 + 4096 + 32000.0 * 4096)) < 1, "5 heads hold %.0f parameters", heads);
     CHECK(bf16.head_grads == bf16.head_params && bf16.adam_state == 2 * bf16.head_params && bf16.kv_cache == 0,
           "training: fp32 gradients, two AdamW moments, no KV cache");
-    double operands = (16384.0 * 11008 + 4096.0 * 32000) * 2 + 32 * 1048576.0;
+    double operands = (16384.0 * 4096 + 4096.0 * 32000) * 2 + 32 * 1048576.0;
     CHECK(bf16.bf16_operands == operands,
-          "bf16 GEMM operands: the widest input (16k x 11008), the lm_head's output gradient (4096 x 32000), the "
-          "cuBLASLt workspace: %.1f MiB",
+          "bf16 GEMM operands: the widest input rounded before its GEMM (16k x 4096), the lm_head's output gradient "
+          "(4096 x 32000), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
+    double fp32_acts = 16384.0 * (3 * 4096 + 4 * 4096 + 2 * 11008 + 4096) * 4 + 16384 * 16;
+    CHECK(p.base_activations == fp32_acts && bf16.base_activations == fp32_acts - 16384.0 * (4096 * 4 - 11008 * 2),
+          "base activations: fp32 weights %.2f GiB with the fp32 normed input; bf16 weights trade it for one bf16 "
+          "buffer of 16k x 11008 (normed input and SwiGLU output)",
+          p.base_activations / (1 << 30));
     memory_plan_print(&bf16, stdout, 80e9);
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",
           bf16.total / 1e9);
@@ -73,7 +78,7 @@ int main(void) {
           d.logits / (1 << 20));
     CHECK(d.base_activations > 4096.0 * 4096 * 4 && d.total < 24e9, "decoding plan %.2f GB fits a 24 GB GPU",
           d.total / 1e9);
-    CHECK(d.head_copy == d.head_params / 2 && d.bf16_operands == 4096.0 * 11008 * 2 + 32 * 1048576.0,
+    CHECK(d.head_copy == d.head_params / 2 && d.bf16_operands == 4096.0 * 4096 * 2 + 32 * 1048576.0,
           "decoding on a bf16 base: bf16 head copy, operands for a 4096-token prompt (no gradients)");
     MemoryPlanInput plain = memory_plan_decoding(DT_BF16, 0, 0, 0, 4096, 1);
     d = memory_plan(&c, &plain);

@@ -34,9 +34,9 @@ void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table
 /* weight rows widened per block: about 4 MB of fp32 scratch */
 static int block_rows(int IC) { return IC >= (1 << 20) ? 1 : (1 << 20) / IC; }
 
-void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
-    if (T == 0 || OC == 0) return;
-    float *x = rounded_copy(in, (size_t)T * IC);
+/* out = x @ weight^T + bias, x holding bf16 values widened to fp32 */
+static void matmul_widened(float *out, const float *x, const uint16_t *weight, const float *bias, int T, int IC,
+                           int OC) {
     int rows = block_rows(IC);
     float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
     for (int o0 = 0; o0 < OC; o0 += rows) {
@@ -46,12 +46,27 @@ void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const 
         else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, 0.0f, out + o0, OC);
     }
     free(w);
-    free(x);
     if (bias) {
 #pragma omp parallel for if ((size_t)T * OC > PAR_MIN)
         for (int t = 0; t < T; t++)
             for (int o = 0; o < OC; o++) out[(size_t)t * OC + o] += bias[o];
     }
+}
+
+void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    float *x = rounded_copy(in, (size_t)T * IC);
+    matmul_widened(out, x, weight, bias, T, IC, OC);
+    free(x);
+}
+
+void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                        int OC) {
+    if (T == 0 || OC == 0) return;
+    float *x = xmalloc(sizeof(float) * (size_t)T * IC);
+    widen(x, in, (size_t)T * IC);
+    matmul_widened(out, x, weight, bias, T, IC, OC);
+    free(x);
 }
 
 void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,

@@ -14,6 +14,11 @@ void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n
     for (size_t i = 0; i < n; i++) out[i] = silu_f(gate[i]) * up[i];
 }
 
+void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(silu_f(gate[i]) * up[i]);
+}
+
 void cpu_residual_add(float *x, const float *y, size_t n) {
 #pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) x[i] += y[i];

@@ -206,6 +206,9 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.sum_squares = cuda_sum_squares;
         cuda.matmul_bf16 = cuda_matmul_bf16;
         cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
+        cuda.matmul_bf16_in = cuda_matmul_bf16_in;
+        cuda.rmsnorm_bf16 = cuda_rmsnorm_bf16;
+        cuda.swiglu_bf16 = cuda_swiglu_bf16;
         cuda.embedding_bf16 = cuda_embedding_bf16;
         cuda.attention_bf16 = cuda_attention_bf16;
         cuda.top_k = cuda_top_k;

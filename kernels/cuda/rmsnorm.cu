@@ -1,17 +1,24 @@
-/* RMSNorm: one block per row; the sum of squares is a block reduction. */
+/* RMSNorm: one block per row; the sum of squares is a block reduction. The bf16 variant writes the same
+ * values rounded, as the input of the bf16 GEMMs that follow. */
 #include "cuda_common.cuh"
 
-__global__ void rmsnorm_kernel(float *out, const float *x, const float *weight, int C, float eps) {
+__device__ __forceinline__ void store(float *p, float v) { *p = v; }
+__device__ __forceinline__ void store(uint16_t *p, float v) { *p = f32_to_bf16(v); }
+
+template <class Out> __global__ void rmsnorm_kernel(Out *out, const float *x, const float *weight, int C, float eps) {
     __shared__ float scratch[32];
     const float *row = x + (size_t)blockIdx.x * C;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) ss += row[c] * row[c];
     ss = block_sum(ss, scratch);
     float rstd = rsqrtf(ss / (float)C + eps);
-    float *o = out + (size_t)blockIdx.x * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = row[c] * rstd * weight[c];
+    Out *o = out + (size_t)blockIdx.x * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) store(&o[c], row[c] * rstd * weight[c]);
 }
 
 void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps) {
-    if (T > 0) LAUNCH(rmsnorm_kernel, T, 256, 0, out, x, weight, C, eps);
+    if (T > 0) LAUNCH(rmsnorm_kernel<float>, T, 256, 0, out, x, weight, C, eps);
+}
+void cuda_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps) {
+    if (T > 0) LAUNCH(rmsnorm_kernel<uint16_t>, T, 256, 0, out, x, weight, C, eps);
 }
