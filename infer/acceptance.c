@@ -2,6 +2,8 @@
 
 #include <math.h>
 
+#include "../kernels/cpu/cpu_ops.h"
+
 int accept_greedy(const int32_t *candidates, const uint8_t *path_valid, const int32_t *argmax, int n_paths, int depth,
                   int *best) {
     int best_len = 0;
@@ -43,20 +45,11 @@ int accept_typical(const float *cand_prob, const float *threshold, const uint8_t
     return best_len;
 }
 
-float typical_threshold(const float *logits, int V, float temperature, float epsilon, float alpha, float *probs) {
-    float maxv = -INFINITY;
-    for (int i = 0; i < V; i++)
-        if (logits[i] / temperature > maxv) maxv = logits[i] / temperature;
-    double sum = 0;
-    for (int i = 0; i < V; i++) {
-        probs[i] = expf(logits[i] / temperature - maxv);
-        sum += probs[i];
-    }
-    double entropy = 0;
-    for (int i = 0; i < V; i++) {
-        probs[i] = (float)(probs[i] / sum);
-        entropy -= probs[i] * log(probs[i] + 1e-5);
-    }
+float typical_cut(double entropy, float epsilon, float alpha) {
     float t = alpha * (float)exp(-entropy);
     return t < epsilon ? t : epsilon;
+}
+
+float typical_threshold(const float *logits, int V, float temperature, float epsilon, float alpha, float *probs) {
+    return typical_cut(cpu_softmax_entropy_row(logits, V, temperature, probs), epsilon, alpha);
 }

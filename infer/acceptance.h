@@ -17,8 +17,10 @@ int accept_greedy(const int32_t *candidates, const uint8_t *path_valid, const in
 int accept_typical(const float *cand_prob, const float *threshold, const uint8_t *path_valid, int n_paths, int depth,
                    int *best);
 
-/* For one row of logits: the softmax at temperature into probs (V floats), and the typical threshold
- * min(epsilon, alpha * exp(-entropy)) with entropy = -sum p log(p + 1e-5) as the reference computes it. */
+/* The typical threshold min(epsilon, alpha * exp(-entropy)), entropy = -sum p log(p + 1e-5) as the reference
+ * computes it (the backend's softmax_entropy op). */
+float typical_cut(double entropy, float epsilon, float alpha);
+/* For one row of logits on the host: the softmax at temperature into probs (V floats), and the typical threshold. */
 float typical_threshold(const float *logits, int V, float temperature, float epsilon, float alpha, float *probs);
 
 #endif

@@ -37,7 +37,7 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
     kv_cache_init(&d->cache, base, max_len + rows);
     d->hidden = be->alloc(sizeof(float) * (size_t)max_len * H);
     d->logits = be->alloc(sizeof(float) * (size_t)rows * V);
-    d->host_logits = xmalloc(sizeof(float) * (size_t)rows * V);
+    d->host_logits = xmalloc(sizeof(float) * (size_t)V);
     d->probs = xmalloc(sizeof(float) * (size_t)V);
     int n_ids = rows;
     if (heads) {
@@ -45,6 +45,11 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
         medusa_work_init(&d->work, heads, rows, rows);
         d->head_logits = be->alloc(sizeof(float) * (size_t)K * rows * V);
         if (K * TREE_TOPK > n_ids) n_ids = K * TREE_TOPK;
+        size_t children = (size_t)rows * TREE_TOPK;
+        d->child_ids = be->alloc(sizeof(int32_t) * children);
+        d->child_probs = be->alloc(sizeof(float) * children);
+        d->entropy = be->alloc(sizeof(float) * (size_t)rows);
+        d->host_child_ids = xmalloc(sizeof(int32_t) * children);
     }
     d->ids = be->alloc(sizeof(int32_t) * (size_t)n_ids);
     d->host_ids = xmalloc(sizeof(int32_t) * (size_t)n_ids);
@@ -63,6 +68,10 @@ void decoder_free(Decoder *d) {
     if (d->heads) {
         medusa_work_free(&d->work, d->heads);
         be->free(d->head_logits);
+        be->free(d->child_ids);
+        be->free(d->child_probs);
+        be->free(d->entropy);
+        free(d->host_child_ids);
     }
     memset(d, 0, sizeof *d);
 }
@@ -208,10 +217,12 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     int32_t *paths = xmalloc(sizeof(int32_t) * (size_t)P * D), *node_argmax = xmalloc(sizeof(int32_t) * (size_t)N);
     int32_t *path_argmax = xmalloc(sizeof(int32_t) * (size_t)P * D), *keep = xmalloc(sizeof(int32_t) * (size_t)D);
     uint8_t *valid = xmalloc((size_t)P * D);
-    float *node_threshold = xmalloc(sizeof(float) * (size_t)N), *cand_prob = xmalloc(sizeof(float) * (size_t)P * D);
-    float *path_threshold = xmalloc(sizeof(float) * (size_t)P * D);
-    float *all_logits = typical ? xmalloc(sizeof(float) * (size_t)N * V) : NULL;
-    float *all_probs = typical ? xmalloc(sizeof(float) * (size_t)N * V) : NULL;
+    float *cand_prob = xmalloc(sizeof(float) * (size_t)P * D), *path_threshold = xmalloc(sizeof(float) * (size_t)P * D);
+    float *node_entropy = xmalloc(sizeof(float) * (size_t)N);
+    float *child_probs = xmalloc(sizeof(float) * (size_t)N * TREE_TOPK);
+    /* typical acceptance reads node c's probability in its parent's row, column slot[c] of the parent's children */
+    int32_t *parent = xmalloc(sizeof(int32_t) * (size_t)N), *slot = xmalloc(sizeof(int32_t) * (size_t)N);
+    tree_children(t, parent, slot);
 
     prefill(d, prompt, n_prompt, typical, stats);
     int next_greedy = 0; /* greedy: the base model's argmax after the last accepted token */
@@ -239,18 +250,20 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
             memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
             for (int p = 0; p < P * D; p++) path_argmax[p] = valid[p] ? node_argmax[t->retrieve[p]] : -1;
             accepted = accept_greedy(paths, valid, path_argmax, P, D, &best);
-        } else {
-            be->download(all_logits, d->logits, sizeof(float) * (size_t)N * V);
-            for (int i = 0; i < N; i++)
-                node_threshold[i] =
-                    typical_threshold(all_logits + (size_t)i * V, V, o->temperature, o->posterior_threshold,
-                                      o->posterior_alpha, all_probs + (size_t)i * V);
+        } else { /* each node's entropy and its children's probabilities leave the device, not its logits */
+            for (int i = 0; i < N * TREE_TOPK; i++) d->host_child_ids[i] = -1;
+            for (int c = 1; c < N; c++) d->host_child_ids[parent[c] * TREE_TOPK + slot[c]] = tree_tokens[c];
+            be->upload(d->child_ids, d->host_child_ids, sizeof(int32_t) * (size_t)N * TREE_TOPK);
+            be->softmax_entropy(d->entropy, d->child_probs, d->logits, d->child_ids, N, V, TREE_TOPK, o->temperature);
+            be->download(node_entropy, d->entropy, sizeof(float) * (size_t)N);
+            be->download(child_probs, d->child_probs, sizeof(float) * (size_t)N * TREE_TOPK);
             for (int p = 0; p < P; p++) {
                 for (int j = 0; j + 1 < D; j++) {
-                    int node = t->retrieve[p * D + j];
-                    int ok = node >= 0 && valid[p * D + j + 1];
-                    cand_prob[p * D + j] = ok ? all_probs[(size_t)node * V + paths[p * D + j + 1]] : 0.0f;
-                    path_threshold[p * D + j] = ok ? node_threshold[node] : 1.0f;
+                    int node = t->retrieve[p * D + j], child = t->retrieve[p * D + j + 1];
+                    int ok = node >= 0 && child >= 0;
+                    cand_prob[p * D + j] = ok ? child_probs[parent[child] * TREE_TOPK + slot[child]] : 0.0f;
+                    path_threshold[p * D + j] =
+                        ok ? typical_cut(node_entropy[node], o->posterior_threshold, o->posterior_alpha) : 1.0f;
                 }
             }
             accepted = accept_typical(cand_prob, path_threshold, valid, P, D, &best);
@@ -270,7 +283,7 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         if (sink) sink(out + n - emitted, emitted, user);
         /* the last accepted node's outputs seed the next step */
         int last = keep[take - 1];
-        if (typical) memcpy(d->host_logits, all_logits + (size_t)last * V, sizeof(float) * V);
+        if (typical) be->download(d->host_logits, d->logits + (size_t)last * V, sizeof(float) * V);
         else next_greedy = node_argmax[last];
         heads_at(d, last, candidates + 1);
     }
@@ -283,10 +296,11 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     free(path_argmax);
     free(keep);
     free(valid);
-    free(node_threshold);
     free(cand_prob);
     free(path_threshold);
-    free(all_logits);
-    free(all_probs);
+    free(node_entropy);
+    free(child_probs);
+    free(parent);
+    free(slot);
     return n;
 }

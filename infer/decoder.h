@@ -35,7 +35,11 @@ typedef struct {
     MedusaWork work;
     float *hidden, *logits, *head_logits; /* backend scratch */
     int32_t *ids;                         /* backend: top-k ids of rows of logits (greedy, the heads' candidates) */
-    float *host_logits, *probs;           /* sampling and typical acceptance read whole rows */
+    /* typical acceptance, per tree node: its children's tokens [n_nodes, TREE_TOPK] (-1 padded), and on the
+     * backend the entropy of its row and its children's probabilities (softmax_entropy) */
+    int32_t *child_ids, *host_child_ids;
+    float *entropy, *child_probs;
+    float *host_logits, *probs; /* sampling reads a whole row */
     int32_t *host_ids;
 } Decoder;
 

@@ -125,3 +125,16 @@ void tree_free(MedusaTree *t) {
     free(t->retrieve);
     memset(t, 0, sizeof *t);
 }
+
+void tree_children(const MedusaTree *t, int32_t *parent, int32_t *slot) {
+    int N = t->n_nodes, D = t->max_depth;
+    for (int i = 0; i < N; i++) parent[i] = -1;
+    for (int p = 0; p < t->n_leaves; p++)
+        for (int j = 0; j + 1 < D && t->retrieve[p * D + j + 1] >= 0; j++)
+            parent[t->retrieve[p * D + j + 1]] = t->retrieve[p * D + j];
+    for (int c = 0; c < N; c++) {
+        slot[c] = 0;
+        for (int e = 1; e < c; e++) slot[c] += parent[e] == parent[c];
+        ensure(c == 0 || (parent[c] >= 0 && slot[c] < TREE_TOPK));
+    }
+}

@@ -25,5 +25,7 @@ typedef struct {
 void tree_from_json(MedusaTree *t, const char *json, const char *source);
 void tree_load(MedusaTree *t, const char *path);
 void tree_free(MedusaTree *t);
+/* Each node's parent (-1 for the root) and its slot among its parent's children (< TREE_TOPK, in node order). */
+void tree_children(const MedusaTree *t, int32_t *parent, int32_t *slot);
 
 #endif

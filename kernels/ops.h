@@ -66,6 +66,11 @@ struct Backend {
      * dscale * (softmax - onehot(target)). Rows with a negative target get loss 0, rank -1, zero gradient. */
     void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                          float dscale);
+    /* Typical acceptance's statistics over rows of logits x [rows, cols], so that no row need leave the device:
+     * with p = softmax(x[r] / temperature), entropy[r] = -sum_i p_i log(p_i + 1e-5) (the reference's form) and
+     * probs[r*n_ids + j] = p[ids[r*n_ids + j]] (0 where the id is negative). */
+    void (*softmax_entropy)(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
+                            int n_ids, float temperature);
     /* AdamW (decoupled weight decay, bias correction) with the step's scalars (kernels/math_common.h). */
     void (*adamw)(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
     /* sum of squares of x, as a host double (for the global gradient norm) */

@@ -482,6 +482,55 @@ static void test_softmax_xent(int V) {
     free(logits);
 }
 
+/* Typical acceptance's statistics: entropies and candidate probabilities at two temperatures, a row with -inf
+ * logits, padded (-1) ids; the CPU's against a direct double-precision evaluation of the same formula. */
+static void test_softmax_entropy(int V) {
+    enum { ROWS = 6, IDS = 10 };
+    size_t n = (size_t)ROWS * V;
+    float *x = random_floats(n, 6.0f);
+    x[(size_t)2 * V + 1] = -INFINITY, x[(size_t)2 * V + V / 2] = -INFINITY;
+    x[(size_t)4 * V + 7] = 40.0f; /* a confident row: entropy near 0 */
+    int32_t ids[ROWS * IDS];
+    for (int i = 0; i < ROWS * IDS; i++) ids[i] = i % 4 == 3 ? -1 : (int32_t)rng_below(&rng, V);
+    ids[2 * IDS] = 1, ids[4 * IDS] = 7; /* a -inf logit (p = 0) and the confident row's top token */
+    float *d_x = to_gpu(x, sizeof(float) * n), *d_h = gpu->alloc(sizeof(float) * ROWS),
+          *d_p = gpu->alloc(sizeof(float) * ROWS * IDS);
+    int32_t *d_ids = to_gpu(ids, sizeof ids);
+    for (int pass = 0; pass < 2; pass++) {
+        float temperature = pass ? 0.7f : 1.3f, h[ROWS], p[ROWS * IDS];
+        cpu->softmax_entropy(h, p, x, ids, ROWS, V, IDS, temperature);
+        double worst = 0;
+        for (int r = 0; r < ROWS; r++) { /* the reference formula in double */
+            const float *row = x + (size_t)r * V;
+            double mx = -INFINITY, sum = 0, ent = 0;
+            for (int i = 0; i < V; i++) mx = fmax(mx, row[i] / (double)temperature);
+            for (int i = 0; i < V; i++) sum += exp(row[i] / (double)temperature - mx);
+            for (int i = 0; i < V; i++) {
+                double q = exp(row[i] / (double)temperature - mx) / sum;
+                ent -= q * log(q + 1e-5);
+            }
+            worst = fmax(worst, fabs(h[r] - ent) / fmax(ent, 1e-3));
+            for (int j = 0; j < IDS; j++) {
+                int id = ids[r * IDS + j];
+                double want = id >= 0 ? exp(row[id] / (double)temperature - mx) / sum : 0;
+                worst = fmax(worst, fabs(p[r * IDS + j] - want) / fmax(want, 1e-6));
+            }
+        }
+        CHECK(worst < 1e-4 && p[2 * IDS] == 0.0f && p[4 * IDS] > 0.99f && h[4] < 1e-3,
+              "softmax_entropy (CPU) V=%d T=%.1f: entropies and probabilities within %.2g of double precision "
+              "(-inf logit: p %g; confident row: p %.4f, entropy %.2g)",
+              V, temperature, worst, p[2 * IDS], p[4 * IDS], h[4]);
+        gpu->softmax_entropy(d_h, d_p, d_x, d_ids, ROWS, V, IDS, temperature);
+        char what[96];
+        snprintf(what, sizeof what, "softmax_entropy V=%d T=%.1f entropies", V, temperature);
+        expect_close(what, d_h, h, ROWS, 1e-5);
+        snprintf(what, sizeof what, "softmax_entropy V=%d T=%.1f candidate probabilities", V, temperature);
+        expect_close(what, d_p, p, ROWS * IDS, 1e-5);
+    }
+    gpu->free(d_x), gpu->free(d_h), gpu->free(d_p), gpu->free(d_ids);
+    free(x);
+}
+
 static void test_adamw(void) {
     size_t n = 3000;
     float *p = random_floats(n, 1.0f), *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
@@ -793,6 +842,43 @@ static void test_planned_decoding(void) {
  * fixture's second sequence, 140 tokens): top-1 agreement with transformers' fp32 logits
  * (tests/gen/gen_models.py). Unguarded device memory: the guard's mprotect calls would take minutes here. */
 void cuda_emu_guard_device_memory(int on) __attribute__((weak));
+/* Medusa decoding with typical acceptance (sampling at temperature 0.7, the same seed) on both backends: the
+ * CUDA side's acceptance reads entropies and candidate probabilities from softmax_entropy, the CPU's the same op
+ * on the host, so the tokens must agree. */
+static void test_typical_decoding(void) {
+    const Backend *backends[2] = {cpu, gpu};
+    int32_t out[2][40], prompt[12];
+    int n[2], steps[2];
+    MedusaTree tree;
+    tree_from_json(&tree, "[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]]", "test tree");
+    for (int b = 0; b < 2; b++) {
+        Model m;
+        model_load(&m, TINY, backends[b], DT_F32);
+        int H = m.config.hidden_size, V = m.config.vocab_size;
+        Rng r;
+        rng_seed(&r, 9);
+        for (int i = 0; i < 12; i++) prompt[i] = (int32_t)rng_below(&r, V);
+        MedusaHeads heads;
+        medusa_init(&heads, backends[b], (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
+        medusa_init_from_base(&heads, &m, &r);
+        Decoder d;
+        decoder_init(&d, &m, &heads, &tree, DECODE_LEN);
+        DecodeOptions o;
+        decode_options_defaults(&o);
+        o.temperature = 0.7f;
+        DecodeStats st;
+        n[b] = decode_medusa(&d, prompt, 12, 32, -1, &o, out[b], NULL, NULL, &st);
+        steps[b] = st.steps;
+        decoder_free(&d);
+        medusa_free(&heads);
+        model_free(&m);
+    }
+    CHECK(n[0] == n[1] && steps[0] == steps[1] && !memcmp(out[0], out[1], sizeof(int32_t) * (size_t)n[0]),
+          "typical acceptance (T=0.7): %d tokens in %d steps on the CPU, %d in %d on CUDA, identical", n[0], steps[0],
+          n[1], steps[1]);
+    tree_free(&tree);
+}
+
 static void test_smollm2_bf16(void) {
     const char *path =
         getenv("MEDUSA_SMOLLM2_GGUF") ? getenv("MEDUSA_SMOLLM2_GGUF") : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -878,10 +964,13 @@ int main(void) {
     test_top_k(3, 50, 16);
     test_softmax_xent(1000);
     test_softmax_xent(32000);
+    test_softmax_entropy(1000);
+    test_softmax_entropy(32000);
     test_adamw();
     test_sum_squares();
     test_end_to_end(DT_F32);
     test_end_to_end(DT_BF16);
+    test_typical_decoding();
     test_smollm2_bf16();
     return test_summary();
 }

@@ -41,9 +41,38 @@ static void check_tree(const char *name) {
     cJSON_Delete(ref);
 }
 
+/* tree_children (read off the retrieve rows) against the paths themselves: node i >= 1 is path i-1, its parent
+ * the node whose path is its prefix (the root for a path of length 1), its slot the count of earlier siblings. */
+static void check_children(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "configs/trees/%s.json", name);
+    MedusaTree t;
+    tree_load(&t, path);
+    int32_t *parent = xmalloc(sizeof(int32_t) * (size_t)t.n_nodes),
+            *slot = xmalloc(sizeof(int32_t) * (size_t)t.n_nodes);
+    tree_children(&t, parent, slot);
+    int bad = parent[0] != -1;
+    for (int i = 1; i < t.n_nodes; i++) {
+        int len = t.path_len[i - 1], want_parent = 0, want_slot = 0;
+        for (int e = 1; e < t.n_nodes; e++) {
+            int is_prefix = t.path_len[e - 1] == len - 1 &&
+                            !memcmp(t.paths[e - 1], t.paths[i - 1], sizeof(int) * (size_t)(len - 1));
+            if (is_prefix) want_parent = e;
+        }
+        for (int e = 1; e < i; e++)
+            want_slot +=
+                t.path_len[e - 1] == len && !memcmp(t.paths[e - 1], t.paths[i - 1], sizeof(int) * (size_t)(len - 1));
+        bad += parent[i] != want_parent || slot[i] != want_slot;
+    }
+    CHECK(!bad, "tree %s: each node's parent and sibling slot (%d nodes, %d wrong)", name, t.n_nodes, bad);
+    free(parent);
+    free(slot);
+    tree_free(&t);
+}
+
 int main(void) {
     const char *trees[] = {"mc_sim_7b_63", "vicuna_7b_stage2", "small_8", "chain_4"};
-    for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) check_tree(trees[i]);
+    for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) check_tree(trees[i]), check_children(trees[i]);
     MedusaTree t;
     EXPECT_FATAL(tree_from_json(&t, "{\"a\": 1}", "bad.json"), "must be a JSON list", "tree: not a list");
     EXPECT_FATAL(tree_from_json(&t, "[[0], [0, 1, 2]]", "bad.json"), "prefix of length 2 is not itself in the tree",

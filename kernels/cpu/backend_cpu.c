@@ -36,6 +36,7 @@ const Backend *backend_cpu(void) {
         .resblock_forward = cpu_resblock_forward,
         .silu_backward = cpu_silu_backward,
         .softmax_xent = cpu_softmax_xent,
+        .softmax_entropy = cpu_softmax_entropy,
         .adamw = cpu_adamw,
         .sum_squares = cpu_sum_squares,
         .matmul_bf16 = cpu_matmul_bf16,

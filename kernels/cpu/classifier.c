@@ -1,7 +1,9 @@
 /* Fused softmax cross-entropy: loss, target rank (for top-k accuracy) and dlogits in place, one row at a
  * time, so probabilities for the whole vocabulary are never kept beside the logits. */
 #include <math.h>
+#include <stdlib.h>
 
+#include "../../common/common.h"
 #include "cpu_ops.h"
 
 void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
@@ -36,6 +38,40 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
         float scale = (float)(dscale / sum);
         for (int i = 0; i < V; i++) row[i] *= scale;
         row[target] -= dscale;
+    }
+}
+
+double cpu_softmax_entropy_row(const float *x, int cols, float temperature, float *probs) {
+    float maxv = -INFINITY;
+    for (int i = 0; i < cols; i++)
+        if (x[i] / temperature > maxv) maxv = x[i] / temperature;
+    double sum = 0;
+    for (int i = 0; i < cols; i++) {
+        probs[i] = expf(x[i] / temperature - maxv);
+        sum += probs[i];
+    }
+    double entropy = 0;
+    for (int i = 0; i < cols; i++) {
+        probs[i] = (float)(probs[i] / sum);
+        entropy -= probs[i] * log(probs[i] + 1e-5);
+    }
+    return entropy;
+}
+
+void cpu_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
+                         int n_ids, float temperature) {
+#pragma omp parallel if ((size_t)rows * cols > PAR_MIN)
+    {
+        float *p = xmalloc(sizeof(float) * (size_t)(cols > 0 ? cols : 1));
+#pragma omp for
+        for (int r = 0; r < rows; r++) {
+            entropy[r] = (float)cpu_softmax_entropy_row(x + (size_t)r * cols, cols, temperature, p);
+            for (int j = 0; j < n_ids; j++) {
+                int id = ids[(size_t)r * n_ids + j];
+                probs[(size_t)r * n_ids + j] = id >= 0 ? p[id] : 0.0f;
+            }
+        }
+        free(p);
     }
 }
 

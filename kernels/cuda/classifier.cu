@@ -14,6 +14,30 @@ __device__ __forceinline__ void softmax_merge(float *max, float *sum, float othe
     *max = m;
 }
 
+/* adds x to an online-softmax state */
+__device__ __forceinline__ void softmax_add(float *max, float *sum, float x) {
+    if (x == -INFINITY) return; /* exp(-inf - -inf) would be NaN while max is still -inf */
+    if (x > *max) {
+        *sum *= expf(*max - x);
+        *max = x;
+    }
+    *sum += expf(x - *max);
+}
+
+/* the block's online-softmax state, in every thread (scratch: __shared__ [32] each) */
+__device__ __forceinline__ void block_softmax_state(float *max, float *sum, float *max_scratch, float *sum_scratch) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        float other_max = __shfl_xor_sync(0xffffffffu, *max, offset);
+        float other_sum = __shfl_xor_sync(0xffffffffu, *sum, offset);
+        softmax_merge(max, sum, other_max, other_sum);
+    }
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    if (lane == 0) max_scratch[warp] = *max, sum_scratch[warp] = *sum;
+    __syncthreads();
+    *max = -INFINITY, *sum = 0.0f;
+    for (int w = 0; w < n_warps; w++) softmax_merge(max, sum, max_scratch[w], sum_scratch[w]);
+}
+
 __global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int V,
                                     float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32];
@@ -31,30 +55,11 @@ __global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks
     float target_logit = row[target], max = -INFINITY, sum = 0.0f;
     int rank = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float x = row[i];
-        rank += x > target_logit;
-        if (x == -INFINITY) continue; /* exp(-inf - -inf) would be NaN while max is still -inf */
-        if (x > max) {
-            sum *= expf(max - x);
-            max = x;
-        }
-        sum += expf(x - max);
+        rank += row[i] > target_logit;
+        softmax_add(&max, &sum, row[i]);
     }
-    /* warp merge, then the warps' results through shared memory */
-    for (int offset = 16; offset > 0; offset /= 2) {
-        float other_max = __shfl_xor_sync(0xffffffffu, max, offset);
-        float other_sum = __shfl_xor_sync(0xffffffffu, sum, offset);
-        softmax_merge(&max, &sum, other_max, other_sum);
-    }
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    if (lane == 0) {
-        max_scratch[warp] = max;
-        sum_scratch[warp] = sum;
-    }
-    rank = block_sum(rank, rank_scratch); /* its barriers also publish max/sum_scratch */
-    max = -INFINITY;
-    sum = 0.0f;
-    for (int w = 0; w < n_warps; w++) softmax_merge(&max, &sum, max_scratch[w], sum_scratch[w]);
+    block_softmax_state(&max, &sum, max_scratch, sum_scratch);
+    rank = block_sum(rank, rank_scratch);
     if (threadIdx.x == 0) {
         losses[t] = logf(sum) - (target_logit - max);
         ranks[t] = rank;
@@ -69,6 +74,34 @@ __global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                        float dscale) {
     if (T > 0) LAUNCH(softmax_xent_kernel, T, kThreads, 0, logits, losses, ranks, targets, V, dscale);
+}
+
+/* Typical acceptance's statistics, one block per row: the softmax at a temperature (an online pass), then the
+ * entropy in the reference's form (terms and sum in double, as the CPU's) and the row's candidates' probabilities. */
+__global__ void softmax_entropy_kernel(float *entropy, float *probs, const float *x, const int32_t *ids, int V,
+                                       int n_ids, float temperature) {
+    __shared__ float max_scratch[32], sum_scratch[32];
+    __shared__ double entropy_scratch[32];
+    const float *row = x + (size_t)blockIdx.x * V;
+    float max = -INFINITY, sum = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) softmax_add(&max, &sum, row[i] / temperature);
+    block_softmax_state(&max, &sum, max_scratch, sum_scratch);
+    double h = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float p = expf(row[i] / temperature - max) / sum;
+        h -= p * log((double)p + 1e-5);
+    }
+    h = block_sum(h, entropy_scratch);
+    if (threadIdx.x == 0) entropy[blockIdx.x] = (float)h;
+    for (int j = threadIdx.x; j < n_ids; j += blockDim.x) {
+        int id = ids[(size_t)blockIdx.x * n_ids + j];
+        probs[(size_t)blockIdx.x * n_ids + j] = id >= 0 ? expf(row[id] / temperature - max) / sum : 0.0f;
+    }
+}
+
+void cuda_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
+                          int n_ids, float temperature) {
+    if (rows > 0) LAUNCH(softmax_entropy_kernel, rows, kThreads, 0, entropy, probs, x, ids, cols, n_ids, temperature);
 }
 
 /* --- top-k: one block per row, k rounds; round j takes the first entry (topk_after order) after the one

@@ -94,6 +94,8 @@ void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n)
 void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                        float dscale);
+void cuda_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
+                          int n_ids, float temperature);
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
 double cuda_sum_squares(const float *x, size_t n);
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);
