@@ -10,6 +10,8 @@
 #   DEVICE         --device of the C side (cuda); TORCH_DEVICE: of the PyTorch side (default: DEVICE)
 #   SHAREGPT, DATA, DATA_ARGS  ShareGPT source, token cache prefix made from it once, extra medusa-data flags
 #   STEPS, BATCH_TOKENS, HEADS  timed training steps, tokens per packed batch, Medusa heads
+#   PROFILE_STEPS  steps of a second bench_train run with MEDUSA_CUDA_PROFILE=1 (GPU time per kernel and GEMM
+#                  shape, each synchronized), its table appended; 0: none
 #   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads (0: no decoding part),
 #                                             prompt set, new tokens, extra medusa-infer flags
 #   PYTHON         the reference tooling's interpreter (make venv)
@@ -28,6 +30,7 @@ DATA_ARGS=${DATA_ARGS:-}
 STEPS=${STEPS:-10}
 BATCH_TOKENS=${BATCH_TOKENS:-16384}
 HEADS=${HEADS:-5}
+PROFILE_STEPS=${PROFILE_STEPS:-1}
 HEAD_STEPS=${HEAD_STEPS:-300}
 PROMPTS=${PROMPTS:-bench/prompts_sharegpt_val.json}
 MAX_NEW=${MAX_NEW:-128}
@@ -75,6 +78,14 @@ awk -v peak="$PEAK" '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i -
     END {printf "ratio medusa-c / pytorch tokens/s: %.2fx (target >= 2x)\n", ours / theirs
          if (peak) printf "MFU: %.1f%% of %.0f TFLOP/s bf16 dense (base forward alone: %.1f%%)\n", 100 * all / peak, peak / 1e12, 100 * fwd / peak
          else print "MFU: n/a (no peak FLOP/s known for this GPU)"}' "$OUT.new" | tee -a "$OUT.new"
+if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
+    {
+        echo "## GPU time per operation: bench_train with MEDUSA_CUDA_PROFILE=1, 1 warm-up + $PROFILE_STEPS steps"
+        MEDUSA_CUDA_PROFILE=1 "$BENCH_TRAIN" --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$DEVICE" \
+            --heads "$HEADS" --batch-tokens "$BATCH_TOKENS" --steps "$PROFILE_STEPS" 2>&1 >/dev/null |
+            sed -n '/^cuda profile/,$p' | head -45
+    } | tee -a "$OUT.new"
+fi
 
 [ "$HEAD_STEPS" -gt 0 ] || { # HEAD_STEPS=0: no decoding part (a model without a tokenizer)
     mv "$OUT.new" "$OUT"

@@ -13,15 +13,18 @@
 
 /* FLOPs of one batch, counting a multiply-add as 2: the frozen base forward (2 x the non-embedding
  * parameters per token; no logits), causal attention (QK^T and PV over half of each sequence's keys on
- * average: 2 x n_layers x q_dim x n^2 per sequence of n tokens), and the heads' forward + backward
- * (3 x 2 x (ResBlock + lm_head parameters) per token and head). */
-static void batch_flops(const ModelConfig *c, const Batch *b, int heads, int Vh, double *base, double *head) {
+ * average: 2 x n_layers x q_dim x n^2 per sequence of n tokens), and the heads' forward + backward on the rows
+ * each head trains (valid[i]: the others are skipped, so their FLOPs are not done): the lm_head 3 x 2 x V x H
+ * (forward, input and weight gradients), the ResBlock 2 x 2 x H x H (block 0's input gradient is never formed). */
+static void batch_flops(const ModelConfig *c, const Batch *b, int heads, int Vh, const int64_t *valid, double *base,
+                        double *head) {
     double H = c->hidden_size, q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
     double layer = H * q_dim + 2 * H * kv_dim + q_dim * H + 3 * H * c->intermediate_size;
     double attn = 0;
     for (int i = 0; i < b->n_seqs; i++) attn += 2.0 * c->n_layers * q_dim * (double)b->seq_lens[i] * b->seq_lens[i];
     *base = 2 * c->n_layers * layer * b->n_tokens + attn;
-    *head = 3.0 * 2 * heads * (H * H + Vh * H) * b->n_tokens;
+    *head = 0;
+    for (int i = 0; i < heads; i++) *head += 2.0 * (3 * Vh * H + 2 * H * H) * (double)valid[i];
 }
 
 int main(int argc, char **argv) {
@@ -67,7 +70,7 @@ int main(int argc, char **argv) {
     Batcher b;
     batcher_init(&b, &cache, batch_tokens, 0, 0); /* file order: the torch script packs the same batches */
     double total = 0, base_s = 0, base_flops = 0, head_flops = 0;
-    int64_t tokens = 0, trained = 0;
+    int64_t tokens = 0;
     for (int s = 0; s <= steps; s++) {
         Batch batch = batcher_next(&b);
         TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens};
@@ -89,9 +92,8 @@ int main(int argc, char **argv) {
         total += dt;
         base_s += db;
         tokens += batch.n_tokens;
-        trained += sm.valid[0];
         double fb, fh;
-        batch_flops(&base.config, &batch, heads, base.config.vocab_size, &fb, &fh);
+        batch_flops(&base.config, &batch, heads, base.config.vocab_size, sm.valid, &fb, &fh);
         base_flops += fb;
         head_flops += fh;
     }

@@ -83,10 +83,11 @@ expect '[ "$cmp_eval" != bad ] && awk -v l="${cmp_eval% *}" -v a="${cmp_eval#* }
 
 # ---- decoding: greedy Medusa == plain greedy, and cuda == cpu ----
 echo '[[0], [1], [0, 0], [1, 0], [0, 1]]' >"$TMP/tree.json" # 5 candidates from the 2 heads
-infer() { # DEVICE PRECISION MODE
+infer() { # DEVICE PRECISION MODE [NAME EXTRA-FLAGS...]: output to $TMP/out_NAME, stderr to $TMP/err_NAME
+    local name=${4:-$1_$2_$3}
     "$BIN/medusa-infer" --model "$MODEL" --medusa "$HEADS" --tree "$TMP/tree.json" --chat-template mistral \
-        --prompt "$PROMPT" --device "$1" --precision "$2" --mode "$3" --max-new-tokens 32 \
-        >"$TMP/out_$1_$2_$3" 2>"$TMP/err_$1_$2_$3" || echo "exit status $?" >>"$TMP/err_$1_$2_$3"
+        --prompt "$PROMPT" --device "$1" --precision "$2" --mode "$3" --max-new-tokens 32 "${@:5}" \
+        >"$TMP/out_$name" 2>"$TMP/err_$name" || echo "exit status $?" >>"$TMP/err_$name"
 }
 for mode in plain medusa; do
     infer cuda auto $mode
@@ -100,6 +101,17 @@ expect 'same cuda_auto_plain cuda_auto_medusa' \
 expect 'same cuda_fp32_plain cpu_fp32_plain' "medusa-infer --precision fp32: plain greedy output cuda == cpu"
 expect 'same cuda_fp32_medusa cpu_fp32_medusa && [ "$(per_step cuda_fp32_medusa)" = "$(per_step cpu_fp32_medusa)" ]' \
     "medusa-infer --precision fp32: greedy Medusa output and tokens per step cuda == cpu ($(per_step cpu_fp32_medusa))"
+# typical acceptance samples: the same seed on both devices gives the same tokens (entropies and candidate
+# probabilities from the softmax_entropy op, the rows of logits never downloaded on cuda)
+infer cuda fp32 medusa typical_cuda --temperature 0.7
+infer cpu fp32 medusa typical_cpu --temperature 0.7
+expect 'same typical_cuda typical_cpu && [ "$(per_step typical_cuda)" = "$(per_step typical_cpu)" ]' \
+    "medusa-infer --temperature 0.7 (typical acceptance) --precision fp32: output and tokens per step cuda == cpu ($(per_step typical_cpu))"
+# MEDUSA_CUDA_PROFILE=1: a table of GPU time per kernel and GEMM at exit, the output unchanged
+MEDUSA_CUDA_PROFILE=1 infer cuda auto plain profiled
+expect 'same cuda_auto_plain profiled && grep -q "^cuda profile" "$TMP/err_profiled" &&
+        grep -q "rmsnorm_kernel<uint16_t>" "$TMP/err_profiled" && grep -q "cublasLt bf16 TN" "$TMP/err_profiled"' \
+    "MEDUSA_CUDA_PROFILE=1: the GPU time table printed ($(grep -c '^ .*%' "$TMP/err_profiled" 2>/dev/null || echo 0) operations), the output unchanged"
 # ---- the memory plan: printed at start-up, reserved as one allocation, and enough for every run ----
 planned() { grep -q "memory plan:" "$TMP/$1" && grep -q "^  total " "$TMP/$1" && ! grep -q "underestimated\|no memory plan" "$TMP/$1"; }
 expect 'planned train_log_cuda_auto && planned eval_log_cuda && planned err_cuda_auto_medusa && planned err_cuda_fp32_plain' \

@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
+
+#include <string>
 
 #ifndef MEDUSA_CUDA_EMU /* under emulation tests/cudaemu/cuda_emu.h provides these */
 #include <cublasLt.h>
@@ -34,17 +37,33 @@ extern "C" {
             fatal_at(__FILE__, __LINE__, "cublas: %s: %s", #call, cublasGetStatusString(st_));                         \
     } while (0)
 
+/* MEDUSA_CUDA_PROFILE=1 (profile.cu): the GPU time from construction to destruction is added to the named
+ * operation's row of the table printed at exit; a GEMM's name carries its shape and its FLOPs give a rate. */
+class ProfileScope {
+  public:
+    explicit ProfileScope(const char *name);
+    ProfileScope(const char *kind, int m, int n, int k);
+    ~ProfileScope();
+
+  private:
+    bool on_;
+    double flops_;
+    std::string name_;
+};
+
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. */
 #ifdef MEDUSA_CUDA_EMU
 #define LAUNCH(kernel, grid, block, shmem, ...)                                                                        \
     do {                                                                                                               \
+        ProfileScope profile_scope_(#kernel);                                                                          \
         cuda_emu_launch(#kernel, grid, block, shmem, kernel, __VA_ARGS__);                                             \
         CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 #else
 #define LAUNCH(kernel, grid, block, shmem, ...)                                                                        \
     do {                                                                                                               \
+        ProfileScope profile_scope_(#kernel);                                                                          \
         kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                                                   \
         CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)

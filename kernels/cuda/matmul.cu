@@ -29,8 +29,11 @@ __global__ void bias_backward_kernel(float *dbias, const float *dout, int T, int
 void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (T == 0 || OC == 0) return;
-    CUBLAS_CHECK(
-        cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, &one, weight, IC, in, IC, &zero, out, OC));
+    {
+        ProfileScope profile("cublasSgemm TN", OC, T, IC);
+        CUBLAS_CHECK(
+            cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, &one, weight, IC, in, IC, &zero, out, OC));
+    }
     if (bias) LAUNCH(add_bias_kernel, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
 }
 
@@ -39,13 +42,17 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
     const float one = 1.0f;
     if (T == 0 || OC == 0) return;
     /* dinp^T[IC,T] += W^T[IC,OC] * dout^T[OC,T] */
-    if (dinp)
+    if (dinp) {
+        ProfileScope profile("cublasSgemm NN", IC, T, OC);
         CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, &one, weight, IC, dout, OC, &one,
                                  dinp, IC));
+    }
     /* dweight^T[IC,OC] += in^T[IC,T] * dout[T,OC] */
-    if (dweight)
+    if (dweight) {
+        ProfileScope profile("cublasSgemm NT", IC, OC, T);
         CUBLAS_CHECK(
             cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, &one, in, IC, dout, OC, &one, dweight, IC));
+    }
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
 }
 
@@ -133,6 +140,9 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
     if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
     const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, alignment(A), alignment(B), alignment(C));
     const float one = 1.0f;
+    static const char *const kinds[2][2] = {{"cublasLt bf16 NN", "cublasLt bf16 NT"},
+                                            {"cublasLt bf16 TN", "cublasLt bf16 TT"}};
+    ProfileScope profile(kinds[op_a == CUBLAS_OP_T][op_b == CUBLAS_OP_T], m, n, k);
     CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                 workspace, kLtWorkspaceBytes, 0));
 }

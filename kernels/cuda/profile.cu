@@ -1,0 +1,79 @@
+/* MEDUSA_CUDA_PROFILE=1: GPU time per kernel, GEMM shape and copy, measured with CUDA events around each one
+ * (synchronizing after each, so a run is slower but every figure is that operation's own), printed to stderr
+ * as a table at exit: where a step's time goes, without a profiler on the machine. GEMMs are named as cuBLAS
+ * sees them: column-major op(A) op(B), m x n x k (a Linear's forward is TN with m = out features, n = tokens). */
+#include <stdlib.h>
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cuda_common.cuh"
+
+namespace {
+struct ProfileEntry {
+    long calls = 0;
+    double ms = 0.0, flops = 0.0;
+};
+std::map<std::string, ProfileEntry> profile_table;
+cudaEvent_t profile_start, profile_stop;
+
+void profile_print(void) {
+    std::vector<std::pair<std::string, ProfileEntry>> rows(profile_table.begin(), profile_table.end());
+    std::sort(rows.begin(), rows.end(), [](const auto &a, const auto &b) { return a.second.ms > b.second.ms; });
+    double total = 0;
+    for (const auto &r : rows) total += r.second.ms;
+    fprintf(stderr, "cuda profile (MEDUSA_CUDA_PROFILE=1): GPU time per operation, each synchronized\n");
+    fprintf(stderr, "  %6s %11s %8s %12s %8s  %s\n", "share", "total ms", "calls", "us per call", "TFLOP/s",
+            "operation");
+    for (const auto &r : rows) {
+        const ProfileEntry &e = r.second;
+        char rate[16] = "";
+        if (e.flops > 0 && e.ms > 0) snprintf(rate, sizeof rate, "%.1f", e.flops / (e.ms * 1e-3) / 1e12);
+        fprintf(stderr, "  %5.1f%% %11.3f %8ld %12.1f %8s  %s\n", total > 0 ? 100 * e.ms / total : 0.0, e.ms, e.calls,
+                1e3 * e.ms / (double)e.calls, rate, r.first.c_str());
+    }
+    fprintf(stderr, "  total %.3f ms\n", total);
+}
+} // namespace
+
+static bool profile_enabled(void) {
+    static int enabled = -1;
+    if (enabled < 0) {
+        const char *env = getenv("MEDUSA_CUDA_PROFILE");
+        enabled = env && *env && strcmp(env, "0") != 0;
+        if (enabled) {
+            CUDA_CHECK(cudaEventCreate(&profile_start));
+            CUDA_CHECK(cudaEventCreate(&profile_stop));
+            atexit(profile_print);
+        }
+    }
+    return enabled;
+}
+
+ProfileScope::ProfileScope(const char *name) : on_(profile_enabled()), flops_(0.0) {
+    if (!on_) return;
+    name_ = name;
+    CUDA_CHECK(cudaEventRecord(profile_start));
+}
+
+ProfileScope::ProfileScope(const char *kind, int m, int n, int k) : on_(profile_enabled()), flops_(2.0 * m * n * k) {
+    if (!on_) return;
+    char shape[64];
+    snprintf(shape, sizeof shape, " %dx%dx%d", m, n, k);
+    name_ = std::string(kind) + shape;
+    CUDA_CHECK(cudaEventRecord(profile_start));
+}
+
+ProfileScope::~ProfileScope() {
+    if (!on_) return;
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventRecord(profile_stop));
+    CUDA_CHECK(cudaEventSynchronize(profile_stop));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, profile_start, profile_stop));
+    ProfileEntry &e = profile_table[name_];
+    e.calls++;
+    e.ms += ms;
+    e.flops += flops_;
+}
