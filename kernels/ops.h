@@ -85,9 +85,10 @@ struct Backend {
     void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                  const uint16_t *weight, int T, int IC, int OC);
     /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, swiglu_bf16): one
-     * rounding serves every GEMM that reads it (q, k, v; gate, up) */
+     * rounding serves every GEMM that reads it (q, k, v; gate, up). With accumulate the product is added to out
+     * (a residual branch summed into the stream by the GEMM itself) */
     void (*matmul_bf16_in)(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
-                           int OC);
+                           int OC, int accumulate);
     /* rmsnorm and swiglu with their fp32 results rounded to bf16: the inputs of the bf16 GEMMs that follow */
     void (*rmsnorm_bf16)(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
     void (*swiglu_bf16)(uint16_t *out, const float *gate, const float *up, size_t n);

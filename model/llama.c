@@ -115,11 +115,15 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     memset(s, 0, sizeof *s);
     s->max_tokens = max_tokens;
-    size_t I = (size_t)c->intermediate_size;
+    size_t I = (size_t)c->intermediate_size, widest = H > I ? H : I;
+    if (q_dim > widest) widest = q_dim;
     s->x = be->alloc(sizeof(float) * T * H);
-    if (m->weight_dtype == DT_BF16) s->act16 = be->alloc(sizeof(uint16_t) * T * (H > I ? H : I));
-    else s->xn = be->alloc(sizeof(float) * T * H);
-    s->proj = be->alloc(sizeof(float) * T * H);
+    if (m->weight_dtype == DT_BF16) {
+        s->act16 = be->alloc(sizeof(uint16_t) * T * widest);
+    } else {
+        s->xn = be->alloc(sizeof(float) * T * H);
+        s->proj = be->alloc(sizeof(float) * T * H);
+    }
     s->q = be->alloc(sizeof(float) * T * q_dim);
     s->att = be->alloc(sizeof(float) * T * q_dim);
     s->k = be->alloc(sizeof(float) * T * kv_dim);
@@ -169,8 +173,26 @@ typedef struct {
 
 static void linear(const Model *m, float *out, GemmInput in, const void *weight, const float *bias, int T, int IC,
                    int OC) {
-    if (in.bf16) m->be->matmul_bf16_in(out, in.bf16, weight, bias, T, IC, OC);
+    if (in.bf16) m->be->matmul_bf16_in(out, in.bf16, weight, bias, T, IC, OC, 0);
     else model_linear(m, out, in.f32, weight, bias, T, IC, OC);
+}
+
+/* x += in @ weight^T, a residual branch (o_proj, down): with bf16 weights the GEMM adds into x itself */
+static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const void *weight, int T, int IC) {
+    int H = m->config.hidden_size;
+    if (in.bf16) {
+        m->be->matmul_bf16_in(s->x, in.bf16, weight, NULL, T, IC, H, 1);
+    } else {
+        model_linear(m, s->proj, in.f32, weight, NULL, T, IC, H);
+        m->be->residual_add(s->x, s->proj, (size_t)T * H);
+    }
+}
+
+/* attention's output as the input of o_proj */
+static GemmInput attended(ForwardState *s, const Model *m, int T) {
+    if (!s->act16) return (GemmInput){s->att, NULL};
+    m->be->to_bf16(s->act16, s->att, (size_t)T * m->config.n_heads * m->config.head_dim);
+    return (GemmInput){NULL, s->act16};
 }
 
 static GemmInput normed(const Model *m, ForwardState *s, const float *weight, int T) {
@@ -227,14 +249,12 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(s->att, s->q, k_all, v_all, s->key_begin,
                                                                           s->key_end, mask, row0, T, c->n_heads,
                                                                           c->n_kv_heads, c->head_dim);
-        model_linear(m, s->proj, s->att, w->wo, NULL, T, q_dim, H);
-        be->residual_add(s->x, s->proj, (size_t)T * H);
+        linear_residual(m, s, attended(s, m, T), w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         xn = normed(m, s, w->mlp_norm, T);
         linear(m, s->gate, xn, w->w_gate, NULL, T, H, I);
         linear(m, s->up, xn, w->w_up, NULL, T, H, I);
-        linear(m, s->proj, gated(m, s, T), w->w_down, NULL, T, I, H);
-        be->residual_add(s->x, s->proj, (size_t)T * H);
+        linear_residual(m, s, gated(m, s, T), w->w_down, T, I);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
     if (logits_out) model_linear(m, logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);

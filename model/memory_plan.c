@@ -17,11 +17,11 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
     }
-    /* frozen base: one layer's activations live at a time (x, proj, q, att, k, v, gate, up) + final hidden,
-     * the normed input (fp32; bf16 weights: it and the SwiGLU output in one bf16 buffer), and the int32 tokens,
-     * positions and key ranges */
-    double normed = in->weight_bytes == 2 ? fmax(H, I) * 2 : H * in->act_bytes;
-    p.base_activations = T * ((3 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes + normed) + T * 4 * 4;
+    /* frozen base: one layer's activations live at a time (x, q, att, k, v, gate, up) + final hidden, the
+     * normed input and o_proj/down's output (fp32; bf16 weights: every GEMM input in one bf16 buffer, the
+     * residual GEMMs adding into x), and the int32 tokens, positions and key ranges */
+    double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 : 2 * H * in->act_bytes;
+    p.base_activations = T * ((2 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
      * and their positions; per chunk row a loss, a rank and a target */
@@ -31,9 +31,8 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 4 + chunk * 12;
     p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) + (double)in->vocab_rows * V * 4;
     if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {
-        /* inputs rounded just before their GEMM: attention's output (o_proj), the final norm (lm_head), the
-         * heads' */
-        double widest = fmax(H, q), dout = in->train && in->n_heads > 0 ? fmax(chunk * Vh, Th * H) : 0;
+        /* inputs rounded just before their GEMM: the final norm (lm_head), the heads' */
+        double widest = H, dout = in->train && in->n_heads > 0 ? fmax(chunk * Vh, Th * H) : 0;
         p.bf16_operands = (T * widest + dout) * 2 + (32 << 20);
     }
     p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +

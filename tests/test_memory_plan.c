@@ -39,13 +39,13 @@ int main(void) {
           "training: fp32 gradients, two AdamW moments, no KV cache");
     double operands = (16384.0 * 4096 + 4096.0 * 32000) * 2 + 32 * 1048576.0;
     CHECK(bf16.bf16_operands == operands,
-          "bf16 GEMM operands: the widest input rounded before its GEMM (16k x 4096), the lm_head's output gradient "
-          "(4096 x 32000), the cuBLASLt workspace: %.1f MiB",
+          "bf16 GEMM operands: the widest input rounded before its GEMM (the heads', 16k x 4096), the lm_head's output "
+          "gradient (4096 x 32000), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
-    double fp32_acts = 16384.0 * (3 * 4096 + 4 * 4096 + 2 * 11008 + 4096) * 4 + 16384 * 16;
-    CHECK(p.base_activations == fp32_acts && bf16.base_activations == fp32_acts - 16384.0 * (4096 * 4 - 11008 * 2),
-          "base activations: fp32 weights %.2f GiB with the fp32 normed input; bf16 weights trade it for one bf16 "
-          "buffer of 16k x 11008 (normed input and SwiGLU output)",
+    double fp32_acts = 16384.0 * (2 * 4096 + 4 * 4096 + 2 * 11008 + 2 * 4096) * 4 + 16384 * 16;
+    CHECK(p.base_activations == fp32_acts && bf16.base_activations == fp32_acts - 16384.0 * (2 * 4096 * 4 - 11008 * 2),
+          "base activations: fp32 weights %.2f GiB with the fp32 normed input and residual branch; bf16 weights "
+          "trade them for one bf16 buffer of 16k x 11008 (every GEMM input)",
           p.base_activations / (1 << 30));
     memory_plan_print(&bf16, stdout, 80e9);
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",

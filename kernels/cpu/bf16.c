@@ -34,16 +34,16 @@ void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table
 /* weight rows widened per block: about 4 MB of fp32 scratch */
 static int block_rows(int IC) { return IC >= (1 << 20) ? 1 : (1 << 20) / IC; }
 
-/* out = x @ weight^T + bias, x holding bf16 values widened to fp32 */
-static void matmul_widened(float *out, const float *x, const uint16_t *weight, const float *bias, int T, int IC,
-                           int OC) {
+/* out = beta * out + x @ weight^T + bias, x holding bf16 values widened to fp32 */
+static void matmul_widened(float *out, const float *x, const uint16_t *weight, const float *bias, int T, int IC, int OC,
+                           float beta) {
     int rows = block_rows(IC);
     float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
     for (int o0 = 0; o0 < OC; o0 += rows) {
         int n = OC - o0 < rows ? OC - o0 : rows;
         widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
-        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, n, IC, 1.0f, w, IC, x, 1, 0.0f, out + o0, 1);
-        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, 0.0f, out + o0, OC);
+        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, n, IC, 1.0f, w, IC, x, 1, beta, out + o0, 1);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, beta, out + o0, OC);
     }
     free(w);
     if (bias) {
@@ -56,16 +56,16 @@ static void matmul_widened(float *out, const float *x, const uint16_t *weight, c
 void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
     if (T == 0 || OC == 0) return;
     float *x = rounded_copy(in, (size_t)T * IC);
-    matmul_widened(out, x, weight, bias, T, IC, OC);
+    matmul_widened(out, x, weight, bias, T, IC, OC, 0.0f);
     free(x);
 }
 
 void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
-                        int OC) {
+                        int OC, int accumulate) {
     if (T == 0 || OC == 0) return;
     float *x = xmalloc(sizeof(float) * (size_t)T * IC);
     widen(x, in, (size_t)T * IC);
-    matmul_widened(out, x, weight, bias, T, IC, OC);
+    matmul_widened(out, x, weight, bias, T, IC, OC, accumulate ? 1.0f : 0.0f);
     free(x);
 }
 

@@ -34,7 +34,7 @@ void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const 
 void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                               const uint16_t *weight, int T, int IC, int OC);
 void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
-                        int OC);
+                        int OC, int accumulate);
 void cpu_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
 void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n);
 void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);

@@ -148,15 +148,15 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
 }
 
 void cuda_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
-                         int OC) {
+                         int OC, int accumulate) {
     if (T == 0 || OC == 0) return;
-    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, in, IC, 0.0f, out, OC);
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, in, IC, accumulate ? 1.0f : 0.0f, out, OC);
     if (bias) LAUNCH(add_bias_kernel, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
 }
 
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
     if (T == 0 || OC == 0) return;
-    cuda_matmul_bf16_in(out, rounded(&input_scratch, in, (size_t)T * IC), weight, bias, T, IC, OC);
+    cuda_matmul_bf16_in(out, rounded(&input_scratch, in, (size_t)T * IC), weight, bias, T, IC, OC, 0);
 }
 
 void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
