@@ -45,6 +45,11 @@ struct Backend {
     void (*attention)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                       const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
                       int head_dim);
+    /* Row moves within n_blocks blocks of rows (block b at x + b * block_floats, rows of row_floats floats): in each
+     * block, for i = 0..n-1 in order, row dst[i] = row src[i] (a later move may read what an earlier one wrote). The
+     * row lists are host arrays. One call keeps the accepted tree rows of every layer's keys and values. */
+    void (*copy_rows)(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                      int row_floats);
     /* out = silu(gate) * up, n elements */
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */

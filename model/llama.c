@@ -130,14 +130,11 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
     s->v = be->alloc(sizeof(float) * T * kv_dim);
     s->gate = be->alloc(sizeof(float) * T * I);
     s->up = be->alloc(sizeof(float) * T * I);
-    s->pos = be->alloc(sizeof(int32_t) * T);
-    s->key_begin = be->alloc(sizeof(int32_t) * T);
-    s->key_end = be->alloc(sizeof(int32_t) * T);
+    s->layout = be->alloc(sizeof(int32_t) * 4 * T);
 }
 
 void forward_state_free(ForwardState *s, const Model *m) {
-    void *bufs[] = {s->x, s->xn,   s->act16, s->proj, s->q,         s->att,    s->k,
-                    s->v, s->gate, s->up,    s->pos,  s->key_begin, s->key_end};
+    void *bufs[] = {s->x, s->xn, s->act16, s->proj, s->q, s->att, s->k, s->v, s->gate, s->up, s->layout};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) m->be->free(bufs[i]);
     memset(s, 0, sizeof *s);
@@ -216,23 +213,28 @@ static GemmInput gated(const Model *m, ForwardState *s, int T) {
     return (GemmInput){s->gate, NULL};
 }
 
-/* The forward pass proper. Layout (pos, key ranges) is given on the host; keys and values of layer l are
- * written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
+/* A pass's host layout [4, T]: positions, first keys and ends of keys for the caller to fill, then the tokens. */
+static int32_t *layout_new(const int32_t *tokens, int T) {
+    int32_t *layout = xmalloc(sizeof(int32_t) * 4 * (size_t)(T > 0 ? T : 1));
+    memcpy(layout + 3 * (size_t)T, tokens, sizeof(int32_t) * (size_t)T);
+    return layout;
+}
+
+/* The forward pass proper. The layout (positions, key ranges, tokens: layout_new) is given on the host; keys and values
+ * of layer l are written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
  * state's own buffers for a packed batch). mask (backend memory, or NULL) is the tree mask over the T new rows. */
-static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *tokens_host, const int32_t *layout,
-                           float *const *k_rows, float *const *v_rows, int row0, const uint8_t *mask, float *hidden_out,
-                           float *logits_out) {
+static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *layout, float *const *k_rows,
+                           float *const *v_rows, int row0, const uint8_t *mask, float *hidden_out, float *logits_out) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
     int H = c->hidden_size, I = c->intermediate_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
-    check_tokens(tokens_host, T, c->vocab_size);
-    be->upload(s->pos, layout, sizeof(int32_t) * (size_t)T);
-    be->upload(s->key_begin, layout + T, sizeof(int32_t) * (size_t)T);
-    be->upload(s->key_end, layout + 2 * T, sizeof(int32_t) * (size_t)T);
-    int32_t *tokens = be->alloc(sizeof(int32_t) * (size_t)T);
-    be->upload(tokens, tokens_host, sizeof(int32_t) * (size_t)T);
+    check_tokens(layout + 3 * T, T, c->vocab_size);
+    /* one upload per pass: each is a synchronous copy, a visible cost of a decoding step on a GPU */
+    be->upload(s->layout, layout, sizeof(int32_t) * 4 * (size_t)T);
+    const int32_t *pos = s->layout, *key_begin = s->layout + T, *key_end = s->layout + 2 * T,
+                  *tokens = s->layout + 3 * T;
 
     if (m->weight_dtype == DT_BF16) be->embedding_bf16(s->x, tokens, m->embed, T, H);
     else be->embedding(s->x, tokens, m->embed, T, H);
@@ -245,10 +247,9 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         linear(m, s->q, xn, w->wq, w->bq, T, H, q_dim);
         linear(m, k, xn, w->wk, w->bk, T, H, kv_dim);
         linear(m, v, xn, w->wv, w->bv, T, H, kv_dim);
-        be->rope(s->q, k, s->pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-        (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(s->att, s->q, k_all, v_all, s->key_begin,
-                                                                          s->key_end, mask, row0, T, c->n_heads,
-                                                                          c->n_kv_heads, c->head_dim);
+        be->rope(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+        (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(
+            s->att, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads, c->n_kv_heads, c->head_dim);
         linear_residual(m, s, attended(s, m, T), w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         xn = normed(m, s, w->mlp_norm, T);
@@ -258,35 +259,37 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
     if (logits_out) model_linear(m, logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);
-    be->free(tokens);
 }
 
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
     int T = b->n_tokens;
-    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(T > 0 ? T : 1));
+    int32_t *layout = layout_new(b->tokens, T);
     packed_layout(b, layout, layout + T, layout + 2 * T);
-    forward_tokens(m, s, T, b->tokens, layout, NULL, NULL, 0, NULL, hidden_out, logits_out);
+    forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, hidden_out, logits_out);
     free(layout);
+}
+
+/* floats in one layer's keys (or values) */
+static size_t kv_block_floats(const KVCache *cache, const ModelConfig *c) {
+    return (size_t)cache->max_len * (size_t)(c->n_kv_heads * c->head_dim);
 }
 
 void kv_cache_init(KVCache *cache, const Model *m, int max_len) {
     const ModelConfig *c = &m->config;
-    size_t bytes = sizeof(float) * (size_t)max_len * (size_t)(c->n_kv_heads * c->head_dim);
     cache->max_len = max_len;
     cache->len = 0;
+    size_t block = kv_block_floats(cache, c);
+    cache->rows = m->be->alloc(sizeof(float) * block * 2 * (size_t)c->n_layers);
     cache->k = xcalloc((size_t)c->n_layers, sizeof(float *));
     cache->v = xcalloc((size_t)c->n_layers, sizeof(float *));
     for (int l = 0; l < c->n_layers; l++) {
-        cache->k[l] = m->be->alloc(bytes);
-        cache->v[l] = m->be->alloc(bytes);
+        cache->k[l] = cache->rows + block * (size_t)(2 * l);
+        cache->v[l] = cache->rows + block * (size_t)(2 * l + 1);
     }
 }
 
 void kv_cache_free(KVCache *cache, const Model *m) {
-    for (int l = 0; l < m->config.n_layers; l++) {
-        m->be->free(cache->k[l]);
-        m->be->free(cache->v[l]);
-    }
+    m->be->free(cache->rows);
     free(cache->k);
     free(cache->v);
     memset(cache, 0, sizeof *cache);
@@ -296,13 +299,13 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
                           float *hidden_out, float *logits_out) {
     if (cache->len + n > cache->max_len)
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
-    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(n > 0 ? n : 1));
+    int32_t *layout = layout_new(tokens, n);
     for (int i = 0; i < n; i++) {
         layout[i] = cache->len + i;             /* position */
         layout[n + i] = 0;                      /* first key */
         layout[2 * n + i] = cache->len + i + 1; /* one past the last key */
     }
-    forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, NULL, hidden_out, logits_out);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, hidden_out, logits_out);
     cache->len += n;
     free(layout);
 }
@@ -311,7 +314,7 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
                         const uint8_t *mask, int n, float *hidden_out, float *logits_out) {
     if (cache->len + n > cache->max_len)
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
-    int32_t *layout = xmalloc(sizeof(int32_t) * 3 * (size_t)(n > 0 ? n : 1));
+    int32_t *layout = layout_new(tokens, n);
     for (int i = 0; i < n; i++) {
         layout[i] = cache->len + depth[i];
         layout[n + i] = 0;
@@ -319,23 +322,26 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
     }
     uint8_t *mask_dev = m->be->alloc((size_t)n * n);
     m->be->upload(mask_dev, mask, (size_t)n * n);
-    forward_tokens(m, s, n, tokens, layout, cache->k, cache->v, cache->len, mask_dev, hidden_out, logits_out);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, mask_dev, hidden_out, logits_out);
     m->be->free(mask_dev);
     free(layout);
 }
 
 void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n) {
-    size_t row_floats = (size_t)(m->config.n_kv_heads * m->config.head_dim);
-    for (int l = 0; l < m->config.n_layers; l++) {
-        for (int i = 0; i < n; i++) {
-            int src = cache->len + rows[i], dst = cache->len + i;
-            if (src == dst) continue;
-            ensure(src > dst); /* accepted rows are in increasing order, so copies never overwrite a source */
-            m->be->copy(cache->k[l] + (size_t)dst * row_floats, cache->k[l] + (size_t)src * row_floats,
-                        sizeof(float) * row_floats);
-            m->be->copy(cache->v[l] + (size_t)dst * row_floats, cache->v[l] + (size_t)src * row_floats,
-                        sizeof(float) * row_floats);
-        }
+    const ModelConfig *c = &m->config;
+    int32_t *src = xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1)),
+            *dst = xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    int moves = 0;
+    for (int i = 0; i < n; i++) {
+        if (rows[i] == i) continue;
+        ensure(rows[i] > i); /* accepted rows are in increasing order, so a move never overwrites a later source */
+        src[moves] = cache->len + rows[i], dst[moves] = cache->len + i, moves++;
     }
+    /* one op for the keys and values of every layer */
+    if (moves)
+        m->be->copy_rows(cache->rows, kv_block_floats(cache, c), 2 * c->n_layers, src, dst, moves,
+                         c->n_kv_heads * c->head_dim);
+    free(src);
+    free(dst);
     cache->len += n;
 }

@@ -41,13 +41,14 @@ typedef struct {
     int max_tokens;
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
     uint16_t *act16;
-    int32_t *pos, *key_begin, *key_end; /* backend copies */
+    int32_t *layout; /* backend: a pass's positions, key ranges and tokens, [4, T] for its T tokens, one upload */
 } ForwardState;
 
 /* Keys and values of every layer for incremental decoding: rows [0, len) hold positions 0..len-1. */
 typedef struct {
     int max_len, len;
-    float **k, **v; /* per layer, backend memory [max_len, n_kv_heads*head_dim] */
+    float *rows;    /* backend memory: [n_layers][k, v][max_len, n_kv_heads*head_dim], one allocation */
+    float **k, **v; /* per layer, into rows */
 } KVCache;
 
 /* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. weight_dtype (DT_F32 or

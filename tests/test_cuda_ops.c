@@ -409,6 +409,34 @@ static void test_attention(void) {
     check_attention_as("packed causal, d=40 (CUDA cores)", T, T, kb, ke, NULL, 0, 2, 2, 40, 1);
 }
 
+/* copy_rows: moves in order within each block, where an earlier move reads a row a later one writes (kv_cache_keep:
+ * keep [1, 2] reads row 1 before it is overwritten by row 2), the last move reads the row the first one wrote, and
+ * more moves than the CUDA kernel takes at once. */
+static void test_copy_rows(int n_moves) {
+    int blocks = 3, rows = 2 * n_moves + 4, width = 300;
+    size_t block_floats = (size_t)(rows + 1) * width, n = block_floats * blocks; /* a spare row between blocks */
+    float *x = random_floats(n, 1.0f), *want = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
+    int32_t *src = xmalloc(sizeof(int32_t) * n_moves), *dst = xmalloc(sizeof(int32_t) * n_moves);
+    for (int i = 0; i < n_moves; i++) dst[i] = 2 + i, src[i] = 3 + 2 * i; /* move 0 reads row 3, move 1 writes it */
+    src[n_moves - 1] = 2, dst[n_moves - 1] = rows - 1;                    /* the first move's result, moved on */
+    memcpy(want, x, sizeof(float) * n);
+    for (int b = 0; b < blocks; b++) /* the definition, one move at a time */
+        for (int i = 0; i < n_moves; i++)
+            memcpy(want + b * block_floats + (size_t)dst[i] * width, want + b * block_floats + (size_t)src[i] * width,
+                   sizeof(float) * width);
+    memcpy(got, x, sizeof(float) * n);
+    cpu->copy_rows(got, block_floats, blocks, src, dst, n_moves, width);
+    CHECK(!memcmp(got, want, sizeof(float) * n), "copy_rows (CPU), %d moves in order in each of %d blocks", n_moves,
+          blocks);
+    float *d_x = to_gpu(x, sizeof(float) * n);
+    gpu->copy_rows(d_x, block_floats, blocks, src, dst, n_moves, width);
+    char what[96];
+    snprintf(what, sizeof what, "copy_rows, %d moves in order in each of %d blocks", n_moves, blocks);
+    expect_close(what, d_x, want, n, 0.0);
+    gpu->free(d_x);
+    free(x), free(want), free(got), free(src), free(dst);
+}
+
 static void test_elementwise(void) {
     size_t n = 1000;
     float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
@@ -975,6 +1003,8 @@ int main(void) {
     test_rope(128, 500000.0f);
     test_attention();
     test_elementwise();
+    test_copy_rows(4);
+    test_copy_rows(70);
     test_top_k(7, 1000, 1);
     test_top_k(6, 32000, 10);
     test_top_k(3, 50, 16);

@@ -31,6 +31,7 @@ const Backend *backend_cpu(void) {
         .attention = cpu_attention_forward,
         .swiglu = cpu_swiglu_forward,
         .residual_add = cpu_residual_add,
+        .copy_rows = cpu_copy_rows,
         .fill_zero = cpu_fill_zero,
         .matmul_backward = cpu_matmul_backward,
         .resblock_forward = cpu_resblock_forward,

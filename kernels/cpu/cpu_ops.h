@@ -17,6 +17,8 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
                            int n_kv_heads, int head_dim);
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_add(float *x, const float *y, size_t n);
+void cpu_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                   int row_floats);
 void cpu_fill_zero(void *ptr, size_t bytes);
 void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                          const float *weight, int T, int IC, int OC);

@@ -19,6 +19,17 @@ void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n
     for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(silu_f(gate[i]) * up[i]);
 }
 
+void cpu_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                   int row_floats) {
+    for (int b = 0; b < n_blocks; b++) {
+        float *block = x + (size_t)b * block_floats;
+        for (int i = 0; i < n; i++)
+            if (src[i] != dst[i])
+                memmove(block + (size_t)dst[i] * row_floats, block + (size_t)src[i] * row_floats,
+                        sizeof(float) * (size_t)row_floats);
+    }
+}
+
 void cpu_residual_add(float *x, const float *y, size_t n) {
 #pragma omp parallel for if (n > PAR_MIN)
     for (size_t i = 0; i < n; i++) x[i] += y[i];

@@ -203,6 +203,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.attention = cuda_attention;
         cuda.swiglu = cuda_swiglu;
         cuda.residual_add = cuda_residual_add;
+        cuda.copy_rows = cuda_copy_rows;
         cuda.fill_zero = cuda_fill_zero;
         cuda.matmul_backward = cuda_matmul_backward;
         cuda.resblock_forward = cuda_resblock_forward;

@@ -109,6 +109,8 @@ void cuda_attention_bf16(float *out, const float *q, const float *k, const float
 void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_add(float *x, const float *y, size_t n);
+void cuda_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                    int row_floats);
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
 void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,

@@ -37,6 +37,23 @@ __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
     if (i < n) x[i] += y[i];
 }
 
+/* The row lists travel as a kernel argument: one launch, no upload. */
+struct RowMoves {
+    enum { kMax = 64 };
+    int n;
+    int32_t src[kMax], dst[kMax];
+};
+
+/* one thread per (block, column): the moves run in order in each thread, so a move that reads a row an earlier
+ * one wrote sees the new values, as the sequential definition says */
+__global__ void copy_rows_kernel(float *x, size_t block_floats, RowMoves moves, int row_floats) {
+    int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= row_floats) return;
+    float *block = x + (size_t)blockIdx.y * block_floats;
+    for (int i = 0; i < moves.n; i++)
+        block[(size_t)moves.dst[i] * row_floats + col] = block[(size_t)moves.src[i] * row_floats + col];
+}
+
 __global__ void resblock_forward_kernel(float *out, const float *x, const float *z, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = x[i] + silu_f(z[i]);
@@ -66,6 +83,17 @@ void cuda_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t 
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);
+}
+void cuda_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                    int row_floats) {
+    if (n_blocks == 0 || row_floats == 0) return;
+    for (int i0 = 0; i0 < n; i0 += RowMoves::kMax) { /* chunks in stream order keep the sequential meaning */
+        RowMoves moves;
+        moves.n = n - i0 < RowMoves::kMax ? n - i0 : RowMoves::kMax;
+        for (int i = 0; i < moves.n; i++) moves.src[i] = src[i0 + i], moves.dst[i] = dst[i0 + i];
+        LAUNCH(copy_rows_kernel, dim3(ceil_div((size_t)row_floats, kThreads), (unsigned)n_blocks), kThreads, 0, x,
+               block_floats, moves, row_floats);
+    }
 }
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n) {
     if (n) LAUNCH(resblock_forward_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, z, n);
