@@ -14,6 +14,7 @@
 #                  shape, each synchronized), its table appended; 0: none
 #   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads (0: no decoding part),
 #                                             prompt set, new tokens, extra medusa-infer flags
+#   DECODE_NOTE    a line printed under the decoding header (random weights: acceptance is chance)
 #   PYTHON         the reference tooling's interpreter (make venv)
 # A dry run on the CPU (no nvidia-smi) needs OUT set: it runs the emulated binaries (build/emu) and writes
 # no bench/gpu_*.txt, since its numbers did not come from a GPU.
@@ -94,6 +95,7 @@ fi
 }
 {
     echo "## decoding: heads trained $HEAD_STEPS steps on $DEVICE, then plain greedy vs Medusa ($PROMPTS, $MAX_NEW new tokens)"
+    [ -z "${DECODE_NOTE:-}" ] || echo "# $DECODE_NOTE"
     "$BIN_DIR/medusa-train" --model "$MODEL" --data "$DATA.train.tokens.h5" --out "$RUN/heads" --device "$DEVICE" \
         --heads "$HEADS" --max-steps "$HEAD_STEPS" --batch-tokens "$BATCH_TOKENS" --eval-every 0 --save-every 0 \
         --log-every "$HEAD_STEPS" >"$RUN/train.log" 2>&1 || { tail "$RUN/train.log"; exit 1; }
@@ -103,6 +105,9 @@ fi
     "$BIN_DIR/medusa-infer" --model "$MODEL" --medusa "$RUN/heads/medusa" --device "$DEVICE" --bench "$PROMPTS" \
         --max-new-tokens "$MAX_NEW" $INFER_ARGS >"$RUN/infer.txt" 2>"$RUN/infer.log" || { tail "$RUN/infer.log"; exit 1; }
     sed -n '/^mode/,$p' "$RUN/infer.txt"
+    # what a step costs, whatever the heads accept: the tokens per step trained heads must beat
+    awk '/^plain greedy/ {plain = 1000 / $4} /^medusa greedy/ {tree = 1000 * $5 / $4}
+         END {if (plain && tree) printf "step cost: plain greedy %.2f ms per token, Medusa greedy %.2f ms per tree step: faster than plain above %.2f tokens per step\n", plain, tree, tree / plain}' "$RUN/infer.txt"
 } | tee -a "$OUT.new"
 mv "$OUT.new" "$OUT"
 echo "bench-gpu: wrote $OUT"

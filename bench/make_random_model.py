@@ -6,7 +6,8 @@ and Medusa acceptance are meaningless on it.
     python3 bench/make_random_model.py --shape llama-2-7b --out DIR
 writes DIR/config.json, DIR/model.safetensors (bf16; on the GPU when torch sees one) and
 DIR/bench.train.tokens.h5 (conversations of random lengths, the first quarter of each untrained), both in the
-formats medusa-c and transformers read. --shape tiny gives a small model for dry runs."""
+formats medusa-c and transformers read, and DIR/prompts.json (token-id prompts for medusa-infer --bench, the model
+having no tokenizer). --shape tiny gives a small model for dry runs."""
 import argparse
 import json
 import os
@@ -103,5 +104,8 @@ with h5py.File(os.path.join(a.out, "bench.train.tokens.h5"), "w") as f:
     f.attrs["template"] = "random"
     f.attrs["source"] = "bench/make_random_model.py"
     f.attrs["split"] = "train"
+prompts = [[1] + rng.integers(3, V, size=int(n)).tolist() for n in (100, 200, 300, 400)]
+with open(os.path.join(a.out, "prompts.json"), "w") as f:
+    json.dump(prompts, f)
 print(f"{a.out}: random {a.shape} ({n_params / 1e9:.2f}B parameters, bf16), {len(lens)} conversations, "
       f"{len(tokens)} tokens")

@@ -324,25 +324,54 @@ static void run_chat(Engine *e) {
 
 /* ---- benchmark ---- */
 
-/* Prompts from a .txt file (one per line) or a JSON list of strings, of {"prompt": ...}, or of ShareGPT
- * conversations (the first user turn). */
-static char **load_prompts(const char *path, int *n) {
+/* A benchmark prompt: text (through the chat template), or token ids used as they are. */
+typedef struct {
+    char *text;
+    int32_t *ids;
+    int n_ids;
+} BenchPrompt;
+
+/* a JSON list of integers as token ids, or 0 when it is not one */
+static int prompt_ids_from_json(const cJSON *it, BenchPrompt *p) {
+    int n = cJSON_GetArraySize(it);
+    if (!cJSON_IsArray(it) || n == 0) return 0;
+    p->ids = xmalloc(sizeof(int32_t) * (size_t)n);
+    p->n_ids = 0;
+    for (const cJSON *x = it->child; x; x = x->next) {
+        if (!cJSON_IsNumber(x) || x->valuedouble != (double)(int32_t)x->valuedouble) {
+            free(p->ids);
+            return 0;
+        }
+        p->ids[p->n_ids++] = (int32_t)x->valuedouble;
+    }
+    return 1;
+}
+
+/* Prompts from a .txt file (one per line) or a JSON list of strings, of {"prompt": ...}, of ShareGPT
+ * conversations (the first user turn), or of token-id lists (a model without a tokenizer). */
+static BenchPrompt *load_prompts(const char *path, int *n) {
     size_t size;
     char *text = read_whole_file(path, &size);
     if (!text) fatal("%s: cannot read the prompt file", path);
-    char **prompts = NULL;
+    BenchPrompt *prompts = NULL;
     *n = 0;
     size_t plen = strlen(path);
     if (plen > 4 && strcmp(path + plen - 4, ".txt") == 0) {
         for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
             if (!*line) continue;
-            prompts = xrealloc(prompts, sizeof(char *) * (size_t)(*n + 1));
-            prompts[(*n)++] = xstrdup(line);
+            prompts = xrealloc(prompts, sizeof(BenchPrompt) * (size_t)(*n + 1));
+            prompts[(*n)++] = (BenchPrompt){xstrdup(line), NULL, 0};
         }
     } else {
         cJSON *root = cJSON_Parse(text);
         if (!cJSON_IsArray(root)) fatal("%s: expected a JSON list of prompts", path);
         for (cJSON *it = root->child; it; it = it->next) {
+            prompts = xrealloc(prompts, sizeof(BenchPrompt) * (size_t)(*n + 1));
+            memset(&prompts[*n], 0, sizeof(BenchPrompt));
+            if (prompt_ids_from_json(it, &prompts[*n])) {
+                (*n)++;
+                continue;
+            }
             const char *p = NULL;
             if (cJSON_IsString(it)) p = it->valuestring;
             else if (cJSON_IsString(cJSON_GetObjectItemCaseSensitive(it, "prompt")))
@@ -353,11 +382,12 @@ static char **load_prompts(const char *path, int *n) {
             for (int i = 0; conv && i < c.n_turns && !p; i++)
                 if (c.turns[i].role == ROLE_USER) p = c.turns[i].text, len = c.turns[i].len;
             if (!p)
-                fatal("%s: element %d is neither a string, {\"prompt\"} nor a usable ShareGPT conversation", path, *n);
-            prompts = xrealloc(prompts, sizeof(char *) * (size_t)(*n + 1));
-            prompts[*n] = xmalloc(len + 1);
-            memcpy(prompts[*n], p, len);
-            prompts[(*n)++][len] = '\0';
+                fatal("%s: element %d is neither a string, {\"prompt\"}, a usable ShareGPT conversation nor a list of "
+                      "token ids",
+                      path, *n);
+            prompts[*n].text = xmalloc(len + 1);
+            memcpy(prompts[*n].text, p, len);
+            prompts[(*n)++].text[len] = '\0';
             if (conv) conversation_free(&c);
         }
         cJSON_Delete(root);
@@ -377,7 +407,7 @@ typedef struct {
 
 static void run_bench(Engine *e) {
     int n_prompts;
-    char **prompts = load_prompts(e->o.bench, &n_prompts);
+    BenchPrompt *prompts = load_prompts(e->o.bench, &n_prompts);
     float t_typical = e->o.temperature > 0 ? e->o.temperature : 0.7f;
     BenchMode modes[3] = {
         {"plain greedy", 0, 0, 0, 0, 0}, {"medusa greedy", 1, 0, 0, 0, 0}, {"medusa typical", 1, t_typical, 0, 0, 0}};
@@ -393,12 +423,17 @@ static void run_bench(Engine *e) {
     Progress bar;
     progress_start(&bar, "bench", n_prompts);
     for (int p = 0; p < n_prompts; p++) {
-        int n_prompt;
-        int32_t *prompt = encode_prompt(e, prompts[p], &n_prompt);
+        int n_prompt = prompts[p].n_ids;
+        int32_t *prompt = prompts[p].ids;
+        if (!prompt) prompt = encode_prompt(e, prompts[p].text, &n_prompt);
+        for (int i = 0; i < n_prompt; i++)
+            if (prompt[i] < 0 || prompt[i] >= e->model.config.vocab_size)
+                fatal("%s: prompt %d: token id %d is outside the vocabulary (0..%d)", e->o.bench, p, prompt[i],
+                      e->model.config.vocab_size - 1);
         if (n_prompt + e->o.max_new + e->tree.n_nodes + 1 > e->dec.max_len) {
             printf("%-6d skipped: %d prompt tokens leave no room for %d new ones in --ctx %d\n", p, n_prompt,
                    e->o.max_new, e->dec.max_len);
-            free(prompt);
+            if (!prompts[p].ids) free(prompt);
             continue;
         }
         int n[3];
@@ -418,7 +453,7 @@ static void run_bench(Engine *e) {
                st[2].new_tokens / st[2].seconds, (double)st[2].new_tokens / decoding_steps(&st[2], 1),
                (st[1].new_tokens / st[1].seconds) / (st[0].new_tokens / st[0].seconds), same ? "yes" : "NO");
         fflush(stdout);
-        free(prompt);
+        if (!prompts[p].ids) free(prompt);
     }
     progress_finish(&bar, n_prompts, NULL);
     double plain_rate = modes[0].tokens / modes[0].seconds;
@@ -431,7 +466,7 @@ static void run_bench(Engine *e) {
     }
     printf("greedy Medusa output == plain greedy output on %d/%d prompts\n", lossless, ran);
     for (int m = 0; m < 3; m++) free(out[m]);
-    for (int p = 0; p < n_prompts; p++) free(prompts[p]);
+    for (int p = 0; p < n_prompts; p++) free(prompts[p].text), free(prompts[p].ids);
     free(prompts);
     if (lossless != ran) fatal("greedy Medusa output differs from plain greedy on %d prompts", ran - lossless);
 }

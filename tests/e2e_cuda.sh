@@ -121,6 +121,17 @@ check "medusa-infer --bench --device cuda: greedy Medusa == plain greedy on 2/2 
     bash -c '"$1" --model "$2" --medusa "$3" --tree "$4" --chat-template mistral --device cuda --max-new-tokens 16 \
         --bench "$5" | grep -q "greedy Medusa output == plain greedy output on 2/2 prompts"' _ \
     "$BIN/medusa-infer" "$MODEL" "$HEADS" "$TMP/tree.json" "$TMP/prompts.txt"
+# token-id prompts (a model without a tokenizer, as the GPU check's random 7B), and one outside the vocabulary
+echo '[[1, 87, 104, 121, 32, 105, 115], [1, 72, 105, 33, 32, 72, 111, 119]]' >"$TMP/ids.json"
+check "medusa-infer --bench with token-id prompts --device cuda: greedy Medusa == plain greedy on 2/2 prompts" \
+    bash -c '"$1" --model "$2" --medusa "$3" --tree "$4" --device cuda --max-new-tokens 16 --bench "$5" |
+        grep -q "greedy Medusa output == plain greedy output on 2/2 prompts"' _ \
+    "$BIN/medusa-infer" "$MODEL" "$HEADS" "$TMP/tree.json" "$TMP/ids.json"
+echo '[[1, 87, 100000]]' >"$TMP/bad_ids.json"
+"$BIN/medusa-infer" --model "$MODEL" --medusa "$HEADS" --tree "$TMP/tree.json" --max-new-tokens 4 \
+    --bench "$TMP/bad_ids.json" >"$TMP/log" 2>&1 && status=0 || status=$?
+expect '[ "$status" -ne 0 ] && grep -q "bad_ids.json: prompt 0: token id 100000 is outside the vocabulary" "$TMP/log"' \
+    "medusa-infer --bench: a token id outside the vocabulary is one error naming the file ($(tail -1 "$TMP/log"))"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
