@@ -685,7 +685,8 @@ int main(int argc, char **argv) {
         {"precision", ARG_STR, &o.precision,
          "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"bench", ARG_STR, &o.bench,
-         "prompt set (.txt lines or JSON list): tokens/s, accepted tokens per step and speedup of plain greedy, Medusa "
+         "prompt set (.txt lines, or a JSON list of prompts or of token-id lists): tokens/s, accepted tokens per step "
+         "and speedup of plain greedy, Medusa "
          "greedy and Medusa typical decoding"},
         {"quiet", ARG_FLAG, &o.quiet, "no speed line after each reply"},
     };
