@@ -285,18 +285,24 @@ const GGUFTensor *gguf_find_tensor(const GGUFFile *g, const char *name) {
 
 static float read_f16(const uint8_t *p) { return half_to_float((uint16_t)(p[0] | (p[1] << 8))); }
 
+/* a 7B model's loading is mostly these loops (and the page faults of the mapped file they take) */
+#define PARALLEL_ELEMENTS (1 << 16)
+
 void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
     switch (type) {
     case GGML_F32:
         memcpy(out, src, (size_t)n * 4);
         break;
     case GGML_F16:
+#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
         for (int64_t i = 0; i < n; i++) out[i] = read_f16(src + 2 * i);
         break;
     case GGML_BF16:
+#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
         for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
         break;
     case GGML_Q8_0: /* block: f16 scale, 32 x int8 */
+#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
         for (int64_t b = 0; b < n / 32; b++) {
             const uint8_t *blk = src + 34 * b;
             float d = read_f16(blk);
@@ -304,6 +310,7 @@ void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
         }
         break;
     case GGML_Q4_0: /* block: f16 scale, 16 bytes; low nibbles are elements 0..15, high nibbles 16..31 */
+#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
         for (int64_t b = 0; b < n / 32; b++) {
             const uint8_t *blk = src + 18 * b;
             float d = read_f16(blk);
@@ -314,6 +321,7 @@ void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
         }
         break;
     case GGML_Q4_1: /* block: f16 scale, f16 min, 16 bytes of nibbles */
+#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
         for (int64_t b = 0; b < n / 32; b++) {
             const uint8_t *blk = src + 20 * b;
             float d = read_f16(blk), m = read_f16(blk + 2);

@@ -8,20 +8,14 @@
 static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
     int64_t shape[2] = {d0, d1};
     int n_dims = d1 > 0 ? 2 : 1;
-    float *host = weights_load_f32(&m->source, name, n_dims, shape, required);
-    if (!host) return NULL;
     size_t n = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
-    void *dev;
-    if (n_dims == 2 && m->weight_dtype == DT_BF16) {
-        uint16_t *narrow = xmalloc(sizeof(uint16_t) * n);
-        for (size_t i = 0; i < n; i++) narrow[i] = float_to_bf16(host[i]);
-        dev = m->be->alloc(sizeof(uint16_t) * n);
-        m->be->upload(dev, narrow, sizeof(uint16_t) * n);
-        free(narrow);
-    } else {
-        dev = m->be->alloc(sizeof(float) * n);
-        m->be->upload(dev, host, sizeof(float) * n);
-    }
+    int narrow = n_dims == 2 && m->weight_dtype == DT_BF16;
+    size_t bytes = n * (narrow ? sizeof(uint16_t) : sizeof(float));
+    void *host = narrow ? (void *)weights_load_bf16(&m->source, name, n_dims, shape, required)
+                        : (void *)weights_load_f32(&m->source, name, n_dims, shape, required);
+    if (!host) return NULL;
+    void *dev = m->be->alloc(bytes);
+    m->be->upload(dev, host, bytes);
     free(host);
     return dev;
 }

@@ -224,7 +224,9 @@ static void unpermute_rows(float *x, int64_t rows, int64_t cols, int heads, cons
     free(tmp);
 }
 
-float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required) {
+/* `name` with its shape checked against the config's; NULL when absent and not required */
+static const WeightTensor *find_checked(const WeightSet *w, const char *name, int n_dims, const int64_t *shape,
+                                        int required) {
     const WeightTensor *t = weights_find(w, name);
     if (!t) {
         if (required) fatal("%s: tensor '%s' is missing", w->source, name);
@@ -238,6 +240,12 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
         shape_string(got, sizeof got, t->n_dims, t->shape);
         fatal("%s: tensor '%s' has shape %s but the model config needs %s", t->file, name, got, want);
     }
+    return t;
+}
+
+float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required) {
+    const WeightTensor *t = find_checked(w, name, n_dims, shape, required);
+    if (!t) return NULL;
     int64_t n = numel(t);
     float *out = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
     static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32,   [DT_F16] = GGML_F16,   [DT_BF16] = GGML_BF16,
@@ -247,6 +255,22 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
     ggml_dequantize(to_ggml[t->dtype], t->data, out, n);
     if (t->unpermute_heads > 0 && n_dims == 2)
         unpermute_rows(out, shape[0], shape[1], t->unpermute_heads, t->file, name);
+    return out;
+}
+
+uint16_t *weights_load_bf16(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required) {
+    const WeightTensor *t = find_checked(w, name, n_dims, shape, required);
+    if (!t) return NULL;
+    int64_t n = numel(t);
+    uint16_t *out = xmalloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
+    if (t->dtype == DT_BF16 && t->unpermute_heads == 0) { /* stored as wanted: the bytes as they are */
+        memcpy(out, t->data, sizeof(uint16_t) * (size_t)n);
+        return out;
+    }
+    float *wide = weights_load_f32(w, name, n_dims, shape, required);
+#pragma omp parallel for if (n > (1 << 16))
+    for (int64_t i = 0; i < n; i++) out[i] = float_to_bf16(wide[i]);
+    free(wide);
     return out;
 }
 

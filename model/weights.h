@@ -40,6 +40,8 @@ const WeightTensor *weights_find(const WeightSet *w, const char *name); /* NULL 
 /* Finds `name`, checks its shape (n_dims values in `shape`; fatal naming file, tensor and both shapes on
  * mismatch, or if absent and required) and returns a malloc'd fp32 copy. NULL if absent and !required. */
 float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required);
+/* The same as bf16 (round to nearest even): bf16 tensors are copied as stored, others converted. */
+uint16_t *weights_load_bf16(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required);
 const char *dtype_name(DType t);
 /* An I32 (or I64, values checked to fit) tensor as a malloc'd int32 copy (count in *n). NULL if absent. */
 int32_t *weights_load_i32(const WeightSet *w, const char *name, int64_t *n);

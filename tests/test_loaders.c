@@ -88,8 +88,37 @@ static const char *tiny_config =
     "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1,"
     " \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"vocab_size\": 4, \"rms_norm_eps\": 1e-5}";
 
+/* weights_load_bf16 (raw bf16 bytes where the file holds bf16, else converted) against the fp32 load rounded
+ * to bf16: bit-identical for bf16 safetensors shards, fp32 safetensors, and GGUF files of every type, whose llama
+ * Q/K rows are un-permuted on the way. */
+static void check_bf16_loads(void) {
+    const char *sources[] = {"tests/fixtures/models/tiny_llama_bf16_sharded", "tests/fixtures/models/tiny_llama",
+                             "tests/fixtures/models/tiny_llama/gguf/tiny_llama.BF16.gguf",
+                             "tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q4_1.gguf"};
+    const char *names[] = {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+                           "model.layers.0.mlp.down_proj.weight"};
+    const int64_t shapes[][2] = {{64, 64}, {32, 64}, {64, 160}};
+    for (size_t s = 0; s < sizeof sources / sizeof sources[0]; s++) {
+        WeightSet w;
+        int gguf = strstr(sources[s], ".gguf") != NULL;
+        if (gguf) weights_open_gguf(&w, sources[s], 4, 2);
+        else weights_open_safetensors_dir(&w, sources[s]);
+        int same = 1;
+        for (size_t t = 0; t < sizeof names / sizeof names[0]; t++) {
+            float *wide = weights_load_f32(&w, names[t], 2, shapes[t], 1);
+            uint16_t *narrow = weights_load_bf16(&w, names[t], 2, shapes[t], 1);
+            for (int64_t i = 0; i < shapes[t][0] * shapes[t][1]; i++) same &= narrow[i] == float_to_bf16(wide[i]);
+            free(wide);
+            free(narrow);
+        }
+        CHECK(same, "weights_load_bf16 == the fp32 load rounded, bit for bit: %s (q, k, down)", sources[s]);
+        weights_close(&w);
+    }
+}
+
 int main(void) {
     ensure(mkdtemp(tmpdir));
+    check_bf16_loads();
     WeightSet w;
     ModelConfig c;
     Model m;
