@@ -84,10 +84,10 @@ def sync():
 
 dtype = torch.bfloat16 if gpu else torch.float32
 if os.path.isdir(a.model):
-    base = AutoModelForCausalLM.from_pretrained(a.model, torch_dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
 else:
     d, f = os.path.split(os.path.abspath(a.model))
-    base = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=dtype)
+    base = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=dtype)
 base = base.to(dev).eval()
 for prm in base.parameters():
     prm.requires_grad_(False)
