@@ -100,9 +100,10 @@ struct Backend {
     /* out[t,:] = table[tokens[t],:] widened to fp32 */
     void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
     /* attention whose products may take bf16 operands (q, k, v and the probabilities rounded; softmax and
-     * sums in fp32): within bf16 rounding of attention's result. The CPU computes attention exactly; a GPU
-     * uses its tensor cores where they pay (large packed batches). */
-    void (*attention_bf16)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+     * sums in fp32), its output rounded to bf16 (o_proj's input): within bf16 rounding of attention's result.
+     * The CPU computes attention exactly, then rounds; a GPU uses its tensor cores where they pay (large packed
+     * batches). */
+    void (*attention_bf16)(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                            const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                            int n_kv_heads, int head_dim);
     /* idx[r*k + j], j < k: the k largest entries of row r of x [rows, cols], largest first, equal values by the

@@ -117,9 +117,9 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
     } else {
         s->xn = be->alloc(sizeof(float) * T * H);
         s->proj = be->alloc(sizeof(float) * T * H);
+        s->att = be->alloc(sizeof(float) * T * q_dim);
     }
     s->q = be->alloc(sizeof(float) * T * q_dim);
-    s->att = be->alloc(sizeof(float) * T * q_dim);
     s->k = be->alloc(sizeof(float) * T * kv_dim);
     s->v = be->alloc(sizeof(float) * T * kv_dim);
     s->gate = be->alloc(sizeof(float) * T * I);
@@ -179,11 +179,19 @@ static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const
     }
 }
 
-/* attention's output as the input of o_proj */
-static GemmInput attended(ForwardState *s, const Model *m, int T) {
-    if (!s->act16) return (GemmInput){s->att, NULL};
-    m->be->to_bf16(s->act16, s->att, (size_t)T * m->config.n_heads * m->config.head_dim);
-    return (GemmInput){NULL, s->act16};
+/* attention on rope'd q (in s->q) over keys and values k_all, v_all: o_proj's input (bf16 weights: written in
+ * bf16 by the op, over the normed input the q/k/v GEMMs have read) */
+static GemmInput attention(const Model *m, ForwardState *s, const float *k_all, const float *v_all,
+                           const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T) {
+    const ModelConfig *c = &m->config;
+    if (s->act16) {
+        m->be->attention_bf16(s->act16, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads,
+                              c->n_kv_heads, c->head_dim);
+        return (GemmInput){NULL, s->act16};
+    }
+    m->be->attention(s->att, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads, c->n_kv_heads,
+                     c->head_dim);
+    return (GemmInput){s->att, NULL};
 }
 
 static GemmInput normed(const Model *m, ForwardState *s, const float *weight, int T) {
@@ -242,9 +250,8 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         linear(m, k, xn, w->wk, w->bk, T, H, kv_dim);
         linear(m, v, xn, w->wv, w->bv, T, H, kv_dim);
         be->rope(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-        (m->weight_dtype == DT_BF16 ? be->attention_bf16 : be->attention)(
-            s->att, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads, c->n_kv_heads, c->head_dim);
-        linear_residual(m, s, attended(s, m, T), w->wo, T, q_dim);
+        GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
+        linear_residual(m, s, att, w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         xn = normed(m, s, w->mlp_norm, T);
         linear(m, s->gate, xn, w->w_gate, NULL, T, H, I);

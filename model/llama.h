@@ -35,8 +35,8 @@ typedef struct {
 
 /* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. With bf16 weights
  * the GEMMs' inputs (the normed input, attention's output, the SwiGLU output) are made in bf16 into act16
- * [T, max(H, q_dim, I)] and the residual GEMMs add into x, so xn and proj are not allocated; with fp32 weights
- * act16 is NULL. */
+ * [T, max(H, q_dim, I)] and the residual GEMMs add into x, so xn, att and proj are not allocated; with fp32
+ * weights act16 is NULL. */
 typedef struct {
     int max_tokens;
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;

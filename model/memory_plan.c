@@ -17,11 +17,11 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
     }
-    /* frozen base: one layer's activations live at a time (x, q, att, k, v, gate, up) + final hidden, the
-     * normed input and o_proj/down's output (fp32; bf16 weights: every GEMM input in one bf16 buffer, the
-     * residual GEMMs adding into x), and the int32 tokens, positions and key ranges */
-    double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 : 2 * H * in->act_bytes;
-    p.base_activations = T * ((2 * H + 2 * q + 2 * kv + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
+    /* frozen base: one layer's activations live at a time (x, q, k, v, gate, up) + final hidden, the normed
+     * input, attention's output and o_proj/down's output (fp32; bf16 weights: every GEMM input in one bf16
+     * buffer, the residual GEMMs adding into x), and the int32 tokens, positions and key ranges */
+    double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 : (2 * H + q) * in->act_bytes;
+    p.base_activations = T * ((2 * H + q + 2 * kv + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
      * and their positions; per chunk row a loss, a rank and a target */

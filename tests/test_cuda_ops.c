@@ -348,11 +348,26 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
     int32_t *d_kb = to_gpu(kb, sizeof(int32_t) * T), *d_ke = to_gpu(ke, sizeof(int32_t) * T);
     uint8_t *d_mask = mask ? to_gpu(mask, (size_t)T * T) : NULL;
     float *d_out = gpu->alloc(sizeof(float) * nq);
-    (bf16 ? gpu->attention_bf16 : gpu->attention)(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
     char label[160];
     snprintf(label, sizeof label, "attention%s %s (T=%d Tk=%d heads %d/%d d=%d)", bf16 ? "_bf16" : "", what, T, Tk, nh,
              nkv, hd);
-    expect_close(label, d_out, want, nq, bf16 ? 1e-2 : 2e-5);
+    if (bf16) { /* a bf16 output: compared widened, in fp32 */
+        uint16_t *d_out16 = gpu->alloc(sizeof(uint16_t) * nq), *cpu16 = xmalloc(sizeof(uint16_t) * nq),
+                 *rounded = xmalloc(sizeof(uint16_t) * nq);
+        gpu->attention_bf16(d_out16, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
+        gpu->download(cpu16, d_out16, sizeof(uint16_t) * nq);
+        float *wide = widened(cpu16, nq);
+        gpu->upload(d_out, wide, sizeof(float) * nq);
+        expect_close(label, d_out, want, nq, 1e-2);
+        cpu->attention_bf16(cpu16, q, k, v, kb, ke, mask, mask_start, T, nh, nkv, hd);
+        cpu->to_bf16(rounded, want, nq);
+        CHECK(!memcmp(cpu16, rounded, sizeof(uint16_t) * nq), "%s: the CPU's is its attention rounded to bf16", label);
+        gpu->free(d_out16);
+        free(cpu16), free(rounded), free(wide);
+    } else {
+        gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
+        expect_close(label, d_out, want, nq, 2e-5);
+    }
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_kb), gpu->free(d_ke), gpu->free(d_out);
     if (d_mask) gpu->free(d_mask);
     free(q), free(k), free(v), free(want);

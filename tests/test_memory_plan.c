@@ -43,9 +43,9 @@ int main(void) {
           "gradient (4096 x 32000), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
     double fp32_acts = 16384.0 * (2 * 4096 + 4 * 4096 + 2 * 11008 + 2 * 4096) * 4 + 16384 * 16;
-    CHECK(p.base_activations == fp32_acts && bf16.base_activations == fp32_acts - 16384.0 * (2 * 4096 * 4 - 11008 * 2),
-          "base activations: fp32 weights %.2f GiB with the fp32 normed input and residual branch; bf16 weights "
-          "trade them for one bf16 buffer of 16k x 11008 (every GEMM input)",
+    CHECK(p.base_activations == fp32_acts && bf16.base_activations == fp32_acts - 16384.0 * (3 * 4096 * 4 - 11008 * 2),
+          "base activations: fp32 weights %.2f GiB with the fp32 normed input, attention output and residual branch; "
+          "bf16 weights trade them for one bf16 buffer of 16k x 11008 (every GEMM input)",
           p.base_activations / (1 << 30));
     memory_plan_print(&bf16, stdout, 80e9);
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",

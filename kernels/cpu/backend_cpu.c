@@ -46,7 +46,7 @@ const Backend *backend_cpu(void) {
         .rmsnorm_bf16 = cpu_rmsnorm_bf16,
         .swiglu_bf16 = cpu_swiglu_bf16,
         .embedding_bf16 = cpu_embedding_bf16,
-        .attention_bf16 = cpu_attention_forward,
+        .attention_bf16 = cpu_attention_bf16,
         .top_k = cpu_top_k,
         .to_bf16 = cpu_to_bf16,
     };

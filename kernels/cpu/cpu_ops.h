@@ -41,5 +41,8 @@ void cpu_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T,
 void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n);
 void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
 void cpu_to_bf16(uint16_t *out, const float *x, size_t n);
+void cpu_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                        const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                        int head_dim);
 
 #endif

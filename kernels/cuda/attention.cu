@@ -13,8 +13,8 @@
 
 static const int kQueries = 4, kTile = 32;
 
-template <int HD> /* head_dim <= HD, HD a multiple of 32 */
-__global__ void attention_kernel(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+template <int HD, class Out> /* head_dim <= HD, HD a multiple of 32; Out float or bf16 */
+__global__ void attention_kernel(Out *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                                  const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                                  int n_kv_heads, int head_dim) {
     __shared__ float k_tile[kTile][HD + 1]; /* +1: lane j reads row j without bank conflicts */
@@ -86,28 +86,35 @@ __global__ void attention_kernel(float *out, const float *q, const float *k, con
     float inv = l > 0.0f ? 1.0f / l : 0.0f; /* no visible key: zeros */
     for (int i = 0; i < HD / 32; i++) {
         int c = lane + 32 * i;
-        if (c < head_dim) out[t * q_stride + h * head_dim + c] = acc[i] * inv;
+        if (c < head_dim) store_out(&out[t * q_stride + h * head_dim + c], acc[i] * inv);
     }
+}
+
+template <class Out>
+static void attention_cuda_cores(Out *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                                 const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                                 int n_kv_heads, int head_dim) {
+    if (T == 0) return;
+    dim3 grid(ceil_div(T, kQueries), n_heads), block(32 * kQueries);
+    if (head_dim <= 32)
+        LAUNCH((attention_kernel<32, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+               n_heads, n_kv_heads, head_dim);
+    else if (head_dim <= 64)
+        LAUNCH((attention_kernel<64, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+               n_heads, n_kv_heads, head_dim);
+    else if (head_dim <= 128)
+        LAUNCH((attention_kernel<128, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+               n_heads, n_kv_heads, head_dim);
+    else if (head_dim <= 256)
+        LAUNCH((attention_kernel<256, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+               n_heads, n_kv_heads, head_dim);
+    else fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
 }
 
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                     const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
                     int head_dim) {
-    if (T == 0) return;
-    dim3 grid(ceil_div(T, kQueries), n_heads), block(32 * kQueries);
-    if (head_dim <= 32)
-        LAUNCH(attention_kernel<32>, grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads,
-               n_kv_heads, head_dim);
-    else if (head_dim <= 64)
-        LAUNCH(attention_kernel<64>, grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads,
-               n_kv_heads, head_dim);
-    else if (head_dim <= 128)
-        LAUNCH(attention_kernel<128>, grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads,
-               n_kv_heads, head_dim);
-    else if (head_dim <= 256)
-        LAUNCH(attention_kernel<256>, grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads,
-               n_kv_heads, head_dim);
-    else fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
+    attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
 }
 
 /* --- tensor-core attention for large packed batches (--precision bf16) ---
@@ -127,7 +134,7 @@ __device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
 }
 
 template <int HD> /* head_dim == HD, a multiple of 16 */
-__global__ void attention_tc_kernel(float *out, const float *q, const float *k, const float *v,
+__global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *k, const float *v,
                                     const int32_t *key_begin, const int32_t *key_end, int T, int n_heads,
                                     int n_kv_heads) {
     using namespace nvcuda;
@@ -228,17 +235,17 @@ __global__ void attention_tc_kernel(float *out, const float *q, const float *k, 
     __syncthreads();
     for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
         int r = e / HD, c = e % HD, t = t0 + r;
-        if (t < T) out[t * q_stride + h * HD + c] = row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f;
+        if (t < T) out[t * q_stride + h * HD + c] = f32_to_bf16(row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f);
     }
 }
 
 /* Tensor cores for packed batches (prefill, training) of a head_dim they tile; the CUDA-core kernel above
  * for decoding steps and tree verification, whose few queries would leave most of a tile empty. */
-void cuda_attention_bf16(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+void cuda_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                          const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                          int n_kv_heads, int head_dim) {
     if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128)) {
-        cuda_attention(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
+        attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
         return;
     }
     dim3 grid(ceil_div(T, kTcQueries), n_heads), block(32 * kTcWarps);

@@ -80,6 +80,10 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
+/* an fp32 result into an fp32 or a bf16 output (kernels templated on their output type) */
+__device__ __forceinline__ void store_out(float *p, float v) { *p = v; }
+__device__ __forceinline__ void store_out(uint16_t *p, float v) { *p = f32_to_bf16(v); }
+
 /* The block's sum, returned to every thread. `scratch` is __shared__ [32] of the caller. */
 template <class T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
@@ -103,7 +107,7 @@ void cuda_rope(float *q, float *k, const int32_t *pos, int T, int n_heads, int n
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                     const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
                     int head_dim);
-void cuda_attention_bf16(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+void cuda_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                          const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
                          int n_kv_heads, int head_dim);
 void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);

@@ -2,9 +2,6 @@
  * values rounded, as the input of the bf16 GEMMs that follow. */
 #include "cuda_common.cuh"
 
-__device__ __forceinline__ void store(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store(uint16_t *p, float v) { *p = f32_to_bf16(v); }
-
 template <class Out> __global__ void rmsnorm_kernel(Out *out, const float *x, const float *weight, int C, float eps) {
     __shared__ float scratch[32];
     const float *row = x + (size_t)blockIdx.x * C;
@@ -13,7 +10,7 @@ template <class Out> __global__ void rmsnorm_kernel(Out *out, const float *x, co
     ss = block_sum(ss, scratch);
     float rstd = rsqrtf(ss / (float)C + eps);
     Out *o = out + (size_t)blockIdx.x * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) store(&o[c], row[c] * rstd * weight[c]);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) store_out(&o[c], row[c] * rstd * weight[c]);
 }
 
 void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps) {
