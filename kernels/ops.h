@@ -11,6 +11,16 @@
 
 typedef struct Backend Backend;
 
+/* A GPU backend cuts the keys of a few queries over a long cache (decoding) into up to ATTENTION_SPLIT_MAX
+ * slices of at least ATTENTION_SPLIT_MIN_KEYS keys, for (queries x heads) up to ATTENTION_SPLIT_ROWS, and
+ * merges their partial softmax states from a scratch of ATTENTION_SPLIT_BYTES(head_dim), which decoding's memory
+ * plan counts. */
+#define ATTENTION_SPLIT_MAX 16
+#define ATTENTION_SPLIT_MIN_KEYS 128
+#define ATTENTION_SPLIT_ROWS 1024
+#define ATTENTION_SPLIT_BYTES(head_dim)                                                                                \
+    ((size_t)ATTENTION_SPLIT_MAX * ATTENTION_SPLIT_ROWS * (size_t)((head_dim) + 2) * sizeof(float))
+
 struct Backend {
     const char *name;
 
@@ -39,11 +49,13 @@ struct Backend {
      * (Hugging Face layout: the two rotated halves are the first and second half of each head) */
     void (*rope)(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
     /* softmax(q k^T / sqrt(d)) v per head with grouped-query sharing; query t attends to keys
-     * key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T, n_heads*d]; k/v: [Tk, n_kv_heads*d].
-     * With a tree mask [T, T] (tree decoding), a key j >= mask_start is attended only when
-     * mask[t*T + j - mask_start] is set: the T new tokens see only their ancestors. */
+     * key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T, n_heads*d]; k/v: [row0 + T, n_kv_heads*d], the
+     * T new rows after row0 others (a KV cache's length; 0 for a packed batch), so no range ends past row0 + T.
+     * With a tree mask [T, T] (tree decoding), a key j >= row0 is attended only when
+     * mask[t*T + j - row0] is set: the T new tokens see only their ancestors. A backend may spread the keys of
+     * a small batch over a long cache across blocks (ATTENTION_SPLIT_*). */
     void (*attention)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                      const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                      const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                       int head_dim);
     /* Row moves within n_blocks blocks of rows (block b at x + b * block_floats, rows of row_floats floats): in each
      * block, for i = 0..n-1 in order, row dst[i] = row src[i] (a later move may read what an earlier one wrote). The
@@ -104,8 +116,8 @@ struct Backend {
      * The CPU computes attention exactly, then rounds; a GPU uses its tensor cores where they pay (large packed
      * batches). */
     void (*attention_bf16)(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                           const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
-                           int n_kv_heads, int head_dim);
+                           const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                           int head_dim);
     /* idx[r*k + j], j < k: the k largest entries of row r of x [rows, cols], largest first, equal values by the
      * lower column (topk_after); NaN never taken, -1 where a row has fewer than k others. k <= 16: greedy
      * decoding's argmax (k = 1) and the tree's candidates (k = 10) leave the device as ids, not logits. */

@@ -23,6 +23,7 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 : (2 * H + q) * in->act_bytes;
     p.base_activations = T * ((2 * H + q + 2 * kv + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
+    if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
      * and their positions; per chunk row a loss, a rank and a target */
     double Th = in->head_tokens > 0 ? in->head_tokens : T;
@@ -36,7 +37,7 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.bf16_operands = (T * widest + dout) * 2 + (32 << 20);
     }
     p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +
-              p.kv_cache + p.head_activations + p.logits + p.bf16_operands;
+              p.kv_cache + p.head_activations + p.logits + p.bf16_operands + p.attention_split;
     return p;
 }
 
@@ -90,6 +91,7 @@ void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes) {
     if (p->adam_state > 0) line(out, "AdamW moments (fp32)", p->adam_state, unit);
     line(out, "base activations (one layer live)", p->base_activations, unit);
     if (p->kv_cache > 0) line(out, "KV cache (fp32)", p->kv_cache, unit);
+    if (p->attention_split > 0) line(out, "attention key slices (decoding)", p->attention_split, unit);
     line(out, "head activations", p->head_activations, unit);
     line(out, "logits", p->logits, unit);
     if (p->bf16_operands > 0) line(out, "bf16 GEMM operands + workspace", p->bf16_operands, unit);

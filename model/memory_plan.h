@@ -29,10 +29,11 @@ typedef struct {
 typedef struct {
     double base_weights, head_params, head_grads, adam_state, head_copy;
     double base_activations, kv_cache, head_activations, logits;
-    double bf16_operands; /* bf16 GEMMs: activations rounded to bf16 just before one (the largest input and output
-                           * gradient; the normed inputs and SwiGLU's are made in bf16 by the base's forward) and
-                           * the cuBLASLt workspace (kernels/cuda/matmul.cu) */
-    double total;         /* bytes */
+    double bf16_operands;   /* bf16 GEMMs: activations rounded to bf16 just before one (the largest input and output
+                             * gradient; the normed inputs and SwiGLU's are made in bf16 by the base's forward) and
+                             * the cuBLASLt workspace (kernels/cuda/matmul.cu) */
+    double attention_split; /* decoding: partial softmax states of key slices (ATTENTION_SPLIT_BYTES, kernels/ops.h) */
+    double total;           /* bytes */
 } MemoryPlan;
 
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);

@@ -332,7 +332,7 @@ static void test_rope(int hd, float theta) {
  * bf16: the GPU's attention_bf16 against the CPU's attention on bf16-rounded q, k, v (what the tensor cores
  * read); they then differ only by the rounding of the probabilities (and the order of the sums). */
 static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
-                               const uint8_t *mask, int mask_start, int nh, int nkv, int hd, int bf16) {
+                               const uint8_t *mask, int row0, int nh, int nkv, int hd, int bf16) {
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
     float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f), *v = random_floats(nk, 1.0f);
     float *want = xmalloc(sizeof(float) * nq);
@@ -344,7 +344,7 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
         for (int i = 0; i < 3; i++)
             for (size_t j = 0; j < ns[i]; j++) xs[i][j] = bf16_to_float(float_to_bf16(xs[i][j]));
     }
-    cpu->attention(want, q, k, v, kb, ke, mask, mask_start, T, nh, nkv, hd);
+    cpu->attention(want, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd);
     int32_t *d_kb = to_gpu(kb, sizeof(int32_t) * T), *d_ke = to_gpu(ke, sizeof(int32_t) * T);
     uint8_t *d_mask = mask ? to_gpu(mask, (size_t)T * T) : NULL;
     float *d_out = gpu->alloc(sizeof(float) * nq);
@@ -354,18 +354,18 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
     if (bf16) { /* a bf16 output: compared widened, in fp32 */
         uint16_t *d_out16 = gpu->alloc(sizeof(uint16_t) * nq), *cpu16 = xmalloc(sizeof(uint16_t) * nq),
                  *rounded = xmalloc(sizeof(uint16_t) * nq);
-        gpu->attention_bf16(d_out16, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
+        gpu->attention_bf16(d_out16, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
         gpu->download(cpu16, d_out16, sizeof(uint16_t) * nq);
         float *wide = widened(cpu16, nq);
         gpu->upload(d_out, wide, sizeof(float) * nq);
         expect_close(label, d_out, want, nq, 1e-2);
-        cpu->attention_bf16(cpu16, q, k, v, kb, ke, mask, mask_start, T, nh, nkv, hd);
+        cpu->attention_bf16(cpu16, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd);
         cpu->to_bf16(rounded, want, nq);
         CHECK(!memcmp(cpu16, rounded, sizeof(uint16_t) * nq), "%s: the CPU's is its attention rounded to bf16", label);
         gpu->free(d_out16);
         free(cpu16), free(rounded), free(wide);
     } else {
-        gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, mask_start, T, nh, nkv, hd);
+        gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
         expect_close(label, d_out, want, nq, 2e-5);
     }
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_kb), gpu->free(d_ke), gpu->free(d_out);
@@ -373,8 +373,8 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
     free(q), free(k), free(v), free(want);
 }
 static void check_attention(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke, const uint8_t *mask,
-                            int mask_start, int nh, int nkv, int hd) {
-    check_attention_as(what, T, Tk, kb, ke, mask, mask_start, nh, nkv, hd, 0);
+                            int row0, int nh, int nkv, int hd) {
+    check_attention_as(what, T, Tk, kb, ke, mask, row0, nh, nkv, hd, 0);
 }
 
 static void test_attention(void) {
@@ -395,7 +395,22 @@ static void test_attention(void) {
 
     /* decoding with a KV cache: 3 new tokens after 70 cached ones */
     int32_t dkb[3] = {0, 0, 0}, dke[3] = {71, 72, 73};
-    check_attention("KV-cache decode", 3, 73, dkb, dke, NULL, 0, 4, 2, 32);
+    check_attention("KV-cache decode", 3, 73, dkb, dke, NULL, 70, 4, 2, 32);
+
+    /* decoding over a long cache: the keys cut into slices whose partial softmax states are merged (5 slices of
+     * 700 keys; one query's range ends within the first slice, so the later ones see none of its keys); a tree
+     * after a long cache (4 slices) */
+    int32_t skb[3] = {0, 0, 0}, ske[3] = {50, 699, 700};
+    check_attention("KV-cache decode, 700 keys in slices", 3, 700, skb, ske, NULL, 697, 4, 2, 64);
+    check_attention("KV-cache decode, 700 keys in slices", 1, 700, skb + 2, ske + 2, NULL, 699, 2, 2, 128);
+    enum { LP = 520, LN = 6 };
+    int32_t lt_kb[LN], lt_ke[LN];
+    uint8_t lt_mask[LN * LN] = {0};
+    for (int i = 0; i < LN; i++) {
+        lt_kb[i] = 0, lt_ke[i] = LP + LN;
+        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) lt_mask[i * LN + a] = 1; /* parent (i - 1) / 2 */
+    }
+    check_attention("tree mask after 520 cached keys, in slices", LN, LP + LN, lt_kb, lt_ke, lt_mask, LP, 4, 2, 64);
 
     /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
     enum { P = 45, N = 6 };
@@ -420,7 +435,8 @@ static void test_attention(void) {
     check_attention_as("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 1, 1, 128, 1);
     /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
     check_attention_as("tree mask (CUDA cores)", N, P + N, tkb, tke, mask, P, 4, 1, 64, 1);
-    check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 0, 4, 2, 64, 1);
+    check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 70, 4, 2, 64, 1);
+    check_attention_as("KV-cache decode, 700 keys in slices (CUDA cores)", 3, 700, skb, ske, NULL, 697, 4, 2, 64, 1);
     check_attention_as("packed causal, d=40 (CUDA cores)", T, T, kb, ke, NULL, 0, 2, 2, 40, 1);
 }
 

@@ -71,6 +71,9 @@ int main(void) {
     double kv = 2.0 * 32 * (4096 + 64) * (32 * 128) * 4;
     CHECK(d.kv_cache == kv, "decoding KV cache: %.3f GiB == 2 x 32 layers x 4160 rows x 4096 x 4 bytes",
           d.kv_cache / (1 << 30));
+    CHECK(d.attention_split == 16.0 * 1024 * 130 * 4 && bf16.attention_split == 0,
+          "decoding: %.1f MiB for attention's key slices (16 x 1024 rows x (128 + 2) floats); none in training",
+          d.attention_split / (1 << 20));
     CHECK(d.head_grads == 0 && d.adam_state == 0 && d.head_params == bf16.head_params,
           "decoding: the heads' parameters, no gradients or AdamW state");
     double logits = 64.0 * 32000 * 4 * (1 + 1 + 5); /* heads' chunk, base logits and each head's per node */

@@ -14,7 +14,7 @@ typedef struct {
 } Block;
 
 static void attend_block(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
-                         const uint8_t *mask, int mask_start, int T, const Block *b, int h, int group, int head_dim,
+                         const uint8_t *mask, int row0, int T, const Block *b, int h, int group, int head_dim,
                          size_t q_stride, size_t kv_stride, float *scores) {
     int kvh = h / group;
     float scale = 1.0f / sqrtf((float)head_dim);
@@ -31,7 +31,7 @@ static void attend_block(float *out, const float *q, const float *k, const float
         float maxv = -INFINITY;
         for (int j = 0; j < n; j++) {
             int key = b->k0 + j;
-            if (mask_row && key >= mask_start && !mask_row[key - mask_start]) row[j] = -INFINITY; /* not an ancestor */
+            if (mask_row && key >= row0 && !mask_row[key - row0]) row[j] = -INFINITY; /* not an ancestor */
             if (row[j] > maxv) maxv = row[j];
         }
         float sum = 0;
@@ -49,8 +49,8 @@ static void attend_block(float *out, const float *q, const float *k, const float
 }
 
 void cpu_attention_forward(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                           const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
-                           int n_kv_heads, int head_dim) {
+                           const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                           int head_dim) {
     /* split the queries into blocks of equal key_begin, at most 256 queries each to bound the score buffer */
     Block *blocks = malloc(sizeof(Block) * (size_t)(T > 0 ? T : 1));
     int n_blocks = 0;
@@ -77,8 +77,8 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
 #pragma omp for collapse(2) schedule(dynamic, 1)
         for (int bi = 0; bi < n_blocks; bi++)
             for (int h = 0; h < n_heads; h++)
-                attend_block(out, q, k, v, key_end, mask, mask_start, T, &blocks[bi], h, group, head_dim, q_stride,
-                             kv_stride, scores);
+                attend_block(out, q, k, v, key_end, mask, row0, T, &blocks[bi], h, group, head_dim, q_stride, kv_stride,
+                             scores);
         free(scores);
     }
     free(blocks);

@@ -93,11 +93,11 @@ void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const f
 }
 
 void cpu_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                        const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                        const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                         int head_dim) {
     size_t n = (size_t)T * n_heads * head_dim;
     float *exact = xmalloc(sizeof(float) * (n ? n : 1));
-    cpu_attention_forward(exact, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
+    cpu_attention_forward(exact, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
     cpu_to_bf16(out, exact, n);
     free(exact);
 }

@@ -13,8 +13,8 @@ void cpu_matmul_forward(float *out, const float *in, const float *weight, const 
 void cpu_rope_forward(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
                       float theta);
 void cpu_attention_forward(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                           const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
-                           int n_kv_heads, int head_dim);
+                           const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                           int head_dim);
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_add(float *x, const float *y, size_t n);
 void cpu_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
@@ -42,7 +42,7 @@ void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n
 void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
 void cpu_to_bf16(uint16_t *out, const float *x, size_t n);
 void cpu_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                        const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                        const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                         int head_dim);
 
 #endif

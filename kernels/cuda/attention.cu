@@ -3,7 +3,10 @@
  * softmax (running max m, running sum l, unnormalised output acc) over tiles of 32 keys.
  * Block: kQueries warps, one query each, all on the same head; the block loads each K tile once into shared
  * memory for its queries. Within a tile lane j scores key j; then every lane accumulates the p-weighted V
- * rows for its output elements c = lane, lane + 32, ... (V rows are read coalesced from global memory). */
+ * rows for its output elements c = lane, lane + 32, ... (V rows are read coalesced from global memory).
+ * Decoding (a few queries over a long KV cache) would leave most of the GPU idle with one block per (4 queries,
+ * head), so there the key range is cut into slices (gridDim.z, flash-decoding): each block writes its partial
+ * softmax state (max, sum, unnormalised output) and attention_merge_kernel combines them. */
 #include "cuda_common.cuh"
 
 #ifndef MEDUSA_CUDA_EMU /* tests/cudaemu/cuda_emu.h emulates wmma */
@@ -13,10 +16,15 @@
 
 static const int kQueries = 4, kTile = 32;
 
+/* where one query's partial state in a key slice starts: max, sum, then the head_dim unnormalised outputs */
+__device__ __forceinline__ size_t partial_at(int split, int t, int h, int T, int n_heads, int head_dim) {
+    return (((size_t)split * T + t) * n_heads + h) * (size_t)(head_dim + 2);
+}
+
 template <int HD, class Out> /* head_dim <= HD, HD a multiple of 32; Out float or bf16 */
-__global__ void attention_kernel(Out *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                                 const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
-                                 int n_kv_heads, int head_dim) {
+__global__ void attention_kernel(Out *out, float *partials, const float *q, const float *k, const float *v,
+                                 const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                                 int n_heads, int n_kv_heads, int head_dim) {
     __shared__ float k_tile[kTile][HD + 1]; /* +1: lane j reads row j without bank conflicts */
     __shared__ float q_rows[kQueries][HD];
     __shared__ float p_rows[kQueries][kTile];
@@ -41,20 +49,24 @@ __global__ void attention_kernel(Out *out, const float *q, const float *k, const
             hi = max(hi, ranges[w][1]);
         }
 
+    /* this block's slice of the union's key tiles (all of them without a split) */
+    int n_tiles = hi > lo ? (hi - lo + kTile - 1) / kTile : 0, per_split = (n_tiles + gridDim.z - 1) / gridDim.z;
+    int slice_lo = lo + (int)blockIdx.z * per_split * kTile, slice_hi = min(hi, slice_lo + per_split * kTile);
+
     float m = -INFINITY, l = 0.0f, acc[HD / 32];
     for (int i = 0; i < HD / 32; i++) acc[i] = 0.0f;
-    for (int j0 = lo; j0 < hi; j0 += kTile) {
+    for (int j0 = slice_lo; j0 < slice_hi; j0 += kTile) {
         __syncthreads(); /* everyone is done with the previous tile */
         for (int e = threadIdx.x; e < kTile * head_dim; e += blockDim.x) {
             int r = e / head_dim, c = e % head_dim;
-            k_tile[r][c] = j0 + r < hi ? k[(size_t)(j0 + r) * kv_stride + kvh * head_dim + c] : 0.0f;
+            k_tile[r][c] = j0 + r < slice_hi ? k[(size_t)(j0 + r) * kv_stride + kvh * head_dim + c] : 0.0f;
         }
         __syncthreads();
         if (j0 >= end || j0 + kTile <= begin) continue; /* warp-uniform: this query has no key in the tile */
         int j = j0 + lane;
         float s = -INFINITY;
-        bool visible = j >= begin && j < end &&
-                       (!mask || j < mask_start || mask[(size_t)t * T + (j - mask_start)]); /* tree: ancestors only */
+        bool visible = j >= begin && j < end && j < slice_hi &&
+                       (!mask || j < row0 || mask[(size_t)t * T + (j - row0)]); /* tree: ancestors only */
         if (visible) {
             float dot = 0.0f;
             for (int c = 0; c < head_dim; c++) dot += q_rows[warp][c] * k_tile[lane][c];
@@ -70,7 +82,7 @@ __global__ void attention_kernel(Out *out, const float *q, const float *k, const
         p_rows[warp][lane] = p;
         __syncwarp();
         for (int i = 0; i < HD / 32; i++) acc[i] *= correction;
-        int n_keys = min(kTile, hi - j0);
+        int n_keys = min(kTile, slice_hi - j0);
         for (int r = 0; r < n_keys; r++) {
             float pr = p_rows[warp][r];
             if (pr == 0.0f) continue;
@@ -83,6 +95,15 @@ __global__ void attention_kernel(Out *out, const float *q, const float *k, const
         __syncwarp(); /* p_rows is rewritten by the next tile */
     }
     if (!active) return;
+    if (gridDim.z > 1) { /* a slice: its partial state, for attention_merge_kernel */
+        float *state = partials + partial_at(blockIdx.z, t, h, T, n_heads, head_dim);
+        if (lane == 0) state[0] = m, state[1] = l;
+        for (int i = 0; i < HD / 32; i++) {
+            int c = lane + 32 * i;
+            if (c < head_dim) state[2 + c] = acc[i];
+        }
+        return;
+    }
     float inv = l > 0.0f ? 1.0f / l : 0.0f; /* no visible key: zeros */
     for (int i = 0; i < HD / 32; i++) {
         int c = lane + 32 * i;
@@ -90,31 +111,82 @@ __global__ void attention_kernel(Out *out, const float *q, const float *k, const
     }
 }
 
+/* out[t, h] from the slices' partial states: each rescaled to the largest max, summed, normalised */
+template <class Out>
+__global__ void attention_merge_kernel(Out *out, const float *partials, int splits, int T, int n_heads, int head_dim) {
+    int t = blockIdx.x, h = blockIdx.y;
+    float m = -INFINITY, l = 0.0f;
+    for (int z = 0; z < splits; z++) {
+        const float *state = partials + partial_at(z, t, h, T, n_heads, head_dim);
+        if (state[1] > 0.0f) m = fmaxf(m, state[0]); /* a slice without a visible key has sum 0 */
+    }
+    for (int z = 0; z < splits; z++) {
+        const float *state = partials + partial_at(z, t, h, T, n_heads, head_dim);
+        if (state[1] > 0.0f) l += state[1] * expf(state[0] - m);
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
+        float o = 0.0f;
+        for (int z = 0; z < splits; z++) {
+            const float *state = partials + partial_at(z, t, h, T, n_heads, head_dim);
+            if (state[1] > 0.0f) o += state[2 + c] * expf(state[0] - m);
+        }
+        store_out(&out[((size_t)t * n_heads + h) * head_dim + c], o * inv);
+    }
+}
+
+/* Key slices for a decoding step: none for a packed batch (row0 = 0), which has blocks enough, or when the
+ * (queries, head) blocks already fill a GPU (2 per SM of an A100 or H100); else one per
+ * ATTENTION_SPLIT_MIN_KEYS keys, at most ATTENTION_SPLIT_MAX. */
+static int key_splits(int T, int row0, int n_heads) {
+    const int kBusyBlocks = 256;
+    if (row0 == 0 || (size_t)T * n_heads > ATTENTION_SPLIT_ROWS || (int)ceil_div(T, kQueries) * n_heads >= kBusyBlocks)
+        return 1;
+    int splits = (row0 + T) / ATTENTION_SPLIT_MIN_KEYS;
+    return splits < 2 ? 1 : min(splits, ATTENTION_SPLIT_MAX);
+}
+
+/* the slices' partial states: allocated at the first split, the same size after (the decoding plan counts it) */
+static float *split_partials(int head_dim) {
+    static float *partials = NULL;
+    static int for_head_dim = 0;
+    if (head_dim > for_head_dim) {
+        backend_cuda()->free(partials);
+        partials = (float *)backend_cuda()->alloc(ATTENTION_SPLIT_BYTES(head_dim));
+        for_head_dim = head_dim;
+    }
+    return partials;
+}
+
 template <class Out>
 static void attention_cuda_cores(Out *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                                 const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
+                                 const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads,
                                  int n_kv_heads, int head_dim) {
     if (T == 0) return;
-    dim3 grid(ceil_div(T, kQueries), n_heads), block(32 * kQueries);
+    int splits = key_splits(T, row0, n_heads);
+    float *partials = splits > 1 ? split_partials(head_dim) : NULL;
+    dim3 grid(ceil_div(T, kQueries), n_heads, splits), block(32 * kQueries);
     if (head_dim <= 32)
-        LAUNCH((attention_kernel<32, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+        LAUNCH((attention_kernel<32, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads, head_dim);
     else if (head_dim <= 64)
-        LAUNCH((attention_kernel<64, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+        LAUNCH((attention_kernel<64, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads, head_dim);
     else if (head_dim <= 128)
-        LAUNCH((attention_kernel<128, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+        LAUNCH((attention_kernel<128, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads, head_dim);
     else if (head_dim <= 256)
-        LAUNCH((attention_kernel<256, Out>), grid, block, 0, out, q, k, v, key_begin, key_end, mask, mask_start, T,
+        LAUNCH((attention_kernel<256, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads, head_dim);
     else fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
+    if (splits > 1)
+        LAUNCH(attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T, n_heads, head_dim);
 }
 
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                    const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                    const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                     int head_dim) {
-    attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
+    attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
 }
 
 /* --- tensor-core attention for large packed batches (--precision bf16) ---
@@ -242,10 +314,10 @@ __global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *
 /* Tensor cores for packed batches (prefill, training) of a head_dim they tile; the CUDA-core kernel above
  * for decoding steps and tree verification, whose few queries would leave most of a tile empty. */
 void cuda_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
-                         int n_kv_heads, int head_dim) {
+                         const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                         int head_dim) {
     if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128)) {
-        attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, mask_start, T, n_heads, n_kv_heads, head_dim);
+        attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
         return;
     }
     dim3 grid(ceil_div(T, kTcQueries), n_heads), block(32 * kTcWarps);

@@ -105,11 +105,11 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
                           const float *weight, int T, int IC, int OC);
 void cuda_rope(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                    const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads, int n_kv_heads,
+                    const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                     int head_dim);
 void cuda_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                         const int32_t *key_end, const uint8_t *mask, int mask_start, int T, int n_heads,
-                         int n_kv_heads, int head_dim);
+                         const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                         int head_dim);
 void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_add(float *x, const float *y, size_t n);
