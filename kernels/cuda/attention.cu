@@ -191,12 +191,13 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
 
 /* --- tensor-core attention for large packed batches (--precision bf16) ---
  * Block: kTcQueries consecutive queries of one head, 4 warps. Per tile of kTcKeys keys: S = Q K^T on the
- * tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp), then one thread per query
- * row updates the online softmax (running max, sum) and writes P = exp(S - max) rounded to bf16, every
+ * tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp), then 4 lanes per query row
+ * update the online softmax (running max, sum; shuffles within the 4) and write P = exp(S - max) rounded to bf16, every
  * thread rescales the fp32 output rows held in shared memory, and O += P V runs on the tensor cores with the
  * accumulator loaded from and stored back to shared memory (wmma fragments have no portable row layout, so
  * the per-row rescaling happens in shared memory). Shared memory for head_dim 128: 46.6 KiB. */
 static const int kTcQueries = 32, kTcKeys = 32, kTcWarps = 4;
+static const int kRowThreads = 32 * kTcWarps / kTcQueries; /* threads per query row in the softmax: 4 */
 
 /* *dst = bf16(x); returns the rounded value */
 __device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
@@ -265,26 +266,31 @@ __global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *
             wmma::store_matrix_sync(s_tile + tr * 16 * kTcKeys + tc * 16, s_acc, kTcKeys, wmma::mem_row_major);
         }
         __syncthreads();
-        if (threadIdx.x < kTcQueries) { /* online softmax, one thread per query row */
-            int r = threadIdx.x;
+        { /* online softmax: kRowThreads neighbouring lanes per query row, each over a quarter of the keys */
+            int r = threadIdx.x / kRowThreads, c0 = threadIdx.x % kRowThreads * (kTcKeys / kRowThreads);
             float m_old = row_max[r], m_new = m_old;
-            for (int c = 0; c < kTcKeys; c++) {
+            for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) {
                 int j = j0 + c;
                 if (j >= row_begin[r] && j < row_end[r]) m_new = fmaxf(m_new, s_tile[r * kTcKeys + c] * scale);
             }
+            for (int offset = 1; offset < kRowThreads; offset *= 2)
+                m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, offset));
             float sum = 0.0f;
-            for (int c = 0; c < kTcKeys; c++) {
+            for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) {
                 int j = j0 + c;
                 bool visible = j >= row_begin[r] && j < row_end[r];
                 /* the sum of the rounded values the PV product uses */
                 sum += store_bf16(&p_tile[r * kTcKeys + c],
                                   visible ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
             }
-            /* no visible key yet (m_new = -inf): nothing to rescale */
-            float correction = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-            row_scale[r] = correction;
-            row_sum[r] = row_sum[r] * correction + sum;
-            row_max[r] = m_new;
+            for (int offset = 1; offset < kRowThreads; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+            if (c0 == 0) {
+                /* no visible key yet (m_new = -inf): nothing to rescale */
+                float correction = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+                row_scale[r] = correction;
+                row_sum[r] = row_sum[r] * correction + sum;
+                row_max[r] = m_new;
+            }
         }
         __syncthreads();
         for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] *= row_scale[e / HD];
