@@ -10,6 +10,8 @@
 #   DEVICE         --device of the C side (cuda); TORCH_DEVICE: of the PyTorch side (default: DEVICE)
 #   SHAREGPT, DATA, DATA_ARGS  ShareGPT source, token cache prefix made from it once, extra medusa-data flags
 #   STEPS, BATCH_TOKENS, HEADS  timed training steps, tokens per packed batch, Medusa heads
+#   REFERENCE_PAD  the PyTorch step also as the reference trainer feeds it: conversations padded to this length
+#                  (its model_max_length, 2048); 0: only the unpadded step
 #   PROFILE_STEPS  steps of a second bench_train run with MEDUSA_CUDA_PROFILE=1 (GPU time per kernel and GEMM
 #                  shape, each synchronized), its table appended; 0: none
 #   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads (0: no decoding part),
@@ -32,6 +34,7 @@ STEPS=${STEPS:-10}
 BATCH_TOKENS=${BATCH_TOKENS:-16384}
 HEADS=${HEADS:-5}
 PROFILE_STEPS=${PROFILE_STEPS:-1}
+REFERENCE_PAD=${REFERENCE_PAD:-2048}
 HEAD_STEPS=${HEAD_STEPS:-300}
 PROMPTS=${PROMPTS:-bench/prompts_sharegpt_val.json}
 MAX_NEW=${MAX_NEW:-128}
@@ -72,11 +75,17 @@ trap 'rm -rf "$RUN"' EXIT
         --batch-tokens "$BATCH_TOKENS" --steps "$STEPS"
     "$PYTHON" bench/bench_train_torch.py --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$TORCH_DEVICE" \
         --heads "$HEADS" --batch-tokens "$BATCH_TOKENS" --steps "$STEPS" 2>&1 | grep -E '^(step|pytorch)'
+    if [ "$REFERENCE_PAD" -gt 0 ]; then
+        "$PYTHON" bench/bench_train_torch.py --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$TORCH_DEVICE" \
+            --heads "$HEADS" --batch-tokens "$BATCH_TOKENS" --steps "$STEPS" --pad-to "$REFERENCE_PAD" 2>&1 |
+            grep -E '^pytorch'
+    fi
 } | tee "$OUT.new"
 awk -v peak="$PEAK" '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i - 1)}
-    /^medusa-c train/ {ours = v} /^pytorch train/ {theirs = v}
+    /^medusa-c train/ {ours = v} /^pytorch train:/ {theirs = v} /^pytorch train, padded/ {reference = v}
     /^medusa-c flops/ {for (i = 1; i <= NF; i++) if ($i ~ /^FLOP\/s/) {if (!all) all = $(i - 1); else fwd = $(i - 1)}}
-    END {printf "ratio medusa-c / pytorch tokens/s: %.2fx (target >= 2x)\n", ours / theirs
+    END {if (reference) printf "ratio medusa-c / reference trainer (PyTorch, conversations padded as it pads them) tokens/s: %.2fx (target >= 2x)\n", ours / reference
+         printf "ratio medusa-c / pytorch without padding tokens/s: %.2fx\n", ours / theirs
          if (peak) printf "MFU: %.1f%% of %.0f TFLOP/s bf16 dense (base forward alone: %.1f%%)\n", 100 * all / peak, peak / 1e12, 100 * fwd / peak
          else print "MFU: n/a (no peak FLOP/s known for this GPU)"}' "$OUT.new" | tee -a "$OUT.new"
 if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
@@ -108,6 +117,18 @@ fi
     # what a step costs, whatever the heads accept: the tokens per step trained heads must beat
     awk '/^plain greedy/ {plain = 1000 / $4} /^medusa greedy/ {tree = 1000 * $5 / $4}
          END {if (plain && tree) printf "step cost: plain greedy %.2f ms per token, Medusa greedy %.2f ms per tree step: faster than plain above %.2f tokens per step\n", plain, tree, tree / plain}' "$RUN/infer.txt"
+    if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
+        # the first prompt alone, all three modes, every operation timed
+        "$PYTHON" -c 'import json, sys
+p = sys.argv[1]
+first = open(p).readline().strip() if p.endswith(".txt") else json.load(open(p))[0]
+json.dump([first], open(sys.argv[2], "w"))' "$PROMPTS" "$RUN/first_prompt.json"
+        echo "## GPU time per operation: decoding the first prompt (plain, Medusa greedy, Medusa typical), MEDUSA_CUDA_PROFILE=1"
+        # shellcheck disable=SC2086 # INFER_ARGS holds separate flags
+        MEDUSA_CUDA_PROFILE=1 "$BIN_DIR/medusa-infer" --model "$MODEL" --medusa "$RUN/heads/medusa" --device "$DEVICE" \
+            --bench "$RUN/first_prompt.json" --max-new-tokens "$MAX_NEW" $INFER_ARGS 2>&1 >/dev/null |
+            sed -n '/^cuda profile/,$p' | head -45
+    fi
 } | tee -a "$OUT.new"
 mv "$OUT.new" "$OUT"
 echo "bench-gpu: wrote $OUT"

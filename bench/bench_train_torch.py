@@ -5,8 +5,10 @@ clipping), on the same packed batches as bench_train (conversations in file orde
 --batch-tokens). Each conversation runs through the base model on its own (no padding: the cheapest way in
 PyTorch); the heads run on all positions, as the reference computes them. Reports tokens/s after one warm-up
 step. --device cpu: fp32. --device cuda: as the reference trainer runs (HF Trainer with --bf16): the frozen base
-in bf16, fp32 head parameters and optimizer, forward and loss under bf16 autocast. --model: a .gguf file or a
-Hugging Face directory."""
+in bf16, fp32 head parameters and optimizer, forward and loss under bf16 autocast. --pad-to N: as the reference
+trainer feeds it, every conversation right-padded to N (its model_max_length, 2048; padding="max_length"), the
+base and the heads running on all N positions; tokens/s still counts the conversations' own tokens.
+--model: a .gguf file or a Hugging Face directory."""
 import argparse, math, os, time
 
 import h5py
@@ -24,6 +26,7 @@ p.add_argument("--steps", type=int, default=3)
 p.add_argument("--decay", type=float, default=0.8)
 p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
 p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+p.add_argument("--pad-to", type=int, default=0, help="pad every conversation to this length, as the reference does")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 dev = torch.device(a.device)
@@ -62,19 +65,30 @@ def batches(path, batch_tokens):
 
 
 def targets(seqs, K):
-    """labels[i][t] = token t+2+i when it is in the same conversation and trained, else -100."""
+    """labels[i][t] = token t+2+i when it is in the same conversation and trained, else -100 (padding too)."""
     out = []
     for i in range(K):
         parts = []
         for tok, m in seqs:
-            lab = np.full(len(tok), -100, np.int64)
+            lab = np.full(max(len(tok), a.pad_to), -100, np.int64)
             j = np.arange(len(tok)) + 2 + i
             ok = j < len(tok)
             ok[ok] &= m[j[ok]]
-            lab[ok] = tok[j[ok]]
+            lab[:len(tok)][ok] = tok[j[ok]]
             parts.append(lab)
         out.append(torch.from_numpy(np.concatenate(parts)).to(dev))
     return out
+
+
+def base_hidden(tok):
+    """The frozen base's last hidden state (after the final norm) for one conversation, padded if --pad-to."""
+    ids = torch.from_numpy(tok).to(dev)[None]
+    if a.pad_to <= len(tok):
+        return base.model(input_ids=ids).last_hidden_state[0]
+    att = torch.zeros((1, a.pad_to), dtype=torch.long, device=dev)
+    att[0, :len(tok)] = 1
+    ids = torch.nn.functional.pad(ids, (0, a.pad_to - len(tok)))
+    return base.model(input_ids=ids, attention_mask=att).last_hidden_state[0]
 
 
 def sync():
@@ -109,9 +123,8 @@ for step in range(a.steps + 1):
     sync()
     t0 = time.perf_counter()
     with torch.autocast(a.device, dtype=torch.bfloat16, enabled=gpu):
-        with torch.no_grad():  # frozen base: last hidden state after the final norm, one conversation at a time
-            hidden = torch.cat([base.model(input_ids=torch.from_numpy(tok).to(dev)[None]).last_hidden_state[0]
-                                for tok, _ in seqs])
+        with torch.no_grad():  # frozen base, one conversation at a time
+            hidden = torch.cat([base_hidden(tok) for tok, _ in seqs])
         loss = 0
         for i, head in enumerate(heads):
             logits = head(hidden)
@@ -128,6 +141,7 @@ for step in range(a.steps + 1):
     if step > 0:
         total += dt
         n_tokens += T
-print(f"pytorch train: {a.heads} heads, {n_tokens} tokens in {a.steps} steps, {total:.3f} s, "
+padding = f", padded to {a.pad_to} as the reference trainer" if a.pad_to else ""
+print(f"pytorch train{padding}: {a.heads} heads, {n_tokens} tokens in {a.steps} steps, {total:.3f} s, "
       f"{n_tokens / total:.1f} tokens/s (torch {torch.__version__}, "
       f"{torch.cuda.get_device_name() + ', bf16 autocast' if gpu else str(a.threads) + ' threads, fp32'})")
