@@ -30,26 +30,32 @@ if [ -z "${DRYRUN:-}" ]; then
     export MEDUSA_SMOLLM2_GGUF=${MEDUSA_SMOLLM2_GGUF:-none} # the demo model cannot travel (94 MB)
 fi
 status=0
-part() { # NAME CMD...: runs CMD, output to $OUT/NAME.txt, its last line to the summary
-    local name=$1
-    shift
+part() { # NAME SECONDS CMD...: runs CMD for at most SECONDS (a hang must not take the whole lease), output to
+    # $OUT/NAME.txt, its last line to the summary
+    local name=$1 limit=$2
+    shift 2
     local t0=$SECONDS
-    "$@" >"$OUT/$name.txt" 2>&1 || status=1
+    local rc=0
+    timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        status=1
+        echo "(exit status $rc$([ "$rc" -eq 124 ] && echo ": stopped after $limit s"))" >>"$OUT/$name.txt"
+    fi
     echo "$name ($((SECONDS - t0)) s): $(tail -1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
 }
-part test_cuda_ops "$KIT/bin/test_cuda_ops"
-part e2e_cuda tests/e2e_cuda.sh "$KIT/bin"
+part test_cuda_ops 120 "$KIT/bin/test_cuda_ops"
+part e2e_cuda 150 tests/e2e_cuda.sh "$KIT/bin"
 grep -E "FAIL|max (abs|rel)" "$OUT/test_cuda_ops.txt" | grep FAIL | head -20
 
 MODEL_DIR=${MODEL_DIR:-/tmp/medusa-random-$SHAPE}
 if [ ! -s "$MODEL_DIR/model.safetensors" ] || [ ! -s "$MODEL_DIR/prompts.json" ]; then
-    part random_model python3 bench/make_random_model.py --shape "$SHAPE" --out "$MODEL_DIR" \
+    part random_model 150 python3 bench/make_random_model.py --shape "$SHAPE" --out "$MODEL_DIR" \
         --tokens "${RANDOM_TOKENS:-400000}"
 fi
 if [ -n "${DRYRUN:-}" ]; then BENCH_ENV=(TORCH_DEVICE=cpu STEPS=2 BATCH_TOKENS=512 MAX_NEW=16); else BENCH_ENV=(); fi
 # decoding: heads from 2 training steps, token-id prompts (the random model has no tokenizer); acceptance is
 # chance, so the part reports what a plain and a tree step cost
-part bench_gpu env MODEL="$MODEL_DIR" DATA="$MODEL_DIR/bench" BIN_DIR="$KIT/bin" BENCH_TRAIN="$KIT/bin/bench_train" \
+part bench_gpu 420 env MODEL="$MODEL_DIR" DATA="$MODEL_DIR/bench" BIN_DIR="$KIT/bin" BENCH_TRAIN="$KIT/bin/bench_train" \
     PYTHON=python3 HEAD_STEPS=2 PROMPTS="$MODEL_DIR/prompts.json" OUT="$OUT/gpu_bench_$SHAPE.txt" \
     DECODE_NOTE="random weights and heads: acceptance is chance level, so the speedup here is not Medusa's; the step costs are" \
     "${BENCH_ENV[@]}" bench/bench_gpu.sh
