@@ -29,7 +29,7 @@ static void batch_flops(const ModelConfig *c, const Batch *b, int heads, int Vh,
 
 int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *device = "cpu", *precision = "auto";
-    int heads = 5, batch_tokens = 2048, steps = 3, threads = 0, logits_chunk = 512;
+    int heads = 5, batch_tokens = 2048, steps = 3, threads = 0, logits_chunk = 0;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "base model (HF directory or .gguf)"},
         {"data", ARG_STR, &data, "token cache (*.tokens.h5)"},
@@ -37,7 +37,7 @@ int main(int argc, char **argv) {
         {"batch-tokens", ARG_INT, &batch_tokens, "tokens per packed batch"},
         {"steps", ARG_INT, &steps, "timed optimizer steps (after one warm-up step)"},
         {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
-        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
+        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once (0: 512 on cpu, 4096 on cuda)"},
         {"device", ARG_STR, &device, "cpu or cuda"},
         {"precision", ARG_STR, &precision, "base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
     };
@@ -46,6 +46,7 @@ int main(int argc, char **argv) {
     if (!model || !data) fatal("bench_train: need --model and --data");
     set_threads(threads);
     const Backend *be = backend_by_name(device);
+    logits_chunk = logits_chunk_for(logits_chunk, be);
     ModelConfig mc; /* the memory plan reserved before loading, as medusa-train does */
     config_load(&mc, model);
     DType dtype = model_precision(precision, be);

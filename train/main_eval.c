@@ -18,7 +18,7 @@ static const char *USAGE =
 int main(int argc, char **argv) {
     const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu",
                *precision = "auto";
-    int max_batches = 0, batch_tokens = 2048, threads = 0, logits_chunk = 512;
+    int max_batches = 0, batch_tokens = 2048, threads = 0, logits_chunk = 0;
     double head_decay = 0.8;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "base model: Hugging Face directory or .gguf file"},
@@ -33,11 +33,12 @@ int main(int argc, char **argv) {
         {"device", ARG_STR, &device, "cpu or cuda"},
         {"precision", ARG_STR, &precision,
          "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
-        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once"},
+        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once (0: 512 on cpu, 4096 on cuda)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
     if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");
     const Backend *be = backend_by_name(device);
+    logits_chunk = logits_chunk_for(logits_chunk, be);
     set_threads(threads);
 
     ModelConfig mc;

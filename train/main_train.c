@@ -87,7 +87,8 @@ int main(int argc, char **argv) {
         {"time-budget", ARG_DOUBLE, &c.time_budget, "stop cleanly (checkpoint + export) before N seconds (0 = none)"},
         {"stop-after", ARG_INT, &c.stop_after, "stop cleanly after step N, keeping the schedule of the full run"},
         {"export-dtype", ARG_STR, &c.export_dtype, "dtype of the final export: f32 or bf16"},
-        {"logits-chunk", ARG_INT, &c.logits_chunk, "rows of head logits computed at once (memory vs speed)"},
+        {"logits-chunk", ARG_INT, &c.logits_chunk,
+         "rows of head logits computed at once (memory vs speed; 0: 512 on cpu, 4096 on cuda)"},
         {"head-vocab", ARG_INT, &c.head_vocab, "heads predict only the N most frequent trained targets (0 = all)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE_TRAIN, NULL, 0);

@@ -35,7 +35,14 @@ void train_config_defaults(TrainConfig *c) {
     c->save_every = 500;
     c->log_every = 10;
     c->keep_checkpoints = 2;
-    c->logits_chunk = 512;
+    c->logits_chunk = 0; /* logits_chunk_for() */
+}
+
+int logits_chunk_for(int requested, const Backend *be) {
+    if (requested < 0) fatal("--logits-chunk %d: expected 0 (the device's default) or a row count", requested);
+    if (requested > 0) return requested;
+    /* a GPU's lm_head GEMMs want many rows (a 4096 x 32000 chunk is 0.5 GB); the CPU's cache does not */
+    return strcmp(be->name, "cpu") == 0 ? 512 : 4096;
 }
 
 void set_threads(int threads) {
@@ -291,8 +298,9 @@ int train_run(const TrainConfig *c) {
     config_load(&mc, c->model);
     DType precision = model_precision(c->precision, be);
     int Vh = c->head_vocab > 0 && c->head_vocab < mc.vocab_size ? c->head_vocab : mc.vocab_size;
+    int logits_chunk = logits_chunk_for(c->logits_chunk, be);
     MemoryPlanInput mi =
-        memory_plan_training(precision, c->heads, c->layers, Vh, c->batch_tokens, c->logits_chunk, 1, c->val != NULL);
+        memory_plan_training(precision, c->heads, c->layers, Vh, c->batch_tokens, logits_chunk, 1, c->val != NULL);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, log_verbosity >= 1);
 
@@ -330,7 +338,7 @@ int train_run(const TrainConfig *c) {
     medusa_init_from_base(&heads, &base, &rng);
     if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads); /* the heads' GEMMs in the base's precision */
     Trainer t;
-    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, c->logits_chunk);
+    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, logits_chunk);
 
     char *config_json = identity_json(c, &data);
     RunState r = {c, &t, &batcher, config_json, &rng, 0, 0, 0};

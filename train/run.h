@@ -38,5 +38,7 @@ void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
 
 /* Applies --threads (> 0) to OpenMP and OpenBLAS. */
 void set_threads(int threads);
+/* --logits-chunk: the rows given, or 0 for the device's default (512 on the CPU, 4096 on a GPU) */
+int logits_chunk_for(int requested, const Backend *be);
 
 #endif
