@@ -248,7 +248,9 @@ plot:
 
 # Short mutation-fuzz run of the loaders under ASan/UBSan (leaks from aborted loads are expected and ignored).
 FUZZ_ITERS ?= 3000
-FUZZ_SEEDS = $(firstword $(wildcard tests/fixtures/models/*/*.gguf)) $(firstword $(wildcard tests/fixtures/models/*/model.safetensors))
+# seeds: a Q4_1 and a BF16 GGUF, an fp32 safetensors file and a bf16 shard (copied as stored by weights_load_bf16)
+FUZZ_SEEDS = tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q4_1.gguf tests/fixtures/models/tiny_llama/gguf/tiny_llama.BF16.gguf \
+  tests/fixtures/models/tiny_llama/model.safetensors tests/fixtures/models/tiny_llama_bf16_sharded/model-00001-of-00003.safetensors
 fuzz:
 	@mkdir -p build-asan
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -fopenmp \
