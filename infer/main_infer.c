@@ -2,6 +2,7 @@
  * plain greedy, Medusa greedy and Medusa typical decoding on a prompt set; `tune` builds trees from measured
  * head accuracies and picks the one this machine runs fastest. */
 #include <cJSON.h>
+#include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +114,13 @@ static void engine_free(Engine *e) {
 
 /* ---- prompts ---- */
 
+/* Token ids given by the user (what names --prompt-ids or a prompt file): each must be in the vocabulary. */
+static void check_ids(const int32_t *ids, int n, int vocab, const char *what) {
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= vocab)
+            fatal("%s: token id %d is outside the vocabulary (0..%d)", what, ids[i], vocab - 1);
+}
+
 static int32_t *parse_ids(const char *s, int vocab, int *n) {
     int cap = 16;
     int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)cap);
@@ -121,13 +129,14 @@ static int32_t *parse_ids(const char *s, int vocab, int *n) {
         char *end;
         long v = strtol(p, &end, 10);
         if (end == p) fatal("--prompt-ids: expected comma-separated token ids, got '%s'", s);
-        if (v < 0 || v >= vocab) fatal("--prompt-ids: token id %ld is outside the vocabulary (0..%d)", v, vocab - 1);
+        if (v < INT32_MIN || v > INT32_MAX) fatal("--prompt-ids: %ld is not a token id", v);
         if (*n == cap) ids = xrealloc(ids, sizeof(int32_t) * (size_t)(cap *= 2));
         ids[(*n)++] = (int32_t)v;
         p = end;
         while (*p == ',' || *p == ' ') p++;
     }
     if (*n == 0) fatal("--prompt-ids: no token ids");
+    check_ids(ids, *n, vocab, "--prompt-ids");
     return ids;
 }
 
@@ -426,10 +435,9 @@ static void run_bench(Engine *e) {
         int n_prompt = prompts[p].n_ids;
         int32_t *prompt = prompts[p].ids;
         if (!prompt) prompt = encode_prompt(e, prompts[p].text, &n_prompt);
-        for (int i = 0; i < n_prompt; i++)
-            if (prompt[i] < 0 || prompt[i] >= e->model.config.vocab_size)
-                fatal("%s: prompt %d: token id %d is outside the vocabulary (0..%d)", e->o.bench, p, prompt[i],
-                      e->model.config.vocab_size - 1);
+        char what[PATH_MAX + 32];
+        snprintf(what, sizeof what, "%s: prompt %d", e->o.bench, p);
+        check_ids(prompt, n_prompt, e->model.config.vocab_size, what);
         if (n_prompt + e->o.max_new + e->tree.n_nodes + 1 > e->dec.max_len) {
             printf("%-6d skipped: %d prompt tokens leave no room for %d new ones in --ctx %d\n", p, n_prompt,
                    e->o.max_new, e->dec.max_len);
@@ -686,8 +694,7 @@ int main(int argc, char **argv) {
          "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
         {"bench", ARG_STR, &o.bench,
          "prompt set (.txt lines, or a JSON list of prompts or of token-id lists): tokens/s, accepted tokens per step "
-         "and speedup of plain greedy, Medusa "
-         "greedy and Medusa typical decoding"},
+         "and speedup of plain greedy, Medusa greedy and Medusa typical decoding"},
         {"quiet", ARG_FLAG, &o.quiet, "no speed line after each reply"},
     };
     const char *usage =

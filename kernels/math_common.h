@@ -29,6 +29,8 @@ static inline MEDUSA_HD uint16_t f32_to_bf16(float f) {
 }
 
 static inline MEDUSA_HD float silu_f(float x) { return x / (1.0f + expf(-x)); }
+/* SwiGLU's product: silu(gate) * up */
+static inline MEDUSA_HD float swiglu_f(float gate, float up) { return silu_f(gate) * up; }
 
 /* Rotary frequency of pair j for a head of head_dim (as Hugging Face computes inv_freq). */
 static inline MEDUSA_HD float rope_inv_freq(int j, int head_dim, float theta) {

@@ -11,12 +11,12 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table
 
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = silu_f(gate[i]) * up[i];
+    for (size_t i = 0; i < n; i++) out[i] = swiglu_f(gate[i], up[i]);
 }
 
 void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n) {
 #pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(silu_f(gate[i]) * up[i]);
+    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(swiglu_f(gate[i], up[i]));
 }
 
 void cpu_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,

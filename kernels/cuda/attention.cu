@@ -313,7 +313,7 @@ __global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *
     __syncthreads();
     for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
         int r = e / HD, c = e % HD, t = t0 + r;
-        if (t < T) out[t * q_stride + h * HD + c] = f32_to_bf16(row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f);
+        if (t < T) store_out(&out[t * q_stride + h * HD + c], row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f);
     }
 }
 

@@ -22,14 +22,9 @@ __global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
     if (i < n) out[i] = f32_to_bf16(x[i]);
 }
 
-__global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+template <class Out> __global__ void swiglu_kernel(Out *out, const float *gate, const float *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = silu_f(gate[i]) * up[i];
-}
-
-__global__ void swiglu_bf16_kernel(uint16_t *out, const float *gate, const float *up, size_t n) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = f32_to_bf16(silu_f(gate[i]) * up[i]);
+    if (i < n) store_out(&out[i], swiglu_f(gate[i], up[i]));
 }
 
 __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
@@ -76,10 +71,10 @@ void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
     if (n) LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
 }
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    if (n) LAUNCH(swiglu_kernel, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
+    if (n) LAUNCH(swiglu_kernel<float>, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
 }
 void cuda_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n) {
-    if (n) LAUNCH(swiglu_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
+    if (n) LAUNCH(swiglu_kernel<uint16_t>, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);

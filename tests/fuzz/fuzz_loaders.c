@@ -72,7 +72,8 @@ int main(int argc, char **argv) {
                 WeightSet w;
                 if (is_gguf) weights_open_gguf(&w, path, 0, 0);
                 else weights_open_safetensors_file(&w, path);
-                /* touch every tensor's bytes through the dequantiser, and the bf16 load (bf16 bytes copied as stored) */
+                /* touch every tensor's bytes through the dequantiser, and the bf16 load (bf16 bytes copied as stored)
+                 */
                 for (int t = 0; t < w.n_tensors; t++) {
                     const WeightTensor *wt = &w.tensors[t];
                     if (wt->dtype == DT_I32) continue;
