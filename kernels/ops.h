@@ -57,11 +57,12 @@ struct Backend {
     void (*attention)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                       const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                       int head_dim);
-    /* Row moves within n_blocks blocks of rows (block b at x + b * block_floats, rows of row_floats floats): in each
-     * block, for i = 0..n-1 in order, row dst[i] = row src[i] (a later move may read what an earlier one wrote). The
-     * row lists are host arrays. One call keeps the accepted tree rows of every layer's keys and values. */
-    void (*copy_rows)(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
-                      int row_floats);
+    /* Row moves within n_blocks blocks of rows (block b at x + b * block_bytes, rows of row_bytes bytes; both
+     * multiples of 4): in each block, for i = 0..n-1 in order, row dst[i] = row src[i] (a later move may read what an
+     * earlier one wrote). The row lists are host arrays. One call keeps the accepted tree rows of every layer's keys
+     * and values, whatever their element type. */
+    void (*copy_rows)(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                      size_t row_bytes);
     /* out = silu(gate) * up, n elements */
     void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */
@@ -93,7 +94,8 @@ struct Backend {
     /* sum of squares of x, as a host double (for the global gradient norm) */
     double (*sum_squares)(const float *x, size_t n);
 
-    /* --- bf16 weights (uint16_t bit patterns, kernels/math_common.h) with fp32 activations --- */
+    /* --- bf16 weights (uint16_t bit patterns, kernels/math_common.h): bf16 activations between the base model's ops,
+     * an fp32 residual stream, fp32 heads with bf16 GEMM copies --- */
     /* matmul with a bf16 weight: the input is rounded to bf16 first (what a tensor core takes), products are
      * exact in fp32 and summed in fp32; bias and out stay fp32 */
     void (*matmul_bf16)(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);
@@ -106,18 +108,26 @@ struct Backend {
      * (a residual branch summed into the stream by the GEMM itself) */
     void (*matmul_bf16_in)(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                            int OC, int accumulate);
-    /* rmsnorm and swiglu with their fp32 results rounded to bf16: the inputs of the bf16 GEMMs that follow */
+    /* matmul_bf16_in with a bf16 result, what the next op reads (q, k, v; gate, up): the fp32 sum rounded, then
+     * bias (when not NULL) added and the sum rounded again (a GEMM writing bf16, then a bias add) */
+    void (*matmul_bf16_out)(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                            int OC);
+    /* rmsnorm with its fp32 result rounded to bf16: the input of the bf16 GEMMs that follow */
     void (*rmsnorm_bf16)(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
-    void (*swiglu_bf16)(uint16_t *out, const float *gate, const float *up, size_t n);
+    /* rope on bf16 q and k: each pair widened, rotated in fp32 as rope does, rounded */
+    void (*rope_bf16)(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
+                      float theta);
+    /* swiglu of bf16 gate and up in fp32, rounded: the down projection's input */
+    void (*swiglu_bf16)(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
     /* out[t,:] = table[tokens[t],:] widened to fp32 */
     void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
-    /* attention whose products may take bf16 operands (q, k, v and the probabilities rounded; softmax and
-     * sums in fp32), its output rounded to bf16 (o_proj's input): within bf16 rounding of attention's result.
-     * The CPU computes attention exactly, then rounds; a GPU uses its tensor cores where they pay (large packed
-     * batches). */
-    void (*attention_bf16)(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                           const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                           int head_dim);
+    /* attention on bf16 q, k and v (a bf16 KV cache), its output rounded to bf16 (o_proj's input): the products may
+     * take the probabilities rounded to bf16 too (softmax and sums in fp32), so within bf16 rounding of attention
+     * on the widened inputs. The CPU computes that exactly, then rounds; a GPU uses its tensor cores where they pay
+     * (large packed batches). */
+    void (*attention_bf16)(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                           const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                           int n_heads, int n_kv_heads, int head_dim);
     /* idx[r*k + j], j < k: the k largest entries of row r of x [rows, cols], largest first, equal values by the
      * lower column (topk_after); NaN never taken, -1 where a row has fewer than k others. k <= 16: greedy
      * decoding's argmax (k = 1) and the tree's candidates (k = 10) leave the device as ids, not logits. */

@@ -102,13 +102,16 @@ size_t model_param_count(const Model *m) {
     return V * H * (c->tie_word_embeddings ? 1 : 2) + H + (size_t)c->n_layers * layer;
 }
 
+size_t model_act_bytes(const Model *m) { return m->weight_dtype == DT_BF16 ? sizeof(uint16_t) : sizeof(float); }
+
 void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
-    size_t T = (size_t)max_tokens, H = (size_t)c->hidden_size;
+    size_t T = (size_t)max_tokens, H = (size_t)c->hidden_size, e = model_act_bytes(m);
     size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
     memset(s, 0, sizeof *s);
     s->max_tokens = max_tokens;
+    s->act_bytes = e;
     size_t I = (size_t)c->intermediate_size, widest = H > I ? H : I;
     if (q_dim > widest) widest = q_dim;
     s->x = be->alloc(sizeof(float) * T * H);
@@ -119,11 +122,11 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
         s->proj = be->alloc(sizeof(float) * T * H);
         s->att = be->alloc(sizeof(float) * T * q_dim);
     }
-    s->q = be->alloc(sizeof(float) * T * q_dim);
-    s->k = be->alloc(sizeof(float) * T * kv_dim);
-    s->v = be->alloc(sizeof(float) * T * kv_dim);
-    s->gate = be->alloc(sizeof(float) * T * I);
-    s->up = be->alloc(sizeof(float) * T * I);
+    s->q = be->alloc(e * T * q_dim);
+    s->k = be->alloc(e * T * kv_dim);
+    s->v = be->alloc(e * T * kv_dim);
+    s->gate = be->alloc(e * T * I);
+    s->up = be->alloc(e * T * I);
     s->layout = be->alloc(sizeof(int32_t) * 4 * T);
 }
 
@@ -162,9 +165,10 @@ typedef struct {
     const uint16_t *bf16;
 } GemmInput;
 
-static void linear(const Model *m, float *out, GemmInput in, const void *weight, const float *bias, int T, int IC,
-                   int OC) {
-    if (in.bf16) m->be->matmul_bf16_in(out, in.bf16, weight, bias, T, IC, OC, 0);
+/* out = in @ weight^T + bias in the activations' precision: q, k, v, gate, up (bf16 weights: a bf16 GEMM output) */
+static void project(const Model *m, void *out, GemmInput in, const void *weight, const float *bias, int T, int IC,
+                    int OC) {
+    if (in.bf16) m->be->matmul_bf16_out(out, in.bf16, weight, bias, T, IC, OC);
     else model_linear(m, out, in.f32, weight, bias, T, IC, OC);
 }
 
@@ -179,9 +183,15 @@ static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const
     }
 }
 
+static void rope(const Model *m, ForwardState *s, void *k, const int32_t *pos, int T) {
+    const ModelConfig *c = &m->config;
+    if (s->act16) m->be->rope_bf16(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+    else m->be->rope(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+}
+
 /* attention on rope'd q (in s->q) over keys and values k_all, v_all: o_proj's input (bf16 weights: written in
  * bf16 by the op, over the normed input the q/k/v GEMMs have read) */
-static GemmInput attention(const Model *m, ForwardState *s, const float *k_all, const float *v_all,
+static GemmInput attention(const Model *m, ForwardState *s, const void *k_all, const void *v_all,
                            const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T) {
     const ModelConfig *c = &m->config;
     if (s->act16) {
@@ -225,8 +235,8 @@ static int32_t *layout_new(const int32_t *tokens, int T) {
 /* The forward pass proper. The layout (positions, key ranges, tokens: layout_new) is given on the host; keys and values
  * of layer l are written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
  * state's own buffers for a packed batch). mask (backend memory, or NULL) is the tree mask over the T new rows. */
-static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *layout, float *const *k_rows,
-                           float *const *v_rows, int row0, const uint8_t *mask, float *hidden_out, float *logits_out) {
+static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *layout, void *const *k_rows,
+                           void *const *v_rows, int row0, const uint8_t *mask, float *hidden_out, float *logits_out) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
     int H = c->hidden_size, I = c->intermediate_size;
@@ -240,22 +250,23 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
 
     if (m->weight_dtype == DT_BF16) be->embedding_bf16(s->x, tokens, m->embed, T, H);
     else be->embedding(s->x, tokens, m->embed, T, H);
+    size_t new_rows = (size_t)row0 * kv_dim * s->act_bytes; /* where the T new keys and values go */
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
-        float *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
-        float *k = k_all + (size_t)row0 * kv_dim, *v = v_all + (size_t)row0 * kv_dim;
+        void *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
+        void *k = (char *)k_all + new_rows, *v = (char *)v_all + new_rows;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
         GemmInput xn = normed(m, s, w->attn_norm, T);
-        linear(m, s->q, xn, w->wq, w->bq, T, H, q_dim);
-        linear(m, k, xn, w->wk, w->bk, T, H, kv_dim);
-        linear(m, v, xn, w->wv, w->bv, T, H, kv_dim);
-        be->rope(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+        project(m, s->q, xn, w->wq, w->bq, T, H, q_dim);
+        project(m, k, xn, w->wk, w->bk, T, H, kv_dim);
+        project(m, v, xn, w->wv, w->bv, T, H, kv_dim);
+        rope(m, s, k, pos, T);
         GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
         linear_residual(m, s, att, w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         xn = normed(m, s, w->mlp_norm, T);
-        linear(m, s->gate, xn, w->w_gate, NULL, T, H, I);
-        linear(m, s->up, xn, w->w_up, NULL, T, H, I);
+        project(m, s->gate, xn, w->w_gate, NULL, T, H, I);
+        project(m, s->up, xn, w->w_up, NULL, T, H, I);
         linear_residual(m, s, gated(m, s, T), w->w_down, T, I);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
@@ -270,22 +281,18 @@ void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float 
     free(layout);
 }
 
-/* floats in one layer's keys (or values) */
-static size_t kv_block_floats(const KVCache *cache, const ModelConfig *c) {
-    return (size_t)cache->max_len * (size_t)(c->n_kv_heads * c->head_dim);
-}
-
 void kv_cache_init(KVCache *cache, const Model *m, int max_len) {
     const ModelConfig *c = &m->config;
     cache->max_len = max_len;
     cache->len = 0;
-    size_t block = kv_block_floats(cache, c);
-    cache->rows = m->be->alloc(sizeof(float) * block * 2 * (size_t)c->n_layers);
-    cache->k = xcalloc((size_t)c->n_layers, sizeof(float *));
-    cache->v = xcalloc((size_t)c->n_layers, sizeof(float *));
+    cache->row_bytes = (size_t)(c->n_kv_heads * c->head_dim) * model_act_bytes(m);
+    size_t block = cache->row_bytes * (size_t)max_len; /* one layer's keys (or values) */
+    cache->rows = m->be->alloc(block * 2 * (size_t)c->n_layers);
+    cache->k = xcalloc((size_t)c->n_layers, sizeof(void *));
+    cache->v = xcalloc((size_t)c->n_layers, sizeof(void *));
     for (int l = 0; l < c->n_layers; l++) {
-        cache->k[l] = cache->rows + block * (size_t)(2 * l);
-        cache->v[l] = cache->rows + block * (size_t)(2 * l + 1);
+        cache->k[l] = (char *)cache->rows + block * (size_t)(2 * l);
+        cache->v[l] = (char *)cache->rows + block * (size_t)(2 * l + 1);
     }
 }
 
@@ -330,6 +337,7 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
 
 void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n) {
     const ModelConfig *c = &m->config;
+    size_t block_bytes = cache->row_bytes * (size_t)cache->max_len;
     int32_t *src = xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1)),
             *dst = xmalloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     int moves = 0;
@@ -339,9 +347,7 @@ void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n) {
         src[moves] = cache->len + rows[i], dst[moves] = cache->len + i, moves++;
     }
     /* one op for the keys and values of every layer */
-    if (moves)
-        m->be->copy_rows(cache->rows, kv_block_floats(cache, c), 2 * c->n_layers, src, dst, moves,
-                         c->n_kv_heads * c->head_dim);
+    if (moves) m->be->copy_rows(cache->rows, block_bytes, 2 * c->n_layers, src, dst, moves, cache->row_bytes);
     free(src);
     free(dst);
     cache->len += n;

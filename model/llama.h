@@ -33,22 +33,27 @@ typedef struct {
     const int32_t *seq_lens;
 } PackedBatch;
 
-/* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. With bf16 weights
- * the GEMMs' inputs (the normed input, attention's output, the SwiGLU output) are made in bf16 into act16
- * [T, max(H, q_dim, I)] and the residual GEMMs add into x, so xn, att and proj are not allocated; with fp32
- * weights act16 is NULL. */
+/* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. The residual stream x is
+ * fp32. With fp32 weights so is every other activation. With bf16 weights the activations between ops are bf16, as
+ * the GEMMs take and give them: q, k, v, gate and up come out of their GEMMs in bf16, and the GEMMs' inputs (the normed
+ * input, attention's output, the SwiGLU output) are made in bf16 into act16 [T, max(H, q_dim, I)], the residual GEMMs
+ * adding into x; xn, att and proj are then not allocated (act16 is NULL with fp32 weights). */
 typedef struct {
     int max_tokens;
-    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up;
+    size_t act_bytes; /* of an element of q, k, v, gate and up: 4, or 2 with bf16 weights (model_act_bytes) */
+    float *x, *xn, *att, *proj;
+    void *q, *k, *v, *gate, *up;
     uint16_t *act16;
     int32_t *layout; /* backend: a pass's positions, key ranges and tokens, [4, T] for its T tokens, one upload */
 } ForwardState;
 
-/* Keys and values of every layer for incremental decoding: rows [0, len) hold positions 0..len-1. */
+/* Keys and values of every layer for incremental decoding: rows [0, len) hold positions 0..len-1, in the
+ * activations' precision (model_act_bytes: bf16 with bf16 weights). */
 typedef struct {
     int max_len, len;
-    float *rows;    /* backend memory: [n_layers][k, v][max_len, n_kv_heads*head_dim], one allocation */
-    float **k, **v; /* per layer, into rows */
+    size_t row_bytes; /* one row: n_kv_heads * head_dim elements */
+    void *rows;       /* backend memory: [n_layers][k, v][max_len] rows, one allocation */
+    void **k, **v;    /* per layer, into rows */
 } KVCache;
 
 /* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. weight_dtype (DT_F32 or
@@ -65,6 +70,8 @@ void model_linear(const Model *m, float *out, const float *in, const void *weigh
 /* out[i,:] = lm_head[rows[i],:] in fp32 (rows and out in backend memory) */
 void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n);
 
+/* bytes of an activation element between the base model's ops (and of the KV cache): 2 with bf16 weights, else 4 */
+size_t model_act_bytes(const Model *m);
 void forward_state_init(ForwardState *s, const Model *m, int max_tokens);
 void forward_state_free(ForwardState *s, const Model *m);
 

@@ -17,12 +17,12 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
     }
-    /* frozen base: one layer's activations live at a time (x, q, k, v, gate, up) + final hidden, the normed
-     * input, attention's output and o_proj/down's output (fp32; bf16 weights: every GEMM input in one bf16
-     * buffer, the residual GEMMs adding into x), and the int32 tokens, positions and key ranges */
+    /* frozen base: one layer's activations live at a time: the fp32 residual stream x and final hidden; q, k, v,
+     * gate, up; the normed input, attention's output and o_proj/down's output (fp32 weights; bf16 weights: every
+     * GEMM input in one bf16 buffer, the residual GEMMs adding into x); the int32 tokens, positions and key ranges */
     double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 : (2 * H + q) * in->act_bytes;
-    p.base_activations = T * ((2 * H + q + 2 * kv + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
-    p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * 4;
+    p.base_activations = T * (2 * H * 4 + (q + 2 * kv + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
+    p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * in->act_bytes;
     if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
      * and their positions; per chunk row a loss, a rank and a target */
@@ -45,7 +45,7 @@ MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, i
                                      int logits_chunk, int train, int evaluate) {
     return (MemoryPlanInput){
         .weight_bytes = weights == DT_BF16 ? 2 : 4,
-        .act_bytes = 4,
+        .act_bytes = weights == DT_BF16 ? 2 : 4, /* model_act_bytes */
         .head_copy_bytes = weights == DT_BF16 ? 2 : 0,
         .n_heads = n_heads,
         .n_layers = n_layers,
@@ -61,7 +61,7 @@ MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, i
                                      int tree_nodes) {
     return (MemoryPlanInput){
         .weight_bytes = weights == DT_BF16 ? 2 : 4,
-        .act_bytes = 4,
+        .act_bytes = weights == DT_BF16 ? 2 : 4,       /* model_act_bytes: the KV cache too */
         .head_copy_bytes = weights == DT_BF16 ? 2 : 0, /* bf16 heads' GEMMs over a bf16 base (medusa_use_bf16) */
         .n_heads = n_heads,
         .n_layers = n_layers,
@@ -90,7 +90,7 @@ void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes) {
     if (p->head_grads > 0) line(out, "head gradients (fp32)", p->head_grads, unit);
     if (p->adam_state > 0) line(out, "AdamW moments (fp32)", p->adam_state, unit);
     line(out, "base activations (one layer live)", p->base_activations, unit);
-    if (p->kv_cache > 0) line(out, "KV cache (fp32)", p->kv_cache, unit);
+    if (p->kv_cache > 0) line(out, "KV cache", p->kv_cache, unit);
     if (p->attention_split > 0) line(out, "attention key slices (decoding)", p->attention_split, unit);
     line(out, "head activations", p->head_activations, unit);
     line(out, "logits", p->logits, unit);

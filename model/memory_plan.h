@@ -13,7 +13,8 @@
 
 typedef struct {
     int weight_bytes;    /* bytes per base weight element: 4 (fp32) or 2 (bf16 storage) */
-    int act_bytes;       /* bytes per activation element */
+    int act_bytes;       /* bytes per activation element between the base's ops and of the KV cache (the residual
+                          * stream and the final hidden states are fp32) */
     int head_copy_bytes; /* extra low-precision copy of the head weights for the GEMMs (0 if none) */
     int n_heads, n_layers;
     int batch_tokens; /* tokens per base-model pass: a packed batch, or a decoding run's prompt */

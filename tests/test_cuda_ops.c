@@ -192,6 +192,55 @@ static void test_embedding_bf16(void) {
     free(table), free(want), free(wide), free(ref);
 }
 
+/* Counts the bf16 values of the GPU's result (downloaded) one step from the CPU's, and fails on any further apart:
+ * the two fp32 results before rounding differ by ~1e-6, which can move a value across a rounding boundary. */
+static void expect_bf16_steps(const char *what, const uint16_t *d_got, const uint16_t *want, size_t n) {
+    uint16_t *got = xmalloc(sizeof(uint16_t) * (n ? n : 1));
+    gpu->download(got, d_got, sizeof(uint16_t) * n);
+    size_t apart = 0, far = 0;
+    for (size_t i = 0; i < n; i++) {
+        int steps = abs((int)got[i] - (int)want[i]); /* adjacent bf16 values of one sign differ by 1 */
+        apart += steps == 1, far += steps > 1;
+    }
+    CHECK(far == 0, "%s: CUDA within one bf16 step of the CPU (%zu of %zu values one step apart)", what, apart, n);
+    free(got);
+}
+
+/* matmul_bf16_out: the CPU's is matmul_bf16_in's fp32 product rounded, plus bias rounded again, bit for bit; the GPU's
+ * within one bf16 step of it without a bias, and within bf16 rounding of the largest value with one (a step of the
+ * product can be many steps of a smaller sum). */
+static void test_matmul_bf16_out(const uint16_t *in16, const uint16_t *w, const uint16_t *d_in16, const uint16_t *d_w,
+                                 const float *bias, const float *d_bias, int T, int IC, int OC) {
+    size_t n = (size_t)T * OC;
+    float *product = xmalloc(sizeof(float) * n);
+    uint16_t *want = xmalloc(sizeof(uint16_t) * n), *got = xmalloc(sizeof(uint16_t) * n);
+    cpu->matmul_bf16_in(product, in16, w, NULL, T, IC, OC, 0);
+    for (size_t i = 0; i < n; i++) {
+        float rounded = bf16_to_float(float_to_bf16(product[i]));
+        want[i] = float_to_bf16(bias ? rounded + bias[i % OC] : rounded);
+    }
+    cpu->matmul_bf16_out(got, in16, w, bias, T, IC, OC);
+    char what[96];
+    snprintf(what, sizeof what, "matmul_bf16_out T=%d IC=%d OC=%d %s", T, IC, OC, bias ? "+ bias" : "no bias");
+    CHECK(!memcmp(got, want, sizeof(uint16_t) * n), "%s (CPU) == the rounded product%s", what,
+          bias ? " + bias, rounded" : "");
+    uint16_t *d_out16 = gpu->alloc(sizeof(uint16_t) * n);
+    gpu->matmul_bf16_out(d_out16, d_in16, d_w, d_bias, T, IC, OC);
+    if (bias) {
+        float *wide_want = widened(want, n), *d_wide = gpu->alloc(sizeof(float) * n);
+        gpu->download(got, d_out16, sizeof(uint16_t) * n);
+        float *wide_got = widened(got, n);
+        gpu->upload(d_wide, wide_got, sizeof(float) * n);
+        expect_close(what, d_wide, wide_want, n, 1e-2);
+        gpu->free(d_wide);
+        free(wide_want), free(wide_got);
+    } else {
+        expect_bf16_steps(what, d_out16, want, n);
+    }
+    gpu->free(d_out16);
+    free(product), free(want), free(got);
+}
+
 static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     float *in = random_floats((size_t)T * IC, 1.0f), *bias = with_bias ? random_floats(OC, 1.0f) : NULL;
     uint16_t *w = random_bf16((size_t)OC * IC, 0.5f);
@@ -231,32 +280,48 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
              bias ? "+ bias" : "no bias");
     expect_close(what, d_out, acc, (size_t)T * OC, 1e-5);
     free(acc), free(acc_want);
+    test_matmul_bf16_out(in16, w, d_in16, d_w, bias, d_bias, T, IC, OC);
     gpu->free(d_in), gpu->free(d_w), gpu->free(d_out), gpu->free(d_in16);
     if (d_bias) gpu->free(d_bias);
     free(in), free(w), free(bias), free(wide), free(want), free(fp32), free(in16), free(from16);
 }
 
-/* rmsnorm_bf16 and swiglu_bf16: on each backend, the fp32 op's result rounded, bit for bit (the same math, then
- * to_bf16); the GPU's within one bf16 step of the CPU's, since their fp32 results differ by ~1e-6, which can move
- * a value across a rounding boundary. */
+/* The ops that make bf16 activations: on each backend the fp32 op's result (on the bf16 inputs widened) rounded, bit
+ * for bit; the GPU's within one bf16 step of the CPU's. rmsnorm_bf16 (fp32 x), swiglu_bf16 (bf16 gate and up),
+ * rope_bf16 (bf16 q and k, in place; here q and k are the two halves of one buffer). */
 static void test_bf16_producers(void) {
-    int T = 13, C = 300;
-    size_t n = (size_t)T * C;
+    int T = 13, C = 300, nh = 3, nkv = 2, hd = 60; /* rope: q [T, 180] and k [T, 120] */
+    size_t n = (size_t)T * C, nq = (size_t)T * nh * hd;
+    int32_t pos[13];
+    for (int t = 0; t < T; t++) pos[t] = t * 157;
     float *x = random_floats(n, 3.0f), *up = random_floats(n, 2.0f), *w = random_floats(C, 1.0f);
-    float *ref = xmalloc(sizeof(float) * n);
+    uint16_t *x16 = xmalloc(sizeof(uint16_t) * n), *up16 = xmalloc(sizeof(uint16_t) * n);
+    cpu->to_bf16(x16, x, n), cpu->to_bf16(up16, up, n);
+    float *xw = widened(x16, n), *upw = widened(up16, n), *ref = xmalloc(sizeof(float) * n);
     uint16_t *cpu16 = xmalloc(sizeof(uint16_t) * n), *rounded16 = xmalloc(sizeof(uint16_t) * n),
              *gpu16 = xmalloc(sizeof(uint16_t) * n);
-    float *d_x = to_gpu(x, sizeof(float) * n), *d_up = to_gpu(up, sizeof(float) * n),
-          *d_w = to_gpu(w, sizeof(float) * C), *d_ref = gpu->alloc(sizeof(float) * n);
-    uint16_t *d16 = gpu->alloc(sizeof(uint16_t) * n), *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
-    for (int op = 0; op < 2; op++) {
-        const char *name = op ? "swiglu_bf16" : "rmsnorm_bf16";
-        if (op) {
-            cpu->swiglu(ref, x, up, n), cpu->swiglu_bf16(cpu16, x, up, n);
-            gpu->swiglu(d_ref, d_x, d_up, n), gpu->swiglu_bf16(d16, d_x, d_up, n);
-        } else {
+    float *d_x = to_gpu(x, sizeof(float) * n), *d_xw = to_gpu(xw, sizeof(float) * n),
+          *d_upw = to_gpu(upw, sizeof(float) * n), *d_w = to_gpu(w, sizeof(float) * C),
+          *d_ref = gpu->alloc(sizeof(float) * n);
+    uint16_t *d_x16 = to_gpu(x16, sizeof(uint16_t) * n), *d_up16 = to_gpu(up16, sizeof(uint16_t) * n),
+             *d16 = gpu->alloc(sizeof(uint16_t) * n), *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
+    int32_t *d_pos = to_gpu(pos, sizeof pos);
+    for (int op = 0; op < 3; op++) {
+        static const char *const names[3] = {"rmsnorm_bf16", "swiglu_bf16", "rope_bf16"};
+        const char *name = names[op];
+        if (op == 0) {
             cpu->rmsnorm(ref, x, w, T, C, 1e-5f), cpu->rmsnorm_bf16(cpu16, x, w, T, C, 1e-5f);
             gpu->rmsnorm(d_ref, d_x, d_w, T, C, 1e-5f), gpu->rmsnorm_bf16(d16, d_x, d_w, T, C, 1e-5f);
+        } else if (op == 1) {
+            cpu->swiglu(ref, xw, upw, n), cpu->swiglu_bf16(cpu16, x16, up16, n);
+            gpu->swiglu(d_ref, d_xw, d_upw, n), gpu->swiglu_bf16(d16, d_x16, d_up16, n);
+        } else {
+            memcpy(ref, xw, sizeof(float) * n), memcpy(cpu16, x16, sizeof(uint16_t) * n);
+            cpu->rope(ref, ref + nq, pos, T, nh, nkv, hd, 10000.0f);
+            cpu->rope_bf16(cpu16, cpu16 + nq, pos, T, nh, nkv, hd, 10000.0f);
+            gpu->copy(d_ref, d_xw, sizeof(float) * n), gpu->copy(d16, d_x16, sizeof(uint16_t) * n);
+            gpu->rope(d_ref, d_ref + nq, d_pos, T, nh, nkv, hd, 10000.0f);
+            gpu->rope_bf16(d16, d16 + nq, d_pos, T, nh, nkv, hd, 10000.0f);
         }
         cpu->to_bf16(rounded16, ref, n);
         CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * n), "%s (CPU) == to_bf16 of the fp32 op", name);
@@ -264,15 +329,12 @@ static void test_bf16_producers(void) {
         gpu->download(gpu16, d16, sizeof(uint16_t) * n);
         gpu->download(rounded16, d_rounded16, sizeof(uint16_t) * n);
         CHECK(!memcmp(gpu16, rounded16, sizeof(uint16_t) * n), "%s (CUDA) == to_bf16 of the fp32 op", name);
-        size_t apart = 0, far = 0;
-        for (size_t i = 0; i < n; i++) {
-            int steps = abs((int)gpu16[i] - (int)cpu16[i]); /* adjacent bf16 values of one sign differ by 1 */
-            apart += steps == 1, far += steps > 1;
-        }
-        CHECK(far == 0, "%s: CUDA within one bf16 step of the CPU (%zu of %zu values one step apart)", name, apart, n);
+        expect_bf16_steps(name, d16, cpu16, n);
     }
-    gpu->free(d_x), gpu->free(d_up), gpu->free(d_w), gpu->free(d_ref), gpu->free(d16), gpu->free(d_rounded16);
-    free(x), free(up), free(w), free(ref), free(cpu16), free(rounded16), free(gpu16);
+    gpu->free(d_x), gpu->free(d_xw), gpu->free(d_upw), gpu->free(d_w), gpu->free(d_ref), gpu->free(d_x16);
+    gpu->free(d_up16), gpu->free(d16), gpu->free(d_rounded16), gpu->free(d_pos);
+    free(x), free(up), free(w), free(x16), free(up16), free(xw), free(upw), free(ref), free(cpu16), free(rounded16);
+    free(gpu16);
 }
 
 /* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
@@ -329,8 +391,8 @@ static void test_rope(int hd, float theta) {
 }
 
 /* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
- * bf16: the GPU's attention_bf16 against the CPU's attention on bf16-rounded q, k, v (what the tensor cores
- * read); they then differ only by the rounding of the probabilities (and the order of the sums). */
+ * bf16: the GPU's attention_bf16 on bf16 q, k, v against the CPU's attention on them widened; they then differ
+ * only by the rounding of the probabilities (and the order of the sums). */
 static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
                                const uint8_t *mask, int row0, int nh, int nkv, int hd, int bf16) {
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
@@ -338,11 +400,16 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
     float *want = xmalloc(sizeof(float) * nq);
     float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk),
           *d_v = to_gpu(v, sizeof(float) * nk);
-    if (bf16) {
+    uint16_t *qkv16[3] = {NULL, NULL, NULL}, *d_qkv16[3] = {NULL, NULL, NULL};
+    if (bf16) { /* the inputs in bf16, and q, k, v their widened values */
         float *xs[3] = {q, k, v};
         size_t ns[3] = {nq, nk, nk};
-        for (int i = 0; i < 3; i++)
-            for (size_t j = 0; j < ns[i]; j++) xs[i][j] = bf16_to_float(float_to_bf16(xs[i][j]));
+        for (int i = 0; i < 3; i++) {
+            qkv16[i] = xmalloc(sizeof(uint16_t) * ns[i]);
+            cpu->to_bf16(qkv16[i], xs[i], ns[i]);
+            for (size_t j = 0; j < ns[i]; j++) xs[i][j] = bf16_to_float(qkv16[i][j]);
+            d_qkv16[i] = to_gpu(qkv16[i], sizeof(uint16_t) * ns[i]);
+        }
     }
     cpu->attention(want, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd);
     int32_t *d_kb = to_gpu(kb, sizeof(int32_t) * T), *d_ke = to_gpu(ke, sizeof(int32_t) * T);
@@ -354,16 +421,17 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
     if (bf16) { /* a bf16 output: compared widened, in fp32 */
         uint16_t *d_out16 = gpu->alloc(sizeof(uint16_t) * nq), *cpu16 = xmalloc(sizeof(uint16_t) * nq),
                  *rounded = xmalloc(sizeof(uint16_t) * nq);
-        gpu->attention_bf16(d_out16, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
+        gpu->attention_bf16(d_out16, d_qkv16[0], d_qkv16[1], d_qkv16[2], d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
         gpu->download(cpu16, d_out16, sizeof(uint16_t) * nq);
         float *wide = widened(cpu16, nq);
         gpu->upload(d_out, wide, sizeof(float) * nq);
         expect_close(label, d_out, want, nq, 1e-2);
-        cpu->attention_bf16(cpu16, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd);
+        cpu->attention_bf16(cpu16, qkv16[0], qkv16[1], qkv16[2], kb, ke, mask, row0, T, nh, nkv, hd);
         cpu->to_bf16(rounded, want, nq);
         CHECK(!memcmp(cpu16, rounded, sizeof(uint16_t) * nq), "%s: the CPU's is its attention rounded to bf16", label);
         gpu->free(d_out16);
         free(cpu16), free(rounded), free(wide);
+        for (int i = 0; i < 3; i++) gpu->free(d_qkv16[i]), free(qkv16[i]);
     } else {
         gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
         expect_close(label, d_out, want, nq, 2e-5);
@@ -456,11 +524,11 @@ static void test_copy_rows(int n_moves) {
             memcpy(want + b * block_floats + (size_t)dst[i] * width, want + b * block_floats + (size_t)src[i] * width,
                    sizeof(float) * width);
     memcpy(got, x, sizeof(float) * n);
-    cpu->copy_rows(got, block_floats, blocks, src, dst, n_moves, width);
+    cpu->copy_rows(got, sizeof(float) * block_floats, blocks, src, dst, n_moves, sizeof(float) * width);
     CHECK(!memcmp(got, want, sizeof(float) * n), "copy_rows (CPU), %d moves in order in each of %d blocks", n_moves,
           blocks);
     float *d_x = to_gpu(x, sizeof(float) * n);
-    gpu->copy_rows(d_x, block_floats, blocks, src, dst, n_moves, width);
+    gpu->copy_rows(d_x, sizeof(float) * block_floats, blocks, src, dst, n_moves, sizeof(float) * width);
     char what[96];
     snprintf(what, sizeof what, "copy_rows, %d moves in order in each of %d blocks", n_moves, blocks);
     expect_close(what, d_x, want, n, 0.0);

@@ -1,6 +1,6 @@
 /* The memory plan: a 7B Llama in bf16 with 5 heads x 1 layer, AdamW state and a 16k-token batch must fit
  * one 80 GB GPU; the parameter count must match the known size of Llama-2-7B; decoding adds a KV cache of
- * 2 x layers x rows x kv-width fp32 values. (tests/test_cuda_ops checks the plans against the bytes a
+ * 2 x layers x rows x kv-width bf16 values. (tests/test_cuda_ops checks the plans against the bytes a
  * training step and a decoding run really allocate.) */
 #include "../model/memory_plan.h"
 #include "test.h"
@@ -28,7 +28,7 @@ int main(void) {
     MemoryPlan p = memory_plan(&c, &in);
     double params = p.base_weights / 4;
     CHECK(fabs(params - 6738415616.0) < 1, "Llama-2-7B parameter count %.0f == 6738415616", params);
-    in.weight_bytes = 2;
+    in.weight_bytes = 2, in.act_bytes = 2;
     MemoryPlan bf16 = memory_plan(&c, &in);
     double vectors = 2.0 * 32 * 4096 + 4096; /* the norms stay fp32 */
     CHECK(fabs(p.base_weights - bf16.base_weights - 2 * (6738415616.0 - vectors)) < 1,
@@ -43,10 +43,12 @@ int main(void) {
           "gradient (4096 x 32000), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
     double fp32_acts = 16384.0 * (2 * 4096 + 4 * 4096 + 2 * 11008 + 2 * 4096) * 4 + 16384 * 16;
-    CHECK(p.base_activations == fp32_acts && bf16.base_activations == fp32_acts - 16384.0 * (3 * 4096 * 4 - 11008 * 2),
-          "base activations: fp32 weights %.2f GiB with the fp32 normed input, attention output and residual branch; "
-          "bf16 weights trade them for one bf16 buffer of 16k x 11008 (every GEMM input)",
-          p.base_activations / (1 << 30));
+    double bf16_acts = 16384.0 * (2 * 4096 * 4 + (3 * 4096 + 2 * 11008) * 2 + 11008 * 2) + 16384 * 16;
+    CHECK(
+        p.base_activations == fp32_acts && bf16.base_activations == bf16_acts,
+        "base activations: fp32 weights %.2f GiB; bf16 weights %.2f GiB: q, k, v, gate and up in bf16, one bf16 buffer "
+        "of 16k x 11008 for every GEMM input, the residual stream and final hidden states in fp32",
+        p.base_activations / (1 << 30), bf16.base_activations / (1 << 30));
     memory_plan_print(&bf16, stdout, 80e9);
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",
           bf16.total / 1e9);
@@ -68,9 +70,11 @@ int main(void) {
     /* decoding with a 64-node tree over 5 heads and a 4096-token context */
     MemoryPlanInput di = memory_plan_decoding(DT_BF16, 5, 1, 0, 4096, 64);
     MemoryPlan d = memory_plan(&c, &di);
-    double kv = 2.0 * 32 * (4096 + 64) * (32 * 128) * 4;
-    CHECK(d.kv_cache == kv, "decoding KV cache: %.3f GiB == 2 x 32 layers x 4160 rows x 4096 x 4 bytes",
+    double kv = 2.0 * 32 * (4096 + 64) * (32 * 128) * 2;
+    CHECK(d.kv_cache == kv, "decoding KV cache: %.3f GiB == 2 x 32 layers x 4160 rows x 4096 x 2 bytes (bf16)",
           d.kv_cache / (1 << 30));
+    MemoryPlanInput f32i = memory_plan_decoding(DT_F32, 5, 1, 0, 4096, 64);
+    CHECK(memory_plan(&c, &f32i).kv_cache == 2 * kv, "with fp32 weights the KV cache is fp32: twice the bytes");
     CHECK(d.attention_split == 16.0 * 1024 * 130 * 4 && bf16.attention_split == 0,
           "decoding: %.1f MiB for attention's key slices (16 x 1024 rows x (128 + 2) floats); none in training",
           d.attention_split / (1 << 20));

@@ -43,6 +43,8 @@ const Backend *backend_cpu(void) {
         .matmul_bf16 = cpu_matmul_bf16,
         .matmul_backward_bf16 = cpu_matmul_backward_bf16,
         .matmul_bf16_in = cpu_matmul_bf16_in,
+        .matmul_bf16_out = cpu_matmul_bf16_out,
+        .rope_bf16 = cpu_rope_bf16,
         .rmsnorm_bf16 = cpu_rmsnorm_bf16,
         .swiglu_bf16 = cpu_swiglu_bf16,
         .embedding_bf16 = cpu_embedding_bf16,

@@ -92,12 +92,48 @@ void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const f
     if (dbias) cpu_matmul_backward(NULL, NULL, dbias, dout, NULL, NULL, T, IC, OC);
 }
 
-void cpu_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                        const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                        int head_dim) {
-    size_t n = (size_t)T * n_heads * head_dim;
+/* a bf16 array widened into a new fp32 one */
+static float *widened_copy(const uint16_t *x, size_t n) {
+    float *out = xmalloc(sizeof(float) * (n ? n : 1));
+    widen(out, x, n);
+    return out;
+}
+
+void cpu_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                         int OC) {
+    if (T == 0 || OC == 0) return;
+    size_t n = (size_t)T * OC;
+    float *product = xmalloc(sizeof(float) * n);
+    cpu_matmul_bf16_in(product, in, weight, NULL, T, IC, OC, 0);
+    if (bias) {
+#pragma omp parallel for if (n > PAR_MIN)
+        for (size_t i = 0; i < n; i++) product[i] = bf16_to_f32(f32_to_bf16(product[i])) + bias[i % (size_t)OC];
+    }
+    cpu_to_bf16(out, product, n);
+    free(product);
+}
+
+void cpu_rope_bf16(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
+                   float theta) {
+    size_t nq = (size_t)T * n_heads * head_dim, nk = (size_t)T * n_kv_heads * head_dim;
+    float *wq = widened_copy(q, nq), *wk = widened_copy(k, nk);
+    cpu_rope_forward(wq, wk, pos, T, n_heads, n_kv_heads, head_dim, theta);
+    cpu_to_bf16(q, wq, nq);
+    cpu_to_bf16(k, wk, nk);
+    free(wq);
+    free(wk);
+}
+
+void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                        int n_heads, int n_kv_heads, int head_dim) {
+    size_t n = (size_t)T * n_heads * head_dim, kv_n = (size_t)(row0 + T) * n_kv_heads * head_dim;
+    float *wq = widened_copy(q, n), *wk = widened_copy(k, kv_n), *wv = widened_copy(v, kv_n);
     float *exact = xmalloc(sizeof(float) * (n ? n : 1));
-    cpu_attention_forward(exact, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+    cpu_attention_forward(exact, wq, wk, wv, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
     cpu_to_bf16(out, exact, n);
     free(exact);
+    free(wq);
+    free(wk);
+    free(wv);
 }

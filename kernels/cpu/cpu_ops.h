@@ -17,8 +17,8 @@ void cpu_attention_forward(float *out, const float *q, const float *k, const flo
                            int head_dim);
 void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
 void cpu_residual_add(float *x, const float *y, size_t n);
-void cpu_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
-                   int row_floats);
+void cpu_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                   size_t row_bytes);
 void cpu_fill_zero(void *ptr, size_t bytes);
 void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                          const float *weight, int T, int IC, int OC);
@@ -38,11 +38,15 @@ void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const f
 void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                         int OC, int accumulate);
 void cpu_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
-void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n);
+void cpu_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                         int OC);
+void cpu_rope_bf16(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
+                   float theta);
+void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
 void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
 void cpu_to_bf16(uint16_t *out, const float *x, size_t n);
-void cpu_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                        const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                        int head_dim);
+void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                        int n_heads, int n_kv_heads, int head_dim);
 
 #endif

@@ -14,19 +14,18 @@ void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n
     for (size_t i = 0; i < n; i++) out[i] = swiglu_f(gate[i], up[i]);
 }
 
-void cpu_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n) {
+void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n) {
 #pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(swiglu_f(gate[i], up[i]));
+    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(swiglu_f(bf16_to_f32(gate[i]), bf16_to_f32(up[i])));
 }
 
-void cpu_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
-                   int row_floats) {
+void cpu_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                   size_t row_bytes) {
     for (int b = 0; b < n_blocks; b++) {
-        float *block = x + (size_t)b * block_floats;
+        char *block = (char *)x + (size_t)b * block_bytes;
         for (int i = 0; i < n; i++)
             if (src[i] != dst[i])
-                memmove(block + (size_t)dst[i] * row_floats, block + (size_t)src[i] * row_floats,
-                        sizeof(float) * (size_t)row_floats);
+                memmove(block + (size_t)dst[i] * row_bytes, block + (size_t)src[i] * row_bytes, row_bytes);
     }
 }
 

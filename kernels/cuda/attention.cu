@@ -21,8 +21,8 @@ __device__ __forceinline__ size_t partial_at(int split, int t, int h, int T, int
     return (((size_t)split * T + t) * n_heads + h) * (size_t)(head_dim + 2);
 }
 
-template <int HD, class Out> /* head_dim <= HD, HD a multiple of 32; Out float or bf16 */
-__global__ void attention_kernel(Out *out, float *partials, const float *q, const float *k, const float *v,
+template <int HD, class In, class Out> /* head_dim <= HD, HD a multiple of 32; In and Out float or bf16 */
+__global__ void attention_kernel(Out *out, float *partials, const In *q, const In *k, const In *v,
                                  const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                                  int n_heads, int n_kv_heads, int head_dim) {
     __shared__ float k_tile[kTile][HD + 1]; /* +1: lane j reads row j without bank conflicts */
@@ -36,7 +36,7 @@ __global__ void attention_kernel(Out *out, float *partials, const float *q, cons
     bool active = t < T;
     int begin = active ? key_begin[t] : 0, end = active ? key_end[t] : 0;
     for (int c = lane; c < HD; c += 32)
-        q_rows[warp][c] = active && c < head_dim ? q[t * q_stride + h * head_dim + c] : 0.0f;
+        q_rows[warp][c] = active && c < head_dim ? load_f(&q[t * q_stride + h * head_dim + c]) : 0.0f;
     if (lane == 0) {
         ranges[warp][0] = begin;
         ranges[warp][1] = end;
@@ -59,7 +59,7 @@ __global__ void attention_kernel(Out *out, float *partials, const float *q, cons
         __syncthreads(); /* everyone is done with the previous tile */
         for (int e = threadIdx.x; e < kTile * head_dim; e += blockDim.x) {
             int r = e / head_dim, c = e % head_dim;
-            k_tile[r][c] = j0 + r < slice_hi ? k[(size_t)(j0 + r) * kv_stride + kvh * head_dim + c] : 0.0f;
+            k_tile[r][c] = j0 + r < slice_hi ? load_f(&k[(size_t)(j0 + r) * kv_stride + kvh * head_dim + c]) : 0.0f;
         }
         __syncthreads();
         if (j0 >= end || j0 + kTile <= begin) continue; /* warp-uniform: this query has no key in the tile */
@@ -86,10 +86,10 @@ __global__ void attention_kernel(Out *out, float *partials, const float *q, cons
         for (int r = 0; r < n_keys; r++) {
             float pr = p_rows[warp][r];
             if (pr == 0.0f) continue;
-            const float *v_row = v + (size_t)(j0 + r) * kv_stride + kvh * head_dim;
+            const In *v_row = v + (size_t)(j0 + r) * kv_stride + kvh * head_dim;
             for (int i = 0; i < HD / 32; i++) {
                 int c = lane + 32 * i;
-                if (c < head_dim) acc[i] += pr * v_row[c];
+                if (c < head_dim) acc[i] += pr * load_f(&v_row[c]);
             }
         }
         __syncwarp(); /* p_rows is rewritten by the next tile */
@@ -158,8 +158,8 @@ static float *split_partials(int head_dim) {
     return partials;
 }
 
-template <class Out>
-static void attention_cuda_cores(Out *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+template <class In, class Out>
+static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v, const int32_t *key_begin,
                                  const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads,
                                  int n_kv_heads, int head_dim) {
     if (T == 0) return;
@@ -167,17 +167,17 @@ static void attention_cuda_cores(Out *out, const float *q, const float *k, const
     float *partials = splits > 1 ? split_partials(head_dim) : NULL;
     dim3 grid(ceil_div(T, kQueries), n_heads, splits), block(32 * kQueries);
     if (head_dim <= 32)
-        LAUNCH((attention_kernel<32, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
-               n_heads, n_kv_heads, head_dim);
+        LAUNCH((attention_kernel<32, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
+               T, n_heads, n_kv_heads, head_dim);
     else if (head_dim <= 64)
-        LAUNCH((attention_kernel<64, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
-               n_heads, n_kv_heads, head_dim);
+        LAUNCH((attention_kernel<64, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
+               T, n_heads, n_kv_heads, head_dim);
     else if (head_dim <= 128)
-        LAUNCH((attention_kernel<128, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
-               n_heads, n_kv_heads, head_dim);
+        LAUNCH((attention_kernel<128, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
+               T, n_heads, n_kv_heads, head_dim);
     else if (head_dim <= 256)
-        LAUNCH((attention_kernel<256, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
-               n_heads, n_kv_heads, head_dim);
+        LAUNCH((attention_kernel<256, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
+               T, n_heads, n_kv_heads, head_dim);
     else fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
     if (splits > 1)
         LAUNCH(attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T, n_heads, head_dim);
@@ -205,9 +205,11 @@ __device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
     memcpy(dst, &bits, sizeof bits);
     return bf16_to_f32(bits);
 }
+/* a bf16 bit pattern into a tile */
+__device__ __forceinline__ void store_bits(__nv_bfloat16 *dst, uint16_t bits) { memcpy(dst, &bits, sizeof bits); }
 
 template <int HD> /* head_dim == HD, a multiple of 16 */
-__global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *k, const float *v,
+__global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                                     const int32_t *key_begin, const int32_t *key_end, int T, int n_heads,
                                     int n_kv_heads) {
     using namespace nvcuda;
@@ -225,7 +227,7 @@ __global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *
 
     for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
         int r = e / HD, c = e % HD, t = t0 + r;
-        store_bf16(&q_tile[e], t < T ? q[t * q_stride + h * HD + c] : 0.0f);
+        store_bits(&q_tile[e], t < T ? q[t * q_stride + h * HD + c] : 0);
         o_rows[e] = 0.0f;
     }
     if (threadIdx.x < kTcQueries) {
@@ -248,8 +250,8 @@ __global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *
         for (int e = threadIdx.x; e < kTcKeys * HD; e += blockDim.x) {
             int r = e / HD, c = e % HD, j = j0 + r;
             size_t at = (size_t)j * kv_stride + kvh * HD + c;
-            store_bf16(&k_tile[e], j < hi ? k[at] : 0.0f);
-            store_bf16(&v_tile[e], j < hi ? v[at] : 0.0f);
+            store_bits(&k_tile[e], j < hi ? k[at] : 0);
+            store_bits(&v_tile[e], j < hi ? v[at] : 0);
         }
         __syncthreads();
         { /* S = Q K^T: warp w computes the 16x16 tile (w / 2, w % 2) */
@@ -319,9 +321,9 @@ __global__ void attention_tc_kernel(uint16_t *out, const float *q, const float *
 
 /* Tensor cores for packed batches (prefill, training) of a head_dim they tile; the CUDA-core kernel above
  * for decoding steps and tree verification, whose few queries would leave most of a tile empty. */
-void cuda_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                         const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                         int head_dim) {
+void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                         const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                         int n_heads, int n_kv_heads, int head_dim) {
     if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128)) {
         attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
         return;

@@ -215,6 +215,8 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.matmul_bf16 = cuda_matmul_bf16;
         cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
         cuda.matmul_bf16_in = cuda_matmul_bf16_in;
+        cuda.matmul_bf16_out = cuda_matmul_bf16_out;
+        cuda.rope_bf16 = cuda_rope_bf16;
         cuda.rmsnorm_bf16 = cuda_rmsnorm_bf16;
         cuda.swiglu_bf16 = cuda_swiglu_bf16;
         cuda.embedding_bf16 = cuda_embedding_bf16;

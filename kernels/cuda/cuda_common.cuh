@@ -80,7 +80,10 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
-/* an fp32 result into an fp32 or a bf16 output (kernels templated on their output type) */
+/* an fp32 or bf16 element as fp32, and an fp32 result into an fp32 or bf16 element (kernels templated on their
+ * element types) */
+__device__ __forceinline__ float load_f(const float *p) { return *p; }
+__device__ __forceinline__ float load_f(const uint16_t *p) { return bf16_to_f32(*p); }
 __device__ __forceinline__ void store_out(float *p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(uint16_t *p, float v) { *p = f32_to_bf16(v); }
 
@@ -107,14 +110,16 @@ void cuda_rope(float *q, float *k, const int32_t *pos, int T, int n_heads, int n
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                     const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                     int head_dim);
-void cuda_attention_bf16(uint16_t *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                         const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                         int head_dim);
+void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                         const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                         int n_heads, int n_kv_heads, int head_dim);
+void cuda_rope_bf16(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
+                    float theta);
 void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
 void cuda_residual_add(float *x, const float *y, size_t n);
-void cuda_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
-                    int row_floats);
+void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                    size_t row_bytes);
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
 void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
@@ -129,7 +134,9 @@ void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const 
 void cuda_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                          int OC, int accumulate);
 void cuda_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
-void cuda_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n);
+void cuda_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                          int OC);
+void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
 void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
 void cuda_to_bf16(uint16_t *out, const float *x, size_t n);
 

@@ -22,9 +22,9 @@ __global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
     if (i < n) out[i] = f32_to_bf16(x[i]);
 }
 
-template <class Out> __global__ void swiglu_kernel(Out *out, const float *gate, const float *up, size_t n) {
+template <class Elem> __global__ void swiglu_kernel(Elem *out, const Elem *gate, const Elem *up, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) store_out(&out[i], swiglu_f(gate[i], up[i]));
+    if (i < n) store_out(&out[i], swiglu_f(load_f(&gate[i]), load_f(&up[i])));
 }
 
 __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
@@ -39,14 +39,14 @@ struct RowMoves {
     int32_t src[kMax], dst[kMax];
 };
 
-/* one thread per (block, column): the moves run in order in each thread, so a move that reads a row an earlier
- * one wrote sees the new values, as the sequential definition says */
-__global__ void copy_rows_kernel(float *x, size_t block_floats, RowMoves moves, int row_floats) {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= row_floats) return;
-    float *block = x + (size_t)blockIdx.y * block_floats;
+/* one thread per (block, 32-bit word of a row): the moves run in order in each thread, so a move that reads a row
+ * an earlier one wrote sees the new values, as the sequential definition says */
+__global__ void copy_rows_kernel(uint32_t *x, size_t block_words, RowMoves moves, size_t row_words) {
+    size_t col = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= row_words) return;
+    uint32_t *block = x + (size_t)blockIdx.y * block_words;
     for (int i = 0; i < moves.n; i++)
-        block[(size_t)moves.dst[i] * row_floats + col] = block[(size_t)moves.src[i] * row_floats + col];
+        block[(size_t)moves.dst[i] * row_words + col] = block[(size_t)moves.src[i] * row_words + col];
 }
 
 __global__ void resblock_forward_kernel(float *out, const float *x, const float *z, size_t n) {
@@ -73,21 +73,24 @@ void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
 void cuda_swiglu(float *out, const float *gate, const float *up, size_t n) {
     if (n) LAUNCH(swiglu_kernel<float>, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
 }
-void cuda_swiglu_bf16(uint16_t *out, const float *gate, const float *up, size_t n) {
+void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n) {
     if (n) LAUNCH(swiglu_kernel<uint16_t>, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);
 }
-void cuda_copy_rows(float *x, size_t block_floats, int n_blocks, const int32_t *src, const int32_t *dst, int n,
-                    int row_floats) {
-    if (n_blocks == 0 || row_floats == 0) return;
+void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
+                    size_t row_bytes) {
+    if (row_bytes % 4 || block_bytes % 4)
+        fatal("copy_rows: rows of %zu bytes in blocks of %zu: not whole words", row_bytes, block_bytes);
+    size_t row_words = row_bytes / 4;
+    if (n_blocks == 0 || row_words == 0) return;
     for (int i0 = 0; i0 < n; i0 += RowMoves::kMax) { /* chunks in stream order keep the sequential meaning */
         RowMoves moves;
         moves.n = n - i0 < RowMoves::kMax ? n - i0 : RowMoves::kMax;
         for (int i = 0; i < moves.n; i++) moves.src[i] = src[i0 + i], moves.dst[i] = dst[i0 + i];
-        LAUNCH(copy_rows_kernel, dim3(ceil_div((size_t)row_floats, kThreads), (unsigned)n_blocks), kThreads, 0, x,
-               block_floats, moves, row_floats);
+        LAUNCH(copy_rows_kernel, dim3(ceil_div(row_words, kThreads), (unsigned)n_blocks), kThreads, 0, (uint32_t *)x,
+               block_bytes / 4, moves, row_words);
     }
 }
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n) {

@@ -6,9 +6,13 @@
 
 #include "cuda_common.cuh"
 
-__global__ void add_bias_kernel(float *out, const float *bias, int T, int OC) {
+template <class Elem> /* float, or bf16: the sum rounded */
+__global__ void add_bias_kernel(Elem *out, const float *bias, int T, int OC) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (size_t)T * OC) out[i] += bias[i % OC];
+    if (i < (size_t)T * OC) store_out(&out[i], load_f(&out[i]) + bias[i % OC]);
+}
+template <class Elem> static void add_bias(Elem *out, const float *bias, int T, int OC) {
+    LAUNCH(add_bias_kernel<Elem>, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
 }
 
 /* dbias[o] += sum_t dout[t,o]: 32 columns per block, 8 row slices summed per column, then combined. */
@@ -34,7 +38,7 @@ void cuda_matmul(float *out, const float *in, const float *weight, const float *
         CUBLAS_CHECK(
             cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, &one, weight, IC, in, IC, &zero, out, OC));
     }
-    if (bias) LAUNCH(add_bias_kernel, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
+    if (bias) add_bias(out, bias, T, OC);
 }
 
 void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
@@ -56,7 +60,7 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
 }
 
-/* --- bf16 weights on the tensor cores: cuBLASLt, bf16 A/B, fp32 C/D, fp32 accumulation --- */
+/* --- bf16 weights on the tensor cores: cuBLASLt, bf16 A/B, fp32 or bf16 C/D, fp32 accumulation --- */
 
 /* fp32 activations are rounded into these before a GEMM; they only grow, so after the first step of a run
  * no allocation happens here */
@@ -84,8 +88,8 @@ struct GemmPlan {
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
 };
-/* ops, m, n, k, lda, ldb, ldc, and the alignment of A, B and C (the algorithm is chosen for it) */
-typedef std::tuple<int, int, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t> GemmKey;
+/* ops, m, n, k, lda, ldb, ldc, C's type, and the alignment of A, B and C (the algorithm is chosen for it) */
+typedef std::tuple<int, int, int, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t> GemmKey;
 
 /* the largest power of two up to 256 that divides the address: cuBLASLt assumes 256 unless told less, and an
  * algorithm picked for 256-byte aligned operands fails on a pointer into the middle of a tensor */
@@ -96,9 +100,9 @@ static uint32_t alignment(const void *ptr) {
 }
 
 static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, int lda, int ldb,
-                                 int ldc, uint32_t align_a, uint32_t align_b, uint32_t align_c) {
+                                 int ldc, cudaDataType c_type, uint32_t align_a, uint32_t align_b, uint32_t align_c) {
     static std::map<GemmKey, GemmPlan> plans;
-    GemmKey key(op_a, op_b, m, n, k, lda, ldb, ldc, align_a, align_b, align_c);
+    GemmKey key(op_a, op_b, m, n, k, lda, ldb, ldc, c_type, align_a, align_b, align_c);
     auto found = plans.find(key);
     if (found != plans.end()) return found->second;
     GemmPlan p;
@@ -110,7 +114,7 @@ static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b,
         cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, op_a == CUBLAS_OP_N ? m : k, op_a == CUBLAS_OP_N ? k : m, lda));
     CUBLAS_CHECK(
         cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, op_b == CUBLAS_OP_N ? k : n, op_b == CUBLAS_OP_N ? n : k, ldb));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, m, n, ldc));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, c_type, m, n, ldc));
     cublasLtMatmulPreference_t pref;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -133,12 +137,13 @@ static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b,
     return plans.emplace(key, p).first->second;
 }
 
-/* Column-major C[m,n] = op(A)[m,k] op(B)[k,n] + beta C, as cublasSgemm's arguments; A and B bf16. */
+/* Column-major C[m,n] = op(A)[m,k] op(B)[k,n] + beta C, as cublasSgemm's arguments; A and B bf16, C fp32 or bf16
+ * (c_type). */
 static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, const uint16_t *A, int lda,
-                      const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+                      const uint16_t *B, int ldb, float beta, void *C, cudaDataType c_type, int ldc) {
     static void *workspace = NULL;
     if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
-    const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, alignment(A), alignment(B), alignment(C));
+    const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, c_type, alignment(A), alignment(B), alignment(C));
     const float one = 1.0f;
     static const char *const kinds[2][2] = {{"cublasLt bf16 NN", "cublasLt bf16 NT"},
                                             {"cublasLt bf16 TN", "cublasLt bf16 TT"}};
@@ -150,8 +155,15 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
 void cuda_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                          int OC, int accumulate) {
     if (T == 0 || OC == 0) return;
-    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, in, IC, accumulate ? 1.0f : 0.0f, out, OC);
-    if (bias) LAUNCH(add_bias_kernel, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, in, IC, accumulate ? 1.0f : 0.0f, out, CUDA_R_32F, OC);
+    if (bias) add_bias(out, bias, T, OC);
+}
+
+void cuda_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                          int OC) {
+    if (T == 0 || OC == 0) return;
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, weight, IC, in, IC, 0.0f, out, CUDA_R_16BF, OC);
+    if (bias) add_bias(out, bias, T, OC);
 }
 
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
@@ -164,10 +176,10 @@ void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const 
     if (T == 0 || OC == 0) return;
     if (dinp || dweight) {
         const uint16_t *g = rounded(&grad_scratch, dout, (size_t)T * OC);
-        if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, weight, IC, g, OC, 1.0f, dinp, IC);
+        if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, weight, IC, g, OC, 1.0f, dinp, CUDA_R_32F, IC);
         if (dweight) {
             const uint16_t *x = rounded(&input_scratch, in, (size_t)T * IC);
-            gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, x, IC, g, OC, 1.0f, dweight, IC);
+            gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, x, IC, g, OC, 1.0f, dweight, CUDA_R_32F, IC);
         }
     }
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);

@@ -536,11 +536,12 @@ cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref) 
     delete pref;
     return CUBLAS_STATUS_SUCCESS;
 }
-/* the one combination the emulator (and the backend) uses */
+/* the combinations the emulator (and the backend) use: bf16 A/B, fp32 compute and scale, C and D both fp32 or
+ * both bf16 */
 static bool lt_supported(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
                          cublasLtMatrixLayout_t c, cublasLtMatrixLayout_t d) {
     return desc->compute == CUBLAS_COMPUTE_32F && desc->scale == CUDA_R_32F && a->type == CUDA_R_16BF &&
-           b->type == CUDA_R_16BF && c->type == CUDA_R_32F && d->type == CUDA_R_32F;
+           b->type == CUDA_R_16BF && (c->type == CUDA_R_32F || c->type == CUDA_R_16BF) && d->type == c->type;
 }
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc,
                                               cublasLtMatrixLayout_t a, cublasLtMatrixLayout_t b,
@@ -593,8 +594,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     DeviceAccess access;
     std::vector<float> wa = widen_bf16(A, a), wb = widen_bf16(B, b);
+    bool narrow = d->type == CUDA_R_16BF; /* summed in fp32, then rounded once into D */
+    std::vector<float> wd = narrow ? widen_bf16(D, d) : std::vector<float>();
+    float *out = narrow ? wd.data() : (float *)D;
+    int ld_out = narrow ? (int)d->rows : (int)d->ld;
     cblas_sgemm(CblasColMajor, desc->op_a == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                 desc->op_b == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, (int)m, (int)n, (int)k, *(const float *)alpha,
-                wa.data(), (int)a->rows, wb.data(), (int)b->rows, *(const float *)beta, (float *)D, (int)d->ld);
+                wa.data(), (int)a->rows, wb.data(), (int)b->rows, *(const float *)beta, out, ld_out);
+    if (narrow)
+        for (uint64_t j = 0; j < n; j++)
+            for (uint64_t i = 0; i < m; i++) ((uint16_t *)D)[j * d->ld + i] = f32_to_bf16(wd[j * m + i]);
     return CUBLAS_STATUS_SUCCESS;
 }
