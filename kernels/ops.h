@@ -45,9 +45,12 @@ struct Backend {
     void (*rmsnorm)(float *out, const float *x, const float *weight, int T, int C, float eps);
     /* out[T,OC] = in[T,IC] @ weight[OC,IC]^T (+ bias[OC] when not NULL): a PyTorch Linear */
     void (*matmul)(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC);
-    /* rotary embedding in place on q [T, n_heads*head_dim] and k [T, n_kv_heads*head_dim] at positions pos[T]
-     * (Hugging Face layout: the two rotated halves are the first and second half of each head) */
-    void (*rope)(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
+    /* The fused q/k/v projection's rows qkv [T, q_dim + 2 kv_dim] (q_dim = n_heads*head_dim, kv_dim =
+     * n_kv_heads*head_dim) split into q [T, q_dim], k and v [T, kv_dim], with the rotary embedding applied to q and k
+     * at positions pos[T] (Hugging Face layout: the two rotated halves are the first and second half of each head). k
+     * and v may be rows of a KV cache. */
+    void (*rope_qkv)(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
+                     int n_kv_heads, int head_dim, float theta);
     /* softmax(q k^T / sqrt(d)) v per head with grouped-query sharing; query t attends to keys
      * key_begin[t] <= j < key_end[t] (rows of k/v). q/out: [T, n_heads*d]; k/v: [row0 + T, n_kv_heads*d], the
      * T new rows after row0 others (a KV cache's length; 0 for a packed batch), so no range ends past row0 + T.
@@ -63,8 +66,9 @@ struct Backend {
      * and values, whatever their element type. */
     void (*copy_rows)(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
                       size_t row_bytes);
-    /* out = silu(gate) * up, n elements */
-    void (*swiglu)(float *out, const float *gate, const float *up, size_t n);
+    /* out[t, j] = silu(gate) * up, with gate = gate_up[t, j] and up = gate_up[t, inter + j]: the gate/up GEMM's
+     * rows [T, 2 inter] into out [T, inter] (inter: the MLP's intermediate size) */
+    void (*swiglu)(float *out, const float *gate_up, int T, int inter);
     /* x += y, n elements */
     void (*residual_add)(float *x, const float *y, size_t n);
 
@@ -104,21 +108,21 @@ struct Backend {
     void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                  const uint16_t *weight, int T, int IC, int OC);
     /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, swiglu_bf16): one
-     * rounding serves every GEMM that reads it (q, k, v; gate, up). With accumulate the product is added to out
+     * rounding serves every GEMM that reads it. With accumulate the product is added to out
      * (a residual branch summed into the stream by the GEMM itself) */
     void (*matmul_bf16_in)(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                            int OC, int accumulate);
-    /* matmul_bf16_in with a bf16 result, what the next op reads (q, k, v; gate, up): the fp32 sum rounded, then
+    /* matmul_bf16_in with a bf16 result, what the next op reads (q/k/v, gate/up): the fp32 sum rounded, then
      * bias (when not NULL) added and the sum rounded again (a GEMM writing bf16, then a bias add) */
     void (*matmul_bf16_out)(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                             int OC);
     /* rmsnorm with its fp32 result rounded to bf16: the input of the bf16 GEMMs that follow */
     void (*rmsnorm_bf16)(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
-    /* rope on bf16 q and k: each pair widened, rotated in fp32 as rope does, rounded */
-    void (*rope_bf16)(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
-                      float theta);
-    /* swiglu of bf16 gate and up in fp32, rounded: the down projection's input */
-    void (*swiglu_bf16)(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
+    /* rope_qkv on bf16 rows: each rotated pair widened, rotated in fp32 as rope_qkv does, rounded; v copied */
+    void (*rope_qkv_bf16)(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
+                          int n_heads, int n_kv_heads, int head_dim, float theta);
+    /* swiglu of bf16 gate/up rows in fp32, rounded: the down projection's input */
+    void (*swiglu_bf16)(uint16_t *out, const uint16_t *gate_up, int T, int inter);
     /* out[t,:] = table[tokens[t],:] widened to fp32 */
     void (*embedding_bf16)(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
     /* attention on bf16 q, k and v (a bf16 KV cache), its output rounded to bf16 (o_proj's input): the products may

@@ -3,21 +3,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Loads one tensor to the backend, checking its shape against the config: vectors (d1 == 0) as fp32,
- * matrices in the model's weight_dtype. */
-static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
-    int64_t shape[2] = {d0, d1};
-    int n_dims = d1 > 0 ? 2 : 1;
-    size_t n = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
-    int narrow = n_dims == 2 && m->weight_dtype == DT_BF16;
-    size_t bytes = n * (narrow ? sizeof(uint16_t) : sizeof(float));
-    void *host = narrow ? (void *)weights_load_bf16(&m->source, name, n_dims, shape, required)
-                        : (void *)weights_load_f32(&m->source, name, n_dims, shape, required);
-    if (!host) return NULL;
-    void *dev = m->be->alloc(bytes);
-    m->be->upload(dev, host, bytes);
-    free(host);
+/* Loads tensors stacked along their first dimension (rows[i] each, of d1 columns) into one backend buffer, checking
+ * each shape against the config: vectors (d1 == 0) as fp32, matrices in the model's weight_dtype. NULL when the first
+ * is absent and not required; once it is found, the others are required. */
+static void *load_stacked(const Model *m, const char *const *names, const int64_t *rows, int n, int64_t d1,
+                          int required) {
+    int n_dims = d1 > 0 ? 2 : 1, narrow = n_dims == 2 && m->weight_dtype == DT_BF16;
+    size_t elem = narrow ? sizeof(uint16_t) : sizeof(float), cols = (size_t)(d1 > 0 ? d1 : 1), total = 0;
+    for (int i = 0; i < n; i++) total += (size_t)rows[i] * cols;
+    void *dev = NULL;
+    for (int i = 0, row = 0; i < n; row += (int)rows[i], i++) {
+        int64_t shape[2] = {rows[i], d1};
+        size_t bytes = (size_t)rows[i] * cols * elem;
+        void *host = narrow ? (void *)weights_load_bf16(&m->source, names[i], n_dims, shape, required || dev)
+                            : (void *)weights_load_f32(&m->source, names[i], n_dims, shape, required || dev);
+        if (!host) return NULL;
+        if (!dev) dev = m->be->alloc(total * elem);
+        m->be->upload((char *)dev + (size_t)row * cols * elem, host, bytes);
+        free(host);
+    }
     return dev;
+}
+
+static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
+    return load_stacked(m, &name, &d0, 1, d1, required);
 }
 
 DType model_precision(const char *name, const Backend *be) {
@@ -58,21 +67,23 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
     m->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *w = &m->layers[l];
+        char names[5][160];
+        const char *suffixes[5] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
+                                   "mlp.up_proj"};
+        const char *qkv[3] = {names[0], names[1], names[2]}, *gate_up[2] = {names[3], names[4]};
+        int64_t qkv_rows[3] = {q_dim, kv_dim, kv_dim}, gate_up_rows[2] = {I, I};
+        for (int i = 0; i < 5; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.weight", l, suffixes[i]);
+        w->wqkv = load_stacked(m, qkv, qkv_rows, 3, H, 1);
+        w->w_gate_up = load_stacked(m, gate_up, gate_up_rows, 2, H, 1);
+        for (int i = 0; i < 3; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.bias", l, suffixes[i]);
+        w->bqkv = load_stacked(m, qkv, qkv_rows, 3, 0, c->attention_bias);
         char name[160];
-#define LAYER(field, suffix, d0, d1, req)                                                                              \
-    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), w->field = load(m, name, d0, d1, req))
-        LAYER(attn_norm, "input_layernorm.weight", H, 0, 1);
-        LAYER(wq, "self_attn.q_proj.weight", q_dim, H, 1);
-        LAYER(wk, "self_attn.k_proj.weight", kv_dim, H, 1);
-        LAYER(wv, "self_attn.v_proj.weight", kv_dim, H, 1);
-        LAYER(bq, "self_attn.q_proj.bias", q_dim, 0, c->attention_bias);
-        LAYER(bk, "self_attn.k_proj.bias", kv_dim, 0, c->attention_bias);
-        LAYER(bv, "self_attn.v_proj.bias", kv_dim, 0, c->attention_bias);
-        LAYER(wo, "self_attn.o_proj.weight", H, q_dim, 1);
-        LAYER(mlp_norm, "post_attention_layernorm.weight", H, 0, 1);
-        LAYER(w_gate, "mlp.gate_proj.weight", I, H, 1);
-        LAYER(w_up, "mlp.up_proj.weight", I, H, 1);
-        LAYER(w_down, "mlp.down_proj.weight", H, I, 1);
+#define LAYER(field, suffix, d0, d1)                                                                                   \
+    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), w->field = load(m, name, d0, d1, 1))
+        LAYER(attn_norm, "input_layernorm.weight", H, 0);
+        LAYER(wo, "self_attn.o_proj.weight", H, q_dim);
+        LAYER(mlp_norm, "post_attention_layernorm.weight", H, 0);
+        LAYER(w_down, "mlp.down_proj.weight", H, I);
 #undef LAYER
     }
     m->final_norm = load(m, "model.norm.weight", H, 0, 1);
@@ -121,17 +132,18 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
         s->xn = be->alloc(sizeof(float) * T * H);
         s->proj = be->alloc(sizeof(float) * T * H);
         s->att = be->alloc(sizeof(float) * T * q_dim);
+        s->gated = be->alloc(sizeof(float) * T * I);
     }
+    s->qkv = be->alloc(e * T * (q_dim + 2 * kv_dim));
     s->q = be->alloc(e * T * q_dim);
     s->k = be->alloc(e * T * kv_dim);
     s->v = be->alloc(e * T * kv_dim);
-    s->gate = be->alloc(e * T * I);
-    s->up = be->alloc(e * T * I);
+    s->gate_up = be->alloc(e * T * 2 * I);
     s->layout = be->alloc(sizeof(int32_t) * 4 * T);
 }
 
 void forward_state_free(ForwardState *s, const Model *m) {
-    void *bufs[] = {s->x, s->xn, s->act16, s->proj, s->q, s->att, s->k, s->v, s->gate, s->up, s->layout};
+    void *bufs[] = {s->x, s->xn, s->act16, s->proj, s->gated, s->qkv, s->q, s->att, s->k, s->v, s->gate_up, s->layout};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) m->be->free(bufs[i]);
     memset(s, 0, sizeof *s);
@@ -165,7 +177,8 @@ typedef struct {
     const uint16_t *bf16;
 } GemmInput;
 
-/* out = in @ weight^T + bias in the activations' precision: q, k, v, gate, up (bf16 weights: a bf16 GEMM output) */
+/* out = in @ weight^T + bias in the activations' precision: the q/k/v and gate/up rows (bf16 weights: a bf16 GEMM
+ * output) */
 static void project(const Model *m, void *out, GemmInput in, const void *weight, const float *bias, int T, int IC,
                     int OC) {
     if (in.bf16) m->be->matmul_bf16_out(out, in.bf16, weight, bias, T, IC, OC);
@@ -183,10 +196,12 @@ static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const
     }
 }
 
-static void rope(const Model *m, ForwardState *s, void *k, const int32_t *pos, int T) {
+/* q, k, v from the q/k/v GEMM's rows, q and k rotated: k and v straight into their rows (the cache's, in decoding) */
+static void rope_qkv(const Model *m, ForwardState *s, void *k, void *v, const int32_t *pos, int T) {
     const ModelConfig *c = &m->config;
-    if (s->act16) m->be->rope_bf16(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-    else m->be->rope(s->q, k, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+    if (s->act16)
+        m->be->rope_qkv_bf16(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+    else m->be->rope_qkv(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
 }
 
 /* attention on rope'd q (in s->q) over keys and values k_all, v_all: o_proj's input (bf16 weights: written in
@@ -216,13 +231,13 @@ static GemmInput normed(const Model *m, ForwardState *s, const float *weight, in
 
 /* silu(gate) * up: the down projection's input */
 static GemmInput gated(const Model *m, ForwardState *s, int T) {
-    size_t n = (size_t)T * m->config.intermediate_size;
+    int I = m->config.intermediate_size;
     if (s->act16) {
-        m->be->swiglu_bf16(s->act16, s->gate, s->up, n);
+        m->be->swiglu_bf16(s->act16, s->gate_up, T, I);
         return (GemmInput){NULL, s->act16};
     }
-    m->be->swiglu(s->gate, s->gate, s->up, n);
-    return (GemmInput){s->gate, NULL};
+    m->be->swiglu(s->gated, s->gate_up, T, I);
+    return (GemmInput){s->gated, NULL};
 }
 
 /* A pass's host layout [4, T]: positions, first keys and ends of keys for the caller to fill, then the tokens. */
@@ -257,16 +272,13 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         void *k = (char *)k_all + new_rows, *v = (char *)v_all + new_rows;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
         GemmInput xn = normed(m, s, w->attn_norm, T);
-        project(m, s->q, xn, w->wq, w->bq, T, H, q_dim);
-        project(m, k, xn, w->wk, w->bk, T, H, kv_dim);
-        project(m, v, xn, w->wv, w->bv, T, H, kv_dim);
-        rope(m, s, k, pos, T);
+        project(m, s->qkv, xn, w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
+        rope_qkv(m, s, k, v, pos, T);
         GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
         linear_residual(m, s, att, w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         xn = normed(m, s, w->mlp_norm, T);
-        project(m, s->gate, xn, w->w_gate, NULL, T, H, I);
-        project(m, s->up, xn, w->w_up, NULL, T, H, I);
+        project(m, s->gate_up, xn, w->w_gate_up, NULL, T, H, 2 * I);
         linear_residual(m, s, gated(m, s, T), w->w_down, T, I);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);

@@ -8,10 +8,12 @@
 #include "weights.h"
 
 /* Weight matrices are stored in the model's weight_dtype (fp32 floats or bf16 bit patterns); norms and
- * biases are always fp32. */
+ * biases are always fp32. The projections that read the same input are stacked into one matrix, so one GEMM
+ * makes their outputs side by side in each row: q, k, v as wqkv [q_dim + 2 kv_dim, H] (and their biases as bqkv,
+ * NULL without), gate and up as w_gate_up [2I, H]. */
 typedef struct {
-    float *attn_norm, *bq, *bk, *bv, *mlp_norm;
-    void *wq, *wk, *wv, *wo, *w_gate, *w_up, *w_down;
+    float *attn_norm, *bqkv, *mlp_norm;
+    void *wqkv, *wo, *w_gate_up, *w_down;
 } LayerWeights;
 
 typedef struct {
@@ -35,14 +37,15 @@ typedef struct {
 
 /* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. The residual stream x is
  * fp32. With fp32 weights so is every other activation. With bf16 weights the activations between ops are bf16, as
- * the GEMMs take and give them: q, k, v, gate and up come out of their GEMMs in bf16, and the GEMMs' inputs (the normed
- * input, attention's output, the SwiGLU output) are made in bf16 into act16 [T, max(H, q_dim, I)], the residual GEMMs
- * adding into x; xn, att and proj are then not allocated (act16 is NULL with fp32 weights). */
+ * the GEMMs take and give them: the q/k/v rows (qkv, split by rope_qkv into q, k, v) and the gate/up rows come out of
+ * their GEMMs in bf16, and the GEMMs' inputs (the normed input, attention's output, the SwiGLU output) are made in
+ * bf16 into act16 [T, max(H, q_dim, I)], the residual GEMMs adding into x; xn, att, proj and gated are then not
+ * allocated (act16 is NULL with fp32 weights). */
 typedef struct {
     int max_tokens;
-    size_t act_bytes; /* of an element of q, k, v, gate and up: 4, or 2 with bf16 weights (model_act_bytes) */
-    float *x, *xn, *att, *proj;
-    void *q, *k, *v, *gate, *up;
+    size_t act_bytes; /* of an element of qkv, q, k, v and gate_up: 4, or 2 with bf16 weights (model_act_bytes) */
+    float *x, *xn, *att, *proj, *gated;
+    void *qkv, *q, *k, *v, *gate_up;
     uint16_t *act16;
     int32_t *layout; /* backend: a pass's positions, key ranges and tokens, [4, T] for its T tokens, one upload */
 } ForwardState;

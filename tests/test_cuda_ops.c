@@ -287,54 +287,51 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
 }
 
 /* The ops that make bf16 activations: on each backend the fp32 op's result (on the bf16 inputs widened) rounded, bit
- * for bit; the GPU's within one bf16 step of the CPU's. rmsnorm_bf16 (fp32 x), swiglu_bf16 (bf16 gate and up),
- * rope_bf16 (bf16 q and k, in place; here q and k are the two halves of one buffer). */
+ * for bit; the GPU's within one bf16 step of the CPU's. rmsnorm_bf16 (fp32 x), swiglu_bf16 (bf16 gate/up rows),
+ * rope_qkv_bf16 (bf16 q/k/v rows; q, k and v written one after another here). */
 static void test_bf16_producers(void) {
-    int T = 13, C = 300, nh = 3, nkv = 2, hd = 60; /* rope: q [T, 180] and k [T, 120] */
-    size_t n = (size_t)T * C, nq = (size_t)T * nh * hd;
+    int T = 13, C = 300, nh = 3, nkv = 1, hd = 60; /* C columns: gate/up 2 x 150; q/k/v 180 + 60 + 60 */
+    size_t n = (size_t)T * C, nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
     int32_t pos[13];
     for (int t = 0; t < T; t++) pos[t] = t * 157;
-    float *x = random_floats(n, 3.0f), *up = random_floats(n, 2.0f), *w = random_floats(C, 1.0f);
-    uint16_t *x16 = xmalloc(sizeof(uint16_t) * n), *up16 = xmalloc(sizeof(uint16_t) * n);
-    cpu->to_bf16(x16, x, n), cpu->to_bf16(up16, up, n);
-    float *xw = widened(x16, n), *upw = widened(up16, n), *ref = xmalloc(sizeof(float) * n);
+    float *x = random_floats(n, 3.0f), *w = random_floats(C, 1.0f);
+    uint16_t *x16 = xmalloc(sizeof(uint16_t) * n);
+    cpu->to_bf16(x16, x, n);
+    float *xw = widened(x16, n), *ref = xmalloc(sizeof(float) * n);
     uint16_t *cpu16 = xmalloc(sizeof(uint16_t) * n), *rounded16 = xmalloc(sizeof(uint16_t) * n),
              *gpu16 = xmalloc(sizeof(uint16_t) * n);
     float *d_x = to_gpu(x, sizeof(float) * n), *d_xw = to_gpu(xw, sizeof(float) * n),
-          *d_upw = to_gpu(upw, sizeof(float) * n), *d_w = to_gpu(w, sizeof(float) * C),
-          *d_ref = gpu->alloc(sizeof(float) * n);
-    uint16_t *d_x16 = to_gpu(x16, sizeof(uint16_t) * n), *d_up16 = to_gpu(up16, sizeof(uint16_t) * n),
-             *d16 = gpu->alloc(sizeof(uint16_t) * n), *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
+          *d_w = to_gpu(w, sizeof(float) * C), *d_ref = gpu->alloc(sizeof(float) * n);
+    uint16_t *d_x16 = to_gpu(x16, sizeof(uint16_t) * n), *d16 = gpu->alloc(sizeof(uint16_t) * n),
+             *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
     int32_t *d_pos = to_gpu(pos, sizeof pos);
     for (int op = 0; op < 3; op++) {
-        static const char *const names[3] = {"rmsnorm_bf16", "swiglu_bf16", "rope_bf16"};
+        static const char *const names[3] = {"rmsnorm_bf16", "swiglu_bf16", "rope_qkv_bf16"};
         const char *name = names[op];
+        size_t count = op == 1 ? n / 2 : n;
         if (op == 0) {
             cpu->rmsnorm(ref, x, w, T, C, 1e-5f), cpu->rmsnorm_bf16(cpu16, x, w, T, C, 1e-5f);
             gpu->rmsnorm(d_ref, d_x, d_w, T, C, 1e-5f), gpu->rmsnorm_bf16(d16, d_x, d_w, T, C, 1e-5f);
         } else if (op == 1) {
-            cpu->swiglu(ref, xw, upw, n), cpu->swiglu_bf16(cpu16, x16, up16, n);
-            gpu->swiglu(d_ref, d_xw, d_upw, n), gpu->swiglu_bf16(d16, d_x16, d_up16, n);
+            cpu->swiglu(ref, xw, T, C / 2), cpu->swiglu_bf16(cpu16, x16, T, C / 2);
+            gpu->swiglu(d_ref, d_xw, T, C / 2), gpu->swiglu_bf16(d16, d_x16, T, C / 2);
         } else {
-            memcpy(ref, xw, sizeof(float) * n), memcpy(cpu16, x16, sizeof(uint16_t) * n);
-            cpu->rope(ref, ref + nq, pos, T, nh, nkv, hd, 10000.0f);
-            cpu->rope_bf16(cpu16, cpu16 + nq, pos, T, nh, nkv, hd, 10000.0f);
-            gpu->copy(d_ref, d_xw, sizeof(float) * n), gpu->copy(d16, d_x16, sizeof(uint16_t) * n);
-            gpu->rope(d_ref, d_ref + nq, d_pos, T, nh, nkv, hd, 10000.0f);
-            gpu->rope_bf16(d16, d16 + nq, d_pos, T, nh, nkv, hd, 10000.0f);
+            cpu->rope_qkv(ref, ref + nq, ref + nq + nk, xw, pos, T, nh, nkv, hd, 10000.0f);
+            cpu->rope_qkv_bf16(cpu16, cpu16 + nq, cpu16 + nq + nk, x16, pos, T, nh, nkv, hd, 10000.0f);
+            gpu->rope_qkv(d_ref, d_ref + nq, d_ref + nq + nk, d_xw, d_pos, T, nh, nkv, hd, 10000.0f);
+            gpu->rope_qkv_bf16(d16, d16 + nq, d16 + nq + nk, d_x16, d_pos, T, nh, nkv, hd, 10000.0f);
         }
-        cpu->to_bf16(rounded16, ref, n);
-        CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * n), "%s (CPU) == to_bf16 of the fp32 op", name);
-        gpu->to_bf16(d_rounded16, d_ref, n);
-        gpu->download(gpu16, d16, sizeof(uint16_t) * n);
-        gpu->download(rounded16, d_rounded16, sizeof(uint16_t) * n);
-        CHECK(!memcmp(gpu16, rounded16, sizeof(uint16_t) * n), "%s (CUDA) == to_bf16 of the fp32 op", name);
-        expect_bf16_steps(name, d16, cpu16, n);
+        cpu->to_bf16(rounded16, ref, count);
+        CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * count), "%s (CPU) == to_bf16 of the fp32 op", name);
+        gpu->to_bf16(d_rounded16, d_ref, count);
+        gpu->download(gpu16, d16, sizeof(uint16_t) * count);
+        gpu->download(rounded16, d_rounded16, sizeof(uint16_t) * count);
+        CHECK(!memcmp(gpu16, rounded16, sizeof(uint16_t) * count), "%s (CUDA) == to_bf16 of the fp32 op", name);
+        expect_bf16_steps(name, d16, cpu16, count);
     }
-    gpu->free(d_x), gpu->free(d_xw), gpu->free(d_upw), gpu->free(d_w), gpu->free(d_ref), gpu->free(d_x16);
-    gpu->free(d_up16), gpu->free(d16), gpu->free(d_rounded16), gpu->free(d_pos);
-    free(x), free(up), free(w), free(x16), free(up16), free(xw), free(upw), free(ref), free(cpu16), free(rounded16);
-    free(gpu16);
+    gpu->free(d_x), gpu->free(d_xw), gpu->free(d_w), gpu->free(d_ref), gpu->free(d_x16), gpu->free(d16);
+    gpu->free(d_rounded16), gpu->free(d_pos);
+    free(x), free(w), free(x16), free(xw), free(ref), free(cpu16), free(rounded16), free(gpu16);
 }
 
 /* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
@@ -372,22 +369,30 @@ static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
     free(in), free(dout), free(w), free(wide);
 }
 
-static void test_rope(int hd, float theta) {
+/* rope_qkv: q/k/v rows split, q and k rotated; v is copied exactly */
+static void test_rope_qkv(int hd, float theta) {
     int T = 6, nh = 4, nkv = 2;
-    size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
-    float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f);
+    size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd, n = nq + 2 * nk;
+    float *qkv = random_floats(n, 1.0f), *want = xmalloc(sizeof(float) * n);
     int32_t pos[6] = {0, 1, 2, 37, 511, 2047};
-    float *d_q = to_gpu(q, sizeof(float) * nq), *d_k = to_gpu(k, sizeof(float) * nk);
+    float *d_qkv = to_gpu(qkv, sizeof(float) * n), *d_out = gpu->alloc(sizeof(float) * n);
     int32_t *d_pos = to_gpu(pos, sizeof pos);
-    cpu->rope(q, k, pos, T, nh, nkv, hd, theta);
-    gpu->rope(d_q, d_k, d_pos, T, nh, nkv, hd, theta);
+    cpu->rope_qkv(want, want + nq, want + nq + nk, qkv, pos, T, nh, nkv, hd, theta);
+    gpu->rope_qkv(d_out, d_out + nq, d_out + nq + nk, d_qkv, d_pos, T, nh, nkv, hd, theta);
+    int v_copied = 1;
+    for (int t = 0; t < T; t++)
+        v_copied &= !memcmp(want + nq + nk + (size_t)t * nkv * hd,
+                            qkv + (size_t)t * (nh + 2 * nkv) * hd + (nh + nkv) * hd, sizeof(float) * nkv * hd);
+    CHECK(v_copied, "rope_qkv (CPU): v is the rows' last kv_dim columns");
     char what[96];
-    snprintf(what, sizeof what, "rope q (d=%d, theta %g, positions up to 2047)", hd, theta);
-    expect_close(what, d_q, q, nq, 1e-5);
-    snprintf(what, sizeof what, "rope k (d=%d, theta %g, positions up to 2047)", hd, theta);
-    expect_close(what, d_k, k, nk, 1e-5);
-    gpu->free(d_q), gpu->free(d_k), gpu->free(d_pos);
-    free(q), free(k);
+    snprintf(what, sizeof what, "rope_qkv q (d=%d, theta %g, positions up to 2047)", hd, theta);
+    expect_close(what, d_out, want, nq, 1e-5);
+    snprintf(what, sizeof what, "rope_qkv k (d=%d, theta %g, positions up to 2047)", hd, theta);
+    expect_close(what, d_out + nq, want + nq, nk, 1e-5);
+    snprintf(what, sizeof what, "rope_qkv v (d=%d)", hd);
+    expect_close(what, d_out + nq + nk, want + nq + nk, nk, 0.0);
+    gpu->free(d_qkv), gpu->free(d_out), gpu->free(d_pos);
+    free(qkv), free(want);
 }
 
 /* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
@@ -541,9 +546,17 @@ static void test_elementwise(void) {
     float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
     float *d_a = to_gpu(a, sizeof(float) * n), *d_b = to_gpu(b, sizeof(float) * n),
           *d_out = gpu->alloc(sizeof(float) * n);
-    cpu->swiglu(want, a, b, n);
-    gpu->swiglu(d_out, d_a, d_b, n);
-    expect_close("swiglu", d_out, want, n, 1e-6);
+    /* swiglu on a as gate/up rows [10, 2 x 50]: gate the first 50 columns of a row, up the last 50 */
+    cpu->swiglu(want, a, 10, 50);
+    double layout_err = 0;
+    for (int t = 0; t < 10; t++)
+        for (int j = 0; j < 50; j++) {
+            double g = a[t * 100 + j], u = a[t * 100 + 50 + j];
+            layout_err = fmax(layout_err, fabs(want[t * 50 + j] - g / (1 + exp(-g)) * u));
+        }
+    CHECK(layout_err < 1e-5, "swiglu (CPU) of gate/up rows: silu(row[j]) * row[50 + j], max err %.2g", layout_err);
+    gpu->swiglu(d_out, d_a, 10, 50);
+    expect_close("swiglu, gate/up rows [10, 2 x 50]", d_out, want, 500, 1e-6);
     cpu->resblock_forward(want, b, a, n);
     gpu->resblock_forward(d_out, d_b, d_a, n);
     expect_close("resblock_forward", d_out, want, n, 1e-6);
@@ -1098,8 +1111,8 @@ int main(void) {
     test_matmul_backward_bf16(37, 20, 45, 7);
     test_matmul_backward_bf16(5, 16, 8, 2);
     test_matmul_backward_bf16(5, 16, 8, 5);
-    test_rope(16, 10000.0f);
-    test_rope(128, 500000.0f);
+    test_rope_qkv(16, 10000.0f);
+    test_rope_qkv(128, 500000.0f);
     test_attention();
     test_elementwise();
     test_copy_rows(4);

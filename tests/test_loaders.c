@@ -166,7 +166,7 @@ int main(void) {
         model_st,
         "{\"model.embed_tokens.weight\": {\"dtype\": \"BF16\", \"shape\": [4, 8], \"data_offsets\": [0, 64]}}", 64, 0);
     EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32),
-                 "tensor 'model.layers.0.input_layernorm.weight' is missing", "model: missing tensor");
+                 "tensor 'model.layers.0.self_attn.q_proj.weight' is missing", "model: missing tensor");
     unlink(model_st);
     EXPECT_FATAL(model_load(&m, tmpdir, backend_cpu(), DT_F32), "no model.safetensors",
                  "model: directory without weights");

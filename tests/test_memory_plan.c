@@ -42,12 +42,14 @@ int main(void) {
           "bf16 GEMM operands: the widest input rounded before its GEMM (the heads', 16k x 4096), the lm_head's output "
           "gradient (4096 x 32000), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
-    double fp32_acts = 16384.0 * (2 * 4096 + 4 * 4096 + 2 * 11008 + 2 * 4096) * 4 + 16384 * 16;
-    double bf16_acts = 16384.0 * (2 * 4096 * 4 + (3 * 4096 + 2 * 11008) * 2 + 11008 * 2) + 16384 * 16;
+    /* x and the final hidden; the q/k/v rows and q, k, v; gate/up; xn, attention's output, o_proj's, SwiGLU's */
+    double fp32_acts = 16384.0 * (2 * 4096 + 2 * 3 * 4096 + 2 * 11008 + (3 * 4096 + 11008)) * 4 + 16384 * 16;
+    double bf16_acts = 16384.0 * (2 * 4096 * 4 + (2 * 3 * 4096 + 2 * 11008) * 2 + 11008 * 2) + 16384 * 16;
     CHECK(
         p.base_activations == fp32_acts && bf16.base_activations == bf16_acts,
-        "base activations: fp32 weights %.2f GiB; bf16 weights %.2f GiB: q, k, v, gate and up in bf16, one bf16 buffer "
-        "of 16k x 11008 for every GEMM input, the residual stream and final hidden states in fp32",
+        "base activations: fp32 weights %.2f GiB; bf16 weights %.2f GiB: the q/k/v rows, q, k, v and the gate/up rows "
+        "in bf16, one bf16 buffer of 16k x 11008 for every GEMM input, the residual stream and final hidden states in "
+        "fp32",
         p.base_activations / (1 << 30), bf16.base_activations / (1 << 30));
     memory_plan_print(&bf16, stdout, 80e9);
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",

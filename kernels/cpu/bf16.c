@@ -113,15 +113,16 @@ void cpu_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weig
     free(product);
 }
 
-void cpu_rope_bf16(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
-                   float theta) {
+void cpu_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
+                       int n_heads, int n_kv_heads, int head_dim, float theta) {
     size_t nq = (size_t)T * n_heads * head_dim, nk = (size_t)T * n_kv_heads * head_dim;
-    float *wq = widened_copy(q, nq), *wk = widened_copy(k, nk);
-    cpu_rope_forward(wq, wk, pos, T, n_heads, n_kv_heads, head_dim, theta);
-    cpu_to_bf16(q, wq, nq);
-    cpu_to_bf16(k, wk, nk);
-    free(wq);
-    free(wk);
+    float *wide = widened_copy(qkv, nq + 2 * nk), *split = xmalloc(sizeof(float) * (nq + 2 * nk));
+    cpu_rope_qkv(split, split + nq, split + nq + nk, wide, pos, T, n_heads, n_kv_heads, head_dim, theta);
+    cpu_to_bf16(q, split, nq);
+    cpu_to_bf16(k, split + nq, nk);
+    cpu_to_bf16(v, split + nq + nk, nk); /* exact: widened bf16 values */
+    free(wide);
+    free(split);
 }
 
 void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,

@@ -15,7 +15,9 @@ void cpu_rope_forward(float *q, float *k, const int32_t *pos, int T, int n_heads
 void cpu_attention_forward(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                            const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                            int head_dim);
-void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+void cpu_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
+                  int n_kv_heads, int head_dim, float theta);
+void cpu_swiglu_forward(float *out, const float *gate_up, int T, int inter);
 void cpu_residual_add(float *x, const float *y, size_t n);
 void cpu_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
                    size_t row_bytes);
@@ -40,9 +42,9 @@ void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, 
 void cpu_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
 void cpu_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                          int OC);
-void cpu_rope_bf16(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
-                   float theta);
-void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
+void cpu_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
+                       int n_heads, int n_kv_heads, int head_dim, float theta);
+void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter);
 void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
 void cpu_to_bf16(uint16_t *out, const float *x, size_t n);
 void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,

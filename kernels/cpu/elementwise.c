@@ -9,14 +9,21 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * (size_t)C);
 }
 
-void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-#pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = swiglu_f(gate[i], up[i]);
+void cpu_swiglu_forward(float *out, const float *gate_up, int T, int inter) {
+#pragma omp parallel for if ((size_t)T * inter > PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const float *gate = gate_up + (size_t)t * 2 * inter, *up = gate + inter;
+        for (int j = 0; j < inter; j++) out[(size_t)t * inter + j] = swiglu_f(gate[j], up[j]);
+    }
 }
 
-void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n) {
-#pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(swiglu_f(bf16_to_f32(gate[i]), bf16_to_f32(up[i])));
+void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter) {
+#pragma omp parallel for if ((size_t)T * inter > PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const uint16_t *gate = gate_up + (size_t)t * 2 * inter, *up = gate + inter;
+        for (int j = 0; j < inter; j++)
+            out[(size_t)t * inter + j] = f32_to_bf16(swiglu_f(bf16_to_f32(gate[j]), bf16_to_f32(up[j])));
+    }
 }
 
 void cpu_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,

@@ -1,6 +1,7 @@
 /* Rotary position embedding, Hugging Face layout: element j of a head pairs with element j + head_dim/2. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../math_common.h"
 #include "cpu_ops.h"
@@ -35,4 +36,17 @@ void cpu_rope_forward(float *q, float *k, const int32_t *pos, int T, int n_heads
             rotate_heads(k + (size_t)t * n_kv_heads * head_dim, n_kv_heads, head_dim, cos_t, sin_t);
         }
     }
+}
+
+void cpu_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
+                  int n_kv_heads, int head_dim, float theta) {
+    size_t q_dim = (size_t)n_heads * head_dim, kv_dim = (size_t)n_kv_heads * head_dim, row = q_dim + 2 * kv_dim;
+#pragma omp parallel for if ((size_t)T * row > PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        const float *r = qkv + (size_t)t * row;
+        memcpy(q + (size_t)t * q_dim, r, sizeof(float) * q_dim);
+        memcpy(k + (size_t)t * kv_dim, r + q_dim, sizeof(float) * kv_dim);
+        memcpy(v + (size_t)t * kv_dim, r + q_dim + kv_dim, sizeof(float) * kv_dim);
+    }
+    cpu_rope_forward(q, k, pos, T, n_heads, n_kv_heads, head_dim, theta);
 }

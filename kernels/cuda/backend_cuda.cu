@@ -199,7 +199,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.embedding = cuda_embedding;
         cuda.rmsnorm = cuda_rmsnorm;
         cuda.matmul = cuda_matmul;
-        cuda.rope = cuda_rope;
+        cuda.rope_qkv = cuda_rope_qkv;
         cuda.attention = cuda_attention;
         cuda.swiglu = cuda_swiglu;
         cuda.residual_add = cuda_residual_add;
@@ -216,7 +216,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
         cuda.matmul_bf16_in = cuda_matmul_bf16_in;
         cuda.matmul_bf16_out = cuda_matmul_bf16_out;
-        cuda.rope_bf16 = cuda_rope_bf16;
+        cuda.rope_qkv_bf16 = cuda_rope_qkv_bf16;
         cuda.rmsnorm_bf16 = cuda_rmsnorm_bf16;
         cuda.swiglu_bf16 = cuda_swiglu_bf16;
         cuda.embedding_bf16 = cuda_embedding_bf16;

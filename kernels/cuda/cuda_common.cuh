@@ -106,17 +106,18 @@ void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C,
 void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC);
 void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                           const float *weight, int T, int IC, int OC);
-void cuda_rope(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim, float theta);
+void cuda_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
+                   int n_kv_heads, int head_dim, float theta);
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                     const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                     int head_dim);
 void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                          const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                          int n_heads, int n_kv_heads, int head_dim);
-void cuda_rope_bf16(uint16_t *q, uint16_t *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
-                    float theta);
+void cuda_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
+                        int n_heads, int n_kv_heads, int head_dim, float theta);
 void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
-void cuda_swiglu(float *out, const float *gate, const float *up, size_t n);
+void cuda_swiglu(float *out, const float *gate_up, int T, int inter);
 void cuda_residual_add(float *x, const float *y, size_t n);
 void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
                     size_t row_bytes);
@@ -136,7 +137,7 @@ void cuda_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight,
 void cuda_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
 void cuda_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                           int OC);
-void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n);
+void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter);
 void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
 void cuda_to_bf16(uint16_t *out, const float *x, size_t n);
 

@@ -22,9 +22,12 @@ __global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
     if (i < n) out[i] = f32_to_bf16(x[i]);
 }
 
-template <class Elem> __global__ void swiglu_kernel(Elem *out, const Elem *gate, const Elem *up, size_t n) {
+/* out [T, inter] from the gate/up rows [T, 2 inter] */
+template <class Elem> __global__ void swiglu_kernel(Elem *out, const Elem *gate_up, int T, int inter) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) store_out(&out[i], swiglu_f(load_f(&gate[i]), load_f(&up[i])));
+    if (i >= (size_t)T * inter) return;
+    const Elem *gate = gate_up + i / inter * 2 * inter + i % inter;
+    store_out(&out[i], swiglu_f(load_f(gate), load_f(gate + inter)));
 }
 
 __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
@@ -70,11 +73,13 @@ void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *tabl
 void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
     if (n) LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
 }
-void cuda_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    if (n) LAUNCH(swiglu_kernel<float>, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
+void cuda_swiglu(float *out, const float *gate_up, int T, int inter) {
+    size_t n = (size_t)T * inter;
+    if (n) LAUNCH(swiglu_kernel<float>, ceil_div(n, kThreads), kThreads, 0, out, gate_up, T, inter);
 }
-void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n) {
-    if (n) LAUNCH(swiglu_kernel<uint16_t>, ceil_div(n, kThreads), kThreads, 0, out, gate, up, n);
+void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter) {
+    size_t n = (size_t)T * inter;
+    if (n) LAUNCH(swiglu_kernel<uint16_t>, ceil_div(n, kThreads), kThreads, 0, out, gate_up, T, inter);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);
