@@ -40,7 +40,8 @@ LIB_OBJ += $(CUDA_OBJ)
 LDLIBS  += $(CUDA_LIBS)
 endif
 # (under test-asan the emulated kernels are sanitized too: out-of-bounds device accesses are reported)
-EMU_CXXFLAGS := -O2 -g -std=c++17 -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
+# -fno-strict-aliasing: kernels copy device memory through wider types (16-byte tile loads), as CUDA code does.
+EMU_CXXFLAGS := -O2 -g -std=c++17 -fno-strict-aliasing -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
 EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
 # Emulated binaries: bin/medusa-* linked with the emulator's build of kernels/cuda instead of nvcc's (and
 # backend.c with MEDUSA_CUDA even when CUDA=0), so that --device cuda runs the real kernels on the CPU:
@@ -96,11 +97,12 @@ test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  tests/run.sh $(TESTS) tests/e2e_cuda.sh
 
-# Same suite under AddressSanitizer + UndefinedBehaviorSanitizer, in its own build directory.
+# Same suite under AddressSanitizer + UndefinedBehaviorSanitizer (any report fails the test), in its own build
+# directory.
 test-asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer" \
 	  $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
-	@ASAN_OPTIONS=detect_leaks=0 tests/run.sh $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
+	@ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 tests/run.sh $(patsubst $(BUILD)/%,build-asan/%,$(TESTS))
 
 ifneq ($(NVCC_PATH),)
 cuda-compile: $(CUDA_OBJ)

@@ -50,6 +50,8 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
         d->child_probs = be->alloc(sizeof(float) * children);
         d->entropy = be->alloc(sizeof(float) * (size_t)rows);
         d->host_child_ids = xmalloc(sizeof(int32_t) * children);
+        d->tree_mask = be->alloc((size_t)rows * rows);
+        be->upload(d->tree_mask, tree->mask, (size_t)rows * rows);
     }
     d->ids = be->alloc(sizeof(int32_t) * (size_t)n_ids);
     d->host_ids = xmalloc(sizeof(int32_t) * (size_t)n_ids);
@@ -68,6 +70,7 @@ void decoder_free(Decoder *d) {
     if (d->heads) {
         medusa_work_free(&d->work, d->heads);
         be->free(d->head_logits);
+        be->free(d->tree_mask);
         be->free(d->child_ids);
         be->free(d->child_probs);
         be->free(d->entropy);
@@ -242,7 +245,7 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
             paths[p] = valid[p] ? tree_tokens[t->retrieve[p]] : 0;
         }
         /* one verification pass over the whole tree */
-        model_forward_tree(d->base, &d->state, &d->cache, tree_tokens, t->depth, t->mask, N, d->hidden, d->logits);
+        model_forward_tree(d->base, &d->state, &d->cache, tree_tokens, t->depth, d->tree_mask, N, d->hidden, d->logits);
         stats->steps++;
         int best, accepted;
         if (!typical) { /* only each node's argmax leaves the device */

@@ -34,6 +34,7 @@ typedef struct {
     KVCache cache;
     MedusaWork work;
     float *hidden, *logits, *head_logits; /* backend scratch */
+    uint8_t *tree_mask;                   /* backend: the tree's mask, uploaded once */
     int32_t *ids;                         /* backend: top-k ids of rows of logits (greedy, the heads' candidates) */
     /* typical acceptance, per tree node: its children's tokens [n_nodes, TREE_TOPK] (-1 padded), and on the
      * backend the entropy of its row and its children's probabilities (softmax_entropy) */

@@ -340,10 +340,7 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
         layout[n + i] = 0;
         layout[2 * n + i] = cache->len + n; /* the mask narrows the new rows to each node's ancestors */
     }
-    uint8_t *mask_dev = m->be->alloc((size_t)n * n);
-    m->be->upload(mask_dev, mask, (size_t)n * n);
-    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, mask_dev, hidden_out, logits_out);
-    m->be->free(mask_dev);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, mask, hidden_out, logits_out);
     free(layout);
 }
 

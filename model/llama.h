@@ -92,7 +92,8 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
                           float *hidden_out, float *logits_out);
 
 /* Tree verification: n candidate tokens placed after the cache, node i at position len + depth[i], attending
- * to the whole cache and to the nodes its row of mask [n, n] marks (itself and its ancestors). Keys and
+ * to the whole cache and to the nodes its row of mask [n, n] (backend memory, uploaded once per tree) marks
+ * (itself and its ancestors). Keys and
  * values are written after the cache but the cache does not grow: kv_cache_keep then keeps the accepted
  * nodes. */
 void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const int32_t *tokens, const int32_t *depth,

@@ -397,7 +397,8 @@ static void test_rope_qkv(int hd, float theta) {
 
 /* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
  * bf16: the GPU's attention_bf16 on bf16 q, k, v against the CPU's attention on them widened; they then differ
- * only by the rounding of the probabilities (and the order of the sums). */
+ * only by the rounding of the probabilities (and the order of the sums). bf16 == 2: q, k and v start one element
+ * past an aligned address (the tensor-core kernel's 16-byte tile loads cannot take them). */
 static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
                                const uint8_t *mask, int row0, int nh, int nkv, int hd, int bf16) {
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
@@ -413,7 +414,8 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
             qkv16[i] = xmalloc(sizeof(uint16_t) * ns[i]);
             cpu->to_bf16(qkv16[i], xs[i], ns[i]);
             for (size_t j = 0; j < ns[i]; j++) xs[i][j] = bf16_to_float(qkv16[i][j]);
-            d_qkv16[i] = to_gpu(qkv16[i], sizeof(uint16_t) * ns[i]);
+            d_qkv16[i] = gpu->alloc(sizeof(uint16_t) * (ns[i] + 1));
+            gpu->upload(d_qkv16[i] + (bf16 == 2), qkv16[i], sizeof(uint16_t) * ns[i]);
         }
     }
     cpu->attention(want, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd);
@@ -426,7 +428,9 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
     if (bf16) { /* a bf16 output: compared widened, in fp32 */
         uint16_t *d_out16 = gpu->alloc(sizeof(uint16_t) * nq), *cpu16 = xmalloc(sizeof(uint16_t) * nq),
                  *rounded = xmalloc(sizeof(uint16_t) * nq);
-        gpu->attention_bf16(d_out16, d_qkv16[0], d_qkv16[1], d_qkv16[2], d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
+        int skip = bf16 == 2;
+        gpu->attention_bf16(d_out16, d_qkv16[0] + skip, d_qkv16[1] + skip, d_qkv16[2] + skip, d_kb, d_ke, d_mask, row0,
+                            T, nh, nkv, hd);
         gpu->download(cpu16, d_out16, sizeof(uint16_t) * nq);
         float *wide = widened(cpu16, nq);
         gpu->upload(d_out, wide, sizeof(float) * nq);
@@ -506,6 +510,7 @@ static void test_attention(void) {
     check_attention_as("packed causal, 4 sequences, GQA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 1);
     check_attention_as("packed causal, 4 sequences, MHA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 2, 2, 128, 1);
     check_attention_as("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 1, 1, 128, 1);
+    check_attention_as("packed causal, misaligned q/k/v (CUDA cores)", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 2);
     /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
     check_attention_as("tree mask (CUDA cores)", N, P + N, tkb, tke, mask, P, 4, 1, 64, 1);
     check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 70, 4, 2, 64, 1);
@@ -557,6 +562,17 @@ static void test_elementwise(void) {
     CHECK(layout_err < 1e-5, "swiglu (CPU) of gate/up rows: silu(row[j]) * row[50 + j], max err %.2g", layout_err);
     gpu->swiglu(d_out, d_a, 10, 50);
     expect_close("swiglu, gate/up rows [10, 2 x 50]", d_out, want, 500, 1e-6);
+    /* more rows than a grid's y dimension takes (65535): the kernels walk the rest */
+    {
+        int T = 70000;
+        float *rows = random_floats((size_t)T * 2, 4.0f), *tall = xmalloc(sizeof(float) * T);
+        float *d_rows = to_gpu(rows, sizeof(float) * T * 2), *d_tall = gpu->alloc(sizeof(float) * T);
+        cpu->swiglu(tall, rows, T, 1);
+        gpu->swiglu(d_tall, d_rows, T, 1);
+        expect_close("swiglu, 70000 rows of gate/up [2 x 1]", d_tall, tall, (size_t)T, 1e-6);
+        gpu->free(d_rows), gpu->free(d_tall);
+        free(rows), free(tall);
+    }
     cpu->resblock_forward(want, b, a, n);
     gpu->resblock_forward(d_out, d_b, d_a, n);
     expect_close("resblock_forward", d_out, want, n, 1e-6);
@@ -763,8 +779,10 @@ static void test_end_to_end(DType weights) {
     int32_t depth[4] = {0, 1, 1, 2}, keep[2] = {0, 2};
     uint8_t mask[16] = {1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 1, 0, 1, 1};
     model_forward_tree(&mc, &sc, &cc, tokens + 9, depth, mask, 4, hidden, logits);
-    model_forward_tree(&mg, &sg, &cg, tokens + 9, depth, mask, 4, d_hidden, d_logits);
+    uint8_t *d_mask = to_gpu(mask, sizeof mask);
+    model_forward_tree(&mg, &sg, &cg, tokens + 9, depth, d_mask, 4, d_hidden, d_logits);
     expect_close("model_forward_tree, 4 nodes: logits", d_logits, logits, (size_t)4 * V, tol);
+    gpu->free(d_mask);
     kv_cache_keep(&cc, &mc, keep, 2);
     kv_cache_keep(&cg, &mg, keep, 2);
     model_forward_cached(&mc, &sc, &cc, tokens + 13, 1, hidden, logits);

@@ -205,8 +205,12 @@ __device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
     memcpy(dst, &bits, sizeof bits);
     return bf16_to_f32(bits);
 }
-/* a bf16 bit pattern into a tile */
-__device__ __forceinline__ void store_bits(__nv_bfloat16 *dst, uint16_t bits) { memcpy(dst, &bits, sizeof bits); }
+/* 8 bf16 values, 16 bytes: the Q, K and V tiles are copied from global memory in these (the rows of a head are
+ * 16-byte aligned: head_dim is a multiple of 16 and the tensors start aligned, which cuda_attention_bf16 checks) */
+struct __align__(16) Bf16x8 {
+    uint32_t bits[4];
+};
+static const int kChunk = 8;
 
 template <int HD> /* head_dim == HD, a multiple of 16 */
 __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
@@ -225,11 +229,13 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
     size_t q_stride = (size_t)n_heads * HD, kv_stride = (size_t)n_kv_heads * HD;
     const float scale = 1.0f / sqrtf((float)HD);
 
-    for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
-        int r = e / HD, c = e % HD, t = t0 + r;
-        store_bits(&q_tile[e], t < T ? q[t * q_stride + h * HD + c] : 0);
-        o_rows[e] = 0.0f;
+    for (int e = threadIdx.x; e < kTcQueries * HD / kChunk; e += blockDim.x) {
+        int r = e / (HD / kChunk), c = e % (HD / kChunk) * kChunk, t = t0 + r;
+        Bf16x8 chunk = {};
+        if (t < T) chunk = *(const Bf16x8 *)&q[t * q_stride + h * HD + c];
+        *(Bf16x8 *)&q_tile[r * HD + c] = chunk;
     }
+    for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] = 0.0f;
     if (threadIdx.x < kTcQueries) {
         int r = threadIdx.x, t = t0 + r;
         row_begin[r] = t < T ? key_begin[t] : 0;
@@ -247,11 +253,16 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
 
     for (int j0 = lo; j0 < hi; j0 += kTcKeys) {
         __syncthreads(); /* the previous tile's K, V and P are no longer read */
-        for (int e = threadIdx.x; e < kTcKeys * HD; e += blockDim.x) {
-            int r = e / HD, c = e % HD, j = j0 + r;
-            size_t at = (size_t)j * kv_stride + kvh * HD + c;
-            store_bits(&k_tile[e], j < hi ? k[at] : 0);
-            store_bits(&v_tile[e], j < hi ? v[at] : 0);
+        for (int e = threadIdx.x; e < kTcKeys * HD / kChunk; e += blockDim.x) {
+            int r = e / (HD / kChunk), c = e % (HD / kChunk) * kChunk, j = j0 + r;
+            Bf16x8 k_chunk = {}, v_chunk = {};
+            if (j < hi) {
+                size_t at = (size_t)j * kv_stride + kvh * HD + c;
+                k_chunk = *(const Bf16x8 *)&k[at];
+                v_chunk = *(const Bf16x8 *)&v[at];
+            }
+            *(Bf16x8 *)&k_tile[r * HD + c] = k_chunk;
+            *(Bf16x8 *)&v_tile[r * HD + c] = v_chunk;
         }
         __syncthreads();
         { /* S = Q K^T: warp w computes the 16x16 tile (w / 2, w % 2) */
@@ -324,7 +335,8 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
 void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                          const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                          int n_heads, int n_kv_heads, int head_dim) {
-    if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128)) {
+    bool aligned = ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % sizeof(Bf16x8) == 0;
+    if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128) || !aligned) {
         attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
         return;
     }

@@ -70,6 +70,12 @@ class ProfileScope {
 #endif
 
 static inline unsigned ceil_div(size_t n, unsigned d) { return (unsigned)((n + d - 1) / d); }
+/* A grid over T rows of per_row items: x covers a row in blocks of `threads`, y the rows, which the kernel walks with
+ * `for (int t = blockIdx.y; t < T; t += gridDim.y)` past the grid's 65535 limit. Splitting a flat index into (row,
+ * column) would cost a 64-bit division per element, more than the memory access it serves. */
+static inline dim3 row_grid(int per_row, int T, unsigned threads) {
+    return dim3(ceil_div((size_t)per_row, threads), (unsigned)(T < 65535 ? T : 65535));
+}
 
 /* --- warp and block reductions (blockDim.x a multiple of 32, at most 1024; every thread must call) --- */
 template <class T> __device__ __forceinline__ T warp_sum(T v) {

@@ -3,18 +3,12 @@
 
 static const unsigned kThreads = 256;
 
-__global__ void embedding_kernel(float *out, const int32_t *tokens, const float *table, int T, int C) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)T * C) return;
-    size_t t = i / C, c = i % C;
-    out[i] = table[(size_t)tokens[t] * C + c];
-}
-
-__global__ void embedding_bf16_kernel(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)T * C) return;
-    size_t t = i / C, c = i % C;
-    out[i] = bf16_to_f32(table[(size_t)tokens[t] * C + c]);
+/* out[t, c] = table[tokens[t], c] widened to fp32 (a table of fp32 or bf16) */
+template <class Elem>
+__global__ void embedding_kernel(float *out, const int32_t *tokens, const Elem *table, int T, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) out[(size_t)t * C + c] = load_f(&table[(size_t)tokens[t] * C + c]);
 }
 
 __global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
@@ -24,10 +18,12 @@ __global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
 
 /* out [T, inter] from the gate/up rows [T, 2 inter] */
 template <class Elem> __global__ void swiglu_kernel(Elem *out, const Elem *gate_up, int T, int inter) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)T * inter) return;
-    const Elem *gate = gate_up + i / inter * 2 * inter + i % inter;
-    store_out(&out[i], swiglu_f(load_f(gate), load_f(gate + inter)));
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= inter) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        const Elem *gate = gate_up + (size_t)t * 2 * inter + j;
+        store_out(&out[(size_t)t * inter + j], swiglu_f(load_f(gate), load_f(gate + inter)));
+    }
 }
 
 __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
@@ -63,23 +59,23 @@ __global__ void silu_backward_kernel(float *dz, const float *dout, const float *
 }
 
 void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C) {
-    size_t n = (size_t)T * C;
-    if (n) LAUNCH(embedding_kernel, ceil_div(n, kThreads), kThreads, 0, out, tokens, table, T, C);
+    if (T > 0 && C > 0)
+        LAUNCH(embedding_kernel<float>, row_grid(C, T, kThreads), kThreads, 0, out, tokens, table, T, C);
 }
 void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
-    size_t n = (size_t)T * C;
-    if (n) LAUNCH(embedding_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, tokens, table, T, C);
+    if (T > 0 && C > 0)
+        LAUNCH(embedding_kernel<uint16_t>, row_grid(C, T, kThreads), kThreads, 0, out, tokens, table, T, C);
 }
 void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
     if (n) LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
 }
 void cuda_swiglu(float *out, const float *gate_up, int T, int inter) {
-    size_t n = (size_t)T * inter;
-    if (n) LAUNCH(swiglu_kernel<float>, ceil_div(n, kThreads), kThreads, 0, out, gate_up, T, inter);
+    if (T > 0 && inter > 0)
+        LAUNCH(swiglu_kernel<float>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
 }
 void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter) {
-    size_t n = (size_t)T * inter;
-    if (n) LAUNCH(swiglu_kernel<uint16_t>, ceil_div(n, kThreads), kThreads, 0, out, gate_up, T, inter);
+    if (T > 0 && inter > 0)
+        LAUNCH(swiglu_kernel<uint16_t>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);

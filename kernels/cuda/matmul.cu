@@ -8,11 +8,15 @@
 
 template <class Elem> /* float, or bf16: the sum rounded */
 __global__ void add_bias_kernel(Elem *out, const float *bias, int T, int OC) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (size_t)T * OC) store_out(&out[i], load_f(&out[i]) + bias[i % OC]);
+    int o = blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= OC) return;
+    for (int t = blockIdx.y; t < T; t += gridDim.y) {
+        Elem *x = &out[(size_t)t * OC + o];
+        store_out(x, load_f(x) + bias[o]);
+    }
 }
 template <class Elem> static void add_bias(Elem *out, const float *bias, int T, int OC) {
-    LAUNCH(add_bias_kernel<Elem>, ceil_div((size_t)T * OC, 256), 256, 0, out, bias, T, OC);
+    LAUNCH(add_bias_kernel<Elem>, row_grid(OC, T, 256), 256, 0, out, bias, T, OC);
 }
 
 /* dbias[o] += sum_t dout[t,o]: 32 columns per block, 8 row slices summed per column, then combined. */
