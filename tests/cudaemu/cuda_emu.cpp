@@ -161,13 +161,21 @@ bool release_warps() {
     return released;
 }
 
+/* CUDA_EMU_ORDER=reverse runs a block's threads from the last to the first between barriers: a kernel that reads
+ * what another thread wrote without a barrier between them then sees the other order, as a GPU may show it. */
+bool reverse_order() {
+    static const bool reverse = getenv("CUDA_EMU_ORDER") && strcmp(getenv("CUDA_EMU_ORDER"), "reverse") == 0;
+    return reverse;
+}
+
 void run_block() {
     for (unsigned t = 0; t < n_threads; t++) {
         fiber_start(fibers[t]);
         fibers[t].state = READY;
     }
     for (;;) {
-        for (unsigned t = 0; t < n_threads; t++) {
+        for (unsigned i = 0; i < n_threads; i++) {
+            unsigned t = reverse_order() ? n_threads - 1 - i : i;
             if (fibers[t].state != READY) continue;
             current = t;
             set_thread_index(t);
