@@ -224,6 +224,7 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
     __shared__ __align__(32) float s_tile[kTcQueries * kTcKeys];
     __shared__ __align__(32) float o_rows[kTcQueries * HD];
     __shared__ float row_max[kTcQueries], row_sum[kTcQueries], row_scale[kTcQueries];
+    __shared__ int rescale; /* some row's running max grew in this tile */
     __shared__ int row_begin[kTcQueries], row_end[kTcQueries];
     int warp = threadIdx.x / 32, t0 = blockIdx.x * kTcQueries, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * HD, kv_stride = (size_t)n_kv_heads * HD;
@@ -253,6 +254,7 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
 
     for (int j0 = lo; j0 < hi; j0 += kTcKeys) {
         __syncthreads(); /* the previous tile's K, V and P are no longer read */
+        if (threadIdx.x == 0) rescale = 0;
         for (int e = threadIdx.x; e < kTcKeys * HD / kChunk; e += blockDim.x) {
             int r = e / (HD / kChunk), c = e % (HD / kChunk) * kChunk, j = j0 + r;
             Bf16x8 k_chunk = {}, v_chunk = {};
@@ -301,12 +303,14 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
                 /* no visible key yet (m_new = -inf): nothing to rescale */
                 float correction = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
                 row_scale[r] = correction;
+                if (correction != 1.0f) rescale = 1;
                 row_sum[r] = row_sum[r] * correction + sum;
                 row_max[r] = m_new;
             }
         }
         __syncthreads();
-        for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] *= row_scale[e / HD];
+        if (rescale) /* block-uniform; once the maxima settle, most tiles skip this pass over the output rows */
+            for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] *= row_scale[e / HD];
         __syncthreads();
         /* O += P V: output tiles (row tile, column tile) dealt round-robin to the warps */
         for (int tile = warp; tile < (kTcQueries / 16) * (HD / 16); tile += kTcWarps) {
