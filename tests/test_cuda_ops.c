@@ -488,6 +488,17 @@ static void test_attention(void) {
         for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) lt_mask[i * LN + a] = 1; /* parent (i - 1) / 2 */
     }
     check_attention("tree mask after 520 cached keys, in slices", LN, LP + LN, lt_kb, lt_ke, lt_mask, LP, 4, 2, 64);
+    /* a tree of 20 nodes (16 queries per block, two blocks per head) after a long cache, in slices */
+    enum { BN = 20 };
+    int32_t bt_kb[BN], bt_ke[BN];
+    uint8_t bt_mask[BN * BN] = {0};
+    for (int i = 0; i < BN; i++) {
+        bt_kb[i] = 0, bt_ke[i] = LP + BN;
+        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) bt_mask[i * BN + a] = 1;
+    }
+    check_attention("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2, 128);
+    check_attention_as("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2,
+                       64, 1);
 
     /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
     enum { P = 45, N = 6 };

@@ -1,9 +1,10 @@
 /* Attention over explicit key ranges (packed causal batches, KV-cache decoding, tree verification), with
  * grouped-query heads, as a flash-style kernel: scores are never stored, each query keeps an online
  * softmax (running max m, running sum l, unnormalised output acc) over tiles of 32 keys.
- * Block: kQueries warps, one query each, all on the same head; the block loads each K tile once into shared
- * memory for its queries. Within a tile lane j scores key j; then every lane accumulates the p-weighted V
- * rows for its output elements c = lane, lane + 32, ... (V rows are read coalesced from global memory).
+ * Block: Q warps, one query each, all on the same head (Q = 16 for a tree or a prompt, 4 for a decoding step); the
+ * block loads each K and V tile once into shared memory for its queries, so a tree of 64 nodes reads the cache 4
+ * times per head instead of once per node. Within a tile lane j scores key j; then every lane accumulates the
+ * p-weighted V rows for its output elements c = lane, lane + 32, ...
  * Decoding (a few queries over a long KV cache) would leave most of the GPU idle with one block per (4 queries,
  * head), so there the key range is cut into slices (gridDim.z, flash-decoding): each block writes its partial
  * softmax state (max, sum, unnormalised output) and attention_merge_kernel combines them. */
@@ -14,23 +15,31 @@
 #include <mma.h>
 #endif
 
-static const int kQueries = 4, kTile = 32;
+static const int kTile = 32;
+
+/* Queries (warps) per block: 16 when there are as many (a tree, a prompt), else 4; 4 for head_dim above 128, whose
+ * K and V tiles fill the 48 KiB of static shared memory otherwise. */
+static int queries_per_block(int T, int head_dim) { return T >= 16 && head_dim <= 128 ? 16 : 4; }
 
 /* where one query's partial state in a key slice starts: max, sum, then the head_dim unnormalised outputs */
 __device__ __forceinline__ size_t partial_at(int split, int t, int h, int T, int n_heads, int head_dim) {
     return (((size_t)split * T + t) * n_heads + h) * (size_t)(head_dim + 2);
 }
 
-template <int HD, class In, class Out> /* head_dim <= HD, HD a multiple of 32; In and Out float or bf16 */
+/* head_dim <= HD, HD a multiple of 32; Q queries per block; In and Out float or bf16. V tiles are staged in shared
+ * memory up to HD 128; above, the V rows are read from global memory (the two tiles would not fit). */
+template <int HD, int Q, class In, class Out>
 __global__ void attention_kernel(Out *out, float *partials, const In *q, const In *k, const In *v,
                                  const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                                  int n_heads, int n_kv_heads, int head_dim) {
+    constexpr bool kSharedV = HD <= 128;
     __shared__ float k_tile[kTile][HD + 1]; /* +1: lane j reads row j without bank conflicts */
-    __shared__ float q_rows[kQueries][HD];
-    __shared__ float p_rows[kQueries][kTile];
-    __shared__ int ranges[kQueries][2];
+    __shared__ float v_tile[kSharedV ? kTile : 1][kSharedV ? HD : 1];
+    __shared__ float q_rows[Q][HD];
+    __shared__ float p_rows[Q][kTile];
+    __shared__ int ranges[Q][2];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int t = blockIdx.x * kQueries + warp, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    int t = blockIdx.x * Q + warp, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * head_dim, kv_stride = (size_t)n_kv_heads * head_dim;
     const float scale = 1.0f / sqrtf((float)head_dim);
     bool active = t < T;
@@ -43,7 +52,7 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
     }
     __syncthreads();
     int lo = 0x7fffffff, hi = 0; /* the union of the block's key ranges */
-    for (int w = 0; w < kQueries; w++)
+    for (int w = 0; w < Q; w++)
         if (ranges[w][0] < ranges[w][1]) {
             lo = min(lo, ranges[w][0]);
             hi = max(hi, ranges[w][1]);
@@ -59,7 +68,10 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
         __syncthreads(); /* everyone is done with the previous tile */
         for (int e = threadIdx.x; e < kTile * head_dim; e += blockDim.x) {
             int r = e / head_dim, c = e % head_dim;
-            k_tile[r][c] = j0 + r < slice_hi ? load_f(&k[(size_t)(j0 + r) * kv_stride + kvh * head_dim + c]) : 0.0f;
+            bool key = j0 + r < slice_hi;
+            size_t at = (size_t)(j0 + r) * kv_stride + kvh * head_dim + c;
+            k_tile[r][c] = key ? load_f(&k[at]) : 0.0f;
+            if (kSharedV) v_tile[r][c] = key ? load_f(&v[at]) : 0.0f;
         }
         __syncthreads();
         if (j0 >= end || j0 + kTile <= begin) continue; /* warp-uniform: this query has no key in the tile */
@@ -89,7 +101,7 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
             const In *v_row = v + (size_t)(j0 + r) * kv_stride + kvh * head_dim;
             for (int i = 0; i < HD / 32; i++) {
                 int c = lane + 32 * i;
-                if (c < head_dim) acc[i] += pr * load_f(&v_row[c]);
+                if (c < head_dim) acc[i] += pr * (kSharedV ? v_tile[r][c] : load_f(&v_row[c]));
             }
         }
         __syncwarp(); /* p_rows is rewritten by the next tile */
@@ -138,9 +150,9 @@ __global__ void attention_merge_kernel(Out *out, const float *partials, int spli
 /* Key slices for a decoding step: none for a packed batch (row0 = 0), which has blocks enough, or when the
  * (queries, head) blocks already fill a GPU (2 per SM of an A100 or H100); else one per
  * ATTENTION_SPLIT_MIN_KEYS keys, at most ATTENTION_SPLIT_MAX. */
-static int key_splits(int T, int row0, int n_heads) {
+static int key_splits(int T, int queries, int row0, int n_heads) {
     const int kBusyBlocks = 256;
-    if (row0 == 0 || (size_t)T * n_heads > ATTENTION_SPLIT_ROWS || (int)ceil_div(T, kQueries) * n_heads >= kBusyBlocks)
+    if (row0 == 0 || (size_t)T * n_heads > ATTENTION_SPLIT_ROWS || (int)ceil_div(T, queries) * n_heads >= kBusyBlocks)
         return 1;
     int splits = (row0 + T) / ATTENTION_SPLIT_MIN_KEYS;
     return splits < 2 ? 1 : min(splits, ATTENTION_SPLIT_MAX);
@@ -158,29 +170,54 @@ static float *split_partials(int head_dim) {
     return partials;
 }
 
+template <int HD, int Q, class In, class Out>
+static void launch_attention(dim3 grid, Out *out, float *partials, const In *q, const In *k, const In *v,
+                             const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                             int n_heads, int n_kv_heads, int head_dim) {
+    static const std::string name =
+        kernel_name("attention_kernel", {std::to_string(HD), std::to_string(Q), elem_name<In>(), elem_name<Out>()});
+    LAUNCH_AS(name.c_str(), (attention_kernel<HD, Q, In, Out>), grid, 32 * Q, 0, out, partials, q, k, v, key_begin,
+              key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+}
+
+template <int HD, class In, class Out>
+static void launch_attention(int queries, dim3 grid, Out *out, float *partials, const In *q, const In *k, const In *v,
+                             const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                             int n_heads, int n_kv_heads, int head_dim) {
+    if (queries == 16)
+        launch_attention<HD, 16>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
+                                 head_dim);
+    else
+        launch_attention<HD, 4>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
+                                head_dim);
+}
+
 template <class In, class Out>
 static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v, const int32_t *key_begin,
                                  const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads,
                                  int n_kv_heads, int head_dim) {
     if (T == 0) return;
-    int splits = key_splits(T, row0, n_heads);
+    if (head_dim > 256) fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
+    int queries = queries_per_block(T, head_dim), splits = key_splits(T, queries, row0, n_heads);
     float *partials = splits > 1 ? split_partials(head_dim) : NULL;
-    dim3 grid(ceil_div(T, kQueries), n_heads, splits), block(32 * kQueries);
+    dim3 grid(ceil_div(T, queries), n_heads, splits);
     if (head_dim <= 32)
-        LAUNCH((attention_kernel<32, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
-               T, n_heads, n_kv_heads, head_dim);
+        launch_attention<32>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
+                             n_kv_heads, head_dim);
     else if (head_dim <= 64)
-        LAUNCH((attention_kernel<64, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
-               T, n_heads, n_kv_heads, head_dim);
+        launch_attention<64>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
+                             n_kv_heads, head_dim);
     else if (head_dim <= 128)
-        LAUNCH((attention_kernel<128, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
-               T, n_heads, n_kv_heads, head_dim);
-    else if (head_dim <= 256)
-        LAUNCH((attention_kernel<256, In, Out>), grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0,
-               T, n_heads, n_kv_heads, head_dim);
-    else fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
-    if (splits > 1)
-        LAUNCH(attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T, n_heads, head_dim);
+        launch_attention<128>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
+                              n_kv_heads, head_dim);
+    else
+        launch_attention<256, 4>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
+                                 head_dim);
+    if (splits > 1) {
+        static const std::string name = kernel_name("attention_merge_kernel", {elem_name<Out>()});
+        LAUNCH_AS(name.c_str(), attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T,
+                  n_heads, head_dim);
+    }
 }
 
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,

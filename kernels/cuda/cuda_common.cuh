@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <initializer_list>
 #include <string>
 
 #ifndef MEDUSA_CUDA_EMU /* under emulation tests/cudaemu/cuda_emu.h provides these */
@@ -52,22 +53,35 @@ class ProfileScope {
 };
 
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
- * emulator can run on the CPU; launch errors are checked at once. */
+ * emulator can run on the CPU; launch errors are checked at once. LAUNCH_AS names the launch for the profile and
+ * the emulator's messages (a template kernel's name with its arguments: kernel_name). */
 #ifdef MEDUSA_CUDA_EMU
-#define LAUNCH(kernel, grid, block, shmem, ...)                                                                        \
+#define LAUNCH_AS(name, kernel, grid, block, shmem, ...)                                                               \
     do {                                                                                                               \
-        ProfileScope profile_scope_(#kernel);                                                                          \
-        cuda_emu_launch(#kernel, grid, block, shmem, kernel, __VA_ARGS__);                                             \
+        ProfileScope profile_scope_(name);                                                                             \
+        cuda_emu_launch(name, grid, block, shmem, kernel, __VA_ARGS__);                                                \
         CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 #else
-#define LAUNCH(kernel, grid, block, shmem, ...)                                                                        \
+#define LAUNCH_AS(name, kernel, grid, block, shmem, ...)                                                               \
     do {                                                                                                               \
-        ProfileScope profile_scope_(#kernel);                                                                          \
+        ProfileScope profile_scope_(name);                                                                             \
         kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                                                   \
         CUDA_CHECK(cudaGetLastError());                                                                                \
     } while (0)
 #endif
+#define LAUNCH(kernel, grid, block, shmem, ...) LAUNCH_AS(#kernel, kernel, grid, block, shmem, __VA_ARGS__)
+
+/* "f32" or "bf16": a kernel's element type in its name */
+template <class T> const char *elem_name();
+template <> inline const char *elem_name<float>() { return "f32"; }
+template <> inline const char *elem_name<uint16_t>() { return "bf16"; }
+/* base<args>, e.g. kernel_name("rope_qkv_kernel", elem_name<Elem>()); a caller keeps it in a function static */
+inline std::string kernel_name(const char *base, std::initializer_list<std::string> args) {
+    std::string name = std::string(base) + "<";
+    for (const std::string &a : args) name += (name.back() == '<' ? "" : ", ") + a;
+    return name + ">";
+}
 
 static inline unsigned ceil_div(size_t n, unsigned d) { return (unsigned)((n + d - 1) / d); }
 /* A grid over T rows of per_row items: x covers a row in blocks of `threads`, y the rows, which the kernel walks with

@@ -16,7 +16,8 @@ __global__ void add_bias_kernel(Elem *out, const float *bias, int T, int OC) {
     }
 }
 template <class Elem> static void add_bias(Elem *out, const float *bias, int T, int OC) {
-    LAUNCH(add_bias_kernel<Elem>, row_grid(OC, T, 256), 256, 0, out, bias, T, OC);
+    static const std::string name = kernel_name("add_bias_kernel", {elem_name<Elem>()});
+    LAUNCH_AS(name.c_str(), add_bias_kernel<Elem>, row_grid(OC, T, 256), 256, 0, out, bias, T, OC);
 }
 
 /* dbias[o] += sum_t dout[t,o]: 32 columns per block, 8 row slices summed per column, then combined. */

@@ -34,9 +34,10 @@ template <class Elem>
 static void rope_qkv(Elem *q, Elem *k, Elem *v, const Elem *qkv, const int32_t *pos, int T, int n_heads, int n_kv_heads,
                      int head_dim, float theta) {
     int per_token = (n_heads + n_kv_heads) * (head_dim / 2) + n_kv_heads * head_dim;
+    static const std::string name = kernel_name("rope_qkv_kernel", {elem_name<Elem>()});
     if (T > 0)
-        LAUNCH(rope_qkv_kernel<Elem>, row_grid(per_token, T, 256), 256, 0, q, k, v, qkv, pos, T, n_heads, n_kv_heads,
-               head_dim, theta);
+        LAUNCH_AS(name.c_str(), rope_qkv_kernel<Elem>, row_grid(per_token, T, 256), 256, 0, q, k, v, qkv, pos, T,
+                  n_heads, n_kv_heads, head_dim, theta);
 }
 void cuda_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
                    int n_kv_heads, int head_dim, float theta) {
