@@ -11,13 +11,13 @@
 
 typedef struct Backend Backend;
 
-/* A GPU backend cuts the keys of a few queries over a long cache (decoding) into up to ATTENTION_SPLIT_MAX
+/* A GPU backend cuts the keys of a few queries over a long cache (decoding, a tree) into up to ATTENTION_SPLIT_MAX
  * slices of at least ATTENTION_SPLIT_MIN_KEYS keys, for (queries x heads) up to ATTENTION_SPLIT_ROWS, and
  * merges their partial softmax states from a scratch of ATTENTION_SPLIT_BYTES(head_dim), which decoding's memory
  * plan counts. */
 #define ATTENTION_SPLIT_MAX 16
 #define ATTENTION_SPLIT_MIN_KEYS 128
-#define ATTENTION_SPLIT_ROWS 1024
+#define ATTENTION_SPLIT_ROWS 4096 /* a 64-node tree over 64 heads */
 #define ATTENTION_SPLIT_BYTES(head_dim)                                                                                \
     ((size_t)ATTENTION_SPLIT_MAX * ATTENTION_SPLIT_ROWS * (size_t)((head_dim) + 2) * sizeof(float))
 

@@ -497,8 +497,26 @@ static void test_attention(void) {
         for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) bt_mask[i * BN + a] = 1;
     }
     check_attention("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2, 128);
-    check_attention_as("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2,
+    check_attention_as("20-node tree after 520 cached keys, in slices (tensor cores)", BN, LP + BN, bt_kb, bt_ke,
+                       bt_mask, LP, 4, 2, 64, 1);
+    /* tensor cores: a 40-node tree (a 32-query tile and a padded one) after 300 keys in slices, with head_dim 128; a
+     * 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token cache (causal, no mask) */
+    enum { WN = 40, WP = 300 };
+    int32_t wt_kb[WN], wt_ke[WN];
+    uint8_t wt_mask[WN * WN] = {0};
+    for (int i = 0; i < WN; i++) {
+        wt_kb[i] = 0, wt_ke[i] = WP + WN;
+        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 3) wt_mask[i * WN + a] = 1; /* parent (i - 1) / 3 */
+    }
+    check_attention_as("40-node tree after 300 cached keys, in slices (tensor cores)", WN, WP + WN, wt_kb, wt_ke,
+                       wt_mask, WP, 4, 2, 128, 1);
+    for (int i = 0; i < BN; i++) bt_ke[i] = 45 + BN;
+    check_attention_as("20-node tree after 45 cached keys (tensor cores)", BN, 45 + BN, bt_kb, bt_ke, bt_mask, 45, 2, 1,
                        64, 1);
+    int32_t pr_kb[24], pr_ke[24];
+    for (int i = 0; i < 24; i++) pr_kb[i] = 0, pr_ke[i] = 100 + i + 1;
+    check_attention_as("24-token prompt after 100 cached keys (tensor cores)", 24, 124, pr_kb, pr_ke, NULL, 100, 4, 2,
+                       128, 1);
 
     /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
     enum { P = 45, N = 6 };

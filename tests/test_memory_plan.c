@@ -77,8 +77,8 @@ int main(void) {
           d.kv_cache / (1 << 30));
     MemoryPlanInput f32i = memory_plan_decoding(DT_F32, 5, 1, 0, 4096, 64);
     CHECK(memory_plan(&c, &f32i).kv_cache == 2 * kv, "with fp32 weights the KV cache is fp32: twice the bytes");
-    CHECK(d.attention_split == 16.0 * 1024 * 130 * 4 && bf16.attention_split == 0,
-          "decoding: %.1f MiB for attention's key slices (16 x 1024 rows x (128 + 2) floats); none in training",
+    CHECK(d.attention_split == 16.0 * 4096 * 130 * 4 && bf16.attention_split == 0,
+          "decoding: %.1f MiB for attention's key slices (16 x 4096 rows x (128 + 2) floats); none in training",
           d.attention_split / (1 << 20));
     CHECK(d.head_grads == 0 && d.adam_state == 0 && d.head_params == bf16.head_params,
           "decoding: the heads' parameters, no gradients or AdamW state");

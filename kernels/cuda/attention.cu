@@ -147,9 +147,16 @@ __global__ void attention_merge_kernel(Out *out, const float *partials, int spli
     }
 }
 
-/* Key slices for a decoding step: none for a packed batch (row0 = 0), which has blocks enough, or when the
- * (queries, head) blocks already fill a GPU (2 per SM of an A100 or H100); else one per
- * ATTENTION_SPLIT_MIN_KEYS keys, at most ATTENTION_SPLIT_MAX. */
+template <class Out>
+static void merge_slices(Out *out, const float *partials, int splits, int T, int n_heads, int head_dim) {
+    static const std::string name = kernel_name("attention_merge_kernel", {elem_name<Out>()});
+    LAUNCH_AS(name.c_str(), attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T, n_heads,
+              head_dim);
+}
+
+/* Key slices for a decoding step or a tree after a cache, whose blocks of `queries` queries per head are few: none
+ * for a packed batch (row0 = 0), which has blocks enough, or when the blocks already fill a GPU (2 per SM of an A100
+ * or H100); else one per ATTENTION_SPLIT_MIN_KEYS keys, at most ATTENTION_SPLIT_MAX. */
 static int key_splits(int T, int queries, int row0, int n_heads) {
     const int kBusyBlocks = 256;
     if (row0 == 0 || (size_t)T * n_heads > ATTENTION_SPLIT_ROWS || (int)ceil_div(T, queries) * n_heads >= kBusyBlocks)
@@ -213,11 +220,7 @@ static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v
     else
         launch_attention<256, 4>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
                                  head_dim);
-    if (splits > 1) {
-        static const std::string name = kernel_name("attention_merge_kernel", {elem_name<Out>()});
-        LAUNCH_AS(name.c_str(), attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T,
-                  n_heads, head_dim);
-    }
+    if (splits > 1) merge_slices(out, partials, splits, T, n_heads, head_dim);
 }
 
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
@@ -226,13 +229,15 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
     attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
 }
 
-/* --- tensor-core attention for large packed batches (--precision bf16) ---
- * Block: kTcQueries consecutive queries of one head, 4 warps. Per tile of kTcKeys keys: S = Q K^T on the
- * tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp), then 4 lanes per query row
- * update the online softmax (running max, sum; shuffles within the 4) and write P = exp(S - max) rounded to bf16, every
- * thread rescales the fp32 output rows held in shared memory, and O += P V runs on the tensor cores with the
- * accumulator loaded from and stored back to shared memory (wmma fragments have no portable row layout, so
- * the per-row rescaling happens in shared memory). Shared memory for head_dim 128: 46.6 KiB. */
+/* --- tensor-core attention for packed batches, prompts and trees (--precision bf16) ---
+ * Block: kTcQueries consecutive queries of one head, 4 warps, over the union of their key ranges (or one slice of
+ * it, gridDim.z, when a tree or a prompt after a long cache makes too few blocks: the partial states then go to
+ * attention_merge_kernel as the CUDA-core kernel's do); keys >= row0 pass through the tree mask when there is one. Per
+ * tile of kTcKeys keys: S = Q K^T on the tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp),
+ * then 4 lanes per query row update the online softmax (running max, sum; shuffles within the 4) and write P = exp(S -
+ * max) rounded to bf16, every thread rescales the fp32 output rows held in shared memory, and O += P V runs on the
+ * tensor cores with the accumulator loaded from and stored back to shared memory (wmma fragments have no portable row
+ * layout, so the per-row rescaling happens in shared memory). Shared memory for head_dim 128: 46.6 KiB. */
 static const int kTcQueries = 32, kTcKeys = 32, kTcWarps = 4;
 static const int kRowThreads = 32 * kTcWarps / kTcQueries; /* threads per query row in the softmax: 4 */
 
@@ -250,9 +255,9 @@ struct __align__(16) Bf16x8 {
 static const int kChunk = 8;
 
 template <int HD> /* head_dim == HD, a multiple of 16 */
-__global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                    const int32_t *key_begin, const int32_t *key_end, int T, int n_heads,
-                                    int n_kv_heads) {
+__global__ void attention_tc_kernel(uint16_t *out, float *partials, const uint16_t *q, const uint16_t *k,
+                                    const uint16_t *v, const int32_t *key_begin, const int32_t *key_end,
+                                    const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads) {
     using namespace nvcuda;
     __shared__ __align__(32) __nv_bfloat16 q_tile[kTcQueries * HD];
     __shared__ __align__(32) __nv_bfloat16 k_tile[kTcKeys * HD];
@@ -289,13 +294,17 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
             hi = max(hi, row_end[r]);
         }
 
-    for (int j0 = lo; j0 < hi; j0 += kTcKeys) {
+    /* this block's slice of the union's key tiles (all of them without a split) */
+    int n_tiles = hi > lo ? (hi - lo + kTcKeys - 1) / kTcKeys : 0, per_split = (n_tiles + gridDim.z - 1) / gridDim.z;
+    int slice_lo = lo + (int)blockIdx.z * per_split * kTcKeys, slice_hi = min(hi, slice_lo + per_split * kTcKeys);
+
+    for (int j0 = slice_lo; j0 < slice_hi; j0 += kTcKeys) {
         __syncthreads(); /* the previous tile's K, V and P are no longer read */
         if (threadIdx.x == 0) rescale = 0;
         for (int e = threadIdx.x; e < kTcKeys * HD / kChunk; e += blockDim.x) {
             int r = e / (HD / kChunk), c = e % (HD / kChunk) * kChunk, j = j0 + r;
             Bf16x8 k_chunk = {}, v_chunk = {};
-            if (j < hi) {
+            if (j < slice_hi) {
                 size_t at = (size_t)j * kv_stride + kvh * HD + c;
                 k_chunk = *(const Bf16x8 *)&k[at];
                 v_chunk = *(const Bf16x8 *)&v[at];
@@ -320,21 +329,22 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
         __syncthreads();
         { /* online softmax: kRowThreads neighbouring lanes per query row, each over a quarter of the keys */
             int r = threadIdx.x / kRowThreads, c0 = threadIdx.x % kRowThreads * (kTcKeys / kRowThreads);
+            bool seen[kTcKeys / kRowThreads];
             float m_old = row_max[r], m_new = m_old;
             for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) {
                 int j = j0 + c;
-                if (j >= row_begin[r] && j < row_end[r]) m_new = fmaxf(m_new, s_tile[r * kTcKeys + c] * scale);
+                /* in the slice and the row's range (empty for a padding row); a tree node sees only its ancestors */
+                bool visible = j < slice_hi && j >= row_begin[r] && j < row_end[r] &&
+                               (!mask || j < row0 || mask[(size_t)(t0 + r) * T + (j - row0)]);
+                seen[c - c0] = visible;
+                if (visible) m_new = fmaxf(m_new, s_tile[r * kTcKeys + c] * scale);
             }
             for (int offset = 1; offset < kRowThreads; offset *= 2)
                 m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, offset));
             float sum = 0.0f;
-            for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) {
-                int j = j0 + c;
-                bool visible = j >= row_begin[r] && j < row_end[r];
-                /* the sum of the rounded values the PV product uses */
+            for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) /* the sum of the rounded values PV uses */
                 sum += store_bf16(&p_tile[r * kTcKeys + c],
-                                  visible ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
-            }
+                                  seen[c - c0] ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
             for (int offset = 1; offset < kRowThreads; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
             if (c0 == 0) {
                 /* no visible key yet (m_new = -inf): nothing to rescale */
@@ -367,22 +377,37 @@ __global__ void attention_tc_kernel(uint16_t *out, const uint16_t *q, const uint
     __syncthreads();
     for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
         int r = e / HD, c = e % HD, t = t0 + r;
-        if (t < T) store_out(&out[t * q_stride + h * HD + c], row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f);
+        if (t >= T) continue;
+        if (gridDim.z > 1) { /* a slice: its partial state, for attention_merge_kernel */
+            float *state = partials + partial_at(blockIdx.z, t, h, T, n_heads, HD);
+            if (c == 0) state[0] = row_max[r], state[1] = row_sum[r];
+            state[2 + c] = o_rows[e];
+        } else {
+            store_out(&out[t * q_stride + h * HD + c], row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f);
+        }
     }
 }
 
-/* Tensor cores for packed batches (prefill, training) of a head_dim they tile; the CUDA-core kernel above
- * for decoding steps and tree verification, whose few queries would leave most of a tile empty. */
+/* Tensor cores for a head_dim they tile when there are queries enough to fill part of a 32-query tile (a packed
+ * batch, a prompt, a tree); the CUDA-core kernel for decoding steps (a few queries), other head sizes and tensors not
+ * 16-byte aligned. */
 void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                          const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                          int n_heads, int n_kv_heads, int head_dim) {
+    const int kMinQueries = 16;
     bool aligned = ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % sizeof(Bf16x8) == 0;
-    if (mask || T < kTcQueries || (head_dim != 64 && head_dim != 128) || !aligned) {
+    if (T < kMinQueries || (head_dim != 64 && head_dim != 128) || !aligned) {
         attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
         return;
     }
-    dim3 grid(ceil_div(T, kTcQueries), n_heads), block(32 * kTcWarps);
+    int splits = key_splits(T, kTcQueries, row0, n_heads);
+    float *partials = splits > 1 ? split_partials(head_dim) : NULL;
+    dim3 grid(ceil_div(T, kTcQueries), n_heads, splits), block(32 * kTcWarps);
     if (head_dim == 64)
-        LAUNCH(attention_tc_kernel<64>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
-    else LAUNCH(attention_tc_kernel<128>, grid, block, 0, out, q, k, v, key_begin, key_end, T, n_heads, n_kv_heads);
+        LAUNCH(attention_tc_kernel<64>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
+               n_heads, n_kv_heads);
+    else
+        LAUNCH(attention_tc_kernel<128>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
+               n_heads, n_kv_heads);
+    if (splits > 1) merge_slices(out, partials, splits, T, n_heads, head_dim);
 }
