@@ -232,12 +232,15 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
 /* --- tensor-core attention for packed batches, prompts and trees (--precision bf16) ---
  * Block: kTcQueries consecutive queries of one head, 4 warps, over the union of their key ranges (or one slice of
  * it, gridDim.z, when a tree or a prompt after a long cache makes too few blocks: the partial states then go to
- * attention_merge_kernel as the CUDA-core kernel's do); keys >= row0 pass through the tree mask when there is one. Per
- * tile of kTcKeys keys: S = Q K^T on the tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp),
- * then 4 lanes per query row update the online softmax (running max, sum; shuffles within the 4) and write P = exp(S -
- * max) rounded to bf16, every thread rescales the fp32 output rows held in shared memory, and O += P V runs on the
- * tensor cores with the accumulator loaded from and stored back to shared memory (wmma fragments have no portable row
- * layout, so the per-row rescaling happens in shared memory). Shared memory for head_dim 128: 46.6 KiB. */
+ * attention_merge_kernel as the CUDA-core kernel's do); keys >= row0 pass through the tree mask when there is one.
+ * Per tile of kTcKeys keys:
+ * - S = Q K^T on the tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp);
+ * - 4 lanes per query row update the online softmax (running max and sum, shuffles within the 4) and write
+ *   P = exp(S - max) rounded to bf16;
+ * - the fp32 output rows held in shared memory are rescaled, unless no row's max grew (wmma fragments have no
+ *   portable row layout, so the per-row rescaling happens in shared memory);
+ * - O += P V on the tensor cores, the accumulator loaded from and stored back to shared memory.
+ * Shared memory for head_dim 128: 46.6 KiB. */
 static const int kTcQueries = 32, kTcKeys = 32, kTcWarps = 4;
 static const int kRowThreads = 32 * kTcWarps / kTcQueries; /* threads per query row in the softmax: 4 */
 
