@@ -1126,7 +1126,7 @@ static void test_smollm2_bf16(void) {
      * sequence itself, so node i's logits are the packed pass's at position 60 + depth(i) */
     enum { TP = 60, TN = 20 };
     ensure(T >= TP + 5);
-    int32_t depth[TN], tree_tokens[TN];
+    int32_t depth[TN] = {0}, tree_tokens[TN];
     uint8_t mask[TN * TN] = {0};
     for (int i = 0; i < TN; i++) {
         depth[i] = i == 0 ? 0 : depth[(i - 1) / 2] + 1;
