@@ -76,7 +76,8 @@ class ProfileScope {
 template <class T> const char *elem_name();
 template <> inline const char *elem_name<float>() { return "f32"; }
 template <> inline const char *elem_name<uint16_t>() { return "bf16"; }
-/* base<args>, e.g. kernel_name("rope_qkv_kernel", elem_name<Elem>()); a caller keeps it in a function static */
+/* "base<a, b, ...>", e.g. kernel_name("rope_qkv_kernel", {elem_name<Elem>()}); a caller keeps it in a function
+ * static, built once */
 inline std::string kernel_name(const char *base, std::initializer_list<std::string> args) {
     std::string name = std::string(base) + "<";
     for (const std::string &a : args) name += (name.back() == '<' ? "" : ", ") + a;

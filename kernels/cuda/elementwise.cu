@@ -1,4 +1,5 @@
-/* Memory-bound element-wise ops: one thread per element (embedding: per element of the output rows). */
+/* Memory-bound element-wise ops: one thread per element; those over rows (embedding, SwiGLU) one per column of a row
+ * with the rows on grid y (row_grid). */
 #include "cuda_common.cuh"
 
 static const unsigned kThreads = 256;
