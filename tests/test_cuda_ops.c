@@ -395,6 +395,16 @@ static void test_rope_qkv(int hd, float theta) {
     free(qkv), free(want);
 }
 
+/* A tree of n nodes after `cache` cached keys, node i's parent (i - 1) / arity: every node's key range is the cache and
+ * the tree ([0, cache + n)), and its row of mask [n, n] marks itself and its ancestors. */
+static void tree_after_cache(int n, int cache, int arity, int32_t *key_begin, int32_t *key_end, uint8_t *mask) {
+    memset(mask, 0, (size_t)n * n);
+    for (int i = 0; i < n; i++) {
+        key_begin[i] = 0, key_end[i] = cache + n;
+        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / arity) mask[i * n + a] = 1;
+    }
+}
+
 /* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
  * bf16: the GPU's attention_bf16 on bf16 q, k, v against the CPU's attention on them widened; they then differ
  * only by the rounding of the probabilities (and the order of the sums). bf16 == 2: q, k and v start one element
@@ -482,20 +492,14 @@ static void test_attention(void) {
     check_attention("KV-cache decode, 700 keys in slices", 1, 700, skb + 2, ske + 2, NULL, 699, 2, 2, 128);
     enum { LP = 520, LN = 6 };
     int32_t lt_kb[LN], lt_ke[LN];
-    uint8_t lt_mask[LN * LN] = {0};
-    for (int i = 0; i < LN; i++) {
-        lt_kb[i] = 0, lt_ke[i] = LP + LN;
-        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) lt_mask[i * LN + a] = 1; /* parent (i - 1) / 2 */
-    }
+    uint8_t lt_mask[LN * LN];
+    tree_after_cache(LN, LP, 2, lt_kb, lt_ke, lt_mask);
     check_attention("tree mask after 520 cached keys, in slices", LN, LP + LN, lt_kb, lt_ke, lt_mask, LP, 4, 2, 64);
     /* a tree of 20 nodes (16 queries per block, two blocks per head) after a long cache, in slices */
     enum { BN = 20 };
     int32_t bt_kb[BN], bt_ke[BN];
-    uint8_t bt_mask[BN * BN] = {0};
-    for (int i = 0; i < BN; i++) {
-        bt_kb[i] = 0, bt_ke[i] = LP + BN;
-        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) bt_mask[i * BN + a] = 1;
-    }
+    uint8_t bt_mask[BN * BN];
+    tree_after_cache(BN, LP, 2, bt_kb, bt_ke, bt_mask);
     check_attention("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2, 128);
     check_attention_as("20-node tree after 520 cached keys, in slices (tensor cores)", BN, LP + BN, bt_kb, bt_ke,
                        bt_mask, LP, 4, 2, 64, 1);
@@ -503,14 +507,11 @@ static void test_attention(void) {
      * 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token cache (causal, no mask) */
     enum { WN = 40, WP = 300 };
     int32_t wt_kb[WN], wt_ke[WN];
-    uint8_t wt_mask[WN * WN] = {0};
-    for (int i = 0; i < WN; i++) {
-        wt_kb[i] = 0, wt_ke[i] = WP + WN;
-        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 3) wt_mask[i * WN + a] = 1; /* parent (i - 1) / 3 */
-    }
+    uint8_t wt_mask[WN * WN];
+    tree_after_cache(WN, WP, 3, wt_kb, wt_ke, wt_mask);
     check_attention_as("40-node tree after 300 cached keys, in slices (tensor cores)", WN, WP + WN, wt_kb, wt_ke,
                        wt_mask, WP, 4, 2, 128, 1);
-    for (int i = 0; i < BN; i++) bt_ke[i] = 45 + BN;
+    tree_after_cache(BN, 45, 2, bt_kb, bt_ke, bt_mask);
     check_attention_as("20-node tree after 45 cached keys (tensor cores)", BN, 45 + BN, bt_kb, bt_ke, bt_mask, 45, 2, 1,
                        64, 1);
     int32_t pr_kb[24], pr_ke[24];
@@ -518,15 +519,12 @@ static void test_attention(void) {
     check_attention_as("24-token prompt after 100 cached keys (tensor cores)", 24, 124, pr_kb, pr_ke, NULL, 100, 4, 2,
                        128, 1);
 
-    /* tree verification: 6 tree nodes after 45 cached keys; node i sees the cache and its ancestors */
+    /* tree verification: 6 tree nodes after 45 cached keys (parents 0, 0, 1, 1, 2); node i sees the cache and its
+     * ancestors */
     enum { P = 45, N = 6 };
-    int parent[N] = {-1, 0, 0, 1, 1, 2};
-    uint8_t mask[N * N] = {0};
+    uint8_t mask[N * N];
     int32_t tkb[N], tke[N];
-    for (int i = 0; i < N; i++) {
-        tkb[i] = 0, tke[i] = P + N;
-        for (int a = i; a >= 0; a = parent[a]) mask[i * N + a] = 1;
-    }
+    tree_after_cache(N, P, 2, tkb, tke, mask);
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
 
@@ -1126,12 +1124,12 @@ static void test_smollm2_bf16(void) {
      * sequence itself, so node i's logits are the packed pass's at position 60 + depth(i) */
     enum { TP = 60, TN = 20 };
     ensure(T >= TP + 5);
-    int32_t depth[TN] = {0}, tree_tokens[TN];
-    uint8_t mask[TN * TN] = {0};
+    int32_t depth[TN] = {0}, tree_tokens[TN], key_begin[TN], key_end[TN];
+    uint8_t mask[TN * TN];
+    tree_after_cache(TN, TP, 2, key_begin, key_end, mask); /* model_forward_tree makes the key ranges itself */
     for (int i = 0; i < TN; i++) {
         depth[i] = i == 0 ? 0 : depth[(i - 1) / 2] + 1;
         tree_tokens[i] = seq[TP + depth[i]];
-        for (int a = i; a >= 0; a = a == 0 ? -1 : (a - 1) / 2) mask[i * TN + a] = 1;
     }
     KVCache cache;
     kv_cache_init(&cache, &m, TP + TN);
