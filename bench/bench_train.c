@@ -11,22 +11,6 @@
 #include "../model/memory_plan.h"
 #include "../train/run.h"
 
-/* FLOPs of one batch, counting a multiply-add as 2: the frozen base forward (2 x the non-embedding
- * parameters per token; no logits), causal attention (QK^T and PV over half of each sequence's keys on
- * average: 2 x n_layers x q_dim x n^2 per sequence of n tokens), and the heads' forward + backward on the rows
- * each head trains (valid[i]: the others are skipped, so their FLOPs are not done): the lm_head 3 x 2 x V x H
- * (forward, input and weight gradients), the ResBlock 2 x 2 x H x H (block 0's input gradient is never formed). */
-static void batch_flops(const ModelConfig *c, const Batch *b, int heads, int Vh, const int64_t *valid, double *base,
-                        double *head) {
-    double H = c->hidden_size, q_dim = (double)c->n_heads * c->head_dim, kv_dim = (double)c->n_kv_heads * c->head_dim;
-    double layer = H * q_dim + 2 * H * kv_dim + q_dim * H + 3 * H * c->intermediate_size;
-    double attn = 0;
-    for (int i = 0; i < b->n_seqs; i++) attn += 2.0 * c->n_layers * q_dim * (double)b->seq_lens[i] * b->seq_lens[i];
-    *base = 2 * c->n_layers * layer * b->n_tokens + attn;
-    *head = 0;
-    for (int i = 0; i < heads; i++) *head += 2.0 * (3 * Vh * H + 2 * H * H) * (double)valid[i];
-}
-
 int main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *device = "cpu", *precision = "auto";
     int heads = 5, batch_tokens = 2048, steps = 3, threads = 0, logits_chunk = 0;
@@ -93,10 +77,8 @@ int main(int argc, char **argv) {
         total += dt;
         base_s += db;
         tokens += batch.n_tokens;
-        double fb, fh;
-        batch_flops(&base.config, &batch, heads, base.config.vocab_size, sm.valid, &fb, &fh);
-        base_flops += fb;
-        head_flops += fh;
+        base_flops += model_forward_flops(&base.config, batch.n_tokens, batch.seq_lens, batch.n_seqs);
+        for (int h = 0; h < heads; h++) head_flops += medusa_train_flops(&m.shape, sm.valid[h]);
     }
     printf("medusa-c train: %d heads, %lld tokens in %d steps, %.3f s (base %.0f%%, heads %.0f%%), %.1f tokens/s\n",
            heads, (long long)tokens, steps, total, 100 * base_s / total, 100 * (total - base_s) / total,

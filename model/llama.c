@@ -113,6 +113,13 @@ size_t model_param_count(const Model *m) {
     return V * H * (c->tie_word_embeddings ? 1 : 2) + H + (size_t)c->n_layers * layer;
 }
 
+double model_forward_flops(const ModelConfig *c, int n_tokens, const int32_t *seq_lens, int n_seqs) {
+    double H = c->hidden_size, q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    double layer = H * (q + 2 * kv) + q * H + 3 * H * c->intermediate_size, attention = 0;
+    for (int i = 0; i < n_seqs; i++) attention += 2.0 * c->n_layers * q * (double)seq_lens[i] * seq_lens[i];
+    return 2.0 * c->n_layers * layer * n_tokens + attention;
+}
+
 size_t model_act_bytes(const Model *m) { return m->weight_dtype == DT_BF16 ? sizeof(uint16_t) : sizeof(float); }
 
 void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {

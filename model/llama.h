@@ -66,6 +66,10 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
 DType model_precision(const char *name, const Backend *be);
 void model_free(Model *m);
 size_t model_param_count(const Model *m);
+/* FLOPs of the forward pass over a packed batch, a multiply-add counted as 2 (throughput in TFLOP/s and MFU): 2 x the
+ * non-embedding weights per token (no logits), and causal attention, QK^T and PV over half of each sequence's keys
+ * on average: 2 x n_layers x q_dim x n^2 per sequence of n tokens. */
+double model_forward_flops(const ModelConfig *c, int n_tokens, const int32_t *seq_lens, int n_seqs);
 
 /* out[T,OC] = in[T,IC] @ weight^T (+ bias) for a weight matrix of this model, whatever its storage */
 void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,

@@ -248,6 +248,12 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     }
 }
 
+double medusa_train_flops(const MedusaShape *s, int64_t rows) {
+    double H = s->hidden, Vh = s->head_vocab > 0 ? s->head_vocab : s->vocab;
+    double blocks = s->n_layers > 0 ? 3.0 * s->n_layers - 1 : 0; /* H x H products per row, forward and backward */
+    return 2.0 * (3 * Vh * H + blocks * H * H) * (double)rows;
+}
+
 void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int T, float *out) {
     const MedusaShape *s = &m->shape;
     if (T > w->max_tokens) fatal("medusa: %d rows exceed the work buffers' %d", T, w->max_tokens);

@@ -91,6 +91,11 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                              const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
                              float grad_scale, MedusaBatchStats *stats);
 
+/* FLOPs of training one head on `rows` rows (those it has a target for), a multiply-add counted as 2: the lm_head's
+ * forward, input and weight gradients (3 x 2 x Vh x H), each ResBlock's forward and weight gradient (2 x 2 x H x H)
+ * and, above block 0, its input gradient (block 0's is never formed: the base is frozen). */
+double medusa_train_flops(const MedusaShape *s, int64_t rows);
+
 /* Decoding: logits of every head for rows of hidden [T,H] → out [K][T,Vh] (backend memory); row index r
  * of a head's logits is token medusa_row_token(m, r). */
 void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int T, float *out);

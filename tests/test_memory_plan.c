@@ -1,7 +1,8 @@
 /* The memory plan: a 7B Llama in bf16 with 5 heads x 1 layer, AdamW state and a 16k-token batch must fit
  * one 80 GB GPU; the parameter count must match the known size of Llama-2-7B; decoding adds a KV cache of
- * 2 x layers x rows x kv-width bf16 values. (tests/test_cuda_ops checks the plans against the bytes a
- * training step and a decoding run really allocate.) */
+ * 2 x layers x rows x kv-width bf16 values; the FLOPs a training step counts. (tests/test_cuda_ops checks the plans
+ * against the bytes a training step and a decoding run really allocate.) */
+#include "../model/medusa.h"
 #include "../model/memory_plan.h"
 #include "test.h"
 
@@ -51,6 +52,17 @@ int main(void) {
         "in bf16, one bf16 buffer of 16k x 11008 for every GEMM input, the residual stream and final hidden states in "
         "fp32",
         p.base_activations / (1 << 30), bf16.base_activations / (1 << 30));
+    /* FLOPs (training throughput): the forward pass over two 1024-token sequences, 2 x the weights that multiply
+     * activations (the parameter count less the embedding, the lm_head and the norms) per token plus causal attention;
+     * a head with one ResBlock on 100 rows */
+    int32_t lens[2] = {1024, 1024};
+    double forward = model_forward_flops(&c, 2048, lens, 2),
+           matmul_weights = 6738415616.0 - 2 * 32000.0 * 4096 - (2 * 32 + 1) * 4096.0;
+    CHECK(forward == 2 * matmul_weights * 2048 + 2 * (2.0 * 32 * 4096 * 1024 * 1024),
+          "forward FLOPs: 2 x %.0f weights x 2048 tokens + attention (%.4g)", matmul_weights, forward);
+    MedusaShape head = {5, 1, 4096, 32000, 0};
+    CHECK(medusa_train_flops(&head, 100) == 100 * 2.0 * (3.0 * 32000 * 4096 + 2.0 * 4096 * 4096),
+          "head FLOPs per trained row: lm_head forward + 2 gradients, the ResBlock's forward + weight gradient");
     memory_plan_print(&bf16, stdout, 80e9);
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",
           bf16.total / 1e9);

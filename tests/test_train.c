@@ -83,6 +83,24 @@ static void free_ckpt(Loaded *l) {
     free(l->meta.config_json);
 }
 
+/* train lines of metrics.jsonl that report a positive throughput in tokens/s and in TFLOP/s */
+static int train_lines_with_throughput(const char *dir) {
+    char *p = path_join(dir, "metrics.jsonl");
+    char *text = read_whole_file(p, NULL);
+    free(p);
+    int n = 0;
+    for (char *line = text ? strtok(text, "\n") : NULL; line; line = strtok(NULL, "\n")) {
+        cJSON *j = cJSON_Parse(line);
+        const cJSON *split = cJSON_GetObjectItem(j, "split"), *tok = cJSON_GetObjectItem(j, "tokens_per_s"),
+                    *flops = cJSON_GetObjectItem(j, "tflops_per_s");
+        n += cJSON_IsString(split) && strcmp(split->valuestring, "train") == 0 && cJSON_IsNumber(tok) &&
+             tok->valuedouble > 0 && cJSON_IsNumber(flops) && flops->valuedouble > 0;
+        cJSON_Delete(j);
+    }
+    free(text);
+    return n;
+}
+
 /* metrics.jsonl without the wall-clock fields, one line per entry. */
 static char *metrics_without_timing(const char *dir) {
     char *p = path_join(dir, "metrics.jsonl");
@@ -94,6 +112,7 @@ static char *metrics_without_timing(const char *dir) {
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         cJSON *j = cJSON_Parse(line);
         cJSON_DeleteItemFromObject(j, "tokens_per_s");
+        cJSON_DeleteItemFromObject(j, "tflops_per_s");
         cJSON_DeleteItemFromObject(j, "elapsed_s");
         char *s = cJSON_PrintUnformatted(j);
         n += (size_t)snprintf(out + n, cap - n, "%s\n", s);
@@ -213,6 +232,7 @@ static void test_resume(const char *data, const char *val) {
     CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4 &&
               count_lines(ma, "\"split\":\"eval\"") == 2,
           "metrics.jsonl identical apart from timing: 4 train lines, 2 eval lines");
+    CHECK(train_lines_with_throughput(a) == 4, "each train line reports tokens/s and TFLOP/s");
     printf("       last line: %.200s\n", strrchr(ma, '{') ? strrchr(ma, '{') : "");
     size_t sa, sb;
     char *ea = read_file_or_empty(a, "medusa/medusa_lm_head.safetensors", &sa);

@@ -381,7 +381,7 @@ int train_run(const TrainConfig *c) {
     progress_start(&prog, "train", total_steps - step);
     StepMetrics window;
     step_metrics_clear(&window);
-    double window_start = now_seconds(), last_step_seconds = 0;
+    double window_start = now_seconds(), last_step_seconds = 0, window_base_flops = 0;
     int64_t start_step = step, last_eval = -1, last_save = resume_path ? step : -1;
     int status = TRAIN_DONE;
     char extra[256] = "";
@@ -395,6 +395,7 @@ int train_run(const TrainConfig *c) {
             memcpy(mask, b.loss_mask, (size_t)b.n_tokens);
             memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
             micro[a] = (TrainBatch){b.n_tokens, tok, mask, b.n_seqs, len};
+            window_base_flops += model_forward_flops(&base.config, b.n_tokens, b.seq_lens, b.n_seqs);
         }
         double lr = lr_at(&oc, (int)step);
         int64_t tokens_before = window.tokens;
@@ -414,16 +415,21 @@ int train_run(const TrainConfig *c) {
             cJSON_AddNumberToObject(o, "lr", lr);
             cJSON_AddNumberToObject(o, "grad_norm", norm);
             metrics_to_json(&window, c->heads, o);
+            double flops = window_base_flops; /* the base forward's, and each head's on the rows it trained */
+            for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&heads.shape, window.valid[i]);
+            double tflops = dt > 0 ? flops / dt / 1e12 : 0;
             cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window.tokens / dt : 0);
+            cJSON_AddNumberToObject(o, "tflops_per_s", tflops);
             cJSON_AddNumberToObject(o, "elapsed_s", r.train_seconds);
             int n = snprintf(extra, sizeof extra, "loss %.3f top1", window.total_loss_sum / window.batches);
             for (int i = 0; i < c->heads && n < (int)sizeof extra - 16; i++)
                 n += snprintf(extra + n, sizeof extra - (size_t)n, " %.2f",
                               window.valid[i] ? (double)window.hits[i][0] / (double)window.valid[i] : 0.0);
-            snprintf(extra + n, sizeof extra - (size_t)n, " | %.0f tok/s", dt > 0 ? (double)window.tokens / dt : 0);
+            snprintf(extra + n, sizeof extra - (size_t)n, " | %.0f tok/s, %.3g TFLOP/s",
+                     dt > 0 ? (double)window.tokens / dt : 0, tflops);
             write_metrics_line(metrics, o);
             step_metrics_clear(&window);
-            window_start = now_seconds();
+            window_start = now_seconds(), window_base_flops = 0;
         }
         progress_update(&prog, step - start_step, extra);
 
