@@ -107,9 +107,9 @@ struct Backend {
      * into the fp32 dinp/dweight; dbias sums the fp32 dout */
     void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                  const uint16_t *weight, int T, int IC, int OC);
-    /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, swiglu_bf16): one
-     * rounding serves every GEMM that reads it. With accumulate the product is added to out
-     * (a residual branch summed into the stream by the GEMM itself) */
+    /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, attention_bf16,
+     * swiglu_bf16). With accumulate the product is added to out (a residual branch summed into the stream by the GEMM
+     * itself) */
     void (*matmul_bf16_in)(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
                            int OC, int accumulate);
     /* matmul_bf16_in with a bf16 result, what the next op reads (q/k/v, gate/up): the fp32 sum rounded, then

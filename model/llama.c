@@ -177,8 +177,8 @@ static void check_tokens(const int32_t *tokens, int T, int vocab) {
             fatal("token id %d at position %d is outside the vocabulary (0..%d)", tokens[t], t, vocab - 1);
 }
 
-/* A GEMM input: fp32 activations, or with bf16 weights the same values already rounded to bf16 by the op that
- * made them, once for all the GEMMs that read them (q, k, v; gate, up). */
+/* A GEMM input (the normed input, attention's output, the SwiGLU output): fp32 activations, or with bf16 weights the
+ * same values rounded to bf16 by the op that made them. */
 typedef struct {
     const float *f32;
     const uint16_t *bf16;

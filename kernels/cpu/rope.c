@@ -18,7 +18,8 @@ static void rotate_heads(float *x, int n_heads, int head_dim, const float *cos_t
     }
 }
 
-void cpu_rope_forward(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
+/* q and k rotated in place at positions pos */
+static void rotate_qk(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
                       float theta) {
     int half = head_dim / 2;
 #pragma omp parallel if (T > 1)
@@ -48,5 +49,5 @@ void cpu_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t 
         memcpy(k + (size_t)t * kv_dim, r + q_dim, sizeof(float) * kv_dim);
         memcpy(v + (size_t)t * kv_dim, r + q_dim + kv_dim, sizeof(float) * kv_dim);
     }
-    cpu_rope_forward(q, k, pos, T, n_heads, n_kv_heads, head_dim, theta);
+    rotate_qk(q, k, pos, T, n_heads, n_kv_heads, head_dim, theta);
 }
