@@ -42,8 +42,9 @@ bin/medusa-eval --model "$MODEL" --medusa "$RUN/train/medusa" --data "$RUN/share
 step "5/7 export: Medusa v1 (train/medusa) and vLLM layout"
 bin/medusa-train export --ckpt "$RUN/train" --out "$RUN/medusa-vllm" --format vllm --dtype bf16
 
+# the trained heads are timed, not made-up full-vocabulary ones: with --head-vocab they cost far less per step
 step "6/7 tune a tree to the measured accuracies and this machine"
-bin/medusa-infer tune --accuracies "$RUN/eval.json" --model "$MODEL" --budgets 1,2,4,8,16 --out "$RUN/tree.json"
+bin/medusa-infer tune --accuracies "$RUN/eval.json" --model "$MODEL" --medusa "$RUN/train/medusa" --budgets 1,2,4,8,16 --out "$RUN/tree.json"
 
 step "7/7 decoding speed: plain greedy vs Medusa, on held-out ShareGPT prompts"
 bin/medusa-infer --model "$MODEL" --medusa "$RUN/train/medusa" --tree "$RUN/tree.json" \
