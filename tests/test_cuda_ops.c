@@ -503,7 +503,7 @@ static void test_attention(void) {
     check_attention("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2, 128);
     check_attention_as("20-node tree after 520 cached keys, in slices (tensor cores)", BN, LP + BN, bt_kb, bt_ke,
                        bt_mask, LP, 4, 2, 64, 1);
-    /* tensor cores: a 40-node tree (a 32-query tile and a padded one) after 300 keys in slices, with head_dim 128; a
+    /* tensor cores: a 40-node tree (two full warps and a part of a third in a 64-query block) after 300 keys in slices, with head_dim 128; a
      * 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token cache (causal, no mask) */
     enum { WN = 40, WP = 300 };
     int32_t wt_kb[WN], wt_ke[WN];
@@ -528,7 +528,7 @@ static void test_attention(void) {
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
     check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
 
-    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 32-query
+    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 64-query
      * tiles, GQA, one sequence longer than a key tile, a tail tile with padding rows */
     int tc_lens[4] = {7, 40, 70, 3}, tc_T = 120;
     int32_t tc_kb[120], tc_ke[120];

@@ -10,11 +10,6 @@
  * softmax state (max, sum, unnormalised output) and attention_merge_kernel combines them. */
 #include "cuda_common.cuh"
 
-#ifndef MEDUSA_CUDA_EMU /* tests/cudaemu/cuda_emu.h emulates wmma */
-#include <cuda_bf16.h>
-#include <mma.h>
-#endif
-
 static const int kTile = 32;
 
 /* Queries (warps) per block: 16 when there are as many (a tree, a prompt), else 4; 4 for head_dim above 128, whose
@@ -230,187 +225,205 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
 }
 
 /* --- tensor-core attention for packed batches, prompts and trees (--precision bf16) ---
- * Block: kTcQueries consecutive queries of one head, 4 warps, over the union of their key ranges (or one slice of
- * it, gridDim.z, when a tree or a prompt after a long cache makes too few blocks: the partial states then go to
- * attention_merge_kernel as the CUDA-core kernel's do); keys >= row0 pass through the tree mask when there is one.
- * Per tile of kTcKeys keys:
- * - S = Q K^T on the tensor cores (bf16 operands, fp32 accumulation; one 16x16 tile of S per warp);
- * - 4 lanes per query row update the online softmax (running max and sum, shuffles within the 4) and write
- *   P = exp(S - max) rounded to bf16;
- * - the fp32 output rows held in shared memory are rescaled, unless no row's max grew (wmma fragments have no
- *   portable row layout, so the per-row rescaling happens in shared memory);
- * - O += P V on the tensor cores, the accumulator loaded from and stored back to shared memory.
- * Shared memory for head_dim 128: 46.6 KiB. */
-static const int kTcQueries = 32, kTcKeys = 32, kTcWarps = 4;
-static const int kRowThreads = 32 * kTcWarps / kTcQueries; /* threads per query row in the softmax: 4 */
+ * Flash-attention 2's arrangement on mma.sync (cuda_common.cuh's mma_bf16_16x8x16): a block of kMmaWarps warps
+ * takes kMmaQueries consecutive queries of one head, 16 per warp, and each warp keeps its queries' Q fragments,
+ * running maxima and sums and output accumulators in registers over the whole key range (or one slice of it,
+ * gridDim.z, when a tree or a prompt after a long cache makes too few blocks: the partial states then go to
+ * attention_merge_kernel as the CUDA-core kernel's do). Per tile of kMmaKeys keys, whose K and V rows the block
+ * stages in shared memory:
+ * - S = Q K^T, 8 keys per instruction, bf16 operands and fp32 accumulation;
+ * - the online softmax on S where the accumulator layout leaves it: a lane holds two query rows (groupID and
+ *   groupID + 8), which the 4 lanes of its group share, so row maxima and sums take two shuffles;
+ * - P = exp(S - max) rounded to bf16 is already in the A-operand layout of the second product (the accumulators of
+ *   keys 16c..16c+7 and 16c+8..16c+15 are the two halves of A's 16-key chunk c), and O is rescaled in registers;
+ * - O += P V.
+ * Keys at or after row0 pass through the tree mask when there is one; a warp whose queries see no key of a tile
+ * skips it. Shared memory for head_dim 128: 34 KiB. */
+static const int kMmaWarps = 4, kMmaQueries = 16 * kMmaWarps, kMmaKeys = 64;
+/* bf16 elements after each staged K or V row: with rows (head_dim + 8) * 2 bytes apart, the 32 lanes' fragment loads
+ * fall in distinct shared-memory banks */
+static const int kRowPad = 8;
 
-/* *dst = bf16(x); returns the rounded value */
-__device__ __forceinline__ float store_bf16(__nv_bfloat16 *dst, float x) {
-    uint16_t bits = f32_to_bf16(x);
-    memcpy(dst, &bits, sizeof bits);
-    return bf16_to_f32(bits);
-}
-/* 8 bf16 values, 16 bytes: the Q, K and V tiles are copied from global memory in these (the rows of a head are
- * 16-byte aligned: head_dim is a multiple of 16 and the tensors start aligned, which cuda_attention_bf16 checks) */
+/* 8 bf16 values, 16 bytes: K and V rows are staged in these (the rows of a head are 16-byte aligned: head_dim is a
+ * multiple of 16 and the tensors start aligned, which cuda_attention_bf16 checks) */
 struct __align__(16) Bf16x8 {
     uint32_t bits[4];
 };
-static const int kChunk = 8;
+
+/* two bf16 values at a 4-byte aligned address, the first in the low half (a cast, not memcpy, which nvcc would make
+ * four byte loads of) */
+__device__ __forceinline__ uint32_t load_u32(const uint16_t *p) { return *(const uint32_t *)p; }
+__device__ __forceinline__ uint32_t pack_bf16x2(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
 
 template <int HD> /* head_dim == HD, a multiple of 16 */
-__global__ void attention_tc_kernel(uint16_t *out, float *partials, const uint16_t *q, const uint16_t *k,
-                                    const uint16_t *v, const int32_t *key_begin, const int32_t *key_end,
-                                    const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads) {
-    using namespace nvcuda;
-    __shared__ __align__(32) __nv_bfloat16 q_tile[kTcQueries * HD];
-    __shared__ __align__(32) __nv_bfloat16 k_tile[kTcKeys * HD];
-    __shared__ __align__(32) __nv_bfloat16 v_tile[kTcKeys * HD];
-    __shared__ __align__(32) __nv_bfloat16 p_tile[kTcQueries * kTcKeys];
-    __shared__ __align__(32) float s_tile[kTcQueries * kTcKeys];
-    __shared__ __align__(32) float o_rows[kTcQueries * HD];
-    __shared__ float row_max[kTcQueries], row_sum[kTcQueries], row_scale[kTcQueries];
-    __shared__ int rescale; /* some row's running max grew in this tile */
-    __shared__ int row_begin[kTcQueries], row_end[kTcQueries];
-    int warp = threadIdx.x / 32, t0 = blockIdx.x * kTcQueries, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+__global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint16_t *q, const uint16_t *k,
+                                     const uint16_t *v, const int32_t *key_begin, const int32_t *key_end,
+                                     const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads) {
+    constexpr int kStride = HD + kRowPad;
+    __shared__ __align__(16) uint16_t k_tile[kMmaKeys * kStride];
+    __shared__ __align__(16) uint16_t v_tile[kMmaKeys * kStride];
+    __shared__ int warp_lo[kMmaWarps], warp_hi[kMmaWarps];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+    int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * HD, kv_stride = (size_t)n_kv_heads * HD;
     const float scale = 1.0f / sqrtf((float)HD);
 
-    for (int e = threadIdx.x; e < kTcQueries * HD / kChunk; e += blockDim.x) {
-        int r = e / (HD / kChunk), c = e % (HD / kChunk) * kChunk, t = t0 + r;
-        Bf16x8 chunk = {};
-        if (t < T) chunk = *(const Bf16x8 *)&q[t * q_stride + h * HD + c];
-        *(Bf16x8 *)&q_tile[r * HD + c] = chunk;
+    /* this lane's query rows (i = 0: groupID, 1: groupID + 8) and their key ranges (empty past T) */
+    int row[2], begin[2], end[2];
+    for (int i = 0; i < 2; i++) {
+        row[i] = blockIdx.x * kMmaQueries + warp * 16 + group + 8 * i;
+        begin[i] = row[i] < T ? key_begin[row[i]] : 0;
+        end[i] = row[i] < T ? key_end[row[i]] : 0;
     }
-    for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] = 0.0f;
-    if (threadIdx.x < kTcQueries) {
-        int r = threadIdx.x, t = t0 + r;
-        row_begin[r] = t < T ? key_begin[t] : 0;
-        row_end[r] = t < T ? key_end[t] : 0; /* an empty range: the row stays zero */
-        row_max[r] = -INFINITY;
-        row_sum[r] = 0.0f;
-    }
-    __syncthreads();
-    int lo = 0x7fffffff, hi = 0; /* the union of the block's key ranges */
-    for (int r = 0; r < kTcQueries; r++)
-        if (row_begin[r] < row_end[r]) {
-            lo = min(lo, row_begin[r]);
-            hi = max(hi, row_end[r]);
+    /* Q as A fragments, chunk c holding dims 16c..16c+15: register r has row i = r & 1, columns +8 for r >= 2 */
+    uint32_t qa[HD / 16][4];
+    for (int c = 0; c < HD / 16; c++)
+        for (int r = 0; r < 4; r++) {
+            int i = r & 1, col = 16 * c + 2 * quad + (r >= 2 ? 8 : 0);
+            qa[c][r] = row[i] < T ? load_u32(&q[row[i] * q_stride + h * HD + col]) : 0u;
         }
 
-    /* this block's slice of the union's key tiles (all of them without a split) */
-    int n_tiles = hi > lo ? (hi - lo + kTcKeys - 1) / kTcKeys : 0, per_split = (n_tiles + gridDim.z - 1) / gridDim.z;
-    int slice_lo = lo + (int)blockIdx.z * per_split * kTcKeys, slice_hi = min(hi, slice_lo + per_split * kTcKeys);
+    /* the warp's key range (the union of its rows'), then the block's */
+    int lo = 0x7fffffff, hi = 0;
+    for (int i = 0; i < 2; i++)
+        if (begin[i] < end[i]) lo = min(lo, begin[i]), hi = max(hi, end[i]);
+    for (int offset = 4; offset < 32; offset *= 2) { /* across the groups: the 4 lanes of a group hold the same rows */
+        lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
+        hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+    }
+    if (lane == 0) warp_lo[warp] = lo, warp_hi[warp] = hi;
+    __syncthreads();
+    int block_lo = 0x7fffffff, block_hi = 0;
+    for (int w = 0; w < kMmaWarps; w++)
+        if (warp_lo[w] < warp_hi[w]) block_lo = min(block_lo, warp_lo[w]), block_hi = max(block_hi, warp_hi[w]);
 
-    for (int j0 = slice_lo; j0 < slice_hi; j0 += kTcKeys) {
-        __syncthreads(); /* the previous tile's K, V and P are no longer read */
-        if (threadIdx.x == 0) rescale = 0;
-        for (int e = threadIdx.x; e < kTcKeys * HD / kChunk; e += blockDim.x) {
-            int r = e / (HD / kChunk), c = e % (HD / kChunk) * kChunk, j = j0 + r;
+    /* this block's slice of the union's key tiles (all of them without a split) */
+    int n_tiles = block_hi > block_lo ? (block_hi - block_lo + kMmaKeys - 1) / kMmaKeys : 0;
+    int per_split = (n_tiles + gridDim.z - 1) / gridDim.z;
+    int slice_lo = block_lo + (int)blockIdx.z * per_split * kMmaKeys;
+    int slice_hi = min(block_hi, slice_lo + per_split * kMmaKeys);
+
+    float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+    float o[HD / 8][4]; /* output columns 8n..8n+7 in the accumulator layout */
+    for (int n = 0; n < HD / 8; n++)
+        for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    for (int j0 = slice_lo; j0 < slice_hi; j0 += kMmaKeys) {
+        __syncthreads(); /* every warp is done with the previous tile */
+        for (int e = threadIdx.x; e < kMmaKeys * HD / 8; e += blockDim.x) {
+            int r = e / (HD / 8), c = e % (HD / 8) * 8, j = j0 + r;
             Bf16x8 k_chunk = {}, v_chunk = {};
             if (j < slice_hi) {
                 size_t at = (size_t)j * kv_stride + kvh * HD + c;
                 k_chunk = *(const Bf16x8 *)&k[at];
                 v_chunk = *(const Bf16x8 *)&v[at];
             }
-            *(Bf16x8 *)&k_tile[r * HD + c] = k_chunk;
-            *(Bf16x8 *)&v_tile[r * HD + c] = v_chunk;
+            *(Bf16x8 *)&k_tile[r * kStride + c] = k_chunk;
+            *(Bf16x8 *)&v_tile[r * kStride + c] = v_chunk;
         }
         __syncthreads();
-        { /* S = Q K^T: warp w computes the 16x16 tile (w / 2, w % 2) */
-            int tr = warp / 2, tc = warp % 2;
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s_acc;
-            wmma::fill_fragment(s_acc, 0.0f);
-            for (int d = 0; d < HD; d += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb; /* K^T */
-                wmma::load_matrix_sync(qa, q_tile + tr * 16 * HD + d, HD);
-                wmma::load_matrix_sync(kb, k_tile + tc * 16 * HD + d, HD);
-                wmma::mma_sync(s_acc, qa, kb, s_acc);
-            }
-            wmma::store_matrix_sync(s_tile + tr * 16 * kTcKeys + tc * 16, s_acc, kTcKeys, wmma::mem_row_major);
-        }
-        __syncthreads();
-        { /* online softmax: kRowThreads neighbouring lanes per query row, each over a quarter of the keys */
-            int r = threadIdx.x / kRowThreads, c0 = threadIdx.x % kRowThreads * (kTcKeys / kRowThreads);
-            bool seen[kTcKeys / kRowThreads];
-            float m_old = row_max[r], m_new = m_old;
-            for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) {
-                int j = j0 + c;
-                /* in the slice and the row's range (empty for a padding row); a tree node sees only its ancestors */
-                bool visible = j < slice_hi && j >= row_begin[r] && j < row_end[r] &&
-                               (!mask || j < row0 || mask[(size_t)(t0 + r) * T + (j - row0)]);
-                seen[c - c0] = visible;
-                if (visible) m_new = fmaxf(m_new, s_tile[r * kTcKeys + c] * scale);
-            }
-            for (int offset = 1; offset < kRowThreads; offset *= 2)
-                m_new = fmaxf(m_new, __shfl_xor_sync(0xffffffffu, m_new, offset));
-            float sum = 0.0f;
-            for (int c = c0; c < c0 + kTcKeys / kRowThreads; c++) /* the sum of the rounded values PV uses */
-                sum += store_bf16(&p_tile[r * kTcKeys + c],
-                                  seen[c - c0] ? expf(s_tile[r * kTcKeys + c] * scale - m_new) : 0.0f);
-            for (int offset = 1; offset < kRowThreads; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-            if (c0 == 0) {
-                /* no visible key yet (m_new = -inf): nothing to rescale */
-                float correction = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-                row_scale[r] = correction;
-                if (correction != 1.0f) rescale = 1;
-                row_sum[r] = row_sum[r] * correction + sum;
-                row_max[r] = m_new;
+        int tile_hi = min(slice_hi, j0 + kMmaKeys);
+        if (lo >= tile_hi || hi <= j0) continue; /* warp-uniform: none of the warp's queries sees a key here */
+
+        /* S = Q K^T: B = K^T, whose column n is key row n of the tile, two dims per register */
+        float s[kMmaKeys / 8][4];
+        for (int n = 0; n < kMmaKeys / 8; n++) {
+            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+            const uint16_t *key = &k_tile[(8 * n + group) * kStride + 2 * quad];
+            for (int c = 0; c < HD / 16; c++) {
+                uint32_t b[2] = {load_u32(key + 16 * c), load_u32(key + 16 * c + 8)};
+                mma_bf16_16x8x16(s[n], qa[c], b);
             }
         }
-        __syncthreads();
-        if (rescale) /* block-uniform; once the maxima settle, most tiles skip this pass over the output rows */
-            for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) o_rows[e] *= row_scale[e / HD];
-        __syncthreads();
-        /* O += P V: output tiles (row tile, column tile) dealt round-robin to the warps */
-        for (int tile = warp; tile < (kTcQueries / 16) * (HD / 16); tile += kTcWarps) {
-            int tr = tile / (HD / 16), tc = tile % (HD / 16);
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> o_acc;
-            wmma::load_matrix_sync(o_acc, o_rows + tr * 16 * HD + tc * 16, HD, wmma::mem_row_major);
-            for (int kk = 0; kk < kTcKeys; kk += 16) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pa;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vb;
-                wmma::load_matrix_sync(pa, p_tile + tr * 16 * kTcKeys + kk, kTcKeys);
-                wmma::load_matrix_sync(vb, v_tile + kk * HD + tc * 16, HD);
-                wmma::mma_sync(o_acc, pa, vb, o_acc);
+        /* scale and mask (element e: row i = e / 2, key j0 + 8n + 2 quad + e % 2), then the rows' tile maxima */
+        float tile_max[2] = {-INFINITY, -INFINITY};
+        for (int n = 0; n < kMmaKeys / 8; n++)
+            for (int e = 0; e < 4; e++) {
+                int i = e / 2, j = j0 + 8 * n + 2 * quad + e % 2;
+                bool visible = j < tile_hi && j >= begin[i] && j < end[i] &&
+                               (!mask || j < row0 || mask[(size_t)row[i] * T + (j - row0)]);
+                s[n][e] = visible ? s[n][e] * scale : -INFINITY;
+                tile_max[i] = fmaxf(tile_max[i], s[n][e]);
             }
-            wmma::store_matrix_sync(o_rows + tr * 16 * HD + tc * 16, o_acc, HD, wmma::mem_row_major);
+        float correction[2];
+        for (int i = 0; i < 2; i++) {
+            tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+            tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+            float m_new = fmaxf(row_max[i], tile_max[i]);
+            correction[i] = m_new == -INFINITY ? 1.0f : expf(row_max[i] - m_new); /* 0 at the first visible key */
+            row_max[i] = m_new;
+        }
+        /* P rounded to bf16, packed as A fragments (chunk c: keys 16c..16c+15), and the sums of the rounded values
+         * that P V uses */
+        uint32_t pa[kMmaKeys / 16][4];
+        float tile_sum[2] = {0.0f, 0.0f};
+        for (int n = 0; n < kMmaKeys / 8; n++) {
+            uint16_t p[4];
+            for (int e = 0; e < 4; e++) {
+                int i = e / 2;
+                p[e] = f32_to_bf16(s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - row_max[i]));
+                tile_sum[i] += bf16_to_f32(p[e]);
+            }
+            pa[n / 2][n % 2 * 2] = pack_bf16x2(p[0], p[1]);     /* row groupID */
+            pa[n / 2][n % 2 * 2 + 1] = pack_bf16x2(p[2], p[3]); /* row groupID + 8 */
+        }
+        for (int i = 0; i < 2; i++) {
+            tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], 1);
+            tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], 2);
+            row_sum[i] = row_sum[i] * correction[i] + tile_sum[i];
+        }
+        /* O = O * correction + P V: B = V, whose column n is dim 8n + groupID, two keys per register */
+        for (int n = 0; n < HD / 8; n++)
+            for (int e = 0; e < 4; e++) o[n][e] *= correction[e / 2];
+        for (int c = 0; c < kMmaKeys / 16; c++) {
+            const uint16_t *v0 = &v_tile[(16 * c + 2 * quad) * kStride + group];
+            for (int n = 0; n < HD / 8; n++) {
+                const uint16_t *col = v0 + 8 * n;
+                uint32_t b[2] = {pack_bf16x2(col[0], col[kStride]), pack_bf16x2(col[8 * kStride], col[9 * kStride])};
+                mma_bf16_16x8x16(o[n], pa[c], b);
+            }
         }
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < kTcQueries * HD; e += blockDim.x) {
-        int r = e / HD, c = e % HD, t = t0 + r;
-        if (t >= T) continue;
+
+    for (int i = 0; i < 2; i++) {
+        if (row[i] >= T) continue;
         if (gridDim.z > 1) { /* a slice: its partial state, for attention_merge_kernel */
-            float *state = partials + partial_at(blockIdx.z, t, h, T, n_heads, HD);
-            if (c == 0) state[0] = row_max[r], state[1] = row_sum[r];
-            state[2 + c] = o_rows[e];
+            float *state = partials + partial_at(blockIdx.z, row[i], h, T, n_heads, HD);
+            if (quad == 0) state[0] = row_max[i], state[1] = row_sum[i];
+            for (int n = 0; n < HD / 8; n++) {
+                state[2 + 8 * n + 2 * quad] = o[n][2 * i];
+                state[2 + 8 * n + 2 * quad + 1] = o[n][2 * i + 1];
+            }
         } else {
-            store_out(&out[t * q_stride + h * HD + c], row_sum[r] > 0.0f ? o_rows[e] / row_sum[r] : 0.0f);
+            float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f; /* no visible key: zeros */
+            uint16_t *dst = &out[row[i] * q_stride + h * HD + 2 * quad];
+            for (int n = 0; n < HD / 8; n++) {
+                *(uint32_t *)&dst[8 * n] =
+                    pack_bf16x2(f32_to_bf16(o[n][2 * i] * inv), f32_to_bf16(o[n][2 * i + 1] * inv));
+            }
         }
     }
 }
 
-/* Tensor cores for a head_dim they tile when there are queries enough to fill part of a 32-query tile (a packed
- * batch, a prompt, a tree); the CUDA-core kernel for decoding steps (a few queries), other head sizes and tensors not
- * 16-byte aligned. */
+/* Tensor cores for a head_dim they tile when there are queries enough to fill part of a block (a packed batch, a
+ * prompt, a tree); the CUDA-core kernel for decoding steps (a few queries), other head sizes and tensors not 16-byte
+ * aligned. */
 void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                          const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                          int n_heads, int n_kv_heads, int head_dim) {
     const int kMinQueries = 16;
-    bool aligned = ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % sizeof(Bf16x8) == 0;
+    bool aligned = ((uintptr_t)out | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % sizeof(Bf16x8) == 0;
     if (T < kMinQueries || (head_dim != 64 && head_dim != 128) || !aligned) {
         attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
         return;
     }
-    int splits = key_splits(T, kTcQueries, row0, n_heads);
+    int splits = key_splits(T, kMmaQueries, row0, n_heads);
     float *partials = splits > 1 ? split_partials(head_dim) : NULL;
-    dim3 grid(ceil_div(T, kTcQueries), n_heads, splits), block(32 * kTcWarps);
+    dim3 grid(ceil_div(T, kMmaQueries), n_heads, splits), block(32 * kMmaWarps);
     if (head_dim == 64)
-        LAUNCH(attention_tc_kernel<64>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
+        LAUNCH(attention_mma_kernel<64>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads);
     else
-        LAUNCH(attention_tc_kernel<128>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
+        LAUNCH(attention_mma_kernel<128>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads);
     if (splits > 1) merge_slices(out, partials, splits, T, n_heads, head_dim);
 }

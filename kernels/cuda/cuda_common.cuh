@@ -101,6 +101,24 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
+/* d += a b for one 16x8x16 tile per warp on the tensor cores (mma.sync: bf16 a and b, fp32 d), with the fragments in
+ * the PTX ISA's layout for .m16n8k16 (groupID = lane / 4, threadID_in_group = lane % 4; bf16 pairs low half first):
+ * - a[r]: row groupID (+8 for r = 1, 3), columns 2 threadID_in_group + {0, 1} (+8 for r = 2, 3);
+ * - b[r]: rows 2 threadID_in_group + {0, 1} (+8 for r = 1), column groupID;
+ * - d[e]: row groupID (+8 for e = 2, 3), column 2 threadID_in_group + e % 2.
+ * Warp-collective: all 32 lanes call it together. The emulator computes the same product from every lane's
+ * fragments. */
+#ifdef MEDUSA_CUDA_EMU
+#define mma_bf16_16x8x16 cuda_emu_mma_bf16_16x8x16
+#else
+__device__ __forceinline__ void mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
 /* an fp32 or bf16 element as fp32, and an fp32 result into an fp32 or bf16 element (kernels templated on their
  * element types) */
 __device__ __forceinline__ float load_f(const float *p) { return *p; }

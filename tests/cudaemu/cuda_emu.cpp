@@ -49,6 +49,7 @@ const size_t kStackBytes = 256 << 10;
 std::vector<Fiber> fibers;             /* one per thread of the running block; stacks are reused */
 std::vector<unsigned> warp_generation; /* completed warp barriers, selects the shuffle buffer */
 std::vector<uint64_t> warp_slots;      /* [warp][2][32] double-buffered shuffle exchange */
+std::vector<uint32_t> mma_slots;       /* [warp][2][32][6] the same for mma fragments: a[4], b[2] */
 #ifdef EMU_FAST_SWITCH
 void *scheduler_sp;
 #else
@@ -298,6 +299,7 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     unsigned n_warps = (n_threads + 31) / 32;
     warp_generation.assign(n_warps, 0);
     warp_slots.assign((size_t)n_warps * 64, 0);
+    mma_slots.assign((size_t)n_warps * 64 * 6, 0);
     gridDim = grid;
     blockDim = block;
     running_kernel = kernel_name;
@@ -312,13 +314,36 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     kernel_body = NULL;
 }
 
-void cuda_emu_wmma_check(const void *ptr, unsigned ldm, size_t elem_bytes) {
-    if ((uintptr_t)ptr % 32 != 0 || (ldm * elem_bytes) % 16 != 0) {
-        fprintf(stderr,
-                "cuda_emu: kernel %s: wmma pointer %p / ldm %u: pointers must be 256-bit aligned and ldm a "
-                "multiple of 16 bytes\n",
-                running_kernel ? running_kernel : "?", ptr, ldm);
-        abort();
+/* Each lane posts its fragments, the warp meets, and each lane computes its 4 accumulators from the A row and B
+ * column it needs, gathered from the lanes that hold them (the layout of cuda_common.cuh's mma_bf16_16x8x16).
+ * Products of bf16 values are exact in fp32; the sum runs in k order. */
+void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    unsigned w = current / 32;
+    int lane = (int)(current % 32);
+    if ((w + 1) * 32 > n_threads) emu_fail("mma.sync in a warp of fewer than 32 threads");
+    uint32_t *slots = &mma_slots[(w * 2 + (warp_generation[w] & 1)) * 32 * 6];
+    memcpy(&slots[lane * 6], a, 4 * sizeof(uint32_t));
+    memcpy(&slots[lane * 6 + 4], b, 2 * sizeof(uint32_t));
+    cuda_emu_syncwarp();
+    auto half = [&](int holder, int reg, int hi) {
+        uint32_t bits = (slots[holder * 6 + reg] >> (16 * hi)) & 0xffffu;
+        bits <<= 16;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        return f;
+    };
+    int group = lane / 4, quad = lane % 4;
+    for (int e = 0; e < 4; e++) {
+        int row = group + (e >= 2 ? 8 : 0), col = 2 * quad + e % 2;
+        float sum = d[e];
+        for (int kk = 0; kk < 16; kk++) {
+            /* A[row][kk]: lane (row % 8) * 4 + (kk % 8) / 2, register (row >= 8) + 2 (kk >= 8); B[kk][col]: lane
+             * col * 4 + (kk % 8) / 2, register (kk >= 8); low half for even kk */
+            float x = half(row % 8 * 4 + kk % 8 / 2, (row >= 8) + 2 * (kk >= 8), kk % 2);
+            float y = half(col * 4 + kk % 8 / 2, 4 + (kk >= 8), kk % 2);
+            sum += x * y;
+        }
+        d[e] = sum;
     }
 }
 

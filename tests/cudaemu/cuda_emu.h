@@ -117,78 +117,11 @@ static inline float __int_as_float(int i) {
     return x;
 }
 
-/* --- bf16 and warp matrix ops (mma.h's nvcuda::wmma, the 16x16x16 bf16 shape). A fragment holds its whole
- * tile in every lane (the hardware spreads it over the warp in an unspecified layout, so kernels must not
- * index fragments); each op is warp-collective, so it starts with a warp barrier: a lane that skips it is
- * reported, and no lane reads a tile before all lanes have arrived. Pointers and leading dimensions are
- * checked as the hardware requires (256-bit aligned, ldm a multiple of 16 bytes). --- */
+/* --- warp matrix multiply-accumulate: mma.sync.m16n8k16 with bf16 operands and fp32 accumulation, the fragments
+ * in the PTX ISA's layout (kernels/cuda/cuda_common.cuh's mma_bf16_16x8x16). Warp-collective: it starts with a warp
+ * barrier, so a lane that skips it is reported, and every lane reads the others' fragments after all have arrived. */
 #define __align__(n) __attribute__((aligned(n)))
-struct __nv_bfloat16 {
-    uint16_t bits;
-};
-void cuda_emu_wmma_check(const void *ptr, unsigned ldm, size_t elem_bytes);
-namespace nvcuda {
-namespace wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <class Use, int M, int N, int K, class T, class Layout = void> struct fragment {
-    static_assert(M == 16 && N == 16 && K == 16, "the emulator has the 16x16x16 shape only");
-    float x[256]; /* row-major tile, values as the tensor core sees them */
-};
-static inline float emu_value(__nv_bfloat16 b) {
-    uint32_t bits = (uint32_t)b.bits << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-static inline float emu_value(float f) { return f; }
-template <class Use, class T, class Layout>
-static inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout> &f, const T *p, unsigned ldm) {
-    cuda_emu_syncwarp();
-    cuda_emu_wmma_check(p, ldm, sizeof(T));
-    bool col = std::is_same<Layout, col_major>::value;
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) f.x[r * 16 + c] = emu_value(col ? p[c * ldm + r] : p[r * ldm + c]);
-}
-static inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm,
-                                    layout_t layout) {
-    cuda_emu_syncwarp();
-    cuda_emu_wmma_check(p, ldm, sizeof(float));
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) f.x[r * 16 + c] = layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c];
-}
-static inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
-                                     layout_t layout) {
-    cuda_emu_syncwarp();
-    cuda_emu_wmma_check(p, ldm, sizeof(float));
-    for (int r = 0; r < 16; r++)
-        for (int c = 0; c < 16; c++) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[r * 16 + c];
-}
-template <class Use, class T, class Layout>
-static inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, float v) {
-    for (int i = 0; i < 256; i++) f.x[i] = v;
-}
-template <class LA, class LB>
-static inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
-                            const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA> &a,
-                            const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB> &b,
-                            const fragment<accumulator, 16, 16, 16, float> &c) {
-    cuda_emu_syncwarp();
-    float out[256];
-    for (int r = 0; r < 16; r++)
-        for (int col = 0; col < 16; col++) {
-            float sum = c.x[r * 16 + col];
-            for (int k = 0; k < 16; k++) sum += a.x[r * 16 + k] * b.x[k * 16 + col];
-            out[r * 16 + col] = sum;
-        }
-    memcpy(d.x, out, sizeof out);
-}
-} // namespace wmma
-} // namespace nvcuda
+void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]);
 
 /* --- cudart --- */
 typedef enum cudaError {
