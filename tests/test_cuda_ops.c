@@ -503,8 +503,9 @@ static void test_attention(void) {
     check_attention("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2, 128);
     check_attention_as("20-node tree after 520 cached keys, in slices (tensor cores)", BN, LP + BN, bt_kb, bt_ke,
                        bt_mask, LP, 4, 2, 64, 1);
-    /* tensor cores: a 40-node tree (two full warps and a part of a third in a 64-query block) after 300 keys in slices, with head_dim 128; a
-     * 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token cache (causal, no mask) */
+    /* tensor cores: a 40-node tree (two full warps and a part of a third in a 64-query block) after 300 keys in slices,
+     * with head_dim 128; a 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token cache
+     * (causal, no mask) */
     enum { WN = 40, WP = 300 };
     int32_t wt_kb[WN], wt_ke[WN];
     uint8_t wt_mask[WN * WN];
