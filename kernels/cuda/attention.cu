@@ -231,17 +231,17 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
  * gridDim.z, when a tree or a prompt after a long cache makes too few blocks: the partial states then go to
  * attention_merge_kernel as the CUDA-core kernel's do). Per tile of kMmaKeys keys, whose K and V rows the block
  * stages in shared memory:
- * - S = Q K^T, 8 keys per instruction, bf16 operands and fp32 accumulation;
+ * - S = Q K^T, 8 keys per instruction, bf16 operands and fp32 accumulation, K's fragments read by ldmatrix;
  * - the online softmax on S where the accumulator layout leaves it: a lane holds two query rows (groupID and
  *   groupID + 8), which the 4 lanes of its group share, so row maxima and sums take two shuffles;
  * - P = exp(S - max) rounded to bf16 is already in the A-operand layout of the second product (the accumulators of
  *   keys 16c..16c+7 and 16c+8..16c+15 are the two halves of A's 16-key chunk c), and O is rescaled in registers;
- * - O += P V.
+ * - O += P V, V's fragments read by a transposing ldmatrix.
  * Keys at or after row0 pass through the tree mask when there is one; a warp whose queries see no key of a tile
  * skips it. Shared memory for head_dim 128: 34 KiB. */
 static const int kMmaWarps = 4, kMmaQueries = 16 * kMmaWarps, kMmaKeys = 64;
-/* bf16 elements after each staged K or V row: with rows (head_dim + 8) * 2 bytes apart, the 32 lanes' fragment loads
- * fall in distinct shared-memory banks */
+/* bf16 elements after each staged K or V row: with rows (head_dim + 8) * 2 bytes apart, the 8 rows an ldmatrix phase
+ * reads fall in distinct shared-memory banks */
 static const int kRowPad = 8;
 
 /* 8 bf16 values, 16 bytes: K and V rows are staged in these (the rows of a head are 16-byte aligned: head_dim is a
@@ -324,14 +324,17 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
         int tile_hi = min(slice_hi, j0 + kMmaKeys);
         if (lo >= tile_hi || hi <= j0) continue; /* warp-uniform: none of the warp's queries sees a key here */
 
-        /* S = Q K^T: B = K^T, whose column n is key row n of the tile, two dims per register */
+        /* S = Q K^T: B = K^T, whose column n is key row n of the tile. One ldmatrix takes keys 8n..8n+7 for dim chunks
+         * c and c + 1: matrix i holds dims 16c + 8i.., lane 8i + j points at key 8n + j */
         float s[kMmaKeys / 8][4];
         for (int n = 0; n < kMmaKeys / 8; n++) {
             for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
-            const uint16_t *key = &k_tile[(8 * n + group) * kStride + 2 * quad];
-            for (int c = 0; c < HD / 16; c++) {
-                uint32_t b[2] = {load_u32(key + 16 * c), load_u32(key + 16 * c + 8)};
+            const uint16_t *key = &k_tile[(8 * n + lane % 8) * kStride + 8 * (lane / 8)];
+            for (int c = 0; c < HD / 16; c += 2) {
+                uint32_t b[4];
+                ldmatrix_x4(b, key + 16 * c, false);
                 mma_bf16_16x8x16(s[n], qa[c], b);
+                mma_bf16_16x8x16(s[n], qa[c + 1], b + 2);
             }
         }
         /* scale and mask (element e: row i = e / 2, key j0 + 8n + 2 quad + e % 2), then the rows' tile maxima */
@@ -375,11 +378,14 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
         for (int n = 0; n < HD / 8; n++)
             for (int e = 0; e < 4; e++) o[n][e] *= correction[e / 2];
         for (int c = 0; c < kMmaKeys / 16; c++) {
-            const uint16_t *v0 = &v_tile[(16 * c + 2 * quad) * kStride + group];
-            for (int n = 0; n < HD / 8; n++) {
-                const uint16_t *col = v0 + 8 * n;
-                uint32_t b[2] = {pack_bf16x2(col[0], col[kStride]), pack_bf16x2(col[8 * kStride], col[9 * kStride])};
+            /* one transposing ldmatrix takes keys 16c..16c+15 for dim tiles n and n + 1: matrix i holds keys
+             * 16c + 8 (i % 2).. and dims 8 (n + i / 2).., lane 8i + j points at its row j */
+            const uint16_t *rows = &v_tile[(16 * c + 8 * (lane / 8 % 2) + lane % 8) * kStride + 8 * (lane / 16)];
+            for (int n = 0; n < HD / 8; n += 2) {
+                uint32_t b[4];
+                ldmatrix_x4(b, rows + 8 * n, true);
                 mma_bf16_16x8x16(o[n], pa[c], b);
+                mma_bf16_16x8x16(o[n + 1], pa[c], b + 2);
             }
         }
     }

@@ -108,9 +108,25 @@ __device__ __forceinline__ float warp_max(float v) {
  * - d[e]: row groupID (+8 for e = 2, 3), column 2 threadID_in_group + e % 2.
  * Warp-collective: all 32 lanes call it together. The emulator computes the same product from every lane's
  * fragments. */
+/* r[i] = this lane's part of the 8x8 bf16 matrix i < 4 in shared memory, whose row j (16 bytes, 16-byte aligned) lane
+ * 8i + j points at with `row`: elements (row lane / 4, columns 2 (lane % 4) + {0, 1}) of it, or with trans of its
+ * transpose (rows 2 (lane % 4) + {0, 1} of the stored matrix, column lane / 4): the fragments mma takes
+ * (ldmatrix.sync.m8n8.x4). Warp-collective. */
 #ifdef MEDUSA_CUDA_EMU
 #define mma_bf16_16x8x16 cuda_emu_mma_bf16_16x8x16
+#define ldmatrix_x4 cuda_emu_ldmatrix_x4
 #else
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(row);
+    if (trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+}
 __device__ __forceinline__ void mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                  "{%0, %1, %2, %3};\n"

@@ -347,6 +347,26 @@ void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b
     }
 }
 
+void cuda_emu_ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
+    if ((uintptr_t)row % 16 != 0) emu_fail("ldmatrix: a row address not 16-byte aligned");
+    int lane;
+    uint64_t *slots = cuda_emu_shuffle_slots(&lane);
+    slots[lane] = (uint64_t)(uintptr_t)row;
+    cuda_emu_syncwarp();
+    auto at = [&](int matrix, int j) { return (const uint16_t *)(uintptr_t)slots[8 * matrix + j]; };
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (trans) { /* column lane / 4 of rows 2 (lane % 4) and the next */
+            lo = at(i, 2 * (lane % 4))[lane / 4];
+            hi = at(i, 2 * (lane % 4) + 1)[lane / 4];
+        } else { /* row lane / 4, columns 2 (lane % 4) and the next */
+            lo = at(i, lane / 4)[2 * (lane % 4)];
+            hi = at(i, lane / 4)[2 * (lane % 4) + 1];
+        }
+        r[i] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+
 /* --- cudart on host memory --- */
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     arena_init();

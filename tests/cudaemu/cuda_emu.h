@@ -122,6 +122,9 @@ static inline float __int_as_float(int i) {
  * barrier, so a lane that skips it is reported, and every lane reads the others' fragments after all have arrived. */
 #define __align__(n) __attribute__((aligned(n)))
 void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]);
+/* ldmatrix.sync.m8n8.x4 (kernels/cuda/cuda_common.cuh's ldmatrix_x4): every lane posts its row address, then reads
+ * its elements from the rows the others posted; a row not 16-byte aligned is reported */
+void cuda_emu_ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans);
 
 /* --- cudart --- */
 typedef enum cudaError {
