@@ -74,6 +74,8 @@ deps:
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+# fused multiply-adds in the CPU matmul kernels (the ISO C mode of -std=c11 leaves contraction off)
+$(BUILD)/kernels/cpu/matmul.o: CFLAGS += -ffp-contract=fast
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
@@ -189,6 +191,14 @@ bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
 	} | tee $(BENCH_OUT).new
 	@awk '{for(i=2;i<=NF;i++) if($$i ~ /^tokens\/s/) v=$$(i-1)} /^medusa-c forward/{ours=v} /^pytorch forward/{theirs=v} END{printf "ratio medusa-c / pytorch: %.2fx\n", ours/theirs}' $(BENCH_OUT).new | tee -a $(BENCH_OUT).new
 	@mv $(BENCH_OUT).new $(BENCH_OUT)
+
+# The CPU matmul for a few rows (decoding, tree verification) beside OpenBLAS sgemm on the demo model's shapes;
+# writes bench/matmul_rows_cpu_<host>.txt.
+.PHONY: bench-matmul
+bench-matmul: $(BUILD)/bench/bench_matmul_rows $(SMOLLM2)
+	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct's shapes"; \
+	  OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) $(BUILD)/bench/bench_matmul_rows --model $(SMOLLM2); \
+	} | tee bench/matmul_rows_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
 
 # medusa-data beside Hugging Face tokenizers on the demo ShareGPT file: same tokenizer, texts and thread
 # count; writes bench/data_cpu_<host>.txt. BENCH_DATA_LIMIT=N takes the file's first N conversations.
