@@ -266,7 +266,8 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
     int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * HD, kv_stride = (size_t)n_kv_heads * HD;
-    const float scale = 1.0f / sqrtf((float)HD);
+    /* scores in base 2 (exp2f is one instruction, expf several): S log2(e) / sqrt(d), the maxima likewise */
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
 
     /* this lane's query rows (i = 0: groupID, 1: groupID + 8) and their key ranges (empty past T) */
     int row[2], begin[2], end[2];
@@ -337,14 +338,17 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
                 mma_bf16_16x8x16(s[n], qa[c + 1], b + 2);
             }
         }
-        /* scale and mask (element e: row i = e / 2, key j0 + 8n + 2 quad + e % 2), then the rows' tile maxima */
+        /* scale and mask (element e: row i = e / 2, key j0 + 8n + 2 quad + e % 2), then the rows' tile maxima; most
+         * tiles of a long sequence are whole for both rows (no mask, no range end), which skips the per-key tests */
         float tile_max[2] = {-INFINITY, -INFINITY};
+        bool whole = !(mask && j0 + kMmaKeys > row0) && j0 + kMmaKeys <= tile_hi;
+        for (int i = 0; i < 2; i++) whole = whole && begin[i] <= j0 && j0 + kMmaKeys <= end[i];
         for (int n = 0; n < kMmaKeys / 8; n++)
             for (int e = 0; e < 4; e++) {
                 int i = e / 2, j = j0 + 8 * n + 2 * quad + e % 2;
-                bool visible = j < tile_hi && j >= begin[i] && j < end[i] &&
-                               (!mask || j < row0 || mask[(size_t)row[i] * T + (j - row0)]);
-                s[n][e] = visible ? s[n][e] * scale : -INFINITY;
+                bool visible = whole || (j < tile_hi && j >= begin[i] && j < end[i] &&
+                                         (!mask || j < row0 || mask[(size_t)row[i] * T + (j - row0)]));
+                s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
                 tile_max[i] = fmaxf(tile_max[i], s[n][e]);
             }
         float correction[2];
@@ -352,7 +356,7 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
             tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
             tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
             float m_new = fmaxf(row_max[i], tile_max[i]);
-            correction[i] = m_new == -INFINITY ? 1.0f : expf(row_max[i] - m_new); /* 0 at the first visible key */
+            correction[i] = m_new == -INFINITY ? 1.0f : exp2f(row_max[i] - m_new); /* 0 at the first visible key */
             row_max[i] = m_new;
         }
         /* P rounded to bf16, packed as A fragments (chunk c: keys 16c..16c+15), and the sums of the rounded values
@@ -363,7 +367,7 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
             uint16_t p[4];
             for (int e = 0; e < 4; e++) {
                 int i = e / 2;
-                p[e] = f32_to_bf16(s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - row_max[i]));
+                p[e] = f32_to_bf16(s[n][e] == -INFINITY ? 0.0f : exp2f(s[n][e] - row_max[i]));
                 tile_sum[i] += bf16_to_f32(p[e]);
             }
             pa[n / 2][n % 2 * 2] = pack_bf16x2(p[0], p[1]);     /* row groupID */
@@ -394,7 +398,7 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
         if (row[i] >= T) continue;
         if (gridDim.z > 1) { /* a slice: its partial state, for attention_merge_kernel */
             float *state = partials + partial_at(blockIdx.z, row[i], h, T, n_heads, HD);
-            if (quad == 0) state[0] = row_max[i], state[1] = row_sum[i];
+            if (quad == 0) state[0] = row_max[i] * 0.6931471805599453f, state[1] = row_sum[i]; /* base e again */
             for (int n = 0; n < HD / 8; n++) {
                 state[2 + 8 * n + 2 * quad] = o[n][2 * i];
                 state[2 + 8 * n + 2 * quad + 1] = o[n][2 * i + 1];
