@@ -238,17 +238,17 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
  *   keys 16c..16c+7 and 16c+8..16c+15 are the two halves of A's 16-key chunk c), and O is rescaled in registers;
  * - O += P V, V's fragments read by a transposing ldmatrix.
  * Keys at or after row0 pass through the tree mask when there is one; a warp whose queries see no key of a tile
- * skips it. Shared memory for head_dim 128: 34 KiB. */
+ * skips it. P V multiplies every staged row, so a NaN or infinity in a K or V row within the block's key span
+ * reaches rows that do not attend to it (0 x NaN), unlike the CPU's; the rows of a packed batch and a KV cache are
+ * all written before any attention reads them. Shared memory for head_dim 128: 34 KiB. */
 static const int kMmaWarps = 4, kMmaQueries = 16 * kMmaWarps, kMmaKeys = 64;
 /* bf16 elements after each staged K or V row: with rows (head_dim + 8) * 2 bytes apart, the 8 rows an ldmatrix phase
  * reads fall in distinct shared-memory banks */
 static const int kRowPad = 8;
 
-/* 8 bf16 values, 16 bytes: K and V rows are staged in these (the rows of a head are 16-byte aligned: head_dim is a
- * multiple of 16 and the tensors start aligned, which cuda_attention_bf16 checks) */
-struct __align__(16) Bf16x8 {
-    uint32_t bits[4];
-};
+/* K and V rows are staged in 16-byte chunks (8 bf16 values): the rows of a head are 16-byte aligned, since head_dim
+ * is a multiple of 16 and the tensors start aligned, which cuda_attention_bf16 checks */
+static const int kChunkBytes = 16;
 
 /* two bf16 values at a 4-byte aligned address, the first in the low half (a cast, not memcpy, which nvcc would make
  * four byte loads of) */
@@ -310,17 +310,15 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
         for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
     for (int j0 = slice_lo; j0 < slice_hi; j0 += kMmaKeys) {
         __syncthreads(); /* every warp is done with the previous tile */
-        for (int e = threadIdx.x; e < kMmaKeys * HD / 8; e += blockDim.x) {
+        /* every 16-byte chunk of the tile's K and V rows in flight at once (cp.async does not wait for its data),
+         * zeros past the slice */
+        for (int e = threadIdx.x; e < kMmaKeys * HD / 8; e += 32 * kMmaWarps) {
             int r = e / (HD / 8), c = e % (HD / 8) * 8, j = j0 + r;
-            Bf16x8 k_chunk = {}, v_chunk = {};
-            if (j < slice_hi) {
-                size_t at = (size_t)j * kv_stride + kvh * HD + c;
-                k_chunk = *(const Bf16x8 *)&k[at];
-                v_chunk = *(const Bf16x8 *)&v[at];
-            }
-            *(Bf16x8 *)&k_tile[r * kStride + c] = k_chunk;
-            *(Bf16x8 *)&v_tile[r * kStride + c] = v_chunk;
+            size_t at = j < slice_hi ? (size_t)j * kv_stride + kvh * HD + c : 0;
+            cp_async16(&k_tile[r * kStride + c], &k[at], j < slice_hi);
+            cp_async16(&v_tile[r * kStride + c], &v[at], j < slice_hi);
         }
+        cp_async_wait_all();
         __syncthreads();
         int tile_hi = min(slice_hi, j0 + kMmaKeys);
         if (lo >= tile_hi || hi <= j0) continue; /* warp-uniform: none of the warp's queries sees a key here */
@@ -421,7 +419,7 @@ void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, co
                          const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                          int n_heads, int n_kv_heads, int head_dim) {
     const int kMinQueries = 16;
-    bool aligned = ((uintptr_t)out | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % sizeof(Bf16x8) == 0;
+    bool aligned = ((uintptr_t)out | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % kChunkBytes == 0;
     if (T < kMinQueries || (head_dim != 64 && head_dim != 128) || !aligned) {
         attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
         return;

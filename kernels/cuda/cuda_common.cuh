@@ -112,20 +112,34 @@ __device__ __forceinline__ float warp_max(float v) {
  * 8i + j points at with `row`: elements (row lane / 4, columns 2 (lane % 4) + {0, 1}) of it, or with trans of its
  * transpose (rows 2 (lane % 4) + {0, 1} of the stored matrix, column lane / 4): the fragments mma takes
  * (ldmatrix.sync.m8n8.x4). Warp-collective. */
+/* 16 bytes from global to shared memory (both 16-byte aligned) without passing through registers, or 16 zero bytes
+ * when !valid (cp.async, sm_80+): a thread's copies land by its cp_async_wait_all, and other threads see them after
+ * a __syncthreads that follows it. */
 #ifdef MEDUSA_CUDA_EMU
 #define mma_bf16_16x8x16 cuda_emu_mma_bf16_16x8x16
 #define ldmatrix_x4 cuda_emu_ldmatrix_x4
+#define cp_async16 cuda_emu_cp_async16
+#define cp_async_wait_all cuda_emu_cp_async_wait_all
 #else
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+/* (the "memory" clobber keeps the compiler from moving shared-memory accesses across the load) */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
     uint32_t addr = (uint32_t)__cvta_generic_to_shared(row);
     if (trans)
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
+                     : "r"(addr)
+                     : "memory");
     else
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                     : "r"(addr));
+                     : "r"(addr)
+                     : "memory");
 }
 __device__ __forceinline__ void mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "

@@ -50,6 +50,11 @@ std::vector<Fiber> fibers;             /* one per thread of the running block; s
 std::vector<unsigned> warp_generation; /* completed warp barriers, selects the shuffle buffer */
 std::vector<uint64_t> warp_slots;      /* [warp][2][32] double-buffered shuffle exchange */
 std::vector<uint32_t> mma_slots;       /* [warp][2][32][6] the same for mma fragments: a[4], b[2] */
+struct AsyncCopy {
+    void *dst;
+    const void *src; /* NULL: zeros */
+};
+std::vector<std::vector<AsyncCopy>> async_copies; /* per thread of the block, until its wait */
 #ifdef EMU_FAST_SWITCH
 void *scheduler_sp;
 #else
@@ -87,6 +92,7 @@ namespace {
 
 void fiber_main() {
     (*kernel_body)();
+    if (!async_copies[current].empty()) emu_fail("cp.async copies never waited for (cp_async_wait_all)");
     fibers[current].state = DONE;
 #ifdef EMU_FAST_SWITCH
     void *unused;
@@ -300,6 +306,7 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     warp_generation.assign(n_warps, 0);
     warp_slots.assign((size_t)n_warps * 64, 0);
     mma_slots.assign((size_t)n_warps * 64 * 6, 0);
+    async_copies.assign(n_threads, {});
     gridDim = grid;
     blockDim = block;
     running_kernel = kernel_name;
@@ -365,6 +372,20 @@ void cuda_emu_ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
         }
         r[i] = (uint32_t)lo | (uint32_t)hi << 16;
     }
+}
+
+void cuda_emu_cp_async16(void *smem, const void *gmem, bool valid) {
+    if ((uintptr_t)smem % 16 != 0 || (valid && (uintptr_t)gmem % 16 != 0))
+        emu_fail("cp.async: an address not 16-byte aligned");
+    async_copies[current].push_back({smem, valid ? gmem : NULL});
+}
+
+void cuda_emu_cp_async_wait_all(void) {
+    for (const AsyncCopy &c : async_copies[current]) {
+        if (c.src) memcpy(c.dst, c.src, 16);
+        else memset(c.dst, 0, 16);
+    }
+    async_copies[current].clear();
 }
 
 /* --- cudart on host memory --- */
