@@ -1,8 +1,10 @@
 /* Golden tests of the base model: our packed-batch hidden states and logits against transformers
  * (fixtures from tests/gen/gen_models.py), for safetensors (fp32, bf16 sharded, f16) and GGUF
- * (F32/F16/BF16/Q8_0/Q4_0/Q4_1) models, plus the KV-cache path against the packed path. */
+ * (F32/F16/BF16/Q8_0/Q4_0/Q4_1) models, plus the KV-cache path against the packed path; and the CPU matmul's
+ * few-row kernel (decoding, trees) against a product summed in double. */
 #include <stdlib.h>
 
+#include "../common/rng.h"
 #include "../model/llama.h"
 #include "test.h"
 
@@ -89,7 +91,40 @@ static void check_model(const char *label, const char *model_path, const char *r
     model_free(&m);
 }
 
+/* cpu matmul against a double-precision product with bias, for every row count the few-row kernel takes and past
+ * it (sgemm), on shapes with an odd number of weight rows (a last unpaired row, and one split between threads) and
+ * input widths that are not multiples of its 8-wide vectors */
+static void test_matmul_rows(void) {
+    const Backend *cpu = backend_cpu();
+    const int shapes[][2] = {{7, 3}, {9, 5}, {37, 33}, {576, 300}, {1000, 1025}};
+    Rng rng;
+    rng_seed(&rng, 7);
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int IC = shapes[k][0], OC = shapes[k][1], max_T = 30;
+        float *x = xmalloc(sizeof(float) * (size_t)max_T * IC), *w = xmalloc(sizeof(float) * (size_t)IC * OC);
+        float *bias = xmalloc(sizeof(float) * (size_t)OC), *y = xmalloc(sizeof(float) * (size_t)max_T * OC);
+        for (int i = 0; i < max_T * IC; i++) x[i] = rng_uniform(&rng) - 0.5f;
+        for (int i = 0; i < IC * OC; i++) w[i] = rng_uniform(&rng) - 0.5f;
+        for (int i = 0; i < OC; i++) bias[i] = rng_uniform(&rng) - 0.5f;
+        double worst = 0;
+        for (int T = 1; T <= max_T; T++) {
+            cpu->matmul(y, x, w, bias, T, IC, OC);
+            for (int t = 0; t < T; t++)
+                for (int o = 0; o < OC; o++) {
+                    double want = bias[o];
+                    for (int i = 0; i < IC; i++) want += (double)x[t * IC + i] * w[(size_t)o * IC + i];
+                    double err = fabs(y[t * OC + o] - want) / (1.0 + fabs(want));
+                    if (!(err <= worst)) worst = err;
+                }
+        }
+        CHECK(worst < 1e-5, "cpu matmul %dx%d, 1..%d rows: max rel err %.2g vs a double-precision product (tol 1e-5)",
+              IC, OC, max_T, worst);
+        free(x), free(w), free(bias), free(y);
+    }
+}
+
 int main(void) {
+    test_matmul_rows();
     const char *dir = "tests/fixtures/models";
     struct {
         const char *label, *model, *ref;
