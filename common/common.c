@@ -246,10 +246,12 @@ static void progress_draw(Progress *p, int64_t done, const char *extra, int fina
     for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '.';
     bar[width] = '\0';
     int tty = isatty(2);
-    fprintf(stderr, "%s%s [%s] %3d%% %lld/%lld %.1f/s %s ETA %s%s%s%s", tty ? "\r" : "", p->label, bar,
-            (int)(frac * 100), (long long)done, (long long)p->total, rate, el, final ? "0:00" : eta, extra ? " | " : "",
-            extra ? extra : "", tty ? "\033[K" : "");
-    if (!tty || final) fputc('\n', stderr);
+    /* one write, newline included: another process writing the same log (a tee of stdout) cannot land mid-line */
+    char line[1024];
+    snprintf(line, sizeof line, "%s%s [%s] %3d%% %lld/%lld %.1f/s %s ETA %s%s%s%s%s", tty ? "\r" : "", p->label, bar,
+             (int)(frac * 100), (long long)done, (long long)p->total, rate, el, final ? "0:00" : eta,
+             extra ? " | " : "", extra ? extra : "", tty ? "\033[K" : "", !tty || final ? "\n" : "");
+    fputs(line, stderr);
     p->last_draw = t;
 }
 
