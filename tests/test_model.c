@@ -1,10 +1,12 @@
 /* Golden tests of the base model: our packed-batch hidden states and logits against transformers
  * (fixtures from tests/gen/gen_models.py), for safetensors (fp32, bf16 sharded, f16) and GGUF
  * (F32/F16/BF16/Q8_0/Q4_0/Q4_1) models, plus the KV-cache path against the packed path; and the CPU matmul's
- * few-row kernel (decoding, trees) against a product summed in double. */
+ * few-row kernel (decoding, trees) against a product summed in double, and the vector exp of the CPU's attention
+ * softmax against libm's exp in double. */
 #include <stdlib.h>
 
 #include "../common/rng.h"
+#include "../kernels/cpu/simd.h"
 #include "../model/llama.h"
 #include "test.h"
 
@@ -123,8 +125,33 @@ static void test_matmul_rows(void) {
     }
 }
 
+/* worst relative error of vec8_exp over [-87, 0] (the softmax's range: scores minus their max), and its special
+ * values, in the build the CPU picks */
+static double exp_worst(Vec8 *special) {
+    double worst = 0;
+    for (int i = 0; i <= 1 << 20; i++) {
+        float x = -87.0f * (float)i / (float)(1 << 20);
+        double want = exp((double)x), got = vec8_exp(vec8_splat(x))[0];
+        if (!(fabs(got - want) <= worst * want)) worst = fabs(got - want) / want;
+    }
+    *special = vec8_exp((Vec8){-INFINITY, NAN, 0.0f, -100.0f, -1e-30f, 0, 0, 0});
+    return worst;
+}
+SIMD_AVX2_FMA static double exp_worst_avx2(Vec8 *special) { return exp_worst(special); }
+static void test_vec8_exp(void) {
+    Vec8 s;
+    double worst = simd_avx2_fma() ? exp_worst_avx2(&s) : exp_worst(&s);
+    CHECK(worst < 2.4e-7, "vec8_exp on [-87, 0] (%s build): max rel err %.2g vs exp in double (tol 2.4e-7, 4 ulp)",
+          simd_avx2_fma() ? "AVX2+FMA" : "baseline", worst);
+    CHECK(s[0] == 0.0f && isnan(s[1]) && s[2] == 1.0f && s[3] == 0.0f && s[4] == 1.0f,
+          "vec8_exp: exp(-inf) = 0, NaN stays NaN, exp(0) = 1, 0 below FLT_MIN's log, exp(-1e-30) = 1 (got %g %g %g %g "
+          "%g)",
+          s[0], s[1], s[2], s[3], s[4]);
+}
+
 int main(void) {
     test_matmul_rows();
+    test_vec8_exp();
     const char *dir = "tests/fixtures/models";
     struct {
         const char *label, *model, *ref;

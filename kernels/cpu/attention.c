@@ -7,11 +7,38 @@
 #include <stdlib.h>
 
 #include "cpu_ops.h"
+#include "simd.h"
 
 typedef struct {
     int q0, nq; /* queries [q0, q0+nq) */
     int k0, nk; /* keys [k0, k0+nk): the union of the block's ranges */
 } Block;
+
+/* row[0..n) = softmax(row[0..n)) in place, -inf entries (masked keys) giving 0, zeros when every entry is -inf;
+ * vectorised, the tail through a vector padded with -inf, so that every entry goes through the same exp */
+static ALWAYS_INLINE void softmax_inplace(float *row, int n) {
+    Vec8 vmax = vec8_splat(-INFINITY), tail = vec8_splat(-INFINITY);
+    int body = n / 8 * 8;
+    memcpy(&tail, row + body, sizeof(float) * (size_t)(n - body));
+    for (int j = 0; j < body; j += 8) vmax = vec8_max(vmax, vec8_load(row + j));
+    float maxv = vec8_hmax(vec8_max(vmax, tail));
+    if (maxv == -INFINITY) {
+        memset(row, 0, sizeof(float) * (size_t)n);
+        return;
+    }
+    Vec8 vsum = vec8_splat(0.0f);
+    for (int j = 0; j < body; j += 8) {
+        Vec8 e = vec8_exp(vec8_load(row + j) - maxv);
+        vec8_store(row + j, e);
+        vsum += e;
+    }
+    tail = vec8_exp(tail - maxv);
+    memcpy(row + body, &tail, sizeof(float) * (size_t)(n - body));
+    float inv = 1.0f / (vec8_sum(vsum) + vec8_sum(tail));
+    for (int j = 0; j < n; j++) row[j] *= inv;
+}
+SIMD_AVX2_FMA static void softmax_avx2(float *row, int n) { softmax_inplace(row, n); }
+static void softmax_baseline(float *row, int n) { softmax_inplace(row, n); }
 
 static void attend_block(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
                          const uint8_t *mask, int row0, int T, const Block *b, int h, int group, int head_dim,
@@ -27,20 +54,10 @@ static void attend_block(float *out, const float *q, const float *k, const float
         int t = b->q0 + i;
         float *row = scores + (size_t)i * b->nk;
         int n = key_end[t] - b->k0; /* keys past this query's range are masked */
-        const uint8_t *mask_row = mask ? mask + (size_t)t * T : NULL;
-        float maxv = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            int key = b->k0 + j;
-            if (mask_row && key >= row0 && !mask_row[key - row0]) row[j] = -INFINITY; /* not an ancestor */
-            if (row[j] > maxv) maxv = row[j];
-        }
-        float sum = 0;
-        for (int j = 0; j < n; j++) {
-            row[j] = row[j] == -INFINITY ? 0.0f : expf(row[j] - maxv);
-            sum += row[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < n; j++) row[j] *= inv;
+        if (mask)                   /* a tree node sees only its ancestors among the keys from row0 on */
+            for (int j = row0 - b->k0 > 0 ? row0 - b->k0 : 0; j < n; j++)
+                if (!mask[(size_t)t * T + (b->k0 + j - row0)]) row[j] = -INFINITY;
+        (simd_avx2_fma() ? softmax_avx2 : softmax_baseline)(row, n);
         for (int j = n; j < b->nk; j++) row[j] = 0.0f;
     }
     float *ob = out + (size_t)b->q0 * q_stride + (size_t)h * head_dim;

@@ -4,18 +4,15 @@
 #include <string.h>
 
 #include "cpu_ops.h"
+#include "simd.h"
 
 /* Decoding and tree verification multiply a few input rows by every weight row: there the weights stream from memory
  * once, in pairs of rows, each pair dotted with up to 4 input rows at a time while it sits in L1, 8 independent vector
  * accumulators (so that the FMA units never wait on one another's results). OpenBLAS sgemm first repacks the whole
  * weight matrix, and its gemv reached a third of this bandwidth on the 49k-row lm_head. Beyond SMALL_ROWS rows sgemm's
  * cache blocking wins (measured on SmolLM2's shapes, 2 cores, weights from DRAM: bench/matmul_rows_cpu_vm.txt).
- * Compiled twice: for AVX2 with FMA (picked at run time where the CPU has both) and for baseline x86-64; products
- * and sums fuse into FMAs (-ffp-contract=fast for this file). */
+ * Compiled for AVX2 with FMA and for baseline x86-64 (simd.h). */
 #define SMALL_ROWS 24
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-
-typedef float Vec8 __attribute__((vector_size(32)));
 
 /* out[t, o + r] for r < R weight rows and t0 <= t < t0 + N input rows (R <= 2, N <= 4, constants once inlined) */
 static ALWAYS_INLINE void dot_block(float *out, const float *in, const float *weight, int IC, int OC, int o, int R,
@@ -33,20 +30,18 @@ static ALWAYS_INLINE void dot_block(float *out, const float *in, const float *we
             /* the next pair of weight rows, from DRAM, while this one is in use: the hardware prefetcher alone left
              * the loop waiting on its loads once it had more than one input row to multiply */
             __builtin_prefetch(w[r] + i + 2 * (size_t)IC);
-            memcpy(&wv[r], w[r] + i, sizeof(Vec8));
+            wv[r] = vec8_load(w[r] + i);
         }
 #pragma GCC unroll 4
         for (int t = 0; t < N; t++) {
-            Vec8 xv;
-            memcpy(&xv, x[t] + i, sizeof xv);
+            Vec8 xv = vec8_load(x[t] + i);
 #pragma GCC unroll 2
             for (int r = 0; r < R; r++) acc[r][t] += wv[r] * xv;
         }
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < N; t++) {
-            float sum = 0.0f;
-            for (int l = 0; l < 8; l++) sum += acc[r][t][l];
+            float sum = vec8_sum(acc[r][t]);
             for (int j = i; j < IC; j++) sum += w[r][j] * x[t][j];
             out[(size_t)(t0 + t) * OC + o + r] = sum;
         }
@@ -75,8 +70,8 @@ static ALWAYS_INLINE void rows_few(float *out, const float *in, const float *wei
     }
 }
 
-__attribute__((target("avx2,fma"))) static void rows_few_fma(float *out, const float *in, const float *weight, int T,
-                                                             int IC, int OC, int o0, int o1) {
+SIMD_AVX2_FMA static void rows_few_avx2(float *out, const float *in, const float *weight, int T, int IC, int OC, int o0,
+                                        int o1) {
     rows_few(out, in, weight, T, IC, OC, o0, o1);
 }
 static void rows_few_baseline(float *out, const float *in, const float *weight, int T, int IC, int OC, int o0, int o1) {
@@ -90,9 +85,7 @@ void cpu_matmul_forward(float *out, const float *in, const float *weight, const 
             /* each thread an even share of the weight rows */
             int n = omp_get_num_threads(), id = omp_get_thread_num(), pairs = (OC + 1) / 2;
             int o0 = 2 * (int)((int64_t)pairs * id / n), o1 = 2 * (int)((int64_t)pairs * (id + 1) / n);
-            static int fma = -1;
-            if (fma < 0) fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-            (fma ? rows_few_fma : rows_few_baseline)(out, in, weight, T, IC, OC, o0, o1 < OC ? o1 : OC);
+            (simd_avx2_fma() ? rows_few_avx2 : rows_few_baseline)(out, in, weight, T, IC, OC, o0, o1 < OC ? o1 : OC);
         }
     } else {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, IC, 1.0f, in, IC, weight, IC, 0.0f, out, OC);
