@@ -34,7 +34,8 @@ acc=$train
 [ -s "$eval" ] && acc=$eval
 
 {
-    echo "set terminal pngcairo size 900,560 noenhanced; set grid; set key outside right; set xlabel 'step'"
+    # x from step 0: a run evaluated once has one eval step, too narrow a range for gnuplot alone
+    echo "set terminal pngcairo size 900,560 noenhanced; set grid; set key outside right; set xlabel 'step'; set xrange [0:*]"
     echo "set output '$run/loss.png'; set title 'loss (sum of head losses weighted by decay^i)'; set ylabel 'loss'"
     plot="plot '$train' using 1:2 with lines title 'train'"
     [ -s "$eval" ] && plot="$plot, '$eval' using 1:2 with linespoints title 'eval'"
