@@ -18,7 +18,7 @@
 #include "../train/run.h" /* set_threads */
 
 #define DEFAULT_TREE "configs/trees/mc_sim_7b_63.json"
-#define DEFAULT_TREE_CPU "configs/trees/cpu_1.json"
+#define DEFAULT_TREE_CPU "configs/trees/cpu_2.json"
 
 typedef struct {
     const char *model, *medusa, *prompt, *prompt_ids, *tree, *mode, *device, *precision, *bench, *chat_template,
