@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
         base_s += db;
         tokens += batch.n_tokens;
         base_flops += model_forward_flops(&base.config, batch.n_tokens, batch.seq_lens, batch.n_seqs);
-        for (int h = 0; h < heads; h++) head_flops += medusa_train_flops(&m.shape, sm.valid[h]);
+        for (int h = 0; h < heads; h++) head_flops += medusa_train_flops(&m.shape, sm.computed[h]);
     }
     printf("medusa-c train: %d heads, %lld tokens in %d steps, %.3f s (base %.0f%%, heads %.0f%%), %.1f tokens/s\n",
            heads, (long long)tokens, steps, total, 100 * base_s / total, 100 * (total - base_s) / total,

@@ -206,6 +206,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             w->host_row_targets[n++] = row;
         }
         stats->valid[h] = n + outside;
+        stats->computed[h] = n;
         if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);

@@ -36,6 +36,7 @@ void medusa_use_bf16(MedusaHeads *m);
 typedef struct {
     double loss[64];               /* mean cross-entropy of head i over its valid positions */
     int64_t valid[64];             /* positions with a trained target */
+    int64_t computed[64];          /* of those, the ones in head i's vocabulary: the rows its lm_head ran on */
     int64_t hits[64][MEDUSA_TOPK]; /* hits[i][k-1]: target within head i's top k */
     double total_loss;             /* sum_i decay^i * loss[i] */
 } MedusaBatchStats;
@@ -91,7 +92,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                              const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
                              float grad_scale, MedusaBatchStats *stats);
 
-/* FLOPs of training one head on `rows` rows (those it has a target for), a multiply-add counted as 2: the lm_head's
+/* FLOPs of training one head on `rows` rows (MedusaBatchStats.computed), a multiply-add counted as 2: the lm_head's
  * forward, input and weight gradients (3 x 2 x Vh x H), each ResBlock's forward and weight gradient (2 x 2 x H x H)
  * and, above block 0, its input gradient (block 0's is never formed: the base is frozen). */
 double medusa_train_flops(const MedusaShape *s, int64_t rows);

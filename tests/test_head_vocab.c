@@ -126,7 +126,9 @@ static void check_math(const Model *base) {
     double gerr = max_diff(gt, gr, tr.n_params), lerr = fabs(st.total_loss - sr.total_loss);
     int hits_ok = 1, valid_ok = 1;
     for (int h = 0; h < K; h++) {
-        valid_ok &= st.valid[h] == sf.valid[h] && st.valid[h] > sr.valid[h];
+        /* the truncated head computes only its in-map rows: the restricted problem's targets */
+        valid_ok &= st.valid[h] == sf.valid[h] && st.valid[h] > sr.valid[h] && st.computed[h] == sr.valid[h] &&
+                    sf.computed[h] == sf.valid[h];
         for (int k = 0; k < MEDUSA_TOPK; k++) hits_ok &= st.hits[h][k] == sr.hits[h][k];
     }
     CHECK(outside > 5 && lerr < 1e-5,
@@ -134,8 +136,9 @@ static void check_math(const Model *base) {
           st.total_loss, sr.total_loss, lerr, outside);
     CHECK(gerr < 1e-6, "gradients == restricted problem's (max err %.2g, tol 1e-6)", gerr);
     CHECK(valid_ok && hits_ok,
-          "accuracy counts every target (head 0: %lld valid as with full heads, %lld in the map), hits equal",
-          (long long)st.valid[0], (long long)sr.valid[0]);
+          "accuracy counts every target (head 0: %lld valid as with full heads, %lld in the map and computed), hits "
+          "equal",
+          (long long)st.valid[0], (long long)st.computed[0]);
 
     /* one AdamW step over the whole parameter vector, lm_head rows included */
     OptimConfig oc;

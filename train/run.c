@@ -416,7 +416,7 @@ int train_run(const TrainConfig *c) {
             cJSON_AddNumberToObject(o, "grad_norm", norm);
             metrics_to_json(&window, c->heads, o);
             double flops = window_base_flops; /* the base forward's, and each head's on the rows it trained */
-            for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&heads.shape, window.valid[i]);
+            for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&heads.shape, window.computed[i]);
             double tflops = dt > 0 ? flops / dt / 1e12 : 0;
             cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window.tokens / dt : 0);
             cJSON_AddNumberToObject(o, "tflops_per_s", tflops);

@@ -35,6 +35,7 @@ static void accumulate(StepMetrics *m, const MedusaBatchStats *s, int n_heads, i
     for (int h = 0; h < n_heads; h++) {
         m->loss_sum[h] += s->loss[h];
         m->valid[h] += s->valid[h];
+        m->computed[h] += s->computed[h];
         for (int k = 0; k < MEDUSA_TOPK; k++) m->hits[h][k] += s->hits[h][k];
     }
     m->total_loss_sum += s->total_loss;

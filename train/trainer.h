@@ -31,7 +31,7 @@ typedef struct {
 typedef struct {
     double loss_sum[64]; /* sum over batches of head i's mean loss */
     double total_loss_sum;
-    int64_t valid[64], hits[64][MEDUSA_TOPK];
+    int64_t valid[64], computed[64], hits[64][MEDUSA_TOPK];
     int64_t base_valid, base_hits; /* the base model's own top-1 on t+1 (evaluation) */
     int batches;
     int64_t tokens;
