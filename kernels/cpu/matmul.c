@@ -47,27 +47,34 @@ static ALWAYS_INLINE void dot_block(float *out, const float *in, const float *we
         }
 }
 
+/* dot_block with a literal input-row count, so that each case inlines into a kernel with its accumulators in
+ * registers (R is a literal at both call sites) */
+static ALWAYS_INLINE void dot_rows(float *out, const float *in, const float *weight, int IC, int OC, int o, int R,
+                                   int t0, int N) {
+    switch (N) {
+    case 4:
+        dot_block(out, in, weight, IC, OC, o, R, t0, 4);
+        break;
+    case 3:
+        dot_block(out, in, weight, IC, OC, o, R, t0, 3);
+        break;
+    case 2:
+        dot_block(out, in, weight, IC, OC, o, R, t0, 2);
+        break;
+    default:
+        dot_block(out, in, weight, IC, OC, o, R, t0, 1);
+    }
+}
+
 /* out[t, o] for all T input rows and weight rows o0 <= o < o1 */
 static ALWAYS_INLINE void rows_few(float *out, const float *in, const float *weight, int T, int IC, int OC, int o0,
                                    int o1) {
-    for (int o = o0; o < o1; o += 2) {
-        int pair = o + 1 < o1;
+    for (int o = o0; o < o1; o += 2)
         for (int t0 = 0; t0 < T; t0 += 4) {
             int n = T - t0 < 4 ? T - t0 : 4;
-            /* literal counts, so that each call inlines into a kernel with its accumulators in registers */
-            if (pair) {
-                if (n == 4) dot_block(out, in, weight, IC, OC, o, 2, t0, 4);
-                else if (n == 3) dot_block(out, in, weight, IC, OC, o, 2, t0, 3);
-                else if (n == 2) dot_block(out, in, weight, IC, OC, o, 2, t0, 2);
-                else dot_block(out, in, weight, IC, OC, o, 2, t0, 1);
-            } else {
-                if (n == 4) dot_block(out, in, weight, IC, OC, o, 1, t0, 4);
-                else if (n == 3) dot_block(out, in, weight, IC, OC, o, 1, t0, 3);
-                else if (n == 2) dot_block(out, in, weight, IC, OC, o, 1, t0, 2);
-                else dot_block(out, in, weight, IC, OC, o, 1, t0, 1);
-            }
+            if (o + 1 < o1) dot_rows(out, in, weight, IC, OC, o, 2, t0, n);
+            else dot_rows(out, in, weight, IC, OC, o, 1, t0, n); /* the last row of an odd count */
         }
-    }
 }
 
 SIMD_AVX2_FMA static void rows_few_avx2(float *out, const float *in, const float *weight, int T, int IC, int OC, int o0,

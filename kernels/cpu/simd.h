@@ -16,12 +16,8 @@
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef int32_t Int8 __attribute__((vector_size(32)));
 
-/* whether this CPU runs the SIMD_AVX2_FMA builds (checked once) */
-static inline int simd_avx2_fma(void) {
-    static int has = -1;
-    if (has < 0) has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return has;
-}
+/* whether this CPU runs the SIMD_AVX2_FMA builds (two loads from what libgcc detected at start-up) */
+static inline int simd_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 static ALWAYS_INLINE Vec8 vec8_load(const float *p) {
     Vec8 v;
