@@ -230,7 +230,8 @@ void cuda_attention(float *out, const float *q, const float *k, const float *v, 
  * running maxima and sums and output accumulators in registers over the whole key range (or one slice of it,
  * gridDim.z, when a tree or a prompt after a long cache makes too few blocks: the partial states then go to
  * attention_merge_kernel as the CUDA-core kernel's do). Per tile of kMmaKeys keys, whose K and V rows the block
- * stages in shared memory:
+ * stages in shared memory by cp.async (the next tile's K in flight during this tile's softmax and P V, its V during
+ * the next S):
  * - S = Q K^T, 8 keys per instruction, bf16 operands and fp32 accumulation, K's fragments read by ldmatrix;
  * - the online softmax on S where the accumulator layout leaves it: a lane holds two query rows (groupID and
  *   groupID + 8), which the 4 lanes of its group share, so row maxima and sums take two shuffles;
@@ -255,6 +256,72 @@ static const int kChunkBytes = 16;
 __device__ __forceinline__ uint32_t load_u32(const uint16_t *p) { return *(const uint32_t *)p; }
 __device__ __forceinline__ uint32_t pack_bf16x2(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
 
+/* Stages keys j0..j0 + kMmaKeys - 1 of one head's K or V rows (zeros past slice_hi) into a padded tile, every 16-byte
+ * chunk in flight at once (cp.async does not wait for its data), and commits them as one group; nothing but the
+ * commit when j0 is past the slice. */
+template <int HD>
+__device__ __forceinline__ void stage_tile(uint16_t *tile, const uint16_t *src, int j0, int slice_hi, size_t kv_stride,
+                                           int kvh) {
+    if (j0 < slice_hi)
+        for (int e = threadIdx.x; e < kMmaKeys * HD / 8; e += 32 * kMmaWarps) {
+            int r = e / (HD / 8), c = e % (HD / 8) * 8, j = j0 + r;
+            size_t at = j < slice_hi ? (size_t)j * kv_stride + kvh * HD + c : 0;
+            cp_async16(&tile[r * (HD + kRowPad) + c], &src[at], j < slice_hi);
+        }
+    cp_async_commit();
+}
+
+/* The online softmax over one tile's scores s (a lane's rows i = 0, 1: groupID and groupID + 8), in base 2 (exp2f is
+ * one instruction, expf several): scale and mask (element e: row i = e / 2, key j0 + 8n + 2 quad + e % 2), the rows'
+ * new maxima, P = exp2(S - max) rounded to bf16 and packed as A fragments (the accumulators of keys 16c..16c+7 and
+ * 16c+8..16c+15 are the two halves of A's 16-key chunk c), the sums of the rounded values that P V uses, and O
+ * rescaled. Most tiles of a long sequence are whole for both rows (no mask, no range end), which skips the per-key
+ * tests. */
+template <int HD>
+__device__ __forceinline__ void softmax_tile(float (&s)[kMmaKeys / 8][4], uint32_t (&pa)[kMmaKeys / 16][4],
+                                             float (&o)[HD / 8][4], float row_max[2], float row_sum[2], int j0,
+                                             int tile_hi, const int row[2], const int begin[2], const int end[2],
+                                             const uint8_t *mask, int row0, int T, int quad) {
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD); /* log2(e) / sqrt(d) */
+    float tile_max[2] = {-INFINITY, -INFINITY};
+    bool whole = !(mask && j0 + kMmaKeys > row0) && j0 + kMmaKeys <= tile_hi;
+    for (int i = 0; i < 2; i++) whole = whole && begin[i] <= j0 && j0 + kMmaKeys <= end[i];
+    for (int n = 0; n < kMmaKeys / 8; n++)
+        for (int e = 0; e < 4; e++) {
+            int i = e / 2, j = j0 + 8 * n + 2 * quad + e % 2;
+            bool visible = whole || (j < tile_hi && j >= begin[i] && j < end[i] &&
+                                     (!mask || j < row0 || mask[(size_t)row[i] * T + (j - row0)]));
+            s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
+            tile_max[i] = fmaxf(tile_max[i], s[n][e]);
+        }
+    float correction[2];
+    for (int i = 0; i < 2; i++) {
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+        float m_new = fmaxf(row_max[i], tile_max[i]);
+        correction[i] = m_new == -INFINITY ? 1.0f : exp2f(row_max[i] - m_new); /* 0 at the first visible key */
+        row_max[i] = m_new;
+    }
+    float tile_sum[2] = {0.0f, 0.0f};
+    for (int n = 0; n < kMmaKeys / 8; n++) {
+        uint16_t p[4];
+        for (int e = 0; e < 4; e++) {
+            int i = e / 2;
+            p[e] = f32_to_bf16(s[n][e] == -INFINITY ? 0.0f : exp2f(s[n][e] - row_max[i]));
+            tile_sum[i] += bf16_to_f32(p[e]);
+        }
+        pa[n / 2][n % 2 * 2] = pack_bf16x2(p[0], p[1]);     /* row groupID */
+        pa[n / 2][n % 2 * 2 + 1] = pack_bf16x2(p[2], p[3]); /* row groupID + 8 */
+    }
+    for (int i = 0; i < 2; i++) {
+        tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], 1);
+        tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], 2);
+        row_sum[i] = row_sum[i] * correction[i] + tile_sum[i];
+    }
+    for (int n = 0; n < HD / 8; n++)
+        for (int e = 0; e < 4; e++) o[n][e] *= correction[e / 2];
+}
+
 template <int HD> /* head_dim == HD, a multiple of 16 */
 __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint16_t *q, const uint16_t *k,
                                      const uint16_t *v, const int32_t *key_begin, const int32_t *key_end,
@@ -266,8 +333,6 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
     int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * HD, kv_stride = (size_t)n_kv_heads * HD;
-    /* scores in base 2 (exp2f is one instruction, expf several): S log2(e) / sqrt(d), the maxima likewise */
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
 
     /* this lane's query rows (i = 0: groupID, 1: groupID + 8) and their key ranges (empty past T) */
     int row[2], begin[2], end[2];
@@ -308,88 +373,58 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
     float o[HD / 8][4]; /* output columns 8n..8n+7 in the accumulator layout */
     for (int n = 0; n < HD / 8; n++)
         for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    /* K and V tiles travel as separate cp.async groups into one buffer each, in flash-attention 2's order: the next
+     * tile's K is in flight while this tile's softmax and P V run, and the next tile's V while the next S = Q K^T
+     * runs. Each wait leaves the most recent group (the other matrix's) in flight; a tile with no successor commits
+     * an empty group, so the count holds to the end. */
+    if (slice_lo < slice_hi) {
+        stage_tile<HD>(k_tile, k, slice_lo, slice_hi, kv_stride, kvh);
+        stage_tile<HD>(v_tile, v, slice_lo, slice_hi, kv_stride, kvh);
+    }
     for (int j0 = slice_lo; j0 < slice_hi; j0 += kMmaKeys) {
-        __syncthreads(); /* every warp is done with the previous tile */
-        /* every 16-byte chunk of the tile's K and V rows in flight at once (cp.async does not wait for its data),
-         * zeros past the slice */
-        for (int e = threadIdx.x; e < kMmaKeys * HD / 8; e += 32 * kMmaWarps) {
-            int r = e / (HD / 8), c = e % (HD / 8) * 8, j = j0 + r;
-            size_t at = j < slice_hi ? (size_t)j * kv_stride + kvh * HD + c : 0;
-            cp_async16(&k_tile[r * kStride + c], &k[at], j < slice_hi);
-            cp_async16(&v_tile[r * kStride + c], &v[at], j < slice_hi);
-        }
-        cp_async_wait_all();
-        __syncthreads();
         int tile_hi = min(slice_hi, j0 + kMmaKeys);
-        if (lo >= tile_hi || hi <= j0) continue; /* warp-uniform: none of the warp's queries sees a key here */
+        /* warp-uniform: some query of the warp sees a key of this tile */
+        bool sees = lo < tile_hi && hi > j0;
+        cp_async_wait_group<1>(); /* this tile's K, while its V may still be in flight */
+        __syncthreads();
 
         /* S = Q K^T: B = K^T, whose column n is key row n of the tile. One ldmatrix takes keys 8n..8n+7 for dim chunks
          * c and c + 1: matrix i holds dims 16c + 8i.., lane 8i + j points at key 8n + j */
         float s[kMmaKeys / 8][4];
-        for (int n = 0; n < kMmaKeys / 8; n++) {
-            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
-            const uint16_t *key = &k_tile[(8 * n + lane % 8) * kStride + 8 * (lane / 8)];
-            for (int c = 0; c < HD / 16; c += 2) {
-                uint32_t b[4];
-                ldmatrix_x4(b, key + 16 * c, false);
-                mma_bf16_16x8x16(s[n], qa[c], b);
-                mma_bf16_16x8x16(s[n], qa[c + 1], b + 2);
+        if (sees)
+            for (int n = 0; n < kMmaKeys / 8; n++) {
+                for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+                const uint16_t *key = &k_tile[(8 * n + lane % 8) * kStride + 8 * (lane / 8)];
+                for (int c = 0; c < HD / 16; c += 2) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, key + 16 * c, false);
+                    mma_bf16_16x8x16(s[n], qa[c], b);
+                    mma_bf16_16x8x16(s[n], qa[c + 1], b + 2);
+                }
             }
-        }
-        /* scale and mask (element e: row i = e / 2, key j0 + 8n + 2 quad + e % 2), then the rows' tile maxima; most
-         * tiles of a long sequence are whole for both rows (no mask, no range end), which skips the per-key tests */
-        float tile_max[2] = {-INFINITY, -INFINITY};
-        bool whole = !(mask && j0 + kMmaKeys > row0) && j0 + kMmaKeys <= tile_hi;
-        for (int i = 0; i < 2; i++) whole = whole && begin[i] <= j0 && j0 + kMmaKeys <= end[i];
-        for (int n = 0; n < kMmaKeys / 8; n++)
-            for (int e = 0; e < 4; e++) {
-                int i = e / 2, j = j0 + 8 * n + 2 * quad + e % 2;
-                bool visible = whole || (j < tile_hi && j >= begin[i] && j < end[i] &&
-                                         (!mask || j < row0 || mask[(size_t)row[i] * T + (j - row0)]));
-                s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
-                tile_max[i] = fmaxf(tile_max[i], s[n][e]);
+        __syncthreads(); /* every warp is done with k_tile */
+        stage_tile<HD>(k_tile, k, j0 + kMmaKeys, slice_hi, kv_stride, kvh);
+
+        uint32_t pa[kMmaKeys / 16][4]; /* P rounded to bf16 as A fragments, chunk c: keys 16c..16c+15 */
+        if (sees) softmax_tile<HD>(s, pa, o, row_max, row_sum, j0, tile_hi, row, begin, end, mask, row0, T, quad);
+        cp_async_wait_group<1>(); /* this tile's V, while the next K may still be in flight */
+        __syncthreads();
+
+        /* O += P V: B = V, whose column n is dim 8n + groupID, two keys per register */
+        if (sees)
+            for (int c = 0; c < kMmaKeys / 16; c++) {
+                /* one transposing ldmatrix takes keys 16c..16c+15 for dim tiles n and n + 1: matrix i holds keys
+                 * 16c + 8 (i % 2).. and dims 8 (n + i / 2).., lane 8i + j points at its row j */
+                const uint16_t *rows = &v_tile[(16 * c + 8 * (lane / 8 % 2) + lane % 8) * kStride + 8 * (lane / 16)];
+                for (int n = 0; n < HD / 8; n += 2) {
+                    uint32_t b[4];
+                    ldmatrix_x4(b, rows + 8 * n, true);
+                    mma_bf16_16x8x16(o[n], pa[c], b);
+                    mma_bf16_16x8x16(o[n + 1], pa[c], b + 2);
+                }
             }
-        float correction[2];
-        for (int i = 0; i < 2; i++) {
-            tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
-            tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-            float m_new = fmaxf(row_max[i], tile_max[i]);
-            correction[i] = m_new == -INFINITY ? 1.0f : exp2f(row_max[i] - m_new); /* 0 at the first visible key */
-            row_max[i] = m_new;
-        }
-        /* P rounded to bf16, packed as A fragments (chunk c: keys 16c..16c+15), and the sums of the rounded values
-         * that P V uses */
-        uint32_t pa[kMmaKeys / 16][4];
-        float tile_sum[2] = {0.0f, 0.0f};
-        for (int n = 0; n < kMmaKeys / 8; n++) {
-            uint16_t p[4];
-            for (int e = 0; e < 4; e++) {
-                int i = e / 2;
-                p[e] = f32_to_bf16(s[n][e] == -INFINITY ? 0.0f : exp2f(s[n][e] - row_max[i]));
-                tile_sum[i] += bf16_to_f32(p[e]);
-            }
-            pa[n / 2][n % 2 * 2] = pack_bf16x2(p[0], p[1]);     /* row groupID */
-            pa[n / 2][n % 2 * 2 + 1] = pack_bf16x2(p[2], p[3]); /* row groupID + 8 */
-        }
-        for (int i = 0; i < 2; i++) {
-            tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], 1);
-            tile_sum[i] += __shfl_xor_sync(0xffffffffu, tile_sum[i], 2);
-            row_sum[i] = row_sum[i] * correction[i] + tile_sum[i];
-        }
-        /* O = O * correction + P V: B = V, whose column n is dim 8n + groupID, two keys per register */
-        for (int n = 0; n < HD / 8; n++)
-            for (int e = 0; e < 4; e++) o[n][e] *= correction[e / 2];
-        for (int c = 0; c < kMmaKeys / 16; c++) {
-            /* one transposing ldmatrix takes keys 16c..16c+15 for dim tiles n and n + 1: matrix i holds keys
-             * 16c + 8 (i % 2).. and dims 8 (n + i / 2).., lane 8i + j points at its row j */
-            const uint16_t *rows = &v_tile[(16 * c + 8 * (lane / 8 % 2) + lane % 8) * kStride + 8 * (lane / 16)];
-            for (int n = 0; n < HD / 8; n += 2) {
-                uint32_t b[4];
-                ldmatrix_x4(b, rows + 8 * n, true);
-                mma_bf16_16x8x16(o[n], pa[c], b);
-                mma_bf16_16x8x16(o[n + 1], pa[c], b + 2);
-            }
-        }
+        __syncthreads(); /* every warp is done with v_tile */
+        stage_tile<HD>(v_tile, v, j0 + kMmaKeys, slice_hi, kv_stride, kvh);
     }
 
     for (int i = 0; i < 2; i++) {

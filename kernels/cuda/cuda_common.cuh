@@ -113,20 +113,26 @@ __device__ __forceinline__ float warp_max(float v) {
  * transpose (rows 2 (lane % 4) + {0, 1} of the stored matrix, column lane / 4): the fragments mma takes
  * (ldmatrix.sync.m8n8.x4). Warp-collective. */
 /* 16 bytes from global to shared memory (both 16-byte aligned) without passing through registers, or 16 zero bytes
- * when !valid (cp.async, sm_80+): a thread's copies land by its cp_async_wait_all, and other threads see them after
- * a __syncthreads that follows it. */
+ * when !valid (cp.async, sm_80+). cp_async_commit closes the thread's group of copies issued since the last commit;
+ * cp_async_wait_group<N> returns when at most the N most recent groups are still in flight, and other threads see
+ * the landed bytes after a __syncthreads that follows it. Until then the destination must not be read, nor the
+ * buffer's previous contents still be needed by any thread. */
 #ifdef MEDUSA_CUDA_EMU
 #define mma_bf16_16x8x16 cuda_emu_mma_bf16_16x8x16
 #define ldmatrix_x4 cuda_emu_ldmatrix_x4
 #define cp_async16 cuda_emu_cp_async16
-#define cp_async_wait_all cuda_emu_cp_async_wait_all
+#define cp_async_commit cuda_emu_cp_async_commit
+#define cp_async_wait_group cuda_emu_cp_async_wait_group
 #else
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
     uint32_t addr = (uint32_t)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(valid ? 16 : 0)
                  : "memory");
 }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 /* (the "memory" clobber keeps the compiler from moving shared-memory accesses across the load) */
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
     uint32_t addr = (uint32_t)__cvta_generic_to_shared(row);

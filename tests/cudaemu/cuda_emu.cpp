@@ -53,8 +53,13 @@ std::vector<uint32_t> mma_slots;       /* [warp][2][32][6] the same for mma frag
 struct AsyncCopy {
     void *dst;
     const void *src; /* NULL: zeros */
+    int group;       /* the thread's commit group, counted from 0; -1 until committed */
 };
-std::vector<std::vector<AsyncCopy>> async_copies; /* per thread of the block, until its wait */
+struct AsyncCopies {
+    std::vector<AsyncCopy> pending;
+    int committed = 0; /* groups committed so far */
+};
+std::vector<AsyncCopies> async_copies; /* per thread of the block, until its waits */
 #ifdef EMU_FAST_SWITCH
 void *scheduler_sp;
 #else
@@ -92,7 +97,7 @@ namespace {
 
 void fiber_main() {
     (*kernel_body)();
-    if (!async_copies[current].empty()) emu_fail("cp.async copies never waited for (cp_async_wait_all)");
+    if (!async_copies[current].pending.empty()) emu_fail("cp.async copies never waited for (cp_async_wait_group)");
     fibers[current].state = DONE;
 #ifdef EMU_FAST_SWITCH
     void *unused;
@@ -374,18 +379,36 @@ void cuda_emu_ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
     }
 }
 
+/* The destination is poisoned (all bits set: a NaN in fp32 and bf16) at once and gets its bytes at the wait, the two
+ * ends of the window in which the hardware may write them: a read before the wait, or a read of the buffer by
+ * another thread while the copy is in flight (a missing barrier before reusing a tile), sees NaN. */
 void cuda_emu_cp_async16(void *smem, const void *gmem, bool valid) {
     if ((uintptr_t)smem % 16 != 0 || (valid && (uintptr_t)gmem % 16 != 0))
         emu_fail("cp.async: an address not 16-byte aligned");
-    async_copies[current].push_back({smem, valid ? gmem : NULL});
+    memset(smem, 0xff, 16);
+    async_copies[current].pending.push_back({smem, valid ? gmem : NULL, -1});
 }
 
-void cuda_emu_cp_async_wait_all(void) {
-    for (const AsyncCopy &c : async_copies[current]) {
+void cuda_emu_cp_async_commit(void) {
+    AsyncCopies &mine = async_copies[current];
+    for (AsyncCopy &c : mine.pending)
+        if (c.group < 0) c.group = mine.committed;
+    mine.committed++;
+}
+
+void cuda_emu_cp_async_wait_pending(int n) {
+    AsyncCopies &mine = async_copies[current];
+    int landed_below = mine.committed - n; /* groups before this one are complete */
+    std::vector<AsyncCopy> still;
+    for (const AsyncCopy &c : mine.pending) {
+        if (c.group < 0 || c.group >= landed_below) {
+            still.push_back(c);
+            continue;
+        }
         if (c.src) memcpy(c.dst, c.src, 16);
         else memset(c.dst, 0, 16);
     }
-    async_copies[current].clear();
+    mine.pending.swap(still);
 }
 
 /* --- cudart on host memory --- */

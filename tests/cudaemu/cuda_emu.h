@@ -125,10 +125,14 @@ void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b
 /* ldmatrix.sync.m8n8.x4 (kernels/cuda/cuda_common.cuh's ldmatrix_x4): every lane posts its row address, then reads
  * its elements from the rows the others posted; a row not 16-byte aligned is reported */
 void cuda_emu_ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans);
-/* cp.async: the copy is held back until the thread's cuda_emu_cp_async_wait_all (a kernel that reads the destination
- * before waiting sees the old bytes, and a thread that ends with copies pending is reported) */
+/* cp.async with commit groups: a copy's destination holds NaN bytes from its issue until the thread waits for its
+ * group (cp.async.wait_group N: every group but the N most recent committed lands), so a kernel that reads a tile
+ * before waiting, or overwrites one that another warp still reads, computes NaN; a thread that ends with copies
+ * pending is reported */
 void cuda_emu_cp_async16(void *smem, const void *gmem, bool valid);
-void cuda_emu_cp_async_wait_all(void);
+void cuda_emu_cp_async_commit(void);
+void cuda_emu_cp_async_wait_pending(int n);
+template <int N> void cuda_emu_cp_async_wait_group(void) { cuda_emu_cp_async_wait_pending(N); }
 
 /* --- cudart --- */
 typedef enum cudaError {
