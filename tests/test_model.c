@@ -7,6 +7,7 @@
 
 #include "../common/rng.h"
 #include "../kernels/cpu/simd.h"
+#include "../kernels/math_common.h"
 #include "../model/llama.h"
 #include "test.h"
 
@@ -125,28 +126,40 @@ static void test_matmul_rows(void) {
     }
 }
 
-/* worst relative error of vec8_exp over [-87, 0] (the softmax's range: scores minus their max), and its special
- * values, in the build the CPU picks */
-static double exp_worst(Vec8 *special) {
+/* worst relative error of vec8_exp over [-87, 88.7] (the softmax's scores minus their max, and SwiGLU's exp(-gate)),
+ * and its special values, in the build the CPU picks */
+static double exp_worst(Vec8 special[2]) {
     double worst = 0;
-    for (int i = 0; i <= 1 << 20; i++) {
-        float x = -87.0f * (float)i / (float)(1 << 20);
+    for (int i = 0; i <= 1 << 21; i++) {
+        float x = -87.0f + (87.0f + 88.7f) * (float)i / (float)(1 << 21);
         double want = exp((double)x), got = vec8_exp(vec8_splat(x))[0];
         if (!(fabs(got - want) <= worst * want)) worst = fabs(got - want) / want;
     }
-    *special = vec8_exp((Vec8){-INFINITY, NAN, 0.0f, -100.0f, -1e-30f, 0, 0, 0});
+    special[0] = vec8_exp((Vec8){-INFINITY, NAN, 0.0f, -100.0f, -1e-30f, INFINITY, 88.73f, 1000.0f});
+    special[1] = vec8_silu((Vec8){-INFINITY, INFINITY, -100.0f, 100.0f, 0.0f, -1.0f, 2.0f, NAN});
     return worst;
 }
-SIMD_AVX2_FMA static double exp_worst_avx2(Vec8 *special) { return exp_worst(special); }
+SIMD_AVX2_FMA static double exp_worst_avx2(Vec8 special[2]) { return exp_worst(special); }
 static void test_vec8_exp(void) {
-    Vec8 s;
-    double worst = simd_avx2_fma() ? exp_worst_avx2(&s) : exp_worst(&s);
-    CHECK(worst < 2.4e-7, "vec8_exp on [-87, 0] (%s build): max rel err %.2g vs exp in double (tol 2.4e-7, 4 ulp)",
+    Vec8 s[2];
+    double worst = simd_avx2_fma() ? exp_worst_avx2(s) : exp_worst(s);
+    CHECK(worst < 2.4e-7, "vec8_exp on [-87, 88.7] (%s build): max rel err %.2g vs exp in double (tol 2.4e-7, 4 ulp)",
           simd_avx2_fma() ? "AVX2+FMA" : "baseline", worst);
-    CHECK(s[0] == 0.0f && isnan(s[1]) && s[2] == 1.0f && s[3] == 0.0f && s[4] == 1.0f,
-          "vec8_exp: exp(-inf) = 0, NaN stays NaN, exp(0) = 1, 0 below FLT_MIN's log, exp(-1e-30) = 1 (got %g %g %g %g "
-          "%g)",
-          s[0], s[1], s[2], s[3], s[4]);
+    const Vec8 e = s[0], silu = s[1];
+    CHECK(e[0] == 0.0f && isnan(e[1]) && e[2] == 1.0f && e[3] == 0.0f && e[4] == 1.0f && isinf(e[5]) && isinf(e[6]) &&
+              isinf(e[7]),
+          "vec8_exp: exp(-inf) = 0, NaN stays NaN, exp(0) = 1, 0 below FLT_MIN's log, exp(-1e-30) = 1, inf for inf and "
+          "above FLT_MAX's log (got %g %g %g %g %g %g %g %g)",
+          e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]);
+    int same = 1;
+    for (int i = 0; i < 8; i++) {
+        float x = ((float[]){-INFINITY, INFINITY, -100.0f, 100.0f, 0.0f, -1.0f, 2.0f, NAN})[i];
+        float want = silu_f(x);
+        same = same &&
+               ((isnan(want) && isnan(silu[i])) || silu[i] == want || fabsf(silu[i] - want) <= 2.4e-7f * fabsf(want));
+    }
+    CHECK(same, "vec8_silu equals silu_f within 4 ulp at +-inf, +-100, 0, -1, 2 and NaN (got %g %g %g %g %g %g %g %g)",
+          silu[0], silu[1], silu[2], silu[3], silu[4], silu[5], silu[6], silu[7]);
 }
 
 int main(void) {

@@ -7,6 +7,7 @@
 #ifndef MEDUSA_CPU_SIMD_H
 #define MEDUSA_CPU_SIMD_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -42,13 +43,15 @@ static ALWAYS_INLINE float vec8_hmax(Vec8 v) {
     return m;
 }
 
-/* exp(x) per lane, within 2 ulp of expf for x <= 88 (Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, a degree-6
- * polynomial for exp(r), 2^n from the exponent bits); 0 below ln(FLT_MIN) and for -inf, NaN for NaN */
+/* exp(x) per lane, within 2 ulp of expf (Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
+ * exp(r), 2^n from the exponent bits, in two factors so that n = 128 near the top of the range stays finite); 0 below
+ * ln(FLT_MIN) and for -inf, inf above ln(FLT_MAX), NaN for NaN */
 static ALWAYS_INLINE Vec8 vec8_exp(Vec8 x) {
-    const float kMin = -87.33654475f, kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+    const float kMin = -87.33654475f, kMax = 88.72283905f, kLog2e = 1.44269504088896341f;
+    const float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
     const float kRound = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer, kept in the low mantissa bits */
-    Int8 under = x < vec8_splat(kMin);
-    x = vec8_select(under, vec8_splat(kMin), x);
+    Int8 under = x<vec8_splat(kMin), over = x> vec8_splat(kMax);
+    x = vec8_select(under, vec8_splat(kMin), vec8_select(over, vec8_splat(kMax), x));
     Vec8 t = x * kLog2e + kRound;
     Vec8 n = t - kRound;
     Int8 n_int = (Int8)t - (Int8)vec8_splat(kRound);
@@ -61,8 +64,12 @@ static ALWAYS_INLINE Vec8 vec8_exp(Vec8 x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     Vec8 y = p * (r * r) + r + 1.0f;
-    Vec8 scale = (Vec8)((n_int + 127) << 23);
-    return vec8_select(under, vec8_splat(0.0f), y * scale);
+    Int8 n_half = n_int >> 1; /* 2^n = 2^(n/2) 2^(n - n/2), each factor a normal float for n in [-126, 128] */
+    y = y * (Vec8)((n_half + 127) << 23) * (Vec8)((n_int - n_half + 127) << 23);
+    return vec8_select(under, vec8_splat(0.0f), vec8_select(over, vec8_splat(INFINITY), y));
 }
+
+/* silu(x) = x / (1 + exp(-x)) per lane, as math_common.h's silu_f */
+static ALWAYS_INLINE Vec8 vec8_silu(Vec8 x) { return x / (1.0f + vec8_exp(-x)); }
 
 #endif
