@@ -139,7 +139,7 @@ int main(void) {
     EXPECT_FATAL(weights_open_safetensors_file(&w, st), "need 12", "safetensors: byte count not matching shape");
     write_safetensors(st, "{\"a\": {\"dtype\": \"I8\", \"shape\": [4], \"data_offsets\": [0, 4]}}", 4, 0);
     EXPECT_FATAL(weights_open_safetensors_file(&w, st), "unsupported dtype I8", "safetensors: unsupported dtype");
-    CHECK(strstr(test_fatal_msg, st) != NULL, "error message names the file (%s)", test_fatal_msg);
+    CHECK(strstr(test_fatal_msg, st) != NULL, "error message names the file (%.400s)", test_fatal_msg);
 
     char *cfg = tmp_path("config.json");
     write_text(cfg, "{\"model_type\": \"llama\", \"hidden_size\": 8,");

@@ -395,7 +395,7 @@ static const char *write_gguf(const char *key, const char *value) {
 static void check_bad_input(void) {
     EXPECT_FATAL(tokenizer_load_json("/nonexistent/tokenizer.json"), "/nonexistent/tokenizer.json: cannot read",
                  "missing tokenizer.json is fatal, naming the file");
-    const char *p = write_tmp("tokenizer.json", "{\"model\": {\"type\": \"BPE\", ", 26);
+    const char *volatile p = write_tmp("tokenizer.json", "{\"model\": {\"type\": \"BPE\", ", 26);
     EXPECT_FATAL(tokenizer_load_json(p), "not valid JSON", "malformed JSON is fatal");
     p = write_tmp("tokenizer.json", "{\"version\": \"1.0\"}", 18);
     EXPECT_FATAL(tokenizer_load_json(p), "no \"model\"", "tokenizer.json without a model is fatal");

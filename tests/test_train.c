@@ -172,7 +172,7 @@ static void check_export_eval(const char *run, const char *val_path, const char 
     int same = 1;
     for (int i = 0; i < m.shape.n_heads; i++)
         for (int k = 1; k <= MEDUSA_TOPK; k++) {
-            char key[32];
+            char key[48];
             snprintf(key, sizeof key, "medusa%d_top%d", i, k);
             same &= json_number(ours, key) == json_number(last, key);
         }
