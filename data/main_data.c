@@ -210,6 +210,16 @@ static int run_tokenise(int argc, char **argv) {
 
     int64_t skipped = 0;
     for (int r = 0; r < SKIP_COUNT; r++) skipped += reader.skipped[r];
+    if (splits[0].convs + splits[1].convs == 0) { /* an empty cache would only fail later, in medusa-train */
+        char reasons[512] = "";
+        size_t used = 0;
+        for (int r = 0; r < SKIP_COUNT && used < sizeof reasons; r++)
+            if (reader.skipped[r])
+                used += (size_t)snprintf(reasons + used, sizeof reasons - used, "%s%lld %s", used ? ", " : ": ",
+                                         (long long)reader.skipped[r], skip_reason_text((SkipReason)r));
+        fatal("%s: no usable conversation (%lld read, %lld skipped%s)", input, (long long)reader.elements,
+              (long long)skipped, reasons);
+    }
     memcpy(meta.skipped, reader.skipped, sizeof meta.skipped);
     for (int s = 0; s < 2; s++) {
         snprintf(meta.split, sizeof meta.split, "%s", splits[s].name);

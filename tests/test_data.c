@@ -747,6 +747,22 @@ static void test_cli(void) {
     token_cache_free(&all);
     free(lines);
 
+    /* nothing usable: one error naming the input and why, non-zero exit, no cache left behind */
+    char *unusable = tmp_path("unusable.json");
+    write_text(unusable, "[{\"id\": \"a\", \"conversations\": []},"
+                         " {\"id\": \"b\", \"conversations\": [{\"from\": \"human\", \"value\": \"q\"}]}]");
+    snprintf(cmd, sizeof cmd, "bin/medusa-data --model %s --input %s --out %s5 > %s5.log 2>&1", model, unusable, out,
+             out);
+    rc = run(cmd);
+    snprintf(cmd, sizeof cmd,
+             "grep -q 'unusable.json: no usable conversation (2 read, 2 skipped: 1 empty conversation, 1 no "
+             "assistant reply)' %s5.log && ! ls %s5.* 2>/dev/null | grep -q tokens",
+             out, out);
+    CHECK(rc == 1 && run(cmd) == 0,
+          "medusa-data on conversations that are all skipped: exit 1 (got %d), the reasons named, no cache written",
+          rc);
+    free(unusable);
+
     /* the chat template from a GGUF's metadata */
     if (file_exists(SMOLLM2_GGUF)) {
         snprintf(cmd, sizeof cmd,
