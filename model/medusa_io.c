@@ -104,6 +104,10 @@ static void load_into(const WeightSet *w, const char *key, float *dst_host, int 
 static MedusaShape import_config(const char *dir, int hidden, int vocab, MedusaFormat *format) {
     char *cfg_path = path_join(dir, "config.json");
     char *text = read_whole_file(cfg_path, NULL);
+    if (!text && errno == ENOTDIR) /* a checkpoint given where an export directory goes */
+        fatal("%s: not a directory: exported heads are a directory (config.json and weights); export a training "
+              "checkpoint with medusa-train export, or give it to medusa-eval as --ckpt",
+              dir);
     if (!text) fatal("%s: cannot read: %s", cfg_path, strerror(errno));
     cJSON *cfg = cJSON_Parse(text);
     free(text);

@@ -505,6 +505,11 @@ static void test_export(void) {
     medusa_free(&r);
     EXPECT_FATAL(medusa_import(&r, v1, backend_cpu(), 32, V), "hidden_size",
                  "import into a base of another hidden size fails");
+    char *weights_file = path_join(v1, "medusa_lm_head.safetensors"); /* a file where a directory goes */
+    EXPECT_FATAL(medusa_import(&r, weights_file, backend_cpu(), H, V),
+                 "not a directory: exported heads are a directory",
+                 "import from a file (a checkpoint, say) names it and says what is expected");
+    free(weights_file);
 
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
