@@ -271,6 +271,7 @@ fuzz:
 	  -o build-asan/fuzz_loaders $(shell pkg-config --libs $(PKGS)) -lm
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)
 
-# The demo: SmolLM2-135M-Instruct + ShareGPT, heads trained on the CPU, evaluated, exported, decoding speedup.
+# The demo: SmolLM2-135M-Instruct + ShareGPT, heads trained (on the GPU when there is one), evaluated, exported,
+# decoding speedup.
 demo: all
-	./demo.sh
+	DEMO_CUDA_BUILT=$(CUDA) ./demo.sh
