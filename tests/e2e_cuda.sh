@@ -110,8 +110,9 @@ expect 'same typical_cuda typical_cpu && [ "$(per_step typical_cuda)" = "$(per_s
 # MEDUSA_CUDA_PROFILE=1: a table of GPU time per kernel and GEMM at exit, the output unchanged
 MEDUSA_CUDA_PROFILE=1 infer cuda auto plain profiled
 expect 'same cuda_auto_plain profiled && grep -q "^cuda profile" "$TMP/err_profiled" &&
-        grep -q "rmsnorm_kernel<uint16_t>" "$TMP/err_profiled" && grep -q "cublasLt bf16 TN" "$TMP/err_profiled"' \
-    "MEDUSA_CUDA_PROFILE=1: the GPU time table printed ($(grep -c '^ .*%' "$TMP/err_profiled" 2>/dev/null || echo 0) operations), the output unchanged"
+        grep -q "rmsnorm_kernel<uint16_t>" "$TMP/err_profiled" && grep -q "cublasLt bf16 TN" "$TMP/err_profiled" &&
+        awk "/attention_kernel/ && \$5 ~ /^[0-9.]+\$/ {rated = 1} END {exit !rated}" "$TMP/err_profiled"' \
+    "MEDUSA_CUDA_PROFILE=1: the GPU time table printed ($(grep -c '^ .*%' "$TMP/err_profiled" 2>/dev/null || echo 0) operations, attention with its TFLOP/s), the output unchanged"
 # ---- the memory plan: printed at start-up, reserved as one allocation, and enough for every run ----
 planned() { grep -q "memory plan:" "$TMP/$1" && grep -q "^  total " "$TMP/$1" && ! grep -q "underestimated\|no memory plan" "$TMP/$1"; }
 expect 'planned train_log_cuda_auto && planned eval_log_cuda && planned err_cuda_auto_medusa && planned err_cuda_fp32_plain' \

@@ -8,6 +8,8 @@
  * Decoding (a few queries over a long KV cache) would leave most of the GPU idle with one block per (4 queries,
  * head), so there the key range is cut into slices (gridDim.z, flash-decoding): each block writes its partial
  * softmax state (max, sum, unnormalised output) and attention_merge_kernel combines them. */
+#include <vector>
+
 #include "cuda_common.cuh"
 
 static const int kTile = 32;
@@ -194,6 +196,19 @@ static void launch_attention(int queries, dim3 grid, Out *out, float *partials, 
                                 head_dim);
 }
 
+/* under MEDUSA_CUDA_PROFILE: the FLOPs of S = Q K^T and O = P V over the queries' key ranges (a tree mask's hidden
+ * keys counted too), credited to the next launch so that the profile table gives the kernel's rate */
+static void profile_attention_flops(const int32_t *key_begin, const int32_t *key_end, int T, int n_heads,
+                                    int head_dim) {
+    if (!cuda_profiling()) return;
+    std::vector<int32_t> begin((size_t)T), end((size_t)T);
+    CUDA_CHECK(cudaMemcpy(begin.data(), key_begin, sizeof(int32_t) * (size_t)T, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(end.data(), key_end, sizeof(int32_t) * (size_t)T, cudaMemcpyDeviceToHost));
+    double keys = 0;
+    for (int t = 0; t < T; t++) keys += end[(size_t)t] > begin[(size_t)t] ? end[(size_t)t] - begin[(size_t)t] : 0;
+    profile_next_flops(4.0 * head_dim * n_heads * keys);
+}
+
 template <class In, class Out>
 static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v, const int32_t *key_begin,
                                  const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads,
@@ -203,6 +218,7 @@ static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v
     int queries = queries_per_block(T, head_dim), splits = key_splits(T, queries, row0, n_heads);
     float *partials = splits > 1 ? split_partials(head_dim) : NULL;
     dim3 grid(ceil_div(T, queries), n_heads, splits);
+    profile_attention_flops(key_begin, key_end, T, n_heads, head_dim);
     if (head_dim <= 32)
         launch_attention<32>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
                              n_kv_heads, head_dim);
@@ -462,6 +478,7 @@ void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, co
     int splits = key_splits(T, kMmaQueries, row0, n_heads);
     float *partials = splits > 1 ? split_partials(head_dim) : NULL;
     dim3 grid(ceil_div(T, kMmaQueries), n_heads, splits), block(32 * kMmaWarps);
+    profile_attention_flops(key_begin, key_end, T, n_heads, head_dim);
     if (head_dim == 64)
         LAUNCH(attention_mma_kernel<64>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
                n_heads, n_kv_heads);

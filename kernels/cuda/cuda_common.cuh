@@ -52,6 +52,11 @@ class ProfileScope {
     std::string name_;
 };
 
+/* whether MEDUSA_CUDA_PROFILE is on, and the FLOPs to credit to the next profiled operation: a kernel whose work its
+ * launch does not show (attention's depends on the key ranges), so the table gives its rate */
+bool cuda_profiling(void);
+void profile_next_flops(double flops);
+
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. LAUNCH_AS names the launch for the profile and
  * the emulator's messages (a template kernel's name with its arguments: kernel_name). */

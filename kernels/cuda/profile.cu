@@ -38,6 +38,8 @@ void profile_print(void) {
 }
 } // namespace
 
+static double pending_flops = 0.0; /* profile_next_flops', for the next ProfileScope */
+
 static bool profile_enabled(void) {
     static int enabled = -1;
     if (enabled < 0) {
@@ -52,8 +54,13 @@ static bool profile_enabled(void) {
     return enabled;
 }
 
+bool cuda_profiling(void) { return profile_enabled(); }
+void profile_next_flops(double flops) { pending_flops = flops; }
+
 ProfileScope::ProfileScope(const char *name) : on_(profile_enabled()), flops_(0.0) {
     if (!on_) return;
+    flops_ = pending_flops;
+    pending_flops = 0.0;
     name_ = name;
     CUDA_CHECK(cudaEventRecord(profile_start));
 }
