@@ -107,6 +107,14 @@ struct Backend {
      * into the fp32 dinp/dweight; dbias sums the fp32 dout */
     void (*matmul_backward_bf16)(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                  const uint16_t *weight, int T, int IC, int OC);
+    /* The heads' classifier on a bf16 lm_head weight [V, IC], for rows of fp32 activations x [rows, IC]: logits =
+     * x @ weight^T (matmul_bf16's) into the scratch `logits` [rows, V], softmax_xent's losses and ranks, and when dx or
+     * dweight is given, dlogits = dscale * (softmax - onehot(target)) rounded to bf16 into dx [rows, IC] +=
+     * dlogits @ weight and dweight [V, IC] += dlogits^T @ x (matmul_backward_bf16's products; either may be NULL).
+     * `logits` holds nothing useful after. Called per chunk of rows, so no probabilities are stored; on a GPU the
+     * softmax writes the bf16 gradient the GEMMs take directly, and x is rounded once for both of its GEMMs. */
+    void (*classifier_bf16)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+                            const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale);
     /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, attention_bf16,
      * swiglu_bf16). With accumulate the product is added to out (a residual branch summed into the stream by the GEMM
      * itself) */

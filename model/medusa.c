@@ -162,6 +162,25 @@ static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweig
     else m->be->matmul_backward(dinp, dweight, dbias, dout, in, weight, T, IC, OC);
 }
 
+/* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses and ranks at row r0
+ * of the work's, and with dx the gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op
+ * (classifier_bf16) does it all. */
+static void head_classifier(const MedusaHeads *m, MedusaWork *w, const float *x, int h, float *dx, int r0, int rows,
+                            float dscale) {
+    const Backend *be = m->be;
+    int H = m->shape.hidden, V = m->shape.head_vocab;
+    const float *lm = medusa_lm_head(m, m->params, h);
+    float *dlm = dx ? medusa_lm_head(m, m->grads, h) : NULL;
+    if (m->params_bf16) {
+        be->classifier_bf16(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, x,
+                            m->params_bf16 + (lm - m->params), dx, dlm, rows, H, V, dscale);
+        return;
+    }
+    be->matmul(w->logits, x, lm, NULL, rows, H, V);
+    be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, rows, V, dscale);
+    if (dx) be->matmul_backward(dx, dlm, NULL, w->logits, x, lm, rows, H, V); /* the logits now hold dlogits */
+}
+
 /* Runs head h's ResBlocks over all T rows: block l maps its input x to act[l] = x + silu(pre[l]),
  * pre[l] = W x + b; the first block's input is the hidden state. */
 static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const float *hidden, int h, int T) {
@@ -183,7 +202,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                              float grad_scale, MedusaBatchStats *stats) {
     const Backend *be = m->be;
     const MedusaShape *s = &m->shape;
-    int H = s->hidden, V = s->head_vocab, L = s->n_layers;
+    int H = s->hidden, L = s->n_layers;
     if (T > w->max_tokens) fatal("medusa: batch of %d tokens exceeds the work buffers' %d", T, w->max_tokens);
     int train = grad_scale > 0;
     if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
@@ -214,19 +233,13 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         be->embedding(w->rows_hidden, w->rows, hidden, n, H); /* a row gather */
         float dscale = train ? weight * grad_scale / (float)n : 0.0f;
         const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
-        const float *lm = medusa_lm_head(m, m->params, h);
         if (train) be->fill_zero(w->dx, sizeof(float) * nH);
         double loss_sum = 0;
         /* equal chunks: a short tail chunk would make a thin, slow GEMM */
         int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
         for (int r0 = 0; r0 < n; r0 += per) {
             int rows = n - r0 < per ? n - r0 : per;
-            const float *x = x_last + (size_t)r0 * H;
-            head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
-            be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, rows, V, dscale);
-            if (train) /* logits now hold dlogits: into dx and the lm_head gradient */
-                head_matmul_backward(m, w->dx + (size_t)r0 * H, medusa_lm_head(m, m->grads, h), NULL, w->logits, x, lm,
-                                     rows, H, V);
+            head_classifier(m, w, x_last + (size_t)r0 * H, h, train ? w->dx + (size_t)r0 * H : NULL, r0, rows, dscale);
         }
         be->download(w->host_losses, w->losses, sizeof(float) * (size_t)n);
         be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)n);

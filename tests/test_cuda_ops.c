@@ -679,6 +679,45 @@ static void test_softmax_xent(int V) {
     free(logits);
 }
 
+/* The heads' classifier on a bf16 lm_head: losses, ranks and the gradients accumulated into non-zero dx and dweight
+ * against the CPU's composition (matmul_bf16, softmax_xent, matmul_backward_bf16); then without gradients (evaluation),
+ * which must leave dx and dweight alone. */
+static void test_classifier_bf16(int rows, int IC, int V) {
+    size_t n_x = (size_t)rows * IC, n_w = (size_t)V * IC;
+    float *x = random_floats(n_x, 1.0f), *dx = random_floats(n_x, 1.0f), *dw = random_floats(n_w, 1.0f);
+    uint16_t *w = random_bf16(n_w, 0.5f);
+    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)rows);
+    for (int r = 0; r < rows; r++) targets[r] = r % 5 == 2 ? -1 : (int32_t)rng_below(&rng, V);
+    float dscale = 0.25f;
+    float *logits = xmalloc(sizeof(float) * (size_t)rows * V), *loss = xmalloc(sizeof(float) * (size_t)rows);
+    int32_t *rank = xmalloc(sizeof(int32_t) * (size_t)rows), *gpu_rank = xmalloc(sizeof(int32_t) * (size_t)rows);
+    float *d_x = to_gpu(x, sizeof(float) * n_x), *d_dx = to_gpu(dx, sizeof(float) * n_x),
+          *d_dw = to_gpu(dw, sizeof(float) * n_w), *d_logits = gpu->alloc(sizeof(float) * (size_t)rows * V),
+          *d_loss = gpu->alloc(sizeof(float) * (size_t)rows);
+    uint16_t *d_w = to_gpu(w, sizeof(uint16_t) * n_w);
+    int32_t *d_targets = to_gpu(targets, sizeof(int32_t) * (size_t)rows), *d_rank = gpu->alloc(sizeof(int32_t) * rows);
+    for (int pass = 0; pass < 2; pass++) { /* training, then evaluation */
+        float *want_dx = pass ? NULL : dx, *want_dw = pass ? NULL : dw;
+        cpu->classifier_bf16(logits, loss, rank, targets, x, w, want_dx, want_dw, rows, IC, V, pass ? 0.0f : dscale);
+        gpu->classifier_bf16(d_logits, d_loss, d_rank, d_targets, d_x, d_w, pass ? NULL : d_dx, pass ? NULL : d_dw,
+                             rows, IC, V, pass ? 0.0f : dscale);
+        char what[128];
+        const char *mode = pass ? "without gradients" : "with gradients";
+        snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: losses", rows, IC, V, mode);
+        expect_close(what, d_loss, loss, (size_t)rows, 1e-5);
+        snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dx (accumulated)", rows, IC, V, mode);
+        expect_close(what, d_dx, dx, n_x, 1e-5);
+        snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dweight (accumulated)", rows, IC, V, mode);
+        expect_close(what, d_dw, dw, n_w, 1e-5);
+        gpu->download(gpu_rank, d_rank, sizeof(int32_t) * (size_t)rows);
+        CHECK(!memcmp(gpu_rank, rank, sizeof(int32_t) * (size_t)rows) && rank[2] == -1,
+              "classifier_bf16 %d x %d -> %d %s: ranks equal (ignored rows -1)", rows, IC, V, mode);
+    }
+    gpu->free(d_x), gpu->free(d_dx), gpu->free(d_dw), gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_w);
+    gpu->free(d_targets), gpu->free(d_rank);
+    free(x), free(dx), free(dw), free(w), free(targets), free(logits), free(loss), free(rank), free(gpu_rank);
+}
+
 /* Typical acceptance's statistics: entropies and candidate probabilities at two temperatures, a row with -inf
  * logits, padded (-1) ids; the CPU's against a direct double-precision evaluation of the same formula. */
 static void test_softmax_entropy(int V) {
@@ -1203,6 +1242,8 @@ int main(void) {
     test_top_k(3, 50, 16);
     test_softmax_xent(1000);
     test_softmax_xent(32000);
+    test_classifier_bf16(37, 64, 1000);
+    test_classifier_bf16(9, 128, 32000);
     test_softmax_entropy(1000);
     test_softmax_entropy(32000);
     test_adamw();

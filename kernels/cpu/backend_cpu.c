@@ -42,6 +42,7 @@ const Backend *backend_cpu(void) {
         .sum_squares = cpu_sum_squares,
         .matmul_bf16 = cpu_matmul_bf16,
         .matmul_backward_bf16 = cpu_matmul_backward_bf16,
+        .classifier_bf16 = cpu_classifier_bf16,
         .matmul_bf16_in = cpu_matmul_bf16_in,
         .matmul_bf16_out = cpu_matmul_bf16_out,
         .rope_qkv_bf16 = cpu_rope_qkv_bf16,

@@ -1,5 +1,6 @@
 /* Fused softmax cross-entropy: loss, target rank (for top-k accuracy) and dlogits in place, one row at a
- * time, so probabilities for the whole vocabulary are never kept beside the logits. */
+ * time, so probabilities for the whole vocabulary are never kept beside the logits; the heads' classifier on bf16
+ * weights; typical acceptance's statistics. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -39,6 +40,14 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
         for (int i = 0; i < V; i++) row[i] *= scale;
         row[target] -= dscale;
     }
+}
+
+/* the reference composition: matmul_bf16, softmax_xent in place, matmul_backward_bf16 (which rounds the gradient) */
+void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+                         const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
+    cpu_matmul_bf16(logits, x, weight, NULL, rows, IC, V);
+    cpu_softmax_xent(logits, losses, ranks, targets, rows, V, dscale);
+    if (dx || dweight) cpu_matmul_backward_bf16(dx, dweight, NULL, logits, x, weight, rows, IC, V);
 }
 
 double cpu_softmax_entropy_row(const float *x, int cols, float temperature, float *probs) {

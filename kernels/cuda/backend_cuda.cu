@@ -214,6 +214,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.sum_squares = cuda_sum_squares;
         cuda.matmul_bf16 = cuda_matmul_bf16;
         cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
+        cuda.classifier_bf16 = cuda_classifier_bf16;
         cuda.matmul_bf16_in = cuda_matmul_bf16_in;
         cuda.matmul_bf16_out = cuda_matmul_bf16_out;
         cuda.rope_qkv_bf16 = cuda_rope_qkv_bf16;

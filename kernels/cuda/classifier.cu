@@ -1,5 +1,6 @@
 /* Fused softmax cross-entropy (llm.c style): one block per row reads the logits twice and writes the
- * gradient over them, so probabilities for the whole vocabulary are never stored.
+ * gradient over them (or, for the heads on bf16 weights, in bf16 where their GEMMs read it), so probabilities for the
+ * whole vocabulary are never stored.
  * Pass 1: each thread keeps an online (max, sum of exp) over its strided logits and counts the logits
  * above the target's; the block merges them. Pass 2: dlogits = dscale * (softmax - onehot). */
 #include "cuda_common.cuh"
@@ -38,14 +39,19 @@ __device__ __forceinline__ void block_softmax_state(float *max, float *sum, floa
     for (int w = 0; w < n_warps; w++) softmax_merge(max, sum, max_scratch[w], sum_scratch[w]);
 }
 
-__global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int V,
-                                    float dscale) {
+/* Grad: float (the gradient over the logits, in place) or bf16 (into another buffer, as the head GEMMs take it);
+ * dlogits NULL: losses and ranks alone */
+template <class Grad>
+__global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *losses, int32_t *ranks,
+                                    const int32_t *targets, int V, float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32];
     __shared__ int rank_scratch[32];
     int t = blockIdx.x, target = targets[t];
-    float *row = logits + (size_t)t * V;
-    if (target < 0) { /* uniform over the block: an ignored position */
-        for (int i = threadIdx.x; i < V; i += blockDim.x) row[i] = 0.0f;
+    const float *row = logits + (size_t)t * V;
+    Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL; /* uniform over the block, as target is */
+    if (target < 0) {                                      /* an ignored position */
+        if (grad)
+            for (int i = threadIdx.x; i < V; i += blockDim.x) store_out(&grad[i], 0.0f);
         if (threadIdx.x == 0) {
             losses[t] = 0.0f;
             ranks[t] = -1;
@@ -64,16 +70,31 @@ __global__ void softmax_xent_kernel(float *logits, float *losses, int32_t *ranks
         losses[t] = logf(sum) - (target_logit - max);
         ranks[t] = rank;
     }
+    if (!grad) return;
     float scale = dscale / sum;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         float g = expf(row[i] - max) * scale;
-        row[i] = i == target ? g - dscale : g;
+        store_out(&grad[i], i == target ? g - dscale : g);
     }
+}
+
+template <class Grad>
+static void softmax_xent(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, const int32_t *targets,
+                         int T, int V, float dscale) {
+    static const std::string name = kernel_name("softmax_xent_kernel", {elem_name<Grad>()});
+    if (T > 0)
+        LAUNCH_AS(name.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+                  dscale);
 }
 
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                        float dscale) {
-    if (T > 0) LAUNCH(softmax_xent_kernel, T, kThreads, 0, logits, losses, ranks, targets, V, dscale);
+    softmax_xent(logits, logits, losses, ranks, targets, T, V, dscale);
+}
+
+void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks,
+                            const int32_t *targets, int T, int V, float dscale) {
+    softmax_xent(logits, dlogits, losses, ranks, targets, T, V, dscale);
 }
 
 /* Typical acceptance's statistics, one block per row: the softmax at a temperature (an online pass), then the

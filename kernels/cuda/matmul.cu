@@ -73,14 +73,18 @@ struct Scratch {
     uint16_t *ptr = NULL;
     size_t elems = 0;
 };
-static uint16_t *rounded(Scratch *s, const float *x, size_t n) {
+static uint16_t *scratch(Scratch *s, size_t n) {
     if (n > s->elems) {
         backend_cuda()->free(s->ptr);
         s->ptr = (uint16_t *)backend_cuda()->alloc(sizeof(uint16_t) * n);
         s->elems = n;
     }
-    cuda_to_bf16(s->ptr, x, n);
     return s->ptr;
+}
+static uint16_t *rounded(Scratch *s, const float *x, size_t n) {
+    uint16_t *out = scratch(s, n);
+    cuda_to_bf16(out, x, n);
+    return out;
 }
 static Scratch input_scratch, grad_scratch;
 
@@ -188,4 +192,17 @@ void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const 
         }
     }
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
+}
+
+/* x rounded once for the logits' and the lm_head gradient's GEMMs, and the gradient written in bf16 by the softmax
+ * (the fp32 gradient over the logits and a rounding pass over it, otherwise) */
+void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+                          const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
+    if (rows == 0) return;
+    const uint16_t *xr = rounded(&input_scratch, x, (size_t)rows * IC);
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, V, rows, IC, weight, IC, xr, IC, 0.0f, logits, CUDA_R_32F, V);
+    uint16_t *g = dx || dweight ? scratch(&grad_scratch, (size_t)rows * V) : NULL;
+    cuda_softmax_xent_bf16(logits, g, losses, ranks, targets, rows, V, dscale);
+    if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, rows, V, weight, IC, g, V, 1.0f, dx, CUDA_R_32F, IC);
+    if (dweight) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, V, rows, xr, IC, g, V, 1.0f, dweight, CUDA_R_32F, IC);
 }
