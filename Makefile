@@ -259,7 +259,8 @@ bench-gpu: $(BENCH_GPU_TRAIN) $(BENCH_BIN_DIR)/medusa-data $(BENCH_BIN_DIR)/medu
 plot:
 	@train/plot.sh $(RUN)
 
-# Short mutation-fuzz run of the loaders under ASan/UBSan (leaks from aborted loads are expected and ignored).
+# Short mutation-fuzz runs of the model loaders and the ShareGPT reader under ASan/UBSan (leaks from aborted loads
+# are expected and ignored).
 FUZZ_ITERS ?= 3000
 # seeds: a Q4_1 and a BF16 GGUF, an fp32 safetensors file and a bf16 shard (copied as stored by weights_load_bf16)
 FUZZ_SEEDS = tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q4_1.gguf tests/fixtures/models/tiny_llama/gguf/tiny_llama.BF16.gguf \
@@ -270,6 +271,11 @@ fuzz:
 	  $(shell pkg-config --cflags $(PKGS)) $(BLAS_CFLAGS) tests/fuzz/fuzz_loaders.c common/common.c model/gguf.c model/weights.c \
 	  -o build-asan/fuzz_loaders $(shell pkg-config --libs $(PKGS)) -lm
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE \
+	  $(shell pkg-config --cflags $(PKGS)) tests/fuzz/fuzz_sharegpt.c common/common.c data/sharegpt.c \
+	  -o build-asan/fuzz_sharegpt $(shell pkg-config --libs $(PKGS)) -lm
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_sharegpt $(FUZZ_ITERS) \
+	  tests/fixtures/chat/conversations.json tests/fuzz/seeds/escapes.jsonl
 
 # The demo: SmolLM2-135M-Instruct + ShareGPT, heads trained (on the GPU when there is one), evaluated, exported,
 # decoding speedup.
