@@ -48,8 +48,9 @@ __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *l
     __shared__ int rank_scratch[32];
     int t = blockIdx.x, target = targets[t];
     const float *row = logits + (size_t)t * V;
-    Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL; /* uniform over the block, as target is */
-    if (target < 0) {                                      /* an ignored position */
+    /* the conditions below are uniform over the block: no gradient wanted, an ignored position */
+    Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL;
+    if (target < 0) {
         if (grad)
             for (int i = threadIdx.x; i < V; i += blockDim.x) store_out(&grad[i], 0.0f);
         if (threadIdx.x == 0) {
