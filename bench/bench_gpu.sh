@@ -48,15 +48,6 @@ else
     GPU=""
     [ -n "${OUT:-}" ] || { echo "bench_gpu.sh: nvidia-smi finds no GPU; set OUT=FILE for a dry run" >&2; exit 1; }
 fi
-# Peak dense bf16 tensor FLOP/s by GPU name (vendor data sheets, without sparsity); unknown: no MFU.
-case "$GPU" in
-    *A100*) PEAK=312e12 ;;
-    *H100*PCIe*) PEAK=756e12 ;;
-    *H100*) PEAK=989e12 ;; # SXM ("H100 80GB HBM3")
-    *H200*) PEAK=989e12 ;;
-    *" L4") PEAK=121e12 ;;
-    *) PEAK="" ;;
-esac
 
 if [ ! -s "$DATA.train.tokens.h5" ]; then
     [ -s "$SHAREGPT" ] || data/fetch_demo.sh
@@ -81,13 +72,11 @@ trap 'rm -rf "$RUN"' EXIT
             grep -E '^pytorch'
     fi
 } | tee "$OUT.new"
-awk -v peak="$PEAK" '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i - 1)}
+# (the MFU line comes from bench_train, which knows the device's peak: kernels/backend.c)
+awk '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i - 1)}
     /^medusa-c train/ {ours = v} /^pytorch train:/ {theirs = v} /^pytorch train, padded/ {reference = v}
-    /^medusa-c flops/ {for (i = 1; i <= NF; i++) if ($i ~ /^FLOP\/s/) {if (!all) all = $(i - 1); else fwd = $(i - 1)}}
     END {if (reference) printf "ratio medusa-c / reference trainer (PyTorch, conversations padded as it pads them) tokens/s: %.2fx (target >= 2x)\n", ours / reference
-         printf "ratio medusa-c / pytorch without padding tokens/s: %.2fx\n", ours / theirs
-         if (peak) printf "MFU: %.1f%% of %.0f TFLOP/s bf16 dense (base forward alone: %.1f%%)\n", 100 * all / peak, peak / 1e12, 100 * fwd / peak
-         else print "MFU: n/a (no peak FLOP/s known for this GPU)"}' "$OUT.new" | tee -a "$OUT.new"
+         printf "ratio medusa-c / pytorch without padding tokens/s: %.2fx\n", ours / theirs}' "$OUT.new" | tee -a "$OUT.new"
 if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
     {
         echo "## GPU time per operation: bench_train with MEDUSA_CUDA_PROFILE=1, 1 warm-up + $PROFILE_STEPS steps"

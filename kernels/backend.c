@@ -1,4 +1,4 @@
-/* Backend selection for the --device flag. */
+/* Backend selection for the --device flag, and the peak rates that MFU is reported against. */
 #include <string.h>
 
 #include "../common/common.h"
@@ -14,4 +14,17 @@ const Backend *backend_by_name(const char *name) {
 #endif
     }
     fatal("--device %s: unknown device (expected cpu or cuda)", name);
+}
+
+double gpu_bf16_peak_flops(const char *device_name) {
+    static const struct {
+        const char *part; /* matched in the name, first match wins: the H100 and L40 variants before the plain names */
+        double tflops;
+    } table[] = {
+        {"A100", 312}, {"A800", 312}, {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989},
+        {"H800", 989}, {"H200", 989}, {"L40S", 362},      {"L40", 181},      {"L4", 121},
+    };
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (strstr(device_name, table[i].part)) return table[i].tflops * 1e12;
+    return 0;
 }

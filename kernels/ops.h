@@ -23,6 +23,10 @@ typedef struct Backend Backend;
 
 struct Backend {
     const char *name;
+    /* the device in words ("NVIDIA H200"; "cpu"), and its dense bf16 tensor peak in FLOP/s (gpu_bf16_peak_flops of that
+     * name; 0 where unknown, and on the CPU) for the MFU of bf16 runs */
+    const char *device;
+    double peak_bf16_flops;
 
     /* memory */
     void *(*alloc)(size_t bytes);
@@ -153,5 +157,8 @@ const Backend *backend_cpu(void);
 const Backend *backend_cuda(void);
 /* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */
 const Backend *backend_by_name(const char *name);
+/* A GPU's dense bf16 tensor peak in FLOP/s (vendor data sheets, without sparsity) from its device name, as CUDA
+ * reports it ("NVIDIA A100-SXM4-80GB"); 0 for a GPU not in the table. */
+double gpu_bf16_peak_flops(const char *device_name);
 
 #endif

@@ -679,6 +679,40 @@ static void test_softmax_xent(int V) {
     free(logits);
 }
 
+/* The peak rates MFU is reported against, by the names CUDA gives devices; the emulator's has none. */
+static void test_peak_flops(void) {
+    static const struct {
+        const char *name;
+        double tflops;
+    } cases[] = {
+        {"NVIDIA A100-SXM4-80GB", 312},
+        {"NVIDIA A100 80GB PCIe", 312},
+        {"NVIDIA H100 80GB HBM3", 989},
+        {"NVIDIA H100 PCIe", 756},
+        {"NVIDIA H100 NVL", 835},
+        {"NVIDIA H200", 989},
+        {"NVIDIA GH200 480GB", 989},
+        {"NVIDIA L40S", 362},
+        {"NVIDIA L40", 181},
+        {"NVIDIA L4", 121},
+        {"NVIDIA GeForce RTX 4090", 0},
+        {"Tesla T4", 0},
+    };
+    int ok = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        double got = gpu_bf16_peak_flops(cases[i].name) / 1e12;
+        if (got != cases[i].tflops) {
+            printf("       %s: %g TFLOP/s, expected %g\n", cases[i].name, got, cases[i].tflops);
+            ok = 0;
+        }
+    }
+    CHECK(ok, "bf16 peak by device name: 12 names (A100, H100 SXM/PCIe/NVL, H200, GH200, L40S, L40, L4; 0 for others)");
+    CHECK(gpu->device && gpu->device[0] && gpu->peak_bf16_flops == gpu_bf16_peak_flops(gpu->device) &&
+              cpu->peak_bf16_flops == 0,
+          "the cuda backend names its device (%s, peak %g TFLOP/s); the cpu has no peak", gpu->device,
+          gpu->peak_bf16_flops / 1e12);
+}
+
 /* The heads' classifier on a bf16 lm_head: losses, ranks and the gradients accumulated into non-zero dx and dweight
  * against the CPU's composition (matmul_bf16, softmax_xent, matmul_backward_bf16); then without gradients (evaluation),
  * which must leave dx and dweight alone. */
@@ -1242,6 +1276,7 @@ int main(void) {
     test_top_k(3, 50, 16);
     test_softmax_xent(1000);
     test_softmax_xent(32000);
+    test_peak_flops();
     test_classifier_bf16(37, 64, 1000);
     test_classifier_bf16(9, 128, 32000);
     test_softmax_entropy(1000);

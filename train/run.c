@@ -418,15 +418,20 @@ int train_run(const TrainConfig *c) {
             double flops = window_base_flops; /* the base forward's, and each head's on the rows it trained */
             for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&heads.shape, window.computed[i]);
             double tflops = dt > 0 ? flops / dt / 1e12 : 0;
+            /* against the tensor cores' bf16 peak: only a bf16 run on a GPU in the table has one */
+            double peak = base.weight_dtype == DT_BF16 ? be->peak_bf16_flops : 0;
             cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window.tokens / dt : 0);
             cJSON_AddNumberToObject(o, "tflops_per_s", tflops);
+            if (peak > 0) cJSON_AddNumberToObject(o, "mfu", tflops * 1e12 / peak);
             cJSON_AddNumberToObject(o, "elapsed_s", r.train_seconds);
             int n = snprintf(extra, sizeof extra, "loss %.3f top1", window.total_loss_sum / window.batches);
             for (int i = 0; i < c->heads && n < (int)sizeof extra - 16; i++)
                 n += snprintf(extra + n, sizeof extra - (size_t)n, " %.2f",
                               window.valid[i] ? (double)window.hits[i][0] / (double)window.valid[i] : 0.0);
-            snprintf(extra + n, sizeof extra - (size_t)n, " | %.0f tok/s, %.3g TFLOP/s",
-                     dt > 0 ? (double)window.tokens / dt : 0, tflops);
+            n += snprintf(extra + n, sizeof extra - (size_t)n, " | %.0f tok/s, %.3g TFLOP/s",
+                          dt > 0 ? (double)window.tokens / dt : 0, tflops);
+            if (peak > 0 && n < (int)sizeof extra)
+                snprintf(extra + n, sizeof extra - (size_t)n, " (%.0f%% MFU)", 100 * tflops * 1e12 / peak);
             write_metrics_line(metrics, o);
             step_metrics_clear(&window);
             window_start = now_seconds(), window_base_flops = 0;

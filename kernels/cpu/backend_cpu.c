@@ -16,6 +16,7 @@ static size_t cpu_memory_available(void) { return (size_t)sysconf(_SC_PHYS_PAGES
 const Backend *backend_cpu(void) {
     static const Backend cpu = {
         .name = "cpu",
+        .device = "cpu",
         .alloc = cpu_alloc,
         .free = cpu_free,
         .upload = cpu_copy,

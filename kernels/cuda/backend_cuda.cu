@@ -224,6 +224,10 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.attention_bf16 = cuda_attention_bf16;
         cuda.top_k = cuda_top_k;
         cuda.to_bf16 = cuda_to_bf16;
+        static cudaDeviceProp prop;
+        CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+        cuda.device = prop.name;
+        cuda.peak_bf16_flops = gpu_bf16_peak_flops(prop.name);
         cuda.name = "cuda";
         cuda_cublas(); /* the handles' memory too is taken before reserve() */
         cuda_cublaslt();

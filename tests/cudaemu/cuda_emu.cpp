@@ -472,6 +472,12 @@ cudaError_t cudaGetDeviceCount(int *count) {
     *count = 1;
     return cudaSuccess;
 }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device) {
+    if (device != 0) return cudaErrorInvalidValue;
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "CUDA emulator on the CPU");
+    return cudaSuccess;
+}
 cudaError_t cudaStreamCreate(cudaStream_t *stream) {
     *stream = NULL;
     return cudaSuccess;
