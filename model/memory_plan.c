@@ -82,7 +82,7 @@ static void line(FILE *out, const char *what, double bytes, double unit) {
     fprintf(out, "  %-34s %9.2f %s\n", what, bytes / unit, unit >= 1 << 30 ? "GiB" : "MiB");
 }
 
-void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes) {
+void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes, const char *budget_label) {
     double unit = p->total >= 1 << 30 ? 1 << 30 : 1 << 20;
     fprintf(out, "memory plan:\n");
     line(out, "base model weights (frozen)", p->base_weights, unit);
@@ -98,11 +98,15 @@ void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes) {
     if (p->bf16_operands > 0) line(out, "bf16 GEMM operands + workspace", p->bf16_operands, unit);
     line(out, "total", p->total, unit);
     if (budget_bytes > 0)
-        fprintf(out, "  %-34s %9.2f GiB (%s)\n", "available", budget_bytes / (1024.0 * 1024 * 1024),
-                p->total <= budget_bytes ? "fits" : "DOES NOT FIT");
+        fprintf(out, "  %-34s %9.2f GiB (%s)\n", budget_label ? budget_label : "available",
+                budget_bytes / (1024.0 * 1024 * 1024), p->total <= budget_bytes ? "fits" : "DOES NOT FIT");
 }
 
 void memory_plan_reserve(const MemoryPlan *p, const Backend *be, int print) {
-    if (print) memory_plan_print(p, stderr, (double)be->memory_available());
+    if (print) {
+        char where[128]; /* "available on NVIDIA H200" */
+        snprintf(where, sizeof where, "available on %s", be->device);
+        memory_plan_print(p, stderr, (double)be->memory_available(), where);
+    }
     be->reserve(memory_plan_reserve_bytes(p));
 }

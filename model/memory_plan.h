@@ -52,7 +52,8 @@ MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, i
 /* What a device reserves for a plan: the total plus 5% and 64 MiB for what the plan leaves out, the 256-byte
  * rounding of each tensor and the gaps between blocks that short-lived buffers of other sizes leave. */
 size_t memory_plan_reserve_bytes(const MemoryPlan *p);
-void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes);
+/* the plan's lines, then with budget_bytes > 0 the budget, labelled `available` (or the label given) */
+void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes, const char *budget_label);
 /* What every binary does before loading anything: prints the plan beside what the backend has free (when print), then
  * reserves it on the backend (one device allocation that every tensor is carved from; nothing on the CPU). A plan that
  * cannot fit the GPU is a fatal error here, before any weight is read. */

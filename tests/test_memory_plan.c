@@ -63,7 +63,7 @@ int main(void) {
     MedusaShape head = {5, 1, 4096, 32000, 0};
     CHECK(medusa_train_flops(&head, 100) == 100 * 2.0 * (3.0 * 32000 * 4096 + 2.0 * 4096 * 4096),
           "head FLOPs per trained row: lm_head forward + 2 gradients, the ResBlock's forward + weight gradient");
-    memory_plan_print(&bf16, stdout, 80e9);
+    memory_plan_print(&bf16, stdout, 80e9, "an 80 GB GPU");
     CHECK(bf16.total < 80e9 * 0.9, "7B + 5 heads + AdamW + 16k-token batch: %.1f GB < 72 GB (80 GB with room)",
           bf16.total / 1e9);
     double reserve = (double)memory_plan_reserve_bytes(&bf16), margin = reserve - bf16.total;
