@@ -2,19 +2,13 @@
  * GGUF / safetensors files as seeds, flips bytes, truncates, overwrites length fields with extreme values,
  * and loads each result. Every outcome must be a clean load or a fatal() message naming the file; any
  * out-of-bounds access is reported by ASan and fails the run. */
-#include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../common/rng.h"
 #include "../../model/gguf.h"
 #include "../../model/weights.h"
-
-static jmp_buf on_fatal;
-static void fatal_to_jump(const char *message) {
-    (void)message;
-    longjmp(on_fatal, 1);
-}
+#include "fuzz.h"
 
 static void mutate(uint8_t *buf, size_t *size, Rng *rng) {
     int edits = 1 + (int)rng_below(rng, 4);
@@ -51,11 +45,7 @@ int main(int argc, char **argv) {
     long loaded = 0, rejected = 0;
     for (int f = 2; f < argc; f++) {
         size_t seed_size;
-        char *seed = read_whole_file(argv[f], &seed_size);
-        if (!seed) {
-            fprintf(stderr, "fuzz: cannot read seed %s\n", argv[f]);
-            return 2;
-        }
+        char *seed = fuzz_read_seed(argv[f], &seed_size);
         int is_gguf = seed_size >= 4 && memcmp(seed, "GGUF", 4) == 0;
         uint8_t *buf = malloc(seed_size);
         for (long i = 0; i < iterations; i++) {
@@ -64,11 +54,9 @@ int main(int argc, char **argv) {
             mutate(buf, &size, &rng);
             char path[64];
             snprintf(path, sizeof path, "%s%s", out, is_gguf ? ".gguf" : ".safetensors");
-            FILE *fp = fopen(path, "wb");
-            fwrite(buf, 1, size, fp);
-            fclose(fp);
-            set_fatal_hook(fatal_to_jump);
-            if (setjmp(on_fatal) == 0) {
+            fuzz_write_input(path, buf, size);
+            set_fatal_hook(fuzz_fatal_to_jump);
+            if (setjmp(fuzz_on_fatal) == 0) {
                 WeightSet w;
                 if (is_gguf) weights_open_gguf(&w, path, 0, 0);
                 else weights_open_safetensors_file(&w, path);

@@ -4,18 +4,12 @@
  * each is mutated (bytes flipped, quotes, backslashes and brackets inserted or removed, truncation) and read through
  * to the end. Every outcome must be conversations, skips counted by reason, or a fatal() message; any out-of-bounds
  * access is reported by ASan and fails the run. */
-#include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../../common/rng.h"
 #include "../../data/sharegpt.h"
-
-static jmp_buf on_fatal;
-static void fatal_to_jump(const char *message) {
-    (void)message;
-    longjmp(on_fatal, 1);
-}
+#include "fuzz.h"
 
 static void mutate(char *buf, size_t *size, size_t capacity, Rng *rng) {
     static const char structural[] = "\"\\[]{},:\n ";
@@ -52,8 +46,8 @@ static volatile unsigned char sink; /* every byte of every turn is read into it,
 static int read_through(const char *path, long *conversations) {
     ShareGPTReader r;
     volatile int opened = 0, rejected = 0;
-    set_fatal_hook(fatal_to_jump);
-    if (setjmp(on_fatal) == 0) {
+    set_fatal_hook(fuzz_fatal_to_jump);
+    if (setjmp(fuzz_on_fatal) == 0) {
         sharegpt_open(&r, path);
         opened = 1;
         (void)sharegpt_count(&r);
@@ -82,11 +76,7 @@ int main(int argc, char **argv) {
     rng_seed(&rng, 7);
     for (int f = 2; f < argc; f++) {
         size_t seed_size;
-        char *seed = read_whole_file(argv[f], &seed_size);
-        if (!seed) {
-            fprintf(stderr, "fuzz: cannot read seed %s\n", argv[f]);
-            return 2;
-        }
+        char *seed = fuzz_read_seed(argv[f], &seed_size);
         size_t len = strlen(argv[f]), capacity = seed_size + 64;
         const char *path = len > 6 && !strcmp(argv[f] + len - 6, ".jsonl") ? "/tmp/medusa-fuzz-sharegpt.jsonl"
                                                                            : "/tmp/medusa-fuzz-sharegpt.json";
@@ -95,11 +85,7 @@ int main(int argc, char **argv) {
             size_t size = seed_size;
             memcpy(buf, seed, seed_size);
             mutate(buf, &size, capacity, &rng);
-            FILE *fp = fopen(path, "wb");
-            if (!fp || fwrite(buf, 1, size, fp) != size || fclose(fp) != 0) {
-                fprintf(stderr, "fuzz: cannot write %s\n", path);
-                return 2;
-            }
+            fuzz_write_input(path, buf, size);
             rejected += read_through(path, &conversations);
         }
         free(buf);
