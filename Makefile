@@ -31,7 +31,10 @@ CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
 CUDA    ?= $(if $(NVCC_PATH),1,0)
 CUDA_HOME ?= $(if $(NVCC_PATH),$(patsubst %/bin/,%,$(dir $(realpath $(NVCC_PATH)))),/usr/local/cuda)
-NVCCFLAGS ?= -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+# machine code for sm_80 (A100; it also runs on sm_86/sm_89: L4, L40, A10, RTX 30/40) and sm_90 (H100, H200), and
+# compute_90 PTX that the driver compiles for newer GPUs (Blackwell) at start-up
+NVCCFLAGS ?= -O2 -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90
 CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
 CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 ifeq ($(CUDA),1)
