@@ -88,7 +88,7 @@ int main(int argc, char **argv) {
         "device %s, precision %s\n",
         (base_flops + head_flops) / tokens, base_flops / tokens, head_flops / tokens, (base_flops + head_flops) / total,
         base_flops / base_s, device, base.weight_dtype == DT_BF16 ? "bf16" : "fp32");
-    double peak = base.weight_dtype == DT_BF16 ? be->peak_bf16_flops : 0;
+    double peak = model_peak_flops(&base);
     if (peak > 0)
         printf("MFU: %.1f%% of %.0f TFLOP/s bf16 dense on %s (base forward alone: %.1f%%)\n",
                100 * (base_flops + head_flops) / total / peak, peak / 1e12, be->device,

@@ -120,6 +120,8 @@ double model_forward_flops(const ModelConfig *c, int n_tokens, const int32_t *se
     return 2.0 * c->n_layers * layer * n_tokens + attention;
 }
 
+double model_peak_flops(const Model *m) { return m->weight_dtype == DT_BF16 ? m->be->peak_bf16_flops : 0; }
+
 size_t model_act_bytes(const Model *m) { return m->weight_dtype == DT_BF16 ? sizeof(uint16_t) : sizeof(float); }
 
 void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {

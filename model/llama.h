@@ -70,6 +70,9 @@ size_t model_param_count(const Model *m);
  * non-embedding weights per token (no logits), and causal attention, QK^T and PV over half of each sequence's keys
  * on average: 2 x n_layers x q_dim x n^2 per sequence of n tokens. */
 double model_forward_flops(const ModelConfig *c, int n_tokens, const int32_t *seq_lens, int n_seqs);
+/* The FLOP/s that a run of this model is measured against for MFU: its backend's dense bf16 tensor peak when the
+ * weights are bf16 (the GEMMs run on the tensor cores), else 0 (unknown device, or fp32 GEMMs: no MFU). */
+double model_peak_flops(const Model *m);
 
 /* out[T,OC] = in[T,IC] @ weight^T (+ bias) for a weight matrix of this model, whatever its storage */
 void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,

@@ -418,8 +418,7 @@ int train_run(const TrainConfig *c) {
             double flops = window_base_flops; /* the base forward's, and each head's on the rows it trained */
             for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&heads.shape, window.computed[i]);
             double tflops = dt > 0 ? flops / dt / 1e12 : 0;
-            /* against the tensor cores' bf16 peak: only a bf16 run on a GPU in the table has one */
-            double peak = base.weight_dtype == DT_BF16 ? be->peak_bf16_flops : 0;
+            double peak = model_peak_flops(&base);
             cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window.tokens / dt : 0);
             cJSON_AddNumberToObject(o, "tflops_per_s", tflops);
             if (peak > 0) cJSON_AddNumberToObject(o, "mfu", tflops * 1e12 / peak);
