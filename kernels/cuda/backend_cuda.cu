@@ -40,9 +40,21 @@ static const size_t kAlign = 256, kMinChunk = (size_t)64 << 20;
 
 static double gib(size_t bytes) { return (double)bytes / (1024.0 * 1024 * 1024); }
 
+/* The emulator fills a block handed out with NaN bytes and, under AddressSanitizer, poisons what lies past the
+ * bytes asked for and every free block, so a kernel reading memory nobody wrote, past a tensor's end or in a
+ * freed tensor shows in the tests (`bytes` 0: freed). Nothing to do on a GPU. */
+static void mark_block(void *ptr, size_t bytes, size_t size) {
+#ifdef MEDUSA_CUDA_EMU
+    cuda_emu_mark_block(ptr, bytes, size);
+#else
+    (void)ptr, (void)bytes, (void)size;
+#endif
+}
+
 static void add_chunk(char *base, size_t size) {
     chunks.push_back(Chunk{base, size, {}});
     chunks.back().free_blocks[base] = size;
+    mark_block(base, 0, size);
 }
 
 /* What must stay free beside the arena: cuBLAS's own workspaces and whatever the CUDA runtime allocates on
@@ -118,6 +130,7 @@ static void *cuda_alloc(size_t bytes) {
     from->free_blocks.erase(fit);
     if (rest) from->free_blocks[ptr + size] = rest;
     live_blocks[ptr] = size;
+    mark_block(ptr, bytes, size);
     bytes_in_use += size;
     peak_in_use = std::max(peak_in_use, bytes_in_use);
     return ptr;
@@ -130,6 +143,7 @@ static void cuda_free(void *ptr) {
     char *block = (char *)ptr;
     size_t size = live->second;
     live_blocks.erase(live);
+    mark_block(ptr, 0, size);
     bytes_in_use -= size;
     Chunk &c = *std::find_if(chunks.begin(), chunks.end(),
                              [&](const Chunk &k) { return block >= k.base && block < k.base + k.size; });

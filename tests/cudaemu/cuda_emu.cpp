@@ -8,6 +8,7 @@
 #include <cblas.h>
 
 #include "../../kernels/math_common.h"
+#include <sanitizer/asan_interface.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -317,12 +318,14 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     running_kernel = kernel_name;
     kernel_body = &body;
     DeviceAccess access;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) {
-                blockIdx = dim3(x, y, z);
-                run_block();
-            }
+    /* CUDA_EMU_ORDER=reverse runs the blocks last to first too: a block that reads what another block of the same
+     * launch writes sees the write in one order and misses it in the other */
+    unsigned long n_blocks = (unsigned long)grid.x * grid.y * grid.z;
+    for (unsigned long i = 0; i < n_blocks; i++) {
+        unsigned long b = reverse_order() ? n_blocks - 1 - i : i;
+        blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y));
+        run_block();
+    }
     kernel_body = NULL;
 }
 
@@ -430,13 +433,42 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     }
     live_blocks[block] = size;
     *ptr = block;
+    cuda_emu_mark_block(block, bytes, size);
     return cudaSuccess;
+}
+
+/* Fresh device memory holds whatever was there before: here NaN bytes (all bits set), so a kernel that reads
+ * memory nobody wrote computes NaN instead of the zeros a fresh mapping would give. Under AddressSanitizer the
+ * bytes of a block past those asked for, and freed blocks, are poisoned: a kernel, copy or GEMM that reaches past
+ * a tensor's end, or into a freed one, is reported. */
+void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size) {
+    ASAN_UNPOISON_MEMORY_REGION(ptr, bytes);
+    ASAN_POISON_MEMORY_REGION((char *)ptr + bytes, size - bytes);
+    /* freed: its whole pages given back, so that mprotect keeps to the pages in use (it costs per page) */
+    if (!bytes) {
+        uintptr_t first = ((uintptr_t)ptr + 4095) & ~(uintptr_t)4095, end = ((uintptr_t)ptr + size) & ~(uintptr_t)4095;
+        if (end > first) madvise((void *)first, end - first, MADV_DONTNEED);
+        return;
+    }
+    if (!guard_device_memory) set_device_access(true); /* opens the pages allocated since the last kernel */
+    if (!guard_device_memory || device_access_depth) {
+        memset(ptr, 0xff, bytes);
+        return;
+    }
+    /* the block's pages alone opened, for a moment: the whole arena's would cost as much as a kernel's access */
+    char *first = (char *)((uintptr_t)ptr & ~(uintptr_t)4095);
+    size_t span = ((char *)ptr + bytes - first + 4095) & ~(size_t)4095;
+    if (mprotect(first, span, PROT_READ | PROT_WRITE) || (memset(ptr, 0xff, bytes), mprotect(first, span, PROT_NONE))) {
+        perror("cuda_emu: mprotect");
+        abort();
+    }
 }
 cudaError_t cudaFree(void *ptr) {
     if (!ptr) return cudaSuccess;
     auto it = live_blocks.find((char *)ptr);
     if (it == live_blocks.end()) return last_error = cudaErrorInvalidValue; /* not from cudaMalloc, or freed twice */
     free_blocks.emplace(it->second, it->first);
+    cuda_emu_mark_block(it->first, 0, it->second);
     live_blocks.erase(it);
     return cudaSuccess;
 }

@@ -156,6 +156,9 @@ template <class T> static inline cudaError_t cudaMalloc(T **ptr, size_t bytes) {
     return cudaMalloc((void **)ptr, bytes);
 }
 cudaError_t cudaFree(void *ptr);
+/* A sub-allocator's block of `size` bytes handed out for `bytes` (0: freed): filled with NaN bytes; under
+ * AddressSanitizer all but the first `bytes` poisoned (cudaMalloc and cudaFree do the same for their blocks) */
+void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size);
 /* free: the reserved address space not handed out (the emulated "GPU" has 256 GiB); total: all of it */
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 /* cudaMalloc calls so far, failed ones included: tests check that a step loop makes none */
