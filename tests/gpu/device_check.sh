@@ -3,13 +3,17 @@
 # tests/gpu/pack.sh): the CUDA op test and the end-to-end test (train, eval, greedy-lossless decoding, each
 # against the CPU) on the GPU, then the training benchmark (tokens/s, MFU) beside the PyTorch reference step
 # on a random-weight model of a real shape (bench/make_random_model.py: the machine reaches no network to
-# fetch a real one). Each part's output goes to $OUT/*.txt as well.
-#   SHAPE=llama-2-7b BATCH_TOKENS=16384 STEPS=5 tests/gpu/device_check.sh
+# fetch a real one). Last, in the time left of TIME_LIMIT seconds (the device run's limit less the transfers),
+# compute-sanitizer's racecheck (shared-memory hazards between a block's threads, which the emulator sees only in
+# the orders it runs them) and memcheck (invalid and misaligned accesses) on the op test. Each part's output goes
+# to $OUT/*.txt as well (8 files at most: what the device tool brings back).
+#   SHAPE=llama-2-7b BATCH_TOKENS=16384 STEPS=5 TIME_LIMIT=540 tests/gpu/device_check.sh
 #   DRYRUN=1: the scripts on the CPU (tests/gpu/pack.sh --emu first; tiny model, PyTorch on the CPU)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/medusa-device-out}
 SHAPE=${SHAPE:-llama-2-7b}
+TIME_LIMIT=${TIME_LIMIT:-540}
 mkdir -p "$OUT"
 KIT=$(mktemp -d "${TMPDIR:-/tmp}/medusa-kit.XXXXXX")
 tar -C "$KIT" -xJf .devpack/kit.tar.xz || { echo "device_check.sh: no .devpack/kit.tar.xz (run tests/gpu/pack.sh)"; exit 1; }
@@ -26,7 +30,7 @@ done
 export OMP_WAIT_POLICY=passive
 echo "kit built from commit $(cat "$KIT/commit" 2>/dev/null), checkout at $(git rev-parse HEAD 2>/dev/null)" | tee "$OUT/summary.txt"
 if [ -z "${DRYRUN:-}" ]; then
-    nvidia-smi | tee "$OUT/nvidia-smi.txt"
+    nvidia-smi | tee -a "$OUT/summary.txt"
     export MEDUSA_SMOLLM2_GGUF=${MEDUSA_SMOLLM2_GGUF:-none} # the demo model cannot travel (94 MB)
 fi
 status=0
@@ -59,5 +63,16 @@ part bench_gpu 420 env MODEL="$MODEL_DIR" DATA="$MODEL_DIR/bench" BIN_DIR="$KIT/
     PYTHON=python3 HEAD_STEPS=2 PROMPTS="$MODEL_DIR/prompts.json" OUT="$OUT/gpu_bench_$SHAPE.txt" \
     DECODE_NOTE="random weights and heads: acceptance is chance level, so the speedup here is not Medusa's; the step costs are" \
     "${BENCH_ENV[@]}" bench/bench_gpu.sh
+SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_LIB:+$(dirname "$CUDA_LIB")/bin/compute-sanitizer}")
+if [ -z "${DRYRUN:-}" ] && [ -x "${SANITIZER:-}" ]; then
+    for tool in racecheck memcheck; do
+        left=$((TIME_LIMIT - SECONDS - 15))
+        if [ "$left" -lt 60 ]; then
+            echo "sanitizer_$tool: skipped, $((TIME_LIMIT - SECONDS)) s left" | tee -a "$OUT/summary.txt"
+            continue
+        fi
+        part "sanitizer_$tool" "$left" "$SANITIZER" --tool "$tool" --error-exitcode 1 "$KIT/bin/test_cuda_ops"
+    done
+fi
 echo "device_check.sh: $( [ $status -eq 0 ] && echo all parts passed || echo SOME PARTS FAILED ); outputs in $OUT" | tee -a "$OUT/summary.txt"
 exit $status
