@@ -22,6 +22,13 @@ CUDA_LIB=""
 if command -v nvcc >/dev/null; then CUDA_LIB=$(dirname "$(dirname "$(command -v nvcc)")")/lib64; fi
 # the kit's libraries for its binaries alone (wrappers in $KIT/bin): Python there keeps its own zlib and OpenSSL
 LIBS=$KIT/lib${CUDA_LIB:+:$CUDA_LIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# CUDA's libraries come from the machine: beside nvcc or in the binaries' run path (/usr/local/cuda/lib64), else
+# wherever it keeps them (PyTorch's wheels, say)
+for lib in $(LD_LIBRARY_PATH=$LIBS ldd "$KIT"/real/* 2>/dev/null | awk '/not found/ {print $1}' | sort -u); do
+    dir=$(find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
+    if [ -n "$dir" ]; then LIBS=$LIBS:$dir; where="found in $dir"; else where="not found on this machine"; fi
+    echo "device_check.sh: $lib (needed by the kit): $where"
+done
 mkdir -p "$KIT/bin"
 for f in "$KIT"/real/*; do
     printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "%s" "$@"\n' "$LIBS" "$f" >"$KIT/bin/${f##*/}"
