@@ -200,8 +200,11 @@ extern "C" const Backend *backend_cuda(void) {
         int devices = 0;
         cudaError_t err = cudaGetDeviceCount(&devices);
         if (err != cudaSuccess || devices == 0)
-            fatal("--device cuda: no usable CUDA GPU (%s)",
-                  err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+            fatal("--device cuda: no usable CUDA GPU (%s)%s",
+                  err != cudaSuccess ? cudaGetErrorString(err) : "none found",
+                  err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice
+                      ? ": `nvidia-smi` should list the GPU; without an NVIDIA driver, use --device cpu"
+                      : "");
         cuda.alloc = cuda_alloc;
         cuda.free = cuda_free;
         cuda.upload = cuda_upload;
