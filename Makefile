@@ -23,7 +23,7 @@ LIB_SRC := $(filter-out $(MAINS), $(wildcard common/*.c kernels/*.c kernels/cpu/
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libmedusa.a
 TEST_SRC := $(wildcard tests/test_*.c)
-TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%) $(BUILD)/tests/test_cudaemu
 BINS    := $(foreach m,$(MAINS),bin/medusa-$(patsubst main_%.c,%,$(notdir $(m))))
 CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 # CUDA backend: built into the library by nvcc when nvcc is found (`make CUDA=0` leaves it out); then
@@ -141,6 +141,10 @@ $(BUILD)/emu/medusa-$(patsubst main_%.c,%,$(notdir $(1))): $(BUILD)/$(1:.c=.o) $
 	$(CC) $(CFLAGS) -o $$@ $$^ $(EMU_LDLIBS)
 endef
 $(foreach m,$(MAINS),$(eval $(call EMU_BIN_RULE,$(m))))
+# the emulator's own test: small kernels that make each mistake its strict checks are there to catch
+$(BUILD)/tests/test_cudaemu: $(BUILD)/cudaemu/tests/test_cudaemu.o $(EMU_LIB_OBJ) $(EMU_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(EMU_LDLIBS)
 $(BUILD)/emu/bench/%: bench/%.c $(EMU_LIB_OBJ) $(EMU_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(EMU_LDLIBS)
@@ -167,7 +171,7 @@ lint:
 clean:
 	rm -rf build build-asan bin
 
--include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(CUDA_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(CUDA_OBJ:.o=.d) $(BUILD)/cudaemu/tests/test_cudaemu.d
 
 # Reference tooling (tests/gen, bench): a git-ignored virtualenv with PyPI packages. Never needed by `make test`.
 VENV := .venv

@@ -442,26 +442,28 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes) {
  * bytes of a block past those asked for, and freed blocks, are poisoned: a kernel, copy or GEMM that reaches past
  * a tensor's end, or into a freed one, is reported. */
 void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size) {
-    ASAN_UNPOISON_MEMORY_REGION(ptr, bytes);
-    ASAN_POISON_MEMORY_REGION((char *)ptr + bytes, size - bytes);
     /* freed: its whole pages given back, so that mprotect keeps to the pages in use (it costs per page) */
     if (!bytes) {
+        ASAN_POISON_MEMORY_REGION(ptr, size);
         uintptr_t first = ((uintptr_t)ptr + 4095) & ~(uintptr_t)4095, end = ((uintptr_t)ptr + size) & ~(uintptr_t)4095;
         if (end > first) madvise((void *)first, end - first, MADV_DONTNEED);
         return;
     }
+    ASAN_UNPOISON_MEMORY_REGION(ptr, size);
     if (!guard_device_memory) set_device_access(true); /* opens the pages allocated since the last kernel */
     if (!guard_device_memory || device_access_depth) {
-        memset(ptr, 0xff, bytes);
-        return;
+        memset(ptr, 0xff, size);
+    } else { /* the block's pages alone opened, for a moment: the whole arena's would cost as much as a kernel's access
+              */
+        char *first = (char *)((uintptr_t)ptr & ~(uintptr_t)4095);
+        size_t span = ((char *)ptr + size - first + 4095) & ~(size_t)4095;
+        if (mprotect(first, span, PROT_READ | PROT_WRITE) ||
+            (memset(ptr, 0xff, size), mprotect(first, span, PROT_NONE))) {
+            perror("cuda_emu: mprotect");
+            abort();
+        }
     }
-    /* the block's pages alone opened, for a moment: the whole arena's would cost as much as a kernel's access */
-    char *first = (char *)((uintptr_t)ptr & ~(uintptr_t)4095);
-    size_t span = ((char *)ptr + bytes - first + 4095) & ~(size_t)4095;
-    if (mprotect(first, span, PROT_READ | PROT_WRITE) || (memset(ptr, 0xff, bytes), mprotect(first, span, PROT_NONE))) {
-        perror("cuda_emu: mprotect");
-        abort();
-    }
+    ASAN_POISON_MEMORY_REGION((char *)ptr + bytes, size - bytes);
 }
 cudaError_t cudaFree(void *ptr) {
     if (!ptr) return cudaSuccess;

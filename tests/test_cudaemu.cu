@@ -1,0 +1,182 @@
+/* The CUDA emulator's own checks (tests/cudaemu): each strictness the op tests rely on is shown to catch the
+ * mistake it is there for, on a small kernel that makes it. A mistake that aborts the emulator runs in a child
+ * process (this program again, with the case's name), whose exit status and message are checked.
+ * Compiled like kernels/cuda (g++ -x c++ -include tests/cudaemu/cuda_emu.h). */
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <string>
+
+#include "../kernels/cuda/cuda_common.cuh"
+extern "C" {
+#include "test.h"
+}
+
+static const int kN = 64;
+
+/* a block of kN threads: out[t] = in[t] */
+__global__ void copy_kernel(float *out, const float *in) { out[threadIdx.x] = in[threadIdx.x]; }
+
+/* Each block reads what the block before it wrote in the same launch: a race between blocks. */
+__global__ void chain_kernel(int *x) {
+    int b = blockIdx.x;
+    if (threadIdx.x == 0) x[b] = b == 0 ? 1 : x[b - 1] + 1;
+}
+
+/* Each thread reads what the next thread writes, without a barrier between: a race between threads. */
+__global__ void neighbour_kernel(int *out) {
+    __shared__ int s[kN];
+    int t = threadIdx.x;
+    s[t] = -1;
+    __syncthreads();
+    s[t] = t;
+    out[t] = s[(t + 1) % kN];
+}
+
+/* One thread stages 4 floats with cp.async and reads the tile before and after waiting for it. */
+__global__ void early_read_kernel(float *out, const float *in) {
+    __shared__ __align__(16) float tile[4];
+    cp_async16(tile, in, true);
+    cp_async_commit();
+    out[0] = tile[0];
+    cp_async_wait_group<0>();
+    out[1] = tile[0];
+}
+
+__global__ void divergent_barrier_kernel(float *out) {
+    if (threadIdx.x < 16) __syncthreads();
+    out[threadIdx.x] = 0.0f;
+}
+
+__global__ void shuffle_after_exit_kernel(float *out) {
+    if (threadIdx.x >= 16) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, 1);
+}
+
+/* reads one element past the end of `in` */
+__global__ void past_end_kernel(float *out, const float *in, int n) { out[0] = in[n]; }
+
+static float *device_floats(int n) {
+    float *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, sizeof(float) * n));
+    return p;
+}
+
+/* The cases run in a child process; each prints what the parent checks. */
+static int run_case(const char *name) {
+    float *a = device_floats(kN), *b = device_floats(kN);
+    float host[kN];
+    int ints[kN];
+    if (!strcmp(name, "chain") || !strcmp(name, "neighbour")) {
+        int *x = NULL;
+        CUDA_CHECK(cudaMalloc(&x, sizeof ints));
+        CUDA_CHECK(cudaMemset(x, 0, sizeof ints));
+        if (!strcmp(name, "chain")) LAUNCH(chain_kernel, kN, 32, 0, x);
+        else LAUNCH(neighbour_kernel, 1, kN, 0, x);
+        CUDA_CHECK(cudaMemcpy(ints, x, sizeof ints, cudaMemcpyDeviceToHost));
+        printf("result %d %d\n", ints[0], ints[kN - 2]);
+    } else if (!strcmp(name, "divergent_barrier")) {
+        LAUNCH(divergent_barrier_kernel, 1, kN, 0, a);
+    } else if (!strcmp(name, "shuffle_after_exit")) {
+        LAUNCH(shuffle_after_exit_kernel, 1, 32, 0, a);
+    } else if (!strcmp(name, "host_touch")) {
+        printf("%f\n", a[0]);
+    } else if (!strcmp(name, "past_end")) {
+        float *in = device_floats(kN - 1);
+        CUDA_CHECK(cudaMemset(in, 0, sizeof(float) * (kN - 1)));
+        LAUNCH(past_end_kernel, 1, 1, 0, b, in, kN - 1);
+        CUDA_CHECK(cudaMemcpy(host, b, sizeof(float), cudaMemcpyDeviceToHost));
+        printf("result %f\n", host[0]);
+    } else {
+        fprintf(stderr, "test_cudaemu: unknown case %s\n", name);
+        return 2;
+    }
+    return 0;
+}
+
+/* Runs this program on case NAME (with CUDA_EMU_ORDER=order when given); its output, stderr too, into *out. */
+static int child(const char *self, const char *name, const char *order, std::string *out) {
+    std::string cmd = std::string(order ? "CUDA_EMU_ORDER=" : "") + (order ? order : "") +
+                      " ASAN_OPTIONS=detect_leaks=0 '" + self + "' " + name + " 2>&1";
+    FILE *p = popen(cmd.c_str(), "r");
+    if (!p) fatal("test_cudaemu: cannot run %s", self);
+    char line[1024];
+    out->clear();
+    while (fgets(line, sizeof line, p)) *out += line;
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static bool has(const std::string &s, const char *needle) { return s.find(needle) != std::string::npos; }
+static std::string first_line(const std::string &s) { return s.substr(0, s.find('\n')); }
+/* the line of a case's output after `tag` (other lines: the sanitizers' notes) */
+static std::string line_after(const std::string &s, const char *tag) {
+    size_t at = s.find(tag);
+    return at == std::string::npos ? "(none)" : first_line(s.substr(at + strlen(tag)));
+}
+static std::string result(const std::string &s) { return line_after(s, "result "); }
+static std::string report(const std::string &s) { return line_after(s, "cuda_emu: "); }
+
+int main(int argc, char **argv) {
+    if (argc > 1) return run_case(argv[1]);
+    const char *self = argv[0];
+    float host[kN], in_host[kN];
+    for (int i = 0; i < kN; i++) in_host[i] = (float)i + 0.5f;
+
+    /* device memory nobody wrote reads as NaN, not the zeros of a fresh host mapping */
+    float *unwritten = device_floats(kN), *out = device_floats(kN), *in = device_floats(kN);
+    LAUNCH(copy_kernel, 1, kN, 0, out, unwritten);
+    CUDA_CHECK(cudaMemcpy(host, out, sizeof host, cudaMemcpyDeviceToHost));
+    int nans = 0;
+    for (int i = 0; i < kN; i++) nans += isnan(host[i]);
+    CHECK(nans == kN, "device memory nobody wrote reads as NaN (%d of %d values)", nans, kN);
+    CUDA_CHECK(cudaFree(unwritten));
+
+    /* a cp.async destination read before its group is waited for reads NaN; after, the copied value */
+    CUDA_CHECK(cudaMemcpy(in, in_host, sizeof in_host, cudaMemcpyHostToDevice));
+    LAUNCH(early_read_kernel, 1, 1, 0, out, in);
+    CUDA_CHECK(cudaMemcpy(host, out, 2 * sizeof(float), cudaMemcpyDeviceToHost));
+    CHECK(isnan(host[0]) && host[1] == in_host[0], "cp.async: read before the wait %f, after %f (want NaN, then %g)",
+          host[0], host[1], in_host[0]);
+
+    /* an invalid launch configuration is a launch error, as on a GPU */
+    cuda_emu_launch("copy_kernel", 1, 1025, 0, copy_kernel, out, (const float *)in);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration, "a block of 1025 threads is refused at launch");
+
+    /* races show as a difference between the two orders the emulator runs threads and blocks in */
+    std::string fwd, rev;
+    child(self, "chain", NULL, &fwd);
+    child(self, "chain", "reverse", &rev);
+    CHECK(result(fwd) == "1 63" && result(rev) != result(fwd),
+          "a block reading another block's output of the same launch: \"%s\" first to last, \"%s\" last to first",
+          result(fwd).c_str(), result(rev).c_str());
+    child(self, "neighbour", NULL, &fwd);
+    child(self, "neighbour", "reverse", &rev);
+    CHECK(result(fwd) != "(none)" && result(fwd) != result(rev),
+          "a thread reading another's write without a barrier: \"%s\" first to last, \"%s\" last to first",
+          result(fwd).c_str(), result(rev).c_str());
+
+    /* undefined behaviour on a GPU stops the emulator with the kernel named */
+    std::string msg;
+    int rc = child(self, "divergent_barrier", NULL, &msg);
+    CHECK(rc != 0 && has(msg, "divergent_barrier_kernel") && has(msg, "__syncthreads"),
+          "a __syncthreads() not reached by every thread is reported: %s", report(msg).c_str());
+    rc = child(self, "shuffle_after_exit", NULL, &msg);
+    CHECK(rc != 0 && has(msg, "shuffle_after_exit_kernel") && has(msg, "exited"),
+          "a shuffle after lanes of the warp exited is reported: %s", report(msg).c_str());
+    rc = child(self, "host_touch", NULL, &msg);
+    CHECK(rc != 0 && has(msg, "host code touched device memory"),
+          "host code reading device memory crashes with a message: %s", report(msg).c_str());
+#ifdef __SANITIZE_ADDRESS__
+    rc = child(self, "past_end", NULL, &msg);
+    CHECK(rc != 0 && has(msg, "ERROR: AddressSanitizer") && has(msg, "past_end_kernel"),
+          "under AddressSanitizer a kernel reading past a tensor's end is reported (exit status %d)", rc);
+#else
+    rc = child(self, "past_end", NULL, &msg);
+    CHECK(rc == 0 && result(msg).find("nan") != std::string::npos,
+          "without AddressSanitizer a read past a tensor's end reads the NaN of unwritten memory (%s; make "
+          "test-asan reports it)",
+          result(msg).c_str());
+#endif
+    return test_summary();
+}
