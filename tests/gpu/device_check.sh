@@ -78,7 +78,8 @@ if [ -z "${DRYRUN:-}" ] && [ -x "${SANITIZER:-}" ]; then
             echo "sanitizer_$tool: skipped, $((TIME_LIMIT - SECONDS)) s left" | tee -a "$OUT/summary.txt"
             continue
         fi
-        part "sanitizer_$tool" "$left" "$SANITIZER" --tool "$tool" --error-exitcode 1 "$KIT/bin/test_cuda_ops"
+        part "sanitizer_$tool" "$left" "$SANITIZER" --tool "$tool" --target-processes all --error-exitcode 1 \
+            "$KIT/bin/test_cuda_ops" # (the wrapper execs the binary)
     done
 fi
 echo "device_check.sh: $( [ $status -eq 0 ] && echo all parts passed || echo SOME PARTS FAILED ); outputs in $OUT" | tee -a "$OUT/summary.txt"
