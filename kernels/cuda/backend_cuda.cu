@@ -1,7 +1,5 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
  * Every op is asynchronous on the default stream; download() synchronises. */
-#include <stdlib.h>
-
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -57,8 +55,9 @@ static void add_chunk(char *base, size_t size) {
     mark_block(base, 0, size);
 }
 
-/* What must stay free beside the arena: cuBLAS's own workspaces and whatever the CUDA runtime allocates on
- * first use. The handles and the kernels' modules are loaded before the arena is taken (backend_cuda). */
+/* What must stay free beside the arena: cuBLAS's own workspaces, and the code of each kernel CUDA loads at its first
+ * launch (lazy module loading, CUDA's default: loading every module at start-up, cuBLAS's thousands of kernels
+ * included, costs seconds and hundreds of MB per process). The handles are made before the arena is taken. */
 static const size_t kHeadroom = (size_t)256 << 20;
 
 static void cuda_reserve(size_t bytes) {
@@ -194,9 +193,6 @@ static void cuda_fill_zero(void *ptr, size_t bytes) {
 extern "C" const Backend *backend_cuda(void) {
     static Backend cuda;
     if (!cuda.name) {
-        /* every kernel's module loaded at start-up, not lazily inside the step loop where its memory would
-         * come from outside the reserved arena (read when the driver starts: before the first CUDA call) */
-        setenv("CUDA_MODULE_LOADING", "EAGER", 0);
         int devices = 0;
         cudaError_t err = cudaGetDeviceCount(&devices);
         if (err != cudaSuccess || devices == 0)
