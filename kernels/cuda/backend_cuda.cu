@@ -57,7 +57,7 @@ static void add_chunk(char *base, size_t size) {
 
 /* What must stay free beside the arena: cuBLAS's own workspaces, and the code of each kernel CUDA loads at its first
  * launch (lazy module loading, CUDA's default: loading every module at start-up, cuBLAS's thousands of kernels
- * included, costs seconds and hundreds of MB per process). The handles are made before the arena is taken. */
+ * included, can cost seconds and hundreds of MB per process). The handles are made before the arena is taken. */
 static const size_t kHeadroom = (size_t)256 << 20;
 
 static void cuda_reserve(size_t bytes) {
