@@ -101,7 +101,8 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # 5-10x slower with the default active policy whenever another process was busy).
 test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
-	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh $(TESTS) tests/cuda_ops_reverse.sh tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh
+	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
+	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer (any report fails the test), in its own build
 # directory.

@@ -18,6 +18,10 @@ static Rng rng;
 
 /* The emulator counts cudaMalloc calls (tests/cudaemu); on a GPU (make test-cuda) the counter is absent. */
 long cuda_emu_malloc_calls(void) __attribute__((weak));
+int cuda_emu_gemm_truncates(void) __attribute__((weak));
+/* The bf16 GEMMs sum as the CPU's do: in the emulator, unless it truncates as a GPU's tensor cores may
+ * (CUDA_EMU_GEMM=truncate, tests/cuda_ops_truncating.sh, which checks the GPU's tolerances below on the CPU). */
+static int gemm_sums_like_cpu(void) { return cuda_emu_malloc_calls && !cuda_emu_gemm_truncates(); }
 
 /* The tolerance of a bf16 GEMM's fp32 output, a sum of K products. The emulator sums them with OpenBLAS as the CPU
  * does, and `emulated` holds there. A GPU's tensor cores may truncate at each addition: K additions with unit
@@ -27,7 +31,7 @@ long cuda_emu_malloc_calls(void) __attribute__((weak));
  * operand or layout is off by O(1). */
 static double gemm_tol(int K, double emulated) {
     double truncating = K * ldexp(1.0, -23);
-    return cuda_emu_malloc_calls || truncating < emulated ? emulated : truncating;
+    return gemm_sums_like_cpu() || truncating < emulated ? emulated : truncating;
 }
 
 static float *random_floats(size_t n, float scale) {
@@ -951,6 +955,12 @@ static void test_end_to_end(DType weights) {
         memset(&st_c, 0, sizeof st_c), memset(&st_g, 0, sizeof st_g);
         medusa_forward_backward(&hc, &wc, hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_c);
         medusa_forward_backward(&hg, &wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_g);
+        /* After a step, a parameter that differs by rounding may round to another bf16 value for the heads' GEMMs (a
+         * 2^-8 step), which moves gradients as much, where the GEMMs sum in another order than the CPU's (a GPU, or
+         * the emulator's truncating GEMMs: 1.9e-3 measured there at step 3). */
+        int drift = weights == DT_BF16 && step > 1 && !gemm_sums_like_cpu();
+        double loss_tol = drift ? 1e-4 : 1e-5, grad_tol = drift ? 1e-2 : gemm_tol(V, 1e-4),
+               norm_tol = drift ? 1e-3 : 1e-5;
         double loss_err = fabs(st_g.total_loss - st_c.total_loss) / fabs(st_c.total_loss);
         /* a target within rounding of another logit may change rank when the GEMM sums in another order (a
          * GPU's cuBLAS): one hit either way per head and k is allowed */
@@ -960,18 +970,18 @@ static void test_end_to_end(DType weights) {
                 long d = labs((long)st_c.hits[h][k] - (long)st_g.hits[h][k]);
                 if (d > hits_diff) hits_diff = d;
             }
-        CHECK(loss_err <= 1e-5 && hits_diff <= 1,
-              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol 1e-5), top-k hits differ by at most %ld (tol 1)",
-              step, st_g.total_loss, st_c.total_loss, loss_err, hits_diff);
+        CHECK(loss_err <= loss_tol && hits_diff <= 1,
+              "medusa step %d: loss %.6f vs %.6f (rel err %.2g, tol %.0e), top-k hits differ by at most %ld (tol 1)",
+              step, st_g.total_loss, st_c.total_loss, loss_err, loss_tol, hits_diff);
         char what[96];
         snprintf(what, sizeof what, "medusa step %d: gradients of %zu parameters", step, hc.n_params);
-        expect_close(what, hg.grads, hc.grads, hc.n_params, gemm_tol(V, 1e-4));
+        expect_close(what, hg.grads, hc.grads, hc.n_params, grad_tol);
         double norm_c = optim_step(&hc, &ac, &oc), norm_g = optim_step(&hg, &ag, &oc);
-        CHECK(fabs(norm_g - norm_c) <= 1e-5 * norm_c, "medusa step %d: gradient norm %.6f vs %.6f", step, norm_g,
-              norm_c);
+        CHECK(fabs(norm_g - norm_c) <= norm_tol * norm_c, "medusa step %d: gradient norm %.6f vs %.6f (tol %.0e)", step,
+              norm_g, norm_c, norm_tol);
         lr_sum += lr_at(&oc, step - 1);
         snprintf(what, sizeof what, "medusa step %d: parameters after AdamW", step);
-        if (cuda_emu_malloc_calls) expect_close(what, hg.params, hc.params, hc.n_params, 1e-4);
+        if (gemm_sums_like_cpu()) expect_close(what, hg.params, hc.params, hc.n_params, 1e-4);
         else expect_adamw_close(what, hg.params, hc.params, hc.n_params, lr_sum);
     }
     adam_free(&ac, &hc), adam_free(&ag, &hg);

@@ -165,6 +165,8 @@ void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 /* cudaMalloc calls so far, failed ones included: tests check that a step loop makes none */
 extern "C" long cuda_emu_malloc_calls(void);
+/* 1 under CUDA_EMU_GEMM=truncate: cuBLASLt's bf16 GEMMs round toward zero as they sum, as tensor cores may */
+extern "C" int cuda_emu_gemm_truncates(void);
 /* 0: device memory stays accessible to host code (a large model's test would spend minutes in mprotect) */
 extern "C" void cuda_emu_guard_device_memory(int on);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);
