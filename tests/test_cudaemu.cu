@@ -94,10 +94,10 @@ static int run_case(const char *name) {
     return 0;
 }
 
-/* Runs this program on case NAME (with CUDA_EMU_ORDER=order when given); its output, stderr too, into *out. */
+/* Runs this program on case NAME with CUDA_EMU_ORDER=order (NULL: first to last); its output, stderr too, into *out. */
 static int child(const char *self, const char *name, const char *order, std::string *out) {
-    std::string cmd = std::string(order ? "CUDA_EMU_ORDER=" : "") + (order ? order : "") +
-                      " ASAN_OPTIONS=detect_leaks=0 '" + self + "' " + name + " 2>&1";
+    std::string cmd = std::string("CUDA_EMU_ORDER=") + (order ? order : "forward") + " ASAN_OPTIONS=detect_leaks=0 '" +
+                      self + "' " + name + " 2>&1";
     FILE *p = popen(cmd.c_str(), "r");
     if (!p) fatal("test_cudaemu: cannot run %s", self);
     char line[1024];
