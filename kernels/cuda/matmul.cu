@@ -180,16 +180,21 @@ void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const
     cuda_matmul_bf16_in(out, rounded(&input_scratch, in, (size_t)T * IC), weight, bias, T, IC, OC, 0);
 }
 
+/* The two gradient GEMMs of out = in @ W^T on bf16 operands, accumulated into fp32: dinp += g @ W and
+ * dweight += g^T @ x (either may be NULL; x is only read for dweight). */
+static void backward_gemms_bf16(float *dinp, float *dweight, const uint16_t *g, const uint16_t *x,
+                                const uint16_t *weight, int T, int IC, int OC) {
+    if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, weight, IC, g, OC, 1.0f, dinp, CUDA_R_32F, IC);
+    if (dweight) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, x, IC, g, OC, 1.0f, dweight, CUDA_R_32F, IC);
+}
+
 void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
                                const uint16_t *weight, int T, int IC, int OC) {
     if (T == 0 || OC == 0) return;
     if (dinp || dweight) {
         const uint16_t *g = rounded(&grad_scratch, dout, (size_t)T * OC);
-        if (dinp) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, weight, IC, g, OC, 1.0f, dinp, CUDA_R_32F, IC);
-        if (dweight) {
-            const uint16_t *x = rounded(&input_scratch, in, (size_t)T * IC);
-            gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, x, IC, g, OC, 1.0f, dweight, CUDA_R_32F, IC);
-        }
+        const uint16_t *x = dweight ? rounded(&input_scratch, in, (size_t)T * IC) : NULL;
+        backward_gemms_bf16(dinp, dweight, g, x, weight, T, IC, OC);
     }
     if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
 }
@@ -200,9 +205,8 @@ void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, const in
                           const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
     if (rows == 0) return;
     const uint16_t *xr = rounded(&input_scratch, x, (size_t)rows * IC);
-    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, V, rows, IC, weight, IC, xr, IC, 0.0f, logits, CUDA_R_32F, V);
+    cuda_matmul_bf16_in(logits, xr, weight, NULL, rows, IC, V, 0);
     uint16_t *g = dx || dweight ? scratch(&grad_scratch, (size_t)rows * V) : NULL;
     cuda_softmax_xent_bf16(logits, g, losses, ranks, targets, rows, V, dscale);
-    if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IC, rows, V, weight, IC, g, V, 1.0f, dx, CUDA_R_32F, IC);
-    if (dweight) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, V, rows, xr, IC, g, V, 1.0f, dweight, CUDA_R_32F, IC);
+    backward_gemms_bf16(dx, dweight, g, xr, weight, rows, IC, V);
 }
