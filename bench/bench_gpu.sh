@@ -101,11 +101,14 @@ fi
         tail -"$HEADS" | sed 's/"medusa\([0-9]*\)_top1":\(.*\)/head \1 \2/' | paste -sd, | sed 's/,/, /g')"
     # shellcheck disable=SC2086 # INFER_ARGS holds separate flags
     "$BIN_DIR/medusa-infer" --model "$MODEL" --medusa "$RUN/heads/medusa" --device "$DEVICE" --bench "$PROMPTS" \
-        --max-new-tokens "$MAX_NEW" $INFER_ARGS >"$RUN/infer.txt" 2>"$RUN/infer.log" || { tail "$RUN/infer.log"; exit 1; }
+        --max-new-tokens "$MAX_NEW" $INFER_ARGS >"$RUN/infer.txt" 2>"$RUN/infer.log" && status=0 || status=$?
+    # the summary, also when the greedy check failed (its speeds were measured), and the prompts that did not match
     sed -n '/^mode/,$p' "$RUN/infer.txt"
+    grep -E '^[0-9]+ .*(near-tie|NO)' "$RUN/infer.txt" || true
     # what a step costs, whatever the heads accept: the tokens per step trained heads must beat
     awk '/^plain greedy/ {plain = 1000 / $4} /^medusa greedy/ {tree = 1000 * $5 / $4}
          END {if (plain && tree) printf "step cost: plain greedy %.2f ms per token, Medusa greedy %.2f ms per tree step: faster than plain above %.2f tokens per step\n", plain, tree, tree / plain}' "$RUN/infer.txt"
+    [ "$status" -eq 0 ] || { tail -3 "$RUN/infer.log"; exit 1; }
     if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
         # the first prompt alone, all three modes, every operation timed
         "$PYTHON" -c 'import json, sys

@@ -162,6 +162,39 @@ static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, int downloa
     stats->prefill_seconds = now_seconds() - t0;
 }
 
+const float *decoder_logits_after(Decoder *d, const int32_t *ids, int n) {
+    DecodeStats unused;
+    prefill(d, ids, n, 1, &unused);
+    return d->host_logits;
+}
+
+GreedyMatch greedy_near_tie(const float *logits, int V, int32_t a, int32_t b, float window, GreedyComparison *out) {
+    float largest = 0;
+    for (int i = 0; i < V; i++) largest = fmaxf(largest, fabsf(logits[i]));
+    out->logit_a = logits[a];
+    out->logit_b = logits[b];
+    out->largest = largest;
+    /* NaN logits compare false: a decoding error */
+    out->match = fabsf(logits[a] - logits[b]) <= window * largest ? GREEDY_NEAR_TIE : GREEDY_DIFFER;
+    return out->match;
+}
+
+GreedyComparison greedy_compare(Decoder *d, const int32_t *prompt, int n_prompt, const int32_t *a, int na,
+                                const int32_t *b, int nb, float window) {
+    GreedyComparison c = {GREEDY_EQUAL, 0, NAN, NAN, 0};
+    while (c.at < na && c.at < nb && a[c.at] == b[c.at]) c.at++;
+    if (c.at == na && c.at == nb) return c;
+    c.match = GREEDY_DIFFER;
+    if (c.at == na || c.at == nb) return c; /* one output stops where the other goes on: not a matter of rounding */
+    int32_t *context = xmalloc(sizeof(int32_t) * (size_t)(n_prompt + c.at));
+    memcpy(context, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    memcpy(context + n_prompt, a, sizeof(int32_t) * (size_t)c.at);
+    const float *logits = decoder_logits_after(d, context, n_prompt + c.at);
+    greedy_near_tie(logits, d->base->config.vocab_size, a[c.at], b[c.at], window, &c);
+    free(context);
+    return c;
+}
+
 int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
                  int32_t *out, TokenSink sink, void *user, DecodeStats *stats) {
     const Backend *be = d->base->be;

@@ -56,4 +56,31 @@ int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, i
 int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
                   int32_t *out, TokenSink sink, void *user, DecodeStats *stats);
 
+/* The base model's next-token logits after ids[0..n) (a prefill from an empty cache), on the host; valid until the
+ * decoder's next call. */
+const float *decoder_logits_after(Decoder *d, const int32_t *ids, int n);
+
+/* How two greedy decodings of one prompt (plain and Medusa) compare. In exact arithmetic they are equal; a tree's
+ * rows and a single row sum in other orders (bf16 activations round differently, GPU kernels tile them otherwise),
+ * which can flip the argmax between two tokens whose logits are closer than that rounding. So where the outputs part,
+ * the base model's logits after their common tokens say which it was: the two tokens' logits within `window` times
+ * the row's largest magnitude is a near-tie; farther apart, a decoding error. */
+typedef enum { GREEDY_EQUAL, GREEDY_NEAR_TIE, GREEDY_DIFFER } GreedyMatch;
+typedef struct {
+    GreedyMatch match;
+    int at;                 /* the first token that differs (or where one output ends) */
+    float logit_a, logit_b; /* the base model's logits there of a's and b's tokens (NaN where an output ended) */
+    float largest;          /* the row's largest |logit| */
+} GreedyComparison;
+
+/* near-tie windows: bf16 rounding (the bound the op tests hold bf16 against fp32 to), fp32's */
+#define GREEDY_TIE_WINDOW_BF16 2e-2f
+#define GREEDY_TIE_WINDOW_FP32 1e-4f
+
+/* Classifies tokens a and b of one row of V logits (a != b) with the given window. */
+GreedyMatch greedy_near_tie(const float *logits, int V, int32_t a, int32_t b, float window, GreedyComparison *out);
+/* Compares a[0..na) with b[0..nb), both decoded greedily after prompt; where they part, one prefill on d. */
+GreedyComparison greedy_compare(Decoder *d, const int32_t *prompt, int n_prompt, const int32_t *a, int na,
+                                const int32_t *b, int nb, float window);
+
 #endif

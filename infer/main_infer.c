@@ -422,7 +422,8 @@ static void run_bench(Engine *e) {
         {"plain greedy", 0, 0, 0, 0, 0}, {"medusa greedy", 1, 0, 0, 0, 0}, {"medusa typical", 1, t_typical, 0, 0, 0}};
     int32_t *out[3];
     for (int m = 0; m < 3; m++) out[m] = output_buffer(e);
-    int lossless = 0, ran = 0;
+    int lossless = 0, ties = 0, ran = 0;
+    float window = e->model.weight_dtype == DT_BF16 ? GREEDY_TIE_WINDOW_BF16 : GREEDY_TIE_WINDOW_FP32;
     printf("# medusa-infer --bench %s: %d prompts, model %s, heads %s, tree %s (%d nodes + root), max %d new tokens, "
            "%d threads, typical temperature %.2f\n",
            e->o.bench, n_prompts, e->o.model, e->o.medusa, e->o.tree, e->tree.n_paths, e->o.max_new,
@@ -452,14 +453,20 @@ static void run_bench(Engine *e) {
             modes[m].steps += decoding_steps(&st[m], modes[m].medusa);
             modes[m].seconds += st[m].seconds;
         }
-        int same = n[0] == n[1] && memcmp(out[0], out[1], sizeof(int32_t) * (size_t)n[0]) == 0;
-        lossless += same;
+        GreedyComparison cmp = greedy_compare(&e->dec, prompt, n_prompt, out[0], n[0], out[1], n[1], window);
+        lossless += cmp.match == GREEDY_EQUAL;
+        ties += cmp.match == GREEDY_NEAR_TIE;
         ran++;
+        char verdict[160] = "yes";
+        if (cmp.match != GREEDY_EQUAL && cmp.at < n[0] && cmp.at < n[1])
+            snprintf(verdict, sizeof verdict, "%s at token %d: logits %.4g (plain's) vs %.4g, largest %.4g",
+                     cmp.match == GREEDY_NEAR_TIE ? "near-tie" : "NO", cmp.at, cmp.logit_a, cmp.logit_b, cmp.largest);
+        else if (cmp.match != GREEDY_EQUAL) snprintf(verdict, sizeof verdict, "NO: %d tokens vs %d", n[0], n[1]);
         progress_update(&bar, p + 1, NULL);
         printf("%-6d %7d %9.1f %9.1f %9.2f %9.1f %9.2f %8.2fx  %s\n", p, n[0], st[0].new_tokens / st[0].seconds,
                st[1].new_tokens / st[1].seconds, (double)st[1].new_tokens / decoding_steps(&st[1], 1),
                st[2].new_tokens / st[2].seconds, (double)st[2].new_tokens / decoding_steps(&st[2], 1),
-               (st[1].new_tokens / st[1].seconds) / (st[0].new_tokens / st[0].seconds), same ? "yes" : "NO");
+               (st[1].new_tokens / st[1].seconds) / (st[0].new_tokens / st[0].seconds), verdict);
         fflush(stdout);
         if (!prompts[p].ids) free(prompt);
     }
@@ -473,10 +480,16 @@ static void run_bench(Engine *e) {
                per_step - 1, rate / plain_rate);
     }
     printf("greedy Medusa output == plain greedy output on %d/%d prompts\n", lossless, ran);
+    if (ties)
+        printf("on %d more they part at a near-tie: the two tokens' base logits within %g of the row's largest, which "
+               "rounding in another order (a tree's rows vs one row) can flip; not a decoding error\n",
+               ties, (double)window);
     for (int m = 0; m < 3; m++) free(out[m]);
     for (int p = 0; p < n_prompts; p++) free(prompts[p].text), free(prompts[p].ids);
     free(prompts);
-    if (lossless != ran) fatal("greedy Medusa output differs from plain greedy on %d prompts", ran - lossless);
+    if (lossless + ties != ran)
+        fatal("greedy Medusa output differs from plain greedy on %d prompts (not at a near-tie)",
+              ran - lossless - ties);
 }
 
 /* ---- tree tuning ---- */

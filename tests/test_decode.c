@@ -234,8 +234,69 @@ static void check_model(const char *model_path, const char *tree_name) {
     model_free(&m);
 }
 
+/* medusa-infer --bench's verdict where greedy Medusa and plain greedy outputs part: a near-tie of the base model's
+ * logits (rounding) or a decoding error. The parting outputs are made from a real plain decoding by putting the
+ * runner-up or the least likely token at one position. */
+static void check_greedy_compare(const char *model_path) {
+    float row[5] = {1.0f, 5.0f, 4.95f, -2.0f, NAN};
+    GreedyComparison c;
+    CHECK(greedy_near_tie(row, 4, 1, 2, 2e-2f, &c) == GREEDY_NEAR_TIE &&
+              greedy_near_tie(row, 4, 1, 2, 5e-3f, &c) == GREEDY_DIFFER &&
+              greedy_near_tie(row, 4, 1, 3, 2e-2f, &c) == GREEDY_DIFFER && c.logit_b == -2.0f && c.largest == 5.0f &&
+              greedy_near_tie(row, 5, 1, 4, 1.0f, &c) == GREEDY_DIFFER,
+          "greedy_near_tie: logits 5 vs 4.95 a near-tie within 2%% of the largest, not within 0.5%%; 5 vs -2 and 5 vs "
+          "NaN differ");
+
+    Model m;
+    model_load(&m, model_path, backend_cpu(), DT_F32);
+    int V = m.config.vocab_size;
+    Prompts p;
+    make_prompts(&p, V, 5);
+    Decoder d;
+    decoder_init(&d, &m, NULL, NULL, 128);
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    int32_t a[16], b[16], context[32];
+    DecodeStats st;
+    int n = decode_plain(&d, p.tokens[0], p.n[0], 16, -1, &o, a, NULL, NULL, &st);
+    const int at = 5;
+    memcpy(context, p.tokens[0], sizeof(int32_t) * (size_t)p.n[0]);
+    memcpy(context + p.n[0], a, sizeof(int32_t) * at);
+    const float *logits = decoder_logits_after(&d, context, p.n[0] + at);
+    int runner_up = a[at] == 0 ? 1 : 0, least = 0;
+    float largest = 0;
+    for (int i = 0; i < V; i++) {
+        if (i != a[at] && logits[i] > logits[runner_up]) runner_up = i;
+        if (logits[i] < logits[least]) least = i;
+        largest = fmaxf(largest, fabsf(logits[i]));
+    }
+    float gap = (logits[a[at]] - logits[runner_up]) / largest;
+    CHECK(n == 16 && row_argmax(logits, V) == a[at],
+          "%s: the logits after the prompt and %d decoded tokens (one prefill) have the decoded token %d as argmax",
+          model_path, at, a[at]);
+
+    GreedyComparison same = greedy_compare(&d, p.tokens[0], p.n[0], a, n, a, n, 2e-2f);
+    memcpy(b, a, sizeof b);
+    b[at] = runner_up;
+    GreedyComparison tie = greedy_compare(&d, p.tokens[0], p.n[0], a, n, b, n, gap * 1.01f);
+    GreedyComparison apart = greedy_compare(&d, p.tokens[0], p.n[0], a, n, b, n, gap * 0.99f);
+    b[at] = least;
+    GreedyComparison wrong = greedy_compare(&d, p.tokens[0], p.n[0], a, n, b, n, GREEDY_TIE_WINDOW_BF16);
+    GreedyComparison shorter = greedy_compare(&d, p.tokens[0], p.n[0], a, n, a, at, 1.0f);
+    CHECK(same.match == GREEDY_EQUAL && tie.match == GREEDY_NEAR_TIE && tie.at == at && tie.logit_a == logits[a[at]] &&
+              apart.match == GREEDY_DIFFER && apart.at == at && wrong.match == GREEDY_DIFFER &&
+              shorter.match == GREEDY_DIFFER && shorter.at == at,
+          "greedy_compare on %s: equal outputs equal; token %d swapped for the runner-up (%.3g below, relative to the "
+          "largest logit) a near-tie within %.3g, a decoding error within %.3g; for the least likely token a decoding "
+          "error within the bf16 window; an output that stops early differs",
+          model_path, at, (double)gap, (double)gap * 1.01, (double)gap * 0.99);
+    decoder_free(&d);
+    model_free(&m);
+}
+
 int main(void) {
     check_acceptance();
+    check_greedy_compare("tests/fixtures/models/tiny_llama");
     check_model("tests/fixtures/models/tiny_llama", "small_8");
     check_model("tests/fixtures/models/tiny_llama", "mc_sim_7b_63");
     check_model("tests/fixtures/models/tiny_qwen2", "chain_4");
