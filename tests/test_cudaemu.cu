@@ -53,6 +53,15 @@ __global__ void shuffle_after_exit_kernel(float *out) {
     out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (float)threadIdx.x, 1);
 }
 
+/* Block 0 fills a shared tile, every block reads it: the other blocks read shared memory nobody wrote in their block
+ * (on a GPU, what an earlier block left). A template, whose statics the emulator finds by their symbols too. */
+template <int N> __global__ void shared_unwritten_kernel(float *out) {
+    __shared__ float tile[N];
+    if (blockIdx.x == 0) tile[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[blockIdx.x * N + threadIdx.x] = tile[threadIdx.x];
+}
+
 /* reads one element past the end of `in` */
 __global__ void past_end_kernel(float *out, const float *in, int n) { out[0] = in[n]; }
 
@@ -138,6 +147,18 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaMemcpy(host, out, 2 * sizeof(float), cudaMemcpyDeviceToHost));
     CHECK(isnan(host[0]) && host[1] == in_host[0], "cp.async: read before the wait %f, after %f (want NaN, then %g)",
           host[0], host[1], in_host[0]);
+
+    /* shared memory a block did not write reads as NaN (not what the previous block left) */
+    LAUNCH(shared_unwritten_kernel<kN / 2>, 2, kN / 2, 0, out);
+    CUDA_CHECK(cudaMemcpy(host, out, sizeof host, cudaMemcpyDeviceToHost));
+    int ones = 0;
+    nans = 0;
+    for (int i = 0; i < kN / 2; i++) ones += host[i] == 1.0f;
+    for (int i = kN / 2; i < kN; i++) nans += isnan(host[i]);
+    CHECK(ones == kN / 2 && nans == kN / 2,
+          "__shared__ memory: the block that wrote it reads %d/%d ones, the next block NaN where it did not write "
+          "(%d/%d)",
+          ones, kN / 2, nans, kN / 2);
 
     /* an invalid launch configuration is a launch error, as on a GPU */
     cuda_emu_launch("copy_kernel", 1, 1025, 0, copy_kernel, out, (const float *)in);

@@ -6,6 +6,8 @@
 #include "cuda_emu.h"
 
 #include <cblas.h>
+#include <elf.h>
+#include <link.h>
 
 #include "../../kernels/math_common.h"
 #include <sanitizer/asan_interface.h>
@@ -18,6 +20,7 @@
 #include <unistd.h>
 
 #include <map>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -283,7 +286,71 @@ uint64_t *cuda_emu_shuffle_slots(int *lane) {
     return &warp_slots[(w * 2 + (warp_generation[w] & 1)) * 32];
 }
 
-void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, const std::function<void()> &body) {
+/* A kernel's __shared__ arrays (function statics here) as (address, bytes), found in this program's symbol table: a
+ * static local of the function whose mangled name is _Z<encoding> is the writable object _ZZ<encoding>E<name>
+ * (the Itanium C++ ABI's local-name). Section attributes, which would gather them without a symbol table, are
+ * ignored on a template's statics. Arrays of __device__ functions the kernel calls are not found (none has any). */
+typedef std::vector<std::pair<char *, size_t>> SharedArrays;
+
+/* f(symbol, name, in a writable section) for each symbol of this program's symbol table (read once) */
+template <class F> void for_each_symbol(F f) {
+    static std::vector<char> image;
+    if (image.empty()) {
+        FILE *file = fopen("/proc/self/exe", "rb");
+        if (!file) {
+            perror("cuda_emu: /proc/self/exe");
+            abort();
+        }
+        char chunk[1 << 16];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof chunk, file)) > 0) image.insert(image.end(), chunk, chunk + n);
+        fclose(file);
+    }
+    const Elf64_Ehdr *header = (const Elf64_Ehdr *)image.data();
+    const Elf64_Shdr *sections = (const Elf64_Shdr *)(image.data() + header->e_shoff);
+    for (int s = 0; s < header->e_shnum; s++) {
+        if (sections[s].sh_type != SHT_SYMTAB) continue;
+        const Elf64_Sym *symbols = (const Elf64_Sym *)(image.data() + sections[s].sh_offset);
+        const char *names = image.data() + sections[sections[s].sh_link].sh_offset;
+        for (size_t i = 0; i < sections[s].sh_size / sizeof(Elf64_Sym); i++) {
+            const Elf64_Sym &symbol = symbols[i];
+            bool writable = symbol.st_shndx < header->e_shnum && (sections[symbol.st_shndx].sh_flags & SHF_WRITE);
+            f(symbol, names + symbol.st_name, writable);
+        }
+    }
+}
+
+const SharedArrays &shared_arrays(const void *kernel) {
+    static std::unordered_map<const void *, SharedArrays> found;
+    static uintptr_t load_bias = 0;
+    static bool biased = false;
+    if (!biased) { /* the first object dl_iterate_phdr reports is the program */
+        dl_iterate_phdr([](struct dl_phdr_info *info, size_t, void *) { return load_bias = info->dlpi_addr, 1; }, NULL);
+        biased = true;
+    }
+    auto it = found.find(kernel);
+    if (it != found.end()) return it->second;
+    std::string prefix;
+    for_each_symbol([&](const Elf64_Sym &symbol, const char *name, bool) {
+        if (ELF64_ST_TYPE(symbol.st_info) == STT_FUNC && symbol.st_value + load_bias == (uintptr_t)kernel &&
+            strncmp(name, "_Z", 2) == 0)
+            prefix = std::string("_ZZ") + (name + 2) + "E";
+    });
+    if (prefix.empty()) {
+        fprintf(stderr, "cuda_emu: no symbol names the kernel at %p (a stripped program?)\n", kernel);
+        abort();
+    }
+    SharedArrays &arrays = found[kernel];
+    for_each_symbol([&](const Elf64_Sym &symbol, const char *name, bool writable) {
+        if (ELF64_ST_TYPE(symbol.st_info) == STT_OBJECT && writable &&
+            strncmp(name, prefix.c_str(), prefix.size()) == 0)
+            arrays.push_back({(char *)(symbol.st_value + load_bias), (size_t)symbol.st_size});
+    });
+    return arrays;
+}
+
+void cuda_emu_run(const char *kernel_name, const void *kernel, dim3 grid, dim3 block, size_t shmem,
+                  const std::function<void()> &body) {
     unsigned long threads = (unsigned long)block.x * block.y * block.z;
     if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
         grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || shmem > 48 * 1024) {
@@ -324,6 +391,8 @@ void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, 
     for (unsigned long i = 0; i < n_blocks; i++) {
         unsigned long b = reverse_order() ? n_blocks - 1 - i : i;
         blockIdx = dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y));
+        /* shared memory holds what an earlier block left there: NaN here, so reading it before writing shows */
+        for (const auto &array : shared_arrays(kernel)) memset(array.first, 0xff, array.second);
         run_block();
     }
     kernel_body = NULL;

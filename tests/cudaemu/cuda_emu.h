@@ -1,7 +1,8 @@
 /* CUDA emulation: compiles the real kernels/cuda .cu files as C++ on the CPU (g++ -x c++ -include cuda_emu.h).
  * A launch runs the grid's blocks one after another; the threads of a block are fibers (ucontext) that
  * switch only at __syncthreads, __syncwarp and warp shuffles, so `__shared__` (a function static here) is
- * shared by exactly one block's threads. Atomics are plain read-modify-writes (one OS thread runs it all).
+ * shared by exactly one block's threads; it is NaN at each block's start (cuda_emu.cpp finds a kernel's arrays by
+ * their symbols). Atomics are plain read-modify-writes (one OS thread runs it all).
  * The emulator is strict where hardware is undefined: a barrier not reached by every thread of the block,
  * a shuffle with exited lanes, or a bad launch configuration is reported instead of silently passing.
  * cudart calls map to host memory; cublasSgemm maps to OpenBLAS's column-major cblas_sgemm, and cuBLASLt's
@@ -193,13 +194,15 @@ cudaError_t cudaPeekAtLastError(void);
 const char *cudaGetErrorString(cudaError_t err);
 
 /* --- kernel launch: LAUNCH(kernel, grid, block, shmem, args...) expands to this under emulation --- */
-void cuda_emu_run(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, const std::function<void()> &body);
+/* kernel: the function's address, by which the emulator finds its __shared__ arrays (NaN at each block's start) */
+void cuda_emu_run(const char *kernel_name, const void *kernel, dim3 grid, dim3 block, size_t shmem,
+                  const std::function<void()> &body);
 
 template <class... P, class... A>
 static inline void cuda_emu_launch(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, void (*kernel)(P...),
                                    A &&...args) {
     std::tuple<P...> params(std::forward<A>(args)...); /* converted once, as a real launch copies them */
-    cuda_emu_run(kernel_name, grid, block, shmem, [&] { std::apply(kernel, params); });
+    cuda_emu_run(kernel_name, (const void *)kernel, grid, block, shmem, [&] { std::apply(kernel, params); });
 }
 
 /* --- cuBLAS (the calls the backend uses) --- */
