@@ -18,11 +18,12 @@ const Backend *backend_by_name(const char *name) {
 
 double gpu_bf16_peak_flops(const char *device_name) {
     static const struct {
-        const char *part; /* matched in the name, first match wins: the H100 and L40 variants before the plain names */
+        const char
+            *part; /* matched in the name, first match wins: the H100, H200 and L40 variants before the plain names */
         double tflops;
     } table[] = {
-        {"A100", 312}, {"A800", 312}, {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989},
-        {"H800", 989}, {"H200", 989}, {"L40S", 362},      {"L40", 181},      {"L4", 121},
+        {"A100", 312},     {"A800", 312}, {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H800", 989},
+        {"H200 NVL", 835}, {"H200", 989}, {"L40S", 362},      {"L40", 181},      {"L4", 121},
     };
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strstr(device_name, table[i].part)) return table[i].tflops * 1e12;

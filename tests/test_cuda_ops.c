@@ -731,6 +731,7 @@ static void test_peak_flops(void) {
         {"NVIDIA H100 PCIe", 756},
         {"NVIDIA H100 NVL", 835},
         {"NVIDIA H200", 989},
+        {"NVIDIA H200 NVL", 835},
         {"NVIDIA GH200 480GB", 989},
         {"NVIDIA L40S", 362},
         {"NVIDIA L40", 181},
