@@ -747,7 +747,10 @@ static void test_peak_flops(void) {
             ok = 0;
         }
     }
-    CHECK(ok, "bf16 peak by device name: 12 names (A100, H100 SXM/PCIe/NVL, H200, GH200, L40S, L40, L4; 0 for others)");
+    CHECK(ok,
+          "bf16 peak by device name: %zu names (A100, H100 SXM/PCIe/NVL, H200 SXM/NVL, GH200, L40S, L40, L4; 0 for "
+          "others)",
+          sizeof cases / sizeof cases[0]);
     CHECK(gpu->device && gpu->device[0] && gpu->peak_bf16_flops == gpu_bf16_peak_flops(gpu->device) &&
               cpu->peak_bf16_flops == 0,
           "the cuda backend names its device (%s, peak %g TFLOP/s); the cpu has no peak", gpu->device,
