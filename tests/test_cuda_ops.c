@@ -1205,6 +1205,49 @@ static void test_typical_decoding(void) {
     tree_free(&tree);
 }
 
+/* Greedy Medusa decoding on the GPU's own paths: a 16-row tree is verified by the tensor-core attention and plain
+ * steps by the CUDA-core one, both over a cache long enough to be cut into key slices (276 keys), so the two sum in
+ * other orders and round bf16 activations apart. The outputs must be equal, or part only at a near-tie of the base
+ * model's logits (greedy_compare, bf16's window); heads start as the base's lm_head, so some candidates are
+ * accepted. The prompt: the fixture's conversation, then its start again. */
+static void test_smollm2_medusa_greedy(const Model *m, const int32_t *seq, int n_seq) {
+    enum { PROMPT = 260, NEW = 16 };
+    int32_t prompt[PROMPT], plain[NEW + 8], medusa[NEW + 8];
+    for (int i = 0; i < PROMPT; i++) prompt[i] = seq[i % n_seq];
+    MedusaTree tree;
+    tree_from_json(
+        &tree, "[[0], [1], [2], [3], [4], [5], [6], [7], [0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [2, 0], [0, 0, 0]]",
+        "16-row tree");
+    MedusaHeads heads;
+    medusa_init(&heads, gpu, (MedusaShape){tree.n_heads_used, 1, m->config.hidden_size, m->config.vocab_size, 0});
+    Rng r;
+    rng_seed(&r, 6);
+    medusa_init_from_base(&heads, m, &r);
+    medusa_use_bf16(&heads);
+    Decoder d;
+    decoder_init(&d, m, &heads, &tree, PROMPT + NEW + tree.n_nodes + 1);
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    DecodeStats sp, sm;
+    int np = decode_plain(&d, prompt, PROMPT, NEW, -1, &o, plain, NULL, NULL, &sp);
+    int nm = decode_medusa(&d, prompt, PROMPT, NEW, -1, &o, medusa, NULL, NULL, &sm);
+    GreedyComparison c = greedy_compare(&d, prompt, PROMPT, plain, np, medusa, nm, GREEDY_TIE_WINDOW_BF16);
+    CHECK(np == NEW && c.match != GREEDY_DIFFER,
+          "SmolLM2, bf16, emulated GPU: greedy Medusa (16-row tree on the tensor cores, %.2f tokens per step) gives "
+          "plain "
+          "greedy's %d tokens after a %d-token prompt: %s",
+          (double)nm / sm.steps, np, PROMPT,
+          c.match == GREEDY_EQUAL      ? "equal"
+          : c.match == GREEDY_NEAR_TIE ? "parting at a near-tie"
+                                       : "DIFFERENT");
+    if (c.match != GREEDY_EQUAL)
+        printf("       they part at token %d: base logits %.5g (plain's token) vs %.5g, largest %.4g\n", c.at,
+               c.logit_a, c.logit_b, c.largest);
+    decoder_free(&d);
+    medusa_free(&heads);
+    tree_free(&tree);
+}
+
 static void test_smollm2_bf16(void) {
     const char *path =
         getenv("MEDUSA_SMOLLM2_GGUF") ? getenv("MEDUSA_SMOLLM2_GGUF") : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -1281,6 +1324,7 @@ static void test_smollm2_bf16(void) {
     free(tree_logits);
     gpu->free(d_hidden), gpu->free(d_logits);
     forward_state_free(&s, &m);
+    test_smollm2_medusa_greedy(&m, seq, (int)T);
     model_free(&m);
     weights_close(&ref);
     free(tokens), free(seq_lens), free(top1), free(logits);
