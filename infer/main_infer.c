@@ -481,9 +481,9 @@ static void run_bench(Engine *e) {
     }
     printf("greedy Medusa output == plain greedy output on %d/%d prompts\n", lossless, ran);
     if (ties)
-        printf("on %d more they part at a near-tie: the two tokens' base logits within %g of the row's largest, which "
-               "rounding in another order (a tree's rows vs one row) can flip; not a decoding error\n",
-               ties, (double)window);
+        printf("on %d more they part at a near-tie: the two tokens' base logits within %g%% of the row's largest "
+               "|logit|, which rounding in another order (a tree's rows vs one row) can flip; not a decoding error\n",
+               ties, 100.0 * window);
     for (int m = 0; m < 3; m++) free(out[m]);
     for (int p = 0; p < n_prompts; p++) free(prompts[p].text), free(prompts[p].ids);
     free(prompts);
