@@ -1239,9 +1239,8 @@ static void test_smollm2_medusa_greedy(const Model *m, const int32_t *seq, int n
     int nm = decode_medusa(&d, prompt, PROMPT, NEW, -1, &o, medusa, NULL, NULL, &sm);
     GreedyComparison c = greedy_compare(&d, prompt, PROMPT, plain, np, medusa, nm, GREEDY_TIE_WINDOW_BF16);
     CHECK(np == NEW && c.match != GREEDY_DIFFER,
-          "SmolLM2, bf16, emulated GPU: greedy Medusa (16-row tree on the tensor cores, %.2f tokens per step) gives "
-          "plain "
-          "greedy's %d tokens after a %d-token prompt: %s",
+          "SmolLM2, bf16, emulated GPU: greedy Medusa (16-row tree on the tensor cores, %.2f tokens per step) vs "
+          "plain greedy, %d tokens after a %d-token prompt: %s",
           (double)nm / sm.steps, np, PROMPT,
           c.match == GREEDY_EQUAL      ? "equal"
           : c.match == GREEDY_NEAR_TIE ? "parting at a near-tie"
