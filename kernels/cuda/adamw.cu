@@ -9,7 +9,9 @@ __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v
 }
 
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step) {
-    if (n) LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, param, grad, m, v, n, *step);
+    if (n == 0) return;
+    profile_next_bytes(28.0 * n); /* param, grad, m, v read; param, m, v written */
+    LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, param, grad, m, v, n, *step);
 }
 
 static const unsigned kSumBlocks = 256, kSumThreads = 512;
@@ -28,6 +30,7 @@ double cuda_sum_squares(const float *x, size_t n) {
     if (!partials) partials = (double *)backend_cuda()->alloc(sizeof(double) * kSumBlocks);
     if (n == 0) return 0.0;
     unsigned blocks = ceil_div(n, kSumThreads) < kSumBlocks ? ceil_div(n, kSumThreads) : kSumBlocks;
+    profile_next_bytes(4.0 * n);
     LAUNCH(sum_squares_kernel, blocks, kSumThreads, 0, partials, x, n);
     double host[kSumBlocks], sum = 0.0;
     CUDA_CHECK(cudaMemcpy(host, partials, sizeof(double) * blocks, cudaMemcpyDeviceToHost));

@@ -147,6 +147,7 @@ __global__ void attention_merge_kernel(Out *out, const float *partials, int spli
 template <class Out>
 static void merge_slices(Out *out, const float *partials, int splits, int T, int n_heads, int head_dim) {
     static const std::string name = kernel_name("attention_merge_kernel", {elem_name<Out>()});
+    profile_next_bytes((double)T * n_heads * (4.0 * splits * (head_dim + 2) + sizeof(Out) * head_dim));
     LAUNCH_AS(name.c_str(), attention_merge_kernel<Out>, dim3(T, n_heads), 128, 0, out, partials, splits, T, n_heads,
               head_dim);
 }

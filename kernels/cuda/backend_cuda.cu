@@ -174,18 +174,22 @@ static size_t cuda_memory_available(void) {
 }
 
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
+    profile_next_bytes((double)bytes);
     ProfileScope profile("upload");
     CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
 static void cuda_download(void *host_dst, const void *src, size_t bytes) {
+    profile_next_bytes((double)bytes);
     ProfileScope profile("download");
     CUDA_CHECK(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 static void cuda_copy(void *dst, const void *src, size_t bytes) {
+    profile_next_bytes(2.0 * (double)bytes);
     ProfileScope profile("copy");
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
 static void cuda_fill_zero(void *ptr, size_t bytes) {
+    profile_next_bytes((double)bytes);
     ProfileScope profile("fill_zero");
     CUDA_CHECK(cudaMemset(ptr, 0, bytes));
 }

@@ -83,9 +83,10 @@ template <class Grad>
 static void softmax_xent(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, const int32_t *targets,
                          int T, int V, float dscale) {
     static const std::string name = kernel_name("softmax_xent_kernel", {elem_name<Grad>()});
-    if (T > 0)
-        LAUNCH_AS(name.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
-                  dscale);
+    if (T == 0) return;
+    profile_next_bytes((double)T * V * (4.0 + (dlogits ? sizeof(Grad) : 0)) + 16.0 * T);
+    LAUNCH_AS(name.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+              dscale);
 }
 
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
@@ -123,7 +124,9 @@ __global__ void softmax_entropy_kernel(float *entropy, float *probs, const float
 
 void cuda_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
                           int n_ids, float temperature) {
-    if (rows > 0) LAUNCH(softmax_entropy_kernel, rows, kThreads, 0, entropy, probs, x, ids, cols, n_ids, temperature);
+    if (rows == 0) return;
+    profile_next_bytes(4.0 * rows * cols + 8.0 * rows * n_ids);
+    LAUNCH(softmax_entropy_kernel, rows, kThreads, 0, entropy, probs, x, ids, cols, n_ids, temperature);
 }
 
 /* --- top-k: one block per row, k rounds; round j takes the first entry (topk_after order) after the one
@@ -182,5 +185,6 @@ __global__ void top_k_kernel(int32_t *idx, const float *x, int cols, int k) {
 void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k) {
     if (rows == 0 || k == 0) return;
     if (k > 16) fatal("cuda top_k: k = %d, at most 16", k);
+    profile_next_bytes(4.0 * rows * cols);
     LAUNCH(top_k_kernel, rows, kTopkThreads, 0, idx, x, cols, k);
 }

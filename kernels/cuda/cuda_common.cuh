@@ -39,23 +39,26 @@ extern "C" {
     } while (0)
 
 /* MEDUSA_CUDA_PROFILE=1 (profile.cu): the GPU time from construction to destruction is added to the named
- * operation's row of the table printed at exit; a GEMM's name carries its shape and its FLOPs give a rate. */
+ * operation's row of the table printed at exit; a GEMM's name carries its shape, its FLOPs give a rate and its bytes
+ * (operands of in_bytes per element, the output of out_bytes, read too when accumulating) a bandwidth. */
 class ProfileScope {
   public:
     explicit ProfileScope(const char *name);
-    ProfileScope(const char *kind, int m, int n, int k);
+    ProfileScope(const char *kind, int m, int n, int k, int in_bytes, int out_bytes, bool accumulate);
     ~ProfileScope();
 
   private:
     bool on_;
-    double flops_;
+    double flops_, bytes_;
     std::string name_;
 };
 
-/* whether MEDUSA_CUDA_PROFILE is on, and the FLOPs to credit to the next profiled operation: a kernel whose work its
- * launch does not show (attention's depends on the key ranges), so the table gives its rate */
+/* whether MEDUSA_CUDA_PROFILE is on, and the FLOPs or bytes to credit to the next profiled operation: a kernel whose
+ * work its launch does not show (attention's FLOPs depend on the key ranges; a memory-bound kernel's bytes are its
+ * inputs read once and its outputs written once), so the table gives its rate */
 bool cuda_profiling(void);
 void profile_next_flops(double flops);
+void profile_next_bytes(double bytes);
 
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. LAUNCH_AS names the launch for the profile and

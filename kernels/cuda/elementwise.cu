@@ -60,26 +60,34 @@ __global__ void silu_backward_kernel(float *dz, const float *dout, const float *
 }
 
 void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C) {
-    if (T > 0 && C > 0)
-        LAUNCH(embedding_kernel<float>, row_grid(C, T, kThreads), kThreads, 0, out, tokens, table, T, C);
+    if (T == 0 || C == 0) return;
+    profile_next_bytes(8.0 * T * C);
+    LAUNCH(embedding_kernel<float>, row_grid(C, T, kThreads), kThreads, 0, out, tokens, table, T, C);
 }
 void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
-    if (T > 0 && C > 0)
-        LAUNCH(embedding_kernel<uint16_t>, row_grid(C, T, kThreads), kThreads, 0, out, tokens, table, T, C);
+    if (T == 0 || C == 0) return;
+    profile_next_bytes(6.0 * T * C);
+    LAUNCH(embedding_kernel<uint16_t>, row_grid(C, T, kThreads), kThreads, 0, out, tokens, table, T, C);
 }
 void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
-    if (n) LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
+    if (n == 0) return;
+    profile_next_bytes(6.0 * n);
+    LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
 }
 void cuda_swiglu(float *out, const float *gate_up, int T, int inter) {
-    if (T > 0 && inter > 0)
-        LAUNCH(swiglu_kernel<float>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
+    if (T == 0 || inter == 0) return;
+    profile_next_bytes(12.0 * T * inter);
+    LAUNCH(swiglu_kernel<float>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
 }
 void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter) {
-    if (T > 0 && inter > 0)
-        LAUNCH(swiglu_kernel<uint16_t>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
+    if (T == 0 || inter == 0) return;
+    profile_next_bytes(6.0 * T * inter);
+    LAUNCH(swiglu_kernel<uint16_t>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
-    if (n) LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);
+    if (n == 0) return;
+    profile_next_bytes(12.0 * n);
+    LAUNCH(residual_add_kernel, ceil_div(n, kThreads), kThreads, 0, x, y, n);
 }
 void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
                     size_t row_bytes) {
@@ -91,13 +99,18 @@ void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *sr
         RowMoves moves;
         moves.n = n - i0 < RowMoves::kMax ? n - i0 : RowMoves::kMax;
         for (int i = 0; i < moves.n; i++) moves.src[i] = src[i0 + i], moves.dst[i] = dst[i0 + i];
+        profile_next_bytes(2.0 * (double)row_bytes * moves.n * n_blocks);
         LAUNCH(copy_rows_kernel, dim3(ceil_div(row_words, kThreads), (unsigned)n_blocks), kThreads, 0, (uint32_t *)x,
                block_bytes / 4, moves, row_words);
     }
 }
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n) {
-    if (n) LAUNCH(resblock_forward_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, z, n);
+    if (n == 0) return;
+    profile_next_bytes(12.0 * n);
+    LAUNCH(resblock_forward_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, z, n);
 }
 void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
-    if (n) LAUNCH(silu_backward_kernel, ceil_div(n, kThreads), kThreads, 0, dz, dout, z, n);
+    if (n == 0) return;
+    profile_next_bytes(12.0 * n);
+    LAUNCH(silu_backward_kernel, ceil_div(n, kThreads), kThreads, 0, dz, dout, z, n);
 }

@@ -17,6 +17,7 @@ __global__ void add_bias_kernel(Elem *out, const float *bias, int T, int OC) {
 }
 template <class Elem> static void add_bias(Elem *out, const float *bias, int T, int OC) {
     static const std::string name = kernel_name("add_bias_kernel", {elem_name<Elem>()});
+    profile_next_bytes(2.0 * sizeof(Elem) * T * OC + 4.0 * OC);
     LAUNCH_AS(name.c_str(), add_bias_kernel<Elem>, row_grid(OC, T, 256), 256, 0, out, bias, T, OC);
 }
 
@@ -35,11 +36,16 @@ __global__ void bias_backward_kernel(float *dbias, const float *dout, int T, int
     }
 }
 
+static void bias_backward(float *dbias, const float *dout, int T, int OC) {
+    profile_next_bytes(4.0 * T * OC + 8.0 * OC);
+    LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
+}
+
 void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
     const float one = 1.0f, zero = 0.0f;
     if (T == 0 || OC == 0) return;
     {
-        ProfileScope profile("cublasSgemm TN", OC, T, IC);
+        ProfileScope profile("cublasSgemm TN", OC, T, IC, 4, 4, false);
         CUBLAS_CHECK(
             cublasSgemm(cuda_cublas(), CUBLAS_OP_T, CUBLAS_OP_N, OC, T, IC, &one, weight, IC, in, IC, &zero, out, OC));
     }
@@ -52,17 +58,17 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
     if (T == 0 || OC == 0) return;
     /* dinp^T[IC,T] += W^T[IC,OC] * dout^T[OC,T] */
     if (dinp) {
-        ProfileScope profile("cublasSgemm NN", IC, T, OC);
+        ProfileScope profile("cublasSgemm NN", IC, T, OC, 4, 4, true);
         CUBLAS_CHECK(cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_N, IC, T, OC, &one, weight, IC, dout, OC, &one,
                                  dinp, IC));
     }
     /* dweight^T[IC,OC] += in^T[IC,T] * dout[T,OC] */
     if (dweight) {
-        ProfileScope profile("cublasSgemm NT", IC, OC, T);
+        ProfileScope profile("cublasSgemm NT", IC, OC, T, 4, 4, true);
         CUBLAS_CHECK(
             cublasSgemm(cuda_cublas(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, &one, in, IC, dout, OC, &one, dweight, IC));
     }
-    if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
+    if (dbias) bias_backward(dbias, dout, T, OC);
 }
 
 /* --- bf16 weights on the tensor cores: cuBLASLt, bf16 A/B, fp32 or bf16 C/D, fp32 accumulation --- */
@@ -156,7 +162,8 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
     const float one = 1.0f;
     static const char *const kinds[2][2] = {{"cublasLt bf16 NN", "cublasLt bf16 NT"},
                                             {"cublasLt bf16 TN", "cublasLt bf16 TT"}};
-    ProfileScope profile(kinds[op_a == CUBLAS_OP_T][op_b == CUBLAS_OP_T], m, n, k);
+    ProfileScope profile(kinds[op_a == CUBLAS_OP_T][op_b == CUBLAS_OP_T], m, n, k, 2, c_type == CUDA_R_16BF ? 2 : 4,
+                         beta != 0.0f);
     CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                 workspace, kLtWorkspaceBytes, 0));
 }
@@ -196,7 +203,7 @@ void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const 
         const uint16_t *x = dweight ? rounded(&input_scratch, in, (size_t)T * IC) : NULL;
         backward_gemms_bf16(dinp, dweight, g, x, weight, T, IC, OC);
     }
-    if (dbias) LAUNCH(bias_backward_kernel, ceil_div(OC, 32), dim3(32, 8), 0, dbias, dout, T, OC);
+    if (dbias) bias_backward(dbias, dout, T, OC);
 }
 
 /* x rounded once for the logits' and the lm_head gradient's GEMMs, and the gradient written in bf16 by the softmax

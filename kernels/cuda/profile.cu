@@ -1,7 +1,10 @@
 /* MEDUSA_CUDA_PROFILE=1: GPU time per kernel, GEMM shape and copy, measured with CUDA events around each one
  * (synchronizing after each, so a run is slower but every figure is that operation's own), printed to stderr
  * as a table at exit: where a step's time goes, without a profiler on the machine. GEMMs are named as cuBLAS
- * sees them: column-major op(A) op(B), m x n x k (a Linear's forward is TN with m = out features, n = tokens). */
+ * sees them: column-major op(A) op(B), m x n x k (a Linear's forward is TN with m = out features, n = tokens).
+ * Rates: TFLOP/s for GEMMs and attention, GB/s for the rest (the bytes an operation must move at least, over its
+ * time: set beside the GPU's memory bandwidth it says how far a memory-bound kernel is from its bound; a decoding
+ * step's GEMMs, which read their weights for one row or a few, have both). */
 #include <stdlib.h>
 
 #include <algorithm>
@@ -14,7 +17,7 @@
 namespace {
 struct ProfileEntry {
     long calls = 0;
-    double ms = 0.0, flops = 0.0;
+    double ms = 0.0, flops = 0.0, bytes = 0.0;
 };
 std::map<std::string, ProfileEntry> profile_table;
 cudaEvent_t profile_start, profile_stop;
@@ -25,20 +28,21 @@ void profile_print(void) {
     double total = 0;
     for (const auto &r : rows) total += r.second.ms;
     fprintf(stderr, "cuda profile (MEDUSA_CUDA_PROFILE=1): GPU time per operation, each synchronized\n");
-    fprintf(stderr, "  %6s %11s %8s %12s %8s  %s\n", "share", "total ms", "calls", "us per call", "TFLOP/s",
+    fprintf(stderr, "  %6s %11s %8s %12s %8s %8s  %s\n", "share", "total ms", "calls", "us per call", "TFLOP/s", "GB/s",
             "operation");
     for (const auto &r : rows) {
         const ProfileEntry &e = r.second;
-        char rate[16] = "";
+        char rate[16] = "", bandwidth[16] = "";
         if (e.flops > 0 && e.ms > 0) snprintf(rate, sizeof rate, "%.1f", e.flops / (e.ms * 1e-3) / 1e12);
-        fprintf(stderr, "  %5.1f%% %11.3f %8ld %12.1f %8s  %s\n", total > 0 ? 100 * e.ms / total : 0.0, e.ms, e.calls,
-                1e3 * e.ms / (double)e.calls, rate, r.first.c_str());
+        if (e.bytes > 0 && e.ms > 0) snprintf(bandwidth, sizeof bandwidth, "%.0f", e.bytes / (e.ms * 1e-3) / 1e9);
+        fprintf(stderr, "  %5.1f%% %11.3f %8ld %12.1f %8s %8s  %s\n", total > 0 ? 100 * e.ms / total : 0.0, e.ms,
+                e.calls, 1e3 * e.ms / (double)e.calls, rate, bandwidth, r.first.c_str());
     }
     fprintf(stderr, "  total %.3f ms\n", total);
 }
 } // namespace
 
-static double pending_flops = 0.0; /* profile_next_flops', for the next ProfileScope */
+static double pending_flops = 0.0, pending_bytes = 0.0; /* profile_next_flops' and _bytes', for the next ProfileScope */
 
 static bool profile_enabled(void) {
     static int enabled = -1;
@@ -56,16 +60,19 @@ static bool profile_enabled(void) {
 
 bool cuda_profiling(void) { return profile_enabled(); }
 void profile_next_flops(double flops) { pending_flops = flops; }
+void profile_next_bytes(double bytes) { pending_bytes = bytes; }
 
-ProfileScope::ProfileScope(const char *name) : on_(profile_enabled()), flops_(0.0) {
+ProfileScope::ProfileScope(const char *name) : on_(profile_enabled()), flops_(0.0), bytes_(0.0) {
     if (!on_) return;
-    flops_ = pending_flops;
-    pending_flops = 0.0;
+    flops_ = pending_flops, bytes_ = pending_bytes;
+    pending_flops = pending_bytes = 0.0;
     name_ = name;
     CUDA_CHECK(cudaEventRecord(profile_start));
 }
 
-ProfileScope::ProfileScope(const char *kind, int m, int n, int k) : on_(profile_enabled()), flops_(2.0 * m * n * k) {
+ProfileScope::ProfileScope(const char *kind, int m, int n, int k, int in_bytes, int out_bytes, bool accumulate)
+    : on_(profile_enabled()), flops_(2.0 * m * n * k),
+      bytes_((double)in_bytes * ((double)m * k + (double)k * n) + (accumulate ? 2.0 : 1.0) * out_bytes * m * n) {
     if (!on_) return;
     char shape[64];
     snprintf(shape, sizeof shape, " %dx%dx%d", m, n, k);
@@ -83,4 +90,5 @@ ProfileScope::~ProfileScope() {
     e.calls++;
     e.ms += ms;
     e.flops += flops_;
+    e.bytes += bytes_;
 }

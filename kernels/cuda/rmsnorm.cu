@@ -14,8 +14,12 @@ template <class Out> __global__ void rmsnorm_kernel(Out *out, const float *x, co
 }
 
 void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps) {
-    if (T > 0) LAUNCH(rmsnorm_kernel<float>, T, 256, 0, out, x, weight, C, eps);
+    if (T == 0) return;
+    profile_next_bytes(8.0 * T * C + 4.0 * C);
+    LAUNCH(rmsnorm_kernel<float>, T, 256, 0, out, x, weight, C, eps);
 }
 void cuda_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps) {
-    if (T > 0) LAUNCH(rmsnorm_kernel<uint16_t>, T, 256, 0, out, x, weight, C, eps);
+    if (T == 0) return;
+    profile_next_bytes(6.0 * T * C + 4.0 * C);
+    LAUNCH(rmsnorm_kernel<uint16_t>, T, 256, 0, out, x, weight, C, eps);
 }

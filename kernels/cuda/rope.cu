@@ -35,9 +35,10 @@ static void rope_qkv(Elem *q, Elem *k, Elem *v, const Elem *qkv, const int32_t *
                      int head_dim, float theta) {
     int per_token = (n_heads + n_kv_heads) * (head_dim / 2) + n_kv_heads * head_dim;
     static const std::string name = kernel_name("rope_qkv_kernel", {elem_name<Elem>()});
-    if (T > 0)
-        LAUNCH_AS(name.c_str(), rope_qkv_kernel<Elem>, row_grid(per_token, T, 256), 256, 0, q, k, v, qkv, pos, T,
-                  n_heads, n_kv_heads, head_dim, theta);
+    if (T == 0) return;
+    profile_next_bytes(2.0 * sizeof(Elem) * T * (n_heads + 2 * n_kv_heads) * head_dim + 4.0 * T);
+    LAUNCH_AS(name.c_str(), rope_qkv_kernel<Elem>, row_grid(per_token, T, 256), 256, 0, q, k, v, qkv, pos, T, n_heads,
+              n_kv_heads, head_dim, theta);
 }
 void cuda_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
                    int n_kv_heads, int head_dim, float theta) {
