@@ -28,6 +28,28 @@ void profile_print(void) {
     double total = 0;
     for (const auto &r : rows) total += r.second.ms;
     fprintf(stderr, "cuda profile (MEDUSA_CUDA_PROFILE=1): GPU time per operation, each synchronized\n");
+    /* first the time by kind, with the kind's aggregate rate: what an MFU below the GEMMs' own rate is lost to */
+    const char *const kinds[4] = {"GEMMs", "attention", "other kernels and device copies", "host transfers"};
+    ProfileEntry by_kind[4];
+    for (const auto &r : rows) {
+        const std::string &name = r.first;
+        int kind = name.rfind("cublas", 0) == 0                  ? 0
+                   : name.find("attention") != std::string::npos ? 1
+                   : name == "upload" || name == "download"      ? 3
+                                                                 : 2;
+        by_kind[kind].calls += r.second.calls;
+        by_kind[kind].ms += r.second.ms;
+        by_kind[kind].flops += r.second.flops;
+        by_kind[kind].bytes += r.second.bytes;
+    }
+    for (int k = 0; k < 4; k++) {
+        const ProfileEntry &e = by_kind[k];
+        if (e.calls == 0 || e.ms <= 0) continue;
+        fprintf(stderr, "  %-32s %5.1f%% of the time", kinds[k], total > 0 ? 100 * e.ms / total : 0.0);
+        if (k < 2 && e.flops > 0) fprintf(stderr, ", %.1f TFLOP/s", e.flops / (e.ms * 1e-3) / 1e12);
+        if (k >= 2 && e.bytes > 0) fprintf(stderr, ", %.0f GB/s", e.bytes / (e.ms * 1e-3) / 1e9);
+        fprintf(stderr, "\n");
+    }
     fprintf(stderr, "  %6s %11s %8s %12s %8s %8s  %s\n", "share", "total ms", "calls", "us per call", "TFLOP/s", "GB/s",
             "operation");
     for (const auto &r : rows) {
