@@ -251,7 +251,7 @@ ifneq ($(BENCH_GPU_DRYRUN),)
 DRY := $(BUILD)/bench_gpu_dryrun
 BENCH_BIN_DIR := $(BUILD)/emu
 BENCH_GPU_TRAIN := $(BUILD)/emu/bench/bench_train
-BENCH_GPU_MODEL := tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf
+BENCH_GPU_MODEL := tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf
 BENCH_GPU_ENV := OUT=$(DRY)/result.txt TORCH_DEVICE=cpu SHAREGPT=tests/fixtures/chat/conversations.json DATA=$(DRY)/sg \
   DATA_ARGS="--template mistral --max-len 96" STEPS=2 BATCH_TOKENS=128 HEAD_STEPS=2 MAX_NEW=8 \
   PROMPTS=$(DRY)/prompts.txt INFER_ARGS="--chat-template mistral --tree configs/trees/small_8.json"
