@@ -3,6 +3,8 @@
 # + heads forward/backward + AdamW) beside the PyTorch reference step on the same batches and GPU
 # (bench_train_torch.py --device cuda, bf16 autocast), then decoding speed of Medusa vs plain greedy
 # (medusa-infer --bench, which also checks greedy Medusa == plain greedy) with heads trained briefly on the GPU.
+# First the GPU's own ceilings (bench/gpu_ceilings.py: a large bf16 matrix product, a large copy), which the step's
+# FLOP/s and the profile's GB/s are read against.
 # Writes OUT, by default bench/gpu_<GPU name>.txt with the name from nvidia-smi at the top.
 # Settings (environment; the Makefile passes its BENCH_GPU_* variables):
 #   MODEL          base model: .gguf or Hugging Face directory (default: the demo's SmolLM2-135M-Instruct)
@@ -61,6 +63,8 @@ trap 'rm -rf "$RUN"' EXIT
 {
     echo "# GPU: ${GPU:-none: a dry run of the scripts on the CPU (DEVICE=$DEVICE through $BIN_DIR), not a GPU measurement}"
     echo "# $(date -u +%F)${DRIVER:+, driver $DRIVER}; model $MODEL; $HEADS heads x 1 layer, $BATCH_TOKENS-token batches from $DATA, $STEPS steps after 1 warm-up"
+    # the ceilings this GPU reaches (a large bf16 GEMM, a large copy), to read MFU and the profile's GB/s against
+    if [ "$TORCH_DEVICE" = cuda ]; then "$PYTHON" bench/gpu_ceilings.py; fi
     echo "## training step: frozen base forward + heads forward/backward + AdamW"
     "$BENCH_TRAIN" --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$DEVICE" --heads "$HEADS" \
         --batch-tokens "$BATCH_TOKENS" --steps "$STEPS"
@@ -77,6 +81,11 @@ awk '{for (i = 2; i <= NF; i++) if ($i ~ /^tokens\/s/) v = $(i - 1)}
     /^medusa-c train/ {ours = v} /^pytorch train:/ {theirs = v} /^pytorch train, padded/ {reference = v}
     END {if (reference) printf "ratio medusa-c / reference trainer (PyTorch, conversations padded as it pads them) tokens/s: %.2fx (target >= 2x)\n", ours / reference
          printf "ratio medusa-c / pytorch without padding tokens/s: %.2fx\n", ours / theirs}' "$OUT.new" | tee -a "$OUT.new"
+# the step's FLOP/s against the matrix-product rate measured on this GPU (the practical ceiling of its GEMMs)
+awk '/^medusa-c flops:/ {for (i = 2; i <= NF; i++) if ($i == "FLOP/s" && !rate) rate = $(i - 1)}
+    /^ceiling: bf16 matrix product/ {for (i = 2; i <= NF; i++) if ($i == "TFLOP/s") ceiling = $(i - 1)}
+    END {if (rate && ceiling) printf "medusa-c step: %.0f%% of the bf16 matrix-product rate measured here (%.0f of %.0f TFLOP/s)\n", 100 * rate / 1e12 / ceiling, rate / 1e12, ceiling}' \
+    "$OUT.new" | tee -a "$OUT.new"
 if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
     {
         echo "## GPU time per operation: bench_train with MEDUSA_CUDA_PROFILE=1, 1 warm-up + $PROFILE_STEPS steps"
