@@ -86,6 +86,20 @@ r1=$(loss_error head_vocab_cuda head_vocab_cpu 1) r=$(loss_error head_vocab_cuda
 expect "awk 'BEGIN{exit !($r1 <= 1e-3 && $r <= 1e-2)}'" \
     "training loss with --head-vocab 56, cuda vs cpu: step 1 rel. error $r1 (tolerance 1e-3), steps 1-4 $r (tolerance 1e-2)"
 
+# ---- resume on cuda: a run stopped after step 2 and resumed gives the uninterrupted run's losses and heads bit for
+# bit; 2 ResBlocks per head, 2 batches per step, head logits in chunks of 32 rows (several per batch) ----
+more=(--layers 2 --grad-accum 2 --logits-chunk 32)
+train cuda auto whole "${more[@]}"
+train cuda auto resumed "${more[@]}" --stop-after 2
+train cuda auto resumed "${more[@]}" --resume
+train cpu bf16 whole_cpu "${more[@]}"
+expect '[ "$(wc -l <"$TMP/loss_resumed")" -eq 4 ] && cmp -s "$TMP/loss_whole" "$TMP/loss_resumed" &&
+        cmp -s "$TMP/run_whole/medusa/medusa_lm_head.safetensors" "$TMP/run_resumed/medusa/medusa_lm_head.safetensors"' \
+    "medusa-train --device cuda ${more[*]}: stopped after step 2 and resumed, the 4 losses and the exported heads equal the uninterrupted run's"
+r1=$(loss_error whole whole_cpu 1) r=$(loss_error whole whole_cpu)
+expect "awk 'BEGIN{exit !($r1 <= 1e-3 && $r <= 1e-2)}'" \
+    "training loss with ${more[*]}, cuda vs cpu: step 1 rel. error $r1 (tolerance 1e-3), steps 1-4 $r (tolerance 1e-2)"
+
 # ---- evaluation of the cuda-trained heads, fp32 on both devices: kernels against the reference ----
 for dev in cuda cpu; do
     check "medusa-eval --device $dev --precision fp32 on the validation split" \
