@@ -150,6 +150,11 @@ infer cuda fp32 medusa typical_cuda --temperature 0.7
 infer cpu fp32 medusa typical_cpu --temperature 0.7
 expect 'same typical_cuda typical_cpu && [ "$(per_step typical_cuda)" = "$(per_step typical_cpu)" ]' \
     "medusa-infer --temperature 0.7 (typical acceptance) --precision fp32: output and tokens per step cuda == cpu ($(per_step typical_cpu))"
+# plain sampling (nucleus): the row of logits downloaded and sampled on the host, the same seed on both devices
+infer cuda fp32 plain sampled_cuda --temperature 0.7 --top-p 0.9
+infer cpu fp32 plain sampled_cpu --temperature 0.7 --top-p 0.9
+expect 'same sampled_cuda sampled_cpu && ! same sampled_cpu cpu_fp32_plain' \
+    "medusa-infer --mode plain --temperature 0.7 --top-p 0.9 --precision fp32: output cuda == cpu (and not the greedy one)"
 # MEDUSA_CUDA_PROFILE=1: a table of GPU time per kernel and GEMM at exit, the output unchanged; with bf16 weights the
 # prompt and every tree step run the tensor-core attention (2 calls per forward pass, one per layer)
 MEDUSA_CUDA_PROFILE=1 infer cuda auto medusa profiled
