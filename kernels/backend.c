@@ -17,9 +17,9 @@ const Backend *backend_by_name(const char *name) {
 }
 
 double gpu_bf16_peak_flops(const char *device_name) {
+    /* part: matched in the name, first match wins: the H100, H200 and L40 variants before the plain names */
     static const struct {
-        const char
-            *part; /* matched in the name, first match wins: the H100, H200 and L40 variants before the plain names */
+        const char *part;
         double tflops;
     } table[] = {
         {"A100", 312},     {"A800", 312}, {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H800", 989},
