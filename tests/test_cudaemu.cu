@@ -62,6 +62,54 @@ template <int N> __global__ void shared_unwritten_kernel(float *out) {
     out[blockIdx.x * N + threadIdx.x] = tile[threadIdx.x];
 }
 
+/* The tensor-core fragment layouts as CuTe writes them (NVIDIA/cutlass include/cute/atom/mma_traits_sm80.hpp:
+ * SM80_16x8x16_F32BF16BF16F32_TN; copy_traits_sm75.hpp: SM75_U32x4_LDSM_N, SM75_U16x8_LDSM_T), as (lane, value) ->
+ * offset maps: a second reading of the layouts, apart from the PTX ISA's tables the emulator follows, so that the
+ * attention kernel's fragments are not checked only against the same reading they were built from. */
+__device__ int cute_mma_a(int lane, int v) { /* m + 16 k of A [16 x 16] */
+    return 32 * (lane % 4) + lane / 4 + 16 * (v % 2) + 8 * (v / 2 % 2) + 128 * (v / 4);
+}
+__device__ int cute_mma_b(int lane, int v) {
+    return 16 * (lane % 4) + lane / 4 + 8 * (v % 2) + 64 * (v / 2);
+} /* n + 8 k */
+__device__ int cute_mma_c(int lane, int v) {
+    return 32 * (lane % 4) + lane / 4 + 16 * (v % 2) + 8 * (v / 2);
+} /* m + 16 n */
+/* the bit of the four 8 x 8 b16 matrices (1024 bits each, rows of 128) that register r, half h of a lane holds */
+static int cute_ldsm_bit(int lane, int r, int h, bool trans) {
+    return trans ? 256 * (lane % 4) + 16 * (lane / 4) + 128 * h + 1024 * r : 32 * lane + 1024 * r + 16 * h;
+}
+
+/* d = c + a b for row-major a [16 x 16], b [16 x 8] (k x n), c and d [16 x 8], through fragments laid out as CuTe's */
+__global__ void mma_layout_kernel(float *d, const float *a, const float *b, const float *c) {
+    int lane = threadIdx.x;
+    uint32_t fa[4] = {0, 0, 0, 0}, fb[2] = {0, 0};
+    float acc[4];
+    for (int v = 0; v < 8; v++) {
+        int mk = cute_mma_a(lane, v);
+        fa[v / 2] |= (uint32_t)f32_to_bf16(a[mk % 16 * 16 + mk / 16]) << (16 * (v % 2));
+    }
+    for (int v = 0; v < 4; v++) {
+        int nk = cute_mma_b(lane, v);
+        fb[v / 2] |= (uint32_t)f32_to_bf16(b[nk / 8 * 8 + nk % 8]) << (16 * (v % 2));
+    }
+    for (int v = 0; v < 4; v++) acc[v] = c[cute_mma_c(lane, v) % 16 * 8 + cute_mma_c(lane, v) / 16];
+    mma_bf16_16x8x16(acc, fa, fb);
+    for (int v = 0; v < 4; v++) d[cute_mma_c(lane, v) % 16 * 8 + cute_mma_c(lane, v) / 16] = acc[v];
+}
+
+/* ldmatrix.x4 of four 8 x 8 b16 matrices whose 32 rows lie at the shared-memory rows slot[0..31] of a 64-row tile:
+ * lane l posts the address of row l % 8 of matrix l / 8; out[lane * 4 + r] = its register r */
+__global__ void ldmatrix_layout_kernel(uint32_t *out, const uint16_t *tile, const int *slot, int trans) {
+    __shared__ __align__(16) uint16_t rows[64 * 8];
+    int lane = threadIdx.x;
+    for (int i = lane; i < 64 * 8; i += 32) rows[i] = tile[i];
+    __syncthreads();
+    uint32_t r[4];
+    ldmatrix_x4(r, &rows[slot[lane] * 8], trans != 0);
+    for (int i = 0; i < 4; i++) out[lane * 4 + i] = r[i];
+}
+
 /* reads one element past the end of `in` */
 __global__ void past_end_kernel(float *out, const float *in, int n) { out[0] = in[n]; }
 
@@ -69,6 +117,64 @@ static float *device_floats(int n) {
     float *p = NULL;
     CUDA_CHECK(cudaMalloc(&p, sizeof(float) * n));
     return p;
+}
+
+template <typename T> static T *to_device(const T *host, int n) {
+    T *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, sizeof(T) * n));
+    CUDA_CHECK(cudaMemcpy(p, host, sizeof(T) * n, cudaMemcpyHostToDevice));
+    return p;
+}
+
+static void check_mma_layout(void) {
+    float a[16 * 16], b[16 * 8], c[16 * 8], d[16 * 8];
+    srand(7);
+    int wrong = 0;
+    for (int trial = 0; trial < 8; trial++) {
+        for (float &x : a) x = (float)(rand() % 17 - 8);
+        for (float &x : b) x = (float)(rand() % 17 - 8);
+        for (float &x : c) x = (float)(rand() % 17 - 8);
+        float *da = to_device(a, 256), *db = to_device(b, 128), *dc = to_device(c, 128), *dd = device_floats(128);
+        LAUNCH(mma_layout_kernel, 1, 32, 0, dd, (const float *)da, (const float *)db, (const float *)dc);
+        CUDA_CHECK(cudaMemcpy(d, dd, sizeof d, cudaMemcpyDeviceToHost));
+        for (int m = 0; m < 16; m++)
+            for (int n = 0; n < 8; n++) {
+                float want = c[m * 8 + n];
+                for (int k = 0; k < 16; k++) want += a[m * 16 + k] * b[k * 8 + n]; /* exact: small integers */
+                wrong += d[m * 8 + n] != want;
+            }
+        for (float *p : {da, db, dc, dd}) CUDA_CHECK(cudaFree(p));
+    }
+    CHECK(wrong == 0, "mma.m16n8k16 with fragments in CuTe's SM80 layouts gives c + a b: %d of %d outputs wrong", wrong,
+          8 * 128);
+}
+
+static void check_ldmatrix_layout(bool trans) {
+    uint16_t tile[64 * 8] = {0};
+    int slot[64];
+    for (int i = 0; i < 64; i++) slot[i] = i;
+    for (int i = 63; i > 0; i--) std::swap(slot[i], slot[rand() % (i + 1)]);
+    for (int i = 0; i < 32; i++) /* row i: row i % 8 of matrix i / 8, at a scattered 16-byte slot */
+        for (int col = 0; col < 8; col++) tile[slot[i] * 8 + col] = (uint16_t)(1 + i * 8 + col);
+    uint16_t *dtile = to_device(tile, 64 * 8);
+    int *dslot = to_device(slot, 32);
+    uint32_t *dout = NULL, out[32 * 4];
+    CUDA_CHECK(cudaMalloc(&dout, sizeof out));
+    LAUNCH(ldmatrix_layout_kernel, 1, 32, 0, dout, (const uint16_t *)dtile, (const int *)dslot, (int)trans);
+    CUDA_CHECK(cudaMemcpy(out, dout, sizeof out, cudaMemcpyDeviceToHost));
+    int wrong = 0;
+    for (int lane = 0; lane < 32; lane++)
+        for (int r = 0; r < 4; r++)
+            for (int h = 0; h < 2; h++) {
+                int bit = cute_ldsm_bit(lane, r, h, trans); /* matrix bit / 1024, row bit % 1024 / 128, column */
+                int want = 1 + (bit / 1024 * 8 + bit % 1024 / 128) * 8 + bit % 128 / 16;
+                wrong += (uint16_t)(out[lane * 4 + r] >> (16 * h)) != want;
+            }
+    CHECK(wrong == 0, "ldmatrix.x4%s gives each lane the elements of CuTe's layout: %d of 256 wrong",
+          trans ? ".trans" : "", wrong);
+    CUDA_CHECK(cudaFree(dtile));
+    CUDA_CHECK(cudaFree(dslot));
+    CUDA_CHECK(cudaFree(dout));
 }
 
 /* The cases run in a child process; each prints what the parent checks. */
@@ -147,6 +253,11 @@ int main(int argc, char **argv) {
     CUDA_CHECK(cudaMemcpy(host, out, 2 * sizeof(float), cudaMemcpyDeviceToHost));
     CHECK(isnan(host[0]) && host[1] == in_host[0], "cp.async: read before the wait %f, after %f (want NaN, then %g)",
           host[0], host[1], in_host[0]);
+
+    /* mma.m16n8k16 and ldmatrix.x4 (plain, transposed) against CuTe's layouts: exact on small integers */
+    check_mma_layout();
+    check_ldmatrix_layout(false);
+    check_ldmatrix_layout(true);
 
     /* shared memory a block did not write reads as NaN (not what the previous block left) */
     LAUNCH(shared_unwritten_kernel<kN / 2>, 2, kN / 2, 0, out);
