@@ -54,7 +54,7 @@ MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, i
         .logits_chunk = logits_chunk,
         .train = train,
         .head_vocab = head_vocab,
-        .vocab_rows = evaluate ? batch_tokens : 0,
+        .vocab_rows = evaluate ? (logits_chunk < batch_tokens ? logits_chunk : batch_tokens) : 0,
     };
 }
 

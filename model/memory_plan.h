@@ -23,7 +23,7 @@ typedef struct {
     int head_vocab;   /* rows of each head's lm_head; 0: the full vocabulary */
     int head_tokens;  /* rows the heads run on; 0: batch_tokens */
     int vocab_rows;   /* rows of full-vocabulary logits besides the heads' chunk (evaluation: the base
-                       * model's on every token; decoding: the base model's and each head's per tree node) */
+                       * model's on a chunk of tokens; decoding: the base model's and each head's per tree node) */
     int kv_len;       /* rows of the KV cache (decoding); 0: none */
 } MemoryPlanInput;
 
@@ -39,8 +39,8 @@ typedef struct {
 
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);
 /* The input for train/trainer.c: packed batches of batch_tokens through the base model, the heads' logits in chunks of
- * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate the base model's logits over every token of
- * a batch (its own top-1). Heads over a bf16 base (DT_BF16) run their GEMMs in bf16 too. */
+ * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate the base model's logits on a chunk of
+ * logits_chunk rows too (its own top-1). Heads over a bf16 base (DT_BF16) run their GEMMs in bf16 too. */
 MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, int head_vocab, int batch_tokens,
                                      int logits_chunk, int train, int evaluate);
 /* The input for infer/decoder.c: prompts of up to max_len tokens prefilled in one pass, a KV cache of

@@ -73,8 +73,8 @@ int main(void) {
     CHECK(memory_plan(&c, &ti).total == bf16.total, "memory_plan_training: the same plan as the fields set by hand");
     MemoryPlanInput ei = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 0, 1);
     MemoryPlan e = memory_plan(&c, &ei);
-    CHECK(e.head_grads == 0 && e.adam_state == 0 && e.logits == (4096.0 + 16384.0) * 32000 * 4,
-          "evaluation: no gradients or AdamW state; the base model's logits on all 16k tokens beside the heads' chunk "
+    CHECK(e.head_grads == 0 && e.adam_state == 0 && e.logits == (4096.0 + 4096.0) * 32000 * 4,
+          "evaluation: no gradients or AdamW state; the base model's logits on a 4096-row chunk beside the heads' "
           "(%.2f GiB)",
           e.logits / (1 << 30));
     in.batch_tokens = 1 << 20; /* a million tokens cannot fit: the plan must say so */

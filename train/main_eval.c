@@ -33,7 +33,8 @@ int main(int argc, char **argv) {
         {"device", ARG_STR, &device, "cpu or cuda"},
         {"precision", ARG_STR, &precision,
          "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
-        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once (0: 512 on cpu, 4096 on cuda)"},
+        {"logits-chunk", ARG_INT, &logits_chunk,
+         "rows of logits (the heads' and the base model's) computed at once (0: 512 on cpu, 4096 on cuda)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
     if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");

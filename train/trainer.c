@@ -70,10 +70,10 @@ double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *met
 
 void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
     const Backend *be = t->base->be;
-    int V = t->base->config.vocab_size, T = b->n_tokens;
-    /* the base model's own top-1 on t+1, through the heads' fused classifier with one "head" */
-    float *logits = be->alloc(sizeof(float) * (size_t)T * V);
-    base_forward(t, b, logits);
+    int V = t->base->config.vocab_size, H = t->base->config.hidden_size, T = b->n_tokens;
+    base_forward(t, b, NULL);
+    /* the base model's own top-1 on t+1: its logits a chunk of rows at a time, as the heads' (a batch's full
+     * [T, V] would be the largest buffer of an evaluation), ranked by the fused softmax */
     int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)T), *ranks = xmalloc(sizeof(int32_t) * (size_t)T);
     int start = 0;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -81,10 +81,16 @@ void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
         for (int i = start; i < end; i++) targets[i] = i + 1 < end && b->loss_mask[i + 1] ? b->tokens[i + 1] : -1;
         start = end;
     }
+    int chunk = t->work.chunk_rows < T ? t->work.chunk_rows : T;
+    float *logits = be->alloc(sizeof(float) * (size_t)chunk * V);
     int32_t *targets_dev = be->alloc(sizeof(int32_t) * (size_t)T), *ranks_dev = be->alloc(sizeof(int32_t) * (size_t)T);
     float *losses_dev = be->alloc(sizeof(float) * (size_t)T);
     be->upload(targets_dev, targets, sizeof(int32_t) * (size_t)T);
-    be->softmax_xent(logits, losses_dev, ranks_dev, targets_dev, T, V, 0.0f);
+    for (int r0 = 0; r0 < T; r0 += chunk) {
+        int rows = T - r0 < chunk ? T - r0 : chunk;
+        model_linear(t->base, logits, t->hidden + (size_t)r0 * H, t->base->lm_head, NULL, rows, H, V);
+        be->softmax_xent(logits, losses_dev + r0, ranks_dev + r0, targets_dev + r0, rows, V, 0.0f);
+    }
     be->download(ranks, ranks_dev, sizeof(int32_t) * (size_t)T);
     for (int i = 0; i < T; i++) {
         metrics->base_valid += ranks[i] >= 0;
