@@ -19,8 +19,8 @@ static int write_dataset(hid_t file, const char *name, hid_t type, hsize_t n, co
     return ok;
 }
 
-/* Reads a 1-D dataset of exactly n elements. */
-static void read_dataset(hid_t file, const char *name, hid_t type, hsize_t n, void *data, const char *path) {
+/* Opens a 1-D dataset that must hold exactly n elements. */
+static hid_t open_dataset(hid_t file, const char *name, hsize_t n, const char *path) {
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0) fatal("%s: checkpoint has no dataset '%s'", path, name);
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
     hid_t space = H5Dget_space(ds);
@@ -28,25 +28,59 @@ static void read_dataset(hid_t file, const char *name, hid_t type, hsize_t n, vo
     if (H5Sget_simple_extent_ndims(space) != 1 || H5Sget_simple_extent_dims(space, dims, NULL) != 1 || dims[0] != n)
         fatal("%s: dataset '%s' has %llu elements, expected %llu (heads of a different shape?)", path, name,
               (unsigned long long)dims[0], (unsigned long long)n);
-    if (H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fatal("%s: cannot read dataset '%s'", path, name);
     H5Sclose(space);
+    return ds;
+}
+
+/* Reads a 1-D dataset of exactly n elements. */
+static void read_dataset(hid_t file, const char *name, hid_t type, hsize_t n, void *data, const char *path) {
+    hid_t ds = open_dataset(file, name, n, path);
+    if (H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fatal("%s: cannot read dataset '%s'", path, name);
     H5Dclose(ds);
 }
 
-static int write_backend_floats(hid_t file, const char *name, const Backend *be, const float *dev, size_t n) {
-    float *host = xmalloc(sizeof(float) * n);
-    be->download(host, dev, sizeof(float) * n);
-    int ok = write_dataset(file, name, H5T_NATIVE_FLOAT, n, host);
+size_t checkpoint_slice_floats = (size_t)1 << 24;
+
+/* A backend's n floats to or from a 1-D dataset of n, a slice at a time through a small host buffer (the heads'
+ * parameters and AdamW moments are 3 GB each for a 7B base's 5 heads). Returns 0 on failure. */
+static int transfer_floats(hid_t ds, const Backend *be, float *dev, size_t n, int save) {
+    const size_t slice = checkpoint_slice_floats;
+    float *host = xmalloc(sizeof(float) * (n < slice ? n : slice));
+    hid_t file_space = H5Dget_space(ds);
+    int ok = file_space >= 0;
+    for (size_t at = 0; ok && at < n; at += slice) {
+        hsize_t start = at, count = n - at < slice ? n - at : slice;
+        hid_t mem_space = H5Screate_simple(1, &count, NULL);
+        ok = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, &start, NULL, &count, NULL) >= 0;
+        if (ok && save) {
+            be->download(host, dev + at, sizeof(float) * count);
+            ok = H5Dwrite(ds, H5T_NATIVE_FLOAT, mem_space, file_space, H5P_DEFAULT, host) >= 0;
+        } else if (ok) {
+            ok = H5Dread(ds, H5T_NATIVE_FLOAT, mem_space, file_space, H5P_DEFAULT, host) >= 0;
+            if (ok) be->upload(dev + at, host, sizeof(float) * count);
+        }
+        H5Sclose(mem_space);
+    }
+    if (file_space >= 0) H5Sclose(file_space);
     free(host);
+    return ok;
+}
+
+static int write_backend_floats(hid_t file, const char *name, const Backend *be, const float *dev, size_t n) {
+    hsize_t dims = n;
+    hid_t space = H5Screate_simple(1, &dims, NULL);
+    hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Sclose(space);
+    int ok = ds >= 0 && transfer_floats(ds, be, (float *)dev, n, 1);
+    if (ds >= 0) H5Dclose(ds);
     return ok;
 }
 
 static void read_backend_floats(hid_t file, const char *name, const Backend *be, float *dev, size_t n,
                                 const char *path) {
-    float *host = xmalloc(sizeof(float) * n);
-    read_dataset(file, name, H5T_NATIVE_FLOAT, n, host, path);
-    be->upload(dev, host, sizeof(float) * n);
-    free(host);
+    hid_t ds = open_dataset(file, name, n, path);
+    if (!transfer_floats(ds, be, dev, n, 0)) fatal("%s: cannot read dataset '%s'", path, name);
+    H5Dclose(ds);
 }
 
 /* Truncated heads store their token map; its length is the head vocabulary. */
@@ -61,12 +95,36 @@ static int file_head_vocab(hid_t file, int vocab) {
     return (int)n;
 }
 
-/* The file is built in memory (HDF5 core driver) and written by write_file_atomic: HDF5 cannot recover from
- * a failed write to disk (it crashes closing the file at exit), our own writer can. */
+/* The file is built in memory by HDF5's core driver and written by write_file_atomic: HDF5 cannot recover from a
+ * failed write to disk (it crashes closing the file at exit), our own writer can. The driver's buffer passes to us
+ * when HDF5 closes the file (image_free keeps it), so the closed file is written from where HDF5 built it rather
+ * than from a copy (H5Fget_file_image's), which would double the host memory a save takes. */
+static void *core_image; /* the file's buffer, as the driver last (re)allocated it */
+
+static void *image_realloc(void *ptr, size_t size, H5FD_file_image_op_t op, void *udata) {
+    (void)op, (void)udata;
+    void *p = realloc(ptr, size);
+    if (p && (!ptr || ptr == core_image)) core_image = p;
+    return p;
+}
+static void *image_malloc(size_t size, H5FD_file_image_op_t op, void *udata) {
+    return image_realloc(NULL, size, op, udata);
+}
+static herr_t image_free(void *ptr, H5FD_file_image_op_t op, void *udata) {
+    (void)op, (void)udata;
+    if (ptr != core_image) free(ptr);
+    return 0;
+}
+
 void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    core_image = NULL;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    H5Pset_fapl_core(fapl, 64 << 20, 0);
+    /* the buffer grows in steps of the file's expected size (three float arrays and a little metadata): one
+     * allocation, whose pages the system commits as they are written */
+    H5Pset_fapl_core(fapl, 3 * sizeof(float) * m->n_params + ((size_t)1 << 20), 0);
+    H5FD_file_image_callbacks_t callbacks = {image_malloc, NULL, image_realloc, image_free, NULL, NULL, NULL};
+    H5Pset_file_image_callbacks(fapl, &callbacks);
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (file < 0) fatal("%s: cannot create the checkpoint in memory", path);
@@ -85,13 +143,12 @@ void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *ad
         write_dataset(file, "config_json", H5T_NATIVE_CHAR, strlen(cfg) + 1, cfg) &&
         (!m->token_map || write_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)s->head_vocab, m->token_map)) &&
         H5Fflush(file, H5F_SCOPE_GLOBAL) >= 0;
-    ssize_t size = ok ? H5Fget_file_image(file, NULL, 0) : -1;
-    void *image = size > 0 ? malloc((size_t)size) : NULL;
-    ok = image && H5Fget_file_image(file, image, (size_t)size) == size;
-    H5Fclose(file);
+    ssize_t size = ok ? H5Fget_file_image(file, NULL, 0) : -1; /* the file's length (nothing copied) */
+    ok = H5Fclose(file) >= 0 && size > 0 && core_image;
     if (!ok) fatal("%s: cannot build the checkpoint in memory (out of memory?)", path);
-    write_file_atomic(path, image, (size_t)size); /* temp file, fsync, rename; the old file survives any failure */
-    free(image);
+    write_file_atomic(path, core_image, (size_t)size); /* temp file, fsync, rename; the old file survives any failure */
+    free(core_image);
+    core_image = NULL;
 }
 
 void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, CheckpointMeta *meta) {

@@ -16,6 +16,9 @@ typedef struct {
     char *config_json;                       /* malloc'd on load */
 } CheckpointMeta;
 
+/* floats moved between the backend and the file at a time (through a host buffer of that size; tests set it small) */
+extern size_t checkpoint_slice_floats;
+
 void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *adam, const CheckpointMeta *meta);
 /* Loads into already-initialised heads/optimizer state of the same shape; fatal on any mismatch. adam may be
  * NULL (export, evaluation): the moments are then not read. */
