@@ -110,6 +110,15 @@ __global__ void ldmatrix_layout_kernel(uint32_t *out, const uint16_t *tile, cons
     for (int i = 0; i < 4; i++) out[lane * 4 + i] = r[i];
 }
 
+/* out[i] = expf(x[i]), out[n + i] = powf(500000, x[i]), out[2n + i] = sinf(2047 x[i]) in a kernel */
+__global__ void math_kernel(float *out, const float *x, int n) {
+    int i = threadIdx.x;
+    if (i >= n) return;
+    out[i] = expf(x[i]);
+    out[n + i] = powf(500000.0f, x[i]);
+    out[2 * n + i] = sinf(2047.0f * x[i]);
+}
+
 /* reads one element past the end of `in` */
 __global__ void past_end_kernel(float *out, const float *in, int n) { out[0] = in[n]; }
 
@@ -177,6 +186,14 @@ static void check_ldmatrix_layout(bool trans) {
     CUDA_CHECK(cudaFree(dout));
 }
 
+/* the distance between two floats of one sign in units in the last place */
+static int ulps_apart(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    return abs(ia - ib);
+}
+
 /* The cases run in a child process; each prints what the parent checks. */
 static int run_case(const char *name) {
     float *a = device_floats(kN), *b = device_floats(kN);
@@ -202,6 +219,20 @@ static int run_case(const char *name) {
         LAUNCH(past_end_kernel, 1, 1, 0, b, in, kN - 1);
         CUDA_CHECK(cudaMemcpy(host, b, sizeof(float), cudaMemcpyDeviceToHost));
         printf("result %f\n", host[0]);
+    } else if (!strcmp(name, "device_math")) {
+        /* the largest distance in ulps of each function from glibc's, on the device and on the host */
+        for (int i = 0; i < kN; i++) host[i] = -1.0f + 2.0f * (float)i / kN;
+        CUDA_CHECK(cudaMemcpy(a, host, sizeof host, cudaMemcpyHostToDevice));
+        float *out = device_floats(3 * kN), got[3 * kN];
+        LAUNCH(math_kernel, 1, kN, 0, out, (const float *)a, kN);
+        CUDA_CHECK(cudaMemcpy(got, out, sizeof got, cudaMemcpyDeviceToHost));
+        int device[3] = {0, 0, 0}, on_host = 0;
+        for (int i = 0; i < kN; i++) {
+            float want[3] = {(expf)(host[i]), (powf)(500000.0f, host[i]), (sinf)(2047.0f * host[i])};
+            for (int f = 0; f < 3; f++) device[f] = std::max(device[f], ulps_apart(got[f * kN + i], want[f]));
+            on_host = std::max(on_host, ulps_apart(powf(500000.0f, host[i]), want[1]));
+        }
+        printf("result %d %d %d %d\n", device[0], device[1], device[2], on_host);
     } else {
         fprintf(stderr, "test_cudaemu: unknown case %s\n", name);
         return 2;
@@ -209,10 +240,11 @@ static int run_case(const char *name) {
     return 0;
 }
 
-/* Runs this program on case NAME with CUDA_EMU_ORDER=order (NULL: first to last); its output, stderr too, into *out. */
-static int child(const char *self, const char *name, const char *order, std::string *out) {
-    std::string cmd = std::string("CUDA_EMU_ORDER=") + (order ? order : "forward") + " ASAN_OPTIONS=detect_leaks=0 '" +
-                      self + "' " + name + " 2>&1";
+/* Runs this program on case NAME with the environment's assignments ENV (NULL: none; threads first to last); its
+ * output, stderr too, into *out. */
+static int child(const char *self, const char *name, const char *env, std::string *out) {
+    std::string cmd = std::string("CUDA_EMU_ORDER=forward CUDA_EMU_MATH= ") + (env ? env : "") +
+                      " ASAN_OPTIONS=detect_leaks=0 '" + self + "' " + name + " 2>&1";
     FILE *p = popen(cmd.c_str(), "r");
     if (!p) fatal("test_cudaemu: cannot run %s", self);
     char line[1024];
@@ -278,15 +310,27 @@ int main(int argc, char **argv) {
     /* races show as a difference between the two orders the emulator runs threads and blocks in */
     std::string fwd, rev;
     child(self, "chain", NULL, &fwd);
-    child(self, "chain", "reverse", &rev);
+    child(self, "chain", "CUDA_EMU_ORDER=reverse", &rev);
     CHECK(result(fwd) == "1 63" && result(rev) == "1 1",
           "a block reading another block's output of the same launch: \"%s\" first to last, \"%s\" last to first",
           result(fwd).c_str(), result(rev).c_str());
     child(self, "neighbour", NULL, &fwd);
-    child(self, "neighbour", "reverse", &rev);
+    child(self, "neighbour", "CUDA_EMU_ORDER=reverse", &rev);
     CHECK(result(fwd) == "-1 -1" && result(rev) == "1 63",
           "a thread reading another's write without a barrier: \"%s\" first to last, \"%s\" last to first",
           result(fwd).c_str(), result(rev).c_str());
+
+    /* CUDA_EMU_MATH=ulp: a kernel's expf, powf and sinf answer within CUDA's documented errors (2, 8 and 2 ulp) of
+     * glibc's, and not always glibc's answer; host code's powf stays glibc's */
+    child(self, "device_math", NULL, &fwd);
+    child(self, "device_math", "CUDA_EMU_MATH=ulp", &rev);
+    int d_exp = -1, d_pow = -1, d_sin = -1, d_host = -1;
+    sscanf(result(rev).c_str(), "%d %d %d %d", &d_exp, &d_pow, &d_sin, &d_host);
+    CHECK(result(fwd) == "0 0 0 0" && d_exp >= 1 && d_exp <= 2 && d_pow >= 1 && d_pow <= 8 && d_sin >= 1 &&
+              d_sin <= 2 && d_host == 0,
+          "device math: glibc's answers by default (%s); under CUDA_EMU_MATH=ulp the largest distances in ulps are "
+          "expf %d, powf %d, sinf %d, and host code's powf %d",
+          result(fwd).c_str(), d_exp, d_pow, d_sin, d_host);
 
     /* undefined behaviour on a GPU stops the emulator with the kernel named */
     std::string msg;

@@ -776,6 +776,19 @@ static std::vector<float> widen_bf16(const void *src, cublasLtMatrixLayout_t lay
         for (uint64_t i = 0; i < layout->rows; i++) out[j * layout->rows + i] = bf16_to_f32(x[j * layout->ld + i]);
     return out;
 }
+float cuda_emu_device_math(float correct, int max_ulps, float x, float y) {
+    static const int on = getenv("CUDA_EMU_MATH") && strcmp(getenv("CUDA_EMU_MATH"), "ulp") == 0;
+    if (!on || !kernel_body || !isfinite(correct) || correct == 0.0f || correct == 1.0f) return correct;
+    uint32_t bx, by;
+    memcpy(&bx, &x, 4);
+    memcpy(&by, &y, 4);
+    uint64_t h = ((uint64_t)bx << 32 | by) * 0x9e3779b97f4a7c15ull; /* Fibonacci hashing: the ulps from the arguments */
+    int ulps = (int)((h >> 40) % (uint64_t)(2 * max_ulps + 1)) - max_ulps;
+    for (; ulps > 0; ulps--) correct = nextafterf(correct, INFINITY);
+    for (; ulps < 0; ulps++) correct = nextafterf(correct, -INFINITY);
+    return correct;
+}
+
 /* CUDA_EMU_GEMM=truncate: cuBLASLt's bf16 GEMMs sum as tensor cores may, instead of as the CPU does: the products
  * (exact) in groups of 4 added to the fp32 accumulator, rounding toward zero, and beta C added after (the op test's
  * classifier input gradient, a sum over 32,000 products, is 4.2e-5 off this way, against 6.4e-7 in OpenBLAS's order).

@@ -28,6 +28,7 @@
 #define MEDUSA_CUDA_EMU 1
 
 #define __global__
+#define __grid_constant__
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -105,7 +106,29 @@ template <class T> static inline T atomicMax(T *address, T val) {
 /* --- math: device code has integer min/max overloads --- */
 using std::max;
 using std::min;
-static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+/* CUDA_EMU_MATH=ulp: inside a kernel, the functions whose CUDA versions are not correctly rounded answer up to their
+ * documented maximum error away from glibc's (CUDA C Programming Guide, "Standard Functions", single precision: expf,
+ * exp2f, sinf, cosf, tanhf, rsqrtf 2 ulp, logf and log2f 1, powf 8), by a number of ulps drawn from the arguments, so a
+ * kernel whose results hang on the last bits of one (an angle from a device powf at position 2048) fails its
+ * tolerances here as it could on a GPU. Exact answers (0, 1, infinities, NaN) stay exact; host code is unaffected. */
+float cuda_emu_device_math(float correct, int max_ulps, float x, float y);
+static inline float cuda_emu_expf(float x) { return cuda_emu_device_math((expf)(x), 2, x, 0.0f); }
+static inline float cuda_emu_exp2f(float x) { return cuda_emu_device_math((exp2f)(x), 2, x, 0.0f); }
+static inline float cuda_emu_sinf(float x) { return cuda_emu_device_math((sinf)(x), 2, x, 0.0f); }
+static inline float cuda_emu_cosf(float x) { return cuda_emu_device_math((cosf)(x), 2, x, 0.0f); }
+static inline float cuda_emu_tanhf(float x) { return cuda_emu_device_math((tanhf)(x), 2, x, 0.0f); }
+static inline float cuda_emu_logf(float x) { return cuda_emu_device_math((logf)(x), 1, x, 0.0f); }
+static inline float cuda_emu_log2f(float x) { return cuda_emu_device_math((log2f)(x), 1, x, 0.0f); }
+static inline float cuda_emu_powf(float x, float y) { return cuda_emu_device_math((powf)(x, y), 8, x, y); }
+static inline float rsqrtf(float x) { return cuda_emu_device_math(1.0f / sqrtf(x), 2, x, 0.0f); }
+#define expf(x) cuda_emu_expf(x)
+#define exp2f(x) cuda_emu_exp2f(x)
+#define sinf(x) cuda_emu_sinf(x)
+#define cosf(x) cuda_emu_cosf(x)
+#define tanhf(x) cuda_emu_tanhf(x)
+#define logf(x) cuda_emu_logf(x)
+#define log2f(x) cuda_emu_log2f(x)
+#define powf(x, y) cuda_emu_powf(x, y)
 static inline float __fdividef(float a, float b) { return a / b; }
 static inline int __float_as_int(float x) {
     int i;
