@@ -5,15 +5,16 @@
 # to fetch a real one), then the end-to-end test (train, eval, greedy-lossless decoding, each against the CPU) on the
 # GPU. Last, in the time left of TIME_LIMIT seconds (the device run's limit less the transfers),
 # compute-sanitizer's racecheck (shared-memory hazards between a block's threads, which the emulator sees only in
-# the orders it runs them) and memcheck (invalid and misaligned accesses) on the op test. Each part's output goes
-# to $OUT/*.txt as well (8 files at most: what the device tool brings back).
+# the orders it runs them) and memcheck (invalid and misaligned accesses) on the op test. No part runs past
+# TIME_LIMIT: a part that would is cut short (its output says so), one with under 30 s left is not run. Each part's
+# output goes to $OUT/*.txt as well (8 files at most: what the device tool brings back).
 #   SHAPE=llama-2-7b BATCH_TOKENS=16384 STEPS=5 TIME_LIMIT=540 tests/gpu/device_check.sh
 #   DRYRUN=1: the scripts on the CPU (tests/gpu/pack.sh --emu first; tiny model, PyTorch on the CPU)
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/medusa-device-out}
 SHAPE=${SHAPE:-llama-2-7b}
-TIME_LIMIT=${TIME_LIMIT:-540}
+TIME_LIMIT=${TIME_LIMIT:-$([ -n "${DRYRUN:-}" ] && echo 3600 || echo 540)}
 mkdir -p "$OUT"
 KIT=$(mktemp -d "${TMPDIR:-/tmp}/medusa-kit.XXXXXX")
 tar -C "$KIT" -xJf .devpack/kit.tar.xz || { echo "device_check.sh: no .devpack/kit.tar.xz (run tests/gpu/pack.sh)"; exit 1; }
@@ -41,10 +42,17 @@ if [ -z "${DRYRUN:-}" ]; then
     export MEDUSA_SMOLLM2_GGUF=${MEDUSA_SMOLLM2_GGUF:-none} # the demo model cannot travel (94 MB)
 fi
 status=0
-part() { # NAME SECONDS CMD...: runs CMD for at most SECONDS (a hang must not take the whole lease), output to
-    # $OUT/NAME.txt, its last line to the summary
+part() { # NAME SECONDS CMD...: runs CMD for at most SECONDS, and no later than TIME_LIMIT less 15 s (a slow part must
+    # not take the whole lease, nor the outputs with it), output to $OUT/NAME.txt, its last line to the summary
     local name=$1 limit=$2
     shift 2
+    local left=$((TIME_LIMIT - SECONDS - 15))
+    if [ "$left" -lt 30 ]; then
+        status=1
+        echo "$name: not run, $((TIME_LIMIT - SECONDS)) s left of TIME_LIMIT=$TIME_LIMIT" | tee -a "$OUT/summary.txt"
+        return
+    fi
+    [ "$limit" -le "$left" ] || limit=$left
     local t0=$SECONDS
     local rc=0
     timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1 || rc=$?
