@@ -43,14 +43,14 @@ static void accumulate(StepMetrics *m, const MedusaBatchStats *s, int n_heads, i
     m->tokens += n_tokens;
 }
 
-static void base_forward(Trainer *t, const TrainBatch *b, float *logits) {
+static void base_forward(Trainer *t, const TrainBatch *b) {
     PackedBatch pb = {b->n_tokens, b->tokens, b->n_seqs, b->seq_lens};
-    model_forward(t->base, &t->state, &pb, t->hidden, logits);
+    model_forward(t->base, &t->state, &pb, t->hidden, NULL);
 }
 
 double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {
     for (int i = 0; i < n; i++) {
-        base_forward(t, &micro[i], NULL);
+        base_forward(t, &micro[i]);
         MedusaBatchStats s;
         medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
                                 micro[i].n_seqs, micro[i].n_tokens, t->head_decay, 1.0f / (float)n, &s);
@@ -71,7 +71,7 @@ double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *met
 void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
     const Backend *be = t->base->be;
     int V = t->base->config.vocab_size, H = t->base->config.hidden_size, T = b->n_tokens;
-    base_forward(t, b, NULL);
+    base_forward(t, b);
     /* the base model's own top-1 on t+1: its logits a chunk of rows at a time, as the heads' (a batch's full
      * [T, V] would be the largest buffer of an evaluation), ranked by the fused softmax */
     int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)T), *ranks = xmalloc(sizeof(int32_t) * (size_t)T);
