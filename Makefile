@@ -46,6 +46,10 @@ endif
 # -fno-strict-aliasing: kernels copy device memory through wider types (16-byte tile loads), as CUDA code does.
 EMU_CXXFLAGS := -O2 -g -std=c++17 -fno-strict-aliasing -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
 EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
+# The kernels again with multiply-adds fused where the compiler finds them (-mfma: g++, like nvcc by default, then
+# contracts a * b + c), for the op test at a GPU's tolerances (tests/cuda_ops_truncating.sh); where the CPU has FMA.
+EMU_FMA := $(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo 1)
+EMU_FMA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu-fma/%.o) $(BUILD)/cudaemu/cuda_emu.o
 # Emulated binaries: bin/medusa-* linked with the emulator's build of kernels/cuda instead of nvcc's (and
 # backend.c with MEDUSA_CUDA even when CUDA=0), so that --device cuda runs the real kernels on the CPU:
 # tests/e2e_cuda.sh runs them in `make test`, and `make bench-gpu BENCH_GPU_DRYRUN=1` dry-runs the GPU bench.
@@ -134,10 +138,6 @@ $(BUILD)/tests/test_cuda_ops: tests/test_cuda_ops.c $(EMU_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< -o $@ $(EMU_OBJ) $(LIB) $(LDLIBS) -lstdc++
 
-# The kernels again with multiply-adds fused where the compiler finds them (-mfma: g++, like nvcc by default, then
-# contracts a * b + c), for the op test at a GPU's tolerances (tests/cuda_ops_truncating.sh); where the CPU has FMA.
-EMU_FMA := $(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo 1)
-EMU_FMA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu-fma/%.o) $(BUILD)/cudaemu/cuda_emu.o
 $(BUILD)/cudaemu-fma/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -mfma -x c++ -include tests/cudaemu/cuda_emu.h -c $< -o $@
@@ -183,7 +183,7 @@ lint:
 clean:
 	rm -rf build build-asan bin
 
--include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(CUDA_OBJ:.o=.d) $(BUILD)/cudaemu/tests/test_cudaemu.d
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(EMU_FMA_OBJ:.o=.d) $(CUDA_OBJ:.o=.d) $(BUILD)/cudaemu/tests/test_cudaemu.d
 
 # Reference tooling (tests/gen, bench): a git-ignored virtualenv with PyPI packages. Never needed by `make test`.
 VENV := .venv

@@ -6,6 +6,9 @@
 # CPU before a GPU run relies on them. (The demo model's part is left out: its GEMMs are too large for the emulator's
 # plain loops.)
 TEST=${EMU_TEST_DIR:-build/tests}/test_cuda_ops
-if [ -x "${TEST}_fma" ] && grep -qw fma /proc/cpuinfo 2>/dev/null; then TEST=${TEST}_fma; fi
+if grep -qw fma /proc/cpuinfo 2>/dev/null; then
+    TEST=${TEST}_fma
+    [ -x "$TEST" ] || { echo "cuda_ops_truncating.sh: this CPU has FMA but $TEST is not built (make $TEST)"; exit 1; }
+fi
 echo "cuda_ops_truncating.sh: $(basename "$TEST")"
 exec env CUDA_EMU_GEMM=truncate CUDA_EMU_MATH=ulp MEDUSA_SMOLLM2_GGUF=none "$TEST" "$@"
