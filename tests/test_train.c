@@ -355,6 +355,63 @@ static void test_signal(const char *data) {
     free(dir);
 }
 
+/* Evaluation's base top-1 on t+1, its logits ranked in chunks of 7 rows (borders inside both sequences) and of 512
+ * (one chunk), against the argmax of model_forward's full [T, V] logits (golden-tested against transformers). Every
+ * even position's next token is the base model's own greedy pick, so about half the targets are hits. */
+static void test_eval_base_top1(void) {
+    printf("evaluation: the base model's top-1 from logits in chunks\n");
+    enum { T = 128 };
+    Model base;
+    model_load(&base, BASE, backend_cpu(), DT_F32);
+    int vocab = base.config.vocab_size;
+    int32_t tokens[T], seq_lens[2] = {60, T - 60};
+    uint8_t loss_mask[T];
+    Rng rng;
+    rng_seed(&rng, 11);
+    for (int i = 0; i < T; i++) tokens[i] = (int32_t)rng_below(&rng, (uint64_t)vocab), loss_mask[i] = 1;
+    PackedBatch pb = {T, tokens, 2, seq_lens};
+    ForwardState fs;
+    forward_state_init(&fs, &base, T);
+    float *hidden = xmalloc(sizeof(float) * (size_t)T * base.config.hidden_size);
+    float *logits = xmalloc(sizeof(float) * (size_t)T * vocab);
+    int argmax[T];
+    for (int pass = 0; pass <= T; pass += 2) { /* left to right: a token changes only the logits after it */
+        model_forward(&base, &fs, &pb, hidden, logits);
+        for (int i = 0; i < T; i++) {
+            argmax[i] = 0;
+            for (int v = 1; v < vocab; v++)
+                if (logits[(size_t)i * vocab + v] > logits[(size_t)i * vocab + argmax[i]]) argmax[i] = v;
+        }
+        if (pass + 1 < T && pass + 1 != seq_lens[0]) tokens[pass + 1] = argmax[pass];
+    }
+    long want_valid = 0, want_hits = 0;
+    for (int i = 0; i < T - 1; i++) {
+        if (i == seq_lens[0] - 1) continue; /* a sequence's last token has no target */
+        want_valid++;
+        want_hits += argmax[i] == tokens[i + 1];
+    }
+    MedusaHeads m;
+    medusa_init(&m, backend_cpu(), (MedusaShape){2, 1, base.config.hidden_size, vocab, 0});
+    TrainBatch b = {T, tokens, loss_mask, 2, seq_lens};
+    for (int c = 0; c < 2; c++) {
+        int chunk = c == 0 ? 7 : 512;
+        Trainer t;
+        trainer_init(&t, &base, &m, NULL, 0.8f, T, chunk);
+        StepMetrics em;
+        step_metrics_clear(&em);
+        trainer_eval_batch(&t, &b, &em);
+        CHECK(em.base_valid == want_valid && em.base_hits == want_hits && want_hits > want_valid / 3,
+              "logits in chunks of %d rows: base top-1 %lld of %lld targets, as the full logits' argmax (%ld of %ld)",
+              chunk, (long long)em.base_hits, (long long)em.base_valid, want_hits, want_valid);
+        trainer_free(&t);
+    }
+    medusa_free(&m);
+    forward_state_free(&fs, &base);
+    free(hidden);
+    free(logits);
+    model_free(&base);
+}
+
 int main(void) {
     log_verbosity = 0;
     ensure(mkdtemp(root));
@@ -362,6 +419,7 @@ int main(void) {
     test_signal(data); /* first: libgomp's thread pool does not survive fork, so fork before OpenMP runs */
     test_resume(data, val);
     test_diverge(data);
+    test_eval_base_top1();
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     if (system(cmd) != 0) printf("       (could not remove %s)\n", root);
