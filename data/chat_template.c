@@ -274,6 +274,32 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
     }
 }
 
+/* The template renders the conversation with an empty reply; the prompt is the text before that reply's first
+ * trained byte. */
+int chat_generation_prompt(const ChatTemplate *t, const Tokenizer *tok, const Turn *turns, int n_turns, int32_t **ids) {
+    Turn *all = xcalloc((size_t)n_turns + 1, sizeof(Turn));
+    memcpy(all, turns, sizeof(Turn) * (size_t)n_turns);
+    all[n_turns] = (Turn){ROLE_ASSISTANT, "", 0};
+    Conversation c = {0};
+    c.turns = all;
+    c.n_turns = n_turns + 1;
+    Rendered r = {0};
+    chat_render(t, &c, &r);
+    size_t len = r.n_spans > 0 ? r.spans[2 * (r.n_spans - 1)] : r.len;
+    /* fastchat's vicuna prompt ends with "ASSISTANT:"; the space belongs to the reply */
+    if (t->kind == TEMPLATE_VICUNA && len > 0 && r.text[len - 1] == ' ') len--;
+    int n = tokenizer_encode(tok, r.text, len, 1, t->add_bos, ids);
+    rendered_free(&r);
+    free(all);
+    return n;
+}
+
+int chat_stop_id(const ChatTemplate *t, const Tokenizer *tok) {
+    const char *end = t->kind == TEMPLATE_CHATML ? "<|im_end|>" : t->kind == TEMPLATE_LLAMA3 ? "<|eot_id|>" : NULL;
+    int id = end ? tokenizer_token_id(tok, end) : -1;
+    return id >= 0 ? id : tokenizer_eos_id(tok);
+}
+
 void rendered_free(Rendered *r) {
     free(r->text);
     free(r->spans);

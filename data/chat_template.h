@@ -44,6 +44,12 @@ typedef struct {
 } Rendered;
 
 void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r);
+
+/* The prompt for the next assistant reply: the tokens of turns[0..n_turns) (an optional system turn, then user and
+ * assistant turns alternating, ending with a user turn) followed by the assistant's header. Returns the count. */
+int chat_generation_prompt(const ChatTemplate *t, const Tokenizer *tok, const Turn *turns, int n_turns, int32_t **ids);
+/* The token that ends an assistant turn: the template's end-of-turn token, which need not be the tokenizer's EOS. */
+int chat_stop_id(const ChatTemplate *t, const Tokenizer *tok);
 void rendered_free(Rendered *r);
 
 typedef struct {

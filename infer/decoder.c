@@ -95,8 +95,7 @@ static void argmax_rows(Decoder *d, const float *logits, int rows) {
         if (d->host_ids[i] < 0) fatal("decoding: the model's logits are all NaN (a damaged model file?)");
 }
 
-/* Samples from softmax(logits / temperature) restricted to the top-p nucleus (probs is scratch). */
-static int sample_top_p(const float *logits, int V, float temperature, float top_p, Rng *rng, float *probs) {
+int sample_top_p(const float *logits, int V, float temperature, float top_p, Rng *rng, float *probs) {
     float maxv = -INFINITY;
     for (int i = 0; i < V; i++) maxv = fmaxf(maxv, logits[i]);
     double sum = 0;

@@ -49,6 +49,9 @@ void decoder_free(Decoder *d);
 
 void decode_options_defaults(DecodeOptions *o);
 
+/* Samples from softmax(logits / temperature) restricted to the top-p nucleus (probs: scratch of V floats). */
+int sample_top_p(const float *logits, int V, float temperature, float top_p, Rng *rng, float *probs);
+
 /* Generates up to max_new tokens after the prompt, stopping after eos (>= 0). Returns the count written
  * to out (which must hold max_new + the tree depth). */
 int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,

@@ -15,7 +15,6 @@
 #include "../infer/tune.h"
 #include "../model/medusa_io.h"
 #include "../model/memory_plan.h"
-#include "../train/run.h" /* set_threads */
 
 #define DEFAULT_TREE "configs/trees/mc_sim_7b_63.json"
 #define DEFAULT_TREE_CPU "configs/trees/cpu_2.json"
@@ -53,12 +52,7 @@ static void load_text_side(Engine *e) {
     if (name) {
         chat_template_init(&e->tmpl, name, e->tok, e->text.jinja, e->text.bos, e->text.eos);
         e->have_tmpl = 1;
-        /* a turn ends with the template's end-of-turn token, which need not be the tokenizer's EOS */
-        const char *end = e->tmpl.kind == TEMPLATE_CHATML   ? "<|im_end|>"
-                          : e->tmpl.kind == TEMPLATE_LLAMA3 ? "<|eot_id|>"
-                                                            : NULL;
-        int id = end ? tokenizer_token_id(e->tok, end) : -1;
-        if (id >= 0) e->stop_id = id;
+        e->stop_id = chat_stop_id(&e->tmpl, e->tok);
     }
 }
 
@@ -140,27 +134,15 @@ static int32_t *parse_ids(const char *s, int vocab, int *n) {
     return ids;
 }
 
-/* Tokens of a conversation (alternating user/assistant turns, ending with a user turn) followed by the
- * assistant's header: the template renders the conversation with an empty reply, and the prompt is the
- * text before that reply's first trained byte. */
+/* Tokens of a conversation (alternating user/assistant turns, ending with a user turn) after --system, followed by
+ * the assistant's header. */
 static int32_t *encode_chat(const Engine *e, const Turn *turns, int n_turns, int *n) {
-    int m = n_turns + 2;
-    Turn *all = xcalloc((size_t)m, sizeof(Turn));
+    Turn *all = xcalloc((size_t)n_turns + 1, sizeof(Turn));
     int k = 0;
     if (e->o.system) all[k++] = (Turn){ROLE_SYSTEM, e->o.system, strlen(e->o.system)};
     for (int i = 0; i < n_turns; i++) all[k++] = turns[i];
-    all[k++] = (Turn){ROLE_ASSISTANT, "", 0};
-    Conversation c = {0};
-    c.turns = all;
-    c.n_turns = k;
-    Rendered r = {0};
-    chat_render(&e->tmpl, &c, &r);
-    size_t len = r.n_spans > 0 ? r.spans[2 * (r.n_spans - 1)] : r.len;
-    /* fastchat's vicuna prompt ends with "ASSISTANT:"; the space belongs to the reply */
-    if (e->tmpl.kind == TEMPLATE_VICUNA && len > 0 && r.text[len - 1] == ' ') len--;
     int32_t *ids;
-    *n = tokenizer_encode(e->tok, r.text, len, 1, e->tmpl.add_bos, &ids);
-    rendered_free(&r);
+    *n = chat_generation_prompt(&e->tmpl, e->tok, all, k, &ids);
     free(all);
     return ids;
 }

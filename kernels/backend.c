@@ -1,4 +1,6 @@
 /* Backend selection for the --device flag, and the peak rates that MFU is reported against. */
+#include <cblas.h>
+#include <omp.h>
 #include <string.h>
 
 #include "../common/common.h"
@@ -28,4 +30,10 @@ double gpu_bf16_peak_flops(const char *device_name) {
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (strstr(device_name, table[i].part)) return table[i].tflops * 1e12;
     return 0;
+}
+
+void set_threads(int threads) {
+    if (threads <= 0) return;
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
 }

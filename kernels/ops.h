@@ -153,6 +153,8 @@ struct Backend {
 };
 
 const Backend *backend_cpu(void);
+/* Applies --threads (> 0) to the host's OpenMP and OpenBLAS threads. */
+void set_threads(int threads);
 /* kernels/cuda (only in builds with nvcc, which define MEDUSA_CUDA) */
 const Backend *backend_cuda(void);
 /* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */

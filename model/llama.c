@@ -256,11 +256,20 @@ static int32_t *layout_new(const int32_t *tokens, int T) {
     return layout;
 }
 
+/* Where a pass's new keys and values go when not at rows row0.. of the cache: new row t moves to row dst[t] before
+ * attention reads them (host arrays; a layer's values are the block after its keys, block_bytes on). */
+typedef struct {
+    const int32_t *src, *dst;
+    size_t block_bytes, row_bytes;
+} KVScatter;
+
 /* The forward pass proper. The layout (positions, key ranges, tokens: layout_new) is given on the host; keys and values
- * of layer l are written to k_rows[l]/v_rows[l] at row `row0` and attention reads rows from there (the cache, or the
- * state's own buffers for a packed batch). mask (backend memory, or NULL) is the tree mask over the T new rows. */
+ * of layer l are written to k_rows[l]/v_rows[l] at row `row0` (then moved by scatter when given) and attention reads
+ * rows from there (the cache, or the state's own buffers for a packed batch). mask (backend memory, or NULL) is the
+ * tree mask over the T new rows. */
 static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *layout, void *const *k_rows,
-                           void *const *v_rows, int row0, const uint8_t *mask, float *hidden_out, float *logits_out) {
+                           void *const *v_rows, int row0, const KVScatter *scatter, const uint8_t *mask,
+                           float *hidden_out, float *logits_out) {
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
     int H = c->hidden_size, I = c->intermediate_size;
@@ -283,6 +292,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         GemmInput xn = normed(m, s, w->attn_norm, T);
         project(m, s->qkv, xn, w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
         rope_qkv(m, s, k, v, pos, T);
+        if (scatter) be->copy_rows(k_all, scatter->block_bytes, 2, scatter->src, scatter->dst, T, scatter->row_bytes);
         GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
         linear_residual(m, s, att, w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
@@ -298,7 +308,7 @@ void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float 
     int T = b->n_tokens;
     int32_t *layout = layout_new(b->tokens, T);
     packed_layout(b, layout, layout + T, layout + 2 * T);
-    forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, hidden_out, logits_out);
+    forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, NULL, hidden_out, logits_out);
     free(layout);
 }
 
@@ -334,7 +344,7 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
         layout[n + i] = 0;                      /* first key */
         layout[2 * n + i] = cache->len + i + 1; /* one past the last key */
     }
-    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, hidden_out, logits_out);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, NULL, hidden_out, logits_out);
     cache->len += n;
     free(layout);
 }
@@ -349,7 +359,7 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
         layout[n + i] = 0;
         layout[2 * n + i] = cache->len + n; /* the mask narrows the new rows to each node's ancestors */
     }
-    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, mask, hidden_out, logits_out);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, mask, hidden_out, logits_out);
     free(layout);
 }
 
@@ -369,4 +379,53 @@ void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n) {
     free(src);
     free(dst);
     cache->len += n;
+}
+
+void slot_cache_init(SlotCache *c, const Model *m, int n_slots, int slot_len, int pass_tokens) {
+    if (n_slots < 1 || slot_len < 2 || pass_tokens < n_slots)
+        fatal("slot cache: %d slots of %d rows with passes of %d tokens", n_slots, slot_len, pass_tokens);
+    if ((int64_t)n_slots * slot_len + pass_tokens > INT32_MAX)
+        fatal("slot cache: %d slots of %d rows exceed 2^31 rows", n_slots, slot_len);
+    c->n_slots = n_slots;
+    c->slot_len = slot_len;
+    c->pass_tokens = pass_tokens;
+    c->len = xcalloc((size_t)n_slots, sizeof(int));
+    kv_cache_init(&c->kv, m, n_slots * slot_len + pass_tokens);
+}
+
+void slot_cache_free(SlotCache *c, const Model *m) {
+    kv_cache_free(&c->kv, m);
+    free(c->len);
+    memset(c, 0, sizeof *c);
+}
+
+void model_forward_slots(const Model *m, ForwardState *s, SlotCache *c, const int32_t *tokens, const int32_t *slot,
+                         const int32_t *run_len, int n_runs, float *hidden_out) {
+    int T = 0;
+    for (int r = 0; r < n_runs; r++) {
+        if (slot[r] < 0 || slot[r] >= c->n_slots) fatal("slot pass: slot %d of %d", slot[r], c->n_slots);
+        if (run_len[r] < 1 || c->len[slot[r]] + run_len[r] > c->slot_len)
+            fatal("slot pass: %d tokens after %d in a slot of %d rows", run_len[r], c->len[slot[r]], c->slot_len);
+        T += run_len[r];
+    }
+    if (T > c->pass_tokens) fatal("slot pass of %d tokens exceeds the cache's %d", T, c->pass_tokens);
+    int scratch = c->n_slots * c->slot_len; /* the pass writes its keys and values here, then moves them */
+    int32_t *layout = layout_new(tokens, T), *src = xmalloc(sizeof(int32_t) * (size_t)T),
+            *dst = xmalloc(sizeof(int32_t) * (size_t)T);
+    for (int r = 0, t = 0; r < n_runs; r++) {
+        int first = slot[r] * c->slot_len, len = c->len[slot[r]];
+        for (int i = 0; i < run_len[r]; i++, t++) {
+            layout[t] = len + i;                     /* position */
+            layout[T + t] = first;                   /* the slot's first row */
+            layout[2 * T + t] = first + len + i + 1; /* its row after the move, the last key it sees */
+            src[t] = scratch + t;
+            dst[t] = first + len + i;
+        }
+        c->len[slot[r]] += run_len[r];
+    }
+    KVScatter scatter = {src, dst, c->kv.row_bytes * (size_t)c->kv.max_len, c->kv.row_bytes};
+    forward_tokens(m, s, T, layout, c->kv.k, c->kv.v, scratch, &scatter, NULL, hidden_out, NULL);
+    free(layout);
+    free(src);
+    free(dst);
 }

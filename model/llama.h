@@ -108,4 +108,22 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
 /* Moves the keys/values of tree rows len+rows[i] (increasing) to len+i and grows the cache by n. */
 void kv_cache_keep(KVCache *cache, const Model *m, const int32_t *rows, int n);
 
+/* Many sequences decoded side by side (batched generation): a KV cache of n_slots slots of slot_len rows, slot i at
+ * rows [i * slot_len, i * slot_len + len[i]), and pass_tokens rows after them where a pass writes its new keys and
+ * values before moving each to its slot. */
+typedef struct {
+    KVCache kv;
+    int n_slots, slot_len, pass_tokens;
+    int *len; /* host: the rows each slot holds; a caller may shorten it to keep a prefix */
+} SlotCache;
+
+void slot_cache_init(SlotCache *c, const Model *m, int n_slots, int slot_len, int pass_tokens);
+void slot_cache_free(SlotCache *c, const Model *m);
+/* One pass over n_runs runs of tokens, run r (run_len[r] tokens, in order in `tokens`) appended to slot slot[r] (a slot
+ * at most once): each token attends to its slot's rows and its run up to itself, at positions after the slot's
+ * rows, and the slots grow. hidden_out [T, H] (backend memory) as model_forward, T the tokens of all runs (at most
+ * pass_tokens). */
+void model_forward_slots(const Model *m, ForwardState *s, SlotCache *c, const int32_t *tokens, const int32_t *slot,
+                         const int32_t *run_len, int n_runs, float *hidden_out);
+
 #endif

@@ -75,6 +75,16 @@ MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, i
     };
 }
 
+MemoryPlanInput memory_plan_generation(DType weights, int n_slots, int slot_len, int pass_tokens) {
+    return (MemoryPlanInput){
+        .weight_bytes = weights == DT_BF16 ? 2 : 4,
+        .act_bytes = weights == DT_BF16 ? 2 : 4, /* model_act_bytes: the KV cache too */
+        .batch_tokens = pass_tokens,
+        .vocab_rows = n_slots,
+        .kv_len = n_slots * slot_len + pass_tokens,
+    };
+}
+
 size_t memory_plan_reserve_bytes(const MemoryPlan *p) { return (size_t)(p->total * 1.05) + ((size_t)64 << 20); }
 
 /* GiB for real models, MiB for small ones (a tiny test model would print only zeros) */

@@ -49,6 +49,9 @@ MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, i
  * GEMMs in bf16 too. */
 MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, int head_vocab, int max_len,
                                      int tree_nodes);
+/* The input for infer/batch_decode.c: n_slots sequences of up to slot_len tokens in a KV cache, passes of up to
+ * pass_tokens tokens through the base model, the base model's logits for one row per slot. */
+MemoryPlanInput memory_plan_generation(DType weights, int n_slots, int slot_len, int pass_tokens);
 /* What a device reserves for a plan: the total plus 5% and 64 MiB for what the plan leaves out, the 256-byte
  * rounding of each tensor and the gaps between blocks that short-lived buffers of other sizes leave. */
 size_t memory_plan_reserve_bytes(const MemoryPlan *p);

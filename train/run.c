@@ -1,10 +1,8 @@
 #include "run.h"
 
-#include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -43,12 +41,6 @@ int logits_chunk_for(int requested, const Backend *be) {
     if (requested > 0) return requested;
     /* a GPU's lm_head GEMMs want many rows (a 4096 x 32000 chunk is 0.5 GB); the CPU's cache does not */
     return strcmp(be->name, "cpu") == 0 ? 512 : 4096;
-}
-
-void set_threads(int threads) {
-    if (threads <= 0) return;
-    omp_set_num_threads(threads);
-    openblas_set_num_threads(threads);
 }
 
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {

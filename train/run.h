@@ -36,8 +36,6 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
 /* Adds loss, medusa{i}_loss and medusa{i}_top{k} (k = 1..5) of accumulated metrics to obj. */
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
 
-/* Applies --threads (> 0) to OpenMP and OpenBLAS. */
-void set_threads(int threads);
 /* --logits-chunk: the rows given, or 0 for the device's default (512 on the CPU, 4096 on a GPU) */
 int logits_chunk_for(int requested, const Backend *be);
 

@@ -1,0 +1,48 @@
+/* medusa-distill: self-distillation data for Medusa heads (infer/distill.c). */
+#include <stdlib.h>
+
+#include "../common/args.h"
+#include "../common/common.h"
+#include "distill.h"
+
+static const char USAGE[] =
+    "usage: medusa-distill --model PATH --input SHAREGPT.json[l] --out OUT.jsonl [options]\n"
+    "\n"
+    "Regenerates every assistant turn of a ShareGPT file with the base model itself, turn by turn (each later\n"
+    "turn sees the regenerated earlier ones), so that Medusa heads learn what the model writes (Medusa-2's\n"
+    "self-distillation). User and system turns and conversation ids are kept; OUT is ShareGPT (JSON lines, or\n"
+    "a JSON list for a .json name) for medusa-data. Many conversations are generated at once (--batch), one\n"
+    "token each per forward pass. Finished conversations are kept in OUT.partial as they end: a stopped run\n"
+    "continues where it was when run again with the same settings; OUT appears whole at the end.";
+
+int main(int argc, char **argv) {
+    DistillOptions o;
+    distill_options_defaults(&o);
+    double limit = 0, seed = 0;
+    ArgSpec specs[] = {
+        {"model", ARG_STR, &o.model, "base model: Hugging Face directory or .gguf file"},
+        {"input", ARG_STR, &o.input, "ShareGPT conversations (.json list or .jsonl)"},
+        {"out", ARG_STR, &o.out, "output file (.jsonl, or .json for a JSON list)"},
+        {"limit", ARG_DOUBLE, &limit, "the first N usable conversations of the input (0 = all)"},
+        {"max-new-tokens", ARG_INT, &o.max_new_tokens, "most tokens per reply"},
+        {"max-len", ARG_INT, &o.max_len,
+         "most tokens of a conversation, prompts and replies (medusa-data's --max-len)"},
+        {"temperature", ARG_FLOAT, &o.temperature, "0 = greedy (default); > 0 samples"},
+        {"top-p", ARG_FLOAT, &o.top_p, "nucleus sampling when --temperature > 0"},
+        {"seed", ARG_DOUBLE, &seed, "sampling seed (each conversation draws from its own stream)"},
+        {"chat-template", ARG_STR, &o.chat_template, "template name; default: the model's"},
+        {"batch", ARG_INT, &o.batch, "conversations generated at once (KV cache: batch x max-len rows)"},
+        {"pass-tokens", ARG_INT, &o.pass_tokens, "most tokens per forward pass (prompts are prefilled in chunks)"},
+        {"threads", ARG_INT, &o.threads, "CPU threads (0 = OpenMP default)"},
+        {"device", ARG_STR, &o.device, "cpu or cuda"},
+        {"precision", ARG_STR, &o.precision,
+         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
+    };
+    args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
+    if (!(limit >= 0 && limit < 9e15) || !(seed >= 0 && seed < 1.8e19))
+        fatal("--limit and --seed take non-negative integers");
+    o.limit = (int64_t)limit;
+    o.seed = (uint64_t)seed;
+    distill_run(&o);
+    return 0;
+}
