@@ -106,7 +106,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
-	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh
+	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer (any report fails the test), in its own build
 # directory.

@@ -361,17 +361,27 @@ void distill_run(const DistillOptions *o) {
         char extra[96];
         snprintf(extra, sizeof extra, "%.0f tok/s, %d running", dt > 0 ? (double)d.dec.generated / dt : 0, running);
         progress_update(&bar, d.partial.n_done, extra);
-        if (!more && running == 0) break;
+        if ((!more && running == 0) || (o->stop_after > 0 && d.convs + d.skipped >= o->stop_after)) break;
     }
     double seconds = now_seconds() - t0;
     progress_finish(&bar, d.partial.n_done, NULL);
     sharegpt_close(&r);
-    int64_t written = partial_finish(&d.partial, o->out);
-    printf("distill: %lld conversations (%lld this run: %lld replies, %lld cut at --max-new-tokens or --max-len), "
-           "%lld skipped; %lld tokens generated in %.1f s: %.1f tokens/s (%d at once, %lld passes) -> %s\n",
-           (long long)written, (long long)d.convs, (long long)d.turns, (long long)d.cut, (long long)d.skipped,
-           (long long)d.dec.generated, seconds, seconds > 0 ? (double)d.dec.generated / seconds : 0, o->batch,
-           (long long)d.dec.passes, o->out);
+    int stopped = more;
+    for (int s = 0; s < o->batch; s++)
+        if (jobs[s].busy) stopped = 1, job_free(&jobs[s]);
+    printf("distill: %lld conversations this run (%lld replies, %lld cut at --max-new-tokens or --max-len), %lld "
+           "skipped; %lld tokens generated in %.1f s: %.1f tokens/s (%d at once, %lld passes)\n",
+           (long long)d.convs, (long long)d.turns, (long long)d.cut, (long long)d.skipped, (long long)d.dec.generated,
+           seconds, seconds > 0 ? (double)d.dec.generated / seconds : 0, o->batch, (long long)d.dec.passes);
+    if (stopped) {
+        fclose(d.partial.f);
+        printf("distill: stopped with %lld conversations in %s; run again with the same settings to continue\n",
+               (long long)d.partial.n_done, d.partial.path);
+        free(d.partial.done);
+        free(d.partial.path);
+    } else {
+        printf("distill: %lld conversations -> %s\n", (long long)partial_finish(&d.partial, o->out), o->out);
+    }
     free(jobs);
     batch_decoder_free(&d.dec);
     model_free(&m);

@@ -16,6 +16,7 @@ typedef struct {
     int batch;          /* conversations generated at once */
     int pass_tokens;    /* tokens per forward pass (prompts are prefilled in chunks within it) */
     int threads;
+    int64_t stop_after; /* stop after this many conversations end in this run, OUT.partial kept (0: never) */
     float temperature, top_p;
     uint64_t seed;
 } DistillOptions;

@@ -18,7 +18,7 @@ static const char USAGE[] =
 int main(int argc, char **argv) {
     DistillOptions o;
     distill_options_defaults(&o);
-    double limit = 0, seed = 0;
+    double limit = 0, seed = 0, stop_after = 0;
     ArgSpec specs[] = {
         {"model", ARG_STR, &o.model, "base model: Hugging Face directory or .gguf file"},
         {"input", ARG_STR, &o.input, "ShareGPT conversations (.json list or .jsonl)"},
@@ -33,16 +33,18 @@ int main(int argc, char **argv) {
         {"chat-template", ARG_STR, &o.chat_template, "template name; default: the model's"},
         {"batch", ARG_INT, &o.batch, "conversations generated at once (KV cache: batch x max-len rows)"},
         {"pass-tokens", ARG_INT, &o.pass_tokens, "most tokens per forward pass (prompts are prefilled in chunks)"},
+        {"stop-after", ARG_DOUBLE, &stop_after, "stop after N conversations, keeping OUT.partial to continue"},
         {"threads", ARG_INT, &o.threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &o.device, "cpu or cuda"},
         {"precision", ARG_STR, &o.precision,
          "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
-    if (!(limit >= 0 && limit < 9e15) || !(seed >= 0 && seed < 1.8e19))
-        fatal("--limit and --seed take non-negative integers");
+    if (!(limit >= 0 && limit < 9e15) || !(seed >= 0 && seed < 1.8e19) || !(stop_after >= 0 && stop_after < 9e15))
+        fatal("--limit, --seed and --stop-after take non-negative integers");
     o.limit = (int64_t)limit;
     o.seed = (uint64_t)seed;
+    o.stop_after = (int64_t)stop_after;
     distill_run(&o);
     return 0;
 }
