@@ -49,7 +49,6 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
         d->child_ids = be->alloc(sizeof(int32_t) * children);
         d->child_probs = be->alloc(sizeof(float) * children);
         d->entropy = be->alloc(sizeof(float) * (size_t)rows);
-        d->host_child_ids = xmalloc(sizeof(int32_t) * children);
         d->tree_mask = be->alloc((size_t)rows * rows);
         be->upload(d->tree_mask, tree->mask, (size_t)rows * rows);
     }
@@ -74,16 +73,8 @@ void decoder_free(Decoder *d) {
         be->free(d->child_ids);
         be->free(d->child_probs);
         be->free(d->entropy);
-        free(d->host_child_ids);
     }
     memset(d, 0, sizeof *d);
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
 }
 
 /* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. */
@@ -121,23 +112,6 @@ int sample_top_p(const float *logits, int V, float temperature, float top_p, Rng
     int last = 0;
     for (int i = 0; i < V; i++) {
         if (probs[i] / sum < cut) continue;
-        acc += probs[i];
-        last = i;
-        if (acc > r) return i;
-    }
-    return last;
-}
-
-/* The reference's get_typical_one_token: drop tokens below the typical threshold, sample the rest. */
-static int sample_typical(const float *logits, int V, const DecodeOptions *o, Rng *rng, float *probs) {
-    float threshold = typical_threshold(logits, V, o->temperature, o->posterior_threshold, o->posterior_alpha, probs);
-    double kept = 0;
-    for (int i = 0; i < V; i++)
-        if (probs[i] >= threshold) kept += probs[i];
-    double r = rng_uniform(rng) * kept, acc = 0;
-    int last = argmax(logits, V);
-    for (int i = 0; i < V; i++) {
-        if (probs[i] < threshold) continue;
         acc += probs[i];
         last = i;
         if (acc > r) return i;
@@ -242,100 +216,76 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     const MedusaTree *t = d->tree;
     if (!d->heads || !t) fatal("Medusa decoding needs heads and a tree");
     const Backend *be = d->base->be;
-    int V = d->base->config.vocab_size, N = t->n_nodes, P = t->n_leaves, D = t->max_depth;
+    int V = d->base->config.vocab_size, N = t->n_nodes, D = t->max_depth;
     memset(stats, 0, sizeof *stats);
-    Rng rng;
-    rng_seed(&rng, o->seed);
     int typical = o->temperature > 0;
+    TreeStep s;
+    tree_step_init(&s, t);
     int32_t *candidates = xmalloc(sizeof(int32_t) * (size_t)(1 + TREE_TOPK * d->heads->shape.n_heads));
-    int32_t *tree_tokens = xmalloc(sizeof(int32_t) * (size_t)N);
-    int32_t *paths = xmalloc(sizeof(int32_t) * (size_t)P * D), *node_argmax = xmalloc(sizeof(int32_t) * (size_t)N);
-    int32_t *path_argmax = xmalloc(sizeof(int32_t) * (size_t)P * D), *keep = xmalloc(sizeof(int32_t) * (size_t)D);
-    uint8_t *valid = xmalloc((size_t)P * D);
-    float *cand_prob = xmalloc(sizeof(float) * (size_t)P * D), *path_threshold = xmalloc(sizeof(float) * (size_t)P * D);
+    int32_t *node_argmax = xmalloc(sizeof(int32_t) * (size_t)N), *keep = xmalloc(sizeof(int32_t) * (size_t)D);
     float *node_entropy = xmalloc(sizeof(float) * (size_t)N);
     float *child_probs = xmalloc(sizeof(float) * (size_t)N * TREE_TOPK);
-    /* typical acceptance reads node c's probability in its parent's row, column slot[c] of the parent's children */
-    int32_t *parent = xmalloc(sizeof(int32_t) * (size_t)N), *slot = xmalloc(sizeof(int32_t) * (size_t)N);
-    tree_children(t, parent, slot);
 
-    prefill(d, prompt, n_prompt, typical, stats);
-    int next_greedy = 0; /* greedy: the base model's argmax after the last accepted token */
-    if (!typical) {
-        argmax_rows(d, d->logits, 1);
-        next_greedy = d->host_ids[0];
-    }
+    prefill(d, prompt, n_prompt, 0, stats);
+    /* the root of every step is the base model's argmax after the last accepted token, at every temperature (the
+     * reference's generate_candidates in its default fast mode) */
+    argmax_rows(d, d->logits, 1);
+    int root = d->host_ids[0];
     heads_at(d, n_prompt - 1, candidates + 1);
     double t0 = now_seconds();
     int n = 0, done = 0;
     while (!done && n < max_new && d->cache.len + N < d->max_len) {
         /* candidates: the base model's next token, then each head's top-k (heads_at) */
-        candidates[0] = typical ? sample_typical(d->host_logits, V, o, &rng, d->probs) : next_greedy;
-        for (int i = 0; i < N; i++) tree_tokens[i] = candidates[t->tree_indices[i]];
-        for (int p = 0; p < P * D; p++) {
-            valid[p] = t->retrieve[p] >= 0;
-            paths[p] = valid[p] ? tree_tokens[t->retrieve[p]] : 0;
-        }
+        candidates[0] = root;
+        tree_step_candidates(&s, candidates);
         /* one verification pass over the whole tree */
-        model_forward_tree(d->base, &d->state, &d->cache, tree_tokens, t->depth, d->tree_mask, N, d->hidden, d->logits);
+        model_forward_tree(d->base, &d->state, &d->cache, s.tree_tokens, t->depth, d->tree_mask, N, d->hidden,
+                           d->logits);
         stats->steps++;
         int best, accepted;
         if (!typical) { /* only each node's argmax leaves the device */
             argmax_rows(d, d->logits, N);
             memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
-            for (int p = 0; p < P * D; p++) path_argmax[p] = valid[p] ? node_argmax[t->retrieve[p]] : -1;
-            accepted = accept_greedy(paths, valid, path_argmax, P, D, &best);
+            accepted = tree_step_accept_greedy(&s, node_argmax, &best);
         } else { /* each node's entropy and its children's probabilities leave the device, not its logits */
-            for (int i = 0; i < N * TREE_TOPK; i++) d->host_child_ids[i] = -1;
-            for (int c = 1; c < N; c++) d->host_child_ids[parent[c] * TREE_TOPK + slot[c]] = tree_tokens[c];
-            be->upload(d->child_ids, d->host_child_ids, sizeof(int32_t) * (size_t)N * TREE_TOPK);
+            be->upload(d->child_ids, s.child_ids, sizeof(int32_t) * (size_t)N * TREE_TOPK);
             be->softmax_entropy(d->entropy, d->child_probs, d->logits, d->child_ids, N, V, TREE_TOPK, o->temperature);
             be->download(node_entropy, d->entropy, sizeof(float) * (size_t)N);
             be->download(child_probs, d->child_probs, sizeof(float) * (size_t)N * TREE_TOPK);
-            for (int p = 0; p < P; p++) {
-                for (int j = 0; j + 1 < D; j++) {
-                    int node = t->retrieve[p * D + j], child = t->retrieve[p * D + j + 1];
-                    int ok = node >= 0 && child >= 0;
-                    cand_prob[p * D + j] = ok ? child_probs[parent[child] * TREE_TOPK + slot[child]] : 0.0f;
-                    path_threshold[p * D + j] =
-                        ok ? typical_cut(node_entropy[node], o->posterior_threshold, o->posterior_alpha) : 1.0f;
-                }
-            }
-            accepted = accept_typical(cand_prob, path_threshold, valid, P, D, &best);
+            accepted = tree_step_accept_typical(&s, node_entropy, child_probs, o->posterior_threshold,
+                                                o->posterior_alpha, &best);
         }
         int take = accepted + 1;
         for (int j = 0; j < take; j++) keep[j] = t->retrieve[best * D + j];
         kv_cache_keep(&d->cache, d->base, keep, take);
+        const int32_t *path = s.paths + (size_t)best * D;
         int emitted = 0;
         for (int j = 0; j < take && n < max_new; j++) {
-            out[n++] = paths[best * D + j];
+            out[n++] = path[j];
             emitted++;
-            if (paths[best * D + j] == eos) {
+            if (path[j] == eos) {
                 done = 1;
                 break;
             }
         }
         if (sink) sink(out + n - emitted, emitted, user);
-        /* the last accepted node's outputs seed the next step */
+        /* the last accepted node's outputs seed the next step: its argmax is the next root */
         int last = keep[take - 1];
-        if (typical) be->download(d->host_logits, d->logits + (size_t)last * V, sizeof(float) * V);
-        else next_greedy = node_argmax[last];
+        if (!typical) {
+            root = node_argmax[last];
+        } else {
+            argmax_rows(d, d->logits + (size_t)last * V, 1);
+            root = d->host_ids[0];
+        }
         heads_at(d, last, candidates + 1);
     }
     stats->new_tokens = n;
     stats->seconds = now_seconds() - t0;
+    tree_step_free(&s);
     free(candidates);
-    free(tree_tokens);
-    free(paths);
     free(node_argmax);
-    free(path_argmax);
     free(keep);
-    free(valid);
-    free(cand_prob);
-    free(path_threshold);
     free(node_entropy);
     free(child_probs);
-    free(parent);
-    free(slot);
     return n;
 }

@@ -11,7 +11,7 @@ typedef struct {
     float top_p;               /* plain sampling: nucleus */
     float posterior_threshold; /* typical acceptance epsilon */
     float posterior_alpha;
-    uint64_t seed;
+    uint64_t seed; /* plain sampling (Medusa decoding draws nothing) */
 } DecodeOptions;
 
 typedef struct {
@@ -35,12 +35,12 @@ typedef struct {
     MedusaWork work;
     float *hidden, *logits, *head_logits; /* backend scratch */
     uint8_t *tree_mask;                   /* backend: the tree's mask, uploaded once */
-    int32_t *ids;                         /* backend: top-k ids of rows of logits (greedy, the heads' candidates) */
-    /* typical acceptance, per tree node: its children's tokens [n_nodes, TREE_TOPK] (-1 padded), and on the
-     * backend the entropy of its row and its children's probabilities (softmax_entropy) */
-    int32_t *child_ids, *host_child_ids;
+    int32_t *ids;                         /* backend: top-k ids of rows of logits (argmax, the heads' candidates) */
+    /* typical acceptance, per tree node, on the backend: its children's tokens [n_nodes, TREE_TOPK] (-1 padded), the
+     * entropy of its row and its children's probabilities (softmax_entropy) */
+    int32_t *child_ids;
     float *entropy, *child_probs;
-    float *host_logits, *probs; /* sampling reads a whole row */
+    float *host_logits, *probs; /* plain sampling reads a whole row */
     int32_t *host_ids;
 } Decoder;
 

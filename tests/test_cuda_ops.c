@@ -1210,9 +1210,9 @@ static void test_planned_decoding(void) {
  * fixture's second sequence, 140 tokens): top-1 agreement with transformers' fp32 logits
  * (tests/gen/gen_models.py). Unguarded device memory: the guard's mprotect calls would take minutes here. */
 void cuda_emu_guard_device_memory(int on) __attribute__((weak));
-/* Medusa decoding with typical acceptance (sampling at temperature 0.7, the same seed) on both backends: the
- * CUDA side's acceptance reads entropies and candidate probabilities from softmax_entropy, the CPU's the same op
- * on the host, so the tokens must agree. */
+/* Medusa decoding with typical acceptance at temperature 0.7 on both backends: the CUDA side's acceptance reads
+ * entropies and candidate probabilities from softmax_entropy, the CPU's the same op on the host, so the tokens must
+ * agree. */
 static void test_typical_decoding(void) {
     const Backend *backends[2] = {cpu, gpu};
     int32_t out[2][40], prompt[12];

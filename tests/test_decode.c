@@ -1,7 +1,8 @@
-/* Decoding: acceptance rules against the reference evaluate_posterior (fixture from
- * tests/gen/gen_acceptance.py), and losslessness: greedy Medusa decoding must reproduce plain greedy
- * decoding token for token (tiny test models, 24 prompts, several trees, heads that never, sometimes and
- * always agree with the base model), as must typical acceptance at a vanishing temperature. */
+/* Decoding: acceptance rules against the reference evaluate_posterior, and whole tree steps against its
+ * generate_candidates + evaluate_posterior on a tree with padded paths (fixture from tests/gen/gen_acceptance.py);
+ * losslessness: greedy Medusa decoding must reproduce plain greedy decoding token for token (tiny test models, 24
+ * prompts, several trees, heads that never, sometimes and always agree with the base model), as must typical
+ * acceptance at a vanishing temperature; and at temperature 0.7 every step's first token is the base model's argmax. */
 #include <cJSON.h>
 #include <stdlib.h>
 
@@ -10,49 +11,51 @@
 #include "../train/optim.h"
 #include "test.h"
 
-static void check_acceptance(void) {
-    char *text = read_whole_file("tests/fixtures/acceptance.json", NULL);
-    ensure(text);
-    cJSON *root = cJSON_Parse(text);
-    free(text);
-    int V = cJSON_GetObjectItem(root, "V")->valueint, P = cJSON_GetObjectItem(root, "paths")->valueint;
-    int D = cJSON_GetObjectItem(root, "depth")->valueint;
-    float eps = (float)cJSON_GetObjectItem(root, "epsilon")->valuedouble,
-          alpha = (float)cJSON_GetObjectItem(root, "alpha")->valuedouble;
-    float *logits = xmalloc(sizeof(float) * (size_t)P * D * V), *probs = xmalloc(sizeof(float) * (size_t)V);
+/* The numbers of a JSON array, nested arrays flattened, into out; returns how many. */
+static int json_floats(const cJSON *a, float *out) {
+    int n = 0;
+    for (const cJSON *x = a->child; x; x = x->next)
+        if (cJSON_IsArray(x)) n += json_floats(x, out + n);
+        else out[n++] = (float)x->valuedouble;
+    return n;
+}
+static int json_ints(const cJSON *a, int32_t *out) {
+    int n = 0;
+    for (const cJSON *x = a->child; x; x = x->next)
+        if (cJSON_IsArray(x)) n += json_ints(x, out + n);
+        else out[n++] = x->valueint;
+    return n;
+}
+static double json_number(const cJSON *o, const char *key) { return cJSON_GetObjectItem(o, key)->valuedouble; }
+
+/* evaluate_posterior on candidate paths, each node's statistics from the backend ops the decoder uses (top_k,
+ * softmax_entropy). */
+static void check_path_acceptance(const cJSON *root, float eps, float alpha) {
+    const Backend *be = backend_cpu();
+    int V = (int)json_number(root, "V"), P = (int)json_number(root, "paths"), D = (int)json_number(root, "depth");
+    float *logits = xmalloc(sizeof(float) * (size_t)P * D * V), *entropy = xmalloc(sizeof(float) * (size_t)P * D);
     int32_t *cand = xmalloc(sizeof(int32_t) * (size_t)P * D), *amax = xmalloc(sizeof(int32_t) * (size_t)P * D);
+    int32_t *next = xmalloc(sizeof(int32_t) * (size_t)P * D);
     float *cand_prob = xmalloc(sizeof(float) * (size_t)P * D), *thr = xmalloc(sizeof(float) * (size_t)P * D);
     uint8_t *valid = xmalloc((size_t)P * D);
     memset(valid, 1, (size_t)P * D);
     int n_greedy = 0, ok_greedy = 0, n_typical = 0, ok_typical = 0;
-    for (cJSON *c = cJSON_GetObjectItem(root, "cases")->child; c; c = c->next) {
-        float temperature = (float)cJSON_GetObjectItem(c, "temperature")->valuedouble;
-        int i = 0;
-        for (cJSON *x = cJSON_GetObjectItem(c, "logits")->child; x; x = x->next) logits[i++] = (float)x->valuedouble;
-        i = 0;
-        for (cJSON *row = cJSON_GetObjectItem(c, "candidates")->child; row; row = row->next)
-            for (cJSON *x = row->child; x; x = x->next) cand[i++] = x->valueint;
-        int want_best = cJSON_GetObjectItem(c, "best")->valueint,
-            want_len = cJSON_GetObjectItem(c, "accept_length")->valueint;
+    for (const cJSON *c = cJSON_GetObjectItem(root, "cases")->child; c; c = c->next) {
+        float temperature = (float)json_number(c, "temperature");
+        json_floats(cJSON_GetObjectItem(c, "logits"), logits);
+        json_ints(cJSON_GetObjectItem(c, "candidates"), cand);
+        int want_best = (int)json_number(c, "best"), want_len = (int)json_number(c, "accept_length");
         int best, len;
         if (temperature == 0) {
-            for (int r = 0; r < P * D; r++) {
-                const float *row = logits + (size_t)r * V;
-                int b = 0;
-                for (int v = 1; v < V; v++)
-                    if (row[v] > row[b]) b = v;
-                amax[r] = b;
-            }
+            be->top_k(amax, logits, P * D, V, 1);
             len = accept_greedy(cand, valid, amax, P, D, &best);
             n_greedy++;
             ok_greedy += len == want_len && best == want_best;
         } else {
-            for (int p = 0; p < P; p++)
-                for (int j = 0; j + 1 < D; j++) {
-                    thr[p * D + j] =
-                        typical_threshold(logits + (size_t)(p * D + j) * V, V, temperature, eps, alpha, probs);
-                    cand_prob[p * D + j] = probs[cand[p * D + j + 1]];
-                }
+            /* node j's row: the probability of the candidate at j+1 */
+            for (int r = 0; r < P * D; r++) next[r] = r % D + 1 < D ? cand[r + 1] : -1;
+            be->softmax_entropy(entropy, cand_prob, logits, next, P * D, V, 1, temperature);
+            for (int r = 0; r < P * D; r++) thr[r] = typical_cut(entropy[r], eps, alpha);
             len = accept_typical(cand_prob, thr, valid, P, D, &best);
             n_typical++;
             ok_typical += len == want_len && best == want_best;
@@ -62,14 +65,103 @@ static void check_acceptance(void) {
           ok_greedy, n_greedy);
     CHECK(n_typical > 0 && ok_typical == n_typical,
           "typical acceptance: %d/%d cases match the reference (path and length)", ok_typical, n_typical);
-    cJSON_Delete(root);
     free(logits);
-    free(probs);
+    free(entropy);
     free(cand);
     free(amax);
+    free(next);
     free(cand_prob);
     free(thr);
     free(valid);
+}
+
+/* Whole steps on a tree with paths of different lengths, against the reference's generate_candidates (fast mode: the
+ * root is the base model's argmax at every temperature) and evaluate_posterior, through TreeStep as the decoder runs
+ * it. Past a shorter path's leaf medusa-c accepts nothing, the reference reads token 0 against the wrong row: the
+ * fixture's expected result is the reference's with those entries made unacceptable, and its own result where the
+ * two differ is counted. */
+static void check_step_acceptance(const cJSON *fixture, float eps, float alpha) {
+    const Backend *be = backend_cpu();
+    char *tree_json = cJSON_PrintUnformatted(cJSON_GetObjectItem(fixture, "tree"));
+    MedusaTree t;
+    tree_from_json(&t, tree_json, "acceptance.json");
+    int V = (int)json_number(fixture, "V"), K = (int)json_number(fixture, "heads"), N = t.n_nodes;
+    int PD = t.n_leaves * t.max_depth;
+    TreeStep s;
+    tree_step_init(&s, &t);
+    float *base = xmalloc(sizeof(float) * (size_t)V), *heads = xmalloc(sizeof(float) * (size_t)K * V);
+    float *tree_logits = xmalloc(sizeof(float) * (size_t)N * V), *entropy = xmalloc(sizeof(float) * (size_t)N);
+    float *child_probs = xmalloc(sizeof(float) * (size_t)N * TREE_TOPK);
+    int32_t *candidates = xmalloc(sizeof(int32_t) * (size_t)(1 + K * TREE_TOPK));
+    int32_t *node_argmax = xmalloc(sizeof(int32_t) * (size_t)N), *want_tree = xmalloc(sizeof(int32_t) * (size_t)N);
+    int32_t *want_paths = xmalloc(sizeof(int32_t) * (size_t)PD);
+    int n = 0, n_typical = 0, same_candidates = 0, ok = 0, padded_steps = 0, ref_differs = 0, ref_same = 0;
+    for (const cJSON *c = cJSON_GetObjectItem(fixture, "steps")->child; c; c = c->next, n++) {
+        float temperature = (float)json_number(c, "temperature");
+        json_floats(cJSON_GetObjectItem(c, "base_logits"), base);
+        json_floats(cJSON_GetObjectItem(c, "medusa_logits"), heads);
+        json_floats(cJSON_GetObjectItem(c, "tree_logits"), tree_logits);
+        int n_tree = json_ints(cJSON_GetObjectItem(c, "tree_candidates"), want_tree);
+        int n_paths = json_ints(cJSON_GetObjectItem(c, "cart_candidates"), want_paths);
+        be->top_k(candidates, base, 1, V, 1);
+        be->top_k(candidates + 1, heads, K, V, TREE_TOPK);
+        tree_step_candidates(&s, candidates);
+        same_candidates += n_tree == N && n_paths == PD && !memcmp(s.tree_tokens, want_tree, sizeof(int32_t) * N) &&
+                           !memcmp(s.paths, want_paths, sizeof(int32_t) * PD);
+        int best, len;
+        if (temperature == 0) {
+            be->top_k(node_argmax, tree_logits, N, V, 1);
+            len = tree_step_accept_greedy(&s, node_argmax, &best);
+        } else {
+            be->softmax_entropy(entropy, child_probs, tree_logits, s.child_ids, N, V, TREE_TOPK, temperature);
+            len = tree_step_accept_typical(&s, entropy, child_probs, eps, alpha, &best);
+            n_typical++;
+        }
+        int want_best = (int)json_number(c, "best"), want_len = (int)json_number(c, "accept_length");
+        int ref_best = (int)json_number(c, "ref_best"), ref_len = (int)json_number(c, "ref_accept_length");
+        ok += best == want_best && len == want_len;
+        if (cJSON_IsTrue(cJSON_GetObjectItem(c, "ref_reads_padding"))) {
+            padded_steps++;
+            ref_differs += best != ref_best || len != ref_len;
+        } else {
+            ref_same += best == ref_best && len == ref_len;
+        }
+    }
+    CHECK(n > 0 && same_candidates == n,
+          "tree steps: tokens of the tree and of its %d padded paths equal the reference generate_candidates' (root "
+          "by argmax) in %d/%d steps",
+          t.n_leaves, same_candidates, n);
+    CHECK(n_typical > 0 && ok == n && ref_same == n - padded_steps,
+          "tree steps: accepted path and length equal evaluate_posterior's in %d/%d steps (%d at T > 0); the "
+          "reference's own result in all %d steps where it stays within the paths",
+          ok, n, n_typical, n - padded_steps);
+    CHECK(padded_steps > 0 && ref_differs > 0,
+          "tree steps: in %d steps the reference accepts past a path's leaf (token 0 read against the wrong row); "
+          "medusa-c ends paths at their leaf, so %d of its results differ from the reference's own there",
+          padded_steps, ref_differs);
+    tree_step_free(&s);
+    tree_free(&t);
+    cJSON_free(tree_json);
+    free(base);
+    free(heads);
+    free(tree_logits);
+    free(entropy);
+    free(child_probs);
+    free(candidates);
+    free(node_argmax);
+    free(want_tree);
+    free(want_paths);
+}
+
+static void check_acceptance(void) {
+    char *text = read_whole_file("tests/fixtures/acceptance.json", NULL);
+    ensure(text);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    float eps = (float)json_number(root, "epsilon"), alpha = (float)json_number(root, "alpha");
+    check_path_acceptance(root, eps, alpha);
+    check_step_acceptance(cJSON_GetObjectItem(root, "step_cases"), eps, alpha);
+    cJSON_Delete(root);
 }
 
 /* Heads for the lossless checks: copies of the base lm_head (the reference initialisation), random heads
@@ -171,6 +263,50 @@ static void make_heads(MedusaHeads *heads, const Model *m, int n_heads, HeadKind
     }
 }
 
+/* Where each Medusa step's tokens start in the output (the decoder hands each step's tokens to the sink at once). */
+typedef struct {
+    int starts[MAX_NEW], n_steps, n_tokens;
+} StepStarts;
+
+static void record_step(const int32_t *tokens, int n, void *user) {
+    (void)tokens;
+    StepStarts *s = user;
+    s->starts[s->n_steps++] = s->n_tokens;
+    s->n_tokens += n;
+}
+
+/* Typical acceptance at temperature 0.7: every step starts with the base model's argmax after the tokens before it
+ * (the reference's generate_candidates in its default fast mode), computed again by a prefill of those tokens on the
+ * plain decoder; a prefill sums in another order than the tree pass, so a token within fp32 rounding of the argmax
+ * counts as a near-tie. */
+static void check_typical_roots(Decoder *plain, Decoder *medusa, const Prompts *p, const char *model_path,
+                                const char *tree_name) {
+    int V = plain->base->config.vocab_size, steps = 0, near_ties = 0, wrong = 0;
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    o.temperature = 0.7f;
+    for (int i = 0; i < N_PROMPTS; i++) {
+        int32_t out[MAX_NEW + 16], context[16 + MAX_NEW + 16];
+        StepStarts st = {{0}, 0, 0};
+        DecodeStats ds;
+        int n = decode_medusa(medusa, p->tokens[i], p->n[i], MAX_NEW, -1, &o, out, record_step, &st, &ds);
+        memcpy(context, p->tokens[i], sizeof(int32_t) * (size_t)p->n[i]);
+        memcpy(context + p->n[i], out, sizeof(int32_t) * (size_t)n);
+        for (int k = 0; k < st.n_steps; k++, steps++) {
+            const float *logits = decoder_logits_after(plain, context, p->n[i] + st.starts[k]);
+            int32_t want = row_argmax(logits, V), got = out[st.starts[k]];
+            GreedyComparison c;
+            if (got == want) continue;
+            if (greedy_near_tie(logits, V, got, want, GREEDY_TIE_WINDOW_FP32, &c) == GREEDY_NEAR_TIE) near_ties++;
+            else wrong++;
+        }
+    }
+    CHECK(wrong == 0,
+          "%s, tree %s: typical acceptance at temperature 0.7: %d/%d steps start with the base model's argmax (%d "
+          "near-ties)",
+          model_path, tree_name, steps - wrong - near_ties, steps, near_ties);
+}
+
 /* Greedy Medusa decoding == plain greedy decoding on every prompt; returns the tokens per step. Also
  * checks that typical acceptance at a vanishing temperature (only the argmax is typical) is greedy too. */
 static double check_lossless(const Model *m, const char *model_path, const MedusaTree *tree, const char *tree_name,
@@ -199,6 +335,8 @@ static double check_lossless(const Model *m, const char *model_path, const Medus
         tokens += nb;
     }
     double per_step = (double)tokens / steps;
+    /* noisy heads: paths accepted part of the way, so the roots come from nodes at every depth */
+    if (kind == HEADS_NOISY) check_typical_roots(&plain, &medusa, &p, model_path, tree_name);
     CHECK(same == N_PROMPTS,
           "%s, tree %s, %s heads: greedy Medusa == plain greedy on %d/%d prompts (%.2f tokens per step)", model_path,
           tree_name, head_kind_names[kind], same, N_PROMPTS, per_step);

@@ -1,6 +1,7 @@
 /* Golden tests of the Medusa heads against PyTorch (fixtures from tests/gen/gen_medusa.py, see
  * tests/fixtures/medusa/README.md): per-head logits, losses, top-k hits and every gradient (L = 1 and 2),
- * clip + AdamW with the HF cosine schedule over 3 steps, gradient accumulation, and the v1 / vLLM exports. */
+ * clip + AdamW with the HF cosine schedule over 3 steps, gradient accumulation, the initialisation's distribution,
+ * and the v1 / vLLM exports. */
 #include <cJSON.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -237,6 +238,118 @@ static OptimConfig fixture_optim(int total_steps, double warmup_ratio) {
     c.warmup_ratio = warmup_ratio;
     c.total_steps = total_steps;
     return c;
+}
+
+/* How samples fit U(-bound, bound), PyTorch's nn.Linear bias init (reset_parameters: bound = 1/sqrt(in_features)):
+ * every one within the bound and the largest |x| in its last 14/n of it (a U(-b, b) sample falls short of that with
+ * probability e^-14), the mean and the mean square within 5 standard errors of 0 and bound^2/3, and the
+ * Kolmogorov-Smirnov distance to the uniform CDF below its 0.1% critical value 1.95/sqrt(n). */
+typedef struct {
+    double max_abs, mean, mean_sq, ks;
+    int ok;
+} UniformFit;
+
+static int compare_floats(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static UniformFit uniform_fit(const float *x, size_t n, double bound) {
+    UniformFit f = {0, 0, 0, 0, 0};
+    float *sorted = xmalloc(sizeof(float) * n);
+    memcpy(sorted, x, sizeof(float) * n);
+    qsort(sorted, n, sizeof(float), compare_floats);
+    for (size_t i = 0; i < n; i++) {
+        f.max_abs = fmax(f.max_abs, fabs(sorted[i]));
+        f.mean += sorted[i] / (double)n;
+        f.mean_sq += (double)sorted[i] * sorted[i] / (double)n;
+        double cdf = fmin(fmax((sorted[i] + bound) / (2 * bound), 0), 1);
+        f.ks = fmax(f.ks, fmax(fabs(cdf - (double)i / n), fabs(cdf - (double)(i + 1) / n)));
+    }
+    free(sorted);
+    double b2 = bound * bound, sn = sqrt((double)n);
+    f.ok = f.max_abs <= bound && f.max_abs >= bound * (1 - 14.0 / n) && fabs(f.mean) <= 5 * bound / sqrt(3) / sn &&
+           fabs(f.mean_sq - b2 / 3) <= 5 * sqrt(4.0 / 45) * b2 / sn && f.ks <= 1.95 / sn;
+    return f;
+}
+
+static void print_fit(const char *what, const UniformFit *f, double bound) {
+    printf("  %-44s max|x| %.5f (bound %.5f), mean %+.2e, mean square / (bound^2/3) %.4f, KS %.4f: %s\n", what,
+           f->max_abs, bound, f->mean, f->mean_sq / (bound * bound / 3), f->ks, f->ok ? "fits" : "does not fit");
+}
+
+/* medusa_init_from_base against the reference ResBlock (nn.Linear(H, H), then zeros_ on its weight) and the
+ * reference lm_head copy: 64 heads x 16 blocks of H = 64 biases (65,536 samples) must fit U(-1/sqrt(H), 1/sqrt(H)),
+ * as the biases PyTorch drew for case B's fixture do (192 samples); wrong distributions planted in their place must
+ * not fit. W is zero, each block draws its own bias, and each lm_head is the base model's. */
+static void test_init(const Model *base) {
+    enum { HEADS = 64, LAYERS = 16 };
+    MedusaHeads m;
+    medusa_init(&m, backend_cpu(), (MedusaShape){HEADS, LAYERS, H, V, 0});
+    Rng rng;
+    rng_seed(&rng, 3);
+    medusa_init_from_base(&m, base, &rng);
+    size_t n = (size_t)HEADS * LAYERS * H;
+    float *bias = xmalloc(sizeof(float) * n);
+    int w_zero = 1, distinct = 1, lm_copy = 1;
+    for (int h = 0; h < HEADS; h++) {
+        for (int l = 0; l < LAYERS; l++) {
+            const float *w = medusa_linear_w(&m, m.params, h, l), *b = medusa_linear_b(&m, m.params, h, l);
+            for (int i = 0; i < H * H; i++) w_zero &= w[i] == 0.0f;
+            float *dst = bias + ((size_t)h * LAYERS + l) * H;
+            memcpy(dst, b, sizeof(float) * H);
+            if (h + l > 0) distinct &= memcmp(dst, dst - H, sizeof(float) * H) != 0;
+        }
+        lm_copy &= !memcmp(medusa_lm_head(&m, m.params, h), base->lm_head, sizeof(float) * V * H);
+    }
+    CHECK(w_zero && distinct && lm_copy,
+          "init: ResBlock W exactly zero in all %d blocks, each block's bias its own draw, every lm_head the base "
+          "model's",
+          HEADS * LAYERS);
+    double bound = 1.0 / sqrt(H);
+    UniformFit ours = uniform_fit(bias, n, bound);
+    print_fit("medusa_init_from_base, 65,536 biases", &ours, bound);
+
+    WeightSet w;
+    weights_open_safetensors_file(&w, FIX "case_b.safetensors");
+    float torch_bias[K * H];
+    for (int i = 0; i < K; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "init.%d.0.linear.bias", i);
+        int64_t shape[1] = {H};
+        float *x = weights_load_f32(&w, key, 1, shape, 1);
+        memcpy(torch_bias + i * H, x, sizeof(float) * H);
+        free(x);
+    }
+    weights_close(&w);
+    UniformFit torch = uniform_fit(torch_bias, K * H, bound);
+    print_fit("PyTorch nn.Linear(64, 64), 192 biases", &torch, bound);
+    CHECK(ours.ok && torch.ok,
+          "init: the biases fit U(-1/sqrt(H), 1/sqrt(H)), H = %d, as PyTorch's own draws do (max|x| %.5f, KS %.4f "
+          "over %zu; PyTorch's KS %.4f over %d)",
+          H, ours.max_abs, ours.ks, n, torch.ks, K * H);
+
+    /* planted: scales 0.97 and 1.03, kaiming_uniform's weight bound sqrt(6/H), U(0, bound), a normal of the same
+     * variance */
+    const char *names[5] = {"scale 0.97", "scale 1.03", "bound sqrt(6/H)", "U(0, bound)", "normal, same variance"};
+    float *wrong = xmalloc(sizeof(float) * n);
+    int rejected = 0;
+    for (int k = 0; k < 5; k++) {
+        for (size_t i = 0; i < n; i++) {
+            double u = rng_uniform(&rng), u2 = rng_uniform(&rng), uniform = (2 * u - 1) * bound;
+            double normal = sqrt(-2 * log(1 - u)) * cos(2 * M_PI * u2) * bound / sqrt(3);
+            double planted[5] = {0.97 * uniform, 1.03 * uniform, sqrt(6.0) * uniform, u * bound, normal};
+            wrong[i] = (float)planted[k];
+        }
+        UniformFit f = uniform_fit(wrong, n, bound);
+        print_fit(names[k], &f, bound);
+        rejected += !f.ok;
+    }
+    CHECK(rejected == 5, "init: %d/5 planted wrong distributions are told apart from U(-1/sqrt(H), 1/sqrt(H))",
+          rejected);
+    free(wrong);
+    free(bias);
+    medusa_free(&m);
 }
 
 /* Reference init: W = 0, b = case B's init.*, lm_heads = the base model's lm_head. */
@@ -530,6 +643,7 @@ int main(void) {
     test_case_b(&base);
     test_case_c(&base);
     test_hidden(&base);
+    test_init(&base);
     test_export();
     model_free(&base);
     for (int b = 0; b < N_BATCHES; b++) {

@@ -45,9 +45,10 @@ Loss (reference medusa/train/train.py, CustomizedTrainer.compute_loss):
         loss += loss_i
 The legacy trainer sums the heads unweighted; Medusa-2 (the axolotl integration) weights them: there index 0
 is the base lm_head (offset 1) and Medusa head j (offset 2+j) is index i = j + 1, weighted
-medusa_decay_coefficient ** i * medusa_heads_coefficient (defaults 0.8 and 0.2). Our loss is
-sum_i lambda^i * loss_i over 0-based Medusa heads (lambda = 0.8): the same relative weights as Medusa-2 up to
-the constant factor 0.8 * heads_coefficient; lambda = 1 gives the legacy sum.
+medusa_decay_coefficient ** i * medusa_heads_coefficient (0.8 and 0.2 in most of its examples/medusa configs;
+the code defaults to 1.0 and 0.1). Our loss is sum_i lambda^i * loss_i over 0-based Medusa heads (lambda = 0.8):
+the same relative weights as Medusa-2 up to the constant factor 0.8 * heads_coefficient; lambda = 1 gives the
+legacy sum.
 Top-k (same function): topk(k) of the logits at non-ignored positions, hit if the label is among them, for
 k = 1..5 (legacy) / 1..9 or 1..10 (Medusa-2). We store counts of hits and of valid positions.
 
