@@ -214,6 +214,13 @@ bench: $(BUILD)/bench/bench_forward $(SMOLLM2) venv
 
 # The CPU matmul for a few rows (decoding, tree verification) beside OpenBLAS sgemm on the demo model's shapes;
 # writes bench/matmul_rows_cpu_<host>.txt.
+# Batched self-distillation generation beside one-at-a-time decoding, A B A B; writes bench/distill_cpu_<host>.txt.
+.PHONY: bench-distill
+bench-distill: bin/medusa-distill $(SMOLLM2)
+	data/fetch_demo.sh
+	OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) bench/bench_distill.sh $(SMOLLM2) \
+	  cache/data/ShareGPT_V3_unfiltered_cleaned_split.json bench/distill_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
+
 .PHONY: bench-matmul
 bench-matmul: $(BUILD)/bench/bench_matmul_rows $(SMOLLM2)
 	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct's shapes"; \
