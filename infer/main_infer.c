@@ -476,41 +476,6 @@ static void run_bench(Engine *e) {
 
 /* ---- tree tuning ---- */
 
-/* The first object (depth-first) holding medusa0_top1, from medusa-eval --json or a metrics line. */
-static const cJSON *find_accuracies(const cJSON *j) {
-    if (cJSON_IsObject(j) && cJSON_GetObjectItemCaseSensitive(j, "medusa0_top1")) return j;
-    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
-        const cJSON *r = find_accuracies(c);
-        if (r) return r;
-    }
-    return NULL;
-}
-
-static int load_accuracies(const char *path, double *acc, int max_heads) {
-    char *text = read_whole_file(path, NULL);
-    if (!text) fatal("%s: cannot read the accuracies file", path);
-    cJSON *root = cJSON_Parse(text);
-    if (!root) fatal("%s: not valid JSON", path);
-    const cJSON *obj = find_accuracies(root);
-    if (!obj) fatal("%s: no medusa0_top1 accuracy (expected medusa-eval --json output)", path);
-    int n = 0;
-    for (; n < max_heads; n++) {
-        char key[32];
-        snprintf(key, sizeof key, "medusa%d_top1", n);
-        if (!cJSON_GetObjectItemCaseSensitive(obj, key)) break;
-        for (int k = 0; k < TUNE_MAX_RANK; k++) {
-            snprintf(key, sizeof key, "medusa%d_top%d", n, k + 1);
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1)
-                fatal("%s: %s missing or not a fraction in [0, 1]", path, key);
-            acc[n * TUNE_MAX_RANK + k] = v->valuedouble;
-        }
-    }
-    cJSON_Delete(root);
-    free(text);
-    return n;
-}
-
 static int parse_budgets(const char *s, int *out, int max) {
     int n = 0;
     for (const char *p = s; *p && n < max;) {
@@ -552,7 +517,8 @@ static int run_tune(int argc, char **argv) {
                *device = "cpu", *precision = "auto";
     int threads = 0, context = 128, steps = 12;
     ArgSpec specs[] = {
-        {"accuracies", ARG_STR, &accuracies, "head accuracies: medusa-eval --json output (medusa{i}_top{k})"},
+        {"accuracies", ARG_STR, &accuracies,
+         "head accuracies: medusa-eval --json output (medusa{i}_base_top{k}, else medusa{i}_top{k})"},
         {"budgets", ARG_STR, &budgets_s, "tree sizes to try, in nodes (comma-separated)"},
         {"out", ARG_STR, &out, "where to write the chosen tree (JSON list of paths)"},
         {"model", ARG_STR, &model, "base model (HF dir or .gguf) whose verification cost is measured"},
@@ -568,12 +534,21 @@ static int run_tune(int argc, char **argv) {
         "usage: medusa-infer tune --accuracies EVAL.json --model PATH [--budgets 8,16,32,64] --out tree.json\n"
         "Builds the tree of each node budget that maximises the expected accepted length for the\n"
         "measured head accuracies, times a decoding step with it on this machine, and writes the\n"
-        "tree with the best expected speed (expected tokens per step / seconds per step).";
+        "tree with the best expected speed (expected tokens per step / seconds per step). The accuracies\n"
+        "are the heads' agreement with the base model's greedy choice (medusa{i}_base_top{k}), what\n"
+        "verification accepts; an older medusa-eval file without them gives the ground-truth top-k.";
     args_parse(argc, argv, 2, specs, (int)(sizeof specs / sizeof *specs), usage, NULL, 0);
     if (!accuracies || !out || !model) fatal("tune needs --accuracies, --model and --out (see --help)");
     set_threads(threads);
     double acc[16 * TUNE_MAX_RANK];
-    int n_heads = load_accuracies(accuracies, acc, 16);
+    int base_agreement;
+    int n_heads = tune_load_accuracies(accuracies, acc, 16, &base_agreement);
+    if (base_agreement)
+        printf("accuracies: the heads' agreement with the base model's greedy choice (medusa{i}_base_top{k})\n");
+    else
+        printf("accuracies: ground-truth top-k (medusa{i}_top{k}; %s has no medusa{i}_base_top{k}, the agreement with "
+               "the base model that verification accepts: evaluate again with this medusa-eval for a better tree)\n",
+               accuracies);
     int budgets[32];
     int n_budgets = parse_budgets(budgets_s, budgets, 32);
 

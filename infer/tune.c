@@ -1,10 +1,48 @@
 #include "tune.h"
 
+#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/common.h"
+
+/* The first object (depth-first) holding medusa0_top1, from medusa-eval --json or a metrics line. */
+static const cJSON *find_accuracies(const cJSON *j) {
+    if (cJSON_IsObject(j) && cJSON_GetObjectItemCaseSensitive(j, "medusa0_top1")) return j;
+    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        const cJSON *r = find_accuracies(c);
+        if (r) return r;
+    }
+    return NULL;
+}
+
+int tune_load_accuracies(const char *path, double *acc, int max_heads, int *base_agreement) {
+    char *text = read_whole_file(path, NULL);
+    if (!text) fatal("%s: cannot read the accuracies file", path);
+    cJSON *root = cJSON_Parse(text);
+    if (!root) fatal("%s: not valid JSON", path);
+    const cJSON *obj = find_accuracies(root);
+    if (!obj) fatal("%s: no medusa0_top1 accuracy (expected medusa-eval --json output)", path);
+    *base_agreement = cJSON_GetObjectItemCaseSensitive(obj, "medusa0_base_top1") != NULL;
+    const char *format = *base_agreement ? "medusa%d_base_top%d" : "medusa%d_top%d";
+    int n = 0;
+    for (; n < max_heads; n++) {
+        char key[32];
+        snprintf(key, sizeof key, "medusa%d_top1", n);
+        if (!cJSON_GetObjectItemCaseSensitive(obj, key)) break;
+        for (int k = 0; k < TUNE_MAX_RANK; k++) {
+            snprintf(key, sizeof key, format, n, k + 1);
+            const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 1)
+                fatal("%s: %s missing or not a fraction in [0, 1]", path, key);
+            acc[n * TUNE_MAX_RANK + k] = v->valuedouble;
+        }
+    }
+    cJSON_Delete(root);
+    free(text);
+    return n;
+}
 
 void tune_tree(const double *topk_acc, int n_heads, int budget, TunedTree *out) {
     if (budget < 1 || budget > 256) fatal("tree budget %d out of range (1..256 nodes)", budget);

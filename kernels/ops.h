@@ -21,6 +21,9 @@ typedef struct Backend Backend;
 #define ATTENTION_SPLIT_BYTES(head_dim)                                                                                \
     ((size_t)ATTENTION_SPLIT_MAX * ATTENTION_SPLIT_ROWS * (size_t)((head_dim) + 2) * sizeof(float))
 
+/* The rank of a NaN or infinite logit (rank_ids): within no top k, so a non-finite logit never counts as a hit. */
+#define RANK_NOT_FINITE INT32_MAX
+
 struct Backend {
     const char *name;
     /* the device in words ("NVIDIA H200"; "cpu"), and its dense bf16 tensor peak in FLOP/s (gpu_bf16_peak_flops of that
@@ -92,6 +95,11 @@ struct Backend {
      * dscale * (softmax - onehot(target)). Rows with a negative target get loss 0, rank -1, zero gradient. */
     void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
                          float dscale);
+    /* ranks[r]: the number of entries of row r of x [rows, cols] strictly greater than x[r, ids[r]] (so ids[r] is
+     * within the row's top k <=> ranks[r] < k, ties counting for it; NaN entries never count above it), -1 where ids[r]
+     * < 0, RANK_NOT_FINITE where x[r, ids[r]] is NaN or infinite. Evaluation ranks the base model's choices in the
+     * heads' logits with it. */
+    void (*rank_ids)(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols);
     /* Typical acceptance's statistics over rows of logits x [rows, cols], so that no row need leave the device:
      * with p = softmax(x[r] / temperature), entropy[r] = -sum_i p_i log(p_i + 1e-5) (the reference's form) and
      * probs[r*n_ids + j] = p[ids[r*n_ids + j]] (0 where the id is negative). */

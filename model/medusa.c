@@ -109,20 +109,25 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->targets = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->rows_hidden = be->alloc(sizeof(float) * TH);
     w->rows = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->choices = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->choice_ranks = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens * s->n_heads);
     w->host_rows = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_row_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->host_choices = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_losses = xmalloc(sizeof(float) * (size_t)max_tokens);
     w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
 }
 
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
     const Backend *be = m->be;
-    void *dev[] = {w->act, w->pre, w->dx, w->dz, w->logits, w->losses, w->ranks, w->targets, w->rows_hidden, w->rows};
+    void *dev[] = {w->act,   w->pre,     w->dx,   w->dz,      w->logits,       w->losses,
+                   w->ranks, w->targets, w->rows, w->choices, w->choice_ranks, w->rows_hidden};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
     free(w->host_targets);
     free(w->host_rows);
     free(w->host_row_targets);
+    free(w->host_choices);
     free(w->host_losses);
     free(w->host_ranks);
     memset(w, 0, sizeof *w);
@@ -164,13 +169,19 @@ static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweig
 
 /* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses and ranks at row r0
  * of the work's, and with dx the gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op
- * (classifier_bf16) does it all. */
+ * (classifier_bf16) does it all. With agree (forward only) the base model's choices are ranked in the logits first. */
 static void head_classifier(const MedusaHeads *m, MedusaWork *w, const float *x, int h, float *dx, int r0, int rows,
-                            float dscale) {
+                            float dscale, int agree) {
     const Backend *be = m->be;
     int H = m->shape.hidden, V = m->shape.head_vocab;
     const float *lm = medusa_lm_head(m, m->params, h);
     float *dlm = dx ? medusa_lm_head(m, m->grads, h) : NULL;
+    if (agree) {
+        head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
+        be->rank_ids(w->choice_ranks + r0, w->logits, w->choices + r0, rows, V);
+        be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, rows, V, 0.0f);
+        return;
+    }
     if (m->params_bf16) {
         be->classifier_bf16(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, x,
                             m->params_bf16 + (lm - m->params), dx, dlm, rows, H, V, dscale);
@@ -197,15 +208,19 @@ static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const fl
     return x;
 }
 
+/* The lm_head row of a token: the token itself, or its place in a truncated head's map (-1 outside it) */
+static int token_row(const MedusaHeads *m, int token) { return m->token_index ? m->token_index[token] : token; }
+
 void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
-                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
-                             float grad_scale, MedusaBatchStats *stats) {
+                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
+                             const MedusaBase *base, float head_decay, float grad_scale, MedusaBatchStats *stats) {
     const Backend *be = m->be;
     const MedusaShape *s = &m->shape;
     int H = s->hidden, L = s->n_layers;
     if (T > w->max_tokens) fatal("medusa: batch of %d tokens exceeds the work buffers' %d", T, w->max_tokens);
     int train = grad_scale > 0;
     if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
+    const int32_t *choice = base && !train ? base->choice : NULL; /* the heads' agreement with the base's choices */
     memset(stats, 0, sizeof *stats);
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
     if (m->params_bf16) medusa_use_bf16(m);
@@ -213,25 +228,29 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
         const int32_t *targets = w->host_targets + (size_t)h * T;
-        int n = 0, outside = 0; /* rows with a target (in the token map), gathered into rows_hidden */
+        /* rows with a target the head can rank (in the token map), or a base choice it can: gathered into rows_hidden;
+         * a target outside the map is a miss with no loss */
+        int n = 0, valid = 0, n_loss = 0;
         for (int t = 0; t < T; t++) {
             if (targets[t] < 0) continue;
-            int row = m->token_index ? m->token_index[targets[t]] : targets[t];
-            if (row < 0) { /* a truncated head cannot predict it: a miss, no loss */
-                outside++;
-                continue;
-            }
+            valid++;
+            int row = token_row(m, targets[t]), choice_row = -1;
+            if (choice && choice[t + 1 + h] >= 0) choice_row = token_row(m, choice[t + 1 + h]);
+            if (row < 0 && choice_row < 0) continue; /* a miss either way */
             w->host_rows[n] = t;
-            w->host_row_targets[n++] = row;
+            w->host_row_targets[n] = row;
+            w->host_choices[n++] = choice_row;
+            n_loss += row >= 0;
         }
-        stats->valid[h] = n + outside;
+        stats->valid[h] = valid;
         stats->computed[h] = n;
         if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
         be->upload(w->targets, w->host_row_targets, sizeof(int32_t) * (size_t)n);
+        if (choice) be->upload(w->choices, w->host_choices, sizeof(int32_t) * (size_t)n);
         be->embedding(w->rows_hidden, w->rows, hidden, n, H); /* a row gather */
-        float dscale = train ? weight * grad_scale / (float)n : 0.0f;
+        float dscale = train ? weight * grad_scale / (float)n_loss : 0.0f;
         const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
         if (train) be->fill_zero(w->dx, sizeof(float) * nH);
         double loss_sum = 0;
@@ -239,15 +258,22 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
         for (int r0 = 0; r0 < n; r0 += per) {
             int rows = n - r0 < per ? n - r0 : per;
-            head_classifier(m, w, x_last + (size_t)r0 * H, h, train ? w->dx + (size_t)r0 * H : NULL, r0, rows, dscale);
+            head_classifier(m, w, x_last + (size_t)r0 * H, h, train ? w->dx + (size_t)r0 * H : NULL, r0, rows, dscale,
+                            choice != NULL);
         }
         be->download(w->host_losses, w->losses, sizeof(float) * (size_t)n);
         be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)n);
         for (int i = 0; i < n; i++) {
             loss_sum += w->host_losses[i];
-            for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] <= k;
+            for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] >= 0 && w->host_ranks[i] <= k;
         }
-        stats->loss[h] = loss_sum / (double)n;
+        if (choice) {
+            be->download(w->host_choices, w->choice_ranks, sizeof(int32_t) * (size_t)n); /* their ranks now */
+            for (int i = 0; i < n; i++)
+                for (int k = 0; k < MEDUSA_TOPK; k++)
+                    stats->agree[h][k] += w->host_choices[i] >= 0 && w->host_choices[i] <= k;
+        }
+        stats->loss[h] = n_loss ? loss_sum / (double)n_loss : 0.0;
         stats->total_loss += (double)weight * stats->loss[h];
         if (!train) continue;
         for (int l = L - 1; l >= 0; l--) {

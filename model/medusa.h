@@ -34,12 +34,24 @@ void medusa_use_bf16(MedusaHeads *m);
 
 /* Per-head result of one batch. */
 typedef struct {
-    double loss[64];               /* mean cross-entropy of head i over its valid positions */
-    int64_t valid[64];             /* positions with a trained target */
-    int64_t computed[64];          /* of those, the ones in head i's vocabulary: the rows its lm_head ran on */
-    int64_t hits[64][MEDUSA_TOPK]; /* hits[i][k-1]: target within head i's top k */
-    double total_loss;             /* sum_i decay^i * loss[i] */
+    double loss[64];                /* mean cross-entropy of head i over its valid positions */
+    int64_t valid[64];              /* positions with a trained target */
+    int64_t computed[64];           /* of those, the ones in head i's vocabulary: the rows its lm_head ran on */
+    int64_t hits[64][MEDUSA_TOPK];  /* hits[i][k-1]: target within head i's top k */
+    int64_t agree[64][MEDUSA_TOPK]; /* agree[i][k-1]: the base model's choice within head i's top k (MedusaBase) */
+    double total_loss;              /* sum_i decay^i * loss[i] */
 } MedusaBatchStats;
+
+/* What the heads see of the base model besides its hidden states. */
+typedef struct {
+    /* host [T]: the base model's greedy choice at each row (the argmax of its logits there), -1 where its largest logit
+     * is not finite. Head i at position t guesses the token the base chooses at row t+1+i, given the true prefix: a
+     * forward-only pass counts in MedusaBatchStats.agree, over the positions where head i has a target, how often
+     * that choice is within the head's top k (a choice outside a truncated head's token map, or none, is a miss; a
+     * non-finite logit never a hit). What decoding's verification accepts is that choice, so this agreement, not the
+     * accuracy on the data's tokens, predicts the accepted length. */
+    const int32_t *choice;
+} MedusaBase;
 
 /* Scratch for batches up to max_tokens, logits computed chunk_rows rows at a time. */
 typedef struct {
@@ -52,8 +64,10 @@ typedef struct {
     int32_t *ranks, *targets;              /* [T] on the backend */
     float *rows_hidden;                    /* [T,H]: the hidden rows a head has targets for, gathered */
     int32_t *rows;                         /* [T] backend: their positions */
+    int32_t *choices, *choice_ranks;       /* [T] backend: the base model's choices' lm_head rows, their ranks */
     int32_t *host_targets;                 /* [K][T] */
     int32_t *host_rows, *host_row_targets; /* [T] */
+    int32_t *host_choices;                 /* [T] */
     float *host_losses;
     int32_t *host_ranks;
 } MedusaWork;
@@ -87,10 +101,10 @@ void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask
  * left out of the loss but still counts in valid[] as a miss, so top-k accuracy covers every target. With grad_scale >
  * 0 the gradients (scaled by grad_scale, e.g. 1/accumulation) are ADDED to m->grads. head_decay weights head i by
  * decay^i. Each head runs only on the rows it has a target for (gathered): an ignored position contributes nothing to
- * the loss or the gradients, so skipping it is exact and saves the masked share of the work. */
+ * the loss or the gradients, so skipping it is exact and saves the masked share of the work. base may be NULL. */
 void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
-                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T, float head_decay,
-                             float grad_scale, MedusaBatchStats *stats);
+                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
+                             const MedusaBase *base, float head_decay, float grad_scale, MedusaBatchStats *stats);
 
 /* FLOPs of training one head on `rows` rows (MedusaBatchStats.computed), a multiply-add counted as 2: the lm_head's
  * forward, input and weight gradients (3 x 2 x Vh x H), each ResBlock's forward and weight gradient (2 x 2 x H x H)

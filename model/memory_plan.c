@@ -26,11 +26,11 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * in->act_bytes;
     if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
-     * and their positions; per chunk row a loss, a rank and a target */
+     * and per row its position, the base model's choice and its rank; per chunk row a loss, a rank and a target */
     double Th = in->head_tokens > 0 ? in->head_tokens : T;
     double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
     double blocks = in->n_layers > 0 ? in->n_layers : 1;
-    if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 4 + chunk * 12;
+    if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 12 + chunk * 12;
     p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) + (double)in->vocab_rows * V * 4;
     if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {
         /* inputs rounded just before their GEMM: the final norm (lm_head), the heads' */

@@ -107,13 +107,13 @@ for dev in cuda cpu; do
         --precision fp32 --batch-tokens 128 --max-batches 1 --json "$TMP/eval_$dev.json"
     cp "$TMP/log" "$TMP/eval_log_$dev"
 done
-metrics() { grep -E '"(loss|medusa[0-9]+_[a-z0-9]+|base_top1)":' "$TMP/eval_$1.json" 2>/dev/null | tr -d ' \t",' || true; }
+metrics() { grep -E '"(loss|medusa[0-9]+_[a-z0-9_]+|base_top1)":' "$TMP/eval_$1.json" 2>/dev/null | tr -d ' \t",' || true; }
 cmp_eval=$(paste -d: <(metrics cuda) <(metrics cpu) | awk -F: '
     $1 != $3 {bad = 1} {d = $2 - $4; if (d < 0) d = -d}
     $1 ~ /top/ {if (d > acc) acc = d; next} {s = $4 < 0 ? -$4 : $4; if (d / s > loss) loss = d / s} END {
-    if (NR < 11 || bad) print "bad"; else printf "%.1e %.4f", loss, acc}')
+    if (NR < 24 || bad) print "bad"; else printf "%.1e %.4f", loss, acc}')
 expect '[ "$cmp_eval" != bad ] && awk -v l="${cmp_eval% *}" -v a="${cmp_eval#* }" "BEGIN{exit !(l <= 1e-4 && a <= 0.01)}"' \
-    "eval cuda vs cpu: losses max rel. error ${cmp_eval% *} (tolerance 1e-4), top-1..5 accuracies max difference ${cmp_eval#* } (tolerance 0.01, about one target)"
+    "eval cuda vs cpu: losses max rel. error ${cmp_eval% *} (tolerance 1e-4), top-1..5 accuracies and agreements with the base model (medusa{i}_base_top{k}) max difference ${cmp_eval#* } (tolerance 0.01, about one target)"
 
 # ---- decoding: greedy Medusa == plain greedy, and cuda == cpu ----
 # 20 candidates from the 2 heads (their top 4 and the top 4 after each): 21 rows with the root, more than the 16

@@ -690,6 +690,39 @@ static void test_top_k(int rows, int cols, int k) {
     free(x), free(want), free(cpu_got), free(got);
 }
 
+/* The ranks of given ids: ties (rounded values), NaN entries in a row (never above an id), an id at a NaN, +inf and
+ * -inf logit (RANK_NOT_FINITE: within no top k), an absent id (-1); cpu and cuda against a brute-force count. */
+static void test_rank_ids(int rows, int cols) {
+    size_t n = (size_t)rows * cols;
+    float *x = random_floats(n, 4.0f);
+    for (size_t i = 0; i < n; i++) x[i] = roundf(x[i] * 4) / 4; /* many ties */
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)rows), *want = xmalloc(sizeof(int32_t) * (size_t)rows);
+    for (int r = 0; r < rows; r++) ids[r] = (int32_t)rng_below(&rng, cols);
+    x[5] = NAN, x[(size_t)cols + 2] = NAN, ids[1] = 2; /* row 0: a NaN entry; row 1: the id's logit is NaN */
+    x[(size_t)2 * cols + ids[2]] = INFINITY, x[(size_t)3 * cols + ids[3]] = -INFINITY, ids[4] = -1;
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * cols;
+        want[r] = ids[r] < 0 ? -1 : isfinite(row[ids[r]]) ? 0 : RANK_NOT_FINITE;
+        if (want[r] == 0)
+            for (int c = 0; c < cols; c++) want[r] += row[c] > row[ids[r]];
+    }
+    int32_t *cpu_got = xmalloc(sizeof(int32_t) * (size_t)rows), *got = xmalloc(sizeof(int32_t) * (size_t)rows);
+    cpu->rank_ids(cpu_got, x, ids, rows, cols);
+    float *d_x = to_gpu(x, sizeof(float) * n);
+    int32_t *d_ids = to_gpu(ids, sizeof(int32_t) * (size_t)rows), *d_ranks = gpu->alloc(sizeof(int32_t) * rows);
+    gpu->rank_ids(d_ranks, d_x, d_ids, rows, cols);
+    gpu->download(got, d_ranks, sizeof(int32_t) * (size_t)rows);
+    size_t bytes = sizeof(int32_t) * (size_t)rows;
+    int cases_ok =
+        want[1] == RANK_NOT_FINITE && want[2] == RANK_NOT_FINITE && want[3] == RANK_NOT_FINITE && want[4] == -1;
+    CHECK(!memcmp(cpu_got, want, bytes) && !memcmp(got, want, bytes) && cases_ok,
+          "rank_ids %d x %d: cpu and cuda ranks equal the brute-force count (ties, NaN entries; NaN, +inf and -inf "
+          "logits ranked RANK_NOT_FINITE, an absent id -1); row 0 rank %d",
+          rows, cols, want[0]);
+    gpu->free(d_x), gpu->free(d_ids), gpu->free(d_ranks);
+    free(x), free(ids), free(want), free(cpu_got), free(got);
+}
+
 static void test_softmax_xent(int V) {
     int T = 9;
     size_t n = (size_t)T * V;
@@ -999,8 +1032,8 @@ static void test_end_to_end(DType weights) {
     for (int step = 1; step <= 3; step++) { /* step 1 has lr 0 (warm-up) */
         MedusaBatchStats st_c, st_g;
         memset(&st_c, 0, sizeof st_c), memset(&st_g, 0, sizeof st_g);
-        medusa_forward_backward(&hc, &wc, hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_c);
-        medusa_forward_backward(&hg, &wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, 0.8f, 1.0f, &st_g);
+        medusa_forward_backward(&hc, &wc, hidden, tokens, loss_mask, seq_lens, 2, T, NULL, 0.8f, 1.0f, &st_c);
+        medusa_forward_backward(&hg, &wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, NULL, 0.8f, 1.0f, &st_g);
         /* After a step, a parameter that differs by rounding may round to another bf16 value for the heads' GEMMs (a
          * 2^-8 step), which moves gradients as much, where the GEMMs sum in another order than the CPU's (a GPU, or
          * the emulator's truncating GEMMs: 1.9e-3 measured there at step 3). */
@@ -1416,6 +1449,8 @@ int main(void) {
     test_top_k(7, 1000, 1);
     test_top_k(6, 32000, 10);
     test_top_k(3, 50, 16);
+    test_rank_ids(7, 1000);
+    test_rank_ids(6, 32000);
     test_softmax_xent(1000);
     test_softmax_xent(32000);
     test_peak_flops();

@@ -231,7 +231,7 @@ static void train_to_agree(MedusaHeads *heads, const Model *m, const Prompts *p,
     adam_init(&adam, heads);
     MedusaBatchStats st;
     for (int step = 0; step < 60; step++) {
-        medusa_forward_backward(heads, &w, hidden, tokens, mask, seq_lens, N_PROMPTS, T, 1.0f, 1.0f, &st);
+        medusa_forward_backward(heads, &w, hidden, tokens, mask, seq_lens, N_PROMPTS, T, NULL, 1.0f, 1.0f, &st);
         optim_step(heads, &adam, &oc);
     }
     adam_free(&adam, heads);

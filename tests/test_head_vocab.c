@@ -117,9 +117,9 @@ static void check_math(const Model *base) {
     MedusaWork wr;
     medusa_work_init(&wr, &restricted, T, 16);
     MedusaBatchStats st, sr, sf;
-    medusa_forward_backward(&tr, &wt, hidden, tokens, mask, seq_lens, 2, T, 0.8f, 0.5f, &st);
-    medusa_forward_backward(&restricted, &wr, hidden, tokens_r, mask_r, seq_lens, 2, T, 0.8f, 0.5f, &sr);
-    medusa_forward_backward(&full, &wf, hidden, tokens, mask, seq_lens, 2, T, 0.8f, 0.0f, &sf);
+    medusa_forward_backward(&tr, &wt, hidden, tokens, mask, seq_lens, 2, T, NULL, 0.8f, 0.5f, &st);
+    medusa_forward_backward(&restricted, &wr, hidden, tokens_r, mask_r, seq_lens, 2, T, NULL, 0.8f, 0.5f, &sr);
+    medusa_forward_backward(&full, &wf, hidden, tokens, mask, seq_lens, 2, T, NULL, 0.8f, 0.0f, &sf);
     float *gt = xmalloc(sizeof(float) * tr.n_params), *gr = xmalloc(sizeof(float) * tr.n_params);
     be->download(gt, tr.grads, sizeof(float) * tr.n_params);
     be->download(gr, restricted.grads, sizeof(float) * tr.n_params);

@@ -110,7 +110,8 @@ static void test_case_a(void) {
 
     medusa_enable_grads(&m);
     MedusaBatchStats s;
-    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f, &s);
+    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f, 1.0f,
+                            &s);
     check_stats(&w, &s, "case A");
     int hits_ok = 1;
     for (int i = 0; i < K; i++) {
@@ -140,7 +141,8 @@ static void test_case_a(void) {
     /* evaluation (grad_scale 0) gives the same statistics and leaves the gradients alone */
     float before = m.grads[123];
     MedusaBatchStats e;
-    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 0.0f, &e);
+    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f, 0.0f,
+                            &e);
     CHECK(e.total_loss == s.total_loss && e.hits[2][4] == s.hits[2][4] && m.grads[123] == before,
           "case A: forward-only pass gives the same loss and hits and no gradient");
     weights_close(&w);
@@ -163,7 +165,8 @@ static void test_case_a_bf16(void) {
     WeightSet w;
     weights_open_safetensors_file(&w, FIX "case_a.safetensors");
     MedusaBatchStats s;
-    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f, &s);
+    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f, 1.0f,
+                            &s);
     double want = scalar(&w, "loss", 0, 1), e_total = fabs(s.total_loss - want) / fabs(want);
     CHECK(e_total > 0 && e_total <= 1e-2, "case A bf16: weighted loss %.6f vs %.6f, rel err %.3g (0 < err <= 1e-2)",
           s.total_loss, want, e_total);
@@ -214,7 +217,8 @@ static void test_case_a2(void) {
     medusa_work_init(&work, &m, b->T, 64);
     medusa_enable_grads(&m);
     MedusaBatchStats s;
-    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f, &s);
+    medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f, 1.0f,
+                            &s);
     check_stats(&w, &s, "case A2");
     for (int i = 0; i < K; i++)
         for (int l = 0; l < 2; l++) {
@@ -418,8 +422,8 @@ static void test_case_b(const Model *base) {
     for (int s = 0; s < 3; s++) {
         FixtureBatch *b = &batches[s];
         MedusaBatchStats st;
-        medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, 0.8f, 1.0f,
-                                &st);
+        medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f,
+                                1.0f, &st);
         snprintf(prefix, sizeof prefix, "gin%d", s);
         snprintf(label, sizeof label, "case B step %d", s);
         compare_gin(&w, &m, prefix, label);
@@ -498,8 +502,8 @@ static void test_case_c(const Model *base) {
     for (int b = 0; b < 2; b++) {
         MedusaBatchStats st;
         FixtureBatch *fb = &batches[b];
-        medusa_forward_backward(&m, &work, fb->hidden, fb->tokens, fb->mask, fb->seq_lens, fb->n_seqs, fb->T, 0.8f,
-                                0.5f, &st);
+        medusa_forward_backward(&m, &work, fb->hidden, fb->tokens, fb->mask, fb->seq_lens, fb->n_seqs, fb->T, NULL,
+                                0.8f, 0.5f, &st);
         loss += st.total_loss / 2;
     }
     compare_gin(&w, &m, "gin0", "case C");

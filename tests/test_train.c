@@ -166,7 +166,7 @@ static void check_export_eval(const char *run, const char *val_path, const char 
     StepMetrics em;
     evaluate(&t, &val, 128, 2, &em);
     cJSON *o = cJSON_CreateObject();
-    metrics_to_json(&em, m.shape.n_heads, o);
+    eval_metrics_to_json(&em, m.shape.n_heads, o);
     char *ours = cJSON_PrintUnformatted(o);
     const char *last = strrchr(metrics, '{');
     int same = 1;
@@ -175,12 +175,15 @@ static void check_export_eval(const char *run, const char *val_path, const char 
             char key[48];
             snprintf(key, sizeof key, "medusa%d_top%d", i, k);
             same &= json_number(ours, key) == json_number(last, key);
+            snprintf(key, sizeof key, "medusa%d_base_top%d", i, k);
+            same &= json_number(ours, key) == json_number(last, key);
         }
     same &= json_number(ours, "loss") == json_number(last, "loss");
+    same &= json_number(ours, "base_top1") == json_number(last, "base_top1");
     CHECK(same && em.base_valid > 0,
-          "exported heads re-imported and evaluated: loss %.6f and every medusa{i}_top{k} equal "
-          "the run's final eval line (medusa0_top5 %.4f)",
-          json_number(ours, "loss"), json_number(ours, "medusa0_top5"));
+          "exported heads re-imported and evaluated: loss %.6f, base_top1 and every medusa{i}_top{k} and "
+          "medusa{i}_base_top{k} equal the run's final eval line (medusa0_top5 %.4f, medusa0_base_top5 %.4f)",
+          json_number(ours, "loss"), json_number(ours, "medusa0_top5"), json_number(ours, "medusa0_base_top5"));
     free(ours);
     cJSON_Delete(o);
     trainer_free(&t);
@@ -355,57 +358,122 @@ static void test_signal(const char *data) {
     free(dir);
 }
 
+/* The heads' agreement with the base model's greedy choice, by brute force over the full logits: at each position t
+ * with a target for head i, the argmax of the base model's logits at row t+1+i (argmax) within the top k of head i's
+ * logits at t (medusa_logits); for a truncated head a choice outside its token map is a miss. want[i][k-1]; returns
+ * the choices outside the map. */
+static int brute_agreement(MedusaHeads *m, const float *hidden, const TrainBatch *b, const int *argmax,
+                           int64_t want[][MEDUSA_TOPK]) {
+    int K = m->shape.n_heads, Vh = m->shape.head_vocab, T = b->n_tokens, outside = 0;
+    float *logits = xmalloc(sizeof(float) * (size_t)K * T * Vh);
+    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)K * T);
+    MedusaWork w;
+    medusa_work_init(&w, m, T, T);
+    medusa_logits(m, &w, hidden, T, logits);
+    medusa_targets(K, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, T, targets);
+    for (int h = 0; h < K; h++)
+        for (int t = 0; t < T; t++) {
+            int choice = argmax[t + 1 + h], row = m->token_index ? m->token_index[choice] : choice;
+            if (targets[(size_t)h * T + t] < 0) continue;
+            outside += row < 0;
+            if (row < 0) continue;
+            const float *l = logits + ((size_t)h * T + t) * Vh;
+            int rank = 0;
+            for (int v = 0; v < Vh; v++) rank += l[v] > l[row];
+            for (int k = 0; k < MEDUSA_TOPK; k++) want[h][k] += rank <= k;
+        }
+    medusa_work_free(&w, m);
+    free(logits);
+    free(targets);
+    return outside;
+}
+
 /* Evaluation's base top-1 on t+1, its logits ranked in chunks of 7 rows (borders inside both sequences) and of 512
- * (one chunk), against the argmax of model_forward's full [T, V] logits (golden-tested against transformers). Every
- * even position's next token is the base model's own greedy pick, so about half the targets are hits. */
+ * (one chunk), against the argmax of model_forward's full [T, V] logits (golden-tested against transformers). Over
+ * half the tokens are the base model's own greedy picks, so over half the targets are hits. The heads'
+ * agreement with the base model's choices (medusa{i}_base_top{k}) from the same chunked pass, with full and truncated
+ * heads, against brute_agreement. */
 static void test_eval_base_top1(void) {
-    printf("evaluation: the base model's top-1 from logits in chunks\n");
+    printf("evaluation: the base model's top-1 and the heads' agreement with its choices, from logits in chunks\n");
     enum { T = 128 };
     Model base;
     model_load(&base, BASE, backend_cpu(), DT_F32);
-    int vocab = base.config.vocab_size;
+    int vocab = base.config.vocab_size, H = base.config.hidden_size;
     int32_t tokens[T], seq_lens[2] = {60, T - 60};
     uint8_t loss_mask[T];
     Rng rng;
     rng_seed(&rng, 11);
-    for (int i = 0; i < T; i++) tokens[i] = (int32_t)rng_below(&rng, (uint64_t)vocab), loss_mask[i] = 1;
+    for (int i = 0; i < T; i++) tokens[i] = (int32_t)rng_below(&rng, (uint64_t)vocab), loss_mask[i] = i % 7 != 3;
     PackedBatch pb = {T, tokens, 2, seq_lens};
     ForwardState fs;
     forward_state_init(&fs, &base, T);
-    float *hidden = xmalloc(sizeof(float) * (size_t)T * base.config.hidden_size);
+    float *hidden = xmalloc(sizeof(float) * (size_t)T * H);
     float *logits = xmalloc(sizeof(float) * (size_t)T * vocab);
     int argmax[T];
-    for (int pass = 0; pass <= T; pass += 2) { /* left to right: a token changes only the logits after it */
+    /* the first sequence is the base's greedy continuation of 3 tokens, the second greedy at every other position;
+     * every seventh token is masked (no target, for the base's top-1 and the heads alike) */
+    for (int pass = 0; pass < T; pass++) { /* left to right: a token changes only the logits after it */
         model_forward(&base, &fs, &pb, hidden, logits);
-        for (int i = 0; i < T; i++) {
-            argmax[i] = 0;
-            for (int v = 1; v < vocab; v++)
-                if (logits[(size_t)i * vocab + v] > logits[(size_t)i * vocab + argmax[i]]) argmax[i] = v;
-        }
-        if (pass + 1 < T && pass + 1 != seq_lens[0]) tokens[pass + 1] = argmax[pass];
+        for (int i = 0; i < T; i++) argmax[i] = row_argmax(logits + (size_t)i * vocab, vocab);
+        if (pass + 1 < T && pass + 1 != seq_lens[0] && (pass + 1 < seq_lens[0] ? pass >= 2 : pass % 2 == 0))
+            tokens[pass + 1] = argmax[pass];
     }
     long want_valid = 0, want_hits = 0;
     for (int i = 0; i < T - 1; i++) {
-        if (i == seq_lens[0] - 1) continue; /* a sequence's last token has no target */
+        if (i == seq_lens[0] - 1 || !loss_mask[i + 1]) continue; /* a sequence's last token has no target */
         want_valid++;
         want_hits += argmax[i] == tokens[i + 1];
     }
-    MedusaHeads m;
-    medusa_init(&m, backend_cpu(), (MedusaShape){2, 1, base.config.hidden_size, vocab, 0});
     TrainBatch b = {T, tokens, loss_mask, 2, seq_lens};
-    for (int c = 0; c < 2; c++) {
-        int chunk = c == 0 ? 7 : 512;
-        Trainer t;
-        trainer_init(&t, &base, &m, NULL, 0.8f, T, chunk);
-        StepMetrics em;
-        step_metrics_clear(&em);
-        trainer_eval_batch(&t, &b, &em);
-        CHECK(em.base_valid == want_valid && em.base_hits == want_hits && want_hits > want_valid / 3,
-              "logits in chunks of %d rows: base top-1 %lld of %lld targets, as the full logits' argmax (%ld of %ld)",
-              chunk, (long long)em.base_hits, (long long)em.base_valid, want_hits, want_valid);
-        trainer_free(&t);
+    int32_t map[128];
+    for (int r = 0; r < 128; r++) map[r] = 3 * r; /* every third token */
+    for (int truncated = 0; truncated < 2; truncated++) {
+        MedusaHeads m;
+        medusa_init(&m, backend_cpu(), (MedusaShape){3, 1, H, vocab, truncated ? 128 : 0});
+        if (truncated) medusa_set_token_map(&m, map);
+        /* head h's lm_head row for token v: the sum of the hidden states at the positions t (two in three) whose base
+         * choice at t+1+h is v (ResBlocks with W = 0, b = 0 pass the hidden state on), a classifier fitted to part of
+         * this batch, so the heads agree with the base on many rows but not on all */
+        int32_t targets[3 * T];
+        medusa_targets(3, tokens, loss_mask, seq_lens, 2, T, targets);
+        memset(m.params, 0, sizeof(float) * m.n_params);
+        for (int h = 0; h < 3; h++)
+            for (int t = 0; t < T; t++) {
+                int choice = argmax[t + 1 + h], row = truncated ? (choice % 3 ? -1 : choice / 3) : choice;
+                if (targets[h * T + t] < 0 || row < 0 || t % 3 == 0) continue;
+                float *lm = medusa_lm_head(&m, m.params, h) + (size_t)row * H;
+                for (int i = 0; i < H; i++) lm[i] += hidden[(size_t)t * H + i];
+            }
+        int64_t want[3][MEDUSA_TOPK] = {{0}};
+        int outside = brute_agreement(&m, hidden, &b, argmax, want);
+        for (int c = 0; c < 2; c++) {
+            int chunk = c == 0 ? 7 : 512;
+            Trainer t;
+            trainer_init(&t, &base, &m, NULL, 0.8f, T, chunk);
+            StepMetrics em;
+            step_metrics_clear(&em);
+            trainer_eval_batch(&t, &b, &em);
+            if (!truncated)
+                CHECK(
+                    em.base_valid == want_valid && em.base_hits == want_hits && want_hits > want_valid / 2,
+                    "logits in chunks of %d rows: base top-1 %lld of %lld targets, as the full logits' argmax (%ld of "
+                    "%ld)",
+                    chunk, (long long)em.base_hits, (long long)em.base_valid, want_hits, want_valid);
+            int same = 1, informative = 1;
+            for (int h = 0; h < 3; h++)
+                for (int k = 0; k < MEDUSA_TOPK; k++) same &= em.agree[h][k] == want[h][k];
+            for (int h = 0; h < 3; h++) informative &= want[h][0] > 0 && want[h][4] < em.valid[h];
+            CHECK(same && informative && (!truncated || outside > 0),
+                  "%s heads, chunks of %d rows: agreement with the base model's choice at t+1+i equals the brute force "
+                  "over the full logits for every head and k (head 0 top-1..5: %lld %lld %lld %lld %lld of %lld%s)",
+                  truncated ? "truncated (128-token map)" : "full-vocabulary", chunk, (long long)em.agree[0][0],
+                  (long long)em.agree[0][1], (long long)em.agree[0][2], (long long)em.agree[0][3],
+                  (long long)em.agree[0][4], (long long)em.valid[0],
+                  truncated ? "; choices outside the map are misses" : "");
+            trainer_free(&t);
+        }
+        medusa_free(&m);
     }
-    medusa_free(&m);
     forward_state_free(&fs, &base);
     free(hidden);
     free(logits);

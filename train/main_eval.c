@@ -1,5 +1,5 @@
-/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}) and the base model's own top-1 on
- * held-out conversations. */
+/* medusa-eval: top-1..5 accuracy of every Medusa head (medusa{i}_top{k}), its agreement with the base model's greedy
+ * choice (medusa{i}_base_top{k}) and the base model's own top-1 on held-out conversations. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,7 +13,9 @@ static const char *USAGE =
     "usage: medusa-eval --model PATH (--medusa DIR | --ckpt FILE|RUN_DIR) --data VAL.tokens.h5 [options]\n\n"
     "Evaluates Medusa heads (an export in the v1 or vLLM layout, or a training checkpoint) on a token cache:\n"
     "head i at position t predicts the token at t+2+i; only trained (assistant) targets count. Prints a table\n"
-    "of medusa{i}_top{k} for k = 1..5 and the base model's top-1 on t+1, and writes them as JSON with --json.";
+    "of medusa{i}_top{k} for k = 1..5 (the data's token within head i's top k), beside it medusa{i}_base_top{k}\n"
+    "(the base model's own greedy choice for that token, given the true prefix, within the top k: what decoding\n"
+    "accepts, the input of medusa-infer tune), and the base model's top-1 on t+1; writes them as JSON with --json.";
 
 int main(int argc, char **argv) {
     const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu",
@@ -85,12 +87,17 @@ int main(int argc, char **argv) {
     double seconds = now_seconds() - t0;
 
     int K = heads.shape.n_heads;
-    printf("%-10s %7s %7s %7s %7s %7s %8s %8s\n", "head", "top1", "top2", "top3", "top4", "top5", "loss", "targets");
+    printf("%-10s %-39s %-8s %-8s  %s\n", "", "top-k holds the data's token", "", "",
+           "top-k holds the base model's greedy choice");
+    printf("%-10s %7s %7s %7s %7s %7s %8s %8s ", "head", "top1", "top2", "top3", "top4", "top5", "loss", "targets");
+    printf(" %7s %7s %7s %7s %7s\n", "top1", "top2", "top3", "top4", "top5");
     for (int i = 0; i < K; i++) {
+        double n = m.valid[i] ? (double)m.valid[i] : 1;
         printf("medusa%-4d", i);
-        for (int k = 0; k < MEDUSA_TOPK; k++)
-            printf(" %7.4f", m.valid[i] ? (double)m.hits[i][k] / (double)m.valid[i] : 0.0);
-        printf(" %8.4f %8lld\n", m.batches ? m.loss_sum[i] / m.batches : 0.0, (long long)m.valid[i]);
+        for (int k = 0; k < MEDUSA_TOPK; k++) printf(" %7.4f", (double)m.hits[i][k] / n);
+        printf(" %8.4f %8lld ", m.batches ? m.loss_sum[i] / m.batches : 0.0, (long long)m.valid[i]);
+        for (int k = 0; k < MEDUSA_TOPK; k++) printf(" %7.4f", (double)m.agree[i][k] / n);
+        printf("\n");
     }
     double base_top1 = m.base_valid ? (double)m.base_hits / (double)m.base_valid : 0;
     printf("base model top-1 on t+1: %.4f (%lld targets)\n", base_top1, (long long)m.base_valid);
@@ -104,8 +111,7 @@ int main(int argc, char **argv) {
         cJSON_AddStringToObject(o, "data", data);
         cJSON_AddNumberToObject(o, "batches", m.batches);
         cJSON_AddNumberToObject(o, "tokens", (double)m.tokens);
-        metrics_to_json(&m, K, o);
-        cJSON_AddNumberToObject(o, "base_top1", base_top1);
+        eval_metrics_to_json(&m, K, o);
         char *text = cJSON_Print(o);
         size_t n = strlen(text);
         text = xrealloc(text, n + 2);

@@ -56,6 +56,17 @@ void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {
     }
 }
 
+void eval_metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {
+    metrics_to_json(m, n_heads, obj);
+    char key[48];
+    for (int i = 0; i < n_heads; i++)
+        for (int k = 0; k < MEDUSA_TOPK; k++) {
+            snprintf(key, sizeof key, "medusa%d_base_top%d", i, k + 1);
+            cJSON_AddNumberToObject(obj, key, m->valid[i] ? (double)m->agree[i][k] / (double)m->valid[i] : 0.0);
+        }
+    cJSON_AddNumberToObject(obj, "base_top1", m->base_valid ? (double)m->base_hits / (double)m->base_valid : 0);
+}
+
 void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_batches, StepMetrics *out) {
     Batcher b;
     batcher_init(&b, cache, batch_tokens, 0, 0);
@@ -437,8 +448,7 @@ int train_run(const TrainConfig *c) {
             cJSON_AddStringToObject(o, "split", "eval");
             cJSON_AddNumberToObject(o, "step", (double)step);
             cJSON_AddNumberToObject(o, "epoch", epoch);
-            metrics_to_json(&em, c->heads, o);
-            cJSON_AddNumberToObject(o, "base_top1", em.base_valid ? (double)em.base_hits / (double)em.base_valid : 0);
+            eval_metrics_to_json(&em, c->heads, o);
             write_metrics_line(metrics, o);
             last_eval = step;
         }
@@ -471,8 +481,7 @@ int train_run(const TrainConfig *c) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "split", "eval");
         cJSON_AddNumberToObject(o, "step", (double)step);
-        metrics_to_json(&em, c->heads, o);
-        cJSON_AddNumberToObject(o, "base_top1", em.base_valid ? (double)em.base_hits / (double)em.base_valid : 0);
+        eval_metrics_to_json(&em, c->heads, o);
         write_metrics_line(metrics, o);
     }
     if (last_save != step) save(&r, step);

@@ -35,6 +35,9 @@ int train_run(const TrainConfig *c);
 void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_batches, StepMetrics *out);
 /* Adds loss, medusa{i}_loss and medusa{i}_top{k} (k = 1..5) of accumulated metrics to obj. */
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
+/* metrics_to_json and what evaluation adds: base_top1 (the base model's own top-1 on t+1) and medusa{i}_base_top{k},
+ * the share of head i's positions where its top k holds the base model's greedy choice (MedusaBase). */
+void eval_metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
 
 /* --logits-chunk: the rows given, or 0 for the device's default (512 on the CPU, 4096 on a GPU) */
 int logits_chunk_for(int requested, const Backend *be);

@@ -17,6 +17,7 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
     forward_state_init(&t->state, base, max_tokens);
     medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
     t->hidden = base->be->alloc(sizeof(float) * (size_t)max_tokens * base->config.hidden_size);
+    t->choice = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     if (optim) {
         medusa_enable_grads(heads);
         adam_init(&t->adam, heads);
@@ -27,6 +28,7 @@ void trainer_free(Trainer *t) {
     forward_state_free(&t->state, t->base);
     medusa_work_free(&t->work, t->heads);
     t->base->be->free(t->hidden);
+    free(t->choice);
     if (t->adam.m) adam_free(&t->adam, t->heads);
     memset(t, 0, sizeof *t);
 }
@@ -36,7 +38,7 @@ static void accumulate(StepMetrics *m, const MedusaBatchStats *s, int n_heads, i
         m->loss_sum[h] += s->loss[h];
         m->valid[h] += s->valid[h];
         m->computed[h] += s->computed[h];
-        for (int k = 0; k < MEDUSA_TOPK; k++) m->hits[h][k] += s->hits[h][k];
+        for (int k = 0; k < MEDUSA_TOPK; k++) m->hits[h][k] += s->hits[h][k], m->agree[h][k] += s->agree[h][k];
     }
     m->total_loss_sum += s->total_loss;
     m->batches++;
@@ -53,7 +55,7 @@ double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *met
         base_forward(t, &micro[i]);
         MedusaBatchStats s;
         medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
-                                micro[i].n_seqs, micro[i].n_tokens, t->head_decay, 1.0f / (float)n, &s);
+                                micro[i].n_seqs, micro[i].n_tokens, NULL, t->head_decay, 1.0f / (float)n, &s);
         if (!isfinite(s.total_loss))
             fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is "
                   "intact",
@@ -68,12 +70,12 @@ double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *met
     return norm;
 }
 
-void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
+/* The base model's logits on the batch's hidden states, a chunk of rows at a time (a batch's full [T, V] would be the
+ * largest buffer of an evaluation): its greedy choice at every row into t->choice (top_k's argmax; -1 where that logit
+ * is not finite, which rank_ids tells), and its own top-1 on t+1 into metrics (the fused softmax's rank) */
+static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
     const Backend *be = t->base->be;
     int V = t->base->config.vocab_size, H = t->base->config.hidden_size, T = b->n_tokens;
-    base_forward(t, b);
-    /* the base model's own top-1 on t+1: its logits a chunk of rows at a time, as the heads' (a batch's full
-     * [T, V] would be the largest buffer of an evaluation), ranked by the fused softmax */
     int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)T), *ranks = xmalloc(sizeof(int32_t) * (size_t)T);
     int start = 0;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -84,11 +86,15 @@ void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
     int chunk = t->work.chunk_rows < T ? t->work.chunk_rows : T;
     float *logits = be->alloc(sizeof(float) * (size_t)chunk * V);
     int32_t *targets_dev = be->alloc(sizeof(int32_t) * (size_t)T), *ranks_dev = be->alloc(sizeof(int32_t) * (size_t)T);
+    int32_t *choice_dev = be->alloc(sizeof(int32_t) * (size_t)T),
+            *choice_ranks = be->alloc(sizeof(int32_t) * (size_t)T);
     float *losses_dev = be->alloc(sizeof(float) * (size_t)T);
     be->upload(targets_dev, targets, sizeof(int32_t) * (size_t)T);
     for (int r0 = 0; r0 < T; r0 += chunk) {
         int rows = T - r0 < chunk ? T - r0 : chunk;
         model_linear(t->base, logits, t->hidden + (size_t)r0 * H, t->base->lm_head, NULL, rows, H, V);
+        be->top_k(choice_dev + r0, logits, rows, V, 1);
+        be->rank_ids(choice_ranks + r0, logits, choice_dev + r0, rows, V);
         be->softmax_xent(logits, losses_dev + r0, ranks_dev + r0, targets_dev + r0, rows, V, 0.0f);
     }
     be->download(ranks, ranks_dev, sizeof(int32_t) * (size_t)T);
@@ -96,15 +102,26 @@ void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
         metrics->base_valid += ranks[i] >= 0;
         metrics->base_hits += ranks[i] == 0;
     }
+    be->download(t->choice, choice_dev, sizeof(int32_t) * (size_t)T);
+    be->download(ranks, choice_ranks, sizeof(int32_t) * (size_t)T);
+    for (int i = 0; i < T; i++)
+        if (ranks[i] != 0) t->choice[i] = -1;
     be->free(logits);
     be->free(targets_dev);
     be->free(ranks_dev);
+    be->free(choice_dev);
+    be->free(choice_ranks);
     be->free(losses_dev);
     free(targets);
     free(ranks);
+}
 
+void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
+    base_forward(t, b);
+    base_choices(t, b, metrics);
     MedusaBatchStats s;
-    medusa_forward_backward(t->heads, &t->work, t->hidden, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, T,
-                            t->head_decay, 0.0f, &s);
-    accumulate(metrics, &s, t->heads->shape.n_heads, T);
+    MedusaBase base = {t->choice};
+    medusa_forward_backward(t->heads, &t->work, t->hidden, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, b->n_tokens,
+                            &base, t->head_decay, 0.0f, &s);
+    accumulate(metrics, &s, t->heads->shape.n_heads, b->n_tokens);
 }

@@ -24,7 +24,8 @@ typedef struct {
     int max_tokens;
     ForwardState state;
     MedusaWork work;
-    float *hidden; /* [max_tokens, H] backend */
+    float *hidden;   /* [max_tokens, H] backend */
+    int32_t *choice; /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
 } Trainer;
 
 /* Sums of per-head statistics over batches, for logging and evaluation. */
@@ -32,7 +33,8 @@ typedef struct {
     double loss_sum[64]; /* sum over batches of head i's mean loss */
     double total_loss_sum;
     int64_t valid[64], computed[64], hits[64][MEDUSA_TOPK];
-    int64_t base_valid, base_hits; /* the base model's own top-1 on t+1 (evaluation) */
+    int64_t agree[64][MEDUSA_TOPK]; /* the base model's choice within head i's top k (evaluation) */
+    int64_t base_valid, base_hits;  /* the base model's own top-1 on t+1 (evaluation) */
     int batches;
     int64_t tokens;
 } StepMetrics;
@@ -47,7 +49,8 @@ void trainer_free(Trainer *t);
  * (nothing is applied). */
 double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics);
 
-/* Forward only: head losses and top-k hits (and the base model's top-1) on a batch. */
+/* Forward only: head losses and top-k hits, the base model's top-1, and the heads' agreement with the base model's
+ * greedy choices (MedusaBase) on a batch. */
 void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics);
 
 void step_metrics_clear(StepMetrics *m);

@@ -38,6 +38,7 @@ const Backend *backend_cpu(void) {
         .resblock_forward = cpu_resblock_forward,
         .silu_backward = cpu_silu_backward,
         .softmax_xent = cpu_softmax_xent,
+        .rank_ids = cpu_rank_ids,
         .softmax_entropy = cpu_softmax_entropy,
         .adamw = cpu_adamw,
         .sum_squares = cpu_sum_squares,

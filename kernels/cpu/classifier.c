@@ -1,6 +1,6 @@
 /* Fused softmax cross-entropy: loss, target rank (for top-k accuracy) and dlogits in place, one row at a
- * time, so probabilities for the whole vocabulary are never kept beside the logits; the heads' classifier on bf16
- * weights; typical acceptance's statistics. */
+ * time, so probabilities for the whole vocabulary are never kept beside the logits; the ranks of given ids; the heads'
+ * classifier on bf16 weights; typical acceptance's statistics. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -39,6 +39,21 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
         float scale = (float)(dscale / sum);
         for (int i = 0; i < V; i++) row[i] *= scale;
         row[target] -= dscale;
+    }
+}
+
+void cpu_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols) {
+#pragma omp parallel for if ((size_t)rows * cols > PAR_MIN)
+    for (int r = 0; r < rows; r++) {
+        const float *row = x + (size_t)r * cols;
+        int id = ids[r];
+        if (id < 0 || !isfinite(row[id])) {
+            ranks[r] = id < 0 ? -1 : RANK_NOT_FINITE;
+            continue;
+        }
+        int rank = 0;
+        for (int i = 0; i < cols; i++) rank += row[i] > row[id];
+        ranks[r] = rank;
     }
 }
 

@@ -226,6 +226,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.resblock_forward = cuda_resblock_forward;
         cuda.silu_backward = cuda_silu_backward;
         cuda.softmax_xent = cuda_softmax_xent;
+        cuda.rank_ids = cuda_rank_ids;
         cuda.softmax_entropy = cuda_softmax_entropy;
         cuda.adamw = cuda_adamw;
         cuda.sum_squares = cuda_sum_squares;

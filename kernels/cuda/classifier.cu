@@ -99,6 +99,28 @@ void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losse
     softmax_xent(logits, dlogits, losses, ranks, targets, T, V, dscale);
 }
 
+/* The ranks of given ids, one block per row: each thread counts its strided entries above the id's, the block sums. */
+__global__ void rank_ids_kernel(int32_t *ranks, const float *x, const int32_t *ids, int cols) {
+    __shared__ int scratch[32];
+    const float *row = x + (size_t)blockIdx.x * cols;
+    int id = ids[blockIdx.x];
+    if (id < 0 || !isfinite(row[id])) { /* uniform over the block */
+        if (threadIdx.x == 0) ranks[blockIdx.x] = id < 0 ? -1 : RANK_NOT_FINITE;
+        return;
+    }
+    float v = row[id];
+    int rank = 0;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) rank += row[i] > v;
+    rank = block_sum(rank, scratch);
+    if (threadIdx.x == 0) ranks[blockIdx.x] = rank;
+}
+
+void cuda_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols) {
+    if (rows == 0) return;
+    profile_next_bytes(4.0 * rows * cols + 8.0 * rows);
+    LAUNCH(rank_ids_kernel, rows, kThreads, 0, ranks, x, ids, cols);
+}
+
 /* Typical acceptance's statistics, one block per row: the softmax at a temperature (an online pass), then the
  * entropy in the reference's form (terms and sum in double, as the CPU's) and the row's candidates' probabilities. */
 __global__ void softmax_entropy_kernel(float *entropy, float *probs, const float *x, const int32_t *ids, int V,

@@ -213,6 +213,7 @@ void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losse
                             const int32_t *targets, int T, int V, float dscale);
 void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
                           const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale);
+void cuda_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols);
 void cuda_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
                           int n_ids, float temperature);
 void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
