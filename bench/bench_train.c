@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
     int64_t tokens = 0;
     for (int s = 0; s <= steps; s++) {
         Batch batch = batcher_next(&b);
-        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens};
+        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens, NULL};
         StepMetrics sm;
         step_metrics_clear(&sm);
         double t0 = now_seconds();

@@ -37,6 +37,7 @@ void batcher_init(Batcher *b, const TokenCache *cache, int batch_tokens, uint64_
     b->tokens = xmalloc((size_t)batch_tokens * sizeof *b->tokens);
     b->loss_mask = xmalloc((size_t)batch_tokens);
     b->seq_lens = xmalloc((size_t)batch_tokens * sizeof *b->seq_lens);
+    b->convs = xmalloc((size_t)batch_tokens * sizeof *b->convs);
     epoch_order(b, 0, b->order);
 }
 
@@ -45,6 +46,7 @@ void batcher_free(Batcher *b) {
     free(b->tokens);
     free(b->loss_mask);
     free(b->seq_lens);
+    free(b->convs);
     memset(b, 0, sizeof *b);
 }
 
@@ -55,7 +57,7 @@ Batch batcher_next(Batcher *b) {
         b->position = 0;
         epoch_order(b, b->epoch, b->order);
     }
-    Batch batch = {0, b->tokens, b->loss_mask, 0, b->seq_lens, b->epoch};
+    Batch batch = {0, b->tokens, b->loss_mask, 0, b->seq_lens, b->convs, b->epoch};
     while (b->position < c->n_convs) {
         int64_t conv = b->order[b->position];
         int len = conv_len(b, conv);
@@ -63,6 +65,7 @@ Batch batcher_next(Batcher *b) {
         int64_t at = c->conv_offsets[conv];
         memcpy(b->tokens + batch.n_tokens, c->tokens + at, (size_t)len * sizeof *b->tokens);
         memcpy(b->loss_mask + batch.n_tokens, c->loss_mask + at, (size_t)len);
+        b->convs[batch.n_seqs] = conv;
         b->seq_lens[batch.n_seqs++] = len;
         batch.n_tokens += len;
         b->position++;

@@ -14,7 +14,8 @@ typedef struct {
     const uint8_t *loss_mask;
     int n_seqs;
     const int32_t *seq_lens;
-    int64_t epoch; /* the epoch this batch belongs to */
+    const int64_t *convs; /* the conversation (index in the cache) of each sequence */
+    int64_t epoch;        /* the epoch this batch belongs to */
 } Batch;
 
 typedef struct {
@@ -27,6 +28,7 @@ typedef struct {
     int32_t *tokens;         /* the current batch's storage */
     uint8_t *loss_mask;
     int32_t *seq_lens;
+    int64_t *convs;
 } Batcher;
 
 /* shuffle = 0 keeps the file's order every epoch (evaluation). */

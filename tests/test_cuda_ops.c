@@ -1181,7 +1181,7 @@ static void test_planned_training(DType weights) {
     int32_t tokens[TRAIN_TOKENS], seq_lens[3] = {30, 50, 16};
     uint8_t mask[TRAIN_TOKENS];
     for (int i = 0; i < TRAIN_TOKENS; i++) tokens[i] = (int32_t)rng_below(&rng, V), mask[i] = i % 5 != 0;
-    TrainBatch batch = {TRAIN_TOKENS, tokens, mask, 3, seq_lens};
+    TrainBatch batch = {TRAIN_TOKENS, tokens, mask, 3, seq_lens, NULL};
     StepMetrics metrics;
     step_metrics_clear(&metrics);
     for (int step = 1; step <= 2; step++) {

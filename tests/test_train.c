@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/rng.h"
+#include "../data/batcher.h"
 #include "../model/medusa_io.h"
 #include "../train/run.h"
 #include "test.h"
@@ -424,7 +425,7 @@ static void test_eval_base_top1(void) {
         want_valid++;
         want_hits += argmax[i] == tokens[i + 1];
     }
-    TrainBatch b = {T, tokens, loss_mask, 2, seq_lens};
+    TrainBatch b = {T, tokens, loss_mask, 2, seq_lens, NULL};
     int32_t map[128];
     for (int r = 0; r < 128; r++) map[r] = 3 * r; /* every third token */
     for (int truncated = 0; truncated < 2; truncated++) {
@@ -480,6 +481,77 @@ static void test_eval_base_top1(void) {
     model_free(&base);
 }
 
+/* --cache-hidden: each conversation's hidden states computed once (alone through the base model) and reused in later
+ * epochs. A run stopped and resumed equals the uninterrupted one bit for bit; the cached rows equal the packed batch's
+ * forward pass within fp32 rounding (a batch's GEMMs sum each row in the same order, so usually exactly). */
+static void test_cache_hidden(const char *data) {
+    printf("--cache-hidden: 24 steps (3 epochs) vs 12 + resume + 12; evaluation from the cache vs the packed pass\n");
+    char *a = path_join(root, "cache_a"), *b = path_join(root, "cache_b");
+    TrainConfig ca = config(a, data, NULL), cb = config(b, data, NULL);
+    ca.cache_hidden = cb.cache_hidden = 1;
+    ca.max_steps = cb.max_steps = 24;
+    ca.eval_every = cb.eval_every = 0;
+    CHECK(train_run(&ca) == TRAIN_DONE, "24-step run with --cache-hidden finishes");
+    cb.stop_after = 12;
+    CHECK(train_run(&cb) == TRAIN_STOPPED, "a second one stopped after step 12");
+    cb.stop_after = 0;
+    cb.resume = 1;
+    CHECK(train_run(&cb) == TRAIN_DONE, "resumed with --cache-hidden (the cache filled again)");
+    char *pa = path_join(a, "ckpt-24.h5"), *pb = path_join(b, "ckpt-24.h5");
+    Loaded la, lb;
+    load_ckpt(&la, pa);
+    load_ckpt(&lb, pb);
+    CHECK(la.meta.cursor[0] >= 2 && memcmp(la.heads.params, lb.heads.params, sizeof(float) * la.heads.n_params) == 0,
+          "step 24 (epoch %lld): %zu params bitwise equal after the resume", (long long)la.meta.cursor[0],
+          la.heads.n_params);
+    cb.cache_hidden = 0;
+    EXPECT_FATAL(train_run(&cb), "cache-hidden", "a run without --cache-hidden refuses to resume one with it");
+    free_ckpt(&la);
+    free_ckpt(&lb);
+
+    /* a batch evaluated from the cache (first filling it, then reading it) and from the packed pass */
+    TokenCache cache;
+    Model base;
+    model_load(&base, BASE, backend_cpu(), DT_F32);
+    token_cache_load(&cache, data, base.config.vocab_size);
+    MedusaHeads heads;
+    medusa_init(&heads, backend_cpu(), (MedusaShape){2, 1, base.config.hidden_size, base.config.vocab_size, 0});
+    Rng rng;
+    rng_seed(&rng, 5);
+    medusa_init_from_base(&heads, &base, &rng);
+    Trainer plain, cached;
+    trainer_init(&plain, &base, &heads, NULL, 0.8f, 128, 64);
+    trainer_init(&cached, &base, &heads, NULL, 0.8f, 128, 64);
+    trainer_cache_hidden(&cached, &cache);
+    Batcher batcher;
+    batcher_init(&batcher, &cache, 128, 3, 1);
+    Batch bt = batcher_next(&batcher);
+    TrainBatch tb = {bt.n_tokens, bt.tokens, bt.loss_mask, bt.n_seqs, bt.seq_lens, bt.convs};
+    StepMetrics mp, m1, m2;
+    step_metrics_clear(&mp), step_metrics_clear(&m1), step_metrics_clear(&m2);
+    trainer_eval_batch(&plain, &tb, &mp);
+    trainer_eval_batch(&cached, &tb, &m1);
+    int64_t misses = cached.hidden_cache->misses;
+    trainer_eval_batch(&cached, &tb, &m2);
+    double err1 = fabs(m1.total_loss_sum - mp.total_loss_sum) / fabs(mp.total_loss_sum),
+           err2 = fabs(m2.total_loss_sum - mp.total_loss_sum) / fabs(mp.total_loss_sum);
+    CHECK(misses == bt.n_seqs && cached.hidden_cache->hits == bt.n_seqs && err1 <= 1e-6 && err2 <= 1e-6 &&
+              m2.hits[0][0] == mp.hits[0][0],
+          "a batch of %d conversations: computed once, then read from the cache; loss %.6f vs the packed pass's %.6f "
+          "(rel. error %.1e, %.1e; tolerance 1e-6)",
+          bt.n_seqs, m2.total_loss_sum, mp.total_loss_sum, err1, err2);
+    batcher_free(&batcher);
+    trainer_free(&plain);
+    trainer_free(&cached);
+    medusa_free(&heads);
+    token_cache_free(&cache);
+    model_free(&base);
+    free(pa);
+    free(pb);
+    free(a);
+    free(b);
+}
+
 int main(void) {
     log_verbosity = 0;
     ensure(mkdtemp(root));
@@ -488,6 +560,7 @@ int main(void) {
     test_resume(data, val);
     test_diverge(data);
     test_eval_base_top1();
+    test_cache_hidden(data);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     if (system(cmd) != 0) printf("       (could not remove %s)\n", root);

@@ -90,6 +90,9 @@ int main(int argc, char **argv) {
         {"logits-chunk", ARG_INT, &c.logits_chunk,
          "rows of head logits computed at once (memory vs speed; 0: 512 on cpu, 4096 on cuda)"},
         {"head-vocab", ARG_INT, &c.head_vocab, "heads predict only the N most frequent trained targets (0 = all)"},
+        {"cache-hidden", ARG_FLAG, &c.cache_hidden,
+         "keep the base model's hidden states in host memory (data tokens x hidden x 4 bytes): epochs after the first "
+         "skip the base model"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE_TRAIN, NULL, 0);
     /* a stop at --time-budget or --stop-after is a clean end (exit 0); a signal exits 130 */

@@ -75,7 +75,7 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
     step_metrics_clear(out);
     for (int64_t i = 0; i < n; i++) {
         Batch batch = batcher_next(&b);
-        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens};
+        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens, NULL};
         trainer_eval_batch(t, &tb, out);
     }
     batcher_free(&b);
@@ -104,6 +104,7 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON_AddNumberToObject(j, "data tokens", (double)data->n_tokens);
     cJSON_AddNumberToObject(j, "data conversations", (double)data->n_convs);
     if (c->head_vocab > 0) cJSON_AddNumberToObject(j, "head-vocab", c->head_vocab); /* absent: full, as before */
+    if (c->cache_hidden) cJSON_AddBoolToObject(j, "cache-hidden", 1); /* each conversation's own forward pass */
     cJSON_AddStringToObject(j, "model", c->model);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
@@ -124,6 +125,13 @@ static void check_resume_config(const char *ckpt, const char *saved, const char 
                   ckpt, it->string, nv, ov);
         }
     }
+    for (cJSON *it = a->child; it; it = it->next) /* an option the checkpoint's run had and this one has not */
+        if (!cJSON_GetObjectItemCaseSensitive(b, it->string)) {
+            char *ov = cJSON_PrintUnformatted(it);
+            fatal(
+                "%s: cannot resume: %s is %s in the checkpoint but not set in this run; resume with the same settings",
+                ckpt, it->string, ov);
+        }
     cJSON_Delete(a);
     cJSON_Delete(b);
 }
@@ -342,6 +350,7 @@ int train_run(const TrainConfig *c) {
     if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads); /* the heads' GEMMs in the base's precision */
     Trainer t;
     trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, logits_chunk);
+    if (c->cache_hidden) trainer_cache_hidden(&t, &data);
 
     char *config_json = identity_json(c, &data);
     RunState r = {c, &t, &batcher, config_json, &rng, 0, 0, 0};
@@ -370,6 +379,7 @@ int train_run(const TrainConfig *c) {
     /* each micro-batch of a step keeps its own copy: the batcher reuses its storage */
     int A = c->grad_accum, BT = c->batch_tokens;
     int32_t *mtok = xmalloc(sizeof(int32_t) * (size_t)A * BT), *mlen = xmalloc(sizeof(int32_t) * (size_t)A * BT);
+    int64_t *mconv = xmalloc(sizeof(int64_t) * (size_t)A * BT);
     uint8_t *mmask = xmalloc((size_t)A * BT);
     TrainBatch *micro = xmalloc(sizeof(TrainBatch) * (size_t)A);
 
@@ -397,7 +407,8 @@ int train_run(const TrainConfig *c) {
             memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
             memcpy(mask, b.loss_mask, (size_t)b.n_tokens);
             memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
-            micro[a] = (TrainBatch){b.n_tokens, tok, mask, b.n_seqs, len};
+            memcpy(mconv + (size_t)a * BT, b.convs, sizeof(int64_t) * (size_t)b.n_seqs);
+            micro[a] = (TrainBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT};
             window_base_flops += model_forward_flops(&base.config, b.n_tokens, b.seq_lens, b.n_seqs);
         }
         double lr = lr_at(&oc, (int)step);
@@ -500,6 +511,7 @@ int train_run(const TrainConfig *c) {
     free(metrics_path);
     free(mtok);
     free(mlen);
+    free(mconv);
     free(mmask);
     free(micro);
     free(config_json);

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void step_metrics_clear(StepMetrics *m) { memset(m, 0, sizeof *m); }
 
@@ -29,6 +30,11 @@ void trainer_free(Trainer *t) {
     medusa_work_free(&t->work, t->heads);
     t->base->be->free(t->hidden);
     free(t->choice);
+    if (t->hidden_cache) {
+        free(t->hidden_cache->rows);
+        free(t->hidden_cache->len);
+        free(t->hidden_cache);
+    }
     if (t->adam.m) adam_free(&t->adam, t->heads);
     memset(t, 0, sizeof *t);
 }
@@ -45,9 +51,50 @@ static void accumulate(StepMetrics *m, const MedusaBatchStats *s, int n_heads, i
     m->tokens += n_tokens;
 }
 
+void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
+    double bytes = (double)data->n_tokens * t->base->config.hidden_size * sizeof(float);
+    double host = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (bytes > 0.8 * host)
+        fatal("--cache-hidden: the base model's hidden states of %lld tokens take %.1f GiB, more than 80%% of this "
+              "host's %.1f GiB of memory",
+              (long long)data->n_tokens, bytes / (1 << 30), host / (1 << 30));
+    log_info("caching the base model's hidden states of %lld conversations in host memory: %.2f GiB",
+             (long long)data->n_convs, bytes / (1 << 30));
+    HiddenCache *c = t->hidden_cache = xcalloc(1, sizeof *c);
+    c->rows = xmalloc((size_t)bytes > 0 ? (size_t)bytes : 1);
+    c->len = xcalloc((size_t)data->n_convs, sizeof *c->len);
+    c->offsets = data->conv_offsets;
+    c->n_convs = data->n_convs;
+}
+
+/* The base model's final hidden states of the batch into t->hidden: from the cache where it holds them (each
+ * conversation alone through the base model the first time) */
 static void base_forward(Trainer *t, const TrainBatch *b) {
-    PackedBatch pb = {b->n_tokens, b->tokens, b->n_seqs, b->seq_lens};
-    model_forward(t->base, &t->state, &pb, t->hidden, NULL);
+    HiddenCache *c = t->hidden_cache;
+    if (!c || !b->convs) {
+        PackedBatch pb = {b->n_tokens, b->tokens, b->n_seqs, b->seq_lens};
+        model_forward(t->base, &t->state, &pb, t->hidden, NULL);
+        return;
+    }
+    const Backend *be = t->base->be;
+    size_t H = (size_t)t->base->config.hidden_size, row = 0;
+    for (int s = 0; s < b->n_seqs; row += (size_t)b->seq_lens[s++]) {
+        int64_t conv = b->convs[s];
+        int len = b->seq_lens[s];
+        if (conv < 0 || conv >= c->n_convs)
+            fatal("hidden-state cache: conversation %lld of %lld", (long long)conv, (long long)c->n_convs);
+        float *cached = c->rows + (size_t)c->offsets[conv] * H, *dev = t->hidden + row * H;
+        if (c->len[conv] == len) {
+            be->upload(dev, cached, sizeof(float) * (size_t)len * H);
+            c->hits++;
+            continue;
+        }
+        PackedBatch one = {len, b->tokens + row, 1, &b->seq_lens[s]};
+        model_forward(t->base, &t->state, &one, dev, NULL);
+        be->download(cached, dev, sizeof(float) * (size_t)len * H);
+        c->len[conv] = len;
+        c->misses++;
+    }
 }
 
 double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {

@@ -4,6 +4,7 @@
 #ifndef MEDUSA_TRAINER_H
 #define MEDUSA_TRAINER_H
 
+#include "../data/token_cache.h"
 #include "optim.h"
 
 /* A packed batch with its loss mask (1 = the token is a trained target). */
@@ -13,7 +14,19 @@ typedef struct {
     const uint8_t *loss_mask;
     int n_seqs;
     const int32_t *seq_lens;
+    const int64_t *convs; /* the conversation of each sequence (the hidden-state cache's key), or NULL */
 } TrainBatch;
+
+/* The frozen base model's final hidden states of every training conversation, in host memory, filled the first time a
+ * conversation is trained on, so that later epochs skip the base model's forward pass (--cache-hidden). Each
+ * conversation goes through the base model alone: its rows do not depend on the batch it is packed in (the packing
+ * changes every epoch), so a resumed run computes the same values. */
+typedef struct {
+    float *rows;            /* [n_tokens, H]: conversation c from its offset in the token cache */
+    int32_t *len;           /* [n_convs] rows of each conversation filled (0: none yet) */
+    const int64_t *offsets; /* the token cache's conv_offsets */
+    int64_t n_convs, hits, misses;
+} HiddenCache;
 
 typedef struct {
     const Model *base;
@@ -24,8 +37,9 @@ typedef struct {
     int max_tokens;
     ForwardState state;
     MedusaWork work;
-    float *hidden;   /* [max_tokens, H] backend */
-    int32_t *choice; /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
+    float *hidden;             /* [max_tokens, H] backend */
+    int32_t *choice;           /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
+    HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
 } Trainer;
 
 /* Sums of per-head statistics over batches, for logging and evaluation. */
@@ -43,6 +57,9 @@ typedef struct {
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
                   int max_tokens, int logits_chunk);
 void trainer_free(Trainer *t);
+/* Keeps the base model's hidden states of data's conversations in host memory (HiddenCache); the size is
+ * data->n_tokens x hidden x 4 bytes, fatal when it exceeds the host's memory. */
+void trainer_cache_hidden(Trainer *t, const TokenCache *data);
 
 /* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. Returns the
  * gradient norm before clipping; a non-finite loss or gradient stops the run with a clear message
