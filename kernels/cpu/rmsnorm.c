@@ -11,8 +11,8 @@ static float row_rstd(const float *row, int C, float eps) {
 }
 
 void cpu_rmsnorm_forward(float *out, const float *x, const float *weight, int T, int C, float eps) {
-/* one row (decoding) is not worth a parallel region */
-#pragma omp parallel for if (T > 1)
+/* a few rows (decoding, a tree) are not worth a parallel region: waking the threads costs more than the rows */
+#pragma omp parallel for if ((size_t)T * C > PAR_MIN)
     for (int t = 0; t < T; t++) {
         const float *row = x + (size_t)t * C;
         float rstd = row_rstd(row, C, eps), *o = out + (size_t)t * C;
@@ -21,7 +21,7 @@ void cpu_rmsnorm_forward(float *out, const float *x, const float *weight, int T,
 }
 
 void cpu_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps) {
-#pragma omp parallel for if (T > 1)
+#pragma omp parallel for if ((size_t)T * C > PAR_MIN)
     for (int t = 0; t < T; t++) {
         const float *row = x + (size_t)t * C;
         float rstd = row_rstd(row, C, eps);

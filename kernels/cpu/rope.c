@@ -22,7 +22,7 @@ static void rotate_heads(float *x, int n_heads, int head_dim, const float *cos_t
 static void rotate_qk(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
                       float theta) {
     int half = head_dim / 2;
-#pragma omp parallel if (T > 1)
+#pragma omp parallel if ((size_t)T * (n_heads + n_kv_heads) * head_dim > PAR_MIN)
     {
         float cos_t[512], sin_t[512]; /* head_dim <= 1024 */
 #pragma omp for
