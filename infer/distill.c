@@ -362,6 +362,13 @@ void distill_run(const DistillOptions *o) {
         snprintf(extra, sizeof extra, "%.0f tok/s, %d running", dt > 0 ? (double)d.dec.generated / dt : 0, running);
         progress_update(&bar, d.partial.n_done, extra);
         if ((!more && running == 0) || (o->stop_after > 0 && d.convs + d.skipped >= o->stop_after)) break;
+        if (o->time_budget > 0 && dt > o->time_budget) { /* the output is what is finished; the rest is dropped */
+            log_info("time budget of %.0f s reached: %d conversations in flight dropped", o->time_budget, running);
+            more = 0;
+            for (int s = 0; s < o->batch; s++)
+                if (jobs[s].busy) job_free(&jobs[s]);
+            break;
+        }
     }
     double seconds = now_seconds() - t0;
     progress_finish(&bar, d.partial.n_done, NULL);

@@ -17,6 +17,7 @@ typedef struct {
     int pass_tokens;    /* tokens per forward pass (prompts are prefilled in chunks within it) */
     int threads;
     int64_t stop_after; /* stop after this many conversations end in this run, OUT.partial kept (0: never) */
+    double time_budget; /* seconds: then OUT is written with the conversations finished (0: none) */
     float temperature, top_p;
     uint64_t seed;
 } DistillOptions;

@@ -34,6 +34,8 @@ int main(int argc, char **argv) {
         {"batch", ARG_INT, &o.batch, "conversations generated at once (KV cache: batch x max-len rows)"},
         {"pass-tokens", ARG_INT, &o.pass_tokens, "most tokens per forward pass (prompts are prefilled in chunks)"},
         {"stop-after", ARG_DOUBLE, &stop_after, "stop after N conversations, keeping OUT.partial to continue"},
+        {"time-budget", ARG_DOUBLE, &o.time_budget,
+         "seconds: then write OUT with the conversations finished (those in flight are dropped)"},
         {"threads", ARG_INT, &o.threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &o.device, "cpu or cuda"},
         {"precision", ARG_STR, &o.precision,
@@ -45,6 +47,7 @@ int main(int argc, char **argv) {
     o.limit = (int64_t)limit;
     o.seed = (uint64_t)seed;
     o.stop_after = (int64_t)stop_after;
+    if (!(o.time_budget >= 0 && o.time_budget < 1e9)) fatal("--time-budget %g: expected seconds >= 0", o.time_budget);
     distill_run(&o);
     return 0;
 }
