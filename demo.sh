@@ -7,7 +7,7 @@
 #                  this script, and nvidia-smi lists a GPU; else cpu)
 #   DEMO_MINUTES   training budget in minutes (default 12 on the CPU, where the whole demo then ends within ~30
 #                  minutes; 10 on a GPU)
-#   DEMO_DISTILL_MINUTES  self-distillation budget on the CPU (default 9): the conversations finished by then
+#   DEMO_DISTILL_MINUTES  self-distillation budget on the CPU (default 12): the replies finished by then
 #   DEMO_CONVS     ShareGPT conversations to regenerate (default 4000 on the CPU, where the budget ends it first;
 #                  8000 on a GPU); the distilled file is kept in runs/demo/ and reused by a later demo
 #   DEMO_THREADS   CPU threads (default: all cores)
@@ -28,14 +28,14 @@ cpu)
     MINUTES=${DEMO_MINUTES:-12}
     CONVS=${DEMO_CONVS:-4000}
     # 64 conversations per forward pass: a 64-row GEMM costs ~4x a one-row one on 2 cores (bench/matmul_rows_*)
-    DISTILL_ARGS="--batch 64 --time-budget $((${DEMO_DISTILL_MINUTES:-9} * 60))"
+    DISTILL_ARGS="--batch 64 --time-budget $((${DEMO_DISTILL_MINUTES:-12} * 60))"
     WHERE="$THREADS threads"
     # --head-vocab 4096: on this small model each full-vocabulary lm_head is 21% of the base model; heads over
     # the 4096 most frequent trained tokens train ~3x faster and cost little when decoding. --cache-hidden: the
-    # first epoch runs the base model (about 6 s a step of 2048 tokens), the later ones only the heads (about 1.3 s),
-    # so 4 epochs over ~9 minutes of distilled conversations fit the budget.
-    TRAIN_ARGS="--batch-tokens 2048 --epochs 4 --cache-hidden --head-vocab 4096"
-    HEADS="5 heads (head vocabulary 4096, 4 epochs)"
+    # first epoch runs the base model (about 5 s a step of 2048 tokens on 2 cores), the later ones only the heads
+    # (under 1 s), so 6 epochs over 12 minutes of distilled conversations fit the budget.
+    TRAIN_ARGS="--batch-tokens 2048 --epochs 6 --cache-hidden --head-vocab 4096"
+    HEADS="5 heads (head vocabulary 4096, 6 epochs)"
     BUDGETS=1,2,4,8,16
     ;;
 cuda)
@@ -72,8 +72,8 @@ else
         --max-len 1024 --max-new-tokens 256 $DISTILL_ARGS
 fi
 
-step "3/8 tokenise them with the chat template (train/val split by id: 5% held out, the decoding prompts among them)"
-bin/medusa-data --model "$MODEL" --input "$DISTILLED" --out "$RUN/sharegpt" --max-len 1024 --val-fraction 0.05
+step "3/8 tokenise them with the chat template (train/val split by id: 10% held out, the decoding prompts among them)"
+bin/medusa-data --model "$MODEL" --input "$DISTILLED" --out "$RUN/sharegpt" --max-len 1024 --val-fraction 0.1
 
 step "4/8 train $HEADS for at most $MINUTES minutes on $WHERE"
 # A fresh run each time: the demo is a measurement, not a resumable job (medusa-train --resume is).

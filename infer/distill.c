@@ -362,11 +362,18 @@ void distill_run(const DistillOptions *o) {
         snprintf(extra, sizeof extra, "%.0f tok/s, %d running", dt > 0 ? (double)d.dec.generated / dt : 0, running);
         progress_update(&bar, d.partial.n_done, extra);
         if ((!more && running == 0) || (o->stop_after > 0 && d.convs + d.skipped >= o->stop_after)) break;
-        if (o->time_budget > 0 && dt > o->time_budget) { /* the output is what is finished; the rest is dropped */
-            log_info("time budget of %.0f s reached: %d conversations in flight dropped", o->time_budget, running);
+        if (o->time_budget > 0 && dt > o->time_budget) {
+            /* the output is what is finished: conversations in flight end after their last finished reply */
+            int cut = 0, dropped = 0;
+            for (int s = 0; s < o->batch; s++) {
+                if (!jobs[s].busy) continue;
+                if (jobs[s].n_kept >= 2) cut++, job_finish(&d, &jobs[s]);
+                else dropped++, job_free(&jobs[s]);
+            }
+            log_info("time budget of %.0f s reached: of the conversations in flight, %d end at their last finished "
+                     "reply, %d had none yet",
+                     o->time_budget, cut, dropped);
             more = 0;
-            for (int s = 0; s < o->batch; s++)
-                if (jobs[s].busy) job_free(&jobs[s]);
             break;
         }
     }
