@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
     ModelConfig mc; /* the memory plan reserved before loading, as medusa-train does */
     config_load(&mc, model);
     DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi = memory_plan_training(dtype, heads, 1, 0, batch_tokens, logits_chunk, 1, 0);
+    MemoryPlanInput mi = memory_plan_training(dtype, heads, 1, 0, batch_tokens, logits_chunk, 1, 0, TARGETS_LABELS);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, 1);
     Model base;
@@ -51,7 +51,7 @@ int main(int argc, char **argv) {
     optim_defaults(&oc);
     oc.total_steps = steps + 1;
     Trainer t;
-    trainer_init(&t, &base, &m, &oc, 0.8f, batch_tokens, logits_chunk);
+    trainer_init(&t, &base, &m, &oc, 0.8f, TARGETS_LABELS, batch_tokens, logits_chunk);
     Batcher b;
     batcher_init(&b, &cache, batch_tokens, 0, 0); /* file order: the torch script packs the same batches */
     double total = 0, base_s = 0, base_flops = 0, head_flops = 0;

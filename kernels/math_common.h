@@ -56,6 +56,14 @@ typedef struct {
     float grad_scale; /* clipping coefficient applied to the gradient first */
 } AdamWStep;
 
+/* The rank of a NaN or infinite logit (rank_ids, softmax_xent): within no top k, so a non-finite logit never counts as
+ * a hit. */
+#define RANK_NOT_FINITE INT32_MAX
+/* The rank of an id whose logit is v, `above` logits being strictly greater: -1 for no id (id < 0). */
+static inline MEDUSA_HD int32_t rank_of(int id, float v, int above) {
+    return id < 0 ? -1 : isfinite(v) ? above : RANK_NOT_FINITE;
+}
+
 /* Top-k order: larger first, equal values by the lower index. True when (v, i) comes strictly after (pv, pi);
  * a NaN never does, so it is never taken. */
 static inline MEDUSA_HD int topk_after(float v, int i, float pv, int pi) { return v < pv || (v == pv && i > pi); }

@@ -21,8 +21,15 @@ typedef struct Backend Backend;
 #define ATTENTION_SPLIT_BYTES(head_dim)                                                                                \
     ((size_t)ATTENTION_SPLIT_MAX * ATTENTION_SPLIT_ROWS * (size_t)((head_dim) + 2) * sizeof(float))
 
-/* The rank of a NaN or infinite logit (rank_ids): within no top k, so a non-finite logit never counts as a hit. */
-#define RANK_NOT_FINITE INT32_MAX
+/* What the fused softmax cross-entropy compares each row of logits [T, V] with (backend memory, an entry per row). */
+typedef struct {
+    /* hard targets: row t's loss is -log softmax(logits)[targets[t]] and its gradient dscale * (softmax -
+     * onehot(targets[t])); a row with a negative target has loss 0 and a zero gradient */
+    const int32_t *targets;
+    /* the ids whose ranks the op reports: the targets themselves, or the data's tokens when the targets are another
+     * model's (distillation), so that top-k accuracy is measured on the data either way */
+    const int32_t *ranked;
+} XentTargets;
 
 struct Backend {
     const char *name;
@@ -89,12 +96,11 @@ struct Backend {
     void (*resblock_forward)(float *out, const float *x, const float *z, size_t n);
     /* dz = dout * silu'(z) */
     void (*silu_backward)(float *dz, const float *dout, const float *z, size_t n);
-    /* Fused softmax cross-entropy over rows of logits [T,V], never storing probabilities: for a row with
-     * targets[t] >= 0, losses[t] = -log softmax(logits)[target], ranks[t] = number of logits strictly greater
-     * than the target's (so top-k hit <=> rank < k), and the row is overwritten with
-     * dscale * (softmax - onehot(target)). Rows with a negative target get loss 0, rank -1, zero gradient. */
-    void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
-                         float dscale);
+    /* Fused softmax cross-entropy over rows of logits [T,V], never storing probabilities: each row's loss against its
+     * target into losses[t] (XentTargets), the row overwritten with its gradient, and ranks[t] the rank of
+     * ranked[t] in the row as rank_ids gives it (the number of logits strictly greater than its own, so top-k hit <=>
+     * rank < k; -1 where ranked[t] < 0, RANK_NOT_FINITE for a non-finite logit). */
+    void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale);
     /* ranks[r]: the number of entries of row r of x [rows, cols] strictly greater than x[r, ids[r]] (so ids[r] is
      * within the row's top k <=> ranks[r] < k, ties counting for it; NaN entries never count above it), -1 where ids[r]
      * < 0, RANK_NOT_FINITE where x[r, ids[r]] is NaN or infinite. Evaluation ranks the base model's choices in the
@@ -121,11 +127,11 @@ struct Backend {
                                  const uint16_t *weight, int T, int IC, int OC);
     /* The heads' classifier on a bf16 lm_head weight [V, IC], for rows of fp32 activations x [rows, IC]: logits =
      * x @ weight^T (matmul_bf16's) into the scratch `logits` [rows, V], softmax_xent's losses and ranks, and when dx or
-     * dweight is given, dlogits = dscale * (softmax - onehot(target)) rounded to bf16 into dx [rows, IC] +=
-     * dlogits @ weight and dweight [V, IC] += dlogits^T @ x (matmul_backward_bf16's products; either may be NULL).
+     * dweight is given, softmax_xent's gradient dlogits rounded to bf16 into dx [rows, IC] += dlogits @ weight and
+     * dweight [V, IC] += dlogits^T @ x (matmul_backward_bf16's products; either may be NULL).
      * `logits` holds nothing useful after. Called per chunk of rows, so no probabilities are stored; on a GPU the
      * softmax writes the bf16 gradient the GEMMs take directly, and x is rounded once for both of its GEMMs. */
-    void (*classifier_bf16)(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+    void (*classifier_bf16)(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
                             const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale);
     /* matmul_bf16 on an input already rounded to bf16 by the op that made it (rmsnorm_bf16, attention_bf16,
      * swiglu_bf16). With accumulate the product is added to out (a residual branch summed into the stream by the GEMM

@@ -107,6 +107,7 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->losses = be->alloc(sizeof(float) * (size_t)max_tokens);
     w->ranks = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->targets = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->ranked = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->rows_hidden = be->alloc(sizeof(float) * TH);
     w->rows = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->choices = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
@@ -114,6 +115,7 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->host_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens * s->n_heads);
     w->host_rows = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_row_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
+    w->host_ranked = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_choices = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_losses = xmalloc(sizeof(float) * (size_t)max_tokens);
     w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
@@ -121,12 +123,13 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
 
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
     const Backend *be = m->be;
-    void *dev[] = {w->act,   w->pre,     w->dx,   w->dz,      w->logits,       w->losses,
-                   w->ranks, w->targets, w->rows, w->choices, w->choice_ranks, w->rows_hidden};
+    void *dev[] = {w->act,     w->pre,    w->dx,   w->dz,      w->logits,       w->losses,     w->ranks,
+                   w->targets, w->ranked, w->rows, w->choices, w->choice_ranks, w->rows_hidden};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
     free(w->host_targets);
     free(w->host_rows);
     free(w->host_row_targets);
+    free(w->host_ranked);
     free(w->host_choices);
     free(w->host_losses);
     free(w->host_ranks);
@@ -167,28 +170,30 @@ static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweig
     else m->be->matmul_backward(dinp, dweight, dbias, dout, in, weight, T, IC, OC);
 }
 
-/* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses and ranks at row r0
- * of the work's, and with dx the gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op
- * (classifier_bf16) does it all. With agree (forward only) the base model's choices are ranked in the logits first. */
-static void head_classifier(const MedusaHeads *m, MedusaWork *w, const float *x, int h, float *dx, int r0, int rows,
-                            float dscale, int agree) {
+/* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses (against the work's
+ * targets) and the ranks of `ranked` at row r0 of the work's, and with dx the gradients: dx += dlogits W and the
+ * lm_head's own. On bf16 weights one backend op (classifier_bf16) does it all. With agree (forward only) the base
+ * model's choices are ranked in the logits first. */
+static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *ranked, const float *x, int h,
+                            float *dx, int r0, int rows, float dscale, int agree) {
     const Backend *be = m->be;
     int H = m->shape.hidden, V = m->shape.head_vocab;
     const float *lm = medusa_lm_head(m, m->params, h);
     float *dlm = dx ? medusa_lm_head(m, m->grads, h) : NULL;
+    XentTargets targets = {.targets = w->targets + r0, .ranked = ranked + r0};
     if (agree) {
         head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
         be->rank_ids(w->choice_ranks + r0, w->logits, w->choices + r0, rows, V);
-        be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, rows, V, 0.0f);
+        be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, targets, rows, V, 0.0f);
         return;
     }
     if (m->params_bf16) {
-        be->classifier_bf16(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, x,
-                            m->params_bf16 + (lm - m->params), dx, dlm, rows, H, V, dscale);
+        be->classifier_bf16(w->logits, w->losses + r0, w->ranks + r0, targets, x, m->params_bf16 + (lm - m->params), dx,
+                            dlm, rows, H, V, dscale);
         return;
     }
     be->matmul(w->logits, x, lm, NULL, rows, H, V);
-    be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, w->targets + r0, rows, V, dscale);
+    be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, targets, rows, V, dscale);
     if (dx) be->matmul_backward(dx, dlm, NULL, w->logits, x, lm, rows, H, V); /* the logits now hold dlogits */
 }
 
@@ -220,7 +225,10 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     if (T > w->max_tokens) fatal("medusa: batch of %d tokens exceeds the work buffers' %d", T, w->max_tokens);
     int train = grad_scale > 0;
     if (train && !m->grads) fatal("medusa: gradients requested before medusa_enable_grads");
-    const int32_t *choice = base && !train ? base->choice : NULL; /* the heads' agreement with the base's choices */
+    TargetKind kind = base ? base->targets : TARGETS_LABELS;
+    const int32_t *choice = base ? base->choice : NULL;
+    if (kind == TARGETS_BASE_ARGMAX && !choice) fatal("medusa: base-argmax targets without the base model's choices");
+    int agree = choice && !train; /* the heads' agreement with the base's choices */
     memset(stats, 0, sizeof *stats);
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
     if (m->params_bf16) medusa_use_bf16(m);
@@ -228,19 +236,21 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
         const int32_t *targets = w->host_targets + (size_t)h * T;
-        /* rows with a target the head can rank (in the token map), or a base choice it can: gathered into rows_hidden;
-         * a target outside the map is a miss with no loss */
+        /* rows with a loss target, a label the head can rank (in the token map) or a base choice to rank: gathered into
+         * rows_hidden; a label outside the map is a miss with no loss */
         int n = 0, valid = 0, n_loss = 0;
         for (int t = 0; t < T; t++) {
             if (targets[t] < 0) continue;
             valid++;
             int row = token_row(m, targets[t]), choice_row = -1;
             if (choice && choice[t + 1 + h] >= 0) choice_row = token_row(m, choice[t + 1 + h]);
-            if (row < 0 && choice_row < 0) continue; /* a miss either way */
+            int loss_row = kind == TARGETS_BASE_ARGMAX ? choice_row : row;
+            if (loss_row < 0 && row < 0 && !(agree && choice_row >= 0)) continue; /* a miss either way */
             w->host_rows[n] = t;
-            w->host_row_targets[n] = row;
+            w->host_row_targets[n] = loss_row;
+            w->host_ranked[n] = row;
             w->host_choices[n++] = choice_row;
-            n_loss += row >= 0;
+            n_loss += loss_row >= 0;
         }
         stats->valid[h] = valid;
         stats->computed[h] = n;
@@ -248,18 +258,22 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
         be->upload(w->targets, w->host_row_targets, sizeof(int32_t) * (size_t)n);
-        if (choice) be->upload(w->choices, w->host_choices, sizeof(int32_t) * (size_t)n);
+        /* with the labels as the loss's targets they are also what is ranked */
+        const int32_t *ranked = kind == TARGETS_LABELS ? w->targets : w->ranked;
+        if (ranked == w->ranked) be->upload(w->ranked, w->host_ranked, sizeof(int32_t) * (size_t)n);
+        if (agree) be->upload(w->choices, w->host_choices, sizeof(int32_t) * (size_t)n);
         be->embedding(w->rows_hidden, w->rows, hidden, n, H); /* a row gather */
-        float dscale = train ? weight * grad_scale / (float)n_loss : 0.0f;
+        int learn = train && n_loss > 0;
+        float dscale = learn ? weight * grad_scale / (float)n_loss : 0.0f;
         const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
-        if (train) be->fill_zero(w->dx, sizeof(float) * nH);
+        if (learn) be->fill_zero(w->dx, sizeof(float) * nH);
         double loss_sum = 0;
         /* equal chunks: a short tail chunk would make a thin, slow GEMM */
         int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
         for (int r0 = 0; r0 < n; r0 += per) {
             int rows = n - r0 < per ? n - r0 : per;
-            head_classifier(m, w, x_last + (size_t)r0 * H, h, train ? w->dx + (size_t)r0 * H : NULL, r0, rows, dscale,
-                            choice != NULL);
+            head_classifier(m, w, ranked, x_last + (size_t)r0 * H, h, learn ? w->dx + (size_t)r0 * H : NULL, r0, rows,
+                            dscale, agree);
         }
         be->download(w->host_losses, w->losses, sizeof(float) * (size_t)n);
         be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)n);
@@ -267,7 +281,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             loss_sum += w->host_losses[i];
             for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] >= 0 && w->host_ranks[i] <= k;
         }
-        if (choice) {
+        if (agree) {
             be->download(w->host_choices, w->choice_ranks, sizeof(int32_t) * (size_t)n); /* their ranks now */
             for (int i = 0; i < n; i++)
                 for (int k = 0; k < MEDUSA_TOPK; k++)
@@ -275,7 +289,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         }
         stats->loss[h] = n_loss ? loss_sum / (double)n_loss : 0.0;
         stats->total_loss += (double)weight * stats->loss[h];
-        if (!train) continue;
+        if (!learn) continue;
         for (int l = L - 1; l >= 0; l--) {
             const float *x_in = l == 0 ? w->rows_hidden : w->act + (size_t)(l - 1) * nH;
             be->silu_backward(w->dz, w->dx, w->pre + (size_t)l * nH, nH);

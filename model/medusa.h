@@ -42,14 +42,23 @@ typedef struct {
     double total_loss;              /* sum_i decay^i * loss[i] */
 } MedusaBatchStats;
 
+/* What head i at position t learns (medusa-train --targets). The positions are the labels' whatever the targets: those
+ * whose token t+2+i is trained (loss_mask) and in t's sequence. */
+typedef enum {
+    TARGETS_LABELS,      /* the data's token at t+2+i (the reference method) */
+    TARGETS_BASE_ARGMAX, /* the base model's greedy choice for it (MedusaBase.choice at row t+1+i), a hard label */
+} TargetKind;
+
 /* What the heads see of the base model besides its hidden states. */
 typedef struct {
+    TargetKind targets;
     /* host [T]: the base model's greedy choice at each row (the argmax of its logits there), -1 where its largest logit
      * is not finite. Head i at position t guesses the token the base chooses at row t+1+i, given the true prefix: a
      * forward-only pass counts in MedusaBatchStats.agree, over the positions where head i has a target, how often
      * that choice is within the head's top k (a choice outside a truncated head's token map, or none, is a miss; a
      * non-finite logit never a hit). What decoding's verification accepts is that choice, so this agreement, not the
-     * accuracy on the data's tokens, predicts the accepted length. */
+     * accuracy on the data's tokens, predicts the accepted length. TARGETS_BASE_ARGMAX learns it: a position without
+     * one, or with one outside a truncated head's map, has no loss; top-k accuracy is still the labels'. */
     const int32_t *choice;
 } MedusaBase;
 
@@ -61,13 +70,13 @@ typedef struct {
     float *dx, *dz;                        /* [T,H] */
     float *logits;                         /* [chunk_rows, V] */
     float *losses;                         /* [T]: per row of the current head */
-    int32_t *ranks, *targets;              /* [T] on the backend */
+    int32_t *ranks, *targets, *ranked;     /* [T] on the backend: the loss's targets, the labels' lm_head rows */
     float *rows_hidden;                    /* [T,H]: the hidden rows a head has targets for, gathered */
     int32_t *rows;                         /* [T] backend: their positions */
     int32_t *choices, *choice_ranks;       /* [T] backend: the base model's choices' lm_head rows, their ranks */
     int32_t *host_targets;                 /* [K][T] */
     int32_t *host_rows, *host_row_targets; /* [T] */
-    int32_t *host_choices;                 /* [T] */
+    int32_t *host_ranked, *host_choices;   /* [T] */
     float *host_losses;
     int32_t *host_ranks;
 } MedusaWork;

@@ -26,11 +26,12 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * in->act_bytes;
     if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
-     * and per row its position, the base model's choice and its rank; per chunk row a loss, a rank and a target */
+     * and per row its position, the base model's choice and its rank, the label's row; per chunk row a loss, a rank and
+     * a target */
     double Th = in->head_tokens > 0 ? in->head_tokens : T;
     double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
     double blocks = in->n_layers > 0 ? in->n_layers : 1;
-    if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 12 + chunk * 12;
+    if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 16 + chunk * 12;
     p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) + (double)in->vocab_rows * V * 4;
     if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {
         /* inputs rounded just before their GEMM: the final norm (lm_head), the heads' */
@@ -43,7 +44,8 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
 }
 
 MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, int head_vocab, int batch_tokens,
-                                     int logits_chunk, int train, int evaluate) {
+                                     int logits_chunk, int train, int evaluate, TargetKind targets) {
+    int base_logits = evaluate || targets == TARGETS_BASE_ARGMAX;
     return (MemoryPlanInput){
         .weight_bytes = weights == DT_BF16 ? 2 : 4,
         .act_bytes = weights == DT_BF16 ? 2 : 4, /* model_act_bytes */
@@ -54,7 +56,7 @@ MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, i
         .logits_chunk = logits_chunk,
         .train = train,
         .head_vocab = head_vocab,
-        .vocab_rows = evaluate ? (logits_chunk < batch_tokens ? logits_chunk : batch_tokens) : 0,
+        .vocab_rows = base_logits ? (logits_chunk < batch_tokens ? logits_chunk : batch_tokens) : 0,
     };
 }
 

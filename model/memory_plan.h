@@ -9,6 +9,7 @@
 
 #include "../kernels/ops.h"
 #include "config.h"
+#include "medusa.h"
 #include "weights.h"
 
 typedef struct {
@@ -39,10 +40,11 @@ typedef struct {
 
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);
 /* The input for train/trainer.c: packed batches of batch_tokens through the base model, the heads' logits in chunks of
- * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate the base model's logits on a chunk of
- * logits_chunk rows too (its own top-1). Heads over a bf16 base (DT_BF16) run their GEMMs in bf16 too. */
+ * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate (or base-argmax targets) the base model's
+ * logits on a chunk of logits_chunk rows too (its own top-1, its choices). Heads over a bf16 base (DT_BF16) run their
+ * GEMMs in bf16 too. */
 MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, int head_vocab, int batch_tokens,
-                                     int logits_chunk, int train, int evaluate);
+                                     int logits_chunk, int train, int evaluate, TargetKind targets);
 /* The input for infer/decoder.c: prompts of up to max_len tokens prefilled in one pass, a KV cache of
  * max_len + tree_nodes rows, then tree_nodes rows per step through the base model and the heads
  * (n_heads = 0 and tree_nodes = 1 for plain decoding). Heads over a bf16 base (weights DT_BF16) run their

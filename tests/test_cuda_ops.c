@@ -723,32 +723,55 @@ static void test_rank_ids(int rows, int cols) {
     free(x), free(ids), free(want), free(cpu_got), free(got);
 }
 
+/* softmax_xent with its targets ranked (the labels: ignored rows -1, the max rank 0, the min V-1), then with other ids
+ * ranked than the targets (distillation: a row with no target ranked, a row with a target and nothing ranked, an id at
+ * a NaN and at a -inf logit: RANK_NOT_FINITE), against the brute-force count. */
 static void test_softmax_xent(int V) {
-    int T = 9;
+    enum { T = 9 };
     size_t n = (size_t)T * V;
     float *logits = random_floats(n, 8.0f);
-    int32_t targets[9] = {3, -1, V - 1, 0, -1, V / 2, 77, 1, V - 2};
+    int32_t targets[T] = {3, -1, V - 1, 0, -1, V / 2, 77, 1, V - 2};
+    int32_t others[T] = {5, 7, -1, 0, 9, V / 2 + 1, 77, V - 3, V * 3 / 5};
     logits[(size_t)3 * V + 0] = 20.0f;     /* row 3: target is the max, rank 0 */
     logits[(size_t)6 * V + 77] = -20.0f;   /* row 6: target is the min, rank V-1 */
     logits[(size_t)8 * V + 5] = -INFINITY; /* row 8: masked-out logits get probability 0 */
     logits[(size_t)8 * V + V * 3 / 5] = -INFINITY;
-    float dscale = 1.0f / 7.0f; /* mean over the 7 rows with a target */
-    float *d_logits = to_gpu(logits, sizeof(float) * n), loss[9], *d_loss = gpu->alloc(sizeof loss);
-    int32_t rank[9], gpu_rank[9], *d_rank = gpu->alloc(sizeof rank), *d_targets = to_gpu(targets, sizeof targets);
-    cpu->softmax_xent(logits, loss, rank, targets, T, V, dscale);
-    gpu->softmax_xent(d_logits, d_loss, d_rank, d_targets, T, V, dscale);
-    char what[96];
-    snprintf(what, sizeof what, "softmax_xent V=%d losses (2 ignored rows)", V);
-    expect_close(what, d_loss, loss, T, 1e-5);
-    snprintf(what, sizeof what, "softmax_xent V=%d dlogits in place (a row with -inf logits)", V);
-    expect_close(what, d_logits, logits, n, 1e-5);
-    gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
-    int same = 1;
-    for (int t = 0; t < T; t++) same &= gpu_rank[t] == rank[t];
-    CHECK(same && rank[1] == -1 && rank[3] == 0 && rank[6] == V - 1,
-          "softmax_xent V=%d ranks equal (ignored -1, max 0, min V-1): gpu %d %d %d, cpu %d %d %d", V, gpu_rank[1],
-          gpu_rank[3], gpu_rank[6], rank[1], rank[3], rank[6]);
-    gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_targets);
+    logits[(size_t)4 * V + 9] = NAN; /* row 4 (no target): a NaN logit */
+    float dscale = 1.0f / 7.0f;      /* mean over the 7 rows with a target */
+    for (int pass = 0; pass < 2; pass++) {
+        const int32_t *ranked = pass ? others : targets;
+        int32_t want[T];
+        for (int t = 0; t < T; t++) {
+            const float *row = logits + (size_t)t * V;
+            int id = ranked[t];
+            want[t] = id < 0 ? -1 : isfinite(row[id]) ? 0 : RANK_NOT_FINITE;
+            if (want[t] == 0)
+                for (int i = 0; i < V; i++) want[t] += row[i] > row[id];
+        }
+        float *x = xmalloc(sizeof(float) * n), *d_logits = to_gpu(logits, sizeof(float) * n), loss[T],
+              *d_loss = gpu->alloc(sizeof loss);
+        memcpy(x, logits, sizeof(float) * n);
+        int32_t rank[T], gpu_rank[T], *d_rank = gpu->alloc(sizeof rank), *d_targets = to_gpu(targets, sizeof targets),
+                                      *d_ranked = to_gpu(ranked, sizeof targets);
+        cpu->softmax_xent(x, loss, rank, (XentTargets){.targets = targets, .ranked = ranked}, T, V, dscale);
+        gpu->softmax_xent(d_logits, d_loss, d_rank, (XentTargets){.targets = d_targets, .ranked = d_ranked}, T, V,
+                          dscale);
+        const char *mode = pass ? "other ids ranked" : "targets ranked";
+        char what[128];
+        snprintf(what, sizeof what, "softmax_xent V=%d, %s: losses (2 ignored rows)", V, mode);
+        expect_close(what, d_loss, loss, T, 1e-5);
+        snprintf(what, sizeof what, "softmax_xent V=%d, %s: dlogits in place (a row with -inf logits)", V, mode);
+        expect_close(what, d_logits, x, n, 1e-5);
+        gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
+        int same = !memcmp(gpu_rank, want, sizeof want) && !memcmp(rank, want, sizeof want);
+        int cases = pass ? rank[1] > 0 && rank[2] == -1 && rank[4] == RANK_NOT_FINITE && rank[8] == RANK_NOT_FINITE
+                         : rank[1] == -1 && rank[3] == 0 && rank[6] == V - 1;
+        CHECK(same && cases, "softmax_xent V=%d, %s: cpu and cuda ranks equal the brute-force count (%s)", V, mode,
+              pass ? "a row without a target ranked, one with a target and no id, ids at NaN and -inf logits"
+                   : "ignored -1, max 0, min V-1");
+        gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_targets), gpu->free(d_ranked);
+        free(x);
+    }
     free(logits);
 }
 
@@ -790,9 +813,9 @@ static void test_peak_flops(void) {
           gpu->peak_bf16_flops / 1e12);
 }
 
-/* The target's rank in each row of bf16(x) w^T, in double (the count of logits above the target's, those near it left
- * out; -1 for an ignored row), and its slack: the count of other logits within `tol` of the largest |logit| of the
- * target's, which a GEMM summing in another order (a GPU's tensor cores) may put on either side of it. */
+/* The rank of an id in each row of bf16(x) w^T, in double (the count of logits above the id's, those near it left
+ * out; -1 for no id), and its slack: the count of other logits within `tol` of the largest |logit| of the id's, which
+ * a GEMM summing in another order (a GPU's tensor cores) may put on either side of it. */
 static int reference_ranks(const float *x, const uint16_t *w, const int32_t *targets, int rows, int IC, int V,
                            double tol, int32_t *rank, int32_t *slack) {
     double *logits = xmalloc(sizeof(double) * (size_t)V);
@@ -823,16 +846,17 @@ static int reference_ranks(const float *x, const uint16_t *w, const int32_t *tar
 }
 
 /* The heads' classifier on a bf16 lm_head: losses, ranks and the gradients accumulated into non-zero dx and dweight
- * against the CPU's composition (matmul_bf16, softmax_xent, matmul_backward_bf16); then without gradients (evaluation),
- * which must leave dx and dweight alone. */
+ * against the CPU's composition (matmul_bf16, softmax_xent, matmul_backward_bf16), with other ids ranked than the
+ * targets (distillation: ranks of the labels, a row without a target ranked, a row with one not); then without
+ * gradients (evaluation), its targets ranked, which must leave dx and dweight alone. */
 static void test_classifier_bf16(int rows, int IC, int V) {
     size_t n_x = (size_t)rows * IC, n_w = (size_t)V * IC;
     float *x = random_floats(n_x, 1.0f), *dx = random_floats(n_x, 1.0f), *dw = random_floats(n_w, 1.0f);
     uint16_t *w = random_bf16(n_w, 0.5f);
-    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)rows);
+    int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)rows), *others = xmalloc(sizeof(int32_t) * (size_t)rows);
     for (int r = 0; r < rows; r++) targets[r] = r % 5 == 2 ? -1 : (int32_t)rng_below(&rng, V);
+    for (int r = 0; r < rows; r++) others[r] = r % 7 == 3 ? -1 : r % 3 == 0 ? targets[r] : (int32_t)rng_below(&rng, V);
     int32_t *want_rank = xmalloc(sizeof(int32_t) * (size_t)rows), *slack = xmalloc(sizeof(int32_t) * (size_t)rows);
-    int uncertain = reference_ranks(x, w, targets, rows, IC, V, 2 * gemm_tol(IC, 1e-5), want_rank, slack);
     float dscale = 0.25f;
     float *logits = xmalloc(sizeof(float) * (size_t)rows * V), *loss = xmalloc(sizeof(float) * (size_t)rows);
     int32_t *rank = xmalloc(sizeof(int32_t) * (size_t)rows), *gpu_rank = xmalloc(sizeof(int32_t) * (size_t)rows);
@@ -840,14 +864,19 @@ static void test_classifier_bf16(int rows, int IC, int V) {
           *d_dw = to_gpu(dw, sizeof(float) * n_w), *d_logits = gpu->alloc(sizeof(float) * (size_t)rows * V),
           *d_loss = gpu->alloc(sizeof(float) * (size_t)rows);
     uint16_t *d_w = to_gpu(w, sizeof(uint16_t) * n_w);
-    int32_t *d_targets = to_gpu(targets, sizeof(int32_t) * (size_t)rows), *d_rank = gpu->alloc(sizeof(int32_t) * rows);
+    int32_t *d_targets = to_gpu(targets, sizeof(int32_t) * (size_t)rows), *d_rank = gpu->alloc(sizeof(int32_t) * rows),
+            *d_others = to_gpu(others, sizeof(int32_t) * (size_t)rows);
     for (int pass = 0; pass < 2; pass++) { /* training, then evaluation */
         float *want_dx = pass ? NULL : dx, *want_dw = pass ? NULL : dw;
-        cpu->classifier_bf16(logits, loss, rank, targets, x, w, want_dx, want_dw, rows, IC, V, pass ? 0.0f : dscale);
-        gpu->classifier_bf16(d_logits, d_loss, d_rank, d_targets, d_x, d_w, pass ? NULL : d_dx, pass ? NULL : d_dw,
-                             rows, IC, V, pass ? 0.0f : dscale);
+        const int32_t *ranked = pass ? targets : others;
+        int uncertain = reference_ranks(x, w, ranked, rows, IC, V, 2 * gemm_tol(IC, 1e-5), want_rank, slack);
+        cpu->classifier_bf16(logits, loss, rank, (XentTargets){.targets = targets, .ranked = ranked}, x, w, want_dx,
+                             want_dw, rows, IC, V, pass ? 0.0f : dscale);
+        gpu->classifier_bf16(d_logits, d_loss, d_rank,
+                             (XentTargets){.targets = d_targets, .ranked = pass ? d_targets : d_others}, d_x, d_w,
+                             pass ? NULL : d_dx, pass ? NULL : d_dw, rows, IC, V, pass ? 0.0f : dscale);
         char what[128];
-        const char *mode = pass ? "without gradients" : "with gradients";
+        const char *mode = pass ? "without gradients, targets ranked" : "with gradients, other ids ranked";
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: losses", rows, IC, V, mode);
         expect_close(what, d_loss, loss, (size_t)rows, gemm_tol(IC, 1e-5));
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dx (accumulated)", rows, IC, V, mode);
@@ -855,20 +884,20 @@ static void test_classifier_bf16(int rows, int IC, int V) {
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dweight (accumulated)", rows, IC, V, mode);
         expect_close(what, d_dw, dw, n_w, gemm_tol(rows, 1e-5));
         gpu->download(gpu_rank, d_rank, sizeof(int32_t) * (size_t)rows);
-        int ranks_ok = rank[2] == -1 && gpu_rank[2] == -1;
+        int unranked = pass ? 2 : 3, ranks_ok = rank[unranked] == -1 && gpu_rank[unranked] == -1;
         for (int r = 0; r < rows; r++) /* the near logits count above the target or not: [rank, rank + slack] */
             ranks_ok &= rank[r] >= want_rank[r] && rank[r] <= want_rank[r] + slack[r] && gpu_rank[r] >= want_rank[r] &&
                         gpu_rank[r] <= want_rank[r] + slack[r];
         CHECK(ranks_ok,
-              "classifier_bf16 %d x %d -> %d %s: ranks (cpu and cuda) equal to the double-precision ones (ignored rows "
-              "-1), but for logits within the GEMM tolerance of the target's, which may count above it or not (%d "
-              "rows have one)",
+              "classifier_bf16 %d x %d -> %d %s: ranks (cpu and cuda) equal to the double-precision ones (no id: -1), "
+              "but for logits within the GEMM tolerance of the ranked one's, which may count above it or not (%d rows "
+              "have one)",
               rows, IC, V, mode, uncertain);
     }
     gpu->free(d_x), gpu->free(d_dx), gpu->free(d_dw), gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_w);
-    gpu->free(d_targets), gpu->free(d_rank);
-    free(x), free(dx), free(dw), free(w), free(targets), free(logits), free(loss), free(rank), free(gpu_rank);
-    free(want_rank), free(slack);
+    gpu->free(d_targets), gpu->free(d_rank), gpu->free(d_others);
+    free(x), free(dx), free(dw), free(w), free(targets), free(others), free(logits), free(loss), free(rank);
+    free(gpu_rank), free(want_rank), free(slack);
 }
 
 /* Typical acceptance's statistics: entropies and candidate probabilities at two temperatures, a row with -inf
@@ -965,13 +994,41 @@ static void test_sum_squares(void) {
  * another order than the CPU's (a GPU's tensor cores, the emulator's truncating GEMMs) an element of the logits'
  * gradient may round to the other bf16 neighbour (a 2^-8 step of it), and after a step a parameter that differs by
  * rounding may round to another bf16 value for the heads' GEMMs, which moves gradients as much: they agree to bf16
- * rounding (2.3e-4 measured there at the first step), the losses to 1e-4. */
+ * rounding (7.9e-4 measured there at the first step), the losses to 1e-4. */
 typedef struct {
     double loss, grads, norm;
 } HeadTols;
 static HeadTols head_tols(DType weights, int V) {
     if (weights == DT_BF16 && !gemm_sums_like_cpu()) return (HeadTols){1e-4, 1e-2, 1e-3};
     return (HeadTols){1e-5, gemm_tol(V, 1e-4), 1e-5};
+}
+
+/* One forward and backward pass of the heads on both backends with targets from the base model (base, each backend's
+ * own; the heads' parameters equal): losses, top-k hits on the labels, gradients; the gradients are cleared after. */
+static void check_distillation(MedusaHeads *hc, MedusaHeads *hg, MedusaWork *wc, MedusaWork *wg, const MedusaBase *bc,
+                               const MedusaBase *bg, const float *hidden, const float *d_hidden, const int32_t *tokens,
+                               const uint8_t *loss_mask, const int32_t *seq_lens, int T, DType weights,
+                               const char *name) {
+    MedusaBatchStats sc, sg;
+    medusa_forward_backward(hc, wc, hidden, tokens, loss_mask, seq_lens, 2, T, bc, 0.8f, 1.0f, &sc);
+    medusa_forward_backward(hg, wg, d_hidden, tokens, loss_mask, seq_lens, 2, T, bg, 0.8f, 1.0f, &sg);
+    double loss_err = fabs(sg.total_loss - sc.total_loss) / fabs(sc.total_loss);
+    HeadTols tol = head_tols(weights, hc->shape.head_vocab);
+    long hits_diff = 0;
+    for (int h = 0; h < hc->shape.n_heads; h++)
+        for (int k = 0; k < MEDUSA_TOPK; k++) {
+            long d = labs((long)sc.hits[h][k] - (long)sg.hits[h][k]);
+            if (d > hits_diff) hits_diff = d;
+        }
+    CHECK(loss_err <= tol.loss && hits_diff <= 1,
+          "medusa, --targets %s: loss %.6f vs %.6f (rel err %.2g, tol %.0e), top-k hits on the labels differ by at "
+          "most %ld (tol 1)",
+          name, sg.total_loss, sc.total_loss, loss_err, tol.loss, hits_diff);
+    char what[96];
+    snprintf(what, sizeof what, "medusa, --targets %s: gradients of %zu parameters", name, hc->n_params);
+    expect_close(what, hg->grads, hc->grads, hc->n_params, tol.grads);
+    hc->be->fill_zero(hc->grads, sizeof(float) * hc->n_params);
+    hg->be->fill_zero(hg->grads, sizeof(float) * hg->n_params);
 }
 
 /* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
@@ -1041,6 +1098,13 @@ static void test_end_to_end(DType weights) {
     medusa_enable_grads(&hc), medusa_enable_grads(&hg);
     medusa_work_init(&wc, &hc, T, 8), medusa_work_init(&wg, &hg, T, 8);
     adam_init(&ac, &hc), adam_init(&ag, &hg);
+    /* targets from the base model, before any step: its greedy choices (the CPU's, for both backends) */
+    int32_t choice[T];
+    model_forward(&mc, &sc, &batch, hidden, logits);
+    for (int t = 0; t < T; t++) choice[t] = row_argmax(logits + (size_t)t * V, V);
+    MedusaBase argmax = {.targets = TARGETS_BASE_ARGMAX, .choice = choice};
+    check_distillation(&hc, &hg, &wc, &wg, &argmax, &argmax, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights,
+                       "base-argmax");
     double lr_sum = 0;
     for (int step = 1; step <= 3; step++) { /* step 1 has lr 0 (warm-up) */
         MedusaBatchStats st_c, st_g;
@@ -1103,11 +1167,13 @@ static long malloc_calls(void) { return cuda_emu_malloc_calls ? cuda_emu_malloc_
     } while (0)
 
 static const char *TINY = "tests/fixtures/models/tiny_qwen2";
+
+static const char *target_name(TargetKind k) { return k == TARGETS_BASE_ARGMAX ? "base-argmax" : "labels"; }
 enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, DECODE_LEN = 64 };
 
 /* As train/run.c plans it: bf16 weights make the heads' GEMMs bf16 too. */
-static MemoryPlan training_plan(const ModelConfig *c, DType weights) {
-    MemoryPlanInput in = memory_plan_training(weights, TRAIN_HEADS, 1, 0, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0);
+static MemoryPlan training_plan(const ModelConfig *c, DType weights, TargetKind targets) {
+    MemoryPlanInput in = memory_plan_training(weights, TRAIN_HEADS, 1, 0, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0, targets);
     return memory_plan(c, &in);
 }
 
@@ -1115,8 +1181,12 @@ static MemoryPlan training_plan(const ModelConfig *c, DType weights) {
 static size_t test_reserve(void) {
     ModelConfig c;
     config_load(&c, TINY);
-    MemoryPlan plan = training_plan(&c, DT_BF16); /* the larger: fp32 weights, but operands and workspace */
-    size_t bytes = memory_plan_reserve_bytes(&plan);
+    size_t bytes = 0; /* the largest of the runs planned below */
+    for (int w = 0; w < 2; w++)
+        for (int k = 0; k < 2; k++) {
+            MemoryPlan plan = training_plan(&c, w ? DT_BF16 : DT_F32, (TargetKind)k);
+            if (memory_plan_reserve_bytes(&plan) > bytes) bytes = memory_plan_reserve_bytes(&plan);
+        }
     long calls = malloc_calls();
     EXPECT_FATAL(gpu->reserve((size_t)1 << 40), "GiB free", "reserving 1 TiB: the plan needs more than the GPU has");
     EXPECT_FATAL(gpu->reserve(gpu->memory_available() - ((size_t)100 << 20)), "kept free for cuBLAS",
@@ -1169,11 +1239,11 @@ static void test_arena(size_t reserved) {
 /* A training run as train/run.c makes it, on the reserved arena: the steps make no cudaMalloc call, and
  * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding and a few
  * scalars). */
-static void test_planned_training(DType weights) {
+static void test_planned_training(DType weights, TargetKind targets) {
     gpu->peak_bytes(); /* a new measurement */
     Model m;
     model_load(&m, TINY, gpu, weights);
-    MemoryPlan plan = training_plan(&m.config, weights);
+    MemoryPlan plan = training_plan(&m.config, weights, targets);
     int H = m.config.hidden_size, V = m.config.vocab_size;
     MedusaHeads heads;
     medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
@@ -1185,7 +1255,7 @@ static void test_planned_training(DType weights) {
     optim_defaults(&oc);
     oc.total_steps = 4;
     Trainer t;
-    trainer_init(&t, &m, &heads, &oc, 0.8f, TRAIN_TOKENS, TRAIN_CHUNK);
+    trainer_init(&t, &m, &heads, &oc, 0.8f, targets, TRAIN_TOKENS, TRAIN_CHUNK);
     int32_t tokens[TRAIN_TOKENS], seq_lens[3] = {30, 50, 16};
     uint8_t mask[TRAIN_TOKENS];
     for (int i = 0; i < TRAIN_TOKENS; i++) tokens[i] = (int32_t)rng_below(&rng, V), mask[i] = i % 5 != 0;
@@ -1197,15 +1267,15 @@ static void test_planned_training(DType weights) {
         double norm = trainer_step(&t, &batch, 1, &metrics);
         if (calls >= 0)
             CHECK(malloc_calls() == calls && isfinite(norm),
-                  "%s training step %d (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls",
-                  dtype_name(weights), step, malloc_calls() - calls);
+                  "%s training step %d, %s targets (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls",
+                  dtype_name(weights), step, target_name(targets), malloc_calls() - calls);
     }
     /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
     double workspace = weights == DT_BF16 ? 32 << 20 : 0, peak = (double)gpu->peak_bytes() - workspace;
     double planned = plan.total - workspace;
     CHECK(peak <= planned * 1.02 && peak >= planned * 0.95,
-          "%s training peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", dtype_name(weights),
-          peak / 1024, planned / 1024, 100 * (peak / planned - 1));
+          "%s training, %s targets: peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)",
+          dtype_name(weights), target_name(targets), peak / 1024, planned / 1024, 100 * (peak / planned - 1));
     trainer_free(&t);
     medusa_free(&heads);
     model_free(&m);
@@ -1428,9 +1498,11 @@ int main(void) {
     EXPECT_FATAL(backend_by_name("tpu"), "unknown device", "backend_by_name rejects an unknown device");
     size_t reserved = test_reserve(); /* before anything else is allocated */
     test_arena(reserved);
-    test_planned_training(DT_F32);
+    test_planned_training(DT_F32, TARGETS_LABELS);
+    test_planned_training(DT_F32, TARGETS_BASE_ARGMAX);
     test_planned_decoding();
-    test_planned_training(DT_BF16); /* last: the bf16 GEMM scratch and workspace stay allocated */
+    test_planned_training(DT_BF16, TARGETS_BASE_ARGMAX);
+    test_planned_training(DT_BF16, TARGETS_LABELS); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
     test_embedding_rmsnorm();
     test_matmul(9, 70, 33, 1);

@@ -72,18 +72,41 @@ static float scalar(const WeightSet *w, const char *key, int index, int count) {
     return x;
 }
 
-static void check_stats(const WeightSet *w, const MedusaBatchStats *s, const char *label) {
+/* The losses of a case whose keys start with prefix ("loss", "loss.{i}") */
+static void check_stats(const WeightSet *w, const MedusaBatchStats *s, const char *prefix, const char *label) {
     char key[64];
     double worst = 0;
     for (int i = 0; i < K; i++) {
-        snprintf(key, sizeof key, "loss.%d", i);
+        snprintf(key, sizeof key, "%sloss.%d", prefix, i);
         double want = scalar(w, key, 0, 1), e = fabs(s->loss[i] - want) / fabs(want);
         if (e > worst) worst = e;
     }
-    double want = scalar(w, "loss", 0, 1), e_total = fabs(s->total_loss - want) / fabs(want);
+    snprintf(key, sizeof key, "%sloss", prefix);
+    double want = scalar(w, key, 0, 1), e_total = fabs(s->total_loss - want) / fabs(want);
     CHECK(worst <= TOL && e_total <= TOL,
           "%s: per-head losses rel err %.3g, weighted total %.6f rel err %.3g (tol %.0e)", label, worst, s->total_loss,
           e_total, TOL);
+}
+
+/* Valid positions and top-1..5 hits of every head ("valid.{i}", "hits.{i}" after prefix), exactly */
+static void check_hits(const WeightSet *w, const MedusaBatchStats *s, const char *prefix, const char *label) {
+    char key[64];
+    int hits_ok = 1;
+    for (int i = 0; i < K; i++) {
+        int64_t n;
+        snprintf(key, sizeof key, "%svalid.%d", prefix, i);
+        int32_t *valid = weights_load_i32(w, key, &n);
+        snprintf(key, sizeof key, "%shits.%d", prefix, i);
+        int32_t *hits = weights_load_i32(w, key, &n);
+        hits_ok &= valid[0] == s->valid[i];
+        for (int k = 0; k < MEDUSA_TOPK; k++) hits_ok &= hits[k] == s->hits[i][k];
+        printf("       head %d: valid %lld, hits top1..5 %lld %lld %lld %lld %lld\n", i, (long long)s->valid[i],
+               (long long)s->hits[i][0], (long long)s->hits[i][1], (long long)s->hits[i][2], (long long)s->hits[i][3],
+               (long long)s->hits[i][4]);
+        free(valid);
+        free(hits);
+    }
+    CHECK(hits_ok, "%s: valid positions and top-1..5 hits of every head equal the reference exactly", label);
 }
 
 /* The fixture's case-A heads (export_ref) loaded by our importer. */
@@ -112,23 +135,8 @@ static void test_case_a(void) {
     MedusaBatchStats s;
     medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f, 1.0f,
                             &s);
-    check_stats(&w, &s, "case A");
-    int hits_ok = 1;
-    for (int i = 0; i < K; i++) {
-        int64_t n;
-        snprintf(key, sizeof key, "valid.%d", i);
-        int32_t *valid = weights_load_i32(&w, key, &n);
-        snprintf(key, sizeof key, "hits.%d", i);
-        int32_t *hits = weights_load_i32(&w, key, &n);
-        hits_ok &= valid[0] == s.valid[i];
-        for (int k = 0; k < MEDUSA_TOPK; k++) hits_ok &= hits[k] == s.hits[i][k];
-        printf("       head %d: valid %lld, hits top1..5 %lld %lld %lld %lld %lld\n", i, (long long)s.valid[i],
-               (long long)s.hits[i][0], (long long)s.hits[i][1], (long long)s.hits[i][2], (long long)s.hits[i][3],
-               (long long)s.hits[i][4]);
-        free(valid);
-        free(hits);
-    }
-    CHECK(hits_ok, "case A: valid positions and top-1..5 hits of every head equal the reference exactly");
+    check_stats(&w, &s, "", "case A");
+    check_hits(&w, &s, "", "case A");
     for (int i = 0; i < K; i++) {
         snprintf(key, sizeof key, "grad.%d.0.linear.weight", i);
         compare(&w, key, medusa_linear_w(&m, m.grads, i, 0), 2, H, H, TOL, "case A");
@@ -219,7 +227,7 @@ static void test_case_a2(void) {
     MedusaBatchStats s;
     medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, NULL, 0.8f, 1.0f,
                             &s);
-    check_stats(&w, &s, "case A2");
+    check_stats(&w, &s, "", "case A2");
     for (int i = 0; i < K; i++)
         for (int l = 0; l < 2; l++) {
             snprintf(key, sizeof key, "grad.%d.%d.linear.weight", i, l);
@@ -231,6 +239,67 @@ static void test_case_a2(void) {
     weights_close(&w);
     medusa_work_free(&work, &m);
     medusa_free(&m);
+}
+
+/* Targets from the base model (--targets; case_base_<kind>.safetensors): case A's heads, and the same truncated to the
+ * fixture's token map (keys "map."), learn from the base model's logits at row t+1+i on batch 0 (its lm_head on the
+ * fixture's hidden states, model_linear as training computes them): losses, top-k hits on the labels and gradients
+ * (every ResBlock's, the last head's lm_head) against PyTorch. */
+static void test_targets(const Model *base, TargetKind kind, const char *name, const char *path) {
+    printf("--targets %s: loss, top-k hits on the labels, gradients\n", name);
+    FixtureBatch *b = &batches[0];
+    char key[64], label[64];
+    WeightSet w;
+    weights_open_safetensors_file(&w, path);
+    float *logits = xmalloc(sizeof(float) * (size_t)b->T * V);
+    model_linear(base, logits, b->hidden, base->lm_head, NULL, b->T, H, V);
+    int32_t *choice = xmalloc(sizeof(int32_t) * (size_t)b->T);
+    for (int t = 0; t < b->T; t++) choice[t] = row_argmax(logits + (size_t)t * V, V);
+    free(logits);
+    for (int truncated = 0; truncated < 2; truncated++) {
+        const char *prefix = truncated ? "map." : "";
+        MedusaHeads a, m;
+        load_case_a_heads(&a);
+        if (truncated) { /* case A's ResBlocks, and its lm_head rows for the map's tokens */
+            int64_t n;
+            int32_t *map = weights_load_i32(&w, "map.token_map", &n);
+            medusa_init(&m, backend_cpu(), (MedusaShape){K, 1, H, V, (int)n});
+            medusa_set_token_map(&m, map);
+            for (int i = 0; i < K; i++) {
+                memcpy(medusa_linear_w(&m, m.params, i, 0), medusa_linear_w(&a, a.params, i, 0),
+                       sizeof(float) * (H * H + H));
+                for (int r = 0; r < (int)n; r++)
+                    memcpy(medusa_lm_head(&m, m.params, i) + (size_t)r * H,
+                           medusa_lm_head(&a, a.params, i) + (size_t)map[r] * H, sizeof(float) * H);
+            }
+            free(map);
+            medusa_free(&a);
+        } else {
+            m = a;
+        }
+        medusa_enable_grads(&m);
+        MedusaWork work;
+        medusa_work_init(&work, &m, b->T, 16);
+        MedusaBase mb = {.targets = kind, .choice = choice};
+        MedusaBatchStats s;
+        medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, &mb, 0.8f, 1.0f,
+                                &s);
+        snprintf(label, sizeof label, "--targets %s, %s heads", name, truncated ? "truncated" : "full-vocabulary");
+        check_stats(&w, &s, prefix, label);
+        check_hits(&w, &s, prefix, label);
+        for (int i = 0; i < K; i++) {
+            snprintf(key, sizeof key, "%sgrad.%d.0.linear.weight", prefix, i);
+            compare(&w, key, medusa_linear_w(&m, m.grads, i, 0), 2, H, H, TOL, label);
+            snprintf(key, sizeof key, "%sgrad.%d.0.linear.bias", prefix, i);
+            compare(&w, key, medusa_linear_b(&m, m.grads, i, 0), 1, H, 0, TOL, label);
+        }
+        snprintf(key, sizeof key, "%sgrad.%d.1.weight", prefix, K - 1);
+        compare(&w, key, medusa_lm_head(&m, m.grads, K - 1), 2, m.shape.head_vocab, H, TOL, label);
+        medusa_work_free(&work, &m);
+        medusa_free(&m);
+    }
+    free(choice);
+    weights_close(&w);
 }
 
 /* The fixtures' training hyper-parameters (README): lr 1e-2, weight decay 0.01 on weights only. */
@@ -646,6 +715,7 @@ int main(void) {
     test_case_a2();
     test_case_b(&base);
     test_case_c(&base);
+    test_targets(&base, TARGETS_BASE_ARGMAX, "base-argmax", FIX "case_base_argmax.safetensors");
     test_hidden(&base);
     test_init(&base);
     test_export();

@@ -69,9 +69,9 @@ int main(void) {
     double reserve = (double)memory_plan_reserve_bytes(&bf16), margin = reserve - bf16.total;
     CHECK(fabs(margin - (0.05 * bf16.total + 64.0 * (1 << 20))) < 2,
           "reserved: the plan + 5%% + 64 MiB (%.1f MiB more)", margin / (1 << 20));
-    MemoryPlanInput ti = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 1, 0);
+    MemoryPlanInput ti = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 1, 0, TARGETS_LABELS);
     CHECK(memory_plan(&c, &ti).total == bf16.total, "memory_plan_training: the same plan as the fields set by hand");
-    MemoryPlanInput ei = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 0, 1);
+    MemoryPlanInput ei = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 0, 1, TARGETS_LABELS);
     MemoryPlan e = memory_plan(&c, &ei);
     CHECK(e.head_grads == 0 && e.adam_state == 0 && e.logits == (4096.0 + 4096.0) * 32000 * 4,
           "evaluation: no gradients or AdamW state; the base model's logits on a 4096-row chunk beside the heads' "

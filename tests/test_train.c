@@ -163,7 +163,7 @@ static void check_export_eval(const char *run, const char *val_path, const char 
     TokenCache val;
     token_cache_load(&val, val_path, V);
     Trainer t;
-    trainer_init(&t, &base, &m, NULL, 0.8f, 128, 512);
+    trainer_init(&t, &base, &m, NULL, 0.8f, TARGETS_LABELS, 128, 512);
     StepMetrics em;
     evaluate(&t, &val, 128, 2, &em);
     cJSON *o = cJSON_CreateObject();
@@ -300,6 +300,42 @@ static void test_resume(const char *data, const char *val) {
     free(pb);
     free(a);
     free(b);
+}
+
+/* --targets: a run learning the base model's choices trains (its eval lines still measure the labels and the
+ * agreement), is stored in its checkpoints, and resuming it with other targets, or a labels run with these, is refused;
+ * an unknown name is an error. */
+static void test_targets(const char *data, const char *val) {
+    printf("--targets: base-argmax runs, and resume refuses other targets\n");
+    char *dir = path_join(root, "argmax");
+    TrainConfig c = config(dir, data, val);
+    c.targets = "base-argmax";
+    c.max_steps = 4;
+    c.stop_after = 2;
+    CHECK(train_run(&c) == TRAIN_STOPPED, "base-argmax run stopped after step 2");
+    c.stop_after = 0;
+    c.resume = 1;
+    CHECK(train_run(&c) == TRAIN_DONE, "base-argmax run resumed to step 4");
+    char *metrics = metrics_without_timing(dir);
+    const char *last = strrchr(metrics, '{');
+    double loss = json_number(last, "loss"), agree = json_number(last, "medusa0_base_top5");
+    CHECK(strstr(last, "\"split\":\"eval\"") && isfinite(loss) && agree >= 0 && agree <= 1,
+          "its final eval line: loss %.4f on the labels, medusa0_base_top5 %.4f", loss, agree);
+    TrainConfig bad = c;
+    bad.targets = "labels";
+    EXPECT_FATAL(train_run(&bad), "targets is (absent) in this run but \"base-argmax\" in the checkpoint",
+                 "resuming a base-argmax run with --targets labels is refused");
+    char *labels_dir = path_join(root, "b"); /* test_resume's labels run */
+    bad = config(labels_dir, data, val);
+    bad.resume = 1;
+    bad.targets = "base-argmax";
+    EXPECT_FATAL(train_run(&bad), "targets is \"base-argmax\" in this run but (absent) in the checkpoint",
+                 "resuming a labels run with --targets base-argmax is refused");
+    bad.targets = "teacher";
+    EXPECT_FATAL(train_run(&bad), "--targets teacher: expected labels or base-argmax", "an unknown --targets is fatal");
+    free(metrics);
+    free(labels_dir);
+    free(dir);
 }
 
 static void test_diverge(const char *data) {
@@ -450,7 +486,7 @@ static void test_eval_base_top1(void) {
         for (int c = 0; c < 2; c++) {
             int chunk = c == 0 ? 7 : 512;
             Trainer t;
-            trainer_init(&t, &base, &m, NULL, 0.8f, T, chunk);
+            trainer_init(&t, &base, &m, NULL, 0.8f, TARGETS_LABELS, T, chunk);
             StepMetrics em;
             step_metrics_clear(&em);
             trainer_eval_batch(&t, &b, &em);
@@ -520,8 +556,8 @@ static void test_cache_hidden(const char *data) {
     rng_seed(&rng, 5);
     medusa_init_from_base(&heads, &base, &rng);
     Trainer plain, cached;
-    trainer_init(&plain, &base, &heads, NULL, 0.8f, 128, 64);
-    trainer_init(&cached, &base, &heads, NULL, 0.8f, 128, 64);
+    trainer_init(&plain, &base, &heads, NULL, 0.8f, TARGETS_LABELS, 128, 64);
+    trainer_init(&cached, &base, &heads, NULL, 0.8f, TARGETS_LABELS, 128, 64);
     trainer_cache_hidden(&cached, &cache);
     Batcher batcher;
     batcher_init(&batcher, &cache, 128, 3, 1);
@@ -558,6 +594,7 @@ int main(void) {
     char *data = write_cache("train.tokens.h5", 48, 1), *val = write_cache("val.tokens.h5", 8, 2);
     test_signal(data); /* first: libgomp's thread pool does not survive fork, so fork before OpenMP runs */
     test_resume(data, val);
+    test_targets(data, val);
     test_diverge(data);
     test_eval_base_top1();
     test_cache_hidden(data);

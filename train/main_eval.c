@@ -60,8 +60,8 @@ int main(int argc, char **argv) {
                   shape.hidden, shape.vocab, H, V);
     }
     DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi =
-        memory_plan_training(dtype, shape.n_heads, shape.n_layers, shape.head_vocab, batch_tokens, logits_chunk, 0, 1);
+    MemoryPlanInput mi = memory_plan_training(dtype, shape.n_heads, shape.n_layers, shape.head_vocab, batch_tokens,
+                                              logits_chunk, 0, 1, TARGETS_LABELS);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, log_verbosity >= 1);
 
@@ -80,7 +80,7 @@ int main(int argc, char **argv) {
     TokenCache cache;
     token_cache_load(&cache, data, V);
     Trainer t;
-    trainer_init(&t, &base, &heads, NULL, (float)head_decay, batch_tokens, logits_chunk);
+    trainer_init(&t, &base, &heads, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, logits_chunk);
     double t0 = now_seconds();
     StepMetrics m;
     evaluate(&t, &cache, batch_tokens, max_batches, &m);

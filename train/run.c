@@ -17,6 +17,7 @@ void train_config_defaults(TrainConfig *c) {
     c->device = "cpu";
     c->precision = "auto";
     c->export_dtype = "f32";
+    c->targets = "labels";
     c->heads = 5;
     c->layers = 1;
     c->head_decay = 0.8;
@@ -105,32 +106,28 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON_AddNumberToObject(j, "data conversations", (double)data->n_convs);
     if (c->head_vocab > 0) cJSON_AddNumberToObject(j, "head-vocab", c->head_vocab); /* absent: full, as before */
     if (c->cache_hidden) cJSON_AddBoolToObject(j, "cache-hidden", 1); /* each conversation's own forward pass */
+    if (strcmp(c->targets, "labels") != 0) cJSON_AddStringToObject(j, "targets", c->targets); /* absent: labels */
     cJSON_AddStringToObject(j, "model", c->model);
     char *s = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return s;
 }
 
-/* Every setting except the model path (a moved model is fine: its shape is checked) must match. */
+/* Every setting except the model path (a moved model is fine: its shape is checked) must match, including those
+ * written only when not at their default (absent on one side). */
 static void check_resume_config(const char *ckpt, const char *saved, const char *now) {
     cJSON *a = cJSON_Parse(saved), *b = cJSON_Parse(now);
     if (!cJSON_IsObject(a)) fatal("%s: the checkpoint's run configuration is not valid JSON", ckpt);
-    for (cJSON *it = b->child; it; it = it->next) {
-        if (strcmp(it->string, "model") == 0) continue;
-        cJSON *old = cJSON_GetObjectItemCaseSensitive(a, it->string);
-        if (!old || !cJSON_Compare(old, it, 1)) {
-            char *ov = old ? cJSON_PrintUnformatted(old) : xstrdup("(absent)"), *nv = cJSON_PrintUnformatted(it);
+    for (int side = 0; side < 2; side++)
+        for (cJSON *it = (side ? a : b)->child; it; it = it->next) {
+            if (strcmp(it->string, "model") == 0) continue;
+            cJSON *other = cJSON_GetObjectItemCaseSensitive(side ? b : a, it->string);
+            if (other && cJSON_Compare(other, it, 1)) continue;
+            char *theirs = other ? cJSON_PrintUnformatted(other) : xstrdup("(absent)"),
+                 *ours = cJSON_PrintUnformatted(it);
             fatal("%s: cannot resume: %s is %s in this run but %s in the checkpoint; resume with the same settings and "
                   "data, or start a new run with another --out",
-                  ckpt, it->string, nv, ov);
-        }
-    }
-    for (cJSON *it = a->child; it; it = it->next) /* an option the checkpoint's run had and this one has not */
-        if (!cJSON_GetObjectItemCaseSensitive(b, it->string)) {
-            char *ov = cJSON_PrintUnformatted(it);
-            fatal(
-                "%s: cannot resume: %s is %s in the checkpoint but not set in this run; resume with the same settings",
-                ckpt, it->string, ov);
+                  ckpt, it->string, side ? theirs : ours, side ? ours : theirs);
         }
     cJSON_Delete(a);
     cJSON_Delete(b);
@@ -277,6 +274,13 @@ static double frequent_targets(const TokenCache *data, int V, int eos, int n, in
     return total ? (double)covered / (double)total : 1.0;
 }
 
+/* --targets: labels, base-argmax */
+static TargetKind target_kind(const char *name) {
+    if (strcmp(name, "labels") == 0) return TARGETS_LABELS;
+    if (strcmp(name, "base-argmax") == 0) return TARGETS_BASE_ARGMAX;
+    fatal("--targets %s: expected labels or base-argmax", name);
+}
+
 static void validate(const TrainConfig *c) {
     if (!c->model || !c->data || !c->out) fatal("--model, --data and --out are required (see --help)");
     if (c->heads < 1 || c->heads > 64) fatal("--heads %d: expected 1..64", c->heads);
@@ -289,6 +293,7 @@ static void validate(const TrainConfig *c) {
     if (c->log_every < 1) fatal("--log-every %d: expected at least 1", c->log_every);
     if (c->head_vocab < 0) fatal("--head-vocab %d: expected 0 (full vocabulary) or a token count", c->head_vocab);
     export_dtype(c->export_dtype);
+    target_kind(c->targets);
 }
 
 int train_run(const TrainConfig *c) {
@@ -310,8 +315,9 @@ int train_run(const TrainConfig *c) {
     DType precision = model_precision(c->precision, be);
     int Vh = c->head_vocab > 0 && c->head_vocab < mc.vocab_size ? c->head_vocab : mc.vocab_size;
     int logits_chunk = logits_chunk_for(c->logits_chunk, be);
-    MemoryPlanInput mi =
-        memory_plan_training(precision, c->heads, c->layers, Vh, c->batch_tokens, logits_chunk, 1, c->val != NULL);
+    TargetKind targets = target_kind(c->targets);
+    MemoryPlanInput mi = memory_plan_training(precision, c->heads, c->layers, Vh, c->batch_tokens, logits_chunk, 1,
+                                              c->val != NULL, targets);
     MemoryPlan plan = memory_plan(&mc, &mi);
     memory_plan_reserve(&plan, be, log_verbosity >= 1);
 
@@ -349,7 +355,7 @@ int train_run(const TrainConfig *c) {
     medusa_init_from_base(&heads, &base, &rng);
     if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads); /* the heads' GEMMs in the base's precision */
     Trainer t;
-    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, c->batch_tokens, logits_chunk);
+    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, targets, c->batch_tokens, logits_chunk);
     if (c->cache_hidden) trainer_cache_hidden(&t, &data);
 
     char *config_json = identity_json(c, &data);
@@ -369,9 +375,10 @@ int train_run(const TrainConfig *c) {
         free(meta.config_json);
         log_info("resumed from %s at step %lld of %d", resume_path, (long long)step, total_steps);
     }
-    log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g",
+    log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
+             "targets: %s",
              c->heads, c->layers, (long long)data.n_convs, (long long)data.n_tokens, total_steps, c->grad_accum,
-             c->batch_tokens, c->lr);
+             c->batch_tokens, c->lr, c->targets);
 
     char *metrics_path = path_join(c->out, "metrics.jsonl");
     FILE *metrics = open_metrics(metrics_path, resume_path ? step : -1);

@@ -19,10 +19,11 @@ typedef struct {
     int epochs, max_steps, batch_tokens, grad_accum, seed;
     int eval_every, eval_batches, save_every, log_every, keep_checkpoints;
     int resume, threads, logits_chunk;
-    int head_vocab;     /* heads predict only the N most frequent trained target tokens; 0: all */
-    int cache_hidden;   /* keep the base model's hidden states in host memory after the first epoch */
-    int stop_after;     /* stop cleanly (checkpoint + export) after this many steps in total; 0: never */
-    double time_budget; /* seconds; stop cleanly when the next step would not fit; 0: none */
+    int head_vocab;      /* heads predict only the N most frequent trained target tokens; 0: all */
+    const char *targets; /* what the heads learn: labels, base-argmax (TargetKind) */
+    int cache_hidden;    /* keep the base model's hidden states in host memory after the first epoch */
+    int stop_after;      /* stop cleanly (checkpoint + export) after this many steps in total; 0: never */
+    double time_budget;  /* seconds; stop cleanly when the next step would not fit; 0: none */
 } TrainConfig;
 
 void train_config_defaults(TrainConfig *c);

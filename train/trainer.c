@@ -8,12 +8,13 @@
 void step_metrics_clear(StepMetrics *m) { memset(m, 0, sizeof *m); }
 
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
-                  int max_tokens, int logits_chunk) {
+                  TargetKind targets, int max_tokens, int logits_chunk) {
     memset(t, 0, sizeof *t);
     t->base = base;
     t->heads = heads;
     if (optim) t->optim = *optim;
     t->head_decay = head_decay;
+    t->targets = targets;
     t->max_tokens = max_tokens;
     forward_state_init(&t->state, base, max_tokens);
     medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
@@ -97,29 +98,9 @@ static void base_forward(Trainer *t, const TrainBatch *b) {
     }
 }
 
-double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {
-    for (int i = 0; i < n; i++) {
-        base_forward(t, &micro[i]);
-        MedusaBatchStats s;
-        medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
-                                micro[i].n_seqs, micro[i].n_tokens, NULL, t->head_decay, 1.0f / (float)n, &s);
-        if (!isfinite(s.total_loss))
-            fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is "
-                  "intact",
-                  s.total_loss, t->adam.step + 1);
-        accumulate(metrics, &s, t->heads->shape.n_heads, micro[i].n_tokens);
-    }
-    double norm = optim_step(t->heads, &t->adam, &t->optim);
-    if (!isfinite(norm))
-        fatal("training diverged: the gradient norm is %g at optimizer step %d (try a lower --lr); the last checkpoint "
-              "is intact",
-              norm, t->adam.step + 1);
-    return norm;
-}
-
 /* The base model's logits on the batch's hidden states, a chunk of rows at a time (a batch's full [T, V] would be the
  * largest buffer of an evaluation): its greedy choice at every row into t->choice (top_k's argmax; -1 where that logit
- * is not finite, which rank_ids tells), and its own top-1 on t+1 into metrics (the fused softmax's rank) */
+ * is not finite, which rank_ids tells), and with metrics its own top-1 on t+1 (the fused softmax's rank) */
 static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
     const Backend *be = t->base->be;
     int V = t->base->config.vocab_size, H = t->base->config.hidden_size, T = b->n_tokens;
@@ -142,12 +123,15 @@ static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) 
         model_linear(t->base, logits, t->hidden + (size_t)r0 * H, t->base->lm_head, NULL, rows, H, V);
         be->top_k(choice_dev + r0, logits, rows, V, 1);
         be->rank_ids(choice_ranks + r0, logits, choice_dev + r0, rows, V);
-        be->softmax_xent(logits, losses_dev + r0, ranks_dev + r0, targets_dev + r0, rows, V, 0.0f);
+        XentTargets next = {.targets = targets_dev + r0, .ranked = targets_dev + r0};
+        if (metrics) be->softmax_xent(logits, losses_dev + r0, ranks_dev + r0, next, rows, V, 0.0f);
     }
-    be->download(ranks, ranks_dev, sizeof(int32_t) * (size_t)T);
-    for (int i = 0; i < T; i++) {
-        metrics->base_valid += ranks[i] >= 0;
-        metrics->base_hits += ranks[i] == 0;
+    if (metrics) {
+        be->download(ranks, ranks_dev, sizeof(int32_t) * (size_t)T);
+        for (int i = 0; i < T; i++) {
+            metrics->base_valid += ranks[i] >= 0;
+            metrics->base_hits += ranks[i] == 0;
+        }
     }
     be->download(t->choice, choice_dev, sizeof(int32_t) * (size_t)T);
     be->download(ranks, choice_ranks, sizeof(int32_t) * (size_t)T);
@@ -163,11 +147,36 @@ static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) 
     free(ranks);
 }
 
+double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {
+    for (int i = 0; i < n; i++) {
+        base_forward(t, &micro[i]);
+        MedusaBase base = {.targets = t->targets};
+        if (t->targets == TARGETS_BASE_ARGMAX) {
+            base_choices(t, &micro[i], NULL);
+            base.choice = t->choice;
+        }
+        MedusaBatchStats s;
+        medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
+                                micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay, 1.0f / (float)n, &s);
+        if (!isfinite(s.total_loss))
+            fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is "
+                  "intact",
+                  s.total_loss, t->adam.step + 1);
+        accumulate(metrics, &s, t->heads->shape.n_heads, micro[i].n_tokens);
+    }
+    double norm = optim_step(t->heads, &t->adam, &t->optim);
+    if (!isfinite(norm))
+        fatal("training diverged: the gradient norm is %g at optimizer step %d (try a lower --lr); the last checkpoint "
+              "is intact",
+              norm, t->adam.step + 1);
+    return norm;
+}
+
 void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
     base_forward(t, b);
     base_choices(t, b, metrics);
     MedusaBatchStats s;
-    MedusaBase base = {t->choice};
+    MedusaBase base = {.targets = TARGETS_LABELS, .choice = t->choice};
     medusa_forward_backward(t->heads, &t->work, t->hidden, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, b->n_tokens,
                             &base, t->head_decay, 0.0f, &s);
     accumulate(metrics, &s, t->heads->shape.n_heads, b->n_tokens);

@@ -34,6 +34,7 @@ typedef struct {
     AdamState adam;
     OptimConfig optim;
     float head_decay;
+    TargetKind targets; /* what the heads learn (medusa-train --targets) */
     int max_tokens;
     ForwardState state;
     MedusaWork work;
@@ -53,9 +54,10 @@ typedef struct {
     int64_t tokens;
 } StepMetrics;
 
-/* optim NULL: evaluation only (no gradients, no optimizer state). */
+/* optim NULL: evaluation only (no gradients, no optimizer state). targets: what trainer_step's heads learn
+ * (evaluation always measures them against the labels and the base model's choices). */
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
-                  int max_tokens, int logits_chunk);
+                  TargetKind targets, int max_tokens, int logits_chunk);
 void trainer_free(Trainer *t);
 /* Keeps the base model's hidden states of data's conversations in host memory (HiddenCache); the size is
  * data->n_tokens x hidden x 4 bytes, fatal when it exceeds the host's memory. */

@@ -7,23 +7,31 @@
 #include "../../common/common.h"
 #include "cpu_ops.h"
 
-void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
-                      float dscale) {
+/* the number of entries of row [cols] strictly greater than v (none above +inf; NaN is never greater) */
+static int count_above(const float *row, int cols, float v) {
+    int n = 0;
+    for (int i = 0; i < cols; i++) n += row[i] > v;
+    return n;
+}
+
+void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale) {
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         float *row = logits + (size_t)t * V;
-        int target = targets[t];
+        int target = targets.targets[t], id = targets.ranked[t];
+        /* the ranked logit, and what the count is against: +inf (nothing above it) where there is none to count */
+        float ranked = id >= 0 ? row[id] : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
         if (target < 0) {
+            ranks[t] = rank_of(id, ranked, bar < INFINITY ? count_above(row, V, bar) : 0);
             for (int i = 0; i < V; i++) row[i] = 0.0f;
             losses[t] = 0.0f;
-            ranks[t] = -1;
             continue;
         }
         float maxv = -INFINITY, target_logit = row[target];
-        int rank = 0;
+        int above = 0;
         for (int i = 0; i < V; i++) {
             if (row[i] > maxv) maxv = row[i];
-            rank += row[i] > target_logit;
+            above += row[i] > bar;
         }
         /* one exp per logit: the exponentials are kept in the row and scaled into the gradient */
         double sum = 0;
@@ -35,7 +43,7 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_
         /* sum >= 1: the maximum contributes exp(0) */
         // cppcheck-suppress invalidFunctionArg
         losses[t] = (float)log(sum) - (target_logit - maxv);
-        ranks[t] = rank;
+        ranks[t] = rank_of(id, ranked, above);
         float scale = (float)(dscale / sum);
         for (int i = 0; i < V; i++) row[i] *= scale;
         row[target] -= dscale;
@@ -47,18 +55,13 @@ void cpu_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, 
     for (int r = 0; r < rows; r++) {
         const float *row = x + (size_t)r * cols;
         int id = ids[r];
-        if (id < 0 || !isfinite(row[id])) {
-            ranks[r] = id < 0 ? -1 : RANK_NOT_FINITE;
-            continue;
-        }
-        int rank = 0;
-        for (int i = 0; i < cols; i++) rank += row[i] > row[id];
-        ranks[r] = rank;
+        float v = id >= 0 ? row[id] : 0.0f;
+        ranks[r] = rank_of(id, v, id >= 0 && isfinite(v) ? count_above(row, cols, v) : 0);
     }
 }
 
 /* the reference composition: matmul_bf16, softmax_xent in place, matmul_backward_bf16 (which rounds the gradient) */
-void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
                          const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
     cpu_matmul_bf16(logits, x, weight, NULL, rows, IC, V);
     cpu_softmax_xent(logits, losses, ranks, targets, rows, V, dscale);

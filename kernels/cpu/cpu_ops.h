@@ -25,9 +25,9 @@ void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float 
 void cpu_resblock_forward(float *out, const float *x, const float *z, size_t n);
 void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n);
 void cpu_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
-void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V, float dscale);
+void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale);
 void cpu_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols);
-void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
                          const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale);
 void cpu_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
                          int n_ids, float temperature);

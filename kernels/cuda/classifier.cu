@@ -39,37 +39,48 @@ __device__ __forceinline__ void block_softmax_state(float *max, float *sum, floa
     for (int w = 0; w < n_warps; w++) softmax_merge(max, sum, max_scratch[w], sum_scratch[w]);
 }
 
+/* The count of the row's logits strictly greater than bar, over the block (every thread gets it). */
+__device__ __forceinline__ int block_count_above(const float *row, int V, float bar, int *scratch) {
+    int n = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) n += row[i] > bar;
+    return block_sum(n, scratch);
+}
+
 /* Grad: float (the gradient over the logits, in place) or bf16 (into another buffer, as the head GEMMs take it);
  * dlogits NULL: losses and ranks alone */
 template <class Grad>
 __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *losses, int32_t *ranks,
-                                    const int32_t *targets, int V, float dscale) {
+                                    XentTargets targets, int V, float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32];
     __shared__ int rank_scratch[32];
-    int t = blockIdx.x, target = targets[t];
+    int t = blockIdx.x, target = targets.targets[t], id = targets.ranked[t];
     const float *row = logits + (size_t)t * V;
-    /* the conditions below are uniform over the block: no gradient wanted, an ignored position */
+    /* the ranked logit, and what the count is against: +inf (nothing above it) where there is none to count */
+    float ranked = id >= 0 ? row[id] : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
+    /* the conditions below are uniform over the block: no gradient wanted, a row without a target */
     Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL;
     if (target < 0) {
+        int above = bar < INFINITY ? block_count_above(row, V, bar, rank_scratch) : 0;
+        __syncthreads(); /* every thread has read the ranked logit before the gradient is written over the row */
         if (grad)
             for (int i = threadIdx.x; i < V; i += blockDim.x) store_out(&grad[i], 0.0f);
         if (threadIdx.x == 0) {
             losses[t] = 0.0f;
-            ranks[t] = -1;
+            ranks[t] = rank_of(id, ranked, above);
         }
         return;
     }
     float target_logit = row[target], max = -INFINITY, sum = 0.0f;
-    int rank = 0;
+    int above = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        rank += row[i] > target_logit;
+        above += row[i] > bar;
         softmax_add(&max, &sum, row[i]);
     }
     block_softmax_state(&max, &sum, max_scratch, sum_scratch);
-    rank = block_sum(rank, rank_scratch);
+    above = block_sum(above, rank_scratch);
     if (threadIdx.x == 0) {
         losses[t] = logf(sum) - (target_logit - max);
-        ranks[t] = rank;
+        ranks[t] = rank_of(id, ranked, above);
     }
     if (!grad) return;
     float scale = dscale / sum;
@@ -80,22 +91,21 @@ __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *l
 }
 
 template <class Grad>
-static void softmax_xent(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, const int32_t *targets,
-                         int T, int V, float dscale) {
+static void softmax_xent(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, XentTargets targets, int T,
+                         int V, float dscale) {
     static const std::string name = kernel_name("softmax_xent_kernel", {elem_name<Grad>()});
     if (T == 0) return;
-    profile_next_bytes((double)T * V * (4.0 + (dlogits ? sizeof(Grad) : 0)) + 16.0 * T);
+    profile_next_bytes((double)T * V * (4.0 + (dlogits ? sizeof(Grad) : 0)) + 20.0 * T);
     LAUNCH_AS(name.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
               dscale);
 }
 
-void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
-                       float dscale) {
+void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale) {
     softmax_xent(logits, logits, losses, ranks, targets, T, V, dscale);
 }
 
-void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks,
-                            const int32_t *targets, int T, int V, float dscale) {
+void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
+                            int T, int V, float dscale) {
     softmax_xent(logits, dlogits, losses, ranks, targets, T, V, dscale);
 }
 
@@ -104,15 +114,9 @@ __global__ void rank_ids_kernel(int32_t *ranks, const float *x, const int32_t *i
     __shared__ int scratch[32];
     const float *row = x + (size_t)blockIdx.x * cols;
     int id = ids[blockIdx.x];
-    if (id < 0 || !isfinite(row[id])) { /* uniform over the block */
-        if (threadIdx.x == 0) ranks[blockIdx.x] = id < 0 ? -1 : RANK_NOT_FINITE;
-        return;
-    }
-    float v = row[id];
-    int rank = 0;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) rank += row[i] > v;
-    rank = block_sum(rank, scratch);
-    if (threadIdx.x == 0) ranks[blockIdx.x] = rank;
+    float v = id >= 0 ? row[id] : 0.0f;
+    int above = id >= 0 && isfinite(v) ? block_count_above(row, cols, v, scratch) : 0; /* uniform over the block */
+    if (threadIdx.x == 0) ranks[blockIdx.x] = rank_of(id, v, above);
 }
 
 void cuda_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols) {

@@ -206,12 +206,11 @@ void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *sr
                     size_t row_bytes);
 void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
 void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
-void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, const int32_t *targets, int T, int V,
-                       float dscale);
+void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale);
 /* softmax_xent with the gradient rounded to bf16 into dlogits (NULL: losses and ranks alone), logits untouched */
-void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks,
-                            const int32_t *targets, int T, int V, float dscale);
-void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
+                            int T, int V, float dscale);
+void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
                           const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale);
 void cuda_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols);
 void cuda_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,

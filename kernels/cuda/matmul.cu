@@ -208,7 +208,7 @@ void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const 
 
 /* x rounded once for the logits' and the lm_head gradient's GEMMs, and the gradient written in bf16 by the softmax
  * (the fp32 gradient over the logits and a rounding pass over it, otherwise) */
-void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, const int32_t *targets, const float *x,
+void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
                           const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
     if (rows == 0) return;
     const uint16_t *xr = rounded(&input_scratch, x, (size_t)rows * IC);

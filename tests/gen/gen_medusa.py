@@ -3,9 +3,11 @@
 
 Run by hand from the repository root (never in CI; ~10 s on a CPU, no network):
 
-    .venv/bin/python tests/gen/gen_medusa.py
+    .venv/bin/python tests/gen/gen_medusa.py              # rewrites tests/fixtures/medusa/
+    .venv/bin/python tests/gen/gen_medusa.py --targets    # only the distillation cases (case_base_*), from the
+                                                          # committed base/, batches and export_ref/
 
-It rewrites tests/fixtures/medusa/ (layout and every key: tests/fixtures/medusa/README.md).
+Layout and every key: tests/fixtures/medusa/README.md.
 
 Everything is computed in fp32 with PyTorch, exactly as a PyTorch training run would (the C code is fp32).
 
@@ -543,6 +545,104 @@ def compare_states(a, b):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# distillation targets (medusa-train --targets): what head i at t learns from the base model's logits at row t+1+i
+# ---------------------------------------------------------------------------------------------------------
+
+MAP = np.arange(0, 384, 2, dtype=np.int64)     # truncated heads: the even tokens (EOS, 2, among them)
+
+
+def restrict(heads, token_map):
+    """Truncated heads (--head-vocab): the same ResBlocks, lm_head rows token_map[r] (vLLM's truncated heads)."""
+    H = heads[0][-1].weight.shape[1]
+    out = make_heads(torch.zeros(len(token_map), H, dtype=heads[0][-1].weight.dtype), K, 1).to(
+        heads[0][-1].weight.dtype)
+    with torch.no_grad():
+        for h in range(K):
+            out[h][0].load_state_dict(heads[h][0].state_dict())
+            out[h][1].weight.copy_(heads[h][1].weight[torch.from_numpy(token_map)])
+    return out
+
+
+def targets_case(heads, base_lm_head, batch, kind, token_map=None):
+    """Loss and gradients of `heads` when head i at position t learns from the base model's logits at row t+1+i
+    (base_lm_head @ hidden[t+1+i], the base's prediction of the token head i guesses, given the true prefix), over
+    the positions where the labels have a target (loss mask, same sequence); top-k hits are the labels'.
+    kind "argmax": the hard label argmax(base logits) (first of equal maxima, as torch.argmax); a choice outside a
+    truncated head's map is ignored. With token_map the heads are truncated (lm_head rows token_map[r])."""
+    dtype = heads[0][-1].weight.dtype
+    x = torch.from_numpy(batch["hidden"]).to(dtype)
+    base_logits = x @ base_lm_head.to(dtype).T                  # [T, V]: the base model's logits at every row
+    V = base_logits.shape[1]
+    row_of = np.full(V, IGNORE, np.int64)                       # token -> lm_head row (IGNORE: outside the map)
+    row_of[token_map if token_map is not None else np.arange(V)] = np.arange(
+        len(token_map) if token_map is not None else V)
+    T = x.shape[0]
+    loss, out = 0, {}
+    margin = float("inf")
+    for i in range(K):
+        labels = batch["targets"][i]
+        valid = np.nonzero(labels != IGNORE)[0]
+        lg = heads[i](x)
+        teacher = base_logits[torch.from_numpy(valid + 1 + i)]   # row t+1+i for each valid t
+        choice = teacher.argmax(-1).numpy()
+        top2 = teacher.detach().double().topk(2, dim=-1).values
+        margin = min(margin, float((top2[:, 0] - top2[:, 1]).min()))
+        tgt = np.full(T, IGNORE, np.int64)
+        tgt[valid] = row_of[choice]
+        assert (tgt != IGNORE).sum() > 0
+        li = F.cross_entropy(lg, torch.from_numpy(tgt), ignore_index=IGNORE)
+        loss = loss + li * LAMBDA ** i
+        out[f"loss.{i}"] = np.asarray([li.item()], np.float64)
+        out[f"target.{i}"] = tgt.astype(np.int32)
+        lab = np.full(T, IGNORE, np.int64)                      # the labels' rows: top-k hits, a label outside a miss
+        lab[valid] = row_of[labels[valid]]
+        hits, _ = topk_hits(lg.detach(), torch.from_numpy(lab))
+        out[f"hits.{i}"] = hits
+        out[f"valid.{i}"] = np.asarray([len(valid)], np.int32)
+    loss.backward()
+    out["loss"] = np.asarray([loss.item()], np.float64)
+    out.update(grads_np(heads))
+    assert margin > 1e-4, margin                                # fp32 noise cannot change a choice
+    return out, margin
+
+
+def write_case_targets():
+    """case_base_argmax.safetensors from the committed base/, batches (batch 0) and export_ref/ (case A's heads):
+    full-vocabulary heads, and truncated ones (map. keys) over MAP; every float computed in fp32 and float64 (the
+    distance to exact arithmetic is printed)."""
+    from safetensors.numpy import load_file
+    base_lm_head = torch.from_numpy(load_file(str(OUT / "base" / "model.safetensors"))["lm_head.weight"])
+    bt = load_file(str(OUT / "batches.safetensors"))
+    batch = {"hidden": bt["hidden.0"], "targets": np.stack([bt[f"target.0.{i}"] for i in range(K)]).astype(np.int64)}
+    params = load_file(str(OUT / "export_ref" / "medusa_lm_head.safetensors"))
+    heads = make_heads(base_lm_head, K, 1)
+    heads.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    for kind in ("argmax",):
+        f = {}
+        for prefix, token_map in (("", None), ("map.", MAP)):
+            for dtype in (torch.float32, torch.float64):
+                h = copy.deepcopy(heads).to(dtype)
+                if token_map is not None:
+                    h = restrict(h, token_map)
+                out, margin = targets_case(h, base_lm_head, batch, kind, token_map)
+                if dtype == torch.float64:
+                    err = max(float(np.abs(f[prefix + k] - v).max() / max(1e-300, np.abs(v).max()))
+                              for k, v in out.items() if v.dtype == np.float64 and prefix + k in f)
+                    continue
+                f.update({prefix + k: v.astype(np.float32) if v.dtype == np.float64 else v
+                          for k, v in out.items() if keep(k, 1)})
+            if token_map is not None:
+                f["map.token_map"] = token_map.astype(np.int32)
+            print(f"case_base_{kind} {prefix or 'full '}: loss {f[prefix + 'loss'][0]:.6f}, per head "
+                  f"{[round(float(f[prefix + f'loss.{i}'][0]), 4) for i in range(K)]}, hits "
+                  f"{[f[prefix + f'hits.{i}'].tolist() for i in range(K)]}, valid "
+                  f"{[int(f[prefix + f'valid.{i}'][0]) for i in range(K)]}; fp32 vs float64 {err:.2g}; smallest "
+                  f"top-1 margin of the base's logits {margin:.3g}")
+        save_file(f, str(OUT / f"case_base_{kind}.safetensors"))
+        (OUT / f"case_base_{kind}.safetensors").chmod(0o644)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------------------------
 
@@ -755,6 +855,7 @@ def main():
     write_export_ref(params_a, K, 1, H, V, "tests/fixtures/medusa/base")
     write_export_vllm(params_a, K, 1, H, V)
     check_exports(a, batches[0], H, V)
+    write_case_targets()
 
     # ---- conditioning: the same computations in float64 (from the same fp32 inputs); the distance of the fp32
     # reference to exact arithmetic is about what an fp32 re-implementation with another summation order sees.
@@ -823,4 +924,10 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+    if sys.argv[1:] == ["--targets"]:
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        write_case_targets()
+    else:
+        main()
