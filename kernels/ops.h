@@ -26,6 +26,10 @@ typedef struct {
     /* hard targets: row t's loss is -log softmax(logits)[targets[t]] and its gradient dscale * (softmax -
      * onehot(targets[t])); a row with a negative target has loss 0 and a zero gradient */
     const int32_t *targets;
+    /* or soft ones (targets then unused): a teacher's logits [T, V], whose softmax q every row learns; its loss is
+     * KL(q || p) = sum_j q_j (log q_j - log p_j) with p = softmax(logits) (a term with q_j = 0 is 0), the cross-entropy
+     * with soft targets less q's entropy, and its gradient dscale * (p - q). NULL: hard targets. */
+    const float *teacher;
     /* the ids whose ranks the op reports: the targets themselves, or the data's tokens when the targets are another
      * model's (distillation), so that top-k accuracy is measured on the data either way */
     const int32_t *ranked;
@@ -97,9 +101,9 @@ struct Backend {
     /* dz = dout * silu'(z) */
     void (*silu_backward)(float *dz, const float *dout, const float *z, size_t n);
     /* Fused softmax cross-entropy over rows of logits [T,V], never storing probabilities: each row's loss against its
-     * target into losses[t] (XentTargets), the row overwritten with its gradient, and ranks[t] the rank of
-     * ranked[t] in the row as rank_ids gives it (the number of logits strictly greater than its own, so top-k hit <=>
-     * rank < k; -1 where ranked[t] < 0, RANK_NOT_FINITE for a non-finite logit). */
+     * target (hard or soft, XentTargets) into losses[t], the row overwritten with its gradient, and ranks[t] the rank
+     * of ranked[t] in the row as rank_ids gives it (the number of logits strictly greater than its own, so top-k hit
+     * <=> rank < k; -1 where ranked[t] < 0, RANK_NOT_FINITE for a non-finite logit). */
     void (*softmax_xent)(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale);
     /* ranks[r]: the number of entries of row r of x [rows, cols] strictly greater than x[r, ids[r]] (so ids[r] is
      * within the row's top k <=> ranks[r] < k, ties counting for it; NaN entries never count above it), -1 where ids[r]

@@ -47,6 +47,17 @@ void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n) 
     else m->be->embedding(out, rows, m->lm_head, n, m->config.hidden_size);
 }
 
+void *model_lm_head_subset(const Model *m, const int32_t *rows, int n) {
+    size_t row_bytes = (size_t)m->config.hidden_size * (m->weight_dtype == DT_BF16 ? 2 : 4);
+    char *out = m->be->alloc(row_bytes * (size_t)n);
+    for (int i = 0, run; i < n; i += run) { /* one copy per run of consecutive rows */
+        for (run = 1; i + run < n && rows[i + run] == rows[i] + run;) run++;
+        m->be->copy(out + row_bytes * (size_t)i, (const char *)m->lm_head + row_bytes * (size_t)rows[i],
+                    row_bytes * (size_t)run);
+    }
+    return out;
+}
+
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
     memset(m, 0, sizeof *m);
     m->be = be;

@@ -79,6 +79,9 @@ void model_linear(const Model *m, float *out, const float *in, const void *weigh
                   int OC);
 /* out[i,:] = lm_head[rows[i],:] in fp32 (rows and out in backend memory) */
 void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n);
+/* The lm_head rows rows[i] (host, increasing) as a matrix [n, H] of their own, in the model's storage (model_linear
+ * takes it): backend memory, free with be->free. */
+void *model_lm_head_subset(const Model *m, const int32_t *rows, int n);
 
 /* bytes of an activation element between the base model's ops (and of the KV cache): 2 with bf16 weights, else 4 */
 size_t model_act_bytes(const Model *m);

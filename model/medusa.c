@@ -121,8 +121,22 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
 }
 
+void medusa_work_enable_teacher(MedusaWork *w, const MedusaHeads *m) {
+    const Backend *be = m->be;
+    w->teacher = be->alloc(sizeof(float) * (size_t)w->chunk_rows * m->shape.head_vocab);
+    w->teacher_hidden = be->alloc(sizeof(float) * (size_t)w->chunk_rows * m->shape.hidden);
+    w->teacher_rows = be->alloc(sizeof(int32_t) * (size_t)w->max_tokens);
+    w->host_teacher_rows = xmalloc(sizeof(int32_t) * (size_t)w->max_tokens);
+}
+
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
     const Backend *be = m->be;
+    if (w->teacher) {
+        be->free(w->teacher);
+        be->free(w->teacher_hidden);
+        be->free(w->teacher_rows);
+        free(w->host_teacher_rows);
+    }
     void *dev[] = {w->act,     w->pre,    w->dx,   w->dz,      w->logits,       w->losses,     w->ranks,
                    w->targets, w->ranked, w->rows, w->choices, w->choice_ranks, w->rows_hidden};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
@@ -171,16 +185,16 @@ static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweig
 }
 
 /* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses (against the work's
- * targets) and the ranks of `ranked` at row r0 of the work's, and with dx the gradients: dx += dlogits W and the
- * lm_head's own. On bf16 weights one backend op (classifier_bf16) does it all. With agree (forward only) the base
- * model's choices are ranked in the logits first. */
-static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *ranked, const float *x, int h,
-                            float *dx, int r0, int rows, float dscale, int agree) {
+ * targets, or the chunk's teacher logits when given) and the ranks of `ranked` at row r0 of the work's, and with dx the
+ * gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op (classifier_bf16) does it all. With
+ * agree (forward only) the base model's choices are ranked in the logits first. */
+static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *ranked, const float *teacher,
+                            const float *x, int h, float *dx, int r0, int rows, float dscale, int agree) {
     const Backend *be = m->be;
     int H = m->shape.hidden, V = m->shape.head_vocab;
     const float *lm = medusa_lm_head(m, m->params, h);
     float *dlm = dx ? medusa_lm_head(m, m->grads, h) : NULL;
-    XentTargets targets = {.targets = w->targets + r0, .ranked = ranked + r0};
+    XentTargets targets = {.targets = teacher ? NULL : w->targets + r0, .teacher = teacher, .ranked = ranked + r0};
     if (agree) {
         head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
         be->rank_ids(w->choice_ranks + r0, w->logits, w->choices + r0, rows, V);
@@ -228,6 +242,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     TargetKind kind = base ? base->targets : TARGETS_LABELS;
     const int32_t *choice = base ? base->choice : NULL;
     if (kind == TARGETS_BASE_ARGMAX && !choice) fatal("medusa: base-argmax targets without the base model's choices");
+    if (kind == TARGETS_BASE_KL && !(base->model && base->lm_head && w->teacher))
+        fatal("medusa: base-kl targets without the base model or the teacher's buffers");
     int agree = choice && !train; /* the heads' agreement with the base's choices */
     memset(stats, 0, sizeof *stats);
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
@@ -236,8 +252,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
         const int32_t *targets = w->host_targets + (size_t)h * T;
-        /* rows with a loss target, a label the head can rank (in the token map) or a base choice to rank: gathered into
-         * rows_hidden; a label outside the map is a miss with no loss */
+        /* rows with a loss (a target in the head's map, or the base's distribution), a label the head can rank or a
+         * base choice to rank: gathered into rows_hidden; a label outside the map is a miss */
         int n = 0, valid = 0, n_loss = 0;
         for (int t = 0; t < T; t++) {
             if (targets[t] < 0) continue;
@@ -245,19 +261,22 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             int row = token_row(m, targets[t]), choice_row = -1;
             if (choice && choice[t + 1 + h] >= 0) choice_row = token_row(m, choice[t + 1 + h]);
             int loss_row = kind == TARGETS_BASE_ARGMAX ? choice_row : row;
-            if (loss_row < 0 && row < 0 && !(agree && choice_row >= 0)) continue; /* a miss either way */
+            int has_loss = kind == TARGETS_BASE_KL || loss_row >= 0;
+            if (!has_loss && row < 0 && !(agree && choice_row >= 0)) continue; /* a miss either way */
+            if (kind == TARGETS_BASE_KL) w->host_teacher_rows[n] = t + 1 + h;
             w->host_rows[n] = t;
             w->host_row_targets[n] = loss_row;
             w->host_ranked[n] = row;
             w->host_choices[n++] = choice_row;
-            n_loss += loss_row >= 0;
+            n_loss += has_loss;
         }
         stats->valid[h] = valid;
         stats->computed[h] = n;
         if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
-        be->upload(w->targets, w->host_row_targets, sizeof(int32_t) * (size_t)n);
+        if (kind == TARGETS_BASE_KL) be->upload(w->teacher_rows, w->host_teacher_rows, sizeof(int32_t) * (size_t)n);
+        else be->upload(w->targets, w->host_row_targets, sizeof(int32_t) * (size_t)n);
         /* with the labels as the loss's targets they are also what is ranked */
         const int32_t *ranked = kind == TARGETS_LABELS ? w->targets : w->ranked;
         if (ranked == w->ranked) be->upload(w->ranked, w->host_ranked, sizeof(int32_t) * (size_t)n);
@@ -272,8 +291,14 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
         for (int r0 = 0; r0 < n; r0 += per) {
             int rows = n - r0 < per ? n - r0 : per;
-            head_classifier(m, w, ranked, x_last + (size_t)r0 * H, h, learn ? w->dx + (size_t)r0 * H : NULL, r0, rows,
-                            dscale, agree);
+            const float *teacher = NULL;
+            if (kind == TARGETS_BASE_KL) { /* the base's logits at rows t+1+h: its hidden rows through its lm_head */
+                be->embedding(w->teacher_hidden, w->teacher_rows + r0, hidden, rows, H);
+                model_linear(base->model, w->teacher, w->teacher_hidden, base->lm_head, NULL, rows, H, s->head_vocab);
+                teacher = w->teacher;
+            }
+            head_classifier(m, w, ranked, teacher, x_last + (size_t)r0 * H, h, learn ? w->dx + (size_t)r0 * H : NULL,
+                            r0, rows, dscale, agree);
         }
         be->download(w->host_losses, w->losses, sizeof(float) * (size_t)n);
         be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)n);

@@ -47,6 +47,7 @@ typedef struct {
 typedef enum {
     TARGETS_LABELS,      /* the data's token at t+2+i (the reference method) */
     TARGETS_BASE_ARGMAX, /* the base model's greedy choice for it (MedusaBase.choice at row t+1+i), a hard label */
+    TARGETS_BASE_KL,     /* the base model's distribution for it: softmax of its logits at row t+1+i, by KL */
 } TargetKind;
 
 /* What the heads see of the base model besides its hidden states. */
@@ -60,6 +61,12 @@ typedef struct {
      * accuracy on the data's tokens, predicts the accepted length. TARGETS_BASE_ARGMAX learns it: a position without
      * one, or with one outside a truncated head's map, has no loss; top-k accuracy is still the labels'. */
     const int32_t *choice;
+    /* TARGETS_BASE_KL: the base model and its lm_head, or for truncated heads its rows for their token map
+     * (model_lm_head_subset), so that the teacher is the base's distribution restricted to the map's tokens and
+     * renormalised. Its logits are computed a chunk of rows at a time, into the work's teacher buffer; every position
+     * has a loss, reported as the KL divergence (the labels' top-k accuracy beside it). */
+    const Model *model;
+    const void *lm_head;
 } MedusaBase;
 
 /* Scratch for batches up to max_tokens, logits computed chunk_rows rows at a time. */
@@ -77,6 +84,10 @@ typedef struct {
     int32_t *host_targets;                 /* [K][T] */
     int32_t *host_rows, *host_row_targets; /* [T] */
     int32_t *host_ranked, *host_choices;   /* [T] */
+    /* TARGETS_BASE_KL (medusa_work_enable_teacher): the base's logits for a chunk of rows [chunk_rows, Vh], the hidden
+     * rows they come from [chunk_rows, H], and per row of a head the row of hidden [T] (backend and host) */
+    float *teacher, *teacher_hidden;
+    int32_t *teacher_rows, *host_teacher_rows;
     float *host_losses;
     int32_t *host_ranks;
 } MedusaWork;
@@ -100,6 +111,8 @@ float *medusa_lm_head(const MedusaHeads *m, float *base, int head);
 
 void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int chunk_rows);
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m);
+/* The teacher's buffers of TARGETS_BASE_KL (MedusaWork), freed by medusa_work_free. */
+void medusa_work_enable_teacher(MedusaWork *w, const MedusaHeads *m);
 
 /* Targets of head i at position t: tokens[t+2+i] when it lies in the same sequence and loss_mask is set;
  * -1 (ignored) otherwise. targets is [K][T] on the host. */

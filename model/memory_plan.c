@@ -13,6 +13,7 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double heads = in->n_heads * (in->n_layers * (H * H + H) + Vh * H);
     p.head_params = heads * 4; /* fp32 master weights */
     p.head_copy = heads * in->head_copy_bytes;
+    if (in->teacher && Vh < V) p.teacher_weights = Vh * H * in->weight_bytes;
     if (in->train) {
         p.head_grads = heads * 4;
         p.adam_state = heads * 8;
@@ -32,14 +33,15 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
     double blocks = in->n_layers > 0 ? in->n_layers : 1;
     if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 16 + chunk * 12;
-    p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) + (double)in->vocab_rows * V * 4;
+    if (in->teacher) p.head_activations += chunk * H * 4 + Th * 4; /* the teacher's hidden rows and their positions */
+    p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) * (in->teacher ? 2 : 1) + (double)in->vocab_rows * V * 4;
     if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {
         /* inputs rounded just before their GEMM: the final norm (lm_head), the heads' */
         double widest = H, dout = in->train && in->n_heads > 0 ? fmax(chunk * Vh, Th * H) : 0;
         p.bf16_operands = (T * widest + dout) * 2 + (32 << 20);
     }
-    p.total = p.base_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state + p.base_activations +
-              p.kv_cache + p.head_activations + p.logits + p.bf16_operands + p.attention_split;
+    p.total = p.base_weights + p.teacher_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state +
+              p.base_activations + p.kv_cache + p.head_activations + p.logits + p.bf16_operands + p.attention_split;
     return p;
 }
 
@@ -57,6 +59,7 @@ MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, i
         .train = train,
         .head_vocab = head_vocab,
         .vocab_rows = base_logits ? (logits_chunk < batch_tokens ? logits_chunk : batch_tokens) : 0,
+        .teacher = targets == TARGETS_BASE_KL,
     };
 }
 
@@ -98,6 +101,7 @@ void memory_plan_print(const MemoryPlan *p, FILE *out, double budget_bytes, cons
     double unit = p->total >= 1 << 30 ? 1 << 30 : 1 << 20;
     fprintf(out, "memory plan:\n");
     line(out, "base model weights (frozen)", p->base_weights, unit);
+    if (p->teacher_weights > 0) line(out, "base lm_head rows of the heads' map", p->teacher_weights, unit);
     line(out, "head parameters (fp32)", p->head_params, unit);
     if (p->head_copy > 0) line(out, "head weights, GEMM copy", p->head_copy, unit);
     if (p->head_grads > 0) line(out, "head gradients (fp32)", p->head_grads, unit);

@@ -26,10 +26,13 @@ typedef struct {
     int vocab_rows;   /* rows of full-vocabulary logits besides the heads' chunk (evaluation: the base
                        * model's on a chunk of tokens; decoding: the base model's and each head's per tree node) */
     int kv_len;       /* rows of the KV cache (decoding); 0: none */
+    int teacher;      /* soft targets (base-kl): the base's logits for a chunk of head rows beside the heads', the
+                       * hidden rows they come from, and for truncated heads the base lm_head's rows for their map */
 } MemoryPlanInput;
 
 typedef struct {
     double base_weights, head_params, head_grads, adam_state, head_copy;
+    double teacher_weights; /* base-kl with truncated heads: the base lm_head's rows for the heads' map */
     double base_activations, kv_cache, head_activations, logits;
     double bf16_operands;   /* bf16 GEMMs: activations rounded to bf16 just before one (the largest input and output
                              * gradient; the normed inputs and SwiGLU's are made in bf16 by the base's forward) and
@@ -41,8 +44,8 @@ typedef struct {
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);
 /* The input for train/trainer.c: packed batches of batch_tokens through the base model, the heads' logits in chunks of
  * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate (or base-argmax targets) the base model's
- * logits on a chunk of logits_chunk rows too (its own top-1, its choices). Heads over a bf16 base (DT_BF16) run their
- * GEMMs in bf16 too. */
+ * logits on a chunk of logits_chunk rows too (its own top-1, its choices), base-kl targets the teacher's (the base's
+ * logits over the heads' vocabulary). Heads over a bf16 base (DT_BF16) run their GEMMs in bf16 too. */
 MemoryPlanInput memory_plan_training(DType weights, int n_heads, int n_layers, int head_vocab, int batch_tokens,
                                      int logits_chunk, int train, int evaluate, TargetKind targets);
 /* The input for infer/decoder.c: prompts of up to max_len tokens prefilled in one pass, a KV cache of

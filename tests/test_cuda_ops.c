@@ -775,6 +775,63 @@ static void test_softmax_xent(int V) {
     free(logits);
 }
 
+/* softmax_xent with soft targets (a teacher's logits): losses KL(q || p) and dlogits dscale (p - q) in place on cpu and
+ * cuda, and the CPU's against a direct double-precision evaluation of the formula; a teacher row with -inf logits
+ * (q = 0 there, where the row's own are -inf too), a confident teacher, a row equal to its teacher (KL 0); other ids
+ * ranked (the labels), one row with none. */
+static void test_soft_xent(int V) {
+    enum { T = 6 };
+    size_t n = (size_t)T * V;
+    float *z = random_floats(n, 6.0f), *u = random_floats(n, 6.0f);
+    int32_t ranked[T] = {0, 5, -1, 7, V - 1, 2};
+    u[(size_t)1 * V + 3] = z[(size_t)1 * V + 3] = -INFINITY;
+    u[(size_t)1 * V + V / 2] = z[(size_t)1 * V + V / 2] = -INFINITY;
+    u[(size_t)2 * V + 7] = 30.0f;
+    memcpy(z + (size_t)3 * V, u + (size_t)3 * V, sizeof(float) * (size_t)V);
+    float dscale = 1.0f / T, want_loss[T], *want_grad = xmalloc(sizeof(float) * n);
+    int32_t want_rank[T];
+    for (int t = 0; t < T; t++) { /* the reference, in double */
+        const float *zr = z + (size_t)t * V, *ur = u + (size_t)t * V;
+        double zmax = -INFINITY, umax = -INFINITY, zs = 0, us = 0, kl = 0;
+        for (int i = 0; i < V; i++) zmax = fmax(zmax, zr[i]), umax = fmax(umax, ur[i]);
+        for (int i = 0; i < V; i++) zs += exp(zr[i] - zmax), us += exp(ur[i] - umax);
+        /* both sums >= 1: each maximum contributes exp(0) */
+        // cppcheck-suppress invalidFunctionArg
+        double zlse = zmax + log(zs), ulse = umax + log(us);
+        for (int i = 0; i < V; i++) {
+            double q = exp(ur[i] - ulse), p = exp(zr[i] - zlse);
+            if (q > 0) kl += q * ((ur[i] - ulse) - (zr[i] - zlse));
+            want_grad[(size_t)t * V + i] = (float)(dscale * (p - q));
+        }
+        want_loss[t] = (float)kl;
+        want_rank[t] = ranked[t] < 0 ? -1 : 0;
+        for (int i = 0; ranked[t] >= 0 && i < V; i++) want_rank[t] += zr[i] > zr[ranked[t]];
+    }
+    float *d_z = to_gpu(z, sizeof(float) * n), *d_u = to_gpu(u, sizeof(float) * n), loss[T],
+          *d_loss = gpu->alloc(sizeof loss);
+    int32_t rank[T], gpu_rank[T], *d_rank = gpu->alloc(sizeof rank), *d_ranked = to_gpu(ranked, sizeof ranked);
+    cpu->softmax_xent(z, loss, rank, (XentTargets){.teacher = u, .ranked = ranked}, T, V, dscale);
+    gpu->softmax_xent(d_z, d_loss, d_rank, (XentTargets){.teacher = d_u, .ranked = d_ranked}, T, V, dscale);
+    double abs_err, loss_err, grad_err;
+    max_errors(loss, want_loss, T, &abs_err, &loss_err);
+    max_errors(z, want_grad, n, &abs_err, &grad_err);
+    CHECK(
+        loss_err <= 1e-5 && grad_err <= 1e-5 && fabs(loss[3]) <= 1e-6 && loss[2] > 1,
+        "soft targets V=%d, cpu against the formula in double: KL rel err %.3g, gradient %.3g (tol 1e-5); a row equal "
+        "to its teacher %.2g, a confident teacher %.3f",
+        V, loss_err, grad_err, loss[3], loss[2]);
+    char what[96];
+    snprintf(what, sizeof what, "soft targets V=%d: losses (KL)", V);
+    expect_close(what, d_loss, loss, T, 1e-5);
+    snprintf(what, sizeof what, "soft targets V=%d: dlogits in place (a teacher with -inf logits)", V);
+    expect_close(what, d_z, z, n, 1e-5);
+    gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
+    CHECK(!memcmp(rank, want_rank, sizeof rank) && !memcmp(gpu_rank, want_rank, sizeof rank),
+          "soft targets V=%d: cpu and cuda ranks of the ranked ids equal the brute-force count", V);
+    gpu->free(d_z), gpu->free(d_u), gpu->free(d_loss), gpu->free(d_rank), gpu->free(d_ranked);
+    free(z), free(u), free(want_grad);
+}
+
 /* The peak rates MFU is reported against, by the names CUDA gives devices; the emulator's has none. */
 static void test_peak_flops(void) {
     static const struct {
@@ -848,7 +905,8 @@ static int reference_ranks(const float *x, const uint16_t *w, const int32_t *tar
 /* The heads' classifier on a bf16 lm_head: losses, ranks and the gradients accumulated into non-zero dx and dweight
  * against the CPU's composition (matmul_bf16, softmax_xent, matmul_backward_bf16), with other ids ranked than the
  * targets (distillation: ranks of the labels, a row without a target ranked, a row with one not); then without
- * gradients (evaluation), its targets ranked, which must leave dx and dweight alone. */
+ * gradients (evaluation), its targets ranked, which must leave dx and dweight alone; then soft targets (a teacher's
+ * logits) with gradients. */
 static void test_classifier_bf16(int rows, int IC, int V) {
     size_t n_x = (size_t)rows * IC, n_w = (size_t)V * IC;
     float *x = random_floats(n_x, 1.0f), *dx = random_floats(n_x, 1.0f), *dw = random_floats(n_w, 1.0f);
@@ -866,17 +924,23 @@ static void test_classifier_bf16(int rows, int IC, int V) {
     uint16_t *d_w = to_gpu(w, sizeof(uint16_t) * n_w);
     int32_t *d_targets = to_gpu(targets, sizeof(int32_t) * (size_t)rows), *d_rank = gpu->alloc(sizeof(int32_t) * rows),
             *d_others = to_gpu(others, sizeof(int32_t) * (size_t)rows);
-    for (int pass = 0; pass < 2; pass++) { /* training, then evaluation */
-        float *want_dx = pass ? NULL : dx, *want_dw = pass ? NULL : dw;
-        const int32_t *ranked = pass ? targets : others;
+    float *teacher = random_floats((size_t)rows * V, 4.0f), *d_teacher = to_gpu(teacher, sizeof(float) * rows * V);
+    static const char *modes[3] = {"with gradients, other ids ranked", "without gradients, targets ranked",
+                                   "soft targets, with gradients"};
+    for (int pass = 0; pass < 3; pass++) { /* training, evaluation, training on a teacher's logits */
+        int grads = pass != 1;
+        const int32_t *ranked = pass == 1 ? targets : others;
         int uncertain = reference_ranks(x, w, ranked, rows, IC, V, 2 * gemm_tol(IC, 1e-5), want_rank, slack);
-        cpu->classifier_bf16(logits, loss, rank, (XentTargets){.targets = targets, .ranked = ranked}, x, w, want_dx,
-                             want_dw, rows, IC, V, pass ? 0.0f : dscale);
-        gpu->classifier_bf16(d_logits, d_loss, d_rank,
-                             (XentTargets){.targets = d_targets, .ranked = pass ? d_targets : d_others}, d_x, d_w,
-                             pass ? NULL : d_dx, pass ? NULL : d_dw, rows, IC, V, pass ? 0.0f : dscale);
+        XentTargets on_cpu = {.targets = targets, .teacher = pass == 2 ? teacher : NULL, .ranked = ranked},
+                    on_gpu = {.targets = d_targets,
+                              .teacher = pass == 2 ? d_teacher : NULL,
+                              .ranked = pass == 1 ? d_targets : d_others};
+        cpu->classifier_bf16(logits, loss, rank, on_cpu, x, w, grads ? dx : NULL, grads ? dw : NULL, rows, IC, V,
+                             grads ? dscale : 0.0f);
+        gpu->classifier_bf16(d_logits, d_loss, d_rank, on_gpu, d_x, d_w, grads ? d_dx : NULL, grads ? d_dw : NULL, rows,
+                             IC, V, grads ? dscale : 0.0f);
         char what[128];
-        const char *mode = pass ? "without gradients, targets ranked" : "with gradients, other ids ranked";
+        const char *mode = modes[pass];
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: losses", rows, IC, V, mode);
         expect_close(what, d_loss, loss, (size_t)rows, gemm_tol(IC, 1e-5));
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dx (accumulated)", rows, IC, V, mode);
@@ -884,7 +948,7 @@ static void test_classifier_bf16(int rows, int IC, int V) {
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dweight (accumulated)", rows, IC, V, mode);
         expect_close(what, d_dw, dw, n_w, gemm_tol(rows, 1e-5));
         gpu->download(gpu_rank, d_rank, sizeof(int32_t) * (size_t)rows);
-        int unranked = pass ? 2 : 3, ranks_ok = rank[unranked] == -1 && gpu_rank[unranked] == -1;
+        int unranked = pass == 1 ? 2 : 3, ranks_ok = rank[unranked] == -1 && gpu_rank[unranked] == -1;
         for (int r = 0; r < rows; r++) /* the near logits count above the target or not: [rank, rank + slack] */
             ranks_ok &= rank[r] >= want_rank[r] && rank[r] <= want_rank[r] + slack[r] && gpu_rank[r] >= want_rank[r] &&
                         gpu_rank[r] <= want_rank[r] + slack[r];
@@ -895,8 +959,9 @@ static void test_classifier_bf16(int rows, int IC, int V) {
               rows, IC, V, mode, uncertain);
     }
     gpu->free(d_x), gpu->free(d_dx), gpu->free(d_dw), gpu->free(d_logits), gpu->free(d_loss), gpu->free(d_w);
-    gpu->free(d_targets), gpu->free(d_rank), gpu->free(d_others);
-    free(x), free(dx), free(dw), free(w), free(targets), free(others), free(logits), free(loss), free(rank);
+    gpu->free(d_targets), gpu->free(d_rank), gpu->free(d_others), gpu->free(d_teacher);
+    free(x), free(dx), free(dw), free(w), free(targets), free(others), free(teacher), free(logits), free(loss),
+        free(rank);
     free(gpu_rank), free(want_rank), free(slack);
 }
 
@@ -994,7 +1059,8 @@ static void test_sum_squares(void) {
  * another order than the CPU's (a GPU's tensor cores, the emulator's truncating GEMMs) an element of the logits'
  * gradient may round to the other bf16 neighbour (a 2^-8 step of it), and after a step a parameter that differs by
  * rounding may round to another bf16 value for the heads' GEMMs, which moves gradients as much: they agree to bf16
- * rounding (7.9e-4 measured there at the first step), the losses to 1e-4. */
+ * rounding (3.4e-3 measured there at the first step, 4.4e-3 with base-kl targets), the losses to 1e-4 (a KL divergence,
+ * a difference of two cross-entropies over such logits, 5.3e-5 apart). */
 typedef struct {
     double loss, grads, norm;
 } HeadTols;
@@ -1029,6 +1095,37 @@ static void check_distillation(MedusaHeads *hc, MedusaHeads *hg, MedusaWork *wc,
     expect_close(what, hg->grads, hc->grads, hc->n_params, tol.grads);
     hc->be->fill_zero(hc->grads, sizeof(float) * hc->n_params);
     hg->be->fill_zero(hg->grads, sizeof(float) * hg->n_params);
+}
+
+/* --targets base-kl with truncated heads (every other token) on both backends: the teacher's lm_head is the base's rows
+ * for the map, gathered in its storage precision (model_lm_head_subset). */
+static void check_truncated_kl(const Model *mc, const Model *mg, const float *hidden, const float *d_hidden,
+                               const int32_t *tokens, const uint8_t *loss_mask, const int32_t *seq_lens, int T,
+                               DType weights) {
+    int H = mc->config.hidden_size, V = mc->config.vocab_size, Vh = V / 2;
+    int32_t *map = xmalloc(sizeof(int32_t) * (size_t)Vh);
+    for (int r = 0; r < Vh; r++) map[r] = 2 * r;
+    MedusaShape shape = {3, 1, H, V, Vh};
+    MedusaHeads hc, hg;
+    MedusaWork wc, wg;
+    Rng r1, r2;
+    rng_seed(&r1, 8), rng_seed(&r2, 8);
+    medusa_init(&hc, cpu, shape), medusa_init(&hg, gpu, shape);
+    medusa_set_token_map(&hc, map), medusa_set_token_map(&hg, map);
+    medusa_init_from_base(&hc, mc, &r1), medusa_init_from_base(&hg, mg, &r2);
+    if (weights == DT_BF16) medusa_use_bf16(&hc), medusa_use_bf16(&hg);
+    medusa_enable_grads(&hc), medusa_enable_grads(&hg);
+    medusa_work_init(&wc, &hc, T, 8), medusa_work_init(&wg, &hg, T, 8);
+    medusa_work_enable_teacher(&wc, &hc), medusa_work_enable_teacher(&wg, &hg);
+    void *lm_c = model_lm_head_subset(mc, map, Vh), *lm_g = model_lm_head_subset(mg, map, Vh);
+    MedusaBase kl_c = {.targets = TARGETS_BASE_KL, .model = mc, .lm_head = lm_c},
+               kl_g = {.targets = TARGETS_BASE_KL, .model = mg, .lm_head = lm_g};
+    check_distillation(&hc, &hg, &wc, &wg, &kl_c, &kl_g, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights,
+                       "base-kl with truncated heads");
+    cpu->free(lm_c), gpu->free(lm_g);
+    medusa_work_free(&wc, &hc), medusa_work_free(&wg, &hg);
+    medusa_free(&hc), medusa_free(&hg);
+    free(map);
 }
 
 /* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
@@ -1105,6 +1202,13 @@ static void test_end_to_end(DType weights) {
     MedusaBase argmax = {.targets = TARGETS_BASE_ARGMAX, .choice = choice};
     check_distillation(&hc, &hg, &wc, &wg, &argmax, &argmax, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights,
                        "base-argmax");
+    /* and its distribution (each backend's own base model's logits) */
+    medusa_work_enable_teacher(&wc, &hc), medusa_work_enable_teacher(&wg, &hg);
+    MedusaBase kl_c = {.targets = TARGETS_BASE_KL, .model = &mc, .lm_head = mc.lm_head},
+               kl_g = {.targets = TARGETS_BASE_KL, .model = &mg, .lm_head = mg.lm_head};
+    check_distillation(&hc, &hg, &wc, &wg, &kl_c, &kl_g, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights,
+                       "base-kl");
+    check_truncated_kl(&mc, &mg, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights);
     double lr_sum = 0;
     for (int step = 1; step <= 3; step++) { /* step 1 has lr 0 (warm-up) */
         MedusaBatchStats st_c, st_g;
@@ -1168,12 +1272,15 @@ static long malloc_calls(void) { return cuda_emu_malloc_calls ? cuda_emu_malloc_
 
 static const char *TINY = "tests/fixtures/models/tiny_qwen2";
 
-static const char *target_name(TargetKind k) { return k == TARGETS_BASE_ARGMAX ? "base-argmax" : "labels"; }
-enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, DECODE_LEN = 64 };
+static const char *target_name(TargetKind k) {
+    return k == TARGETS_BASE_KL ? "base-kl" : k == TARGETS_BASE_ARGMAX ? "base-argmax" : "labels";
+}
+enum { TRAIN_TOKENS = 96, TRAIN_CHUNK = 40, TRAIN_HEADS = 3, TRAIN_HEAD_VOCAB = 100, DECODE_LEN = 64 };
 
 /* As train/run.c plans it: bf16 weights make the heads' GEMMs bf16 too. */
-static MemoryPlan training_plan(const ModelConfig *c, DType weights, TargetKind targets) {
-    MemoryPlanInput in = memory_plan_training(weights, TRAIN_HEADS, 1, 0, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0, targets);
+static MemoryPlan training_plan(const ModelConfig *c, DType weights, TargetKind targets, int head_vocab) {
+    MemoryPlanInput in =
+        memory_plan_training(weights, TRAIN_HEADS, 1, head_vocab, TRAIN_TOKENS, TRAIN_CHUNK, 1, 0, targets);
     return memory_plan(c, &in);
 }
 
@@ -1183,10 +1290,11 @@ static size_t test_reserve(void) {
     config_load(&c, TINY);
     size_t bytes = 0; /* the largest of the runs planned below */
     for (int w = 0; w < 2; w++)
-        for (int k = 0; k < 2; k++) {
-            MemoryPlan plan = training_plan(&c, w ? DT_BF16 : DT_F32, (TargetKind)k);
-            if (memory_plan_reserve_bytes(&plan) > bytes) bytes = memory_plan_reserve_bytes(&plan);
-        }
+        for (int k = 0; k < 3; k++)
+            for (int v = 0; v < 2; v++) {
+                MemoryPlan plan = training_plan(&c, w ? DT_BF16 : DT_F32, (TargetKind)k, v ? TRAIN_HEAD_VOCAB : 0);
+                if (memory_plan_reserve_bytes(&plan) > bytes) bytes = memory_plan_reserve_bytes(&plan);
+            }
     long calls = malloc_calls();
     EXPECT_FATAL(gpu->reserve((size_t)1 << 40), "GiB free", "reserving 1 TiB: the plan needs more than the GPU has");
     EXPECT_FATAL(gpu->reserve(gpu->memory_available() - ((size_t)100 << 20)), "kept free for cuBLAS",
@@ -1238,15 +1346,15 @@ static void test_arena(size_t reserved) {
 
 /* A training run as train/run.c makes it, on the reserved arena: the steps make no cudaMalloc call, and
  * the bytes in use at the peak are what the plan says (it leaves out only the 256-byte rounding and a few
- * scalars). */
-static void test_planned_training(DType weights, TargetKind targets) {
+ * scalars). head_vocab: truncated heads (their map the first head_vocab tokens), 0 for full ones. */
+static void test_planned_training(DType weights, TargetKind targets, int head_vocab) {
     gpu->peak_bytes(); /* a new measurement */
     Model m;
     model_load(&m, TINY, gpu, weights);
-    MemoryPlan plan = training_plan(&m.config, weights, targets);
+    MemoryPlan plan = training_plan(&m.config, weights, targets, head_vocab);
     int H = m.config.hidden_size, V = m.config.vocab_size;
     MedusaHeads heads;
-    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
+    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, head_vocab});
     Rng r;
     rng_seed(&r, 3);
     medusa_init_from_base(&heads, &m, &r);
@@ -1266,16 +1374,20 @@ static void test_planned_training(DType weights, TargetKind targets) {
         long calls = malloc_calls();
         double norm = trainer_step(&t, &batch, 1, &metrics);
         if (calls >= 0)
-            CHECK(malloc_calls() == calls && isfinite(norm),
-                  "%s training step %d, %s targets (forward, 3 heads' loss and backward, AdamW): %ld cudaMalloc calls",
-                  dtype_name(weights), step, target_name(targets), malloc_calls() - calls);
+            CHECK(
+                malloc_calls() == calls && isfinite(norm),
+                "%s training step %d, %s targets, head vocabulary %d (forward, 3 heads' loss and backward, AdamW): %ld "
+                "cudaMalloc calls",
+                dtype_name(weights), step, target_name(targets), heads.shape.head_vocab, malloc_calls() - calls);
     }
     /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
     double workspace = weights == DT_BF16 ? 32 << 20 : 0, peak = (double)gpu->peak_bytes() - workspace;
     double planned = plan.total - workspace;
     CHECK(peak <= planned * 1.02 && peak >= planned * 0.95,
-          "%s training, %s targets: peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)",
-          dtype_name(weights), target_name(targets), peak / 1024, planned / 1024, 100 * (peak / planned - 1));
+          "%s training, %s targets, head vocabulary %d: peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance "
+          "-5%%..+2%%)",
+          dtype_name(weights), target_name(targets), heads.shape.head_vocab, peak / 1024, planned / 1024,
+          100 * (peak / planned - 1));
     trainer_free(&t);
     medusa_free(&heads);
     model_free(&m);
@@ -1498,11 +1610,13 @@ int main(void) {
     EXPECT_FATAL(backend_by_name("tpu"), "unknown device", "backend_by_name rejects an unknown device");
     size_t reserved = test_reserve(); /* before anything else is allocated */
     test_arena(reserved);
-    test_planned_training(DT_F32, TARGETS_LABELS);
-    test_planned_training(DT_F32, TARGETS_BASE_ARGMAX);
+    test_planned_training(DT_F32, TARGETS_LABELS, 0);
+    test_planned_training(DT_F32, TARGETS_BASE_ARGMAX, 0);
+    test_planned_training(DT_F32, TARGETS_BASE_KL, TRAIN_HEAD_VOCAB);
     test_planned_decoding();
-    test_planned_training(DT_BF16, TARGETS_BASE_ARGMAX);
-    test_planned_training(DT_BF16, TARGETS_LABELS); /* last: the bf16 GEMM scratch and workspace stay allocated */
+    test_planned_training(DT_BF16, TARGETS_BASE_ARGMAX, 0);
+    test_planned_training(DT_BF16, TARGETS_BASE_KL, 0);
+    test_planned_training(DT_BF16, TARGETS_LABELS, 0); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
     test_embedding_rmsnorm();
     test_matmul(9, 70, 33, 1);
@@ -1533,6 +1647,8 @@ int main(void) {
     test_rank_ids(6, 32000);
     test_softmax_xent(1000);
     test_softmax_xent(32000);
+    test_soft_xent(1000);
+    test_soft_xent(32000);
     test_peak_flops();
     test_classifier_bf16(37, 64, 1000);
     test_classifier_bf16(9, 128, 32000);

@@ -243,8 +243,8 @@ static void test_case_a2(void) {
 
 /* Targets from the base model (--targets; case_base_<kind>.safetensors): case A's heads, and the same truncated to the
  * fixture's token map (keys "map."), learn from the base model's logits at row t+1+i on batch 0 (its lm_head on the
- * fixture's hidden states, model_linear as training computes them): losses, top-k hits on the labels and gradients
- * (every ResBlock's, the last head's lm_head) against PyTorch. */
+ * fixture's hidden states, model_linear as training computes them; for base-kl and truncated heads its rows for the
+ * map): losses, top-k hits on the labels and gradients (every ResBlock's, the last head's lm_head) against PyTorch. */
 static void test_targets(const Model *base, TargetKind kind, const char *name, const char *path) {
     printf("--targets %s: loss, top-k hits on the labels, gradients\n", name);
     FixtureBatch *b = &batches[0];
@@ -280,7 +280,12 @@ static void test_targets(const Model *base, TargetKind kind, const char *name, c
         medusa_enable_grads(&m);
         MedusaWork work;
         medusa_work_init(&work, &m, b->T, 16);
-        MedusaBase mb = {.targets = kind, .choice = choice};
+        MedusaBase mb = {.targets = kind, .choice = choice, .model = base, .lm_head = base->lm_head};
+        void *subset = NULL; /* truncated heads' teacher: the base's lm_head rows for their map */
+        if (kind == TARGETS_BASE_KL) {
+            medusa_work_enable_teacher(&work, &m);
+            if (truncated) mb.lm_head = subset = model_lm_head_subset(base, m.token_map, m.shape.head_vocab);
+        }
         MedusaBatchStats s;
         medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, &mb, 0.8f, 1.0f,
                                 &s);
@@ -295,6 +300,7 @@ static void test_targets(const Model *base, TargetKind kind, const char *name, c
         }
         snprintf(key, sizeof key, "%sgrad.%d.1.weight", prefix, K - 1);
         compare(&w, key, medusa_lm_head(&m, m.grads, K - 1), 2, m.shape.head_vocab, H, TOL, label);
+        free(subset);
         medusa_work_free(&work, &m);
         medusa_free(&m);
     }
@@ -716,6 +722,7 @@ int main(void) {
     test_case_b(&base);
     test_case_c(&base);
     test_targets(&base, TARGETS_BASE_ARGMAX, "base-argmax", FIX "case_base_argmax.safetensors");
+    test_targets(&base, TARGETS_BASE_KL, "base-kl", FIX "case_base_kl.safetensors");
     test_hidden(&base);
     test_init(&base);
     test_export();

@@ -77,6 +77,21 @@ int main(void) {
           "evaluation: no gradients or AdamW state; the base model's logits on a 4096-row chunk beside the heads' "
           "(%.2f GiB)",
           e.logits / (1 << 30));
+    /* distillation: base-argmax ranks the base model's logits on a chunk, as evaluation does; base-kl keeps the
+     * teacher's logits over the heads' vocabulary beside the heads' chunk, the hidden rows they come from and their
+     * positions, and with truncated heads (4096 tokens) the base lm_head's rows for their map in bf16 */
+    MemoryPlanInput ai = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 1, 0, TARGETS_BASE_ARGMAX);
+    MemoryPlan a = memory_plan(&c, &ai);
+    MemoryPlanInput ki = memory_plan_training(DT_BF16, 5, 1, 0, 16384, 4096, 1, 0, TARGETS_BASE_KL);
+    MemoryPlan k = memory_plan(&c, &ki);
+    MemoryPlanInput kti = memory_plan_training(DT_BF16, 5, 1, 4096, 16384, 4096, 1, 0, TARGETS_BASE_KL);
+    MemoryPlan kt = memory_plan(&c, &kti);
+    CHECK(a.logits == e.logits && a.head_grads == bf16.head_grads && k.logits == 2 * bf16.logits &&
+              k.head_activations - bf16.head_activations == 4096.0 * 4096 * 4 + 16384 * 4 && k.teacher_weights == 0 &&
+              kt.teacher_weights == 4096.0 * 4096 * 2,
+          "distillation: base-argmax plans the base's chunk of logits (%.2f GiB), base-kl the teacher's beside the "
+          "heads' (%.2f GiB) and its hidden rows; truncated heads the base lm_head's rows for their map (%.0f MiB)",
+          a.logits / (1 << 30), k.logits / (1 << 30), kt.teacher_weights / (1 << 20));
     in.batch_tokens = 1 << 20; /* a million tokens cannot fit: the plan must say so */
     p = memory_plan(&c, &in);
     CHECK(p.total > 80e9, "a 1M-token batch is planned at %.0f GB, more than 80 GB", p.total / 1e9);

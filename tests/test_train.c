@@ -304,9 +304,9 @@ static void test_resume(const char *data, const char *val) {
 
 /* --targets: a run learning the base model's choices trains (its eval lines still measure the labels and the
  * agreement), is stored in its checkpoints, and resuming it with other targets, or a labels run with these, is refused;
- * an unknown name is an error. */
+ * an unknown name is an error. A base-kl run of truncated heads stopped and resumed ends as the uninterrupted run. */
 static void test_targets(const char *data, const char *val) {
-    printf("--targets: base-argmax runs, and resume refuses other targets\n");
+    printf("--targets: base-argmax and base-kl runs, and resume refuses other targets\n");
     char *dir = path_join(root, "argmax");
     TrainConfig c = config(dir, data, val);
     c.targets = "base-argmax";
@@ -331,8 +331,42 @@ static void test_targets(const char *data, const char *val) {
     bad.targets = "base-argmax";
     EXPECT_FATAL(train_run(&bad), "targets is \"base-argmax\" in this run but (absent) in the checkpoint",
                  "resuming a labels run with --targets base-argmax is refused");
+    bad = c;
+    bad.targets = "base-kl";
+    EXPECT_FATAL(train_run(&bad), "targets is \"base-kl\" in this run but \"base-argmax\" in the checkpoint",
+                 "resuming a base-argmax run with --targets base-kl is refused");
+    char *kl_a = path_join(root, "kl_a"), *kl_b = path_join(root, "kl_b");
+    TrainConfig ka = config(kl_a, data, val), kb = config(kl_b, data, val);
+    ka.targets = kb.targets = "base-kl";
+    ka.head_vocab = kb.head_vocab = 96;
+    ka.max_steps = kb.max_steps = 4;
+    kb.stop_after = 2;
+    CHECK(train_run(&ka) == TRAIN_DONE && train_run(&kb) == TRAIN_STOPPED, "base-kl runs of 96-token heads");
+    kb.stop_after = 0;
+    kb.resume = 1;
+    CHECK(train_run(&kb) == TRAIN_DONE, "the stopped base-kl run resumed to step 4");
+    char *pa = path_join(kl_a, "ckpt-4.h5"), *pb = path_join(kl_b, "ckpt-4.h5");
+    Loaded la, lb;
+    load_ckpt(&la, pa);
+    load_ckpt(&lb, pb);
+    char *ma = metrics_without_timing(kl_a);
+    double kl = json_number(ma, "loss"); /* the first line: step 2's training loss */
+    CHECK(la.heads.shape.head_vocab == 96 &&
+              memcmp(la.heads.params, lb.heads.params, sizeof(float) * la.heads.n_params) == 0 &&
+              memcmp(la.adam.v, lb.adam.v, sizeof(float) * la.heads.n_params) == 0 && isfinite(kl) && kl > 0,
+          "base-kl, stopped after step 2 and resumed: %zu params and moments at step 4 bitwise the uninterrupted run's "
+          "(first logged KL %.4f)",
+          la.heads.n_params, kl);
+    free_ckpt(&la);
+    free_ckpt(&lb);
+    free(ma);
+    free(pa);
+    free(pb);
+    free(kl_a);
+    free(kl_b);
     bad.targets = "teacher";
-    EXPECT_FATAL(train_run(&bad), "--targets teacher: expected labels or base-argmax", "an unknown --targets is fatal");
+    EXPECT_FATAL(train_run(&bad), "--targets teacher: expected labels, base-argmax or base-kl",
+                 "an unknown --targets is fatal");
     free(metrics);
     free(labels_dir);
     free(dir);

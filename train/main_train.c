@@ -94,8 +94,8 @@ int main(int argc, char **argv) {
          "keep the base model's hidden states in host memory (data tokens x hidden x 4 bytes): epochs after the first "
          "skip the base model"},
         {"targets", ARG_STR, &c.targets,
-         "what head i at position t learns: labels (the data's token at t+2+i) or base-argmax (the base model's "
-         "greedy choice for it: the argmax of its logits at row t+1+i)"},
+         "what head i at position t learns: labels (the data's token at t+2+i), base-argmax (the base model's "
+         "greedy choice for it: the argmax of its logits at row t+1+i) or base-kl (their softmax, by KL)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE_TRAIN, NULL, 0);
     /* a stop at --time-budget or --stop-after is a clean end (exit 0); a signal exits 130 */

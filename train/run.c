@@ -274,11 +274,12 @@ static double frequent_targets(const TokenCache *data, int V, int eos, int n, in
     return total ? (double)covered / (double)total : 1.0;
 }
 
-/* --targets: labels, base-argmax */
+/* --targets: labels, base-argmax, base-kl */
 static TargetKind target_kind(const char *name) {
     if (strcmp(name, "labels") == 0) return TARGETS_LABELS;
     if (strcmp(name, "base-argmax") == 0) return TARGETS_BASE_ARGMAX;
-    fatal("--targets %s: expected labels or base-argmax", name);
+    if (strcmp(name, "base-kl") == 0) return TARGETS_BASE_KL;
+    fatal("--targets %s: expected labels, base-argmax or base-kl", name);
 }
 
 static void validate(const TrainConfig *c) {

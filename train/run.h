@@ -20,7 +20,7 @@ typedef struct {
     int eval_every, eval_batches, save_every, log_every, keep_checkpoints;
     int resume, threads, logits_chunk;
     int head_vocab;      /* heads predict only the N most frequent trained target tokens; 0: all */
-    const char *targets; /* what the heads learn: labels, base-argmax (TargetKind) */
+    const char *targets; /* what the heads learn: labels, base-argmax, base-kl (TargetKind) */
     int cache_hidden;    /* keep the base model's hidden states in host memory after the first epoch */
     int stop_after;      /* stop cleanly (checkpoint + export) after this many steps in total; 0: never */
     double time_budget;  /* seconds; stop cleanly when the next step would not fit; 0: none */

@@ -18,6 +18,11 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
     t->max_tokens = max_tokens;
     forward_state_init(&t->state, base, max_tokens);
     medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
+    if (targets == TARGETS_BASE_KL) {
+        medusa_work_enable_teacher(&t->work, heads);
+        if (heads->token_map)
+            t->teacher_lm_head = model_lm_head_subset(base, heads->token_map, heads->shape.head_vocab);
+    }
     t->hidden = base->be->alloc(sizeof(float) * (size_t)max_tokens * base->config.hidden_size);
     t->choice = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     if (optim) {
@@ -36,6 +41,7 @@ void trainer_free(Trainer *t) {
         free(t->hidden_cache->len);
         free(t->hidden_cache);
     }
+    if (t->teacher_lm_head) t->base->be->free(t->teacher_lm_head);
     if (t->adam.m) adam_free(&t->adam, t->heads);
     memset(t, 0, sizeof *t);
 }
@@ -150,7 +156,8 @@ static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) 
 double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {
     for (int i = 0; i < n; i++) {
         base_forward(t, &micro[i]);
-        MedusaBase base = {.targets = t->targets};
+        MedusaBase base = {.targets = t->targets, .model = t->base};
+        base.lm_head = t->teacher_lm_head ? t->teacher_lm_head : t->base->lm_head;
         if (t->targets == TARGETS_BASE_ARGMAX) {
             base_choices(t, &micro[i], NULL);
             base.choice = t->choice;

@@ -40,6 +40,7 @@ typedef struct {
     MedusaWork work;
     float *hidden;             /* [max_tokens, H] backend */
     int32_t *choice;           /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
+    void *teacher_lm_head;     /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else NULL */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
 } Trainer;
 
@@ -55,7 +56,8 @@ typedef struct {
 } StepMetrics;
 
 /* optim NULL: evaluation only (no gradients, no optimizer state). targets: what trainer_step's heads learn
- * (evaluation always measures them against the labels and the base model's choices). */
+ * (evaluation always measures them against the labels and the base model's choices); with TARGETS_BASE_KL the heads'
+ * token map must be final (a resumed run's checkpoint holds the same one: its data and settings are checked equal). */
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
                   TargetKind targets, int max_tokens, int logits_chunk);
 void trainer_free(Trainer *t);

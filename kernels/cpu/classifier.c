@@ -1,38 +1,67 @@
-/* Fused softmax cross-entropy: loss, target rank (for top-k accuracy) and dlogits in place, one row at a
- * time, so probabilities for the whole vocabulary are never kept beside the logits; the ranks of given ids; the heads'
- * classifier on bf16 weights; typical acceptance's statistics. */
+/* Fused softmax cross-entropy against hard or soft targets: loss, a rank (for top-k accuracy) and dlogits in place,
+ * one row at a time, so probabilities for the whole vocabulary are never kept beside the logits; the ranks of given
+ * ids; the heads' classifier on bf16 weights; typical acceptance's statistics. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "../../common/common.h"
 #include "cpu_ops.h"
 
-/* the number of entries of row [cols] strictly greater than v (none above +inf; NaN is never greater) */
+/* the number of entries of row [cols] strictly greater than v (NaN is never greater) */
 static int count_above(const float *row, int cols, float v) {
     int n = 0;
     for (int i = 0; i < cols; i++) n += row[i] > v;
     return n;
 }
 
+/* rank_ids of one row */
+static int32_t rank_in_row(const float *row, int cols, int id) {
+    float v = id >= 0 ? row[id] : 0.0f;
+    return rank_of(id, v, id >= 0 && isfinite(v) ? count_above(row, cols, v) : 0);
+}
+
+/* Row z's loss against the soft target softmax(u) (KL), its gradient dscale * (p - q) written over z: the log-sum-exp
+ * of each (double sums), then one pass for q, p, the loss's terms q (log q - log p) and the gradient. */
+static float soft_xent_row(float *z, const float *u, int V, float dscale) {
+    float zmax = -INFINITY, umax = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        if (z[i] > zmax) zmax = z[i];
+        if (u[i] > umax) umax = u[i];
+    }
+    double zsum = 0, usum = 0;
+    for (int i = 0; i < V; i++) {
+        zsum += expf(z[i] - zmax);
+        usum += expf(u[i] - umax);
+    }
+    /* both sums >= 1: each maximum contributes exp(0) */
+    // cppcheck-suppress invalidFunctionArg
+    double zlse = zmax + log(zsum), ulse = umax + log(usum), kl = 0;
+    for (int i = 0; i < V; i++) {
+        float p = (float)(expf(z[i] - zmax) / zsum), q = (float)(expf(u[i] - umax) / usum);
+        if (q > 0) kl += q * ((u[i] - ulse) - (z[i] - zlse));
+        z[i] = dscale * (p - q);
+    }
+    return (float)kl;
+}
+
 void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale) {
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < T; t++) {
         float *row = logits + (size_t)t * V;
-        int target = targets.targets[t], id = targets.ranked[t];
-        /* the ranked logit, and what the count is against: +inf (nothing above it) where there is none to count */
-        float ranked = id >= 0 ? row[id] : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
+        ranks[t] = rank_in_row(row, V, targets.ranked[t]);
+        if (targets.teacher) {
+            losses[t] = soft_xent_row(row, targets.teacher + (size_t)t * V, V, dscale);
+            continue;
+        }
+        int target = targets.targets[t];
         if (target < 0) {
-            ranks[t] = rank_of(id, ranked, bar < INFINITY ? count_above(row, V, bar) : 0);
             for (int i = 0; i < V; i++) row[i] = 0.0f;
             losses[t] = 0.0f;
             continue;
         }
         float maxv = -INFINITY, target_logit = row[target];
-        int above = 0;
-        for (int i = 0; i < V; i++) {
+        for (int i = 0; i < V; i++)
             if (row[i] > maxv) maxv = row[i];
-            above += row[i] > bar;
-        }
         /* one exp per logit: the exponentials are kept in the row and scaled into the gradient */
         double sum = 0;
         for (int i = 0; i < V; i++) {
@@ -43,7 +72,6 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets 
         /* sum >= 1: the maximum contributes exp(0) */
         // cppcheck-suppress invalidFunctionArg
         losses[t] = (float)log(sum) - (target_logit - maxv);
-        ranks[t] = rank_of(id, ranked, above);
         float scale = (float)(dscale / sum);
         for (int i = 0; i < V; i++) row[i] *= scale;
         row[target] -= dscale;
@@ -52,12 +80,7 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets 
 
 void cpu_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols) {
 #pragma omp parallel for if ((size_t)rows * cols > PAR_MIN)
-    for (int r = 0; r < rows; r++) {
-        const float *row = x + (size_t)r * cols;
-        int id = ids[r];
-        float v = id >= 0 ? row[id] : 0.0f;
-        ranks[r] = rank_of(id, v, id >= 0 && isfinite(v) ? count_above(row, cols, v) : 0);
-    }
+    for (int r = 0; r < rows; r++) ranks[r] = rank_in_row(x + (size_t)r * cols, cols, ids[r]);
 }
 
 /* the reference composition: matmul_bf16, softmax_xent in place, matmul_backward_bf16 (which rounds the gradient) */

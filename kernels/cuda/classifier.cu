@@ -1,8 +1,9 @@
 /* Fused softmax cross-entropy (llm.c style): one block per row reads the logits twice and writes the
  * gradient over them (or, for the heads on bf16 weights, in bf16 where their GEMMs read it), so probabilities for the
  * whole vocabulary are never stored.
- * Pass 1: each thread keeps an online (max, sum of exp) over its strided logits and counts the logits
- * above the target's; the block merges them. Pass 2: dlogits = dscale * (softmax - onehot). */
+ * Pass 1: each thread keeps an online (max, sum of exp) over its strided logits (and a teacher's, for soft targets)
+ * and counts the logits above the ranked id's; the block merges them. Pass 2: dlogits = dscale * (softmax - onehot),
+ * or dscale * (softmax - softmax(teacher)) with the KL's terms summed. */
 #include "cuda_common.cuh"
 
 static const unsigned kThreads = 512;
@@ -90,14 +91,56 @@ __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *l
     }
 }
 
+/* Soft targets, q = softmax(teacher row): both rows' online softmax states and the ranked id's count in one pass,
+ * then q, p, the gradient dscale * (p - q) and the terms of KL(q || p) = sum q (log q - log p) (double, as the CPU's;
+ * a term with q = 0 is 0). */
+template <class Grad>
+__global__ void soft_xent_kernel(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, XentTargets targets,
+                                 int V, float dscale) {
+    __shared__ float max_scratch[32], sum_scratch[32], tmax_scratch[32], tsum_scratch[32];
+    __shared__ int rank_scratch[32];
+    __shared__ double kl_scratch[32];
+    int t = blockIdx.x, id = targets.ranked[t];
+    const float *row = logits + (size_t)t * V, *teacher = targets.teacher + (size_t)t * V;
+    float ranked = id >= 0 ? row[id] : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
+    Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL;
+    float max = -INFINITY, sum = 0.0f, tmax = -INFINITY, tsum = 0.0f;
+    int above = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        above += row[i] > bar;
+        softmax_add(&max, &sum, row[i]);
+        softmax_add(&tmax, &tsum, teacher[i]);
+    }
+    block_softmax_state(&max, &sum, max_scratch, sum_scratch);
+    block_softmax_state(&tmax, &tsum, tmax_scratch, tsum_scratch);
+    above = block_sum(above, rank_scratch);
+    double lse = max + log((double)sum), tlse = tmax + log((double)tsum), kl = 0.0; /* log-sum-exps */
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float p = expf(row[i] - max) / sum, q = expf(teacher[i] - tmax) / tsum;
+        if (q > 0) kl += q * ((teacher[i] - tlse) - (row[i] - lse));
+        if (grad) store_out(&grad[i], dscale * (p - q));
+    }
+    kl = block_sum(kl, kl_scratch);
+    if (threadIdx.x == 0) {
+        losses[t] = (float)kl;
+        ranks[t] = rank_of(id, ranked, above);
+    }
+}
+
 template <class Grad>
 static void softmax_xent(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, XentTargets targets, int T,
                          int V, float dscale) {
-    static const std::string name = kernel_name("softmax_xent_kernel", {elem_name<Grad>()});
+    static const std::string hard = kernel_name("softmax_xent_kernel", {elem_name<Grad>()}),
+                             soft = kernel_name("soft_xent_kernel", {elem_name<Grad>()});
     if (T == 0) return;
-    profile_next_bytes((double)T * V * (4.0 + (dlogits ? sizeof(Grad) : 0)) + 20.0 * T);
-    LAUNCH_AS(name.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
-              dscale);
+    double teacher_bytes = targets.teacher ? 4.0 * T * V : 0;
+    profile_next_bytes((double)T * V * (4.0 + (dlogits ? sizeof(Grad) : 0)) + teacher_bytes + 20.0 * T);
+    if (targets.teacher)
+        LAUNCH_AS(soft.c_str(), soft_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+                  dscale);
+    else
+        LAUNCH_AS(hard.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+                  dscale);
 }
 
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale) {

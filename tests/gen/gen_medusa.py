@@ -568,7 +568,9 @@ def targets_case(heads, base_lm_head, batch, kind, token_map=None):
     (base_lm_head @ hidden[t+1+i], the base's prediction of the token head i guesses, given the true prefix), over
     the positions where the labels have a target (loss mask, same sequence); top-k hits are the labels'.
     kind "argmax": the hard label argmax(base logits) (first of equal maxima, as torch.argmax); a choice outside a
-    truncated head's map is ignored. With token_map the heads are truncated (lm_head rows token_map[r])."""
+    truncated head's map is ignored. kind "kl": the soft target q = softmax(base logits), restricted to a truncated
+    head's map and renormalised, by KL(q || softmax(head logits)) (F.kl_div), averaged over the positions. With
+    token_map the heads are truncated (lm_head rows token_map[r])."""
     dtype = heads[0][-1].weight.dtype
     x = torch.from_numpy(batch["hidden"]).to(dtype)
     base_logits = x @ base_lm_head.to(dtype).T                  # [T, V]: the base model's logits at every row
@@ -584,16 +586,22 @@ def targets_case(heads, base_lm_head, batch, kind, token_map=None):
         valid = np.nonzero(labels != IGNORE)[0]
         lg = heads[i](x)
         teacher = base_logits[torch.from_numpy(valid + 1 + i)]   # row t+1+i for each valid t
-        choice = teacher.argmax(-1).numpy()
-        top2 = teacher.detach().double().topk(2, dim=-1).values
-        margin = min(margin, float((top2[:, 0] - top2[:, 1]).min()))
-        tgt = np.full(T, IGNORE, np.int64)
-        tgt[valid] = row_of[choice]
-        assert (tgt != IGNORE).sum() > 0
-        li = F.cross_entropy(lg, torch.from_numpy(tgt), ignore_index=IGNORE)
+        if kind == "argmax":
+            choice = teacher.argmax(-1).numpy()
+            top2 = teacher.detach().double().topk(2, dim=-1).values
+            margin = min(margin, float((top2[:, 0] - top2[:, 1]).min()))
+            tgt = np.full(T, IGNORE, np.int64)
+            tgt[valid] = row_of[choice]
+            assert (tgt != IGNORE).sum() > 0
+            li = F.cross_entropy(lg, torch.from_numpy(tgt), ignore_index=IGNORE)
+            out[f"target.{i}"] = tgt.astype(np.int32)
+        else:
+            if token_map is not None:
+                teacher = teacher[:, torch.from_numpy(token_map)]
+            li = F.kl_div(F.log_softmax(lg[torch.from_numpy(valid)], -1), F.log_softmax(teacher, -1),
+                          reduction="sum", log_target=True) / len(valid)
         loss = loss + li * LAMBDA ** i
         out[f"loss.{i}"] = np.asarray([li.item()], np.float64)
-        out[f"target.{i}"] = tgt.astype(np.int32)
         lab = np.full(T, IGNORE, np.int64)                      # the labels' rows: top-k hits, a label outside a miss
         lab[valid] = row_of[labels[valid]]
         hits, _ = topk_hits(lg.detach(), torch.from_numpy(lab))
@@ -602,12 +610,12 @@ def targets_case(heads, base_lm_head, batch, kind, token_map=None):
     loss.backward()
     out["loss"] = np.asarray([loss.item()], np.float64)
     out.update(grads_np(heads))
-    assert margin > 1e-4, margin                                # fp32 noise cannot change a choice
+    assert kind != "argmax" or margin > 1e-4, margin            # fp32 noise cannot change a choice
     return out, margin
 
 
 def write_case_targets():
-    """case_base_argmax.safetensors from the committed base/, batches (batch 0) and export_ref/ (case A's heads):
+    """case_base_{argmax,kl}.safetensors from the committed base/, batches (batch 0) and export_ref/ (case A's heads):
     full-vocabulary heads, and truncated ones (map. keys) over MAP; every float computed in fp32 and float64 (the
     distance to exact arithmetic is printed)."""
     from safetensors.numpy import load_file
@@ -617,7 +625,7 @@ def write_case_targets():
     params = load_file(str(OUT / "export_ref" / "medusa_lm_head.safetensors"))
     heads = make_heads(base_lm_head, K, 1)
     heads.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
-    for kind in ("argmax",):
+    for kind in ("argmax", "kl"):
         f = {}
         for prefix, token_map in (("", None), ("map.", MAP)):
             for dtype in (torch.float32, torch.float64):
@@ -636,8 +644,8 @@ def write_case_targets():
             print(f"case_base_{kind} {prefix or 'full '}: loss {f[prefix + 'loss'][0]:.6f}, per head "
                   f"{[round(float(f[prefix + f'loss.{i}'][0]), 4) for i in range(K)]}, hits "
                   f"{[f[prefix + f'hits.{i}'].tolist() for i in range(K)]}, valid "
-                  f"{[int(f[prefix + f'valid.{i}'][0]) for i in range(K)]}; fp32 vs float64 {err:.2g}; smallest "
-                  f"top-1 margin of the base's logits {margin:.3g}")
+                  f"{[int(f[prefix + f'valid.{i}'][0]) for i in range(K)]}; fp32 vs float64 {err:.2g}"
+                  + (f"; smallest top-1 margin of the base's logits {margin:.3g}" if kind == "argmax" else ""))
         save_file(f, str(OUT / f"case_base_{kind}.safetensors"))
         (OUT / f"case_base_{kind}.safetensors").chmod(0o644)
 
