@@ -35,7 +35,7 @@ int main(int argc, char **argv) {
         {"pass-tokens", ARG_INT, &o.pass_tokens, "most tokens per forward pass (prompts are prefilled in chunks)"},
         {"stop-after", ARG_DOUBLE, &stop_after, "stop after N conversations, keeping OUT.partial to continue"},
         {"time-budget", ARG_DOUBLE, &o.time_budget,
-         "seconds: then write OUT with the conversations finished (those in flight are dropped)"},
+         "seconds: then write OUT (conversations in flight end at their last finished reply)"},
         {"threads", ARG_INT, &o.threads, "CPU threads (0 = OpenMP default)"},
         {"device", ARG_STR, &o.device, "cpu or cuda"},
         {"precision", ARG_STR, &o.precision,
