@@ -359,7 +359,11 @@ void distill_run(const DistillOptions *o) {
         }
         double dt = now_seconds() - t0;
         char extra[96];
-        snprintf(extra, sizeof extra, "%.0f tok/s, %d running", dt > 0 ? (double)d.dec.generated / dt : 0, running);
+        int n =
+            snprintf(extra, sizeof extra, "%.0f tok/s, %d running", dt > 0 ? (double)d.dec.generated / dt : 0, running);
+        if (o->time_budget > 0 && n > 0 && (size_t)n < sizeof extra) /* the bar's ETA is for all of --limit */
+            snprintf(extra + n, sizeof extra - (size_t)n, ", time budget ends in %.0f s",
+                     o->time_budget > dt ? o->time_budget - dt : 0);
         progress_update(&bar, d.partial.n_done, extra);
         if ((!more && running == 0) || (o->stop_after > 0 && d.convs + d.skipped >= o->stop_after)) break;
         if (o->time_budget > 0 && dt > o->time_budget) {
