@@ -148,7 +148,7 @@ static int64_t partial_finish(Partial *p, const char *out) {
         if (n == cap) convs = xrealloc(convs, sizeof(cJSON *) * (size_t)(cap = cap ? 2 * cap : 1024));
         convs[n++] = j;
     }
-    qsort(convs, (size_t)n, sizeof(cJSON *), by_index);
+    if (n > 1) qsort(convs, (size_t)n, sizeof(cJSON *), by_index);
     size_t len = strlen(out);
     int list = len > 5 && strcmp(out + len - 5, ".json") == 0;
     char *buf = NULL;

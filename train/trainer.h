@@ -38,9 +38,9 @@ typedef struct {
     int max_tokens;
     ForwardState state;
     MedusaWork work;
-    float *hidden;             /* [max_tokens, H] backend */
-    int32_t *choice;           /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
-    void *teacher_lm_head;     /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else NULL */
+    float *hidden;         /* [max_tokens, H] backend */
+    int32_t *choice;       /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
+    void *teacher_lm_head; /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else NULL */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
 } Trainer;
 
