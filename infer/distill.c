@@ -272,9 +272,10 @@ static void job_reply_done(Distiller *d, Job *j, int slot) {
     j->n_kept = j->at + 1;
     d->turns++;
     if (end != REPLY_STOP) d->cut++;
-    /* the next assistant turn, after the user's; a reply cut by the context ends the conversation */
-    for (j->at += 2; end != REPLY_CONTEXT && j->at < j->conv.n_turns; j->at += 2)
-        if (job_start_turn(d, j, slot)) return;
+    /* the next assistant turn, after the user's; a reply cut by the context, or a next prompt that leaves no room
+     * (prompts only grow), ends the conversation */
+    j->at += 2;
+    if (end != REPLY_CONTEXT && j->at < j->conv.n_turns && job_start_turn(d, j, slot)) return;
     job_finish(d, j);
 }
 

@@ -74,7 +74,9 @@ struct Backend {
      * T new rows after row0 others (a KV cache's length; 0 for a packed batch), so no range ends past row0 + T.
      * With a tree mask [T, T] (tree decoding), a key j >= row0 is attended only when
      * mask[t*T + j - row0] is set: the T new tokens see only their ancestors. A backend may spread the keys of
-     * a small batch over a long cache across blocks (ATTENTION_SPLIT_*). */
+     * a small batch over a long cache across blocks (ATTENTION_SPLIT_*). A GPU backend reads a block of queries'
+     * keys over the union of their ranges, weighting those outside a query's range by zero: every row from the smallest
+     * key_begin to the largest key_end of a call must be finite (0 x NaN is NaN), even where no range covers it. */
     void (*attention)(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                       const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
                       int head_dim);

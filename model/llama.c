@@ -402,8 +402,8 @@ void slot_cache_init(SlotCache *c, const Model *m, int n_slots, int slot_len, in
     c->pass_tokens = pass_tokens;
     c->len = xcalloc((size_t)n_slots, sizeof(int));
     kv_cache_init(&c->kv, m, n_slots * slot_len + pass_tokens);
-    /* a GPU's attention multiplies every row between a block's queries' ranges (other slots' too) by a zero weight:
-     * rows never written must be finite */
+    /* the attention op needs finite rows between its queries' ranges (kernels/ops.h), which here span other slots:
+     * rows never written hold zeros */
     m->be->fill_zero(c->kv.rows, c->kv.row_bytes * (size_t)c->kv.max_len * 2 * (size_t)m->config.n_layers);
 }
 
