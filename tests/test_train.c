@@ -194,16 +194,23 @@ static void check_export_eval(const char *run, const char *val_path, const char 
     free(dir);
 }
 
+/* Runs `whole` to its end, and `split` (the same settings elsewhere) stopped after step `stop`, then resumed in a
+ * fresh state to the end. */
+static void run_whole_and_split(TrainConfig *whole, TrainConfig *split, int stop) {
+    CHECK(train_run(whole) == TRAIN_DONE, "%d-step run finishes", whole->max_steps);
+    split->stop_after = stop;
+    CHECK(train_run(split) == TRAIN_STOPPED, "run stopped after step %d (schedule of %d steps kept)", stop,
+          split->max_steps);
+    split->stop_after = 0;
+    split->resume = 1;
+    CHECK(train_run(split) == TRAIN_DONE, "resumed run finishes");
+}
+
 static void test_resume(const char *data, const char *val) {
     printf("resume: 8 steps in one go vs 4 steps, stop, resume in fresh state, 4 steps\n");
     char *a = path_join(root, "a"), *b = path_join(root, "b");
     TrainConfig ca = config(a, data, val), cb = config(b, data, val);
-    CHECK(train_run(&ca) == TRAIN_DONE, "8-step run finishes");
-    cb.stop_after = 4;
-    CHECK(train_run(&cb) == TRAIN_STOPPED, "run stopped after step 4 (schedule of 8 steps kept)");
-    cb.stop_after = 0;
-    cb.resume = 1;
-    CHECK(train_run(&cb) == TRAIN_DONE, "resumed run finishes");
+    run_whole_and_split(&ca, &cb, 4);
 
     char *pa = path_join(a, "ckpt-8.h5"), *pb = path_join(b, "ckpt-8.h5");
     Loaded la, lb;
@@ -561,12 +568,7 @@ static void test_cache_hidden(const char *data) {
     ca.cache_hidden = cb.cache_hidden = 1;
     ca.max_steps = cb.max_steps = 24;
     ca.eval_every = cb.eval_every = 0;
-    CHECK(train_run(&ca) == TRAIN_DONE, "24-step run with --cache-hidden finishes");
-    cb.stop_after = 12;
-    CHECK(train_run(&cb) == TRAIN_STOPPED, "a second one stopped after step 12");
-    cb.stop_after = 0;
-    cb.resume = 1;
-    CHECK(train_run(&cb) == TRAIN_DONE, "resumed with --cache-hidden (the cache filled again)");
+    run_whole_and_split(&ca, &cb, 12); /* the resumed run fills its cache again */
     char *pa = path_join(a, "ckpt-24.h5"), *pb = path_join(b, "ckpt-24.h5");
     Loaded la, lb;
     load_ckpt(&la, pa);
