@@ -221,6 +221,15 @@ bench-distill: bin/medusa-distill $(SMOLLM2)
 	OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) bench/bench_distill.sh $(SMOLLM2) \
 	  cache/data/ShareGPT_V3_unfiltered_cleaned_split.json bench/distill_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
 
+# Head recipes side by side at equal epochs and training time (`bench-heads-compare`), and the best recipe for up
+# to BENCH_HEADS_MINUTES (default 180) minutes (`bench-heads`); write bench/heads_{compare,long}_cpu_<host>.txt.
+.PHONY: bench-heads bench-heads-compare
+bench-heads-compare bench-heads: bin/medusa-distill bin/medusa-data bin/medusa-train bin/medusa-eval bin/medusa-infer $(SMOLLM2)
+	data/fetch_demo.sh
+	OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) bench/bench_heads.sh \
+	  $(if $(filter bench-heads,$@),long,compare) $(SMOLLM2) cache/data/ShareGPT_V3_unfiltered_cleaned_split.json \
+	  bench/heads_$(if $(filter bench-heads,$@),long,compare)_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
+
 .PHONY: bench-matmul
 bench-matmul: $(BUILD)/bench/bench_matmul_rows $(SMOLLM2)
 	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct's shapes"; \
