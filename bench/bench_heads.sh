@@ -37,7 +37,18 @@ same_conversations() { # DISTILLED OUT
 import json, sys
 sharegpt, distilled, out = sys.argv[1:]
 ids = [json.loads(line)["id"] for line in open(distilled) if line.strip()]
-by_id = {c["id"]: c for c in json.load(open(sharegpt)) if c.get("id") in set(ids)}
+want, by_id, text, at = set(ids), {}, open(sharegpt).read(), 0
+decoder = json.JSONDecoder()
+at = text.index("[") + 1
+while True:  # the complete conversations of a list that may be cut short (the demo's file is)
+    while at < len(text) and text[at] in " \t\r\n,":
+        at += 1
+    try:
+        c, at = decoder.raw_decode(text, at)
+    except ValueError:
+        break
+    if c.get("id") in want:
+        by_id[c["id"]] = c
 with open(out, "w") as f:
     for i in ids:
         f.write(json.dumps(by_id[i]) + "\n")

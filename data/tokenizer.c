@@ -955,6 +955,36 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse
 
 /* ---- decoding ---- */
 
+char *utf8_lossy(const char *s, size_t n, size_t *out_len) {
+    const unsigned char *p = (const unsigned char *)s;
+    char *out = xmalloc(3 * n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        int need = c < 0x80                 ? 0
+                   : c >= 0xc2 && c <= 0xdf ? 1
+                   : c >= 0xe0 && c <= 0xef ? 2
+                   : c >= 0xf0 && c <= 0xf4 ? 3
+                                            : -1;
+        size_t k = 1;
+        int ok = need >= 0;
+        for (int j = 0; ok && j < need; j++, k++) {
+            unsigned lo = 0x80, hi = 0xbf;
+            if (j == 0 && c == 0xe0) lo = 0xa0;
+            if (j == 0 && c == 0xed) hi = 0x9f;
+            if (j == 0 && c == 0xf0) lo = 0x90;
+            if (j == 0 && c == 0xf4) hi = 0x8f;
+            if (i + k >= n || p[i + k] < lo || p[i + k] > hi) ok = 0, k--;
+        }
+        if (ok) memcpy(out + o, s + i, k), o += k;
+        else memcpy(out + o, "\xef\xbf\xbd", 3), o += 3;
+        i += k;
+    }
+    out[o] = '\0';
+    *out_len = o;
+    return out;
+}
+
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, size_t *len_out) {
     size_t cap = 64, o = 0;
     char *out = xmalloc(cap);

@@ -44,4 +44,8 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse
  * decode to nothing. */
 char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_special, size_t *len_out);
 
+/* s (n bytes) made valid UTF-8 as HF's decode makes it (Rust's String::from_utf8_lossy): each maximal
+ * ill-formed subsequence becomes U+FFFD. malloc'd, NUL-terminated, its length in *out_len. */
+char *utf8_lossy(const char *s, size_t n, size_t *out_len);
+
 #endif

@@ -256,8 +256,11 @@ static void job_reply_done(Distiller *d, Job *j, int slot) {
     int n;
     ReplyEnd end;
     const int32_t *ids = batch_decoder_reply(&d->dec, slot, &n, &end);
-    size_t len;
-    char *text = tokenizer_decode(d->tok, ids, n, 1, &len);
+    size_t raw_len, len;
+    char *raw = tokenizer_decode(d->tok, ids, n, 1, &raw_len);
+    /* JSON strings are UTF-8: a reply cut inside a character, or a lone byte token, becomes U+FFFD as in HF */
+    char *text = utf8_lossy(raw, raw_len, &len);
+    free(raw);
     const char *stripped = text;
     size_t slen = len;
     text_strip(&stripped, &slen);

@@ -65,8 +65,9 @@ int main(void) {
             DecodeStats st;
             int k = decode_plain(&d, prompt, n, MAX_NEW, stop, &greedy, reply, NULL, NULL, &st);
             if (k > 0 && reply[k - 1] == stop) k--;
-            size_t len;
-            char *want = tokenizer_decode(text.tok, reply, k, 1, &len);
+            size_t raw_len, len;
+            char *raw = tokenizer_decode(text.tok, reply, k, 1, &raw_len), *want = utf8_lossy(raw, raw_len, &len);
+            free(raw);
             Turn w = {ROLE_ASSISTANT, want, len};
             text_strip(&w.text, &w.len);
             replies++;

@@ -61,38 +61,6 @@ static Strings load_strings(void) {
     return st;
 }
 
-/* s made valid UTF-8 as Rust's String::from_utf8_lossy (so HF's decode) does: each maximal ill-formed
- * subsequence becomes U+FFFD. Our decoder returns the raw bytes. */
-static char *utf8_lossy(const char *s, size_t n, size_t *out_len) {
-    const unsigned char *p = (const unsigned char *)s;
-    char *out = xmalloc(3 * n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        int need = c < 0x80                 ? 0
-                   : c >= 0xc2 && c <= 0xdf ? 1
-                   : c >= 0xe0 && c <= 0xef ? 2
-                   : c >= 0xf0 && c <= 0xf4 ? 3
-                                            : -1;
-        size_t k = 1;
-        int ok = need >= 0;
-        for (int j = 0; ok && j < need; j++, k++) {
-            unsigned lo = 0x80, hi = 0xbf;
-            if (j == 0 && c == 0xe0) lo = 0xa0;
-            if (j == 0 && c == 0xed) hi = 0x9f;
-            if (j == 0 && c == 0xf0) lo = 0x90;
-            if (j == 0 && c == 0xf4) hi = 0x8f;
-            if (i + k >= n || p[i + k] < lo || p[i + k] > hi) ok = 0, k--;
-        }
-        if (ok) memcpy(out + o, s + i, k), o += k;
-        else memcpy(out + o, "\xef\xbf\xbd", 3), o += 3;
-        i += k;
-    }
-    out[o] = '\0';
-    *out_len = o;
-    return out;
-}
-
 static int same_ids(const int32_t *a, int n, const cJSON *want) {
     if (n != cJSON_GetArraySize(want)) return 0;
     int k = 0;
@@ -470,9 +438,34 @@ static void bench_sharegpt(const char *label, const Tokenizer *t) {
            label, bytes / 1e6, tokens, s, bytes / 1e6 / s, tokens / s);
 }
 
+/* utf8_lossy on cut and ill-formed bytes, beside Python's bytes.decode("utf-8", "replace") (the same rule) */
+static void check_utf8_lossy(void) {
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"\xf0\x9f\x8c", "\xef\xbf\xbd"}, /* a character cut at the end */
+        {"a\xab"
+         "b",
+         "a\xef\xbf\xbd"
+         "b"},                                                    /* a lone continuation byte */
+        {"\xe4\xb8x", "\xef\xbf\xbdx"},                           /* cut in the middle */
+        {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, /* a surrogate: one each */
+        {"\xf0\x9f\x8c\x9f\xf0\x9f", "\xf0\x9f\x8c\x9f\xef\xbf\xbd"},
+    };
+    int ok = 0, n = (int)(sizeof cases / sizeof *cases);
+    for (int i = 0; i < n; i++) {
+        size_t len;
+        char *got = utf8_lossy(cases[i].in, strlen(cases[i].in), &len);
+        ok += len == strlen(cases[i].want) && memcmp(got, cases[i].want, len) == 0;
+        free(got);
+    }
+    CHECK(ok == n, "utf8_lossy: %d/%d ill-formed byte strings replaced as Python's decode(errors=\"replace\")", ok, n);
+}
+
 int main(void) {
     Strings st = load_strings();
     printf("%d strings\n", st.n);
+    check_utf8_lossy();
     CHECK(st.n >= 1000, "fixture has >= 1000 strings (%d)", st.n);
 
     double t0 = now_seconds();
