@@ -19,7 +19,7 @@ BUILD   := build
 SMOLLM2 ?= cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Each */main_NAME.c is the entry point of bin/medusa-NAME; everything else goes into the library.
 MAINS   := $(wildcard */main_*.c)
-LIB_SRC := $(filter-out $(MAINS), $(wildcard common/*.c kernels/*.c kernels/cpu/*.c model/*.c data/*.c train/*.c infer/*.c))
+LIB_SRC := $(filter-out $(MAINS), $(wildcard common/*.c kernels/*.c kernels/cpu/*.c formats/*.c model/*.c data/*.c train/*.c infer/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 LIB     := $(BUILD)/libmedusa.a
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -105,7 +105,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # 5-10x slower with the default active policy whenever another process was busy).
 test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
-	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
+	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh tests/check_layers.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
 	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer (any report fails the test), in its own build
@@ -174,8 +174,9 @@ test-cuda: $(BUILD)/tests/test_cuda_ops_gpu $(BINS)
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp')
 
-# clang-format (style in .clang-format) and cppcheck must both be clean.
+# clang-format (style in .clang-format) and cppcheck must both be clean, and the includes keep the layering.
 lint:
+	tests/check_layers.sh
 	clang-format --dry-run -Werror $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh' '*.cpp')
 	cppcheck --quiet --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -D__GNUC__ \
 	  -I common $$(git ls-files '*.c')
@@ -303,7 +304,7 @@ FUZZ_SEEDS = tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q4_1.gguf tests/fi
 fuzz:
 	@mkdir -p build-asan
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -fopenmp \
-	  $(shell pkg-config --cflags $(PKGS)) $(BLAS_CFLAGS) tests/fuzz/fuzz_loaders.c common/common.c model/gguf.c model/weights.c \
+	  $(shell pkg-config --cflags $(PKGS)) $(BLAS_CFLAGS) tests/fuzz/fuzz_loaders.c common/common.c formats/gguf.c formats/weights.c \
 	  -o build-asan/fuzz_loaders $(shell pkg-config --libs $(PKGS)) -lm
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE \

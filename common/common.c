@@ -1,5 +1,5 @@
 #include "common.h"
-#include "../kernels/math_common.h" /* the bf16 rounding every backend shares */
+#include "bf16.h"
 
 #include <errno.h>
 #include <fcntl.h>

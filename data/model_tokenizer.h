@@ -4,7 +4,7 @@
 #ifndef MEDUSA_MODEL_TOKENIZER_H
 #define MEDUSA_MODEL_TOKENIZER_H
 
-#include "../model/gguf.h"
+#include "../formats/gguf.h"
 #include "tokenizer.h"
 
 typedef struct {

@@ -1,5 +1,7 @@
 #include "token_cache.h"
 
+#include "../formats/atomic_file.h"
+
 #include <errno.h>
 #include <hdf5.h>
 #include <inttypes.h>
@@ -182,7 +184,8 @@ void token_cache_writer_close(TokenCacheWriter *w, const TokenCacheMeta *m) {
     H5Dclose(w->ds_tokens);
     H5Dclose(w->ds_mask);
     if (H5Fclose(w->file) < 0) fatal("%s: cannot finish the file (disk full?)", w->tmp_path);
-    if (rename(w->tmp_path, w->path) != 0) fatal("%s: cannot rename to %s: %s", w->tmp_path, w->path, strerror(errno));
+    sync_file(w->tmp_path);
+    rename_durably(w->tmp_path, w->path);
     for (int i = 0; i < 8; i++)
         if (unfinished[i] == w->tmp_path) unfinished[i] = NULL;
     free(w->path);

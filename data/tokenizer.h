@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../model/gguf.h"
+#include "../formats/gguf.h"
 
 typedef struct Tokenizer Tokenizer;
 

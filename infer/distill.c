@@ -9,8 +9,8 @@
 
 #include "../data/chat_template.h"
 #include "../data/model_tokenizer.h"
+#include "../formats/atomic_file.h"
 #include "../model/memory_plan.h"
-#include "../model/safetensors_write.h"
 #include "batch_decode.h"
 
 void distill_options_defaults(DistillOptions *o) {

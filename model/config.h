@@ -2,7 +2,7 @@
 #ifndef MEDUSA_CONFIG_H
 #define MEDUSA_CONFIG_H
 
-#include "gguf.h"
+#include "../formats/gguf.h"
 
 typedef struct {
     char architecture[32]; /* "llama", "mistral", "qwen2" */

@@ -5,7 +5,7 @@
 
 #include "../kernels/ops.h"
 #include "config.h"
-#include "weights.h"
+#include "../formats/weights.h"
 
 /* Weight matrices are stored in the model's weight_dtype (fp32 floats or bf16 bit patterns); norms and
  * biases are always fp32. The projections that read the same input are stacked into one matrix, so one GEMM

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "safetensors_write.h"
+#include "../formats/safetensors_write.h"
 
 static const char *weights_file(MedusaFormat f) {
     return f == MEDUSA_FORMAT_V1 ? "medusa_lm_head.safetensors" : "model.safetensors";

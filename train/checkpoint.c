@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/safetensors_write.h"
+#include "../formats/safetensors_write.h"
 
 #define CHECKPOINT_VERSION 1
 

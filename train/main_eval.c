@@ -4,9 +4,9 @@
 #include <string.h>
 
 #include "../common/args.h"
+#include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
 #include "../model/memory_plan.h"
-#include "../model/safetensors_write.h"
 #include "run.h"
 
 static const char *USAGE =

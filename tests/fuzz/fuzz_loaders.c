@@ -6,8 +6,8 @@
 #include <string.h>
 
 #include "../../common/rng.h"
-#include "../../model/gguf.h"
-#include "../../model/weights.h"
+#include "../../formats/gguf.h"
+#include "../../formats/weights.h"
 #include "fuzz.h"
 
 static void mutate(uint8_t *buf, size_t *size, Rng *rng) {

@@ -5,6 +5,7 @@
 
 #include <stdint.h>
 
+#include "atomic_file.h"
 #include "weights.h"
 
 typedef struct {
@@ -16,8 +17,5 @@ typedef struct {
 } TensorToWrite;
 
 void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DType dtype);
-
-/* Writes `text` to `path` atomically. */
-void write_file_atomic(const char *path, const void *data, size_t size);
 
 #endif

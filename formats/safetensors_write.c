@@ -7,53 +7,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void write_all(int fd, const void *data, size_t size, const char *path) {
-    const uint8_t *p = data;
-    while (size > 0) {
-        ssize_t n = write(fd, p, size);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            unlink(path); /* never leave a partial temp file; the target is untouched */
-            fatal("%s: write failed: %s", path, strerror(e));
-        }
-        p += n;
-        size -= (size_t)n;
-    }
-}
-
-/* Temp file beside the target, fsynced and renamed over it: readers see the old file or the new one. */
-static int open_temp(const char *path, char **tmp_out) {
-    size_t n = strlen(path) + 16;
-    char *tmp = xmalloc(n);
-    snprintf(tmp, n, "%s.tmp%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) fatal("%s: cannot create: %s", tmp, strerror(errno));
-    *tmp_out = tmp;
-    return fd;
-}
-
-static void commit_temp(int fd, char *tmp, const char *path) {
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        unlink(tmp);
-        fatal("%s: cannot flush to disk: %s", tmp, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        fatal("%s: cannot rename into place: %s", path, strerror(e));
-    }
-    free(tmp);
-}
-
-void write_file_atomic(const char *path, const void *data, size_t size) {
-    char *tmp;
-    int fd = open_temp(path, &tmp);
-    write_all(fd, data, size, tmp);
-    commit_temp(fd, tmp, path);
-}
-
 void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DType dtype) {
     ensure(dtype == DT_F32 || dtype == DT_BF16);
     size_t elem = dtype == DT_F32 ? 4 : 2;
@@ -78,28 +31,27 @@ void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DT
     char *json = cJSON_PrintUnformatted(header);
     cJSON_Delete(header);
     size_t json_len = strlen(json), padded = (json_len + 7) / 8 * 8; /* data starts 8-byte aligned */
-    char *tmp;
-    int fd = open_temp(path, &tmp);
+    AtomicFile f = atomic_file_open(path);
     uint8_t len_bytes[8];
     for (int i = 0; i < 8; i++) len_bytes[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    write_all(fd, len_bytes, 8, tmp);
-    write_all(fd, json, json_len, tmp);
-    for (size_t i = json_len; i < padded; i++) write_all(fd, " ", 1, tmp);
+    atomic_file_write(&f, len_bytes, 8);
+    atomic_file_write(&f, json, json_len);
+    for (size_t i = json_len; i < padded; i++) atomic_file_write(&f, " ", 1);
     free(json);
     for (int i = 0; i < n; i++) {
         const TensorToWrite *t = &tensors[i];
         size_t count = 1;
         for (int d = 0; d < t->n_dims; d++) count *= (size_t)t->shape[d];
         if (t->i64) {
-            write_all(fd, t->i64, count * 8, tmp);
+            atomic_file_write(&f, t->i64, count * 8);
         } else if (dtype == DT_F32) {
-            write_all(fd, t->data, count * 4, tmp);
+            atomic_file_write(&f, t->data, count * 4);
         } else {
             uint16_t *buf = xmalloc(count * 2);
             for (size_t j = 0; j < count; j++) buf[j] = float_to_bf16(t->data[j]);
-            write_all(fd, buf, count * 2, tmp);
+            atomic_file_write(&f, buf, count * 2);
             free(buf);
         }
     }
-    commit_temp(fd, tmp, path);
+    atomic_file_commit(&f);
 }
