@@ -83,7 +83,7 @@ static void engine_init(Engine *e, const Options *o) {
                                               o->medusa ? e->tree.n_nodes : 1);
     MemoryPlan plan = memory_plan(&c, &mi);
     /* printed for a GPU only: on the CPU the host's memory is rarely in question and chat output stays clean */
-    memory_plan_reserve(&plan, be, be != backend_cpu() && !o->quiet);
+    memory_plan_reserve(&plan, be, !be->is_host && !o->quiet);
 
     model_load(&e->model, o->model, be, dtype);
     if (o->medusa) {
@@ -564,7 +564,7 @@ static int run_tune(int argc, char **argv) {
     MemoryPlanInput mi = memory_plan_decoding(dtype, shape.n_heads, shape.n_layers, shape.head_vocab,
                                               context + steps * shape.n_heads + 2 * max_nodes, max_nodes);
     MemoryPlan plan = memory_plan(&c, &mi);
-    memory_plan_reserve(&plan, be, be != backend_cpu());
+    memory_plan_reserve(&plan, be, !be->is_host);
 
     Model m;
     model_load(&m, model, be, dtype);

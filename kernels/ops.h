@@ -41,6 +41,10 @@ struct Backend {
      * name; 0 where unknown, and on the CPU) for the MFU of bf16 runs */
     const char *device;
     double peak_bf16_flops;
+    /* what callers ask of a backend instead of its name */
+    int is_host;              /* its memory is host memory (pointers are usable by the CPU) */
+    int prefers_bf16;         /* --precision auto stores the base weights in bf16 here (tensor cores) */
+    int default_logits_chunk; /* rows of lm_head logits computed at once when --logits-chunk is 0 */
 
     /* memory */
     void *(*alloc)(size_t bytes);

@@ -30,7 +30,7 @@ static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int 
 }
 
 DType model_precision(const char *name, const Backend *be) {
-    if (strcmp(name, "auto") == 0) return strcmp(be->name, "cpu") == 0 ? DT_F32 : DT_BF16;
+    if (strcmp(name, "auto") == 0) return be->prefers_bf16 ? DT_BF16 : DT_F32;
     if (strcmp(name, "fp32") == 0) return DT_F32;
     if (strcmp(name, "bf16") == 0) return DT_BF16;
     fatal("--precision %s: expected auto, fp32 or bf16", name);

@@ -40,8 +40,7 @@ void train_config_defaults(TrainConfig *c) {
 int logits_chunk_for(int requested, const Backend *be) {
     if (requested < 0) fatal("--logits-chunk %d: expected 0 (the device's default) or a row count", requested);
     if (requested > 0) return requested;
-    /* a GPU's lm_head GEMMs want many rows (a 4096 x 32000 chunk is 0.5 GB); the CPU's cache does not */
-    return strcmp(be->name, "cpu") == 0 ? 512 : 4096;
+    return be->default_logits_chunk;
 }
 
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {

@@ -17,6 +17,9 @@ const Backend *backend_cpu(void) {
     static const Backend cpu = {
         .name = "cpu",
         .device = "cpu",
+        .is_host = 1,
+        .prefers_bf16 = 0,
+        .default_logits_chunk = 512, /* the CPU's cache wants few rows */
         .alloc = cpu_alloc,
         .free = cpu_free,
         .upload = cpu_copy,

@@ -247,7 +247,10 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.device = prop.name;
         cuda.peak_bf16_flops = gpu_bf16_peak_flops(prop.name);
         cuda.name = "cuda";
-        cuda_cublas(); /* the handles' memory too is taken before reserve() */
+        cuda.is_host = 0;
+        cuda.prefers_bf16 = 1;
+        cuda.default_logits_chunk = 4096; /* the lm_head GEMMs want many rows (4096 x 32000 is 0.5 GB) */
+        cuda_cublas();                    /* the handles' memory too is taken before reserve() */
         cuda_cublaslt();
     }
     return &cuda;
