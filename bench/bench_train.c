@@ -8,37 +8,30 @@
 
 #include "../common/args.h"
 #include "../data/batcher.h"
-#include "../model/memory_plan.h"
 #include "../train/run.h"
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *data = NULL, *device = "cpu", *precision = "auto";
-    int heads = 5, batch_tokens = 2048, steps = 3, threads = 0, logits_chunk = 0;
+    const char *model = NULL, *data = NULL;
+    int heads = 5, batch_tokens = 2048, steps = 3;
+    DeviceFlags dev = DEVICE_FLAGS_DEFAULT;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "base model (HF directory or .gguf)"},
         {"data", ARG_STR, &data, "token cache (*.tokens.h5)"},
         {"heads", ARG_INT, &heads, "Medusa heads"},
         {"batch-tokens", ARG_INT, &batch_tokens, "tokens per packed batch"},
         {"steps", ARG_INT, &steps, "timed optimizer steps (after one warm-up step)"},
-        {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
-        {"logits-chunk", ARG_INT, &logits_chunk, "rows of head logits computed at once (0: 512 on cpu, 4096 on cuda)"},
-        {"device", ARG_STR, &device, "cpu or cuda"},
-        {"precision", ARG_STR, &precision, "base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
+        DEVICE_FLAG_SPECS(&dev),
+        LOGITS_CHUNK_FLAG_SPEC(&dev),
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0],
                "usage: bench_train --model PATH --data FILE.tokens.h5 [options]", NULL, 0);
     if (!model || !data) fatal("bench_train: need --model and --data");
-    set_threads(threads);
-    const Backend *be = backend_by_name(device);
-    logits_chunk = logits_chunk_for(logits_chunk, be);
-    ModelConfig mc; /* the memory plan reserved before loading, as medusa-train does */
-    config_load(&mc, model);
-    DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi = memory_plan_training(dtype, heads, 1, 0, batch_tokens, logits_chunk, 1, 0, TARGETS_LABELS);
-    MemoryPlan plan = memory_plan(&mc, &mi);
-    memory_plan_reserve(&plan, be, 1);
+    Startup s; /* the memory plan reserved before loading, as medusa-train does */
+    startup_begin(&s, &dev, model);
+    const Backend *be = s.be;
+    MemoryPlanInput mi = memory_plan_training(s.dtype, heads, 1, 0, batch_tokens, s.logits_chunk, 1, 0, TARGETS_LABELS);
     Model base;
-    model_load(&base, model, be, dtype);
+    startup_load_base(&s, &mi, 1, &base);
     TokenCache cache;
     token_cache_load(&cache, data, base.config.vocab_size);
     MedusaHeads m;
@@ -46,12 +39,12 @@ int main(int argc, char **argv) {
     Rng rng;
     rng_seed(&rng, 42);
     medusa_init_from_base(&m, &base, &rng);
-    if (base.weight_dtype == DT_BF16) medusa_use_bf16(&m); /* as medusa-train */
+    startup_ready_heads(&base, &m);
     OptimConfig oc;
     optim_defaults(&oc);
     oc.total_steps = steps + 1;
     Trainer t;
-    trainer_init(&t, &base, &m, &oc, 0.8f, TARGETS_LABELS, batch_tokens, logits_chunk);
+    trainer_init(&t, &base, &m, &oc, 0.8f, TARGETS_LABELS, batch_tokens, s.logits_chunk);
     Batcher b;
     batcher_init(&b, &cache, batch_tokens, 0, 0); /* file order: the torch script packs the same batches */
     double total = 0, base_s = 0, base_flops = 0, head_flops = 0;
@@ -87,7 +80,7 @@ int main(int argc, char **argv) {
         "medusa-c flops: %.4g per token (base forward %.4g, heads %.4g), %.4g FLOP/s (base forward alone %.4g FLOP/s), "
         "device %s, precision %s\n",
         (base_flops + head_flops) / tokens, base_flops / tokens, head_flops / tokens, (base_flops + head_flops) / total,
-        base_flops / base_s, device, base.weight_dtype == DT_BF16 ? "bf16" : "fp32");
+        base_flops / base_s, dev.device, base.weight_dtype == DT_BF16 ? "bf16" : "fp32");
     double peak = model_peak_flops(&base);
     if (peak > 0)
         printf("MFU: %.1f%% of %.0f TFLOP/s bf16 dense on %s (base forward alone: %.1f%%)\n",

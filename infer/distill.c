@@ -10,13 +10,11 @@
 #include "../data/chat_template.h"
 #include "../data/model_tokenizer.h"
 #include "../formats/atomic_file.h"
-#include "../model/memory_plan.h"
 #include "batch_decode.h"
 
 void distill_options_defaults(DistillOptions *o) {
     memset(o, 0, sizeof *o);
-    o->device = "cpu";
-    o->precision = "auto";
+    o->dev = (DeviceFlags)DEVICE_FLAGS_DEFAULT;
     o->max_new_tokens = 1024;
     o->max_len = 2048;
     o->batch = 32;
@@ -314,8 +312,8 @@ void distill_run(const DistillOptions *o) {
     if (o->max_new_tokens < 1 || o->max_len < 2) fatal("--max-new-tokens and --max-len must be positive");
     if (!(o->temperature >= 0) || o->temperature > 100 || !(o->top_p > 0 && o->top_p <= 1))
         fatal("--temperature %g / --top-p %g: expected 0 <= temperature and 0 < top-p <= 1", o->temperature, o->top_p);
-    const Backend *be = backend_by_name(o->device);
-    set_threads(o->threads);
+    Startup s;
+    startup_begin(&s, &o->dev, o->model);
     Distiller d = {.o = o};
 
     ModelTokenizer text;
@@ -327,15 +325,11 @@ void distill_run(const DistillOptions *o) {
               CHAT_TEMPLATE_NAMES);
     chat_template_init(&d.tmpl, name, d.tok, text.jinja, text.bos, text.eos);
 
-    ModelConfig c;
-    config_load(&c, o->model);
-    DType dtype = model_precision(o->precision, be);
-    int slot_len = c.max_position > 0 && o->max_len > c.max_position ? c.max_position : o->max_len;
-    MemoryPlanInput mi = memory_plan_generation(dtype, o->batch, slot_len, o->pass_tokens);
-    MemoryPlan plan = memory_plan(&c, &mi);
-    memory_plan_reserve(&plan, be, 1);
+    int max_position = s.config.max_position;
+    int slot_len = max_position > 0 && o->max_len > max_position ? max_position : o->max_len;
+    MemoryPlanInput mi = memory_plan_generation(s.dtype, o->batch, slot_len, o->pass_tokens);
     Model m;
-    model_load(&m, o->model, be, dtype);
+    startup_load_base(&s, &mi, 1, &m);
     batch_decoder_init(&d.dec, &m, o->batch, slot_len, o->pass_tokens, chat_stop_id(&d.tmpl, d.tok), o->temperature,
                        o->top_p);
 

@@ -7,15 +7,17 @@
 
 #include <stdint.h>
 
+#include "../model/startup.h"
+
 typedef struct {
     const char *model, *input, *out;
-    const char *device, *precision, *chat_template;
+    const char *chat_template;
+    DeviceFlags dev;    /* --device --precision --threads */
     int64_t limit;      /* conversations (0: all) */
     int max_new_tokens; /* per reply */
     int max_len;        /* tokens of a conversation, prompt and replies (the token cache's --max-len) */
     int batch;          /* conversations generated at once */
     int pass_tokens;    /* tokens per forward pass (prompts are prefilled in chunks within it) */
-    int threads;
     int64_t stop_after; /* stop after this many conversations end in this run, OUT.partial kept (0: never) */
     double time_budget; /* seconds: then OUT is written with the conversations finished (0: none) */
     float temperature, top_p;

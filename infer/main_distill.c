@@ -36,10 +36,7 @@ int main(int argc, char **argv) {
         {"stop-after", ARG_DOUBLE, &stop_after, "stop after N conversations, keeping OUT.partial to continue"},
         {"time-budget", ARG_DOUBLE, &o.time_budget,
          "seconds: then write OUT (conversations in flight end at their last finished reply)"},
-        {"threads", ARG_INT, &o.threads, "CPU threads (0 = OpenMP default)"},
-        {"device", ARG_STR, &o.device, "cpu or cuda"},
-        {"precision", ARG_STR, &o.precision,
-         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
+        DEVICE_FLAG_SPECS(&o.dev),
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
     if (!(limit >= 0 && limit < 9e15) || !(seed >= 0 && seed < 1.8e19) || !(stop_after >= 0 && stop_after < 9e15))

@@ -29,13 +29,6 @@ static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int 
     return load_stacked(m, &name, &d0, 1, d1, required);
 }
 
-DType model_precision(const char *name, const Backend *be) {
-    if (strcmp(name, "auto") == 0) return be->prefers_bf16 ? DT_BF16 : DT_F32;
-    if (strcmp(name, "fp32") == 0) return DT_F32;
-    if (strcmp(name, "bf16") == 0) return DT_BF16;
-    fatal("--precision %s: expected auto, fp32 or bf16", name);
-}
-
 void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,
                   int OC) {
     if (m->weight_dtype == DT_BF16) m->be->matmul_bf16(out, in, weight, bias, T, IC, OC);

@@ -3,9 +3,9 @@
 #ifndef MEDUSA_LLAMA_H
 #define MEDUSA_LLAMA_H
 
+#include "../formats/weights.h"
 #include "../kernels/ops.h"
 #include "config.h"
-#include "../formats/weights.h"
 
 /* Weight matrices are stored in the model's weight_dtype (fp32 floats or bf16 bit patterns); norms and
  * biases are always fp32. The projections that read the same input are stacked into one matrix, so one GEMM
@@ -62,8 +62,6 @@ typedef struct {
 /* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. weight_dtype (DT_F32 or
  * DT_BF16) is how the weight matrices are stored on the backend, whatever the file holds. */
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype);
-/* The --precision flag: "fp32", "bf16", or "auto" (bf16 on a GPU, fp32 on the CPU). */
-DType model_precision(const char *name, const Backend *be);
 void model_free(Model *m);
 size_t model_param_count(const Model *m);
 /* FLOPs of the forward pass over a packed batch, a multiply-add counted as 2 (throughput in TFLOP/s and MFU): 2 x the

@@ -6,7 +6,7 @@
 #include "../common/args.h"
 #include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
-#include "../model/memory_plan.h"
+#include "../model/startup.h"
 #include "run.h"
 
 static const char *USAGE =
@@ -18,9 +18,9 @@ static const char *USAGE =
     "accepts, the input of medusa-infer tune), and the base model's top-1 on t+1; writes them as JSON with --json.";
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL, *device = "cpu",
-               *precision = "auto";
-    int max_batches = 0, batch_tokens = 2048, threads = 0, logits_chunk = 0;
+    const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL;
+    int max_batches = 0, batch_tokens = 2048;
+    DeviceFlags dev = DEVICE_FLAGS_DEFAULT;
     double head_decay = 0.8;
     ArgSpec specs[] = {
         {"model", ARG_STR, &model, "base model: Hugging Face directory or .gguf file"},
@@ -31,22 +31,14 @@ int main(int argc, char **argv) {
         {"batch-tokens", ARG_INT, &batch_tokens, "tokens per packed batch"},
         {"head-decay", ARG_DOUBLE, &head_decay, "weight of head i in the reported total loss"},
         {"json", ARG_STR, &json, "also write the metrics to this JSON file"},
-        {"threads", ARG_INT, &threads, "CPU threads (0 = OpenMP default)"},
-        {"device", ARG_STR, &device, "cpu or cuda"},
-        {"precision", ARG_STR, &precision,
-         "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"},
-        {"logits-chunk", ARG_INT, &logits_chunk,
-         "rows of logits (the heads' and the base model's) computed at once (0: 512 on cpu, 4096 on cuda)"},
+        DEVICE_FLAG_SPECS(&dev),
+        LOGITS_CHUNK_FLAG_SPEC(&dev),
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
     if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");
-    const Backend *be = backend_by_name(device);
-    logits_chunk = logits_chunk_for(logits_chunk, be);
-    set_threads(threads);
-
-    ModelConfig mc;
-    config_load(&mc, model);
-    int H = mc.hidden_size, V = mc.vocab_size;
+    Startup s;
+    startup_begin(&s, &dev, model);
+    int H = s.config.hidden_size, V = s.config.vocab_size;
     char *ckpt_path = NULL;
     MedusaShape shape;
     if (medusa) {
@@ -59,28 +51,24 @@ int main(int argc, char **argv) {
             fatal("%s: heads of hidden size %d and vocabulary %d do not fit the base model (%d, %d)", ckpt_path,
                   shape.hidden, shape.vocab, H, V);
     }
-    DType dtype = model_precision(precision, be);
-    MemoryPlanInput mi = memory_plan_training(dtype, shape.n_heads, shape.n_layers, shape.head_vocab, batch_tokens,
-                                              logits_chunk, 0, 1, TARGETS_LABELS);
-    MemoryPlan plan = memory_plan(&mc, &mi);
-    memory_plan_reserve(&plan, be, log_verbosity >= 1);
-
+    MemoryPlanInput mi = memory_plan_training(s.dtype, shape.n_heads, shape.n_layers, shape.head_vocab, batch_tokens,
+                                              s.logits_chunk, 0, 1, TARGETS_LABELS);
     Model base;
-    model_load(&base, model, be, dtype);
+    startup_load_base(&s, &mi, log_verbosity >= 1, &base);
     MedusaHeads heads;
     if (medusa) {
-        medusa_import(&heads, medusa, be, H, V);
+        medusa_import(&heads, medusa, s.be, H, V);
     } else {
-        medusa_init(&heads, be, shape);
+        medusa_init(&heads, s.be, shape);
         CheckpointMeta meta = {0};
         checkpoint_load(ckpt_path, &heads, NULL, &meta);
         free(meta.config_json);
     }
-    if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads);
+    startup_ready_heads(&base, &heads);
     TokenCache cache;
     token_cache_load(&cache, data, V);
     Trainer t;
-    trainer_init(&t, &base, &heads, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, logits_chunk);
+    trainer_init(&t, &base, &heads, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, s.logits_chunk);
     double t0 = now_seconds();
     StepMetrics m;
     evaluate(&t, &cache, batch_tokens, max_batches, &m);

@@ -10,12 +10,10 @@
 
 #include "../data/batcher.h"
 #include "../model/medusa_io.h"
-#include "../model/memory_plan.h"
 
 void train_config_defaults(TrainConfig *c) {
     memset(c, 0, sizeof *c);
-    c->device = "cpu";
-    c->precision = "auto";
+    c->dev = (DeviceFlags)DEVICE_FLAGS_DEFAULT;
     c->export_dtype = "f32";
     c->targets = "labels";
     c->heads = 5;
@@ -34,13 +32,6 @@ void train_config_defaults(TrainConfig *c) {
     c->save_every = 500;
     c->log_every = 10;
     c->keep_checkpoints = 2;
-    c->logits_chunk = 0; /* logits_chunk_for() */
-}
-
-int logits_chunk_for(int requested, const Backend *be) {
-    if (requested < 0) fatal("--logits-chunk %d: expected 0 (the device's default) or a row count", requested);
-    if (requested > 0) return requested;
-    return be->default_logits_chunk;
 }
 
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {
@@ -299,8 +290,8 @@ static void validate(const TrainConfig *c) {
 int train_run(const TrainConfig *c) {
     validate(c);
     double t_start = now_seconds();
-    const Backend *be = backend_by_name(c->device);
-    set_threads(c->threads);
+    Startup s;
+    startup_begin(&s, &c->dev, c->model);
     if (mkdir(c->out, 0755) != 0 && errno != EEXIST)
         fatal("%s: cannot create the run directory: %s", c->out, strerror(errno));
     char *resume_path = checkpoint_latest(c->out);
@@ -310,19 +301,12 @@ int train_run(const TrainConfig *c) {
               "--out",
               c->out, resume_path);
 
-    ModelConfig mc;
-    config_load(&mc, c->model);
-    DType precision = model_precision(c->precision, be);
-    int Vh = c->head_vocab > 0 && c->head_vocab < mc.vocab_size ? c->head_vocab : mc.vocab_size;
-    int logits_chunk = logits_chunk_for(c->logits_chunk, be);
+    int Vh = c->head_vocab > 0 && c->head_vocab < s.config.vocab_size ? c->head_vocab : s.config.vocab_size;
     TargetKind targets = target_kind(c->targets);
-    MemoryPlanInput mi = memory_plan_training(precision, c->heads, c->layers, Vh, c->batch_tokens, logits_chunk, 1,
+    MemoryPlanInput mi = memory_plan_training(s.dtype, c->heads, c->layers, Vh, c->batch_tokens, s.logits_chunk, 1,
                                               c->val != NULL, targets);
-    MemoryPlan plan = memory_plan(&mc, &mi);
-    memory_plan_reserve(&plan, be, log_verbosity >= 1);
-
     Model base;
-    model_load(&base, c->model, be, precision);
+    startup_load_base(&s, &mi, log_verbosity >= 1, &base);
     int H = base.config.hidden_size, V = base.config.vocab_size;
     TokenCache data, val;
     token_cache_load(&data, c->data, V);
@@ -344,7 +328,7 @@ int train_run(const TrainConfig *c) {
     oc.total_steps = total_steps;
 
     MedusaHeads heads;
-    medusa_init(&heads, be, (MedusaShape){c->heads, c->layers, H, V, Vh});
+    medusa_init(&heads, s.be, (MedusaShape){c->heads, c->layers, H, V, Vh});
     if (heads.token_map) {
         double coverage = frequent_targets(&data, V, base.config.eos_token_id, Vh, heads.token_map);
         medusa_set_token_map(&heads, heads.token_map);
@@ -353,9 +337,9 @@ int train_run(const TrainConfig *c) {
     Rng rng;
     rng_seed(&rng, (uint64_t)c->seed);
     medusa_init_from_base(&heads, &base, &rng);
-    if (base.weight_dtype == DT_BF16) medusa_use_bf16(&heads); /* the heads' GEMMs in the base's precision */
+    startup_ready_heads(&base, &heads);
     Trainer t;
-    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, targets, c->batch_tokens, logits_chunk);
+    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, targets, c->batch_tokens, s.logits_chunk);
     if (c->cache_hidden) trainer_cache_hidden(&t, &data);
 
     char *config_json = identity_json(c, &data);

@@ -9,16 +9,18 @@
 #include <signal.h>
 
 #include "../data/token_cache.h"
+#include "../model/startup.h"
 #include "checkpoint.h"
 #include "trainer.h"
 
 typedef struct {
-    const char *model, *data, *val, *out, *device, *precision, *export_dtype;
+    const char *model, *data, *val, *out, *export_dtype;
+    DeviceFlags dev; /* --device --precision --threads --logits-chunk */
     int heads, layers;
     double head_decay, lr, weight_decay, warmup_ratio, max_grad_norm;
     int epochs, max_steps, batch_tokens, grad_accum, seed;
     int eval_every, eval_batches, save_every, log_every, keep_checkpoints;
-    int resume, threads, logits_chunk;
+    int resume;
     int head_vocab;      /* heads predict only the N most frequent trained target tokens; 0: all */
     const char *targets; /* what the heads learn: labels, base-argmax, base-kl (TargetKind) */
     int cache_hidden;    /* keep the base model's hidden states in host memory after the first epoch */
@@ -40,8 +42,5 @@ void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
 /* metrics_to_json and what evaluation adds: base_top1 (the base model's own top-1 on t+1) and medusa{i}_base_top{k},
  * the share of head i's positions where its top k holds the base model's greedy choice (MedusaBase). */
 void eval_metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);
-
-/* --logits-chunk: the rows given, or 0 for the device's default (512 on the CPU, 4096 on a GPU) */
-int logits_chunk_for(int requested, const Backend *be);
 
 #endif

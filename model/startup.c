@@ -1,0 +1,32 @@
+#include "startup.h"
+
+#include <string.h>
+
+static DType precision_for(const char *name, const Backend *be) {
+    if (strcmp(name, "auto") == 0) return be->prefers_bf16 ? DT_BF16 : DT_F32;
+    if (strcmp(name, "fp32") == 0) return DT_F32;
+    if (strcmp(name, "bf16") == 0) return DT_BF16;
+    fatal("--precision %s: expected auto, fp32 or bf16", name);
+}
+
+void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path) {
+    memset(s, 0, sizeof *s);
+    s->be = backend_by_name(f->device);
+    set_threads(f->threads);
+    s->dtype = precision_for(f->precision, s->be);
+    if (f->logits_chunk < 0)
+        fatal("--logits-chunk %d: expected 0 (the device's default) or a row count", f->logits_chunk);
+    s->logits_chunk = f->logits_chunk > 0 ? f->logits_chunk : s->be->default_logits_chunk;
+    s->model_path = model_path;
+    config_load(&s->config, model_path);
+}
+
+void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, Model *base) {
+    MemoryPlan plan = memory_plan(&s->config, mi);
+    memory_plan_reserve(&plan, s->be, print);
+    model_load(base, s->model_path, s->be, s->dtype);
+}
+
+void startup_ready_heads(const Model *base, MedusaHeads *heads) {
+    if (base->weight_dtype == DT_BF16) medusa_use_bf16(heads);
+}
