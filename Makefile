@@ -57,13 +57,12 @@ EMU_BINS := $(BINS:bin/%=$(BUILD)/emu/%)
 EMU_LIB_OBJ := $(filter-out $(CUDA_OBJ) $(BUILD)/kernels/backend.o,$(LIB_OBJ)) $(BUILD)/emu/kernels/backend.o
 EMU_LDLIBS := $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
 
-.PHONY: fuzz venv all deps check-deps test test-asan test-cuda fuzz bench clean format lint cuda-compile demo
+.PHONY: fuzz venv all deps check-deps test test-quick test-asan test-cuda fuzz bench clean format lint cuda-compile demo
 all: check-deps $(LIB) $(BINS)
 
 # One found/missing line per dependency, printed before every build.
 check-deps:
 	@for p in nvcc; do if command -v $$p >/dev/null 2>&1; then echo "found:   nvcc ($$(nvcc --version | tail -1))"; else echo "missing: nvcc (CUDA backend not compiled)"; fi; done
-	@if ls /usr/include/cudnn*.h /usr/local/cuda/include/cudnn*.h /usr/include/x86_64-linux-gnu/cudnn*.h >/dev/null 2>&1 || find / -maxdepth 6 -name 'cudnn.h' 2>/dev/null | grep -q .; then echo "found:   cuDNN"; else echo "missing: cuDNN (optional, GPU attention)"; fi
 	@pkg-config --exists hdf5 && echo "found:   HDF5 $$(pkg-config --modversion hdf5)" || echo "missing: HDF5 (run: make deps)"
 	@pkg-config --exists libcjson && echo "found:   cJSON $$(pkg-config --modversion libcjson)" || echo "missing: cJSON (run: make deps)"
 	@[ -e $(BLAS_DIR)/libopenblas.so ] && echo "found:   OpenBLAS (OpenMP build, $(BLAS_DIR))" || echo "missing: OpenBLAS OpenMP build (run: make deps)"
@@ -107,6 +106,13 @@ test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh tests/check_layers.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
 	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh
+
+# The C tests that need neither the demo model (a download) nor the emulated GPU: the quick loop while editing.
+QUICK_TESTS := $(filter-out $(BUILD)/tests/test_cuda_ops $(BUILD)/tests/test_smollm2 $(BUILD)/tests/test_data \
+  $(BUILD)/tests/test_tokenizer,$(TESTS))
+test-quick: all $(QUICK_TESTS)
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} \
+	  tests/run.sh tests/check_layers.sh $(QUICK_TESTS)
 
 # Same suite under AddressSanitizer + UndefinedBehaviorSanitizer (any report fails the test), in its own build
 # directory.
