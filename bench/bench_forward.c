@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
     int n_seqs = T / seq_len;
     int32_t *lens = xmalloc(sizeof(int32_t) * (size_t)n_seqs);
     for (int i = 0; i < n_seqs; i++) lens[i] = seq_len;
-    PackedBatch b = {T, tokens, n_seqs, lens};
+    PackedBatch b = {.n_tokens = T, .tokens = tokens, .n_seqs = n_seqs, .seq_lens = lens};
     float *hidden = xmalloc(sizeof(float) * (size_t)T * m.config.hidden_size);
     float *logits = xmalloc(sizeof(float) * (size_t)T * m.config.vocab_size);
     double best = 1e30;

@@ -50,17 +50,15 @@ int main(int argc, char **argv) {
     double total = 0, base_s = 0, base_flops = 0, head_flops = 0;
     int64_t tokens = 0;
     for (int s = 0; s <= steps; s++) {
-        Batch batch = batcher_next(&b);
-        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens, NULL};
+        PackedBatch batch = batcher_next(&b);
         StepMetrics sm;
         step_metrics_clear(&sm);
         double t0 = now_seconds();
-        trainer_step(&t, &tb, 1, &sm);
+        trainer_step(&t, &batch, 1, &sm);
         double dt = now_seconds() - t0;
         /* the base forward alone, for the split */
-        PackedBatch pb = {batch.n_tokens, batch.tokens, batch.n_seqs, batch.seq_lens};
         double t1 = now_seconds();
-        model_forward(&base, &t.state, &pb, t.hidden, NULL);
+        model_forward(&base, &t.state, &batch, t.hidden, NULL);
         float sync; /* a download waits for the queued kernels (trainer_step's metrics do the same) */
         be->download(&sync, t.hidden, sizeof sync);
         double db = now_seconds() - t1;

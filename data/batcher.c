@@ -50,14 +50,14 @@ void batcher_free(Batcher *b) {
     memset(b, 0, sizeof *b);
 }
 
-Batch batcher_next(Batcher *b) {
+PackedBatch batcher_next(Batcher *b) {
     const TokenCache *c = b->cache;
     if (b->position >= c->n_convs) {
         b->epoch++;
         b->position = 0;
         epoch_order(b, b->epoch, b->order);
     }
-    Batch batch = {0, b->tokens, b->loss_mask, 0, b->seq_lens, b->convs, b->epoch};
+    PackedBatch batch = {0, b->tokens, b->loss_mask, 0, b->seq_lens, b->convs, b->epoch};
     while (b->position < c->n_convs) {
         int64_t conv = b->order[b->position];
         int len = conv_len(b, conv);

@@ -6,17 +6,8 @@
 #ifndef MEDUSA_BATCHER_H
 #define MEDUSA_BATCHER_H
 
+#include "../common/packed_batch.h"
 #include "token_cache.h"
-
-typedef struct {
-    int n_tokens;
-    const int32_t *tokens;
-    const uint8_t *loss_mask;
-    int n_seqs;
-    const int32_t *seq_lens;
-    const int64_t *convs; /* the conversation (index in the cache) of each sequence */
-    int64_t epoch;        /* the epoch this batch belongs to */
-} Batch;
 
 typedef struct {
     const TokenCache *cache;
@@ -37,7 +28,7 @@ void batcher_free(Batcher *b);
 
 /* The next batch (valid until the next call); an epoch's last batch may be short, and the following
  * call starts the next epoch. */
-Batch batcher_next(Batcher *b);
+PackedBatch batcher_next(Batcher *b);
 
 /* Batches in the given epoch (packing depends on its order), for schedules and progress. */
 int64_t batcher_epoch_batches(const Batcher *b, int64_t epoch);

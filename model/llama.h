@@ -3,6 +3,7 @@
 #ifndef MEDUSA_LLAMA_H
 #define MEDUSA_LLAMA_H
 
+#include "../common/packed_batch.h"
 #include "../formats/weights.h"
 #include "../kernels/ops.h"
 #include "config.h"
@@ -26,14 +27,6 @@ typedef struct {
     float *final_norm; /* [H] */
     void *lm_head;     /* [V, H]; the embedding itself when tied */
 } Model;
-
-/* A packed batch: n_seqs sequences concatenated, positions restarting at 0 in each, no attention across. */
-typedef struct {
-    int n_tokens;
-    const int32_t *tokens;
-    int n_seqs;
-    const int32_t *seq_lens;
-} PackedBatch;
 
 /* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. The residual stream x is
  * fp32. With fp32 weights so is every other activation. With bf16 weights the activations between ops are bf16, as

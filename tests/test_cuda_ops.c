@@ -1142,7 +1142,7 @@ static void test_end_to_end(DType weights) {
     int32_t tokens[T], seq_lens[2] = {9, 15};
     uint8_t loss_mask[T];
     for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V), loss_mask[t] = t % 7 != 0;
-    PackedBatch batch = {T, tokens, 2, seq_lens};
+    PackedBatch batch = {.n_tokens = T, .tokens = tokens, .n_seqs = 2, .seq_lens = seq_lens};
     /* bf16 GEMM inputs: the two sides sum in different orders, so a value on a bf16 rounding boundary can round
      * either way, a 2^-8 step that the layers after it carry on */
     double tol = weights == DT_BF16 ? 1e-2 : 1e-4;
@@ -1367,7 +1367,8 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
     int32_t tokens[TRAIN_TOKENS], seq_lens[3] = {30, 50, 16};
     uint8_t mask[TRAIN_TOKENS];
     for (int i = 0; i < TRAIN_TOKENS; i++) tokens[i] = (int32_t)rng_below(&rng, V), mask[i] = i % 5 != 0;
-    TrainBatch batch = {TRAIN_TOKENS, tokens, mask, 3, seq_lens, NULL};
+    PackedBatch batch = {
+        .n_tokens = TRAIN_TOKENS, .tokens = tokens, .loss_mask = mask, .n_seqs = 3, .seq_lens = seq_lens};
     StepMetrics metrics;
     step_metrics_clear(&metrics);
     for (int step = 1; step <= 2; step++) {
@@ -1545,7 +1546,7 @@ static void test_smollm2_bf16(void) {
     ForwardState s;
     forward_state_init(&s, &m, (int)T);
     float *d_hidden = gpu->alloc(sizeof(float) * (size_t)T * H), *d_logits = gpu->alloc(sizeof(float) * (size_t)T * V);
-    PackedBatch b = {(int)T, seq, 1, seq_lens + 1};
+    PackedBatch b = {.n_tokens = (int)T, .tokens = seq, .n_seqs = 1, .seq_lens = seq_lens + 1};
     model_forward(&m, &s, &b, d_hidden, d_logits);
     float *logits = from_gpu(d_logits, (size_t)T * V);
     int agree = 0;

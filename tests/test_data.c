@@ -502,7 +502,7 @@ typedef struct {
     int64_t epoch;
 } BatchCopy;
 
-static void copy_batch(BatchCopy *d, Batch b) {
+static void copy_batch(BatchCopy *d, PackedBatch b) {
     d->n_tokens = b.n_tokens;
     d->n_seqs = b.n_seqs;
     d->epoch = b.epoch;
@@ -511,7 +511,7 @@ static void copy_batch(BatchCopy *d, Batch b) {
     memcpy(d->seq_lens, b.seq_lens, (size_t)b.n_seqs * sizeof *b.seq_lens);
 }
 
-static int same_batch(const BatchCopy *a, Batch b) {
+static int same_batch(const BatchCopy *a, PackedBatch b) {
     return a->n_tokens == b.n_tokens && a->n_seqs == b.n_seqs && a->epoch == b.epoch &&
            memcmp(a->tokens, b.tokens, (size_t)b.n_tokens * sizeof *b.tokens) == 0 &&
            memcmp(a->mask, b.loss_mask, (size_t)b.n_tokens) == 0 &&
@@ -532,7 +532,7 @@ static void test_batcher(void) {
     int seen[N] = {0}, packing_ok = 1, content_ok = 1, greedy_ok = 1, batches = 0;
     int64_t first_of_epoch[N], k = 0;
     while (k < N) {
-        Batch bt = batcher_next(&b);
+        PackedBatch bt = batcher_next(&b);
         batches++;
         int sum = 0;
         for (int s = 0, at = 0; s < bt.n_seqs; at += bt.seq_lens[s++], k++) {
@@ -565,7 +565,7 @@ static void test_batcher(void) {
     CHECK(!in_order, "batcher: shuffled order differs from the file's");
 
     /* the next epoch: reshuffled */
-    Batch bt = batcher_next(&b);
+    PackedBatch bt = batcher_next(&b);
     CHECK(bt.epoch == 1 && bt.tokens[0] / 10000 != first_of_epoch[0], "batcher: epoch 1 starts in a new order");
 
     /* same seed -> same batches; another seed -> another order; no shuffle -> file order */

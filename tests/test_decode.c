@@ -214,7 +214,7 @@ static void train_to_agree(MedusaHeads *heads, const Model *m, const Prompts *p,
     float *hidden = xmalloc(sizeof(float) * (size_t)T * H);
     ForwardState s;
     forward_state_init(&s, m, T);
-    PackedBatch b = {T, tokens, N_PROMPTS, seq_lens};
+    PackedBatch b = {.n_tokens = T, .tokens = tokens, .n_seqs = N_PROMPTS, .seq_lens = seq_lens};
     model_forward(m, &s, &b, hidden, NULL);
     forward_state_free(&s, m);
     medusa_init_from_base(heads, m, rng);

@@ -601,7 +601,7 @@ static void test_hidden(const Model *base) {
     ForwardState fs;
     forward_state_init(&fs, base, b->T);
     float *hidden = xmalloc(sizeof(float) * (size_t)b->T * H);
-    PackedBatch pb = {b->T, b->tokens, b->n_seqs, b->seq_lens};
+    PackedBatch pb = {.n_tokens = b->T, .tokens = b->tokens, .n_seqs = b->n_seqs, .seq_lens = b->seq_lens};
     model_forward(base, &fs, &pb, hidden, NULL);
     double abs_err, rel_err;
     max_errors(hidden, b->hidden, (size_t)b->T * H, &abs_err, &rel_err);

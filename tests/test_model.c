@@ -53,7 +53,7 @@ static void check_model(const char *label, const char *model_path, const char *r
     ForwardState s;
     forward_state_init(&s, &m, T);
     float *hidden = xmalloc(sizeof(float) * (size_t)T * H), *logits = xmalloc(sizeof(float) * (size_t)T * V);
-    PackedBatch b = {T, r.tokens, (int)r.n_seqs, r.seq_lens};
+    PackedBatch b = {.n_tokens = T, .tokens = r.tokens, .n_seqs = (int)r.n_seqs, .seq_lens = r.seq_lens};
     model_forward(&m, &s, &b, hidden, logits);
     double abs_h, rel_h, abs_l, rel_l;
     max_errors(hidden, r.hidden, (size_t)T * H, &abs_h, &rel_h);

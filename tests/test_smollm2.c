@@ -37,7 +37,7 @@ int main(void) {
     ForwardState s;
     forward_state_init(&s, &m, (int)T);
     float *hidden = xmalloc(sizeof(float) * (size_t)T * H), *logits = xmalloc(sizeof(float) * (size_t)T * V);
-    PackedBatch b = {(int)T, tokens, (int)n_seqs, seq_lens};
+    PackedBatch b = {.n_tokens = (int)T, .tokens = tokens, .n_seqs = (int)n_seqs, .seq_lens = seq_lens};
     model_forward(&m, &s, &b, hidden, logits);
     int agree = 0, near_ties = 0;
     double max_logit_err = 0;

@@ -440,7 +440,7 @@ static void test_signal(const char *data) {
  * with a target for head i, the argmax of the base model's logits at row t+1+i (argmax) within the top k of head i's
  * logits at t (medusa_logits); for a truncated head a choice outside its token map is a miss. want[i][k-1]; returns
  * the choices outside the map. */
-static int brute_agreement(MedusaHeads *m, const float *hidden, const TrainBatch *b, const int *argmax,
+static int brute_agreement(MedusaHeads *m, const float *hidden, const PackedBatch *b, const int *argmax,
                            int64_t want[][MEDUSA_TOPK]) {
     int K = m->shape.n_heads, Vh = m->shape.head_vocab, T = b->n_tokens, outside = 0;
     float *logits = xmalloc(sizeof(float) * (size_t)K * T * Vh);
@@ -482,7 +482,7 @@ static void test_eval_base_top1(void) {
     Rng rng;
     rng_seed(&rng, 11);
     for (int i = 0; i < T; i++) tokens[i] = (int32_t)rng_below(&rng, (uint64_t)vocab), loss_mask[i] = i % 7 != 3;
-    PackedBatch pb = {T, tokens, 2, seq_lens};
+    PackedBatch pb = {.n_tokens = T, .tokens = tokens, .n_seqs = 2, .seq_lens = seq_lens};
     ForwardState fs;
     forward_state_init(&fs, &base, T);
     float *hidden = xmalloc(sizeof(float) * (size_t)T * H);
@@ -502,7 +502,7 @@ static void test_eval_base_top1(void) {
         want_valid++;
         want_hits += argmax[i] == tokens[i + 1];
     }
-    TrainBatch b = {T, tokens, loss_mask, 2, seq_lens, NULL};
+    PackedBatch b = {.n_tokens = T, .tokens = tokens, .loss_mask = loss_mask, .n_seqs = 2, .seq_lens = seq_lens};
     int32_t map[128];
     for (int r = 0; r < 128; r++) map[r] = 3 * r; /* every third token */
     for (int truncated = 0; truncated < 2; truncated++) {
@@ -597,8 +597,7 @@ static void test_cache_hidden(const char *data) {
     trainer_cache_hidden(&cached, &cache);
     Batcher batcher;
     batcher_init(&batcher, &cache, 128, 3, 1);
-    Batch bt = batcher_next(&batcher);
-    TrainBatch tb = {bt.n_tokens, bt.tokens, bt.loss_mask, bt.n_seqs, bt.seq_lens, bt.convs};
+    PackedBatch tb = batcher_next(&batcher);
     StepMetrics mp, m1, m2;
     step_metrics_clear(&mp), step_metrics_clear(&m1), step_metrics_clear(&m2);
     trainer_eval_batch(&plain, &tb, &mp);
@@ -607,11 +606,11 @@ static void test_cache_hidden(const char *data) {
     trainer_eval_batch(&cached, &tb, &m2);
     double err1 = fabs(m1.total_loss_sum - mp.total_loss_sum) / fabs(mp.total_loss_sum),
            err2 = fabs(m2.total_loss_sum - mp.total_loss_sum) / fabs(mp.total_loss_sum);
-    CHECK(misses == bt.n_seqs && cached.hidden_cache->hits == bt.n_seqs && err1 <= 1e-6 && err2 <= 1e-6 &&
+    CHECK(misses == tb.n_seqs && cached.hidden_cache->hits == tb.n_seqs && err1 <= 1e-6 && err2 <= 1e-6 &&
               m2.hits[0][0] == mp.hits[0][0],
           "a batch of %d conversations: computed once, then read from the cache; loss %.6f vs the packed pass's %.6f "
           "(rel. error %.1e, %.1e; tolerance 1e-6)",
-          bt.n_seqs, m2.total_loss_sum, mp.total_loss_sum, err1, err2);
+          tb.n_seqs, m2.total_loss_sum, mp.total_loss_sum, err1, err2);
     batcher_free(&batcher);
     trainer_free(&plain);
     trainer_free(&cached);

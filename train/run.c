@@ -65,9 +65,9 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
     if (max_batches > 0 && max_batches < n) n = max_batches;
     step_metrics_clear(out);
     for (int64_t i = 0; i < n; i++) {
-        Batch batch = batcher_next(&b);
-        TrainBatch tb = {batch.n_tokens, batch.tokens, batch.loss_mask, batch.n_seqs, batch.seq_lens, NULL};
-        trainer_eval_batch(t, &tb, out);
+        PackedBatch batch = batcher_next(&b);
+        batch.convs = NULL; /* the hidden-state cache holds the training conversations, not these */
+        trainer_eval_batch(t, &batch, out);
     }
     batcher_free(&b);
 }
@@ -372,7 +372,7 @@ int train_run(const TrainConfig *c) {
     int32_t *mtok = xmalloc(sizeof(int32_t) * (size_t)A * BT), *mlen = xmalloc(sizeof(int32_t) * (size_t)A * BT);
     int64_t *mconv = xmalloc(sizeof(int64_t) * (size_t)A * BT);
     uint8_t *mmask = xmalloc((size_t)A * BT);
-    TrainBatch *micro = xmalloc(sizeof(TrainBatch) * (size_t)A);
+    PackedBatch *micro = xmalloc(sizeof(PackedBatch) * (size_t)A);
 
     stop_signal = 0;
     struct sigaction sa = {0}, old_int, old_term;
@@ -392,14 +392,14 @@ int train_run(const TrainConfig *c) {
     while (step < total_steps) {
         double t0 = now_seconds();
         for (int a = 0; a < A; a++) {
-            Batch b = batcher_next(&batcher);
+            PackedBatch b = batcher_next(&batcher);
             int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
             uint8_t *mask = mmask + (size_t)a * BT;
             memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
             memcpy(mask, b.loss_mask, (size_t)b.n_tokens);
             memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
             memcpy(mconv + (size_t)a * BT, b.convs, sizeof(int64_t) * (size_t)b.n_seqs);
-            micro[a] = (TrainBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT};
+            micro[a] = (PackedBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT, b.epoch};
             window_base_flops += model_forward_flops(&base.config, b.n_tokens, b.seq_lens, b.n_seqs);
         }
         double lr = lr_at(&oc, (int)step);

@@ -76,11 +76,10 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
 
 /* The base model's final hidden states of the batch into t->hidden: from the cache where it holds them (each
  * conversation alone through the base model the first time) */
-static void base_forward(Trainer *t, const TrainBatch *b) {
+static void base_forward(Trainer *t, const PackedBatch *b) {
     HiddenCache *c = t->hidden_cache;
     if (!c || !b->convs) {
-        PackedBatch pb = {b->n_tokens, b->tokens, b->n_seqs, b->seq_lens};
-        model_forward(t->base, &t->state, &pb, t->hidden, NULL);
+        model_forward(t->base, &t->state, b, t->hidden, NULL);
         return;
     }
     const Backend *be = t->base->be;
@@ -96,7 +95,7 @@ static void base_forward(Trainer *t, const TrainBatch *b) {
             c->hits++;
             continue;
         }
-        PackedBatch one = {len, b->tokens + row, 1, &b->seq_lens[s]};
+        PackedBatch one = {.n_tokens = len, .tokens = b->tokens + row, .n_seqs = 1, .seq_lens = &b->seq_lens[s]};
         model_forward(t->base, &t->state, &one, dev, NULL);
         be->download(cached, dev, sizeof(float) * (size_t)len * H);
         c->len[conv] = len;
@@ -107,7 +106,7 @@ static void base_forward(Trainer *t, const TrainBatch *b) {
 /* The base model's logits on the batch's hidden states, a chunk of rows at a time (a batch's full [T, V] would be the
  * largest buffer of an evaluation): its greedy choice at every row into t->choice (top_k's argmax; -1 where that logit
  * is not finite, which rank_ids tells), and with metrics its own top-1 on t+1 (the fused softmax's rank) */
-static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
+static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics) {
     const Backend *be = t->base->be;
     int V = t->base->config.vocab_size, H = t->base->config.hidden_size, T = b->n_tokens;
     int32_t *targets = xmalloc(sizeof(int32_t) * (size_t)T), *ranks = xmalloc(sizeof(int32_t) * (size_t)T);
@@ -153,7 +152,7 @@ static void base_choices(Trainer *t, const TrainBatch *b, StepMetrics *metrics) 
     free(ranks);
 }
 
-double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics) {
+double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics) {
     for (int i = 0; i < n; i++) {
         base_forward(t, &micro[i]);
         MedusaBase base = {.targets = t->targets, .model = t->base};
@@ -179,7 +178,7 @@ double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *met
     return norm;
 }
 
-void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics) {
+void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics) {
     base_forward(t, b);
     base_choices(t, b, metrics);
     MedusaBatchStats s;

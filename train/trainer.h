@@ -4,18 +4,9 @@
 #ifndef MEDUSA_TRAINER_H
 #define MEDUSA_TRAINER_H
 
+#include "../common/packed_batch.h"
 #include "../data/token_cache.h"
 #include "optim.h"
-
-/* A packed batch with its loss mask (1 = the token is a trained target). */
-typedef struct {
-    int n_tokens;
-    const int32_t *tokens;
-    const uint8_t *loss_mask;
-    int n_seqs;
-    const int32_t *seq_lens;
-    const int64_t *convs; /* the conversation of each sequence (the hidden-state cache's key), or NULL */
-} TrainBatch;
 
 /* The frozen base model's final hidden states of every training conversation, in host memory, filled the first time a
  * conversation is trained on, so that later epochs skip the base model's forward pass (--cache-hidden). Each
@@ -68,11 +59,11 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data);
 /* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. Returns the
  * gradient norm before clipping; a non-finite loss or gradient stops the run with a clear message
  * (nothing is applied). */
-double trainer_step(Trainer *t, const TrainBatch *micro, int n, StepMetrics *metrics);
+double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics);
 
 /* Forward only: head losses and top-k hits, the base model's top-1, and the heads' agreement with the base model's
  * greedy choices (MedusaBase) on a batch. */
-void trainer_eval_batch(Trainer *t, const TrainBatch *b, StepMetrics *metrics);
+void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics);
 
 void step_metrics_clear(StepMetrics *m);
 
