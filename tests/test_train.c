@@ -60,8 +60,8 @@ static TrainConfig config(const char *out, const char *data, const char *val) {
     c.eval_every = 4;
     c.eval_batches = 2;
     c.save_every = 4;
-    c.lr = 1e-2;
-    c.weight_decay = 0.01;
+    c.optim.lr = 1e-2;
+    c.optim.weight_decay = 0.01;
     return c;
 }
 
@@ -272,7 +272,7 @@ static void test_resume(const char *data, const char *val) {
 
     /* settings that change the run cannot be resumed; an existing run is never overwritten silently */
     TrainConfig bad = cb;
-    bad.lr = 2e-2;
+    bad.optim.lr = 2e-2;
     EXPECT_FATAL(train_run(&bad), "lr is 0.02 in this run but 0.01 in the checkpoint",
                  "resume with another --lr is fatal");
     bad = cb;
@@ -383,8 +383,8 @@ static void test_diverge(const char *data) {
     printf("divergence: a huge learning rate makes the loss non-finite\n");
     char *dir = path_join(root, "nan");
     TrainConfig c = config(dir, data, NULL);
-    c.lr = 1e30;
-    c.warmup_ratio = 0;
+    c.optim.lr = 1e30;
+    c.optim.warmup_ratio = 0;
     c.save_every = 1;
     EXPECT_FATAL(train_run(&c), "training diverged", "non-finite loss stops the run with a clear message");
     char *p = path_join(dir, "ckpt-1.h5");

@@ -151,21 +151,29 @@ void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *ad
     core_image = NULL;
 }
 
-void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, CheckpointMeta *meta) {
+/* Opens a checkpoint and reads its header: the format version (checked) and the heads' shape. */
+static hid_t open_checkpoint(const char *path, MedusaShape *shape) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (!file_exists(path)) fatal("%s: checkpoint not found", path);
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (file < 0) fatal("%s: not a readable HDF5 checkpoint (truncated or corrupt?)", path);
-    int32_t shape[5];
-    read_dataset(file, "format", H5T_NATIVE_INT32, 5, shape, path);
+    int32_t f[5];
+    read_dataset(file, "format", H5T_NATIVE_INT32, 5, f, path);
+    if (f[0] != CHECKPOINT_VERSION)
+        fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
+    *shape = (MedusaShape){f[1], f[2], f[3], f[4], file_head_vocab(file, f[4])};
+    return file;
+}
+
+void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, CheckpointMeta *meta) {
+    MedusaShape f;
+    hid_t file = open_checkpoint(path, &f);
     const MedusaShape *s = &m->shape;
-    if (shape[0] != CHECKPOINT_VERSION)
-        fatal("%s: checkpoint format %d, this build reads %d", path, shape[0], CHECKPOINT_VERSION);
-    if (shape[1] != s->n_heads || shape[2] != s->n_layers || shape[3] != s->hidden || shape[4] != s->vocab)
+    if (f.n_heads != s->n_heads || f.n_layers != s->n_layers || f.hidden != s->hidden || f.vocab != s->vocab)
         fatal("%s: checkpoint holds %d heads x %d layers (hidden %d, vocab %d) but this run has %d x %d (hidden %d, "
               "vocab %d)",
-              path, shape[1], shape[2], shape[3], shape[4], s->n_heads, s->n_layers, s->hidden, s->vocab);
-    int head_vocab = file_head_vocab(file, shape[4]);
+              path, f.n_heads, f.n_layers, f.hidden, f.vocab, s->n_heads, s->n_layers, s->hidden, s->vocab);
+    int head_vocab = f.head_vocab;
     if (head_vocab != s->head_vocab)
         fatal("%s: checkpoint heads predict %d tokens but this run's predict %d (--head-vocab)", path, head_vocab,
               s->head_vocab);
@@ -199,17 +207,9 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
 }
 
 MedusaShape checkpoint_shape(const char *path) {
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    if (!file_exists(path)) fatal("%s: checkpoint not found", path);
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (file < 0) fatal("%s: not a readable HDF5 checkpoint (truncated or corrupt?)", path);
-    int32_t f[5];
-    read_dataset(file, "format", H5T_NATIVE_INT32, 5, f, path);
-    int head_vocab = file_head_vocab(file, f[4]);
-    H5Fclose(file);
-    if (f[0] != CHECKPOINT_VERSION)
-        fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
-    return (MedusaShape){f[1], f[2], f[3], f[4], head_vocab};
+    MedusaShape s;
+    H5Fclose(open_checkpoint(path, &s));
+    return s;
 }
 
 char *checkpoint_latest(const char *dir) {

@@ -19,10 +19,7 @@ void train_config_defaults(TrainConfig *c) {
     c->heads = 5;
     c->layers = 1;
     c->head_decay = 0.8;
-    c->lr = 1e-3;
-    c->weight_decay = 0.0;
-    c->warmup_ratio = 0.1;
-    c->max_grad_norm = 1.0;
+    optim_defaults(&c->optim);
     c->epochs = 2;
     c->batch_tokens = 2048;
     c->grad_accum = 1;
@@ -83,10 +80,10 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON_AddNumberToObject(j, "heads", c->heads);
     cJSON_AddNumberToObject(j, "layers", c->layers);
     cJSON_AddNumberToObject(j, "head-decay", c->head_decay);
-    cJSON_AddNumberToObject(j, "lr", c->lr);
-    cJSON_AddNumberToObject(j, "weight-decay", c->weight_decay);
-    cJSON_AddNumberToObject(j, "warmup-ratio", c->warmup_ratio);
-    cJSON_AddNumberToObject(j, "max-grad-norm", c->max_grad_norm);
+    cJSON_AddNumberToObject(j, "lr", c->optim.lr);
+    cJSON_AddNumberToObject(j, "weight-decay", c->optim.weight_decay);
+    cJSON_AddNumberToObject(j, "warmup-ratio", c->optim.warmup_ratio);
+    cJSON_AddNumberToObject(j, "max-grad-norm", c->optim.max_grad_norm);
     cJSON_AddNumberToObject(j, "epochs", c->epochs);
     cJSON_AddNumberToObject(j, "max-steps", c->max_steps);
     cJSON_AddNumberToObject(j, "batch-tokens", c->batch_tokens);
@@ -186,35 +183,48 @@ static void prune_checkpoints(const char *dir, int keep) {
     }
 }
 
+/* A training run: what its phases (run_open, run_steps, run_finish, run_close) share. */
 typedef struct {
     const TrainConfig *c;
-    Trainer *t;
-    Batcher *batcher;
-    const char *config_json;
-    const Rng *rng;
+    Startup s;
+    Model base;
+    TokenCache data, val;
+    Batcher batcher;
+    OptimConfig oc; /* c->optim with the run's total steps */
+    MedusaHeads heads;
+    Trainer t;
+    Rng rng;
+    char *config_json; /* the settings a resume must share */
+    char *resume_path; /* the checkpoint continued, or NULL */
+    FILE *metrics;     /* metrics.jsonl */
+    char *metrics_path;
+    int64_t step; /* optimizer steps done */
+    int64_t last_eval, last_save;
+    double t_start; /* when the run began, for --time-budget */
     double tokens_seen, train_seconds;
     double save_seconds; /* duration of the last save */
-} RunState;
+} Run;
 
-static void save(RunState *r, int64_t step) {
+static void save(Run *r, int64_t step) {
     CheckpointMeta meta = {0};
     meta.step = step;
-    memcpy(meta.rng, r->rng->s, sizeof meta.rng);
+    memcpy(meta.rng, r->rng.s, sizeof meta.rng);
     int64_t words[BATCHER_CURSOR_WORDS];
-    batcher_save_cursor(r->batcher, words);
+    batcher_save_cursor(&r->batcher, words);
     memcpy(meta.cursor, words, sizeof words);
     meta.metrics[0] = r->tokens_seen;
     meta.metrics[1] = r->train_seconds;
-    meta.config_json = (char *)r->config_json;
+    meta.config_json = r->config_json;
     char name[64];
     snprintf(name, sizeof name, "ckpt-%lld.h5", (long long)step);
     char *path = path_join(r->c->out, name);
     double t0 = now_seconds();
-    checkpoint_save(path, r->t->heads, &r->t->adam, &meta);
+    checkpoint_save(path, &r->heads, &r->t.adam, &meta);
     r->save_seconds = now_seconds() - t0;
     log_info("saved %s", path);
     free(path);
     prune_checkpoints(r->c->out, r->c->keep_checkpoints);
+    r->last_save = step;
 }
 
 static DType export_dtype(const char *name) {
@@ -279,7 +289,8 @@ static void validate(const TrainConfig *c) {
     if (c->batch_tokens < 16) fatal("--batch-tokens %d: expected at least 16", c->batch_tokens);
     if (c->grad_accum < 1) fatal("--grad-accum %d: expected at least 1", c->grad_accum);
     if (c->epochs < 1 && c->max_steps < 1) fatal("--epochs %d: expected at least 1 (or --max-steps)", c->epochs);
-    if (!(c->lr > 0) || !(c->warmup_ratio >= 0 && c->warmup_ratio <= 1) || !(c->weight_decay >= 0))
+    if (!(c->optim.lr > 0) || !(c->optim.warmup_ratio >= 0 && c->optim.warmup_ratio <= 1) ||
+        !(c->optim.weight_decay >= 0))
         fatal("--lr must be > 0, --warmup-ratio in [0, 1], --weight-decay >= 0");
     if (c->log_every < 1) fatal("--log-every %d: expected at least 1", c->log_every);
     if (c->head_vocab < 0) fatal("--head-vocab %d: expected 0 (full vocabulary) or a token count", c->head_vocab);
@@ -287,86 +298,123 @@ static void validate(const TrainConfig *c) {
     target_kind(c->targets);
 }
 
-int train_run(const TrainConfig *c) {
+/* Start-up: the run directory checked, the memory planned, the base model, data, heads and optimizer made, and on
+ * --resume the checkpoint's state restored. */
+static void run_open(Run *r, const TrainConfig *c) {
     validate(c);
-    double t_start = now_seconds();
-    Startup s;
-    startup_begin(&s, &c->dev, c->model);
+    memset(r, 0, sizeof *r);
+    r->c = c;
+    r->t_start = now_seconds();
+    startup_begin(&r->s, &c->dev, c->model);
     if (mkdir(c->out, 0755) != 0 && errno != EEXIST)
         fatal("%s: cannot create the run directory: %s", c->out, strerror(errno));
-    char *resume_path = checkpoint_latest(c->out);
-    if (c->resume && !resume_path) fatal("%s: --resume given but the directory holds no ckpt-<step>.h5", c->out);
-    if (!c->resume && resume_path)
+    r->resume_path = checkpoint_latest(c->out);
+    if (c->resume && !r->resume_path) fatal("%s: --resume given but the directory holds no ckpt-<step>.h5", c->out);
+    if (!c->resume && r->resume_path)
         fatal("%s: the run directory already holds checkpoints (%s); pass --resume to continue it or choose another "
               "--out",
-              c->out, resume_path);
+              c->out, r->resume_path);
 
-    int Vh = c->head_vocab > 0 && c->head_vocab < s.config.vocab_size ? c->head_vocab : s.config.vocab_size;
+    const ModelConfig *mc = &r->s.config;
+    int Vh = c->head_vocab > 0 && c->head_vocab < mc->vocab_size ? c->head_vocab : mc->vocab_size;
     TargetKind targets = target_kind(c->targets);
-    MemoryPlanInput mi = memory_plan_training(s.dtype, c->heads, c->layers, Vh, c->batch_tokens, s.logits_chunk, 1,
-                                              c->val != NULL, targets);
-    Model base;
-    startup_load_base(&s, &mi, log_verbosity >= 1, &base);
-    int H = base.config.hidden_size, V = base.config.vocab_size;
-    TokenCache data, val;
-    token_cache_load(&data, c->data, V);
-    if (c->val) token_cache_load(&val, c->val, V);
+    MemoryPlanInput mi = memory_plan_training(r->s.dtype, c->heads, c->layers, Vh, c->batch_tokens, r->s.logits_chunk,
+                                              1, c->val != NULL, targets);
+    startup_load_base(&r->s, &mi, log_verbosity >= 1, &r->base);
+    int H = r->base.config.hidden_size, V = r->base.config.vocab_size;
+    token_cache_load(&r->data, c->data, V);
+    if (c->val) token_cache_load(&r->val, c->val, V);
 
-    Batcher batcher;
-    batcher_init(&batcher, &data, c->batch_tokens, (uint64_t)c->seed, 1);
+    batcher_init(&r->batcher, &r->data, c->batch_tokens, (uint64_t)c->seed, 1);
     int64_t micro_total = 0;
-    for (int e = 0; e < c->epochs; e++) micro_total += batcher_epoch_batches(&batcher, e);
-    int total_steps =
+    for (int e = 0; e < c->epochs; e++) micro_total += batcher_epoch_batches(&r->batcher, e);
+    r->oc = c->optim;
+    r->oc.total_steps =
         c->max_steps > 0 ? c->max_steps : (int)(micro_total / c->grad_accum > 0 ? micro_total / c->grad_accum : 1);
 
-    OptimConfig oc;
-    optim_defaults(&oc);
-    oc.lr = c->lr;
-    oc.weight_decay = c->weight_decay;
-    oc.warmup_ratio = c->warmup_ratio;
-    oc.max_grad_norm = c->max_grad_norm;
-    oc.total_steps = total_steps;
-
-    MedusaHeads heads;
-    medusa_init(&heads, s.be, (MedusaShape){c->heads, c->layers, H, V, Vh});
-    if (heads.token_map) {
-        double coverage = frequent_targets(&data, V, base.config.eos_token_id, Vh, heads.token_map);
-        medusa_set_token_map(&heads, heads.token_map);
+    medusa_init(&r->heads, r->s.be, (MedusaShape){c->heads, c->layers, H, V, Vh});
+    if (r->heads.token_map) {
+        double coverage = frequent_targets(&r->data, V, r->base.config.eos_token_id, Vh, r->heads.token_map);
+        medusa_set_token_map(&r->heads, r->heads.token_map);
         log_info("heads predict the %d most frequent target tokens: %.2f%% of the trained targets", Vh, 100 * coverage);
     }
-    Rng rng;
-    rng_seed(&rng, (uint64_t)c->seed);
-    medusa_init_from_base(&heads, &base, &rng);
-    startup_ready_heads(&base, &heads);
-    Trainer t;
-    trainer_init(&t, &base, &heads, &oc, (float)c->head_decay, targets, c->batch_tokens, s.logits_chunk);
-    if (c->cache_hidden) trainer_cache_hidden(&t, &data);
+    rng_seed(&r->rng, (uint64_t)c->seed);
+    medusa_init_from_base(&r->heads, &r->base, &r->rng);
+    startup_ready_heads(&r->base, &r->heads);
+    trainer_init(&r->t, &r->base, &r->heads, &r->oc, (float)c->head_decay, targets, c->batch_tokens, r->s.logits_chunk);
+    if (c->cache_hidden) trainer_cache_hidden(&r->t, &r->data);
 
-    char *config_json = identity_json(c, &data);
-    RunState r = {c, &t, &batcher, config_json, &rng, 0, 0, 0};
-    int64_t step = 0;
-    if (resume_path) {
+    r->config_json = identity_json(c, &r->data);
+    r->last_eval = r->last_save = -1;
+    if (r->resume_path) {
         CheckpointMeta meta = {0};
-        checkpoint_load(resume_path, &heads, &t.adam, &meta);
-        check_resume_config(resume_path, meta.config_json, config_json);
+        checkpoint_load(r->resume_path, &r->heads, &r->t.adam, &meta);
+        check_resume_config(r->resume_path, meta.config_json, r->config_json);
         int64_t words[BATCHER_CURSOR_WORDS];
         memcpy(words, meta.cursor, sizeof words);
-        batcher_restore_cursor(&batcher, words);
-        memcpy(rng.s, meta.rng, sizeof rng.s);
-        step = meta.step;
-        r.tokens_seen = meta.metrics[0];
-        r.train_seconds = meta.metrics[1];
+        batcher_restore_cursor(&r->batcher, words);
+        memcpy(r->rng.s, meta.rng, sizeof r->rng.s);
+        r->step = r->last_save = meta.step;
+        r->tokens_seen = meta.metrics[0];
+        r->train_seconds = meta.metrics[1];
         free(meta.config_json);
-        log_info("resumed from %s at step %lld of %d", resume_path, (long long)step, total_steps);
+        log_info("resumed from %s at step %lld of %d", r->resume_path, (long long)r->step, r->oc.total_steps);
     }
     log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
              "targets: %s",
-             c->heads, c->layers, (long long)data.n_convs, (long long)data.n_tokens, total_steps, c->grad_accum,
-             c->batch_tokens, c->lr, c->targets);
+             c->heads, c->layers, (long long)r->data.n_convs, (long long)r->data.n_tokens, r->oc.total_steps,
+             c->grad_accum, c->batch_tokens, c->optim.lr, c->targets);
+    r->metrics_path = path_join(c->out, "metrics.jsonl");
+    r->metrics = open_metrics(r->metrics_path, r->resume_path ? r->step : -1);
+}
 
-    char *metrics_path = path_join(c->out, "metrics.jsonl");
-    FILE *metrics = open_metrics(metrics_path, resume_path ? step : -1);
+/* An evaluation on --val, logged as an "eval" line of metrics.jsonl (epoch: where training is, or < 0 to leave out). */
+static void run_eval(Run *r, double epoch) {
+    StepMetrics em;
+    evaluate(&r->t, &r->val, r->c->batch_tokens, r->c->eval_batches, &em);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "split", "eval");
+    cJSON_AddNumberToObject(o, "step", (double)r->step);
+    if (epoch >= 0) cJSON_AddNumberToObject(o, "epoch", epoch);
+    eval_metrics_to_json(&em, r->c->heads, o);
+    write_metrics_line(r->metrics, o);
+    r->last_eval = r->step;
+}
 
+/* The "train" line of metrics.jsonl for the steps since the last one (window, over dt seconds, base_flops of base
+ * forward passes), and the progress bar's summary of it into extra. */
+static void log_window(Run *r, const StepMetrics *window, double dt, double base_flops, double epoch, double lr,
+                       double norm, char *extra, size_t extra_size) {
+    const TrainConfig *c = r->c;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "split", "train");
+    cJSON_AddNumberToObject(o, "step", (double)r->step);
+    cJSON_AddNumberToObject(o, "epoch", epoch);
+    cJSON_AddNumberToObject(o, "lr", lr);
+    cJSON_AddNumberToObject(o, "grad_norm", norm);
+    metrics_to_json(window, c->heads, o);
+    double flops = base_flops; /* the base forward's, and each head's on the rows it trained */
+    for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&r->heads.shape, window->computed[i]);
+    double tflops = dt > 0 ? flops / dt / 1e12 : 0;
+    double peak = model_peak_flops(&r->base);
+    cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window->tokens / dt : 0);
+    cJSON_AddNumberToObject(o, "tflops_per_s", tflops);
+    if (peak > 0) cJSON_AddNumberToObject(o, "mfu", tflops * 1e12 / peak);
+    cJSON_AddNumberToObject(o, "elapsed_s", r->train_seconds);
+    int n = snprintf(extra, extra_size, "loss %.3f top1", window->total_loss_sum / window->batches);
+    for (int i = 0; i < c->heads && n < (int)extra_size - 16; i++)
+        n += snprintf(extra + n, extra_size - (size_t)n, " %.2f",
+                      window->valid[i] ? (double)window->hits[i][0] / (double)window->valid[i] : 0.0);
+    n += snprintf(extra + n, extra_size - (size_t)n, " | %.0f tok/s, %.3g TFLOP/s",
+                  dt > 0 ? (double)window->tokens / dt : 0, tflops);
+    if (peak > 0 && n < (int)extra_size)
+        snprintf(extra + n, extra_size - (size_t)n, " (%.0f%% MFU)", 100 * tflops * 1e12 / peak);
+    write_metrics_line(r->metrics, o);
+}
+
+/* The optimizer steps, until the last one, a signal, --stop-after or --time-budget; returns the run's status. */
+static int run_steps(Run *r) {
+    const TrainConfig *c = r->c;
     /* each micro-batch of a step keeps its own copy: the batcher reuses its storage */
     int A = c->grad_accum, BT = c->batch_tokens;
     int32_t *mtok = xmalloc(sizeof(int32_t) * (size_t)A * BT), *mlen = xmalloc(sizeof(int32_t) * (size_t)A * BT);
@@ -381,18 +429,19 @@ int train_run(const TrainConfig *c) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
+    int total_steps = r->oc.total_steps;
     Progress prog;
-    progress_start(&prog, "train", total_steps - step);
+    progress_start(&prog, "train", total_steps - r->step);
     StepMetrics window;
     step_metrics_clear(&window);
     double window_start = now_seconds(), last_step_seconds = 0, window_base_flops = 0;
-    int64_t start_step = step, last_eval = -1, last_save = resume_path ? step : -1;
+    int64_t start_step = r->step;
     int status = TRAIN_DONE;
     char extra[256] = "";
-    while (step < total_steps) {
+    while (r->step < total_steps) {
         double t0 = now_seconds();
         for (int a = 0; a < A; a++) {
-            PackedBatch b = batcher_next(&batcher);
+            PackedBatch b = batcher_next(&r->batcher);
             int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
             uint8_t *mask = mmask + (size_t)a * BT;
             memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
@@ -400,64 +449,28 @@ int train_run(const TrainConfig *c) {
             memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
             memcpy(mconv + (size_t)a * BT, b.convs, sizeof(int64_t) * (size_t)b.n_seqs);
             micro[a] = (PackedBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT, b.epoch};
-            window_base_flops += model_forward_flops(&base.config, b.n_tokens, b.seq_lens, b.n_seqs);
+            window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
         }
-        double lr = lr_at(&oc, (int)step);
+        double lr = lr_at(&r->oc, (int)r->step);
         int64_t tokens_before = window.tokens;
-        double norm = trainer_step(&t, micro, A, &window);
-        step++;
+        double norm = trainer_step(&r->t, micro, A, &window);
+        r->step++;
         last_step_seconds = now_seconds() - t0;
-        r.train_seconds += last_step_seconds;
-        r.tokens_seen += (double)(window.tokens - tokens_before);
-        double epoch = (double)batcher.epoch + (double)batcher.position / (double)data.n_convs;
+        r->train_seconds += last_step_seconds;
+        r->tokens_seen += (double)(window.tokens - tokens_before);
+        double epoch = (double)r->batcher.epoch + (double)r->batcher.position / (double)r->data.n_convs;
 
-        if (step % c->log_every == 0 || step == total_steps) {
-            double dt = now_seconds() - window_start;
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "split", "train");
-            cJSON_AddNumberToObject(o, "step", (double)step);
-            cJSON_AddNumberToObject(o, "epoch", epoch);
-            cJSON_AddNumberToObject(o, "lr", lr);
-            cJSON_AddNumberToObject(o, "grad_norm", norm);
-            metrics_to_json(&window, c->heads, o);
-            double flops = window_base_flops; /* the base forward's, and each head's on the rows it trained */
-            for (int i = 0; i < c->heads; i++) flops += medusa_train_flops(&heads.shape, window.computed[i]);
-            double tflops = dt > 0 ? flops / dt / 1e12 : 0;
-            double peak = model_peak_flops(&base);
-            cJSON_AddNumberToObject(o, "tokens_per_s", dt > 0 ? (double)window.tokens / dt : 0);
-            cJSON_AddNumberToObject(o, "tflops_per_s", tflops);
-            if (peak > 0) cJSON_AddNumberToObject(o, "mfu", tflops * 1e12 / peak);
-            cJSON_AddNumberToObject(o, "elapsed_s", r.train_seconds);
-            int n = snprintf(extra, sizeof extra, "loss %.3f top1", window.total_loss_sum / window.batches);
-            for (int i = 0; i < c->heads && n < (int)sizeof extra - 16; i++)
-                n += snprintf(extra + n, sizeof extra - (size_t)n, " %.2f",
-                              window.valid[i] ? (double)window.hits[i][0] / (double)window.valid[i] : 0.0);
-            n += snprintf(extra + n, sizeof extra - (size_t)n, " | %.0f tok/s, %.3g TFLOP/s",
-                          dt > 0 ? (double)window.tokens / dt : 0, tflops);
-            if (peak > 0 && n < (int)sizeof extra)
-                snprintf(extra + n, sizeof extra - (size_t)n, " (%.0f%% MFU)", 100 * tflops * 1e12 / peak);
-            write_metrics_line(metrics, o);
+        if (r->step % c->log_every == 0 || r->step == total_steps) {
+            log_window(r, &window, now_seconds() - window_start, window_base_flops, epoch, lr, norm, extra,
+                       sizeof extra);
             step_metrics_clear(&window);
             window_start = now_seconds(), window_base_flops = 0;
         }
-        progress_update(&prog, step - start_step, extra);
+        progress_update(&prog, r->step - start_step, extra);
 
         double aside = now_seconds(); /* evaluation and saving are not training throughput */
-        if (c->val && c->eval_every > 0 && step % c->eval_every == 0) {
-            StepMetrics em;
-            evaluate(&t, &val, c->batch_tokens, c->eval_batches, &em);
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "split", "eval");
-            cJSON_AddNumberToObject(o, "step", (double)step);
-            cJSON_AddNumberToObject(o, "epoch", epoch);
-            eval_metrics_to_json(&em, c->heads, o);
-            write_metrics_line(metrics, o);
-            last_eval = step;
-        }
-        if (c->save_every > 0 && step % c->save_every == 0) {
-            save(&r, step);
-            last_save = step;
-        }
+        if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0) run_eval(r, epoch);
+        if (c->save_every > 0 && r->step % c->save_every == 0) save(r, r->step);
         window_start += now_seconds() - aside;
         if (stop_signal) {
             status = TRAIN_INTERRUPTED;
@@ -465,53 +478,62 @@ int train_run(const TrainConfig *c) {
         }
         /* stop when one more step plus the final save and export (timed at the last save, else guessed at
          * 200 MB/s for the 3 x params checkpoint and the export) would not fit */
-        double finish = r.save_seconds > 0 ? 1.5 * r.save_seconds : 16.0 * (double)heads.n_params / 2e8;
+        double finish = r->save_seconds > 0 ? 1.5 * r->save_seconds : 16.0 * (double)r->heads.n_params / 2e8;
         int over_budget =
-            c->time_budget > 0 && now_seconds() - t_start + 1.5 * last_step_seconds + finish > c->time_budget;
-        if ((c->stop_after > 0 && step >= c->stop_after) || (over_budget && step < total_steps)) {
+            c->time_budget > 0 && now_seconds() - r->t_start + 1.5 * last_step_seconds + finish > c->time_budget;
+        if ((c->stop_after > 0 && r->step >= c->stop_after) || (over_budget && r->step < total_steps)) {
             status = TRAIN_STOPPED;
             break;
         }
     }
-    progress_finish(&prog, step - start_step, extra);
+    progress_finish(&prog, r->step - start_step, extra);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-
-    if (status == TRAIN_DONE && c->val && last_eval != step) {
-        StepMetrics em;
-        evaluate(&t, &val, c->batch_tokens, c->eval_batches, &em);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "split", "eval");
-        cJSON_AddNumberToObject(o, "step", (double)step);
-        eval_metrics_to_json(&em, c->heads, o);
-        write_metrics_line(metrics, o);
-    }
-    if (last_save != step) save(&r, step);
-    if (status == TRAIN_INTERRUPTED)
-        log_info("interrupted by signal %d after step %lld: checkpoint saved; continue with --resume", (int)stop_signal,
-                 (long long)step);
-    else {
-        char *dir = path_join(c->out, "medusa");
-        medusa_export(&heads, dir, MEDUSA_FORMAT_V1, export_dtype(c->export_dtype), c->model);
-        log_info("%s after step %lld of %d: heads exported to %s", status == TRAIN_DONE ? "finished" : "stopped",
-                 (long long)step, total_steps, dir);
-        free(dir);
-    }
-
-    fclose(metrics);
-    free(metrics_path);
     free(mtok);
     free(mlen);
     free(mconv);
     free(mmask);
     free(micro);
-    free(config_json);
-    free(resume_path);
-    trainer_free(&t);
-    medusa_free(&heads);
-    batcher_free(&batcher);
-    if (c->val) token_cache_free(&val);
-    token_cache_free(&data);
-    model_free(&base);
+    return status;
+}
+
+/* The end: a last evaluation when the run finished, a checkpoint of the last step, and the export unless a signal
+ * stopped it. */
+static void run_finish(Run *r, int status) {
+    const TrainConfig *c = r->c;
+    if (status == TRAIN_DONE && c->val && r->last_eval != r->step) run_eval(r, -1);
+    if (r->last_save != r->step) save(r, r->step);
+    if (status == TRAIN_INTERRUPTED) {
+        log_info("interrupted by signal %d after step %lld: checkpoint saved; continue with --resume", (int)stop_signal,
+                 (long long)r->step);
+        return;
+    }
+    char *dir = path_join(c->out, "medusa");
+    medusa_export(&r->heads, dir, MEDUSA_FORMAT_V1, export_dtype(c->export_dtype), c->model);
+    log_info("%s after step %lld of %d: heads exported to %s", status == TRAIN_DONE ? "finished" : "stopped",
+             (long long)r->step, r->oc.total_steps, dir);
+    free(dir);
+}
+
+static void run_close(Run *r) {
+    fclose(r->metrics);
+    free(r->metrics_path);
+    free(r->config_json);
+    free(r->resume_path);
+    trainer_free(&r->t);
+    medusa_free(&r->heads);
+    batcher_free(&r->batcher);
+    if (r->c->val) token_cache_free(&r->val);
+    token_cache_free(&r->data);
+    model_free(&r->base);
+}
+
+int train_run(const TrainConfig *c) {
+    Run *r = xmalloc(sizeof *r);
+    run_open(r, c);
+    int status = run_steps(r);
+    run_finish(r, status);
+    run_close(r);
+    free(r);
     return status;
 }

@@ -17,7 +17,8 @@ typedef struct {
     const char *model, *data, *val, *out, *export_dtype;
     DeviceFlags dev; /* --device --precision --threads --logits-chunk */
     int heads, layers;
-    double head_decay, lr, weight_decay, warmup_ratio, max_grad_norm;
+    double head_decay;
+    OptimConfig optim; /* --lr --weight-decay --warmup-ratio --max-grad-norm (optim_defaults); total_steps derived */
     int epochs, max_steps, batch_tokens, grad_accum, seed;
     int eval_every, eval_batches, save_every, log_every, keep_checkpoints;
     int resume;
