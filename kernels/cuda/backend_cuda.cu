@@ -8,6 +8,17 @@
 
 #include "cuda_common.cuh"
 
+bool cuda_sync_debug(void) {
+    static const int on = getenv("MEDUSA_CUDA_SYNC") && strcmp(getenv("MEDUSA_CUDA_SYNC"), "0") != 0;
+    return on;
+}
+
+void cuda_check_after(const char *name) {
+    cudaError_t err = cudaDeviceSynchronize();
+    if (err != cudaSuccess)
+        fatal("cuda: %s failed: %s (MEDUSA_CUDA_SYNC=1 checks after every launch)", name, cudaGetErrorString(err));
+}
+
 cublasHandle_t cuda_cublas(void) {
     static cublasHandle_t handle;
     if (!handle) CUBLAS_CHECK(cublasCreate(&handle));

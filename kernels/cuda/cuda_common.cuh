@@ -60,6 +60,12 @@ bool cuda_profiling(void);
 void profile_next_flops(double flops);
 void profile_next_bytes(double bytes);
 
+/* MEDUSA_CUDA_SYNC=1: every launch (and GEMM) is followed by a device synchronisation and a check that names it,
+ * so that a fault is reported where it happens rather than at the next blocking call. Off by default: the step's
+ * kernels then run ahead of the host. */
+bool cuda_sync_debug(void);
+void cuda_check_after(const char *name);
+
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. LAUNCH_AS names the launch for the profile and
  * the emulator's messages (a template kernel's name with its arguments: kernel_name). */
@@ -69,6 +75,7 @@ void profile_next_bytes(double bytes);
         ProfileScope profile_scope_(name);                                                                             \
         cuda_emu_launch(name, grid, block, shmem, kernel, __VA_ARGS__);                                                \
         CUDA_CHECK(cudaGetLastError());                                                                                \
+        if (cuda_sync_debug()) cuda_check_after(name);                                                                 \
     } while (0)
 #else
 #define LAUNCH_AS(name, kernel, grid, block, shmem, ...)                                                               \
@@ -76,6 +83,7 @@ void profile_next_bytes(double bytes);
         ProfileScope profile_scope_(name);                                                                             \
         kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                                                   \
         CUDA_CHECK(cudaGetLastError());                                                                                \
+        if (cuda_sync_debug()) cuda_check_after(name);                                                                 \
     } while (0)
 #endif
 #define LAUNCH(kernel, grid, block, shmem, ...) LAUNCH_AS(#kernel, kernel, grid, block, shmem, __VA_ARGS__)

@@ -96,12 +96,15 @@ static Scratch input_scratch, grad_scratch;
 
 static const size_t kLtWorkspaceBytes = 32u << 20; /* what cuBLASLt's faster kernels ask for on sm_90 */
 
-/* A GEMM shape's cuBLASLt descriptors and chosen algorithm, made once: building them and asking the
- * heuristic costs tens of microseconds, as much as a decoding step's small GEMMs themselves. */
+/* A GEMM shape's cuBLASLt descriptors and the heuristic's algorithms, best first, made once: building them and
+ * asking the heuristic costs tens of microseconds, as much as a decoding step's small GEMMs themselves. An algorithm
+ * that cublasLtMatmul refuses (a driver or library that disagrees with its own heuristic) is dropped for the next. */
+static const int kLtAlgorithms = 8;
 struct GemmPlan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
-    cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t algos[kLtAlgorithms];
+    int n_algos, chosen;
 };
 /* ops, m, n, k, lda, ldb, ldc, C's type, and the alignment of A, B and C (the algorithm is chosen for it) */
 typedef std::tuple<int, int, int, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t> GemmKey;
@@ -114,8 +117,8 @@ static uint32_t alignment(const void *ptr) {
     return a;
 }
 
-static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, int lda, int ldb,
-                                 int ldc, cudaDataType c_type, uint32_t align_a, uint32_t align_b, uint32_t align_c) {
+static GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k, int lda, int ldb,
+                           int ldc, cudaDataType c_type, uint32_t align_a, uint32_t align_b, uint32_t align_c) {
     static std::map<GemmKey, GemmPlan> plans;
     GemmKey key(op_a, op_b, m, n, k, lda, ldb, ldc, c_type, align_a, align_b, align_c);
     auto found = plans.find(key);
@@ -142,13 +145,13 @@ static const GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b,
     };
     for (const auto &al : aligns)
         CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al.first, &al.second, sizeof al.second));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found_algos = 0;
-    CUBLAS_CHECK(
-        cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), p.desc, p.a, p.b, p.c, p.c, pref, 1, &heuristic, &found_algos));
+    cublasLtMatmulHeuristicResult_t heuristic[kLtAlgorithms];
+    p.n_algos = 0, p.chosen = 0;
+    CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), p.desc, p.a, p.b, p.c, p.c, pref, kLtAlgorithms,
+                                                heuristic, &p.n_algos));
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    if (found_algos == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
-    p.algo = heuristic.algo;
+    if (p.n_algos == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
+    for (int i = 0; i < p.n_algos; i++) p.algos[i] = heuristic[i].algo;
     return plans.emplace(key, p).first->second;
 }
 
@@ -158,14 +161,31 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
                       const uint16_t *B, int ldb, float beta, void *C, cudaDataType c_type, int ldc) {
     static void *workspace = NULL;
     if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
-    const GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, c_type, alignment(A), alignment(B), alignment(C));
+    GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, c_type, alignment(A), alignment(B), alignment(C));
     const float one = 1.0f;
     static const char *const kinds[2][2] = {{"cublasLt bf16 NN", "cublasLt bf16 NT"},
                                             {"cublasLt bf16 TN", "cublasLt bf16 TT"}};
     ProfileScope profile(kinds[op_a == CUBLAS_OP_T][op_b == CUBLAS_OP_T], m, n, k, 2, c_type == CUDA_R_16BF ? 2 : 4,
                          beta != 0.0f);
-    CUBLAS_CHECK(cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo,
-                                workspace, kLtWorkspaceBytes, 0));
+    for (;;) {
+        cublasStatus_t st = cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
+                                           &p.algos[p.chosen], workspace, kLtWorkspaceBytes, 0);
+        if (st == CUBLAS_STATUS_SUCCESS) break;
+        /* a refusal happens before any work: the next algorithm computes the same product */
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE &&
+            st != CUBLAS_STATUS_EXECUTION_FAILED)
+            fatal("cublasLt: bf16 GEMM m=%d n=%d k=%d: %s", m, n, k, cublasGetStatusString(st));
+        if (p.chosen + 1 >= p.n_algos)
+            fatal("cublasLt: bf16 GEMM m=%d n=%d k=%d: all %d algorithms of the heuristic refused (last: %s)", m, n, k,
+                  p.n_algos, cublasGetStatusString(st));
+        static int warned;
+        if (!warned++)
+            log_warn("cublasLt: algorithm %d of %d refused for the bf16 GEMM m=%d n=%d k=%d (%s); using the next "
+                     "(further refusals are not reported)",
+                     p.chosen + 1, p.n_algos, m, n, k, cublasGetStatusString(st));
+        p.chosen++;
+    }
+    if (cuda_sync_debug()) cuda_check_after(kinds[op_a == CUBLAS_OP_T][op_b == CUBLAS_OP_T]);
 }
 
 void cuda_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,

@@ -655,6 +655,8 @@ const char *cublasGetStatusString(cublasStatus_t status) {
         return "CUBLAS_STATUS_NOT_INITIALIZED";
     case CUBLAS_STATUS_INVALID_VALUE:
         return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+        return "CUBLAS_STATUS_EXECUTION_FAILED";
     case CUBLAS_STATUS_NOT_SUPPORTED:
         return "CUBLAS_STATUS_NOT_SUPPORTED";
     }
@@ -762,10 +764,15 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
     if (requested < 1) return CUBLAS_STATUS_INVALID_VALUE;
     *returned = 0;
     if (!lt_supported(desc, a, b, c, d)) return CUBLAS_STATUS_NOT_SUPPORTED;
-    memset(&results[0], 0, sizeof results[0]);
-    /* the algorithm remembers the alignments it was chosen for, which cublasLtMatmul then requires */
-    for (int i = 0; i < 4; i++) results[0].algo.data[i] = pref ? pref->min_alignment[i] : 256;
-    *returned = 1;
+    /* up to three equivalent algorithms (data[4]: the rank), each remembering the alignments it was chosen for,
+     * which cublasLtMatmul then requires */
+    int n = requested < 3 ? requested : 3;
+    for (int r = 0; r < n; r++) {
+        memset(&results[r], 0, sizeof results[r]);
+        for (int i = 0; i < 4; i++) results[r].algo.data[i] = pref ? pref->min_alignment[i] : 256;
+        results[r].algo.data[4] = (uint64_t)r;
+    }
+    *returned = n;
     return CUBLAS_STATUS_SUCCESS;
 }
 /* a stored bf16 matrix (column-major rows x cols, leading dimension ld) widened to a packed fp32 one */
@@ -824,6 +831,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               const void *C, cublasLtMatrixLayout_t c, void *D, cublasLtMatrixLayout_t d,
                               const cublasLtMatmulAlgo_t *algo, void *, size_t, cudaStream_t) {
     if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* CUDA_EMU_LT_REFUSE_FIRST=1: the heuristic's first algorithm is refused, as a library may, so that the caller's
+     * fallback to the next runs */
+    static const int refuse_first =
+        getenv("CUDA_EMU_LT_REFUSE_FIRST") && strcmp(getenv("CUDA_EMU_LT_REFUSE_FIRST"), "0");
+    if (refuse_first && algo && algo->data[4] == 0) return CUBLAS_STATUS_NOT_SUPPORTED;
     /* as on a GPU, an algorithm chosen for more alignment than a pointer has fails (no algo: the default 256) */
     const void *operands[4] = {A, B, C, D};
     for (int i = 0; i < 4; i++) {

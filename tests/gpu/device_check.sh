@@ -65,6 +65,10 @@ part() { # NAME SECONDS CMD...: runs CMD for at most SECONDS, and no later than 
 # (emulated in a dry run, the op test takes about 70 s of a quiet 2-core CPU)
 part test_cuda_ops "$([ -n "${DRYRUN:-}" ] && echo 300 || echo 120)" "$KIT/bin/test_cuda_ops"
 grep -E "FAIL|max (abs|rel)" "$OUT/test_cuda_ops.txt" | grep FAIL | head -20
+if ! grep -q "^[0-9]* passed, 0 failed" "$OUT/test_cuda_ops.txt"; then
+    # again with every launch synchronised and checked, so that a fault is reported at the kernel that made it
+    part test_cuda_ops_sync 120 env CUDA_LAUNCH_BLOCKING=1 MEDUSA_CUDA_SYNC=1 "$KIT/bin/test_cuda_ops"
+fi
 
 MODEL_DIR=${MODEL_DIR:-/tmp/medusa-random-$SHAPE}
 if [ ! -s "$MODEL_DIR/model.safetensors" ] || [ ! -s "$MODEL_DIR/prompts.json" ]; then
