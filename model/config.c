@@ -39,6 +39,24 @@ static int json_bool(const cJSON *root, const char *path, const char *key, int f
     return cJSON_IsTrue(v);
 }
 
+/* Fields that change the computation in ways this model code does not implement: a clear error naming the field,
+ * never a silently different result. */
+static void refuse_unimplemented(const cJSON *root, const char *path) {
+    const char *acts[] = {"hidden_act", "hidden_activation"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *a = field(root, acts[i]);
+        if (a && (!cJSON_IsString(a) || strcmp(a->valuestring, "silu") != 0))
+            fatal("%s: %s \"%s\" is not supported (the MLP is SwiGLU with silu)", path, acts[i],
+                  cJSON_IsString(a) ? a->valuestring : "?");
+    }
+    const char *must_be_null[] = {"attention_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"};
+    for (int i = 0; i < 3; i++)
+        if (field(root, must_be_null[i])) fatal("%s: %s is not supported", path, must_be_null[i]);
+    if (json_bool(root, path, "mlp_bias", 0)) fatal("%s: mlp_bias: biases in the MLP are not supported", path);
+    if (json_num(root, path, "partial_rotary_factor", 1.0) != 1.0)
+        fatal("%s: partial_rotary_factor: rotary embeddings over part of a head are not supported", path);
+}
+
 static void validate(const ModelConfig *c, const char *path) {
     if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
         c->head_dim <= 0 || c->vocab_size <= 0)
@@ -92,6 +110,12 @@ void config_from_json(ModelConfig *c, const char *path) {
             fatal("%s: rope scaling type \"%s\" is not supported (only default rotary embeddings)", path,
                   cJSON_IsString(rt) ? rt->valuestring : "?");
     }
+    /* Mistral limits attention to a window; Qwen2 declares one but uses it only with use_sliding_window */
+    if (strcmp(c->architecture, "mistral") == 0) c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
+    if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
+    if (json_bool(root, path, "use_sliding_window", 0))
+        fatal("%s: use_sliding_window: sliding-window attention is implemented for mistral only", path);
+    refuse_unimplemented(root, path);
     c->bos_token_id = json_int(root, path, "bos_token_id", -1, 0);
     const cJSON *eos = field(root, "eos_token_id");
     if (cJSON_IsArray(eos)) /* several end tokens: the first is the one generation stops on by default */
@@ -158,8 +182,10 @@ void config_load(ModelConfig *c, const char *path) {
 void config_print(const ModelConfig *c, FILE *out) {
     fprintf(out,
             "model: %s, hidden %d, intermediate %d, layers %d, heads %d (kv %d, dim %d), vocab %d, rope_theta %g, "
-            "rms_eps %g%s%s\n",
+            "rms_eps %g%s%s",
             c->architecture, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
             c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps,
             c->tie_word_embeddings ? ", tied embeddings" : "", c->attention_bias ? ", qkv bias" : "");
+    if (c->sliding_window > 0) fprintf(out, ", sliding window %d", c->sliding_window);
+    fprintf(out, "\n");
 }

@@ -18,6 +18,7 @@ typedef struct {
     float rms_norm_eps;
     int tie_word_embeddings;
     int attention_bias; /* q/k/v projections carry a bias (qwen2, or llama with attention_bias) */
+    int sliding_window; /* a query at position p sees keys from p - sliding_window + 1 on (mistral); 0: all */
     int bos_token_id;   /* -1 when unknown */
     int eos_token_id;
 } ModelConfig;

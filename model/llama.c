@@ -162,15 +162,24 @@ void forward_state_free(ForwardState *s, const Model *m) {
     memset(s, 0, sizeof *s);
 }
 
-/* Positions restart in every sequence; each token sees keys from its sequence's start up to itself. */
-static void packed_layout(const PackedBatch *b, int32_t *pos, int32_t *key_begin, int32_t *key_end) {
+/* The first key row seen by a query at position pos of a sequence whose position 0 is at row `first`: the sequence's
+ * start, or with a sliding window (Mistral) the window's first position, as transformers masks it. */
+static int32_t first_key(const ModelConfig *c, int32_t first, int32_t pos) {
+    int32_t from = c->sliding_window > 0 ? pos - c->sliding_window + 1 : 0;
+    return first + (from > 0 ? from : 0);
+}
+
+/* Positions restart in every sequence; each token sees keys from its sequence's start (or its window's) up to itself.
+ */
+static void packed_layout(const ModelConfig *c, const PackedBatch *b, int32_t *pos, int32_t *key_begin,
+                          int32_t *key_end) {
     int t = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         if (b->seq_lens[i] <= 0) fatal("packed batch: sequence %d has length %d", i, b->seq_lens[i]);
         for (int p = 0; p < b->seq_lens[i]; p++, t++) {
             if (t >= b->n_tokens) fatal("packed batch: sequence lengths add up to more than %d tokens", b->n_tokens);
             pos[t] = p;
-            key_begin[t] = t - p;
+            key_begin[t] = first_key(c, t - p, p);
             key_end[t] = t + 1;
         }
     }
@@ -311,7 +320,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
     int T = b->n_tokens;
     int32_t *layout = layout_new(b->tokens, T);
-    packed_layout(b, layout, layout + T, layout + 2 * T);
+    packed_layout(&m->config, b, layout, layout + T, layout + 2 * T);
     forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, NULL, hidden_out, logits_out);
     free(layout);
 }
@@ -344,9 +353,9 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
     int32_t *layout = layout_new(tokens, n);
     for (int i = 0; i < n; i++) {
-        layout[i] = cache->len + i;             /* position */
-        layout[n + i] = 0;                      /* first key */
-        layout[2 * n + i] = cache->len + i + 1; /* one past the last key */
+        layout[i] = cache->len + i;                               /* position */
+        layout[n + i] = first_key(&m->config, 0, cache->len + i); /* first key */
+        layout[2 * n + i] = cache->len + i + 1;                   /* one past the last key */
     }
     forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, NULL, hidden_out, logits_out);
     cache->len += n;
@@ -357,10 +366,15 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
                         const uint8_t *mask, int n, float *hidden_out, float *logits_out) {
     if (cache->len + n > cache->max_len)
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
+    int window = m->config.sliding_window, max_depth = 0;
+    for (int i = 0; i < n; i++) max_depth = depth[i] > max_depth ? depth[i] : max_depth;
+    /* the mask lets a node see all its ancestors, which a window as deep as the tree would cut */
+    if (window > 0 && max_depth >= window)
+        fatal("a tree %d levels deep does not fit the model's sliding window of %d positions", max_depth + 1, window);
     int32_t *layout = layout_new(tokens, n);
     for (int i = 0; i < n; i++) {
         layout[i] = cache->len + depth[i];
-        layout[n + i] = 0;
+        layout[n + i] = first_key(&m->config, 0, cache->len + depth[i]);
         layout[2 * n + i] = cache->len + n; /* the mask narrows the new rows to each node's ancestors */
     }
     forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, mask, hidden_out, logits_out);
@@ -422,9 +436,9 @@ void model_forward_slots(const Model *m, ForwardState *s, SlotCache *c, const in
     for (int r = 0, t = 0; r < n_runs; r++) {
         int first = slot[r] * c->slot_len, len = c->len[slot[r]];
         for (int i = 0; i < run_len[r]; i++, t++) {
-            layout[t] = len + i;                     /* position */
-            layout[T + t] = first;                   /* the slot's first row */
-            layout[2 * T + t] = first + len + i + 1; /* its row after the move, the last key it sees */
+            layout[t] = len + i;                                   /* position */
+            layout[T + t] = first_key(&m->config, first, len + i); /* the slot's first row (or window's) */
+            layout[2 * T + t] = first + len + i + 1;               /* its row after the move, the last key it sees */
             src[t] = scratch + t;
             dst[t] = first + len + i;
         }

@@ -432,11 +432,49 @@ static void check_greedy_compare(const char *model_path) {
     model_free(&m);
 }
 
+/* Sliding-window attention (Mistral): greedy decoding through the KV cache equals transformers' on a model whose
+ * window (4 positions) slides past a 6-token prompt, and Medusa decoding with a tree shallower than the window is
+ * lossless; a deeper tree is refused. */
+static void check_sliding_window(void) {
+    const char *path = "tests/fixtures/models/tiny_mistral_sw";
+    WeightSet ref;
+    weights_open_safetensors_file(&ref, "tests/fixtures/models/tiny_mistral_sw/greedy.safetensors");
+    const WeightTensor *prompt = weights_find(&ref, "prompt"), *want = weights_find(&ref, "greedy");
+    ensure(prompt && want && prompt->dtype == DT_I32 && want->dtype == DT_I32);
+    int n_prompt = (int)prompt->shape[0], n_new = (int)want->shape[0];
+    Model m;
+    model_load(&m, path, backend_cpu(), DT_F32);
+    Decoder d;
+    decoder_init(&d, &m, NULL, NULL, 64);
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    int32_t got[64];
+    DecodeStats st;
+    int n = decode_plain(&d, (const int32_t *)prompt->data, n_prompt, n_new, -1, &o, got, NULL, NULL, &st);
+    int same = n == n_new && memcmp(got, want->data, sizeof(int32_t) * (size_t)n_new) == 0;
+    CHECK(m.config.sliding_window == 4 && same,
+          "%s (sliding window %d): %d greedy tokens through the KV cache equal transformers' (first %d %d %d)", path,
+          m.config.sliding_window, n_new, got[0], got[1], got[2]);
+    decoder_free(&d);
+    model_free(&m);
+    weights_close(&ref);
+    check_model(path, "small_8");
+    MedusaTree deep;
+    tree_load(&deep, "configs/trees/chain_4.json");
+    Model mm;
+    model_load(&mm, path, backend_cpu(), DT_F32);
+    MedusaHeads h = {0};
+    EXPECT_FATAL(check_lossless(&mm, path, &deep, "chain_4", HEADS_FROM_BASE, &h), "sliding window",
+                 "%s: a tree as deep as the sliding window is refused", path);
+    tree_free(&deep);
+}
+
 int main(void) {
     check_acceptance();
     check_greedy_compare("tests/fixtures/models/tiny_llama");
     check_model("tests/fixtures/models/tiny_llama", "small_8");
     check_model("tests/fixtures/models/tiny_llama", "mc_sim_7b_63");
     check_model("tests/fixtures/models/tiny_qwen2", "chain_4");
+    check_sliding_window();
     return test_summary();
 }

@@ -4,6 +4,7 @@
  * few-row kernel (decoding, trees) against a product summed in double, and the vector exp of the CPU's attention
  * softmax against libm's exp in double. */
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "../common/rng.h"
 #include "../kernels/cpu/simd.h"
@@ -164,9 +165,41 @@ static void test_vec8_exp(void) {
           silu[0], silu[1], silu[2], silu[3], silu[4], silu[5], silu[6], silu[7]);
 }
 
+/* A config.json that asks for a computation this model code does not implement is refused, naming the field. */
+static void check_config_refusals(void) {
+    static const struct {
+        const char *extra, *needle;
+    } cases[] = {
+        {"\"hidden_act\": \"gelu_pytorch_tanh\"", "hidden_act"},
+        {"\"final_logit_softcapping\": 30.0", "final_logit_softcapping"},
+        {"\"attention_logit_softcapping\": 50.0", "attention_logit_softcapping"},
+        {"\"mlp_bias\": true", "mlp_bias"},
+        {"\"partial_rotary_factor\": 0.5", "partial_rotary_factor"},
+        {"\"use_sliding_window\": true", "use_sliding_window"},
+        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "yarn"},
+    };
+    char path[] = "/tmp/medusa-config-XXXXXX";
+    int fd = mkstemp(path);
+    ensure(fd >= 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(path, "w");
+        ensure(f);
+        fprintf(f,
+                "{\"model_type\": \"llama\", \"hidden_size\": 8, \"intermediate_size\": 16, \"num_hidden_layers\": 1, "
+                "\"num_attention_heads\": 2, \"vocab_size\": 4, %s}",
+                cases[i].extra);
+        fclose(f);
+        ModelConfig c;
+        EXPECT_FATAL(config_from_json(&c, path), cases[i].needle, "config.json with %s is refused", cases[i].extra);
+    }
+    unlink(path);
+}
+
 int main(void) {
     test_matmul_rows();
     test_vec8_exp();
+    check_config_refusals();
     const char *dir = "tests/fixtures/models";
     struct {
         const char *label, *model, *ref;
@@ -174,6 +207,7 @@ int main(void) {
         {"tiny_llama (GQA, untied)", "tiny_llama", "tiny_llama/ref.safetensors"},
         {"tiny_qwen2 (biases)", "tiny_qwen2", "tiny_qwen2/ref.safetensors"},
         {"tiny_tied (tied embeddings)", "tiny_tied", "tiny_tied/ref.safetensors"},
+        {"tiny_mistral_sw (sliding window 4)", "tiny_mistral_sw", "tiny_mistral_sw/ref.safetensors"},
         {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors"},
         {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors"},
         {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors"},
