@@ -21,7 +21,17 @@ typedef enum {
 } GGUFType;
 
 /* ggml tensor types we can dequantise. */
-typedef enum { GGML_F32 = 0, GGML_F16 = 1, GGML_Q4_0 = 2, GGML_Q4_1 = 3, GGML_Q8_0 = 8, GGML_BF16 = 30 } GGMLType;
+typedef enum {
+    GGML_F32 = 0,
+    GGML_F16 = 1,
+    GGML_Q4_0 = 2,
+    GGML_Q4_1 = 3,
+    GGML_Q8_0 = 8,
+    GGML_Q4_K = 12, /* the K-quants: super-blocks of 256 elements in 8 or 16 sub-blocks with their own scales */
+    GGML_Q5_K = 13,
+    GGML_Q6_K = 14,
+    GGML_BF16 = 30
+} GGMLType;
 
 typedef struct {
     char *key;

@@ -6,7 +6,7 @@
 #include <string.h>
 
 const char *dtype_name(DType t) {
-    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1", "I64"};
+    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1", "I64", "Q4_K", "Q5_K", "Q6_K"};
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
@@ -163,7 +163,8 @@ void weights_open_gguf(WeightSet *w, const char *path, int n_heads, int n_kv_hea
     w->gguf = xmalloc(sizeof(GGUFFile));
     gguf_open(w->gguf, path);
     static const DType from_ggml[] = {[GGML_F32] = DT_F32,   [GGML_F16] = DT_F16,   [GGML_Q4_0] = DT_Q4_0,
-                                      [GGML_Q4_1] = DT_Q4_1, [GGML_Q8_0] = DT_Q8_0, [GGML_BF16] = DT_BF16};
+                                      [GGML_Q4_1] = DT_Q4_1, [GGML_Q8_0] = DT_Q8_0, [GGML_BF16] = DT_BF16,
+                                      [GGML_Q4_K] = DT_Q4_K, [GGML_Q5_K] = DT_Q5_K, [GGML_Q6_K] = DT_Q6_K};
     for (uint64_t i = 0; i < w->gguf->n_tensors; i++) {
         const GGUFTensor *g = &w->gguf->tensors[i];
         WeightTensor *t = add_tensor(w);
@@ -249,7 +250,8 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
     int64_t n = numel(t);
     float *out = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
     static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32,   [DT_F16] = GGML_F16,   [DT_BF16] = GGML_BF16,
-                                       [DT_Q8_0] = GGML_Q8_0, [DT_Q4_0] = GGML_Q4_0, [DT_Q4_1] = GGML_Q4_1};
+                                       [DT_Q8_0] = GGML_Q8_0, [DT_Q4_0] = GGML_Q4_0, [DT_Q4_1] = GGML_Q4_1,
+                                       [DT_Q4_K] = GGML_Q4_K, [DT_Q5_K] = GGML_Q5_K, [DT_Q6_K] = GGML_Q6_K};
     if (t->dtype == DT_I32 || t->dtype == DT_I64)
         fatal("%s: tensor '%s' is %s where a float tensor is needed", t->file, name, dtype_name(t->dtype));
     ggml_dequantize(to_ggml[t->dtype], t->data, out, n);

@@ -6,7 +6,7 @@
 
 #include "gguf.h"
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_I64 } DType;
+typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_I64, DT_Q4_K, DT_Q5_K, DT_Q6_K } DType;
 
 typedef struct {
     char *name; /* Hugging Face name */
