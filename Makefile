@@ -42,6 +42,13 @@ CFLAGS  += -DMEDUSA_CUDA
 LIB_OBJ += $(CUDA_OBJ)
 LDLIBS  += $(CUDA_LIBS)
 endif
+# MPI (OpenMPI) for data-parallel training (`mpirun -np N bin/medusa-train ...`): built in when pkg-config finds it
+# (`make deps` installs it; `make MPI=0` leaves it out); without it a run is one process.
+MPI     ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
+ifeq ($(MPI),1)
+CFLAGS  += -DMEDUSA_MPI $(shell pkg-config --cflags ompi-c)
+LDLIBS  += $(shell pkg-config --libs ompi-c)
+endif
 # (under test-asan the emulated kernels are sanitized too: out-of-bounds device accesses are reported)
 # -fno-strict-aliasing: kernels copy device memory through wider types (16-byte tile loads), as CUDA code does.
 EMU_CXXFLAGS := -O2 -g -std=c++17 -fno-strict-aliasing -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
@@ -63,13 +70,15 @@ all: check-deps $(LIB) $(BINS)
 # One found/missing line per dependency, printed before every build.
 check-deps:
 	@for p in nvcc; do if command -v $$p >/dev/null 2>&1; then echo "found:   nvcc ($$(nvcc --version | tail -1))"; else echo "missing: nvcc (CUDA backend not compiled)"; fi; done
+	@pkg-config --exists ompi-c && echo "found:   OpenMPI $$(pkg-config --modversion ompi-c) (data-parallel training)" || echo "missing: OpenMPI (optional: data-parallel training; run: make deps)"
 	@pkg-config --exists hdf5 && echo "found:   HDF5 $$(pkg-config --modversion hdf5)" || echo "missing: HDF5 (run: make deps)"
 	@pkg-config --exists libcjson && echo "found:   cJSON $$(pkg-config --modversion libcjson)" || echo "missing: cJSON (run: make deps)"
 	@[ -e $(BLAS_DIR)/libopenblas.so ] && echo "found:   OpenBLAS (OpenMP build, $(BLAS_DIR))" || echo "missing: OpenBLAS OpenMP build (run: make deps)"
 	@pkg-config --exists libpcre2-8 && echo "found:   PCRE2 $$(pkg-config --modversion libpcre2-8)" || echo "missing: PCRE2 (run: make deps)"
 	@echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo "found:   OpenMP" || echo "missing: OpenMP"
 
-DEB_PKGS := build-essential pkg-config libhdf5-dev libcjson-dev libopenblas-openmp-dev libpcre2-dev gnuplot-nox
+DEB_PKGS := build-essential pkg-config libhdf5-dev libcjson-dev libopenblas-openmp-dev libpcre2-dev gnuplot-nox \
+  libopenmpi-dev openmpi-bin
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
@@ -105,7 +114,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh tests/check_layers.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
-	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh
+	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh tests/e2e_mpi.sh
 
 # The C tests that need neither the demo model (a download) nor the emulated GPU: the quick loop while editing.
 QUICK_TESTS := $(filter-out $(BUILD)/tests/test_cuda_ops $(BUILD)/tests/test_smollm2 $(BUILD)/tests/test_data \

@@ -4,6 +4,7 @@
 
 #include "../common/args.h"
 #include "../model/medusa_io.h"
+#include "dist.h"
 #include "run.h"
 
 static const char *USAGE_TRAIN =
@@ -94,6 +95,9 @@ int main(int argc, char **argv) {
          "greedy choice for it: the argmax of its logits at row t+1+i) or base-kl (their softmax, by KL)"},
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE_TRAIN, NULL, 0);
+    dist_init(&argc, &argv); /* under mpirun: one rank of a data-parallel run */
+    int status = train_run(&c);
+    dist_finalize();
     /* a stop at --time-budget or --stop-after is a clean end (exit 0); a signal exits 130 */
-    return train_run(&c) == TRAIN_INTERRUPTED ? 130 : 0;
+    return status == TRAIN_INTERRUPTED ? 130 : 0;
 }

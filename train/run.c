@@ -10,6 +10,7 @@
 
 #include "../data/batcher.h"
 #include "../model/medusa_io.h"
+#include "dist.h"
 
 void train_config_defaults(TrainConfig *c) {
     memset(c, 0, sizeof *c);
@@ -149,6 +150,10 @@ static FILE *open_metrics(const char *path, int64_t resume_step) {
 }
 
 static void write_metrics_line(FILE *f, cJSON *obj) {
+    if (!f) { /* a rank other than 0 */
+        cJSON_Delete(obj);
+        return;
+    }
     char *s = cJSON_PrintUnformatted(obj);
     fprintf(f, "%s\n", s);
     fflush(f);
@@ -206,6 +211,8 @@ typedef struct {
 } Run;
 
 static void save(Run *r, int64_t step) {
+    r->last_save = step;
+    if (dist_rank() != 0) return; /* the ranks hold the same state: rank 0 writes it */
     CheckpointMeta meta = {0};
     meta.step = step;
     memcpy(meta.rng, r->rng.s, sizeof meta.rng);
@@ -224,7 +231,6 @@ static void save(Run *r, int64_t step) {
     log_info("saved %s", path);
     free(path);
     prune_checkpoints(r->c->out, r->c->keep_checkpoints);
-    r->last_save = step;
 }
 
 static DType export_dtype(const char *name) {
@@ -329,8 +335,9 @@ static void run_open(Run *r, const TrainConfig *c) {
     int64_t micro_total = 0;
     for (int e = 0; e < c->epochs; e++) micro_total += batcher_epoch_batches(&r->batcher, e);
     r->oc = c->optim;
+    int64_t per_step = (int64_t)c->grad_accum * dist_size(); /* batches of one optimizer step, over all ranks */
     r->oc.total_steps =
-        c->max_steps > 0 ? c->max_steps : (int)(micro_total / c->grad_accum > 0 ? micro_total / c->grad_accum : 1);
+        c->max_steps > 0 ? c->max_steps : (int)(micro_total / per_step > 0 ? micro_total / per_step : 1);
 
     medusa_init(&r->heads, r->s.be, (MedusaShape){c->heads, c->layers, H, V, Vh});
     if (r->heads.token_map) {
@@ -345,6 +352,7 @@ static void run_open(Run *r, const TrainConfig *c) {
     if (c->cache_hidden) trainer_cache_hidden(&r->t, &r->data);
 
     r->config_json = identity_json(c, &r->data);
+    dist_check_same("settings and data", r->config_json);
     r->last_eval = r->last_save = -1;
     if (r->resume_path) {
         CheckpointMeta meta = {0};
@@ -363,9 +371,12 @@ static void run_open(Run *r, const TrainConfig *c) {
     log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
              "targets: %s",
              c->heads, c->layers, (long long)r->data.n_convs, (long long)r->data.n_tokens, r->oc.total_steps,
-             c->grad_accum, c->batch_tokens, c->optim.lr, c->targets);
+             c->grad_accum * dist_size(), c->batch_tokens, c->optim.lr, c->targets);
+    if (dist_size() > 1)
+        log_info("data parallel over %d ranks: each takes %d of every step's %d batches", dist_size(), c->grad_accum,
+                 c->grad_accum * dist_size());
     r->metrics_path = path_join(c->out, "metrics.jsonl");
-    r->metrics = open_metrics(r->metrics_path, r->resume_path ? r->step : -1);
+    if (dist_rank() == 0) r->metrics = open_metrics(r->metrics_path, r->resume_path ? r->step : -1);
 }
 
 /* An evaluation on --val, logged as an "eval" line of metrics.jsonl (epoch: where training is, or < 0 to leave out). */
@@ -440,8 +451,13 @@ static int run_steps(Run *r) {
     char extra[256] = "";
     while (r->step < total_steps) {
         double t0 = now_seconds();
-        for (int a = 0; a < A; a++) {
+        /* the step's A x ranks batches, in the data order of one process with that accumulation: rank k takes the
+         * k-th run of A (every rank reads them all, so the data order and the resume cursor are the ranks' own) */
+        for (int i = 0; i < A * dist_size(); i++) {
             PackedBatch b = batcher_next(&r->batcher);
+            window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
+            if (i / A != dist_rank()) continue;
+            int a = i % A;
             int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
             uint8_t *mask = mmask + (size_t)a * BT;
             memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
@@ -449,7 +465,6 @@ static int run_steps(Run *r) {
             memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
             memcpy(mconv + (size_t)a * BT, b.convs, sizeof(int64_t) * (size_t)b.n_seqs);
             micro[a] = (PackedBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT, b.epoch};
-            window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
         }
         double lr = lr_at(&r->oc, (int)r->step);
         int64_t tokens_before = window.tokens;
@@ -469,20 +484,21 @@ static int run_steps(Run *r) {
         progress_update(&prog, r->step - start_step, extra);
 
         double aside = now_seconds(); /* evaluation and saving are not training throughput */
-        if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0) run_eval(r, epoch);
+        if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0 && dist_rank() == 0) run_eval(r, epoch);
         if (c->save_every > 0 && r->step % c->save_every == 0) save(r, r->step);
         window_start += now_seconds() - aside;
-        if (stop_signal) {
-            status = TRAIN_INTERRUPTED;
-            break;
-        }
         /* stop when one more step plus the final save and export (timed at the last save, else guessed at
-         * 200 MB/s for the 3 x params checkpoint and the export) would not fit */
+         * 200 MB/s for the 3 x params checkpoint and the export) would not fit; a stop any rank wants, all take */
         double finish = r->save_seconds > 0 ? 1.5 * r->save_seconds : 16.0 * (double)r->heads.n_params / 2e8;
         int over_budget =
             c->time_budget > 0 && now_seconds() - r->t_start + 1.5 * last_step_seconds + finish > c->time_budget;
-        if ((c->stop_after > 0 && r->step >= c->stop_after) || (over_budget && r->step < total_steps)) {
-            status = TRAIN_STOPPED;
+        int stop = stop_signal ? TRAIN_INTERRUPTED
+                   : (c->stop_after > 0 && r->step >= c->stop_after) || (over_budget && r->step < total_steps)
+                       ? TRAIN_STOPPED
+                       : TRAIN_DONE;
+        if (dist_size() > 1) stop = dist_max_int(stop); /* TRAIN_INTERRUPTED > TRAIN_STOPPED > TRAIN_DONE */
+        if (stop != TRAIN_DONE) {
+            status = stop;
             break;
         }
     }
@@ -501,13 +517,14 @@ static int run_steps(Run *r) {
  * stopped it. */
 static void run_finish(Run *r, int status) {
     const TrainConfig *c = r->c;
-    if (status == TRAIN_DONE && c->val && r->last_eval != r->step) run_eval(r, -1);
+    if (status == TRAIN_DONE && c->val && r->last_eval != r->step && dist_rank() == 0) run_eval(r, -1);
     if (r->last_save != r->step) save(r, r->step);
     if (status == TRAIN_INTERRUPTED) {
         log_info("interrupted by signal %d after step %lld: checkpoint saved; continue with --resume", (int)stop_signal,
                  (long long)r->step);
         return;
     }
+    if (dist_rank() != 0) return;
     char *dir = path_join(c->out, "medusa");
     medusa_export(&r->heads, dir, MEDUSA_FORMAT_V1, export_dtype(c->export_dtype), c->model);
     log_info("%s after step %lld of %d: heads exported to %s", status == TRAIN_DONE ? "finished" : "stopped",
@@ -516,7 +533,7 @@ static void run_finish(Run *r, int status) {
 }
 
 static void run_close(Run *r) {
-    fclose(r->metrics);
+    if (r->metrics) fclose(r->metrics);
     free(r->metrics_path);
     free(r->config_json);
     free(r->resume_path);

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dist.h"
+
 void step_metrics_clear(StepMetrics *m) { memset(m, 0, sizeof *m); }
 
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
@@ -16,6 +18,7 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
     t->head_decay = head_decay;
     t->targets = targets;
     t->max_tokens = max_tokens;
+    t->ranks = optim ? dist_size() : 1;
     forward_state_init(&t->state, base, max_tokens);
     medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
     if (targets == TARGETS_BASE_KL) {
@@ -152,7 +155,44 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
     free(ranks);
 }
 
+/* The step's statistics of every rank into metrics (each rank's own are in step). */
+static void add_ranks_metrics(StepMetrics *metrics, StepMetrics *step) {
+    dist_sum_doubles(step->loss_sum, 64);
+    dist_sum_doubles(&step->total_loss_sum, 1);
+    dist_sum_int64(step->valid, 64);
+    dist_sum_int64(step->computed, 64);
+    dist_sum_int64(&step->hits[0][0], 64 * MEDUSA_TOPK);
+    int64_t counts[2] = {step->batches, step->tokens};
+    dist_sum_int64(counts, 2);
+    for (int h = 0; h < 64; h++) {
+        metrics->loss_sum[h] += step->loss_sum[h];
+        metrics->valid[h] += step->valid[h];
+        metrics->computed[h] += step->computed[h];
+        for (int k = 0; k < MEDUSA_TOPK; k++) metrics->hits[h][k] += step->hits[h][k];
+    }
+    metrics->total_loss_sum += step->total_loss_sum;
+    metrics->batches += (int)counts[0];
+    metrics->tokens += counts[1];
+}
+
+/* Every rank's gradients summed into each rank's (through host memory where the backend's is not). */
+static void sum_ranks_grads(MedusaHeads *h) {
+    size_t n = h->n_params;
+    if (h->be->is_host) {
+        dist_sum_floats(h->grads, n);
+        return;
+    }
+    float *host = xmalloc(sizeof(float) * n);
+    h->be->download(host, h->grads, sizeof(float) * n);
+    dist_sum_floats(host, n);
+    h->be->upload(h->grads, host, sizeof(float) * n);
+    free(host);
+}
+
 double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics) {
+    StepMetrics own; /* this rank's, summed over the ranks after the micro-batches */
+    StepMetrics *into = metrics;
+    if (t->ranks > 1) step_metrics_clear(&own), into = &own;
     for (int i = 0; i < n; i++) {
         base_forward(t, &micro[i]);
         MedusaBase base = {.targets = t->targets, .model = t->base};
@@ -163,12 +203,17 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
         }
         MedusaBatchStats s;
         medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
-                                micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay, 1.0f / (float)n, &s);
+                                micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay, 1.0f / (float)(n * t->ranks),
+                                &s);
         if (!isfinite(s.total_loss))
             fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is "
                   "intact",
                   s.total_loss, t->adam.step + 1);
-        accumulate(metrics, &s, t->heads->shape.n_heads, micro[i].n_tokens);
+        accumulate(into, &s, t->heads->shape.n_heads, micro[i].n_tokens);
+    }
+    if (t->ranks > 1) {
+        sum_ranks_grads(t->heads);
+        add_ranks_metrics(metrics, &own);
     }
     double norm = optim_step(t->heads, &t->adam, &t->optim);
     if (!isfinite(norm))

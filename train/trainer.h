@@ -33,6 +33,7 @@ typedef struct {
     int32_t *choice;       /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
     void *teacher_lm_head; /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else NULL */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
+    int ranks; /* data-parallel ranks whose gradients each step sums (train/dist.h); 1: this process alone */
 } Trainer;
 
 /* Sums of per-head statistics over batches, for logging and evaluation. */
@@ -56,9 +57,10 @@ void trainer_free(Trainer *t);
  * data->n_tokens x hidden x 4 bytes, fatal when it exceeds the host's memory. */
 void trainer_cache_hidden(Trainer *t, const TokenCache *data);
 
-/* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. Returns the
- * gradient norm before clipping; a non-finite loss or gradient stops the run with a clear message
- * (nothing is applied). */
+/* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. With t->ranks > 1 every rank
+ * runs its own n micro-batches, the gradients are scaled by 1/(n x ranks) and summed over the ranks, and metrics get
+ * every rank's statistics. Returns the gradient norm before clipping; a non-finite loss or gradient stops the run with
+ * a clear message (nothing is applied). */
 double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics);
 
 /* Forward only: head losses and top-k hits, the base model's top-1, and the heads' agreement with the base model's

@@ -1,0 +1,107 @@
+#!/bin/bash
+# Data-parallel training over MPI ranks (OpenMPI, CPU backend), through the binary: 2 and 3 ranks with --grad-accum 1
+# equal one process with --grad-accum 2 and 3 on the same data (every step's losses and the exported heads' outputs
+# within 1e-6 relative: only the order of the gradient sums differs); a rank's settings that differ from rank 0's
+# stop every rank with a clear error; a rank killed mid-run ends the whole run within 60 s with a non-zero status.
+#   tests/e2e_mpi.sh [BIN_DIR]     (default: $E2E_BIN_DIR, else bin)
+# Skipped (one passing line that says so) where mpirun is missing or the binaries were built without MPI.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-${E2E_BIN_DIR:-bin}}
+MODEL=tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf
+CONVS=tests/fixtures/chat/conversations.json
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e_mpi.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "  ok   $*"; }
+fail() { failed=$((failed + 1)); echo "  FAIL $*"; }
+check() { # WHAT CMD...: CMD must succeed; its output goes to $TMP/log, shown (its tail) when it fails
+    local what=$1
+    shift
+    if "$@" >"$TMP/log" 2>&1; then ok "$what"; else
+        fail "$what (exit status $?)"
+        tail -8 "$TMP/log" | sed 's/^/       /'
+    fi
+}
+expect() { if eval "$1"; then ok "$2"; else fail "$2"; fi; }
+
+if ! command -v mpirun >/dev/null || ! ldd "$BIN/medusa-train" 2>/dev/null | grep libmpi >/dev/null; then
+    ok "skipped: $(command -v mpirun >/dev/null || echo "no mpirun")$(command -v mpirun >/dev/null && echo "$BIN/medusa-train built without MPI") (make deps installs OpenMPI)"
+    echo "$passed passed, $failed failed"
+    exit 0
+fi
+# one thread a rank; root's runs allowed (CI runs as root); more ranks than cores allowed
+MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
+export OMP_NUM_THREADS=1
+
+check "medusa-data: $CONVS tokenised for tiny_hd64" \
+    "$BIN/medusa-data" --model "$MODEL" --input "$CONVS" --out "$TMP/sg" --template mistral --max-len 96 --quiet
+
+train() { # NAME LAUNCH... -- FLAGS...: a 4-step run in $TMP/run_NAME
+    local name=$1
+    shift
+    local launch=()
+    while [ "$1" != -- ]; do launch+=("$1") && shift; done
+    shift
+    check "$name: ${launch[*]:+${launch[*]} }medusa-train $*" "${launch[@]}" "$BIN/medusa-train" --model "$MODEL" \
+        --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_$name" --heads 2 --max-steps 4 --batch-tokens 128 --lr 1e-2 \
+        --warmup-ratio 0 --log-every 1 --eval-every 0 --save-every 0 --seed 7 "$@"
+    cp "$TMP/log" "$TMP/log_$name"
+    grep -o '"loss":[^,}]*' "$TMP/run_$name/metrics.jsonl" 2>/dev/null | cut -d: -f2 >"$TMP/loss_$name" || true
+}
+rel_error() { # FILE-A FILE-B: largest relative difference of their lines (1 when their lengths differ or are 0)
+    paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s; if (d > m) m = d; n++}
+        END {print ((n == 4 && NF == 2) ? m + 0 : 1)}'
+}
+heads_error() { # NAME-A NAME-B: the exported heads' losses on the training data (medusa-eval), largest rel. difference
+    for n in "$1" "$2"; do
+        "$BIN/medusa-eval" --model "$MODEL" --medusa "$TMP/run_$n/medusa" --data "$TMP/sg.train.tokens.h5" \
+            --batch-tokens 128 --max-batches 2 --json "$TMP/eval_$n.json" >/dev/null 2>&1
+        grep -E '"(medusa[0-9]_loss|loss)"' "$TMP/eval_$n.json" 2>/dev/null | tr -d ' \t",' | cut -d: -f2 >"$TMP/heads_$n"
+    done
+    paste "$TMP/heads_$1" "$TMP/heads_$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
+        if (d > m) m = d; n++} END {print (n >= 3 ? m + 0 : 1)}'
+}
+
+for n in 2 3; do
+    train "one_accum$n" -- --grad-accum "$n"
+    train "ranks$n" "${MPIRUN[@]}" -np "$n" -- --grad-accum 1
+    r=$(rel_error "$TMP/loss_one_accum$n" "$TMP/loss_ranks$n") h=$(heads_error "one_accum$n" "ranks$n")
+    expect "awk 'BEGIN{exit !($r <= 1e-6 && $h <= 1e-6)}' && grep -q 'data parallel over $n ranks' '$TMP/log_ranks$n'" \
+        "$n ranks x 1 batch a step vs one process with --grad-accum $n: losses of steps 1-4 max rel. error $r, exported heads' losses $h (tolerance 1e-6)"
+done
+expect "[ \"\$(grep -c 'saved ' '$TMP/log_ranks2')\" -eq 1 ] && [ ! -e '$TMP/run_ranks2/metrics.jsonl.tmp' ]" \
+    "2 ranks: rank 0 alone saves and logs (one 'saved' line)"
+
+# a rank whose settings differ: every rank stops with the error, none hangs
+if timeout 60 "${MPIRUN[@]}" -np 1 "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" \
+    --out "$TMP/run_mismatch" --heads 2 --max-steps 2 --batch-tokens 128 : \
+    -np 1 "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_mismatch" --heads 2 \
+    --max-steps 2 --batch-tokens 128 --lr 5e-3 >"$TMP/log" 2>&1; then
+    fail "ranks with different --lr: succeeded"
+else
+    rc=$?
+    expect "[ $rc -ne 124 ] && grep -q 'differ from rank 0' '$TMP/log'" \
+        "ranks with different --lr: all stop (status $rc): $(grep -m1 -o 'rank [0-9] of [0-9]: its settings.\{0,40\}' "$TMP/log")"
+fi
+
+# a rank killed mid-run ends every rank within 60 s with a non-zero status
+start=$SECONDS
+timeout 90 "${MPIRUN[@]}" -np 2 "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" \
+    --out "$TMP/run_killed" --heads 2 --max-steps 100000 --batch-tokens 128 --save-every 0 >"$TMP/log" 2>&1 &
+launcher=$!
+victim=""
+for _ in $(seq 100); do # a rank (its command line starts with the binary; mpirun's with mpirun), once training
+    victim=$(pgrep -f "^[^ ]*medusa-train .*run_killed" | tail -1)
+    [ -n "$victim" ] && grep -q "training " "$TMP/log" 2>/dev/null && break
+    sleep 0.3
+done
+sleep 1
+[ -n "$victim" ] && kill -9 "$victim"
+wait $launcher
+rc=$?
+expect "[ -n '$victim' ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((SECONDS - start)) -lt 60 ]" \
+    "a rank killed with SIGKILL mid-run: the run ends with status $rc after $((SECONDS - start)) s (under 60)"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
