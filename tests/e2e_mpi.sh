@@ -6,7 +6,7 @@
 #   tests/e2e_mpi.sh [BIN_DIR]     (default: $E2E_BIN_DIR, else bin)
 # Skipped (one passing line that says so) where mpirun is missing or the binaries were built without MPI.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 BIN=${1:-${E2E_BIN_DIR:-bin}}
 MODEL=tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf
 CONVS=tests/fixtures/chat/conversations.json
