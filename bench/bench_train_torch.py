@@ -9,13 +9,15 @@ in bf16, fp32 head parameters and optimizer, forward and loss under bf16 autocas
 trainer feeds it, every conversation right-padded to N (its model_max_length, 2048; padding="max_length"), the
 base and the heads running on all N positions; tokens/s still counts the conversations' own tokens.
 --model: a .gguf file or a Hugging Face directory."""
-import argparse, math, os, time
+import argparse, math, os, sys, time
 
-import h5py
 import numpy as np
 import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "gen"))
+from reference import head_targets, make_heads, read_token_cache  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", required=True)
@@ -33,24 +35,10 @@ dev = torch.device(a.device)
 gpu = a.device == "cuda"
 
 
-class ResBlock(nn.Module):
-    """The reference Medusa ResBlock: x + SiLU(W x + b), W initialised to zero."""
-
-    def __init__(self, hidden_size):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size)
-        torch.nn.init.zeros_(self.linear.weight)
-        self.act = nn.SiLU()
-
-    def forward(self, x):
-        return x + self.act(self.linear(x))
-
-
 def batches(path, batch_tokens):
     """The same packing as data/batcher.c with shuffling off: whole conversations in file order, cut to
     batch_tokens, packed greedily."""
-    with h5py.File(path, "r") as f:
-        tokens, mask, off = f["tokens"][:], f["loss_mask"][:], f["conv_offsets"][:]
+    tokens, mask, off = read_token_cache(path)
     cur = []
     used = 0
     for c in range(len(off) - 1):
@@ -62,22 +50,6 @@ def batches(path, batch_tokens):
         used += n
     if cur:
         yield cur
-
-
-def targets(seqs, K):
-    """labels[i][t] = token t+2+i when it is in the same conversation and trained, else -100 (padding too)."""
-    out = []
-    for i in range(K):
-        parts = []
-        for tok, m in seqs:
-            lab = np.full(max(len(tok), a.pad_to), -100, np.int64)
-            j = np.arange(len(tok)) + 2 + i
-            ok = j < len(tok)
-            ok[ok] &= m[j[ok]]
-            lab[:len(tok)][ok] = tok[j[ok]]
-            parts.append(lab)
-        out.append(torch.from_numpy(np.concatenate(parts)).to(dev))
-    return out
 
 
 def base_hidden(tok):
@@ -105,10 +77,7 @@ else:
 base = base.to(dev).eval()
 for prm in base.parameters():
     prm.requires_grad_(False)
-H, V = base.config.hidden_size, base.config.vocab_size
-heads = nn.ModuleList([nn.Sequential(*([ResBlock(H)] * 1), nn.Linear(H, V, bias=False)) for _ in range(a.heads)])
-for h in heads:
-    h[-1].weight.data.copy_(base.get_output_embeddings().weight.data)
+heads = make_heads(base.get_output_embeddings().weight.data, a.heads, 1, shared_blocks=True)
 heads.to(dev)
 opt = torch.optim.AdamW(heads.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
 sched = get_cosine_schedule_with_warmup(opt, math.ceil(0.1 * (a.steps + 1)), a.steps + 1)  # as bench_train
@@ -119,7 +88,7 @@ n_tokens = 0
 it = batches(a.data, a.batch_tokens)
 for step in range(a.steps + 1):
     seqs = next(it)
-    labels = targets(seqs, a.heads)
+    labels = [t.to(dev) for t in head_targets(seqs, a.heads, a.pad_to)]  # -100 on padding too
     sync()
     t0 = time.perf_counter()
     with torch.autocast(a.device, dtype=torch.bfloat16, enabled=gpu):

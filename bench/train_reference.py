@@ -13,12 +13,14 @@ import os
 import sys
 import time
 
-import h5py
 import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "gen"))
+from reference import head_targets, make_heads, read_token_cache  # noqa: E402
 
 M64 = (1 << 64) - 1
 
@@ -92,43 +94,6 @@ class Batcher:
         return seqs
 
 
-class ResBlock(nn.Module):
-    """medusa_model.py's ResBlock: x + SiLU(Linear(x)), weight zero-initialised (identity at start)."""
-
-    def __init__(self, hidden_size):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size)
-        torch.nn.init.zeros_(self.linear.weight)
-        self.act = nn.SiLU()
-
-    def forward(self, x):
-        return x + self.act(self.linear(x))
-
-
-def make_heads(n_heads, n_layers, hidden, vocab, base_lm_head):
-    heads = nn.ModuleList([
-        nn.Sequential(*([ResBlock(hidden)] * n_layers), nn.Linear(hidden, vocab, bias=False)) for _ in range(n_heads)
-    ])
-    for h in heads:
-        h[-1].weight.data[:] = base_lm_head.weight.data[:]
-    return heads
-
-
-def head_targets(seqs, n_heads):
-    """model/medusa.c medusa_targets: head h at position t predicts t+2+h in the same sequence, where masked."""
-    out = []
-    for h in range(n_heads):
-        parts = []
-        for tok, mask in seqs:
-            t = np.full(len(tok), -100, dtype=np.int64)
-            k = 2 + h
-            if len(tok) > k:
-                t[:-k] = np.where(mask[k:] != 0, tok[k:], -100)
-            parts.append(t)
-        out.append(torch.from_numpy(np.concatenate(parts)))
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="base model .gguf file")
@@ -149,8 +114,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    with h5py.File(a.data, "r") as f:
-        tokens, loss_mask, offsets = f["tokens"][:], f["loss_mask"][:], f["conv_offsets"][:]
+    tokens, loss_mask, offsets = read_token_cache(a.data)
     batcher = Batcher(tokens, loss_mask, offsets, a.batch_tokens, a.seed)
     if a.print_batches:
         for i in range(a.print_batches):
@@ -164,7 +128,7 @@ def main():
                                                 torch_dtype=torch.float32)
     base.eval().requires_grad_(False)
     hidden, vocab = base.config.hidden_size, base.config.vocab_size
-    heads = make_heads(a.heads, a.layers, hidden, vocab, base.get_output_embeddings())
+    heads = make_heads(base.get_output_embeddings().weight.data, a.heads, a.layers, shared_blocks=True)
     params = [p for p in heads.parameters()]
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(a.warmup_ratio * a.max_steps), a.max_steps)

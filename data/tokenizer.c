@@ -2,26 +2,14 @@
  * remaining segment is normalised, pre-tokenised into pieces (regex splits) and each piece is encoded by
  * rank-ordered BPE merges (the same heap and tie-breaking as tokenizers' Word::merge_all). Byte-level
  * models (GPT-2 / Llama-3 / Qwen2 / SmolLM2) start each piece from its bytes; SentencePiece-style models
- * (Llama-2) start from its characters and fall back to <0xNN> byte tokens. */
-#include "tokenizer.h"
+ * (Llama-2) start from its characters and fall back to <0xNN> byte tokens. The loaders build a Tokenizer
+ * through tokenizer_internal.h: tokenizer_hf.c (tokenizer.json), tokenizer_gguf.c (GGUF metadata) and
+ * tokenizer_spm.c (a sentencepiece tokenizer.model). */
+#include "tokenizer_internal.h"
 
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
-#include <pcre2.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define SPACE_MARK "\xe2\x96\x81" /* U+2581, SentencePiece's visible space */
-
-static const char GPT2_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-static const char LLAMA3_PATTERN[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-static const char QWEN2_PATTERN[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 /* ---- hashing: vocab (bytes -> id), merges ((id, id) -> rank, id) ---- */
 
@@ -52,68 +40,6 @@ static size_t table_size(size_t n) {
     while (cap < 2 * n) cap *= 2;
     return cap;
 }
-
-typedef struct {
-    int32_t rank, id;
-} MergeRule;
-
-typedef struct {
-    uint64_t *keys; /* a << 32 | b; UINT64_MAX = empty */
-    MergeRule *rules;
-    size_t mask;
-} PairMap;
-
-/* ---- the tokenizer ---- */
-
-typedef enum { SPLIT_REMOVED, SPLIT_ISOLATED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS } SplitBehavior;
-typedef enum { STEP_SPLIT, STEP_PREFIX_SPACE, STEP_METASPACE, STEP_WORDS } StepKind;
-
-/* One pre-tokenizer step, applied to every piece the previous steps made. */
-typedef struct {
-    StepKind kind;
-    pcre2_code *re; /* STEP_SPLIT */
-    SplitBehavior behavior;
-    int invert;
-    int prepend; /* STEP_METASPACE: 0 never, 1 always, 2 only at the start of the text */
-    int split;   /* STEP_METASPACE: split before each U+2581 */
-} PreStep;
-
-typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP } NormKind;
-typedef struct {
-    NormKind kind;
-    char *a, *b; /* prepend: a; replace: a -> b */
-    int left, right;
-} NormStep;
-
-enum { ATTR_SPECIAL = 1, ATTR_ADDED = 2, ATTR_BYTE = 4 };
-
-typedef struct {
-    int id;
-    int lstrip, rstrip, single_word;
-} AddedToken;
-
-struct Tokenizer {
-    TokenizerKind kind;
-    int n_vocab;
-    char **pieces;
-    uint32_t *piece_len;
-    uint8_t *attr;
-    int32_t *vocab_slots; /* open addressing over pieces, -1 = empty */
-    size_t vocab_mask;
-    PairMap merges;
-    int byte_ids[256]; /* byte-level: id of the byte's character; SentencePiece: id of <0xNN> (-1 if none) */
-    int unk_id, bos_id, eos_id, add_bos;
-    int byte_fallback, fuse_unk, ignore_merges;
-    NormStep *norm;
-    int n_norm;
-    PreStep *steps;
-    int n_steps;
-    AddedToken *added;
-    int n_added;
-    int *added_first[256];   /* per first byte: indices into added, longest first, -1 terminated */
-    int strip_decoded_space; /* SentencePiece decoding drops the space the normaliser prepended */
-    uint64_t serial;         /* identifies this tokenizer to the per-thread word caches */
-};
 
 static uint64_t next_serial = 1;
 
@@ -198,7 +124,7 @@ static size_t space_before(const char *s, size_t from, size_t i) {
 
 /* ---- vocab map ---- */
 
-static int vocab_find(const Tokenizer *t, const char *s, size_t n) {
+int tok_vocab_find(const Tokenizer *t, const char *s, size_t n) {
     for (size_t i = hash_bytes(s, n) & t->vocab_mask;; i = (i + 1) & t->vocab_mask) {
         int id = t->vocab_slots[i];
         if (id < 0) return -1;
@@ -227,7 +153,7 @@ static void vocab_index(Tokenizer *t) {
 
 /* ---- merges map ---- */
 
-static void merges_init(PairMap *m, size_t n) {
+void tok_merges_init(PairMap *m, size_t n) {
     m->mask = table_size(n) - 1;
     m->keys = xmalloc((m->mask + 1) * sizeof *m->keys);
     m->rules = xmalloc((m->mask + 1) * sizeof *m->rules);
@@ -235,7 +161,7 @@ static void merges_init(PairMap *m, size_t n) {
 }
 
 /* Keeps the first (best) rule of a pair, as tokenizers does. */
-static void merges_add(PairMap *m, int32_t a, int32_t b, int32_t rank, int32_t id) {
+void tok_merges_add(PairMap *m, int32_t a, int32_t b, int32_t rank, int32_t id) {
     uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
     size_t i = hash_pair(a, b) & m->mask;
     while (m->keys[i] != UINT64_MAX && m->keys[i] != key) i = (i + 1) & m->mask;
@@ -254,7 +180,7 @@ static const MergeRule *merges_find(const PairMap *m, int32_t a, int32_t b) {
 
 /* ---- building ---- */
 
-static Tokenizer *tokenizer_new(int n_vocab) {
+Tokenizer *tok_new(int n_vocab) {
     Tokenizer *t = xcalloc(1, sizeof *t);
     t->n_vocab = n_vocab;
     t->pieces = xcalloc((size_t)n_vocab, sizeof *t->pieces);
@@ -265,7 +191,7 @@ static Tokenizer *tokenizer_new(int n_vocab) {
     return t;
 }
 
-static void set_piece(Tokenizer *t, int id, const char *s, size_t n) {
+void tok_set_piece(Tokenizer *t, int id, const char *s, size_t n) {
     free(t->pieces[id]);
     t->pieces[id] = xmalloc(n + 1);
     memcpy(t->pieces[id], s, n);
@@ -273,10 +199,15 @@ static void set_piece(Tokenizer *t, int id, const char *s, size_t n) {
     t->piece_len[id] = (uint32_t)n;
 }
 
-static void add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word) {
+void tok_add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word) {
     t->attr[id] |= ATTR_ADDED | (special ? ATTR_SPECIAL : 0);
     t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof *t->added);
     t->added[t->n_added++] = (AddedToken){id, lstrip, rstrip, single_word};
+}
+
+void tok_add_norm(Tokenizer *t, NormStep ns) {
+    t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
+    t->norm[t->n_norm++] = ns;
 }
 
 static int cmp_added_len_desc(const void *a, const void *b, void *ctx) {
@@ -296,20 +227,18 @@ static int merges_cross_words(const Tokenizer *t) {
     return 0;
 }
 
-static PreStep *add_step(Tokenizer *t, StepKind kind);
-
 /* Byte tables, vocab index, added-token index, word splitting: everything derived from pieces and
  * attributes. */
-static void finish(Tokenizer *t) {
+void tok_finish(Tokenizer *t) {
     for (int id = 0; id < t->n_vocab; id++)
-        if (!t->pieces[id]) set_piece(t, id, "", 0); /* an id the vocab skips spells nothing */
+        if (!t->pieces[id]) tok_set_piece(t, id, "", 0); /* an id the vocab skips spells nothing */
     vocab_index(t);
-    if (t->kind == TOKENIZER_SPM_BPE && !merges_cross_words(t)) add_step(t, STEP_WORDS);
+    if (t->kind == TOKENIZER_SPM_BPE && !merges_cross_words(t)) tok_add_step(t, STEP_WORDS);
     for (int b = 0; b < 256; b++) {
         char buf[8];
         int n = t->kind == TOKENIZER_BYTE_BPE ? utf8_put(buf, byte_char((unsigned)b))
                                               : snprintf(buf, sizeof buf, "<0x%02X>", b);
-        t->byte_ids[b] = vocab_find(t, buf, (size_t)n);
+        t->byte_ids[b] = tok_vocab_find(t, buf, (size_t)n);
         if (t->kind == TOKENIZER_SPM_BPE && t->byte_ids[b] >= 0) t->attr[t->byte_ids[b]] |= ATTR_BYTE;
     }
     for (int b = 0; b < 256; b++) {
@@ -380,7 +309,7 @@ static pcre2_code *compile_regex(const char *pattern, int literal, const char *p
     return code;
 }
 
-static PreStep *add_step(Tokenizer *t, StepKind kind) {
+PreStep *tok_add_step(Tokenizer *t, StepKind kind) {
     t->steps = xrealloc(t->steps, (size_t)(t->n_steps + 1) * sizeof *t->steps);
     PreStep *s = &t->steps[t->n_steps++];
     memset(s, 0, sizeof *s);
@@ -388,9 +317,9 @@ static PreStep *add_step(Tokenizer *t, StepKind kind) {
     return s;
 }
 
-static void add_split(Tokenizer *t, const char *pattern, int literal, SplitBehavior behavior, int invert,
-                      const char *path) {
-    PreStep *s = add_step(t, STEP_SPLIT);
+void tok_add_split(Tokenizer *t, const char *pattern, int literal, SplitBehavior behavior, int invert,
+                   const char *path) {
+    PreStep *s = tok_add_step(t, STEP_SPLIT);
     s->re = compile_regex(pattern, literal, path);
     s->behavior = behavior;
     s->invert = invert;
@@ -708,7 +637,8 @@ static int initial_symbols(const Tokenizer *t, Scratch *sc, const char *s, size_
     int m = 0, unk_len = 0;
     for (size_t i = 0; i < n;) {
         size_t cl = t->kind == TOKENIZER_BYTE_BPE ? 1 : (size_t)utf8_len((const unsigned char *)s + i, n - i);
-        int id = cl == 1 && t->kind == TOKENIZER_BYTE_BPE ? t->byte_ids[(unsigned char)s[i]] : vocab_find(t, s + i, cl);
+        int id =
+            cl == 1 && t->kind == TOKENIZER_BYTE_BPE ? t->byte_ids[(unsigned char)s[i]] : tok_vocab_find(t, s + i, cl);
         int fallback = 0;
         if (id < 0 && t->byte_fallback && t->kind == TOKENIZER_SPM_BPE) {
             fallback = 1;
@@ -754,9 +684,9 @@ static void bpe_piece(const Tokenizer *t, Scratch *sc, const char *s, size_t n, 
             sc->word = grow(sc->word, 2 * n, &sc->cap_word, 1);
             size_t o = 0;
             for (size_t i = 0; i < n; i++) o += (size_t)utf8_put(sc->word + o, byte_char((unsigned char)s[i]));
-            id = vocab_find(t, sc->word, o);
+            id = tok_vocab_find(t, sc->word, o);
         } else {
-            id = vocab_find(t, s, n);
+            id = tok_vocab_find(t, s, n);
         }
         if (id >= 0) {
             idvec_push(out, id);
@@ -1031,314 +961,7 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_s
     return out;
 }
 
-/* ---- loading from tokenizer.json ---- */
-
-static const char *json_str(const cJSON *obj, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    return cJSON_IsString(v) ? v->valuestring : NULL;
-}
-
-static int json_bool(const cJSON *obj, const char *key, int fallback) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : fallback;
-}
-
-/* A normaliser, a pre-tokenizer, a decoder or a post-processor: {"type": ..., ...}, NULL for null. */
-static const char *json_type(const cJSON *obj, const char *path, const char *what) {
-    if (!obj || cJSON_IsNull(obj)) return NULL;
-    const char *type = json_str(obj, "type");
-    if (!cJSON_IsObject(obj) || !type) fatal("%s: %s has no \"type\"", path, what);
-    return type;
-}
-
-static void parse_normalizer(Tokenizer *t, const cJSON *n, const char *path) {
-    const char *type = json_type(n, path, "normalizer");
-    if (!type) return;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) { parse_normalizer(t, c, path); }
-        return;
-    }
-    if (strcmp(type, "NFC") == 0) {
-        log_warn("%s: NFC normalizer not applied (text is expected to be NFC already)", path);
-        return;
-    }
-    NormStep ns = {0};
-    if (strcmp(type, "Prepend") == 0) {
-        const char *a = json_str(n, "prepend");
-        if (!a) fatal("%s: Prepend normalizer has no \"prepend\"", path);
-        ns = (NormStep){NORM_PREPEND, xstrdup(a), NULL, 0, 0};
-    } else if (strcmp(type, "Replace") == 0) {
-        const char *a = json_str(cJSON_GetObjectItemCaseSensitive(n, "pattern"), "String"), *b = json_str(n, "content");
-        if (!a || !b || !*a) fatal("%s: Replace normalizer needs a String pattern and a content", path);
-        ns = (NormStep){NORM_REPLACE, xstrdup(a), xstrdup(b), 0, 0};
-    } else if (strcmp(type, "Strip") == 0) {
-        ns = (NormStep){NORM_STRIP, NULL, NULL, json_bool(n, "strip_left", 1), json_bool(n, "strip_right", 1)};
-    } else {
-        fatal("%s: unsupported normalizer '%s'", path, type);
-    }
-    t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
-    t->norm[t->n_norm++] = ns;
-}
-
-static void parse_pre_tokenizer(Tokenizer *t, const cJSON *p, const char *path) {
-    const char *type = json_type(p, path, "pre_tokenizer");
-    if (!type) return;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) { parse_pre_tokenizer(t, c, path); }
-    } else if (strcmp(type, "ByteLevel") == 0) {
-        t->kind = TOKENIZER_BYTE_BPE;
-        if (json_bool(p, "add_prefix_space", 0)) add_step(t, STEP_PREFIX_SPACE);
-        if (json_bool(p, "use_regex", 1)) add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
-    } else if (strcmp(type, "Split") == 0) {
-        static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
-                                            "Contiguous"};
-        const cJSON *pat = cJSON_GetObjectItemCaseSensitive(p, "pattern");
-        const char *re = json_str(pat, "Regex"), *lit = json_str(pat, "String"), *beh = json_str(p, "behavior");
-        int b = -1;
-        for (int i = 0; i < 5 && beh; i++)
-            if (strcmp(beh, names[i]) == 0) b = i;
-        if ((!re && !lit) || b < 0) fatal("%s: Split pre-tokenizer needs a pattern and a known behavior", path);
-        add_split(t, re ? re : lit, re == NULL, (SplitBehavior)b, json_bool(p, "invert", 0), path);
-    } else if (strcmp(type, "Digits") == 0) {
-        add_split(t, json_bool(p, "individual_digits", 0) ? "\\p{N}" : "\\p{N}+", 0, SPLIT_ISOLATED, 0, path);
-    } else if (strcmp(type, "Whitespace") == 0) {
-        add_split(t, "\\w+|[^\\w\\s]+", 0, SPLIT_REMOVED, 1, path);
-    } else if (strcmp(type, "WhitespaceSplit") == 0) {
-        add_split(t, "\\s+", 0, SPLIT_REMOVED, 0, path);
-    } else if (strcmp(type, "Metaspace") == 0) {
-        const char *rep = json_str(p, "replacement"), *scheme = json_str(p, "prepend_scheme");
-        if (rep && strcmp(rep, SPACE_MARK) != 0) fatal("%s: Metaspace replacement other than U+2581", path);
-        PreStep *s = add_step(t, STEP_METASPACE);
-        s->prepend = scheme ? (strcmp(scheme, "always") == 0  ? 1
-                               : strcmp(scheme, "first") == 0 ? 2
-                                                              : 0)
-                            : json_bool(p, "add_prefix_space", 1);
-        s->split = json_bool(p, "split", 1);
-    } else {
-        fatal("%s: unsupported pre_tokenizer '%s'", path, type);
-    }
-}
-
-/* Decoders only tell how a piece maps back to text: byte-level, and whether a leading space goes. */
-static void parse_decoder(Tokenizer *t, const cJSON *d, const char *path) {
-    const char *type = json_type(d, path, "decoder");
-    if (!type) return;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(d, "decoders")) { parse_decoder(t, c, path); }
-    } else if (strcmp(type, "ByteLevel") == 0) {
-        t->kind = TOKENIZER_BYTE_BPE;
-    } else if (strcmp(type, "Strip") == 0) {
-        const char *c = json_str(d, "content");
-        const cJSON *start = cJSON_GetObjectItemCaseSensitive(d, "start");
-        if (c && strcmp(c, " ") == 0 && cJSON_IsNumber(start) && start->valueint > 0) t->strip_decoded_space = 1;
-    } else if (strcmp(type, "Metaspace") == 0) {
-        const char *scheme = json_str(d, "prepend_scheme");
-        t->strip_decoded_space = scheme ? strcmp(scheme, "never") != 0 : json_bool(d, "add_prefix_space", 1);
-    }
-}
-
-/* The token a TemplateProcessing puts before the text ("<s> $A"), NULL when none. */
-static const char *post_processor_bos(const cJSON *p) {
-    const char *type = json_str(p, "type");
-    if (!type) return NULL;
-    if (strcmp(type, "Sequence") == 0) {
-        const cJSON *c;
-        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(p, "processors")) {
-            const char *b = post_processor_bos(c);
-            if (b) return b;
-        }
-        return NULL;
-    }
-    if (strcmp(type, "TemplateProcessing") != 0) return NULL;
-    const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
-    const cJSON *first = cJSON_IsArray(single) ? cJSON_GetArrayItem(single, 0) : NULL;
-    return json_str(cJSON_GetObjectItemCaseSensitive(first, "SpecialToken"), "id");
-}
-
-/* bos_token / eos_token of tokenizer_config.json: a string or {"content": ...}. */
-static const char *config_token(const cJSON *cfg, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    return cJSON_IsString(v) ? v->valuestring : json_str(v, "content");
-}
-
-static int first_present(const Tokenizer *t, const char *const *names) {
-    for (; *names; names++) {
-        int id = vocab_find(t, *names, strlen(*names));
-        if (id >= 0) return id;
-    }
-    return -1;
-}
-
-/* BOS, EOS and add_bos_token from the tokenizer_config.json beside the tokenizer file, if there is one. */
-static void config_bos_eos(Tokenizer *t, const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, (size_t)(slash - path)) : xstrdup(".");
-    char *cfg_path = path_join(dir, "tokenizer_config.json");
-    size_t size;
-    char *text = read_whole_file(cfg_path, &size);
-    cJSON *cfg = text ? cJSON_ParseWithLength(text, size) : NULL;
-    if (text && !cfg) fatal("%s: not valid JSON", cfg_path);
-    if (cfg) {
-        const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
-        if (bos) t->bos_id = vocab_find(t, bos, strlen(bos));
-        if (eos) t->eos_id = vocab_find(t, eos, strlen(eos));
-        t->add_bos = json_bool(cfg, "add_bos_token", t->add_bos) && t->bos_id >= 0;
-        cJSON_Delete(cfg);
-    }
-    free(text);
-    free(cfg_path);
-    free(dir);
-}
-
-/* BOS/EOS: the post-processor's leading token and the usual names, unless tokenizer_config.json says. */
-static void find_bos_eos(Tokenizer *t, const cJSON *root, const char *path) {
-    static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>", "<bos>", NULL};
-    static const char *const eos_names[] = {"</s>",          "<|eot_id|>", "<|im_end|>", "<|end_of_text|>",
-                                            "<|endoftext|>", "<eos>",      NULL};
-    const char *pp_bos = post_processor_bos(cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
-    t->bos_id = pp_bos ? vocab_find(t, pp_bos, strlen(pp_bos)) : first_present(t, bos_names);
-    t->add_bos = pp_bos && t->bos_id >= 0;
-    t->eos_id = first_present(t, eos_names);
-    config_bos_eos(t, path);
-}
-
-static int json_id(const cJSON *v, const char *path) {
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= (1 << 30) ||
-        v->valuedouble != (int)v->valuedouble)
-        fatal("%s: token id %g is not a valid id", path, cJSON_IsNumber(v) ? v->valuedouble : -1.0);
-    return v->valueint;
-}
-
-Tokenizer *tokenizer_load_json(const char *path) {
-    size_t size;
-    char *text = read_whole_file(path, &size);
-    if (!text) fatal("%s: cannot read tokenizer (%s)", path, strerror(errno));
-    cJSON *root = cJSON_ParseWithLength(text, size);
-    if (!root) fatal("%s: not valid JSON (near byte %zu)", path, (size_t)(cJSON_GetErrorPtr() - text));
-    free(text);
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (!cJSON_IsObject(model)) fatal("%s: no \"model\" object (not a tokenizer.json?)", path);
-    const char *type = json_str(model, "type");
-    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
-    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
-    if (!type && cJSON_IsArray(merges)) type = "BPE";
-    if (!type || strcmp(type, "BPE") != 0)
-        fatal("%s: unsupported tokenizer model type '%s' (BPE is supported)", path, type ? type : "(none)");
-    if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) fatal("%s: BPE model without vocab and merges", path);
-    const char *prefix = json_str(model, "continuing_subword_prefix"), *suffix = json_str(model, "end_of_word_suffix");
-    if ((prefix && *prefix) || (suffix && *suffix))
-        fatal("%s: BPE with subword prefixes/suffixes is not supported", path);
-
-    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), *v;
-    int n_vocab = 0;
-    cJSON_ArrayForEach(v, vocab) {
-        if (json_id(v, path) + 1 > n_vocab) n_vocab = v->valueint + 1;
-    }
-    cJSON_ArrayForEach(v, added) {
-        int id = json_id(cJSON_GetObjectItemCaseSensitive(v, "id"), path);
-        if (!json_str(v, "content")) fatal("%s: added token %d has no content", path, id);
-        if (id + 1 > n_vocab) n_vocab = id + 1;
-    }
-    int n_entries = cJSON_GetArraySize(vocab) + cJSON_GetArraySize(added);
-    if (n_vocab == 0) fatal("%s: empty vocab", path);
-    if (n_vocab > 2 * n_entries + 1024) fatal("%s: token ids up to %d for %d tokens", path, n_vocab - 1, n_entries);
-    Tokenizer *t = tokenizer_new(n_vocab);
-    t->kind = TOKENIZER_SPM_BPE;
-    cJSON_ArrayForEach(v, vocab) { set_piece(t, v->valueint, v->string, strlen(v->string)); }
-    cJSON_ArrayForEach(v, added) {
-        int id = cJSON_GetObjectItemCaseSensitive(v, "id")->valueint;
-        const char *content = json_str(v, "content");
-        set_piece(t, id, content, strlen(content));
-        add_added(t, id, json_bool(v, "special", 0), json_bool(v, "lstrip", 0), json_bool(v, "rstrip", 0),
-                  json_bool(v, "single_word", 0));
-    }
-    t->byte_fallback = json_bool(model, "byte_fallback", 0);
-    t->fuse_unk = json_bool(model, "fuse_unk", 0);
-    t->ignore_merges = json_bool(model, "ignore_merges", 0);
-    parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer"), path);
-    parse_pre_tokenizer(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), path);
-    parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"), path);
-    finish(t);
-    const char *unk = json_str(model, "unk_token");
-    if (unk && (t->unk_id = vocab_find(t, unk, strlen(unk))) < 0)
-        fatal("%s: unk_token '%s' is not in the vocab", path, unk);
-
-    merges_init(&t->merges, (size_t)cJSON_GetArraySize(merges));
-    int rank = 0;
-    cJSON_ArrayForEach(v, merges) {
-        const char *a = NULL, *b = NULL;
-        char *joined = NULL;
-        if (cJSON_IsString(v)) {
-            const char *sp = strchr(v->valuestring, ' ');
-            if (sp && !strchr(sp + 1, ' ')) {
-                joined = xstrdup(v->valuestring);
-                joined[sp - v->valuestring] = '\0';
-                a = joined;
-                b = joined + (sp - v->valuestring) + 1;
-            }
-        } else if (cJSON_GetArraySize(v) == 2 && cJSON_IsString(v->child) && cJSON_IsString(v->child->next)) {
-            a = v->child->valuestring;
-            b = v->child->next->valuestring;
-        }
-        if (!a || !b) fatal("%s: merge %d is not a pair of tokens", path, rank);
-        size_t la = strlen(a), lb = strlen(b);
-        char *ab = xmalloc(la + lb + 1);
-        memcpy(ab, a, la);
-        memcpy(ab + la, b, lb + 1);
-        int ia = vocab_find(t, a, la), ib = vocab_find(t, b, lb), id = vocab_find(t, ab, la + lb);
-        if (ia < 0 || ib < 0 || id < 0)
-            fatal("%s: merge %d ('%s' '%s') uses a token not in the vocab", path, rank, a, b);
-        merges_add(&t->merges, ia, ib, rank++, id);
-        free(ab);
-        free(joined);
-    }
-    find_bos_eos(t, root, path);
-    cJSON_Delete(root);
-    return t;
-}
-
-/* ---- loading from GGUF metadata ---- */
-
-/* llama.cpp's tokenizer.ggml.pre names and the regex splits they stand for. */
-static void gguf_pre_tokenizer(Tokenizer *t, const char *pre, const char *path) {
-    static const char *const gpt2[] = {"gpt2", "gpt-2", "default", "phi-2", "roberta-bpe", "olmo", "jina-v1-en", NULL};
-    static const char *const digits[] = {"smollm",    "starcoder", "refact",  "command-r",
-                                         "codeshell", "exaone",    "minerva", NULL};
-    static const char *const llama3[] = {"llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", NULL};
-    static const char *const qwen2[] = {"qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", NULL};
-    const char *name = pre ? pre : "default";
-    for (const char *const *p = digits; *p; p++)
-        if (strcmp(name, *p) == 0) {
-            add_split(t, "\\p{N}", 0, SPLIT_ISOLATED, 0, path);
-            add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
-            return;
-        }
-    for (const char *const *p = llama3; *p; p++)
-        if (strcmp(name, *p) == 0) {
-            add_split(t, LLAMA3_PATTERN, 0, SPLIT_ISOLATED, 0, path);
-            return;
-        }
-    for (const char *const *p = qwen2; *p; p++)
-        if (strcmp(name, *p) == 0) {
-            add_split(t, QWEN2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
-            return;
-        }
-    int known = 0;
-    for (const char *const *p = gpt2; *p; p++) known |= strcmp(name, *p) == 0;
-    if (!known) log_warn("%s: unknown tokenizer.ggml.pre '%s', splitting words as GPT-2 does", path, name);
-    add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
-}
-
-static const GGUFKV *gguf_array(const GGUFFile *g, const char *key, GGUFType elem, uint64_t n, const char *path) {
-    const GGUFKV *kv = gguf_find(g, key);
-    if (!kv) return NULL;
-    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != elem || (n && kv->arr_len != n))
-        fatal("%s: %s is not an array of %llu elements of type %d", path, key, (unsigned long long)n, (int)elem);
-    return kv;
-}
+/* ---- SentencePiece BPE from scores (GGUF "llama", tokenizer.model) ---- */
 
 /* Descending score, then ascending id. */
 static int by_score(const void *a, const void *b, void *ctx) {
@@ -1362,7 +985,7 @@ static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t 
         rank[order[i]] = r;
     }
     for (int id = 0; id < n; id++) n_merges += (int)t->piece_len[id];
-    merges_init(&t->merges, (size_t)n_merges);
+    tok_merges_init(&t->merges, (size_t)n_merges);
     for (int k = 0; k < n; k++) {
         int id = order[k];
         if (types && types[id] != 1) continue; /* only normal pieces are merge results */
@@ -1370,8 +993,8 @@ static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t 
         size_t len = t->piece_len[id];
         for (size_t cut = (size_t)utf8_len((const unsigned char *)s, len); cut < len;
              cut += (size_t)utf8_len((const unsigned char *)s + cut, len - cut)) {
-            int a = vocab_find(t, s, cut), b = vocab_find(t, s + cut, len - cut);
-            if (a >= 0 && b >= 0) merges_add(&t->merges, a, b, rank[id], id);
+            int a = tok_vocab_find(t, s, cut), b = tok_vocab_find(t, s + cut, len - cut);
+            if (a >= 0 && b >= 0) tok_merges_add(&t->merges, a, b, rank[id], id);
         }
     }
     free(rank);
@@ -1381,223 +1004,26 @@ static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t 
 
 /* Pieces with llama.cpp / sentencepiece token types (1 normal, 2 unknown, 3 control, 4 user-defined,
  * 5 unused, 6 byte): unknown and control tokens are special, user-defined ones are cut out of any text. */
-static Tokenizer *typed_vocab(int n, char *const *pieces, const size_t *lens, const int32_t *types) {
-    Tokenizer *t = tokenizer_new(n);
+Tokenizer *tok_typed_vocab(int n, char *const *pieces, const size_t *lens, const int32_t *types) {
+    Tokenizer *t = tok_new(n);
     for (int id = 0; id < n; id++) {
-        set_piece(t, id, pieces[id], lens[id]);
-        if (types && types[id] >= 2 && types[id] <= 4) add_added(t, id, types[id] != 4, 0, 0, 0);
+        tok_set_piece(t, id, pieces[id], lens[id]);
+        if (types && types[id] >= 2 && types[id] <= 4) tok_add_added(t, id, types[id] != 4, 0, 0, 0);
         if (types && types[id] == 2) t->unk_id = id;
     }
     return t;
 }
 
-static void add_norm(Tokenizer *t, NormStep ns) {
-    t->norm = xrealloc(t->norm, (size_t)(t->n_norm + 1) * sizeof *t->norm);
-    t->norm[t->n_norm++] = ns;
-}
-
 /* SentencePiece BPE from scores (GGUF "llama", tokenizer.model): spaces are U+2581, one is prepended to
  * each segment of text when add_prefix, unknown characters fall back to bytes. */
-static void spm_from_scores(Tokenizer *t, const float *scores, const int32_t *types, int add_prefix) {
+void tok_spm_from_scores(Tokenizer *t, const float *scores, const int32_t *types, int add_prefix) {
     t->kind = TOKENIZER_SPM_BPE;
-    if (add_prefix) add_norm(t, (NormStep){NORM_PREPEND, xstrdup(SPACE_MARK), NULL, 0, 0});
-    add_norm(t, (NormStep){NORM_REPLACE, xstrdup(" "), xstrdup(SPACE_MARK), 0, 0});
+    if (add_prefix) tok_add_norm(t, (NormStep){NORM_PREPEND, xstrdup(SPACE_MARK), NULL, 0, 0});
+    tok_add_norm(t, (NormStep){NORM_REPLACE, xstrdup(" "), xstrdup(SPACE_MARK), 0, 0});
     t->byte_fallback = 1;
     t->strip_decoded_space = add_prefix;
-    finish(t);
+    tok_finish(t);
     merges_from_scores(t, scores, types);
-}
-
-Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
-    const char *path = g->mf.path;
-    const char *model = gguf_get_str(g, "tokenizer.ggml.model");
-    if (!model) fatal("%s: no tokenizer (tokenizer.ggml.model missing)", path);
-    int byte_level = strcmp(model, "gpt2") == 0;
-    if (!byte_level && strcmp(model, "llama") != 0)
-        fatal("%s: unsupported tokenizer model '%s' (gpt2 and llama are supported)", path, model);
-    const GGUFKV *tokens = gguf_array(g, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, 0, path);
-    if (!tokens || tokens->arr_len == 0 || tokens->arr_len > (1u << 30)) fatal("%s: no tokenizer.ggml.tokens", path);
-    int n = (int)tokens->arr_len;
-    const GGUFKV *types = gguf_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n, path);
-    const int32_t *type = types ? types->arr_data : NULL;
-    Tokenizer *t = typed_vocab(n, tokens->arr_str, tokens->arr_str_len, type);
-    if (byte_level) {
-        t->kind = TOKENIZER_BYTE_BPE;
-        gguf_pre_tokenizer(t, gguf_get_str(g, "tokenizer.ggml.pre"), path);
-        finish(t);
-        /* without merges (a bare byte vocabulary, as in the tiny test models) every byte is a token */
-        const GGUFKV *merges = gguf_array(g, "tokenizer.ggml.merges", GGUF_TYPE_STRING, 0, path);
-        merges_init(&t->merges, merges ? merges->arr_len : 0);
-        for (uint64_t r = 0; merges && r < merges->arr_len; r++) {
-            const char *m = merges->arr_str[r], *sp = strchr(m, ' ');
-            if (!sp) fatal("%s: merge %llu is not a pair of tokens", path, (unsigned long long)r);
-            size_t la = (size_t)(sp - m), lb = strlen(sp + 1);
-            char *ab = xmalloc(la + lb + 1);
-            memcpy(ab, m, la);
-            memcpy(ab + la, sp + 1, lb + 1);
-            int a = vocab_find(t, m, la), b = vocab_find(t, sp + 1, lb), id = vocab_find(t, ab, la + lb);
-            if (a < 0 || b < 0 || id < 0)
-                fatal("%s: merge %llu ('%s') uses a token not in the vocab", path, (unsigned long long)r, m);
-            merges_add(&t->merges, a, b, (int32_t)r, id);
-            free(ab);
-        }
-    } else {
-        const GGUFKV *scores = gguf_array(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n, path);
-        if (!scores) fatal("%s: llama tokenizer without tokenizer.ggml.scores", path);
-        spm_from_scores(t, scores->arr_data, type, (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1));
-    }
-    int64_t bos = gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1),
-            eos = gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
-    t->bos_id = bos >= 0 && bos < n ? (int)bos : -1;
-    t->eos_id = eos >= 0 && eos < n ? (int)eos : -1;
-    t->add_bos = (int)gguf_get_int(g, "tokenizer.ggml.add_bos_token", !byte_level) && t->bos_id >= 0;
-    int64_t unk = gguf_get_int(g, "tokenizer.ggml.unknown_token_id", -1);
-    if (unk >= 0 && unk < n && !byte_level) t->unk_id = (int)unk;
-    return t;
-}
-
-/* ---- loading a sentencepiece tokenizer.model (protobuf ModelProto) ---- */
-
-typedef struct {
-    const uint8_t *p, *end;
-    const char *path;
-} Proto;
-
-static uint64_t pb_varint(Proto *b) {
-    uint64_t v = 0;
-    for (int shift = 0; shift < 64; shift += 7) {
-        if (b->p >= b->end) fatal("%s: truncated sentencepiece model", b->path);
-        uint8_t c = *b->p++;
-        v |= (uint64_t)(c & 0x7f) << shift;
-        if (!(c & 0x80)) return v;
-    }
-    fatal("%s: not a sentencepiece model (bad varint)", b->path);
-}
-
-static Proto pb_bytes(Proto *b) {
-    uint64_t n = pb_varint(b);
-    if (n > (uint64_t)(b->end - b->p)) fatal("%s: truncated sentencepiece model", b->path);
-    Proto sub = {b->p, b->p + n, b->path};
-    b->p += n;
-    return sub;
-}
-
-static uint32_t pb_fixed32(Proto *b) {
-    if (b->end - b->p < 4) fatal("%s: truncated sentencepiece model", b->path);
-    uint32_t v;
-    memcpy(&v, b->p, 4);
-    b->p += 4;
-    return v;
-}
-
-/* The next field's number; *wire is its wire type, *value its varint or fixed32 value, *sub its bytes. */
-static int pb_next(Proto *b, int *wire, uint64_t *value, Proto *sub) {
-    uint64_t key = pb_varint(b);
-    *wire = (int)(key & 7);
-    switch (*wire) {
-    case 0:
-        *value = pb_varint(b);
-        break;
-    case 1:
-        if (b->end - b->p < 8) fatal("%s: truncated sentencepiece model", b->path);
-        b->p += 8;
-        break;
-    case 2:
-        *sub = pb_bytes(b);
-        break;
-    case 5:
-        *value = pb_fixed32(b);
-        break;
-    default:
-        fatal("%s: not a sentencepiece model (wire type %d)", b->path, *wire);
-    }
-    return (int)(key >> 3);
-}
-
-Tokenizer *tokenizer_load_spm(const char *path) {
-    MappedFile mf;
-    mapped_file_open(&mf, path);
-    Proto b = {mf.data, mf.data + mf.size, path}, sub, f;
-    int n = 0, cap = 0, wire, model_type = 1, byte_fallback = 0, add_prefix = 1, extra_spaces = 1;
-    int64_t bos = 1, eos = 2;
-    char **pieces = NULL, *norm_name = NULL;
-    size_t *lens = NULL;
-    float *scores = NULL;
-    int32_t *types = NULL;
-    uint64_t v;
-    while (b.p < b.end) {
-        int field = pb_next(&b, &wire, &v, &sub);
-        if (field == 1 && wire == 2) { /* SentencePiece {piece = 1, score = 2, type = 3} */
-            if (n == cap) {
-                cap = cap ? 2 * cap : 1024;
-                pieces = xrealloc(pieces, (size_t)cap * sizeof *pieces);
-                lens = xrealloc(lens, (size_t)cap * sizeof *lens);
-                scores = xrealloc(scores, (size_t)cap * sizeof *scores);
-                types = xrealloc(types, (size_t)cap * sizeof *types);
-            }
-            pieces[n] = NULL;
-            lens[n] = 0;
-            scores[n] = 0;
-            types[n] = 1;
-            while (sub.p < sub.end) {
-                int k = pb_next(&sub, &wire, &v, &f);
-                if (k == 1 && wire == 2) {
-                    lens[n] = (size_t)(f.end - f.p);
-                    pieces[n] = xrealloc(pieces[n], lens[n] + 1);
-                    memcpy(pieces[n], f.p, lens[n]);
-                    pieces[n][lens[n]] = '\0';
-                } else if (k == 2 && wire == 5) {
-                    uint32_t u = (uint32_t)v;
-                    memcpy(&scores[n], &u, 4);
-                } else if (k == 3 && wire == 0) {
-                    types[n] = (int32_t)v;
-                }
-            }
-            if (!pieces[n]) fatal("%s: piece %d has no text", path, n);
-            n++;
-        } else if (field == 2 && wire == 2) { /* TrainerSpec */
-            while (sub.p < sub.end) {
-                int k = pb_next(&sub, &wire, &v, &f);
-                if (wire != 0) continue;
-                if (k == 3) model_type = (int)v;
-                else if (k == 35) byte_fallback = v != 0;
-                else if (k == 41) bos = (int32_t)v;
-                else if (k == 42) eos = (int32_t)v;
-            }
-        } else if (field == 3 && wire == 2) { /* NormalizerSpec */
-            while (sub.p < sub.end) {
-                int k = pb_next(&sub, &wire, &v, &f);
-                if (k == 1 && wire == 2) {
-                    free(norm_name);
-                    norm_name = strndup((const char *)f.p, (size_t)(f.end - f.p));
-                } else if (k == 3 && wire == 0) {
-                    add_prefix = v != 0;
-                } else if (k == 4 && wire == 0) {
-                    extra_spaces = v != 0;
-                }
-            }
-        }
-    }
-    if (n == 0) fatal("%s: not a sentencepiece model (no pieces)", path);
-    if (model_type != 2) fatal("%s: unsupported sentencepiece model type %d (BPE is supported)", path, model_type);
-    if (!byte_fallback) fatal("%s: sentencepiece BPE without byte fallback is not supported", path);
-    if ((norm_name && strcmp(norm_name, "identity") != 0) || extra_spaces)
-        fatal("%s: unsupported sentencepiece normalizer '%s'%s (identity is supported)", path,
-              norm_name ? norm_name : "nmt_nfkc", extra_spaces ? " removing extra spaces" : "");
-    Tokenizer *t = typed_vocab(n, pieces, lens, types);
-    spm_from_scores(t, scores, types, add_prefix);
-    t->bos_id = bos >= 0 && bos < n ? (int)bos : -1;
-    t->eos_id = eos >= 0 && eos < n ? (int)eos : -1;
-    t->add_bos = t->bos_id >= 0; /* LlamaTokenizer's default; tokenizer_config.json may say otherwise */
-    config_bos_eos(t, path);
-    for (int i = 0; i < n; i++) free(pieces[i]);
-    free(pieces);
-    free(lens);
-    free(scores);
-    free(types);
-    free(norm_name);
-    mapped_file_close(&mf);
-    return t;
 }
 
 /* ---- accessors ---- */
@@ -1628,7 +1054,7 @@ int tokenizer_vocab_size(const Tokenizer *t) { return t->n_vocab; }
 int tokenizer_bos_id(const Tokenizer *t) { return t->bos_id; }
 int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
 
-int tokenizer_token_id(const Tokenizer *t, const char *piece) { return vocab_find(t, piece, strlen(piece)); }
+int tokenizer_token_id(const Tokenizer *t, const char *piece) { return tok_vocab_find(t, piece, strlen(piece)); }
 
 const char *tokenizer_piece(const Tokenizer *t, int id) {
     return id >= 0 && id < t->n_vocab && t->pieces[id] ? t->pieces[id] : "";

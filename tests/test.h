@@ -1,15 +1,20 @@
 /* Minimal test harness: each tests/test_*.c is a program whose checks are counted; the last line it
  * prints is "N passed, N failed" and tests/run.sh adds them up. expect_fatal() runs a call that must fail
- * through fatal() and captures the message instead of exiting. */
+ * through fatal() and captures the message instead of exiting. Below the harness, the helpers several tests
+ * share: a scratch directory, writing files, reading JSON fixtures, random fills. */
 #ifndef MEDUSA_TEST_H
 #define MEDUSA_TEST_H
 
+#include <cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common/common.h"
+#include "../common/rng.h"
 
 static int test_passed, test_failed;
 static jmp_buf test_fatal_jmp;
@@ -79,6 +84,50 @@ static inline void test_fatal_hook(const char *message) {
 static inline int test_summary(void) {
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
+}
+
+/* ---- shared helpers ---- */
+
+/* The program's scratch directory: make_tmpdir creates it from a mkdtemp template ("/tmp/medusa-data-XXXXXX"),
+ * tmp_path names a file in it (malloc'd), remove_tmpdir deletes it with everything in it. */
+static char tmpdir[256];
+
+static inline const char *make_tmpdir(const char *tmpl) {
+    snprintf(tmpdir, sizeof tmpdir, "%s", tmpl);
+    ensure(mkdtemp(tmpdir));
+    return tmpdir;
+}
+
+static inline char *tmp_path(const char *name) { return path_join(tmpdir, name); }
+
+static inline void remove_tmpdir(void) {
+    char cmd[sizeof tmpdir + 16];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) printf("       (could not remove %s)\n", tmpdir);
+}
+
+static inline void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, n, f) != n) fatal("%s: cannot write", path);
+    fclose(f);
+}
+
+static inline void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+
+/* A JSON fixture, parsed; fatal when it cannot be read or is not JSON. */
+static inline cJSON *read_json(const char *path) {
+    size_t size;
+    char *text = read_whole_file(path, &size);
+    if (!text) fatal("%s: cannot read (%s)", path, strerror(errno));
+    cJSON *j = cJSON_ParseWithLength(text, size);
+    if (!j) fatal("%s: not valid JSON", path);
+    free(text);
+    return j;
+}
+
+/* n values uniform in [-scale, scale). */
+static inline void fill_uniform(float *x, size_t n, float scale, Rng *rng) {
+    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * rng_uniform(rng) - 1.0f);
 }
 
 #endif

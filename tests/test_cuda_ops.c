@@ -36,7 +36,7 @@ static double gemm_tol(int K, double emulated) {
 
 static float *random_floats(size_t n, float scale) {
     float *x = xmalloc(sizeof(float) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * rng_uniform(&rng) - 1.0f);
+    fill_uniform(x, n, scale, &rng);
     return x;
 }
 

@@ -18,29 +18,6 @@
 #define CHAT_FIXTURES "tests/fixtures/chat"
 #define SMOLLM2_GGUF "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-static char tmpdir[] = "/tmp/medusa-data-XXXXXX";
-
-static char *tmp_path(const char *name) { return path_join(tmpdir, name); }
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    ensure(f);
-    ensure(fwrite(data, 1, n, f) == n);
-    fclose(f);
-}
-
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
-
-static cJSON *read_json(const char *path) {
-    size_t n;
-    char *text = read_whole_file(path, &n);
-    if (!text) fatal("%s: cannot read", path);
-    cJSON *j = cJSON_ParseWithLength(text, n);
-    if (!j) fatal("%s: not valid JSON", path);
-    free(text);
-    return j;
-}
-
 /* ---- (a) chat templates vs the Python references ---- */
 
 /* The tokenizer a fixture was made with (chatml's is SmolLM2's, as transformers converts it from the GGUF:
@@ -817,7 +794,7 @@ static void test_cli(void) {
 }
 
 int main(void) {
-    ensure(mkdtemp(tmpdir));
+    make_tmpdir("/tmp/medusa-data-XXXXXX");
     test_templates();
     test_sharegpt();
     Tokenizer *tok = tokenizer_load_json(CHAT_FIXTURES "/llama3_tokenizer.json");
@@ -826,8 +803,6 @@ int main(void) {
     test_token_cache();
     test_batcher();
     test_cli();
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    ensure(system(cmd) == 0);
+    remove_tmpdir();
     return test_summary();
 }

@@ -154,10 +154,7 @@ static void check_step_acceptance(const cJSON *fixture, float eps, float alpha) 
 }
 
 static void check_acceptance(void) {
-    char *text = read_whole_file("tests/fixtures/acceptance.json", NULL);
-    ensure(text);
-    cJSON *root = cJSON_Parse(text);
-    free(text);
+    cJSON *root = read_json("tests/fixtures/acceptance.json");
     float eps = (float)json_number(root, "epsilon"), alpha = (float)json_number(root, "alpha");
     check_path_acceptance(root, eps, alpha);
     check_step_acceptance(cJSON_GetObjectItem(root, "step_cases"), eps, alpha);
@@ -187,10 +184,6 @@ static void make_prompts(Prompts *p, int vocab, uint64_t seed) {
         p->n[i] = 3 + (int)rng_below(&rng, 10);
         for (int j = 0; j < p->n[i]; j++) p->tokens[i][j] = (int32_t)rng_below(&rng, (uint64_t)vocab);
     }
-}
-
-static void fill_uniform(float *x, size_t n, float scale, Rng *rng) {
-    for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * rng_uniform(rng) - 1.0f);
 }
 
 /* Trains the heads (AdamW on the Medusa loss) on each prompt followed by its plain greedy continuation. */

@@ -19,9 +19,8 @@
 static int same_text(const Turn *a, const Turn *b) { return a->len == b->len && memcmp(a->text, b->text, a->len) == 0; }
 
 int main(void) {
-    char dir[] = "/tmp/test_distill.XXXXXX";
-    ensure(mkdtemp(dir));
-    char *out = path_join(dir, "out.jsonl");
+    make_tmpdir("/tmp/test_distill.XXXXXX");
+    char *out = tmp_path("out.jsonl");
     DistillOptions o;
     distill_options_defaults(&o);
     o.model = MODEL, o.input = INPUT, o.out = out, o.chat_template = "mistral";
@@ -92,8 +91,7 @@ int main(void) {
     model_free(&m);
     chat_template_free(&tmpl);
     model_tokenizer_free(&text);
-    unlink(out);
-    rmdir(dir);
+    remove_tmpdir();
     free(out);
     return test_summary();
 }

@@ -13,10 +13,6 @@
 #define K 3
 #define T 48
 
-static void fill_uniform(float *x, size_t n, float scale, Rng *rng) {
-    for (size_t i = 0; i < n; i++) x[i] = (2.0f * rng_uniform(rng) - 1.0f) * scale;
-}
-
 /* Every third token, plus the last one: a sorted map of about V/3 tokens. */
 static int make_map(int V, int32_t *map) {
     int n = 0;
@@ -193,11 +189,10 @@ static void check_files(const Model *base) {
     medusa_init(&m, be, (MedusaShape){K, 1, H, V, Vh});
     medusa_set_token_map(&m, map);
     randomise(&m, &rng, 0.5f);
-    char dir[] = "/tmp/test_head_vocab_XXXXXX";
-    ensure(mkdtemp(dir));
+    make_tmpdir("/tmp/test_head_vocab_XXXXXX");
     const char *names[] = {"v1", "vllm"};
     for (int f = 0; f < 2; f++) {
-        char *sub = path_join(dir, names[f]);
+        char *sub = tmp_path(names[f]);
         medusa_export(&m, sub, f == 0 ? MEDUSA_FORMAT_V1 : MEDUSA_FORMAT_VLLM, DT_F32, "base");
         medusa_import(&r, sub, be, H, V);
         CHECK(same_heads(&m, &r), "%s export/import: %d-token heads, token_map and weights round trip exactly",
@@ -205,7 +200,7 @@ static void check_files(const Model *base) {
         medusa_free(&r);
         free(sub);
     }
-    char *ckpt = path_join(dir, "ckpt-1.h5");
+    char *ckpt = tmp_path("ckpt-1.h5");
     AdamState adam;
     adam_init(&adam, &m);
     CheckpointMeta meta = {0};
@@ -226,9 +221,7 @@ static void check_files(const Model *base) {
     medusa_free(&m);
     free(ckpt);
     free(map);
-    char cmd[64];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ensure(system(cmd) == 0);
+    remove_tmpdir();
 }
 
 /* Greedy Medusa decoding with truncated heads (from the base lm_head, so they often agree) == plain greedy. */

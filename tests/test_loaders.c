@@ -7,19 +7,6 @@
 #include "../model/llama.h"
 #include "test.h"
 
-static char tmpdir[] = "/tmp/medusa-loaders-XXXXXX";
-
-static char *tmp_path(const char *name) { return path_join(tmpdir, name); }
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    ensure(f);
-    ensure(fwrite(data, 1, n, f) == n);
-    fclose(f);
-}
-
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
-
 /* A safetensors file with the given JSON header and data_len zero bytes of data. */
 static void write_safetensors(const char *path, const char *header, size_t data_len, uint64_t claimed_header_len) {
     size_t h = strlen(header);
@@ -117,7 +104,7 @@ static void check_bf16_loads(void) {
 }
 
 int main(void) {
-    ensure(mkdtemp(tmpdir));
+    make_tmpdir("/tmp/medusa-loaders-XXXXXX");
     check_bf16_loads();
     WeightSet w;
     ModelConfig c;
@@ -218,5 +205,6 @@ int main(void) {
     }
     EXPECT_FATAL(model_load(&m, "/nonexistent/model", backend_cpu(), DT_F32), "not a model directory",
                  "model: missing path");
+    remove_tmpdir();
     return test_summary();
 }

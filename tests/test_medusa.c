@@ -662,9 +662,8 @@ static void test_export(void) {
     printf("export: Medusa v1 and vLLM layouts\n");
     MedusaHeads m;
     load_case_a_heads(&m);
-    char dir[] = "/tmp/test_medusa_XXXXXX";
-    ensure(mkdtemp(dir));
-    char *v1 = path_join(dir, "v1"), *vllm = path_join(dir, "vllm"), *bf = path_join(dir, "bf16");
+    make_tmpdir("/tmp/test_medusa_XXXXXX");
+    char *v1 = tmp_path("v1"), *vllm = tmp_path("vllm"), *bf = tmp_path("bf16");
     medusa_export(&m, v1, MEDUSA_FORMAT_V1, DT_F32, "tests/fixtures/medusa/base");
     medusa_export(&m, vllm, MEDUSA_FORMAT_VLLM, DT_F32, NULL);
     char *p = path_join(v1, "medusa_lm_head.safetensors");
@@ -703,9 +702,7 @@ static void test_export(void) {
                  "import from a file (a checkpoint, say) names it and says what is expected");
     free(weights_file);
 
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0) printf("       (could not remove %s)\n", dir);
+    remove_tmpdir();
     free(v1);
     free(vllm);
     free(bf);

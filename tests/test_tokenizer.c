@@ -22,16 +22,6 @@ typedef struct {
     int n;
 } Strings;
 
-static cJSON *load_json(const char *path) {
-    size_t size;
-    char *text = read_whole_file(path, &size);
-    if (!text) fatal("%s: cannot read (%s)", path, strerror(errno));
-    cJSON *j = cJSON_ParseWithLength(text, size);
-    if (!j) fatal("%s: not valid JSON", path);
-    free(text);
-    return j;
-}
-
 static char *from_hex(const char *hex, size_t *len) {
     size_t n = strlen(hex) / 2;
     char *s = xmalloc(n + 1);
@@ -46,7 +36,7 @@ static char *from_hex(const char *hex, size_t *len) {
 }
 
 static Strings load_strings(void) {
-    cJSON *j = load_json(FIXTURES "strings.json"), *h;
+    cJSON *j = read_json(FIXTURES "strings.json"), *h;
     const cJSON *hex = cJSON_GetObjectItem(j, "hex");
     Strings st = {0};
     st.n = cJSON_GetArraySize(hex);
@@ -87,7 +77,7 @@ static void print_mismatch(const char *what, int i, const Strings *st, const int
  * against HF's decode; and decode(encode(s)) == s. */
 static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const char *ref,
                             const Strings *st) {
-    cJSON *fx = load_json(fixture);
+    cJSON *fx = read_json(fixture);
     const cJSON *ids = cJSON_GetObjectItem(fx, "ids"), *plain = cJSON_GetObjectItem(fx, "ids_plain"),
                 *bos = cJSON_GetObjectItem(fx, "ids_bos"), *decoded = cJSON_GetObjectItem(fx, "decoded"),
                 *decoded_skip = cJSON_GetObjectItem(fx, "decoded_skip");
@@ -186,7 +176,7 @@ static void check_tokenizer(const char *label, const Tokenizer *t, const char *f
  * tokenizer.json do); transformers' conversion of the GGUF (smollm2.json) drops that step. Every other
  * string must tokenize as the conversion does, and the ones that differ are those the generator found. */
 static void check_gguf_vs_conversion(const Tokenizer *t, const Strings *st) {
-    cJSON *conv = load_json(FIXTURES "smollm2.json"), *fx = load_json(FIXTURES "smollm2_gguf.json"), *v;
+    cJSON *conv = read_json(FIXTURES "smollm2.json"), *fx = read_json(FIXTURES "smollm2_gguf.json"), *v;
     const cJSON *ids = cJSON_GetObjectItem(conv, "ids");
     char *expect_differ = xcalloc((size_t)st->n, 1);
     cJSON_ArrayForEach(v, cJSON_GetObjectItem(fx, "differs_from_conversion")) { expect_differ[v->valueint] = 1; }
@@ -239,7 +229,7 @@ static void check_specials(const Tokenizer *t) {
 /* The chat fixtures' ids (transformers' templates, then tokenizers) from chat_render + our encoder, and
  * chat_encode's ids and masks (or its skip when the fixture trains nothing within max_len). */
 static void check_chat(const char *template_fixture) {
-    cJSON *fx = load_json(template_fixture);
+    cJSON *fx = read_json(template_fixture);
     const char *name = cJSON_GetObjectItem(fx, "template")->valuestring;
     const char *tok_path = cJSON_GetObjectItem(fx, "tokenizer")->valuestring;
     const cJSON *jinja = cJSON_GetObjectItem(fx, "jinja"), *cases = cJSON_GetObjectItem(fx, "cases");
@@ -283,7 +273,6 @@ static void check_chat(const char *template_fixture) {
     cJSON_Delete(fx);
 }
 
-static char tmp_dir[64];
 static const char *write_tmp(const char *name, const char *text, size_t len);
 
 static void set_item(cJSON *obj, const char *key, const cJSON *value) {
@@ -294,9 +283,9 @@ static void set_item(cJSON *obj, const char *key, const cJSON *value) {
 
 /* The small tokenizers with other pre-tokenizers, normalisers and added-token options against HF. */
 static void check_variants(const Strings *st) {
-    cJSON *fx = load_json(FIXTURES "variants.json"), *v;
+    cJSON *fx = read_json(FIXTURES "variants.json"), *v;
     cJSON_ArrayForEach(v, fx) {
-        cJSON *spec = load_json(cJSON_GetObjectItem(v, "base")->valuestring), *o;
+        cJSON *spec = read_json(cJSON_GetObjectItem(v, "base")->valuestring), *o;
         cJSON_ArrayForEach(o, cJSON_GetObjectItem(v, "override")) {
             if (strncmp(o->string, "model.", 6) == 0) set_item(cJSON_GetObjectItem(spec, "model"), o->string + 6, o);
             else set_item(spec, o->string, o);
@@ -331,11 +320,9 @@ static void check_variants(const Strings *st) {
 }
 
 static const char *write_tmp(const char *name, const char *text, size_t len) {
-    static char path[128];
-    snprintf(path, sizeof path, "%s/%s", tmp_dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(text, 1, len, f) != len) fatal("%s: cannot write", path);
-    fclose(f);
+    static char path[sizeof tmpdir + 64];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    write_bytes(path, text, len);
     return path;
 }
 
@@ -406,7 +393,7 @@ static void check_bad_input(void) {
     gguf_close(&g);
     unlink(write_tmp("tokenizer.json", "", 0));
     unlink(write_tmp("bad.gguf", "", 0));
-    rmdir(tmp_dir);
+    rmdir(tmpdir);
 }
 
 /* Encoder throughput on ShareGPT text, when the demo data is there. */
@@ -546,8 +533,7 @@ int main(void) {
     check_chat("tests/fixtures/chat/llama-2.json");
     check_chat("tests/fixtures/chat/mistral.json");
 
-    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/medusa-tok-XXXXXX");
-    ensure(mkdtemp(tmp_dir));
+    make_tmpdir("/tmp/medusa-tok-XXXXXX");
     check_variants(&st);
     check_bad_input();
     for (int i = 0; i < st.n; i++) free(st.s[i]);

@@ -19,11 +19,9 @@
 #define BASE "tests/fixtures/medusa/base"
 enum { V = 384 };
 
-static char root[] = "/tmp/test_train_XXXXXX";
-
 /* Random conversations: BOS, a masked prompt, a trained reply. */
 static char *write_cache(const char *name, int n_convs, uint64_t seed) {
-    char *path = path_join(root, name);
+    char *path = tmp_path(name);
     TokenCacheWriter w;
     token_cache_writer_open(&w, path);
     Rng rng;
@@ -208,7 +206,7 @@ static void run_whole_and_split(TrainConfig *whole, TrainConfig *split, int stop
 
 static void test_resume(const char *data, const char *val) {
     printf("resume: 8 steps in one go vs 4 steps, stop, resume in fresh state, 4 steps\n");
-    char *a = path_join(root, "a"), *b = path_join(root, "b");
+    char *a = tmp_path("a"), *b = tmp_path("b");
     TrainConfig ca = config(a, data, val), cb = config(b, data, val);
     run_whole_and_split(&ca, &cb, 4);
 
@@ -235,7 +233,7 @@ static void test_resume(const char *data, const char *val) {
     max_errors(l4.heads.params, la.heads.params, n, &abs_err, &rel_err);
     CHECK(abs_err > 0, "training moved the params between steps 4 and 8 (max abs change %.3g)", abs_err);
     /* saved and loaded in slices of 97 floats, across many slice borders: the same arrays come back */
-    char *sliced = path_join(root, "sliced.h5");
+    char *sliced = tmp_path("sliced.h5");
     size_t slice = checkpoint_slice_floats;
     checkpoint_slice_floats = 97;
     checkpoint_save(sliced, &l4.heads, &l4.adam, &l4.meta);
@@ -314,7 +312,7 @@ static void test_resume(const char *data, const char *val) {
  * an unknown name is an error. A base-kl run of truncated heads stopped and resumed ends as the uninterrupted run. */
 static void test_targets(const char *data, const char *val) {
     printf("--targets: base-argmax and base-kl runs, and resume refuses other targets\n");
-    char *dir = path_join(root, "argmax");
+    char *dir = tmp_path("argmax");
     TrainConfig c = config(dir, data, val);
     c.targets = "base-argmax";
     c.max_steps = 4;
@@ -332,7 +330,7 @@ static void test_targets(const char *data, const char *val) {
     bad.targets = "labels";
     EXPECT_FATAL(train_run(&bad), "targets is (absent) in this run but \"base-argmax\" in the checkpoint",
                  "resuming a base-argmax run with --targets labels is refused");
-    char *labels_dir = path_join(root, "b"); /* test_resume's labels run */
+    char *labels_dir = tmp_path("b"); /* test_resume's labels run */
     bad = config(labels_dir, data, val);
     bad.resume = 1;
     bad.targets = "base-argmax";
@@ -342,7 +340,7 @@ static void test_targets(const char *data, const char *val) {
     bad.targets = "base-kl";
     EXPECT_FATAL(train_run(&bad), "targets is \"base-kl\" in this run but \"base-argmax\" in the checkpoint",
                  "resuming a base-argmax run with --targets base-kl is refused");
-    char *kl_a = path_join(root, "kl_a"), *kl_b = path_join(root, "kl_b");
+    char *kl_a = tmp_path("kl_a"), *kl_b = tmp_path("kl_b");
     TrainConfig ka = config(kl_a, data, val), kb = config(kl_b, data, val);
     ka.targets = kb.targets = "base-kl";
     ka.head_vocab = kb.head_vocab = 96;
@@ -381,7 +379,7 @@ static void test_targets(const char *data, const char *val) {
 
 static void test_diverge(const char *data) {
     printf("divergence: a huge learning rate makes the loss non-finite\n");
-    char *dir = path_join(root, "nan");
+    char *dir = tmp_path("nan");
     TrainConfig c = config(dir, data, NULL);
     c.optim.lr = 1e30;
     c.optim.warmup_ratio = 0;
@@ -399,7 +397,7 @@ static void test_diverge(const char *data) {
 /* SIGTERM in the middle of a long run: the step finishes, a checkpoint is written, exit status 130. */
 static void test_signal(const char *data) {
     printf("signal: SIGTERM during training\n");
-    char *dir = path_join(root, "sig");
+    char *dir = tmp_path("sig");
     TrainConfig c = config(dir, data, NULL);
     c.max_steps = 1000000;
     c.log_every = 1;
@@ -563,7 +561,7 @@ static void test_eval_base_top1(void) {
  * forward pass within fp32 rounding (a batch's GEMMs sum each row in the same order, so usually exactly). */
 static void test_cache_hidden(const char *data) {
     printf("--cache-hidden: 24 steps (3 epochs) vs 12 + resume + 12; evaluation from the cache vs the packed pass\n");
-    char *a = path_join(root, "cache_a"), *b = path_join(root, "cache_b");
+    char *a = tmp_path("cache_a"), *b = tmp_path("cache_b");
     TrainConfig ca = config(a, data, NULL), cb = config(b, data, NULL);
     ca.cache_hidden = cb.cache_hidden = 1;
     ca.max_steps = cb.max_steps = 24;
@@ -625,7 +623,7 @@ static void test_cache_hidden(const char *data) {
 
 int main(void) {
     log_verbosity = 0;
-    ensure(mkdtemp(root));
+    make_tmpdir("/tmp/test_train_XXXXXX");
     char *data = write_cache("train.tokens.h5", 48, 1), *val = write_cache("val.tokens.h5", 8, 2);
     test_signal(data); /* first: libgomp's thread pool does not survive fork, so fork before OpenMP runs */
     test_resume(data, val);
@@ -633,9 +631,7 @@ int main(void) {
     test_diverge(data);
     test_eval_base_top1();
     test_cache_hidden(data);
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
-    if (system(cmd) != 0) printf("       (could not remove %s)\n", root);
+    remove_tmpdir();
     free(data);
     free(val);
     return test_summary();

@@ -12,10 +12,7 @@ static void check_tree(const char *name) {
     char tree_path[256], ref_path[256];
     snprintf(tree_path, sizeof tree_path, "configs/trees/%s.json", name);
     snprintf(ref_path, sizeof ref_path, "tests/fixtures/trees/%s.buffers.json", name);
-    char *text = read_whole_file(ref_path, NULL);
-    ensure(text);
-    cJSON *ref = cJSON_Parse(text);
-    free(text);
+    cJSON *ref = read_json(ref_path);
     MedusaTree t;
     tree_load(&t, tree_path);
     const cJSON *mask = cJSON_GetObjectItem(ref, "mask"), *ti = cJSON_GetObjectItem(ref, "tree_indices");

@@ -101,10 +101,11 @@ import transformers
 from safetensors.numpy import save_file
 from transformers import LlamaConfig, LlamaForCausalLM, get_cosine_schedule_with_warmup
 
+from reference import IGNORE, ResBlock, make_heads, randomise
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "medusa"
 
-IGNORE = -100          # HF / reference ignore index
 K = 3                  # Medusa heads
 LAMBDA = 0.8           # head i weighted LAMBDA**i
 TOPK = 5               # hits for k = 1..TOPK
@@ -148,36 +149,8 @@ WARMUP_RATIO = 0.1
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the heads, as the reference defines them
+# the heads, as the reference defines them (ResBlock, make_heads: reference.py)
 # ---------------------------------------------------------------------------------------------------------
-
-class ResBlock(nn.Module):
-    """Verbatim the reference ResBlock (medusa/model/medusa_model.py)."""
-
-    def __init__(self, hidden_size):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size)
-        torch.nn.init.zeros_(self.linear.weight)
-        self.act = nn.SiLU()
-
-    def forward(self, x):
-        return x + self.act(self.linear(x))
-
-
-def make_heads(base_lm_head, num_heads, num_layers):
-    """The reference medusa_head ModuleList, but with independent ResBlocks per layer (see QUIRK above).
-    Built in the reference's order (head by head: blocks, then the lm_head Linear), so under a fixed
-    torch.manual_seed the default bias init is reproducible; the lm_head is then overwritten by the copy."""
-    H = base_lm_head.shape[1]
-    V = base_lm_head.shape[0]
-    heads = nn.ModuleList([
-        nn.Sequential(*[ResBlock(H) for _ in range(num_layers)], nn.Linear(H, V, bias=False))
-        for _ in range(num_heads)])
-    with torch.no_grad():
-        for i in range(num_heads):
-            heads[i][-1].weight.data[:] = base_lm_head
-    return heads.float()
-
 
 def reference_quirk_check(H, V):
     """Document the reference's shared-ResBlock behaviour on the installed torch."""
@@ -214,14 +187,7 @@ def make_base():
                       bos_token_id=1, eos_token_id=2)
     cfg._attn_implementation = "eager"
     torch.manual_seed(BASE_SEED)
-    model = LlamaForCausalLM(cfg)
-    g = torch.Generator().manual_seed(BASE_SEED)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(0.6 + 0.8 * torch.rand(p.shape, generator=g))        # norm gains in [0.6, 1.4)
-            else:
-                p.copy_(BASE_STD * torch.randn(p.shape, generator=g))
+    model = randomise(LlamaForCausalLM(cfg), BASE_SEED, std=BASE_STD, bias_std=BASE_STD)
     return model.float().eval()
 
 

@@ -34,6 +34,8 @@ from safetensors.numpy import save_file
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM)
 
+from reference import randomise
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "models"
 
@@ -80,22 +82,6 @@ def tiny_configs():
             vocab_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
             rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, **common)),
     }
-
-
-def randomise(model, seed):
-    """Re-initialise every parameter with values that make bugs visible: the default init (std 0.02,
-    norms = 1, biases = 0) would let a missing norm weight, bias or a transposed matrix go unnoticed.
-    std 0.15 keeps attention scores around 1 (neither uniform nor one-hot) for hidden 64."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(0.6 + 0.8 * torch.rand(p.shape, generator=g))        # norm gains in [0.6, 1.4)
-            elif name.endswith(".bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.15 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def make_tiny(name, cls, config, seed):
