@@ -51,7 +51,7 @@ LDLIBS  += $(shell pkg-config --libs ompi-c)
 endif
 # (under test-asan the emulated kernels are sanitized too: out-of-bounds device accesses are reported)
 # -fno-strict-aliasing: kernels copy device memory through wider types (16-byte tile loads), as CUDA code does.
-EMU_CXXFLAGS := -O2 -g -std=c++17 -fno-strict-aliasing -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
+EMU_CXXFLAGS := -O2 -g -std=c++17 -fno-strict-aliasing -Wall -Wextra -MMD -MP $(BLAS_CFLAGS) $(shell pkg-config --cflags libcjson 2>/dev/null) $(filter -fsanitize=% -fno-omit-frame-pointer,$(CFLAGS))
 EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
 # The kernels again with multiply-adds fused where the compiler finds them (-mfma: g++, like nvcc by default, then
 # contracts a * b + c), for the op test at a GPU's tolerances (tests/cuda_ops_truncating.sh); where the CPU has FMA.
