@@ -71,6 +71,12 @@ for n in 2 3; do
     expect "awk 'BEGIN{exit !($r <= 1e-6 && $h <= 1e-6)}' && grep -q 'data parallel over $n ranks' '$TMP/log_ranks$n'" \
         "$n ranks x 1 batch a step vs one process with --grad-accum $n: losses of steps 1-4 max rel. error $r, exported heads' losses $h (tolerance 1e-6)"
 done
+# a run of 2 ranks stopped after step 2 resumes as one process with --grad-accum 2 (the same batches per step)
+train moved "${MPIRUN[@]}" -np 2 -- --grad-accum 1 --stop-after 2
+train moved -- --grad-accum 2 --resume
+r=$(rel_error "$TMP/loss_one_accum2" "$TMP/loss_moved")
+expect "awk 'BEGIN{exit !($r <= 1e-6)}'" \
+    "2 ranks stopped after step 2, resumed as one process with --grad-accum 2: losses of steps 1-4 max rel. error $r vs the uninterrupted run (tolerance 1e-6)"
 expect "[ \"\$(grep -c 'saved ' '$TMP/log_ranks2')\" -eq 1 ] && [ ! -e '$TMP/run_ranks2/metrics.jsonl.tmp' ]" \
     "2 ranks: rank 0 alone saves and logs (one 'saved' line)"
 

@@ -88,7 +88,8 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON_AddNumberToObject(j, "epochs", c->epochs);
     cJSON_AddNumberToObject(j, "max-steps", c->max_steps);
     cJSON_AddNumberToObject(j, "batch-tokens", c->batch_tokens);
-    cJSON_AddNumberToObject(j, "grad-accum", c->grad_accum);
+    /* the batches of a step over all ranks: a run resumes on any ranks x --grad-accum with the same product */
+    cJSON_AddNumberToObject(j, "grad-accum", c->grad_accum * dist_size());
     cJSON_AddNumberToObject(j, "seed", c->seed);
     cJSON_AddNumberToObject(j, "data tokens", (double)data->n_tokens);
     cJSON_AddNumberToObject(j, "data conversations", (double)data->n_convs);
