@@ -80,6 +80,17 @@ expect "awk 'BEGIN{exit !($r <= 1e-6)}'" \
 expect "[ \"\$(grep -c 'saved ' '$TMP/log_ranks2')\" -eq 1 ] && [ ! -e '$TMP/run_ranks2/metrics.jsonl.tmp' ]" \
     "2 ranks: rank 0 alone saves and logs (one 'saved' line)"
 
+# evaluation shared by 2 ranks (alternate batches) gives the one-process figures
+"$BIN/medusa-eval" --model "$MODEL" --medusa "$TMP/run_one_accum2/medusa" --data "$TMP/sg.train.tokens.h5" \
+    --batch-tokens 128 --json "$TMP/eval_one.json" >/dev/null 2>&1
+check "medusa-eval on 2 ranks" "${MPIRUN[@]}" -np 2 "$BIN/medusa-eval" --model "$MODEL" \
+    --medusa "$TMP/run_one_accum2/medusa" --data "$TMP/sg.train.tokens.h5" --batch-tokens 128 --json "$TMP/eval_two.json"
+figures() { grep -E '"(batches|tokens|loss|medusa[0-9]+_[a-z0-9_]+|base_top1)":' "$1" | tr -d ' \t",' | cut -d: -f2; }
+r=$(paste <(figures "$TMP/eval_one.json") <(figures "$TMP/eval_two.json") | awk '{d = $1 - $2; if (d < 0) d = -d
+    s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s; if (d > m) m = d; n++} END {print (n >= 20 ? m + 0 : 1)}')
+expect "awk 'BEGIN{exit !($r <= 1e-9)}' && [ \"\$(grep -c medusa0 '$TMP/log')\" -le 1 ]" \
+    "medusa-eval on 2 ranks (alternate batches) equals one process: every figure within rel. $r (tolerance 1e-9); rank 0 alone reports"
+
 # a rank whose settings differ: every rank stops with the error, none hangs
 if timeout 60 "${MPIRUN[@]}" -np 1 "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" \
     --out "$TMP/run_mismatch" --heads 2 --max-steps 2 --batch-tokens 128 : \

@@ -7,6 +7,7 @@
 #include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
 #include "../model/startup.h"
+#include "dist.h"
 #include "run.h"
 
 static const char *USAGE =
@@ -16,6 +17,45 @@ static const char *USAGE =
     "of medusa{i}_top{k} for k = 1..5 (the data's token within head i's top k), beside it medusa{i}_base_top{k}\n"
     "(the base model's own greedy choice for that token, given the true prefix, within the top k: what decoding\n"
     "accepts, the input of medusa-infer tune), and the base model's top-1 on t+1; writes them as JSON with --json.";
+
+/* The table on stdout and, with json, the metrics as JSON (atomically). */
+static void report(const StepMetrics *m, int K, double seconds, const char *json, const char *model, const char *heads,
+                   const char *data) {
+    printf("%-10s %-39s %-8s %-8s  %s\n", "", "top-k holds the data's token", "", "",
+           "top-k holds the base model's greedy choice");
+    printf("%-10s %7s %7s %7s %7s %7s %8s %8s ", "head", "top1", "top2", "top3", "top4", "top5", "loss", "targets");
+    printf(" %7s %7s %7s %7s %7s\n", "top1", "top2", "top3", "top4", "top5");
+    for (int i = 0; i < K; i++) {
+        double n = m->valid[i] ? (double)m->valid[i] : 1;
+        printf("medusa%-4d", i);
+        for (int k = 0; k < MEDUSA_TOPK; k++) printf(" %7.4f", (double)m->hits[i][k] / n);
+        printf(" %8.4f %8lld ", m->batches ? m->loss_sum[i] / m->batches : 0.0, (long long)m->valid[i]);
+        for (int k = 0; k < MEDUSA_TOPK; k++) printf(" %7.4f", (double)m->agree[i][k] / n);
+        printf("\n");
+    }
+    double base_top1 = m->base_valid ? (double)m->base_hits / (double)m->base_valid : 0;
+    printf("base model top-1 on t+1: %.4f (%lld targets)\n", base_top1, (long long)m->base_valid);
+    printf("%d batches, %lld tokens in %.1f s (%.0f tokens/s)\n", m->batches, (long long)m->tokens, seconds,
+           seconds > 0 ? (double)m->tokens / seconds : 0);
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", model);
+        cJSON_AddStringToObject(o, "heads", heads);
+        cJSON_AddStringToObject(o, "data", data);
+        cJSON_AddNumberToObject(o, "batches", m->batches);
+        cJSON_AddNumberToObject(o, "tokens", (double)m->tokens);
+        eval_metrics_to_json(m, K, o);
+        char *text = cJSON_Print(o);
+        size_t n = strlen(text);
+        text = xrealloc(text, n + 2);
+        text[n] = '\n';
+        text[n + 1] = '\0';
+        write_file_atomic(json, text, n + 1);
+        free(text);
+        cJSON_Delete(o);
+    }
+}
 
 int main(int argc, char **argv) {
     const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL;
@@ -35,6 +75,7 @@ int main(int argc, char **argv) {
         LOGITS_CHUNK_FLAG_SPEC(&dev),
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
+    dist_init(&argc, &argv); /* under mpirun the ranks share the batches */
     if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");
     Startup s;
     startup_begin(&s, &dev, model);
@@ -74,45 +115,12 @@ int main(int argc, char **argv) {
     evaluate(&t, &cache, batch_tokens, max_batches, &m);
     double seconds = now_seconds() - t0;
 
-    int K = heads.shape.n_heads;
-    printf("%-10s %-39s %-8s %-8s  %s\n", "", "top-k holds the data's token", "", "",
-           "top-k holds the base model's greedy choice");
-    printf("%-10s %7s %7s %7s %7s %7s %8s %8s ", "head", "top1", "top2", "top3", "top4", "top5", "loss", "targets");
-    printf(" %7s %7s %7s %7s %7s\n", "top1", "top2", "top3", "top4", "top5");
-    for (int i = 0; i < K; i++) {
-        double n = m.valid[i] ? (double)m.valid[i] : 1;
-        printf("medusa%-4d", i);
-        for (int k = 0; k < MEDUSA_TOPK; k++) printf(" %7.4f", (double)m.hits[i][k] / n);
-        printf(" %8.4f %8lld ", m.batches ? m.loss_sum[i] / m.batches : 0.0, (long long)m.valid[i]);
-        for (int k = 0; k < MEDUSA_TOPK; k++) printf(" %7.4f", (double)m.agree[i][k] / n);
-        printf("\n");
-    }
-    double base_top1 = m.base_valid ? (double)m.base_hits / (double)m.base_valid : 0;
-    printf("base model top-1 on t+1: %.4f (%lld targets)\n", base_top1, (long long)m.base_valid);
-    printf("%d batches, %lld tokens in %.1f s (%.0f tokens/s)\n", m.batches, (long long)m.tokens, seconds,
-           seconds > 0 ? (double)m.tokens / seconds : 0);
-
-    if (json) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "model", model);
-        cJSON_AddStringToObject(o, "heads", medusa ? medusa : ckpt_path);
-        cJSON_AddStringToObject(o, "data", data);
-        cJSON_AddNumberToObject(o, "batches", m.batches);
-        cJSON_AddNumberToObject(o, "tokens", (double)m.tokens);
-        eval_metrics_to_json(&m, K, o);
-        char *text = cJSON_Print(o);
-        size_t n = strlen(text);
-        text = xrealloc(text, n + 2);
-        text[n] = '\n';
-        text[n + 1] = '\0';
-        write_file_atomic(json, text, n + 1);
-        free(text);
-        cJSON_Delete(o);
-    }
+    if (dist_rank() == 0) report(&m, heads.shape.n_heads, seconds, json, model, medusa ? medusa : ckpt_path, data);
     trainer_free(&t);
     medusa_free(&heads);
     token_cache_free(&cache);
     model_free(&base);
     free(ckpt_path);
+    dist_finalize();
     return 0;
 }

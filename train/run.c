@@ -64,10 +64,12 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
     step_metrics_clear(out);
     for (int64_t i = 0; i < n; i++) {
         PackedBatch batch = batcher_next(&b);
+        if (i % dist_size() != dist_rank()) continue; /* data-parallel ranks share the batches */
         batch.convs = NULL; /* the hidden-state cache holds the training conversations, not these */
         trainer_eval_batch(t, &batch, out);
     }
     batcher_free(&b);
+    step_metrics_sum_ranks(out);
 }
 
 /* ---- run state ---- */
@@ -485,7 +487,7 @@ static int run_steps(Run *r) {
         progress_update(&prog, r->step - start_step, extra);
 
         double aside = now_seconds(); /* evaluation and saving are not training throughput */
-        if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0 && dist_rank() == 0) run_eval(r, epoch);
+        if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0) run_eval(r, epoch);
         if (c->save_every > 0 && r->step % c->save_every == 0) save(r, r->step);
         window_start += now_seconds() - aside;
         /* stop when one more step plus the final save and export (timed at the last save, else guessed at
@@ -518,7 +520,7 @@ static int run_steps(Run *r) {
  * stopped it. */
 static void run_finish(Run *r, int status) {
     const TrainConfig *c = r->c;
-    if (status == TRAIN_DONE && c->val && r->last_eval != r->step && dist_rank() == 0) run_eval(r, -1);
+    if (status == TRAIN_DONE && c->val && r->last_eval != r->step) run_eval(r, -1);
     if (r->last_save != r->step) save(r, r->step);
     if (status == TRAIN_INTERRUPTED) {
         log_info("interrupted by signal %d after step %lld: checkpoint saved; continue with --resume", (int)stop_signal,

@@ -155,24 +155,31 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
     free(ranks);
 }
 
-/* The step's statistics of every rank into metrics (each rank's own are in step). */
-static void add_ranks_metrics(StepMetrics *metrics, StepMetrics *step) {
-    dist_sum_doubles(step->loss_sum, 64);
-    dist_sum_doubles(&step->total_loss_sum, 1);
-    dist_sum_int64(step->valid, 64);
-    dist_sum_int64(step->computed, 64);
-    dist_sum_int64(&step->hits[0][0], 64 * MEDUSA_TOPK);
-    int64_t counts[2] = {step->batches, step->tokens};
-    dist_sum_int64(counts, 2);
+void step_metrics_sum_ranks(StepMetrics *m) {
+    if (dist_size() == 1) return;
+    dist_sum_doubles(m->loss_sum, 64);
+    dist_sum_doubles(&m->total_loss_sum, 1);
+    dist_sum_int64(m->valid, 64);
+    dist_sum_int64(m->computed, 64);
+    dist_sum_int64(&m->hits[0][0], 64 * MEDUSA_TOPK);
+    dist_sum_int64(&m->agree[0][0], 64 * MEDUSA_TOPK);
+    int64_t counts[4] = {m->base_valid, m->base_hits, m->batches, m->tokens};
+    dist_sum_int64(counts, 4);
+    m->base_valid = counts[0], m->base_hits = counts[1], m->batches = (int)counts[2], m->tokens = counts[3];
+}
+
+static void add_metrics(StepMetrics *into, const StepMetrics *m) {
     for (int h = 0; h < 64; h++) {
-        metrics->loss_sum[h] += step->loss_sum[h];
-        metrics->valid[h] += step->valid[h];
-        metrics->computed[h] += step->computed[h];
-        for (int k = 0; k < MEDUSA_TOPK; k++) metrics->hits[h][k] += step->hits[h][k];
+        into->loss_sum[h] += m->loss_sum[h];
+        into->valid[h] += m->valid[h];
+        into->computed[h] += m->computed[h];
+        for (int k = 0; k < MEDUSA_TOPK; k++) into->hits[h][k] += m->hits[h][k], into->agree[h][k] += m->agree[h][k];
     }
-    metrics->total_loss_sum += step->total_loss_sum;
-    metrics->batches += (int)counts[0];
-    metrics->tokens += counts[1];
+    into->total_loss_sum += m->total_loss_sum;
+    into->base_valid += m->base_valid;
+    into->base_hits += m->base_hits;
+    into->batches += m->batches;
+    into->tokens += m->tokens;
 }
 
 /* Every rank's gradients summed into each rank's (through host memory where the backend's is not). */
@@ -213,7 +220,8 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     }
     if (t->ranks > 1) {
         sum_ranks_grads(t->heads);
-        add_ranks_metrics(metrics, &own);
+        step_metrics_sum_ranks(&own);
+        add_metrics(metrics, &own);
     }
     double norm = optim_step(t->heads, &t->adam, &t->optim);
     if (!isfinite(norm))

@@ -68,5 +68,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
 void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics);
 
 void step_metrics_clear(StepMetrics *m);
+/* Every data-parallel rank's statistics summed into each rank's (train/dist.h); nothing with one rank. */
+void step_metrics_sum_ranks(StepMetrics *m);
 
 #endif
