@@ -6,6 +6,24 @@
 #include "../common/common.h"
 #include "ops.h"
 
+void backend_check(const Backend *b) {
+    const char *name = b->name ? b->name : "(unnamed)";
+#define CHECK_MEMBER(member)                                                                                           \
+    if (!b->member) fatal("backend %s: its table leaves %s unset (kernels/ops.h, kernels/ops.def)", name, #member);
+    CHECK_MEMBER(alloc)
+    CHECK_MEMBER(free)
+    CHECK_MEMBER(upload)
+    CHECK_MEMBER(download)
+    CHECK_MEMBER(copy)
+    CHECK_MEMBER(reserve)
+    CHECK_MEMBER(peak_bytes)
+    CHECK_MEMBER(memory_available)
+#define OP(ret, op, params, args) CHECK_MEMBER(op)
+#include "ops.def"
+#undef OP
+#undef CHECK_MEMBER
+}
+
 const Backend *backend_by_name(const char *name) {
     if (!strcmp(name, "cpu")) return backend_cpu();
     if (!strcmp(name, "cuda")) {

@@ -65,9 +65,9 @@ static void attend_block(float *out, const float *q, const float *k, const float
                 (int)kv_stride, 0.0f, ob, (int)q_stride);
 }
 
-void cpu_attention_forward(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                           const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                           int head_dim) {
+void cpu_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
+                   const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                   int head_dim) {
     /* split the queries into blocks of equal key_begin, at most 256 queries each to bound the score buffer */
     Block *blocks = malloc(sizeof(Block) * (size_t)(T > 0 ? T : 1));
     int n_blocks = 0;

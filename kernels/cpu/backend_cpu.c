@@ -28,35 +28,11 @@ const Backend *backend_cpu(void) {
         .reserve = cpu_reserve,
         .peak_bytes = cpu_peak_bytes,
         .memory_available = cpu_memory_available,
-        .embedding = cpu_embedding_forward,
-        .rmsnorm = cpu_rmsnorm_forward,
-        .matmul = cpu_matmul_forward,
-        .rope_qkv = cpu_rope_qkv,
-        .attention = cpu_attention_forward,
-        .swiglu = cpu_swiglu_forward,
-        .residual_add = cpu_residual_add,
-        .copy_rows = cpu_copy_rows,
-        .fill_zero = cpu_fill_zero,
-        .matmul_backward = cpu_matmul_backward,
-        .resblock_forward = cpu_resblock_forward,
-        .silu_backward = cpu_silu_backward,
-        .softmax_xent = cpu_softmax_xent,
-        .rank_ids = cpu_rank_ids,
-        .softmax_entropy = cpu_softmax_entropy,
-        .adamw = cpu_adamw,
-        .sum_squares = cpu_sum_squares,
-        .matmul_bf16 = cpu_matmul_bf16,
-        .matmul_backward_bf16 = cpu_matmul_backward_bf16,
-        .classifier_bf16 = cpu_classifier_bf16,
-        .matmul_bf16_in = cpu_matmul_bf16_in,
-        .matmul_bf16_out = cpu_matmul_bf16_out,
-        .rope_qkv_bf16 = cpu_rope_qkv_bf16,
-        .rmsnorm_bf16 = cpu_rmsnorm_bf16,
-        .swiglu_bf16 = cpu_swiglu_bf16,
-        .embedding_bf16 = cpu_embedding_bf16,
-        .attention_bf16 = cpu_attention_bf16,
-        .top_k = cpu_top_k,
-        .to_bf16 = cpu_to_bf16,
+#define OP(ret, op, params, args) .op = cpu_##op,
+#include "../ops.def"
+#undef OP
     };
+    static int checked;
+    if (!checked) backend_check(&cpu), checked = 1;
     return &cpu;
 }

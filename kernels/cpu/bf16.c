@@ -131,7 +131,7 @@ void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, con
     size_t n = (size_t)T * n_heads * head_dim, kv_n = (size_t)(row0 + T) * n_kv_heads * head_dim;
     float *wq = widened_copy(q, n), *wk = widened_copy(k, kv_n), *wv = widened_copy(v, kv_n);
     float *exact = xmalloc(sizeof(float) * (n ? n : 1));
-    cpu_attention_forward(exact, wq, wk, wv, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+    cpu_attention(exact, wq, wk, wv, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
     cpu_to_bf16(out, exact, n);
     free(exact);
     free(wq);

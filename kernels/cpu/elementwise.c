@@ -6,7 +6,7 @@
 #include "cpu_ops.h"
 #include "simd.h"
 
-void cpu_embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
+void cpu_embedding(float *out, const int32_t *tokens, const float *table, int T, int C) {
 #pragma omp parallel for if ((size_t)T * C > PAR_MIN)
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * (size_t)C);
 }
@@ -24,7 +24,7 @@ static void swiglu_row_baseline(float *out, const float *gate, const float *up, 
     swiglu_row(out, gate, up, inter);
 }
 
-void cpu_swiglu_forward(float *out, const float *gate_up, int T, int inter) {
+void cpu_swiglu(float *out, const float *gate_up, int T, int inter) {
     void (*row)(float *, const float *, const float *, int) = simd_avx2_fma() ? swiglu_row_avx2 : swiglu_row_baseline;
 #pragma omp parallel for if ((size_t)T * inter > PAR_MIN)
     for (int t = 0; t < T; t++) {

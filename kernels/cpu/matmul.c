@@ -85,7 +85,7 @@ static void rows_few_baseline(float *out, const float *in, const float *weight, 
     rows_few(out, in, weight, T, IC, OC, o0, o1);
 }
 
-void cpu_matmul_forward(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
+void cpu_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
     if (T <= SMALL_ROWS) {
 #pragma omp parallel if ((size_t)OC * IC > 65536)
         {

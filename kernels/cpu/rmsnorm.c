@@ -10,7 +10,7 @@ static float row_rstd(const float *row, int C, float eps) {
     return (float)(1.0 / sqrt(ss / C + eps));
 }
 
-void cpu_rmsnorm_forward(float *out, const float *x, const float *weight, int T, int C, float eps) {
+void cpu_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps) {
 /* a few rows (decoding, a tree) are not worth a parallel region: waking the threads costs more than the rows */
 #pragma omp parallel for if ((size_t)T * C > PAR_MIN)
     for (int t = 0; t < T; t++) {

@@ -199,7 +199,7 @@ static void cuda_copy(void *dst, const void *src, size_t bytes) {
     ProfileScope profile("copy");
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
-static void cuda_fill_zero(void *ptr, size_t bytes) {
+void cuda_fill_zero(void *ptr, size_t bytes) {
     profile_next_bytes((double)bytes);
     ProfileScope profile("fill_zero");
     CUDA_CHECK(cudaMemset(ptr, 0, bytes));
@@ -224,35 +224,9 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.reserve = cuda_reserve;
         cuda.peak_bytes = cuda_peak_bytes;
         cuda.memory_available = cuda_memory_available;
-        cuda.embedding = cuda_embedding;
-        cuda.rmsnorm = cuda_rmsnorm;
-        cuda.matmul = cuda_matmul;
-        cuda.rope_qkv = cuda_rope_qkv;
-        cuda.attention = cuda_attention;
-        cuda.swiglu = cuda_swiglu;
-        cuda.residual_add = cuda_residual_add;
-        cuda.copy_rows = cuda_copy_rows;
-        cuda.fill_zero = cuda_fill_zero;
-        cuda.matmul_backward = cuda_matmul_backward;
-        cuda.resblock_forward = cuda_resblock_forward;
-        cuda.silu_backward = cuda_silu_backward;
-        cuda.softmax_xent = cuda_softmax_xent;
-        cuda.rank_ids = cuda_rank_ids;
-        cuda.softmax_entropy = cuda_softmax_entropy;
-        cuda.adamw = cuda_adamw;
-        cuda.sum_squares = cuda_sum_squares;
-        cuda.matmul_bf16 = cuda_matmul_bf16;
-        cuda.matmul_backward_bf16 = cuda_matmul_backward_bf16;
-        cuda.classifier_bf16 = cuda_classifier_bf16;
-        cuda.matmul_bf16_in = cuda_matmul_bf16_in;
-        cuda.matmul_bf16_out = cuda_matmul_bf16_out;
-        cuda.rope_qkv_bf16 = cuda_rope_qkv_bf16;
-        cuda.rmsnorm_bf16 = cuda_rmsnorm_bf16;
-        cuda.swiglu_bf16 = cuda_swiglu_bf16;
-        cuda.embedding_bf16 = cuda_embedding_bf16;
-        cuda.attention_bf16 = cuda_attention_bf16;
-        cuda.top_k = cuda_top_k;
-        cuda.to_bf16 = cuda_to_bf16;
+#define OP(ret, op, params, args) cuda.op = cuda_##op;
+#include "../ops.def"
+#undef OP
         static cudaDeviceProp prop;
         CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
         cuda.device = prop.name;
@@ -263,6 +237,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.default_logits_chunk = 4096; /* the lm_head GEMMs want many rows (4096 x 32000 is 0.5 GB) */
         cuda_cublas();                    /* the handles' memory too is taken before reserve() */
         cuda_cublaslt();
+        backend_check(&cuda);
     }
     return &cuda;
 }

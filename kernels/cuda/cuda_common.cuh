@@ -189,52 +189,15 @@ template <class T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
     return warp_sum(v);
 }
 
-/* --- the ops (kernels/ops.h semantics), one .cu per family --- */
+/* --- the ops (kernels/ops.h semantics), one .cu per family, and helpers shared between the files --- */
 cublasHandle_t cuda_cublas(void);
 cublasLtHandle_t cuda_cublaslt(void);
-void cuda_embedding(float *out, const int32_t *tokens, const float *table, int T, int C);
-void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps);
-void cuda_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC);
-void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
-                          const float *weight, int T, int IC, int OC);
-void cuda_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
-                   int n_kv_heads, int head_dim, float theta);
-void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
-                    const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                    int head_dim);
-void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                         const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
-                         int n_heads, int n_kv_heads, int head_dim);
-void cuda_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
-                        int n_heads, int n_kv_heads, int head_dim, float theta);
-void cuda_top_k(int32_t *idx, const float *x, int rows, int cols, int k);
-void cuda_swiglu(float *out, const float *gate_up, int T, int inter);
-void cuda_residual_add(float *x, const float *y, size_t n);
-void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
-                    size_t row_bytes);
-void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n);
-void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n);
-void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale);
+/* the ops (kernels/ops.def): cuda_<op> for each op of struct Backend */
+#define OP(ret, op, params, args) ret cuda_##op params;
+#include "../ops.def"
+#undef OP
 /* softmax_xent with the gradient rounded to bf16 into dlogits (NULL: losses and ranks alone), logits untouched */
 void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
                             int T, int V, float dscale);
-void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
-                          const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale);
-void cuda_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols);
-void cuda_softmax_entropy(float *entropy, float *probs, const float *x, const int32_t *ids, int rows, int cols,
-                          int n_ids, float temperature);
-void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step);
-double cuda_sum_squares(const float *x, size_t n);
-void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC);
-void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
-                               const uint16_t *weight, int T, int IC, int OC);
-void cuda_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
-                         int OC, int accumulate);
-void cuda_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps);
-void cuda_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
-                          int OC);
-void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter);
-void cuda_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C);
-void cuda_to_bf16(uint16_t *out, const float *x, size_t n);
 
 #endif
