@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../../common/common.h"
 #include "cpu_ops.h"
 #include "simd.h"
 
@@ -99,4 +100,18 @@ void cpu_attention(float *out, const float *q, const float *k, const float *v, c
         free(scores);
     }
     free(blocks);
+}
+
+void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                        const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
+                        int n_heads, int n_kv_heads, int head_dim) {
+    size_t n = (size_t)T * n_heads * head_dim, kv_n = (size_t)(row0 + T) * n_kv_heads * head_dim;
+    float *wq = cpu_widened_copy(q, n), *wk = cpu_widened_copy(k, kv_n), *wv = cpu_widened_copy(v, kv_n);
+    float *exact = xmalloc(sizeof(float) * (n ? n : 1));
+    cpu_attention(exact, wq, wk, wv, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+    cpu_to_bf16(out, exact, n);
+    free(exact);
+    free(wq);
+    free(wk);
+    free(wv);
 }

@@ -1,6 +1,6 @@
 /* Fused softmax cross-entropy against hard or soft targets: loss, a rank (for top-k accuracy) and dlogits in place,
  * one row at a time, so probabilities for the whole vocabulary are never kept beside the logits; the ranks of given
- * ids; the heads' classifier on bf16 weights; typical acceptance's statistics. */
+ * ids; typical acceptance's statistics; top-k. */
 #include <math.h>
 #include <stdlib.h>
 
@@ -81,14 +81,6 @@ void cpu_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets 
 void cpu_rank_ids(int32_t *ranks, const float *x, const int32_t *ids, int rows, int cols) {
 #pragma omp parallel for if ((size_t)rows * cols > PAR_MIN)
     for (int r = 0; r < rows; r++) ranks[r] = rank_in_row(x + (size_t)r * cols, cols, ids[r]);
-}
-
-/* the reference composition: matmul_bf16, softmax_xent in place, matmul_backward_bf16 (which rounds the gradient) */
-void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
-                         const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
-    cpu_matmul_bf16(logits, x, weight, NULL, rows, IC, V);
-    cpu_softmax_xent(logits, losses, ranks, targets, rows, V, dscale);
-    if (dx || dweight) cpu_matmul_backward_bf16(dx, dweight, NULL, logits, x, weight, rows, IC, V);
 }
 
 double cpu_softmax_entropy_row(const float *x, int cols, float temperature, float *probs) {

@@ -12,6 +12,9 @@
 #include "../ops.def"
 #undef OP
 
+/* bf16 values widened to fp32, in place or into a new array (xmalloc) */
+void cpu_widen(float *out, const uint16_t *x, size_t n);
+float *cpu_widened_copy(const uint16_t *x, size_t n);
 /* one row of softmax_entropy: p = softmax(x / temperature) into probs (cols floats); returns the entropy */
 double cpu_softmax_entropy_row(const float *x, int cols, float temperature, float *probs);
 

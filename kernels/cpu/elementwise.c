@@ -1,7 +1,8 @@
-/* Element-wise ops: embedding lookup, SwiGLU (8 lanes at a time: its exp, not memory, bounds it), residual add, the
- * heads' ResBlock. */
+/* Element-wise ops: embedding lookup (fp32 and bf16 tables), SwiGLU (8 lanes at a time: its exp, not memory, bounds
+ * it), residual add, the heads' ResBlock, rounding to bf16 and widening from it. */
 #include <string.h>
 
+#include "../../common/common.h"
 #include "../math_common.h"
 #include "cpu_ops.h"
 #include "simd.h"
@@ -22,6 +23,12 @@ SIMD_AVX2_FMA static void swiglu_row_avx2(float *out, const float *gate, const f
 }
 static void swiglu_row_baseline(float *out, const float *gate, const float *up, int inter) {
     swiglu_row(out, gate, up, inter);
+}
+
+void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table, int T, int C) {
+#pragma omp parallel for if ((size_t)T * C > PAR_MIN)
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < C; c++) out[(size_t)t * C + c] = bf16_to_f32(table[(size_t)tokens[t] * C + c]);
 }
 
 void cpu_swiglu(float *out, const float *gate_up, int T, int inter) {
@@ -68,3 +75,19 @@ void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
 }
 
 void cpu_fill_zero(void *ptr, size_t bytes) { memset(ptr, 0, bytes); }
+
+void cpu_to_bf16(uint16_t *out, const float *x, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(x[i]);
+}
+
+/* bf16 values widened to fp32 (exact), and into a new array */
+void cpu_widen(float *out, const uint16_t *x, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(x[i]);
+}
+float *cpu_widened_copy(const uint16_t *x, size_t n) {
+    float *out = xmalloc(sizeof(float) * (n ? n : 1));
+    cpu_widen(out, x, n);
+    return out;
+}

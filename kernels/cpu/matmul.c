@@ -1,8 +1,11 @@
-/* Linear layer on OpenBLAS: out[T,OC] = in[T,IC] @ W[OC,IC]^T + bias. */
+/* Linear layer on OpenBLAS: out[T,OC] = in[T,IC] @ W[OC,IC]^T + bias; its backward; the same on bf16 weights, and the
+ * heads' classifier on them (as kernels/cuda/matmul.cu). */
 #include <cblas.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "../../common/common.h"
 #include "cpu_ops.h"
 #include "simd.h"
 
@@ -118,4 +121,100 @@ void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float 
             dbias[o] += sum;
         }
     }
+}
+
+/* --- bf16 weights: the reference for the tensor-core GEMMs. Operands are widened (or rounded and widened) to fp32,
+ * which is exact for bf16 values, so what differs from a GPU is the order of the fp32 sums and their fusion into
+ * FMAs. Weights are widened a block of rows at a time to keep the scratch small. (Only conversions, OpenBLAS calls and
+ * additions: this file's -ffp-contract=fast has no product to fuse in them.) --- */
+
+/* x rounded to bf16 and widened back: the fp32 value a tensor core sees */
+static float *rounded_copy(const float *x, size_t n) {
+    float *out = xmalloc(sizeof(float) * (n ? n : 1));
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    return out;
+}
+
+/* weight rows widened per block: about 4 MB of fp32 scratch */
+static int block_rows(int IC) { return IC >= (1 << 20) ? 1 : (1 << 20) / IC; }
+
+/* out = beta * out + x @ weight^T + bias, x holding bf16 values widened to fp32 */
+static void matmul_widened(float *out, const float *x, const uint16_t *weight, const float *bias, int T, int IC, int OC,
+                           float beta) {
+    int rows = block_rows(IC);
+    float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
+    for (int o0 = 0; o0 < OC; o0 += rows) {
+        int n = OC - o0 < rows ? OC - o0 : rows;
+        cpu_widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
+        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, n, IC, 1.0f, w, IC, x, 1, beta, out + o0, 1);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, beta, out + o0, OC);
+    }
+    free(w);
+    if (bias) {
+#pragma omp parallel for if ((size_t)T * OC > PAR_MIN)
+        for (int t = 0; t < T; t++)
+            for (int o = 0; o < OC; o++) out[(size_t)t * OC + o] += bias[o];
+    }
+}
+
+void cpu_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    float *x = rounded_copy(in, (size_t)T * IC);
+    matmul_widened(out, x, weight, bias, T, IC, OC, 0.0f);
+    free(x);
+}
+
+void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                        int OC, int accumulate) {
+    if (T == 0 || OC == 0) return;
+    float *x = xmalloc(sizeof(float) * (size_t)T * IC);
+    cpu_widen(x, in, (size_t)T * IC);
+    matmul_widened(out, x, weight, bias, T, IC, OC, accumulate ? 1.0f : 0.0f);
+    free(x);
+}
+
+void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
+                              const uint16_t *weight, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    float *g = rounded_copy(dout, (size_t)T * OC);
+    if (dinp) {
+        int rows = block_rows(IC);
+        float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
+        for (int o0 = 0; o0 < OC; o0 += rows) { /* dinp += dout[:, block] @ W[block, :] */
+            int n = OC - o0 < rows ? OC - o0 : rows;
+            cpu_widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IC, n, 1.0f, g + o0, OC, w, IC, 1.0f, dinp, IC);
+        }
+        free(w);
+    }
+    if (dweight) {
+        float *x = rounded_copy(in, (size_t)T * IC);
+        cpu_matmul_backward(NULL, dweight, NULL, g, x, NULL, T, IC, OC);
+        free(x);
+    }
+    free(g);
+    if (dbias) cpu_matmul_backward(NULL, NULL, dbias, dout, NULL, NULL, T, IC, OC);
+}
+
+void cpu_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weight, const float *bias, int T, int IC,
+                         int OC) {
+    if (T == 0 || OC == 0) return;
+    size_t n = (size_t)T * OC;
+    float *product = xmalloc(sizeof(float) * n);
+    cpu_matmul_bf16_in(product, in, weight, NULL, T, IC, OC, 0);
+    if (bias) {
+#pragma omp parallel for if (n > PAR_MIN)
+        for (size_t i = 0; i < n; i++) product[i] = bf16_to_f32(f32_to_bf16(product[i])) + bias[i % (size_t)OC];
+    }
+    cpu_to_bf16(out, product, n);
+    free(product);
+}
+
+/* the reference composition: matmul_bf16, softmax_xent in place, matmul_backward_bf16 (which rounds the gradient) */
+void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
+                         const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
+    cpu_matmul_bf16(logits, x, weight, NULL, rows, IC, V);
+    cpu_softmax_xent(logits, losses, ranks, targets, rows, V, dscale);
+    if (dx || dweight) cpu_matmul_backward_bf16(dx, dweight, NULL, logits, x, weight, rows, IC, V);
 }

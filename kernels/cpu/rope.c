@@ -1,8 +1,10 @@
-/* Rotary position embedding, Hugging Face layout: element j of a head pairs with element j + head_dim/2. */
+/* Rotary position embedding, Hugging Face layout: element j of a head pairs with element j + head_dim/2; on fp32 and
+ * on bf16 rows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/common.h"
 #include "../math_common.h"
 #include "cpu_ops.h"
 
@@ -50,4 +52,16 @@ void cpu_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t 
         memcpy(v + (size_t)t * kv_dim, r + q_dim + kv_dim, sizeof(float) * kv_dim);
     }
     rotate_qk(q, k, pos, T, n_heads, n_kv_heads, head_dim, theta);
+}
+
+void cpu_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
+                       int n_heads, int n_kv_heads, int head_dim, float theta) {
+    size_t nq = (size_t)T * n_heads * head_dim, nk = (size_t)T * n_kv_heads * head_dim;
+    float *wide = cpu_widened_copy(qkv, nq + 2 * nk), *split = xmalloc(sizeof(float) * (nq + 2 * nk));
+    cpu_rope_qkv(split, split + nq, split + nq + nk, wide, pos, T, n_heads, n_kv_heads, head_dim, theta);
+    cpu_to_bf16(q, split, nq);
+    cpu_to_bf16(k, split + nq, nk);
+    cpu_to_bf16(v, split + nq + nk, nk); /* exact: widened bf16 values */
+    free(wide);
+    free(split);
 }

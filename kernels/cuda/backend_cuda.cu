@@ -199,11 +199,6 @@ static void cuda_copy(void *dst, const void *src, size_t bytes) {
     ProfileScope profile("copy");
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
 }
-void cuda_fill_zero(void *ptr, size_t bytes) {
-    profile_next_bytes((double)bytes);
-    ProfileScope profile("fill_zero");
-    CUDA_CHECK(cudaMemset(ptr, 0, bytes));
-}
 
 extern "C" const Backend *backend_cuda(void) {
     static Backend cuda;

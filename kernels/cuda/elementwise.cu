@@ -114,3 +114,9 @@ void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n) 
     profile_next_bytes(12.0 * n);
     LAUNCH(silu_backward_kernel, ceil_div(n, kThreads), kThreads, 0, dz, dout, z, n);
 }
+
+void cuda_fill_zero(void *ptr, size_t bytes) {
+    profile_next_bytes((double)bytes);
+    ProfileScope profile("fill_zero");
+    CUDA_CHECK(cudaMemset(ptr, 0, bytes));
+}
