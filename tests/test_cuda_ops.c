@@ -1,7 +1,10 @@
-/* Every op of the CUDA backend against the CPU reference backend on random inputs. `make test` links it
- * with the CUDA sources compiled by the CPU emulator (tests/cudaemu); `make test-cuda` links the same
- * file with the nvcc-built backend and runs it on a GPU. */
+/* Every op of the CUDA backend against the CPU reference backend on random inputs: a table of rows (op, shape,
+ * element type, tolerance) run on the backend under test, then whole-model checks. `make test` links it with the CUDA
+ * sources compiled by the CPU emulator (tests/cudaemu); `make test-cuda` links the same file with the nvcc-built
+ * backend (test_cuda_ops_gpu) and runs it on a GPU, where `--perf` gives each row's time per call and GFLOP/s or GB/s
+ * (main() lists the options). */
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/rng.h"
@@ -83,6 +86,22 @@ static void expect_adamw_close(const char *what, const float *dev, const float *
     free(got);
 }
 
+/* --- the op table: one row per (op, shape, element type, tolerance), each checked on every backend under test
+ * against the CPU reference (and, with --perf, timed on each backend) --- */
+
+/* A row's shape: p[] as its op's check and bench read it (OP_PARAMS names them); tol: the largest error allowed
+ * against the CPU, relative to the reference's largest magnitude (0: equal); check: NULL for a row that is only timed
+ * (--perf; model-sized shapes, too large to check on the emulator), which the CPU does not time either. */
+typedef struct OpRow OpRow;
+struct OpRow {
+    const char *op;    /* the op of kernels/ops.def that it checks and times */
+    const char *dtype; /* its element type */
+    int p[8];
+    double tol;
+    void (*check)(const OpRow *r);
+    const char *label; /* the case in words, where the shape does not say it */
+};
+
 static void test_memory(void) {
     size_t n = 1000;
     float *x = random_floats(n, 1.0f), *back = xmalloc(sizeof(float) * n);
@@ -105,27 +124,32 @@ static void test_memory(void) {
     free(back);
 }
 
-static void test_embedding_rmsnorm(void) {
-    int V = 50, C = 300, T = 13;
+/* embedding, then rmsnorm of its rows */
+static void check_embedding(const OpRow *r) {
+    int T = r->p[0], C = r->p[1], V = r->p[2];
     float *table = random_floats((size_t)V * C, 1.0f), *w = random_floats(C, 1.0f);
-    int32_t tokens[13];
+    int32_t *tokens = xmalloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V);
     float *want = xmalloc(sizeof(float) * T * C), *norm = xmalloc(sizeof(float) * T * C);
     cpu->embedding(want, tokens, table, T, C);
     cpu->rmsnorm(norm, want, w, T, C, 1e-5f);
 
     float *d_table = to_gpu(table, sizeof(float) * V * C), *d_w = to_gpu(w, sizeof(float) * C);
-    int32_t *d_tokens = to_gpu(tokens, sizeof tokens);
+    int32_t *d_tokens = to_gpu(tokens, sizeof(int32_t) * (size_t)T);
     float *d_out = gpu->alloc(sizeof(float) * T * C), *d_norm = gpu->alloc(sizeof(float) * T * C);
     gpu->embedding(d_out, d_tokens, d_table, T, C);
-    expect_close("embedding (T=13, C=300)", d_out, want, (size_t)T * C, 0.0);
+    char what[96];
+    snprintf(what, sizeof what, "embedding (T=%d, C=%d)", T, C);
+    expect_close(what, d_out, want, (size_t)T * C, r->tol);
     gpu->rmsnorm(d_norm, d_out, d_w, T, C, 1e-5f);
-    expect_close("rmsnorm (T=13, C=300)", d_norm, norm, (size_t)T * C, 1e-5);
+    snprintf(what, sizeof what, "rmsnorm (T=%d, C=%d)", T, C);
+    expect_close(what, d_norm, norm, (size_t)T * C, 1e-5);
     gpu->free(d_table), gpu->free(d_w), gpu->free(d_tokens), gpu->free(d_out), gpu->free(d_norm);
-    free(table), free(w), free(want), free(norm);
+    free(table), free(w), free(want), free(norm), free(tokens);
 }
 
-static void test_matmul(int T, int IC, int OC, int with_bias) {
+static void check_matmul(const OpRow *r) {
+    int T = r->p[0], IC = r->p[1], OC = r->p[2], with_bias = r->p[3];
     float *in = random_floats((size_t)T * IC, 1.0f), *w = random_floats((size_t)OC * IC, 0.5f);
     float *bias = with_bias ? random_floats(OC, 1.0f) : NULL, *want = xmalloc(sizeof(float) * T * OC);
     cpu->matmul(want, in, w, bias, T, IC, OC);
@@ -134,14 +158,15 @@ static void test_matmul(int T, int IC, int OC, int with_bias) {
     gpu->matmul(d_out, d_in, d_w, d_bias, T, IC, OC);
     char what[96];
     snprintf(what, sizeof what, "matmul T=%d IC=%d OC=%d %s", T, IC, OC, bias ? "+ bias" : "no bias");
-    expect_close(what, d_out, want, (size_t)T * OC, 1e-5);
+    expect_close(what, d_out, want, (size_t)T * OC, r->tol);
     gpu->free(d_in), gpu->free(d_w), gpu->free(d_out);
     if (d_bias) gpu->free(d_bias);
     free(in), free(w), free(bias), free(want);
 }
 
 /* Gradients accumulate onto non-zero buffers; `which` selects the outputs (1 dinp, 2 dweight, 4 dbias). */
-static void test_matmul_backward(int T, int IC, int OC, int which) {
+static void check_matmul_backward(const OpRow *r) {
+    int T = r->p[0], IC = r->p[1], OC = r->p[2], which = r->p[3];
     size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
     float *in = random_floats(n_in, 1.0f), *w = random_floats(n_w, 0.5f), *dout = random_floats((size_t)T * OC, 1.0f);
     float *dinp = random_floats(n_in, 1.0f), *dw = random_floats(n_w, 1.0f), *db = random_floats(OC, 1.0f);
@@ -153,11 +178,11 @@ static void test_matmul_backward(int T, int IC, int OC, int which) {
                          T, IC, OC);
     char what[96];
     snprintf(what, sizeof what, "matmul_backward T=%d IC=%d OC=%d dinp", T, IC, OC);
-    expect_close(what, d_dinp, dinp, n_in, 1e-5);
+    expect_close(what, d_dinp, dinp, n_in, r->tol);
     snprintf(what, sizeof what, "matmul_backward T=%d IC=%d OC=%d dweight", T, IC, OC);
-    expect_close(what, d_dw, dw, n_w, 1e-5);
+    expect_close(what, d_dw, dw, n_w, r->tol);
     snprintf(what, sizeof what, "matmul_backward T=%d IC=%d OC=%d dbias", T, IC, OC);
-    expect_close(what, d_db, db, OC, 1e-5);
+    expect_close(what, d_db, db, OC, r->tol);
     gpu->free(d_in), gpu->free(d_w), gpu->free(d_dout), gpu->free(d_dinp), gpu->free(d_dw), gpu->free(d_db);
     free(in), free(w), free(dout), free(dinp), free(dw), free(db);
 }
@@ -185,7 +210,7 @@ static void expect_bf16_rounding(const char *what, const float *got, const float
           rel_err);
 }
 
-static void test_to_bf16(void) {
+static void check_to_bf16(const OpRow *r) {
     /* round to nearest even, by hand: 1 + 2^-8 is halfway between 1 and 1 + 2^-7 (0x3f80, 0x3f81) -> even
      * 0x3f80; 1 + 3 * 2^-8 is halfway between 0x3f81 and 0x3f82 -> 0x3f82; NaN stays NaN, inf stays inf */
     float x[6] = {1.00390625f, 1.01171875f, -2.0f, INFINITY, NAN, 3.0e38f};
@@ -200,7 +225,7 @@ static void test_to_bf16(void) {
     CHECK(ok && !memcmp(got, cpu_got, sizeof got),
           "to_bf16: ties to even, inf, NaN, 3e38 (%04x %04x %04x %04x %04x %04x)", got[0], got[1], got[2], got[3],
           got[4], got[5]);
-    size_t n = 100003;
+    size_t n = (size_t)r->p[0];
     float *big = random_floats(n, 100.0f);
     uint16_t *d_big = gpu->alloc(sizeof(uint16_t) * n), *c_big = xmalloc(sizeof(uint16_t) * n),
              *g_big = xmalloc(sizeof(uint16_t) * n);
@@ -213,10 +238,10 @@ static void test_to_bf16(void) {
     free(big), free(c_big), free(g_big);
 }
 
-static void test_embedding_bf16(void) {
-    int V = 40, C = 96, T = 11;
+static void check_embedding_bf16(const OpRow *r) {
+    int T = r->p[0], C = r->p[1], V = r->p[2];
     uint16_t *table = random_bf16((size_t)V * C, 1.0f);
-    int32_t tokens[11];
+    int32_t *tokens = xmalloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) tokens[t] = (int32_t)rng_below(&rng, V);
     float *want = xmalloc(sizeof(float) * T * C), *wide = widened(table, (size_t)V * C),
           *ref = xmalloc(sizeof(float) * T * C);
@@ -224,12 +249,14 @@ static void test_embedding_bf16(void) {
     cpu->embedding(ref, tokens, wide, T, C);
     CHECK(!memcmp(want, ref, sizeof(float) * T * C), "embedding_bf16 (CPU) == embedding of the widened table");
     uint16_t *d_table = to_gpu(table, sizeof(uint16_t) * V * C);
-    int32_t *d_tokens = to_gpu(tokens, sizeof tokens);
+    int32_t *d_tokens = to_gpu(tokens, sizeof(int32_t) * (size_t)T);
     float *d_out = gpu->alloc(sizeof(float) * T * C);
     gpu->embedding_bf16(d_out, d_tokens, d_table, T, C);
-    expect_close("embedding_bf16 (T=11, C=96)", d_out, want, (size_t)T * C, 0.0);
+    char what[96];
+    snprintf(what, sizeof what, "embedding_bf16 (T=%d, C=%d)", T, C);
+    expect_close(what, d_out, want, (size_t)T * C, r->tol);
     gpu->free(d_table), gpu->free(d_tokens), gpu->free(d_out);
-    free(table), free(want), free(wide), free(ref);
+    free(table), free(want), free(wide), free(ref), free(tokens);
 }
 
 /* Counts the bf16 values of the GPU's result (downloaded) one step from the CPU's, and fails on any further apart:
@@ -281,7 +308,9 @@ static void test_matmul_bf16_out(const uint16_t *in16, const uint16_t *w, const 
     free(product), free(want), free(got);
 }
 
-static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
+/* matmul_bf16, then matmul_bf16_in (with and without accumulate) and matmul_bf16_out on its input rounded */
+static void check_matmul_bf16(const OpRow *r) {
+    int T = r->p[0], IC = r->p[1], OC = r->p[2], with_bias = r->p[3];
     float *in = random_floats((size_t)T * IC, 1.0f), *bias = with_bias ? random_floats(OC, 1.0f) : NULL;
     uint16_t *w = random_bf16((size_t)OC * IC, 0.5f);
     float *wide = widened(w, (size_t)OC * IC), *want = xmalloc(sizeof(float) * T * OC),
@@ -295,7 +324,7 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     uint16_t *d_w = to_gpu(w, sizeof(uint16_t) * OC * IC);
     float *d_out = gpu->alloc(sizeof(float) * T * OC);
     gpu->matmul_bf16(d_out, d_in, d_w, d_bias, T, IC, OC);
-    expect_close(what, d_out, want, (size_t)T * OC, gemm_tol(IC, 1e-5));
+    expect_close(what, d_out, want, (size_t)T * OC, gemm_tol(IC, r->tol));
     /* matmul_bf16_in on the input rounded beforehand: the CPU's result is matmul_bf16's, bit for bit */
     uint16_t *in16 = xmalloc(sizeof(uint16_t) * T * IC);
     cpu->to_bf16(in16, in, (size_t)T * IC);
@@ -306,7 +335,7 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     uint16_t *d_in16 = to_gpu(in16, sizeof(uint16_t) * T * IC);
     gpu->matmul_bf16_in(d_out, d_in16, d_w, d_bias, T, IC, OC, 0);
     snprintf(what, sizeof what, "matmul_bf16_in T=%d IC=%d OC=%d %s", T, IC, OC, bias ? "+ bias" : "no bias");
-    expect_close(what, d_out, want, (size_t)T * OC, gemm_tol(IC, 1e-5));
+    expect_close(what, d_out, want, (size_t)T * OC, gemm_tol(IC, r->tol));
     /* accumulate: the product added to what out holds (a residual stream), as out + matmul_bf16 */
     float *acc = random_floats((size_t)T * OC, 4.0f), *acc_want = xmalloc(sizeof(float) * T * OC);
     for (size_t i = 0; i < (size_t)T * OC; i++) acc_want[i] = acc[i] + want[i];
@@ -318,7 +347,7 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
     gpu->matmul_bf16_in(d_out, d_in16, d_w, d_bias, T, IC, OC, 1);
     snprintf(what, sizeof what, "matmul_bf16_in T=%d IC=%d OC=%d %s, accumulate", T, IC, OC,
              bias ? "+ bias" : "no bias");
-    expect_close(what, d_out, acc, (size_t)T * OC, gemm_tol(IC, 1e-5));
+    expect_close(what, d_out, acc, (size_t)T * OC, gemm_tol(IC, r->tol));
     free(acc), free(acc_want);
     test_matmul_bf16_out(in16, w, d_in16, d_w, bias, d_bias, T, IC, OC);
     gpu->free(d_in), gpu->free(d_w), gpu->free(d_out), gpu->free(d_in16);
@@ -329,10 +358,13 @@ static void test_matmul_bf16(int T, int IC, int OC, int with_bias) {
 /* The ops that make bf16 activations: on each backend the fp32 op's result (on the bf16 inputs widened) rounded, bit
  * for bit; the GPU's within one bf16 step of the CPU's. rmsnorm_bf16 (fp32 x), swiglu_bf16 (bf16 gate/up rows),
  * rope_qkv_bf16 (bf16 q/k/v rows; q, k and v written one after another here). */
-static void test_bf16_producers(void) {
-    int T = 13, C = 300, nh = 3, nkv = 1, hd = 60; /* C columns: gate/up 2 x 150; q/k/v 180 + 60 + 60 */
+static void check_bf16_producer(const OpRow *r) {
+    int op = !strcmp(r->op, "rmsnorm_bf16") ? 0 : !strcmp(r->op, "swiglu_bf16") ? 1 : 2;
+    /* rmsnorm_bf16 {T, C}; swiglu_bf16 {T, inter}: C = 2 inter; rope_qkv_bf16 {T, heads, kv heads, head_dim, theta} */
+    int T = r->p[0], nh = r->p[1], nkv = r->p[2], hd = r->p[3];
+    int C = op == 0 ? r->p[1] : op == 1 ? 2 * r->p[1] : (nh + 2 * nkv) * hd;
     size_t n = (size_t)T * C, nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
-    int32_t pos[13];
+    int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) pos[t] = t * 157;
     float *x = random_floats(n, 3.0f), *w = random_floats(C, 1.0f);
     uint16_t *x16 = xmalloc(sizeof(uint16_t) * n);
@@ -344,10 +376,10 @@ static void test_bf16_producers(void) {
           *d_w = to_gpu(w, sizeof(float) * C), *d_ref = gpu->alloc(sizeof(float) * n);
     uint16_t *d_x16 = to_gpu(x16, sizeof(uint16_t) * n), *d16 = gpu->alloc(sizeof(uint16_t) * n),
              *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
-    int32_t *d_pos = to_gpu(pos, sizeof pos);
-    for (int op = 0; op < 3; op++) {
-        static const char *const names[3] = {"rmsnorm_bf16", "swiglu_bf16", "rope_qkv_bf16"};
-        const char *name = names[op];
+    int32_t *d_pos = to_gpu(pos, sizeof(int32_t) * (size_t)T);
+    float theta = (float)r->p[4];
+    {
+        const char *name = r->op;
         size_t count = op == 1 ? n / 2 : n;
         if (op == 0) {
             cpu->rmsnorm(ref, x, w, T, C, 1e-5f), cpu->rmsnorm_bf16(cpu16, x, w, T, C, 1e-5f);
@@ -356,10 +388,10 @@ static void test_bf16_producers(void) {
             cpu->swiglu(ref, xw, T, C / 2), cpu->swiglu_bf16(cpu16, x16, T, C / 2);
             gpu->swiglu(d_ref, d_xw, T, C / 2), gpu->swiglu_bf16(d16, d_x16, T, C / 2);
         } else {
-            cpu->rope_qkv(ref, ref + nq, ref + nq + nk, xw, pos, T, nh, nkv, hd, 10000.0f);
-            cpu->rope_qkv_bf16(cpu16, cpu16 + nq, cpu16 + nq + nk, x16, pos, T, nh, nkv, hd, 10000.0f);
-            gpu->rope_qkv(d_ref, d_ref + nq, d_ref + nq + nk, d_xw, d_pos, T, nh, nkv, hd, 10000.0f);
-            gpu->rope_qkv_bf16(d16, d16 + nq, d16 + nq + nk, d_x16, d_pos, T, nh, nkv, hd, 10000.0f);
+            cpu->rope_qkv(ref, ref + nq, ref + nq + nk, xw, pos, T, nh, nkv, hd, theta);
+            cpu->rope_qkv_bf16(cpu16, cpu16 + nq, cpu16 + nq + nk, x16, pos, T, nh, nkv, hd, theta);
+            gpu->rope_qkv(d_ref, d_ref + nq, d_ref + nq + nk, d_xw, d_pos, T, nh, nkv, hd, theta);
+            gpu->rope_qkv_bf16(d16, d16 + nq, d16 + nq + nk, d_x16, d_pos, T, nh, nkv, hd, theta);
         }
         cpu->to_bf16(rounded16, ref, count);
         CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * count), "%s (CPU) == to_bf16 of the fp32 op", name);
@@ -371,11 +403,12 @@ static void test_bf16_producers(void) {
     }
     gpu->free(d_x), gpu->free(d_xw), gpu->free(d_w), gpu->free(d_ref), gpu->free(d_x16), gpu->free(d16);
     gpu->free(d_rounded16), gpu->free(d_pos);
-    free(x), free(w), free(x16), free(xw), free(ref), free(cpu16), free(rounded16), free(gpu16);
+    free(x), free(w), free(x16), free(xw), free(ref), free(cpu16), free(rounded16), free(gpu16), free(pos);
 }
 
 /* `which` as in test_matmul_backward; gradients accumulate onto non-zero buffers */
-static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
+static void check_matmul_backward_bf16(const OpRow *r) {
+    int T = r->p[0], IC = r->p[1], OC = r->p[2], which = r->p[3];
     size_t n_in = (size_t)T * IC, n_w = (size_t)OC * IC;
     float *in = random_floats(n_in, 1.0f), *dout = random_floats((size_t)T * OC, 1.0f);
     uint16_t *w = random_bf16(n_w, 0.5f);
@@ -399,7 +432,7 @@ static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
     for (int i = 0; i < 3; i++) {
         char what[96];
         snprintf(what, sizeof what, "matmul_backward_bf16 T=%d IC=%d OC=%d %s", T, IC, OC, names[i]);
-        expect_close(what, dev[i], want[i], sizes[i], gemm_tol(i == 0 ? OC : T, 1e-5)); /* dinp sums over OC, dW T */
+        expect_close(what, dev[i], want[i], sizes[i], gemm_tol(i == 0 ? OC : T, r->tol)); /* dinp sums over OC, dW T */
         /* dbias sums the fp32 dout, so it equals the fp32 op's */
         if (which & (1 << i) && i < 2) expect_bf16_rounding(what, want[i], fp32[i], sizes[i]);
         gpu->free(dev[i]);
@@ -410,13 +443,15 @@ static void test_matmul_backward_bf16(int T, int IC, int OC, int which) {
 }
 
 /* rope_qkv: q/k/v rows split, q and k rotated; v is copied exactly */
-static void test_rope_qkv(int hd, float theta) {
-    int T = 6, nh = 4, nkv = 2;
+static void check_rope_qkv(const OpRow *r) {
+    int T = r->p[0], nh = r->p[1], nkv = r->p[2], hd = r->p[3];
+    float theta = (float)r->p[4];
     size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd, n = nq + 2 * nk;
     float *qkv = random_floats(n, 1.0f), *want = xmalloc(sizeof(float) * n);
-    int32_t pos[6] = {0, 1, 2, 37, 511, 2047};
+    int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
+    for (int t = 0; t < T; t++) pos[t] = t < 3 ? t : t == 3 ? 37 : t == 4 ? 511 : 2047; /* positions 0 .. 2047 */
     float *d_qkv = to_gpu(qkv, sizeof(float) * n), *d_out = gpu->alloc(sizeof(float) * n);
-    int32_t *d_pos = to_gpu(pos, sizeof pos);
+    int32_t *d_pos = to_gpu(pos, sizeof(int32_t) * (size_t)T);
     cpu->rope_qkv(want, want + nq, want + nq + nk, qkv, pos, T, nh, nkv, hd, theta);
     gpu->rope_qkv(d_out, d_out + nq, d_out + nq + nk, d_qkv, d_pos, T, nh, nkv, hd, theta);
     int v_copied = 1;
@@ -426,13 +461,13 @@ static void test_rope_qkv(int hd, float theta) {
     CHECK(v_copied, "rope_qkv (CPU): v is the rows' last kv_dim columns");
     char what[96];
     snprintf(what, sizeof what, "rope_qkv q (d=%d, theta %g, positions up to 2047)", hd, theta);
-    expect_close(what, d_out, want, nq, 1e-5);
+    expect_close(what, d_out, want, nq, r->tol);
     snprintf(what, sizeof what, "rope_qkv k (d=%d, theta %g, positions up to 2047)", hd, theta);
-    expect_close(what, d_out + nq, want + nq, nk, 1e-5);
+    expect_close(what, d_out + nq, want + nq, nk, r->tol);
     snprintf(what, sizeof what, "rope_qkv v (d=%d)", hd);
     expect_close(what, d_out + nq + nk, want + nq + nk, nk, 0.0);
     gpu->free(d_qkv), gpu->free(d_out), gpu->free(d_pos);
-    free(qkv), free(want);
+    free(qkv), free(want), free(pos);
 }
 
 /* A tree of n nodes after `cache` cached keys, node i's parent (i - 1) / arity: every node's key range is the cache and
@@ -445,12 +480,50 @@ static void tree_after_cache(int n, int cache, int arity, int32_t *key_begin, in
     }
 }
 
-/* One attention call on both backends: T queries over Tk keys with the given ranges and optional mask.
+/* Attention rows: p = {layout, T, row0, heads, kv heads, head_dim, extra, misaligned}, over Tk = row0 + T keys. */
+enum {
+    ATT_PACKED, /* causal sequences packed back to back: lengths packed_lens[extra] */
+    ATT_CAUSAL, /* one causal sequence */
+    ATT_DECODE, /* T queries after row0 cached keys (a decoding step, a prompt after a cache): query t sees keys
+                 * [0, row0 + t + 1); extra > 0: query 0's range ends at key `extra` (within the first of many slices)
+                 */
+    ATT_TREE,   /* a tree of T nodes after row0 cached keys, node i's parent (i - 1) / extra (tree_after_cache) */
+};
+static const int packed_lens[][5] = {{5, 11, 41}, {7, 40, 70, 3}, {1024, 1024, 1024, 1024}}; /* zero-terminated */
+
+/* a row's key ranges and tree mask (NULL without one) */
+static void attention_ranges(const int *p, int32_t **key_begin, int32_t **key_end, uint8_t **mask) {
+    int layout = p[0], T = p[1], row0 = p[2], extra = p[6];
+    int32_t *kb = xmalloc(sizeof(int32_t) * (size_t)T), *ke = xmalloc(sizeof(int32_t) * (size_t)T);
+    *mask = NULL;
+    if (layout == ATT_PACKED) {
+        int t = 0;
+        for (int s = 0, start = 0; s < 5 && packed_lens[extra][s]; start += packed_lens[extra][s++])
+            for (int i = 0; i < packed_lens[extra][s] && t < T; i++, t++) kb[t] = start, ke[t] = t + 1;
+        ensure(t == T);
+    } else if (layout == ATT_CAUSAL) {
+        for (int t = 0; t < T; t++) kb[t] = 0, ke[t] = t + 1;
+    } else if (layout == ATT_DECODE) {
+        for (int t = 0; t < T; t++) kb[t] = 0, ke[t] = row0 + t + 1;
+        if (extra > 0) ke[0] = extra;
+    } else {
+        *mask = xmalloc((size_t)T * T);
+        tree_after_cache(T, row0, extra, kb, ke, *mask);
+    }
+    *key_begin = kb, *key_end = ke;
+}
+
+/* One attention call on both backends: T queries over Tk keys with the row's ranges and mask.
  * bf16: the GPU's attention_bf16 on bf16 q, k, v against the CPU's attention on them widened; they then differ
- * only by the rounding of the probabilities (and the order of the sums). bf16 == 2: q, k and v start one element
- * past an aligned address (the tensor-core kernel's 16-byte tile loads cannot take them). */
-static void check_attention_as(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke,
-                               const uint8_t *mask, int row0, int nh, int nkv, int hd, int bf16) {
+ * only by the rounding of the probabilities (and the order of the sums). Misaligned (bf16 == 2): q, k and v start one
+ * element past an aligned address (the tensor-core kernel's 16-byte tile loads cannot take them). */
+static void check_attention(const OpRow *r) {
+    int T = r->p[1], row0 = r->p[2], nh = r->p[3], nkv = r->p[4], hd = r->p[5], Tk = row0 + T;
+    int bf16 = !strcmp(r->dtype, "bf16") ? 1 + r->p[7] : 0;
+    const char *what = r->label;
+    int32_t *kb, *ke;
+    uint8_t *mask;
+    attention_ranges(r->p, &kb, &ke, &mask);
     size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
     float *q = random_floats(nq, 1.0f), *k = random_floats(nk, 1.0f), *v = random_floats(nk, 1.0f);
     float *want = xmalloc(sizeof(float) * nq);
@@ -484,7 +557,7 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
         gpu->download(cpu16, d_out16, sizeof(uint16_t) * nq);
         float *wide = widened(cpu16, nq);
         gpu->upload(d_out, wide, sizeof(float) * nq);
-        expect_close(label, d_out, want, nq, 1e-2);
+        expect_close(label, d_out, want, nq, r->tol);
         cpu->attention_bf16(cpu16, qkv16[0], qkv16[1], qkv16[2], kb, ke, mask, row0, T, nh, nkv, hd);
         cpu->to_bf16(rounded, want, nq);
         CHECK(!memcmp(cpu16, rounded, sizeof(uint16_t) * nq), "%s: the CPU's is its attention rounded to bf16", label);
@@ -493,104 +566,17 @@ static void check_attention_as(const char *what, int T, int Tk, const int32_t *k
         for (int i = 0; i < 3; i++) gpu->free(d_qkv16[i]), free(qkv16[i]);
     } else {
         gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
-        expect_close(label, d_out, want, nq, 2e-5);
+        expect_close(label, d_out, want, nq, r->tol);
     }
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_kb), gpu->free(d_ke), gpu->free(d_out);
     if (d_mask) gpu->free(d_mask);
-    free(q), free(k), free(v), free(want);
+    free(q), free(k), free(v), free(want), free(kb), free(ke), free(mask);
 }
-static void check_attention(const char *what, int T, int Tk, const int32_t *kb, const int32_t *ke, const uint8_t *mask,
-                            int row0, int nh, int nkv, int hd) {
-    check_attention_as(what, T, Tk, kb, ke, mask, row0, nh, nkv, hd, 0);
-}
-
-static void test_attention(void) {
-    /* packed causal batch: three sequences, each query sees its own sequence up to itself */
-    int lens[3] = {5, 11, 41}, T = 57;
-    int32_t kb[57], ke[57];
-    for (int s = 0, t = 0, start = 0; s < 3; start += lens[s++])
-        for (int i = 0; i < lens[s]; i++, t++) kb[t] = start, ke[t] = t + 1;
-    check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 4, 2, 16);
-    check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 6, 2, 64);
-    check_attention("packed causal, 3 sequences, MHA", T, T, kb, ke, NULL, 0, 2, 2, 40);
-    check_attention("packed causal, 3 sequences, MQA", T, T, kb, ke, NULL, 0, 2, 1, 128);
-    check_attention("packed causal, 3 sequences, GQA", T, T, kb, ke, NULL, 0, 2, 1, 200);
-    /* one long sequence: many key tiles, the online softmax rescaling many times */
-    int32_t lkb[300], lke[300];
-    for (int t = 0; t < 300; t++) lkb[t] = 0, lke[t] = t + 1;
-    check_attention("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 2, 1, 64);
-
-    /* decoding with a KV cache: 3 new tokens after 70 cached ones */
-    int32_t dkb[3] = {0, 0, 0}, dke[3] = {71, 72, 73};
-    check_attention("KV-cache decode", 3, 73, dkb, dke, NULL, 70, 4, 2, 32);
-
-    /* decoding over a long cache: the keys cut into slices whose partial softmax states are merged (5 slices of
-     * 700 keys; one query's range ends within the first slice, so the later ones see none of its keys); a tree
-     * after a long cache (4 slices) */
-    int32_t skb[3] = {0, 0, 0}, ske[3] = {50, 699, 700};
-    check_attention("KV-cache decode, 700 keys in slices", 3, 700, skb, ske, NULL, 697, 4, 2, 64);
-    check_attention("KV-cache decode, 700 keys in slices", 1, 700, skb + 2, ske + 2, NULL, 699, 2, 2, 128);
-    enum { LP = 520, LN = 6 };
-    int32_t lt_kb[LN], lt_ke[LN];
-    uint8_t lt_mask[LN * LN];
-    tree_after_cache(LN, LP, 2, lt_kb, lt_ke, lt_mask);
-    check_attention("tree mask after 520 cached keys, in slices", LN, LP + LN, lt_kb, lt_ke, lt_mask, LP, 4, 2, 64);
-    /* a tree of 20 nodes (16 queries per block, two blocks per head) after a long cache, in slices */
-    enum { BN = 20 };
-    int32_t bt_kb[BN], bt_ke[BN];
-    uint8_t bt_mask[BN * BN];
-    tree_after_cache(BN, LP, 2, bt_kb, bt_ke, bt_mask);
-    check_attention("20-node tree after 520 cached keys, in slices", BN, LP + BN, bt_kb, bt_ke, bt_mask, LP, 4, 2, 128);
-    check_attention_as("20-node tree after 520 cached keys, in slices (tensor cores)", BN, LP + BN, bt_kb, bt_ke,
-                       bt_mask, LP, 4, 2, 64, 1);
-    /* tensor cores: a 40-node tree (two full warps and a part of a third in a 64-query block) after 300 keys in slices,
-     * with head_dim 128; a 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token cache
-     * (causal, no mask) */
-    enum { WN = 40, WP = 300 };
-    int32_t wt_kb[WN], wt_ke[WN];
-    uint8_t wt_mask[WN * WN];
-    tree_after_cache(WN, WP, 3, wt_kb, wt_ke, wt_mask);
-    check_attention_as("40-node tree after 300 cached keys, in slices (tensor cores)", WN, WP + WN, wt_kb, wt_ke,
-                       wt_mask, WP, 4, 2, 128, 1);
-    tree_after_cache(BN, 45, 2, bt_kb, bt_ke, bt_mask);
-    check_attention_as("20-node tree after 45 cached keys (tensor cores)", BN, 45 + BN, bt_kb, bt_ke, bt_mask, 45, 2, 1,
-                       64, 1);
-    int32_t pr_kb[24], pr_ke[24];
-    for (int i = 0; i < 24; i++) pr_kb[i] = 0, pr_ke[i] = 100 + i + 1;
-    check_attention_as("24-token prompt after 100 cached keys (tensor cores)", 24, 124, pr_kb, pr_ke, NULL, 100, 4, 2,
-                       128, 1);
-
-    /* tree verification: 6 tree nodes after 45 cached keys (parents 0, 0, 1, 1, 2); node i sees the cache and its
-     * ancestors */
-    enum { P = 45, N = 6 };
-    uint8_t mask[N * N];
-    int32_t tkb[N], tke[N];
-    tree_after_cache(N, P, 2, tkb, tke, mask);
-    check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 2, 16);
-    check_attention("tree mask", N, P + N, tkb, tke, mask, P, 4, 1, 64);
-
-    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 64-query
-     * tiles, GQA, one sequence longer than a key tile, a tail tile with padding rows */
-    int tc_lens[4] = {7, 40, 70, 3}, tc_T = 120;
-    int32_t tc_kb[120], tc_ke[120];
-    for (int s = 0, t = 0, start = 0; s < 4; start += tc_lens[s++])
-        for (int i = 0; i < tc_lens[s]; i++, t++) tc_kb[t] = start, tc_ke[t] = t + 1;
-    check_attention_as("packed causal, 4 sequences, GQA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 1);
-    check_attention_as("packed causal, 4 sequences, MHA", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 2, 2, 128, 1);
-    check_attention_as("causal, one sequence", 300, 300, lkb, lke, NULL, 0, 1, 1, 128, 1);
-    check_attention_as("packed causal, misaligned q/k/v (CUDA cores)", tc_T, tc_T, tc_kb, tc_ke, NULL, 0, 4, 2, 64, 2);
-    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
-    check_attention_as("tree mask (CUDA cores)", N, P + N, tkb, tke, mask, P, 4, 1, 64, 1);
-    check_attention_as("KV-cache decode (CUDA cores)", 3, 73, dkb, dke, NULL, 70, 4, 2, 64, 1);
-    check_attention_as("KV-cache decode, 700 keys in slices (CUDA cores)", 3, 700, skb, ske, NULL, 697, 4, 2, 64, 1);
-    check_attention_as("packed causal, d=40 (CUDA cores)", T, T, kb, ke, NULL, 0, 2, 2, 40, 1);
-}
-
 /* copy_rows: moves in order within each block, where an earlier move reads a row a later one writes (kv_cache_keep:
  * keep [1, 2] reads row 1 before it is overwritten by row 2), the last move reads the row the first one wrote, and
  * more moves than the CUDA kernel takes at once. */
-static void test_copy_rows(int n_moves) {
-    int blocks = 3, rows = 2 * n_moves + 4, width = 300;
+static void check_copy_rows(const OpRow *r) {
+    int n_moves = r->p[0], blocks = r->p[1], width = r->p[2], rows = 2 * n_moves + 4;
     size_t block_floats = (size_t)(rows + 1) * width, n = block_floats * blocks; /* a spare row between blocks */
     float *x = random_floats(n, 1.0f), *want = xmalloc(sizeof(float) * n), *got = xmalloc(sizeof(float) * n);
     int32_t *src = xmalloc(sizeof(int32_t) * n_moves), *dst = xmalloc(sizeof(int32_t) * n_moves);
@@ -609,55 +595,82 @@ static void test_copy_rows(int n_moves) {
     gpu->copy_rows(d_x, sizeof(float) * block_floats, blocks, src, dst, n_moves, sizeof(float) * width);
     char what[96];
     snprintf(what, sizeof what, "copy_rows, %d moves in order in each of %d blocks", n_moves, blocks);
-    expect_close(what, d_x, want, n, 0.0);
+    expect_close(what, d_x, want, n, r->tol);
     gpu->free(d_x);
     free(x), free(want), free(got), free(src), free(dst);
 }
 
-static void test_elementwise(void) {
-    size_t n = 1000;
+/* swiglu {T, inter}: the CPU's against the formula on the gate/up layout (gate the first inter columns of a row, up
+ * the last), the GPU's against the CPU's; more rows than a grid's y dimension takes (65535): the kernels walk the rest
+ */
+static void check_swiglu(const OpRow *r) {
+    int T = r->p[0], inter = r->p[1];
+    size_t n = (size_t)T * inter;
+    float *a = random_floats(2 * n, 6.0f), *want = xmalloc(sizeof(float) * n);
+    float *d_a = to_gpu(a, sizeof(float) * 2 * n), *d_out = gpu->alloc(sizeof(float) * n);
+    cpu->swiglu(want, a, T, inter);
+    double layout_err = 0;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < inter; j++) {
+            double g = a[(size_t)t * 2 * inter + j], u = a[(size_t)t * 2 * inter + inter + j];
+            layout_err = fmax(layout_err, fabs(want[(size_t)t * inter + j] - g / (1 + exp(-g)) * u));
+        }
+    CHECK(layout_err < 1e-5, "swiglu (CPU) of gate/up rows [%d, 2 x %d]: silu(row[j]) * row[%d + j], max err %.2g", T,
+          inter, inter, layout_err);
+    gpu->swiglu(d_out, d_a, T, inter);
+    char what[96];
+    snprintf(what, sizeof what, "swiglu, gate/up rows [%d, 2 x %d]", T, inter);
+    expect_close(what, d_out, want, n, r->tol);
+    gpu->free(d_a), gpu->free(d_out);
+    free(a), free(want);
+}
+
+/* resblock_forward, silu_backward, residual_add {n}: out(b, a) with a = z over [-6, 6] and b over [-2, 2] */
+static void check_elementwise(const OpRow *r) {
+    size_t n = (size_t)r->p[0];
     float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
     float *d_a = to_gpu(a, sizeof(float) * n), *d_b = to_gpu(b, sizeof(float) * n),
-          *d_out = gpu->alloc(sizeof(float) * n);
-    /* swiglu on a as gate/up rows [10, 2 x 50]: gate the first 50 columns of a row, up the last 50 */
-    cpu->swiglu(want, a, 10, 50);
-    double layout_err = 0;
-    for (int t = 0; t < 10; t++)
-        for (int j = 0; j < 50; j++) {
-            double g = a[t * 100 + j], u = a[t * 100 + 50 + j];
-            layout_err = fmax(layout_err, fabs(want[t * 50 + j] - g / (1 + exp(-g)) * u));
-        }
-    CHECK(layout_err < 1e-5, "swiglu (CPU) of gate/up rows: silu(row[j]) * row[50 + j], max err %.2g", layout_err);
-    gpu->swiglu(d_out, d_a, 10, 50);
-    expect_close("swiglu, gate/up rows [10, 2 x 50]", d_out, want, 500, 1e-6);
-    /* more rows than a grid's y dimension takes (65535): the kernels walk the rest */
-    {
-        int T = 70000;
-        float *rows = random_floats((size_t)T * 2, 4.0f), *tall = xmalloc(sizeof(float) * T);
-        float *d_rows = to_gpu(rows, sizeof(float) * T * 2), *d_tall = gpu->alloc(sizeof(float) * T);
-        cpu->swiglu(tall, rows, T, 1);
-        gpu->swiglu(d_tall, d_rows, T, 1);
-        expect_close("swiglu, 70000 rows of gate/up [2 x 1]", d_tall, tall, (size_t)T, 1e-6);
-        gpu->free(d_rows), gpu->free(d_tall);
-        free(rows), free(tall);
+          *d_out = gpu->alloc(sizeof(float) * n), *d_got = d_out;
+    if (!strcmp(r->op, "resblock_forward")) {
+        cpu->resblock_forward(want, b, a, n);
+        gpu->resblock_forward(d_out, d_b, d_a, n);
+    } else if (!strcmp(r->op, "silu_backward")) {
+        cpu->silu_backward(want, b, a, n);
+        gpu->silu_backward(d_out, d_b, d_a, n);
+    } else {
+        memcpy(want, a, sizeof(float) * n);
+        cpu->residual_add(want, b, n);
+        gpu->residual_add(d_a, d_b, n);
+        d_got = d_a;
     }
-    cpu->resblock_forward(want, b, a, n);
-    gpu->resblock_forward(d_out, d_b, d_a, n);
-    expect_close("resblock_forward", d_out, want, n, 1e-6);
-    cpu->silu_backward(want, b, a, n);
-    gpu->silu_backward(d_out, d_b, d_a, n);
-    expect_close("silu_backward", d_out, want, n, 1e-6);
-    memcpy(want, a, sizeof(float) * n);
-    cpu->residual_add(want, b, n);
-    gpu->residual_add(d_a, d_b, n);
-    expect_close("residual_add", d_a, want, n, 1e-7);
+    char what[96];
+    snprintf(what, sizeof what, "%s n=%zu", r->op, n);
+    expect_close(what, d_got, want, n, r->tol);
     gpu->free(d_a), gpu->free(d_b), gpu->free(d_out);
     free(a), free(b), free(want);
 }
 
+/* fill_zero {bytes}: every byte of a block of random values zeroed, the bytes after it kept */
+static void check_fill_zero(const OpRow *r) {
+    size_t bytes = (size_t)r->p[0], n = bytes / sizeof(float) + 2;
+    float *x = random_floats(n, 1.0f), *want = xmalloc(sizeof(float) * n);
+    memcpy(want, x, sizeof(float) * n);
+    memset(want, 0, bytes);
+    float *d_x = to_gpu(x, sizeof(float) * n);
+    gpu->fill_zero(d_x, bytes);
+    cpu->fill_zero(x, bytes);
+    char what[96];
+    snprintf(what, sizeof what, "fill_zero of %zu bytes (CPU and CUDA), the next ones kept", bytes);
+    CHECK(!memcmp(x, want, sizeof(float) * n), "%s: CPU", what);
+    expect_close(what, d_x, want, n, r->tol);
+    gpu->free(d_x);
+    free(x), free(want);
+}
+
 /* top_k on both backends against a brute-force reference (the order by value, then the lower column): rows
  * with ties (values on a coarse grid), -inf, NaN, and fewer than k numbers. */
-static void test_top_k(int rows, int cols, int k) {
+static void check_top_k(const OpRow *r) {
+    int rows = r->p[0], cols = r->p[1], k = r->p[2];
     float *x = random_floats((size_t)rows * cols, 4.0f);
     for (size_t i = 0; i < (size_t)rows * cols; i++) x[i] = roundf(x[i] * 4) / 4; /* many ties */
     x[3] = -INFINITY, x[5] = NAN, x[cols + 1] = INFINITY;
@@ -692,7 +705,8 @@ static void test_top_k(int rows, int cols, int k) {
 
 /* The ranks of given ids: ties (rounded values), NaN entries in a row (never above an id), an id at a NaN, +inf and
  * -inf logit (RANK_NOT_FINITE: within no top k), an absent id (-1); cpu and cuda against a brute-force count. */
-static void test_rank_ids(int rows, int cols) {
+static void check_rank_ids(const OpRow *r) {
+    int rows = r->p[0], cols = r->p[1];
     size_t n = (size_t)rows * cols;
     float *x = random_floats(n, 4.0f);
     for (size_t i = 0; i < n; i++) x[i] = roundf(x[i] * 4) / 4; /* many ties */
@@ -726,8 +740,9 @@ static void test_rank_ids(int rows, int cols) {
 /* softmax_xent with its targets ranked (the labels: ignored rows -1, the max rank 0, the min V-1), then with other ids
  * ranked than the targets (distillation: a row with no target ranked, a row with a target and nothing ranked, an id at
  * a NaN and at a -inf logit: RANK_NOT_FINITE), against the brute-force count. */
-static void test_softmax_xent(int V) {
-    enum { T = 9 };
+static void check_softmax_xent(const OpRow *r) {
+    int V = r->p[1];
+    enum { T = 9 }; /* the cases below are rows 0..8 */
     size_t n = (size_t)T * V;
     float *logits = random_floats(n, 8.0f);
     int32_t targets[T] = {3, -1, V - 1, 0, -1, V / 2, 77, 1, V - 2};
@@ -759,9 +774,9 @@ static void test_softmax_xent(int V) {
         const char *mode = pass ? "other ids ranked" : "targets ranked";
         char what[128];
         snprintf(what, sizeof what, "softmax_xent V=%d, %s: losses (2 ignored rows)", V, mode);
-        expect_close(what, d_loss, loss, T, 1e-5);
+        expect_close(what, d_loss, loss, T, r->tol);
         snprintf(what, sizeof what, "softmax_xent V=%d, %s: dlogits in place (a row with -inf logits)", V, mode);
-        expect_close(what, d_logits, x, n, 1e-5);
+        expect_close(what, d_logits, x, n, r->tol);
         gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
         int same = !memcmp(gpu_rank, want, sizeof want) && !memcmp(rank, want, sizeof want);
         int cases = pass ? rank[1] > 0 && rank[2] == -1 && rank[4] == RANK_NOT_FINITE && rank[8] == RANK_NOT_FINITE
@@ -779,8 +794,9 @@ static void test_softmax_xent(int V) {
  * cuda, and the CPU's against a direct double-precision evaluation of the formula; a teacher row with -inf logits
  * (q = 0 there, where the row's own are -inf too), a confident teacher, a row equal to its teacher (KL 0); other ids
  * ranked (the labels), one row with none. */
-static void test_soft_xent(int V) {
-    enum { T = 6 };
+static void check_soft_xent(const OpRow *r) {
+    int V = r->p[1];
+    enum { T = 6 }; /* the cases below are rows 0..5 */
     size_t n = (size_t)T * V;
     float *z = random_floats(n, 6.0f), *u = random_floats(n, 6.0f);
     int32_t ranked[T] = {0, 5, -1, 7, V - 1, 2};
@@ -822,9 +838,9 @@ static void test_soft_xent(int V) {
         V, loss_err, grad_err, loss[3], loss[2]);
     char what[96];
     snprintf(what, sizeof what, "soft targets V=%d: losses (KL)", V);
-    expect_close(what, d_loss, loss, T, 1e-5);
+    expect_close(what, d_loss, loss, T, r->tol);
     snprintf(what, sizeof what, "soft targets V=%d: dlogits in place (a teacher with -inf logits)", V);
-    expect_close(what, d_z, z, n, 1e-5);
+    expect_close(what, d_z, z, n, r->tol);
     gpu->download(gpu_rank, d_rank, sizeof gpu_rank);
     CHECK(!memcmp(rank, want_rank, sizeof rank) && !memcmp(gpu_rank, want_rank, sizeof rank),
           "soft targets V=%d: cpu and cuda ranks of the ranked ids equal the brute-force count", V);
@@ -907,7 +923,8 @@ static int reference_ranks(const float *x, const uint16_t *w, const int32_t *tar
  * targets (distillation: ranks of the labels, a row without a target ranked, a row with one not); then without
  * gradients (evaluation), its targets ranked, which must leave dx and dweight alone; then soft targets (a teacher's
  * logits) with gradients. */
-static void test_classifier_bf16(int rows, int IC, int V) {
+static void check_classifier_bf16(const OpRow *r) {
+    int rows = r->p[0], IC = r->p[1], V = r->p[2];
     size_t n_x = (size_t)rows * IC, n_w = (size_t)V * IC;
     float *x = random_floats(n_x, 1.0f), *dx = random_floats(n_x, 1.0f), *dw = random_floats(n_w, 1.0f);
     uint16_t *w = random_bf16(n_w, 0.5f);
@@ -930,7 +947,7 @@ static void test_classifier_bf16(int rows, int IC, int V) {
     for (int pass = 0; pass < 3; pass++) { /* training, evaluation, training on a teacher's logits */
         int grads = pass != 1;
         const int32_t *ranked = pass == 1 ? targets : others;
-        int uncertain = reference_ranks(x, w, ranked, rows, IC, V, 2 * gemm_tol(IC, 1e-5), want_rank, slack);
+        int uncertain = reference_ranks(x, w, ranked, rows, IC, V, 2 * gemm_tol(IC, r->tol), want_rank, slack);
         XentTargets on_cpu = {.targets = targets, .teacher = pass == 2 ? teacher : NULL, .ranked = ranked},
                     on_gpu = {.targets = d_targets,
                               .teacher = pass == 2 ? d_teacher : NULL,
@@ -942,11 +959,11 @@ static void test_classifier_bf16(int rows, int IC, int V) {
         char what[128];
         const char *mode = modes[pass];
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: losses", rows, IC, V, mode);
-        expect_close(what, d_loss, loss, (size_t)rows, gemm_tol(IC, 1e-5));
+        expect_close(what, d_loss, loss, (size_t)rows, gemm_tol(IC, r->tol));
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dx (accumulated)", rows, IC, V, mode);
-        expect_close(what, d_dx, dx, n_x, gemm_tol(V, 1e-5));
+        expect_close(what, d_dx, dx, n_x, gemm_tol(V, r->tol));
         snprintf(what, sizeof what, "classifier_bf16 %d x %d -> %d %s: dweight (accumulated)", rows, IC, V, mode);
-        expect_close(what, d_dw, dw, n_w, gemm_tol(rows, 1e-5));
+        expect_close(what, d_dw, dw, n_w, gemm_tol(rows, r->tol));
         gpu->download(gpu_rank, d_rank, sizeof(int32_t) * (size_t)rows);
         int unranked = pass == 1 ? 2 : 3, ranks_ok = rank[unranked] == -1 && gpu_rank[unranked] == -1;
         for (int r = 0; r < rows; r++) /* the near logits count above the target or not: [rank, rank + slack] */
@@ -967,8 +984,9 @@ static void test_classifier_bf16(int rows, int IC, int V) {
 
 /* Typical acceptance's statistics: entropies and candidate probabilities at two temperatures, a row with -inf
  * logits, padded (-1) ids; the CPU's against a direct double-precision evaluation of the same formula. */
-static void test_softmax_entropy(int V) {
-    enum { ROWS = 6, IDS = 10 };
+static void check_softmax_entropy(const OpRow *r) {
+    int V = r->p[1];
+    enum { ROWS = 6, IDS = 10 }; /* the cases below are rows 0..5 */
     size_t n = (size_t)ROWS * V;
     float *x = random_floats(n, 6.0f);
     x[(size_t)2 * V + 1] = -INFINITY, x[(size_t)2 * V + V / 2] = -INFINITY;
@@ -1006,16 +1024,16 @@ static void test_softmax_entropy(int V) {
         gpu->softmax_entropy(d_h, d_p, d_x, d_ids, ROWS, V, IDS, temperature);
         char what[96];
         snprintf(what, sizeof what, "softmax_entropy V=%d T=%.1f entropies", V, temperature);
-        expect_close(what, d_h, h, ROWS, 1e-5);
+        expect_close(what, d_h, h, ROWS, r->tol);
         snprintf(what, sizeof what, "softmax_entropy V=%d T=%.1f candidate probabilities", V, temperature);
-        expect_close(what, d_p, p, ROWS * IDS, 1e-5);
+        expect_close(what, d_p, p, ROWS * IDS, r->tol);
     }
     gpu->free(d_x), gpu->free(d_h), gpu->free(d_p), gpu->free(d_ids);
     free(x);
 }
 
-static void test_adamw(void) {
-    size_t n = 3000;
+static void check_adamw(const OpRow *r) {
+    size_t n = (size_t)r->p[0];
     float *p = random_floats(n, 1.0f), *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
     float *d_p = to_gpu(p, sizeof(float) * n), *d_m = to_gpu(m, sizeof(float) * n), *d_v = to_gpu(v, sizeof(float) * n);
     for (int t = 1; t <= 3; t++) {
@@ -1036,22 +1054,612 @@ static void test_adamw(void) {
         gpu->free(d_g);
         free(g);
     }
-    expect_close("adamw 3 steps: params", d_p, p, n, 1e-6);
-    expect_close("adamw 3 steps: first moment", d_m, m, n, 1e-6);
-    expect_close("adamw 3 steps: second moment", d_v, v, n, 1e-6);
+    expect_close("adamw 3 steps: params", d_p, p, n, r->tol);
+    expect_close("adamw 3 steps: first moment", d_m, m, n, r->tol);
+    expect_close("adamw 3 steps: second moment", d_v, v, n, r->tol);
     gpu->free(d_p), gpu->free(d_m), gpu->free(d_v);
     free(p), free(m), free(v);
 }
 
-static void test_sum_squares(void) {
-    size_t sizes[3] = {1, 1000, 300007};
-    for (int i = 0; i < 3; i++) {
-        float *x = random_floats(sizes[i], 3.0f), *d_x = to_gpu(x, sizeof(float) * sizes[i]);
-        double want = cpu->sum_squares(x, sizes[i]), got = gpu->sum_squares(d_x, sizes[i]);
-        double rel = fabs(got - want) / want;
-        CHECK(rel <= 1e-12, "sum_squares n=%zu: %.17g vs %.17g, rel err %.3g (tol 1e-12)", sizes[i], got, want, rel);
-        gpu->free(d_x);
-        free(x);
+static void check_sum_squares(const OpRow *r) {
+    size_t n = (size_t)r->p[0];
+    float *x = random_floats(n, 3.0f), *d_x = to_gpu(x, sizeof(float) * n);
+    double want = cpu->sum_squares(x, n), got = gpu->sum_squares(d_x, n);
+    double rel = fabs(got - want) / want;
+    CHECK(rel <= r->tol, "sum_squares n=%zu: %.17g vs %.17g, rel err %.3g (tol %.0e)", n, got, want, rel, r->tol);
+    gpu->free(d_x);
+    free(x);
+}
+
+/* --- the table: every row runs on every backend under test (the CUDA backend, emulated or on a GPU) against the
+ * CPU. Rows whose check also covers companion ops say so: embedding checks rmsnorm on its rows, matmul_bf16 checks
+ * matmul_bf16_in and matmul_bf16_out on its input rounded, a bf16 producer checks the fp32 op it rounds. tol: the
+ * error allowed relative to the reference's largest magnitude (a GEMM's with gemm_tol, on a GPU); 0: equal, or for
+ * the bf16 producers within one bf16 step. The last rows (check NULL) are model-sized (a 7B Llama: hidden 4096,
+ * intermediate 11008, 32 heads of 128, vocabulary 32000; 4096-token batches, a decoding step, a 64-node tree), for
+ * --perf only. --- */
+#define NO_CHECK NULL, NULL
+static const OpRow op_rows[] = {
+    {"embedding", "f32", {13, 300, 50}, 0, check_embedding, "and rmsnorm of its rows"},
+    {"matmul", "f32", {9, 70, 33, 1}, 1e-5, check_matmul, NULL},
+    {"matmul", "f32", {9, 70, 33, 0}, 1e-5, check_matmul, NULL},
+    {"matmul", "f32", {1, 64, 48, 1}, 1e-5, check_matmul, NULL},
+    {"matmul_backward", "f32", {37, 20, 45, 7}, 1e-5, check_matmul_backward, NULL},
+    {"matmul_backward", "f32", {5, 16, 8, 2}, 1e-5, check_matmul_backward, NULL},
+    {"matmul_backward", "f32", {5, 16, 8, 5}, 1e-5, check_matmul_backward, NULL},
+    {"to_bf16", "f32", {100003}, 0, check_to_bf16, "and ties, inf, NaN"},
+    {"embedding_bf16", "bf16", {11, 96, 40}, 0, check_embedding_bf16, NULL},
+    {"matmul_bf16", "bf16", {9, 70, 33, 1}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
+    {"matmul_bf16", "bf16", {1, 64, 48, 0}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
+    {"matmul_bf16", "bf16", {40, 256, 300, 0}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
+    {"rmsnorm_bf16", "bf16", {13, 300}, 0, check_bf16_producer, "and rmsnorm"},
+    {"swiglu_bf16", "bf16", {13, 150}, 0, check_bf16_producer, "and swiglu"},
+    {"rope_qkv_bf16", "bf16", {13, 3, 1, 60, 10000}, 0, check_bf16_producer, "and rope_qkv"},
+    {"matmul_backward_bf16", "bf16", {37, 20, 45, 7}, 1e-5, check_matmul_backward_bf16, NULL},
+    {"matmul_backward_bf16", "bf16", {5, 16, 8, 2}, 1e-5, check_matmul_backward_bf16, NULL},
+    {"matmul_backward_bf16", "bf16", {5, 16, 8, 5}, 1e-5, check_matmul_backward_bf16, NULL},
+    {"rope_qkv", "f32", {6, 4, 2, 16, 10000}, 1e-5, check_rope_qkv, NULL},
+    {"rope_qkv", "f32", {6, 4, 2, 128, 500000}, 1e-5, check_rope_qkv, NULL},
+    {"attention", "f32", {ATT_PACKED, 57, 0, 4, 2, 16, 0}, 2e-5, check_attention, "packed causal, 3 sequences, GQA"},
+    {"attention", "f32", {ATT_PACKED, 57, 0, 6, 2, 64, 0}, 2e-5, check_attention, "packed causal, 3 sequences, GQA"},
+    {"attention", "f32", {ATT_PACKED, 57, 0, 2, 2, 40, 0}, 2e-5, check_attention, "packed causal, 3 sequences, MHA"},
+    {"attention", "f32", {ATT_PACKED, 57, 0, 2, 1, 128, 0}, 2e-5, check_attention, "packed causal, 3 sequences, MQA"},
+    {"attention", "f32", {ATT_PACKED, 57, 0, 2, 1, 200, 0}, 2e-5, check_attention, "packed causal, 3 sequences, GQA"},
+    /* one long sequence: many key tiles, the online softmax rescaling many times */
+    {"attention", "f32", {ATT_CAUSAL, 300, 0, 2, 1, 64}, 2e-5, check_attention, "causal, one sequence"},
+    {"attention", "f32", {ATT_DECODE, 3, 70, 4, 2, 32}, 2e-5, check_attention, "KV-cache decode"},
+    /* decoding over a long cache: the keys cut into slices whose partial softmax states are merged (5 slices of 700
+     * keys; one query's range ends within the first slice, so the later ones see none of its keys); a tree after a
+     * long cache (4 slices) */
+    {"attention",
+     "f32",
+     {ATT_DECODE, 3, 697, 4, 2, 64, 50},
+     2e-5,
+     check_attention,
+     "KV-cache decode, 700 keys in slices"},
+    {"attention", "f32", {ATT_DECODE, 1, 699, 2, 2, 128}, 2e-5, check_attention, "KV-cache decode, 700 keys in slices"},
+    {"attention",
+     "f32",
+     {ATT_TREE, 6, 520, 4, 2, 64, 2},
+     2e-5,
+     check_attention,
+     "tree mask after 520 cached keys, in slices"},
+    /* a tree of 20 nodes (16 queries per block, two blocks per head) after a long cache, in slices */
+    {"attention",
+     "f32",
+     {ATT_TREE, 20, 520, 4, 2, 128, 2},
+     2e-5,
+     check_attention,
+     "20-node tree after 520 cached keys, in slices"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_TREE, 20, 520, 4, 2, 64, 2},
+     1e-2,
+     check_attention,
+     "20-node tree after 520 cached keys, in slices (tensor cores)"},
+    /* tensor cores: a 40-node tree (two full warps and a part of a third in a 64-query block) after 300 keys in
+     * slices, with head_dim 128; a 20-node tree after 45 keys (no slices); a 24-token prompt continuing a 100-token
+     * cache (causal, no mask) */
+    {"attention_bf16",
+     "bf16",
+     {ATT_TREE, 40, 300, 4, 2, 128, 3},
+     1e-2,
+     check_attention,
+     "40-node tree after 300 cached keys, in slices (tensor cores)"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_TREE, 20, 45, 2, 1, 64, 2},
+     1e-2,
+     check_attention,
+     "20-node tree after 45 cached keys (tensor cores)"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_DECODE, 24, 100, 4, 2, 128},
+     1e-2,
+     check_attention,
+     "24-token prompt after 100 cached keys (tensor cores)"},
+    /* tree verification: 6 tree nodes after 45 cached keys (parents 0, 0, 1, 1, 2); node i sees the cache and its
+     * ancestors */
+    {"attention", "f32", {ATT_TREE, 6, 45, 4, 2, 16, 2}, 2e-5, check_attention, "tree mask"},
+    {"attention", "f32", {ATT_TREE, 6, 45, 4, 1, 64, 2}, 2e-5, check_attention, "tree mask"},
+    /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 64-query tiles, GQA,
+     * one sequence longer than a key tile, a tail tile with padding rows */
+    {"attention_bf16",
+     "bf16",
+     {ATT_PACKED, 120, 0, 4, 2, 64, 1},
+     1e-2,
+     check_attention,
+     "packed causal, 4 sequences, GQA"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_PACKED, 120, 0, 2, 2, 128, 1},
+     1e-2,
+     check_attention,
+     "packed causal, 4 sequences, MHA"},
+    {"attention_bf16", "bf16", {ATT_CAUSAL, 300, 0, 1, 1, 128}, 1e-2, check_attention, "causal, one sequence"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_PACKED, 120, 0, 4, 2, 64, 1, 1},
+     1e-2,
+     check_attention,
+     "packed causal, misaligned q/k/v (CUDA cores)"},
+    /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
+    {"attention_bf16", "bf16", {ATT_TREE, 6, 45, 4, 1, 64, 2}, 1e-2, check_attention, "tree mask (CUDA cores)"},
+    {"attention_bf16", "bf16", {ATT_DECODE, 3, 70, 4, 2, 64}, 1e-2, check_attention, "KV-cache decode (CUDA cores)"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_DECODE, 3, 697, 4, 2, 64, 50},
+     1e-2,
+     check_attention,
+     "KV-cache decode, 700 keys in slices (CUDA cores)"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_PACKED, 57, 0, 2, 2, 40, 0},
+     1e-2,
+     check_attention,
+     "packed causal, d=40 (CUDA cores)"},
+    {"swiglu", "f32", {10, 50}, 1e-6, check_swiglu, NULL},
+    {"swiglu", "f32", {70000, 1}, 1e-6, check_swiglu, "more rows than a grid's y dimension"},
+    {"resblock_forward", "f32", {1000}, 1e-6, check_elementwise, NULL},
+    {"silu_backward", "f32", {1000}, 1e-6, check_elementwise, NULL},
+    {"residual_add", "f32", {1000}, 1e-7, check_elementwise, NULL},
+    {"fill_zero", "f32", {4004}, 0, check_fill_zero, NULL},
+    {"copy_rows", "f32", {4, 3, 300}, 0, check_copy_rows, NULL},
+    {"copy_rows", "f32", {70, 3, 300}, 0, check_copy_rows, "more moves than one launch takes"},
+    {"top_k", "f32", {7, 1000, 1}, 0, check_top_k, NULL},
+    {"top_k", "f32", {6, 32000, 10}, 0, check_top_k, NULL},
+    {"top_k", "f32", {3, 50, 16}, 0, check_top_k, NULL},
+    {"rank_ids", "f32", {7, 1000}, 0, check_rank_ids, NULL},
+    {"rank_ids", "f32", {6, 32000}, 0, check_rank_ids, NULL},
+    {"softmax_xent", "f32", {9, 1000}, 1e-5, check_softmax_xent, NULL},
+    {"softmax_xent", "f32", {9, 32000}, 1e-5, check_softmax_xent, NULL},
+    {"softmax_xent", "f32", {6, 1000, 1}, 1e-5, check_soft_xent, "soft targets"},
+    {"softmax_xent", "f32", {6, 32000, 1}, 1e-5, check_soft_xent, "soft targets"},
+    {"classifier_bf16", "bf16", {37, 64, 1000}, 1e-5, check_classifier_bf16, NULL},
+    {"classifier_bf16", "bf16", {9, 128, 32000}, 1e-5, check_classifier_bf16, NULL},
+    {"softmax_entropy", "f32", {6, 1000, 10}, 1e-5, check_softmax_entropy, NULL},
+    {"softmax_entropy", "f32", {6, 32000, 10}, 1e-5, check_softmax_entropy, NULL},
+    {"adamw", "f32", {3000}, 1e-6, check_adamw, "3 steps"},
+    {"sum_squares", "f32", {1}, 1e-12, check_sum_squares, NULL},
+    {"sum_squares", "f32", {1000}, 1e-12, check_sum_squares, NULL},
+    {"sum_squares", "f32", {300007}, 1e-12, check_sum_squares, NULL},
+
+    /* model-sized, --perf only */
+    {"embedding", "f32", {4096, 4096, 32000}, 0, NO_CHECK},
+    {"embedding_bf16", "bf16", {4096, 4096, 32000}, 0, NO_CHECK},
+    {"rmsnorm", "f32", {4096, 4096}, 0, NO_CHECK},
+    {"rmsnorm_bf16", "bf16", {4096, 4096}, 0, NO_CHECK},
+    {"matmul", "f32", {4096, 4096, 4096, 0}, 0, NO_CHECK},
+    {"matmul", "f32", {1, 4096, 4096, 0}, 0, NO_CHECK},
+    {"matmul_bf16", "bf16", {4096, 4096, 4096, 0}, 0, NO_CHECK},
+    {"matmul_bf16_in", "bf16", {4096, 4096, 4096, 1}, 0, NULL, "o_proj, accumulate"},
+    {"matmul_bf16_in", "bf16", {4096, 11008, 4096, 1}, 0, NULL, "down, accumulate"},
+    {"matmul_bf16_in", "bf16", {1, 11008, 4096, 1}, 0, NULL, "down, accumulate"},
+    {"matmul_bf16_in", "bf16", {64, 11008, 4096, 1}, 0, NULL, "down, accumulate"},
+    {"matmul_bf16_out", "bf16", {4096, 4096, 12288, 0}, 0, NULL, "q/k/v"},
+    {"matmul_bf16_out", "bf16", {4096, 4096, 22016, 0}, 0, NULL, "gate/up"},
+    {"matmul_bf16_out", "bf16", {1, 4096, 22016, 0}, 0, NULL, "gate/up"},
+    {"matmul_bf16_out", "bf16", {64, 4096, 22016, 0}, 0, NULL, "gate/up"},
+    {"matmul_backward", "f32", {4096, 4096, 4096, 3}, 0, NO_CHECK},
+    {"matmul_backward_bf16", "bf16", {4096, 4096, 4096, 3}, 0, NO_CHECK},
+    {"rope_qkv", "f32", {4096, 32, 32, 128, 10000}, 0, NO_CHECK},
+    {"rope_qkv_bf16", "bf16", {4096, 32, 32, 128, 10000}, 0, NO_CHECK},
+    {"attention", "f32", {ATT_PACKED, 4096, 0, 32, 32, 128, 2}, 0, NULL, "packed causal, 4 x 1024"},
+    {"attention_bf16", "bf16", {ATT_PACKED, 4096, 0, 32, 32, 128, 2}, 0, NULL, "packed causal, 4 x 1024"},
+    {"attention_bf16", "bf16", {ATT_DECODE, 1, 2047, 32, 32, 128}, 0, NULL, "decoding step after 2047 keys"},
+    {"attention_bf16", "bf16", {ATT_TREE, 64, 2047, 32, 32, 128, 8}, 0, NULL, "64-node tree after 2047 keys"},
+    {"swiglu", "f32", {4096, 11008}, 0, NO_CHECK},
+    {"swiglu_bf16", "bf16", {4096, 11008}, 0, NO_CHECK},
+    {"residual_add", "f32", {4096 * 4096}, 0, NO_CHECK},
+    {"resblock_forward", "f32", {4096 * 4096}, 0, NO_CHECK},
+    {"silu_backward", "f32", {4096 * 4096}, 0, NO_CHECK},
+    {"fill_zero", "f32", {1 << 28}, 0, NO_CHECK},
+    {"copy_rows", "bf16", {8, 64, 2048}, 0, NULL, "kv_cache_keep: 8 rows of 32 layers' keys and values"},
+    {"to_bf16", "f32", {5 * 4096 * 4096}, 0, NO_CHECK},
+    {"top_k", "f32", {64, 32000, 10}, 0, NO_CHECK},
+    {"rank_ids", "f32", {4096, 32000}, 0, NO_CHECK},
+    {"softmax_xent", "f32", {4096, 32000}, 0, NO_CHECK},
+    {"softmax_xent", "f32", {4096, 32000, 1}, 0, NULL, "soft targets"},
+    {"softmax_entropy", "f32", {64, 32000, 10}, 0, NO_CHECK},
+    {"classifier_bf16", "bf16", {4096, 4096, 32000}, 0, NULL, "with gradients"},
+    {"adamw", "f32", {5 * 4096 * 4096}, 0, NULL, "5 heads' ResBlocks"},
+    {"sum_squares", "f32", {5 * 4096 * 4096}, 0, NO_CHECK},
+};
+#undef NO_CHECK
+enum { N_ROWS = sizeof op_rows / sizeof op_rows[0] };
+
+/* A row's shape in words: its op's parameter names (OP_PARAMS) with the row's values */
+static const struct {
+    const char *ops, *names;
+} OP_PARAMS[] = {
+    {" embedding embedding_bf16 ", "T C V"},
+    {" rmsnorm rmsnorm_bf16 ", "T C"},
+    {" matmul matmul_bf16 matmul_bf16_in matmul_bf16_out ", "T IC OC bias"},
+    {" matmul_backward matmul_backward_bf16 ", "T IC OC outputs"},
+    {" rope_qkv rope_qkv_bf16 ", "T heads kv_heads head_dim theta"},
+    {" attention attention_bf16 ", "layout T row0 heads kv_heads head_dim extra misaligned"},
+    {" copy_rows ", "moves blocks row_elements"},
+    {" swiglu swiglu_bf16 ", "T inter"},
+    {" residual_add resblock_forward silu_backward to_bf16 adamw sum_squares ", "n"},
+    {" fill_zero ", "bytes"},
+    {" softmax_xent ", "T V soft"},
+    {" rank_ids ", "rows cols"},
+    {" softmax_entropy ", "rows cols ids"},
+    {" classifier_bf16 ", "rows IC V"},
+    {" top_k ", "rows cols k"},
+};
+static void row_shape(const OpRow *r, char *buf, size_t size) {
+    char key[64];
+    snprintf(key, sizeof key, " %s ", r->op);
+    const char *names = "";
+    for (size_t i = 0; i < sizeof OP_PARAMS / sizeof OP_PARAMS[0]; i++)
+        if (strstr(OP_PARAMS[i].ops, key)) names = OP_PARAMS[i].names;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; *names && i < 8 && used < size; i++) {
+        size_t len = strcspn(names, " ");
+        static const char *const layouts[] = {"packed", "causal", "decode", "tree"};
+        if (i == 0 && !strncmp(names, "layout", len)) /* attention's, by name */
+            used += (size_t)snprintf(buf + used, size - used, "%s", layouts[r->p[0]]);
+        else used += (size_t)snprintf(buf + used, size - used, "%s%.*s=%d", i ? " " : "", (int)len, names, r->p[i]);
+        names += len + (names[len] == ' ');
+    }
+}
+
+/* --- every op counted as the rows call it on the backend under test, through wrappers made from ops.def --- */
+enum {
+#define OP(ret, op, params, args) OP_ID_##op,
+#include "../kernels/ops.def"
+#undef OP
+    N_OPS
+};
+static const char *const op_names[N_OPS] = {
+#define OP(ret, op, params, args) #op,
+#include "../kernels/ops.def"
+#undef OP
+};
+static const Backend *counted_inner;
+static long op_calls[N_OPS];
+#define CALL_void(call) call;
+#define CALL_double(call) return call;
+#define OP(ret, op, params, args)                                                                                      \
+    static ret counted_##op params {                                                                                   \
+        op_calls[OP_ID_##op]++;                                                                                        \
+        CALL_##ret(counted_inner->op args)                                                                             \
+    }
+#include "../kernels/ops.def"
+#undef OP
+static Backend counted(const Backend *inner) {
+    Backend b = *inner;
+    counted_inner = inner;
+#define OP(ret, op, params, args) b.op = counted_##op;
+#include "../kernels/ops.def"
+#undef OP
+    return b;
+}
+
+/* backend_check: a table with an op left out is refused at start-up, naming the backend and the op */
+static void test_backend_check(void) {
+    Backend b = *cpu;
+    b.name = "broken";
+    b.matmul_bf16_out = NULL;
+    EXPECT_FATAL(backend_check(&b), "backend broken: its table leaves matmul_bf16_out unset",
+                 "backend_check names the backend and the op its table leaves unset");
+    b = *cpu;
+    b.copy = NULL;
+    EXPECT_FATAL(backend_check(&b), "leaves copy unset", "backend_check: a memory function too");
+    backend_check(cpu);
+    backend_check(gpu);
+    CHECK(1, "backend_check: the cpu and cuda tables are complete (%d ops)", N_OPS);
+}
+
+/* Every row whose op matches `only` (NULL: all) on the backend under test, each with its own seed (a row's inputs do
+ * not depend on the rows before it); then every op must have been called. */
+static void run_op_table(const Backend *under_test, const char *only) {
+    Backend wrapped = counted(under_test);
+    const Backend *saved = gpu;
+    gpu = &wrapped;
+    memset(op_calls, 0, sizeof op_calls);
+    int rows = 0;
+    for (int i = 0; i < N_ROWS; i++) {
+        const OpRow *r = &op_rows[i];
+        if (!r->check || (only && strcmp(r->op, only))) continue;
+        rng_seed(&rng, 1234 + (uint64_t)i);
+        r->check(r);
+        rows++;
+    }
+    gpu = saved;
+    if (only) return;
+    char missing[512] = "";
+    for (int op = 0; op < N_OPS; op++)
+        if (!op_calls[op]) snprintf(missing + strlen(missing), sizeof missing - strlen(missing), " %s", op_names[op]);
+    CHECK(!missing[0], "the table's %d rows called every op of kernels/ops.def (%d) on %s%s%s", rows, N_OPS,
+          under_test->name, missing[0] ? "; never called:" : "", missing);
+}
+
+/* --- --perf: each row timed per backend, with its rate (GFLOP/s for GEMMs, attention and the classifier; GB/s of the
+ * bytes an op must move, each input read once and each output written once, for the others) --- */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+/* the calls queued before it are done (download waits for the device) */
+static void bench_sync(const Backend *be, const void *ptr) {
+    float x;
+    if (!be->is_host) be->download(&x, ptr, sizeof x);
+}
+/* `call` once (a GPU's first launch loads its kernel), then repeated, 4 times more each round, until a round takes
+ * 50 ms: seconds per call */
+#define TIME_CALLS(seconds, be, sync_ptr, call)                                                                        \
+    do {                                                                                                               \
+        call;                                                                                                          \
+        bench_sync(be, sync_ptr);                                                                                      \
+        for (long reps_ = 1;; reps_ *= 4) {                                                                            \
+            double t0_ = now_s();                                                                                      \
+            for (long i_ = 0; i_ < reps_; i_++) call;                                                                  \
+            bench_sync(be, sync_ptr);                                                                                  \
+            double dt_ = now_s() - t0_;                                                                                \
+            if (dt_ >= 0.05 || reps_ >= 4096) {                                                                        \
+                seconds = dt_ / (double)reps_;                                                                         \
+                break;                                                                                                 \
+            }                                                                                                          \
+        }                                                                                                              \
+    } while (0)
+
+/* A row's buffers on one backend, freed together; filled from a 4 MiB pattern of random values (fp32, or bf16) */
+typedef struct {
+    const Backend *be;
+    void *ptr[24];
+    int n;
+} BenchBufs;
+enum { FILL_NONE, FILL_F32, FILL_BF16 };
+static void *bench_buf(BenchBufs *b, size_t bytes, int fill) {
+    enum { PATTERN = 1 << 20 };
+    static float pattern[PATTERN];
+    static uint16_t pattern16[2 * PATTERN];
+    if (pattern[0] == 0.0f) {
+        for (int i = 0; i < PATTERN; i++) pattern[i] = 2.0f * rng_uniform(&rng) - 1.0f;
+        cpu->to_bf16(pattern16, pattern, PATTERN);
+        cpu->to_bf16(pattern16 + PATTERN, pattern, PATTERN);
+    }
+    ensure(b->n < 24);
+    void *dev = b->ptr[b->n++] = b->be->alloc(bytes ? bytes : 1);
+    for (size_t at = 0; fill != FILL_NONE && at < bytes; at += sizeof pattern) {
+        size_t len = bytes - at < sizeof pattern ? bytes - at : sizeof pattern;
+        b->be->upload((char *)dev + at, fill == FILL_F32 ? (const void *)pattern : (const void *)pattern16, len);
+    }
+    if (fill == FILL_NONE) b->be->fill_zero(dev, bytes);
+    return dev;
+}
+/* n ids below `below` (and -1 where `every` > 0 divides the index) */
+static int32_t *bench_ids(BenchBufs *b, size_t n, int below) {
+    int32_t *ids = xmalloc(sizeof(int32_t) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) ids[i] = (int32_t)rng_below(&rng, (uint64_t)below);
+    int32_t *dev = bench_buf(b, sizeof(int32_t) * n, FILL_NONE);
+    b->be->upload(dev, ids, sizeof(int32_t) * n);
+    free(ids);
+    return dev;
+}
+
+/* Seconds per call of the row's op on `be`, and the work of a call (flops, or bytes moved) */
+static double bench_row(const Backend *be, const OpRow *r, double *flops, double *bytes) {
+    BenchBufs b = {.be = be};
+    const int *p = r->p;
+    const char *op = r->op;
+    double s = 0;
+    *flops = 0, *bytes = 0;
+#define IS(name) (!strcmp(op, name))
+#define F32(n) ((float *)bench_buf(&b, sizeof(float) * (size_t)(n), FILL_F32))
+#define BF16(n) ((uint16_t *)bench_buf(&b, sizeof(uint16_t) * (size_t)(n), FILL_BF16))
+#define ZERO(n, type) ((type *)bench_buf(&b, sizeof(type) * (size_t)(n), FILL_NONE))
+    if (IS("embedding") || IS("embedding_bf16")) {
+        int T = p[0], C = p[1], V = p[2];
+        int32_t *tokens = bench_ids(&b, (size_t)T, V);
+        float *out = ZERO((size_t)T * C, float);
+        if (IS("embedding")) {
+            float *table = F32((size_t)V * C);
+            TIME_CALLS(s, be, out, be->embedding(out, tokens, table, T, C));
+        } else {
+            uint16_t *table = BF16((size_t)V * C);
+            TIME_CALLS(s, be, out, be->embedding_bf16(out, tokens, table, T, C));
+        }
+        *bytes = (double)T * C * (IS("embedding") ? 8 : 6);
+    } else if (IS("rmsnorm") || IS("rmsnorm_bf16")) {
+        int T = p[0], C = p[1];
+        float *x = F32((size_t)T * C), *w = F32(C);
+        if (IS("rmsnorm")) {
+            float *out = ZERO((size_t)T * C, float);
+            TIME_CALLS(s, be, out, be->rmsnorm(out, x, w, T, C, 1e-5f));
+        } else {
+            uint16_t *out = ZERO((size_t)T * C, uint16_t);
+            TIME_CALLS(s, be, out, be->rmsnorm_bf16(out, x, w, T, C, 1e-5f));
+        }
+        *bytes = (double)T * C * (IS("rmsnorm") ? 8 : 6);
+    } else if (IS("matmul") || IS("matmul_bf16") || IS("matmul_bf16_in") || IS("matmul_bf16_out")) {
+        int T = p[0], IC = p[1], OC = p[2];
+        float *bias = IS("matmul_bf16_in") || !p[3] ? NULL : F32(OC), *out = ZERO((size_t)T * OC, float);
+        if (IS("matmul")) {
+            float *in = F32((size_t)T * IC), *w = F32((size_t)OC * IC);
+            TIME_CALLS(s, be, out, be->matmul(out, in, w, bias, T, IC, OC));
+        } else if (IS("matmul_bf16")) {
+            float *in = F32((size_t)T * IC);
+            uint16_t *w = BF16((size_t)OC * IC);
+            TIME_CALLS(s, be, out, be->matmul_bf16(out, in, w, bias, T, IC, OC));
+        } else if (IS("matmul_bf16_in")) { /* p[3]: accumulate */
+            uint16_t *in = BF16((size_t)T * IC), *w = BF16((size_t)OC * IC);
+            TIME_CALLS(s, be, out, be->matmul_bf16_in(out, in, w, NULL, T, IC, OC, p[3]));
+        } else {
+            uint16_t *in = BF16((size_t)T * IC), *w = BF16((size_t)OC * IC), *out16 = ZERO((size_t)T * OC, uint16_t);
+            TIME_CALLS(s, be, out16, be->matmul_bf16_out(out16, in, w, bias, T, IC, OC));
+        }
+        *flops = 2.0 * T * IC * OC;
+    } else if (IS("matmul_backward") || IS("matmul_backward_bf16")) {
+        int T = p[0], IC = p[1], OC = p[2], which = p[3];
+        float *dout = F32((size_t)T * OC), *in = F32((size_t)T * IC);
+        float *dinp = which & 1 ? ZERO((size_t)T * IC, float) : NULL,
+              *dw = which & 2 ? ZERO((size_t)OC * IC, float) : NULL, *db = which & 4 ? ZERO(OC, float) : NULL;
+        if (IS("matmul_backward")) {
+            float *w = F32((size_t)OC * IC);
+            TIME_CALLS(s, be, dout, be->matmul_backward(dinp, dw, db, dout, in, w, T, IC, OC));
+        } else {
+            uint16_t *w = BF16((size_t)OC * IC);
+            TIME_CALLS(s, be, dout, be->matmul_backward_bf16(dinp, dw, db, dout, in, w, T, IC, OC));
+        }
+        *flops = 2.0 * T * IC * OC * ((which & 1) + (which >> 1 & 1));
+    } else if (IS("rope_qkv") || IS("rope_qkv_bf16")) {
+        int T = p[0], nh = p[1], nkv = p[2], hd = p[3];
+        size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
+        int32_t *pos = bench_ids(&b, (size_t)T, 4096);
+        if (IS("rope_qkv")) {
+            float *qkv = F32(nq + 2 * nk), *out = ZERO(nq + 2 * nk, float);
+            TIME_CALLS(s, be, out, be->rope_qkv(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, (float)p[4]));
+        } else {
+            uint16_t *qkv = BF16(nq + 2 * nk), *out = ZERO(nq + 2 * nk, uint16_t);
+            TIME_CALLS(s, be, out,
+                       be->rope_qkv_bf16(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, (float)p[4]));
+        }
+        *bytes = 2.0 * (double)(nq + 2 * nk) * (IS("rope_qkv") ? 4 : 2);
+    } else if (IS("attention") || IS("attention_bf16")) {
+        int T = p[1], row0 = p[2], nh = p[3], nkv = p[4], hd = p[5], Tk = row0 + T;
+        int32_t *kb, *ke;
+        uint8_t *mask;
+        attention_ranges(p, &kb, &ke, &mask);
+        double pairs = 0; /* (query, key) pairs attended */
+        for (int t = 0; t < T; t++)
+            for (int j = kb[t]; j < ke[t]; j++) pairs += !mask || j < row0 || mask[(size_t)t * T + j - row0];
+        int32_t *d_kb = bench_buf(&b, sizeof(int32_t) * (size_t)T, FILL_NONE),
+                *d_ke = bench_buf(&b, sizeof(int32_t) * (size_t)T, FILL_NONE);
+        be->upload(d_kb, kb, sizeof(int32_t) * (size_t)T), be->upload(d_ke, ke, sizeof(int32_t) * (size_t)T);
+        uint8_t *d_mask = mask ? bench_buf(&b, (size_t)T * T, FILL_NONE) : NULL;
+        if (mask) be->upload(d_mask, mask, (size_t)T * T);
+        size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
+        if (IS("attention")) {
+            float *q = F32(nq), *k = F32(nk), *v = F32(nk), *out = ZERO(nq, float);
+            TIME_CALLS(s, be, out, be->attention(out, q, k, v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd));
+        } else {
+            uint16_t *q = BF16(nq), *k = BF16(nk), *v = BF16(nk), *out = ZERO(nq, uint16_t);
+            TIME_CALLS(s, be, out, be->attention_bf16(out, q, k, v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd));
+        }
+        *flops = 4.0 * hd * nh * pairs; /* q k^T and p v */
+        free(kb), free(ke), free(mask);
+    } else if (IS("copy_rows")) {
+        int moves = p[0], blocks = p[1], rows = 2 * moves + 5;
+        size_t row_bytes = (size_t)p[2] * (!strcmp(r->dtype, "bf16") ? 2 : 4);
+        int32_t *src = xmalloc(sizeof(int32_t) * (size_t)moves), *dst = xmalloc(sizeof(int32_t) * (size_t)moves);
+        for (int i = 0; i < moves; i++) dst[i] = 2 + i, src[i] = 3 + 2 * i;
+        void *x = bench_buf(&b, row_bytes * rows * blocks, FILL_F32);
+        TIME_CALLS(s, be, x, be->copy_rows(x, row_bytes * rows, blocks, src, dst, moves, row_bytes));
+        *bytes = 2.0 * moves * blocks * (double)row_bytes;
+        free(src), free(dst);
+    } else if (IS("swiglu") || IS("swiglu_bf16")) {
+        int T = p[0], inter = p[1];
+        size_t n = (size_t)T * inter;
+        if (IS("swiglu")) {
+            float *gu = F32(2 * n), *out = ZERO(n, float);
+            TIME_CALLS(s, be, out, be->swiglu(out, gu, T, inter));
+        } else {
+            uint16_t *gu = BF16(2 * n), *out = ZERO(n, uint16_t);
+            TIME_CALLS(s, be, out, be->swiglu_bf16(out, gu, T, inter));
+        }
+        *bytes = 3.0 * (double)n * (IS("swiglu") ? 4 : 2);
+    } else if (IS("residual_add") || IS("resblock_forward") || IS("silu_backward") || IS("to_bf16") ||
+               IS("sum_squares")) {
+        size_t n = (size_t)p[0];
+        float *x = F32(n), *y = F32(n), *out = ZERO(n, float);
+        double total = 0;
+        if (IS("residual_add")) {
+            TIME_CALLS(s, be, x, be->residual_add(x, y, n));
+        } else if (IS("resblock_forward")) {
+            TIME_CALLS(s, be, out, be->resblock_forward(out, x, y, n));
+        } else if (IS("silu_backward")) {
+            TIME_CALLS(s, be, out, be->silu_backward(out, x, y, n));
+        } else if (IS("to_bf16")) {
+            uint16_t *out16 = ZERO(n, uint16_t);
+            TIME_CALLS(s, be, out16, be->to_bf16(out16, x, n));
+        } else {
+            TIME_CALLS(s, be, x, total += be->sum_squares(x, n));
+        }
+        (void)total;
+        *bytes = (double)n * (IS("to_bf16") ? 6 : IS("sum_squares") ? 4 : 12);
+    } else if (IS("fill_zero")) {
+        size_t n = (size_t)p[0];
+        void *x = bench_buf(&b, n, FILL_NONE);
+        TIME_CALLS(s, be, x, be->fill_zero(x, n));
+        *bytes = (double)n;
+    } else if (IS("adamw")) {
+        size_t n = (size_t)p[0];
+        float *param = F32(n), *grad = F32(n), *m = ZERO(n, float), *v = ZERO(n, float);
+        AdamWStep step = {.decay = 0.99999f,
+                          .beta1_weight = 0.1f,
+                          .beta2 = 0.999f,
+                          .beta2_weight = 0.001f,
+                          .bias_correction2_sqrt = 0.1f,
+                          .step_size = 1e-3f,
+                          .eps = 1e-8f,
+                          .grad_scale = 1.0f};
+        TIME_CALLS(s, be, param, be->adamw(param, grad, m, v, n, &step));
+        *bytes = 7.0 * (double)n * 4;
+    } else if (IS("softmax_xent") || IS("rank_ids") || IS("softmax_entropy") || IS("top_k")) {
+        int T = p[0], V = p[1];
+        float *x = F32((size_t)T * V), *small = ZERO((size_t)T * 16, float);
+        int32_t *ids = bench_ids(&b, (size_t)T * 16, V), *ranks = ZERO((size_t)T * 16, int32_t);
+        if (IS("softmax_xent")) {
+            float *teacher = p[2] ? F32((size_t)T * V) : NULL;
+            XentTargets targets = {.targets = ids, .teacher = teacher, .ranked = ids};
+            TIME_CALLS(s, be, small, be->softmax_xent(x, small, ranks, targets, T, V, 1.0f / (float)T));
+            *bytes = (double)T * V * 4 * (teacher ? 3 : 2);
+        } else if (IS("rank_ids")) {
+            TIME_CALLS(s, be, ranks, be->rank_ids(ranks, x, ids, T, V));
+            *bytes = (double)T * V * 4;
+        } else if (IS("softmax_entropy")) {
+            TIME_CALLS(s, be, small, be->softmax_entropy(small, small + T, x, ids, T, V, p[2], 0.7f));
+            *bytes = (double)T * V * 4;
+        } else {
+            TIME_CALLS(s, be, ranks, be->top_k(ranks, x, T, V, p[2]));
+            *bytes = (double)T * V * 4;
+        }
+    } else if (IS("classifier_bf16")) {
+        int rows = p[0], IC = p[1], V = p[2];
+        float *x = F32((size_t)rows * IC), *logits = ZERO((size_t)rows * V, float), *loss = ZERO(rows, float);
+        float *dx = ZERO((size_t)rows * IC, float), *dw = ZERO((size_t)V * IC, float);
+        uint16_t *w = BF16((size_t)V * IC);
+        int32_t *targets = bench_ids(&b, (size_t)rows, V), *ranks = ZERO(rows, int32_t);
+        XentTargets t = {.targets = targets, .ranked = targets};
+        TIME_CALLS(s, be, loss, be->classifier_bf16(logits, loss, ranks, t, x, w, dx, dw, rows, IC, V, 1.0f / rows));
+        *flops = 6.0 * rows * IC * V; /* the logits' GEMM and the two gradients' */
+    } else {
+        fatal("test_cuda_ops --perf: no bench for op %s", op);
+    }
+#undef IS
+#undef F32
+#undef BF16
+#undef ZERO
+    for (int i = 0; i < b.n; i++) be->free(b.ptr[i]);
+    return s;
+}
+
+/* One line per row and backend: the CPU times the rows that are checked (small shapes), the backend under test every
+ * row; `only`: the rows of that op; `small`: the checked rows only (a dry run on the emulator). */
+static void run_perf(const Backend *under_test, const char *only, int small) {
+    printf("per op row and backend: time per call, and GFLOP/s (GEMMs, attention, the classifier) or GB/s (bytes each "
+           "input read and each output written once)\n");
+    for (int i = 0; i < N_ROWS; i++) {
+        const OpRow *r = &op_rows[i];
+        if ((only && strcmp(r->op, only)) || (small && !r->check)) continue;
+        const Backend *backends[2] = {r->check ? cpu : NULL, under_test};
+        const char *label = r->label && strncmp(r->label, "and ", 4) ? r->label : NULL; /* not the companion ops */
+        char shape[160];
+        row_shape(r, shape, sizeof shape);
+        for (int k = 0; k < 2; k++) {
+            if (!backends[k]) continue;
+            rng_seed(&rng, 1234 + (uint64_t)i);
+            double flops, bytes, s = bench_row(backends[k], r, &flops, &bytes);
+            printf("  perf %-20s %-4s %-56s %-4s %10.2f us/call %10.1f %s%s%s\n", r->op, r->dtype, shape,
+                   backends[k]->name, s * 1e6, (flops > 0 ? flops : bytes) / s / 1e9, flops > 0 ? "GFLOP/s" : "GB/s",
+                   label ? "  " : "", label ? label : "");
+            fflush(stdout);
+        }
     }
 }
 
@@ -1602,13 +2210,32 @@ static void test_smollm2_bf16(void) {
     if (cuda_emu_guard_device_memory) cuda_emu_guard_device_memory(1);
 }
 
-int main(void) {
+/* test_cuda_ops [--op NAME] [--perf [--small]]: --op runs that op's rows of the table only (no other test);
+ * --perf times the rows instead of checking them (one line per row and backend). */
+int main(int argc, char **argv) {
+    const char *only = NULL;
+    int perf = 0, small = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--perf")) perf = 1;
+        else if (!strcmp(argv[i], "--small")) small = 1;
+        else if (!strcmp(argv[i], "--op") && i + 1 < argc) only = argv[++i];
+        else fatal("usage: %s [--op NAME] [--perf [--small]]", argv[0]);
+    }
     cpu = backend_cpu();
     gpu = backend_cuda();
     rng_seed(&rng, 1234);
     printf("CUDA backend (%s) against the CPU backend\n", gpu->name);
+    if (perf) {
+        run_perf(gpu, only, small);
+        return test_summary();
+    }
+    if (only) {
+        run_op_table(gpu, only);
+        return test_summary();
+    }
     CHECK(backend_by_name("cpu") == cpu, "backend_by_name(\"cpu\")");
     EXPECT_FATAL(backend_by_name("tpu"), "unknown device", "backend_by_name rejects an unknown device");
+    test_backend_check();
     size_t reserved = test_reserve(); /* before anything else is allocated */
     test_arena(reserved);
     test_planned_training(DT_F32, TARGETS_LABELS, 0);
@@ -1619,44 +2246,8 @@ int main(void) {
     test_planned_training(DT_BF16, TARGETS_BASE_KL, 0);
     test_planned_training(DT_BF16, TARGETS_LABELS, 0); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
-    test_embedding_rmsnorm();
-    test_matmul(9, 70, 33, 1);
-    test_matmul(9, 70, 33, 0);
-    test_matmul(1, 64, 48, 1);
-    test_matmul_backward(37, 20, 45, 7);
-    test_matmul_backward(5, 16, 8, 2);
-    test_matmul_backward(5, 16, 8, 5);
-    test_to_bf16();
-    test_embedding_bf16();
-    test_matmul_bf16(9, 70, 33, 1);
-    test_matmul_bf16(1, 64, 48, 0);
-    test_matmul_bf16(40, 256, 300, 0);
-    test_bf16_producers();
-    test_matmul_backward_bf16(37, 20, 45, 7);
-    test_matmul_backward_bf16(5, 16, 8, 2);
-    test_matmul_backward_bf16(5, 16, 8, 5);
-    test_rope_qkv(16, 10000.0f);
-    test_rope_qkv(128, 500000.0f);
-    test_attention();
-    test_elementwise();
-    test_copy_rows(4);
-    test_copy_rows(70);
-    test_top_k(7, 1000, 1);
-    test_top_k(6, 32000, 10);
-    test_top_k(3, 50, 16);
-    test_rank_ids(7, 1000);
-    test_rank_ids(6, 32000);
-    test_softmax_xent(1000);
-    test_softmax_xent(32000);
-    test_soft_xent(1000);
-    test_soft_xent(32000);
+    run_op_table(gpu, NULL);
     test_peak_flops();
-    test_classifier_bf16(37, 64, 1000);
-    test_classifier_bf16(9, 128, 32000);
-    test_softmax_entropy(1000);
-    test_softmax_entropy(32000);
-    test_adamw();
-    test_sum_squares();
     test_end_to_end(DT_F32);
     test_end_to_end(DT_BF16);
     test_typical_decoding();

@@ -62,8 +62,11 @@ part() { # NAME SECONDS CMD...: runs CMD for at most SECONDS, and no later than 
     fi
     echo "$name ($((SECONDS - t0)) s): $(tail -1 "$OUT/$name.txt")" | tee -a "$OUT/summary.txt"
 }
-# (emulated in a dry run, the op test takes about 70 s of a quiet 2-core CPU)
-part test_cuda_ops "$([ -n "${DRYRUN:-}" ] && echo 300 || echo 120)" "$KIT/bin/test_cuda_ops"
+# (emulated in a dry run, the op test takes about 70 s of a quiet 2-core CPU) after the per-kernel timings of its op
+# table (--perf: time per call and GFLOP/s or GB/s of every row, model-sized rows included; at most 90 s; a dry run times
+# the small rows only), so that the file's last line is the test's
+part test_cuda_ops "$([ -n "${DRYRUN:-}" ] && echo 400 || echo 210)" sh -c 'timeout 90 "$1" --perf $2; exec "$1"' sh \
+    "$KIT/bin/test_cuda_ops" "$([ -n "${DRYRUN:-}" ] && echo --small)"
 grep -E "FAIL|max (abs|rel)" "$OUT/test_cuda_ops.txt" | grep FAIL | head -20
 if ! grep -q "^[0-9]* passed, 0 failed" "$OUT/test_cuda_ops.txt"; then
     # again with every launch synchronised and checked, so that a fault is reported at the kernel that made it
