@@ -1,9 +1,11 @@
-/* 8-float vectors (GCC vector extensions) for the CPU kernels that OpenBLAS does not cover: compiled once for AVX2 with
- * FMA and once for baseline x86-64 (two SSE registers per vector), the AVX2 build picked at run time. A kernel body is
- * an always-inline function that two thin wrappers instantiate, one with SIMD_AVX2_FMA. Files using these build with
- * -ffp-contract=fast (the Makefile), so products and sums fuse into FMAs where the CPU has them, and -Wno-psabi:
- * every function here is inlined, so no vector crosses a call and GCC's note on the ABI of vector returns without
- * AVX does not apply. */
+/* 8-float vectors (GCC vector extensions) for the CPU kernels that OpenBLAS does not cover: on x86-64 compiled once for
+ * AVX2 with FMA and once for baseline x86-64 (two SSE registers per vector), the AVX2 build picked at run time. A
+ * kernel body is an always-inline function that two thin wrappers instantiate, one with SIMD_AVX2_FMA. On other
+ * architectures (aarch64) SIMD_AVX2_FMA is empty and simd_avx2_fma() 0, so both wrappers are the baseline build and it
+ * runs: the vector extensions are portable C for GCC and clang, which lower them to the target's vector registers
+ * (NEON: two per vector) or to scalar code where it has none. Files using these build with -ffp-contract=fast (the
+ * Makefile), so products and sums fuse into FMAs where the CPU has them, and -Wno-psabi: every function here is
+ * inlined, so no vector crosses a call and GCC's note on the ABI of vector returns without AVX does not apply. */
 #ifndef MEDUSA_CPU_SIMD_H
 #define MEDUSA_CPU_SIMD_H
 
@@ -12,13 +14,23 @@
 #include <string.h>
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) || defined(__i386__)
 #define SIMD_AVX2_FMA __attribute__((target("avx2,fma")))
+#else
+#define SIMD_AVX2_FMA
+#endif
 
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef int32_t Int8 __attribute__((vector_size(32)));
 
-/* whether this CPU runs the SIMD_AVX2_FMA builds (two loads from what libgcc detected at start-up) */
-static inline int simd_avx2_fma(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+/* whether this CPU runs the SIMD_AVX2_FMA builds (two loads from what libgcc detected at start-up); never off x86 */
+static inline int simd_avx2_fma(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
 
 static ALWAYS_INLINE Vec8 vec8_load(const float *p) {
     Vec8 v;
