@@ -91,7 +91,7 @@ static void expect_adamw_close(const char *what, const float *dev, const float *
 
 /* A row's shape: p[] as its op's check and bench read it (OP_PARAMS names them); tol: the largest error allowed
  * against the CPU, relative to the reference's largest magnitude (0: equal); check: NULL for a row that is only timed
- * (--perf; model-sized shapes, too large to check on the emulator), which the CPU does not time either. */
+ * (--perf). */
 typedef struct OpRow OpRow;
 struct OpRow {
     const char *op;    /* the op of kernels/ops.def that it checks and times */
@@ -1075,9 +1075,9 @@ static void check_sum_squares(const OpRow *r) {
  * CPU. Rows whose check also covers companion ops say so: embedding checks rmsnorm on its rows, matmul_bf16 checks
  * matmul_bf16_in and matmul_bf16_out on its input rounded, a bf16 producer checks the fp32 op it rounds. tol: the
  * error allowed relative to the reference's largest magnitude (a GEMM's with gemm_tol, on a GPU); 0: equal, or for
- * the bf16 producers within one bf16 step. The last rows (check NULL) are model-sized (a 7B Llama: hidden 4096,
- * intermediate 11008, 32 heads of 128, vocabulary 32000; 4096-token batches, a decoding step, a 64-node tree), for
- * --perf only. --- */
+ * the bf16 producers within one bf16 step. The last rows (check NULL) time the companion ops on shapes of their own,
+ * for --perf; model_rows, for --perf too, are a 7B Llama's (hidden 4096, intermediate 11008, 32 heads of 128,
+ * vocabulary 32000; 4096-token batches, a decoding step, a 64-node tree). --- */
 #define NO_CHECK NULL, NULL
 static const OpRow op_rows[] = {
     {"embedding", "f32", {13, 300, 50}, 0, check_embedding, "and rmsnorm of its rows"},
@@ -1224,7 +1224,14 @@ static const OpRow op_rows[] = {
     {"sum_squares", "f32", {1000}, 1e-12, check_sum_squares, NULL},
     {"sum_squares", "f32", {300007}, 1e-12, check_sum_squares, NULL},
 
-    /* model-sized, --perf only */
+    /* the ops checked as companions above, on small shapes of their own for --perf */
+    {"rmsnorm", "f32", {13, 300}, 0, NO_CHECK},
+    {"matmul_bf16_in", "bf16", {9, 70, 33, 1}, 0, NO_CHECK},
+    {"matmul_bf16_out", "bf16", {9, 70, 33, 1}, 0, NO_CHECK},
+};
+enum { N_ROWS = sizeof op_rows / sizeof op_rows[0] };
+/* model-sized rows, for --perf on the backend under test alone (too large for the emulator and the CPU) */
+static const OpRow model_rows[] = {
     {"embedding", "f32", {4096, 4096, 32000}, 0, NO_CHECK},
     {"embedding_bf16", "bf16", {4096, 4096, 32000}, 0, NO_CHECK},
     {"rmsnorm", "f32", {4096, 4096}, 0, NO_CHECK},
@@ -1232,10 +1239,10 @@ static const OpRow op_rows[] = {
     {"matmul", "f32", {4096, 4096, 4096, 0}, 0, NO_CHECK},
     {"matmul", "f32", {1, 4096, 4096, 0}, 0, NO_CHECK},
     {"matmul_bf16", "bf16", {4096, 4096, 4096, 0}, 0, NO_CHECK},
-    {"matmul_bf16_in", "bf16", {4096, 4096, 4096, 1}, 0, NULL, "o_proj, accumulate"},
-    {"matmul_bf16_in", "bf16", {4096, 11008, 4096, 1}, 0, NULL, "down, accumulate"},
-    {"matmul_bf16_in", "bf16", {1, 11008, 4096, 1}, 0, NULL, "down, accumulate"},
-    {"matmul_bf16_in", "bf16", {64, 11008, 4096, 1}, 0, NULL, "down, accumulate"},
+    {"matmul_bf16_in", "bf16", {4096, 4096, 4096, 1}, 0, NULL, "o_proj"},
+    {"matmul_bf16_in", "bf16", {4096, 11008, 4096, 1}, 0, NULL, "down"},
+    {"matmul_bf16_in", "bf16", {1, 11008, 4096, 1}, 0, NULL, "down"},
+    {"matmul_bf16_in", "bf16", {64, 11008, 4096, 1}, 0, NULL, "down"},
     {"matmul_bf16_out", "bf16", {4096, 4096, 12288, 0}, 0, NULL, "q/k/v"},
     {"matmul_bf16_out", "bf16", {4096, 4096, 22016, 0}, 0, NULL, "gate/up"},
     {"matmul_bf16_out", "bf16", {1, 4096, 22016, 0}, 0, NULL, "gate/up"},
@@ -1266,7 +1273,7 @@ static const OpRow op_rows[] = {
     {"sum_squares", "f32", {5 * 4096 * 4096}, 0, NO_CHECK},
 };
 #undef NO_CHECK
-enum { N_ROWS = sizeof op_rows / sizeof op_rows[0] };
+enum { N_MODEL_ROWS = sizeof model_rows / sizeof model_rows[0] };
 
 /* A row's shape in words: its op's parameter names (OP_PARAMS) with the row's values */
 static const struct {
@@ -1274,7 +1281,8 @@ static const struct {
 } OP_PARAMS[] = {
     {" embedding embedding_bf16 ", "T C V"},
     {" rmsnorm rmsnorm_bf16 ", "T C"},
-    {" matmul matmul_bf16 matmul_bf16_in matmul_bf16_out ", "T IC OC bias"},
+    {" matmul matmul_bf16 matmul_bf16_out ", "T IC OC bias"},
+    {" matmul_bf16_in ", "T IC OC accumulate"},
     {" matmul_backward matmul_backward_bf16 ", "T IC OC outputs"},
     {" rope_qkv rope_qkv_bf16 ", "T heads kv_heads head_dim theta"},
     {" attention attention_bf16 ", "layout T row0 heads kv_heads head_dim extra misaligned"},
@@ -1390,7 +1398,8 @@ static void bench_sync(const Backend *be, const void *ptr) {
     if (!be->is_host) be->download(&x, ptr, sizeof x);
 }
 /* `call` once (a GPU's first launch loads its kernel), then repeated, 4 times more each round, until a round takes
- * 50 ms: seconds per call */
+ * 50 ms (bench_once: one round of one call): seconds per call */
+static int bench_once;
 #define TIME_CALLS(seconds, be, sync_ptr, call)                                                                        \
     do {                                                                                                               \
         call;                                                                                                          \
@@ -1400,7 +1409,7 @@ static void bench_sync(const Backend *be, const void *ptr) {
             for (long i_ = 0; i_ < reps_; i_++) call;                                                                  \
             bench_sync(be, sync_ptr);                                                                                  \
             double dt_ = now_s() - t0_;                                                                                \
-            if (dt_ >= 0.05 || reps_ >= 4096) {                                                                        \
+            if (dt_ >= 0.05 || reps_ >= 4096 || bench_once) {                                                          \
                 seconds = dt_ / (double)reps_;                                                                         \
                 break;                                                                                                 \
             }                                                                                                          \
@@ -1639,15 +1648,36 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
     return s;
 }
 
-/* One line per row and backend: the CPU times the rows that are checked (small shapes), the backend under test every
- * row; `only`: the rows of that op; `small`: the checked rows only (a dry run on the emulator). */
+/* --perf's benches, each op's on its first (smallest) checked row, one call each on the backend under test: a smoke
+ * test of the timing code that only --perf runs otherwise */
+static void test_benches(const Backend *under_test) {
+    int benched[N_OPS] = {0}, n = 0, bad = 0;
+    bench_once = 1;
+    for (int i = 0; i < N_ROWS; i++) {
+        const OpRow *r = &op_rows[i];
+        int op = 0;
+        while (op < N_OPS && strcmp(op_names[op], r->op)) op++;
+        if (op == N_OPS || benched[op]) continue;
+        benched[op] = 1, n++;
+        double flops, bytes, s = bench_row(under_test, r, &flops, &bytes);
+        if (!(s > 0 && (flops > 0 || bytes > 0)))
+            printf("       %s: %g s, %g flops, %g bytes\n", r->op, s, flops, bytes), bad++;
+    }
+    bench_once = 0;
+    CHECK(n == N_OPS && !bad, "--perf's bench of each op (%d of %d) runs on %s, with a time and its work", n, N_OPS,
+          under_test->name);
+}
+
+/* One line per row and backend: the CPU times the rows that are not model-sized, the backend under test every row;
+ * `only`: the rows of that op; `small`: no model-sized row (a dry run on the emulator). */
 static void run_perf(const Backend *under_test, const char *only, int small) {
     printf("per op row and backend: time per call, and GFLOP/s (GEMMs, attention, the classifier) or GB/s (bytes each "
            "input read and each output written once)\n");
-    for (int i = 0; i < N_ROWS; i++) {
-        const OpRow *r = &op_rows[i];
-        if ((only && strcmp(r->op, only)) || (small && !r->check)) continue;
-        const Backend *backends[2] = {r->check ? cpu : NULL, under_test};
+    for (int i = 0; i < N_ROWS + (small ? 0 : N_MODEL_ROWS); i++) {
+        int model_sized = i >= N_ROWS;
+        const OpRow *r = model_sized ? &model_rows[i - N_ROWS] : &op_rows[i];
+        if (only && strcmp(r->op, only)) continue;
+        const Backend *backends[2] = {model_sized ? NULL : cpu, under_test};
         const char *label = r->label && strncmp(r->label, "and ", 4) ? r->label : NULL; /* not the companion ops */
         char shape[160];
         row_shape(r, shape, sizeof shape);
@@ -2247,6 +2277,7 @@ int main(int argc, char **argv) {
     test_planned_training(DT_BF16, TARGETS_LABELS, 0); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
     run_op_table(gpu, NULL);
+    test_benches(gpu);
     test_peak_flops();
     test_end_to_end(DT_F32);
     test_end_to_end(DT_BF16);
