@@ -2255,9 +2255,9 @@ int main(int argc, char **argv) {
     gpu = backend_cuda();
     rng_seed(&rng, 1234);
     printf("CUDA backend (%s) against the CPU backend\n", gpu->name);
-    if (perf) {
+    if (perf) { /* no "passed, failed" line: it checks nothing */
         run_perf(gpu, only, small);
-        return test_summary();
+        return 0;
     }
     if (only) {
         run_op_table(gpu, only);
