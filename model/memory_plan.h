@@ -7,10 +7,10 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "../formats/weights.h"
 #include "../kernels/ops.h"
 #include "config.h"
 #include "medusa.h"
-#include "../formats/weights.h"
 
 typedef struct {
     int weight_bytes;    /* bytes per base weight element: 4 (fp32) or 2 (bf16 storage) */

@@ -26,7 +26,7 @@ int main(void) {
         float *got = xmalloc(sizeof(float) * (size_t)n);
         ggml_dequantize(t->type, t->data, got, n);
         int64_t differ = 0;
-        for (int64_t j = 0; j < n; j++) differ += memcmp(&got[j], (const float *)want->data + j, 4) != 0;
+        for (int64_t j = 0; j < n; j++) differ += memcmp(&got[j], want->data + 4 * j, 4) != 0; /* bit patterns */
         CHECK(t->type == cases[i].type && (size_t)n * 4 == want->nbytes && differ == 0,
               "%s: %lld elements (%lld x %lld) dequantised as the gguf package does: %lld differ (bit for bit)",
               ggml_type_name(t->type), (long long)n, (long long)t->ne[1], (long long)t->ne[0], (long long)differ);
