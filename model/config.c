@@ -57,6 +57,38 @@ static void refuse_unimplemented(const cJSON *root, const char *path) {
         fatal("%s: partial_rotary_factor: rotary embeddings over part of a head are not supported", path);
 }
 
+static double json_required_num(const cJSON *root, const char *path, const char *key, const char *where) {
+    const cJSON *v = field(root, key);
+    if (!cJSON_IsNumber(v)) fatal("%s: %s needs the number \"%s\"", path, where, key);
+    return v->valuedouble;
+}
+
+/* rope_scaling (transformers 4.x) or rope_parameters (5.x): the types whose frequencies this code computes */
+static void parse_rope_scaling(ModelConfig *c, const cJSON *scaling, const char *path) {
+    const cJSON *rt = field(scaling, "rope_type");
+    if (!rt) rt = field(scaling, "type");
+    const char *type = cJSON_IsString(rt) ? rt->valuestring : rt ? "?" : "default";
+    if (strcmp(type, "default") == 0) return;
+    if (strcmp(type, "linear") == 0) {
+        c->rope_scaling = ROPE_LINEAR;
+        c->rope_factor = (float)json_required_num(scaling, path, "factor", "rope scaling linear");
+    } else if (strcmp(type, "llama3") == 0) {
+        c->rope_scaling = ROPE_LLAMA3;
+        c->rope_factor = (float)json_required_num(scaling, path, "factor", "rope scaling llama3");
+        c->rope_low_freq_factor = (float)json_required_num(scaling, path, "low_freq_factor", "rope scaling llama3");
+        c->rope_high_freq_factor = (float)json_required_num(scaling, path, "high_freq_factor", "rope scaling llama3");
+        c->rope_original_max_position =
+            (int)json_required_num(scaling, path, "original_max_position_embeddings", "rope scaling llama3");
+        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_max_position <= 0)
+            fatal("%s: rope scaling llama3: needs high_freq_factor > low_freq_factor and a positive "
+                  "original_max_position_embeddings",
+                  path);
+    } else {
+        fatal("%s: rope scaling type \"%s\" is not supported (default, linear and llama3 are)", path, type);
+    }
+    if (!(c->rope_factor > 0)) fatal("%s: rope scaling %s: factor must be positive", path, type);
+}
+
 static void validate(const ModelConfig *c, const char *path) {
     if (c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
         c->head_dim <= 0 || c->vocab_size <= 0)
@@ -103,13 +135,7 @@ void config_from_json(ModelConfig *c, const char *path) {
         c->rope_theta = (float)json_num(rope_params, path, "rope_theta", c->rope_theta);
         scaling = rope_params;
     }
-    if (scaling) {
-        const cJSON *rt = field(scaling, "rope_type");
-        if (!rt) rt = field(scaling, "type");
-        if (rt && (!cJSON_IsString(rt) || strcmp(rt->valuestring, "default") != 0))
-            fatal("%s: rope scaling type \"%s\" is not supported (only default rotary embeddings)", path,
-                  cJSON_IsString(rt) ? rt->valuestring : "?");
-    }
+    if (scaling) parse_rope_scaling(c, scaling, path);
     /* Mistral limits attention to a window; Qwen2 declares one but uses it only with use_sliding_window */
     if (strcmp(c->architecture, "mistral") == 0) c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
     if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
@@ -146,6 +172,16 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->rope_theta = (float)ARCH_FLOAT("rope.freq_base", 10000.0);
     c->rms_norm_eps = (float)ARCH_FLOAT("attention.layer_norm_rms_epsilon", 1e-5);
     c->vocab_size = ARCH_INT("vocab_size", 0);
+    snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+    const char *scaling = gguf_get_str(g, key);
+    if (scaling && strcmp(scaling, "none") != 0) {
+        if (strcmp(scaling, "linear") != 0)
+            fatal("%s: %s \"%s\" is not supported (none and linear are; llama3's factors are the rope_freqs tensor)",
+                  path, key, scaling);
+        c->rope_scaling = ROPE_LINEAR;
+        c->rope_factor = (float)ARCH_FLOAT("rope.scaling.factor", 0.0);
+        if (!(c->rope_factor > 0)) fatal("%s: %s.rope.scaling.factor must be positive", path, arch);
+    }
 #undef ARCH_INT
 #undef ARCH_FLOAT
     const GGUFTensor *embd = gguf_find_tensor(g, "token_embd.weight");
@@ -187,5 +223,8 @@ void config_print(const ModelConfig *c, FILE *out) {
             c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps,
             c->tie_word_embeddings ? ", tied embeddings" : "", c->attention_bias ? ", qkv bias" : "");
     if (c->sliding_window > 0) fprintf(out, ", sliding window %d", c->sliding_window);
+    if (c->rope_scaling != ROPE_DEFAULT)
+        fprintf(out, ", rope scaling %s x%g", c->rope_scaling == ROPE_LINEAR ? "linear" : "llama3",
+                (double)c->rope_factor);
     fprintf(out, "\n");
 }

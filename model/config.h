@@ -15,6 +15,11 @@ typedef struct {
     int vocab_size;
     int max_position;
     float rope_theta;
+    /* rotary scaling (transformers' rope_type): none, linear (frequencies / factor) or llama3 (frequencies divided by
+     * factor below a wavelength band, kept above it, blended inside it); GGUF's rope_freqs tensor divides them too */
+    enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } rope_scaling;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_original_max_position;
     float rms_norm_eps;
     int tie_word_embeddings;
     int attention_bias; /* q/k/v projections carry a bias (qwen2, or llama with attention_bias) */

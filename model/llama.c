@@ -51,6 +51,38 @@ void *model_lm_head_subset(const Model *m, const int32_t *rows, int n) {
     return out;
 }
 
+/* The rotary frequencies as transformers computes them in fp32 (_compute_default_rope_parameters and the scaled
+ * variants: linear, llama3), and llama.cpp's rope_freqs tensor (a GGUF's llama3 factors: each frequency divided by its
+ * factor). */
+static float *rope_frequencies(const ModelConfig *c, const WeightSet *w) {
+    int half = c->head_dim / 2;
+    float *f = xmalloc(sizeof(float) * (size_t)half);
+    for (int j = 0; j < half; j++) f[j] = rope_inv_freq(j, c->head_dim, c->rope_theta);
+    if (c->rope_scaling == ROPE_LINEAR)
+        for (int j = 0; j < half; j++) f[j] = f[j] / c->rope_factor;
+    if (c->rope_scaling == ROPE_LLAMA3) {
+        float factor = c->rope_factor, low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
+        float old_len = (float)c->rope_original_max_position;
+        float low_wavelen = old_len / low, high_wavelen = old_len / high, two_pi = (float)(2.0 * M_PI);
+        for (int j = 0; j < half; j++) {
+            float wavelen = (1.0f / f[j]) * two_pi; /* torch's scalar / tensor: a reciprocal, then a product */
+            float scaled = wavelen > low_wavelen ? f[j] / factor : f[j];
+            if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+                float smooth = ((1.0f / wavelen) * old_len - low) / (high - low);
+                scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
+            }
+            f[j] = scaled;
+        }
+    }
+    const WeightTensor *factors = weights_find(w, "rope_freqs.weight");
+    if (factors) {
+        float *div = weights_load_f32(w, "rope_freqs.weight", 1, (int64_t[]){half}, 1);
+        for (int j = 0; j < half; j++) f[j] = f[j] / div[j];
+        free(div);
+    }
+    return f;
+}
+
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
     memset(m, 0, sizeof *m);
     m->be = be;
@@ -92,6 +124,7 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
     }
     m->final_norm = load(m, "model.norm.weight", H, 0, 1);
     m->lm_head = c->tie_word_embeddings ? m->embed : load(m, "lm_head.weight", V, H, 1);
+    m->rope_inv_freq = rope_frequencies(c, &m->source);
 }
 
 void model_free(Model *m) {
@@ -106,6 +139,7 @@ void model_free(Model *m) {
     be->free(m->embed);
     be->free(m->final_norm);
     weights_close(&m->source);
+    free(m->rope_inv_freq);
     memset(m, 0, sizeof *m);
 }
 
@@ -222,8 +256,8 @@ static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const
 static void rope_qkv(const Model *m, ForwardState *s, void *k, void *v, const int32_t *pos, int T) {
     const ModelConfig *c = &m->config;
     if (s->act16)
-        m->be->rope_qkv_bf16(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
-    else m->be->rope_qkv(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rope_theta);
+        m->be->rope_qkv_bf16(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, m->rope_inv_freq);
+    else m->be->rope_qkv(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, m->rope_inv_freq);
 }
 
 /* attention on rope'd q (in s->q) over keys and values k_all, v_all: o_proj's input (bf16 weights: written in

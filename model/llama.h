@@ -24,8 +24,9 @@ typedef struct {
     DType weight_dtype; /* DT_F32 or DT_BF16: the storage of the matrices below and in layers */
     void *embed;        /* [V, H] */
     LayerWeights *layers;
-    float *final_norm; /* [H] */
-    void *lm_head;     /* [V, H]; the embedding itself when tied */
+    float *final_norm;    /* [H] */
+    void *lm_head;        /* [V, H]; the embedding itself when tied */
+    float *rope_inv_freq; /* host [head_dim / 2]: the rotary frequencies with the config's scaling (rope_qkv) */
 } Model;
 
 /* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. The residual stream x is

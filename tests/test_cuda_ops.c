@@ -377,7 +377,8 @@ static void check_bf16_producer(const OpRow *r) {
     uint16_t *d_x16 = to_gpu(x16, sizeof(uint16_t) * n), *d16 = gpu->alloc(sizeof(uint16_t) * n),
              *d_rounded16 = gpu->alloc(sizeof(uint16_t) * n);
     int32_t *d_pos = to_gpu(pos, sizeof(int32_t) * (size_t)T);
-    float theta = (float)r->p[4];
+    float theta = (float)r->p[4], inv_freq[512];
+    for (int j = 0; j < hd / 2; j++) inv_freq[j] = rope_inv_freq(j, hd, theta);
     {
         const char *name = r->op;
         size_t count = op == 1 ? n / 2 : n;
@@ -388,10 +389,10 @@ static void check_bf16_producer(const OpRow *r) {
             cpu->swiglu(ref, xw, T, C / 2), cpu->swiglu_bf16(cpu16, x16, T, C / 2);
             gpu->swiglu(d_ref, d_xw, T, C / 2), gpu->swiglu_bf16(d16, d_x16, T, C / 2);
         } else {
-            cpu->rope_qkv(ref, ref + nq, ref + nq + nk, xw, pos, T, nh, nkv, hd, theta);
-            cpu->rope_qkv_bf16(cpu16, cpu16 + nq, cpu16 + nq + nk, x16, pos, T, nh, nkv, hd, theta);
-            gpu->rope_qkv(d_ref, d_ref + nq, d_ref + nq + nk, d_xw, d_pos, T, nh, nkv, hd, theta);
-            gpu->rope_qkv_bf16(d16, d16 + nq, d16 + nq + nk, d_x16, d_pos, T, nh, nkv, hd, theta);
+            cpu->rope_qkv(ref, ref + nq, ref + nq + nk, xw, pos, T, nh, nkv, hd, inv_freq);
+            cpu->rope_qkv_bf16(cpu16, cpu16 + nq, cpu16 + nq + nk, x16, pos, T, nh, nkv, hd, inv_freq);
+            gpu->rope_qkv(d_ref, d_ref + nq, d_ref + nq + nk, d_xw, d_pos, T, nh, nkv, hd, inv_freq);
+            gpu->rope_qkv_bf16(d16, d16 + nq, d16 + nq + nk, d_x16, d_pos, T, nh, nkv, hd, inv_freq);
         }
         cpu->to_bf16(rounded16, ref, count);
         CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * count), "%s (CPU) == to_bf16 of the fp32 op", name);
@@ -445,15 +446,16 @@ static void check_matmul_backward_bf16(const OpRow *r) {
 /* rope_qkv: q/k/v rows split, q and k rotated; v is copied exactly */
 static void check_rope_qkv(const OpRow *r) {
     int T = r->p[0], nh = r->p[1], nkv = r->p[2], hd = r->p[3];
-    float theta = (float)r->p[4];
+    float theta = (float)r->p[4], inv_freq[512];
+    for (int j = 0; j < hd / 2; j++) inv_freq[j] = rope_inv_freq(j, hd, theta);
     size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd, n = nq + 2 * nk;
     float *qkv = random_floats(n, 1.0f), *want = xmalloc(sizeof(float) * n);
     int32_t *pos = xmalloc(sizeof(int32_t) * (size_t)T);
     for (int t = 0; t < T; t++) pos[t] = t < 3 ? t : t == 3 ? 37 : t == 4 ? 511 : 2047; /* positions 0 .. 2047 */
     float *d_qkv = to_gpu(qkv, sizeof(float) * n), *d_out = gpu->alloc(sizeof(float) * n);
     int32_t *d_pos = to_gpu(pos, sizeof(int32_t) * (size_t)T);
-    cpu->rope_qkv(want, want + nq, want + nq + nk, qkv, pos, T, nh, nkv, hd, theta);
-    gpu->rope_qkv(d_out, d_out + nq, d_out + nq + nk, d_qkv, d_pos, T, nh, nkv, hd, theta);
+    cpu->rope_qkv(want, want + nq, want + nq + nk, qkv, pos, T, nh, nkv, hd, inv_freq);
+    gpu->rope_qkv(d_out, d_out + nq, d_out + nq + nk, d_qkv, d_pos, T, nh, nkv, hd, inv_freq);
     int v_copied = 1;
     for (int t = 0; t < T; t++)
         v_copied &= !memcmp(want + nq + nk + (size_t)t * nkv * hd,
@@ -1520,13 +1522,14 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
         int T = p[0], nh = p[1], nkv = p[2], hd = p[3];
         size_t nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
         int32_t *pos = bench_ids(&b, (size_t)T, 4096);
+        float inv_freq[512];
+        for (int j = 0; j < hd / 2; j++) inv_freq[j] = rope_inv_freq(j, hd, (float)p[4]);
         if (IS("rope_qkv")) {
             float *qkv = F32(nq + 2 * nk), *out = ZERO(nq + 2 * nk, float);
-            TIME_CALLS(s, be, out, be->rope_qkv(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, (float)p[4]));
+            TIME_CALLS(s, be, out, be->rope_qkv(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, inv_freq));
         } else {
             uint16_t *qkv = BF16(nq + 2 * nk), *out = ZERO(nq + 2 * nk, uint16_t);
-            TIME_CALLS(s, be, out,
-                       be->rope_qkv_bf16(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, (float)p[4]));
+            TIME_CALLS(s, be, out, be->rope_qkv_bf16(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, inv_freq));
         }
         *bytes = 2.0 * (double)(nq + 2 * nk) * (IS("rope_qkv") ? 4 : 2);
     } else if (IS("attention") || IS("attention_bf16")) {

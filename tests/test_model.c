@@ -177,6 +177,7 @@ static void check_config_refusals(void) {
         {"\"partial_rotary_factor\": 0.5", "partial_rotary_factor"},
         {"\"use_sliding_window\": true", "use_sliding_window"},
         {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "yarn"},
+        {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}", "low_freq_factor"},
     };
     char path[] = "/tmp/medusa-config-XXXXXX";
     int fd = mkstemp(path);
@@ -208,6 +209,8 @@ int main(void) {
         {"tiny_qwen2 (biases)", "tiny_qwen2", "tiny_qwen2/ref.safetensors"},
         {"tiny_tied (tied embeddings)", "tiny_tied", "tiny_tied/ref.safetensors"},
         {"tiny_mistral_sw (sliding window 4)", "tiny_mistral_sw", "tiny_mistral_sw/ref.safetensors"},
+        {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors"},
+        {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors"},
         {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors"},
         {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors"},
         {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors"},

@@ -22,7 +22,7 @@ static void rotate_heads(float *x, int n_heads, int head_dim, const float *cos_t
 
 /* q and k rotated in place at positions pos */
 static void rotate_qk(float *q, float *k, const int32_t *pos, int T, int n_heads, int n_kv_heads, int head_dim,
-                      float theta) {
+                      const float *inv_freq) {
     int half = head_dim / 2;
 #pragma omp parallel if ((size_t)T * (n_heads + n_kv_heads) * head_dim > PAR_MIN)
     {
@@ -31,7 +31,7 @@ static void rotate_qk(float *q, float *k, const int32_t *pos, int T, int n_heads
         for (int t = 0; t < T; t++) {
             for (int j = 0; j < half; j++) {
                 /* angle in fp32 as the reference computes it, cos/sin of that angle */
-                float angle = (float)pos[t] * rope_inv_freq(j, head_dim, theta);
+                float angle = (float)pos[t] * inv_freq[j];
                 cos_t[j] = cosf(angle);
                 sin_t[j] = sinf(angle);
             }
@@ -42,7 +42,7 @@ static void rotate_qk(float *q, float *k, const int32_t *pos, int T, int n_heads
 }
 
 void cpu_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
-                  int n_kv_heads, int head_dim, float theta) {
+                  int n_kv_heads, int head_dim, const float *inv_freq) {
     size_t q_dim = (size_t)n_heads * head_dim, kv_dim = (size_t)n_kv_heads * head_dim, row = q_dim + 2 * kv_dim;
 #pragma omp parallel for if ((size_t)T * row > PAR_MIN)
     for (int t = 0; t < T; t++) {
@@ -51,14 +51,14 @@ void cpu_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t 
         memcpy(k + (size_t)t * kv_dim, r + q_dim, sizeof(float) * kv_dim);
         memcpy(v + (size_t)t * kv_dim, r + q_dim + kv_dim, sizeof(float) * kv_dim);
     }
-    rotate_qk(q, k, pos, T, n_heads, n_kv_heads, head_dim, theta);
+    rotate_qk(q, k, pos, T, n_heads, n_kv_heads, head_dim, inv_freq);
 }
 
 void cpu_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
-                       int n_heads, int n_kv_heads, int head_dim, float theta) {
+                       int n_heads, int n_kv_heads, int head_dim, const float *inv_freq) {
     size_t nq = (size_t)T * n_heads * head_dim, nk = (size_t)T * n_kv_heads * head_dim;
     float *wide = cpu_widened_copy(qkv, nq + 2 * nk), *split = xmalloc(sizeof(float) * (nq + 2 * nk));
-    cpu_rope_qkv(split, split + nq, split + nq + nk, wide, pos, T, n_heads, n_kv_heads, head_dim, theta);
+    cpu_rope_qkv(split, split + nq, split + nq + nk, wide, pos, T, n_heads, n_kv_heads, head_dim, inv_freq);
     cpu_to_bf16(q, split, nq);
     cpu_to_bf16(k, split + nq, nk);
     cpu_to_bf16(v, split + nq + nk, nk); /* exact: widened bf16 values */

@@ -3,9 +3,9 @@
  * (head, rotated pair) over the q heads followed by the k heads, then one per element of v. */
 #include "cuda_common.cuh"
 
-/* The rotary frequencies of a head's pairs, computed on the host by rope_inv_freq as the CPU backend and the reference
- * compute them: the device's powf is not correctly rounded, and an ulp of a frequency moves the angle at position
- * 2048 by 1e-4. Passed by value (512 bytes of kernel parameters, read in place: __grid_constant__). */
+/* The rotary frequencies of a head's pairs, the model's host table (computed there as the reference computes them: the
+ * device's powf is not correctly rounded, and an ulp of a frequency moves the angle at position 2048 by 1e-4). Passed
+ * by value (512 bytes of kernel parameters, read in place: __grid_constant__). */
 enum { ROPE_MAX_PAIRS = 128 };
 struct RopeFreqs {
     float f[ROPE_MAX_PAIRS];
@@ -40,23 +40,23 @@ __global__ void rope_qkv_kernel(Elem *q, Elem *k, Elem *v, const Elem *qkv, cons
 
 template <class Elem>
 static void rope_qkv(Elem *q, Elem *k, Elem *v, const Elem *qkv, const int32_t *pos, int T, int n_heads, int n_kv_heads,
-                     int head_dim, float theta) {
+                     int head_dim, const float *inv_freq) {
     int per_token = (n_heads + n_kv_heads) * (head_dim / 2) + n_kv_heads * head_dim;
     static const std::string name = kernel_name("rope_qkv_kernel", {elem_name<Elem>()});
     if (T == 0) return;
     if (head_dim / 2 > ROPE_MAX_PAIRS)
         fatal("cuda rope: head_dim %d > %d is not supported", head_dim, 2 * ROPE_MAX_PAIRS);
     RopeFreqs freqs;
-    for (int j = 0; j < head_dim / 2; j++) freqs.f[j] = rope_inv_freq(j, head_dim, theta);
+    for (int j = 0; j < head_dim / 2; j++) freqs.f[j] = inv_freq[j];
     profile_next_bytes(2.0 * sizeof(Elem) * T * (n_heads + 2 * n_kv_heads) * head_dim + 4.0 * T);
     LAUNCH_AS(name.c_str(), rope_qkv_kernel<Elem>, row_grid(per_token, T, 256), 256, 0, q, k, v, qkv, pos, T, n_heads,
               n_kv_heads, head_dim, freqs);
 }
 void cuda_rope_qkv(float *q, float *k, float *v, const float *qkv, const int32_t *pos, int T, int n_heads,
-                   int n_kv_heads, int head_dim, float theta) {
-    rope_qkv(q, k, v, qkv, pos, T, n_heads, n_kv_heads, head_dim, theta);
+                   int n_kv_heads, int head_dim, const float *inv_freq) {
+    rope_qkv(q, k, v, qkv, pos, T, n_heads, n_kv_heads, head_dim, inv_freq);
 }
 void cuda_rope_qkv_bf16(uint16_t *q, uint16_t *k, uint16_t *v, const uint16_t *qkv, const int32_t *pos, int T,
-                        int n_heads, int n_kv_heads, int head_dim, float theta) {
-    rope_qkv(q, k, v, qkv, pos, T, n_heads, n_kv_heads, head_dim, theta);
+                        int n_heads, int n_kv_heads, int head_dim, const float *inv_freq) {
+    rope_qkv(q, k, v, qkv, pos, T, n_heads, n_kv_heads, head_dim, inv_freq);
 }

@@ -5,6 +5,10 @@ in CI):
     .venv/bin/python tests/gen/gen_families.py
 
 It writes, under tests/fixtures/models/:
+  * tiny_llama3_rope and tiny_linear_rope: tiny random Llamas with llama3 rope scaling (factor 8, the wavelength band
+    of an original context of 64 positions, which splits head_dim 16's frequencies into kept, blended and scaled) and
+    linear rope scaling (factor 2, its config.json in transformers 4.x's layout: rope_theta + rope_scaling), with the
+    packed batch's reference from transformers;
   * tiny_mistral_sw: a tiny random Mistral whose sliding_window (4) is shorter than the packed batch's sequences,
     with the reference of the packed batch (hidden states after the final norm, logits) from transformers, and a
     greedy continuation of 24 tokens (prompt of 6: the window slides during decoding), so that both the packed
@@ -18,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import MistralConfig, MistralForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_models import OUT, SEQ_LENS, make_tiny, maxdiff, packed_tokens, run_packed, save_hf, save_ref  # noqa: E402
+from gen_models import (OUT, SEQ_LENS, make_tiny, maxdiff, packed_tokens, run_packed, save_hf,  # noqa: E402
+                        save_ref)
 
 WINDOW = 4
 PROMPT_LEN, NEW_TOKENS = 6, 24
@@ -62,6 +67,35 @@ def gen_mistral_sw():
           f"greedy {new}")
 
 
+def gen_rope_scaled(name, rope, legacy, seed):
+    common = dict(vocab_size=288, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    model = make_tiny(name, LlamaForCausalLM, LlamaConfig(rope_parameters={"rope_theta": 10000.0, **rope}, **common),
+                      seed=seed)
+    plain = make_tiny(name, LlamaForCausalLM, LlamaConfig(rope_theta=10000.0, **common), seed=seed)
+    plain.load_state_dict(model.state_dict())
+    out = OUT / name
+    save_hf(model, out)
+    if legacy:  # transformers 4.x's layout: rope_theta at the top, the scaling under rope_scaling
+        p = out / "config.json"
+        cfg = json.loads(p.read_text())
+        params = cfg.pop("rope_parameters")
+        cfg["rope_theta"] = params.pop("rope_theta")
+        cfg["rope_scaling"] = params
+        p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tokens = packed_tokens(common["vocab_size"], SEQ_LENS, seed=seed + 10)
+    hidden, logits = run_packed(model, tokens, SEQ_LENS)
+    _, logits_plain = run_packed(plain, tokens, SEQ_LENS)
+    assert maxdiff(logits, logits_plain) > 1e-2, f"{name}: the scaling changes nothing on this batch"
+    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name, "rope": json.dumps(rope)})
+    print(f"{name}: logits differ from unscaled rope by {maxdiff(logits, logits_plain):.3f}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     gen_mistral_sw()
+    gen_rope_scaled("tiny_llama3_rope", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                    legacy=False, seed=11)
+    gen_rope_scaled("tiny_linear_rope", {"rope_type": "linear", "factor": 2.0}, legacy=True, seed=13)
