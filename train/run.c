@@ -203,7 +203,31 @@ typedef struct {
     double t_start; /* when the run began, for --time-budget */
     double tokens_seen, train_seconds;
     double save_seconds; /* duration of the last save */
+    char note[4200];     /* what a divergence leaves behind (Trainer.diverge_note) */
 } Run;
+
+/* The last checkpoint written or resumed, for the divergence message. */
+static void note_checkpoint(Run *r, const char *path) {
+    if (path) snprintf(r->note, sizeof r->note, "the last checkpoint, %s, is intact", path);
+    else snprintf(r->note, sizeof r->note, "no checkpoint was written");
+    r->t.diverge_note = r->note;
+}
+
+/* What a checkpoint holds besides the metadata: parameters and both AdamW moments, every value finite. */
+static int state_finite(const Run *r) {
+    const MedusaHeads *m = &r->heads;
+    return trainer_all_finite(m->be, m->params, m->n_params) && trainer_all_finite(m->be, r->t.adam.m, m->n_params) &&
+           trainer_all_finite(m->be, r->t.adam.v, m->n_params);
+}
+
+/* An optimizer step can overflow the parameters with a finite loss and gradient: no such state is ever saved,
+ * exported or evaluated, so the checkpoints kept, and the one a divergence message names, are all finite. */
+static void check_diverged(Run *r, const char *skipped) {
+    if (!state_finite(r))
+        fatal("training diverged: the heads' parameters or AdamW moments are not finite after optimizer step %lld (try "
+              "a lower --lr); %s; %s",
+              (long long)r->step, skipped, r->note);
+}
 
 static void save(Run *r, int64_t step) {
     CheckpointMeta meta = {0};
@@ -218,10 +242,14 @@ static void save(Run *r, int64_t step) {
     char name[64];
     snprintf(name, sizeof name, "ckpt-%lld.h5", (long long)step);
     char *path = path_join(r->c->out, name);
+    char skipped[80];
+    snprintf(skipped, sizeof skipped, "%s not written", name);
+    check_diverged(r, skipped);
     double t0 = now_seconds();
     checkpoint_save(path, &r->heads, &r->t.adam, &meta);
     r->save_seconds = now_seconds() - t0;
     log_info("saved %s", path);
+    note_checkpoint(r, path);
     free(path);
     prune_checkpoints(r->c->out, r->c->keep_checkpoints);
     r->last_save = step;
@@ -343,12 +371,18 @@ static void run_open(Run *r, const TrainConfig *c) {
     startup_ready_heads(&r->base, &r->heads);
     trainer_init(&r->t, &r->base, &r->heads, &r->oc, (float)c->head_decay, targets, c->batch_tokens, r->s.logits_chunk);
     if (c->cache_hidden) trainer_cache_hidden(&r->t, &r->data);
+    r->t.base_name = c->model;
+    note_checkpoint(r, NULL);
 
     r->config_json = identity_json(c, &r->data);
     r->last_eval = r->last_save = -1;
     if (r->resume_path) {
         CheckpointMeta meta = {0};
         checkpoint_load(r->resume_path, &r->heads, &r->t.adam, &meta);
+        if (!state_finite(r))
+            fatal("%s: the checkpoint's parameters or AdamW moments are not finite (a damaged file?); resume from an "
+                  "earlier checkpoint (move this one away) or start a new run",
+                  r->resume_path);
         check_resume_config(r->resume_path, meta.config_json, r->config_json);
         int64_t words[BATCHER_CURSOR_WORDS];
         memcpy(words, meta.cursor, sizeof words);
@@ -359,6 +393,11 @@ static void run_open(Run *r, const TrainConfig *c) {
         r->train_seconds = meta.metrics[1];
         free(meta.config_json);
         log_info("resumed from %s at step %lld of %d", r->resume_path, (long long)r->step, r->oc.total_steps);
+        note_checkpoint(r, r->resume_path);
+    } else if (!state_finite(r)) { /* the heads start as copies of the base model's lm_head */
+        fatal("%s: the heads initialised from the base model's lm_head are not finite: the model holds NaN or infinite "
+              "weights (a damaged model file?)",
+              c->model);
     }
     log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
              "targets: %s",
@@ -370,6 +409,7 @@ static void run_open(Run *r, const TrainConfig *c) {
 
 /* An evaluation on --val, logged as an "eval" line of metrics.jsonl (epoch: where training is, or < 0 to leave out). */
 static void run_eval(Run *r, double epoch) {
+    check_diverged(r, "no evaluation");
     StepMetrics em;
     evaluate(&r->t, &r->val, r->c->batch_tokens, r->c->eval_batches, &em);
     cJSON *o = cJSON_CreateObject();
