@@ -310,6 +310,72 @@ static void test_resume(const char *data, const char *val) {
     free(b);
 }
 
+/* A dead process's pid: a child that has exited and been reaped. */
+static pid_t dead_pid(void) {
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    waitpid(pid, NULL, 0);
+    return pid;
+}
+
+/* A run stopped off the --log-every grid (and saving off it) and resumed logs the lines of the uninterrupted run: the
+ * steps since the last line travel in the checkpoint. Temp files a killed process left in the run directory (a
+ * checkpoint's, an export directory's) are removed when the run starts; a live process's are not. */
+static void test_resume_off_grid(const char *data, const char *val) {
+    printf("resume off the log grid: --log-every 3, --save-every 5, stopped after step 4; stale temp files\n");
+    char *a = path_join(root, "grid_a"), *b = path_join(root, "grid_b");
+    TrainConfig ca = config(a, data, val), cb = config(b, data, val);
+    ca.log_every = cb.log_every = 3;
+    ca.save_every = cb.save_every = 5;
+    ca.max_steps = cb.max_steps = 10;
+    run_whole_and_split(&ca, &cb, 4);
+    char *ma = metrics_without_timing(a), *mb = metrics_without_timing(b);
+    CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4,
+          "metrics.jsonl identical to the uninterrupted run's apart from timing (train lines at steps 3, 6, 9, 10)");
+    if (strcmp(ma, mb) != 0) printf("       uninterrupted:\n%s       resumed:\n%s", ma, mb);
+    free(ma);
+    free(mb);
+
+    /* temp files of a dead process and of a live one, then a resume (from step 10: nothing to train) */
+    pid_t dead = dead_pid();
+    char name[4][96];
+    snprintf(name[0], sizeof name[0], "ckpt-15.h5.tmp%d", (int)dead);
+    snprintf(name[1], sizeof name[1], "metrics.jsonl.tmp%d", (int)dead);
+    snprintf(name[2], sizeof name[2], "medusa.tmp%d", (int)dead);
+    snprintf(name[3], sizeof name[3], "ckpt-15.h5.tmp%d", (int)getppid());
+    for (int i = 0; i < 4; i++) {
+        char *p = path_join(b, name[i]);
+        if (i == 2) {
+            ensure(mkdir(p, 0755) == 0);
+            char *inner = path_join(p, "config.json");
+            FILE *f = fopen(inner, "w");
+            ensure(f && fclose(f) == 0);
+            free(inner);
+        } else {
+            FILE *f = fopen(p, "w");
+            ensure(f && fputs("partial", f) >= 0 && fclose(f) == 0);
+        }
+        free(p);
+    }
+    cb.resume = 1;
+    CHECK(train_run(&cb) == TRAIN_DONE, "the finished run resumed again");
+    int gone = 1;
+    for (int i = 0; i < 3; i++) {
+        char *p = path_join(b, name[i]);
+        struct stat st;
+        gone &= stat(p, &st) != 0;
+        free(p);
+    }
+    char *live = path_join(b, name[3]);
+    CHECK(gone && file_exists(live),
+          "a dead process's checkpoint, metrics and export temps were removed at start-up; a live one's (%s) kept",
+          name[3]);
+    unlink(live);
+    free(live);
+    free(a);
+    free(b);
+}
+
 /* --targets: a run learning the base model's choices trains (its eval lines still measure the labels and the
  * agreement), is stored in its checkpoints, and resuming it with other targets, or a labels run with these, is refused;
  * an unknown name is an error. A base-kl run of truncated heads stopped and resumed ends as the uninterrupted run. */
@@ -811,6 +877,7 @@ int main(void) {
     char *data = write_cache("train.tokens.h5", 48, 1), *val = write_cache("val.tokens.h5", 8, 2);
     test_signal(data); /* first: libgomp's thread pool does not survive fork, so fork before OpenMP runs */
     test_resume(data, val);
+    test_resume_off_grid(data, val);
     test_targets(data, val);
     test_diverge(data);
     test_nonfinite(data, val);
