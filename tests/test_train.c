@@ -333,7 +333,6 @@ static void test_resume_off_grid(const char *data, const char *val) {
     CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4,
           "metrics.jsonl identical to the uninterrupted run's apart from timing (train lines at steps 3, 6, 9, 10)");
     if (strcmp(ma, mb) != 0) printf("       uninterrupted:\n%s       resumed:\n%s", ma, mb);
-    free(ma);
     free(mb);
 
     /* temp files of a dead process and of a live one, then a resume (from step 10: nothing to train) */
@@ -359,6 +358,10 @@ static void test_resume_off_grid(const char *data, const char *val) {
     }
     cb.resume = 1;
     CHECK(train_run(&cb) == TRAIN_DONE, "the finished run resumed again");
+    mb = metrics_without_timing(b);
+    CHECK(strcmp(ma, mb) == 0, "... logs nothing more: its final evaluation was logged before its last checkpoint");
+    free(ma);
+    free(mb);
     int gone = 1;
     for (int i = 0; i < 3; i++) {
         char *p = path_join(b, name[i]);

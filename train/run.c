@@ -74,9 +74,11 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
 
 /* ---- run state ---- */
 
-/* A checkpoint's config_json holds, under this key beside the run's settings, the steps logged since the last "train"
- * line (their sums, and the seconds they took): a run resumed between two log steps logs the same lines as one that
- * went on (with --save-every or a stop off the --log-every grid). */
+/* A checkpoint's config_json holds, under this key beside the run's settings, what metrics.jsonl needs to go on as an
+ * uninterrupted run's: the steps since the last "train" line (their sums, and the seconds they took), so that a run
+ * resumed between two log steps (--save-every or a stop off the --log-every grid) logs the same lines, and the step of
+ * the last evaluation (the final one is logged before the last checkpoint is written; a run killed after it does not
+ * log it twice). Sums of losses are C99 hex floats ("%a"), exact. */
 #define LOG_WINDOW_KEY "log window"
 
 static volatile sig_atomic_t stop_signal;
@@ -256,6 +258,12 @@ typedef struct {
     double window_start, window_base_flops;
 } Run;
 
+static cJSON *exact(double x) {
+    char text[40];
+    snprintf(text, sizeof text, "%a", x);
+    return cJSON_CreateString(text);
+}
+
 static cJSON *window_to_json(const Run *r) {
     const StepMetrics *w = &r->window;
     int K = r->c->heads;
@@ -267,21 +275,26 @@ static cJSON *window_to_json(const Run *r) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "batches", w->batches);
     cJSON_AddNumberToObject(j, "tokens", (double)w->tokens);
-    cJSON_AddNumberToObject(j, "total_loss_sum", w->total_loss_sum);
-    cJSON_AddItemToObject(j, "loss_sum", cJSON_CreateDoubleArray(w->loss_sum, K));
+    cJSON_AddItemToObject(j, "total_loss_sum", exact(w->total_loss_sum));
+    cJSON *loss_sum = cJSON_AddArrayToObject(j, "loss_sum");
+    for (int i = 0; i < K; i++) cJSON_AddItemToArray(loss_sum, exact(w->loss_sum[i]));
     cJSON_AddItemToObject(j, "valid", cJSON_CreateDoubleArray(valid, K));
     cJSON_AddItemToObject(j, "computed", cJSON_CreateDoubleArray(computed, K));
     cJSON_AddItemToObject(j, "hits", cJSON_CreateDoubleArray(hits, K * MEDUSA_TOPK));
-    cJSON_AddNumberToObject(j, "base_flops", r->window_base_flops);
+    cJSON_AddItemToObject(j, "base_flops", exact(r->window_base_flops));
     cJSON_AddNumberToObject(j, "seconds", now_seconds() - r->window_start);
+    cJSON_AddNumberToObject(j, "last_eval", (double)r->last_eval);
     return j;
 }
 
 static double window_number(const cJSON *j, const char *key, int index, const char *path) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, key);
     if (index >= 0) x = cJSON_IsArray(x) ? cJSON_GetArrayItem(x, index) : NULL;
-    if (!cJSON_IsNumber(x)) fatal("%s: the checkpoint's log window has no valid \"%s\"", path, key);
-    return x->valuedouble;
+    char *end = NULL;
+    double v = cJSON_IsNumber(x) ? x->valuedouble : cJSON_IsString(x) ? strtod(x->valuestring, &end) : NAN;
+    if ((cJSON_IsString(x) && (end == x->valuestring || *end)) || isnan(v))
+        fatal("%s: the checkpoint's log window has no valid \"%s\"", path, key);
+    return v;
 }
 
 /* Restores the log window a checkpoint saved (none in one written before it was kept: the window starts empty). */
@@ -305,6 +318,7 @@ static void window_from_json(Run *r, const char *config_json, const char *path) 
         }
         r->window_base_flops = window_number(j, "base_flops", -1, path);
         r->window_start -= window_number(j, "seconds", -1, path);
+        r->last_eval = (int64_t)window_number(j, "last_eval", -1, path);
     }
     cJSON_Delete(cfg);
 }
@@ -619,6 +633,7 @@ static int run_steps(Run *r) {
 
         double aside = now_seconds(); /* evaluation and saving are not training throughput */
         if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0) run_eval(r, epoch);
+        else if (c->val && r->step == total_steps) run_eval(r, -1); /* the final one, logged before its checkpoint */
         if (c->save_every > 0 && r->step % c->save_every == 0) save(r, r->step);
         r->window_start += now_seconds() - aside;
         if (stop_signal) {
