@@ -73,7 +73,8 @@ void tree_from_json(MedusaTree *t, const char *json, const char *source) {
     cJSON *root = cJSON_ParseWithOpts(json, &end, 0);
     while (root && end && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
     if (root && end && *end)
-        fatal("%s: text after the tree's list, at offset %ld: '%.20s'", source, (long)(end - json), end);
+        fatal("%s: text after the tree's list, at offset %ld: '%.*s'", source, (long)(end - json),
+              (int)(strcspn(end, "\r\n") < 20 ? strcspn(end, "\r\n") : 20), end);
     if (!cJSON_IsArray(root)) fatal("%s: a tree must be a JSON list of paths, like [[0], [0, 0], [1]]", source);
     int n = cJSON_GetArraySize(root);
     if (n < 1) fatal("%s: the tree has no paths", source);

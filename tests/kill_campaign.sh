@@ -85,14 +85,13 @@ for run in $(seq "$RUNS"); do
         fi
     done
     [ -d "$dir/medusa" ] || continue
-    "$TOOL" "$TMP/ref/ckpt-24.h5" "$dir/ckpt-24.h5" >"$TMP/cmp.log" 2>&1 &&
-        cmp -s "$TMP/ref/medusa/medusa_lm_head.safetensors" "$dir/medusa/medusa_lm_head.safetensors" &&
-        cmp -s "$TMP/ref/medusa/config.json" "$dir/medusa/config.json" &&
-        [ "$(untimed "$TMP/ref/metrics.jsonl")" = "$(untimed "$dir/metrics.jsonl")" ] ||
-        {
-            mismatched=$((mismatched + 1))
-            echo "       run $run differs from the uninterrupted run: $(cat "$TMP/cmp.log")"
-        }
+    if ! "$TOOL" "$TMP/ref/ckpt-24.h5" "$dir/ckpt-24.h5" >"$TMP/cmp.log" 2>&1 ||
+        ! cmp -s "$TMP/ref/medusa/medusa_lm_head.safetensors" "$dir/medusa/medusa_lm_head.safetensors" ||
+        ! cmp -s "$TMP/ref/medusa/config.json" "$dir/medusa/config.json" ||
+        [ "$(untimed "$TMP/ref/metrics.jsonl")" != "$(untimed "$dir/metrics.jsonl")" ]; then
+        mismatched=$((mismatched + 1))
+        echo "       run $run differs from the uninterrupted run: $(cat "$TMP/cmp.log")"
+    fi
     [ -z "$(find "$dir" -name '*.tmp*')" ] || stray=$((stray + 1))
     echo "  run $run: finished after $((attempts - 1)) kills"
 done
