@@ -146,7 +146,7 @@ static FILE *open_metrics(const char *path, int64_t resume_step) {
         size_t size;
         char *text = read_whole_file(path, &size);
         if (text) {
-            char *kept = xmalloc(size + 1);
+            char *kept = xmalloc(size + 2); /* a last line without its newline gets one */
             size_t n = 0;
             for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
                 if (line_step(line) <= resume_step) n += (size_t)sprintf(kept + n, "%s\n", line);
