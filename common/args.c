@@ -1,6 +1,7 @@
 #include "args.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,20 +71,22 @@ int args_parse(int argc, char **argv, int first, const ArgSpec *specs, int n_spe
             break;
         case ARG_INT: {
             long x = strtol(v, &end, 10);
-            if (*end || errno || x < -2147483647L || x > 2147483647L)
+            if (end == v || *end || errno || x < -2147483647L || x > 2147483647L)
                 fatal("option --%s needs an integer, got '%s'", s->name, v);
             *(int *)s->value = (int)x;
             break;
         }
         case ARG_FLOAT: {
             float x = strtof(v, &end);
-            if (*end || errno) fatal("option --%s needs a number, got '%s'", s->name, v);
+            if (end == v || *end || errno) fatal("option --%s needs a number, got '%s'", s->name, v);
+            if (!isfinite(x)) fatal("option --%s needs a finite number, got '%s'", s->name, v);
             *(float *)s->value = x;
             break;
         }
         case ARG_DOUBLE: {
             double x = strtod(v, &end);
-            if (*end || errno) fatal("option --%s needs a number, got '%s'", s->name, v);
+            if (end == v || *end || errno) fatal("option --%s needs a number, got '%s'", s->name, v);
+            if (!isfinite(x)) fatal("option --%s needs a finite number, got '%s'", s->name, v);
             *(double *)s->value = x;
             break;
         }

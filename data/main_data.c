@@ -5,10 +5,12 @@
  * count. */
 #include <cJSON.h>
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/args.h"
 #include "../common/common.h"
@@ -221,6 +223,12 @@ static int run_tokenise(int argc, char **argv) {
               (long long)skipped, reasons);
     }
     memcpy(meta.skipped, reader.skipped, sizeof meta.skipped);
+    /* Each cache is renamed into place by its close, one after the other. An earlier run's validation cache goes
+     * first, so that a kill between the two renames leaves the new train cache and no validation cache (an error when
+     * given as --val), never a new train cache beside an old validation one (a mixed pair that would load). */
+    char val_path[4096];
+    snprintf(val_path, sizeof val_path, "%s.%s.tokens.h5", out, splits[1].name);
+    if (unlink(val_path) != 0 && errno != ENOENT) fatal("%s: cannot replace: %s", val_path, strerror(errno));
     for (int s = 0; s < 2; s++) {
         snprintf(meta.split, sizeof meta.split, "%s", splits[s].name);
         meta.truncated = splits[s].truncated;

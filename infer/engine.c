@@ -42,6 +42,11 @@ void engine_init(Engine *e, const EngineOptions *o) {
     }
     int ctx = o->ctx;
     if (c->max_position > 0 && ctx > c->max_position) ctx = c->max_position;
+    /* a Medusa step places the tree after the cache: the context must hold a prompt token, the tree and a new token */
+    if (o->medusa && e->tree.n_nodes + 2 > ctx)
+        fatal("%s: the tree's %d nodes do not fit the context of %d tokens (--ctx%s): use a larger --ctx or a smaller "
+              "tree",
+              e->o.tree, e->tree.n_nodes, ctx, ctx < o->ctx ? ", capped at the model's max_position_embeddings" : "");
     MemoryPlanInput mi = memory_plan_decoding(s.dtype, shape.n_heads, shape.n_layers, shape.head_vocab, ctx,
                                               o->medusa ? e->tree.n_nodes : 1);
     /* printed for a GPU only: on the CPU the host's memory is rarely in question and chat output stays clean */
@@ -136,6 +141,9 @@ int generate(Engine *e, const int32_t *prompt, int n_prompt, int medusa, float t
     DecodeOptions d = decode_options(&e->o, temperature);
     int room = e->dec.max_len - n_prompt - 1 - (medusa ? e->tree.n_nodes : 0);
     int max_new = e->o.max_new < room ? e->o.max_new : room;
+    if (max_new < 1 && medusa)
+        fatal("a prompt of %d tokens and the tree's %d nodes (%s) leave no room in the context of %d (--ctx)", n_prompt,
+              e->tree.n_nodes, e->o.tree, e->dec.max_len);
     if (max_new < 1) fatal("prompt of %d tokens leaves no room in the context of %d (--ctx)", n_prompt, e->dec.max_len);
     return medusa ? decode_medusa(&e->dec, prompt, n_prompt, max_new, e->stop_id, &d, out, sink, user, st)
                   : decode_plain(&e->dec, prompt, n_prompt, max_new, e->stop_id, &d, out, sink, user, st);

@@ -69,24 +69,36 @@ static void build_buffers(MedusaTree *t, const char *source) {
 
 void tree_from_json(MedusaTree *t, const char *json, const char *source) {
     memset(t, 0, sizeof *t);
-    cJSON *root = cJSON_Parse(json);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(json, &end, 0);
+    while (root && end && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (root && end && *end)
+        fatal("%s: text after the tree's list, at offset %ld: '%.*s'", source, (long)(end - json),
+              (int)(strcspn(end, "\r\n") < 20 ? strcspn(end, "\r\n") : 20), end);
     if (!cJSON_IsArray(root)) fatal("%s: a tree must be a JSON list of paths, like [[0], [0, 0], [1]]", source);
     int n = cJSON_GetArraySize(root);
     if (n < 1) fatal("%s: the tree has no paths", source);
+    if (n > TREE_MAX_PATHS)
+        fatal("%s: the tree has %d paths (nodes besides the root); at most %d are supported", source, n,
+              TREE_MAX_PATHS);
     t->n_paths = n;
     t->paths = xcalloc((size_t)n, sizeof(int *));
     t->path_len = xcalloc((size_t)n, sizeof(int));
     int i = 0;
     for (cJSON *p = root->child; p; p = p->next, i++) {
         int len = cJSON_GetArraySize(p);
-        if (!cJSON_IsArray(p) || len < 1 || len > 64) fatal("%s: path %d is not a list of 1..64 choices", source, i);
+        if (!cJSON_IsArray(p) || len < 1 || len > TREE_MAX_DEPTH)
+            fatal("%s: path %d is not a list of 1..%d choices", source, i, TREE_MAX_DEPTH);
         t->paths[i] = xmalloc(sizeof(int) * (size_t)len);
         t->path_len[i] = len;
         int j = 0;
         for (cJSON *c = p->child; c; c = c->next, j++) {
-            if (!cJSON_IsNumber(c) || c->valueint < 0 || c->valueint >= TREE_TOPK)
-                fatal("%s: path %d has choice outside 0..%d", source, i, TREE_TOPK - 1);
-            t->paths[i][j] = c->valueint;
+            double v = cJSON_IsNumber(c) ? c->valuedouble : -1;
+            if (!(v >= 0 && v < TREE_TOPK && v == (int)v)) {
+                char *text = cJSON_PrintUnformatted(c);
+                fatal("%s: path %d has choice %s, not an integer in 0..%d", source, i, text, TREE_TOPK - 1);
+            }
+            t->paths[i][j] = (int)v;
         }
     }
     cJSON_Delete(root);

@@ -5,7 +5,9 @@
 
 #include <stdint.h>
 
-#define TREE_TOPK 10 /* candidates taken from each head (the reference's TOPK) */
+#define TREE_TOPK 10       /* candidates taken from each head (the reference's TOPK) */
+#define TREE_MAX_PATHS 255 /* nodes besides the root: medusa-infer tune's largest budget */
+#define TREE_MAX_DEPTH 64  /* the most heads medusa-train makes (--heads) */
 
 typedef struct {
     int n_paths;           /* paths in medusa_choices */
@@ -21,7 +23,8 @@ typedef struct {
     int n_heads_used;      /* longest path length: heads the tree needs */
 } MedusaTree;
 
-/* Parses a JSON list of paths like [[0],[0,0],[1],...] (from text; `source` names it in errors). */
+/* Parses a JSON list of paths like [[0],[0,0],[1],...] (from text; `source` names it in errors): at most
+ * TREE_MAX_PATHS paths of 1..TREE_MAX_DEPTH integers in 0..TREE_TOPK-1, and nothing after the list. */
 void tree_from_json(MedusaTree *t, const char *json, const char *source);
 void tree_load(MedusaTree *t, const char *path);
 void tree_free(MedusaTree *t);

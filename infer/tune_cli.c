@@ -10,8 +10,8 @@ static int parse_budgets(const char *s, int *out, int max) {
     for (const char *p = s; *p && n < max;) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > 255)
-            fatal("--budgets: expected comma-separated node counts in 1..255, got '%s'", s);
+        if (end == p || v < 1 || v > TREE_MAX_PATHS)
+            fatal("--budgets: expected comma-separated node counts in 1..%d, got '%s'", TREE_MAX_PATHS, s);
         out[n++] = (int)v;
         p = *end == ',' ? end + 1 : end;
     }

@@ -1,10 +1,16 @@
 #include "medusa_io.h"
 
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../formats/safetensors_write.h"
 
@@ -23,9 +29,130 @@ static void key_lm_head(char *buf, size_t n, MedusaFormat f, int h, int n_layers
     else snprintf(buf, n, "lm_heads.%d.weight", h);
 }
 
-void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, DType dtype, const char *base_name) {
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) == 0 && nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+        log_warn("%s: cannot remove: %s", path, strerror(errno));
+}
+
+/* fsync of a directory (its entries' renames), best effort: some file systems refuse it */
+static void sync_dir(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
+
+static char *sibling(const char *dir, const char *suffix, long pid) {
+    size_t n = strlen(dir) + strlen(suffix) + 24;
+    char *p = xmalloc(n);
+    snprintf(p, n, "%s%s%ld", dir, suffix, pid);
+    return p;
+}
+
+/* The parent directory of path (malloc'd). */
+static char *parent_of(const char *path) {
+    char *p = xstrdup(path);
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') p[--n] = '\0';
+    char *slash = strrchr(p, '/');
+    if (!slash) return strcpy(p, ".");
+    if (slash == p) slash[1] = '\0';
+    else *slash = '\0';
+    return p;
+}
+
+/* Removes DIR.tmp<pid> and DIR.old.tmp<pid> left by an export that was killed (its process is gone). */
+static void remove_stale_exports(const char *dir) {
+    char *parent = parent_of(dir), *base = xstrdup(dir);
+    size_t n = strlen(base);
+    while (n > 1 && base[n - 1] == '/') base[--n] = '\0';
+    const char *name = strrchr(base, '/') ? strrchr(base, '/') + 1 : base;
+    DIR *d = opendir(parent);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        const char *rest = strncmp(e->d_name, name, strlen(name)) == 0 ? e->d_name + strlen(name) : NULL;
+        if (rest && strncmp(rest, ".old", 4) == 0) rest += 4;
+        if (!rest || strncmp(rest, ".tmp", 4) != 0) continue;
+        char *end;
+        long pid = strtol(rest + 4, &end, 10);
+        if (end == rest + 4 || *end || pid <= 0) continue;
+        if (pid != (long)getpid() && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH)) continue;
+        char *p = path_join(parent, e->d_name);
+        remove_tree(p);
+        free(p);
+    }
+    if (d) closedir(d);
+    free(parent);
+    free(base);
+}
+
+/* Puts the finished export tmp in place of dir, whole: a reader (or a kill) sees the old export or the new one,
+ * never a mix of their files. A new dir is a rename; an existing one is swapped with tmp in one step
+ * (RENAME_EXCHANGE), its old files then removed; where the file system cannot swap, the old export is moved aside
+ * first (a kill between the two renames then leaves no dir, never a mixed one). */
+static void replace_dir(const char *tmp, const char *dir, int exists) {
+    char *parent = parent_of(dir);
+    if (!exists) {
+        if (rename(tmp, dir) != 0) {
+            int e = errno;
+            remove_tree(tmp);
+            fatal("%s: cannot rename the export into place: %s", dir, strerror(e));
+        }
+    } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dir, RENAME_EXCHANGE) == 0) {
+        sync_dir(parent);
+        remove_tree(tmp); /* now the old export */
+    } else {
+        char *old = sibling(dir, ".old.tmp", (long)getpid());
+        if (rename(dir, old) != 0 || rename(tmp, dir) != 0) {
+            int e = errno;
+            remove_tree(tmp);
+            fatal("%s: cannot rename the export into place: %s", dir, strerror(e));
+        }
+        sync_dir(parent);
+        remove_tree(old);
+        free(old);
+    }
+    sync_dir(parent);
+    free(parent);
+}
+
+/* An existing export directory is replaced whole, so it may hold nothing but an export's files. */
+static int check_export_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) != 0) return 0;
+    if (!S_ISDIR(st.st_mode)) fatal("%s: exists and is not a directory", dir);
+    DIR *d = opendir(dir);
+    if (!d) fatal("%s: cannot read: %s", dir, strerror(errno));
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 && strcmp(e->d_name, "config.json") != 0 &&
+            strcmp(e->d_name, weights_file(MEDUSA_FORMAT_V1)) != 0 &&
+            strcmp(e->d_name, weights_file(MEDUSA_FORMAT_VLLM)) != 0 && !strstr(e->d_name, ".tmp"))
+            fatal("%s: holds %s, which is not part of an export; an export replaces its directory whole: export into "
+                  "a new directory or one holding only an earlier export",
+                  dir, e->d_name);
+    closedir(d);
+    return 1;
+}
+
+/* The files are written into the sibling directory DIR.tmp<pid>, which then replaces DIR whole (replace_dir): the
+ * weights and config.json of one export always go together. */
+void medusa_export(const MedusaHeads *m, const char *dir_in, MedusaFormat format, DType dtype, const char *base_name) {
     const MedusaShape *s = &m->shape;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create directory: %s", dir, strerror(errno));
+    char *final_dir = xstrdup(dir_in);
+    size_t len = strlen(final_dir);
+    while (len > 1 && final_dir[len - 1] == '/') final_dir[--len] = '\0';
+    int exists = check_export_dir(final_dir);
+    remove_stale_exports(final_dir);
+    char *dir = sibling(final_dir, ".tmp", (long)getpid());
+    if (mkdir(dir, 0755) != 0) fatal("%s: cannot create directory: %s", dir, strerror(errno));
     float *host = xmalloc(sizeof(float) * m->n_params);
     m->be->download(host, m->params, sizeof(float) * m->n_params);
     int n = s->n_heads * (2 * s->n_layers + 1) + (m->token_map != NULL);
@@ -77,6 +204,10 @@ void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, D
     char *json = cJSON_Print(cfg);
     char *cfg_path = path_join(dir, "config.json");
     write_file_atomic(cfg_path, json, strlen(json));
+    sync_dir(dir);
+    replace_dir(dir, final_dir, exists);
+    free(dir);
+    free(final_dir);
     cJSON_Delete(cfg);
     free(json);
     free(cfg_path);

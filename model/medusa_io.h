@@ -10,7 +10,9 @@
 
 typedef enum { MEDUSA_FORMAT_V1, MEDUSA_FORMAT_VLLM } MedusaFormat;
 
-/* Writes dir/config.json and the weights file; dtype DT_F32 or DT_BF16. base_name goes into the config. */
+/* Writes dir/config.json and the weights file; dtype DT_F32 or DT_BF16. base_name goes into the config. The two
+ * are written into a temp directory beside dir (dir.tmp<pid>) that replaces dir whole: dir holds one export's files
+ * or the other's, never a mix, whenever the process is killed. An existing dir may hold only an export's files. */
 void medusa_export(const MedusaHeads *m, const char *dir, MedusaFormat format, DType dtype, const char *base_name);
 
 /* Reads heads exported in either format from dir, checks them against the base model's hidden size and

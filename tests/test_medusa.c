@@ -3,7 +3,10 @@
  * clip + AdamW with the HF cosine schedule over 3 steps, gradient accumulation, the initialisation's distribution,
  * and the v1 / vLLM exports. */
 #include <cJSON.h>
+#include <dirent.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../model/medusa_io.h"
@@ -709,7 +712,93 @@ static void test_export(void) {
     medusa_free(&m);
 }
 
+/* Names in dir's parent starting with dir's name and a ".": temp siblings of an export. */
+static int temp_siblings(const char *parent, const char *name) {
+    DIR *d = opendir(parent);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) n += strncmp(e->d_name, name, strlen(name)) == 0 && e->d_name[strlen(name)] == '.';
+    if (d) closedir(d);
+    return n;
+}
+
+/* The export in dir: 1 when it is heads a's (the v1 layout) or b's (vLLM's) whole, config and weights alike. */
+static int export_whole(const char *dir, const MedusaHeads *a, const MedusaHeads *b) {
+    char *v1 = path_join(dir, "medusa_lm_head.safetensors"), *vllm = path_join(dir, "model.safetensors");
+    int has_v1 = file_exists(v1), has_vllm = file_exists(vllm);
+    free(v1);
+    free(vllm);
+    if (has_v1 == has_vllm) return 0;
+    MedusaHeads r;
+    medusa_import(&r, dir, backend_cpu(), H, V);
+    const MedusaHeads *want = has_v1 ? a : b;
+    int same = r.n_params == want->n_params && memcmp(r.params, want->params, sizeof(float) * r.n_params) == 0;
+    medusa_free(&r);
+    return same;
+}
+
+/* An export replaces its directory whole: another layout's files never stay beside the new ones, a directory holding
+ * other files is refused, a killed export's temp directory is removed by the next, and an export killed at random
+ * moments (SIGKILL) always leaves the old export or the new one, never a mix. */
+static void test_export_atomic(void) {
+    printf("export: the directory replaced whole, also when killed\n");
+    MedusaHeads a, b;
+    load_case_a_heads(&a);
+    load_case_a_heads(&b);
+    for (size_t i = 0; i < b.n_params; i++) b.params[i] *= 2;
+    char root[] = "/tmp/test_medusa_atomic_XXXXXX";
+    ensure(mkdtemp(root));
+    char *dir = path_join(root, "heads");
+    medusa_export(&a, dir, MEDUSA_FORMAT_V1, DT_F32, "x");
+    medusa_export(&b, dir, MEDUSA_FORMAT_VLLM, DT_F32, NULL);
+    CHECK(
+        export_whole(dir, &a, &b) && temp_siblings(root, "heads") == 0,
+        "a vLLM export over a v1 one: only the vLLM files remain (no stale medusa_lm_head.safetensors), no temp left");
+    char *foreign = path_join(dir, "notes.txt");
+    FILE *f = fopen(foreign, "w");
+    ensure(f && fclose(f) == 0);
+    EXPECT_FATAL(medusa_export(&a, dir, MEDUSA_FORMAT_V1, DT_F32, "x"),
+                 "holds notes.txt, which is not part of an export",
+                 "an export into a directory holding other files is refused");
+    unlink(foreign);
+    free(foreign);
+    CHECK(export_whole(dir, &a, &b) && temp_siblings(root, "heads") == 0, "... and leaves it as it was");
+
+    /* killed exports, alternating layouts and heads */
+    Rng rng;
+    rng_seed(&rng, 9);
+    int whole = 0, rounds = 24, stale_seen = 0;
+    for (int i = 0; i < rounds; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            set_fatal_hook(NULL);
+            for (int k = 0;; k++)
+                medusa_export(k % 2 ? &b : &a, dir, k % 2 ? MEDUSA_FORMAT_VLLM : MEDUSA_FORMAT_V1, DT_F32, "x");
+        }
+        usleep((useconds_t)(200 + rng_below(&rng, 20000)));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        stale_seen += temp_siblings(root, "heads") > 0;
+        whole += export_whole(dir, &a, &b);
+    }
+    CHECK(whole == rounds,
+          "%d exports killed at random moments: the directory held one whole export each time (%d/%d; "
+          "%d kills left a temp directory)",
+          rounds, whole, rounds, stale_seen);
+    medusa_export(&a, dir, MEDUSA_FORMAT_V1, DT_F32, "x");
+    CHECK(export_whole(dir, &a, &b) && temp_siblings(root, "heads") == 0,
+          "the next export removes the killed exports' temp directories");
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", root);
+    if (system(cmd) != 0) printf("       (could not remove %s)\n", root);
+    free(dir);
+    medusa_free(&a);
+    medusa_free(&b);
+}
+
 int main(void) {
+    test_export_atomic(); /* first: it forks, and libgomp's thread pool does not survive fork */
     load_batches();
     Model base;
     model_load(&base, FIX "base", backend_cpu(), DT_F32);

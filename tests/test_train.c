@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -307,6 +308,75 @@ static void test_resume(const char *data, const char *val) {
     free(b);
 }
 
+/* A dead process's pid: a child that has exited and been reaped. */
+static pid_t dead_pid(void) {
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    waitpid(pid, NULL, 0);
+    return pid;
+}
+
+/* A run stopped off the --log-every grid (and saving off it) and resumed logs the lines of the uninterrupted run: the
+ * steps since the last line travel in the checkpoint. Temp files a killed process left in the run directory (a
+ * checkpoint's, an export directory's) are removed when the run starts; a live process's are not. */
+static void test_resume_off_grid(const char *data, const char *val) {
+    printf("resume off the log grid: --log-every 3, --save-every 5, stopped after step 4; stale temp files\n");
+    char *a = tmp_path("grid_a"), *b = tmp_path("grid_b");
+    TrainConfig ca = config(a, data, val), cb = config(b, data, val);
+    ca.log_every = cb.log_every = 3;
+    ca.save_every = cb.save_every = 5;
+    ca.max_steps = cb.max_steps = 10;
+    run_whole_and_split(&ca, &cb, 4);
+    char *ma = metrics_without_timing(a), *mb = metrics_without_timing(b);
+    CHECK(strcmp(ma, mb) == 0 && count_lines(ma, "\"split\":\"train\"") == 4,
+          "metrics.jsonl identical to the uninterrupted run's apart from timing (train lines at steps 3, 6, 9, 10)");
+    if (strcmp(ma, mb) != 0) printf("       uninterrupted:\n%s       resumed:\n%s", ma, mb);
+    free(mb);
+
+    /* temp files of a dead process and of a live one, then a resume (from step 10: nothing to train) */
+    pid_t dead = dead_pid();
+    char name[4][96];
+    snprintf(name[0], sizeof name[0], "ckpt-15.h5.tmp%d", (int)dead);
+    snprintf(name[1], sizeof name[1], "metrics.jsonl.tmp%d", (int)dead);
+    snprintf(name[2], sizeof name[2], "medusa.tmp%d", (int)dead);
+    snprintf(name[3], sizeof name[3], "ckpt-15.h5.tmp%d", (int)getppid());
+    for (int i = 0; i < 4; i++) {
+        char *p = path_join(b, name[i]);
+        if (i == 2) {
+            ensure(mkdir(p, 0755) == 0);
+            char *inner = path_join(p, "config.json");
+            FILE *f = fopen(inner, "w");
+            ensure(f && fclose(f) == 0);
+            free(inner);
+        } else {
+            FILE *f = fopen(p, "w");
+            ensure(f && fputs("partial", f) >= 0 && fclose(f) == 0);
+        }
+        free(p);
+    }
+    cb.resume = 1;
+    CHECK(train_run(&cb) == TRAIN_DONE, "the finished run resumed again");
+    mb = metrics_without_timing(b);
+    CHECK(strcmp(ma, mb) == 0, "... logs nothing more: its final evaluation was logged before its last checkpoint");
+    free(ma);
+    free(mb);
+    int gone = 1;
+    for (int i = 0; i < 3; i++) {
+        char *p = path_join(b, name[i]);
+        struct stat st;
+        gone &= stat(p, &st) != 0;
+        free(p);
+    }
+    char *live = path_join(b, name[3]);
+    CHECK(gone && file_exists(live),
+          "a dead process's checkpoint, metrics and export temps were removed at start-up; a live one's (%s) kept",
+          name[3]);
+    unlink(live);
+    free(live);
+    free(a);
+    free(b);
+}
+
 /* --targets: a run learning the base model's choices trains (its eval lines still measure the labels and the
  * agreement), is stored in its checkpoints, and resuming it with other targets, or a labels run with these, is refused;
  * an unknown name is an error. A base-kl run of truncated heads stopped and resumed ends as the uninterrupted run. */
@@ -391,6 +461,187 @@ static void test_diverge(const char *data) {
     CHECK(l.meta.step == 1 && !has_temp_files(dir), "the last checkpoint (step 1) is intact and loads");
     free_ckpt(&l);
     free(p);
+    free(dir);
+}
+
+/* A copy of the fixture base model (in the scratch directory, as name) with a NaN written into element `index` of `tensor`. */
+static char *damaged_model(const char *name, const char *tensor, int index) {
+    char *dir = tmp_path(name);
+    ensure(mkdir(dir, 0755) == 0);
+    size_t size;
+    char *cfg = read_whole_file(BASE "/config.json", &size), *cfg_path = path_join(dir, "config.json");
+    FILE *f = fopen(cfg_path, "wb");
+    ensure(cfg && f && fwrite(cfg, 1, size, f) == size && fclose(f) == 0);
+    char *w = read_whole_file(BASE "/model.safetensors", &size), *w_path = path_join(dir, "model.safetensors");
+    uint64_t header = 0;
+    memcpy(&header, w, 8);
+    char *json = xcalloc(header + 1, 1);
+    memcpy(json, w + 8, header);
+    cJSON *h = cJSON_Parse(json);
+    const cJSON *offsets = cJSON_GetObjectItem(cJSON_GetObjectItem(h, tensor), "data_offsets");
+    ensure(cJSON_IsArray(offsets));
+    float nan = NAN;
+    memcpy(w + 8 + header + (size_t)cJSON_GetArrayItem(offsets, 0)->valuedouble + sizeof(float) * (size_t)index, &nan,
+           sizeof nan);
+    f = fopen(w_path, "wb");
+    ensure(f && fwrite(w, 1, size, f) == size && fclose(f) == 0);
+    cJSON_Delete(h);
+    free(json);
+    free(w);
+    free(w_path);
+    free(cfg);
+    free(cfg_path);
+    return dir;
+}
+
+/* An evaluation of finite heads on a damaged base model fails naming the model. */
+static void eval_damaged_base(const char *path, const char *why, const TokenCache *vc, const char *what) {
+    Model bad;
+    model_load(&bad, path, backend_cpu(), DT_F32);
+    MedusaHeads m;
+    medusa_init(&m, backend_cpu(), (MedusaShape){2, 1, bad.config.hidden_size, V, 0});
+    memset(m.params, 0, sizeof(float) * m.n_params);
+    Trainer t;
+    trainer_init(&t, &bad, &m, NULL, 0.8f, TARGETS_LABELS, 128, 64);
+    t.base_name = path;
+    char want[512];
+    snprintf(want, sizeof want, "%s: %s", path, why);
+    StepMetrics em;
+    EXPECT_FATAL(evaluate(&t, vc, 128, 1, &em), want, "evaluating on a base model with a NaN %s names the model", what);
+    trainer_free(&t);
+    medusa_free(&m);
+    model_free(&bad);
+}
+
+/* Non-finite values: an optimizer step that overflows the parameters (finite loss and gradient) is never saved or
+ * exported, and never prunes a good checkpoint; a damaged checkpoint or base model is named as such, not taken for a
+ * divergence; an evaluation never reports a number computed from NaN (heads or base model). */
+static void test_nonfinite(const char *data, const char *val) {
+    printf("non-finite values: overflowing updates, damaged checkpoints and models, NaN in evaluation\n");
+    char *dir = tmp_path("overflow");
+    TrainConfig c = config(dir, data, NULL);
+    c.optim.lr = 1e39;
+    c.optim.warmup_ratio = 0;
+    c.max_steps = 1;
+    EXPECT_FATAL(train_run(&c),
+                 "training diverged: the heads' parameters or AdamW moments are not finite after optimizer step 1 (try "
+                 "a lower --lr); ckpt-1.h5 not written; no checkpoint was written",
+                 "--lr 1e39 --max-steps 1: the overflowing update is an error, not an all-NaN checkpoint");
+    char *export_dir = path_join(dir, "medusa");
+    CHECK(!checkpoint_latest(dir) && !dir_exists(export_dir) && !has_temp_files(dir),
+          "no checkpoint, no export and no temp file written");
+    free(export_dir);
+    free(dir);
+
+    /* lr 0 at step 0 (warm-up), 1e39 / 2 at step 1: ckpt-1 is good, step 2 overflows; --keep-checkpoints 1 keeps it */
+    dir = tmp_path("overflow_keep");
+    c = config(dir, data, NULL);
+    c.optim.lr = 1e39;
+    c.optim.warmup_ratio = 0.25; /* 2 warm-up steps of 8 */
+    c.save_every = 1;
+    c.keep_checkpoints = 1;
+    char *p1 = path_join(dir, "ckpt-1.h5");
+    char want[512];
+    snprintf(want, sizeof want,
+             "after optimizer step 2 (try a lower --lr); ckpt-2.h5 not written; the last checkpoint, "
+             "%s, is intact",
+             p1);
+    EXPECT_FATAL(train_run(&c), want, "a good checkpoint, then an overflowing step: the error names the good one");
+    char *latest = checkpoint_latest(dir);
+    int finite = 0;
+    if (latest && strcmp(latest, p1) == 0) {
+        Loaded l;
+        load_ckpt(&l, p1);
+        finite = trainer_all_finite(l.heads.be, l.heads.params, l.heads.n_params);
+        free_ckpt(&l);
+    }
+    CHECK(finite && !has_temp_files(dir), "with --keep-checkpoints 1, ckpt-1.h5 is kept (the latest), finite, no temp");
+    free(latest);
+
+    /* the divergence message after a checkpoint names it and is true */
+    c = config(dir, data, NULL);
+    c.optim.lr = 1e39;
+    c.optim.warmup_ratio = 0.25;
+    c.save_every = 1;
+    c.keep_checkpoints = 1;
+    c.resume = 1;
+    EXPECT_FATAL(train_run(&c), want, "resumed: the same error, the same checkpoint kept");
+
+    /* a damaged checkpoint (a NaN in its parameters) is named when resumed, not blamed on the learning rate */
+    Loaded l;
+    load_ckpt(&l, p1);
+    l.heads.params[17] = NAN;
+    checkpoint_save(p1, &l.heads, &l.adam, &l.meta);
+    free_ckpt(&l);
+    snprintf(want, sizeof want, "%s: the checkpoint's parameters or AdamW moments are not finite (a damaged file?)",
+             p1);
+    EXPECT_FATAL(train_run(&c), want, "resuming a checkpoint with a NaN parameter names the checkpoint");
+    free(p1);
+    free(dir);
+
+    /* a damaged base model: NaN hidden states (final norm) or a NaN lm_head (the heads start as its copy) */
+    char *bad_norm = damaged_model("nan_norm", "model.norm.weight", 5);
+    char *bad_head = damaged_model("nan_lm_head", "lm_head.weight", 64 * 7 + 3);
+    dir = tmp_path("nan_base");
+    c = config(dir, data, NULL);
+    c.model = bad_norm;
+    snprintf(want, sizeof want, "%s: the base model's hidden states are not finite", bad_norm);
+    EXPECT_FATAL(train_run(&c), want, "training on a base model with a NaN weight names the model, at step 1");
+    rmdir(dir);
+    c.model = bad_head;
+    snprintf(want, sizeof want, "%s: the heads initialised from the base model's lm_head are not finite", bad_head);
+    EXPECT_FATAL(train_run(&c), want, "a NaN in the base model's lm_head is named at start-up");
+
+    /* evaluation: NaN heads, a NaN base lm_head, NaN base hidden states are errors naming their source; an all-NaN
+     * head's logits are misses for every k */
+    TokenCache vc;
+    Model good;
+    model_load(&good, BASE, backend_cpu(), DT_F32);
+    token_cache_load(&vc, val, V);
+    MedusaHeads m;
+    medusa_init(&m, backend_cpu(), (MedusaShape){2, 1, good.config.hidden_size, V, 0});
+    Rng rng;
+    rng_seed(&rng, 3);
+    medusa_init_from_base(&m, &good, &rng);
+    Trainer t;
+    trainer_init(&t, &good, &m, NULL, 0.8f, TARGETS_LABELS, 128, 64);
+    t.base_name = BASE;
+    t.heads_name = "heads.safetensors";
+    StepMetrics em;
+    evaluate(&t, &vc, 128, 1, &em);
+    int64_t hits = em.hits[0][4];
+    CHECK(isfinite(em.total_loss_sum) && hits > 0, "good heads: finite loss %.4f, head 0 top-5 hits %lld",
+          em.total_loss_sum, (long long)hits);
+    float saved = m.params[m.n_params - 1];
+    m.params[m.n_params - 1] = NAN; /* one weight of head 1's lm_head: one logit per row */
+    EXPECT_FATAL(evaluate(&t, &vc, 128, 1, &em), "heads.safetensors: the heads' parameters are not finite",
+                 "one NaN weight in the heads: the evaluation fails naming the heads, reports nothing");
+    m.params[m.n_params - 1] = saved;
+    for (size_t i = 0; i < m.n_params; i++) m.params[i] = NAN;
+    PackedBatch pb;
+    Batcher batcher;
+    batcher_init(&batcher, &vc, 128, 0, 0);
+    pb = batcher_next(&batcher);
+    model_forward(&good, &t.state, &pb, t.hidden, NULL);
+    MedusaBatchStats st;
+    MedusaBase mb = {.targets = TARGETS_LABELS};
+    medusa_forward_backward(&m, &t.work, t.hidden, pb.tokens, pb.loss_mask, pb.seq_lens, pb.n_seqs, pb.n_tokens, &mb,
+                            0.8f, 0.0f, &st);
+    int64_t nan_hits = 0;
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < MEDUSA_TOPK; k++) nan_hits += st.hits[h][k];
+    CHECK(nan_hits == 0 && st.valid[0] > 0 && !isfinite(st.total_loss),
+          "all-NaN heads: 0 top-1..5 hits of %lld targets (a non-finite logit is a miss), loss %g",
+          (long long)st.valid[0], st.total_loss);
+    batcher_free(&batcher);
+    trainer_free(&t);
+    medusa_free(&m);
+    model_free(&good);
+    eval_damaged_base(bad_norm, "the base model's hidden states are not finite", &vc, "norm weight");
+    eval_damaged_base(bad_head, "the base model's logits are not finite", &vc, "lm_head weight");
+    token_cache_free(&vc);
+    free(bad_norm);
+    free(bad_head);
     free(dir);
 }
 
@@ -627,8 +878,10 @@ int main(void) {
     char *data = write_cache("train.tokens.h5", 48, 1), *val = write_cache("val.tokens.h5", 8, 2);
     test_signal(data); /* first: libgomp's thread pool does not survive fork, so fork before OpenMP runs */
     test_resume(data, val);
+    test_resume_off_grid(data, val);
     test_targets(data, val);
     test_diverge(data);
+    test_nonfinite(data, val);
     test_eval_base_top1();
     test_cache_hidden(data);
     remove_tmpdir();

@@ -67,6 +67,17 @@ static void check_children(const char *name) {
     tree_free(&t);
 }
 
+/* n_paths paths as JSON: all 10 of depth 1, the 100 of depth 2, then depth 3 */
+static void wide_tree(char *out, int n_paths) {
+    size_t at = (size_t)sprintf(out, "[");
+    for (int i = 0; i < n_paths; i++) {
+        if (i < 10) at += (size_t)sprintf(out + at, "%s[%d]", i ? "," : "", i);
+        else if (i < 110) at += (size_t)sprintf(out + at, ",[%d,%d]", (i - 10) / 10, (i - 10) % 10);
+        else at += (size_t)sprintf(out + at, ",[%d,%d,%d]", (i - 110) / 100, (i - 110) / 10 % 10, (i - 110) % 10);
+    }
+    sprintf(out + at, "]");
+}
+
 int main(void) {
     const char *trees[] = {"mc_sim_7b_63", "vicuna_7b_stage2", "small_8", "chain_4"};
     for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) check_tree(trees[i]), check_children(trees[i]);
@@ -74,7 +85,41 @@ int main(void) {
     EXPECT_FATAL(tree_from_json(&t, "{\"a\": 1}", "bad.json"), "must be a JSON list", "tree: not a list");
     EXPECT_FATAL(tree_from_json(&t, "[[0], [0, 1, 2]]", "bad.json"), "prefix of length 2 is not itself in the tree",
                  "tree: missing ancestor");
-    EXPECT_FATAL(tree_from_json(&t, "[[0], [12]]", "bad.json"), "outside 0..9", "tree: choice beyond top-k");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [12]]", "bad.json"),
+                 "bad.json: path 1 has choice 12, not an integer in 0..9", "tree: choice beyond top-k");
+    EXPECT_FATAL(tree_from_json(&t, "[[0.5], [1.9]]", "bad.json"), "path 0 has choice 0.5, not an integer in 0..9",
+                 "tree: a fractional choice is refused (not run as [[0], [1]])");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [1e0], [\"2\"]]", "bad.json"), "path 2 has choice \"2\"",
+                 "tree: a string choice is refused");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [-1]]", "bad.json"), "has choice -1", "tree: a negative choice is refused");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [1]] [[2]]", "bad.json"),
+                 "bad.json: text after the tree's list, at offset 11", "tree: trailing text is refused");
+    EXPECT_FATAL(tree_from_json(&t, "[[0], [1]]]", "bad.json"), "text after the tree's list",
+                 "tree: a stray closing bracket is refused");
+    tree_from_json(&t, " [[0], [1]]\n\n", "ok.json");
+    CHECK(t.n_nodes == 3, "tree: whitespace around the list is fine (%d nodes)", t.n_nodes);
+    tree_free(&t);
+    /* the largest trees: TREE_MAX_PATHS paths (all 10 + 100 of depth 1 and 2, then depth 3), TREE_MAX_DEPTH levels */
+    char *big = xmalloc(16 * 1024);
+    wide_tree(big, TREE_MAX_PATHS);
+    tree_from_json(&t, big, "big.json");
+    CHECK(t.n_nodes == TREE_MAX_PATHS + 1 && t.n_heads_used == 3, "tree: %d paths are accepted (%d nodes)",
+          TREE_MAX_PATHS, t.n_nodes);
+    tree_free(&t);
+    wide_tree(big, TREE_MAX_PATHS + 1);
+    EXPECT_FATAL(tree_from_json(&t, big, "big.json"),
+                 "big.json: the tree has 256 paths (nodes besides the root); at most 255 are supported",
+                 "tree: one path more is refused with the limit named");
+    size_t at = (size_t)sprintf(big, "[");
+    for (int d = 1; d <= TREE_MAX_DEPTH + 1; d++) {
+        at += (size_t)sprintf(big + at, "%s[0", d > 1 ? "," : "");
+        for (int j = 1; j < d; j++) at += (size_t)sprintf(big + at, ",0");
+        at += (size_t)sprintf(big + at, "]");
+    }
+    sprintf(big + at, "]");
+    EXPECT_FATAL(tree_from_json(&t, big, "deep.json"), "is not a list of 1..64 choices",
+                 "tree: a path of 65 choices is refused");
+    free(big);
     EXPECT_FATAL(tree_from_json(&t, "[[0], [0]]", "bad.json"), "appears twice", "tree: duplicate path");
     EXPECT_FATAL(tree_from_json(&t, "[[0], ", "bad.json"), "bad.json", "tree: malformed JSON names the file");
     return test_summary();

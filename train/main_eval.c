@@ -110,6 +110,8 @@ int main(int argc, char **argv) {
     token_cache_load(&cache, data, V);
     Trainer t;
     trainer_init(&t, &base, &heads, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, s.logits_chunk);
+    t.base_name = model;
+    t.heads_name = medusa ? medusa : ckpt_path;
     double t0 = now_seconds();
     StepMetrics m;
     evaluate(&t, &cache, batch_tokens, max_batches, &m);

@@ -15,8 +15,9 @@ static const char *USAGE_TRAIN =
     "head i weighted by head-decay^i. Batches pack whole conversations up to --batch-tokens tokens (the\n"
     "reference's max length 2048); a step is --grad-accum batches. Writes RUN_DIR/metrics.jsonl,\n"
     "RUN_DIR/ckpt-<step>.h5 (atomic; also on SIGINT/SIGTERM, exit 130) and RUN_DIR/medusa (Medusa v1 export).\n"
-    "--resume continues the latest checkpoint bit for bit. A non-finite loss or gradient stops the run with an\n"
-    "error and leaves the last checkpoint intact. `make plot RUN=RUN_DIR` draws the curves.";
+    "--resume continues the latest checkpoint bit for bit. A non-finite loss, gradient or parameter stops the run\n"
+    "with an error naming the last (finite) checkpoint; no non-finite state is ever saved or exported.\n"
+    "`make plot RUN=RUN_DIR` draws the curves.";
 
 static int export_main(int argc, char **argv) {
     const char *ckpt = NULL, *out = NULL, *format = "v1", *dtype = "f32";

@@ -2,13 +2,16 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "../data/batcher.h"
+#include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
 #include "dist.h"
 
@@ -74,6 +77,13 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
 
 /* ---- run state ---- */
 
+/* A checkpoint's config_json holds, under this key beside the run's settings, what metrics.jsonl needs to go on as an
+ * uninterrupted run's: the steps since the last "train" line (their sums, and the seconds they took), so that a run
+ * resumed between two log steps (--save-every or a stop off the --log-every grid) logs the same lines, and the step of
+ * the last evaluation (the final one is logged before the last checkpoint is written; a run killed after it does not
+ * log it twice). Sums of losses are C99 hex floats ("%a"), exact. */
+#define LOG_WINDOW_KEY "log window"
+
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
@@ -111,7 +121,7 @@ static void check_resume_config(const char *ckpt, const char *saved, const char 
     if (!cJSON_IsObject(a)) fatal("%s: the checkpoint's run configuration is not valid JSON", ckpt);
     for (int side = 0; side < 2; side++)
         for (cJSON *it = (side ? a : b)->child; it; it = it->next) {
-            if (strcmp(it->string, "model") == 0) continue;
+            if (strcmp(it->string, "model") == 0 || strcmp(it->string, LOG_WINDOW_KEY) == 0) continue;
             cJSON *other = cJSON_GetObjectItemCaseSensitive(side ? b : a, it->string);
             if (other && cJSON_Compare(other, it, 1)) continue;
             char *theirs = other ? cJSON_PrintUnformatted(other) : xstrdup("(absent)"),
@@ -133,17 +143,19 @@ static int64_t line_step(const char *line) {
 }
 
 /* Opens metrics.jsonl for appending; on resume first drops the lines logged after the checkpoint's step
- * (a run killed after its last checkpoint logged steps the resumed run will log again). */
+ * (a run killed after its last checkpoint logged steps the resumed run will log again). The trimmed file replaces the
+ * old one atomically: a kill during the rewrite leaves the old history whole. */
 static FILE *open_metrics(const char *path, int64_t resume_step) {
     if (resume_step >= 0) {
         size_t size;
         char *text = read_whole_file(path, &size);
         if (text) {
-            FILE *f = fopen(path, "w");
-            if (!f) fatal("%s: cannot rewrite: %s", path, strerror(errno));
+            char *kept = xmalloc(size + 2); /* a last line without its newline gets one */
+            size_t n = 0;
             for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
-                if (line_step(line) <= resume_step) fprintf(f, "%s\n", line);
-            fclose(f);
+                if (line_step(line) <= resume_step) n += (size_t)sprintf(kept + n, "%s\n", line);
+            write_file_atomic(path, kept, n);
+            free(kept);
             free(text);
         }
     }
@@ -191,6 +203,44 @@ static void prune_checkpoints(const char *dir, int keep) {
     }
 }
 
+/* A temp file or directory NAME.tmp<pid> (atomic_file.h's, medusa_export's) left by a process that no longer runs:
+ * a kill inside a checkpoint write or an export. This process has written nothing yet, so its own pid counts as gone.
+ */
+static int stale_temp(const char *name) {
+    const char *t = NULL;
+    for (const char *p = strstr(name, ".tmp"); p; p = strstr(p + 1, ".tmp")) t = p;
+    if (!t || !t[4]) return 0;
+    char *end;
+    long pid = strtol(t + 4, &end, 10);
+    if (*end || pid <= 0) return 0;
+    return pid == (long)getpid() || (kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+/* Removes the stale temp files and directories in dir and in its export (dir/medusa), naming each. */
+static void remove_stale_temps(const char *dir) {
+    char *export_dir = path_join(dir, "medusa");
+    const char *dirs[2] = {dir, export_dir};
+    for (int i = 0; i < 2; i++) {
+        DIR *d = opendir(dirs[i]);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (!stale_temp(e->d_name)) continue;
+            char *p = path_join(dirs[i], e->d_name);
+            if (nftw(p, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0)
+                fatal("%s: cannot remove this temp file of an interrupted run: %s", p, strerror(errno));
+            log_info("removed %s, left by an interrupted run", p);
+            free(p);
+        }
+        if (d) closedir(d);
+    }
+    free(export_dir);
+}
+
 /* A training run: what its phases (run_open, run_steps, run_finish, run_close) share. */
 typedef struct {
     const TrainConfig *c;
@@ -211,7 +261,98 @@ typedef struct {
     double t_start; /* when the run began, for --time-budget */
     double tokens_seen, train_seconds;
     double save_seconds; /* duration of the last save */
+    char note[4200];     /* what a divergence leaves behind (Trainer.diverge_note) */
+    StepMetrics window;  /* the steps since the last "train" line of metrics.jsonl */
+    double window_start, window_base_flops;
 } Run;
+
+static cJSON *exact(double x) {
+    char text[40];
+    snprintf(text, sizeof text, "%a", x);
+    return cJSON_CreateString(text);
+}
+
+static cJSON *window_to_json(const Run *r) {
+    const StepMetrics *w = &r->window;
+    int K = r->c->heads;
+    double valid[64], computed[64], hits[64 * MEDUSA_TOPK];
+    for (int i = 0; i < K; i++) {
+        valid[i] = (double)w->valid[i], computed[i] = (double)w->computed[i];
+        for (int k = 0; k < MEDUSA_TOPK; k++) hits[i * MEDUSA_TOPK + k] = (double)w->hits[i][k];
+    }
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "batches", w->batches);
+    cJSON_AddNumberToObject(j, "tokens", (double)w->tokens);
+    cJSON_AddItemToObject(j, "total_loss_sum", exact(w->total_loss_sum));
+    cJSON *loss_sum = cJSON_AddArrayToObject(j, "loss_sum");
+    for (int i = 0; i < K; i++) cJSON_AddItemToArray(loss_sum, exact(w->loss_sum[i]));
+    cJSON_AddItemToObject(j, "valid", cJSON_CreateDoubleArray(valid, K));
+    cJSON_AddItemToObject(j, "computed", cJSON_CreateDoubleArray(computed, K));
+    cJSON_AddItemToObject(j, "hits", cJSON_CreateDoubleArray(hits, K * MEDUSA_TOPK));
+    cJSON_AddItemToObject(j, "base_flops", exact(r->window_base_flops));
+    cJSON_AddNumberToObject(j, "seconds", now_seconds() - r->window_start);
+    cJSON_AddNumberToObject(j, "last_eval", (double)r->last_eval);
+    return j;
+}
+
+static double window_number(const cJSON *j, const char *key, int index, const char *path) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (index >= 0) x = cJSON_IsArray(x) ? cJSON_GetArrayItem(x, index) : NULL;
+    char *end = NULL;
+    double v = cJSON_IsNumber(x) ? x->valuedouble : cJSON_IsString(x) ? strtod(x->valuestring, &end) : NAN;
+    if ((cJSON_IsString(x) && (end == x->valuestring || *end)) || isnan(v))
+        fatal("%s: the checkpoint's log window has no valid \"%s\"", path, key);
+    return v;
+}
+
+/* Restores the log window a checkpoint saved (none in one written before it was kept: the window starts empty). */
+static void window_from_json(Run *r, const char *config_json, const char *path) {
+    cJSON *cfg = cJSON_Parse(config_json);
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(cfg, LOG_WINDOW_KEY);
+    StepMetrics *w = &r->window;
+    step_metrics_clear(w);
+    r->window_base_flops = 0;
+    r->window_start = now_seconds();
+    if (j) {
+        w->batches = (int)window_number(j, "batches", -1, path);
+        w->tokens = (int64_t)window_number(j, "tokens", -1, path);
+        w->total_loss_sum = window_number(j, "total_loss_sum", -1, path);
+        for (int i = 0; i < r->c->heads; i++) {
+            w->loss_sum[i] = window_number(j, "loss_sum", i, path);
+            w->valid[i] = (int64_t)window_number(j, "valid", i, path);
+            w->computed[i] = (int64_t)window_number(j, "computed", i, path);
+            for (int k = 0; k < MEDUSA_TOPK; k++)
+                w->hits[i][k] = (int64_t)window_number(j, "hits", i * MEDUSA_TOPK + k, path);
+        }
+        r->window_base_flops = window_number(j, "base_flops", -1, path);
+        r->window_start -= window_number(j, "seconds", -1, path);
+        r->last_eval = (int64_t)window_number(j, "last_eval", -1, path);
+    }
+    cJSON_Delete(cfg);
+}
+
+/* The last checkpoint written or resumed, for the divergence message. */
+static void note_checkpoint(Run *r, const char *path) {
+    if (path) snprintf(r->note, sizeof r->note, "the last checkpoint, %s, is intact", path);
+    else snprintf(r->note, sizeof r->note, "no checkpoint was written");
+    r->t.diverge_note = r->note;
+}
+
+/* What a checkpoint holds besides the metadata: parameters and both AdamW moments, every value finite. */
+static int state_finite(const Run *r) {
+    const MedusaHeads *m = &r->heads;
+    return trainer_all_finite(m->be, m->params, m->n_params) && trainer_all_finite(m->be, r->t.adam.m, m->n_params) &&
+           trainer_all_finite(m->be, r->t.adam.v, m->n_params);
+}
+
+/* An optimizer step can overflow the parameters with a finite loss and gradient: no such state is ever saved,
+ * exported or evaluated, so the checkpoints kept, and the one a divergence message names, are all finite. */
+static void check_diverged(Run *r, const char *skipped) {
+    if (!state_finite(r))
+        fatal("training diverged: the heads' parameters or AdamW moments are not finite after optimizer step %lld (try "
+              "a lower --lr); %s; %s",
+              (long long)r->step, skipped, r->note);
+}
 
 static void save(Run *r, int64_t step) {
     r->last_save = step;
@@ -224,15 +365,23 @@ static void save(Run *r, int64_t step) {
     memcpy(meta.cursor, words, sizeof words);
     meta.metrics[0] = r->tokens_seen;
     meta.metrics[1] = r->train_seconds;
-    meta.config_json = r->config_json;
+    cJSON *cfg = cJSON_Parse(r->config_json);
+    cJSON_AddItemToObject(cfg, LOG_WINDOW_KEY, window_to_json(r));
+    meta.config_json = cJSON_PrintUnformatted(cfg);
+    cJSON_Delete(cfg);
     char name[64];
     snprintf(name, sizeof name, "ckpt-%lld.h5", (long long)step);
     char *path = path_join(r->c->out, name);
+    char skipped[80];
+    snprintf(skipped, sizeof skipped, "%s not written", name);
+    check_diverged(r, skipped);
     double t0 = now_seconds();
     checkpoint_save(path, &r->heads, &r->t.adam, &meta);
     r->save_seconds = now_seconds() - t0;
     log_info("saved %s", path);
+    note_checkpoint(r, path);
     free(path);
+    free(meta.config_json);
     prune_checkpoints(r->c->out, r->c->keep_checkpoints);
 }
 
@@ -317,6 +466,7 @@ static void run_open(Run *r, const TrainConfig *c) {
     startup_begin(&r->s, &c->dev, c->model);
     if (mkdir(c->out, 0755) != 0 && errno != EEXIST)
         fatal("%s: cannot create the run directory: %s", c->out, strerror(errno));
+    remove_stale_temps(c->out);
     r->resume_path = checkpoint_latest(c->out);
     if (c->resume && !r->resume_path) fatal("%s: --resume given but the directory holds no ckpt-<step>.h5", c->out);
     if (!c->resume && r->resume_path)
@@ -353,6 +503,8 @@ static void run_open(Run *r, const TrainConfig *c) {
     startup_ready_heads(&r->base, &r->heads);
     trainer_init(&r->t, &r->base, &r->heads, &r->oc, (float)c->head_decay, targets, c->batch_tokens, r->s.logits_chunk);
     if (c->cache_hidden) trainer_cache_hidden(&r->t, &r->data);
+    r->t.base_name = c->model;
+    note_checkpoint(r, NULL);
 
     r->config_json = identity_json(c, &r->data);
     dist_check_same("settings and data", r->config_json);
@@ -360,7 +512,12 @@ static void run_open(Run *r, const TrainConfig *c) {
     if (r->resume_path) {
         CheckpointMeta meta = {0};
         checkpoint_load(r->resume_path, &r->heads, &r->t.adam, &meta);
+        if (!state_finite(r))
+            fatal("%s: the checkpoint's parameters or AdamW moments are not finite (a damaged file?); resume from an "
+                  "earlier checkpoint (move this one away) or start a new run",
+                  r->resume_path);
         check_resume_config(r->resume_path, meta.config_json, r->config_json);
+        window_from_json(r, meta.config_json, r->resume_path);
         int64_t words[BATCHER_CURSOR_WORDS];
         memcpy(words, meta.cursor, sizeof words);
         batcher_restore_cursor(&r->batcher, words);
@@ -370,6 +527,11 @@ static void run_open(Run *r, const TrainConfig *c) {
         r->train_seconds = meta.metrics[1];
         free(meta.config_json);
         log_info("resumed from %s at step %lld of %d", r->resume_path, (long long)r->step, r->oc.total_steps);
+        note_checkpoint(r, r->resume_path);
+    } else if (!state_finite(r)) { /* the heads start as copies of the base model's lm_head */
+        fatal("%s: the heads initialised from the base model's lm_head are not finite: the model holds NaN or infinite "
+              "weights (a damaged model file?)",
+              c->model);
     }
     log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
              "targets: %s",
@@ -378,12 +540,14 @@ static void run_open(Run *r, const TrainConfig *c) {
     if (dist_size() > 1)
         log_info("data parallel over %d ranks: each takes %d of every step's %d batches", dist_size(), c->grad_accum,
                  c->grad_accum * dist_size());
+    if (!r->resume_path) r->window_start = now_seconds();
     r->metrics_path = path_join(c->out, "metrics.jsonl");
     if (dist_rank() == 0) r->metrics = open_metrics(r->metrics_path, r->resume_path ? r->step : -1);
 }
 
 /* An evaluation on --val, logged as an "eval" line of metrics.jsonl (epoch: where training is, or < 0 to leave out). */
 static void run_eval(Run *r, double epoch) {
+    check_diverged(r, "no evaluation");
     StepMetrics em;
     evaluate(&r->t, &r->val, r->c->batch_tokens, r->c->eval_batches, &em);
     cJSON *o = cJSON_CreateObject();
@@ -446,9 +610,8 @@ static int run_steps(Run *r) {
     int total_steps = r->oc.total_steps;
     Progress prog;
     progress_start(&prog, "train", total_steps - r->step);
-    StepMetrics window;
-    step_metrics_clear(&window);
-    double window_start = now_seconds(), last_step_seconds = 0, window_base_flops = 0;
+    StepMetrics *window = &r->window; /* restored on resume */
+    double last_step_seconds = 0;
     int64_t start_step = r->step;
     int status = TRAIN_DONE;
     char extra[256] = "";
@@ -458,7 +621,7 @@ static int run_steps(Run *r) {
          * k-th run of A (every rank reads them all, so the data order and the resume cursor are the ranks' own) */
         for (int i = 0; i < A * dist_size(); i++) {
             PackedBatch b = batcher_next(&r->batcher);
-            window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
+            r->window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
             if (i / A != dist_rank()) continue;
             int a = i % A;
             int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
@@ -470,26 +633,27 @@ static int run_steps(Run *r) {
             micro[a] = (PackedBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT, b.epoch};
         }
         double lr = lr_at(&r->oc, (int)r->step);
-        int64_t tokens_before = window.tokens;
-        double norm = trainer_step(&r->t, micro, A, &window);
+        int64_t tokens_before = window->tokens;
+        double norm = trainer_step(&r->t, micro, A, window);
         r->step++;
         last_step_seconds = now_seconds() - t0;
         r->train_seconds += last_step_seconds;
-        r->tokens_seen += (double)(window.tokens - tokens_before);
+        r->tokens_seen += (double)(window->tokens - tokens_before);
         double epoch = (double)r->batcher.epoch + (double)r->batcher.position / (double)r->data.n_convs;
 
         if (r->step % c->log_every == 0 || r->step == total_steps) {
-            log_window(r, &window, now_seconds() - window_start, window_base_flops, epoch, lr, norm, extra,
+            log_window(r, window, now_seconds() - r->window_start, r->window_base_flops, epoch, lr, norm, extra,
                        sizeof extra);
-            step_metrics_clear(&window);
-            window_start = now_seconds(), window_base_flops = 0;
+            step_metrics_clear(window);
+            r->window_start = now_seconds(), r->window_base_flops = 0;
         }
         progress_update(&prog, r->step - start_step, extra);
 
         double aside = now_seconds(); /* evaluation and saving are not training throughput */
         if (c->val && c->eval_every > 0 && r->step % c->eval_every == 0) run_eval(r, epoch);
+        else if (c->val && r->step == total_steps) run_eval(r, -1); /* the final one, logged before its checkpoint */
         if (c->save_every > 0 && r->step % c->save_every == 0) save(r, r->step);
-        window_start += now_seconds() - aside;
+        r->window_start += now_seconds() - aside;
         /* stop when one more step plus the final save and export (timed at the last save, else guessed at
          * 200 MB/s for the 3 x params checkpoint and the export) would not fit; a stop any rank wants, all take */
         double finish = r->save_seconds > 0 ? 1.5 * r->save_seconds : 16.0 * (double)r->heads.n_params / 2e8;

@@ -106,6 +106,27 @@ static void base_forward(Trainer *t, const PackedBatch *b) {
     }
 }
 
+int trainer_all_finite(const Backend *be, const float *x, size_t n) { return isfinite(be->sum_squares(x, n)); }
+
+/* A non-finite loss in an evaluation of batch b (the heads' when `base` is 0, else the base model's own on t+1):
+ * fatal, naming what holds the non-finite values. The base model's hidden states are the heads' input and depend on
+ * nothing trained, so non-finite ones mean damaged base weights, at any step of training too. */
+static void nonfinite_loss(const Trainer *t, const PackedBatch *b, double loss, int base) {
+    const Backend *be = t->base->be;
+    const char *model = t->base_name ? t->base_name : "the base model";
+    if (!trainer_all_finite(be, t->hidden, (size_t)b->n_tokens * t->base->config.hidden_size))
+        fatal("%s: the base model's hidden states are not finite (NaN or infinite weights: a damaged model file?)",
+              model);
+    if (base)
+        fatal("%s: the base model's logits are not finite (NaN or infinite lm_head weights: a damaged model file?)",
+              model);
+    if (!trainer_all_finite(be, t->heads->params, t->heads->n_params))
+        fatal("%s: the heads' parameters are not finite (NaN or infinite values: a damaged file?)",
+              t->heads_name ? t->heads_name : "heads");
+    fatal("%s: the heads' loss is %g on finite hidden states and parameters (logits beyond float range?)",
+          t->heads_name ? t->heads_name : "heads", loss);
+}
+
 /* The base model's logits on the batch's hidden states, a chunk of rows at a time (a batch's full [T, V] would be the
  * largest buffer of an evaluation): its greedy choice at every row into t->choice (top_k's argmax; -1 where that logit
  * is not finite, which rank_ids tells), and with metrics its own top-1 on t+1 (the fused softmax's rank) */
@@ -135,11 +156,17 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
         if (metrics) be->softmax_xent(logits, losses_dev + r0, ranks_dev + r0, next, rows, V, 0.0f);
     }
     if (metrics) {
+        /* a row's loss is finite only when its every logit is: a NaN logit elsewhere in the row leaves the target's
+         * rank looking like a hit, so no rank of a non-finite row may count */
+        float *losses = xmalloc(sizeof(float) * (size_t)T);
+        be->download(losses, losses_dev, sizeof(float) * (size_t)T);
         be->download(ranks, ranks_dev, sizeof(int32_t) * (size_t)T);
         for (int i = 0; i < T; i++) {
+            if (ranks[i] >= 0 && !isfinite(losses[i])) nonfinite_loss(t, b, losses[i], 1);
             metrics->base_valid += ranks[i] >= 0;
             metrics->base_hits += ranks[i] == 0;
         }
+        free(losses);
     }
     be->download(t->choice, choice_dev, sizeof(int32_t) * (size_t)T);
     be->download(ranks, choice_ranks, sizeof(int32_t) * (size_t)T);
@@ -196,6 +223,11 @@ static void sum_ranks_grads(MedusaHeads *h) {
     free(host);
 }
 
+static void diverged(const Trainer *t, const char *what, double value) {
+    fatal("training diverged: the %s is %g at optimizer step %d (try a lower --lr)%s%s", what, value, t->adam.step + 1,
+          t->diverge_note ? "; " : "", t->diverge_note ? t->diverge_note : "");
+}
+
 double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics) {
     StepMetrics own; /* this rank's, summed over the ranks after the micro-batches */
     StepMetrics *into = metrics;
@@ -212,10 +244,12 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
         medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
                                 micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay, 1.0f / (float)(n * t->ranks),
                                 &s);
-        if (!isfinite(s.total_loss))
-            fatal("training diverged: the loss is %g at optimizer step %d (try a lower --lr); the last checkpoint is "
-                  "intact",
-                  s.total_loss, t->adam.step + 1);
+        if (!isfinite(s.total_loss)) {
+            /* the base model's fault whenever its hidden states are not finite, at any step */
+            if (!trainer_all_finite(t->base->be, t->hidden, (size_t)micro[i].n_tokens * t->base->config.hidden_size))
+                nonfinite_loss(t, &micro[i], s.total_loss, 0);
+            diverged(t, "loss", s.total_loss);
+        }
         accumulate(into, &s, t->heads->shape.n_heads, micro[i].n_tokens);
     }
     if (t->ranks > 1) {
@@ -224,10 +258,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
         add_metrics(metrics, &own);
     }
     double norm = optim_step(t->heads, &t->adam, &t->optim);
-    if (!isfinite(norm))
-        fatal("training diverged: the gradient norm is %g at optimizer step %d (try a lower --lr); the last checkpoint "
-              "is intact",
-              norm, t->adam.step + 1);
+    if (!isfinite(norm)) diverged(t, "gradient norm", norm);
     return norm;
 }
 
@@ -238,5 +269,6 @@ void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics) 
     MedusaBase base = {.targets = TARGETS_LABELS, .choice = t->choice};
     medusa_forward_backward(t->heads, &t->work, t->hidden, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, b->n_tokens,
                             &base, t->head_decay, 0.0f, &s);
+    if (!isfinite(s.total_loss)) nonfinite_loss(t, b, s.total_loss, 0);
     accumulate(metrics, &s, t->heads->shape.n_heads, b->n_tokens);
 }

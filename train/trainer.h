@@ -34,6 +34,9 @@ typedef struct {
     void *teacher_lm_head; /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else NULL */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
     int ranks; /* data-parallel ranks whose gradients each step sums (train/dist.h); 1: this process alone */
+    /* for error messages (NULL: not named): the base model's path, where the heads came from, and what a divergence
+     * leaves behind (e.g. "the last checkpoint, RUN/ckpt-4.h5, is intact") */
+    const char *base_name, *heads_name, *diverge_note;
 } Trainer;
 
 /* Sums of per-head statistics over batches, for logging and evaluation. */
@@ -60,15 +63,20 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data);
 /* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. With t->ranks > 1 every rank
  * runs its own n micro-batches, the gradients are scaled by 1/(n x ranks) and summed over the ranks, and metrics get
  * every rank's statistics. Returns the gradient norm before clipping; a non-finite loss or gradient stops the run with
- * a clear message (nothing is applied). */
+ * a clear message (nothing is applied) that tells a damaged base model (non-finite hidden states) or heads (non-finite
+ * parameters before the step) from a divergence. */
 double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics);
 
 /* Forward only: head losses and top-k hits, the base model's top-1, and the heads' agreement with the base model's
- * greedy choices (MedusaBase) on a batch. */
+ * greedy choices (MedusaBase) on a batch. A non-finite loss (the heads' or the base model's own) is fatal, naming the
+ * base model or the heads as the source: an evaluation never reports a number computed from NaN or infinite values. */
 void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics);
 
 void step_metrics_clear(StepMetrics *m);
 /* Every data-parallel rank's statistics summed into each rank's (train/dist.h); nothing with one rank. */
 void step_metrics_sum_ranks(StepMetrics *m);
+
+/* 1 when every one of the n floats (backend memory) is finite: their sum of squares (in double) is. */
+int trainer_all_finite(const Backend *be, const float *x, size_t n);
 
 #endif
