@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <hdf5.h>
+
 #include "../model/llama.h"
+#include "../train/checkpoint.h"
 #include "test.h"
 
 /* A safetensors file with the given JSON header and data_len zero bytes of data. */
@@ -103,9 +106,149 @@ static void check_bf16_loads(void) {
     }
 }
 
+/* Replaces (or adds) a dataset of an HDF5 file: rank 0 makes a scalar. data may be NULL (zeros). */
+static void h5_replace(const char *path, const char *name, hid_t type, int rank, const hsize_t *dims,
+                       const void *data) {
+    H5close();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    ensure(f >= 0);
+    if (H5Lexists(f, name, H5P_DEFAULT) > 0) ensure(H5Ldelete(f, name, H5P_DEFAULT) >= 0);
+    hid_t space = rank ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR);
+    hid_t ds = H5Dcreate2(f, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ensure(ds >= 0);
+    size_t n = 1;
+    for (int i = 0; i < rank; i++) n *= dims[i];
+    void *zeros = data ? NULL : calloc(n + 1, 16);
+    ensure(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data ? data : zeros) >= 0);
+    free(zeros);
+    H5Dclose(ds);
+    H5Sclose(space);
+    H5Fclose(f);
+}
+
+/* A load stopped by a fatal error (longjmp in the tests) leaves its HDF5 file open: H5close shuts them all. */
+static void copy_file(const char *from, const char *to) {
+    H5close();
+    size_t n;
+    char *d = read_whole_file(from, &n);
+    ensure(d);
+    write_bytes(to, d, n);
+    free(d);
+}
+
+/* Damaged checkpoints: every dataset with another rank (scalar, 2-D), another length or another type class, and
+ * header fields and counters out of range, is one named error from checkpoint_load and checkpoint_shape. */
+static void check_checkpoints(void) {
+    const MedusaShape shape = {2, 1, 8, 16, 8}; /* truncated heads: the file holds a token_map */
+    MedusaHeads h;
+    medusa_init(&h, backend_cpu(), shape);
+    AdamState adam;
+    adam_init(&adam, &h);
+    CheckpointMeta meta = {.step = 3, .config_json = "{\"lr\": 0.001}"};
+    char *good = tmp_path("good.h5"), *bad = tmp_path("bad.h5");
+    checkpoint_save(good, &h, &adam, &meta);
+    CheckpointMeta out = {0};
+    checkpoint_load(good, &h, &adam, &out);
+    CHECK(out.step == 3 && !strcmp(out.config_json, meta.config_json), "checkpoint: a good file loads");
+    free(out.config_json);
+
+    struct {
+        const char *name;
+        hid_t type;
+        hsize_t n;
+    } sets[] = {{"format", H5T_NATIVE_INT32, 5},
+                {"params", H5T_NATIVE_FLOAT, h.n_params},
+                {"adam_m", H5T_NATIVE_FLOAT, h.n_params},
+                {"adam_v", H5T_NATIVE_FLOAT, h.n_params},
+                {"step", H5T_NATIVE_INT64, 1},
+                {"rng", H5T_NATIVE_UINT64, 4},
+                {"cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS},
+                {"metrics", H5T_NATIVE_DOUBLE, 4},
+                {"config_json", H5T_NATIVE_CHAR, 16},
+                {"token_map", H5T_NATIVE_INT32, 8}};
+    int n_sets = (int)(sizeof sets / sizeof sets[0]);
+    volatile int named = 1, all = 1;
+    for (volatile int i = 0; i < n_sets; i++) {
+        for (volatile int variant = 0; variant < 5; variant++) {
+            copy_file(good, bad);
+            hsize_t dims[2] = {sets[i].n, 2};
+            hid_t type = sets[i].type;
+            int rank = 2;
+            if (variant == 1) rank = 0;                                              /* scalar */
+            if (variant == 2) rank = 1, dims[0] = sets[i].n + 1;                     /* one more element */
+            if (variant == 3) rank = 1, dims[0] = sets[i].n > 1 ? sets[i].n - 1 : 0; /* one fewer */
+            if (variant == 4)                                                        /* the other class of number */
+                rank = 1, type = H5Tget_class(type) == H5T_FLOAT ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT;
+            if (!strcmp(sets[i].name, "config_json") && variant >= 2 && variant <= 3) continue; /* any length */
+            if (rank == 1 && dims[0] == 0) continue;
+            h5_replace(bad, sets[i].name, type, rank, dims, NULL);
+            test_fatal_msg[0] = '\0';
+            set_fatal_hook(test_fatal_hook);
+            if (setjmp(test_fatal_jmp) == 0) {
+                CheckpointMeta m2 = {0};
+                checkpoint_load(bad, &h, &adam, &m2);
+                printf("       loaded: %s variant %d\n", sets[i].name, variant);
+                all = 0;
+            }
+            set_fatal_hook(NULL);
+            if (!strstr(test_fatal_msg, bad) || !strstr(test_fatal_msg, sets[i].name)) {
+                printf("       %s variant %d: %s\n", sets[i].name, variant, test_fatal_msg);
+                named = 0;
+            }
+        }
+    }
+    CHECK(all, "checkpoint: every dataset as a scalar, 2-D, longer, shorter or of the other type is refused");
+    CHECK(named, "checkpoint: each of those errors names the file and the dataset");
+
+    copy_file(good, bad);
+    int64_t big = (int64_t)1 << 40;
+    hsize_t one = 1;
+    h5_replace(bad, "step", H5T_NATIVE_INT64, 1, &one, &big);
+    EXPECT_FATAL(checkpoint_load(bad, &h, &adam, &out), "step 1099511627776 is out of range", "checkpoint: step 2^40");
+    int64_t neg = -1;
+    h5_replace(bad, "step", H5T_NATIVE_INT64, 1, &one, &neg);
+    EXPECT_FATAL(checkpoint_load(bad, &h, &adam, &out), "step -1 is out of range", "checkpoint: negative step");
+
+    int32_t headers[][5] = {{1, 0, 1, 8, 16},  {1, 65, 1, 8, 16},      {1, 2, -1, 8, 16},
+                            {1, 2, 17, 8, 16}, {1, 2, 1, 0, 16},       {1, 2, 1, -8, 16},
+                            {1, 2, 1, 8, -16}, {1, 2, 1, 1 << 30, 16}, {1, 2, 1, 8, 1 << 30}};
+    volatile int refused = 1;
+    for (volatile size_t i = 0; i < sizeof headers / sizeof headers[0]; i++) {
+        copy_file(good, bad);
+        hsize_t five = 5;
+        h5_replace(bad, "format", H5T_NATIVE_INT32, 1, &five, headers[i]);
+        test_fatal_msg[0] = '\0';
+        set_fatal_hook(test_fatal_hook);
+        if (setjmp(test_fatal_jmp) == 0) {
+            checkpoint_shape(bad);
+            refused = 0;
+        }
+        set_fatal_hook(NULL);
+        if (!strstr(test_fatal_msg, "header out of range")) refused = 0;
+    }
+    CHECK(refused, "checkpoint: header fields out of range (heads, layers, hidden, vocab) are refused");
+
+    copy_file(good, bad);
+    int32_t map[8] = {0, 1, 2, 3, 4, 5, 7, 6};
+    hsize_t eight = 8;
+    h5_replace(bad, "token_map", H5T_NATIVE_INT32, 1, &eight, map);
+    EXPECT_FATAL(checkpoint_load(bad, &h, &adam, &out), "token_map[7] is 6", "checkpoint: token map out of order");
+    map[6] = 6, map[7] = 16;
+    h5_replace(bad, "token_map", H5T_NATIVE_INT32, 1, &eight, map);
+    EXPECT_FATAL(checkpoint_load(bad, &h, &adam, &out), "token_map[7] is 16", "checkpoint: token map id >= vocab");
+    hsize_t many = 17;
+    h5_replace(bad, "token_map", H5T_NATIVE_INT32, 1, &many, NULL);
+    EXPECT_FATAL(checkpoint_shape(bad), "'token_map' has 17 elements, expected 1..16",
+                 "checkpoint: token map longer than the vocabulary");
+    adam_free(&adam, &h);
+    medusa_free(&h);
+}
+
 int main(void) {
     make_tmpdir("/tmp/medusa-loaders-XXXXXX");
     check_bf16_loads();
+    check_checkpoints();
     WeightSet w;
     ModelConfig c;
     Model m;
