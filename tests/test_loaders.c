@@ -6,6 +6,8 @@
 
 #include <hdf5.h>
 
+#include "../data/model_tokenizer.h"
+#include "../data/token_cache.h"
 #include "../model/llama.h"
 #include "../train/checkpoint.h"
 #include "test.h"
@@ -245,10 +247,175 @@ static void check_checkpoints(void) {
     medusa_free(&h);
 }
 
+/* Replaces (or adds) a root attribute: kind 'i' int64, 'd' double, 's' fixed-length string, 'v' variable-length
+ * string; n values (n == 0: a scalar). */
+static void h5_attr(const char *path, const char *name, char kind, int n, int64_t iv, double dv, const char *sv) {
+    H5close();
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    ensure(f >= 0);
+    if (H5Aexists(f, name) > 0) ensure(H5Adelete(f, name) >= 0);
+    hsize_t dims = (hsize_t)n;
+    hid_t space = n ? H5Screate_simple(1, &dims, NULL) : H5Screate(H5S_SCALAR);
+    hid_t type = kind == 'i' ? H5Tcopy(H5T_STD_I64LE) : kind == 'd' ? H5Tcopy(H5T_IEEE_F64LE) : H5Tcopy(H5T_C_S1);
+    if (kind == 's') H5Tset_size(type, strlen(sv) + 1);
+    if (kind == 'v') H5Tset_size(type, H5T_VARIABLE);
+    hid_t a = H5Acreate2(f, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ensure(a >= 0);
+    int count = n ? n : 1;
+    int64_t ivs[8];
+    double dvs[8];
+    const char *svs[8];
+    char *fixed = calloc((size_t)count, strlen(sv ? sv : "") + 1);
+    for (int i = 0; i < count; i++) {
+        ivs[i] = iv, dvs[i] = dv, svs[i] = sv;
+        if (sv) strcpy(fixed + i * (strlen(sv) + 1), sv);
+    }
+    const void *data = kind == 'i'   ? (const void *)ivs
+                       : kind == 'd' ? (const void *)dvs
+                       : kind == 's' ? (const void *)fixed
+                                     : (const void *)svs;
+    ensure(H5Awrite(a, type, data) >= 0);
+    free(fixed);
+    H5Aclose(a);
+    H5Tclose(type);
+    H5Sclose(space);
+    H5Fclose(f);
+}
+
+/* A small token cache: 3 conversations of ids below 256, stamped with fingerprint. */
+static void write_small_cache(const char *path, const char *fingerprint) {
+    TokenCacheWriter w;
+    token_cache_writer_open(&w, path);
+    int32_t ids[6] = {1, 5, 9, 2, 200, 7};
+    uint8_t mask[6] = {0, 1, 1, 0, 1, 1};
+    token_cache_writer_add(&w, ids, mask, 2);
+    token_cache_writer_add(&w, ids + 2, mask + 2, 3);
+    token_cache_writer_add(&w, ids + 5, mask + 5, 1);
+    TokenCacheMeta meta = {.vocab_size = 256, .max_len = 96, .val_fraction = 0.1};
+    snprintf(meta.tokenizer_fingerprint, sizeof meta.tokenizer_fingerprint, "%s", fingerprint);
+    strcpy(meta.template_name, "chatml");
+    strcpy(meta.source, "conversations.json");
+    strcpy(meta.source_checksum, "0123456789abcdef");
+    strcpy(meta.split, "train");
+    token_cache_writer_close(&w, &meta);
+}
+
+/* Runs token_cache_load on path; returns 1 when it stopped with an error naming the file and holding needle. */
+static int cache_refused(const char *path, const char *needle) {
+    TokenCache c;
+    test_fatal_msg[0] = '\0';
+    set_fatal_hook(test_fatal_hook);
+    volatile int failed = 0;
+    if (setjmp(test_fatal_jmp) == 0) {
+        token_cache_load(&c, path, 0);
+        token_cache_free(&c);
+    } else {
+        failed = 1;
+    }
+    set_fatal_hook(NULL);
+    int ok = failed && strstr(test_fatal_msg, path) && strstr(test_fatal_msg, needle);
+    if (!ok) printf("       %s: %s\n", needle, failed ? test_fatal_msg : "loaded");
+    return ok;
+}
+
+/* Damaged token caches: every attribute stored as an array (of numbers, fixed or variable strings) or as the other
+ * kind of value, counters out of range, strings that do not fit, datasets of another rank, and a cache made with
+ * another tokenizer than the model's. */
+static void check_token_caches(void) {
+    const char *model = "tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf";
+    ModelTokenizer mt;
+    model_tokenizer_load(&mt, model, 0);
+    char fp[32];
+    token_cache_fingerprint(mt.tok, fp);
+    model_tokenizer_free(&mt);
+    char *good = tmp_path("good.tokens.h5"), *bad = tmp_path("bad.tokens.h5");
+    write_small_cache(good, fp);
+    TokenCache c;
+    token_cache_load(&c, good, 256);
+    token_cache_check_model(&c, good, model);
+    CHECK(c.n_convs == 3 && c.n_tokens == 6 && !strcmp(c.meta.tokenizer_fingerprint, fp),
+          "cache: a good file loads and matches its model's tokenizer");
+    token_cache_free(&c);
+
+    write_small_cache(bad, "0123456789abcdef");
+    token_cache_load(&c, bad, 256);
+    EXPECT_FATAL(token_cache_check_model(&c, bad, model), "made with tokenizer 0123456789abcdef",
+                 "cache: made with another tokenizer than the model's -> fatal");
+    token_cache_free(&c);
+
+    const char *ints[] = {"format_version", "vocab_size", "max_len", "truncated", "skipped_empty"};
+    const char *strs[] = {"tokenizer_fingerprint", "template", "source", "source_checksum", "split"};
+    volatile int all = 1;
+    for (int i = 0; i < 5; i++) {
+        copy_file(good, bad);
+        h5_attr(bad, ints[i], 'i', 3, 1, 0, NULL);
+        all &= cache_refused(bad, ints[i]);
+        h5_attr(bad, ints[i], 's', 0, 0, 0, "1");
+        all &= cache_refused(bad, ints[i]);
+        h5_attr(bad, ints[i], 'v', 4, 0, 0, "1");
+        all &= cache_refused(bad, ints[i]);
+        copy_file(good, bad);
+        h5_attr(bad, strs[i], 's', 3, 0, 0, "abcdef");
+        all &= cache_refused(bad, strs[i]);
+        h5_attr(bad, strs[i], 'v', 5, 0, 0, "abcdef");
+        all &= cache_refused(bad, strs[i]);
+        h5_attr(bad, strs[i], 'i', 0, 7, 0, NULL);
+        all &= cache_refused(bad, strs[i]);
+    }
+    copy_file(good, bad);
+    h5_attr(bad, "val_fraction", 'd', 2, 0, 0.5, NULL);
+    all &= cache_refused(bad, "val_fraction");
+    CHECK(all, "cache: every attribute as an array, or as the other kind of value, is a named error");
+
+    struct {
+        const char *name;
+        char kind;
+        int64_t iv;
+        double dv;
+    } ranges[] = {{"vocab_size", 'i', -1, 0},    {"vocab_size", 'i', (int64_t)1 << 40, 0},
+                  {"max_len", 'i', -1, 0},       {"truncated", 'i', -1, 0},
+                  {"skipped_empty", 'i', -5, 0}, {"val_fraction", 'd', 0, 1.5},
+                  {"val_fraction", 'd', 0, -0.1}};
+    all = 1;
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+        copy_file(good, bad);
+        h5_attr(bad, ranges[i].name, ranges[i].kind, 0, ranges[i].iv, ranges[i].dv, NULL);
+        all &= cache_refused(bad, "outside");
+    }
+    CHECK(all, "cache: counters out of range are named errors");
+    char longer[600];
+    memset(longer, 'x', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    copy_file(good, bad);
+    h5_attr(bad, "source", 'v', 0, 0, 0, longer);
+    CHECK(cache_refused(bad, "'source' is 599 bytes long"), "cache: a string attribute too long is refused, not cut");
+
+    const char *sets[] = {"tokens", "loss_mask", "conv_offsets"};
+    all = 1;
+    for (int i = 0; i < 3; i++) {
+        hsize_t dims[2] = {4, 2};
+        copy_file(good, bad);
+        h5_replace(bad, sets[i], H5T_NATIVE_INT64, 2, dims, NULL);
+        all &= cache_refused(bad, sets[i]);
+        h5_replace(bad, sets[i], H5T_NATIVE_INT64, 0, dims, NULL);
+        all &= cache_refused(bad, sets[i]);
+        h5_replace(bad, sets[i], H5T_NATIVE_DOUBLE, 1, dims, NULL);
+        all &= cache_refused(bad, sets[i]);
+    }
+    CHECK(all, "cache: datasets as scalars, 2-D or floating point are named errors");
+    copy_file(good, bad);
+    int64_t off[4] = {0, 2, (int64_t)1 << 62, 6};
+    hsize_t four = 4;
+    h5_replace(bad, "conv_offsets", H5T_NATIVE_INT64, 1, &four, off);
+    CHECK(cache_refused(bad, "past the 6 tokens"), "cache: an offset past the tokens is refused");
+}
+
 int main(void) {
     make_tmpdir("/tmp/medusa-loaders-XXXXXX");
     check_bf16_loads();
     check_checkpoints();
+    check_token_caches();
     WeightSet w;
     ModelConfig c;
     Model m;
