@@ -411,11 +411,133 @@ static void check_token_caches(void) {
     CHECK(cache_refused(bad, "past the 6 tokens"), "cache: an offset past the tokens is refused");
 }
 
+/* GGUF with two F32 tensors (token_embd.weight [4 x 32] at 0, output_norm.weight [32] at norm_offset), a
+ * 4-token vocabulary, the given block count and (when eos >= 0) EOS id; huge_dim replaces the norm's length. */
+static void write_gguf2(const char *path, uint64_t block_count, int64_t eos, uint64_t norm_offset, uint64_t huge_dim) {
+    Bytes b = {.n = 0};
+    put_u32(&b, 0x46554747u);
+    put_u32(&b, 3);
+    put_u64(&b, 2);
+    put_u64(&b, eos >= 0 ? 6 : 5);
+    put_kv_str(&b, "general.architecture", "llama");
+    put_kv_u32(&b, "llama.embedding_length", 32);
+    put_str(&b, "llama.block_count");
+    put_u32(&b, 10); /* uint64 */
+    put_u64(&b, block_count);
+    put_str(&b, "tokenizer.ggml.tokens");
+    put_u32(&b, 9); /* array */
+    put_u32(&b, 8); /* of strings */
+    put_u64(&b, 4);
+    const char *toks[] = {"<s>", "</s>", "a", "b"};
+    for (int i = 0; i < 4; i++) put_str(&b, toks[i]);
+    if (eos >= 0) put_kv_u32(&b, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+    put_kv_u32(&b, "tokenizer.ggml.bos_token_id", 0);
+    put_str(&b, "token_embd.weight");
+    put_u32(&b, 2);
+    put_u64(&b, 32);
+    put_u64(&b, 4);
+    put_u32(&b, 0);
+    put_u64(&b, 0);
+    put_str(&b, "output_norm.weight");
+    put_u32(&b, huge_dim ? 2 : 1);
+    put_u64(&b, 32);
+    if (huge_dim) put_u64(&b, huge_dim);
+    put_u32(&b, 0);
+    put_u64(&b, norm_offset);
+    while (b.n % 32) b.buf[b.n++] = 0;
+    size_t data = 512 + 128 + 64;
+    memset(b.buf + b.n, 0, data);
+    b.n += data;
+    write_bytes(path, b.buf, b.n);
+}
+
+/* Sizes that overflow, tensors sharing bytes, absurd counts and special token ids outside the vocabulary, in
+ * safetensors and GGUF headers: each a named error. */
+static void check_sizes_and_overlaps(void) {
+    WeightSet w;
+    GGUFFile g;
+    char *st = tmp_path("sizes.safetensors");
+    write_safetensors(
+        st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296], \"data_offsets\": [0, 0]}}", 0, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "element count overflows",
+                 "safetensors: [2^32, 2^32] elements (2^64, wraps to 0) claiming 0 bytes");
+    write_safetensors(st,
+                      "{\"a\": {\"dtype\": \"BF16\", \"shape\": [65536, 65536, 65536, 65536], \"data_offsets\": [0, "
+                      "0]}}",
+                      0, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "element count overflows",
+                 "safetensors: [2^16]*4 elements claiming 0 bytes");
+    write_safetensors(
+        st, "{\"a\": {\"dtype\": \"I64\", \"shape\": [2147483648, 2147483648], \"data_offsets\": [0, 0]}}", 0, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "byte size overflows",
+                 "safetensors: [2^31, 2^31] I64 elements (2^65 bytes, wraps to 0)");
+    write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [1.5], \"data_offsets\": [0, 4]}}", 4, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "invalid shape", "safetensors: fractional dimension");
+    write_safetensors(st, "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [\"0\", 4]}}", 4, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "outside the data section", "safetensors: offset not a number");
+    write_safetensors(st,
+                      "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}, \"b\": {\"dtype\": "
+                      "\"F32\", \"shape\": [4], \"data_offsets\": [8, 24]}}",
+                      24, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "overlap", "safetensors: two tensors share bytes");
+    write_safetensors(st,
+                      "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}, \"b\": {\"dtype\": "
+                      "\"F32\", \"shape\": [2, 2], \"data_offsets\": [0, 16]}}",
+                      16, 0);
+    EXPECT_FATAL(weights_open_safetensors_file(&w, st), "overlap", "safetensors: two tensors on the same bytes");
+    write_safetensors(st,
+                      "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}, \"e\": {\"dtype\": "
+                      "\"F32\", \"shape\": [0], \"data_offsets\": [8, 8]}, \"b\": {\"dtype\": \"F32\", \"shape\": [2], "
+                      "\"data_offsets\": [16, 24]}}",
+                      24, 0);
+    weights_open_safetensors_file(&w, st);
+    CHECK(w.n_tensors == 3, "safetensors: adjacent tensors and an empty one load");
+    weights_close(&w);
+
+    char *gg = tmp_path("sizes.gguf");
+    write_gguf2(gg, 1, 1, 512, 0);
+    gguf_open(&g, gg);
+    CHECK(g.n_tensors == 2, "gguf: a well-formed two-tensor file parses");
+    gguf_close(&g);
+    write_gguf2(gg, 1, 1, 256, 0);
+    EXPECT_FATAL(gguf_open(&g, gg), "overlap", "gguf: two tensors share bytes");
+    write_gguf2(gg, 1, 1, 0, 0);
+    EXPECT_FATAL(gguf_open(&g, gg), "overlap", "gguf: two tensors at one offset");
+    write_gguf2(gg, 2147483647, 1, 512, 0);
+    EXPECT_FATAL(gguf_open(&g, gg), "'llama.block_count' is 2147483647", "gguf: absurd block count names the field");
+    write_gguf2(gg, (uint64_t)1 << 63, 1, 512, 0);
+    EXPECT_FATAL(gguf_open(&g, gg), "llama.block_count", "gguf: block count above 2^63");
+    write_gguf2(gg, 0, 1, 512, 0);
+    EXPECT_FATAL(gguf_open(&g, gg), "llama.block_count", "gguf: block count 0");
+    write_gguf2(gg, 1, 4, 512, 0);
+    EXPECT_FATAL(gguf_open(&g, gg), "'tokenizer.ggml.eos_token_id' is 4", "gguf: EOS id outside the vocabulary");
+    write_gguf2(gg, 1, 1, 512, (uint64_t)1 << 40);
+    EXPECT_FATAL(gguf_open(&g, gg), "'output_norm.weight' data", "gguf: a 2^45-element tensor in a small file");
+    write_gguf2(gg, 1, 1, 512, ((uint64_t)1 << 40) + 1);
+    EXPECT_FATAL(gguf_open(&g, gg), "invalid dimension", "gguf: dimension above 2^40");
+
+    /* every GGUF the project ships or fetches passes the checks */
+    const char *files[] = {"tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf",
+                           "tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q4_1.gguf",
+                           "tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q8_0.gguf",
+                           "tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf",
+                           "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"};
+    int opened = 0;
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        if (!file_exists(files[i])) continue;
+        gguf_open(&g, files[i]);
+        gguf_close(&g);
+        opened++;
+    }
+    CHECK(opened >= 4, "gguf: the fixtures and the demo model pass the header checks (%d files)", opened);
+}
+
 int main(void) {
     make_tmpdir("/tmp/medusa-loaders-XXXXXX");
     check_bf16_loads();
     check_checkpoints();
     check_token_caches();
+    check_sizes_and_overlaps();
     WeightSet w;
     ModelConfig c;
     Model m;
