@@ -7,6 +7,7 @@
 #include <hdf5.h>
 
 #include "../data/model_tokenizer.h"
+#include "../data/sharegpt.h"
 #include "../data/token_cache.h"
 #include "../model/llama.h"
 #include "../train/checkpoint.h"
@@ -532,8 +533,115 @@ static void check_sizes_and_overlaps(void) {
     CHECK(opened >= 4, "gguf: the fixtures and the demo model pass the header checks (%d files)", opened);
 }
 
+typedef struct {
+    int n;
+    int64_t skipped[SKIP_COUNT];
+    char last_text[64];
+} Read;
+
+/* Reads a ShareGPT file through (count first, as medusa-data does). */
+static Read read_sharegpt(const char *path) {
+    Read out = {0};
+    ShareGPTReader r;
+    sharegpt_open(&r, path);
+    (void)sharegpt_count(&r);
+    Conversation c;
+    while (sharegpt_next(&r, &c)) {
+        out.n++;
+        const Turn *t = &c.turns[c.n_turns - 1];
+        snprintf(out.last_text, sizeof out.last_text, "%.*s", (int)t->len, t->text);
+        conversation_free(&c);
+    }
+    memcpy(out.skipped, r.skipped, sizeof out.skipped);
+    sharegpt_close(&r);
+    return out;
+}
+
+#define CONV(reply)                                                                                                    \
+    "{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"" reply "\"}]}"
+
+/* ShareGPT structure as strict as a JSON parser: stray brackets and commas between conversations (which used to
+ * spin forever), a second top-level value, a list never closed, and prose are named errors; strings that a C
+ * string would cut (\u0000, a raw NUL) or that JSON forbids (raw control characters, short \u escapes) are
+ * counted skips; duplicate keys take the last value, as Python's json does. */
+static void check_sharegpt(void) {
+    char *p = tmp_path("sg.json");
+    const struct {
+        const char *text, *needle, *what;
+    } fatal_cases[] = {
+        {CONV("a") "}", "expected '{' (the next conversation) or the end of the file, found '}'",
+         "objects: a stray '}' after a conversation"},
+        {CONV("a") "]", "found ']'", "objects: a stray ']' after a conversation"},
+        {CONV("a") ",", "found ','", "objects: a stray ',' after a conversation"},
+        {CONV("a") "," CONV("b"), "found ','", "objects: conversations separated by ','"},
+        {CONV("a") "\n\"text\"", "found '\"'", "objects: a string between conversations"},
+        {"[" CONV("a") "] [" CONV("b") "]", "'[' after the list of conversations", "list: a second top-level list"},
+        {"[" CONV("a") "] trailing", "'t' after the list", "list: trailing garbage"},
+        {"[" CONV("a") "]\0", "0x00 after the list", "list: a NUL after the list"},
+        {"[" CONV("a") ", " CONV("b"), "no closing ']'", "list: the closing ']' missing"},
+        {"[" CONV("a") ",", "no closing ']'", "list: ends after a ','"},
+        {"[" CONV("a") ",]", "expected a conversation after ','", "list: a trailing ','"},
+        {"[" CONV("a") ",," CONV("b") "]", "expected a conversation after ','", "list: two ','"},
+        {"[,]", "expected a conversation, found ','", "list: only a ','"},
+        {"[" CONV("a") "}", "expected ',' or ']'", "list: a stray '}'"},
+        {"{ this is not json", "not valid JSON", "prose after '{': not JSON, not a cut conversation"},
+        {"[{ this is not json", "not valid JSON", "prose after '[{'"},
+    };
+    for (size_t i = 0; i < sizeof fatal_cases / sizeof fatal_cases[0]; i++) {
+        size_t len = strlen(fatal_cases[i].text);
+        if (strstr(fatal_cases[i].what, "NUL")) len++; /* the NUL itself */
+        write_bytes(p, fatal_cases[i].text, len);
+        EXPECT_FATAL(read_sharegpt(p), fatal_cases[i].needle, "sharegpt: %s", fatal_cases[i].what);
+        CHECK(strstr(test_fatal_msg, p) != NULL, "sharegpt: ... and the message names the file");
+    }
+
+    const struct {
+        const char *text;
+        size_t len; /* 0: strlen */
+        const char *what;
+    } skips[] = {
+        {"[" CONV("a") ", " CONV("cut\\u0000here") "]", 0, "\\u0000 in a string"},
+        {"[" CONV("a") ", " CONV("raw\0NUL") "]", 0, "a raw NUL in a string"},
+        {"[" CONV("a") ", " CONV("raw\ttab") "]", 0, "a raw tab in a string"},
+        {"[" CONV("a") ", " CONV("short \\u12 escape") "]", 0, "a \\u escape with two hex digits"},
+        {"[" CONV("a") ", " CONV("bad \\uzzzz escape") "]", 0, "a \\u escape with no hex digits"},
+    };
+    for (size_t i = 0; i < sizeof skips / sizeof skips[0]; i++) {
+        const char *t = skips[i].text;
+        size_t len = strlen(t);
+        if (strstr(skips[i].what, "raw NUL")) len += strlen(t + len + 1) + 1;
+        write_bytes(p, t, len);
+        Read r = read_sharegpt(p);
+        CHECK(r.n == 1 && r.skipped[SKIP_INVALID_JSON] == 1 && !strcmp(r.last_text, "a"),
+              "sharegpt: %s is a counted skip, never a cut string (read %d, invalid %lld)", skips[i].what, r.n,
+              (long long)r.skipped[SKIP_INVALID_JSON]);
+    }
+
+    write_text(p, "[{\"conversations\": [{\"from\": \"human\", \"value\": \"q\"}], \"conversations\": [{\"from\": "
+                  "\"human\", \"value\": \"q\"}, {\"from\": \"gpt\", \"value\": \"first\", \"value\": \"last\"}]}]");
+    Read r = read_sharegpt(p);
+    CHECK(r.n == 1 && !strcmp(r.last_text, "last"), "sharegpt: duplicate keys take the last value, as Python's json");
+
+    char *jl = tmp_path("sg.jsonl");
+    write_text(jl, CONV("a") "\n" CONV("b") " trailing\n" CONV("c") "\n");
+    r = read_sharegpt(jl);
+    CHECK(r.n == 2 && r.skipped[SKIP_INVALID_JSON] == 1, "sharegpt: a JSON line with trailing garbage is counted");
+
+    write_text(p, "[" CONV("a") ", {\"conversations\": [{\"from\": \"human\", \"val");
+    r = read_sharegpt(p);
+    CHECK(r.n == 1 && r.skipped[SKIP_TRUNCATED_FILE] == 1 && r.skipped[SKIP_INVALID_JSON] == 0,
+          "sharegpt: a file cut inside a conversation still reads the ones before it");
+    write_text(p, CONV("a") "\n" CONV("b") "\n\n");
+    r = read_sharegpt(p);
+    CHECK(r.n == 2, "sharegpt: objects separated by whitespace read");
+    free(jl);
+    free(p);
+}
+
 int main(void) {
     make_tmpdir("/tmp/medusa-loaders-XXXXXX");
+    alarm(300); /* a loader that hangs fails the test */
+    check_sharegpt();
     check_bf16_loads();
     check_checkpoints();
     check_token_caches();
