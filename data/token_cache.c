@@ -289,6 +289,21 @@ static int64_t read_array(hid_t file, const char *name, hid_t mem_type, size_t e
         fatal("%s: dataset '%s' must be a 1-D integer array", path, name);
     if (n > MAX_ELEMENTS)
         fatal("%s: dataset '%s' claims %llu elements (file damaged?)", path, name, (unsigned long long)n);
+    /* the elements must be in the file: a damaged extent can claim 2^40 of them that were never written (HDF5
+     * would hand back fill values). Without compression the stored bytes hold them all; compressed, at most ~1000:1. */
+    hid_t dcpl = H5Dget_create_plist(ds);
+    int compressed = 0, n_filters = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    for (int i = 0; i < n_filters; i++) {
+        unsigned flags;
+        size_t n_values = 0;
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_values, NULL, 0, NULL, NULL);
+        if (id != H5Z_FILTER_FLETCHER32) compressed = 1;
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    hsize_t stored = H5Dget_storage_size(ds), need = n * (hsize_t)H5Tget_size(type);
+    if (compressed ? need / 1024 > stored + 1024 : stored < need)
+        fatal("%s: dataset '%s' claims %llu elements but the file stores %llu bytes of them (file damaged?)", path,
+              name, (unsigned long long)n, (unsigned long long)stored);
     *out = malloc(n ? (size_t)n * elem : 1);
     if (!*out) fatal("%s: dataset '%s' of %llu elements does not fit in memory", path, name, (unsigned long long)n);
     if (n > 0 && H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)

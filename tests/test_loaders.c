@@ -410,6 +410,20 @@ static void check_token_caches(void) {
     hsize_t four = 4;
     h5_replace(bad, "conv_offsets", H5T_NATIVE_INT64, 1, &four, off);
     CHECK(cache_refused(bad, "past the 6 tokens"), "cache: an offset past the tokens is refused");
+    { /* 2^40 tokens claimed by a chunked extent whose chunks were never written: refused before any allocation */
+        copy_file(good, bad);
+        hid_t f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        H5Ldelete(f, "tokens", H5P_DEFAULT);
+        hsize_t huge = (hsize_t)1 << 40, chunk = 1024;
+        hid_t space = H5Screate_simple(1, &huge, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(dcpl, 1, &chunk);
+        H5Dclose(H5Dcreate2(f, "tokens", H5T_NATIVE_INT32, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+        H5Pclose(dcpl);
+        H5Sclose(space);
+        H5Fclose(f);
+        CHECK(cache_refused(bad, "claims 1099511627776 elements but the file stores 0 bytes"),
+              "cache: a dataset claiming elements the file does not hold is refused");
+    }
 }
 
 /* GGUF with two F32 tensors (token_embd.weight [4 x 32] at 0, output_norm.weight [32] at norm_offset), a
