@@ -53,6 +53,7 @@ static hid_t create_growing(hid_t file, const char *name, hid_t type, const char
     hid_t space = H5Screate_simple(1, &zero, &unlimited);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_fletcher32(dcpl);         /* a checksum per chunk: HDF5 refuses a damaged chunk on every read */
     H5Pset_obj_track_times(dcpl, 0); /* no timestamps: the same input gives the same file, byte for byte */
     hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (ds < 0) fatal("%s: cannot create dataset '%s'", path, name);
@@ -160,6 +161,9 @@ void token_cache_writer_close(TokenCacheWriter *w, const TokenCacheMeta *m) {
     hsize_t n = (hsize_t)w->n_convs + 1;
     hid_t space = H5Screate_simple(1, &n, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t chunk = n < CHUNK ? n : CHUNK;
+    H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_fletcher32(dcpl);
     H5Pset_obj_track_times(dcpl, 0);
     hid_t ds = H5Dcreate2(w->file, "conv_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);

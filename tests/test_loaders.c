@@ -140,6 +140,28 @@ static void copy_file(const char *from, const char *to) {
     free(d);
 }
 
+/* Flips one byte in the middle of the first stored chunk of dataset name (its data, not HDF5's metadata). */
+static void damage_chunk(const char *path, const char *name) {
+    H5close();
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t ds = H5Dopen2(f, name, H5P_DEFAULT);
+    hsize_t offset[1];
+    unsigned mask;
+    haddr_t addr = 0;
+    hsize_t size = 0;
+    hid_t space = H5Dget_space(ds);
+    ensure(H5Dget_chunk_info(ds, space, 0, offset, &mask, &addr, &size) >= 0 && size > 4);
+    H5Sclose(space);
+    H5Dclose(ds);
+    H5Fclose(f);
+    size_t n;
+    char *bytes = read_whole_file(path, &n);
+    ensure(bytes && addr + size <= n);
+    bytes[addr + (size - 4) / 2] ^= 0x55;
+    write_bytes(path, bytes, n);
+    free(bytes);
+}
+
 /* Damaged checkpoints: every dataset with another rank (scalar, 2-D), another length or another type class, and
  * header fields and counters out of range, is one named error from checkpoint_load and checkpoint_shape. */
 static void check_checkpoints(void) {
@@ -231,6 +253,26 @@ static void check_checkpoints(void) {
         if (!strstr(test_fatal_msg, "header out of range")) refused = 0;
     }
     CHECK(refused, "checkpoint: header fields out of range (heads, layers, hidden, vocab) are refused");
+
+    const char *damaged[] = {"params", "adam_v", "step", "token_map", "config_json"};
+    volatile int caught = 1;
+    for (volatile size_t i = 0; i < sizeof damaged / sizeof damaged[0]; i++) {
+        copy_file(good, bad);
+        damage_chunk(bad, damaged[i]);
+        test_fatal_msg[0] = '\0';
+        set_fatal_hook(test_fatal_hook);
+        if (setjmp(test_fatal_jmp) == 0) {
+            CheckpointMeta m3 = {0};
+            checkpoint_load(bad, &h, &adam, &m3);
+            caught = 0;
+        }
+        set_fatal_hook(NULL);
+        if (!strstr(test_fatal_msg, "cannot read") || !strstr(test_fatal_msg, damaged[i])) {
+            printf("       %s: %s\n", damaged[i], test_fatal_msg);
+            caught = 0;
+        }
+    }
+    CHECK(caught, "checkpoint: one damaged byte in a dataset's data fails its Fletcher-32 checksum, named");
 
     copy_file(good, bad);
     int32_t map[8] = {0, 1, 2, 3, 4, 5, 7, 6};
@@ -410,6 +452,13 @@ static void check_token_caches(void) {
     hsize_t four = 4;
     h5_replace(bad, "conv_offsets", H5T_NATIVE_INT64, 1, &four, off);
     CHECK(cache_refused(bad, "past the 6 tokens"), "cache: an offset past the tokens is refused");
+    all = 1;
+    for (int i = 0; i < 3; i++) {
+        copy_file(good, bad);
+        damage_chunk(bad, sets[i]);
+        all &= cache_refused(bad, "cannot read dataset");
+    }
+    CHECK(all, "cache: one damaged byte in tokens, loss_mask or conv_offsets fails its Fletcher-32 checksum");
     { /* 2^40 tokens claimed by a chunked extent whose chunks were never written: refused before any allocation */
         copy_file(good, bad);
         hid_t f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);

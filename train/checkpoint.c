@@ -13,12 +13,26 @@
 #define CHECKPOINT_MAX_HIDDEN (1 << 16)
 #define CHECKPOINT_MAX_VOCAB (1 << 24)
 
+/* Elements per chunk of a checkpoint dataset (1 MB of floats: within HDF5's default chunk cache). */
+#define CHECKPOINT_CHUNK ((hsize_t)1 << 18)
+
+/* Every dataset is chunked with a Fletcher-32 checksum per chunk: HDF5 checks it on every read, so a damaged file is
+ * refused ("cannot read dataset") instead of resuming from wrong numbers. */
+static hid_t checksummed(hsize_t n) {
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t chunk = n < CHECKPOINT_CHUNK ? (n ? n : 1) : CHECKPOINT_CHUNK;
+    H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_fletcher32(dcpl);
+    return dcpl;
+}
+
 /* Writes a 1-D dataset; returns 0 on failure (the caller removes the temp file and reports). */
 static int write_dataset(hid_t file, const char *name, hid_t type, hsize_t n, const void *data) {
-    hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t space = H5Screate_simple(1, &n, NULL), dcpl = checksummed(n);
+    hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     int ok = ds >= 0 && H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
     if (ds >= 0) H5Dclose(ds);
+    H5Pclose(dcpl);
     H5Sclose(space);
     return ok;
 }
@@ -103,8 +117,9 @@ static int transfer_floats(hid_t ds, const Backend *be, float *dev, size_t n, in
 
 static int write_backend_floats(hid_t file, const char *name, const Backend *be, const float *dev, size_t n) {
     hsize_t dims = n;
-    hid_t space = H5Screate_simple(1, &dims, NULL);
-    hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t space = H5Screate_simple(1, &dims, NULL), dcpl = checksummed(dims);
+    hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
     H5Sclose(space);
     int ok = ds >= 0 && transfer_floats(ds, be, (float *)dev, n, 1);
     if (ds >= 0) H5Dclose(ds);
