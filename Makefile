@@ -315,23 +315,34 @@ bench-gpu: $(BENCH_GPU_TRAIN) $(BENCH_BIN_DIR)/medusa-data $(BENCH_BIN_DIR)/medu
 plot:
 	@train/plot.sh $(RUN)
 
-# Short mutation-fuzz runs of the model loaders and the ShareGPT reader under ASan/UBSan (leaks from aborted loads
-# are expected and ignored).
+# Short mutation-fuzz runs of every file reader under ASan/UBSan (leaks from aborted loads are expected and ignored;
+# an allocation too large returns NULL, as malloc does, so that the readers' own message is what is tested):
+# the model loaders (GGUF, safetensors), the ShareGPT reader, and the HDF5 readers (checkpoints, token
+# caches; fuzz_h5 writes its three seeds itself and links the library built with the sanitizers in build-asan). Each
+# seed runs FUZZ_ITERS inputs or FUZZ_SECONDS seconds, whichever ends first; a read that hangs fails the run.
 FUZZ_ITERS ?= 3000
-# seeds: a Q4_1 and a BF16 GGUF, an fp32 safetensors file and a bf16 shard (copied as stored by weights_load_bf16)
+FUZZ_SECONDS ?= 20
+# seeds: a Q4_1, a BF16 and an F32 GGUF (the last with a tokenizer), an fp32 safetensors file and a bf16 shard
 FUZZ_SEEDS = tests/fixtures/models/tiny_llama/gguf/tiny_llama.Q4_1.gguf tests/fixtures/models/tiny_llama/gguf/tiny_llama.BF16.gguf \
+  tests/fixtures/models/tiny_hd64/gguf/tiny_hd64.F32.gguf \
   tests/fixtures/models/tiny_llama/model.safetensors tests/fixtures/models/tiny_llama_bf16_sharded/model-00001-of-00003.safetensors
+FUZZ_SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer
+FUZZ_ENV := ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1 FUZZ_SECONDS=$(FUZZ_SECONDS)
 fuzz:
 	@mkdir -p build-asan
-	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -fopenmp \
+	$(CC) -O1 -g $(FUZZ_SANITIZE) -std=c11 -D_GNU_SOURCE -fopenmp \
 	  $(shell pkg-config --cflags $(PKGS)) $(BLAS_CFLAGS) tests/fuzz/fuzz_loaders.c common/common.c formats/gguf.c formats/weights.c \
 	  -o build-asan/fuzz_loaders $(shell pkg-config --libs $(PKGS)) -lm
-	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)
-	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE \
+	$(FUZZ_ENV) build-asan/fuzz_loaders $(FUZZ_ITERS) $(FUZZ_SEEDS)
+	$(CC) -O1 -g $(FUZZ_SANITIZE) -std=c11 -D_GNU_SOURCE \
 	  $(shell pkg-config --cflags $(PKGS)) tests/fuzz/fuzz_sharegpt.c common/common.c data/sharegpt.c \
 	  -o build-asan/fuzz_sharegpt $(shell pkg-config --libs $(PKGS)) -lm
-	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz_sharegpt $(FUZZ_ITERS) \
-	  tests/fixtures/chat/conversations.json tests/fuzz/seeds/escapes.jsonl
+	$(FUZZ_ENV) build-asan/fuzz_sharegpt $(FUZZ_ITERS) \
+	  tests/fixtures/chat/conversations.json tests/fuzz/seeds/escapes.jsonl tests/fuzz/seeds/objects.json
+	$(MAKE) CUDA=0 BUILD=build-asan OPT="-O1 -g" SANITIZE="$(FUZZ_SANITIZE)" build-asan/libmedusa.a
+	$(CC) -O1 -g $(FUZZ_SANITIZE) -std=c11 -D_GNU_SOURCE -fopenmp $(shell pkg-config --cflags $(PKGS)) $(BLAS_CFLAGS) \
+	  tests/fuzz/fuzz_h5.c -o build-asan/fuzz_h5 build-asan/libmedusa.a $(filter-out $(CUDA_LIBS) $(SANITIZE),$(LDLIBS)) $(FUZZ_SANITIZE)
+	$(FUZZ_ENV) build-asan/fuzz_h5 $(FUZZ_ITERS)
 
 # The demo: SmolLM2-135M-Instruct + ShareGPT, heads trained (on the GPU when there is one), evaluated, exported,
 # decoding speedup.

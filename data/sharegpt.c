@@ -68,9 +68,16 @@ void text_strip(const char **text, size_t *len) {
     *len = e - b;
 }
 
+/* The member named key; of duplicates the last, as Python's json (the reference's reader) keeps it. */
+static const cJSON *member(const cJSON *obj, const char *key) {
+    const cJSON *found = NULL, *e;
+    cJSON_ArrayForEach(e, obj) if (e->string && strcmp(e->string, key) == 0) found = e;
+    return found;
+}
+
 static const cJSON *either(const cJSON *obj, const char *a, const char *b) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, a);
-    return v ? v : cJSON_GetObjectItemCaseSensitive(obj, b);
+    const cJSON *v = member(obj, a);
+    return v ? v : member(obj, b);
 }
 
 int conversation_from_json(Conversation *c, void *json) {
@@ -78,7 +85,7 @@ int conversation_from_json(Conversation *c, void *json) {
     c->json = json;
     const cJSON *root = json;
     if (!cJSON_IsObject(root)) return SKIP_NOT_OBJECT;
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
+    const cJSON *id = member(root, "id");
     if (cJSON_IsString(id)) c->id = id->valuestring;
     const cJSON *list = either(root, "conversations", "messages");
     if (!cJSON_IsArray(list)) return SKIP_NO_TURN_LIST;
@@ -133,14 +140,23 @@ static size_t string_end(const char *s, size_t p, size_t n) {
     }
 }
 
+/* Bytes JSON allows outside strings: structure, whitespace, and the characters of numbers, true, false and null.
+ * Anything else (a letter of prose, a control character, a raw NUL) means the text is not JSON. */
+static int json_outside_byte(unsigned char ch) {
+    return strchr("{}[]:, \t\n\r-+.0123456789eEtruefalsn", ch) != NULL && ch != '\0';
+}
+
 /* End of the JSON value starting at s[p], found by matching brackets outside strings (cJSON validates the
  * span afterwards), or 0 when the data ends inside it. This lets a file of any size stream through a
- * small parser one conversation at a time. */
-static size_t value_end(const char *s, size_t p, size_t n) {
+ * small parser one conversation at a time. *not_json is set when a byte outside strings cannot be JSON: a value
+ * the end of the data cuts is then not JSON rather than cut off. A scalar is at least one byte long. */
+static size_t value_end(const char *s, size_t p, size_t n, int *not_json) {
+    *not_json = 0;
     if (s[p] == '"') return string_end(s, p, n);
     if (s[p] != '{' && s[p] != '[') {
+        size_t b = p;
         while (p < n && !is_space(s[p]) && s[p] != ',' && s[p] != ']' && s[p] != '}') p++;
-        return p;
+        return p > b ? p : b + 1;
     }
     int depth = 0;
     for (; p < n; p++) {
@@ -153,39 +169,83 @@ static size_t value_end(const char *s, size_t p, size_t n) {
             depth++;
         } else if ((ch == '}' || ch == ']') && --depth == 0) {
             return p + 1;
+        } else if (!json_outside_byte((unsigned char)ch)) {
+            *not_json = 1;
         }
     }
     return 0;
 }
 
-/* Span of the next top-level element: 1 found, 0 end of data, -1 the data ends inside the element. */
+static void skip_space(ShareGPTReader *r) {
+    while (r->pos < r->mf.size && is_space((char)r->mf.data[r->pos])) r->pos++;
+}
+
+/* A printable description of the byte at r->pos for messages. */
+static const char *byte_name(const ShareGPTReader *r, char buf[8]) {
+    unsigned char ch = r->mf.data[r->pos];
+    if (ch >= 0x21 && ch < 0x7f) snprintf(buf, 8, "'%c'", ch);
+    else snprintf(buf, 8, "0x%02x", ch);
+    return buf;
+}
+
+/* Span of the next top-level element: 1 found, 0 end of data, -1 the data ends inside the element (counted as cut
+ * off), -2 it ends inside an element that is not JSON (counted as invalid). Structure between elements is checked
+ * as strictly as a JSON parser does: a list needs ',' between elements and its closing ']' with nothing but
+ * whitespace after it; a file of objects (JSON lines without the .jsonl name) holds objects separated by whitespace
+ * only. Anything else is fatal, naming the file and the byte. */
 static int next_span(ShareGPTReader *r, size_t *begin, size_t *end) {
     const char *s = (const char *)r->mf.data;
     size_t n = r->mf.size;
+    const char *path = r->mf.path;
+    char b[8];
     if (r->done || (r->limit > 0 && r->elements >= r->limit)) return 0;
-    while (r->pos < n && is_space(s[r->pos])) r->pos++;
-    if (r->is_list && r->elements > 0 && r->pos < n && s[r->pos] != ']') {
-        if (s[r->pos] != ',')
-            fatal("%s: malformed JSON at byte %zu: expected ',' or ']' after conversation %lld", r->mf.path, r->pos,
-                  (long long)r->elements);
-        r->pos++;
-        while (r->pos < n && is_space(s[r->pos])) r->pos++;
-    }
-    if (r->pos >= n || (r->is_list && s[r->pos] == ']')) {
+    skip_space(r);
+    if (r->is_list) {
+        if (r->elements > 0 && r->pos < n && s[r->pos] != ']') {
+            if (s[r->pos] != ',')
+                fatal("%s: malformed JSON at byte %zu: expected ',' or ']' after conversation %lld, found %s", path,
+                      r->pos, (long long)r->elements, byte_name(r, b));
+            r->pos++;
+            skip_space(r);
+            if (r->pos < n && (s[r->pos] == ']' || s[r->pos] == ','))
+                fatal("%s: malformed JSON at byte %zu: expected a conversation after ',', found %s", path, r->pos,
+                      byte_name(r, b));
+        }
+        if (r->pos >= n)
+            fatal("%s: malformed JSON: the list of conversations has no closing ']' (the file ends after conversation "
+                  "%lld)",
+                  path, (long long)r->elements);
+        if (s[r->pos] == ']') {
+            r->done = 1;
+            r->pos++;
+            skip_space(r);
+            if (r->pos < n)
+                fatal("%s: malformed JSON at byte %zu: %s after the list of conversations (only one top-level value "
+                      "is allowed)",
+                      path, r->pos, byte_name(r, b));
+            return 0;
+        }
+        if (s[r->pos] == ',') fatal("%s: malformed JSON at byte %zu: expected a conversation, found ','", path, r->pos);
+    } else if (r->pos >= n) {
         r->done = 1;
         return 0;
+    } else if (!r->is_lines && s[r->pos] != '{') {
+        fatal("%s: malformed JSON at byte %zu: expected '{' (the next conversation) or the end of the file, found %s",
+              path, r->pos, byte_name(r, b));
     }
     *begin = r->pos;
+    int not_json = 0;
     if (r->is_lines) {
         const char *nl = memchr(s + r->pos, '\n', n - r->pos);
         *end = nl ? (size_t)(nl - s) : n;
     } else {
-        *end = value_end(s, r->pos, n);
+        *end = value_end(s, r->pos, n, &not_json);
     }
     r->elements++;
     if (*end == 0) {
         r->done = 1;
-        return -1;
+        r->pos = n;
+        return not_json ? -2 : -1;
     }
     r->pos = *end;
     return 1;
@@ -215,17 +275,61 @@ void sharegpt_close(ShareGPTReader *r) { mapped_file_close(&r->mf); }
 int sharegpt_next_text(ShareGPTReader *r, const char **text, size_t *len) {
     size_t b, e;
     int found = next_span(r, &b, &e);
-    if (found < 0) r->skipped[SKIP_TRUNCATED_FILE]++;
+    if (found == -1) r->skipped[SKIP_TRUNCATED_FILE]++;
+    if (found == -2) r->skipped[SKIP_INVALID_JSON]++;
     if (found <= 0) return 0;
     *text = (const char *)r->mf.data + b;
     *len = e - b;
     return 1;
 }
 
+/* What cJSON lets through but a JSON parser (Python's json, the reference's) refuses, or that cJSON would turn into
+ * a C string cut short: a control character (a raw NUL included) inside a string, a \u0000 escape (the text would
+ * end there), and a \u escape without four hex digits. 1 when the text is clean. */
+static int strings_clean(const char *text, size_t len) {
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (!in_string) {
+            if (ch == '"') in_string = 1;
+            else if (ch == '\0') return 0;
+            continue;
+        }
+        if (ch < 0x20) return 0;
+        if (ch == '"') {
+            in_string = 0;
+        } else if (ch == '\\') {
+            if (i + 1 >= len) return 0;
+            if (text[i + 1] == 'u') {
+                if (i + 5 >= len) return 0;
+                int zero = 1;
+                for (int k = 2; k < 6; k++) {
+                    unsigned char h = (unsigned char)text[i + k];
+                    if (!((h >= '0' && h <= '9') || (h >= 'a' && h <= 'f') || (h >= 'A' && h <= 'F'))) return 0;
+                    zero &= h == '0';
+                }
+                if (zero) return 0;
+                i += 5;
+            } else {
+                i++;
+            }
+        }
+    }
+    return !in_string;
+}
+
 int conversation_parse(Conversation *c, const char *text, size_t len) {
     memset(c, 0, sizeof *c);
-    cJSON *json = cJSON_ParseWithLength(text, len);
+    if (!strings_clean(text, len)) return SKIP_INVALID_JSON;
+    const char *parse_end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(text, len, &parse_end, 0);
     if (!json) return SKIP_INVALID_JSON;
+    /* nothing but whitespace may follow the value (a JSON line with trailing garbage is not JSON) */
+    for (const char *q = parse_end; q && q < text + len; q++)
+        if (!is_space(*q)) {
+            cJSON_Delete(json);
+            return SKIP_INVALID_JSON;
+        }
     int why = conversation_from_json(c, json);
     c->raw = text;
     c->raw_len = len;

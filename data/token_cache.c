@@ -1,6 +1,7 @@
 #include "token_cache.h"
 
 #include "../formats/atomic_file.h"
+#include "model_tokenizer.h"
 
 #include <errno.h>
 #include <hdf5.h>
@@ -52,6 +53,7 @@ static hid_t create_growing(hid_t file, const char *name, hid_t type, const char
     hid_t space = H5Screate_simple(1, &zero, &unlimited);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_fletcher32(dcpl);         /* a checksum per chunk: HDF5 refuses a damaged chunk on every read */
     H5Pset_obj_track_times(dcpl, 0); /* no timestamps: the same input gives the same file, byte for byte */
     hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (ds < 0) fatal("%s: cannot create dataset '%s'", path, name);
@@ -159,6 +161,9 @@ void token_cache_writer_close(TokenCacheWriter *w, const TokenCacheMeta *m) {
     hsize_t n = (hsize_t)w->n_convs + 1;
     hid_t space = H5Screate_simple(1, &n, NULL);
     hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t chunk = n < CHUNK ? n : CHUNK;
+    H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_fletcher32(dcpl);
     H5Pset_obj_track_times(dcpl, 0);
     hid_t ds = H5Dcreate2(w->file, "conv_offsets", H5T_STD_I64LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
@@ -198,48 +203,113 @@ void token_cache_writer_close(TokenCacheWriter *w, const TokenCacheMeta *m) {
 
 /* ---- reading ---- */
 
-static int read_attr(hid_t file, const char *name, hid_t mem_type, void *out) {
-    if (H5Aexists(file, name) <= 0) return 0;
+/* Opens attribute name after checking it holds exactly one value of class cls (a scalar, or h5py's 1-element
+ * array): HDF5 writes every element of an array attribute into the caller's single variable. Returns -1 when the
+ * attribute is absent. */
+static hid_t open_attr(hid_t file, const char *name, H5T_class_t cls, const char *path) {
+    if (H5Aexists(file, name) <= 0) return -1;
     hid_t a = H5Aopen(file, name, H5P_DEFAULT);
-    int ok = H5Aread(a, mem_type, out) >= 0;
-    H5Aclose(a);
-    return ok;
+    if (a < 0) fatal("%s: cannot read attribute '%s' (file damaged?)", path, name);
+    hid_t space = H5Aget_space(a), type = H5Aget_type(a);
+    if (space < 0 || type < 0) fatal("%s: cannot read attribute '%s' (file damaged?)", path, name);
+    H5S_class_t sc = H5Sget_simple_extent_type(space);
+    hssize_t points = H5Sget_simple_extent_npoints(space);
+    if ((sc != H5S_SCALAR && sc != H5S_SIMPLE) || points != 1)
+        fatal("%s: attribute '%s' must hold one value, not %lld (file damaged or not a token cache?)", path, name,
+              (long long)(sc == H5S_NULL ? 0 : points));
+    if (H5Tget_class(type) != cls)
+        fatal("%s: attribute '%s' has the wrong type (expected %s)", path, name,
+              cls == H5T_INTEGER ? "an integer"
+              : cls == H5T_FLOAT ? "a number"
+                                 : "a string");
+    H5Sclose(space);
+    H5Tclose(type);
+    return a;
 }
 
-/* Fixed- or variable-length string attribute (h5py writes the latter) into out; "" when absent. */
-static void read_attr_str(hid_t file, const char *name, char *out, size_t cap) {
+/* An integer attribute within [lo, hi] into *out; returns 0 (out untouched) when absent. */
+static int read_attr_int(hid_t file, const char *name, int64_t lo, int64_t hi, int64_t *out, const char *path) {
+    hid_t a = open_attr(file, name, H5T_INTEGER, path);
+    if (a < 0) return 0;
+    int64_t v = 0;
+    if (H5Aread(a, H5T_NATIVE_INT64, &v) < 0) fatal("%s: cannot read attribute '%s' (file damaged?)", path, name);
+    H5Aclose(a);
+    if (v < lo || v > hi)
+        fatal("%s: attribute '%s' is %lld, outside %lld..%lld (file damaged?)", path, name, (long long)v, (long long)lo,
+              (long long)hi);
+    *out = v;
+    return 1;
+}
+
+/* Fixed- or variable-length string attribute (h5py writes the latter) into out; "" when absent. A string that
+ * does not fit, or that holds a NUL before its end, is an error (never silently cut). */
+static void read_attr_str(hid_t file, const char *name, char *out, size_t cap, const char *path) {
     out[0] = '\0';
-    if (H5Aexists(file, name) <= 0) return;
-    hid_t a = H5Aopen(file, name, H5P_DEFAULT), type = H5Aget_type(a);
-    if (H5Tget_class(type) == H5T_STRING) {
-        if (H5Tis_variable_str(type) > 0) {
-            char *s = NULL;
-            hid_t mem = H5Tcopy(H5T_C_S1);
-            H5Tset_size(mem, H5T_VARIABLE);
-            if (H5Aread(a, mem, &s) >= 0 && s) snprintf(out, cap, "%s", s);
-            free(s);
-            H5Tclose(mem);
-        } else {
-            size_t n = H5Tget_size(type);
-            char *s = xcalloc(n + 1, 1);
-            if (H5Aread(a, type, s) >= 0) snprintf(out, cap, "%s", s);
-            free(s);
-        }
+    hid_t a = open_attr(file, name, H5T_STRING, path);
+    if (a < 0) return;
+    hid_t type = H5Aget_type(a);
+    char *s = NULL;
+    size_t n = 0;
+    int ok;
+    if (H5Tis_variable_str(type) > 0) {
+        hid_t mem = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mem, H5T_VARIABLE);
+        ok = H5Aread(a, mem, &s) >= 0;
+        H5Tclose(mem);
+        n = s ? strlen(s) : 0;
+    } else {
+        n = H5Tget_size(type);
+        if (n > ((size_t)1 << 20)) fatal("%s: attribute '%s' claims %zu bytes (file damaged?)", path, name, n);
+        s = xcalloc(n + 1, 1);
+        ok = H5Aread(a, type, s) >= 0;
+        /* fixed-length strings are NUL-terminated or NUL-padded: the text ends at the first NUL, and only NULs
+         * may follow it */
+        size_t len = strlen(s);
+        for (size_t i = len; i < n; i++)
+            if (s[i]) fatal("%s: attribute '%s' holds a NUL inside its text (file damaged?)", path, name);
+        n = len;
     }
+    if (!ok) fatal("%s: cannot read attribute '%s' (file damaged?)", path, name);
+    if (n >= cap) fatal("%s: attribute '%s' is %zu bytes long, more than the %zu it may have", path, name, n, cap - 1);
+    memcpy(out, s ? s : "", n + 1);
+    free(s);
     H5Tclose(type);
     H5Aclose(a);
 }
+
+/* Largest dataset a token cache may claim (2^40 elements: far above any real corpus, far below overflow). */
+#define MAX_ELEMENTS ((hsize_t)1 << 40)
 
 /* A whole 1-D integer dataset, converted to mem_type; returns its length. */
 static int64_t read_array(hid_t file, const char *name, hid_t mem_type, size_t elem, void **out, const char *path) {
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0) fatal("%s: not a token cache: no dataset '%s'", path, name);
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
+    if (ds < 0) fatal("%s: '%s' is not a readable dataset (file damaged?)", path, name);
     hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
+    if (space < 0 || type < 0) fatal("%s: cannot read the shape of dataset '%s' (file damaged?)", path, name);
     hsize_t n = 0;
-    if (H5Tget_class(type) != H5T_INTEGER || H5Sget_simple_extent_ndims(space) != 1)
+    if (H5Tget_class(type) != H5T_INTEGER || H5Sget_simple_extent_type(space) != H5S_SIMPLE ||
+        H5Sget_simple_extent_ndims(space) != 1 || H5Sget_simple_extent_dims(space, &n, NULL) != 1)
         fatal("%s: dataset '%s' must be a 1-D integer array", path, name);
-    H5Sget_simple_extent_dims(space, &n, NULL);
-    *out = xmalloc((size_t)n * elem);
+    if (n > MAX_ELEMENTS)
+        fatal("%s: dataset '%s' claims %llu elements (file damaged?)", path, name, (unsigned long long)n);
+    /* the elements must be in the file: a damaged extent can claim 2^40 of them that were never written (HDF5
+     * would hand back fill values). Without compression the stored bytes hold them all; compressed, at most ~1000:1. */
+    hid_t dcpl = H5Dget_create_plist(ds);
+    int compressed = 0, n_filters = dcpl >= 0 ? H5Pget_nfilters(dcpl) : 0;
+    for (int i = 0; i < n_filters; i++) {
+        unsigned flags;
+        size_t n_values = 0;
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &n_values, NULL, 0, NULL, NULL);
+        if (id != H5Z_FILTER_FLETCHER32) compressed = 1;
+    }
+    if (dcpl >= 0) H5Pclose(dcpl);
+    hsize_t stored = H5Dget_storage_size(ds), need = n * (hsize_t)H5Tget_size(type);
+    if (compressed ? need / 1024 > stored + 1024 : stored < need)
+        fatal("%s: dataset '%s' claims %llu elements but the file stores %llu bytes of them (file damaged?)", path,
+              name, (unsigned long long)n, (unsigned long long)stored);
+    *out = malloc(n ? (size_t)n * elem : 1);
+    if (!*out) fatal("%s: dataset '%s' of %llu elements does not fit in memory", path, name, (unsigned long long)n);
     if (n > 0 && H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, *out) < 0)
         fatal("%s: cannot read dataset '%s' (file damaged?)", path, name);
     H5Tclose(type);
@@ -256,24 +326,31 @@ void token_cache_load(TokenCache *c, const char *path, int64_t vocab_size) {
     if (file < 0) fatal("%s: cannot open as HDF5 (not a token cache, or damaged)", path);
     TokenCacheMeta *m = &c->meta;
     int64_t version = 0;
-    if (!read_attr(file, "format_version", H5T_NATIVE_INT64, &version))
+    if (!read_attr_int(file, "format_version", INT64_MIN, INT64_MAX, &version, path))
         fatal("%s: not a token cache (no format_version attribute)", path);
     if (version != TOKEN_CACHE_VERSION)
         fatal("%s: token cache format version %lld, this build reads version %d (re-run medusa-data)", path,
               (long long)version, TOKEN_CACHE_VERSION);
-    read_attr_str(file, "tokenizer_fingerprint", m->tokenizer_fingerprint, sizeof m->tokenizer_fingerprint);
-    read_attr_str(file, "template", m->template_name, sizeof m->template_name);
-    read_attr_str(file, "source", m->source, sizeof m->source);
-    read_attr_str(file, "source_checksum", m->source_checksum, sizeof m->source_checksum);
-    read_attr_str(file, "split", m->split, sizeof m->split);
-    read_attr(file, "vocab_size", H5T_NATIVE_INT64, &m->vocab_size);
-    read_attr(file, "max_len", H5T_NATIVE_INT64, &m->max_len);
-    read_attr(file, "val_fraction", H5T_NATIVE_DOUBLE, &m->val_fraction);
-    read_attr(file, "truncated", H5T_NATIVE_INT64, &m->truncated);
+    read_attr_str(file, "tokenizer_fingerprint", m->tokenizer_fingerprint, sizeof m->tokenizer_fingerprint, path);
+    read_attr_str(file, "template", m->template_name, sizeof m->template_name, path);
+    read_attr_str(file, "source", m->source, sizeof m->source, path);
+    read_attr_str(file, "source_checksum", m->source_checksum, sizeof m->source_checksum, path);
+    read_attr_str(file, "split", m->split, sizeof m->split, path);
+    read_attr_int(file, "vocab_size", 0, INT32_MAX, &m->vocab_size, path);
+    read_attr_int(file, "max_len", 0, INT32_MAX, &m->max_len, path);
+    read_attr_int(file, "truncated", 0, INT64_MAX, &m->truncated, path);
+    hid_t a = open_attr(file, "val_fraction", H5T_FLOAT, path);
+    if (a >= 0) {
+        if (H5Aread(a, H5T_NATIVE_DOUBLE, &m->val_fraction) < 0)
+            fatal("%s: cannot read attribute 'val_fraction' (file damaged?)", path);
+        H5Aclose(a);
+        if (!(m->val_fraction >= 0 && m->val_fraction < 1))
+            fatal("%s: attribute 'val_fraction' is %g, outside [0, 1) (file damaged?)", path, m->val_fraction);
+    }
     for (int r = 0; r < SKIP_COUNT; r++) {
         char key[64];
         snprintf(key, sizeof key, "skipped_%s", skip_reason_key((SkipReason)r));
-        read_attr(file, key, H5T_NATIVE_INT64, &m->skipped[r]);
+        read_attr_int(file, key, 0, INT64_MAX, &m->skipped[r], path);
     }
 
     c->n_tokens = read_array(file, "tokens", H5T_NATIVE_INT32, sizeof *c->tokens, (void **)&c->tokens, path);
@@ -288,10 +365,17 @@ void token_cache_load(TokenCache *c, const char *path, int64_t vocab_size) {
     c->n_convs = n_off - 1;
     const int64_t *off = c->conv_offsets;
     if (off[0] != 0) fatal("%s: conv_offsets[0] is %lld, not 0", path, (long long)off[0]);
-    for (int64_t i = 1; i <= c->n_convs; i++)
+    for (int64_t i = 1; i <= c->n_convs; i++) {
         if (off[i] <= off[i - 1])
             fatal("%s: conv_offsets not increasing at %lld (%lld after %lld)", path, (long long)i, (long long)off[i],
                   (long long)off[i - 1]);
+        if (off[i] > c->n_tokens)
+            fatal("%s: conv_offsets[%lld] is %lld, past the %lld tokens", path, (long long)i, (long long)off[i],
+                  (long long)c->n_tokens);
+        if (off[i] - off[i - 1] > INT32_MAX)
+            fatal("%s: conversation %lld has %lld tokens (at most %d)", path, (long long)i - 1,
+                  (long long)(off[i] - off[i - 1]), INT32_MAX);
+    }
     if (off[c->n_convs] != c->n_tokens)
         fatal("%s: conv_offsets ends at %lld but there are %lld tokens", path, (long long)off[c->n_convs],
               (long long)c->n_tokens);
@@ -303,6 +387,22 @@ void token_cache_load(TokenCache *c, const char *path, int64_t vocab_size) {
             fatal("%s: token id %d at position %lld is outside the model's vocabulary of %lld", path, c->tokens[i],
                   (long long)i, (long long)v);
     }
+}
+
+void token_cache_check_model(const TokenCache *c, const char *path, const char *model) {
+    if (!c->meta.tokenizer_fingerprint[0]) return; /* nothing to compare (a cache written by other tools) */
+    ModelTokenizer mt;
+    model_tokenizer_load(&mt, model, 1);
+    if (mt.tok) {
+        char fp[32];
+        token_cache_fingerprint(mt.tok, fp);
+        if (strcmp(fp, c->meta.tokenizer_fingerprint) != 0)
+            fatal("%s: made with tokenizer %s (vocabulary %lld) but %s has tokenizer %s (vocabulary %d): its token "
+                  "ids mean other text; re-run medusa-data with this model",
+                  path, c->meta.tokenizer_fingerprint, (long long)c->meta.vocab_size, model, fp,
+                  tokenizer_vocab_size(mt.tok));
+    }
+    model_tokenizer_free(&mt);
 }
 
 void token_cache_free(TokenCache *c) {

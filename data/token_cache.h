@@ -50,6 +50,10 @@ void token_cache_fingerprint(const Tokenizer *tok, char out[32]);
  * 0 to use the cache's own). Any problem is fatal with the path named. */
 void token_cache_load(TokenCache *c, const char *path, int64_t vocab_size);
 void token_cache_free(TokenCache *c);
+/* Fatal, naming the cache at path, when it was made with another tokenizer than the model's (its tokenizer.json or
+ * GGUF vocabulary): a same-sized vocabulary with other pieces passes token_cache_load's vocabulary check but
+ * trains on the wrong text. Nothing to check for a model without a tokenizer or a cache without a fingerprint. */
+void token_cache_check_model(const TokenCache *c, const char *path, const char *model);
 
 /* Streams conversations into a new cache: written to <path>.tmp and renamed by close, so an
  * interrupted run (including a fatal error) leaves no partial cache behind. */

@@ -1,5 +1,6 @@
 #include "gguf.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -179,6 +180,73 @@ const char *ggml_type_name(GGMLType type) {
     }
 }
 
+static int by_offset(const void *a, const void *b) {
+    const GGUFTensor *x = *(const GGUFTensor *const *)a, *y = *(const GGUFTensor *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* No two tensors may share bytes (a corrupt or crafted header), nor two have one name. */
+static void check_tensors_apart(const GGUFFile *g) {
+    uint64_t n = g->n_tensors;
+    const GGUFTensor **sorted = xmalloc(sizeof *sorted * (size_t)(n ? n : 1));
+    for (uint64_t i = 0; i < n; i++) sorted[i] = &g->tensors[i];
+    qsort(sorted, (size_t)n, sizeof *sorted, by_offset);
+    for (uint64_t i = 1; i < n; i++)
+        if (sorted[i]->offset < sorted[i - 1]->offset + sorted[i - 1]->nbytes)
+            fatal("%s: tensors '%s' and '%s' overlap in the file (corrupt header)", g->mf.path, sorted[i - 1]->name,
+                  sorted[i]->name);
+    free(sorted);
+}
+
+/* An integer metadata entry, if present, within lo..hi; fatal naming the file and the key otherwise. */
+static void check_int(const GGUFFile *g, const char *key, int64_t lo, int64_t hi, const char *why) {
+    const GGUFKV *kv = gguf_find(g, key);
+    if (!kv) return;
+    int64_t v = gguf_get_int(g, key, 0);
+    if (kv->type == GGUF_TYPE_UINT64 && v < 0) v = INT64_MAX; /* above 2^63 */
+    if (v < lo || v > hi)
+        fatal("%s: metadata '%s' is %lld, outside %lld..%lld (%s): file corrupt", g->mf.path, key, (long long)v,
+              (long long)lo, (long long)hi, why);
+}
+
+/* The model's counts and the tokenizer's special ids, checked once here where the file is named, before anything
+ * is sized from them: an absurd block count must not become an allocation, an EOS id past the vocabulary must not
+ * become a token that is silently never produced. */
+static void check_model_metadata(const GGUFFile *g) {
+    const char *arch = gguf_get_str(g, "general.architecture");
+    const GGUFTensor *embd = gguf_find_tensor(g, "token_embd.weight");
+    if (arch) {
+        char key[160];
+        const int64_t size_max = (int64_t)1 << 20;
+        static const char *sizes[] = {"embedding_length", "feed_forward_length", "attention.key_length",
+                                      "attention.value_length"};
+        for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            snprintf(key, sizeof key, "%s.%s", arch, sizes[i]);
+            check_int(g, key, 1, size_max, "a model dimension");
+        }
+        snprintf(key, sizeof key, "%s.block_count", arch);
+        check_int(g, key, 1, (int64_t)g->n_tensors, "each block has tensors, the file has fewer");
+        snprintf(key, sizeof key, "%s.embedding_length", arch);
+        int64_t hidden = gguf_get_int(g, key, size_max);
+        snprintf(key, sizeof key, "%s.attention.head_count", arch);
+        check_int(g, key, 1, hidden, "heads, at most one per hidden unit");
+        int64_t heads = gguf_get_int(g, key, hidden);
+        snprintf(key, sizeof key, "%s.attention.head_count_kv", arch);
+        check_int(g, key, 1, heads, "key/value heads, at most the heads");
+        snprintf(key, sizeof key, "%s.context_length", arch);
+        check_int(g, key, 1, (int64_t)1 << 26, "positions");
+        snprintf(key, sizeof key, "%s.vocab_size", arch);
+        check_int(g, key, 1, (int64_t)1 << 26, "tokens");
+    }
+    const GGUFKV *tokens = gguf_find(g, "tokenizer.ggml.tokens");
+    int64_t vocab = tokens && tokens->type == GGUF_TYPE_ARRAY ? (int64_t)tokens->arr_len : embd ? embd->ne[1] : -1;
+    if (vocab < 0) return;
+    static const char *ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                                "tokenizer.ggml.unknown_token_id"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        check_int(g, ids[i], i == 2 ? -1 : 0, vocab - 1, "a token id must be in the vocabulary");
+}
+
 void gguf_open(GGUFFile *g, const char *path) {
     memset(g, 0, sizeof *g);
     mapped_file_open(&g->mf, path);
@@ -213,10 +281,10 @@ void gguf_open(GGUFFile *g, const char *path) {
         for (int d = 0; d < 4; d++) t->ne[d] = 1;
         for (int d = 0; d < t->n_dims; d++) {
             uint64_t ne = read_uint(&c, 8, t->name);
-            if (ne == 0 || ne > ((uint64_t)1 << 40) || n > (((uint64_t)1 << 48) / ne))
-                fatal("%s: tensor '%s' has an invalid dimension %llu", path, t->name, (unsigned long long)ne);
+            if (ne == 0 || ne > ((uint64_t)1 << 40) || __builtin_mul_overflow(n, ne, &n) || n > ((uint64_t)1 << 48))
+                fatal("%s: tensor '%s' has an invalid dimension %llu (or more than 2^48 elements)", path, t->name,
+                      (unsigned long long)ne);
             t->ne[d] = (int64_t)ne;
-            n *= ne;
         }
         t->type = (GGMLType)read_uint(&c, 4, t->name);
         t->offset = read_uint(&c, 8, t->name);
@@ -228,9 +296,15 @@ void gguf_open(GGUFFile *g, const char *path) {
         if (t->ne[0] % block != 0)
             fatal("%s: tensor '%s' row length %lld is not a multiple of the %s block size %d", path, t->name,
                   (long long)t->ne[0], ggml_type_name(t->type), block);
-        t->nbytes = (size_t)(n / (uint64_t)block) * block_bytes;
+        uint64_t bytes;
+        if (__builtin_mul_overflow(n / (uint64_t)block, (uint64_t)block_bytes, &bytes) || bytes > SIZE_MAX)
+            fatal("%s: tensor '%s' byte size overflows", path, t->name);
+        t->nbytes = (size_t)bytes;
     }
-    uint64_t data_start = (c.pos + g->alignment - 1) / g->alignment * g->alignment;
+    uint64_t data_start;
+    if (__builtin_add_overflow(c.pos, g->alignment - 1, &data_start))
+        fatal("%s: corrupt GGUF header (alignment %llu)", path, (unsigned long long)g->alignment);
+    data_start = data_start / g->alignment * g->alignment;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         GGUFTensor *t = &g->tensors[i];
         if (t->offset % g->alignment != 0)
@@ -243,6 +317,8 @@ void gguf_open(GGUFFile *g, const char *path) {
                   path, t->name, (unsigned long long)(data_start + t->offset), t->nbytes, g->mf.size);
         t->data = g->mf.data + data_start + t->offset;
     }
+    check_tensors_apart(g);
+    check_model_metadata(g);
 }
 
 void gguf_close(GGUFFile *g) {

@@ -7,6 +7,15 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Elements of a tensor, checked: its shape comes from the caller, a product that wraps would write a header that
+ * does not match the data. */
+static size_t element_count(const TensorToWrite *t) {
+    size_t count = 1;
+    for (int d = 0; d < t->n_dims; d++)
+        ensure(t->shape[d] >= 0 && !__builtin_mul_overflow(count, (size_t)t->shape[d], &count));
+    return count;
+}
+
 void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DType dtype) {
     ensure(dtype == DT_F32 || dtype == DT_BF16);
     size_t elem = dtype == DT_F32 ? 4 : 2;
@@ -14,16 +23,13 @@ void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DT
     size_t offset = 0;
     for (int i = 0; i < n; i++) {
         const TensorToWrite *t = &tensors[i];
-        size_t count = 1, size = t->i64 ? 8 : elem;
+        size_t count = element_count(t), size = t->i64 ? 8 : elem, bytes;
         cJSON *entry = cJSON_CreateObject(), *shape = cJSON_CreateArray(), *offsets = cJSON_CreateArray();
         cJSON_AddStringToObject(entry, "dtype", dtype_name(t->i64 ? DT_I64 : dtype));
-        for (int d = 0; d < t->n_dims; d++) {
-            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
-            count *= (size_t)t->shape[d];
-        }
+        for (int d = 0; d < t->n_dims; d++) cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
         cJSON_AddItemToObject(entry, "shape", shape);
         cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)offset));
-        offset += count * size;
+        ensure(!__builtin_mul_overflow(count, size, &bytes) && !__builtin_add_overflow(offset, bytes, &offset));
         cJSON_AddItemToArray(offsets, cJSON_CreateNumber((double)offset));
         cJSON_AddItemToObject(entry, "data_offsets", offsets);
         cJSON_AddItemToObject(header, t->name, entry);
@@ -40,8 +46,7 @@ void safetensors_write(const char *path, const TensorToWrite *tensors, int n, DT
     free(json);
     for (int i = 0; i < n; i++) {
         const TensorToWrite *t = &tensors[i];
-        size_t count = 1;
-        for (int d = 0; d < t->n_dims; d++) count *= (size_t)t->shape[d];
+        size_t count = element_count(t);
         if (t->i64) {
             atomic_file_write(&f, t->i64, count * 8);
         } else if (dtype == DT_F32) {

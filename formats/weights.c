@@ -10,9 +10,10 @@ const char *dtype_name(DType t) {
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
 
+/* Element count; the loaders have checked that it and its byte size fit in 64 bits. */
 static int64_t numel(const WeightTensor *t) {
     int64_t n = 1;
-    for (int d = 0; d < t->n_dims; d++) n *= t->shape[d];
+    for (int d = 0; d < t->n_dims; d++) ensure(!__builtin_mul_overflow(n, t->shape[d], &n));
     return n;
 }
 
@@ -30,6 +31,26 @@ static MappedFile *add_file(WeightSet *w, const char *path) {
     return mf;
 }
 
+static int by_data(const void *a, const void *b) {
+    const WeightTensor *x = *(const WeightTensor *const *)a, *y = *(const WeightTensor *const *)b;
+    return x->data < y->data ? -1 : x->data > y->data;
+}
+
+/* Tensors first..n_tensors-1 of one file must not share bytes: a tensor whose data overlaps another's is a
+ * corrupt (or crafted) header, never two views of one array. Empty tensors take no bytes. */
+static void check_no_overlap(const WeightSet *w, int first, const char *path) {
+    int n = 0;
+    const WeightTensor **sorted = xmalloc(sizeof *sorted * (size_t)(w->n_tensors - first + 1));
+    for (int i = first; i < w->n_tensors; i++)
+        if (w->tensors[i].nbytes > 0) sorted[n++] = &w->tensors[i];
+    qsort(sorted, (size_t)n, sizeof *sorted, by_data);
+    for (int i = 1; i < n; i++)
+        if (sorted[i]->data < sorted[i - 1]->data + sorted[i - 1]->nbytes)
+            fatal("%s: tensors '%s' and '%s' overlap in the file (corrupt header)", path, sorted[i - 1]->name,
+                  sorted[i]->name);
+    free(sorted);
+}
+
 /* safetensors: u64 header length, JSON header {name: {dtype, shape, data_offsets}}, then the data. */
 static void parse_safetensors(WeightSet *w, MappedFile *mf) {
     const char *path = mf->path;
@@ -42,6 +63,7 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
     cJSON *header = cJSON_ParseWithLength((const char *)mf->data + 8, (size_t)header_len);
     if (!header || !cJSON_IsObject(header)) fatal("%s: safetensors header is not valid JSON", path);
     const uint8_t *data = mf->data + 8 + header_len;
+    int first = w->n_tensors; /* this file's tensors are first..n_tensors-1 */
     size_t data_size = mf->size - 8 - (size_t)header_len;
     for (cJSON *e = header->child; e; e = e->next) {
         if (strcmp(e->string, "__metadata__") == 0) continue;
@@ -66,24 +88,33 @@ static void parse_safetensors(WeightSet *w, MappedFile *mf) {
         t->n_dims = cJSON_GetArraySize(shape);
         if (t->n_dims > 4) fatal("%s: tensor '%s' has %d dimensions (at most 4 supported)", path, t->name, t->n_dims);
         int d = 0;
-        int64_t n = 1;
+        uint64_t n = 1, need;
         for (cJSON *s = shape->child; s; s = s->next, d++) {
-            if (!cJSON_IsNumber(s) || s->valuedouble < 0 || s->valuedouble > 1e12)
-                fatal("%s: tensor '%s' has an invalid shape", path, t->name);
+            if (!cJSON_IsNumber(s) || !(s->valuedouble >= 0 && s->valuedouble <= 0x1p53) ||
+                s->valuedouble != (double)(int64_t)s->valuedouble)
+                fatal("%s: tensor '%s' has an invalid shape (dimension %d is not a whole number of elements)", path,
+                      t->name, d);
             t->shape[d] = (int64_t)s->valuedouble;
-            n *= t->shape[d];
+            if (__builtin_mul_overflow(n, (uint64_t)t->shape[d], &n))
+                fatal("%s: tensor '%s' has a shape whose element count overflows 64 bits", path, t->name);
         }
-        double begin = cJSON_GetArrayItem(offsets, 0)->valuedouble, end = cJSON_GetArrayItem(offsets, 1)->valuedouble;
-        if (!(begin >= 0 && end >= begin && end <= (double)data_size))
+        if (n > (uint64_t)INT64_MAX || __builtin_mul_overflow(n, (uint64_t)elem, &need))
+            fatal("%s: tensor '%s' has %llu elements: its byte size overflows 64 bits", path, t->name,
+                  (unsigned long long)n);
+        cJSON *b = cJSON_GetArrayItem(offsets, 0), *e1 = cJSON_GetArrayItem(offsets, 1);
+        double begin = b->valuedouble, end = e1->valuedouble;
+        if (!cJSON_IsNumber(b) || !cJSON_IsNumber(e1) || begin != (double)(int64_t)begin ||
+            end != (double)(int64_t)end || !(begin >= 0 && end >= begin && end <= (double)data_size))
             fatal("%s: tensor '%s' data offsets [%.0f, %.0f) lie outside the data section (%zu bytes): truncated or "
                   "corrupt",
                   path, t->name, begin, end, data_size);
         t->data = data + (size_t)begin;
         t->nbytes = (size_t)(end - begin);
-        if (t->nbytes != (size_t)n * elem)
-            fatal("%s: tensor '%s' holds %zu bytes but its shape and dtype %s need %zu", path, t->name, t->nbytes,
-                  dtype->valuestring, (size_t)n * elem);
+        if ((uint64_t)t->nbytes != need)
+            fatal("%s: tensor '%s' holds %zu bytes but its shape and dtype %s need %llu", path, t->name, t->nbytes,
+                  dtype->valuestring, (unsigned long long)need);
     }
+    check_no_overlap(w, first, path);
     cJSON_Delete(header);
 }
 

@@ -2,40 +2,89 @@
 
 #include <dirent.h>
 #include <hdf5.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../formats/safetensors_write.h"
 
 #define CHECKPOINT_VERSION 1
+/* The largest shapes a checkpoint header may claim: far above any real model, far below what overflows. */
+#define CHECKPOINT_MAX_HIDDEN (1 << 16)
+#define CHECKPOINT_MAX_VOCAB (1 << 24)
+
+/* Elements per chunk of a checkpoint dataset (1 MB of floats: within HDF5's default chunk cache). */
+#define CHECKPOINT_CHUNK ((hsize_t)1 << 18)
+
+/* Every dataset is chunked with a Fletcher-32 checksum per chunk: HDF5 checks it on every read, so a damaged file is
+ * refused ("cannot read dataset") instead of resuming from wrong numbers. */
+static hid_t checksummed(hsize_t n) {
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    hsize_t chunk = n < CHECKPOINT_CHUNK ? (n ? n : 1) : CHECKPOINT_CHUNK;
+    H5Pset_chunk(dcpl, 1, &chunk);
+    H5Pset_fletcher32(dcpl);
+    return dcpl;
+}
 
 /* Writes a 1-D dataset; returns 0 on failure (the caller removes the temp file and reports). */
 static int write_dataset(hid_t file, const char *name, hid_t type, hsize_t n, const void *data) {
-    hid_t space = H5Screate_simple(1, &n, NULL);
-    hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t space = H5Screate_simple(1, &n, NULL), dcpl = checksummed(n);
+    hid_t ds = H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     int ok = ds >= 0 && H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
     if (ds >= 0) H5Dclose(ds);
+    H5Pclose(dcpl);
     H5Sclose(space);
     return ok;
 }
 
-/* Opens a 1-D dataset that must hold exactly n elements. */
-static hid_t open_dataset(hid_t file, const char *name, hsize_t n, const char *path) {
+/* Largest config_json accepted (a run's settings are a few hundred bytes). */
+#define CONFIG_JSON_MAX ((hsize_t)1 << 20)
+
+static const char *class_name(H5T_class_t c) {
+    return c == H5T_INTEGER ? "integer" : c == H5T_FLOAT ? "floating-point" : "other";
+}
+
+/* Opens a dataset after checking what every read relies on: it exists, is a dataset, is 1-D (a scalar or an
+ * N-D array would make HDF5 write past the caller's buffer), holds numbers of class cls, and has exactly n
+ * elements (n > 0), or between 1 and max_len elements (n == 0; the length is returned in *len). Every read
+ * of a checkpoint goes through here. */
+static hid_t open_checked(hid_t file, const char *name, H5T_class_t cls, hsize_t n, hsize_t max_len, hsize_t *len,
+                          const char *path) {
     if (H5Lexists(file, name, H5P_DEFAULT) <= 0) fatal("%s: checkpoint has no dataset '%s'", path, name);
     hid_t ds = H5Dopen2(file, name, H5P_DEFAULT);
-    hid_t space = H5Dget_space(ds);
-    hsize_t dims[1] = {0};
-    if (H5Sget_simple_extent_ndims(space) != 1 || H5Sget_simple_extent_dims(space, dims, NULL) != 1 || dims[0] != n)
+    if (ds < 0) fatal("%s: '%s' is not a readable dataset (file damaged?)", path, name);
+    hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
+    if (space < 0 || type < 0) fatal("%s: cannot read the shape of dataset '%s' (file damaged?)", path, name);
+    int rank = H5Sget_simple_extent_ndims(space);
+    H5S_class_t sclass = H5Sget_simple_extent_type(space);
+    hsize_t dims[H5S_MAX_RANK] = {0};
+    if (sclass != H5S_SIMPLE || rank != 1 || H5Sget_simple_extent_dims(space, dims, NULL) != 1)
+        fatal("%s: dataset '%s' has %d dimensions, expected a 1-D array (file damaged or not a checkpoint?)", path,
+              name, sclass == H5S_SIMPLE ? rank : 0);
+    H5T_class_t tclass = H5Tget_class(type);
+    if (tclass != cls)
+        fatal("%s: dataset '%s' holds %s values, expected %s", path, name, class_name(tclass), class_name(cls));
+    if (n > 0 && dims[0] != n)
         fatal("%s: dataset '%s' has %llu elements, expected %llu (heads of a different shape?)", path, name,
               (unsigned long long)dims[0], (unsigned long long)n);
+    if (n == 0 && (dims[0] < 1 || dims[0] > max_len))
+        fatal("%s: dataset '%s' has %llu elements, expected 1..%llu", path, name, (unsigned long long)dims[0],
+              (unsigned long long)max_len);
+    if (len) *len = dims[0];
+    H5Tclose(type);
     H5Sclose(space);
     return ds;
 }
 
+static hid_t open_dataset(hid_t file, const char *name, H5T_class_t cls, hsize_t n, const char *path) {
+    return open_checked(file, name, cls, n, 0, NULL, path);
+}
+
 /* Reads a 1-D dataset of exactly n elements. */
 static void read_dataset(hid_t file, const char *name, hid_t type, hsize_t n, void *data, const char *path) {
-    hid_t ds = open_dataset(file, name, n, path);
-    if (H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) fatal("%s: cannot read dataset '%s'", path, name);
+    hid_t ds = open_dataset(file, name, H5Tget_class(type), n, path);
+    if (H5Dread(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+        fatal("%s: cannot read dataset '%s' (file damaged?)", path, name);
     H5Dclose(ds);
 }
 
@@ -68,8 +117,9 @@ static int transfer_floats(hid_t ds, const Backend *be, float *dev, size_t n, in
 
 static int write_backend_floats(hid_t file, const char *name, const Backend *be, const float *dev, size_t n) {
     hsize_t dims = n;
-    hid_t space = H5Screate_simple(1, &dims, NULL);
-    hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t space = H5Screate_simple(1, &dims, NULL), dcpl = checksummed(dims);
+    hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_FLOAT, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl);
     H5Sclose(space);
     int ok = ds >= 0 && transfer_floats(ds, be, (float *)dev, n, 1);
     if (ds >= 0) H5Dclose(ds);
@@ -78,20 +128,16 @@ static int write_backend_floats(hid_t file, const char *name, const Backend *be,
 
 static void read_backend_floats(hid_t file, const char *name, const Backend *be, float *dev, size_t n,
                                 const char *path) {
-    hid_t ds = open_dataset(file, name, n, path);
-    if (!transfer_floats(ds, be, dev, n, 0)) fatal("%s: cannot read dataset '%s'", path, name);
+    hid_t ds = open_dataset(file, name, H5T_FLOAT, n, path);
+    if (!transfer_floats(ds, be, dev, n, 0)) fatal("%s: cannot read dataset '%s' (file damaged?)", path, name);
     H5Dclose(ds);
 }
 
-/* Truncated heads store their token map; its length is the head vocabulary. */
-static int file_head_vocab(hid_t file, int vocab) {
+/* Truncated heads store their token map; its length (1..vocab) is the head vocabulary. */
+static int file_head_vocab(hid_t file, int vocab, const char *path) {
     if (H5Lexists(file, "token_map", H5P_DEFAULT) <= 0) return vocab;
-    hid_t ds = H5Dopen2(file, "token_map", H5P_DEFAULT);
-    hid_t space = H5Dget_space(ds);
     hsize_t n = 0;
-    H5Sget_simple_extent_dims(space, &n, NULL);
-    H5Sclose(space);
-    H5Dclose(ds);
+    H5Dclose(open_checked(file, "token_map", H5T_INTEGER, 0, (hsize_t)vocab, &n, path));
     return (int)n;
 }
 
@@ -151,7 +197,8 @@ void checkpoint_save(const char *path, const MedusaHeads *m, const AdamState *ad
     core_image = NULL;
 }
 
-/* Opens a checkpoint and reads its header: the format version (checked) and the heads' shape. */
+/* Opens a checkpoint and reads its header: the format version and the heads' shape (checked against the ranges
+ * the heads accept, before anything is sized from them). */
 static hid_t open_checkpoint(const char *path, MedusaShape *shape) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     if (!file_exists(path)) fatal("%s: checkpoint not found", path);
@@ -161,7 +208,12 @@ static hid_t open_checkpoint(const char *path, MedusaShape *shape) {
     read_dataset(file, "format", H5T_NATIVE_INT32, 5, f, path);
     if (f[0] != CHECKPOINT_VERSION)
         fatal("%s: checkpoint format %d, this build reads %d", path, f[0], CHECKPOINT_VERSION);
-    *shape = (MedusaShape){f[1], f[2], f[3], f[4], file_head_vocab(file, f[4])};
+    if (f[1] < 1 || f[1] > 64 || f[2] < 0 || f[2] > 16 || f[3] < 1 || f[3] > CHECKPOINT_MAX_HIDDEN || f[4] < 1 ||
+        f[4] > CHECKPOINT_MAX_VOCAB)
+        fatal("%s: checkpoint header out of range: %d heads (1..64), %d layers (0..16), hidden %d (1..%d), vocab %d "
+              "(1..%d); file damaged?",
+              path, f[1], f[2], f[3], CHECKPOINT_MAX_HIDDEN, f[4], CHECKPOINT_MAX_VOCAB);
+    *shape = (MedusaShape){f[1], f[2], f[3], f[4], file_head_vocab(file, f[4], path)};
     return file;
 }
 
@@ -175,11 +227,15 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
               path, f.n_heads, f.n_layers, f.hidden, f.vocab, s->n_heads, s->n_layers, s->hidden, s->vocab);
     int head_vocab = f.head_vocab;
     if (head_vocab != s->head_vocab)
-        fatal("%s: checkpoint heads predict %d tokens but this run's predict %d (--head-vocab)", path, head_vocab,
-              s->head_vocab);
+        fatal("%s: checkpoint heads predict %d tokens (its token_map) but this run's predict %d (--head-vocab)", path,
+              head_vocab, s->head_vocab);
     if (m->token_map) {
         int32_t *map = xmalloc(sizeof(int32_t) * (size_t)head_vocab);
         read_dataset(file, "token_map", H5T_NATIVE_INT32, (hsize_t)head_vocab, map, path);
+        for (int r = 0; r < head_vocab; r++)
+            if (map[r] < 0 || map[r] >= f.vocab || (r > 0 && map[r] <= map[r - 1]))
+                fatal("%s: token_map[%d] is %d: out of the vocabulary (0..%d) or not increasing", path, r, map[r],
+                      f.vocab - 1);
         medusa_set_token_map(m, map);
         free(map);
     }
@@ -189,19 +245,18 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
         read_backend_floats(file, "adam_v", m->be, adam->v, m->n_params, path);
     }
     read_dataset(file, "step", H5T_NATIVE_INT64, 1, &meta->step, path);
+    if (meta->step < 0 || meta->step > INT_MAX)
+        fatal("%s: step %lld is out of range (0..%d); file damaged?", path, (long long)meta->step, INT_MAX);
     read_dataset(file, "rng", H5T_NATIVE_UINT64, 4, meta->rng, path);
     read_dataset(file, "cursor", H5T_NATIVE_INT64, CHECKPOINT_CURSOR_WORDS, meta->cursor, path);
     read_dataset(file, "metrics", H5T_NATIVE_DOUBLE, 4, meta->metrics, path);
-    hid_t ds = H5Dopen2(file, "config_json", H5P_DEFAULT);
-    if (ds < 0) fatal("%s: checkpoint has no config_json", path);
-    hid_t space = H5Dget_space(ds);
     hsize_t len = 0;
-    H5Sget_simple_extent_dims(space, &len, NULL);
+    hid_t ds = open_checked(file, "config_json", H5T_INTEGER, 0, CONFIG_JSON_MAX, &len, path);
     meta->config_json = xcalloc((size_t)len + 1, 1);
     if (H5Dread(ds, H5T_NATIVE_CHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->config_json) < 0)
-        fatal("%s: cannot read config_json", path);
-    H5Sclose(space);
+        fatal("%s: cannot read config_json (file damaged?)", path);
     H5Dclose(ds);
+    if (strlen(meta->config_json) + 1 < len) fatal("%s: config_json holds a NUL before its end (file damaged?)", path);
     H5Fclose(file);
     if (adam) adam->step = (int)meta->step;
 }

@@ -108,6 +108,7 @@ int main(int argc, char **argv) {
     startup_ready_heads(&base, &heads);
     TokenCache cache;
     token_cache_load(&cache, data, V);
+    token_cache_check_model(&cache, data, model);
     Trainer t;
     trainer_init(&t, &base, &heads, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, s.logits_chunk);
     t.base_name = model;

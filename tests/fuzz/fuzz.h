@@ -35,4 +35,15 @@ static void fuzz_write_input(const char *path, const void *buf, size_t size) {
     }
 }
 
+/* Seconds each seed may take (FUZZ_SECONDS, default 20): a seed's run stops at its iteration count or its time,
+ * whichever comes first, so `make fuzz` has a bounded running time on any machine. */
+static double fuzz_seconds(void) {
+    const char *e = getenv("FUZZ_SECONDS");
+    double s = e ? atof(e) : 20;
+    return s > 0 ? s : 20;
+}
+
+/* A read that runs this long is a hang: SIGALRM ends the fuzzer (and `make fuzz`) with a failure. */
+#define FUZZ_HANG_SECONDS 30
+
 #endif

@@ -1,22 +1,46 @@
 /* Mutation fuzzer for the ShareGPT reader (data/sharegpt.c), built under AddressSanitizer by `make fuzz`: its
  * bracket-matching scanner cuts a file of any size into one conversation at a time without a full JSON parse, so it
  * must survive any bytes. Seeds are valid ShareGPT files (a JSON list, or JSON lines when the name ends in .jsonl);
- * each is mutated (bytes flipped, quotes, backslashes and brackets inserted or removed, truncation) and read through
+ * each is mutated (bytes flipped, quotes, backslashes and brackets inserted or removed, stray brackets and commas
+ * after a conversation, NULs and bad escapes in strings, truncation) and read through
  * to the end. Every outcome must be conversations, skips counted by reason, or a fatal() message; any out-of-bounds
  * access is reported by ASan and fails the run. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../../common/rng.h"
 #include "../../data/sharegpt.h"
 #include "fuzz.h"
 
+static void insert(char *buf, size_t *size, size_t capacity, size_t at, const char *what) {
+    size_t k = strlen(what);
+    if (*size + k > capacity) return;
+    memmove(buf + at + k, buf + at, *size - at);
+    memcpy(buf + at, what, k);
+    *size += k;
+}
+
 static void mutate(char *buf, size_t *size, size_t capacity, Rng *rng) {
     static const char structural[] = "\"\\[]{},:\n ";
+    static const char *const strays[] = {"}", "]", ",", "[", "{", " ,", "\n}", "]]", "\"x\""};
+    static const char *const escapes[] = {"\\u0000", "\\u12", "\\uzzzz", "\\ud800", "\t", "\\"};
     int edits = 1 + (int)rng_below(rng, 6);
     for (int e = 0; e<edits && * size> 0; e++) {
         size_t at = (size_t)rng_below(rng, *size);
-        switch (rng_below(rng, 5)) {
+        switch (rng_below(rng, 7)) {
+        case 5: { /* a stray bracket or comma right after a conversation (the scanner once spun forever on these) */
+            const char *close = memchr(buf + at, '}', *size - at);
+            if (close) insert(buf, size, capacity, (size_t)(close - buf) + 1, strays[rng_below(rng, 9)]);
+            break;
+        }
+        case 6: { /* an escape a C string would cut at, or one JSON forbids, inside a string */
+            const char *quote = memchr(buf + at, '"', *size - at);
+            if (quote) insert(buf, size, capacity, (size_t)(quote - buf) + 1, escapes[rng_below(rng, 6)]);
+            if (rng_below(rng, 4) == 0 && quote && (size_t)(quote - buf) + 1 < *size)
+                buf[quote - buf + 1] = '\0'; /* a raw NUL */
+            break;
+        }
         case 0:
             buf[at] ^= (char)(1u << rng_below(rng, 8));
             break;
@@ -48,6 +72,7 @@ static int read_through(const char *path, long *conversations) {
     volatile int opened = 0, rejected = 0;
     set_fatal_hook(fuzz_fatal_to_jump);
     if (setjmp(fuzz_on_fatal) == 0) {
+        alarm(FUZZ_HANG_SECONDS);
         sharegpt_open(&r, path);
         opened = 1;
         (void)sharegpt_count(&r);
@@ -61,6 +86,7 @@ static int read_through(const char *path, long *conversations) {
     } else {
         rejected = 1;
     }
+    alarm(0);
     set_fatal_hook(NULL);
     if (opened) sharegpt_close(&r);
     return rejected;
@@ -77,11 +103,12 @@ int main(int argc, char **argv) {
     for (int f = 2; f < argc; f++) {
         size_t seed_size;
         char *seed = fuzz_read_seed(argv[f], &seed_size);
-        size_t len = strlen(argv[f]), capacity = seed_size + 64;
+        size_t len = strlen(argv[f]), capacity = seed_size + 256;
         const char *path = len > 6 && !strcmp(argv[f] + len - 6, ".jsonl") ? "/tmp/medusa-fuzz-sharegpt.jsonl"
                                                                            : "/tmp/medusa-fuzz-sharegpt.json";
         char *buf = malloc(capacity);
-        for (long i = 0; i < iterations; i++) {
+        double start = now_seconds();
+        for (long i = 0; i < iterations && now_seconds() - start < fuzz_seconds(); i++) {
             size_t size = seed_size;
             memcpy(buf, seed, seed_size);
             mutate(buf, &size, capacity, &rng);
