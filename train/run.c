@@ -482,7 +482,11 @@ static void run_open(Run *r, const TrainConfig *c) {
     startup_load_base(&r->s, &mi, log_verbosity >= 1, &r->base);
     int H = r->base.config.hidden_size, V = r->base.config.vocab_size;
     token_cache_load(&r->data, c->data, V);
-    if (c->val) token_cache_load(&r->val, c->val, V);
+    token_cache_check_model(&r->data, c->data, c->model);
+    if (c->val) {
+        token_cache_load(&r->val, c->val, V);
+        token_cache_check_model(&r->val, c->val, c->model);
+    }
 
     batcher_init(&r->batcher, &r->data, c->batch_tokens, (uint64_t)c->seed, 1);
     int64_t micro_total = 0;
