@@ -20,23 +20,11 @@ PROMPT="Why is the sky blue?"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e_cuda.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "  ok   $*"; }
-fail() { failed=$((failed + 1)); echo "  FAIL $*"; }
-# check WHAT CMD...: CMD's output goes to $TMP/log, shown (its tail) when CMD fails.
-check() {
-    local what=$1
-    shift
-    if "$@" >"$TMP/log" 2>&1; then ok "$what"; else
-        fail "$what (exit status $?)"
-        tail -5 "$TMP/log" | sed 's/^/       /'
-    fi
-}
-# expect COND WHAT: passes when the shell test COND (a string for eval, in single quotes) holds.
-expect() { if eval "$1"; then ok "$2"; else fail "$2"; fi; }
+# shellcheck source=tests/e2e_lib.sh
+. tests/e2e_lib.sh
 
 for b in data train eval infer; do
-    [ -x "$BIN/medusa-$b" ] || { fail "$BIN/medusa-$b not built"; echo "$passed passed, $failed failed"; exit 1; }
+    [ -x "$BIN/medusa-$b" ] || { fail "$BIN/medusa-$b not built"; finish; exit; }
 done
 
 # ---- data ----
@@ -219,5 +207,4 @@ echo '[[1, 87, 100000]]' >"$TMP/bad_ids.json"
 expect '[ "$status" -ne 0 ] && grep -q "bad_ids.json: prompt 0: token id 100000 is outside the vocabulary" "$TMP/log"' \
     "medusa-infer --bench: a token id outside the vocabulary is one error naming the file ($(tail -1 "$TMP/log"))"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -14,28 +14,8 @@ CONVS=tests/fixtures/chat/conversations.json
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e_distill.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "  ok   $*"; }
-fail() { failed=$((failed + 1)); echo "  FAIL $*"; }
-check() { # WHAT CMD...: CMD must succeed; its output goes to $TMP/log, shown (its tail) when it fails
-    local what=$1
-    shift
-    if "$@" >"$TMP/log" 2>&1; then ok "$what"; else
-        fail "$what (exit status $?)"
-        tail -5 "$TMP/log" | sed 's/^/       /'
-    fi
-}
-check_fails() { # WHAT NEEDLE CMD...: CMD must fail with NEEDLE in its output
-    local what=$1 needle=$2
-    shift 2
-    if "$@" >"$TMP/log" 2>&1; then fail "$what (succeeded)"; elif grep -q -- "$needle" "$TMP/log"; then
-        ok "$what: $(grep -m1 -- "$needle" "$TMP/log")"
-    else
-        fail "$what (no '$needle' in its output)"
-        tail -3 "$TMP/log" | sed 's/^/       /'
-    fi
-}
-expect() { if eval "$1"; then ok "$2"; else fail "$2"; fi; }
+# shellcheck source=tests/e2e_lib.sh
+. tests/e2e_lib.sh
 
 distill() { # OUT [FLAGS...] (fp32 weights unless FLAGS say otherwise)
     "$BIN/medusa-distill" --model "$MODEL" --input "$CONVS" --out "$1" --chat-template mistral --max-len 256 \
@@ -102,5 +82,4 @@ if "$BIN/medusa-distill" --help 2>&1 | grep -q cuda && "$BIN/medusa-distill" --d
 else
     echo "  (no cuda device in $BIN: the cuda part is skipped)"
 fi
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -13,23 +13,13 @@ CONVS=tests/fixtures/chat/conversations.json
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/e2e_mpi.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
-passed=0 failed=0
-ok() { passed=$((passed + 1)); echo "  ok   $*"; }
-fail() { failed=$((failed + 1)); echo "  FAIL $*"; }
-check() { # WHAT CMD...: CMD must succeed; its output goes to $TMP/log, shown (its tail) when it fails
-    local what=$1
-    shift
-    if "$@" >"$TMP/log" 2>&1; then ok "$what"; else
-        fail "$what (exit status $?)"
-        tail -8 "$TMP/log" | sed 's/^/       /'
-    fi
-}
-expect() { if eval "$1"; then ok "$2"; else fail "$2"; fi; }
+# shellcheck source=tests/e2e_lib.sh
+. tests/e2e_lib.sh
 
 if ! command -v mpirun >/dev/null || ! ldd "$BIN/medusa-train" 2>/dev/null | grep libmpi >/dev/null; then
     ok "skipped: $(command -v mpirun >/dev/null || echo "no mpirun")$(command -v mpirun >/dev/null && echo "$BIN/medusa-train built without MPI") (make deps installs OpenMPI)"
-    echo "$passed passed, $failed failed"
-    exit 0
+    finish
+    exit
 fi
 # one thread a rank; root's runs allowed (CI runs as root); more ranks than cores allowed
 MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
@@ -120,5 +110,4 @@ wait $launcher
 rc=$?
 expect "[ -n '$victim' ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((SECONDS - start)) -lt 60 ]" \
     "a rank killed with SIGKILL mid-run: the run ends with status $rc after $((SECONDS - start)) s (under 60)"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish
