@@ -6,7 +6,8 @@
 #include <string.h>
 
 static int known_architecture(const char *arch) {
-    return strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0 || strcmp(arch, "qwen2") == 0;
+    return strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0 || strcmp(arch, "qwen2") == 0 ||
+           strcmp(arch, "qwen3") == 0;
 }
 
 static const cJSON *field(const cJSON *root, const char *key) {
@@ -113,7 +114,7 @@ void config_from_json(ModelConfig *c, const char *path) {
     const cJSON *type = field(root, "model_type");
     if (!cJSON_IsString(type)) fatal("%s: missing \"model_type\"", path);
     if (!known_architecture(type->valuestring))
-        fatal("%s: unknown architecture \"%s\" (supported: llama, mistral, qwen2)", path, type->valuestring);
+        fatal("%s: unknown architecture \"%s\" (supported: llama, mistral, qwen2, qwen3)", path, type->valuestring);
     snprintf(c->architecture, sizeof c->architecture, "%s", type->valuestring);
     c->hidden_size = json_int(root, path, "hidden_size", 0, 1);
     c->intermediate_size = json_int(root, path, "intermediate_size", 0, 1);
@@ -127,6 +128,7 @@ void config_from_json(ModelConfig *c, const char *path) {
     c->tie_word_embeddings = json_bool(root, path, "tie_word_embeddings", 0);
     int is_qwen2 = strcmp(c->architecture, "qwen2") == 0;
     c->attention_bias = is_qwen2 ? 1 : json_bool(root, path, "attention_bias", 0);
+    c->qk_norm = strcmp(c->architecture, "qwen3") == 0;
     /* rope: transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters */
     c->rope_theta = (float)json_num(root, path, "rope_theta", 10000.0);
     const cJSON *rope_params = field(root, "rope_parameters");
@@ -156,8 +158,8 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     const char *path = g->mf.path;
     const char *arch = gguf_get_str(g, "general.architecture");
     if (!arch) fatal("%s: GGUF has no general.architecture", path);
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0)
-        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2)", path, arch);
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0)
+        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3)", path, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     char key[128];
 #define ARCH_INT(name, fallback) (snprintf(key, sizeof key, "%s." name, arch), (int)gguf_get_int(g, key, fallback))
@@ -189,6 +191,7 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     if (c->vocab_size == 0) c->vocab_size = (int)embd->ne[1];
     c->tie_word_embeddings = gguf_find_tensor(g, "output.weight") == NULL;
     c->attention_bias = gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    c->qk_norm = gguf_find_tensor(g, "blk.0.attn_q_norm.weight") != NULL;
     c->bos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1);
     c->eos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
     validate(c, path);
@@ -222,6 +225,7 @@ void config_print(const ModelConfig *c, FILE *out) {
             c->architecture, c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
             c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps,
             c->tie_word_embeddings ? ", tied embeddings" : "", c->attention_bias ? ", qkv bias" : "");
+    if (c->qk_norm) fprintf(out, ", q/k norm");
     if (c->sliding_window > 0) fprintf(out, ", sliding window %d", c->sliding_window);
     if (c->rope_scaling != ROPE_DEFAULT)
         fprintf(out, ", rope scaling %s x%g", c->rope_scaling == ROPE_LINEAR ? "linear" : "llama3",

@@ -121,6 +121,12 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
         LAYER(mlp_norm, "post_attention_layernorm.weight", H, 0);
         LAYER(w_down, "mlp.down_proj.weight", H, I);
 #undef LAYER
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            w->q_norm = load(m, name, c->head_dim, 0, 1);
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            w->k_norm = load(m, name, c->head_dim, 0, 1);
+        }
     }
     m->final_norm = load(m, "model.norm.weight", H, 0, 1);
     m->lm_head = c->tie_word_embeddings ? m->embed : load(m, "lm_head.weight", V, H, 1);
@@ -253,6 +259,14 @@ static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const
 }
 
 /* q, k, v from the q/k/v GEMM's rows, q and k rotated: k and v straight into their rows (the cache's, in decoding) */
+/* Qwen3: each q and k head of the q/k/v rows normed (in their element type) before the rotation */
+static void qk_norm(const Model *m, ForwardState *s, const LayerWeights *w, int T) {
+    const ModelConfig *c = &m->config;
+    if (m->weight_dtype == DT_BF16)
+        m->be->qk_norm_bf16(s->qkv, w->q_norm, w->k_norm, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rms_norm_eps);
+    else m->be->qk_norm(s->qkv, w->q_norm, w->k_norm, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rms_norm_eps);
+}
+
 static void rope_qkv(const Model *m, ForwardState *s, void *k, void *v, const int32_t *pos, int T) {
     const ModelConfig *c = &m->config;
     if (s->act16)
@@ -338,6 +352,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
         GemmInput xn = normed(m, s, w->attn_norm, T);
         project(m, s->qkv, xn, w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
+        if (c->qk_norm) qk_norm(m, s, w, T);
         rope_qkv(m, s, k, v, pos, T);
         if (scatter) be->copy_rows(k_all, scatter->block_bytes, 2, scatter->src, scatter->dst, T, scatter->row_bytes);
         GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);

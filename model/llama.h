@@ -14,6 +14,7 @@
  * NULL without), gate and up as w_gate_up [2I, H]. */
 typedef struct {
     float *attn_norm, *bqkv, *mlp_norm;
+    float *q_norm, *k_norm; /* [head_dim] each, with qk_norm (qwen3); else NULL */
     void *wqkv, *wo, *w_gate_up, *w_down;
 } LayerWeights;
 

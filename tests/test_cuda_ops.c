@@ -443,6 +443,40 @@ static void check_matmul_backward_bf16(const OpRow *r) {
     free(in), free(dout), free(w), free(wide);
 }
 
+/* qk_norm: each q and k head of the q/k/v rows normed in place, v untouched; qk_norm_bf16 on the rows rounded to bf16
+ * equals to_bf16 of qk_norm on them widened (CPU bit for bit; the GPU within one bf16 step) */
+static void check_qk_norm(const OpRow *r) {
+    int T = r->p[0], nh = r->p[1], nkv = r->p[2], hd = r->p[3];
+    size_t n = (size_t)T * (nh + 2 * nkv) * hd, vq = (size_t)(nh + nkv) * hd, row = (size_t)(nh + 2 * nkv) * hd;
+    float *x = random_floats(n, 3.0f), *qw = random_floats((size_t)hd, 1.0f), *kw = random_floats((size_t)hd, 1.0f);
+    float *want = xmalloc(sizeof(float) * n);
+    memcpy(want, x, sizeof(float) * n);
+    cpu->qk_norm(want, qw, kw, T, nh, nkv, hd, 1e-6f);
+    int v_kept = 1;
+    for (int t = 0; t < T; t++) v_kept &= !memcmp(want + t * row + vq, x + t * row + vq, sizeof(float) * nkv * hd);
+    CHECK(v_kept, "qk_norm (CPU): the v columns are untouched");
+    float *d_x = to_gpu(x, sizeof(float) * n), *d_qw = to_gpu(qw, sizeof(float) * hd),
+          *d_kw = to_gpu(kw, sizeof(float) * hd);
+    gpu->qk_norm(d_x, d_qw, d_kw, T, nh, nkv, hd, 1e-6f);
+    char what[96];
+    snprintf(what, sizeof what, "qk_norm (T=%d, %d q heads, %d kv heads of %d)", T, nh, nkv, hd);
+    expect_close(what, d_x, want, n, r->tol);
+    uint16_t *x16 = xmalloc(sizeof(uint16_t) * n), *cpu16 = xmalloc(sizeof(uint16_t) * n),
+             *rounded16 = xmalloc(sizeof(uint16_t) * n);
+    cpu->to_bf16(x16, x, n);
+    float *xw = widened(x16, n);
+    memcpy(cpu16, x16, sizeof(uint16_t) * n);
+    cpu->qk_norm_bf16(cpu16, qw, kw, T, nh, nkv, hd, 1e-6f);
+    cpu->qk_norm(xw, qw, kw, T, nh, nkv, hd, 1e-6f);
+    cpu->to_bf16(rounded16, xw, n);
+    CHECK(!memcmp(cpu16, rounded16, sizeof(uint16_t) * n), "qk_norm_bf16 (CPU) == to_bf16 of qk_norm");
+    uint16_t *d16 = to_gpu(x16, sizeof(uint16_t) * n);
+    gpu->qk_norm_bf16(d16, d_qw, d_kw, T, nh, nkv, hd, 1e-6f);
+    expect_bf16_steps("qk_norm_bf16", d16, cpu16, n);
+    gpu->free(d_x), gpu->free(d_qw), gpu->free(d_kw), gpu->free(d16);
+    free(x), free(qw), free(kw), free(want), free(x16), free(cpu16), free(rounded16), free(xw);
+}
+
 /* rope_qkv: q/k/v rows split, q and k rotated; v is copied exactly */
 static void check_rope_qkv(const OpRow *r) {
     int T = r->p[0], nh = r->p[1], nkv = r->p[2], hd = r->p[3];
@@ -1100,6 +1134,8 @@ static const OpRow op_rows[] = {
     {"matmul_backward_bf16", "bf16", {37, 20, 45, 7}, 1e-5, check_matmul_backward_bf16, NULL},
     {"matmul_backward_bf16", "bf16", {5, 16, 8, 2}, 1e-5, check_matmul_backward_bf16, NULL},
     {"matmul_backward_bf16", "bf16", {5, 16, 8, 5}, 1e-5, check_matmul_backward_bf16, NULL},
+    {"qk_norm", "f32", {7, 4, 2, 16}, 1e-5, check_qk_norm, "and qk_norm_bf16"},
+    {"qk_norm", "f32", {3, 2, 1, 128}, 1e-5, check_qk_norm, "and qk_norm_bf16"},
     {"rope_qkv", "f32", {6, 4, 2, 16, 10000}, 1e-5, check_rope_qkv, NULL},
     {"rope_qkv", "f32", {6, 4, 2, 128, 500000}, 1e-5, check_rope_qkv, NULL},
     {"attention", "f32", {ATT_PACKED, 57, 0, 4, 2, 16, 0}, 2e-5, check_attention, "packed causal, 3 sequences, GQA"},
@@ -1287,6 +1323,7 @@ static const struct {
     {" matmul_bf16_in ", "T IC OC accumulate"},
     {" matmul_backward matmul_backward_bf16 ", "T IC OC outputs"},
     {" rope_qkv rope_qkv_bf16 ", "T heads kv_heads head_dim theta"},
+    {" qk_norm qk_norm_bf16 ", "T heads kv_heads head_dim"},
     {" attention attention_bf16 ", "layout T row0 heads kv_heads head_dim extra misaligned"},
     {" copy_rows ", "moves blocks row_elements"},
     {" swiglu swiglu_bf16 ", "T inter"},
@@ -1532,6 +1569,18 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
             TIME_CALLS(s, be, out, be->rope_qkv_bf16(out, out + nq, out + nq + nk, qkv, pos, T, nh, nkv, hd, inv_freq));
         }
         *bytes = 2.0 * (double)(nq + 2 * nk) * (IS("rope_qkv") ? 4 : 2);
+    } else if (IS("qk_norm") || IS("qk_norm_bf16")) {
+        int T = p[0], nh = p[1], nkv = p[2], hd = p[3];
+        size_t n = (size_t)T * (nh + 2 * nkv) * hd;
+        float *qw = F32((size_t)hd), *kw = F32((size_t)hd);
+        if (IS("qk_norm")) {
+            float *qkv = F32(n);
+            TIME_CALLS(s, be, qkv, be->qk_norm(qkv, qw, kw, T, nh, nkv, hd, 1e-6f));
+        } else {
+            uint16_t *qkv = BF16(n);
+            TIME_CALLS(s, be, qkv, be->qk_norm_bf16(qkv, qw, kw, T, nh, nkv, hd, 1e-6f));
+        }
+        *bytes = 2.0 * (double)T * (nh + nkv) * hd * (IS("qk_norm") ? 4 : 2);
     } else if (IS("attention") || IS("attention_bf16")) {
         int T = p[1], row0 = p[2], nh = p[3], nkv = p[4], hd = p[5], Tk = row0 + T;
         int32_t *kb, *ke;

@@ -9,6 +9,8 @@ It writes, under tests/fixtures/models/:
     of an original context of 64 positions, which splits head_dim 16's frequencies into kept, blended and scaled) and
     linear rope scaling (factor 2, its config.json in transformers 4.x's layout: rope_theta + rope_scaling), with the
     packed batch's reference from transformers;
+  * tiny_qwen3: a tiny random Qwen3 (per-head q/k RMSNorm before the rotation, head_dim 32 != hidden / heads, no
+    q/k/v bias, tied embeddings) with the packed batch's reference;
   * tiny_mistral_sw: a tiny random Mistral whose sliding_window (4) is shorter than the packed batch's sequences,
     with the reference of the packed batch (hidden states after the final norm, logits) from transformers, and a
     greedy continuation of 24 tokens (prompt of 6: the window slides during decoding), so that both the packed
@@ -22,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_models import (OUT, SEQ_LENS, make_tiny, maxdiff, packed_tokens, run_packed, save_hf,  # noqa: E402
@@ -92,9 +95,25 @@ def gen_rope_scaled(name, rope, legacy, seed):
     print(f"{name}: logits differ from unscaled rope by {maxdiff(logits, logits_plain):.3f}")
 
 
+def gen_qwen3():
+    name = "tiny_qwen3"
+    config = Qwen3Config(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+                         rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+                         bos_token_id=1, eos_token_id=2)
+    model = make_tiny(name, Qwen3ForCausalLM, config, seed=29)
+    out = OUT / name
+    save_hf(model, out)
+    tokens = packed_tokens(config.vocab_size, SEQ_LENS, seed=31)
+    hidden, logits = run_packed(model, tokens, SEQ_LENS)
+    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name})
+    print(f"{name}: logits std {logits.std():.3f}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     gen_mistral_sw()
+    gen_qwen3()
     gen_rope_scaled("tiny_llama3_rope", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
                     legacy=False, seed=11)
