@@ -7,7 +7,7 @@
 
 static int known_architecture(const char *arch) {
     return strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0 || strcmp(arch, "qwen2") == 0 ||
-           strcmp(arch, "qwen3") == 0;
+           strcmp(arch, "qwen3") == 0 || strcmp(arch, "phi3") == 0;
 }
 
 static const cJSON *field(const cJSON *root, const char *key) {
@@ -69,6 +69,8 @@ static void parse_rope_scaling(ModelConfig *c, const cJSON *scaling, const char 
     const cJSON *rt = field(scaling, "rope_type");
     if (!rt) rt = field(scaling, "type");
     const char *type = cJSON_IsString(rt) ? rt->valuestring : rt ? "?" : "default";
+    if (json_num(scaling, path, "partial_rotary_factor", 1.0) != 1.0)
+        fatal("%s: partial_rotary_factor: rotary embeddings over part of a head are not supported", path);
     if (strcmp(type, "default") == 0) return;
     if (strcmp(type, "linear") == 0) {
         c->rope_scaling = ROPE_LINEAR;
@@ -114,7 +116,8 @@ void config_from_json(ModelConfig *c, const char *path) {
     const cJSON *type = field(root, "model_type");
     if (!cJSON_IsString(type)) fatal("%s: missing \"model_type\"", path);
     if (!known_architecture(type->valuestring))
-        fatal("%s: unknown architecture \"%s\" (supported: llama, mistral, qwen2, qwen3)", path, type->valuestring);
+        fatal("%s: unknown architecture \"%s\" (supported: llama, mistral, qwen2, qwen3, phi3)", path,
+              type->valuestring);
     snprintf(c->architecture, sizeof c->architecture, "%s", type->valuestring);
     c->hidden_size = json_int(root, path, "hidden_size", 0, 1);
     c->intermediate_size = json_int(root, path, "intermediate_size", 0, 1);
@@ -138,8 +141,9 @@ void config_from_json(ModelConfig *c, const char *path) {
         scaling = rope_params;
     }
     if (scaling) parse_rope_scaling(c, scaling, path);
-    /* Mistral limits attention to a window; Qwen2 declares one but uses it only with use_sliding_window */
-    if (strcmp(c->architecture, "mistral") == 0) c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
+    /* Mistral and Phi-3 limit attention to a window; Qwen2 declares one but uses it only with use_sliding_window */
+    if (strcmp(c->architecture, "mistral") == 0 || strcmp(c->architecture, "phi3") == 0)
+        c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
     if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
     if (json_bool(root, path, "use_sliding_window", 0))
         fatal("%s: use_sliding_window: sliding-window attention is implemented for mistral only", path);

@@ -109,8 +109,15 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
         const char *qkv[3] = {names[0], names[1], names[2]}, *gate_up[2] = {names[3], names[4]};
         int64_t qkv_rows[3] = {q_dim, kv_dim, kv_dim}, gate_up_rows[2] = {I, I};
         for (int i = 0; i < 5; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.weight", l, suffixes[i]);
-        w->wqkv = load_stacked(m, qkv, qkv_rows, 3, H, 1);
-        w->w_gate_up = load_stacked(m, gate_up, gate_up_rows, 2, H, 1);
+        if (strcmp(c->architecture, "phi3") == 0) { /* Phi-3 stores them fused, in the order we stack them */
+            snprintf(names[0], sizeof names[0], "model.layers.%d.self_attn.qkv_proj.weight", l);
+            w->wqkv = load(m, names[0], q_dim + 2 * kv_dim, H, 1);
+            snprintf(names[0], sizeof names[0], "model.layers.%d.mlp.gate_up_proj.weight", l);
+            w->w_gate_up = load(m, names[0], 2 * (int64_t)I, H, 1);
+        } else {
+            w->wqkv = load_stacked(m, qkv, qkv_rows, 3, H, 1);
+            w->w_gate_up = load_stacked(m, gate_up, gate_up_rows, 2, H, 1);
+        }
         for (int i = 0; i < 3; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.bias", l, suffixes[i]);
         w->bqkv = load_stacked(m, qkv, qkv_rows, 3, 0, c->attention_bias);
         char name[160];

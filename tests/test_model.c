@@ -210,6 +210,7 @@ int main(void) {
         {"tiny_tied (tied embeddings)", "tiny_tied", "tiny_tied/ref.safetensors"},
         {"tiny_mistral_sw (sliding window 4)", "tiny_mistral_sw", "tiny_mistral_sw/ref.safetensors"},
         {"tiny_qwen3 (q/k norm, head_dim 32, tied)", "tiny_qwen3", "tiny_qwen3/ref.safetensors"},
+        {"tiny_phi3 (fused qkv and gate_up, sliding window 6)", "tiny_phi3", "tiny_phi3/ref.safetensors"},
         {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors"},
         {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors"},
         {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors"},

@@ -11,6 +11,8 @@ It writes, under tests/fixtures/models/:
     packed batch's reference from transformers;
   * tiny_qwen3: a tiny random Qwen3 (per-head q/k RMSNorm before the rotation, head_dim 32 != hidden / heads, no
     q/k/v bias, tied embeddings) with the packed batch's reference;
+  * tiny_phi3: a tiny random Phi-3 (fused qkv_proj and gate_up_proj, a sliding window of 6) with the packed batch's
+    reference;
   * tiny_mistral_sw: a tiny random Mistral whose sliding_window (4) is shorter than the packed batch's sequences,
     with the reference of the packed batch (hidden states after the final norm, logits) from transformers, and a
     greedy continuation of 24 tokens (prompt of 6: the window slides during decoding), so that both the packed
@@ -24,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_models import (OUT, SEQ_LENS, make_tiny, maxdiff, packed_tokens, run_packed, save_hf,  # noqa: E402
@@ -110,10 +112,29 @@ def gen_qwen3():
     print(f"{name}: logits std {logits.std():.3f}")
 
 
+def gen_phi3():
+    name = "tiny_phi3"
+    common = dict(vocab_size=272, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = make_tiny(name, Phi3ForCausalLM, Phi3Config(sliding_window=6, **common), seed=37)
+    full = make_tiny(name, Phi3ForCausalLM, Phi3Config(sliding_window=None, **common), seed=37)
+    full.load_state_dict(model.state_dict())
+    out = OUT / name
+    save_hf(model, out)
+    tokens = packed_tokens(common["vocab_size"], SEQ_LENS, seed=41)
+    hidden, logits = run_packed(model, tokens, SEQ_LENS)
+    _, logits_full = run_packed(full, tokens, SEQ_LENS)
+    assert maxdiff(logits, logits_full) > 1e-2, "the sliding window changes nothing on this batch"
+    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name})
+    print(f"{name}: logits differ from full attention by {maxdiff(logits, logits_full):.3f}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     gen_mistral_sw()
     gen_qwen3()
+    gen_phi3()
     gen_rope_scaled("tiny_llama3_rope", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
                     legacy=False, seed=11)
