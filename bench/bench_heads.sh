@@ -78,7 +78,7 @@ recipe() { # NAME DATA_PREFIX MINUTES TRAIN_OPTIONS...
         --cache-hidden --head-vocab 4096 --lr 2e-3 --time-budget $((minutes * 60)) --eval-every 0 --eval-batches 1 \
         --save-every 0 --log-every 10 "$@" >"$dir/train.log" 2>&1
     t1=$(date +%s)
-    steps=$(tail -n 2 "$dir/train/metrics.jsonl" | sed -n 's/.*"split":"train","step":\([0-9]*\).*/\1/p')
+    steps=$(grep -o 'after step [0-9]* of [0-9]*' "$dir/train.log" | tail -1 | sed 's/after step //; s/ of /\//')
     log "$name: evaluating"
     bin/medusa-eval --model "$MODEL" --medusa "$dir/train/medusa" --data "$RUN/distilled.val.tokens.h5" \
         --max-batches 8 --json "$dir/eval.json" >"$dir/eval.log" 2>&1
