@@ -9,7 +9,8 @@
 #     Every recipe is evaluated on the same held-out distilled conversations (what decoding sees: the model's own
 #     text), gets a tree tuned to its measured agreements, and decodes the 24 held-out prompts.
 #   bench/bench_heads.sh long MODEL SHAREGPT OUT.txt
-#     The best recipe with BENCH_HEADS_MINUTES (default 180) minutes in all: a third distils, the rest trains.
+#     The best recipe (self-distilled data, labels: heads_compare_cpu_vm.txt) with BENCH_HEADS_MINUTES (default 180)
+#     minutes in all: a third distils, the rest trains.
 # The distilled file (greedy, --max-len 1024 --max-new-tokens 256) is BENCH_HEADS_DISTILLED, default
 # runs/demo/distilled-cpu.jsonl (the demo's); when absent it is made with a BENCH_HEADS_DISTILL_MINUTES budget.
 #   BENCH_HEADS_RUN      work directory (default runs/bench-heads)
@@ -132,7 +133,7 @@ long)
     {
         header
         echo "# $(wc -l <"$long") conversations distilled in $((minutes / 3)) minutes, then 6 epochs within the rest"
-        recipe long "$RUN/distilled" $((minutes - minutes / 3 - 10)) --epochs 6 --targets base-kl
+        recipe long "$RUN/distilled" $((minutes - minutes / 3 - 10)) --epochs 6 --targets labels
     } | tee "$OUT"
     ;;
 *)
