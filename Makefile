@@ -251,6 +251,13 @@ bench-heads-compare bench-heads: bin/medusa-distill bin/medusa-data bin/medusa-t
 	  $(if $(filter bench-heads,$@),long,compare) $(SMOLLM2) cache/data/ShareGPT_V3_unfiltered_cleaned_split.json \
 	  bench/heads_$(if $(filter bench-heads,$@),long,compare)_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
 
+# Data-parallel training on the CPU: 2 MPI ranks x 1 thread beside 1 process x 2 threads; writes
+# bench/mpi_cpu_<host>.txt (the demo's token cache: run `make demo` first).
+.PHONY: bench-mpi
+bench-mpi: bin/medusa-train $(SMOLLM2)
+	OMP_WAIT_POLICY=passive bench/bench_mpi.sh $(SMOLLM2) runs/demo/sharegpt.train.tokens.h5 \
+	  bench/mpi_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
+
 .PHONY: bench-matmul
 bench-matmul: $(BUILD)/bench/bench_matmul_rows $(SMOLLM2)
 	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct's shapes"; \
