@@ -1264,6 +1264,7 @@ static const OpRow op_rows[] = {
 
     /* the ops checked as companions above, on small shapes of their own for --perf */
     {"rmsnorm", "f32", {13, 300}, 0, NO_CHECK},
+    {"qk_norm_bf16", "bf16", {7, 4, 2, 16}, 0, NO_CHECK},
     {"matmul_bf16_in", "bf16", {9, 70, 33, 1}, 0, NO_CHECK},
     {"matmul_bf16_out", "bf16", {9, 70, 33, 1}, 0, NO_CHECK},
 };
@@ -1288,6 +1289,7 @@ static const OpRow model_rows[] = {
     {"matmul_backward", "f32", {4096, 4096, 4096, 3}, 0, NO_CHECK},
     {"matmul_backward_bf16", "bf16", {4096, 4096, 4096, 3}, 0, NO_CHECK},
     {"rope_qkv", "f32", {4096, 32, 32, 128, 10000}, 0, NO_CHECK},
+    {"qk_norm_bf16", "bf16", {4096, 32, 8, 128}, 0, NO_CHECK},
     {"rope_qkv_bf16", "bf16", {4096, 32, 32, 128, 10000}, 0, NO_CHECK},
     {"attention", "f32", {ATT_PACKED, 4096, 0, 32, 32, 128, 2}, 0, NULL, "packed causal, 4 x 1024"},
     {"attention_bf16", "bf16", {ATT_PACKED, 4096, 0, 32, 32, 128, 2}, 0, NULL, "packed causal, 4 x 1024"},
