@@ -464,7 +464,8 @@ static void test_diverge(const char *data) {
     free(dir);
 }
 
-/* A copy of the fixture base model (in the scratch directory, as name) with a NaN written into element `index` of `tensor`. */
+/* A copy of the fixture base model (in the scratch directory, as name) with a NaN written into element `index` of
+ * `tensor`. */
 static char *damaged_model(const char *name, const char *tensor, int index) {
     char *dir = tmp_path(name);
     ensure(mkdir(dir, 0755) == 0);
