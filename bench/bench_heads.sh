@@ -8,6 +8,9 @@
 #     nearer the reference's 128 conversations a step).
 #     Every recipe is evaluated on the same held-out distilled conversations (what decoding sees: the model's own
 #     text), gets a tree tuned to its measured agreements, and decodes the 24 held-out prompts.
+#   bench/bench_heads.sh accum MODEL SHAREGPT OUT.txt
+#     The compare recipe "distilled-labels" with --grad-accum BENCH_HEADS_ACCUM_N (default 4) alone: run it beside a
+#     run with BENCH_HEADS_ACCUM_N=1, each on a core of its own, to weigh the batch per optimizer step.
 #   bench/bench_heads.sh long MODEL SHAREGPT OUT.txt
 #     The best recipe (self-distilled data, labels: heads_compare_cpu_vm.txt) with BENCH_HEADS_MINUTES (default 180)
 #     minutes in all: a third distils, the rest trains.
@@ -125,6 +128,16 @@ compare)
         fi
     } | tee "$OUT"
     ;;
+accum)
+    n=${BENCH_HEADS_ACCUM_N:-4}
+    tokenise "$DISTILLED" "$RUN/distilled"
+    {
+        header
+        echo "# $(wc -l <"$DISTILLED") conversations ($DISTILLED), $EPOCHS epochs, training capped at $TRAIN_MINUTES minutes"
+        recipe "distilled-labels-accum$n" "$RUN/distilled" "$TRAIN_MINUTES" --epochs "$EPOCHS" --targets labels \
+            --grad-accum "$n"
+    } | tee "$OUT"
+    ;;
 long)
     minutes=${BENCH_HEADS_MINUTES:-180}
     long=$RUN/distilled-long.jsonl
@@ -137,7 +150,7 @@ long)
     } | tee "$OUT"
     ;;
 *)
-    echo "bench_heads.sh: MODE=$MODE: expected compare or long" >&2
+    echo "bench_heads.sh: MODE=$MODE: expected compare, accum or long" >&2
     exit 1
     ;;
 esac
