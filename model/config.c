@@ -132,6 +132,7 @@ void config_from_json(ModelConfig *c, const char *path) {
     int is_qwen2 = strcmp(c->architecture, "qwen2") == 0;
     c->attention_bias = is_qwen2 ? 1 : json_bool(root, path, "attention_bias", 0);
     c->qk_norm = strcmp(c->architecture, "qwen3") == 0;
+    c->fused_weights = strcmp(c->architecture, "phi3") == 0;
     /* rope: transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters */
     c->rope_theta = (float)json_num(root, path, "rope_theta", 10000.0);
     const cJSON *rope_params = field(root, "rope_parameters");

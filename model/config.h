@@ -24,6 +24,7 @@ typedef struct {
     int tie_word_embeddings;
     int attention_bias; /* q/k/v projections carry a bias (qwen2, or llama with attention_bias) */
     int qk_norm;        /* RMSNorm of each q and k head before the rotation (qwen3) */
+    int fused_weights;  /* q/k/v and gate/up stored as one qkv_proj and one gate_up_proj (phi3) */
     int sliding_window; /* a query at position p sees keys from p - sliding_window + 1 on (mistral, phi3); 0: all */
     int bos_token_id;   /* -1 when unknown */
     int eos_token_id;

@@ -109,7 +109,7 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
         const char *qkv[3] = {names[0], names[1], names[2]}, *gate_up[2] = {names[3], names[4]};
         int64_t qkv_rows[3] = {q_dim, kv_dim, kv_dim}, gate_up_rows[2] = {I, I};
         for (int i = 0; i < 5; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.weight", l, suffixes[i]);
-        if (strcmp(c->architecture, "phi3") == 0) { /* Phi-3 stores them fused, in the order we stack them */
+        if (c->fused_weights) { /* stored fused, in the order the model stacks them */
             snprintf(names[0], sizeof names[0], "model.layers.%d.self_attn.qkv_proj.weight", l);
             w->wqkv = load(m, names[0], q_dim + 2 * kv_dim, H, 1);
             snprintf(names[0], sizeof names[0], "model.layers.%d.mlp.gate_up_proj.weight", l);
