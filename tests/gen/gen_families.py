@@ -45,56 +45,58 @@ def greedy(model, prompt, n_new):
     return out[0, len(prompt):].tolist()
 
 
+def gen_packed(name, cls, config, config_without, seed, token_seed, what, meta):
+    """A tiny random model of `config` saved as tests/fixtures/models/NAME with its packed batch's reference; the same
+    weights under `config_without` (the feature off, or None) must give other logits, or the fixture would not test
+    the feature. Returns (model, model without the feature)."""
+    model = make_tiny(name, cls, config, seed=seed)
+    out = OUT / name
+    save_hf(model, out)
+    tokens = packed_tokens(config.vocab_size, SEQ_LENS, seed=token_seed)
+    hidden, logits = run_packed(model, tokens, SEQ_LENS)
+    without = None
+    if config_without is not None:
+        without = make_tiny(name, cls, config_without, seed=seed)
+        without.load_state_dict(model.state_dict())
+        _, logits_without = run_packed(without, tokens, SEQ_LENS)
+        diff = maxdiff(logits, logits_without)
+        assert diff > 1e-2, f"{name}: {what} changes nothing on this batch"
+        print(f"{name}: logits differ from the model without {what} by {diff:.3f}")
+    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name, **meta})
+    return model, without
+
+
 def gen_mistral_sw():
     name = "tiny_mistral_sw"
     config = MistralConfig(vocab_size=352, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
                            rope_theta=10000.0, rms_norm_eps=1e-5, sliding_window=WINDOW, tie_word_embeddings=False,
                            bos_token_id=1, eos_token_id=2)
-    model = make_tiny(name, MistralForCausalLM, config, seed=7)
-    out = OUT / name
-    save_hf(model, out)
-    tokens = packed_tokens(config.vocab_size, SEQ_LENS, seed=17)
-    hidden, logits = run_packed(model, tokens, SEQ_LENS)
-    # the window must change the result, or the fixture would not test it
-    full = make_tiny(name, MistralForCausalLM, MistralConfig(**{**config.to_dict(), "sliding_window": None}), seed=7)
-    full.load_state_dict(model.state_dict())
-    _, logits_full = run_packed(full, tokens, SEQ_LENS)
-    assert maxdiff(logits, logits_full) > 1e-2, "the sliding window changes nothing on this batch"
-    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name, "sliding_window": WINDOW})
+    model, full = gen_packed(name, MistralForCausalLM, config,
+                             MistralConfig(**{**config.to_dict(), "sliding_window": None}), 7, 17, "the sliding window",
+                             {"sliding_window": WINDOW})
 
     prompt = packed_tokens(config.vocab_size, [PROMPT_LEN], seed=23).tolist()
     new = greedy(model, prompt, NEW_TOKENS)
     assert new != greedy(full, prompt, NEW_TOKENS), "the sliding window changes nothing in decoding"
     save_file({"prompt": np.asarray(prompt, np.int32), "greedy": np.asarray(new, np.int32)},
-              str(out / "greedy.safetensors"), metadata={"model": name, "sliding_window": str(WINDOW)})
-    print(f"{name}: window {WINDOW}, packed logits differ from full attention by {maxdiff(logits, logits_full):.3f}; "
-          f"greedy {new}")
+              str(OUT / name / "greedy.safetensors"), metadata={"model": name, "sliding_window": str(WINDOW)})
+    print(f"{name}: greedy {new}")
 
 
 def gen_rope_scaled(name, rope, legacy, seed):
     common = dict(vocab_size=288, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    model = make_tiny(name, LlamaForCausalLM, LlamaConfig(rope_parameters={"rope_theta": 10000.0, **rope}, **common),
-                      seed=seed)
-    plain = make_tiny(name, LlamaForCausalLM, LlamaConfig(rope_theta=10000.0, **common), seed=seed)
-    plain.load_state_dict(model.state_dict())
-    out = OUT / name
-    save_hf(model, out)
+    gen_packed(name, LlamaForCausalLM, LlamaConfig(rope_parameters={"rope_theta": 10000.0, **rope}, **common),
+               LlamaConfig(rope_theta=10000.0, **common), seed, seed + 10, "its rope scaling", {"rope": json.dumps(rope)})
     if legacy:  # transformers 4.x's layout: rope_theta at the top, the scaling under rope_scaling
-        p = out / "config.json"
+        p = OUT / name / "config.json"
         cfg = json.loads(p.read_text())
         params = cfg.pop("rope_parameters")
         cfg["rope_theta"] = params.pop("rope_theta")
         cfg["rope_scaling"] = params
         p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    tokens = packed_tokens(common["vocab_size"], SEQ_LENS, seed=seed + 10)
-    hidden, logits = run_packed(model, tokens, SEQ_LENS)
-    _, logits_plain = run_packed(plain, tokens, SEQ_LENS)
-    assert maxdiff(logits, logits_plain) > 1e-2, f"{name}: the scaling changes nothing on this batch"
-    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name, "rope": json.dumps(rope)})
-    print(f"{name}: logits differ from unscaled rope by {maxdiff(logits, logits_plain):.3f}")
 
 
 def gen_qwen3():
@@ -103,13 +105,7 @@ def gen_qwen3():
                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
                          rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
                          bos_token_id=1, eos_token_id=2)
-    model = make_tiny(name, Qwen3ForCausalLM, config, seed=29)
-    out = OUT / name
-    save_hf(model, out)
-    tokens = packed_tokens(config.vocab_size, SEQ_LENS, seed=31)
-    hidden, logits = run_packed(model, tokens, SEQ_LENS)
-    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name})
-    print(f"{name}: logits std {logits.std():.3f}")
+    gen_packed(name, Qwen3ForCausalLM, config, None, 29, 31, "", {})
 
 
 def gen_phi3():
@@ -117,17 +113,8 @@ def gen_phi3():
     common = dict(vocab_size=272, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=False,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = make_tiny(name, Phi3ForCausalLM, Phi3Config(sliding_window=6, **common), seed=37)
-    full = make_tiny(name, Phi3ForCausalLM, Phi3Config(sliding_window=None, **common), seed=37)
-    full.load_state_dict(model.state_dict())
-    out = OUT / name
-    save_hf(model, out)
-    tokens = packed_tokens(common["vocab_size"], SEQ_LENS, seed=41)
-    hidden, logits = run_packed(model, tokens, SEQ_LENS)
-    _, logits_full = run_packed(full, tokens, SEQ_LENS)
-    assert maxdiff(logits, logits_full) > 1e-2, "the sliding window changes nothing on this batch"
-    save_ref(out / "ref.safetensors", tokens, SEQ_LENS, hidden, logits, {"model": name})
-    print(f"{name}: logits differ from full attention by {maxdiff(logits, logits_full):.3f}")
+    gen_packed(name, Phi3ForCausalLM, Phi3Config(sliding_window=6, **common), Phi3Config(sliding_window=None, **common),
+               37, 41, "the sliding window", {})
 
 
 if __name__ == "__main__":
