@@ -145,6 +145,10 @@ expect 'same cuda_fp32_plain cuda_fp32_medusa' \
 expect 'same cuda_fp32_plain cpu_fp32_plain' "medusa-infer --precision fp32: plain greedy output cuda == cpu"
 expect 'same cuda_fp32_medusa cpu_fp32_medusa && [ "$(per_step cuda_fp32_medusa)" = "$(per_step cpu_fp32_medusa)" ]' \
     "medusa-infer --precision fp32: greedy Medusa output and tokens per step cuda == cpu ($(per_step cpu_fp32_medusa))"
+# MEDUSA_CUDA_SYNC=1 (a synchronisation and a check after every launch and GEMM) changes nothing but the timing
+MEDUSA_CUDA_SYNC=1 infer cuda auto medusa sync_cuda
+expect 'same cuda_auto_medusa sync_cuda && [ "$(per_step sync_cuda)" = "$(per_step cuda_auto_medusa)" ]' \
+    "MEDUSA_CUDA_SYNC=1 medusa-infer --device cuda: the same greedy Medusa output and tokens per step"
 # the heads with a head vocabulary of 56, some of whose candidates are accepted
 for dev in cuda cpu; do INFER_HEADS=$TMP/run_head_vocab_cuda/medusa infer "$dev" fp32 medusa "head_vocab_$dev"; done
 expect 'same cuda_fp32_plain head_vocab_cuda && same head_vocab_cuda head_vocab_cpu &&
