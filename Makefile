@@ -91,7 +91,7 @@ $(BUILD)/%.o: %.c
 	$(CC) $(CFLAGS) -c $< -o $@
 # the CPU kernels built on kernels/cpu/simd.h: fused multiply-adds (the ISO C mode of -std=c11 leaves contraction
 # off), and no notes on vector-return ABIs (simd.h's functions are always inlined)
-$(BUILD)/kernels/cpu/matmul.o $(BUILD)/kernels/cpu/attention.o $(BUILD)/kernels/cpu/elementwise.o $(BUILD)/tests/test_model: CFLAGS += -ffp-contract=fast -Wno-psabi
+$(BUILD)/kernels/cpu/matmul.o $(BUILD)/kernels/cpu/matmul_q.o $(BUILD)/kernels/cpu/simd.o $(BUILD)/kernels/cpu/attention.o $(BUILD)/kernels/cpu/elementwise.o $(BUILD)/tests/test_model $(BUILD)/tests/test_matmul_q: CFLAGS += -ffp-contract=fast -Wno-psabi
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@

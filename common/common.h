@@ -62,8 +62,7 @@ int file_exists(const char *path);
 int dir_exists(const char *path);
 char *path_join(const char *dir, const char *name);
 
-/* IEEE half and bfloat16 conversions (round to nearest even on the way down). */
-float half_to_float(uint16_t h);
+/* IEEE half and bfloat16 conversions (round to nearest even on the way down; half to float: dtype.h's dtype_half). */
 uint16_t float_to_half(float f);
 float bf16_to_float(uint16_t b);
 uint16_t float_to_bf16(float f);

@@ -120,64 +120,34 @@ static void read_kv(Cursor *c, GGUFKV *kv) {
     }
 }
 
-/* Bytes per block and elements per block of each supported ggml type. */
-static int type_block(GGMLType t, size_t *block_bytes) {
+int ggml_dtype(GGMLType t) {
     switch (t) {
     case GGML_F32:
-        *block_bytes = 4;
-        return 1;
+        return DT_F32;
     case GGML_F16:
-        *block_bytes = 2;
-        return 1;
+        return DT_F16;
     case GGML_BF16:
-        *block_bytes = 2;
-        return 1;
+        return DT_BF16;
     case GGML_Q8_0:
-        *block_bytes = 34;
-        return 32;
+        return DT_Q8_0;
     case GGML_Q4_0:
-        *block_bytes = 18;
-        return 32;
+        return DT_Q4_0;
     case GGML_Q4_1:
-        *block_bytes = 20;
-        return 32;
-    case GGML_Q4_K: /* f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles */
-        *block_bytes = 144;
-        return 256;
-    case GGML_Q5_K: /* as Q4_K, and 32 bytes of fifth bits */
-        *block_bytes = 176;
-        return 256;
-    case GGML_Q6_K: /* 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, f16 d */
-        *block_bytes = 210;
-        return 256;
+        return DT_Q4_1;
+    case GGML_Q4_K:
+        return DT_Q4_K;
+    case GGML_Q5_K:
+        return DT_Q5_K;
+    case GGML_Q6_K:
+        return DT_Q6_K;
     default:
-        return 0;
+        return -1;
     }
 }
 
 const char *ggml_type_name(GGMLType type) {
-    switch (type) {
-    case GGML_F32:
-        return "F32";
-    case GGML_F16:
-        return "F16";
-    case GGML_BF16:
-        return "BF16";
-    case GGML_Q8_0:
-        return "Q8_0";
-    case GGML_Q4_0:
-        return "Q4_0";
-    case GGML_Q4_1:
-        return "Q4_1";
-    case GGML_Q4_K:
-        return "Q4_K";
-    case GGML_Q5_K:
-        return "Q5_K";
-    case GGML_Q6_K:
-        return "Q6_K";
-    default:
-        return "unsupported";
-    }
+    int t = ggml_dtype(type);
+    return t < 0 ? "unsupported" : dtype_name((DType)t);
 }
 
 static int by_offset(const void *a, const void *b) {
@@ -288,8 +258,8 @@ void gguf_open(GGUFFile *g, const char *path) {
         }
         t->type = (GGMLType)read_uint(&c, 4, t->name);
         t->offset = read_uint(&c, 8, t->name);
-        size_t block_bytes;
-        int block = type_block(t->type, &block_bytes);
+        size_t block_bytes = 0;
+        int dtype = ggml_dtype(t->type), block = dtype < 0 ? 0 : dtype_block((DType)dtype, &block_bytes);
         if (!block)
             fatal("%s: tensor '%s' has unsupported type %d (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K Q5_K Q6_K)",
                   path, t->name, t->type);
@@ -374,109 +344,3 @@ const GGUFTensor *gguf_find_tensor(const GGUFFile *g, const char *name) {
     return NULL;
 }
 
-static float read_f16(const uint8_t *p) { return half_to_float((uint16_t)(p[0] | (p[1] << 8))); }
-
-/* a 7B model's loading is mostly these loops (and the page faults of the mapped file they take) */
-#define PARALLEL_ELEMENTS (1 << 16)
-
-/* The K-quants as ggml's dequantize_row_q*_K and the gguf package compute them, in fp32 and in the same order of
- * operations (the scale times the sub-block scale first), so the floats are the same bit for bit. */
-
-/* sub-block j's 6-bit scale and min of a Q4_K/Q5_K super-block's 12 scale bytes */
-static void k_scale_min(const uint8_t *s, int j, int *scale, int *min) {
-    if (j < 4) {
-        *scale = s[j] & 0x3f;
-        *min = s[j + 4] & 0x3f;
-    } else {
-        *scale = (s[j + 4] & 0x0f) | ((s[j - 4] >> 2) & 0x30);
-        *min = (s[j + 4] >> 4) | ((s[j] >> 2) & 0x30);
-    }
-}
-
-/* 8 sub-blocks of 32: element i of sub-block j is nibble j % 2 of byte 32 (j / 2) + i (Q5_K: plus bit j of qh[i]
- * as its fifth bit), times d * scale, less dmin * min */
-static void dequantize_q45_k(GGMLType type, const uint8_t *blk, float *out) {
-    float d = read_f16(blk), dmin = read_f16(blk + 2);
-    const uint8_t *scales = blk + 4, *qh = blk + 16, *qs = blk + (type == GGML_Q4_K ? 16 : 48);
-    for (int j = 0; j < 8; j++) {
-        int sc, m;
-        k_scale_min(scales, j, &sc, &m);
-        float dj = d * (float)sc, mj = dmin * (float)m;
-        for (int i = 0; i < 32; i++) {
-            int q = (qs[32 * (j / 2) + i] >> (4 * (j % 2))) & 0x0f;
-            if (type == GGML_Q5_K) q |= ((qh[i] >> j) & 1) << 4;
-            out[32 * j + i] = dj * (float)q - mj;
-        }
-    }
-}
-
-/* element e: low nibble (shift 4 * ((e % 128) / 64)) of ql[64 (e / 128) + e % 64], high bits (shift 2 * ((e % 128) /
- * 32)) of qh[32 (e / 128) + e % 32], less 32, times d * scales[e / 16] */
-static void dequantize_q6_k(const uint8_t *blk, float *out) {
-    const uint8_t *ql = blk, *qh = blk + 128;
-    const int8_t *scales = (const int8_t *)(blk + 192);
-    float d = read_f16(blk + 208);
-    for (int e = 0; e < 256; e++) {
-        int h = e / 128, r = e % 128;
-        int lo = (ql[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f, hi = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
-        out[e] = (d * (float)scales[e / 16]) * (float)((lo | (hi << 4)) - 32);
-    }
-}
-
-void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n) {
-    switch (type) {
-    case GGML_F32:
-        memcpy(out, src, (size_t)n * 4);
-        break;
-    case GGML_F16:
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t i = 0; i < n; i++) out[i] = read_f16(src + 2 * i);
-        break;
-    case GGML_BF16:
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t i = 0; i < n; i++) out[i] = bf16_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
-        break;
-    case GGML_Q8_0: /* block: f16 scale, 32 x int8 */
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t b = 0; b < n / 32; b++) {
-            const uint8_t *blk = src + 34 * b;
-            float d = read_f16(blk);
-            for (int j = 0; j < 32; j++) out[32 * b + j] = d * (float)(int8_t)blk[2 + j];
-        }
-        break;
-    case GGML_Q4_0: /* block: f16 scale, 16 bytes; low nibbles are elements 0..15, high nibbles 16..31 */
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t b = 0; b < n / 32; b++) {
-            const uint8_t *blk = src + 18 * b;
-            float d = read_f16(blk);
-            for (int j = 0; j < 16; j++) {
-                out[32 * b + j] = d * (float)((blk[2 + j] & 0x0f) - 8);
-                out[32 * b + j + 16] = d * (float)((blk[2 + j] >> 4) - 8);
-            }
-        }
-        break;
-    case GGML_Q4_1: /* block: f16 scale, f16 min, 16 bytes of nibbles */
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t b = 0; b < n / 32; b++) {
-            const uint8_t *blk = src + 20 * b;
-            float d = read_f16(blk), m = read_f16(blk + 2);
-            for (int j = 0; j < 16; j++) {
-                out[32 * b + j] = d * (float)(blk[4 + j] & 0x0f) + m;
-                out[32 * b + j + 16] = d * (float)(blk[4 + j] >> 4) + m;
-            }
-        }
-        break;
-    case GGML_Q4_K:
-    case GGML_Q5_K:
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t b = 0; b < n / 256; b++)
-            dequantize_q45_k(type, src + (type == GGML_Q4_K ? 144 : 176) * b, out + 256 * b);
-        break;
-    case GGML_Q6_K:
-#pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-        for (int64_t b = 0; b < n / 256; b++) dequantize_q6_k(src + 210 * b, out + 256 * b);
-        break;
-    default:
-        fatal("cannot dequantise ggml type %d", type);
-    }
-}

@@ -3,6 +3,7 @@
 #define MEDUSA_GGUF_H
 
 #include "../common/common.h"
+#include "../common/dtype.h"
 
 typedef enum {
     GGUF_TYPE_UINT8 = 0,
@@ -77,8 +78,8 @@ double gguf_get_float(const GGUFFile *g, const char *key, double fallback);
 const char *gguf_get_str(const GGUFFile *g, const char *key); /* NULL when absent */
 const GGUFTensor *gguf_find_tensor(const GGUFFile *g, const char *name);
 
-/* Dequantise n elements of a tensor (from element 0) into out. */
-void ggml_dequantize(GGMLType type, const uint8_t *src, float *out, int64_t n);
+/* The element type of a ggml type, -1 for one we cannot read. */
+int ggml_dtype(GGMLType type);
 const char *ggml_type_name(GGMLType type);
 
 #endif

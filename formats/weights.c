@@ -5,11 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *dtype_name(DType t) {
-    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1", "I64", "Q4_K", "Q5_K", "Q6_K"};
-    return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
-}
-
 /* Element count; the loaders have checked that it and its byte size fit in 64 bits. */
 static int64_t numel(const WeightTensor *t) {
     int64_t n = 1;
@@ -194,14 +189,11 @@ void weights_open_gguf(WeightSet *w, const char *path, int n_heads, int n_kv_hea
     w->source = xstrdup(path);
     w->gguf = xmalloc(sizeof(GGUFFile));
     gguf_open(w->gguf, path);
-    static const DType from_ggml[] = {[GGML_F32] = DT_F32,   [GGML_F16] = DT_F16,   [GGML_Q4_0] = DT_Q4_0,
-                                      [GGML_Q4_1] = DT_Q4_1, [GGML_Q8_0] = DT_Q8_0, [GGML_BF16] = DT_BF16,
-                                      [GGML_Q4_K] = DT_Q4_K, [GGML_Q5_K] = DT_Q5_K, [GGML_Q6_K] = DT_Q6_K};
     for (uint64_t i = 0; i < w->gguf->n_tensors; i++) {
         const GGUFTensor *g = &w->gguf->tensors[i];
         WeightTensor *t = add_tensor(w);
         t->name = hf_name_from_gguf(g->name);
-        t->dtype = from_ggml[g->type];
+        t->dtype = (DType)ggml_dtype(g->type); /* gguf_open accepts only types it has */
         t->n_dims = g->n_dims;
         for (int d = 0; d < g->n_dims; d++) t->shape[d] = g->ne[g->n_dims - 1 - d];
         t->data = g->data;
@@ -240,21 +232,41 @@ static void shape_string(char *buf, size_t n, int n_dims, const int64_t *shape) 
     if (at < n) snprintf(buf + at, n - at, "]");
 }
 
-/* Rows of head h are stored as (i, j) pairs interleaved; HF keeps the two rotary halves apart. */
-static void unpermute_rows(float *x, int64_t rows, int64_t cols, int heads, const char *file, const char *name) {
+/* Rows of head h are stored as (i, j) pairs interleaved; HF keeps the two rotary halves apart. Rows of any element
+ * type move whole (row_bytes each). */
+static void unpermute_rows(uint8_t *x, int64_t rows, size_t row_bytes, int heads, const char *file, const char *name) {
     if (rows % heads != 0 || (rows / heads) % 2 != 0)
         fatal("%s: tensor '%s' has %lld rows, not divisible into %d rotary heads", file, name, (long long)rows, heads);
     int64_t head_dim = rows / heads, half = head_dim / 2;
-    float *tmp = xmalloc(sizeof(float) * (size_t)(head_dim * cols));
+    uint8_t *tmp = xmalloc(row_bytes * (size_t)head_dim);
     for (int h = 0; h < heads; h++) {
-        float *base = x + (size_t)(h * head_dim * cols);
+        uint8_t *base = x + row_bytes * (size_t)(h * head_dim);
         for (int64_t i = 0; i < half; i++)
             for (int j = 0; j < 2; j++)
-                memcpy(tmp + (size_t)((j * half + i) * cols), base + (size_t)((2 * i + j) * cols),
-                       sizeof(float) * (size_t)cols);
-        memcpy(base, tmp, sizeof(float) * (size_t)(head_dim * cols));
+                memcpy(tmp + row_bytes * (size_t)(j * half + i), base + row_bytes * (size_t)(2 * i + j), row_bytes);
+        memcpy(base, tmp, row_bytes * (size_t)head_dim);
     }
     free(tmp);
+}
+
+/* a 7B model's loading is mostly these loops (and the page faults of the mapped file they take) */
+#define PARALLEL_GROUPS (1 << 11)
+
+void weights_dequantize(DType type, const uint8_t *src, float *out, int64_t n) {
+    size_t block_bytes;
+    int block = dtype_block(type, &block_bytes);
+    if (type == DT_F32) {
+        memcpy(out, src, sizeof(float) * (size_t)n);
+    } else if (block == 1 && (type == DT_F16 || type == DT_BF16)) { /* any length */
+#pragma omp parallel for if (n > DTYPE_GROUP * PARALLEL_GROUPS)
+        for (int64_t i = 0; i < n; i++)
+            out[i] = type == DT_F16 ? dtype_half(src + 2 * i) : bf16_to_f32((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
+    } else if (block > 0 && dtype_is_packed_weight(type) && n % block == 0) {
+#pragma omp parallel for if (n > DTYPE_GROUP * PARALLEL_GROUPS)
+        for (int64_t g = 0; g < n / DTYPE_GROUP; g++) dtype_dequantize_group(type, src, g, out + DTYPE_GROUP * g);
+    } else {
+        fatal("cannot dequantise %lld elements of type %s", (long long)n, dtype_name(type));
+    }
 }
 
 /* `name` with its shape checked against the config's; NULL when absent and not required */
@@ -281,14 +293,29 @@ float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const 
     if (!t) return NULL;
     int64_t n = numel(t);
     float *out = xmalloc(sizeof(float) * (size_t)(n ? n : 1));
-    static const GGMLType to_ggml[] = {[DT_F32] = GGML_F32,   [DT_F16] = GGML_F16,   [DT_BF16] = GGML_BF16,
-                                       [DT_Q8_0] = GGML_Q8_0, [DT_Q4_0] = GGML_Q4_0, [DT_Q4_1] = GGML_Q4_1,
-                                       [DT_Q4_K] = GGML_Q4_K, [DT_Q5_K] = GGML_Q5_K, [DT_Q6_K] = GGML_Q6_K};
     if (t->dtype == DT_I32 || t->dtype == DT_I64)
         fatal("%s: tensor '%s' is %s where a float tensor is needed", t->file, name, dtype_name(t->dtype));
-    ggml_dequantize(to_ggml[t->dtype], t->data, out, n);
+    weights_dequantize(t->dtype, t->data, out, n);
     if (t->unpermute_heads > 0 && n_dims == 2)
-        unpermute_rows(out, shape[0], shape[1], t->unpermute_heads, t->file, name);
+        unpermute_rows((uint8_t *)out, shape[0], sizeof(float) * (size_t)shape[1], t->unpermute_heads, t->file, name);
+    return out;
+}
+
+void *weights_load_packed(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required,
+                          DType *type) {
+    const WeightTensor *t = find_checked(w, name, n_dims, shape, required);
+    if (!t) return NULL;
+    if (n_dims != 2 || !dtype_is_packed_weight(t->dtype) || dtype_row_bytes(t->dtype, shape[1]) == 0)
+        fatal("%s: tensor '%s' (%s) cannot be kept packed: a weight matrix in a 16-bit or block format is needed",
+              t->file, name, dtype_name(t->dtype));
+    size_t row_bytes = dtype_row_bytes(t->dtype, shape[1]);
+    if (row_bytes * (size_t)shape[0] != t->nbytes)
+        fatal("%s: tensor '%s' holds %zu bytes, not the %zu of its shape", t->file, name, t->nbytes,
+              row_bytes * (size_t)shape[0]);
+    uint8_t *out = xmalloc(t->nbytes);
+    memcpy(out, t->data, t->nbytes);
+    if (t->unpermute_heads > 0) unpermute_rows(out, shape[0], row_bytes, t->unpermute_heads, t->file, name);
+    *type = t->dtype;
     return out;
 }
 

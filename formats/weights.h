@@ -6,8 +6,6 @@
 
 #include "gguf.h"
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_I64, DT_Q4_K, DT_Q5_K, DT_Q6_K } DType;
-
 typedef struct {
     char *name; /* Hugging Face name */
     DType dtype;
@@ -42,7 +40,12 @@ const WeightTensor *weights_find(const WeightSet *w, const char *name); /* NULL 
 float *weights_load_f32(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required);
 /* The same as bf16 (round to nearest even): bf16 tensors are copied as stored, others converted. */
 uint16_t *weights_load_bf16(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required);
-const char *dtype_name(DType t);
+/* A weight matrix [shape[0], shape[1]] as stored (a 16-bit or block format: dtype_is_packed_weight), rows in the
+ * model's order (GGUF Q/K rows un-permuted), as a malloc'd copy; its type in *type. Fatal for another type. */
+void *weights_load_packed(const WeightSet *w, const char *name, int n_dims, const int64_t *shape, int required,
+                          DType *type);
+/* n elements of type `type` (stored little-endian, whole blocks) as fp32 (common/dtype.h's rule). */
+void weights_dequantize(DType type, const uint8_t *src, float *out, int64_t n);
 /* An I32 (or I64, values checked to fit) tensor as a malloc'd int32 copy (count in *n). NULL if absent. */
 int32_t *weights_load_i32(const WeightSet *w, const char *name, int64_t *n);
 

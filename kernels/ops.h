@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/dtype.h"
 #include "math_common.h"
 
 typedef struct Backend Backend;

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "../common/dtype.h"
 #include "../common/rng.h"
 
 static int test_passed, test_failed;
@@ -128,6 +129,33 @@ static inline cJSON *read_json(const char *path) {
 /* n values uniform in [-scale, scale). */
 static inline void fill_uniform(float *x, size_t n, float scale, Rng *rng) {
     for (size_t i = 0; i < n; i++) x[i] = scale * (2.0f * rng_uniform(rng) - 1.0f);
+}
+
+/* a finite half in about [-2, 2] (exponents 2^-6 .. 2^1, and now and then a subnormal), little-endian at p */
+static inline void put_random_half(uint8_t *p, Rng *rng) {
+    uint32_t r = (uint32_t)rng_next(rng);
+    uint16_t exp = (r % 16 == 0) ? 0 : (uint16_t)(9 + r % 8);
+    uint16_t h = (uint16_t)((((r >> 8) & 1) << 15) | (exp << 10) | ((r >> 12) & 0x3ff));
+    p[0] = (uint8_t)h, p[1] = (uint8_t)(h >> 8);
+}
+
+/* rows [rows, cols] of a weight format (common/dtype.h) with random bits, every quant value occurring, and finite
+ * scales (xmalloc'd) */
+static inline uint8_t *random_packed_rows(DType type, int rows, int cols, Rng *rng) {
+    size_t n = dtype_row_bytes(type, cols) * (size_t)rows, block_bytes;
+    dtype_block(type, &block_bytes);
+    uint8_t *w = xmalloc(n ? n : 1);
+    for (size_t i = 0; i < n; i++) w[i] = (uint8_t)rng_next(rng);
+    for (size_t b = 0; block_bytes && b < n / block_bytes; b++) {
+        uint8_t *blk = w + b * block_bytes;
+        if (type == DT_BF16) blk[1] = (uint8_t)((blk[1] & 0x80) | (0x3c + rng_below(rng, 5))); /* about [-4, 4] */
+        if (type == DT_F16 || type == DT_Q8_0 || type == DT_Q4_0 || type == DT_Q4_1 || type == DT_Q4_K ||
+            type == DT_Q5_K)
+            put_random_half(blk, rng);
+        if (type == DT_Q4_1 || type == DT_Q4_K || type == DT_Q5_K) put_random_half(blk + 2, rng);
+        if (type == DT_Q6_K) put_random_half(blk + 208, rng);
+    }
+    return w;
 }
 
 #endif

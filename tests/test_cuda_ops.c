@@ -259,6 +259,37 @@ static void check_embedding_bf16(const OpRow *r) {
     free(table), free(want), free(wide), free(ref), free(tokens);
 }
 
+/* matmul_q on the weight format p[4] (a DType) into a band of a wider output (ldo = OC + 3), then embedding_q of
+ * some of its rows: the GPU's against the CPU's (whose exactness tests/test_matmul_q checks) */
+static void check_matmul_q(const OpRow *r) {
+    int T = r->p[0], IC = r->p[1], OC = r->p[2], with_bias = r->p[3], ldo = OC + 3;
+    DType type = (DType)r->p[4];
+    uint8_t *w = random_packed_rows(type, OC, IC, &rng);
+    size_t w_bytes = dtype_row_bytes(type, IC) * (size_t)OC;
+    float *in = random_floats((size_t)T * IC, 1.0f), *bias = with_bias ? random_floats(OC, 1.0f) : NULL;
+    float *want = random_floats((size_t)T * ldo, 1.0f); /* the band's outside must stay as it was */
+    float *d_out = to_gpu(want, sizeof(float) * T * ldo), *d_in = to_gpu(in, sizeof(float) * T * IC);
+    float *d_bias = bias ? to_gpu(bias, sizeof(float) * OC) : NULL;
+    void *d_w = to_gpu(w, w_bytes);
+    cpu->matmul_q(want, ldo, in, w, type, bias, T, IC, OC);
+    gpu->matmul_q(d_out, ldo, d_in, d_w, type, d_bias, T, IC, OC);
+    char what[96];
+    snprintf(what, sizeof what, "matmul_q %s T=%d IC=%d OC=%d %s", dtype_name(type), T, IC, OC,
+             bias ? "+ bias" : "no bias");
+    expect_close(what, d_out, want, (size_t)T * ldo, r->tol);
+    int32_t tokens[3] = {OC - 1, 0, OC / 2};
+    float *emb = xmalloc(sizeof(float) * 3 * IC), *d_emb = gpu->alloc(sizeof(float) * 3 * IC);
+    int32_t *d_tokens = to_gpu(tokens, sizeof tokens);
+    cpu->embedding_q(emb, tokens, w, type, 3, IC);
+    gpu->embedding_q(d_emb, d_tokens, d_w, type, 3, IC);
+    float *got = from_gpu(d_emb, (size_t)3 * IC);
+    CHECK(!memcmp(got, emb, sizeof(float) * 3 * IC), "embedding_q %s C=%d: the CPU's floats, bit for bit",
+          dtype_name(type), IC);
+    gpu->free(d_out), gpu->free(d_in), gpu->free(d_w), gpu->free(d_emb), gpu->free(d_tokens);
+    if (d_bias) gpu->free(d_bias);
+    free(w), free(in), free(bias), free(want), free(emb), free(got);
+}
+
 /* Counts the bf16 values of the GPU's result (downloaded) one step from the CPU's, and fails on any further apart:
  * the two fp32 results before rounding differ by ~1e-6, which can move a value across a rounding boundary. */
 static void expect_bf16_steps(const char *what, const uint16_t *d_got, const uint16_t *want, size_t n) {
@@ -1120,6 +1151,14 @@ static const OpRow op_rows[] = {
     {"matmul", "f32", {9, 70, 33, 1}, 1e-5, check_matmul, NULL},
     {"matmul", "f32", {9, 70, 33, 0}, 1e-5, check_matmul, NULL},
     {"matmul", "f32", {1, 64, 48, 1}, 1e-5, check_matmul, NULL},
+    {"matmul_q", "q4_1", {1, 256, 37, 1, DT_Q4_1}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q8_0", {3, 96, 20, 0, DT_Q8_0}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q4_0", {7, 64, 9, 1, DT_Q4_0}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "f16", {30, 64, 33, 1, DT_F16}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "bf16", {2, 128, 5, 0, DT_BF16}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q4_k", {5, 512, 11, 1, DT_Q4_K}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q5_k", {1, 256, 64, 0, DT_Q5_K}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q6_k", {26, 256, 17, 1, DT_Q6_K}, 1e-5, check_matmul_q, "and embedding_q"},
     {"matmul_backward", "f32", {37, 20, 45, 7}, 1e-5, check_matmul_backward, NULL},
     {"matmul_backward", "f32", {5, 16, 8, 2}, 1e-5, check_matmul_backward, NULL},
     {"matmul_backward", "f32", {5, 16, 8, 5}, 1e-5, check_matmul_backward, NULL},
@@ -1267,6 +1306,7 @@ static const OpRow op_rows[] = {
     {"qk_norm_bf16", "bf16", {7, 4, 2, 16}, 0, NO_CHECK},
     {"matmul_bf16_in", "bf16", {9, 70, 33, 1}, 0, NO_CHECK},
     {"matmul_bf16_out", "bf16", {9, 70, 33, 1}, 0, NO_CHECK},
+    {"embedding_q", "q8_0", {13, 256, 50, 0, DT_Q8_0}, 0, NO_CHECK},
 };
 enum { N_ROWS = sizeof op_rows / sizeof op_rows[0] };
 /* model-sized rows, for --perf on the backend under test alone (too large for the emulator and the CPU) */
@@ -1277,6 +1317,8 @@ static const OpRow model_rows[] = {
     {"rmsnorm_bf16", "bf16", {4096, 4096}, 0, NO_CHECK},
     {"matmul", "f32", {4096, 4096, 4096, 0}, 0, NO_CHECK},
     {"matmul", "f32", {1, 4096, 4096, 0}, 0, NO_CHECK},
+    {"matmul_q", "q4_k", {1, 4096, 4096, 0, DT_Q4_K}, 0, NO_CHECK},
+    {"matmul_q", "q8_0", {64, 4096, 4096, 0, DT_Q8_0}, 0, NO_CHECK},
     {"matmul_bf16", "bf16", {4096, 4096, 4096, 0}, 0, NO_CHECK},
     {"matmul_bf16_in", "bf16", {4096, 4096, 4096, 1}, 0, NULL, "o_proj"},
     {"matmul_bf16_in", "bf16", {4096, 11008, 4096, 1}, 0, NULL, "down"},
@@ -1320,6 +1362,8 @@ static const struct {
     const char *ops, *names;
 } OP_PARAMS[] = {
     {" embedding embedding_bf16 ", "T C V"},
+    {" matmul_q ", "T IC OC bias type"},
+    {" embedding_q ", "T C V - type"},
     {" rmsnorm rmsnorm_bf16 ", "T C"},
     {" matmul matmul_bf16 matmul_bf16_out ", "T IC OC bias"},
     {" matmul_bf16_in ", "T IC OC accumulate"},
@@ -1503,7 +1547,22 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
 #define F32(n) ((float *)bench_buf(&b, sizeof(float) * (size_t)(n), FILL_F32))
 #define BF16(n) ((uint16_t *)bench_buf(&b, sizeof(uint16_t) * (size_t)(n), FILL_BF16))
 #define ZERO(n, type) ((type *)bench_buf(&b, sizeof(type) * (size_t)(n), FILL_NONE))
-    if (IS("embedding") || IS("embedding_bf16")) {
+    if (IS("matmul_q") || IS("embedding_q")) { /* zero bytes: valid blocks of every format */
+        int T = p[0], IC = p[1], OC = p[2];
+        DType type = (DType)p[4];
+        size_t row_bytes = dtype_row_bytes(type, IC);
+        void *w = ZERO(row_bytes * (size_t)OC, uint8_t);
+        float *out = ZERO((size_t)T * (IS("matmul_q") ? OC : IC), float);
+        if (IS("matmul_q")) {
+            float *in = F32((size_t)T * IC), *bias = p[3] ? F32(OC) : NULL;
+            TIME_CALLS(s, be, out, be->matmul_q(out, OC, in, w, type, bias, T, IC, OC));
+            *flops = 2.0 * T * IC * OC;
+        } else {
+            int32_t *tokens = bench_ids(&b, (size_t)T, OC);
+            TIME_CALLS(s, be, out, be->embedding_q(out, tokens, w, type, T, IC));
+            *bytes = (double)T * (row_bytes + 4.0 * IC);
+        }
+    } else if (IS("embedding") || IS("embedding_bf16")) {
         int T = p[0], C = p[1], V = p[2];
         int32_t *tokens = bench_ids(&b, (size_t)T, V);
         float *out = ZERO((size_t)T * C, float);

@@ -24,7 +24,7 @@ int main(void) {
         ensure(t && want && want->dtype == DT_F32);
         int64_t n = t->ne[0] * t->ne[1];
         float *got = xmalloc(sizeof(float) * (size_t)n);
-        ggml_dequantize(t->type, t->data, got, n);
+        weights_dequantize((DType)ggml_dtype(t->type), t->data, got, n);
         int64_t differ = 0;
         for (int64_t j = 0; j < n; j++) differ += memcmp(&got[j], want->data + 4 * j, 4) != 0; /* bit patterns */
         CHECK(t->type == cases[i].type && (size_t)n * 4 == want->nbytes && differ == 0,

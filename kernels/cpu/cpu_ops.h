@@ -6,6 +6,9 @@
 
 /* Below this many elements a parallel region costs more than the loop (a decoding step has one row). */
 #define PAR_MIN 32768
+/* Up to this many input rows (decoding, tree verification) a matmul streams the weights past the rows itself; beyond,
+ * OpenBLAS sgemm's cache blocking wins (kernels/cpu/matmul.c) */
+#define CPU_SMALL_ROWS 24
 
 /* the ops (kernels/ops.def): cpu_<op> for each op of struct Backend */
 #define OP(ret, op, params, args) ret cpu_##op params;

@@ -12,10 +12,9 @@
 /* Decoding and tree verification multiply a few input rows by every weight row: there the weights stream from memory
  * once, in pairs of rows, each pair dotted with up to 4 input rows at a time while it sits in L1, 8 independent vector
  * accumulators (so that the FMA units never wait on one another's results). OpenBLAS sgemm first repacks the whole
- * weight matrix, and its gemv reached a third of this bandwidth on the 49k-row lm_head. Beyond SMALL_ROWS rows sgemm's
- * cache blocking wins (measured on SmolLM2's shapes, 2 cores, weights from DRAM: bench/matmul_rows_cpu_vm.txt).
+ * weight matrix, and its gemv reached a third of this bandwidth on the 49k-row lm_head. Beyond CPU_SMALL_ROWS rows
+ * sgemm's cache blocking wins (measured on SmolLM2's shapes, 2 cores, weights from DRAM: bench/matmul_rows_cpu_vm.txt).
  * Compiled for AVX2 with FMA and for baseline x86-64 (simd.h). */
-#define SMALL_ROWS 24
 
 /* out[t, o + r] for r < R weight rows and t0 <= t < t0 + N input rows (R <= 2, N <= 4, constants once inlined) */
 static ALWAYS_INLINE void dot_block(float *out, const float *in, const float *weight, int IC, int OC, int o, int R,
@@ -89,7 +88,7 @@ static void rows_few_baseline(float *out, const float *in, const float *weight, 
 }
 
 void cpu_matmul(float *out, const float *in, const float *weight, const float *bias, int T, int IC, int OC) {
-    if (T <= SMALL_ROWS) {
+    if (T <= CPU_SMALL_ROWS) {
 #pragma omp parallel if ((size_t)OC * IC > 65536)
         {
             /* each thread an even share of the weight rows */

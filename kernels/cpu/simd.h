@@ -1,5 +1,6 @@
 /* 8-float vectors (GCC vector extensions) for the CPU kernels that OpenBLAS does not cover: on x86-64 compiled once for
- * AVX2 with FMA and once for baseline x86-64 (two SSE registers per vector), the AVX2 build picked at run time. A
+ * AVX2 with FMA and once for baseline x86-64 (two SSE registers per vector), the AVX2 build picked at run time (the
+ * quantised matmul has an AVX-512 build too, SIMD_AVX512, on 16-float vectors). A
  * kernel body is an always-inline function that two thin wrappers instantiate, one with SIMD_AVX2_FMA. On other
  * architectures (aarch64) SIMD_AVX2_FMA is empty and simd_avx2_fma() 0, so both wrappers are the baseline build and it
  * runs: the vector extensions are portable C for GCC and clang, which lower them to the target's vector registers
@@ -15,22 +16,23 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #if defined(__x86_64__) || defined(__i386__)
-#define SIMD_AVX2_FMA __attribute__((target("avx2,fma")))
+#define SIMD_AVX2_FMA __attribute__((target("avx2,fma,f16c")))
+#define SIMD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #else
 #define SIMD_AVX2_FMA
+#define SIMD_AVX512
 #endif
 
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef int32_t Int8 __attribute__((vector_size(32)));
 
-/* whether this CPU runs the SIMD_AVX2_FMA builds (two loads from what libgcc detected at start-up); never off x86 */
-static inline int simd_avx2_fma(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
+/* The builds a kernel may have, narrowest first. */
+typedef enum { SIMD_LEVEL_BASELINE, SIMD_LEVEL_AVX2, SIMD_LEVEL_AVX512 } SimdLevel;
+/* The widest build this CPU runs (from the flags libgcc detected at start-up; never above baseline off x86), or a
+ * narrower one that the environment variable MEDUSA_CPU_SIMD names (baseline, avx2 or avx512), so that tests and
+ * benchmarks can run every build on one machine. A wider one than the CPU has is refused. */
+SimdLevel simd_level(void);
+static inline int simd_avx2_fma(void) { return simd_level() >= SIMD_LEVEL_AVX2; }
 
 static ALWAYS_INLINE Vec8 vec8_load(const float *p) {
     Vec8 v;
