@@ -29,26 +29,102 @@ static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int 
     return load_stacked(m, &name, &d0, 1, d1, required);
 }
 
-void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,
+/* The stored format of a tensor when native storage keeps it (a matrix whose rows are whole blocks of a format
+ * matmul_q takes); DT_F32 when it is converted */
+static DType native_type(const Model *m, const char *name, int64_t d1) {
+    const WeightTensor *t = weights_find(&m->source, name);
+    if (!m->native || !t || !dtype_is_packed_weight(t->dtype) || dtype_row_bytes(t->dtype, d1) == 0) return DT_F32;
+    return t->dtype;
+}
+
+/* A matrix of the tensors `names` stacked (rows[i] each, of d1 columns; all required): with native storage in their
+ * formats (one part where they share one, else a part each), else (or where one is not kept) in weight_dtype. */
+static Matrix load_matrix(const Model *m, const char *const *names, const int64_t *rows, int n, int64_t d1) {
+    Matrix w = {0};
+    DType types[MATRIX_PARTS];
+    int kept = 1, same = 1;
+    if (n > MATRIX_PARTS) fatal("load_matrix: %d tensors stacked (at most %d)", n, MATRIX_PARTS);
+    for (int i = 0; i < n; i++) {
+        types[i] = native_type(m, names[i], d1);
+        kept &= types[i] != DT_F32;
+        same &= types[i] == types[0];
+    }
+    if (!kept) { /* converted, one buffer */
+        int64_t total = 0;
+        for (int i = 0; i < n; i++) total += rows[i];
+        w.n_parts = 1;
+        w.part[0].type = m->weight_dtype;
+        w.part[0].rows = (int)total;
+        w.part[0].data = load_stacked(m, names, rows, n, d1, 1);
+        return w;
+    }
+    size_t row_bytes = dtype_row_bytes(types[0], d1);
+    for (int i = 0, row = 0; i < n; row += (int)rows[i], i++) {
+        int64_t shape[2] = {rows[i], d1};
+        DType type;
+        void *host = weights_load_packed(&m->source, names[i], 2, shape, 1, &type);
+        size_t bytes = dtype_row_bytes(type, d1) * (size_t)rows[i];
+        if (i == 0 || !same) { /* a new part */
+            int64_t part_rows = rows[i];
+            for (int j = i + 1; same && j < n; j++) part_rows += rows[j];
+            w.part[w.n_parts].type = type;
+            w.part[w.n_parts].rows = (int)part_rows;
+            w.part[w.n_parts].data = m->be->alloc(dtype_row_bytes(type, d1) * (size_t)part_rows);
+            w.n_parts++;
+            row = 0;
+        }
+        m->be->upload((char *)w.part[w.n_parts - 1].data + row_bytes * (size_t)row, host, bytes);
+        free(host);
+    }
+    return w;
+}
+
+static Matrix load_matrix1(const Model *m, const char *name, int64_t d0, int64_t d1) {
+    return load_matrix(m, &name, &d0, 1, d1);
+}
+
+void matrix_free(const Backend *be, Matrix *w) {
+    for (int p = 0; p < w->n_parts; p++) be->free(w->part[p].data);
+    memset(w, 0, sizeof *w);
+}
+
+void model_linear(const Model *m, float *out, const float *in, const Matrix *w, const float *bias, int T, int IC,
                   int OC) {
-    if (m->weight_dtype == DT_BF16) m->be->matmul_bf16(out, in, weight, bias, T, IC, OC);
-    else m->be->matmul(out, in, weight, bias, T, IC, OC);
+    DType type = w->part[0].type;
+    if (w->n_parts == 1 && type == DT_F32) {
+        m->be->matmul(out, in, w->part[0].data, bias, T, IC, OC);
+    } else if (w->n_parts == 1 && type == DT_BF16 && m->weight_dtype == DT_BF16) {
+        m->be->matmul_bf16(out, in, w->part[0].data, bias, T, IC, OC);
+    } else { /* native: each part a band of the output's columns */
+        for (int p = 0, row = 0; p < w->n_parts; row += w->part[p].rows, p++)
+            m->be->matmul_q(out + row, OC, in, w->part[p].data, w->part[p].type, bias ? bias + row : NULL, T, IC,
+                            w->part[p].rows);
+    }
+}
+
+/* out[i,:] = table[rows[i],:] in fp32, whatever the table's storage */
+static void embed_rows(const Model *m, const Matrix *table, float *out, const int32_t *rows, int n) {
+    DType type = table->part[0].type;
+    int H = m->config.hidden_size;
+    if (type == DT_F32) m->be->embedding(out, rows, table->part[0].data, n, H);
+    else if (type == DT_BF16 && m->weight_dtype == DT_BF16) m->be->embedding_bf16(out, rows, table->part[0].data, n, H);
+    else m->be->embedding_q(out, rows, table->part[0].data, type, n, H);
 }
 
 void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n) {
-    if (m->weight_dtype == DT_BF16) m->be->embedding_bf16(out, rows, m->lm_head, n, m->config.hidden_size);
-    else m->be->embedding(out, rows, m->lm_head, n, m->config.hidden_size);
+    embed_rows(m, &m->lm_head, out, rows, n);
 }
 
-void *model_lm_head_subset(const Model *m, const int32_t *rows, int n) {
-    size_t row_bytes = (size_t)m->config.hidden_size * (m->weight_dtype == DT_BF16 ? 2 : 4);
+Matrix model_lm_head_subset(const Model *m, const int32_t *rows, int n) {
+    DType type = m->lm_head.part[0].type;
+    size_t row_bytes = dtype_row_bytes(type, m->config.hidden_size);
     char *out = m->be->alloc(row_bytes * (size_t)n);
     for (int i = 0, run; i < n; i += run) { /* one copy per run of consecutive rows */
         for (run = 1; i + run < n && rows[i + run] == rows[i] + run;) run++;
-        m->be->copy(out + row_bytes * (size_t)i, (const char *)m->lm_head + row_bytes * (size_t)rows[i],
+        m->be->copy(out + row_bytes * (size_t)i, (const char *)m->lm_head.part[0].data + row_bytes * (size_t)rows[i],
                     row_bytes * (size_t)run);
     }
-    return out;
+    return (Matrix){.n_parts = 1, .part = {{type, n, out}}};
 }
 
 /* The rotary frequencies as transformers computes them in fp32 (_compute_default_rope_parameters and the scaled
@@ -83,11 +159,12 @@ static float *rope_frequencies(const ModelConfig *c, const WeightSet *w) {
     return f;
 }
 
-void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
+static void load_model(Model *m, const char *path, const Backend *be, DType weight_dtype, int native) {
     memset(m, 0, sizeof *m);
     m->be = be;
     if (weight_dtype != DT_F32 && weight_dtype != DT_BF16) fatal("model_load: weights are stored as fp32 or bf16");
     m->weight_dtype = weight_dtype;
+    m->native = native;
     ModelConfig *c = &m->config;
     config_load(c, path); /* a .gguf file or a Hugging Face directory, else fatal */
     if (model_path_is_gguf(path)) {
@@ -99,7 +176,7 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
     }
     int H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    m->embed = load(m, "model.embed_tokens.weight", V, H, 1);
+    m->embed = load_matrix1(m, "model.embed_tokens.weight", V, H);
     m->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *w = &m->layers[l];
@@ -111,23 +188,22 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
         for (int i = 0; i < 5; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.weight", l, suffixes[i]);
         if (c->fused_weights) { /* stored fused, in the order the model stacks them */
             snprintf(names[0], sizeof names[0], "model.layers.%d.self_attn.qkv_proj.weight", l);
-            w->wqkv = load(m, names[0], q_dim + 2 * kv_dim, H, 1);
+            w->wqkv = load_matrix1(m, names[0], q_dim + 2 * kv_dim, H);
             snprintf(names[0], sizeof names[0], "model.layers.%d.mlp.gate_up_proj.weight", l);
-            w->w_gate_up = load(m, names[0], 2 * (int64_t)I, H, 1);
+            w->w_gate_up = load_matrix1(m, names[0], 2 * (int64_t)I, H);
         } else {
-            w->wqkv = load_stacked(m, qkv, qkv_rows, 3, H, 1);
-            w->w_gate_up = load_stacked(m, gate_up, gate_up_rows, 2, H, 1);
+            w->wqkv = load_matrix(m, qkv, qkv_rows, 3, H);
+            w->w_gate_up = load_matrix(m, gate_up, gate_up_rows, 2, H);
         }
         for (int i = 0; i < 3; i++) snprintf(names[i], sizeof names[i], "model.layers.%d.%s.bias", l, suffixes[i]);
         w->bqkv = load_stacked(m, qkv, qkv_rows, 3, 0, c->attention_bias);
         char name[160];
-#define LAYER(field, suffix, d0, d1)                                                                                   \
-    (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), w->field = load(m, name, d0, d1, 1))
-        LAYER(attn_norm, "input_layernorm.weight", H, 0);
-        LAYER(wo, "self_attn.o_proj.weight", H, q_dim);
-        LAYER(mlp_norm, "post_attention_layernorm.weight", H, 0);
-        LAYER(w_down, "mlp.down_proj.weight", H, I);
-#undef LAYER
+#define LAYER_NAME(suffix) snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix)
+        LAYER_NAME("input_layernorm.weight"), w->attn_norm = load(m, name, H, 0, 1);
+        LAYER_NAME("self_attn.o_proj.weight"), w->wo = load_matrix1(m, name, H, q_dim);
+        LAYER_NAME("post_attention_layernorm.weight"), w->mlp_norm = load(m, name, H, 0, 1);
+        LAYER_NAME("mlp.down_proj.weight"), w->w_down = load_matrix1(m, name, H, I);
+#undef LAYER_NAME
         if (c->qk_norm) {
             snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
             w->q_norm = load(m, name, c->head_dim, 0, 1);
@@ -136,20 +212,43 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
         }
     }
     m->final_norm = load(m, "model.norm.weight", H, 0, 1);
-    m->lm_head = c->tie_word_embeddings ? m->embed : load(m, "lm_head.weight", V, H, 1);
+    m->lm_head = c->tie_word_embeddings ? m->embed : load_matrix1(m, "lm_head.weight", V, H);
     m->rope_inv_freq = rope_frequencies(c, &m->source);
+}
+
+void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
+    load_model(m, path, be, weight_dtype, 0);
+}
+
+void model_load_native(Model *m, const char *path, const Backend *be) { load_model(m, path, be, DT_F32, 1); }
+
+double model_native_matrix_bytes(const char *path) {
+    WeightSet w;
+    if (model_path_is_gguf(path)) weights_open_gguf(&w, path, 0, 0);
+    else weights_open_safetensors_dir(&w, path);
+    double bytes = 0;
+    for (int i = 0; i < w.n_tensors; i++) {
+        const WeightTensor *t = &w.tensors[i];
+        if (t->n_dims != 2) continue;
+        int kept = dtype_is_packed_weight(t->dtype) && dtype_row_bytes(t->dtype, t->shape[1]) > 0;
+        bytes += kept ? (double)t->nbytes : 4.0 * (double)t->shape[0] * (double)t->shape[1];
+    }
+    weights_close(&w);
+    return bytes;
 }
 
 void model_free(Model *m) {
     const Backend *be = m->be;
     for (int l = 0; l < m->config.n_layers; l++) {
-        void **fields = (void **)&m->layers[l];
-        for (size_t i = 0; i < sizeof(LayerWeights) / sizeof(void *); i++)
-            if (fields[i]) be->free(fields[i]);
+        LayerWeights *w = &m->layers[l];
+        float *vectors[] = {w->attn_norm, w->bqkv, w->mlp_norm, w->q_norm, w->k_norm};
+        for (size_t i = 0; i < sizeof vectors / sizeof vectors[0]; i++)
+            if (vectors[i]) be->free(vectors[i]);
+        matrix_free(be, &w->wqkv), matrix_free(be, &w->wo), matrix_free(be, &w->w_gate_up), matrix_free(be, &w->w_down);
     }
     free(m->layers);
-    if (m->lm_head != m->embed) be->free(m->lm_head);
-    be->free(m->embed);
+    if (m->lm_head.part[0].data != m->embed.part[0].data) matrix_free(be, &m->lm_head);
+    matrix_free(be, &m->embed);
     be->free(m->final_norm);
     weights_close(&m->source);
     free(m->rope_inv_freq);
@@ -248,17 +347,17 @@ typedef struct {
 
 /* out = in @ weight^T + bias in the activations' precision: the q/k/v and gate/up rows (bf16 weights: a bf16 GEMM
  * output) */
-static void project(const Model *m, void *out, GemmInput in, const void *weight, const float *bias, int T, int IC,
+static void project(const Model *m, void *out, GemmInput in, const Matrix *weight, const float *bias, int T, int IC,
                     int OC) {
-    if (in.bf16) m->be->matmul_bf16_out(out, in.bf16, weight, bias, T, IC, OC);
+    if (in.bf16) m->be->matmul_bf16_out(out, in.bf16, weight->part[0].data, bias, T, IC, OC);
     else model_linear(m, out, in.f32, weight, bias, T, IC, OC);
 }
 
 /* x += in @ weight^T, a residual branch (o_proj, down): with bf16 weights the GEMM adds into x itself */
-static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const void *weight, int T, int IC) {
+static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const Matrix *weight, int T, int IC) {
     int H = m->config.hidden_size;
     if (in.bf16) {
-        m->be->matmul_bf16_in(s->x, in.bf16, weight, NULL, T, IC, H, 1);
+        m->be->matmul_bf16_in(s->x, in.bf16, weight->part[0].data, NULL, T, IC, H, 1);
     } else {
         model_linear(m, s->proj, in.f32, weight, NULL, T, IC, H);
         m->be->residual_add(s->x, s->proj, (size_t)T * H);
@@ -349,8 +448,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     const int32_t *pos = s->layout, *key_begin = s->layout + T, *key_end = s->layout + 2 * T,
                   *tokens = s->layout + 3 * T;
 
-    if (m->weight_dtype == DT_BF16) be->embedding_bf16(s->x, tokens, m->embed, T, H);
-    else be->embedding(s->x, tokens, m->embed, T, H);
+    embed_rows(m, &m->embed, s->x, tokens, T);
     size_t new_rows = (size_t)row0 * kv_dim * s->act_bytes; /* where the T new keys and values go */
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
@@ -358,19 +456,19 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         void *k = (char *)k_all + new_rows, *v = (char *)v_all + new_rows;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
         GemmInput xn = normed(m, s, w->attn_norm, T);
-        project(m, s->qkv, xn, w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
+        project(m, s->qkv, xn, &w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
         if (c->qk_norm) qk_norm(m, s, w, T);
         rope_qkv(m, s, k, v, pos, T);
         if (scatter) be->copy_rows(k_all, scatter->block_bytes, 2, scatter->src, scatter->dst, T, scatter->row_bytes);
         GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
-        linear_residual(m, s, att, w->wo, T, q_dim);
+        linear_residual(m, s, att, &w->wo, T, q_dim);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
         xn = normed(m, s, w->mlp_norm, T);
-        project(m, s->gate_up, xn, w->w_gate_up, NULL, T, H, 2 * I);
-        linear_residual(m, s, gated(m, s, T), w->w_down, T, I);
+        project(m, s->gate_up, xn, &w->w_gate_up, NULL, T, H, 2 * I);
+        linear_residual(m, s, gated(m, s, T), &w->w_down, T, I);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
-    if (logits_out) model_linear(m, logits_out, hidden_out, m->lm_head, NULL, T, H, c->vocab_size);
+    if (logits_out) model_linear(m, logits_out, hidden_out, &m->lm_head, NULL, T, H, c->vocab_size);
 }
 
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {

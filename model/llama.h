@@ -8,25 +8,39 @@
 #include "../kernels/ops.h"
 #include "config.h"
 
-/* Weight matrices are stored in the model's weight_dtype (fp32 floats or bf16 bit patterns); norms and
- * biases are always fp32. The projections that read the same input are stacked into one matrix, so one GEMM
- * makes their outputs side by side in each row: q, k, v as wqkv [q_dim + 2 kv_dim, H] (and their biases as bqkv,
- * NULL without), gate and up as w_gate_up [2I, H]. */
+/* A weight matrix as stored on the backend: in the model's weight_dtype (fp32 floats or bf16 bit patterns), or with
+ * native storage in the file's own format (F16, BF16, a GGUF block format; matmul_q multiplies it). Its rows come in
+ * parts: one, unless a native matrix stacks tensors of different formats (a Q4_K_M file's Q6_K v rows under Q4_K q
+ * and k rows), each part then kept in its own. */
+#define MATRIX_PARTS 3
+typedef struct {
+    int n_parts;
+    struct {
+        DType type;
+        int rows;
+        void *data;
+    } part[MATRIX_PARTS];
+} Matrix;
+
+/* Weight matrices are Matrix; norms and biases are always fp32. The projections that read the same input are stacked
+ * into one matrix, so one GEMM makes their outputs side by side in each row: q, k, v as wqkv [q_dim + 2 kv_dim, H]
+ * (and their biases as bqkv, NULL without), gate and up as w_gate_up [2I, H]. */
 typedef struct {
     float *attn_norm, *bqkv, *mlp_norm;
     float *q_norm, *k_norm; /* [head_dim] each, with qk_norm (qwen3); else NULL */
-    void *wqkv, *wo, *w_gate_up, *w_down;
+    Matrix wqkv, wo, w_gate_up, w_down;
 } LayerWeights;
 
 typedef struct {
     ModelConfig config;
     const Backend *be;
     WeightSet source;   /* kept open: GGUF metadata carries the tokenizer */
-    DType weight_dtype; /* DT_F32 or DT_BF16: the storage of the matrices below and in layers */
-    void *embed;        /* [V, H] */
+    DType weight_dtype; /* DT_F32 or DT_BF16: the storage of the matrices below and in layers, and the activations' */
+    int native;         /* matrices kept in the file's formats (weight_dtype DT_F32: fp32 activations) */
+    Matrix embed;       /* [V, H] */
     LayerWeights *layers;
     float *final_norm;    /* [H] */
-    void *lm_head;        /* [V, H]; the embedding itself when tied */
+    Matrix lm_head;       /* [V, H]; the embedding itself when tied */
     float *rope_inv_freq; /* host [head_dim / 2]: the rotary frequencies with the config's scaling (rope_qkv) */
 } Model;
 
@@ -57,6 +71,12 @@ typedef struct {
 /* path: a Hugging Face directory (config.json + safetensors) or a .gguf file. weight_dtype (DT_F32 or
  * DT_BF16) is how the weight matrices are stored on the backend, whatever the file holds. */
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype);
+/* The same with native storage: each matrix in its file's format where matmul_q takes it (F16, BF16, the block
+ * formats), fp32 where the file holds fp32 (or, in a stack of tensors, fp32 beside another format); activations
+ * fp32. Decoding then reads the bytes the file holds, the products being those of the dequantised fp32 model. */
+void model_load_native(Model *m, const char *path, const Backend *be);
+/* Bytes of the base model's matrices with native storage, from the file's formats (the memory plan's weights). */
+double model_native_matrix_bytes(const char *path);
 void model_free(Model *m);
 size_t model_param_count(const Model *m);
 /* FLOPs of the forward pass over a packed batch, a multiply-add counted as 2 (throughput in TFLOP/s and MFU): 2 x the
@@ -68,13 +88,14 @@ double model_forward_flops(const ModelConfig *c, int n_tokens, const int32_t *se
 double model_peak_flops(const Model *m);
 
 /* out[T,OC] = in[T,IC] @ weight^T (+ bias) for a weight matrix of this model, whatever its storage */
-void model_linear(const Model *m, float *out, const float *in, const void *weight, const float *bias, int T, int IC,
+void model_linear(const Model *m, float *out, const float *in, const Matrix *weight, const float *bias, int T, int IC,
                   int OC);
 /* out[i,:] = lm_head[rows[i],:] in fp32 (rows and out in backend memory) */
 void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n);
 /* The lm_head rows rows[i] (host, increasing) as a matrix [n, H] of their own, in the model's storage (model_linear
- * takes it): backend memory, free with be->free. */
-void *model_lm_head_subset(const Model *m, const int32_t *rows, int n);
+ * takes it): backend memory, free with matrix_free. */
+Matrix model_lm_head_subset(const Model *m, const int32_t *rows, int n);
+void matrix_free(const Backend *be, Matrix *w);
 
 /* bytes of an activation element between the base model's ops (and of the KV cache): 2 with bf16 weights, else 4 */
 size_t model_act_bytes(const Model *m);

@@ -66,7 +66,7 @@ typedef struct {
      * renormalised. Its logits are computed a chunk of rows at a time, into the work's teacher buffer; every position
      * has a loss, reported as the KL divergence (the labels' top-k accuracy beside it). */
     const Model *model;
-    const void *lm_head;
+    const Matrix *lm_head;
 } MedusaBase;
 
 /* Scratch for batches up to max_tokens, logits computed chunk_rows rows at a time. */

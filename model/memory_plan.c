@@ -2,11 +2,17 @@
 
 #include <math.h>
 
+double memory_plan_matrix_elements(const ModelConfig *c) {
+    double H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    return V * H * (c->tie_word_embeddings ? 1 : 2) + c->n_layers * (H * q + 2 * H * kv + q * H + 3 * H * I);
+}
+
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     MemoryPlan p = {0};
     double H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, T = in->batch_tokens;
     double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    double matrices = V * H * (c->tie_word_embeddings ? 1 : 2) + c->n_layers * (H * q + 2 * H * kv + q * H + 3 * H * I);
+    double matrices = memory_plan_matrix_elements(c);
     double vectors = H + c->n_layers * (2 * H + (c->attention_bias ? q + 2 * kv : 0)); /* norms, biases: fp32 */
     p.base_weights = matrices * in->weight_bytes + vectors * 4;
     double Vh = in->head_vocab > 0 ? in->head_vocab : V;

@@ -13,7 +13,8 @@
 #include "medusa.h"
 
 typedef struct {
-    int weight_bytes;    /* bytes per base weight element: 4 (fp32) or 2 (bf16 storage) */
+    double weight_bytes; /* bytes per base weight element: 4 (fp32), 2 (bf16 storage), or with native storage the
+                          * file's formats' average (0.56 for Q4_0's 18 bytes per 32 weights) */
     int act_bytes;       /* bytes per activation element between the base's ops and of the KV cache (the residual
                           * stream and the final hidden states are fp32) */
     int head_copy_bytes; /* extra low-precision copy of the head weights for the GEMMs (0 if none) */
@@ -42,6 +43,8 @@ typedef struct {
 } MemoryPlan;
 
 MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in);
+/* The elements of the base model's weight matrices (embedding, lm_head unless tied, the layers' projections). */
+double memory_plan_matrix_elements(const ModelConfig *c);
 /* The input for train/trainer.c: packed batches of batch_tokens through the base model, the heads' logits in chunks of
  * logits_chunk rows; train adds fp32 gradients and AdamW moments, evaluate (or base-argmax targets) the base model's
  * logits on a chunk of logits_chunk rows too (its own top-1, its choices), base-kl targets the teacher's (the base's

@@ -2,18 +2,22 @@
 
 #include <string.h>
 
-static DType precision_for(const char *name, const Backend *be) {
+/* --precision: the weights' storage; native (the file's formats, fp32 activations) is what auto picks for a GGUF file on
+ * a backend without bf16 tensor cores (the CPU), whose block formats it reads 4-8x fewer bytes of per token */
+static DType precision_for(const char *name, const Backend *be, const char *model_path, int *native) {
+    *native = strcmp(name, "native") == 0 || (strcmp(name, "auto") == 0 && !be->prefers_bf16 &&
+                                              model_path_is_gguf(model_path));
+    if (*native || strcmp(name, "fp32") == 0) return DT_F32;
     if (strcmp(name, "auto") == 0) return be->prefers_bf16 ? DT_BF16 : DT_F32;
-    if (strcmp(name, "fp32") == 0) return DT_F32;
     if (strcmp(name, "bf16") == 0) return DT_BF16;
-    fatal("--precision %s: expected auto, fp32 or bf16", name);
+    fatal("--precision %s: expected auto, native, fp32 or bf16", name);
 }
 
 void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path) {
     memset(s, 0, sizeof *s);
     s->be = backend_by_name(f->device);
     set_threads(f->threads);
-    s->dtype = precision_for(f->precision, s->be);
+    s->dtype = precision_for(f->precision, s->be, model_path, &s->native);
     if (f->logits_chunk < 0)
         fatal("--logits-chunk %d: expected 0 (the device's default) or a row count", f->logits_chunk);
     s->logits_chunk = f->logits_chunk > 0 ? f->logits_chunk : s->be->default_logits_chunk;
@@ -22,9 +26,12 @@ void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path) {
 }
 
 void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, Model *base) {
-    MemoryPlan plan = memory_plan(&s->config, mi);
+    MemoryPlanInput in = *mi;
+    if (s->native) in.weight_bytes = model_native_matrix_bytes(s->model_path) / memory_plan_matrix_elements(&s->config);
+    MemoryPlan plan = memory_plan(&s->config, &in);
     memory_plan_reserve(&plan, s->be, print);
-    model_load(base, s->model_path, s->be, s->dtype);
+    if (s->native) model_load_native(base, s->model_path, s->be);
+    else model_load(base, s->model_path, s->be, s->dtype);
 }
 
 void startup_ready_heads(const Model *base, MedusaHeads *heads) {

@@ -25,7 +25,8 @@ typedef struct {
     {"threads", ARG_INT, &(f)->threads, "CPU threads (0 = OpenMP default)"},                                           \
         {"device", ARG_STR, &(f)->device, "cpu or cuda"}, {                                                            \
         "precision", ARG_STR, &(f)->precision,                                                                         \
-            "storage of the base weights: auto (bf16 on cuda, fp32 on cpu), fp32 or bf16"                              \
+            "storage of the base weights: auto (bf16 on cuda; on cpu native for a .gguf, else fp32), native (the "      \
+            "file's formats: F16, BF16, Q8_0, Q4_0, Q4_1, K-quants), fp32 or bf16"                                     \
     }
 /* for the binaries that compute logits in chunks (training, evaluation) */
 #define LOGITS_CHUNK_FLAG_SPEC(f)                                                                                      \
@@ -39,7 +40,8 @@ typedef struct {
 /* The flags resolved, and the model's config. */
 typedef struct {
     const Backend *be;
-    DType dtype;      /* storage of the base weights */
+    DType dtype;      /* storage of the base weights, and the activations' precision */
+    int native;       /* the base's matrices kept in the file's formats (dtype DT_F32) */
     int logits_chunk; /* rows of logits at once */
     ModelConfig config;
     const char *model_path;

@@ -49,7 +49,7 @@ static void check_math(const Model *base) {
     medusa_set_token_map(&tr, map);
     medusa_init_from_base(&tr, base, &rng);
     float *lm = xmalloc(sizeof(float) * (size_t)V * H), *row = xmalloc(sizeof(float) * (size_t)H);
-    be->download(lm, base->lm_head, sizeof(float) * (size_t)V * H);
+    be->download(lm, base->lm_head.part[0].data, sizeof(float) * (size_t)V * H);
     be->download(row, medusa_lm_head(&tr, tr.params, 1) + (size_t)7 * H, sizeof(float) * (size_t)H);
     CHECK(max_diff(row, lm + (size_t)map[7] * H, (size_t)H) == 0, "init: truncated lm_head row 7 is base row %d",
           map[7]);

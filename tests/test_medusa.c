@@ -255,7 +255,7 @@ static void test_targets(const Model *base, TargetKind kind, const char *name, c
     WeightSet w;
     weights_open_safetensors_file(&w, path);
     float *logits = xmalloc(sizeof(float) * (size_t)b->T * V);
-    model_linear(base, logits, b->hidden, base->lm_head, NULL, b->T, H, V);
+    model_linear(base, logits, b->hidden, &base->lm_head, NULL, b->T, H, V);
     int32_t *choice = xmalloc(sizeof(int32_t) * (size_t)b->T);
     for (int t = 0; t < b->T; t++) choice[t] = row_argmax(logits + (size_t)t * V, V);
     free(logits);
@@ -283,7 +283,7 @@ static void test_targets(const Model *base, TargetKind kind, const char *name, c
         medusa_enable_grads(&m);
         MedusaWork work;
         medusa_work_init(&work, &m, b->T, 16);
-        MedusaBase mb = {.targets = kind, .choice = choice, .model = base, .lm_head = base->lm_head};
+        MedusaBase mb = {.targets = kind, .choice = choice, .model = base, .lm_head = &base->lm_head};
         void *subset = NULL; /* truncated heads' teacher: the base's lm_head rows for their map */
         if (kind == TARGETS_BASE_KL) {
             medusa_work_enable_teacher(&work, &m);
@@ -382,7 +382,7 @@ static void test_init(const Model *base) {
             memcpy(dst, b, sizeof(float) * H);
             if (h + l > 0) distinct &= memcmp(dst, dst - H, sizeof(float) * H) != 0;
         }
-        lm_copy &= !memcmp(medusa_lm_head(&m, m.params, h), base->lm_head, sizeof(float) * V * H);
+        lm_copy &= !memcmp(medusa_lm_head(&m, m.params, h), base->lm_head.part[0].data, sizeof(float) * V * H);
     }
     CHECK(w_zero && distinct && lm_copy,
           "init: ResBlock W exactly zero in all %d blocks, each block's bias its own draw, every lm_head the base "

@@ -39,14 +39,16 @@ static void free_reference(Reference *r) {
     free(r->logits);
 }
 
-/* Loads `model_path`, runs the reference batch packed, compares hidden states and logits. */
-static void check_model(const char *label, const char *model_path, const char *ref_path) {
+/* Loads `model_path` (with native storage: the file's formats, matmul_q), runs the reference batch packed, compares
+ * hidden states and logits. */
+static void check_model(const char *label, const char *model_path, const char *ref_path, int native) {
     if (!file_exists(ref_path)) {
         CHECK(0, "%s: fixture %s present", label, ref_path);
         return;
     }
     Model m;
-    model_load(&m, model_path, backend_cpu(), DT_F32);
+    if (native) model_load_native(&m, model_path, backend_cpu());
+    else model_load(&m, model_path, backend_cpu(), DT_F32);
     int H = m.config.hidden_size, V = m.config.vocab_size;
     Reference r;
     load_reference(&r, ref_path, H, V);
@@ -204,30 +206,45 @@ int main(void) {
     const char *dir = "tests/fixtures/models";
     struct {
         const char *label, *model, *ref;
+        int native;
     } cases[] = {
-        {"tiny_llama (GQA, untied)", "tiny_llama", "tiny_llama/ref.safetensors"},
-        {"tiny_qwen2 (biases)", "tiny_qwen2", "tiny_qwen2/ref.safetensors"},
-        {"tiny_tied (tied embeddings)", "tiny_tied", "tiny_tied/ref.safetensors"},
-        {"tiny_mistral_sw (sliding window 4)", "tiny_mistral_sw", "tiny_mistral_sw/ref.safetensors"},
-        {"tiny_qwen3 (q/k norm, head_dim 32, tied)", "tiny_qwen3", "tiny_qwen3/ref.safetensors"},
-        {"tiny_phi3 (fused qkv and gate_up, sliding window 6)", "tiny_phi3", "tiny_phi3/ref.safetensors"},
-        {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors"},
-        {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors"},
-        {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors"},
-        {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors"},
-        {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors"},
-        {"tiny_llama GGUF F16", "tiny_llama/gguf/tiny_llama.F16.gguf", "tiny_llama/gguf/ref_F16.safetensors"},
-        {"tiny_llama GGUF BF16", "tiny_llama/gguf/tiny_llama.BF16.gguf", "tiny_llama/gguf/ref_BF16.safetensors"},
-        {"tiny_llama GGUF Q8_0", "tiny_llama/gguf/tiny_llama.Q8_0.gguf", "tiny_llama/gguf/ref_Q8_0.safetensors"},
-        {"tiny_llama GGUF Q4_0", "tiny_llama/gguf/tiny_llama.Q4_0.gguf", "tiny_llama/gguf/ref_Q4_0.safetensors"},
-        {"tiny_llama GGUF Q4_1", "tiny_llama/gguf/tiny_llama.Q4_1.gguf", "tiny_llama/gguf/ref_Q4_1.safetensors"},
-        {"tiny_tied GGUF F32", "tiny_tied/gguf/tiny_tied.F32.gguf", "tiny_tied/gguf/ref_F32.safetensors"},
+        {"tiny_llama (GQA, untied)", "tiny_llama", "tiny_llama/ref.safetensors", 0},
+        {"tiny_qwen2 (biases)", "tiny_qwen2", "tiny_qwen2/ref.safetensors", 0},
+        {"tiny_tied (tied embeddings)", "tiny_tied", "tiny_tied/ref.safetensors", 0},
+        {"tiny_mistral_sw (sliding window 4)", "tiny_mistral_sw", "tiny_mistral_sw/ref.safetensors", 0},
+        {"tiny_qwen3 (q/k norm, head_dim 32, tied)", "tiny_qwen3", "tiny_qwen3/ref.safetensors", 0},
+        {"tiny_phi3 (fused qkv and gate_up, sliding window 6)", "tiny_phi3", "tiny_phi3/ref.safetensors", 0},
+        {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors", 0},
+        {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors", 0},
+        {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors", 0},
+        {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors", 0},
+        {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors", 0},
+        {"tiny_llama GGUF F16", "tiny_llama/gguf/tiny_llama.F16.gguf", "tiny_llama/gguf/ref_F16.safetensors", 0},
+        {"tiny_llama GGUF BF16", "tiny_llama/gguf/tiny_llama.BF16.gguf", "tiny_llama/gguf/ref_BF16.safetensors", 0},
+        {"tiny_llama GGUF Q8_0", "tiny_llama/gguf/tiny_llama.Q8_0.gguf", "tiny_llama/gguf/ref_Q8_0.safetensors", 0},
+        {"tiny_llama GGUF Q4_0", "tiny_llama/gguf/tiny_llama.Q4_0.gguf", "tiny_llama/gguf/ref_Q4_0.safetensors", 0},
+        {"tiny_llama GGUF Q4_1", "tiny_llama/gguf/tiny_llama.Q4_1.gguf", "tiny_llama/gguf/ref_Q4_1.safetensors", 0},
+        {"tiny_tied GGUF F32", "tiny_tied/gguf/tiny_tied.F32.gguf", "tiny_tied/gguf/ref_F32.safetensors", 0},
         {"tiny_hd64 GGUF F32 (head_dim 64, 2 heads / 1 kv head)", "tiny_hd64/gguf/tiny_hd64.F32.gguf",
-         "tiny_hd64/gguf/ref_F32.safetensors"},
+         "tiny_hd64/gguf/ref_F32.safetensors", 0},
+        /* native storage: the matrices as the file holds them, through matmul_q */
+        {"tiny_llama GGUF F16 native", "tiny_llama/gguf/tiny_llama.F16.gguf", "tiny_llama/gguf/ref_F16.safetensors", 1},
+        {"tiny_llama GGUF BF16 native", "tiny_llama/gguf/tiny_llama.BF16.gguf", "tiny_llama/gguf/ref_BF16.safetensors",
+         1},
+        {"tiny_llama GGUF Q8_0 native", "tiny_llama/gguf/tiny_llama.Q8_0.gguf", "tiny_llama/gguf/ref_Q8_0.safetensors",
+         1},
+        {"tiny_llama GGUF Q4_0 native", "tiny_llama/gguf/tiny_llama.Q4_0.gguf", "tiny_llama/gguf/ref_Q4_0.safetensors",
+         1},
+        {"tiny_llama GGUF Q4_1 native", "tiny_llama/gguf/tiny_llama.Q4_1.gguf", "tiny_llama/gguf/ref_Q4_1.safetensors",
+         1},
+        {"tiny_llama GGUF F32 native (fp32 kept as fp32)", "tiny_llama/gguf/tiny_llama.F32.gguf",
+         "tiny_llama/gguf/ref_F32.safetensors", 1},
+        {"tiny_llama f16 native (safetensors)", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors", 1},
+        {"tiny_qwen2 native (biases through matmul_q's bias)", "tiny_qwen2", "tiny_qwen2/ref.safetensors", 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *model = path_join(dir, cases[i].model), *ref = path_join(dir, cases[i].ref);
-        check_model(cases[i].label, model, ref);
+        check_model(cases[i].label, model, ref, cases[i].native);
         free(model);
         free(ref);
     }

@@ -44,7 +44,7 @@ void trainer_free(Trainer *t) {
         free(t->hidden_cache->len);
         free(t->hidden_cache);
     }
-    if (t->teacher_lm_head) t->base->be->free(t->teacher_lm_head);
+    matrix_free(t->base->be, &t->teacher_lm_head);
     if (t->adam.m) adam_free(&t->adam, t->heads);
     memset(t, 0, sizeof *t);
 }
@@ -149,7 +149,7 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
     be->upload(targets_dev, targets, sizeof(int32_t) * (size_t)T);
     for (int r0 = 0; r0 < T; r0 += chunk) {
         int rows = T - r0 < chunk ? T - r0 : chunk;
-        model_linear(t->base, logits, t->hidden + (size_t)r0 * H, t->base->lm_head, NULL, rows, H, V);
+        model_linear(t->base, logits, t->hidden + (size_t)r0 * H, &t->base->lm_head, NULL, rows, H, V);
         be->top_k(choice_dev + r0, logits, rows, V, 1);
         be->rank_ids(choice_ranks + r0, logits, choice_dev + r0, rows, V);
         XentTargets next = {.targets = targets_dev + r0, .ranked = targets_dev + r0};
@@ -235,7 +235,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     for (int i = 0; i < n; i++) {
         base_forward(t, &micro[i]);
         MedusaBase base = {.targets = t->targets, .model = t->base};
-        base.lm_head = t->teacher_lm_head ? t->teacher_lm_head : t->base->lm_head;
+        base.lm_head = t->teacher_lm_head.n_parts ? &t->teacher_lm_head : &t->base->lm_head;
         if (t->targets == TARGETS_BASE_ARGMAX) {
             base_choices(t, &micro[i], NULL);
             base.choice = t->choice;
