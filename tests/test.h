@@ -144,7 +144,7 @@ static inline void put_random_half(uint8_t *p, Rng *rng) {
 static inline uint8_t *random_packed_rows(DType type, int rows, int cols, Rng *rng) {
     size_t n = dtype_row_bytes(type, cols) * (size_t)rows, block_bytes;
     dtype_block(type, &block_bytes);
-    uint8_t *w = xmalloc(n ? n : 1);
+    uint8_t *w = (uint8_t *)xmalloc(n ? n : 1);
     for (size_t i = 0; i < n; i++) w[i] = (uint8_t)rng_next(rng);
     for (size_t b = 0; block_bytes && b < n / block_bytes; b++) {
         uint8_t *blk = w + b * block_bytes;

@@ -284,10 +284,10 @@ static void test_targets(const Model *base, TargetKind kind, const char *name, c
         MedusaWork work;
         medusa_work_init(&work, &m, b->T, 16);
         MedusaBase mb = {.targets = kind, .choice = choice, .model = base, .lm_head = &base->lm_head};
-        void *subset = NULL; /* truncated heads' teacher: the base's lm_head rows for their map */
+        Matrix subset = {0}; /* truncated heads' teacher: the base's lm_head rows for their map */
         if (kind == TARGETS_BASE_KL) {
             medusa_work_enable_teacher(&work, &m);
-            if (truncated) mb.lm_head = subset = model_lm_head_subset(base, m.token_map, m.shape.head_vocab);
+            if (truncated) subset = model_lm_head_subset(base, m.token_map, m.shape.head_vocab), mb.lm_head = &subset;
         }
         MedusaBatchStats s;
         medusa_forward_backward(&m, &work, b->hidden, b->tokens, b->mask, b->seq_lens, b->n_seqs, b->T, &mb, 0.8f, 1.0f,
@@ -303,7 +303,7 @@ static void test_targets(const Model *base, TargetKind kind, const char *name, c
         }
         snprintf(key, sizeof key, "%sgrad.%d.1.weight", prefix, K - 1);
         compare(&w, key, medusa_lm_head(&m, m.grads, K - 1), 2, m.shape.head_vocab, H, TOL, label);
-        free(subset);
+        matrix_free(base->be, &subset);
         medusa_work_free(&work, &m);
         medusa_free(&m);
     }
