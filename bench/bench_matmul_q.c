@@ -15,20 +15,32 @@ static size_t matrix_bytes(const Matrix *w, int IC) {
     return bytes;
 }
 
-/* one step's Linears on T rows; returns the seconds and the weight bytes read */
-static double step(const Model *m, const float *in, float *out, int T, size_t *bytes) {
+enum { N_KINDS = 5 };
+static const char *KIND_NAMES[N_KINDS] = {"q/k/v", "o", "gate/up", "down", "lm_head"};
+
+/* one Linear, its seconds added to seconds[kind] */
+static void linear(const Model *m, float *out, const float *in, const Matrix *w, int T, int IC, int OC, int kind,
+                   double *seconds, size_t *bytes) {
+    double t0 = now_seconds();
+    model_linear(m, out, in, w, NULL, T, IC, OC);
+    seconds[kind] += now_seconds() - t0;
+    *bytes += matrix_bytes(w, IC);
+}
+
+/* one step's Linears on T rows; returns the seconds (per kind in `seconds`) and the weight bytes read */
+static double step(const Model *m, const float *in, float *out, int T, size_t *bytes, double *seconds) {
     const ModelConfig *c = &m->config;
     int H = c->hidden_size, I = c->intermediate_size, q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
     double t0 = now_seconds();
     *bytes = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
-        model_linear(m, out, in, &w->wqkv, NULL, T, H, q + 2 * kv), *bytes += matrix_bytes(&w->wqkv, H);
-        model_linear(m, out, in, &w->wo, NULL, T, q, H), *bytes += matrix_bytes(&w->wo, q);
-        model_linear(m, out, in, &w->w_gate_up, NULL, T, H, 2 * I), *bytes += matrix_bytes(&w->w_gate_up, H);
-        model_linear(m, out, in, &w->w_down, NULL, T, I, H), *bytes += matrix_bytes(&w->w_down, I);
+        linear(m, out, in, &w->wqkv, T, H, q + 2 * kv, 0, seconds, bytes);
+        linear(m, out, in, &w->wo, T, q, H, 1, seconds, bytes);
+        linear(m, out, in, &w->w_gate_up, T, H, 2 * I, 2, seconds, bytes);
+        linear(m, out, in, &w->w_down, T, I, H, 3, seconds, bytes);
     }
-    model_linear(m, out, in, &m->lm_head, NULL, T, H, c->vocab_size), *bytes += matrix_bytes(&m->lm_head, H);
+    linear(m, out, in, &m->lm_head, T, H, c->vocab_size, 4, seconds, bytes);
     return now_seconds() - t0;
 }
 
@@ -57,15 +69,19 @@ int main(int argc, char **argv) {
         size_t in_n = (size_t)T * (c->intermediate_size > c->hidden_size ? c->intermediate_size : c->hidden_size);
         float *in = xcalloc(in_n, sizeof(float)), *out = xmalloc(sizeof(float) * (size_t)T * widest);
         for (size_t i = 0; i < in_n; i++) in[i] = (float)((i * 7919) % 200) / 100.0f - 1.0f;
-        double best_q = 1e30, best_f = 1e30;
+        double best_q = 1e30, best_f = 1e30, kinds_q[N_KINDS] = {0}, kinds_f[N_KINDS] = {0};
         size_t bytes_q = 0, bytes_f = 0;
         for (int r = 0; r < reps; r++) {
-            double sq = step(&native, in, out, T, &bytes_q), sf = step(&fp32, in, out, T, &bytes_f);
+            double sq = step(&native, in, out, T, &bytes_q, kinds_q), sf = step(&fp32, in, out, T, &bytes_f, kinds_f);
             if (sq < best_q) best_q = sq;
             if (sf < best_f) best_f = sf;
         }
         printf("%5d %12.2f %10.1f %9.2f %12.2f %10.1f %9.2f %6.2fx\n", T, best_q * 1e3, bytes_q / 1e6,
                bytes_q / best_q / 1e9, best_f * 1e3, bytes_f / 1e6, bytes_f / best_f / 1e9, best_f / best_q);
+        printf("      mean ms per step:");
+        for (int k = 0; k < N_KINDS; k++)
+            printf(" %s %.2f (fp32 %.2f)", KIND_NAMES[k], kinds_q[k] / reps * 1e3, kinds_f[k] / reps * 1e3);
+        printf("\n");
         free(in), free(out);
     }
     model_free(&native), model_free(&fp32);

@@ -127,16 +127,33 @@ static void run_chat(Engine *e) {
 
 /* ---- main ---- */
 
-/* OpenMP's default active waiting spins through whole time slices when the cores are shared, which made
- * decoding 5-10x slower; libgomp reads the policy only at start-up, so set it and start again. */
-static void prefer_passive_wait(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    setenv("OMP_WAIT_POLICY", "passive", 1);
+/* How OpenMP's threads wait between the ops of a decoding step, set before libgomp starts (it reads the environment
+ * once, so set it and start again). A decoding step is ~120 short parallel regions: waking a sleeping thread for each
+ * (passive) cost about half the step on 2 idle cores, while a brief spin (GOMP_SPINCOUNT=20000, tens of microseconds)
+ * keeps the threads at hand; but when other processes keep the cores busy, spinning threads take the time slices the
+ * working ones need (decoding ran 2x slower with the brief spin, 5-10x with libgomp's default spin), and passive waits
+ * lose nothing. So: the brief spin when the processes running now (/proc/loadavg's fourth field, less this one) leave
+ * a core for each thread, else passive; an OMP_WAIT_POLICY or GOMP_SPINCOUNT the user set is kept. */
+static void choose_omp_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    int running = 1 << 20; /* unknown: as if busy */
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%*f %*f %*f %d/", &running) != 1) running = 1 << 20;
+        fclose(f);
+    }
+    int threads = 0;
+    for (int i = 1; argv[i] && argv[i + 1]; i++)
+        if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
+    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0 || threads > cores) threads = cores;
+    if (running - 1 + threads <= cores) setenv("GOMP_SPINCOUNT", "20000", 1);
+    else setenv("OMP_WAIT_POLICY", "passive", 1);
     execv("/proc/self/exe", argv);
 }
 
 int main(int argc, char **argv) {
-    prefer_passive_wait(argv);
+    choose_omp_wait(argv);
     if (argc > 1 && strcmp(argv[1], "tune") == 0) return tune_main(argc, argv);
     EngineOptions o = {0};
     o.dev = (DeviceFlags)DEVICE_FLAGS_DEFAULT;

@@ -19,6 +19,8 @@ typedef uint8_t Bytes16 __attribute__((vector_size(16)));
 typedef int8_t SBytes16 __attribute__((vector_size(16)));
 typedef uint16_t Shorts16 __attribute__((vector_size(32)));
 
+static const Vec16 IOTA16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
 /* input rows multiplied with each decoded group while it is in registers; more rows go through a decoded copy */
 #define FUSED_ROWS 4
 

@@ -20,6 +20,15 @@ static ALWAYS_INLINE Vec16 Q_NAME(halves16)(const uint8_t *p) {
 static ALWAYS_INLINE Vec16 Q_NAME(vec16_of)(Int16 q) { return (Vec16)_mm512_cvtepi32_ps((__m512i)q); }
 static ALWAYS_INLINE float Q_NAME(vec16_sum)(Vec16 v) { return _mm512_reduce_add_ps((__m512)v); }
 static ALWAYS_INLINE float Q_NAME(half1)(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
+/* Table look-ups in registers: a 4-bit format's weight is one of 16 values per group, d k + m for k = 0..15, each
+ * computed once by the group's rule (the same floats) and then picked by the nibble (vpermps reads an index's low 4
+ * bits, vpermt2ps its low 5), one instruction where converting and scaling each weight takes two. */
+static ALWAYS_INLINE Vec16 Q_NAME(lookup16)(Vec16 table, Int16 idx) {
+    return (Vec16)_mm512_permutexvar_ps((__m512i)idx, (__m512)table);
+}
+static ALWAYS_INLINE Vec16 Q_NAME(lookup32)(Vec16 low, Vec16 high, Int16 idx) {
+    return (Vec16)_mm512_permutex2var_ps((__m512)low, (__m512i)idx, (__m512)high);
+}
 #elif Q_ISA == 1
 /* a 16-lane vector from two 8-lane halves */
 static ALWAYS_INLINE Int16 Q_NAME(join)(__m256i lo, __m256i hi) {
@@ -129,16 +138,28 @@ static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, i
         const uint8_t *blk = row + 18 * g;
         Int16 q = Q_NAME(bytes16)(blk + 2);
         float d = Q_NAME(half1)(blk);
+#if Q_ISA == 2
+        Vec16 table = d * (IOTA16 - 8.0f); /* the 16 values a nibble stands for */
+        *lo = Q_NAME(lookup16)(table, q);
+        *hi = Q_NAME(lookup16)(table, q >> 4);
+#else
         *lo = d * Q_NAME(vec16_of)((q & 15) - 8);
         *hi = d * Q_NAME(vec16_of)((q >> 4) - 8);
+#endif
         return;
     }
     case DT_Q4_1: {
         const uint8_t *blk = row + 20 * g;
         Int16 q = Q_NAME(bytes16)(blk + 4);
         float d = Q_NAME(half1)(blk), m = Q_NAME(half1)(blk + 2);
-        *lo = d * Q_NAME(vec16_of)(q & 15) + m; /* d q is exact: fusing the add rounds the same */
+#if Q_ISA == 2
+        Vec16 table = d * IOTA16 + m; /* d q is exact: fusing the add rounds the same */
+        *lo = Q_NAME(lookup16)(table, q);
+        *hi = Q_NAME(lookup16)(table, q >> 4);
+#else
+        *lo = d * Q_NAME(vec16_of)(q & 15) + m;
         *hi = d * Q_NAME(vec16_of)(q >> 4) + m;
+#endif
         return;
     }
     case DT_Q4_K:
@@ -154,8 +175,20 @@ static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, i
             q0 |= ((Q_NAME(bytes16)(blk + 16) >> j) & 1) << 4;
             q1 |= ((Q_NAME(bytes16)(blk + 32) >> j) & 1) << 4;
         }
+#if Q_ISA == 2
+        Vec16 table = dj * IOTA16 - mj;
+        if (type == DT_Q4_K) {
+            *lo = Q_NAME(lookup16)(table, q0);
+            *hi = Q_NAME(lookup16)(table, q1);
+        } else { /* 32 values: the fifth bit picks the upper table */
+            Vec16 upper = dj * (IOTA16 + 16.0f) - mj;
+            *lo = Q_NAME(lookup32)(table, upper, q0);
+            *hi = Q_NAME(lookup32)(table, upper, q1);
+        }
+#else
         *lo = dj * Q_NAME(vec16_of)(q0) - mj;
         *hi = dj * Q_NAME(vec16_of)(q1) - mj;
+#endif
         return;
     }
     case DT_Q6_K: {
@@ -184,8 +217,9 @@ static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const floa
     const uint8_t *w[2] = {weight + row_bytes * (size_t)o, weight + row_bytes * (size_t)(o + R - 1)};
     const float *x[FUSED_ROWS];
     for (int t = 0; t < FUSED_ROWS; t++) x[t] = in + (size_t)(t0 + (t < N ? t : 0)) * IC;
-    Vec16 acc[2][FUSED_ROWS];
+    Vec16 acc[2][FUSED_ROWS], acc_hi[2]; /* one input row: the halves in their own sums, two chains of FMAs per row */
     memset(acc, 0, sizeof acc);
+    memset(acc_hi, 0, sizeof acc_hi);
     int groups = IC / DTYPE_GROUP;
     size_t group_bytes = row_bytes / (size_t)groups;
     for (int g = 0; g < groups; g++) {
@@ -202,12 +236,14 @@ static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const floa
 #pragma GCC unroll 2
             for (int r = 0; r < R; r++) {
                 acc[r][t] += lo[r] * xl;
-                acc[r][t] += hi[r] * xh;
+                if (N == 1) acc_hi[r] += hi[r] * xh;
+                else acc[r][t] += hi[r] * xh;
             }
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < N; t++) out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(acc[r][t]);
+        for (int t = 0; t < N; t++)
+            out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(N == 1 ? acc[r][t] + acc_hi[r] : acc[r][t]);
 }
 
 /* dot_group_rows with literal R and N, so that each case inlines with its accumulators in registers */
