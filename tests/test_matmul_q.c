@@ -72,6 +72,27 @@ static void check_products(DType type, int T, int IC, int OC) {
     free(w), free(ref_w), free(in), free(bias), free(want), free(got);
 }
 
+/* A row's result does not depend on how many rows a call takes (up to CPU_SMALL_ROWS): a tree's rows equal one-row
+ * decoding steps bit for bit, which greedy Medusa decoding's equality with plain decoding rests on. */
+static void check_row_count_invariance(DType type) {
+    int IC = 512, OC = 9, max_T = CPU_SMALL_ROWS;
+    uint8_t *w = random_packed_rows(type, OC, IC, &rng);
+    float *in = random_floats((size_t)max_T * IC), *all = xmalloc(sizeof(float) * (size_t)max_T * OC);
+    float *some = xmalloc(sizeof(float) * (size_t)max_T * OC);
+    cpu_matmul_q(all, OC, in, w, type, NULL, max_T, IC, OC);
+    int differ = 0;
+    for (int T = 1; T < max_T; T++) {
+        cpu_matmul_q(some, OC, in, w, type, NULL, T, IC, OC);
+        differ += memcmp(some, all, sizeof(float) * (size_t)T * OC) != 0;
+        /* and the rows from the middle of a tree: the same row at another place */
+        cpu_matmul_q(some, OC, in + (size_t)(max_T - T) * IC, w, type, NULL, T, IC, OC);
+        differ += memcmp(some, all + (size_t)(max_T - T) * OC, sizeof(float) * (size_t)T * OC) != 0;
+    }
+    CHECK(differ == 0, "%s: each row's result bit for bit the same for T = 1..%d rows at any place (%d calls differ)",
+          dtype_name(type), max_T, differ);
+    free(w), free(in), free(all), free(some);
+}
+
 static void run_checks(void) {
     rng_seed(&rng, 12345);
     const DType types[] = {DT_F16, DT_BF16, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_Q4_K, DT_Q5_K, DT_Q6_K};
@@ -80,6 +101,7 @@ static void run_checks(void) {
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)
         for (size_t r = 0; r < sizeof row_counts / sizeof row_counts[0]; r++)
             check_products(types[k], row_counts[r], 512, 7 + 2 * (int)r); /* odd row counts: a single last row */
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) check_row_count_invariance(types[k]);
     /* enough rows for every thread to take a share */
     check_products(DT_Q4_1, 1, 256, 301);
     check_products(DT_Q6_K, 6, 768, 300);

@@ -217,7 +217,9 @@ static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const floa
     const uint8_t *w[2] = {weight + row_bytes * (size_t)o, weight + row_bytes * (size_t)(o + R - 1)};
     const float *x[FUSED_ROWS];
     for (int t = 0; t < FUSED_ROWS; t++) x[t] = in + (size_t)(t0 + (t < N ? t : 0)) * IC;
-    Vec16 acc[2][FUSED_ROWS], acc_hi[2]; /* one input row: the halves in their own sums, two chains of FMAs per row */
+    /* each group's halves in sums of their own (two chains of FMAs per row), so that a row's sum is made in one order
+     * whatever T and its place among the rows: tree verification then reproduces a one-row step bit for bit */
+    Vec16 acc[2][FUSED_ROWS], acc_hi[2][FUSED_ROWS];
     memset(acc, 0, sizeof acc);
     memset(acc_hi, 0, sizeof acc_hi);
     int groups = IC / DTYPE_GROUP;
@@ -236,14 +238,13 @@ static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const floa
 #pragma GCC unroll 2
             for (int r = 0; r < R; r++) {
                 acc[r][t] += lo[r] * xl;
-                if (N == 1) acc_hi[r] += hi[r] * xh;
-                else acc[r][t] += hi[r] * xh;
+                acc_hi[r][t] += hi[r] * xh;
             }
         }
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < N; t++)
-            out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(N == 1 ? acc[r][t] + acc_hi[r] : acc[r][t]);
+            out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(acc[r][t] + acc_hi[r][t]);
 }
 
 /* dot_group_rows with literal R and N, so that each case inlines with its accumulators in registers */
