@@ -1,7 +1,8 @@
 /* Scaled dot-product attention over an explicit key range per query (packed causal batches, KV-cache
  * decoding and tree verification all reduce to this), with grouped-query heads sharing K/V.
  * Queries that share their first key (one sequence of a packed batch, or one decoding step) form a block
- * whose scores are one GEMM per head: S = Q K^T, masked, softmax, O = S V. */
+ * whose scores are one GEMM per head: S = Q K^T, masked, softmax, O = S V; a block of a few queries (decoding, trees)
+ * takes them one by one (attend_small). */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -41,9 +42,66 @@ static ALWAYS_INLINE void softmax_inplace(float *row, int n) {
 SIMD_AVX2_FMA static void softmax_avx2(float *row, int n) { softmax_inplace(row, n); }
 static void softmax_baseline(float *row, int n) { softmax_inplace(row, n); }
 
+/* A small block's queries one at a time (decoding, a tree, a short prompt): the scores as dot products, the softmax,
+ * then the values' weighted sum, each in one order whatever the block's size, so that a tree node's attention equals a
+ * one-token step's bit for bit, and without OpenBLAS's per-call costs (two small GEMMs per head and layer were a third
+ * of a 3-row tree step on SmolLM2-135M). */
+static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
+                                       const uint8_t *mask, int row0, int T, const Block *b, int h, int group,
+                                       int head_dim, size_t q_stride, size_t kv_stride, float *scores) {
+    int kvh = h / group, body = head_dim / 8 * 8;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    const float *kb = k + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
+    const float *vb = v + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
+    for (int i = 0; i < b->nq; i++) {
+        int t = b->q0 + i, n = key_end[t] - b->k0;
+        const float *qt = q + (size_t)t * q_stride + (size_t)h * head_dim;
+        for (int j = 0; j < n; j++) {
+            const float *kj = kb + (size_t)j * kv_stride;
+            Vec8 acc[2] = {vec8_splat(0.0f), vec8_splat(0.0f)}; /* two chains of FMAs */
+            int d = 0;
+            for (; d + 16 <= body; d += 16) {
+                acc[0] += vec8_load(qt + d) * vec8_load(kj + d);
+                acc[1] += vec8_load(qt + d + 8) * vec8_load(kj + d + 8);
+            }
+            if (d < body) acc[0] += vec8_load(qt + d) * vec8_load(kj + d);
+            float dot = vec8_sum(acc[0] + acc[1]);
+            for (int d = body; d < head_dim; d++) dot += qt[d] * kj[d];
+            scores[j] = scale * dot;
+        }
+        if (mask) /* a tree node sees only its ancestors among the keys from row0 on */
+            for (int j = row0 - b->k0 > 0 ? row0 - b->k0 : 0; j < n; j++)
+                if (!mask[(size_t)t * T + (b->k0 + j - row0)]) scores[j] = -INFINITY;
+        softmax_inplace(scores, n);
+        float *ot = out + (size_t)t * q_stride + (size_t)h * head_dim; /* sum_j p_j v_j, j in order, in place */
+        memset(ot, 0, sizeof(float) * (size_t)head_dim);
+        for (int j = 0; j < n; j++) {
+            const float *vj = vb + (size_t)j * kv_stride;
+            float p = scores[j];
+            for (int d = 0; d < body; d += 8) vec8_store(ot + d, vec8_load(ot + d) + p * vec8_load(vj + d));
+            for (int d = body; d < head_dim; d++) ot[d] += p * vj[d];
+        }
+    }
+}
+#define ATTEND_SMALL_ARGS                                                                                              \
+    float *out, const float *q, const float *k, const float *v, const int32_t *key_end, const uint8_t *mask, int row0, \
+        int T, const Block *b, int h, int group, int head_dim, size_t q_stride, size_t kv_stride, float *scores
+SIMD_AVX2_FMA static void attend_small_avx2(ATTEND_SMALL_ARGS) {
+    attend_small(out, q, k, v, key_end, mask, row0, T, b, h, group, head_dim, q_stride, kv_stride, scores);
+}
+static void attend_small_baseline(ATTEND_SMALL_ARGS) {
+    attend_small(out, q, k, v, key_end, mask, row0, T, b, h, group, head_dim, q_stride, kv_stride, scores);
+}
+#undef ATTEND_SMALL_ARGS
+
 static void attend_block(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
                          const uint8_t *mask, int row0, int T, const Block *b, int h, int group, int head_dim,
                          size_t q_stride, size_t kv_stride, float *scores) {
+    if (b->nq <= CPU_SMALL_ROWS) {
+        (simd_avx2_fma() ? attend_small_avx2 : attend_small_baseline)(out, q, k, v, key_end, mask, row0, T, b, h, group,
+                                                                      head_dim, q_stride, kv_stride, scores);
+        return;
+    }
     int kvh = h / group;
     float scale = 1.0f / sqrtf((float)head_dim);
     const float *qb = q + (size_t)b->q0 * q_stride + (size_t)h * head_dim;
