@@ -21,7 +21,7 @@ typedef uint16_t Shorts16 __attribute__((vector_size(32)));
 
 static const Vec16 IOTA16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-/* input rows multiplied with each decoded group while it is in registers; more rows go through a decoded copy */
+/* input rows multiplied with each decoded group while it is in registers */
 #define FUSED_ROWS 4
 
 static ALWAYS_INLINE Vec16 vec16_load(const float *p) {
@@ -61,7 +61,7 @@ static ALWAYS_INLINE Vec16 vec16_load(const float *p) {
 #undef Q_NAME
 #undef Q_ATTR
 
-typedef void RowsFn(float *, int, const float *, const uint8_t *, DType, int, int, int, int, float *);
+typedef void RowsFn(float *, int, const float *, const uint8_t *, DType, int, int, int, int);
 typedef void DecodeFn(DType, const uint8_t *, size_t, int, int, float *);
 
 static void check_type(DType type, int IC) {
@@ -87,9 +87,7 @@ void cpu_matmul_q(float *out, int ldo, const float *in, const void *weight, DTyp
             /* each thread an even share of the weight rows, in pairs */
             int n = omp_get_num_threads(), id = omp_get_thread_num(), pairs = (OC + 1) / 2;
             int o0 = 2 * (int)((int64_t)pairs * id / n), o1 = 2 * (int)((int64_t)pairs * (id + 1) / n);
-            float *scratch = T > FUSED_ROWS ? xmalloc(sizeof(float) * 2 * (size_t)IC) : NULL;
-            rows(out, ldo, in, weight, type, T, IC, o0, o1 < OC ? o1 : OC, scratch);
-            free(scratch);
+            rows(out, ldo, in, weight, type, T, IC, o0, o1 < OC ? o1 : OC);
         }
     } else { /* tiles of about 4 MB of decoded rows through sgemm */
         int tile = IC >= (1 << 20) ? 1 : (1 << 20) / IC;

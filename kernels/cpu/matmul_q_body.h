@@ -1,6 +1,6 @@
 /* One build of matmul_q's kernels, included by kernels/cpu/matmul_q.c once per instruction set with Q_ISA (0: baseline,
- * 1: AVX2 + FMA + F16C, 2: AVX-512), Q_NAME(f) (f with the build's suffix) and Q_ATTR (its target attribute) defined, and
- * the compiler's target set to it (#pragma GCC target), so that the intrinsics below are available. GCC's generic
+ * 1: AVX2 + FMA + F16C, 2: AVX-512), Q_NAME(f) (f with the build's suffix) and Q_ATTR (its target attribute) defined,
+ * and the compiler's target set to it (#pragma GCC target), so that the intrinsics below are available. GCC's generic
  * vector code widens bytes to 32-bit lanes one at a time; the intrinsics do it in one instruction. (No include guard:
  * it is included once per build.) */
 
@@ -217,8 +217,8 @@ static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, i
 
 /* out[(t0 + t) * ldo + o + r] for r < R weight rows (R <= 2) and t < N input rows (N <= FUSED_ROWS): each group of the
  * R rows decoded once and multiplied with the N rows' inputs; R and N are constants once inlined. */
-static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const float *in, const uint8_t *weight, DType type,
-                                         size_t row_bytes, int IC, int o, int R, int t0, int N) {
+static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const float *in, const uint8_t *weight,
+                                                 DType type, size_t row_bytes, int IC, int o, int R, int t0, int N) {
     const uint8_t *w[2] = {weight + row_bytes * (size_t)o, weight + row_bytes * (size_t)(o + R - 1)};
     const float *x[FUSED_ROWS];
     for (int t = 0; t < FUSED_ROWS; t++) x[t] = in + (size_t)(t0 + (t < N ? t : 0)) * IC;
@@ -248,27 +248,40 @@ static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const floa
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < N; t++)
-            out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(acc[r][t] + acc_hi[r][t]);
+        for (int t = 0; t < N; t++) out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(acc[r][t] + acc_hi[r][t]);
 }
 
 /* dot_group_rows with literal R and N, so that each case inlines with its accumulators in registers */
 static ALWAYS_INLINE void Q_NAME(dot_rows)(float *out, int ldo, const float *in, const uint8_t *weight, DType type,
-                                   size_t row_bytes, int IC, int o, int pair, int t0, int N) {
+                                           size_t row_bytes, int IC, int o, int pair, int t0, int N) {
 #define DOT(R, N) Q_NAME(dot_group_rows)(out, ldo, in, weight, type, row_bytes, IC, o, R, t0, N)
     if (pair) {
         switch (N) {
-        case 4: DOT(2, 4); break;
-        case 3: DOT(2, 3); break;
-        case 2: DOT(2, 2); break;
-        default: DOT(2, 1);
+        case 4:
+            DOT(2, 4);
+            break;
+        case 3:
+            DOT(2, 3);
+            break;
+        case 2:
+            DOT(2, 2);
+            break;
+        default:
+            DOT(2, 1);
         }
     } else {
         switch (N) {
-        case 4: DOT(1, 4); break;
-        case 3: DOT(1, 3); break;
-        case 2: DOT(1, 2); break;
-        default: DOT(1, 1);
+        case 4:
+            DOT(1, 4);
+            break;
+        case 3:
+            DOT(1, 3);
+            break;
+        case 2:
+            DOT(1, 2);
+            break;
+        default:
+            DOT(1, 1);
         }
     }
 #undef DOT
@@ -284,41 +297,48 @@ static ALWAYS_INLINE void Q_NAME(decode_row)(DType type, const uint8_t *row, int
     }
 }
 
-/* Weight rows o0 <= o < o1 for T <= CPU_SMALL_ROWS input rows. Up to FUSED_ROWS rows decode each group in registers;
- * more decode each pair of weight rows once into `scratch` (2 IC floats) and run the fp32 case over them. */
-static ALWAYS_INLINE void Q_NAME(rows_typed)(float *out, int ldo, const float *in, const uint8_t *weight, DType type, int T,
-                                    int IC, int o0, int o1, float *scratch) {
+/* Weight rows o0 <= o < o1 for T <= CPU_SMALL_ROWS input rows, FUSED_ROWS at a time, each pass decoding the weights
+ * again: decoding a pair of rows once into a buffer and reading it back for every FUSED_ROWS rows measured slower
+ * (a 5-row tree step 1.2x, 8 rows 1.3x; bench_matmul_q) than decoding in registers again. */
+static ALWAYS_INLINE void Q_NAME(rows_typed)(float *out, int ldo, const float *in, const uint8_t *weight, DType type,
+                                             int T, int IC, int o0, int o1) {
     size_t row_bytes = dtype_row_bytes(type, IC);
-    for (int o = o0; o < o1; o += 2) {
-        int pair = o + 1 < o1;
-        if (T <= FUSED_ROWS) {
-            Q_NAME(dot_rows)(out, ldo, in, weight, type, row_bytes, IC, o, pair, 0, T);
-            continue;
-        }
-        Q_NAME(decode_row)(type, weight + row_bytes * (size_t)o, IC, scratch);
-        if (pair) Q_NAME(decode_row)(type, weight + row_bytes * (size_t)(o + 1), IC, scratch + IC);
-        for (int t0 = 0; t0 < T; t0 += FUSED_ROWS) {
-            int n = T - t0 < FUSED_ROWS ? T - t0 : FUSED_ROWS;
-            /* the decoded pair as a 2-row fp32 matrix whose row 0 is weight row o */
-            Q_NAME(dot_rows)(out + o, ldo, in, (const uint8_t *)scratch, DT_F32, sizeof(float) * (size_t)IC, IC, 0, pair,
-                     t0, n);
-        }
-    }
+    for (int o = o0; o < o1; o += 2)
+        for (int t0 = 0; t0 < T; t0 += FUSED_ROWS)
+            Q_NAME(dot_rows)
+            (out, ldo, in, weight, type, row_bytes, IC, o, o + 1 < o1, t0, T - t0 < FUSED_ROWS ? T - t0 : FUSED_ROWS);
 }
 
 /* the build's entry points: the type's case inlined into each */
 Q_ATTR static void Q_NAME(rows)(float *out, int ldo, const float *in, const uint8_t *weight, DType type, int T, int IC,
-                                int o0, int o1, float *scratch) {
+                                int o0, int o1) {
     switch (type) {
-    case DT_F16: Q_NAME(rows_typed)(out, ldo, in, weight, DT_F16, T, IC, o0, o1, scratch); break;
-    case DT_BF16: Q_NAME(rows_typed)(out, ldo, in, weight, DT_BF16, T, IC, o0, o1, scratch); break;
-    case DT_Q8_0: Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q8_0, T, IC, o0, o1, scratch); break;
-    case DT_Q4_0: Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_0, T, IC, o0, o1, scratch); break;
-    case DT_Q4_1: Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_1, T, IC, o0, o1, scratch); break;
-    case DT_Q4_K: Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_K, T, IC, o0, o1, scratch); break;
-    case DT_Q5_K: Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q5_K, T, IC, o0, o1, scratch); break;
-    case DT_Q6_K: Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q6_K, T, IC, o0, o1, scratch); break;
-    default: break;
+    case DT_F16:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_F16, T, IC, o0, o1);
+        break;
+    case DT_BF16:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_BF16, T, IC, o0, o1);
+        break;
+    case DT_Q8_0:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q8_0, T, IC, o0, o1);
+        break;
+    case DT_Q4_0:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_0, T, IC, o0, o1);
+        break;
+    case DT_Q4_1:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_1, T, IC, o0, o1);
+        break;
+    case DT_Q4_K:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_K, T, IC, o0, o1);
+        break;
+    case DT_Q5_K:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q5_K, T, IC, o0, o1);
+        break;
+    case DT_Q6_K:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q6_K, T, IC, o0, o1);
+        break;
+    default:
+        break;
     }
 }
 
