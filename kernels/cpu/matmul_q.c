@@ -15,25 +15,15 @@
 
 typedef float Vec16 __attribute__((vector_size(64)));
 typedef int32_t Int16 __attribute__((vector_size(64)));
-typedef uint8_t Bytes16 __attribute__((vector_size(16)));
-typedef int8_t SBytes16 __attribute__((vector_size(16)));
-typedef uint16_t Shorts16 __attribute__((vector_size(32)));
-
-static const Vec16 IOTA16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 /* input rows multiplied with each decoded group while it is in registers */
 #define FUSED_ROWS 4
-
-static ALWAYS_INLINE Vec16 vec16_load(const float *p) {
-    Vec16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+static const Vec16 IOTA16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 #define Q_ISA 2
 #define Q_NAME(f) f##_avx512
 #define Q_ATTR SIMD_AVX512

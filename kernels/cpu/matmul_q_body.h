@@ -1,24 +1,32 @@
 /* One build of matmul_q's kernels, included by kernels/cpu/matmul_q.c once per instruction set with Q_ISA (0: baseline,
  * 1: AVX2 + FMA + F16C, 2: AVX-512), Q_NAME(f) (f with the build's suffix) and Q_ATTR (its target attribute) defined,
- * and the compiler's target set to it (#pragma GCC target), so that the intrinsics below are available. GCC's generic
- * vector code widens bytes to 32-bit lanes one at a time; the intrinsics do it in one instruction. (No include guard:
- * it is included once per build.) */
+ * and the compiler's target set to it (#pragma GCC target), so that the intrinsics below are available. (No include
+ * guard: it is included once per build.)
+ *
+ * A build works in vectors of its width, QW floats (16 on AVX-512, else 8: GCC lowers wider generic vectors through
+ * the stack on AVX2, 15x slower), a group of 32 weights being QP = 32 / QW of them. The primitives widen QW bytes,
+ * shorts or halves to 32-bit lanes in one instruction each on x86 (GCC's generic vector code widens them one lane at a
+ * time). */
 
 #if Q_ISA == 2
-static ALWAYS_INLINE Int16 Q_NAME(bytes16)(const uint8_t *p) {
+#define QW 16
+typedef Vec16 Q_NAME(QVec);
+typedef Int16 Q_NAME(QInt);
+static ALWAYS_INLINE Int16 Q_NAME(bytes)(const uint8_t *p) {
     return (Int16)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
 }
-static ALWAYS_INLINE Int16 Q_NAME(sbytes16)(const uint8_t *p) {
+static ALWAYS_INLINE Int16 Q_NAME(sbytes)(const uint8_t *p) {
     return (Int16)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
 }
-static ALWAYS_INLINE Int16 Q_NAME(shorts16)(const uint8_t *p) {
+static ALWAYS_INLINE Int16 Q_NAME(shorts)(const uint8_t *p) {
     return (Int16)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
 }
-static ALWAYS_INLINE Vec16 Q_NAME(halves16)(const uint8_t *p) {
+static ALWAYS_INLINE Vec16 Q_NAME(halves)(const uint8_t *p) {
     return (Vec16)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
-static ALWAYS_INLINE Vec16 Q_NAME(vec16_of)(Int16 q) { return (Vec16)_mm512_cvtepi32_ps((__m512i)q); }
-static ALWAYS_INLINE float Q_NAME(vec16_sum)(Vec16 v) { return _mm512_reduce_add_ps((__m512)v); }
+static ALWAYS_INLINE Vec16 Q_NAME(floats_of)(Int16 q) { return (Vec16)_mm512_cvtepi32_ps((__m512i)q); }
+static ALWAYS_INLINE Vec16 Q_NAME(load)(const float *p) { return (Vec16)_mm512_loadu_ps(p); }
+static ALWAYS_INLINE float Q_NAME(sum)(Vec16 v) { return _mm512_reduce_add_ps((__m512)v); }
 static ALWAYS_INLINE float Q_NAME(half1)(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
 /* Table look-ups in registers: a 4-bit format's weight is one of 16 values per group, d k + m for k = 0..15, each
  * computed once by the group's rule (the same floats) and then picked by the nibble (vpermps reads an index's low 4
@@ -30,170 +38,126 @@ static ALWAYS_INLINE Vec16 Q_NAME(lookup32)(Vec16 low, Vec16 high, Int16 idx) {
     return (Vec16)_mm512_permutex2var_ps((__m512)low, (__m512i)idx, (__m512)high);
 }
 #elif Q_ISA == 1
-/* a 16-lane vector from two 8-lane halves */
-static ALWAYS_INLINE Int16 Q_NAME(join)(__m256i lo, __m256i hi) {
-    union {
-        __m256i h[2];
-        Int16 v;
-    } u = {{lo, hi}};
-    return u.v;
+#define QW 8
+typedef Vec8 Q_NAME(QVec);
+typedef Int8 Q_NAME(QInt);
+static ALWAYS_INLINE Int8 Q_NAME(bytes)(const uint8_t *p) {
+    return (Int8)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
 }
-static ALWAYS_INLINE Int16 Q_NAME(bytes16)(const uint8_t *p) {
-    return Q_NAME(join)(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)),
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8))));
+static ALWAYS_INLINE Int8 Q_NAME(sbytes)(const uint8_t *p) {
+    return (Int8)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
 }
-static ALWAYS_INLINE Int16 Q_NAME(sbytes16)(const uint8_t *p) {
-    return Q_NAME(join)(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)),
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8))));
+static ALWAYS_INLINE Int8 Q_NAME(shorts)(const uint8_t *p) {
+    return (Int8)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
 }
-static ALWAYS_INLINE Int16 Q_NAME(shorts16)(const uint8_t *p) {
-    return Q_NAME(join)(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)),
-                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 16))));
+static ALWAYS_INLINE Vec8 Q_NAME(halves)(const uint8_t *p) {
+    return (Vec8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
-static ALWAYS_INLINE Vec16 Q_NAME(halves16)(const uint8_t *p) {
-    union {
-        __m256 h[2];
-        Vec16 v;
-    } u = {{_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)),
-            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)))}};
-    return u.v;
-}
-static ALWAYS_INLINE Vec16 Q_NAME(vec16_of)(Int16 q) {
-    union {
-        Int16 v;
-        __m256i h[2];
-    } in = {q};
-    union {
-        __m256 h[2];
-        Vec16 v;
-    } out = {{_mm256_cvtepi32_ps(in.h[0]), _mm256_cvtepi32_ps(in.h[1])}};
-    return out.v;
-}
-static ALWAYS_INLINE float Q_NAME(vec16_sum)(Vec16 v) {
-    union {
-        Vec16 v;
-        __m256 h[2];
-    } u = {v};
-    __m256 s8 = _mm256_add_ps(u.h[0], u.h[1]);
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+static ALWAYS_INLINE Vec8 Q_NAME(floats_of)(Int8 q) { return (Vec8)_mm256_cvtepi32_ps((__m256i)q); }
+static ALWAYS_INLINE Vec8 Q_NAME(load)(const float *p) { return (Vec8)_mm256_loadu_ps(p); }
+static ALWAYS_INLINE float Q_NAME(sum)(Vec8 v) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128((__m256)v), _mm256_extractf128_ps((__m256)v, 1));
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 static ALWAYS_INLINE float Q_NAME(half1)(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
 #else
-static ALWAYS_INLINE Int16 Q_NAME(bytes16)(const uint8_t *p) {
-    Bytes16 b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, Int16);
+#define QW 8
+typedef Vec8 Q_NAME(QVec);
+typedef Int8 Q_NAME(QInt);
+typedef uint8_t Q_NAME(U8x8) __attribute__((vector_size(8)));
+typedef int8_t Q_NAME(S8x8) __attribute__((vector_size(8)));
+typedef uint16_t Q_NAME(U16x8) __attribute__((vector_size(16)));
+static ALWAYS_INLINE Int8 Q_NAME(bytes)(const uint8_t *p) {
+    Q_NAME(U8x8) v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, Int8);
 }
-static ALWAYS_INLINE Int16 Q_NAME(sbytes16)(const uint8_t *p) {
-    SBytes16 b;
-    memcpy(&b, p, sizeof b);
-    return __builtin_convertvector(b, Int16);
+static ALWAYS_INLINE Int8 Q_NAME(sbytes)(const uint8_t *p) {
+    Q_NAME(S8x8) v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, Int8);
 }
-static ALWAYS_INLINE Int16 Q_NAME(shorts16)(const uint8_t *p) {
-    Shorts16 h;
-    memcpy(&h, p, sizeof h);
-    return __builtin_convertvector(h, Int16);
+static ALWAYS_INLINE Int8 Q_NAME(shorts)(const uint8_t *p) {
+    Q_NAME(U16x8) v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, Int8);
 }
-static ALWAYS_INLINE Vec16 Q_NAME(halves16)(const uint8_t *p) {
-    Vec16 v;
-    for (int i = 0; i < 16; i++) v[i] = dtype_half(p + 2 * i);
+static ALWAYS_INLINE Vec8 Q_NAME(halves)(const uint8_t *p) {
+    Vec8 v;
+    for (int i = 0; i < 8; i++) v[i] = dtype_half(p + 2 * i);
     return v;
 }
-static ALWAYS_INLINE Vec16 Q_NAME(vec16_of)(Int16 q) { return __builtin_convertvector(q, Vec16); }
-static ALWAYS_INLINE float Q_NAME(vec16_sum)(Vec16 v) {
-    float s = 0.0f;
-    for (int i = 0; i < 16; i++) s += v[i];
-    return s;
-}
+static ALWAYS_INLINE Vec8 Q_NAME(floats_of)(Int8 q) { return __builtin_convertvector(q, Vec8); }
+static ALWAYS_INLINE Vec8 Q_NAME(load)(const float *p) { return vec8_load(p); }
+static ALWAYS_INLINE float Q_NAME(sum)(Vec8 v) { return vec8_sum(v); }
 static ALWAYS_INLINE float Q_NAME(half1)(const uint8_t *p) { return dtype_half(p); }
 #endif
+#define QP (32 / QW)
 
-/* Group g (elements 32 g .. 32 g + 31) of a row of `type`, as dtype_dequantize_group computes it: elements 0-15 in
- * *lo, 16-31 in *hi. `type` is a constant wherever this is inlined, so the switch folds away. */
-static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, int g, Vec16 *lo, Vec16 *hi) {
+/* Group g (elements 32 g .. 32 g + 31) of a row of `type`, as dtype_dequantize_group computes it, into w[0..QP): part p
+ * holds elements QW p .. QW p + QW - 1. `type` is a constant wherever this is inlined, so the switch folds away, and so
+ * do the branches on the part's place (e0 < 16). */
+static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, int g, Q_NAME(QVec) *w) {
     switch (type) {
     case DT_F32:
-        *lo = vec16_load((const float *)row + 32 * g);
-        *hi = vec16_load((const float *)row + 32 * g + 16);
+        for (int p = 0; p < QP; p++) w[p] = Q_NAME(load)((const float *)row + 32 * g + QW * p);
         return;
     case DT_F16:
-        *lo = Q_NAME(halves16)(row + 64 * g);
-        *hi = Q_NAME(halves16)(row + 64 * g + 32);
+        for (int p = 0; p < QP; p++) w[p] = Q_NAME(halves)(row + 64 * g + 2 * QW * p);
         return;
-    case DT_BF16: {
-        *lo = (Vec16)(Q_NAME(shorts16)(row + 64 * g) << 16);
-        *hi = (Vec16)(Q_NAME(shorts16)(row + 64 * g + 32) << 16);
+    case DT_BF16:
+        for (int p = 0; p < QP; p++) w[p] = (Q_NAME(QVec))(Q_NAME(shorts)(row + 64 * g + 2 * QW * p) << 16);
         return;
-    }
     case DT_Q8_0: {
         const uint8_t *blk = row + 34 * g;
         float d = Q_NAME(half1)(blk);
-        *lo = d * Q_NAME(vec16_of)(Q_NAME(sbytes16)(blk + 2));
-        *hi = d * Q_NAME(vec16_of)(Q_NAME(sbytes16)(blk + 18));
+        for (int p = 0; p < QP; p++) w[p] = d * Q_NAME(floats_of)(Q_NAME(sbytes)(blk + 2 + QW * p));
         return;
     }
-    case DT_Q4_0: {
-        const uint8_t *blk = row + 18 * g;
-        Int16 q = Q_NAME(bytes16)(blk + 2);
-        float d = Q_NAME(half1)(blk);
+    case DT_Q4_0:
+    case DT_Q4_1: { /* element e: the low nibble of byte e, or for e >= 16 the high nibble of byte e - 16 */
+        const uint8_t *blk = row + (type == DT_Q4_0 ? 18 : 20) * g, *qs = blk + (type == DT_Q4_0 ? 2 : 4);
+        float d = Q_NAME(half1)(blk), m = type == DT_Q4_1 ? Q_NAME(half1)(blk + 2) : 0.0f;
 #if Q_ISA == 2
-        Vec16 table = d * (IOTA16 - 8.0f); /* the 16 values a nibble stands for */
-        *lo = Q_NAME(lookup16)(table, q);
-        *hi = Q_NAME(lookup16)(table, q >> 4);
+        /* d q is exact: fusing the add rounds the same */
+        Vec16 table = type == DT_Q4_0 ? d * (IOTA16 - 8.0f) : d * IOTA16 + m; /* the 16 values a nibble stands for */
+        Int16 q = Q_NAME(bytes)(qs);
+        w[0] = Q_NAME(lookup16)(table, q);
+        w[1] = Q_NAME(lookup16)(table, q >> 4);
 #else
-        *lo = d * Q_NAME(vec16_of)((q & 15) - 8);
-        *hi = d * Q_NAME(vec16_of)((q >> 4) - 8);
-#endif
-        return;
-    }
-    case DT_Q4_1: {
-        const uint8_t *blk = row + 20 * g;
-        Int16 q = Q_NAME(bytes16)(blk + 4);
-#if Q_ISA == 2
-        /* d and m converted together, each then broadcast */
-        int32_t dm_bits;
-        memcpy(&dm_bits, blk, sizeof dm_bits);
-        __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm_bits));
-        Vec16 d = (Vec16)_mm512_broadcastss_ps(dm), m = (Vec16)_mm512_broadcastss_ps(_mm_movehdup_ps(dm));
-        Vec16 table = d * IOTA16 + m; /* d q is exact: fusing the add rounds the same */
-        *lo = Q_NAME(lookup16)(table, q);
-        *hi = Q_NAME(lookup16)(table, q >> 4);
-#else
-        float d = Q_NAME(half1)(blk), m = Q_NAME(half1)(blk + 2);
-        *lo = d * Q_NAME(vec16_of)(q & 15) + m;
-        *hi = d * Q_NAME(vec16_of)(q >> 4) + m;
+        for (int p = 0; p < QP; p++) {
+            int e0 = QW * p;
+            Q_NAME(QInt) q = Q_NAME(bytes)(qs + (e0 & 15));
+            q = e0 < 16 ? q & 15 : q >> 4;
+            w[p] = type == DT_Q4_0 ? d * Q_NAME(floats_of)(q - 8) : d * Q_NAME(floats_of)(q) + m;
+        }
 #endif
         return;
     }
     case DT_Q4_K:
-    case DT_Q5_K: {
+    case DT_Q5_K: { /* sub-block j: element i is nibble j % 2 of byte 32 (j / 2) + i (Q5_K: plus bit j of qh[i] as its
+                     * fifth bit), times d * scale, less dmin * min */
         const uint8_t *blk = row + (type == DT_Q4_K ? 144 : 176) * (g / 8);
         int j = g % 8, sc, mn;
         dtype_k_scale_min(blk + 4, j, &sc, &mn);
         float dj = Q_NAME(half1)(blk) * (float)sc, mj = Q_NAME(half1)(blk + 2) * (float)mn;
-        const uint8_t *qs = blk + (type == DT_Q4_K ? 16 : 48) + 32 * (j / 2);
+        const uint8_t *qs = blk + (type == DT_Q4_K ? 16 : 48) + 32 * (j / 2), *qh = blk + 16;
         int shift = 4 * (j % 2);
-        Int16 q0 = (Q_NAME(bytes16)(qs) >> shift) & 15, q1 = (Q_NAME(bytes16)(qs + 16) >> shift) & 15;
-        if (type == DT_Q5_K) {
-            q0 |= ((Q_NAME(bytes16)(blk + 16) >> j) & 1) << 4;
-            q1 |= ((Q_NAME(bytes16)(blk + 32) >> j) & 1) << 4;
-        }
 #if Q_ISA == 2
         Vec16 table = dj * IOTA16 - mj;
-        if (type == DT_Q4_K) {
-            *lo = Q_NAME(lookup16)(table, q0);
-            *hi = Q_NAME(lookup16)(table, q1);
-        } else { /* 32 values: the fifth bit picks the upper table */
-            Vec16 upper = dj * (IOTA16 + 16.0f) - mj;
-            *lo = Q_NAME(lookup32)(table, upper, q0);
-            *hi = Q_NAME(lookup32)(table, upper, q1);
-        }
-#else
-        *lo = dj * Q_NAME(vec16_of)(q0) - mj;
-        *hi = dj * Q_NAME(vec16_of)(q1) - mj;
+        Vec16 upper = type == DT_Q5_K ? dj * (IOTA16 + 16.0f) - mj : table;
 #endif
+        for (int p = 0; p < QP; p++) {
+            Q_NAME(QInt) q = (Q_NAME(bytes)(qs + QW * p) >> shift) & 15;
+            if (type == DT_Q5_K) q |= ((Q_NAME(bytes)(qh + QW * p) >> j) & 1) << 4;
+#if Q_ISA == 2
+            /* 16 values, or 32 with the fifth bit picking the upper table */
+            w[p] = type == DT_Q4_K ? Q_NAME(lookup16)(table, q) : Q_NAME(lookup32)(table, upper, q);
+#else
+            w[p] = dj * Q_NAME(floats_of)(q) - mj;
+#endif
+        }
         return;
     }
     case DT_Q6_K: {
@@ -201,54 +165,56 @@ static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, i
         int e0 = 32 * (g % 8), h = e0 / 128, r = e0 % 128;
         const uint8_t *ql = blk + 64 * h + r % 64, *qh = blk + 128 + 32 * h;
         int lo_shift = 4 * (r / 64), hi_shift = 2 * (r / 32);
-        Int16 q0 = ((Q_NAME(bytes16)(ql) >> lo_shift) & 15) | (((Q_NAME(bytes16)(qh) >> hi_shift) & 3) << 4);
-        Int16 q1 = ((Q_NAME(bytes16)(ql + 16) >> lo_shift) & 15) | (((Q_NAME(bytes16)(qh + 16) >> hi_shift) & 3) << 4);
         const int8_t *scales = (const int8_t *)(blk + 192);
         float d = Q_NAME(half1)(blk + 208);
-        *lo = (d * (float)scales[e0 / 16]) * Q_NAME(vec16_of)(q0 - 32);
-        *hi = (d * (float)scales[e0 / 16 + 1]) * Q_NAME(vec16_of)(q1 - 32);
+        for (int p = 0; p < QP; p++) {
+            Q_NAME(QInt) q = ((Q_NAME(bytes)(ql + QW * p) >> lo_shift) & 15) |
+                             (((Q_NAME(bytes)(qh + QW * p) >> hi_shift) & 3) << 4);
+            w[p] = (d * (float)scales[(e0 + QW * p) / 16]) * Q_NAME(floats_of)(q - 32);
+        }
         return;
     }
     default: /* not a weight format: cpu_matmul_q refuses it before any row */
-        *lo = *hi = (Vec16){0};
+        for (int p = 0; p < QP; p++) w[p] = (Q_NAME(QVec)){0};
         return;
     }
 }
 
 /* out[(t0 + t) * ldo + o + r] for r < R weight rows (R <= 2) and t < N input rows (N <= FUSED_ROWS): each group of the
- * R rows decoded once and multiplied with the N rows' inputs; R and N are constants once inlined. */
+ * R rows decoded once and multiplied with the N rows' inputs; R and N are constants once inlined. A group's parts go
+ * to two sums in turn (even parts, odd parts: two chains of FMAs per row), so that a row's sum is made in one order
+ * whatever T and its place among the rows: tree verification then reproduces a one-row step bit for bit. */
 static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const float *in, const uint8_t *weight,
                                                  DType type, size_t row_bytes, int IC, int o, int R, int t0, int N) {
-    const uint8_t *w[2] = {weight + row_bytes * (size_t)o, weight + row_bytes * (size_t)(o + R - 1)};
+    const uint8_t *wr[2] = {weight + row_bytes * (size_t)o, weight + row_bytes * (size_t)(o + R - 1)};
     const float *x[FUSED_ROWS];
     for (int t = 0; t < FUSED_ROWS; t++) x[t] = in + (size_t)(t0 + (t < N ? t : 0)) * IC;
-    /* each group's halves in sums of their own (two chains of FMAs per row), so that a row's sum is made in one order
-     * whatever T and its place among the rows: tree verification then reproduces a one-row step bit for bit */
-    Vec16 acc[2][FUSED_ROWS], acc_hi[2][FUSED_ROWS];
+    Q_NAME(QVec) acc[2][FUSED_ROWS][2];
     for (int r = 0; r < R; r++) /* only those in use: a memset of all of them cost a tenth of a short row */
-        for (int t = 0; t < N; t++) acc[r][t] = acc_hi[r][t] = (Vec16){0};
+        for (int t = 0; t < N; t++) acc[r][t][0] = acc[r][t][1] = (Q_NAME(QVec)){0};
     int groups = IC / DTYPE_GROUP;
     size_t group_bytes = row_bytes / (size_t)groups;
     for (int g = 0; g < groups; g++) {
-        Vec16 lo[2], hi[2];
+        Q_NAME(QVec) w[2][QP];
 #pragma GCC unroll 2
         for (int r = 0; r < R; r++) {
             /* the rows after these, from DRAM, while these are in use */
-            __builtin_prefetch(w[r] + 2 * row_bytes + group_bytes * (size_t)g);
-            Q_NAME(decode_group)(type, w[r], g, &lo[r], &hi[r]);
+            __builtin_prefetch(wr[r] + 2 * row_bytes + group_bytes * (size_t)g);
+            Q_NAME(decode_group)(type, wr[r], g, w[r]);
         }
 #pragma GCC unroll 4
         for (int t = 0; t < N; t++) {
-            Vec16 xl = vec16_load(x[t] + 32 * g), xh = vec16_load(x[t] + 32 * g + 16);
+#pragma GCC unroll 4
+            for (int p = 0; p < QP; p++) {
+                Q_NAME(QVec) xv = Q_NAME(load)(x[t] + 32 * g + QW * p);
 #pragma GCC unroll 2
-            for (int r = 0; r < R; r++) {
-                acc[r][t] += lo[r] * xl;
-                acc_hi[r][t] += hi[r] * xh;
+                for (int r = 0; r < R; r++) acc[r][t][p % 2] += w[r][p] * xv;
             }
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < N; t++) out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(vec16_sum)(acc[r][t] + acc_hi[r][t]);
+        for (int t = 0; t < N; t++)
+            out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(sum)(acc[r][t][0] + acc[r][t][1]);
 }
 
 /* dot_group_rows with literal R and N, so that each case inlines with its accumulators in registers */
@@ -290,10 +256,9 @@ static ALWAYS_INLINE void Q_NAME(dot_rows)(float *out, int ldo, const float *in,
 /* a row of `type` decoded into dst (IC floats) */
 static ALWAYS_INLINE void Q_NAME(decode_row)(DType type, const uint8_t *row, int IC, float *dst) {
     for (int g = 0; g < IC / DTYPE_GROUP; g++) {
-        Vec16 lo, hi;
-        Q_NAME(decode_group)(type, row, g, &lo, &hi);
-        memcpy(dst + 32 * g, &lo, sizeof lo);
-        memcpy(dst + 32 * g + 16, &hi, sizeof hi);
+        Q_NAME(QVec) w[QP];
+        Q_NAME(decode_group)(type, row, g, w);
+        memcpy(dst + 32 * g, w, sizeof w);
     }
 }
 
@@ -345,3 +310,6 @@ Q_ATTR static void Q_NAME(rows)(float *out, int ldo, const float *in, const uint
 Q_ATTR static void Q_NAME(decode_rows)(DType type, const uint8_t *rows, size_t row_bytes, int n, int IC, float *dst) {
     for (int i = 0; i < n; i++) Q_NAME(decode_row)(type, rows + row_bytes * (size_t)i, IC, dst + (size_t)IC * i);
 }
+
+#undef QW
+#undef QP
