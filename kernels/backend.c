@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../common/common.h"
+#include "cpu/cpu_ops.h"
 #include "ops.h"
 
 void backend_check(const Backend *b) {
@@ -49,6 +50,8 @@ double gpu_bf16_peak_flops(const char *device_name) {
         if (strstr(device_name, table[i].part)) return table[i].tflops * 1e12;
     return 0;
 }
+
+int backend_prefers_native(const Backend *b) { return b->is_host && cpu_matmul_q_simd(); }
 
 void set_threads(int threads) {
     if (threads <= 0) return;

@@ -76,6 +76,10 @@ struct Backend {
  * backend's constructor calls it on its table. */
 void backend_check(const Backend *b);
 const Backend *backend_cpu(void);
+/* Whether a GGUF's matrices are best kept in their formats (matmul_q) on this backend and machine, what --precision
+ * auto then picks: on the CPU when matmul_q has a SIMD build for it (AVX2 or AVX-512: 2-3x fp32 matmul's speed on
+ * SmolLM2-135M; the portable build is slower than fp32), never on a GPU (bf16 tensor cores). */
+int backend_prefers_native(const Backend *b);
 /* Applies --threads (> 0) to the host's OpenMP and OpenBLAS threads. */
 void set_threads(int threads);
 /* kernels/cuda (only in builds with nvcc, which define MEDUSA_CUDA) */

@@ -2,11 +2,11 @@
 
 #include <string.h>
 
-/* --precision: the weights' storage; native (the file's formats, fp32 activations) is what auto picks for a GGUF file on
- * a backend without bf16 tensor cores (the CPU), whose block formats it reads 4-8x fewer bytes of per token */
+/* --precision: the weights' storage; native (the file's formats, fp32 activations) is what auto picks for a GGUF file
+ * where the backend runs it fast (backend_prefers_native: the CPU with AVX2 or AVX-512) */
 static DType precision_for(const char *name, const Backend *be, const char *model_path, int *native) {
-    *native = strcmp(name, "native") == 0 || (strcmp(name, "auto") == 0 && !be->prefers_bf16 &&
-                                              model_path_is_gguf(model_path));
+    *native = strcmp(name, "native") == 0 ||
+              (strcmp(name, "auto") == 0 && backend_prefers_native(be) && model_path_is_gguf(model_path));
     if (*native || strcmp(name, "fp32") == 0) return DT_F32;
     if (strcmp(name, "auto") == 0) return be->prefers_bf16 ? DT_BF16 : DT_F32;
     if (strcmp(name, "bf16") == 0) return DT_BF16;

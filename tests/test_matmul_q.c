@@ -121,7 +121,13 @@ static void run_build(const char *name, int fd) {
     else refused = 1;
     set_fatal_hook(NULL);
     if (refused) printf("-- %s build: not run (%s)\n", name, test_fatal_msg);
-    else printf("-- %s build\n", name), run_checks();
+    else {
+        printf("-- %s build\n", name);
+        run_checks();
+        int simd = strcmp(name, "baseline") != 0;
+        CHECK(backend_prefers_native(backend_cpu()) == simd,
+              "--precision auto keeps a GGUF's formats on the CPU with the %s build: %s", name, simd ? "yes" : "no");
+    }
     int counts[2] = {test_passed, test_failed};
     ensure(write(fd, counts, sizeof counts) == (ssize_t)sizeof counts);
     fflush(stdout);

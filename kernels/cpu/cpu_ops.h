@@ -15,6 +15,8 @@
 #include "../ops.def"
 #undef OP
 
+/* whether matmul_q runs a SIMD build on this CPU (backend_prefers_native) */
+int cpu_matmul_q_simd(void);
 /* bf16 values widened to fp32, in place or into a new array (xmalloc) */
 void cpu_widen(float *out, const uint16_t *x, size_t n);
 float *cpu_widened_copy(const uint16_t *x, size_t n);

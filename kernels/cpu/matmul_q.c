@@ -54,6 +54,14 @@ static const Vec16 IOTA16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1
 typedef void RowsFn(float *, int, const float *, const uint8_t *, DType, int, int, int, int);
 typedef void DecodeFn(DType, const uint8_t *, size_t, int, int, float *);
 
+int cpu_matmul_q_simd(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return simd_level() >= SIMD_LEVEL_AVX2;
+#else
+    return 0;
+#endif
+}
+
 static void check_type(DType type, int IC) {
     if (!dtype_is_packed_weight(type) || dtype_row_bytes(type, IC) == 0)
         fatal("matmul_q: a %s weight cannot have rows of %d elements", dtype_name(type), IC);
