@@ -258,6 +258,23 @@ bench-mpi: bin/medusa-train $(SMOLLM2)
 	OMP_WAIT_POLICY=passive bench/bench_mpi.sh $(SMOLLM2) runs/demo/sharegpt.train.tokens.h5 \
 	  bench/mpi_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
 
+# medusa-c beside llama.cpp on the same GGUF files and threads (plain greedy tokens/s, A B A B, and Medusa greedy with
+# HEADS=dir): the demo model in Q4_1 and, made from it by bench/make_gguf_variants.py, Q8_0 and F16; writes
+# bench/llamacpp_cpu_<host>.txt. llama-cpp-python is built from PyPI into the venv (once, ~10 minutes; GGML_NATIVE for
+# this CPU, with AMX off: its build fails on some Intel CPUs). bench-matmul-q times a decoding step's Linears, the
+# file's formats (matmul_q) beside fp32.
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+  -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'
+$(VENV)/.llamacpp: $(VENV)/.ready
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(VENV)/bin/pip install -q llama-cpp-python
+	touch $@
+.PHONY: bench-llamacpp bench-matmul-q
+bench-llamacpp: bin/medusa-infer $(SMOLLM2) $(VENV)/.llamacpp
+	bash bench/bench_llamacpp.sh | tee bench/llamacpp_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
+bench-matmul-q: $(BUILD)/bench/bench_matmul_q $(SMOLLM2)
+	OMP_NUM_THREADS=$(BENCH_THREADS) GOMP_SPINCOUNT=20000 $(BUILD)/bench/bench_matmul_q --model $(SMOLLM2) \
+	  --rows 1,2,3,4,8,16,24
+
 .PHONY: bench-matmul
 bench-matmul: $(BUILD)/bench/bench_matmul_rows $(SMOLLM2)
 	@{ echo "# $$(date -u +%F) $$(lscpu | sed -n 's/^Model name: *//p'), $(BENCH_THREADS) threads, SmolLM2-135M-Instruct's shapes"; \

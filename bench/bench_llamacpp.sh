@@ -72,9 +72,10 @@ cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 llama_ver=$("$PY" -c 'import llama_cpp; print(llama_cpp.__version__)')
 llama_sys=$("$PY" -c 'import llama_cpp; print(llama_cpp.llama_print_system_info().decode().strip())')
 echo "# bench_llamacpp.sh: medusa-c vs llama.cpp plain greedy decoding, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "# cpu: $cpu, $(nproc) cores visible; threads $THREADS; OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset (medusa-infer sets passive)}"
+echo "# cpu: $cpu, $(nproc) cores visible; threads $THREADS; OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset (medusa-infer then spins briefly on an idle machine, else waits passively)}"
 echo "# medusa-c: git $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench' 2>/dev/null || echo ' (sources modified)'), $BIN built $bin_built (sha256 $(sha256sum "$BIN_RUN" | cut -c1-12)), --precision $PRECISION"
 echo "# llama.cpp: llama-cpp-python $llama_ver; $llama_sys"
+[ -n "$HEADS" ] && echo "# Medusa greedy: heads $HEADS, tree ${TREE:-the CPU default} $( [ -n "${TREE:-}" ] && cat "$TREE" | tr -d '\n')"
 echo "# prompts: the first $N_PROMPTS of $PROMPTS, at most $MAX_NEW new tokens, greedy; tok/s = generated tokens / decode time after the prefill (medusa-c --bench plain/s), summed over the prompts"
 
 # ---- one run of each kind ----
