@@ -343,4 +343,3 @@ const GGUFTensor *gguf_find_tensor(const GGUFFile *g, const char *name) {
         if (strcmp(g->tensors[i].name, name) == 0) return &g->tensors[i];
     return NULL;
 }
-

@@ -260,7 +260,8 @@ void weights_dequantize(DType type, const uint8_t *src, float *out, int64_t n) {
     } else if (block == 1 && (type == DT_F16 || type == DT_BF16)) { /* any length */
 #pragma omp parallel for if (n > DTYPE_GROUP * PARALLEL_GROUPS)
         for (int64_t i = 0; i < n; i++)
-            out[i] = type == DT_F16 ? dtype_half(src + 2 * i) : bf16_to_f32((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
+            out[i] =
+                type == DT_F16 ? dtype_half(src + 2 * i) : bf16_to_f32((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
     } else if (block > 0 && dtype_is_packed_weight(type) && n % block == 0) {
 #pragma omp parallel for if (n > DTYPE_GROUP * PARALLEL_GROUPS)
         for (int64_t g = 0; g < n / DTYPE_GROUP; g++) dtype_dequantize_group(type, src, g, out + DTYPE_GROUP * g);

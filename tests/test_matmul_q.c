@@ -1,9 +1,9 @@
 /* The CPU's matmul and embedding on weights kept in their file's format (matmul_q, embedding_q) against the fp32 ops
- * on the same weights dequantised by formats/weights.c (whose K-quants test_kquants checks against the gguf package, and
- * whose Q4_0/Q4_1/Q8_0 test_smollm2's logits check against transformers): every type, the decoding, tree and prefill
- * row counts, every SIMD build this CPU runs (each in a child process, MEDUSA_CPU_SIMD set). The decoded weights must
- * be the same floats bit for bit (one-hot inputs read them out), the products within 1e-5 of the fp32 path relative to
- * the sum of |w x|. */
+ * on the same weights dequantised by formats/weights.c (whose K-quants test_kquants checks against the gguf package,
+ * and whose Q4_0/Q4_1/Q8_0 test_smollm2's logits check against transformers): every type, the decoding, tree and
+ * prefill row counts, every SIMD build this CPU runs (each in a child process, MEDUSA_CPU_SIMD set). The decoded
+ * weights must be the same floats bit for bit (one-hot inputs read them out), the products within 1e-5 of the fp32 path
+ * relative to the sum of |w x|. */
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,8 +37,9 @@ static void check_decoded(DType type, const uint8_t *w, const float *ref, int OC
     cpu_embedding_q(emb, tokens, w, type, 2, IC);
     int emb_differ = memcmp(emb, ref + (size_t)(OC - 1) * IC, sizeof(float) * IC) != 0 ||
                      memcmp(emb + IC, ref, sizeof(float) * IC) != 0;
-    CHECK(differ == 0 && emb_differ == 0, "%s [%d, %d]: decoded weights == dequantised (%d differ%s; embedding_q bit for bit)",
-          dtype_name(type), OC, IC, differ, emb_differ ? "; embedding_q differs" : "");
+    CHECK(differ == 0 && emb_differ == 0,
+          "%s [%d, %d]: decoded weights == dequantised (%d differ%s; embedding_q bit for bit)", dtype_name(type), OC,
+          IC, differ, emb_differ ? "; embedding_q differs" : "");
 }
 
 /* matmul_q vs matmul on the dequantised weights: a band of columns of a wider output, with and without bias */
@@ -60,7 +61,8 @@ static void check_products(DType type, int T, int IC, int OC) {
             for (int o = 0; o < OC; o++) {
                 double scale = b ? fabs(b[o]) : 0;
                 for (int i = 0; i < IC; i++) scale += fabs((double)ref_w[(size_t)o * IC + i] * in[(size_t)t * IC + i]);
-                double err = fabs((double)got[(size_t)t * ldo + o] - want[(size_t)t * OC + o]) / (scale > 0 ? scale : 1);
+                double err =
+                    fabs((double)got[(size_t)t * ldo + o] - want[(size_t)t * OC + o]) / (scale > 0 ? scale : 1);
                 if (!(err <= worst)) worst = err;
             }
             for (int o = OC; o < ldo; o++) outside += got[(size_t)t * ldo + o] != 7.0f;

@@ -29,10 +29,10 @@ typedef struct {
     int max_tokens;
     ForwardState state;
     MedusaWork work;
-    float *hidden;         /* [max_tokens, H] backend */
-    int32_t *choice;       /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
-    Matrix teacher_lm_head; /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else no
-                             * parts */
+    float *hidden;             /* [max_tokens, H] backend */
+    int32_t *choice;           /* [max_tokens] host: the base model's greedy choice at each row (MedusaBase) */
+    Matrix teacher_lm_head;    /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else no
+                                * parts */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
     int ranks; /* data-parallel ranks whose gradients each step sums (train/dist.h); 1: this process alone */
     /* for error messages (NULL: not named): the base model's path, where the heads came from, and what a divergence

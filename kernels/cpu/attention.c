@@ -46,9 +46,10 @@ static void softmax_baseline(float *row, int n) { softmax_inplace(row, n); }
  * then the values' weighted sum, each in one order whatever the block's size, so that a tree node's attention equals a
  * one-token step's bit for bit, and without OpenBLAS's per-call costs (two small GEMMs per head and layer were a third
  * of a 3-row tree step on SmolLM2-135M). */
-static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
-                                       const uint8_t *mask, int row0, int T, const Block *b, int h, int group,
-                                       int head_dim, size_t q_stride, size_t kv_stride, float *scores) {
+static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *k, const float *v,
+                                       const int32_t *key_end, const uint8_t *mask, int row0, int T, const Block *b,
+                                       int h, int group, int head_dim, size_t q_stride, size_t kv_stride,
+                                       float *scores) {
     int kvh = h / group, body = head_dim / 8 * 8;
     float scale = 1.0f / sqrtf((float)head_dim);
     const float *kb = k + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;

@@ -84,7 +84,7 @@ static ALWAYS_INLINE Int8 Q_NAME(shorts)(const uint8_t *p) {
     return __builtin_convertvector(v, Int8);
 }
 static ALWAYS_INLINE Vec8 Q_NAME(halves)(const uint8_t *p) {
-    Vec8 v;
+    Vec8 v = vec8_splat(0.0f);
     for (int i = 0; i < 8; i++) v[i] = dtype_half(p + 2 * i);
     return v;
 }
@@ -98,10 +98,10 @@ static ALWAYS_INLINE float Q_NAME(half1)(const uint8_t *p) { return dtype_half(p
 /* Group g (elements 32 g .. 32 g + 31) of a row of `type`, as dtype_dequantize_group computes it, into w[0..QP): part p
  * holds elements QW p .. QW p + QW - 1. `type` is a constant wherever this is inlined, so the switch folds away, and so
  * do the branches on the part's place (e0 < 16). */
-static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, int g, Q_NAME(QVec) *w) {
+static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, int g, Q_NAME(QVec) * w) {
     switch (type) {
     case DT_F32:
-        for (int p = 0; p < QP; p++) w[p] = Q_NAME(load)((const float *)row + 32 * g + QW * p);
+        for (int p = 0; p < QP; p++) memcpy(&w[p], row + sizeof(float) * (size_t)(32 * g + QW * p), sizeof w[p]);
         return;
     case DT_F16:
         for (int p = 0; p < QP; p++) w[p] = Q_NAME(halves)(row + 64 * g + 2 * QW * p);
@@ -168,8 +168,8 @@ static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, i
         const int8_t *scales = (const int8_t *)(blk + 192);
         float d = Q_NAME(half1)(blk + 208);
         for (int p = 0; p < QP; p++) {
-            Q_NAME(QInt) q = ((Q_NAME(bytes)(ql + QW * p) >> lo_shift) & 15) |
-                             (((Q_NAME(bytes)(qh + QW * p) >> hi_shift) & 3) << 4);
+            Q_NAME(QInt)
+            q = ((Q_NAME(bytes)(ql + QW * p) >> lo_shift) & 15) | (((Q_NAME(bytes)(qh + QW * p) >> hi_shift) & 3) << 4);
             w[p] = (d * (float)scales[(e0 + QW * p) / 16]) * Q_NAME(floats_of)(q - 32);
         }
         return;
@@ -213,8 +213,7 @@ static ALWAYS_INLINE void Q_NAME(dot_group_rows)(float *out, int ldo, const floa
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < N; t++)
-            out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(sum)(acc[r][t][0] + acc[r][t][1]);
+        for (int t = 0; t < N; t++) out[(size_t)(t0 + t) * ldo + o + r] = Q_NAME(sum)(acc[r][t][0] + acc[r][t][1]);
 }
 
 /* dot_group_rows with literal R and N, so that each case inlines with its accumulators in registers */
@@ -269,9 +268,8 @@ static ALWAYS_INLINE void Q_NAME(rows_typed)(float *out, int ldo, const float *i
                                              int T, int IC, int o0, int o1) {
     size_t row_bytes = dtype_row_bytes(type, IC);
     for (int o = o0; o < o1; o += 2)
-        for (int t0 = 0; t0 < T; t0 += FUSED_ROWS)
-            Q_NAME(dot_rows)
-            (out, ldo, in, weight, type, row_bytes, IC, o, o + 1 < o1, t0, T - t0 < FUSED_ROWS ? T - t0 : FUSED_ROWS);
+        for (int t0 = 0; t0 < T; t0 += FUSED_ROWS) Q_NAME(dot_rows)
+    (out, ldo, in, weight, type, row_bytes, IC, o, o + 1 < o1, t0, T - t0 < FUSED_ROWS ? T - t0 : FUSED_ROWS);
 }
 
 /* the build's entry points: the type's case inlined into each */

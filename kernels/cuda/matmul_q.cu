@@ -4,8 +4,8 @@
  * exact and simple (a GPU keeps its base weights in bf16 by default: --precision auto), not for speed. */
 #include "cuda_common.cuh"
 
-static const unsigned kWarps = 4;   /* output rows per block */
-static const int kRowsAtOnce = 4;   /* input rows that share each decoded group */
+static const unsigned kWarps = 4; /* output rows per block */
+static const int kRowsAtOnce = 4; /* input rows that share each decoded group */
 
 __global__ void matmul_q_kernel(float *out, int ldo, const float *in, const uint8_t *weight, DType type,
                                 size_t row_bytes, const float *bias, int T, int IC, int OC) {
@@ -51,8 +51,8 @@ void cuda_matmul_q(float *out, int ldo, const float *in, const void *weight, DTy
     if (T == 0 || OC == 0) return;
     size_t row_bytes = checked_row_bytes(type, IC, "matmul_q");
     profile_next_bytes((double)row_bytes * OC + 4.0 * T * (IC + OC));
-    LAUNCH(matmul_q_kernel, ceil_div((size_t)OC, kWarps), 32 * kWarps, 0, out, ldo, in, (const uint8_t *)weight,
-           type, row_bytes, bias, T, IC, OC);
+    LAUNCH(matmul_q_kernel, ceil_div((size_t)OC, kWarps), 32 * kWarps, 0, out, ldo, in, (const uint8_t *)weight, type,
+           row_bytes, bias, T, IC, OC);
 }
 
 void cuda_embedding_q(float *out, const int32_t *tokens, const void *table, DType type, int T, int C) {
