@@ -11,6 +11,25 @@ static const char *model_path(void) {
     return env ? env : "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
+/* n_greedy greedy tokens after the prompt, decoded with the KV cache, against transformers' generate() */
+static void check_greedy(const Model *m, const char *label, const int32_t *prompt, int n_prompt, const int32_t *greedy,
+                         int n_greedy) {
+    Decoder d;
+    decoder_init(&d, m, NULL, NULL, 512);
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    int32_t out[64];
+    DecodeStats st;
+    int n = decode_plain(&d, prompt, n_prompt, n_greedy, -1, &o, out, NULL, NULL, &st), first_diff = -1;
+    for (int i = 0; i < n && i < n_greedy && first_diff < 0; i++)
+        if (out[i] != greedy[i]) first_diff = i;
+    CHECK(n == n_greedy && first_diff < 0,
+          "%s: %d greedy tokens identical to transformers generate() (first difference at %d)", label, n_greedy,
+          first_diff);
+    printf("  %s: greedy decoding %.1f tokens/s (CPU, KV cache)\n", label, st.new_tokens / st.seconds);
+    decoder_free(&d);
+}
+
 int main(void) {
     const char *path = model_path();
     if (!file_exists(path)) {
@@ -102,41 +121,9 @@ int main(void) {
     forward_state_free(&sn, &mn);
     free(logits_native);
 
-    Decoder dn;
-    decoder_init(&dn, &mn, NULL, NULL, 512);
-    DecodeOptions on;
-    decode_options_defaults(&on);
-    int32_t out_native[64];
-    DecodeStats st_native;
-    int n_native = decode_plain(&dn, prompt, (int)n_prompt, (int)n_greedy, -1, &on, out_native, NULL, NULL, &st_native);
-    int same_native = n_native == n_greedy;
-    for (int i = 0; same_native && i < n_native; i++) same_native = out_native[i] == greedy[i];
-    CHECK(same_native, "SmolLM2 native Q4_1: %lld greedy tokens identical to transformers generate()",
-          (long long)n_greedy);
-    printf("  SmolLM2 native: greedy decoding %.1f tokens/s (CPU, KV cache)\n",
-           st_native.new_tokens / st_native.seconds);
-    decoder_free(&dn);
+    check_greedy(&mn, "SmolLM2 native Q4_1", prompt, (int)n_prompt, greedy, (int)n_greedy);
     model_free(&mn);
-
-    Decoder d;
-    decoder_init(&d, &m, NULL, NULL, 512);
-    DecodeOptions o;
-    decode_options_defaults(&o);
-    int32_t out[64];
-    DecodeStats st;
-    int n = decode_plain(&d, prompt, (int)n_prompt, (int)n_greedy, -1, &o, out, NULL, NULL, &st);
-    int same = n == n_greedy;
-    for (int i = 0; same && i < n; i++) same = out[i] == greedy[i];
-    int first_diff = -1;
-    for (int i = 0; i < n && i < n_greedy; i++)
-        if (out[i] != greedy[i]) {
-            first_diff = i;
-            break;
-        }
-    CHECK(same, "SmolLM2: %lld greedy tokens identical to transformers generate() (first difference at %d)",
-          (long long)n_greedy, first_diff);
-    printf("  SmolLM2: greedy decoding %.1f tokens/s (CPU, KV cache)\n", st.new_tokens / st.seconds);
-    decoder_free(&d);
+    check_greedy(&m, "SmolLM2", prompt, (int)n_prompt, greedy, (int)n_greedy);
     model_free(&m);
     weights_close(&ref);
     free(hidden);
