@@ -1868,12 +1868,12 @@ static void check_truncated_kl(const Model *mc, const Model *mg, const float *hi
     medusa_enable_grads(&hc), medusa_enable_grads(&hg);
     medusa_work_init(&wc, &hc, T, 8), medusa_work_init(&wg, &hg, T, 8);
     medusa_work_enable_teacher(&wc, &hc), medusa_work_enable_teacher(&wg, &hg);
-    void *lm_c = model_lm_head_subset(mc, map, Vh), *lm_g = model_lm_head_subset(mg, map, Vh);
-    MedusaBase kl_c = {.targets = TARGETS_BASE_KL, .model = mc, .lm_head = lm_c},
-               kl_g = {.targets = TARGETS_BASE_KL, .model = mg, .lm_head = lm_g};
+    Matrix lm_c = model_lm_head_subset(mc, map, Vh), lm_g = model_lm_head_subset(mg, map, Vh);
+    MedusaBase kl_c = {.targets = TARGETS_BASE_KL, .model = mc, .lm_head = &lm_c},
+               kl_g = {.targets = TARGETS_BASE_KL, .model = mg, .lm_head = &lm_g};
     check_distillation(&hc, &hg, &wc, &wg, &kl_c, &kl_g, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights,
                        "base-kl with truncated heads");
-    cpu->free(lm_c), gpu->free(lm_g);
+    matrix_free(cpu, &lm_c), matrix_free(gpu, &lm_g);
     medusa_work_free(&wc, &hc), medusa_work_free(&wg, &hg);
     medusa_free(&hc), medusa_free(&hg);
     free(map);
@@ -1955,8 +1955,8 @@ static void test_end_to_end(DType weights) {
                        "base-argmax");
     /* and its distribution (each backend's own base model's logits) */
     medusa_work_enable_teacher(&wc, &hc), medusa_work_enable_teacher(&wg, &hg);
-    MedusaBase kl_c = {.targets = TARGETS_BASE_KL, .model = &mc, .lm_head = mc.lm_head},
-               kl_g = {.targets = TARGETS_BASE_KL, .model = &mg, .lm_head = mg.lm_head};
+    MedusaBase kl_c = {.targets = TARGETS_BASE_KL, .model = &mc, .lm_head = &mc.lm_head},
+               kl_g = {.targets = TARGETS_BASE_KL, .model = &mg, .lm_head = &mg.lm_head};
     check_distillation(&hc, &hg, &wc, &wg, &kl_c, &kl_g, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights,
                        "base-kl");
     check_truncated_kl(&mc, &mg, hidden, d_hidden, tokens, loss_mask, seq_lens, T, weights);

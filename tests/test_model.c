@@ -199,6 +199,27 @@ static void check_config_refusals(void) {
     unlink(path);
 }
 
+/* a GGUF mixing formats as llama.cpp's _M files do: q (Q8_0), k (F16) and v (Q4_1) of a layer, gate (Q4_0) and up
+ * (Q8_0), o_proj BF16, down Q4_1 (tests/gen/gen_models.py's MIXED_TYPES) */
+#define MIXED_GGUF "tiny_llama/gguf/tiny_llama.MIXED.gguf"
+
+/* native storage keeps each stacked matrix's tensors in their own formats, as parts in order */
+static void check_mixed_parts(void) {
+    Model m;
+    model_load_native(&m, "tests/fixtures/models/" MIXED_GGUF, backend_cpu());
+    const LayerWeights *w = &m.layers[0];
+    const ModelConfig *c = &m.config;
+    int q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    int ok = w->wqkv.n_parts == 3 && w->wqkv.part[0].type == DT_Q8_0 && w->wqkv.part[0].rows == q &&
+             w->wqkv.part[1].type == DT_F16 && w->wqkv.part[1].rows == kv && w->wqkv.part[2].type == DT_Q4_1 &&
+             w->wqkv.part[2].rows == kv && w->w_gate_up.n_parts == 2 && w->w_gate_up.part[0].type == DT_Q4_0 &&
+             w->w_gate_up.part[1].type == DT_Q8_0 && w->wo.n_parts == 1 && w->wo.part[0].type == DT_BF16 &&
+             m.embed.part[0].type == DT_Q8_0 && m.lm_head.part[0].type == DT_F16;
+    CHECK(ok, "mixed GGUF native: q/k/v kept as 3 parts (Q8_0, F16, Q4_1), gate/up as 2 (Q4_0, Q8_0), o BF16, "
+              "embedding Q8_0, lm_head F16");
+    model_free(&m);
+}
+
 int main(void) {
     test_matmul_rows();
     test_vec8_exp();
@@ -242,7 +263,11 @@ int main(void) {
          "tiny_llama/gguf/ref_F32.safetensors", 1},
         {"tiny_llama f16 native (safetensors)", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors", 1},
         {"tiny_qwen2 native (biases through matmul_q's bias)", "tiny_qwen2", "tiny_qwen2/ref.safetensors", 1},
+        {"tiny_llama GGUF mixed formats", MIXED_GGUF, "tiny_llama/gguf/ref_MIXED.safetensors", 0},
+        {"tiny_llama GGUF mixed formats native (stacked matrices in parts)", MIXED_GGUF,
+         "tiny_llama/gguf/ref_MIXED.safetensors", 1},
     };
+    check_mixed_parts();
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *model = path_join(dir, cases[i].model), *ref = path_join(dir, cases[i].ref);
         check_model(cases[i].label, model, ref, cases[i].native);

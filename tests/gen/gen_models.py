@@ -52,6 +52,18 @@ GGUF_VARIANTS = {
     "Q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
     "Q4_1": (gguf.GGMLQuantizationType.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
 }
+# A file mixing formats as llama.cpp's _M mixes do, a tensor's type by its GGUF name: q, k and v of one layer (stacked
+# into one matrix by medusa-c) and gate and up in different formats, so that native storage keeps them in parts.
+Q = gguf.GGMLQuantizationType
+MIXED_TYPES = {"attn_q": Q.Q8_0, "attn_k": Q.F16, "attn_v": Q.Q4_1, "attn_output": Q.BF16, "ffn_gate": Q.Q4_0,
+               "ffn_up": Q.Q8_0, "ffn_down": Q.Q4_1, "token_embd": Q.Q8_0, "output": Q.F16}
+
+
+def mixed_type(gguf_name):
+    return MIXED_TYPES[gguf_name.split(".")[-2]]
+
+
+GGUF_MIXED = {"MIXED": (mixed_type, gguf.LlamaFileType.MOSTLY_Q8_0)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,7 +244,8 @@ def gpt2_byte_tokens():
 def write_gguf(model, path, qtype, ftype, name, with_vocab):
     """One GGUF file: metadata keys and their order as convert_hf_to_gguf.py writes them for a Llama,
     tensors in the order of the HF safetensors file (sorted names), Q/K permuted, norms (1-D) kept F32,
-    2-D weights converted to qtype (F16 fallback when a row is not a multiple of the block size)."""
+    2-D weights converted to qtype (a type, or a function of the GGUF name; F16 fallback when a row is not a multiple
+    of the block size)."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch="llama")             # writes general.architecture = llama
     w.add_type(gguf.GGUFType.MODEL)
@@ -273,6 +286,8 @@ def write_gguf(model, path, qtype, ftype, name, with_vocab):
             data = permute_qk(data, nh, nkv)
         gn = gguf_name(hf)
         dq = gguf.GGMLQuantizationType.F32 if (data.ndim <= 1 or gn.endswith("_norm.weight")) else qtype
+        if callable(dq):
+            dq = dq(gn)
         try:
             q = gguf.quants.quantize(data, dq)
         except gguf.QuantError:
@@ -445,7 +460,7 @@ def gguf_fixture(model, name, var, tokens, with_vocab):
     reading of it; returns that reference (hidden, logits)."""
     gd = OUT / name / "gguf"
     gd.mkdir(parents=True, exist_ok=True)
-    qtype, ftype = GGUF_VARIANTS[var]
+    qtype, ftype = {**GGUF_VARIANTS, **GGUF_MIXED}[var]
     gp = gd / f"{name}.{var}.gguf"
     write_gguf(model, gp, qtype, ftype, name, with_vocab)
     gm = load_gguf_fp32(gp)
@@ -500,7 +515,7 @@ def gen_tiny():
             assert len(list((OUT / "tiny_llama_bf16_sharded").glob("model-*.safetensors"))) >= 2
 
         if name in ("tiny_llama", "tiny_tied"):
-            for var in GGUF_VARIANTS if name == "tiny_llama" else ("F32",):
+            for var in list(GGUF_VARIANTS) + list(GGUF_MIXED) if name == "tiny_llama" else ("F32",):
                 h, lg = gguf_fixture(model, name, var, tokens, with_vocab=(name == "tiny_tied"))
                 print(f"{name}.{var}.gguf: vs fp32 hidden {maxdiff(h, hidden):.2e} logits {maxdiff(lg, logits):.2e}")
 
