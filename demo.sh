@@ -93,12 +93,14 @@ bin/medusa-train export --ckpt "$RUN/train" --out "$RUN/medusa-vllm" --format vl
 
 # the trained heads are timed, not made-up full-vocabulary ones: with --head-vocab they cost far less per step
 step "7/8 tune a tree to the measured accuracies and this machine"
-bin/medusa-infer tune --accuracies "$RUN/eval.json" --model "$MODEL" --medusa "$RUN/train/medusa" --device "$DEVICE" \
-    --budgets "$BUDGETS" --out "$RUN/tree.json"
+# medusa-infer chooses how its threads wait (a brief spin on an idle machine: a decoding step is ~120 short parallel
+# regions), so it runs without the passive policy the other steps use
+env -u OMP_WAIT_POLICY bin/medusa-infer tune --accuracies "$RUN/eval.json" --model "$MODEL" \
+    --medusa "$RUN/train/medusa" --device "$DEVICE" --budgets "$BUDGETS" --out "$RUN/tree.json"
 
 step "8/8 decoding speed: plain greedy vs Medusa, on held-out ShareGPT prompts"
-bin/medusa-infer --model "$MODEL" --medusa "$RUN/train/medusa" --tree "$RUN/tree.json" --device "$DEVICE" \
-    --bench bench/prompts_sharegpt_val.json --max-new-tokens 64 | tee "$RUN/bench.txt"
+env -u OMP_WAIT_POLICY bin/medusa-infer --model "$MODEL" --medusa "$RUN/train/medusa" --tree "$RUN/tree.json" \
+    --device "$DEVICE" --bench bench/prompts_sharegpt_val.json --max-new-tokens 64 | tee "$RUN/bench.txt"
 
 if command -v gnuplot >/dev/null 2>&1; then train/plot.sh "$RUN/train"; fi
 printf '\ndemo done: %s (distilled-%s.jsonl, metrics.jsonl, eval.json, medusa/, medusa-vllm/, tree.json, bench.txt)\n' "$RUN" "$DEVICE"
