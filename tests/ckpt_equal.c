@@ -6,20 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../train/checkpoint.h"
-
-typedef struct {
-    MedusaHeads heads;
-    AdamState adam;
-    CheckpointMeta meta;
-} Loaded;
-
-static void load(Loaded *l, const char *path) {
-    medusa_init(&l->heads, backend_cpu(), checkpoint_shape(path));
-    adam_init(&l->adam, &l->heads);
-    memset(&l->meta, 0, sizeof l->meta);
-    checkpoint_load(path, &l->heads, &l->adam, &l->meta);
-}
+#include "loaded_ckpt.h"
 
 /* The stored settings and log window without the window's wall-clock seconds. */
 static char *settings(const char *config_json) {
@@ -30,25 +17,19 @@ static char *settings(const char *config_json) {
     return s;
 }
 
-static void unload(Loaded *l) {
-    adam_free(&l->adam, &l->heads);
-    medusa_free(&l->heads);
-    free(l->meta.config_json);
-}
-
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "--load") == 0) {
         for (int i = 2; i < argc; i++) {
             Loaded l;
-            load(&l, argv[i]);
-            unload(&l);
+            load_ckpt(&l, argv[i]);
+            free_ckpt(&l);
         }
         return 0;
     }
     if (argc != 3) fatal("usage: ckpt_equal A.h5 B.h5 | ckpt_equal --load FILE...");
     Loaded a, b;
-    load(&a, argv[1]);
-    load(&b, argv[2]);
+    load_ckpt(&a, argv[1]);
+    load_ckpt(&b, argv[2]);
     size_t n = a.heads.n_params, bytes = sizeof(float) * n;
     const char *differ = NULL;
     if (n != b.heads.n_params || memcmp(&a.heads.shape, &b.heads.shape, sizeof a.heads.shape) != 0) differ = "shape";
@@ -64,7 +45,7 @@ int main(int argc, char **argv) {
     free(sb);
     if (differ) printf("%s and %s differ: %s\n", argv[1], argv[2], differ);
     else printf("%s and %s: %zu params, both AdamW moments and the run state bitwise equal\n", argv[1], argv[2], n);
-    unload(&a);
-    unload(&b);
+    free_ckpt(&a);
+    free_ckpt(&b);
     return differ ? 1 : 0;
 }

@@ -15,6 +15,7 @@
 #include "../data/batcher.h"
 #include "../model/medusa_io.h"
 #include "../train/run.h"
+#include "loaded_ckpt.h"
 #include "test.h"
 
 #define BASE "tests/fixtures/medusa/base"
@@ -62,25 +63,6 @@ static TrainConfig config(const char *out, const char *data, const char *val) {
     c.optim.lr = 1e-2;
     c.optim.weight_decay = 0.01;
     return c;
-}
-
-typedef struct {
-    MedusaHeads heads;
-    AdamState adam;
-    CheckpointMeta meta;
-} Loaded;
-
-static void load_ckpt(Loaded *l, const char *path) {
-    medusa_init(&l->heads, backend_cpu(), checkpoint_shape(path));
-    adam_init(&l->adam, &l->heads);
-    memset(&l->meta, 0, sizeof l->meta);
-    checkpoint_load(path, &l->heads, &l->adam, &l->meta);
-}
-
-static void free_ckpt(Loaded *l) {
-    adam_free(&l->adam, &l->heads);
-    medusa_free(&l->heads);
-    free(l->meta.config_json);
 }
 
 /* train lines of metrics.jsonl that report a positive throughput in tokens/s and in TFLOP/s */

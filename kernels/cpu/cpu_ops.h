@@ -15,6 +15,13 @@
 #include "../ops.def"
 #undef OP
 
+/* Rows o0 .. o0 + n - 1 of a weight matrix of `type` (fp32 is not one: BF16, F16 or a block format) widened to fp32
+ * into dst [n, IC] (kernels/cpu/matmul_q.c: the same floats as matmul_q multiplies) */
+void cpu_widen_rows(float *dst, const void *weight, DType type, int o0, int n, int IC);
+/* out[t, o] (rows ldo apart) = beta out[t, o] + x[t, :] . W[o, :], the weight rows widened a block of about 4 MB at a
+ * time (cpu_widen_rows) for OpenBLAS: the bf16 GEMMs' reference and matmul_q beyond CPU_SMALL_ROWS rows */
+void cpu_matmul_widened(float *out, int ldo, const float *x, const void *weight, DType type, int T, int IC, int OC,
+                        float beta);
 /* whether matmul_q runs a SIMD build on this CPU (backend_prefers_native) */
 int cpu_matmul_q_simd(void);
 /* bf16 values widened to fp32, in place or into a new array (xmalloc) */

@@ -138,18 +138,23 @@ static float *rounded_copy(const float *x, size_t n) {
 /* weight rows widened per block: about 4 MB of fp32 scratch */
 static int block_rows(int IC) { return IC >= (1 << 20) ? 1 : (1 << 20) / IC; }
 
+void cpu_matmul_widened(float *out, int ldo, const float *x, const void *weight, DType type, int T, int IC, int OC,
+                        float beta) {
+    int rows = block_rows(IC);
+    float *w = xmalloc(sizeof(float) * (size_t)(rows < OC ? rows : OC) * IC);
+    for (int o0 = 0; o0 < OC; o0 += rows) {
+        int n = OC - o0 < rows ? OC - o0 : rows;
+        cpu_widen_rows(w, weight, type, o0, n, IC);
+        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, n, IC, 1.0f, w, IC, x, 1, beta, out + o0, 1);
+        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, beta, out + o0, ldo);
+    }
+    free(w);
+}
+
 /* out = beta * out + x @ weight^T + bias, x holding bf16 values widened to fp32 */
 static void matmul_widened(float *out, const float *x, const uint16_t *weight, const float *bias, int T, int IC, int OC,
                            float beta) {
-    int rows = block_rows(IC);
-    float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
-    for (int o0 = 0; o0 < OC; o0 += rows) {
-        int n = OC - o0 < rows ? OC - o0 : rows;
-        cpu_widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
-        if (T == 1) cblas_sgemv(CblasRowMajor, CblasNoTrans, n, IC, 1.0f, w, IC, x, 1, beta, out + o0, 1);
-        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, x, IC, w, IC, beta, out + o0, OC);
-    }
-    free(w);
+    cpu_matmul_widened(out, OC, x, weight, DT_BF16, T, IC, OC, beta);
     if (bias) {
 #pragma omp parallel for if ((size_t)T * OC > PAR_MIN)
         for (int t = 0; t < T; t++)

@@ -67,18 +67,38 @@ static void check_type(DType type, int IC) {
         fatal("matmul_q: a %s weight cannot have rows of %d elements", dtype_name(type), IC);
 }
 
+void cpu_widen_rows(float *dst, const void *weight, DType type, int o0, int n, int IC) {
+    if (type == DT_BF16) { /* the bf16 GEMMs' reference widens this way */
+        cpu_widen(dst, (const uint16_t *)weight + (size_t)o0 * IC, (size_t)n * IC);
+        return;
+    }
+    check_type(type, IC);
+    DecodeFn *decode = decode_rows_baseline;
+#if defined(__x86_64__) || defined(__i386__)
+    SimdLevel level = simd_level();
+    if (level == SIMD_LEVEL_AVX512) decode = decode_rows_avx512;
+    if (level == SIMD_LEVEL_AVX2) decode = decode_rows_avx2;
+#endif
+    size_t row_bytes = dtype_row_bytes(type, IC);
+    const uint8_t *rows = (const uint8_t *)weight + row_bytes * (size_t)o0;
+#pragma omp parallel
+    { /* each thread a share of the rows */
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int r0 = (int)((int64_t)n * id / nt), r1 = (int)((int64_t)n * (id + 1) / nt);
+        decode(type, rows + row_bytes * (size_t)r0, row_bytes, r1 - r0, IC, dst + (size_t)IC * r0);
+    }
+}
+
 void cpu_matmul_q(float *out, int ldo, const float *in, const void *weight, DType type, const float *bias, int T,
                   int IC, int OC) {
     if (T == 0 || OC == 0) return;
     check_type(type, IC);
     RowsFn *rows = rows_baseline;
-    DecodeFn *decode = decode_rows_baseline;
 #if defined(__x86_64__) || defined(__i386__)
     SimdLevel level = simd_level();
-    if (level == SIMD_LEVEL_AVX512) rows = rows_avx512, decode = decode_rows_avx512;
-    if (level == SIMD_LEVEL_AVX2) rows = rows_avx2, decode = decode_rows_avx2;
+    if (level == SIMD_LEVEL_AVX512) rows = rows_avx512;
+    if (level == SIMD_LEVEL_AVX2) rows = rows_avx2;
 #endif
-    size_t row_bytes = dtype_row_bytes(type, IC);
     if (T <= CPU_SMALL_ROWS) {
 #pragma omp parallel if ((size_t)OC * IC > 65536)
         {
@@ -87,18 +107,8 @@ void cpu_matmul_q(float *out, int ldo, const float *in, const void *weight, DTyp
             int o0 = 2 * (int)((int64_t)pairs * id / n), o1 = 2 * (int)((int64_t)pairs * (id + 1) / n);
             rows(out, ldo, in, weight, type, T, IC, o0, o1 < OC ? o1 : OC);
         }
-    } else { /* tiles of about 4 MB of decoded rows through sgemm */
-        int tile = IC >= (1 << 20) ? 1 : (1 << 20) / IC;
-        float *w = xmalloc(sizeof(float) * (size_t)(tile < OC ? tile : OC) * IC);
-        for (int o0 = 0; o0 < OC; o0 += tile) {
-            int n = OC - o0 < tile ? OC - o0 : tile;
-#pragma omp parallel for if ((size_t)n * IC > 65536)
-            for (int i = 0; i < n; i++)
-                decode(type, (const uint8_t *)weight + row_bytes * (size_t)(o0 + i), row_bytes, 1, IC,
-                       w + (size_t)IC * i);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, IC, 1.0f, in, IC, w, IC, 0.0f, out + o0, ldo);
-        }
-        free(w);
+    } else { /* prefill, training: decoded tiles of rows through sgemm */
+        cpu_matmul_widened(out, ldo, in, weight, type, T, IC, OC, 0.0f);
     }
     if (bias) {
 #pragma omp parallel for if ((size_t)T * OC > 65536)
