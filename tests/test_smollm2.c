@@ -118,6 +118,18 @@ int main(void) {
           "SmolLM2 native Q4_1: logits vs the dequantised fp32 model max abs %.3g, rel %.3g (tol 1e-5); top-1 the same "
           "at %d/%lld positions",
           native_abs, native_rel, native_same_top1, (long long)T);
+    /* and against transformers' reading of the same GGUF, as the fp32 path above */
+    int native_agree = 0;
+    double native_ref_err = 0;
+    for (int t = 0; t < T; t++) {
+        const float *row = logits_native + (size_t)t * V;
+        native_agree += row_argmax(row, V) == top1[t];
+        native_ref_err = fmax(native_ref_err, fabs(row[top1[t]] - top1_logit[t]));
+    }
+    CHECK(native_agree >= 0.99 * T && native_ref_err < 1e-2,
+          "SmolLM2 native Q4_1: top-1 agreement with transformers %d/%lld (>= 99%%), reference top-1 logit within 1e-2 "
+          "(max err %.3g)",
+          native_agree, (long long)T, native_ref_err);
     forward_state_free(&sn, &mn);
     free(logits_native);
 
