@@ -51,8 +51,19 @@ static const Vec16 IOTA16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1
 #undef Q_NAME
 #undef Q_ATTR
 
-typedef void RowsFn(float *, int, const float *, const uint8_t *, DType, int, int, int, int);
-typedef void DecodeFn(DType, const uint8_t *, size_t, int, int, float *);
+/* the entry points of the build this CPU runs (simd.h's simd_level) */
+typedef struct {
+    void (*rows)(float *, int, const float *, const uint8_t *, DType, int, int, int, int);
+    void (*decode_rows)(DType, const uint8_t *, size_t, int, int, float *);
+} Build;
+static Build build(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    SimdLevel level = simd_level();
+    if (level == SIMD_LEVEL_AVX512) return (Build){rows_avx512, decode_rows_avx512};
+    if (level == SIMD_LEVEL_AVX2) return (Build){rows_avx2, decode_rows_avx2};
+#endif
+    return (Build){rows_baseline, decode_rows_baseline};
+}
 
 int cpu_matmul_q_simd(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -73,19 +84,14 @@ void cpu_widen_rows(float *dst, const void *weight, DType type, int o0, int n, i
         return;
     }
     check_type(type, IC);
-    DecodeFn *decode = decode_rows_baseline;
-#if defined(__x86_64__) || defined(__i386__)
-    SimdLevel level = simd_level();
-    if (level == SIMD_LEVEL_AVX512) decode = decode_rows_avx512;
-    if (level == SIMD_LEVEL_AVX2) decode = decode_rows_avx2;
-#endif
+    Build b = build();
     size_t row_bytes = dtype_row_bytes(type, IC);
     const uint8_t *rows = (const uint8_t *)weight + row_bytes * (size_t)o0;
 #pragma omp parallel
     { /* each thread a share of the rows */
         int nt = omp_get_num_threads(), id = omp_get_thread_num();
         int r0 = (int)((int64_t)n * id / nt), r1 = (int)((int64_t)n * (id + 1) / nt);
-        decode(type, rows + row_bytes * (size_t)r0, row_bytes, r1 - r0, IC, dst + (size_t)IC * r0);
+        b.decode_rows(type, rows + row_bytes * (size_t)r0, row_bytes, r1 - r0, IC, dst + (size_t)IC * r0);
     }
 }
 
@@ -93,19 +99,14 @@ void cpu_matmul_q(float *out, int ldo, const float *in, const void *weight, DTyp
                   int IC, int OC) {
     if (T == 0 || OC == 0) return;
     check_type(type, IC);
-    RowsFn *rows = rows_baseline;
-#if defined(__x86_64__) || defined(__i386__)
-    SimdLevel level = simd_level();
-    if (level == SIMD_LEVEL_AVX512) rows = rows_avx512;
-    if (level == SIMD_LEVEL_AVX2) rows = rows_avx2;
-#endif
+    Build b = build();
     if (T <= CPU_SMALL_ROWS) {
 #pragma omp parallel if ((size_t)OC * IC > 65536)
         {
             /* each thread an even share of the weight rows, in pairs */
             int n = omp_get_num_threads(), id = omp_get_thread_num(), pairs = (OC + 1) / 2;
             int o0 = 2 * (int)((int64_t)pairs * id / n), o1 = 2 * (int)((int64_t)pairs * (id + 1) / n);
-            rows(out, ldo, in, weight, type, T, IC, o0, o1 < OC ? o1 : OC);
+            b.rows(out, ldo, in, weight, type, T, IC, o0, o1 < OC ? o1 : OC);
         }
     } else { /* prefill, training: decoded tiles of rows through sgemm */
         cpu_matmul_widened(out, ldo, in, weight, type, T, IC, OC, 0.0f);
