@@ -17,6 +17,9 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) $(BLAS_LIBS) -lm -fope
 BUILD   := build
 # The demo model; test_smollm2 and test_data check it (defined before any rule names it as a prerequisite).
 SMOLLM2 ?= cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+# Gemma 3 270M (base); test_tokenizer checks its tokenizer when the file is there and says it skipped otherwise.
+GEMMA3 ?= cache/models/gemma-3-270m-q4_k_m.gguf
+export MEDUSA_GEMMA3_GGUF = $(GEMMA3)
 # Each */main_NAME.c is the entry point of bin/medusa-NAME; everything else goes into the library.
 MAINS   := $(wildcard */main_*.c)
 LIB_SRC := $(filter-out $(MAINS), $(wildcard common/*.c kernels/*.c kernels/cpu/*.c formats/*.c model/*.c data/*.c train/*.c infer/*.c))

@@ -972,29 +972,39 @@ static int by_score(const void *a, const void *b, void *ctx) {
 
 /* SentencePiece models in GGUF keep scores, not merges: a pair merges into the token that spells both,
  * and the highest-scoring such token goes first (llama.cpp's llm_tokenizer_spm). Ranks are the tokens'
- * places in score order, equal scores sharing a rank. */
+ * places in score order, equal scores sharing a rank; only normal pieces (types) are merge results.
+ * Without scores the ranks follow the file's order instead, every piece a merge result and each cut its
+ * own rank, longer left part first: transformers' generate_merges as its Gemma conversion calls it
+ * (Gemma's scores are all -1000; its merge order is the order of the pieces). */
 static void merges_from_scores(Tokenizer *t, const float *scores, const int32_t *types) {
     int n = t->n_vocab, *order = xmalloc((size_t)n * sizeof *order), n_merges = 0;
     for (int i = 0; i < n; i++) order[i] = i;
-    float *key = xmalloc((size_t)n * sizeof *key);
-    for (int i = 0; i < n; i++) key[i] = isnan(scores[i]) ? -INFINITY : scores[i];
-    qsort_r(order, (size_t)n, sizeof *order, by_score, key);
     int *rank = xmalloc((size_t)n * sizeof *rank);
-    for (int i = 0, r = 0; i < n; i++) {
-        if (i > 0 && key[order[i]] != key[order[i - 1]]) r = i;
-        rank[order[i]] = r;
+    float *key = NULL;
+    if (scores) {
+        key = xmalloc((size_t)n * sizeof *key);
+        for (int i = 0; i < n; i++) key[i] = isnan(scores[i]) ? -INFINITY : scores[i];
+        qsort_r(order, (size_t)n, sizeof *order, by_score, key);
+        for (int i = 0, r = 0; i < n; i++) {
+            if (i > 0 && key[order[i]] != key[order[i - 1]]) r = i;
+            rank[order[i]] = r;
+        }
     }
     for (int id = 0; id < n; id++) n_merges += (int)t->piece_len[id];
     tok_merges_init(&t->merges, (size_t)n_merges);
+    int32_t next_rank = 0;
     for (int k = 0; k < n; k++) {
         int id = order[k];
-        if (types && types[id] != 1) continue; /* only normal pieces are merge results */
+        if (types && types[id] != 1) continue;
         const char *s = t->pieces[id];
         size_t len = t->piece_len[id];
-        for (size_t cut = (size_t)utf8_len((const unsigned char *)s, len); cut < len;
-             cut += (size_t)utf8_len((const unsigned char *)s + cut, len - cut)) {
+        /* cuts at character boundaries, from the last one back (the longest left part first) */
+        for (size_t cut = len; cut > 0;) {
+            do cut--;
+            while (cut > 0 && ((unsigned char)s[cut] & 0xc0) == 0x80);
+            if (cut == 0) break;
             int a = tok_vocab_find(t, s, cut), b = tok_vocab_find(t, s + cut, len - cut);
-            if (a >= 0 && b >= 0) tok_merges_add(&t->merges, a, b, rank[id], id);
+            if (a >= 0 && b >= 0) tok_merges_add(&t->merges, a, b, scores ? rank[id] : next_rank++, id);
         }
     }
     free(rank);
@@ -1015,7 +1025,8 @@ Tokenizer *tok_typed_vocab(int n, char *const *pieces, const size_t *lens, const
 }
 
 /* SentencePiece BPE from scores (GGUF "llama", tokenizer.model): spaces are U+2581, one is prepended to
- * each segment of text when add_prefix, unknown characters fall back to bytes. */
+ * each segment of text when add_prefix, unknown characters fall back to bytes. scores and types NULL:
+ * merges in file order, as merges_from_scores says. */
 void tok_spm_from_scores(Tokenizer *t, const float *scores, const int32_t *types, int add_prefix) {
     t->kind = TOKENIZER_SPM_BPE;
     if (add_prefix) tok_add_norm(t, (NormStep){NORM_PREPEND, xstrdup(SPACE_MARK), NULL, 0, 0});

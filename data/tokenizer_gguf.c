@@ -41,6 +41,39 @@ static void gguf_pre_tokenizer(Tokenizer *t, const char *pre, const char *path) 
     tok_add_split(t, GPT2_PATTERN, 0, SPLIT_ISOLATED, 0, path);
 }
 
+/* transformers' Gemma conversion (GemmaTokenizer from the GGUF's vocabulary): a piece of whitespace with
+ * a space in it is stored with real spaces but is a vocab entry of as many U+2581 (no added token), and the
+ * merges follow the pieces' order, every piece a merge result (tok_spm_from_scores without scores). */
+static int is_gemma(const GGUFFile *g) {
+    const char *arch = gguf_get_str(g, "general.architecture");
+    return arch && (strcmp(arch, "gemma") == 0 || strcmp(arch, "gemma2") == 0 || strcmp(arch, "gemma3") == 0);
+}
+
+/* Respells Gemma's whitespace pieces (see is_gemma); types of those become normal. Returns malloc'd copies
+ * of the pieces array and lengths (respelled pieces malloc'd too, flagged in *owned). */
+static void gemma_respell(int n, char *const *pieces, const size_t *lens, int32_t *types, char ***out,
+                          size_t **out_lens, char **owned) {
+    *out = xmalloc((size_t)n * sizeof **out);
+    *out_lens = xmalloc((size_t)n * sizeof **out_lens);
+    *owned = xcalloc((size_t)n, 1);
+    for (int id = 0; id < n; id++) {
+        const char *p = pieces[id];
+        size_t len = lens[id], i = 0;
+        int space = 0;
+        for (; i < len && p[i] && strchr(" \t\n\r\v\f", p[i]); i++) space |= p[i] == ' ';
+        (*out)[id] = pieces[id];
+        (*out_lens)[id] = len;
+        if (!space || i < len) continue;
+        char *r = xmalloc(3 * len + 1);
+        for (size_t k = 0; k < len; k++) memcpy(r + 3 * k, SPACE_MARK, 3);
+        r[3 * len] = '\0';
+        (*out)[id] = r;
+        (*out_lens)[id] = 3 * len;
+        (*owned)[id] = 1;
+        if (types) types[id] = 1;
+    }
+}
+
 static const GGUFKV *gguf_array(const GGUFFile *g, const char *key, GGUFType elem, uint64_t n, const char *path) {
     const GGUFKV *kv = gguf_find(g, key);
     if (!kv) return NULL;
@@ -61,7 +94,24 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
     int n = (int)tokens->arr_len;
     const GGUFKV *types = gguf_array(g, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, (uint64_t)n, path);
     const int32_t *type = types ? types->arr_data : NULL;
-    Tokenizer *t = tok_typed_vocab(n, tokens->arr_str, tokens->arr_str_len, type);
+    int gemma = !byte_level && is_gemma(g);
+    Tokenizer *t;
+    if (gemma) {
+        int32_t *gtype = type ? xmalloc((size_t)n * sizeof *gtype) : NULL;
+        if (type) memcpy(gtype, type, (size_t)n * sizeof *gtype);
+        char **pieces, *owned;
+        size_t *lens;
+        gemma_respell(n, tokens->arr_str, tokens->arr_str_len, gtype, &pieces, &lens, &owned);
+        t = tok_typed_vocab(n, pieces, lens, gtype);
+        for (int id = 0; id < n; id++)
+            if (owned[id]) free(pieces[id]);
+        free(pieces);
+        free(lens);
+        free(owned);
+        free(gtype);
+    } else {
+        t = tok_typed_vocab(n, tokens->arr_str, tokens->arr_str_len, type);
+    }
     if (byte_level) {
         t->kind = TOKENIZER_BYTE_BPE;
         gguf_pre_tokenizer(t, gguf_get_str(g, "tokenizer.ggml.pre"), path);
@@ -83,9 +133,11 @@ Tokenizer *tokenizer_load_gguf(const GGUFFile *g) {
             free(ab);
         }
     } else {
+        int add_prefix = (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1);
         const GGUFKV *scores = gguf_array(g, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, (uint64_t)n, path);
-        if (!scores) fatal("%s: llama tokenizer without tokenizer.ggml.scores", path);
-        tok_spm_from_scores(t, scores->arr_data, type, (int)gguf_get_int(g, "tokenizer.ggml.add_space_prefix", 1));
+        if (gemma) tok_spm_from_scores(t, NULL, NULL, add_prefix);
+        else if (!scores) fatal("%s: llama tokenizer without tokenizer.ggml.scores", path);
+        else tok_spm_from_scores(t, scores->arr_data, type, add_prefix);
     }
     int64_t bos = gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1),
             eos = gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);

@@ -1,7 +1,8 @@
 /* Tokenizer golden tests: ids identical to Hugging Face `tokenizers` for >= 1,000 varied strings
  * (tests/gen/gen_tokenizer.py) for SmolLM2's tokenizer (from tokenizer.json and from the GGUF), a Llama-3-style
- * and a Llama-2-style tokenizer.json, and sentencepiece for a Llama-2-style GGUF; decode(encode(s)) == s;
- * special tokens; bad input; chat templates. */
+ * and a Llama-2-style tokenizer.json, sentencepiece for a Llama-2-style GGUF, and transformers' conversion of
+ * the Gemma 3 GGUF when it is present (tests/gen/gen_gemma_tokenizer.py); decode(encode(s)) == s; special
+ * tokens; bad input; chat templates. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -14,7 +15,8 @@
 
 #define FIXTURES "tests/fixtures/tokenizer/"
 #define SMOLLM2_GGUF "cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-#define USER_DEFINED "<|user|>" /* spm_llama.gguf's user-defined token */
+#define GEMMA3_GGUF "cache/models/gemma-3-270m-q4_k_m.gguf" /* MEDUSA_GEMMA3_GGUF overrides (make GEMMA3=) */
+#define USER_DEFINED "<|user|>"                             /* spm_llama.gguf's user-defined token */
 
 typedef struct {
     char **s;
@@ -75,9 +77,7 @@ static void print_mismatch(const char *what, int i, const Strings *st, const int
 
 /* Ids of every string against the fixture, with and without special-token parsing and with BOS; decode
  * against HF's decode; and decode(encode(s)) == s. */
-static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const char *ref,
-                            const Strings *st) {
-    cJSON *fx = read_json(fixture);
+static void check_tokenizer_fx(const char *label, const Tokenizer *t, cJSON *fx, const char *ref, const Strings *st) {
     const cJSON *ids = cJSON_GetObjectItem(fx, "ids"), *plain = cJSON_GetObjectItem(fx, "ids_plain"),
                 *bos = cJSON_GetObjectItem(fx, "ids_bos"), *decoded = cJSON_GetObjectItem(fx, "decoded"),
                 *decoded_skip = cJSON_GetObjectItem(fx, "decoded_skip");
@@ -169,6 +169,90 @@ static void check_tokenizer(const char *label, const Tokenizer *t, const char *f
               st->n - n_mark);
     printf("       %s: %ld tokens, %.2f MB in %.2f s (all checks): %.0f tokens/s\n", label, tokens, bytes / 1e6, secs,
            tokens / secs);
+}
+
+static void check_tokenizer(const char *label, const Tokenizer *t, const char *fixture, const char *ref,
+                            const Strings *st) {
+    cJSON *fx = read_json(fixture);
+    check_tokenizer_fx(label, t, fx, ref, st);
+    cJSON_Delete(fx);
+}
+
+/* gen_gemma_tokenizer.py stores each id list as base64 of LEB128 varints: back to a JSON array. */
+static cJSON *ids_from_b64(const char *b64) {
+    static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    cJSON *arr = cJSON_CreateArray();
+    uint32_t bits = 0, v = 0;
+    int n_bits = 0, shift = 0;
+    for (const char *p = b64; *p && *p != '='; p++) {
+        const char *d = strchr(digits, *p);
+        ensure(d != NULL);
+        bits = bits << 6 | (uint32_t)(d - digits);
+        n_bits += 6;
+        if (n_bits < 8) continue;
+        n_bits -= 8;
+        unsigned byte = bits >> n_bits & 0xff;
+        v |= (uint32_t)(byte & 0x7f) << shift;
+        shift += 7;
+        if (!(byte & 0x80)) {
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(v));
+            v = 0;
+            shift = 0;
+        }
+    }
+    return arr;
+}
+
+/* Replaces every string of the array or object fx[key] by the ids it encodes. */
+static void expand_ids(cJSON *fx, const char *key) {
+    cJSON *v, *arr = cJSON_GetObjectItem(fx, key);
+    cJSON_ArrayForEach(v, arr) {
+        cJSON *ids = ids_from_b64(v->valuestring);
+        if (v->string) cJSON_ReplaceItemInObjectCaseSensitive(arr, v->string, ids);
+        else cJSON_ReplaceItemViaPointer(arr, v, ids);
+        v = ids;
+    }
+}
+
+/* Gemma 3's SentencePiece vocabulary from its GGUF against transformers' conversion of the same file, on
+ * strings.json plus the fixture's Gemma-specific strings; skipped without the model (not in the repo). */
+static void check_gemma(const Strings *common) {
+    const char *env = getenv("MEDUSA_GEMMA3_GGUF"), *path = env ? env : GEMMA3_GGUF;
+    if (!file_exists(path)) {
+        printf("skipped: Gemma 3 tokenizer checks, %s not present\n", path);
+        return;
+    }
+    cJSON *fx = read_json(FIXTURES "gemma3.json"), *h;
+    expand_ids(fx, "ids");
+    expand_ids(fx, "ids_plain");
+    expand_ids(fx, "ids_bos");
+    const cJSON *extra = cJSON_GetObjectItem(fx, "extra_hex");
+    Strings st = {0};
+    st.n = common->n + cJSON_GetArraySize(extra);
+    st.s = xmalloc((size_t)st.n * sizeof *st.s);
+    st.len = xmalloc((size_t)st.n * sizeof *st.len);
+    memcpy(st.s, common->s, (size_t)common->n * sizeof *st.s);
+    memcpy(st.len, common->len, (size_t)common->n * sizeof *st.len);
+    int i = common->n;
+    cJSON_ArrayForEach(h, extra) {
+        st.s[i] = from_hex(h->valuestring, &st.len[i]);
+        i++;
+    }
+    GGUFFile g;
+    gguf_open(&g, path);
+    double t0 = now_seconds();
+    Tokenizer *t = tokenizer_load_gguf(&g);
+    printf("       Gemma 3 GGUF tokenizer loaded in %.2f s\n", now_seconds() - t0);
+    gguf_close(&g);
+    CHECK(tokenizer_kind(t) == TOKENIZER_SPM_BPE && tokenizer_vocab_size(t) == 262144 && tokenizer_bos_id(t) == 2 &&
+              tokenizer_eos_id(t) == 1 && tokenizer_token_id(t, "<end_of_turn>") == 106,
+          "Gemma 3 GGUF: SentencePiece BPE, vocab %d, BOS <bos> = 2, EOS <eos> = 1, <end_of_turn> = 106",
+          tokenizer_vocab_size(t));
+    check_tokenizer_fx("Gemma 3 (GGUF)", t, fx, "transformers' GemmaTokenizer from the GGUF", &st);
+    tokenizer_free(t);
+    for (i = common->n; i < st.n; i++) free(st.s[i]);
+    free(st.s);
+    free(st.len);
     cJSON_Delete(fx);
 }
 
@@ -526,6 +610,8 @@ int main(void) {
     CHECK(tokenizer_bos_id(spm_model) == 1 && tokenizer_eos_id(spm_model) == 2, "spm_llama.model: BOS 1, EOS 2");
     check_tokenizer("Llama-2 tokenizer.model", spm_model, FIXTURES "spm_gguf.json", "sentencepiece", &st);
     tokenizer_free(spm_model);
+
+    check_gemma(&st);
 
     check_chat("tests/fixtures/chat/chatml.json");
     check_chat("tests/fixtures/chat/llama-3.json");
