@@ -10,10 +10,26 @@
 
 #include "bf16.h"
 
-typedef enum { DT_F32, DT_F16, DT_BF16, DT_I32, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_I64, DT_Q4_K, DT_Q5_K, DT_Q6_K } DType;
+/* (new types go at the end: the values stay) */
+typedef enum {
+    DT_F32,
+    DT_F16,
+    DT_BF16,
+    DT_I32,
+    DT_Q8_0,
+    DT_Q4_0,
+    DT_Q4_1,
+    DT_I64,
+    DT_Q4_K,
+    DT_Q5_K,
+    DT_Q6_K,
+    DT_Q5_0,
+    DT_Q5_1
+} DType;
 
 static inline const char *dtype_name(DType t) {
-    static const char *names[] = {"F32", "F16", "BF16", "I32", "Q8_0", "Q4_0", "Q4_1", "I64", "Q4_K", "Q5_K", "Q6_K"};
+    static const char *names[] = {"F32", "F16",  "BF16", "I32",  "Q8_0", "Q4_0", "Q4_1",
+                                  "I64", "Q4_K", "Q5_K", "Q6_K", "Q5_0", "Q5_1"};
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "unknown";
 }
 
@@ -44,6 +60,12 @@ static inline MEDUSA_HD int dtype_block(DType t, size_t *block_bytes) {
     case DT_Q4_1: /* f16 d, f16 min m, 16 bytes of nibbles as Q4_0: d q + m */
         *block_bytes = 20;
         return 32;
+    case DT_Q5_0: /* f16 d, little-endian uint32 qh (bit e: element e's fifth), nibbles as Q4_0: d (q - 16) */
+        *block_bytes = 22;
+        return 32;
+    case DT_Q5_1: /* f16 d, f16 min m, qh and nibbles as Q5_0: d q + m */
+        *block_bytes = 24;
+        return 32;
     case DT_Q4_K: /* f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles */
         *block_bytes = 144;
         return 256;
@@ -58,9 +80,10 @@ static inline MEDUSA_HD int dtype_block(DType t, size_t *block_bytes) {
     return 0;
 }
 
-/* whether the type can hold a weight matrix for the quantised matmul (the float types other than fp32) */
+/* whether the type can hold a weight matrix for the quantised matmul (the types above other than fp32 and integers) */
 static inline MEDUSA_HD int dtype_is_packed_weight(DType t) {
-    return t != DT_F32 && t != DT_I32 && t != DT_I64 && (unsigned)t <= (unsigned)DT_Q6_K;
+    size_t block_bytes;
+    return t != DT_F32 && t != DT_I32 && t != DT_I64 && dtype_block(t, &block_bytes) != 0;
 }
 
 /* Bytes of a row of `cols` elements (a whole number of blocks; 0 where cols is not one). */
@@ -89,6 +112,11 @@ static inline MEDUSA_HD float dtype_half(const uint8_t *p) {
     float f;
     memcpy(&f, &bits, 4);
     return f;
+}
+
+/* little-endian uint32 at p (a Q5_0/Q5_1 block's fifth bits) */
+static inline MEDUSA_HD uint32_t dtype_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 /* sub-block j's 6-bit scale and min of a Q4_K/Q5_K super-block's 12 scale bytes */
@@ -142,6 +170,18 @@ static inline MEDUSA_HD void dtype_dequantize_group(DType t, const uint8_t *data
         for (int i = 0; i < 16; i++) {
             out[i] = d * (float)(blk[4 + i] & 0x0f) + m;
             out[i + 16] = d * (float)(blk[4 + i] >> 4) + m;
+        }
+        return;
+    }
+    case DT_Q5_0:
+    case DT_Q5_1: { /* element i < 16: the low nibble of byte i, element 16 + i its high one; bit e of qh the fifth */
+        const uint8_t *blk = data + (t == DT_Q5_0 ? 22 : 24) * g, *qs = blk + (t == DT_Q5_0 ? 6 : 8);
+        float d = dtype_half(blk), m = t == DT_Q5_1 ? dtype_half(blk + 2) : 0.0f;
+        uint32_t qh = dtype_u32(qs - 4);
+        for (int i = 0; i < 16; i++) {
+            int lo = (qs[i] & 0x0f) | (int)((qh >> i) & 1) << 4, hi = (qs[i] >> 4) | (int)((qh >> (i + 16)) & 1) << 4;
+            out[i] = t == DT_Q5_0 ? d * (float)(lo - 16) : d * (float)lo + m;
+            out[i + 16] = t == DT_Q5_0 ? d * (float)(hi - 16) : d * (float)hi + m;
         }
         return;
     }

@@ -134,6 +134,10 @@ int ggml_dtype(GGMLType t) {
         return DT_Q4_0;
     case GGML_Q4_1:
         return DT_Q4_1;
+    case GGML_Q5_0:
+        return DT_Q5_0;
+    case GGML_Q5_1:
+        return DT_Q5_1;
     case GGML_Q4_K:
         return DT_Q4_K;
     case GGML_Q5_K:
@@ -261,7 +265,8 @@ void gguf_open(GGUFFile *g, const char *path) {
         size_t block_bytes = 0;
         int dtype = ggml_dtype(t->type), block = dtype < 0 ? 0 : dtype_block((DType)dtype, &block_bytes);
         if (!block)
-            fatal("%s: tensor '%s' has unsupported type %d (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q4_K Q5_K Q6_K)",
+            fatal("%s: tensor '%s' has unsupported type %d (supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K "
+                  "Q6_K)",
                   path, t->name, t->type);
         if (t->ne[0] % block != 0)
             fatal("%s: tensor '%s' row length %lld is not a multiple of the %s block size %d", path, t->name,

@@ -27,6 +27,8 @@ typedef enum {
     GGML_F16 = 1,
     GGML_Q4_0 = 2,
     GGML_Q4_1 = 3,
+    GGML_Q5_0 = 6,
+    GGML_Q5_1 = 7,
     GGML_Q8_0 = 8,
     GGML_Q4_K = 12, /* the K-quants: super-blocks of 256 elements in 8 or 16 sub-blocks with their own scales */
     GGML_Q5_K = 13,

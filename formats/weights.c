@@ -156,8 +156,10 @@ void weights_open_safetensors_dir(WeightSet *w, const char *dir) {
     free(index);
 }
 
-/* GGUF llama tensor names → Hugging Face names. */
-static char *hf_name_from_gguf(const char *name) {
+/* GGUF llama tensor names → Hugging Face names. With norms around each block (Gemma: post_ffw_norm tensors), ffn_norm
+ * is the MLP's input norm, pre_feedforward_layernorm, and post_attention_norm the attention block's output norm; in
+ * Llama's layout ffn_norm is post_attention_layernorm. */
+static char *hf_name_from_gguf(const char *name, int sandwich_norms) {
     static const char *global[][2] = {{"token_embd.weight", "model.embed_tokens.weight"},
                                       {"output_norm.weight", "model.norm.weight"},
                                       {"output.weight", "lm_head.weight"}};
@@ -169,16 +171,22 @@ static char *hf_name_from_gguf(const char *name) {
         {"attn_v.bias", "self_attn.v_proj.bias"},          {"attn_q_norm.weight", "self_attn.q_norm.weight"},
         {"attn_k_norm.weight", "self_attn.k_norm.weight"}, {"ffn_gate.weight", "mlp.gate_proj.weight"},
         {"ffn_up.weight", "mlp.up_proj.weight"},           {"ffn_down.weight", "mlp.down_proj.weight"}};
+    static const char *sandwich[][2] = {{"ffn_norm.weight", "pre_feedforward_layernorm.weight"},
+                                        {"post_attention_norm.weight", "post_attention_layernorm.weight"},
+                                        {"post_ffw_norm.weight", "post_feedforward_layernorm.weight"}};
     for (size_t i = 0; i < sizeof global / sizeof global[0]; i++)
         if (strcmp(name, global[i][0]) == 0) return xstrdup(global[i][1]);
     int block, consumed = 0;
     if (sscanf(name, "blk.%d.%n", &block, &consumed) == 1 && consumed > 0) {
-        for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
-            if (strcmp(name + consumed, layer[i][0]) == 0) {
-                char buf[256];
-                snprintf(buf, sizeof buf, "model.layers.%d.%s", block, layer[i][1]);
-                return xstrdup(buf);
-            }
+        const char *hf = NULL;
+        for (size_t i = 0; sandwich_norms && i < sizeof sandwich / sizeof sandwich[0]; i++)
+            if (strcmp(name + consumed, sandwich[i][0]) == 0) hf = sandwich[i][1];
+        for (size_t i = 0; !hf && i < sizeof layer / sizeof layer[0]; i++)
+            if (strcmp(name + consumed, layer[i][0]) == 0) hf = layer[i][1];
+        if (hf) {
+            char buf[256];
+            snprintf(buf, sizeof buf, "model.layers.%d.%s", block, hf);
+            return xstrdup(buf);
         }
     }
     return xstrdup(name); /* unknown tensors keep their GGUF name (e.g. rope_freqs) */
@@ -189,10 +197,11 @@ void weights_open_gguf(WeightSet *w, const char *path, int n_heads, int n_kv_hea
     w->source = xstrdup(path);
     w->gguf = xmalloc(sizeof(GGUFFile));
     gguf_open(w->gguf, path);
+    int sandwich_norms = gguf_find_tensor(w->gguf, "blk.0.post_ffw_norm.weight") != NULL;
     for (uint64_t i = 0; i < w->gguf->n_tensors; i++) {
         const GGUFTensor *g = &w->gguf->tensors[i];
         WeightTensor *t = add_tensor(w);
-        t->name = hf_name_from_gguf(g->name);
+        t->name = hf_name_from_gguf(g->name, sandwich_norms);
         t->dtype = (DType)ggml_dtype(g->type); /* gguf_open accepts only types it has */
         t->n_dims = g->n_dims;
         for (int d = 0; d < g->n_dims; d++) t->shape[d] = g->ne[g->n_dims - 1 - d];

@@ -8,9 +8,20 @@
 
 #include "../common/bf16.h" /* MEDUSA_HD and the bf16 rounding, shared with the host code */
 
+/* the activation of a gated MLP, down(act(gate) * up): SwiGLU's silu (Llama and most families) or GeLU-tanh (Gemma) */
+typedef enum { GLU_SILU, GLU_GELU_TANH } GluActivation;
+
 static inline MEDUSA_HD float silu_f(float x) { return x / (1.0f + expf(-x)); }
-/* SwiGLU's product: silu(gate) * up */
-static inline MEDUSA_HD float swiglu_f(float gate, float up) { return silu_f(gate) * up; }
+/* GeLU with the tanh approximation, as torch computes gelu(approximate="tanh") in fp32 (Gemma's MLP) */
+static inline MEDUSA_HD float gelu_tanh_f(float x) {
+    const float beta = 0.7978845608028654f, kappa = 0.044715f; /* sqrt(2 / pi) */
+    float inner = beta * (x + kappa * (x * x * x));
+    return 0.5f * x * (1.0f + tanhf(inner));
+}
+/* the gated MLP's product: act(gate) * up */
+static inline MEDUSA_HD float glu_f(GluActivation act, float gate, float up) {
+    return (act == GLU_GELU_TANH ? gelu_tanh_f(gate) : silu_f(gate)) * up;
+}
 
 /* Rotary frequency of pair j for a head of head_dim (as Hugging Face computes inv_freq). */
 static inline MEDUSA_HD float rope_inv_freq(int j, int head_dim, float theta) {

@@ -2,12 +2,24 @@
 
 #include <cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 static int known_architecture(const char *arch) {
     return strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0 || strcmp(arch, "qwen2") == 0 ||
-           strcmp(arch, "qwen3") == 0 || strcmp(arch, "phi3") == 0;
+           strcmp(arch, "qwen3") == 0 || strcmp(arch, "phi3") == 0 || strcmp(arch, "gemma3_text") == 0;
+}
+#define KNOWN_ARCHITECTURES "llama, mistral, qwen2, qwen3, phi3, gemma3_text"
+
+/* Gemma 3 as Gemma3TextModel computes it: RMSNorm weights w scaling by 1 + w, embeddings times sqrt(hidden_size),
+ * norms before and after each block, q/k norms, a GeLU-tanh MLP, and the layers windowed except every sixth. */
+static void gemma3_traits(ModelConfig *c) {
+    c->qk_norm = 1;
+    c->sandwich_norms = 1;
+    c->embed_scale = (float)sqrt((double)c->hidden_size); /* torch.tensor(hidden_size**0.5): fp32 of the double root */
+    c->mlp_activation = GLU_GELU_TANH;
+    for (int l = 0; l < c->n_layers && l < CONFIG_MAX_LAYERS; l++) c->layer_sliding[l] = (l + 1) % 6 != 0;
 }
 
 static const cJSON *field(const cJSON *root, const char *key) {
@@ -42,17 +54,25 @@ static int json_bool(const cJSON *root, const char *path, const char *key, int f
 
 /* Fields that change the computation in ways this model code does not implement: a clear error naming the field,
  * never a silently different result. */
-static void refuse_unimplemented(const cJSON *root, const char *path) {
+static void refuse_unimplemented(const ModelConfig *c, const cJSON *root, const char *path) {
     const char *acts[] = {"hidden_act", "hidden_activation"};
-    for (int i = 0; i < 2; i++) {
+    const char *act = c->mlp_activation == GLU_GELU_TANH ? "gelu_pytorch_tanh" : "silu";
+    /* Gemma's MLP reads hidden_activation; a hidden_act beside it is ignored by transformers */
+    for (int i = c->mlp_activation == GLU_GELU_TANH ? 1 : 0; i < 2; i++) {
         const cJSON *a = field(root, acts[i]);
-        if (a && (!cJSON_IsString(a) || strcmp(a->valuestring, "silu") != 0))
-            fatal("%s: %s \"%s\" is not supported (the MLP is SwiGLU with silu)", path, acts[i],
-                  cJSON_IsString(a) ? a->valuestring : "?");
+        if (a && (!cJSON_IsString(a) || strcmp(a->valuestring, act) != 0))
+            fatal("%s: %s \"%s\" is not supported (this family's MLP is gated by %s)", path, acts[i],
+                  cJSON_IsString(a) ? a->valuestring : "?", act);
     }
-    const char *must_be_null[] = {"attention_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar"};
+    const char *must_be_null[] = {"attention_logit_softcapping", "attn_logit_softcapping", "final_logit_softcapping"};
     for (int i = 0; i < 3; i++)
         if (field(root, must_be_null[i])) fatal("%s: %s is not supported", path, must_be_null[i]);
+    /* attention scales scores by 1 / sqrt(head_dim); Gemma names that scalar, which may differ */
+    const cJSON *scalar = field(root, "query_pre_attn_scalar");
+    if (scalar && (c->sandwich_norms == 0 || !cJSON_IsNumber(scalar) || scalar->valuedouble != c->head_dim))
+        fatal("%s: query_pre_attn_scalar other than head_dim (%d) is not supported", path, c->head_dim);
+    if (json_bool(root, path, "use_bidirectional_attention", 0))
+        fatal("%s: use_bidirectional_attention: only causal attention is supported", path);
     if (json_bool(root, path, "mlp_bias", 0)) fatal("%s: mlp_bias: biases in the MLP are not supported", path);
     if (json_num(root, path, "partial_rotary_factor", 1.0) != 1.0)
         fatal("%s: partial_rotary_factor: rotary embeddings over part of a head are not supported", path);
@@ -104,6 +124,47 @@ static void validate(const ModelConfig *c, const char *path) {
               c->n_kv_heads);
     if (c->head_dim % 2 != 0) fatal("%s: head_dim %d must be even for rotary embeddings", path, c->head_dim);
     if (!(c->rope_theta > 0) || !(c->rms_norm_eps > 0)) fatal("%s: rope_theta and rms_norm_eps must be positive", path);
+    if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
+    if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
+}
+
+/* Gemma 3's windows and rotary bases: layer_types (or sliding_window_pattern, every N-th layer global), and the
+ * rotary parameters of each kind of layer: transformers 5.x's rope_parameters {"full_attention": {..},
+ * "sliding_attention": {..}}, or 4.x's rope_theta, rope_local_base_freq and rope_scaling (the global layers'). */
+static void parse_gemma3_layers(ModelConfig *c, const cJSON *root, const char *path) {
+    c->sliding_window = json_int(root, path, "sliding_window", 4096, 0);
+    const cJSON *types = field(root, "layer_types");
+    if (types) {
+        if (!cJSON_IsArray(types) || cJSON_GetArraySize(types) != c->n_layers)
+            fatal("%s: layer_types must list one type for each of the %d layers", path, c->n_layers);
+        int l = 0;
+        for (const cJSON *t = types->child; t; t = t->next, l++) {
+            const char *type = cJSON_IsString(t) ? t->valuestring : "?";
+            if (strcmp(type, "sliding_attention") != 0 && strcmp(type, "full_attention") != 0)
+                fatal("%s: layer_types[%d] \"%s\" is not supported (sliding_attention, full_attention)", path, l, type);
+            c->layer_sliding[l] = strcmp(type, "sliding_attention") == 0;
+        }
+    } else {
+        int pattern = json_int(root, path, "sliding_window_pattern", 6, 0);
+        if (pattern < 1) fatal("%s: sliding_window_pattern %d must be positive", path, pattern);
+        for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = (l + 1) % pattern != 0;
+    }
+    c->rope_theta = (float)json_num(root, path, "rope_theta", 1e6);
+    c->rope_theta_sliding = (float)json_num(root, path, "rope_local_base_freq", 1e4);
+    const cJSON *params = field(root, "rope_parameters"), *scaling = field(root, "rope_scaling");
+    if (params) {
+        const cJSON *full = field(params, "full_attention"), *local = field(params, "sliding_attention");
+        if (!cJSON_IsObject(full) || !cJSON_IsObject(local))
+            fatal("%s: rope_parameters needs \"full_attention\" and \"sliding_attention\" objects", path);
+        c->rope_theta = (float)json_num(full, path, "rope_theta", c->rope_theta);
+        c->rope_theta_sliding = (float)json_num(local, path, "rope_theta", c->rope_theta_sliding);
+        const cJSON *local_type = field(local, "rope_type");
+        if (local_type && (!cJSON_IsString(local_type) || strcmp(local_type->valuestring, "default") != 0))
+            fatal("%s: rope_parameters.sliding_attention: only the default rope_type is supported", path);
+        scaling = full;
+    }
+    if (scaling) parse_rope_scaling(c, scaling, path);
+    if (!(c->rope_theta_sliding > 0)) fatal("%s: the sliding layers' rope_theta must be positive", path);
 }
 
 void config_from_json(ModelConfig *c, const char *path) {
@@ -115,9 +176,12 @@ void config_from_json(ModelConfig *c, const char *path) {
     if (!root || !cJSON_IsObject(root)) fatal("%s: malformed JSON (expected an object)", path);
     const cJSON *type = field(root, "model_type");
     if (!cJSON_IsString(type)) fatal("%s: missing \"model_type\"", path);
+    if (strcmp(type->valuestring, "gemma3") == 0)
+        fatal("%s: architecture \"gemma3\" is Gemma 3 with its vision tower; its text model (gemma3_text: "
+              "Gemma 3 270M, 1B) is supported",
+              path);
     if (!known_architecture(type->valuestring))
-        fatal("%s: unknown architecture \"%s\" (supported: llama, mistral, qwen2, qwen3, phi3)", path,
-              type->valuestring);
+        fatal("%s: unknown architecture \"%s\" (supported: " KNOWN_ARCHITECTURES ")", path, type->valuestring);
     snprintf(c->architecture, sizeof c->architecture, "%s", type->valuestring);
     c->hidden_size = json_int(root, path, "hidden_size", 0, 1);
     c->intermediate_size = json_int(root, path, "intermediate_size", 0, 1);
@@ -128,27 +192,36 @@ void config_from_json(ModelConfig *c, const char *path) {
     c->vocab_size = json_int(root, path, "vocab_size", 0, 1);
     c->max_position = json_int(root, path, "max_position_embeddings", 2048, 0);
     c->rms_norm_eps = (float)json_num(root, path, "rms_norm_eps", 1e-6);
-    c->tie_word_embeddings = json_bool(root, path, "tie_word_embeddings", 0);
+    int is_gemma3 = strcmp(c->architecture, "gemma3_text") == 0;
+    c->tie_word_embeddings = json_bool(root, path, "tie_word_embeddings", is_gemma3);
     int is_qwen2 = strcmp(c->architecture, "qwen2") == 0;
     c->attention_bias = is_qwen2 ? 1 : json_bool(root, path, "attention_bias", 0);
     c->qk_norm = strcmp(c->architecture, "qwen3") == 0;
     c->fused_weights = strcmp(c->architecture, "phi3") == 0;
-    /* rope: transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters */
-    c->rope_theta = (float)json_num(root, path, "rope_theta", 10000.0);
-    const cJSON *rope_params = field(root, "rope_parameters");
-    const cJSON *scaling = field(root, "rope_scaling");
-    if (rope_params) {
-        c->rope_theta = (float)json_num(rope_params, path, "rope_theta", c->rope_theta);
-        scaling = rope_params;
+    if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
+    if (is_gemma3) {
+        gemma3_traits(c);
+        c->norm_adds_one = 1;
+        parse_gemma3_layers(c, root, path);
+    } else {
+        /* rope: transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters */
+        c->rope_theta = (float)json_num(root, path, "rope_theta", 10000.0);
+        const cJSON *rope_params = field(root, "rope_parameters");
+        const cJSON *scaling = field(root, "rope_scaling");
+        if (rope_params) {
+            c->rope_theta = (float)json_num(rope_params, path, "rope_theta", c->rope_theta);
+            scaling = rope_params;
+        }
+        if (scaling) parse_rope_scaling(c, scaling, path);
+        /* Mistral and Phi-3 limit every layer's attention to a window; Qwen2 declares one but uses it only with
+         * use_sliding_window */
+        if (strcmp(c->architecture, "mistral") == 0 || strcmp(c->architecture, "phi3") == 0)
+            c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
+        memset(c->layer_sliding, c->sliding_window != 0, sizeof c->layer_sliding);
     }
-    if (scaling) parse_rope_scaling(c, scaling, path);
-    /* Mistral and Phi-3 limit attention to a window; Qwen2 declares one but uses it only with use_sliding_window */
-    if (strcmp(c->architecture, "mistral") == 0 || strcmp(c->architecture, "phi3") == 0)
-        c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
-    if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
     if (json_bool(root, path, "use_sliding_window", 0))
         fatal("%s: use_sliding_window: sliding-window attention is implemented for mistral only", path);
-    refuse_unimplemented(root, path);
+    refuse_unimplemented(c, root, path);
     c->bos_token_id = json_int(root, path, "bos_token_id", -1, 0);
     const cJSON *eos = field(root, "eos_token_id");
     if (cJSON_IsArray(eos)) /* several end tokens: the first is the one generation stops on by default */
@@ -163,8 +236,10 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     const char *path = g->mf.path;
     const char *arch = gguf_get_str(g, "general.architecture");
     if (!arch) fatal("%s: GGUF has no general.architecture", path);
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0)
-        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3)", path, arch);
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0 &&
+        strcmp(arch, "gemma3") != 0)
+        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3, gemma3)", path,
+              arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     char key[128];
 #define ARCH_INT(name, fallback) (snprintf(key, sizeof key, "%s." name, arch), (int)gguf_get_int(g, key, fallback))
@@ -179,6 +254,11 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->rope_theta = (float)ARCH_FLOAT("rope.freq_base", 10000.0);
     c->rms_norm_eps = (float)ARCH_FLOAT("attention.layer_norm_rms_epsilon", 1e-5);
     c->vocab_size = ARCH_INT("vocab_size", 0);
+    int is_gemma3 = strcmp(arch, "gemma3") == 0;
+    if (is_gemma3) { /* as llama.cpp reads a Gemma 3: the windowed layers' base is 10000, not in the file */
+        c->sliding_window = ARCH_INT("attention.sliding_window", 0);
+        c->rope_theta_sliding = 10000.0f;
+    }
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     const char *scaling = gguf_get_str(g, key);
     if (scaling && strcmp(scaling, "none") != 0) {
@@ -197,6 +277,16 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->tie_word_embeddings = gguf_find_tensor(g, "output.weight") == NULL;
     c->attention_bias = gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     c->qk_norm = gguf_find_tensor(g, "blk.0.attn_q_norm.weight") != NULL;
+    if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
+    if (is_gemma3) {
+        gemma3_traits(c); /* llama.cpp's converter stored the norms' 1 + w: norm_adds_one stays 0 */
+        /* llama.cpp scales Gemma 3 27B's scores by its query_pre_attn_scalar (hidden / heads), not head_dim */
+        if (c->n_layers == 62 && c->hidden_size / c->n_heads != c->head_dim)
+            fatal("%s: Gemma 3 27B scales attention by 1/sqrt(%d), not 1/sqrt(head_dim): not supported", path,
+                  c->hidden_size / c->n_heads);
+    } else {
+        memset(c->layer_sliding, c->sliding_window != 0, sizeof c->layer_sliding);
+    }
     c->bos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1);
     c->eos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
     validate(c, path);
@@ -231,7 +321,16 @@ void config_print(const ModelConfig *c, FILE *out) {
             c->vocab_size, (double)c->rope_theta, (double)c->rms_norm_eps,
             c->tie_word_embeddings ? ", tied embeddings" : "", c->attention_bias ? ", qkv bias" : "");
     if (c->qk_norm) fprintf(out, ", q/k norm");
-    if (c->sliding_window > 0) fprintf(out, ", sliding window %d", c->sliding_window);
+    if (c->sandwich_norms) fprintf(out, ", norms around blocks");
+    if (c->embed_scale != 0) fprintf(out, ", embeddings x%g", (double)c->embed_scale);
+    if (c->mlp_activation == GLU_GELU_TANH) fprintf(out, ", GeLU-tanh MLP");
+    if (c->sliding_window > 0) {
+        int windowed = 0;
+        for (int l = 0; l < c->n_layers; l++) windowed += c->layer_sliding[l];
+        fprintf(out, ", sliding window %d", c->sliding_window);
+        if (windowed < c->n_layers) fprintf(out, " in %d of %d layers", windowed, c->n_layers);
+        if (c->rope_theta_sliding > 0) fprintf(out, " (rope_theta %g there)", (double)c->rope_theta_sliding);
+    }
     if (c->rope_scaling != ROPE_DEFAULT)
         fprintf(out, ", rope scaling %s x%g", c->rope_scaling == ROPE_LINEAR ? "linear" : "llama3",
                 (double)c->rope_factor);

@@ -1,8 +1,12 @@
-/* Llama-family model configuration (llama, mistral, qwen2, qwen3, phi3), from config.json or GGUF metadata. */
+/* Llama-family model configuration (llama, mistral, qwen2, qwen3, phi3, gemma3), from config.json or GGUF metadata. */
 #ifndef MEDUSA_CONFIG_H
 #define MEDUSA_CONFIG_H
 
 #include "../formats/gguf.h"
+#include "../kernels/ops.h"
+
+/* the most layers a config may have (layer_sliding's size) */
+#define CONFIG_MAX_LAYERS 512
 
 typedef struct {
     char architecture[32]; /* "llama", "mistral", "qwen2" */
@@ -25,8 +29,16 @@ typedef struct {
     int attention_bias; /* q/k/v projections carry a bias (qwen2, or llama with attention_bias) */
     int qk_norm;        /* RMSNorm of each q and k head before the rotation (qwen3) */
     int fused_weights;  /* q/k/v and gate/up stored as one qkv_proj and one gate_up_proj (phi3) */
-    int sliding_window; /* a query at position p sees keys from p - sliding_window + 1 on (mistral, phi3); 0: all */
-    int bos_token_id;   /* -1 when unknown */
+    int sliding_window; /* in the layers layer_sliding marks, a query at position p sees keys from p - sliding_window
+                         * + 1 on (mistral and phi3: every layer; gemma3: all but every 6th); 0: no window */
+    unsigned char layer_sliding[CONFIG_MAX_LAYERS];
+    float rope_theta_sliding; /* the windowed layers' own rotary base, unscaled (gemma3's local base); 0: rope_theta */
+    /* Gemma: */
+    int norm_adds_one;  /* the stored RMSNorm weights w scale by 1 + w (Hugging Face files; GGUF files hold 1 + w) */
+    int sandwich_norms; /* each block's output is normed too, before it is added to the residual stream */
+    float embed_scale;  /* the embeddings are multiplied by this (sqrt(hidden_size)); 0: not scaled */
+    GluActivation mlp_activation; /* the gated MLP's: down(act(gate) * up) */
+    int bos_token_id;             /* -1 when unknown */
     int eos_token_id;
 } ModelConfig;
 

@@ -3,6 +3,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A pass's host layout [LAYOUT_ROWS, T] (layout_new): for token t, row LAYOUT_POS its position, LAYOUT_TOKENS its id,
+ * and its keys: rows [LAYOUT_BEGIN or, in a windowed layer, LAYOUT_BEGIN_WINDOWED, LAYOUT_END). */
+enum { LAYOUT_POS, LAYOUT_BEGIN, LAYOUT_END, LAYOUT_TOKENS, LAYOUT_BEGIN_WINDOWED, LAYOUT_ROWS };
+
 /* Loads tensors stacked along their first dimension (rows[i] each, of d1 columns) into one backend buffer, checking
  * each shape against the config: vectors (d1 == 0) as fp32, matrices in the model's weight_dtype. NULL when the first
  * is absent and not required; once it is found, the others are required. */
@@ -25,8 +29,16 @@ static void *load_stacked(const Model *m, const char *const *names, const int64_
     return dev;
 }
 
-static void *load(const Model *m, const char *name, int64_t d0, int64_t d1, int required) {
-    return load_stacked(m, &name, &d0, 1, d1, required);
+/* An RMSNorm weight [n] (required), as the norm multiplies by it: Gemma's Hugging Face files hold w for 1 + w, added
+ * here in fp32 as Gemma3RMSNorm does (1.0 + weight.float()) */
+static float *load_norm(const Model *m, const char *name, int64_t n) {
+    float *host = weights_load_f32(&m->source, name, 1, (int64_t[]){n}, 1);
+    if (m->config.norm_adds_one)
+        for (int64_t i = 0; i < n; i++) host[i] = 1.0f + host[i];
+    float *dev = m->be->alloc(sizeof(float) * (size_t)n);
+    m->be->upload(dev, host, sizeof(float) * (size_t)n);
+    free(host);
+    return dev;
 }
 
 /* The stored format of a tensor when native storage keeps it (a matrix whose rows are whole blocks of a format
@@ -127,13 +139,18 @@ Matrix model_lm_head_subset(const Model *m, const int32_t *rows, int n) {
     return (Matrix){.n_parts = 1, .part = {{type, n, out}}};
 }
 
-/* The rotary frequencies as transformers computes them in fp32 (_compute_default_rope_parameters and the scaled
- * variants: linear, llama3), and llama.cpp's rope_freqs tensor (a GGUF's llama3 factors: each frequency divided by its
- * factor). */
+/* The rotary frequencies of a base theta as transformers computes them in fp32 (_compute_default_rope_parameters) */
+static float *rope_default_frequencies(const ModelConfig *c, float theta) {
+    float *f = xmalloc(sizeof(float) * (size_t)(c->head_dim / 2));
+    for (int j = 0; j < c->head_dim / 2; j++) f[j] = rope_inv_freq(j, c->head_dim, theta);
+    return f;
+}
+
+/* The rotary frequencies as transformers computes them in fp32 (the default ones and the scaled variants: linear,
+ * llama3), and llama.cpp's rope_freqs tensor (a GGUF's llama3 factors: each frequency divided by its factor). */
 static float *rope_frequencies(const ModelConfig *c, const WeightSet *w) {
     int half = c->head_dim / 2;
-    float *f = xmalloc(sizeof(float) * (size_t)half);
-    for (int j = 0; j < half; j++) f[j] = rope_inv_freq(j, c->head_dim, c->rope_theta);
+    float *f = rope_default_frequencies(c, c->rope_theta);
     if (c->rope_scaling == ROPE_LINEAR)
         for (int j = 0; j < half; j++) f[j] = f[j] / c->rope_factor;
     if (c->rope_scaling == ROPE_LLAMA3) {
@@ -199,21 +216,26 @@ static void load_model(Model *m, const char *path, const Backend *be, DType weig
         w->bqkv = load_stacked(m, qkv, qkv_rows, 3, 0, c->attention_bias);
         char name[160];
 #define LAYER_NAME(suffix) snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix)
-        LAYER_NAME("input_layernorm.weight"), w->attn_norm = load(m, name, H, 0, 1);
+        LAYER_NAME("input_layernorm.weight"), w->attn_norm = load_norm(m, name, H);
         LAYER_NAME("self_attn.o_proj.weight"), w->wo = load_matrix1(m, name, H, q_dim);
-        LAYER_NAME("post_attention_layernorm.weight"), w->mlp_norm = load(m, name, H, 0, 1);
         LAYER_NAME("mlp.down_proj.weight"), w->w_down = load_matrix1(m, name, H, I);
-#undef LAYER_NAME
-        if (c->qk_norm) {
-            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-            w->q_norm = load(m, name, c->head_dim, 0, 1);
-            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-            w->k_norm = load(m, name, c->head_dim, 0, 1);
+        if (c->sandwich_norms) { /* Gemma: post_attention_layernorm norms the attention block's output */
+            LAYER_NAME("pre_feedforward_layernorm.weight"), w->mlp_norm = load_norm(m, name, H);
+            LAYER_NAME("post_attention_layernorm.weight"), w->post_attn_norm = load_norm(m, name, H);
+            LAYER_NAME("post_feedforward_layernorm.weight"), w->post_mlp_norm = load_norm(m, name, H);
+        } else {
+            LAYER_NAME("post_attention_layernorm.weight"), w->mlp_norm = load_norm(m, name, H);
         }
+        if (c->qk_norm) {
+            LAYER_NAME("self_attn.q_norm.weight"), w->q_norm = load_norm(m, name, c->head_dim);
+            LAYER_NAME("self_attn.k_norm.weight"), w->k_norm = load_norm(m, name, c->head_dim);
+        }
+#undef LAYER_NAME
     }
-    m->final_norm = load(m, "model.norm.weight", H, 0, 1);
+    m->final_norm = load_norm(m, "model.norm.weight", H);
     m->lm_head = c->tie_word_embeddings ? m->embed : load_matrix1(m, "lm_head.weight", V, H);
     m->rope_inv_freq = rope_frequencies(c, &m->source);
+    if (c->rope_theta_sliding > 0) m->rope_inv_freq_sliding = rope_default_frequencies(c, c->rope_theta_sliding);
 }
 
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
@@ -241,7 +263,8 @@ void model_free(Model *m) {
     const Backend *be = m->be;
     for (int l = 0; l < m->config.n_layers; l++) {
         LayerWeights *w = &m->layers[l];
-        float *vectors[] = {w->attn_norm, w->bqkv, w->mlp_norm, w->q_norm, w->k_norm};
+        float *vectors[] = {w->attn_norm, w->bqkv,           w->mlp_norm,     w->q_norm,
+                            w->k_norm,    w->post_attn_norm, w->post_mlp_norm};
         for (size_t i = 0; i < sizeof vectors / sizeof vectors[0]; i++)
             if (vectors[i]) be->free(vectors[i]);
         matrix_free(be, &w->wqkv), matrix_free(be, &w->wo), matrix_free(be, &w->w_gate_up), matrix_free(be, &w->w_down);
@@ -252,6 +275,7 @@ void model_free(Model *m) {
     be->free(m->final_norm);
     weights_close(&m->source);
     free(m->rope_inv_freq);
+    free(m->rope_inv_freq_sliding);
     memset(m, 0, sizeof *m);
 }
 
@@ -259,7 +283,8 @@ size_t model_param_count(const Model *m) {
     const ModelConfig *c = &m->config;
     size_t H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size, V = (size_t)c->vocab_size;
     size_t q = (size_t)c->n_heads * c->head_dim, kv = (size_t)c->n_kv_heads * c->head_dim;
-    size_t layer = 2 * H + H * q + 2 * H * kv + q * H + 3 * H * I + (c->attention_bias ? q + 2 * kv : 0);
+    size_t layer = 2 * H + H * q + 2 * H * kv + q * H + 3 * H * I + (c->attention_bias ? q + 2 * kv : 0) +
+                   (c->sandwich_norms ? 2 * H : 0) + (c->qk_norm ? 2 * (size_t)c->head_dim : 0);
     return V * H * (c->tie_word_embeddings ? 1 : 2) + H + (size_t)c->n_layers * layer;
 }
 
@@ -288,17 +313,19 @@ void forward_state_init(ForwardState *s, const Model *m, int max_tokens) {
     if (m->weight_dtype == DT_BF16) {
         s->act16 = be->alloc(sizeof(uint16_t) * T * widest);
     } else {
-        s->xn = be->alloc(sizeof(float) * T * H);
-        s->proj = be->alloc(sizeof(float) * T * H);
         s->att = be->alloc(sizeof(float) * T * q_dim);
         s->gated = be->alloc(sizeof(float) * T * I);
+    }
+    if (m->weight_dtype != DT_BF16 || c->sandwich_norms) {
+        s->xn = be->alloc(sizeof(float) * T * H);
+        s->proj = be->alloc(sizeof(float) * T * H);
     }
     s->qkv = be->alloc(e * T * (q_dim + 2 * kv_dim));
     s->q = be->alloc(e * T * q_dim);
     s->k = be->alloc(e * T * kv_dim);
     s->v = be->alloc(e * T * kv_dim);
     s->gate_up = be->alloc(e * T * 2 * I);
-    s->layout = be->alloc(sizeof(int32_t) * 4 * T);
+    s->layout = be->alloc(sizeof(int32_t) * LAYOUT_ROWS * T);
 }
 
 void forward_state_free(ForwardState *s, const Model *m) {
@@ -308,28 +335,36 @@ void forward_state_free(ForwardState *s, const Model *m) {
     memset(s, 0, sizeof *s);
 }
 
-/* The first key row seen by a query at position pos of a sequence whose position 0 is at row `first`: the sequence's
- * start, or with a sliding window (Mistral) the window's first position, as transformers masks it. */
-static int32_t first_key(const ModelConfig *c, int32_t first, int32_t pos) {
+static int32_t *layout_new(const int32_t *tokens, int T) {
+    int32_t *layout = xmalloc(sizeof(int32_t) * LAYOUT_ROWS * (size_t)(T > 0 ? T : 1));
+    memcpy(layout + LAYOUT_TOKENS * (size_t)T, tokens, sizeof(int32_t) * (size_t)T);
+    return layout;
+}
+
+/* Token t of a pass of T sits at position pos of a sequence whose position 0 is at key row `first`, and sees key rows
+ * up to key_end: from the sequence's start, or in a windowed layer from its window's first position (as transformers
+ * masks it). */
+static void layout_set(const ModelConfig *c, int32_t *layout, int T, int t, int32_t first, int32_t pos,
+                       int32_t key_end) {
     int32_t from = c->sliding_window > 0 ? pos - c->sliding_window + 1 : 0;
-    return first + (from > 0 ? from : 0);
+    layout[LAYOUT_POS * T + t] = pos;
+    layout[LAYOUT_BEGIN * T + t] = first;
+    layout[LAYOUT_BEGIN_WINDOWED * T + t] = first + (from > 0 ? from : 0);
+    layout[LAYOUT_END * T + t] = key_end;
 }
 
 /* Positions restart in every sequence; each token sees keys from its sequence's start (or its window's) up to itself.
  */
-static void packed_layout(const ModelConfig *c, const PackedBatch *b, int32_t *pos, int32_t *key_begin,
-                          int32_t *key_end) {
-    int t = 0;
+static void packed_layout(const ModelConfig *c, const PackedBatch *b, int32_t *layout) {
+    int t = 0, T = b->n_tokens;
     for (int i = 0; i < b->n_seqs; i++) {
         if (b->seq_lens[i] <= 0) fatal("packed batch: sequence %d has length %d", i, b->seq_lens[i]);
         for (int p = 0; p < b->seq_lens[i]; p++, t++) {
-            if (t >= b->n_tokens) fatal("packed batch: sequence lengths add up to more than %d tokens", b->n_tokens);
-            pos[t] = p;
-            key_begin[t] = first_key(c, t - p, p);
-            key_end[t] = t + 1;
+            if (t >= T) fatal("packed batch: sequence lengths add up to more than %d tokens", T);
+            layout_set(c, layout, T, t, t - p, p, t + 1);
         }
     }
-    if (t != b->n_tokens) fatal("packed batch: sequence lengths add up to %d, not %d tokens", t, b->n_tokens);
+    if (t != T) fatal("packed batch: sequence lengths add up to %d, not %d tokens", t, T);
 }
 
 static void check_tokens(const int32_t *tokens, int T, int vocab) {
@@ -353,15 +388,24 @@ static void project(const Model *m, void *out, GemmInput in, const Matrix *weigh
     else model_linear(m, out, in.f32, weight, bias, T, IC, OC);
 }
 
-/* x += in @ weight^T, a residual branch (o_proj, down): with bf16 weights the GEMM adds into x itself */
-static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const Matrix *weight, int T, int IC) {
-    int H = m->config.hidden_size;
-    if (in.bf16) {
+/* x += in @ weight^T, a residual branch (o_proj, down): with bf16 weights the GEMM adds into x itself. With an output
+ * norm (sandwich_norms) x += rmsnorm(in @ weight^T), the product and its norm in fp32. */
+static void linear_residual(const Model *m, ForwardState *s, GemmInput in, const Matrix *weight, const float *out_norm,
+                            int T, int IC) {
+    const ModelConfig *c = &m->config;
+    int H = c->hidden_size;
+    if (in.bf16 && !out_norm) {
         m->be->matmul_bf16_in(s->x, in.bf16, weight->part[0].data, NULL, T, IC, H, 1);
-    } else {
-        model_linear(m, s->proj, in.f32, weight, NULL, T, IC, H);
-        m->be->residual_add(s->x, s->proj, (size_t)T * H);
+        return;
     }
+    if (in.bf16) m->be->matmul_bf16_in(s->proj, in.bf16, weight->part[0].data, NULL, T, IC, H, 0);
+    else model_linear(m, s->proj, in.f32, weight, NULL, T, IC, H);
+    const float *branch = s->proj;
+    if (out_norm) {
+        m->be->rmsnorm(s->xn, s->proj, out_norm, T, H, c->rms_norm_eps);
+        branch = s->xn;
+    }
+    m->be->residual_add(s->x, branch, (size_t)T * H);
 }
 
 /* q, k, v from the q/k/v GEMM's rows, q and k rotated: k and v straight into their rows (the cache's, in decoding) */
@@ -373,11 +417,12 @@ static void qk_norm(const Model *m, ForwardState *s, const LayerWeights *w, int 
     else m->be->qk_norm(s->qkv, w->q_norm, w->k_norm, T, c->n_heads, c->n_kv_heads, c->head_dim, c->rms_norm_eps);
 }
 
-static void rope_qkv(const Model *m, ForwardState *s, void *k, void *v, const int32_t *pos, int T) {
+static void rope_qkv(const Model *m, ForwardState *s, int layer, void *k, void *v, const int32_t *pos, int T) {
     const ModelConfig *c = &m->config;
-    if (s->act16)
-        m->be->rope_qkv_bf16(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, m->rope_inv_freq);
-    else m->be->rope_qkv(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, m->rope_inv_freq);
+    const float *freq =
+        c->layer_sliding[layer] && m->rope_inv_freq_sliding ? m->rope_inv_freq_sliding : m->rope_inv_freq;
+    if (s->act16) m->be->rope_qkv_bf16(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, freq);
+    else m->be->rope_qkv(s->q, k, v, s->qkv, pos, T, c->n_heads, c->n_kv_heads, c->head_dim, freq);
 }
 
 /* attention on rope'd q (in s->q) over keys and values k_all, v_all: o_proj's input (bf16 weights: written in
@@ -405,22 +450,15 @@ static GemmInput normed(const Model *m, ForwardState *s, const float *weight, in
     return (GemmInput){s->xn, NULL};
 }
 
-/* silu(gate) * up: the down projection's input */
+/* act(gate) * up: the down projection's input */
 static GemmInput gated(const Model *m, ForwardState *s, int T) {
     int I = m->config.intermediate_size;
     if (s->act16) {
-        m->be->swiglu_bf16(s->act16, s->gate_up, T, I);
+        m->be->glu_bf16(s->act16, s->gate_up, T, I, m->config.mlp_activation);
         return (GemmInput){NULL, s->act16};
     }
-    m->be->swiglu(s->gated, s->gate_up, T, I);
+    m->be->glu(s->gated, s->gate_up, T, I, m->config.mlp_activation);
     return (GemmInput){s->gated, NULL};
-}
-
-/* A pass's host layout [4, T]: positions, first keys and ends of keys for the caller to fill, then the tokens. */
-static int32_t *layout_new(const int32_t *tokens, int T) {
-    int32_t *layout = xmalloc(sizeof(int32_t) * 4 * (size_t)(T > 0 ? T : 1));
-    memcpy(layout + 3 * (size_t)T, tokens, sizeof(int32_t) * (size_t)T);
-    return layout;
 }
 
 /* Where a pass's new keys and values go when not at rows row0.. of the cache: new row t moves to row dst[t] before
@@ -442,30 +480,32 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     int H = c->hidden_size, I = c->intermediate_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
-    check_tokens(layout + 3 * T, T, c->vocab_size);
+    check_tokens(layout + LAYOUT_TOKENS * T, T, c->vocab_size);
     /* one upload per pass: each is a synchronous copy, a visible cost of a decoding step on a GPU */
-    be->upload(s->layout, layout, sizeof(int32_t) * 4 * (size_t)T);
-    const int32_t *pos = s->layout, *key_begin = s->layout + T, *key_end = s->layout + 2 * T,
-                  *tokens = s->layout + 3 * T;
+    be->upload(s->layout, layout, sizeof(int32_t) * LAYOUT_ROWS * (size_t)T);
+    const int32_t *pos = s->layout + LAYOUT_POS * T, *key_end = s->layout + LAYOUT_END * T,
+                  *tokens = s->layout + LAYOUT_TOKENS * T;
 
     embed_rows(m, &m->embed, s->x, tokens, T);
+    if (c->embed_scale != 0) be->scale(s->x, c->embed_scale, (size_t)T * H);
     size_t new_rows = (size_t)row0 * kv_dim * s->act_bytes; /* where the T new keys and values go */
     for (int l = 0; l < c->n_layers; l++) {
         const LayerWeights *w = &m->layers[l];
         void *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
         void *k = (char *)k_all + new_rows, *v = (char *)v_all + new_rows;
-        /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input */
+        const int32_t *key_begin = s->layout + (c->layer_sliding[l] ? LAYOUT_BEGIN_WINDOWED : LAYOUT_BEGIN) * T;
+        /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input (Gemma: its output normed) */
         GemmInput xn = normed(m, s, w->attn_norm, T);
         project(m, s->qkv, xn, &w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
         if (c->qk_norm) qk_norm(m, s, w, T);
-        rope_qkv(m, s, k, v, pos, T);
+        rope_qkv(m, s, l, k, v, pos, T);
         if (scatter) be->copy_rows(k_all, scatter->block_bytes, 2, scatter->src, scatter->dst, T, scatter->row_bytes);
         GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
-        linear_residual(m, s, att, &w->wo, T, q_dim);
-        /* MLP block: x += down(silu(gate(xn)) * up(xn)) */
+        linear_residual(m, s, att, &w->wo, w->post_attn_norm, T, q_dim);
+        /* MLP block: x += down(act(gate(xn)) * up(xn)) (Gemma: its output normed) */
         xn = normed(m, s, w->mlp_norm, T);
         project(m, s->gate_up, xn, &w->w_gate_up, NULL, T, H, 2 * I);
-        linear_residual(m, s, gated(m, s, T), &w->w_down, T, I);
+        linear_residual(m, s, gated(m, s, T), &w->w_down, w->post_mlp_norm, T, I);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
     if (logits_out) model_linear(m, logits_out, hidden_out, &m->lm_head, NULL, T, H, c->vocab_size);
@@ -474,7 +514,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
     int T = b->n_tokens;
     int32_t *layout = layout_new(b->tokens, T);
-    packed_layout(&m->config, b, layout, layout + T, layout + 2 * T);
+    packed_layout(&m->config, b, layout);
     forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, NULL, hidden_out, logits_out);
     free(layout);
 }
@@ -506,11 +546,7 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
     if (cache->len + n > cache->max_len)
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
     int32_t *layout = layout_new(tokens, n);
-    for (int i = 0; i < n; i++) {
-        layout[i] = cache->len + i;                               /* position */
-        layout[n + i] = first_key(&m->config, 0, cache->len + i); /* first key */
-        layout[2 * n + i] = cache->len + i + 1;                   /* one past the last key */
-    }
+    for (int i = 0; i < n; i++) layout_set(&m->config, layout, n, i, 0, cache->len + i, cache->len + i + 1);
     forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, NULL, hidden_out, logits_out);
     cache->len += n;
     free(layout);
@@ -526,11 +562,8 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
     if (window > 0 && max_depth >= window)
         fatal("a tree %d levels deep does not fit the model's sliding window of %d positions", max_depth + 1, window);
     int32_t *layout = layout_new(tokens, n);
-    for (int i = 0; i < n; i++) {
-        layout[i] = cache->len + depth[i];
-        layout[n + i] = first_key(&m->config, 0, cache->len + depth[i]);
-        layout[2 * n + i] = cache->len + n; /* the mask narrows the new rows to each node's ancestors */
-    }
+    /* the keys run to the tree's last row: the mask narrows the new rows to each node's ancestors */
+    for (int i = 0; i < n; i++) layout_set(&m->config, layout, n, i, 0, cache->len + depth[i], cache->len + n);
     forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, mask, hidden_out, logits_out);
     free(layout);
 }
@@ -590,9 +623,8 @@ void model_forward_slots(const Model *m, ForwardState *s, SlotCache *c, const in
     for (int r = 0, t = 0; r < n_runs; r++) {
         int first = slot[r] * c->slot_len, len = c->len[slot[r]];
         for (int i = 0; i < run_len[r]; i++, t++) {
-            layout[t] = len + i;                                   /* position */
-            layout[T + t] = first_key(&m->config, first, len + i); /* the slot's first row (or window's) */
-            layout[2 * T + t] = first + len + i + 1;               /* its row after the move, the last key it sees */
+            /* keys from the slot's first row (or window's) to its own row after the move */
+            layout_set(&m->config, layout, T, t, first, len + i, first + len + i + 1);
             src[t] = scratch + t;
             dst[t] = first + len + i;
         }

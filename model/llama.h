@@ -27,7 +27,8 @@ typedef struct {
  * (and their biases as bqkv, NULL without), gate and up as w_gate_up [2I, H]. */
 typedef struct {
     float *attn_norm, *bqkv, *mlp_norm;
-    float *q_norm, *k_norm; /* [head_dim] each, with qk_norm (qwen3); else NULL */
+    float *q_norm, *k_norm;                /* [head_dim] each, with qk_norm (qwen3, gemma3); else NULL */
+    float *post_attn_norm, *post_mlp_norm; /* [H] each, the blocks' output norms with sandwich_norms; else NULL */
     Matrix wqkv, wo, w_gate_up, w_down;
 } LayerWeights;
 
@@ -39,24 +40,26 @@ typedef struct {
     int native;         /* matrices kept in the file's formats (weight_dtype DT_F32: fp32 activations) */
     Matrix embed;       /* [V, H] */
     LayerWeights *layers;
-    float *final_norm;    /* [H] */
-    Matrix lm_head;       /* [V, H]; the embedding itself when tied */
-    float *rope_inv_freq; /* host [head_dim / 2]: the rotary frequencies with the config's scaling (rope_qkv) */
+    float *final_norm;            /* [H] */
+    Matrix lm_head;               /* [V, H]; the embedding itself when tied */
+    float *rope_inv_freq;         /* host [head_dim / 2]: the rotary frequencies with the config's scaling (rope_qkv) */
+    float *rope_inv_freq_sliding; /* the windowed layers' own (rope_theta_sliding, unscaled); NULL: rope_inv_freq */
 } Model;
 
 /* Scratch activations for batches of up to max_tokens tokens, allocated once on the backend. The residual stream x is
  * fp32. With fp32 weights so is every other activation. With bf16 weights the activations between ops are bf16, as
  * the GEMMs take and give them: the q/k/v rows (qkv, split by rope_qkv into q, k, v) and the gate/up rows come out of
- * their GEMMs in bf16, and the GEMMs' inputs (the normed input, attention's output, the SwiGLU output) are made in
- * bf16 into act16 [T, max(H, q_dim, I)], the residual GEMMs adding into x; xn, att, proj and gated are then not
- * allocated (act16 is NULL with fp32 weights). */
+ * their GEMMs in bf16, and the GEMMs' inputs (the normed input, attention's output, the gated MLP's product) are made
+ * in bf16 into act16 [T, max(H, q_dim, I)], the residual GEMMs adding into x; xn, att, proj and gated are then not
+ * allocated (act16 is NULL with fp32 weights), except xn and proj with sandwich_norms: a block's fp32 output and its
+ * norm. */
 typedef struct {
     int max_tokens;
     size_t act_bytes; /* of an element of qkv, q, k, v and gate_up: 4, or 2 with bf16 weights (model_act_bytes) */
     float *x, *xn, *att, *proj, *gated;
     void *qkv, *q, *k, *v, *gate_up;
     uint16_t *act16;
-    int32_t *layout; /* backend: a pass's positions, key ranges and tokens, [4, T] for its T tokens, one upload */
+    int32_t *layout; /* backend: a pass's positions, key ranges and tokens, [5, T] for its T tokens, one upload */
 } ForwardState;
 
 /* Keys and values of every layer for incremental decoding: rows [0, len) hold positions 0..len-1, in the

@@ -26,10 +26,12 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     }
     /* frozen base: one layer's activations live at a time: the fp32 residual stream x and final hidden; the q/k/v
      * GEMM's rows and q, k, v split from them, the gate/up rows; the normed input, attention's output, o_proj/down's
-     * output and the SwiGLU output (fp32 weights; bf16 weights: every GEMM input in one bf16 buffer, the residual
-     * GEMMs adding into x); the int32 tokens, positions and key ranges */
-    double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 : (2 * H + q + I) * in->act_bytes;
-    p.base_activations = T * (2 * H * 4 + (2 * (q + 2 * kv) + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 4;
+     * output and the gated MLP's product (fp32 weights; bf16 weights: every GEMM input in one bf16 buffer, the residual
+     * GEMMs adding into x, and with sandwich_norms a block's fp32 output and its norm); the int32 layout (positions,
+     * tokens, key ranges: 5 rows) */
+    double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 + (c->sandwich_norms ? 2 * H * 4 : 0)
+                                               : (2 * H + q + I) * in->act_bytes;
+    p.base_activations = T * (2 * H * 4 + (2 * (q + 2 * kv) + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 5;
     p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * in->act_bytes;
     if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows

@@ -149,10 +149,10 @@ static inline uint8_t *random_packed_rows(DType type, int rows, int cols, Rng *r
     for (size_t b = 0; block_bytes && b < n / block_bytes; b++) {
         uint8_t *blk = w + b * block_bytes;
         if (type == DT_BF16) blk[1] = (uint8_t)((blk[1] & 0x80) | (0x3c + rng_below(rng, 5))); /* about [-4, 4] */
-        if (type == DT_F16 || type == DT_Q8_0 || type == DT_Q4_0 || type == DT_Q4_1 || type == DT_Q4_K ||
-            type == DT_Q5_K)
+        if (type == DT_F16 || type == DT_Q8_0 || type == DT_Q4_0 || type == DT_Q4_1 || type == DT_Q5_0 ||
+            type == DT_Q5_1 || type == DT_Q4_K || type == DT_Q5_K)
             put_random_half(blk, rng);
-        if (type == DT_Q4_1 || type == DT_Q4_K || type == DT_Q5_K) put_random_half(blk + 2, rng);
+        if (type == DT_Q4_1 || type == DT_Q5_1 || type == DT_Q4_K || type == DT_Q5_K) put_random_half(blk + 2, rng);
         if (type == DT_Q6_K) put_random_half(blk + 208, rng);
     }
     return w;

@@ -387,11 +387,12 @@ static void check_matmul_bf16(const OpRow *r) {
 }
 
 /* The ops that make bf16 activations: on each backend the fp32 op's result (on the bf16 inputs widened) rounded, bit
- * for bit; the GPU's within one bf16 step of the CPU's. rmsnorm_bf16 (fp32 x), swiglu_bf16 (bf16 gate/up rows),
+ * for bit; the GPU's within one bf16 step of the CPU's. rmsnorm_bf16 (fp32 x), glu_bf16 (bf16 gate/up rows),
  * rope_qkv_bf16 (bf16 q/k/v rows; q, k and v written one after another here). */
 static void check_bf16_producer(const OpRow *r) {
-    int op = !strcmp(r->op, "rmsnorm_bf16") ? 0 : !strcmp(r->op, "swiglu_bf16") ? 1 : 2;
-    /* rmsnorm_bf16 {T, C}; swiglu_bf16 {T, inter}: C = 2 inter; rope_qkv_bf16 {T, heads, kv heads, head_dim, theta} */
+    int op = !strcmp(r->op, "rmsnorm_bf16") ? 0 : !strcmp(r->op, "glu_bf16") ? 1 : 2;
+    /* rmsnorm_bf16 {T, C}; glu_bf16 {T, inter, activation}: C = 2 inter; rope_qkv_bf16 {T, heads, kv heads, head_dim,
+     * theta} */
     int T = r->p[0], nh = r->p[1], nkv = r->p[2], hd = r->p[3];
     int C = op == 0 ? r->p[1] : op == 1 ? 2 * r->p[1] : (nh + 2 * nkv) * hd;
     size_t n = (size_t)T * C, nq = (size_t)T * nh * hd, nk = (size_t)T * nkv * hd;
@@ -417,8 +418,9 @@ static void check_bf16_producer(const OpRow *r) {
             cpu->rmsnorm(ref, x, w, T, C, 1e-5f), cpu->rmsnorm_bf16(cpu16, x, w, T, C, 1e-5f);
             gpu->rmsnorm(d_ref, d_x, d_w, T, C, 1e-5f), gpu->rmsnorm_bf16(d16, d_x, d_w, T, C, 1e-5f);
         } else if (op == 1) {
-            cpu->swiglu(ref, xw, T, C / 2), cpu->swiglu_bf16(cpu16, x16, T, C / 2);
-            gpu->swiglu(d_ref, d_xw, T, C / 2), gpu->swiglu_bf16(d16, d_x16, T, C / 2);
+            GluActivation act = (GluActivation)r->p[2];
+            cpu->glu(ref, xw, T, C / 2, act), cpu->glu_bf16(cpu16, x16, T, C / 2, act);
+            gpu->glu(d_ref, d_xw, T, C / 2, act), gpu->glu_bf16(d16, d_x16, T, C / 2, act);
         } else {
             cpu->rope_qkv(ref, ref + nq, ref + nq + nk, xw, pos, T, nh, nkv, hd, inv_freq);
             cpu->rope_qkv_bf16(cpu16, cpu16 + nq, cpu16 + nq + nk, x16, pos, T, nh, nkv, hd, inv_freq);
@@ -667,32 +669,37 @@ static void check_copy_rows(const OpRow *r) {
     free(x), free(want), free(got), free(src), free(dst);
 }
 
-/* swiglu {T, inter}: the CPU's against the formula on the gate/up layout (gate the first inter columns of a row, up
- * the last), the GPU's against the CPU's; more rows than a grid's y dimension takes (65535): the kernels walk the rest
- */
-static void check_swiglu(const OpRow *r) {
+/* glu {T, inter, activation}: the CPU's against the formula in double on the gate/up layout (gate the first inter
+ * columns of a row, up the last), the GPU's against the CPU's; more rows than a grid's y dimension takes (65535): the
+ * kernels walk the rest */
+static void check_glu(const OpRow *r) {
     int T = r->p[0], inter = r->p[1];
+    GluActivation act = (GluActivation)r->p[2];
     size_t n = (size_t)T * inter;
     float *a = random_floats(2 * n, 6.0f), *want = xmalloc(sizeof(float) * n);
     float *d_a = to_gpu(a, sizeof(float) * 2 * n), *d_out = gpu->alloc(sizeof(float) * n);
-    cpu->swiglu(want, a, T, inter);
+    cpu->glu(want, a, T, inter, act);
     double layout_err = 0;
     for (int t = 0; t < T; t++)
         for (int j = 0; j < inter; j++) {
             double g = a[(size_t)t * 2 * inter + j], u = a[(size_t)t * 2 * inter + inter + j];
-            layout_err = fmax(layout_err, fabs(want[(size_t)t * inter + j] - g / (1 + exp(-g)) * u));
+            double activated = act == GLU_GELU_TANH ? 0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)))
+                                                    : g / (1 + exp(-g));
+            layout_err = fmax(layout_err, fabs(want[(size_t)t * inter + j] - activated * u));
         }
-    CHECK(layout_err < 1e-5, "swiglu (CPU) of gate/up rows [%d, 2 x %d]: silu(row[j]) * row[%d + j], max err %.2g", T,
-          inter, inter, layout_err);
-    gpu->swiglu(d_out, d_a, T, inter);
+    const char *name = act == GLU_GELU_TANH ? "gelu_tanh" : "silu";
+    CHECK(layout_err < 1e-5, "glu (CPU) of gate/up rows [%d, 2 x %d]: %s(row[j]) * row[%d + j], max err %.2g", T, inter,
+          name, inter, layout_err);
+    gpu->glu(d_out, d_a, T, inter, act);
     char what[96];
-    snprintf(what, sizeof what, "swiglu, gate/up rows [%d, 2 x %d]", T, inter);
+    snprintf(what, sizeof what, "glu (%s), gate/up rows [%d, 2 x %d]", name, T, inter);
     expect_close(what, d_out, want, n, r->tol);
     gpu->free(d_a), gpu->free(d_out);
     free(a), free(want);
 }
 
-/* resblock_forward, silu_backward, residual_add {n}: out(b, a) with a = z over [-6, 6] and b over [-2, 2] */
+/* resblock_forward, silu_backward, residual_add, scale {n}: out(b, a) with a = z over [-6, 6] and b over [-2, 2]
+ * (scale: a times sqrt(640), Gemma's embedding scale) */
 static void check_elementwise(const OpRow *r) {
     size_t n = (size_t)r->p[0];
     float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
@@ -704,6 +711,14 @@ static void check_elementwise(const OpRow *r) {
     } else if (!strcmp(r->op, "silu_backward")) {
         cpu->silu_backward(want, b, a, n);
         gpu->silu_backward(d_out, d_b, d_a, n);
+    } else if (!strcmp(r->op, "scale")) {
+        memcpy(want, a, sizeof(float) * n);
+        cpu->scale(want, sqrtf(640.0f), n);
+        size_t differ = 0;
+        for (size_t i = 0; i < n; i++) differ += want[i] != a[i] * sqrtf(640.0f);
+        CHECK(differ == 0, "scale (CPU): x * s in fp32 on each element (%zu differ)", differ);
+        gpu->scale(d_a, sqrtf(640.0f), n);
+        d_got = d_a;
     } else {
         memcpy(want, a, sizeof(float) * n);
         cpu->residual_add(want, b, n);
@@ -1154,6 +1169,8 @@ static const OpRow op_rows[] = {
     {"matmul_q", "q4_1", {1, 256, 37, 1, DT_Q4_1}, 1e-5, check_matmul_q, "and embedding_q"},
     {"matmul_q", "q8_0", {3, 96, 20, 0, DT_Q8_0}, 1e-5, check_matmul_q, "and embedding_q"},
     {"matmul_q", "q4_0", {7, 64, 9, 1, DT_Q4_0}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q5_0", {4, 128, 13, 1, DT_Q5_0}, 1e-5, check_matmul_q, "and embedding_q"},
+    {"matmul_q", "q5_1", {1, 96, 70, 0, DT_Q5_1}, 1e-5, check_matmul_q, "and embedding_q"},
     {"matmul_q", "f16", {30, 64, 33, 1, DT_F16}, 1e-5, check_matmul_q, "and embedding_q"},
     {"matmul_q", "bf16", {2, 128, 5, 0, DT_BF16}, 1e-5, check_matmul_q, "and embedding_q"},
     {"matmul_q", "q4_k", {5, 512, 11, 1, DT_Q4_K}, 1e-5, check_matmul_q, "and embedding_q"},
@@ -1168,7 +1185,8 @@ static const OpRow op_rows[] = {
     {"matmul_bf16", "bf16", {1, 64, 48, 0}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
     {"matmul_bf16", "bf16", {40, 256, 300, 0}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
     {"rmsnorm_bf16", "bf16", {13, 300}, 0, check_bf16_producer, "and rmsnorm"},
-    {"swiglu_bf16", "bf16", {13, 150}, 0, check_bf16_producer, "and swiglu"},
+    {"glu_bf16", "bf16", {13, 150, GLU_SILU}, 0, check_bf16_producer, "and glu (silu)"},
+    {"glu_bf16", "bf16", {13, 150, GLU_GELU_TANH}, 0, check_bf16_producer, "and glu (gelu_tanh)"},
     {"rope_qkv_bf16", "bf16", {13, 3, 1, 60, 10000}, 0, check_bf16_producer, "and rope_qkv"},
     {"matmul_backward_bf16", "bf16", {37, 20, 45, 7}, 1e-5, check_matmul_backward_bf16, NULL},
     {"matmul_backward_bf16", "bf16", {5, 16, 8, 2}, 1e-5, check_matmul_backward_bf16, NULL},
@@ -1275,11 +1293,13 @@ static const OpRow op_rows[] = {
      1e-2,
      check_attention,
      "packed causal, d=40 (CUDA cores)"},
-    {"swiglu", "f32", {10, 50}, 1e-6, check_swiglu, NULL},
-    {"swiglu", "f32", {70000, 1}, 1e-6, check_swiglu, "more rows than a grid's y dimension"},
+    {"glu", "f32", {10, 50, GLU_SILU}, 1e-6, check_glu, NULL},
+    {"glu", "f32", {10, 50, GLU_GELU_TANH}, 1e-6, check_glu, "GeLU-tanh (Gemma)"},
+    {"glu", "f32", {70000, 1, GLU_SILU}, 1e-6, check_glu, "more rows than a grid's y dimension"},
     {"resblock_forward", "f32", {1000}, 1e-6, check_elementwise, NULL},
     {"silu_backward", "f32", {1000}, 1e-6, check_elementwise, NULL},
     {"residual_add", "f32", {1000}, 1e-7, check_elementwise, NULL},
+    {"scale", "f32", {1000}, 0, check_elementwise, NULL},
     {"fill_zero", "f32", {4004}, 0, check_fill_zero, NULL},
     {"copy_rows", "f32", {4, 3, 300}, 0, check_copy_rows, NULL},
     {"copy_rows", "f32", {70, 3, 300}, 0, check_copy_rows, "more moves than one launch takes"},
@@ -1337,9 +1357,11 @@ static const OpRow model_rows[] = {
     {"attention_bf16", "bf16", {ATT_PACKED, 4096, 0, 32, 32, 128, 2}, 0, NULL, "packed causal, 4 x 1024"},
     {"attention_bf16", "bf16", {ATT_DECODE, 1, 2047, 32, 32, 128}, 0, NULL, "decoding step after 2047 keys"},
     {"attention_bf16", "bf16", {ATT_TREE, 64, 2047, 32, 32, 128, 8}, 0, NULL, "64-node tree after 2047 keys"},
-    {"swiglu", "f32", {4096, 11008}, 0, NO_CHECK},
-    {"swiglu_bf16", "bf16", {4096, 11008}, 0, NO_CHECK},
+    {"glu", "f32", {4096, 11008, GLU_SILU}, 0, NO_CHECK},
+    {"glu_bf16", "bf16", {4096, 11008, GLU_SILU}, 0, NO_CHECK},
+    {"glu", "f32", {4096, 11008, GLU_GELU_TANH}, 0, NO_CHECK},
     {"residual_add", "f32", {4096 * 4096}, 0, NO_CHECK},
+    {"scale", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"resblock_forward", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"silu_backward", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"fill_zero", "f32", {1 << 28}, 0, NO_CHECK},
@@ -1372,8 +1394,8 @@ static const struct {
     {" qk_norm qk_norm_bf16 ", "T heads kv_heads head_dim"},
     {" attention attention_bf16 ", "layout T row0 heads kv_heads head_dim extra misaligned"},
     {" copy_rows ", "moves blocks row_elements"},
-    {" swiglu swiglu_bf16 ", "T inter"},
-    {" residual_add resblock_forward silu_backward to_bf16 adamw sum_squares ", "n"},
+    {" glu glu_bf16 ", "T inter act"},
+    {" residual_add scale resblock_forward silu_backward to_bf16 adamw sum_squares ", "n"},
     {" fill_zero ", "bytes"},
     {" softmax_xent ", "T V soft"},
     {" rank_ids ", "rows cols"},
@@ -1674,24 +1696,27 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
         TIME_CALLS(s, be, x, be->copy_rows(x, row_bytes * rows, blocks, src, dst, moves, row_bytes));
         *bytes = 2.0 * moves * blocks * (double)row_bytes;
         free(src), free(dst);
-    } else if (IS("swiglu") || IS("swiglu_bf16")) {
+    } else if (IS("glu") || IS("glu_bf16")) {
         int T = p[0], inter = p[1];
+        GluActivation act = (GluActivation)p[2];
         size_t n = (size_t)T * inter;
-        if (IS("swiglu")) {
+        if (IS("glu")) {
             float *gu = F32(2 * n), *out = ZERO(n, float);
-            TIME_CALLS(s, be, out, be->swiglu(out, gu, T, inter));
+            TIME_CALLS(s, be, out, be->glu(out, gu, T, inter, act));
         } else {
             uint16_t *gu = BF16(2 * n), *out = ZERO(n, uint16_t);
-            TIME_CALLS(s, be, out, be->swiglu_bf16(out, gu, T, inter));
+            TIME_CALLS(s, be, out, be->glu_bf16(out, gu, T, inter, act));
         }
-        *bytes = 3.0 * (double)n * (IS("swiglu") ? 4 : 2);
-    } else if (IS("residual_add") || IS("resblock_forward") || IS("silu_backward") || IS("to_bf16") ||
+        *bytes = 3.0 * (double)n * (IS("glu") ? 4 : 2);
+    } else if (IS("residual_add") || IS("scale") || IS("resblock_forward") || IS("silu_backward") || IS("to_bf16") ||
                IS("sum_squares")) {
         size_t n = (size_t)p[0];
         float *x = F32(n), *y = F32(n), *out = ZERO(n, float);
         double total = 0;
         if (IS("residual_add")) {
             TIME_CALLS(s, be, x, be->residual_add(x, y, n));
+        } else if (IS("scale")) {
+            TIME_CALLS(s, be, x, be->scale(x, 1.0f, n));
         } else if (IS("resblock_forward")) {
             TIME_CALLS(s, be, out, be->resblock_forward(out, x, y, n));
         } else if (IS("silu_backward")) {

@@ -425,13 +425,14 @@ static void check_greedy_compare(const char *model_path) {
     model_free(&m);
 }
 
-/* Sliding-window attention (Mistral): greedy decoding through the KV cache equals transformers' on a model whose
- * window (4 positions) slides past a 6-token prompt, and Medusa decoding with a tree shallower than the window is
- * lossless; a deeper tree is refused. */
-static void check_sliding_window(void) {
-    const char *path = "tests/fixtures/models/tiny_mistral_sw";
+/* Sliding-window attention (Mistral in every layer, Gemma 3 in some): greedy decoding through the KV cache equals
+ * transformers' on a model whose window (4 positions) slides past a 6-token prompt, and Medusa decoding with a tree
+ * shallower than the window is lossless; a deeper tree is refused. */
+static void check_sliding_window(const char *path) {
     WeightSet ref;
-    weights_open_safetensors_file(&ref, "tests/fixtures/models/tiny_mistral_sw/greedy.safetensors");
+    char *greedy = path_join(path, "greedy.safetensors");
+    weights_open_safetensors_file(&ref, greedy);
+    free(greedy);
     const WeightTensor *prompt = weights_find(&ref, "prompt"), *want = weights_find(&ref, "greedy");
     ensure(prompt && want && prompt->dtype == DT_I32 && want->dtype == DT_I32);
     int n_prompt = (int)prompt->shape[0], n_new = (int)want->shape[0];
@@ -468,6 +469,7 @@ int main(void) {
     check_model("tests/fixtures/models/tiny_llama", "small_8");
     check_model("tests/fixtures/models/tiny_llama", "mc_sim_7b_63");
     check_model("tests/fixtures/models/tiny_qwen2", "chain_4");
-    check_sliding_window();
+    check_sliding_window("tests/fixtures/models/tiny_mistral_sw");
+    check_sliding_window("tests/fixtures/models/tiny_gemma3");
     return test_summary();
 }

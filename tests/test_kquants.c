@@ -1,6 +1,7 @@
-/* GGUF K-quants (Q4_K, Q5_K, Q6_K) dequantised by our reader beside the gguf package's dequantize
- * (tests/gen/gen_kquants.py): the same floats, bit for bit; and the CPU's quantised kernels (embedding_q, and matmul_q
- * with one-hot inputs, which reads the weights it multiplies out) against the same reference. */
+/* GGUF K-quants (Q4_K, Q5_K, Q6_K) and the 5-bit 32-element formats (Q5_0, Q5_1) dequantised by our reader beside the
+ * gguf package's dequantize (tests/gen/gen_kquants.py): the same floats, bit for bit; and the CPU's quantised kernels
+ * (embedding_q, and matmul_q with one-hot inputs, which reads the weights it multiplies out) against the same
+ * reference. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +20,8 @@ int main(void) {
     const struct {
         const char *name;
         GGMLType type;
-    } cases[] = {{"Q4_K", GGML_Q4_K}, {"Q5_K", GGML_Q5_K}, {"Q6_K", GGML_Q6_K}};
+    } cases[] = {
+        {"Q4_K", GGML_Q4_K}, {"Q5_K", GGML_Q5_K}, {"Q6_K", GGML_Q6_K}, {"Q5_0", GGML_Q5_0}, {"Q5_1", GGML_Q5_1}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const GGUFTensor *t = gguf_find_tensor(&g, cases[i].name);
         const WeightTensor *want = weights_find(&ref, cases[i].name);

@@ -1,9 +1,9 @@
 /* The CPU's matmul and embedding on weights kept in their file's format (matmul_q, embedding_q) against the fp32 ops
- * on the same weights dequantised by formats/weights.c (whose K-quants test_kquants checks against the gguf package,
- * and whose Q4_0/Q4_1/Q8_0 test_smollm2's logits check against transformers): every type, the decoding, tree and
- * prefill row counts, every SIMD build this CPU runs (each in a child process, MEDUSA_CPU_SIMD set). The decoded
- * weights must be the same floats bit for bit (one-hot inputs read them out), the products within 1e-5 of the fp32 path
- * relative to the sum of |w x|. */
+ * on the same weights dequantised by formats/weights.c (whose K-quants and Q5_0/Q5_1 test_kquants checks against the
+ * gguf package, and whose Q4_0/Q4_1/Q8_0 test_smollm2's logits check against transformers): every type, the decoding,
+ * tree and prefill row counts, every SIMD build this CPU runs (each in a child process, MEDUSA_CPU_SIMD set). The
+ * decoded weights must be the same floats bit for bit (one-hot inputs read them out), the products within 1e-5 of the
+ * fp32 path relative to the sum of |w x|. */
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,7 +97,7 @@ static void check_row_count_invariance(DType type) {
 
 static void run_checks(void) {
     rng_seed(&rng, 12345);
-    const DType types[] = {DT_F16, DT_BF16, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_Q4_K, DT_Q5_K, DT_Q6_K};
+    const DType types[] = {DT_F16, DT_BF16, DT_Q8_0, DT_Q4_0, DT_Q4_1, DT_Q5_0, DT_Q5_1, DT_Q4_K, DT_Q5_K, DT_Q6_K};
     /* decoding (1), the fused rows (2-4), trees (5-24: decoded pairs), prefill (25+: sgemm on tiles) */
     const int row_counts[] = {1, 2, 3, 4, 5, 9, 24, 25, 40};
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++)

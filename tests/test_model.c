@@ -235,6 +235,8 @@ int main(void) {
         {"tiny_mistral_sw (sliding window 4)", "tiny_mistral_sw", "tiny_mistral_sw/ref.safetensors", 0},
         {"tiny_qwen3 (q/k norm, head_dim 32, tied)", "tiny_qwen3", "tiny_qwen3/ref.safetensors", 0},
         {"tiny_phi3 (fused qkv and gate_up, sliding window 6)", "tiny_phi3", "tiny_phi3/ref.safetensors", 0},
+        {"tiny_gemma3 (norms 1 + w around blocks, scaled embeddings, GeLU-tanh, windowed/global layers)", "tiny_gemma3",
+         "tiny_gemma3/ref.safetensors", 0},
         {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors", 0},
         {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors",
          0},

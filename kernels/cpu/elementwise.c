@@ -1,5 +1,6 @@
-/* Element-wise ops: embedding lookup (fp32 and bf16 tables), SwiGLU (8 lanes at a time: its exp, not memory, bounds
- * it), residual add, the heads' ResBlock, rounding to bf16 and widening from it. */
+/* Element-wise ops: embedding lookup (fp32 and bf16 tables), the gated MLP's product (SwiGLU 8 lanes at a time: its
+ * exp, not memory, bounds it; GeLU-tanh by tanhf, one at a time), scaling, residual add, the heads' ResBlock, rounding
+ * to bf16 and widening from it. */
 #include <string.h>
 
 #include "../../common/common.h"
@@ -12,11 +13,11 @@ void cpu_embedding(float *out, const int32_t *tokens, const float *table, int T,
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * (size_t)C);
 }
 
-/* one row of SwiGLU, 8 lanes at a time (exp is most of its cost), the tail by swiglu_f */
+/* one row of SwiGLU, 8 lanes at a time (exp is most of its cost), the tail by glu_f */
 static ALWAYS_INLINE void swiglu_row(float *out, const float *gate, const float *up, int inter) {
     int j = 0;
     for (; j + 8 <= inter; j += 8) vec8_store(out + j, vec8_silu(vec8_load(gate + j)) * vec8_load(up + j));
-    for (; j < inter; j++) out[j] = swiglu_f(gate[j], up[j]);
+    for (; j < inter; j++) out[j] = glu_f(GLU_SILU, gate[j], up[j]);
 }
 SIMD_AVX2_FMA static void swiglu_row_avx2(float *out, const float *gate, const float *up, int inter) {
     swiglu_row(out, gate, up, inter);
@@ -31,8 +32,14 @@ void cpu_embedding_bf16(float *out, const int32_t *tokens, const uint16_t *table
         for (int c = 0; c < C; c++) out[(size_t)t * C + c] = bf16_to_f32(table[(size_t)tokens[t] * C + c]);
 }
 
-void cpu_swiglu(float *out, const float *gate_up, int T, int inter) {
-    void (*row)(float *, const float *, const float *, int) = simd_avx2_fma() ? swiglu_row_avx2 : swiglu_row_baseline;
+static void gelu_tanh_row(float *out, const float *gate, const float *up, int inter) {
+    for (int j = 0; j < inter; j++) out[j] = glu_f(GLU_GELU_TANH, gate[j], up[j]);
+}
+
+void cpu_glu(float *out, const float *gate_up, int T, int inter, GluActivation act) {
+    void (*row)(float *, const float *, const float *, int) = act == GLU_GELU_TANH ? gelu_tanh_row
+                                                              : simd_avx2_fma()    ? swiglu_row_avx2
+                                                                                   : swiglu_row_baseline;
 #pragma omp parallel for if ((size_t)T * inter > PAR_MIN)
     for (int t = 0; t < T; t++) {
         const float *gate = gate_up + (size_t)t * 2 * inter;
@@ -40,13 +47,18 @@ void cpu_swiglu(float *out, const float *gate_up, int T, int inter) {
     }
 }
 
-void cpu_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter) {
+void cpu_glu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter, GluActivation act) {
 #pragma omp parallel for if ((size_t)T * inter > PAR_MIN)
     for (int t = 0; t < T; t++) {
         const uint16_t *gate = gate_up + (size_t)t * 2 * inter, *up = gate + inter;
         for (int j = 0; j < inter; j++)
-            out[(size_t)t * inter + j] = f32_to_bf16(swiglu_f(bf16_to_f32(gate[j]), bf16_to_f32(up[j])));
+            out[(size_t)t * inter + j] = f32_to_bf16(glu_f(act, bf16_to_f32(gate[j]), bf16_to_f32(up[j])));
     }
+}
+
+void cpu_scale(float *x, float s, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
 void cpu_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,

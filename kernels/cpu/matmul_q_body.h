@@ -37,6 +37,10 @@ static ALWAYS_INLINE Vec16 Q_NAME(lookup16)(Vec16 table, Int16 idx) {
 static ALWAYS_INLINE Vec16 Q_NAME(lookup32)(Vec16 low, Vec16 high, Int16 idx) {
     return (Vec16)_mm512_permutex2var_ps((__m512)low, (__m512i)idx, (__m512)high);
 }
+/* 16 in lane i where bit e0 + i of h is set, else 0 (a Q5_0/Q5_1 element's fifth bit, in place) */
+static ALWAYS_INLINE Int16 Q_NAME(fifth_bits)(uint32_t h, int e0) {
+    return (Int16)_mm512_maskz_set1_epi32((__mmask16)(h >> e0), 16);
+}
 #elif Q_ISA == 1
 #define QW 8
 typedef Vec8 Q_NAME(QVec);
@@ -95,6 +99,15 @@ static ALWAYS_INLINE float Q_NAME(half1)(const uint8_t *p) { return dtype_half(p
 #endif
 #define QP (32 / QW)
 
+#if Q_ISA != 2
+/* 16 in lane i where bit e0 + i of h is set, else 0 (a Q5_0/Q5_1 element's fifth bit, in place) */
+static ALWAYS_INLINE Int8 Q_NAME(fifth_bits)(uint32_t h, int e0) {
+    const Int8 lanes = {0, 1, 2, 3, 4, 5, 6, 7};
+    Int8 bits = (Int8){0} + (int32_t)(h >> e0); /* every lane h: each then shifted by its own count */
+    return ((bits >> lanes) & 1) << 4;
+}
+#endif
+
 /* Group g (elements 32 g .. 32 g + 31) of a row of `type`, as dtype_dequantize_group computes it, into w[0..QP): part p
  * holds elements QW p .. QW p + QW - 1. `type` is a constant wherever this is inlined, so the switch folds away, and so
  * do the branches on the part's place (e0 < 16). */
@@ -131,6 +144,28 @@ static ALWAYS_INLINE void Q_NAME(decode_group)(DType type, const uint8_t *row, i
             Q_NAME(QInt) q = Q_NAME(bytes)(qs + (e0 & 15));
             q = e0 < 16 ? q & 15 : q >> 4;
             w[p] = type == DT_Q4_0 ? d * Q_NAME(floats_of)(q - 8) : d * Q_NAME(floats_of)(q) + m;
+        }
+#endif
+        return;
+    }
+    case DT_Q5_0:
+    case DT_Q5_1: { /* as Q4_0/Q4_1, and bit e of the uint32 qh element e's fifth bit */
+        const uint8_t *blk = row + (type == DT_Q5_0 ? 22 : 24) * g, *qs = blk + (type == DT_Q5_0 ? 6 : 8);
+        float d = Q_NAME(half1)(blk), m = type == DT_Q5_1 ? Q_NAME(half1)(blk + 2) : 0.0f;
+        uint32_t qh = dtype_u32(qs - 4);
+#if Q_ISA == 2
+        /* the 32 values of a 5-bit q, in two tables of 16 (d q exact: fusing the add rounds the same) */
+        Vec16 table = type == DT_Q5_0 ? d * (IOTA16 - 16.0f) : d * IOTA16 + m;
+        Vec16 upper = type == DT_Q5_0 ? d * IOTA16 : d * (IOTA16 + 16.0f) + m;
+        Int16 q = Q_NAME(bytes)(qs);
+        w[0] = Q_NAME(lookup32)(table, upper, (q & 15) | Q_NAME(fifth_bits)(qh, 0));
+        w[1] = Q_NAME(lookup32)(table, upper, (q >> 4) | Q_NAME(fifth_bits)(qh, 16));
+#else
+        for (int p = 0; p < QP; p++) {
+            int e0 = QW * p;
+            Q_NAME(QInt) q = Q_NAME(bytes)(qs + (e0 & 15));
+            q = (e0 < 16 ? q & 15 : q >> 4) | Q_NAME(fifth_bits)(qh, e0);
+            w[p] = type == DT_Q5_0 ? d * Q_NAME(floats_of)(q - 16) : d * Q_NAME(floats_of)(q) + m;
         }
 #endif
         return;
@@ -290,6 +325,12 @@ Q_ATTR static void Q_NAME(rows)(float *out, int ldo, const float *in, const uint
         break;
     case DT_Q4_1:
         Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_1, T, IC, o0, o1);
+        break;
+    case DT_Q5_0:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q5_0, T, IC, o0, o1);
+        break;
+    case DT_Q5_1:
+        Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q5_1, T, IC, o0, o1);
         break;
     case DT_Q4_K:
         Q_NAME(rows_typed)(out, ldo, in, weight, DT_Q4_K, T, IC, o0, o1);

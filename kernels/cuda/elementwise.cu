@@ -1,5 +1,5 @@
-/* Memory-bound element-wise ops: one thread per element; those over rows (embedding, SwiGLU) one per column of a row
- * with the rows on grid y (row_grid). */
+/* Memory-bound element-wise ops: one thread per element; those over rows (embedding, the gated MLP's product) one per
+ * column of a row with the rows on grid y (row_grid). */
 #include "cuda_common.cuh"
 
 static const unsigned kThreads = 256;
@@ -18,13 +18,18 @@ __global__ void to_bf16_kernel(uint16_t *out, const float *x, size_t n) {
 }
 
 /* out [T, inter] from the gate/up rows [T, 2 inter] */
-template <class Elem> __global__ void swiglu_kernel(Elem *out, const Elem *gate_up, int T, int inter) {
+template <class Elem> __global__ void glu_kernel(Elem *out, const Elem *gate_up, int T, int inter, GluActivation act) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= inter) return;
     for (int t = blockIdx.y; t < T; t += gridDim.y) {
         const Elem *gate = gate_up + (size_t)t * 2 * inter + j;
-        store_out(&out[(size_t)t * inter + j], swiglu_f(load_f(gate), load_f(gate + inter)));
+        store_out(&out[(size_t)t * inter + j], glu_f(act, load_f(gate), load_f(gate + inter)));
     }
+}
+
+__global__ void scale_kernel(float *x, float s, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] *= s;
 }
 
 __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
@@ -74,15 +79,20 @@ void cuda_to_bf16(uint16_t *out, const float *x, size_t n) {
     profile_next_bytes(6.0 * n);
     LAUNCH(to_bf16_kernel, ceil_div(n, kThreads), kThreads, 0, out, x, n);
 }
-void cuda_swiglu(float *out, const float *gate_up, int T, int inter) {
+void cuda_glu(float *out, const float *gate_up, int T, int inter, GluActivation act) {
     if (T == 0 || inter == 0) return;
     profile_next_bytes(12.0 * T * inter);
-    LAUNCH(swiglu_kernel<float>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
+    LAUNCH(glu_kernel<float>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter, act);
 }
-void cuda_swiglu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter) {
+void cuda_glu_bf16(uint16_t *out, const uint16_t *gate_up, int T, int inter, GluActivation act) {
     if (T == 0 || inter == 0) return;
     profile_next_bytes(6.0 * T * inter);
-    LAUNCH(swiglu_kernel<uint16_t>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter);
+    LAUNCH(glu_kernel<uint16_t>, row_grid(inter, T, kThreads), kThreads, 0, out, gate_up, T, inter, act);
+}
+void cuda_scale(float *x, float s, size_t n) {
+    if (n == 0) return;
+    profile_next_bytes(8.0 * n);
+    LAUNCH(scale_kernel, ceil_div(n, kThreads), kThreads, 0, x, s, n);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n == 0) return;

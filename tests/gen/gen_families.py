@@ -13,6 +13,10 @@ It writes, under tests/fixtures/models/:
     q/k/v bias, tied embeddings) with the packed batch's reference;
   * tiny_phi3: a tiny random Phi-3 (fused qkv_proj and gate_up_proj, a sliding window of 6) with the packed batch's
     reference;
+  * tiny_gemma3: a tiny random Gemma 3 text model (RMSNorm by 1 + w, embeddings scaled by sqrt(hidden), norms before
+    and after each block, q/k norms, GeLU-tanh MLP, head_dim 32 != hidden / heads, tied embeddings; layers windowed,
+    global, windowed with a window of 4, the global layer's rope base 1e6 scaled linearly by 2, the windowed ones'
+    1e4), with the packed batch's reference and a greedy continuation of 24 tokens;
   * tiny_mistral_sw: a tiny random Mistral whose sliding_window (4) is shorter than the packed batch's sequences,
     with the reference of the packed batch (hidden states after the final norm, logits) from transformers, and a
     greedy continuation of 24 tokens (prompt of 6: the window slides during decoding), so that both the packed
@@ -26,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
-                          Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_models import (OUT, SEQ_LENS, make_tiny, maxdiff, packed_tokens, run_packed, save_hf,  # noqa: E402
@@ -66,6 +70,30 @@ def gen_packed(name, cls, config, config_without, seed, token_seed, what, meta):
     return model, without
 
 
+def save_greedy(name, model, without, vocab_size, what):
+    """A greedy continuation of NEW_TOKENS after a prompt of PROMPT_LEN (the window slides during decoding); the
+    model without the feature must continue otherwise."""
+    prompt = packed_tokens(vocab_size, [PROMPT_LEN], seed=23).tolist()
+    new = greedy(model, prompt, NEW_TOKENS)
+    assert new != greedy(without, prompt, NEW_TOKENS), f"{what} changes nothing in decoding"
+    save_file({"prompt": np.asarray(prompt, np.int32), "greedy": np.asarray(new, np.int32)},
+              str(OUT / name / "greedy.safetensors"), metadata={"model": name, "sliding_window": str(WINDOW)})
+    print(f"{name}: greedy {new}")
+
+
+def gen_gemma3():
+    name = "tiny_gemma3"
+    common = dict(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+                  layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    model, without = gen_packed(name, Gemma3ForCausalLM, Gemma3TextConfig(sliding_window=WINDOW, **common),
+                                Gemma3TextConfig(sliding_window=10**6, **common), 43, 47, "the sliding window", {})
+    save_greedy(name, model, without, common["vocab_size"], "the sliding window")
+
+
 def gen_mistral_sw():
     name = "tiny_mistral_sw"
     config = MistralConfig(vocab_size=352, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
@@ -75,13 +103,7 @@ def gen_mistral_sw():
     model, full = gen_packed(name, MistralForCausalLM, config,
                              MistralConfig(**{**config.to_dict(), "sliding_window": None}), 7, 17, "the sliding window",
                              {"sliding_window": WINDOW})
-
-    prompt = packed_tokens(config.vocab_size, [PROMPT_LEN], seed=23).tolist()
-    new = greedy(model, prompt, NEW_TOKENS)
-    assert new != greedy(full, prompt, NEW_TOKENS), "the sliding window changes nothing in decoding"
-    save_file({"prompt": np.asarray(prompt, np.int32), "greedy": np.asarray(new, np.int32)},
-              str(OUT / name / "greedy.safetensors"), metadata={"model": name, "sliding_window": str(WINDOW)})
-    print(f"{name}: greedy {new}")
+    save_greedy(name, model, full, config.vocab_size, "the sliding window")
 
 
 def gen_rope_scaled(name, rope, legacy, seed):
@@ -119,6 +141,12 @@ def gen_phi3():
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    only = sys.argv[1:]  # names of generators to run (gemma3, mistral_sw, ...); all without
+    if only:
+        for what in only:
+            globals()[f"gen_{what}"]()
+        sys.exit(0)
+    gen_gemma3()
     gen_mistral_sw()
     gen_qwen3()
     gen_phi3()

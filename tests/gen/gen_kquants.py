@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Golden fixture for the GGUF K-quants (run by hand from the repository root, never in CI):
+"""Golden fixture for the GGUF K-quants and the 5-bit formats (run by hand from the repository root, never in CI):
 
     .venv/bin/python tests/gen/gen_kquants.py
 
-writes tests/fixtures/kquants/kquants.gguf (one tensor per type: Q4_K, Q5_K, Q6_K, each 4 rows x 512 elements of
-random block bytes with finite f16 scales) and kquants_ref.safetensors (each tensor as the gguf package's
+writes tests/fixtures/kquants/kquants.gguf (one tensor per type: Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, each 4 rows x 512
+elements of random block bytes with finite f16 scales) and kquants_ref.safetensors (each tensor as the gguf package's
 dequantize gives it, fp32). The C reader must give the same floats bit for bit.
 """
 
@@ -21,6 +21,8 @@ TYPES = {  # block bytes, offsets of its f16 scale fields
     "Q4_K": (gguf.GGMLQuantizationType.Q4_K, 144, (0, 2)),
     "Q5_K": (gguf.GGMLQuantizationType.Q5_K, 176, (0, 2)),
     "Q6_K": (gguf.GGMLQuantizationType.Q6_K, 210, (208,)),
+    "Q5_0": (gguf.GGMLQuantizationType.Q5_0, 22, (0,)),  # the 32-element 5-bit formats
+    "Q5_1": (gguf.GGMLQuantizationType.Q5_1, 24, (0, 2)),
 }
 
 
@@ -37,7 +39,9 @@ def main():
     w = gguf.GGUFWriter(str(OUT / "kquants.gguf"), "llama")
     ref = {}
     for name, (qtype, block_bytes, f16_offsets) in TYPES.items():
-        blocks = random_blocks(rng, ROWS * COLS // 256, block_bytes, f16_offsets).reshape(ROWS, -1)
+        block_elems, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        assert type_size == block_bytes
+        blocks = random_blocks(rng, ROWS * COLS // block_elems, block_bytes, f16_offsets).reshape(ROWS, -1)
         w.add_tensor(name, blocks, raw_dtype=qtype)
         ref[name] = dequantize(blocks, qtype).astype(np.float32).reshape(ROWS, COLS)
         assert np.isfinite(ref[name]).all()
