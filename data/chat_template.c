@@ -3,7 +3,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const template_names[] = {"vicuna", "chatml", "llama-2", "llama-3", "mistral"};
+static const char *const template_names[] = {"vicuna", "chatml", "llama-2", "llama-3",  "mistral",
+                                             "gemma",  "phi-3",  "qwen3",   "llama-3.1"};
+
+/* What Llama 3.1's template writes at the head of its system turn when no date is given (3.2's writes today's
+ * date; this fixed one is what 3.1 and 3.3 were trained with). */
+static const char LLAMA31_SYSTEM_HEAD[] = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n";
 
 static const char VICUNA_SYSTEM[] =
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -11,8 +16,10 @@ static const char VICUNA_SYSTEM[] =
 
 const char *chat_template_guess(const char *jinja) {
     if (!jinja) return NULL;
-    if (strstr(jinja, "<|im_start|>")) return "chatml";
-    if (strstr(jinja, "<|start_header_id|>")) return "llama-3";
+    if (strstr(jinja, "<start_of_turn>")) return "gemma";
+    if (strstr(jinja, "<|im_start|>")) return strstr(jinja, "<think>") ? "qwen3" : "chatml";
+    if (strstr(jinja, "<|start_header_id|>")) return strstr(jinja, "Cutting Knowledge Date") ? "llama-3.1" : "llama-3";
+    if (strstr(jinja, "<|user|>") && strstr(jinja, "<|assistant|>") && strstr(jinja, "<|end|>")) return "phi-3";
     if (strstr(jinja, "[INST]")) return strstr(jinja, "<<SYS>>") ? "llama-2" : "mistral";
     if (strstr(jinja, "USER:") && strstr(jinja, "ASSISTANT:")) return "vicuna";
     return NULL;
@@ -241,9 +248,16 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
             }
         }
         break;
-    case TEMPLATE_LLAMA3: /* "<|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n<text><|eot_id|>" */
+    case TEMPLATE_LLAMA3:  /* "<|begin_of_text|><|start_header_id|>role<|end_header_id|>\n\n<text><|eot_id|>" */
+    case TEMPLATE_LLAMA31: /* the same after a system turn that is always there */
         put_str(r, t->bos, 0);
-        for (int i = 0; i < c->n_turns; i++) {
+        if (t->kind == TEMPLATE_LLAMA31) {
+            put_str(r, "<|start_header_id|>system<|end_header_id|>\n\n", 0);
+            put_str(r, LLAMA31_SYSTEM_HEAD, 0);
+            if (sys) put_stripped(r, sys, 0);
+            put_str(r, "<|eot_id|>", 0);
+        }
+        for (int i = t->kind == TEMPLATE_LLAMA31 ? first : 0; i < c->n_turns; i++) {
             const Turn *u = &c->turns[i];
             int trained = u->role == ROLE_ASSISTANT;
             put_str(r, "<|start_header_id|>", 0);
@@ -251,6 +265,53 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
             put_str(r, "<|end_header_id|>\n\n", 0);
             put_stripped(r, u, trained);
             put_str(r, "<|eot_id|>", trained);
+        }
+        break;
+    case TEMPLATE_GEMMA: /* "<bos><start_of_turn>user\n<s>\n\n<u><end_of_turn>\n<start_of_turn>model\n<a><end_of_turn>\n"
+                          */
+        put_str(r, t->bos, 0);
+        for (int i = first; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            int trained = u->role == ROLE_ASSISTANT;
+            put_str(r, trained ? "<start_of_turn>model\n" : "<start_of_turn>user\n", 0);
+            if (i == first && sys) { /* the system text as it is, the user text trimmed */
+                put(r, sys->text, sys->len, 0);
+                put_str(r, "\n\n", 0);
+            }
+            put_stripped(r, u, trained);
+            put_str(r, "<end_of_turn>", trained);
+            put_str(r, "\n", 0);
+        }
+        break;
+    case TEMPLATE_PHI3: /* "<|role|>\n<text><|end|>\n" per turn, EOS after the last (no generation prompt) */
+        for (int i = 0; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            int trained = u->role == ROLE_ASSISTANT;
+            put_str(r, "<|", 0);
+            put_str(r, role_name(u->role), 0);
+            put_str(r, "|>\n", 0);
+            put(r, u->text, u->len, trained);
+            put_str(r, "<|end|>", trained);
+            put_str(r, "\n", 0);
+        }
+        put_str(r, t->eos, 0);
+        break;
+    case TEMPLATE_QWEN3: /* chatml with no default system prompt; the last reply after an empty thinking block */
+        for (int i = 0; i < c->n_turns; i++) {
+            const Turn *u = &c->turns[i];
+            int trained = u->role == ROLE_ASSISTANT;
+            put_str(r, "<|im_start|>", 0);
+            put_str(r, role_name(u->role), 0);
+            put_str(r, "\n", 0);
+            const char *s = u->text;
+            size_t n = u->len;
+            if (trained && i == c->n_turns - 1) { /* after the last user turn: the template's own <think> block */
+                put_str(r, "<think>\n\n</think>\n\n", 1);
+                for (; n > 0 && *s == '\n'; s++) n--;
+            }
+            put(r, s, n, trained);
+            put_str(r, "<|im_end|>", trained);
+            put_str(r, "\n", 0);
         }
         break;
     case TEMPLATE_MISTRAL: /* "<s>[INST] <u> [/INST]<a></s>[INST] ..."; a system turn opens the first user turn */
@@ -295,7 +356,10 @@ int chat_generation_prompt(const ChatTemplate *t, const Tokenizer *tok, const Tu
 }
 
 int chat_stop_id(const ChatTemplate *t, const Tokenizer *tok) {
-    const char *end = t->kind == TEMPLATE_CHATML ? "<|im_end|>" : t->kind == TEMPLATE_LLAMA3 ? "<|eot_id|>" : NULL;
+    static const char *const ends[] = {
+        [TEMPLATE_CHATML] = "<|im_end|>",  [TEMPLATE_QWEN3] = "<|im_end|>",    [TEMPLATE_LLAMA3] = "<|eot_id|>",
+        [TEMPLATE_LLAMA31] = "<|eot_id|>", [TEMPLATE_GEMMA] = "<end_of_turn>", [TEMPLATE_PHI3] = "<|end|>"};
+    const char *end = ends[t->kind];
     int id = end ? tokenizer_token_id(tok, end) : -1;
     return id >= 0 ? id : tokenizer_eos_id(tok);
 }

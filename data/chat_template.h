@@ -8,9 +8,19 @@
 #include "sharegpt.h"
 #include "tokenizer.h"
 
-typedef enum { TEMPLATE_VICUNA, TEMPLATE_CHATML, TEMPLATE_LLAMA2, TEMPLATE_LLAMA3, TEMPLATE_MISTRAL } TemplateKind;
+typedef enum {
+    TEMPLATE_VICUNA,
+    TEMPLATE_CHATML,
+    TEMPLATE_LLAMA2,
+    TEMPLATE_LLAMA3,
+    TEMPLATE_MISTRAL,
+    TEMPLATE_GEMMA,  /* Gemma 2/3: a system turn opens the first user turn; "model" answers */
+    TEMPLATE_PHI3,   /* Phi-3.5 (and Phi-3-mini since its 2024-07 update): <|user|>\n...<|end|>\n */
+    TEMPLATE_QWEN3,  /* chatml; the last reply opens with an empty <think>\n\n</think>\n\n, trained */
+    TEMPLATE_LLAMA31 /* llama-3 with 3.1's system header (knowledge cutoff, fixed "Today Date") */
+} TemplateKind;
 
-#define CHAT_TEMPLATE_NAMES "vicuna, chatml, llama-2, llama-3, mistral"
+#define CHAT_TEMPLATE_NAMES "vicuna, chatml, llama-2, llama-3, mistral, gemma, phi-3, qwen3, llama-3.1"
 
 typedef struct {
     TemplateKind kind;
