@@ -43,9 +43,10 @@ int main(void) {
           "bf16 GEMM operands: the widest input rounded before its GEMM (the heads', 16k x 4096), the lm_head's output "
           "gradient (4096 x 32000), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
-    /* x and the final hidden; the q/k/v rows and q, k, v; gate/up; xn, attention's output, o_proj's, SwiGLU's */
-    double fp32_acts = 16384.0 * (2 * 4096 + 2 * 3 * 4096 + 2 * 11008 + (3 * 4096 + 11008)) * 4 + 16384 * 16;
-    double bf16_acts = 16384.0 * (2 * 4096 * 4 + (2 * 3 * 4096 + 2 * 11008) * 2 + 11008 * 2) + 16384 * 16;
+    /* x and the final hidden; the q/k/v rows and q, k, v; gate/up; xn, attention's output, o_proj's, SwiGLU's; the
+     * layout's 5 int32 rows */
+    double fp32_acts = 16384.0 * (2 * 4096 + 2 * 3 * 4096 + 2 * 11008 + (3 * 4096 + 11008)) * 4 + 16384 * 20;
+    double bf16_acts = 16384.0 * (2 * 4096 * 4 + (2 * 3 * 4096 + 2 * 11008) * 2 + 11008 * 2) + 16384 * 20;
     CHECK(
         p.base_activations == fp32_acts && bf16.base_activations == bf16_acts,
         "base activations: fp32 weights %.2f GiB; bf16 weights %.2f GiB: the q/k/v rows, q, k, v and the gate/up rows "
