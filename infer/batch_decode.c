@@ -115,7 +115,7 @@ int batch_decoder_step(BatchDecoder *d) {
         d->run_slot[n_next++] = i;
     }
     if (n_next == 0) return 0;
-    model_linear(d->m, d->logits, d->last_hidden, &d->m->lm_head, NULL, n_next, H, V);
+    model_logits(d->m, d->logits, d->last_hidden, n_next);
     if (d->temperature > 0) {
         be->download(d->host_logits, d->logits, sizeof(float) * (size_t)n_next * V);
         for (int j = 0; j < n_next; j++) {

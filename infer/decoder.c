@@ -129,8 +129,7 @@ static void prefill(Decoder *d, const int32_t *prompt, int n_prompt, int downloa
     d->cache.len = 0;
     /* only the last prompt row's logits are needed: the lm_head is by far the largest matmul of a long prompt */
     model_forward_cached(d->base, &d->state, &d->cache, prompt, n_prompt, d->hidden, NULL);
-    model_linear(d->base, d->logits, d->hidden + (size_t)(n_prompt - 1) * c->hidden_size, &d->base->lm_head, NULL, 1,
-                 c->hidden_size, c->vocab_size);
+    model_logits(d->base, d->logits, d->hidden + (size_t)(n_prompt - 1) * c->hidden_size, 1);
     if (download) d->base->be->download(d->host_logits, d->logits, sizeof(float) * c->vocab_size);
     stats->prefill_seconds = now_seconds() - t0;
 }

@@ -23,6 +23,21 @@ static inline MEDUSA_HD float glu_f(GluActivation act, float gate, float up) {
     return (act == GLU_GELU_TANH ? gelu_tanh_f(gate) : silu_f(gate)) * up;
 }
 
+/* How attention turns a query-key dot product into a softmax logit: scale * dot (scale 1 / sqrt(head_dim), or a
+ * family's own: Gemma's query_pre_attn_scalar^-0.5, yarn's and longrope's factor squared folded in), then with
+ * softcap > 0 softcap * tanh(s / softcap) (Gemma 2's attention soft-capping), as transformers' eager attention does. */
+typedef struct {
+    float scale, softcap;
+} AttentionScoring;
+
+/* cap * tanh(x / cap), in transformers' order of operations */
+static inline MEDUSA_HD float softcap_f(float x, float cap) { return tanhf(x / cap) * cap; }
+
+static inline MEDUSA_HD float attention_logit(AttentionScoring sc, float dot) {
+    float s = sc.scale * dot;
+    return sc.softcap > 0 ? softcap_f(s, sc.softcap) : s;
+}
+
 /* Rotary frequency of pair j for a head of head_dim (as Hugging Face computes inv_freq). */
 static inline MEDUSA_HD float rope_inv_freq(int j, int head_dim, float theta) {
     return 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);

@@ -8,18 +8,27 @@
 
 static int known_architecture(const char *arch) {
     return strcmp(arch, "llama") == 0 || strcmp(arch, "mistral") == 0 || strcmp(arch, "qwen2") == 0 ||
-           strcmp(arch, "qwen3") == 0 || strcmp(arch, "phi3") == 0 || strcmp(arch, "gemma3_text") == 0;
+           strcmp(arch, "qwen3") == 0 || strcmp(arch, "phi3") == 0 || strcmp(arch, "gemma2") == 0 ||
+           strcmp(arch, "gemma3_text") == 0;
 }
-#define KNOWN_ARCHITECTURES "llama, mistral, qwen2, qwen3, phi3, gemma3_text"
+#define KNOWN_ARCHITECTURES "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text"
 
-/* Gemma 3 as Gemma3TextModel computes it: RMSNorm weights w scaling by 1 + w, embeddings times sqrt(hidden_size),
- * norms before and after each block, q/k norms, a GeLU-tanh MLP, and the layers windowed except every sixth. */
-static void gemma3_traits(ModelConfig *c) {
-    c->qk_norm = 1;
+/* The Gemma generation of an architecture name (config.json's or GGUF's): 2, 3, or 0 for another family */
+static int gemma_generation(const char *arch) {
+    if (strcmp(arch, "gemma2") == 0) return 2;
+    if (strcmp(arch, "gemma3") == 0 || strcmp(arch, "gemma3_text") == 0) return 3;
+    return 0;
+}
+
+/* Gemma 2 and 3 as transformers computes them: embeddings times sqrt(hidden_size), norms before and after each block,
+ * a GeLU-tanh MLP, and windowed layers but every `pattern`-th (Gemma 2: every other one, Gemma 3: every sixth);
+ * Gemma 3 adds q/k norms. (Their RMSNorm weights w scale by 1 + w: norm_adds_one, where the file holds w.) */
+static void gemma_traits(ModelConfig *c, int generation, int pattern) {
+    c->qk_norm = generation == 3;
     c->sandwich_norms = 1;
     c->embed_scale = (float)sqrt((double)c->hidden_size); /* torch.tensor(hidden_size**0.5): fp32 of the double root */
     c->mlp_activation = GLU_GELU_TANH;
-    for (int l = 0; l < c->n_layers && l < CONFIG_MAX_LAYERS; l++) c->layer_sliding[l] = (l + 1) % 6 != 0;
+    for (int l = 0; l < c->n_layers && l < CONFIG_MAX_LAYERS; l++) c->layer_sliding[l] = (l + 1) % pattern != 0;
 }
 
 static const cJSON *field(const cJSON *root, const char *key) {
@@ -64,13 +73,11 @@ static void refuse_unimplemented(const ModelConfig *c, const cJSON *root, const 
             fatal("%s: %s \"%s\" is not supported (this family's MLP is gated by %s)", path, acts[i],
                   cJSON_IsString(a) ? a->valuestring : "?", act);
     }
-    const char *must_be_null[] = {"attention_logit_softcapping", "attn_logit_softcapping", "final_logit_softcapping"};
-    for (int i = 0; i < 3; i++)
-        if (field(root, must_be_null[i])) fatal("%s: %s is not supported", path, must_be_null[i]);
-    /* attention scales scores by 1 / sqrt(head_dim); Gemma names that scalar, which may differ */
-    const cJSON *scalar = field(root, "query_pre_attn_scalar");
-    if (scalar && (c->sandwich_norms == 0 || !cJSON_IsNumber(scalar) || scalar->valuedouble != c->head_dim))
-        fatal("%s: query_pre_attn_scalar other than head_dim (%d) is not supported", path, c->head_dim);
+    /* Gemma's soft-capping and attention scalar are read with its traits; in another family they would be ignored */
+    const char *gemma_only[] = {"attention_logit_softcapping", "attn_logit_softcapping", "final_logit_softcapping",
+                                "query_pre_attn_scalar"};
+    for (int i = 0; i < 4 && !gemma_generation(c->architecture); i++)
+        if (field(root, gemma_only[i])) fatal("%s: %s is not supported in %s", path, gemma_only[i], c->architecture);
     if (json_bool(root, path, "use_bidirectional_attention", 0))
         fatal("%s: use_bidirectional_attention: only causal attention is supported", path);
     if (json_bool(root, path, "mlp_bias", 0)) fatal("%s: mlp_bias: biases in the MLP are not supported", path);
@@ -128,10 +135,15 @@ static void validate(const ModelConfig *c, const char *path) {
     if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
 }
 
-/* Gemma 3's windows and rotary bases: layer_types (or sliding_window_pattern, every N-th layer global), and the
- * rotary parameters of each kind of layer: transformers 5.x's rope_parameters {"full_attention": {..},
- * "sliding_attention": {..}}, or 4.x's rope_theta, rope_local_base_freq and rope_scaling (the global layers'). */
-static void parse_gemma3_layers(ModelConfig *c, const cJSON *root, const char *path) {
+/* A soft cap (a positive number, or null for none) */
+static float json_softcap(const cJSON *root, const char *path, const char *key) {
+    double cap = json_num(root, path, key, 0.0);
+    if (cap < 0) fatal("%s: %s %g must be positive (or null)", path, key, cap);
+    return (float)cap;
+}
+
+/* Gemma's windows (layer_types, or sliding_window_pattern: every N-th layer global), attention scalar and soft caps */
+static void parse_gemma(ModelConfig *c, const cJSON *root, const char *path, int generation) {
     c->sliding_window = json_int(root, path, "sliding_window", 4096, 0);
     const cJSON *types = field(root, "layer_types");
     if (types) {
@@ -145,10 +157,21 @@ static void parse_gemma3_layers(ModelConfig *c, const cJSON *root, const char *p
             c->layer_sliding[l] = strcmp(type, "sliding_attention") == 0;
         }
     } else {
-        int pattern = json_int(root, path, "sliding_window_pattern", 6, 0);
+        int pattern = json_int(root, path, "sliding_window_pattern", generation == 2 ? 2 : 6, 0);
         if (pattern < 1) fatal("%s: sliding_window_pattern %d must be positive", path, pattern);
         for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = (l + 1) % pattern != 0;
     }
+    /* transformers: scaling = query_pre_attn_scalar**-0.5, a double the fp32 scores are multiplied by */
+    double scalar = json_num(root, path, "query_pre_attn_scalar", c->head_dim);
+    if (!(scalar > 0)) fatal("%s: query_pre_attn_scalar %g must be positive", path, scalar);
+    c->attention_scale = (float)pow(scalar, -0.5);
+    c->attn_softcap = json_softcap(root, path, "attn_logit_softcapping");
+    c->final_softcap = json_softcap(root, path, "final_logit_softcapping");
+}
+
+/* Gemma 3's rotary bases, one per kind of layer: transformers 5.x's rope_parameters {"full_attention": {..},
+ * "sliding_attention": {..}}, or 4.x's rope_theta, rope_local_base_freq and rope_scaling (the global layers'). */
+static void parse_gemma3_rope(ModelConfig *c, const cJSON *root, const char *path) {
     c->rope_theta = (float)json_num(root, path, "rope_theta", 1e6);
     c->rope_theta_sliding = (float)json_num(root, path, "rope_local_base_freq", 1e4);
     const cJSON *params = field(root, "rope_parameters"), *scaling = field(root, "rope_scaling");
@@ -192,17 +215,20 @@ void config_from_json(ModelConfig *c, const char *path) {
     c->vocab_size = json_int(root, path, "vocab_size", 0, 1);
     c->max_position = json_int(root, path, "max_position_embeddings", 2048, 0);
     c->rms_norm_eps = (float)json_num(root, path, "rms_norm_eps", 1e-6);
-    int is_gemma3 = strcmp(c->architecture, "gemma3_text") == 0;
-    c->tie_word_embeddings = json_bool(root, path, "tie_word_embeddings", is_gemma3);
+    int gemma = gemma_generation(c->architecture);
+    c->tie_word_embeddings = json_bool(root, path, "tie_word_embeddings", gemma != 0);
     int is_qwen2 = strcmp(c->architecture, "qwen2") == 0;
     c->attention_bias = is_qwen2 ? 1 : json_bool(root, path, "attention_bias", 0);
     c->qk_norm = strcmp(c->architecture, "qwen3") == 0;
     c->fused_weights = strcmp(c->architecture, "phi3") == 0;
     if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
-    if (is_gemma3) {
-        gemma3_traits(c);
+    if (gemma) {
+        gemma_traits(c, gemma, gemma == 2 ? 2 : 6);
         c->norm_adds_one = 1;
-        parse_gemma3_layers(c, root, path);
+        parse_gemma(c, root, path, gemma);
+    }
+    if (gemma == 3) {
+        parse_gemma3_rope(c, root, path);
     } else {
         /* rope: transformers < 5 writes rope_theta + rope_scaling; 5.x writes rope_parameters */
         c->rope_theta = (float)json_num(root, path, "rope_theta", 10000.0);
@@ -215,9 +241,10 @@ void config_from_json(ModelConfig *c, const char *path) {
         if (scaling) parse_rope_scaling(c, scaling, path);
         /* Mistral and Phi-3 limit every layer's attention to a window; Qwen2 declares one but uses it only with
          * use_sliding_window */
-        if (strcmp(c->architecture, "mistral") == 0 || strcmp(c->architecture, "phi3") == 0)
+        if (strcmp(c->architecture, "mistral") == 0 || strcmp(c->architecture, "phi3") == 0) {
             c->sliding_window = json_int(root, path, "sliding_window", 0, 0);
-        memset(c->layer_sliding, c->sliding_window != 0, sizeof c->layer_sliding);
+            memset(c->layer_sliding, c->sliding_window != 0, sizeof c->layer_sliding);
+        }
     }
     if (json_bool(root, path, "use_sliding_window", 0))
         fatal("%s: use_sliding_window: sliding-window attention is implemented for mistral only", path);
@@ -236,10 +263,10 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     const char *path = g->mf.path;
     const char *arch = gguf_get_str(g, "general.architecture");
     if (!arch) fatal("%s: GGUF has no general.architecture", path);
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0 &&
-        strcmp(arch, "gemma3") != 0)
-        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3, gemma3)", path,
-              arch);
+    int gemma = gemma_generation(arch);
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0 && !gemma)
+        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3, gemma2, gemma3)",
+              path, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     char key[128];
 #define ARCH_INT(name, fallback) (snprintf(key, sizeof key, "%s." name, arch), (int)gguf_get_int(g, key, fallback))
@@ -254,11 +281,13 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->rope_theta = (float)ARCH_FLOAT("rope.freq_base", 10000.0);
     c->rms_norm_eps = (float)ARCH_FLOAT("attention.layer_norm_rms_epsilon", 1e-5);
     c->vocab_size = ARCH_INT("vocab_size", 0);
-    int is_gemma3 = strcmp(arch, "gemma3") == 0;
-    if (is_gemma3) { /* as llama.cpp reads a Gemma 3: the windowed layers' base is 10000, not in the file */
+    if (gemma) {
         c->sliding_window = ARCH_INT("attention.sliding_window", 0);
-        c->rope_theta_sliding = 10000.0f;
+        c->attn_softcap = (float)ARCH_FLOAT("attn_logit_softcapping", 0.0);
+        c->final_softcap = (float)ARCH_FLOAT("final_logit_softcapping", 0.0);
+        if (c->attn_softcap < 0 || c->final_softcap < 0) fatal("%s: %s's soft caps must be positive", path, arch);
     }
+    if (gemma == 3) c->rope_theta_sliding = 10000.0f; /* as llama.cpp reads a Gemma 3: not in the file */
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     const char *scaling = gguf_get_str(g, key);
     if (scaling && strcmp(scaling, "none") != 0) {
@@ -278,12 +307,12 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->attention_bias = gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     c->qk_norm = gguf_find_tensor(g, "blk.0.attn_q_norm.weight") != NULL;
     if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
-    if (is_gemma3) {
-        gemma3_traits(c); /* llama.cpp's converter stored the norms' 1 + w: norm_adds_one stays 0 */
-        /* llama.cpp scales Gemma 3 27B's scores by its query_pre_attn_scalar (hidden / heads), not head_dim */
-        if (c->n_layers == 62 && c->hidden_size / c->n_heads != c->head_dim)
-            fatal("%s: Gemma 3 27B scales attention by 1/sqrt(%d), not 1/sqrt(head_dim): not supported", path,
-                  c->hidden_size / c->n_heads);
+    if (gemma) {
+        gemma_traits(c, gemma, gemma == 2 ? 2 : 6); /* llama.cpp's converter stored the norms' 1 + w */
+        /* the file does not hold query_pre_attn_scalar: llama.cpp takes it as head_dim, but for the 27B models (Gemma
+         * 2: 46 layers, Gemma 3: 62) as hidden / heads, which is what their configs say */
+        int big = c->n_layers == (gemma == 2 ? 46 : 62);
+        c->attention_scale = (float)pow(big ? (double)c->hidden_size / c->n_heads : (double)c->head_dim, -0.5);
     } else {
         memset(c->layer_sliding, c->sliding_window != 0, sizeof c->layer_sliding);
     }

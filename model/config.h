@@ -38,7 +38,9 @@ typedef struct {
     int sandwich_norms; /* each block's output is normed too, before it is added to the residual stream */
     float embed_scale;  /* the embeddings are multiplied by this (sqrt(hidden_size)); 0: not scaled */
     GluActivation mlp_activation; /* the gated MLP's: down(act(gate) * up) */
-    int bos_token_id;             /* -1 when unknown */
+    float attention_scale; /* the attention scores' scale (Gemma: query_pre_attn_scalar^-0.5); 0: 1/sqrt(head_dim) */
+    float attn_softcap, final_softcap; /* Gemma 2's soft-capping of attention scores and of the logits; 0: none */
+    int bos_token_id;                  /* -1 when unknown */
     int eos_token_id;
 } ModelConfig;
 

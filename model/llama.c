@@ -1,5 +1,6 @@
 #include "llama.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -121,6 +122,12 @@ static void embed_rows(const Model *m, const Matrix *table, float *out, const in
     if (type == DT_F32) m->be->embedding(out, rows, table->part[0].data, n, H);
     else if (type == DT_BF16 && m->weight_dtype == DT_BF16) m->be->embedding_bf16(out, rows, table->part[0].data, n, H);
     else m->be->embedding_q(out, rows, table->part[0].data, type, n, H);
+}
+
+void model_logits(const Model *m, float *out, const float *hidden, int T) {
+    const ModelConfig *c = &m->config;
+    model_linear(m, out, hidden, &m->lm_head, NULL, T, c->hidden_size, c->vocab_size);
+    if (c->final_softcap > 0) m->be->softcap(out, c->final_softcap, (size_t)T * c->vocab_size);
 }
 
 void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n) {
@@ -430,13 +437,15 @@ static void rope_qkv(const Model *m, ForwardState *s, int layer, void *k, void *
 static GemmInput attention(const Model *m, ForwardState *s, const void *k_all, const void *v_all,
                            const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T) {
     const ModelConfig *c = &m->config;
+    AttentionScoring sc = {c->attention_scale > 0 ? c->attention_scale : 1.0f / sqrtf((float)c->head_dim),
+                           c->attn_softcap};
     if (s->act16) {
         m->be->attention_bf16(s->act16, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads,
-                              c->n_kv_heads, c->head_dim);
+                              c->n_kv_heads, c->head_dim, sc);
         return (GemmInput){NULL, s->act16};
     }
     m->be->attention(s->att, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads, c->n_kv_heads,
-                     c->head_dim);
+                     c->head_dim, sc);
     return (GemmInput){s->att, NULL};
 }
 
@@ -508,7 +517,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         linear_residual(m, s, gated(m, s, T), &w->w_down, w->post_mlp_norm, T, I);
     }
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
-    if (logits_out) model_linear(m, logits_out, hidden_out, &m->lm_head, NULL, T, H, c->vocab_size);
+    if (logits_out) model_logits(m, logits_out, hidden_out, T);
 }
 
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {

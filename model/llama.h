@@ -93,6 +93,9 @@ double model_peak_flops(const Model *m);
 /* out[T,OC] = in[T,IC] @ weight^T (+ bias) for a weight matrix of this model, whatever its storage */
 void model_linear(const Model *m, float *out, const float *in, const Matrix *weight, const float *bias, int T, int IC,
                   int OC);
+/* The base model's logits out [T, V] of hidden states [T, H] after the final norm: the lm_head, soft-capped where the
+ * family caps them (Gemma 2) */
+void model_logits(const Model *m, float *out, const float *hidden, int T);
 /* out[i,:] = lm_head[rows[i],:] in fp32 (rows and out in backend memory) */
 void model_lm_head_rows(const Model *m, float *out, const int32_t *rows, int n);
 /* The lm_head rows rows[i] (host, increasing) as a matrix [n, H] of their own, in the model's storage (model_linear

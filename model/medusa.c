@@ -295,6 +295,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             if (kind == TARGETS_BASE_KL) { /* the base's logits at rows t+1+h: its hidden rows through its lm_head */
                 be->embedding(w->teacher_hidden, w->teacher_rows + r0, hidden, rows, H);
                 model_linear(base->model, w->teacher, w->teacher_hidden, base->lm_head, NULL, rows, H, s->head_vocab);
+                float cap = base->model->config.final_softcap; /* the distribution the base model samples from */
+                if (cap > 0) be->softcap(w->teacher, cap, (size_t)rows * s->head_vocab);
                 teacher = w->teacher;
             }
             head_classifier(m, w, ranked, teacher, x_last + (size_t)r0 * H, h, learn ? w->dx + (size_t)r0 * H : NULL,

@@ -96,7 +96,7 @@ typedef struct OpRow OpRow;
 struct OpRow {
     const char *op;    /* the op of kernels/ops.def that it checks and times */
     const char *dtype; /* its element type */
-    int p[8];
+    int p[10];
     double tol;
     void (*check)(const OpRow *r);
     const char *label; /* the case in words, where the shape does not say it */
@@ -561,6 +561,12 @@ enum {
 static const int packed_lens[][5] = {{5, 11, 41}, {7, 40, 70, 3}, {1024, 1024, 1024, 1024}}; /* zero-terminated */
 
 /* a row's key ranges and tree mask (NULL without one) */
+/* An attention row's scoring: p[8] the soft cap (0: none), p[9] a query_pre_attn_scalar (the scale its ^-0.5; 0: the
+ * usual 1 / sqrt(head_dim)) */
+static AttentionScoring attention_row_scoring(const int *p) {
+    return (AttentionScoring){p[9] ? 1.0f / sqrtf((float)p[9]) : 1.0f / sqrtf((float)p[5]), (float)p[8]};
+}
+
 static void attention_ranges(const int *p, int32_t **key_begin, int32_t **key_end, uint8_t **mask) {
     int layout = p[0], T = p[1], row0 = p[2], extra = p[6];
     int32_t *kb = xmalloc(sizeof(int32_t) * (size_t)T), *ke = xmalloc(sizeof(int32_t) * (size_t)T);
@@ -589,6 +595,7 @@ static void attention_ranges(const int *p, int32_t **key_begin, int32_t **key_en
 static void check_attention(const OpRow *r) {
     int T = r->p[1], row0 = r->p[2], nh = r->p[3], nkv = r->p[4], hd = r->p[5], Tk = row0 + T;
     int bf16 = !strcmp(r->dtype, "bf16") ? 1 + r->p[7] : 0;
+    AttentionScoring sc = attention_row_scoring(r->p);
     const char *what = r->label;
     int32_t *kb, *ke;
     uint8_t *mask;
@@ -610,7 +617,7 @@ static void check_attention(const OpRow *r) {
             gpu->upload(d_qkv16[i] + (bf16 == 2), qkv16[i], sizeof(uint16_t) * ns[i]);
         }
     }
-    cpu->attention(want, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd);
+    cpu->attention(want, q, k, v, kb, ke, mask, row0, T, nh, nkv, hd, sc);
     int32_t *d_kb = to_gpu(kb, sizeof(int32_t) * T), *d_ke = to_gpu(ke, sizeof(int32_t) * T);
     uint8_t *d_mask = mask ? to_gpu(mask, (size_t)T * T) : NULL;
     float *d_out = gpu->alloc(sizeof(float) * nq);
@@ -622,19 +629,19 @@ static void check_attention(const OpRow *r) {
                  *rounded = xmalloc(sizeof(uint16_t) * nq);
         int skip = bf16 == 2;
         gpu->attention_bf16(d_out16, d_qkv16[0] + skip, d_qkv16[1] + skip, d_qkv16[2] + skip, d_kb, d_ke, d_mask, row0,
-                            T, nh, nkv, hd);
+                            T, nh, nkv, hd, sc);
         gpu->download(cpu16, d_out16, sizeof(uint16_t) * nq);
         float *wide = widened(cpu16, nq);
         gpu->upload(d_out, wide, sizeof(float) * nq);
         expect_close(label, d_out, want, nq, r->tol);
-        cpu->attention_bf16(cpu16, qkv16[0], qkv16[1], qkv16[2], kb, ke, mask, row0, T, nh, nkv, hd);
+        cpu->attention_bf16(cpu16, qkv16[0], qkv16[1], qkv16[2], kb, ke, mask, row0, T, nh, nkv, hd, sc);
         cpu->to_bf16(rounded, want, nq);
         CHECK(!memcmp(cpu16, rounded, sizeof(uint16_t) * nq), "%s: the CPU's is its attention rounded to bf16", label);
         gpu->free(d_out16);
         free(cpu16), free(rounded), free(wide);
         for (int i = 0; i < 3; i++) gpu->free(d_qkv16[i]), free(qkv16[i]);
     } else {
-        gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd);
+        gpu->attention(d_out, d_q, d_k, d_v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd, sc);
         expect_close(label, d_out, want, nq, r->tol);
     }
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_kb), gpu->free(d_ke), gpu->free(d_out);
@@ -711,6 +718,16 @@ static void check_elementwise(const OpRow *r) {
     } else if (!strcmp(r->op, "silu_backward")) {
         cpu->silu_backward(want, b, a, n);
         gpu->silu_backward(d_out, d_b, d_a, n);
+    } else if (!strcmp(r->op, "softcap")) { /* a over [-6, 6] times 10: capped at 30, most values bent */
+        for (size_t i = 0; i < n; i++) a[i] *= 10.0f;
+        memcpy(want, a, sizeof(float) * n);
+        cpu->softcap(want, 30.0f, n);
+        double err = 0;
+        for (size_t i = 0; i < n; i++) err = fmax(err, fabs(want[i] - 30.0 * tanh(a[i] / 30.0)));
+        CHECK(err < 1e-5, "softcap (CPU): 30 tanh(x / 30), max err %.2g", err);
+        gpu->upload(d_a, a, sizeof(float) * n);
+        gpu->softcap(d_a, 30.0f, n);
+        d_got = d_a;
     } else if (!strcmp(r->op, "scale")) {
         memcpy(want, a, sizeof(float) * n);
         cpu->scale(want, sqrtf(640.0f), n);
@@ -1257,6 +1274,27 @@ static const OpRow op_rows[] = {
      * ancestors */
     {"attention", "f32", {ATT_TREE, 6, 45, 4, 2, 16, 2}, 2e-5, check_attention, "tree mask"},
     {"attention", "f32", {ATT_TREE, 6, 45, 4, 1, 64, 2}, 2e-5, check_attention, "tree mask"},
+    /* the scores' scale and soft cap (Gemma): a query_pre_attn_scalar other than head_dim, soft-capping at 1 (every
+     * score bent), on the CUDA-core kernel, its key slices and the tensor cores */
+    {"attention",
+     "f32",
+     {ATT_PACKED, 57, 0, 4, 2, 64, 0, 0, 1, 7},
+     2e-5,
+     check_attention,
+     "packed causal, soft cap 1, scale 7^-0.5"},
+    {"attention", "f32", {ATT_DECODE, 3, 697, 4, 2, 64, 50, 0, 2, 0}, 2e-5, check_attention, "decode in slices, cap 2"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_PACKED, 120, 0, 4, 2, 64, 1, 0, 1, 7},
+     1e-2,
+     check_attention,
+     "packed causal, soft cap 1, scale 7^-0.5 (tensor cores)"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_TREE, 20, 45, 2, 1, 128, 2, 0, 3, 0},
+     1e-2,
+     check_attention,
+     "tree after 45 cached keys, cap 3 (tensor cores)"},
     /* the tensor-core kernel (packed batches, head_dim 64 or 128): ragged sequences across its 64-query tiles, GQA,
      * one sequence longer than a key tile, a tail tile with padding rows */
     {"attention_bf16",
@@ -1300,6 +1338,7 @@ static const OpRow op_rows[] = {
     {"silu_backward", "f32", {1000}, 1e-6, check_elementwise, NULL},
     {"residual_add", "f32", {1000}, 1e-7, check_elementwise, NULL},
     {"scale", "f32", {1000}, 0, check_elementwise, NULL},
+    {"softcap", "f32", {1000}, 1e-6, check_elementwise, NULL},
     {"fill_zero", "f32", {4004}, 0, check_fill_zero, NULL},
     {"copy_rows", "f32", {4, 3, 300}, 0, check_copy_rows, NULL},
     {"copy_rows", "f32", {70, 3, 300}, 0, check_copy_rows, "more moves than one launch takes"},
@@ -1362,6 +1401,7 @@ static const OpRow model_rows[] = {
     {"glu", "f32", {4096, 11008, GLU_GELU_TANH}, 0, NO_CHECK},
     {"residual_add", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"scale", "f32", {4096 * 4096}, 0, NO_CHECK},
+    {"softcap", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"resblock_forward", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"silu_backward", "f32", {4096 * 4096}, 0, NO_CHECK},
     {"fill_zero", "f32", {1 << 28}, 0, NO_CHECK},
@@ -1395,7 +1435,7 @@ static const struct {
     {" attention attention_bf16 ", "layout T row0 heads kv_heads head_dim extra misaligned"},
     {" copy_rows ", "moves blocks row_elements"},
     {" glu glu_bf16 ", "T inter act"},
-    {" residual_add scale resblock_forward silu_backward to_bf16 adamw sum_squares ", "n"},
+    {" residual_add scale softcap resblock_forward silu_backward to_bf16 adamw sum_squares ", "n"},
     {" fill_zero ", "bytes"},
     {" softmax_xent ", "T V soft"},
     {" rank_ids ", "rows cols"},
@@ -1666,6 +1706,7 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
         *bytes = 2.0 * (double)T * (nh + nkv) * hd * (IS("qk_norm") ? 4 : 2);
     } else if (IS("attention") || IS("attention_bf16")) {
         int T = p[1], row0 = p[2], nh = p[3], nkv = p[4], hd = p[5], Tk = row0 + T;
+        AttentionScoring sc = attention_row_scoring(p);
         int32_t *kb, *ke;
         uint8_t *mask;
         attention_ranges(p, &kb, &ke, &mask);
@@ -1680,10 +1721,10 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
         size_t nq = (size_t)T * nh * hd, nk = (size_t)Tk * nkv * hd;
         if (IS("attention")) {
             float *q = F32(nq), *k = F32(nk), *v = F32(nk), *out = ZERO(nq, float);
-            TIME_CALLS(s, be, out, be->attention(out, q, k, v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd));
+            TIME_CALLS(s, be, out, be->attention(out, q, k, v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd, sc));
         } else {
             uint16_t *q = BF16(nq), *k = BF16(nk), *v = BF16(nk), *out = ZERO(nq, uint16_t);
-            TIME_CALLS(s, be, out, be->attention_bf16(out, q, k, v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd));
+            TIME_CALLS(s, be, out, be->attention_bf16(out, q, k, v, d_kb, d_ke, d_mask, row0, T, nh, nkv, hd, sc));
         }
         *flops = 4.0 * hd * nh * pairs; /* q k^T and p v */
         free(kb), free(ke), free(mask);
@@ -1708,8 +1749,8 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
             TIME_CALLS(s, be, out, be->glu_bf16(out, gu, T, inter, act));
         }
         *bytes = 3.0 * (double)n * (IS("glu") ? 4 : 2);
-    } else if (IS("residual_add") || IS("scale") || IS("resblock_forward") || IS("silu_backward") || IS("to_bf16") ||
-               IS("sum_squares")) {
+    } else if (IS("residual_add") || IS("scale") || IS("softcap") || IS("resblock_forward") || IS("silu_backward") ||
+               IS("to_bf16") || IS("sum_squares")) {
         size_t n = (size_t)p[0];
         float *x = F32(n), *y = F32(n), *out = ZERO(n, float);
         double total = 0;
@@ -1717,6 +1758,8 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
             TIME_CALLS(s, be, x, be->residual_add(x, y, n));
         } else if (IS("scale")) {
             TIME_CALLS(s, be, x, be->scale(x, 1.0f, n));
+        } else if (IS("softcap")) {
+            TIME_CALLS(s, be, x, be->softcap(x, 30.0f, n));
         } else if (IS("resblock_forward")) {
             TIME_CALLS(s, be, out, be->resblock_forward(out, x, y, n));
         } else if (IS("silu_backward")) {

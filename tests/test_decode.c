@@ -471,5 +471,6 @@ int main(void) {
     check_model("tests/fixtures/models/tiny_qwen2", "chain_4");
     check_sliding_window("tests/fixtures/models/tiny_mistral_sw");
     check_sliding_window("tests/fixtures/models/tiny_gemma3");
+    check_sliding_window("tests/fixtures/models/tiny_gemma2");
     return test_summary();
 }

@@ -237,6 +237,8 @@ int main(void) {
         {"tiny_phi3 (fused qkv and gate_up, sliding window 6)", "tiny_phi3", "tiny_phi3/ref.safetensors", 0},
         {"tiny_gemma3 (norms 1 + w around blocks, scaled embeddings, GeLU-tanh, windowed/global layers)", "tiny_gemma3",
          "tiny_gemma3/ref.safetensors", 0},
+        {"tiny_gemma2 (soft-capped scores and logits, query_pre_attn_scalar 24, every other layer windowed)",
+         "tiny_gemma2", "tiny_gemma2/ref.safetensors", 0},
         {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors", 0},
         {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors",
          0},

@@ -149,7 +149,7 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
     be->upload(targets_dev, targets, sizeof(int32_t) * (size_t)T);
     for (int r0 = 0; r0 < T; r0 += chunk) {
         int rows = T - r0 < chunk ? T - r0 : chunk;
-        model_linear(t->base, logits, t->hidden + (size_t)r0 * H, &t->base->lm_head, NULL, rows, H, V);
+        model_logits(t->base, logits, t->hidden + (size_t)r0 * H, rows);
         be->top_k(choice_dev + r0, logits, rows, V, 1);
         be->rank_ids(choice_ranks + r0, logits, choice_dev + r0, rows, V);
         XentTargets next = {.targets = targets_dev + r0, .ranked = targets_dev + r0};

@@ -49,9 +49,8 @@ static void softmax_baseline(float *row, int n) { softmax_inplace(row, n); }
 static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *k, const float *v,
                                        const int32_t *key_end, const uint8_t *mask, int row0, int T, const Block *b,
                                        int h, int group, int head_dim, size_t q_stride, size_t kv_stride,
-                                       float *scores) {
+                                       AttentionScoring sc, float *scores) {
     int kvh = h / group, body = head_dim / 8 * 8;
-    float scale = 1.0f / sqrtf((float)head_dim);
     const float *kb = k + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
     const float *vb = v + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
     for (int i = 0; i < b->nq; i++) {
@@ -68,7 +67,7 @@ static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *
             if (d < body) acc[0] += vec8_load(qt + d) * vec8_load(kj + d);
             float dot = vec8_sum(acc[0] + acc[1]);
             for (int d = body; d < head_dim; d++) dot += qt[d] * kj[d];
-            scores[j] = scale * dot;
+            scores[j] = attention_logit(sc, dot);
         }
         if (mask) /* a tree node sees only its ancestors among the keys from row0 on */
             for (int j = row0 - b->k0 > 0 ? row0 - b->k0 : 0; j < n; j++)
@@ -86,35 +85,36 @@ static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *
 }
 #define ATTEND_SMALL_ARGS                                                                                              \
     float *out, const float *q, const float *k, const float *v, const int32_t *key_end, const uint8_t *mask, int row0, \
-        int T, const Block *b, int h, int group, int head_dim, size_t q_stride, size_t kv_stride, float *scores
+        int T, const Block *b, int h, int group, int head_dim, size_t q_stride, size_t kv_stride, AttentionScoring sc, \
+        float *scores
 SIMD_AVX2_FMA static void attend_small_avx2(ATTEND_SMALL_ARGS) {
-    attend_small(out, q, k, v, key_end, mask, row0, T, b, h, group, head_dim, q_stride, kv_stride, scores);
+    attend_small(out, q, k, v, key_end, mask, row0, T, b, h, group, head_dim, q_stride, kv_stride, sc, scores);
 }
 static void attend_small_baseline(ATTEND_SMALL_ARGS) {
-    attend_small(out, q, k, v, key_end, mask, row0, T, b, h, group, head_dim, q_stride, kv_stride, scores);
+    attend_small(out, q, k, v, key_end, mask, row0, T, b, h, group, head_dim, q_stride, kv_stride, sc, scores);
 }
 #undef ATTEND_SMALL_ARGS
 
 static void attend_block(float *out, const float *q, const float *k, const float *v, const int32_t *key_end,
                          const uint8_t *mask, int row0, int T, const Block *b, int h, int group, int head_dim,
-                         size_t q_stride, size_t kv_stride, float *scores) {
+                         size_t q_stride, size_t kv_stride, AttentionScoring sc, float *scores) {
     if (b->nq <= CPU_SMALL_ROWS) {
         (simd_avx2_fma() ? attend_small_avx2 : attend_small_baseline)(out, q, k, v, key_end, mask, row0, T, b, h, group,
-                                                                      head_dim, q_stride, kv_stride, scores);
+                                                                      head_dim, q_stride, kv_stride, sc, scores);
         return;
     }
     int kvh = h / group;
-    float scale = 1.0f / sqrtf((float)head_dim);
     const float *qb = q + (size_t)b->q0 * q_stride + (size_t)h * head_dim;
     const float *kb = k + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
     const float *vb = v + (size_t)b->k0 * kv_stride + (size_t)kvh * head_dim;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->nq, b->nk, head_dim, scale, qb, (int)q_stride, kb,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->nq, b->nk, head_dim, 1.0f, qb, (int)q_stride, kb,
                 (int)kv_stride, 0.0f, scores, b->nk);
     for (int i = 0; i < b->nq; i++) {
         int t = b->q0 + i;
         float *row = scores + (size_t)i * b->nk;
         int n = key_end[t] - b->k0; /* keys past this query's range are masked */
-        if (mask)                   /* a tree node sees only its ancestors among the keys from row0 on */
+        for (int j = 0; j < n; j++) row[j] = attention_logit(sc, row[j]);
+        if (mask) /* a tree node sees only its ancestors among the keys from row0 on */
             for (int j = row0 - b->k0 > 0 ? row0 - b->k0 : 0; j < n; j++)
                 if (!mask[(size_t)t * T + (b->k0 + j - row0)]) row[j] = -INFINITY;
         (simd_avx2_fma() ? softmax_avx2 : softmax_baseline)(row, n);
@@ -127,7 +127,7 @@ static void attend_block(float *out, const float *q, const float *k, const float
 
 void cpu_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                    const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                   int head_dim) {
+                   int head_dim, AttentionScoring scoring) {
     /* split the queries into blocks of equal key_begin, at most 256 queries each to bound the score buffer */
     Block *blocks = malloc(sizeof(Block) * (size_t)(T > 0 ? T : 1));
     int n_blocks = 0;
@@ -157,7 +157,7 @@ void cpu_attention(float *out, const float *q, const float *k, const float *v, c
         for (int bi = 0; bi < n_blocks; bi++)
             for (int h = 0; h < n_heads; h++)
                 attend_block(out, q, k, v, key_end, mask, row0, T, &blocks[bi], h, group, head_dim, q_stride, kv_stride,
-                             scores);
+                             scoring, scores);
         free(scores);
     }
     free(blocks);
@@ -165,11 +165,11 @@ void cpu_attention(float *out, const float *q, const float *k, const float *v, c
 
 void cpu_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                         const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
-                        int n_heads, int n_kv_heads, int head_dim) {
+                        int n_heads, int n_kv_heads, int head_dim, AttentionScoring scoring) {
     size_t n = (size_t)T * n_heads * head_dim, kv_n = (size_t)(row0 + T) * n_kv_heads * head_dim;
     float *wq = cpu_widened_copy(q, n), *wk = cpu_widened_copy(k, kv_n), *wv = cpu_widened_copy(v, kv_n);
     float *exact = xmalloc(sizeof(float) * (n ? n : 1));
-    cpu_attention(exact, wq, wk, wv, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+    cpu_attention(exact, wq, wk, wv, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, scoring);
     cpu_to_bf16(out, exact, n);
     free(exact);
     free(wq);

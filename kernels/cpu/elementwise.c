@@ -61,6 +61,11 @@ void cpu_scale(float *x, float s, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
+void cpu_softcap(float *x, float cap, size_t n) {
+#pragma omp parallel for if (n > PAR_MIN / 8)
+    for (size_t i = 0; i < n; i++) x[i] = softcap_f(x[i], cap);
+}
+
 void cpu_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *src, const int32_t *dst, int n,
                    size_t row_bytes) {
     for (int b = 0; b < n_blocks; b++) {

@@ -28,7 +28,7 @@ __device__ __forceinline__ size_t partial_at(int split, int t, int h, int T, int
 template <int HD, int Q, class In, class Out>
 __global__ void attention_kernel(Out *out, float *partials, const In *q, const In *k, const In *v,
                                  const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
-                                 int n_heads, int n_kv_heads, int head_dim) {
+                                 int n_heads, int n_kv_heads, int head_dim, AttentionScoring sc) {
     constexpr bool kSharedV = HD <= 128;
     __shared__ float k_tile[kTile][HD + 1]; /* +1: lane j reads row j without bank conflicts */
     __shared__ float v_tile[kSharedV ? kTile : 1][kSharedV ? HD : 1];
@@ -38,7 +38,6 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int t = blockIdx.x * Q + warp, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * head_dim, kv_stride = (size_t)n_kv_heads * head_dim;
-    const float scale = 1.0f / sqrtf((float)head_dim);
     bool active = t < T;
     int begin = active ? key_begin[t] : 0, end = active ? key_end[t] : 0;
     for (int c = lane; c < HD; c += 32)
@@ -79,7 +78,7 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
         if (visible) {
             float dot = 0.0f;
             for (int c = 0; c < head_dim; c++) dot += q_rows[warp][c] * k_tile[lane][c];
-            s = dot * scale;
+            s = attention_logit(sc, dot);
         }
         float tile_max = warp_max(s);
         if (tile_max == -INFINITY) continue; /* warp-uniform: every key of the tile masked */
@@ -178,23 +177,23 @@ static float *split_partials(int head_dim) {
 template <int HD, int Q, class In, class Out>
 static void launch_attention(dim3 grid, Out *out, float *partials, const In *q, const In *k, const In *v,
                              const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
-                             int n_heads, int n_kv_heads, int head_dim) {
+                             int n_heads, int n_kv_heads, int head_dim, AttentionScoring sc) {
     static const std::string name =
         kernel_name("attention_kernel", {std::to_string(HD), std::to_string(Q), elem_name<In>(), elem_name<Out>()});
     LAUNCH_AS(name.c_str(), (attention_kernel<HD, Q, In, Out>), grid, 32 * Q, 0, out, partials, q, k, v, key_begin,
-              key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+              key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, sc);
 }
 
 template <int HD, class In, class Out>
 static void launch_attention(int queries, dim3 grid, Out *out, float *partials, const In *q, const In *k, const In *v,
                              const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
-                             int n_heads, int n_kv_heads, int head_dim) {
+                             int n_heads, int n_kv_heads, int head_dim, AttentionScoring sc) {
     if (queries == 16)
         launch_attention<HD, 16>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
-                                 head_dim);
+                                 head_dim, sc);
     else
         launch_attention<HD, 4>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
-                                head_dim);
+                                head_dim, sc);
 }
 
 /* under MEDUSA_CUDA_PROFILE: the FLOPs of S = Q K^T and O = P V over the queries' key ranges (a tree mask's hidden
@@ -213,7 +212,7 @@ static void profile_attention_flops(const int32_t *key_begin, const int32_t *key
 template <class In, class Out>
 static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v, const int32_t *key_begin,
                                  const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads,
-                                 int n_kv_heads, int head_dim) {
+                                 int n_kv_heads, int head_dim, AttentionScoring sc) {
     if (T == 0) return;
     if (head_dim > 256) fatal("cuda attention: head_dim %d > 256 is not supported", head_dim);
     int queries = queries_per_block(T, head_dim), splits = key_splits(T, queries, row0, n_heads);
@@ -222,23 +221,23 @@ static void attention_cuda_cores(Out *out, const In *q, const In *k, const In *v
     profile_attention_flops(key_begin, key_end, T, n_heads, head_dim);
     if (head_dim <= 32)
         launch_attention<32>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
-                             n_kv_heads, head_dim);
+                             n_kv_heads, head_dim, sc);
     else if (head_dim <= 64)
         launch_attention<64>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
-                             n_kv_heads, head_dim);
+                             n_kv_heads, head_dim, sc);
     else if (head_dim <= 128)
         launch_attention<128>(queries, grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads,
-                              n_kv_heads, head_dim);
+                              n_kv_heads, head_dim, sc);
     else
         launch_attention<256, 4>(grid, out, partials, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads,
-                                 head_dim);
+                                 head_dim, sc);
     if (splits > 1) merge_slices(out, partials, splits, T, n_heads, head_dim);
 }
 
 void cuda_attention(float *out, const float *q, const float *k, const float *v, const int32_t *key_begin,
                     const int32_t *key_end, const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
-                    int head_dim) {
-    attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+                    int head_dim, AttentionScoring scoring) {
+    attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, scoring);
 }
 
 /* --- tensor-core attention for packed batches, prompts and trees (--precision bf16) ---
@@ -298,8 +297,8 @@ template <int HD>
 __device__ __forceinline__ void softmax_tile(float (&s)[kMmaKeys / 8][4], uint32_t (&pa)[kMmaKeys / 16][4],
                                              float (&o)[HD / 8][4], float row_max[2], float row_sum[2], int j0,
                                              int tile_hi, const int row[2], const int begin[2], const int end[2],
-                                             const uint8_t *mask, int row0, int T, int quad) {
-    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD); /* log2(e) / sqrt(d) */
+                                             const uint8_t *mask, int row0, int T, int quad, AttentionScoring sc) {
+    const float kLog2e = 1.4426950408889634f, scale_log2 = sc.scale * kLog2e;
     float tile_max[2] = {-INFINITY, -INFINITY};
     bool whole = !(mask && j0 + kMmaKeys > row0) && j0 + kMmaKeys <= tile_hi;
     for (int i = 0; i < 2; i++) whole = whole && begin[i] <= j0 && j0 + kMmaKeys <= end[i];
@@ -308,7 +307,9 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kMmaKeys / 8][4], uint32
             int i = e / 2, j = j0 + 8 * n + 2 * quad + e % 2;
             bool visible = whole || (j < tile_hi && j >= begin[i] && j < end[i] &&
                                      (!mask || j < row0 || mask[(size_t)row[i] * T + (j - row0)]));
-            s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
+            s[n][e] = !visible         ? -INFINITY
+                      : sc.softcap > 0 ? attention_logit(sc, s[n][e]) * kLog2e
+                                       : s[n][e] * scale_log2;
             tile_max[i] = fmaxf(tile_max[i], s[n][e]);
         }
     float correction[2];
@@ -342,7 +343,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kMmaKeys / 8][4], uint32
 template <int HD> /* head_dim == HD, a multiple of 16 */
 __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint16_t *q, const uint16_t *k,
                                      const uint16_t *v, const int32_t *key_begin, const int32_t *key_end,
-                                     const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads) {
+                                     const uint8_t *mask, int row0, int T, int n_heads, int n_kv_heads,
+                                     AttentionScoring sc) {
     constexpr int kStride = HD + kRowPad;
     __shared__ __align__(16) uint16_t k_tile[kMmaKeys * kStride];
     __shared__ __align__(16) uint16_t v_tile[kMmaKeys * kStride];
@@ -423,7 +425,7 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
         stage_tile<HD>(k_tile, k, j0 + kMmaKeys, slice_hi, kv_stride, kvh);
 
         uint32_t pa[kMmaKeys / 16][4]; /* P rounded to bf16 as A fragments, chunk c: keys 16c..16c+15 */
-        if (sees) softmax_tile<HD>(s, pa, o, row_max, row_sum, j0, tile_hi, row, begin, end, mask, row0, T, quad);
+        if (sees) softmax_tile<HD>(s, pa, o, row_max, row_sum, j0, tile_hi, row, begin, end, mask, row0, T, quad, sc);
         cp_async_wait_group<1>(); /* this tile's V, while the next K may still be in flight */
         __syncthreads();
 
@@ -469,11 +471,11 @@ __global__ void attention_mma_kernel(uint16_t *out, float *partials, const uint1
  * aligned. */
 void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                          const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
-                         int n_heads, int n_kv_heads, int head_dim) {
+                         int n_heads, int n_kv_heads, int head_dim, AttentionScoring scoring) {
     const int kMinQueries = 16;
     bool aligned = ((uintptr_t)out | (uintptr_t)q | (uintptr_t)k | (uintptr_t)v) % kChunkBytes == 0;
     if (T < kMinQueries || (head_dim != 64 && head_dim != 128) || !aligned) {
-        attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim);
+        attention_cuda_cores(out, q, k, v, key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, scoring);
         return;
     }
     int splits = key_splits(T, kMmaQueries, row0, n_heads);
@@ -482,9 +484,9 @@ void cuda_attention_bf16(uint16_t *out, const uint16_t *q, const uint16_t *k, co
     profile_attention_flops(key_begin, key_end, T, n_heads, head_dim);
     if (head_dim == 64)
         LAUNCH(attention_mma_kernel<64>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
-               n_heads, n_kv_heads);
+               n_heads, n_kv_heads, scoring);
     else
         LAUNCH(attention_mma_kernel<128>, grid, block, 0, out, partials, q, k, v, key_begin, key_end, mask, row0, T,
-               n_heads, n_kv_heads);
+               n_heads, n_kv_heads, scoring);
     if (splits > 1) merge_slices(out, partials, splits, T, n_heads, head_dim);
 }

@@ -32,6 +32,11 @@ __global__ void scale_kernel(float *x, float s, size_t n) {
     if (i < n) x[i] *= s;
 }
 
+__global__ void softcap_kernel(float *x, float cap, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = softcap_f(x[i], cap);
+}
+
 __global__ void residual_add_kernel(float *x, const float *y, size_t n) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
@@ -93,6 +98,11 @@ void cuda_scale(float *x, float s, size_t n) {
     if (n == 0) return;
     profile_next_bytes(8.0 * n);
     LAUNCH(scale_kernel, ceil_div(n, kThreads), kThreads, 0, x, s, n);
+}
+void cuda_softcap(float *x, float cap, size_t n) {
+    if (n == 0) return;
+    profile_next_bytes(8.0 * n);
+    LAUNCH(softcap_kernel, ceil_div(n, kThreads), kThreads, 0, x, cap, n);
 }
 void cuda_residual_add(float *x, const float *y, size_t n) {
     if (n == 0) return;

@@ -17,6 +17,9 @@ It writes, under tests/fixtures/models/:
     and after each block, q/k norms, GeLU-tanh MLP, head_dim 32 != hidden / heads, tied embeddings; layers windowed,
     global, windowed with a window of 4, the global layer's rope base 1e6 scaled linearly by 2, the windowed ones'
     1e4), with the packed batch's reference and a greedy continuation of 24 tokens;
+  * tiny_gemma2: a tiny random Gemma 2 (Gemma's norms, scaled embeddings and GeLU-tanh; no q/k norms; every other
+    layer windowed (4), query_pre_attn_scalar 24 != head_dim 32, attention scores soft-capped at 2 and logits at 3,
+    low enough to bend most values) with the packed batch's reference and a greedy continuation;
   * tiny_mistral_sw: a tiny random Mistral whose sliding_window (4) is shorter than the packed batch's sequences,
     with the reference of the packed batch (hidden states after the final norm, logits) from transformers, and a
     greedy continuation of 24 tokens (prompt of 6: the window slides during decoding), so that both the packed
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
                           MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,6 +97,19 @@ def gen_gemma3():
     save_greedy(name, model, without, common["vocab_size"], "the sliding window")
 
 
+def gen_gemma2():
+    name = "tiny_gemma2"
+    common = dict(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+                  sliding_window=WINDOW, rope_theta=10000.0)
+    model, without = gen_packed(name, Gemma2ForCausalLM,
+                                Gemma2Config(attn_logit_softcapping=2.0, final_logit_softcapping=3.0, **common),
+                                Gemma2Config(attn_logit_softcapping=None, final_logit_softcapping=None, **common), 53,
+                                59, "soft-capping", {})
+    save_greedy(name, model, without, common["vocab_size"], "soft-capping")
+
+
 def gen_mistral_sw():
     name = "tiny_mistral_sw"
     config = MistralConfig(vocab_size=352, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
@@ -147,6 +163,7 @@ if __name__ == "__main__":
             globals()[f"gen_{what}"]()
         sys.exit(0)
     gen_gemma3()
+    gen_gemma2()
     gen_mistral_sw()
     gen_qwen3()
     gen_phi3()
