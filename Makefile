@@ -2,7 +2,7 @@
 # the system libraries (Debian) when they are missing.
 CC      ?= cc
 NVCC    ?= nvcc
-PKGS    := hdf5 libcjson libpcre2-8
+PKGS    := hdf5 libcjson libpcre2-8 libutf8proc
 # OpenBLAS built on OpenMP shares our OpenMP thread pool; the pthread build would fight it for the cores
 # (measured: 15x slower single-token decoding on 2 cores).
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null)
@@ -78,10 +78,11 @@ check-deps:
 	@pkg-config --exists libcjson && echo "found:   cJSON $$(pkg-config --modversion libcjson)" || echo "missing: cJSON (run: make deps)"
 	@[ -e $(BLAS_DIR)/libopenblas.so ] && echo "found:   OpenBLAS (OpenMP build, $(BLAS_DIR))" || echo "missing: OpenBLAS OpenMP build (run: make deps)"
 	@pkg-config --exists libpcre2-8 && echo "found:   PCRE2 $$(pkg-config --modversion libpcre2-8)" || echo "missing: PCRE2 (run: make deps)"
+	@pkg-config --exists libutf8proc && echo "found:   utf8proc $$(pkg-config --modversion libutf8proc)" || echo "missing: utf8proc (run: make deps)"
 	@echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo "found:   OpenMP" || echo "missing: OpenMP"
 
-DEB_PKGS := build-essential pkg-config libhdf5-dev libcjson-dev libopenblas-openmp-dev libpcre2-dev gnuplot-nox \
-  libopenmpi-dev openmpi-bin
+DEB_PKGS := build-essential pkg-config libhdf5-dev libcjson-dev libopenblas-openmp-dev libpcre2-dev libutf8proc-dev \
+  gnuplot-nox libopenmpi-dev openmpi-bin
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \

@@ -1,15 +1,16 @@
-/* BPE tokenizers as Hugging Face `tokenizers` runs them: added tokens are cut out of the text first, each
- * remaining segment is normalised, pre-tokenised into pieces (regex splits) and each piece is encoded by
- * rank-ordered BPE merges (the same heap and tie-breaking as tokenizers' Word::merge_all). Byte-level
- * models (GPT-2 / Llama-3 / Qwen2 / SmolLM2) start each piece from its bytes; SentencePiece-style models
- * (Llama-2) start from its characters and fall back to <0xNN> byte tokens. The loaders build a Tokenizer
- * through tokenizer_internal.h: tokenizer_hf.c (tokenizer.json), tokenizer_gguf.c (GGUF metadata) and
- * tokenizer_spm.c (a sentencepiece tokenizer.model). */
+/* BPE tokenizers as Hugging Face `tokenizers` runs them: added tokens are cut out of the text first (those
+ * marked "normalized" only after normalisation), each remaining segment is normalised (NFC by utf8proc),
+ * pre-tokenised into pieces (regex splits) and each piece is encoded by rank-ordered BPE merges (the same heap
+ * and tie-breaking as tokenizers' Word::merge_all). Byte-level models (GPT-2 / Llama-3 / Qwen2 / SmolLM2) start
+ * each piece from its bytes; SentencePiece-style models (Llama-2) start from its characters and fall back to
+ * <0xNN> byte tokens. The loaders build a Tokenizer through tokenizer_internal.h: tokenizer_hf.c
+ * (tokenizer.json), tokenizer_gguf.c (GGUF metadata) and tokenizer_spm.c (a sentencepiece tokenizer.model). */
 #include "tokenizer_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 /* ---- hashing: vocab (bytes -> id), merges ((id, id) -> rank, id) ---- */
 
@@ -199,10 +200,18 @@ void tok_set_piece(Tokenizer *t, int id, const char *s, size_t n) {
     t->piece_len[id] = (uint32_t)n;
 }
 
-void tok_add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word) {
+static char *bytes_dup(const char *s, size_t n) {
+    char *d = xmalloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+AddedToken *tok_add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word) {
     t->attr[id] |= ATTR_ADDED | (special ? ATTR_SPECIAL : 0);
     t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof *t->added);
-    t->added[t->n_added++] = (AddedToken){id, lstrip, rstrip, single_word};
+    t->added[t->n_added] = (AddedToken){id, lstrip, rstrip, single_word, 0, NULL, 0};
+    return &t->added[t->n_added++];
 }
 
 void tok_add_norm(Tokenizer *t, NormStep ns) {
@@ -212,9 +221,11 @@ void tok_add_norm(Tokenizer *t, NormStep ns) {
 
 static int cmp_added_len_desc(const void *a, const void *b, void *ctx) {
     const Tokenizer *t = ctx;
-    int la = (int)t->piece_len[t->added[*(const int *)a].id], lb = (int)t->piece_len[t->added[*(const int *)b].id];
-    return lb != la ? lb - la : *(const int *)a - *(const int *)b;
+    size_t la = t->added[*(const int *)a].match_len, lb = t->added[*(const int *)b].match_len;
+    return lb != la ? (lb > la ? 1 : -1) : *(const int *)a - *(const int *)b;
 }
+
+static char *normalized_copy(const Tokenizer *t, const char *s, size_t *n);
 
 /* Whether some piece has U+2581 after another character: without one, no SentencePiece merge can join
  * the text before a word's leading U+2581 to the word, so words can be encoded (and cached) one by one. */
@@ -241,12 +252,29 @@ void tok_finish(Tokenizer *t) {
         t->byte_ids[b] = tok_vocab_find(t, buf, (size_t)n);
         if (t->kind == TOKENIZER_SPM_BPE && t->byte_ids[b] >= 0) t->attr[t->byte_ids[b]] |= ATTR_BYTE;
     }
+    /* tokenizers normalises a "normalized" token's content as it does the text it is looked for in */
+    t->n_added_normalized = 0;
+    free(t->normalized_added);
+    t->normalized_added = NULL;
+    for (int i = 0; i < t->n_added; i++) {
+        AddedToken *a = &t->added[i];
+        free(a->match);
+        a->match_len = t->piece_len[a->id];
+        if (!a->normalized) {
+            a->match = bytes_dup(t->pieces[a->id], a->match_len);
+            continue;
+        }
+        a->match = normalized_copy(t, t->pieces[a->id], &a->match_len);
+        if (!t->n_added_normalized++) {
+            t->normalized_added = xmalloc((size_t)t->n_vocab * sizeof *t->normalized_added);
+            for (int id = 0; id < t->n_vocab; id++) t->normalized_added[id] = -1;
+        }
+        t->normalized_added[a->id] = i; /* tokenizers decodes it as it is found: normalised */
+    }
     for (int b = 0; b < 256; b++) {
         int n = 0, *list = xmalloc(((size_t)t->n_added + 1) * sizeof *list);
-        for (int i = 0; i < t->n_added; i++) {
-            const char *s = t->pieces[t->added[i].id];
-            if (t->piece_len[t->added[i].id] > 0 && (unsigned char)s[0] == b) list[n++] = i;
-        }
+        for (int i = 0; i < t->n_added; i++)
+            if (t->added[i].match_len > 0 && (unsigned char)t->added[i].match[0] == b) list[n++] = i;
         qsort_r(list, (size_t)n, sizeof *list, cmp_added_len_desc, t);
         list[n] = -1;
         if (n == 0) {
@@ -363,6 +391,8 @@ typedef struct {
     Pieces a, b;
     char *norm[2]; /* normaliser output, ping-pong */
     size_t norm_cap[2];
+    char *seg; /* a normalised segment kept while the added tokens found in it are cut out */
+    size_t seg_cap;
     pcre2_match_data *md;
     pcre2_match_context *mctx;
     pcre2_jit_stack *jit;
@@ -488,6 +518,63 @@ static void split_piece(const PreStep *st, Scratch *sc, const char *s, size_t n,
 
 /* ---- normalisation and the other per-piece steps ---- */
 
+static void put_bytes(char **out, size_t *cap, size_t *o, const void *s, size_t n) {
+    *out = grow(*out, *o + n, cap, 1);
+    memcpy(*out + *o, s, n);
+    *o += n;
+}
+
+/* NFC of s[0..len) appended to *out: utf8proc composes each run of well-formed UTF-8; an ill-formed byte is
+ * copied as it is (tokenizers only ever sees valid text) and, like any boundary, nothing composes across it. */
+static void nfc_span(const char *s, size_t len, char **out, size_t *cap, size_t *o) {
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    for (size_t i = 0; i < len;) {
+        size_t run = i;
+        utf8proc_int32_t c;
+        utf8proc_ssize_t k;
+        while (run < len && (k = utf8proc_iterate(p + run, (utf8proc_ssize_t)(len - run), &c)) > 0) run += (size_t)k;
+        if (run > i) {
+            utf8proc_uint8_t *d;
+            utf8proc_ssize_t m =
+                utf8proc_map(p + i, (utf8proc_ssize_t)(run - i), &d, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            if (m < 0) fatal("NFC normalisation of %zu bytes failed: %s", run - i, utf8proc_errmsg(m));
+            put_bytes(out, cap, o, d, (size_t)m);
+            free(d);
+        }
+        if (run < len) put_bytes(out, cap, o, s + run++, 1);
+        i = run;
+    }
+}
+
+/* Characters below U+0300 (lead bytes below 0xCC) are all NFC and none composes with the one before it, so
+ * text of them alone is left as it is, and any text can be cut before each (UAX #15's boundaries): only the
+ * spans from the character before one at or above U+0300 to the next such cut go through utf8proc. */
+static int below_u0300(unsigned char b) { return b < 0x80 || (b >= 0xC2 && b < 0xCC); }
+
+static int nfc_may_change(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] >= 0xCC) return 1;
+    return 0;
+}
+
+/* Unicode NFC of s[0..len) into *out (capacity *cap); returns its length. */
+static size_t nfc(const char *s, size_t len, char **out, size_t *cap) {
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t k = i;
+        while (k < len && (unsigned char)s[k] < 0xCC) k++;
+        size_t start = k; /* the starter the marks at k may compose with */
+        if (k > i && k < len)
+            for (start = k - 1; start > i && (s[start] & 0xC0) == 0x80;) start--;
+        size_t end = k;
+        while (end < len && !below_u0300((unsigned char)s[end])) end++;
+        put_bytes(out, cap, &o, s + i, start - i);
+        nfc_span(s + start, end - start, out, cap, &o);
+        i = end;
+    }
+    return o;
+}
+
 /* Runs the normalisers over s[0..n); returns the result (s itself when there are none). */
 static const char *normalize(const Tokenizer *t, Scratch *sc, const char *s, size_t *n) {
     int w = 0;
@@ -529,12 +616,22 @@ static const char *normalize(const Tokenizer *t, Scratch *sc, const char *s, siz
             o = b - a;
             break;
         }
+        case NORM_NFC:
+            if (!nfc_may_change(s, len)) continue;
+            o = nfc(s, len, &sc->norm[w], &sc->norm_cap[w]);
+            out = sc->norm[w];
+            break;
         }
         s = out;
         *n = o;
         w ^= 1;
     }
     return s;
+}
+
+static char *normalized_copy(const Tokenizer *t, const char *s, size_t *n) {
+    const char *r = normalize(t, get_scratch(), s, n);
+    return bytes_dup(r, *n);
 }
 
 /* SentencePiece's Metaspace: spaces become U+2581, one is prepended, and the piece is cut before each. */
@@ -791,9 +888,8 @@ static void encode_piece(const Tokenizer *t, Scratch *sc, const char *s, size_t 
 
 /* ---- encoding ---- */
 
-/* Normalises and pre-tokenises a segment of text with no added tokens in it, then encodes its pieces. */
-static void encode_segment(const Tokenizer *t, Scratch *sc, const char *s, size_t n, int at_start, IdVec *out) {
-    s = normalize(t, sc, s, &n);
+/* Pre-tokenises normalised text with no added tokens in it, then encodes its pieces. */
+static void encode_normalized(const Tokenizer *t, Scratch *sc, const char *s, size_t n, int at_start, IdVec *out) {
     if (n == 0) return;
     Pieces *in = &sc->a, *next = &sc->b;
     pieces_clear(in);
@@ -839,18 +935,18 @@ static int is_word_byte(unsigned char c) {
     return c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
 
-/* The leftmost-longest added token in text[from..len): its index in t->added and its span, widened over
- * the whitespace it strips. -1 when none. */
-static int find_added(const Tokenizer *t, const char *text, size_t len, size_t from, int parse_special, size_t *start,
-                      size_t *end) {
+/* The leftmost-longest added token in text[from..len) among those found in normalised text (normalized)
+ * or in raw text: its index in t->added and its span, widened over the whitespace it strips. -1 when none. */
+static int find_added(const Tokenizer *t, const char *text, size_t len, size_t from, int parse_special, int normalized,
+                      size_t *start, size_t *end) {
     for (size_t i = from; i < len; i++) {
         const int *list = t->added_first[(unsigned char)text[i]];
         if (!list) continue;
         for (; *list >= 0; list++) {
             const AddedToken *a = &t->added[*list];
-            size_t n = t->piece_len[a->id];
-            if (!parse_special && (t->attr[a->id] & ATTR_SPECIAL)) continue;
-            if (n > len - i || memcmp(text + i, t->pieces[a->id], n) != 0) continue;
+            size_t n = a->match_len;
+            if (a->normalized != normalized || (!parse_special && (t->attr[a->id] & ATTR_SPECIAL))) continue;
+            if (n > len - i || memcmp(text + i, a->match, n) != 0) continue;
             if (a->single_word && ((i > 0 && is_word_byte((unsigned char)text[i - 1])) ||
                                    (i + n < len && is_word_byte((unsigned char)text[i + n]))))
                 continue;
@@ -865,20 +961,40 @@ static int find_added(const Tokenizer *t, const char *text, size_t len, size_t f
     return -1;
 }
 
+/* Cuts text[0..len) at the added tokens of one kind (found in normalised or raw text): each piece between
+ * them goes to encode_normalized, or is normalised first and cut at the other kind. at_start: text begins
+ * the input. */
+static void encode_cut(const Tokenizer *t, Scratch *sc, const char *text, size_t len, int parse_special, int normalized,
+                       int at_start, IdVec *out) {
+    int any = normalized ? t->n_added_normalized : t->n_added - t->n_added_normalized;
+    for (size_t pos = 0;;) {
+        size_t s = len, e = len;
+        int k = any ? find_added(t, text, len, pos, parse_special, normalized, &s, &e) : -1;
+        if (s > pos) {
+            if (normalized) {
+                encode_normalized(t, sc, text + pos, s - pos, at_start && pos == 0, out);
+            } else {
+                size_t n = s - pos;
+                const char *seg = normalize(t, sc, text + pos, &n);
+                if (t->n_added_normalized) { /* encode_normalized reuses the buffers normalize wrote */
+                    sc->seg = grow(sc->seg, n, &sc->seg_cap, 1);
+                    seg = memcpy(sc->seg, seg, n);
+                }
+                encode_cut(t, sc, seg, n, parse_special, 1, at_start && pos == 0, out);
+            }
+        }
+        if (k < 0) break;
+        idvec_push(out, t->added[k].id);
+        pos = e;
+    }
+}
+
 int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int parse_special, int add_bos,
                      int32_t **ids_out) {
     Scratch *sc = get_scratch();
     IdVec out = {0};
     if (add_bos && t->add_bos && t->bos_id >= 0) idvec_push(&out, t->bos_id);
-    size_t pos = 0;
-    for (;;) {
-        size_t s = len, e = len;
-        int k = t->n_added ? find_added(t, text, len, pos, parse_special, &s, &e) : -1;
-        if (s > pos) encode_segment(t, sc, text + pos, s - pos, pos == 0, &out);
-        if (k < 0) break;
-        idvec_push(&out, t->added[k].id);
-        pos = e;
-    }
+    encode_cut(t, sc, text, len, parse_special, 0, 1, &out);
     *ids_out = out.v ? out.v : xmalloc(sizeof(int32_t));
     return out.n;
 }
@@ -924,6 +1040,11 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, int n, int skip_s
         if (skip_special && (t->attr[id] & ATTR_SPECIAL)) continue;
         const unsigned char *p = (const unsigned char *)t->pieces[id];
         size_t n_piece = t->piece_len[id];
+        int na = t->normalized_added ? t->normalized_added[id] : -1;
+        if (na >= 0) {
+            p = (const unsigned char *)t->added[na].match;
+            n_piece = t->added[na].match_len;
+        }
         out = grow(out, o + n_piece + 1, &cap, 1);
         if (t->attr[id] & ATTR_BYTE) {
             out[o++] = (char)strtol((const char *)p + 3, NULL, 16);
@@ -1055,7 +1176,9 @@ void tokenizer_free(Tokenizer *t) {
     free(t->norm);
     for (int i = 0; i < t->n_steps; i++) pcre2_code_free(t->steps[i].re);
     free(t->steps);
+    for (int i = 0; i < t->n_added; i++) free(t->added[i].match);
     free(t->added);
+    free(t->normalized_added);
     for (int b = 0; b < 256; b++) free(t->added_first[b]);
     free(t);
 }

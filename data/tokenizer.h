@@ -13,8 +13,8 @@ typedef struct Tokenizer Tokenizer;
 
 typedef enum { TOKENIZER_BYTE_BPE = 1, TOKENIZER_SPM_BPE = 2 } TokenizerKind;
 
-/* HF tokenizer.json (BPE model; BOS/EOS from tokenizer_config.json beside it when there is one); fatal on
- * bad input, naming the file. */
+/* HF tokenizer.json (BPE model; normalizers NFC, Prepend, Replace, Strip; BOS/EOS from tokenizer_config.json
+ * beside it when there is one); fatal on bad input, naming the file. */
 Tokenizer *tokenizer_load_json(const char *path);
 /* tokenizer.ggml.* metadata: "gpt2" (byte-level, tokenizer.ggml.pre names the split regex as llama.cpp
  * does, e.g. "smollm" splits digits one by one) or "llama" (SentencePiece scores, byte fallback). */

@@ -32,12 +32,10 @@ static void parse_normalizer(Tokenizer *t, const cJSON *n, const char *path) {
         cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) { parse_normalizer(t, c, path); }
         return;
     }
-    if (strcmp(type, "NFC") == 0) {
-        log_warn("%s: NFC normalizer not applied (text is expected to be NFC already)", path);
-        return;
-    }
     NormStep ns = {0};
-    if (strcmp(type, "Prepend") == 0) {
+    if (strcmp(type, "NFC") == 0) {
+        ns = (NormStep){NORM_NFC, NULL, NULL, 0, 0};
+    } else if (strcmp(type, "Prepend") == 0) {
         const char *a = json_str(n, "prepend");
         if (!a) fatal("%s: Prepend normalizer has no \"prepend\"", path);
         ns = (NormStep){NORM_PREPEND, xstrdup(a), NULL, 0, 0};
@@ -224,8 +222,11 @@ Tokenizer *tokenizer_load_json(const char *path) {
         int id = cJSON_GetObjectItemCaseSensitive(v, "id")->valueint;
         const char *content = json_str(v, "content");
         tok_set_piece(t, id, content, strlen(content));
-        tok_add_added(t, id, json_bool(v, "special", 0), json_bool(v, "lstrip", 0), json_bool(v, "rstrip", 0),
-                      json_bool(v, "single_word", 0));
+        int special = json_bool(v, "special", 0);
+        /* tokenizers' own files always say "normalized"; without it, tokenizers.AddedToken's default */
+        tok_add_added(t, id, special, json_bool(v, "lstrip", 0), json_bool(v, "rstrip", 0),
+                      json_bool(v, "single_word", 0))
+            ->normalized = json_bool(v, "normalized", !special);
     }
     t->byte_fallback = json_bool(model, "byte_fallback", 0);
     t->fuse_unk = json_bool(model, "fuse_unk", 0);

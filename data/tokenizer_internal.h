@@ -36,7 +36,7 @@ typedef struct {
     int split;   /* STEP_METASPACE: split before each U+2581 */
 } PreStep;
 
-typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP } NormKind;
+typedef enum { NORM_PREPEND, NORM_REPLACE, NORM_STRIP, NORM_NFC } NormKind;
 typedef struct {
     NormKind kind;
     char *a, *b; /* prepend: a; replace: a -> b */
@@ -48,6 +48,11 @@ enum { ATTR_SPECIAL = 1, ATTR_ADDED = 2, ATTR_BYTE = 4 };
 typedef struct {
     int id;
     int lstrip, rstrip, single_word;
+    /* tokenizers' "normalized": looked for in the normalised text as its content normalised, else in the raw
+     * text as the piece itself; match is what is looked for (set by tok_finish) */
+    int normalized;
+    char *match;
+    size_t match_len;
 } AddedToken;
 
 struct Tokenizer {
@@ -67,7 +72,9 @@ struct Tokenizer {
     PreStep *steps;
     int n_steps;
     AddedToken *added;
-    int n_added;
+    int n_added, n_added_normalized;
+    int *normalized_added;   /* id -> index in added of a "normalized" token (decoded as its match), else -1;
+                                NULL when there is none */
     int *added_first[256];   /* per first byte: indices into added, longest first, -1 terminated */
     int strip_decoded_space; /* SentencePiece decoding drops the space the normaliser prepended */
     uint64_t serial;         /* identifies this tokenizer to the per-thread word caches */
@@ -78,8 +85,9 @@ struct Tokenizer {
 /* A tokenizer of n_vocab empty pieces, no BOS/EOS/unknown token. */
 Tokenizer *tok_new(int n_vocab);
 void tok_set_piece(Tokenizer *t, int id, const char *s, size_t n);
-/* Marks id an added token (special or not): cut out of any text before pre-tokenisation. */
-void tok_add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word);
+/* Marks id an added token (special or not): cut out of any text before pre-tokenisation; the entry (valid
+ * until the next call) for the loader to set what else it knows. */
+AddedToken *tok_add_added(Tokenizer *t, int id, int special, int lstrip, int rstrip, int single_word);
 void tok_add_norm(Tokenizer *t, NormStep ns);
 PreStep *tok_add_step(Tokenizer *t, StepKind kind);
 /* A Split pre-tokenizer step: pattern is a tokenizers (Oniguruma) regex, or a literal string; path names the

@@ -214,6 +214,33 @@ static void expand_ids(cJSON *fx, const char *key) {
     }
 }
 
+/* A fixture in gen_gemma_tokenizer.py's layout, its id lists expanded; *st gets strings.json's strings
+ * followed by the fixture's extra_hex (free them with free_extra). */
+static cJSON *read_fixture_with_extra(const char *path, const Strings *common, Strings *st) {
+    cJSON *fx = read_json(path), *h;
+    expand_ids(fx, "ids");
+    expand_ids(fx, "ids_plain");
+    expand_ids(fx, "ids_bos");
+    const cJSON *extra = cJSON_GetObjectItem(fx, "extra_hex");
+    st->n = common->n + cJSON_GetArraySize(extra);
+    st->s = xmalloc((size_t)st->n * sizeof *st->s);
+    st->len = xmalloc((size_t)st->n * sizeof *st->len);
+    memcpy(st->s, common->s, (size_t)common->n * sizeof *st->s);
+    memcpy(st->len, common->len, (size_t)common->n * sizeof *st->len);
+    int i = common->n;
+    cJSON_ArrayForEach(h, extra) {
+        st->s[i] = from_hex(h->valuestring, &st->len[i]);
+        i++;
+    }
+    return fx;
+}
+
+static void free_extra(Strings *st, const Strings *common) {
+    for (int i = common->n; i < st->n; i++) free(st->s[i]);
+    free(st->s);
+    free(st->len);
+}
+
 /* Gemma 3's SentencePiece vocabulary from its GGUF against transformers' conversion of the same file, on
  * strings.json plus the fixture's Gemma-specific strings; skipped without the model (not in the repo). */
 static void check_gemma(const Strings *common) {
@@ -222,22 +249,8 @@ static void check_gemma(const Strings *common) {
         printf("skipped: Gemma 3 tokenizer checks, %s not present\n", path);
         return;
     }
-    cJSON *fx = read_json(FIXTURES "gemma3.json"), *h;
-    expand_ids(fx, "ids");
-    expand_ids(fx, "ids_plain");
-    expand_ids(fx, "ids_bos");
-    const cJSON *extra = cJSON_GetObjectItem(fx, "extra_hex");
-    Strings st = {0};
-    st.n = common->n + cJSON_GetArraySize(extra);
-    st.s = xmalloc((size_t)st.n * sizeof *st.s);
-    st.len = xmalloc((size_t)st.n * sizeof *st.len);
-    memcpy(st.s, common->s, (size_t)common->n * sizeof *st.s);
-    memcpy(st.len, common->len, (size_t)common->n * sizeof *st.len);
-    int i = common->n;
-    cJSON_ArrayForEach(h, extra) {
-        st.s[i] = from_hex(h->valuestring, &st.len[i]);
-        i++;
-    }
+    Strings st;
+    cJSON *fx = read_fixture_with_extra(FIXTURES "gemma3.json", common, &st);
     GGUFFile g;
     gguf_open(&g, path);
     double t0 = now_seconds();
@@ -250,9 +263,7 @@ static void check_gemma(const Strings *common) {
           tokenizer_vocab_size(t));
     check_tokenizer_fx("Gemma 3 (GGUF)", t, fx, "transformers' GemmaTokenizer from the GGUF", &st);
     tokenizer_free(t);
-    for (i = common->n; i < st.n; i++) free(st.s[i]);
-    free(st.s);
-    free(st.len);
+    free_extra(&st, common);
     cJSON_Delete(fx);
 }
 
@@ -365,17 +376,26 @@ static void set_item(cJSON *obj, const char *key, const cJSON *value) {
     else cJSON_AddItemToObject(obj, key, copy);
 }
 
-/* The small tokenizers with other pre-tokenizers, normalisers and added-token options against HF. */
-static void check_variants(const Strings *st) {
-    cJSON *fx = read_json(FIXTURES "variants.json"), *v;
+/* The tokenizer.json at base with the top-level keys of override replaced ("model.KEY": a key of "model"). */
+static Tokenizer *load_overridden(const char *base, const cJSON *override) {
+    cJSON *spec = read_json(base), *o;
+    cJSON_ArrayForEach(o, override) {
+        if (strncmp(o->string, "model.", 6) == 0) set_item(cJSON_GetObjectItem(spec, "model"), o->string + 6, o);
+        else set_item(spec, o->string, o);
+    }
+    char *text = cJSON_PrintUnformatted(spec);
+    Tokenizer *t = tokenizer_load_json(write_tmp("tokenizer.json", text, strlen(text)));
+    free(text);
+    cJSON_Delete(spec);
+    return t;
+}
+
+/* Small tokenizers with other pre-tokenizers, normalisers and added-token options against HF, each on the
+ * first strings of st ({"name", "base", "override", "ids", "decoded"} per variant). */
+static void check_variants(const cJSON *fx, const Strings *st) {
+    const cJSON *v;
     cJSON_ArrayForEach(v, fx) {
-        cJSON *spec = read_json(cJSON_GetObjectItem(v, "base")->valuestring), *o;
-        cJSON_ArrayForEach(o, cJSON_GetObjectItem(v, "override")) {
-            if (strncmp(o->string, "model.", 6) == 0) set_item(cJSON_GetObjectItem(spec, "model"), o->string + 6, o);
-            else set_item(spec, o->string, o);
-        }
-        char *text = cJSON_PrintUnformatted(spec);
-        Tokenizer *t = tokenizer_load_json(write_tmp("tokenizer.json", text, strlen(text)));
+        Tokenizer *t = load_overridden(cJSON_GetObjectItem(v, "base")->valuestring, cJSON_GetObjectItem(v, "override"));
         const cJSON *ids = cJSON_GetObjectItem(v, "ids"), *decoded = cJSON_GetObjectItem(v, "decoded");
         int n = cJSON_GetArraySize(ids), same = 0, dec_ok = 0, shown = 0;
         for (int i = 0; i < n; i++) {
@@ -388,7 +408,8 @@ static void check_variants(const Strings *st) {
             size_t dlen, want_len = st->len[i];
             const cJSON *hx = cJSON_GetObjectItem(decoded, key);
             if (hx) want = from_hex(hx->valuestring, &want_len);
-            char *d = tokenizer_decode(t, got, m, 0, &dlen);
+            char *raw = tokenizer_decode(t, got, m, 0, &dlen), *d = utf8_lossy(raw, dlen, &dlen);
+            free(raw);
             dec_ok += dlen == want_len && memcmp(d, want ? want : st->s[i], dlen) == 0;
             free(d);
             free(want);
@@ -397,9 +418,45 @@ static void check_variants(const Strings *st) {
         CHECK(same == n && dec_ok == n, "variant %s: %d/%d identical to HF, decode %d/%d",
               cJSON_GetObjectItem(v, "name")->valuestring, same, n, dec_ok, n);
         tokenizer_free(t);
-        free(text);
-        cJSON_Delete(spec);
     }
+}
+
+/* A Qwen2-style tokenizer.json with an NFC normalizer against HF (gen_nfc.py), on strings.json plus strings
+ * with combining sequences; NFC itself against HF's normalizers.NFC(): with no added tokens, byte-level
+ * decode(encode(s)) is the normalised text; and NFC's place in a Sequence of normalisers. */
+static void check_nfc(const Strings *common) {
+    Strings st;
+    cJSON *fx = read_fixture_with_extra(FIXTURES "nfc.json", common, &st), *h;
+    const char *path = cJSON_GetObjectItem(fx, "tokenizer")->valuestring;
+    Tokenizer *t = tokenizer_load_json(path);
+    check_tokenizer_fx("Qwen2 style with NFC", t, fx, "HF tokenizers", &st);
+    tokenizer_free(t);
+
+    cJSON *no_added = cJSON_CreateObject();
+    cJSON_AddItemToObject(no_added, "added_tokens", cJSON_CreateArray());
+    t = load_overridden(path, no_added);
+    Strings extra = {st.s + common->n, st.len + common->n, st.n - common->n};
+    int i = 0, same = 0, changed = 0;
+    cJSON_ArrayForEach(h, cJSON_GetObjectItem(fx, "nfc_hex")) {
+        size_t want_len, n;
+        char *want = from_hex(h->valuestring, &want_len);
+        int32_t *ids;
+        int n_ids = tokenizer_encode(t, extra.s[i], extra.len[i], 1, 0, &ids);
+        char *got = tokenizer_decode(t, ids, n_ids, 0, &n);
+        if (n == want_len && memcmp(got, want, n) == 0) same++;
+        else printf("       NFC differs: string %d \"%.60s\" -> \"%.60s\"\n", common->n + i, extra.s[i], got);
+        changed += want_len != extra.len[i] || memcmp(want, extra.s[i], want_len) != 0;
+        free(got);
+        free(ids);
+        free(want);
+        i++;
+    }
+    CHECK(same == extra.n && changed > extra.n / 2, "NFC of %d/%d strings == HF normalizers.NFC() (%d changed by it)",
+          same, extra.n, changed);
+    tokenizer_free(t);
+    cJSON_Delete(no_added);
+    check_variants(cJSON_GetObjectItem(fx, "variants"), &extra);
+    free_extra(&st, common);
     cJSON_Delete(fx);
 }
 
@@ -620,7 +677,10 @@ int main(void) {
     check_chat("tests/fixtures/chat/mistral.json");
 
     make_tmpdir("/tmp/medusa-tok-XXXXXX");
-    check_variants(&st);
+    cJSON *variants = read_json(FIXTURES "variants.json");
+    check_variants(variants, &st);
+    cJSON_Delete(variants);
+    check_nfc(&st);
     check_bad_input();
     for (int i = 0; i < st.n; i++) free(st.s[i]);
     free(st.s);

@@ -399,9 +399,10 @@ def variants():
     ]
 
 
-def variant_fixture(strings):
+def variant_fixture(strings, specs):
+    """[{"name", "base", "override", "ids", "decoded"}] for each (name, base, override) of specs on strings."""
     out = []
-    for name, base, override in variants():
+    for name, base, override in specs:
         spec = json.load(open(os.path.join(ROOT, base), encoding="utf-8"))
         for key, value in override.items():
             if key.startswith("model."):
@@ -409,7 +410,7 @@ def variant_fixture(strings):
             else:
                 spec[key] = value
         tok = Tokenizer.from_str(json.dumps(spec))
-        ids = [tok.encode(s, add_special_tokens=False).ids for s in strings[:N_VARIANT]]
+        ids = [tok.encode(s, add_special_tokens=False).ids for s in strings]
         decoded = {i: tok.decode(x, skip_special_tokens=False).encode("utf-8").hex() for i, x in enumerate(ids)}
         out.append({"name": name, "base": base, "override": override, "ids": ids,
                     "decoded": {i: d for i, d in decoded.items() if d != strings[i].encode("utf-8").hex()}})
@@ -481,7 +482,7 @@ def main():
     make_llama3_gguf()
     path = os.path.join(OUT, "variants.json")
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(variant_fixture(strings), f, ensure_ascii=False, separators=(",", ":"))
+        json.dump(variant_fixture(strings[:N_VARIANT], variants()), f, ensure_ascii=False, separators=(",", ":"))
     total += os.path.getsize(path)
     print(f"variants: {len(variants())} tokenizer variants x {N_VARIANT} strings; {os.path.getsize(path) / 1e3:.0f} kB")
     print(f"fixtures: {total / 1e6:.2f} MB (strings + ids)")
