@@ -158,8 +158,9 @@ void weights_open_safetensors_dir(WeightSet *w, const char *dir) {
 
 /* GGUF llama tensor names → Hugging Face names. With norms around each block (Gemma: post_ffw_norm tensors), ffn_norm
  * is the MLP's input norm, pre_feedforward_layernorm, and post_attention_norm the attention block's output norm; in
- * Llama's layout ffn_norm is post_attention_layernorm. */
-static char *hf_name_from_gguf(const char *name, int sandwich_norms) {
+ * Llama's layout ffn_norm is post_attention_layernorm. Fused (Phi-3): attn_qkv is qkv_proj, and ffn_up holds gate and
+ * up, gate_up_proj. */
+static char *hf_name_from_gguf(const char *name, int sandwich_norms, int fused) {
     static const char *global[][2] = {{"token_embd.weight", "model.embed_tokens.weight"},
                                       {"output_norm.weight", "model.norm.weight"},
                                       {"output.weight", "lm_head.weight"}};
@@ -174,6 +175,8 @@ static char *hf_name_from_gguf(const char *name, int sandwich_norms) {
     static const char *sandwich[][2] = {{"ffn_norm.weight", "pre_feedforward_layernorm.weight"},
                                         {"post_attention_norm.weight", "post_attention_layernorm.weight"},
                                         {"post_ffw_norm.weight", "post_feedforward_layernorm.weight"}};
+    static const char *fused_names[][2] = {{"attn_qkv.weight", "self_attn.qkv_proj.weight"},
+                                           {"ffn_up.weight", "mlp.gate_up_proj.weight"}};
     for (size_t i = 0; i < sizeof global / sizeof global[0]; i++)
         if (strcmp(name, global[i][0]) == 0) return xstrdup(global[i][1]);
     int block, consumed = 0;
@@ -181,6 +184,8 @@ static char *hf_name_from_gguf(const char *name, int sandwich_norms) {
         const char *hf = NULL;
         for (size_t i = 0; sandwich_norms && i < sizeof sandwich / sizeof sandwich[0]; i++)
             if (strcmp(name + consumed, sandwich[i][0]) == 0) hf = sandwich[i][1];
+        for (size_t i = 0; fused && !hf && i < sizeof fused_names / sizeof fused_names[0]; i++)
+            if (strcmp(name + consumed, fused_names[i][0]) == 0) hf = fused_names[i][1];
         for (size_t i = 0; !hf && i < sizeof layer / sizeof layer[0]; i++)
             if (strcmp(name + consumed, layer[i][0]) == 0) hf = layer[i][1];
         if (hf) {
@@ -198,10 +203,12 @@ void weights_open_gguf(WeightSet *w, const char *path, int n_heads, int n_kv_hea
     w->gguf = xmalloc(sizeof(GGUFFile));
     gguf_open(w->gguf, path);
     int sandwich_norms = gguf_find_tensor(w->gguf, "blk.0.post_ffw_norm.weight") != NULL;
+    const char *arch = gguf_get_str(w->gguf, "general.architecture");
+    int fused = arch && strcmp(arch, "phi3") == 0;
     for (uint64_t i = 0; i < w->gguf->n_tensors; i++) {
         const GGUFTensor *g = &w->gguf->tensors[i];
         WeightTensor *t = add_tensor(w);
-        t->name = hf_name_from_gguf(g->name, sandwich_norms);
+        t->name = hf_name_from_gguf(g->name, sandwich_norms, fused);
         t->dtype = (DType)ggml_dtype(g->type); /* gguf_open accepts only types it has */
         t->n_dims = g->n_dims;
         for (int d = 0; d < g->n_dims; d++) t->shape[d] = g->ne[g->n_dims - 1 - d];

@@ -91,32 +91,116 @@ static double json_required_num(const cJSON *root, const char *path, const char 
     return v->valuedouble;
 }
 
-/* rope_scaling (transformers 4.x) or rope_parameters (5.x): the types whose frequencies this code computes */
-static void parse_rope_scaling(ModelConfig *c, const cJSON *scaling, const char *path) {
+/* YaRN's attention factor from its paper (transformers' yarn_get_mscale) */
+static double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0; }
+
+/* longrope's default attention factor, of the context's growth over the original one */
+static double longrope_attention(double factor, double original) {
+    return factor <= 1.0 ? 1.0 : sqrt(1 + log(factor) / log(original));
+}
+
+/* A longrope factor list: one number per rotary frequency */
+static void parse_factor_list(const ModelConfig *c, const cJSON *scaling, const char *path, const char *key,
+                              float *out) {
+    const cJSON *list = field(scaling, key);
+    int n = c->head_dim / 2;
+    if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) != n || n > CONFIG_MAX_HEAD_DIM / 2)
+        fatal("%s: rope scaling longrope needs \"%s\": a list of head_dim / 2 = %d numbers (head_dim at most %d)", path,
+              key, n, CONFIG_MAX_HEAD_DIM);
+    int i = 0;
+    for (const cJSON *v = list->child; v; v = v->next, i++) {
+        if (!cJSON_IsNumber(v)) fatal("%s: rope scaling longrope: %s[%d] must be a number", path, key, i);
+        if (out) out[i] = (float)v->valuedouble; /* torch.tensor(list, dtype=float32) */
+    }
+}
+
+/* rope_scaling (transformers 4.x) or rope_parameters (5.x): the types whose frequencies this code computes. root: the
+ * whole config (Phi-3 reads original_max_position_embeddings there). */
+static void parse_rope_scaling(ModelConfig *c, const cJSON *root, const cJSON *scaling, const char *path) {
     const cJSON *rt = field(scaling, "rope_type");
     if (!rt) rt = field(scaling, "type");
     const char *type = cJSON_IsString(rt) ? rt->valuestring : rt ? "?" : "default";
     if (json_num(scaling, path, "partial_rotary_factor", 1.0) != 1.0)
         fatal("%s: partial_rotary_factor: rotary embeddings over part of a head are not supported", path);
+    int phi3 = strcmp(c->architecture, "phi3") == 0;
+    /* Phi3Config reads "su" and "yarn" as longrope, and refuses any other type */
+    if (phi3 && (strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0)) type = "longrope";
+    if (phi3 && strcmp(type, "default") != 0 && strcmp(type, "longrope") != 0)
+        fatal("%s: rope scaling type \"%s\" is not supported in phi3 (transformers' Phi3Config takes default and "
+              "longrope)",
+              path, type);
     if (strcmp(type, "default") == 0) return;
+    /* the pretraining context: Phi3Config's own original_max_position_embeddings (4096 when absent) overrides the
+     * scaling's; elsewhere the scaling's, else max_position_embeddings (transformers' standardize_rope_params) */
+    c->rope_original_max_position =
+        phi3 ? json_int(root, path, "original_max_position_embeddings", 4096, 0)
+             : json_int(scaling, path, "original_max_position_embeddings", c->max_position, 0);
+    if (c->rope_original_max_position <= 0)
+        fatal("%s: rope scaling %s: original_max_position_embeddings must be positive", path, type);
+    const cJSON *attention_factor = field(scaling, "attention_factor");
     if (strcmp(type, "linear") == 0) {
         c->rope_scaling = ROPE_LINEAR;
-        c->rope_factor = (float)json_required_num(scaling, path, "factor", "rope scaling linear");
+        c->rope_factor = json_required_num(scaling, path, "factor", "rope scaling linear");
     } else if (strcmp(type, "llama3") == 0) {
         c->rope_scaling = ROPE_LLAMA3;
-        c->rope_factor = (float)json_required_num(scaling, path, "factor", "rope scaling llama3");
+        c->rope_factor = json_required_num(scaling, path, "factor", "rope scaling llama3");
         c->rope_low_freq_factor = (float)json_required_num(scaling, path, "low_freq_factor", "rope scaling llama3");
         c->rope_high_freq_factor = (float)json_required_num(scaling, path, "high_freq_factor", "rope scaling llama3");
-        c->rope_original_max_position =
-            (int)json_required_num(scaling, path, "original_max_position_embeddings", "rope scaling llama3");
-        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_original_max_position <= 0)
-            fatal("%s: rope scaling llama3: needs high_freq_factor > low_freq_factor and a positive "
-                  "original_max_position_embeddings",
-                  path);
+        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+            fatal("%s: rope scaling llama3: needs high_freq_factor > low_freq_factor", path);
+    } else if (strcmp(type, "yarn") == 0) {
+        c->rope_scaling = ROPE_YARN;
+        c->rope_factor = json_required_num(scaling, path, "factor", "rope scaling yarn");
+        /* transformers takes `beta_fast or 32`, `beta_slow or 1`: a 0 is the default too */
+        c->rope_beta_fast = (float)json_num(scaling, path, "beta_fast", 0.0);
+        c->rope_beta_slow = (float)json_num(scaling, path, "beta_slow", 0.0);
+        if (c->rope_beta_fast == 0) c->rope_beta_fast = 32;
+        if (c->rope_beta_slow == 0) c->rope_beta_slow = 1;
+        c->rope_truncate = json_bool(scaling, path, "truncate", 1);
+        double mscale = json_num(scaling, path, "mscale", 0.0),
+               mscale_all = json_num(scaling, path, "mscale_all_dim", 0.0);
+        c->rope_attention_factor = attention_factor ? json_num(scaling, path, "attention_factor", 0.0)
+                                   : mscale != 0 && mscale_all != 0
+                                       ? yarn_mscale(c->rope_factor, mscale) / yarn_mscale(c->rope_factor, mscale_all)
+                                       : yarn_mscale(c->rope_factor, 1.0);
+    } else if (strcmp(type, "longrope") == 0) {
+        c->rope_scaling = ROPE_LONGROPE;
+        c->rope_factor = field(scaling, "factor") ? json_num(scaling, path, "factor", 0.0)
+                                                  : (double)c->max_position / c->rope_original_max_position;
+        parse_factor_list(c, scaling, path, "short_factor", c->rope_short_factor);
+        parse_factor_list(c, scaling, path, "long_factor", NULL); /* beyond the original context: refused */
+        c->rope_attention_factor = attention_factor ? json_num(scaling, path, "attention_factor", 0.0)
+                                                    : longrope_attention(c->rope_factor, c->rope_original_max_position);
+    } else if (strcmp(type, "dynamic") == 0) {
+        c->rope_scaling = ROPE_DYNAMIC;
+        c->rope_factor = json_required_num(scaling, path, "factor", "rope scaling dynamic");
     } else {
-        fatal("%s: rope scaling type \"%s\" is not supported (default, linear and llama3 are)", path, type);
+        fatal("%s: rope scaling type \"%s\" is not supported (default, linear, llama3, yarn, longrope and dynamic are)",
+              path, type);
     }
     if (!(c->rope_factor > 0)) fatal("%s: rope scaling %s: factor must be positive", path, type);
+    if (attention_factor && !(c->rope_attention_factor > 0))
+        fatal("%s: rope scaling %s: attention_factor must be positive", path, type);
+}
+
+/* After every field is read: the rope's attention factor folded into the scores' scale (times Gemma's own, when set),
+ * and the positions past which transformers would rotate with other frequencies. */
+static void finish_rope(ModelConfig *c) {
+    double factor = c->rope_attention_factor;
+    if (factor != 0 && factor != 1) {
+        double scale = c->attention_scale > 0 ? c->attention_scale : pow(c->head_dim, -0.5); /* head_dim**-0.5 */
+        double f32 = (float)factor; /* cos and sin are fp32 tensors multiplied by it */
+        c->attention_scale = (float)(scale * f32 * f32);
+    }
+    /* longrope: transformers rotates with the long factors once a forward's last position reaches the original
+     * context, and a cached key keeps the rotation it was written with; within it, the short factors. The context
+     * is capped there (the engine's and the data's lengths follow max_position), and the forward pass refuses a
+     * later position. dynamic: the base grows once a sequence passes max_position_embeddings, likewise. */
+    if (c->rope_scaling == ROPE_LONGROPE) {
+        c->rope_max_position = c->rope_original_max_position;
+        if (c->max_position > c->rope_max_position) c->max_position = c->rope_max_position;
+    }
+    if (c->rope_scaling == ROPE_DYNAMIC) c->rope_max_position = c->max_position;
 }
 
 static void validate(const ModelConfig *c, const char *path) {
@@ -186,7 +270,10 @@ static void parse_gemma3_rope(ModelConfig *c, const cJSON *root, const char *pat
             fatal("%s: rope_parameters.sliding_attention: only the default rope_type is supported", path);
         scaling = full;
     }
-    if (scaling) parse_rope_scaling(c, scaling, path);
+    if (scaling) parse_rope_scaling(c, root, scaling, path);
+    /* transformers scales cos and sin of the full-attention layers alone; attention_scale is every layer's */
+    if (c->rope_attention_factor != 0 && c->rope_attention_factor != 1)
+        fatal("%s: rope scaling with an attention factor (yarn, longrope) is not supported in gemma3_text", path);
     if (!(c->rope_theta_sliding > 0)) fatal("%s: the sliding layers' rope_theta must be positive", path);
 }
 
@@ -238,7 +325,7 @@ void config_from_json(ModelConfig *c, const char *path) {
             c->rope_theta = (float)json_num(rope_params, path, "rope_theta", c->rope_theta);
             scaling = rope_params;
         }
-        if (scaling) parse_rope_scaling(c, scaling, path);
+        if (scaling) parse_rope_scaling(c, root, scaling, path);
         /* Mistral and Phi-3 limit every layer's attention to a window; Qwen2 declares one but uses it only with
          * use_sliding_window */
         if (strcmp(c->architecture, "mistral") == 0 || strcmp(c->architecture, "phi3") == 0) {
@@ -255,6 +342,7 @@ void config_from_json(ModelConfig *c, const char *path) {
         c->eos_token_id = cJSON_GetArraySize(eos) > 0 ? (int)cJSON_GetArrayItem(eos, 0)->valuedouble : -1;
     else c->eos_token_id = json_int(root, path, "eos_token_id", -1, 0);
     cJSON_Delete(root);
+    finish_rope(c);
     validate(c, path);
 }
 
@@ -264,8 +352,10 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     const char *arch = gguf_get_str(g, "general.architecture");
     if (!arch) fatal("%s: GGUF has no general.architecture", path);
     int gemma = gemma_generation(arch);
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0 && !gemma)
-        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3, gemma2, gemma3)",
+    int phi3 = strcmp(arch, "phi3") == 0;
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "qwen2") != 0 && strcmp(arch, "qwen3") != 0 && !phi3 && !gemma)
+        fatal("%s: unknown architecture \"%s\" (supported GGUF architectures: llama, qwen2, qwen3, phi3, gemma2, "
+              "gemma3)",
               path, arch);
     snprintf(c->architecture, sizeof c->architecture, "%s", arch);
     char key[128];
@@ -281,8 +371,10 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->rope_theta = (float)ARCH_FLOAT("rope.freq_base", 10000.0);
     c->rms_norm_eps = (float)ARCH_FLOAT("attention.layer_norm_rms_epsilon", 1e-5);
     c->vocab_size = ARCH_INT("vocab_size", 0);
+    /* Phi-3: the converter writes config.json's window (0: none), which transformers applies to every layer
+     * (llama.cpp ignores it for now) */
+    if (gemma || phi3) c->sliding_window = ARCH_INT("attention.sliding_window", 0);
     if (gemma) {
-        c->sliding_window = ARCH_INT("attention.sliding_window", 0);
         c->attn_softcap = (float)ARCH_FLOAT("attn_logit_softcapping", 0.0);
         c->final_softcap = (float)ARCH_FLOAT("final_logit_softcapping", 0.0);
         if (c->attn_softcap < 0 || c->final_softcap < 0) fatal("%s: %s's soft caps must be positive", path, arch);
@@ -290,13 +382,45 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     if (gemma == 3) c->rope_theta_sliding = 10000.0f; /* as llama.cpp reads a Gemma 3: not in the file */
     snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
     const char *scaling = gguf_get_str(g, key);
-    if (scaling && strcmp(scaling, "none") != 0) {
-        if (strcmp(scaling, "linear") != 0)
-            fatal("%s: %s \"%s\" is not supported (none and linear are; llama3's factors are the rope_freqs tensor)",
-                  path, key, scaling);
-        c->rope_scaling = ROPE_LINEAR;
-        c->rope_factor = (float)ARCH_FLOAT("rope.scaling.factor", 0.0);
+    const GGUFTensor *short_factors = gguf_find_tensor(g, "rope_factors_short.weight");
+    if (scaling && strcmp(scaling, "none") != 0 && strcmp(scaling, "linear") != 0 && strcmp(scaling, "yarn") != 0 &&
+        !(strcmp(scaling, "longrope") == 0 && short_factors))
+        fatal("%s: %s \"%s\" is not supported (none, linear, yarn and longrope with rope_factors_short are; llama3's "
+              "factors are the rope_freqs tensor)",
+              path, key, scaling);
+    if (scaling && (strcmp(scaling, "linear") == 0 || strcmp(scaling, "yarn") == 0)) {
+        c->rope_scaling = strcmp(scaling, "linear") == 0 ? ROPE_LINEAR : ROPE_YARN;
+        c->rope_factor = ARCH_FLOAT("rope.scaling.factor", 0.0);
         if (!(c->rope_factor > 0)) fatal("%s: %s.rope.scaling.factor must be positive", path, arch);
+    }
+    if (c->rope_scaling == ROPE_YARN) { /* the keys convert_hf_to_gguf.py writes from a yarn rope_scaling */
+        c->rope_original_max_position = ARCH_INT("rope.scaling.original_context_length", c->max_position);
+        c->rope_beta_fast = (float)ARCH_FLOAT("rope.scaling.yarn_beta_fast", 32.0);
+        c->rope_beta_slow = (float)ARCH_FLOAT("rope.scaling.yarn_beta_slow", 1.0);
+        c->rope_truncate = 1;
+        c->rope_attention_factor = ARCH_FLOAT("rope.scaling.yarn_attn_factor", yarn_mscale(c->rope_factor, 1.0));
+        /* llama.cpp's own YaRN variants (DeepSeek's log multiplier, an extrapolation mix) that transformers' lacks */
+        if (ARCH_FLOAT("rope.scaling.yarn_log_multiplier", 0.0) != 0 ||
+            ARCH_FLOAT("rope.scaling.yarn_ext_factor", 1.0) != 1)
+            fatal("%s: %s.rope.scaling.yarn_log_multiplier and yarn_ext_factor are not supported", path, arch);
+    }
+    if (short_factors) { /* Phi-3's longrope, as llama.cpp's converter writes it: no type key, factor tensors */
+        int n = c->head_dim / 2;
+        if (!gguf_find_tensor(g, "rope_factors_long.weight") || short_factors->type != GGML_F32 ||
+            short_factors->n_dims != 1 || short_factors->ne[0] != n || n > CONFIG_MAX_HEAD_DIM / 2)
+            fatal(
+                "%s: longrope needs rope_factors_short.weight and rope_factors_long.weight, F32 vectors of head_dim / "
+                "2 = %d (head_dim at most %d)",
+                path, n, CONFIG_MAX_HEAD_DIM);
+        c->rope_scaling = ROPE_LONGROPE;
+        memcpy(c->rope_short_factor, short_factors->data, sizeof(float) * (size_t)n);
+        c->rope_original_max_position = ARCH_INT("rope.scaling.original_context_length", 0);
+        if (c->rope_original_max_position <= 0)
+            fatal("%s: longrope needs a positive %s.rope.scaling.original_context_length", path, arch);
+        c->rope_factor = (double)c->max_position / c->rope_original_max_position;
+        /* the converter writes transformers' default (fp32: what cos and sin are multiplied by anyway) */
+        c->rope_attention_factor =
+            ARCH_FLOAT("rope.scaling.attn_factor", longrope_attention(c->rope_factor, c->rope_original_max_position));
     }
 #undef ARCH_INT
 #undef ARCH_FLOAT
@@ -306,6 +430,7 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->tie_word_embeddings = gguf_find_tensor(g, "output.weight") == NULL;
     c->attention_bias = gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     c->qk_norm = gguf_find_tensor(g, "blk.0.attn_q_norm.weight") != NULL;
+    c->fused_weights = phi3; /* attn_qkv, and ffn_up holding gate and up */
     if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
     if (gemma) {
         gemma_traits(c, gemma, gemma == 2 ? 2 : 6); /* llama.cpp's converter stored the norms' 1 + w */
@@ -318,6 +443,7 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     }
     c->bos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.bos_token_id", -1);
     c->eos_token_id = (int)gguf_get_int(g, "tokenizer.ggml.eos_token_id", -1);
+    finish_rope(c);
     validate(c, path);
 }
 
@@ -360,8 +486,11 @@ void config_print(const ModelConfig *c, FILE *out) {
         if (windowed < c->n_layers) fprintf(out, " in %d of %d layers", windowed, c->n_layers);
         if (c->rope_theta_sliding > 0) fprintf(out, " (rope_theta %g there)", (double)c->rope_theta_sliding);
     }
+    static const char *rope_names[] = {"default", "linear", "llama3", "yarn", "longrope", "dynamic"};
     if (c->rope_scaling != ROPE_DEFAULT)
-        fprintf(out, ", rope scaling %s x%g", c->rope_scaling == ROPE_LINEAR ? "linear" : "llama3",
-                (double)c->rope_factor);
+        fprintf(out, ", rope scaling %s x%g", rope_names[c->rope_scaling], c->rope_factor);
+    if (c->rope_attention_factor != 0 && c->rope_attention_factor != 1)
+        fprintf(out, " (attention x%g)", c->rope_attention_factor);
+    if (c->rope_max_position > 0) fprintf(out, ", positions below %d", c->rope_max_position);
     fprintf(out, "\n");
 }

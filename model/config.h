@@ -7,6 +7,8 @@
 
 /* the most layers a config may have (layer_sliding's size) */
 #define CONFIG_MAX_LAYERS 512
+/* the largest head_dim a longrope config may have (rope_short_factor's size) */
+#define CONFIG_MAX_HEAD_DIM 512
 
 typedef struct {
     char architecture[32]; /* "llama", "mistral", "qwen2" */
@@ -19,11 +21,24 @@ typedef struct {
     int vocab_size;
     int max_position;
     float rope_theta;
-    /* rotary scaling (transformers' rope_type): none, linear (frequencies / factor) or llama3 (frequencies divided by
-     * factor below a wavelength band, kept above it, blended inside it); GGUF's rope_freqs tensor divides them too */
-    enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } rope_scaling;
-    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    /* rotary scaling (transformers' rope_type): none, linear (frequencies / factor), llama3 (frequencies divided by
+     * factor below a wavelength band, kept above it, blended inside it), yarn (a blend of the frequencies and
+     * frequencies / factor between beta_fast and beta_slow rotations), longrope (frequencies divided by per-frequency
+     * short factors) or dynamic (NTK: within max_position the default frequencies); GGUF's rope_freqs tensor divides
+     * them too */
+    enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3, ROPE_YARN, ROPE_LONGROPE, ROPE_DYNAMIC } rope_scaling;
+    double rope_factor; /* a Python float in transformers: yarn and dynamic use it in double */
+    float rope_low_freq_factor, rope_high_freq_factor;
     int rope_original_max_position;
+    float rope_beta_fast, rope_beta_slow; /* yarn's band, in rotations over the original context */
+    int rope_truncate;                    /* yarn: the band's ends rounded outwards to whole dimensions */
+    /* yarn and longrope: transformers multiplies cos and sin by it, so q.k by its square: folded into attention_scale
+     * (0: none) */
+    double rope_attention_factor;
+    float rope_short_factor[CONFIG_MAX_HEAD_DIM / 2]; /* longrope's divisors of the frequencies (the short ones) */
+    /* longrope and dynamic: positions from here on are refused (transformers switches to other frequencies once a
+     * sequence is longer, and the cached keys keep the old rotation); 0: no limit */
+    int rope_max_position;
     float rms_norm_eps;
     int tie_word_embeddings;
     int attention_bias; /* q/k/v projections carry a bias (qwen2, or llama with attention_bias) */

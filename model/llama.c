@@ -153,15 +153,45 @@ static float *rope_default_frequencies(const ModelConfig *c, float theta) {
     return f;
 }
 
+/* theta ** (2j / head_dim) in fp32: the denominator of rope_inv_freq, which yarn and longrope scale */
+static float rope_power(const ModelConfig *c, int j) {
+    return powf(c->rope_theta, (float)(2 * j) / (float)c->head_dim);
+}
+
+/* YaRN: the frequencies with fewer than beta_fast rotations over the original context are divided by factor, those
+ * with more than beta_slow kept, blended between (transformers' _compute_yarn_parameters, in its order of ops). */
+static void rope_yarn(const ModelConfig *c, float *f) {
+    double dim = c->head_dim, base = c->rope_theta, ends[2];
+    float beta[2] = {c->rope_beta_fast, c->rope_beta_slow};
+    for (int i = 0; i < 2; i++) /* find_correction_dim: the dimension where beta[i] rotations fit */
+        ends[i] = dim * log(c->rope_original_max_position / (beta[i] * 2 * M_PI)) / (2 * log(base));
+    double low = c->rope_truncate ? floor(ends[0]) : ends[0], high = c->rope_truncate ? ceil(ends[1]) : ends[1];
+    low = low > 0 ? low : 0, high = high < dim - 1 ? high : dim - 1;
+    if (low == high) high += 0.001; /* transformers' guard against a zero-width ramp */
+    float factor = (float)c->rope_factor;
+    for (int j = 0; j < c->head_dim / 2; j++) {
+        float pos = rope_power(c, j), ramp = ((float)j - (float)low) / (float)(high - low);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float extrapolation = 1.0f - ramp; /* the share of the unscaled frequency */
+        f[j] = 1.0f / (factor * pos) * (1.0f - extrapolation) + 1.0f / pos * extrapolation;
+    }
+}
+
 /* The rotary frequencies as transformers computes them in fp32 (the default ones and the scaled variants: linear,
- * llama3), and llama.cpp's rope_freqs tensor (a GGUF's llama3 factors: each frequency divided by its factor). */
+ * llama3, yarn, longrope within its original context, dynamic within max_position), and llama.cpp's rope_freqs
+ * tensor (a GGUF's llama3 factors: each frequency divided by its factor). */
 static float *rope_frequencies(const ModelConfig *c, const WeightSet *w) {
     int half = c->head_dim / 2;
-    float *f = rope_default_frequencies(c, c->rope_theta);
+    float theta = c->rope_theta;
+    if (c->rope_scaling == ROPE_DYNAMIC) { /* the NTK base at max_position (at init: seq_len = max_position) */
+        double dim = c->head_dim, factor = c->rope_factor, len = c->max_position;
+        theta = (float)(c->rope_theta * pow(factor * len / len - (factor - 1), dim / (dim - 2)));
+    }
+    float *f = rope_default_frequencies(c, theta);
     if (c->rope_scaling == ROPE_LINEAR)
-        for (int j = 0; j < half; j++) f[j] = f[j] / c->rope_factor;
+        for (int j = 0; j < half; j++) f[j] = f[j] / (float)c->rope_factor;
     if (c->rope_scaling == ROPE_LLAMA3) {
-        float factor = c->rope_factor, low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
+        float factor = (float)c->rope_factor, low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
         float old_len = (float)c->rope_original_max_position;
         float low_wavelen = old_len / low, high_wavelen = old_len / high, two_pi = (float)(2.0 * M_PI);
         for (int j = 0; j < half; j++) {
@@ -174,6 +204,9 @@ static float *rope_frequencies(const ModelConfig *c, const WeightSet *w) {
             f[j] = scaled;
         }
     }
+    if (c->rope_scaling == ROPE_YARN) rope_yarn(c, f);
+    if (c->rope_scaling == ROPE_LONGROPE)
+        for (int j = 0; j < half; j++) f[j] = 1.0f / (c->rope_short_factor[j] * rope_power(c, j));
     const WeightTensor *factors = weights_find(w, "rope_freqs.weight");
     if (factors) {
         float *div = weights_load_f32(w, "rope_freqs.weight", 1, (int64_t[]){half}, 1);
@@ -380,6 +413,16 @@ static void check_tokens(const int32_t *tokens, int T, int vocab) {
             fatal("token id %d at position %d is outside the vocabulary (0..%d)", tokens[t], t, vocab - 1);
 }
 
+/* longrope and dynamic rope: past rope_max_position transformers rotates new tokens with other frequencies while the
+ * cached keys keep theirs (model/config.c's finish_rope), which this code does not reproduce */
+static void check_rope_positions(const ModelConfig *c, const int32_t *pos, int T) {
+    for (int t = 0; t < T && c->rope_max_position > 0; t++)
+        if (pos[t] >= c->rope_max_position)
+            fatal("position %d: rope scaling %s is computed within the first %d positions only", pos[t],
+                  c->rope_scaling == ROPE_LONGROPE ? "longrope (its short factors)" : "dynamic (the default base)",
+                  c->rope_max_position);
+}
+
 /* A GEMM input (the normed input, attention's output, the SwiGLU output): fp32 activations, or with bf16 weights the
  * same values rounded to bf16 by the op that made them. */
 typedef struct {
@@ -490,6 +533,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
     check_tokens(layout + LAYOUT_TOKENS * T, T, c->vocab_size);
+    check_rope_positions(c, layout + LAYOUT_POS * T, T);
     /* one upload per pass: each is a synchronous copy, a visible cost of a decoding step on a GPU */
     be->upload(s->layout, layout, sizeof(int32_t) * LAYOUT_ROWS * (size_t)T);
     const int32_t *pos = s->layout + LAYOUT_POS * T, *key_end = s->layout + LAYOUT_END * T,

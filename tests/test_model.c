@@ -178,7 +178,8 @@ static void check_config_refusals(void) {
         {"\"mlp_bias\": true", "mlp_bias"},
         {"\"partial_rotary_factor\": 0.5", "partial_rotary_factor"},
         {"\"use_sliding_window\": true", "use_sliding_window"},
-        {"\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}", "yarn"},
+        {"\"rope_scaling\": {\"rope_type\": \"ntk\", \"factor\": 4.0}", "ntk"},
+        {"\"rope_scaling\": {\"rope_type\": \"yarn\"}", "factor"},
         {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}", "low_freq_factor"},
     };
     char path[] = "/tmp/medusa-config-XXXXXX";
@@ -242,6 +243,10 @@ int main(void) {
         {"tiny_llama3_rope (rope scaling llama3)", "tiny_llama3_rope", "tiny_llama3_rope/ref.safetensors", 0},
         {"tiny_linear_rope (rope scaling linear, 4.x config)", "tiny_linear_rope", "tiny_linear_rope/ref.safetensors",
          0},
+        {"tiny_yarn_rope (rope scaling yarn, transformers' defaults)", "tiny_yarn_rope",
+         "tiny_yarn_rope/ref.safetensors", 0},
+        {"tiny_yarn_qwen2 (yarn: beta 16/2 untruncated, mscale / mscale_all_dim, 4.x config)", "tiny_yarn_qwen2",
+         "tiny_yarn_qwen2/ref.safetensors", 0},
         {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors", 0},
         {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors", 0},
         {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors", 0},

@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import save_file
-from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_models import (OUT, SEQ_LENS, make_tiny, maxdiff, packed_tokens, run_packed, save_hf,  # noqa: E402
-                        save_ref)
+from gen_models import (OUT, SEQ_LENS, load_hf_fp32, make_tiny, maxdiff, packed_tokens, run_packed,  # noqa: E402
+                        save_hf, save_ref)
 
 WINDOW = 4
 PROMPT_LEN, NEW_TOKENS = 6, 24
@@ -122,19 +123,48 @@ def gen_mistral_sw():
     save_greedy(name, model, full, config.vocab_size, "the sliding window")
 
 
-def gen_rope_scaled(name, rope, legacy, seed):
+def gen_rope_scaled(name, rope, legacy, seed, cls=LlamaForCausalLM, config_cls=LlamaConfig, changes=True, **extra):
+    """A tiny random model of the class (Llama by default) with `rope` scaling; `extra` config fields override the
+    common ones. Unless changes is False (a scaling that keeps the default frequencies on this batch), the default
+    rope must give other logits. Returns the model."""
     common = dict(vocab_size=288, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-    gen_packed(name, LlamaForCausalLM, LlamaConfig(rope_parameters={"rope_theta": 10000.0, **rope}, **common),
-               LlamaConfig(rope_theta=10000.0, **common), seed, seed + 10, "its rope scaling", {"rope": json.dumps(rope)})
+    common.update(extra)
+    without = config_cls(rope_theta=10000.0, **common)
+    model, _ = gen_packed(name, cls, config_cls(rope_parameters={"rope_theta": 10000.0, **rope}, **common),
+                          without if changes else None, seed, seed + 10, "its rope scaling", {"rope": json.dumps(rope)})
     if legacy:  # transformers 4.x's layout: rope_theta at the top, the scaling under rope_scaling
         p = OUT / name / "config.json"
         cfg = json.loads(p.read_text())
         params = cfg.pop("rope_parameters")
         cfg["rope_theta"] = params.pop("rope_theta")
-        cfg["rope_scaling"] = params
+        cfg["rope_scaling"] = {**params, **({"type": legacy} if isinstance(legacy, str) else {})}
         p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        reloaded = load_hf_fp32(OUT / name)  # the rewritten config.json must describe the same model
+        tokens = packed_tokens(common["vocab_size"], SEQ_LENS, seed=seed + 10)
+        assert maxdiff(run_packed(reloaded, tokens, SEQ_LENS)[1], run_packed(model, tokens, SEQ_LENS)[1]) == 0, name
+    return model
+
+
+def gen_yarn():
+    # Llama, transformers' defaults (beta 32/1, truncated band, attention factor 0.1 ln 4 + 1); an original context of
+    # 64 puts head_dim 16's band over frequencies 0..3: one kept, two blended, the rest divided by 4
+    gen_rope_scaled("tiny_yarn_rope", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+                    legacy=False, seed=61, max_position_embeddings=256)
+    # Qwen2 in the 4.x layout, every option: another band (16/2 rotations, not truncated) and the attention factor
+    # of mscale / mscale_all_dim
+    gen_rope_scaled("tiny_yarn_qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                        "beta_fast": 16.0, "beta_slow": 2.0, "truncate": False, "mscale": 1.0,
+                                        "mscale_all_dim": 0.5},
+                    legacy=True, seed=67, cls=Qwen2ForCausalLM, config_cls=Qwen2Config, max_position_embeddings=256,
+                    use_sliding_window=False)
+
+
+def gen_dynamic():
+    # within max_position_embeddings dynamic NTK scaling keeps the default frequencies: nothing to differ from
+    gen_rope_scaled("tiny_dynamic_rope", {"rope_type": "dynamic", "factor": 2.5}, legacy="dynamic", seed=71,
+                    changes=False, max_position_embeddings=256)
 
 
 def gen_qwen3():
