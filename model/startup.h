@@ -26,7 +26,7 @@ typedef struct {
         {"device", ARG_STR, &(f)->device, "cpu or cuda"}, {                                                            \
         "precision", ARG_STR, &(f)->precision,                                                                         \
             "storage of the base weights: auto (bf16 on cuda; on an AVX2/AVX-512 cpu native for a .gguf, else fp32), " \
-            "native (the file's formats: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, K-quants), fp32 or bf16"                         \
+            "native (the file's formats: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, K-quants), fp32 or bf16"             \
     }
 /* for the binaries that compute logits in chunks (training, evaluation) */
 #define LOGITS_CHUNK_FLAG_SPEC(f)                                                                                      \
