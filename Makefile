@@ -255,16 +255,16 @@ bench-distill: bin/medusa-distill $(SMOLLM2)
 # Head recipes side by side at equal epochs and training time (`bench-heads-compare`), and the best recipe for up
 # to BENCH_HEADS_MINUTES (default 180) minutes (`bench-heads`); write bench/heads_{compare,long}_cpu_<host>.txt.
 .PHONY: bench-heads bench-heads-compare
-
-# Gemma 3 270M's heads, trained once on the CPU and measured (bench/bench_gemma3_heads.sh; results in runs/gemma3/)
-bench-gemma3-heads: bin/medusa-data bin/medusa-train bin/medusa-eval bin/medusa-infer
-	bench/bench_gemma3_heads.sh
-.PHONY: bench-gemma3-heads
 bench-heads-compare bench-heads: bin/medusa-distill bin/medusa-data bin/medusa-train bin/medusa-eval bin/medusa-infer $(SMOLLM2)
 	data/fetch_demo.sh
 	OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$(BENCH_THREADS) bench/bench_heads.sh \
 	  $(if $(filter bench-heads,$@),long,compare) $(SMOLLM2) cache/data/ShareGPT_V3_unfiltered_cleaned_split.json \
 	  bench/heads_$(if $(filter bench-heads,$@),long,compare)_cpu_$(shell hostname -s 2>/dev/null || echo host).txt
+
+# Gemma 3 270M's heads, trained once on the CPU and measured (bench/bench_gemma3_heads.sh; results in runs/gemma3/)
+bench-gemma3-heads: bin/medusa-data bin/medusa-train bin/medusa-eval bin/medusa-infer
+	bench/bench_gemma3_heads.sh
+.PHONY: bench-gemma3-heads
 
 # Data-parallel training on the CPU: 2 MPI ranks x 1 thread beside 1 process x 2 threads; writes
 # bench/mpi_cpu_<host>.txt (the demo's token cache: run `make demo` first).
