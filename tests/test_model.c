@@ -180,6 +180,8 @@ static void check_config_refusals(void) {
         {"\"use_sliding_window\": true", "use_sliding_window"},
         {"\"rope_scaling\": {\"rope_type\": \"ntk\", \"factor\": 4.0}", "ntk"},
         {"\"rope_scaling\": {\"rope_type\": \"yarn\"}", "factor"},
+        {"\"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1.0], \"long_factor\": [1.0, 2.0]}",
+         "short_factor"},
         {"\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}", "low_freq_factor"},
     };
     char path[] = "/tmp/medusa-config-XXXXXX";
@@ -198,6 +200,28 @@ static void check_config_refusals(void) {
         EXPECT_FATAL(config_from_json(&c, path), cases[i].needle, "config.json with %s is refused", cases[i].extra);
     }
     unlink(path);
+}
+
+/* longrope within its original context only: a later position is refused (transformers would switch to the long
+ * factors for the whole sequence, the cached keys keeping the short ones), and the context is capped there */
+static void check_longrope_limit(const char *path) {
+    Model m;
+    model_load(&m, path, backend_cpu(), DT_F32);
+    int n = m.config.rope_max_position + 1, H = m.config.hidden_size;
+    CHECK(m.config.rope_max_position == 32 && m.config.max_position == 32,
+          "%s: longrope limits positions and the context to the original 32 (got %d, %d)", path,
+          m.config.rope_max_position, m.config.max_position);
+    ForwardState s;
+    forward_state_init(&s, &m, n);
+    int32_t *tokens = xcalloc((size_t)n, sizeof(int32_t));
+    float *hidden = xmalloc(sizeof(float) * (size_t)n * H);
+    PackedBatch b = {.n_tokens = n, .tokens = tokens, .n_seqs = 1, .seq_lens = &n};
+    EXPECT_FATAL(model_forward(&m, &s, &b, hidden, NULL), "longrope",
+                 "%s: a sequence of %d tokens (past the original context) is refused", path, n);
+    free(tokens);
+    free(hidden);
+    forward_state_free(&s, &m);
+    model_free(&m);
 }
 
 /* a GGUF mixing formats as llama.cpp's _M files do: q (Q8_0), k (F16) and v (Q4_1) of a layer, gate (Q4_0) and up
@@ -247,6 +271,10 @@ int main(void) {
          "tiny_yarn_rope/ref.safetensors", 0},
         {"tiny_yarn_qwen2 (yarn: beta 16/2 untruncated, mscale / mscale_all_dim, 4.x config)", "tiny_yarn_qwen2",
          "tiny_yarn_qwen2/ref.safetensors", 0},
+        {"tiny_phi3_longrope (longrope's short factors, Phi-3's \"su\" config)", "tiny_phi3_longrope",
+         "tiny_phi3_longrope/ref.safetensors", 0},
+        {"tiny_phi3_longrope GGUF F32 (fused attn_qkv / ffn_up, rope_factors_short, sliding window)",
+         "tiny_phi3_longrope/gguf/tiny_phi3_longrope.F32.gguf", "tiny_phi3_longrope/ref.safetensors", 0},
         {"tiny_llama bf16 sharded", "tiny_llama_bf16_sharded", "tiny_llama_bf16_sharded/ref.safetensors", 0},
         {"tiny_llama f16", "tiny_llama_f16", "tiny_llama_f16/ref.safetensors", 0},
         {"tiny_llama GGUF F32", "tiny_llama/gguf/tiny_llama.F32.gguf", "tiny_llama/gguf/ref_F32.safetensors", 0},
@@ -277,6 +305,8 @@ int main(void) {
          "tiny_llama/gguf/ref_MIXED.safetensors", 1},
     };
     check_mixed_parts();
+    check_longrope_limit("tests/fixtures/models/tiny_phi3_longrope");
+    check_longrope_limit("tests/fixtures/models/tiny_phi3_longrope/gguf/tiny_phi3_longrope.F32.gguf");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *model = path_join(dir, cases[i].model), *ref = path_join(dir, cases[i].ref);
         check_model(cases[i].label, model, ref, cases[i].native);

@@ -30,6 +30,7 @@ import json
 import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 from safetensors.numpy import save_file
@@ -38,8 +39,8 @@ from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Ge
                           Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_models import (OUT, SEQ_LENS, load_hf_fp32, make_tiny, maxdiff, packed_tokens, run_packed,  # noqa: E402
-                        save_hf, save_ref)
+from gen_models import (OUT, SEQ_LENS, load_gguf_fp32, load_hf_fp32, make_tiny, maxdiff, packed_tokens,  # noqa: E402
+                        run_packed, save_hf, save_ref, write_gguf)
 
 WINDOW = 4
 PROMPT_LEN, NEW_TOKENS = 6, 24
@@ -139,7 +140,9 @@ def gen_rope_scaled(name, rope, legacy, seed, cls=LlamaForCausalLM, config_cls=L
         cfg = json.loads(p.read_text())
         params = cfg.pop("rope_parameters")
         cfg["rope_theta"] = params.pop("rope_theta")
-        cfg["rope_scaling"] = {**params, **({"type": legacy} if isinstance(legacy, str) else {})}
+        if isinstance(legacy, str):  # the older "type" key (Phi-3's "su") in place of rope_type
+            params = {**{k: v for k, v in params.items() if k != "rope_type"}, "type": legacy}
+        cfg["rope_scaling"] = params
         p.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         reloaded = load_hf_fp32(OUT / name)  # the rewritten config.json must describe the same model
         tokens = packed_tokens(common["vocab_size"], SEQ_LENS, seed=seed + 10)
@@ -159,6 +162,30 @@ def gen_yarn():
                                         "mscale_all_dim": 0.5},
                     legacy=True, seed=67, cls=Qwen2ForCausalLM, config_cls=Qwen2Config, max_position_embeddings=256,
                     use_sliding_window=False)
+
+
+def gen_phi3_longrope():
+    # Phi-3.5-mini's layout (4.x: rope_scaling of type "su", original_max_position_embeddings at the top) shrunk: an
+    # original context of 32 holds the packed batch (short factors); factor 256 / 32 = 8 gives the attention factor
+    # sqrt(1 + ln 8 / ln 32); the sliding window of tiny_phi3
+    name = "tiny_phi3_longrope"
+    rope = {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+            "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0]}
+    common = dict(original_max_position_embeddings=32, max_position_embeddings=256, sliding_window=6, pad_token_id=0)
+    model = gen_rope_scaled(name, rope, legacy="su", seed=73, cls=Phi3ForCausalLM, config_cls=Phi3Config, **common)
+    # as llama.cpp's converter writes it (fused attn_qkv and ffn_up, rope_factors_short/long, the window's key);
+    # transformers reads such a file without the window and the longrope factors: the file must give back the
+    # weights as that model, the C test checks it against the reference above
+    path = OUT / name / "gguf" / f"{name}.F32.gguf"
+    path.parent.mkdir(exist_ok=True)
+    write_gguf(model, path, gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32, name, with_vocab=False)
+    plain = make_tiny(name, Phi3ForCausalLM, Phi3Config(**{**model.config.to_dict(), "sliding_window": None,
+                                                          "rope_parameters": {"rope_theta": 10000.0}}), seed=73)
+    plain.load_state_dict(model.state_dict())
+    tokens = packed_tokens(model.config.vocab_size, SEQ_LENS, seed=83)
+    diff = maxdiff(run_packed(load_gguf_fp32(path), tokens, SEQ_LENS)[1], run_packed(plain, tokens, SEQ_LENS)[1])
+    assert diff < 1e-5, f"{name}: the GGUF does not hold the model's weights ({diff})"
+    print(f"{name}.F32.gguf: transformers' reading of it vs the weights without window and longrope {diff:.2e}")
 
 
 def gen_dynamic():

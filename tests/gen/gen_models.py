@@ -21,6 +21,7 @@ import copy
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import sys
@@ -216,6 +217,8 @@ HF_TO_GGUF = {   # tensor_mapping.py's names for MODEL_ARCH.LLAMA
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",   # phi3: q, k and v fused
+    "mlp.gate_up_proj.weight": "ffn_up.weight",       # phi3: gate and up fused, gate first
 }
 
 
@@ -241,13 +244,40 @@ def gpt2_byte_tokens():
     return [chr(m[b]) for b in range(256)]
 
 
+def gguf_rope_metadata(w, cfg):
+    """The rope keys convert_hf_to_gguf.py writes beyond freq_base, and the tensors it adds: TextModel's yarn keys,
+    Phi3MiniModel's original context, sliding window (0: none) and longrope factors with their attention factor."""
+    rope = cfg.rope_parameters
+    extra = {}
+    if rope.get("rope_type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        for key, add in (("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
+                         ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+            if rope.get(key) is not None:
+                add(rope[key])
+    if cfg.model_type == "phi3":
+        original = rope.get("original_max_position_embeddings", cfg.original_max_position_embeddings)
+        w.add_rope_scaling_orig_ctx_len(original)
+        w.add_sliding_window(cfg.sliding_window or 0)
+        if rope.get("long_factor"):
+            scale = cfg.max_position_embeddings / original
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+            extra["rope_factors_long.weight"] = np.asarray(rope["long_factor"], np.float32)
+            extra["rope_factors_short.weight"] = np.asarray(rope["short_factor"], np.float32)
+    return extra
+
+
 def write_gguf(model, path, qtype, ftype, name, with_vocab):
-    """One GGUF file: metadata keys and their order as convert_hf_to_gguf.py writes them for a Llama,
-    tensors in the order of the HF safetensors file (sorted names), Q/K permuted, norms (1-D) kept F32,
-    2-D weights converted to qtype (a type, or a function of the GGUF name; F16 fallback when a row is not a multiple
-    of the block size)."""
+    """One GGUF file: metadata keys and their order as convert_hf_to_gguf.py writes them for a Llama (or a Phi-3,
+    whose converter writes no head_dim), tensors in the order of the HF safetensors file (sorted names),
+    Llama's Q/K permuted, norms (1-D) kept F32, 2-D weights converted to qtype (a type, or a function of the GGUF name;
+    F16 fallback when a row is not a multiple of the block size)."""
     cfg = model.config
-    w = gguf.GGUFWriter(str(path), arch="llama")             # writes general.architecture = llama
+    arch = cfg.model_type                                   # llama or phi3: general.architecture
+    w = gguf.GGUFWriter(str(path), arch=arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     w.add_block_count(cfg.num_hidden_layers)
@@ -258,12 +288,14 @@ def write_gguf(model, path, qtype, ftype, name, with_vocab):
     w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    # convert_hf_to_gguf writes these whenever config.json has head_dim (transformers 5 always writes it)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
+    extra = gguf_rope_metadata(w, cfg)
+    if arch == "llama":
+        # convert_hf_to_gguf writes these whenever config.json has head_dim (transformers 5 always writes it)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
     w.add_file_type(ftype)
-    w.add_vocab_size(cfg.vocab_size)
-    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_vocab_size(cfg.vocab_size)   # a real Phi-3 file has its token list instead, which transformers sizes it by
+    w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads if arch == "phi3" else cfg.head_dim)
     if with_vocab:
         assert cfg.vocab_size == 256
         w.add_tokenizer_model("gpt2")
@@ -272,17 +304,21 @@ def write_gguf(model, path, qtype, ftype, name, with_vocab):
         w.add_token_types([gguf.TokenType.NORMAL] * 256)
         w.add_bos_token_id(cfg.bos_token_id)
         w.add_eos_token_id(cfg.eos_token_id)
+    if arch == "phi3":   # its special vocabulary, without which transformers' Phi3Config pads with token 32000
+        w.add_pad_token_id(cfg.pad_token_id)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
+    for gn, data in extra.items():
+        w.add_tensor(gn, data, raw_dtype=gguf.GGMLQuantizationType.F32)
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     sd = model.state_dict()
     for hf in sorted(sd):
         if cfg.tie_word_embeddings and hf == "lm_head.weight":
             continue                                            # tied: no output.weight in the file
         data = sd[hf].detach().float().numpy()
-        if hf.endswith("q_proj.weight"):
+        if arch == "llama" and hf.endswith("q_proj.weight"):
             data = permute_qk(data, nh, nh)
-        elif hf.endswith("k_proj.weight"):
+        elif arch == "llama" and hf.endswith("k_proj.weight"):
             data = permute_qk(data, nh, nkv)
         gn = gguf_name(hf)
         dq = gguf.GGMLQuantizationType.F32 if (data.ndim <= 1 or gn.endswith("_norm.weight")) else qtype
