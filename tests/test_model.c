@@ -202,22 +202,22 @@ static void check_config_refusals(void) {
     unlink(path);
 }
 
-/* longrope within its original context only: a later position is refused (transformers would switch to the long
- * factors for the whole sequence, the cached keys keeping the short ones), and the context is capped there */
-static void check_longrope_limit(const char *path) {
+/* longrope within its original context only, dynamic within max_position: a later position is refused (transformers
+ * would switch to other frequencies for the whole sequence, the cached keys keeping the old ones), and the context is
+ * capped there */
+static void check_rope_limit(const char *path, int limit, const char *type) {
     Model m;
     model_load(&m, path, backend_cpu(), DT_F32);
     int n = m.config.rope_max_position + 1, H = m.config.hidden_size;
-    CHECK(m.config.rope_max_position == 32 && m.config.max_position == 32,
-          "%s: longrope limits positions and the context to the original 32 (got %d, %d)", path,
-          m.config.rope_max_position, m.config.max_position);
+    CHECK(m.config.rope_max_position == limit && m.config.max_position == limit,
+          "%s: %s limits positions and the context to %d (got %d, %d)", path, type, limit, m.config.rope_max_position,
+          m.config.max_position);
     ForwardState s;
     forward_state_init(&s, &m, n);
     int32_t *tokens = xcalloc((size_t)n, sizeof(int32_t));
     float *hidden = xmalloc(sizeof(float) * (size_t)n * H);
     PackedBatch b = {.n_tokens = n, .tokens = tokens, .n_seqs = 1, .seq_lens = &n};
-    EXPECT_FATAL(model_forward(&m, &s, &b, hidden, NULL), "longrope",
-                 "%s: a sequence of %d tokens (past the original context) is refused", path, n);
+    EXPECT_FATAL(model_forward(&m, &s, &b, hidden, NULL), type, "%s: a sequence of %d tokens is refused", path, n);
     free(tokens);
     free(hidden);
     forward_state_free(&s, &m);
@@ -271,6 +271,8 @@ int main(void) {
          "tiny_yarn_rope/ref.safetensors", 0},
         {"tiny_yarn_qwen2 (yarn: beta 16/2 untruncated, mscale / mscale_all_dim, 4.x config)", "tiny_yarn_qwen2",
          "tiny_yarn_qwen2/ref.safetensors", 0},
+        {"tiny_dynamic_rope (dynamic NTK within max_position: the default frequencies, 4.x \"type\")",
+         "tiny_dynamic_rope", "tiny_dynamic_rope/ref.safetensors", 0},
         {"tiny_phi3_longrope (longrope's short factors, Phi-3's \"su\" config)", "tiny_phi3_longrope",
          "tiny_phi3_longrope/ref.safetensors", 0},
         {"tiny_phi3_longrope GGUF F32 (fused attn_qkv / ffn_up, rope_factors_short, sliding window)",
@@ -305,8 +307,9 @@ int main(void) {
          "tiny_llama/gguf/ref_MIXED.safetensors", 1},
     };
     check_mixed_parts();
-    check_longrope_limit("tests/fixtures/models/tiny_phi3_longrope");
-    check_longrope_limit("tests/fixtures/models/tiny_phi3_longrope/gguf/tiny_phi3_longrope.F32.gguf");
+    check_rope_limit("tests/fixtures/models/tiny_phi3_longrope", 32, "longrope");
+    check_rope_limit("tests/fixtures/models/tiny_phi3_longrope/gguf/tiny_phi3_longrope.F32.gguf", 32, "longrope");
+    check_rope_limit("tests/fixtures/models/tiny_dynamic_rope", 256, "dynamic");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *model = path_join(dir, cases[i].model), *ref = path_join(dir, cases[i].ref);
         check_model(cases[i].label, model, ref, cases[i].native);

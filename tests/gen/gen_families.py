@@ -20,6 +20,11 @@ It writes, under tests/fixtures/models/:
   * tiny_gemma2: a tiny random Gemma 2 (Gemma's norms, scaled embeddings and GeLU-tanh; no q/k norms; every other
     layer windowed (4), query_pre_attn_scalar 24 != head_dim 32, attention scores soft-capped at 2 and logits at 3,
     low enough to bend most values) with the packed batch's reference and a greedy continuation;
+  * tiny_yarn_rope and tiny_yarn_qwen2: yarn rope scaling (factor 4, original context 64) with transformers' defaults,
+    and in Qwen2's 4.x layout with every option (beta 16/2, untruncated band, mscale / mscale_all_dim);
+  * tiny_phi3_longrope: Phi-3 with longrope factors (4.x "su" layout, original context 32 holding the packed batch),
+    and its GGUF as llama.cpp writes it (gguf/tiny_phi3_longrope.F32.gguf);
+  * tiny_dynamic_rope: dynamic NTK scaling, which within max_position_embeddings is the default rope;
   * tiny_mistral_sw: a tiny random Mistral whose sliding_window (4) is shorter than the packed batch's sequences,
     with the reference of the packed batch (hidden states after the final norm, logits) from transformers, and a
     greedy continuation of 24 tokens (prompt of 6: the window slides during decoding), so that both the packed
@@ -228,3 +233,6 @@ if __name__ == "__main__":
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
                     legacy=False, seed=11)
     gen_rope_scaled("tiny_linear_rope", {"rope_type": "linear", "factor": 2.0}, legacy=True, seed=13)
+    gen_yarn()
+    gen_phi3_longrope()
+    gen_dynamic()
