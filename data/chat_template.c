@@ -177,6 +177,19 @@ static const char *role_name(Role role) {
     return role == ROLE_SYSTEM ? "system" : role == ROLE_USER ? "user" : "assistant";
 }
 
+/* a turn's header, untrained: open, the role's name, close */
+static void put_header(Rendered *r, const char *open, Role role, const char *close) {
+    put_str(r, open, 0);
+    put_str(r, role_name(role), 0);
+    put_str(r, close, 0);
+}
+
+/* a turn's end marker (trained with an assistant's reply) and the newline after it (never trained) */
+static void put_turn_end(Rendered *r, const char *end, int trained) {
+    put_str(r, end, trained);
+    put_str(r, "\n", 0);
+}
+
 /* Each case writes exactly what the reference writes: fastchat's vicuna_v1.1 Conversation, or the model's
  * Jinja template through transformers' apply_chat_template (tests/gen/gen_chat.py holds those templates). */
 void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
@@ -212,12 +225,9 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
         for (int i = 0; i < c->n_turns; i++) {
             const Turn *u = &c->turns[i];
             int trained = u->role == ROLE_ASSISTANT;
-            put_str(r, "<|im_start|>", 0);
-            put_str(r, role_name(u->role), 0);
-            put_str(r, "\n", 0);
+            put_header(r, "<|im_start|>", u->role, "\n");
             put(r, u->text, u->len, trained);
-            put_str(r, "<|im_end|>", trained);
-            put_str(r, "\n", 0);
+            put_turn_end(r, "<|im_end|>", trained);
         }
         break;
     case TEMPLATE_LLAMA2: /* "<s>[INST] <<SYS>>\n<s>\n<</SYS>>\n\n<u> [/INST] <a> </s><s>[INST] ..." */
@@ -260,9 +270,7 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
         for (int i = t->kind == TEMPLATE_LLAMA31 ? first : 0; i < c->n_turns; i++) {
             const Turn *u = &c->turns[i];
             int trained = u->role == ROLE_ASSISTANT;
-            put_str(r, "<|start_header_id|>", 0);
-            put_str(r, role_name(u->role), 0);
-            put_str(r, "<|end_header_id|>\n\n", 0);
+            put_header(r, "<|start_header_id|>", u->role, "<|end_header_id|>\n\n");
             put_stripped(r, u, trained);
             put_str(r, "<|eot_id|>", trained);
         }
@@ -279,20 +287,16 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
                 put_str(r, "\n\n", 0);
             }
             put_stripped(r, u, trained);
-            put_str(r, "<end_of_turn>", trained);
-            put_str(r, "\n", 0);
+            put_turn_end(r, "<end_of_turn>", trained);
         }
         break;
     case TEMPLATE_PHI3: /* "<|role|>\n<text><|end|>\n" per turn, EOS after the last (no generation prompt) */
         for (int i = 0; i < c->n_turns; i++) {
             const Turn *u = &c->turns[i];
             int trained = u->role == ROLE_ASSISTANT;
-            put_str(r, "<|", 0);
-            put_str(r, role_name(u->role), 0);
-            put_str(r, "|>\n", 0);
+            put_header(r, "<|", u->role, "|>\n");
             put(r, u->text, u->len, trained);
-            put_str(r, "<|end|>", trained);
-            put_str(r, "\n", 0);
+            put_turn_end(r, "<|end|>", trained);
         }
         put_str(r, t->eos, 0);
         break;
@@ -300,9 +304,7 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
         for (int i = 0; i < c->n_turns; i++) {
             const Turn *u = &c->turns[i];
             int trained = u->role == ROLE_ASSISTANT;
-            put_str(r, "<|im_start|>", 0);
-            put_str(r, role_name(u->role), 0);
-            put_str(r, "\n", 0);
+            put_header(r, "<|im_start|>", u->role, "\n");
             const char *s = u->text;
             size_t n = u->len;
             if (trained && i == c->n_turns - 1) { /* after the last user turn: the template's own <think> block */
@@ -310,8 +312,7 @@ void chat_render(const ChatTemplate *t, const Conversation *c, Rendered *r) {
                 for (; n > 0 && *s == '\n'; s++) n--;
             }
             put(r, s, n, trained);
-            put_str(r, "<|im_end|>", trained);
-            put_str(r, "\n", 0);
+            put_turn_end(r, "<|im_end|>", trained);
         }
         break;
     case TEMPLATE_MISTRAL: /* "<s>[INST] <u> [/INST]<a></s>[INST] ..."; a system turn opens the first user turn */

@@ -65,17 +65,11 @@ def b64(ids):
     return base64.b64encode(bytes(buf)).decode()
 
 
-def main():
-    import tokenizers
-    import transformers
-    from transformers import AutoTokenizer
-
-    strings = [bytes.fromhex(h).decode("utf-8") for h in
-               json.load(open(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "strings.json")))["hex"]]
-    extra = extra_strings()
-    strings += extra
-    hf = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME)
-    tok = hf.backend_tokenizer
+def encoded_fixture(tok, strings):
+    """A tokenizers.Tokenizer's ids for the strings (special-token text parsed), and where they say something more:
+    the ids with special-token text read as text (ids_plain), with BOS added (ids_bos, the first N_BOS strings), and
+    the decodes that differ from the string (decoded, decoded_skip: with special tokens skipped). Returns (ids, dict
+    of those fields, base64 varints as the C test reads them)."""
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
 
     def encode(s, parse_special, add_special=False):
@@ -95,16 +89,30 @@ def main():
         ds = tok.decode(ids[i], skip_special_tokens=True)
         if ds != d:
             decoded_skip[i] = ds.encode("utf-8").hex()
+    return ids, {"ids": [b64(x) for x in ids], "ids_plain": plain, "ids_bos": bos, "decoded": decoded,
+                 "decoded_skip": decoded_skip}
+
+
+def main():
+    import tokenizers
+    import transformers
+    from transformers import AutoTokenizer
+
+    strings = [bytes.fromhex(h).decode("utf-8") for h in
+               json.load(open(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "strings.json")))["hex"]]
+    extra = extra_strings()
+    strings += extra
+    hf = AutoTokenizer.from_pretrained(GGUF_DIR, gguf_file=GGUF_NAME)
+    ids, fields = encoded_fixture(hf.backend_tokenizer, strings)
     # transformers' own encode (what apply_chat_template feeds) must agree with the backend's
     assert all(hf.encode(s, add_special_tokens=False) == x for s, x in zip(strings[:200], ids))
     out = {"tokenizer": "cache/models/" + GGUF_NAME,
            "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
-           "extra_hex": [s.encode("utf-8").hex() for s in extra], "ids": [b64(x) for x in ids],
-           "ids_plain": plain, "ids_bos": bos, "decoded": decoded, "decoded_skip": decoded_skip}
+           "extra_hex": [s.encode("utf-8").hex() for s in extra], **fields}
     with open(OUT, "w") as f:
         json.dump(out, f, separators=(",", ":"))
     print(f"gemma3: {len(strings)} strings ({len(extra)} Gemma-specific), {sum(map(len, ids))} tokens, "
-          f"{len(plain)} with special-token text, {len(decoded)} decode != string; "
+          f"{len(fields['ids_plain'])} with special-token text, {len(fields['decoded'])} decode != string; "
           f"{os.path.getsize(OUT) / 1e3:.0f} kB")
 
 

@@ -28,14 +28,13 @@ import tokenizers
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_gemma_tokenizer import b64  # noqa: E402
+from gen_gemma_tokenizer import encoded_fixture  # noqa: E402
 from gen_tokenizer import UNICODE, variant_fixture  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
 TOKENIZER = "tests/fixtures/tokenizer/nfc_tokenizer.json"
 SEED = 20251206
-N_BOS = 40
 VOCAB = 1000
 
 # Qwen2 / Qwen2.5 / Qwen3's pre-tokenizer split
@@ -138,38 +137,19 @@ def main():
     n_changed = sum(h != s.encode("utf-8").hex() for h, s in zip(nfc_hex, extra))
 
     all_strings = strings + extra
-    specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
-
-    def encode(s, parse_special, add_special=False):
-        tok.encode_special_tokens = not parse_special
-        return tok.encode(s, add_special_tokens=add_special).ids
-
-    ids = [encode(s, True) for s in all_strings]
-    plain, bos, decoded, decoded_skip = {}, {}, {}, {}
-    for i, s in enumerate(all_strings):
-        if any(t in s for t in specials):
-            plain[i] = b64(encode(s, False))
-        if i < N_BOS:
-            bos[i] = b64(encode(s, True, True))
-        d = tok.decode(ids[i], skip_special_tokens=False)
-        if d != s:
-            decoded[i] = d.encode("utf-8").hex()
-        ds = tok.decode(ids[i], skip_special_tokens=True)
-        if ds != d:
-            decoded_skip[i] = ds.encode("utf-8").hex()
+    ids, fields = encoded_fixture(tok, all_strings)
     # without NFC the decomposed strings would tokenize otherwise: the fixture can tell
     raw = Tokenizer.from_file(os.path.join(ROOT, TOKENIZER))
     raw.normalizer = None
     n_differ = sum(raw.encode(s, add_special_tokens=False).ids != x for s, x in zip(all_strings, ids))
     out = {"tokenizer": TOKENIZER, "versions": {"tokenizers": tokenizers.__version__},
-           "extra_hex": [s.encode("utf-8").hex() for s in extra], "ids": [b64(x) for x in ids],
-           "ids_plain": plain, "ids_bos": bos, "decoded": decoded, "decoded_skip": decoded_skip, "nfc_hex": nfc_hex,
+           "extra_hex": [s.encode("utf-8").hex() for s in extra], **fields, "nfc_hex": nfc_hex,
            "variants": variant_fixture(extra, variants())}
     path = os.path.join(OUT, "nfc.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
     print(f"nfc: {len(all_strings)} strings ({len(extra)} NFC-specific, {n_changed} of them changed by NFC), "
-          f"{sum(map(len, ids))} tokens, {n_differ} tokenize otherwise without the normalizer, {len(plain)} with "
+          f"{sum(map(len, ids))} tokens, {n_differ} tokenize otherwise without the normalizer, {len(fields['ids_plain'])} with "
           f"special-token text; {len(out['variants'])} variants; {os.path.getsize(path) / 1e3:.0f} kB, "
           f"tokenizer {os.path.getsize(os.path.join(ROOT, TOKENIZER)) / 1e3:.0f} kB")
 
