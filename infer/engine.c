@@ -50,7 +50,7 @@ void engine_init(Engine *e, const EngineOptions *o) {
     MemoryPlanInput mi = memory_plan_decoding(s.dtype, shape.n_heads, shape.n_layers, shape.head_vocab, ctx,
                                               o->medusa ? e->tree.n_nodes : 1);
     /* printed for a GPU only: on the CPU the host's memory is rarely in question and chat output stays clean */
-    startup_load_base(&s, &mi, !s.be->is_host && !o->quiet, &e->model);
+    startup_load_base(&s, &mi, !o->quiet, &e->model);
     if (o->medusa) {
         medusa_import(&e->heads, o->medusa, s.be, c->hidden_size, c->vocab_size);
         startup_ready_heads(&e->model, &e->heads);

@@ -87,7 +87,7 @@ int tune_main(int argc, char **argv) {
     MemoryPlanInput mi = memory_plan_decoding(s.dtype, shape.n_heads, shape.n_layers, shape.head_vocab,
                                               context + steps * shape.n_heads + 2 * max_nodes, max_nodes);
     Model m;
-    startup_load_base(&s, &mi, !s.be->is_host, &m);
+    startup_load_base(&s, &mi, 1, &m);
     MedusaHeads heads;
     if (medusa) {
         medusa_import(&heads, medusa, m.be, m.config.hidden_size, m.config.vocab_size);

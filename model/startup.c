@@ -28,6 +28,14 @@ void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path) {
 void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, Model *base) {
     MemoryPlanInput in = *mi;
     if (s->native) in.weight_bytes = model_native_matrix_bytes(s->model_path) / memory_plan_matrix_elements(&s->config);
+    if (print) {
+        config_print(&s->config, stderr);
+        fprintf(stderr, "weights: %s on %s\n",
+                s->native                 ? "native (the file's formats)"
+                : s->dtype == DT_BF16     ? "bf16"
+                                          : "fp32",
+                s->be->device);
+    }
     MemoryPlan plan = memory_plan(&s->config, &in);
     memory_plan_reserve(&plan, s->be, print);
     if (s->native) model_load_native(base, s->model_path, s->be);

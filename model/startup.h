@@ -49,7 +49,8 @@ typedef struct {
 
 /* Resolves the flags (fatal on a bad one), applies --threads and reads model_path's config. */
 void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path);
-/* Plans the run's memory from mi (made with s->dtype and s->logits_chunk), prints the plan when print is set,
+/* Plans the run's memory from mi (made with s->dtype and s->logits_chunk), prints the model's config, its weights'
+ * storage and the plan when print is set,
  * reserves it on the device (fatal when it does not fit), then loads the base model into base. */
 void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, Model *base);
 /* Heads beside their base model: with bf16 GEMM copies when the base is stored in bf16. */
