@@ -247,7 +247,6 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
     int agree = choice && !train; /* the heads' agreement with the base's choices */
     memset(stats, 0, sizeof *stats);
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
-    if (m->params_bf16) medusa_use_bf16(m);
 
     float weight = 1.0f;
     for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {

@@ -1131,10 +1131,14 @@ static void check_softmax_entropy(const OpRow *r) {
     free(x);
 }
 
+/* p[1]: with the parameters' bf16 copy, which on each backend must be to_bf16 of its own fp32 result bit for bit (so
+ * the GPU's is within one bf16 step of the CPU's) */
 static void check_adamw(const OpRow *r) {
     size_t n = (size_t)r->p[0];
     float *p = random_floats(n, 1.0f), *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
     float *d_p = to_gpu(p, sizeof(float) * n), *d_m = to_gpu(m, sizeof(float) * n), *d_v = to_gpu(v, sizeof(float) * n);
+    uint16_t *b = r->p[1] ? xmalloc(sizeof(uint16_t) * n) : NULL,
+             *d_b = r->p[1] ? gpu->alloc(sizeof(uint16_t) * n) : NULL;
     for (int t = 1; t <= 3; t++) {
         float *g = random_floats(n, 0.1f), *d_g = to_gpu(g, sizeof(float) * n);
         double lr = 1e-3, beta1 = 0.9, beta2 = 0.999;
@@ -1148,14 +1152,28 @@ static void check_adamw(const OpRow *r) {
             .eps = 1e-8f,
             .grad_scale = 0.5f,
         };
-        cpu->adamw(p, g, m, v, n, &step);
-        gpu->adamw(d_p, d_g, d_m, d_v, n, &step);
+        cpu->adamw(p, b, g, m, v, n, &step);
+        gpu->adamw(d_p, d_b, d_g, d_m, d_v, n, &step);
         gpu->free(d_g);
         free(g);
     }
     expect_close("adamw 3 steps: params", d_p, p, n, r->tol);
     expect_close("adamw 3 steps: first moment", d_m, m, n, r->tol);
     expect_close("adamw 3 steps: second moment", d_v, v, n, r->tol);
+    if (b) {
+        uint16_t *want = xmalloc(sizeof(uint16_t) * n), *got = xmalloc(sizeof(uint16_t) * n);
+        float *gpu_p = from_gpu(d_p, n);
+        cpu->to_bf16(want, p, n);
+        CHECK(!memcmp(b, want, sizeof(uint16_t) * n), "adamw 3 steps, CPU: bf16 copy == to_bf16(params), %zu values",
+              n);
+        cpu->to_bf16(want, gpu_p, n);
+        gpu->download(got, d_b, sizeof(uint16_t) * n);
+        CHECK(!memcmp(got, want, sizeof(uint16_t) * n), "adamw 3 steps, CUDA: bf16 copy == to_bf16(params), %zu values",
+              n);
+        expect_bf16_steps("adamw 3 steps: bf16 copy", d_b, b, n);
+        gpu->free(d_b);
+        free(b), free(want), free(got), free(gpu_p);
+    }
     gpu->free(d_p), gpu->free(d_m), gpu->free(d_v);
     free(p), free(m), free(v);
 }
@@ -1356,6 +1374,7 @@ static const OpRow op_rows[] = {
     {"softmax_entropy", "f32", {6, 1000, 10}, 1e-5, check_softmax_entropy, NULL},
     {"softmax_entropy", "f32", {6, 32000, 10}, 1e-5, check_softmax_entropy, NULL},
     {"adamw", "f32", {3000}, 1e-6, check_adamw, "3 steps"},
+    {"adamw", "f32", {3001, 1}, 1e-6, check_adamw, "3 steps, with the bf16 copy"},
     {"sum_squares", "f32", {1}, 1e-12, check_sum_squares, NULL},
     {"sum_squares", "f32", {1000}, 1e-12, check_sum_squares, NULL},
     {"sum_squares", "f32", {300007}, 1e-12, check_sum_squares, NULL},
@@ -1413,7 +1432,7 @@ static const OpRow model_rows[] = {
     {"softmax_xent", "f32", {4096, 32000, 1}, 0, NULL, "soft targets"},
     {"softmax_entropy", "f32", {64, 32000, 10}, 0, NO_CHECK},
     {"classifier_bf16", "bf16", {4096, 4096, 32000}, 0, NULL, "with gradients"},
-    {"adamw", "f32", {5 * 4096 * 4096}, 0, NULL, "5 heads' ResBlocks"},
+    {"adamw", "f32", {5 * 4096 * 4096, 1}, 0, NULL, "5 heads' ResBlocks, with their bf16 copy"},
     {"sum_squares", "f32", {5 * 4096 * 4096}, 0, NO_CHECK},
 };
 #undef NO_CHECK
@@ -1435,7 +1454,8 @@ static const struct {
     {" attention attention_bf16 ", "layout T row0 heads kv_heads head_dim extra misaligned"},
     {" copy_rows ", "moves blocks row_elements"},
     {" glu glu_bf16 ", "T inter act"},
-    {" residual_add scale softcap resblock_forward silu_backward to_bf16 adamw sum_squares ", "n"},
+    {" residual_add scale softcap resblock_forward silu_backward to_bf16 sum_squares ", "n"},
+    {" adamw ", "n bf16_copy"},
     {" fill_zero ", "bytes"},
     {" softmax_xent ", "T V soft"},
     {" rank_ids ", "rows cols"},
@@ -1780,6 +1800,7 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
     } else if (IS("adamw")) {
         size_t n = (size_t)p[0];
         float *param = F32(n), *grad = F32(n), *m = ZERO(n, float), *v = ZERO(n, float);
+        uint16_t *copy = p[1] ? ZERO(n, uint16_t) : NULL;
         AdamWStep step = {.decay = 0.99999f,
                           .beta1_weight = 0.1f,
                           .beta2 = 0.999f,
@@ -1788,8 +1809,8 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
                           .step_size = 1e-3f,
                           .eps = 1e-8f,
                           .grad_scale = 1.0f};
-        TIME_CALLS(s, be, param, be->adamw(param, grad, m, v, n, &step));
-        *bytes = 7.0 * (double)n * 4;
+        TIME_CALLS(s, be, param, be->adamw(param, copy, grad, m, v, n, &step));
+        *bytes = (double)n * (copy ? 30 : 28);
     } else if (IS("softmax_xent") || IS("rank_ids") || IS("softmax_entropy") || IS("top_k")) {
         int T = p[0], V = p[1];
         float *x = F32((size_t)T * V), *small = ZERO((size_t)T * 16, float);

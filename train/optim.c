@@ -31,6 +31,7 @@ void adam_init(AdamState *s, const MedusaHeads *m) {
     m->be->fill_zero(s->m, bytes);
     m->be->fill_zero(s->v, bytes);
     s->step = 0;
+    s->copy_step = -1;
 }
 
 void adam_free(AdamState *s, const MedusaHeads *m) {
@@ -39,10 +40,10 @@ void adam_free(AdamState *s, const MedusaHeads *m) {
     memset(s, 0, sizeof *s);
 }
 
-/* AdamW on the run p[0..n) of the flat parameter vector. */
+/* AdamW on the run p[0..n) of the flat parameter vector (and of its bf16 copy). */
 static void adamw_range(MedusaHeads *m, AdamState *s, float *p, size_t n, const AdamWStep *step) {
     size_t off = (size_t)(p - m->params);
-    m->be->adamw(p, m->grads + off, s->m + off, s->v + off, n, step);
+    m->be->adamw(p, m->params_bf16 ? m->params_bf16 + off : NULL, m->grads + off, s->m + off, s->v + off, n, step);
 }
 
 void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad_norm) {
@@ -77,6 +78,13 @@ void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad
         adamw_range(m, s, medusa_lm_head(m, m->params, h), (size_t)sh->head_vocab * H, &decayed);
     }
     m->be->fill_zero(m->grads, sizeof(float) * m->n_params);
+    s->copy_step = s->step;
+}
+
+void optim_sync_copy(MedusaHeads *m, AdamState *s) {
+    if (!m->params_bf16 || s->copy_step == s->step) return;
+    medusa_use_bf16(m);
+    s->copy_step = s->step;
 }
 
 double optim_step(MedusaHeads *m, AdamState *s, const OptimConfig *c) {

@@ -1,17 +1,22 @@
-/* AdamW (one thread per parameter, the update shared with the CPU in math_common.h) and the sum of
+/* AdamW (one thread per parameter, the update shared with the CPU in math_common.h, and its bf16 copy) and the sum of
  * squares for the global gradient norm (double per thread, block reduction, per-block partials summed on
  * the host in a fixed order, so the result is deterministic). */
 #include "cuda_common.cuh"
 
-__global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, size_t n, AdamWStep step) {
+__global__ void adamw_kernel(float *param, uint16_t *param_bf16, const float *grad, float *m, float *v, size_t n,
+                             AdamWStep step) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) adamw_update(&param[i], grad[i], &m[i], &v[i], &step);
+    if (i >= n) return;
+    adamw_update(&param[i], grad[i], &m[i], &v[i], &step);
+    if (param_bf16) param_bf16[i] = f32_to_bf16(param[i]);
 }
 
-void cuda_adamw(float *param, const float *grad, float *m, float *v, size_t n, const AdamWStep *step) {
+void cuda_adamw(float *param, uint16_t *param_bf16, const float *grad, float *m, float *v, size_t n,
+                const AdamWStep *step) {
     if (n == 0) return;
-    profile_next_bytes(28.0 * n); /* param, grad, m, v read; param, m, v written */
-    LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, param, grad, m, v, n, *step);
+    /* param, grad, m, v read; param, m, v (and the bf16 copy) written */
+    profile_next_bytes((param_bf16 ? 30.0 : 28.0) * n);
+    LAUNCH(adamw_kernel, ceil_div(n, 256), 256, 0, param, param_bf16, grad, m, v, n, *step);
 }
 
 static const unsigned kSumBlocks = 256, kSumThreads = 512;
