@@ -12,20 +12,18 @@ tokens after a chat prompt. Logits of the 262144-token vocabulary are not stored
 top-1 logit.
 """
 
-import importlib.metadata
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from safetensors.numpy import save_file
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gen_models import (OUT, SMOL_TEXT, check_last_hidden_is_post_norm, greedy, load_gguf_fp32,  # noqa: E402
-                        run_packed, sha256)
+from gen_models import (OUT, SMOL_TEXT, check_last_hidden_is_post_norm, gguf_provenance, greedy,  # noqa: E402
+                        load_gguf_fp32, run_packed)
 
 SEQ_LENS = [180, 160]
 NEW_TOKENS = 32
@@ -70,11 +68,7 @@ def main():
         "greedy_margin": np.asarray(margins, np.float32),
     }, str(OUT / "gemma3_ref.safetensors"), metadata={"source": path.name})
     info = {
-        "gguf_file": path.name,
-        "gguf_sha256": sha256(path),
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "gguf": importlib.metadata.version("gguf"),
+        **gguf_provenance(path),
         "seq_lens": SEQ_LENS,
         "prompt": PROMPT,
         "greedy_text": tok.decode(greedy_ids),

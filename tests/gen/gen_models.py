@@ -403,6 +403,12 @@ def sha256(path):
     return h.hexdigest()
 
 
+def gguf_provenance(path):
+    """What a real model's reference was made from: the GGUF file and the packages that read it."""
+    return {"gguf_file": path.name, "gguf_sha256": sha256(path), "transformers": transformers.__version__,
+            "torch": torch.__version__, "gguf": importlib.metadata.version("gguf")}
+
+
 def greedy(model, prompt_ids, n_new):
     """Plain greedy decoding with a KV cache, exactly n_new tokens (no EOS stop, no logits processors),
     so the C decoder can be compared token for token. Also returns the top-1/top-2 margin per step:
@@ -461,11 +467,7 @@ def gen_smollm2():
     }, str(out), metadata={"source": path.name})
 
     info = {
-        "gguf_file": path.name,
-        "gguf_sha256": sha256(path),
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "gguf": importlib.metadata.version("gguf"),
+        **gguf_provenance(path),
         "accelerate": importlib.metadata.version("accelerate"),
         "numpy": np.__version__,
         "text_tokens_total": len(ids),
