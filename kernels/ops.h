@@ -84,6 +84,13 @@ int backend_prefers_native(const Backend *b);
 void set_threads(int threads);
 /* kernels/cuda (only in builds with nvcc, which define MEDUSA_CUDA) */
 const Backend *backend_cuda(void);
+/* The CUDA backend's copies that made the host wait for the device's queue, since start-up (a test counts a step's):
+ * device-to-host ones (download, sum_squares' partial sums) and uploads (cudaMemcpy from pageable host memory first
+ * waits for the queue). MEDUSA_CUDA_SYNC's and the profiler's own synchronisations are left out. */
+typedef struct {
+    long long downloads, uploads;
+} CudaBlockingCopies;
+CudaBlockingCopies cuda_blocking_copies(void);
 /* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */
 const Backend *backend_by_name(const char *name);
 /* A GPU's dense bf16 tensor peak in FLOP/s (vendor data sheets, without sparsity) from its device name, as CUDA

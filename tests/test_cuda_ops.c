@@ -2210,17 +2210,28 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
     for (int i = 0; i < TRAIN_TOKENS; i++) tokens[i] = (int32_t)rng_below(&rng, V), mask[i] = i % 5 != 0;
     PackedBatch batch = {
         .n_tokens = TRAIN_TOKENS, .tokens = tokens, .loss_mask = mask, .n_seqs = 3, .seq_lens = seq_lens};
+    PackedBatch micro[2] = {batch, batch};
     StepMetrics metrics;
     step_metrics_clear(&metrics);
-    for (int step = 1; step <= 2; step++) {
+    for (int step = 1; step <= 2; step++) { /* step s: s micro-batches */
         long calls = malloc_calls();
-        double norm = trainer_step(&t, &batch, 1, &metrics);
+        CudaBlockingCopies before = cuda_blocking_copies();
+        double norm = trainer_step(&t, micro, step, &metrics);
+        CudaBlockingCopies after = cuda_blocking_copies();
         if (calls >= 0)
             CHECK(
                 malloc_calls() == calls && isfinite(norm),
                 "%s training step %d, %s targets, head vocabulary %d (forward, 3 heads' loss and backward, AdamW): %ld "
                 "cudaMalloc calls",
                 dtype_name(weights), step, target_name(targets), heads.shape.head_vocab, malloc_calls() - calls);
+        /* the copies that wait for the device today: per micro-batch each head's losses and ranks (medusa.c) and, with
+         * base-argmax targets, the base model's choices with their ranks (trainer.c); per step the gradient norm */
+        long long downloads = after.downloads - before.downloads, uploads = after.uploads - before.uploads;
+        long long budget = step * (2 * TRAIN_HEADS + (targets == TARGETS_BASE_ARGMAX)) + 1;
+        CHECK(downloads <= budget,
+              "%s training step %d of %d micro-batches, %s targets: %lld downloads (at most %lld; the target is 1), "
+              "%lld uploads",
+              dtype_name(weights), step, step, target_name(targets), downloads, budget, uploads);
     }
     /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
     double workspace = weights == DT_BF16 ? 32 << 20 : 0, peak = (double)gpu->peak_bytes() - workspace;
@@ -2233,6 +2244,34 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
     trainer_free(&t);
     medusa_free(&heads);
     model_free(&m);
+}
+
+/* The copies that wait for the device per greedy decoding step (plain, or Medusa with the decoder's tree), at most
+ * `budget` downloads: the difference between a long and a short generation over the difference of their steps, so
+ * that the prefill's copies cancel out. Today a plain step downloads its argmax; a Medusa step its nodes' argmaxes,
+ * then the heads' candidates at the accepted node (infer/decoder.c); each uploads the pass's layout (model/llama.c). */
+static void check_decoding_copies(Decoder *d, const int32_t *prompt, int n_prompt, int medusa, int budget) {
+    int32_t out[32];
+    DecodeOptions o;
+    decode_options_defaults(&o);
+    CudaBlockingCopies at[2];
+    int steps[2];
+    for (int k = 0; k < 2; k++) {
+        DecodeStats st;
+        CudaBlockingCopies before = cuda_blocking_copies();
+        int max_new = k ? 24 : 1;
+        if (medusa) decode_medusa(d, prompt, n_prompt, max_new, -1, &o, out, NULL, NULL, &st);
+        else decode_plain(d, prompt, n_prompt, max_new, -1, &o, out, NULL, NULL, &st);
+        at[k] = cuda_blocking_copies();
+        at[k].downloads -= before.downloads, at[k].uploads -= before.uploads;
+        steps[k] = st.steps;
+    }
+    int n = steps[1] - steps[0];
+    double downloads = (double)(at[1].downloads - at[0].downloads) / n,
+           uploads = (double)(at[1].uploads - at[0].uploads) / n;
+    CHECK(n > 0 && downloads <= budget,
+          "greedy %s decoding, %d more steps: %.2f downloads per step (at most %d; the target is 1), %.2f uploads",
+          medusa ? "Medusa" : "plain", n, downloads, budget, uploads);
 }
 
 /* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
@@ -2265,6 +2304,8 @@ static void test_planned_decoding(void) {
     CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
           "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024,
           plan.total / 1024, 100 * (peak / plan.total - 1));
+    check_decoding_copies(&d, prompt, 20, 0, 1);
+    check_decoding_copies(&d, prompt, 20, 1, 2);
     decoder_free(&d);
     tree_free(&tree);
     medusa_free(&heads);

@@ -143,8 +143,8 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
     int chunk = t->work.chunk_rows < T ? t->work.chunk_rows : T;
     float *logits = be->alloc(sizeof(float) * (size_t)chunk * V);
     int32_t *targets_dev = be->alloc(sizeof(int32_t) * (size_t)T), *ranks_dev = be->alloc(sizeof(int32_t) * (size_t)T);
-    int32_t *choice_dev = be->alloc(sizeof(int32_t) * (size_t)T),
-            *choice_ranks = be->alloc(sizeof(int32_t) * (size_t)T);
+    /* the choices, then their ranks: one download (each waits for the device) */
+    int32_t *choice_dev = be->alloc(sizeof(int32_t) * 2 * (size_t)T), *choice_ranks = choice_dev + T;
     float *losses_dev = be->alloc(sizeof(float) * (size_t)T);
     be->upload(targets_dev, targets, sizeof(int32_t) * (size_t)T);
     for (int r0 = 0; r0 < T; r0 += chunk) {
@@ -168,15 +168,14 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
         }
         free(losses);
     }
-    be->download(t->choice, choice_dev, sizeof(int32_t) * (size_t)T);
-    be->download(ranks, choice_ranks, sizeof(int32_t) * (size_t)T);
-    for (int i = 0; i < T; i++)
-        if (ranks[i] != 0) t->choice[i] = -1;
+    int32_t *choices = xmalloc(sizeof(int32_t) * 2 * (size_t)T);
+    be->download(choices, choice_dev, sizeof(int32_t) * 2 * (size_t)T);
+    for (int i = 0; i < T; i++) t->choice[i] = choices[T + i] == 0 ? choices[i] : -1;
+    free(choices);
     be->free(logits);
     be->free(targets_dev);
     be->free(ranks_dev);
     be->free(choice_dev);
-    be->free(choice_ranks);
     be->free(losses_dev);
     free(targets);
     free(ranks);

@@ -1,5 +1,6 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
- * Every op is asynchronous on the default stream; download() synchronises. */
+ * Every op is asynchronous on the default stream; upload() and download() synchronise (cuda_blocking_copies counts
+ * them). */
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -184,14 +185,20 @@ static size_t cuda_memory_available(void) {
     return free_bytes;
 }
 
+/* Every upload and download waits for the queued kernels: the counts tell how often a step makes the GPU idle. */
+static CudaBlockingCopies blocking_copies;
+extern "C" CudaBlockingCopies cuda_blocking_copies(void) { return blocking_copies; }
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     profile_next_bytes((double)bytes);
     ProfileScope profile("upload");
+    blocking_copies.uploads++;
     CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
 }
 static void cuda_download(void *host_dst, const void *src, size_t bytes) {
     profile_next_bytes((double)bytes);
     ProfileScope profile("download");
+    blocking_copies.downloads++;
     CUDA_CHECK(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 static void cuda_copy(void *dst, const void *src, size_t bytes) {
