@@ -31,9 +31,9 @@ void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, M
     if (print) {
         config_print(&s->config, stderr);
         fprintf(stderr, "weights: %s on %s\n",
-                s->native                 ? "native (the file's formats)"
-                : s->dtype == DT_BF16     ? "bf16"
-                                          : "fp32",
+                s->native             ? "native (the file's formats)"
+                : s->dtype == DT_BF16 ? "bf16"
+                                      : "fp32",
                 s->be->device);
     }
     MemoryPlan plan = memory_plan(&s->config, &in);
