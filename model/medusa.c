@@ -102,23 +102,31 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->dx = be->alloc(sizeof(float) * TH);
     w->dz = be->alloc(sizeof(float) * TH);
     w->logits = be->alloc(sizeof(float) * (size_t)w->chunk_rows * s->head_vocab);
-    /* a head's targets, losses and ranks for all its rows: one upload and one download per head, not per
-     * chunk (each copy waits for the device's queue to drain) */
-    w->losses = be->alloc(sizeof(float) * (size_t)max_tokens);
-    w->ranks = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
+    /* a head's targets for all its rows: one upload per head, not per chunk (each copy waits for the device's queue to
+     * drain) */
     w->targets = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->ranked = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->rows_hidden = be->alloc(sizeof(float) * TH);
     w->rows = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->choices = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
-    w->choice_ranks = be->alloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens * s->n_heads);
     w->host_rows = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_row_targets = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_ranked = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     w->host_choices = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
-    w->host_losses = xmalloc(sizeof(float) * (size_t)max_tokens);
-    w->host_ranks = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
+    medusa_work_reserve_batches(w, m, 1);
+}
+
+/* a batch's results: per head and row a loss, a rank and a choice's rank */
+void medusa_work_reserve_batches(MedusaWork *w, const MedusaHeads *m, int n_batches) {
+    size_t words = (size_t)n_batches * m->shape.n_heads * w->max_tokens * 3;
+    if (words <= w->results_capacity) return;
+    if (w->results_used) fatal("medusa: results reserved while %zu words are pending", w->results_used);
+    if (w->results) m->be->free(w->results);
+    free(w->host_results);
+    w->results = m->be->alloc(sizeof(float) * words);
+    w->host_results = xmalloc(sizeof(float) * words);
+    w->results_capacity = words;
 }
 
 void medusa_work_enable_teacher(MedusaWork *w, const MedusaHeads *m) {
@@ -137,16 +145,15 @@ void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
         be->free(w->teacher_rows);
         free(w->host_teacher_rows);
     }
-    void *dev[] = {w->act,     w->pre,    w->dx,   w->dz,      w->logits,       w->losses,     w->ranks,
-                   w->targets, w->ranked, w->rows, w->choices, w->choice_ranks, w->rows_hidden};
+    void *dev[] = {w->act,    w->pre,  w->dx,      w->dz,          w->logits, w->targets,
+                   w->ranked, w->rows, w->choices, w->rows_hidden, w->results};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
     free(w->host_targets);
     free(w->host_rows);
     free(w->host_row_targets);
     free(w->host_ranked);
     free(w->host_choices);
-    free(w->host_losses);
-    free(w->host_ranks);
+    free(w->host_results);
     memset(w, 0, sizeof *w);
 }
 
@@ -185,29 +192,31 @@ static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweig
 }
 
 /* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses (against the work's
- * targets, or the chunk's teacher logits when given) and the ranks of `ranked` at row r0 of the work's, and with dx the
- * gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op (classifier_bf16) does it all. With
- * agree (forward only) the base model's choices are ranked in the logits first. */
+ * targets, or the chunk's teacher logits when given) and the ranks of `ranked` at row r0 of losses and ranks, and with
+ * dx the gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op (classifier_bf16) does it
+ * all. With choice_ranks (forward only) the base model's choices are ranked in the logits first. */
 static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *ranked, const float *teacher,
-                            const float *x, int h, float *dx, int r0, int rows, float dscale, int agree) {
+                            const float *x, int h, float *dx, int r0, int rows, float dscale, float *losses,
+                            int32_t *ranks, int32_t *choice_ranks) {
     const Backend *be = m->be;
     int H = m->shape.hidden, V = m->shape.head_vocab;
     const float *lm = medusa_lm_head(m, m->params, h);
     float *dlm = dx ? medusa_lm_head(m, m->grads, h) : NULL;
     XentTargets targets = {.targets = teacher ? NULL : w->targets + r0, .teacher = teacher, .ranked = ranked + r0};
-    if (agree) {
+    losses += r0, ranks += r0;
+    if (choice_ranks) {
         head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
-        be->rank_ids(w->choice_ranks + r0, w->logits, w->choices + r0, rows, V);
-        be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, targets, rows, V, 0.0f);
+        be->rank_ids(choice_ranks + r0, w->logits, w->choices + r0, rows, V);
+        be->softmax_xent(w->logits, losses, ranks, targets, rows, V, 0.0f);
         return;
     }
     if (m->params_bf16) {
-        be->classifier_bf16(w->logits, w->losses + r0, w->ranks + r0, targets, x, m->params_bf16 + (lm - m->params), dx,
-                            dlm, rows, H, V, dscale);
+        be->classifier_bf16(w->logits, losses, ranks, targets, x, m->params_bf16 + (lm - m->params), dx, dlm, rows, H,
+                            V, dscale);
         return;
     }
     be->matmul(w->logits, x, lm, NULL, rows, H, V);
-    be->softmax_xent(w->logits, w->losses + r0, w->ranks + r0, targets, rows, V, dscale);
+    be->softmax_xent(w->logits, losses, ranks, targets, rows, V, dscale);
     if (dx) be->matmul_backward(dx, dlm, NULL, w->logits, x, lm, rows, H, V); /* the logits now hold dlogits */
 }
 
@@ -230,9 +239,10 @@ static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const fl
 /* The lm_head row of a token: the token itself, or its place in a truncated head's map (-1 outside it) */
 static int token_row(const MedusaHeads *m, int token) { return m->token_index ? m->token_index[token] : token; }
 
-void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
-                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
-                             const MedusaBase *base, float head_decay, float grad_scale, MedusaBatchStats *stats) {
+void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
+                                    const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
+                                    const MedusaBase *base, float head_decay, float grad_scale,
+                                    MedusaBatchStats *stats) {
     const Backend *be = m->be;
     const MedusaShape *s = &m->shape;
     int H = s->hidden, L = s->n_layers;
@@ -246,6 +256,7 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         fatal("medusa: base-kl targets without the base model or the teacher's buffers");
     int agree = choice && !train; /* the heads' agreement with the base's choices */
     memset(stats, 0, sizeof *stats);
+    stats->ranked_choices = agree;
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
 
     float weight = 1.0f;
@@ -271,7 +282,16 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         }
         stats->valid[h] = valid;
         stats->computed[h] = n;
+        stats->n_loss[h] = n_loss;
+        stats->weight[h] = weight;
         if (n == 0) continue; /* nothing to learn here; PyTorch would give NaN for an empty mean */
+        size_t words = (size_t)n * (2 + agree);
+        if (w->results_used + words > w->results_capacity)
+            fatal("medusa: more batches queued than medusa_work_reserve_batches made room for");
+        stats->results_at[h] = w->results_used;
+        float *losses = w->results + w->results_used;
+        int32_t *ranks = (int32_t *)(losses + n), *choice_ranks = agree ? ranks + n : NULL;
+        w->results_used += words;
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
         if (kind == TARGETS_BASE_KL) be->upload(w->teacher_rows, w->host_teacher_rows, sizeof(int32_t) * (size_t)n);
@@ -285,7 +305,6 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
         float dscale = learn ? weight * grad_scale / (float)n_loss : 0.0f;
         const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
         if (learn) be->fill_zero(w->dx, sizeof(float) * nH);
-        double loss_sum = 0;
         /* equal chunks: a short tail chunk would make a thin, slow GEMM */
         int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
         for (int r0 = 0; r0 < n; r0 += per) {
@@ -299,22 +318,8 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
                 teacher = w->teacher;
             }
             head_classifier(m, w, ranked, teacher, x_last + (size_t)r0 * H, h, learn ? w->dx + (size_t)r0 * H : NULL,
-                            r0, rows, dscale, agree);
+                            r0, rows, dscale, losses, ranks, choice_ranks);
         }
-        be->download(w->host_losses, w->losses, sizeof(float) * (size_t)n);
-        be->download(w->host_ranks, w->ranks, sizeof(int32_t) * (size_t)n);
-        for (int i = 0; i < n; i++) {
-            loss_sum += w->host_losses[i];
-            for (int k = 0; k < MEDUSA_TOPK; k++) stats->hits[h][k] += w->host_ranks[i] >= 0 && w->host_ranks[i] <= k;
-        }
-        if (agree) {
-            be->download(w->host_choices, w->choice_ranks, sizeof(int32_t) * (size_t)n); /* their ranks now */
-            for (int i = 0; i < n; i++)
-                for (int k = 0; k < MEDUSA_TOPK; k++)
-                    stats->agree[h][k] += w->host_choices[i] >= 0 && w->host_choices[i] <= k;
-        }
-        stats->loss[h] = n_loss ? loss_sum / (double)n_loss : 0.0;
-        stats->total_loss += (double)weight * stats->loss[h];
         if (!learn) continue;
         for (int l = L - 1; l >= 0; l--) {
             const float *x_in = l == 0 ? w->rows_hidden : w->act + (size_t)(l - 1) * nH;
@@ -324,6 +329,37 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
             head_matmul_backward(m, l > 0 ? w->dx : NULL, medusa_linear_w(m, m->grads, h, l),
                                  medusa_linear_b(m, m->grads, h, l), w->dz, x_in, medusa_linear_w(m, m->params, h, l),
                                  n, H, H);
+        }
+    }
+}
+
+void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
+                             const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
+                             const MedusaBase *base, float head_decay, float grad_scale, MedusaBatchStats *stats) {
+    medusa_forward_backward_queued(m, w, hidden, tokens, loss_mask, seq_lens, n_seqs, T, base, head_decay, grad_scale,
+                                   stats);
+    medusa_stats_collect(m, w, stats, 1);
+}
+
+void medusa_stats_collect(const MedusaHeads *m, MedusaWork *w, MedusaBatchStats *stats, int n) {
+    if (w->results_used) m->be->download(w->host_results, w->results, sizeof(float) * w->results_used);
+    w->results_used = 0;
+    for (MedusaBatchStats *s = stats; s < stats + n; s++) {
+        for (int h = 0; h < m->shape.n_heads; h++) {
+            int64_t rows = s->computed[h];
+            if (rows == 0) continue;
+            const float *losses = w->host_results + s->results_at[h];
+            const int32_t *ranks = (const int32_t *)(losses + rows), *choice_ranks = ranks + rows;
+            double loss_sum = 0; /* in row order, in double */
+            for (int64_t i = 0; i < rows; i++) {
+                loss_sum += losses[i];
+                for (int k = 0; k < MEDUSA_TOPK; k++) s->hits[h][k] += ranks[i] >= 0 && ranks[i] <= k;
+                if (s->ranked_choices)
+                    for (int k = 0; k < MEDUSA_TOPK; k++)
+                        s->agree[h][k] += choice_ranks[i] >= 0 && choice_ranks[i] <= k;
+            }
+            s->loss[h] = s->n_loss[h] ? loss_sum / (double)s->n_loss[h] : 0.0;
+            s->total_loss += (double)s->weight[h] * s->loss[h];
         }
     }
 }

@@ -40,6 +40,12 @@ typedef struct {
     int64_t hits[64][MEDUSA_TOPK];  /* hits[i][k-1]: target within head i's top k */
     int64_t agree[64][MEDUSA_TOPK]; /* agree[i][k-1]: the base model's choice within head i's top k (MedusaBase) */
     double total_loss;              /* sum_i decay^i * loss[i] */
+    /* left by medusa_forward_backward_queued for medusa_stats_collect: where head i's rows start in the work's results,
+     * how many have a loss, its weight decay^i, and whether the base's choices were ranked */
+    size_t results_at[64];
+    int64_t n_loss[64];
+    float weight[64];
+    int ranked_choices;
 } MedusaBatchStats;
 
 /* What head i at position t learns (medusa-train --targets). The positions are the labels' whatever the targets: those
@@ -76,11 +82,10 @@ typedef struct {
     float *pre;                            /* [L][T,H]: Linear outputs before SiLU */
     float *dx, *dz;                        /* [T,H] */
     float *logits;                         /* [chunk_rows, V] */
-    float *losses;                         /* [T]: per row of the current head */
-    int32_t *ranks, *targets, *ranked;     /* [T] on the backend: the loss's targets, the labels' lm_head rows */
+    int32_t *targets, *ranked;             /* [T] on the backend: the loss's targets, the labels' lm_head rows */
     float *rows_hidden;                    /* [T,H]: the hidden rows a head has targets for, gathered */
     int32_t *rows;                         /* [T] backend: their positions */
-    int32_t *choices, *choice_ranks;       /* [T] backend: the base model's choices' lm_head rows, their ranks */
+    int32_t *choices;                      /* [T] backend: the base model's choices' lm_head rows */
     int32_t *host_targets;                 /* [K][T] */
     int32_t *host_rows, *host_row_targets; /* [T] */
     int32_t *host_ranked, *host_choices;   /* [T] */
@@ -88,8 +93,11 @@ typedef struct {
      * rows they come from [chunk_rows, H], and per row of a head the row of hidden [T] (backend and host) */
     float *teacher, *teacher_hidden;
     int32_t *teacher_rows, *host_teacher_rows;
-    float *host_losses;
-    int32_t *host_ranks;
+    /* the per-row results of the batches whose statistics are pending, head after head: its rows' losses, then their
+     * ranks (int32), then with MedusaBatchStats.ranked_choices the base's choices' ranks (int32); backend and host,
+     * results_capacity 4-byte words, so that a step's batches leave the device in one download */
+    float *results, *host_results;
+    size_t results_capacity, results_used;
 } MedusaWork;
 
 /* Truncated heads (0 < head_vocab < vocab) start with the map 0..Vh-1; set the real one before use. */
@@ -113,6 +121,9 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
 void medusa_work_free(MedusaWork *w, const MedusaHeads *m);
 /* The teacher's buffers of TARGETS_BASE_KL (MedusaWork), freed by medusa_work_free. */
 void medusa_work_enable_teacher(MedusaWork *w, const MedusaHeads *m);
+/* Room for the results of n_batches batches before medusa_stats_collect (medusa_work_init makes room for one); only
+ * between collections. */
+void medusa_work_reserve_batches(MedusaWork *w, const MedusaHeads *m, int n_batches);
 
 /* Targets of head i at position t: tokens[t+2+i] when it lies in the same sequence and loss_mask is set;
  * -1 (ignored) otherwise. targets is [K][T] on the host. */
@@ -127,6 +138,15 @@ void medusa_targets(int n_heads, const int32_t *tokens, const uint8_t *loss_mask
 void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
                              const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
                              const MedusaBase *base, float head_decay, float grad_scale, MedusaBatchStats *stats);
+/* The same, leaving the batch's per-row results on the backend: stats' valid and computed are set, its loss, hits,
+ * agree and total_loss wait for medusa_stats_collect, so that several batches (a step's micro-batches) cost one
+ * download. */
+void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
+                                    const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
+                                    const MedusaBase *base, float head_decay, float grad_scale,
+                                    MedusaBatchStats *stats);
+/* Completes the statistics of the n batches queued since the last collection, in their order: one download. */
+void medusa_stats_collect(const MedusaHeads *m, MedusaWork *w, MedusaBatchStats *stats, int n);
 
 /* FLOPs of training one head on `rows` rows (MedusaBatchStats.computed), a multiply-add counted as 2: the lm_head's
  * forward, input and weight gradients (3 x 2 x Vh x H), each ResBlock's forward and weight gradient (2 x 2 x H x H)

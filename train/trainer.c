@@ -232,6 +232,9 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     StepMetrics *into = metrics;
     if (t->ranks > 1) step_metrics_clear(&own), into = &own;
     optim_sync_copy(t->heads, &t->adam); /* after that, each step's AdamW writes the heads' bf16 copy */
+    /* the micro-batches' losses and ranks stay on the device until the step's end: one download for all of them */
+    MedusaBatchStats *s = xmalloc(sizeof *s * (size_t)n);
+    medusa_work_reserve_batches(&t->work, t->heads, n);
     for (int i = 0; i < n; i++) {
         base_forward(t, &micro[i]);
         MedusaBase base = {.targets = t->targets, .model = t->base};
@@ -240,18 +243,23 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
             base_choices(t, &micro[i], NULL);
             base.choice = t->choice;
         }
-        MedusaBatchStats s;
-        medusa_forward_backward(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask, micro[i].seq_lens,
-                                micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay, 1.0f / (float)(n * t->ranks),
-                                &s);
-        if (!isfinite(s.total_loss)) {
-            /* the base model's fault whenever its hidden states are not finite, at any step */
-            if (!trainer_all_finite(t->base->be, t->hidden, (size_t)micro[i].n_tokens * t->base->config.hidden_size))
-                nonfinite_loss(t, &micro[i], s.total_loss, 0);
-            diverged(t, "loss", s.total_loss);
-        }
-        accumulate(into, &s, t->heads->shape.n_heads, micro[i].n_tokens);
+        medusa_forward_backward_queued(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask,
+                                       micro[i].seq_lens, micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay,
+                                       1.0f / (float)(n * t->ranks), &s[i]);
     }
+    medusa_stats_collect(t->heads, &t->work, s, n);
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(s[i].total_loss)) {
+            /* the base model's fault whenever its hidden states are not finite, at any step: this micro-batch's again
+             * (a later one's are in t->hidden now) */
+            base_forward(t, &micro[i]);
+            if (!trainer_all_finite(t->base->be, t->hidden, (size_t)micro[i].n_tokens * t->base->config.hidden_size))
+                nonfinite_loss(t, &micro[i], s[i].total_loss, 0);
+            diverged(t, "loss", s[i].total_loss);
+        }
+        accumulate(into, &s[i], t->heads->shape.n_heads, micro[i].n_tokens);
+    }
+    free(s);
     if (t->ranks > 1) {
         sum_ranks_grads(t->heads);
         step_metrics_sum_ranks(&own);
