@@ -44,7 +44,7 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
         int K = heads->shape.n_heads;
         medusa_work_init(&d->work, heads, rows, rows);
         d->head_logits = be->alloc(sizeof(float) * (size_t)K * rows * V);
-        if (K * TREE_TOPK > n_ids) n_ids = K * TREE_TOPK;
+        n_ids += K * rows * TREE_TOPK; /* argmax_rows' heads' candidates at every node */
         size_t children = (size_t)rows * TREE_TOPK;
         d->child_ids = be->alloc(sizeof(int32_t) * children);
         d->child_probs = be->alloc(sizeof(float) * children);
@@ -77,11 +77,20 @@ void decoder_free(Decoder *d) {
     memset(d, 0, sizeof *d);
 }
 
-/* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. */
-static void argmax_rows(Decoder *d, const float *logits, int rows) {
+/* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. With
+ * heads_rows, the heads' top-TREE_TOPK lm_head rows at the first heads_rows rows of d->hidden follow them in the same
+ * download, laid out [K][heads_rows][TREE_TOPK] (node_candidates reads them). */
+static void argmax_rows(Decoder *d, const float *logits, int rows, int heads_rows) {
     const Backend *be = d->base->be;
     be->top_k(d->ids, logits, rows, d->base->config.vocab_size, 1);
-    be->download(d->host_ids, d->ids, sizeof(int32_t) * (size_t)rows);
+    size_t n_ids = (size_t)rows;
+    if (heads_rows) {
+        const MedusaHeads *h = d->heads;
+        medusa_logits(h, &d->work, d->hidden, heads_rows, d->head_logits);
+        be->top_k(d->ids + rows, d->head_logits, h->shape.n_heads * heads_rows, h->shape.head_vocab, TREE_TOPK);
+        n_ids += (size_t)h->shape.n_heads * heads_rows * TREE_TOPK;
+    }
+    be->download(d->host_ids, d->ids, sizeof(int32_t) * n_ids);
     for (int i = 0; i < rows; i++)
         if (d->host_ids[i] < 0) fatal("decoding: the model's logits are all NaN (a damaged model file?)");
 }
@@ -181,7 +190,7 @@ int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, i
     while (n < max_new) {
         int next;
         if (greedy) {
-            argmax_rows(d, d->logits, 1);
+            argmax_rows(d, d->logits, 1, 0);
             next = d->host_ids[0];
         } else {
             next = sample_top_p(d->host_logits, V, o->temperature, o->top_p, &rng, d->probs);
@@ -198,6 +207,16 @@ int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, i
     return n;
 }
 
+/* Node r's candidates from each head's top-TREE_TOPK lm_head rows at `rows` nodes (ids [K][rows][TREE_TOPK]) as token
+ * ids, into candidates (K x TREE_TOPK; -1 where a head has fewer) */
+static void node_candidates(const MedusaHeads *h, const int32_t *ids, int rows, int r, int32_t *candidates) {
+    for (int k = 0; k < h->shape.n_heads; k++)
+        for (int j = 0; j < TREE_TOPK; j++) {
+            int32_t id = ids[((size_t)k * rows + r) * TREE_TOPK + j];
+            candidates[k * TREE_TOPK + j] = id >= 0 ? medusa_row_token(h, id) : -1; /* truncated heads: rows to ids */
+        }
+}
+
 /* Each head's top-TREE_TOPK token ids (largest first, ties to the lower id, as a stable sort would) for the
  * node whose hidden state is row `row`, into candidates (K x TREE_TOPK; -1 where a head has fewer). */
 static void heads_at(Decoder *d, int row, int32_t *candidates) {
@@ -205,9 +224,8 @@ static void heads_at(Decoder *d, int row, int32_t *candidates) {
     int K = h->shape.n_heads, V = h->shape.head_vocab, H = h->shape.hidden;
     medusa_logits(h, &d->work, d->hidden + (size_t)row * H, 1, d->head_logits);
     d->base->be->top_k(d->ids, d->head_logits, K, V, TREE_TOPK);
-    d->base->be->download(candidates, d->ids, sizeof(int32_t) * (size_t)K * TREE_TOPK);
-    for (int i = 0; i < K * TREE_TOPK; i++) /* truncated heads: lm_head rows to token ids */
-        if (candidates[i] >= 0) candidates[i] = medusa_row_token(h, candidates[i]);
+    d->base->be->download(d->host_ids, d->ids, sizeof(int32_t) * (size_t)K * TREE_TOPK);
+    node_candidates(h, d->host_ids, 1, 0, candidates);
 }
 
 int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, int eos, const DecodeOptions *o,
@@ -218,6 +236,10 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     int V = d->base->config.vocab_size, N = t->n_nodes, D = t->max_depth;
     memset(stats, 0, sizeof *stats);
     int typical = o->temperature > 0;
+    /* greedy steps off the host: the heads run at every node, so that their candidates at the accepted one leave the
+     * device with the nodes' argmaxes (a GPU reads the heads' weights once for N rows as for one; a CPU would pay N
+     * times the heads' GEMMs) */
+    int heads_everywhere = !typical && !be->is_host;
     TreeStep s;
     tree_step_init(&s, t);
     int32_t *candidates = xmalloc(sizeof(int32_t) * (size_t)(1 + TREE_TOPK * d->heads->shape.n_heads));
@@ -228,7 +250,7 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     prefill(d, prompt, n_prompt, 0, stats);
     /* the root of every step is the base model's argmax after the last accepted token, at every temperature (the
      * reference's generate_candidates in its default fast mode) */
-    argmax_rows(d, d->logits, 1);
+    argmax_rows(d, d->logits, 1, 0);
     int root = d->host_ids[0];
     heads_at(d, n_prompt - 1, candidates + 1);
     double t0 = now_seconds();
@@ -242,8 +264,8 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
                            d->logits);
         stats->steps++;
         int best, accepted;
-        if (!typical) { /* only each node's argmax leaves the device */
-            argmax_rows(d, d->logits, N);
+        if (!typical) { /* only each node's argmax (and off the host the heads' candidates) leaves the device */
+            argmax_rows(d, d->logits, N, heads_everywhere ? N : 0);
             memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
             accepted = tree_step_accept_greedy(&s, node_argmax, &best);
         } else { /* each node's entropy and its children's probabilities leave the device, not its logits */
@@ -273,10 +295,11 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         if (!typical) {
             root = node_argmax[last];
         } else {
-            argmax_rows(d, d->logits + (size_t)last * V, 1);
+            argmax_rows(d, d->logits + (size_t)last * V, 1, 0);
             root = d->host_ids[0];
         }
-        heads_at(d, last, candidates + 1);
+        if (heads_everywhere) node_candidates(d->heads, d->host_ids + N, N, last, candidates + 1);
+        else heads_at(d, last, candidates + 1);
     }
     stats->new_tokens = n;
     stats->seconds = now_seconds() - t0;
