@@ -41,6 +41,8 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double chunk = in->logits_chunk < Th ? in->logits_chunk : Th;
     double blocks = in->n_layers > 0 ? in->n_layers : 1;
     if (in->n_heads > 0) p.head_activations = Th * H * (2 * blocks + 3) * 4 + Th * 16 + chunk * 12;
+    /* each head's per-row loss, rank and choice's rank for the batches of a step, downloaded together */
+    p.head_activations += (in->micro_batches > 1 ? in->micro_batches : 1) * in->n_heads * Th * 12;
     if (in->teacher) p.head_activations += chunk * H * 4 + Th * 4; /* the teacher's hidden rows and their positions */
     p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) * (in->teacher ? 2 : 1) + (double)in->vocab_rows * V * 4;
     if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {

@@ -19,16 +19,18 @@ typedef struct {
                           * stream and the final hidden states are fp32) */
     int head_copy_bytes; /* extra low-precision copy of the head weights for the GEMMs (0 if none) */
     int n_heads, n_layers;
-    int batch_tokens; /* tokens per base-model pass: a packed batch, or a decoding run's prompt */
-    int logits_chunk; /* rows of head logits materialised at once */
-    int train;        /* grads + AdamW state */
-    int head_vocab;   /* rows of each head's lm_head; 0: the full vocabulary */
-    int head_tokens;  /* rows the heads run on; 0: batch_tokens */
-    int vocab_rows;   /* rows of full-vocabulary logits besides the heads' chunk (evaluation: the base
-                       * model's on a chunk of tokens; decoding: the base model's and each head's per tree node) */
-    int kv_len;       /* rows of the KV cache (decoding); 0: none */
-    int teacher;      /* soft targets (base-kl): the base's logits for a chunk of head rows beside the heads', the
-                       * hidden rows they come from, and for truncated heads the base lm_head's rows for their map */
+    int batch_tokens;  /* tokens per base-model pass: a packed batch, or a decoding run's prompt */
+    int logits_chunk;  /* rows of head logits materialised at once */
+    int train;         /* grads + AdamW state */
+    int head_vocab;    /* rows of each head's lm_head; 0: the full vocabulary */
+    int head_tokens;   /* rows the heads run on; 0: batch_tokens */
+    int vocab_rows;    /* rows of full-vocabulary logits besides the heads' chunk (evaluation: the base
+                        * model's on a chunk of tokens; decoding: the base model's and each head's per tree node) */
+    int kv_len;        /* rows of the KV cache (decoding); 0: none */
+    int micro_batches; /* batches whose heads' per-row results wait on the device for one download (a step's
+                        * micro-batches: --grad-accum); 0: one */
+    int teacher;       /* soft targets (base-kl): the base's logits for a chunk of head rows beside the heads', the
+                        * hidden rows they come from, and for truncated heads the base lm_head's rows for their map */
 } MemoryPlanInput;
 
 typedef struct {

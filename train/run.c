@@ -479,6 +479,7 @@ static void run_open(Run *r, const TrainConfig *c) {
     TargetKind targets = target_kind(c->targets);
     MemoryPlanInput mi = memory_plan_training(r->s.dtype, c->heads, c->layers, Vh, c->batch_tokens, r->s.logits_chunk,
                                               1, c->val != NULL, targets);
+    mi.micro_batches = c->grad_accum;
     startup_load_base(&r->s, &mi, log_verbosity >= 1, &r->base);
     int H = r->base.config.hidden_size, V = r->base.config.vocab_size;
     token_cache_load(&r->data, c->data, V);
