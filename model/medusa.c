@@ -290,7 +290,7 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
             fatal("medusa: more batches queued than medusa_work_reserve_batches made room for");
         stats->results_at[h] = w->results_used;
         float *losses = w->results + w->results_used;
-        int32_t *ranks = (int32_t *)(losses + n), *choice_ranks = agree ? ranks + n : NULL;
+        int32_t *ranks = (int32_t *)(void *)(losses + n), *choice_ranks = agree ? ranks + n : NULL; /* 4-byte words */
         w->results_used += words;
         size_t nH = (size_t)n * H;
         be->upload(w->rows, w->host_rows, sizeof(int32_t) * (size_t)n);
@@ -349,7 +349,7 @@ void medusa_stats_collect(const MedusaHeads *m, MedusaWork *w, MedusaBatchStats 
             int64_t rows = s->computed[h];
             if (rows == 0) continue;
             const float *losses = w->host_results + s->results_at[h];
-            const int32_t *ranks = (const int32_t *)(losses + rows), *choice_ranks = ranks + rows;
+            const int32_t *ranks = (const int32_t *)(const void *)(losses + rows), *choice_ranks = ranks + rows;
             double loss_sum = 0; /* in row order, in double */
             for (int64_t i = 0; i < rows; i++) {
                 loss_sum += losses[i];
