@@ -28,8 +28,8 @@ typedef struct {
 } MedusaHeads;
 
 /* Makes the heads' GEMMs take bf16 operands (fp32 accumulation, fp32 master weights and gradients): a bf16
- * copy of the parameters is kept, made here and rewritten by each AdamW step as it updates the parameters
- * (train/optim.c: optim_sync_copy remakes it after the parameters change otherwise, e.g. a checkpoint loaded). */
+ * copy of the parameters is kept, made here, rewritten by each AdamW step as it updates the parameters and by
+ * checkpoint_load. Call again after changing params any other way. */
 void medusa_use_bf16(MedusaHeads *m);
 
 /* Per-head result of one batch. */

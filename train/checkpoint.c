@@ -240,6 +240,7 @@ void checkpoint_load(const char *path, MedusaHeads *m, AdamState *adam, Checkpoi
         free(map);
     }
     read_backend_floats(file, "params", m->be, m->params, m->n_params, path);
+    if (m->params_bf16) medusa_use_bf16(m); /* the GEMMs' copy of the new parameters (each AdamW step keeps it after) */
     if (adam) {
         read_backend_floats(file, "adam_m", m->be, adam->m, m->n_params, path);
         read_backend_floats(file, "adam_v", m->be, adam->v, m->n_params, path);

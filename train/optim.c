@@ -31,7 +31,6 @@ void adam_init(AdamState *s, const MedusaHeads *m) {
     m->be->fill_zero(s->m, bytes);
     m->be->fill_zero(s->v, bytes);
     s->step = 0;
-    s->copy_step = -1;
 }
 
 void adam_free(AdamState *s, const MedusaHeads *m) {
@@ -78,13 +77,6 @@ void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad
         adamw_range(m, s, medusa_lm_head(m, m->params, h), (size_t)sh->head_vocab * H, &decayed);
     }
     m->be->fill_zero(m->grads, sizeof(float) * m->n_params);
-    s->copy_step = s->step;
-}
-
-void optim_sync_copy(MedusaHeads *m, AdamState *s) {
-    if (!m->params_bf16 || s->copy_step == s->step) return;
-    medusa_use_bf16(m);
-    s->copy_step = s->step;
 }
 
 double optim_step(MedusaHeads *m, AdamState *s, const OptimConfig *c) {

@@ -17,9 +17,6 @@ typedef struct {
 typedef struct {
     float *m, *v; /* backend memory, like the parameters */
     int step;     /* optimizer steps taken */
-    /* the step whose parameters the heads' bf16 copy holds (each step's adamw writes it); -1 from adam_init: the
-     * parameters may be set or loaded before the first step (a resumed run's checkpoint) */
-    int copy_step;
 } AdamState;
 
 void optim_defaults(OptimConfig *c);
@@ -37,8 +34,5 @@ double optim_step(MedusaHeads *m, AdamState *s, const OptimConfig *c);
 /* The update part of optim_step given the gradients' global norm. With a bf16 copy of the heads (medusa_use_bf16)
  * AdamW writes it too: no separate rounding pass. */
 void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad_norm);
-/* Rounds the heads' parameters into their bf16 copy, if they have one, unless the last step wrote it: before a
- * forward pass that may follow a change of the parameters outside the optimizer (a zeroed state: nothing). */
-void optim_sync_copy(MedusaHeads *m, AdamState *s);
 
 #endif

@@ -231,7 +231,6 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     StepMetrics own; /* this rank's, summed over the ranks after the micro-batches */
     StepMetrics *into = metrics;
     if (t->ranks > 1) step_metrics_clear(&own), into = &own;
-    optim_sync_copy(t->heads, &t->adam); /* after that, each step's AdamW writes the heads' bf16 copy */
     /* the micro-batches' losses and ranks stay on the device until the step's end: one download for all of them */
     MedusaBatchStats *s = xmalloc(sizeof *s * (size_t)n);
     medusa_work_reserve_batches(&t->work, t->heads, n);
@@ -271,7 +270,6 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
 }
 
 void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics) {
-    optim_sync_copy(t->heads, &t->adam); /* a resumed run may evaluate before its first step */
     base_forward(t, b);
     base_choices(t, b, metrics);
     MedusaBatchStats s;
