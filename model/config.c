@@ -23,12 +23,15 @@ static int gemma_generation(const char *arch) {
 /* Gemma 2 and 3 as transformers computes them: embeddings times sqrt(hidden_size), norms before and after each block,
  * a GeLU-tanh MLP, and windowed layers but every `pattern`-th (Gemma 2: every other one, Gemma 3: every sixth);
  * Gemma 3 adds q/k norms. (Their RMSNorm weights w scale by 1 + w: norm_adds_one, where the file holds w.) */
-static void gemma_traits(ModelConfig *c, int generation, int pattern) {
+static int gemma_window_pattern(int generation) { return generation == 2 ? 2 : 6; }
+
+static void gemma_traits(ModelConfig *c, int generation) {
+    int pattern = gemma_window_pattern(generation);
     c->qk_norm = generation == 3;
     c->sandwich_norms = 1;
     c->embed_scale = (float)sqrt((double)c->hidden_size); /* torch.tensor(hidden_size**0.5): fp32 of the double root */
     c->mlp_activation = GLU_GELU_TANH;
-    for (int l = 0; l < c->n_layers && l < CONFIG_MAX_LAYERS; l++) c->layer_sliding[l] = (l + 1) % pattern != 0;
+    for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = (l + 1) % pattern != 0;
 }
 
 static const cJSON *field(const cJSON *root, const char *key) {
@@ -183,10 +186,11 @@ static void parse_rope_scaling(ModelConfig *c, const cJSON *root, const cJSON *s
         fatal("%s: rope scaling %s: attention_factor must be positive", path, type);
 }
 
-/* After every field is read: the rope's attention factor folded into the scores' scale (times Gemma's own, when set),
- * and the positions past which transformers would rotate with other frequencies. */
+/* After every field is read: the scores' scale (1 / sqrt(head_dim), Gemma's own, and the rope's attention factor
+ * folded in), and the positions past which transformers would rotate with other frequencies. */
 static void finish_rope(ModelConfig *c) {
     double factor = c->rope_attention_factor;
+    if (c->attention_scale == 0 && (factor == 0 || factor == 1)) c->attention_scale = 1.0f / sqrtf((float)c->head_dim);
     if (factor != 0 && factor != 1) {
         double scale = c->attention_scale > 0 ? c->attention_scale : pow(c->head_dim, -0.5); /* head_dim**-0.5 */
         double f32 = (float)factor; /* cos and sin are fp32 tensors multiplied by it */
@@ -215,7 +219,6 @@ static void validate(const ModelConfig *c, const char *path) {
               c->n_kv_heads);
     if (c->head_dim % 2 != 0) fatal("%s: head_dim %d must be even for rotary embeddings", path, c->head_dim);
     if (!(c->rope_theta > 0) || !(c->rms_norm_eps > 0)) fatal("%s: rope_theta and rms_norm_eps must be positive", path);
-    if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
     if (c->sliding_window < 0) fatal("%s: sliding_window %d must be positive (or null)", path, c->sliding_window);
 }
 
@@ -241,7 +244,7 @@ static void parse_gemma(ModelConfig *c, const cJSON *root, const char *path, int
             c->layer_sliding[l] = strcmp(type, "sliding_attention") == 0;
         }
     } else {
-        int pattern = json_int(root, path, "sliding_window_pattern", generation == 2 ? 2 : 6, 0);
+        int pattern = json_int(root, path, "sliding_window_pattern", gemma_window_pattern(generation), 0);
         if (pattern < 1) fatal("%s: sliding_window_pattern %d must be positive", path, pattern);
         for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = (l + 1) % pattern != 0;
     }
@@ -310,7 +313,7 @@ void config_from_json(ModelConfig *c, const char *path) {
     c->fused_weights = strcmp(c->architecture, "phi3") == 0;
     if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
     if (gemma) {
-        gemma_traits(c, gemma, gemma == 2 ? 2 : 6);
+        gemma_traits(c, gemma);
         c->norm_adds_one = 1;
         parse_gemma(c, root, path, gemma);
     }
@@ -433,7 +436,7 @@ void config_from_gguf(ModelConfig *c, const GGUFFile *g) {
     c->fused_weights = phi3; /* attn_qkv, and ffn_up holding gate and up */
     if (c->n_layers > CONFIG_MAX_LAYERS) fatal("%s: %d layers (at most %d)", path, c->n_layers, CONFIG_MAX_LAYERS);
     if (gemma) {
-        gemma_traits(c, gemma, gemma == 2 ? 2 : 6); /* llama.cpp's converter stored the norms' 1 + w */
+        gemma_traits(c, gemma); /* llama.cpp's converter stored the norms' 1 + w */
         /* the file does not hold query_pre_attn_scalar: llama.cpp takes it as head_dim, but for the 27B models (Gemma
          * 2: 46 layers, Gemma 3: 62) as hidden / heads, which is what their configs say */
         int big = c->n_layers == (gemma == 2 ? 46 : 62);

@@ -1,4 +1,4 @@
-/* Llama-family model configuration (llama, mistral, qwen2, qwen3, phi3, gemma3), from config.json or GGUF metadata. */
+/* Model configuration (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3), from config.json or GGUF metadata. */
 #ifndef MEDUSA_CONFIG_H
 #define MEDUSA_CONFIG_H
 
@@ -52,8 +52,9 @@ typedef struct {
     int norm_adds_one;  /* the stored RMSNorm weights w scale by 1 + w (Hugging Face files; GGUF files hold 1 + w) */
     int sandwich_norms; /* each block's output is normed too, before it is added to the residual stream */
     float embed_scale;  /* the embeddings are multiplied by this (sqrt(hidden_size)); 0: not scaled */
-    GluActivation mlp_activation; /* the gated MLP's: down(act(gate) * up) */
-    float attention_scale; /* the attention scores' scale (Gemma: query_pre_attn_scalar^-0.5); 0: 1/sqrt(head_dim) */
+    GluActivation mlp_activation;      /* the gated MLP's: down(act(gate) * up) */
+    float attention_scale;             /* the attention scores' scale: 1/sqrt(head_dim), or the family's (Gemma's
+                                        * query_pre_attn_scalar^-0.5) with the rope's attention factor squared */
     float attn_softcap, final_softcap; /* Gemma 2's soft-capping of attention scores and of the logits; 0: none */
     int bos_token_id;                  /* -1 when unknown */
     int eos_token_id;

@@ -480,8 +480,7 @@ static void rope_qkv(const Model *m, ForwardState *s, int layer, void *k, void *
 static GemmInput attention(const Model *m, ForwardState *s, const void *k_all, const void *v_all,
                            const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T) {
     const ModelConfig *c = &m->config;
-    AttentionScoring sc = {c->attention_scale > 0 ? c->attention_scale : 1.0f / sqrtf((float)c->head_dim),
-                           c->attn_softcap};
+    AttentionScoring sc = {c->attention_scale, c->attn_softcap};
     if (s->act16) {
         m->be->attention_bf16(s->act16, s->q, k_all, v_all, key_begin, key_end, mask, row0, T, c->n_heads,
                               c->n_kv_heads, c->head_dim, sc);
