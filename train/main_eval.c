@@ -7,7 +7,7 @@
 #include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
 #include "../model/startup.h"
-#include "dist.h"
+#include "../common/dist.h"
 #include "run.h"
 
 static const char *USAGE =

@@ -4,7 +4,7 @@
 
 #include "../common/args.h"
 #include "../model/medusa_io.h"
-#include "dist.h"
+#include "../common/dist.h"
 #include "run.h"
 
 static const char *USAGE_TRAIN =

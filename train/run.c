@@ -13,7 +13,7 @@
 #include "../data/batcher.h"
 #include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
-#include "dist.h"
+#include "../common/dist.h"
 
 void train_config_defaults(TrainConfig *c) {
     memset(c, 0, sizeof *c);

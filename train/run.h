@@ -37,7 +37,7 @@ enum { TRAIN_DONE = 0, TRAIN_STOPPED = 3, TRAIN_INTERRUPTED = 130 };
 int train_run(const TrainConfig *c);
 
 /* Evaluation over the first max_batches packed batches of a cache (all when <= 0), in file order; data-parallel ranks
- * (train/dist.h) each take every N-th batch and every rank gets the sums (all ranks must call it). */
+ * (common/dist.h) each take every N-th batch and every rank gets the sums (all ranks must call it). */
 void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_batches, StepMetrics *out);
 /* Adds loss, medusa{i}_loss and medusa{i}_top{k} (k = 1..5) of accumulated metrics to obj. */
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj);

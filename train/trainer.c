@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dist.h"
+#include "../common/dist.h"
 
 void step_metrics_clear(StepMetrics *m) { memset(m, 0, sizeof *m); }
 
@@ -183,14 +183,14 @@ static void base_choices(Trainer *t, const PackedBatch *b, StepMetrics *metrics)
 
 void step_metrics_sum_ranks(StepMetrics *m) {
     if (dist_size() == 1) return;
-    dist_sum_doubles(m->loss_sum, 64);
-    dist_sum_doubles(&m->total_loss_sum, 1);
-    dist_sum_int64(m->valid, 64);
-    dist_sum_int64(m->computed, 64);
-    dist_sum_int64(&m->hits[0][0], 64 * MEDUSA_TOPK);
-    dist_sum_int64(&m->agree[0][0], 64 * MEDUSA_TOPK);
+    dist_sum_doubles(DIST_WORLD, m->loss_sum, 64);
+    dist_sum_doubles(DIST_WORLD, &m->total_loss_sum, 1);
+    dist_sum_int64(DIST_WORLD, m->valid, 64);
+    dist_sum_int64(DIST_WORLD, m->computed, 64);
+    dist_sum_int64(DIST_WORLD, &m->hits[0][0], 64 * MEDUSA_TOPK);
+    dist_sum_int64(DIST_WORLD, &m->agree[0][0], 64 * MEDUSA_TOPK);
     int64_t counts[4] = {m->base_valid, m->base_hits, m->batches, m->tokens};
-    dist_sum_int64(counts, 4);
+    dist_sum_int64(DIST_WORLD, counts, 4);
     m->base_valid = counts[0], m->base_hits = counts[1], m->batches = (int)counts[2], m->tokens = counts[3];
 }
 
@@ -212,12 +212,12 @@ static void add_metrics(StepMetrics *into, const StepMetrics *m) {
 static void sum_ranks_grads(MedusaHeads *h) {
     size_t n = h->n_params;
     if (h->be->is_host) {
-        dist_sum_floats(h->grads, n);
+        dist_sum_floats(DIST_STAGE, h->grads, n);
         return;
     }
     float *host = xmalloc(sizeof(float) * n);
     h->be->download(host, h->grads, sizeof(float) * n);
-    dist_sum_floats(host, n);
+    dist_sum_floats(DIST_STAGE, host, n);
     h->be->upload(h->grads, host, sizeof(float) * n);
     free(host);
 }

@@ -34,7 +34,7 @@ typedef struct {
     Matrix teacher_lm_head;    /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else no
                                 * parts */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
-    int ranks; /* data-parallel ranks whose gradients each step sums (train/dist.h); 1: this process alone */
+    int ranks; /* data-parallel ranks whose gradients each step sums (common/dist.h); 1: this process alone */
     /* for error messages (NULL: not named): the base model's path, where the heads came from, and what a divergence
      * leaves behind (e.g. "the last checkpoint, RUN/ckpt-4.h5, is intact") */
     const char *base_name, *heads_name, *diverge_note;
@@ -74,7 +74,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
 void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics);
 
 void step_metrics_clear(StepMetrics *m);
-/* Every data-parallel rank's statistics summed into each rank's (train/dist.h); nothing with one rank. */
+/* Every data-parallel rank's statistics summed into each rank's (common/dist.h); nothing with one rank. */
 void step_metrics_sum_ranks(StepMetrics *m);
 
 /* 1 when every one of the n floats (backend memory) is finite: their sum of squares (in double) is. */
