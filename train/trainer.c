@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "../common/dist.h"
+#include "collective.h"
 
 void step_metrics_clear(StepMetrics *m) { memset(m, 0, sizeof *m); }
 
@@ -208,20 +209,6 @@ static void add_metrics(StepMetrics *into, const StepMetrics *m) {
     into->tokens += m->tokens;
 }
 
-/* Every rank's gradients summed into each rank's (through host memory where the backend's is not). */
-static void sum_ranks_grads(MedusaHeads *h) {
-    size_t n = h->n_params;
-    if (h->be->is_host) {
-        dist_sum_floats(DIST_STAGE, h->grads, n);
-        return;
-    }
-    float *host = xmalloc(sizeof(float) * n);
-    h->be->download(host, h->grads, sizeof(float) * n);
-    dist_sum_floats(DIST_STAGE, host, n);
-    h->be->upload(h->grads, host, sizeof(float) * n);
-    free(host);
-}
-
 static void diverged(const Trainer *t, const char *what, double value) {
     fatal("training diverged: the %s is %g at optimizer step %d (try a lower --lr)%s%s", what, value, t->adam.step + 1,
           t->diverge_note ? "; " : "", t->diverge_note ? t->diverge_note : "");
@@ -260,7 +247,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     }
     free(s);
     if (t->ranks > 1) {
-        sum_ranks_grads(t->heads);
+        collective_sum(t->heads->be, DIST_STAGE, t->heads->grads, t->heads->n_params);
         step_metrics_sum_ranks(&own);
         add_metrics(metrics, &own);
     }
