@@ -1,12 +1,14 @@
 #include "distill.h"
 
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/dist.h"
 #include "../data/chat_template.h"
 #include "../data/model_tokenizer.h"
 #include "../formats/atomic_file.h"
@@ -22,7 +24,14 @@ void distill_options_defaults(DistillOptions *o) {
     o->top_p = 1.0f;
 }
 
-/* ---- the partial output: a header with the settings, then one line per finished conversation ---- */
+/* ---- the partial output: a header with the settings, then one line per finished conversation ----
+ * Over MPI ranks (mpirun -np N) conversation i is rank i % N's, and each rank appends the ones it finishes to a file
+ * of its own, a line at a time, fsynced: rank 0 to OUT.partial, rank r > 0 to OUT.partial.rank<r> (OUT's directory
+ * must be the same for all ranks, one filesystem, as a training run directory is). No file has two writers, and a
+ * stop loses at most a rank's last line, cut off: at start rank 0 alone reads every such file, whatever number of
+ * ranks left them, drops a cut line and tells every rank what is done; at the end, after every rank has closed its
+ * file, rank 0 merges them all into OUT and removes them. A re-run on any number of ranks so continues any stopped
+ * run, and OUT is the same as one process writes. */
 
 /* The settings a re-run must share with the run it continues (not the batch or the limit: greedy replies do not
  * depend on them, and a larger limit extends a finished run). */
@@ -42,9 +51,9 @@ static char *settings_line(const DistillOptions *o, const char *template_name) {
 }
 
 typedef struct {
-    char *path;
+    char *path; /* this rank's file */
     FILE *f;
-    uint8_t *done; /* per input conversation index: finished (written or skipped) */
+    uint8_t *done; /* per input conversation index: finished (written or skipped), by any rank */
     int64_t n_done, cap;
 } Partial;
 
@@ -62,26 +71,58 @@ static void partial_mark(Partial *p, int64_t index) {
 
 static int partial_has(const Partial *p, int64_t index) { return index < p->cap && p->done[index]; }
 
-/* Opens OUT.partial for appending: a new one with the header, or one left by a stopped run with the same settings
- * (a last line cut off by the stop is dropped). */
-static void partial_open(Partial *p, const char *out, const char *header) {
-    memset(p, 0, sizeof *p);
-    size_t n = strlen(out);
-    p->path = xmalloc(n + 9);
-    memcpy(p->path, out, n);
-    memcpy(p->path + n, ".partial", 9);
-    size_t size;
-    char *text = file_exists(p->path) ? read_whole_file(p->path, &size) : NULL;
-    if (!text) {
-        p->f = fopen(p->path, "w");
-        if (!p->f) fatal("%s: cannot create: %s", p->path, strerror(errno));
-        fprintf(p->f, "%s\n", header);
-        fflush(p->f);
-        return;
+/* rank's partial file: OUT.partial for rank 0, OUT.partial.rank<r> for the others */
+static char *partial_path(const char *out, int rank) {
+    size_t n = strlen(out) + 32;
+    char *path = xmalloc(n);
+    if (rank == 0) snprintf(path, n, "%s.partial", out);
+    else snprintf(path, n, "%s.partial.rank%d", out, rank);
+    return path;
+}
+
+/* Every partial file of OUT on disk, of any rank of any run (OUT.partial first); NULL-terminated. */
+static char **partial_files(const char *out) {
+    size_t n = 0;
+    char **files = xmalloc(sizeof(char *) * 2);
+    char *first = partial_path(out, 0);
+    if (file_exists(first)) files[n++] = first;
+    else free(first);
+    const char *slash = strrchr(out, '/');
+    char *dir = slash ? xmalloc((size_t)(slash - out) + 2) : NULL;
+    if (dir) memcpy(dir, out, (size_t)(slash - out) + 1), dir[slash - out + 1] = '\0';
+    const char *base = slash ? slash + 1 : out;
+    size_t base_len = strlen(base);
+    DIR *d = opendir(dir ? dir : ".");
+    for (struct dirent *e; d && (e = readdir(d));) {
+        const char *name = e->d_name, *rank = name + base_len + 13; /* after "BASE.partial.rank" */
+        if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".partial.rank", 13) != 0 || !*rank ||
+            strspn(rank, "0123456789") != strlen(rank))
+            continue;
+        files = xrealloc(files, sizeof(char *) * (n + 2));
+        size_t len = (dir ? strlen(dir) : 0) + strlen(name) + 1;
+        files[n] = xmalloc(len);
+        snprintf(files[n++], len, "%s%s", dir ? dir : "", name);
     }
+    if (d) closedir(d);
+    free(dir);
+    files[n] = NULL;
+    return files;
+}
+
+static void free_list(char **list) {
+    for (char **s = list; *s; s++) free(*s);
+    free(list);
+}
+
+/* Marks the conversations of a partial file left by a stopped run with the same settings as done (a last line cut
+ * off by the stop is dropped). */
+static void partial_load(Partial *p, const char *path, const char *header) {
+    size_t size;
+    char *text = read_whole_file(path, &size);
+    if (!text) fatal("%s: cannot read", path);
     char *nl = strchr(text, '\n');
     if (!nl || (size_t)(nl - text) != strlen(header) || memcmp(text, header, strlen(header)) != 0)
-        fatal("%s: left by a run with other settings (or not ours): delete it, or run with its settings: %.*s", p->path,
+        fatal("%s: left by a run with other settings (or not ours): delete it, or run with its settings: %.*s", path,
               nl ? (int)(nl - text) : 200, text);
     size_t good = (size_t)(nl - text) + 1; /* bytes up to the last complete line */
     for (char *line = nl + 1; line < text + size;) {
@@ -99,14 +140,36 @@ static void partial_open(Partial *p, const char *out, const char *header) {
         good = (size_t)(line - text);
     }
     if (good < size) {
-        log_warn("%s: dropping %zu bytes after the last complete conversation (a run stopped while writing)", p->path,
+        log_warn("%s: dropping %zu bytes after the last complete conversation (a run stopped while writing)", path,
                  size - good);
-        if (truncate(p->path, (off_t)good) != 0) fatal("%s: cannot truncate: %s", p->path, strerror(errno));
+        if (truncate(path, (off_t)good) != 0) fatal("%s: cannot truncate: %s", path, strerror(errno));
     }
     free(text);
-    p->f = fopen(p->path, "a");
-    if (!p->f) fatal("%s: cannot append: %s", p->path, strerror(errno));
-    log_info("%s: %lld conversations already done, continuing", p->path, (long long)p->n_done);
+}
+
+/* What is done, from every partial file (rank 0 reads them, every rank learns it), then this rank's file opened for
+ * appending: a new one with the header, or its own one of a stopped run. */
+static void partial_open(Partial *p, const char *out, const char *header) {
+    memset(p, 0, sizeof *p);
+    if (dist_rank() == 0) {
+        char **files = partial_files(out);
+        for (char **f = files; *f; f++) partial_load(p, *f, header);
+        if (p->n_done) log_info("%s: %lld conversations already done, continuing", files[0], (long long)p->n_done);
+        free_list(files);
+    }
+    int64_t counts[2] = {p->cap, p->n_done};
+    dist_bcast(DIST_WORLD, counts, sizeof counts, 0);
+    if (dist_rank() != 0) {
+        p->cap = counts[0], p->n_done = counts[1];
+        p->done = p->cap ? xcalloc((size_t)p->cap, 1) : NULL;
+    }
+    if (p->cap) dist_bcast(DIST_WORLD, p->done, (size_t)p->cap, 0);
+    p->path = partial_path(out, dist_rank());
+    int existed = file_exists(p->path); /* rank 0 checked and repaired it before the broadcast */
+    p->f = fopen(p->path, existed ? "a" : "w");
+    if (!p->f) fatal("%s: cannot %s: %s", p->path, existed ? "append" : "create", strerror(errno));
+    if (!existed && (fprintf(p->f, "%s\n", header) < 0 || fflush(p->f) != 0 || fsync(fileno(p->f)) != 0))
+        fatal("%s: write failed: %s", p->path, strerror(errno));
 }
 
 /* One line per conversation, on disk before the next (a stop loses at most the conversations in flight). */
@@ -119,59 +182,78 @@ static void partial_write(Partial *p, int64_t index, cJSON *line) {
     partial_mark(p, index);
 }
 
+static void partial_close(Partial *p) {
+    fclose(p->f);
+    free(p->done);
+    free(p->path);
+}
+
+static double index_of(const cJSON *j) { return cJSON_GetObjectItemCaseSensitive(j, "index")->valuedouble; }
+
 static int by_index(const void *a, const void *b) {
-    double x = cJSON_GetObjectItemCaseSensitive(*(cJSON *const *)a, "index")->valuedouble,
-           y = cJSON_GetObjectItemCaseSensitive(*(cJSON *const *)b, "index")->valuedouble;
+    double x = index_of(*(cJSON *const *)a), y = index_of(*(cJSON *const *)b);
     return (x > y) - (x < y);
 }
 
-/* The output from the partial file: conversations in input order, without their index or skipped ones; JSON lines,
- * or a JSON list when out ends in .json. Written atomically; the partial file is removed after. */
-static int64_t partial_finish(Partial *p, const char *out) {
-    fclose(p->f);
-    size_t size;
-    char *text = read_whole_file(p->path, &size);
-    if (!text) fatal("%s: cannot read back", p->path);
+/* The output from every partial file (every rank's, all closed): conversations in input order, without their index
+ * or skipped ones; JSON lines, or a JSON list when out ends in .json. Written atomically; the partial files are
+ * removed after. */
+static int64_t partial_finish(const char *out) {
+    char **files = partial_files(out);
     cJSON **convs = NULL;
     int64_t n = 0, cap = 0;
-    for (char *line = strchr(text, '\n') + 1; line < text + size;) {
-        char *end = memchr(line, '\n', (size_t)(text + size - line));
-        cJSON *j = cJSON_ParseWithLength(line, (size_t)(end - line));
-        if (!j) fatal("%s: a line does not parse (changed while running?)", p->path);
-        line = end + 1;
-        if (!cJSON_GetObjectItemCaseSensitive(j, "conversations")) {
-            cJSON_Delete(j);
-            continue;
+    for (char **f = files; *f; f++) {
+        size_t size;
+        char *text = read_whole_file(*f, &size);
+        if (!text) fatal("%s: cannot read back", *f);
+        char *nl = strchr(text, '\n');
+        for (char *line = nl ? nl + 1 : text + size; line < text + size;) {
+            char *end = memchr(line, '\n', (size_t)(text + size - line));
+            cJSON *j = end ? cJSON_ParseWithLength(line, (size_t)(end - line)) : NULL;
+            if (!j || !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "index")))
+                fatal("%s: a line does not parse (changed while running?)", *f);
+            line = end + 1;
+            if (!cJSON_GetObjectItemCaseSensitive(j, "conversations")) {
+                cJSON_Delete(j);
+                continue;
+            }
+            if (n == cap) convs = xrealloc(convs, sizeof(cJSON *) * (size_t)(cap = cap ? 2 * cap : 1024));
+            convs[n++] = j;
         }
-        if (n == cap) convs = xrealloc(convs, sizeof(cJSON *) * (size_t)(cap = cap ? 2 * cap : 1024));
-        convs[n++] = j;
+        free(text);
     }
     if (n > 1) qsort(convs, (size_t)n, sizeof(cJSON *), by_index);
     size_t len = strlen(out);
     int list = len > 5 && strcmp(out + len - 5, ".json") == 0;
     char *buf = NULL;
     size_t used = 0, cap_bytes = 0;
+    int64_t written = 0;
+    double last = -1;
     for (int64_t i = 0; i < n; i++) {
+        double index = index_of(convs[i]);
+        if (index == last) continue; /* one conversation in two files (never written so, but harmless): once */
+        last = index;
         cJSON_DeleteItemFromObjectCaseSensitive(convs[i], "index");
         char *s = cJSON_PrintUnformatted(convs[i]);
-        cJSON_Delete(convs[i]);
         size_t need = strlen(s) + 4;
         if (used + need > cap_bytes) buf = xrealloc(buf, cap_bytes = 2 * (used + need));
-        used += (size_t)sprintf(buf + used, "%s%s%s", !list ? "" : i == 0 ? "[" : ",", s, list ? "" : "\n");
+        used += (size_t)sprintf(buf + used, "%s%s%s", !list ? "" : written == 0 ? "[" : ",", s, list ? "" : "\n");
+        written++;
         free(s);
     }
+    for (int64_t i = 0; i < n; i++) cJSON_Delete(convs[i]);
     if (list) {
         buf = xrealloc(buf, used + 4);
-        used += (size_t)sprintf(buf + used, "%s]\n", n ? "" : "[");
+        used += (size_t)sprintf(buf + used, "%s]\n", written ? "" : "[");
     }
     write_file_atomic(out, buf, used);
-    if (remove(p->path) != 0) log_warn("%s: cannot remove: %s", p->path, strerror(errno));
+    for (char **f = files; *f; f++) /* OUT.partial last: a stop in between leaves OUT and a run that continues */
+        if (f != files && remove(*f) != 0) log_warn("%s: cannot remove: %s", *f, strerror(errno));
+    if (files[0] && remove(files[0]) != 0) log_warn("%s: cannot remove: %s", files[0], strerror(errno));
+    free_list(files);
     free(buf);
     free(convs);
-    free(text);
-    free(p->done);
-    free(p->path);
-    return n;
+    return written;
 }
 
 /* ---- conversations in flight ---- */
@@ -226,6 +308,7 @@ typedef struct {
 static int job_start_turn(Distiller *d, Job *j, int slot) {
     int32_t *ids;
     int n = chat_generation_prompt(&d->tmpl, d->tok, j->turns, j->at, &ids);
+    /* from the conversation's input index and turn alone: the same stream whatever the batch or number of ranks */
     uint64_t seed = d->o->seed ^ ((uint64_t)j->index * 0x9e3779b97f4a7c15ull) ^ (uint64_t)j->at;
     int ok = batch_decoder_start(&d->dec, slot, ids, n, d->o->max_new_tokens, seed);
     free(ids);
@@ -280,14 +363,15 @@ static void job_reply_done(Distiller *d, Job *j, int slot) {
     job_finish(d, j);
 }
 
-/* Takes the next conversation of the input not already done into job and starts it in slot; 0 at the end. */
+/* Takes the next conversation of the input that is this rank's (index % ranks == rank) and not already done into job
+ * and starts it in slot; 0 at the end. */
 static int job_next(Distiller *d, ShareGPTReader *r, int64_t *next_index, Job *j, int slot) {
     for (;;) {
         if (d->o->limit > 0 && *next_index >= d->o->limit) return 0;
         Conversation c;
         if (!sharegpt_next(r, &c)) return 0;
         int64_t index = (*next_index)++;
-        if (partial_has(&d->partial, index)) {
+        if (index % dist_size() != dist_rank() || partial_has(&d->partial, index)) {
             conversation_free(&c);
             continue;
         }
@@ -305,6 +389,17 @@ static int job_next(Distiller *d, ShareGPTReader *r, int64_t *next_index, Job *j
     }
 }
 
+/* What every rank of a run must share (fatal on all ranks otherwise): the settings line and the rest of the flags
+ * that shape the run or its output. */
+static char *rank_settings(const DistillOptions *o, const char *header) {
+    size_t n = strlen(header) + strlen(o->out) + 256;
+    char *s = xmalloc(n);
+    snprintf(s, n, "%s out=%s limit=%lld batch=%d pass-tokens=%d stop-after=%lld time-budget=%g precision=%s", header,
+             o->out, (long long)o->limit, o->batch, o->pass_tokens, (long long)o->stop_after, o->time_budget,
+             o->dev.precision ? o->dev.precision : "(default)");
+    return s;
+}
+
 void distill_run(const DistillOptions *o) {
     if (!o->model || !o->input || !o->out) fatal("need --model, --input and --out (see --help)");
     if (o->batch < 1 || o->pass_tokens < o->batch)
@@ -312,6 +407,7 @@ void distill_run(const DistillOptions *o) {
     if (o->max_new_tokens < 1 || o->max_len < 2) fatal("--max-new-tokens and --max-len must be positive");
     if (!(o->temperature >= 0) || o->temperature > 100 || !(o->top_p > 0 && o->top_p <= 1))
         fatal("--temperature %g / --top-p %g: expected 0 <= temperature and 0 < top-p <= 1", o->temperature, o->top_p);
+    const int rank = dist_rank(), ranks = dist_size();
     Startup s;
     startup_begin(&s, &o->dev, o->model);
     Distiller d = {.o = o};
@@ -324,6 +420,10 @@ void distill_run(const DistillOptions *o) {
         fatal("%s: no known chat template in the model; name one with --chat-template (%s)", o->model,
               CHAT_TEMPLATE_NAMES);
     chat_template_init(&d.tmpl, name, d.tok, text.jinja, text.bos, text.eos);
+    char *header = settings_line(o, name);
+    char *same = rank_settings(o, header);
+    dist_check_same("settings", same);
+    free(same);
 
     int max_position = s.config.max_position;
     int slot_len = max_position > 0 && o->max_len > max_position ? max_position : o->max_len;
@@ -333,17 +433,26 @@ void distill_run(const DistillOptions *o) {
     batch_decoder_init(&d.dec, &m, o->batch, slot_len, o->pass_tokens, chat_stop_id(&d.tmpl, d.tok), o->temperature,
                        o->top_p);
 
-    char *header = settings_line(o, name);
     partial_open(&d.partial, o->out, header);
     free(header);
     ShareGPTReader r;
     sharegpt_open(&r, o->input);
     int64_t total = sharegpt_count(&r), next_index = 0;
     if (o->limit > 0 && o->limit < total) total = o->limit;
+    /* --stop-after counts over all ranks: each stops after its part of it (at least one) */
+    int64_t stop_after = o->stop_after / ranks + (rank < o->stop_after % ranks);
+    if (o->stop_after > 0 && stop_after == 0) stop_after = 1;
+    if (ranks > 1)
+        log_info("distill over %d ranks: rank r takes conversations r, r + %d, r + 2 x %d, ...; the bar shows rank "
+                 "0's share",
+                 ranks, ranks, ranks);
+    /* the bar: this rank's share of the conversations (the whole run's without ranks; about its pace with them) */
+    int64_t share = total > rank ? (total - rank + ranks - 1) / ranks : 0, share_done = 0;
+    for (int64_t i = rank; i < total && i < d.partial.cap; i += ranks) share_done += d.partial.done[i];
     Job *jobs = xcalloc((size_t)o->batch, sizeof(Job));
     int more = 1;
     Progress bar;
-    progress_start(&bar, "distill", total);
+    progress_start(&bar, "distill", share);
     double t0 = now_seconds();
     for (;;) {
         for (int s = 0; s < o->batch && more; s++)
@@ -356,14 +465,14 @@ void distill_run(const DistillOptions *o) {
             running += jobs[s].busy;
         }
         double dt = now_seconds() - t0;
-        char extra[96];
-        int n =
-            snprintf(extra, sizeof extra, "%.0f tok/s, %d running", dt > 0 ? (double)d.dec.generated / dt : 0, running);
+        char extra[128];
+        int n = snprintf(extra, sizeof extra, "%.0f tok/s, %d running%s", dt > 0 ? (double)d.dec.generated / dt : 0,
+                         running, ranks > 1 ? " (rank 0)" : "");
         if (o->time_budget > 0 && n > 0 && (size_t)n < sizeof extra) /* the bar's ETA is for all of --limit */
             snprintf(extra + n, sizeof extra - (size_t)n, ", time budget ends in %.0f s",
                      o->time_budget > dt ? o->time_budget - dt : 0);
-        progress_update(&bar, d.partial.n_done, extra);
-        if ((!more && running == 0) || (o->stop_after > 0 && d.convs + d.skipped >= o->stop_after)) break;
+        progress_update(&bar, share_done + d.convs + d.skipped, extra);
+        if ((!more && running == 0) || (stop_after > 0 && d.convs + d.skipped >= stop_after)) break;
         if (o->time_budget > 0 && dt > o->time_budget) {
             /* the output is what is finished: conversations in flight end after their last finished reply */
             int cut = 0, dropped = 0;
@@ -373,30 +482,40 @@ void distill_run(const DistillOptions *o) {
                 else dropped++, job_free(&jobs[s]);
             }
             log_info("time budget of %.0f s reached: of the conversations in flight, %d end at their last finished "
-                     "reply, %d had none yet",
-                     o->time_budget, cut, dropped);
+                     "reply, %d had none yet%s",
+                     o->time_budget, cut, dropped, ranks > 1 ? " (rank 0)" : "");
             more = 0;
             break;
         }
     }
-    double seconds = now_seconds() - t0;
-    progress_finish(&bar, d.partial.n_done, NULL);
+    progress_finish(&bar, share_done + d.convs + d.skipped, NULL);
     sharegpt_close(&r);
     int stopped = more;
     for (int s = 0; s < o->batch; s++)
         if (jobs[s].busy) stopped = 1, job_free(&jobs[s]);
-    printf("distill: %lld conversations this run (%lld replies, %lld cut at --max-new-tokens or --max-len), %lld "
-           "skipped; %lld tokens generated in %.1f s: %.1f tokens/s (%d at once, %lld passes)\n",
-           (long long)d.convs, (long long)d.turns, (long long)d.cut, (long long)d.skipped, (long long)d.dec.generated,
-           seconds, seconds > 0 ? (double)d.dec.generated / seconds : 0, o->batch, (long long)d.dec.passes);
-    if (stopped) {
-        fclose(d.partial.f);
-        printf("distill: stopped with %lld conversations in %s; run again with the same settings to continue\n",
-               (long long)d.partial.n_done, d.partial.path);
-        free(d.partial.done);
-        free(d.partial.path);
-    } else {
-        printf("distill: %lld conversations -> %s\n", (long long)partial_finish(&d.partial, o->out), o->out);
+    int64_t n_done = d.partial.n_done;
+    partial_close(&d.partial);
+    /* every rank's file closed and the run's totals: the ranks wait here for the last one */
+    int64_t sums[7] = {d.convs, d.turns, d.cut, d.skipped, d.dec.generated, d.dec.passes, n_done};
+    dist_sum_int64(DIST_WORLD, sums, 7);
+    stopped = dist_max_int(stopped);
+    double seconds = now_seconds() - t0;
+    if (rank == 0) {
+        char on[48] = "";
+        if (ranks > 1) snprintf(on, sizeof on, " on each of %d ranks", ranks);
+        printf("distill: %lld conversations this run (%lld replies, %lld cut at --max-new-tokens or --max-len), %lld "
+               "skipped; %lld tokens generated in %.1f s: %.1f tokens/s (%d at once%s, %lld passes)\n",
+               (long long)sums[0], (long long)sums[1], (long long)sums[2], (long long)sums[3], (long long)sums[4],
+               seconds, seconds > 0 ? (double)sums[4] / seconds : 0, o->batch, on, (long long)sums[5]);
+        if (stopped) {
+            /* each rank's count includes what was done before the run once, and its own new ones */
+            int64_t done = sums[6] - (ranks - 1) * (n_done - d.convs - d.skipped);
+            printf("distill: stopped with %lld conversations in %s.partial%s; run again with the same settings to "
+                   "continue\n",
+                   (long long)done, o->out, ranks > 1 ? "*" : "");
+        } else {
+            printf("distill: %lld conversations -> %s\n", (long long)partial_finish(o->out), o->out);
+        }
     }
     free(jobs);
     batch_decoder_free(&d.dec);

@@ -3,6 +3,7 @@
 
 #include "../common/args.h"
 #include "../common/common.h"
+#include "../common/dist.h"
 #include "distill.h"
 
 static const char USAGE[] =
@@ -13,7 +14,9 @@ static const char USAGE[] =
     "self-distillation). User and system turns and conversation ids are kept; OUT is ShareGPT (JSON lines, or\n"
     "a JSON list for a .json name) for medusa-data. Many conversations are generated at once (--batch), one\n"
     "token each per forward pass. Finished conversations are kept in OUT.partial as they end: a stopped run\n"
-    "continues where it was when run again with the same settings; OUT appears whole at the end.";
+    "continues where it was when run again with the same settings; OUT appears whole at the end.\n"
+    "Under mpirun -np N the ranks share the conversations (i to rank i % N), each in its own OUT.partial file;\n"
+    "rank 0 writes OUT, the same file as one process writes.";
 
 int main(int argc, char **argv) {
     DistillOptions o;
@@ -33,7 +36,8 @@ int main(int argc, char **argv) {
         {"chat-template", ARG_STR, &o.chat_template, "template name; default: the model's"},
         {"batch", ARG_INT, &o.batch, "conversations generated at once (KV cache: batch x max-len rows)"},
         {"pass-tokens", ARG_INT, &o.pass_tokens, "most tokens per forward pass (prompts are prefilled in chunks)"},
-        {"stop-after", ARG_DOUBLE, &stop_after, "stop after N conversations, keeping OUT.partial to continue"},
+        {"stop-after", ARG_DOUBLE, &stop_after,
+         "stop after N conversations (over all ranks), keeping OUT.partial to continue"},
         {"time-budget", ARG_DOUBLE, &o.time_budget,
          "seconds: then write OUT (conversations in flight end at their last finished reply)"},
         DEVICE_FLAG_SPECS(&o.dev),
@@ -45,6 +49,8 @@ int main(int argc, char **argv) {
     o.seed = (uint64_t)seed;
     o.stop_after = (int64_t)stop_after;
     if (!(o.time_budget >= 0 && o.time_budget < 1e9)) fatal("--time-budget %g: expected seconds >= 0", o.time_budget);
+    dist_init(&argc, &argv); /* under mpirun: one rank of a run that shares the conversations */
     distill_run(&o);
+    dist_finalize();
     return 0;
 }
