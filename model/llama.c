@@ -216,7 +216,10 @@ static float *rope_frequencies(const ModelConfig *c, const WeightSet *w) {
     return f;
 }
 
-static void load_model(Model *m, const char *path, const Backend *be, DType weight_dtype, int native) {
+int model_part_first(const Model *m) { return m->part.layer_begin == 0; }
+int model_part_last(const Model *m) { return m->part.layer_end == m->config.n_layers; }
+
+void model_load_part(Model *m, const char *path, const Backend *be, DType weight_dtype, int native, ModelPart part) {
     memset(m, 0, sizeof *m);
     m->be = be;
     if (weight_dtype != DT_F32 && weight_dtype != DT_BF16) fatal("model_load: weights are stored as fp32 or bf16");
@@ -224,6 +227,10 @@ static void load_model(Model *m, const char *path, const Backend *be, DType weig
     m->native = native;
     ModelConfig *c = &m->config;
     config_load(c, path); /* a .gguf file or a Hugging Face directory, else fatal */
+    if (part.layer_end == 0) part.layer_end = c->n_layers;
+    if (part.layer_begin < 0 || part.layer_begin >= part.layer_end || part.layer_end > c->n_layers)
+        fatal("%s: layers %d..%d of a model of %d", path, part.layer_begin, part.layer_end - 1, c->n_layers);
+    m->part = part;
     if (model_path_is_gguf(path)) {
         /* only llama.cpp's llama converter permutes Q/K rows for its rotary layout */
         int permuted = strcmp(c->architecture, "llama") == 0;
@@ -233,9 +240,10 @@ static void load_model(Model *m, const char *path, const Backend *be, DType weig
     }
     int H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    m->embed = load_matrix1(m, "model.embed_tokens.weight", V, H);
+    if (model_part_first(m) || (model_part_last(m) && c->tie_word_embeddings))
+        m->embed = load_matrix1(m, "model.embed_tokens.weight", V, H);
     m->layers = xcalloc((size_t)c->n_layers, sizeof(LayerWeights));
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = part.layer_begin; l < part.layer_end; l++) {
         LayerWeights *w = &m->layers[l];
         char names[5][160];
         const char *suffixes[5] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
@@ -272,17 +280,21 @@ static void load_model(Model *m, const char *path, const Backend *be, DType weig
         }
 #undef LAYER_NAME
     }
-    m->final_norm = load_norm(m, "model.norm.weight", H);
-    m->lm_head = c->tie_word_embeddings ? m->embed : load_matrix1(m, "lm_head.weight", V, H);
+    if (model_part_last(m)) {
+        m->final_norm = load_norm(m, "model.norm.weight", H);
+        m->lm_head = c->tie_word_embeddings ? m->embed : load_matrix1(m, "lm_head.weight", V, H);
+    }
     m->rope_inv_freq = rope_frequencies(c, &m->source);
     if (c->rope_theta_sliding > 0) m->rope_inv_freq_sliding = rope_default_frequencies(c, c->rope_theta_sliding);
 }
 
 void model_load(Model *m, const char *path, const Backend *be, DType weight_dtype) {
-    load_model(m, path, be, weight_dtype, 0);
+    model_load_part(m, path, be, weight_dtype, 0, (ModelPart){0, 0});
 }
 
-void model_load_native(Model *m, const char *path, const Backend *be) { load_model(m, path, be, DT_F32, 1); }
+void model_load_native(Model *m, const char *path, const Backend *be) {
+    model_load_part(m, path, be, DT_F32, 1, (ModelPart){0, 0});
+}
 
 double model_native_matrix_bytes(const char *path) {
     WeightSet w;
@@ -312,7 +324,7 @@ void model_free(Model *m) {
     free(m->layers);
     if (m->lm_head.part[0].data != m->embed.part[0].data) matrix_free(be, &m->lm_head);
     matrix_free(be, &m->embed);
-    be->free(m->final_norm);
+    if (m->final_norm) be->free(m->final_norm);
     weights_close(&m->source);
     free(m->rope_inv_freq);
     free(m->rope_inv_freq_sliding);
@@ -538,10 +550,12 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     const int32_t *pos = s->layout + LAYOUT_POS * T, *key_end = s->layout + LAYOUT_END * T,
                   *tokens = s->layout + LAYOUT_TOKENS * T;
 
-    embed_rows(m, &m->embed, s->x, tokens, T);
-    if (c->embed_scale != 0) be->scale(s->x, c->embed_scale, (size_t)T * H);
+    if (model_part_first(m)) { /* else s->x holds the previous stage's residual stream */
+        embed_rows(m, &m->embed, s->x, tokens, T);
+        if (c->embed_scale != 0) be->scale(s->x, c->embed_scale, (size_t)T * H);
+    }
     size_t new_rows = (size_t)row0 * kv_dim * s->act_bytes; /* where the T new keys and values go */
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = m->part.layer_begin; l < m->part.layer_end; l++) {
         const LayerWeights *w = &m->layers[l];
         void *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
         void *k = (char *)k_all + new_rows, *v = (char *)v_all + new_rows;
@@ -559,6 +573,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         project(m, s->gate_up, xn, &w->w_gate_up, NULL, T, H, 2 * I);
         linear_residual(m, s, gated(m, s, T), &w->w_down, w->post_mlp_norm, T, I);
     }
+    if (!model_part_last(m)) return; /* the next stage goes on from s->x */
     be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
     if (logits_out) model_logits(m, logits_out, hidden_out, T);
 }

@@ -32,16 +32,24 @@ typedef struct {
     Matrix wqkv, wo, w_gate_up, w_down;
 } LayerWeights;
 
+/* The part of the base a process holds (a pipeline stage, medusa-train --pipeline): layers [layer_begin, layer_end),
+ * the embedding when it begins at 0, the final norm and lm_head when it ends at the last layer (a tied lm_head brings
+ * the embedding). The whole model by default. */
+typedef struct {
+    int layer_begin, layer_end;
+} ModelPart;
+
 typedef struct {
     ModelConfig config;
     const Backend *be;
+    ModelPart part;
     WeightSet source;   /* kept open: GGUF metadata carries the tokenizer */
     DType weight_dtype; /* DT_F32 or DT_BF16: the storage of the matrices below and in layers, and the activations' */
     int native;         /* matrices kept in the file's formats (weight_dtype DT_F32: fp32 activations) */
-    Matrix embed;       /* [V, H] */
+    Matrix embed;       /* [V, H]; no parts where the model's part holds neither the embedding nor a tied lm_head */
     LayerWeights *layers;
-    float *final_norm;            /* [H] */
-    Matrix lm_head;               /* [V, H]; the embedding itself when tied */
+    float *final_norm;            /* [H]; NULL on a part before the last layer */
+    Matrix lm_head;               /* [V, H]; the embedding itself when tied; no parts before the last layer */
     float *rope_inv_freq;         /* host [head_dim / 2]: the rotary frequencies with the config's scaling (rope_qkv) */
     float *rope_inv_freq_sliding; /* the windowed layers' own (rope_theta_sliding, unscaled); NULL: rope_inv_freq */
 } Model;
@@ -78,6 +86,12 @@ void model_load(Model *m, const char *path, const Backend *be, DType weight_dtyp
  * formats), fp32 where the file holds fp32 (or, in a stack of tensors, fp32 beside another format); activations
  * fp32. Decoding then reads the bytes the file holds, the products being those of the dequantised fp32 model. */
 void model_load_native(Model *m, const char *path, const Backend *be);
+/* Loads a part of the model only (native: as model_load_native; else weight_dtype as model_load); every layer's index
+ * stays the whole model's. */
+void model_load_part(Model *m, const char *path, const Backend *be, DType weight_dtype, int native, ModelPart part);
+/* 1 when the model holds the first layer (it embeds tokens), or the last (its final norm gives the hidden states) */
+int model_part_first(const Model *m);
+int model_part_last(const Model *m);
 /* Bytes of the base model's matrices with native storage, from the file's formats (the memory plan's weights). */
 double model_native_matrix_bytes(const char *path);
 void model_free(Model *m);
@@ -110,7 +124,9 @@ void forward_state_free(ForwardState *s, const Model *m);
 
 /* Runs the base model on a packed batch. hidden_out [T, H] receives the hidden states after the final
  * RMSNorm (what Medusa heads read); logits_out [T, V] the lm_head output when not NULL. Both are backend
- * memory. Token ids are validated against the vocabulary. */
+ * memory. Token ids are validated against the vocabulary. A part of the model runs its own layers: one that does not
+ * hold the first layer starts from the residual stream the caller put in s->x [T, H] (the previous stage's), one that
+ * does not hold the last leaves its result there (hidden_out and logits_out unused). */
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out);
 
 void kv_cache_init(KVCache *cache, const Model *m, int max_len);

@@ -1,6 +1,7 @@
 #include "memory_plan.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 double memory_plan_matrix_elements(const ModelConfig *c) {
     double H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
@@ -12,8 +13,14 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     MemoryPlan p = {0};
     double H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, T = in->batch_tokens;
     double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
-    double matrices = memory_plan_matrix_elements(c);
-    double vectors = H + c->n_layers * (2 * H + (c->attention_bias ? q + 2 * kv : 0)); /* norms, biases: fp32 */
+    ModelPart part = in->part;
+    if (part.layer_end == 0) part.layer_end = c->n_layers;
+    int layers = part.layer_end - part.layer_begin, first = part.layer_begin == 0, last = part.layer_end == c->n_layers;
+    double embedding = first || (last && c->tie_word_embeddings) ? V * H : 0;
+    double lm_head = last && !c->tie_word_embeddings ? V * H : 0;
+    double matrices = embedding + lm_head + layers * (H * q + 2 * H * kv + q * H + 3 * H * I);
+    /* norms, biases: fp32 */
+    double vectors = (last ? H : 0) + layers * (2 * H + (c->attention_bias ? q + 2 * kv : 0));
     p.base_weights = matrices * in->weight_bytes + vectors * 4;
     double Vh = in->head_vocab > 0 ? in->head_vocab : V;
     double heads = in->n_heads * (in->n_layers * (H * H + H) + Vh * H);
@@ -32,7 +39,7 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 + (c->sandwich_norms ? 2 * H * 4 : 0)
                                                : (2 * H + q + I) * in->act_bytes;
     p.base_activations = T * (2 * H * 4 + (2 * (q + 2 * kv) + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 5;
-    p.kv_cache = 2.0 * c->n_layers * in->kv_len * kv * in->act_bytes;
+    p.kv_cache = 2.0 * layers * in->kv_len * kv * in->act_bytes;
     if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows
      * and per row its position, the base model's choice and its rank, the label's row; per chunk row a loss, a rank and
@@ -98,6 +105,46 @@ MemoryPlanInput memory_plan_generation(DType weights, int n_slots, int slot_len,
         .vocab_rows = n_slots,
         .kv_len = n_slots * slot_len + pass_tokens,
     };
+}
+
+MemoryPlanInput memory_plan_stage_input(const ModelConfig *c, const MemoryPlanInput *whole, ModelPart part) {
+    MemoryPlanInput in = *whole;
+    in.part = part;
+    if (part.layer_end != 0 && part.layer_end != c->n_layers) /* the heads and the base's logits are the last's */
+        in.n_heads = 0, in.vocab_rows = 0, in.teacher = 0;
+    return in;
+}
+
+void memory_plan_stages(const ModelConfig *c, const MemoryPlanInput *whole, int stages, ModelPart *part,
+                        MemoryPlan *plan) {
+    if (stages < 1 || stages > c->n_layers)
+        fatal("%d pipeline stages for a model of %d layers: expected 1..%d", stages, c->n_layers, c->n_layers);
+    /* every layer costs the same: each goes to the stage whose plan would stay the smallest with it (a stage's layer
+     * count is all that matters, the stages then take them in order) */
+    int *count = xcalloc((size_t)stages, sizeof(int));
+    for (int s = 0; s < stages; s++) count[s] = 1;
+    for (int l = stages; l < c->n_layers; l++) {
+        int best = 0;
+        double best_total = 0;
+        for (int s = 0; s < stages; s++) {
+            /* the stage with one more layer, placed where its kind is (first, last, or in between) */
+            ModelPart grown = s == stages - 1 ? (ModelPart){c->n_layers - count[s] - 1, c->n_layers}
+                              : s == 0        ? (ModelPart){0, count[s] + 1}
+                                              : (ModelPart){1, count[s] + 2};
+            MemoryPlanInput in = memory_plan_stage_input(c, whole, grown);
+            double total = memory_plan(c, &in).total;
+            if (s == 0 || total < best_total) best = s, best_total = total;
+        }
+        count[best]++;
+    }
+    for (int s = 0, begin = 0; s < stages; begin += count[s++]) {
+        part[s] = (ModelPart){begin, begin + count[s]};
+        if (plan) {
+            MemoryPlanInput in = memory_plan_stage_input(c, whole, part[s]);
+            plan[s] = memory_plan(c, &in);
+        }
+    }
+    free(count);
 }
 
 size_t memory_plan_reserve_bytes(const MemoryPlan *p) { return (size_t)(p->total * 1.05) + ((size_t)64 << 20); }

@@ -31,6 +31,7 @@ typedef struct {
                         * micro-batches: --grad-accum); 0: one */
     int teacher;       /* soft targets (base-kl): the base's logits for a chunk of head rows beside the heads', the
                         * hidden rows they come from, and for truncated heads the base lm_head's rows for their map */
+    ModelPart part;    /* the base's layers held (a pipeline stage: memory_plan_stage_input); {0, 0}: all of it */
 } MemoryPlanInput;
 
 typedef struct {
@@ -62,6 +63,13 @@ MemoryPlanInput memory_plan_decoding(DType weights, int n_heads, int n_layers, i
 /* The input for infer/batch_decode.c: n_slots sequences of up to slot_len tokens in a KV cache, passes of up to
  * pass_tokens tokens through the base model, the base model's logits for one row per slot. */
 MemoryPlanInput memory_plan_generation(DType weights, int n_slots, int slot_len, int pass_tokens);
+/* The input of one pipeline stage of a run (medusa-train --pipeline) that `whole` plans as one process: the part's
+ * layers, the embedding on the first stage, the final norm, lm_head, the heads and the base's logits on the last. */
+MemoryPlanInput memory_plan_stage_input(const ModelConfig *c, const MemoryPlanInput *whole, ModelPart part);
+/* The base's layers divided over `stages` consecutive stages (every stage at least one layer) so that the largest
+ * stage's plan is as small as it can be: part[stages] and, when plan is not NULL, each stage's plan[stages]. */
+void memory_plan_stages(const ModelConfig *c, const MemoryPlanInput *whole, int stages, ModelPart *part,
+                        MemoryPlan *plan);
 /* What a device reserves for a plan: the total plus 5% and 64 MiB for what the plan leaves out, the 256-byte
  * rounding of each tensor and the gaps between blocks that short-lived buffers of other sizes leave. */
 size_t memory_plan_reserve_bytes(const MemoryPlan *p);

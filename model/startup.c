@@ -38,8 +38,7 @@ void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, M
     }
     MemoryPlan plan = memory_plan(&s->config, &in);
     memory_plan_reserve(&plan, s->be, print);
-    if (s->native) model_load_native(base, s->model_path, s->be);
-    else model_load(base, s->model_path, s->be, s->dtype);
+    model_load_part(base, s->model_path, s->be, s->dtype, s->native, in.part);
 }
 
 void startup_ready_heads(const Model *base, MedusaHeads *heads) {

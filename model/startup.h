@@ -51,7 +51,7 @@ typedef struct {
 void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path);
 /* Plans the run's memory from mi (made with s->dtype and s->logits_chunk), prints the model's config, its weights'
  * storage and the plan when print is set,
- * reserves it on the device (fatal when it does not fit), then loads the base model into base. */
+ * reserves it on the device (fatal when it does not fit), then loads the base model into base (mi->part of it). */
 void startup_load_base(const Startup *s, const MemoryPlanInput *mi, int print, Model *base);
 /* Heads beside their base model: with bf16 GEMM copies when the base is stored in bf16. */
 void startup_ready_heads(const Model *base, MedusaHeads *heads);
