@@ -585,8 +585,16 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream) {
     *stream = NULL;
     return cudaSuccess;
 }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int) { return cudaStreamCreate(stream); }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
+    return event ? cudaSuccess : last_error = cudaErrorInvalidValue;
+}
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaSetDevice(int device) {
+    return device == 0 ? cudaSuccess : last_error = cudaErrorInvalidValue; /* one emulated device */
+}
 
 struct CUevent_st {
     double seconds;
@@ -595,6 +603,8 @@ cudaError_t cudaEventCreate(cudaEvent_t *event) {
     *event = new CUevent_st{0};
     return cudaSuccess;
 }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int) { return cudaEventCreate(event); }
+cudaError_t cudaEventQuery(cudaEvent_t event) { return event ? cudaSuccess : last_error = cudaErrorInvalidValue; }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
     delete event;
     return cudaSuccess;
@@ -630,6 +640,8 @@ const char *cudaGetErrorString(cudaError_t err) {
         return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice:
         return "no CUDA-capable device is detected";
+    case cudaErrorNotReady:
+        return "device not ready";
     }
     return "unknown error";
 }
