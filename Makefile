@@ -45,6 +45,18 @@ CFLAGS  += -DMEDUSA_CUDA
 LIB_OBJ += $(CUDA_OBJ)
 LDLIBS  += $(CUDA_LIBS)
 endif
+# NCCL for the CUDA backend's collectives between processes (kernels/cuda/comm.cu: the heads' gradient sums, a
+# pipeline's activations): built in with the CUDA backend when nccl.h and libnccl are found under CUDA_HOME or the
+# system's paths (`make NCCL=0` leaves it out; then collectives go through host memory and MPI). Debian has no package
+# of it: NVIDIA's CUDA installs carry it.
+NCCL_H  := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h /usr/local/include/nccl.h))
+NCCL_SO := $(firstword $(wildcard $(CUDA_HOME)/lib64/libnccl.so $(CUDA_HOME)/lib/libnccl.so \
+  /usr/lib/$(MULTIARCH)/libnccl.so /usr/local/lib/libnccl.so))
+NCCL    ?= $(if $(and $(NCCL_H),$(NCCL_SO)),1,0)
+ifeq ($(CUDA)$(NCCL),11)
+$(BUILD)/kernels/cuda/comm.o: NVCCFLAGS += -DMEDUSA_NCCL -I$(dir $(NCCL_H))
+CUDA_LIBS += -L$(dir $(NCCL_SO)) -Wl,-rpath,$(dir $(NCCL_SO)) -lnccl
+endif
 # MPI (OpenMPI) for data-parallel training (`mpirun -np N bin/medusa-train ...`): built in when pkg-config finds it
 # (`make deps` installs it; `make MPI=0` leaves it out); without it a run is one process.
 MPI     ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
@@ -60,6 +72,14 @@ EMU_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu/%.o) $(BUILD)/cudaemu/cuda_emu.o
 # contracts a * b + c), for the op test at a GPU's tolerances (tests/cuda_ops_truncating.sh); where the CPU has FMA.
 EMU_FMA := $(shell grep -qw fma /proc/cpuinfo 2>/dev/null && echo 1)
 EMU_FMA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cudaemu-fma/%.o) $(BUILD)/cudaemu/cuda_emu.o
+# With MPI, comm.cu is emulated with NCCL: tests/cudaemu/nccl.h (first on its include path), a stand-in over MPI.
+ifeq ($(MPI),1)
+EMU_NCCL_OBJ := $(BUILD)/cudaemu/nccl_emu.o
+EMU_OBJ += $(EMU_NCCL_OBJ)
+EMU_FMA_OBJ += $(EMU_NCCL_OBJ)
+$(BUILD)/cudaemu/kernels/cuda/comm.o $(BUILD)/cudaemu-fma/kernels/cuda/comm.o $(EMU_NCCL_OBJ): \
+  EMU_CXXFLAGS += -DMEDUSA_NCCL -Itests/cudaemu $(shell pkg-config --cflags ompi-c)
+endif
 # Emulated binaries: bin/medusa-* linked with the emulator's build of kernels/cuda instead of nvcc's (and
 # backend.c with MEDUSA_CUDA even when CUDA=0), so that --device cuda runs the real kernels on the CPU:
 # tests/e2e_cuda.sh runs them in `make test`, and `make bench-gpu BENCH_GPU_DRYRUN=1` dry-runs the GPU bench.
@@ -73,6 +93,9 @@ all: check-deps $(LIB) $(BINS)
 # One found/missing line per dependency, printed before every build.
 check-deps:
 	@for p in nvcc; do if command -v $$p >/dev/null 2>&1; then echo "found:   nvcc ($$(nvcc --version | tail -1))"; else echo "missing: nvcc (CUDA backend not compiled)"; fi; done
+	@if [ "$(CUDA)$(NCCL)" = 11 ]; then echo "found:   NCCL ($(NCCL_SO): the CUDA backend's collectives)"; \
+	  elif [ -n "$(NCCL_H)" ] && [ -n "$(NCCL_SO)" ]; then echo "found:   NCCL (left out: CUDA=$(CUDA) NCCL=$(NCCL))"; \
+	  else echo "missing: NCCL (optional: collectives on the GPU; no Debian package, it comes with NVIDIA's CUDA installs)"; fi
 	@pkg-config --exists ompi-c && echo "found:   OpenMPI $$(pkg-config --modversion ompi-c) (data-parallel training)" || echo "missing: OpenMPI (optional: data-parallel training; run: make deps)"
 	@pkg-config --exists hdf5 && echo "found:   HDF5 $$(pkg-config --modversion hdf5)" || echo "missing: HDF5 (run: make deps)"
 	@pkg-config --exists libcjson && echo "found:   cJSON $$(pkg-config --modversion libcjson)" || echo "missing: cJSON (run: make deps)"
@@ -153,6 +176,9 @@ $(BUILD)/cudaemu/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -x c++ -include tests/cudaemu/cuda_emu.h -c $< -o $@
 $(BUILD)/cudaemu/cuda_emu.o: tests/cudaemu/cuda_emu.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+$(BUILD)/cudaemu/nccl_emu.o: tests/cudaemu/nccl_emu.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
 $(BUILD)/tests/test_cuda_ops: tests/test_cuda_ops.c $(EMU_OBJ) $(LIB)

@@ -66,6 +66,26 @@ struct Backend {
     /* bytes a run could still take: free device memory, or the host's physical memory on the CPU */
     size_t (*memory_available)(void);
 
+    /* Collectives between processes on the backend's own memory (kernels/cuda/comm.cu: NCCL), which
+     * train/collective.c uses when they are set; all 0/NULL where the backend has none (the CPU, a CUDA build
+     * without NCCL), and collectives then go through host memory and MPI (common/dist.h). Not ops: nothing in ops.def.
+     * A communicator joins `size` processes, each with its `rank`, through an id of comm_id_bytes bytes that one of
+     * them makes (comm_new_id) and hands to the others by other means (MPI); comm_open is collective over them and
+     * `name` (what the communicator is for) appears in its errors. comm_sum (in place), comm_send and comm_recv are
+     * queued after the work already queued on the backend and return at once; comm_wait returns when every one queued
+     * on the communicator is done, and later work sees their results. An error, or a wait longer than
+     * MEDUSA_NCCL_TIMEOUT seconds (default 300: a dead or stuck peer), aborts the communicator and is fatal, naming
+     * it: a run never hangs on one. comm_close waits, then frees it. */
+    const char *comm_library; /* what implements them, for the log ("NCCL") */
+    size_t comm_id_bytes;
+    void (*comm_new_id)(void *id);
+    void *(*comm_open)(const void *id, int rank, int size, const char *name);
+    void (*comm_sum)(void *comm, float *x, size_t n);
+    void (*comm_send)(void *comm, const float *x, size_t n, int peer);
+    void (*comm_recv)(void *comm, float *x, size_t n, int peer);
+    void (*comm_wait)(void *comm);
+    void (*comm_close)(void *comm);
+
     /* the ops: one function pointer per line of ops.def, where each op's contract is */
 #define OP(ret, op, params, args) ret(*op) params;
 #include "ops.def"

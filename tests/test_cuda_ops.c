@@ -102,6 +102,34 @@ struct OpRow {
     const char *label; /* the case in words, where the shape does not say it */
 };
 
+/* The backend's collectives (kernels/cuda/comm.cu) on a communicator of one process: NCCL, or in the emulated build its
+ * stand-in over MPI (tests/cudaemu/nccl.h); a sum over one rank leaves x as it was, a whole buffer or a slice of it (the
+ * trainer's per-head buckets). Across ranks: tests/e2e_mpi_cuda.sh. */
+static void test_comm(void) {
+    if (!gpu->comm_open) {
+        printf("  skipped: collectives (the backend was built without NCCL, or the emulator without MPI)\n");
+        return;
+    }
+    unsigned char *id = xcalloc(1, gpu->comm_id_bytes);
+    gpu->comm_new_id(id);
+    void *comm = gpu->comm_open(id, 0, 1, "the op test's communicator");
+    size_t n = 3000, bytes = sizeof(float) * n;
+    float *x = random_floats(n, 1.0f), *back = xmalloc(bytes), *d = to_gpu(x, bytes);
+    gpu->comm_sum(comm, d, n);
+    gpu->comm_sum(comm, d + 1000, 1000);
+    gpu->comm_wait(comm);
+    gpu->download(back, d, bytes);
+    CHECK(!memcmp(back, x, bytes), "%s: sums over a communicator of one rank (whole, then a slice) leave x as it was",
+          gpu->comm_library);
+    gpu->comm_close(comm);
+    EXPECT_FATAL(gpu->comm_open(id, 1, 1, "a bad rank"), "a bad rank",
+                 "comm_open of rank 1 in a communicator of 1: fatal, naming the communicator");
+    gpu->free(d);
+    free(id);
+    free(x);
+    free(back);
+}
+
 static void test_memory(void) {
     size_t n = 1000;
     float *x = random_floats(n, 1.0f), *back = xmalloc(sizeof(float) * n);
@@ -2521,6 +2549,7 @@ int main(int argc, char **argv) {
     test_planned_training(DT_BF16, TARGETS_BASE_KL, 0);
     test_planned_training(DT_BF16, TARGETS_LABELS, 0); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
+    test_comm();
     run_op_table(gpu, NULL);
     test_benches(gpu);
     test_peak_flops();

@@ -229,14 +229,22 @@ extern "C" const Backend *backend_cuda(void) {
 #define OP(ret, op, params, args) cuda.op = cuda_##op;
 #include "../ops.def"
 #undef OP
+        /* a GPU per process: under an MPI launcher the ranks of a node take its GPUs in turn (NCCL cannot join two
+         * ranks on one GPU); a launcher that shows each rank one GPU (CUDA_VISIBLE_DEVICES) gives it device 0 */
+        const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+        if (!local) local = getenv("MPI_LOCALRANKID"); /* MPICH's Hydra */
+        if (!local) local = getenv("SLURM_LOCALID");
+        int device = local ? atoi(local) % devices : 0;
+        CUDA_CHECK(cudaSetDevice(device));
         static cudaDeviceProp prop;
-        CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+        CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
         cuda.device = prop.name;
         cuda.peak_bf16_flops = gpu_bf16_peak_flops(prop.name);
         cuda.name = "cuda";
         cuda.is_host = 0;
         cuda.prefers_bf16 = 1;
         cuda.default_logits_chunk = 4096; /* the lm_head GEMMs want many rows (4096 x 32000 is 0.5 GB) */
+        cuda_comm_setup(&cuda);
         cuda_cublas();                    /* the handles' memory too is taken before reserve() */
         cuda_cublaslt();
         backend_check(&cuda);

@@ -66,6 +66,9 @@ void profile_next_bytes(double bytes);
 bool cuda_sync_debug(void);
 void cuda_check_after(const char *name);
 
+/* comm.cu: the backend's collectives between processes (Backend.comm_*: NCCL); left NULL in builds without NCCL */
+void cuda_comm_setup(Backend *b);
+
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. LAUNCH_AS names the launch for the profile and
  * the emulator's messages (a template kernel's name with its arguments: kernel_name). */

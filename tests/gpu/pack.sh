@@ -32,7 +32,7 @@ ldd "$KIT"/real/* | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u | while 
     case $(basename "$lib") in
         libc.so* | libm.so* | libdl.so* | libpthread.so* | librt.so* | libresolv.so* | ld-linux*) ;;
         libstdc++.so* | libgcc_s.so*) ;;
-        libcuda.so* | libcudart.so* | libcublas.so* | libcublasLt.so*) ;;
+        libcuda.so* | libcudart.so* | libcublas.so* | libcublasLt.so* | libnccl.so*) ;; # NCCL: 200 MB, the toolkit's
         *) cp -L "$lib" "$KIT/lib/" ;;
     esac
 done
