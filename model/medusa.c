@@ -239,6 +239,10 @@ static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const fl
 /* The lm_head row of a token: the token itself, or its place in a truncated head's map (-1 outside it) */
 static int token_row(const MedusaHeads *m, int token) { return m->token_index ? m->token_index[token] : token; }
 
+static void head_finished(const MedusaWork *w, int h) {
+    if (w->head_done) w->head_done(w->head_done_ctx, h);
+}
+
 void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *hidden, const int32_t *tokens,
                                     const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
                                     const MedusaBase *base, float head_decay, float grad_scale,
@@ -260,7 +264,8 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
     medusa_targets(s->n_heads, tokens, loss_mask, seq_lens, n_seqs, T, w->host_targets);
 
     float weight = 1.0f;
-    for (int h = 0; h < s->n_heads; h++, weight *= head_decay) {
+    /* head_finished in the loop's step: after every head, those that `continue` early too */
+    for (int h = 0; h < s->n_heads; head_finished(w, h), h++, weight *= head_decay) {
         const int32_t *targets = w->host_targets + (size_t)h * T;
         /* rows with a loss (a target in the head's map, or the base's distribution), a label the head can rank or a
          * base choice to rank: gathered into rows_hidden; a label outside the map is a miss */

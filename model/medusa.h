@@ -98,6 +98,11 @@ typedef struct {
      * results_capacity 4-byte words, so that a step's batches leave the device in one download */
     float *results, *host_results;
     size_t results_capacity, results_used;
+    /* called by medusa_forward_backward_queued as soon as head h's work of the batch is queued (its gradients' last
+     * update), for every head in the order they run (0 to K-1), one with nothing to learn too: a data-parallel step
+     * starts that head's gradient sum over the ranks there, while the next head's work runs. NULL: none. */
+    void (*head_done)(void *ctx, int head);
+    void *head_done_ctx;
 } MedusaWork;
 
 /* Truncated heads (0 < head_vocab < vocab) start with the map 0..Vh-1; set the real one before use. */
