@@ -6,6 +6,60 @@
 #include "../model/memory_plan.h"
 #include "test.h"
 
+/* An 80 GB GPU as a process sees it: 80 GiB (81,559 MiB reported on an H100 80GB) less ~1 GiB for the CUDA context and
+ * cuBLAS; a plan fits when what it reserves (memory_plan_reserve_bytes: +5% and 64 MiB) does. */
+#define GPU_80GB (79.0 * (1 << 30))
+
+/* Llama-2-70B in bf16 split over pipeline stages (medusa-train --pipeline): the stages together hold the whole base
+ * once, balanced to within a layer; 5 full-vocabulary heads with fp32 AdamW (30 GB) beside the 138 GB base need 3 x
+ * 80 GB, and 2 x 80 GB holds them with --head-vocab 16384 */
+static void check_70b_stages(void) {
+    ModelConfig c = {.architecture = "llama", .hidden_size = 8192, .intermediate_size = 28672, .n_layers = 80,
+                     .n_heads = 64, .n_kv_heads = 8, .head_dim = 128, .vocab_size = 32000, .max_position = 4096,
+                     .rope_theta = 10000, .rms_norm_eps = 1e-5f};
+    MemoryPlanInput in = memory_plan_training(DT_BF16, 5, 1, 0, 2048, 4096, 1, 0, TARGETS_LABELS);
+    MemoryPlan whole = memory_plan(&c, &in);
+    double params = (whole.base_weights - (8192.0 + 80 * 2 * 8192) * 4) / 2 + 8192.0 + 80 * 2 * 8192;
+    CHECK(fabs(params - 68976648192.0) < 1, "Llama-2-70B parameter count %.0f == 68976648192", params);
+    double layer = 2.0 * (8192.0 * 8192 * 2 + 2 * 8192.0 * 1024 + 3 * 8192.0 * 28672); /* one layer's bf16 matrices */
+    struct {
+        int stages, head_vocab, fits;
+    } cases[] = {{1, 0, 0}, {2, 0, 0}, {3, 0, 1}, {2, 16384, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        in.head_vocab = cases[i].head_vocab;
+        ModelPart part[3];
+        MemoryPlan plan[3];
+        memory_plan_stages(&c, &in, cases[i].stages, part, plan);
+        double base = 0, largest = 0, smallest = 1e300;
+        int contiguous = part[0].layer_begin == 0 && part[cases[i].stages - 1].layer_end == 80;
+        for (int s = 0; s < cases[i].stages; s++) {
+            base += plan[s].base_weights;
+            largest = fmax(largest, plan[s].total), smallest = fmin(smallest, plan[s].total);
+            contiguous &= s == 0 || part[s].layer_begin == part[s - 1].layer_end;
+            CHECK((s == cases[i].stages - 1) == (plan[s].head_params > 0), "stage %d of %d %s the heads", s,
+                  cases[i].stages, plan[s].head_params > 0 ? "holds" : "does not hold");
+            printf("     stage %d: layers %2d-%2d, %.1f GB (base %.1f GB, heads + AdamW %.1f GB), reserves %.1f GiB\n", s,
+                   part[s].layer_begin, part[s].layer_end - 1, plan[s].total / 1e9, plan[s].base_weights / 1e9,
+                   (plan[s].head_params + plan[s].head_grads + plan[s].adam_state + plan[s].head_copy) / 1e9,
+                   (double)memory_plan_reserve_bytes(&plan[s]) / (1 << 30));
+        }
+        CHECK(contiguous && fabs(base - whole.base_weights) < 1 && largest - smallest <= layer,
+              "70B over %d stage(s): the layers in order, the base held once (%.1f GB), the stages within one layer "
+              "(%.2f GB) of each other: %.1f-%.1f GB",
+              cases[i].stages, base / 1e9, layer / 1e9, smallest / 1e9, largest / 1e9);
+        MemoryPlan *big = &plan[0];
+        for (int s = 1; s < cases[i].stages; s++)
+            if (plan[s].total > big->total) big = &plan[s];
+        int fits = (double)memory_plan_reserve_bytes(big) <= GPU_80GB;
+        CHECK(fits == cases[i].fits, "Llama-2-70B bf16 + 5 heads%s on %d x 80 GB: %s (largest stage reserves %.1f GiB of %.0f)",
+              cases[i].head_vocab ? " (--head-vocab 16384)" : "", cases[i].stages, fits ? "fits" : "does not fit",
+              (double)memory_plan_reserve_bytes(big) / (1 << 30), GPU_80GB / (1 << 30));
+    }
+    ModelPart part[81];
+    EXPECT_FATAL(memory_plan_stages(&c, &in, 81, part, NULL), "81 pipeline stages for a model of 80 layers",
+                 "more stages than layers is refused");
+}
+
 int main(void) {
     ModelConfig c = {.architecture = "llama",
                      .hidden_size = 4096,
@@ -121,5 +175,6 @@ int main(void) {
     d = memory_plan(&c, &plain);
     CHECK(d.head_params == 0 && d.head_activations == 0 && d.logits == 32000.0 * 4,
           "plain decoding: no heads, one row of logits");
+    check_70b_stages();
     return test_summary();
 }

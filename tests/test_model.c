@@ -245,10 +245,49 @@ static void check_mixed_parts(void) {
     model_free(&m);
 }
 
+/* A base split in parts (pipeline stages): each part loads only its layers (the embedding on the first, the final norm
+ * and lm_head on the last, a tied lm_head bringing the embedding), and running them in turn, the residual stream passed
+ * on, gives the whole model's hidden states bit for bit (the same ops on the same values). */
+static void check_model_parts(const char *path, int split) {
+    Model whole, first, last;
+    model_load(&whole, path, backend_cpu(), DT_F32);
+    int L = whole.config.n_layers, H = whole.config.hidden_size, V = whole.config.vocab_size;
+    model_load_part(&first, path, backend_cpu(), DT_F32, 0, (ModelPart){0, split});
+    model_load_part(&last, path, backend_cpu(), DT_F32, 0, (ModelPart){split, L});
+    int tied = whole.config.tie_word_embeddings;
+    CHECK(first.embed.n_parts == 1 && !first.final_norm && first.lm_head.n_parts == 0 &&
+              first.layers[split - 1].wqkv.n_parts == 1 && first.layers[split].wqkv.n_parts == 0 &&
+              (last.embed.n_parts == 1) == tied && last.final_norm && last.lm_head.n_parts == 1 &&
+              last.layers[split - 1].wqkv.n_parts == 0 && last.layers[L - 1].wqkv.n_parts == 1,
+          "%s: layers 0-%d hold the embedding, %d-%d the final norm and lm_head%s", path, split - 1, split, L - 1,
+          tied ? " (tied: the embedding)" : "");
+    int32_t lens[2] = {5, 7}, tokens[12];
+    for (int i = 0; i < 12; i++) tokens[i] = (i * 37 + 11) % V;
+    PackedBatch b = {.n_tokens = 12, .tokens = tokens, .n_seqs = 2, .seq_lens = lens};
+    ForwardState sw, s1, s2;
+    forward_state_init(&sw, &whole, 12), forward_state_init(&s1, &first, 12), forward_state_init(&s2, &last, 12);
+    float *hw = xmalloc(sizeof(float) * 12 * (size_t)H), *hp = xmalloc(sizeof(float) * 12 * (size_t)H);
+    model_forward(&whole, &sw, &b, hw, NULL);
+    model_forward(&first, &s1, &b, NULL, NULL);
+    memcpy(s2.x, s1.x, sizeof(float) * 12 * (size_t)H);
+    model_forward(&last, &s2, &b, hp, NULL);
+    CHECK(memcmp(hw, hp, sizeof(float) * 12 * (size_t)H) == 0,
+          "%s: layers 0-%d then %d-%d (the residual stream passed on) give the whole model's hidden states exactly",
+          path, split - 1, split, L - 1);
+    free(hw), free(hp);
+    forward_state_free(&sw, &whole), forward_state_free(&s1, &first), forward_state_free(&s2, &last);
+    model_free(&whole), model_free(&first), model_free(&last);
+    EXPECT_FATAL(model_load_part(&first, path, backend_cpu(), DT_F32, 0, (ModelPart){L, L + 1}), "layers",
+                 "%s: a part beyond the model's layers is refused", path);
+}
+
 int main(void) {
     test_matmul_rows();
     test_vec8_exp();
     check_config_refusals();
+    check_model_parts("tests/fixtures/models/tiny_llama", 1);
+    check_model_parts("tests/fixtures/models/tiny_tied/gguf/tiny_tied.F32.gguf", 1);
+    check_model_parts("tests/fixtures/models/tiny_gemma3", 2);
     const char *dir = "tests/fixtures/models";
     struct {
         const char *label, *model, *ref;

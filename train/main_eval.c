@@ -59,7 +59,7 @@ static void report(const StepMetrics *m, int K, double seconds, const char *json
 
 int main(int argc, char **argv) {
     const char *model = NULL, *medusa = NULL, *ckpt = NULL, *data = NULL, *json = NULL;
-    int max_batches = 0, batch_tokens = 2048;
+    int max_batches = 0, batch_tokens = 2048, pipeline = 1;
     DeviceFlags dev = DEVICE_FLAGS_DEFAULT;
     double head_decay = 0.8;
     ArgSpec specs[] = {
@@ -71,12 +71,16 @@ int main(int argc, char **argv) {
         {"batch-tokens", ARG_INT, &batch_tokens, "tokens per packed batch"},
         {"head-decay", ARG_DOUBLE, &head_decay, "weight of head i in the reported total loss"},
         {"json", ARG_STR, &json, "also write the metrics to this JSON file"},
+        {"pipeline", ARG_INT, &pipeline,
+         "under mpirun: ranks per copy of the base model, its layers divided over them (as medusa-train's)"},
         DEVICE_FLAG_SPECS(&dev),
         LOGITS_CHUNK_FLAG_SPEC(&dev),
     };
     args_parse(argc, argv, 1, specs, sizeof specs / sizeof specs[0], USAGE, NULL, 0);
     dist_init(&argc, &argv); /* under mpirun the ranks share the batches */
     if (!model || !data || (!medusa == !ckpt)) fatal("need --model, --data and one of --medusa or --ckpt (see --help)");
+    if (pipeline < 1) fatal("--pipeline %d: expected at least 1", pipeline);
+    dist_set_stages(pipeline);
     Startup s;
     startup_begin(&s, &dev, model);
     int H = s.config.hidden_size, V = s.config.vocab_size;
@@ -94,23 +98,24 @@ int main(int argc, char **argv) {
     }
     MemoryPlanInput mi = memory_plan_training(s.dtype, shape.n_heads, shape.n_layers, shape.head_vocab, batch_tokens,
                                               s.logits_chunk, 0, 1, TARGETS_LABELS);
+    if (pipeline > 1) mi = pipeline_plan(&s, &mi, pipeline);
     Model base;
     startup_load_base(&s, &mi, log_verbosity >= 1, &base);
-    MedusaHeads heads;
-    if (medusa) {
+    MedusaHeads heads = {0};
+    if (model_part_last(&base) && medusa) { /* the heads live on a pipeline's last stage */
         medusa_import(&heads, medusa, s.be, H, V);
-    } else {
+    } else if (model_part_last(&base)) {
         medusa_init(&heads, s.be, shape);
         CheckpointMeta meta = {0};
         checkpoint_load(ckpt_path, &heads, NULL, &meta);
         free(meta.config_json);
     }
-    startup_ready_heads(&base, &heads);
+    if (heads.params) startup_ready_heads(&base, &heads);
     TokenCache cache;
     token_cache_load(&cache, data, V);
     token_cache_check_model(&cache, data, model);
     Trainer t;
-    trainer_init(&t, &base, &heads, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, s.logits_chunk);
+    trainer_init(&t, &base, heads.params ? &heads : NULL, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, s.logits_chunk);
     t.base_name = model;
     t.heads_name = medusa ? medusa : ckpt_path;
     double t0 = now_seconds();
@@ -118,9 +123,9 @@ int main(int argc, char **argv) {
     evaluate(&t, &cache, batch_tokens, max_batches, &m);
     double seconds = now_seconds() - t0;
 
-    if (dist_rank() == 0) report(&m, heads.shape.n_heads, seconds, json, model, medusa ? medusa : ckpt_path, data);
+    if (dist_rank() == dist_lead_rank()) report(&m, heads.shape.n_heads, seconds, json, model, medusa ? medusa : ckpt_path, data);
     trainer_free(&t);
-    medusa_free(&heads);
+    if (heads.params) medusa_free(&heads);
     token_cache_free(&cache);
     model_free(&base);
     free(ckpt_path);

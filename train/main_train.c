@@ -91,6 +91,9 @@ int main(int argc, char **argv) {
         {"cache-hidden", ARG_FLAG, &c.cache_hidden,
          "keep the base model's hidden states in host memory (data tokens x hidden x 4 bytes): epochs after the first "
          "skip the base model"},
+        {"pipeline", ARG_INT, &c.pipeline,
+         "under mpirun: ranks per copy of the base model, its layers divided over them (the heads on the last); the "
+         "ranks form ranks/N data-parallel pipelines"},
         {"targets", ARG_STR, &c.targets,
          "what head i at position t learns: labels (the data's token at t+2+i), base-argmax (the base model's "
          "greedy choice for it: the argmax of its logits at row t+1+i) or base-kl (their softmax, by KL)"},

@@ -33,6 +33,7 @@ void train_config_defaults(TrainConfig *c) {
     c->save_every = 500;
     c->log_every = 10;
     c->keep_checkpoints = 2;
+    c->pipeline = 1;
 }
 
 void metrics_to_json(const StepMetrics *m, int n_heads, cJSON *obj) {
@@ -67,7 +68,7 @@ void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_bat
     step_metrics_clear(out);
     for (int64_t i = 0; i < n; i++) {
         PackedBatch batch = batcher_next(&b);
-        if (i % dist_size() != dist_rank()) continue; /* data-parallel ranks share the batches */
+        if (i % dist_pipelines() != dist_pipeline()) continue; /* data-parallel ranks share the batches */
         batch.convs = NULL; /* the hidden-state cache holds the training conversations, not these */
         trainer_eval_batch(t, &batch, out);
     }
@@ -101,7 +102,7 @@ static char *identity_json(const TrainConfig *c, const TokenCache *data) {
     cJSON_AddNumberToObject(j, "max-steps", c->max_steps);
     cJSON_AddNumberToObject(j, "batch-tokens", c->batch_tokens);
     /* the batches of a step over all ranks: a run resumes on any ranks x --grad-accum with the same product */
-    cJSON_AddNumberToObject(j, "grad-accum", c->grad_accum * dist_size());
+    cJSON_AddNumberToObject(j, "grad-accum", c->grad_accum * dist_pipelines());
     cJSON_AddNumberToObject(j, "seed", c->seed);
     cJSON_AddNumberToObject(j, "data tokens", (double)data->n_tokens);
     cJSON_AddNumberToObject(j, "data conversations", (double)data->n_convs);
@@ -348,7 +349,7 @@ static int state_finite(const Run *r) {
 /* An optimizer step can overflow the parameters with a finite loss and gradient: no such state is ever saved,
  * exported or evaluated, so the checkpoints kept, and the one a divergence message names, are all finite. */
 static void check_diverged(Run *r, const char *skipped) {
-    if (!state_finite(r))
+    if (r->heads.params && !state_finite(r)) /* a pipeline stage before the last holds none */
         fatal("training diverged: the heads' parameters or AdamW moments are not finite after optimizer step %lld (try "
               "a lower --lr); %s; %s",
               (long long)r->step, skipped, r->note);
@@ -356,7 +357,7 @@ static void check_diverged(Run *r, const char *skipped) {
 
 static void save(Run *r, int64_t step) {
     r->last_save = step;
-    if (dist_rank() != 0) return; /* the ranks hold the same state: rank 0 writes it */
+    if (dist_rank() != dist_lead_rank()) return; /* the ranks hold the same state: the lead writes it */
     CheckpointMeta meta = {0};
     meta.step = step;
     memcpy(meta.rng, r->rng.s, sizeof meta.rng);
@@ -452,21 +453,56 @@ static void validate(const TrainConfig *c) {
         fatal("--lr must be > 0, --warmup-ratio in [0, 1], --weight-decay >= 0");
     if (c->log_every < 1) fatal("--log-every %d: expected at least 1", c->log_every);
     if (c->head_vocab < 0) fatal("--head-vocab %d: expected 0 (full vocabulary) or a token count", c->head_vocab);
+    if (c->pipeline < 1) fatal("--pipeline %d: expected at least 1", c->pipeline);
+    if (c->pipeline > 1 && c->cache_hidden)
+        fatal("--cache-hidden with --pipeline %d: the hidden-state cache needs the whole base in one process",
+              c->pipeline);
     export_dtype(c->export_dtype);
     target_kind(c->targets);
+}
+
+MemoryPlanInput pipeline_plan(const Startup *s, const MemoryPlanInput *whole, int stages) {
+    ModelPart *part = xmalloc(sizeof *part * (size_t)stages);
+    MemoryPlan *plan = xmalloc(sizeof *plan * (size_t)stages);
+    memory_plan_stages(&s->config, whole, stages, part, plan);
+    log_info("pipeline of %d stages over %d ranks (%d pipeline%s), the heads on the last stage:", stages, dist_size(),
+             dist_pipelines(), dist_pipelines() > 1 ? "s" : "");
+    double unit = plan[stages - 1].total >= 1 << 30 ? 1 << 30 : 1 << 20; /* GiB, or MiB for a small model */
+    for (int i = 0; i < stages; i++)
+        log_info("  stage %d: layers %d-%d%s%s, %.2f %s planned (base weights %.2f)", i, part[i].layer_begin,
+                 part[i].layer_end - 1, i == 0 ? " + embedding" : "", i == stages - 1 ? " + lm_head + heads" : "",
+                 plan[i].total / unit, unit > 1 << 20 ? "GiB" : "MiB", plan[i].base_weights / unit);
+    MemoryPlanInput in = memory_plan_stage_input(&s->config, whole, part[dist_stage()]);
+    free(part);
+    free(plan);
+    return in;
+}
+
+/* A resumed pipeline: the stages before the last hold no heads and read no checkpoint; the last stage, which read
+ * it, gives them where the run is (its step, data cursor and random state) */
+static void resume_stage(Run *r) {
+    if (dist_stages() == 1) return;
+    int64_t words[BATCHER_CURSOR_WORDS];
+    if (r->heads.params) batcher_save_cursor(&r->batcher, words);
+    dist_bcast(DIST_PIPE, words, sizeof words, dist_stages() - 1);
+    batcher_restore_cursor(&r->batcher, words);
+    dist_bcast(DIST_PIPE, &r->step, sizeof r->step, dist_stages() - 1);
+    dist_bcast(DIST_PIPE, r->rng.s, sizeof r->rng.s, dist_stages() - 1);
+    r->last_save = r->step;
 }
 
 /* Start-up: the run directory checked, the memory planned, the base model, data, heads and optimizer made, and on
  * --resume the checkpoint's state restored. */
 static void run_open(Run *r, const TrainConfig *c) {
     validate(c);
+    dist_set_stages(c->pipeline);
     memset(r, 0, sizeof *r);
     r->c = c;
     r->t_start = now_seconds();
     startup_begin(&r->s, &c->dev, c->model);
     if (mkdir(c->out, 0755) != 0 && errno != EEXIST)
         fatal("%s: cannot create the run directory: %s", c->out, strerror(errno));
-    remove_stale_temps(c->out);
+    if (dist_rank() == dist_lead_rank()) remove_stale_temps(c->out); /* its own, from a run that was killed */
     r->resume_path = checkpoint_latest(c->out);
     if (c->resume && !r->resume_path) fatal("%s: --resume given but the directory holds no ckpt-<step>.h5", c->out);
     if (!c->resume && r->resume_path)
@@ -480,7 +516,9 @@ static void run_open(Run *r, const TrainConfig *c) {
     MemoryPlanInput mi = memory_plan_training(r->s.dtype, c->heads, c->layers, Vh, c->batch_tokens, r->s.logits_chunk,
                                               1, c->val != NULL, targets);
     mi.micro_batches = c->grad_accum;
+    if (c->pipeline > 1) mi = pipeline_plan(&r->s, &mi, c->pipeline);
     startup_load_base(&r->s, &mi, log_verbosity >= 1, &r->base);
+    int has_heads = model_part_last(&r->base); /* the last stage of a pipeline holds the heads */
     int H = r->base.config.hidden_size, V = r->base.config.vocab_size;
     token_cache_load(&r->data, c->data, V);
     token_cache_check_model(&r->data, c->data, c->model);
@@ -493,20 +531,24 @@ static void run_open(Run *r, const TrainConfig *c) {
     int64_t micro_total = 0;
     for (int e = 0; e < c->epochs; e++) micro_total += batcher_epoch_batches(&r->batcher, e);
     r->oc = c->optim;
-    int64_t per_step = (int64_t)c->grad_accum * dist_size(); /* batches of one optimizer step, over all ranks */
+    int64_t per_step = (int64_t)c->grad_accum * dist_pipelines(); /* batches of one optimizer step, all ranks' */
     r->oc.total_steps =
         c->max_steps > 0 ? c->max_steps : (int)(micro_total / per_step > 0 ? micro_total / per_step : 1);
 
-    medusa_init(&r->heads, r->s.be, (MedusaShape){c->heads, c->layers, H, V, Vh});
-    if (r->heads.token_map) {
-        double coverage = frequent_targets(&r->data, V, r->base.config.eos_token_id, Vh, r->heads.token_map);
-        medusa_set_token_map(&r->heads, r->heads.token_map);
-        log_info("heads predict the %d most frequent target tokens: %.2f%% of the trained targets", Vh, 100 * coverage);
-    }
     rng_seed(&r->rng, (uint64_t)c->seed);
-    medusa_init_from_base(&r->heads, &r->base, &r->rng);
-    startup_ready_heads(&r->base, &r->heads);
-    trainer_init(&r->t, &r->base, &r->heads, &r->oc, (float)c->head_decay, targets, c->batch_tokens, r->s.logits_chunk);
+    if (has_heads) {
+        medusa_init(&r->heads, r->s.be, (MedusaShape){c->heads, c->layers, H, V, Vh});
+        if (r->heads.token_map) {
+            double coverage = frequent_targets(&r->data, V, r->base.config.eos_token_id, Vh, r->heads.token_map);
+            medusa_set_token_map(&r->heads, r->heads.token_map);
+            log_info("heads predict the %d most frequent target tokens: %.2f%% of the trained targets", Vh,
+                     100 * coverage);
+        }
+        medusa_init_from_base(&r->heads, &r->base, &r->rng);
+        startup_ready_heads(&r->base, &r->heads);
+    }
+    trainer_init(&r->t, &r->base, has_heads ? &r->heads : NULL, &r->oc, (float)c->head_decay, targets,
+                 c->batch_tokens, r->s.logits_chunk);
     if (c->cache_hidden) trainer_cache_hidden(&r->t, &r->data);
     r->t.base_name = c->model;
     note_checkpoint(r, NULL);
@@ -514,7 +556,9 @@ static void run_open(Run *r, const TrainConfig *c) {
     r->config_json = identity_json(c, &r->data);
     dist_check_same("settings and data", r->config_json);
     r->last_eval = r->last_save = -1;
-    if (r->resume_path) {
+    if (r->resume_path && !has_heads) {
+        resume_stage(r);
+    } else if (r->resume_path) {
         CheckpointMeta meta = {0};
         checkpoint_load(r->resume_path, &r->heads, &r->t.adam, &meta);
         if (!state_finite(r))
@@ -533,7 +577,8 @@ static void run_open(Run *r, const TrainConfig *c) {
         free(meta.config_json);
         log_info("resumed from %s at step %lld of %d", r->resume_path, (long long)r->step, r->oc.total_steps);
         note_checkpoint(r, r->resume_path);
-    } else if (!state_finite(r)) { /* the heads start as copies of the base model's lm_head */
+        resume_stage(r);
+    } else if (has_heads && !state_finite(r)) { /* the heads start as copies of the base model's lm_head */
         fatal("%s: the heads initialised from the base model's lm_head are not finite: the model holds NaN or infinite "
               "weights (a damaged model file?)",
               c->model);
@@ -541,13 +586,13 @@ static void run_open(Run *r, const TrainConfig *c) {
     log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
              "targets: %s",
              c->heads, c->layers, (long long)r->data.n_convs, (long long)r->data.n_tokens, r->oc.total_steps,
-             c->grad_accum * dist_size(), c->batch_tokens, c->optim.lr, c->targets);
-    if (dist_size() > 1)
-        log_info("data parallel over %d ranks: each takes %d of every step's %d batches", dist_size(), c->grad_accum,
-                 c->grad_accum * dist_size());
+             c->grad_accum * dist_pipelines(), c->batch_tokens, c->optim.lr, c->targets);
+    if (dist_pipelines() > 1)
+        log_info("data parallel over %d %s: each takes %d of every step's %d batches", dist_pipelines(),
+                 c->pipeline > 1 ? "pipelines" : "ranks", c->grad_accum, c->grad_accum * dist_pipelines());
     if (!r->resume_path) r->window_start = now_seconds();
     r->metrics_path = path_join(c->out, "metrics.jsonl");
-    if (dist_rank() == 0) r->metrics = open_metrics(r->metrics_path, r->resume_path ? r->step : -1);
+    if (dist_rank() == dist_lead_rank()) r->metrics = open_metrics(r->metrics_path, r->resume_path ? r->step : -1);
 }
 
 /* An evaluation on --val, logged as an "eval" line of metrics.jsonl (epoch: where training is, or < 0 to leave out). */
@@ -624,10 +669,10 @@ static int run_steps(Run *r) {
         double t0 = now_seconds();
         /* the step's A x ranks batches, in the data order of one process with that accumulation: rank k takes the
          * k-th run of A (every rank reads them all, so the data order and the resume cursor are the ranks' own) */
-        for (int i = 0; i < A * dist_size(); i++) {
+        for (int i = 0; i < A * dist_pipelines(); i++) {
             PackedBatch b = batcher_next(&r->batcher);
             r->window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
-            if (i / A != dist_rank()) continue;
+            if (i / A != dist_pipeline()) continue;
             int a = i % A;
             int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
             uint8_t *mask = mmask + (size_t)a * BT;
@@ -696,7 +741,7 @@ static void run_finish(Run *r, int status) {
                  (long long)r->step);
         return;
     }
-    if (dist_rank() != 0) return;
+    if (dist_rank() != dist_lead_rank()) return;
     char *dir = path_join(c->out, "medusa");
     medusa_export(&r->heads, dir, MEDUSA_FORMAT_V1, export_dtype(c->export_dtype), c->model);
     log_info("%s after step %lld of %d: heads exported to %s", status == TRAIN_DONE ? "finished" : "stopped",
@@ -710,7 +755,7 @@ static void run_close(Run *r) {
     free(r->config_json);
     free(r->resume_path);
     trainer_free(&r->t);
-    medusa_free(&r->heads);
+    if (r->heads.params) medusa_free(&r->heads);
     batcher_free(&r->batcher);
     if (r->c->val) token_cache_free(&r->val);
     token_cache_free(&r->data);

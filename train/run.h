@@ -27,6 +27,7 @@ typedef struct {
     int cache_hidden;    /* keep the base model's hidden states in host memory after the first epoch */
     int stop_after;      /* stop cleanly (checkpoint + export) after this many steps in total; 0: never */
     double time_budget;  /* seconds; stop cleanly when the next step would not fit; 0: none */
+    int pipeline;        /* MPI ranks per copy of the base, its layers divided over them (common/dist.h); 1: none */
 } TrainConfig;
 
 void train_config_defaults(TrainConfig *c);
@@ -36,6 +37,9 @@ enum { TRAIN_DONE = 0, TRAIN_STOPPED = 3, TRAIN_INTERRUPTED = 130 };
  * TRAIN_INTERRUPTED (SIGINT/SIGTERM: the current step finished and was saved). */
 int train_run(const TrainConfig *c);
 
+/* --pipeline P (common/dist.h's stages set): the base's layers divided over the stages by their memory plans
+ * (memory_plan_stages), which the lead prints; returns this rank's stage's plan input (its part of the base). */
+MemoryPlanInput pipeline_plan(const Startup *s, const MemoryPlanInput *whole, int stages);
 /* Evaluation over the first max_batches packed batches of a cache (all when <= 0), in file order; data-parallel ranks
  * (common/dist.h) each take every N-th batch and every rank gets the sums (all ranks must call it). */
 void evaluate(Trainer *t, const TokenCache *cache, int batch_tokens, int max_batches, StepMetrics *out);
