@@ -103,8 +103,8 @@ struct OpRow {
 };
 
 /* The backend's collectives (kernels/cuda/comm.cu) on a communicator of one process: NCCL, or in the emulated build its
- * stand-in over MPI (tests/cudaemu/nccl.h); a sum over one rank leaves x as it was, a whole buffer or a slice of it (the
- * trainer's per-head buckets). Across ranks: tests/e2e_mpi_cuda.sh. */
+ * stand-in over MPI (tests/cudaemu/nccl.h); a sum over one rank leaves x as it was, a whole buffer or a slice of it
+ * (the trainer's per-head buckets). Across ranks: tests/e2e_mpi_cuda.sh. */
 static void test_comm(void) {
     if (!gpu->comm_open) {
         printf("  skipped: collectives (the backend was built without NCCL, or the emulator without MPI)\n");

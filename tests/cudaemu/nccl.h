@@ -38,7 +38,8 @@ typedef enum { ncclSum = 0 } ncclRedOp_t;
 typedef struct {
     int blocking;
 } ncclConfig_t;
-#define NCCL_CONFIG_INITIALIZER {1}
+#define NCCL_CONFIG_INITIALIZER                                                                                        \
+    { 1 }
 
 const char *ncclGetErrorString(ncclResult_t result);
 const char *ncclGetLastError(ncclComm_t comm);

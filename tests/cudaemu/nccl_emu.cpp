@@ -67,7 +67,8 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
 ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank, ncclConfig_t *) {
     Id emu;
     memcpy(&emu, id.internal, sizeof emu);
-    if (memcmp(emu.magic, kMagic, sizeof kMagic) || nranks < 1 || rank < 0 || rank >= nranks) return ncclInvalidArgument;
+    if (memcmp(emu.magic, kMagic, sizeof kMagic) || nranks < 1 || rank < 0 || rank >= nranks)
+        return ncclInvalidArgument;
     ncclComm *c = new ncclComm{MPI_COMM_NULL, rank, nranks};
     if (nranks > 1) {
         if (!mpi_running() || emu.root < 0) {
@@ -122,7 +123,8 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
                            ncclComm_t comm, cudaStream_t) {
     if (!comm || type != ncclFloat || op != ncclSum) return ncclInvalidArgument;
     if (comm->size == 1) {
-        if (sendbuff != recvbuff && count) cudaMemcpy(recvbuff, sendbuff, sizeof(float) * count, cudaMemcpyDeviceToDevice);
+        if (sendbuff != recvbuff && count)
+            cudaMemcpy(recvbuff, sendbuff, sizeof(float) * count, cudaMemcpyDeviceToDevice);
         return ncclSuccess;
     }
     std::vector<float> host(count);
