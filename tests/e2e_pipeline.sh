@@ -100,6 +100,9 @@ check_fails "--pipeline 2 on 3 ranks" "not a whole number of pipelines" "${MPIRU
     "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_bad" --pipeline 2
 check_fails "--pipeline 3 for a model of 2 layers" "3 pipeline stages for a model of 2 layers" "${MPIRUN[@]}" -np 3 \
     timeout 60 "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_bad" --pipeline 3
+check_fails "ranks given different --pipeline values" "but another rank has" "${MPIRUN[@]}" -np 1 timeout 60 \
+    "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_bad" --pipeline 2 : -np 1 \
+    timeout 60 "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_bad" --pipeline 1
 check_fails "--pipeline 2 in one process" "this run is one process" "$BIN/medusa-train" --model "$MODEL" \
     --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_bad" --pipeline 2
 
