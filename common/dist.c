@@ -18,6 +18,18 @@ int dist_lead_rank(void) { return stages - 1; }
 int dist_group_rank(DistGroup g) { return g == DIST_STAGE ? dist_pipeline() : g == DIST_PIPE ? dist_stage() : rank; }
 int dist_group_size(DistGroup g) { return g == DIST_STAGE ? dist_pipelines() : g == DIST_PIPE ? stages : size; }
 
+static void (*at_finalize[8])(void);
+static int n_at_finalize;
+
+void dist_at_finalize(void (*fn)(void)) {
+    if (n_at_finalize == 8) fatal("dist_at_finalize: more than 8 functions");
+    at_finalize[n_at_finalize++] = fn;
+}
+
+static void run_at_finalize(void) {
+    while (n_at_finalize > 0) at_finalize[--n_at_finalize]();
+}
+
 #ifdef MEDUSA_MPI
 #include <mpi.h>
 
@@ -39,12 +51,17 @@ void dist_init(int *argc, char ***argv) {
 }
 
 void dist_finalize(void) {
+    run_at_finalize();
     if (stage_comm != MPI_COMM_NULL) MPI_Comm_free(&stage_comm), MPI_Comm_free(&pipe_comm);
     if (joined) MPI_Finalize();
     joined = 0;
 }
 
 void dist_set_stages(int n) {
+    if (size == 1 && n > 1)
+        fatal("--pipeline %d: this run is one process (start it with mpirun -np N, N a multiple of %d)", n, n);
+    int most = dist_max_int(n), least = -dist_max_int(-n); /* every rank's value, before groups that hang on a split */
+    if (most != least) fatal("rank %d of %d: --pipeline %d, but another rank has %d", rank, size, n, n == most ? least : most);
     if (n < 1 || size % n != 0) fatal("--pipeline %d: the %d ranks are not a whole number of pipelines of %d", n, size, n);
     stages = n;
     if (!joined) return;
@@ -71,6 +88,30 @@ static void sum(DistGroup g, void *x, size_t n, size_t elem, MPI_Datatype type) 
 }
 
 void dist_sum_floats(DistGroup g, float *x, size_t n) { sum(g, x, n, sizeof *x, MPI_FLOAT); }
+
+struct DistRequest {
+    int n;
+    MPI_Request req[];
+};
+
+DistRequest *dist_sum_floats_start(DistGroup g, float *x, size_t n) {
+    if (dist_group_size(g) == 1 || n == 0) return NULL;
+    int slices = (int)((n + slice - 1) / slice);
+    DistRequest *r = xmalloc(sizeof *r + sizeof(MPI_Request) * (size_t)slices);
+    r->n = slices;
+    for (int s = 0; s < slices; s++) {
+        size_t i = (size_t)s * slice;
+        MPI_Iallreduce(MPI_IN_PLACE, x + i, (int)(n - i < slice ? n - i : slice), MPI_FLOAT, MPI_SUM, comm(g),
+                       &r->req[s]);
+    }
+    return r;
+}
+
+void dist_wait(DistRequest *r) {
+    if (!r) return;
+    MPI_Waitall(r->n, r->req, MPI_STATUSES_IGNORE);
+    free(r);
+}
 void dist_sum_doubles(DistGroup g, double *x, size_t n) { sum(g, x, n, sizeof *x, MPI_DOUBLE); }
 void dist_sum_int64(DistGroup g, int64_t *x, size_t n) { sum(g, x, n, sizeof *x, MPI_INT64_T); }
 
@@ -117,13 +158,18 @@ void dist_init(int *argc, char ***argv) {
               "rebuild)",
               getenv("OMPI_COMM_WORLD_SIZE"));
 }
-void dist_finalize(void) {}
+void dist_finalize(void) { run_at_finalize(); }
 void dist_set_stages(int n) {
     if (n != 1) fatal("--pipeline %d: this run is one process (start it with mpirun -np N, N a multiple of %d)", n, n);
 }
 void dist_sum_floats(DistGroup g, float *x, size_t n) { (void)g, (void)x, (void)n; }
 void dist_sum_doubles(DistGroup g, double *x, size_t n) { (void)g, (void)x, (void)n; }
 void dist_sum_int64(DistGroup g, int64_t *x, size_t n) { (void)g, (void)x, (void)n; }
+DistRequest *dist_sum_floats_start(DistGroup g, float *x, size_t n) {
+    (void)g, (void)x, (void)n;
+    return NULL;
+}
+void dist_wait(DistRequest *r) { (void)r; }
 int dist_max_int(int x) { return x; }
 void dist_bcast(DistGroup g, void *x, size_t bytes, int root) { (void)g, (void)x, (void)bytes, (void)root; }
 void dist_send_floats(const float *x, size_t n, int stage) {

@@ -11,8 +11,12 @@
 
 /* Joins the MPI job when an MPI launcher started the process (and the build has MPI); quiets the log of ranks > 0. */
 void dist_init(int *argc, char ***argv);
-/* Leaves the MPI job (after a clean end; a rank that exits otherwise ends the whole job through the launcher). */
+/* Leaves the MPI job (after a clean end; a rank that exits otherwise ends the whole job through the launcher), first
+ * calling the functions given to dist_at_finalize, last given first. */
 void dist_finalize(void);
+/* fn runs in dist_finalize while MPI still works (a layer above closing what it opened over MPI: train/collective.c's
+ * device communicators); at most 8. */
+void dist_at_finalize(void (*fn)(void));
 int dist_rank(void);
 int dist_size(void);
 
@@ -39,6 +43,11 @@ int dist_group_size(DistGroup g);
 void dist_sum_floats(DistGroup g, float *x, size_t n);
 void dist_sum_doubles(DistGroup g, double *x, size_t n);
 void dist_sum_int64(DistGroup g, int64_t *x, size_t n);
+/* The same sum started and left to run (MPI_Iallreduce): x must stay untouched until dist_wait returns, which ends the
+ * request. NULL where there is nothing to wait for (a group of one). */
+typedef struct DistRequest DistRequest;
+DistRequest *dist_sum_floats_start(DistGroup g, float *x, size_t n);
+void dist_wait(DistRequest *r);
 /* The largest of every rank's value (a decision any rank may take, such as stopping, taken by all). */
 int dist_max_int(int x);
 /* Bytes of the group's rank `root` copied to every rank of the group (host memory). */

@@ -19,15 +19,16 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
     t->head_decay = head_decay;
     t->targets = targets;
     t->max_tokens = max_tokens;
-    t->ranks = optim ? dist_size() : 1;
+    t->ranks = optim ? dist_pipelines() : 1;
     forward_state_init(&t->state, base, max_tokens);
+    t->hidden = base->be->alloc(sizeof(float) * (size_t)max_tokens * base->config.hidden_size);
+    if (!heads) return; /* a pipeline stage before the last: its layers' forward only */
     medusa_work_init(&t->work, heads, max_tokens, logits_chunk);
     if (targets == TARGETS_BASE_KL) {
         medusa_work_enable_teacher(&t->work, heads);
         if (heads->token_map)
             t->teacher_lm_head = model_lm_head_subset(base, heads->token_map, heads->shape.head_vocab);
     }
-    t->hidden = base->be->alloc(sizeof(float) * (size_t)max_tokens * base->config.hidden_size);
     t->choice = xmalloc(sizeof(int32_t) * (size_t)max_tokens);
     if (optim) {
         medusa_enable_grads(heads);
@@ -37,7 +38,7 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
 
 void trainer_free(Trainer *t) {
     forward_state_free(&t->state, t->base);
-    medusa_work_free(&t->work, t->heads);
+    if (t->heads) medusa_work_free(&t->work, t->heads);
     t->base->be->free(t->hidden);
     free(t->choice);
     if (t->hidden_cache) {
@@ -79,11 +80,16 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
 }
 
 /* The base model's final hidden states of the batch into t->hidden: from the cache where it holds them (each
- * conversation alone through the base model the first time) */
+ * conversation alone through the base model the first time). A pipeline stage runs its layers between the previous
+ * stage's residual stream and the next's. */
 static void base_forward(Trainer *t, const PackedBatch *b) {
     HiddenCache *c = t->hidden_cache;
     if (!c || !b->convs) {
-        model_forward(t->base, &t->state, b, t->hidden, NULL);
+        const Model *m = t->base;
+        size_t n = (size_t)b->n_tokens * m->config.hidden_size;
+        if (!model_part_first(m)) collective_recv(m->be, t->state.x, n, dist_stage() - 1);
+        model_forward(m, &t->state, b, t->hidden, NULL);
+        if (!model_part_last(m)) collective_send(m->be, t->state.x, n, dist_stage() + 1);
         return;
     }
     const Backend *be = t->base->be;
@@ -214,10 +220,25 @@ static void diverged(const Trainer *t, const char *what, double value) {
           t->diverge_note ? "; " : "", t->diverge_note ? t->diverge_note : "");
 }
 
+/* The work's head_done in a step's last micro-batch: head h's gradients are complete, and their sum over the pipelines
+ * starts while the next head's work runs (a bucket per head; the flat gradients hold the heads one after another) */
+static void sum_head_grads(void *ctx, int h) {
+    const MedusaHeads *m = ((const Trainer *)ctx)->heads;
+    size_t per_head = m->n_params / (size_t)m->shape.n_heads;
+    collective_sum_start(m->be, DIST_STAGE, m->grads + (size_t)h * per_head, per_head);
+}
+
 double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics) {
+    if (!t->heads) { /* a pipeline stage before the last: its part of each micro-batch, passed on */
+        for (int i = 0; i < n; i++) base_forward(t, &micro[i]);
+        StepMetrics none; /* the last stages' statistics are summed over every rank */
+        step_metrics_clear(&none);
+        step_metrics_sum_ranks(&none);
+        return 0;
+    }
     StepMetrics own; /* this rank's, summed over the ranks after the micro-batches */
     StepMetrics *into = metrics;
-    if (t->ranks > 1) step_metrics_clear(&own), into = &own;
+    if (dist_size() > 1) step_metrics_clear(&own), into = &own; /* every rank's sum: a pipeline's other stages too */
     /* the micro-batches' losses and ranks stay on the device until the step's end: one download for all of them */
     MedusaBatchStats *s = xmalloc(sizeof *s * (size_t)n);
     medusa_work_reserve_batches(&t->work, t->heads, n);
@@ -229,10 +250,12 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
             base_choices(t, &micro[i], NULL);
             base.choice = t->choice;
         }
+        t->work.head_done = i == n - 1 && t->ranks > 1 ? sum_head_grads : NULL, t->work.head_done_ctx = t;
         medusa_forward_backward_queued(t->heads, &t->work, t->hidden, micro[i].tokens, micro[i].loss_mask,
                                        micro[i].seq_lens, micro[i].n_seqs, micro[i].n_tokens, &base, t->head_decay,
                                        1.0f / (float)(n * t->ranks), &s[i]);
     }
+    t->work.head_done = NULL;
     medusa_stats_collect(t->heads, &t->work, s, n);
     for (int i = 0; i < n; i++) {
         if (!isfinite(s[i].total_loss)) {
@@ -246,8 +269,8 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
         accumulate(into, &s[i], t->heads->shape.n_heads, micro[i].n_tokens);
     }
     free(s);
-    if (t->ranks > 1) {
-        collective_sum(t->heads->be, DIST_STAGE, t->heads->grads, t->heads->n_params);
+    if (t->ranks > 1) collective_wait(t->heads->be, DIST_STAGE); /* the heads' sums started in the last micro-batch */
+    if (dist_size() > 1) {
         step_metrics_sum_ranks(&own);
         add_metrics(metrics, &own);
     }
@@ -258,6 +281,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
 
 void trainer_eval_batch(Trainer *t, const PackedBatch *b, StepMetrics *metrics) {
     base_forward(t, b);
+    if (!t->heads) return; /* a pipeline stage before the last */
     base_choices(t, b, metrics);
     MedusaBatchStats s;
     MedusaBase base = {.targets = TARGETS_LABELS, .choice = t->choice};
