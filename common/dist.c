@@ -61,8 +61,10 @@ void dist_set_stages(int n) {
     if (size == 1 && n > 1)
         fatal("--pipeline %d: this run is one process (start it with mpirun -np N, N a multiple of %d)", n, n);
     int most = dist_max_int(n), least = -dist_max_int(-n); /* every rank's value, before groups that hang on a split */
-    if (most != least) fatal("rank %d of %d: --pipeline %d, but another rank has %d", rank, size, n, n == most ? least : most);
-    if (n < 1 || size % n != 0) fatal("--pipeline %d: the %d ranks are not a whole number of pipelines of %d", n, size, n);
+    if (most != least)
+        fatal("rank %d of %d: --pipeline %d, but another rank has %d", rank, size, n, n == most ? least : most);
+    if (n < 1 || size % n != 0)
+        fatal("--pipeline %d: the %d ranks are not a whole number of pipelines of %d", n, size, n);
     stages = n;
     if (!joined) return;
     if (stage_comm != MPI_COMM_NULL) MPI_Comm_free(&stage_comm), MPI_Comm_free(&pipe_comm);
