@@ -141,7 +141,7 @@ $(BUILD)/tests/%: tests/%.c $(LIB)
 test: all cuda-compile $(TESTS) $(EMU_BINS) $(SMOLLM2) gemma3-model $(if $(EMU_FMA),$(BUILD)/tests/test_cuda_ops_fma) $(BUILD)/tests/ckpt_equal
 	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} E2E_BIN_DIR=$(BUILD)/emu \
 	  EMU_TEST_DIR=$(BUILD)/tests tests/run.sh tests/check_layers.sh $(TESTS) tests/cuda_ops_reverse.sh tests/cuda_ops_truncating.sh \
-	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh tests/e2e_gemma3.sh tests/e2e_mpi.sh tests/e2e_pipeline.sh tests/e2e_distill_mpi.sh tests/kill_campaign.sh \
+	  tests/e2e_cuda.sh tests/e2e_cuda_reverse.sh tests/e2e_distill.sh tests/e2e_gemma3.sh tests/e2e_mpi.sh tests/e2e_mpi_cuda.sh tests/e2e_pipeline.sh tests/e2e_distill_mpi.sh tests/kill_campaign.sh \
 	  tests/cli_errors.sh
 
 # The C tests that need neither the demo model (a download) nor the emulated GPU: the quick loop while editing.

@@ -14,9 +14,17 @@
  * once, balanced to within a layer; 5 full-vocabulary heads with fp32 AdamW (30 GB) beside the 138 GB base need 3 x
  * 80 GB, and 2 x 80 GB holds them with --head-vocab 16384 */
 static void check_70b_stages(void) {
-    ModelConfig c = {.architecture = "llama", .hidden_size = 8192, .intermediate_size = 28672, .n_layers = 80,
-                     .n_heads = 64, .n_kv_heads = 8, .head_dim = 128, .vocab_size = 32000, .max_position = 4096,
-                     .rope_theta = 10000, .rms_norm_eps = 1e-5f};
+    ModelConfig c = {.architecture = "llama",
+                     .hidden_size = 8192,
+                     .intermediate_size = 28672,
+                     .n_layers = 80,
+                     .n_heads = 64,
+                     .n_kv_heads = 8,
+                     .head_dim = 128,
+                     .vocab_size = 32000,
+                     .max_position = 4096,
+                     .rope_theta = 10000,
+                     .rms_norm_eps = 1e-5f};
     MemoryPlanInput in = memory_plan_training(DT_BF16, 5, 1, 0, 2048, 4096, 1, 0, TARGETS_LABELS);
     MemoryPlan whole = memory_plan(&c, &in);
     double params = (whole.base_weights - (8192.0 + 80 * 2 * 8192) * 4) / 2 + 8192.0 + 80 * 2 * 8192;
@@ -38,8 +46,8 @@ static void check_70b_stages(void) {
             contiguous &= s == 0 || part[s].layer_begin == part[s - 1].layer_end;
             CHECK((s == cases[i].stages - 1) == (plan[s].head_params > 0), "stage %d of %d %s the heads", s,
                   cases[i].stages, plan[s].head_params > 0 ? "holds" : "does not hold");
-            printf("     stage %d: layers %2d-%2d, %.1f GB (base %.1f GB, heads + AdamW %.1f GB), reserves %.1f GiB\n", s,
-                   part[s].layer_begin, part[s].layer_end - 1, plan[s].total / 1e9, plan[s].base_weights / 1e9,
+            printf("     stage %d: layers %2d-%2d, %.1f GB (base %.1f GB, heads + AdamW %.1f GB), reserves %.1f GiB\n",
+                   s, part[s].layer_begin, part[s].layer_end - 1, plan[s].total / 1e9, plan[s].base_weights / 1e9,
                    (plan[s].head_params + plan[s].head_grads + plan[s].adam_state + plan[s].head_copy) / 1e9,
                    (double)memory_plan_reserve_bytes(&plan[s]) / (1 << 30));
         }
@@ -51,7 +59,8 @@ static void check_70b_stages(void) {
         for (int s = 1; s < cases[i].stages; s++)
             if (plan[s].total > big->total) big = &plan[s];
         int fits = (double)memory_plan_reserve_bytes(big) <= GPU_80GB;
-        CHECK(fits == cases[i].fits, "Llama-2-70B bf16 + 5 heads%s on %d x 80 GB: %s (largest stage reserves %.1f GiB of %.0f)",
+        CHECK(fits == cases[i].fits,
+              "Llama-2-70B bf16 + 5 heads%s on %d x 80 GB: %s (largest stage reserves %.1f GiB of %.0f)",
               cases[i].head_vocab ? " (--head-vocab 16384)" : "", cases[i].stages, fits ? "fits" : "does not fit",
               (double)memory_plan_reserve_bytes(big) / (1 << 30), GPU_80GB / (1 << 30));
     }

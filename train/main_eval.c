@@ -4,10 +4,10 @@
 #include <string.h>
 
 #include "../common/args.h"
+#include "../common/dist.h"
 #include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
 #include "../model/startup.h"
-#include "../common/dist.h"
 #include "run.h"
 
 static const char *USAGE =
@@ -115,7 +115,8 @@ int main(int argc, char **argv) {
     token_cache_load(&cache, data, V);
     token_cache_check_model(&cache, data, model);
     Trainer t;
-    trainer_init(&t, &base, heads.params ? &heads : NULL, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens, s.logits_chunk);
+    trainer_init(&t, &base, heads.params ? &heads : NULL, NULL, (float)head_decay, TARGETS_LABELS, batch_tokens,
+                 s.logits_chunk);
     t.base_name = model;
     t.heads_name = medusa ? medusa : ckpt_path;
     double t0 = now_seconds();
@@ -123,7 +124,8 @@ int main(int argc, char **argv) {
     evaluate(&t, &cache, batch_tokens, max_batches, &m);
     double seconds = now_seconds() - t0;
 
-    if (dist_rank() == dist_lead_rank()) report(&m, heads.shape.n_heads, seconds, json, model, medusa ? medusa : ckpt_path, data);
+    if (dist_rank() == dist_lead_rank())
+        report(&m, heads.shape.n_heads, seconds, json, model, medusa ? medusa : ckpt_path, data);
     trainer_free(&t);
     if (heads.params) medusa_free(&heads);
     token_cache_free(&cache);

@@ -3,8 +3,8 @@
 #include <string.h>
 
 #include "../common/args.h"
-#include "../model/medusa_io.h"
 #include "../common/dist.h"
+#include "../model/medusa_io.h"
 #include "run.h"
 
 static const char *USAGE_TRAIN =

@@ -10,10 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/dist.h"
 #include "../data/batcher.h"
 #include "../formats/atomic_file.h"
 #include "../model/medusa_io.h"
-#include "../common/dist.h"
 
 void train_config_defaults(TrainConfig *c) {
     memset(c, 0, sizeof *c);
@@ -547,8 +547,8 @@ static void run_open(Run *r, const TrainConfig *c) {
         medusa_init_from_base(&r->heads, &r->base, &r->rng);
         startup_ready_heads(&r->base, &r->heads);
     }
-    trainer_init(&r->t, &r->base, has_heads ? &r->heads : NULL, &r->oc, (float)c->head_decay, targets,
-                 c->batch_tokens, r->s.logits_chunk);
+    trainer_init(&r->t, &r->base, has_heads ? &r->heads : NULL, &r->oc, (float)c->head_decay, targets, c->batch_tokens,
+                 r->s.logits_chunk);
     if (c->cache_hidden) trainer_cache_hidden(&r->t, &r->data);
     r->t.base_name = c->model;
     note_checkpoint(r, NULL);

@@ -34,7 +34,7 @@ typedef struct {
     Matrix teacher_lm_head;    /* TARGETS_BASE_KL with truncated heads: the base's lm_head rows for their map; else no
                                 * parts */
     HiddenCache *hidden_cache; /* NULL: the base model runs on every batch */
-    int ranks; /* data-parallel ranks whose gradients each step sums (common/dist.h); 1: this process alone */
+    int ranks; /* data-parallel ranks (pipelines) whose gradients each step sums (common/dist.h); 1: this one alone */
     /* for error messages (NULL: not named): the base model's path, where the heads came from, and what a divergence
      * leaves behind (e.g. "the last checkpoint, RUN/ckpt-4.h5, is intact") */
     const char *base_name, *heads_name, *diverge_note;
@@ -51,9 +51,12 @@ typedef struct {
     int64_t tokens;
 } StepMetrics;
 
-/* optim NULL: evaluation only (no gradients, no optimizer state). targets: what trainer_step's heads learn
- * (evaluation always measures them against the labels and the base model's choices); with TARGETS_BASE_KL the heads'
- * token map must be final (a resumed run's checkpoint holds the same one: its data and settings are checked equal). */
+/* heads NULL: a pipeline stage before the last (common/dist.h), which runs its part of the base model (base->part) on
+ * each batch and passes the residual stream to the next stage; trainer_step and trainer_eval_batch then take part in
+ * the collectives and return 0 / add nothing. optim NULL: evaluation only (no gradients, no optimizer state). targets:
+ * what trainer_step's heads learn (evaluation always measures them against the labels and the base model's choices);
+ * with TARGETS_BASE_KL the heads' token map must be final (a resumed run's checkpoint holds the same one: its data and
+ * settings are checked equal). */
 void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const OptimConfig *optim, float head_decay,
                   TargetKind targets, int max_tokens, int logits_chunk);
 void trainer_free(Trainer *t);
