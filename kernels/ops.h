@@ -86,6 +86,10 @@ struct Backend {
     void (*comm_wait)(void *comm);
     void (*comm_close)(void *comm);
 
+    /* --gemm-tune: with on, each GEMM shape's candidate algorithms are timed at its first use and the fastest kept
+     * for the run (cuBLASLt's heuristic order otherwise); NULL where there is nothing to choose (the CPU) */
+    void (*set_gemm_tune)(int on);
+
     /* the ops: one function pointer per line of ops.def, where each op's contract is */
 #define OP(ret, op, params, args) ret(*op) params;
 #include "ops.def"
@@ -111,6 +115,11 @@ typedef struct {
     long long downloads, uploads;
 } CudaBlockingCopies;
 CudaBlockingCopies cuda_blocking_copies(void);
+/* --gemm-tune so far: GEMM shapes timed, and those whose fastest algorithm was not the heuristic's first */
+typedef struct {
+    int shapes, changed;
+} CudaGemmTuning;
+CudaGemmTuning cuda_gemm_tuning(void);
 /* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */
 const Backend *backend_by_name(const char *name);
 /* A GPU's dense bf16 tensor peak in FLOP/s (vendor data sheets, without sparsity) from its device name, as CUDA

@@ -17,6 +17,9 @@ void startup_begin(Startup *s, const DeviceFlags *f, const char *model_path) {
     memset(s, 0, sizeof *s);
     s->be = backend_by_name(f->device);
     set_threads(f->threads);
+    if (f->gemm_tune && !s->be->set_gemm_tune)
+        fatal("--gemm-tune: the %s backend has no GEMM algorithms to choose from (cuda only)", s->be->name);
+    if (f->gemm_tune) s->be->set_gemm_tune(1);
     s->dtype = precision_for(f->precision, s->be, model_path, &s->native);
     if (f->logits_chunk < 0)
         fatal("--logits-chunk %d: expected 0 (the device's default) or a row count", f->logits_chunk);

@@ -15,15 +15,19 @@ typedef struct {
     const char *device, *precision;
     int threads;
     int logits_chunk; /* 0: the backend's default */
+    int gemm_tune;    /* time each GEMM shape's candidate algorithms once (Backend.set_gemm_tune) */
 } DeviceFlags;
 
 #define DEVICE_FLAGS_DEFAULT                                                                                           \
-    { "cpu", "auto", 0, 0 }
+    { "cpu", "auto", 0, 0, 0 }
 
 /* Their rows of a binary's ArgSpec table: one wording in every --help. */
 #define DEVICE_FLAG_SPECS(f)                                                                                           \
     {"threads", ARG_INT, &(f)->threads, "CPU threads (0 = OpenMP default)"},                                           \
-        {"device", ARG_STR, &(f)->device, "cpu or cuda"}, {                                                            \
+        {"device", ARG_STR, &(f)->device, "cpu or cuda"},                                                              \
+        {"gemm-tune", ARG_FLAG, &(f)->gemm_tune,                                                                       \
+         "cuda: time cuBLASLt's candidate algorithms for each GEMM shape at its first use and keep the fastest"},      \
+    {                                                                                                                  \
         "precision", ARG_STR, &(f)->precision,                                                                         \
             "storage of the base weights: auto (bf16 on cuda; on an AVX2/AVX-512 cpu native for a .gguf, else fp32), " \
             "native (the file's formats: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, K-quants), fp32 or bf16"             \

@@ -33,6 +33,8 @@ check_fails() { # WHAT NEEDLE CMD...: CMD must exit with status 1 with NEEDLE in
 TRAIN=("$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --heads 2 --batch-tokens 128
     --device cpu --precision fp32)
 
+check_fails "medusa-train --device cpu --gemm-tune" "--gemm-tune: the cpu backend has no GEMM algorithms to choose from" \
+    "${TRAIN[@]}" --out "$TMP/tune" --gemm-tune
 check_fails "medusa-train --lr 1e39 --max-steps 1" \
     "the heads' parameters or AdamW moments are not finite after optimizer step 1 (try a lower --lr); ckpt-1.h5 not written; no checkpoint was written" \
     "${TRAIN[@]}" --out "$TMP/nan" --lr 1e39 --warmup-ratio 0 --max-steps 1

@@ -121,6 +121,19 @@ cmp_eval=$(paste -d: <(metrics cuda) <(metrics cpu) | awk -F: '
 expect '[ "$cmp_eval" != bad ] && awk -v l="${cmp_eval% *}" -v a="${cmp_eval#* }" "BEGIN{exit !(l <= 1e-4 && a <= 0.01)}"' \
     "eval cuda vs cpu: losses max rel. error ${cmp_eval% *} (tolerance 1e-4), top-1..5 accuracies and agreements with the base model (medusa{i}_base_top{k}) max difference ${cmp_eval#* } (tolerance 0.01, about one target)"
 
+# --gemm-tune: each GEMM shape's algorithms timed at its first use, the fastest kept: the same products (bf16 weights,
+# cuBLASLt), up to the order of a kernel's sums
+for tune in "" --gemm-tune; do
+    check "medusa-eval --device cuda (bf16) ${tune:-without --gemm-tune}" "$BIN/medusa-eval" --model "$MODEL" \
+        --medusa "$HEADS" --data "$TMP/sg.val.tokens.h5" --device cuda --batch-tokens 128 --max-batches 1 $tune \
+        --json "$TMP/eval_bf16${tune}.json"
+done
+r=$(paste <(grep -E '"(loss|medusa[0-9]+_loss)":' "$TMP/eval_bf16.json" | tr -d ' ",' | cut -d: -f2) \
+    <(grep -E '"(loss|medusa[0-9]+_loss)":' "$TMP/eval_bf16--gemm-tune.json" | tr -d ' ",' | cut -d: -f2) |
+    awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (d / s > m) m = d / s; n++} END {print (n >= 3 ? m + 0 : 1)}')
+expect "awk 'BEGIN{exit !($r <= 1e-4)}'" \
+    "--gemm-tune: the tuned GEMMs' evaluation losses equal the heuristic's first algorithm's within rel. $r (tolerance 1e-4)"
+
 # ---- decoding: greedy Medusa == plain greedy, and cuda == cpu ----
 # 20 candidates from the 2 heads (their top 4 and the top 4 after each): 21 rows with the root, more than the 16
 # queries from which bf16 attention takes the tensor cores

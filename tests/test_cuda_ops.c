@@ -130,6 +130,36 @@ static void test_comm(void) {
     free(back);
 }
 
+/* --gemm-tune: a GEMM shape's first use times the heuristic's algorithms and keeps the fastest; with the emulator's
+ * first algorithm made 2 ms slower (CUDA_EMU_LT_SLOW_FIRST) the tuner must drop it, the product staying the CPU's;
+ * a later call of the shape is not timed again. (On a GPU there is no slow first: the test then checks the count.) */
+static void test_gemm_tune(void) {
+    int T = 5, IC = 48, OC = 40; /* a shape no other test uses, so that its plan is made here */
+    float *w = random_floats((size_t)OC * IC, 0.5f), *x = random_floats((size_t)T * IC, 1.0f);
+    uint16_t *w16 = xmalloc(sizeof(uint16_t) * (size_t)OC * IC);
+    for (int i = 0; i < OC * IC; i++) w16[i] = f32_to_bf16(w[i]);
+    float *want = xmalloc(sizeof(float) * (size_t)T * OC);
+    cpu->matmul_bf16(want, x, w16, NULL, T, IC, OC);
+    float *dx = to_gpu(x, sizeof(float) * (size_t)T * IC), *dout = gpu->alloc(sizeof(float) * (size_t)T * OC);
+    uint16_t *dw = to_gpu(w16, sizeof(uint16_t) * (size_t)OC * IC);
+    int emulated = !strcmp(gpu->device, "CUDA emulator on the CPU");
+    if (emulated) setenv("CUDA_EMU_LT_SLOW_FIRST", "1", 1);
+    gpu->set_gemm_tune(1);
+    CudaGemmTuning before = cuda_gemm_tuning();
+    gpu->matmul_bf16(dout, dx, dw, NULL, T, IC, OC);
+    CudaGemmTuning after = cuda_gemm_tuning();
+    expect_close("matmul_bf16 after --gemm-tune timed its algorithms", dout, want, (size_t)T * OC, 1e-5);
+    CHECK(after.shapes == before.shapes + 1 && (!emulated || after.changed == before.changed + 1),
+          "--gemm-tune: the new shape timed once (%d shape), the slowed first algorithm dropped (%d changed)",
+          after.shapes - before.shapes, after.changed - before.changed);
+    gpu->matmul_bf16(dout, dx, dw, NULL, T, IC, OC);
+    CHECK(cuda_gemm_tuning().shapes == after.shapes, "--gemm-tune: the shape's second use is not timed again");
+    gpu->set_gemm_tune(0);
+    unsetenv("CUDA_EMU_LT_SLOW_FIRST");
+    gpu->free(dx), gpu->free(dout), gpu->free(dw);
+    free(w), free(x), free(w16), free(want);
+}
+
 static void test_memory(void) {
     size_t n = 1000;
     float *x = random_floats(n, 1.0f), *back = xmalloc(sizeof(float) * n);
@@ -2550,6 +2580,7 @@ int main(int argc, char **argv) {
     test_planned_training(DT_BF16, TARGETS_LABELS, 0); /* last: the bf16 GEMM scratch and workspace stay allocated */
     test_memory();
     test_comm();
+    test_gemm_tune();
     run_op_table(gpu, NULL);
     test_benches(gpu);
     test_peak_flops();

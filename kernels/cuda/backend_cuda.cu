@@ -245,6 +245,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.prefers_bf16 = 1;
         cuda.default_logits_chunk = 4096; /* the lm_head GEMMs want many rows (4096 x 32000 is 0.5 GB) */
         cuda_comm_setup(&cuda);
+        cuda.set_gemm_tune = cuda_set_gemm_tune;
         cuda_cublas(); /* the handles' memory too is taken before reserve() */
         cuda_cublaslt();
         backend_check(&cuda);

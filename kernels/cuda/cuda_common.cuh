@@ -68,6 +68,7 @@ void cuda_check_after(const char *name);
 
 /* comm.cu: the backend's collectives between processes (Backend.comm_*: NCCL); left NULL in builds without NCCL */
 void cuda_comm_setup(Backend *b);
+void cuda_set_gemm_tune(int on); /* kernels/cuda/matmul.cu: Backend.set_gemm_tune */
 
 /* `kernel<<<grid, block, shmem>>>(args...)` is not C++, so every launch goes through LAUNCH, which the
  * emulator can run on the CPU; launch errors are checked at once. LAUNCH_AS names the launch for the profile and

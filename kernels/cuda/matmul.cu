@@ -105,6 +105,7 @@ struct GemmPlan {
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algos[kLtAlgorithms];
     int n_algos, chosen;
+    bool tuned;
 };
 /* ops, m, n, k, lda, ldb, ldc, C's type, and the alignment of A, B and C (the algorithm is chosen for it) */
 typedef std::tuple<int, int, int, int, int, int, int, int, int, uint32_t, uint32_t, uint32_t> GemmKey;
@@ -146,13 +147,80 @@ static GemmPlan &gemm_plan(cublasOperation_t op_a, cublasOperation_t op_b, int m
     for (const auto &al : aligns)
         CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al.first, &al.second, sizeof al.second));
     cublasLtMatmulHeuristicResult_t heuristic[kLtAlgorithms];
-    p.n_algos = 0, p.chosen = 0;
+    p.n_algos = 0, p.chosen = 0, p.tuned = false;
     CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(cuda_cublaslt(), p.desc, p.a, p.b, p.c, p.c, pref, kLtAlgorithms,
                                                 heuristic, &p.n_algos));
     CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     if (p.n_algos == 0) fatal("cublasLt: no bf16 GEMM algorithm for m=%d n=%d k=%d", m, n, k);
     for (int i = 0; i < p.n_algos; i++) p.algos[i] = heuristic[i].algo;
     return plans.emplace(key, p).first->second;
+}
+
+/* --gemm-tune: a shape's candidates timed at its first use (cuda_set_gemm_tune) */
+static bool tune_gemms;
+static CudaGemmTuning tuning;
+void cuda_set_gemm_tune(int on) { tune_gemms = on != 0; }
+extern "C" CudaGemmTuning cuda_gemm_tuning(void) { return tuning; }
+
+/* Each of the heuristic's algorithms timed on the shape's own operands (a warm-up, then the fastest of 3 runs) into a
+ * scratch output outside the memory plan's arena, so that an accumulating GEMM's C is not touched; the plan then
+ * tries them fastest first, without those that were refused. A scratch output that does not fit leaves the
+ * heuristic's order. */
+static void tune_plan(GemmPlan &p, int m, int n, int k, const uint16_t *A, const uint16_t *B, size_t c_elem, int ldc,
+                      void *workspace) {
+    p.tuned = true;
+    void *C = NULL;
+    size_t bytes = c_elem * (size_t)ldc * (size_t)n;
+    if (cudaMalloc(&C, bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        log_warn("--gemm-tune: no room for the %.1f MiB scratch output of the GEMM m=%d n=%d k=%d; the heuristic's "
+                 "order is kept",
+                 (double)bytes / (1 << 20), m, n, k);
+        return;
+    }
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    const float one = 1.0f, zero = 0.0f;
+    float best[kLtAlgorithms];
+    int order[kLtAlgorithms], kept = 0;
+    for (int i = 0; i < p.n_algos; i++) {
+        float fastest = 0;
+        bool refused = false;
+        for (int run = 0; run < 4 && !refused; run++) {
+            CUDA_CHECK(cudaEventRecord(start, 0));
+            refused = cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &zero, C, p.c, C, p.c, &p.algos[i],
+                                     workspace, kLtWorkspaceBytes, 0) != CUBLAS_STATUS_SUCCESS;
+            CUDA_CHECK(cudaEventRecord(stop, 0));
+            CUDA_CHECK(cudaEventSynchronize(stop));
+            float ms;
+            CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+            if (run == 1 || (run > 1 && ms < fastest)) fastest = ms; /* run 0 warms up */
+        }
+        if (refused) continue;
+        int at = kept++; /* insertion by time, ties to the heuristic's order */
+        for (; at > 0 && fastest < best[at - 1]; at--) best[at] = best[at - 1], order[at] = order[at - 1];
+        best[at] = fastest, order[at] = i;
+    }
+    CUDA_CHECK(cudaEventDestroy(start));
+    CUDA_CHECK(cudaEventDestroy(stop));
+    CUDA_CHECK(cudaFree(C));
+    if (kept == 0) return; /* every one refused: the call itself reports it */
+    float first = -1;      /* the heuristic's first, when it ran */
+    for (int i = 0; i < kept; i++)
+        if (order[i] == 0) first = best[i];
+    cublasLtMatmulAlgo_t algos[kLtAlgorithms];
+    for (int i = 0; i < kept; i++) algos[i] = p.algos[order[i]];
+    for (int i = 0; i < kept; i++) p.algos[i] = algos[i];
+    p.n_algos = kept, p.chosen = 0;
+    tuning.shapes++;
+    if (order[0] != 0) tuning.changed++;
+    if (order[0] != 0)
+        log_info("--gemm-tune: GEMM m=%d n=%d k=%d: algorithm %d of the heuristic's %d, %.3f ms (its first: %s%.3f ms)",
+                 m, n, k, order[0] + 1, kept, best[0], first < 0 ? "refused, " : "", first < 0 ? 0.0f : first);
+    else
+        log_debug("--gemm-tune: GEMM m=%d n=%d k=%d: the heuristic's first is the fastest of %d (%.3f ms)", m, n, k,
+                  kept, best[0]);
 }
 
 /* Column-major C[m,n] = op(A)[m,k] op(B)[k,n] + beta C, as cublasSgemm's arguments; A and B bf16, C fp32 or bf16
@@ -162,6 +230,7 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
     static void *workspace = NULL;
     if (!workspace) workspace = backend_cuda()->alloc(kLtWorkspaceBytes);
     GemmPlan &p = gemm_plan(op_a, op_b, m, n, k, lda, ldb, ldc, c_type, alignment(A), alignment(B), alignment(C));
+    if (tune_gemms && !p.tuned) tune_plan(p, m, n, k, A, B, c_type == CUDA_R_16BF ? 2 : 4, ldc, workspace);
     const float one = 1.0f;
     static const char *const kinds[2][2] = {{"cublasLt bf16 NN", "cublasLt bf16 NT"},
                                             {"cublasLt bf16 TN", "cublasLt bf16 TT"}};

@@ -848,6 +848,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     static const int refuse_first =
         getenv("CUDA_EMU_LT_REFUSE_FIRST") && strcmp(getenv("CUDA_EMU_LT_REFUSE_FIRST"), "0");
     if (refuse_first && algo && algo->data[4] == 0) return CUBLAS_STATUS_NOT_SUPPORTED;
+    /* CUDA_EMU_LT_SLOW_FIRST=1 (read at each call): the heuristic's first algorithm takes 2 ms more than the others,
+     * so that --gemm-tune's timing has a slower one to drop */
+    const char *slow_first = getenv("CUDA_EMU_LT_SLOW_FIRST");
+    if (slow_first && strcmp(slow_first, "0") && algo && algo->data[4] == 0) {
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        do clock_gettime(CLOCK_MONOTONIC, &t);
+        while ((double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec) < 2e-3);
+    }
     /* as on a GPU, an algorithm chosen for more alignment than a pointer has fails (no algo: the default 256) */
     const void *operands[4] = {A, B, C, D};
     for (int i = 0; i < 4; i++) {
