@@ -109,8 +109,8 @@ void set_threads(int threads);
 /* kernels/cuda (only in builds with nvcc, which define MEDUSA_CUDA) */
 const Backend *backend_cuda(void);
 /* The CUDA backend's copies that made the host wait for the device's queue, since start-up (a test counts a step's):
- * device-to-host ones (download, sum_squares' partial sums) and uploads (cudaMemcpy from pageable host memory first
- * waits for the queue). MEDUSA_CUDA_SYNC's and the profiler's own synchronisations are left out. */
+ * device-to-host ones (download) and uploads larger than its pinned staging slots (1 MiB; smaller ones are queued
+ * without a wait). MEDUSA_CUDA_SYNC's and the profiler's own synchronisations are left out. */
 typedef struct {
     long long downloads, uploads;
 } CudaBlockingCopies;

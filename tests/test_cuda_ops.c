@@ -160,6 +160,37 @@ static void test_gemm_tune(void) {
     free(w), free(x), free(w16), free(want);
 }
 
+/* Uploads through the pinned staging slots: more uploads than slots, each of other bytes from one reused host buffer,
+ * all arrive (a slot is rewritten only after its copy), none waits for the queue; one larger than a slot is a
+ * synchronous copy and is counted. */
+static void test_staged_uploads(void) {
+    enum { N = 40, ELEMS = 1000 };
+    float host[ELEMS], *dev[N];
+    CudaBlockingCopies before = cuda_blocking_copies();
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < ELEMS; j++) host[j] = (float)(i * ELEMS + j);
+        dev[i] = to_gpu(host, sizeof host);
+    }
+    CudaBlockingCopies queued = cuda_blocking_copies();
+    int arrived = 1;
+    for (int i = 0; i < N; i++) {
+        float *back = from_gpu(dev[i], ELEMS);
+        for (int j = 0; j < ELEMS; j++) arrived &= back[j] == (float)(i * ELEMS + j);
+        free(back);
+        gpu->free(dev[i]);
+    }
+    size_t big = (size_t)3 << 20;
+    float *large = random_floats(big / sizeof(float), 1.0f), *d = to_gpu(large, big);
+    CudaBlockingCopies after = cuda_blocking_copies();
+    float *back = from_gpu(d, big / sizeof(float));
+    CHECK(arrived && queued.uploads == before.uploads && after.uploads == queued.uploads + 1 && !memcmp(back, large, big),
+          "%d uploads of 4 KB through the staging slots: all arrived, none waited for the queue; one of 3 MiB: copied, "
+          "counted as blocking (%lld)",
+          N, after.uploads - queued.uploads);
+    gpu->free(d);
+    free(large), free(back);
+}
+
 static void test_memory(void) {
     size_t n = 1000;
     float *x = random_floats(n, 1.0f), *back = xmalloc(sizeof(float) * n);
@@ -2581,6 +2612,7 @@ int main(int argc, char **argv) {
     test_memory();
     test_comm();
     test_gemm_tune();
+    test_staged_uploads();
     run_op_table(gpu, NULL);
     test_benches(gpu);
     test_peak_flops();

@@ -1,6 +1,6 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
- * Every op is asynchronous on the default stream; upload() and download() synchronise (cuda_blocking_copies counts
- * them). */
+ * Every op is asynchronous on the default stream, and so is upload() of up to a staging slot's bytes; download() and
+ * larger uploads synchronise (cuda_blocking_copies counts them). */
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -189,11 +189,34 @@ static size_t cuda_memory_available(void) {
 static CudaBlockingCopies blocking_copies;
 extern "C" CudaBlockingCopies cuda_blocking_copies(void) { return blocking_copies; }
 
+/* Uploads of up to a slot's bytes pass through pinned staging slots taken in turn: the host copies its bytes into the
+ * slot and the device copies them from there in the queue's order (cudaMemcpyAsync from pinned memory does not wait
+ * for the queue, as a copy from pageable memory does), so a step's small uploads (a pass's layout, a batch's tokens
+ * and targets) never make the host wait. A slot is written again only after the event recorded behind its last copy
+ * has passed: the host waits only when the device is kStagingSlots uploads behind. Larger uploads (the weights at
+ * load, cached hidden states) copy synchronously and count as blocking. */
+static const int kStagingSlots = 16;
+static const size_t kStagingSlotBytes = 1 << 20;
+static struct {
+    char *host;
+    cudaEvent_t copied;
+} staging[kStagingSlots];
+static int staging_next;
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     profile_next_bytes((double)bytes);
     ProfileScope profile("upload");
-    blocking_copies.uploads++;
-    CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
+    if (bytes > kStagingSlotBytes) {
+        blocking_copies.uploads++;
+        CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
+        return;
+    }
+    auto &slot = staging[staging_next];
+    staging_next = (staging_next + 1) % kStagingSlots;
+    CUDA_CHECK(cudaEventSynchronize(slot.copied)); /* its previous copy */
+    memcpy(slot.host, host_src, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, 0));
+    CUDA_CHECK(cudaEventRecord(slot.copied, 0));
 }
 static void cuda_download(void *host_dst, const void *src, size_t bytes) {
     profile_next_bytes((double)bytes);
@@ -244,6 +267,11 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.is_host = 0;
         cuda.prefers_bf16 = 1;
         cuda.default_logits_chunk = 4096; /* the lm_head GEMMs want many rows (4096 x 32000 is 0.5 GB) */
+        for (auto &slot : staging) {
+            CUDA_CHECK(cudaMallocHost(&slot.host, kStagingSlotBytes));
+            CUDA_CHECK(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming));
+            CUDA_CHECK(cudaEventRecord(slot.copied, 0));
+        }
         cuda_comm_setup(&cuda);
         cuda.set_gemm_tune = cuda_set_gemm_tune;
         cuda_cublas(); /* the handles' memory too is taken before reserve() */

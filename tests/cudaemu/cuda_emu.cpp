@@ -431,6 +431,10 @@ void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b
     }
 }
 
+void cuda_emu_check_vector(const void *p) {
+    if ((uintptr_t)p % 16 != 0) emu_fail("a 16-byte vector access at an address not 16-byte aligned");
+}
+
 void cuda_emu_ldmatrix_x4(uint32_t r[4], const uint16_t *row, bool trans) {
     if ((uintptr_t)row % 16 != 0) emu_fail("ldmatrix: a row address not 16-byte aligned");
     int lane;
@@ -541,6 +545,14 @@ cudaError_t cudaFree(void *ptr) {
     free_blocks.emplace(it->second, it->first);
     cuda_emu_mark_block(it->first, 0, it->second);
     live_blocks.erase(it);
+    return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void **ptr, size_t bytes) {
+    *ptr = malloc(bytes ? bytes : 1);
+    return *ptr ? cudaSuccess : last_error = cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFreeHost(void *ptr) {
+    free(ptr);
     return cudaSuccess;
 }
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {

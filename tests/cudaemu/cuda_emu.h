@@ -145,6 +145,17 @@ static inline float __int_as_float(int i) {
  * in the PTX ISA's layout (kernels/cuda/cuda_common.cuh's mma_bf16_16x8x16). Warp-collective: it starts with a warp
  * barrier, so a lane that skips it is reported, and every lane reads the others' fragments after all have arrived. */
 #define __align__(n) __attribute__((aligned(n)))
+/* CUDA's 16-byte vector types (16-byte aligned, as nvcc's); kernels/cuda/cuda_common.cuh's ld16/st16 move them, and
+ * report an address not 16-byte aligned (a GPU faults on a misaligned vector access) through this check */
+struct __align__(16) float4 {
+    float x, y, z, w;
+};
+struct __align__(16) uint4 {
+    unsigned x, y, z, w;
+};
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+void cuda_emu_check_vector(const void *p);
 void cuda_emu_mma_bf16_16x8x16(float d[4], const uint32_t a[4], const uint32_t b[2]);
 /* ldmatrix.sync.m8n8.x4 (kernels/cuda/cuda_common.cuh's ldmatrix_x4): every lane posts its row address, then reads
  * its elements from the rows the others posted; a row not 16-byte aligned is reported */
@@ -183,6 +194,12 @@ template <class T> static inline cudaError_t cudaMalloc(T **ptr, size_t bytes) {
     return cudaMalloc((void **)ptr, bytes);
 }
 cudaError_t cudaFree(void *ptr);
+/* pinned host memory: host memory here */
+cudaError_t cudaMallocHost(void **ptr, size_t bytes);
+template <class T> static inline cudaError_t cudaMallocHost(T **ptr, size_t bytes) {
+    return cudaMallocHost((void **)ptr, bytes);
+}
+cudaError_t cudaFreeHost(void *ptr);
 /* A sub-allocator's block of `size` bytes handed out for `bytes` (0: freed): filled with NaN bytes; under
  * AddressSanitizer all but the first `bytes` poisoned (cudaMalloc and cudaFree do the same for their blocks) */
 void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size);
