@@ -18,13 +18,7 @@ trap 'rm -rf "$TMP"' EXIT
 # shellcheck source=tests/e2e_lib.sh
 . tests/e2e_lib.sh
 
-if ! command -v mpirun >/dev/null || ! ldd "$BIN/medusa-distill" 2>/dev/null | grep libmpi >/dev/null; then
-    ok "skipped: $(command -v mpirun >/dev/null || echo "no mpirun")$(command -v mpirun >/dev/null && echo "$BIN/medusa-distill built without MPI") (make deps installs OpenMPI)"
-    finish
-    exit
-fi
-# one thread a rank; root's runs allowed (CI runs as root); more ranks than cores allowed
-MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
+mpi_missing "$BIN/medusa-distill" && exit
 export OMP_NUM_THREADS=1
 
 FLAGS=(--model "$MODEL" --input "$CONVS" --chat-template mistral --max-len 256 --max-new-tokens 16 --precision fp32

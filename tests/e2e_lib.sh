@@ -31,3 +31,32 @@ finish() {
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ]
 }
+
+# ---- the MPI scripts' ----
+# MPIRUN starts ranks of one thread each; root's runs allowed (CI runs as root), more ranks than cores allowed.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
+# mpi_missing BINARY: where mpirun is missing or BINARY was built without MPI, one passing line that says so, the
+# summary, and true (the script then exits); else false
+mpi_missing() {
+    if command -v mpirun >/dev/null && ldd "$1" 2>/dev/null | grep -q libmpi; then return 1; fi
+    ok "skipped: $(command -v mpirun >/dev/null && echo "$1 built without MPI" || echo "no mpirun") (make deps installs OpenMPI)"
+    finish
+    true
+}
+# rel_error FILE-A FILE-B N: the largest relative difference of their lines, 1 unless both hold N numbers
+rel_error() {
+    paste "$1" "$2" | awk -v want="$3" '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
+        if (d > m) m = d; n++} END {print ((n == want && NF == 2) ? m + 0 : 1)}'
+}
+# heads_error NAME-A NAME-B [DEVICE]: the heads exported to $TMP/run_NAME evaluated by medusa-eval (on DEVICE, default
+# cpu) on 2 batches of 128 tokens of $TMP/sg.train.tokens.h5 for $MODEL: the largest relative difference of their losses
+heads_error() {
+    for n in "$1" "$2"; do
+        "$BIN/medusa-eval" --model "$MODEL" --medusa "$TMP/run_$n/medusa" --data "$TMP/sg.train.tokens.h5" \
+            --batch-tokens 128 --max-batches 2 --device "${3:-cpu}" --json "$TMP/eval_$n.json" >/dev/null 2>&1
+        grep -E '"(medusa[0-9]_loss|loss)"' "$TMP/eval_$n.json" 2>/dev/null | tr -d ' \t",' | cut -d: -f2 >"$TMP/heads_$n"
+    done
+    paste "$TMP/heads_$1" "$TMP/heads_$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
+        if (d > m) m = d; n++} END {print (n >= 3 ? m + 0 : 1)}'
+}

@@ -16,13 +16,7 @@ trap 'rm -rf "$TMP"' EXIT
 # shellcheck source=tests/e2e_lib.sh
 . tests/e2e_lib.sh
 
-if ! command -v mpirun >/dev/null || ! ldd "$BIN/medusa-train" 2>/dev/null | grep libmpi >/dev/null; then
-    ok "skipped: $(command -v mpirun >/dev/null || echo "no mpirun")$(command -v mpirun >/dev/null && echo "$BIN/medusa-train built without MPI") (make deps installs OpenMPI)"
-    finish
-    exit
-fi
-# one thread a rank; root's runs allowed (CI runs as root); more ranks than cores allowed
-MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
+mpi_missing "$BIN/medusa-train" && exit
 export OMP_NUM_THREADS=1
 
 check "medusa-data: $CONVS tokenised for tiny_hd64" \
@@ -40,31 +34,18 @@ train() { # NAME LAUNCH... -- FLAGS...: a 4-step run in $TMP/run_NAME
     cp "$TMP/log" "$TMP/log_$name"
     grep -o '"loss":[^,}]*' "$TMP/run_$name/metrics.jsonl" 2>/dev/null | cut -d: -f2 >"$TMP/loss_$name" || true
 }
-rel_error() { # FILE-A FILE-B: largest relative difference of their lines (1 when their lengths differ or are 0)
-    paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s; if (d > m) m = d; n++}
-        END {print ((n == 4 && NF == 2) ? m + 0 : 1)}'
-}
-heads_error() { # NAME-A NAME-B: the exported heads' losses on the training data (medusa-eval), largest rel. difference
-    for n in "$1" "$2"; do
-        "$BIN/medusa-eval" --model "$MODEL" --medusa "$TMP/run_$n/medusa" --data "$TMP/sg.train.tokens.h5" \
-            --batch-tokens 128 --max-batches 2 --json "$TMP/eval_$n.json" >/dev/null 2>&1
-        grep -E '"(medusa[0-9]_loss|loss)"' "$TMP/eval_$n.json" 2>/dev/null | tr -d ' \t",' | cut -d: -f2 >"$TMP/heads_$n"
-    done
-    paste "$TMP/heads_$1" "$TMP/heads_$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
-        if (d > m) m = d; n++} END {print (n >= 3 ? m + 0 : 1)}'
-}
 
 for n in 2 3; do
     train "one_accum$n" -- --grad-accum "$n"
     train "ranks$n" "${MPIRUN[@]}" -np "$n" -- --grad-accum 1
-    r=$(rel_error "$TMP/loss_one_accum$n" "$TMP/loss_ranks$n") h=$(heads_error "one_accum$n" "ranks$n")
+    r=$(rel_error "$TMP/loss_one_accum$n" "$TMP/loss_ranks$n" 4) h=$(heads_error "one_accum$n" "ranks$n")
     expect "awk 'BEGIN{exit !($r <= 1e-6 && $h <= 1e-6)}' && grep -q 'data parallel over $n ranks' '$TMP/log_ranks$n'" \
         "$n ranks x 1 batch a step vs one process with --grad-accum $n: losses of steps 1-4 max rel. error $r, exported heads' losses $h (tolerance 1e-6)"
 done
 # a run of 2 ranks stopped after step 2 resumes as one process with --grad-accum 2 (the same batches per step)
 train moved "${MPIRUN[@]}" -np 2 -- --grad-accum 1 --stop-after 2
 train moved -- --grad-accum 2 --resume
-r=$(rel_error "$TMP/loss_one_accum2" "$TMP/loss_moved")
+r=$(rel_error "$TMP/loss_one_accum2" "$TMP/loss_moved" 4)
 expect "awk 'BEGIN{exit !($r <= 1e-6)}'" \
     "2 ranks stopped after step 2, resumed as one process with --grad-accum 2: losses of steps 1-4 max rel. error $r vs the uninterrupted run (tolerance 1e-6)"
 # one writer: a second rank appending to metrics.jsonl would double its lines

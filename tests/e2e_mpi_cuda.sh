@@ -19,12 +19,7 @@ trap 'rm -rf "$TMP"' EXIT
 # shellcheck source=tests/e2e_lib.sh
 . tests/e2e_lib.sh
 
-if ! command -v mpirun >/dev/null || ! ldd "$BIN/medusa-train" 2>/dev/null | grep libmpi >/dev/null; then
-    ok "skipped: $(command -v mpirun >/dev/null || echo "no mpirun")$(command -v mpirun >/dev/null && echo "$BIN/medusa-train built without MPI") (make deps installs OpenMPI)"
-    finish
-    exit
-fi
-MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
+mpi_missing "$BIN/medusa-train" && exit
 export OMP_NUM_THREADS=1
 
 check "medusa-data: $CONVS tokenised for tiny_hd64" \
@@ -42,24 +37,11 @@ train() { # NAME LAUNCH... -- FLAGS...: a 4-step run on --device cuda in $TMP/ru
     cp "$TMP/log" "$TMP/log_$name"
     grep -o '"loss":[^,}]*' "$TMP/run_$name/metrics.jsonl" 2>/dev/null | cut -d: -f2 >"$TMP/loss_$name" || true
 }
-rel_error() { # FILE-A FILE-B: largest relative difference of their lines (1 when their lengths differ or are 0)
-    paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s; if (d > m) m = d; n++}
-        END {print ((n == 4 && NF == 2) ? m + 0 : 1)}'
-}
-heads_error() { # NAME-A NAME-B: the exported heads' losses on the training data (medusa-eval), largest rel. difference
-    for n in "$1" "$2"; do
-        "$BIN/medusa-eval" --model "$MODEL" --medusa "$TMP/run_$n/medusa" --data "$TMP/sg.train.tokens.h5" \
-            --batch-tokens 128 --max-batches 2 --json "$TMP/eval_$n.json" >/dev/null 2>&1
-        grep -E '"(medusa[0-9]_loss|loss)"' "$TMP/eval_$n.json" 2>/dev/null | tr -d ' \t",' | cut -d: -f2 >"$TMP/heads_$n"
-    done
-    paste "$TMP/heads_$1" "$TMP/heads_$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
-        if (d > m) m = d; n++} END {print (n >= 3 ? m + 0 : 1)}'
-}
 
 for precision in bf16 fp32; do
     train "one_$precision" -- --grad-accum 2 --precision "$precision"
     train "ranks_$precision" "${MPIRUN[@]}" -np 2 -- --grad-accum 1 --precision "$precision"
-    r=$(rel_error "$TMP/loss_one_$precision" "$TMP/loss_ranks_$precision")
+    r=$(rel_error "$TMP/loss_one_$precision" "$TMP/loss_ranks_$precision" 4)
     h=$(heads_error "one_$precision" "ranks_$precision")
     expect "awk 'BEGIN{exit !($r <= 1e-6 && $h <= 1e-6)}' && grep -q 'data parallel over 2 ranks' '$TMP/log_ranks_$precision'" \
         "--precision $precision: 2 ranks x 1 batch a step vs one process with --grad-accum 2: losses of steps 1-4 max rel. error $r, exported heads' losses $h (tolerance 1e-6)"
@@ -67,7 +49,7 @@ done
 # 3 ranks (a sum the stand-in's MPI may order otherwise than one process's accumulation)
 train one_accum3 -- --grad-accum 3
 train ranks3 "${MPIRUN[@]}" -np 3 -- --grad-accum 1
-r=$(rel_error "$TMP/loss_one_accum3" "$TMP/loss_ranks3") h=$(heads_error one_accum3 ranks3)
+r=$(rel_error "$TMP/loss_one_accum3" "$TMP/loss_ranks3" 4) h=$(heads_error one_accum3 ranks3)
 expect "awk 'BEGIN{exit !($r <= 1e-6 && $h <= 1e-6)}' && grep -q 'over 3 ranks' '$TMP/log_ranks3'" \
     "3 ranks x 1 batch a step vs one process with --grad-accum 3: losses of steps 1-4 max rel. error $r, exported heads' losses $h (tolerance 1e-6)"
 check_fails "MEDUSA_NCCL_TIMEOUT=0: every rank stops at the first collective" "MEDUSA_NCCL_TIMEOUT" \

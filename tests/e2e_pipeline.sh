@@ -18,12 +18,7 @@ trap 'rm -rf "$TMP"' EXIT
 # shellcheck source=tests/e2e_lib.sh
 . tests/e2e_lib.sh
 
-if ! command -v mpirun >/dev/null || ! ldd "$BIN/medusa-train" 2>/dev/null | grep libmpi >/dev/null; then
-    ok "skipped: $(command -v mpirun >/dev/null || echo "no mpirun")$(command -v mpirun >/dev/null && echo "$BIN/medusa-train built without MPI") (make deps installs OpenMPI)"
-    finish
-    exit
-fi
-MPIRUN=(mpirun --oversubscribe --allow-run-as-root --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive)
+mpi_missing "$BIN/medusa-train" && exit
 export OMP_NUM_THREADS=1
 
 check "medusa-data: $CONVS tokenised for tiny_hd64" "$BIN/medusa-data" --model "$MODEL" --input "$CONVS" \
@@ -42,22 +37,9 @@ train() { # NAME LAUNCH... -- FLAGS...: a 4-step run in $TMP/run_NAME, evaluated
     cp "$TMP/log" "$TMP/log_$name"
     grep -o '"loss":[^,}]*' "$TMP/run_$name/metrics.jsonl" 2>/dev/null | cut -d: -f2 >"$TMP/loss_$name" || true
 }
-rel_error() { # FILE-A FILE-B: largest relative difference of their lines (1 unless both hold the 6 losses)
-    paste "$1" "$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s; if (d > m) m = d; n++}
-        END {print ((n == 6 && NF == 2) ? m + 0 : 1)}'
-}
-heads_error() { # NAME-A NAME-B [DEVICE]: the exported heads' losses on the training data (medusa-eval), largest rel. difference
-    for n in "$1" "$2"; do
-        "$BIN/medusa-eval" --model "$MODEL" --medusa "$TMP/run_$n/medusa" --data "$TMP/sg.train.tokens.h5" \
-            --batch-tokens 128 --max-batches 2 --device "${3:-cpu}" --json "$TMP/eval_$n.json" >/dev/null 2>&1
-        grep -E '"(medusa[0-9]_loss|loss)"' "$TMP/eval_$n.json" 2>/dev/null | tr -d ' \t",' | cut -d: -f2 >"$TMP/heads_$n"
-    done
-    paste "$TMP/heads_$1" "$TMP/heads_$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
-        if (d > m) m = d; n++} END {print (n >= 3 ? m + 0 : 1)}'
-}
 same() { # NAME-A NAME-B WHAT [DEVICE]
     local r h
-    r=$(rel_error "$TMP/loss_$1" "$TMP/loss_$2") h=$(heads_error "$1" "$2" "${4:-cpu}")
+    r=$(rel_error "$TMP/loss_$1" "$TMP/loss_$2" 6) h=$(heads_error "$1" "$2" "${4:-cpu}")
     expect "awk 'BEGIN{exit !($r <= 1e-6 && $h <= 1e-6)}'" \
         "$3: train and eval losses (6 lines) max rel. error $r, exported heads' losses $h (tolerance 1e-6)"
 }
@@ -78,7 +60,7 @@ cp -r "$TMP/run_pipe_stop" "$TMP/run_one_resumed"
 train pipe_stop "${MPIRUN[@]}" -np 2 -- --pipeline 2 --grad-accum 2 --resume
 train one_resumed -- --grad-accum 2 --resume
 for n in pipe_stop one_resumed; do
-    r=$(rel_error "$TMP/loss_one_accum2" "$TMP/loss_$n")
+    r=$(rel_error "$TMP/loss_one_accum2" "$TMP/loss_$n" 6)
     expect "awk 'BEGIN{exit !($r <= 1e-6)}'" \
         "--pipeline 2 stopped after step 2, resumed $([ $n = pipe_stop ] && echo "as a pipeline" || echo "as one process"): losses max rel. error $r vs the uninterrupted run (tolerance 1e-6)"
 done
