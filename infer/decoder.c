@@ -39,21 +39,24 @@ void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const
     d->logits = be->alloc(sizeof(float) * (size_t)rows * V);
     d->host_logits = xmalloc(sizeof(float) * (size_t)V);
     d->probs = xmalloc(sizeof(float) * (size_t)V);
-    int n_ids = rows;
+    size_t n_ids = (size_t)rows, n_stats = 0;
     if (heads) {
         int K = heads->shape.n_heads;
         medusa_work_init(&d->work, heads, rows, rows);
         d->head_logits = be->alloc(sizeof(float) * (size_t)K * rows * V);
-        n_ids += K * rows * TREE_TOPK; /* argmax_rows' heads' candidates at every node */
-        size_t children = (size_t)rows * TREE_TOPK;
-        d->child_ids = be->alloc(sizeof(int32_t) * children);
-        d->child_probs = be->alloc(sizeof(float) * children);
-        d->entropy = be->alloc(sizeof(float) * (size_t)rows);
+        n_ids += (size_t)K * rows * TREE_TOPK; /* argmax_rows' heads' candidates at every node */
+        n_stats = (size_t)rows * (1 + TREE_TOPK);
+        d->child_ids = be->alloc(sizeof(int32_t) * (size_t)rows * TREE_TOPK);
         d->tree_mask = be->alloc((size_t)rows * rows);
         be->upload(d->tree_mask, tree->mask, (size_t)rows * rows);
     }
-    d->ids = be->alloc(sizeof(int32_t) * (size_t)n_ids);
-    d->host_ids = xmalloc(sizeof(int32_t) * (size_t)n_ids);
+    /* 4-byte words: the statistics, then the ids */
+    d->results = be->alloc(sizeof(float) * (n_stats + n_ids));
+    d->host_results = xmalloc(sizeof(float) * (n_stats + n_ids));
+    d->entropy = d->results, d->child_probs = d->results + rows;
+    d->host_entropy = d->host_results, d->host_child_probs = d->host_results + rows;
+    d->ids = (int32_t *)(void *)(d->results + n_stats);
+    d->host_ids = (int32_t *)(void *)(d->host_results + n_stats);
 }
 
 void decoder_free(Decoder *d) {
@@ -62,25 +65,25 @@ void decoder_free(Decoder *d) {
     kv_cache_free(&d->cache, d->base);
     be->free(d->hidden);
     be->free(d->logits);
-    be->free(d->ids);
+    be->free(d->results);
     free(d->host_logits);
-    free(d->host_ids);
+    free(d->host_results);
     free(d->probs);
     if (d->heads) {
         medusa_work_free(&d->work, d->heads);
         be->free(d->head_logits);
         be->free(d->tree_mask);
         be->free(d->child_ids);
-        be->free(d->child_probs);
-        be->free(d->entropy);
     }
     memset(d, 0, sizeof *d);
 }
 
 /* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. With
  * heads_rows, the heads' top-TREE_TOPK lm_head rows at the first heads_rows rows of d->hidden follow them in the same
- * download, laid out [K][heads_rows][TREE_TOPK] (node_candidates reads them). */
-static void argmax_rows(Decoder *d, const float *logits, int rows, int heads_rows) {
+ * download, laid out [K][heads_rows][TREE_TOPK] (node_candidates reads them). With stats (Medusa decoding), the tree
+ * nodes' typical statistics (softmax_entropy's, already queued), which lie just before the ids, leave in that download
+ * too, into d->host_entropy and d->host_child_probs. */
+static void argmax_rows(Decoder *d, const float *logits, int rows, int heads_rows, int stats) {
     const Backend *be = d->base->be;
     be->top_k(d->ids, logits, rows, d->base->config.vocab_size, 1);
     size_t n_ids = (size_t)rows;
@@ -90,7 +93,8 @@ static void argmax_rows(Decoder *d, const float *logits, int rows, int heads_row
         be->top_k(d->ids + rows, d->head_logits, h->shape.n_heads * heads_rows, h->shape.head_vocab, TREE_TOPK);
         n_ids += (size_t)h->shape.n_heads * heads_rows * TREE_TOPK;
     }
-    be->download(d->host_ids, d->ids, sizeof(int32_t) * n_ids);
+    size_t words = stats ? (size_t)d->tree->n_nodes * (1 + TREE_TOPK) : 0;
+    be->download(d->host_ids - words, d->ids - words, sizeof(int32_t) * (words + n_ids));
     for (int i = 0; i < rows; i++)
         if (d->host_ids[i] < 0) fatal("decoding: the model's logits are all NaN (a damaged model file?)");
 }
@@ -190,7 +194,7 @@ int decode_plain(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, i
     while (n < max_new) {
         int next;
         if (greedy) {
-            argmax_rows(d, d->logits, 1, 0);
+            argmax_rows(d, d->logits, 1, 0, 0);
             next = d->host_ids[0];
         } else {
             next = sample_top_p(d->host_logits, V, o->temperature, o->top_p, &rng, d->probs);
@@ -236,21 +240,19 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     int V = d->base->config.vocab_size, N = t->n_nodes, D = t->max_depth;
     memset(stats, 0, sizeof *stats);
     int typical = o->temperature > 0;
-    /* greedy steps off the host: the heads run at every node, so that their candidates at the accepted one leave the
-     * device with the nodes' argmaxes (a GPU reads the heads' weights once for N rows as for one; a CPU would pay N
-     * times the heads' GEMMs) */
-    int heads_everywhere = !typical && !be->is_host;
+    /* steps off the host: the heads run at every node and every node's argmax is taken, so that the heads' candidates
+     * and the next root at the accepted one leave the device with what acceptance reads, in one download (a GPU reads
+     * the heads' weights once for N rows as for one; a CPU would pay N times the heads' GEMMs) */
+    int heads_everywhere = !be->is_host;
     TreeStep s;
     tree_step_init(&s, t);
     int32_t *candidates = xmalloc(sizeof(int32_t) * (size_t)(1 + TREE_TOPK * d->heads->shape.n_heads));
     int32_t *node_argmax = xmalloc(sizeof(int32_t) * (size_t)N), *keep = xmalloc(sizeof(int32_t) * (size_t)D);
-    float *node_entropy = xmalloc(sizeof(float) * (size_t)N);
-    float *child_probs = xmalloc(sizeof(float) * (size_t)N * TREE_TOPK);
 
     prefill(d, prompt, n_prompt, 0, stats);
     /* the root of every step is the base model's argmax after the last accepted token, at every temperature (the
      * reference's generate_candidates in its default fast mode) */
-    argmax_rows(d, d->logits, 1, 0);
+    argmax_rows(d, d->logits, 1, 0, 0);
     int root = d->host_ids[0];
     heads_at(d, n_prompt - 1, candidates + 1);
     double t0 = now_seconds();
@@ -265,15 +267,19 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         stats->steps++;
         int best, accepted;
         if (!typical) { /* only each node's argmax (and off the host the heads' candidates) leaves the device */
-            argmax_rows(d, d->logits, N, heads_everywhere ? N : 0);
+            argmax_rows(d, d->logits, N, heads_everywhere ? N : 0, 0);
             memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
             accepted = tree_step_accept_greedy(&s, node_argmax, &best);
         } else { /* each node's entropy and its children's probabilities leave the device, not its logits */
             be->upload(d->child_ids, s.child_ids, sizeof(int32_t) * (size_t)N * TREE_TOPK);
             be->softmax_entropy(d->entropy, d->child_probs, d->logits, d->child_ids, N, V, TREE_TOPK, o->temperature);
-            be->download(node_entropy, d->entropy, sizeof(float) * (size_t)N);
-            be->download(child_probs, d->child_probs, sizeof(float) * (size_t)N * TREE_TOPK);
-            accepted = tree_step_accept_typical(&s, node_entropy, child_probs, o->posterior_threshold,
+            if (heads_everywhere) { /* with the nodes' argmaxes and the heads' candidates */
+                argmax_rows(d, d->logits, N, N, 1);
+                memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
+            } else {
+                be->download(d->host_entropy, d->entropy, sizeof(float) * (size_t)N * (1 + TREE_TOPK));
+            }
+            accepted = tree_step_accept_typical(&s, d->host_entropy, d->host_child_probs, o->posterior_threshold,
                                                 o->posterior_alpha, &best);
         }
         int take = accepted + 1;
@@ -292,10 +298,10 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         if (sink) sink(out + n - emitted, emitted, user);
         /* the last accepted node's outputs seed the next step: its argmax is the next root */
         int last = keep[take - 1];
-        if (!typical) {
+        if (!typical || heads_everywhere) {
             root = node_argmax[last];
         } else {
-            argmax_rows(d, d->logits + (size_t)last * V, 1, 0);
+            argmax_rows(d, d->logits + (size_t)last * V, 1, 0, 0);
             root = d->host_ids[0];
         }
         if (heads_everywhere) node_candidates(d->heads, d->host_ids + N, N, last, candidates + 1);
@@ -307,7 +313,5 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
     free(candidates);
     free(node_argmax);
     free(keep);
-    free(node_entropy);
-    free(child_probs);
     return n;
 }

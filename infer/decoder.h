@@ -35,13 +35,15 @@ typedef struct {
     MedusaWork work;
     float *hidden, *logits, *head_logits; /* backend scratch */
     uint8_t *tree_mask;                   /* backend: the tree's mask, uploaded once */
-    int32_t *ids;                         /* backend: top-k ids of rows of logits (argmax, the heads' candidates) */
-    /* typical acceptance, per tree node, on the backend: its children's tokens [n_nodes, TREE_TOPK] (-1 padded), the
-     * entropy of its row and its children's probabilities (softmax_entropy) */
-    int32_t *child_ids;
-    float *entropy, *child_probs;
+    /* what leaves the device after a pass, in one block so that it leaves in one download: with heads, typical
+     * acceptance's statistics per tree node (softmax_entropy: the entropy of its row [n_nodes], its children's
+     * probabilities [n_nodes, TREE_TOPK]), then the top-k ids of rows of logits (the nodes' argmaxes, the heads'
+     * candidates); results on the backend, host_results on the host */
+    float *results, *host_results;
+    float *entropy, *child_probs, *host_entropy, *host_child_probs;
+    int32_t *ids, *host_ids;
+    int32_t *child_ids;         /* backend: each tree node's children's tokens [n_nodes, TREE_TOPK] (-1 padded) */
     float *host_logits, *probs; /* plain sampling reads a whole row */
-    int32_t *host_ids;
 } Decoder;
 
 void decoder_init(Decoder *d, const Model *base, const MedusaHeads *heads, const MedusaTree *tree, int max_len);
