@@ -188,7 +188,7 @@ rated() { # FIRST-WORD RATES: a row of the operation whose name starts with FIRS
         $(5 + n) == op && ok {found = 1} END {exit !found}' "$TMP/err_profiled"
 }
 expect 'same cuda_auto_medusa profiled && grep -q "^cuda profile" "$TMP/err_profiled" &&
-        rated "rmsnorm_kernel<uint16_t>" 1 && rated cublasLt 2 && [ "${mma_calls:-0}" -gt 2 ] &&
+        rated "rmsnorm_kernel<bf16," 1 && rated cublasLt 2 && [ "${mma_calls:-0}" -gt 2 ] &&
         grep -Eq "^  GEMMs +[0-9.]+% of the time, [0-9.]+ TFLOP/s$" "$TMP/err_profiled" &&
         grep -Eq "^  other kernels and device copies +[0-9.]+% of the time, [0-9.]+ GB/s$" "$TMP/err_profiled"' \
     "MEDUSA_CUDA_PROFILE=1: the GPU time table printed ($(grep -c '^ .*%  ' "$TMP/err_profiled" 2>/dev/null || echo 0) operations: rmsnorm with its GB/s, the GEMMs with TFLOP/s and GB/s; the time by kind first), the output unchanged; the tensor-core attention rated in TFLOP/s, run ${mma_calls:-0} times (the prompt and the tree steps)"

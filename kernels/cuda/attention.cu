@@ -24,12 +24,18 @@ __device__ __forceinline__ size_t partial_at(int split, int t, int h, int T, int
 }
 
 /* head_dim <= HD, HD a multiple of 32; Q queries per block; In and Out float or bf16. V tiles are staged in shared
- * memory up to HD 128; above, the V rows are read from global memory (the two tiles would not fit). */
-template <int HD, int Q, class In, class Out>
+ * memory up to HD 128; above, the V rows are read from global memory (the two tiles would not fit).
+ * K and V are read in chunks of W elements: W = 16-byte vectors (4 fp32 or 8 bf16) where head_dim is a multiple of W
+ * and k and v are 16-byte aligned (then every head's row is), else W = 1. Each thread stages the same chunk column of
+ * every rows_step-th row of a tile (its row and column found once, with the GQA head's offset: no division per
+ * element). Read from global memory (HD 256), V's chunks belong to the lanes in turn, lane l accumulating output
+ * columns 32 W g + W l .. + W - 1 in acc[W g ..]; from shared memory, columns l + 32 i (no bank conflicts). */
+template <int HD, int Q, int W, class In, class Out>
 __global__ void attention_kernel(Out *out, float *partials, const In *q, const In *k, const In *v,
                                  const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                                  int n_heads, int n_kv_heads, int head_dim, AttentionScoring sc) {
     constexpr bool kSharedV = HD <= 128;
+    constexpr int AW = kSharedV ? 1 : W;    /* acc[i] is output column (i / AW) 32 AW + lane AW + i % AW */
     __shared__ float k_tile[kTile][HD + 1]; /* +1: lane j reads row j without bank conflicts */
     __shared__ float v_tile[kSharedV ? kTile : 1][kSharedV ? HD : 1];
     __shared__ float q_rows[Q][HD];
@@ -38,7 +44,17 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int t = blockIdx.x * Q + warp, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     size_t q_stride = (size_t)n_heads * head_dim, kv_stride = (size_t)n_kv_heads * head_dim;
+    const In *k_head = k + (size_t)kvh * head_dim, *v_head = v + (size_t)kvh * head_dim; /* key 0's row of the head */
     bool active = t < T;
+    /* this thread's share of a tile's loads: chunk columns c_first, + c_step, ... of rows r_first, + r_step, ... */
+    int chunks = head_dim / W, r_first, r_step, c_first, c_step;
+    if (chunks <= (int)blockDim.x) { /* whole rows of chunks per pass; the threads past the last whole row idle */
+        r_step = blockDim.x / chunks, r_first = threadIdx.x / chunks;
+        c_first = threadIdx.x - r_first * chunks, c_step = chunks;
+        if (r_first >= r_step) r_first = kTile;
+    } else { /* a row per pass (scalar loads of a long row) */
+        r_step = 1, r_first = 0, c_first = threadIdx.x, c_step = blockDim.x;
+    }
     int begin = active ? key_begin[t] : 0, end = active ? key_end[t] : 0;
     for (int c = lane; c < HD; c += 32)
         q_rows[warp][c] = active && c < head_dim ? load_f(&q[t * q_stride + h * head_dim + c]) : 0.0f;
@@ -62,12 +78,23 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
     for (int i = 0; i < HD / 32; i++) acc[i] = 0.0f;
     for (int j0 = slice_lo; j0 < slice_hi; j0 += kTile) {
         __syncthreads(); /* everyone is done with the previous tile */
-        for (int e = threadIdx.x; e < kTile * head_dim; e += blockDim.x) {
-            int r = e / head_dim, c = e % head_dim;
+        for (int r = r_first; r < kTile; r += r_step) {
             bool key = j0 + r < slice_hi;
-            size_t at = (size_t)(j0 + r) * kv_stride + kvh * head_dim + c;
-            k_tile[r][c] = key ? load_f(&k[at]) : 0.0f;
-            if (kSharedV) v_tile[r][c] = key ? load_f(&v[at]) : 0.0f;
+            size_t at = key ? (size_t)(j0 + r) * kv_stride : 0;
+            for (int cc = c_first; cc < chunks; cc += c_step) {
+                int c = cc * W;
+                float kv[W], vv[W];
+                if (key) load_vec(k_head + at + c, kv);
+                else
+                    for (int i = 0; i < W; i++) kv[i] = 0.0f;
+                for (int i = 0; i < W; i++) k_tile[r][c + i] = kv[i];
+                if constexpr (kSharedV) {
+                    if (key) load_vec(v_head + at + c, vv);
+                    else
+                        for (int i = 0; i < W; i++) vv[i] = 0.0f;
+                    for (int i = 0; i < W; i++) v_tile[r][c + i] = vv[i];
+                }
+            }
         }
         __syncthreads();
         if (j0 >= end || j0 + kTile <= begin) continue; /* warp-uniform: this query has no key in the tile */
@@ -94,10 +121,21 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
         for (int r = 0; r < n_keys; r++) {
             float pr = p_rows[warp][r];
             if (pr == 0.0f) continue;
-            const In *v_row = v + (size_t)(j0 + r) * kv_stride + kvh * head_dim;
-            for (int i = 0; i < HD / 32; i++) {
-                int c = lane + 32 * i;
-                if (c < head_dim) acc[i] += pr * (kSharedV ? v_tile[r][c] : load_f(&v_row[c]));
+            if constexpr (kSharedV) {
+                for (int i = 0; i < HD / 32; i++) {
+                    int c = lane + 32 * i;
+                    if (c < head_dim) acc[i] += pr * v_tile[r][c];
+                }
+            } else { /* this lane's chunks of the V row: whole chunks, head_dim being a multiple of W */
+                const In *v_row = v_head + (size_t)(j0 + r) * kv_stride;
+                for (int g = 0; g < HD / 32 / W; g++) {
+                    int c = 32 * W * g + W * lane;
+                    if (c < head_dim) {
+                        float vv[W];
+                        load_vec(v_row + c, vv);
+                        for (int i = 0; i < W; i++) acc[W * g + i] += pr * vv[i];
+                    }
+                }
             }
         }
         __syncwarp(); /* p_rows is rewritten by the next tile */
@@ -107,14 +145,14 @@ __global__ void attention_kernel(Out *out, float *partials, const In *q, const I
         float *state = partials + partial_at(blockIdx.z, t, h, T, n_heads, head_dim);
         if (lane == 0) state[0] = m, state[1] = l;
         for (int i = 0; i < HD / 32; i++) {
-            int c = lane + 32 * i;
+            int c = i / AW * 32 * AW + lane * AW + i % AW;
             if (c < head_dim) state[2 + c] = acc[i];
         }
         return;
     }
     float inv = l > 0.0f ? 1.0f / l : 0.0f; /* no visible key: zeros */
     for (int i = 0; i < HD / 32; i++) {
-        int c = lane + 32 * i;
+        int c = i / AW * 32 * AW + lane * AW + i % AW;
         if (c < head_dim) store_out(&out[t * q_stride + h * head_dim + c], acc[i] * inv);
     }
 }
@@ -178,10 +216,18 @@ template <int HD, int Q, class In, class Out>
 static void launch_attention(dim3 grid, Out *out, float *partials, const In *q, const In *k, const In *v,
                              const int32_t *key_begin, const int32_t *key_end, const uint8_t *mask, int row0, int T,
                              int n_heads, int n_kv_heads, int head_dim, AttentionScoring sc) {
-    static const std::string name =
-        kernel_name("attention_kernel", {std::to_string(HD), std::to_string(Q), elem_name<In>(), elem_name<Out>()});
-    LAUNCH_AS(name.c_str(), (attention_kernel<HD, Q, In, Out>), grid, 32 * Q, 0, out, partials, q, k, v, key_begin,
-              key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, sc);
+    constexpr int kVec = vec_width<In>();
+    static const std::string name = kernel_name("attention_kernel", {std::to_string(HD), std::to_string(Q), "1",
+                                                                     elem_name<In>(), elem_name<Out>()}),
+                             vec_name = kernel_name("attention_kernel",
+                                                    {std::to_string(HD), std::to_string(Q), std::to_string(kVec),
+                                                     elem_name<In>(), elem_name<Out>()});
+    if (head_dim % kVec == 0 && aligned16({k, v}))
+        LAUNCH_AS(vec_name.c_str(), (attention_kernel<HD, Q, kVec, In, Out>), grid, 32 * Q, 0, out, partials, q, k, v,
+                  key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, sc);
+    else
+        LAUNCH_AS(name.c_str(), (attention_kernel<HD, Q, 1, In, Out>), grid, 32 * Q, 0, out, partials, q, k, v,
+                  key_begin, key_end, mask, row0, T, n_heads, n_kv_heads, head_dim, sc);
 }
 
 template <int HD, class In, class Out>

@@ -182,6 +182,99 @@ __device__ __forceinline__ float load_f(const uint16_t *p) { return bf16_to_f32(
 __device__ __forceinline__ void store_out(float *p, float v) { *p = v; }
 __device__ __forceinline__ void store_out(uint16_t *p, float v) { *p = f32_to_bf16(v); }
 
+/* --- 16-byte vector accesses (one ld/st.global.v4 for 4 fp32 or 8 bf16 values, where a scalar loop issues 4 or 8):
+ * the memory-bound kernels' vector paths. The address must be 16-byte aligned (a GPU faults on a misaligned vector
+ * access; the emulator reports it), which each kernel's host code checks (aligned16) along with its row lengths,
+ * falling back to W = 1 (scalar accesses, any address) where they do not allow it. --- */
+#ifdef MEDUSA_CUDA_EMU
+#define VEC16_CHECK(p) cuda_emu_check_vector(p)
+#else
+#define VEC16_CHECK(p) ((void)0)
+#endif
+__device__ __forceinline__ uint4 ld16(const void *p) {
+    VEC16_CHECK(p);
+    return *(const uint4 *)p;
+}
+__device__ __forceinline__ void st16(void *p, uint4 v) {
+    VEC16_CHECK(p);
+    *(uint4 *)p = v;
+}
+__device__ __forceinline__ float4 ld16f(const float *p) {
+    VEC16_CHECK(p);
+    return *(const float4 *)p;
+}
+__device__ __forceinline__ void st16f(float *p, float4 v) {
+    VEC16_CHECK(p);
+    *(float4 *)p = v;
+}
+/* the two bf16 values of a 32-bit word (the lower address in the low half) widened, and two rounded into one */
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return bf16_to_f32((uint16_t)(w & 0xffffu)); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return bf16_to_f32((uint16_t)(w >> 16)); }
+__device__ __forceinline__ uint32_t bf16x2(float lo, float hi) {
+    return (uint32_t)f32_to_bf16(lo) | (uint32_t)f32_to_bf16(hi) << 16;
+}
+
+/* W consecutive elements from p as fp32 (load_vec), W fp32 values into them (store_vec: bf16 rounded as store_out
+ * rounds), or copied bit for bit (copy_vec): W = 1 any address; else W x the element's size a multiple of 16 bytes,
+ * at a 16-byte aligned address. The values are those of load_f and store_out, element by element. */
+template <int W> __device__ __forceinline__ void load_vec(const float *p, float (&v)[W]) {
+    static_assert(W == 1 || W % 4 == 0, "fp32 vectors: 4 values");
+    if constexpr (W == 1) {
+        v[0] = *p;
+    } else {
+        for (int i = 0; i < W; i += 4) {
+            float4 r = ld16f(p + i);
+            v[i] = r.x, v[i + 1] = r.y, v[i + 2] = r.z, v[i + 3] = r.w;
+        }
+    }
+}
+template <int W> __device__ __forceinline__ void load_vec(const uint16_t *p, float (&v)[W]) {
+    static_assert(W == 1 || W % 8 == 0, "bf16 vectors: 8 values");
+    if constexpr (W == 1) {
+        v[0] = bf16_to_f32(*p);
+    } else {
+        for (int i = 0; i < W; i += 8) {
+            uint4 r = ld16(p + i);
+            v[i] = bf16_lo(r.x), v[i + 1] = bf16_hi(r.x), v[i + 2] = bf16_lo(r.y), v[i + 3] = bf16_hi(r.y);
+            v[i + 4] = bf16_lo(r.z), v[i + 5] = bf16_hi(r.z), v[i + 6] = bf16_lo(r.w), v[i + 7] = bf16_hi(r.w);
+        }
+    }
+}
+template <int W> __device__ __forceinline__ void store_vec(float *p, const float (&v)[W]) {
+    static_assert(W == 1 || W % 4 == 0, "fp32 vectors: 4 values");
+    if constexpr (W == 1) {
+        *p = v[0];
+    } else {
+        for (int i = 0; i < W; i += 4) st16f(p + i, make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
+    }
+}
+template <int W> __device__ __forceinline__ void store_vec(uint16_t *p, const float (&v)[W]) {
+    static_assert(W == 1 || W % 8 == 0, "bf16 vectors: 8 values");
+    if constexpr (W == 1) {
+        *p = f32_to_bf16(v[0]);
+    } else {
+        for (int i = 0; i < W; i += 8)
+            st16(p + i, make_uint4(bf16x2(v[i], v[i + 1]), bf16x2(v[i + 2], v[i + 3]), bf16x2(v[i + 4], v[i + 5]),
+                                   bf16x2(v[i + 6], v[i + 7])));
+    }
+}
+template <int W, class Elem> __device__ __forceinline__ void copy_vec(Elem *dst, const Elem *src) {
+    static_assert(W == 1 || W * sizeof(Elem) % 16 == 0, "16-byte vectors");
+    if constexpr (W == 1) {
+        *dst = *src;
+    } else {
+        for (int i = 0; i < W; i += 16 / (int)sizeof(Elem)) st16(dst + i, ld16(src + i));
+    }
+}
+/* the elements per 16-byte vector */
+template <class Elem> constexpr int vec_width() { return 16 / (int)sizeof(Elem); }
+/* host: whether every pointer is 16-byte aligned (NULL counts as aligned) */
+static inline bool aligned16(std::initializer_list<const void *> ptrs) {
+    for (const void *p : ptrs)
+        if ((uintptr_t)p % 16 != 0) return false;
+    return true;
+}
+
 /* The block's sum, returned to every thread. `scratch` is __shared__ [32] of the caller. */
 template <class T> __device__ __forceinline__ T block_sum(T v, T *scratch) {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;

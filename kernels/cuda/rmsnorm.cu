@@ -2,26 +2,49 @@
  * values rounded, as the input of the bf16 GEMMs that follow. */
 #include "cuda_common.cuh"
 
-template <class Out> __global__ void rmsnorm_kernel(Out *out, const float *x, const float *weight, int C, float eps) {
+/* W = 8: each thread reads 8 consecutive values of x and the weight as two 16-byte vectors (rows of a multiple of 8,
+ * x and the weight 16-byte aligned) and writes its 8 outputs as one (bf16) or two (fp32) vectors where out is aligned
+ * too, else one by one; W = 1: one value at a time. A thread sums the squares of its values in order, so the sum's
+ * order depends on W (and only on W: rmsnorm and rmsnorm_bf16 of the same x get the same rstd, whatever out). */
+template <class Out, int W>
+__global__ void rmsnorm_kernel(Out *out, const float *x, const float *weight, int C, float eps, bool vector_out) {
     __shared__ float scratch[32];
     const float *row = x + (size_t)blockIdx.x * C;
     float ss = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) ss += row[c] * row[c];
+    for (int c = threadIdx.x * W; c < C; c += blockDim.x * W) {
+        float v[W];
+        load_vec(row + c, v);
+        for (int i = 0; i < W; i++) ss += v[i] * v[i];
+    }
     ss = block_sum(ss, scratch);
     float rstd = rsqrtf(ss / (float)C + eps);
     Out *o = out + (size_t)blockIdx.x * C;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) store_out(&o[c], row[c] * rstd * weight[c]);
+    for (int c = threadIdx.x * W; c < C; c += blockDim.x * W) {
+        float v[W], w[W];
+        load_vec(row + c, v);
+        load_vec(weight + c, w);
+        for (int i = 0; i < W; i++) v[i] = v[i] * rstd * w[i];
+        if (vector_out) store_vec(o + c, v);
+        else
+            for (int i = 0; i < W; i++) store_out(&o[c + i], v[i]);
+    }
 }
 
-void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps) {
+template <class Out> static void rmsnorm(Out *out, const float *x, const float *weight, int T, int C, float eps) {
+    const int kVec = 8;
+    static const std::string name = kernel_name("rmsnorm_kernel", {elem_name<Out>(), "1"}),
+                             vec_name = kernel_name("rmsnorm_kernel", {elem_name<Out>(), std::to_string(kVec)});
     if (T == 0) return;
-    profile_next_bytes(8.0 * T * C + 4.0 * C);
-    LAUNCH(rmsnorm_kernel<float>, T, 256, 0, out, x, weight, C, eps);
+    profile_next_bytes((4.0 + sizeof(Out)) * T * C + 4.0 * C);
+    if (C % kVec == 0 && aligned16({x, weight}))
+        LAUNCH_AS(vec_name.c_str(), (rmsnorm_kernel<Out, kVec>), T, 256, 0, out, x, weight, C, eps, aligned16({out}));
+    else LAUNCH_AS(name.c_str(), (rmsnorm_kernel<Out, 1>), T, 256, 0, out, x, weight, C, eps, false);
+}
+void cuda_rmsnorm(float *out, const float *x, const float *weight, int T, int C, float eps) {
+    rmsnorm(out, x, weight, T, C, eps);
 }
 void cuda_rmsnorm_bf16(uint16_t *out, const float *x, const float *weight, int T, int C, float eps) {
-    if (T == 0) return;
-    profile_next_bytes(6.0 * T * C + 4.0 * C);
-    LAUNCH(rmsnorm_kernel<uint16_t>, T, 256, 0, out, x, weight, C, eps);
+    rmsnorm(out, x, weight, T, C, eps);
 }
 
 /* Qwen3's q/k norm: one block of 32 threads per (head, token), in place; Elem float or bf16 (widened, rounded back) */
