@@ -27,7 +27,7 @@ __device__ __forceinline__ size_t partial_at(int split, int t, int h, int T, int
  * memory up to HD 128; above, the V rows are read from global memory (the two tiles would not fit).
  * K and V are read in chunks of W elements: W = 16-byte vectors (4 fp32 or 8 bf16) where head_dim is a multiple of W
  * and k and v are 16-byte aligned (then every head's row is), else W = 1. Each thread stages the same chunk column of
- * every rows_step-th row of a tile (its row and column found once, with the GQA head's offset: no division per
+ * every r_step-th row of a tile (its row and column found once, with the GQA head's offset: no division per
  * element). Read from global memory (HD 256), V's chunks belong to the lanes in turn, lane l accumulating output
  * columns 32 W g + W l .. + W - 1 in acc[W g ..]; from shared memory, columns l + 32 i (no bank conflicts). */
 template <int HD, int Q, int W, class In, class Out>
