@@ -59,8 +59,17 @@ typedef struct {
     float bias_correction2_sqrt; /* sqrt(1 - beta2^t) */
     float step_size;             /* lr / (1 - beta1^t) */
     float eps;
-    float grad_scale; /* clipping coefficient applied to the gradient first */
+    float grad_scale;    /* clipping coefficient applied to the gradient first (adamw without a device norm) */
+    float max_grad_norm; /* adamw with the gradients' sum of squares on the device: clip_factor's max_norm */
 } AdamWStep;
+
+/* torch.nn.utils.clip_grad_norm_'s coefficient, in fp32, for gradients of global norm `norm`: max_norm / (norm + 1e-6)
+ * when that is below 1, else 1; a negative max_norm: no clipping (1). */
+static inline MEDUSA_HD float clip_factor(double norm, float max_norm) {
+    if (max_norm < 0.0f) return 1.0f;
+    float coef = max_norm / ((float)norm + 1e-6f);
+    return coef < 1.0f ? coef : 1.0f;
+}
 
 /* The rank of a NaN or infinite logit (rank_ids, softmax_xent): within no top k, so a non-finite logit never counts as
  * a hit. */

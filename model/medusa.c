@@ -121,12 +121,22 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
 void medusa_work_reserve_batches(MedusaWork *w, const MedusaHeads *m, int n_batches) {
     size_t words = (size_t)n_batches * m->shape.n_heads * w->max_tokens * 3;
     if (words <= w->results_capacity) return;
-    if (w->results_used) fatal("medusa: results reserved while %zu words are pending", w->results_used);
-    if (w->results) m->be->free(w->results);
-    free(w->host_results);
-    w->results = m->be->alloc(sizeof(float) * words);
-    w->host_results = xmalloc(sizeof(float) * words);
+    if (w->results_used || w->scalar_pending)
+        fatal("medusa: results reserved while %zu words are pending", w->results_used + 2 * w->scalar_pending);
+    if (w->scalar) m->be->free(w->scalar);
+    free(w->host_block);
+    /* the scalar first (8-byte aligned), then the results */
+    size_t bytes = sizeof(double) + sizeof(float) * words;
+    w->scalar = m->be->alloc(bytes);
+    w->results = (float *)(void *)(w->scalar + 1);
+    w->host_block = xmalloc(bytes);
+    w->host_results = (float *)(void *)((double *)w->host_block + 1);
     w->results_capacity = words;
+}
+
+double *medusa_work_scalar(MedusaWork *w) {
+    w->scalar_pending = 1;
+    return w->scalar;
 }
 
 void medusa_work_enable_teacher(MedusaWork *w, const MedusaHeads *m) {
@@ -146,14 +156,14 @@ void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
         free(w->host_teacher_rows);
     }
     void *dev[] = {w->act,    w->pre,  w->dx,      w->dz,          w->logits, w->targets,
-                   w->ranked, w->rows, w->choices, w->rows_hidden, w->results};
+                   w->ranked, w->rows, w->choices, w->rows_hidden, w->scalar};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
     free(w->host_targets);
     free(w->host_rows);
     free(w->host_row_targets);
     free(w->host_ranked);
     free(w->host_choices);
-    free(w->host_results);
+    free(w->host_block);
     memset(w, 0, sizeof *w);
 }
 
@@ -347,8 +357,12 @@ void medusa_forward_backward(MedusaHeads *m, MedusaWork *w, const float *hidden,
 }
 
 void medusa_stats_collect(const MedusaHeads *m, MedusaWork *w, MedusaBatchStats *stats, int n) {
-    if (w->results_used) m->be->download(w->host_results, w->results, sizeof(float) * w->results_used);
+    /* from the scalar when it was asked for, else from the results */
+    size_t skip = w->scalar_pending ? 0 : sizeof(double), bytes = sizeof(double) + sizeof(float) * w->results_used;
+    if (bytes > skip) m->be->download((char *)w->host_block + skip, (char *)(void *)w->scalar + skip, bytes - skip);
+    if (w->scalar_pending) memcpy(&w->scalar_value, w->host_block, sizeof(double));
     w->results_used = 0;
+    w->scalar_pending = 0;
     for (MedusaBatchStats *s = stats; s < stats + n; s++) {
         for (int h = 0; h < m->shape.n_heads; h++) {
             int64_t rows = s->computed[h];

@@ -98,6 +98,10 @@ typedef struct {
      * results_capacity 4-byte words, so that a step's batches leave the device in one download */
     float *results, *host_results;
     size_t results_capacity, results_used;
+    /* one backend double just before results (medusa_work_scalar), and its host copy after medusa_stats_collect */
+    double *scalar, scalar_value;
+    int scalar_pending;
+    void *host_block; /* host_results' allocation, starting with the scalar's copy */
     /* called by medusa_forward_backward_queued as soon as head h's work of the batch is queued (its gradients' last
      * update), for every head in the order they run (0 to K-1), one with nothing to learn too: a data-parallel step
      * starts that head's gradient sum over the ranks there, while the next head's work runs. NULL: none. */
@@ -150,8 +154,12 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
                                     const uint8_t *loss_mask, const int32_t *seq_lens, int n_seqs, int T,
                                     const MedusaBase *base, float head_decay, float grad_scale,
                                     MedusaBatchStats *stats);
-/* Completes the statistics of the n batches queued since the last collection, in their order: one download. */
+/* Completes the statistics of the n batches queued since the last collection, in their order: one download, which
+ * also brings the work's scalar when medusa_work_scalar was called since. */
 void medusa_stats_collect(const MedusaHeads *m, MedusaWork *w, MedusaBatchStats *stats, int n);
+/* A backend double for the caller to write before the next medusa_stats_collect, which downloads it with the batches'
+ * results in the same copy into w->scalar_value (a training step's gradient sum of squares: one download per step). */
+double *medusa_work_scalar(MedusaWork *w);
 
 /* FLOPs of training one head on `rows` rows (MedusaBatchStats.computed), a multiply-add counted as 2: the lm_head's
  * forward, input and weight gradients (3 x 2 x Vh x H), each ResBlock's forward and weight gradient (2 x 2 x H x H)

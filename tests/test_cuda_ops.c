@@ -1220,15 +1220,28 @@ static void check_softmax_entropy(const OpRow *r) {
     free(x);
 }
 
+/* Whether `bytes` bytes on the device equal the host's, bit for bit */
+static int gpu_equals(const void *dev, const void *host, size_t bytes) {
+    void *back = xmalloc(bytes);
+    gpu->download(back, dev, bytes);
+    int same = !memcmp(back, host, bytes);
+    free(back);
+    return same;
+}
+
 /* p[1]: with the parameters' bf16 copy, which on each backend must be to_bf16 of its own fp32 result bit for bit (so
- * the GPU's is within one bf16 step of the CPU's) */
+ * the GPU's is within one bf16 step of the CPU's). Step 1 clips by the host's coefficient, step 2 by the gradients'
+ * sum of squares on the device (each backend's own sum_squares; clipped), step 3 likewise without clipping; every
+ * step zeroes the gradients. Then a NaN and an infinite sum of squares: nothing may change, gradients included. */
 static void check_adamw(const OpRow *r) {
     size_t n = (size_t)r->p[0];
     float *p = random_floats(n, 1.0f), *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
     float *d_p = to_gpu(p, sizeof(float) * n), *d_m = to_gpu(m, sizeof(float) * n), *d_v = to_gpu(v, sizeof(float) * n);
     uint16_t *b = r->p[1] ? xmalloc(sizeof(uint16_t) * n) : NULL,
              *d_b = r->p[1] ? gpu->alloc(sizeof(uint16_t) * n) : NULL;
-    for (int t = 1; t <= 3; t++) {
+    double sum, *d_sum = gpu->alloc(sizeof(double));
+    float *zeros = xcalloc(n, sizeof(float));
+    for (int t = 1; t <= 5; t++) {
         float *g = random_floats(n, 0.1f), *d_g = to_gpu(g, sizeof(float) * n);
         double lr = 1e-3, beta1 = 0.9, beta2 = 0.999;
         AdamWStep step = {
@@ -1240,9 +1253,47 @@ static void check_adamw(const OpRow *r) {
             .step_size = (float)(lr / (1.0 - pow(beta1, t))),
             .eps = 1e-8f,
             .grad_scale = 0.5f,
+            .max_grad_norm = t == 2 ? 0.5f * sqrtf(0.01f / 3 * (float)n) : -1.0f, /* about half the norm */
         };
-        cpu->adamw(p, b, g, m, v, n, &step);
-        gpu->adamw(d_p, d_b, d_g, d_m, d_v, n, &step);
+        if (t == 1) {
+            cpu->adamw(p, b, g, m, v, n, &step, NULL);
+            gpu->adamw(d_p, d_b, d_g, d_m, d_v, n, &step, NULL);
+        } else if (t <= 3) {
+            cpu->sum_squares(&sum, g, n);
+            gpu->sum_squares(d_sum, d_g, n);
+            CHECK(clip_factor(sqrt(sum), step.max_grad_norm) < (t == 2 ? 0.6f : 1.01f) &&
+                      clip_factor(sqrt(sum), step.max_grad_norm) > (t == 2 ? 0.4f : 0.99f),
+                  "adamw step %d: clip coefficient %g", t, clip_factor(sqrt(sum), step.max_grad_norm));
+            cpu->adamw(p, b, g, m, v, n, &step, &sum);
+            gpu->adamw(d_p, d_b, d_g, d_m, d_v, n, &step, d_sum);
+        } else { /* a non-finite norm: nothing written */
+            sum = t == 4 ? NAN : INFINITY;
+            gpu->upload(d_sum, &sum, sizeof sum);
+            float *p0 = from_gpu(d_p, n), *m0 = from_gpu(d_m, n), *v0 = from_gpu(d_v, n);
+            float *hp = xmalloc(sizeof(float) * n), *hm = xmalloc(sizeof(float) * n), *hv = xmalloc(sizeof(float) * n),
+                  *hg = xmalloc(sizeof(float) * n);
+            memcpy(hp, p, sizeof(float) * n), memcpy(hm, m, sizeof(float) * n), memcpy(hv, v, sizeof(float) * n);
+            memcpy(hg, g, sizeof(float) * n);
+            uint16_t *hb = b ? xmalloc(sizeof(uint16_t) * n) : NULL, *b0 = b ? xmalloc(sizeof(uint16_t) * n) : NULL;
+            if (b) memcpy(hb, b, sizeof(uint16_t) * n), gpu->download(b0, d_b, sizeof(uint16_t) * n);
+            cpu->adamw(p, b, g, m, v, n, &step, &sum);
+            gpu->adamw(d_p, d_b, d_g, d_m, d_v, n, &step, d_sum);
+            size_t fb = sizeof(float) * n;
+            CHECK(!memcmp(p, hp, fb) && !memcmp(m, hm, fb) && !memcmp(v, hv, fb) && !memcmp(g, hg, fb) &&
+                      (!b || !memcmp(b, hb, sizeof(uint16_t) * n)),
+                  "adamw, CPU, %s sum of squares: params, moments, gradients and bf16 copy unchanged",
+                  t == 4 ? "a NaN" : "an infinite");
+            CHECK(gpu_equals(d_p, p0, fb) && gpu_equals(d_m, m0, fb) && gpu_equals(d_v, v0, fb) &&
+                      gpu_equals(d_g, g, fb) && (!b || gpu_equals(d_b, b0, sizeof(uint16_t) * n)),
+                  "adamw, CUDA, %s sum of squares: params, moments, gradients and bf16 copy unchanged",
+                  t == 4 ? "a NaN" : "an infinite");
+            free(p0), free(m0), free(v0), free(hp), free(hm), free(hv), free(hg), free(hb), free(b0);
+            gpu->free(d_g);
+            free(g);
+            continue;
+        }
+        CHECK(!memcmp(g, zeros, sizeof(float) * n) && gpu_equals(d_g, zeros, sizeof(float) * n),
+              "adamw step %d: the gradients zeroed on both backends", t);
         gpu->free(d_g);
         free(g);
     }
@@ -1263,17 +1314,20 @@ static void check_adamw(const OpRow *r) {
         gpu->free(d_b);
         free(b), free(want), free(got), free(gpu_p);
     }
-    gpu->free(d_p), gpu->free(d_m), gpu->free(d_v);
-    free(p), free(m), free(v);
+    gpu->free(d_p), gpu->free(d_m), gpu->free(d_v), gpu->free(d_sum);
+    free(p), free(m), free(v), free(zeros);
 }
 
 static void check_sum_squares(const OpRow *r) {
     size_t n = (size_t)r->p[0];
     float *x = random_floats(n, 3.0f), *d_x = to_gpu(x, sizeof(float) * n);
-    double want = cpu->sum_squares(x, n), got = gpu->sum_squares(d_x, n);
+    double want, got, *d_sum = gpu->alloc(sizeof(double));
+    cpu->sum_squares(&want, x, n);
+    gpu->sum_squares(d_sum, d_x, n);
+    gpu->download(&got, d_sum, sizeof got);
     double rel = fabs(got - want) / want;
     CHECK(rel <= r->tol, "sum_squares n=%zu: %.17g vs %.17g, rel err %.3g (tol %.0e)", n, got, want, rel, r->tol);
-    gpu->free(d_x);
+    gpu->free(d_x), gpu->free(d_sum);
     free(x);
 }
 
@@ -1287,6 +1341,8 @@ static void check_sum_squares(const OpRow *r) {
 #define NO_CHECK NULL, NULL
 static const OpRow op_rows[] = {
     {"embedding", "f32", {13, 300, 50}, 0, check_embedding, "and rmsnorm of its rows"},
+    {"embedding", "f32", {7, 4096, 30}, 0, check_embedding, "and rmsnorm of its rows (16-byte vectors)"},
+    {"embedding", "f32", {5, 250, 20}, 0, check_embedding, "and rmsnorm of its rows (rows not whole vectors: scalar)"},
     {"matmul", "f32", {9, 70, 33, 1}, 1e-5, check_matmul, NULL},
     {"matmul", "f32", {9, 70, 33, 0}, 1e-5, check_matmul, NULL},
     {"matmul", "f32", {1, 64, 48, 1}, 1e-5, check_matmul, NULL},
@@ -1862,7 +1918,6 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
                IS("to_bf16") || IS("sum_squares")) {
         size_t n = (size_t)p[0];
         float *x = F32(n), *y = F32(n), *out = ZERO(n, float);
-        double total = 0;
         if (IS("residual_add")) {
             TIME_CALLS(s, be, x, be->residual_add(x, y, n));
         } else if (IS("scale")) {
@@ -1877,9 +1932,9 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
             uint16_t *out16 = ZERO(n, uint16_t);
             TIME_CALLS(s, be, out16, be->to_bf16(out16, x, n));
         } else {
-            TIME_CALLS(s, be, x, total += be->sum_squares(x, n));
+            double *sum = bench_buf(&b, sizeof(double), FILL_NONE);
+            TIME_CALLS(s, be, sum, be->sum_squares(sum, x, n));
         }
-        (void)total;
         *bytes = (double)n * (IS("to_bf16") ? 6 : IS("sum_squares") ? 4 : 12);
     } else if (IS("fill_zero")) {
         size_t n = (size_t)p[0];
@@ -1898,8 +1953,8 @@ static double bench_row(const Backend *be, const OpRow *r, double *flops, double
                           .step_size = 1e-3f,
                           .eps = 1e-8f,
                           .grad_scale = 1.0f};
-        TIME_CALLS(s, be, param, be->adamw(param, copy, grad, m, v, n, &step));
-        *bytes = (double)n * (copy ? 30 : 28);
+        TIME_CALLS(s, be, param, be->adamw(param, copy, grad, m, v, n, &step, NULL));
+        *bytes = (double)n * (copy ? 34 : 32); /* the gradients zeroed too */
     } else if (IS("softmax_xent") || IS("rank_ids") || IS("softmax_entropy") || IS("top_k")) {
         int T = p[0], V = p[1];
         float *x = F32((size_t)T * V), *small = ZERO((size_t)T * 16, float);
@@ -2057,6 +2112,35 @@ static void check_truncated_kl(const Model *mc, const Model *mg, const float *hi
     free(map);
 }
 
+/* An optimizer step whose gradient norm is not finite (a NaN, then an infinite gradient) changes nothing on the heads'
+ * backend: parameters, their bf16 copy, AdamW's moments, its step count and the gradients stay bit for bit. */
+static void check_nonfinite_step(MedusaHeads *h, AdamState *a, const OptimConfig *oc) {
+    const Backend *be = h->be;
+    size_t n = h->n_params, bytes = sizeof(float) * n;
+    float *before = xmalloc(4 * bytes), *after = xmalloc(4 * bytes);
+    uint16_t *copy_before = xmalloc(sizeof(uint16_t) * n), *copy_after = xmalloc(sizeof(uint16_t) * n);
+    for (int k = 0; k < 2; k++) {
+        float bad = k ? INFINITY : NAN, small = 1e-3f;
+        be->upload(h->grads + n / 3, &small, sizeof small);
+        be->upload(h->grads + n / 2, &bad, sizeof bad);
+        const float *state[4] = {h->params, a->m, a->v, h->grads};
+        for (int i = 0; i < 4; i++) be->download(before + i * n, state[i], bytes);
+        if (h->params_bf16) be->download(copy_before, h->params_bf16, sizeof(uint16_t) * n);
+        int step = a->step;
+        double norm = optim_step(h, a, oc);
+        for (int i = 0; i < 4; i++) be->download(after + i * n, state[i], bytes);
+        if (h->params_bf16) be->download(copy_after, h->params_bf16, sizeof(uint16_t) * n);
+        CHECK(
+            !isfinite(norm) && a->step == step && !memcmp(before, after, 4 * bytes) &&
+                (!h->params_bf16 || !memcmp(copy_before, copy_after, sizeof(uint16_t) * n)),
+            "%s: a step with %s gradient (norm %g) leaves the parameters%s, moments, gradients and step count as they "
+            "were",
+            be->name, k ? "an infinite" : "a NaN", norm, h->params_bf16 ? ", their bf16 copy" : "");
+    }
+    be->fill_zero(h->grads, bytes);
+    free(before), free(after), free(copy_before), free(copy_after);
+}
+
 /* The whole model path on both backends: packed forward, cached decoding, tree verification, then Medusa
  * heads' loss, gradients and three AdamW steps. The emulator makes device memory inaccessible to host code,
  * so this also proves that model/ and train/ only touch backend memory through the backend. */
@@ -2169,6 +2253,7 @@ static void test_end_to_end(DType weights) {
         if (gemm_sums_like_cpu()) expect_close(what, hg.params, hc.params, hc.n_params, 1e-4);
         else expect_adamw_close(what, hg.params, hc.params, hc.n_params, lr_sum);
     }
+    check_nonfinite_step(&hc, &ac, &oc), check_nonfinite_step(&hg, &ag, &oc);
     adam_free(&ac, &hc), adam_free(&ag, &hg);
     medusa_work_free(&wc, &hc), medusa_work_free(&wg, &hg);
     medusa_free(&hc), medusa_free(&hg);
@@ -2313,14 +2398,13 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
                 "%s training step %d, %s targets, head vocabulary %d (forward, 3 heads' loss and backward, AdamW): %ld "
                 "cudaMalloc calls",
                 dtype_name(weights), step, target_name(targets), heads.shape.head_vocab, malloc_calls() - calls);
-        /* the copies that wait for the device today: per step the micro-batches' losses and ranks (medusa.c) and the
-         * gradient norm; with base-argmax targets, per micro-batch the base model's choices with their ranks
-         * (trainer.c) */
+        /* the copies that wait for the device: per step one, the micro-batches' losses and ranks (medusa.c) with the
+         * gradient norm's sum of squares (trainer.c, optim.c: AdamW reads it on the device); with base-argmax
+         * targets, per micro-batch the base model's choices with their ranks (trainer.c) */
         long long downloads = after.downloads - before.downloads, uploads = after.uploads - before.uploads;
-        long long budget = step * (targets == TARGETS_BASE_ARGMAX) + 2;
-        CHECK(downloads <= budget,
-              "%s training step %d of %d micro-batches, %s targets: %lld downloads (at most %lld; the target is 1), "
-              "%lld uploads",
+        long long budget = step * (targets == TARGETS_BASE_ARGMAX) + 1;
+        CHECK(downloads == budget,
+              "%s training step %d of %d micro-batches, %s targets: %lld downloads (%lld), %lld uploads",
               dtype_name(weights), step, step, target_name(targets), downloads, budget, uploads);
     }
     /* the cuBLASLt workspace (bf16), a constant on both sides, is left out of the comparison */
@@ -2336,14 +2420,18 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
     model_free(&m);
 }
 
-/* The copies that wait for the device per greedy decoding step (plain, or Medusa with the decoder's tree), at most
- * `budget` downloads: the difference between a long and a short generation over the difference of their steps, so
- * that the prefill's copies cancel out. Today a plain step downloads its argmax; a greedy Medusa step its nodes'
- * argmaxes with the heads' candidates at every node (infer/decoder.c); each uploads its pass's layout (llama.c). */
-static void check_decoding_copies(Decoder *d, const int32_t *prompt, int n_prompt, int medusa, int budget) {
+/* The copies that wait for the device per decoding step (plain greedy, or Medusa with the decoder's tree, greedy or
+ * with typical acceptance at `temperature`), at most `budget` downloads: the difference between a long and a short
+ * generation over the difference of their steps, so that the prefill's copies cancel out. A plain step downloads its
+ * argmax; a Medusa step its nodes' argmaxes with the heads' candidates at every node (infer/decoder.c), and with
+ * typical acceptance the nodes' entropies and children's probabilities in the same copy; each uploads its pass's
+ * layout (llama.c), typical acceptance the nodes' children's tokens too. */
+static void check_decoding_copies(Decoder *d, const int32_t *prompt, int n_prompt, int medusa, float temperature,
+                                  int budget) {
     int32_t out[32];
     DecodeOptions o;
     decode_options_defaults(&o);
+    o.temperature = temperature;
     CudaBlockingCopies at[2];
     int steps[2];
     for (int k = 0; k < 2; k++) {
@@ -2360,8 +2448,8 @@ static void check_decoding_copies(Decoder *d, const int32_t *prompt, int n_promp
     double downloads = (double)(at[1].downloads - at[0].downloads) / n,
            uploads = (double)(at[1].uploads - at[0].uploads) / n;
     CHECK(n > 0 && downloads <= budget,
-          "greedy %s decoding, %d more steps: %.2f downloads per step (at most %d; the target is 1), %.2f uploads",
-          medusa ? "Medusa" : "plain", n, downloads, budget, uploads);
+          "%s %s decoding, %d more steps: %.2f downloads per step (at most %d), %.2f uploads",
+          temperature > 0 ? "typical" : "greedy", medusa ? "Medusa" : "plain", n, downloads, budget, uploads);
 }
 
 /* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
@@ -2394,8 +2482,9 @@ static void test_planned_decoding(void) {
     CHECK(peak <= plan.total * 1.02 && peak >= plan.total * 0.95,
           "decoding peak %.1f KiB vs the plan's %.1f KiB (%.2f%%, tolerance -5%%..+2%%)", peak / 1024,
           plan.total / 1024, 100 * (peak / plan.total - 1));
-    check_decoding_copies(&d, prompt, 20, 0, 1);
-    check_decoding_copies(&d, prompt, 20, 1, 1);
+    check_decoding_copies(&d, prompt, 20, 0, 0.0f, 1);
+    check_decoding_copies(&d, prompt, 20, 1, 0.0f, 1);
+    check_decoding_copies(&d, prompt, 20, 1, 0.7f, 1);
     decoder_free(&d);
     tree_free(&tree);
     medusa_free(&heads);

@@ -113,7 +113,13 @@ static void base_forward(Trainer *t, const PackedBatch *b) {
     }
 }
 
-int trainer_all_finite(const Backend *be, const float *x, size_t n) { return isfinite(be->sum_squares(x, n)); }
+int trainer_all_finite(const Backend *be, const float *x, size_t n) {
+    double *sum_dev = be->alloc(sizeof(double)), sum;
+    be->sum_squares(sum_dev, x, n);
+    be->download(&sum, sum_dev, sizeof sum);
+    be->free(sum_dev);
+    return isfinite(sum);
+}
 
 /* A non-finite loss in an evaluation of batch b (the heads' when `base` is 0, else the base model's own on t+1):
  * fatal, naming what holds the non-finite values. The base model's hidden states are the heads' input and depend on
@@ -215,8 +221,8 @@ static void add_metrics(StepMetrics *into, const StepMetrics *m) {
     into->tokens += m->tokens;
 }
 
-static void diverged(const Trainer *t, const char *what, double value) {
-    fatal("training diverged: the %s is %g at optimizer step %d (try a lower --lr)%s%s", what, value, t->adam.step + 1,
+static void diverged(const Trainer *t, const char *what, double value, int step) {
+    fatal("training diverged: the %s is %g at optimizer step %d (try a lower --lr)%s%s", what, value, step,
           t->diverge_note ? "; " : "", t->diverge_note ? t->diverge_note : "");
 }
 
@@ -256,7 +262,14 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
                                        1.0f / (float)(n * t->ranks), &s[i]);
     }
     t->work.head_done = NULL;
+    if (t->ranks > 1) collective_wait(t->heads->be, DIST_STAGE); /* the heads' sums started in the last micro-batch */
+    /* the gradient norm and AdamW queued behind the micro-batches, AdamW reading the norm on the device (and applying
+     * nothing where it is not finite): the norm leaves the device with the micro-batches' losses and ranks, the step's
+     * one download. A non-finite loss then stops the run as before, the step's update unsaved. */
+    int step = t->adam.step + 1;
+    optim_queue(t->heads, &t->adam, &t->optim, medusa_work_scalar(&t->work));
     medusa_stats_collect(t->heads, &t->work, s, n);
+    double norm = optim_finish(&t->adam, t->work.scalar_value);
     for (int i = 0; i < n; i++) {
         if (!isfinite(s[i].total_loss)) {
             /* the base model's fault whenever its hidden states are not finite, at any step: this micro-batch's again
@@ -264,18 +277,16 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
             base_forward(t, &micro[i]);
             if (!trainer_all_finite(t->base->be, t->hidden, (size_t)micro[i].n_tokens * t->base->config.hidden_size))
                 nonfinite_loss(t, &micro[i], s[i].total_loss, 0);
-            diverged(t, "loss", s[i].total_loss);
+            diverged(t, "loss", s[i].total_loss, step);
         }
         accumulate(into, &s[i], t->heads->shape.n_heads, micro[i].n_tokens);
     }
     free(s);
-    if (t->ranks > 1) collective_wait(t->heads->be, DIST_STAGE); /* the heads' sums started in the last micro-batch */
     if (dist_size() > 1) {
         step_metrics_sum_ranks(&own);
         add_metrics(metrics, &own);
     }
-    double norm = optim_step(t->heads, &t->adam, &t->optim);
-    if (!isfinite(norm)) diverged(t, "gradient norm", norm);
+    if (!isfinite(norm)) diverged(t, "gradient norm", norm, step);
     return norm;
 }
 
