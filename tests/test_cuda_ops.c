@@ -183,7 +183,8 @@ static void test_staged_uploads(void) {
     float *large = random_floats(big / sizeof(float), 1.0f), *d = to_gpu(large, big);
     CudaBlockingCopies after = cuda_blocking_copies();
     float *back = from_gpu(d, big / sizeof(float));
-    CHECK(arrived && queued.uploads == before.uploads && after.uploads == queued.uploads + 1 && !memcmp(back, large, big),
+    CHECK(arrived && queued.uploads == before.uploads && after.uploads == queued.uploads + 1 &&
+              !memcmp(back, large, big),
           "%d uploads of 4 KB through the staging slots: all arrived, none waited for the queue; one of 3 MiB: copied, "
           "counted as blocking (%lld)",
           N, after.uploads - queued.uploads);
@@ -314,16 +315,18 @@ static void check_to_bf16(const OpRow *r) {
     CHECK(ok && !memcmp(got, cpu_got, sizeof got),
           "to_bf16: ties to even, inf, NaN, 3e38 (%04x %04x %04x %04x %04x %04x)", got[0], got[1], got[2], got[3],
           got[4], got[5]);
-    size_t n = (size_t)r->p[0];
+    size_t n = (size_t)r->p[0], off = (size_t)r->p[1]; /* off: misaligned by one element (the scalar path) */
     float *big = random_floats(n, 100.0f);
-    uint16_t *d_big = gpu->alloc(sizeof(uint16_t) * n), *c_big = xmalloc(sizeof(uint16_t) * n),
-             *g_big = xmalloc(sizeof(uint16_t) * n);
-    float *d_src = to_gpu(big, sizeof(float) * n);
+    uint16_t *d_big0 = gpu->alloc(sizeof(uint16_t) * (n + off)), *d_big = d_big0 + off,
+             *c_big = xmalloc(sizeof(uint16_t) * n), *g_big = xmalloc(sizeof(uint16_t) * n);
+    float *d_src0 = gpu->alloc(sizeof(float) * (n + off)), *d_src = d_src0 + off;
+    gpu->upload(d_src, big, sizeof(float) * n);
     gpu->to_bf16(d_big, d_src, n);
     gpu->download(g_big, d_big, sizeof(uint16_t) * n);
     cpu->to_bf16(c_big, big, n);
-    CHECK(!memcmp(g_big, c_big, sizeof(uint16_t) * n), "to_bf16: %zu random values bit-identical to the CPU's", n);
-    gpu->free(d_x), gpu->free(d_b), gpu->free(d_big), gpu->free(d_src);
+    CHECK(!memcmp(g_big, c_big, sizeof(uint16_t) * n), "to_bf16: %zu random values%s bit-identical to the CPU's", n,
+          off ? " (misaligned)" : "");
+    gpu->free(d_x), gpu->free(d_b), gpu->free(d_big0), gpu->free(d_src0);
     free(big), free(c_big), free(g_big);
 }
 
@@ -794,13 +797,16 @@ static void check_glu(const OpRow *r) {
     free(a), free(want);
 }
 
-/* resblock_forward, silu_backward, residual_add, scale {n}: out(b, a) with a = z over [-6, 6] and b over [-2, 2]
- * (scale: a times sqrt(640), Gemma's embedding scale) */
+/* resblock_forward, silu_backward, residual_add, scale {n, misaligned}: out(b, a) with a = z over [-6, 6] and b over
+ * [-2, 2] (scale: a times sqrt(640), Gemma's embedding scale); misaligned: the tensors start one float past a 16-byte
+ * boundary (the kernels' scalar path) */
 static void check_elementwise(const OpRow *r) {
-    size_t n = (size_t)r->p[0];
+    size_t n = (size_t)r->p[0], off = (size_t)r->p[1];
     float *a = random_floats(n, 6.0f), *b = random_floats(n, 2.0f), *want = xmalloc(sizeof(float) * n);
-    float *d_a = to_gpu(a, sizeof(float) * n), *d_b = to_gpu(b, sizeof(float) * n),
-          *d_out = gpu->alloc(sizeof(float) * n), *d_got = d_out;
+    float *d_a0 = gpu->alloc(sizeof(float) * (n + off)), *d_b0 = gpu->alloc(sizeof(float) * (n + off)),
+          *d_out0 = gpu->alloc(sizeof(float) * (n + off));
+    float *d_a = d_a0 + off, *d_b = d_b0 + off, *d_out = d_out0 + off, *d_got = d_out;
+    gpu->upload(d_a, a, sizeof(float) * n), gpu->upload(d_b, b, sizeof(float) * n);
     if (!strcmp(r->op, "resblock_forward")) {
         cpu->resblock_forward(want, b, a, n);
         gpu->resblock_forward(d_out, d_b, d_a, n);
@@ -832,9 +838,9 @@ static void check_elementwise(const OpRow *r) {
         d_got = d_a;
     }
     char what[96];
-    snprintf(what, sizeof what, "%s n=%zu", r->op, n);
+    snprintf(what, sizeof what, "%s n=%zu%s", r->op, n, off ? " misaligned" : "");
     expect_close(what, d_got, want, n, r->tol);
-    gpu->free(d_a), gpu->free(d_b), gpu->free(d_out);
+    gpu->free(d_a0), gpu->free(d_b0), gpu->free(d_out0);
     free(a), free(b), free(want);
 }
 
@@ -1360,14 +1366,19 @@ static const OpRow op_rows[] = {
     {"matmul_backward", "f32", {5, 16, 8, 2}, 1e-5, check_matmul_backward, NULL},
     {"matmul_backward", "f32", {5, 16, 8, 5}, 1e-5, check_matmul_backward, NULL},
     {"to_bf16", "f32", {100003}, 0, check_to_bf16, "and ties, inf, NaN"},
+    {"to_bf16", "f32", {1001, 1}, 0, check_to_bf16, "misaligned (scalar)"},
     {"embedding_bf16", "bf16", {11, 96, 40}, 0, check_embedding_bf16, NULL},
+    {"embedding_bf16", "bf16", {5, 100, 20}, 0, check_embedding_bf16, "rows not whole vectors: scalar"},
     {"matmul_bf16", "bf16", {9, 70, 33, 1}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
     {"matmul_bf16", "bf16", {1, 64, 48, 0}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
     {"matmul_bf16", "bf16", {40, 256, 300, 0}, 1e-5, check_matmul_bf16, "and matmul_bf16_in, matmul_bf16_out"},
     {"rmsnorm_bf16", "bf16", {13, 300}, 0, check_bf16_producer, "and rmsnorm"},
+    {"rmsnorm_bf16", "bf16", {5, 4096}, 0, check_bf16_producer, "and rmsnorm (16-byte vectors)"},
     {"glu_bf16", "bf16", {13, 150, GLU_SILU}, 0, check_bf16_producer, "and glu (silu)"},
     {"glu_bf16", "bf16", {13, 150, GLU_GELU_TANH}, 0, check_bf16_producer, "and glu (gelu_tanh)"},
+    {"glu_bf16", "bf16", {13, 160, GLU_SILU}, 0, check_bf16_producer, "and glu (silu; 16-byte vectors)"},
     {"rope_qkv_bf16", "bf16", {13, 3, 1, 60, 10000}, 0, check_bf16_producer, "and rope_qkv"},
+    {"rope_qkv_bf16", "bf16", {5, 4, 2, 64, 10000}, 0, check_bf16_producer, "and rope_qkv (16-byte vectors)"},
     {"matmul_backward_bf16", "bf16", {37, 20, 45, 7}, 1e-5, check_matmul_backward_bf16, NULL},
     {"matmul_backward_bf16", "bf16", {5, 16, 8, 2}, 1e-5, check_matmul_backward_bf16, NULL},
     {"matmul_backward_bf16", "bf16", {5, 16, 8, 5}, 1e-5, check_matmul_backward_bf16, NULL},
@@ -1375,6 +1386,7 @@ static const OpRow op_rows[] = {
     {"qk_norm", "f32", {3, 2, 1, 128}, 1e-5, check_qk_norm, "and qk_norm_bf16"},
     {"rope_qkv", "f32", {6, 4, 2, 16, 10000}, 1e-5, check_rope_qkv, NULL},
     {"rope_qkv", "f32", {6, 4, 2, 128, 500000}, 1e-5, check_rope_qkv, NULL},
+    {"rope_qkv", "f32", {6, 3, 1, 20, 10000}, 1e-5, check_rope_qkv, "pairs not in groups of 4: scalar"},
     {"attention", "f32", {ATT_PACKED, 57, 0, 4, 2, 16, 0}, 2e-5, check_attention, "packed causal, 3 sequences, GQA"},
     {"attention", "f32", {ATT_PACKED, 57, 0, 6, 2, 64, 0}, 2e-5, check_attention, "packed causal, 3 sequences, GQA"},
     {"attention", "f32", {ATT_PACKED, 57, 0, 2, 2, 40, 0}, 2e-5, check_attention, "packed causal, 3 sequences, MHA"},
@@ -1482,6 +1494,27 @@ static const OpRow op_rows[] = {
     /* the shapes it leaves to the CUDA-core kernel: a tree mask, a decoding step, head_dim 40 */
     {"attention_bf16", "bf16", {ATT_TREE, 6, 45, 4, 1, 64, 2}, 1e-2, check_attention, "tree mask (CUDA cores)"},
     {"attention_bf16", "bf16", {ATT_DECODE, 3, 70, 4, 2, 64}, 1e-2, check_attention, "KV-cache decode (CUDA cores)"},
+    /* the CUDA-core kernel's K/V loads: 16-byte vectors, or scalar for a misaligned tensor or a head_dim not a multiple
+     * of the vector; head_dim 256 reads V from global memory */
+    {"attention_bf16",
+     "bf16",
+     {ATT_DECODE, 3, 697, 4, 2, 64, 50, 1},
+     1e-2,
+     check_attention,
+     "KV-cache decode in slices, misaligned (CUDA cores, scalar loads)"},
+    {"attention_bf16",
+     "bf16",
+     {ATT_DECODE, 2, 300, 2, 1, 256},
+     1e-2,
+     check_attention,
+     "KV-cache decode, d=256 (CUDA cores, V from global memory)"},
+    {"attention", "f32", {ATT_DECODE, 3, 200, 4, 2, 30}, 2e-5, check_attention, "KV-cache decode, d=30 (scalar loads)"},
+    {"attention",
+     "f32",
+     {ATT_DECODE, 2, 300, 4, 2, 254},
+     2e-5,
+     check_attention,
+     "KV-cache decode, d=254 (scalar loads, V from global memory)"},
     {"attention_bf16",
      "bf16",
      {ATT_DECODE, 3, 697, 4, 2, 64, 50},
@@ -1497,14 +1530,27 @@ static const OpRow op_rows[] = {
     {"glu", "f32", {10, 50, GLU_SILU}, 1e-6, check_glu, NULL},
     {"glu", "f32", {10, 50, GLU_GELU_TANH}, 1e-6, check_glu, "GeLU-tanh (Gemma)"},
     {"glu", "f32", {70000, 1, GLU_SILU}, 1e-6, check_glu, "more rows than a grid's y dimension"},
+    {"glu", "f32", {10, 64, GLU_SILU}, 1e-6, check_glu, "16-byte vectors"},
     {"resblock_forward", "f32", {1000}, 1e-6, check_elementwise, NULL},
     {"silu_backward", "f32", {1000}, 1e-6, check_elementwise, NULL},
     {"residual_add", "f32", {1000}, 1e-7, check_elementwise, NULL},
     {"scale", "f32", {1000}, 0, check_elementwise, NULL},
     {"softcap", "f32", {1000}, 1e-6, check_elementwise, NULL},
+    /* a tail after the last 16-byte vector; misaligned tensors (the scalar path) */
+    {"resblock_forward", "f32", {1003}, 1e-6, check_elementwise, NULL},
+    {"resblock_forward", "f32", {1000, 1}, 1e-6, check_elementwise, NULL},
+    {"silu_backward", "f32", {1003}, 1e-6, check_elementwise, NULL},
+    {"silu_backward", "f32", {1000, 1}, 1e-6, check_elementwise, NULL},
+    {"residual_add", "f32", {1003}, 1e-7, check_elementwise, NULL},
+    {"residual_add", "f32", {1000, 1}, 1e-7, check_elementwise, NULL},
+    {"scale", "f32", {1003}, 0, check_elementwise, NULL},
+    {"scale", "f32", {1000, 1}, 0, check_elementwise, NULL},
+    {"softcap", "f32", {1003}, 1e-6, check_elementwise, NULL},
+    {"softcap", "f32", {1000, 1}, 1e-6, check_elementwise, NULL},
     {"fill_zero", "f32", {4004}, 0, check_fill_zero, NULL},
     {"copy_rows", "f32", {4, 3, 300}, 0, check_copy_rows, NULL},
     {"copy_rows", "f32", {70, 3, 300}, 0, check_copy_rows, "more moves than one launch takes"},
+    {"copy_rows", "f32", {4, 3, 301}, 0, check_copy_rows, "rows not whole 16-byte vectors"},
     {"top_k", "f32", {7, 1000, 1}, 0, check_top_k, NULL},
     {"top_k", "f32", {6, 32000, 10}, 0, check_top_k, NULL},
     {"top_k", "f32", {3, 50, 16}, 0, check_top_k, NULL},
@@ -1600,6 +1646,7 @@ static const struct {
     {" copy_rows ", "moves blocks row_elements"},
     {" glu glu_bf16 ", "T inter act"},
     {" residual_add scale softcap resblock_forward silu_backward to_bf16 sum_squares ", "n"},
+    {" residual_add scale softcap resblock_forward silu_backward to_bf16 ", "n misaligned"},
     {" adamw ", "n bf16_copy"},
     {" fill_zero ", "bytes"},
     {" softmax_xent ", "T V soft"},
