@@ -60,3 +60,23 @@ heads_error() {
     paste "$TMP/heads_$1" "$TMP/heads_$2" | awk '{d = $1 - $2; if (d < 0) d = -d; s = $1 < 0 ? -$1 : $1; if (s > 0) d = d / s
         if (d > m) m = d; n++} END {print (n >= 3 ? m + 0 : 1)}'
 }
+# kill_rank_mid_run WHAT PICK CMD...: CMD (an MPI run of medusa-train whose --out ends in run_killed) in the
+# background; once it trains, one of its ranks (PICK: head, the first started, or tail) killed with SIGKILL; the run
+# must end within 60 s with a non-zero status, never hang
+kill_rank_mid_run() {
+    local what=$1 pick=$2 start=$SECONDS victim="" rc
+    shift 2
+    timeout 90 "$@" >"$TMP/log" 2>&1 &
+    local launcher=$!
+    for _ in $(seq 100); do # a rank's command line starts with the binary, mpirun's with mpirun
+        victim=$(pgrep -f "^[^ ]*medusa-train .*run_killed" | "$pick" -1)
+        [ -n "$victim" ] && grep -q "training " "$TMP/log" 2>/dev/null && break
+        sleep 0.3
+    done
+    sleep 1
+    [ -n "$victim" ] && kill -9 "$victim"
+    wait $launcher
+    rc=$?
+    expect "[ -n '$victim' ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $((SECONDS - start)) -lt 60 ]" \
+        "$what killed with SIGKILL mid-run: the run ends with status $rc after $((SECONDS - start)) s (under 60)"
+}
