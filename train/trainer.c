@@ -273,10 +273,12 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     for (int i = 0; i < n; i++) {
         if (!isfinite(s[i].total_loss)) {
             /* the base model's fault whenever its hidden states are not finite, at any step: this micro-batch's again
-             * (a later one's are in t->hidden now) */
-            base_forward(t, &micro[i]);
-            if (!trainer_all_finite(t->base->be, t->hidden, (size_t)micro[i].n_tokens * t->base->config.hidden_size))
-                nonfinite_loss(t, &micro[i], s[i].total_loss, 0);
+             * (t->hidden holds the last one's), or on a pipeline's last stage, which cannot have a batch sent again,
+             * the last one's */
+            const PackedBatch *seen = model_part_first(t->base) ? &micro[i] : &micro[n - 1];
+            if (seen != &micro[n - 1]) base_forward(t, seen);
+            if (!trainer_all_finite(t->base->be, t->hidden, (size_t)seen->n_tokens * t->base->config.hidden_size))
+                nonfinite_loss(t, seen, s[i].total_loss, 0);
             diverged(t, "loss", s[i].total_loss, step);
         }
         accumulate(into, &s[i], t->heads->shape.n_heads, micro[i].n_tokens);
