@@ -39,6 +39,12 @@ static MPI_Comm stage_comm = MPI_COMM_NULL, pipe_comm = MPI_COMM_NULL;
 /* a launcher's environment: OpenMPI's mpirun, or a PMI launcher (Slurm's srun, MPICH's Hydra) */
 static int launched_by_mpi(void) { return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK"); }
 
+/* A rank that exits without dist_finalize (a fatal error) takes the whole job down at once, under any launcher (Slurm's
+ * srun does not end a step's other tasks by itself), instead of leaving the others waiting in a collective. */
+static void abort_job(void) {
+    if (joined && size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
 void dist_init(int *argc, char ***argv) {
     if (!launched_by_mpi()) return;
     if (MPI_Init(argc, argv) != MPI_SUCCESS) fatal("MPI_Init failed");
@@ -46,6 +52,7 @@ void dist_init(int *argc, char ***argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     joined = 1;
+    atexit(abort_job);
     verbosity = log_verbosity;
     if (rank > 0) log_verbosity = 0; /* the lead rank speaks for the run; errors are printed by any rank */
 }
