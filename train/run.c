@@ -127,9 +127,12 @@ static void check_resume_config(const char *ckpt, const char *saved, const char 
             if (other && cJSON_Compare(other, it, 1)) continue;
             char *theirs = other ? cJSON_PrintUnformatted(other) : xstrdup("(absent)"),
                  *ours = cJSON_PrintUnformatted(it);
-            fatal("%s: cannot resume: %s is %s in this run but %s in the checkpoint; resume with the same settings and "
-                  "data, or start a new run with another --out",
-                  ckpt, it->string, side ? theirs : ours, side ? ours : theirs);
+            fatal("%s: cannot resume: %s is %s in this run but %s in the checkpoint%s; resume with the same settings "
+                  "and data, or start a new run with another --out",
+                  ckpt, it->string, side ? theirs : ours, side ? ours : theirs,
+                  strcmp(it->string, "grad-accum") == 0
+                      ? " (the batches of a step over every rank: data-parallel ranks or pipelines x --grad-accum)"
+                      : "");
         }
     cJSON_Delete(a);
     cJSON_Delete(b);
