@@ -81,11 +81,6 @@ void collective_wait(const Backend *be, DistGroup g) {
     groups[g].n_pending = 0;
 }
 
-void collective_sum(const Backend *be, DistGroup g, float *x, size_t n) {
-    collective_sum_start(be, g, x, n);
-    collective_wait(be, g);
-}
-
 void collective_send(const Backend *be, const float *x, size_t n, int stage) {
     void *comm = group_comm(be, DIST_PIPE);
     if (comm) {

@@ -9,11 +9,10 @@
 #include "../common/dist.h"
 #include "../kernels/ops.h"
 
-/* Sums x [n] (backend memory) over the group's ranks, in place on each. */
-void collective_sum(const Backend *be, DistGroup g, float *x, size_t n);
-/* The same, started after the work queued on the backend and left to run (the backend's communicator, or
- * MPI_Iallreduce on host memory; the copy through host memory of a device without them is done at once): x must not
- * change until collective_wait(be, g) has returned, after which every sum started in the group is done. */
+/* Sums x [n] (backend memory) over the group's ranks, in place on each: started after the work queued on the backend
+ * and left to run (the backend's communicator, or MPI_Iallreduce on host memory; the copy through host memory of a
+ * device without them is done at once): x must not change until collective_wait(be, g) has returned, after which
+ * every sum started in the group is done. */
 void collective_sum_start(const Backend *be, DistGroup g, float *x, size_t n);
 void collective_wait(const Backend *be, DistGroup g);
 /* x [n] (backend memory) to / from another stage of this rank's pipeline. */

@@ -482,7 +482,7 @@ MemoryPlanInput pipeline_plan(const Startup *s, const MemoryPlanInput *whole, in
 }
 
 /* A resumed pipeline: the stages before the last hold no heads and read no checkpoint; the last stage, which read
- * it, gives them where the run is (its step, data cursor and random state) */
+ * it, gives them where the run is (its step and data cursor; the random state only initialises the heads) */
 static void resume_stage(Run *r) {
     if (dist_stages() == 1) return;
     int64_t words[BATCHER_CURSOR_WORDS];
@@ -490,7 +490,6 @@ static void resume_stage(Run *r) {
     dist_bcast(DIST_PIPE, words, sizeof words, dist_stages() - 1);
     batcher_restore_cursor(&r->batcher, words);
     dist_bcast(DIST_PIPE, &r->step, sizeof r->step, dist_stages() - 1);
-    dist_bcast(DIST_PIPE, r->rng.s, sizeof r->rng.s, dist_stages() - 1);
     r->last_save = r->step;
 }
 
@@ -559,9 +558,7 @@ static void run_open(Run *r, const TrainConfig *c) {
     r->config_json = identity_json(c, &r->data);
     dist_check_same("settings and data", r->config_json);
     r->last_eval = r->last_save = -1;
-    if (r->resume_path && !has_heads) {
-        resume_stage(r);
-    } else if (r->resume_path) {
+    if (r->resume_path && has_heads) {
         CheckpointMeta meta = {0};
         checkpoint_load(r->resume_path, &r->heads, &r->t.adam, &meta);
         if (!state_finite(r))
@@ -580,12 +577,12 @@ static void run_open(Run *r, const TrainConfig *c) {
         free(meta.config_json);
         log_info("resumed from %s at step %lld of %d", r->resume_path, (long long)r->step, r->oc.total_steps);
         note_checkpoint(r, r->resume_path);
-        resume_stage(r);
     } else if (has_heads && !state_finite(r)) { /* the heads start as copies of the base model's lm_head */
         fatal("%s: the heads initialised from the base model's lm_head are not finite: the model holds NaN or infinite "
               "weights (a damaged model file?)",
               c->model);
     }
+    if (r->resume_path) resume_stage(r);
     log_info("training %d heads x %d layers on %lld conversations (%lld tokens): %d steps of %d x %d tokens, lr %g, "
              "targets: %s",
              c->heads, c->layers, (long long)r->data.n_convs, (long long)r->data.n_tokens, r->oc.total_steps,
