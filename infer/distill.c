@@ -496,8 +496,8 @@ void distill_run(const DistillOptions *o) {
     int64_t n_done = d.partial.n_done;
     partial_close(&d.partial);
     /* every rank's file closed and the run's totals: the ranks wait here for the last one */
-    int64_t sums[7] = {d.convs, d.turns, d.cut, d.skipped, d.dec.generated, d.dec.passes, n_done};
-    dist_sum_int64(DIST_WORLD, sums, 7);
+    int64_t sums[6] = {d.convs, d.turns, d.cut, d.skipped, d.dec.generated, d.dec.passes};
+    dist_sum_int64(DIST_WORLD, sums, 6);
     stopped = dist_max_int(stopped);
     double seconds = now_seconds() - t0;
     if (rank == 0) {
@@ -508,8 +508,8 @@ void distill_run(const DistillOptions *o) {
                (long long)sums[0], (long long)sums[1], (long long)sums[2], (long long)sums[3], (long long)sums[4],
                seconds, seconds > 0 ? (double)sums[4] / seconds : 0, o->batch, on, (long long)sums[5]);
         if (stopped) {
-            /* each rank's count includes what was done before the run once, and its own new ones */
-            int64_t done = sums[6] - (ranks - 1) * (n_done - d.convs - d.skipped);
+            /* what was done before this run (every rank knows it), and every rank's new ones */
+            int64_t done = n_done - d.convs - d.skipped + sums[0] + sums[3];
             printf("distill: stopped with %lld conversations in %s.partial%s; run again with the same settings to "
                    "continue\n",
                    (long long)done, o->out, ranks > 1 ? "*" : "");
