@@ -81,6 +81,7 @@ void medusa_enable_grads(MedusaHeads *m) {
 }
 
 void medusa_free(MedusaHeads *m) {
+    if (!m->params) return; /* never made (a pipeline stage without heads) */
     m->be->free(m->params);
     if (m->params_bf16) m->be->free(m->params_bf16);
     if (m->grads) m->be->free(m->grads);

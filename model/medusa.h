@@ -119,6 +119,7 @@ static inline int medusa_row_token(const MedusaHeads *m, int r) { return m->toke
  * (its rows token_map[r] for truncated heads). */
 void medusa_init_from_base(MedusaHeads *m, const Model *base, Rng *rng);
 void medusa_enable_grads(MedusaHeads *m);
+/* frees the heads; nothing for a zeroed MedusaHeads (never initialised) */
 void medusa_free(MedusaHeads *m);
 
 /* Views into the flat buffer (works for params and grads alike). */

@@ -127,7 +127,7 @@ int main(int argc, char **argv) {
     if (dist_rank() == dist_lead_rank())
         report(&m, heads.shape.n_heads, seconds, json, model, medusa ? medusa : ckpt_path, data);
     trainer_free(&t);
-    if (heads.params) medusa_free(&heads);
+    medusa_free(&heads);
     token_cache_free(&cache);
     model_free(&base);
     free(ckpt_path);

@@ -755,7 +755,7 @@ static void run_close(Run *r) {
     free(r->config_json);
     free(r->resume_path);
     trainer_free(&r->t);
-    if (r->heads.params) medusa_free(&r->heads);
+    medusa_free(&r->heads);
     batcher_free(&r->batcher);
     if (r->c->val) token_cache_free(&r->val);
     token_cache_free(&r->data);
