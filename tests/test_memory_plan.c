@@ -6,6 +6,21 @@
 #include "../model/memory_plan.h"
 #include "test.h"
 
+/* A Llama-2 config of the given shape (head_dim 128, vocabulary 32,000, context 4096) */
+static ModelConfig llama2(int hidden, int intermediate, int layers, int heads, int kv_heads) {
+    return (ModelConfig){.architecture = "llama",
+                         .hidden_size = hidden,
+                         .intermediate_size = intermediate,
+                         .n_layers = layers,
+                         .n_heads = heads,
+                         .n_kv_heads = kv_heads,
+                         .head_dim = 128,
+                         .vocab_size = 32000,
+                         .max_position = 4096,
+                         .rope_theta = 10000,
+                         .rms_norm_eps = 1e-5f};
+}
+
 /* An 80 GB GPU as a process sees it: 80 GiB (81,559 MiB reported on an H100 80GB) less ~1 GiB for the CUDA context and
  * cuBLAS; a plan fits when what it reserves (memory_plan_reserve_bytes: +5% and 64 MiB) does. */
 #define GPU_80GB (79.0 * (1 << 30))
@@ -14,17 +29,7 @@
  * once, balanced to within a layer; 5 full-vocabulary heads with fp32 AdamW (30 GB) beside the 138 GB base need 3 x
  * 80 GB, and 2 x 80 GB holds them with --head-vocab 16384 */
 static void check_70b_stages(void) {
-    ModelConfig c = {.architecture = "llama",
-                     .hidden_size = 8192,
-                     .intermediate_size = 28672,
-                     .n_layers = 80,
-                     .n_heads = 64,
-                     .n_kv_heads = 8,
-                     .head_dim = 128,
-                     .vocab_size = 32000,
-                     .max_position = 4096,
-                     .rope_theta = 10000,
-                     .rms_norm_eps = 1e-5f};
+    ModelConfig c = llama2(8192, 28672, 80, 64, 8); /* Llama-2-70B */
     MemoryPlanInput in = memory_plan_training(DT_BF16, 5, 1, 0, 2048, 4096, 1, 0, TARGETS_LABELS);
     MemoryPlan whole = memory_plan(&c, &in);
     double params = (whole.base_weights - (8192.0 + 80 * 2 * 8192) * 4) / 2 + 8192.0 + 80 * 2 * 8192;
@@ -70,17 +75,7 @@ static void check_70b_stages(void) {
 }
 
 int main(void) {
-    ModelConfig c = {.architecture = "llama",
-                     .hidden_size = 4096,
-                     .intermediate_size = 11008,
-                     .n_layers = 32,
-                     .n_heads = 32,
-                     .n_kv_heads = 32,
-                     .head_dim = 128,
-                     .vocab_size = 32000,
-                     .max_position = 4096,
-                     .rope_theta = 10000,
-                     .rms_norm_eps = 1e-5f};
+    ModelConfig c = llama2(4096, 11008, 32, 32, 32); /* Llama-2-7B */
     MemoryPlanInput in = {.weight_bytes = 4,
                           .act_bytes = 4, /* activations are fp32 */
                           .head_copy_bytes = 2,
