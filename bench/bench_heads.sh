@@ -14,7 +14,7 @@
 #   bench/bench_heads.sh long MODEL SHAREGPT OUT.txt
 #     The best recipe (self-distilled data, labels: heads_compare_cpu_vm.txt) with BENCH_HEADS_MINUTES (default 180)
 #     minutes in all: a third distils, the rest trains.
-# The distilled file (greedy, --max-len 1024 --max-new-tokens 256) is BENCH_HEADS_DISTILLED, default
+# compare and accum's distilled file (greedy, --max-len 1024 --max-new-tokens 256) is BENCH_HEADS_DISTILLED, default
 # runs/demo/distilled-cpu.jsonl (the demo's); when absent it is made with a BENCH_HEADS_DISTILL_MINUTES budget.
 #   BENCH_HEADS_RUN      work directory (default runs/bench-heads)
 #   BENCH_HEADS_EPOCHS   epochs per recipe in compare (default 3); BENCH_HEADS_TRAIN_MINUTES caps each (default 14:
@@ -99,16 +99,18 @@ recipe() { # NAME DATA_PREFIX MINUTES TRAIN_OPTIONS...
 }
 
 header() {
-    echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), ${OMP_NUM_THREADS:-all} threads, $(basename "$MODEL") (fp32)"
+    echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), ${OMP_NUM_THREADS:-all} threads, $(basename "$MODEL") (--precision auto: its own blocks on AVX2/AVX-512)"
     echo "# 5 heads x 1 ResBlock, head vocabulary 4096, 2048-token packs, lr 2e-3, --cache-hidden; agreement ="
     echo "# medusa{i}_base_top1 on the held-out distilled conversations (8 packs); tokens/step and speedup: Medusa"
     echo "# greedy with a tree tuned to that agreement, on the 24 held-out ShareGPT prompts, 64 new tokens each"
     printf '%-22s %5s %7s %-31s %-14s %s\n' recipe steps train "agreement head 0..4" "tok/step x" lossless
 }
 
-[ -s "$DISTILLED" ] || distill "$DISTILLED" "${BENCH_HEADS_DISTILL_MINUTES:-12}" 4000
+# compare and accum train on the demo's distilled file (made here when absent); long distils its own
+demo_distilled() { [ -s "$DISTILLED" ] || distill "$DISTILLED" "${BENCH_HEADS_DISTILL_MINUTES:-12}" 4000; }
 case $MODE in
 compare)
+    demo_distilled
     log "tokenising the distilled conversations and ShareGPT's replies to the same ones"
     tokenise "$DISTILLED" "$RUN/distilled"
     same_conversations "$DISTILLED" "$RUN/sharegpt.jsonl"
@@ -129,6 +131,7 @@ compare)
     } | tee "$OUT"
     ;;
 accum)
+    demo_distilled
     n=${BENCH_HEADS_ACCUM_N:-4}
     tokenise "$DISTILLED" "$RUN/distilled"
     {
