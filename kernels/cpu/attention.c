@@ -46,6 +46,59 @@ static void softmax_baseline(float *row, int n) { softmax_inplace(row, n); }
  * then the values' weighted sum, each in one order whatever the block's size, so that a tree node's attention equals a
  * one-token step's bit for bit, and without OpenBLAS's per-call costs (two small GEMMs per head and layer were a third
  * of a 3-row tree step on SmolLM2-135M). */
+typedef float Vec4 __attribute__((vector_size(16)));
+
+/* Lane i of the result: the sum of lanes 0..7 of the i-th vector, added in lane order from 0 (vec8_sum's order, so
+ * each sum is bit for bit vec8_sum's), for four vectors at once: transposed, the sums are 8 vertical additions. */
+static ALWAYS_INLINE Vec4 vec8_sum4(Vec8 a, Vec8 b, Vec8 c, Vec8 d) {
+    Vec8 ab_lo = __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11);
+    Vec8 ab_hi = __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15);
+    Vec8 cd_lo = __builtin_shufflevector(c, d, 0, 8, 1, 9, 2, 10, 3, 11);
+    Vec8 cd_hi = __builtin_shufflevector(c, d, 4, 12, 5, 13, 6, 14, 7, 15);
+    Vec4 s = {0.0f, 0.0f, 0.0f, 0.0f};
+    s += __builtin_shufflevector(ab_lo, cd_lo, 0, 1, 8, 9); /* lane 0 of a, b, c, d */
+    s += __builtin_shufflevector(ab_lo, cd_lo, 2, 3, 10, 11);
+    s += __builtin_shufflevector(ab_lo, cd_lo, 4, 5, 12, 13);
+    s += __builtin_shufflevector(ab_lo, cd_lo, 6, 7, 14, 15);
+    s += __builtin_shufflevector(ab_hi, cd_hi, 0, 1, 8, 9); /* lane 4 */
+    s += __builtin_shufflevector(ab_hi, cd_hi, 2, 3, 10, 11);
+    s += __builtin_shufflevector(ab_hi, cd_hi, 4, 5, 12, 13);
+    s += __builtin_shufflevector(ab_hi, cd_hi, 6, 7, 14, 15);
+    return s;
+}
+
+/* q . k over head_dim for keys k_0 .. k_{KN-1} (KN = 1 or 4): two chains of FMAs per key over the 8-wide body, the
+ * chains' sum reduced in lane order, then the tail in order: every key's dot in one order, whichever KN. */
+static ALWAYS_INLINE void dot_keys(float *dots, const float *q, const float *const *kj, int KN, int head_dim) {
+    int body = head_dim / 8 * 8, d = 0;
+    Vec8 acc[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < KN; i++) acc[i][0] = acc[i][1] = vec8_splat(0.0f);
+    for (; d + 16 <= body; d += 16) {
+        Vec8 q0 = vec8_load(q + d), q1 = vec8_load(q + d + 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < KN; i++) {
+            acc[i][0] += q0 * vec8_load(kj[i] + d);
+            acc[i][1] += q1 * vec8_load(kj[i] + d + 8);
+        }
+    }
+    if (d < body)
+        for (int i = 0; i < KN; i++) acc[i][0] += vec8_load(q + d) * vec8_load(kj[i] + d);
+    if (KN == 4) {
+        Vec4 s = vec8_sum4(acc[0][0] + acc[0][1], acc[1][0] + acc[1][1], acc[2][0] + acc[2][1], acc[3][0] + acc[3][1]);
+        for (int i = 0; i < 4; i++) dots[i] = s[i];
+    } else {
+        dots[0] = vec8_sum(acc[0][0] + acc[0][1]);
+    }
+    for (int i = 0; i < KN; i++)
+        for (int e = body; e < head_dim; e++) dots[i] += q[e] * kj[i][e];
+}
+
+/* A small block's queries one at a time (decoding, a tree, a short prompt): the scores as dot products, the softmax,
+ * then the values' weighted sum, each in one order whatever the block's size, so that a tree node's attention equals a
+ * one-token step's bit for bit, and without OpenBLAS's per-call costs (two small GEMMs per head and layer were a third
+ * of a 3-row tree step on SmolLM2-135M). Dot products go four keys at a time (their sums reduced together), and the
+ * weighted sum keeps 64 output values in registers over all keys. */
 static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *k, const float *v,
                                        const int32_t *key_end, const uint8_t *mask, int row0, int T, const Block *b,
                                        int h, int group, int head_dim, size_t q_stride, size_t kv_stride,
@@ -56,30 +109,43 @@ static ALWAYS_INLINE void attend_small(float *out, const float *q, const float *
     for (int i = 0; i < b->nq; i++) {
         int t = b->q0 + i, n = key_end[t] - b->k0;
         const float *qt = q + (size_t)t * q_stride + (size_t)h * head_dim;
-        for (int j = 0; j < n; j++) {
-            const float *kj = kb + (size_t)j * kv_stride;
-            Vec8 acc[2] = {vec8_splat(0.0f), vec8_splat(0.0f)}; /* two chains of FMAs */
-            int d = 0;
-            for (; d + 16 <= body; d += 16) {
-                acc[0] += vec8_load(qt + d) * vec8_load(kj + d);
-                acc[1] += vec8_load(qt + d + 8) * vec8_load(kj + d + 8);
-            }
-            if (d < body) acc[0] += vec8_load(qt + d) * vec8_load(kj + d);
-            float dot = vec8_sum(acc[0] + acc[1]);
-            for (int d = body; d < head_dim; d++) dot += qt[d] * kj[d];
-            scores[j] = attention_logit(sc, dot);
+        int j = 0;
+        for (; j + 4 <= n; j += 4) {
+            const float *kj[4] = {kb + (size_t)j * kv_stride, kb + (size_t)(j + 1) * kv_stride,
+                                  kb + (size_t)(j + 2) * kv_stride, kb + (size_t)(j + 3) * kv_stride};
+            dot_keys(scores + j, qt, kj, 4, head_dim);
         }
+        for (; j < n; j++) {
+            const float *kj[1] = {kb + (size_t)j * kv_stride};
+            dot_keys(scores + j, qt, kj, 1, head_dim);
+        }
+        for (j = 0; j < n; j++) scores[j] = attention_logit(sc, scores[j]);
         if (mask) /* a tree node sees only its ancestors among the keys from row0 on */
-            for (int j = row0 - b->k0 > 0 ? row0 - b->k0 : 0; j < n; j++)
+            for (j = row0 - b->k0 > 0 ? row0 - b->k0 : 0; j < n; j++)
                 if (!mask[(size_t)t * T + (b->k0 + j - row0)]) scores[j] = -INFINITY;
         softmax_inplace(scores, n);
-        float *ot = out + (size_t)t * q_stride + (size_t)h * head_dim; /* sum_j p_j v_j, j in order, in place */
-        memset(ot, 0, sizeof(float) * (size_t)head_dim);
-        for (int j = 0; j < n; j++) {
+        /* sum_j p_j v_j, j in order from 0 (as if accumulated in place in ot) */
+        float *ot = out + (size_t)t * q_stride + (size_t)h * head_dim;
+        int d = 0;
+        for (; d + 64 <= body; d += 64) {
+            Vec8 acc[8];
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) acc[c] = vec8_splat(0.0f);
+            for (j = 0; j < n; j++) {
+                const float *vj = vb + (size_t)j * kv_stride + d;
+                float p = scores[j];
+#pragma GCC unroll 8
+                for (int c = 0; c < 8; c++) acc[c] = acc[c] + p * vec8_load(vj + 8 * c);
+            }
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) vec8_store(ot + d + 8 * c, acc[c]);
+        }
+        memset(ot + d, 0, sizeof(float) * (size_t)(head_dim - d));
+        for (j = 0; j < n; j++) {
             const float *vj = vb + (size_t)j * kv_stride;
             float p = scores[j];
-            for (int d = 0; d < body; d += 8) vec8_store(ot + d, vec8_load(ot + d) + p * vec8_load(vj + d));
-            for (int d = body; d < head_dim; d++) ot[d] += p * vj[d];
+            for (int e = d; e < body; e += 8) vec8_store(ot + e, vec8_load(ot + e) + p * vec8_load(vj + e));
+            for (int e = body; e < head_dim; e++) ot[e] += p * vj[e];
         }
     }
 }
