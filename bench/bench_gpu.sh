@@ -118,6 +118,19 @@ fi
     awk '/^plain greedy/ {plain = 1000 / $4} /^medusa greedy/ {tree = 1000 * $5 / $4}
          END {if (plain && tree) printf "step cost: plain greedy %.2f ms per token, Medusa greedy %.2f ms per tree step: faster than plain above %.2f tokens per step\n", plain, tree, tree / plain}' "$RUN/infer.txt"
     [ "$status" -eq 0 ] || { tail -3 "$RUN/infer.log"; exit 1; }
+    if [ "$DEVICE" = cuda ]; then
+        # the same, every step launched op by op (MEDUSA_CUDA_GRAPHS=0), after the run with CUDA graphs above
+        # shellcheck disable=SC2086
+        MEDUSA_CUDA_GRAPHS=0 "$BIN_DIR/medusa-infer" --model "$MODEL" --medusa "$RUN/heads/medusa" --device "$DEVICE" \
+            --bench "$PROMPTS" --max-new-tokens "$MAX_NEW" $INFER_ARGS >"$RUN/infer_plain_launches.txt" 2>&1 || true
+        awk 'FNR == 1 {f++} /^(plain|medusa) (greedy|typical)/ {rate[f, $1 " " $2] = $4}
+             END {split("plain greedy,medusa greedy,medusa typical", modes, ",")
+                  for (i = 1; i <= 3; i++) if (rate[1, modes[i]] && rate[2, modes[i]])
+                      printf "CUDA graphs: %s %.1f tokens/s, %.1f without (%.2fx)\n", modes[i], rate[1, modes[i]],
+                             rate[2, modes[i]], rate[1, modes[i]] / rate[2, modes[i]]}' \
+            "$RUN/infer.txt" "$RUN/infer_plain_launches.txt"
+        grep -h '^cuda graphs' "$RUN/infer.log" || true
+    fi
     if [ "$PROFILE_STEPS" -gt 0 ] && [ "$DEVICE" = cuda ]; then
         # the first prompt alone, all three modes, every operation timed
         "$PYTHON" -c 'import json, sys

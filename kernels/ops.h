@@ -90,6 +90,12 @@ struct Backend {
      * for the run (cuBLASLt's heuristic order otherwise); NULL where there is nothing to choose (the CPU) */
     void (*set_gemm_tune)(int on);
 
+    /* A decoding step: queue(ctx) queues the step's ops, which read what changes between steps from backend memory
+     * written before the call or from their arguments; the backend may capture them and run them as one unit (CUDA
+     * graphs), keeping what it made for each (owner, shape) pair (a decoder's state, its rows per pass) for the next
+     * step of the pair. queue must not copy to or from the host. NULL where steps simply run (the CPU). */
+    void (*run_step)(const void *owner, int shape, void (*queue)(void *ctx), void *ctx);
+
     /* the ops: one function pointer per line of ops.def, where each op's contract is */
 #define OP(ret, op, params, args) ret(*op) params;
 #include "ops.def"
@@ -120,6 +126,14 @@ typedef struct {
     int shapes, changed;
 } CudaGemmTuning;
 CudaGemmTuning cuda_gemm_tuning(void);
+/* Decoding steps so far (Backend.run_step): run plainly (the first of each owner and shape, or with graphs off),
+ * captured as CUDA graphs, and of those how many updated the graph of the step before and how many instantiated one */
+typedef struct {
+    long long plain, captured, updated, instantiated;
+} CudaGraphStats;
+CudaGraphStats cuda_graph_stats(void);
+/* graphs on (the default, unless MEDUSA_CUDA_GRAPHS=0) or off for the steps that follow */
+void cuda_set_graphs(int on);
 /* "cpu" or "cuda" (the --device flag); fatal for an unknown name or a CUDA-less build */
 const Backend *backend_by_name(const char *name);
 /* A GPU's dense bf16 tensor peak in FLOP/s (vendor data sheets, without sparsity) from its device name, as CUDA

@@ -531,33 +531,37 @@ typedef struct {
     size_t block_bytes, row_bytes;
 } KVScatter;
 
-/* The forward pass proper. The layout (positions, key ranges, tokens: layout_new) is given on the host; keys and values
- * of layer l are written to k_rows[l]/v_rows[l] at row `row0` (then moved by scatter when given) and attention reads
- * rows from there (the cache, or the state's own buffers for a packed batch). mask (backend memory, or NULL) is the
- * tree mask over the T new rows. */
-static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *layout, void *const *k_rows,
-                           void *const *v_rows, int row0, const KVScatter *scatter, const uint8_t *mask,
-                           float *hidden_out, float *logits_out) {
+/* A pass after its layout's upload: the arguments of forward_queue */
+typedef struct {
+    const Model *m;
+    ForwardState *s;
+    int T, row0;
+    void *const *k_rows, *const *v_rows;
+    const KVScatter *scatter;
+    const uint8_t *mask;
+    float *hidden_out, *logits_out;
+} ForwardPass;
+
+/* The pass's ops, queued on the backend; they read the layout from the backend's copy */
+static void forward_queue(void *pass) {
+    const ForwardPass *p = pass;
+    const Model *m = p->m;
+    ForwardState *s = p->s;
+    int T = p->T;
     const ModelConfig *c = &m->config;
     const Backend *be = m->be;
     int H = c->hidden_size, I = c->intermediate_size;
     int q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
-    check_tokens(layout + LAYOUT_TOKENS * T, T, c->vocab_size);
-    check_rope_positions(c, layout + LAYOUT_POS * T, T);
-    /* one upload per pass: each is a synchronous copy, a visible cost of a decoding step on a GPU */
-    be->upload(s->layout, layout, sizeof(int32_t) * LAYOUT_ROWS * (size_t)T);
     const int32_t *pos = s->layout + LAYOUT_POS * T, *key_end = s->layout + LAYOUT_END * T,
                   *tokens = s->layout + LAYOUT_TOKENS * T;
-
     if (model_part_first(m)) { /* else s->x holds the previous stage's residual stream */
         embed_rows(m, &m->embed, s->x, tokens, T);
         if (c->embed_scale != 0) be->scale(s->x, c->embed_scale, (size_t)T * H);
     }
-    size_t new_rows = (size_t)row0 * kv_dim * s->act_bytes; /* where the T new keys and values go */
+    size_t new_rows = (size_t)p->row0 * kv_dim * s->act_bytes; /* where the T new keys and values go */
     for (int l = m->part.layer_begin; l < m->part.layer_end; l++) {
         const LayerWeights *w = &m->layers[l];
-        void *k_all = k_rows ? k_rows[l] : s->k, *v_all = v_rows ? v_rows[l] : s->v;
+        void *k_all = p->k_rows ? p->k_rows[l] : s->k, *v_all = p->v_rows ? p->v_rows[l] : s->v;
         void *k = (char *)k_all + new_rows, *v = (char *)v_all + new_rows;
         const int32_t *key_begin = s->layout + (c->layer_sliding[l] ? LAYOUT_BEGIN_WINDOWED : LAYOUT_BEGIN) * T;
         /* attention block: x += o_proj(attn(rope(q), rope(k), v)) on the normed input (Gemma: its output normed) */
@@ -565,8 +569,9 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         project(m, s->qkv, xn, &w->wqkv, w->bqkv, T, H, q_dim + 2 * kv_dim);
         if (c->qk_norm) qk_norm(m, s, w, T);
         rope_qkv(m, s, l, k, v, pos, T);
-        if (scatter) be->copy_rows(k_all, scatter->block_bytes, 2, scatter->src, scatter->dst, T, scatter->row_bytes);
-        GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, mask, row0, T);
+        const KVScatter *sc = p->scatter;
+        if (sc) be->copy_rows(k_all, sc->block_bytes, 2, sc->src, sc->dst, T, sc->row_bytes);
+        GemmInput att = attention(m, s, k_all, v_all, key_begin, key_end, p->mask, p->row0, T);
         linear_residual(m, s, att, &w->wo, w->post_attn_norm, T, q_dim);
         /* MLP block: x += down(act(gate(xn)) * up(xn)) (Gemma: its output normed) */
         xn = normed(m, s, w->mlp_norm, T);
@@ -574,15 +579,35 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
         linear_residual(m, s, gated(m, s, T), &w->w_down, w->post_mlp_norm, T, I);
     }
     if (!model_part_last(m)) return; /* the next stage goes on from s->x */
-    be->rmsnorm(hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
-    if (logits_out) model_logits(m, logits_out, hidden_out, T);
+    be->rmsnorm(p->hidden_out, s->x, m->final_norm, T, H, c->rms_norm_eps);
+    if (p->logits_out) model_logits(m, p->logits_out, p->hidden_out, T);
+}
+
+/* The forward pass proper. The layout (positions, key ranges, tokens: layout_new) is given on the host; keys and values
+ * of layer l are written to k_rows[l]/v_rows[l] at row `row0` (then moved by scatter when given) and attention reads
+ * rows from there (the cache, or the state's own buffers for a packed batch). mask (backend memory, or NULL) is the
+ * tree mask over the T new rows. A decoding step (step: a token or a tree after the cache) goes through the backend's
+ * run_step, which may replay it as a graph. */
+static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t *layout, void *const *k_rows,
+                           void *const *v_rows, int row0, const KVScatter *scatter, const uint8_t *mask,
+                           float *hidden_out, float *logits_out, int step) {
+    const ModelConfig *c = &m->config;
+    const Backend *be = m->be;
+    if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
+    check_tokens(layout + LAYOUT_TOKENS * T, T, c->vocab_size);
+    check_rope_positions(c, layout + LAYOUT_POS * T, T);
+    /* one upload per pass: each is a synchronous copy, a visible cost of a decoding step on a GPU */
+    be->upload(s->layout, layout, sizeof(int32_t) * LAYOUT_ROWS * (size_t)T);
+    ForwardPass pass = {m, s, T, row0, k_rows, v_rows, scatter, mask, hidden_out, logits_out};
+    if (step && be->run_step) be->run_step(s, T, forward_queue, &pass);
+    else forward_queue(&pass);
 }
 
 void model_forward(const Model *m, ForwardState *s, const PackedBatch *b, float *hidden_out, float *logits_out) {
     int T = b->n_tokens;
     int32_t *layout = layout_new(b->tokens, T);
     packed_layout(&m->config, b, layout);
-    forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, NULL, hidden_out, logits_out);
+    forward_tokens(m, s, T, layout, NULL, NULL, 0, NULL, NULL, hidden_out, logits_out, 0);
     free(layout);
 }
 
@@ -614,7 +639,7 @@ void model_forward_cached(const Model *m, ForwardState *s, KVCache *cache, const
         fatal("sequence of %d tokens exceeds the KV cache's %d", cache->len + n, cache->max_len);
     int32_t *layout = layout_new(tokens, n);
     for (int i = 0; i < n; i++) layout_set(&m->config, layout, n, i, 0, cache->len + i, cache->len + i + 1);
-    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, NULL, hidden_out, logits_out);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, NULL, hidden_out, logits_out, n == 1);
     cache->len += n;
     free(layout);
 }
@@ -631,7 +656,7 @@ void model_forward_tree(const Model *m, ForwardState *s, KVCache *cache, const i
     int32_t *layout = layout_new(tokens, n);
     /* the keys run to the tree's last row: the mask narrows the new rows to each node's ancestors */
     for (int i = 0; i < n; i++) layout_set(&m->config, layout, n, i, 0, cache->len + depth[i], cache->len + n);
-    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, mask, hidden_out, logits_out);
+    forward_tokens(m, s, n, layout, cache->k, cache->v, cache->len, NULL, mask, hidden_out, logits_out, 1);
     free(layout);
 }
 
@@ -698,7 +723,7 @@ void model_forward_slots(const Model *m, ForwardState *s, SlotCache *c, const in
         c->len[slot[r]] += run_len[r];
     }
     KVScatter scatter = {src, dst, c->kv.row_bytes * (size_t)c->kv.max_len, c->kv.row_bytes};
-    forward_tokens(m, s, T, layout, c->kv.k, c->kv.v, scratch, &scatter, NULL, hidden_out, NULL);
+    forward_tokens(m, s, T, layout, c->kv.k, c->kv.v, scratch, &scatter, NULL, hidden_out, NULL, 0);
     free(layout);
     free(src);
     free(dst);

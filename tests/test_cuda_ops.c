@@ -2538,6 +2538,74 @@ static void test_planned_decoding(void) {
     model_free(&m);
 }
 
+/* Plain and greedy Medusa decoding with each step captured and replayed as a CUDA graph (Backend.run_step) against
+ * the same with graphs off: the tokens and the last step's logits equal bit for bit (a replay that kept a step's
+ * arguments, the cache's length among them, would differ from the second step on), the first step of each shape run
+ * plainly, the others captured, each updating the graph before it, and a capture that fails falling back to plain
+ * steps with a warning. */
+static void test_graph_decoding(DType weights) {
+    enum { NEW = 20 };
+    MedusaTree tree;
+    tree_from_json(&tree, "[[0], [1], [0, 0], [0, 1], [1, 0]]", "test tree");
+    Model m;
+    model_load(&m, TINY, gpu, weights);
+    int H = m.config.hidden_size, V = m.config.vocab_size;
+    MedusaHeads heads;
+    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
+    Rng r;
+    rng_seed(&r, 11);
+    medusa_init_from_base(&heads, &m, &r);
+    int32_t prompt[16], out[3][2][NEW + 8];
+    for (int i = 0; i < 16; i++) prompt[i] = (int32_t)rng_below(&r, V);
+    float *logits[3];
+    int n[3][2], steps[3][2];
+    CudaGraphStats before[3], after[3];
+    char warning[4096] = "";
+    for (int run = 0; run < 3; run++) { /* graphs off, on, on with every capture failing */
+        cuda_set_graphs(run > 0);
+        if (run == 2) setenv("CUDA_EMU_GRAPH_INVALIDATE", "1", 1);
+        Decoder d;
+        decoder_init(&d, &m, &heads, &tree, DECODE_LEN);
+        DecodeOptions o;
+        decode_options_defaults(&o);
+        DecodeStats st;
+        before[run] = cuda_graph_stats();
+        CAPTURE_STDERR(warning, {
+            n[run][0] = decode_plain(&d, prompt, 16, NEW, -1, &o, out[run][0], NULL, NULL, &st);
+            steps[run][0] = st.steps;
+            n[run][1] = decode_medusa(&d, prompt, 16, NEW, -1, &o, out[run][1], NULL, NULL, &st);
+            steps[run][1] = st.steps;
+        });
+        after[run] = cuda_graph_stats();
+        logits[run] = xmalloc(sizeof(float) * (size_t)V);
+        gpu->download(logits[run], d.logits, sizeof(float) * (size_t)V);
+        decoder_free(&d);
+        unsetenv("CUDA_EMU_GRAPH_INVALIDATE");
+    }
+    cuda_set_graphs(1);
+    for (int run = 1; run < 3; run++)
+        for (int k = 0; k < 2; k++)
+            CHECK(n[run][k] == n[0][k] && !memcmp(out[run][k], out[0][k], sizeof(int32_t) * (size_t)n[0][k]) &&
+                      (k == 0 || !memcmp(logits[run], logits[0], sizeof(float) * (size_t)V)),
+                  "%s %s decoding with %s: %d tokens in %d steps, as without graphs (%d in %d)%s", dtype_name(weights),
+                  k ? "Medusa" : "plain", run == 1 ? "CUDA graphs" : "graph captures failing", n[run][k], steps[run][k],
+                  n[0][k], steps[0][k], k ? ", last logits equal bit for bit" : "");
+    long long total = steps[1][0] + steps[1][1];
+    long long captured = after[1].captured - before[1].captured, plain = after[1].plain - before[1].plain;
+    long long updated = after[1].updated - before[1].updated, made = after[1].instantiated - before[1].instantiated;
+    CHECK(after[0].captured == before[0].captured && captured + plain == total && captured >= total - 2 &&
+              updated + made == captured && made <= 2,
+          "%s: graphs off, no capture; on, %lld steps: %lld captured (%lld updated, %lld instantiated), %lld plain",
+          dtype_name(weights), total, captured, updated, made, plain);
+    CHECK(strstr(warning, "could not be captured as a CUDA graph") && after[2].captured == before[2].captured,
+          "%s: a capture that fails: a warning, then plain steps (%lld captured): %.200s", dtype_name(weights),
+          after[2].captured - before[2].captured, warning);
+    for (int run = 0; run < 3; run++) free(logits[run]);
+    medusa_free(&heads);
+    model_free(&m);
+    tree_free(&tree);
+}
+
 /* The demo model on the emulated GPU with bf16 weights, tensor-core attention included (head_dim 64; the
  * fixture's second sequence, 140 tokens): top-1 agreement with transformers' fp32 logits
  * (tests/gen/gen_models.py). Unguarded device memory: the guard's mprotect calls would take minutes here. */
@@ -2755,6 +2823,8 @@ int main(int argc, char **argv) {
     test_end_to_end(DT_F32);
     test_end_to_end(DT_BF16);
     test_typical_decoding();
+    test_graph_decoding(DT_F32);
+    test_graph_decoding(DT_BF16);
     test_smollm2_bf16();
     return test_summary();
 }

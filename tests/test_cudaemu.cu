@@ -17,6 +17,9 @@ static const int kN = 64;
 /* a block of kN threads: out[t] = in[t] */
 __global__ void copy_kernel(float *out, const float *in) { out[threadIdx.x] = in[threadIdx.x]; }
 
+/* a block of kN threads: out[t] = v */
+__global__ void fill_kernel(float *out, float v) { out[threadIdx.x] = v; }
+
 /* Each block reads what the block before it wrote in the same launch: a race between blocks. */
 __global__ void chain_kernel(int *x) {
     int b = blockIdx.x;
@@ -264,8 +267,60 @@ static std::string line_after(const std::string &s, const char *tag) {
 static std::string result(const std::string &s) { return line_after(s, "result "); }
 static std::string report(const std::string &s) { return line_after(s, "cuda_emu: "); }
 
+/* Stream capture as kernels/cuda/backend_cuda.cu's run_step uses it: captured work runs only at the graph's launch,
+ * with the arguments it was captured with; an update with a graph of the same operations takes the new arguments, one
+ * with another operation is refused; a synchronous copy during a capture fails and invalidates it. */
+static void check_graphs(void) {
+    float *x = device_floats(kN), host[kN];
+    cudaStream_t s = cuda_stream();
+    auto capture = [&](float v, bool memset_too) {
+        cudaGraph_t g;
+        CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        if (memset_too) CUDA_CHECK(cudaMemsetAsync(x, 0, sizeof(float), s));
+        LAUNCH(fill_kernel, 1, kN, 0, x, v);
+        CUDA_CHECK(cudaStreamEndCapture(s, &g));
+        return g;
+    };
+    auto first = [&] {
+        CUDA_CHECK(cudaMemcpy(host, x, sizeof host, cudaMemcpyDeviceToHost));
+        return host[0];
+    };
+    LAUNCH(fill_kernel, 1, kN, 0, x, 1.0f);
+    cudaGraph_t g = capture(2.0f, false);
+    float before = first();
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
+    CUDA_CHECK(cudaGraphLaunch(exec, s));
+    float launched = first();
+    cudaGraph_t same = capture(3.0f, false), other = capture(4.0f, true);
+    cudaGraphExecUpdateResultInfo info, refused;
+    cudaError_t up = cudaGraphExecUpdate(exec, same, &info);
+    CUDA_CHECK(cudaGraphLaunch(exec, s));
+    float updated = first();
+    cudaError_t down = cudaGraphExecUpdate(exec, other, &refused);
+    (void)cudaGetLastError();
+    CHECK(before == 1.0f && launched == 2.0f && up == cudaSuccess && updated == 3.0f &&
+              down == cudaErrorGraphExecUpdateFailure && refused.result == cudaGraphExecUpdateErrorTopologyChanged,
+          "graphs: a captured launch runs at the graph's launch (%g before, %g after), an update with the same "
+          "operations takes new arguments (%g), one with another operation is refused",
+          before, launched, updated);
+    for (cudaGraph_t each : {g, same, other}) CUDA_CHECK(cudaGraphDestroy(each));
+    CUDA_CHECK(cudaGraphExecDestroy(exec));
+    CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    fflush(stderr);
+    cudaError_t copy = cudaMemcpy(host, x, sizeof host, cudaMemcpyDeviceToHost);
+    cudaGraph_t invalid = NULL;
+    cudaError_t end = cudaStreamEndCapture(s, &invalid);
+    (void)cudaGetLastError();
+    CHECK(copy == cudaErrorStreamCaptureUnsupported && end == cudaErrorStreamCaptureInvalidated && !invalid,
+          "graphs: a synchronous copy during a capture fails (%s) and invalidates the capture (%s)",
+          cudaGetErrorString(copy), cudaGetErrorString(end));
+    CUDA_CHECK(cudaFree(x));
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) return run_case(argv[1]);
+    check_graphs();
     const char *self = argv[0];
     float host[kN], in_host[kN];
     for (int i = 0; i < kN; i++) in_host[i] = (float)i + 0.5f;

@@ -1,6 +1,6 @@
-/* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the default stream.
- * Every op is asynchronous on the default stream, and so is upload() of up to a staging slot's bytes; download() and
- * larger uploads synchronise (cuda_blocking_copies counts them). */
+/* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the backend's stream.
+ * Every op is asynchronous on that stream, and so is upload() of up to a staging slot's bytes; download() and
+ * larger uploads synchronise (cuda_blocking_copies counts them). Decoding steps may run as CUDA graphs (run_step). */
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -20,9 +20,19 @@ void cuda_check_after(const char *name) {
         fatal("cuda: %s failed: %s (MEDUSA_CUDA_SYNC=1 checks after every launch)", name, cudaGetErrorString(err));
 }
 
+cudaStream_t cuda_stream(void) {
+    static cudaStream_t stream;
+    static bool made;
+    if (!made) CUDA_CHECK(cudaStreamCreate(&stream)); /* blocking: ordered with the legacy stream's copies */
+    made = true;
+    return stream;
+}
 cublasHandle_t cuda_cublas(void) {
     static cublasHandle_t handle;
-    if (!handle) CUBLAS_CHECK(cublasCreate(&handle));
+    if (!handle) {
+        CUBLAS_CHECK(cublasCreate(&handle));
+        CUBLAS_CHECK(cublasSetStream(handle, cuda_stream()));
+    }
     return handle;
 }
 cublasLtHandle_t cuda_cublaslt(void) {
@@ -44,6 +54,7 @@ struct Chunk {
     std::map<char *, size_t> free_blocks; /* address -> bytes */
 };
 static std::vector<Chunk> chunks; /* chunks[0] is the reserved arena when reserve was called first */
+static bool capturing;            /* a decoding step is being captured as a CUDA graph (run_step) */
 static std::unordered_map<void *, size_t> live_blocks;
 static size_t reserved_bytes, bytes_in_use, peak_in_use;
 static const size_t kAlign = 256, kMinChunk = (size_t)64 << 20;
@@ -91,6 +102,11 @@ static void cuda_reserve(size_t bytes) {
 
 /* A new chunk from cudaMalloc for a block of `size` the chunks cannot hold; one warning per run. */
 static Chunk &grow(size_t size) {
+    if (capturing) /* cudaMalloc is not allowed then: a step's buffers come from its first, plain run */
+        fatal(
+            "cuda backend: a block of %.1f MiB was asked for while capturing a decoding step as a CUDA graph, and the "
+            "memory plan has no room for it (MEDUSA_CUDA_GRAPHS=0 runs steps without graphs)",
+            (double)size / (1 << 20));
     static bool warned;
     if (!warned) {
         warned = true;
@@ -215,8 +231,8 @@ static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     staging_next = (staging_next + 1) % kStagingSlots;
     CUDA_CHECK(cudaEventSynchronize(slot.copied)); /* its previous copy */
     memcpy(slot.host, host_src, bytes);
-    CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, 0));
-    CUDA_CHECK(cudaEventRecord(slot.copied, 0));
+    CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, cuda_stream()));
+    CUDA_CHECK(cudaEventRecord(slot.copied, cuda_stream()));
 }
 static void cuda_download(void *host_dst, const void *src, size_t bytes) {
     profile_next_bytes((double)bytes);
@@ -228,6 +244,75 @@ static void cuda_copy(void *dst, const void *src, size_t bytes) {
     profile_next_bytes(2.0 * (double)bytes);
     ProfileScope profile("copy");
     CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+
+/* CUDA graphs for decoding steps (Backend.run_step). A step's few hundred small kernels cost the GPU a launch gap each
+ * when issued one by one; captured into a graph they run back to back. Each step is captured again (the host's cost of
+ * issuing its launches, without the GPU's gaps) and the instantiated graph of the same (owner, shape) takes its
+ * parameters (cudaGraphExecUpdate: the KV cache's length and the split of its keys change every step); when the step's
+ * work changed shape (attention starting to split its keys, another GEMM algorithm), the graph is instantiated anew.
+ * The first step of an (owner, shape) runs plainly: what it allocates or times at first use (the GEMMs' workspace and
+ * --gemm-tune, scratch buffers) must not happen under capture. MEDUSA_CUDA_GRAPHS=0, MEDUSA_CUDA_SYNC and
+ * MEDUSA_CUDA_PROFILE run every step plainly. */
+struct StepGraph {
+    bool warm;
+    cudaGraphExec_t exec;
+};
+static std::map<std::pair<const void *, int>, StepGraph> step_graphs;
+static CudaGraphStats graph_stats;
+static bool graphs_on = !(getenv("MEDUSA_CUDA_GRAPHS") && strcmp(getenv("MEDUSA_CUDA_GRAPHS"), "0") == 0);
+extern "C" CudaGraphStats cuda_graph_stats(void) { return graph_stats; }
+extern "C" void cuda_set_graphs(int on) { graphs_on = on != 0; }
+const char *cuda_capture_hint(void) {
+    return capturing ? " (while capturing a decoding step as a CUDA graph: MEDUSA_CUDA_GRAPHS=0 runs steps without)"
+                     : "";
+}
+/* at exit, after a run that captured steps: how the graphs were kept (many instantiations mean updates refused) */
+static void report_graphs(void) {
+    log_info("cuda graphs: %lld decoding steps captured (%lld graphs updated in place, %lld instantiated), %lld run "
+             "plainly",
+             graph_stats.captured, graph_stats.updated, graph_stats.instantiated, graph_stats.plain);
+}
+static void cuda_run_step(const void *owner, int shape, void (*queue)(void *ctx), void *ctx) {
+    StepGraph &g = step_graphs[std::make_pair(owner, shape)];
+    if (!graphs_on || cuda_sync_debug() || cuda_profiling() || !g.warm) {
+        g.warm = true;
+        graph_stats.plain++;
+        queue(ctx);
+        return;
+    }
+    capturing = true;
+    CUDA_CHECK(cudaStreamBeginCapture(cuda_stream(), cudaStreamCaptureModeThreadLocal));
+    queue(ctx);
+    cudaGraph_t graph = NULL;
+    cudaError_t err = cudaStreamEndCapture(cuda_stream(), &graph);
+    capturing = false;
+    if (err != cudaSuccess) { /* nothing captured ran: the step runs plainly, and so do the run's others */
+        (void)cudaGetLastError();
+        log_warn("cuda: a decoding step could not be captured as a CUDA graph (%s); steps run without graphs",
+                 cudaGetErrorString(err));
+        graphs_on = false;
+        graph_stats.plain++;
+        queue(ctx);
+        return;
+    }
+    if (graph_stats.captured++ == 0) atexit(report_graphs);
+    if (g.exec) {
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate(g.exec, graph, &info) == cudaSuccess) {
+            graph_stats.updated++;
+        } else {
+            (void)cudaGetLastError();
+            CUDA_CHECK(cudaGraphExecDestroy(g.exec));
+            g.exec = NULL;
+        }
+    }
+    if (!g.exec) {
+        CUDA_CHECK(cudaGraphInstantiate(&g.exec, graph, 0));
+        graph_stats.instantiated++;
+    }
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    CUDA_CHECK(cudaGraphLaunch(g.exec, cuda_stream()));
 }
 
 extern "C" const Backend *backend_cuda(void) {
@@ -270,10 +355,11 @@ extern "C" const Backend *backend_cuda(void) {
         for (auto &slot : staging) {
             CUDA_CHECK(cudaMallocHost(&slot.host, kStagingSlotBytes));
             CUDA_CHECK(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming));
-            CUDA_CHECK(cudaEventRecord(slot.copied, 0));
+            CUDA_CHECK(cudaEventRecord(slot.copied, cuda_stream()));
         }
         cuda_comm_setup(&cuda);
         cuda.set_gemm_tune = cuda_set_gemm_tune;
+        cuda.run_step = cuda_run_step;
         cuda_cublas(); /* the handles' memory too is taken before reserve() */
         cuda_cublaslt();
         backend_check(&cuda);

@@ -121,10 +121,10 @@ static void *cuda_comm_open(const void *id, int rank, int size, const char *name
     return c;
 }
 
-/* the communicator's stream waits for the work queued so far on the default stream */
+/* the communicator's stream waits for the work queued so far on the backend's stream */
 static Comm *after_queued_work(void *comm) {
     Comm *c = (Comm *)comm;
-    CUDA_CHECK(cudaEventRecord(c->ready, 0));
+    CUDA_CHECK(cudaEventRecord(c->ready, cuda_stream()));
     CUDA_CHECK(cudaStreamWaitEvent(c->stream, c->ready, 0));
     return c;
 }
@@ -153,7 +153,7 @@ static void cuda_comm_wait(void *comm) {
     char what[160];
     snprintf(what, sizeof what, "waiting for %s", c->last[0] ? c->last : "its operations");
     settle(c, what, c->done);
-    CUDA_CHECK(cudaStreamWaitEvent(0, c->done, 0)); /* reached already: the default stream's order, stated */
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), c->done, 0)); /* reached already: the backend's order, stated */
 }
 
 static void cuda_comm_close(void *comm) {

@@ -28,14 +28,23 @@ extern "C" {
 #define CUDA_CHECK(call)                                                                                               \
     do {                                                                                                               \
         cudaError_t err_ = (call);                                                                                     \
-        if (err_ != cudaSuccess) fatal_at(__FILE__, __LINE__, "cuda: %s: %s", #call, cudaGetErrorString(err_));        \
+        if (err_ != cudaSuccess)                                                                                       \
+            fatal_at(__FILE__, __LINE__, "cuda: %s: %s%s", #call, cudaGetErrorString(err_), cuda_capture_hint());      \
     } while (0)
+
+/* The stream every op, GEMM and copy of the backend is queued on, in order: a blocking stream (it keeps its order with
+ * the legacy default stream, which synchronous copies use), not the legacy stream itself, which cannot be captured
+ * into a CUDA graph. */
+cudaStream_t cuda_stream(void);
+/* "" or, while a decoding step is being captured into a CUDA graph, a hint for an error message: how to turn graphs
+ * off */
+const char *cuda_capture_hint(void);
 
 #define CUBLAS_CHECK(call)                                                                                             \
     do {                                                                                                               \
         cublasStatus_t st_ = (call);                                                                                   \
         if (st_ != CUBLAS_STATUS_SUCCESS)                                                                              \
-            fatal_at(__FILE__, __LINE__, "cublas: %s: %s", #call, cublasGetStatusString(st_));                         \
+            fatal_at(__FILE__, __LINE__, "cublas: %s: %s%s", #call, cublasGetStatusString(st_), cuda_capture_hint());  \
     } while (0)
 
 /* MEDUSA_CUDA_PROFILE=1 (profile.cu): the GPU time from construction to destruction is added to the named
@@ -85,7 +94,7 @@ void cuda_set_gemm_tune(int on); /* kernels/cuda/matmul.cu: Backend.set_gemm_tun
 #define LAUNCH_AS(name, kernel, grid, block, shmem, ...)                                                               \
     do {                                                                                                               \
         ProfileScope profile_scope_(name);                                                                             \
-        kernel<<<grid, block, shmem>>>(__VA_ARGS__);                                                                   \
+        kernel<<<grid, block, shmem, cuda_stream()>>>(__VA_ARGS__);                                                    \
         CUDA_CHECK(cudaGetLastError());                                                                                \
         if (cuda_sync_debug()) cuda_check_after(name);                                                                 \
     } while (0)

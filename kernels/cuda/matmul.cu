@@ -188,10 +188,10 @@ static void tune_plan(GemmPlan &p, int m, int n, int k, const uint16_t *A, const
         float fastest = 0;
         bool refused = false;
         for (int run = 0; run < 4 && !refused; run++) {
-            CUDA_CHECK(cudaEventRecord(start, 0));
+            CUDA_CHECK(cudaEventRecord(start, cuda_stream()));
             refused = cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &zero, C, p.c, C, p.c, &p.algos[i],
-                                     workspace, kLtWorkspaceBytes, 0) != CUBLAS_STATUS_SUCCESS;
-            CUDA_CHECK(cudaEventRecord(stop, 0));
+                                     workspace, kLtWorkspaceBytes, cuda_stream()) != CUBLAS_STATUS_SUCCESS;
+            CUDA_CHECK(cudaEventRecord(stop, cuda_stream()));
             CUDA_CHECK(cudaEventSynchronize(stop));
             float ms;
             CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
@@ -238,7 +238,7 @@ static void gemm_bf16(cublasOperation_t op_a, cublasOperation_t op_b, int m, int
                          beta != 0.0f);
     for (;;) {
         cublasStatus_t st = cublasLtMatmul(cuda_cublaslt(), p.desc, &one, A, p.a, B, p.b, &beta, C, p.c, C, p.c,
-                                           &p.algos[p.chosen], workspace, kLtWorkspaceBytes, 0);
+                                           &p.algos[p.chosen], workspace, kLtWorkspaceBytes, cuda_stream());
         if (st == CUBLAS_STATUS_SUCCESS) break;
         /* a refusal happens before any work: the next algorithm computes the same product */
         if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE &&

@@ -89,7 +89,7 @@ ProfileScope::ProfileScope(const char *name) : on_(profile_enabled()), flops_(0.
     flops_ = pending_flops, bytes_ = pending_bytes;
     pending_flops = pending_bytes = 0.0;
     name_ = name;
-    CUDA_CHECK(cudaEventRecord(profile_start));
+    CUDA_CHECK(cudaEventRecord(profile_start, cuda_stream()));
 }
 
 ProfileScope::ProfileScope(const char *kind, int m, int n, int k, int in_bytes, int out_bytes, bool accumulate)
@@ -99,13 +99,13 @@ ProfileScope::ProfileScope(const char *kind, int m, int n, int k, int in_bytes, 
     char shape[64];
     snprintf(shape, sizeof shape, " %dx%dx%d", m, n, k);
     name_ = std::string(kind) + shape;
-    CUDA_CHECK(cudaEventRecord(profile_start));
+    CUDA_CHECK(cudaEventRecord(profile_start, cuda_stream()));
 }
 
 ProfileScope::~ProfileScope() {
     if (!on_) return;
     float ms = 0.0f;
-    CUDA_CHECK(cudaEventRecord(profile_stop));
+    CUDA_CHECK(cudaEventRecord(profile_stop, cuda_stream()));
     CUDA_CHECK(cudaEventSynchronize(profile_stop));
     CUDA_CHECK(cudaEventElapsedTime(&ms, profile_start, profile_stop));
     ProfileEntry &e = profile_table[name_];

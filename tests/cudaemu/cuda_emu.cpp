@@ -488,8 +488,84 @@ void cuda_emu_cp_async_wait_pending(int n) {
 }
 
 /* --- cudart on host memory --- */
+/* --- stream capture: the recorded operations of the capture under way --- */
+namespace {
+struct EmuOp {
+    int kind;
+    std::function<void()> run;
+};
+struct {
+    bool active, invalid;
+    std::vector<EmuOp> ops;
+} capture;
+/* a call a capture forbids: it fails and invalidates the capture */
+bool forbidden_in_capture(const char *call) {
+    if (!capture.active) return false;
+    fprintf(stderr, "cuda_emu: %s during stream capture (not allowed: the capture is invalidated)\n", call);
+    capture.invalid = true;
+    last_error = cudaErrorStreamCaptureUnsupported;
+    return true;
+}
+} // namespace
+void cuda_emu_enqueue(int kind, std::function<void()> op) {
+    if (capture.active) capture.ops.push_back(EmuOp{kind, std::move(op)});
+    else op();
+}
+struct CUgraph_st {
+    std::vector<EmuOp> ops;
+};
+struct CUgraphExec_st {
+    std::vector<EmuOp> ops;
+};
+cudaError_t cudaStreamBeginCapture(cudaStream_t, enum cudaStreamCaptureMode) {
+    if (capture.active) return last_error = cudaErrorIllegalState;
+    capture.active = true, capture.invalid = false;
+    capture.ops.clear();
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *graph) {
+    if (!capture.active) return last_error = cudaErrorIllegalState;
+    capture.active = false;
+    const char *invalidate = getenv("CUDA_EMU_GRAPH_INVALIDATE"); /* read at each capture: a test sets it */
+    *graph = NULL;
+    if (capture.invalid || (invalidate && strcmp(invalidate, "0")))
+        return last_error = cudaErrorStreamCaptureInvalidated;
+    *graph = new CUgraph_st{std::move(capture.ops)};
+    capture.ops.clear();
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long) {
+    if (!graph) return last_error = cudaErrorInvalidValue;
+    *exec = new CUgraphExec_st{graph->ops};
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info) {
+    bool same = exec && graph && exec->ops.size() == graph->ops.size();
+    for (size_t i = 0; same && i < graph->ops.size(); i++) same = exec->ops[i].kind == graph->ops[i].kind;
+    *info = cudaGraphExecUpdateResultInfo{same ? cudaGraphExecUpdateSuccess : cudaGraphExecUpdateErrorTopologyChanged,
+                                          NULL, NULL};
+    if (!same) return last_error = cudaErrorGraphExecUpdateFailure;
+    exec->ops = graph->ops;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+    if (!exec || capture.active)
+        return last_error = capture.active ? cudaErrorStreamCaptureUnsupported : cudaErrorInvalidValue;
+    for (EmuOp &op : exec->ops) op.run();
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
+    return cudaSuccess;
+}
+
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     arena_init();
+    if (forbidden_in_capture("cudaMalloc")) return last_error;
     malloc_calls++;
     size_t size = (bytes + 255) & ~(size_t)255;
     if (!size) size = 256;
@@ -539,6 +615,7 @@ void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size) {
     ASAN_POISON_MEMORY_REGION((char *)ptr + bytes, size - bytes);
 }
 cudaError_t cudaFree(void *ptr) {
+    if (forbidden_in_capture("cudaFree")) return last_error;
     if (!ptr) return cudaSuccess;
     auto it = live_blocks.find((char *)ptr);
     if (it == live_blocks.end()) return last_error = cudaErrorInvalidValue; /* not from cudaMalloc, or freed twice */
@@ -568,21 +645,36 @@ void cuda_emu_guard_device_memory(int on) {
     open_bytes = 0;
     set_device_access(!on);
 }
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+static void copy_bytes(void *dst, const void *src, size_t bytes) {
     DeviceAccess access;
     if (bytes) memmove(dst, src, bytes);
-    return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, kind);
-}
-cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
+static void set_bytes(void *ptr, int value, size_t bytes) {
     DeviceAccess access;
     if (bytes) memset(ptr, value, bytes);
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    if (forbidden_in_capture("cudaMemcpy")) return last_error;
+    copy_bytes(dst, src, bytes);
     return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t) { return cudaMemset(ptr, value, bytes); }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+/* the source's bytes are read when the copy runs (a captured copy from the host reads them at each replay) */
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
+    cuda_emu_enqueue(1, [=] { copy_bytes(dst, src, bytes); });
+    return cudaSuccess;
+}
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
+    if (forbidden_in_capture("cudaMemset")) return last_error;
+    set_bytes(ptr, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t) {
+    cuda_emu_enqueue(2, [=] { set_bytes(ptr, value, bytes); });
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) {
+    return forbidden_in_capture("cudaDeviceSynchronize") ? last_error : cudaSuccess;
+}
 cudaError_t cudaGetDeviceCount(int *count) {
     *count = 1;
     return cudaSuccess;
@@ -599,7 +691,9 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream) {
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int) { return cudaStreamCreate(stream); }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    return forbidden_in_capture("cudaStreamSynchronize") ? last_error : cudaSuccess;
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
     return event ? cudaSuccess : last_error = cudaErrorInvalidValue;
 }
@@ -622,12 +716,16 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
     return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    event->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    cuda_emu_enqueue(3, [=] {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        event->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    });
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+    return forbidden_in_capture("cudaEventSynchronize") ? last_error : cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
     *ms = (float)((end->seconds - start->seconds) * 1e3);
     return cudaSuccess;
@@ -654,6 +752,15 @@ const char *cudaGetErrorString(cudaError_t err) {
         return "no CUDA-capable device is detected";
     case cudaErrorNotReady:
         return "device not ready";
+    case cudaErrorIllegalState:
+        return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported:
+        return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+        return "operation failed due to a previous error during capture";
+    case cudaErrorGraphExecUpdateFailure:
+        return "the graph update was not performed because it included changes which violated constraints specific "
+               "to instantiated graph update";
     }
     return "unknown error";
 }
@@ -696,9 +803,12 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
         ldc < (m > 1 ? m : 1))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    DeviceAccess access;
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    float a = *alpha, b = *beta; /* host scalars: read at the call, as a captured GEMM keeps them */
+    cuda_emu_enqueue(0, [=] {
+        DeviceAccess access;
+        cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, a, A, lda, B, ldb, b, C, ldc);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -890,22 +1000,26 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
         (desc->op_b == CUBLAS_OP_N ? b->cols : b->rows) != n)
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    DeviceAccess access;
-    std::vector<float> wa = widen_bf16(A, a), wb = widen_bf16(B, b);
-    bool narrow = d->type == CUDA_R_16BF; /* summed in fp32, then rounded once into D */
-    std::vector<float> wd = narrow ? widen_bf16(D, d) : std::vector<float>();
-    float *out = narrow ? wd.data() : (float *)D;
-    int ld_out = narrow ? (int)d->rows : (int)d->ld;
-    if (cuda_emu_gemm_truncates())
-        truncating_gemm(desc, m, n, k, *(const float *)alpha, wa.data(), a->rows, wb.data(), b->rows,
-                        *(const float *)beta, out, ld_out);
-    else
-        cblas_sgemm(CblasColMajor, desc->op_a == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                    desc->op_b == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, (int)m, (int)n, (int)k,
-                    *(const float *)alpha, wa.data(), (int)a->rows, wb.data(), (int)b->rows, *(const float *)beta, out,
-                    ld_out);
-    if (narrow)
-        for (uint64_t j = 0; j < n; j++)
-            for (uint64_t i = 0; i < m; i++) ((uint16_t *)D)[j * d->ld + i] = f32_to_bf16(wd[j * m + i]);
+    /* the descriptors and host scalars as they are at the call, as a captured GEMM keeps them */
+    cublasLtMatmulDescOpaque dc = *desc;
+    cublasLtMatrixLayoutOpaque la = *a, lb = *b, ld = *d;
+    float al = *(const float *)alpha, be = *(const float *)beta;
+    cuda_emu_enqueue(0, [=]() mutable {
+        DeviceAccess access;
+        std::vector<float> wa = widen_bf16(A, &la), wb = widen_bf16(B, &lb);
+        bool narrow = ld.type == CUDA_R_16BF; /* summed in fp32, then rounded once into D */
+        std::vector<float> wd = narrow ? widen_bf16(D, &ld) : std::vector<float>();
+        float *out = narrow ? wd.data() : (float *)D;
+        int ld_out = narrow ? (int)ld.rows : (int)ld.ld;
+        if (cuda_emu_gemm_truncates())
+            truncating_gemm(&dc, m, n, k, al, wa.data(), la.rows, wb.data(), lb.rows, be, out, ld_out);
+        else
+            cblas_sgemm(CblasColMajor, dc.op_a == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                        dc.op_b == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, (int)m, (int)n, (int)k, al, wa.data(),
+                        (int)la.rows, wb.data(), (int)lb.rows, be, out, ld_out);
+        if (narrow)
+            for (uint64_t j = 0; j < n; j++)
+                for (uint64_t i = 0; i < m; i++) ((uint16_t *)D)[j * ld.ld + i] = f32_to_bf16(wd[j * m + i]);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -177,7 +177,11 @@ typedef enum cudaError {
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInsufficientDriver = 35,
     cudaErrorNoDevice = 100,
+    cudaErrorIllegalState = 401,
     cudaErrorNotReady = 600,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureInvalidated = 901,
+    cudaErrorGraphExecUpdateFailure = 910,
 } cudaError_t;
 enum cudaMemcpyKind {
     cudaMemcpyHostToHost = 0,
@@ -244,6 +248,37 @@ cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
 const char *cudaGetErrorString(cudaError_t err);
 
+/* --- stream capture and graphs (CUDA graphs) ---
+ * Between cudaStreamBeginCapture and cudaStreamEndCapture the stream-ordered calls (launches, cuBLAS and cuBLASLt
+ * GEMMs, cudaMemcpyAsync, cudaMemsetAsync, event records) are recorded instead of run, with their arguments as
+ * issued; cudaGraphLaunch runs an instantiated graph's operations in order. The calls a capture forbids (a synchronous
+ * copy or memset, cudaMalloc, cudaFree, a device, stream or event synchronisation) fail with
+ * cudaErrorStreamCaptureUnsupported and invalidate the capture, as CUDA does, so that misuse fails in the tests.
+ * cudaGraphExecUpdate succeeds when the graphs have the same operations by kind (kernel, copy, memset, event),
+ * as CUDA's topology check does. CUDA_EMU_GRAPH_INVALIDATE=1: every capture ends invalidated (a fallback's test). */
+typedef struct CUgraph_st *cudaGraph_t;
+typedef struct CUgraphExec_st *cudaGraphExec_t;
+typedef struct CUgraphNode_st *cudaGraphNode_t;
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2
+};
+enum cudaGraphExecUpdateResult { cudaGraphExecUpdateSuccess = 0, cudaGraphExecUpdateErrorTopologyChanged = 2 };
+typedef struct {
+    enum cudaGraphExecUpdateResult result;
+    cudaGraphNode_t errorNode, errorFromNode;
+} cudaGraphExecUpdateResultInfo;
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t exec, cudaGraph_t graph, cudaGraphExecUpdateResultInfo *info);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+/* a stream-ordered operation of `kind` (0 kernel, 1 copy, 2 memset, 3 event): run now, or recorded when capturing */
+void cuda_emu_enqueue(int kind, std::function<void()> op);
+
 /* --- kernel launch: LAUNCH(kernel, grid, block, shmem, args...) expands to this under emulation --- */
 /* kernel: the function's address, by which the emulator finds its __shared__ arrays (NaN at each block's start) */
 void cuda_emu_run(const char *kernel_name, const void *kernel, dim3 grid, dim3 block, size_t shmem,
@@ -253,7 +288,9 @@ template <class... P, class... A>
 static inline void cuda_emu_launch(const char *kernel_name, dim3 grid, dim3 block, size_t shmem, void (*kernel)(P...),
                                    A &&...args) {
     std::tuple<P...> params(std::forward<A>(args)...); /* converted once, as a real launch copies them */
-    cuda_emu_run(kernel_name, (const void *)kernel, grid, block, shmem, [&] { std::apply(kernel, params); });
+    cuda_emu_enqueue(0, [=] {
+        cuda_emu_run(kernel_name, (const void *)kernel, grid, block, shmem, [&] { std::apply(kernel, params); });
+    });
 }
 
 /* --- cuBLAS (the calls the backend uses) --- */
