@@ -2499,17 +2499,22 @@ static void check_decoding_copies(Decoder *d, const int32_t *prompt, int n_promp
           temperature > 0 ? "typical" : "greedy", medusa ? "Medusa" : "plain", n, downloads, budget, uploads);
 }
 
+/* The tiny model on the GPU with TRAIN_HEADS full-vocabulary heads made from its lm_head, r seeded with seed first */
+static void load_tiny_with_heads(Model *m, MedusaHeads *heads, DType weights, Rng *r, uint64_t seed) {
+    model_load(m, TINY, gpu, weights);
+    medusa_init(heads, gpu, (MedusaShape){TRAIN_HEADS, 1, m->config.hidden_size, m->config.vocab_size, 0});
+    rng_seed(r, seed);
+    medusa_init_from_base(heads, m, r);
+}
+
 /* Medusa decoding as medusa-infer sets it up: no cudaMalloc, and the peak is the decoding plan's. */
 static void test_planned_decoding(void) {
     gpu->peak_bytes(); /* a new measurement, the training run's blocks freed */
     Model m;
-    model_load(&m, TINY, gpu, DT_F32);
-    int H = m.config.hidden_size, V = m.config.vocab_size;
     MedusaHeads heads;
-    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
     Rng r;
-    rng_seed(&r, 4);
-    medusa_init_from_base(&heads, &m, &r);
+    load_tiny_with_heads(&m, &heads, DT_F32, &r, 4);
+    int V = m.config.vocab_size;
     MedusaTree tree;
     tree_from_json(&tree, "[[0], [1], [0, 0], [0, 1], [1, 0]]", "test tree");
     MemoryPlanInput in = memory_plan_decoding(DT_F32, TRAIN_HEADS, 1, 0, DECODE_LEN, tree.n_nodes);
@@ -2548,13 +2553,10 @@ static void test_graph_decoding(DType weights) {
     MedusaTree tree;
     tree_from_json(&tree, "[[0], [1], [0, 0], [0, 1], [1, 0]]", "test tree");
     Model m;
-    model_load(&m, TINY, gpu, weights);
-    int H = m.config.hidden_size, V = m.config.vocab_size;
     MedusaHeads heads;
-    medusa_init(&heads, gpu, (MedusaShape){TRAIN_HEADS, 1, H, V, 0});
     Rng r;
-    rng_seed(&r, 11);
-    medusa_init_from_base(&heads, &m, &r);
+    load_tiny_with_heads(&m, &heads, weights, &r, 11);
+    int V = m.config.vocab_size;
     int32_t prompt[16], out[3][2][NEW + 8];
     for (int i = 0; i < 16; i++) prompt[i] = (int32_t)rng_below(&r, V);
     float *logits[3];
