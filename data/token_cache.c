@@ -254,6 +254,7 @@ static void read_attr_str(hid_t file, const char *name, char *out, size_t cap, c
     if (H5Tis_variable_str(type) > 0) {
         hid_t mem = H5Tcopy(H5T_C_S1);
         H5Tset_size(mem, H5T_VARIABLE);
+        H5Tset_cset(mem, H5Tget_cset(type)); /* h5py writes UTF-8, which HDF5 does not convert to ASCII */
         ok = H5Aread(a, mem, &s) >= 0;
         H5Tclose(mem);
         n = s ? strlen(s) : 0;

@@ -302,7 +302,8 @@ static void h5_attr(const char *path, const char *name, char kind, int n, int64_
     hid_t space = n ? H5Screate_simple(1, &dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t type = kind == 'i' ? H5Tcopy(H5T_STD_I64LE) : kind == 'd' ? H5Tcopy(H5T_IEEE_F64LE) : H5Tcopy(H5T_C_S1);
     if (kind == 's') H5Tset_size(type, strlen(sv) + 1);
-    if (kind == 'v') H5Tset_size(type, H5T_VARIABLE);
+    if (kind == 'v' || kind == 'u') H5Tset_size(type, H5T_VARIABLE);
+    if (kind == 'u') H5Tset_cset(type, H5T_CSET_UTF8); /* as h5py writes a str */
     hid_t a = H5Acreate2(f, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
     ensure(a >= 0);
     int count = n ? n : 1;
@@ -410,6 +411,15 @@ static void check_token_caches(void) {
     h5_attr(bad, "val_fraction", 'd', 2, 0, 0.5, NULL);
     all &= cache_refused(bad, "val_fraction");
     CHECK(all, "cache: every attribute as an array, or as the other kind of value, is a named error");
+    /* the string attributes as h5py writes a Python str (variable length, UTF-8: bench/make_random_model.py's cache) */
+    copy_file(good, bad);
+    for (int i = 0; i < 5; i++) h5_attr(bad, strs[i], 'u', 0, 0, 0, i == 0 ? fp : "r\xc3\xa9sum\xc3\xa9");
+    token_cache_load(&c, bad, 256);
+    CHECK(!strcmp(c.meta.tokenizer_fingerprint, fp) && !strcmp(c.meta.template_name, "r\xc3\xa9sum\xc3\xa9") &&
+              !strcmp(c.meta.split, "r\xc3\xa9sum\xc3\xa9"),
+          "cache: string attributes written as h5py writes them (variable-length UTF-8) load: template \"%s\"",
+          c.meta.template_name);
+    token_cache_free(&c);
 
     struct {
         const char *name;
