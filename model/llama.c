@@ -596,7 +596,7 @@ static void forward_tokens(const Model *m, ForwardState *s, int T, const int32_t
     if (T > s->max_tokens) fatal("batch of %d tokens exceeds the forward state's %d", T, s->max_tokens);
     check_tokens(layout + LAYOUT_TOKENS * T, T, c->vocab_size);
     check_rope_positions(c, layout + LAYOUT_POS * T, T);
-    /* one upload per pass: each is a synchronous copy, a visible cost of a decoding step on a GPU */
+    /* one upload per pass (on a GPU queued from a pinned staging slot), before the step's ops */
     be->upload(s->layout, layout, sizeof(int32_t) * LAYOUT_ROWS * (size_t)T);
     ForwardPass pass = {m, s, T, row0, k_rows, v_rows, scatter, mask, hidden_out, logits_out};
     if (step && be->run_step) be->run_step(s, T, forward_queue, &pass);
