@@ -2499,10 +2499,11 @@ static void check_decoding_copies(Decoder *d, const int32_t *prompt, int n_promp
           temperature > 0 ? "typical" : "greedy", medusa ? "Medusa" : "plain", n, downloads, budget, uploads);
 }
 
-/* The tiny model on the GPU with TRAIN_HEADS full-vocabulary heads made from its lm_head, r seeded with seed first */
-static void load_tiny_with_heads(Model *m, MedusaHeads *heads, DType weights, Rng *r, uint64_t seed) {
-    model_load(m, TINY, gpu, weights);
-    medusa_init(heads, gpu, (MedusaShape){TRAIN_HEADS, 1, m->config.hidden_size, m->config.vocab_size, 0});
+/* The tiny model on a backend with TRAIN_HEADS full-vocabulary heads made from its lm_head, r seeded with seed first */
+static void load_tiny_with_heads(const Backend *be, Model *m, MedusaHeads *heads, DType weights, Rng *r,
+                                 uint64_t seed) {
+    model_load(m, TINY, be, weights);
+    medusa_init(heads, be, (MedusaShape){TRAIN_HEADS, 1, m->config.hidden_size, m->config.vocab_size, 0});
     rng_seed(r, seed);
     medusa_init_from_base(heads, m, r);
 }
@@ -2513,7 +2514,7 @@ static void test_planned_decoding(void) {
     Model m;
     MedusaHeads heads;
     Rng r;
-    load_tiny_with_heads(&m, &heads, DT_F32, &r, 4);
+    load_tiny_with_heads(gpu, &m, &heads, DT_F32, &r, 4);
     int V = m.config.vocab_size;
     MedusaTree tree;
     tree_from_json(&tree, "[[0], [1], [0, 0], [0, 1], [1, 0]]", "test tree");
@@ -2547,7 +2548,7 @@ static void test_planned_decoding(void) {
  * the same with graphs off: the tokens and the last step's logits equal bit for bit (a replay that kept a step's
  * arguments, the cache's length among them, would differ from the second step on), the first step of each shape run
  * plainly, the others captured, each updating the graph before it, and a capture that fails falling back to plain
- * steps with a warning. */
+ * steps with a warning. With fp32 weights the tokens are also the CPU backend's (the reference). */
 static void test_graph_decoding(DType weights) {
     enum { NEW = 20 };
     MedusaTree tree;
@@ -2555,7 +2556,7 @@ static void test_graph_decoding(DType weights) {
     Model m;
     MedusaHeads heads;
     Rng r;
-    load_tiny_with_heads(&m, &heads, weights, &r, 11);
+    load_tiny_with_heads(gpu, &m, &heads, weights, &r, 11);
     int V = m.config.vocab_size;
     int32_t prompt[16], out[3][2][NEW + 8];
     for (int i = 0; i < 16; i++) prompt[i] = (int32_t)rng_below(&r, V);
@@ -2602,6 +2603,29 @@ static void test_graph_decoding(DType weights) {
     CHECK(strstr(warning, "could not be captured as a CUDA graph") && after[2].captured == before[2].captured,
           "%s: a capture that fails: a warning, then plain steps (%lld captured): %.200s", dtype_name(weights),
           after[2].captured - before[2].captured, warning);
+    if (weights == DT_F32) {
+        Model cm;
+        MedusaHeads ch;
+        Rng cr;
+        load_tiny_with_heads(cpu, &cm, &ch, weights, &cr, 11); /* the same heads and prompt */
+        int32_t cprompt[16], cout[2][NEW + 8];
+        for (int i = 0; i < 16; i++) cprompt[i] = (int32_t)rng_below(&cr, V);
+        Decoder d;
+        decoder_init(&d, &cm, &ch, &tree, DECODE_LEN);
+        DecodeOptions o;
+        decode_options_defaults(&o);
+        DecodeStats st;
+        int cn[2] = {decode_plain(&d, cprompt, 16, NEW, -1, &o, cout[0], NULL, NULL, &st),
+                     decode_medusa(&d, cprompt, 16, NEW, -1, &o, cout[1], NULL, NULL, &st)};
+        for (int k = 0; k < 2; k++)
+            CHECK(!memcmp(cprompt, prompt, sizeof prompt) && cn[k] == n[1][k] &&
+                      !memcmp(cout[k], out[1][k], sizeof(int32_t) * (size_t)cn[k]),
+                  "%s %s decoding with CUDA graphs: the CPU backend's %d tokens", dtype_name(weights),
+                  k ? "Medusa" : "plain", cn[k]);
+        decoder_free(&d);
+        medusa_free(&ch);
+        model_free(&cm);
+    }
     for (int run = 0; run < 3; run++) free(logits[run]);
     medusa_free(&heads);
     model_free(&m);

@@ -41,8 +41,8 @@ void adam_free(AdamState *s, const MedusaHeads *m) {
     memset(s, 0, sizeof *s);
 }
 
-/* The step's scalars (the next step's: s->step advances) with the given clipping coefficient. */
-static AdamWStep next_step(AdamState *s, const OptimConfig *c, float grad_scale) {
+/* The step's scalars (the next step's: s->step advances), without clipping (grad_scale 1) */
+static AdamWStep next_step(AdamState *s, const OptimConfig *c) {
     double lr = lr_at(c, s->step);
     int t = ++s->step;
     double bc1 = 1.0 - pow(c->beta1, t), bc2 = 1.0 - pow(c->beta2, t);
@@ -54,7 +54,7 @@ static AdamWStep next_step(AdamState *s, const OptimConfig *c, float grad_scale)
         .bias_correction2_sqrt = (float)sqrt(bc2),
         .step_size = (float)(lr / bc1),
         .eps = (float)c->eps,
-        .grad_scale = grad_scale,
+        .grad_scale = 1.0f,
         .max_grad_norm = c->max_grad_norm > 0 ? (float)c->max_grad_norm : -1.0f,
     };
 }
@@ -87,14 +87,14 @@ static void adamw_all(MedusaHeads *m, AdamState *s, const AdamWStep *decayed, co
 
 void optim_apply(MedusaHeads *m, AdamState *s, const OptimConfig *c, double grad_norm) {
     /* torch.nn.utils.clip_grad_norm_ (in fp32): scale by max_norm / (norm + 1e-6) when that is below 1 */
-    AdamWStep step = next_step(s, c, 1.0f);
+    AdamWStep step = next_step(s, c);
     step.grad_scale = clip_factor(grad_norm, step.max_grad_norm);
     adamw_all(m, s, &step, NULL);
 }
 
 void optim_queue(MedusaHeads *m, AdamState *s, const OptimConfig *c, double *sum_squares) {
     m->be->sum_squares(sum_squares, m->grads, m->n_params);
-    AdamWStep step = next_step(s, c, 1.0f);
+    AdamWStep step = next_step(s, c);
     adamw_all(m, s, &step, sum_squares);
 }
 
