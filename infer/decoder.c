@@ -78,20 +78,40 @@ void decoder_free(Decoder *d) {
     memset(d, 0, sizeof *d);
 }
 
-/* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. With
- * heads_rows, the heads' top-TREE_TOPK lm_head rows at the first heads_rows rows of d->hidden follow them in the same
- * download, laid out [K][heads_rows][TREE_TOPK] (node_candidates reads them). With stats (Medusa decoding), the tree
- * nodes' typical statistics (softmax_entropy's, already queued), which lie just before the ids, leave in that download
- * too, into d->host_entropy and d->host_child_probs. */
-static void argmax_rows(Decoder *d, const float *logits, int rows, int heads_rows, int stats) {
+/* What a step queues after its forward pass when the heads run at every node: each row's argmax, then the heads'
+ * top-TREE_TOPK lm_head rows at those rows (argmax_rows). */
+typedef struct {
+    Decoder *d;
+    const float *logits;
+    int rows;
+} HeadsAfterStep;
+
+static void queue_argmax_and_heads(void *ctx) {
+    const HeadsAfterStep *a = ctx;
+    Decoder *d = a->d;
     const Backend *be = d->base->be;
-    be->top_k(d->ids, logits, rows, d->base->config.vocab_size, 1);
+    const MedusaHeads *h = d->heads;
+    be->top_k(d->ids, a->logits, a->rows, d->base->config.vocab_size, 1);
+    medusa_logits(h, &d->work, d->hidden, a->rows, d->head_logits);
+    be->top_k(d->ids + a->rows, d->head_logits, h->shape.n_heads * a->rows, h->shape.head_vocab, TREE_TOPK);
+}
+
+/* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. With
+ * heads, the heads' top-TREE_TOPK lm_head rows at every row of d->hidden follow them in the same download, laid out
+ * [K][rows][TREE_TOPK] (node_candidates reads them); those few dozen small ops go through the backend's run_step (a CUDA
+ * graph, as the forward pass before them). With stats (Medusa decoding), the tree nodes' typical statistics
+ * (softmax_entropy's, already queued), which lie just before the ids, leave in that download too, into d->host_entropy
+ * and d->host_child_probs. */
+static void argmax_rows(Decoder *d, const float *logits, int rows, int heads, int stats) {
+    const Backend *be = d->base->be;
     size_t n_ids = (size_t)rows;
-    if (heads_rows) {
-        const MedusaHeads *h = d->heads;
-        medusa_logits(h, &d->work, d->hidden, heads_rows, d->head_logits);
-        be->top_k(d->ids + rows, d->head_logits, h->shape.n_heads * heads_rows, h->shape.head_vocab, TREE_TOPK);
-        n_ids += (size_t)h->shape.n_heads * heads_rows * TREE_TOPK;
+    if (heads) {
+        HeadsAfterStep after = {d, logits, rows};
+        if (be->run_step) be->run_step(&d->work, rows, queue_argmax_and_heads, &after);
+        else queue_argmax_and_heads(&after);
+        n_ids += (size_t)d->heads->shape.n_heads * rows * TREE_TOPK;
+    } else {
+        be->top_k(d->ids, logits, rows, d->base->config.vocab_size, 1);
     }
     size_t words = stats ? (size_t)d->tree->n_nodes * (1 + TREE_TOPK) : 0;
     be->download(d->host_ids - words, d->ids - words, sizeof(int32_t) * (words + n_ids));
@@ -267,14 +287,14 @@ int decode_medusa(Decoder *d, const int32_t *prompt, int n_prompt, int max_new, 
         stats->steps++;
         int best, accepted;
         if (!typical) { /* only each node's argmax (and off the host the heads' candidates) leaves the device */
-            argmax_rows(d, d->logits, N, heads_everywhere ? N : 0, 0);
+            argmax_rows(d, d->logits, N, heads_everywhere, 0);
             memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
             accepted = tree_step_accept_greedy(&s, node_argmax, &best);
         } else { /* each node's entropy and its children's probabilities leave the device, not its logits */
             be->upload(d->child_ids, s.child_ids, sizeof(int32_t) * (size_t)N * TREE_TOPK);
             be->softmax_entropy(d->entropy, d->child_probs, d->logits, d->child_ids, N, V, TREE_TOPK, o->temperature);
             if (heads_everywhere) { /* with the nodes' argmaxes and the heads' candidates */
-                argmax_rows(d, d->logits, N, N, 1);
+                argmax_rows(d, d->logits, N, 1, 1);
                 memcpy(node_argmax, d->host_ids, sizeof(int32_t) * (size_t)N);
             } else {
                 be->download(d->host_entropy, d->entropy, sizeof(float) * (size_t)N * (1 + TREE_TOPK));
