@@ -102,6 +102,10 @@ void medusa_work_init(MedusaWork *w, const MedusaHeads *m, int max_tokens, int c
     w->pre = be->alloc(sizeof(float) * TH * blocks);
     w->dx = be->alloc(sizeof(float) * TH);
     w->dz = be->alloc(sizeof(float) * TH);
+    if (m->params_bf16) {
+        w->act_bf16 = be->alloc(sizeof(uint16_t) * TH * (blocks + 1));
+        w->dz_bf16 = be->alloc(sizeof(uint16_t) * TH);
+    }
     w->logits = be->alloc(sizeof(float) * (size_t)w->chunk_rows * s->head_vocab);
     /* a head's targets for all its rows: one upload per head, not per chunk (each copy waits for the device's queue to
      * drain) */
@@ -156,8 +160,8 @@ void medusa_work_free(MedusaWork *w, const MedusaHeads *m) {
         be->free(w->teacher_rows);
         free(w->host_teacher_rows);
     }
-    void *dev[] = {w->act,    w->pre,  w->dx,      w->dz,          w->logits, w->targets,
-                   w->ranked, w->rows, w->choices, w->rows_hidden, w->scalar};
+    void *dev[] = {w->act,     w->pre,    w->dx,   w->dz,      w->act_bf16,    w->dz_bf16, w->logits,
+                   w->targets, w->ranked, w->rows, w->choices, w->rows_hidden, w->scalar};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(dev[i]);
     free(w->host_targets);
     free(w->host_rows);
@@ -189,26 +193,26 @@ void medusa_use_bf16(MedusaHeads *m) {
     m->be->to_bf16(m->params_bf16, m->params, m->n_params);
 }
 
-/* out = in @ W^T (+ b) and its backward for a weight W inside params: through W's bf16 copy when there is one */
-static void head_matmul(const MedusaHeads *m, float *out, const float *in, const float *weight, const float *bias,
-                        int T, int IC, int OC) {
-    if (m->params_bf16) m->be->matmul_bf16(out, in, m->params_bf16 + (weight - m->params), bias, T, IC, OC);
-    else m->be->matmul(out, in, weight, bias, T, IC, OC);
-}
-static void head_matmul_backward(const MedusaHeads *m, float *dinp, float *dweight, float *dbias, const float *dout,
-                                 const float *in, const float *weight, int T, int IC, int OC) {
-    if (m->params_bf16)
-        m->be->matmul_backward_bf16(dinp, dweight, dbias, dout, in, m->params_bf16 + (weight - m->params), T, IC, OC);
-    else m->be->matmul_backward(dinp, dweight, dbias, dout, in, weight, T, IC, OC);
+/* W's bf16 copy, for a weight W inside params */
+static const uint16_t *bf16_copy(const MedusaHeads *m, const float *weight) {
+    return m->params_bf16 + (weight - m->params);
 }
 
-/* Head h's lm_head on `rows` rows x (one chunk): logits into the work's chunk buffer, their losses (against the work's
- * targets, or the chunk's teacher logits when given) and the ranks of `ranked` at row r0 of losses and ranks, and with
- * dx the gradients: dx += dlogits W and the lm_head's own. On bf16 weights one backend op (classifier_bf16) does it
- * all. With choice_ranks (forward only) the base model's choices are ranked in the logits first. */
+/* out = in @ W^T for a weight W inside params: through W's bf16 copy (on in_bf16, in rounded) when there is one */
+static void head_matmul(const MedusaHeads *m, float *out, const float *in, const uint16_t *in_bf16, const float *weight,
+                        int T, int IC, int OC) {
+    if (m->params_bf16) m->be->matmul_bf16_in(out, in_bf16, bf16_copy(m, weight), NULL, T, IC, OC, 0);
+    else m->be->matmul(out, in, weight, NULL, T, IC, OC);
+}
+
+/* Head h's lm_head on `rows` rows x (one chunk; x_bf16 the same rows rounded, with a bf16 copy): logits into the work's
+ * chunk buffer, their losses (against the work's targets, or the chunk's teacher logits when given) and the ranks of
+ * `ranked` at row r0 of losses and ranks, and with dx the gradients: dx += dlogits W and the lm_head's own. On bf16
+ * weights one backend op (classifier_bf16) does it all. With choice_ranks (forward only) the base model's choices are
+ * ranked in the logits first. */
 static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *ranked, const float *teacher,
-                            const float *x, int h, float *dx, int r0, int rows, float dscale, float *losses,
-                            int32_t *ranks, int32_t *choice_ranks) {
+                            const float *x, const uint16_t *x_bf16, int h, float *dx, int r0, int rows, float dscale,
+                            float *losses, int32_t *ranks, int32_t *choice_ranks) {
     const Backend *be = m->be;
     int H = m->shape.hidden, V = m->shape.head_vocab;
     const float *lm = medusa_lm_head(m, m->params, h);
@@ -216,14 +220,13 @@ static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *
     XentTargets targets = {.targets = teacher ? NULL : w->targets + r0, .teacher = teacher, .ranked = ranked + r0};
     losses += r0, ranks += r0;
     if (choice_ranks) {
-        head_matmul(m, w->logits, x, lm, NULL, rows, H, V);
+        head_matmul(m, w->logits, x, x_bf16, lm, rows, H, V);
         be->rank_ids(choice_ranks + r0, w->logits, w->choices + r0, rows, V);
         be->softmax_xent(w->logits, losses, ranks, targets, rows, V, 0.0f);
         return;
     }
     if (m->params_bf16) {
-        be->classifier_bf16(w->logits, losses, ranks, targets, x, m->params_bf16 + (lm - m->params), dx, dlm, rows, H,
-                            V, dscale);
+        be->classifier_bf16(w->logits, losses, ranks, targets, x_bf16, bf16_copy(m, lm), dx, dlm, rows, H, V, dscale);
         return;
     }
     be->matmul(w->logits, x, lm, NULL, rows, H, V);
@@ -232,19 +235,33 @@ static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *
 }
 
 /* Runs head h's ResBlocks over all T rows: block l maps its input x to act[l] = x + silu(pre[l]),
- * pre[l] = W x + b; the first block's input is the hidden state. */
+ * pre[l] = W x + b; the first block's input is the hidden state. With a bf16 copy each block's input is rounded once,
+ * by the op before it (to_bf16 for the hidden rows, resblock_forward for the blocks' outputs), into w->act_bf16, whose
+ * slice L is the lm_head's input. Returns the last block's output (the hidden rows for a head without blocks). */
 static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const float *hidden, int h, int T) {
     const Backend *be = m->be;
     int H = m->shape.hidden;
     size_t TH = (size_t)T * H;
+    uint16_t *x_bf16 = w->act_bf16;
+    if (m->params_bf16) {
+        if (!x_bf16) fatal("medusa: bf16 heads on work buffers made before their bf16 copy (medusa_use_bf16)");
+        be->to_bf16(x_bf16, hidden, TH);
+    }
     const float *x = hidden;
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *z = w->pre + (size_t)l * TH, *out = w->act + (size_t)l * TH;
-        head_matmul(m, z, x, medusa_linear_w(m, m->params, h, l), medusa_linear_b(m, m->params, h, l), T, H, H);
-        be->resblock_forward(out, x, z, TH);
+        const float *bias = medusa_linear_b(m, m->params, h, l);
+        head_matmul(m, z, x, x_bf16, medusa_linear_w(m, m->params, h, l), T, H, H);
+        be->resblock_forward(out, x_bf16 ? x_bf16 + TH : NULL, z, x, bias, T, H);
         x = out;
+        if (x_bf16) x_bf16 += TH;
     }
     return x;
+}
+
+/* the lm_head's input of blocks_forward over T rows, rounded (NULL without a bf16 copy) */
+static const uint16_t *blocks_output_bf16(const MedusaHeads *m, const MedusaWork *w, int T) {
+    return m->params_bf16 ? w->act_bf16 + (size_t)m->shape.n_layers * T * m->shape.hidden : NULL;
 }
 
 /* The lm_head row of a token: the token itself, or its place in a truncated head's map (-1 outside it) */
@@ -333,18 +350,24 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
                 if (cap > 0) be->softcap(w->teacher, cap, (size_t)rows * s->head_vocab);
                 teacher = w->teacher;
             }
-            head_classifier(m, w, ranked, teacher, x_last + (size_t)r0 * H, h, learn ? w->dx + (size_t)r0 * H : NULL,
+            const uint16_t *x_last_bf16 = blocks_output_bf16(m, w, n);
+            head_classifier(m, w, ranked, teacher, x_last + (size_t)r0 * H,
+                            x_last_bf16 ? x_last_bf16 + (size_t)r0 * H : NULL, h, learn ? w->dx + (size_t)r0 * H : NULL,
                             r0, rows, dscale, losses, ranks, choice_ranks);
         }
         if (!learn) continue;
         for (int l = L - 1; l >= 0; l--) {
-            const float *x_in = l == 0 ? w->rows_hidden : w->act + (size_t)(l - 1) * nH;
-            be->silu_backward(w->dz, w->dx, w->pre + (size_t)l * nH, nH);
+            const float *x_in = l == 0 ? w->rows_hidden : w->act + (size_t)(l - 1) * nH,
+                        *weight = medusa_linear_w(m, m->params, h, l);
+            float *dweight = medusa_linear_w(m, m->grads, h, l), *dbias = medusa_linear_b(m, m->grads, h, l);
+            be->silu_backward(w->dz, m->params_bf16 ? w->dz_bf16 : NULL, w->dx, w->pre + (size_t)l * nH, nH);
             /* dx already holds the residual path's gradient; add the branch's (not needed below block 0: the
              * base model is frozen) */
-            head_matmul_backward(m, l > 0 ? w->dx : NULL, medusa_linear_w(m, m->grads, h, l),
-                                 medusa_linear_b(m, m->grads, h, l), w->dz, x_in, medusa_linear_w(m, m->params, h, l),
-                                 n, H, H);
+            float *dinp = l > 0 ? w->dx : NULL;
+            if (m->params_bf16)
+                be->matmul_backward_bf16(dinp, dweight, dbias, w->dz, w->dz_bf16, w->act_bf16 + (size_t)l * nH,
+                                         bf16_copy(m, weight), n, H, H);
+            else be->matmul_backward(dinp, dweight, dbias, w->dz, x_in, weight, n, H, H);
         }
     }
 }
@@ -395,7 +418,7 @@ void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int
     if (T > w->max_tokens) fatal("medusa: %d rows exceed the work buffers' %d", T, w->max_tokens);
     for (int h = 0; h < s->n_heads; h++) {
         const float *x = blocks_forward(m, w, hidden, h, T);
-        head_matmul(m, out + (size_t)h * T * s->head_vocab, x, medusa_lm_head(m, m->params, h), NULL, T, s->hidden,
-                    s->head_vocab);
+        head_matmul(m, out + (size_t)h * T * s->head_vocab, x, blocks_output_bf16(m, w, T),
+                    medusa_lm_head(m, m->params, h), T, s->hidden, s->head_vocab);
     }
 }

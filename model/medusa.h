@@ -81,6 +81,10 @@ typedef struct {
     float *act;                            /* [L][T,H]: block outputs */
     float *pre;                            /* [L][T,H]: Linear outputs before SiLU */
     float *dx, *dz;                        /* [T,H] */
+    /* heads with a bf16 copy (medusa_use_bf16 before medusa_work_init): each block's input rounded for its GEMM, which
+     * its weight gradient reads again ([L+1][T,H]: the gathered hidden rows, then block l's output, the lm_head's
+     * input), and dz rounded for the block's gradient GEMMs ([T,H]); NULL otherwise */
+    uint16_t *act_bf16, *dz_bf16;
     float *logits;                         /* [chunk_rows, V] */
     int32_t *targets, *ranked;             /* [T] on the backend: the loss's targets, the labels' lm_head rows */
     float *rows_hidden;                    /* [T,H]: the hidden rows a head has targets for, gathered */

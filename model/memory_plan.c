@@ -53,9 +53,11 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     if (in->teacher) p.head_activations += chunk * H * 4 + Th * 4; /* the teacher's hidden rows and their positions */
     p.logits = (in->n_heads > 0 ? chunk * Vh * 4 : 0) * (in->teacher ? 2 : 1) + (double)in->vocab_rows * V * 4;
     if (in->weight_bytes == 2 || in->head_copy_bytes == 2) {
-        /* inputs rounded just before their GEMM: the final norm (lm_head), the heads' */
-        double widest = H, dout = in->train && in->n_heads > 0 ? fmax(chunk * Vh, Th * H) : 0;
-        p.bf16_operands = (T * widest + dout) * 2 + (32 << 20);
+        /* the final norm's rows rounded for the base's lm_head; the heads' blocks' inputs and the lm_head's rounded by
+         * the ops before them, and dz rounded for the gradient GEMMs (MedusaWork.act_bf16, dz_bf16); cuBLASLt's
+         * workspace */
+        double heads_bf16 = in->head_copy_bytes == 2 && in->n_heads > 0 ? Th * H * (blocks + 2) : 0;
+        p.bf16_operands = (T * H + heads_bf16) * 2 + (32 << 20);
     }
     p.total = p.base_weights + p.teacher_weights + p.head_params + p.head_copy + p.head_grads + p.adam_state +
               p.base_activations + p.kv_cache + p.head_activations + p.logits + p.bf16_operands + p.attention_split;

@@ -96,10 +96,11 @@ int main(void) {
     CHECK(fabs(heads - 5.0 * (4096.0 * 4096 + 4096 + 32000.0 * 4096)) < 1, "5 heads hold %.0f parameters", heads);
     CHECK(bf16.head_grads == bf16.head_params && bf16.adam_state == 2 * bf16.head_params && bf16.kv_cache == 0,
           "training: fp32 gradients, two AdamW moments, no KV cache");
-    double operands = (16384.0 * 4096 + 4096.0 * 32000) * 2 + 32 * 1048576.0;
+    double operands = (16384.0 * 4096 + 16384.0 * 4096 * 3) * 2 + 32 * 1048576.0;
     CHECK(bf16.bf16_operands == operands,
-          "bf16 GEMM operands: the widest input rounded before its GEMM (the heads', 16k x 4096), the lm_head's output "
-          "gradient (4096 x 32000), the cuBLASLt workspace: %.1f MiB",
+          "bf16 GEMM operands: the final norm's rows rounded for the base's lm_head (16k x 4096), the heads' block "
+          "input, "
+          "block output and dz (3 x 16k x 4096), the cuBLASLt workspace: %.1f MiB",
           bf16.bf16_operands / 1048576);
     /* x and the final hidden; the q/k/v rows and q, k, v; gate/up; xn, attention's output, o_proj's, SwiGLU's; the
      * layout's 5 int32 rows */
@@ -173,8 +174,9 @@ int main(void) {
           d.logits / (1 << 20));
     CHECK(d.base_activations > 4096.0 * 4096 * 4 && d.total < 24e9, "decoding plan %.2f GB fits a 24 GB GPU",
           d.total / 1e9);
-    CHECK(d.head_copy == d.head_params / 2 && d.bf16_operands == 4096.0 * 4096 * 2 + 32 * 1048576.0,
-          "decoding on a bf16 base: bf16 head copy, operands for a 4096-token prompt (no gradients)");
+    CHECK(d.head_copy == d.head_params / 2 && d.bf16_operands == (4096.0 * 4096 + 64.0 * 4096 * 3) * 2 + 32 * 1048576.0,
+          "decoding on a bf16 base: bf16 head copy, operands for a 4096-token prompt and the heads' rounded rows at 64 "
+          "nodes");
     MemoryPlanInput plain = memory_plan_decoding(DT_BF16, 0, 0, 0, 4096, 1);
     d = memory_plan(&c, &plain);
     CHECK(d.head_params == 0 && d.head_activations == 0 && d.logits == 32000.0 * 4,

@@ -81,14 +81,22 @@ void cpu_residual_add(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
-void cpu_resblock_forward(float *out, const float *x, const float *z, size_t n) {
+void cpu_resblock_forward(float *out, uint16_t *out_bf16, float *z, const float *x, const float *bias, int T, int C) {
+    size_t n = (size_t)T * C;
 #pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = x[i] + silu_f(z[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (bias) z[i] += bias[i % (size_t)C];
+        out[i] = x[i] + silu_f(z[i]);
+        if (out_bf16) out_bf16[i] = f32_to_bf16(out[i]);
+    }
 }
 
-void cpu_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
+void cpu_silu_backward(float *dz, uint16_t *dz_bf16, const float *dout, const float *z, size_t n) {
 #pragma omp parallel for if (n > PAR_MIN)
-    for (size_t i = 0; i < n; i++) dz[i] = dout[i] * silu_grad_f(z[i]);
+    for (size_t i = 0; i < n; i++) {
+        dz[i] = dout[i] * silu_grad_f(z[i]);
+        if (dz_bf16) dz_bf16[i] = f32_to_bf16(dz[i]);
+    }
 }
 
 void cpu_fill_zero(void *ptr, size_t bytes) { memset(ptr, 0, bytes); }

@@ -178,26 +178,39 @@ void cpu_matmul_bf16_in(float *out, const uint16_t *in, const uint16_t *weight, 
     free(x);
 }
 
-void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
-                              const uint16_t *weight, int T, int IC, int OC) {
-    if (T == 0 || OC == 0) return;
-    float *g = rounded_copy(dout, (size_t)T * OC);
+/* dinp += g @ W and dweight += g^T @ x on widened bf16 operands g [T, OC], x [T, IC] (fp32 arrays of bf16 values) */
+static void backward_widened(float *dinp, float *dweight, const float *g, const float *x, const uint16_t *weight, int T,
+                             int IC, int OC) {
     if (dinp) {
         int rows = block_rows(IC);
         float *w = xmalloc(sizeof(float) * (size_t)rows * IC);
-        for (int o0 = 0; o0 < OC; o0 += rows) { /* dinp += dout[:, block] @ W[block, :] */
+        for (int o0 = 0; o0 < OC; o0 += rows) { /* dinp += g[:, block] @ W[block, :] */
             int n = OC - o0 < rows ? OC - o0 : rows;
             cpu_widen(w, weight + (size_t)o0 * IC, (size_t)n * IC);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, IC, n, 1.0f, g + o0, OC, w, IC, 1.0f, dinp, IC);
         }
         free(w);
     }
-    if (dweight) {
-        float *x = rounded_copy(in, (size_t)T * IC);
-        cpu_matmul_backward(NULL, dweight, NULL, g, x, NULL, T, IC, OC);
+    if (dweight) cpu_matmul_backward(NULL, dweight, NULL, g, x, NULL, T, IC, OC);
+}
+
+/* bf16 values widened into a new fp32 array (NULL for NULL) */
+static float *widened_copy(const uint16_t *x, size_t n) {
+    if (!x) return NULL;
+    float *out = xmalloc(sizeof(float) * (n ? n : 1));
+    cpu_widen(out, x, n);
+    return out;
+}
+
+void cpu_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const uint16_t *dout_bf16,
+                              const uint16_t *in_bf16, const uint16_t *weight, int T, int IC, int OC) {
+    if (T == 0 || OC == 0) return;
+    if (dinp || dweight) {
+        float *g = widened_copy(dout_bf16, (size_t)T * OC), *x = dweight ? widened_copy(in_bf16, (size_t)T * IC) : NULL;
+        backward_widened(dinp, dweight, g, x, weight, T, IC, OC);
+        free(g);
         free(x);
     }
-    free(g);
     if (dbias) cpu_matmul_backward(NULL, NULL, dbias, dout, NULL, NULL, T, IC, OC);
 }
 
@@ -215,10 +228,21 @@ void cpu_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *weig
     free(product);
 }
 
-/* the reference composition: matmul_bf16, softmax_xent in place, matmul_backward_bf16 (which rounds the gradient) */
-void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
+/* the reference composition: the bf16 GEMM's logits rounded, softmax_xent in place on them, its gradient rounded and
+ * the two gradient GEMMs */
+void cpu_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const uint16_t *x,
                          const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
-    cpu_matmul_bf16(logits, x, weight, NULL, rows, IC, V);
+    if (rows == 0) return;
+    size_t n = (size_t)rows * V;
+    float *xw = widened_copy(x, (size_t)rows * IC);
+    matmul_widened(logits, xw, weight, NULL, rows, IC, V, 0.0f);
+#pragma omp parallel for if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) logits[i] = bf16_to_f32(f32_to_bf16(logits[i]));
     cpu_softmax_xent(logits, losses, ranks, targets, rows, V, dscale);
-    if (dx || dweight) cpu_matmul_backward_bf16(dx, dweight, NULL, logits, x, weight, rows, IC, V);
+    if (dx || dweight) {
+#pragma omp parallel for if (n > PAR_MIN)
+        for (size_t i = 0; i < n; i++) logits[i] = bf16_to_f32(f32_to_bf16(logits[i]));
+        backward_widened(dx, dweight, logits, xw, weight, rows, IC, V);
+    }
+    free(xw);
 }

@@ -1,6 +1,6 @@
 /* Fused softmax cross-entropy (llm.c style): one block per row reads the logits twice and writes the
- * gradient over them (or, for the heads on bf16 weights, in bf16 where their GEMMs read it), so probabilities for the
- * whole vocabulary are never stored.
+ * gradient over them (for the heads on bf16 weights both in bf16: the GEMMs write and read it so), so probabilities for
+ * the whole vocabulary are never stored.
  * Pass 1: each thread keeps an online (max, sum of exp) over its strided logits (and a teacher's, for soft targets)
  * and counts the logits above the ranked id's; the block merges them. Pass 2: dlogits = dscale * (softmax - onehot),
  * or dscale * (softmax - softmax(teacher)) with the KL's terms summed. */
@@ -41,25 +41,27 @@ __device__ __forceinline__ void block_softmax_state(float *max, float *sum, floa
 }
 
 /* The count of the row's logits strictly greater than bar, over the block (every thread gets it). */
-__device__ __forceinline__ int block_count_above(const float *row, int V, float bar, int *scratch) {
+template <class Elem>
+__device__ __forceinline__ int block_count_above(const Elem *row, int V, float bar, int *scratch) {
     int n = 0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) n += row[i] > bar;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) n += load_f(&row[i]) > bar;
     return block_sum(n, scratch);
 }
 
-/* Grad: float (the gradient over the logits, in place) or bf16 (into another buffer, as the head GEMMs take it);
- * dlogits NULL: losses and ranks alone */
-template <class Grad>
-__global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *losses, int32_t *ranks,
+/* Elem: float or bf16 (the heads' GEMM's logits), the gradient of the same type written over them (dlogits ==
+ * logits: every thread reads the values it needs of the row before a block reduction, and the gradient's pass writes
+ * only the elements it has just read); dlogits NULL: losses and ranks alone */
+template <class Elem>
+__global__ void softmax_xent_kernel(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks,
                                     XentTargets targets, int V, float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32];
     __shared__ int rank_scratch[32];
     int t = blockIdx.x, target = targets.targets[t], id = targets.ranked[t];
-    const float *row = logits + (size_t)t * V;
+    const Elem *row = logits + (size_t)t * V;
     /* the ranked logit, and what the count is against: +inf (nothing above it) where there is none to count */
-    float ranked = id >= 0 ? row[id] : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
+    float ranked = id >= 0 ? load_f(&row[id]) : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
     /* the conditions below are uniform over the block: no gradient wanted, a row without a target */
-    Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL;
+    Elem *grad = dlogits ? dlogits + (size_t)t * V : NULL;
     if (target < 0) {
         int above = bar < INFINITY ? block_count_above(row, V, bar, rank_scratch) : 0;
         __syncthreads(); /* every thread has read the ranked logit before the gradient is written over the row */
@@ -71,11 +73,12 @@ __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *l
         }
         return;
     }
-    float target_logit = row[target], max = -INFINITY, sum = 0.0f;
+    float target_logit = load_f(&row[target]), max = -INFINITY, sum = 0.0f;
     int above = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        above += row[i] > bar;
-        softmax_add(&max, &sum, row[i]);
+        float x = load_f(&row[i]);
+        above += x > bar;
+        softmax_add(&max, &sum, x);
     }
     block_softmax_state(&max, &sum, max_scratch, sum_scratch);
     above = block_sum(above, rank_scratch);
@@ -86,7 +89,7 @@ __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *l
     if (!grad) return;
     float scale = dscale / sum;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float g = expf(row[i] - max) * scale;
+        float g = expf(load_f(&row[i]) - max) * scale;
         store_out(&grad[i], i == target ? g - dscale : g);
     }
 }
@@ -94,21 +97,23 @@ __global__ void softmax_xent_kernel(const float *logits, Grad *dlogits, float *l
 /* Soft targets, q = softmax(teacher row): both rows' online softmax states and the ranked id's count in one pass,
  * then q, p, the gradient dscale * (p - q) and the terms of KL(q || p) = sum q (log q - log p) (double, as the CPU's;
  * a term with q = 0 is 0). */
-template <class Grad>
-__global__ void soft_xent_kernel(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, XentTargets targets,
+template <class Elem>
+__global__ void soft_xent_kernel(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks, XentTargets targets,
                                  int V, float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32], tmax_scratch[32], tsum_scratch[32];
     __shared__ int rank_scratch[32];
     __shared__ double kl_scratch[32];
     int t = blockIdx.x, id = targets.ranked[t];
-    const float *row = logits + (size_t)t * V, *teacher = targets.teacher + (size_t)t * V;
-    float ranked = id >= 0 ? row[id] : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
-    Grad *grad = dlogits ? dlogits + (size_t)t * V : NULL;
+    const Elem *row = logits + (size_t)t * V;
+    const float *teacher = targets.teacher + (size_t)t * V;
+    float ranked = id >= 0 ? load_f(&row[id]) : 0.0f, bar = id >= 0 && isfinite(ranked) ? ranked : INFINITY;
+    Elem *grad = dlogits ? dlogits + (size_t)t * V : NULL;
     float max = -INFINITY, sum = 0.0f, tmax = -INFINITY, tsum = 0.0f;
     int above = 0;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        above += row[i] > bar;
-        softmax_add(&max, &sum, row[i]);
+        float x = load_f(&row[i]);
+        above += x > bar;
+        softmax_add(&max, &sum, x);
         softmax_add(&tmax, &tsum, teacher[i]);
     }
     block_softmax_state(&max, &sum, max_scratch, sum_scratch);
@@ -116,8 +121,8 @@ __global__ void soft_xent_kernel(const float *logits, Grad *dlogits, float *loss
     above = block_sum(above, rank_scratch);
     double lse = max + log((double)sum), tlse = tmax + log((double)tsum), kl = 0.0; /* log-sum-exps */
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float p = expf(row[i] - max) / sum, q = expf(teacher[i] - tmax) / tsum;
-        if (q > 0) kl += q * ((teacher[i] - tlse) - (row[i] - lse));
+        float x = load_f(&row[i]), p = expf(x - max) / sum, q = expf(teacher[i] - tmax) / tsum;
+        if (q > 0) kl += q * ((teacher[i] - tlse) - (x - lse));
         if (grad) store_out(&grad[i], dscale * (p - q));
     }
     kl = block_sum(kl, kl_scratch);
@@ -127,19 +132,19 @@ __global__ void soft_xent_kernel(const float *logits, Grad *dlogits, float *loss
     }
 }
 
-template <class Grad>
-static void softmax_xent(const float *logits, Grad *dlogits, float *losses, int32_t *ranks, XentTargets targets, int T,
+template <class Elem>
+static void softmax_xent(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks, XentTargets targets, int T,
                          int V, float dscale) {
-    static const std::string hard = kernel_name("softmax_xent_kernel", {elem_name<Grad>()}),
-                             soft = kernel_name("soft_xent_kernel", {elem_name<Grad>()});
+    static const std::string hard = kernel_name("softmax_xent_kernel", {elem_name<Elem>()}),
+                             soft = kernel_name("soft_xent_kernel", {elem_name<Elem>()});
     if (T == 0) return;
     double teacher_bytes = targets.teacher ? 4.0 * T * V : 0;
-    profile_next_bytes((double)T * V * (4.0 + (dlogits ? sizeof(Grad) : 0)) + teacher_bytes + 20.0 * T);
+    profile_next_bytes((double)T * V * sizeof(Elem) * (dlogits ? 2 : 1) + teacher_bytes + 20.0 * T);
     if (targets.teacher)
-        LAUNCH_AS(soft.c_str(), soft_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+        LAUNCH_AS(soft.c_str(), soft_xent_kernel<Elem>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
                   dscale);
     else
-        LAUNCH_AS(hard.c_str(), softmax_xent_kernel<Grad>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+        LAUNCH_AS(hard.c_str(), softmax_xent_kernel<Elem>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
                   dscale);
 }
 
@@ -147,7 +152,7 @@ void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets
     softmax_xent(logits, logits, losses, ranks, targets, T, V, dscale);
 }
 
-void cuda_softmax_xent_bf16(const float *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
+void cuda_softmax_xent_bf16(uint16_t *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
                             int T, int V, float dscale) {
     softmax_xent(logits, dlogits, losses, ranks, targets, T, V, dscale);
 }

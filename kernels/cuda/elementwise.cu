@@ -50,14 +50,6 @@ struct AddOp {
     static const bool kBinary = true;
     __device__ float operator()(float x, float y) const { return x + y; }
 };
-struct ResblockOp { /* out = x + silu(z) */
-    static const bool kBinary = true;
-    __device__ float operator()(float x, float z) const { return x + silu_f(z); }
-};
-struct SiluBackwardOp { /* dz = dout * silu'(z) */
-    static const bool kBinary = true;
-    __device__ float operator()(float dout, float z) const { return dout * silu_grad_f(z); }
-};
 struct RoundOp { /* to_bf16: the value itself, rounded by the bf16 store */
     static const bool kBinary = false;
     __device__ float operator()(float x, float) const { return x; }
@@ -183,11 +175,68 @@ void cuda_copy_rows(void *x, size_t block_bytes, int n_blocks, const int32_t *sr
                       block_bytes / word, moves, row_words);
     }
 }
-void cuda_resblock_forward(float *out, const float *x, const float *z, size_t n) {
-    map_elements("resblock_forward_kernel", out, x, z, n, ResblockOp{}, 12.0);
+/* The heads' chain, one pass each way: z += bias, out = x + silu(z) and its bf16 copy for the next GEMM (forward);
+ * dz = dout * silu'(z) and its bf16 copy for the gradient GEMMs (backward). W elements per thread: 8 (16-byte vectors
+ * of the bf16 output, two of each fp32 tensor) where every tensor is 16-byte aligned (and, forward, the rows and so the
+ * bias's slices are whole vectors), else 1. */
+template <int W>
+__global__ void resblock_forward_kernel(float *out, uint16_t *out_bf16, float *z, const float *x, const float *bias,
+                                        size_t n, int C) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W;
+    if (i >= n) return;
+    float zv[W], xv[W];
+    load_vec(z + i, zv);
+    load_vec(x + i, xv);
+    if (bias) {
+        float bv[W];
+        load_vec(bias + i % (size_t)C, bv);
+        for (int e = 0; e < W; e++) zv[e] += bv[e];
+        store_vec(z + i, zv);
+    }
+    for (int e = 0; e < W; e++) xv[e] += silu_f(zv[e]);
+    store_vec(out + i, xv);
+    if (out_bf16) store_vec(out_bf16 + i, xv);
 }
-void cuda_silu_backward(float *dz, const float *dout, const float *z, size_t n) {
-    map_elements("silu_backward_kernel", dz, dout, z, n, SiluBackwardOp{}, 12.0);
+
+template <int W>
+__global__ void silu_backward_kernel(float *dz, uint16_t *dz_bf16, const float *dout, const float *z, size_t n) {
+    size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W;
+    if (i >= n) return;
+    if (i + W > n) { /* the tail */
+        for (; i < n; i++) {
+            dz[i] = dout[i] * silu_grad_f(z[i]);
+            if (dz_bf16) dz_bf16[i] = f32_to_bf16(dz[i]);
+        }
+        return;
+    }
+    float dv[W], zv[W];
+    load_vec(dout + i, dv);
+    load_vec(z + i, zv);
+    for (int e = 0; e < W; e++) dv[e] *= silu_grad_f(zv[e]);
+    store_vec(dz + i, dv);
+    if (dz_bf16) store_vec(dz_bf16 + i, dv);
+}
+
+void cuda_resblock_forward(float *out, uint16_t *out_bf16, float *z, const float *x, const float *bias, int T, int C) {
+    size_t n = (size_t)T * C;
+    if (n == 0) return;
+    profile_next_bytes((12.0 + (bias ? 4 : 0) + (out_bf16 ? 2 : 0)) * (double)n);
+    if (C % 8 == 0 && aligned16({out, out_bf16, z, x, bias}))
+        LAUNCH_AS("resblock_forward_kernel<8>", resblock_forward_kernel<8>, ceil_div(ceil_div(n, 8), kThreads),
+                  kThreads, 0, out, out_bf16, z, x, bias, n, C);
+    else
+        LAUNCH_AS("resblock_forward_kernel<1>", resblock_forward_kernel<1>, ceil_div(n, kThreads), kThreads, 0, out,
+                  out_bf16, z, x, bias, n, C);
+}
+void cuda_silu_backward(float *dz, uint16_t *dz_bf16, const float *dout, const float *z, size_t n) {
+    if (n == 0) return;
+    profile_next_bytes((12.0 + (dz_bf16 ? 2 : 0)) * (double)n);
+    if (aligned16({dz, dz_bf16, dout, z}))
+        LAUNCH_AS("silu_backward_kernel<8>", silu_backward_kernel<8>, ceil_div(ceil_div(n, 8), kThreads), kThreads, 0,
+                  dz, dz_bf16, dout, z, n);
+    else
+        LAUNCH_AS("silu_backward_kernel<1>", silu_backward_kernel<1>, ceil_div(n, kThreads), kThreads, 0, dz, dz_bf16,
+                  dout, z, n);
 }
 
 void cuda_fill_zero(void *ptr, size_t bytes) {

@@ -73,26 +73,19 @@ void cuda_matmul_backward(float *dinp, float *dweight, float *dbias, const float
 
 /* --- bf16 weights on the tensor cores: cuBLASLt, bf16 A/B, fp32 or bf16 C/D, fp32 accumulation --- */
 
-/* fp32 activations are rounded into these before a GEMM; they only grow, so after the first step of a run
- * no allocation happens here */
-struct Scratch {
-    uint16_t *ptr = NULL;
-    size_t elems = 0;
-};
-static uint16_t *scratch(Scratch *s, size_t n) {
-    if (n > s->elems) {
-        backend_cuda()->free(s->ptr);
-        s->ptr = (uint16_t *)backend_cuda()->alloc(sizeof(uint16_t) * n);
-        s->elems = n;
+/* matmul_bf16's fp32 input rounded before its GEMM (the base's lm_head on the final norm's rows); the buffer only
+ * grows, so after the first step of a run no allocation happens here */
+static const uint16_t *rounded_input(const float *x, size_t n) {
+    static uint16_t *buffer;
+    static size_t elems;
+    if (n > elems) {
+        backend_cuda()->free(buffer);
+        buffer = (uint16_t *)backend_cuda()->alloc(sizeof(uint16_t) * n);
+        elems = n;
     }
-    return s->ptr;
+    cuda_to_bf16(buffer, x, n);
+    return buffer;
 }
-static uint16_t *rounded(Scratch *s, const float *x, size_t n) {
-    uint16_t *out = scratch(s, n);
-    cuda_to_bf16(out, x, n);
-    return out;
-}
-static Scratch input_scratch, grad_scratch;
 
 static const size_t kLtWorkspaceBytes = 32u << 20; /* what cuBLASLt's faster kernels ask for on sm_90 */
 
@@ -273,7 +266,7 @@ void cuda_matmul_bf16_out(uint16_t *out, const uint16_t *in, const uint16_t *wei
 
 void cuda_matmul_bf16(float *out, const float *in, const uint16_t *weight, const float *bias, int T, int IC, int OC) {
     if (T == 0 || OC == 0) return;
-    cuda_matmul_bf16_in(out, rounded(&input_scratch, in, (size_t)T * IC), weight, bias, T, IC, OC, 0);
+    cuda_matmul_bf16_in(out, rounded_input(in, (size_t)T * IC), weight, bias, T, IC, OC, 0);
 }
 
 /* The two gradient GEMMs of out = in @ W^T on bf16 operands, accumulated into fp32: dinp += g @ W and
@@ -284,25 +277,22 @@ static void backward_gemms_bf16(float *dinp, float *dweight, const uint16_t *g, 
     if (dweight) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, T, x, IC, g, OC, 1.0f, dweight, CUDA_R_32F, IC);
 }
 
-void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const float *in,
-                               const uint16_t *weight, int T, int IC, int OC) {
+void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const float *dout, const uint16_t *dout_bf16,
+                               const uint16_t *in_bf16, const uint16_t *weight, int T, int IC, int OC) {
     if (T == 0 || OC == 0) return;
-    if (dinp || dweight) {
-        const uint16_t *g = rounded(&grad_scratch, dout, (size_t)T * OC);
-        const uint16_t *x = dweight ? rounded(&input_scratch, in, (size_t)T * IC) : NULL;
-        backward_gemms_bf16(dinp, dweight, g, x, weight, T, IC, OC);
-    }
+    backward_gemms_bf16(dinp, dweight, dout_bf16, in_bf16, weight, T, IC, OC);
     if (dbias) bias_backward(dbias, dout, T, OC);
 }
 
-/* x rounded once for the logits' and the lm_head gradient's GEMMs, and the gradient written in bf16 by the softmax
- * (the fp32 gradient over the logits and a rounding pass over it, otherwise) */
-void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const float *x,
+/* The logits leave their GEMM in bf16 and the softmax writes the bf16 gradient over them, which both gradient GEMMs
+ * read: per logit 2 bytes written, read (twice, the second from L2) and written again, against fp32 logits' 4 + 8 + 2
+ */
+void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const uint16_t *x,
                           const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
     if (rows == 0) return;
-    const uint16_t *xr = rounded(&input_scratch, x, (size_t)rows * IC);
-    cuda_matmul_bf16_in(logits, xr, weight, NULL, rows, IC, V, 0);
-    uint16_t *g = dx || dweight ? scratch(&grad_scratch, (size_t)rows * V) : NULL;
-    cuda_softmax_xent_bf16(logits, g, losses, ranks, targets, rows, V, dscale);
-    backward_gemms_bf16(dx, dweight, g, xr, weight, rows, IC, V);
+    uint16_t *logits_bf16 = (uint16_t *)logits;
+    cuda_matmul_bf16_out(logits_bf16, x, weight, NULL, rows, IC, V);
+    int grads = dx || dweight;
+    cuda_softmax_xent_bf16(logits_bf16, grads ? logits_bf16 : NULL, losses, ranks, targets, rows, V, dscale);
+    if (grads) backward_gemms_bf16(dx, dweight, logits_bf16, x, weight, rows, IC, V);
 }
