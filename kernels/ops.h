@@ -65,6 +65,13 @@ struct Backend {
     size_t (*peak_bytes)(void);
     /* bytes a run could still take: free device memory, or the host's physical memory on the CPU */
     size_t (*memory_available)(void);
+    /* Host memory for a large buffer that the host uploads from again and again (--cache-hidden's hidden states):
+     * page-locked on a GPU, so that an upload from it is a DMA copy queued behind the work before it, and the host does
+     * not wait (the source must then stay as it is until the queue has passed the copy: until the next download, which
+     * waits for it). NULL (the function) where the backend's memory is the host's; NULL (the result) where the memory
+     * cannot be locked. free_host frees it. */
+    void *(*alloc_host)(size_t bytes);
+    void (*free_host)(void *ptr);
 
     /* Collectives between processes on the backend's own memory (kernels/cuda/comm.cu: NCCL), which
      * train/collective.c uses when they are set; all 0/NULL where the backend has none (the CPU, a CUDA build

@@ -188,8 +188,22 @@ static void test_staged_uploads(void) {
           "%d uploads of 4 KB through the staging slots: all arrived, none waited for the queue; one of 3 MiB: copied, "
           "counted as blocking (%lld)",
           N, after.uploads - queued.uploads);
-    gpu->free(d);
-    free(large), free(back);
+    /* from page-locked memory, 3 MiB and a part of it: queued, not counted */
+    float *locked = gpu->alloc_host(big), *d2 = gpu->alloc(big);
+    memcpy(locked, large, big);
+    CudaBlockingCopies start = cuda_blocking_copies();
+    gpu->upload(d2, locked, big);
+    gpu->upload(d, locked + 1000, 4000 * sizeof(float));
+    CudaBlockingCopies end = cuda_blocking_copies();
+    float *back2 = from_gpu(d2, big / sizeof(float)), *part = from_gpu(d, 4000);
+    CHECK(locked && end.uploads == start.uploads && !memcmp(back2, large, big) &&
+              !memcmp(part, large + 1000, 4000 * sizeof(float)),
+          "uploads from page-locked host memory (alloc_host) of 3 MiB and of 16 KB inside it: arrived, none counted as "
+          "blocking (%lld)",
+          end.uploads - start.uploads);
+    gpu->free_host(locked);
+    gpu->free(d), gpu->free(d2);
+    free(large), free(back), free(back2), free(part);
 }
 
 static void test_memory(void) {
@@ -2542,6 +2556,55 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
     model_free(&m);
 }
 
+/* --cache-hidden on the GPU: the cache in page-locked host memory (Backend.alloc_host; test_staged_uploads: an upload
+ * from there of any size is queued), a step on a batch whose conversations are all cached uploads their rows without a
+ * blocking copy, and the rows that arrive are bit for bit those the base model gave when they were cached (the hidden
+ * states after the first step, a miss per conversation). */
+static void test_cached_hidden_upload(void) {
+    enum { TOKENS = 96 };
+    Model m;
+    model_load(&m, TINY, gpu, DT_F32);
+    int H = m.config.hidden_size, V = m.config.vocab_size;
+    MedusaHeads heads;
+    medusa_init(&heads, gpu, (MedusaShape){2, 1, H, V, 0});
+    Rng r;
+    rng_seed(&r, 5);
+    medusa_init_from_base(&heads, &m, &r);
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.total_steps = 2;
+    Trainer t;
+    trainer_init(&t, &m, &heads, &oc, 0.8f, TARGETS_LABELS, TOKENS, TOKENS);
+    int32_t tokens[TOKENS], seq_lens[2] = {40, 56};
+    uint8_t mask[TOKENS];
+    for (int i = 0; i < TOKENS; i++) tokens[i] = (int32_t)rng_below(&r, V), mask[i] = 1;
+    int64_t offsets[3] = {0, 40, TOKENS}, convs[2] = {0, 1};
+    TokenCache data = {.n_tokens = TOKENS, .n_convs = 2, .tokens = tokens, .loss_mask = mask, .conv_offsets = offsets};
+    char log[4096] = "";
+    CAPTURE_STDERR(log, trainer_cache_hidden(&t, &data));
+    PackedBatch batch = {
+        .n_tokens = TOKENS, .tokens = tokens, .loss_mask = mask, .n_seqs = 2, .seq_lens = seq_lens, .convs = convs};
+    StepMetrics metrics;
+    step_metrics_clear(&metrics);
+    size_t n = (size_t)TOKENS * H;
+    trainer_step(&t, &batch, 1, &metrics); /* two misses: computed, cached */
+    float *computed = from_gpu(t.hidden, n);
+    gpu->fill_zero(t.hidden, sizeof(float) * n);
+    CudaBlockingCopies before = cuda_blocking_copies();
+    trainer_step(&t, &batch, 1, &metrics); /* two hits: uploaded from the cache */
+    CudaBlockingCopies after = cuda_blocking_copies();
+    float *uploaded = from_gpu(t.hidden, n);
+    CHECK(strstr(log, "(page-locked)") && t.hidden_cache->hits == 2 && t.hidden_cache->misses == 2 &&
+              after.uploads == before.uploads && !memcmp(uploaded, computed, sizeof(float) * n),
+          "--cache-hidden: page-locked cache, a step of 2 cached conversations: %lld blocking uploads, the rows the "
+          "base model gave bit for bit",
+          after.uploads - before.uploads);
+    free(computed), free(uploaded);
+    trainer_free(&t);
+    medusa_free(&heads);
+    model_free(&m);
+}
+
 /* The copies that wait for the device per decoding step (plain greedy, or Medusa with the decoder's tree, greedy or
  * with typical acceptance at `temperature`), at most `budget` downloads: the difference between a long and a short
  * generation over the difference of their steps, so that the prefill's copies cancel out. A plain step downloads its
@@ -2920,6 +2983,7 @@ int main(int argc, char **argv) {
     test_comm();
     test_gemm_tune();
     test_staged_uploads();
+    test_cached_hidden_upload();
     run_op_table(gpu, NULL);
     test_benches(gpu);
     test_peak_flops();

@@ -42,7 +42,8 @@ void trainer_free(Trainer *t) {
     t->base->be->free(t->hidden);
     free(t->choice);
     if (t->hidden_cache) {
-        free(t->hidden_cache->rows);
+        if (t->hidden_cache->locked) t->base->be->free_host(t->hidden_cache->locked);
+        else free(t->hidden_cache->rows);
         free(t->hidden_cache->len);
         free(t->hidden_cache);
     }
@@ -70,10 +71,18 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
         fatal("--cache-hidden: the base model's hidden states of %lld tokens take %.1f GiB, more than 80%% of this "
               "host's %.1f GiB of memory",
               (long long)data->n_tokens, bytes / (1 << 30), host / (1 << 30));
-    log_info("caching the base model's hidden states of %lld conversations in host memory: %.2f GiB",
-             (long long)data->n_convs, bytes / (1 << 30));
     HiddenCache *c = t->hidden_cache = xcalloc(1, sizeof *c);
-    c->rows = xmalloc((size_t)bytes > 0 ? (size_t)bytes : 1);
+    /* page-locked where the backend has such memory (a GPU): a batch's rows are then uploaded without the host waiting,
+     * up to half the host's memory (more locked pages would starve the system) */
+    const Backend *be = t->base->be;
+    if (be->alloc_host && bytes <= 0.5 * host) c->rows = c->locked = be->alloc_host((size_t)bytes);
+    if (!c->rows) c->rows = xmalloc((size_t)bytes > 0 ? (size_t)bytes : 1);
+    log_info("caching the base model's hidden states of %lld conversations in host memory: %.2f GiB%s",
+             (long long)data->n_convs, bytes / (1 << 30),
+             c->locked ? " (page-locked)"
+             : be->alloc_host
+                 ? " (not page-locked: over half the host's memory, or refused; each batch's upload waits for the GPU)"
+                 : "");
     c->len = xcalloc((size_t)data->n_convs, sizeof *c->len);
     c->offsets = data->conv_offsets;
     c->n_convs = data->n_convs;

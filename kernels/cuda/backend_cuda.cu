@@ -1,6 +1,7 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the backend's stream.
- * Every op is asynchronous on that stream, and so is upload() of up to a staging slot's bytes; download() and
- * larger uploads synchronise (cuda_blocking_copies counts them). Decoding steps may run as CUDA graphs (run_step). */
+ * Every op is asynchronous on that stream, and so is upload() of up to a staging slot's bytes or from page-locked
+ * memory (alloc_host); download() and other larger uploads synchronise (cuda_blocking_copies counts them). Decoding
+ * steps may run as CUDA graphs (run_step). */
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -209,8 +210,9 @@ extern "C" CudaBlockingCopies cuda_blocking_copies(void) { return blocking_copie
  * slot and the device copies them from there in the queue's order (cudaMemcpyAsync from pinned memory does not wait
  * for the queue, as a copy from pageable memory does), so a step's small uploads (a pass's layout, a batch's tokens
  * and targets) never make the host wait. A slot is written again only after the event recorded behind its last copy
- * has passed: the host waits only when the device is kStagingSlots uploads behind. Larger uploads (the weights at
- * load, cached hidden states) copy synchronously and count as blocking. */
+ * has passed: the host waits only when the device is kStagingSlots uploads behind. Uploads from page-locked blocks
+ * (alloc_host: cached hidden states) are queued from there directly, whatever their size; other larger uploads (the
+ * weights at load) copy synchronously and count as blocking. */
 static const int kStagingSlots = 16;
 static const size_t kStagingSlotBytes = 1 << 20;
 static struct {
@@ -219,9 +221,36 @@ static struct {
 } staging[kStagingSlots];
 static int staging_next;
 
+/* page-locked host blocks (alloc_host): start -> bytes */
+static std::map<const char *, size_t> host_blocks;
+static void *cuda_alloc_host(size_t bytes) {
+    void *ptr = NULL;
+    if (cudaMallocHost(&ptr, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    host_blocks[(const char *)ptr] = bytes;
+    return ptr;
+}
+static void cuda_free_host(void *ptr) {
+    if (!ptr) return;
+    host_blocks.erase((const char *)ptr);
+    CUDA_CHECK(cudaFreeHost(ptr));
+}
+static bool in_page_locked_block(const void *src, size_t bytes) {
+    auto after = host_blocks.upper_bound((const char *)src);
+    if (after == host_blocks.begin()) return false;
+    auto block = std::prev(after);
+    return (const char *)src + bytes <= block->first + block->second;
+}
+
 static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     profile_next_bytes((double)bytes);
     ProfileScope profile("upload");
+    if (in_page_locked_block(host_src, bytes)) { /* a DMA copy in the queue's order, straight from the source */
+        CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, cuda_stream()));
+        return;
+    }
     if (bytes > kStagingSlotBytes) {
         blocking_copies.uploads++;
         CUDA_CHECK(cudaMemcpy(dst, host_src, bytes, cudaMemcpyHostToDevice));
@@ -334,6 +363,8 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.reserve = cuda_reserve;
         cuda.peak_bytes = cuda_peak_bytes;
         cuda.memory_available = cuda_memory_available;
+        cuda.alloc_host = cuda_alloc_host;
+        cuda.free_host = cuda_free_host;
 #define OP(ret, op, params, args) cuda.op = cuda_##op;
 #include "../ops.def"
 #undef OP
