@@ -50,8 +50,10 @@ __device__ __forceinline__ int block_count_above(const Elem *row, int V, float b
 
 /* Elem: float or bf16 (the heads' GEMM's logits), the gradient of the same type written over them (dlogits ==
  * logits: every thread reads the values it needs of the row before a block reduction, and the gradient's pass writes
- * only the elements it has just read); dlogits NULL: losses and ranks alone */
-template <class Elem>
+ * only the elements it has just read); dlogits NULL: losses and ranks alone. The passes over the row take W consecutive
+ * elements per thread: a 16-byte vector (4 fp32 or 8 bf16 values) where rows are whole vectors (V % W == 0) and the
+ * buffers aligned, else 1. */
+template <class Elem, int W>
 __global__ void softmax_xent_kernel(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks,
                                     XentTargets targets, int V, float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32];
@@ -75,10 +77,13 @@ __global__ void softmax_xent_kernel(const Elem *logits, Elem *dlogits, float *lo
     }
     float target_logit = load_f(&row[target]), max = -INFINITY, sum = 0.0f;
     int above = 0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float x = load_f(&row[i]);
-        above += x > bar;
-        softmax_add(&max, &sum, x);
+    for (int i = threadIdx.x * W; i < V; i += blockDim.x * W) {
+        float x[W];
+        load_vec(row + i, x);
+        for (int e = 0; e < W; e++) {
+            above += x[e] > bar;
+            softmax_add(&max, &sum, x[e]);
+        }
     }
     block_softmax_state(&max, &sum, max_scratch, sum_scratch);
     above = block_sum(above, rank_scratch);
@@ -88,16 +93,21 @@ __global__ void softmax_xent_kernel(const Elem *logits, Elem *dlogits, float *lo
     }
     if (!grad) return;
     float scale = dscale / sum;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float g = expf(load_f(&row[i]) - max) * scale;
-        store_out(&grad[i], i == target ? g - dscale : g);
+    for (int i = threadIdx.x * W; i < V; i += blockDim.x * W) {
+        float x[W];
+        load_vec(row + i, x);
+        for (int e = 0; e < W; e++) {
+            float g = expf(x[e] - max) * scale;
+            x[e] = i + e == target ? g - dscale : g;
+        }
+        store_vec(grad + i, x);
     }
 }
 
 /* Soft targets, q = softmax(teacher row): both rows' online softmax states and the ranked id's count in one pass,
  * then q, p, the gradient dscale * (p - q) and the terms of KL(q || p) = sum q (log q - log p) (double, as the CPU's;
  * a term with q = 0 is 0). */
-template <class Elem>
+template <class Elem, int W>
 __global__ void soft_xent_kernel(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks, XentTargets targets,
                                  int V, float dscale) {
     __shared__ float max_scratch[32], sum_scratch[32], tmax_scratch[32], tsum_scratch[32];
@@ -110,20 +120,30 @@ __global__ void soft_xent_kernel(const Elem *logits, Elem *dlogits, float *losse
     Elem *grad = dlogits ? dlogits + (size_t)t * V : NULL;
     float max = -INFINITY, sum = 0.0f, tmax = -INFINITY, tsum = 0.0f;
     int above = 0;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float x = load_f(&row[i]);
-        above += x > bar;
-        softmax_add(&max, &sum, x);
-        softmax_add(&tmax, &tsum, teacher[i]);
+    for (int i = threadIdx.x * W; i < V; i += blockDim.x * W) {
+        float x[W], q[W];
+        load_vec(row + i, x);
+        load_vec(teacher + i, q);
+        for (int e = 0; e < W; e++) {
+            above += x[e] > bar;
+            softmax_add(&max, &sum, x[e]);
+            softmax_add(&tmax, &tsum, q[e]);
+        }
     }
     block_softmax_state(&max, &sum, max_scratch, sum_scratch);
     block_softmax_state(&tmax, &tsum, tmax_scratch, tsum_scratch);
     above = block_sum(above, rank_scratch);
     double lse = max + log((double)sum), tlse = tmax + log((double)tsum), kl = 0.0; /* log-sum-exps */
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        float x = load_f(&row[i]), p = expf(x - max) / sum, q = expf(teacher[i] - tmax) / tsum;
-        if (q > 0) kl += q * ((teacher[i] - tlse) - (x - lse));
-        if (grad) store_out(&grad[i], dscale * (p - q));
+    for (int i = threadIdx.x * W; i < V; i += blockDim.x * W) {
+        float x[W], tx[W];
+        load_vec(row + i, x);
+        load_vec(teacher + i, tx);
+        for (int e = 0; e < W; e++) {
+            float p = expf(x[e] - max) / sum, q = expf(tx[e] - tmax) / tsum;
+            if (q > 0) kl += q * ((tx[e] - tlse) - (x[e] - lse));
+            x[e] = dscale * (p - q);
+        }
+        if (grad) store_vec(grad + i, x);
     }
     kl = block_sum(kl, kl_scratch);
     if (threadIdx.x == 0) {
@@ -132,20 +152,29 @@ __global__ void soft_xent_kernel(const Elem *logits, Elem *dlogits, float *losse
     }
 }
 
+template <class Elem, int W>
+static void launch_softmax_xent(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks, XentTargets targets,
+                                int T, int V, float dscale) {
+    static const std::string hard = kernel_name("softmax_xent_kernel", {elem_name<Elem>(), std::to_string(W)}),
+                             soft = kernel_name("soft_xent_kernel", {elem_name<Elem>(), std::to_string(W)});
+    if (targets.teacher)
+        LAUNCH_AS(soft.c_str(), (soft_xent_kernel<Elem, W>), T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
+                  dscale);
+    else
+        LAUNCH_AS(hard.c_str(), (softmax_xent_kernel<Elem, W>), T, kThreads, 0, logits, dlogits, losses, ranks, targets,
+                  V, dscale);
+}
+
 template <class Elem>
 static void softmax_xent(const Elem *logits, Elem *dlogits, float *losses, int32_t *ranks, XentTargets targets, int T,
                          int V, float dscale) {
-    static const std::string hard = kernel_name("softmax_xent_kernel", {elem_name<Elem>()}),
-                             soft = kernel_name("soft_xent_kernel", {elem_name<Elem>()});
+    constexpr int kVec = vec_width<Elem>();
     if (T == 0) return;
     double teacher_bytes = targets.teacher ? 4.0 * T * V : 0;
     profile_next_bytes((double)T * V * sizeof(Elem) * (dlogits ? 2 : 1) + teacher_bytes + 20.0 * T);
-    if (targets.teacher)
-        LAUNCH_AS(soft.c_str(), soft_xent_kernel<Elem>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
-                  dscale);
-    else
-        LAUNCH_AS(hard.c_str(), softmax_xent_kernel<Elem>, T, kThreads, 0, logits, dlogits, losses, ranks, targets, V,
-                  dscale);
+    if (V % kVec == 0 && aligned16({logits, dlogits, targets.teacher}))
+        launch_softmax_xent<Elem, kVec>(logits, dlogits, losses, ranks, targets, T, V, dscale);
+    else launch_softmax_xent<Elem, 1>(logits, dlogits, losses, ranks, targets, T, V, dscale);
 }
 
 void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets targets, int T, int V, float dscale) {
