@@ -337,6 +337,7 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
         int learn = train && n_loss > 0;
         float dscale = learn ? weight * grad_scale / (float)n_loss : 0.0f;
         const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
+        const uint16_t *x_last_bf16 = blocks_output_bf16(m, w, n);
         if (learn) be->fill_zero(w->dx, sizeof(float) * nH);
         /* equal chunks: a short tail chunk would make a thin, slow GEMM */
         int n_chunks = (n + w->chunk_rows - 1) / w->chunk_rows, per = (n + n_chunks - 1) / n_chunks;
@@ -350,7 +351,6 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
                 if (cap > 0) be->softcap(w->teacher, cap, (size_t)rows * s->head_vocab);
                 teacher = w->teacher;
             }
-            const uint16_t *x_last_bf16 = blocks_output_bf16(m, w, n);
             head_classifier(m, w, ranked, teacher, x_last + (size_t)r0 * H,
                             x_last_bf16 ? x_last_bf16 + (size_t)r0 * H : NULL, h, learn ? w->dx + (size_t)r0 * H : NULL,
                             r0, rows, dscale, losses, ranks, choice_ranks);
