@@ -98,8 +98,8 @@ static void queue_argmax_and_heads(void *ctx) {
 
 /* The argmax of each of the rows of logits on the backend, into d->host_ids: only the ids leave the device. With
  * heads, the heads' top-TREE_TOPK lm_head rows at every row of d->hidden follow them in the same download, laid out
- * [K][rows][TREE_TOPK] (node_candidates reads them); those few dozen small ops go through the backend's run_step (a CUDA
- * graph, as the forward pass before them). With stats (Medusa decoding), the tree nodes' typical statistics
+ * [K][rows][TREE_TOPK] (node_candidates reads them); those few dozen small ops go through the backend's run_step (a
+ * CUDA graph, as the forward pass before them). With stats (Medusa decoding), the tree nodes' typical statistics
  * (softmax_entropy's, already queued), which lie just before the ids, leave in that download too, into d->host_entropy
  * and d->host_child_probs. */
 static void argmax_rows(Decoder *d, const float *logits, int rows, int heads, int stats) {

@@ -78,9 +78,9 @@ typedef struct {
 /* Scratch for batches up to max_tokens, logits computed chunk_rows rows at a time. */
 typedef struct {
     int max_tokens, chunk_rows;
-    float *act;                            /* [L][T,H]: block outputs */
-    float *pre;                            /* [L][T,H]: Linear outputs before SiLU */
-    float *dx, *dz;                        /* [T,H] */
+    float *act;     /* [L][T,H]: block outputs */
+    float *pre;     /* [L][T,H]: Linear outputs before SiLU */
+    float *dx, *dz; /* [T,H] */
     /* heads with a bf16 copy (medusa_use_bf16 before medusa_work_init): each block's input rounded for its GEMM, which
      * its weight gradient reads again ([L+1][T,H]: the gathered hidden rows, then block l's output, the lm_head's
      * input), and dz rounded for the block's gradient GEMMs ([T,H]); NULL otherwise */
