@@ -285,8 +285,7 @@ void cuda_matmul_backward_bf16(float *dinp, float *dweight, float *dbias, const 
 }
 
 /* The logits leave their GEMM in bf16 and the softmax writes the bf16 gradient over them, which both gradient GEMMs
- * read: per logit 2 bytes written, read (twice, the second from L2) and written again, against fp32 logits' 4 + 8 + 2
- */
+ * read: per logit 2 bytes written, 4 read and 2 written again, against fp32 logits' 4, 8 and 2 */
 void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTargets targets, const uint16_t *x,
                           const uint16_t *weight, float *dx, float *dweight, int rows, int IC, int V, float dscale) {
     if (rows == 0) return;
