@@ -683,8 +683,8 @@ static int brute_agreement(MedusaHeads *m, const float *hidden, const PackedBatc
     medusa_targets(K, b->tokens, b->loss_mask, b->seq_lens, b->n_seqs, T, targets);
     for (int h = 0; h < K; h++)
         for (int t = 0; t < T; t++) {
+            if (targets[(size_t)h * T + t] < 0) continue; /* a target: row t + 1 + h lies in the batch */
             int choice = argmax[t + 1 + h], row = m->token_index ? m->token_index[choice] : choice;
-            if (targets[(size_t)h * T + t] < 0) continue;
             outside += row < 0;
             if (row < 0) continue;
             const float *l = logits + ((size_t)h * T + t) * Vh;
@@ -749,8 +749,9 @@ static void test_eval_base_top1(void) {
         memset(m.params, 0, sizeof(float) * m.n_params);
         for (int h = 0; h < 3; h++)
             for (int t = 0; t < T; t++) {
+                if (targets[h * T + t] < 0 || t % 3 == 0) continue; /* a target: row t + 1 + h lies in the batch */
                 int choice = argmax[t + 1 + h], row = truncated ? (choice % 3 ? -1 : choice / 3) : choice;
-                if (targets[h * T + t] < 0 || row < 0 || t % 3 == 0) continue;
+                if (row < 0) continue;
                 float *lm = medusa_lm_head(&m, m.params, h) + (size_t)row * H;
                 for (int i = 0; i < H; i++) lm[i] += hidden[(size_t)t * H + i];
             }
