@@ -236,14 +236,16 @@ static void head_classifier(const MedusaHeads *m, MedusaWork *w, const int32_t *
 
 /* Runs head h's ResBlocks over all T rows: block l maps its input x to act[l] = x + silu(pre[l]),
  * pre[l] = W x + b; the first block's input is the hidden state. With a bf16 copy each block's input is rounded once,
- * by the op before it (to_bf16 for the hidden rows, resblock_forward for the blocks' outputs), into w->act_bf16, whose
- * slice L is the lm_head's input. Returns the last block's output (the hidden rows for a head without blocks). */
-static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const float *hidden, int h, int T) {
+ * by the op before it (to_bf16 for the hidden rows, unless hidden_rounded says slice 0 already holds them;
+ * resblock_forward for the blocks' outputs), into w->act_bf16, whose slice L is the lm_head's input. Returns the last
+ * block's output (the hidden rows for a head without blocks). */
+static const float *blocks_forward(const MedusaHeads *m, MedusaWork *w, const float *hidden, int hidden_rounded, int h,
+                                   int T) {
     const Backend *be = m->be;
     int H = m->shape.hidden;
     size_t TH = (size_t)T * H;
     uint16_t *x_bf16 = w->act_bf16;
-    if (m->params_bf16) {
+    if (m->params_bf16 && !hidden_rounded) {
         if (!x_bf16) fatal("medusa: bf16 heads on work buffers made before their bf16 copy (medusa_use_bf16)");
         be->to_bf16(x_bf16, hidden, TH);
     }
@@ -336,7 +338,7 @@ void medusa_forward_backward_queued(MedusaHeads *m, MedusaWork *w, const float *
         be->embedding(w->rows_hidden, w->rows, hidden, n, H); /* a row gather */
         int learn = train && n_loss > 0;
         float dscale = learn ? weight * grad_scale / (float)n_loss : 0.0f;
-        const float *x_last = blocks_forward(m, w, w->rows_hidden, h, n);
+        const float *x_last = blocks_forward(m, w, w->rows_hidden, 0, h, n); /* each head gathers its own rows */
         const uint16_t *x_last_bf16 = blocks_output_bf16(m, w, n);
         if (learn) be->fill_zero(w->dx, sizeof(float) * nH);
         /* equal chunks: a short tail chunk would make a thin, slow GEMM */
@@ -417,7 +419,7 @@ void medusa_logits(const MedusaHeads *m, MedusaWork *w, const float *hidden, int
     const MedusaShape *s = &m->shape;
     if (T > w->max_tokens) fatal("medusa: %d rows exceed the work buffers' %d", T, w->max_tokens);
     for (int h = 0; h < s->n_heads; h++) {
-        const float *x = blocks_forward(m, w, hidden, h, T);
+        const float *x = blocks_forward(m, w, hidden, h > 0, h, T); /* the same rows for every head */
         head_matmul(m, out + (size_t)h * T * s->head_vocab, x, blocks_output_bf16(m, w, T),
                     medusa_lm_head(m, m->params, h), T, s->hidden, s->head_vocab);
     }
