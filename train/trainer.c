@@ -42,7 +42,7 @@ void trainer_free(Trainer *t) {
     t->base->be->free(t->hidden);
     free(t->choice);
     if (t->hidden_cache) {
-        if (t->hidden_cache->locked) t->base->be->free_host(t->hidden_cache->locked);
+        if (t->hidden_cache->page_locked) t->base->be->free_host(t->hidden_cache->rows);
         else free(t->hidden_cache->rows);
         free(t->hidden_cache->len);
         free(t->hidden_cache);
@@ -75,11 +75,12 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
     /* page-locked where the backend has such memory (a GPU): a batch's rows are then uploaded without the host waiting,
      * up to half the host's memory (more locked pages would starve the system) */
     const Backend *be = t->base->be;
-    if (be->alloc_host && bytes <= 0.5 * host) c->rows = c->locked = be->alloc_host((size_t)bytes);
+    if (be->alloc_host && bytes <= 0.5 * host) c->rows = be->alloc_host((size_t)bytes);
+    c->page_locked = c->rows != NULL;
     if (!c->rows) c->rows = xmalloc((size_t)bytes > 0 ? (size_t)bytes : 1);
     log_info("caching the base model's hidden states of %lld conversations in host memory: %.2f GiB%s",
              (long long)data->n_convs, bytes / (1 << 30),
-             c->locked ? " (page-locked)"
+             c->page_locked ? " (page-locked)"
              : be->alloc_host
                  ? " (not page-locked: over half the host's memory, or refused; each batch's upload waits for the GPU)"
                  : "");

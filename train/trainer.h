@@ -14,7 +14,7 @@
  * changes every epoch), so a resumed run computes the same values. */
 typedef struct {
     float *rows;            /* [n_tokens, H]: conversation c from its offset in the token cache */
-    void *locked;           /* rows when page-locked by the backend (Backend.alloc_host), else NULL */
+    int page_locked;        /* rows come from Backend.alloc_host (else malloc) */
     int32_t *len;           /* [n_convs] rows of each conversation filled (0: none yet) */
     const int64_t *offsets; /* the token cache's conv_offsets */
     int64_t n_convs, hits, misses;
