@@ -181,9 +181,9 @@ void cuda_softmax_xent(float *logits, float *losses, int32_t *ranks, XentTargets
     softmax_xent(logits, logits, losses, ranks, targets, T, V, dscale);
 }
 
-void cuda_softmax_xent_bf16(uint16_t *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
-                            int T, int V, float dscale) {
-    softmax_xent(logits, dlogits, losses, ranks, targets, T, V, dscale);
+void cuda_softmax_xent_bf16(uint16_t *logits, int grads, float *losses, int32_t *ranks, XentTargets targets, int T,
+                            int V, float dscale) {
+    softmax_xent(logits, grads ? logits : NULL, losses, ranks, targets, T, V, dscale);
 }
 
 /* The ranks of given ids, one block per row: each thread counts its strided entries above the id's, the block sums. */

@@ -302,9 +302,9 @@ cublasLtHandle_t cuda_cublaslt(void);
 #define OP(ret, op, params, args) ret cuda_##op params;
 #include "../ops.def"
 #undef OP
-/* softmax_xent over bf16 logits [T, V] (the heads' GEMM's), their bf16 gradient written over them (dlogits == logits,
- * or NULL for losses and ranks alone) */
-void cuda_softmax_xent_bf16(uint16_t *logits, uint16_t *dlogits, float *losses, int32_t *ranks, XentTargets targets,
-                            int T, int V, float dscale);
+/* softmax_xent over bf16 logits [T, V] (the heads' GEMM's), with grads their bf16 gradient written over them (else
+ * losses and ranks alone) */
+void cuda_softmax_xent_bf16(uint16_t *logits, int grads, float *losses, int32_t *ranks, XentTargets targets, int T,
+                            int V, float dscale);
 
 #endif

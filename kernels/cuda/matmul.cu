@@ -292,6 +292,6 @@ void cuda_classifier_bf16(float *logits, float *losses, int32_t *ranks, XentTarg
     uint16_t *logits_bf16 = (uint16_t *)logits;
     cuda_matmul_bf16_out(logits_bf16, x, weight, NULL, rows, IC, V);
     int grads = dx || dweight;
-    cuda_softmax_xent_bf16(logits_bf16, grads ? logits_bf16 : NULL, losses, ranks, targets, rows, V, dscale);
+    cuda_softmax_xent_bf16(logits_bf16, grads, losses, ranks, targets, rows, V, dscale);
     if (grads) backward_gemms_bf16(dx, dweight, logits_bf16, x, weight, rows, IC, V);
 }
