@@ -1251,6 +1251,30 @@ static void check_classifier_bf16(const OpRow *r) {
     free(gpu_rank), free(want_rank), free(slack);
 }
 
+/* classifier_bf16 rounds its logits to bf16 before the softmax, as a bf16 GEMM's output is (PyTorch's bf16 linear):
+ * x = [1, 1] on lm_head rows [256, 0] and [256, 1] gives logits 256 and 257, and 257 rounds to 256 (bf16 steps by 2
+ * there, ties to even), so the loss of the first is log 2 = 0.6931 on both backends (1.3133 unrounded). */
+static void test_classifier_bf16_rounds_logits(void) {
+    float x[2] = {1.0f, 1.0f}, w32[4] = {256.0f, 0.0f, 256.0f, 1.0f}, logits[2], loss[2];
+    uint16_t x16[2], w16[4];
+    cpu->to_bf16(x16, x, 2), cpu->to_bf16(w16, w32, 4);
+    int32_t target = 0, rank;
+    XentTargets t = {.targets = &target, .ranked = &target};
+    cpu->classifier_bf16(logits, &loss[0], &rank, t, x16, w16, NULL, NULL, 1, 2, 2, 0.0f);
+    uint16_t *d_x = to_gpu(x16, sizeof x16), *d_w = to_gpu(w16, sizeof w16);
+    int32_t *d_target = to_gpu(&target, sizeof target), *d_rank = gpu->alloc(sizeof(int32_t));
+    float *d_logits = gpu->alloc(sizeof logits), *d_loss = gpu->alloc(sizeof(float));
+    XentTargets dt = {.targets = d_target, .ranked = d_target};
+    gpu->classifier_bf16(d_logits, d_loss, d_rank, dt, d_x, d_w, NULL, NULL, 1, 2, 2, 0.0f);
+    gpu->download(&loss[1], d_loss, sizeof(float));
+    CHECK(
+        fabs(loss[0] - log(2.0)) < 1e-6 && fabs(loss[1] - log(2.0)) < 1e-6,
+        "classifier_bf16 rounds the logits to bf16: logits 256 and 257 -> 256 and 256, loss log 2 = 0.6931 (cpu %.4f, "
+        "cuda %.4f; 1.3133 unrounded)",
+        loss[0], loss[1]);
+    gpu->free(d_x), gpu->free(d_w), gpu->free(d_target), gpu->free(d_rank), gpu->free(d_logits), gpu->free(d_loss);
+}
+
 /* Typical acceptance's statistics: entropies and candidate probabilities at two temperatures, a row with -inf
  * logits, padded (-1) ids; the CPU's against a direct double-precision evaluation of the same formula. */
 static void check_softmax_entropy(const OpRow *r) {
@@ -2988,6 +3012,7 @@ int main(int argc, char **argv) {
     test_staged_uploads();
     test_cached_hidden_upload();
     run_op_table(gpu, NULL);
+    test_classifier_bf16_rounds_logits();
     test_benches(gpu);
     test_peak_flops();
     test_end_to_end(DT_F32);
