@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
         StepMetrics sm;
         step_metrics_clear(&sm);
         double t0 = now_seconds();
-        trainer_step(&t, &batch, 1, &sm);
+        trainer_step(&t, &batch, 1, NULL, &sm);
         double dt = now_seconds() - t0;
         /* the base forward alone, for the split */
         double t1 = now_seconds();

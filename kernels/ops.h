@@ -72,6 +72,13 @@ struct Backend {
      * cannot be locked. free_host frees it. */
     void *(*alloc_host)(size_t bytes);
     void (*free_host)(void *ptr);
+    /* An upload beside the queue, for the next batch's rows while a step runs: upload_ahead copies from page-locked
+     * memory (alloc_host) once the work queued before the call is done (that work may still read dst), without holding
+     * back the work queued after it; await_uploads makes the work queued after it wait for every such copy. dst must
+     * not be read before that, nor the source changed (a download does not wait for them). NULL (both) where the
+     * backend's memory is the host's. */
+    void (*upload_ahead)(void *dst, const void *host_src, size_t bytes);
+    void (*await_uploads)(void);
 
     /* Collectives between processes on the backend's own memory (kernels/cuda/comm.cu: NCCL), which
      * train/collective.c uses when they are set; all 0/NULL where the backend has none (the CPU, a CUDA build
@@ -126,6 +133,7 @@ const Backend *backend_cuda(void);
  * without a wait). MEDUSA_CUDA_SYNC's and the profiler's own synchronisations are left out. */
 typedef struct {
     long long downloads, uploads;
+    long long ahead; /* and, not blocking, the uploads beside the queue (upload_ahead) */
 } CudaBlockingCopies;
 CudaBlockingCopies cuda_blocking_copies(void);
 /* --gemm-tune so far: GEMM shapes timed, and those whose fastest algorithm was not the heuristic's first */

@@ -39,6 +39,7 @@ MemoryPlan memory_plan(const ModelConfig *c, const MemoryPlanInput *in) {
     double gemm_inputs = in->weight_bytes == 2 ? fmax(fmax(H, q), I) * 2 + (c->sandwich_norms ? 2 * H * 4 : 0)
                                                : (2 * H + q + I) * in->act_bytes;
     p.base_activations = T * (2 * H * 4 + (2 * (q + 2 * kv) + 2 * I) * in->act_bytes + gemm_inputs) + T * 4 * 5;
+    if (in->hidden_ahead) p.base_activations += T * H * 4;
     p.kv_cache = 2.0 * layers * in->kv_len * kv * in->act_bytes;
     if (in->kv_len >= 2 * ATTENTION_SPLIT_MIN_KEYS) p.attention_split = (double)ATTENTION_SPLIT_BYTES(c->head_dim);
     /* heads run one after another: block outputs and pre-activations of one head, dx, dz, the gathered rows

@@ -31,6 +31,8 @@ typedef struct {
                         * micro-batches: --grad-accum); 0: one */
     int teacher;       /* soft targets (base-kl): the base's logits for a chunk of head rows beside the heads', the
                         * hidden rows they come from, and for truncated heads the base lm_head's rows for their map */
+    int hidden_ahead;  /* a second buffer of final hidden states, which the next batch's cached ones are uploaded into
+                        * while a step runs (--cache-hidden on a device: train/trainer.h) */
     ModelPart part;    /* the base's layers held (a pipeline stage: memory_plan_stage_input); {0, 0}: all of it */
 } MemoryPlanInput;
 

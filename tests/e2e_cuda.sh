@@ -37,7 +37,7 @@ check "medusa-data: $CONVS tokenised for tiny_hd64 (mistral template, --max-len 
 # bf16-rounded weights (fp32 GEMMs). --warmup-ratio 0: the first step already learns.
 train() { # DEVICE PRECISION [NAME EXTRA-FLAGS...]: the run in $TMP/run_NAME (default DEVICE_PRECISION)
     local name=${3:-$1_$2}
-    check "medusa-train --device $1 --precision $2${4:+ ${*:4}}: 2 heads, 4 steps of 128 tokens, checkpoint and export" \
+    check "medusa-train --device $1 --precision $2${4:+ ${*:4}}: 2 heads (4 steps of 128 tokens unless set), checkpoint and export" \
         "$BIN/medusa-train" --model "$MODEL" --data "$TMP/sg.train.tokens.h5" --out "$TMP/run_$name" --device "$1" \
         --precision "$2" --heads 2 --max-steps 4 --batch-tokens 128 --lr 1e-2 --warmup-ratio 0 --log-every 1 \
         --eval-every 0 --save-every 0 --seed 7 "${@:4}"
@@ -105,6 +105,20 @@ expect '[ "$(wc -l <"$TMP/loss_resumed")" -eq 4 ] && cmp -s "$TMP/loss_whole" "$
 r1=$(loss_error whole whole_cpu 1) r=$(loss_error whole whole_cpu)
 expect "awk 'BEGIN{exit !($r1 <= 1e-3 && $r <= 1e-2)}'" \
     "training loss with ${more[*]}, cuda vs cpu: step 1 rel. error $r1 (tolerance 1e-3), steps 1-4 $r (tolerance 1e-2)"
+
+# ---- --cache-hidden on cuda: from the second epoch each batch's cached hidden states are uploaded beside the queue
+# while the batch before runs (the next step's first batch while a step's last runs: the batches are fetched a step
+# ahead); stopped after step 4 and resumed (the cache starts empty again), the 8 losses and the heads are the
+# uninterrupted run's ----
+cached=(--cache-hidden --batch-tokens 512 --max-steps 8 --grad-accum 2)
+train cuda auto cached "${cached[@]}"
+ahead=$(grep -o '[0-9]* batches. rows uploaded while' "$TMP/train_log_cached" | cut -d' ' -f1)
+train cuda auto cached_resumed "${cached[@]}" --stop-after 4
+train cuda auto cached_resumed "${cached[@]}" --resume
+expect '[ "${ahead:-0}" -gt 0 ] && [ "$(wc -l <"$TMP/loss_cached_resumed")" -eq 8 ] &&
+        cmp -s "$TMP/loss_cached" "$TMP/loss_cached_resumed" &&
+        cmp -s "$TMP/run_cached/medusa/medusa_lm_head.safetensors" "$TMP/run_cached_resumed/medusa/medusa_lm_head.safetensors"' \
+    "medusa-train --device cuda ${cached[*]}: ${ahead:-no} batches' rows uploaded ahead; stopped after step 4 and resumed, the 8 losses and the exported heads equal the uninterrupted run's"
 
 # ---- evaluation of the cuda-trained heads, fp32 on both devices: kernels against the reference ----
 for dev in cuda cpu; do

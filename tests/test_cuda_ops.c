@@ -2553,7 +2553,7 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
     for (int step = 1; step <= 2; step++) { /* step s: s micro-batches */
         long calls = malloc_calls();
         CudaBlockingCopies before = cuda_blocking_copies();
-        double norm = trainer_step(&t, micro, step, &metrics);
+        double norm = trainer_step(&t, micro, step, NULL, &metrics);
         CudaBlockingCopies after = cuda_blocking_copies();
         if (calls >= 0)
             CHECK(
@@ -2614,11 +2614,11 @@ static void test_cached_hidden_upload(void) {
     StepMetrics metrics;
     step_metrics_clear(&metrics);
     size_t n = (size_t)TOKENS * H;
-    trainer_step(&t, &batch, 1, &metrics); /* two misses: computed, cached */
+    trainer_step(&t, &batch, 1, NULL, &metrics); /* two misses: computed, cached */
     float *computed = from_gpu(t.hidden, n);
     gpu->fill_zero(t.hidden, sizeof(float) * n);
     CudaBlockingCopies before = cuda_blocking_copies();
-    trainer_step(&t, &batch, 1, &metrics); /* two hits: uploaded from the cache */
+    trainer_step(&t, &batch, 1, NULL, &metrics); /* two hits: uploaded from the cache */
     CudaBlockingCopies after = cuda_blocking_copies();
     float *uploaded = from_gpu(t.hidden, n);
     CHECK(strstr(log, "(page-locked)") && t.hidden_cache->hits == 2 && t.hidden_cache->misses == 2 &&
@@ -2629,6 +2629,73 @@ static void test_cached_hidden_upload(void) {
     free(computed), free(uploaded);
     trainer_free(&t);
     medusa_free(&heads);
+    model_free(&m);
+}
+
+/* --cache-hidden's uploads beside the queue (HiddenCache.ahead_rows): steps of two micro-batches, each conversation of
+ * the second micro-batch and of the next step's first uploaded while the micro-batch before runs once they are cached,
+ * train the heads bit for bit as the same trainer without them (its ahead_rows taken away). The emulator runs such a
+ * copy only when the backend's stream waits for it (tests/cudaemu/cuda_emu.h), so rows read before the wait would be
+ * the buffer's earlier ones (NaN at first) and the steps would differ. */
+static void test_hidden_uploaded_ahead(void) {
+    enum { TOKENS = 96, STEPS = 3 };
+    Model m;
+    model_load(&m, TINY, gpu, DT_F32);
+    int H = m.config.hidden_size, V = m.config.vocab_size;
+    int32_t tokens[2 * TOKENS], seq_lens[4] = {40, 56, 30, 66};
+    uint8_t mask[2 * TOKENS];
+    Rng r;
+    rng_seed(&r, 9);
+    for (int i = 0; i < 2 * TOKENS; i++) tokens[i] = (int32_t)rng_below(&r, V), mask[i] = 1;
+    int64_t offsets[5] = {0, 40, TOKENS, TOKENS + 30, 2 * TOKENS}, convs[4] = {0, 1, 2, 3};
+    TokenCache data = {
+        .n_tokens = 2 * TOKENS, .n_convs = 4, .tokens = tokens, .loss_mask = mask, .conv_offsets = offsets};
+    PackedBatch micro[2];
+    for (int b = 0; b < 2; b++)
+        micro[b] = (PackedBatch){.n_tokens = TOKENS,
+                                 .tokens = tokens + b * TOKENS,
+                                 .loss_mask = mask + b * TOKENS,
+                                 .n_seqs = 2,
+                                 .seq_lens = seq_lens + 2 * b,
+                                 .convs = convs + 2 * b};
+    OptimConfig oc;
+    optim_defaults(&oc);
+    oc.total_steps = STEPS;
+    MedusaHeads heads[2];
+    Trainer t[2];
+    double norms[2][STEPS];
+    CudaBlockingCopies before[2], after[2];
+    char log[4096];
+    for (int k = 0; k < 2; k++) { /* k = 0: with uploads ahead */
+        medusa_init(&heads[k], gpu, (MedusaShape){2, 1, H, V, 0});
+        rng_seed(&r, 5);
+        medusa_init_from_base(&heads[k], &m, &r);
+        trainer_init(&t[k], &m, &heads[k], &oc, 0.8f, TARGETS_LABELS, TOKENS, TOKENS);
+        CAPTURE_STDERR(log, trainer_cache_hidden(&t[k], &data));
+        if (k == 1) gpu->free(t[k].hidden_cache->ahead_rows), t[k].hidden_cache->ahead_rows = NULL;
+        StepMetrics metrics;
+        step_metrics_clear(&metrics);
+        for (int step = 0; step < STEPS; step++) {
+            if (step == 1) before[k] = cuda_blocking_copies();
+            norms[k][step] = trainer_step(&t[k], micro, 2, step + 1 < STEPS ? &micro[0] : NULL, &metrics);
+        }
+        after[k] = cuda_blocking_copies();
+    }
+    size_t n = heads[0].n_params;
+    float *ahead = from_gpu(heads[0].params, n), *plain = from_gpu(heads[1].params, n);
+    const HiddenCache *c = t[0].hidden_cache;
+    /* the first step: 4 misses, then the next step's first micro-batch ahead; the later steps' micro-batches all ahead
+     */
+    CHECK(
+        c->ahead_hits == 2 * (STEPS - 1) && c->hits == t[1].hidden_cache->hits && c->misses == 4 &&
+            after[0].ahead - before[0].ahead == 2 * (2 * (STEPS - 1) - 1) && after[0].uploads == before[0].uploads &&
+            after[1].ahead == before[1].ahead && !memcmp(norms[0], norms[1], sizeof norms[0]) &&
+            !memcmp(ahead, plain, sizeof(float) * n),
+        "--cache-hidden, %d steps of 2 micro-batches: %lld batches' rows uploaded ahead (%lld copies beside the queue "
+        "after the first step, %lld blocking), the heads bit for bit those of the trainer without",
+        STEPS, (long long)c->ahead_hits, after[0].ahead - before[0].ahead, after[0].uploads - before[0].uploads);
+    free(ahead), free(plain);
+    for (int k = 0; k < 2; k++) trainer_free(&t[k]), medusa_free(&heads[k]);
     model_free(&m);
 }
 
@@ -3011,6 +3078,7 @@ int main(int argc, char **argv) {
     test_gemm_tune();
     test_staged_uploads();
     test_cached_hidden_upload();
+    test_hidden_uploaded_ahead();
     run_op_table(gpu, NULL);
     test_classifier_bf16_rounds_logits();
     test_benches(gpu);

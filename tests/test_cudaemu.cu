@@ -318,9 +318,45 @@ static void check_graphs(void) {
     CUDA_CHECK(cudaFree(x));
 }
 
+/* A non-blocking stream's copy runs as late as CUDA allows (kernels/cuda/backend_cuda.cu's upload_ahead): a kernel
+ * that reads its destination without waiting for it reads the bytes from before it; after the backend's stream waits
+ * for an event recorded behind it, the copy's bytes; a copy issued after that event stays held until it too is waited
+ * for (or the host synchronises). */
+static void check_held_stream(void) {
+    float *x = device_floats(kN), *out = device_floats(kN), host[kN], two[kN], three[kN];
+    for (int i = 0; i < kN; i++) two[i] = 2.0f, three[i] = 3.0f;
+    cudaStream_t side;
+    cudaEvent_t copied;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
+    auto read = [&] {
+        LAUNCH(copy_kernel, 1, kN, 0, out, x);
+        CUDA_CHECK(cudaMemcpy(host, out, sizeof host, cudaMemcpyDeviceToHost));
+        return host[0];
+    };
+    LAUNCH(fill_kernel, 1, kN, 0, x, 1.0f);
+    CUDA_CHECK(cudaMemcpyAsync(x, two, sizeof two, cudaMemcpyHostToDevice, side));
+    float unwaited = read();
+    CUDA_CHECK(cudaEventRecord(copied, side));
+    CUDA_CHECK(cudaMemcpyAsync(x, three, sizeof three, cudaMemcpyHostToDevice, side));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), copied, 0));
+    float waited = read();
+    CUDA_CHECK(cudaStreamSynchronize(side));
+    float synchronised = read();
+    CHECK(unwaited == 1.0f && waited == 2.0f && synchronised == 3.0f,
+          "non-blocking stream: a copy not waited for is not seen (%g), one waited for is (%g), one after the awaited "
+          "event only once the stream is synchronised (%g)",
+          unwaited, waited, synchronised);
+    CUDA_CHECK(cudaEventDestroy(copied));
+    CUDA_CHECK(cudaStreamDestroy(side));
+    CUDA_CHECK(cudaFree(x));
+    CUDA_CHECK(cudaFree(out));
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) return run_case(argv[1]);
     check_graphs();
+    check_held_stream();
     const char *self = argv[0];
     float host[kN], in_host[kN];
     for (int i = 0; i < kN; i++) in_host[i] = (float)i + 0.5f;

@@ -268,6 +268,8 @@ typedef struct {
     char note[4200];     /* what a divergence leaves behind (Trainer.diverge_note) */
     StepMetrics window;  /* the steps since the last "train" line of metrics.jsonl */
     double window_start, window_base_flops;
+    int64_t cursor[BATCHER_CURSOR_WORDS]; /* the data cursor after the steps done, which a checkpoint records (the
+                                           * batcher runs a step ahead: run_steps) */
 } Run;
 
 static cJSON *exact(double x) {
@@ -364,9 +366,7 @@ static void save(Run *r, int64_t step) {
     CheckpointMeta meta = {0};
     meta.step = step;
     memcpy(meta.rng, r->rng.s, sizeof meta.rng);
-    int64_t words[BATCHER_CURSOR_WORDS];
-    batcher_save_cursor(&r->batcher, words);
-    memcpy(meta.cursor, words, sizeof words);
+    memcpy(meta.cursor, r->cursor, sizeof r->cursor);
     meta.metrics[0] = r->tokens_seen;
     meta.metrics[1] = r->train_seconds;
     cJSON *cfg = cJSON_Parse(r->config_json);
@@ -518,6 +518,7 @@ static void run_open(Run *r, const TrainConfig *c) {
     MemoryPlanInput mi = memory_plan_training(r->s.dtype, c->heads, c->layers, Vh, c->batch_tokens, r->s.logits_chunk,
                                               1, c->val != NULL, targets);
     mi.micro_batches = c->grad_accum;
+    mi.hidden_ahead = c->cache_hidden && !r->s.be->is_host;
     if (c->pipeline > 1) mi = pipeline_plan(&r->s, &mi, c->pipeline);
     startup_load_base(&r->s, &mi, log_verbosity >= 1, &r->base);
     int has_heads = model_part_last(&r->base); /* the last stage of a pipeline holds the heads */
@@ -640,15 +641,63 @@ static void log_window(Run *r, const StepMetrics *window, double dt, double base
     write_metrics_line(r->metrics, o);
 }
 
-/* The optimizer steps, until the last one, a signal, --stop-after or --time-budget; returns the run's status. */
+/* A step's batches: this rank's micro-batches in their own storage (the batcher reuses its), the base model's FLOPs on
+ * every rank's, and the data cursor after them */
+typedef struct {
+    int32_t *tokens, *seq_lens;
+    uint8_t *loss_mask;
+    int64_t *convs;
+    PackedBatch *micro;
+    double base_flops;
+    int64_t cursor[BATCHER_CURSOR_WORDS];
+} StepBatches;
+
+static void step_batches_init(StepBatches *s, int micro_batches, int batch_tokens) {
+    size_t n = (size_t)micro_batches * (size_t)batch_tokens;
+    s->tokens = xmalloc(sizeof *s->tokens * n);
+    s->seq_lens = xmalloc(sizeof *s->seq_lens * n);
+    s->loss_mask = xmalloc(n);
+    s->convs = xmalloc(sizeof *s->convs * n);
+    s->micro = xmalloc(sizeof *s->micro * (size_t)micro_batches);
+}
+
+static void step_batches_free(StepBatches *s) {
+    free(s->tokens);
+    free(s->seq_lens);
+    free(s->loss_mask);
+    free(s->convs);
+    free(s->micro);
+}
+
+/* The next step's A x ranks batches, in the data order of one process with that accumulation: rank k takes the k-th
+ * run of A (every rank reads them all, so the data order and the resume cursor are the ranks' own) */
+static void fetch_step(Run *r, StepBatches *s) {
+    int A = r->c->grad_accum;
+    size_t BT = (size_t)r->c->batch_tokens;
+    s->base_flops = 0;
+    for (int i = 0; i < A * dist_pipelines(); i++) {
+        PackedBatch b = batcher_next(&r->batcher);
+        s->base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
+        if (i / A != dist_pipeline()) continue;
+        size_t at = (size_t)(i % A) * BT;
+        memcpy(s->tokens + at, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
+        memcpy(s->loss_mask + at, b.loss_mask, (size_t)b.n_tokens);
+        memcpy(s->seq_lens + at, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
+        memcpy(s->convs + at, b.convs, sizeof(int64_t) * (size_t)b.n_seqs);
+        s->micro[i % A] = (PackedBatch){b.n_tokens,    s->tokens + at, s->loss_mask + at, b.n_seqs, s->seq_lens + at,
+                                        s->convs + at, b.epoch};
+    }
+    batcher_save_cursor(&r->batcher, s->cursor);
+}
+
+/* The optimizer steps, until the last one, a signal, --stop-after or --time-budget; returns the run's status. The
+ * batches are fetched a step ahead, so that the next step's first batch is known while a step runs (trainer_step's
+ * next: its cached hidden states are uploaded meanwhile); checkpoints record the cursor after the steps done. */
 static int run_steps(Run *r) {
     const TrainConfig *c = r->c;
-    /* each micro-batch of a step keeps its own copy: the batcher reuses its storage */
-    int A = c->grad_accum, BT = c->batch_tokens;
-    int32_t *mtok = xmalloc(sizeof(int32_t) * (size_t)A * BT), *mlen = xmalloc(sizeof(int32_t) * (size_t)A * BT);
-    int64_t *mconv = xmalloc(sizeof(int64_t) * (size_t)A * BT);
-    uint8_t *mmask = xmalloc((size_t)A * BT);
-    PackedBatch *micro = xmalloc(sizeof(PackedBatch) * (size_t)A);
+    batcher_save_cursor(&r->batcher, r->cursor);
+    StepBatches batches[2], *step = &batches[0], *next = &batches[1];
+    for (int k = 0; k < 2; k++) step_batches_init(&batches[k], c->grad_accum, c->batch_tokens);
 
     stop_signal = 0;
     struct sigaction sa = {0}, old_int, old_term;
@@ -665,31 +714,23 @@ static int run_steps(Run *r) {
     int64_t start_step = r->step;
     int status = TRAIN_DONE;
     char extra[256] = "";
+    if (r->step < total_steps) fetch_step(r, next);
     while (r->step < total_steps) {
         double t0 = now_seconds();
-        /* the step's A x ranks batches, in the data order of one process with that accumulation: rank k takes the
-         * k-th run of A (every rank reads them all, so the data order and the resume cursor are the ranks' own) */
-        for (int i = 0; i < A * dist_pipelines(); i++) {
-            PackedBatch b = batcher_next(&r->batcher);
-            r->window_base_flops += model_forward_flops(&r->base.config, b.n_tokens, b.seq_lens, b.n_seqs);
-            if (i / A != dist_pipeline()) continue;
-            int a = i % A;
-            int32_t *tok = mtok + (size_t)a * BT, *len = mlen + (size_t)a * BT;
-            uint8_t *mask = mmask + (size_t)a * BT;
-            memcpy(tok, b.tokens, sizeof(int32_t) * (size_t)b.n_tokens);
-            memcpy(mask, b.loss_mask, (size_t)b.n_tokens);
-            memcpy(len, b.seq_lens, sizeof(int32_t) * (size_t)b.n_seqs);
-            memcpy(mconv + (size_t)a * BT, b.convs, sizeof(int64_t) * (size_t)b.n_seqs);
-            micro[a] = (PackedBatch){b.n_tokens, tok, mask, b.n_seqs, len, mconv + (size_t)a * BT, b.epoch};
-        }
+        StepBatches *swap = step;
+        step = next, next = swap;
+        int has_next = r->step + 1 < total_steps;
+        if (has_next) fetch_step(r, next);
+        r->window_base_flops += step->base_flops;
         double lr = lr_at(&r->oc, (int)r->step);
         int64_t tokens_before = window->tokens;
-        double norm = trainer_step(&r->t, micro, A, window);
+        double norm = trainer_step(&r->t, step->micro, c->grad_accum, has_next ? &next->micro[0] : NULL, window);
         r->step++;
+        memcpy(r->cursor, step->cursor, sizeof r->cursor);
         last_step_seconds = now_seconds() - t0;
         r->train_seconds += last_step_seconds;
         r->tokens_seen += (double)(window->tokens - tokens_before);
-        double epoch = (double)r->batcher.epoch + (double)r->batcher.position / (double)r->data.n_convs;
+        double epoch = (double)r->cursor[0] + (double)r->cursor[1] / (double)r->data.n_convs; /* epoch, position */
 
         if (r->step % c->log_every == 0 || r->step == total_steps) {
             log_window(r, window, now_seconds() - r->window_start, r->window_base_flops, epoch, lr, norm, extra,
@@ -722,11 +763,7 @@ static int run_steps(Run *r) {
     progress_finish(&prog, r->step - start_step, extra);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    free(mtok);
-    free(mlen);
-    free(mconv);
-    free(mmask);
-    free(micro);
+    for (int k = 0; k < 2; k++) step_batches_free(&batches[k]);
     return status;
 }
 
@@ -734,6 +771,15 @@ static int run_steps(Run *r) {
  * stopped it. */
 static void run_finish(Run *r, int status) {
     const TrainConfig *c = r->c;
+    const HiddenCache *cache = r->t.hidden_cache;
+    if (cache) {
+        char ahead[96] = "";
+        if (cache->ahead_rows)
+            snprintf(ahead, sizeof ahead, "; %lld batches' rows uploaded while the batch before ran",
+                     (long long)cache->ahead_hits);
+        log_info("hidden-state cache: %lld conversations' rows from the cache, %lld through the base model%s",
+                 (long long)cache->hits, (long long)cache->misses, ahead);
+    }
     if (status == TRAIN_DONE && c->val && r->last_eval != r->step) run_eval(r, -1);
     if (r->last_save != r->step) save(r, r->step);
     if (status == TRAIN_INTERRUPTED) {

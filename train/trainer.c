@@ -41,11 +41,19 @@ void trainer_free(Trainer *t) {
     if (t->heads) medusa_work_free(&t->work, t->heads);
     t->base->be->free(t->hidden);
     free(t->choice);
-    if (t->hidden_cache) {
-        if (t->hidden_cache->page_locked) t->base->be->free_host(t->hidden_cache->rows);
-        else free(t->hidden_cache->rows);
-        free(t->hidden_cache->len);
-        free(t->hidden_cache);
+    HiddenCache *c = t->hidden_cache;
+    if (c) {
+        const Backend *be = t->base->be;
+        if (c->ahead_rows) {
+            be->await_uploads(); /* the copies under way finish before their memory is handed out again */
+            be->free(c->ahead_rows);
+            free(c->ahead_lens);
+            free(c->ahead_convs);
+        }
+        if (c->page_locked) be->free_host(c->rows);
+        else free(c->rows);
+        free(c->len);
+        free(c);
     }
     matrix_free(t->base->be, &t->teacher_lm_head);
     if (t->adam.m) adam_free(&t->adam, t->heads);
@@ -87,6 +95,53 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
     c->len = xcalloc((size_t)data->n_convs, sizeof *c->len);
     c->offsets = data->conv_offsets;
     c->n_convs = data->n_convs;
+    if (c->page_locked && be->upload_ahead) {
+        c->ahead_rows = be->alloc(sizeof(float) * (size_t)t->max_tokens * t->base->config.hidden_size);
+        c->ahead_lens = xmalloc(sizeof *c->ahead_lens * (size_t)t->max_tokens);
+        c->ahead_convs = xmalloc(sizeof *c->ahead_convs * (size_t)t->max_tokens);
+    }
+}
+
+/* The cached rows of conversation conv when the cache holds all `len` of them, else NULL (fatal for a conversation the
+ * data does not have) */
+static float *cached_rows(const Trainer *t, int64_t conv, int len) {
+    const HiddenCache *c = t->hidden_cache;
+    if (conv < 0 || conv >= c->n_convs)
+        fatal("hidden-state cache: conversation %lld of %lld", (long long)conv, (long long)c->n_convs);
+    return c->len[conv] == len ? c->rows + (size_t)c->offsets[conv] * (size_t)t->base->config.hidden_size : NULL;
+}
+
+/* The batch's rows uploaded beside the queue into ahead_rows, when the cache holds all of them (the work queued so far,
+ * which may still read ahead_rows, goes first) */
+static void upload_ahead(Trainer *t, const PackedBatch *b) {
+    HiddenCache *c = t->hidden_cache;
+    if (!c || !c->ahead_rows || !b || !b->convs) return;
+    for (int s = 0; s < b->n_seqs; s++)
+        if (!cached_rows(t, b->convs[s], b->seq_lens[s])) return;
+    size_t H = (size_t)t->base->config.hidden_size, row = 0;
+    for (int s = 0; s < b->n_seqs; row += (size_t)b->seq_lens[s++])
+        t->base->be->upload_ahead(c->ahead_rows + row * H, cached_rows(t, b->convs[s], b->seq_lens[s]),
+                                  sizeof(float) * (size_t)b->seq_lens[s] * H);
+    c->ahead_seqs = b->n_seqs;
+    memcpy(c->ahead_lens, b->seq_lens, sizeof *c->ahead_lens * (size_t)b->n_seqs);
+    memcpy(c->ahead_convs, b->convs, sizeof *c->ahead_convs * (size_t)b->n_seqs);
+}
+
+/* Whether the batch's rows were uploaded ahead: they then become t->hidden (the buffer it held receives the next
+ * batch's) once the work queued from here on waits for them */
+static int take_ahead(Trainer *t, const PackedBatch *b) {
+    HiddenCache *c = t->hidden_cache;
+    if (!c->ahead_seqs || c->ahead_seqs != b->n_seqs ||
+        memcmp(c->ahead_lens, b->seq_lens, sizeof *b->seq_lens * (size_t)b->n_seqs) ||
+        memcmp(c->ahead_convs, b->convs, sizeof *b->convs * (size_t)b->n_seqs))
+        return 0;
+    t->base->be->await_uploads();
+    float *rows = t->hidden;
+    t->hidden = c->ahead_rows, c->ahead_rows = rows;
+    c->ahead_seqs = 0;
+    c->hits += b->n_seqs;
+    c->ahead_hits++;
+    return 1;
 }
 
 /* The base model's final hidden states of the batch into t->hidden: from the cache where it holds them (each
@@ -102,19 +157,19 @@ static void base_forward(Trainer *t, const PackedBatch *b) {
         if (!model_part_last(m)) collective_send(m->be, t->state.x, n, dist_stage() + 1);
         return;
     }
+    if (take_ahead(t, b)) return;
     const Backend *be = t->base->be;
     size_t H = (size_t)t->base->config.hidden_size, row = 0;
     for (int s = 0; s < b->n_seqs; row += (size_t)b->seq_lens[s++]) {
         int64_t conv = b->convs[s];
         int len = b->seq_lens[s];
-        if (conv < 0 || conv >= c->n_convs)
-            fatal("hidden-state cache: conversation %lld of %lld", (long long)conv, (long long)c->n_convs);
-        float *cached = c->rows + (size_t)c->offsets[conv] * H, *dev = t->hidden + row * H;
-        if (c->len[conv] == len) {
+        float *cached = cached_rows(t, conv, len), *dev = t->hidden + row * H;
+        if (cached) {
             be->upload(dev, cached, sizeof(float) * (size_t)len * H);
             c->hits++;
             continue;
         }
+        cached = c->rows + (size_t)c->offsets[conv] * H;
         PackedBatch one = {.n_tokens = len, .tokens = b->tokens + row, .n_seqs = 1, .seq_lens = &b->seq_lens[s]};
         model_forward(t->base, &t->state, &one, dev, NULL);
         be->download(cached, dev, sizeof(float) * (size_t)len * H);
@@ -244,7 +299,7 @@ static void sum_head_grads(void *ctx, int h) {
     collective_sum_start(m->be, DIST_STAGE, m->grads + (size_t)h * per_head, per_head);
 }
 
-double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics) {
+double trainer_step(Trainer *t, const PackedBatch *micro, int n, const PackedBatch *next, StepMetrics *metrics) {
     if (!t->heads) { /* a pipeline stage before the last: its part of each micro-batch, passed on */
         for (int i = 0; i < n; i++) base_forward(t, &micro[i]);
         StepMetrics none; /* the last stages' statistics are summed over every rank */
@@ -260,6 +315,7 @@ double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *me
     medusa_work_reserve_batches(&t->work, t->heads, n);
     for (int i = 0; i < n; i++) {
         base_forward(t, &micro[i]);
+        upload_ahead(t, i + 1 < n ? &micro[i + 1] : next); /* while this one's heads run */
         MedusaBase base = {.targets = t->targets, .model = t->base};
         base.lm_head = t->teacher_lm_head.n_parts ? &t->teacher_lm_head : &t->base->lm_head;
         if (t->targets == TARGETS_BASE_ARGMAX) {

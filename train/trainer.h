@@ -18,6 +18,14 @@ typedef struct {
     int32_t *len;           /* [n_convs] rows of each conversation filled (0: none yet) */
     const int64_t *offsets; /* the token cache's conv_offsets */
     int64_t n_convs, hits, misses;
+    /* The next batch's rows, uploaded beside the queue while a step runs (Backend.upload_ahead, with a page-locked
+     * cache): ahead_rows [max_tokens, H] backend (NULL: no such uploads) receives the conversations ahead_convs with
+     * their ahead_lens (ahead_seqs of them; 0: none under way), and takes the place of Trainer.hidden when that batch
+     * comes. */
+    float *ahead_rows;
+    int ahead_seqs;
+    int32_t *ahead_lens;
+    int64_t *ahead_convs, ahead_hits; /* ahead_hits: batches whose rows arrived that way */
 } HiddenCache;
 
 typedef struct {
@@ -62,15 +70,17 @@ void trainer_init(Trainer *t, const Model *base, MedusaHeads *heads, const Optim
                   TargetKind targets, int max_tokens, int logits_chunk);
 void trainer_free(Trainer *t);
 /* Keeps the base model's hidden states of data's conversations in host memory (HiddenCache); the size is
- * data->n_tokens x hidden x 4 bytes, fatal when it exceeds the host's memory. */
+ * data->n_tokens x hidden x 4 bytes, fatal when it exceeds the host's memory. On a backend with upload_ahead and a
+ * page-locked cache, a second [max_tokens, H] buffer of hidden states on the backend receives the next batch's rows. */
 void trainer_cache_hidden(Trainer *t, const TokenCache *data);
 
 /* Runs `n` micro-batches, accumulating gradients scaled by 1/n, then one optimizer step. With t->ranks > 1 every rank
  * runs its own n micro-batches, the gradients are scaled by 1/(n x ranks) and summed over the ranks, and metrics get
  * every rank's statistics. Returns the gradient norm before clipping; a non-finite loss or gradient stops the run with
  * a clear message (nothing is applied) that tells a damaged base model (non-finite hidden states) or heads (non-finite
- * parameters before the step) from a divergence. */
-double trainer_step(Trainer *t, const PackedBatch *micro, int n, StepMetrics *metrics);
+ * parameters before the step) from a divergence. next (or NULL): the next step's first micro-batch, whose cached hidden
+ * states are uploaded while this step's last micro-batch runs (each micro-batch's during the one before it). */
+double trainer_step(Trainer *t, const PackedBatch *micro, int n, const PackedBatch *next, StepMetrics *metrics);
 
 /* Forward only: head losses and top-k hits, the base model's top-1, and the heads' agreement with the base model's
  * greedy choices (MedusaBase) on a batch. A non-finite loss (the heads' or the base model's own) is fatal, naming the

@@ -1,7 +1,7 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the backend's stream.
  * Every op is asynchronous on that stream, and so is upload() of up to a staging slot's bytes or from page-locked
- * memory (alloc_host); download() and other larger uploads synchronise (cuda_blocking_copies counts them). Decoding
- * steps may run as CUDA graphs (run_step). */
+ * memory (alloc_host); download() and other larger uploads synchronise (cuda_blocking_copies counts them).
+ * upload_ahead() copies on a second stream beside it. Decoding steps may run as CUDA graphs (run_step). */
 #include <algorithm>
 #include <iterator>
 #include <map>
@@ -263,6 +263,24 @@ static void cuda_upload(void *dst, const void *host_src, size_t bytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, cuda_stream()));
     CUDA_CHECK(cudaEventRecord(slot.copied, cuda_stream()));
 }
+/* Uploads beside the queue (Backend.upload_ahead): a non-blocking stream of their own, so that a copy engine moves the
+ * next batch's rows while the kernels run. Each waits for the work queued on the backend's stream before it (which
+ * may still read its destination); await_uploads orders the work queued after it behind all of them. */
+static cudaStream_t copy_stream;
+static cudaEvent_t queued_before, copied_ahead;
+static void cuda_upload_ahead(void *dst, const void *host_src, size_t bytes) {
+    if (!in_page_locked_block(host_src, bytes))
+        fatal(
+            "cuda: upload_ahead from memory that is not page-locked (Backend.alloc_host): it would copy synchronously");
+    CUDA_CHECK(cudaEventRecord(queued_before, cuda_stream()));
+    CUDA_CHECK(cudaStreamWaitEvent(copy_stream, queued_before, 0));
+    CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, copy_stream));
+    blocking_copies.ahead++;
+}
+static void cuda_await_uploads(void) {
+    CUDA_CHECK(cudaEventRecord(copied_ahead, copy_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), copied_ahead, 0));
+}
 static void cuda_download(void *host_dst, const void *src, size_t bytes) {
     profile_next_bytes((double)bytes);
     ProfileScope profile("download");
@@ -365,6 +383,8 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.memory_available = cuda_memory_available;
         cuda.alloc_host = cuda_alloc_host;
         cuda.free_host = cuda_free_host;
+        cuda.upload_ahead = cuda_upload_ahead;
+        cuda.await_uploads = cuda_await_uploads;
 #define OP(ret, op, params, args) cuda.op = cuda_##op;
 #include "../ops.def"
 #undef OP
@@ -388,6 +408,9 @@ extern "C" const Backend *backend_cuda(void) {
             CUDA_CHECK(cudaEventCreateWithFlags(&slot.copied, cudaEventDisableTiming));
             CUDA_CHECK(cudaEventRecord(slot.copied, cuda_stream()));
         }
+        CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&queued_before, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&copied_ahead, cudaEventDisableTiming));
         cuda_comm_setup(&cuda);
         cuda.set_gemm_tune = cuda_set_gemm_tune;
         cuda.run_step = cuda_run_step;

@@ -19,6 +19,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -563,6 +564,36 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
     return cudaSuccess;
 }
 
+/* --- streams: a non-blocking stream's held copies and memsets (cuda_emu.h), run in order up to an event's mark --- */
+struct CUstream_st {
+    std::vector<std::function<void()>> held;
+    size_t issued = 0, done = 0; /* operations issued on the stream, run so far: held[i] is operation done + i */
+};
+struct CUevent_st {
+    double seconds;
+    cudaStream_t stream; /* the held stream it was last recorded on (NULL: the backend's) */
+    size_t mark;         /* that stream's operations issued up to the record */
+};
+namespace {
+std::vector<cudaStream_t> held_streams;
+void run_held(cudaStream_t stream, size_t upto) {
+    if (!stream) return;
+    size_t n = std::min(upto - std::min(upto, stream->done), stream->held.size());
+    for (size_t i = 0; i < n; i++) stream->held[i]();
+    stream->held.erase(stream->held.begin(), stream->held.begin() + (ptrdiff_t)n);
+    stream->done += n;
+}
+void run_all_held(void) {
+    for (cudaStream_t s : held_streams) run_held(s, s->issued);
+}
+/* an operation on `stream`: held there, or issued on the backend's stream (run, or captured) */
+void issue_on(cudaStream_t stream, int kind, std::function<void()> op) {
+    if (!stream) return cuda_emu_enqueue(kind, std::move(op));
+    stream->held.push_back(std::move(op));
+    stream->issued++;
+}
+} // namespace
+
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
     arena_init();
     if (forbidden_in_capture("cudaMalloc")) return last_error;
@@ -616,6 +647,7 @@ void cuda_emu_mark_block(void *ptr, size_t bytes, size_t size) {
 }
 cudaError_t cudaFree(void *ptr) {
     if (forbidden_in_capture("cudaFree")) return last_error;
+    run_all_held(); /* cudaFree synchronises the device */
     if (!ptr) return cudaSuccess;
     auto it = live_blocks.find((char *)ptr);
     if (it == live_blocks.end()) return last_error = cudaErrorInvalidValue; /* not from cudaMalloc, or freed twice */
@@ -629,6 +661,7 @@ cudaError_t cudaMallocHost(void **ptr, size_t bytes) {
     return *ptr ? cudaSuccess : last_error = cudaErrorMemoryAllocation;
 }
 cudaError_t cudaFreeHost(void *ptr) {
+    run_all_held(); /* as cudaFree */
     free(ptr);
     return cudaSuccess;
 }
@@ -659,8 +692,8 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind)
     return cudaSuccess;
 }
 /* the source's bytes are read when the copy runs (a captured copy from the host reads them at each replay) */
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
-    cuda_emu_enqueue(1, [=] { copy_bytes(dst, src, bytes); });
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t stream) {
+    issue_on(stream, 1, [=] { copy_bytes(dst, src, bytes); });
     return cudaSuccess;
 }
 cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
@@ -668,12 +701,14 @@ cudaError_t cudaMemset(void *ptr, int value, size_t bytes) {
     set_bytes(ptr, value, bytes);
     return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t) {
-    cuda_emu_enqueue(2, [=] { set_bytes(ptr, value, bytes); });
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream) {
+    issue_on(stream, 2, [=] { set_bytes(ptr, value, bytes); });
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize(void) {
-    return forbidden_in_capture("cudaDeviceSynchronize") ? last_error : cudaSuccess;
+    if (forbidden_in_capture("cudaDeviceSynchronize")) return last_error;
+    run_all_held();
+    return cudaSuccess;
 }
 cudaError_t cudaGetDeviceCount(int *count) {
     *count = 1;
@@ -689,42 +724,65 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream) {
     *stream = NULL;
     return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int) { return cudaStreamCreate(stream); }
-cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
-    return forbidden_in_capture("cudaStreamSynchronize") ? last_error : cudaSuccess;
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
+    if (!(flags & cudaStreamNonBlocking)) return cudaStreamCreate(stream);
+    *stream = new CUstream_st;
+    held_streams.push_back(*stream);
+    return cudaSuccess;
 }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned int) {
-    return event ? cudaSuccess : last_error = cudaErrorInvalidValue;
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    if (!stream) return cudaSuccess;
+    run_held(stream, stream->issued); /* CUDA finishes a destroyed stream's work */
+    held_streams.erase(std::find(held_streams.begin(), held_streams.end(), stream));
+    delete stream;
+    return cudaSuccess;
 }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    if (forbidden_in_capture("cudaStreamSynchronize")) return last_error;
+    if (stream) run_held(stream, stream->issued);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+    if (!event) return last_error = cudaErrorInvalidValue;
+    /* held streams run in issue order anyway: only a wait by the backend's stream must run the held work now */
+    if (!stream) run_held(event->stream, event->mark);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+    if (stream) run_held(stream, stream->issued);
+    return cudaSuccess;
+}
 cudaError_t cudaSetDevice(int device) {
     return device == 0 ? cudaSuccess : last_error = cudaErrorInvalidValue; /* one emulated device */
 }
 
-struct CUevent_st {
-    double seconds;
-};
 cudaError_t cudaEventCreate(cudaEvent_t *event) {
-    *event = new CUevent_st{0};
+    *event = new CUevent_st{0, NULL, 0};
     return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int) { return cudaEventCreate(event); }
-cudaError_t cudaEventQuery(cudaEvent_t event) { return event ? cudaSuccess : last_error = cudaErrorInvalidValue; }
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+    if (!event) return last_error = cudaErrorInvalidValue;
+    run_held(event->stream, event->mark);
+    return cudaSuccess;
+}
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
     delete event;
     return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
-    cuda_emu_enqueue(3, [=] {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+    issue_on(stream, 3, [=] {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         event->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
     });
+    event->stream = stream, event->mark = stream ? stream->issued : 0; /* the record itself included */
     return cudaSuccess;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) {
-    return forbidden_in_capture("cudaEventSynchronize") ? last_error : cudaSuccess;
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+    if (forbidden_in_capture("cudaEventSynchronize")) return last_error;
+    if (event) run_held(event->stream, event->mark);
+    return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
     *ms = (float)((end->seconds - start->seconds) * 1e3);

@@ -227,8 +227,12 @@ struct cudaDeviceProp {
 /* the emulated device's name: "CUDA emulator on the CPU" (no peak rate, so no MFU) */
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device);
 cudaError_t cudaSetDevice(int device);
-/* Streams and events: every operation runs when it is issued, so a stream is always idle, an event always reached and
- * a wait on one never waits (overlap between streams is not emulated, only the calls that order it). */
+/* Streams and events: the backend's stream (cudaStreamCreate) runs every operation when it is issued, so it is always
+ * idle. A stream made with cudaStreamNonBlocking holds its copies and memsets (kernels always run on the backend's
+ * stream) and runs them as late as CUDA may: when another stream waits for an event recorded behind them
+ * (cudaStreamWaitEvent), when the host waits for it, or at cudaStreamSynchronize, cudaDeviceSynchronize, cudaFree and
+ * cudaFreeHost. Work that reads what such a copy writes without waiting for it reads the bytes from before the copy,
+ * as it may on a GPU. Overlap itself is not emulated, only the calls that order it. */
 cudaError_t cudaStreamCreate(cudaStream_t *stream);
 #define cudaStreamNonBlocking 0x01
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags);
