@@ -14,6 +14,8 @@
 #   STEPS, BATCH_TOKENS, HEADS  timed training steps, tokens per packed batch, Medusa heads
 #   REFERENCE_PAD  the PyTorch step also as the reference trainer feeds it: conversations padded to this length
 #                  (its model_max_length, 2048); 0: only the unpadded step
+#   CACHED_STEPS   heads-only steps on cached hidden states (bench_train --cached-steps: each batch's rows uploaded in
+#                  the queue vs during the step before); 0: none
 #   PROFILE_STEPS  steps of a second bench_train run with MEDUSA_CUDA_PROFILE=1 (GPU time per kernel and GEMM
 #                  shape, each synchronized), its table appended; 0: none
 #   HEAD_STEPS, PROMPTS, MAX_NEW, INFER_ARGS  decoding: training steps of its heads (0: no decoding part),
@@ -36,6 +38,7 @@ STEPS=${STEPS:-10}
 BATCH_TOKENS=${BATCH_TOKENS:-16384}
 HEADS=${HEADS:-5}
 PROFILE_STEPS=${PROFILE_STEPS:-1}
+CACHED_STEPS=${CACHED_STEPS:-4}
 REFERENCE_PAD=${REFERENCE_PAD:-2048}
 HEAD_STEPS=${HEAD_STEPS:-300}
 PROMPTS=${PROMPTS:-bench/prompts_sharegpt_val.json}
@@ -67,7 +70,7 @@ trap 'rm -rf "$RUN"' EXIT
     if [ "$TORCH_DEVICE" = cuda ]; then "$PYTHON" bench/gpu_ceilings.py || echo "ceiling: not measured (bench/gpu_ceilings.py failed)"; fi
     echo "## training step: frozen base forward + heads forward/backward + AdamW"
     "$BENCH_TRAIN" --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$DEVICE" --heads "$HEADS" \
-        --batch-tokens "$BATCH_TOKENS" --steps "$STEPS"
+        --batch-tokens "$BATCH_TOKENS" --steps "$STEPS" --cached-steps "$CACHED_STEPS"
     "$PYTHON" bench/bench_train_torch.py --model "$MODEL" --data "$DATA.train.tokens.h5" --device "$TORCH_DEVICE" \
         --heads "$HEADS" --batch-tokens "$BATCH_TOKENS" --steps "$STEPS" 2>&1 | grep -E '^(step|pytorch)'
     if [ "$REFERENCE_PAD" -gt 0 ]; then
