@@ -32,12 +32,14 @@ static double cached_step_seconds(Trainer *t, const PackedBatch *batches, int n,
     return total / (n - 1);
 }
 
-/* --cached-steps: the first n batches' conversations through the base model into the cache, then rounds of A B */
+/* --cached-steps: the first n batches' conversations through the base model into the cache (of those conversations
+ * only: a 7B's hidden states of a whole data set would be gigabytes of page-locked memory), then rounds of A B */
 static void bench_cached(Trainer *t, const TokenCache *cache, int batch_tokens, int n) {
-    trainer_cache_hidden(t, cache);
     Batcher b;
     batcher_init(&b, cache, batch_tokens, 0, 0);
     PackedBatch *batches = xmalloc(sizeof *batches * (size_t)n);
+    TokenCache first = *cache; /* the conversations of the n batches: the file's first ones (file order) */
+    first.n_convs = 0;
     for (int i = 0; i < n; i++) { /* each batch its own copy: the batcher reuses its storage */
         PackedBatch x = batcher_next(&b);
         batches[i] = x;
@@ -45,7 +47,11 @@ static void bench_cached(Trainer *t, const TokenCache *cache, int batch_tokens, 
         batches[i].loss_mask = copy_of(x.loss_mask, (size_t)x.n_tokens);
         batches[i].seq_lens = copy_of(x.seq_lens, sizeof *x.seq_lens * (size_t)x.n_seqs);
         batches[i].convs = copy_of(x.convs, sizeof *x.convs * (size_t)x.n_seqs);
+        for (int s = 0; s < x.n_seqs; s++)
+            if (x.convs[s] + 1 > first.n_convs) first.n_convs = x.convs[s] + 1;
     }
+    first.n_tokens = cache->conv_offsets[first.n_convs];
+    trainer_cache_hidden(t, &first);
     double fill = now_seconds();
     cached_step_seconds(t, batches, n, 0); /* misses: each conversation alone through the base model, cached */
     fill = now_seconds() - fill;
