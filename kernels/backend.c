@@ -15,6 +15,7 @@ void backend_check(const Backend *b) {
     CHECK_MEMBER(free)
     CHECK_MEMBER(upload)
     CHECK_MEMBER(download)
+    CHECK_MEMBER(download_queued)
     CHECK_MEMBER(copy)
     CHECK_MEMBER(reserve)
     CHECK_MEMBER(peak_bytes)

@@ -56,6 +56,10 @@ struct Backend {
     void (*free)(void *ptr);
     void (*upload)(void *dst, const void *host_src, size_t bytes);
     void (*download)(void *host_dst, const void *src, size_t bytes);
+    /* download without waiting where host_dst is page-locked (alloc_host): queued behind the work, the bytes are there
+     * once a later download returns (and later work queued on the backend, an upload from them included, sees them);
+     * elsewhere, and on the CPU, download */
+    void (*download_queued)(void *host_dst, const void *src, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes); /* within the backend's memory */
     /* the run's planned peak (model/memory_plan.h): a backend with device memory takes it as one allocation
      * up front and serves alloc() from it, so nothing is allocated from the device in the step loop */

@@ -201,6 +201,22 @@ static void test_staged_uploads(void) {
           "uploads from page-locked host memory (alloc_host) of 3 MiB and of 16 KB inside it: arrived, none counted as "
           "blocking (%lld)",
           end.uploads - start.uploads);
+    /* download_queued: into page-locked memory queued (there after the next download); into pageable memory, waits */
+    memset(locked, 0, big);
+    float *pageable = xcalloc(4000, sizeof(float)), one;
+    CudaBlockingCopies down_start = cuda_blocking_copies();
+    gpu->download_queued(locked + 5, d, 4000 * sizeof(float));
+    CudaBlockingCopies queued_down = cuda_blocking_copies();
+    gpu->download_queued(pageable, d, 4000 * sizeof(float));
+    CudaBlockingCopies waited_down = cuda_blocking_copies();
+    gpu->download(&one, d, sizeof one);
+    CHECK(queued_down.downloads == down_start.downloads && waited_down.downloads == down_start.downloads + 1 &&
+              !memcmp(locked + 5, large + 1000, 4000 * sizeof(float)) && locked[4] == 0 && locked[4005] == 0 &&
+              !memcmp(pageable, large + 1000, 4000 * sizeof(float)),
+          "download_queued of 16 KB into page-locked memory: not counted as blocking, there after the next download; "
+          "into pageable memory: a download (%lld counted)",
+          waited_down.downloads - queued_down.downloads);
+    free(pageable);
     gpu->free_host(locked);
     gpu->free(d), gpu->free(d2);
     free(large), free(back), free(back2), free(part);
@@ -2584,9 +2600,10 @@ static void test_planned_training(DType weights, TargetKind targets, int head_vo
 }
 
 /* --cache-hidden on the GPU: the cache in page-locked host memory (Backend.alloc_host; test_staged_uploads: an upload
- * from there of any size is queued), a step on a batch whose conversations are all cached uploads their rows without a
- * blocking copy, and the rows that arrive are bit for bit those the base model gave when they were cached (the hidden
- * states after the first step, a miss per conversation). */
+ * from there of any size is queued), a step that caches its conversations queues their rows' downloads into it
+ * (download_queued: the step's one blocking download is its results'), a step on a batch whose conversations are all
+ * cached uploads their rows without a blocking copy, and the rows that arrive are bit for bit those the base model gave
+ * when they were cached (the hidden states after the first step, a miss per conversation). */
 static void test_cached_hidden_upload(void) {
     enum { TOKENS = 96 };
     Model m;
@@ -2614,7 +2631,9 @@ static void test_cached_hidden_upload(void) {
     StepMetrics metrics;
     step_metrics_clear(&metrics);
     size_t n = (size_t)TOKENS * H;
+    CudaBlockingCopies filling = cuda_blocking_copies();
     trainer_step(&t, &batch, 1, NULL, &metrics); /* two misses: computed, cached */
+    long long fill_downloads = cuda_blocking_copies().downloads - filling.downloads;
     float *computed = from_gpu(t.hidden, n);
     gpu->fill_zero(t.hidden, sizeof(float) * n);
     CudaBlockingCopies before = cuda_blocking_copies();
@@ -2622,10 +2641,11 @@ static void test_cached_hidden_upload(void) {
     CudaBlockingCopies after = cuda_blocking_copies();
     float *uploaded = from_gpu(t.hidden, n);
     CHECK(strstr(log, "(page-locked)") && t.hidden_cache->hits == 2 && t.hidden_cache->misses == 2 &&
-              after.uploads == before.uploads && !memcmp(uploaded, computed, sizeof(float) * n),
-          "--cache-hidden: page-locked cache, a step of 2 cached conversations: %lld blocking uploads, the rows the "
+              fill_downloads == 1 && after.uploads == before.uploads && !memcmp(uploaded, computed, sizeof(float) * n),
+          "--cache-hidden: page-locked cache, a step that caches 2 conversations: %lld blocking downloads (the step's "
+          "results: the rows are queued into the cache), a step of the 2 cached: %lld blocking uploads, the rows the "
           "base model gave bit for bit",
-          after.uploads - before.uploads);
+          fill_downloads, after.uploads - before.uploads);
     free(computed), free(uploaded);
     trainer_free(&t);
     medusa_free(&heads);

@@ -172,7 +172,7 @@ static void base_forward(Trainer *t, const PackedBatch *b) {
         cached = c->rows + (size_t)c->offsets[conv] * H;
         PackedBatch one = {.n_tokens = len, .tokens = b->tokens + row, .n_seqs = 1, .seq_lens = &b->seq_lens[s]};
         model_forward(t->base, &t->state, &one, dev, NULL);
-        be->download(cached, dev, sizeof(float) * (size_t)len * H);
+        be->download_queued(cached, dev, sizeof(float) * (size_t)len * H); /* page-locked: no wait per conversation */
         c->len[conv] = len;
         c->misses++;
     }

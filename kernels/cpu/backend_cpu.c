@@ -24,6 +24,7 @@ const Backend *backend_cpu(void) {
         .free = cpu_free,
         .upload = cpu_copy,
         .download = cpu_copy,
+        .download_queued = cpu_copy,
         .copy = cpu_copy,
         .reserve = cpu_reserve,
         .peak_bytes = cpu_peak_bytes,

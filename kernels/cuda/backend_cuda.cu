@@ -1,6 +1,7 @@
 /* The CUDA backend's op table: device memory through cudart, one cuBLAS handle on the backend's stream.
  * Every op is asynchronous on that stream, and so is upload() of up to a staging slot's bytes or from page-locked
- * memory (alloc_host); download() and other larger uploads synchronise (cuda_blocking_copies counts them).
+ * memory (alloc_host), and download_queued() into page-locked memory; download() and other larger uploads synchronise
+ * (cuda_blocking_copies counts them).
  * upload_ahead() copies on a second stream beside it. Decoding steps may run as CUDA graphs (run_step). */
 #include <algorithm>
 #include <iterator>
@@ -287,6 +288,12 @@ static void cuda_download(void *host_dst, const void *src, size_t bytes) {
     blocking_copies.downloads++;
     CUDA_CHECK(cudaMemcpy(host_dst, src, bytes, cudaMemcpyDeviceToHost));
 }
+static void cuda_download_queued(void *host_dst, const void *src, size_t bytes) {
+    if (!in_page_locked_block(host_dst, bytes)) return cuda_download(host_dst, src, bytes);
+    profile_next_bytes((double)bytes);
+    ProfileScope profile("download");
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream()));
+}
 static void cuda_copy(void *dst, const void *src, size_t bytes) {
     profile_next_bytes(2.0 * (double)bytes);
     ProfileScope profile("copy");
@@ -377,6 +384,7 @@ extern "C" const Backend *backend_cuda(void) {
         cuda.free = cuda_free;
         cuda.upload = cuda_upload;
         cuda.download = cuda_download;
+        cuda.download_queued = cuda_download_queued;
         cuda.copy = cuda_copy;
         cuda.reserve = cuda_reserve;
         cuda.peak_bytes = cuda_peak_bytes;
