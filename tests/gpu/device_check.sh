@@ -1,7 +1,8 @@
 #!/bin/bash
 # Every GPU check in one command, for a GPU machine lent for a few minutes (carry .devpack, made by
-# tests/gpu/pack.sh): the CUDA op test on the GPU, the training benchmark (tokens/s, MFU) beside the PyTorch
-# reference step on a random-weight model of a real shape (bench/make_random_model.py: the machine reaches no network
+# tests/gpu/pack.sh): the CUDA op test on the GPU, the training benchmark (tokens/s, MFU; heads-only steps on cached
+# hidden states with and without the next batch's upload overlapped) beside the PyTorch reference step on a
+# random-weight model of a real shape (bench/make_random_model.py: the machine reaches no network
 # to fetch a real one), then the end-to-end test (train, eval, greedy-lossless decoding, each against the CPU) on the
 # GPU. Last, in the time left of TIME_LIMIT seconds (the device run's limit less the transfers),
 # compute-sanitizer's racecheck (shared-memory hazards between a block's threads, which the emulator sees only in
