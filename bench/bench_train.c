@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
     startup_begin(&s, &dev, model);
     const Backend *be = s.be;
     MemoryPlanInput mi = memory_plan_training(s.dtype, heads, 1, 0, batch_tokens, s.logits_chunk, 1, 0, TARGETS_LABELS);
-    mi.hidden_ahead = cached_steps > 0 && !be->is_host;
+    mi.hidden_ahead = cached_steps > 0 && be->upload_ahead;
     Model base;
     startup_load_base(&s, &mi, 1, &base);
     TokenCache cache;

@@ -518,7 +518,7 @@ static void run_open(Run *r, const TrainConfig *c) {
     MemoryPlanInput mi = memory_plan_training(r->s.dtype, c->heads, c->layers, Vh, c->batch_tokens, r->s.logits_chunk,
                                               1, c->val != NULL, targets);
     mi.micro_batches = c->grad_accum;
-    mi.hidden_ahead = c->cache_hidden && !r->s.be->is_host;
+    mi.hidden_ahead = c->cache_hidden && r->s.be->upload_ahead; /* trainer_cache_hidden's second buffer */
     if (c->pipeline > 1) mi = pipeline_plan(&r->s, &mi, c->pipeline);
     startup_load_base(&r->s, &mi, log_verbosity >= 1, &r->base);
     int has_heads = model_part_last(&r->base); /* the last stage of a pipeline holds the heads */

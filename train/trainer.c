@@ -102,13 +102,12 @@ void trainer_cache_hidden(Trainer *t, const TokenCache *data) {
     }
 }
 
-/* The cached rows of conversation conv when the cache holds all `len` of them, else NULL (fatal for a conversation the
- * data does not have) */
-static float *cached_rows(const Trainer *t, int64_t conv, int len) {
+/* Conversation conv's place in the cache (fatal for a conversation the data does not have) */
+static float *conv_rows(const Trainer *t, int64_t conv) {
     const HiddenCache *c = t->hidden_cache;
     if (conv < 0 || conv >= c->n_convs)
         fatal("hidden-state cache: conversation %lld of %lld", (long long)conv, (long long)c->n_convs);
-    return c->len[conv] == len ? c->rows + (size_t)c->offsets[conv] * (size_t)t->base->config.hidden_size : NULL;
+    return c->rows + (size_t)c->offsets[conv] * (size_t)t->base->config.hidden_size;
 }
 
 /* The batch's rows uploaded beside the queue into ahead_rows, when the cache holds all of them (the work queued so far,
@@ -116,11 +115,13 @@ static float *cached_rows(const Trainer *t, int64_t conv, int len) {
 static void upload_ahead(Trainer *t, const PackedBatch *b) {
     HiddenCache *c = t->hidden_cache;
     if (!c || !c->ahead_rows || !b || !b->convs) return;
-    for (int s = 0; s < b->n_seqs; s++)
-        if (!cached_rows(t, b->convs[s], b->seq_lens[s])) return;
+    for (int s = 0; s < b->n_seqs; s++) {
+        conv_rows(t, b->convs[s]); /* a conversation the data has */
+        if (c->len[b->convs[s]] != b->seq_lens[s]) return;
+    }
     size_t H = (size_t)t->base->config.hidden_size, row = 0;
     for (int s = 0; s < b->n_seqs; row += (size_t)b->seq_lens[s++])
-        t->base->be->upload_ahead(c->ahead_rows + row * H, cached_rows(t, b->convs[s], b->seq_lens[s]),
+        t->base->be->upload_ahead(c->ahead_rows + row * H, conv_rows(t, b->convs[s]),
                                   sizeof(float) * (size_t)b->seq_lens[s] * H);
     c->ahead_seqs = b->n_seqs;
     memcpy(c->ahead_lens, b->seq_lens, sizeof *c->ahead_lens * (size_t)b->n_seqs);
@@ -163,13 +164,12 @@ static void base_forward(Trainer *t, const PackedBatch *b) {
     for (int s = 0; s < b->n_seqs; row += (size_t)b->seq_lens[s++]) {
         int64_t conv = b->convs[s];
         int len = b->seq_lens[s];
-        float *cached = cached_rows(t, conv, len), *dev = t->hidden + row * H;
-        if (cached) {
+        float *cached = conv_rows(t, conv), *dev = t->hidden + row * H;
+        if (c->len[conv] == len) {
             be->upload(dev, cached, sizeof(float) * (size_t)len * H);
             c->hits++;
             continue;
         }
-        cached = c->rows + (size_t)c->offsets[conv] * H;
         PackedBatch one = {.n_tokens = len, .tokens = b->tokens + row, .n_seqs = 1, .seq_lens = &b->seq_lens[s]};
         model_forward(t->base, &t->state, &one, dev, NULL);
         be->download_queued(cached, dev, sizeof(float) * (size_t)len * H); /* page-locked: no wait per conversation */

@@ -744,8 +744,8 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
     if (!event) return last_error = cudaErrorInvalidValue;
-    /* held streams run in issue order anyway: only a wait by the backend's stream must run the held work now */
-    if (!stream) run_held(event->stream, event->mark);
+    /* the work before the event runs now (no later than the waiting stream's next operation needs it) */
+    if (event->stream != stream) run_held(event->stream, event->mark);
     return cudaSuccess;
 }
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
